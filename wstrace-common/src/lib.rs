@@ -1,0 +1,275 @@
+//! The one place where the kernel programs and the daemon agree on bytes.
+//!
+//! Every event the eBPF side writes into the ring buffer starts with an
+//! [`EventHeader`]; close events carry two stacks after it ([`CloseEvent`]).
+//! Kernel struct offsets and tracepoint field offsets are not known at compile
+//! time: the daemon resolves them from the running kernel (BTF, tracefs) and
+//! passes them in as the globals named in [`globals`].
+#![no_std]
+
+/// How many `--port` values the in-kernel filter compares against.
+pub const MAX_PORTS: usize = 8;
+
+/// Frames kept per stack (kernel and user each). 64 covers deep server stacks
+/// while keeping a close event near 1 KiB.
+pub const STACK_DEPTH: usize = 64;
+
+/// Bytes of the first write a socket must start with to count as upgraded:
+/// `HTTP/1.1 101 ` (the space rules out `1010`).
+pub const UPGRADE_PREFIX_LEN: usize = 13;
+
+/// `sk_state` values (include/net/tcp_states.h), stable since Linux 2.x.
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+}
+
+/// True when `head` is the start of an HTTP/1.x 101 status line.
+#[inline(always)]
+pub fn is_upgrade_response(head: &[u8; UPGRADE_PREFIX_LEN]) -> bool {
+    // Byte-by-byte so the eBPF build stays a handful of compares.
+    head[0] == b'H'
+        && head[1] == b'T'
+        && head[2] == b'T'
+        && head[3] == b'P'
+        && head[4] == b'/'
+        && head[5] == b'1'
+        && head[6] == b'.'
+        && (head[7] == b'1' || head[7] == b'0')
+        && head[8] == b' '
+        && head[9] == b'1'
+        && head[10] == b'0'
+        && head[11] == b'1'
+        && head[12] == b' '
+}
+
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// The local end wrote an HTTP 101 response: the socket is now traced.
+    Upgrade = 1,
+    /// A TCP state transition of a traced socket (no process context).
+    State = 2,
+    /// A local process closed (or, in the tracepoint set, moved to a closing
+    /// state) a traced socket: carries pid/tid/comm and both stacks.
+    Close = 3,
+    /// The local end sent a RST on a traced socket.
+    ResetSent = 4,
+    /// A RST arrived from the peer on a traced socket.
+    ResetReceived = 5,
+    /// The kernel destroyed the socket: its state is gone.
+    Destroy = 6,
+}
+
+impl EventKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Upgrade,
+            2 => Self::State,
+            3 => Self::Close,
+            4 => Self::ResetSent,
+            5 => Self::ResetReceived,
+            6 => Self::Destroy,
+            _ => return None,
+        })
+    }
+}
+
+/// Which family of kernel hooks produced an event.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeSet {
+    Fentry = 1,
+    Kprobe = 2,
+    Tracepoint = 3,
+}
+
+impl ProbeSet {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Fentry,
+            2 => Self::Kprobe,
+            3 => Self::Tracepoint,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
+            Self::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// `EventHeader::flags`: the task was exiting (`PF_EXITING`), so the close
+/// came from process exit and there is no user stack to walk.
+pub const FLAG_TASK_EXITING: u32 = 1;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Addresses as the kernel stores them (network order bytes); IPv4 uses the
+/// first four bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockTuple {
+    pub family: u16,
+    /// Host order.
+    pub lport: u16,
+    /// Host order.
+    pub rport: u16,
+    pub _pad: u16,
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// [`EventKind`] as u8.
+    pub kind: u8,
+    /// [`ProbeSet`] as u8.
+    pub probe: u8,
+    /// For State/Close: the state before (Close in fentry/kprobe sets: the
+    /// state at `tcp_close` entry).
+    pub old_state: u8,
+    /// For State/Close: the state after; 0 when not known (fentry/kprobe close).
+    pub new_state: u8,
+    /// Process (tgid) and thread of the current task. Meaningful only where
+    /// the event says so: State events may fire in softirq context.
+    pub pid: u32,
+    pub tid: u32,
+    pub flags: u32,
+    /// Upgrade: length of the write that carried the 101.
+    pub arg: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Kernel address of the `struct sock`: the socket's identity while it lives.
+    pub sk: u64,
+    /// `tcp_sock.bytes_received` / `bytes_acked` when the event fired.
+    pub bytes_received: u64,
+    pub bytes_acked: u64,
+    pub tuple: SockTuple,
+    pub comm: [u8; 16],
+}
+
+/// A close with the call path that caused it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CloseEvent {
+    pub header: EventHeader,
+    /// Bytes `bpf_get_stack` wrote, or a negative errno.
+    pub kernel_stack_len: i64,
+    pub user_stack_len: i64,
+    pub kernel_stack: [u64; STACK_DEPTH],
+    pub user_stack: [u64; STACK_DEPTH],
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, no padding holes that matter, all bit patterns valid.
+    unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::CloseEvent {}
+}
+
+/// Names of the globals the daemon fills in before loading (via
+/// `EbpfLoader::override_global`). Each is a `u64` in the eBPF object.
+/// An offset of [`globals::ABSENT`] means "this kernel has no such field".
+pub mod globals {
+    pub const ABSENT: u64 = u64::MAX;
+
+    /// `--port` values, host order; 0 = unused slot.
+    pub const PORTS: [&str; super::MAX_PORTS] = [
+        "PORT0", "PORT1", "PORT2", "PORT3", "PORT4", "PORT5", "PORT6", "PORT7",
+    ];
+
+    // struct sock / sock_common
+    pub const SKC_FAMILY: &str = "OFF_SKC_FAMILY";
+    pub const SKC_STATE: &str = "OFF_SKC_STATE";
+    pub const SKC_NUM: &str = "OFF_SKC_NUM";
+    pub const SKC_DPORT: &str = "OFF_SKC_DPORT";
+    pub const SKC_RCV_SADDR: &str = "OFF_SKC_RCV_SADDR";
+    pub const SKC_DADDR: &str = "OFF_SKC_DADDR";
+    pub const SKC_V6_RCV_SADDR: &str = "OFF_SKC_V6_RCV_SADDR";
+    pub const SKC_V6_DADDR: &str = "OFF_SKC_V6_DADDR";
+    pub const SK_PROTOCOL: &str = "OFF_SK_PROTOCOL";
+    // struct tcp_sock
+    pub const TCP_BYTES_RECEIVED: &str = "OFF_TCP_BYTES_RECEIVED";
+    pub const TCP_BYTES_ACKED: &str = "OFF_TCP_BYTES_ACKED";
+    // fd -> struct sock walk (tracepoint set)
+    pub const TASK_FILES: &str = "OFF_TASK_FILES";
+    pub const TASK_FLAGS: &str = "OFF_TASK_FLAGS";
+    pub const FILES_FDT: &str = "OFF_FILES_FDT";
+    pub const FDT_MAX_FDS: &str = "OFF_FDT_MAX_FDS";
+    pub const FDT_FD: &str = "OFF_FDT_FD";
+    pub const FILE_PRIVATE_DATA: &str = "OFF_FILE_PRIVATE_DATA";
+    pub const SOCKET_SK: &str = "OFF_SOCKET_SK";
+    pub const SOCKET_FILE: &str = "OFF_SOCKET_FILE";
+    // msghdr / iov_iter (fentry and kprobe tcp_sendmsg)
+    pub const MSGHDR_ITER: &str = "OFF_MSGHDR_ITER";
+    pub const ITER_TYPE: &str = "OFF_ITER_TYPE";
+    pub const ITER_TYPE_MASK: &str = "ITER_TYPE_MASK";
+    pub const ITER_UBUF_VALUE: &str = "ITER_UBUF_VALUE";
+    pub const ITER_IOVEC_VALUE: &str = "ITER_IOVEC_VALUE";
+    pub const ITER_UBUF: &str = "OFF_ITER_UBUF";
+    pub const ITER_IOV: &str = "OFF_ITER_IOV";
+    // tracepoint field offsets, from tracefs `format` files
+    pub const TP_STATE_SKADDR: &str = "TP_STATE_SKADDR";
+    pub const TP_STATE_OLDSTATE: &str = "TP_STATE_OLDSTATE";
+    pub const TP_STATE_NEWSTATE: &str = "TP_STATE_NEWSTATE";
+    pub const TP_STATE_SPORT: &str = "TP_STATE_SPORT";
+    pub const TP_STATE_PROTOCOL: &str = "TP_STATE_PROTOCOL";
+    pub const TP_SEND_RESET_SKADDR: &str = "TP_SEND_RESET_SKADDR";
+    pub const TP_RECV_RESET_SKADDR: &str = "TP_RECV_RESET_SKADDR";
+    pub const TP_DESTROY_SKADDR: &str = "TP_DESTROY_SKADDR";
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    fn head(s: &[u8]) -> [u8; UPGRADE_PREFIX_LEN] {
+        let mut h = [0u8; UPGRADE_PREFIX_LEN];
+        h.copy_from_slice(&s[..UPGRADE_PREFIX_LEN]);
+        h
+    }
+
+    #[test]
+    fn recognises_101_status_lines() {
+        assert!(is_upgrade_response(&head(b"HTTP/1.1 101 Switching Protocols\r\n")));
+        assert!(is_upgrade_response(&head(b"HTTP/1.0 101 Switching Protocols\r\n")));
+    }
+
+    #[test]
+    fn rejects_other_statuses_and_lookalikes() {
+        assert!(!is_upgrade_response(&head(b"HTTP/1.1 200 OK\r\n\r\n")));
+        assert!(!is_upgrade_response(&head(b"HTTP/1.1 1010 Nope\r\n")));
+        assert!(!is_upgrade_response(&head(b"HTTP/2.0 101 Switching")));
+        assert!(!is_upgrade_response(&head(b"http/1.1 101 switching")));
+        assert!(!is_upgrade_response(&head(b"GET / HTTP/1.1\r\nHost:")));
+    }
+
+    #[test]
+    fn layout_is_stable() {
+        // The kernel and the daemon read these with the same definitions, but
+        // a size change is worth noticing in review.
+        assert_eq!(core::mem::size_of::<SockTuple>(), 40);
+        assert_eq!(core::mem::size_of::<EventHeader>(), 104);
+        assert_eq!(
+            core::mem::size_of::<CloseEvent>(),
+            104 + 16 + 2 * 8 * STACK_DEPTH
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! Kernel struct offsets from the running kernel's BTF. (Being written.)

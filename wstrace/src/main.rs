@@ -1,0 +1,4 @@
+mod btf;
+mod symbolize;
+
+fn main() {}
