@@ -153,6 +153,8 @@ pub struct EventHeader {
     pub flags: u32,
     /// Upgrade: length of the write that carried the 101.
     pub arg: u32,
+    /// Explicit padding (keeps the layout hole-free and identical on both sides).
+    pub _reserved: u32,
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
     pub ts_ns: u64,
     /// Kernel address of the `struct sock`: the socket's identity while it lives.
@@ -266,10 +268,10 @@ mod tests {
         // The kernel and the daemon read these with the same definitions, but
         // a size change is worth noticing in review.
         assert_eq!(core::mem::size_of::<SockTuple>(), 40);
-        assert_eq!(core::mem::size_of::<EventHeader>(), 104);
+        assert_eq!(core::mem::size_of::<EventHeader>(), 112);
         assert_eq!(
             core::mem::size_of::<CloseEvent>(),
-            104 + 16 + 2 * 8 * STACK_DEPTH
+            112 + 16 + 2 * 8 * STACK_DEPTH
         );
     }
 }

@@ -1,1 +1,541 @@
-//! Kernel struct offsets from the running kernel's BTF. (Being written.)
+//! Kernel struct offsets and enum values, read from the running kernel's BTF.
+//!
+//! rustc and bpf-linker emit no CO-RE relocations, so the eBPF programs cannot
+//! ask the loader where a field lives on this kernel. Instead the daemon reads
+//! the kernel's own type information (`/sys/kernel/btf/vmlinux`) at start-up,
+//! looks every field up *by name* (through anonymous structs and unions), and
+//! passes the byte offsets in as the globals named in
+//! [`wstrace_common::globals`]. That is what lets one binary run on 5.10 to
+//! 6.18: `iov_iter` alone changed shape in 5.14, 6.0 and 6.4, and the numbers
+//! of `enum iter_type` changed with it.
+//!
+//! Widths are checked too: the eBPF side reads each field with a fixed size,
+//! so a field that became a bitfield or changed width must not be read blindly.
+// Nothing calls resolve() until the daemon's loader is written.
+#![allow(dead_code)]
+
+use std::{collections::HashMap, fmt, io, path::Path};
+
+use anyhow::{Result, anyhow};
+use btfparse::{Integer32Value, Integer64Value, Offset, Readable, TypeInformation, TypeVariant};
+use wstrace_common::globals::{self as g, ABSENT};
+
+pub const DEFAULT_BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+
+/// One resolved value per eBPF global, plus what each probe set lacks.
+#[derive(Debug, Clone)]
+pub struct KernelOffsets {
+    /// (global name from wstrace_common::globals, value) for every non-port, non-tracepoint global
+    pub globals: Vec<(&'static str, u64)>,
+    /// Why the fentry/kprobe tcp_sendmsg path cannot work on this kernel (msghdr/iov_iter fields missing), if so.
+    pub sendmsg_path_missing: Option<String>,
+    /// Why the tracepoint fd->sock walk cannot work (task_struct.files etc. missing), if so.
+    pub fd_walk_missing: Option<String>,
+}
+
+impl KernelOffsets {
+    /// The value of one global; `None` for a name this module does not resolve.
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.globals
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, v)| v)
+    }
+}
+
+/// Pointers are read as 8 bytes by the eBPF side: 64-bit kernels only.
+const PTR: usize = 8;
+
+/// What happens when a field cannot be used.
+#[derive(Clone, Copy, PartialEq)]
+enum Need {
+    /// `resolve` fails: wstrace cannot describe a socket without it.
+    Required,
+    /// `resolve` fails if it is missing; ABSENT if it exists in a shape the
+    /// eBPF side cannot read (`sk_protocol` was an 8-bit bitfield before 5.6).
+    Present,
+    /// ABSENT; the eBPF side copes (IPv6 compiled out, no `bytes_acked`).
+    Optional,
+    /// ABSENT, and the tracepoint fd -> sock walk is reported as unusable.
+    FdWalk,
+}
+
+/// (global, struct, member path from that struct, width in bytes, need).
+/// The sendmsg-path globals have alternatives per kernel: see [`sendmsg_path`].
+#[rustfmt::skip]
+const FIELDS: &[(&str, &str, &str, usize, Need)] = &[
+    (g::SKC_FAMILY, "sock", "__sk_common.skc_family", 2, Need::Required),
+    (g::SKC_STATE, "sock", "__sk_common.skc_state", 1, Need::Required),
+    (g::SKC_NUM, "sock", "__sk_common.skc_num", 2, Need::Required),
+    (g::SKC_DPORT, "sock", "__sk_common.skc_dport", 2, Need::Required),
+    (g::SKC_RCV_SADDR, "sock", "__sk_common.skc_rcv_saddr", 4, Need::Required),
+    (g::SKC_DADDR, "sock", "__sk_common.skc_daddr", 4, Need::Required),
+    (g::SKC_V6_RCV_SADDR, "sock", "__sk_common.skc_v6_rcv_saddr", 16, Need::Optional),
+    (g::SKC_V6_DADDR, "sock", "__sk_common.skc_v6_daddr", 16, Need::Optional),
+    (g::SK_PROTOCOL, "sock", "sk_protocol", 2, Need::Present),
+    (g::TCP_BYTES_RECEIVED, "tcp_sock", "bytes_received", 8, Need::Required),
+    (g::TCP_BYTES_ACKED, "tcp_sock", "bytes_acked", 8, Need::Optional),
+    (g::TASK_FILES, "task_struct", "files", PTR, Need::FdWalk),
+    (g::TASK_FLAGS, "task_struct", "flags", 4, Need::Required),
+    (g::FILES_FDT, "files_struct", "fdt", PTR, Need::FdWalk),
+    (g::FDT_MAX_FDS, "fdtable", "max_fds", 4, Need::FdWalk),
+    (g::FDT_FD, "fdtable", "fd", PTR, Need::FdWalk),
+    (g::FILE_PRIVATE_DATA, "file", "private_data", PTR, Need::FdWalk),
+    (g::SOCKET_SK, "socket", "sk", PTR, Need::FdWalk),
+    (g::SOCKET_FILE, "socket", "file", PTR, Need::FdWalk),
+];
+
+/// Reads the BTF at `path` (normally [`DEFAULT_BTF_PATH`]) and resolves every
+/// offset and enum value the eBPF programs need.
+///
+/// Fails, with a message saying what to do, when the file cannot be read or
+/// parsed, or when a field every probe set needs (see [`Need::Required`]) is
+/// missing. Fields only one probe set needs are reported in
+/// [`KernelOffsets::fd_walk_missing`] / [`KernelOffsets::sendmsg_path_missing`].
+pub fn resolve(path: &Path) -> Result<KernelOffsets> {
+    let btf = Btf::load(path)?;
+    let mut globals = Vec::new();
+    let mut fd_walk = Vec::new();
+    for &(global, strukt, member, width, need) in FIELDS {
+        let value = match (btf.field(strukt, member, width), need) {
+            (Ok(offset), _) => offset,
+            (Err(p), Need::Required) | (Err(p @ Problem::Missing(_)), Need::Present) => {
+                return Err(anyhow!(
+                    "the kernel BTF at {}: {p}: wstrace cannot read sockets on this kernel; \
+                     please report it with the output of `uname -r`",
+                    path.display()
+                ));
+            }
+            (Err(_), Need::Present | Need::Optional) => ABSENT,
+            (Err(p), Need::FdWalk) => {
+                fd_walk.push(p.to_string());
+                ABSENT
+            }
+        };
+        globals.push((global, value));
+    }
+    let (sendmsg_globals, sendmsg_missing) = sendmsg_path(&btf);
+    globals.extend(sendmsg_globals);
+    Ok(KernelOffsets {
+        globals,
+        sendmsg_path_missing: sendmsg_missing,
+        fd_walk_missing: (!fd_walk.is_empty()).then(|| fd_walk.join("; ")),
+    })
+}
+
+/// The fentry/kprobe `tcp_sendmsg` programs find the first bytes written
+/// through `msghdr.msg_iter`: they read one byte at ITER_TYPE, AND it with
+/// ITER_TYPE_MASK, and compare with ITER_IOVEC_VALUE / ITER_UBUF_VALUE to
+/// know whether to follow ITER_IOV (an iovec array) or ITER_UBUF (one user
+/// pointer). Returns those globals and, when they cannot work, why.
+fn sendmsg_path(btf: &Btf) -> (Vec<(&'static str, u64)>, Option<String>) {
+    let mut why = Vec::new();
+    let mut need = |r: Result<u64, Problem>| {
+        r.unwrap_or_else(|p| {
+            why.push(p.to_string());
+            ABSENT
+        })
+    };
+
+    let msg_iter = need(btf.offset("msghdr", "msg_iter").map(|(offset, _)| offset));
+    // 5.14+: `u8 iter_type` holds just the type. Before: `unsigned int type`
+    // holds ITER_* bits plus the READ/WRITE direction in bit 0, which the mask
+    // drops; all ITER_* bits are in its low byte, the first on little-endian
+    // kernels (x86_64, arm64).
+    let (iter_type, mask) = match btf.field("iov_iter", "iter_type", 1) {
+        Ok(offset) => (Ok(offset), 0xff),
+        Err(_) => (btf.field("iov_iter", "type", 4), 0xfe),
+    };
+    let iter_type = need(iter_type.map_err(|_| {
+        Problem::Missing("no iov_iter.iter_type (u8) nor iov_iter.type (unsigned int)".into())
+    }));
+    // The values must fit the masked byte the eBPF side compares.
+    let fits = |name: &str, v: Option<u64>| match v {
+        Some(v) if v & !mask != 0 => Err(Problem::Unusable(format!(
+            "{name} = {v:#x}, outside the byte wstrace reads"
+        ))),
+        v => Ok(v),
+    };
+    let iovec_value = need(
+        fits("ITER_IOVEC", btf.enumerator("iter_type", "ITER_IOVEC"))
+            .and_then(|v| v.ok_or_else(|| Problem::Missing("no enum iter_type ITER_IOVEC".into()))),
+    );
+    // ITER_UBUF appeared in 6.0, with the `ubuf` pointer in the union beside `iov`.
+    let ubuf_value = fits("ITER_UBUF", btf.enumerator("iter_type", "ITER_UBUF"));
+    let ubuf = btf.field("iov_iter", "ubuf", PTR).ok();
+    let ubuf_value = match (ubuf_value, ubuf) {
+        (Ok(Some(_)), None) => need(Err(Problem::Missing(
+            "no iov_iter.ubuf although enum iter_type has ITER_UBUF".into(),
+        ))),
+        (v, _) => need(v.map(|v| v.unwrap_or(ABSENT))),
+    };
+    // 6.4 renamed `iov` to `__iov` (and overlaid `__ubuf_iovec` on it).
+    let iov = need(
+        btf.field("iov_iter", "__iov", PTR)
+            .or_else(|_| btf.field("iov_iter", "iov", PTR))
+            .map_err(|_| Problem::Missing("no iov_iter.__iov nor iov_iter.iov".into())),
+    );
+
+    let globals = vec![
+        (g::MSGHDR_ITER, msg_iter),
+        (g::ITER_TYPE, iter_type),
+        (g::ITER_TYPE_MASK, mask),
+        (g::ITER_UBUF_VALUE, ubuf_value),
+        (g::ITER_IOVEC_VALUE, iovec_value),
+        (g::ITER_UBUF, ubuf.unwrap_or(ABSENT)),
+        (g::ITER_IOV, iov),
+    ];
+    (globals, (!why.is_empty()).then(|| why.join("; ")))
+}
+
+/// Why a field cannot be used; displays as "no sock.sk_protocol", etc.
+#[derive(Debug)]
+enum Problem {
+    /// This kernel has no such struct, member or enumerator.
+    Missing(String),
+    /// It exists, but not in a shape the eBPF side can read.
+    Unusable(String),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Missing(s) | Problem::Unusable(s) => f.write_str(s),
+        }
+    }
+}
+
+/// A parsed BTF blob with indexes of its named structs and enums.
+struct Btf {
+    types: TypeInformation,
+    /// Our own indexes rather than `TypeInformation::id_of`, which keeps one
+    /// id per name across all kinds (functions, variables, forward
+    /// declarations), so a `FWD sock` or a function named `file` could
+    /// shadow the struct. First (lowest id) complete definition wins.
+    structs: HashMap<String, u32>,
+    enums: HashMap<String, u32>,
+}
+
+impl Btf {
+    fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| unreadable(path, &e))?;
+        let types = TypeInformation::new(&Blob(bytes)).map_err(|e| {
+            anyhow!(
+                "{} is not a raw BTF blob ({}): give /sys/kernel/btf/vmlinux, or extract the \
+                 .BTF section of a vmlinux with `objcopy -O binary --only-section=.BTF vmlinux btf.raw`",
+                path.display(),
+                e.message()
+            )
+        })?;
+        let mut structs = HashMap::new();
+        let mut enums = HashMap::new();
+        for (&tid, ty) in types.get() {
+            let (index, name) = match ty {
+                TypeVariant::Struct(s) if *s.size() > 0 => (&mut structs, s.name()),
+                TypeVariant::Enum(e) => (&mut enums, e.name()),
+                TypeVariant::Enum64(e) => (&mut enums, e.name()),
+                _ => continue,
+            };
+            if let Some(name) = name {
+                index.entry(name.clone()).or_insert(tid);
+            }
+        }
+        Ok(Self {
+            types,
+            structs,
+            enums,
+        })
+    }
+
+    /// Byte offset and type id of `path` ("a.b.c", anonymous members followed
+    /// implicitly) from the start of `struct strukt`.
+    fn offset(&self, strukt: &str, path: &str) -> Result<(u64, u32), Problem> {
+        let missing = || Problem::Missing(format!("no {strukt}.{path}"));
+        let &root = self.structs.get(strukt).ok_or_else(missing)?;
+        match self.types.offset_of(root, path).map_err(|_| missing())? {
+            (tid, Offset::ByteOffset(offset)) => Ok((offset.into(), tid)),
+            (_, Offset::BitOffsetAndSize(..)) => {
+                Err(Problem::Unusable(format!("{strukt}.{path} is a bitfield")))
+            }
+        }
+    }
+
+    /// Byte offset of `path` in `struct strukt`, which must be `width` bytes wide.
+    fn field(&self, strukt: &str, path: &str, width: usize) -> Result<u64, Problem> {
+        let (offset, tid) = self.offset(strukt, path)?;
+        match self.width(tid) {
+            Some(w) if w == width => Ok(offset),
+            Some(w) => Err(Problem::Unusable(format!(
+                "{strukt}.{path} is {w} bytes wide, not {width}"
+            ))),
+            None => Err(Problem::Unusable(format!(
+                "{strukt}.{path} is a bitfield or has no size"
+            ))),
+        }
+    }
+
+    /// Size in bytes of type `tid`; `None` for types without one and for
+    /// bitfields in the old encoding (an int type narrower than its size).
+    fn width(&self, mut tid: u32) -> Option<usize> {
+        // Bounded: a corrupt blob may hold a typedef cycle.
+        for _ in 0..16 {
+            tid = match self.types.from_id(tid)? {
+                TypeVariant::Typedef(t) => *t.tid(),
+                TypeVariant::Const(t) => *t.tid(),
+                TypeVariant::Volatile(t) => *t.tid(),
+                TypeVariant::Restrict(t) => *t.tid(),
+                TypeVariant::TypeTag(t) => *t.tid(),
+                TypeVariant::Int(i) => {
+                    let whole = *i.bits() == *i.size() * 8 && *i.offset() == 0;
+                    return whole.then_some(*i.size());
+                }
+                // btfparse sizes pointers via `struct list_head`, which a
+                // minimal BTF may lack.
+                TypeVariant::Ptr(_) => return Some(PTR),
+                _ => return self.types.size_of(tid).ok(),
+            };
+        }
+        None
+    }
+
+    /// Value of enumerator `name` of `enum enm`, if both exist (and it is not negative).
+    fn enumerator(&self, enm: &str, name: &str) -> Option<u64> {
+        match self.types.from_id(*self.enums.get(enm)?)? {
+            TypeVariant::Enum(e) => {
+                match e.named_value_list().iter().find(|v| v.name == name)?.value {
+                    Integer32Value::Unsigned(v) => Some(v.into()),
+                    Integer32Value::Signed(v) => u64::try_from(v).ok(),
+                }
+            }
+            TypeVariant::Enum64(e) => {
+                match e.named_value_list().iter().find(|v| v.name == name)?.value {
+                    Integer64Value::Unsigned(v) => Some(v),
+                    Integer64Value::Signed(v) => u64::try_from(v).ok(),
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The error for a BTF file that cannot be read, saying what to do about it.
+fn unreadable(path: &Path, err: &io::Error) -> anyhow::Error {
+    let p = path.display();
+    let default = path == Path::new(DEFAULT_BTF_PATH);
+    match err.kind() {
+        io::ErrorKind::NotFound if default => anyhow!(
+            "this kernel has no BTF at {p}: wstrace needs CONFIG_DEBUG_INFO_BTF=y \
+             (kernel 5.10+ distro kernels have it)"
+        ),
+        io::ErrorKind::NotFound => anyhow!(
+            "no BTF file at {p}: give the path of a raw BTF blob, such as {DEFAULT_BTF_PATH} \
+             on a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+        ),
+        io::ErrorKind::PermissionDenied => {
+            anyhow!("cannot read the kernel BTF at {p} ({err}): run wstrace as root")
+        }
+        _ => anyhow!("cannot read the kernel BTF at {p}: {err}"),
+    }
+}
+
+/// The whole blob in memory (a few MiB); btfparse reads it piecemeal.
+struct Blob(Vec<u8>);
+
+impl Readable for Blob {
+    fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let src = start
+            .checked_add(buffer.len())
+            .and_then(|end| self.0.get(start..end))
+            .ok_or_else(|| btfparse::Error::new(btfparse::ErrorKind::EOF, "truncated BTF"))?;
+        buffer.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/btf")
+            .join(name)
+    }
+
+    /// Every global this module fills, in the order `resolve` returns them.
+    const NAMES: [&str; 26] = [
+        g::SKC_FAMILY,
+        g::SKC_STATE,
+        g::SKC_NUM,
+        g::SKC_DPORT,
+        g::SKC_RCV_SADDR,
+        g::SKC_DADDR,
+        g::SKC_V6_RCV_SADDR,
+        g::SKC_V6_DADDR,
+        g::SK_PROTOCOL,
+        g::TCP_BYTES_RECEIVED,
+        g::TCP_BYTES_ACKED,
+        g::TASK_FILES,
+        g::TASK_FLAGS,
+        g::FILES_FDT,
+        g::FDT_MAX_FDS,
+        g::FDT_FD,
+        g::FILE_PRIVATE_DATA,
+        g::SOCKET_SK,
+        g::SOCKET_FILE,
+        g::MSGHDR_ITER,
+        g::ITER_TYPE,
+        g::ITER_TYPE_MASK,
+        g::ITER_UBUF_VALUE,
+        g::ITER_IOVEC_VALUE,
+        g::ITER_UBUF,
+        g::ITER_IOV,
+    ];
+    const A: u64 = ABSENT;
+
+    /// Values of [`NAMES`] per kernel, checked against `pahole -F btf` on the
+    /// full BTF the fixtures were cut from (see tests/fixtures/btf/README.md).
+    #[rustfmt::skip]
+    const KERNELS: [(&str, [u64; 26]); 4] = [
+        //                 fam st num dport saddr daddr v6s v6d proto recv acked files flags fdt max fd priv sk file msgiter type mask ubufv iovecv ubuf iov
+        ("linux-5.10.btf", [16, 18, 14, 12, 4, 0, 72, 56, 540, 1400, 1448, 2808, 36, 32, 0, 8, 200, 24, 16, 16, 0, 0xfe, A, 4, A, 24]),
+        ("linux-6.1.btf",  [16, 18, 14, 12, 4, 0, 72, 56, 516, 1408, 1456, 3048, 44, 32, 0, 8, 200, 24, 16, 16, 0, 0xff, 6, 0, 24, 24]),
+        ("linux-6.12.btf", [16, 18, 14, 12, 4, 0, 72, 56, 574, 1784, 1840, 3048, 44, 32, 0, 8, 32, 24, 16, 16, 0, 0xff, 0, 1, 16, 16]),
+        ("linux-6.18.btf", [16, 18, 14, 12, 4, 0, 72, 56, 532, 1752, 1824, 1824, 44, 32, 0, 8, 24, 24, 16, 16, 0, 0xff, 0, 1, 16, 16]),
+    ];
+
+    #[test]
+    fn btf_offsets_of_real_kernels_5_10_to_6_18() {
+        for (file, want) in KERNELS {
+            let k = resolve(&fixture(file)).unwrap_or_else(|e| panic!("{file}: {e:#}"));
+            let names: Vec<_> = k.globals.iter().map(|&(n, _)| n).collect();
+            assert_eq!(names, NAMES, "{file}");
+            for (name, want) in NAMES.iter().zip(want) {
+                assert_eq!(k.get(name), Some(want), "{file}: {name}");
+            }
+            assert_eq!(k.fd_walk_missing, None, "{file}");
+            assert_eq!(k.sendmsg_path_missing, None, "{file}");
+        }
+    }
+
+    #[test]
+    fn btf_missing_probe_set_fields_are_reported_not_fatal() {
+        let k = resolve(&fixture("linux-6.1-required-only.btf")).expect("required fields present");
+        assert_eq!(k.get(g::SKC_NUM), Some(14));
+        assert_eq!(k.get(g::TASK_FILES), Some(ABSENT));
+        assert_eq!(k.get(g::ITER_IOV), Some(ABSENT));
+        let fd = k.fd_walk_missing.expect("fd walk reported");
+        assert!(
+            fd.contains("task_struct.files") && fd.contains("socket.sk"),
+            "{fd}"
+        );
+        let send = k.sendmsg_path_missing.expect("sendmsg path reported");
+        assert!(
+            send.contains("msghdr.msg_iter") && send.contains("ITER_IOVEC"),
+            "{send}"
+        );
+    }
+
+    #[test]
+    fn btf_missing_required_field_is_an_error() {
+        let path = fixture("linux-6.1-no-tcp-sock.btf");
+        let err = resolve(&path)
+            .expect_err("tcp_sock is required")
+            .to_string();
+        assert!(err.contains("tcp_sock.bytes_received"), "{err}");
+        assert!(err.contains(&*path.to_string_lossy()), "{err}");
+    }
+
+    #[test]
+    fn btf_unreadable_file_says_what_to_do() {
+        let path = Path::new("/nonexistent/wstrace-test/vmlinux");
+        let err = resolve(path).expect_err("no such file").to_string();
+        assert!(err.contains("/nonexistent/wstrace-test/vmlinux"), "{err}");
+        assert!(err.contains("CONFIG_DEBUG_INFO_BTF=y"), "{err}");
+
+        let not_btf = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let err = resolve(&not_btf).expect_err("not BTF").to_string();
+        assert!(
+            err.contains("not a raw BTF blob") && err.contains("objcopy"),
+            "{err}"
+        );
+    }
+
+    /// (major, minor) of the running kernel, from /proc/sys/kernel/osrelease.
+    fn running_kernel() -> Option<(u32, u32)> {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+        let mut parts = release.trim().split(['.', '-']);
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    }
+
+    #[test]
+    fn btf_offsets_of_this_machines_kernel() {
+        let path = Path::new(DEFAULT_BTF_PATH);
+        if let Err(e) = std::fs::File::open(path) {
+            eprintln!(
+                "SKIPPED: btf_offsets_of_this_machines_kernel: cannot read {DEFAULT_BTF_PATH}: {e}"
+            );
+            return;
+        }
+        let k = resolve(path).unwrap_or_else(|e| panic!("{e:#}"));
+        eprintln!("{DEFAULT_BTF_PATH} ({:?}): {:?}", running_kernel(), k);
+        // sock_common's head has not moved since 4.x on 64-bit kernels.
+        if cfg!(target_pointer_width = "64") {
+            for (name, want) in [
+                (g::SKC_DADDR, 0),
+                (g::SKC_RCV_SADDR, 4),
+                (g::SKC_DPORT, 12),
+                (g::SKC_NUM, 14),
+                (g::SKC_FAMILY, 16),
+                (g::SKC_STATE, 18),
+            ] {
+                assert_eq!(k.get(name), Some(want), "{name}");
+            }
+        }
+        for name in NAMES {
+            let v = k.get(name).unwrap_or_else(|| panic!("{name} not resolved"));
+            if ![
+                g::SKC_V6_RCV_SADDR,
+                g::SKC_V6_DADDR,
+                g::TCP_BYTES_ACKED,
+                g::ITER_UBUF_VALUE,
+                g::ITER_UBUF,
+            ]
+            .contains(&name)
+            {
+                assert_ne!(v, ABSENT, "{name}");
+            }
+        }
+        assert_eq!(k.fd_walk_missing, None);
+        assert_eq!(k.sendmsg_path_missing, None);
+        let version = running_kernel().unwrap_or((0, 0));
+        if version >= (5, 14) {
+            assert_eq!(k.get(g::ITER_TYPE_MASK), Some(0xff));
+        }
+        if version >= (6, 0) {
+            assert_ne!(k.get(g::ITER_UBUF), Some(ABSENT));
+            assert_ne!(k.get(g::ITER_UBUF_VALUE), Some(ABSENT));
+        }
+    }
+
+    /// Manual check of other kernels' full BTF:
+    /// `WSTRACE_BTF=btf1.raw:btf2.raw cargo test -p wstrace btf_print -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn btf_print_offsets_of_wstrace_btf_files() {
+        for path in std::env::var("WSTRACE_BTF").unwrap_or_default().split(':') {
+            match resolve(Path::new(path)) {
+                Ok(k) => {
+                    let values: Vec<_> = NAMES.iter().map(|n| k.get(n).map(|v| v as i64)).collect();
+                    println!(
+                        "{path}: {values:?} fd_walk_missing={:?} sendmsg_path_missing={:?}",
+                        k.fd_walk_missing, k.sendmsg_path_missing
+                    );
+                }
+                Err(e) => println!("{path}: {e:#}"),
+            }
+        }
+    }
+}

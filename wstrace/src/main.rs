@@ -1,4 +1,57 @@
+//! wstrace: who closed my WebSocket, and why?
+//!
+//! Modules, in the order data flows: `probes` (load + attach one probe set,
+//! with `btf` and `tracefs` supplying kernel offsets) -> `events` (decode ring
+//! buffer records) -> `matcher` (one report per closed upgraded socket) ->
+//! `symbolize` -> `output`. `tracer` runs that loop; `demo` runs it against a
+//! built-in server.
 mod btf;
+mod cli;
+mod demo;
+mod events;
+mod matcher;
+mod output;
+mod privileges;
+mod probes;
+#[path = "symbolize_stub.rs"]
 mod symbolize;
+mod tracefs;
+mod tracer;
 
-fn main() {}
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser as _;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let result = match &cli.command {
+        Some(cli::Command::Demo(args)) => demo::run(args).await,
+        None => run_trace(&cli.trace).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wstrace: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_trace(args: &cli::TraceArgs) -> anyhow::Result<()> {
+    let duration = match args.duration {
+        Some(d) if !(d.is_finite() && d > 0.0) => {
+            anyhow::bail!("--duration must be a positive number of seconds (got {d})")
+        }
+        Some(d) => Some(Duration::from_secs_f64(d)),
+        None => None,
+    };
+    let opts = tracer::Options {
+        ports: &args.ports,
+        common: &args.common,
+        count: args.count,
+        duration,
+    };
+    tracer::run(opts, |_| {}).await.map(|_| ())
+}

@@ -1,0 +1,20 @@
+//! Every map the programs share. Sizes are defaults; the daemon may resize
+//! them before loading (`EbpfLoader::map_max_entries`).
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+
+/// Events to the daemon, in order across CPUs.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// `struct sock *` -> ktime of the 101 write. Only upgraded sockets on a
+/// traced port live here; LRU so a flood of never-closed sockets cannot fill it.
+#[map]
+pub static UPGRADED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Events that found the ring buffer full (index 0), per CPU. The daemon sums
+/// and reports them: a lost event is never silent.
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -1,0 +1,22 @@
+//! kprobe set: the fentry set's logic for kernels without BTF trampolines
+//! (same prototypes; see fentry.rs).
+use aya_ebpf::{macros::kprobe, programs::ProbeContext};
+use wstrace_common::ProbeSet;
+
+use crate::probes::shared;
+
+#[kprobe]
+pub fn kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
+    let sk: u64 = ctx.arg(0).unwrap_or(0);
+    let msg: u64 = ctx.arg(1).unwrap_or(0);
+    let size: u64 = ctx.arg(2).unwrap_or(0);
+    shared::on_tcp_sendmsg(sk, msg, size, ProbeSet::Kprobe);
+    0
+}
+
+#[kprobe]
+pub fn kprobe_tcp_close(ctx: ProbeContext) -> u32 {
+    let sk: u64 = ctx.arg(0).unwrap_or(0);
+    shared::on_tcp_close(&ctx, sk, ProbeSet::Kprobe);
+    0
+}

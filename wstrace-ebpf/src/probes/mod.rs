@@ -1,0 +1,5 @@
+pub mod common;
+mod shared;
+pub mod fentry;
+pub mod kprobe;
+pub mod tracepoint;

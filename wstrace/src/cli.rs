@@ -1,0 +1,131 @@
+//! Command line. `--help` is the manual most users read: it says what each
+//! option is for, not only what it is.
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{output::Format, probes::ProbeChoice};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wstrace",
+    version,
+    about = "Who closed my WebSocket, and why? Traces upgraded (HTTP 101) sockets with eBPF.",
+    long_about = "Who closed my WebSocket, and why?\n\n\
+        wstrace watches the TCP ports you name. When the local server writes an \
+        `HTTP/1.1 101 Switching Protocols` response on a socket, that socket is traced; \
+        when it closes, wstrace prints which side closed first (FIN or RST), the process \
+        and thread that closed the local end, the kernel and user stacks of that close, \
+        and how long after the 101 it happened.\n\n\
+        Needs root (or CAP_BPF + CAP_PERFMON) and a kernel with BTF (5.10+). \
+        Plaintext only: behind TLS (wss://) the kernel sees ciphertext, so trace the \
+        port behind the TLS-terminating proxy.",
+    after_help = "Examples:\n  \
+        sudo wstrace demo                       # see it work first: built-in server and client\n  \
+        sudo wstrace --port 1215                # trace the server on port 1215\n  \
+        sudo wstrace -p 80 -p 8080 --format json --count 10\n  \
+        sudo wstrace -p 1215 --probe tracepoint # force the tracepoint-only probe set",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a built-in loopback WebSocket server that closes HTTP/1.0 upgrades
+    /// right after the 101 (like Swoole behind nginx without
+    /// `proxy_http_version 1.1;`), drive one HTTP/1.0 and one HTTP/1.1 upgrade
+    /// against it, and trace both with the real probes.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    /// Local TCP port the server listens on (repeatable, up to 8).
+    #[arg(short, long = "port", value_name = "PORT", required = true,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Exit after this many close reports.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+
+    /// Exit after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CommonArgs {
+    /// Kernel hooks to use. `auto` tries fentry, then kprobe, then tracepoint,
+    /// and says why it skipped any.
+    #[arg(long, value_enum, default_value_t = ProbeChoice::Auto)]
+    pub probe: ProbeChoice,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Colour in text output.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+
+    /// Upgraded sockets tracked at once in the kernel (LRU beyond that).
+    #[arg(long, value_name = "N", default_value_t = 65536,
+          value_parser = clap::value_parser!(u32).range(64..=(1 << 22)))]
+    pub max_sockets: u32,
+
+    /// Kernel BTF to read struct offsets from.
+    #[arg(long, value_name = "PATH", default_value = crate::btf::DEFAULT_BTF_PATH)]
+    pub btf: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    /// Colour when stdout is a terminal.
+    Auto,
+    Always,
+    Never,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ports_are_validated() {
+        let e = Cli::try_parse_from(["wstrace", "--port", "70000"]).unwrap_err();
+        assert!(e.to_string().contains("70000"), "{e}");
+        let e = Cli::try_parse_from(["wstrace", "--port", "0"]).unwrap_err();
+        assert!(e.to_string().contains("0"), "{e}");
+        assert!(Cli::try_parse_from(["wstrace"]).is_err(), "a port is required");
+        let c = Cli::try_parse_from(["wstrace", "-p", "80", "--port", "8080"]).expect("parses");
+        assert_eq!(c.trace.ports, vec![80, 8080]);
+    }
+
+    #[test]
+    fn demo_needs_no_port() {
+        let c = Cli::try_parse_from(["wstrace", "demo"]).expect("parses");
+        assert!(matches!(c.command, Some(Command::Demo(_))));
+    }
+}

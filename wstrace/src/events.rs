@@ -1,0 +1,220 @@
+//! Decoding ring-buffer records into typed events.
+//!
+//! The byte layout is `wstrace_common`'s; this module only checks lengths and
+//! turns kernel representations (address bytes, comm arrays, stack lengths)
+//! into Rust values.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use anyhow::{Result, bail};
+use wstrace_common::{
+    AF_INET6, CloseEvent, EventHeader, EventKind, FLAG_TASK_EXITING, STACK_DEPTH, SockTuple,
+};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub kind: EventKind,
+    /// Probe set byte as the program wrote it (0 for the shared programs).
+    pub probe: u8,
+    pub old_state: u8,
+    pub new_state: u8,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub task_exiting: bool,
+    pub arg: u32,
+    pub ts_ns: u64,
+    pub sk: u64,
+    pub bytes_received: u64,
+    pub bytes_acked: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Only for `Close`.
+    pub stacks: Option<Stacks>,
+}
+
+/// Raw addresses, innermost first. `Err(errno)` when the kernel could not
+/// walk that stack (e.g. EFAULT for a task without a user address space).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stacks {
+    pub kernel: Result<Vec<u64>, i64>,
+    pub user: Result<Vec<u64>, i64>,
+}
+
+pub fn comm_string(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+pub fn tuple_addrs(t: &SockTuple) -> (SocketAddr, SocketAddr) {
+    let ip = |b: &[u8; 16]| -> IpAddr {
+        if t.family == AF_INET6 {
+            let v6 = Ipv6Addr::from(*b);
+            // Dual-stack sockets carry IPv4 peers as ::ffff:a.b.c.d.
+            match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            }
+        } else {
+            IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+        }
+    };
+    (
+        SocketAddr::new(ip(&t.laddr), t.lport),
+        SocketAddr::new(ip(&t.raddr), t.rport),
+    )
+}
+
+fn stack(len: i64, addrs: &[u64; STACK_DEPTH]) -> Result<Vec<u64>, i64> {
+    if len < 0 {
+        return Err(-len);
+    }
+    let n = (len as usize / 8).min(STACK_DEPTH);
+    Ok(addrs[..n].iter().copied().take_while(|&a| a != 0).collect())
+}
+
+fn read_pod<T: Copy>(bytes: &[u8]) -> T {
+    // SAFETY: callers checked `bytes.len() >= size_of::<T>()`; T is a
+    // #[repr(C)] plain-old-data type from wstrace_common (every bit pattern
+    // valid); read_unaligned because ring buffer records are only 8-aligned.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Event> {
+    if bytes.len() < size_of::<EventHeader>() {
+        bail!("short event record: {} bytes", bytes.len());
+    }
+    let h: EventHeader = read_pod(bytes);
+    let Some(kind) = EventKind::from_u8(h.kind) else {
+        bail!("unknown event kind {}", h.kind);
+    };
+    let stacks = if kind == EventKind::Close {
+        if bytes.len() < size_of::<CloseEvent>() {
+            bail!("short close record: {} bytes", bytes.len());
+        }
+        let c: CloseEvent = read_pod(bytes);
+        Some(Stacks {
+            kernel: stack(c.kernel_stack_len, &c.kernel_stack),
+            user: stack(c.user_stack_len, &c.user_stack),
+        })
+    } else {
+        None
+    };
+    let (local, remote) = tuple_addrs(&h.tuple);
+    Ok(Event {
+        kind,
+        probe: h.probe,
+        old_state: h.old_state,
+        new_state: h.new_state,
+        pid: h.pid,
+        tid: h.tid,
+        comm: comm_string(&h.comm),
+        task_exiting: h.flags & FLAG_TASK_EXITING != 0,
+        arg: h.arg,
+        ts_ns: h.ts_ns,
+        sk: h.sk,
+        bytes_received: h.bytes_received,
+        bytes_acked: h.bytes_acked,
+        local,
+        remote,
+        stacks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wstrace_common::AF_INET;
+
+    fn as_bytes<T>(v: &T) -> &[u8] {
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
+    }
+
+    fn header(kind: EventKind) -> EventHeader {
+        let mut comm = [0u8; 16];
+        comm[..6].copy_from_slice(b"swoole");
+        EventHeader {
+            kind: kind as u8,
+            probe: 3,
+            old_state: 1,
+            new_state: 4,
+            pid: 10,
+            tid: 11,
+            flags: 0,
+            arg: 129,
+            _reserved: 0,
+            ts_ns: 5,
+            sk: 0xffff_8880_0000_1000,
+            bytes_received: 1,
+            bytes_acked: 2,
+            tuple: SockTuple {
+                family: AF_INET,
+                lport: 1215,
+                rport: 40000,
+                _pad: 0,
+                laddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                raddr: [10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            },
+            comm,
+        }
+    }
+
+    #[test]
+    fn decodes_an_ipv4_upgrade() {
+        let h = header(EventKind::Upgrade);
+        let e = decode(as_bytes(&h)).expect("decodes");
+        assert_eq!(e.kind, EventKind::Upgrade);
+        assert_eq!(e.local.to_string(), "127.0.0.1:1215");
+        assert_eq!(e.remote.to_string(), "10.1.2.3:40000");
+        assert_eq!(e.comm, "swoole");
+        assert_eq!(e.arg, 129);
+        assert!(e.stacks.is_none());
+    }
+
+    #[test]
+    fn ipv6_and_mapped_ipv4_addresses() {
+        let mut t = header(EventKind::State).tuple;
+        t.family = AF_INET6;
+        t.laddr = Ipv6Addr::LOCALHOST.octets();
+        t.raddr = Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped().octets();
+        let (l, r) = tuple_addrs(&t);
+        assert_eq!(l.to_string(), "[::1]:1215");
+        assert_eq!(r.to_string(), "192.0.2.7:40000");
+    }
+
+    #[test]
+    fn close_event_stacks_and_errors() {
+        let mut c = CloseEvent {
+            header: header(EventKind::Close),
+            kernel_stack_len: 3 * 8,
+            user_stack_len: -14, // EFAULT: no user address space (process exit)
+            kernel_stack: [0; STACK_DEPTH],
+            user_stack: [0; STACK_DEPTH],
+        };
+        c.kernel_stack[..3].copy_from_slice(&[0xffffffff81000010, 0xffffffff81000020, 0xffffffff81000030]);
+        c.header.flags = FLAG_TASK_EXITING;
+        let e = decode(as_bytes(&c)).expect("decodes");
+        let s = e.stacks.expect("close carries stacks");
+        assert_eq!(s.kernel.expect("kernel stack").len(), 3);
+        assert_eq!(s.user, Err(14));
+        assert!(e.task_exiting);
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        assert!(decode(&[0u8; 10]).is_err());
+        let mut h = header(EventKind::Upgrade);
+        h.kind = 99;
+        assert!(decode(as_bytes(&h)).is_err());
+        // A Close header without its stacks is truncated, not a crash.
+        let h = header(EventKind::Close);
+        assert!(decode(as_bytes(&h)).is_err());
+    }
+
+    #[test]
+    fn comm_stops_at_nul_and_survives_bad_utf8() {
+        let mut c = [0u8; 16];
+        c[..3].copy_from_slice(&[b'a', 0xff, b'b']);
+        assert_eq!(comm_string(&c), "a\u{fffd}b");
+        assert_eq!(comm_string(&[b'x'; 16]), "x".repeat(16));
+    }
+}

@@ -1,0 +1,603 @@
+//! Turns the event stream of upgraded sockets into one `CloseReport` per
+//! socket: who closed first, how, and which process closed the local end.
+//!
+//! Pure (no I/O, no clocks of its own): events and `tick(now)` in, reports
+//! out, so every ordering the kernel can produce is unit-tested here.
+//!
+//! Facts the rules rest on (see KERNEL-NOTES and the probes' comments):
+//! - ESTABLISHED->FIN_WAIT1 is a local close (or shutdown); it runs in the
+//!   closing process's context.
+//! - ESTABLISHED->CLOSE_WAIT is the peer's FIN; it runs in softirq (or, on
+//!   loopback, the peer's process): its pid means nothing.
+//! - CLOSE_WAIT->LAST_ACK is the local process closing after the peer did.
+//! - ->CLOSE straight from ESTABLISHED/CLOSE_WAIT is a reset: ours if the
+//!   kernel sent one (SO_LINGER 0, unread data at close), the peer's if one
+//!   arrived (tcp_receive_reset fires before the transition).
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use wstrace_common::{EventKind, ProbeSet, tcp_state};
+
+use crate::events::{Event, Stacks};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClosedBy {
+    Local,
+    Peer,
+}
+
+impl ClosedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Peer => "peer",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum How {
+    Fin,
+    Rst,
+}
+
+impl How {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fin => "fin",
+            Self::Rst => "rst",
+        }
+    }
+}
+
+/// The process that closed the local end, as the kernel saw it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Closer {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    /// The close ran in do_exit: the process ended without closing it itself.
+    pub at_exit: bool,
+    pub stacks: Stacks,
+}
+
+/// The process that wrote the 101.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Upgrader {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CloseReport {
+    pub sk: u64,
+    /// Monotonic ns of the first close (FIN or RST, either side).
+    pub close_ts_ns: u64,
+    pub upgrade_ts_ns: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub closed_by: ClosedBy,
+    pub how: How,
+    pub closer: Option<Closer>,
+    pub upgrader: Upgrader,
+    pub bytes_sent_after_upgrade: u64,
+    pub bytes_received_after_upgrade: u64,
+    pub probe: ProbeSet,
+    /// Anything the reader must know to read the report right.
+    pub notes: Vec<String>,
+}
+
+impl CloseReport {
+    pub fn ms_after_upgrade(&self) -> f64 {
+        self.close_ts_ns.saturating_sub(self.upgrade_ts_ns) as f64 / 1e6
+    }
+}
+
+/// How long to wait, after the peer closed, for a local process to close its
+/// end before reporting "still open" (a CLOSE_WAIT leak is itself a finding).
+pub const PEER_CLOSE_HOLD_NS: u64 = 2_000_000_000;
+/// How long to wait after a reset transition for the reset event that says
+/// whose it was (they come from the same kernel call path, microseconds apart).
+pub const RESET_SETTLE_NS: u64 = 50_000_000;
+
+#[derive(Debug)]
+struct Tracked {
+    upgrade: Event,
+    first: Option<(ClosedBy, How, u64)>,
+    closer: Option<Closer>,
+    rst_sent: bool,
+    rst_received: bool,
+    /// Saw ->CLOSE from a live state; wait for the reset events to settle.
+    reset_transition_ts: Option<u64>,
+    /// The local end has sent its FIN (FIN_WAIT1 or LAST_ACK).
+    local_fin_done: bool,
+    /// fentry/kprobe: tcp_close entry on a live socket, before the transition
+    /// says whether it ends in a FIN or a RST.
+    local_close_ts: Option<u64>,
+    last_bytes: (u64, u64),
+    /// Set once reported: later events for the socket are ignored.
+    reported: bool,
+}
+
+pub struct Matcher {
+    probe: ProbeSet,
+    sockets: HashMap<u64, Tracked>,
+    /// Events for sockets the matcher never saw upgrade (started mid-way,
+    /// or an Upgrade event was lost).
+    pub orphan_events: u64,
+}
+
+/// Upper bound on tracked sockets in userspace, matching the kernel map's
+/// default; beyond it the oldest are dropped and counted.
+pub const MAX_TRACKED: usize = 65536;
+
+impl Matcher {
+    pub fn new(probe: ProbeSet) -> Self {
+        Self { probe, sockets: HashMap::new(), orphan_events: 0 }
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// Feed one event; returns the reports it completes.
+    pub fn on_event(&mut self, ev: Event) -> Vec<CloseReport> {
+        let mut out = Vec::new();
+        if ev.kind == EventKind::Upgrade {
+            if self.sockets.len() >= MAX_TRACKED {
+                self.evict_oldest();
+            }
+            let last_bytes = (ev.bytes_received, ev.bytes_acked);
+            self.sockets.insert(
+                ev.sk,
+                Tracked {
+                    upgrade: ev,
+                    first: None,
+                    closer: None,
+                    rst_sent: false,
+                    rst_received: false,
+                    reset_transition_ts: None,
+                    local_fin_done: false,
+                    local_close_ts: None,
+                    last_bytes,
+                    reported: false,
+                },
+            );
+            return out;
+        }
+        let sk = ev.sk;
+        let Some(t) = self.sockets.get_mut(&sk) else {
+            self.orphan_events += 1;
+            return out;
+        };
+        if ev.kind == EventKind::Destroy {
+            let t = self.sockets.remove(&sk);
+            if let Some(mut t) = t {
+                if !t.reported {
+                    t.last_bytes = (ev.bytes_received, ev.bytes_acked);
+                    out.push(self.report(t, ev.ts_ns));
+                }
+            }
+            return out;
+        }
+        if t.reported {
+            return out;
+        }
+        t.last_bytes = (ev.bytes_received, ev.bytes_acked);
+        match ev.kind {
+            EventKind::ResetReceived => {
+                t.rst_received = true;
+                t.first.get_or_insert((ClosedBy::Peer, How::Rst, ev.ts_ns));
+            }
+            EventKind::ResetSent => {
+                t.rst_sent = true;
+                t.first.get_or_insert((ClosedBy::Local, How::Rst, ev.ts_ns));
+            }
+            EventKind::State => apply_transition(t, ev.old_state, ev.new_state, ev.ts_ns),
+            EventKind::Close => {
+                let is_reset_by_peer = ev.new_state == tcp_state::CLOSE && t.rst_received;
+                if t.closer.is_none() && !is_reset_by_peer {
+                    if let Some(stacks) = ev.stacks.clone() {
+                        t.closer = Some(Closer {
+                            pid: ev.pid,
+                            tid: ev.tid,
+                            comm: ev.comm.clone(),
+                            at_exit: ev.task_exiting,
+                            stacks,
+                        });
+                    }
+                }
+                if ev.new_state != 0 {
+                    // Tracepoint set: the close is itself the transition.
+                    apply_transition(t, ev.old_state, ev.new_state, ev.ts_ns);
+                } else if ev.old_state == tcp_state::ESTABLISHED {
+                    // fentry/kprobe: tcp_close entry on a live socket. How it
+                    // ends (FIN or RST) comes with the next transition.
+                    t.local_close_ts.get_or_insert(ev.ts_ns);
+                }
+            }
+            EventKind::Upgrade | EventKind::Destroy => {}
+        }
+        if ready(t) {
+            if let Some(t) = self.sockets.get_mut(&sk) {
+                t.reported = true;
+            }
+            if let Some(t) = self.sockets.get(&sk) {
+                out.push(self.report_ref(t, ev.ts_ns));
+            }
+        }
+        out
+    }
+
+    /// Reports that have waited long enough: a peer close whose local end
+    /// never closed, or a reset whose direction has settled.
+    pub fn tick(&mut self, now_ns: u64) -> Vec<CloseReport> {
+        let due: Vec<u64> = self
+            .sockets
+            .iter()
+            .filter(|(_, t)| !t.reported)
+            .filter(|(_, t)| match (t.first, t.reset_transition_ts) {
+                (_, Some(ts)) => now_ns.saturating_sub(ts) >= RESET_SETTLE_NS,
+                (Some((ClosedBy::Peer, _, ts)), None) => {
+                    t.closer.is_none() && now_ns.saturating_sub(ts) >= PEER_CLOSE_HOLD_NS
+                }
+                _ => false,
+            })
+            .map(|(&sk, _)| sk)
+            .collect();
+        let mut out = Vec::new();
+        for sk in due {
+            if let Some(t) = self.sockets.get_mut(&sk) {
+                t.reported = true;
+            }
+            if let Some(t) = self.sockets.get(&sk) {
+                out.push(self.report_ref(t, now_ns));
+            }
+        }
+        out
+    }
+
+    /// Everything still pending, for a clean exit: reported with what is known.
+    pub fn flush(&mut self, now_ns: u64) -> Vec<CloseReport> {
+        let pending: Vec<u64> = self
+            .sockets
+            .iter()
+            .filter(|(_, t)| !t.reported && (t.first.is_some() || t.local_close_ts.is_some()))
+            .map(|(&sk, _)| sk)
+            .collect();
+        let mut out = Vec::new();
+        for sk in pending {
+            if let Some(t) = self.sockets.remove(&sk) {
+                out.push(self.report(t, now_ns));
+            }
+        }
+        out
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some((&sk, _)) = self.sockets.iter().min_by_key(|(_, t)| t.upgrade.ts_ns) {
+            self.sockets.remove(&sk);
+        }
+    }
+
+    fn report(&self, t: Tracked, now_ns: u64) -> CloseReport {
+        self.report_ref(&t, now_ns)
+    }
+
+    fn report_ref(&self, t: &Tracked, now_ns: u64) -> CloseReport {
+        let mut notes = Vec::new();
+        let (closed_by, how, close_ts) = match (t.first, t.local_close_ts) {
+            (Some(f), _) => f,
+            // Closed at tcp_close entry, transition not seen (yet).
+            (None, Some(ts)) => (ClosedBy::Local, How::Fin, ts),
+            (None, None) => {
+                notes.push("the kernel destroyed the socket without a close being seen".into());
+                (ClosedBy::Local, How::Fin, now_ns)
+            }
+        };
+        let closer = match (&t.closer, closed_by) {
+            // The peer reset the connection: nobody here closed it.
+            (_, ClosedBy::Peer) if how == How::Rst => None,
+            (c, _) => c.clone(),
+        };
+        match &closer {
+            Some(c) if c.at_exit => notes.push(format!(
+                "closed at process exit: {} (pid {}) ended without closing the socket itself",
+                c.comm, c.pid
+            )),
+            None if closed_by == ClosedBy::Peer && how == How::Fin => notes.push(
+                "the local end is still open (CLOSE_WAIT): no process here has closed it yet".into(),
+            ),
+            _ => {}
+        }
+        let up = &t.upgrade;
+        let (rx, acked) = t.last_bytes;
+        CloseReport {
+            sk: up.sk,
+            close_ts_ns: close_ts,
+            upgrade_ts_ns: up.ts_ns,
+            local: up.local,
+            remote: up.remote,
+            closed_by,
+            how,
+            closer,
+            upgrader: Upgrader { pid: up.pid, tid: up.tid, comm: up.comm.clone() },
+            // bytes_acked at the upgrade event was read before the 101 itself
+            // went out: discount the 101 write.
+            bytes_sent_after_upgrade: acked
+                .saturating_sub(up.bytes_acked)
+                .saturating_sub(up.arg as u64),
+            bytes_received_after_upgrade: rx.saturating_sub(up.bytes_received),
+            probe: self.probe,
+            notes,
+        }
+    }
+}
+
+fn apply_transition(t: &mut Tracked, old: u8, new: u8, ts: u64) {
+    use tcp_state::*;
+    // A local close seen at tcp_close entry dates the close.
+    let local_ts = t.local_close_ts.unwrap_or(ts);
+    match (old, new) {
+        (ESTABLISHED, FIN_WAIT1) => {
+            t.first.get_or_insert((ClosedBy::Local, How::Fin, local_ts));
+            t.local_fin_done = true;
+        }
+        (ESTABLISHED, CLOSE_WAIT) => {
+            t.first.get_or_insert((ClosedBy::Peer, How::Fin, ts));
+        }
+        (CLOSE_WAIT, LAST_ACK) => t.local_fin_done = true,
+        (ESTABLISHED | CLOSE_WAIT, CLOSE) => {
+            let (by, at) =
+                if t.rst_received { (ClosedBy::Peer, ts) } else { (ClosedBy::Local, local_ts) };
+            t.first.get_or_insert((by, How::Rst, at));
+            t.reset_transition_ts = Some(ts);
+        }
+        _ => {}
+    }
+}
+
+/// Complete when the first close and the local end's closer are both known,
+/// and no reset is still settling.
+fn ready(t: &Tracked) -> bool {
+    if t.reset_transition_ts.is_some() {
+        return false; // destroy or tick() finishes it
+    }
+    match t.first {
+        Some((_, How::Fin, _)) => t.local_fin_done && t.closer.is_some(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+    use tcp_state::*;
+
+    const SK: u64 = 0xffff_8880_1234_5000;
+
+    fn ev(kind: EventKind, ts_ns: u64) -> Event {
+        Event {
+            kind,
+            probe: 0,
+            old_state: 0,
+            new_state: 0,
+            pid: 0,
+            tid: 0,
+            comm: String::new(),
+            task_exiting: false,
+            arg: 0,
+            ts_ns,
+            sk: SK,
+            bytes_received: 0,
+            bytes_acked: 0,
+            local: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1215),
+            remote: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50000),
+            stacks: None,
+        }
+    }
+
+    fn upgrade(ts: u64) -> Event {
+        Event {
+            pid: 100,
+            tid: 101,
+            comm: "swoole".into(),
+            arg: 129,
+            bytes_received: 300,
+            bytes_acked: 0,
+            ..ev(EventKind::Upgrade, ts)
+        }
+    }
+
+    fn state(old: u8, new: u8, ts: u64) -> Event {
+        // State events fire wherever the kernel is: give them a misleading pid.
+        Event { old_state: old, new_state: new, pid: 999, comm: "client".into(), ..ev(EventKind::State, ts) }
+    }
+
+    fn stacks() -> Stacks {
+        Stacks { kernel: Ok(vec![0xffffffff81000000]), user: Ok(vec![0x7f0000001000]) }
+    }
+
+    fn close(old: u8, new: u8, pid: u32, ts: u64) -> Event {
+        Event {
+            old_state: old,
+            new_state: new,
+            pid,
+            tid: pid + 1,
+            comm: "swoole".into(),
+            stacks: Some(stacks()),
+            ..ev(EventKind::Close, ts)
+        }
+    }
+
+    fn one(reports: Vec<CloseReport>) -> CloseReport {
+        assert_eq!(reports.len(), 1, "expected exactly one report: {reports:#?}");
+        reports.into_iter().next().expect("one report")
+    }
+
+    #[test]
+    fn server_close_after_101_names_the_server_tracepoint_set() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        assert!(m.on_event(upgrade(1_000_000)).is_empty());
+        let r = one(m.on_event(close(ESTABLISHED, FIN_WAIT1, 100, 2_500_000)));
+        assert_eq!(r.closed_by, ClosedBy::Local);
+        assert_eq!(r.how, How::Fin);
+        let c = r.closer.as_ref().expect("closer");
+        assert_eq!((c.pid, c.tid, c.comm.as_str()), (100, 101, "swoole"));
+        assert_eq!(r.ms_after_upgrade(), 1.5);
+        // Later transitions and the destroy do not report twice.
+        assert!(m.on_event(state(FIN_WAIT1, FIN_WAIT2, 3_000_000)).is_empty());
+        assert!(m.on_event(ev(EventKind::Destroy, 4_000_000)).is_empty());
+        assert_eq!(m.tracked(), 0);
+    }
+
+    #[test]
+    fn server_close_fentry_set_waits_for_the_transition() {
+        let mut m = Matcher::new(ProbeSet::Fentry);
+        m.on_event(upgrade(0));
+        // tcp_close entry comes before the state change.
+        assert!(m.on_event(close(ESTABLISHED, 0, 100, 10)).is_empty());
+        let r = one(m.on_event(state(ESTABLISHED, FIN_WAIT1, 11)));
+        assert_eq!((r.closed_by, r.how), (ClosedBy::Local, How::Fin));
+        assert_eq!(r.closer.expect("closer").pid, 100);
+        assert_eq!(r.close_ts_ns, 10);
+    }
+
+    #[test]
+    fn client_close_first_is_peer_and_names_the_process_that_closed_after() {
+        for (set, closer) in [
+            (ProbeSet::Tracepoint, close(CLOSE_WAIT, LAST_ACK, 100, 30)),
+            (ProbeSet::Kprobe, close(CLOSE_WAIT, 0, 100, 30)),
+        ] {
+            let mut m = Matcher::new(set);
+            m.on_event(upgrade(0));
+            assert!(m.on_event(state(ESTABLISHED, CLOSE_WAIT, 20)).is_empty());
+            let mut reports = m.on_event(closer);
+            if set == ProbeSet::Kprobe {
+                assert!(reports.is_empty());
+                reports = m.on_event(state(CLOSE_WAIT, LAST_ACK, 31));
+            }
+            let r = one(reports);
+            assert_eq!((r.closed_by, r.how), (ClosedBy::Peer, How::Fin), "{set:?}");
+            assert_eq!(r.closer.expect("closer").pid, 100, "not the softirq/peer pid 999");
+            assert_eq!(r.close_ts_ns, 20, "the close time is the peer's FIN");
+        }
+    }
+
+    #[test]
+    fn peer_close_without_local_close_reports_close_wait_after_hold() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        m.on_event(upgrade(0));
+        m.on_event(state(ESTABLISHED, CLOSE_WAIT, 10));
+        assert!(m.tick(10 + PEER_CLOSE_HOLD_NS - 1).is_empty());
+        let r = one(m.tick(10 + PEER_CLOSE_HOLD_NS));
+        assert_eq!(r.closed_by, ClosedBy::Peer);
+        assert!(r.closer.is_none());
+        assert!(r.notes.iter().any(|n| n.contains("CLOSE_WAIT")));
+        assert!(m.tick(u64::MAX).is_empty(), "reported once");
+    }
+
+    #[test]
+    fn linger_zero_close_is_local_rst() {
+        // tcp_disconnect: ->CLOSE first, then the active reset, then destroy.
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        m.on_event(upgrade(0));
+        assert!(m.on_event(close(ESTABLISHED, CLOSE, 100, 10)).is_empty());
+        assert!(m.on_event(Event { pid: 100, ..ev(EventKind::ResetSent, 11) }).is_empty());
+        let r = one(m.on_event(ev(EventKind::Destroy, 12)));
+        assert_eq!((r.closed_by, r.how), (ClosedBy::Local, How::Rst));
+        assert_eq!(r.closer.expect("closer").pid, 100);
+    }
+
+    #[test]
+    fn linger_zero_close_fentry_set_is_local_rst() {
+        let mut m = Matcher::new(ProbeSet::Fentry);
+        m.on_event(upgrade(0));
+        assert!(m.on_event(close(ESTABLISHED, 0, 100, 10)).is_empty());
+        assert!(m.on_event(state(ESTABLISHED, CLOSE, 11)).is_empty());
+        m.on_event(ev(EventKind::ResetSent, 12));
+        let r = one(m.on_event(ev(EventKind::Destroy, 13)));
+        assert_eq!((r.closed_by, r.how, r.close_ts_ns), (ClosedBy::Local, How::Rst, 10));
+        assert_eq!(r.closer.expect("closer").pid, 100);
+    }
+
+    #[test]
+    fn reset_settles_by_tick_when_destroy_is_not_seen() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        m.on_event(upgrade(0));
+        m.on_event(close(ESTABLISHED, CLOSE, 100, 10));
+        assert!(m.tick(10 + RESET_SETTLE_NS - 1).is_empty());
+        let r = one(m.tick(10 + RESET_SETTLE_NS));
+        assert_eq!((r.closed_by, r.how), (ClosedBy::Local, How::Rst));
+    }
+
+    #[test]
+    fn peer_reset_has_no_local_closer_even_in_process_context() {
+        // The RST may be processed from the socket backlog in the server's own
+        // context: that process did not close anything.
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        m.on_event(upgrade(0));
+        m.on_event(ev(EventKind::ResetReceived, 10));
+        m.on_event(close(ESTABLISHED, CLOSE, 100, 10));
+        let r = one(m.on_event(ev(EventKind::Destroy, 12)));
+        assert_eq!((r.closed_by, r.how), (ClosedBy::Peer, How::Rst));
+        assert!(r.closer.is_none());
+    }
+
+    #[test]
+    fn close_at_process_exit_is_noted() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        m.on_event(upgrade(0));
+        let r = one(m.on_event(Event {
+            task_exiting: true,
+            ..close(ESTABLISHED, FIN_WAIT1, 100, 10)
+        }));
+        assert!(r.closer.expect("closer").at_exit);
+        assert!(r.notes.iter().any(|n| n.contains("process exit")));
+    }
+
+    #[test]
+    fn sockets_never_upgraded_produce_nothing() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        assert!(m.on_event(close(ESTABLISHED, FIN_WAIT1, 100, 10)).is_empty());
+        assert!(m.on_event(ev(EventKind::Destroy, 11)).is_empty());
+        assert_eq!(m.orphan_events, 2);
+        assert!(m.flush(100).is_empty());
+    }
+
+    #[test]
+    fn bytes_after_upgrade_discount_the_101_itself() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        m.on_event(upgrade(0)); // rx 300 (the request), acked 0, 101 is 129 bytes
+        let r = one(m.on_event(Event {
+            bytes_received: 300 + 6,
+            bytes_acked: 129 + 4,
+            ..close(ESTABLISHED, FIN_WAIT1, 100, 10)
+        }));
+        assert_eq!(r.bytes_sent_after_upgrade, 4);
+        assert_eq!(r.bytes_received_after_upgrade, 6);
+    }
+
+    #[test]
+    fn socket_address_reuse_after_destroy_starts_fresh() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        m.on_event(upgrade(0));
+        one(m.on_event(close(ESTABLISHED, FIN_WAIT1, 100, 10)));
+        m.on_event(ev(EventKind::Destroy, 20));
+        m.on_event(upgrade(30));
+        let r = one(m.on_event(close(ESTABLISHED, FIN_WAIT1, 200, 40)));
+        assert_eq!(r.closer.expect("closer").pid, 200);
+        assert_eq!(r.upgrade_ts_ns, 30);
+    }
+
+    #[test]
+    fn flush_reports_pending_closes_on_exit() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        m.on_event(upgrade(0));
+        m.on_event(state(ESTABLISHED, CLOSE_WAIT, 10));
+        let r = one(m.flush(20));
+        assert_eq!(r.closed_by, ClosedBy::Peer);
+    }
+}

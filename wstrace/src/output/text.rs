@@ -1,0 +1,87 @@
+//! The default output: one header line per close, then who closed it and the
+//! stacks, indented. Colour only when stdout is a terminal.
+use std::fmt::Write as _;
+
+use super::{View, rfc3339};
+use crate::matcher::ClosedBy;
+
+struct Paint(bool);
+
+impl Paint {
+    fn wrap(&self, code: &str, s: &str) -> String {
+        if self.0 { format!("\x1b[{code}m{s}\x1b[0m") } else { s.to_string() }
+    }
+    fn bold(&self, s: &str) -> String {
+        self.wrap("1", s)
+    }
+    fn red(&self, s: &str) -> String {
+        self.wrap("1;31", s)
+    }
+    fn yellow(&self, s: &str) -> String {
+        self.wrap("33", s)
+    }
+    fn dim(&self, s: &str) -> String {
+        self.wrap("2", s)
+    }
+}
+
+pub fn render(v: &View<'_>, color: bool) -> String {
+    let p = Paint(color);
+    let r = v.report;
+    let mut out = String::new();
+    let who = match r.closed_by {
+        ClosedBy::Local => p.red("closed by LOCAL"),
+        ClosedBy::Peer => p.yellow("closed by PEER"),
+    };
+    let _ = writeln!(
+        out,
+        "{} {} {} <-> {} {} ({}) {:.3} ms after 101 [{}]",
+        rfc3339(v.ts),
+        p.bold("CLOSE"),
+        r.local,
+        r.remote,
+        who,
+        r.how.as_str().to_uppercase(),
+        r.ms_after_upgrade(),
+        r.probe.name(),
+    );
+    match &r.closer {
+        Some(c) => {
+            let _ = writeln!(
+                out,
+                "  closer:   pid {} tid {} ({}) {}{}",
+                c.pid,
+                c.tid,
+                c.comm,
+                v.exe.as_deref().unwrap_or("[exe unknown]"),
+                if c.at_exit { " — at process exit" } else { "" }
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  closer:   {}", p.dim("no local process closed it (yet)"));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  upgraded: by pid {} ({}); after the 101: sent {} B, received {} B",
+        r.upgrader.pid, r.upgrader.comm, r.bytes_sent_after_upgrade, r.bytes_received_after_upgrade
+    );
+    for n in &r.notes {
+        let _ = writeln!(out, "  note:     {n}");
+    }
+    if r.closer.is_some() {
+        stack(&mut out, &p, "kernel stack", &v.kernel_stack);
+        stack(&mut out, &p, "user stack", &v.user_stack);
+    }
+    out
+}
+
+fn stack(out: &mut String, p: &Paint, title: &str, frames: &[String]) {
+    let _ = writeln!(out, "  {}:", p.dim(title));
+    if frames.is_empty() {
+        let _ = writeln!(out, "    [none]");
+    }
+    for f in frames {
+        let _ = writeln!(out, "    {f}");
+    }
+}

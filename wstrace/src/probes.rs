@@ -1,0 +1,262 @@
+//! Loading the eBPF object and attaching one probe set, chosen by trying.
+//!
+//! `auto` tries fentry, then kprobe, then tracepoint, and keeps the first set
+//! that loads *and* attaches (feature probes are too coarse; see
+//! libbpf-tools' `fentry_can_attach`). Each attempt loads a fresh object, so
+//! a half-attached set never lingers: dropping `Ebpf` detaches everything.
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::PerCpuArray,
+    programs::{FEntry, KProbe, TracePoint},
+};
+use wstrace_common::{MAX_PORTS, ProbeSet, globals};
+
+use crate::{btf::KernelOffsets, tracefs};
+
+/// The object built by build.rs from wstrace-ebpf.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wstrace"));
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeChoice {
+    /// The best set that loads and attaches: fentry, then kprobe, then tracepoint.
+    Auto,
+    /// fentry on tcp_sendmsg/tcp_close (BTF trampolines; needs the function tracer).
+    Fentry,
+    /// kprobe on tcp_sendmsg/tcp_close (needs CONFIG_KPROBES).
+    Kprobe,
+    /// Tracepoints only: syscall write family + sock/tcp tracepoints (locked-down kernels).
+    Tracepoint,
+}
+
+impl ProbeChoice {
+    fn candidates(self) -> &'static [ProbeSet] {
+        match self {
+            Self::Auto => &[ProbeSet::Fentry, ProbeSet::Kprobe, ProbeSet::Tracepoint],
+            Self::Fentry => &[ProbeSet::Fentry],
+            Self::Kprobe => &[ProbeSet::Kprobe],
+            Self::Tracepoint => &[ProbeSet::Tracepoint],
+        }
+    }
+}
+
+pub struct Settings<'a> {
+    pub ports: &'a [u16],
+    /// Upgraded sockets the kernel map holds (LRU beyond).
+    pub max_sockets: u32,
+    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    pub ring_bytes: u32,
+}
+
+pub struct Attached {
+    pub ebpf: Ebpf,
+    pub set: ProbeSet,
+    /// Why better sets were skipped (auto), one line each.
+    pub skipped: Vec<String>,
+    /// What this set cannot see on this kernel.
+    pub limits: Vec<String>,
+}
+
+/// Shared tracepoints: (program, category, name).
+const COMMON: [(&str, &str, &str); 3] = [
+    ("tcp_send_reset", "tcp", "tcp_send_reset"),
+    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
+    ("tcp_destroy_sock", "tcp", "tcp_destroy_sock"),
+];
+
+/// Tracepoint set: the write-family syscalls that can carry a 101.
+const SYSCALLS: [&str; 4] =
+    ["sys_enter_write", "sys_enter_sendto", "sys_enter_writev", "sys_enter_sendmsg"];
+
+pub fn attach(
+    choice: ProbeChoice,
+    settings: &Settings<'_>,
+    offsets: &KernelOffsets,
+    tracefs_root: &Path,
+) -> Result<Attached> {
+    if EBPF_OBJECT.is_empty() {
+        bail!(
+            "this wstrace binary was built without its eBPF programs (AYA_BUILD_SKIP was set): rebuild with `cargo build --release`"
+        );
+    }
+    let tp_globals = tracepoint_globals(tracefs_root)?;
+    let mut skipped = Vec::new();
+    for &set in choice.candidates() {
+        match try_set(set, settings, offsets, &tp_globals, tracefs_root) {
+            Ok(ebpf) => {
+                return Ok(Attached { ebpf, set, skipped, limits: limits(set, tracefs_root) });
+            }
+            Err(e) => skipped.push(format!("{}: {}", set.name(), explain(set, &e))),
+        }
+    }
+    match choice {
+        ProbeChoice::Auto => bail!(
+            "no probe set could be attached on this kernel:\n  {}",
+            skipped.join("\n  ")
+        ),
+        _ => Err(anyhow!("{}", skipped.join("; ")))
+            .context("the requested probe set cannot be attached (try --probe auto)"),
+    }
+}
+
+/// What the chosen set does not cover, said once at start-up.
+fn limits(set: ProbeSet, root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if set == ProbeSet::Tracepoint {
+        out.push(
+            "tracepoint set: 101 responses are seen in write/send/writev/sendmsg; io_uring, sendfile and sendmmsg writes are not covered"
+                .into(),
+        );
+    }
+    if !tracefs::event_exists(root, "tcp", "tcp_destroy_sock") {
+        out.push("tcp:tcp_destroy_sock is missing: reports rely on state changes and timers".into());
+    }
+    out
+}
+
+/// The kernel's refusal, translated into what it means for this set.
+fn explain(set: ProbeSet, e: &anyhow::Error) -> String {
+    let raw = one_line(e);
+    let hint = match set {
+        ProbeSet::Fentry if raw.contains("Operation not permitted") || raw.contains("os error 524") => {
+            Some("the kernel refused BTF trampolines (ftrace locked, or no CONFIG_FUNCTION_TRACER / DYNAMIC_FTRACE_WITH_DIRECT_CALLS)")
+        }
+        ProbeSet::Kprobe if raw.contains("kprobe/type") || raw.contains("kprobe_events") => {
+            Some("kprobes are not available on this kernel (CONFIG_KPROBES is off)")
+        }
+        _ => None,
+    };
+    match hint {
+        Some(h) => format!("{h} [{raw}]"),
+        None => raw,
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    let s = format!("{e:#}");
+    // Verifier logs are long; the first line says what failed.
+    let first = s.lines().next().unwrap_or_default();
+    if first.len() > 300 { format!("{}...", &first[..300]) } else { first.to_string() }
+}
+
+fn tracepoint_globals(root: &Path) -> Result<Vec<(&'static str, u64)>> {
+    use globals::*;
+    let f = |cat: &str, name: &str, field: &str| tracefs::field_offset(root, cat, name, field);
+    Ok(vec![
+        (TP_STATE_SKADDR, f("sock", "inet_sock_set_state", "skaddr")?),
+        (TP_STATE_OLDSTATE, f("sock", "inet_sock_set_state", "oldstate")?),
+        (TP_STATE_NEWSTATE, f("sock", "inet_sock_set_state", "newstate")?),
+        (TP_STATE_SPORT, f("sock", "inet_sock_set_state", "sport")?),
+        (TP_STATE_PROTOCOL, f("sock", "inet_sock_set_state", "protocol")?),
+        (TP_SEND_RESET_SKADDR, f("tcp", "tcp_send_reset", "skaddr")?),
+        (TP_RECV_RESET_SKADDR, f("tcp", "tcp_receive_reset", "skaddr")?),
+        (
+            TP_DESTROY_SKADDR,
+            f("tcp", "tcp_destroy_sock", "skaddr").unwrap_or(globals::ABSENT),
+        ),
+    ])
+}
+
+fn try_set(
+    set: ProbeSet,
+    settings: &Settings<'_>,
+    offsets: &KernelOffsets,
+    tp_globals: &[(&'static str, u64)],
+    root: &Path,
+) -> Result<Ebpf> {
+    match set {
+        ProbeSet::Fentry | ProbeSet::Kprobe => {
+            if let Some(why) = &offsets.sendmsg_path_missing {
+                bail!("cannot read tcp_sendmsg's buffer on this kernel: {why}");
+            }
+        }
+        ProbeSet::Tracepoint => {
+            if let Some(why) = &offsets.fd_walk_missing {
+                bail!("cannot map a file descriptor to its socket on this kernel: {why}");
+            }
+            for sc in SYSCALLS {
+                if !tracefs::event_exists(root, "syscalls", sc) {
+                    bail!("tracepoint syscalls:{sc} is missing (CONFIG_FTRACE_SYSCALLS)");
+                }
+            }
+        }
+    }
+    let mut ports = [0u64; MAX_PORTS];
+    for (slot, &p) in ports.iter_mut().zip(settings.ports) {
+        *slot = u64::from(p);
+    }
+    let mut loader = EbpfLoader::new();
+    for (name, value) in offsets.globals.iter().chain(tp_globals) {
+        loader.override_global(name, value, true);
+    }
+    for (name, value) in globals::PORTS.iter().zip(ports.iter()) {
+        loader.override_global(name, value, true);
+    }
+    loader
+        .map_max_entries("UPGRADED", settings.max_sockets)
+        .map_max_entries("EVENTS", settings.ring_bytes);
+    let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object")?;
+
+    let state_prog = match set {
+        // Only the tracepoint set has no tcp_close hook: the closing
+        // transition itself records the closer.
+        ProbeSet::Tracepoint => "inet_sock_set_state_closer",
+        _ => "inet_sock_set_state",
+    };
+    attach_tracepoint(&mut ebpf, state_prog, "sock", "inet_sock_set_state")?;
+    for (prog, cat, name) in COMMON {
+        if prog == "tcp_destroy_sock" && !tracefs::event_exists(root, cat, name) {
+            continue; // older kernels; see limits()
+        }
+        attach_tracepoint(&mut ebpf, prog, cat, name)?;
+    }
+    match set {
+        ProbeSet::Fentry => {
+            let btf = Btf::from_sys_fs().context("reading kernel BTF for fentry")?;
+            for (prog, func) in [("fentry_tcp_sendmsg", "tcp_sendmsg"), ("fentry_tcp_close", "tcp_close")] {
+                let p: &mut FEntry = program(&mut ebpf, prog)?;
+                p.load(func, &btf).with_context(|| format!("loading fentry/{func}"))?;
+                p.attach().with_context(|| format!("attaching fentry/{func}"))?;
+            }
+        }
+        ProbeSet::Kprobe => {
+            for (prog, func) in [("kprobe_tcp_sendmsg", "tcp_sendmsg"), ("kprobe_tcp_close", "tcp_close")] {
+                let p: &mut KProbe = program(&mut ebpf, prog)?;
+                p.load().with_context(|| format!("loading kprobe/{func}"))?;
+                p.attach(func, 0).with_context(|| format!("attaching kprobe/{func}"))?;
+            }
+        }
+        ProbeSet::Tracepoint => {
+            for sc in SYSCALLS {
+                attach_tracepoint(&mut ebpf, sc, "syscalls", sc)?;
+            }
+        }
+    }
+    Ok(ebpf)
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object (build mismatch)"))?;
+    p.try_into().with_context(|| format!("program {name} has an unexpected type"))
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<()> {
+    let p: &mut TracePoint = program(ebpf, prog)?;
+    p.load().with_context(|| format!("loading tracepoint program {prog}"))?;
+    p.attach(category, name).with_context(|| format!("attaching tracepoint {category}:{name}"))?;
+    Ok(())
+}
+
+/// Sum of the per-CPU "ring buffer full" counters.
+pub fn lost_events(ebpf: &Ebpf) -> u64 {
+    let Some(map) = ebpf.map("LOST") else { return 0 };
+    let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else { return 0 };
+    arr.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+}

@@ -1,0 +1,253 @@
+//! The daemon loop: attach, read the ring buffer, match, resolve, print.
+use std::{
+    collections::HashMap,
+    io::{IsTerminal as _, Write as _},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::RingBuf;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+use wstrace_common::{EventKind, MAX_PORTS};
+
+use crate::{
+    btf, cli::{ColorChoice, CommonArgs}, events, matcher::{CloseReport, Matcher}, output,
+    privileges, probes, symbolize::Symbolizer, tracefs,
+};
+
+/// Ring buffer size: ~3,700 close events (1.1 KiB each) of headroom.
+const RING_BYTES: u32 = 4 * 1024 * 1024;
+
+pub struct Options<'a> {
+    pub ports: &'a [u16],
+    pub common: &'a CommonArgs,
+    pub count: Option<u64>,
+    pub duration: Option<Duration>,
+}
+
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Kernel timestamps to wall-clock time, fixed once at start-up.
+struct Clock {
+    wall_at_zero: SystemTime,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let mono = Duration::from_nanos(monotonic_ns());
+        Self { wall_at_zero: SystemTime::now() - mono }
+    }
+    fn wall(&self, ts_ns: u64) -> SystemTime {
+        self.wall_at_zero + Duration::from_nanos(ts_ns)
+    }
+}
+
+/// Facts about processes that must be read while they are alive.
+#[derive(Default)]
+struct Processes {
+    exe: HashMap<u32, Option<String>>,
+}
+
+impl Processes {
+    const MAX: usize = 4096;
+
+    fn note(&mut self, pid: u32) {
+        if self.exe.len() >= Self::MAX {
+            self.exe.clear();
+        }
+        self.exe.entry(pid).or_insert_with(|| {
+            std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string())
+        });
+    }
+
+    fn exe(&self, pid: u32) -> Option<String> {
+        self.exe.get(&pid).cloned().flatten()
+    }
+}
+
+pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
+    if opts.ports.len() > MAX_PORTS {
+        bail!("at most {MAX_PORTS} --port values can be traced at once (got {})", opts.ports.len());
+    }
+    privileges::check()?;
+    if let Some(warning) = privileges::raise_memlock() {
+        eprintln!("wstrace: warning: {warning}");
+    }
+    let offsets = btf::resolve(&opts.common.btf)?;
+    let root = tracefs::ensure_mounted()?;
+    let settings = probes::Settings {
+        ports: opts.ports,
+        max_sockets: opts.common.max_sockets,
+        ring_bytes: RING_BYTES,
+    };
+    let mut attached = probes::attach(opts.common.probe, &settings, &offsets, &root)?;
+    for s in &attached.skipped {
+        eprintln!("wstrace: skipped probe set {s}");
+    }
+    for l in &attached.limits {
+        eprintln!("wstrace: note: {l}");
+    }
+    let ports: Vec<String> = opts.ports.iter().map(u16::to_string).collect();
+    eprintln!(
+        "wstrace: tracing port {} with {} probes",
+        ports.join(","),
+        attached.set.name()
+    );
+    on_ready(opts.ports[0]);
+
+    let ring = attached.ebpf.take_map("EVENTS").context("EVENTS map missing from the object")?;
+    let ring = RingBuf::try_from(ring).context("EVENTS is not a ring buffer")?;
+    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
+    // until the AsyncFd (and the RingBuf inside it) is dropped.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+
+    let color = match opts.common.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => std::io::stdout().is_terminal(),
+    };
+    let mut sink = Sink {
+        format: opts.common.format,
+        color,
+        clock: Clock::new(),
+        symbolizer: Symbolizer::new(),
+        procs: Processes::default(),
+        printed: 0,
+    };
+    let mut matcher = Matcher::new(attached.set);
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut lost_reported = 0u64;
+    let limit = opts.count.unwrap_or(u64::MAX);
+
+    'outer: while sink.printed < limit {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting for events")?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    let ev = match events::decode(&item) {
+                        Ok(ev) => ev,
+                        Err(e) => {
+                            eprintln!("wstrace: warning: undecodable event: {e:#}");
+                            continue;
+                        }
+                    };
+                    drop(item);
+                    sink.observe(&ev);
+                    for r in matcher.on_event(ev) {
+                        sink.print(&r)?;
+                        if sink.printed >= limit {
+                            break 'outer;
+                        }
+                    }
+                }
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                for r in matcher.tick(monotonic_ns()) {
+                    sink.print(&r)?;
+                    if sink.printed >= limit {
+                        break 'outer;
+                    }
+                }
+                let lost = probes::lost_events(&attached.ebpf);
+                if lost > lost_reported {
+                    eprintln!(
+                        "wstrace: warning: {} events lost (ring buffer full); reports may be missing",
+                        lost - lost_reported
+                    );
+                    lost_reported = lost;
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
+        }
+    }
+    // Closes already seen but not yet complete are still worth printing.
+    if sink.printed < limit {
+        for r in matcher.flush(monotonic_ns()) {
+            sink.print(&r)?;
+            if sink.printed >= limit {
+                break;
+            }
+        }
+    }
+    let lost = probes::lost_events(&attached.ebpf);
+    if lost > 0 {
+        eprintln!("wstrace: {lost} events were lost in total (ring buffer full)");
+    }
+    // Dropping `attached` detaches every program before we return.
+    drop(attached);
+    Ok(sink.printed)
+}
+
+struct Sink {
+    format: output::Format,
+    color: bool,
+    clock: Clock,
+    symbolizer: Symbolizer,
+    procs: Processes,
+    printed: u64,
+}
+
+impl Sink {
+    /// Read what must be read while the process lives: its executable path
+    /// and (at the upgrade) its memory maps for later symbolization.
+    fn observe(&mut self, ev: &events::Event) {
+        match ev.kind {
+            EventKind::Upgrade => {
+                self.procs.note(ev.pid);
+                self.symbolizer.remember_process(ev.pid);
+            }
+            EventKind::Close => self.procs.note(ev.pid),
+            _ => {}
+        }
+    }
+
+    fn print(&mut self, r: &CloseReport) -> Result<()> {
+        let (kernel_stack, user_stack, exe) = match &r.closer {
+            Some(c) => {
+                let k = match &c.stacks.kernel {
+                    Ok(a) => self.symbolizer.kernel_stack(a),
+                    Err(e) => vec![format!("[kernel stack unavailable: errno {e}]")],
+                };
+                let u = match (&c.stacks.user, c.at_exit) {
+                    (_, true) => vec!["[none: closed at process exit]".to_string()],
+                    (Ok(a), false) => self.symbolizer.user_stack(c.pid, a),
+                    (Err(e), false) => vec![format!("[user stack unavailable: errno {e}]")],
+                };
+                (k, u, self.procs.exe(c.pid))
+            }
+            None => (Vec::new(), Vec::new(), None),
+        };
+        let view = output::View {
+            report: r,
+            ts: self.clock.wall(r.close_ts_ns),
+            exe,
+            kernel_stack,
+            user_stack,
+        };
+        let text = output::render(self.format, self.color, &view);
+        let mut out = std::io::stdout().lock();
+        // One write per report, flushed: a pipe reader never sees half of one.
+        let line = if text.ends_with('\n') { text } else { text + "\n" };
+        out.write_all(line.as_bytes()).context("writing a report to stdout")?;
+        out.flush().context("flushing stdout")?;
+        self.printed += 1;
+        Ok(())
+    }
+}
