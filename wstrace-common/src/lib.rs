@@ -14,6 +14,14 @@ pub const MAX_PORTS: usize = 8;
 /// while keeping a close event near 1 KiB.
 pub const STACK_DEPTH: usize = 64;
 
+/// Bytes copied per data event: enough for an HTTP request head in one or
+/// two reads, and for a WebSocket close frame (2-14 header bytes + up to 125).
+pub const DATA_CAP: usize = 512;
+
+/// Bytes of request head captured per socket before its upgrade, at most
+/// (the kernel stops copying reads on a socket past this).
+pub const HEAD_BUDGET: u32 = 2048;
+
 /// Bytes of the first write a socket must start with to count as upgraded:
 /// `HTTP/1.1 101 ` (the space rules out `1010`).
 pub const UPGRADE_PREFIX_LEN: usize = 13;
@@ -68,6 +76,9 @@ pub enum EventKind {
     ResetReceived = 5,
     /// The kernel destroyed the socket: its state is gone.
     Destroy = 6,
+    /// Bytes read before the upgrade (the request head), or a WebSocket
+    /// close frame read or written after it: a [`DataEvent`].
+    Data = 7,
 }
 
 impl EventKind {
@@ -79,6 +90,7 @@ impl EventKind {
             4 => Self::ResetSent,
             5 => Self::ResetReceived,
             6 => Self::Destroy,
+            7 => Self::Data,
             _ => return None,
         })
     }
@@ -153,8 +165,13 @@ pub struct EventHeader {
     pub flags: u32,
     /// Upgrade: length of the write that carried the 101.
     pub arg: u32,
-    /// Explicit padding (keeps the layout hole-free and identical on both sides).
-    pub _reserved: u32,
+    /// Low 32 bits of jiffies when the event fired, and the socket's
+    /// `tcp_sock.lsndtime` (last data sent) and `icsk_ack.lrcvtime` (last data
+    /// received), also jiffies: the daemon derives idle time before a close
+    /// without any per-message probe.
+    pub jiffies: u32,
+    pub last_send_jiffies: u32,
+    pub last_recv_jiffies: u32,
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
     pub ts_ns: u64,
     /// Kernel address of the `struct sock`: the socket's identity while it lives.
@@ -164,6 +181,22 @@ pub struct EventHeader {
     pub bytes_acked: u64,
     pub tuple: SockTuple,
     pub comm: [u8; 16],
+}
+
+/// `DataEvent::direction`
+pub const DIR_RECEIVED: u32 = 0;
+pub const DIR_SENT: u32 = 1;
+
+/// Bytes of one read (before the upgrade) or of a close frame (after it).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    /// Bytes valid in `data`.
+    pub len: u32,
+    /// [`DIR_RECEIVED`] or [`DIR_SENT`], as seen from the local end.
+    pub direction: u32,
+    pub data: [u8; DATA_CAP],
 }
 
 /// A close with the call path that caused it.
@@ -183,6 +216,7 @@ mod user {
     // SAFETY: plain-old-data, no padding holes that matter, all bit patterns valid.
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::CloseEvent {}
+    unsafe impl aya::Pod for super::DataEvent {}
 }
 
 /// Names of the globals the daemon fills in before loading (via
@@ -209,6 +243,11 @@ pub mod globals {
     // struct tcp_sock
     pub const TCP_BYTES_RECEIVED: &str = "OFF_TCP_BYTES_RECEIVED";
     pub const TCP_BYTES_ACKED: &str = "OFF_TCP_BYTES_ACKED";
+    pub const TCP_LSNDTIME: &str = "OFF_TCP_LSNDTIME";
+    pub const ICSK_LRCVTIME: &str = "OFF_ICSK_LRCVTIME";
+    /// Parameters of `tcp_recvmsg` (6 before 5.19, 5 after): where fexit finds
+    /// the return value.
+    pub const TCP_RECVMSG_NARGS: &str = "TCP_RECVMSG_NARGS";
     // fd -> struct sock walk (tracepoint set)
     pub const TASK_FILES: &str = "OFF_TASK_FILES";
     pub const TASK_FLAGS: &str = "OFF_TASK_FLAGS";
@@ -268,10 +307,11 @@ mod tests {
         // The kernel and the daemon read these with the same definitions, but
         // a size change is worth noticing in review.
         assert_eq!(core::mem::size_of::<SockTuple>(), 40);
-        assert_eq!(core::mem::size_of::<EventHeader>(), 112);
+        assert_eq!(core::mem::size_of::<EventHeader>(), 120);
+        assert_eq!(core::mem::size_of::<DataEvent>(), 120 + 8 + DATA_CAP);
         assert_eq!(
             core::mem::size_of::<CloseEvent>(),
-            112 + 16 + 2 * 8 * STACK_DEPTH
+            120 + 16 + 2 * 8 * STACK_DEPTH
         );
     }
 }

@@ -19,7 +19,8 @@ macro_rules! globals {
 globals!(
     OFF_SKC_FAMILY, OFF_SKC_STATE, OFF_SKC_NUM, OFF_SKC_DPORT, OFF_SKC_RCV_SADDR,
     OFF_SKC_DADDR, OFF_SKC_V6_RCV_SADDR, OFF_SKC_V6_DADDR, OFF_SK_PROTOCOL,
-    OFF_TCP_BYTES_RECEIVED, OFF_TCP_BYTES_ACKED,
+    OFF_TCP_BYTES_RECEIVED, OFF_TCP_BYTES_ACKED, OFF_TCP_LSNDTIME, OFF_ICSK_LRCVTIME,
+    TCP_RECVMSG_NARGS,
     OFF_TASK_FILES, OFF_TASK_FLAGS, OFF_FILES_FDT, OFF_FDT_MAX_FDS, OFF_FDT_FD,
     OFF_FILE_PRIVATE_DATA, OFF_SOCKET_SK, OFF_SOCKET_FILE,
     OFF_MSGHDR_ITER, OFF_ITER_TYPE, ITER_TYPE_MASK, ITER_UBUF_VALUE, ITER_IOVEC_VALUE,
@@ -128,6 +129,16 @@ pub fn tcp_bytes(sk: u64) -> (u64, u64) {
     (
         read::<u64>(sk, &OFF_TCP_BYTES_RECEIVED).unwrap_or(0),
         read::<u64>(sk, &OFF_TCP_BYTES_ACKED).unwrap_or(0),
+    )
+}
+
+/// (`lsndtime`, `icsk_ack.lrcvtime`): jiffies of the last data sent and
+/// received on the socket; 0 when this kernel lacks them.
+#[inline(always)]
+pub fn tcp_last_data(sk: u64) -> (u32, u32) {
+    (
+        read::<u32>(sk, &OFF_TCP_LSNDTIME).unwrap_or(0),
+        read::<u32>(sk, &OFF_ICSK_LRCVTIME).unwrap_or(0),
     )
 }
 

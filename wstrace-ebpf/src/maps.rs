@@ -5,6 +5,14 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 
+/// A read in flight on a traced-port socket: where its bytes will land.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingRead {
+    pub sk: u64,
+    pub buf: u64,
+}
+
 /// Events to the daemon, in order across CPUs.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
@@ -18,3 +26,13 @@ pub static UPGRADED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 
 /// and reports them: a lost event is never silent.
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Thread id -> the read it is in (entry to exit). Only reads on traced-port
+/// sockets get here; LRU so a missed exit cannot leak.
+#[map]
+pub static PENDING_READS: LruHashMap<u32, PendingRead> = LruHashMap::with_max_entries(16384, 0);
+
+/// `struct sock *` -> bytes of request head copied so far, for traced-port
+/// sockets not (yet) upgraded: bounds what a busy plain-HTTP port can cost.
+#[map]
+pub static HEAD_BYTES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);

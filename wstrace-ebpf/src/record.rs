@@ -5,17 +5,21 @@ use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_user_buf, generated::bpf_get_stack,
+        bpf_probe_read_user_buf,
+        generated::{bpf_get_stack, bpf_jiffies64, bpf_probe_read_user},
     },
 };
 use wstrace_common::{
-    CloseEvent, EventHeader, EventKind, FLAG_TASK_EXITING, ProbeSet, STACK_DEPTH, SockTuple,
-    UPGRADE_PREFIX_LEN, is_upgrade_response,
+    CloseEvent, DATA_CAP, DataEvent, EventHeader, EventKind, FLAG_TASK_EXITING, HEAD_BUDGET,
+    ProbeSet, STACK_DEPTH, SockTuple, UPGRADE_PREFIX_LEN, is_upgrade_response,
 };
 
 use crate::{
-    kernel::{current_task_exiting, sk_is_tcp, sk_local_port, sk_tuple, tcp_bytes},
-    maps::{EVENTS, LOST, UPGRADED},
+    kernel::{
+        current_task_exiting, port_traced, sk_is_tcp, sk_local_port, sk_tuple, tcp_bytes,
+        tcp_last_data,
+    },
+    maps::{EVENTS, HEAD_BYTES, LOST, PENDING_READS, PendingRead, UPGRADED},
 };
 
 fn count_lost() {
@@ -28,6 +32,7 @@ fn count_lost() {
 fn header(kind: EventKind, probe: u8, sk: u64, old_state: u8, new_state: u8) -> EventHeader {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (bytes_received, bytes_acked) = tcp_bytes(sk);
+    let (last_send_jiffies, last_recv_jiffies) = tcp_last_data(sk);
     EventHeader {
         kind: kind as u8,
         probe,
@@ -37,7 +42,9 @@ fn header(kind: EventKind, probe: u8, sk: u64, old_state: u8, new_state: u8) -> 
         tid: pid_tgid as u32,
         flags: 0,
         arg: 0,
-        _reserved: 0,
+        jiffies: unsafe { bpf_jiffies64() } as u32,
+        last_send_jiffies,
+        last_recv_jiffies,
         ts_ns: unsafe { bpf_ktime_get_ns() },
         sk,
         bytes_received,
@@ -54,18 +61,40 @@ fn emit(h: &EventHeader) {
     }
 }
 
-/// True when the first bytes at user address `buf` are an HTTP/1.x 101 status
-/// line. Cheap enough to run on every write: one 13-byte copy, 13 compares.
+/// What a write's first bytes say about it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// An HTTP/1.x 101 status line: the socket is being upgraded.
+    Upgrade,
+    /// A final WebSocket close frame (only meaningful on upgraded sockets).
+    CloseFrame,
+    Other,
+}
+
+/// WebSocket frames start with FIN|opcode; 0x88 is a final close frame.
+const WS_CLOSE: u8 = 0x88;
+
+/// Classifies a write from its first bytes. Cheap enough to run on every
+/// write: one copy of at most 13 bytes and a few compares.
 #[inline(always)]
-pub fn user_buf_is_upgrade(buf: u64, len: u64) -> bool {
-    if buf == 0 || len < UPGRADE_PREFIX_LEN as u64 {
-        return false;
+pub fn classify_write(buf: u64, len: u64) -> Write {
+    if buf == 0 || len == 0 {
+        return Write::Other;
     }
-    let mut head = [0u8; UPGRADE_PREFIX_LEN];
-    if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut head) }.is_err() {
-        return false;
+    if len >= UPGRADE_PREFIX_LEN as u64 {
+        let mut head = [0u8; UPGRADE_PREFIX_LEN];
+        if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut head) }.is_err() {
+            return Write::Other;
+        }
+        if is_upgrade_response(&head) {
+            return Write::Upgrade;
+        }
+        return if head[0] == WS_CLOSE { Write::CloseFrame } else { Write::Other };
     }
-    is_upgrade_response(&head)
+    match unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8) } {
+        Ok(WS_CLOSE) => Write::CloseFrame,
+        _ => Write::Other,
+    }
 }
 
 /// The local end of `sk` wrote a 101: start tracing the socket. Callers have
@@ -81,6 +110,8 @@ pub fn mark_upgraded(sk: u64, write_len: u64, probe: ProbeSet) {
         count_lost();
         return;
     }
+    // The head is complete once the server answers it.
+    let _ = HEAD_BYTES.remove(sk);
     emit(&h);
 }
 
@@ -137,6 +168,77 @@ pub fn reset(sk: u64, kind: EventKind) {
     emit(&h);
 }
 
+/// Copies up to `DATA_CAP` bytes at user address `buf` into a data event.
+fn emit_data(sk: u64, buf: u64, len: u64, direction: u32) {
+    let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
+        count_lost();
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // Bounded for the verifier: 0 < n <= DATA_CAP.
+    let n = if len > DATA_CAP as u64 { DATA_CAP as u32 } else { len as u32 };
+    let mut h = header(EventKind::Data, 0, sk, 0, 0);
+    h.tuple = sk_tuple(sk);
+    unsafe {
+        (*ev).header = h;
+        (*ev).direction = direction;
+        let rc = bpf_probe_read_user((*ev).data.as_mut_ptr().cast(), n, buf as *const _);
+        (*ev).len = if rc == 0 { n } else { 0 };
+    }
+    entry.submit(0);
+}
+
+/// A close frame written on a traced-port socket: recorded if the socket is
+/// upgraded (data frames are not: idle time comes from the socket's own
+/// timestamps, so busy sockets pay nothing per message).
+#[inline(always)]
+pub fn close_frame_written(sk: u64, buf: u64, len: u64) {
+    if is_upgraded(sk) {
+        emit_data(sk, buf, len, wstrace_common::DIR_SENT);
+    }
+}
+
+/// Entry of a read on `sk`: remember where its bytes go, if the socket is on
+/// a traced port (checked first: other sockets touch no map).
+#[inline(always)]
+pub fn read_entry(sk: u64, buf: u64) {
+    if sk == 0 || buf == 0 || !port_traced(sk_local_port(sk)) {
+        return;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = PENDING_READS.insert(tid, PendingRead { sk, buf }, 0);
+}
+
+/// Exit of a read that returned `ret`: before the upgrade, copy the request
+/// head (bounded per socket); after it, copy close frames.
+#[inline(always)]
+pub fn read_exit(ret: i64) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(p) = PENDING_READS.get_ptr(tid) else { return };
+    let PendingRead { sk, buf } = unsafe { *p };
+    let _ = PENDING_READS.remove(tid);
+    if ret <= 0 {
+        return;
+    }
+    let len = ret as u64;
+    if UPGRADED.get_ptr(sk).is_some() {
+        let first = unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8) }.unwrap_or(0);
+        if first == WS_CLOSE {
+            emit_data(sk, buf, len, wstrace_common::DIR_RECEIVED);
+        }
+        return;
+    }
+    let copied = match HEAD_BYTES.get_ptr(sk) {
+        Some(c) => unsafe { *c },
+        None => 0,
+    };
+    if copied >= HEAD_BUDGET {
+        return;
+    }
+    let _ = HEAD_BYTES.insert(sk, copied + len.min(DATA_CAP as u64) as u32, 0);
+    emit_data(sk, buf, len, wstrace_common::DIR_RECEIVED);
+}
+
 /// The kernel is destroying an upgraded socket: forget it (its address may be
 /// reused by the next socket) and tell the daemon.
 pub fn destroy(sk: u64) {
@@ -144,4 +246,11 @@ pub fn destroy(sk: u64) {
     let mut h = header(EventKind::Destroy, 0, sk, 0, 0);
     h.tuple = sk_tuple(sk);
     emit(&h);
+}
+
+/// A traced-port socket that never upgraded is going away: drop its
+/// request-head budget.
+#[inline(always)]
+pub fn forget_head(sk: u64) {
+    let _ = HEAD_BYTES.remove(sk);
 }

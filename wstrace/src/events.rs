@@ -7,7 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Result, bail};
 use wstrace_common::{
-    AF_INET6, CloseEvent, EventHeader, EventKind, FLAG_TASK_EXITING, STACK_DEPTH, SockTuple,
+    AF_INET6, CloseEvent, DATA_CAP, DIR_SENT, DataEvent, EventHeader, EventKind,
+    FLAG_TASK_EXITING, STACK_DEPTH, SockTuple,
 };
 
 #[derive(Clone, Debug, PartialEq)]
@@ -28,8 +29,46 @@ pub struct Event {
     pub bytes_acked: u64,
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    /// jiffies now, and of the last data sent / received on the socket.
+    pub jiffies: JiffiesSample,
     /// Only for `Close`.
     pub stacks: Option<Stacks>,
+    /// Only for `Data`.
+    pub data: Option<Data>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct JiffiesSample {
+    pub now: u32,
+    pub last_send: u32,
+    pub last_recv: u32,
+}
+
+impl JiffiesSample {
+    /// Jiffies since the last data in either direction (wrapping u32
+    /// arithmetic, like the kernel's own); None when the kernel gave none.
+    pub fn idle(&self) -> Option<u32> {
+        if self.last_send == 0 && self.last_recv == 0 {
+            return None;
+        }
+        let since_send = self.now.wrapping_sub(self.last_send);
+        let since_recv = self.now.wrapping_sub(self.last_recv);
+        Some(since_send.min(since_recv))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Read by the local end (from the peer).
+    Received,
+    /// Written by the local end.
+    Sent,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Data {
+    pub direction: Direction,
+    pub bytes: Vec<u8>,
 }
 
 /// Raw addresses, innermost first. `Err(errno)` when the kernel could not
@@ -99,6 +138,19 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
     } else {
         None
     };
+    let data = if kind == EventKind::Data {
+        if bytes.len() < size_of::<DataEvent>() {
+            bail!("short data record: {} bytes", bytes.len());
+        }
+        let d: DataEvent = read_pod(bytes);
+        let n = (d.len as usize).min(DATA_CAP);
+        Some(Data {
+            direction: if d.direction == DIR_SENT { Direction::Sent } else { Direction::Received },
+            bytes: d.data[..n].to_vec(),
+        })
+    } else {
+        None
+    };
     let (local, remote) = tuple_addrs(&h.tuple);
     Ok(Event {
         kind,
@@ -116,7 +168,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
         bytes_acked: h.bytes_acked,
         local,
         remote,
+        jiffies: JiffiesSample {
+            now: h.jiffies,
+            last_send: h.last_send_jiffies,
+            last_recv: h.last_recv_jiffies,
+        },
         stacks,
+        data,
     })
 }
 
@@ -141,7 +199,9 @@ mod tests {
             tid: 11,
             flags: 0,
             arg: 129,
-            _reserved: 0,
+            jiffies: 1000,
+            last_send_jiffies: 990,
+            last_recv_jiffies: 900,
             ts_ns: 5,
             sk: 0xffff_8880_0000_1000,
             bytes_received: 1,
@@ -208,6 +268,32 @@ mod tests {
         // A Close header without its stacks is truncated, not a crash.
         let h = header(EventKind::Close);
         assert!(decode(as_bytes(&h)).is_err());
+    }
+
+    #[test]
+    fn data_event_carries_only_valid_bytes() {
+        let mut d = DataEvent {
+            header: header(EventKind::Data),
+            len: 5,
+            direction: DIR_SENT,
+            data: [0xAA; DATA_CAP],
+        };
+        d.data[..5].copy_from_slice(b"GET /");
+        let e = decode(as_bytes(&d)).expect("decodes");
+        let data = e.data.expect("data");
+        assert_eq!(data.bytes, b"GET /");
+        assert_eq!(data.direction, Direction::Sent);
+        d.len = 100_000; // a corrupt length is clamped, not trusted
+        assert_eq!(decode(as_bytes(&d)).expect("decodes").data.expect("data").bytes.len(), DATA_CAP);
+    }
+
+    #[test]
+    fn idle_jiffies_wrap_like_the_kernel() {
+        let s = JiffiesSample { now: 5, last_send: u32::MAX - 4, last_recv: 1 };
+        assert_eq!(s.idle(), Some(4));
+        assert_eq!(JiffiesSample { now: 9, last_send: 0, last_recv: 0 }.idle(), None);
+        let e = decode(as_bytes(&header(EventKind::State))).expect("decodes");
+        assert_eq!(e.jiffies.idle(), Some(10));
     }
 
     #[test]

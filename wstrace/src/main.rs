@@ -8,7 +8,9 @@
 mod btf;
 mod cli;
 mod demo;
+mod diagnose;
 mod events;
+mod http;
 mod matcher;
 mod output;
 mod privileges;
@@ -17,6 +19,7 @@ mod probes;
 mod symbolize;
 mod tracefs;
 mod tracer;
+mod wsframe;
 
 use std::process::ExitCode;
 use std::time::Duration;

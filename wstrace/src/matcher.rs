@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 
 use wstrace_common::{EventKind, ProbeSet, tcp_state};
 
-use crate::events::{Event, Stacks};
+use crate::events::{Data, Direction, Event, JiffiesSample, Stacks};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClosedBy {
@@ -84,6 +84,12 @@ pub struct CloseReport {
     pub bytes_sent_after_upgrade: u64,
     pub bytes_received_after_upgrade: u64,
     pub probe: ProbeSet,
+    /// Bytes the local end read before it answered 101: the request head.
+    pub request_head: Vec<u8>,
+    /// Close frames seen after the upgrade, in order: (direction, raw bytes).
+    pub close_frames: Vec<(Direction, Vec<u8>)>,
+    /// Socket timestamps at the first close (for idle time).
+    pub jiffies_at_close: Option<JiffiesSample>,
     /// Anything the reader must know to read the report right.
     pub notes: Vec<String>,
 }
@@ -116,13 +122,25 @@ struct Tracked {
     /// says whether it ends in a FIN or a RST.
     local_close_ts: Option<u64>,
     last_bytes: (u64, u64),
+    /// The peer's FIN arrived (it takes one sequence number, counted in
+    /// `bytes_received`).
+    peer_fin_seen: bool,
+    /// `last_bytes` came from the destroy, after our own FIN was acked (one
+    /// sequence number in `bytes_acked`).
+    bytes_at_destroy: bool,
     /// Set once reported: later events for the socket are ignored.
     reported: bool,
+    request_head: Vec<u8>,
+    close_frames: Vec<(Direction, Vec<u8>)>,
+    jiffies_at_close: Option<JiffiesSample>,
 }
 
 pub struct Matcher {
     probe: ProbeSet,
     sockets: HashMap<u64, Tracked>,
+    /// Bytes read on traced-port sockets not (yet) upgraded: the request
+    /// heads, keyed by socket, oldest dropped beyond `MAX_HEADS`.
+    heads: HashMap<u64, (u64, Vec<u8>)>,
     /// Events for sockets the matcher never saw upgrade (started mid-way,
     /// or an Upgrade event was lost).
     pub orphan_events: u64,
@@ -131,10 +149,12 @@ pub struct Matcher {
 /// Upper bound on tracked sockets in userspace, matching the kernel map's
 /// default; beyond it the oldest are dropped and counted.
 pub const MAX_TRACKED: usize = 65536;
+/// Request heads of not-yet-upgraded sockets kept at once.
+pub const MAX_HEADS: usize = 4096;
 
 impl Matcher {
     pub fn new(probe: ProbeSet) -> Self {
-        Self { probe, sockets: HashMap::new(), orphan_events: 0 }
+        Self { probe, sockets: HashMap::new(), heads: HashMap::new(), orphan_events: 0 }
     }
 
     pub fn tracked(&self) -> usize {
@@ -144,11 +164,16 @@ impl Matcher {
     /// Feed one event; returns the reports it completes.
     pub fn on_event(&mut self, ev: Event) -> Vec<CloseReport> {
         let mut out = Vec::new();
+        if let (EventKind::Data, Some(data)) = (ev.kind, &ev.data) {
+            self.on_data(ev.sk, ev.ts_ns, data);
+            return out;
+        }
         if ev.kind == EventKind::Upgrade {
             if self.sockets.len() >= MAX_TRACKED {
                 self.evict_oldest();
             }
             let last_bytes = (ev.bytes_received, ev.bytes_acked);
+            let sk_of_upgrade = ev.sk;
             self.sockets.insert(
                 ev.sk,
                 Tracked {
@@ -161,7 +186,12 @@ impl Matcher {
                     local_fin_done: false,
                     local_close_ts: None,
                     last_bytes,
+                    peer_fin_seen: false,
+                    bytes_at_destroy: false,
                     reported: false,
+                    request_head: self.heads.remove(&sk_of_upgrade).map(|h| h.1).unwrap_or_default(),
+                    close_frames: Vec::new(),
+                    jiffies_at_close: None,
                 },
             );
             return out;
@@ -176,6 +206,7 @@ impl Matcher {
             if let Some(mut t) = t {
                 if !t.reported {
                     t.last_bytes = (ev.bytes_received, ev.bytes_acked);
+                    t.bytes_at_destroy = true;
                     out.push(self.report(t, ev.ts_ns));
                 }
             }
@@ -217,7 +248,10 @@ impl Matcher {
                     t.local_close_ts.get_or_insert(ev.ts_ns);
                 }
             }
-            EventKind::Upgrade | EventKind::Destroy => {}
+            EventKind::Upgrade | EventKind::Destroy | EventKind::Data => {}
+        }
+        if t.jiffies_at_close.is_none() && (t.first.is_some() || t.local_close_ts.is_some()) {
+            t.jiffies_at_close = Some(ev.jiffies);
         }
         if ready(t) {
             if let Some(t) = self.sockets.get_mut(&sk) {
@@ -275,6 +309,27 @@ impl Matcher {
         out
     }
 
+    fn on_data(&mut self, sk: u64, ts_ns: u64, data: &Data) {
+        if let Some(t) = self.sockets.get_mut(&sk) {
+            // After the upgrade the kernel only sends close frames.
+            if !t.reported && t.close_frames.len() < 4 {
+                t.close_frames.push((data.direction, data.bytes.clone()));
+            }
+            return;
+        }
+        if data.direction != Direction::Received {
+            return;
+        }
+        if !self.heads.contains_key(&sk) && self.heads.len() >= MAX_HEADS {
+            if let Some((&old, _)) = self.heads.iter().min_by_key(|(_, h)| h.0) {
+                self.heads.remove(&old);
+            }
+        }
+        let head = self.heads.entry(sk).or_insert_with(|| (ts_ns, Vec::new()));
+        let room = (wstrace_common::HEAD_BUDGET as usize).saturating_sub(head.1.len());
+        head.1.extend_from_slice(&data.bytes[..data.bytes.len().min(room)]);
+    }
+
     fn evict_oldest(&mut self) {
         if let Some((&sk, _)) = self.sockets.iter().min_by_key(|(_, t)| t.upgrade.ts_ns) {
             self.sockets.remove(&sk);
@@ -313,6 +368,9 @@ impl Matcher {
         }
         let up = &t.upgrade;
         let (rx, acked) = t.last_bytes;
+        // FINs take a sequence number each: they are not payload.
+        let rx = rx.saturating_sub(u64::from(t.peer_fin_seen));
+        let acked = acked.saturating_sub(u64::from(t.bytes_at_destroy && t.local_fin_done));
         CloseReport {
             sk: up.sk,
             close_ts_ns: close_ts,
@@ -330,6 +388,9 @@ impl Matcher {
                 .saturating_sub(up.arg as u64),
             bytes_received_after_upgrade: rx.saturating_sub(up.bytes_received),
             probe: self.probe,
+            request_head: t.request_head.clone(),
+            close_frames: t.close_frames.clone(),
+            jiffies_at_close: t.jiffies_at_close,
             notes,
         }
     }
@@ -345,6 +406,7 @@ fn apply_transition(t: &mut Tracked, old: u8, new: u8, ts: u64) {
             t.local_fin_done = true;
         }
         (ESTABLISHED, CLOSE_WAIT) => {
+            t.peer_fin_seen = true;
             t.first.get_or_insert((ClosedBy::Peer, How::Fin, ts));
         }
         (CLOSE_WAIT, LAST_ACK) => t.local_fin_done = true,
@@ -395,7 +457,9 @@ mod tests {
             bytes_acked: 0,
             local: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1215),
             remote: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50000),
+            jiffies: JiffiesSample::default(),
             stacks: None,
+            data: None,
         }
     }
 
@@ -578,6 +642,60 @@ mod tests {
         }));
         assert_eq!(r.bytes_sent_after_upgrade, 4);
         assert_eq!(r.bytes_received_after_upgrade, 6);
+    }
+
+    #[test]
+    fn fins_are_not_counted_as_payload() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        m.on_event(upgrade(0));
+        m.on_event(Event { bytes_received: 300 + 10 + 1, ..state(ESTABLISHED, CLOSE_WAIT, 5) });
+        // At LAST_ACK our FIN is only queued: acked counts payload only.
+        let r = one(m.on_event(Event { bytes_received: 311, bytes_acked: 129 + 7, ..close(CLOSE_WAIT, LAST_ACK, 100, 7) }));
+        assert_eq!(r.bytes_received_after_upgrade, 10, "the peer's FIN is not payload");
+        assert_eq!(r.bytes_sent_after_upgrade, 7);
+        let mut m = Matcher::new(ProbeSet::Fentry);
+        m.on_event(upgrade(0));
+        m.on_event(close(ESTABLISHED, 0, 100, 10));
+        m.on_event(Event { bytes_acked: 129 + 5 + 1, ..state(ESTABLISHED, CLOSE, 11) });
+        let r = one(m.on_event(Event { bytes_acked: 129 + 5 + 1, ..ev(EventKind::Destroy, 12) }));
+        assert_eq!(r.bytes_sent_after_upgrade, 6, "RST close: no FIN to discount");
+    }
+
+    fn data(dir: Direction, bytes: &[u8], ts: u64) -> Event {
+        Event { data: Some(Data { direction: dir, bytes: bytes.to_vec() }), ..ev(EventKind::Data, ts) }
+    }
+
+    #[test]
+    fn request_head_read_before_the_upgrade_lands_in_the_report() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        m.on_event(data(Direction::Received, b"GET /ws HTTP/1.0\r\nUpg", 0));
+        m.on_event(data(Direction::Received, b"rade: websocket\r\n\r\n", 1));
+        m.on_event(upgrade(2));
+        m.on_event(data(Direction::Sent, &[0x88, 0x02, 0x03, 0xf3], 3));
+        let r = one(m.on_event(close(ESTABLISHED, FIN_WAIT1, 100, 4)));
+        assert_eq!(r.request_head, b"GET /ws HTTP/1.0\r\nUpgrade: websocket\r\n\r\n");
+        assert_eq!(r.close_frames, vec![(Direction::Sent, vec![0x88, 0x02, 0x03, 0xf3])]);
+    }
+
+    #[test]
+    fn idle_sample_is_taken_at_the_first_close() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        m.on_event(upgrade(0));
+        let sample = JiffiesSample { now: 1000, last_send: 400, last_recv: 500 };
+        m.on_event(Event { jiffies: sample, ..state(ESTABLISHED, CLOSE_WAIT, 10) });
+        let later = JiffiesSample { now: 9000, last_send: 400, last_recv: 500 };
+        let r = one(m.on_event(Event { jiffies: later, ..close(CLOSE_WAIT, LAST_ACK, 100, 20) }));
+        assert_eq!(r.jiffies_at_close, Some(sample));
+    }
+
+    #[test]
+    fn heads_of_sockets_that_never_upgrade_are_bounded() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        for sk in 0..(MAX_HEADS as u64 + 10) {
+            m.on_event(Event { sk, ..data(Direction::Received, b"GET / HTTP/1.1\r\n", sk) });
+        }
+        assert_eq!(m.heads.len(), MAX_HEADS);
+        assert!(!m.heads.contains_key(&0), "the oldest went first");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::PerCpuArray,
-    programs::{FEntry, KProbe, TracePoint},
+    programs::{FEntry, FExit, KProbe, TracePoint},
 };
 use wstrace_common::{MAX_PORTS, ProbeSet, globals};
 
@@ -66,9 +66,23 @@ const COMMON: [(&str, &str, &str); 3] = [
     ("tcp_destroy_sock", "tcp", "tcp_destroy_sock"),
 ];
 
-/// Tracepoint set: the write-family syscalls that can carry a 101.
-const SYSCALLS: [&str; 4] =
-    ["sys_enter_write", "sys_enter_sendto", "sys_enter_writev", "sys_enter_sendmsg"];
+/// Tracepoint set: the write-family syscalls that can carry a 101 or a close
+/// frame, and the read family (entry and exit) that carries the request head
+/// and the peer's close frames.
+const SYSCALLS: [&str; 12] = [
+    "sys_enter_write",
+    "sys_enter_sendto",
+    "sys_enter_writev",
+    "sys_enter_sendmsg",
+    "sys_enter_read",
+    "sys_enter_recvfrom",
+    "sys_enter_readv",
+    "sys_enter_recvmsg",
+    "sys_exit_read",
+    "sys_exit_recvfrom",
+    "sys_exit_readv",
+    "sys_exit_recvmsg",
+];
 
 pub fn attach(
     choice: ProbeChoice,
@@ -106,7 +120,7 @@ fn limits(set: ProbeSet, root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     if set == ProbeSet::Tracepoint {
         out.push(
-            "tracepoint set: 101 responses are seen in write/send/writev/sendmsg; io_uring, sendfile and sendmmsg writes are not covered"
+            "tracepoint set: 101 responses and request heads are seen in the write/send/writev/sendmsg and read/recv/readv/recvmsg syscalls; io_uring, sendfile, sendmmsg and recvmmsg are not covered"
                 .into(),
         );
     }
@@ -215,14 +229,26 @@ fn try_set(
     match set {
         ProbeSet::Fentry => {
             let btf = Btf::from_sys_fs().context("reading kernel BTF for fentry")?;
-            for (prog, func) in [("fentry_tcp_sendmsg", "tcp_sendmsg"), ("fentry_tcp_close", "tcp_close")] {
+            for (prog, func) in [
+                ("fentry_tcp_sendmsg", "tcp_sendmsg"),
+                ("fentry_tcp_close", "tcp_close"),
+                ("fentry_tcp_recvmsg", "tcp_recvmsg"),
+            ] {
                 let p: &mut FEntry = program(&mut ebpf, prog)?;
                 p.load(func, &btf).with_context(|| format!("loading fentry/{func}"))?;
                 p.attach().with_context(|| format!("attaching fentry/{func}"))?;
             }
+            let p: &mut FExit = program(&mut ebpf, "fexit_tcp_recvmsg")?;
+            p.load("tcp_recvmsg", &btf).context("loading fexit/tcp_recvmsg")?;
+            p.attach().context("attaching fexit/tcp_recvmsg")?;
         }
         ProbeSet::Kprobe => {
-            for (prog, func) in [("kprobe_tcp_sendmsg", "tcp_sendmsg"), ("kprobe_tcp_close", "tcp_close")] {
+            for (prog, func) in [
+                ("kprobe_tcp_sendmsg", "tcp_sendmsg"),
+                ("kprobe_tcp_close", "tcp_close"),
+                ("kprobe_tcp_recvmsg", "tcp_recvmsg"),
+                ("kretprobe_tcp_recvmsg", "tcp_recvmsg"),
+            ] {
                 let p: &mut KProbe = program(&mut ebpf, prog)?;
                 p.load().with_context(|| format!("loading kprobe/{func}"))?;
                 p.attach(func, 0).with_context(|| format!("attaching kprobe/{func}"))?;

@@ -8,6 +8,7 @@ use crate::{
     kernel::{
         TP_DESTROY_SKADDR, TP_RECV_RESET_SKADDR, TP_SEND_RESET_SKADDR, TP_STATE_NEWSTATE,
         TP_STATE_OLDSTATE, TP_STATE_PROTOCOL, TP_STATE_SKADDR, TP_STATE_SPORT, g, port_traced,
+        sk_local_port,
     },
     record,
 };
@@ -73,6 +74,9 @@ pub fn inet_sock_set_state_closer(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn on_sk_event(ctx: &TracePointContext, off: &'static u64, kind: EventKind) {
     if let Ok(sk) = field::<u64>(ctx, off) {
+        if kind == EventKind::Destroy && sk != 0 && port_traced(sk_local_port(sk)) {
+            record::forget_head(sk);
+        }
         if record::is_upgraded(sk) {
             match kind {
                 EventKind::Destroy => record::destroy(sk),

@@ -14,8 +14,21 @@ pub fn on_tcp_sendmsg(sk: u64, msg: u64, size: u64, probe: ProbeSet) {
         return;
     }
     let Some(buf) = msghdr_user_buf(msg) else { return };
-    if record::user_buf_is_upgrade(buf, size) {
-        record::mark_upgraded(sk, size, probe);
+    match record::classify_write(buf, size) {
+        record::Write::Upgrade => record::mark_upgraded(sk, size, probe),
+        record::Write::CloseFrame => record::close_frame_written(sk, buf, size),
+        record::Write::Other => {}
+    }
+}
+
+/// tcp_recvmsg entry: where the bytes will land (port filter first).
+#[inline(always)]
+pub fn on_tcp_recvmsg_entry(sk: u64, msg: u64) {
+    if sk == 0 || !port_traced(sk_local_port(sk)) {
+        return;
+    }
+    if let Some(buf) = msghdr_user_buf(msg) {
+        record::read_entry(sk, buf);
     }
 }
 

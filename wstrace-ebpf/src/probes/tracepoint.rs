@@ -23,14 +23,94 @@ fn arg(ctx: &TracePointContext, i: usize) -> u64 {
 /// then the port filter, and only then the map.
 #[inline(always)]
 fn on_write(fd: u64, buf: u64, len: u64) {
-    if !record::user_buf_is_upgrade(buf, len) {
+    let kind = record::classify_write(buf, len);
+    if kind == record::Write::Other {
         return;
     }
     let Some(sk) = sock_of_fd(fd) else { return };
     if !port_traced(sk_local_port(sk)) {
         return;
     }
-    record::mark_upgraded(sk, len, ProbeSet::Tracepoint);
+    match kind {
+        record::Write::Upgrade => record::mark_upgraded(sk, len, ProbeSet::Tracepoint),
+        _ => record::close_frame_written(sk, buf, len),
+    }
+}
+
+/// Read-family entry: the fd walk finds the socket; `read_entry` filters by
+/// port before touching a map.
+#[inline(always)]
+fn on_read(fd: u64, buf: u64) {
+    if let Some(sk) = sock_of_fd(fd) {
+        record::read_entry(sk, buf);
+    }
+}
+
+/// sys_exit_* records: `ret` follows `trace_entry` and `nr` at offset 16.
+#[inline(always)]
+fn on_read_exit(ctx: &TracePointContext) {
+    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
+    record::read_exit(ret);
+}
+
+/// read(fd, buf, count)
+#[tracepoint(category = "syscalls", name = "sys_enter_read")]
+pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
+    on_read(arg(&ctx, 0), arg(&ctx, 1));
+    0
+}
+
+/// recvfrom(fd, ubuf, size, flags, addr, addr_len); recv() is recvfrom() here.
+#[tracepoint(category = "syscalls", name = "sys_enter_recvfrom")]
+pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
+    on_read(arg(&ctx, 0), arg(&ctx, 1));
+    0
+}
+
+/// readv(fd, vec, vlen): the first iovec.
+#[tracepoint(category = "syscalls", name = "sys_enter_readv")]
+pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
+    if arg(&ctx, 2) > 0 {
+        on_read(arg(&ctx, 0), first_iovec(arg(&ctx, 1)).0);
+    }
+    0
+}
+
+/// recvmsg(fd, msg, flags): the first iovec of the user msghdr.
+#[tracepoint(category = "syscalls", name = "sys_enter_recvmsg")]
+pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
+    let msg = arg(&ctx, 1);
+    if msg != 0 {
+        let iov = unsafe { bpf_probe_read_user((msg + 16) as *const [u64; 2]) }.unwrap_or([0, 0]);
+        if iov[1] > 0 {
+            on_read(arg(&ctx, 0), first_iovec(iov[0]).0);
+        }
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_read")]
+pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
+    on_read_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_recvfrom")]
+pub fn sys_exit_recvfrom(ctx: TracePointContext) -> u32 {
+    on_read_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_readv")]
+pub fn sys_exit_readv(ctx: TracePointContext) -> u32 {
+    on_read_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_recvmsg")]
+pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
+    on_read_exit(&ctx);
+    0
 }
 
 /// First iovec of a user `struct iovec *` (uapi: iov_base, iov_len).
