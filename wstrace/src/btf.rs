@@ -27,7 +27,9 @@ pub const DEFAULT_BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 pub struct KernelOffsets {
     /// (global name from wstrace_common::globals, value) for every non-port, non-tracepoint global
     pub globals: Vec<(&'static str, u64)>,
-    /// Why the fentry/kprobe tcp_sendmsg path cannot work on this kernel (msghdr/iov_iter fields missing), if so.
+    /// Why the fentry/kprobe tcp_sendmsg/tcp_recvmsg paths cannot work on this kernel
+    /// (msghdr/iov_iter fields missing, or no `tcp_recvmsg` with a parameter count the fexit
+    /// program handles), if so.
     pub sendmsg_path_missing: Option<String>,
     /// Why the tracepoint fd->sock walk cannot work (task_struct.files etc. missing), if so.
     pub fd_walk_missing: Option<String>,
@@ -75,6 +77,9 @@ const FIELDS: &[(&str, &str, &str, usize, Need)] = &[
     (g::SK_PROTOCOL, "sock", "sk_protocol", 2, Need::Present),
     (g::TCP_BYTES_RECEIVED, "tcp_sock", "bytes_received", 8, Need::Required),
     (g::TCP_BYTES_ACKED, "tcp_sock", "bytes_acked", 8, Need::Optional),
+    // u32 jiffies of the last data sent / received (idle times).
+    (g::TCP_LSNDTIME, "tcp_sock", "lsndtime", 4, Need::Optional),
+    (g::ICSK_LRCVTIME, "tcp_sock", "inet_conn.icsk_ack.lrcvtime", 4, Need::Optional),
     (g::TASK_FILES, "task_struct", "files", PTR, Need::FdWalk),
     (g::TASK_FLAGS, "task_struct", "flags", 4, Need::Required),
     (g::FILES_FDT, "files_struct", "fdt", PTR, Need::FdWalk),
@@ -114,11 +119,16 @@ pub fn resolve(path: &Path) -> Result<KernelOffsets> {
         };
         globals.push((global, value));
     }
-    let (sendmsg_globals, sendmsg_missing) = sendmsg_path(&btf);
+    let (sendmsg_globals, mut sendmsg_missing) = sendmsg_path(&btf);
     globals.extend(sendmsg_globals);
+    let nargs = recvmsg_nargs(&btf).unwrap_or_else(|p| {
+        sendmsg_missing.push(p.to_string());
+        ABSENT
+    });
+    globals.push((g::TCP_RECVMSG_NARGS, nargs));
     Ok(KernelOffsets {
         globals,
-        sendmsg_path_missing: sendmsg_missing,
+        sendmsg_path_missing: (!sendmsg_missing.is_empty()).then(|| sendmsg_missing.join("; ")),
         fd_walk_missing: (!fd_walk.is_empty()).then(|| fd_walk.join("; ")),
     })
 }
@@ -128,7 +138,7 @@ pub fn resolve(path: &Path) -> Result<KernelOffsets> {
 /// ITER_TYPE_MASK, and compare with ITER_IOVEC_VALUE / ITER_UBUF_VALUE to
 /// know whether to follow ITER_IOV (an iovec array) or ITER_UBUF (one user
 /// pointer). Returns those globals and, when they cannot work, why.
-fn sendmsg_path(btf: &Btf) -> (Vec<(&'static str, u64)>, Option<String>) {
+fn sendmsg_path(btf: &Btf) -> (Vec<(&'static str, u64)>, Vec<String>) {
     let mut why = Vec::new();
     let mut need = |r: Result<u64, Problem>| {
         r.unwrap_or_else(|p| {
@@ -185,7 +195,28 @@ fn sendmsg_path(btf: &Btf) -> (Vec<(&'static str, u64)>, Option<String>) {
         (g::ITER_UBUF, ubuf.unwrap_or(ABSENT)),
         (g::ITER_IOV, iov),
     ];
-    (globals, (!why.is_empty()).then(|| why.join("; ")))
+    (globals, why)
+}
+
+/// The parameter counts of `tcp_recvmsg` after which `fexit_tcp_recvmsg`
+/// (wstrace-ebpf/src/probes/fentry.rs) reads the return value: 6 on 5.10 to
+/// 5.18 (sk, msg, len, nonblock, flags, addr_len), 5 from 5.19 (`nonblock`
+/// dropped). Some release after 6.12 dropped `addr_len` too: 6.18's has 4
+/// (sk, msg, len, flags). Add 4 here once the fexit program reads
+/// `ctx.arg(4)` for it; until then the fentry/kprobe sets are skipped there.
+const RECVMSG_NARGS: [u64; 2] = [6, 5];
+
+/// TCP_RECVMSG_NARGS: the number of parameters of `tcp_recvmsg`, from its
+/// BTF FUNC -> FUNC_PROTO, if the fexit program handles that count.
+fn recvmsg_nargs(btf: &Btf) -> Result<u64, Problem> {
+    let n = btf.func_params("tcp_recvmsg")?;
+    if RECVMSG_NARGS.contains(&n) {
+        Ok(n)
+    } else {
+        Err(Problem::Unusable(format!(
+            "tcp_recvmsg has {n} parameters; wstrace finds its return value after 6 or 5 only"
+        )))
+    }
 }
 
 /// Why a field cannot be used; displays as "no sock.sk_protocol", etc.
@@ -205,7 +236,7 @@ impl fmt::Display for Problem {
     }
 }
 
-/// A parsed BTF blob with indexes of its named structs and enums.
+/// A parsed BTF blob with indexes of its named structs, enums and functions.
 struct Btf {
     types: TypeInformation,
     /// Our own indexes rather than `TypeInformation::id_of`, which keeps one
@@ -214,6 +245,8 @@ struct Btf {
     /// shadow the struct. First (lowest id) complete definition wins.
     structs: HashMap<String, u32>,
     enums: HashMap<String, u32>,
+    /// FUNCs (first by id, like the kernel's `btf_find_by_name_kind`).
+    funcs: HashMap<String, u32>,
 }
 
 impl Btf {
@@ -229,11 +262,13 @@ impl Btf {
         })?;
         let mut structs = HashMap::new();
         let mut enums = HashMap::new();
+        let mut funcs = HashMap::new();
         for (&tid, ty) in types.get() {
             let (index, name) = match ty {
                 TypeVariant::Struct(s) if *s.size() > 0 => (&mut structs, s.name()),
                 TypeVariant::Enum(e) => (&mut enums, e.name()),
                 TypeVariant::Enum64(e) => (&mut enums, e.name()),
+                TypeVariant::Func(f) => (&mut funcs, f.name()),
                 _ => continue,
             };
             if let Some(name) = name {
@@ -244,7 +279,29 @@ impl Btf {
             types,
             structs,
             enums,
+            funcs,
         })
+    }
+
+    /// Number of parameters of function `name` (a variadic `...` not counted).
+    fn func_params(&self, name: &str) -> Result<u64, Problem> {
+        let missing = || Problem::Missing(format!("no function {name}"));
+        let &tid = self.funcs.get(name).ok_or_else(missing)?;
+        let proto = match self.types.from_id(tid).ok_or_else(missing)? {
+            TypeVariant::Func(f) => *f.prototype_tid(),
+            _ => return Err(missing()),
+        };
+        match self.types.from_id(proto) {
+            Some(TypeVariant::FuncProto(p)) => {
+                let params = p.parameter_list();
+                // A variadic prototype ends with a parameter of type 0.
+                let variadic = params.last().is_some_and(|p| p.tid() == 0);
+                Ok((params.len() - usize::from(variadic)) as u64)
+            }
+            _ => Err(Problem::Unusable(format!(
+                "function {name} has no FUNC_PROTO"
+            ))),
+        }
     }
 
     /// Byte offset and type id of `path` ("a.b.c", anonymous members followed
@@ -365,7 +422,7 @@ mod tests {
     }
 
     /// Every global this module fills, in the order `resolve` returns them.
-    const NAMES: [&str; 26] = [
+    const NAMES: [&str; 29] = [
         g::SKC_FAMILY,
         g::SKC_STATE,
         g::SKC_NUM,
@@ -377,6 +434,8 @@ mod tests {
         g::SK_PROTOCOL,
         g::TCP_BYTES_RECEIVED,
         g::TCP_BYTES_ACKED,
+        g::TCP_LSNDTIME,
+        g::ICSK_LRCVTIME,
         g::TASK_FILES,
         g::TASK_FLAGS,
         g::FILES_FDT,
@@ -392,31 +451,95 @@ mod tests {
         g::ITER_IOVEC_VALUE,
         g::ITER_UBUF,
         g::ITER_IOV,
+        g::TCP_RECVMSG_NARGS,
     ];
     const A: u64 = ABSENT;
 
-    /// Values of [`NAMES`] per kernel, checked against `pahole -F btf` on the
-    /// full BTF the fixtures were cut from (see tests/fixtures/btf/README.md).
+    /// Values of [`NAMES`] per kernel, checked against `pahole -F btf` and
+    /// `bpftool btf dump` on the full BTF the fixtures were cut from (see
+    /// tests/fixtures/btf/README.md). The fixtures hold no FUNC, so their
+    /// TCP_RECVMSG_NARGS is ABSENT; the last column is the value from the full
+    /// BTF ([`btf_offsets_of_full_kernel_btf`], [`FULL_BTF`]).
     #[rustfmt::skip]
-    const KERNELS: [(&str, [u64; 26]); 4] = [
-        //                 fam st num dport saddr daddr v6s v6d proto recv acked files flags fdt max fd priv sk file msgiter type mask ubufv iovecv ubuf iov
-        ("linux-5.10.btf", [16, 18, 14, 12, 4, 0, 72, 56, 540, 1400, 1448, 2808, 36, 32, 0, 8, 200, 24, 16, 16, 0, 0xfe, A, 4, A, 24]),
-        ("linux-6.1.btf",  [16, 18, 14, 12, 4, 0, 72, 56, 516, 1408, 1456, 3048, 44, 32, 0, 8, 200, 24, 16, 16, 0, 0xff, 6, 0, 24, 24]),
-        ("linux-6.12.btf", [16, 18, 14, 12, 4, 0, 72, 56, 574, 1784, 1840, 3048, 44, 32, 0, 8, 32, 24, 16, 16, 0, 0xff, 0, 1, 16, 16]),
-        ("linux-6.18.btf", [16, 18, 14, 12, 4, 0, 72, 56, 532, 1752, 1824, 1824, 44, 32, 0, 8, 24, 24, 16, 16, 0, 0xff, 0, 1, 16, 16]),
+    const KERNELS: [(&str, [u64; 29], u64); 4] = [
+        //                 fam st num dport saddr daddr v6s v6d proto recv acked lsnd lrcv files flags fdt max fd priv sk file msgiter type mask ubufv iovecv ubuf iov nargs, full nargs
+        ("linux-5.10.btf", [16, 18, 14, 12, 4, 0, 72, 56, 540, 1400, 1448, 1472, 1248, 2808, 36, 32, 0, 8, 200, 24, 16, 16, 0, 0xfe, A, 4, A, 24, A], 6),
+        ("linux-6.1.btf",  [16, 18, 14, 12, 4, 0, 72, 56, 516, 1408, 1456, 1480, 1264, 3048, 44, 32, 0, 8, 200, 24, 16, 16, 0, 0xff, 6, 0, 24, 24, A], 5),
+        ("linux-6.12.btf", [16, 18, 14, 12, 4, 0, 72, 56, 574, 1784, 1840, 1644, 1264, 3048, 44, 32, 0, 8, 32, 24, 16, 16, 0, 0xff, 0, 1, 16, 16, A], 5),
+        // 6.18's tcp_recvmsg has 4 parameters, which the fexit program does not handle yet.
+        ("linux-6.18.btf", [16, 18, 14, 12, 4, 0, 72, 56, 532, 1752, 1824, 1584, 1264, 1824, 44, 32, 0, 8, 24, 24, 16, 16, 0, 0xff, 0, 1, 16, 16, A], A),
     ];
+
+    /// The full kernel BTF each fixture was cut from, under
+    /// `$WSTRACE_KERNEL_BTF` (default `~/.cache/wstrace/k`), and the raw
+    /// parameter count of its `tcp_recvmsg`.
+    const FULL_BTF: [(&str, &str, u64); 4] = [
+        ("linux-5.10.btf", "5.10.0/btf.raw", 6),
+        ("linux-6.1.btf", "6.1.0/btf.raw", 5),
+        ("linux-6.12.btf", "6.12.95/btf.raw", 5),
+        ("linux-6.18.btf", "host-6.18.btf", 4),
+    ];
+
+    fn check(file: &str, k: &KernelOffsets, want: &[u64; 29]) {
+        let names: Vec<_> = k.globals.iter().map(|&(n, _)| n).collect();
+        assert_eq!(names, NAMES, "{file}");
+        for (name, &want) in NAMES.iter().zip(want) {
+            assert_eq!(k.get(name), Some(want), "{file}: {name}");
+        }
+        assert_eq!(k.fd_walk_missing, None, "{file}");
+    }
 
     #[test]
     fn btf_offsets_of_real_kernels_5_10_to_6_18() {
-        for (file, want) in KERNELS {
+        for (file, want, _) in KERNELS {
             let k = resolve(&fixture(file)).unwrap_or_else(|e| panic!("{file}: {e:#}"));
-            let names: Vec<_> = k.globals.iter().map(|&(n, _)| n).collect();
-            assert_eq!(names, NAMES, "{file}");
-            for (name, want) in NAMES.iter().zip(want) {
-                assert_eq!(k.get(name), Some(want), "{file}: {name}");
+            check(file, &k, &want);
+            // Everything else of the sendmsg/recvmsg paths is there.
+            assert_eq!(
+                k.sendmsg_path_missing.as_deref(),
+                Some("no function tcp_recvmsg"),
+                "{file}"
+            );
+        }
+    }
+
+    /// The fixtures against the full BTF they were cut from, plus
+    /// TCP_RECVMSG_NARGS, which the fixtures cannot hold. Needs the kernels
+    /// of tests/fixtures/btf/README.md:
+    /// `cargo test -p wstrace btf_offsets_of_full -- --ignored`
+    #[test]
+    #[ignore]
+    fn btf_offsets_of_full_kernel_btf() {
+        let dir = std::env::var_os("WSTRACE_KERNEL_BTF")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/wstrace/k")))
+            .expect("set WSTRACE_KERNEL_BTF or HOME");
+        for ((file, mut want, nargs), (fixture_file, full, params)) in
+            KERNELS.into_iter().zip(FULL_BTF)
+        {
+            assert_eq!(file, fixture_file);
+            let path = dir.join(full);
+            let btf = Btf::load(&path).unwrap_or_else(|e| panic!("{file}: {e:#}"));
+            assert_eq!(
+                btf.func_params("tcp_recvmsg").ok(),
+                Some(params),
+                "{}",
+                path.display()
+            );
+            let k = resolve(&path).unwrap_or_else(|e| panic!("{e:#}"));
+            want[NAMES.len() - 1] = nargs;
+            check(&path.to_string_lossy(), &k, &want);
+            if nargs == ABSENT {
+                let why = k.sendmsg_path_missing.expect("4 parameters reported");
+                assert_eq!(
+                    why,
+                    format!(
+                        "tcp_recvmsg has {params} parameters; wstrace finds its return value after 6 or 5 only"
+                    )
+                );
+            } else {
+                assert_eq!(k.sendmsg_path_missing, None, "{}", path.display());
             }
-            assert_eq!(k.fd_walk_missing, None, "{file}");
-            assert_eq!(k.sendmsg_path_missing, None, "{file}");
         }
     }
 
@@ -426,6 +549,10 @@ mod tests {
         assert_eq!(k.get(g::SKC_NUM), Some(14));
         assert_eq!(k.get(g::TASK_FILES), Some(ABSENT));
         assert_eq!(k.get(g::ITER_IOV), Some(ABSENT));
+        // Optional: absent without an error, and not blamed on a probe set.
+        assert_eq!(k.get(g::TCP_LSNDTIME), Some(ABSENT));
+        assert_eq!(k.get(g::ICSK_LRCVTIME), Some(ABSENT));
+        assert_eq!(k.get(g::TCP_RECVMSG_NARGS), Some(ABSENT));
         let fd = k.fd_walk_missing.expect("fd walk reported");
         assert!(
             fd.contains("task_struct.files") && fd.contains("socket.sk"),
@@ -433,7 +560,13 @@ mod tests {
         );
         let send = k.sendmsg_path_missing.expect("sendmsg path reported");
         assert!(
-            send.contains("msghdr.msg_iter") && send.contains("ITER_IOVEC"),
+            send.contains("msghdr.msg_iter")
+                && send.contains("ITER_IOVEC")
+                && send.contains("no function tcp_recvmsg"),
+            "{send}"
+        );
+        assert!(
+            !send.contains("lsndtime") && !send.contains("lrcvtime"),
             "{send}"
         );
     }
@@ -502,6 +635,7 @@ mod tests {
                 g::TCP_BYTES_ACKED,
                 g::ITER_UBUF_VALUE,
                 g::ITER_UBUF,
+                g::TCP_RECVMSG_NARGS,
             ]
             .contains(&name)
             {
@@ -509,8 +643,30 @@ mod tests {
             }
         }
         assert_eq!(k.fd_walk_missing, None);
-        assert_eq!(k.sendmsg_path_missing, None);
         let version = running_kernel().unwrap_or((0, 0));
+        // tcp_recvmsg lost `nonblock` in 5.19 and `addr_len` after 6.12 (6.18 has 4).
+        let params = Btf::load(path)
+            .expect("loaded above")
+            .func_params("tcp_recvmsg")
+            .unwrap_or_else(|p| panic!("{p}"));
+        match version {
+            (..=4, _) | (5, ..=18) => assert_eq!(params, 6),
+            (5, 19..) | (6, ..=12) => assert_eq!(params, 5),
+            (6, 18..) | (7.., _) => assert_eq!(params, 4),
+            _ => assert!((4..=5).contains(&params), "{params}"),
+        }
+        if RECVMSG_NARGS.contains(&params) {
+            assert_eq!(k.get(g::TCP_RECVMSG_NARGS), Some(params));
+            assert_eq!(k.sendmsg_path_missing, None);
+        } else {
+            assert_eq!(k.get(g::TCP_RECVMSG_NARGS), Some(ABSENT));
+            assert_eq!(
+                k.sendmsg_path_missing,
+                Some(format!(
+                    "tcp_recvmsg has {params} parameters; wstrace finds its return value after 6 or 5 only"
+                ))
+            );
+        }
         if version >= (5, 14) {
             assert_eq!(k.get(g::ITER_TYPE_MASK), Some(0xff));
         }

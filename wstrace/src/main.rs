@@ -11,11 +11,12 @@ mod demo;
 mod diagnose;
 mod events;
 mod http;
+mod hz;
 mod matcher;
 mod output;
+mod peer;
 mod privileges;
 mod probes;
-#[path = "symbolize_stub.rs"]
 mod symbolize;
 mod tracefs;
 mod tracer;

@@ -1,1 +1,1342 @@
-//! Stack symbolization. (Being written.)
+//! Stack symbolization: raw addresses captured by `bpf_get_stack` become
+//! readable frames.
+//!
+//! One [`blazesym`] symbolizer serves the whole run, because it caches parsed
+//! ELF files (symbol tables, DWARF) across calls; parsing libc or a large
+//! server binary for every report would dominate the cost.
+//!
+//! Kernel frames come from `/proc/kallsyms` only (see [`Symbolizer::new`]).
+//! User frames come from the process's memory maps. A close is often
+//! reported after its process has exited, when `/proc/<pid>` is gone, so
+//! [`Symbolizer::remember_process`] caches the maps (and pins the mapped
+//! executables, opened through `/proc/<pid>/map_files`) while the process is
+//! still alive.
+//!
+//! Line format (what `output` prints, one string per line):
+//! - kernel: `tcp_close+0x1f`, or `[unknown] 0xffffffff81234567`;
+//! - user: `func+0x1f (/usr/lib/x86_64-linux-gnu/libc.so.6) at src/x.rs:12`,
+//!   inlined callees first as `callee [inlined] (module) at file:line`,
+//!   or `[unknown] 0x7f12345678 (module)`.
+//!
+//! The offset printed is that of the *captured* address from the function
+//! start (the return address, as kernel oopses and bpftrace print it), while
+//! the function and the line are looked up at `addr - 1` for every frame but
+//! the innermost (as perf does), so the call site is named even when the
+//! call is the last instruction of a function.
+// Nothing outside the tests calls this module until main.rs switches from the stub.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use blazesym::symbolize::cache::{self, Cache};
+use blazesym::symbolize::evict::{self, Evict};
+use blazesym::symbolize::source::{Kernel, Process, Source};
+use blazesym::symbolize::{CodeInfo, Input, Reason, Sym, Symbolized};
+use blazesym::{MaybeDefault, Pid};
+
+/// A process writes the HTTP 101 once per WebSocket: on a busy server that is
+/// many times a second, and re-reading its maps (and re-caching its perf map)
+/// each time would cost more than the tracing itself. Maps are re-read at most
+/// this often; a stale snapshot is refreshed on demand when a live process's
+/// address falls outside it (see [`Symbolizer::user_stack`]).
+const REMEMBER_INTERVAL: Duration = Duration::from_secs(1);
+
+/// kallsyms lists start addresses only, so blazesym names any address after
+/// the last symbol of a region by that symbol, however far away. No kernel
+/// function is anywhere near 1 MiB long: an offset this large means the address
+/// lies in memory kallsyms does not describe (e.g. a BPF trampoline on an old
+/// kernel), and naming a function there would mislead.
+pub const MAX_KERNEL_SYM_OFFSET: u64 = 1 << 20;
+
+/// Turns kernel and user stack addresses into frame strings.
+///
+/// Holds blazesym state built on `Rc`/`RefCell`, so it is neither `Send` nor
+/// `Sync`: keep it on the task that reads the ring buffer.
+pub struct Symbolizer {
+    inner: blazesym::symbolize::Symbolizer,
+    kernel: Source<'static>,
+    procs: HashMap<u32, Remembered>,
+}
+
+/// What we keep for a process handed to [`Symbolizer::remember_process`].
+struct Remembered {
+    /// Our own snapshot of `/proc/<pid>/maps`: names the module of a frame
+    /// (blazesym reports none for unknown frames, and for pinned files it may
+    /// report the `/proc/<pid>/map_files/...` path it first opened them by).
+    maps: Vec<Mapping>,
+    refreshed: Instant,
+    /// ELF files pinned in blazesym's cache under their `map_files` path.
+    pinned: Vec<Pin>,
+}
+
+/// A `/proc/<pid>/map_files/<range>` path pinned in blazesym's ELF cache,
+/// with the identity of the file that was mapped there when it was pinned
+/// (the same range may later hold another file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pin {
+    path: PathBuf,
+    dev: String,
+    inode: u64,
+}
+
+/// One line of `/proc/<pid>/maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub exec: bool,
+    pub offset: u64,
+    pub dev: String,
+    pub inode: u64,
+    /// File path, or a pseudo name such as `[vdso]` / `[heap]`; `None` for
+    /// anonymous memory.
+    pub path: Option<String>,
+}
+
+/// A source location (`file:line`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceLoc {
+    pub file: String,
+    pub line: Option<u32>,
+}
+
+/// A function inlined at the symbolized address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlinedFrame {
+    pub name: String,
+    pub loc: Option<SourceLoc>,
+}
+
+/// What symbolization found for one address, as plain owned data so the
+/// formatting below is pure and testable without blazesym.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedFrame {
+    /// Function name, already demangled by blazesym (its `demangle` feature).
+    pub name: String,
+    /// Offset of the *captured* address from the function start.
+    pub offset: u64,
+    /// Where in the function (for the outermost function: the call site of
+    /// its first inlined callee, if any).
+    pub loc: Option<SourceLoc>,
+    /// Functions inlined at this address, outermost first (blazesym's order).
+    pub inlined: Vec<InlinedFrame>,
+    /// The module blazesym reported, used when our maps snapshot has none.
+    pub module: Option<String>,
+}
+
+/// Outcome of looking one user address up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Lookup {
+    Found(ResolvedFrame),
+    /// The address is in no mapping of the (possibly stale) maps used.
+    Unmapped,
+    Unknown,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Symbolizer {
+    /// Kernel symbols come from `/proc/kallsyms` only. blazesym's default
+    /// kernel source also looks for `/boot/vmlinux-<release>` and
+    /// `/usr/lib/debug/boot/vmlinux-<release>` and, when one exists, parses
+    /// its DWARF, derives the KASLR offset, and decompresses `.ko.{xz,zst,gz}`
+    /// modules to temporary files: seconds of work and hundreds of MiB for
+    /// a line number we do not print. kallsyms also covers modules and BPF
+    /// programs. It is read once, on the first kernel stack (~120k symbols).
+    pub fn new() -> Self {
+        let kernel = Kernel {
+            kallsyms: MaybeDefault::Default,
+            vmlinux: MaybeDefault::None,
+            kaslr_offset: None,
+            debug_syms: false,
+            ..Kernel::default()
+        };
+        Self {
+            // Defaults: code info, inlined functions and demangling on, files
+            // re-read when they change on disk (pinned ones excepted).
+            inner: blazesym::symbolize::Symbolizer::new(),
+            kernel: Source::Kernel(kernel),
+            procs: HashMap::new(),
+        }
+    }
+
+    /// Cache the process's memory maps (and its binaries' symbols as blazesym allows) now, so that
+    /// its stacks still symbolize after it exits. Called when the process writes the HTTP 101.
+    /// Errors (process gone, permission) are ignored: symbolization later will say `[unknown]`.
+    ///
+    /// What is kept: blazesym's copy of the maps (its VMA cache), the
+    /// process's perf map if it has one (JIT runtimes), and each executable
+    /// file mapping opened through `/proc/<pid>/map_files/` and pinned in
+    /// blazesym's ELF cache, with its symbol tables and DWARF (including a
+    /// separate debug file found by build ID) set up now. Opening through
+    /// `map_files` means the file is the one the process mapped, even inside
+    /// another mount namespace (a container) or after it was deleted or
+    /// upgraded on disk. That needs CAP_SYS_ADMIN (as wstrace has); without
+    /// it, later lookups fall back to the paths as named in the maps, which
+    /// must still exist then.
+    ///
+    /// Cost (release build): tens of ms the first time a set of binaries is
+    /// seen (libc with its debug file: ~40 ms), well under 1 ms for another
+    /// process mapping the same files (parsed data is shared per inode).
+    /// Repeated calls for the same pid within [`REMEMBER_INTERVAL`] do nothing.
+    pub fn remember_process(&mut self, pid: u32) {
+        // blazesym reads pid 0 as "this process".
+        if pid == 0 {
+            return;
+        }
+        if let Some(r) = self.procs.get(&pid)
+            && r.refreshed.elapsed() < REMEMBER_INTERVAL
+        {
+            return;
+        }
+        self.refresh_process(pid, false);
+    }
+
+    /// Drop cached state for a process (called when it is known to be gone/exec'd).
+    ///
+    /// Releases its pinned files (shared ones, such as libc, stay cached as
+    /// long as another remembered process maps them) and its cached maps. A
+    /// pid is reused eventually: without this, a new process with the same
+    /// pid would be symbolized with the old process's maps.
+    pub fn forget_process(&mut self, pid: u32) {
+        if pid == 0 {
+            return;
+        }
+        if let Some(r) = self.procs.remove(&pid) {
+            self.unpin(&r.pinned);
+        }
+        // Only fails for things we do not ask for; nothing to report.
+        let _ = self
+            .inner
+            .evict(&Evict::Process(evict::Process::new(Pid::from(pid))));
+    }
+
+    /// Kernel frames, innermost first, one string per address: `func+0x1f` ; unknown → `[unknown] 0xffffffff81234567`.
+    ///
+    /// Everything is `[unknown]` when `/proc/kallsyms` shows no addresses
+    /// (not root, or `kernel.kptr_restrict=2`). The module of a module symbol
+    /// is not shown: blazesym drops kallsyms' `[module]` column.
+    pub fn kernel_stack(&mut self, addrs: &[u64]) -> Vec<String> {
+        if addrs.is_empty() {
+            return Vec::new();
+        }
+        let lookups = lookup_addrs(addrs);
+        let resolved: Vec<Option<ResolvedFrame>> =
+            match self.inner.symbolize(&self.kernel, Input::AbsAddr(&lookups)) {
+                Ok(syms) if syms.len() == addrs.len() => syms
+                    .into_iter()
+                    .zip(addrs.iter().zip(&lookups))
+                    .map(
+                        |(sym, (&addr, &lookup))| match classify(sym, addr - lookup) {
+                            Lookup::Found(frame) => Some(frame),
+                            Lookup::Unmapped | Lookup::Unknown => None,
+                        },
+                    )
+                    .collect(),
+                // No kallsyms at all, or blazesym broke its contract: say unknown, keep every frame.
+                _ => vec![None; addrs.len()],
+            };
+        addrs
+            .iter()
+            .zip(&resolved)
+            .map(|(&addr, frame)| format_kernel_frame(addr, frame.as_ref()))
+            .collect()
+    }
+
+    /// User frames of process `pid`, innermost first: `func+0x1f (/usr/lib/x86_64-linux-gnu/libc.so.6)`,
+    /// with ` at file.rs:123` appended when line info exists; inlined frames as extra entries marked `[inlined]`;
+    /// unknown → `[unknown] 0x7f12... (module if known)`. Never drop frames: one address in → at least one string out.
+    ///
+    /// Uses the maps cached by [`remember_process`](Self::remember_process)
+    /// if any, else the live `/proc/<pid>/maps`. If a live, remembered
+    /// process has an address outside the cached maps (a library loaded
+    /// since), its maps are re-read once and the stack looked up again.
+    pub fn user_stack(&mut self, pid: u32, addrs: &[u64]) -> Vec<String> {
+        if addrs.is_empty() {
+            return Vec::new();
+        }
+        if pid == 0 {
+            // blazesym would read pid 0 as "this process"; a user stack there is garbage.
+            return addrs.iter().map(|&a| format_unknown(a, None)).collect();
+        }
+        let lookups = lookup_addrs(addrs);
+        let mut found = self.resolve_user(pid, addrs, &lookups);
+        if self.procs.contains_key(&pid)
+            && found.contains(&Lookup::Unmapped)
+            && self.refresh_process(pid, true)
+        {
+            found = self.resolve_user(pid, addrs, &lookups);
+        }
+
+        let live_maps;
+        let maps: &[Mapping] = match self.procs.get(&pid) {
+            Some(r) => &r.maps,
+            None => {
+                live_maps = read_maps(pid).unwrap_or_default();
+                &live_maps
+            }
+        };
+        let mut out = Vec::with_capacity(addrs.len());
+        for ((&addr, &lookup), result) in addrs.iter().zip(&lookups).zip(&found) {
+            match result {
+                Lookup::Found(frame) => {
+                    let module = module_for(maps, lookup).or(frame.module.as_deref());
+                    out.extend(format_user_frames(addr, Some(frame), module));
+                }
+                Lookup::Unmapped | Lookup::Unknown => {
+                    out.push(format_unknown(addr, module_for(maps, addr)));
+                }
+            }
+        }
+        out
+    }
+
+    /// Look `lookups` up in process `pid`; one result per address, always.
+    ///
+    /// blazesym fails a whole batch when one mapped file cannot be opened
+    /// (e.g. `map_files` without CAP_SYS_ADMIN, or a dead process whose file
+    /// was not pinned), so: the batch through `map_files`, then the batch
+    /// through the symbolic paths, then address by address, where an address
+    /// that still fails is unknown.
+    fn resolve_user(&self, pid: u32, addrs: &[u64], lookups: &[u64]) -> Vec<Lookup> {
+        let src = |map_files: bool| {
+            Source::Process(Process {
+                map_files,
+                ..Process::new(Pid::from(pid))
+            })
+        };
+        for map_files in [true, false] {
+            if let Ok(syms) = self
+                .inner
+                .symbolize(&src(map_files), Input::AbsAddr(lookups))
+                && syms.len() == lookups.len()
+            {
+                return syms
+                    .into_iter()
+                    .zip(addrs.iter().zip(lookups))
+                    .map(|(sym, (&addr, &lookup))| classify(sym, addr - lookup))
+                    .collect();
+            }
+        }
+        addrs
+            .iter()
+            .zip(lookups)
+            .map(|(&addr, &lookup)| {
+                [true, false]
+                    .into_iter()
+                    .find_map(|mf| {
+                        self.inner
+                            .symbolize_single(&src(mf), Input::AbsAddr(lookup))
+                            .ok()
+                    })
+                    .map_or(Lookup::Unknown, |sym| classify(sym, addr - lookup))
+            })
+            .collect()
+    }
+
+    /// (Re)read the process's maps and cache them in blazesym. With
+    /// `only_if_changed`, nothing is re-cached when the executable mappings are
+    /// the same as in the last snapshot. Returns whether blazesym's view was
+    /// renewed (false: process gone, unreadable, or unchanged).
+    fn refresh_process(&mut self, pid: u32, only_if_changed: bool) -> bool {
+        let Some(maps) = read_maps(pid) else {
+            return false;
+        };
+        let now = Instant::now();
+        if only_if_changed
+            && let Some(r) = self.procs.get_mut(&pid)
+            && r.maps
+                .iter()
+                .filter(|m| m.exec)
+                .eq(maps.iter().filter(|m| m.exec))
+        {
+            r.maps = maps;
+            r.refreshed = now;
+            return false;
+        }
+
+        let bpid = Pid::from(pid);
+        // Start over: caching the maps replaces blazesym's old copy anyway,
+        // and an evicted perf map is parsed afresh instead of piling up one
+        // parsed copy per change of the file.
+        let _ = self.inner.evict(&Evict::Process(evict::Process::new(bpid)));
+        let vmas = cache::Process {
+            cache_vmas: true,
+            cache_perf_map: false,
+            ..cache::Process::new(bpid)
+        };
+        // Errors: the process is gone or unreadable; the lookup will say so.
+        let _ = self.inner.cache(&Cache::Process(vmas));
+        // Separately: blazesym caches nothing at all if the perf map step fails.
+        let perf_map = cache::Process {
+            cache_vmas: false,
+            cache_perf_map: true,
+            ..cache::Process::new(bpid)
+        };
+        let _ = self.inner.cache(&Cache::Process(perf_map));
+
+        let old = self
+            .procs
+            .remove(&pid)
+            .map(|r| r.pinned)
+            .unwrap_or_default();
+        let mut pinned: Vec<Pin> = Vec::new();
+        let mut fresh: Vec<(Pin, u64)> = Vec::new();
+        for m in maps
+            .iter()
+            .filter(|m| m.exec && m.path.as_deref().is_some_and(|p| p.starts_with('/')))
+        {
+            let pin = Pin {
+                path: PathBuf::from(map_files_path(pid, m)),
+                dev: m.dev.clone(),
+                inode: m.inode,
+            };
+            if pinned.contains(&pin) || fresh.iter().any(|(p, _)| *p == pin) {
+                continue;
+            }
+            // Already pinned for this process: its symbols are parsed, keep them.
+            if old.contains(&pin) {
+                pinned.push(pin);
+            } else {
+                fresh.push((pin, m.start));
+            }
+        }
+        let starts: Vec<u64> = fresh.iter().map(|(_, start)| *start).collect();
+        self.warm_up(pid, &starts);
+        for (pin, _) in fresh {
+            // Fails for files that are not ELF, or without access to map_files.
+            if self
+                .inner
+                .cache(&Cache::Elf(cache::Elf::new(&pin.path)))
+                .is_ok()
+            {
+                pinned.push(pin);
+            }
+        }
+        let stale: Vec<Pin> = old.into_iter().filter(|p| !pinned.contains(p)).collect();
+        self.unpin(&stale);
+        self.procs.insert(
+            pid,
+            Remembered {
+                maps,
+                refreshed: now,
+                pinned,
+            },
+        );
+        true
+    }
+
+    /// Open each newly mapped file the way later lookups will (through
+    /// `map_files`, with debug info) by looking up one address in it while
+    /// the process is alive. blazesym finds separate debug files (e.g.
+    /// `/usr/lib/debug/.build-id/...`) by the build ID it reads from the file's
+    /// path at the time it first builds the DWARF resolver; a file first
+    /// opened by [`Cache::Elf`] carries its `/proc/<pid>/map_files/...` path,
+    /// which is dangling by the time the stack is symbolized, and would then
+    /// never get line numbers. Opened this way, it also carries the path
+    /// from the maps as its module name.
+    fn warm_up(&self, pid: u32, addrs: &[u64]) {
+        if addrs.is_empty() {
+            return;
+        }
+        let src = Source::Process(Process {
+            map_files: true,
+            perf_map: false,
+            vdso: false,
+            ..Process::new(Pid::from(pid))
+        });
+        // One unreadable file fails the whole batch; then file by file.
+        if self.inner.symbolize(&src, Input::AbsAddr(addrs)).is_err() {
+            for &addr in addrs {
+                let _ = self.inner.symbolize_single(&src, Input::AbsAddr(addr));
+            }
+        }
+    }
+
+    fn unpin(&mut self, pins: &[Pin]) {
+        for pin in pins {
+            let _ = self.inner.evict(&Evict::Elf(evict::Elf::new(&pin.path)));
+        }
+    }
+}
+
+/// The address to look up for each captured address: stack entries other
+/// than the innermost are return addresses, which point after the call and,
+/// for a call that ends a function (`noreturn` callees), into the next
+/// function. One byte back is inside the call instruction.
+pub fn lookup_addrs(addrs: &[u64]) -> Vec<u64> {
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) })
+        .collect()
+}
+
+/// Convert blazesym's answer for one address; `delta` is captured minus
+/// looked-up address, added back so the printed offset is the captured one.
+fn classify(sym: Symbolized<'_>, delta: u64) -> Lookup {
+    match sym {
+        Symbolized::Sym(sym) if !sym.name.is_empty() => Lookup::Found(resolved_frame(&sym, delta)),
+        Symbolized::Sym(_) => Lookup::Unknown,
+        Symbolized::Unknown(Reason::Unmapped) => Lookup::Unmapped,
+        Symbolized::Unknown(_) => Lookup::Unknown,
+    }
+}
+
+fn resolved_frame(sym: &Sym<'_>, delta: u64) -> ResolvedFrame {
+    ResolvedFrame {
+        name: sym.name.to_string(),
+        offset: (sym.offset as u64).saturating_add(delta),
+        loc: sym.code_info.as_deref().map(source_loc),
+        inlined: sym
+            .inlined
+            .iter()
+            .map(|f| InlinedFrame {
+                name: f.name.to_string(),
+                loc: f.code_info.as_ref().map(source_loc),
+            })
+            .collect(),
+        module: sym
+            .module
+            .as_deref()
+            .map(|m| m.to_string_lossy().into_owned())
+            // A file first opened through a pinned map_files path carries that
+            // path as its module name; it means nothing to the reader.
+            .filter(|m| !is_map_files_path(m)),
+    }
+}
+
+fn source_loc(ci: &CodeInfo<'_>) -> SourceLoc {
+    SourceLoc {
+        file: ci.to_path().display().to_string(),
+        line: ci.line,
+    }
+}
+
+fn is_map_files_path(p: &str) -> bool {
+    p.starts_with("/proc/") && p.contains("/map_files/")
+}
+
+/// The path blazesym itself builds for a mapping (`maps::parse_path_name`),
+/// so a pin made under it is found when blazesym later looks the file up.
+fn map_files_path(pid: u32, m: &Mapping) -> String {
+    format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end)
+}
+
+/// `/proc/<pid>/maps`, parsed; `None` when unreadable or empty (a zombie or
+/// kernel thread has no maps).
+fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
+    let bytes = std::fs::read(format!("/proc/{pid}/maps")).ok()?;
+    let maps = parse_maps(&String::from_utf8_lossy(&bytes));
+    (!maps.is_empty()).then_some(maps)
+}
+
+/// Parse a whole maps file; malformed lines are skipped.
+pub fn parse_maps(text: &str) -> Vec<Mapping> {
+    text.lines().filter_map(parse_maps_line).collect()
+}
+
+/// Split off the next whitespace-separated field.
+fn next_field(s: &str) -> (&str, &str) {
+    let s = s.trim_start_matches(' ');
+    let end = s.find(' ').unwrap_or(s.len());
+    s.split_at(end)
+}
+
+/// `start-end perms offset dev inode [path]`; the path may contain spaces
+/// and is taken verbatim (with a ` (deleted)` suffix if the kernel adds one).
+pub fn parse_maps_line(line: &str) -> Option<Mapping> {
+    let (range, rest) = next_field(line);
+    let (perms, rest) = next_field(rest);
+    let (offset, rest) = next_field(rest);
+    let (dev, rest) = next_field(rest);
+    let (inode, rest) = next_field(rest);
+    let (start, end) = range.split_once('-')?;
+    let start = u64::from_str_radix(start, 16).ok()?;
+    let end = u64::from_str_radix(end, 16).ok()?;
+    let path = rest.trim_start_matches(' ').trim_end_matches(['\n', '\r']);
+    Some(Mapping {
+        start,
+        end,
+        exec: perms.as_bytes().get(2) == Some(&b'x'),
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        dev: dev.to_string(),
+        inode: inode.parse().ok()?,
+        path: (!path.is_empty()).then(|| path.to_string()),
+    })
+}
+
+/// The path (or pseudo name) of the mapping containing `addr`.
+pub fn module_for(maps: &[Mapping], addr: u64) -> Option<&str> {
+    maps.iter()
+        .find(|m| m.start <= addr && addr < m.end)
+        .and_then(|m| m.path.as_deref())
+}
+
+/// ` at file:line`, ` at file` without a line, nothing without a file.
+fn format_loc(loc: Option<&SourceLoc>) -> String {
+    match loc {
+        Some(SourceLoc {
+            file,
+            line: Some(line),
+        }) if !file.is_empty() => format!(" at {file}:{line}"),
+        Some(SourceLoc { file, line: None }) if !file.is_empty() => format!(" at {file}"),
+        _ => String::new(),
+    }
+}
+
+/// `[unknown] 0x7f12345678`, with ` (module)` when known. `addr` is the
+/// captured address, never the adjusted one, so it matches raw dumps.
+pub fn format_unknown(addr: u64, module: Option<&str>) -> String {
+    match module {
+        Some(m) => format!("[unknown] {addr:#x} ({m})"),
+        None => format!("[unknown] {addr:#x}"),
+    }
+}
+
+/// One kernel frame: `func+0x1f` (plus ` at file:line` should a source ever
+/// supply one); `[unknown] 0xffff...` when unresolved or implausibly far from
+/// the symbol (see [`MAX_KERNEL_SYM_OFFSET`]).
+pub fn format_kernel_frame(addr: u64, frame: Option<&ResolvedFrame>) -> String {
+    match frame {
+        Some(f) if !f.name.is_empty() && f.offset < MAX_KERNEL_SYM_OFFSET => {
+            format!("{}+{:#x}{}", f.name, f.offset, format_loc(f.loc.as_ref()))
+        }
+        _ => format_unknown(addr, None),
+    }
+}
+
+/// The lines for one user address, innermost first: each inlined callee
+/// (innermost first) as `name [inlined] (module) at file:line`, then the
+/// real function as `name+0x1f (module) at file:line`; unresolved, a single
+/// `[unknown] 0x... (module)`. Always at least one line.
+pub fn format_user_frames(
+    addr: u64,
+    frame: Option<&ResolvedFrame>,
+    module: Option<&str>,
+) -> Vec<String> {
+    let module_suffix = module.map(|m| format!(" ({m})")).unwrap_or_default();
+    match frame {
+        Some(f) if !f.name.is_empty() => {
+            let mut out = Vec::with_capacity(f.inlined.len() + 1);
+            for i in f.inlined.iter().rev() {
+                out.push(format!(
+                    "{} [inlined]{module_suffix}{}",
+                    i.name,
+                    format_loc(i.loc.as_ref())
+                ));
+            }
+            out.push(format!(
+                "{}+{:#x}{module_suffix}{}",
+                f.name,
+                f.offset,
+                format_loc(f.loc.as_ref())
+            ));
+            out
+        }
+        _ => vec![format_unknown(addr, module)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::process::Command;
+
+    fn loc(file: &str, line: Option<u32>) -> Option<SourceLoc> {
+        Some(SourceLoc {
+            file: file.into(),
+            line,
+        })
+    }
+
+    fn frame(name: &str, offset: u64) -> ResolvedFrame {
+        ResolvedFrame {
+            name: name.into(),
+            offset,
+            loc: None,
+            inlined: Vec::new(),
+            module: None,
+        }
+    }
+
+    // ---- pure formatting ----
+
+    #[test]
+    fn kernel_offsets_are_hex_with_prefix() {
+        assert_eq!(
+            format_kernel_frame(0xffffffff81000000, Some(&frame("tcp_close", 0))),
+            "tcp_close+0x0"
+        );
+        assert_eq!(
+            format_kernel_frame(1, Some(&frame("tcp_close", 0x1f))),
+            "tcp_close+0x1f"
+        );
+        assert_eq!(
+            format_kernel_frame(1, Some(&frame("__x64_sys_close", 0xabcde))),
+            "__x64_sys_close+0xabcde"
+        );
+    }
+
+    #[test]
+    fn kernel_unknown_prints_full_address() {
+        assert_eq!(
+            format_kernel_frame(0xffffffff81234567, None),
+            "[unknown] 0xffffffff81234567"
+        );
+        assert_eq!(format_kernel_frame(0, None), "[unknown] 0x0");
+    }
+
+    #[test]
+    fn kernel_empty_name_or_huge_offset_is_unknown() {
+        assert_eq!(
+            format_kernel_frame(0xffffffffc0001234, Some(&frame("", 4))),
+            "[unknown] 0xffffffffc0001234"
+        );
+        assert_eq!(
+            format_kernel_frame(
+                0xffffffffc0001234,
+                Some(&frame("last_sym", MAX_KERNEL_SYM_OFFSET))
+            ),
+            "[unknown] 0xffffffffc0001234"
+        );
+        assert_eq!(
+            format_kernel_frame(1, Some(&frame("big", MAX_KERNEL_SYM_OFFSET - 1))),
+            format!("big+{:#x}", MAX_KERNEL_SYM_OFFSET - 1)
+        );
+    }
+
+    #[test]
+    fn kernel_frame_with_location() {
+        let mut f = frame("tcp_close", 0x10);
+        f.loc = loc("net/ipv4/tcp.c", Some(3000));
+        assert_eq!(
+            format_kernel_frame(1, Some(&f)),
+            "tcp_close+0x10 at net/ipv4/tcp.c:3000"
+        );
+    }
+
+    #[test]
+    fn user_frame_with_module_and_line() {
+        let mut f = frame("close", 0x1f);
+        assert_eq!(
+            format_user_frames(1, Some(&f), Some("/usr/lib/x86_64-linux-gnu/libc.so.6")),
+            ["close+0x1f (/usr/lib/x86_64-linux-gnu/libc.so.6)"]
+        );
+        f.loc = loc("/src/server/src/main.rs", Some(123));
+        assert_eq!(
+            format_user_frames(1, Some(&f), Some("/srv/app")),
+            ["close+0x1f (/srv/app) at /src/server/src/main.rs:123"]
+        );
+        f.loc = loc("main.rs", None);
+        assert_eq!(
+            format_user_frames(1, Some(&f), None),
+            ["close+0x1f at main.rs"]
+        );
+        f.loc = loc("", Some(7));
+        assert_eq!(format_user_frames(1, Some(&f), None), ["close+0x1f"]);
+    }
+
+    #[test]
+    fn user_unknown_frames() {
+        assert_eq!(
+            format_user_frames(0x7f1234567890, None, None),
+            ["[unknown] 0x7f1234567890"]
+        );
+        assert_eq!(
+            format_user_frames(0x7f1234567890, None, Some("/usr/lib/libfoo.so (deleted)")),
+            ["[unknown] 0x7f1234567890 (/usr/lib/libfoo.so (deleted))"]
+        );
+        assert_eq!(
+            format_user_frames(0x55, Some(&frame("", 3)), Some("[heap]")),
+            ["[unknown] 0x55 ([heap])"]
+        );
+    }
+
+    #[test]
+    fn inlined_frames_come_first_innermost_first() {
+        // blazesym: sym.loc = where `outer` calls `mid`, inlined = [mid, inner]
+        // (outermost first), inner's loc = the address itself.
+        let f = ResolvedFrame {
+            name: "app::outer".into(),
+            offset: 0x40,
+            loc: loc("src/lib.rs", Some(10)),
+            inlined: vec![
+                InlinedFrame {
+                    name: "app::mid".into(),
+                    loc: loc("src/lib.rs", Some(20)),
+                },
+                InlinedFrame {
+                    name: "app::inner".into(),
+                    loc: loc("src/inner.rs", Some(30)),
+                },
+            ],
+            module: None,
+        };
+        assert_eq!(
+            format_user_frames(0x1000, Some(&f), Some("/srv/app")),
+            [
+                "app::inner [inlined] (/srv/app) at src/inner.rs:30",
+                "app::mid [inlined] (/srv/app) at src/lib.rs:20",
+                "app::outer+0x40 (/srv/app) at src/lib.rs:10",
+            ]
+        );
+        let mut no_loc = f.clone();
+        no_loc.inlined[1].loc = None;
+        assert_eq!(
+            format_user_frames(0x1000, Some(&no_loc), None)[0],
+            "app::inner [inlined]"
+        );
+    }
+
+    #[test]
+    fn demangled_names_pass_through_verbatim() {
+        let rust = frame(
+            "<tokio::net::tcp::stream::TcpStream as tokio::io::AsyncWrite>::poll_shutdown",
+            0x12,
+        );
+        assert_eq!(
+            format_user_frames(1, Some(&rust), Some("/srv/app")),
+            [
+                "<tokio::net::tcp::stream::TcpStream as tokio::io::AsyncWrite>::poll_shutdown+0x12 (/srv/app)"
+            ]
+        );
+        let cpp = frame(
+            "std::vector<int, std::allocator<int> >::push_back(int const&)",
+            0x8,
+        );
+        assert_eq!(
+            format_user_frames(1, Some(&cpp), None),
+            ["std::vector<int, std::allocator<int> >::push_back(int const&)+0x8"]
+        );
+    }
+
+    #[test]
+    fn lookup_addresses_step_back_except_innermost() {
+        assert_eq!(lookup_addrs(&[]), Vec::<u64>::new());
+        assert_eq!(lookup_addrs(&[0x1000]), [0x1000]);
+        assert_eq!(
+            lookup_addrs(&[0x1000, 0x2000, 0x3001]),
+            [0x1000, 0x1fff, 0x3000]
+        );
+        assert_eq!(lookup_addrs(&[0, 0]), [0, 0]);
+    }
+
+    #[test]
+    fn maps_lines_parse() {
+        let m = parse_maps_line(
+            "7f3a1c028000-7f3a1c1bd000 r-xp 00028000 fd:01 1835203                    /usr/lib/x86_64-linux-gnu/libc.so.6",
+        )
+        .expect("parses");
+        assert_eq!(
+            m,
+            Mapping {
+                start: 0x7f3a1c028000,
+                end: 0x7f3a1c1bd000,
+                exec: true,
+                offset: 0x28000,
+                dev: "fd:01".into(),
+                inode: 1835203,
+                path: Some("/usr/lib/x86_64-linux-gnu/libc.so.6".into()),
+            }
+        );
+        let anon =
+            parse_maps_line("7f3a1c000000-7f3a1c021000 rw-p 00000000 00:00 0 ").expect("parses");
+        assert_eq!((anon.exec, anon.path), (false, None));
+        let anon =
+            parse_maps_line("7f3a1c000000-7f3a1c021000 rw-p 00000000 00:00 0").expect("parses");
+        assert_eq!(anon.path, None);
+        let vdso = parse_maps_line(
+            "7ffd5b7e5000-7ffd5b7e7000 r-xp 00000000 00:00 0                          [vdso]",
+        )
+        .expect("parses");
+        assert_eq!(vdso.path.as_deref(), Some("[vdso]"));
+        let spaced = parse_maps_line("1000-2000 r-xp 00001000 08:02 42 /opt/my app/bin (deleted)")
+            .expect("parses");
+        assert_eq!(spaced.path.as_deref(), Some("/opt/my app/bin (deleted)"));
+        assert_eq!(parse_maps_line(""), None);
+        assert_eq!(parse_maps_line("garbage"), None);
+        assert_eq!(parse_maps_line("zz-2000 r-xp 0 0:0 1 /x"), None);
+    }
+
+    #[test]
+    fn module_lookup_by_address() {
+        let maps = parse_maps(
+            "1000-2000 r--p 00000000 08:02 42 /srv/app\n2000-3000 r-xp 00001000 08:02 42 /srv/app\n3000-4000 rw-p 00000000 00:00 0\n",
+        );
+        assert_eq!(maps.len(), 3);
+        assert_eq!(module_for(&maps, 0x2000), Some("/srv/app"));
+        assert_eq!(module_for(&maps, 0x2fff), Some("/srv/app"));
+        assert_eq!(module_for(&maps, 0x3000), None);
+        assert_eq!(module_for(&maps, 0x4000), None);
+        assert_eq!(module_for(&maps, 0x10), None);
+    }
+
+    #[test]
+    fn map_files_paths() {
+        let m = parse_maps_line("7f00-8f00 r-xp 0 08:02 42 /x").expect("parses");
+        assert_eq!(map_files_path(12, &m), "/proc/12/map_files/7f00-8f00");
+        assert!(is_map_files_path("/proc/12/map_files/7f00-8f00"));
+        assert!(!is_map_files_path("/usr/lib/libc.so.6"));
+    }
+
+    // ---- live: this process ----
+
+    #[inline(never)]
+    fn wstrace_symbolize_probe_fn() -> u64 {
+        std::hint::black_box(42)
+    }
+
+    #[test]
+    fn live_own_functions() {
+        let mut s = Symbolizer::new();
+        let probe = wstrace_symbolize_probe_fn as *const () as usize as u64;
+        let close = libc::close as *const () as usize as u64;
+        // The second entry is a "return address": looked up at close, printed as close+0x1.
+        let frames = s.user_stack(std::process::id(), &[probe, close + 1]);
+        eprintln!("{frames:#?}");
+        assert_eq!(frames.len(), 2);
+        let exe = std::env::current_exe().expect("current_exe");
+        assert!(
+            frames[0].starts_with(&format!(
+                "wstrace::symbolize::tests::wstrace_symbolize_probe_fn+0x0 ({})",
+                exe.display()
+            )),
+            "{}",
+            frames[0]
+        );
+        assert!(
+            frames[0].contains(" at ") && frames[0].contains("symbolize.rs:"),
+            "{}",
+            frames[0]
+        );
+        // glibc has several names at close's address (close, __close, __libc_close).
+        assert!(frames[1].contains("close+0x1 ("), "{}", frames[1]);
+        assert!(frames[1].contains("libc"), "{}", frames[1]);
+    }
+
+    #[test]
+    fn live_never_drops_frames() {
+        let mut s = Symbolizer::new();
+        let addrs = [1, 0x10, u64::MAX];
+        let frames = s.user_stack(std::process::id(), &addrs);
+        assert_eq!(
+            frames,
+            [
+                "[unknown] 0x1",
+                "[unknown] 0x10",
+                "[unknown] 0xffffffffffffffff"
+            ]
+        );
+        assert_eq!(
+            s.user_stack(
+                0,
+                &[wstrace_symbolize_probe_fn as *const () as usize as u64]
+            )
+            .len(),
+            1
+        );
+        assert!(s.user_stack(0, &[0x1234])[0].starts_with("[unknown] 0x1234"));
+        assert!(s.user_stack(std::process::id(), &[]).is_empty());
+        assert!(s.kernel_stack(&[]).is_empty());
+        // A pid that does not exist.
+        assert_eq!(
+            s.user_stack(u32::MAX - 1, &[0x4000, 0x5000]),
+            ["[unknown] 0x4000", "[unknown] 0x5000"]
+        );
+    }
+
+    #[inline(never)]
+    fn bt_capture() -> Vec<u64> {
+        let mut buf = [std::ptr::null_mut::<libc::c_void>(); 64];
+        // SAFETY: buf has room for 64 pointers, the count passed.
+        let n = unsafe { libc::backtrace(buf.as_mut_ptr(), 64) };
+        buf[..usize::try_from(n).unwrap_or(0)]
+            .iter()
+            .map(|p| *p as u64)
+            .collect()
+    }
+
+    #[inline(always)]
+    fn bt_inlined_middle() -> Vec<u64> {
+        std::hint::black_box(bt_capture())
+    }
+
+    #[inline(never)]
+    fn bt_outer() -> Vec<u64> {
+        std::hint::black_box(bt_inlined_middle())
+    }
+
+    #[test]
+    fn live_real_backtrace_with_inlining() {
+        let addrs = bt_outer();
+        assert!(addrs.len() >= 3, "{addrs:x?}");
+        let mut s = Symbolizer::new();
+        let frames = s.user_stack(std::process::id(), &addrs);
+        eprintln!("{frames:#?}");
+        assert!(frames.len() >= addrs.len());
+        let pos = |needle: &str| {
+            frames
+                .iter()
+                .position(|f| f.contains(needle))
+                .unwrap_or_else(|| panic!("{needle} not in {frames:#?}"))
+        };
+        let capture = pos("tests::bt_capture+0x");
+        let outer = pos("tests::bt_outer+0x");
+        assert!(capture < outer);
+        let middle = pos("tests::bt_inlined_middle [inlined]");
+        assert!(capture < middle && middle < outer, "{frames:#?}");
+        pos("tests::live_real_backtrace_with_inlining");
+    }
+
+    // ---- live: kernel ----
+
+    /// All addresses of `name` in /proc/kallsyms, plus every name at them.
+    fn kallsyms_lookup(name: &str) -> Option<(u64, Vec<String>)> {
+        let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
+        let entries: Vec<(u64, &str)> = text
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                let addr = u64::from_str_radix(it.next()?, 16).ok()?;
+                let _ty = it.next()?;
+                Some((addr, it.next()?))
+            })
+            .collect();
+        let addr = entries.iter().find(|(_, n)| *n == name)?.0;
+        let names = entries
+            .iter()
+            .filter(|(a, _)| *a == addr)
+            .map(|(_, n)| n.to_string())
+            .collect();
+        Some((addr, names))
+    }
+
+    #[test]
+    fn live_kernel_tcp_close() {
+        let Some((addr, names)) = kallsyms_lookup("tcp_close") else {
+            eprintln!("SKIPPED: live_kernel_tcp_close: no tcp_close in /proc/kallsyms");
+            return;
+        };
+        let mut s = Symbolizer::new();
+        if addr == 0 {
+            eprintln!(
+                "SKIPPED: live_kernel_tcp_close: /proc/kallsyms shows zero addresses (not root / kptr_restrict)"
+            );
+            assert_eq!(
+                s.kernel_stack(&[0xffffffff81234567]),
+                ["[unknown] 0xffffffff81234567"]
+            );
+            return;
+        }
+        let frames = s.kernel_stack(&[addr, addr + 5, 0x10]);
+        eprintln!("{frames:#?}");
+        assert_eq!(frames.len(), 3);
+        let ok = |frame: &str, off: &str| names.iter().any(|n| frame == format!("{n}{off}"));
+        assert!(
+            ok(&frames[0], "+0x0"),
+            "{} (names at {addr:#x}: {names:?})",
+            frames[0]
+        );
+        assert!(
+            ok(&frames[1], "+0x5"),
+            "{} (names at {addr:#x}: {names:?})",
+            frames[1]
+        );
+        assert_eq!(frames[2], "[unknown] 0x10");
+        // A return address equal to a function's start belongs to a call that
+        // ended the function before it: looked up one byte back, it is not
+        // named after tcp_close.
+        let frames = s.kernel_stack(&[addr, addr]);
+        assert!(ok(&frames[0], "+0x0"), "{frames:?}");
+        assert!(
+            !names
+                .iter()
+                .any(|n| frames[1].starts_with(&format!("{n}+"))),
+            "{frames:?}"
+        );
+    }
+
+    /// A symbolizer whose kernel source is the given kallsyms text.
+    fn with_kallsyms(name: &str, text: &str) -> (Symbolizer, PathBuf) {
+        let path =
+            std::env::temp_dir().join(format!("wstrace-kallsyms-{name}-{}", std::process::id()));
+        std::fs::write(&path, text).expect("write fake kallsyms");
+        let kernel = Kernel {
+            kallsyms: MaybeDefault::Some(path.clone()),
+            vmlinux: MaybeDefault::None,
+            debug_syms: false,
+            ..Kernel::default()
+        };
+        let s = Symbolizer {
+            kernel: Source::Kernel(kernel),
+            ..Symbolizer::new()
+        };
+        (s, path)
+    }
+
+    #[test]
+    fn kernel_with_fake_kallsyms() {
+        let (mut s, path) = with_kallsyms(
+            "fake",
+            "ffffffff81000000 T _stext\n\
+             ffffffff81000100 T foo\n\
+             ffffffff81000200 t bar\n\
+             ffffffffc0000000 t mod_fn\t[mymod]\n",
+        );
+        let frames = s.kernel_stack(&[
+            0xffffffff81000105, // innermost: taken as is
+            0xffffffff81000200, // return address = bar's start: the call ended foo
+            0xffffffff81000201,
+            0xffffffffc0000010,
+            0xffffffffc0200000, // 2 MiB past the last symbol: not believable
+            0x10,               // below every symbol
+        ]);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(
+            frames,
+            [
+                "foo+0x5",
+                "foo+0x100",
+                "bar+0x1",
+                "mod_fn+0x10",
+                "[unknown] 0xffffffffc0200000",
+                "[unknown] 0x10",
+            ]
+        );
+    }
+
+    #[test]
+    fn kernel_with_hidden_kallsyms_is_unknown() {
+        // What an unprivileged reader sees (kptr_restrict): every address zero.
+        let (mut s, path) = with_kallsyms(
+            "zero",
+            "0000000000000000 T _stext\n0000000000000000 T tcp_close\n",
+        );
+        let frames = s.kernel_stack(&[0xffffffff81234567, 0xffffffff81234568]);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(
+            frames,
+            [
+                "[unknown] 0xffffffff81234567",
+                "[unknown] 0xffffffff81234568"
+            ]
+        );
+        // No kallsyms at all.
+        let (mut s, path) = with_kallsyms("missing", "");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(
+            s.kernel_stack(&[0xffffffff81234567]),
+            ["[unknown] 0xffffffff81234567"]
+        );
+    }
+
+    // ---- live: remembered processes ----
+
+    /// Our own mapping containing libc's `close`: (path, dev, inode, file offset of close).
+    fn own_close_location() -> Option<(String, String, u64, u64)> {
+        let close = libc::close as *const () as usize as u64;
+        let maps = read_maps(std::process::id())?;
+        let m = maps.iter().find(|m| m.start <= close && close < m.end)?;
+        Some((
+            m.path.clone()?,
+            m.dev.clone(),
+            m.inode,
+            close - m.start + m.offset,
+        ))
+    }
+
+    /// Where `close` sits in process `pid`, in the executable mapping `is_libc`
+    /// accepts, waiting for the dynamic loader to map it (up to 3 s).
+    fn close_in(
+        pid: u32,
+        is_libc: impl Fn(&Mapping) -> bool,
+        file_off: u64,
+    ) -> Option<(u64, String)> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            for m in read_maps(pid).unwrap_or_default() {
+                if m.exec
+                    && is_libc(&m)
+                    && m.offset <= file_off
+                    && file_off < m.offset + (m.end - m.start)
+                {
+                    return Some((m.start + (file_off - m.offset), m.path.unwrap_or_default()));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// A `sleep 5` child with libc mapped: (child, address of close in it, libc
+    /// path in its maps). With `lib_dir`, the child loads the copy of our libc
+    /// placed there (LD_LIBRARY_PATH) instead of the system one.
+    fn sleeping_child(lib_dir: Option<&Path>) -> Option<(std::process::Child, u64, String)> {
+        let (path, dev, inode, file_off) = own_close_location()?;
+        let mut cmd = Command::new("sleep");
+        cmd.arg("5");
+        let copy = match lib_dir {
+            Some(dir) => {
+                let copy = dir.join(Path::new(&path).file_name()?);
+                std::fs::copy(&path, &copy).ok()?;
+                cmd.env("LD_LIBRARY_PATH", dir);
+                Some(copy.display().to_string())
+            }
+            None => None,
+        };
+        let mut child = cmd.spawn().ok()?;
+        let is_libc = |m: &Mapping| match &copy {
+            Some(copy) => m.path.as_deref() == Some(copy.as_str()),
+            None => m.dev == dev && m.inode == inode,
+        };
+        match close_in(child.id(), is_libc, file_off) {
+            Some((addr, path)) => Some((child, addr, path)),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                None
+            }
+        }
+    }
+
+    fn reap(mut child: std::process::Child) {
+        let pid = child.id();
+        child.kill().expect("kill child");
+        child.wait().expect("wait child");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "child {pid} still in /proc"
+        );
+    }
+
+    #[test]
+    fn remembered_process_symbolizes_after_exit() {
+        let Some((child, addr, libc_path)) = sleeping_child(None) else {
+            eprintln!(
+                "SKIPPED: remembered_process_symbolizes_after_exit: no dynamically linked `sleep` sharing our libc"
+            );
+            return;
+        };
+        let pid = child.id();
+        let mut s = Symbolizer::new();
+        s.remember_process(pid);
+        reap(child);
+        let frames = s.user_stack(pid, &[addr, addr + 1]);
+        eprintln!("{frames:#?}");
+        assert!(frames[0].contains("close+0x0 ("), "{}", frames[0]);
+        assert!(frames[1].contains("close+0x1 ("), "{}", frames[1]);
+        // Line numbers survive the exit too, if libc has debug info here at all.
+        let own = Symbolizer::new().user_stack(
+            std::process::id(),
+            &[libc::close as *const () as usize as u64],
+        );
+        match own[0].split_once(" at ") {
+            Some((_, at)) => assert!(
+                frames[0].ends_with(&format!("({libc_path}) at {at}")),
+                "{} vs {}",
+                frames[0],
+                own[0]
+            ),
+            None => assert!(
+                frames[0].ends_with(&format!("({libc_path})")),
+                "{}",
+                frames[0]
+            ),
+        }
+
+        // Forgotten: nothing left to go by.
+        s.forget_process(pid);
+        assert_eq!(s.user_stack(pid, &[addr]), [format!("[unknown] {addr:#x}")]);
+    }
+
+    /// The library is deleted after the process exits: only the file pinned
+    /// through /proc/<pid>/map_files at remember time can still be read
+    /// (the same holds for a library upgraded on disk, or one inside a
+    /// container's mount namespace).
+    #[test]
+    fn remembered_process_survives_deleted_library() {
+        let dir =
+            std::env::temp_dir().join(format!("wstrace-symbolize-test-{}", std::process::id()));
+        if std::fs::create_dir_all(&dir).is_err() {
+            eprintln!(
+                "SKIPPED: remembered_process_survives_deleted_library: cannot create {}",
+                dir.display()
+            );
+            return;
+        }
+        let child = sleeping_child(Some(&dir));
+        let Some((child, addr, libc_path)) = child else {
+            let _ = std::fs::remove_dir_all(&dir);
+            eprintln!(
+                "SKIPPED: remembered_process_survives_deleted_library: `sleep` would not load a copied libc"
+            );
+            return;
+        };
+        assert!(
+            libc_path.starts_with(&dir.display().to_string()),
+            "{libc_path}"
+        );
+        let pid = child.id();
+        let mut s = Symbolizer::new();
+        s.remember_process(pid);
+        reap(child);
+        std::fs::remove_dir_all(&dir).expect("remove the copied libc");
+        assert!(!Path::new(&libc_path).exists());
+        let frames = s.user_stack(pid, &[addr]);
+        eprintln!("{frames:#?}");
+        assert!(
+            frames[0].contains(&format!("close+0x0 ({libc_path})")),
+            "{}",
+            frames[0]
+        );
+        s.forget_process(pid);
+        assert_eq!(s.user_stack(pid, &[addr]), [format!("[unknown] {addr:#x}")]);
+    }
+
+    #[test]
+    fn unremembered_dead_process_is_unknown() {
+        let Some((child, addr, _)) = sleeping_child(None) else {
+            eprintln!(
+                "SKIPPED: unremembered_dead_process_is_unknown: no dynamically linked `sleep` sharing our libc"
+            );
+            return;
+        };
+        let pid = child.id();
+        let mut s = Symbolizer::new();
+        // While alive, live maps suffice.
+        let live = s.user_stack(pid, &[addr]);
+        assert!(live[0].contains("close+0x0 ("), "{live:?}");
+        reap(child);
+        assert_eq!(s.user_stack(pid, &[addr]), [format!("[unknown] {addr:#x}")]);
+    }
+
+    #[test]
+    fn remember_is_throttled_and_cheap_to_repeat() {
+        let mut s = Symbolizer::new();
+        let pid = std::process::id();
+        s.remember_process(pid);
+        let first = s
+            .procs
+            .get(&pid)
+            .map(|r| (r.refreshed, r.pinned.len()))
+            .expect("remembered");
+        assert!(first.1 > 0, "no executable mapping pinned");
+        s.remember_process(pid);
+        assert_eq!(
+            s.procs.get(&pid).map(|r| (r.refreshed, r.pinned.len())),
+            Some(first)
+        );
+        s.forget_process(pid);
+        assert!(!s.procs.contains_key(&pid));
+        s.remember_process(0);
+        assert!(s.procs.is_empty());
+    }
+}

@@ -1,1 +1,57 @@
-fn main() {}
+//! Project automation for wstrace: `cargo xtask <command>`.
+//!
+//! - `setup`: bootstrap the toolchain a fresh Debian machine needs (nightly
+//!   rust-src, bpf-linker built against nightly's LLVM, QEMU, busybox ...).
+//! - `vm`: the kernel matrix: boot Debian's 5.10 / 6.1 / 6.12 cloud kernels in
+//!   QEMU and run the scenarios there with every probe set.
+//! - `test`: everything CI runs (setup, build, tests, kernel matrix).
+
+mod cpio;
+mod initramfs;
+mod kernels;
+mod llvm;
+mod matrix;
+mod paths;
+mod process;
+mod qemu;
+mod setup;
+mod table;
+mod test;
+mod vm;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "wstrace project automation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing needs (idempotent; a fast no-op when done).
+    Setup,
+    /// Run the kernel matrix: scenarios on Debian kernels 5.10, 6.1 and 6.12 in QEMU.
+    Vm(vm::VmArgs),
+    /// The full test run (what CI runs): setup, build, unit and host tests, kernel matrix.
+    Test(test::TestArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Vm(args) => vm::run(&args),
+        Command::Test(args) => test::run(&args),
+    };
+    if let Err(err) = result {
+        // `{:#}` prints the whole context chain on one line: "what failed: why".
+        eprintln!("xtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}

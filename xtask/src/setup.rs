@@ -1,0 +1,166 @@
+//! `cargo xtask setup`: bootstrap a fresh machine (Debian bookworm with rustup).
+//!
+//! Every step first checks whether its work is already done, so a second run
+//! is a quick no-op and CI can call it unconditionally.
+
+use crate::{llvm, process};
+use anyhow::{Context as _, Result, bail};
+use std::process::Command;
+use std::time::Instant;
+
+/// Debian packages the tests need, with why (printed when installing).
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("qemu-system-x86", "boots the kernel matrix"),
+    ("busybox-static", "userland of the kernel-matrix VMs"),
+];
+
+pub fn run() -> Result<()> {
+    let start = Instant::now();
+    step("rustup", check_rustup)?;
+    step("nightly toolchain", ensure_nightly)?;
+    step("nightly rust-src", ensure_rust_src)?;
+    step("bpf-linker", ensure_bpf_linker)?;
+    step("Debian packages", ensure_apt_packages)?;
+    println!("setup: done in {}", process::secs(start.elapsed()));
+    Ok(())
+}
+
+/// Runs one step and prints `setup: <name>: <what happened> (<time>)`.
+fn step(name: &str, f: impl FnOnce() -> Result<String>) -> Result<()> {
+    let (result, elapsed) = process::timed(f);
+    let what = result.with_context(|| format!("setup step `{name}`"))?;
+    println!("setup: {name}: {what} ({})", process::secs(elapsed));
+    Ok(())
+}
+
+fn check_rustup() -> Result<String> {
+    let out = process::output(Command::new("rustup").arg("--version")).context(
+        "rustup is needed (the eBPF crate builds with the nightly toolchain): install it from https://rustup.rs",
+    )?;
+    Ok(out.lines().next().unwrap_or("present").trim().to_string())
+}
+
+fn ensure_nightly() -> Result<String> {
+    if let Ok(llvm) = llvm::nightly_llvm() {
+        return Ok(format!("present ({}, LLVM {})", llvm.rustc, llvm.version));
+    }
+    println!("setup: nightly toolchain: missing, installing (rustup toolchain install nightly)");
+    process::run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+    .context(
+        "installing the nightly toolchain failed: check network access to static.rust-lang.org",
+    )?;
+    let llvm = llvm::nightly_llvm()?;
+    Ok(format!("installed ({}, LLVM {})", llvm.rustc, llvm.version))
+}
+
+fn ensure_rust_src() -> Result<String> {
+    // Asking rustup what is installed is local and fast; `component add` may go online.
+    let installed = process::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))?;
+    if installed.lines().any(|l| l.trim().starts_with("rust-src")) {
+        return Ok("present".into());
+    }
+    process::output(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("adding rust-src to the nightly toolchain failed (needed for `-Z build-std=core`)")?;
+    Ok("installed".into())
+}
+
+fn ensure_bpf_linker() -> Result<String> {
+    let llvm = llvm::nightly_llvm()?;
+    let why = match llvm::check_bpf_linker(&llvm) {
+        llvm::Installed::Usable(what) => return Ok(format!("present ({what})")),
+        llvm::Installed::Missing => "not installed".to_string(),
+        llvm::Installed::Unusable(why) => why,
+    };
+    println!(
+        "setup: bpf-linker: {why}; building it against nightly's LLVM {} (about a minute)",
+        llvm.major
+    );
+    llvm::build_bpf_linker(&llvm)?;
+    match llvm::check_bpf_linker(&llvm) {
+        llvm::Installed::Usable(what) => Ok(format!("built ({what})")),
+        llvm::Installed::Missing => bail!(
+            "bpf-linker was built but is not on PATH: add ~/.cargo/bin (or $CARGO_HOME/bin) to PATH"
+        ),
+        llvm::Installed::Unusable(why) => {
+            bail!("bpf-linker was rebuilt but is still unusable: {why}")
+        }
+    }
+}
+
+fn ensure_apt_packages() -> Result<String> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        let all: Vec<&str> = APT_PACKAGES.iter().map(|(p, _)| *p).collect();
+        return Ok(format!("present ({})", all.join(", ")));
+    }
+    let install_line = format!(
+        "apt-get install -y --no-install-recommends {}",
+        missing.join(" ")
+    );
+    if !is_root() {
+        bail!(
+            "missing {}: run as root, or run `sudo {install_line}` first",
+            missing.join(", ")
+        );
+    }
+    for (pkg, why) in APT_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+        println!("setup: Debian packages: installing {pkg} ({why})");
+    }
+    if apt_install(&missing).is_err() {
+        // Usually stale package lists on a fresh machine: refresh them once and retry.
+        println!("setup: Debian packages: install failed, running apt-get update and retrying");
+        process::output(apt_get().arg("update"))
+            .context("apt-get update failed: check network access to the Debian mirror")?;
+        apt_install(&missing).with_context(|| format!("`{install_line}` failed"))?;
+    }
+    Ok(format!("installed {}", missing.join(", ")))
+}
+
+fn apt_install(packages: &[&str]) -> Result<String> {
+    process::output(
+        apt_get()
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(packages),
+    )
+}
+
+fn apt_get() -> Command {
+    let mut cmd = Command::new("apt-get");
+    cmd.arg("-q").env("DEBIAN_FRONTEND", "noninteractive");
+    cmd
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    process::output(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Status}", package]))
+        .map(|status| status.trim() == "installed")
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -1,0 +1,433 @@
+//! `cargo xtask vm`: the kernel matrix.
+//!
+//! Boots each Debian cloud kernel (5.10, 6.1, 6.12: they have kprobes and
+//! fentry, which this machine's own kernel lacks) once in QEMU, runs
+//! `ws-scenario check` for every probe set in that one boot, and fails naming
+//! kernel, probe set and scenario for every FAIL or missing result.
+
+use crate::initramfs::{self, Step};
+use crate::matrix::{self, KernelRun, MatrixResults};
+use crate::{kernels, paths, process, qemu, table};
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The probe sets `ws-scenario check --probe` is run with, in this order.
+const PROBE_SETS: &[&str] = &["fentry", "kprobe", "tracepoint", "auto"];
+
+/// Options shared by `vm` and `test`.
+#[derive(Args, Clone, Default)]
+pub struct MatrixOpts {
+    /// Only boot this kernel (repeatable): 5.10, 6.1 or 6.12 [default: all three]
+    #[arg(long = "kernel", value_name = "VERSION")]
+    pub kernels: Vec<String>,
+    /// VMs run at once [default: number of CPUs, at most the number of kernels]
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Seconds one command may run inside a VM before it is killed
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub step_timeout: u64,
+    /// Seconds one VM may run before QEMU is killed [default: all steps' timeouts + 120]
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Resolve and download the kernels again even when cached
+    #[arg(long)]
+    pub refresh_kernels: bool,
+    /// Echo every VM's serial console (prefixed by its kernel)
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+#[derive(Args, Clone, Default)]
+pub struct VmArgs {
+    #[command(flatten)]
+    pub matrix: MatrixOpts,
+    /// Run this shell command in each VM instead of the scenarios (busybox sh)
+    #[arg(long, value_name = "SHELL")]
+    pub cmd: Option<String>,
+    /// Put this binary in the VM's /bin (repeatable) [default: target/release/wstrace and target/release/ws-scenario]
+    #[arg(long = "bin", value_name = "PATH")]
+    pub bins: Vec<PathBuf>,
+    /// Write the kernel × probe-set table into FILE between the kernel-matrix markers
+    /// (printed instead when FILE has none)
+    #[arg(long, value_name = "FILE")]
+    pub write_table: Option<PathBuf>,
+    /// With --write-table: take the results of the last run (target/vm-results.json), boot nothing
+    #[arg(long, requires = "write_table")]
+    pub from_results: bool,
+}
+
+pub fn results_path() -> PathBuf {
+    paths::target_dir().join("vm-results.json")
+}
+
+pub fn run(args: &VmArgs) -> Result<()> {
+    if args.from_results {
+        let path = results_path();
+        let json = std::fs::read(&path)
+            .with_context(|| format!("reading {}: run `cargo xtask vm` first", path.display()))?;
+        let results: MatrixResults = serde_json::from_slice(&json)
+            .with_context(|| format!("{} is not a results file", path.display()))?;
+        return write_table(args, &results);
+    }
+
+    let start = Instant::now();
+    let steps = plan_steps(args.cmd.as_deref());
+    let binaries = binaries(args)?;
+    let specs = select_kernels(&args.matrix.kernels)?;
+    let qemu = qemu::qemu_binary()?;
+
+    let (fetched, took) =
+        process::timed(|| kernels::fetch_all(&specs, args.matrix.refresh_kernels));
+    let fetched = fetched?;
+    for (k, cached) in &fetched {
+        let how = if *cached { "cached" } else { "downloaded" };
+        println!(
+            "vm: kernel {}: {} {} ({how})",
+            k.label, k.package, k.version
+        );
+    }
+    println!("vm: kernels ready in {}", process::secs(took));
+
+    let vm_dir = paths::target_dir().join("vm");
+    let initrd = vm_dir.join("initrd.gz");
+    let (built, took) =
+        process::timed(|| initramfs::build(&initrd, &binaries, &steps, args.matrix.step_timeout));
+    let built = built.context("building the VM's initramfs")?;
+    println!(
+        "vm: initramfs {}: {} binaries, {} libraries, busybox; {:.1} MB -> {:.1} MB in {}",
+        initrd.display(),
+        built.binaries,
+        built.libraries,
+        built.uncompressed_bytes as f64 / 1e6,
+        built.compressed_bytes as f64 / 1e6,
+        process::secs(took)
+    );
+
+    let timeout = Duration::from_secs(
+        args.matrix
+            .timeout
+            .unwrap_or(args.matrix.step_timeout * steps.len() as u64 + 120),
+    );
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let jobs = args
+        .matrix
+        .jobs
+        .unwrap_or(cpus)
+        .clamp(1, fetched.len().max(1));
+    println!(
+        "vm: booting {} kernel(s) with {} ({jobs} at a time, TCG, timeout {} s each)",
+        fetched.len(),
+        qemu.display(),
+        timeout.as_secs()
+    );
+    let kernels: Vec<kernels::Kernel> = fetched.into_iter().map(|(k, _)| k).collect();
+    let runs = boot_all(
+        &kernels,
+        &initrd,
+        &vm_dir,
+        &steps,
+        timeout,
+        jobs,
+        args.matrix.verbose,
+    )?;
+    let results = MatrixResults {
+        mode: if args.cmd.is_some() {
+            "command"
+        } else {
+            "scenarios"
+        }
+        .to_string(),
+        generated_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        kernels: runs,
+    };
+    let path = results_path();
+    std::fs::write(&path, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+
+    if args.cmd.is_some() {
+        print_command_output(&results);
+    }
+    println!("\n{}", table::markdown(&results));
+    println!(
+        "vm: results in {}; total {}",
+        path.display(),
+        process::secs(start.elapsed())
+    );
+    write_table(args, &results)?;
+
+    let failures = matrix::failures(&results);
+    if !failures.is_empty() {
+        print_failed_output(&results, args.cmd.is_none());
+        eprintln!("\nvm: KERNEL MATRIX FAILED:");
+        for f in &failures {
+            eprintln!("  - {f}");
+        }
+        bail!(
+            "{} failure(s) in the kernel matrix (details above and in {})",
+            failures.len(),
+            path.display()
+        );
+    }
+    println!("vm: kernel matrix passed");
+    Ok(())
+}
+
+/// One step per probe set, or the user's command.
+fn plan_steps(cmd: Option<&str>) -> Vec<Step> {
+    match cmd {
+        Some(cmd) => vec![Step {
+            name: "cmd".into(),
+            script: format!("{cmd}\n"),
+        }],
+        None => PROBE_SETS
+            .iter()
+            .map(|probe| Step {
+                name: probe.to_string(),
+                script: format!("/bin/ws-scenario check --wstrace /bin/wstrace --probe {probe}\n"),
+            })
+            .collect(),
+    }
+}
+
+/// Binaries for the VM's /bin. Explicit ones must exist; the defaults must
+/// exist for the scenarios, and are taken where present for --cmd.
+fn binaries(args: &VmArgs) -> Result<Vec<PathBuf>> {
+    if !args.bins.is_empty() {
+        for bin in &args.bins {
+            if !bin.is_file() {
+                bail!("--bin {}: no such file", bin.display());
+            }
+        }
+        return Ok(args.bins.clone());
+    }
+    let release = paths::target_dir().join("release");
+    let defaults = [release.join("wstrace"), release.join("ws-scenario")];
+    let (present, missing): (Vec<PathBuf>, Vec<PathBuf>) =
+        defaults.into_iter().partition(|p| p.is_file());
+    if !missing.is_empty() {
+        let names: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
+        if args.cmd.is_none() {
+            bail!(
+                "{} missing: build them first with `cargo build --release`",
+                names.join(" and ")
+            );
+        }
+        println!("vm: note: {} not built, not in the VM", names.join(" and "));
+    }
+    Ok(present)
+}
+
+fn select_kernels(wanted: &[String]) -> Result<Vec<&'static kernels::KernelSpec>> {
+    if wanted.is_empty() {
+        return Ok(kernels::MATRIX.iter().collect());
+    }
+    wanted
+        .iter()
+        .map(|w| {
+            kernels::MATRIX
+                .iter()
+                .find(|s| s.label == w || s.suite == w)
+                .with_context(|| {
+                    let known: Vec<&str> = kernels::MATRIX.iter().map(|s| s.label).collect();
+                    format!("unknown kernel {w:?}: choose from {}", known.join(", "))
+                })
+        })
+        .collect()
+}
+
+/// Boots every kernel, `jobs` at a time; results in the order of `kernels`.
+fn boot_all(
+    kernels: &[kernels::Kernel],
+    initrd: &Path,
+    vm_dir: &Path,
+    steps: &[Step],
+    timeout: Duration,
+    jobs: usize,
+    verbose: bool,
+) -> Result<Vec<KernelRun>> {
+    let queue = Mutex::new((0..kernels.len()).collect::<VecDeque<usize>>());
+    let done: Mutex<Vec<Option<KernelRun>>> =
+        Mutex::new((0..kernels.len()).map(|_| None).collect());
+    let errors: Mutex<Vec<anyhow::Error>> = Mutex::new(Vec::new());
+    let planned: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                while let Some(i) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
+                    let kernel = &kernels[i];
+                    match boot_one(kernel, initrd, vm_dir, &planned, timeout, verbose) {
+                        Ok(run) => {
+                            println!("vm: [{}] {}", kernel.label, one_line(&run));
+                            if let Ok(mut done) = done.lock() {
+                                done[i] = Some(run);
+                            }
+                        }
+                        Err(err) => {
+                            if let Ok(mut errors) = errors.lock() {
+                                errors
+                                    .push(err.context(format!("booting kernel {}", kernel.label)));
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let errors = errors.into_inner().unwrap_or_default();
+    if let Some(first) = errors.into_iter().next() {
+        return Err(first);
+    }
+    Ok(done
+        .into_inner()
+        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+fn boot_one(
+    kernel: &kernels::Kernel,
+    initrd: &Path,
+    vm_dir: &Path,
+    planned: &[String],
+    timeout: Duration,
+    verbose: bool,
+) -> Result<KernelRun> {
+    let log = vm_dir.join(format!("serial-{}.log", kernel.label));
+    let outcome = qemu::boot(&qemu::Boot {
+        vmlinuz: &kernel.vmlinuz,
+        initrd,
+        timeout,
+        log: log.clone(),
+        echo_prefix: verbose.then(|| format!("[{}] ", kernel.label)),
+    })?;
+    let parsed = matrix::parse_serial(&outcome.serial);
+    let mut notes = parsed.notes;
+    if !outcome.stderr.trim().is_empty() {
+        notes.push(format!("qemu: {}", outcome.stderr.trim()));
+    }
+    Ok(KernelRun {
+        label: kernel.label.clone(),
+        suite: kernel.suite.clone(),
+        package: kernel.package.clone(),
+        version: kernel.version.clone(),
+        release: parsed.release,
+        boot_seconds: parsed.boot_seconds,
+        wall_seconds: outcome.wall.as_secs_f64(),
+        timed_out: outcome.timed_out,
+        completed: parsed.completed,
+        planned_steps: planned.to_vec(),
+        steps: parsed.steps,
+        notes,
+        kernel_messages: parsed.kernel_messages,
+        log,
+    })
+}
+
+/// "6.1.0-50-cloud-amd64: booted in 2.1 s, 4/4 steps in 9.3 s, 11.8 s wall"
+fn one_line(run: &KernelRun) -> String {
+    let boot = run
+        .boot_seconds
+        .map(|s| format!("booted in {s:.1} s"))
+        .unwrap_or_else(|| "did not boot".into());
+    let finished = run.steps.iter().filter(|s| s.exit_status.is_some()).count();
+    let step_secs: f64 = run.steps.iter().filter_map(|s| s.seconds).sum();
+    let mut line = format!(
+        "{}: {boot}, {finished}/{} steps in {step_secs:.1} s, {:.1} s wall",
+        run.release.as_deref().unwrap_or(&run.package),
+        run.planned_steps.len(),
+        run.wall_seconds
+    );
+    if run.timed_out {
+        line.push_str(", TIMED OUT");
+    }
+    for note in &run.notes {
+        line.push_str(&format!("; note: {note}"));
+    }
+    line
+}
+
+fn print_command_output(results: &MatrixResults) {
+    for k in &results.kernels {
+        for step in &k.steps {
+            let rc = step
+                .exit_status
+                .map(|rc| rc.to_string())
+                .unwrap_or_else(|| "none".into());
+            println!(
+                "\n--- kernel {} ({}), exit status {rc}:",
+                k.label,
+                k.release.as_deref().unwrap_or("?")
+            );
+            for line in &step.output {
+                println!("{line}");
+            }
+        }
+    }
+}
+
+/// What failing steps printed besides their SCENARIO lines (wstrace's own
+/// errors, ws-scenario's diagnostics), so a CI log shows why without the
+/// serial log; plus the console's last lines for VMs that did not finish
+/// (a panic, a hang).
+fn print_failed_output(results: &MatrixResults, steps_too: bool) {
+    const TAIL: usize = 40;
+    for k in &results.kernels {
+        for step in k.steps.iter().filter(|_| steps_too) {
+            let failed =
+                step.exit_status != Some(0) || step.scenarios.iter().any(|s| s.status == "FAIL");
+            if !failed || step.output.is_empty() {
+                continue;
+            }
+            let skip = step.output.len().saturating_sub(TAIL);
+            eprintln!(
+                "\n--- kernel {}, probe set {}: output (last {TAIL} lines):",
+                k.title(),
+                step.name
+            );
+            for line in &step.output[skip..] {
+                eprintln!("{line}");
+            }
+        }
+        if !k.completed {
+            let serial = std::fs::read_to_string(&k.log).unwrap_or_default();
+            let lines: Vec<&str> = serial.lines().collect();
+            let skip = lines.len().saturating_sub(TAIL);
+            eprintln!(
+                "\n--- kernel {}: last {TAIL} lines of the serial console ({}):",
+                k.title(),
+                k.log.display()
+            );
+            for line in &lines[skip..] {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+fn write_table(args: &VmArgs, results: &MatrixResults) -> Result<()> {
+    let Some(file) = &args.write_table else {
+        return Ok(());
+    };
+    let md = table::markdown(results);
+    if table::write_into(file, &md)? {
+        println!("vm: kernel-matrix table written into {}", file.display());
+    } else {
+        println!(
+            "vm: {} has no `{}` / `{}` markers; the table:\n\n{md}",
+            file.display(),
+            table::BEGIN,
+            table::END
+        );
+    }
+    Ok(())
+}
