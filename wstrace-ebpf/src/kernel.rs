@@ -3,7 +3,7 @@
 //! Offsets are `u64` globals; `ABSENT` marks a field this kernel lacks.
 //! Globals are read with `read_volatile` so LLVM cannot fold in the
 //! compile-time default (0) before the daemon's value is patched in.
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, generated as helpers};
 use wstrace_common::{AF_INET, AF_INET6, MAX_PORTS, SockTuple, globals::ABSENT};
 
 macro_rules! globals {
@@ -102,44 +102,41 @@ pub fn sk_is_tcp(sk: u64) -> bool {
     read::<u16>(sk, &OFF_SK_PROTOCOL).map(|p| p == 6).unwrap_or(false)
 }
 
-pub fn sk_tuple(sk: u64) -> SockTuple {
-    let mut t = SockTuple {
-        family: read::<u16>(sk, &OFF_SKC_FAMILY).unwrap_or(0),
-        lport: sk_local_port(sk),
-        rport: u16::from_be(read::<u16>(sk, &OFF_SKC_DPORT).unwrap_or(0)),
-        ..SockTuple::default()
-    };
-    if t.family == AF_INET {
-        let l = read::<[u8; 4]>(sk, &OFF_SKC_RCV_SADDR).unwrap_or([0; 4]);
-        let r = read::<[u8; 4]>(sk, &OFF_SKC_DADDR).unwrap_or([0; 4]);
-        t.laddr[..4].copy_from_slice(&l);
-        t.raddr[..4].copy_from_slice(&r);
-    } else if t.family == AF_INET6 {
-        t.laddr = read::<[u8; 16]>(sk, &OFF_SKC_V6_RCV_SADDR).unwrap_or([0; 16]);
-        t.raddr = read::<[u8; 16]>(sk, &OFF_SKC_V6_DADDR).unwrap_or([0; 16]);
+/// Writes the socket's addresses into `*t` (ring-buffer memory, so every
+/// byte is written: unreadable or absent fields become zeros).
+#[inline(always)]
+pub unsafe fn fill_tuple(t: *mut SockTuple, sk: u64) {
+    let family = read::<u16>(sk, &OFF_SKC_FAMILY).unwrap_or(0);
+    unsafe {
+        (*t).family = family;
+        (*t).lport = sk_local_port(sk);
+        (*t).rport = u16::from_be(read::<u16>(sk, &OFF_SKC_DPORT).unwrap_or(0));
+        (*t)._pad = 0;
+        (*t).laddr = [0; 16];
+        (*t).raddr = [0; 16];
+        let (l, r, n) = if family == AF_INET {
+            (&OFF_SKC_RCV_SADDR, &OFF_SKC_DADDR, 4)
+        } else if family == AF_INET6 {
+            (&OFF_SKC_V6_RCV_SADDR, &OFF_SKC_V6_DADDR, 16)
+        } else {
+            return;
+        };
+        // Straight into the entry: no 16-byte temporaries on the BPF stack.
+        read_into((&raw mut (*t).laddr).cast(), n, sk, l);
+        read_into((&raw mut (*t).raddr).cast(), n, sk, r);
     }
-    t
 }
 
-/// (`bytes_received`, `bytes_acked`) of a `tcp_sock`: the daemon subtracts
-/// the values at the upgrade from those at the close, so per-message probes
-/// are not needed to count traffic after the upgrade.
+/// Copies `len` bytes of kernel memory at `base + off` to `dst`; leaves
+/// `dst` as it was for a NULL base or an absent field.
 #[inline(always)]
-pub fn tcp_bytes(sk: u64) -> (u64, u64) {
-    (
-        read::<u64>(sk, &OFF_TCP_BYTES_RECEIVED).unwrap_or(0),
-        read::<u64>(sk, &OFF_TCP_BYTES_ACKED).unwrap_or(0),
-    )
-}
-
-/// (`lsndtime`, `icsk_ack.lrcvtime`): jiffies of the last data sent and
-/// received on the socket; 0 when this kernel lacks them.
-#[inline(always)]
-pub fn tcp_last_data(sk: u64) -> (u32, u32) {
-    (
-        read::<u32>(sk, &OFF_TCP_LSNDTIME).unwrap_or(0),
-        read::<u32>(sk, &OFF_ICSK_LRCVTIME).unwrap_or(0),
-    )
+unsafe fn read_into(dst: *mut u8, len: u32, base: u64, off: &'static u64) {
+    let off = g(off);
+    if base == 0 || off == ABSENT {
+        return;
+    }
+    // On failure the helper zeroes `dst`, which is what the caller wants.
+    unsafe { helpers::bpf_probe_read_kernel(dst.cast(), len, (base + off) as *const _) };
 }
 
 /// PF_EXITING (include/linux/sched.h): the task is in do_exit.

@@ -4,20 +4,22 @@ use aya_ebpf::{
     EbpfContext,
     bindings::BPF_F_USER_STACK,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_user_buf,
-        generated::{bpf_get_stack, bpf_jiffies64, bpf_probe_read_user},
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf,
+        generated::{
+            bpf_get_current_comm as bpf_get_current_comm_raw, bpf_get_stack, bpf_jiffies64,
+            bpf_probe_read_user,
+        },
     },
 };
 use wstrace_common::{
     CloseEvent, DATA_CAP, DataEvent, EventHeader, EventKind, FLAG_TASK_EXITING, HEAD_BUDGET,
-    ProbeSet, STACK_DEPTH, SockTuple, UPGRADE_PREFIX_LEN, is_upgrade_response,
+    ProbeSet, STACK_DEPTH, UPGRADE_PREFIX_LEN, is_upgrade_response,
 };
 
 use crate::{
     kernel::{
-        current_task_exiting, port_traced, sk_is_tcp, sk_local_port, sk_tuple, tcp_bytes,
-        tcp_last_data,
+        OFF_ICSK_LRCVTIME, OFF_TCP_BYTES_ACKED, OFF_TCP_BYTES_RECEIVED, OFF_TCP_LSNDTIME,
+        current_task_exiting, fill_tuple, port_traced, read, sk_is_tcp, sk_local_port,
     },
     maps::{EVENTS, HEAD_BYTES, LOST, PENDING_READS, PendingRead, UPGRADED},
 };
@@ -28,37 +30,48 @@ fn count_lost() {
     }
 }
 
+/// Fills `*h`, which points into a reserved ring-buffer entry, field by field.
+///
+/// Why in place: building the 120-byte header on the BPF stack and copying it
+/// in cost more than the 512-byte combined stack limit once a close's call
+/// chain was added (kernels before 6.x have no private-stack relief), and the
+/// verifier rejected the programs on 5.10-6.12. Ring-buffer memory is not
+/// zeroed, so every field is written, padding included.
 #[inline(always)]
-fn header(kind: EventKind, probe: u8, sk: u64, old_state: u8, new_state: u8) -> EventHeader {
+unsafe fn fill_header(h: *mut EventHeader, kind: EventKind, probe: u8, sk: u64, old_state: u8, new_state: u8) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let (bytes_received, bytes_acked) = tcp_bytes(sk);
-    let (last_send_jiffies, last_recv_jiffies) = tcp_last_data(sk);
-    EventHeader {
-        kind: kind as u8,
-        probe,
-        old_state,
-        new_state,
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        flags: 0,
-        arg: 0,
-        jiffies: unsafe { bpf_jiffies64() } as u32,
-        last_send_jiffies,
-        last_recv_jiffies,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        sk,
-        bytes_received,
-        bytes_acked,
-        tuple: SockTuple::default(),
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    unsafe {
+        (*h).kind = kind as u8;
+        (*h).probe = probe;
+        (*h).old_state = old_state;
+        (*h).new_state = new_state;
+        (*h).pid = (pid_tgid >> 32) as u32;
+        (*h).tid = pid_tgid as u32;
+        (*h).flags = 0;
+        (*h).arg = 0;
+        (*h).jiffies = bpf_jiffies64() as u32;
+        (*h).last_send_jiffies = read::<u32>(sk, &OFF_TCP_LSNDTIME).unwrap_or(0);
+        (*h).last_recv_jiffies = read::<u32>(sk, &OFF_ICSK_LRCVTIME).unwrap_or(0);
+        (*h).ts_ns = bpf_ktime_get_ns();
+        (*h).sk = sk;
+        (*h).bytes_received = read::<u64>(sk, &OFF_TCP_BYTES_RECEIVED).unwrap_or(0);
+        (*h).bytes_acked = read::<u64>(sk, &OFF_TCP_BYTES_ACKED).unwrap_or(0);
+        fill_tuple(&raw mut (*h).tuple, sk);
+        if bpf_get_current_comm_raw((&raw mut (*h).comm).cast(), 16) != 0 {
+            (*h).comm = [0; 16];
+        }
     }
 }
 
+/// An event that is just a header: reserve, fill in place, submit.
 #[inline(always)]
-fn emit(h: &EventHeader) {
-    if EVENTS.output::<EventHeader>(h, 0).is_err() {
+fn emit_header(kind: EventKind, probe: u8, sk: u64, old_state: u8, new_state: u8) {
+    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
         count_lost();
-    }
+        return;
+    };
+    unsafe { fill_header(entry.as_mut_ptr(), kind, probe, sk, old_state, new_state) };
+    entry.submit(0);
 }
 
 /// What a write's first bytes say about it.
@@ -103,16 +116,24 @@ pub fn mark_upgraded(sk: u64, write_len: u64, probe: ProbeSet) {
     if !sk_is_tcp(sk) {
         return;
     }
-    let mut h = header(EventKind::Upgrade, probe as u8, sk, 0, 0);
-    h.arg = write_len as u32;
-    h.tuple = sk_tuple(sk);
-    if UPGRADED.insert(sk, h.ts_ns, 0).is_err() {
+    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
+        count_lost();
+        return;
+    };
+    let h = entry.as_mut_ptr();
+    let ts_ns = unsafe {
+        fill_header(h, EventKind::Upgrade, probe as u8, sk, 0, 0);
+        (*h).arg = write_len as u32;
+        (*h).ts_ns
+    };
+    if UPGRADED.insert(sk, ts_ns, 0).is_err() {
+        entry.discard(0);
         count_lost();
         return;
     }
     // The head is complete once the server answers it.
     let _ = HEAD_BYTES.remove(sk);
-    emit(&h);
+    entry.submit(0);
 }
 
 /// Is `sk` a traced, upgraded socket? Port first: unrelated sockets never
@@ -129,19 +150,12 @@ fn sk_tuple_port_ok(sk: u64) -> bool {
 
 /// A TCP state transition of an upgraded socket.
 pub fn state_change(sk: u64, old_state: u8, new_state: u8) {
-    let mut h = header(EventKind::State, 0, sk, old_state, new_state);
-    h.tuple = sk_tuple(sk);
-    emit(&h);
+    emit_header(EventKind::State, 0, sk, old_state, new_state);
 }
 
 /// A process is closing an upgraded socket: who, and the call path.
 /// `new_state` is 0 when the caller runs before the transition (tcp_close).
 pub fn close<C: EbpfContext>(ctx: &C, probe: ProbeSet, sk: u64, old_state: u8, new_state: u8) {
-    let mut h = header(EventKind::Close, probe as u8, sk, old_state, new_state);
-    h.tuple = sk_tuple(sk);
-    if current_task_exiting() {
-        h.flags |= FLAG_TASK_EXITING;
-    }
     let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) else {
         count_lost();
         return;
@@ -149,7 +163,11 @@ pub fn close<C: EbpfContext>(ctx: &C, probe: ProbeSet, sk: u64, old_state: u8, n
     let ev = entry.as_mut_ptr();
     const STACK_BYTES: u32 = (STACK_DEPTH * 8) as u32;
     unsafe {
-        (*ev).header = h;
+        let h = &raw mut (*ev).header;
+        fill_header(h, EventKind::Close, probe as u8, sk, old_state, new_state);
+        if current_task_exiting() {
+            (*h).flags |= FLAG_TASK_EXITING;
+        }
         (*ev).kernel_stack_len =
             bpf_get_stack(ctx.as_ptr(), (*ev).kernel_stack.as_mut_ptr().cast(), STACK_BYTES, 0);
         (*ev).user_stack_len = bpf_get_stack(
@@ -163,9 +181,7 @@ pub fn close<C: EbpfContext>(ctx: &C, probe: ProbeSet, sk: u64, old_state: u8, n
 }
 
 pub fn reset(sk: u64, kind: EventKind) {
-    let mut h = header(kind, 0, sk, 0, 0);
-    h.tuple = sk_tuple(sk);
-    emit(&h);
+    emit_header(kind, 0, sk, 0, 0);
 }
 
 /// Copies up to `DATA_CAP` bytes at user address `buf` into a data event.
@@ -177,10 +193,8 @@ fn emit_data(sk: u64, buf: u64, len: u64, direction: u32) {
     let ev = entry.as_mut_ptr();
     // Bounded for the verifier: 0 < n <= DATA_CAP.
     let n = if len > DATA_CAP as u64 { DATA_CAP as u32 } else { len as u32 };
-    let mut h = header(EventKind::Data, 0, sk, 0, 0);
-    h.tuple = sk_tuple(sk);
     unsafe {
-        (*ev).header = h;
+        fill_header(&raw mut (*ev).header, EventKind::Data, 0, sk, 0, 0);
         (*ev).direction = direction;
         let rc = bpf_probe_read_user((*ev).data.as_mut_ptr().cast(), n, buf as *const _);
         (*ev).len = if rc == 0 { n } else { 0 };
@@ -243,9 +257,7 @@ pub fn read_exit(ret: i64) {
 /// reused by the next socket) and tell the daemon.
 pub fn destroy(sk: u64) {
     let _ = UPGRADED.remove(sk);
-    let mut h = header(EventKind::Destroy, 0, sk, 0, 0);
-    h.tuple = sk_tuple(sk);
-    emit(&h);
+    emit_header(EventKind::Destroy, 0, sk, 0, 0);
 }
 
 /// A traced-port socket that never upgraded is going away: drop its

@@ -201,10 +201,10 @@ fn sendmsg_path(btf: &Btf) -> (Vec<(&'static str, u64)>, Vec<String>) {
 /// The parameter counts of `tcp_recvmsg` after which `fexit_tcp_recvmsg`
 /// (wstrace-ebpf/src/probes/fentry.rs) reads the return value: 6 on 5.10 to
 /// 5.18 (sk, msg, len, nonblock, flags, addr_len), 5 from 5.19 (`nonblock`
-/// dropped). Some release after 6.12 dropped `addr_len` too: 6.18's has 4
-/// (sk, msg, len, flags). Add 4 here once the fexit program reads
-/// `ctx.arg(4)` for it; until then the fentry/kprobe sets are skipped there.
-const RECVMSG_NARGS: [u64; 2] = [6, 5];
+/// dropped), 4 after 6.12 (`addr_len` dropped too; 6.18 has sk, msg, len,
+/// flags). A count outside this list makes the fentry/kprobe sets unusable
+/// rather than guessing where the return value is.
+const RECVMSG_NARGS: [u64; 3] = [6, 5, 4];
 
 /// TCP_RECVMSG_NARGS: the number of parameters of `tcp_recvmsg`, from its
 /// BTF FUNC -> FUNC_PROTO, if the fexit program handles that count.
@@ -214,7 +214,7 @@ fn recvmsg_nargs(btf: &Btf) -> Result<u64, Problem> {
         Ok(n)
     } else {
         Err(Problem::Unusable(format!(
-            "tcp_recvmsg has {n} parameters; wstrace finds its return value after 6 or 5 only"
+            "tcp_recvmsg has {n} parameters; wstrace finds its return value after 6, 5 or 4 only"
         )))
     }
 }
@@ -466,8 +466,7 @@ mod tests {
         ("linux-5.10.btf", [16, 18, 14, 12, 4, 0, 72, 56, 540, 1400, 1448, 1472, 1248, 2808, 36, 32, 0, 8, 200, 24, 16, 16, 0, 0xfe, A, 4, A, 24, A], 6),
         ("linux-6.1.btf",  [16, 18, 14, 12, 4, 0, 72, 56, 516, 1408, 1456, 1480, 1264, 3048, 44, 32, 0, 8, 200, 24, 16, 16, 0, 0xff, 6, 0, 24, 24, A], 5),
         ("linux-6.12.btf", [16, 18, 14, 12, 4, 0, 72, 56, 574, 1784, 1840, 1644, 1264, 3048, 44, 32, 0, 8, 32, 24, 16, 16, 0, 0xff, 0, 1, 16, 16, A], 5),
-        // 6.18's tcp_recvmsg has 4 parameters, which the fexit program does not handle yet.
-        ("linux-6.18.btf", [16, 18, 14, 12, 4, 0, 72, 56, 532, 1752, 1824, 1584, 1264, 1824, 44, 32, 0, 8, 24, 24, 16, 16, 0, 0xff, 0, 1, 16, 16, A], A),
+        ("linux-6.18.btf", [16, 18, 14, 12, 4, 0, 72, 56, 532, 1752, 1824, 1584, 1264, 1824, 44, 32, 0, 8, 24, 24, 16, 16, 0, 0xff, 0, 1, 16, 16, A], 4),
     ];
 
     /// The full kernel BTF each fixture was cut from, under
@@ -534,7 +533,7 @@ mod tests {
                 assert_eq!(
                     why,
                     format!(
-                        "tcp_recvmsg has {params} parameters; wstrace finds its return value after 6 or 5 only"
+                        "tcp_recvmsg has {params} parameters; wstrace finds its return value after 6, 5 or 4 only"
                     )
                 );
             } else {
@@ -663,7 +662,7 @@ mod tests {
             assert_eq!(
                 k.sendmsg_path_missing,
                 Some(format!(
-                    "tcp_recvmsg has {params} parameters; wstrace finds its return value after 6 or 5 only"
+                    "tcp_recvmsg has {params} parameters; wstrace finds its return value after 6, 5 or 4 only"
                 ))
             );
         }

@@ -150,9 +150,26 @@ fn explain(set: ProbeSet, e: &anyhow::Error) -> String {
 
 fn one_line(e: &anyhow::Error) -> String {
     let s = format!("{e:#}");
-    // Verifier logs are long; the first line says what failed.
-    let first = s.lines().next().unwrap_or_default();
-    if first.len() > 300 { format!("{}...", &first[..300]) } else { first.to_string() }
+    let mut lines = s.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default();
+    // A verifier log starts with its first instruction and ends with the
+    // reason it gave up: keep the reason (last two lines), not the start.
+    let text = match first.split_once("Verifier output:") {
+        Some((what, _)) => {
+            let tail: Vec<&str> = lines.collect();
+            let reason = tail[tail.len().saturating_sub(2)..].join(" | ");
+            format!("{what}verifier: {reason}")
+        }
+        None => first.to_string(),
+    };
+    truncate_chars(&text, 400)
+}
+
+fn truncate_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
 }
 
 fn tracepoint_globals(root: &Path) -> Result<Vec<(&'static str, u64)>> {
@@ -183,7 +200,7 @@ fn try_set(
     match set {
         ProbeSet::Fentry | ProbeSet::Kprobe => {
             if let Some(why) = &offsets.sendmsg_path_missing {
-                bail!("cannot read tcp_sendmsg's buffer on this kernel: {why}");
+                bail!("cannot read the tcp_sendmsg/tcp_recvmsg buffers on this kernel: {why}");
             }
         }
         ProbeSet::Tracepoint => {
@@ -238,7 +255,10 @@ fn try_set(
                 p.load(func, &btf).with_context(|| format!("loading fentry/{func}"))?;
                 p.attach().with_context(|| format!("attaching fentry/{func}"))?;
             }
-            let p: &mut FExit = program(&mut ebpf, "fexit_tcp_recvmsg")?;
+            // One fexit program per parameter count (see fentry.rs); btf.rs
+            // only lets this set through with a count that has one.
+            let nargs = offsets.get(globals::TCP_RECVMSG_NARGS).unwrap_or(globals::ABSENT);
+            let p: &mut FExit = program(&mut ebpf, &format!("fexit_tcp_recvmsg{nargs}"))?;
             p.load("tcp_recvmsg", &btf).context("loading fexit/tcp_recvmsg")?;
             p.attach().context("attaching fexit/tcp_recvmsg")?;
         }

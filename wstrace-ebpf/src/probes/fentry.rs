@@ -8,11 +8,7 @@ use aya_ebpf::{
 };
 use wstrace_common::ProbeSet;
 
-use crate::{
-    kernel::{TCP_RECVMSG_NARGS, g},
-    probes::shared,
-    record,
-};
+use crate::{probes::shared, record};
 
 #[fentry(function = "tcp_sendmsg")]
 pub fn fentry_tcp_sendmsg(ctx: FEntryContext) -> u32 {
@@ -31,7 +27,8 @@ pub fn fentry_tcp_close(ctx: FEntryContext) -> u32 {
 }
 
 /// `tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, ...)`:
-/// 6 parameters before 5.19 (`nonblock` was dropped), 5 after.
+/// 6 parameters before 5.19 (`nonblock` was dropped), 5 up to 6.12, 4 after
+/// (`addr_len` dropped).
 #[fentry(function = "tcp_recvmsg")]
 pub fn fentry_tcp_recvmsg(ctx: FEntryContext) -> u32 {
     let sk: u64 = ctx.arg(0);
@@ -40,12 +37,21 @@ pub fn fentry_tcp_recvmsg(ctx: FEntryContext) -> u32 {
     0
 }
 
-/// fexit's return value follows the parameters; their count comes from BTF
-/// (TCP_RECVMSG_NARGS, a frozen constant, so the verifier prunes the branch
-/// not taken on this kernel).
-#[fexit(function = "tcp_recvmsg")]
-pub fn fexit_tcp_recvmsg(ctx: FExitContext) -> u32 {
-    let ret: i64 = if g(&TCP_RECVMSG_NARGS) == 5 { ctx.arg(5) } else { ctx.arg(6) };
-    record::read_exit(ret as i32 as i64);
-    0
+/// fexit's return value follows the parameters, so where it is depends on
+/// the kernel's `tcp_recvmsg` (6, 5 or 4 parameters). One program per count,
+/// each reading a fixed slot: the daemon loads the one that matches the
+/// running kernel's BTF (TCP_RECVMSG_NARGS). A single program branching on a
+/// global is rejected: the verifier checks the out-of-range slot too.
+macro_rules! fexit_tcp_recvmsg {
+    ($name:ident, $nargs:literal) => {
+        #[fexit(function = "tcp_recvmsg")]
+        pub fn $name(ctx: FExitContext) -> u32 {
+            let ret: i64 = ctx.arg($nargs);
+            record::read_exit(ret as i32 as i64);
+            0
+        }
+    };
 }
+fexit_tcp_recvmsg!(fexit_tcp_recvmsg4, 4);
+fexit_tcp_recvmsg!(fexit_tcp_recvmsg5, 5);
+fexit_tcp_recvmsg!(fexit_tcp_recvmsg6, 6);
