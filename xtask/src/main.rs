@@ -4,6 +4,7 @@
 //!   rust-src, bpf-linker built against nightly's LLVM, QEMU, busybox ...).
 //! - `vm`: the kernel matrix: boot Debian's 5.10 / 6.1 / 6.12 cloud kernels in
 //!   QEMU and run the scenarios there with every probe set.
+//! - `run`: set up, build and run wstrace (default: `wstrace demo`).
 //! - `test`: everything CI runs (setup, build, tests, kernel matrix).
 
 mod cpio;
@@ -14,6 +15,7 @@ mod matrix;
 mod paths;
 mod process;
 mod qemu;
+mod run;
 mod setup;
 mod table;
 mod test;
@@ -36,6 +38,8 @@ struct Cli {
 enum Command {
     /// Install what building and testing needs (idempotent; a fast no-op when done).
     Setup,
+    /// Set up, build and run wstrace (under sudo when not root) [default: `wstrace demo`].
+    Run(run::RunArgs),
     /// Run the kernel matrix: scenarios on Debian kernels 5.10, 6.1 and 6.12 in QEMU.
     Vm(vm::VmArgs),
     /// The full test run (what CI runs): setup, build, unit and host tests, kernel matrix.
@@ -46,6 +50,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup => setup::run(),
+        Command::Run(args) => run::run(&args),
         Command::Vm(args) => vm::run(&args),
         Command::Test(args) => test::run(&args),
     };
