@@ -245,6 +245,9 @@ pub mod globals {
     pub const TCP_BYTES_ACKED: &str = "OFF_TCP_BYTES_ACKED";
     pub const TCP_LSNDTIME: &str = "OFF_TCP_LSNDTIME";
     pub const ICSK_LRCVTIME: &str = "OFF_ICSK_LRCVTIME";
+    /// `inet_sock.inet_sport`: the local port, still set after the socket is
+    /// unhashed (which zeroes `skc_num` before the final transitions).
+    pub const INET_SPORT: &str = "OFF_INET_SPORT";
     /// Parameters of `tcp_recvmsg` (6 before 5.19, 5 after): where fexit finds
     /// the return value.
     pub const TCP_RECVMSG_NARGS: &str = "TCP_RECVMSG_NARGS";

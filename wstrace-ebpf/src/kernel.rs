@@ -20,6 +20,7 @@ globals!(
     OFF_SKC_FAMILY, OFF_SKC_STATE, OFF_SKC_NUM, OFF_SKC_DPORT, OFF_SKC_RCV_SADDR,
     OFF_SKC_DADDR, OFF_SKC_V6_RCV_SADDR, OFF_SKC_V6_DADDR, OFF_SK_PROTOCOL,
     OFF_TCP_BYTES_RECEIVED, OFF_TCP_BYTES_ACKED, OFF_TCP_LSNDTIME, OFF_ICSK_LRCVTIME,
+    OFF_INET_SPORT,
     TCP_RECVMSG_NARGS,
     OFF_TASK_FILES, OFF_TASK_FLAGS, OFF_FILES_FDT, OFF_FDT_MAX_FDS, OFF_FDT_FD,
     OFF_FILE_PRIVATE_DATA, OFF_SOCKET_SK, OFF_SOCKET_FILE,
@@ -82,9 +83,17 @@ pub fn read<T>(base: u64, off: &'static u64) -> Result<T, i64> {
 }
 
 /// Local port of a socket (host order), 0 when unreadable.
+///
+/// `skc_num` first; once `tcp_set_state(TCP_CLOSE)` has unhashed the socket
+/// it is 0 (inet_put_port), and the transition's tracepoint, the RST sent
+/// after it and the socket's destruction all come later. `inet_sport` (network
+/// order) keeps the port until the socket is freed.
 #[inline(always)]
 pub fn sk_local_port(sk: u64) -> u16 {
-    read::<u16>(sk, &OFF_SKC_NUM).unwrap_or(0)
+    match read::<u16>(sk, &OFF_SKC_NUM).unwrap_or(0) {
+        0 => u16::from_be(read::<u16>(sk, &OFF_INET_SPORT).unwrap_or(0)),
+        port => port,
+    }
 }
 
 #[inline(always)]

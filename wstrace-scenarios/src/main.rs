@@ -1,1 +1,56 @@
-fn main() {}
+//! `ws-scenario`: real sockets against a real `wstrace`, with assertions on
+//! its reports. The host integration test (tests/host.rs) and the kernel
+//! matrix VMs (`cargo xtask vm`) run the same `check`, so a scenario means the
+//! same thing on every kernel and probe set.
+//!
+//! - `ws-scenario serve --bind IP --mode MODE`: one tiny server (a child of
+//!   `check`, so reports name a process other than the checker);
+//! - `ws-scenario check --wstrace PATH --probe SET`: runs every scenario and
+//!   prints `SCENARIO <name> probe=<set> kernel=<release> PASS|FAIL|SKIP <detail>`.
+mod check;
+mod client;
+mod expect;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ws-scenario", about = "Real-socket scenarios for wstrace")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve one behaviour on IP:<ephemeral port>; prints `READY <port>`.
+    Serve {
+        #[arg(long)]
+        bind: std::net::IpAddr,
+        #[arg(long, value_enum)]
+        mode: serve::Mode,
+    },
+    /// Run the scenarios against a wstrace binary (needs root).
+    Check(check::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Serve { bind, mode } => match serve::run(bind, mode) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("ws-scenario serve: error: {e:#}");
+                1
+            }
+        },
+        Command::Check(args) => match check::run(&args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("ws-scenario check: error: {e:#}");
+                1
+            }
+        },
+    };
+    std::process::exit(code);
+}

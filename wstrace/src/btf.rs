@@ -80,6 +80,11 @@ const FIELDS: &[(&str, &str, &str, usize, Need)] = &[
     // u32 jiffies of the last data sent / received (idle times).
     (g::TCP_LSNDTIME, "tcp_sock", "lsndtime", 4, Need::Optional),
     (g::ICSK_LRCVTIME, "tcp_sock", "inet_conn.icsk_ack.lrcvtime", 4, Need::Optional),
+    // Local port after unhashing (tcp_set_state(TCP_CLOSE) zeroes skc_num
+    // before the tracepoint fires): needed to see SO_LINGER-0 and reset closes.
+    // (Optional only because the minimised test fixtures predate it; every
+    // kernel from 5.10 has it, which the full-BTF tests check.)
+    (g::INET_SPORT, "tcp_sock", "inet_conn.icsk_inet.inet_sport", 2, Need::Optional),
     (g::TASK_FILES, "task_struct", "files", PTR, Need::FdWalk),
     (g::TASK_FLAGS, "task_struct", "flags", 4, Need::Required),
     (g::FILES_FDT, "files_struct", "fdt", PTR, Need::FdWalk),
@@ -422,7 +427,7 @@ mod tests {
     }
 
     /// Every global this module fills, in the order `resolve` returns them.
-    const NAMES: [&str; 29] = [
+    const NAMES: [&str; 30] = [
         g::SKC_FAMILY,
         g::SKC_STATE,
         g::SKC_NUM,
@@ -436,6 +441,7 @@ mod tests {
         g::TCP_BYTES_ACKED,
         g::TCP_LSNDTIME,
         g::ICSK_LRCVTIME,
+        g::INET_SPORT,
         g::TASK_FILES,
         g::TASK_FLAGS,
         g::FILES_FDT,
@@ -461,12 +467,12 @@ mod tests {
     /// TCP_RECVMSG_NARGS is ABSENT; the last column is the value from the full
     /// BTF ([`btf_offsets_of_full_kernel_btf`], [`FULL_BTF`]).
     #[rustfmt::skip]
-    const KERNELS: [(&str, [u64; 29], u64); 4] = [
-        //                 fam st num dport saddr daddr v6s v6d proto recv acked lsnd lrcv files flags fdt max fd priv sk file msgiter type mask ubufv iovecv ubuf iov nargs, full nargs
-        ("linux-5.10.btf", [16, 18, 14, 12, 4, 0, 72, 56, 540, 1400, 1448, 1472, 1248, 2808, 36, 32, 0, 8, 200, 24, 16, 16, 0, 0xfe, A, 4, A, 24, A], 6),
-        ("linux-6.1.btf",  [16, 18, 14, 12, 4, 0, 72, 56, 516, 1408, 1456, 1480, 1264, 3048, 44, 32, 0, 8, 200, 24, 16, 16, 0, 0xff, 6, 0, 24, 24, A], 5),
-        ("linux-6.12.btf", [16, 18, 14, 12, 4, 0, 72, 56, 574, 1784, 1840, 1644, 1264, 3048, 44, 32, 0, 8, 32, 24, 16, 16, 0, 0xff, 0, 1, 16, 16, A], 5),
-        ("linux-6.18.btf", [16, 18, 14, 12, 4, 0, 72, 56, 532, 1752, 1824, 1584, 1264, 1824, 44, 32, 0, 8, 24, 24, 16, 16, 0, 0xff, 0, 1, 16, 16, A], 4),
+    const KERNELS: [(&str, [u64; 30], u64); 4] = [
+        //                 fam st num dport saddr daddr v6s v6d proto recv acked lsnd lrcv sport files flags fdt max fd priv sk file msgiter type mask ubufv iovecv ubuf iov nargs, full nargs
+        ("linux-5.10.btf", [16, 18, 14, 12, 4, 0, 72, 56, 540, 1400, 1448, 1472, 1248, A, 2808, 36, 32, 0, 8, 200, 24, 16, 16, 0, 0xfe, A, 4, A, 24, A], 6),
+        ("linux-6.1.btf",  [16, 18, 14, 12, 4, 0, 72, 56, 516, 1408, 1456, 1480, 1264, A, 3048, 44, 32, 0, 8, 200, 24, 16, 16, 0, 0xff, 6, 0, 24, 24, A], 5),
+        ("linux-6.12.btf", [16, 18, 14, 12, 4, 0, 72, 56, 574, 1784, 1840, 1644, 1264, A, 3048, 44, 32, 0, 8, 32, 24, 16, 16, 0, 0xff, 0, 1, 16, 16, A], 5),
+        ("linux-6.18.btf", [16, 18, 14, 12, 4, 0, 72, 56, 532, 1752, 1824, 1584, 1264, A, 1824, 44, 32, 0, 8, 24, 24, 16, 16, 0, 0xff, 0, 1, 16, 16, A], 4),
     ];
 
     /// The full kernel BTF each fixture was cut from, under
@@ -479,7 +485,7 @@ mod tests {
         ("linux-6.18.btf", "host-6.18.btf", 4),
     ];
 
-    fn check(file: &str, k: &KernelOffsets, want: &[u64; 29]) {
+    fn check(file: &str, k: &KernelOffsets, want: &[u64; 30]) {
         let names: Vec<_> = k.globals.iter().map(|&(n, _)| n).collect();
         assert_eq!(names, NAMES, "{file}");
         for (name, &want) in NAMES.iter().zip(want) {
@@ -527,6 +533,10 @@ mod tests {
             );
             let k = resolve(&path).unwrap_or_else(|e| panic!("{e:#}"));
             want[NAMES.len() - 1] = nargs;
+            // The fixtures predate inet_sport; the full BTF must have it.
+            let sport = k.get(g::INET_SPORT).expect("INET_SPORT resolved");
+            assert_ne!(sport, ABSENT, "{}: inet_sport", path.display());
+            want[NAMES.iter().position(|&n| n == g::INET_SPORT).expect("listed")] = sport;
             check(&path.to_string_lossy(), &k, &want);
             if nargs == ABSENT {
                 let why = k.sendmsg_path_missing.expect("4 parameters reported");

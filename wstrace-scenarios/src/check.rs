@@ -1,0 +1,454 @@
+//! `ws-scenario check`: start every scenario's servers, one wstrace tracing
+//! all their ports, drive the clients, then judge the reports per port.
+//!
+//! One wstrace for all scenarios, not one each: loading and attaching the
+//! probes is the slow part under QEMU's software emulation, and the kernel
+//! matrix runs this for 4 probe sets on 3 kernels.
+use std::{
+    io::{BufRead as _, BufReader},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use crate::{
+    client::{self, Then},
+    expect::{self, Expect},
+    serve::Mode,
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The wstrace binary under test.
+    #[arg(long)]
+    wstrace: PathBuf,
+    /// Probe set to ask wstrace for: auto, fentry, kprobe or tracepoint.
+    #[arg(long, default_value = "auto")]
+    probe: String,
+    /// Run only this scenario.
+    #[arg(long)]
+    only: Option<String>,
+    /// Echo wstrace's stderr and the reports.
+    #[arg(long)]
+    verbose: bool,
+}
+
+/// How long wstrace may take to load and attach (QEMU TCG is slow).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long to wait for the expected reports after the last client.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// One server of a scenario and what its connection must produce.
+struct ServerSpec {
+    bind: IpAddr,
+    mode: Mode,
+    /// Passed to wstrace as --port.
+    traced: bool,
+    request: &'static [u8],
+    then: Then,
+    /// None: no report at all on this port. The pid is filled in at start.
+    expect: Option<Expect>,
+}
+
+struct Scenario {
+    name: &'static str,
+    servers: Vec<ServerSpec>,
+}
+
+fn named_local_fin() -> Option<Expect> {
+    Some(Expect { closed_by: "local", how: "fin", closer_pid: Some(0), min_ms: None, local_prefix: None })
+}
+
+fn upgrade(bind: IpAddr, mode: Mode, then: Then, expect: Option<Expect>) -> ServerSpec {
+    ServerSpec { bind, mode, traced: true, request: client::UPGRADE_REQUEST, then, expect }
+}
+
+fn scenarios() -> Vec<Scenario> {
+    let close = |bind| upgrade(bind, Mode::CloseAfter101, Then::ReadToEnd, named_local_fin());
+    vec![
+        Scenario { name: "server_close_after_101_names_the_server", servers: vec![close(LOCALHOST)] },
+        Scenario {
+            name: "client_close_after_upgrade_reports_peer",
+            servers: vec![upgrade(
+                LOCALHOST,
+                Mode::WaitForPeer,
+                Then::CloseAfter(Duration::from_millis(200)),
+                Some(Expect { closed_by: "peer", how: "fin", closer_pid: None, min_ms: Some(150.0), local_prefix: None }),
+            )],
+        },
+        Scenario {
+            name: "http_200_is_not_reported",
+            servers: vec![ServerSpec {
+                bind: LOCALHOST,
+                mode: Mode::Http200,
+                traced: true,
+                request: client::PLAIN_REQUEST,
+                then: Then::ReadToEnd,
+                expect: None,
+            }],
+        },
+        Scenario {
+            name: "ipv6_loopback",
+            servers: vec![upgrade(
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+                Mode::CloseAfter101,
+                Then::ReadToEnd,
+                Some(Expect { local_prefix: Some("[::1]:"), ..named_local_fin().expect("some") }),
+            )],
+        },
+        Scenario {
+            name: "linger_zero_close_reports_rst",
+            servers: vec![upgrade(
+                LOCALHOST,
+                Mode::Linger0,
+                Then::ReadToEnd,
+                Some(Expect { how: "rst", ..named_local_fin().expect("some") }),
+            )],
+        },
+        Scenario {
+            name: "two_ports_and_other_port_ignored",
+            servers: vec![close(LOCALHOST), close(LOCALHOST), ServerSpec {
+                traced: false,
+                expect: None,
+                ..close(LOCALHOST)
+            }],
+        },
+    ]
+}
+
+/// A started server child; killed when dropped, so no path leaks one.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(bind: IpAddr, mode: Mode) -> Result<Server> {
+    let exe = std::env::current_exe().context("finding ws-scenario's own path")?;
+    let mode_name = clap::ValueEnum::to_possible_value(&mode)
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default();
+    let mut child = Command::new(exe)
+        .args(["serve", "--bind", &bind.to_string(), "--mode", &mode_name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting a scenario server")?;
+    let stdout = child.stdout.take().context("server stdout")?;
+    let mut line = String::new();
+    let _ = BufReader::new(stdout).read_line(&mut line);
+    let port = line.trim().strip_prefix("READY ").and_then(|p| p.parse().ok());
+    let mut server = Server { child, port: 0 };
+    match port {
+        Some(p) => {
+            server.port = p;
+            Ok(server)
+        }
+        None => {
+            let mut err = String::new();
+            if let Some(mut e) = server.child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            bail!("server on {bind} did not start: {}", err.trim())
+        }
+    }
+}
+
+/// A scenario's outcome so far.
+enum State {
+    Running,
+    Skip(String),
+    Fail(String),
+}
+
+/// A running wstrace and what it has printed.
+struct Tracer {
+    child: Child,
+    reports: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    stdout_reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Tracer {
+    fn start(args: &Args, ports: &[u16]) -> Result<Tracer> {
+        let mut cmd = Command::new(&args.wstrace);
+        for p in ports {
+            cmd.arg("--port").arg(p.to_string());
+        }
+        cmd.args(["--probe", &args.probe, "--format", "json"]);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", args.wstrace.display()))?;
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let out = child.stdout.take().context("wstrace stdout")?;
+        let err = child.stderr.take().context("wstrace stderr")?;
+        let (r, verbose) = (reports.clone(), args.verbose);
+        let stdout_reader = std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if verbose {
+                    eprintln!("report: {line}");
+                }
+                if let Ok(mut r) = r.lock() {
+                    r.push(line);
+                }
+            }
+        });
+        let e = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if verbose {
+                    eprintln!("{line}");
+                }
+                if line.contains("wstrace: tracing port") {
+                    let _ = ready_tx.send(());
+                }
+                if let Ok(mut e) = e.lock() {
+                    e.push(line);
+                }
+            }
+        });
+        let mut tracer = Tracer { child, reports, stderr, stdout_reader: Some(stdout_reader) };
+        let start = Instant::now();
+        loop {
+            match ready_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(()) => return Ok(tracer),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = tracer.child.wait();
+                    bail!("wstrace exited before attaching: {}", tracer.stderr_tail())
+                }
+            }
+            if let Ok(Some(status)) = tracer.child.try_wait() {
+                // Let the stderr thread drain what the process printed.
+                std::thread::sleep(Duration::from_millis(100));
+                bail!("wstrace exited ({status}) before attaching: {}", tracer.stderr_tail());
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                bail!("wstrace did not attach within {READY_TIMEOUT:?}: {}", tracer.stderr_tail());
+            }
+        }
+    }
+
+    fn stderr_tail(&self) -> String {
+        let e = self.stderr.lock().map(|e| e.clone()).unwrap_or_default();
+        let lines: Vec<&str> = e.iter().map(String::as_str).filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(2)..].join(" | ")
+    }
+
+    fn report_lines(&self) -> Vec<String> {
+        self.reports.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// SIGINT (wstrace's clean exit: detach, flush pending reports), then
+    /// every line it printed.
+    fn stop(mut self) -> Result<Vec<String>> {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait()? {
+                break Some(s);
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if let Some(h) = self.stdout_reader.take() {
+            if status.is_some() {
+                let _ = h.join();
+            }
+        }
+        match status {
+            Some(s) if s.success() => Ok(self.report_lines()),
+            Some(s) => bail!("wstrace exited with {s} after SIGINT: {}", self.stderr_tail()),
+            None => bail!("wstrace did not exit within 15 s of SIGINT"),
+        }
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+pub fn run(args: &Args) -> Result<i32> {
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("!!! ws-scenario check SKIPPED: wstrace needs root (CAP_BPF + CAP_PERFMON); run as root !!!");
+        return Ok(77);
+    }
+    let kernel = kernel_release();
+    let mut all = scenarios();
+    if let Some(only) = &args.only {
+        all.retain(|s| s.name == only);
+        if all.is_empty() {
+            bail!("no scenario named {only}");
+        }
+    }
+
+    // Servers first: wstrace needs their ports.
+    let mut states: Vec<State> = Vec::new();
+    let mut servers: Vec<Vec<Server>> = Vec::new();
+    for sc in &mut all {
+        let mut started = Vec::new();
+        let mut state = State::Running;
+        for spec in &mut sc.servers {
+            match start_server(spec.bind, spec.mode) {
+                Ok(s) => {
+                    if let Some(e) = &mut spec.expect {
+                        if e.closer_pid.is_some() {
+                            e.closer_pid = Some(s.child.id());
+                        }
+                    }
+                    started.push(s);
+                }
+                Err(e) if spec.bind.is_ipv6() => {
+                    state = State::Skip(format!("no IPv6 loopback here: {e:#}"));
+                    break;
+                }
+                Err(e) => {
+                    state = State::Fail(format!("{e:#}"));
+                    break;
+                }
+            }
+        }
+        states.push(state);
+        servers.push(started);
+    }
+    let ports: Vec<u16> = all
+        .iter()
+        .zip(&servers)
+        .zip(&states)
+        .filter(|(_, st)| matches!(st, State::Running))
+        .flat_map(|((sc, srv), _)| sc.servers.iter().zip(srv).filter(|(spec, _)| spec.traced).map(|(_, s)| s.port))
+        .collect();
+
+    let outcome = trace(args, &all, &servers, &mut states, &ports);
+    let reports = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            let why = format!("{e:#}");
+            eprintln!("ws-scenario: {why}");
+            for st in &mut states {
+                if matches!(st, State::Running) {
+                    *st = State::Fail(why.clone());
+                }
+            }
+            Vec::new()
+        }
+    };
+    let mut failed = false;
+    for ((sc, st), srv) in all.iter().zip(&states).zip(&servers) {
+        let (verdict, detail) = match st {
+            State::Skip(why) => ("SKIP", why.clone()),
+            State::Fail(why) => ("FAIL", why.clone()),
+            State::Running => judge(sc, srv, &reports, &args.probe),
+        };
+        failed |= verdict == "FAIL";
+        println!("SCENARIO {} probe={} kernel={kernel} {verdict} {}", sc.name, args.probe, one_line(&detail));
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+/// Start wstrace, drive every running scenario's clients, wait for the
+/// reports, stop wstrace. Returns the parsed reports.
+fn trace(
+    args: &Args,
+    all: &[Scenario],
+    servers: &[Vec<Server>],
+    states: &mut [State],
+    ports: &[u16],
+) -> Result<Vec<(u16, Value)>> {
+    if ports.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tracer = Tracer::start(args, ports)?;
+    let mut expected = 0usize;
+    for ((sc, srv), st) in all.iter().zip(servers).zip(states.iter_mut()) {
+        if !matches!(st, State::Running) {
+            continue;
+        }
+        for (spec, s) in sc.servers.iter().zip(srv) {
+            let addr = SocketAddr::new(spec.bind, s.port);
+            if let Err(e) = client::exchange(addr, spec.request, spec.then) {
+                *st = State::Fail(format!("client: {e:#}"));
+                break;
+            }
+            if spec.traced && spec.expect.is_some() {
+                expected += 1;
+            }
+        }
+    }
+    let start = Instant::now();
+    while start.elapsed() < REPORT_TIMEOUT {
+        let seen = tracer.report_lines().iter().filter(|l| !l.trim().is_empty()).count();
+        if seen >= expected {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A moment more, so an unexpected extra report (the bug a "no report"
+    // scenario looks for) has the same chance to arrive as an expected one.
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = tracer.stop()?;
+    let mut reports = Vec::new();
+    for line in lines.iter().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).with_context(|| format!("wstrace printed a line that is not JSON: {line}"))?;
+        let port = expect::local_port(&v).with_context(|| format!("report without a local port: {line}"))?;
+        reports.push((port, v));
+    }
+    Ok(reports)
+}
+
+/// Every server of the scenario against the reports on its port.
+fn judge(sc: &Scenario, srv: &[Server], reports: &[(u16, Value)], probe: &str) -> (&'static str, String) {
+    let mut details = Vec::new();
+    let mut chose = None;
+    for (spec, s) in sc.servers.iter().zip(srv) {
+        let on_port: Vec<&Value> = reports.iter().filter(|(p, _)| *p == s.port).map(|(_, v)| v).collect();
+        if let Some(r) = on_port.first() {
+            chose = r.get("probe").and_then(Value::as_str).map(str::to_string);
+        }
+        let what = if spec.traced { "" } else { "untraced " };
+        match expect::evaluate(&on_port, spec.expect.as_ref(), probe) {
+            Ok(d) => details.push(format!("{what}port {}: {d}", s.port)),
+            Err(e) => return ("FAIL", format!("{what}port {}: {e}", s.port)),
+        }
+    }
+    let mut detail = details.join("; ");
+    if probe == "auto" {
+        detail = format!("chose={} {detail}", chose.as_deref().unwrap_or("?"));
+    }
+    ("PASS", detail)
+}
+
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
+}

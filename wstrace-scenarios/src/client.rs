@@ -1,0 +1,41 @@
+//! The client side of the scenarios.
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+
+pub const UPGRADE_REQUEST: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+pub const PLAIN_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+/// What the client does once the server answered.
+#[derive(Clone, Copy, Debug)]
+pub enum Then {
+    /// Read until the server closes (EOF, or the RST's error), then close.
+    ReadToEnd,
+    /// Hold the connection this long, then close first.
+    CloseAfter(Duration),
+}
+
+/// Connects, sends `request`, reads the response head, then `then`.
+pub fn exchange(addr: SocketAddr, request: &[u8], then: Then) -> Result<()> {
+    let mut conn = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    conn.write_all(request).context("sending the request")?;
+    let head = crate::serve::read_head(&mut conn)?;
+    if head.is_empty() {
+        anyhow::bail!("{addr} closed without answering");
+    }
+    match then {
+        Then::ReadToEnd => {
+            let mut buf = [0u8; 512];
+            // An RST ends the read with ECONNRESET: that is the end too.
+            while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+        }
+        Then::CloseAfter(d) => std::thread::sleep(d),
+    }
+    drop(conn);
+    Ok(())
+}

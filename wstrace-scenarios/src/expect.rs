@@ -1,0 +1,208 @@
+//! What a scenario expects of wstrace's JSON reports, as pure functions over
+//! parsed reports (unit-tested below without a kernel).
+use serde_json::Value;
+
+/// The report one traced connection must produce.
+#[derive(Clone, Debug)]
+pub struct Expect {
+    pub closed_by: &'static str,
+    pub how: &'static str,
+    /// The server process that must be named as the closer (local closes).
+    pub closer_pid: Option<u32>,
+    /// Lower bound on `ms_after_upgrade` (the client held the socket open).
+    pub min_ms: Option<f64>,
+    /// `local` must start with this (e.g. `[::1]:` for IPv6 loopback).
+    pub local_prefix: Option<&'static str>,
+}
+
+/// The comm and executable name of the scenario servers.
+pub const SERVER_NAME: &str = "ws-scenario";
+pub const PROBE_SETS: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
+
+fn str_key<'a>(r: &'a Value, key: &str) -> Option<&'a str> {
+    r.get(key).and_then(Value::as_str)
+}
+
+/// Port of a report's `local` ("127.0.0.1:80" or "[::1]:80").
+pub fn local_port(r: &Value) -> Option<u16> {
+    str_key(r, "local")?.rsplit_once(':')?.1.parse().ok()
+}
+
+/// Checks the reports seen on one traced port against `expect` (None: there
+/// must be none). `probe` is the set asked for (`auto` accepts any real set).
+/// Ok carries a short detail for the PASS line.
+pub fn evaluate(reports: &[&Value], expect: Option<&Expect>, probe: &str) -> Result<String, String> {
+    let Some(e) = expect else {
+        return match reports {
+            [] => Ok("no report".into()),
+            [r, ..] => Err(format!("expected no report, got {}: {}", reports.len(), summary(r))),
+        };
+    };
+    let r = match reports {
+        [r] => *r,
+        [] => return Err("expected one report, got none".into()),
+        _ => {
+            let all: Vec<String> = reports.iter().map(|r| summary(r)).collect();
+            return Err(format!("expected one report, got {}: {}", reports.len(), all.join(" / ")));
+        }
+    };
+    check_report(r, e, probe).map(|()| summary(r))
+}
+
+fn check_report(r: &Value, e: &Expect, probe: &str) -> Result<(), String> {
+    let got = |k: &str| str_key(r, k).unwrap_or("<missing>").to_string();
+    if got("closed_by") != e.closed_by {
+        return Err(format!("closed_by: want {}, got {} ({})", e.closed_by, got("closed_by"), summary(r)));
+    }
+    if got("how") != e.how {
+        return Err(format!("how: want {}, got {} ({})", e.how, got("how"), summary(r)));
+    }
+    let report_probe = got("probe");
+    let probe_ok = if probe == "auto" {
+        PROBE_SETS.contains(&report_probe.as_str())
+    } else {
+        report_probe == probe
+    };
+    if !probe_ok {
+        return Err(format!("probe: want {probe}, got {report_probe}"));
+    }
+    if let Some(prefix) = e.local_prefix {
+        if !got("local").starts_with(prefix) {
+            return Err(format!("local: want {prefix}..., got {}", got("local")));
+        }
+    }
+    let ms = r.get("ms_after_upgrade").and_then(Value::as_f64).ok_or("ms_after_upgrade missing")?;
+    if !(0.0..5000.0).contains(&ms) && e.min_ms.is_none() {
+        return Err(format!("ms_after_upgrade {ms} outside 0..5000"));
+    }
+    if let Some(min) = e.min_ms {
+        if ms < min {
+            return Err(format!("ms_after_upgrade: want >= {min}, got {ms}"));
+        }
+    }
+    if let Some(pid) = e.closer_pid {
+        check_closer(r, pid)?;
+    }
+    Ok(())
+}
+
+/// The closer is the server process, named completely, with the close's
+/// call path in both stacks.
+fn check_closer(r: &Value, pid: u32) -> Result<(), String> {
+    let num = |k: &str| r.get(k).and_then(Value::as_u64);
+    if num("pid") != Some(u64::from(pid)) {
+        return Err(format!("pid: want {pid} (the server), got {:?} ({})", num("pid"), summary(r)));
+    }
+    // Single-threaded server: the closing thread is the main thread.
+    if num("tid") != Some(u64::from(pid)) {
+        return Err(format!("tid: want {pid}, got {:?}", num("tid")));
+    }
+    if str_key(r, "comm") != Some(SERVER_NAME) {
+        return Err(format!("comm: want {SERVER_NAME}, got {:?}", str_key(r, "comm")));
+    }
+    if !str_key(r, "exe").is_some_and(|e| e.ends_with(SERVER_NAME)) {
+        return Err(format!("exe: want .../{SERVER_NAME}, got {:?}", str_key(r, "exe")));
+    }
+    let frames = |k: &str| -> Vec<String> {
+        r.get(k)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    let kernel = frames("kernel_stack");
+    if kernel.is_empty() {
+        return Err("kernel_stack is empty".into());
+    }
+    let user = frames("user_stack");
+    if !user.iter().any(|f| f.to_ascii_lowercase().contains("close")) {
+        return Err(format!("user_stack has no close frame: {user:?}"));
+    }
+    Ok(())
+}
+
+/// "local fin pid 123 (comm) 0.4 ms [probe]" for PASS lines and errors.
+pub fn summary(r: &Value) -> String {
+    let s = |k: &str| str_key(r, k).unwrap_or("?").to_string();
+    let pid = r.get("pid").and_then(Value::as_u64).map(|p| p.to_string()).unwrap_or("-".into());
+    let ms = r.get("ms_after_upgrade").and_then(Value::as_f64).unwrap_or(f64::NAN);
+    format!(
+        "{} {} {} pid {pid} ({}) {ms:.1} ms [{}]",
+        s("local"),
+        s("closed_by"),
+        s("how"),
+        s("comm"),
+        s("probe")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn report(pid: u32) -> Value {
+        json!({
+            "local": "127.0.0.1:4000", "remote": "127.0.0.1:5000",
+            "closed_by": "local", "how": "fin", "pid": pid, "tid": pid,
+            "comm": "ws-scenario", "exe": "/bin/ws-scenario", "ms_after_upgrade": 0.4,
+            "kernel_stack": ["tcp_close+0x1f"], "user_stack": ["__close+0x3a (/lib/libc.so.6)"],
+            "probe": "tracepoint"
+        })
+    }
+
+    fn named(pid: u32) -> Expect {
+        Expect { closed_by: "local", how: "fin", closer_pid: Some(pid), min_ms: None, local_prefix: None }
+    }
+
+    #[test]
+    fn matching_report_passes() {
+        let r = report(7);
+        let detail = evaluate(&[&r], Some(&named(7)), "tracepoint").unwrap();
+        assert!(detail.contains("pid 7"), "{detail}");
+        assert!(evaluate(&[&r], Some(&named(7)), "auto").is_ok());
+    }
+
+    #[test]
+    fn wrong_fields_fail_with_what_was_seen() {
+        let r = report(7);
+        assert!(evaluate(&[&r], Some(&named(8)), "tracepoint").unwrap_err().contains("pid: want 8"));
+        assert!(evaluate(&[&r], Some(&named(7)), "fentry").unwrap_err().contains("probe"));
+        let mut peer = named(7);
+        peer.closed_by = "peer";
+        assert!(evaluate(&[&r], Some(&peer), "tracepoint").unwrap_err().contains("closed_by"));
+        let mut r2 = report(7);
+        r2["user_stack"] = json!(["main+0x1"]);
+        assert!(evaluate(&[&r2], Some(&named(7)), "tracepoint").unwrap_err().contains("close frame"));
+        let mut r3 = report(7);
+        r3["kernel_stack"] = json!([]);
+        assert!(evaluate(&[&r3], Some(&named(7)), "tracepoint").is_err());
+    }
+
+    #[test]
+    fn counts_matter() {
+        let r = report(7);
+        assert!(evaluate(&[], Some(&named(7)), "tracepoint").unwrap_err().contains("got none"));
+        assert!(evaluate(&[&r, &r], Some(&named(7)), "tracepoint").unwrap_err().contains("got 2"));
+        assert!(evaluate(&[], None, "tracepoint").is_ok());
+        assert!(evaluate(&[&r], None, "tracepoint").unwrap_err().contains("expected no report"));
+    }
+
+    #[test]
+    fn timing_and_address_bounds() {
+        let r = report(7);
+        let mut held = named(7);
+        held.min_ms = Some(150.0);
+        assert!(evaluate(&[&r], Some(&held), "tracepoint").unwrap_err().contains(">= 150"));
+        let mut v6 = named(7);
+        v6.local_prefix = Some("[::1]:");
+        assert!(evaluate(&[&r], Some(&v6), "tracepoint").unwrap_err().contains("[::1]"));
+    }
+
+    #[test]
+    fn local_ports_of_both_families() {
+        assert_eq!(local_port(&json!({"local": "127.0.0.1:4000"})), Some(4000));
+        assert_eq!(local_port(&json!({"local": "[::1]:4001"})), Some(4001));
+        assert_eq!(local_port(&json!({"local": "nonsense"})), None);
+        assert_eq!(local_port(&json!({})), None);
+    }
+}

@@ -1,0 +1,104 @@
+//! The server side of the scenarios: one behaviour per process, so every
+//! report can be checked against a known pid, and a single thread, so the
+//! closing tid is that pid too.
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+};
+
+use anyhow::{Context as _, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Answer 101 and close at once (the story's server with an HTTP/1.0 request).
+    CloseAfter101,
+    /// Answer 101, then wait for the client to close first.
+    WaitForPeer,
+    /// Answer a plain 200 and close: must never be reported.
+    Http200,
+    /// Answer 101, then close with SO_LINGER {1, 0}: an RST instead of a FIN.
+    Linger0,
+}
+
+pub const RESPONSE_101: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+const RESPONSE_200: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+const HEAD_CAP: usize = 8192;
+
+pub fn run(bind: IpAddr, mode: Mode) -> Result<()> {
+    let listener = TcpListener::bind(SocketAddr::new(bind, 0))
+        .with_context(|| format!("binding {bind}:0"))?;
+    let port = listener.local_addr()?.port();
+    println!("READY {port}");
+    std::io::stdout().flush()?;
+    for conn in listener.incoming() {
+        // One bad connection must not end the server: the checker decides.
+        if let Ok(conn) = conn {
+            if let Err(e) = serve_one(conn, mode) {
+                eprintln!("ws-scenario serve: connection: {e:#}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn serve_one(mut conn: TcpStream, mode: Mode) -> Result<()> {
+    read_head(&mut conn)?;
+    match mode {
+        Mode::CloseAfter101 => {
+            // One write: the kernel sees the status line in the first bytes.
+            conn.write_all(RESPONSE_101)?;
+        }
+        Mode::WaitForPeer => {
+            conn.write_all(RESPONSE_101)?;
+            let mut buf = [0u8; 512];
+            while conn.read(&mut buf)? > 0 {}
+        }
+        Mode::Http200 => conn.write_all(RESPONSE_200)?,
+        Mode::Linger0 => {
+            conn.write_all(RESPONSE_101)?;
+            set_linger_zero(&conn)?;
+        }
+    }
+    close_connection(conn);
+    Ok(())
+}
+
+/// Reads up to the blank line ending the request head.
+pub fn read_head(conn: &mut TcpStream) -> Result<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < HEAD_CAP {
+        let n = conn.read(&mut buf).context("reading the request head")?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(head)
+}
+
+fn set_linger_zero(conn: &TcpStream) -> Result<()> {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: valid fd and a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("setsockopt(SO_LINGER)");
+    }
+    Ok(())
+}
+
+/// A named frame for the user stack the scenarios look for: the close(2) of
+/// the server's socket happens here.
+#[inline(never)]
+pub fn close_connection(conn: TcpStream) {
+    drop(std::hint::black_box(conn));
+}
