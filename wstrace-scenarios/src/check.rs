@@ -356,9 +356,17 @@ pub fn run(args: &Args) -> Result<i32> {
         Err(e) => {
             let why = format!("{e:#}");
             eprintln!("ws-scenario: {why}");
+            // wstrace's own words for a kernel that lacks the hooks (no
+            // kprobes, ftrace locked): the set cannot run here, which is a
+            // SKIP. Anything else (a verifier rejection, a crash) is a FAIL.
+            let unavailable = why.contains("not available on this kernel");
             for st in &mut states {
                 if matches!(st, State::Running) {
-                    *st = State::Fail(why.clone());
+                    *st = if unavailable {
+                        State::Skip(format!("probe set not available: {why}"))
+                    } else {
+                        State::Fail(why.clone())
+                    };
                 }
             }
             Vec::new()

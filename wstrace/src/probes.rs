@@ -135,7 +135,7 @@ fn explain(set: ProbeSet, e: &anyhow::Error) -> String {
     let raw = one_line(e);
     let hint = match set {
         ProbeSet::Fentry if raw.contains("Operation not permitted") || raw.contains("os error 524") => {
-            Some("the kernel refused BTF trampolines (ftrace locked, or no CONFIG_FUNCTION_TRACER / DYNAMIC_FTRACE_WITH_DIRECT_CALLS)")
+            Some("fentry is not available on this kernel: it refused BTF trampolines (ftrace locked, or no CONFIG_FUNCTION_TRACER / DYNAMIC_FTRACE_WITH_DIRECT_CALLS)")
         }
         ProbeSet::Kprobe if raw.contains("kprobe/type") || raw.contains("kprobe_events") => {
             Some("kprobes are not available on this kernel (CONFIG_KPROBES is off)")
@@ -158,7 +158,11 @@ fn one_line(e: &anyhow::Error) -> String {
         Some((what, _)) => {
             let tail: Vec<&str> = lines.collect();
             let reason = tail[tail.len().saturating_sub(2)..].join(" | ");
-            format!("{what}verifier: {reason}")
+            if reason.is_empty() {
+                what.trim_end().trim_end_matches('.').to_string()
+            } else {
+                format!("{what}verifier: {reason}")
+            }
         }
         None => first.to_string(),
     };

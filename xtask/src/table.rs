@@ -36,8 +36,10 @@ pub fn markdown(results: &MatrixResults) -> String {
         ));
     }
     s.push_str(&format!(
-        "\nDebian cloud kernels booted in QEMU (TCG) by `cargo xtask vm`; results of {}. \
-         Cells: scenarios passed / run; \"not available\": every scenario skipped (probe set cannot attach there).\n",
+        "\nhost: the machine `cargo xtask vm` ran on (CI's kernel: tracepoints only); the others are \
+         Debian cloud kernels booted in QEMU (TCG). Results of {}. Cells: scenarios passed / run; \
+         `auto` → the set it chose; \"not available\": the kernel lacks that set's hooks, and \
+         wstrace says so at start-up.\n",
         date(results.generated_unix)
     ));
     s
@@ -93,11 +95,20 @@ fn cell_for_scenarios(step: &StepRun, all: &BTreeSet<&str>) -> String {
     if run == 0 {
         return "not available".into();
     }
-    if skip > 0 {
+    let mut cell = if skip > 0 {
         format!("PASS {pass}/{run} ({skip} skipped)")
     } else {
         format!("PASS {pass}/{run}")
+    };
+    // `auto`: which set it chose there (ws-scenario prints `chose=<set>`).
+    if let Some(chose) = step
+        .scenarios
+        .iter()
+        .find_map(|s| s.detail.split_whitespace().find_map(|w| w.strip_prefix("chose=")))
+    {
+        cell.push_str(&format!(" → {chose}"));
     }
+    cell
 }
 
 /// Replaces what is between the markers in `file`; Ok(false) when the file has

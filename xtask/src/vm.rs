@@ -6,7 +6,7 @@
 //! kernel, probe set and scenario for every FAIL or missing result.
 
 use crate::initramfs::{self, Step};
-use crate::matrix::{self, KernelRun, MatrixResults};
+use crate::matrix::{self, KernelRun, MatrixResults, StepRun};
 use crate::{kernels, paths, process, qemu, table};
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
@@ -136,6 +136,12 @@ pub fn run(args: &VmArgs) -> Result<()> {
         jobs,
         args.matrix.verbose,
     )?;
+    let mut runs = runs;
+    if args.cmd.is_none() {
+        // The host too: its kernel is the locked-down kind (tracepoints only
+        // here), the case the VMs cannot show.
+        runs.insert(0, host_run(&steps)?);
+    }
     let results = MatrixResults {
         mode: if args.cmd.is_some() {
             "command"
@@ -179,6 +185,65 @@ pub fn run(args: &VmArgs) -> Result<()> {
     }
     println!("vm: kernel matrix passed");
     Ok(())
+}
+
+/// The scenario steps run on this machine's own kernel, as a row of the
+/// table labelled "host". Skipped, and said so, when not root.
+fn host_run(steps: &[Step]) -> Result<KernelRun> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .ok();
+    let bin = paths::target_dir().join("release");
+    let started = Instant::now();
+    let mut runs = Vec::new();
+    for step in steps {
+        let t = Instant::now();
+        let out = process::capture(
+            std::process::Command::new(bin.join("ws-scenario"))
+                .args(["check", "--wstrace"])
+                .arg(bin.join("wstrace"))
+                .args(["--probe", &step.name]),
+        )
+        .context("running ws-scenario on the host")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut output: Vec<String> = Vec::new();
+        let mut scenarios = Vec::new();
+        for line in stdout.lines() {
+            match matrix::parse_scenario(line) {
+                Some(s) => scenarios.push(s),
+                None => output.push(line.to_string()),
+            }
+        }
+        output.extend(String::from_utf8_lossy(&out.stderr).lines().map(str::to_string));
+        let code = out.status.code().unwrap_or(-1);
+        if code == 77 {
+            bail!("the host scenarios need root (CAP_BPF, CAP_PERFMON): run `cargo xtask vm` as root");
+        }
+        println!("vm: [host] --probe {}: exit {code} in {:.1} s", step.name, t.elapsed().as_secs_f64());
+        runs.push(StepRun {
+            name: step.name.clone(),
+            exit_status: Some(code),
+            seconds: Some(t.elapsed().as_secs_f64()),
+            scenarios,
+            output,
+        });
+    }
+    Ok(KernelRun {
+        label: "host".into(),
+        suite: "this machine".into(),
+        package: "running kernel".into(),
+        version: String::new(),
+        release,
+        boot_seconds: Some(0.0),
+        wall_seconds: started.elapsed().as_secs_f64(),
+        timed_out: false,
+        completed: true,
+        planned_steps: steps.iter().map(|s| s.name.clone()).collect(),
+        steps: runs,
+        notes: Vec::new(),
+        kernel_messages: Vec::new(),
+        log: PathBuf::from("(host: no serial log)"),
+    })
 }
 
 /// One step per probe set, or the user's command.
