@@ -1,1 +1,398 @@
-//! (Being written.)
+//! Why an upgraded socket closed: an ordered table of rules over the facts the
+//! kernel saw (request head, close frames, FIN/RST, who closed, idle time),
+//! each giving a stable `code`, a message and, where there is one, a fix.
+//!
+//! Order matters; the first rule that matches wins:
+//! 1. a close frame is the application saying why, in its own words: it
+//!    explains more than anything inferred;
+//! 2. an RST is a deliberate abort (or unread data), whatever the request was;
+//! 3. the HTTP/1.0 and missing-`Connection: upgrade` rules explain a *local*
+//!    close right after the 101 (the story this tool was written for);
+//! 4. an idle period matching a well-known timeout explains a close by either
+//!    side (usually the proxy in front);
+//! 5. otherwise, if the peer closed first, that is where to look;
+//! 6. `unknown`: the facts are shown, no guess is made.
+use serde::Serialize;
+
+use crate::{
+    events::Direction,
+    http::{HttpVersion, RequestHead},
+    matcher::{ClosedBy, How},
+    wsframe::{CloseFrame, close_code_meaning},
+};
+
+/// Everything the rules may look at.
+#[derive(Clone, Debug)]
+pub struct Facts {
+    pub request: Option<RequestHead>,
+    pub closed_by: ClosedBy,
+    pub how: How,
+    /// The local process that closed its end, if one did.
+    pub closer: Option<(u32, String)>,
+    /// The process at the other end when it is on this host (loopback).
+    pub peer: Option<(u32, String)>,
+    pub remote: String,
+    /// Close frames in the order seen; `Sent` = written by the local end.
+    pub close_frames: Vec<(Direction, CloseFrame)>,
+    pub ms_after_upgrade: f64,
+    /// Time since the last data in either direction when the close began.
+    pub idle_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Diagnosis {
+    pub code: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+type Rule = (&'static str, fn(&Facts) -> Option<(String, Option<String>)>);
+
+const RULES: &[Rule] = &[
+    ("server_close_frame", |f| close_frame_rule(f, Direction::Sent)),
+    ("client_close_frame", |f| close_frame_rule(f, Direction::Received)),
+    ("abort_rst", abort_rst),
+    ("http10_upgrade", http10_upgrade),
+    ("connection_header_missing_upgrade", connection_missing_upgrade),
+    ("idle_timeout", idle_timeout),
+    ("peer_closed_first", peer_closed_first),
+];
+
+pub fn diagnose(f: &Facts) -> Diagnosis {
+    for (code, rule) in RULES {
+        if let Some((message, fix)) = rule(f) {
+            return Diagnosis { code, message, fix };
+        }
+    }
+    Diagnosis { code: "unknown", message: unknown_message(f), fix: None }
+}
+
+fn who(p: &Option<(u32, String)>) -> Option<String> {
+    p.as_ref().map(|(pid, comm)| format!("{comm} (pid {pid})"))
+}
+
+fn closer_name(f: &Facts) -> String {
+    who(&f.closer).unwrap_or_else(|| "the local server".into())
+}
+
+fn peer_name(f: &Facts) -> String {
+    match who(&f.peer) {
+        Some(p) => format!("{p} at {}", f.remote),
+        None => f.remote.clone(),
+    }
+}
+
+fn peer_is_nginx(f: &Facts) -> bool {
+    f.peer.as_ref().is_some_and(|(_, comm)| comm.starts_with("nginx"))
+}
+
+fn close_frame_rule(f: &Facts, which: Direction) -> Option<(String, Option<String>)> {
+    // The side whose close frame came first started the closing handshake.
+    let (dir, frame) = f.close_frames.first()?;
+    if *dir != which {
+        return None;
+    }
+    let side = match which {
+        Direction::Sent => format!("the server ({})", closer_name(f)),
+        Direction::Received => format!("the client ({})", peer_name(f)),
+    };
+    let what = match frame.code {
+        Some(c) => format!("{c} ({})", close_code_meaning(c)),
+        None => "without a status code".into(),
+    };
+    let reason = if frame.reason.is_empty() { String::new() } else { format!(", reason {:?}", frame.reason) };
+    let message = format!("{side} sent a WebSocket close frame {what}{reason}");
+    let fix = match (frame.code, which) {
+        (Some(1011), Direction::Sent) => Some("the server hit an error: look in its log at this time for the exception behind the 1011".into()),
+        (Some(1009), _) => Some("a message exceeded the receiver's size limit: raise the limit (e.g. max_size / maxPayload) or send smaller messages".into()),
+        (Some(1008), _) => Some("a policy check rejected the client (auth, origin, rate limit): see the reason and the application's policy".into()),
+        (Some(1001 | 1012), Direction::Sent) => Some("the server is shutting down or restarting: expected during deploys; clients should reconnect with backoff".into()),
+        (Some(1002 | 1003 | 1007), _) => Some("the two ends disagree on the protocol or payload: check library versions and message encoding".into()),
+        _ => None,
+    };
+    Some((message, fix))
+}
+
+fn abort_rst(f: &Facts) -> Option<(String, Option<String>)> {
+    if f.how != How::Rst {
+        return None;
+    }
+    Some(match f.closed_by {
+        ClosedBy::Local => (
+            format!("{} aborted the connection with an RST instead of a FIN", closer_name(f)),
+            Some("an RST on close means SO_LINGER {1, 0} was set or unread data was left in the receive buffer: read what the peer sent before closing, or drop the zero linger".into()),
+        ),
+        ClosedBy::Peer => (
+            format!("the peer ({}) reset the connection", peer_name(f)),
+            Some("look at the peer: a proxy or client that crashed, timed out or was killed resets its connections".into()),
+        ),
+    })
+}
+
+/// The local end closed soon after the 101: the request is what it reacted to.
+fn local_close_after_upgrade(f: &Facts) -> bool {
+    f.closed_by == ClosedBy::Local
+}
+
+fn proxy_fix(f: &Facts, nginx: &str, generic: &str) -> String {
+    match &f.peer {
+        Some((_, comm)) if !peer_is_nginx(f) => format!("make {comm} {generic}"),
+        _ => nginx.to_string(),
+    }
+}
+
+fn http10_upgrade(f: &Facts) -> Option<(String, Option<String>)> {
+    let req = f.request.as_ref()?;
+    if req.version != HttpVersion::Http10 || !local_close_after_upgrade(f) {
+        return None;
+    }
+    let from = match who(&f.peer) {
+        Some(p) => format!(" from {p}"),
+        None => String::new(),
+    };
+    let message = format!(
+        "the upgrade request{from} was HTTP/1.0, and {} closed the connection {:.1} ms after its 101: \
+         servers such as Swoole close HTTP/1.0 connections without `Connection: keep-alive` after the response",
+        closer_name(f),
+        f.ms_after_upgrade
+    );
+    let fix = proxy_fix(
+        f,
+        "add `proxy_http_version 1.1;` (with `proxy_set_header Upgrade $http_upgrade;` and `proxy_set_header Connection \"upgrade\";`) to the nginx location that proxies the WebSocket",
+        "forward the WebSocket upgrade as HTTP/1.1 (nginx: `proxy_http_version 1.1;`)",
+    );
+    Some((message, Some(fix)))
+}
+
+fn connection_missing_upgrade(f: &Facts) -> Option<(String, Option<String>)> {
+    let req = f.request.as_ref()?;
+    if req.has_connection_token("upgrade") || !local_close_after_upgrade(f) {
+        return None;
+    }
+    let conn = match req.connection_tokens() {
+        t if t.is_empty() => "no Connection header".to_string(),
+        t => format!("`Connection: {}`", t.join(", ")),
+    };
+    let message = format!(
+        "the upgrade request had {conn} (no `upgrade` token), and {} closed the connection after its 101",
+        closer_name(f)
+    );
+    let fix = proxy_fix(
+        f,
+        "add `proxy_set_header Upgrade $http_upgrade;` and `proxy_set_header Connection \"upgrade\";` to the nginx location",
+        "pass `Connection: upgrade` through with the WebSocket upgrade",
+    );
+    Some((message, Some(fix)))
+}
+
+/// Idle timeouts of common proxies and load balancers, in seconds.
+const KNOWN_TIMEOUTS: &[(u64, &str)] = &[
+    (60, "nginx `proxy_read_timeout` / `proxy_send_timeout` (default 60 s) or an AWS ALB's idle timeout (default 60 s)"),
+    (30, "a 30 s idle timeout (a common proxy, client or load-balancer setting)"),
+    (75, "a 75 s idle timeout"),
+    (90, "a 90 s idle timeout"),
+    (100, "Cloudflare's 100 s idle timeout"),
+    (120, "a 120 s idle timeout"),
+    (300, "a 300 s idle timeout"),
+    (350, "an AWS NLB's 350 s idle timeout"),
+    (600, "a 600 s idle timeout"),
+    (3600, "a one-hour idle timeout"),
+];
+
+fn matching_timeout(idle_ms: u64) -> Option<&'static str> {
+    KNOWN_TIMEOUTS.iter().find_map(|&(secs, what)| {
+        let t = secs * 1000;
+        let slack = (t / 10).max(1000);
+        (idle_ms + slack >= t && idle_ms <= t + slack).then_some(what)
+    })
+}
+
+fn idle_timeout(f: &Facts) -> Option<(String, Option<String>)> {
+    let idle = f.idle_ms?;
+    if idle < 1000 {
+        return None;
+    }
+    let age_ms = f.ms_after_upgrade.max(0.0) as u64;
+    let mostly_idle = age_ms > 0 && idle * 10 >= age_ms * 9;
+    let known = matching_timeout(idle);
+    if known.is_none() && !mostly_idle {
+        return None;
+    }
+    let by = match f.closed_by {
+        ClosedBy::Local => closer_name(f),
+        ClosedBy::Peer => format!("the peer ({})", peer_name(f)),
+    };
+    let matches = known.map(|k| format!(", matching {k}")).unwrap_or_default();
+    let message = format!(
+        "the connection had been idle for {:.1} s when {by} closed it{matches}",
+        idle as f64 / 1000.0
+    );
+    let fix = "send WebSocket pings more often than the idle timeout, or raise the timeout (nginx: `proxy_read_timeout 3600s;` in the location)".to_string();
+    Some((message, Some(fix)))
+}
+
+fn peer_closed_first(f: &Facts) -> Option<(String, Option<String>)> {
+    if f.closed_by != ClosedBy::Peer {
+        return None;
+    }
+    Some((
+        format!("the other end ({}) closed first (FIN): this host only followed", peer_name(f)),
+        Some(format!("look at {}: its logs at this time say why it closed", peer_name(f))),
+    ))
+}
+
+fn unknown_message(f: &Facts) -> String {
+    let request = match &f.request {
+        Some(r) => format!("request {} with Connection: {}", r.version.as_str(), r.connection_tokens().join(", ")),
+        None => "request head not seen".into(),
+    };
+    let idle = f.idle_ms.map(|i| format!("idle {:.1} s", i as f64 / 1000.0)).unwrap_or_else(|| "idle time unknown".into());
+    format!(
+        "no rule matched: {} closed with a {} {:.1} ms after the 101 ({request}; {idle}; no close frame)",
+        closer_name(f),
+        f.how.as_str().to_uppercase(),
+        f.ms_after_upgrade
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{Redactor, parse_request_head};
+
+    fn req(s: &str) -> Option<RequestHead> {
+        parse_request_head(s.as_bytes(), &Redactor::default())
+    }
+
+    fn facts() -> Facts {
+        Facts {
+            request: req("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"),
+            closed_by: ClosedBy::Local,
+            how: How::Fin,
+            closer: Some((4242, "php".into())),
+            peer: Some((77, "nginx".into())),
+            remote: "127.0.0.1:50412".into(),
+            close_frames: Vec::new(),
+            ms_after_upgrade: 0.4,
+            idle_ms: Some(0),
+        }
+    }
+
+    const HTTP10: &str = "GET /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+
+    #[test]
+    fn the_story_http10_behind_nginx() {
+        let f = Facts { request: req(HTTP10), ..facts() };
+        let d = diagnose(&f);
+        assert_eq!(d.code, "http10_upgrade");
+        assert!(d.message.contains("php (pid 4242)") && d.message.contains("nginx (pid 77)"), "{}", d.message);
+        assert!(d.fix.expect("fix").contains("proxy_http_version 1.1;"));
+    }
+
+    #[test]
+    fn http10_behind_another_proxy_names_it() {
+        let f = Facts { request: req(HTTP10), peer: Some((9, "haproxy".into())), ..facts() };
+        let d = diagnose(&f);
+        assert_eq!(d.code, "http10_upgrade");
+        assert!(d.fix.expect("fix").starts_with("make haproxy forward"));
+    }
+
+    #[test]
+    fn connection_without_upgrade_token() {
+        let f = Facts { request: req("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive\r\n\r\n"), ..facts() };
+        let d = diagnose(&f);
+        assert_eq!(d.code, "connection_header_missing_upgrade");
+        assert!(d.message.contains("Connection: keep-alive"), "{}", d.message);
+        assert!(d.fix.expect("fix").contains("Connection \"upgrade\""));
+        let f = Facts { request: req("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"), ..facts() };
+        assert!(diagnose(&f).message.contains("no Connection header"));
+    }
+
+    #[test]
+    fn close_frames_both_ways() {
+        let cf = |code, reason: &str| CloseFrame { code: Some(code), reason: reason.into() };
+        let f = Facts { close_frames: vec![(Direction::Sent, cf(1011, "db down"))], ..facts() };
+        let d = diagnose(&f);
+        assert_eq!(d.code, "server_close_frame");
+        assert!(d.message.contains("1011 (internal server error)") && d.message.contains("db down"), "{}", d.message);
+        assert!(d.fix.is_some());
+        let f = Facts { close_frames: vec![(Direction::Received, cf(1001, "")), (Direction::Sent, cf(1001, ""))], ..facts() };
+        let d = diagnose(&f);
+        assert_eq!(d.code, "client_close_frame");
+        assert!(d.message.contains("going away"), "{}", d.message);
+        let f = Facts { close_frames: vec![(Direction::Sent, CloseFrame { code: None, reason: String::new() })], ..facts() };
+        assert!(diagnose(&f).message.contains("without a status code"));
+    }
+
+    #[test]
+    fn close_frame_beats_http10() {
+        let f = Facts {
+            request: req(HTTP10),
+            close_frames: vec![(Direction::Received, CloseFrame { code: Some(1000), reason: String::new() })],
+            ..facts()
+        };
+        assert_eq!(diagnose(&f).code, "client_close_frame");
+    }
+
+    #[test]
+    fn rst_beats_http10_and_names_the_side() {
+        let f = Facts { request: req(HTTP10), how: How::Rst, ..facts() };
+        let d = diagnose(&f);
+        assert_eq!(d.code, "abort_rst");
+        assert!(d.fix.expect("fix").contains("SO_LINGER"));
+        let f = Facts { how: How::Rst, closed_by: ClosedBy::Peer, ..facts() };
+        assert!(diagnose(&f).message.contains("the peer (nginx (pid 77) at 127.0.0.1:50412) reset"));
+    }
+
+    #[test]
+    fn http10_but_peer_closed_first() {
+        let f = Facts { request: req(HTTP10), closed_by: ClosedBy::Peer, ..facts() };
+        let d = diagnose(&f);
+        assert_eq!(d.code, "peer_closed_first");
+        assert!(d.message.contains("nginx (pid 77)"));
+    }
+
+    #[test]
+    fn idle_timeouts() {
+        // nginx closed (peer) after 60 s of silence.
+        let f = Facts { closed_by: ClosedBy::Peer, idle_ms: Some(60_020), ms_after_upgrade: 65_000.0, ..facts() };
+        let d = diagnose(&f);
+        assert_eq!(d.code, "idle_timeout");
+        assert!(d.message.contains("60.0 s") && d.message.contains("proxy_read_timeout"), "{}", d.message);
+        assert!(d.fix.expect("fix").contains("ping"));
+        // Not a known value, but idle for the whole life of the socket.
+        let f = Facts { idle_ms: Some(4_500), ms_after_upgrade: 4_600.0, ..facts() };
+        assert_eq!(diagnose(&f).code, "idle_timeout");
+        // Busy until just before the close: not a timeout.
+        let f = Facts { idle_ms: Some(4_500), ms_after_upgrade: 40_000.0, ..facts() };
+        assert_eq!(diagnose(&f).code, "unknown");
+        // Under a second of idle never counts.
+        let f = Facts { idle_ms: Some(900), ms_after_upgrade: 950.0, ..facts() };
+        assert_eq!(diagnose(&f).code, "unknown");
+        assert_eq!(matching_timeout(59_000), Some(KNOWN_TIMEOUTS[0].1));
+        assert_eq!(matching_timeout(66_500), None);
+        assert_eq!(matching_timeout(29_000), Some(KNOWN_TIMEOUTS[1].1));
+    }
+
+    #[test]
+    fn unknown_lists_the_facts() {
+        let d = diagnose(&facts());
+        assert_eq!(d.code, "unknown");
+        assert!(d.message.contains("HTTP/1.1") && d.message.contains("FIN"), "{}", d.message);
+        assert!(d.fix.is_none());
+        let f = Facts { request: None, idle_ms: None, closer: None, ..facts() };
+        let d = diagnose(&f);
+        assert!(d.message.contains("request head not seen") && d.message.contains("the local server"));
+    }
+
+    #[test]
+    fn every_rule_code_is_unique() {
+        let mut codes: Vec<&str> = RULES.iter().map(|(c, _)| *c).collect();
+        codes.push("unknown");
+        let n = codes.len();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), n);
+    }
+}
