@@ -89,6 +89,17 @@ pub struct CommonArgs {
           value_parser = clap::value_parser!(u32).range(64..=(1 << 22)))]
     pub max_sockets: u32,
 
+    /// Also redact this request header (repeatable; case-insensitive, `*`
+    /// wildcards). Cookie, Authorization, Sec-WebSocket-Key and names with
+    /// token/secret/password/session are always redacted.
+    #[arg(long, value_name = "HEADER")]
+    pub redact: Vec<String>,
+
+    /// Print sensitive request headers as they were (Cookie, Authorization
+    /// ...): for a private debugging session only, never for stored logs.
+    #[arg(long)]
+    pub show_secrets: bool,
+
     /// Kernel BTF to read struct offsets from.
     #[arg(long, value_name = "PATH", default_value = crate::btf::DEFAULT_BTF_PATH)]
     pub btf: PathBuf,

@@ -14,8 +14,14 @@ use tokio::{
 use wstrace_common::{EventKind, MAX_PORTS};
 
 use crate::{
-    btf, cli::{ColorChoice, CommonArgs}, events, matcher::{CloseReport, Matcher}, output,
-    privileges, probes, symbolize::Symbolizer, tracefs,
+    btf,
+    cli::{ColorChoice, CommonArgs},
+    diagnose::{self, Facts},
+    events, http, hz,
+    matcher::{CloseReport, Matcher},
+    output, peer, privileges, probes,
+    symbolize::Symbolizer,
+    tracefs, wsframe,
 };
 
 /// Ring buffer size: ~3,700 close events (1.1 KiB each) of headroom.
@@ -78,6 +84,11 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
     if opts.ports.len() > MAX_PORTS {
         bail!("at most {MAX_PORTS} --port values can be traced at once (got {})", opts.ports.len());
     }
+    let redactor = if opts.common.show_secrets {
+        http::Redactor::none()
+    } else {
+        http::Redactor::new(&opts.common.redact).map_err(|e| anyhow::anyhow!(e))?
+    };
     privileges::check()?;
     if let Some(warning) = privileges::raise_memlock() {
         eprintln!("wstrace: warning: {warning}");
@@ -123,6 +134,11 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
         symbolizer: Symbolizer::new(),
         procs: Processes::default(),
         printed: 0,
+        redactor,
+        // Idle times are kept in jiffies by the kernel; without the tick
+        // rate they are left out rather than guessed.
+        hz: hz::detect(),
+        peers: HashMap::new(),
     };
     let mut matcher = Matcher::new(attached.set);
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -202,7 +218,15 @@ struct Sink {
     symbolizer: Symbolizer,
     procs: Processes,
     printed: u64,
+    redactor: http::Redactor,
+    hz: Option<u32>,
+    /// The process at the other end of loopback connections, by socket,
+    /// looked up at the 101 while it is surely alive.
+    peers: HashMap<u64, peer::PeerProcess>,
 }
+
+/// Peers remembered at once (a bound, not a working-set estimate).
+const MAX_PEERS: usize = 16384;
 
 impl Sink {
     /// Read what must be read while the process lives: its executable path
@@ -212,6 +236,15 @@ impl Sink {
             EventKind::Upgrade => {
                 self.procs.note(ev.pid);
                 self.symbolizer.remember_process(ev.pid);
+                if peer::is_local(ev.remote.ip()) {
+                    if self.peers.len() >= MAX_PEERS {
+                        self.peers.clear();
+                    }
+                    // The peer's socket is our socket with the ends swapped.
+                    if let Some(p) = peer::find(ev.remote, ev.local) {
+                        self.peers.insert(ev.sk, p);
+                    }
+                }
             }
             EventKind::Close => self.procs.note(ev.pid),
             _ => {}
@@ -234,12 +267,39 @@ impl Sink {
             }
             None => (Vec::new(), Vec::new(), None),
         };
+        let request = http::parse_request_head(&r.request_head, &self.redactor);
+        let frames: Vec<_> = r
+            .close_frames
+            .iter()
+            .filter_map(|(dir, bytes)| wsframe::first_close(bytes).map(|f| (*dir, f)))
+            .collect();
+        let idle_ms = match (r.jiffies_at_close.and_then(|j| j.idle()), self.hz) {
+            (Some(j), Some(hz)) => Some(hz::jiffies_to_ms(j, hz)),
+            _ => None,
+        };
+        let peer = self.peers.remove(&r.sk);
+        let facts = Facts {
+            request: request.clone(),
+            closed_by: r.closed_by,
+            how: r.how,
+            closer: r.closer.as_ref().map(|c| (c.pid, c.comm.clone())),
+            peer: peer.as_ref().map(|p| (p.pid, p.comm.clone())),
+            remote: r.remote.to_string(),
+            close_frames: frames.clone(),
+            ms_after_upgrade: r.ms_after_upgrade(),
+            idle_ms,
+        };
         let view = output::View {
             report: r,
             ts: self.clock.wall(r.close_ts_ns),
             exe,
             kernel_stack,
             user_stack,
+            request,
+            frames,
+            idle_ms,
+            peer,
+            diagnosis: diagnose::diagnose(&facts),
         };
         let text = output::render(self.format, self.color, &view);
         let mut out = std::io::stdout().lock();

@@ -2,7 +2,8 @@
 //! with log pipelines; add keys, never rename them.
 use serde_json::{Value, json};
 
-use super::{View, rfc3339};
+use super::{View, direction_name, rfc3339};
+use crate::{http::RequestHead, wsframe::close_code_meaning};
 
 pub fn to_value(v: &View<'_>) -> Value {
     let r = v.report;
@@ -26,6 +27,35 @@ pub fn to_value(v: &View<'_>) -> Value {
         "upgraded_by": { "pid": r.upgrader.pid, "tid": r.upgrader.tid, "comm": r.upgrader.comm },
         "probe": r.probe.name(),
         "notes": r.notes,
+        "request": v.request.as_ref().map(request),
+        "frames": v.frames.iter().map(|(d, f)| json!({
+            "direction": direction_name(*d),
+            "code": f.code,
+            "meaning": f.code.map(close_code_meaning),
+            "reason": f.reason,
+        })).collect::<Vec<_>>(),
+        "idle_ms": v.idle_ms,
+        "peer": v.peer.as_ref().map(|p| json!({ "pid": p.pid, "comm": p.comm })),
+        "diagnosis": v.diagnosis,
+    })
+}
+
+/// The request head: the fields diagnosis uses by name, then every header
+/// (sensitive values already replaced by "[redacted]").
+fn request(h: &RequestHead) -> Value {
+    let hdr = |n: &str| h.header(n);
+    json!({
+        "method": h.method,
+        "target": h.target,
+        "version": h.version.as_str(),
+        "connection": hdr("connection"),
+        "upgrade": hdr("upgrade"),
+        "sec_websocket_version": hdr("sec-websocket-version"),
+        "host": hdr("host"),
+        "x_forwarded_for": hdr("x-forwarded-for"),
+        "user_agent": hdr("user-agent"),
+        "complete": h.complete,
+        "headers": h.headers.iter().map(|(n, v)| json!([n, v])).collect::<Vec<_>>(),
     })
 }
 

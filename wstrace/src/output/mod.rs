@@ -5,16 +5,37 @@ pub mod text;
 
 use std::time::SystemTime;
 
-use crate::matcher::CloseReport;
+use crate::{
+    diagnose::Diagnosis,
+    events::Direction,
+    http::RequestHead,
+    matcher::CloseReport,
+    peer::PeerProcess,
+    wsframe::CloseFrame,
+};
 
 /// A report with everything resolved that the matcher does not know:
-/// wall-clock time, executable paths and symbolized stacks.
+/// wall-clock time, executable paths, symbolized stacks, the parsed request
+/// and frames, the peer process and the diagnosis.
 pub struct View<'a> {
     pub report: &'a CloseReport,
     pub ts: SystemTime,
     pub exe: Option<String>,
     pub kernel_stack: Vec<String>,
     pub user_stack: Vec<String>,
+    /// Already redacted.
+    pub request: Option<RequestHead>,
+    pub frames: Vec<(Direction, CloseFrame)>,
+    pub idle_ms: Option<u64>,
+    pub peer: Option<PeerProcess>,
+    pub diagnosis: Diagnosis,
+}
+
+pub fn direction_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Sent => "sent",
+        Direction::Received => "received",
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -2,7 +2,8 @@
 //! stacks, indented. Colour only when stdout is a terminal.
 use std::fmt::Write as _;
 
-use super::{View, rfc3339};
+use super::{View, direction_name, rfc3339};
+use crate::wsframe::close_code_meaning;
 use crate::matcher::ClosedBy;
 
 struct Paint(bool);
@@ -45,6 +46,11 @@ pub fn render(v: &View<'_>, color: bool) -> String {
         r.ms_after_upgrade(),
         r.probe.name(),
     );
+    let d = &v.diagnosis;
+    let _ = writeln!(out, "  {} {}", p.bold("why:     "), d.message);
+    if let Some(fix) = &d.fix {
+        let _ = writeln!(out, "  {} {fix}", p.bold("fix:     "));
+    }
     match &r.closer {
         Some(c) => {
             let _ = writeln!(
@@ -66,6 +72,29 @@ pub fn render(v: &View<'_>, color: bool) -> String {
         "  upgraded: by pid {} ({}); after the 101: sent {} B, received {} B",
         r.upgrader.pid, r.upgrader.comm, r.bytes_sent_after_upgrade, r.bytes_received_after_upgrade
     );
+    if let Some(peer) = &v.peer {
+        let _ = writeln!(out, "  peer:     pid {} ({}) at {}", peer.pid, peer.comm, r.remote);
+    }
+    if let Some(h) = &v.request {
+        let mut line = format!("{} {} {}", h.method, h.target, h.version.as_str());
+        for name in ["Connection", "Upgrade", "Host", "X-Forwarded-For", "User-Agent"] {
+            if let Some(value) = h.header(name) {
+                let _ = write!(line, "; {name}: {value}");
+            }
+        }
+        if !h.complete {
+            line.push_str(" [head cut short]");
+        }
+        let _ = writeln!(out, "  request:  {line}");
+    }
+    for (dir, f) in &v.frames {
+        let code = f.code.map(|c| format!("{c} ({})", close_code_meaning(c))).unwrap_or_else(|| "no code".into());
+        let reason = if f.reason.is_empty() { String::new() } else { format!(" {:?}", f.reason) };
+        let _ = writeln!(out, "  frame:    close {} {code}{reason}", direction_name(*dir));
+    }
+    if let Some(idle) = v.idle_ms {
+        let _ = writeln!(out, "  idle:     {:.3} s without data before the close", idle as f64 / 1000.0);
+    }
     for n in &r.notes {
         let _ = writeln!(out, "  note:     {n}");
     }
