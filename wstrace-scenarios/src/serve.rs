@@ -19,6 +19,10 @@ pub enum Mode {
     Http200,
     /// Answer 101, then close with SO_LINGER {1, 0}: an RST instead of a FIN.
     Linger0,
+    /// Like Swoole: answer 101, then close at once if the request was HTTP/1.0
+    /// without `Connection: keep-alive`; otherwise keep the connection until
+    /// the peer closes.
+    Swoole,
 }
 
 pub const RESPONSE_101: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
@@ -43,8 +47,15 @@ pub fn run(bind: IpAddr, mode: Mode) -> Result<()> {
 }
 
 fn serve_one(mut conn: TcpStream, mode: Mode) -> Result<()> {
-    read_head(&mut conn)?;
+    let head = read_head(&mut conn)?;
     match mode {
+        Mode::Swoole => {
+            conn.write_all(RESPONSE_101)?;
+            if !closes_http10(&head) {
+                let mut buf = [0u8; 512];
+                while conn.read(&mut buf)? > 0 {}
+            }
+        }
         Mode::CloseAfter101 => {
             // One write: the kernel sees the status line in the first bytes.
             conn.write_all(RESPONSE_101)?;
@@ -62,6 +73,18 @@ fn serve_one(mut conn: TcpStream, mode: Mode) -> Result<()> {
     }
     close_connection(conn);
     Ok(())
+}
+
+/// HTTP/1.0 without `Connection: keep-alive`: Swoole's "close after the
+/// response" case.
+fn closes_http10(head: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+    let http10 = text.lines().next().is_some_and(|l| l.trim_end().ends_with("http/1.0"));
+    let keep_alive = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("connection:"))
+        .any(|v| v.split(',').any(|t| t.trim() == "keep-alive"));
+    http10 && !keep_alive
 }
 
 /// Reads up to the blank line ending the request head.

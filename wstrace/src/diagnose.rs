@@ -208,15 +208,25 @@ fn matching_timeout(idle_ms: u64) -> Option<&'static str> {
     })
 }
 
+/// How far past a whole second a timer-driven close lands (timer slack,
+/// scheduling, jiffies granularity).
+const WHOLE_SECOND_SLACK_MS: u64 = 150;
+
 fn idle_timeout(f: &Facts) -> Option<(String, Option<String>)> {
     let idle = f.idle_ms?;
     if idle < 1000 {
         return None;
     }
     let age_ms = f.ms_after_upgrade.max(0.0) as u64;
-    let mostly_idle = age_ms > 0 && idle * 10 >= age_ms * 9;
-    let known = matching_timeout(idle);
-    if known.is_none() && !mostly_idle {
+    let known = matching_timeout(idle).map(str::to_string).or_else(|| {
+        // Timeouts are configured in whole seconds and fire just after them:
+        // idle for N s + a little, for (nearly) the socket's whole life.
+        // A person or program closing at a random moment rarely fits.
+        let mostly_idle = age_ms > 0 && idle * 10 >= age_ms * 9;
+        (mostly_idle && idle % 1000 <= WHOLE_SECOND_SLACK_MS)
+            .then(|| format!("a configured {} s timeout", idle / 1000))
+    });
+    if known.is_none() {
         return None;
     }
     let by = match f.closed_by {
@@ -361,9 +371,15 @@ mod tests {
         assert_eq!(d.code, "idle_timeout");
         assert!(d.message.contains("60.0 s") && d.message.contains("proxy_read_timeout"), "{}", d.message);
         assert!(d.fix.expect("fix").contains("ping"));
-        // Not a known value, but idle for the whole life of the socket.
-        let f = Facts { idle_ms: Some(4_500), ms_after_upgrade: 4_600.0, ..facts() };
-        assert_eq!(diagnose(&f).code, "idle_timeout");
+        // Not a known value, but idle for the whole life of the socket, and
+        // just past a whole second: a configured timeout (nginx 2s).
+        let f = Facts { idle_ms: Some(2_030), ms_after_upgrade: 2_050.0, closed_by: ClosedBy::Peer, ..facts() };
+        let d = diagnose(&f);
+        assert_eq!(d.code, "idle_timeout");
+        assert!(d.message.contains("a configured 2 s timeout"), "{}", d.message);
+        // Idle all along but at a random moment: someone just left.
+        let f = Facts { idle_ms: Some(1_500), ms_after_upgrade: 1_510.0, closed_by: ClosedBy::Peer, ..facts() };
+        assert_eq!(diagnose(&f).code, "peer_closed_first");
         // Busy until just before the close: not a timeout.
         let f = Facts { idle_ms: Some(4_500), ms_after_upgrade: 40_000.0, ..facts() };
         assert_eq!(diagnose(&f).code, "unknown");

@@ -12,7 +12,12 @@ use std::time::Instant;
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "boots the kernel matrix"),
     ("busybox-static", "userland of the kernel-matrix VMs"),
+    ("nginx-light", "the real proxy of the diagnosis tests"),
+    ("python3-venv", "a venv for the Python WebSocket server of the diagnosis tests"),
 ];
+
+/// PyPI packages for the diagnosis tests, installed into [`venv_dir`].
+const PIP_PACKAGES: &[&str] = &["websockets==13.1"];
 
 pub fn run() -> Result<()> {
     let start = Instant::now();
@@ -21,6 +26,7 @@ pub fn run() -> Result<()> {
     step("nightly rust-src", ensure_rust_src)?;
     step("bpf-linker", ensure_bpf_linker)?;
     step("Debian packages", ensure_apt_packages)?;
+    step("Python test venv", ensure_venv)?;
     println!("setup: done in {}", process::secs(start.elapsed()));
     Ok(())
 }
@@ -138,6 +144,39 @@ fn ensure_apt_packages() -> Result<String> {
         apt_install(&missing).with_context(|| format!("`{install_line}` failed"))?;
     }
     Ok(format!("installed {}", missing.join(", ")))
+}
+
+/// Where the diagnosis tests find their Python (with `websockets`).
+pub fn venv_dir() -> Result<std::path::PathBuf> {
+    Ok(crate::paths::cache_dir()?.join("venv"))
+}
+
+fn ensure_venv() -> Result<String> {
+    let venv = venv_dir()?;
+    let python = venv.join("bin/python3");
+    let check = |py: &std::path::Path| {
+        Command::new(py)
+            .args(["-c", "import websockets"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if check(&python) {
+        return Ok(format!("present ({})", venv.display()));
+    }
+    // Debian's python3 (python3-venv), not whatever python3 is first on PATH.
+    process::run(Command::new("/usr/bin/python3").args(["-m", "venv"]).arg(&venv))
+        .context("creating the Python venv (python3-venv)")?;
+    process::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(PIP_PACKAGES),
+    )
+    .context("installing websockets from PyPI")?;
+    if !check(&python) {
+        bail!("{} cannot import websockets after installing it", python.display());
+    }
+    Ok(format!("created {} with {}", venv.display(), PIP_PACKAGES.join(", ")))
 }
 
 fn apt_install(packages: &[&str]) -> Result<String> {
