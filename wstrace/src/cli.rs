@@ -16,7 +16,10 @@ use crate::{output::Format, probes::ProbeChoice};
         `HTTP/1.1 101 Switching Protocols` response on a socket, that socket is traced; \
         when it closes, wstrace prints which side closed first (FIN or RST), the process \
         and thread that closed the local end, the kernel and user stacks of that close, \
-        and how long after the 101 it happened.\n\n\
+        how long after the 101 it happened, and why: a diagnosis with a fix, drawn from \
+        the upgrade request (HTTP version, Connection header), WebSocket close frames and \
+        the idle time before the close. Secret headers (Cookie, Authorization, \
+        Sec-WebSocket-Key ...) are never printed.\n\n\
         Needs root (or CAP_BPF + CAP_PERFMON) and a kernel with BTF (5.10+). \
         Plaintext only: behind TLS (wss://) the kernel sees ciphertext, so trace the \
         port behind the TLS-terminating proxy.",
