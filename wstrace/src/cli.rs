@@ -64,6 +64,37 @@ pub struct TraceArgs {
     /// Exit after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
+
+    /// Also append every report as a JSON line to FILE (created 0640; whole
+    /// lines only; synced on exit). If it cannot be written, wstrace says so
+    /// and keeps reporting on stdout.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Rotate --output when it would grow past this size (K, M, G suffixes; 0 = never).
+    #[arg(long, value_name = "SIZE", default_value = "100M", value_parser = parse_size)]
+    pub rotate_size: u64,
+
+    /// Rotated files to keep (FILE.1 newest ... FILE.N oldest).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub rotate_keep: u32,
+}
+
+/// "1048576", "512K", "100M", "2G" (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&s[..i], 1u64 << 10),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&s[..i], 1 << 20),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'g') => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size: use bytes or a number with K, M or G (e.g. 100M)"))
 }
 
 #[derive(Args, Debug)]
@@ -135,6 +166,19 @@ mod tests {
         assert!(Cli::try_parse_from(["wstrace"]).is_err(), "a port is required");
         let c = Cli::try_parse_from(["wstrace", "-p", "80", "--port", "8080"]).expect("parses");
         assert_eq!(c.trace.ports, vec![80, 8080]);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("100M"), Ok(100 << 20));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("10X").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999G").is_err());
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
         common: &args.common,
         count: Some(2),
         duration: Some(Duration::from_secs(20)),
+        log: None,
     };
     let printed = tracer::run(opts, |port| {
         let _ = thread::Builder::new().name("ws-demo-client".into()).spawn(move || {

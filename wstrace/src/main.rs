@@ -56,6 +56,11 @@ async fn run_trace(args: &cli::TraceArgs) -> anyhow::Result<()> {
         common: &args.common,
         count: args.count,
         duration,
+        log: args.output.as_deref().map(|path| tracer::LogSpec {
+            path,
+            rotate_size: args.rotate_size,
+            rotate_keep: args.rotate_keep,
+        }),
     };
     tracer::run(opts, |_| {}).await.map(|_| ())
 }

@@ -32,6 +32,14 @@ pub struct Options<'a> {
     pub common: &'a CommonArgs,
     pub count: Option<u64>,
     pub duration: Option<Duration>,
+    pub log: Option<LogSpec<'a>>,
+}
+
+/// `--output` and its rotation.
+pub struct LogSpec<'a> {
+    pub path: &'a std::path::Path,
+    pub rotate_size: u64,
+    pub rotate_keep: u32,
 }
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
@@ -89,6 +97,17 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
     } else {
         http::Redactor::new(&opts.common.redact).map_err(|e| anyhow::anyhow!(e))?
     };
+    // The log is opened before the probes attach, so a bad path is said at
+    // once; wstrace still runs (on stdout) rather than trace nothing.
+    let log = opts.log.as_ref().and_then(|l| {
+        match output::logfile::LogFile::open(l.path, l.rotate_size, l.rotate_keep) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("wstrace: error: {e:#}; reporting on stdout only");
+                None
+            }
+        }
+    });
     privileges::check()?;
     if let Some(warning) = privileges::raise_memlock() {
         eprintln!("wstrace: warning: {warning}");
@@ -139,6 +158,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
         // rate they are left out rather than guessed.
         hz: hz::detect(),
         peers: HashMap::new(),
+        log,
     };
     let mut matcher = Matcher::new(attached.set);
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -206,6 +226,11 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
     if lost > 0 {
         eprintln!("wstrace: {lost} events were lost in total (ring buffer full)");
     }
+    if let Some(log) = &mut sink.log {
+        if let Err(e) = log.sync() {
+            eprintln!("wstrace: error: {e:#}");
+        }
+    }
     // Dropping `attached` detaches every program before we return.
     drop(attached);
     Ok(sink.printed)
@@ -223,6 +248,8 @@ struct Sink {
     /// The process at the other end of loopback connections, by socket,
     /// looked up at the 101 while it is surely alive.
     peers: HashMap<u64, peer::PeerProcess>,
+    /// `--output`; dropped (with one error message) when it fails.
+    log: Option<output::logfile::LogFile>,
 }
 
 /// Peers remembered at once (a bound, not a working-set estimate).
@@ -301,6 +328,12 @@ impl Sink {
             peer,
             diagnosis: diagnose::diagnose(&facts),
         };
+        if let Some(log) = &mut self.log {
+            if let Err(e) = log.append(&output::json::render(&view)) {
+                eprintln!("wstrace: error: {e:#}; reporting on stdout only from now on");
+                self.log = None;
+            }
+        }
         let text = output::render(self.format, self.color, &view);
         let mut out = std::io::stdout().lock();
         // One write per report, flushed: a pipe reader never sees half of one.

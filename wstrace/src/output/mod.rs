@@ -1,6 +1,7 @@
 //! Rendering close reports: `text` for people at a terminal, `json` for
 //! machines (one object per line).
 pub mod json;
+pub mod logfile;
 pub mod text;
 
 use std::time::SystemTime;
