@@ -45,6 +45,10 @@ pub enum Command {
     /// `proxy_http_version 1.1;`), drive one HTTP/1.0 and one HTTP/1.1 upgrade
     /// against it, and trace both with the real probes.
     Demo(DemoArgs),
+    /// Summarize recorded reports (JSON lines from --output or --format json;
+    /// rotated and .gz files too): closes per diagnosis and closer, top
+    /// closing stacks, lifetimes, a per-minute time line. Needs no root.
+    Report(crate::report::ReportArgs),
 }
 
 #[derive(Args, Debug)]

@@ -16,6 +16,7 @@ mod matcher;
 mod output;
 mod peer;
 mod privileges;
+mod report;
 mod probes;
 mod symbolize;
 mod tracefs;
@@ -32,6 +33,7 @@ async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match &cli.command {
         Some(cli::Command::Demo(args)) => demo::run(args).await,
+        Some(cli::Command::Report(args)) => report::run(args),
         None => run_trace(&cli.trace).await,
     };
     match result {
