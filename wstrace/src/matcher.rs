@@ -157,6 +157,7 @@ impl Matcher {
         Self { probe, sockets: HashMap::new(), heads: HashMap::new(), orphan_events: 0 }
     }
 
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.sockets.len()
     }
