@@ -42,6 +42,8 @@ pub struct Args {
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long to wait for the expected reports after the last client.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// wstrace's --port limit.
+const MAX_PORTS: usize = 8;
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// One server of a scenario and what its connection must produce.
@@ -110,6 +112,23 @@ fn scenarios() -> Vec<Scenario> {
                 Then::ReadToEnd,
                 Some(Expect { how: "rst", ..named_local_fin().expect("some") }),
             )],
+        },
+        Scenario {
+            name: "lookalike_101s_are_not_reported",
+            servers: vec![
+                // `HTTP/1.1 1010`: the prefix check includes the space after 101.
+                ServerSpec { mode: Mode::Status1010, expect: None, ..close(LOCALHOST) },
+                // A 101 in a 200's body, for a request that asked for no upgrade.
+                ServerSpec {
+                    mode: Mode::BodyWith101,
+                    request: client::PLAIN_REQUEST,
+                    expect: None,
+                    ..close(LOCALHOST)
+                },
+                // A status line split over writes is not seen (documented limit),
+                // and must not turn into a wrong report either.
+                ServerSpec { mode: Mode::ByteAtATime, expect: None, ..close(LOCALHOST) },
+            ],
         },
         Scenario {
             name: "two_ports_and_other_port_ignored",
@@ -342,36 +361,46 @@ pub fn run(args: &Args) -> Result<i32> {
         states.push(state);
         servers.push(started);
     }
-    let ports: Vec<u16> = all
-        .iter()
-        .zip(&servers)
-        .zip(&states)
-        .filter(|(_, st)| matches!(st, State::Running))
-        .flat_map(|((sc, srv), _)| sc.servers.iter().zip(srv).filter(|(spec, _)| spec.traced).map(|(_, s)| s.port))
-        .collect();
-
-    let outcome = trace(args, &all, &servers, &mut states, &ports);
-    let reports = match outcome {
-        Ok(r) => r,
-        Err(e) => {
-            let why = format!("{e:#}");
-            eprintln!("ws-scenario: {why}");
-            // wstrace's own words for a kernel that lacks the hooks (no
-            // kprobes, ftrace locked): the set cannot run here, which is a
-            // SKIP. Anything else (a verifier rejection, a crash) is a FAIL.
-            let unavailable = why.contains("not available on this kernel");
-            for st in &mut states {
-                if matches!(st, State::Running) {
-                    *st = if unavailable {
-                        State::Skip(format!("probe set not available: {why}"))
-                    } else {
-                        State::Fail(why.clone())
-                    };
+    // wstrace traces at most 8 ports at once: one wstrace per batch of
+    // scenarios that fits (two batches for the current list).
+    let traced = |i: usize| all[i].servers.iter().filter(|s| s.traced).count();
+    let mut batches: Vec<Vec<usize>> = vec![Vec::new()];
+    for i in (0..all.len()).filter(|&i| matches!(states[i], State::Running)) {
+        let used: usize = batches.last().map(|b| b.iter().map(|&j| traced(j)).sum()).unwrap_or(0);
+        if used + traced(i) > MAX_PORTS {
+            batches.push(Vec::new());
+        }
+        if let Some(b) = batches.last_mut() {
+            b.push(i);
+        }
+    }
+    let mut reports = Vec::new();
+    for batch in batches.iter().filter(|b| !b.is_empty()) {
+        let ports: Vec<u16> = batch
+            .iter()
+            .flat_map(|&i| all[i].servers.iter().zip(&servers[i]).filter(|(spec, _)| spec.traced).map(|(_, s)| s.port))
+            .collect();
+        match trace(args, &all, &servers, &mut states, batch, &ports) {
+            Ok(r) => reports.extend(r),
+            Err(e) => {
+                let why = format!("{e:#}");
+                eprintln!("ws-scenario: {why}");
+                // wstrace's own words for a kernel that lacks the hooks (no
+                // kprobes, ftrace locked): the set cannot run here, which is a
+                // SKIP. Anything else (a verifier rejection, a crash) is a FAIL.
+                let unavailable = why.contains("not available on this kernel");
+                for &i in batch {
+                    if matches!(states[i], State::Running) {
+                        states[i] = if unavailable {
+                            State::Skip(format!("probe set not available: {why}"))
+                        } else {
+                            State::Fail(why.clone())
+                        };
+                    }
                 }
             }
-            Vec::new()
         }
-    };
+    }
     let mut failed = false;
     for ((sc, st), srv) in all.iter().zip(&states).zip(&servers) {
         let (verdict, detail) = match st {
@@ -392,6 +421,7 @@ fn trace(
     all: &[Scenario],
     servers: &[Vec<Server>],
     states: &mut [State],
+    batch: &[usize],
     ports: &[u16],
 ) -> Result<Vec<(u16, Value)>> {
     if ports.is_empty() {
@@ -399,7 +429,8 @@ fn trace(
     }
     let tracer = Tracer::start(args, ports)?;
     let mut expected = 0usize;
-    for ((sc, srv), st) in all.iter().zip(servers).zip(states.iter_mut()) {
+    for &i in batch {
+        let (sc, srv, st) = (&all[i], &servers[i], &mut states[i]);
         if !matches!(st, State::Running) {
             continue;
         }

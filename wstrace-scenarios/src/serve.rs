@@ -23,6 +23,12 @@ pub enum Mode {
     /// without `Connection: keep-alive`; otherwise keep the connection until
     /// the peer closes.
     Swoole,
+    /// `HTTP/1.1 1010 ...`: a status that starts like 101 but is not.
+    Status1010,
+    /// A 200 whose body, in its own write, is the text of a 101 response.
+    BodyWith101,
+    /// The 101 response written one byte per write(2), then close.
+    ByteAtATime,
 }
 
 pub const RESPONSE_101: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
@@ -66,6 +72,16 @@ fn serve_one(mut conn: TcpStream, mode: Mode) -> Result<()> {
             while conn.read(&mut buf)? > 0 {}
         }
         Mode::Http200 => conn.write_all(RESPONSE_200)?,
+        Mode::Status1010 => conn.write_all(b"HTTP/1.1 1010 Not A Thing\r\nContent-Length: 0\r\n\r\n")?,
+        Mode::BodyWith101 => {
+            conn.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", RESPONSE_101.len()).as_bytes())?;
+            conn.write_all(RESPONSE_101)?;
+        }
+        Mode::ByteAtATime => {
+            for b in RESPONSE_101 {
+                conn.write_all(std::slice::from_ref(b))?;
+            }
+        }
         Mode::Linger0 => {
             conn.write_all(RESPONSE_101)?;
             set_linger_zero(&conn)?;

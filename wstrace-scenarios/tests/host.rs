@@ -3,12 +3,13 @@
 //! Needs root: without it the test prints a loud SKIPPED banner and returns.
 use std::{path::PathBuf, process::Command};
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "server_close_after_101_names_the_server",
     "client_close_after_upgrade_reports_peer",
     "http_200_is_not_reported",
     "ipv6_loopback",
     "linger_zero_close_reports_rst",
+    "lookalike_101s_are_not_reported",
     "two_ports_and_other_port_ignored",
 ];
 

@@ -100,6 +100,17 @@ impl CloseReport {
     }
 }
 
+/// Did the request the server answered ask for an upgrade? True unless a
+/// complete head was captured and it has no `Upgrade` header: a head that
+/// was not seen (probe set without a read path, budget exceeded) must not
+/// cost a real upgrade its report.
+fn asked_for_upgrade(head: &[u8]) -> bool {
+    match crate::http::parse_request_head(head, &crate::http::Redactor::none()) {
+        Some(h) if h.complete => h.header("upgrade").is_some(),
+        _ => true,
+    }
+}
+
 /// How long to wait, after the peer closed, for a local process to close its
 /// end before reporting "still open" (a CLOSE_WAIT leak is itself a finding).
 pub const PEER_CLOSE_HOLD_NS: u64 = 2_000_000_000;
@@ -140,21 +151,33 @@ pub struct Matcher {
     sockets: HashMap<u64, Tracked>,
     /// Bytes read on traced-port sockets not (yet) upgraded: the request
     /// heads, keyed by socket, oldest dropped beyond `MAX_HEADS`.
-    heads: HashMap<u64, (u64, Vec<u8>)>,
+    /// The remote end is kept too: a freed socket's address is reused by
+    /// the next connection, whose head must not be glued to the old one.
+    heads: HashMap<u64, Head>,
     /// Events for sockets the matcher never saw upgrade (started mid-way,
     /// or an Upgrade event was lost).
     pub orphan_events: u64,
+    /// 101-looking writes on sockets whose complete request asked for no
+    /// upgrade (ignored).
+    pub not_upgrades: u64,
 }
 
 /// Upper bound on tracked sockets in userspace, matching the kernel map's
 /// default; beyond it the oldest are dropped and counted.
 pub const MAX_TRACKED: usize = 65536;
+#[derive(Debug)]
+struct Head {
+    first_ts: u64,
+    remote: std::net::SocketAddr,
+    bytes: Vec<u8>,
+}
+
 /// Request heads of not-yet-upgraded sockets kept at once.
 pub const MAX_HEADS: usize = 4096;
 
 impl Matcher {
     pub fn new(probe: ProbeSet) -> Self {
-        Self { probe, sockets: HashMap::new(), heads: HashMap::new(), orphan_events: 0 }
+        Self { probe, sockets: HashMap::new(), heads: HashMap::new(), orphan_events: 0, not_upgrades: 0 }
     }
 
     #[cfg(test)]
@@ -166,15 +189,25 @@ impl Matcher {
     pub fn on_event(&mut self, ev: Event) -> Vec<CloseReport> {
         let mut out = Vec::new();
         if let (EventKind::Data, Some(data)) = (ev.kind, &ev.data) {
-            self.on_data(ev.sk, ev.ts_ns, data);
+            self.on_data(ev.sk, ev.ts_ns, ev.remote, data);
             return out;
         }
         if ev.kind == EventKind::Upgrade {
+            let head = match self.heads.remove(&ev.sk) {
+                Some(h) if h.remote == ev.remote => h.bytes,
+                _ => Vec::new(),
+            };
+            if !asked_for_upgrade(&head) {
+                // "HTTP/1.1 101 ..." written on a socket whose request asked
+                // for no upgrade: a response body that happens to start
+                // like a 101, not a protocol switch.
+                self.not_upgrades += 1;
+                return out;
+            }
             if self.sockets.len() >= MAX_TRACKED {
                 self.evict_oldest();
             }
             let last_bytes = (ev.bytes_received, ev.bytes_acked);
-            let sk_of_upgrade = ev.sk;
             self.sockets.insert(
                 ev.sk,
                 Tracked {
@@ -190,7 +223,7 @@ impl Matcher {
                     peer_fin_seen: false,
                     bytes_at_destroy: false,
                     reported: false,
-                    request_head: self.heads.remove(&sk_of_upgrade).map(|h| h.1).unwrap_or_default(),
+                    request_head: head,
                     close_frames: Vec::new(),
                     jiffies_at_close: None,
                 },
@@ -310,7 +343,7 @@ impl Matcher {
         out
     }
 
-    fn on_data(&mut self, sk: u64, ts_ns: u64, data: &Data) {
+    fn on_data(&mut self, sk: u64, ts_ns: u64, remote: std::net::SocketAddr, data: &Data) {
         if let Some(t) = self.sockets.get_mut(&sk) {
             // After the upgrade the kernel only sends close frames.
             if !t.reported && t.close_frames.len() < 4 {
@@ -321,14 +354,17 @@ impl Matcher {
         if data.direction != Direction::Received {
             return;
         }
+        if self.heads.get(&sk).is_some_and(|h| h.remote != remote) {
+            self.heads.remove(&sk);
+        }
         if !self.heads.contains_key(&sk) && self.heads.len() >= MAX_HEADS {
-            if let Some((&old, _)) = self.heads.iter().min_by_key(|(_, h)| h.0) {
+            if let Some((&old, _)) = self.heads.iter().min_by_key(|(_, h)| h.first_ts) {
                 self.heads.remove(&old);
             }
         }
-        let head = self.heads.entry(sk).or_insert_with(|| (ts_ns, Vec::new()));
-        let room = (wstrace_common::HEAD_BUDGET as usize).saturating_sub(head.1.len());
-        head.1.extend_from_slice(&data.bytes[..data.bytes.len().min(room)]);
+        let head = self.heads.entry(sk).or_insert_with(|| Head { first_ts: ts_ns, remote, bytes: Vec::new() });
+        let room = (wstrace_common::HEAD_BUDGET as usize).saturating_sub(head.bytes.len());
+        head.bytes.extend_from_slice(&data.bytes[..data.bytes.len().min(room)]);
     }
 
     fn evict_oldest(&mut self) {
@@ -676,6 +712,40 @@ mod tests {
         let r = one(m.on_event(close(ESTABLISHED, FIN_WAIT1, 100, 4)));
         assert_eq!(r.request_head, b"GET /ws HTTP/1.0\r\nUpgrade: websocket\r\n\r\n");
         assert_eq!(r.close_frames, vec![(Direction::Sent, vec![0x88, 0x02, 0x03, 0xf3])]);
+    }
+
+    #[test]
+    fn a_101_for_a_request_that_asked_for_no_upgrade_is_ignored() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        m.on_event(data(Direction::Received, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0));
+        assert!(m.on_event(upgrade(1)).is_empty());
+        assert!(m.on_event(close(ESTABLISHED, FIN_WAIT1, 100, 2)).is_empty());
+        assert!(m.flush(10).is_empty());
+        assert_eq!(m.not_upgrades, 1);
+    }
+
+    #[test]
+    fn an_unseen_or_cut_head_does_not_cost_a_real_upgrade() {
+        let mut m = Matcher::new(ProbeSet::Fentry);
+        m.on_event(upgrade(0));
+        one(m.on_event(close(ESTABLISHED, FIN_WAIT1, 100, 1)));
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        m.on_event(data(Direction::Received, b"GET /ws HTTP/1.1\r\nHost: x\r\nX-Long: aaaa", 0));
+        m.on_event(upgrade(1));
+        one(m.on_event(close(ESTABLISHED, FIN_WAIT1, 100, 2)));
+    }
+
+    #[test]
+    fn a_reused_socket_address_does_not_inherit_the_old_head() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        // An upgrade request on a connection that never upgraded...
+        m.on_event(data(Direction::Received, b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", 0));
+        // ...then the same struct sock, a new connection, a plain request and
+        // a body that looks like a 101.
+        let other = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50001);
+        m.on_event(Event { remote: other, ..data(Direction::Received, b"GET / HTTP/1.1\r\n\r\n", 1) });
+        assert!(m.on_event(Event { remote: other, ..upgrade(2) }).is_empty());
+        assert_eq!(m.not_upgrades, 1);
     }
 
     #[test]
