@@ -70,3 +70,17 @@ fn host_scenarios_tracepoint() {
 fn host_scenarios_auto() {
     check("auto");
 }
+
+#[test]
+fn host_check_reports_a_usable_probe_set() {
+    if !is_root() {
+        eprintln!("\n!!! SKIPPED: wstrace --check needs root to try the probe sets !!!\n");
+        return;
+    }
+    let out = Command::new(wstrace()).arg("--check").output().expect("wstrace --check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for want in ["privileges", "kernel BTF", "tracefs", "probe set fentry", "probe set kprobe", "probe set tracepoint", "--probe auto uses"] {
+        assert!(stdout.contains(want), "missing {want:?}:\n{stdout}");
+    }
+}

@@ -54,12 +54,17 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct TraceArgs {
     /// Local TCP port the server listens on (repeatable, up to 8).
-    #[arg(short, long = "port", value_name = "PORT", required = true,
+    #[arg(short, long = "port", value_name = "PORT", required_unless_present = "check",
           value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
 
     #[command(flatten)]
     pub common: CommonArgs,
+
+    /// Report what this host supports (privileges, BTF, tracefs, each probe
+    /// set) without tracing; exit 1 if no probe set can work.
+    #[arg(long)]
+    pub check: bool,
 
     /// Exit after this many close reports.
     #[arg(long, value_name = "N")]
@@ -183,6 +188,12 @@ mod tests {
         assert!(parse_size("10X").is_err());
         assert!(parse_size("M").is_err());
         assert!(parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn check_needs_no_port() {
+        let c = Cli::try_parse_from(["wstrace", "--check"]).expect("parses");
+        assert!(c.trace.check && c.trace.ports.is_empty());
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod cli;
 mod demo;
 mod diagnose;
 mod events;
+mod hostcheck;
 mod http;
 mod hz;
 mod matcher;
@@ -46,6 +47,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run_trace(args: &cli::TraceArgs) -> anyhow::Result<()> {
+    if args.check {
+        return hostcheck::run(&args.common);
+    }
     let duration = match args.duration {
         Some(d) if !(d.is_finite() && d > 0.0) => {
             anyhow::bail!("--duration must be a positive number of seconds (got {d})")
