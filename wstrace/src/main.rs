@@ -17,6 +17,7 @@ mod matcher;
 mod output;
 mod peer;
 mod privileges;
+mod procinfo;
 mod report;
 mod probes;
 mod symbolize;

@@ -17,7 +17,7 @@ use crate::{
     btf,
     cli::{ColorChoice, CommonArgs},
     diagnose::{self, Facts},
-    events, http, hz,
+    events, http, hz, procinfo,
     matcher::{CloseReport, Matcher},
     output, peer, privileges, probes,
     symbolize::Symbolizer,
@@ -62,29 +62,6 @@ impl Clock {
     }
     fn wall(&self, ts_ns: u64) -> SystemTime {
         self.wall_at_zero + Duration::from_nanos(ts_ns)
-    }
-}
-
-/// Facts about processes that must be read while they are alive.
-#[derive(Default)]
-struct Processes {
-    exe: HashMap<u32, Option<String>>,
-}
-
-impl Processes {
-    const MAX: usize = 4096;
-
-    fn note(&mut self, pid: u32) {
-        if self.exe.len() >= Self::MAX {
-            self.exe.clear();
-        }
-        self.exe.entry(pid).or_insert_with(|| {
-            std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string())
-        });
-    }
-
-    fn exe(&self, pid: u32) -> Option<String> {
-        self.exe.get(&pid).cloned().flatten()
     }
 }
 
@@ -151,7 +128,8 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
         color,
         clock: Clock::new(),
         symbolizer: Symbolizer::new(),
-        procs: Processes::default(),
+        procs: procinfo::Processes::default(),
+        host: procinfo::hostname(),
         printed: 0,
         redactor,
         // Idle times are kept in jiffies by the kernel; without the tick
@@ -241,7 +219,8 @@ struct Sink {
     color: bool,
     clock: Clock,
     symbolizer: Symbolizer,
-    procs: Processes,
+    procs: procinfo::Processes,
+    host: String,
     printed: u64,
     redactor: http::Redactor,
     hz: Option<u32>,
@@ -261,7 +240,7 @@ impl Sink {
     fn observe(&mut self, ev: &events::Event) {
         match ev.kind {
             EventKind::Upgrade => {
-                self.procs.note(ev.pid);
+                self.procs.note(ev.pid, &self.redactor);
                 self.symbolizer.remember_process(ev.pid);
                 if peer::is_local(ev.remote.ip()) {
                     if self.peers.len() >= MAX_PEERS {
@@ -273,13 +252,13 @@ impl Sink {
                     }
                 }
             }
-            EventKind::Close => self.procs.note(ev.pid),
+            EventKind::Close => self.procs.note(ev.pid, &self.redactor),
             _ => {}
         }
     }
 
     fn print(&mut self, r: &CloseReport) -> Result<()> {
-        let (kernel_stack, user_stack, exe) = match &r.closer {
+        let (kernel_stack, user_stack, process) = match &r.closer {
             Some(c) => {
                 let k = match &c.stacks.kernel {
                     Ok(a) => self.symbolizer.kernel_stack(a),
@@ -290,9 +269,9 @@ impl Sink {
                     (Ok(a), false) => self.symbolizer.user_stack(c.pid, a),
                     (Err(e), false) => vec![format!("[user stack unavailable: errno {e}]")],
                 };
-                (k, u, self.procs.exe(c.pid))
+                (k, u, self.procs.get(c.pid))
             }
-            None => (Vec::new(), Vec::new(), None),
+            None => (Vec::new(), Vec::new(), procinfo::ProcInfo::default()),
         };
         let request = http::parse_request_head(&r.request_head, &self.redactor);
         let frames: Vec<_> = r
@@ -319,7 +298,9 @@ impl Sink {
         let view = output::View {
             report: r,
             ts: self.clock.wall(r.close_ts_ns),
-            exe,
+            exe: process.exe.clone(),
+            process,
+            host: &self.host,
             kernel_stack,
             user_stack,
             request,

@@ -12,6 +12,7 @@ use crate::{
     http::RequestHead,
     matcher::CloseReport,
     peer::PeerProcess,
+    procinfo::ProcInfo,
     wsframe::CloseFrame,
 };
 
@@ -22,6 +23,10 @@ pub struct View<'a> {
     pub report: &'a CloseReport,
     pub ts: SystemTime,
     pub exe: Option<String>,
+    /// The closing process: command line (redacted), cgroup, container.
+    pub process: ProcInfo,
+    /// This host's name (fleet logs).
+    pub host: &'a str,
     pub kernel_stack: Vec<String>,
     pub user_stack: Vec<String>,
     /// Already redacted.

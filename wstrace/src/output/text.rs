@@ -72,6 +72,13 @@ pub fn render(v: &View<'_>, color: bool) -> String {
         "  upgraded: by pid {} ({}); after the 101: sent {} B, received {} B",
         r.upgrader.pid, r.upgrader.comm, r.bytes_sent_after_upgrade, r.bytes_received_after_upgrade
     );
+    if let Some(cmd) = &v.process.cmdline {
+        let container = match &v.process.container_id {
+            Some(id) => format!(" [container {}]", &id[..12.min(id.len())]),
+            None => String::new(),
+        };
+        let _ = writeln!(out, "  command:  {cmd}{container}");
+    }
     if let Some(peer) = &v.peer {
         let _ = writeln!(out, "  peer:     pid {} ({}) at {}", peer.pid, peer.comm, r.remote);
     }

@@ -1,0 +1,182 @@
+//! Facts about a process for fleet logs, read from /proc while it lives:
+//! executable, command line (with secret-looking arguments redacted), cgroup
+//! path and container id.
+use std::collections::HashMap;
+
+use crate::http::{REDACTED, Redactor};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub exe: Option<String>,
+    pub cmdline: Option<String>,
+    pub cgroup: Option<String>,
+    pub container_id: Option<String>,
+}
+
+/// Per-pid cache: a process that exits right after its close is still
+/// described (it was read at the 101 or at the close event).
+#[derive(Default)]
+pub struct Processes {
+    info: HashMap<u32, ProcInfo>,
+}
+
+impl Processes {
+    const MAX: usize = 4096;
+
+    pub fn note(&mut self, pid: u32, redactor: &Redactor) {
+        if self.info.len() >= Self::MAX {
+            self.info.clear();
+        }
+        self.info.entry(pid).or_insert_with(|| read(pid, redactor));
+    }
+
+    pub fn get(&self, pid: u32) -> ProcInfo {
+        self.info.get(&pid).cloned().unwrap_or_default()
+    }
+}
+
+fn read(pid: u32, redactor: &Redactor) -> ProcInfo {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string());
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .filter(|b| !b.is_empty())
+        .map(|b| redact_cmdline(&split_cmdline(&b), redactor));
+    let cgroup_text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let cgroup = cgroup_path(&cgroup_text);
+    let container_id = cgroup.as_deref().and_then(container_id);
+    ProcInfo { exe, cmdline, cgroup, container_id }
+}
+
+/// NUL-separated arguments.
+pub fn split_cmdline(raw: &[u8]) -> Vec<String> {
+    raw.split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Joins arguments with spaces, hiding the values of options whose names
+/// the redactor calls sensitive (`--password=x`, `--api-token x`, `-p` is
+/// left alone: too ambiguous) and URL credentials (`redis://user:pw@host`).
+pub fn redact_cmdline(args: &[String], redactor: &Redactor) -> String {
+    let mut out: Vec<String> = Vec::with_capacity(args.len());
+    let mut hide_next = false;
+    for arg in args {
+        if hide_next {
+            out.push(REDACTED.into());
+            hide_next = false;
+            continue;
+        }
+        let name = arg.trim_start_matches('-');
+        if arg.starts_with("--") || (arg.starts_with('-') && name.len() > 1) {
+            match name.split_once('=') {
+                Some((key, _)) if redactor.is_sensitive(key) || sensitive_word(key) => {
+                    out.push(format!("{}={REDACTED}", &arg[..arg.len() - name.len() + key.len()]));
+                    continue;
+                }
+                None if redactor.is_sensitive(name) || sensitive_word(name) => {
+                    out.push(arg.clone());
+                    hide_next = true;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        out.push(redact_url_credentials(arg));
+    }
+    out.join(" ")
+}
+
+/// Option names that hold secrets on command lines (beyond header names).
+fn sensitive_word(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["password", "passwd", "secret", "token", "key", "credential", "auth"].iter().any(|w| n.contains(w))
+}
+
+/// `scheme://user:password@host` -> `scheme://user:[redacted]@host`.
+fn redact_url_credentials(arg: &str) -> String {
+    let Some(scheme_end) = arg.find("://") else { return arg.to_string() };
+    let rest = &arg[scheme_end + 3..];
+    let Some(at) = rest.find('@') else { return arg.to_string() };
+    let userinfo = &rest[..at];
+    match userinfo.split_once(':') {
+        Some((user, _)) if !userinfo.contains('/') => {
+            format!("{}{user}:{REDACTED}{}", &arg[..scheme_end + 3], &rest[at..])
+        }
+        _ => arg.to_string(),
+    }
+}
+
+/// The process's cgroup: the unified (v2) line `0::/path`, else the first
+/// v1 line's path.
+pub fn cgroup_path(text: &str) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let v2 = lines.iter().find_map(|l| l.strip_prefix("0::"));
+    let any = lines.iter().find_map(|l| l.splitn(3, ':').nth(2));
+    v2.or(any).map(str::trim).filter(|p| !p.is_empty()).map(str::to_string)
+}
+
+/// A 64-hex-digit container id in a cgroup path (Docker, containerd/CRI,
+/// CRI-O, Podman and Kubernetes' kubepods layouts all embed one).
+pub fn container_id(path: &str) -> Option<String> {
+    path.split(['/', '-', '.', ':'])
+        .find(|part| part.len() == 64 && part.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
+}
+
+/// This host's name, for events shipped off the host.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &[&str]) -> Vec<String> {
+        s.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn cmdline_secrets_are_hidden() {
+        let r = Redactor::default();
+        let line = redact_cmdline(
+            &args(&["php", "server.php", "--db-password=hunter2", "--api-token", "abc", "--port", "1215", "redis://app:pw1@cache:6379", "-v"]),
+            &r,
+        );
+        assert_eq!(line, "php server.php --db-password=[redacted] --api-token [redacted] --port 1215 redis://app:[redacted]@cache:6379 -v");
+        let r = Redactor::new(&["tenant".into()]).expect("valid");
+        assert_eq!(redact_cmdline(&args(&["x", "--tenant=acme"]), &r), "x --tenant=[redacted]");
+        assert_eq!(redact_cmdline(&args(&["nginx: worker process"]), &Redactor::default()), "nginx: worker process");
+    }
+
+    #[test]
+    fn cmdline_split() {
+        assert_eq!(split_cmdline(b"a\0b c\0\0"), ["a", "b c"]);
+        assert!(split_cmdline(b"").is_empty());
+    }
+
+    #[test]
+    fn urls_without_passwords_are_unchanged() {
+        assert_eq!(redact_url_credentials("http://host/path@x"), "http://host/path@x");
+        assert_eq!(redact_url_credentials("ws://user@host"), "ws://user@host");
+        assert_eq!(redact_url_credentials("plain"), "plain");
+    }
+
+    #[test]
+    fn cgroups_and_container_ids() {
+        let id = "3f1b0c6a9e2d4b5f8a7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a";
+        let docker = format!("0::/system.slice/docker-{id}.scope\n");
+        assert_eq!(cgroup_path(&docker).as_deref(), Some(format!("/system.slice/docker-{id}.scope").as_str()));
+        assert_eq!(container_id(&cgroup_path(&docker).expect("path")).as_deref(), Some(id));
+        let k8s = format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-{id}.scope");
+        assert_eq!(container_id(&k8s).as_deref(), Some(id));
+        let v1 = format!("12:pids:/docker/{id}\n11:memory:/docker/{id}\n");
+        assert_eq!(cgroup_path(&v1).as_deref(), Some(format!("/docker/{id}").as_str()));
+        assert_eq!(container_id("/user.slice/user-0.slice/session-1.scope"), None);
+        assert_eq!(cgroup_path(""), None);
+        assert_eq!(cgroup_path("0::/\n").as_deref(), Some("/"));
+    }
+}
