@@ -84,6 +84,11 @@ pub struct TraceArgs {
     #[arg(long, value_name = "SIZE", default_value = "100M", value_parser = parse_size)]
     pub rotate_size: u64,
 
+    /// Serve Prometheus metrics on http://ADDR/metrics. A bare PORT binds
+    /// loopback (127.0.0.1); give 0.0.0.0:PORT to expose it.
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// Rotated files to keep (FILE.1 newest ... FILE.N oldest).
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub rotate_keep: u32,

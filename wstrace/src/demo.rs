@@ -38,6 +38,7 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
         count: Some(2),
         duration: Some(Duration::from_secs(20)),
         log: None,
+        metrics: None,
     };
     let printed = tracer::run(opts, |port| {
         let _ = thread::Builder::new().name("ws-demo-client".into()).spawn(move || {

@@ -14,6 +14,7 @@ mod hostcheck;
 mod http;
 mod hz;
 mod matcher;
+mod metrics;
 mod output;
 mod peer;
 mod privileges;
@@ -68,6 +69,7 @@ async fn run_trace(args: &cli::TraceArgs) -> anyhow::Result<()> {
             rotate_size: args.rotate_size,
             rotate_keep: args.rotate_keep,
         }),
+        metrics: args.metrics,
     };
     tracer::run(opts, |_| {}).await.map(|_| ())
 }

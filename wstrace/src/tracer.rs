@@ -17,7 +17,7 @@ use crate::{
     btf,
     cli::{ColorChoice, CommonArgs},
     diagnose::{self, Facts},
-    events, http, hz, procinfo,
+    events, http, hz, metrics, procinfo,
     matcher::{CloseReport, Matcher},
     output, peer, privileges, probes,
     symbolize::Symbolizer,
@@ -33,6 +33,7 @@ pub struct Options<'a> {
     pub count: Option<u64>,
     pub duration: Option<Duration>,
     pub log: Option<LogSpec<'a>>,
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// `--output` and its rotation.
@@ -86,6 +87,15 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
         }
     });
     privileges::check()?;
+    let metrics = match opts.metrics {
+        Some(addr) => {
+            let m = metrics::Metrics::new();
+            let bound = metrics::serve(addr, m.clone()).await?;
+            eprintln!("wstrace: metrics on http://{bound}/metrics");
+            Some(m)
+        }
+        None => None,
+    };
     if let Some(warning) = privileges::raise_memlock() {
         eprintln!("wstrace: warning: {warning}");
     }
@@ -109,6 +119,9 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
         ports.join(","),
         attached.set.name()
     );
+    if let Some(m) = &metrics {
+        m.probe_set.get_or_create(&metrics::ProbeLabels { probe: attached.set.name().into() }).set(1);
+    }
     on_ready(opts.ports[0]);
 
     let ring = attached.ebpf.take_map("EVENTS").context("EVENTS map missing from the object")?;
@@ -137,6 +150,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
         hz: hz::detect(),
         peers: HashMap::new(),
         log,
+        metrics,
     };
     let mut matcher = Matcher::new(attached.set);
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -183,6 +197,9 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
                         "wstrace: warning: {} events lost (ring buffer full); reports may be missing",
                         lost - lost_reported
                     );
+                    if let Some(m) = &sink.metrics {
+                        m.lost_events.inc_by(lost - lost_reported);
+                    }
                     lost_reported = lost;
                 }
             }
@@ -229,6 +246,7 @@ struct Sink {
     peers: HashMap<u64, peer::PeerProcess>,
     /// `--output`; dropped (with one error message) when it fails.
     log: Option<output::logfile::LogFile>,
+    metrics: Option<metrics::Metrics>,
 }
 
 /// Peers remembered at once (a bound, not a working-set estimate).
@@ -241,6 +259,9 @@ impl Sink {
         match ev.kind {
             EventKind::Upgrade => {
                 self.procs.note(ev.pid, &self.redactor);
+                if let Some(m) = &self.metrics {
+                    m.upgrades.inc();
+                }
                 self.symbolizer.remember_process(ev.pid);
                 if peer::is_local(ev.remote.ip()) {
                     if self.peers.len() >= MAX_PEERS {
@@ -309,6 +330,16 @@ impl Sink {
             peer,
             diagnosis: diagnose::diagnose(&facts),
         };
+        if let Some(m) = &self.metrics {
+            m.closes
+                .get_or_create(&metrics::CloseLabels {
+                    closed_by: r.closed_by.as_str().into(),
+                    how: r.how.as_str().into(),
+                    diagnosis: view.diagnosis.code.into(),
+                })
+                .inc();
+            m.lifetime.observe(r.ms_after_upgrade() / 1000.0);
+        }
         if let Some(log) = &mut self.log {
             if let Err(e) = log.append(&output::json::render(&view)) {
                 eprintln!("wstrace: error: {e:#}; reporting on stdout only from now on");

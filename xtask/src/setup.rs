@@ -14,6 +14,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "userland of the kernel-matrix VMs"),
     ("nginx-light", "the real proxy of the diagnosis tests"),
     ("python3-venv", "a venv for the Python WebSocket server of the diagnosis tests"),
+    ("prometheus", "promtool, which validates the --metrics exposition in the tests"),
 ];
 
 /// PyPI packages for the diagnosis tests, installed into [`venv_dir`].

@@ -1,6 +1,7 @@
-//! `--output`: a burst of real upgraded connections written through size
-//! rotation loses nothing, and SIGTERM in the middle of a burst leaves only
-//! whole lines on disk. Needs root (loud SKIPPED banner otherwise).
+//! wstrace as a fleet agent, against real connections: `--output` loses
+//! nothing through size rotation under a burst and leaves only whole lines
+//! after SIGTERM mid-burst; `--metrics` scrapes pass Prometheus's own
+//! `promtool check metrics`. Needs root (loud SKIPPED banner otherwise).
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpStream,
@@ -51,10 +52,13 @@ fn server() -> (Kill, u16) {
 }
 
 fn wstrace(port: u16, log: &Path) -> Kill {
+    wstrace_with(port, &["--output", &log.display().to_string(), "--rotate-size", "16K", "--rotate-keep", "1000"])
+}
+
+fn wstrace_with(port: u16, extra: &[&str]) -> Kill {
     let mut c = Command::new(wstrace_bin())
-        .args(["--port", &port.to_string(), "--format", "json", "--output"])
-        .arg(log)
-        .args(["--rotate-size", "16K", "--rotate-keep", "1000"])
+        .args(["--port", &port.to_string(), "--format", "json"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -161,4 +165,59 @@ fn sigterm_during_a_burst_leaves_whole_lines() {
     assert!(status.success(), "wstrace exit {status}");
     let lines = all_lines(&log);
     assert!(!lines.is_empty(), "some reports were written before SIGTERM");
+}
+
+fn scrape(addr: &str) -> String {
+    let mut c = TcpStream::connect(addr).expect("connect to --metrics");
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).expect("read");
+    let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+#[test]
+fn metrics_scrape_passes_promtool() {
+    if !root_or_skip("metrics_scrape_passes_promtool") {
+        return;
+    }
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .expect("promtool missing: run `cargo xtask setup` (installs Debian's prometheus package)");
+    let (_srv, port) = server();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let addr = listener.local_addr().expect("addr").to_string();
+    drop(listener);
+    let _w = wstrace_with(port, &["--metrics", &addr]);
+    for _ in 0..3 {
+        upgrade_once(port);
+    }
+    let start = Instant::now();
+    let mut body = scrape(&addr);
+    while !body.contains("wstrace_closes_total{") && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        body = scrape(&addr);
+    }
+    assert!(body.contains("wstrace_upgrades_total 3"), "{body}");
+    assert!(body.contains("wstrace_closes_total{closed_by=\"local\",how=\"fin\",diagnosis=\"unknown\"} 3"), "{body}");
+    assert!(body.contains("wstrace_connection_lifetime_seconds_count 3"), "{body}");
+    assert!(body.contains("wstrace_lost_events_total 0"), "{body}");
+    assert!(body.contains("wstrace_probe_set{probe="), "{body}");
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    check.stdin.take().expect("stdin").write_all(body.as_bytes()).expect("feed promtool");
+    let out = check.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
