@@ -8,6 +8,7 @@
 //! - `test`: everything CI runs (setup, build, tests, kernel matrix).
 
 mod cpio;
+mod deb;
 mod initramfs;
 mod kernels;
 mod llvm;
@@ -40,6 +41,8 @@ enum Command {
     Setup,
     /// Set up, build and run wstrace (under sudo when not root) [default: `wstrace demo`].
     Run(run::RunArgs),
+    /// Build the agent's .deb (cargo-deb) and check its contents.
+    Deb,
     /// Run the kernel matrix: scenarios on Debian kernels 5.10, 6.1 and 6.12 in QEMU.
     Vm(vm::VmArgs),
     /// The full test run (what CI runs): setup, build, unit and host tests, kernel matrix.
@@ -51,6 +54,7 @@ fn main() {
     let result = match cli.command {
         Command::Setup => setup::run(),
         Command::Run(args) => run::run(&args),
+        Command::Deb => deb::run().map(|_| ()),
         Command::Vm(args) => vm::run(&args),
         Command::Test(args) => test::run(&args),
     };

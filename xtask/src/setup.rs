@@ -28,6 +28,7 @@ pub fn run() -> Result<()> {
     step("bpf-linker", ensure_bpf_linker)?;
     step("Debian packages", ensure_apt_packages)?;
     step("Python test venv", ensure_venv)?;
+    step("cargo-deb", ensure_cargo_deb)?;
     println!("setup: done in {}", process::secs(start.elapsed()));
     Ok(())
 }
@@ -145,6 +146,19 @@ fn ensure_apt_packages() -> Result<String> {
         apt_install(&missing).with_context(|| format!("`{install_line}` failed"))?;
     }
     Ok(format!("installed {}", missing.join(", ")))
+}
+
+/// cargo-deb builds the agent's .deb (`cargo xtask deb`, part of the tests).
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+fn ensure_cargo_deb() -> Result<String> {
+    if let Ok(v) = process::output(Command::new("cargo").args(["deb", "--version"])) {
+        return Ok(format!("present ({})", v.trim()));
+    }
+    println!("setup: cargo-deb: missing, installing {CARGO_DEB_VERSION} (about a minute)");
+    process::run(Command::new("cargo").args(["install", "--locked", "cargo-deb", "--version", CARGO_DEB_VERSION]))
+        .context("installing cargo-deb from crates.io")?;
+    Ok(format!("installed {CARGO_DEB_VERSION}"))
 }
 
 /// Where the diagnosis tests find their Python (with `websockets`).

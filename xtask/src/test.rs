@@ -33,6 +33,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
         ("build", Box::new(|| cargo(&["build", "--release"]))),
         // Unit tests and the host integration tests (they need root: CI runs as root).
         ("cargo test", Box::new(|| cargo(&["test", "--release"]))),
+        ("package", Box::new(|| crate::deb::run().map(|_| ()))),
         (
             "kernel matrix",
             Box::new(|| {
