@@ -20,6 +20,7 @@ mod peer;
 mod privileges;
 mod procinfo;
 mod report;
+mod report_html;
 mod probes;
 mod symbolize;
 mod tracefs;

@@ -34,6 +34,10 @@ pub struct ReportArgs {
     /// Most common closing stacks to show.
     #[arg(long, default_value_t = 5)]
     pub top: usize,
+    /// Also write one self-contained HTML page: flame graph of the close
+    /// stacks, lifetime histogram, this summary.
+    #[arg(long, value_name = "OUT")]
+    pub html: Option<PathBuf>,
 }
 
 fn parse_time(s: &str) -> Result<SystemTime, String> {
@@ -143,6 +147,11 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         s.add_text(&path.display().to_string(), &text, &f);
     }
     print!("{}", render(&s, args.top));
+    if let Some(out) = &args.html {
+        let page = crate::report_html::page(&s, args.top)?;
+        std::fs::write(out, page).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("wstrace report: wrote {}", out.display());
+    }
     Ok(())
 }
 

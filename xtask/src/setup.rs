@@ -15,6 +15,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("nginx-light", "the real proxy of the diagnosis tests"),
     ("python3-venv", "a venv for the Python WebSocket server of the diagnosis tests"),
     ("prometheus", "promtool, which validates the --metrics exposition in the tests"),
+    ("chromium", "renders `wstrace report --html` in the tests"),
 ];
 
 /// PyPI packages for the diagnosis tests, installed into [`venv_dir`].
