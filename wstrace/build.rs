@@ -3,7 +3,6 @@
 //! programs embedded. `cargo xtask setup` installs what this needs.
 use anyhow::{Context as _, anyhow};
 
-
 fn main() -> anyhow::Result<()> {
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
         .no_deps()
@@ -24,7 +23,11 @@ fn main() -> anyhow::Result<()> {
         );
     }
     aya_build::build_ebpf(
-        [aya_build::Package { name: "wstrace-ebpf", root_dir: &root_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: "wstrace-ebpf",
+            root_dir: &root_dir,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )?;
     // AYA_BUILD_SKIP=1 (clippy-only runs) builds no object: embed an empty
@@ -38,5 +41,7 @@ fn main() -> anyhow::Result<()> {
 
 fn which_bpf_linker() -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join("bpf-linker")).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join("bpf-linker"))
+        .find(|p| p.is_file())
 }

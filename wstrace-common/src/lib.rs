@@ -292,8 +292,12 @@ mod tests {
 
     #[test]
     fn recognises_101_status_lines() {
-        assert!(is_upgrade_response(&head(b"HTTP/1.1 101 Switching Protocols\r\n")));
-        assert!(is_upgrade_response(&head(b"HTTP/1.0 101 Switching Protocols\r\n")));
+        assert!(is_upgrade_response(&head(
+            b"HTTP/1.1 101 Switching Protocols\r\n"
+        )));
+        assert!(is_upgrade_response(&head(
+            b"HTTP/1.0 101 Switching Protocols\r\n"
+        )));
     }
 
     #[test]

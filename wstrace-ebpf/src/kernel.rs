@@ -17,17 +17,44 @@ macro_rules! globals {
 
 // Names must match wstrace_common::globals.
 globals!(
-    OFF_SKC_FAMILY, OFF_SKC_STATE, OFF_SKC_NUM, OFF_SKC_DPORT, OFF_SKC_RCV_SADDR,
-    OFF_SKC_DADDR, OFF_SKC_V6_RCV_SADDR, OFF_SKC_V6_DADDR, OFF_SK_PROTOCOL,
-    OFF_TCP_BYTES_RECEIVED, OFF_TCP_BYTES_ACKED, OFF_TCP_LSNDTIME, OFF_ICSK_LRCVTIME,
+    OFF_SKC_FAMILY,
+    OFF_SKC_STATE,
+    OFF_SKC_NUM,
+    OFF_SKC_DPORT,
+    OFF_SKC_RCV_SADDR,
+    OFF_SKC_DADDR,
+    OFF_SKC_V6_RCV_SADDR,
+    OFF_SKC_V6_DADDR,
+    OFF_SK_PROTOCOL,
+    OFF_TCP_BYTES_RECEIVED,
+    OFF_TCP_BYTES_ACKED,
+    OFF_TCP_LSNDTIME,
+    OFF_ICSK_LRCVTIME,
     OFF_INET_SPORT,
     TCP_RECVMSG_NARGS,
-    OFF_TASK_FILES, OFF_TASK_FLAGS, OFF_FILES_FDT, OFF_FDT_MAX_FDS, OFF_FDT_FD,
-    OFF_FILE_PRIVATE_DATA, OFF_SOCKET_SK, OFF_SOCKET_FILE,
-    OFF_MSGHDR_ITER, OFF_ITER_TYPE, ITER_TYPE_MASK, ITER_UBUF_VALUE, ITER_IOVEC_VALUE,
-    OFF_ITER_UBUF, OFF_ITER_IOV,
-    TP_STATE_SKADDR, TP_STATE_OLDSTATE, TP_STATE_NEWSTATE, TP_STATE_SPORT, TP_STATE_PROTOCOL,
-    TP_SEND_RESET_SKADDR, TP_RECV_RESET_SKADDR, TP_DESTROY_SKADDR,
+    OFF_TASK_FILES,
+    OFF_TASK_FLAGS,
+    OFF_FILES_FDT,
+    OFF_FDT_MAX_FDS,
+    OFF_FDT_FD,
+    OFF_FILE_PRIVATE_DATA,
+    OFF_SOCKET_SK,
+    OFF_SOCKET_FILE,
+    OFF_MSGHDR_ITER,
+    OFF_ITER_TYPE,
+    ITER_TYPE_MASK,
+    ITER_UBUF_VALUE,
+    ITER_IOVEC_VALUE,
+    OFF_ITER_UBUF,
+    OFF_ITER_IOV,
+    TP_STATE_SKADDR,
+    TP_STATE_OLDSTATE,
+    TP_STATE_NEWSTATE,
+    TP_STATE_SPORT,
+    TP_STATE_PROTOCOL,
+    TP_SEND_RESET_SKADDR,
+    TP_RECV_RESET_SKADDR,
+    TP_DESTROY_SKADDR,
 );
 
 // Ports default to 0 (= unused slot), not ABSENT.
@@ -48,7 +75,10 @@ pub static PORT6: u64 = 0;
 #[unsafe(no_mangle)]
 pub static PORT7: u64 = 0;
 
-const _: () = assert!(MAX_PORTS == 8, "PORTn globals and port_traced() list 8 slots");
+const _: () = assert!(
+    MAX_PORTS == 8,
+    "PORTn globals and port_traced() list 8 slots"
+);
 
 #[inline(always)]
 pub fn g(v: &'static u64) -> u64 {
@@ -108,7 +138,9 @@ pub fn sk_is_tcp(sk: u64) -> bool {
     if g(&OFF_SK_PROTOCOL) == ABSENT {
         return true;
     }
-    read::<u16>(sk, &OFF_SK_PROTOCOL).map(|p| p == 6).unwrap_or(false)
+    read::<u16>(sk, &OFF_SK_PROTOCOL)
+        .map(|p| p == 6)
+        .unwrap_or(false)
 }
 
 /// Writes the socket's addresses into `*t` (ring-buffer memory, so every
@@ -154,7 +186,9 @@ const PF_EXITING: u32 = 0x4;
 #[inline(always)]
 pub fn current_task_exiting() -> bool {
     let task = unsafe { bpf_get_current_task() };
-    read::<u32>(task, &OFF_TASK_FLAGS).map(|f| f & PF_EXITING != 0).unwrap_or(false)
+    read::<u32>(task, &OFF_TASK_FLAGS)
+        .map(|f| f & PF_EXITING != 0)
+        .unwrap_or(false)
 }
 
 /// The `struct sock *` behind file descriptor `fd` of the current task:

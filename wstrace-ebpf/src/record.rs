@@ -38,7 +38,14 @@ fn count_lost() {
 /// verifier rejected the programs on 5.10-6.12. Ring-buffer memory is not
 /// zeroed, so every field is written, padding included.
 #[inline(always)]
-unsafe fn fill_header(h: *mut EventHeader, kind: EventKind, probe: u8, sk: u64, old_state: u8, new_state: u8) {
+unsafe fn fill_header(
+    h: *mut EventHeader,
+    kind: EventKind,
+    probe: u8,
+    sk: u64,
+    old_state: u8,
+    new_state: u8,
+) {
     let pid_tgid = bpf_get_current_pid_tgid();
     unsafe {
         (*h).kind = kind as u8;
@@ -102,7 +109,11 @@ pub fn classify_write(buf: u64, len: u64) -> Write {
         if is_upgrade_response(&head) {
             return Write::Upgrade;
         }
-        return if head[0] == WS_CLOSE { Write::CloseFrame } else { Write::Other };
+        return if head[0] == WS_CLOSE {
+            Write::CloseFrame
+        } else {
+            Write::Other
+        };
     }
     match unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8) } {
         Ok(WS_CLOSE) => Write::CloseFrame,
@@ -168,8 +179,12 @@ pub fn close<C: EbpfContext>(ctx: &C, probe: ProbeSet, sk: u64, old_state: u8, n
         if current_task_exiting() {
             (*h).flags |= FLAG_TASK_EXITING;
         }
-        (*ev).kernel_stack_len =
-            bpf_get_stack(ctx.as_ptr(), (*ev).kernel_stack.as_mut_ptr().cast(), STACK_BYTES, 0);
+        (*ev).kernel_stack_len = bpf_get_stack(
+            ctx.as_ptr(),
+            (*ev).kernel_stack.as_mut_ptr().cast(),
+            STACK_BYTES,
+            0,
+        );
         (*ev).user_stack_len = bpf_get_stack(
             ctx.as_ptr(),
             (*ev).user_stack.as_mut_ptr().cast(),
@@ -192,7 +207,11 @@ fn emit_data(sk: u64, buf: u64, len: u64, direction: u32) {
     };
     let ev = entry.as_mut_ptr();
     // Bounded for the verifier: 0 < n <= DATA_CAP.
-    let n = if len > DATA_CAP as u64 { DATA_CAP as u32 } else { len as u32 };
+    let n = if len > DATA_CAP as u64 {
+        DATA_CAP as u32
+    } else {
+        len as u32
+    };
     unsafe {
         fill_header(&raw mut (*ev).header, EventKind::Data, 0, sk, 0, 0);
         (*ev).direction = direction;
@@ -228,7 +247,9 @@ pub fn read_entry(sk: u64, buf: u64) {
 #[inline(always)]
 pub fn read_exit(ret: i64) {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(p) = PENDING_READS.get_ptr(tid) else { return };
+    let Some(p) = PENDING_READS.get_ptr(tid) else {
+        return;
+    };
     let PendingRead { sk, buf } = unsafe { *p };
     let _ = PENDING_READS.remove(tid);
     if ret <= 0 {
@@ -236,7 +257,8 @@ pub fn read_exit(ret: i64) {
     }
     let len = ret as u64;
     if UPGRADED.get_ptr(sk).is_some() {
-        let first = unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8) }.unwrap_or(0);
+        let first =
+            unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8) }.unwrap_or(0);
         if first == WS_CLOSE {
             emit_data(sk, buf, len, wstrace_common::DIR_RECEIVED);
         }

@@ -64,24 +64,53 @@ struct Scenario {
 }
 
 fn named_local_fin() -> Option<Expect> {
-    Some(Expect { closed_by: "local", how: "fin", closer_pid: Some(0), min_ms: None, local_prefix: None })
+    Some(Expect {
+        closed_by: "local",
+        how: "fin",
+        closer_pid: Some(0),
+        min_ms: None,
+        local_prefix: None,
+    })
 }
 
 fn upgrade(bind: IpAddr, mode: Mode, then: Then, expect: Option<Expect>) -> ServerSpec {
-    ServerSpec { bind, mode, traced: true, request: client::UPGRADE_REQUEST, then, expect }
+    ServerSpec {
+        bind,
+        mode,
+        traced: true,
+        request: client::UPGRADE_REQUEST,
+        then,
+        expect,
+    }
 }
 
 fn scenarios() -> Vec<Scenario> {
-    let close = |bind| upgrade(bind, Mode::CloseAfter101, Then::ReadToEnd, named_local_fin());
+    let close = |bind| {
+        upgrade(
+            bind,
+            Mode::CloseAfter101,
+            Then::ReadToEnd,
+            named_local_fin(),
+        )
+    };
     vec![
-        Scenario { name: "server_close_after_101_names_the_server", servers: vec![close(LOCALHOST)] },
+        Scenario {
+            name: "server_close_after_101_names_the_server",
+            servers: vec![close(LOCALHOST)],
+        },
         Scenario {
             name: "client_close_after_upgrade_reports_peer",
             servers: vec![upgrade(
                 LOCALHOST,
                 Mode::WaitForPeer,
                 Then::CloseAfter(Duration::from_millis(200)),
-                Some(Expect { closed_by: "peer", how: "fin", closer_pid: None, min_ms: Some(150.0), local_prefix: None }),
+                Some(Expect {
+                    closed_by: "peer",
+                    how: "fin",
+                    closer_pid: None,
+                    min_ms: Some(150.0),
+                    local_prefix: None,
+                }),
             )],
         },
         Scenario {
@@ -101,7 +130,10 @@ fn scenarios() -> Vec<Scenario> {
                 IpAddr::V6(Ipv6Addr::LOCALHOST),
                 Mode::CloseAfter101,
                 Then::ReadToEnd,
-                Some(Expect { local_prefix: Some("[::1]:"), ..named_local_fin().expect("some") }),
+                Some(Expect {
+                    local_prefix: Some("[::1]:"),
+                    ..named_local_fin().expect("some")
+                }),
             )],
         },
         Scenario {
@@ -110,14 +142,21 @@ fn scenarios() -> Vec<Scenario> {
                 LOCALHOST,
                 Mode::Linger0,
                 Then::ReadToEnd,
-                Some(Expect { how: "rst", ..named_local_fin().expect("some") }),
+                Some(Expect {
+                    how: "rst",
+                    ..named_local_fin().expect("some")
+                }),
             )],
         },
         Scenario {
             name: "lookalike_101s_are_not_reported",
             servers: vec![
                 // `HTTP/1.1 1010`: the prefix check includes the space after 101.
-                ServerSpec { mode: Mode::Status1010, expect: None, ..close(LOCALHOST) },
+                ServerSpec {
+                    mode: Mode::Status1010,
+                    expect: None,
+                    ..close(LOCALHOST)
+                },
                 // A 101 in a 200's body, for a request that asked for no upgrade.
                 ServerSpec {
                     mode: Mode::BodyWith101,
@@ -127,16 +166,24 @@ fn scenarios() -> Vec<Scenario> {
                 },
                 // A status line split over writes is not seen (documented limit),
                 // and must not turn into a wrong report either.
-                ServerSpec { mode: Mode::ByteAtATime, expect: None, ..close(LOCALHOST) },
+                ServerSpec {
+                    mode: Mode::ByteAtATime,
+                    expect: None,
+                    ..close(LOCALHOST)
+                },
             ],
         },
         Scenario {
             name: "two_ports_and_other_port_ignored",
-            servers: vec![close(LOCALHOST), close(LOCALHOST), ServerSpec {
-                traced: false,
-                expect: None,
-                ..close(LOCALHOST)
-            }],
+            servers: vec![
+                close(LOCALHOST),
+                close(LOCALHOST),
+                ServerSpec {
+                    traced: false,
+                    expect: None,
+                    ..close(LOCALHOST)
+                },
+            ],
         },
     ]
 }
@@ -169,7 +216,10 @@ fn start_server(bind: IpAddr, mode: Mode) -> Result<Server> {
     let stdout = child.stdout.take().context("server stdout")?;
     let mut line = String::new();
     let _ = BufReader::new(stdout).read_line(&mut line);
-    let port = line.trim().strip_prefix("READY ").and_then(|p| p.parse().ok());
+    let port = line
+        .trim()
+        .strip_prefix("READY ")
+        .and_then(|p| p.parse().ok());
     let mut server = Server { child, port: 0 };
     match port {
         Some(p) => {
@@ -251,7 +301,12 @@ impl Tracer {
                 }
             }
         });
-        let mut tracer = Tracer { child, reports, stderr, stdout_reader: Some(stdout_reader) };
+        let mut tracer = Tracer {
+            child,
+            reports,
+            stderr,
+            stdout_reader: Some(stdout_reader),
+        };
         let start = Instant::now();
         loop {
             match ready_rx.recv_timeout(Duration::from_millis(100)) {
@@ -265,17 +320,27 @@ impl Tracer {
             if let Ok(Some(status)) = tracer.child.try_wait() {
                 // Let the stderr thread drain what the process printed.
                 std::thread::sleep(Duration::from_millis(100));
-                bail!("wstrace exited ({status}) before attaching: {}", tracer.stderr_tail());
+                bail!(
+                    "wstrace exited ({status}) before attaching: {}",
+                    tracer.stderr_tail()
+                );
             }
             if start.elapsed() > READY_TIMEOUT {
-                bail!("wstrace did not attach within {READY_TIMEOUT:?}: {}", tracer.stderr_tail());
+                bail!(
+                    "wstrace did not attach within {READY_TIMEOUT:?}: {}",
+                    tracer.stderr_tail()
+                );
             }
         }
     }
 
     fn stderr_tail(&self) -> String {
         let e = self.stderr.lock().map(|e| e.clone()).unwrap_or_default();
-        let lines: Vec<&str> = e.iter().map(String::as_str).filter(|l| !l.trim().is_empty()).collect();
+        let lines: Vec<&str> = e
+            .iter()
+            .map(String::as_str)
+            .filter(|l| !l.trim().is_empty())
+            .collect();
         lines[lines.len().saturating_sub(2)..].join(" | ")
     }
 
@@ -305,7 +370,10 @@ impl Tracer {
         }
         match status {
             Some(s) if s.success() => Ok(self.report_lines()),
-            Some(s) => bail!("wstrace exited with {s} after SIGINT: {}", self.stderr_tail()),
+            Some(s) => bail!(
+                "wstrace exited with {s} after SIGINT: {}",
+                self.stderr_tail()
+            ),
             None => bail!("wstrace did not exit within 15 s of SIGINT"),
         }
     }
@@ -320,7 +388,9 @@ fn kernel_release() -> String {
 pub fn run(args: &Args) -> Result<i32> {
     // SAFETY: plain getter.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("!!! ws-scenario check SKIPPED: wstrace needs root (CAP_BPF + CAP_PERFMON); run as root !!!");
+        eprintln!(
+            "!!! ws-scenario check SKIPPED: wstrace needs root (CAP_BPF + CAP_PERFMON); run as root !!!"
+        );
         return Ok(77);
     }
     let kernel = kernel_release();
@@ -366,7 +436,10 @@ pub fn run(args: &Args) -> Result<i32> {
     let traced = |i: usize| all[i].servers.iter().filter(|s| s.traced).count();
     let mut batches: Vec<Vec<usize>> = vec![Vec::new()];
     for i in (0..all.len()).filter(|&i| matches!(states[i], State::Running)) {
-        let used: usize = batches.last().map(|b| b.iter().map(|&j| traced(j)).sum()).unwrap_or(0);
+        let used: usize = batches
+            .last()
+            .map(|b| b.iter().map(|&j| traced(j)).sum())
+            .unwrap_or(0);
         if used + traced(i) > MAX_PORTS {
             batches.push(Vec::new());
         }
@@ -378,7 +451,14 @@ pub fn run(args: &Args) -> Result<i32> {
     for batch in batches.iter().filter(|b| !b.is_empty()) {
         let ports: Vec<u16> = batch
             .iter()
-            .flat_map(|&i| all[i].servers.iter().zip(&servers[i]).filter(|(spec, _)| spec.traced).map(|(_, s)| s.port))
+            .flat_map(|&i| {
+                all[i]
+                    .servers
+                    .iter()
+                    .zip(&servers[i])
+                    .filter(|(spec, _)| spec.traced)
+                    .map(|(_, s)| s.port)
+            })
             .collect();
         match trace(args, &all, &servers, &mut states, batch, &ports) {
             Ok(r) => reports.extend(r),
@@ -409,7 +489,12 @@ pub fn run(args: &Args) -> Result<i32> {
             State::Running => judge(sc, srv, &reports, &args.probe),
         };
         failed |= verdict == "FAIL";
-        println!("SCENARIO {} probe={} kernel={kernel} {verdict} {}", sc.name, args.probe, one_line(&detail));
+        println!(
+            "SCENARIO {} probe={} kernel={kernel} {verdict} {}",
+            sc.name,
+            args.probe,
+            one_line(&detail)
+        );
     }
     Ok(if failed { 1 } else { 0 })
 }
@@ -447,7 +532,11 @@ fn trace(
     }
     let start = Instant::now();
     while start.elapsed() < REPORT_TIMEOUT {
-        let seen = tracer.report_lines().iter().filter(|l| !l.trim().is_empty()).count();
+        let seen = tracer
+            .report_lines()
+            .iter()
+            .filter(|l| !l.trim().is_empty())
+            .count();
         if seen >= expected {
             break;
         }
@@ -459,19 +548,30 @@ fn trace(
     let lines = tracer.stop()?;
     let mut reports = Vec::new();
     for line in lines.iter().filter(|l| !l.trim().is_empty()) {
-        let v: Value = serde_json::from_str(line).with_context(|| format!("wstrace printed a line that is not JSON: {line}"))?;
-        let port = expect::local_port(&v).with_context(|| format!("report without a local port: {line}"))?;
+        let v: Value = serde_json::from_str(line)
+            .with_context(|| format!("wstrace printed a line that is not JSON: {line}"))?;
+        let port = expect::local_port(&v)
+            .with_context(|| format!("report without a local port: {line}"))?;
         reports.push((port, v));
     }
     Ok(reports)
 }
 
 /// Every server of the scenario against the reports on its port.
-fn judge(sc: &Scenario, srv: &[Server], reports: &[(u16, Value)], probe: &str) -> (&'static str, String) {
+fn judge(
+    sc: &Scenario,
+    srv: &[Server],
+    reports: &[(u16, Value)],
+    probe: &str,
+) -> (&'static str, String) {
     let mut details = Vec::new();
     let mut chose = None;
     for (spec, s) in sc.servers.iter().zip(srv) {
-        let on_port: Vec<&Value> = reports.iter().filter(|(p, _)| *p == s.port).map(|(_, v)| v).collect();
+        let on_port: Vec<&Value> = reports
+            .iter()
+            .filter(|(p, _)| *p == s.port)
+            .map(|(_, v)| v)
+            .collect();
         if let Some(r) = on_port.first() {
             chose = r.get("probe").and_then(Value::as_str).map(str::to_string);
         }

@@ -31,11 +31,19 @@ pub fn local_port(r: &Value) -> Option<u16> {
 /// Checks the reports seen on one traced port against `expect` (None: there
 /// must be none). `probe` is the set asked for (`auto` accepts any real set).
 /// Ok carries a short detail for the PASS line.
-pub fn evaluate(reports: &[&Value], expect: Option<&Expect>, probe: &str) -> Result<String, String> {
+pub fn evaluate(
+    reports: &[&Value],
+    expect: Option<&Expect>,
+    probe: &str,
+) -> Result<String, String> {
     let Some(e) = expect else {
         return match reports {
             [] => Ok("no report".into()),
-            [r, ..] => Err(format!("expected no report, got {}: {}", reports.len(), summary(r))),
+            [r, ..] => Err(format!(
+                "expected no report, got {}: {}",
+                reports.len(),
+                summary(r)
+            )),
         };
     };
     let r = match reports {
@@ -43,7 +51,11 @@ pub fn evaluate(reports: &[&Value], expect: Option<&Expect>, probe: &str) -> Res
         [] => return Err("expected one report, got none".into()),
         _ => {
             let all: Vec<String> = reports.iter().map(|r| summary(r)).collect();
-            return Err(format!("expected one report, got {}: {}", reports.len(), all.join(" / ")));
+            return Err(format!(
+                "expected one report, got {}: {}",
+                reports.len(),
+                all.join(" / ")
+            ));
         }
     };
     check_report(r, e, probe).map(|()| summary(r))
@@ -52,10 +64,20 @@ pub fn evaluate(reports: &[&Value], expect: Option<&Expect>, probe: &str) -> Res
 fn check_report(r: &Value, e: &Expect, probe: &str) -> Result<(), String> {
     let got = |k: &str| str_key(r, k).unwrap_or("<missing>").to_string();
     if got("closed_by") != e.closed_by {
-        return Err(format!("closed_by: want {}, got {} ({})", e.closed_by, got("closed_by"), summary(r)));
+        return Err(format!(
+            "closed_by: want {}, got {} ({})",
+            e.closed_by,
+            got("closed_by"),
+            summary(r)
+        ));
     }
     if got("how") != e.how {
-        return Err(format!("how: want {}, got {} ({})", e.how, got("how"), summary(r)));
+        return Err(format!(
+            "how: want {}, got {} ({})",
+            e.how,
+            got("how"),
+            summary(r)
+        ));
     }
     let report_probe = got("probe");
     let probe_ok = if probe == "auto" {
@@ -71,7 +93,10 @@ fn check_report(r: &Value, e: &Expect, probe: &str) -> Result<(), String> {
             return Err(format!("local: want {prefix}..., got {}", got("local")));
         }
     }
-    let ms = r.get("ms_after_upgrade").and_then(Value::as_f64).ok_or("ms_after_upgrade missing")?;
+    let ms = r
+        .get("ms_after_upgrade")
+        .and_then(Value::as_f64)
+        .ok_or("ms_after_upgrade missing")?;
     if !(0.0..5000.0).contains(&ms) && e.min_ms.is_none() {
         return Err(format!("ms_after_upgrade {ms} outside 0..5000"));
     }
@@ -91,22 +116,37 @@ fn check_report(r: &Value, e: &Expect, probe: &str) -> Result<(), String> {
 fn check_closer(r: &Value, pid: u32) -> Result<(), String> {
     let num = |k: &str| r.get(k).and_then(Value::as_u64);
     if num("pid") != Some(u64::from(pid)) {
-        return Err(format!("pid: want {pid} (the server), got {:?} ({})", num("pid"), summary(r)));
+        return Err(format!(
+            "pid: want {pid} (the server), got {:?} ({})",
+            num("pid"),
+            summary(r)
+        ));
     }
     // Single-threaded server: the closing thread is the main thread.
     if num("tid") != Some(u64::from(pid)) {
         return Err(format!("tid: want {pid}, got {:?}", num("tid")));
     }
     if str_key(r, "comm") != Some(SERVER_NAME) {
-        return Err(format!("comm: want {SERVER_NAME}, got {:?}", str_key(r, "comm")));
+        return Err(format!(
+            "comm: want {SERVER_NAME}, got {:?}",
+            str_key(r, "comm")
+        ));
     }
     if !str_key(r, "exe").is_some_and(|e| e.ends_with(SERVER_NAME)) {
-        return Err(format!("exe: want .../{SERVER_NAME}, got {:?}", str_key(r, "exe")));
+        return Err(format!(
+            "exe: want .../{SERVER_NAME}, got {:?}",
+            str_key(r, "exe")
+        ));
     }
     let frames = |k: &str| -> Vec<String> {
         r.get(k)
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let kernel = frames("kernel_stack");
@@ -114,7 +154,10 @@ fn check_closer(r: &Value, pid: u32) -> Result<(), String> {
         return Err("kernel_stack is empty".into());
     }
     let user = frames("user_stack");
-    if !user.iter().any(|f| f.to_ascii_lowercase().contains("close")) {
+    if !user
+        .iter()
+        .any(|f| f.to_ascii_lowercase().contains("close"))
+    {
         return Err(format!("user_stack has no close frame: {user:?}"));
     }
     Ok(())
@@ -123,8 +166,15 @@ fn check_closer(r: &Value, pid: u32) -> Result<(), String> {
 /// "local fin pid 123 (comm) 0.4 ms [probe]" for PASS lines and errors.
 pub fn summary(r: &Value) -> String {
     let s = |k: &str| str_key(r, k).unwrap_or("?").to_string();
-    let pid = r.get("pid").and_then(Value::as_u64).map(|p| p.to_string()).unwrap_or("-".into());
-    let ms = r.get("ms_after_upgrade").and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let pid = r
+        .get("pid")
+        .and_then(Value::as_u64)
+        .map(|p| p.to_string())
+        .unwrap_or("-".into());
+    let ms = r
+        .get("ms_after_upgrade")
+        .and_then(Value::as_f64)
+        .unwrap_or(f64::NAN);
     format!(
         "{} {} {} pid {pid} ({}) {ms:.1} ms [{}]",
         s("local"),
@@ -151,7 +201,13 @@ mod tests {
     }
 
     fn named(pid: u32) -> Expect {
-        Expect { closed_by: "local", how: "fin", closer_pid: Some(pid), min_ms: None, local_prefix: None }
+        Expect {
+            closed_by: "local",
+            how: "fin",
+            closer_pid: Some(pid),
+            min_ms: None,
+            local_prefix: None,
+        }
     }
 
     #[test]
@@ -165,14 +221,30 @@ mod tests {
     #[test]
     fn wrong_fields_fail_with_what_was_seen() {
         let r = report(7);
-        assert!(evaluate(&[&r], Some(&named(8)), "tracepoint").unwrap_err().contains("pid: want 8"));
-        assert!(evaluate(&[&r], Some(&named(7)), "fentry").unwrap_err().contains("probe"));
+        assert!(
+            evaluate(&[&r], Some(&named(8)), "tracepoint")
+                .unwrap_err()
+                .contains("pid: want 8")
+        );
+        assert!(
+            evaluate(&[&r], Some(&named(7)), "fentry")
+                .unwrap_err()
+                .contains("probe")
+        );
         let mut peer = named(7);
         peer.closed_by = "peer";
-        assert!(evaluate(&[&r], Some(&peer), "tracepoint").unwrap_err().contains("closed_by"));
+        assert!(
+            evaluate(&[&r], Some(&peer), "tracepoint")
+                .unwrap_err()
+                .contains("closed_by")
+        );
         let mut r2 = report(7);
         r2["user_stack"] = json!(["main+0x1"]);
-        assert!(evaluate(&[&r2], Some(&named(7)), "tracepoint").unwrap_err().contains("close frame"));
+        assert!(
+            evaluate(&[&r2], Some(&named(7)), "tracepoint")
+                .unwrap_err()
+                .contains("close frame")
+        );
         let mut r3 = report(7);
         r3["kernel_stack"] = json!([]);
         assert!(evaluate(&[&r3], Some(&named(7)), "tracepoint").is_err());
@@ -181,10 +253,22 @@ mod tests {
     #[test]
     fn counts_matter() {
         let r = report(7);
-        assert!(evaluate(&[], Some(&named(7)), "tracepoint").unwrap_err().contains("got none"));
-        assert!(evaluate(&[&r, &r], Some(&named(7)), "tracepoint").unwrap_err().contains("got 2"));
+        assert!(
+            evaluate(&[], Some(&named(7)), "tracepoint")
+                .unwrap_err()
+                .contains("got none")
+        );
+        assert!(
+            evaluate(&[&r, &r], Some(&named(7)), "tracepoint")
+                .unwrap_err()
+                .contains("got 2")
+        );
         assert!(evaluate(&[], None, "tracepoint").is_ok());
-        assert!(evaluate(&[&r], None, "tracepoint").unwrap_err().contains("expected no report"));
+        assert!(
+            evaluate(&[&r], None, "tracepoint")
+                .unwrap_err()
+                .contains("expected no report")
+        );
     }
 
     #[test]
@@ -192,10 +276,18 @@ mod tests {
         let r = report(7);
         let mut held = named(7);
         held.min_ms = Some(150.0);
-        assert!(evaluate(&[&r], Some(&held), "tracepoint").unwrap_err().contains(">= 150"));
+        assert!(
+            evaluate(&[&r], Some(&held), "tracepoint")
+                .unwrap_err()
+                .contains(">= 150")
+        );
         let mut v6 = named(7);
         v6.local_prefix = Some("[::1]:");
-        assert!(evaluate(&[&r], Some(&v6), "tracepoint").unwrap_err().contains("[::1]"));
+        assert!(
+            evaluate(&[&r], Some(&v6), "tracepoint")
+                .unwrap_err()
+                .contains("[::1]")
+        );
     }
 
     #[test]

@@ -36,8 +36,8 @@ const RESPONSE_200: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection
 const HEAD_CAP: usize = 8192;
 
 pub fn run(bind: IpAddr, mode: Mode) -> Result<()> {
-    let listener = TcpListener::bind(SocketAddr::new(bind, 0))
-        .with_context(|| format!("binding {bind}:0"))?;
+    let listener =
+        TcpListener::bind(SocketAddr::new(bind, 0)).with_context(|| format!("binding {bind}:0"))?;
     let port = listener.local_addr()?.port();
     println!("READY {port}");
     std::io::stdout().flush()?;
@@ -72,9 +72,17 @@ fn serve_one(mut conn: TcpStream, mode: Mode) -> Result<()> {
             while conn.read(&mut buf)? > 0 {}
         }
         Mode::Http200 => conn.write_all(RESPONSE_200)?,
-        Mode::Status1010 => conn.write_all(b"HTTP/1.1 1010 Not A Thing\r\nContent-Length: 0\r\n\r\n")?,
+        Mode::Status1010 => {
+            conn.write_all(b"HTTP/1.1 1010 Not A Thing\r\nContent-Length: 0\r\n\r\n")?
+        }
         Mode::BodyWith101 => {
-            conn.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", RESPONSE_101.len()).as_bytes())?;
+            conn.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    RESPONSE_101.len()
+                )
+                .as_bytes(),
+            )?;
             conn.write_all(RESPONSE_101)?;
         }
         Mode::ByteAtATime => {
@@ -95,7 +103,10 @@ fn serve_one(mut conn: TcpStream, mode: Mode) -> Result<()> {
 /// response" case.
 fn closes_http10(head: &[u8]) -> bool {
     let text = String::from_utf8_lossy(head).to_ascii_lowercase();
-    let http10 = text.lines().next().is_some_and(|l| l.trim_end().ends_with("http/1.0"));
+    let http10 = text
+        .lines()
+        .next()
+        .is_some_and(|l| l.trim_end().ends_with("http/1.0"));
     let keep_alive = text
         .lines()
         .filter_map(|l| l.strip_prefix("connection:"))
@@ -118,7 +129,10 @@ pub fn read_head(conn: &mut TcpStream) -> Result<Vec<u8>> {
 }
 
 fn set_linger_zero(conn: &TcpStream) -> Result<()> {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: valid fd and a correctly sized option value.
     let rc = unsafe {
         libc::setsockopt(

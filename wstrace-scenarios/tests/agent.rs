@@ -18,7 +18,9 @@ fn root_or_skip(test: &str) -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    eprintln!("\n!!! SKIPPED: {test}: needs root (CAP_BPF/CAP_PERFMON); run `cargo xtask test` as root !!!\n");
+    eprintln!(
+        "\n!!! SKIPPED: {test}: needs root (CAP_BPF/CAP_PERFMON); run `cargo xtask test` as root !!!\n"
+    );
     false
 }
 
@@ -35,7 +37,11 @@ fn wstrace_bin() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let p = target.join("release/wstrace");
-    assert!(p.is_file(), "{} missing: run `cargo build --release`", p.display());
+    assert!(
+        p.is_file(),
+        "{} missing: run `cargo build --release`",
+        p.display()
+    );
     p
 }
 
@@ -46,13 +52,29 @@ fn server() -> (Kill, u16) {
         .spawn()
         .expect("server");
     let mut line = String::new();
-    BufReader::new(c.stdout.take().expect("stdout")).read_line(&mut line).expect("READY");
-    let port = line.trim().strip_prefix("READY ").and_then(|p| p.parse().ok()).expect("port");
+    BufReader::new(c.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("READY");
+    let port = line
+        .trim()
+        .strip_prefix("READY ")
+        .and_then(|p| p.parse().ok())
+        .expect("port");
     (Kill(c), port)
 }
 
 fn wstrace(port: u16, log: &Path) -> Kill {
-    wstrace_with(port, &["--output", &log.display().to_string(), "--rotate-size", "16K", "--rotate-keep", "1000"])
+    wstrace_with(
+        port,
+        &[
+            "--output",
+            &log.display().to_string(),
+            "--rotate-size",
+            "16K",
+            "--rotate-keep",
+            "1000",
+        ],
+    )
 }
 
 fn wstrace_with(port: u16, extra: &[&str]) -> Kill {
@@ -73,13 +95,15 @@ fn wstrace_with(port: u16, extra: &[&str]) -> Kill {
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(60)).expect("wstrace attached");
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("wstrace attached");
     Kill(c)
 }
 
 fn upgrade_once(port: u16) {
     let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     c.write_all(UPGRADE).expect("send");
     let mut buf = [0u8; 512];
     while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
@@ -96,10 +120,19 @@ fn all_lines(log: &Path) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap_or_default();
-        assert!(text.is_empty() || text.ends_with('\n'), "{} ends mid-line", f.display());
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "{} ends mid-line",
+            f.display()
+        );
         for (i, line) in text.lines().enumerate() {
-            let v = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("{}:{}: torn or invalid line ({e}): {line}", f.display(), i + 1));
+            let v = serde_json::from_str(line).unwrap_or_else(|e| {
+                panic!(
+                    "{}:{}: torn or invalid line ({e}): {line}",
+                    f.display(),
+                    i + 1
+                )
+            });
             out.push(v);
         }
     }
@@ -136,11 +169,17 @@ fn rotation_under_a_burst_loses_nothing() {
     assert!(status.success(), "wstrace exit {status}");
     let lines = all_lines(&log);
     assert_eq!(lines.len(), N, "lines written vs connections made");
-    let mut remotes: Vec<&str> = lines.iter().map(|v| v["remote"].as_str().unwrap_or("")).collect();
+    let mut remotes: Vec<&str> = lines
+        .iter()
+        .map(|v| v["remote"].as_str().unwrap_or(""))
+        .collect();
     remotes.sort();
     remotes.dedup();
     assert_eq!(remotes.len(), N, "one line per connection");
-    assert!(PathBuf::from(format!("{}.1", log.display())).exists(), "rotation happened");
+    assert!(
+        PathBuf::from(format!("{}.1", log.display())).exists(),
+        "rotation happened"
+    );
 }
 
 #[test]
@@ -164,12 +203,16 @@ fn sigterm_during_a_burst_leaves_whole_lines() {
     let _ = burst.join();
     assert!(status.success(), "wstrace exit {status}");
     let lines = all_lines(&log);
-    assert!(!lines.is_empty(), "some reports were written before SIGTERM");
+    assert!(
+        !lines.is_empty(),
+        "some reports were written before SIGTERM"
+    );
 }
 
 fn scrape(addr: &str) -> String {
     let mut c = TcpStream::connect(addr).expect("connect to --metrics");
-    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
     let mut resp = String::new();
     c.read_to_string(&mut resp).expect("read");
     let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP response");
@@ -201,8 +244,16 @@ fn metrics_scrape_passes_promtool() {
         body = scrape(&addr);
     }
     assert!(body.contains("wstrace_upgrades_total 3"), "{body}");
-    assert!(body.contains("wstrace_closes_total{closed_by=\"local\",how=\"fin\",diagnosis=\"unknown\"} 3"), "{body}");
-    assert!(body.contains("wstrace_connection_lifetime_seconds_count 3"), "{body}");
+    assert!(
+        body.contains(
+            "wstrace_closes_total{closed_by=\"local\",how=\"fin\",diagnosis=\"unknown\"} 3"
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains("wstrace_connection_lifetime_seconds_count 3"),
+        "{body}"
+    );
     assert!(body.contains("wstrace_lost_events_total 0"), "{body}");
     assert!(body.contains("wstrace_probe_set{probe="), "{body}");
     let mut check = Command::new(promtool)
@@ -212,7 +263,12 @@ fn metrics_scrape_passes_promtool() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool");
-    check.stdin.take().expect("stdin").write_all(body.as_bytes()).expect("feed promtool");
+    check
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("feed promtool");
     let out = check.wait_with_output().expect("promtool");
     assert!(
         out.status.success(),

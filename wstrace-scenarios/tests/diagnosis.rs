@@ -30,7 +30,9 @@ fn root_or_skip(test: &str) -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    eprintln!("\n!!! SKIPPED: {test}: needs root (CAP_BPF/CAP_PERFMON); run `cargo xtask test` as root !!!\n");
+    eprintln!(
+        "\n!!! SKIPPED: {test}: needs root (CAP_BPF/CAP_PERFMON); run `cargo xtask test` as root !!!\n"
+    );
     false
 }
 
@@ -50,14 +52,19 @@ fn spawn(cmd: &mut Command) -> Proc {
     use std::os::unix::process::CommandExt as _;
     // Own process group, so nginx's workers die with their master.
     cmd.process_group(0);
-    Proc(cmd.spawn().unwrap_or_else(|e| panic!("starting {cmd:?}: {e}")))
+    Proc(
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}")),
+    )
 }
 
 /// `READY <port>` from a server's stdout.
 fn ready_port(p: &mut Proc) -> u16 {
     let out = p.0.stdout.take().expect("piped stdout");
     let mut line = String::new();
-    BufReader::new(out).read_line(&mut line).expect("reading READY");
+    BufReader::new(out)
+        .read_line(&mut line)
+        .expect("reading READY");
     line.trim()
         .strip_prefix("READY ")
         .and_then(|p| p.parse().ok())
@@ -65,7 +72,10 @@ fn ready_port(p: &mut Proc) -> u16 {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
 
 /// wstrace on one port, JSON reports collected as they come.
@@ -77,7 +87,11 @@ struct Wstrace {
 impl Wstrace {
     fn start(port: u16) -> Wstrace {
         let bin = target().join("release/wstrace");
-        assert!(bin.is_file(), "{} missing: run `cargo build --release`", bin.display());
+        assert!(
+            bin.is_file(),
+            "{} missing: run `cargo build --release`",
+            bin.display()
+        );
         let mut p = spawn(
             Command::new(bin)
                 .args(["--port", &port.to_string(), "--format", "json"])
@@ -89,7 +103,8 @@ impl Wstrace {
         let out = p.0.stdout.take().expect("stdout");
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
                 r.lock().expect("lock").push(v);
             }
         });
@@ -103,7 +118,8 @@ impl Wstrace {
                 }
             }
         });
-        rx.recv_timeout(Duration::from_secs(60)).expect("wstrace attached within 60 s");
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("wstrace attached within 60 s");
         Wstrace { _proc: p, reports }
     }
 
@@ -145,7 +161,10 @@ fn nginx(dir: &Path, backend: u16, extra: &str) -> (Proc, u16) {
     );
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10), "nginx did not listen on {port}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "nginx did not listen on {port}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     (p, port)
@@ -171,14 +190,19 @@ fn tempdir(name: &str) -> PathBuf {
 /// Upgrades through `port`; returns the connection and the status line.
 fn upgrade(port: u16) -> (TcpStream, String) {
     let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     c.write_all(UPGRADE.as_bytes()).expect("send");
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") && c.read(&mut b).unwrap_or(0) == 1 {
         head.push(b[0]);
     }
-    let status = String::from_utf8_lossy(&head).lines().next().unwrap_or("").to_string();
+    let status = String::from_utf8_lossy(&head)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
     (c, status)
 }
 
@@ -205,11 +229,21 @@ fn nginx_without_proxy_http_version_is_http10_upgrade() {
     assert_eq!(reports.len(), 1, "{reports:#?}");
     let r = &reports[0];
     assert_eq!(s(r, &["diagnosis", "code"]), "http10_upgrade", "{r:#}");
-    assert!(s(r, &["diagnosis", "fix"]).contains("proxy_http_version 1.1;"), "{r:#}");
+    assert!(
+        s(r, &["diagnosis", "fix"]).contains("proxy_http_version 1.1;"),
+        "{r:#}"
+    );
     assert_eq!(s(r, &["closed_by"]), "local");
-    assert_eq!(r["pid"].as_u64(), Some(u64::from(backend.0.id())), "closer is the backend: {r:#}");
+    assert_eq!(
+        r["pid"].as_u64(),
+        Some(u64::from(backend.0.id())),
+        "closer is the backend: {r:#}"
+    );
     assert_eq!(s(r, &["request", "version"]), "HTTP/1.0");
-    assert_eq!(s(r, &["request", "connection"]).to_ascii_lowercase(), "upgrade");
+    assert_eq!(
+        s(r, &["request", "connection"]).to_ascii_lowercase(),
+        "upgrade"
+    );
     // The nginx worker is named when the lookup at the 101 beat its close
     // (the backend closes within microseconds; see the issue note).
     if !r["peer"].is_null() {
@@ -232,7 +266,10 @@ fn nginx_with_http11_keeps_the_socket_then_names_nginx() {
     assert!(status.contains("101"), "nginx answered {status:?}");
     // Fixed config: nothing closes while the client stays.
     let early = w.wait_for(1, Duration::from_millis(1500));
-    assert!(early.is_empty(), "closed while the client was connected: {early:#?}");
+    assert!(
+        early.is_empty(),
+        "closed while the client was connected: {early:#?}"
+    );
     drop(c);
     let reports = w.wait_for(1, Duration::from_secs(10));
     assert_eq!(reports.len(), 1, "{reports:#?}");
@@ -251,7 +288,11 @@ fn nginx_proxy_read_timeout_is_idle_timeout() {
     let (_backend, bport) = backend();
     let w = Wstrace::start(bport);
     let dir = tempdir("idle");
-    let (_nginx, nport) = nginx(&dir, bport, "proxy_http_version 1.1;\n      proxy_read_timeout 2s;");
+    let (_nginx, nport) = nginx(
+        &dir,
+        bport,
+        "proxy_http_version 1.1;\n      proxy_read_timeout 2s;",
+    );
     let (_c, status) = upgrade(nport);
     assert!(status.contains("101"), "nginx answered {status:?}");
     let reports = w.wait_for(1, Duration::from_secs(15));
@@ -261,7 +302,10 @@ fn nginx_proxy_read_timeout_is_idle_timeout() {
     assert_eq!(s(r, &["closed_by"]), "peer", "nginx closed first: {r:#}");
     assert_eq!(s(r, &["peer", "comm"]), "nginx", "{r:#}");
     let idle = r["idle_ms"].as_u64().expect("idle_ms");
-    assert!((1500..=3500).contains(&idle), "idle {idle} ms for a 2 s timeout: {r:#}");
+    assert!(
+        (1500..=3500).contains(&idle),
+        "idle {idle} ms for a 2 s timeout: {r:#}"
+    );
     assert!(s(r, &["diagnosis", "message"]).contains("nginx"), "{r:#}");
 }
 
@@ -272,7 +316,11 @@ fn venv_python() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .expect("HOME or XDG_CACHE_HOME");
     let py = cache.join("wstrace/venv/bin/python3");
-    assert!(py.is_file(), "{} missing: run `cargo xtask setup` (creates the venv with websockets)", py.display());
+    assert!(
+        py.is_file(),
+        "{} missing: run `cargo xtask setup` (creates the venv with websockets)",
+        py.display()
+    );
     py
 }
 
@@ -292,7 +340,11 @@ fn python_websockets_close_1011_is_server_close_frame() {
     if !root_or_skip("python_websockets_close_1011_is_server_close_frame") {
         return;
     }
-    let mut py = spawn(Command::new(venv_python()).args(["-c", PY_SERVER]).stdout(Stdio::piped()));
+    let mut py = spawn(
+        Command::new(venv_python())
+            .args(["-c", PY_SERVER])
+            .stdout(Stdio::piped()),
+    );
     let port = ready_port(&mut py);
     let w = Wstrace::start(port);
     let (mut c, status) = upgrade(port);
@@ -307,7 +359,14 @@ fn python_websockets_close_1011_is_server_close_frame() {
     let r = &reports[0];
     assert_eq!(s(r, &["diagnosis", "code"]), "server_close_frame", "{r:#}");
     let f = &r["frames"][0];
-    assert_eq!((s(f, &["direction"]), f["code"].as_u64()), ("sent", Some(1011)), "{r:#}");
+    assert_eq!(
+        (s(f, &["direction"]), f["code"].as_u64()),
+        ("sent", Some(1011)),
+        "{r:#}"
+    );
     assert_eq!(s(f, &["reason"]), "backend exploded");
-    assert!(s(r, &["diagnosis", "message"]).contains("1011 (internal server error)"), "{r:#}");
+    assert!(
+        s(r, &["diagnosis", "message"]).contains("1011 (internal server error)"),
+        "{r:#}"
+    );
 }

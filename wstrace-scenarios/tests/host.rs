@@ -46,7 +46,10 @@ fn check(probe: &str) {
         .expect("running ws-scenario");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let context = format!("--probe {probe}: {}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    let context = format!(
+        "--probe {probe}: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
     eprintln!("{stdout}");
     assert!(out.status.success(), "{context}");
     let has_v6 = std::net::TcpListener::bind("[::1]:0").is_ok();
@@ -57,7 +60,10 @@ fn check(probe: &str) {
             .unwrap_or_else(|| panic!("no line for {name}: {context}"));
         let skip_ok = name == "ipv6_loopback" && !has_v6;
         let verdict = if skip_ok { " SKIP " } else { " PASS " };
-        assert!(line.contains(verdict), "{name}: want{verdict}: {line}\n{context}");
+        assert!(
+            line.contains(verdict),
+            "{name}: want{verdict}: {line}\n{context}"
+        );
     }
 }
 
@@ -77,10 +83,25 @@ fn host_check_reports_a_usable_probe_set() {
         eprintln!("\n!!! SKIPPED: wstrace --check needs root to try the probe sets !!!\n");
         return;
     }
-    let out = Command::new(wstrace()).arg("--check").output().expect("wstrace --check");
+    let out = Command::new(wstrace())
+        .arg("--check")
+        .output()
+        .expect("wstrace --check");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for want in ["privileges", "kernel BTF", "tracefs", "probe set fentry", "probe set kprobe", "probe set tracepoint", "--probe auto uses"] {
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "privileges",
+        "kernel BTF",
+        "tracefs",
+        "probe set fentry",
+        "probe set kprobe",
+        "probe set tracepoint",
+        "--probe auto uses",
+    ] {
         assert!(stdout.contains(want), "missing {want:?}:\n{stdout}");
     }
 }

@@ -536,7 +536,10 @@ mod tests {
             // The fixtures predate inet_sport; the full BTF must have it.
             let sport = k.get(g::INET_SPORT).expect("INET_SPORT resolved");
             assert_ne!(sport, ABSENT, "{}: inet_sport", path.display());
-            want[NAMES.iter().position(|&n| n == g::INET_SPORT).expect("listed")] = sport;
+            want[NAMES
+                .iter()
+                .position(|&n| n == g::INET_SPORT)
+                .expect("listed")] = sport;
             check(&path.to_string_lossy(), &k, &want);
             if nargs == ABSENT {
                 let why = k.sendmsg_path_missing.expect("4 parameters reported");

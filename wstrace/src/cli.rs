@@ -108,7 +108,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("{s:?} is not a size: use bytes or a number with K, M or G (e.g. 100M)"))
+        .ok_or_else(|| {
+            format!("{s:?} is not a size: use bytes or a number with K, M or G (e.g. 100M)")
+        })
 }
 
 #[derive(Args, Debug)]
@@ -177,7 +179,10 @@ mod tests {
         assert!(e.to_string().contains("70000"), "{e}");
         let e = Cli::try_parse_from(["wstrace", "--port", "0"]).unwrap_err();
         assert!(e.to_string().contains("0"), "{e}");
-        assert!(Cli::try_parse_from(["wstrace"]).is_err(), "a port is required");
+        assert!(
+            Cli::try_parse_from(["wstrace"]).is_err(),
+            "a port is required"
+        );
         let c = Cli::try_parse_from(["wstrace", "-p", "80", "--port", "8080"]).expect("parses");
         assert_eq!(c.trace.ports, vec![80, 8080]);
     }

@@ -22,7 +22,8 @@ const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 const HOLD: Duration = Duration::from_millis(300);
 
 pub async fn run(args: &DemoArgs) -> Result<()> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding the demo server on loopback")?;
+    let listener =
+        TcpListener::bind("127.0.0.1:0").context("binding the demo server on loopback")?;
     let port = listener.local_addr()?.port();
     thread::Builder::new()
         .name("ws-demo-server".into())
@@ -31,7 +32,9 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
     eprintln!(
         "wstrace demo: server on 127.0.0.1:{port} closes HTTP/1.0 upgrades right after the 101 (like Swoole);"
     );
-    eprintln!("wstrace demo: client upgrades once as HTTP/1.0 (nginx without `proxy_http_version 1.1;`) and once as HTTP/1.1.");
+    eprintln!(
+        "wstrace demo: client upgrades once as HTTP/1.0 (nginx without `proxy_http_version 1.1;`) and once as HTTP/1.1."
+    );
     let opts = tracer::Options {
         ports: &[port],
         common: &args.common,
@@ -41,11 +44,13 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
         metrics: None,
     };
     let printed = tracer::run(opts, |port| {
-        let _ = thread::Builder::new().name("ws-demo-client".into()).spawn(move || {
-            if let Err(e) = drive(port) {
-                eprintln!("wstrace demo: client failed: {e:#}");
-            }
-        });
+        let _ = thread::Builder::new()
+            .name("ws-demo-client".into())
+            .spawn(move || {
+                if let Err(e) = drive(port) {
+                    eprintln!("wstrace demo: client failed: {e:#}");
+                }
+            });
     })
     .await?;
     eprintln!(
@@ -79,8 +84,12 @@ fn handle(conn: TcpStream) {
             Ok(_) => head.push(line.to_ascii_lowercase()),
         }
     }
-    let http10 = head.first().is_some_and(|l| l.trim_end().ends_with("http/1.0"));
-    let keep_alive = head.iter().any(|l| l.starts_with("connection:") && l.contains("keep-alive"));
+    let http10 = head
+        .first()
+        .is_some_and(|l| l.trim_end().ends_with("http/1.0"));
+    let keep_alive = head
+        .iter()
+        .any(|l| l.starts_with("connection:") && l.contains("keep-alive"));
     let mut conn = conn;
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n"

@@ -50,11 +50,18 @@ pub struct Diagnosis {
 type Rule = (&'static str, fn(&Facts) -> Option<(String, Option<String>)>);
 
 const RULES: &[Rule] = &[
-    ("server_close_frame", |f| close_frame_rule(f, Direction::Sent)),
-    ("client_close_frame", |f| close_frame_rule(f, Direction::Received)),
+    ("server_close_frame", |f| {
+        close_frame_rule(f, Direction::Sent)
+    }),
+    ("client_close_frame", |f| {
+        close_frame_rule(f, Direction::Received)
+    }),
     ("abort_rst", abort_rst),
     ("http10_upgrade", http10_upgrade),
-    ("connection_header_missing_upgrade", connection_missing_upgrade),
+    (
+        "connection_header_missing_upgrade",
+        connection_missing_upgrade,
+    ),
     ("idle_timeout", idle_timeout),
     ("peer_closed_first", peer_closed_first),
 ];
@@ -65,7 +72,11 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
             return Diagnosis { code, message, fix };
         }
     }
-    Diagnosis { code: "unknown", message: unknown_message(f), fix: None }
+    Diagnosis {
+        code: "unknown",
+        message: unknown_message(f),
+        fix: None,
+    }
 }
 
 fn who(p: &Option<(u32, String)>) -> Option<String> {
@@ -84,7 +95,9 @@ fn peer_name(f: &Facts) -> String {
 }
 
 fn peer_is_nginx(f: &Facts) -> bool {
-    f.peer.as_ref().is_some_and(|(_, comm)| comm.starts_with("nginx"))
+    f.peer
+        .as_ref()
+        .is_some_and(|(_, comm)| comm.starts_with("nginx"))
 }
 
 fn close_frame_rule(f: &Facts, which: Direction) -> Option<(String, Option<String>)> {
@@ -101,7 +114,11 @@ fn close_frame_rule(f: &Facts, which: Direction) -> Option<(String, Option<Strin
         Some(c) => format!("{c} ({})", close_code_meaning(c)),
         None => "without a status code".into(),
     };
-    let reason = if frame.reason.is_empty() { String::new() } else { format!(", reason {:?}", frame.reason) };
+    let reason = if frame.reason.is_empty() {
+        String::new()
+    } else {
+        format!(", reason {:?}", frame.reason)
+    };
     let message = format!("{side} sent a WebSocket close frame {what}{reason}");
     let fix = match (frame.code, which) {
         (Some(1011), Direction::Sent) => Some("the server hit an error: look in its log at this time for the exception behind the 1011".into()),
@@ -188,8 +205,14 @@ fn connection_missing_upgrade(f: &Facts) -> Option<(String, Option<String>)> {
 
 /// Idle timeouts of common proxies and load balancers, in seconds.
 const KNOWN_TIMEOUTS: &[(u64, &str)] = &[
-    (60, "nginx `proxy_read_timeout` / `proxy_send_timeout` (default 60 s) or an AWS ALB's idle timeout (default 60 s)"),
-    (30, "a 30 s idle timeout (a common proxy, client or load-balancer setting)"),
+    (
+        60,
+        "nginx `proxy_read_timeout` / `proxy_send_timeout` (default 60 s) or an AWS ALB's idle timeout (default 60 s)",
+    ),
+    (
+        30,
+        "a 30 s idle timeout (a common proxy, client or load-balancer setting)",
+    ),
     (75, "a 75 s idle timeout"),
     (90, "a 90 s idle timeout"),
     (100, "Cloudflare's 100 s idle timeout"),
@@ -247,17 +270,30 @@ fn peer_closed_first(f: &Facts) -> Option<(String, Option<String>)> {
         return None;
     }
     Some((
-        format!("the other end ({}) closed first (FIN): this host only followed", peer_name(f)),
-        Some(format!("look at {}: its logs at this time say why it closed", peer_name(f))),
+        format!(
+            "the other end ({}) closed first (FIN): this host only followed",
+            peer_name(f)
+        ),
+        Some(format!(
+            "look at {}: its logs at this time say why it closed",
+            peer_name(f)
+        )),
     ))
 }
 
 fn unknown_message(f: &Facts) -> String {
     let request = match &f.request {
-        Some(r) => format!("request {} with Connection: {}", r.version.as_str(), r.connection_tokens().join(", ")),
+        Some(r) => format!(
+            "request {} with Connection: {}",
+            r.version.as_str(),
+            r.connection_tokens().join(", ")
+        ),
         None => "request head not seen".into(),
     };
-    let idle = f.idle_ms.map(|i| format!("idle {:.1} s", i as f64 / 1000.0)).unwrap_or_else(|| "idle time unknown".into());
+    let idle = f
+        .idle_ms
+        .map(|i| format!("idle {:.1} s", i as f64 / 1000.0))
+        .unwrap_or_else(|| "idle time unknown".into());
     format!(
         "no rule matched: {} closed with a {} {:.1} ms after the 101 ({request}; {idle}; no close frame)",
         closer_name(f),
@@ -293,16 +329,27 @@ mod tests {
 
     #[test]
     fn the_story_http10_behind_nginx() {
-        let f = Facts { request: req(HTTP10), ..facts() };
+        let f = Facts {
+            request: req(HTTP10),
+            ..facts()
+        };
         let d = diagnose(&f);
         assert_eq!(d.code, "http10_upgrade");
-        assert!(d.message.contains("php (pid 4242)") && d.message.contains("nginx (pid 77)"), "{}", d.message);
+        assert!(
+            d.message.contains("php (pid 4242)") && d.message.contains("nginx (pid 77)"),
+            "{}",
+            d.message
+        );
         assert!(d.fix.expect("fix").contains("proxy_http_version 1.1;"));
     }
 
     #[test]
     fn http10_behind_another_proxy_names_it() {
-        let f = Facts { request: req(HTTP10), peer: Some((9, "haproxy".into())), ..facts() };
+        let f = Facts {
+            request: req(HTTP10),
+            peer: Some((9, "haproxy".into())),
+            ..facts()
+        };
         let d = diagnose(&f);
         assert_eq!(d.code, "http10_upgrade");
         assert!(d.fix.expect("fix").starts_with("make haproxy forward"));
@@ -310,28 +357,65 @@ mod tests {
 
     #[test]
     fn connection_without_upgrade_token() {
-        let f = Facts { request: req("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive\r\n\r\n"), ..facts() };
+        let f = Facts {
+            request: req(
+                "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive\r\n\r\n",
+            ),
+            ..facts()
+        };
         let d = diagnose(&f);
         assert_eq!(d.code, "connection_header_missing_upgrade");
-        assert!(d.message.contains("Connection: keep-alive"), "{}", d.message);
+        assert!(
+            d.message.contains("Connection: keep-alive"),
+            "{}",
+            d.message
+        );
         assert!(d.fix.expect("fix").contains("Connection \"upgrade\""));
-        let f = Facts { request: req("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"), ..facts() };
+        let f = Facts {
+            request: req("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"),
+            ..facts()
+        };
         assert!(diagnose(&f).message.contains("no Connection header"));
     }
 
     #[test]
     fn close_frames_both_ways() {
-        let cf = |code, reason: &str| CloseFrame { code: Some(code), reason: reason.into() };
-        let f = Facts { close_frames: vec![(Direction::Sent, cf(1011, "db down"))], ..facts() };
+        let cf = |code, reason: &str| CloseFrame {
+            code: Some(code),
+            reason: reason.into(),
+        };
+        let f = Facts {
+            close_frames: vec![(Direction::Sent, cf(1011, "db down"))],
+            ..facts()
+        };
         let d = diagnose(&f);
         assert_eq!(d.code, "server_close_frame");
-        assert!(d.message.contains("1011 (internal server error)") && d.message.contains("db down"), "{}", d.message);
+        assert!(
+            d.message.contains("1011 (internal server error)") && d.message.contains("db down"),
+            "{}",
+            d.message
+        );
         assert!(d.fix.is_some());
-        let f = Facts { close_frames: vec![(Direction::Received, cf(1001, "")), (Direction::Sent, cf(1001, ""))], ..facts() };
+        let f = Facts {
+            close_frames: vec![
+                (Direction::Received, cf(1001, "")),
+                (Direction::Sent, cf(1001, "")),
+            ],
+            ..facts()
+        };
         let d = diagnose(&f);
         assert_eq!(d.code, "client_close_frame");
         assert!(d.message.contains("going away"), "{}", d.message);
-        let f = Facts { close_frames: vec![(Direction::Sent, CloseFrame { code: None, reason: String::new() })], ..facts() };
+        let f = Facts {
+            close_frames: vec![(
+                Direction::Sent,
+                CloseFrame {
+                    code: None,
+                    reason: String::new(),
+                },
+            )],
+            ..facts()
+        };
         assert!(diagnose(&f).message.contains("without a status code"));
     }
 
@@ -339,7 +423,13 @@ mod tests {
     fn close_frame_beats_http10() {
         let f = Facts {
             request: req(HTTP10),
-            close_frames: vec![(Direction::Received, CloseFrame { code: Some(1000), reason: String::new() })],
+            close_frames: vec![(
+                Direction::Received,
+                CloseFrame {
+                    code: Some(1000),
+                    reason: String::new(),
+                },
+            )],
             ..facts()
         };
         assert_eq!(diagnose(&f).code, "client_close_frame");
@@ -347,17 +437,33 @@ mod tests {
 
     #[test]
     fn rst_beats_http10_and_names_the_side() {
-        let f = Facts { request: req(HTTP10), how: How::Rst, ..facts() };
+        let f = Facts {
+            request: req(HTTP10),
+            how: How::Rst,
+            ..facts()
+        };
         let d = diagnose(&f);
         assert_eq!(d.code, "abort_rst");
         assert!(d.fix.expect("fix").contains("SO_LINGER"));
-        let f = Facts { how: How::Rst, closed_by: ClosedBy::Peer, ..facts() };
-        assert!(diagnose(&f).message.contains("the peer (nginx (pid 77) at 127.0.0.1:50412) reset"));
+        let f = Facts {
+            how: How::Rst,
+            closed_by: ClosedBy::Peer,
+            ..facts()
+        };
+        assert!(
+            diagnose(&f)
+                .message
+                .contains("the peer (nginx (pid 77) at 127.0.0.1:50412) reset")
+        );
     }
 
     #[test]
     fn http10_but_peer_closed_first() {
-        let f = Facts { request: req(HTTP10), closed_by: ClosedBy::Peer, ..facts() };
+        let f = Facts {
+            request: req(HTTP10),
+            closed_by: ClosedBy::Peer,
+            ..facts()
+        };
         let d = diagnose(&f);
         assert_eq!(d.code, "peer_closed_first");
         assert!(d.message.contains("nginx (pid 77)"));
@@ -366,25 +472,56 @@ mod tests {
     #[test]
     fn idle_timeouts() {
         // nginx closed (peer) after 60 s of silence.
-        let f = Facts { closed_by: ClosedBy::Peer, idle_ms: Some(60_020), ms_after_upgrade: 65_000.0, ..facts() };
+        let f = Facts {
+            closed_by: ClosedBy::Peer,
+            idle_ms: Some(60_020),
+            ms_after_upgrade: 65_000.0,
+            ..facts()
+        };
         let d = diagnose(&f);
         assert_eq!(d.code, "idle_timeout");
-        assert!(d.message.contains("60.0 s") && d.message.contains("proxy_read_timeout"), "{}", d.message);
+        assert!(
+            d.message.contains("60.0 s") && d.message.contains("proxy_read_timeout"),
+            "{}",
+            d.message
+        );
         assert!(d.fix.expect("fix").contains("ping"));
         // Not a known value, but idle for the whole life of the socket, and
         // just past a whole second: a configured timeout (nginx 2s).
-        let f = Facts { idle_ms: Some(2_030), ms_after_upgrade: 2_050.0, closed_by: ClosedBy::Peer, ..facts() };
+        let f = Facts {
+            idle_ms: Some(2_030),
+            ms_after_upgrade: 2_050.0,
+            closed_by: ClosedBy::Peer,
+            ..facts()
+        };
         let d = diagnose(&f);
         assert_eq!(d.code, "idle_timeout");
-        assert!(d.message.contains("a configured 2 s timeout"), "{}", d.message);
+        assert!(
+            d.message.contains("a configured 2 s timeout"),
+            "{}",
+            d.message
+        );
         // Idle all along but at a random moment: someone just left.
-        let f = Facts { idle_ms: Some(1_500), ms_after_upgrade: 1_510.0, closed_by: ClosedBy::Peer, ..facts() };
+        let f = Facts {
+            idle_ms: Some(1_500),
+            ms_after_upgrade: 1_510.0,
+            closed_by: ClosedBy::Peer,
+            ..facts()
+        };
         assert_eq!(diagnose(&f).code, "peer_closed_first");
         // Busy until just before the close: not a timeout.
-        let f = Facts { idle_ms: Some(4_500), ms_after_upgrade: 40_000.0, ..facts() };
+        let f = Facts {
+            idle_ms: Some(4_500),
+            ms_after_upgrade: 40_000.0,
+            ..facts()
+        };
         assert_eq!(diagnose(&f).code, "unknown");
         // Under a second of idle never counts.
-        let f = Facts { idle_ms: Some(900), ms_after_upgrade: 950.0, ..facts() };
+        let f = Facts {
+            idle_ms: Some(900),
+            ms_after_upgrade: 950.0,
+            ..facts()
+        };
         assert_eq!(diagnose(&f).code, "unknown");
         assert_eq!(matching_timeout(59_000), Some(KNOWN_TIMEOUTS[0].1));
         assert_eq!(matching_timeout(66_500), None);
@@ -395,11 +532,22 @@ mod tests {
     fn unknown_lists_the_facts() {
         let d = diagnose(&facts());
         assert_eq!(d.code, "unknown");
-        assert!(d.message.contains("HTTP/1.1") && d.message.contains("FIN"), "{}", d.message);
+        assert!(
+            d.message.contains("HTTP/1.1") && d.message.contains("FIN"),
+            "{}",
+            d.message
+        );
         assert!(d.fix.is_none());
-        let f = Facts { request: None, idle_ms: None, closer: None, ..facts() };
+        let f = Facts {
+            request: None,
+            idle_ms: None,
+            closer: None,
+            ..facts()
+        };
         let d = diagnose(&f);
-        assert!(d.message.contains("request head not seen") && d.message.contains("the local server"));
+        assert!(
+            d.message.contains("request head not seen") && d.message.contains("the local server")
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Result, bail};
 use wstrace_common::{
-    AF_INET6, CloseEvent, DATA_CAP, DIR_SENT, DataEvent, EventHeader, EventKind,
-    FLAG_TASK_EXITING, STACK_DEPTH, SockTuple,
+    AF_INET6, CloseEvent, DATA_CAP, DIR_SENT, DataEvent, EventHeader, EventKind, FLAG_TASK_EXITING,
+    STACK_DEPTH, SockTuple,
 };
 
 #[derive(Clone, Debug, PartialEq)]
@@ -145,7 +145,11 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
         let d: DataEvent = read_pod(bytes);
         let n = (d.len as usize).min(DATA_CAP);
         Some(Data {
-            direction: if d.direction == DIR_SENT { Direction::Sent } else { Direction::Received },
+            direction: if d.direction == DIR_SENT {
+                Direction::Sent
+            } else {
+                Direction::Received
+            },
             bytes: d.data[..n].to_vec(),
         })
     } else {
@@ -250,7 +254,11 @@ mod tests {
             kernel_stack: [0; STACK_DEPTH],
             user_stack: [0; STACK_DEPTH],
         };
-        c.kernel_stack[..3].copy_from_slice(&[0xffffffff81000010, 0xffffffff81000020, 0xffffffff81000030]);
+        c.kernel_stack[..3].copy_from_slice(&[
+            0xffffffff81000010,
+            0xffffffff81000020,
+            0xffffffff81000030,
+        ]);
         c.header.flags = FLAG_TASK_EXITING;
         let e = decode(as_bytes(&c)).expect("decodes");
         let s = e.stacks.expect("close carries stacks");
@@ -284,14 +292,34 @@ mod tests {
         assert_eq!(data.bytes, b"GET /");
         assert_eq!(data.direction, Direction::Sent);
         d.len = 100_000; // a corrupt length is clamped, not trusted
-        assert_eq!(decode(as_bytes(&d)).expect("decodes").data.expect("data").bytes.len(), DATA_CAP);
+        assert_eq!(
+            decode(as_bytes(&d))
+                .expect("decodes")
+                .data
+                .expect("data")
+                .bytes
+                .len(),
+            DATA_CAP
+        );
     }
 
     #[test]
     fn idle_jiffies_wrap_like_the_kernel() {
-        let s = JiffiesSample { now: 5, last_send: u32::MAX - 4, last_recv: 1 };
+        let s = JiffiesSample {
+            now: 5,
+            last_send: u32::MAX - 4,
+            last_recv: 1,
+        };
         assert_eq!(s.idle(), Some(4));
-        assert_eq!(JiffiesSample { now: 9, last_send: 0, last_recv: 0 }.idle(), None);
+        assert_eq!(
+            JiffiesSample {
+                now: 9,
+                last_send: 0,
+                last_recv: 0
+            }
+            .idle(),
+            None
+        );
         let e = decode(as_bytes(&header(EventKind::State))).expect("decodes");
         assert_eq!(e.jiffies.idle(), Some(10));
     }

@@ -10,7 +10,12 @@ const CHECK_PORT: u16 = 1;
 
 pub fn run(common: &CommonArgs) -> Result<()> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    println!("wstrace {} on Linux {} ({})", env!("CARGO_PKG_VERSION"), release.trim(), std::env::consts::ARCH);
+    println!(
+        "wstrace {} on Linux {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        release.trim(),
+        std::env::consts::ARCH
+    );
     let line = |what: &str, r: std::result::Result<String, String>| {
         match &r {
             Ok(ok) => println!("  {what:<20} ok: {ok}"),
@@ -18,11 +23,27 @@ pub fn run(common: &CommonArgs) -> Result<()> {
         }
         r.is_ok()
     };
-    let privs = line("privileges", privileges::check().map(|()| "can load eBPF (root or CAP_BPF+CAP_PERFMON)".into()).map_err(|e| format!("{e:#}")));
+    let privs = line(
+        "privileges",
+        privileges::check()
+            .map(|()| "can load eBPF (root or CAP_BPF+CAP_PERFMON)".into())
+            .map_err(|e| format!("{e:#}")),
+    );
     let offsets = btf::resolve(&common.btf);
-    let btf_ok = line("kernel BTF", offsets.as_ref().map(|_| common.btf.display().to_string()).map_err(|e| format!("{e:#}")));
+    let btf_ok = line(
+        "kernel BTF",
+        offsets
+            .as_ref()
+            .map(|_| common.btf.display().to_string())
+            .map_err(|e| format!("{e:#}")),
+    );
     let root = tracefs::ensure_mounted();
-    let tracefs_ok = line("tracefs", root.as_ref().map(|p| p.display().to_string()).map_err(|e| format!("{e:#}")));
+    let tracefs_ok = line(
+        "tracefs",
+        root.as_ref()
+            .map(|p| p.display().to_string())
+            .map_err(|e| format!("{e:#}")),
+    );
     let (Ok(offsets), Ok(root), true) = (offsets, root, privs) else {
         bail!("tracing cannot work on this host (see the NO lines above)");
     };
@@ -30,7 +51,11 @@ pub fn run(common: &CommonArgs) -> Result<()> {
     if let Some(warning) = privileges::raise_memlock() {
         println!("  {:<20} warning: {warning}", "memlock");
     }
-    let settings = probes::Settings { ports: &[CHECK_PORT], max_sockets: 1024, ring_bytes: 1 << 16 };
+    let settings = probes::Settings {
+        ports: &[CHECK_PORT],
+        max_sockets: 1024,
+        ring_bytes: 1 << 16,
+    };
     let mut usable = Vec::new();
     for (name, choice) in [
         ("fentry", probes::ProbeChoice::Fentry),
@@ -40,7 +65,11 @@ pub fn run(common: &CommonArgs) -> Result<()> {
         // Attach for real, then drop: detaches everything again.
         let r = probes::attach(choice, &settings, &offsets, &root).map(|a| {
             let limits = a.limits.join("; ");
-            if limits.is_empty() { "attaches".to_string() } else { format!("attaches; {limits}") }
+            if limits.is_empty() {
+                "attaches".to_string()
+            } else {
+                format!("attaches; {limits}")
+            }
         });
         // attach() names the set and suggests auto; here only the reason matters.
         let r = r.map_err(|e| {

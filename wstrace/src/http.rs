@@ -49,7 +49,10 @@ impl fmt::Debug for RequestHead {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Values are redacted already; Debug shows exactly what output would.
         f.debug_struct("RequestHead")
-            .field("request_line", &format!("{} {} {}", self.method, self.target, self.version.as_str()))
+            .field(
+                "request_line",
+                &format!("{} {} {}", self.method, self.target, self.version.as_str()),
+            )
             .field("headers", &self.headers)
             .field("complete", &self.complete)
             .finish()
@@ -78,13 +81,17 @@ impl RequestHead {
     }
 
     pub fn has_connection_token(&self, token: &str) -> bool {
-        self.connection_tokens().iter().any(|t| t.eq_ignore_ascii_case(token))
+        self.connection_tokens()
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(token))
     }
 
     /// `Upgrade: websocket` (any case), whatever `Connection` says.
     pub fn asks_for_websocket(&self) -> bool {
-        self.header("upgrade")
-            .is_some_and(|u| u.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")))
+        self.header("upgrade").is_some_and(|u| {
+            u.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+        })
     }
 }
 
@@ -121,7 +128,9 @@ impl Redactor {
                 return Err("empty --redact pattern: give a header name such as X-Tenant-Id or X-Internal-*".into());
             }
             if p.chars().any(|c| c.is_whitespace() || c == ':') {
-                return Err(format!("--redact {p:?}: a header name cannot contain spaces or ':'"));
+                return Err(format!(
+                    "--redact {p:?}: a header name cannot contain spaces or ':'"
+                ));
             }
             patterns.push(p.to_ascii_lowercase());
         }
@@ -130,18 +139,24 @@ impl Redactor {
 
     /// Nothing redacted (an explicit user choice).
     pub fn none() -> Self {
-        Self { patterns: Vec::new() }
+        Self {
+            patterns: Vec::new(),
+        }
     }
 
     pub fn is_sensitive(&self, name: &str) -> bool {
         let name = name.to_ascii_lowercase();
-        self.patterns.iter().any(|p| glob(p.as_bytes(), name.as_bytes()))
+        self.patterns
+            .iter()
+            .any(|p| glob(p.as_bytes(), name.as_bytes()))
     }
 }
 
 impl Default for Redactor {
     fn default() -> Self {
-        Self { patterns: SENSITIVE.iter().map(|s| s.to_string()).collect() }
+        Self {
+            patterns: SENSITIVE.iter().map(|s| s.to_string()).collect(),
+        }
     }
 }
 
@@ -171,7 +186,10 @@ fn glob(pat: &[u8], s: &[u8]) -> bool {
 /// Tokens a request line's method may be made of (RFC 9110 tchar, upper case
 /// in practice): anything else means these bytes are not a request.
 fn is_method(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+    !s.is_empty()
+        && s.len() <= 16
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
 }
 
 /// Parses the request head the server answered with its 101.
@@ -199,12 +217,19 @@ pub fn parse_request_head(bytes: &[u8], redactor: &Redactor) -> Option<RequestHe
         }
         rest = &trimmed[consumed..];
         // A body or garbage after a complete head ends the search quietly.
-        let next_word = rest.trim_start_matches(['\r', '\n']).split(' ').next().unwrap_or("");
+        let next_word = rest
+            .trim_start_matches(['\r', '\n'])
+            .split(' ')
+            .next()
+            .unwrap_or("");
         if !is_method(next_word) {
             break;
         }
     }
-    let pick = heads.iter().rposition(RequestHead::asks_for_websocket).unwrap_or(heads.len().checked_sub(1)?);
+    let pick = heads
+        .iter()
+        .rposition(RequestHead::asks_for_websocket)
+        .unwrap_or(heads.len().checked_sub(1)?);
     Some(heads.swap_remove(pick))
 }
 
@@ -253,7 +278,11 @@ fn parse_one(s: &str, redactor: &Redactor) -> Option<(RequestHead, usize)> {
         raw.push((name.to_string(), value.trim().to_string()));
     }
     for (name, value) in raw {
-        let value = if redactor.is_sensitive(&name) { REDACTED.to_string() } else { value };
+        let value = if redactor.is_sensitive(&name) {
+            REDACTED.to_string()
+        } else {
+            value
+        };
         head.headers.push((name, value));
     }
     Some((head, lines.pos))
@@ -313,9 +342,17 @@ mod tests {
         assert_eq!(h.header("cookie"), Some(REDACTED));
         assert_eq!(h.header("sec-websocket-key"), Some(REDACTED));
         let dbg = format!("{h:?}");
-        assert!(!dbg.contains("SECRET1") && !dbg.contains("dGhlIHNhbXBsZSBub25jZQ"), "{dbg}");
+        assert!(
+            !dbg.contains("SECRET1") && !dbg.contains("dGhlIHNhbXBsZSBub25jZQ"),
+            "{dbg}"
+        );
         let h = parse(b"GET / HTTP/1.1\r\nAuthorization: Bearer abc\r\nX-Session-Id: s1\r\nX-My-Token: t\r\nX-Db-Password: p\r\n\r\n");
-        for n in ["authorization", "x-session-id", "x-my-token", "x-db-password"] {
+        for n in [
+            "authorization",
+            "x-session-id",
+            "x-my-token",
+            "x-db-password",
+        ] {
             assert_eq!(h.header(n), Some(REDACTED), "{n}");
         }
     }
@@ -323,7 +360,11 @@ mod tests {
     #[test]
     fn user_patterns_and_no_redaction() {
         let r = Redactor::new(&["X-Tenant-*".into(), "x-forwarded-for".into()]).expect("valid");
-        let h = parse_request_head(b"GET / HTTP/1.1\r\nX-Tenant-Id: acme\r\nX-Forwarded-For: 10.0.0.1\r\nHost: h\r\n\r\n", &r).expect("parses");
+        let h = parse_request_head(
+            b"GET / HTTP/1.1\r\nX-Tenant-Id: acme\r\nX-Forwarded-For: 10.0.0.1\r\nHost: h\r\n\r\n",
+            &r,
+        )
+        .expect("parses");
         assert_eq!(h.header("x-tenant-id"), Some(REDACTED));
         assert_eq!(h.header("x-forwarded-for"), Some(REDACTED));
         assert_eq!(h.header("host"), Some("h"));
@@ -389,7 +430,9 @@ mod tests {
     #[test]
     fn keep_alive_requests_before_the_upgrade() {
         let mut b = b"GET /health HTTP/1.1\r\nHost: h\r\n\r\n".to_vec();
-        b.extend_from_slice(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+        b.extend_from_slice(
+            b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        );
         let h = parse(&b);
         assert_eq!(h.target, "/ws");
         // A body after the head is not a request.

@@ -11,15 +11,15 @@ use std::{io::Read as _, time::Duration};
 const STANDARD: [u32; 5] = [100, 250, 300, 1000, 1200];
 
 pub fn detect() -> Option<u32> {
-    from_config_gz()
-        .or_else(from_boot_config)
-        .or_else(measure)
+    from_config_gz().or_else(from_boot_config).or_else(measure)
 }
 
 fn from_config_gz() -> Option<u32> {
     let f = std::fs::File::open("/proc/config.gz").ok()?;
     let mut text = String::new();
-    flate2::read::GzDecoder::new(f).read_to_string(&mut text).ok()?;
+    flate2::read::GzDecoder::new(f)
+        .read_to_string(&mut text)
+        .ok()?;
     parse_config(&text)
 }
 
@@ -29,12 +29,14 @@ fn from_boot_config() -> Option<u32> {
 }
 
 pub fn parse_config(text: &str) -> Option<u32> {
-    text.lines().find_map(|l| l.strip_prefix("CONFIG_HZ=")?.trim().parse().ok())
+    text.lines()
+        .find_map(|l| l.strip_prefix("CONFIG_HZ=")?.trim().parse().ok())
 }
 
 fn jiffies_now() -> Option<u64> {
     let t = std::fs::read_to_string("/proc/timer_list").ok()?;
-    t.lines().find_map(|l| l.strip_prefix("jiffies:")?.trim().parse().ok())
+    t.lines()
+        .find_map(|l| l.strip_prefix("jiffies:")?.trim().parse().ok())
 }
 
 fn measure() -> Option<u32> {
@@ -62,7 +64,10 @@ mod tests {
 
     #[test]
     fn reads_config_hz() {
-        assert_eq!(parse_config("# CONFIG_HZ_100 is not set\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n"), Some(250));
+        assert_eq!(
+            parse_config("# CONFIG_HZ_100 is not set\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n"),
+            Some(250)
+        );
         assert_eq!(parse_config("CONFIG_HZ_1000=y\n"), None);
     }
 

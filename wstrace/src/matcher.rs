@@ -160,11 +160,16 @@ pub struct Matcher {
     /// 101-looking writes on sockets whose complete request asked for no
     /// upgrade (ignored).
     pub not_upgrades: u64,
+    /// Upgraded sockets dropped because more than `capacity` were open at
+    /// once (the kernel's LRU map of the same size dropped them too).
+    pub evicted: u64,
+    capacity: usize,
 }
 
-/// Upper bound on tracked sockets in userspace, matching the kernel map's
-/// default; beyond it the oldest are dropped and counted.
-pub const MAX_TRACKED: usize = 65536;
+/// The tests' capacity (the CLI's `--max-sockets` default).
+#[cfg(test)]
+const MAX_TRACKED: usize = 65536;
+
 #[derive(Debug)]
 struct Head {
     first_ts: u64,
@@ -176,8 +181,23 @@ struct Head {
 pub const MAX_HEADS: usize = 4096;
 
 impl Matcher {
+    #[cfg(test)]
     pub fn new(probe: ProbeSet) -> Self {
-        Self { probe, sockets: HashMap::new(), heads: HashMap::new(), orphan_events: 0, not_upgrades: 0 }
+        Self::with_capacity(probe, MAX_TRACKED)
+    }
+
+    /// `capacity`: the kernel map's size (`--max-sockets`), so userspace
+    /// forgets what the kernel forgot, and counts it.
+    pub fn with_capacity(probe: ProbeSet, capacity: usize) -> Self {
+        Self {
+            probe,
+            sockets: HashMap::new(),
+            heads: HashMap::new(),
+            orphan_events: 0,
+            not_upgrades: 0,
+            evicted: 0,
+            capacity: capacity.max(1),
+        }
     }
 
     #[cfg(test)]
@@ -204,8 +224,9 @@ impl Matcher {
                 self.not_upgrades += 1;
                 return out;
             }
-            if self.sockets.len() >= MAX_TRACKED {
+            if self.sockets.len() >= self.capacity {
                 self.evict_oldest();
+                self.evicted += 1;
             }
             let last_bytes = (ev.bytes_received, ev.bytes_acked);
             self.sockets.insert(
@@ -362,9 +383,14 @@ impl Matcher {
                 self.heads.remove(&old);
             }
         }
-        let head = self.heads.entry(sk).or_insert_with(|| Head { first_ts: ts_ns, remote, bytes: Vec::new() });
+        let head = self.heads.entry(sk).or_insert_with(|| Head {
+            first_ts: ts_ns,
+            remote,
+            bytes: Vec::new(),
+        });
         let room = (wstrace_common::HEAD_BUDGET as usize).saturating_sub(head.bytes.len());
-        head.bytes.extend_from_slice(&data.bytes[..data.bytes.len().min(room)]);
+        head.bytes
+            .extend_from_slice(&data.bytes[..data.bytes.len().min(room)]);
     }
 
     fn evict_oldest(&mut self) {
@@ -399,7 +425,8 @@ impl Matcher {
                 c.comm, c.pid
             )),
             None if closed_by == ClosedBy::Peer && how == How::Fin => notes.push(
-                "the local end is still open (CLOSE_WAIT): no process here has closed it yet".into(),
+                "the local end is still open (CLOSE_WAIT): no process here has closed it yet"
+                    .into(),
             ),
             _ => {}
         }
@@ -417,7 +444,11 @@ impl Matcher {
             closed_by,
             how,
             closer,
-            upgrader: Upgrader { pid: up.pid, tid: up.tid, comm: up.comm.clone() },
+            upgrader: Upgrader {
+                pid: up.pid,
+                tid: up.tid,
+                comm: up.comm.clone(),
+            },
             // bytes_acked at the upgrade event was read before the 101 itself
             // went out: discount the 101 write.
             bytes_sent_after_upgrade: acked
@@ -448,8 +479,11 @@ fn apply_transition(t: &mut Tracked, old: u8, new: u8, ts: u64) {
         }
         (CLOSE_WAIT, LAST_ACK) => t.local_fin_done = true,
         (ESTABLISHED | CLOSE_WAIT, CLOSE) => {
-            let (by, at) =
-                if t.rst_received { (ClosedBy::Peer, ts) } else { (ClosedBy::Local, local_ts) };
+            let (by, at) = if t.rst_received {
+                (ClosedBy::Peer, ts)
+            } else {
+                (ClosedBy::Local, local_ts)
+            };
             t.first.get_or_insert((by, How::Rst, at));
             t.reset_transition_ts = Some(ts);
         }
@@ -514,11 +548,20 @@ mod tests {
 
     fn state(old: u8, new: u8, ts: u64) -> Event {
         // State events fire wherever the kernel is: give them a misleading pid.
-        Event { old_state: old, new_state: new, pid: 999, comm: "client".into(), ..ev(EventKind::State, ts) }
+        Event {
+            old_state: old,
+            new_state: new,
+            pid: 999,
+            comm: "client".into(),
+            ..ev(EventKind::State, ts)
+        }
     }
 
     fn stacks() -> Stacks {
-        Stacks { kernel: Ok(vec![0xffffffff81000000]), user: Ok(vec![0x7f0000001000]) }
+        Stacks {
+            kernel: Ok(vec![0xffffffff81000000]),
+            user: Ok(vec![0x7f0000001000]),
+        }
     }
 
     fn close(old: u8, new: u8, pid: u32, ts: u64) -> Event {
@@ -534,7 +577,11 @@ mod tests {
     }
 
     fn one(reports: Vec<CloseReport>) -> CloseReport {
-        assert_eq!(reports.len(), 1, "expected exactly one report: {reports:#?}");
+        assert_eq!(
+            reports.len(),
+            1,
+            "expected exactly one report: {reports:#?}"
+        );
         reports.into_iter().next().expect("one report")
     }
 
@@ -549,7 +596,10 @@ mod tests {
         assert_eq!((c.pid, c.tid, c.comm.as_str()), (100, 101, "swoole"));
         assert_eq!(r.ms_after_upgrade(), 1.5);
         // Later transitions and the destroy do not report twice.
-        assert!(m.on_event(state(FIN_WAIT1, FIN_WAIT2, 3_000_000)).is_empty());
+        assert!(
+            m.on_event(state(FIN_WAIT1, FIN_WAIT2, 3_000_000))
+                .is_empty()
+        );
         assert!(m.on_event(ev(EventKind::Destroy, 4_000_000)).is_empty());
         assert_eq!(m.tracked(), 0);
     }
@@ -582,7 +632,11 @@ mod tests {
             }
             let r = one(reports);
             assert_eq!((r.closed_by, r.how), (ClosedBy::Peer, How::Fin), "{set:?}");
-            assert_eq!(r.closer.expect("closer").pid, 100, "not the softirq/peer pid 999");
+            assert_eq!(
+                r.closer.expect("closer").pid,
+                100,
+                "not the softirq/peer pid 999"
+            );
             assert_eq!(r.close_ts_ns, 20, "the close time is the peer's FIN");
         }
     }
@@ -606,7 +660,13 @@ mod tests {
         let mut m = Matcher::new(ProbeSet::Tracepoint);
         m.on_event(upgrade(0));
         assert!(m.on_event(close(ESTABLISHED, CLOSE, 100, 10)).is_empty());
-        assert!(m.on_event(Event { pid: 100, ..ev(EventKind::ResetSent, 11) }).is_empty());
+        assert!(
+            m.on_event(Event {
+                pid: 100,
+                ..ev(EventKind::ResetSent, 11)
+            })
+            .is_empty()
+        );
         let r = one(m.on_event(ev(EventKind::Destroy, 12)));
         assert_eq!((r.closed_by, r.how), (ClosedBy::Local, How::Rst));
         assert_eq!(r.closer.expect("closer").pid, 100);
@@ -620,7 +680,10 @@ mod tests {
         assert!(m.on_event(state(ESTABLISHED, CLOSE, 11)).is_empty());
         m.on_event(ev(EventKind::ResetSent, 12));
         let r = one(m.on_event(ev(EventKind::Destroy, 13)));
-        assert_eq!((r.closed_by, r.how, r.close_ts_ns), (ClosedBy::Local, How::Rst, 10));
+        assert_eq!(
+            (r.closed_by, r.how, r.close_ts_ns),
+            (ClosedBy::Local, How::Rst, 10)
+        );
         assert_eq!(r.closer.expect("closer").pid, 100);
     }
 
@@ -662,7 +725,10 @@ mod tests {
     #[test]
     fn sockets_never_upgraded_produce_nothing() {
         let mut m = Matcher::new(ProbeSet::Tracepoint);
-        assert!(m.on_event(close(ESTABLISHED, FIN_WAIT1, 100, 10)).is_empty());
+        assert!(
+            m.on_event(close(ESTABLISHED, FIN_WAIT1, 100, 10))
+                .is_empty()
+        );
         assert!(m.on_event(ev(EventKind::Destroy, 11)).is_empty());
         assert_eq!(m.orphan_events, 2);
         assert!(m.flush(100).is_empty());
@@ -685,21 +751,46 @@ mod tests {
     fn fins_are_not_counted_as_payload() {
         let mut m = Matcher::new(ProbeSet::Tracepoint);
         m.on_event(upgrade(0));
-        m.on_event(Event { bytes_received: 300 + 10 + 1, ..state(ESTABLISHED, CLOSE_WAIT, 5) });
+        m.on_event(Event {
+            bytes_received: 300 + 10 + 1,
+            ..state(ESTABLISHED, CLOSE_WAIT, 5)
+        });
         // At LAST_ACK our FIN is only queued: acked counts payload only.
-        let r = one(m.on_event(Event { bytes_received: 311, bytes_acked: 129 + 7, ..close(CLOSE_WAIT, LAST_ACK, 100, 7) }));
-        assert_eq!(r.bytes_received_after_upgrade, 10, "the peer's FIN is not payload");
+        let r = one(m.on_event(Event {
+            bytes_received: 311,
+            bytes_acked: 129 + 7,
+            ..close(CLOSE_WAIT, LAST_ACK, 100, 7)
+        }));
+        assert_eq!(
+            r.bytes_received_after_upgrade, 10,
+            "the peer's FIN is not payload"
+        );
         assert_eq!(r.bytes_sent_after_upgrade, 7);
         let mut m = Matcher::new(ProbeSet::Fentry);
         m.on_event(upgrade(0));
         m.on_event(close(ESTABLISHED, 0, 100, 10));
-        m.on_event(Event { bytes_acked: 129 + 5 + 1, ..state(ESTABLISHED, CLOSE, 11) });
-        let r = one(m.on_event(Event { bytes_acked: 129 + 5 + 1, ..ev(EventKind::Destroy, 12) }));
-        assert_eq!(r.bytes_sent_after_upgrade, 6, "RST close: no FIN to discount");
+        m.on_event(Event {
+            bytes_acked: 129 + 5 + 1,
+            ..state(ESTABLISHED, CLOSE, 11)
+        });
+        let r = one(m.on_event(Event {
+            bytes_acked: 129 + 5 + 1,
+            ..ev(EventKind::Destroy, 12)
+        }));
+        assert_eq!(
+            r.bytes_sent_after_upgrade, 6,
+            "RST close: no FIN to discount"
+        );
     }
 
     fn data(dir: Direction, bytes: &[u8], ts: u64) -> Event {
-        Event { data: Some(Data { direction: dir, bytes: bytes.to_vec() }), ..ev(EventKind::Data, ts) }
+        Event {
+            data: Some(Data {
+                direction: dir,
+                bytes: bytes.to_vec(),
+            }),
+            ..ev(EventKind::Data, ts)
+        }
     }
 
     #[test]
@@ -710,14 +801,45 @@ mod tests {
         m.on_event(upgrade(2));
         m.on_event(data(Direction::Sent, &[0x88, 0x02, 0x03, 0xf3], 3));
         let r = one(m.on_event(close(ESTABLISHED, FIN_WAIT1, 100, 4)));
-        assert_eq!(r.request_head, b"GET /ws HTTP/1.0\r\nUpgrade: websocket\r\n\r\n");
-        assert_eq!(r.close_frames, vec![(Direction::Sent, vec![0x88, 0x02, 0x03, 0xf3])]);
+        assert_eq!(
+            r.request_head,
+            b"GET /ws HTTP/1.0\r\nUpgrade: websocket\r\n\r\n"
+        );
+        assert_eq!(
+            r.close_frames,
+            vec![(Direction::Sent, vec![0x88, 0x02, 0x03, 0xf3])]
+        );
+    }
+
+    #[test]
+    fn more_open_sockets_than_the_map_holds_are_evicted_and_counted() {
+        let mut m = Matcher::with_capacity(ProbeSet::Tracepoint, 2);
+        for (sk, ts) in [(1, 10), (2, 20), (3, 30)] {
+            m.on_event(Event { sk, ..upgrade(ts) });
+        }
+        assert_eq!((m.tracked(), m.evicted), (2, 1));
+        // The oldest (sk 1) is gone; its close is an orphan, not a report.
+        assert!(
+            m.on_event(Event {
+                sk: 1,
+                ..close(ESTABLISHED, FIN_WAIT1, 100, 40)
+            })
+            .is_empty()
+        );
+        one(m.on_event(Event {
+            sk: 3,
+            ..close(ESTABLISHED, FIN_WAIT1, 100, 50)
+        }));
     }
 
     #[test]
     fn a_101_for_a_request_that_asked_for_no_upgrade_is_ignored() {
         let mut m = Matcher::new(ProbeSet::Tracepoint);
-        m.on_event(data(Direction::Received, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0));
+        m.on_event(data(
+            Direction::Received,
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            0,
+        ));
         assert!(m.on_event(upgrade(1)).is_empty());
         assert!(m.on_event(close(ESTABLISHED, FIN_WAIT1, 100, 2)).is_empty());
         assert!(m.flush(10).is_empty());
@@ -730,7 +852,11 @@ mod tests {
         m.on_event(upgrade(0));
         one(m.on_event(close(ESTABLISHED, FIN_WAIT1, 100, 1)));
         let mut m = Matcher::new(ProbeSet::Tracepoint);
-        m.on_event(data(Direction::Received, b"GET /ws HTTP/1.1\r\nHost: x\r\nX-Long: aaaa", 0));
+        m.on_event(data(
+            Direction::Received,
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nX-Long: aaaa",
+            0,
+        ));
         m.on_event(upgrade(1));
         one(m.on_event(close(ESTABLISHED, FIN_WAIT1, 100, 2)));
     }
@@ -739,12 +865,25 @@ mod tests {
     fn a_reused_socket_address_does_not_inherit_the_old_head() {
         let mut m = Matcher::new(ProbeSet::Tracepoint);
         // An upgrade request on a connection that never upgraded...
-        m.on_event(data(Direction::Received, b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", 0));
+        m.on_event(data(
+            Direction::Received,
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            0,
+        ));
         // ...then the same struct sock, a new connection, a plain request and
         // a body that looks like a 101.
         let other = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50001);
-        m.on_event(Event { remote: other, ..data(Direction::Received, b"GET / HTTP/1.1\r\n\r\n", 1) });
-        assert!(m.on_event(Event { remote: other, ..upgrade(2) }).is_empty());
+        m.on_event(Event {
+            remote: other,
+            ..data(Direction::Received, b"GET / HTTP/1.1\r\n\r\n", 1)
+        });
+        assert!(
+            m.on_event(Event {
+                remote: other,
+                ..upgrade(2)
+            })
+            .is_empty()
+        );
         assert_eq!(m.not_upgrades, 1);
     }
 
@@ -752,10 +891,24 @@ mod tests {
     fn idle_sample_is_taken_at_the_first_close() {
         let mut m = Matcher::new(ProbeSet::Tracepoint);
         m.on_event(upgrade(0));
-        let sample = JiffiesSample { now: 1000, last_send: 400, last_recv: 500 };
-        m.on_event(Event { jiffies: sample, ..state(ESTABLISHED, CLOSE_WAIT, 10) });
-        let later = JiffiesSample { now: 9000, last_send: 400, last_recv: 500 };
-        let r = one(m.on_event(Event { jiffies: later, ..close(CLOSE_WAIT, LAST_ACK, 100, 20) }));
+        let sample = JiffiesSample {
+            now: 1000,
+            last_send: 400,
+            last_recv: 500,
+        };
+        m.on_event(Event {
+            jiffies: sample,
+            ..state(ESTABLISHED, CLOSE_WAIT, 10)
+        });
+        let later = JiffiesSample {
+            now: 9000,
+            last_send: 400,
+            last_recv: 500,
+        };
+        let r = one(m.on_event(Event {
+            jiffies: later,
+            ..close(CLOSE_WAIT, LAST_ACK, 100, 20)
+        }));
         assert_eq!(r.jiffies_at_close, Some(sample));
     }
 
@@ -763,7 +916,10 @@ mod tests {
     fn heads_of_sockets_that_never_upgrade_are_bounded() {
         let mut m = Matcher::new(ProbeSet::Tracepoint);
         for sk in 0..(MAX_HEADS as u64 + 10) {
-            m.on_event(Event { sk, ..data(Direction::Received, b"GET / HTTP/1.1\r\n", sk) });
+            m.on_event(Event {
+                sk,
+                ..data(Direction::Received, b"GET / HTTP/1.1\r\n", sk)
+            });
         }
         assert_eq!(m.heads.len(), MAX_HEADS);
         assert!(!m.heads.contains_key(&0), "the oldest went first");

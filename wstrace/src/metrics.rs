@@ -44,17 +44,41 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("wstrace");
         let upgrades = Counter::default();
-        registry.register("upgrades", "Sockets seen switching protocols (HTTP 101) on traced ports", upgrades.clone());
+        registry.register(
+            "upgrades",
+            "Sockets seen switching protocols (HTTP 101) on traced ports",
+            upgrades.clone(),
+        );
         let closes = Family::<CloseLabels, Counter>::default();
-        registry.register("closes", "Upgraded sockets that closed, by side, FIN/RST and diagnosis", closes.clone());
+        registry.register(
+            "closes",
+            "Upgraded sockets that closed, by side, FIN/RST and diagnosis",
+            closes.clone(),
+        );
         // 1 ms .. ~9 h: right-after-101 closes up to long-lived sessions.
-        let lifetime = Histogram::new([0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 3600.0, 32400.0].into_iter());
-        registry.register("connection_lifetime_seconds", "Time from the 101 to the close", lifetime.clone());
+        let lifetime =
+            Histogram::new([0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 3600.0, 32400.0].into_iter());
+        registry.register(
+            "connection_lifetime_seconds",
+            "Time from the 101 to the close",
+            lifetime.clone(),
+        );
         let lost_events = Counter::default();
-        registry.register("lost_events", "Kernel events lost because the ring buffer was full", lost_events.clone());
+        registry.register(
+            "lost_events",
+            "Kernel events lost because the ring buffer was full",
+            lost_events.clone(),
+        );
         let probe_set = Family::<ProbeLabels, Gauge>::default();
         registry.register("probe_set", "The probe set in use (1)", probe_set.clone());
-        Metrics { upgrades, closes, lifetime, lost_events, probe_set, registry: Arc::new(Mutex::new(registry)) }
+        Metrics {
+            upgrades,
+            closes,
+            lifetime,
+            lost_events,
+            probe_set,
+            registry: Arc::new(Mutex::new(registry)),
+        }
     }
 
     pub fn render(&self) -> String {
@@ -84,7 +108,10 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
         if line == "# EOF" {
             continue;
         }
-        let meta = line.strip_prefix("# HELP ").map(|r| ("# HELP ", r)).or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("# HELP ", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
         match meta {
             Some((kind, rest)) => {
                 let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -109,23 +136,32 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(port) = port_only.parse::<u16>() {
         return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
     }
-    t.parse().map_err(|_| format!("{s:?} is not an address: use PORT (loopback), IP:PORT or [IPv6]:PORT"))
+    t.parse().map_err(|_| {
+        format!("{s:?} is not an address: use PORT (loopback), IP:PORT or [IPv6]:PORT")
+    })
 }
 
 /// Binds now (so a busy port is an error at start-up) and serves in the
 /// background until the process exits.
 pub async fn serve(addr: SocketAddr, metrics: Metrics) -> Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("--metrics {addr}: cannot listen (port in use, or not allowed)"))?;
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!("--metrics {addr}: cannot listen (port in use, or not allowed)")
+    })?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((mut conn, _)) = listener.accept().await else { continue };
+            let Ok((mut conn, _)) = listener.accept().await else {
+                continue;
+            };
             let m = metrics.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 2048];
-                let n = match tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf)).await {
+                let n = match tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    conn.read(&mut buf),
+                )
+                .await
+                {
                     Ok(Ok(n)) => n,
                     _ => return,
                 };
@@ -135,12 +171,19 @@ pub async fn serve(addr: SocketAddr, metrics: Metrics) -> Result<SocketAddr> {
                     // Prometheus asks for OpenMetrics; everything else gets
                     // the classic text format.
                     let wants_om = req.lines().any(|l| {
-                        l.to_ascii_lowercase().starts_with("accept:") && l.contains("application/openmetrics-text")
+                        l.to_ascii_lowercase().starts_with("accept:")
+                            && l.contains("application/openmetrics-text")
                     });
                     let (ctype, body) = if wants_om {
-                        ("application/openmetrics-text; version=1.0.0; charset=utf-8", m.render())
+                        (
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            m.render(),
+                        )
                     } else {
-                        ("text/plain; version=0.0.4; charset=utf-8", to_prometheus_text(&m.render()))
+                        (
+                            "text/plain; version=0.0.4; charset=utf-8",
+                            to_prometheus_text(&m.render()),
+                        )
                     };
                     format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -163,10 +206,22 @@ mod tests {
 
     #[test]
     fn addresses() {
-        assert_eq!(parse_addr("9464"), Ok("127.0.0.1:9464".parse().expect("addr")));
-        assert_eq!(parse_addr(":9464"), Ok("127.0.0.1:9464".parse().expect("addr")));
-        assert_eq!(parse_addr("0.0.0.0:9464"), Ok("0.0.0.0:9464".parse().expect("addr")));
-        assert_eq!(parse_addr("[::1]:9464"), Ok("[::1]:9464".parse().expect("addr")));
+        assert_eq!(
+            parse_addr("9464"),
+            Ok("127.0.0.1:9464".parse().expect("addr"))
+        );
+        assert_eq!(
+            parse_addr(":9464"),
+            Ok("127.0.0.1:9464".parse().expect("addr"))
+        );
+        assert_eq!(
+            parse_addr("0.0.0.0:9464"),
+            Ok("0.0.0.0:9464".parse().expect("addr"))
+        );
+        assert_eq!(
+            parse_addr("[::1]:9464"),
+            Ok("[::1]:9464".parse().expect("addr"))
+        );
         assert!(parse_addr("localhost:x").is_err());
         assert!(parse_addr("70000").is_err());
     }
@@ -176,15 +231,32 @@ mod tests {
         let m = Metrics::new();
         m.upgrades.inc();
         m.closes
-            .get_or_create(&CloseLabels { closed_by: "local".into(), how: "fin".into(), diagnosis: "http10_upgrade".into() })
+            .get_or_create(&CloseLabels {
+                closed_by: "local".into(),
+                how: "fin".into(),
+                diagnosis: "http10_upgrade".into(),
+            })
             .inc();
         m.lifetime.observe(0.0004);
-        m.probe_set.get_or_create(&ProbeLabels { probe: "tracepoint".into() }).set(1);
+        m.probe_set
+            .get_or_create(&ProbeLabels {
+                probe: "tracepoint".into(),
+            })
+            .set(1);
         let text = m.render();
         let classic = to_prometheus_text(&text);
-        assert!(classic.contains("# TYPE wstrace_upgrades_total counter\n"), "{classic}");
-        assert!(classic.contains("# HELP wstrace_closes_total Upgraded"), "{classic}");
-        assert!(classic.contains("# TYPE wstrace_connection_lifetime_seconds histogram\n"), "{classic}");
+        assert!(
+            classic.contains("# TYPE wstrace_upgrades_total counter\n"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# HELP wstrace_closes_total Upgraded"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# TYPE wstrace_connection_lifetime_seconds histogram\n"),
+            "{classic}"
+        );
         assert!(!classic.contains("# EOF"));
         for want in [
             "wstrace_upgrades_total 1",

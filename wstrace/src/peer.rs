@@ -23,7 +23,11 @@ pub fn is_local(ip: IpAddr) -> bool {
 /// The process owning the TCP socket whose local end is `peer_local` and
 /// remote end is `peer_remote` (our remote and local, swapped).
 pub fn find(peer_local: SocketAddr, peer_remote: SocketAddr) -> Option<PeerProcess> {
-    let table = if peer_local.is_ipv4() { "/proc/net/tcp" } else { "/proc/net/tcp6" };
+    let table = if peer_local.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
     let inode = fs::read_to_string(table)
         .ok()
         .and_then(|t| inode_of(&t, peer_local, peer_remote))
@@ -45,14 +49,23 @@ fn mapped(a: SocketAddr) -> SocketAddr {
 fn owner_of(inode: u64) -> Option<PeerProcess> {
     let want = format!("socket:[{inode}]");
     for entry in fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
-        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else { continue };
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
         for fd in fds.flatten() {
             if fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == want.as_str()) {
                 let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-                return Some(PeerProcess { pid, comm: comm.trim_end().to_string() });
+                return Some(PeerProcess {
+                    pid,
+                    comm: comm.trim_end().to_string(),
+                });
             }
         }
     }
@@ -75,7 +88,10 @@ pub fn parse_addr(s: &str) -> Option<SocketAddr> {
     let (ip, port) = s.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     let words: Option<Vec<u32>> = (0..ip.len() / 8)
-        .map(|i| ip.get(i * 8..i * 8 + 8).and_then(|w| u32::from_str_radix(w, 16).ok()))
+        .map(|i| {
+            ip.get(i * 8..i * 8 + 8)
+                .and_then(|w| u32::from_str_radix(w, 16).ok())
+        })
         .collect();
     let words = words?;
     let ip = match (ip.len(), words.as_slice()) {
@@ -108,7 +124,10 @@ mod tests {
 
     #[test]
     fn parses_kernel_address_notation() {
-        assert_eq!(parse_addr("0100007F:04BF"), Some("127.0.0.1:1215".parse().expect("addr")));
+        assert_eq!(
+            parse_addr("0100007F:04BF"),
+            Some("127.0.0.1:1215".parse().expect("addr"))
+        );
         assert_eq!(
             parse_addr("00000000000000000000000001000000:04BF"),
             Some("[::1]:1215".parse().expect("addr"))
@@ -137,11 +156,15 @@ mod tests {
     #[test]
     fn finds_a_real_loopback_peer_in_this_process() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (server, _) = listener.accept().expect("accept");
         // From the server's point of view, the peer is the client socket.
-        let peer = find(server.peer_addr().expect("peer"), server.local_addr().expect("local"))
-            .expect("the client socket is found in /proc");
+        let peer = find(
+            server.peer_addr().expect("peer"),
+            server.local_addr().expect("local"),
+        )
+        .expect("the client socket is found in /proc");
         assert_eq!(peer.pid, std::process::id());
         drop(client);
     }

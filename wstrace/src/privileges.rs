@@ -31,7 +31,10 @@ pub fn check() -> Result<()> {
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones use
 /// memcg and do not need this. Failure is only worth a word on old kernels.
 pub fn raise_memlock() -> Option<String> {
-    let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit with a valid struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } == 0 {
         return None;

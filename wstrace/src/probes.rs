@@ -100,7 +100,12 @@ pub fn attach(
     for &set in choice.candidates() {
         match try_set(set, settings, offsets, &tp_globals, tracefs_root) {
             Ok(ebpf) => {
-                return Ok(Attached { ebpf, set, skipped, limits: limits(set, tracefs_root) });
+                return Ok(Attached {
+                    ebpf,
+                    set,
+                    skipped,
+                    limits: limits(set, tracefs_root),
+                });
             }
             Err(e) => skipped.push(format!("{}: {}", set.name(), explain(set, &e))),
         }
@@ -125,7 +130,9 @@ fn limits(set: ProbeSet, root: &Path) -> Vec<String> {
         );
     }
     if !tracefs::event_exists(root, "tcp", "tcp_destroy_sock") {
-        out.push("tcp:tcp_destroy_sock is missing: reports rely on state changes and timers".into());
+        out.push(
+            "tcp:tcp_destroy_sock is missing: reports rely on state changes and timers".into(),
+        );
     }
     out
 }
@@ -134,8 +141,12 @@ fn limits(set: ProbeSet, root: &Path) -> Vec<String> {
 fn explain(set: ProbeSet, e: &anyhow::Error) -> String {
     let raw = one_line(e);
     let hint = match set {
-        ProbeSet::Fentry if raw.contains("Operation not permitted") || raw.contains("os error 524") => {
-            Some("fentry is not available on this kernel: it refused BTF trampolines (ftrace locked, or no CONFIG_FUNCTION_TRACER / DYNAMIC_FTRACE_WITH_DIRECT_CALLS)")
+        ProbeSet::Fentry
+            if raw.contains("Operation not permitted") || raw.contains("os error 524") =>
+        {
+            Some(
+                "fentry is not available on this kernel: it refused BTF trampolines (ftrace locked, or no CONFIG_FUNCTION_TRACER / DYNAMIC_FTRACE_WITH_DIRECT_CALLS)",
+            )
         }
         ProbeSet::Kprobe if raw.contains("kprobe/type") || raw.contains("kprobe_events") => {
             Some("kprobes are not available on this kernel (CONFIG_KPROBES is off)")
@@ -181,12 +192,24 @@ fn tracepoint_globals(root: &Path) -> Result<Vec<(&'static str, u64)>> {
     let f = |cat: &str, name: &str, field: &str| tracefs::field_offset(root, cat, name, field);
     Ok(vec![
         (TP_STATE_SKADDR, f("sock", "inet_sock_set_state", "skaddr")?),
-        (TP_STATE_OLDSTATE, f("sock", "inet_sock_set_state", "oldstate")?),
-        (TP_STATE_NEWSTATE, f("sock", "inet_sock_set_state", "newstate")?),
+        (
+            TP_STATE_OLDSTATE,
+            f("sock", "inet_sock_set_state", "oldstate")?,
+        ),
+        (
+            TP_STATE_NEWSTATE,
+            f("sock", "inet_sock_set_state", "newstate")?,
+        ),
         (TP_STATE_SPORT, f("sock", "inet_sock_set_state", "sport")?),
-        (TP_STATE_PROTOCOL, f("sock", "inet_sock_set_state", "protocol")?),
+        (
+            TP_STATE_PROTOCOL,
+            f("sock", "inet_sock_set_state", "protocol")?,
+        ),
         (TP_SEND_RESET_SKADDR, f("tcp", "tcp_send_reset", "skaddr")?),
-        (TP_RECV_RESET_SKADDR, f("tcp", "tcp_receive_reset", "skaddr")?),
+        (
+            TP_RECV_RESET_SKADDR,
+            f("tcp", "tcp_receive_reset", "skaddr")?,
+        ),
         (
             TP_DESTROY_SKADDR,
             f("tcp", "tcp_destroy_sock", "skaddr").unwrap_or(globals::ABSENT),
@@ -232,7 +255,9 @@ fn try_set(
     loader
         .map_max_entries("UPGRADED", settings.max_sockets)
         .map_max_entries("EVENTS", settings.ring_bytes);
-    let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object")?;
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object")?;
 
     let state_prog = match set {
         // Only the tracepoint set has no tcp_close hook: the closing
@@ -256,14 +281,19 @@ fn try_set(
                 ("fentry_tcp_recvmsg", "tcp_recvmsg"),
             ] {
                 let p: &mut FEntry = program(&mut ebpf, prog)?;
-                p.load(func, &btf).with_context(|| format!("loading fentry/{func}"))?;
-                p.attach().with_context(|| format!("attaching fentry/{func}"))?;
+                p.load(func, &btf)
+                    .with_context(|| format!("loading fentry/{func}"))?;
+                p.attach()
+                    .with_context(|| format!("attaching fentry/{func}"))?;
             }
             // One fexit program per parameter count (see fentry.rs); btf.rs
             // only lets this set through with a count that has one.
-            let nargs = offsets.get(globals::TCP_RECVMSG_NARGS).unwrap_or(globals::ABSENT);
+            let nargs = offsets
+                .get(globals::TCP_RECVMSG_NARGS)
+                .unwrap_or(globals::ABSENT);
             let p: &mut FExit = program(&mut ebpf, &format!("fexit_tcp_recvmsg{nargs}"))?;
-            p.load("tcp_recvmsg", &btf).context("loading fexit/tcp_recvmsg")?;
+            p.load("tcp_recvmsg", &btf)
+                .context("loading fexit/tcp_recvmsg")?;
             p.attach().context("attaching fexit/tcp_recvmsg")?;
         }
         ProbeSet::Kprobe => {
@@ -275,7 +305,8 @@ fn try_set(
             ] {
                 let p: &mut KProbe = program(&mut ebpf, prog)?;
                 p.load().with_context(|| format!("loading kprobe/{func}"))?;
-                p.attach(func, 0).with_context(|| format!("attaching kprobe/{func}"))?;
+                p.attach(func, 0)
+                    .with_context(|| format!("attaching kprobe/{func}"))?;
             }
         }
         ProbeSet::Tracepoint => {
@@ -294,19 +325,26 @@ where
     let p = ebpf
         .program_mut(name)
         .ok_or_else(|| anyhow!("program {name} missing from the eBPF object (build mismatch)"))?;
-    p.try_into().with_context(|| format!("program {name} has an unexpected type"))
+    p.try_into()
+        .with_context(|| format!("program {name} has an unexpected type"))
 }
 
 fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<()> {
     let p: &mut TracePoint = program(ebpf, prog)?;
-    p.load().with_context(|| format!("loading tracepoint program {prog}"))?;
-    p.attach(category, name).with_context(|| format!("attaching tracepoint {category}:{name}"))?;
+    p.load()
+        .with_context(|| format!("loading tracepoint program {prog}"))?;
+    p.attach(category, name)
+        .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
     Ok(())
 }
 
 /// Sum of the per-CPU "ring buffer full" counters.
 pub fn lost_events(ebpf: &Ebpf) -> u64 {
-    let Some(map) = ebpf.map("LOST") else { return 0 };
-    let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else { return 0 };
+    let Some(map) = ebpf.map("LOST") else {
+        return 0;
+    };
+    let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else {
+        return 0;
+    };
     arr.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
 }

@@ -36,7 +36,9 @@ impl Processes {
 }
 
 fn read(pid: u32, redactor: &Redactor) -> ProcInfo {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string());
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.display().to_string());
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
         .ok()
         .filter(|b| !b.is_empty())
@@ -44,7 +46,12 @@ fn read(pid: u32, redactor: &Redactor) -> ProcInfo {
     let cgroup_text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
     let cgroup = cgroup_path(&cgroup_text);
     let container_id = cgroup.as_deref().and_then(container_id);
-    ProcInfo { exe, cmdline, cgroup, container_id }
+    ProcInfo {
+        exe,
+        cmdline,
+        cgroup,
+        container_id,
+    }
 }
 
 /// NUL-separated arguments.
@@ -71,7 +78,10 @@ pub fn redact_cmdline(args: &[String], redactor: &Redactor) -> String {
         if arg.starts_with("--") || (arg.starts_with('-') && name.len() > 1) {
             match name.split_once('=') {
                 Some((key, _)) if redactor.is_sensitive(key) || sensitive_word(key) => {
-                    out.push(format!("{}={REDACTED}", &arg[..arg.len() - name.len() + key.len()]));
+                    out.push(format!(
+                        "{}={REDACTED}",
+                        &arg[..arg.len() - name.len() + key.len()]
+                    ));
                     continue;
                 }
                 None if redactor.is_sensitive(name) || sensitive_word(name) => {
@@ -90,14 +100,28 @@ pub fn redact_cmdline(args: &[String], redactor: &Redactor) -> String {
 /// Option names that hold secrets on command lines (beyond header names).
 fn sensitive_word(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    ["password", "passwd", "secret", "token", "key", "credential", "auth"].iter().any(|w| n.contains(w))
+    [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "key",
+        "credential",
+        "auth",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
 }
 
 /// `scheme://user:password@host` -> `scheme://user:[redacted]@host`.
 fn redact_url_credentials(arg: &str) -> String {
-    let Some(scheme_end) = arg.find("://") else { return arg.to_string() };
+    let Some(scheme_end) = arg.find("://") else {
+        return arg.to_string();
+    };
     let rest = &arg[scheme_end + 3..];
-    let Some(at) = rest.find('@') else { return arg.to_string() };
+    let Some(at) = rest.find('@') else {
+        return arg.to_string();
+    };
     let userinfo = &rest[..at];
     match userinfo.split_once(':') {
         Some((user, _)) if !userinfo.contains('/') => {
@@ -113,7 +137,10 @@ pub fn cgroup_path(text: &str) -> Option<String> {
     let lines: Vec<&str> = text.lines().collect();
     let v2 = lines.iter().find_map(|l| l.strip_prefix("0::"));
     let any = lines.iter().find_map(|l| l.splitn(3, ':').nth(2));
-    v2.or(any).map(str::trim).filter(|p| !p.is_empty()).map(str::to_string)
+    v2.or(any)
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
 }
 
 /// A 64-hex-digit container id in a cgroup path (Docker, containerd/CRI,
@@ -143,13 +170,32 @@ mod tests {
     fn cmdline_secrets_are_hidden() {
         let r = Redactor::default();
         let line = redact_cmdline(
-            &args(&["php", "server.php", "--db-password=hunter2", "--api-token", "abc", "--port", "1215", "redis://app:pw1@cache:6379", "-v"]),
+            &args(&[
+                "php",
+                "server.php",
+                "--db-password=hunter2",
+                "--api-token",
+                "abc",
+                "--port",
+                "1215",
+                "redis://app:pw1@cache:6379",
+                "-v",
+            ]),
             &r,
         );
-        assert_eq!(line, "php server.php --db-password=[redacted] --api-token [redacted] --port 1215 redis://app:[redacted]@cache:6379 -v");
+        assert_eq!(
+            line,
+            "php server.php --db-password=[redacted] --api-token [redacted] --port 1215 redis://app:[redacted]@cache:6379 -v"
+        );
         let r = Redactor::new(&["tenant".into()]).expect("valid");
-        assert_eq!(redact_cmdline(&args(&["x", "--tenant=acme"]), &r), "x --tenant=[redacted]");
-        assert_eq!(redact_cmdline(&args(&["nginx: worker process"]), &Redactor::default()), "nginx: worker process");
+        assert_eq!(
+            redact_cmdline(&args(&["x", "--tenant=acme"]), &r),
+            "x --tenant=[redacted]"
+        );
+        assert_eq!(
+            redact_cmdline(&args(&["nginx: worker process"]), &Redactor::default()),
+            "nginx: worker process"
+        );
     }
 
     #[test]
@@ -160,7 +206,10 @@ mod tests {
 
     #[test]
     fn urls_without_passwords_are_unchanged() {
-        assert_eq!(redact_url_credentials("http://host/path@x"), "http://host/path@x");
+        assert_eq!(
+            redact_url_credentials("http://host/path@x"),
+            "http://host/path@x"
+        );
         assert_eq!(redact_url_credentials("ws://user@host"), "ws://user@host");
         assert_eq!(redact_url_credentials("plain"), "plain");
     }
@@ -169,13 +218,27 @@ mod tests {
     fn cgroups_and_container_ids() {
         let id = "3f1b0c6a9e2d4b5f8a7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a";
         let docker = format!("0::/system.slice/docker-{id}.scope\n");
-        assert_eq!(cgroup_path(&docker).as_deref(), Some(format!("/system.slice/docker-{id}.scope").as_str()));
-        assert_eq!(container_id(&cgroup_path(&docker).expect("path")).as_deref(), Some(id));
-        let k8s = format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-{id}.scope");
+        assert_eq!(
+            cgroup_path(&docker).as_deref(),
+            Some(format!("/system.slice/docker-{id}.scope").as_str())
+        );
+        assert_eq!(
+            container_id(&cgroup_path(&docker).expect("path")).as_deref(),
+            Some(id)
+        );
+        let k8s = format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-{id}.scope"
+        );
         assert_eq!(container_id(&k8s).as_deref(), Some(id));
         let v1 = format!("12:pids:/docker/{id}\n11:memory:/docker/{id}\n");
-        assert_eq!(cgroup_path(&v1).as_deref(), Some(format!("/docker/{id}").as_str()));
-        assert_eq!(container_id("/user.slice/user-0.slice/session-1.scope"), None);
+        assert_eq!(
+            cgroup_path(&v1).as_deref(),
+            Some(format!("/docker/{id}").as_str())
+        );
+        assert_eq!(
+            container_id("/user.slice/user-0.slice/session-1.scope"),
+            None
+        );
         assert_eq!(cgroup_path(""), None);
         assert_eq!(cgroup_path("0::/\n").as_deref(), Some("/"));
     }

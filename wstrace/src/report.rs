@@ -41,7 +41,8 @@ pub struct ReportArgs {
 }
 
 fn parse_time(s: &str) -> Result<SystemTime, String> {
-    humantime::parse_rfc3339_weak(s).map_err(|e| format!("{s:?}: {e} (want e.g. 2026-11-24T03:00:00Z)"))
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{s:?}: {e} (want e.g. 2026-11-24T03:00:00Z)"))
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -72,12 +73,17 @@ impl Summary {
             let v: Value = match serde_json::from_str(line) {
                 Ok(v) => v,
                 Err(e) => {
-                    self.malformed.push((name.to_string(), i as u64 + 1, e.to_string()));
+                    self.malformed
+                        .push((name.to_string(), i as u64 + 1, e.to_string()));
                     continue;
                 }
             };
             if v.get("closed_by").and_then(Value::as_str).is_none() {
-                self.malformed.push((name.to_string(), i as u64 + 1, "not a close report (no closed_by)".into()));
+                self.malformed.push((
+                    name.to_string(),
+                    i as u64 + 1,
+                    "not a close report (no closed_by)".into(),
+                ));
                 continue;
             }
             if keep(&v, f) {
@@ -140,7 +146,12 @@ fn read_file(path: &Path) -> Result<String> {
 }
 
 pub fn run(args: &ReportArgs) -> Result<()> {
-    let f = Filters { since: args.since, until: args.until, port: args.port, pid: args.pid };
+    let f = Filters {
+        since: args.since,
+        until: args.until,
+        port: args.port,
+        pid: args.pid,
+    };
     let mut s = Summary::default();
     for path in &args.files {
         let text = read_file(path)?;
@@ -198,15 +209,37 @@ fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
 pub fn render(s: &Summary, top: usize) -> String {
     let mut o = String::new();
     let n = s.closes.len();
-    let _ = writeln!(o, "wstrace report: {n} closes ({} lines read, {} filtered out, {} malformed)", s.lines, s.filtered_out, s.malformed.len());
+    let _ = writeln!(
+        o,
+        "wstrace report: {n} closes ({} lines read, {} filtered out, {} malformed)",
+        s.lines,
+        s.filtered_out,
+        s.malformed.len()
+    );
     let times: Vec<SystemTime> = s.closes.iter().filter_map(ts).collect();
     if let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) {
-        let _ = writeln!(o, "from {} to {}", humantime::format_rfc3339_seconds(*first), humantime::format_rfc3339_seconds(*last));
+        let _ = writeln!(
+            o,
+            "from {} to {}",
+            humantime::format_rfc3339_seconds(*first),
+            humantime::format_rfc3339_seconds(*last)
+        );
     }
-    let pct = |c: usize| if n == 0 { 0.0 } else { c as f64 * 100.0 / n as f64 };
+    let pct = |c: usize| {
+        if n == 0 {
+            0.0
+        } else {
+            c as f64 * 100.0 / n as f64
+        }
+    };
 
     let _ = writeln!(o, "\nby diagnosis:");
-    for (code, c) in count_by(&s.closes, |v| v.pointer("/diagnosis/code").and_then(Value::as_str).unwrap_or("(none)").to_string()) {
+    for (code, c) in count_by(&s.closes, |v| {
+        v.pointer("/diagnosis/code")
+            .and_then(Value::as_str)
+            .unwrap_or("(none)")
+            .to_string()
+    }) {
         let fix = s
             .closes
             .iter()
@@ -220,13 +253,23 @@ pub fn render(s: &Summary, top: usize) -> String {
     }
 
     let _ = writeln!(o, "\nby side and how:");
-    for (k, c) in count_by(&s.closes, |v| format!("closed by {} ({})", str_of(v, "closed_by"), str_of(v, "how"))) {
+    for (k, c) in count_by(&s.closes, |v| {
+        format!(
+            "closed by {} ({})",
+            str_of(v, "closed_by"),
+            str_of(v, "how")
+        )
+    }) {
         let _ = writeln!(o, "  {c:>6} {:>5.1}%  {k}", pct(c));
     }
 
     let _ = writeln!(o, "\nby closing process:");
     for (k, c) in count_by(&s.closes, |v| match v.get("pid").and_then(Value::as_u64) {
-        Some(pid) => format!("{} (pid {pid}) {}", str_of(v, "comm"), v.get("exe").and_then(Value::as_str).unwrap_or("")),
+        Some(pid) => format!(
+            "{} (pid {pid}) {}",
+            str_of(v, "comm"),
+            v.get("exe").and_then(Value::as_str).unwrap_or("")
+        ),
         None => "(no local process)".into(),
     })
     .into_iter()
@@ -239,7 +282,13 @@ pub fn render(s: &Summary, top: usize) -> String {
     let stacks = count_by(&s.closes, |v| {
         v.get("user_stack")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(frame_key).collect::<Vec<_>>().join("\n"))
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(frame_key)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
             .unwrap_or_default()
     });
     for (stack, c) in stacks.into_iter().filter(|(k, _)| !k.is_empty()).take(top) {
@@ -249,7 +298,11 @@ pub fn render(s: &Summary, top: usize) -> String {
         }
     }
 
-    let mut life: Vec<f64> = s.closes.iter().filter_map(|v| v.get("ms_after_upgrade").and_then(Value::as_f64)).collect();
+    let mut life: Vec<f64> = s
+        .closes
+        .iter()
+        .filter_map(|v| v.get("ms_after_upgrade").and_then(Value::as_f64))
+        .collect();
     life.sort_by(f64::total_cmp);
     if !life.is_empty() {
         let _ = writeln!(
@@ -296,7 +349,12 @@ mod tests {
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/report");
 
     fn none() -> Filters {
-        Filters { since: None, until: None, port: None, pid: None }
+        Filters {
+            since: None,
+            until: None,
+            port: None,
+            pid: None,
+        }
     }
 
     fn summary(f: &Filters) -> Summary {
@@ -317,7 +375,10 @@ mod tests {
             std::fs::write(&golden, &out).expect("bless");
         }
         let want = std::fs::read_to_string(&golden).expect("golden file");
-        assert_eq!(out, want, "report output changed; if intended, rerun with WSTRACE_BLESS=1");
+        assert_eq!(
+            out, want,
+            "report output changed; if intended, rerun with WSTRACE_BLESS=1"
+        );
     }
 
     #[test]
@@ -330,9 +391,15 @@ mod tests {
 
     #[test]
     fn filters() {
-        let by_port = summary(&Filters { port: Some(8080), ..none() });
+        let by_port = summary(&Filters {
+            port: Some(8080),
+            ..none()
+        });
         assert_eq!(by_port.closes.len(), 1);
-        let by_pid = summary(&Filters { pid: Some(4242), ..none() });
+        let by_pid = summary(&Filters {
+            pid: Some(4242),
+            ..none()
+        });
         assert_eq!(by_pid.closes.len(), 4);
         let since = parse_time("2026-11-24T03:01:00Z").ok();
         let late = summary(&Filters { since, ..none() });
@@ -361,9 +428,15 @@ mod tests {
 
     #[test]
     fn frame_keys_drop_offsets_and_lines() {
-        assert_eq!(frame_key("__GI___close+0x3a (/lib/libc.so.6) at ./io/close.c:27"), "__GI___close (/lib/libc.so.6)");
+        assert_eq!(
+            frame_key("__GI___close+0x3a (/lib/libc.so.6) at ./io/close.c:27"),
+            "__GI___close (/lib/libc.so.6)"
+        );
         assert_eq!(frame_key("tcp_close+0x1f"), "tcp_close");
-        assert_eq!(frame_key("f [inlined] (/bin/x) at a.rs:3"), "f [inlined] (/bin/x)");
+        assert_eq!(
+            frame_key("f [inlined] (/bin/x) at a.rs:3"),
+            "f [inlined] (/bin/x)"
+        );
         assert_eq!(frame_key("[unknown]"), "[unknown]");
     }
 

@@ -20,15 +20,32 @@ pub fn folded(s: &Summary) -> Vec<String> {
                 .map(|a| a.iter().filter_map(Value::as_str).map(frame_key).collect())
                 .unwrap_or_default()
         };
-        let mut path = vec![v.get("comm").and_then(Value::as_str).unwrap_or("(no local process)").to_string()];
+        let mut path = vec![
+            v.get("comm")
+                .and_then(Value::as_str)
+                .unwrap_or("(no local process)")
+                .to_string(),
+        ];
         // Stacks are innermost first; a flame graph wants the root first.
         path.extend(frames("user_stack").into_iter().rev());
-        path.extend(frames("kernel_stack").into_iter().rev().map(|f| format!("[k] {f}")));
+        path.extend(
+            frames("kernel_stack")
+                .into_iter()
+                .rev()
+                .map(|f| format!("[k] {f}")),
+        );
         // ';' separates frames in the folded format.
-        let line = path.iter().map(|f| f.replace(';', ":")).collect::<Vec<_>>().join(";");
+        let line = path
+            .iter()
+            .map(|f| f.replace(';', ":"))
+            .collect::<Vec<_>>()
+            .join(";");
         *counts.entry(line).or_default() += 1;
     }
-    counts.into_iter().map(|(k, n)| format!("{k} {n}")).collect()
+    counts
+        .into_iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect()
 }
 
 fn flamegraph_svg(lines: &[String]) -> Result<String> {
@@ -59,13 +76,23 @@ const BUCKETS: &[(f64, &str)] = &[
 
 fn lifetime_svg(s: &Summary) -> String {
     let mut counts = vec![0usize; BUCKETS.len()];
-    for ms in s.closes.iter().filter_map(|v| v.get("ms_after_upgrade").and_then(Value::as_f64)) {
-        let i = BUCKETS.iter().position(|(max, _)| ms < *max).unwrap_or(BUCKETS.len() - 1);
+    for ms in s
+        .closes
+        .iter()
+        .filter_map(|v| v.get("ms_after_upgrade").and_then(Value::as_f64))
+    {
+        let i = BUCKETS
+            .iter()
+            .position(|(max, _)| ms < *max)
+            .unwrap_or(BUCKETS.len() - 1);
         counts[i] += 1;
     }
     let most = counts.iter().copied().max().unwrap_or(0).max(1);
     let (w, h, bar) = (760, 220, 760 / BUCKETS.len());
-    let mut svg = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" id=\"lifetimes\" width=\"{w}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">", h + 40);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" id=\"lifetimes\" width=\"{w}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">",
+        h + 40
+    );
     for (i, ((_, label), c)) in BUCKETS.iter().zip(&counts).enumerate() {
         let bh = c * h / most;
         let x = i * bar;
@@ -87,7 +114,9 @@ fn lifetime_svg(s: &Summary) -> String {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 pub fn page(s: &Summary, top: usize) -> Result<String> {
@@ -138,7 +167,10 @@ mod tests {
         let html = page(&summary(), 5).expect("page");
         assert!(html.contains("<svg") && html.contains("id=\"lifetimes\""));
         assert!(html.contains("Where upgraded sockets were closed"));
-        assert!(!html.contains("src=\"http") && !html.contains("href=\"http"), "no external resources");
+        assert!(
+            !html.contains("src=\"http") && !html.contains("href=\"http"),
+            "no external resources"
+        );
         let empty = page(&Summary::default(), 5).expect("page");
         assert!(empty.contains("No close stacks"));
     }

@@ -33,7 +33,13 @@ pub fn ensure_mounted() -> Result<PathBuf> {
     let dst = std::ffi::CString::new(CANDIDATES[0]).map_err(|e| anyhow!("{e}"))?;
     // SAFETY: plain mount(2) with NUL-terminated strings and no data.
     let rc = unsafe {
-        libc::mount(src.as_ptr(), dst.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
@@ -43,7 +49,12 @@ pub fn ensure_mounted() -> Result<PathBuf> {
             target.display()
         );
     }
-    find().ok_or_else(|| anyhow!("mounted tracefs at {} but it has no events/ directory", target.display()))
+    find().ok_or_else(|| {
+        anyhow!(
+            "mounted tracefs at {} but it has no events/ directory",
+            target.display()
+        )
+    })
 }
 
 fn find() -> Option<PathBuf> {
@@ -54,16 +65,25 @@ fn find() -> Option<PathBuf> {
 }
 
 pub fn event_exists(root: &Path, category: &str, name: &str) -> bool {
-    root.join("events").join(category).join(name).join("id").exists()
+    root.join("events")
+        .join(category)
+        .join(name)
+        .join("id")
+        .exists()
 }
 
 /// Byte offset of `field` in the tracepoint's record.
 pub fn field_offset(root: &Path, category: &str, name: &str, field: &str) -> Result<u64> {
     let path = root.join("events").join(category).join(name).join("format");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("tracepoint {category}:{name} is not available ({})", path.display()))?;
-    parse_field_offset(&text, field)
-        .ok_or_else(|| anyhow!("tracepoint {category}:{name} has no field `{field}` on this kernel"))
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "tracepoint {category}:{name} is not available ({})",
+            path.display()
+        )
+    })?;
+    parse_field_offset(&text, field).ok_or_else(|| {
+        anyhow!("tracepoint {category}:{name} has no field `{field}` on this kernel")
+    })
 }
 
 /// Parses lines like
@@ -78,7 +98,9 @@ pub fn parse_field_offset(format: &str, field: &str) -> Option<u64> {
         if name != field {
             return None;
         }
-        let off = line.split(';').find_map(|p| p.trim().strip_prefix("offset:"))?;
+        let off = line
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("offset:"))?;
         off.trim().parse().ok()
     })
 }
@@ -118,7 +140,11 @@ print fmt: \"family=%s protocol=%s ...\"
         assert_eq!(parse_field_offset(SET_STATE, "sport"), Some(24));
         assert_eq!(parse_field_offset(SET_STATE, "protocol"), Some(30));
         assert_eq!(parse_field_offset(SET_STATE, "daddr_v6"), Some(56));
-        assert_eq!(parse_field_offset(SET_STATE, "saddr"), Some(32), "array suffix stripped");
+        assert_eq!(
+            parse_field_offset(SET_STATE, "saddr"),
+            Some(32),
+            "array suffix stripped"
+        );
     }
 
     #[test]
@@ -131,7 +157,9 @@ print fmt: \"family=%s protocol=%s ...\"
     #[test]
     fn host_kernel_set_state_matches_when_readable() {
         let Some(root) = find() else {
-            eprintln!("SKIPPED: tracefs not mounted here; the parser is covered by the fixtures above");
+            eprintln!(
+                "SKIPPED: tracefs not mounted here; the parser is covered by the fixtures above"
+            );
             return;
         };
         match field_offset(&root, "sock", "inet_sock_set_state", "skaddr") {

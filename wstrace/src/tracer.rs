@@ -17,9 +17,9 @@ use crate::{
     btf,
     cli::{ColorChoice, CommonArgs},
     diagnose::{self, Facts},
-    events, http, hz, metrics, procinfo,
+    events, http, hz,
     matcher::{CloseReport, Matcher},
-    output, peer, privileges, probes,
+    metrics, output, peer, privileges, probes, procinfo,
     symbolize::Symbolizer,
     tracefs, wsframe,
 };
@@ -45,7 +45,10 @@ pub struct LogSpec<'a> {
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -59,7 +62,9 @@ struct Clock {
 impl Clock {
     fn new() -> Self {
         let mono = Duration::from_nanos(monotonic_ns());
-        Self { wall_at_zero: SystemTime::now() - mono }
+        Self {
+            wall_at_zero: SystemTime::now() - mono,
+        }
     }
     fn wall(&self, ts_ns: u64) -> SystemTime {
         self.wall_at_zero + Duration::from_nanos(ts_ns)
@@ -68,7 +73,10 @@ impl Clock {
 
 pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
     if opts.ports.len() > MAX_PORTS {
-        bail!("at most {MAX_PORTS} --port values can be traced at once (got {})", opts.ports.len());
+        bail!(
+            "at most {MAX_PORTS} --port values can be traced at once (got {})",
+            opts.ports.len()
+        );
     }
     let redactor = if opts.common.show_secrets {
         http::Redactor::none()
@@ -120,11 +128,18 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
         attached.set.name()
     );
     if let Some(m) = &metrics {
-        m.probe_set.get_or_create(&metrics::ProbeLabels { probe: attached.set.name().into() }).set(1);
+        m.probe_set
+            .get_or_create(&metrics::ProbeLabels {
+                probe: attached.set.name().into(),
+            })
+            .set(1);
     }
     on_ready(opts.ports[0]);
 
-    let ring = attached.ebpf.take_map("EVENTS").context("EVENTS map missing from the object")?;
+    let ring = attached
+        .ebpf
+        .take_map("EVENTS")
+        .context("EVENTS map missing from the object")?;
     let ring = RingBuf::try_from(ring).context("EVENTS is not a ring buffer")?;
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
     // until the AsyncFd (and the RingBuf inside it) is dropped.
@@ -152,7 +167,8 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
         log,
         metrics,
     };
-    let mut matcher = Matcher::new(attached.set);
+    let mut matcher = Matcher::with_capacity(attached.set, opts.common.max_sockets as usize);
+    let mut evicted_reported = 0u64;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
@@ -191,6 +207,14 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
                         break 'outer;
                     }
                 }
+                if matcher.evicted > evicted_reported {
+                    eprintln!(
+                        "wstrace: warning: {} upgraded socket(s) evicted: more than --max-sockets={} were open at once, and the oldest are no longer traced (raise --max-sockets)",
+                        matcher.evicted - evicted_reported,
+                        opts.common.max_sockets
+                    );
+                    evicted_reported = matcher.evicted;
+                }
                 let lost = probes::lost_events(&attached.ebpf);
                 if lost > lost_reported {
                     eprintln!(
@@ -216,6 +240,12 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
                 break;
             }
         }
+    }
+    if matcher.evicted > 0 {
+        eprintln!(
+            "wstrace: {} upgraded socket(s) were evicted in total (--max-sockets={})",
+            matcher.evicted, opts.common.max_sockets
+        );
     }
     let lost = probes::lost_events(&attached.ebpf);
     if lost > 0 {
@@ -349,8 +379,13 @@ impl Sink {
         let text = output::render(self.format, self.color, &view);
         let mut out = std::io::stdout().lock();
         // One write per report, flushed: a pipe reader never sees half of one.
-        let line = if text.ends_with('\n') { text } else { text + "\n" };
-        out.write_all(line.as_bytes()).context("writing a report to stdout")?;
+        let line = if text.ends_with('\n') {
+            text
+        } else {
+            text + "\n"
+        };
+        out.write_all(line.as_bytes())
+            .context("writing a report to stdout")?;
         out.flush().context("flushing stdout")?;
         self.printed += 1;
         Ok(())

@@ -50,7 +50,10 @@ pub fn parse_frame_head(buf: &[u8]) -> Option<FrameHead> {
     let opcode = Opcode::from(b0 & 0x0F);
     let masked = b1 & 0x80 != 0;
     let (payload_len, mut header_len) = match b1 & 0x7F {
-        126 => (u64::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)), 4),
+        126 => (
+            u64::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)),
+            4,
+        ),
         127 => {
             let n = u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?);
             if n >> 63 != 0 {
@@ -70,7 +73,13 @@ pub fn parse_frame_head(buf: &[u8]) -> Option<FrameHead> {
     } else {
         None
     };
-    Some(FrameHead { fin, opcode, mask, payload_len, header_len })
+    Some(FrameHead {
+        fin,
+        opcode,
+        mask,
+        payload_len,
+        header_len,
+    })
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,7 +96,10 @@ pub fn parse_close(buf: &[u8]) -> Option<CloseFrame> {
     if head.opcode != Opcode::Close {
         return None;
     }
-    let end = head.header_len.saturating_add(head.payload_len as usize).min(buf.len());
+    let end = head
+        .header_len
+        .saturating_add(head.payload_len as usize)
+        .min(buf.len());
     let mut payload = buf.get(head.header_len..end)?.to_vec();
     if let Some(key) = head.mask {
         for (i, b) in payload.iter_mut().enumerate() {
@@ -98,7 +110,10 @@ pub fn parse_close(buf: &[u8]) -> Option<CloseFrame> {
         Some(c) => Some(u16::from_be_bytes([c[0], c[1]])),
         None => None,
     };
-    let reason = payload.get(2..).map(|r| String::from_utf8_lossy(r).into_owned()).unwrap_or_default();
+    let reason = payload
+        .get(2..)
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .unwrap_or_default();
     Some(CloseFrame { code, reason })
 }
 
@@ -125,7 +140,9 @@ pub fn first_close(buf: &[u8]) -> Option<CloseFrame> {
         if head.opcode == Opcode::Close {
             return parse_close(&buf[at..]);
         }
-        at = at.saturating_add(head.header_len).saturating_add(usize::try_from(head.payload_len).unwrap_or(usize::MAX));
+        at = at
+            .saturating_add(head.header_len)
+            .saturating_add(usize::try_from(head.payload_len).unwrap_or(usize::MAX));
     }
     None
 }
@@ -164,7 +181,10 @@ mod tests {
             payload.extend_from_slice(&c.to_be_bytes());
         }
         payload.extend_from_slice(reason.as_bytes());
-        let mut f = vec![0x88, payload.len() as u8 | if mask.is_some() { 0x80 } else { 0 }];
+        let mut f = vec![
+            0x88,
+            payload.len() as u8 | if mask.is_some() { 0x80 } else { 0 },
+        ];
         if let Some(k) = mask {
             f.extend_from_slice(&k);
             for (i, b) in payload.iter_mut().enumerate() {
@@ -178,7 +198,13 @@ mod tests {
     #[test]
     fn server_close_unmasked() {
         let f = close_frame(Some(1011), "backend exploded", None);
-        assert_eq!(parse_close(&f), Some(CloseFrame { code: Some(1011), reason: "backend exploded".into() }));
+        assert_eq!(
+            parse_close(&f),
+            Some(CloseFrame {
+                code: Some(1011),
+                reason: "backend exploded".into()
+            })
+        );
     }
 
     #[test]
@@ -187,15 +213,33 @@ mod tests {
         let head = parse_frame_head(&f).expect("head");
         assert_eq!(head.mask, Some([1, 2, 3, 4]));
         assert_eq!(head.header_len, 6);
-        assert_eq!(parse_close(&f), Some(CloseFrame { code: Some(1001), reason: "bye".into() }));
+        assert_eq!(
+            parse_close(&f),
+            Some(CloseFrame {
+                code: Some(1001),
+                reason: "bye".into()
+            })
+        );
     }
 
     #[test]
     fn empty_and_truncated_close() {
-        assert_eq!(parse_close(&[0x88, 0x00]), Some(CloseFrame { code: None, reason: String::new() }));
+        assert_eq!(
+            parse_close(&[0x88, 0x00]),
+            Some(CloseFrame {
+                code: None,
+                reason: String::new()
+            })
+        );
         let f = close_frame(Some(1000), "a long reason", None);
         let cut = parse_close(&f[..7]).expect("parses");
-        assert_eq!(cut, CloseFrame { code: Some(1000), reason: "a l".into() });
+        assert_eq!(
+            cut,
+            CloseFrame {
+                code: Some(1000),
+                reason: "a l".into()
+            }
+        );
         assert_eq!(parse_close(&f[..1]), None);
         let bad = [0x88, 0x04, 0x03, 0xE8, 0xFF, 0xFE];
         assert_eq!(parse_close(&bad).expect("lossy").code, Some(1000));
@@ -204,24 +248,42 @@ mod tests {
     #[test]
     fn length_encodings() {
         let h = parse_frame_head(&[0x82, 0x05]).expect("7-bit");
-        assert_eq!((h.opcode, h.payload_len, h.header_len), (Opcode::Binary, 5, 2));
+        assert_eq!(
+            (h.opcode, h.payload_len, h.header_len),
+            (Opcode::Binary, 5, 2)
+        );
         let h = parse_frame_head(&[0x81, 126, 0x01, 0x00]).expect("16-bit");
-        assert_eq!((h.opcode, h.payload_len, h.header_len), (Opcode::Text, 256, 4));
+        assert_eq!(
+            (h.opcode, h.payload_len, h.header_len),
+            (Opcode::Text, 256, 4)
+        );
         let h = parse_frame_head(&[0x02, 127, 0, 0, 0, 0, 0, 1, 0, 0]).expect("64-bit");
         assert_eq!((h.fin, h.payload_len, h.header_len), (false, 65536, 10));
         let h = parse_frame_head(&[0x82, 0xFE, 0x01, 0x00, 9, 9, 9, 9]).expect("16-bit masked");
         assert_eq!(h.header_len, 8);
         assert_eq!(parse_frame_head(&[0x82, 126, 0x01]), None);
-        assert_eq!(parse_frame_head(&[0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0]), None);
+        assert_eq!(
+            parse_frame_head(&[0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0]),
+            None
+        );
     }
 
     #[test]
     fn invalid_control_frames() {
         assert_eq!(parse_frame_head(&[0x08, 0x00]), None, "fragmented close");
         assert_eq!(parse_frame_head(&[0x89, 126, 0, 200]), None, "ping > 125");
-        assert_eq!(parse_frame_head(&[0x89, 0x00]).map(|h| h.opcode), Some(Opcode::Ping));
-        assert_eq!(parse_frame_head(&[0x8A, 0x00]).map(|h| h.opcode), Some(Opcode::Pong));
-        assert_eq!(parse_frame_head(&[0x83, 0x00]).map(|h| h.opcode), Some(Opcode::Reserved(3)));
+        assert_eq!(
+            parse_frame_head(&[0x89, 0x00]).map(|h| h.opcode),
+            Some(Opcode::Ping)
+        );
+        assert_eq!(
+            parse_frame_head(&[0x8A, 0x00]).map(|h| h.opcode),
+            Some(Opcode::Pong)
+        );
+        assert_eq!(
+            parse_frame_head(&[0x83, 0x00]).map(|h| h.opcode),
+            Some(Opcode::Reserved(3))
+        );
     }
 
     #[test]

@@ -45,7 +45,11 @@ fn html_report_renders_a_flame_graph_in_chromium() {
         .arg(&html)
         .output()
         .expect("wstrace report");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let shot = dir.join("report.png");
     let browser = Command::new(chromium())
@@ -63,12 +67,26 @@ fn html_report_renders_a_flame_graph_in_chromium() {
         .output()
         .expect("running chromium");
     let log = String::from_utf8_lossy(&browser.stderr);
-    assert!(browser.status.success() && shot.is_file(), "chromium failed:\n{log}");
+    assert!(
+        browser.status.success() && shot.is_file(),
+        "chromium failed:\n{log}"
+    );
     // Console errors from the page's own script (inferno's search/zoom JS).
     for line in log.lines().filter(|l| l.contains("CONSOLE")) {
-        assert!(!line.contains("Uncaught") && !line.contains("Error"), "page script error: {line}");
+        assert!(
+            !line.contains("Uncaught") && !line.contains("Error"),
+            "page script error: {line}"
+        );
     }
     let (flame, bars) = count_colours(&shot);
-    assert!(flame > 20_000, "flame graph not visible: {flame} warm pixels in {}", shot.display());
-    assert!(bars > 10_000, "lifetime histogram not visible: {bars} bar pixels in {}", shot.display());
+    assert!(
+        flame > 20_000,
+        "flame graph not visible: {flame} warm pixels in {}",
+        shot.display()
+    );
+    assert!(
+        bars > 10_000,
+        "lifetime histogram not visible: {bars} bar pixels in {}",
+        shot.display()
+    );
 }

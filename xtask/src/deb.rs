@@ -18,9 +18,15 @@ pub fn run() -> Result<PathBuf> {
     setup::run()?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let root = paths::repo_root();
-    process::run(Command::new(&cargo).args(["build", "--release"]).current_dir(&root))?;
+    process::run(
+        Command::new(&cargo)
+            .args(["build", "--release"])
+            .current_dir(&root),
+    )?;
     let out = process::output(
-        Command::new(&cargo).args(["deb", "-p", "wstrace", "--no-build"]).current_dir(&root),
+        Command::new(&cargo)
+            .args(["deb", "-p", "wstrace", "--no-build"])
+            .current_dir(&root),
     )
     .context("cargo deb")?;
     let deb = out
@@ -37,6 +43,10 @@ pub fn run() -> Result<PathBuf> {
         }
     }
     let fields = process::output(Command::new("dpkg-deb").arg("-f").arg(&deb))?;
-    println!("deb: {} ({} bytes)\n{fields}", deb.display(), std::fs::metadata(&deb).map(|m| m.len()).unwrap_or(0));
+    println!(
+        "deb: {} ({} bytes)\n{fields}",
+        deb.display(),
+        std::fs::metadata(&deb).map(|m| m.len()).unwrap_or(0)
+    );
     Ok(deb)
 }

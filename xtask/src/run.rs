@@ -42,7 +42,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
     };
     cmd.args(&wstrace_args);
     let shown = process::display(&cmd);
-    let status = cmd.status().with_context(|| format!("could not start `{shown}`"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{shown}`"))?;
     if !status.success() {
         bail!("`{shown}` failed ({status})");
     }

@@ -13,8 +13,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "boots the kernel matrix"),
     ("busybox-static", "userland of the kernel-matrix VMs"),
     ("nginx-light", "the real proxy of the diagnosis tests"),
-    ("python3-venv", "a venv for the Python WebSocket server of the diagnosis tests"),
-    ("prometheus", "promtool, which validates the --metrics exposition in the tests"),
+    (
+        "python3-venv",
+        "a venv for the Python WebSocket server of the diagnosis tests",
+    ),
+    (
+        "prometheus",
+        "promtool, which validates the --metrics exposition in the tests",
+    ),
     ("chromium", "renders `wstrace report --html` in the tests"),
 ];
 
@@ -157,8 +163,14 @@ fn ensure_cargo_deb() -> Result<String> {
         return Ok(format!("present ({})", v.trim()));
     }
     println!("setup: cargo-deb: missing, installing {CARGO_DEB_VERSION} (about a minute)");
-    process::run(Command::new("cargo").args(["install", "--locked", "cargo-deb", "--version", CARGO_DEB_VERSION]))
-        .context("installing cargo-deb from crates.io")?;
+    process::run(Command::new("cargo").args([
+        "install",
+        "--locked",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+    ]))
+    .context("installing cargo-deb from crates.io")?;
     Ok(format!("installed {CARGO_DEB_VERSION}"))
 }
 
@@ -181,8 +193,12 @@ fn ensure_venv() -> Result<String> {
         return Ok(format!("present ({})", venv.display()));
     }
     // Debian's python3 (python3-venv), not whatever python3 is first on PATH.
-    process::run(Command::new("/usr/bin/python3").args(["-m", "venv"]).arg(&venv))
-        .context("creating the Python venv (python3-venv)")?;
+    process::run(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "venv"])
+            .arg(&venv),
+    )
+    .context("creating the Python venv (python3-venv)")?;
     process::run(
         Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])
@@ -190,9 +206,16 @@ fn ensure_venv() -> Result<String> {
     )
     .context("installing websockets from PyPI")?;
     if !check(&python) {
-        bail!("{} cannot import websockets after installing it", python.display());
+        bail!(
+            "{} cannot import websockets after installing it",
+            python.display()
+        );
     }
-    Ok(format!("created {} with {}", venv.display(), PIP_PACKAGES.join(", ")))
+    Ok(format!(
+        "created {} with {}",
+        venv.display(),
+        PIP_PACKAGES.join(", ")
+    ))
 }
 
 fn apt_install(packages: &[&str]) -> Result<String> {

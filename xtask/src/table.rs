@@ -101,11 +101,11 @@ fn cell_for_scenarios(step: &StepRun, all: &BTreeSet<&str>) -> String {
         format!("PASS {pass}/{run}")
     };
     // `auto`: which set it chose there (ws-scenario prints `chose=<set>`).
-    if let Some(chose) = step
-        .scenarios
-        .iter()
-        .find_map(|s| s.detail.split_whitespace().find_map(|w| w.strip_prefix("chose=")))
-    {
+    if let Some(chose) = step.scenarios.iter().find_map(|s| {
+        s.detail
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("chose="))
+    }) {
         cell.push_str(&format!(" → {chose}"));
     }
     cell

@@ -214,12 +214,22 @@ fn host_run(steps: &[Step]) -> Result<KernelRun> {
                 None => output.push(line.to_string()),
             }
         }
-        output.extend(String::from_utf8_lossy(&out.stderr).lines().map(str::to_string));
+        output.extend(
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .map(str::to_string),
+        );
         let code = out.status.code().unwrap_or(-1);
         if code == 77 {
-            bail!("the host scenarios need root (CAP_BPF, CAP_PERFMON): run `cargo xtask vm` as root");
+            bail!(
+                "the host scenarios need root (CAP_BPF, CAP_PERFMON): run `cargo xtask vm` as root"
+            );
         }
-        println!("vm: [host] --probe {}: exit {code} in {:.1} s", step.name, t.elapsed().as_secs_f64());
+        println!(
+            "vm: [host] --probe {}: exit {code} in {:.1} s",
+            step.name,
+            t.elapsed().as_secs_f64()
+        );
         runs.push(StepRun {
             name: step.name.clone(),
             exit_status: Some(code),
@@ -389,10 +399,16 @@ fn boot_with_retry(
             .find(|l| l.contains("Oops") || l.contains("Kernel panic"))
             .map(|l| l.trim().to_string())
             .unwrap_or_else(|| "no /init output".into());
-        println!("vm: [{}] boot {attempt} died before /init ({why}); booting again", kernel.label);
+        println!(
+            "vm: [{}] boot {attempt} died before /init ({why}); booting again",
+            kernel.label
+        );
         retries.push(format!("boot {attempt} died before /init: {why}"));
     }
-    anyhow::bail!("kernel {} did not boot in {BOOT_ATTEMPTS} attempts", kernel.label)
+    anyhow::bail!(
+        "kernel {} did not boot in {BOOT_ATTEMPTS} attempts",
+        kernel.label
+    )
 }
 
 fn boot_one(

@@ -60,7 +60,10 @@ pub fn inet_sock_set_state_closer(ctx: TracePointContext) -> u32 {
             (old, new),
             (tcp_state::ESTABLISHED, tcp_state::FIN_WAIT1)
                 | (tcp_state::CLOSE_WAIT, tcp_state::LAST_ACK)
-                | (tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT, tcp_state::CLOSE)
+                | (
+                    tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT,
+                    tcp_state::CLOSE
+                )
         );
         if local_close {
             record::close(&ctx, ProbeSet::Tracepoint, sk, old, new);

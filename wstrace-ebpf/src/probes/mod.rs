@@ -1,5 +1,5 @@
 pub mod common;
-mod shared;
 pub mod fentry;
 pub mod kprobe;
+mod shared;
 pub mod tracepoint;

@@ -13,7 +13,9 @@ pub fn on_tcp_sendmsg(sk: u64, msg: u64, size: u64, probe: ProbeSet) {
     if sk == 0 || !port_traced(sk_local_port(sk)) {
         return;
     }
-    let Some(buf) = msghdr_user_buf(msg) else { return };
+    let Some(buf) = msghdr_user_buf(msg) else {
+        return;
+    };
     match record::classify_write(buf, size) {
         record::Write::Upgrade => record::mark_upgraded(sk, size, probe),
         record::Write::CloseFrame => record::close_frame_written(sk, buf, size),

@@ -4,9 +4,7 @@
 //! padding, then the arguments as 8-byte slots: argument i is at 16 + 8*i on
 //! every kernel. The fd -> sock walk (`kernel::sock_of_fd`) finds the socket.
 //! Not covered here: io_uring, sendfile/splice and sendmmsg (documented).
-use aya_ebpf::{
-    helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext,
-};
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 use wstrace_common::ProbeSet;
 
 use crate::{

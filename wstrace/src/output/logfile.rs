@@ -27,7 +27,14 @@ impl LogFile {
     pub fn open(path: &Path, rotate_size: u64, keep: u32) -> Result<LogFile> {
         let file = open_append(path)?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Ok(LogFile { path: path.to_path_buf(), file, size, rotate_size, keep, lines: 0 })
+        Ok(LogFile {
+            path: path.to_path_buf(),
+            file,
+            size,
+            rotate_size,
+            keep,
+            lines: 0,
+        })
     }
 
     /// Appends one line (a newline is added). Rotates first when the line
@@ -36,7 +43,8 @@ impl LogFile {
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
-        if self.rotate_size > 0 && self.size > 0 && self.size + buf.len() as u64 > self.rotate_size {
+        if self.rotate_size > 0 && self.size > 0 && self.size + buf.len() as u64 > self.rotate_size
+        {
             self.rotate()?;
         }
         // One write: whole or (on error) absent; a short write of a regular
@@ -48,7 +56,11 @@ impl LogFile {
         if n != buf.len() {
             // Take the partial line back out, so no torn line stays behind.
             let _ = self.file.set_len(self.size);
-            anyhow::bail!("writing to {}: disk full ({n} of {} bytes written)", self.path.display(), buf.len());
+            anyhow::bail!(
+                "writing to {}: disk full ({n} of {} bytes written)",
+                self.path.display(),
+                buf.len()
+            );
         }
         self.size += n as u64;
         self.lines += 1;
@@ -59,7 +71,9 @@ impl LogFile {
     fn rotate(&mut self) -> Result<()> {
         self.file.sync_data().ok();
         if self.keep == 0 {
-            self.file.set_len(0).with_context(|| format!("truncating {}", self.path.display()))?;
+            self.file
+                .set_len(0)
+                .with_context(|| format!("truncating {}", self.path.display()))?;
             self.size = 0;
             return Ok(());
         }
@@ -79,7 +93,9 @@ impl LogFile {
 
     /// Everything written is on disk.
     pub fn sync(&mut self) -> Result<()> {
-        self.file.sync_data().with_context(|| format!("syncing {}", self.path.display()))
+        self.file
+            .sync_data()
+            .with_context(|| format!("syncing {}", self.path.display()))
     }
 }
 
@@ -111,7 +127,9 @@ mod tests {
     }
 
     fn lines_in(path: &Path) -> Vec<String> {
-        std::fs::read_to_string(path).map(|s| s.lines().map(str::to_string).collect()).unwrap_or_default()
+        std::fs::read_to_string(path)
+            .map(|s| s.lines().map(str::to_string).collect())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -120,10 +138,14 @@ mod tests {
         let path = d.join("closes.jsonl");
         let mut log = LogFile::open(&path, 4096, 1000).expect("open");
         for i in 0..5000 {
-            log.append(&format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i % 97))).expect("append");
+            log.append(&format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i % 97)))
+                .expect("append");
         }
         log.sync().expect("sync");
-        let mut files: Vec<PathBuf> = (1..=1000).map(|i| rotated(&path, i)).filter(|p| p.exists()).collect();
+        let mut files: Vec<PathBuf> = (1..=1000)
+            .map(|i| rotated(&path, i))
+            .filter(|p| p.exists())
+            .collect();
         files.reverse(); // oldest first
         files.push(path.clone());
         let all: Vec<String> = files.iter().flat_map(|f| lines_in(f)).collect();
@@ -133,9 +155,16 @@ mod tests {
             assert_eq!(v["n"].as_u64(), Some(i as u64));
         }
         for f in &files {
-            assert!(std::fs::metadata(f).expect("meta").len() <= 4096, "{}", f.display());
+            assert!(
+                std::fs::metadata(f).expect("meta").len() <= 4096,
+                "{}",
+                f.display()
+            );
         }
-        assert_eq!(std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o640);
+        assert_eq!(
+            std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
+            0o640
+        );
     }
 
     #[test]
@@ -144,7 +173,8 @@ mod tests {
         let path = d.join("l");
         let mut log = LogFile::open(&path, 100, 2).expect("open");
         for i in 0..100 {
-            log.append(&format!("line {i:04} ............................")).expect("append");
+            log.append(&format!("line {i:04} ............................"))
+                .expect("append");
         }
         assert!(rotated(&path, 2).exists());
         assert!(!rotated(&path, 3).exists());
@@ -155,16 +185,27 @@ mod tests {
     fn appends_to_an_existing_log() {
         let d = dir("append");
         let path = d.join("l");
-        LogFile::open(&path, 0, 0).expect("open").append("one").expect("append");
-        LogFile::open(&path, 0, 0).expect("open").append("two").expect("append");
+        LogFile::open(&path, 0, 0)
+            .expect("open")
+            .append("one")
+            .expect("append");
+        LogFile::open(&path, 0, 0)
+            .expect("open")
+            .append("two")
+            .expect("append");
         assert_eq!(lines_in(&path), ["one", "two"]);
     }
 
     #[test]
     fn unwritable_path_is_a_clear_error() {
-        let e = LogFile::open(Path::new("/nonexistent-dir/x.jsonl"), 0, 0).err().expect("error");
+        let e = LogFile::open(Path::new("/nonexistent-dir/x.jsonl"), 0, 0)
+            .err()
+            .expect("error");
         let msg = format!("{e:#}");
-        assert!(msg.contains("cannot open the event log /nonexistent-dir/x.jsonl"), "{msg}");
+        assert!(
+            msg.contains("cannot open the event log /nonexistent-dir/x.jsonl"),
+            "{msg}"
+        );
     }
 
     #[test]

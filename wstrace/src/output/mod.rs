@@ -7,13 +7,8 @@ pub mod text;
 use std::time::SystemTime;
 
 use crate::{
-    diagnose::Diagnosis,
-    events::Direction,
-    http::RequestHead,
-    matcher::CloseReport,
-    peer::PeerProcess,
-    procinfo::ProcInfo,
-    wsframe::CloseFrame,
+    diagnose::Diagnosis, events::Direction, http::RequestHead, matcher::CloseReport,
+    peer::PeerProcess, procinfo::ProcInfo, wsframe::CloseFrame,
 };
 
 /// A report with everything resolved that the matcher does not know:

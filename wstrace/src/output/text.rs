@@ -3,14 +3,18 @@
 use std::fmt::Write as _;
 
 use super::{View, direction_name, rfc3339};
-use crate::wsframe::close_code_meaning;
 use crate::matcher::ClosedBy;
+use crate::wsframe::close_code_meaning;
 
 struct Paint(bool);
 
 impl Paint {
     fn wrap(&self, code: &str, s: &str) -> String {
-        if self.0 { format!("\x1b[{code}m{s}\x1b[0m") } else { s.to_string() }
+        if self.0 {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
     }
     fn bold(&self, s: &str) -> String {
         self.wrap("1", s)
@@ -60,11 +64,19 @@ pub fn render(v: &View<'_>, color: bool) -> String {
                 c.tid,
                 c.comm,
                 v.exe.as_deref().unwrap_or("[exe unknown]"),
-                if c.at_exit { " — at process exit" } else { "" }
+                if c.at_exit {
+                    " — at process exit"
+                } else {
+                    ""
+                }
             );
         }
         None => {
-            let _ = writeln!(out, "  closer:   {}", p.dim("no local process closed it (yet)"));
+            let _ = writeln!(
+                out,
+                "  closer:   {}",
+                p.dim("no local process closed it (yet)")
+            );
         }
     }
     let _ = writeln!(
@@ -80,11 +92,21 @@ pub fn render(v: &View<'_>, color: bool) -> String {
         let _ = writeln!(out, "  command:  {cmd}{container}");
     }
     if let Some(peer) = &v.peer {
-        let _ = writeln!(out, "  peer:     pid {} ({}) at {}", peer.pid, peer.comm, r.remote);
+        let _ = writeln!(
+            out,
+            "  peer:     pid {} ({}) at {}",
+            peer.pid, peer.comm, r.remote
+        );
     }
     if let Some(h) = &v.request {
         let mut line = format!("{} {} {}", h.method, h.target, h.version.as_str());
-        for name in ["Connection", "Upgrade", "Host", "X-Forwarded-For", "User-Agent"] {
+        for name in [
+            "Connection",
+            "Upgrade",
+            "Host",
+            "X-Forwarded-For",
+            "User-Agent",
+        ] {
             if let Some(value) = h.header(name) {
                 let _ = write!(line, "; {name}: {value}");
             }
@@ -95,12 +117,27 @@ pub fn render(v: &View<'_>, color: bool) -> String {
         let _ = writeln!(out, "  request:  {line}");
     }
     for (dir, f) in &v.frames {
-        let code = f.code.map(|c| format!("{c} ({})", close_code_meaning(c))).unwrap_or_else(|| "no code".into());
-        let reason = if f.reason.is_empty() { String::new() } else { format!(" {:?}", f.reason) };
-        let _ = writeln!(out, "  frame:    close {} {code}{reason}", direction_name(*dir));
+        let code = f
+            .code
+            .map(|c| format!("{c} ({})", close_code_meaning(c)))
+            .unwrap_or_else(|| "no code".into());
+        let reason = if f.reason.is_empty() {
+            String::new()
+        } else {
+            format!(" {:?}", f.reason)
+        };
+        let _ = writeln!(
+            out,
+            "  frame:    close {} {code}{reason}",
+            direction_name(*dir)
+        );
     }
     if let Some(idle) = v.idle_ms {
-        let _ = writeln!(out, "  idle:     {:.3} s without data before the close", idle as f64 / 1000.0);
+        let _ = writeln!(
+            out,
+            "  idle:     {:.3} s without data before the close",
+            idle as f64 / 1000.0
+        );
     }
     for n in &r.notes {
         let _ = writeln!(out, "  note:     {n}");
