@@ -372,11 +372,11 @@ fn boot_all(
 /// Boots attempts before a kernel that dies before /init runs counts as failed.
 const BOOT_ATTEMPTS: usize = 3;
 
-/// Boots `kernel`, again if it died before /init started. Under TCG the 6.12
-/// cloud kernel occasionally double-faults in early ACPI init (seen about one
-/// boot in five on this harness's 2-core machines); nothing of ours has run
-/// by then, so that is a flaky emulator boot, not a result. Every retry is
-/// kept as a note, so the flake stays visible in the output.
+/// Boots `kernel`, again if it died before /init started. Nothing of ours
+/// has run by then, so such a death is the emulator's, not a result (the
+/// known one, TCG mis-emulating `cmpxchg16b`, is avoided in `qemu::boot`;
+/// this is the backstop). Every retry is kept as a note, so a flake stays
+/// visible in the output. A crash after /init started is never retried.
 fn boot_with_retry(
     kernel: &kernels::Kernel,
     initrd: &Path,
