@@ -29,6 +29,10 @@ enum Command {
         bind: std::net::IpAddr,
         #[arg(long, value_enum)]
         mode: serve::Mode,
+        /// Serve one connection, then exit (or exec): a closer that is gone
+        /// by the time its report is printed.
+        #[arg(long, value_enum)]
+        once: Option<serve::AfterOne>,
     },
     /// Run the scenarios against a wstrace binary (needs root).
     Check(check::Args),
@@ -37,7 +41,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Serve { bind, mode } => match serve::run(bind, mode) {
+        Command::Serve { bind, mode, once } => match serve::run(bind, mode, once) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("ws-scenario serve: error: {e:#}");

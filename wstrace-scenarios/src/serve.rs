@@ -29,19 +29,48 @@ pub enum Mode {
     BodyWith101,
     /// The 101 response written one byte per write(2), then close.
     ByteAtATime,
+    /// Like WaitForPeer, with a thread per connection: many upgraded
+    /// sockets live at once (the others serve one connection at a time).
+    Hold,
+}
+
+/// What a `--once` server does right after closing its one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AfterOne {
+    /// Exit at once: `/proc/<pid>` is gone microseconds after the close.
+    Exit,
+    /// exec(2) `sleep 30`: same pid, a different program mapped.
+    Exec,
 }
 
 pub const RESPONSE_101: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
 const RESPONSE_200: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
 const HEAD_CAP: usize = 8192;
 
-pub fn run(bind: IpAddr, mode: Mode) -> Result<()> {
+pub fn run(bind: IpAddr, mode: Mode, once: Option<AfterOne>) -> Result<()> {
     let listener =
         TcpListener::bind(SocketAddr::new(bind, 0)).with_context(|| format!("binding {bind}:0"))?;
     let port = listener.local_addr()?.port();
     println!("READY {port}");
     std::io::stdout().flush()?;
+    if let Some(after) = once {
+        let (conn, _) = listener.accept().context("accepting")?;
+        serve_one(conn, mode)?;
+        return match after {
+            AfterOne::Exit => std::process::exit(0),
+            AfterOne::Exec => {
+                use std::os::unix::process::CommandExt as _;
+                Err(std::process::Command::new("sleep").arg("30").exec()).context("exec sleep")
+            }
+        };
+    }
     for conn in listener.incoming() {
+        if mode == Mode::Hold {
+            if let Ok(conn) = conn {
+                std::thread::spawn(move || serve_one(conn, Mode::WaitForPeer));
+            }
+            continue;
+        }
         // One bad connection must not end the server: the checker decides.
         if let Ok(conn) = conn {
             if let Err(e) = serve_one(conn, mode) {
@@ -66,7 +95,7 @@ fn serve_one(mut conn: TcpStream, mode: Mode) -> Result<()> {
             // One write: the kernel sees the status line in the first bytes.
             conn.write_all(RESPONSE_101)?;
         }
-        Mode::WaitForPeer => {
+        Mode::WaitForPeer | Mode::Hold => {
             conn.write_all(RESPONSE_101)?;
             let mut buf = [0u8; 512];
             while conn.read(&mut buf)? > 0 {}

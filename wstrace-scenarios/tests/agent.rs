@@ -2,69 +2,24 @@
 //! nothing through size rotation under a burst and leaves only whole lines
 //! after SIGTERM mid-burst; `--metrics` scrapes pass Prometheus's own
 //! `promtool check metrics`. Needs root (loud SKIPPED banner otherwise).
+mod common;
+
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n";
+use common::{Tracer, root_or_skip, upgrade_once};
 
-fn root_or_skip(test: &str) -> bool {
-    // SAFETY: plain getter.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    eprintln!(
-        "\n!!! SKIPPED: {test}: needs root (CAP_BPF/CAP_PERFMON); run `cargo xtask test` as root !!!\n"
-    );
-    false
+fn server() -> (common::Kill, u16) {
+    common::server(&["--mode", "close-after101"])
 }
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wstrace_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let p = target.join("release/wstrace");
-    assert!(
-        p.is_file(),
-        "{} missing: run `cargo build --release`",
-        p.display()
-    );
-    p
-}
-
-fn server() -> (Kill, u16) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ws-scenario"))
-        .args(["serve", "--bind", "127.0.0.1", "--mode", "close-after101"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("server");
-    let mut line = String::new();
-    BufReader::new(c.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("READY");
-    let port = line
-        .trim()
-        .strip_prefix("READY ")
-        .and_then(|p| p.parse().ok())
-        .expect("port");
-    (Kill(c), port)
-}
-
-fn wstrace(port: u16, log: &Path) -> Kill {
-    wstrace_with(
+fn wstrace(port: u16, log: &Path) -> Tracer {
+    Tracer::start(
         port,
         &[
             "--output",
@@ -75,38 +30,6 @@ fn wstrace(port: u16, log: &Path) -> Kill {
             "1000",
         ],
     )
-}
-
-fn wstrace_with(port: u16, extra: &[&str]) -> Kill {
-    let mut c = Command::new(wstrace_bin())
-        .args(["--port", &port.to_string(), "--format", "json"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("wstrace");
-    let (tx, rx) = mpsc::channel();
-    let err = c.stderr.take().expect("stderr");
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            eprintln!("{line}");
-            if line.contains("wstrace: tracing port") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("wstrace attached");
-    Kill(c)
-}
-
-fn upgrade_once(port: u16) {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    c.write_all(UPGRADE).expect("send");
-    let mut buf = [0u8; 512];
-    while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
 }
 
 /// Every line of FILE.N ... FILE.1, FILE (oldest first), each parsed.
@@ -162,10 +85,9 @@ fn rotation_under_a_burst_loses_nothing() {
     while all_lines(&log).len() < N && start.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(w.0.id() as i32, libc::SIGTERM) };
     let mut w = w;
-    let status = w.0.wait().expect("wait");
+    w.signal(libc::SIGTERM);
+    let status = w.wait();
     assert!(status.success(), "wstrace exit {status}");
     let lines = all_lines(&log);
     assert_eq!(lines.len(), N, "lines written vs connections made");
@@ -196,10 +118,9 @@ fn sigterm_during_a_burst_leaves_whole_lines() {
         }
     });
     std::thread::sleep(Duration::from_millis(300));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(w.0.id() as i32, libc::SIGTERM) };
     let mut w = w;
-    let status = w.0.wait().expect("wait");
+    w.signal(libc::SIGTERM);
+    let status = w.wait();
     let _ = burst.join();
     assert!(status.success(), "wstrace exit {status}");
     let lines = all_lines(&log);
@@ -233,7 +154,7 @@ fn metrics_scrape_passes_promtool() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
     let addr = listener.local_addr().expect("addr").to_string();
     drop(listener);
-    let _w = wstrace_with(port, &["--metrics", &addr]);
+    let _w = Tracer::start(port, &["--metrics", &addr]);
     for _ in 0..3 {
         upgrade_once(port);
     }

@@ -75,8 +75,9 @@ pub struct TraceArgs {
     pub duration: Option<f64>,
 
     /// Also append every report as a JSON line to FILE (created 0640; whole
-    /// lines only; synced on exit). If it cannot be written, wstrace says so
-    /// and keeps reporting on stdout.
+    /// lines only; synced on exit). A path that cannot be opened stops the
+    /// start; a write that fails later (disk full) is said once, and
+    /// reporting goes on on stdout.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 

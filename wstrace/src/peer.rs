@@ -5,6 +5,7 @@
 use std::{
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::{Duration, Instant},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,23 +21,169 @@ pub fn is_local(ip: IpAddr) -> bool {
     ip.is_loopback()
 }
 
-/// The process owning the TCP socket whose local end is `peer_local` and
-/// remote end is `peer_remote` (our remote and local, swapped).
-pub fn find(peer_local: SocketAddr, peer_remote: SocketAddr) -> Option<PeerProcess> {
+/// Finds the process at the other end of loopback connections, cheaply
+/// enough to run at every upgrade of a busy port.
+///
+/// The peer socket's inode comes from one exact sock_diag query (O(1); the
+/// /proc/net/tcp text, read only if netlink fails, grows with every
+/// TIME_WAIT socket). Its owner is looked for first among the processes that
+/// owned earlier peers (a proxy's few workers), and only then in every
+/// process's fd table, at most once per [`FULL_SCAN_INTERVAL`]: at 10k
+/// upgrades a second, a full scan each time cost ~10 ms per upgrade and
+/// starved the event loop.
+#[derive(Default)]
+pub struct PeerFinder {
+    /// Recent owners, most recent first.
+    owners: Vec<u32>,
+    last_full_scan: Option<Instant>,
+}
+
+pub const FULL_SCAN_INTERVAL: Duration = Duration::from_millis(200);
+const MAX_OWNERS: usize = 64;
+
+impl PeerFinder {
+    /// The process owning the TCP socket whose local end is `peer_local` and
+    /// remote end is `peer_remote` (our remote and local, swapped).
+    pub fn find(&mut self, peer_local: SocketAddr, peer_remote: SocketAddr) -> Option<PeerProcess> {
+        // "No such socket" from netlink is an answer (the peer is already
+        // gone); only a failing netlink falls back to the slow /proc table.
+        let inode = match inode_by_diag(peer_local, peer_remote) {
+            Ok(Some(i)) => i,
+            Ok(None) => inode_by_diag(mapped(peer_local), mapped(peer_remote)).ok()??,
+            Err(()) => inode_by_proc(peer_local, peer_remote)?,
+        };
+        let want = format!("socket:[{inode}]");
+        if let Some(i) = self.owners.iter().position(|&pid| holds(pid, &want)) {
+            let pid = self.owners.remove(i);
+            self.owners.insert(0, pid);
+            return Some(process(pid));
+        }
+        if self
+            .last_full_scan
+            .is_some_and(|t| t.elapsed() < FULL_SCAN_INTERVAL)
+        {
+            return None;
+        }
+        self.last_full_scan = Some(Instant::now());
+        let found = owner_of(&want)?;
+        self.owners.insert(0, found.pid);
+        self.owners.truncate(MAX_OWNERS);
+        Some(found)
+    }
+}
+
+fn process(pid: u32) -> PeerProcess {
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    PeerProcess {
+        pid,
+        comm: comm.trim_end().to_string(),
+    }
+}
+
+fn holds(pid: u32, want: &str) -> bool {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .any(|fd| fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == want))
+}
+
+fn inode_by_proc(peer_local: SocketAddr, peer_remote: SocketAddr) -> Option<u64> {
     let table = if peer_local.is_ipv4() {
         "/proc/net/tcp"
     } else {
         "/proc/net/tcp6"
     };
-    let inode = fs::read_to_string(table)
+    fs::read_to_string(table)
         .ok()
         .and_then(|t| inode_of(&t, peer_local, peer_remote))
         // Dual-stack listeners see IPv4 peers in tcp6 as ::ffff:a.b.c.d.
         .or_else(|| {
             let t = fs::read_to_string("/proc/net/tcp6").ok()?;
             inode_of(&t, mapped(peer_local), mapped(peer_remote))
-        })?;
-    owner_of(inode)
+        })
+}
+
+/// `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h).
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// nlmsghdr (16) + inet_diag_req_v2 (8 + inet_diag_sockid 48).
+const DIAG_REQ_LEN: usize = 16 + 56;
+/// Offset of `idiag_inode` in the reply: nlmsghdr (16) + 4 bytes of
+/// family/state/timer/retrans + sockid (48) + expires, rqueue, wqueue, uid.
+const DIAG_INODE_AT: usize = 16 + 68;
+
+/// The request for the one TCP socket `local` <-> `remote` (exact lookup:
+/// no dump flag, cookie "none").
+fn diag_request(local: SocketAddr, remote: SocketAddr) -> [u8; DIAG_REQ_LEN] {
+    let mut r = [0u8; DIAG_REQ_LEN];
+    r[0..4].copy_from_slice(&(DIAG_REQ_LEN as u32).to_ne_bytes());
+    r[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    r[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    r[16] = if local.is_ipv4() {
+        libc::AF_INET as u8
+    } else {
+        libc::AF_INET6 as u8
+    };
+    r[17] = libc::IPPROTO_TCP as u8;
+    r[20..24].copy_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    let id = 24;
+    r[id..id + 2].copy_from_slice(&local.port().to_be_bytes());
+    r[id + 2..id + 4].copy_from_slice(&remote.port().to_be_bytes());
+    let put = |r: &mut [u8; DIAG_REQ_LEN], at: usize, ip: IpAddr| match ip {
+        IpAddr::V4(v4) => r[at..at + 4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => r[at..at + 16].copy_from_slice(&v6.octets()),
+    };
+    put(&mut r, id + 4, local.ip());
+    put(&mut r, id + 20, remote.ip());
+    // idiag_if = 0, idiag_cookie = INET_DIAG_NOCOOKIE.
+    r[id + 40..id + 48].fill(0xff);
+    r
+}
+
+/// The inode from a sock_diag reply, if it is one socket's record.
+fn diag_reply_inode(reply: &[u8]) -> Option<u64> {
+    let kind = u16::from_ne_bytes(reply.get(4..6)?.try_into().ok()?);
+    if kind != SOCK_DIAG_BY_FAMILY {
+        return None; // NLMSG_ERROR: no such socket
+    }
+    let inode = u32::from_ne_bytes(
+        reply
+            .get(DIAG_INODE_AT..DIAG_INODE_AT + 4)?
+            .try_into()
+            .ok()?,
+    );
+    (inode != 0).then_some(u64::from(inode))
+}
+
+/// `Ok(None)`: no such socket; `Err`: netlink itself failed.
+fn inode_by_diag(local: SocketAddr, remote: SocketAddr) -> Result<Option<u64>, ()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: plain socket(2); the fd is owned (and closed) by `sock`.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let req = diag_request(local, remote);
+    // SAFETY: valid fd and buffer of the given length.
+    let sent = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    if sent != req.len() as isize {
+        return Err(());
+    }
+    let mut buf = [0u8; 512];
+    // SAFETY: valid fd and buffer of the given length.
+    let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n <= 0 {
+        return Err(());
+    }
+    Ok(diag_reply_inode(&buf[..n as usize]))
 }
 
 fn mapped(a: SocketAddr) -> SocketAddr {
@@ -46,8 +193,7 @@ fn mapped(a: SocketAddr) -> SocketAddr {
     }
 }
 
-fn owner_of(inode: u64) -> Option<PeerProcess> {
-    let want = format!("socket:[{inode}]");
+fn owner_of(want: &str) -> Option<PeerProcess> {
     for entry in fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -60,7 +206,7 @@ fn owner_of(inode: u64) -> Option<PeerProcess> {
             continue;
         };
         for fd in fds.flatten() {
-            if fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == want.as_str()) {
+            if fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == want) {
                 let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
                 return Some(PeerProcess {
                     pid,
@@ -70,6 +216,77 @@ fn owner_of(inode: u64) -> Option<PeerProcess> {
         }
     }
     None
+}
+
+/// Inodes of the listening sockets (state `0A`) on any of `ports`, from the
+/// text of /proc/net/tcp or /proc/net/tcp6.
+pub fn listening_inodes(table: &str, ports: &[u16]) -> Vec<u64> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (l, st, inode) = (cols.get(1)?, cols.get(3)?, cols.get(9)?);
+            (*st == "0A" && ports.contains(&parse_addr(l)?.port())).then(|| inode.parse().ok())?
+        })
+        .collect()
+}
+
+/// Every process holding a listening socket on one of `ports`, except those
+/// `known` says to skip (their fd tables are not read again). These are the
+/// processes that will accept, upgrade and close the traced sockets:
+/// pre-forked workers inherit the listener, so they are found before their
+/// first connection, and can be described even if they exit microseconds
+/// after a close (a PHP-FPM or Swoole worker at its request limit).
+///
+/// Cost: one readlink per open fd of every other process; the caller runs
+/// it rarely (at start and every few seconds).
+pub fn listeners(ports: &[u16], known: impl Fn(u32) -> bool) -> Vec<PeerProcess> {
+    let mut inodes: Vec<u64> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|t| fs::read_to_string(t).ok())
+        .flat_map(|t| listening_inodes(&t, ports))
+        .collect();
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    inodes.sort_unstable();
+    let mut found = Vec::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if known(pid) {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            fs::read_link(fd.path()).is_ok_and(|l| {
+                l.to_str()
+                    .and_then(|l| l.strip_prefix("socket:["))
+                    .and_then(|l| l.strip_suffix(']'))
+                    .and_then(|i| i.parse::<u64>().ok())
+                    .is_some_and(|i| inodes.binary_search(&i).is_ok())
+            })
+        });
+        if holds {
+            let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            found.push(PeerProcess {
+                pid,
+                comm: comm.trim_end().to_string(),
+            });
+        }
+    }
+    found
 }
 
 /// The inode of the row whose local/remote addresses match, from the text of
@@ -123,6 +340,28 @@ mod tests {
 ";
 
     #[test]
+    fn listening_rows_on_traced_ports_only() {
+        assert_eq!(listening_inodes(TCP, &[1215]), vec![41234]);
+        assert_eq!(listening_inodes(TCP, &[80]), Vec::<u64>::new());
+        // Established rows on the port are not listeners.
+        assert_eq!(listening_inodes(TCP6, &[1215, 8080]), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn finds_this_process_as_a_listener() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let me = std::process::id();
+        let found = listeners(&[port], |_| false);
+        assert!(found.iter().any(|p| p.pid == me), "{found:?}");
+        assert!(
+            listeners(&[port], |pid| pid == me)
+                .iter()
+                .all(|p| p.pid != me)
+        );
+    }
+
+    #[test]
     fn parses_kernel_address_notation() {
         assert_eq!(
             parse_addr("0100007F:04BF"),
@@ -159,13 +398,50 @@ mod tests {
         let client =
             std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (server, _) = listener.accept().expect("accept");
-        // From the server's point of view, the peer is the client socket.
-        let peer = find(
+        let (peer_local, peer_remote) = (
             server.peer_addr().expect("peer"),
             server.local_addr().expect("local"),
-        )
-        .expect("the client socket is found in /proc");
+        );
+        // sock_diag names the client socket's inode, as /proc/net/tcp does.
+        let by_diag = inode_by_diag(peer_local, peer_remote)
+            .expect("netlink works")
+            .expect("sock_diag finds the socket");
+        assert_eq!(Some(by_diag), inode_by_proc(peer_local, peer_remote));
+        // From the server's point of view, the peer is the client socket.
+        let mut finder = PeerFinder::default();
+        let peer = finder
+            .find(peer_local, peer_remote)
+            .expect("the client socket is found in /proc");
         assert_eq!(peer.pid, std::process::id());
-        drop(client);
+        // The second lookup is served from the known owners, with no full scan.
+        let c2 =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (s2, _) = listener.accept().expect("accept");
+        let again = finder
+            .find(
+                s2.peer_addr().expect("peer"),
+                s2.local_addr().expect("local"),
+            )
+            .expect("found among known owners, within the full-scan interval");
+        assert_eq!(again.pid, std::process::id());
+        drop((client, c2));
+    }
+
+    #[test]
+    fn diag_request_layout() {
+        let r = diag_request(
+            "127.0.0.1:1215".parse().expect("addr"),
+            "127.0.0.2:50000".parse().expect("addr"),
+        );
+        assert_eq!(u32::from_ne_bytes(r[0..4].try_into().expect("4")), 72);
+        assert_eq!((r[16], r[17]), (libc::AF_INET as u8, 6));
+        assert_eq!(&r[24..28], &[0x04, 0xbf, 0xc3, 0x50]);
+        assert_eq!(&r[28..32], &[127, 0, 0, 1]);
+        assert_eq!(&r[44..48], &[127, 0, 0, 2]);
+        assert_eq!(&r[64..72], &[0xff; 8]);
+        // An error reply (no such socket) is no inode.
+        let mut err = [0u8; 36];
+        err[4..6].copy_from_slice(&2u16.to_ne_bytes());
+        assert_eq!(diag_reply_inode(&err), None);
     }
 }

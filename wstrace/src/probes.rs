@@ -59,6 +59,24 @@ pub struct Attached {
     pub limits: Vec<String>,
 }
 
+impl Attached {
+    /// Detaches and unloads every program, keeping the maps: after this no
+    /// new event can enter the ring buffer, so what is in it is all there is
+    /// to read, and the lost-event counter is final.
+    pub fn detach_all(&mut self) {
+        for (_, prog) in self.ebpf.programs_mut() {
+            // An error here means the program was not loaded: nothing to undo.
+            let _ = match prog {
+                aya::programs::Program::TracePoint(p) => p.unload(),
+                aya::programs::Program::KProbe(p) => p.unload(),
+                aya::programs::Program::FEntry(p) => p.unload(),
+                aya::programs::Program::FExit(p) => p.unload(),
+                _ => Ok(()),
+            };
+        }
+    }
+}
+
 /// Shared tracepoints: (program, category, name).
 const COMMON: [(&str, &str, &str); 3] = [
     ("tcp_send_reset", "tcp", "tcp_send_reset"),

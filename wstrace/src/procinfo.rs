@@ -15,23 +15,46 @@ pub struct ProcInfo {
 
 /// Per-pid cache: a process that exits right after its close is still
 /// described (it was read at the 101 or at the close event).
+///
+/// Each entry remembers the comm of the event that read it. A different comm
+/// for the same pid means a reused pid, an exec, or just another thread: the
+/// entry is re-read, but only kept if the re-read found a live process, so a
+/// closer that has exited keeps what was read while it lived. A close by the
+/// old program of a process that exec'd since keeps its comm, hence the old
+/// (right) description.
 #[derive(Default)]
 pub struct Processes {
-    info: HashMap<u32, ProcInfo>,
+    info: HashMap<u32, (String, ProcInfo)>,
 }
 
 impl Processes {
     const MAX: usize = 4096;
 
-    pub fn note(&mut self, pid: u32, redactor: &Redactor) {
+    pub fn note(&mut self, pid: u32, comm: &str, redactor: &Redactor) {
+        self.note_with(pid, comm, || read(pid, redactor));
+    }
+
+    fn note_with(&mut self, pid: u32, comm: &str, read: impl FnOnce() -> ProcInfo) {
+        let known = match self.info.get(&pid) {
+            Some((c, _)) if c == comm => return,
+            Some(_) => true,
+            None => false,
+        };
+        let fresh = read();
+        if known && fresh.exe.is_none() {
+            return;
+        }
         if self.info.len() >= Self::MAX {
             self.info.clear();
         }
-        self.info.entry(pid).or_insert_with(|| read(pid, redactor));
+        self.info.insert(pid, (comm.to_string(), fresh));
     }
 
     pub fn get(&self, pid: u32) -> ProcInfo {
-        self.info.get(&pid).cloned().unwrap_or_default()
+        self.info
+            .get(&pid)
+            .map(|(_, i)| i.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -161,6 +184,30 @@ pub fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn exe(path: &str) -> ProcInfo {
+        ProcInfo {
+            exe: Some(path.into()),
+            ..ProcInfo::default()
+        }
+    }
+
+    #[test]
+    fn a_new_comm_rereads_but_a_gone_process_keeps_its_description() {
+        let mut p = Processes::default();
+        p.note_with(7, "server", || exe("/srv/server"));
+        // Same comm: cached, /proc not read again.
+        p.note_with(7, "server", || panic!("re-read"));
+        // Another comm on a live pid (reuse or exec): re-read.
+        p.note_with(7, "sleep", || exe("/usr/bin/sleep"));
+        assert_eq!(p.get(7).exe.as_deref(), Some("/usr/bin/sleep"));
+        // Another comm but the process is gone: keep what was read alive.
+        p.note_with(7, "worker", ProcInfo::default);
+        assert_eq!(p.get(7).exe.as_deref(), Some("/usr/bin/sleep"));
+        // Unknown and gone: recorded as unknown.
+        p.note_with(8, "x", ProcInfo::default);
+        assert_eq!(p.get(8), ProcInfo::default());
+    }
 
     fn args(s: &[&str]) -> Vec<String> {
         s.iter().map(|a| a.to_string()).collect()

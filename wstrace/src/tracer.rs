@@ -83,17 +83,18 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
     } else {
         http::Redactor::new(&opts.common.redact).map_err(|e| anyhow::anyhow!(e))?
     };
-    // The log is opened before the probes attach, so a bad path is said at
-    // once; wstrace still runs (on stdout) rather than trace nothing.
-    let log = opts.log.as_ref().and_then(|l| {
-        match output::logfile::LogFile::open(l.path, l.rotate_size, l.rotate_keep) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                eprintln!("wstrace: error: {e:#}; reporting on stdout only");
-                None
-            }
-        }
-    });
+    // Opened before the probes attach: a bad path fails the start, with
+    // nothing loaded. An agent whose log silently went to stdout would lose
+    // every report its collector expects; a failure later in the run (disk
+    // full) keeps tracing on stdout instead, see `Sink::print`.
+    let log = match &opts.log {
+        Some(l) => Some(
+            output::logfile::LogFile::open(l.path, l.rotate_size, l.rotate_keep).map_err(|e| {
+                anyhow::anyhow!("{e:#} (choose a writable --output path, or drop --output)")
+            })?,
+        ),
+        None => None,
+    };
     privileges::check()?;
     let metrics = match opts.metrics {
         Some(addr) => {
@@ -121,20 +122,6 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
     for l in &attached.limits {
         eprintln!("wstrace: note: {l}");
     }
-    let ports: Vec<String> = opts.ports.iter().map(u16::to_string).collect();
-    eprintln!(
-        "wstrace: tracing port {} with {} probes",
-        ports.join(","),
-        attached.set.name()
-    );
-    if let Some(m) = &metrics {
-        m.probe_set
-            .get_or_create(&metrics::ProbeLabels {
-                probe: attached.set.name().into(),
-            })
-            .set(1);
-    }
-    on_ready(opts.ports[0]);
 
     let ring = attached
         .ebpf
@@ -164,6 +151,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
         // rate they are left out rather than guessed.
         hz: hz::detect(),
         peers: HashMap::new(),
+        peer_finder: peer::PeerFinder::default(),
         log,
         metrics,
     };
@@ -175,6 +163,24 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut lost_reported = 0u64;
     let limit = opts.count.unwrap_or(u64::MAX);
+    // Before saying "tracing": a server that upgrades, closes and exits the
+    // moment traffic starts is described too.
+    sink.remember_listeners(opts.ports);
+    let ports: Vec<String> = opts.ports.iter().map(u16::to_string).collect();
+    eprintln!(
+        "wstrace: tracing port {} with {} probes",
+        ports.join(","),
+        attached.set.name()
+    );
+    if let Some(m) = &sink.metrics {
+        m.probe_set
+            .get_or_create(&metrics::ProbeLabels {
+                probe: attached.set.name().into(),
+            })
+            .set(1);
+    }
+    on_ready(opts.ports[0]);
+    let mut last_scan = tokio::time::Instant::now();
 
     'outer: while sink.printed < limit {
         tokio::select! {
@@ -182,25 +188,17 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
                 let mut guard = guard.context("waiting for events")?;
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
-                    let ev = match events::decode(&item) {
-                        Ok(ev) => ev,
-                        Err(e) => {
-                            eprintln!("wstrace: warning: undecodable event: {e:#}");
-                            continue;
-                        }
-                    };
-                    drop(item);
-                    sink.observe(&ev);
-                    for r in matcher.on_event(ev) {
-                        sink.print(&r)?;
-                        if sink.printed >= limit {
-                            break 'outer;
-                        }
+                    if deliver(&mut sink, &mut matcher, item, limit)? {
+                        break 'outer;
                     }
                 }
                 guard.clear_ready();
             }
             _ = tick.tick() => {
+                if last_scan.elapsed() >= LISTENER_SCAN_INTERVAL {
+                    sink.remember_listeners(opts.ports);
+                    last_scan = tokio::time::Instant::now();
+                }
                 for r in matcher.tick(monotonic_ns()) {
                     sink.print(&r)?;
                     if sink.printed >= limit {
@@ -230,6 +228,18 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
+        }
+    }
+    // Stop the kernel side first, then read what it wrote before that: an
+    // event produced while attached is either reported or counted as lost,
+    // and closes after the signal cannot overflow the ring into false losses.
+    attached.detach_all();
+    if sink.printed < limit {
+        let rb = ring.get_mut();
+        while let Some(item) = rb.next() {
+            if deliver(&mut sink, &mut matcher, item, limit)? {
+                break;
+            }
         }
     }
     // Closes already seen but not yet complete are still worth printing.
@@ -274,10 +284,46 @@ struct Sink {
     /// The process at the other end of loopback connections, by socket,
     /// looked up at the 101 while it is surely alive.
     peers: HashMap<u64, peer::PeerProcess>,
+    peer_finder: peer::PeerFinder,
     /// `--output`; dropped (with one error message) when it fails.
     log: Option<output::logfile::LogFile>,
     metrics: Option<metrics::Metrics>,
 }
+
+/// One ring-buffer record through the matcher to the output. True once
+/// `limit` reports are printed.
+fn deliver(
+    sink: &mut Sink,
+    matcher: &mut Matcher,
+    item: aya::maps::ring_buf::RingBufItem<'_>,
+    limit: u64,
+) -> Result<bool> {
+    let ev = match events::decode(&item) {
+        Ok(ev) => ev,
+        Err(e) => {
+            eprintln!("wstrace: warning: undecodable event: {e:#}");
+            return Ok(false);
+        }
+    };
+    // Hands the slot back to the kernel before the (slower) printing.
+    drop(item);
+    sink.observe(&ev);
+    for r in matcher.on_event(ev) {
+        sink.print(&r)?;
+        if sink.printed >= limit {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// How often processes listening on the traced ports are looked for (and
+/// exited ones forgotten). New workers of a pre-forking server are described
+/// from their first close if they lived this long before it.
+const LISTENER_SCAN_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long an exited process's maps are kept for closes still in flight.
+const EXITED_GRACE: Duration = Duration::from_secs(30);
 
 /// Peers remembered at once (a bound, not a working-set estimate).
 const MAX_PEERS: usize = 16384;
@@ -288,7 +334,7 @@ impl Sink {
     fn observe(&mut self, ev: &events::Event) {
         match ev.kind {
             EventKind::Upgrade => {
-                self.procs.note(ev.pid, &self.redactor);
+                self.procs.note(ev.pid, &ev.comm, &self.redactor);
                 if let Some(m) = &self.metrics {
                     m.upgrades.inc();
                 }
@@ -298,13 +344,26 @@ impl Sink {
                         self.peers.clear();
                     }
                     // The peer's socket is our socket with the ends swapped.
-                    if let Some(p) = peer::find(ev.remote, ev.local) {
+                    if let Some(p) = self.peer_finder.find(ev.remote, ev.local) {
                         self.peers.insert(ev.sk, p);
                     }
                 }
             }
-            EventKind::Close => self.procs.note(ev.pid, &self.redactor),
+            EventKind::Close => self.procs.note(ev.pid, &ev.comm, &self.redactor),
             _ => {}
+        }
+    }
+
+    /// Remember (maps, executable, command line) every process listening on
+    /// a traced port, before it accepts anything: a worker that closes and
+    /// exits at once is gone before its upgrade event is read, and without
+    /// this its report would have neither executable nor user frames.
+    fn remember_listeners(&mut self, ports: &[u16]) {
+        self.symbolizer.prune_exited(EXITED_GRACE);
+        let symbolizer = &self.symbolizer;
+        for p in peer::listeners(ports, |pid| symbolizer.remembers(pid)) {
+            self.procs.note(p.pid, &p.comm, &self.redactor);
+            self.symbolizer.remember_process(p.pid);
         }
     }
 

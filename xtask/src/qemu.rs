@@ -46,7 +46,16 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
         // the 6.12 kernel died that way with `-cpu max`, 0 of 18 without
         // CX16 (SLUB then takes its locked slow path). Nothing wstrace
         // tests depends on CX16.
-        .args(["-accel", "tcg", "-cpu", "max,-cx16", "-m", "1024", "-smp", "1"])
+        .args([
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max,-cx16",
+            "-m",
+            "1024",
+            "-smp",
+            "1",
+        ])
         .arg("-kernel")
         .arg(b.vmlinuz)
         .arg("-initrd")

@@ -1,0 +1,235 @@
+//! What the root-only integration tests share: the skip banner, the binaries,
+//! a scenario server, one upgrade, and a running wstrace whose output is
+//! collected line by line.
+#![allow(dead_code)] // each test crate uses its own subset
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+pub const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// True when the test can load BPF; otherwise prints a banner nobody can miss.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    eprintln!(
+        "\n!!! SKIPPED: {test}: needs root (CAP_BPF/CAP_PERFMON); run `cargo xtask test` as root !!!\n"
+    );
+    false
+}
+
+pub fn target() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+pub fn wstrace_bin() -> PathBuf {
+    let p = target().join("release/wstrace");
+    assert!(
+        p.is_file(),
+        "{} missing: run `cargo build --release`",
+        p.display()
+    );
+    p
+}
+
+/// A child killed when dropped, so no failing assertion leaks one.
+pub struct Kill(pub Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ws-scenario serve` on 127.0.0.1 with `args` (e.g. `--mode close-after101`).
+pub fn server(args: &[&str]) -> (Kill, u16) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ws-scenario"))
+        .args(["serve", "--bind", "127.0.0.1"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("server");
+    let mut line = String::new();
+    BufReader::new(c.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("READY");
+    let port = line
+        .trim()
+        .strip_prefix("READY ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("server did not print READY <port>: {line:?}"));
+    (Kill(c), port)
+}
+
+/// One upgrade request, then read until the server closes.
+pub fn upgrade_once(port: u16) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    c.write_all(UPGRADE).expect("send");
+    let mut buf = [0u8; 512];
+    while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+/// A running `wstrace --format json`, its stdout and stderr collected.
+pub struct Tracer {
+    pub child: Kill,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    stdout_done: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tracer {
+    /// Starts wstrace on `port` and returns once it says it is tracing.
+    pub fn start(port: u16, extra: &[&str]) -> Tracer {
+        let mut c = Command::new(wstrace_bin())
+            .args(["--port", &port.to_string(), "--format", "json"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("wstrace");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let out = c.stdout.take().expect("stdout");
+        let sink = stdout.clone();
+        let stdout_done = std::thread::spawn(move || {
+            let mut r = BufReader::new(out);
+            loop {
+                // Raw lines, the trailing newline kept: a torn last line shows.
+                let mut line = String::new();
+                match r.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => sink.lock().expect("lock").push(line),
+                }
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        let err = c.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                if line.contains("wstrace: tracing port") {
+                    let _ = tx.send(());
+                }
+                sink.lock().expect("lock").push(line);
+            }
+        });
+        let mut t = Tracer {
+            child: Kill(c),
+            stdout,
+            stderr,
+            stdout_done: Some(stdout_done),
+        };
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = t.child.0.kill();
+            panic!("wstrace did not attach:\n{}", t.stderr_text());
+        }
+        t
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.0.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits for exit and for stdout to be drained.
+    pub fn wait(&mut self) -> ExitStatus {
+        let status = self.child.0.wait().expect("wait");
+        if let Some(t) = self.stdout_done.take() {
+            let _ = t.join();
+        }
+        status
+    }
+
+    /// Raw stdout lines so far (each with its newline, unless torn).
+    pub fn raw_lines(&self) -> Vec<String> {
+        self.stdout.lock().expect("lock").clone()
+    }
+
+    /// Every stdout line parsed; panics on a torn or invalid one.
+    pub fn reports(&self) -> Vec<serde_json::Value> {
+        self.raw_lines()
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                assert!(l.ends_with('\n'), "line {} is torn: {l:?}", i + 1);
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {l}", i + 1))
+            })
+            .collect()
+    }
+
+    /// Polls until `n` reports are in or `timeout` passes.
+    pub fn wait_for_reports(&self, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+        let start = Instant::now();
+        while self.raw_lines().len() < n && start.elapsed() < timeout {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.reports()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().expect("lock").join("\n")
+    }
+
+    /// The kernel's ids of the BPF programs this process holds, from its fd
+    /// table (`/proc/<pid>/fdinfo/*` has a `prog_id:` line for program and
+    /// link fds).
+    pub fn prog_ids(&self) -> Vec<u32> {
+        let mut ids = Vec::new();
+        let dir = format!("/proc/{}/fdinfo", self.pid());
+        for e in std::fs::read_dir(&dir).expect("fdinfo").flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            for l in text.lines() {
+                if let Some(id) = l.strip_prefix("prog_id:") {
+                    if let Ok(id) = id.trim().parse() {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
+
+/// Ids of every BPF program loaded in the kernel right now (the kernel's own
+/// view, as `bpftool prog` lists it).
+pub fn loaded_prog_ids() -> Vec<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .collect()
+}
+
+/// Waits (programs are freed after an RCU grace period) until none of `ids`
+/// is loaded; returns the ones still there after `timeout`.
+pub fn wait_unloaded(ids: &[u32], timeout: Duration) -> Vec<u32> {
+    let start = Instant::now();
+    loop {
+        let loaded = loaded_prog_ids();
+        let left: Vec<u32> = ids.iter().copied().filter(|i| loaded.contains(i)).collect();
+        if left.is_empty() || start.elapsed() > timeout {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,333 @@
+//! Faults against the real binary and the real kernel: signals and SIGKILL
+//! mid-burst, more upgraded sockets than `--max-sockets`, a closer that exits
+//! or execs right after its close, and bad input. Each asserts both what was
+//! printed and what the kernel holds afterwards (its own list of loaded BPF
+//! programs). Needs root (loud SKIPPED banner otherwise).
+//!
+//! The tests run one at a time (`SERIAL`): "nothing left loaded" compares the
+//! kernel's global program list, which a parallel test's wstrace would change.
+mod common;
+
+use std::{
+    collections::HashSet,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    process::{Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use common::{
+    Tracer, UPGRADE, loaded_prog_ids, root_or_skip, server, upgrade_once, wait_unloaded,
+    wstrace_bin,
+};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Upgrades in a background thread until `n` are done.
+fn burst(port: u16, n: usize) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for _ in 0..n {
+            upgrade_once(port);
+        }
+    })
+}
+
+#[test]
+fn sigint_and_sigterm_mid_burst_leave_whole_reports_and_nothing_loaded() {
+    if !root_or_skip("sigint_and_sigterm_mid_burst_leave_whole_reports_and_nothing_loaded") {
+        return;
+    }
+    let _serial = serial();
+    for (name, sig) in [("SIGINT", libc::SIGINT), ("SIGTERM", libc::SIGTERM)] {
+        let (_srv, port) = server(&["--mode", "close-after101"]);
+        let mut t = Tracer::start(port, &[]);
+        let ids = t.prog_ids();
+        assert!(!ids.is_empty(), "{name}: wstrace holds no BPF programs?");
+        let load = burst(port, 2000);
+        // Mid-burst: reports are flowing when the signal lands.
+        let seen = t.wait_for_reports(50, Duration::from_secs(20)).len();
+        assert!(seen >= 50, "{name}: only {seen} reports before the signal");
+        t.signal(sig);
+        let status = t.wait();
+        let _ = load.join();
+        assert!(status.success(), "{name}: wstrace exit {status}");
+        // `reports()` panics on a torn or non-JSON line.
+        let reports = t.reports();
+        let remotes: HashSet<&str> = reports
+            .iter()
+            .map(|r| r["remote"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            remotes.len(),
+            reports.len(),
+            "{name}: a report printed twice"
+        );
+        for r in &reports {
+            assert_eq!(r["closed_by"], "local", "{name}: {r}");
+        }
+        let left = wait_unloaded(&ids, Duration::from_secs(5));
+        assert!(
+            left.is_empty(),
+            "{name}: programs {left:?} still loaded after exit (of {ids:?})"
+        );
+        let stderr = t.stderr_text();
+        assert!(
+            !stderr.contains("lost"),
+            "{name}: events lost (the kernel side is detached before the last read):\n{stderr}"
+        );
+        eprintln!(
+            "{name}: {} whole reports, {} programs unloaded",
+            reports.len(),
+            ids.len()
+        );
+    }
+}
+
+#[test]
+fn sigkill_mid_burst_then_a_new_run_works_at_once() {
+    if !root_or_skip("sigkill_mid_burst_then_a_new_run_works_at_once") {
+        return;
+    }
+    let _serial = serial();
+    let (_srv, port) = server(&["--mode", "close-after101"]);
+    let mut t = Tracer::start(port, &[]);
+    let ids = t.prog_ids();
+    let load = burst(port, 1000);
+    t.wait_for_reports(20, Duration::from_secs(20));
+    t.signal(libc::SIGKILL);
+    let _ = t.wait();
+    let _ = load.join();
+    // The kernel releases everything with the last fd: no cleanup step exists
+    // that SIGKILL could skip.
+    let left = wait_unloaded(&ids, Duration::from_secs(5));
+    assert!(left.is_empty(), "programs {left:?} outlived SIGKILL");
+
+    let started = Instant::now();
+    let second = Tracer::start(port, &[]);
+    eprintln!("second run attached {:?} after the kill", started.elapsed());
+    upgrade_once(port);
+    let reports = second.wait_for_reports(1, Duration::from_secs(10));
+    assert_eq!(reports.len(), 1, "the new run reports the next close");
+    assert_eq!(reports[0]["closed_by"], "local");
+}
+
+/// Opens an upgraded connection and keeps it.
+fn upgraded(port: u16) -> TcpStream {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    c.write_all(UPGRADE).expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = c.read(&mut buf).expect("read the 101");
+        assert!(n > 0, "server closed before answering");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101 "));
+    c
+}
+
+#[test]
+fn more_upgraded_sockets_than_max_sockets_are_evicted_and_counted() {
+    if !root_or_skip("more_upgraded_sockets_than_max_sockets_are_evicted_and_counted") {
+        return;
+    }
+    let _serial = serial();
+    const OPEN: usize = 300;
+    const CAP: usize = 64;
+    let (_srv, port) = server(&["--mode", "hold"]);
+    let mut t = Tracer::start(port, &["--max-sockets", &CAP.to_string()]);
+    let conns: Vec<TcpStream> = (0..OPEN).map(|_| upgraded(port)).collect();
+    // Let the daemon see every upgrade before the closes start.
+    std::thread::sleep(Duration::from_millis(500));
+    drop(conns);
+    let reports = t.wait_for_reports(CAP, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    t.signal(libc::SIGTERM);
+    let status = t.wait();
+    assert!(status.success(), "wstrace exit {status} (crash?)");
+    let reports = if reports.len() < t.raw_lines().len() {
+        t.reports()
+    } else {
+        reports
+    };
+    let stderr = t.stderr_text();
+    let evicted: usize = stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("wstrace: ")?
+                .split_once(" upgraded socket(s) were evicted in total")
+                .and_then(|(n, _)| n.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no eviction total on stderr:\n{stderr}"));
+    eprintln!(
+        "{OPEN} upgraded sockets, --max-sockets {CAP}: {} reported, {evicted} evicted",
+        reports.len()
+    );
+    assert!(
+        evicted >= OPEN - CAP,
+        "only {evicted} evictions counted for {OPEN} sockets over a cap of {CAP}"
+    );
+    assert!(reports.len() <= CAP, "more reports than tracked sockets");
+    assert!(
+        reports.len() >= CAP / 2,
+        "the newest sockets are still traced: only {} reports",
+        reports.len()
+    );
+    for r in &reports {
+        assert_eq!(r["closed_by"], "peer", "{r}");
+    }
+    assert!(
+        stderr.contains("raise --max-sockets"),
+        "the warning says what to do:\n{stderr}"
+    );
+}
+
+#[test]
+fn a_closer_that_exits_or_execs_at_once_is_named_and_symbolized() {
+    if !root_or_skip("a_closer_that_exits_or_execs_at_once_is_named_and_symbolized") {
+        return;
+    }
+    let _serial = serial();
+    for after in ["exit", "exec"] {
+        let (mut srv, port) = server(&["--mode", "close-after101", "--once", after]);
+        let pid = srv.0.id() as u64;
+        let t = Tracer::start(port, &[]);
+        upgrade_once(port);
+        let reports = t.wait_for_reports(1, Duration::from_secs(10));
+        assert_eq!(reports.len(), 1, "{after}: one report");
+        let r = &reports[0];
+        assert_eq!(r["pid"], pid, "{after}: {r}");
+        assert_eq!(r["comm"], "ws-scenario", "{after}: {r}");
+        assert!(
+            r["exe"]
+                .as_str()
+                .is_some_and(|e| e.ends_with("/ws-scenario")),
+            "{after}: the closing program, not what replaced it: {r}"
+        );
+        let user: Vec<&str> = r["user_stack"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|f| f.as_str()).collect())
+            .unwrap_or_default();
+        // Frames of the program that is gone (exit) or replaced (exec):
+        // resolved from what was read while it lived. (close_connection
+        // itself may be a tail call, so the caller is what shows.)
+        assert!(
+            user.iter().any(|f| f.contains("close")),
+            "{after}: user stack has the close: {user:#?}"
+        );
+        assert!(
+            user.iter()
+                .any(|f| f.contains("ws_scenario::serve::serve_one")),
+            "{after}: user stack names the server's function: {user:#?}"
+        );
+        if after == "exit" {
+            let _ = srv.0.wait();
+        }
+    }
+}
+
+/// Runs wstrace to completion with `args` and returns (exit code, stderr).
+fn run_fails(args: &[&str], uid: Option<u32>) -> (i32, String) {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = Command::new(wstrace_bin());
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    let out = cmd.output().expect("run wstrace");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_nothing_loaded() {
+    if !root_or_skip("bad_input_is_one_clear_line_and_nothing_loaded") {
+        return;
+    }
+    let _serial = serial();
+    let before: HashSet<u32> = loaded_prog_ids().into_iter().collect();
+    let unwritable = "/proc/wstrace-cannot-write-here/closes.jsonl";
+    // (args, run as uid, what the first line must say)
+    let cases: &[(&[&str], Option<u32>, &[&str])] = &[
+        (&["--port", "70000"], None, &["70000", "--port"]),
+        (&["--port", "0"], None, &["--port", "0"]),
+        (&["--port", "80", "--bogus"], None, &["--bogus"]),
+        (
+            &["--port", "80", "--probe", "uprobe"],
+            None,
+            &["uprobe", "--probe"],
+        ),
+        (
+            &["--port", "80", "--max-sockets", "3"],
+            None,
+            &["--max-sockets"],
+        ),
+        (
+            &["--port", "80", "--output", unwritable],
+            None,
+            &[unwritable],
+        ),
+        (&["--port", "80"], Some(65534), &["root", "CAP_BPF"]),
+    ];
+    for (args, uid, must) in cases {
+        let (code, stderr) = run_fails(args, *uid);
+        assert_ne!(code, 0, "{args:?} exited 0:\n{stderr}");
+        let first = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        assert!(
+            first.starts_with("wstrace: error: ") || first.starts_with("error: "),
+            "{args:?}: first line is not an error line: {stderr}"
+        );
+        for m in *must {
+            assert!(
+                first.contains(m),
+                "{args:?}: {first:?} does not mention {m:?}"
+            );
+        }
+        if first.starts_with("wstrace: error: ") {
+            assert_eq!(
+                stderr.trim_end().lines().count(),
+                1,
+                "{args:?}: one line: {stderr}"
+            );
+        }
+        eprintln!("{args:?} (uid {uid:?}) -> exit {code}: {first}");
+    }
+    // tracefs not mounted (hidden in a private mount namespace): wstrace
+    // mounts it itself, as a tracer should on a minimal host, and traces.
+    let script = format!(
+        "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug/tracing 2>/dev/null; \
+         if grep -q tracefs /proc/self/mounts; then echo 'tracefs still mounted' >&2; exit 99; fi; \
+         {} --port 80 --duration 1 && grep -q tracefs /proc/self/mounts && echo mounted-by-wstrace >&2",
+        wstrace_bin().display()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("unshare (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success()
+            && stderr.contains("wstrace: tracing port 80")
+            && stderr.contains("mounted-by-wstrace"),
+        "without tracefs mounted ({}):\n{stderr}",
+        out.status
+    );
+
+    let after: HashSet<u32> = loaded_prog_ids().into_iter().collect();
+    let new: Vec<&u32> = after.difference(&before).collect();
+    assert!(
+        new.is_empty(),
+        "programs left loaded by failed runs: {new:?}"
+    );
+}
