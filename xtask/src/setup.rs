@@ -123,13 +123,18 @@ fn ensure_bpf_linker() -> Result<String> {
 }
 
 fn ensure_apt_packages() -> Result<String> {
-    let missing: Vec<&str> = APT_PACKAGES
+    ensure_packages(APT_PACKAGES)
+}
+
+/// Installs whichever of `packages` (name, why) are missing.
+pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<String> {
+    let missing: Vec<&str> = packages
         .iter()
         .map(|(p, _)| *p)
         .filter(|p| !dpkg_installed(p))
         .collect();
     if missing.is_empty() {
-        let all: Vec<&str> = APT_PACKAGES.iter().map(|(p, _)| *p).collect();
+        let all: Vec<&str> = packages.iter().map(|(p, _)| *p).collect();
         return Ok(format!("present ({})", all.join(", ")));
     }
     let install_line = format!(
@@ -142,7 +147,7 @@ fn ensure_apt_packages() -> Result<String> {
             missing.join(", ")
         );
     }
-    for (pkg, why) in APT_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+    for (pkg, why) in packages.iter().filter(|(p, _)| missing.contains(p)) {
         println!("setup: Debian packages: installing {pkg} ({why})");
     }
     if apt_install(&missing).is_err() {

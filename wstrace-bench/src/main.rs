@@ -1,0 +1,311 @@
+//! `ws-bench`: the load `cargo xtask bench` measures wstrace under.
+//!
+//! - `serve --mode echo`: a tokio-tungstenite WebSocket echo server;
+//! - `serve --mode churn`: answers every request with a 101 and closes at
+//!   once (the story's server, as fast as it can go);
+//! - `steady`: N WebSocket connections, each keeping `depth` small messages
+//!   in flight; prints messages/s and latency percentiles as JSON;
+//! - `churn`: upgrade-and-wait-for-close loops; prints connections/s and can
+//!   log when each connection saw its close (for close-to-report latency).
+//!
+//! Every client result is one JSON object on stdout.
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser)]
+#[command(name = "ws-bench", about = "Load generators for wstrace's benchmarks")]
+struct Cli {
+    /// Runtime worker threads.
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: usize,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    Echo,
+    Churn,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve on 127.0.0.1:PORT (0: any); prints `READY <port>`.
+    Serve {
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        #[arg(long, value_enum)]
+        mode: Mode,
+    },
+    /// Echo traffic over upgraded connections.
+    Steady {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value_t = 32)]
+        conns: usize,
+        /// Messages in flight per connection.
+        #[arg(long, default_value_t = 8)]
+        depth: usize,
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        /// Measured seconds (after one second of warm-up).
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+    },
+    /// Upgrade, then wait for the server's close, as fast as possible.
+    Churn {
+        #[arg(long)]
+        port: u16,
+        /// Concurrent connection loops.
+        #[arg(long, default_value_t = 8)]
+        conc: usize,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Write `<client port> <CLOCK_MONOTONIC ns of the EOF>` per connection.
+        #[arg(long)]
+        eof_log: Option<PathBuf>,
+    },
+}
+
+const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+const RESPONSE_101: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.threads.max(1))
+        .enable_all()
+        .build();
+    let result = rt
+        .context("starting the tokio runtime")
+        .and_then(|rt| rt.block_on(run(cli.command)));
+    if let Err(e) = result {
+        eprintln!("ws-bench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Serve { port, mode } => serve(port, mode).await,
+        Command::Steady {
+            port,
+            conns,
+            depth,
+            size,
+            secs,
+        } => steady(port, conns, depth, size, secs).await,
+        Command::Churn {
+            port,
+            conc,
+            secs,
+            eof_log,
+        } => churn(port, conc, secs, eof_log).await,
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns and other processes
+/// share, so times can be compared across processes.
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+async fn serve(port: u16, mode: Mode) -> Result<()> {
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+    println!("READY {}", listener.local_addr()?.port());
+    loop {
+        let (conn, _) = listener.accept().await.context("accept")?;
+        let _ = conn.set_nodelay(true);
+        tokio::spawn(async move {
+            // A failed connection is the client's business; keep serving.
+            let _ = match mode {
+                Mode::Echo => echo(conn).await,
+                Mode::Churn => upgrade_and_close(conn).await,
+            };
+        });
+    }
+}
+
+async fn echo(conn: TcpStream) -> Result<()> {
+    let mut ws = tokio_tungstenite::accept_async(conn).await?;
+    while let Some(msg) = ws.next().await {
+        match msg? {
+            m @ (Message::Binary(_) | Message::Text(_)) => ws.send(m).await?,
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+async fn upgrade_and_close(mut conn: TcpStream) -> Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 512];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    conn.write_all(RESPONSE_101).await?;
+    Ok(())
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn steady(port: u16, conns: usize, depth: usize, size: usize, secs: f64) -> Result<()> {
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(1);
+    let until = measure_from + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let url = format!("ws://127.0.0.1:{port}/");
+        let tcp = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        let _ = tcp.set_nodelay(true);
+        let (ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp)
+            .await
+            .with_context(|| format!("upgrading {url}"))?;
+        tasks.push(tokio::spawn(one_conn(ws, depth, size, measure_from, until)));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.context("client task")??);
+    }
+    lat.sort_unstable();
+    let out = serde_json::json!({
+        "msgs": lat.len(),
+        "secs": secs,
+        "msgs_per_sec": lat.len() as f64 / secs,
+        "p50_us": percentile(&lat, 0.50),
+        "p99_us": percentile(&lat, 0.99),
+        "conns": conns,
+        "depth": depth,
+        "size": size,
+    });
+    println!("{out}");
+    Ok(())
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// Keeps `depth` messages in flight; returns the round-trip µs of every echo
+/// received inside the measured window.
+async fn one_conn(
+    mut ws: Ws,
+    depth: usize,
+    size: usize,
+    from: Instant,
+    until: Instant,
+) -> Result<Vec<u32>> {
+    let msg = |size: usize| {
+        let mut p = vec![0u8; size.max(8)];
+        p[..8].copy_from_slice(&mono_ns().to_le_bytes());
+        Message::Binary(p.into())
+    };
+    for _ in 0..depth {
+        ws.feed(msg(size)).await?;
+    }
+    ws.flush().await?;
+    let mut lat = Vec::new();
+    while let Some(m) = ws.next().await {
+        let now = Instant::now();
+        if let Message::Binary(b) = m? {
+            if now >= from && b.len() >= 8 {
+                let sent = u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]));
+                lat.push((mono_ns().saturating_sub(sent) / 1000) as u32);
+            }
+        }
+        if now >= until {
+            break;
+        }
+        ws.send(msg(size)).await?;
+    }
+    let _ = ws.close(None).await;
+    Ok(lat)
+}
+
+async fn churn(port: u16, conc: usize, secs: f64, eof_log: Option<PathBuf>) -> Result<()> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        tasks.push(tokio::spawn(async move {
+            let mut eofs: Vec<(u16, u64)> = Vec::new();
+            let mut failed = 0u64;
+            let mut buf = [0u8; 1024];
+            while Instant::now() < until {
+                let Ok(mut c) = TcpStream::connect(addr).await else {
+                    failed += 1;
+                    continue;
+                };
+                let local = c.local_addr().map(|a| a.port()).unwrap_or(0);
+                if c.write_all(UPGRADE).await.is_err() {
+                    failed += 1;
+                    continue;
+                }
+                let mut got_101 = false;
+                loop {
+                    match c.read(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(n) => got_101 |= buf[..n].starts_with(b"HTTP/1.1 101 "),
+                        Err(_) => break,
+                    }
+                }
+                if got_101 {
+                    eofs.push((local, mono_ns()));
+                } else {
+                    failed += 1;
+                }
+            }
+            (eofs, failed)
+        }));
+    }
+    let mut eofs = Vec::new();
+    let mut failed = 0;
+    for t in tasks {
+        let (e, f) = t.await.context("churn task")?;
+        eofs.extend(e);
+        failed += f;
+    }
+    if let Some(path) = eof_log {
+        let text: String = eofs.iter().map(|(p, t)| format!("{p} {t}\n")).collect();
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let out = serde_json::json!({
+        "connections": eofs.len(),
+        "failed": failed,
+        "secs": secs,
+        "per_sec": eofs.len() as f64 / secs,
+    });
+    println!("{out}");
+    Ok(())
+}
