@@ -14,10 +14,12 @@
 // Nothing calls resolve() until the daemon's loader is written.
 #![allow(dead_code)]
 
-use std::{collections::HashMap, fmt, io, path::Path};
+mod blob;
+
+use std::{fmt, io, path::Path};
 
 use anyhow::{Result, anyhow};
-use btfparse::{Integer32Value, Integer64Value, Offset, Readable, TypeInformation, TypeVariant};
+use blob::{Blob, EnumValue, Member};
 use wstrace_common::globals::{self as g, ABSENT};
 
 pub const DEFAULT_BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
@@ -241,66 +243,41 @@ impl fmt::Display for Problem {
     }
 }
 
-/// A parsed BTF blob with indexes of its named structs, enums and functions.
+/// The kernel's BTF with the lookups wstrace needs, by name. Structs, enums
+/// and functions are indexed separately (first, lowest id wins), so a
+/// `FWD sock` or a function named `file` cannot shadow the struct.
 struct Btf {
-    types: TypeInformation,
-    /// Our own indexes rather than `TypeInformation::id_of`, which keeps one
-    /// id per name across all kinds (functions, variables, forward
-    /// declarations), so a `FWD sock` or a function named `file` could
-    /// shadow the struct. First (lowest id) complete definition wins.
-    structs: HashMap<String, u32>,
-    enums: HashMap<String, u32>,
-    /// FUNCs (first by id, like the kernel's `btf_find_by_name_kind`).
-    funcs: HashMap<String, u32>,
+    blob: Blob,
 }
+
+/// Qualifier and typedef chains followed, at most: a corrupt blob may hold a cycle.
+const MAX_TYPE_CHAIN: usize = 16;
+/// Anonymous struct/union nesting followed when looking a member up.
+const MAX_ANON_DEPTH: u32 = 8;
 
 impl Btf {
     fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| unreadable(path, &e))?;
-        let types = TypeInformation::new(&Blob(bytes)).map_err(|e| {
+        let blob = Blob::parse(bytes).map_err(|e| {
             anyhow!(
-                "{} is not a raw BTF blob ({}): give /sys/kernel/btf/vmlinux, or extract the \
+                "{} is not a raw BTF blob ({e}): give /sys/kernel/btf/vmlinux, or extract the \
                  .BTF section of a vmlinux with `objcopy -O binary --only-section=.BTF vmlinux btf.raw`",
                 path.display(),
-                e.message()
             )
         })?;
-        let mut structs = HashMap::new();
-        let mut enums = HashMap::new();
-        let mut funcs = HashMap::new();
-        for (&tid, ty) in types.get() {
-            let (index, name) = match ty {
-                TypeVariant::Struct(s) if *s.size() > 0 => (&mut structs, s.name()),
-                TypeVariant::Enum(e) => (&mut enums, e.name()),
-                TypeVariant::Enum64(e) => (&mut enums, e.name()),
-                TypeVariant::Func(f) => (&mut funcs, f.name()),
-                _ => continue,
-            };
-            if let Some(name) = name {
-                index.entry(name.clone()).or_insert(tid);
-            }
-        }
-        Ok(Self {
-            types,
-            structs,
-            enums,
-            funcs,
-        })
+        Ok(Self { blob })
     }
 
     /// Number of parameters of function `name` (a variadic `...` not counted).
     fn func_params(&self, name: &str) -> Result<u64, Problem> {
         let missing = || Problem::Missing(format!("no function {name}"));
-        let &tid = self.funcs.get(name).ok_or_else(missing)?;
-        let proto = match self.types.from_id(tid).ok_or_else(missing)? {
-            TypeVariant::Func(f) => *f.prototype_tid(),
-            _ => return Err(missing()),
-        };
-        match self.types.from_id(proto) {
-            Some(TypeVariant::FuncProto(p)) => {
-                let params = p.parameter_list();
+        let &tid = self.blob.funcs.get(name).ok_or_else(missing)?;
+        let func = self.blob.ty(tid).ok_or_else(missing)?;
+        match self.blob.ty(func.size_or_type) {
+            Some(proto) if proto.kind == blob::KIND_FUNC_PROTO => {
+                let params: Vec<u32> = self.blob.params(&proto).collect();
                 // A variadic prototype ends with a parameter of type 0.
-                let variadic = params.last().is_some_and(|p| p.tid() == 0);
+                let variadic = params.last() == Some(&0);
                 Ok((params.len() - usize::from(variadic)) as u64)
             }
             _ => Err(Problem::Unusable(format!(
@@ -309,17 +286,64 @@ impl Btf {
         }
     }
 
+    /// `tid` with typedefs and qualifiers stripped.
+    fn strip(&self, mut tid: u32) -> Option<blob::Type> {
+        for _ in 0..MAX_TYPE_CHAIN {
+            let t = self.blob.ty(tid)?;
+            match t.kind {
+                blob::KIND_TYPEDEF
+                | blob::KIND_CONST
+                | blob::KIND_VOLATILE
+                | blob::KIND_RESTRICT
+                | blob::KIND_TYPE_TAG => tid = t.size_or_type,
+                _ => return Some(t),
+            }
+        }
+        None
+    }
+
+    /// Member `name` of struct/union `tid`, looking inside anonymous struct
+    /// and union members as C does; its bit offset is from the start of `tid`.
+    fn member(&self, tid: u32, name: &str, depth: u32) -> Option<Member> {
+        if depth > MAX_ANON_DEPTH {
+            return None;
+        }
+        let t = self.strip(tid)?;
+        if let Some(m) = self
+            .blob
+            .members(&t)
+            .find(|m| m.name_off != 0 && self.blob.name(m.name_off) == Some(name))
+        {
+            return Some(m);
+        }
+        self.blob
+            .members(&t)
+            .filter(|m| self.blob.name(m.name_off).is_none_or(str::is_empty))
+            .find_map(|anon| {
+                let inner = self.member(anon.tid, name, depth + 1)?;
+                Some(Member {
+                    bit_offset: anon.bit_offset.checked_add(inner.bit_offset)?,
+                    ..inner
+                })
+            })
+    }
+
     /// Byte offset and type id of `path` ("a.b.c", anonymous members followed
     /// implicitly) from the start of `struct strukt`.
     fn offset(&self, strukt: &str, path: &str) -> Result<(u64, u32), Problem> {
         let missing = || Problem::Missing(format!("no {strukt}.{path}"));
-        let &root = self.structs.get(strukt).ok_or_else(missing)?;
-        match self.types.offset_of(root, path).map_err(|_| missing())? {
-            (tid, Offset::ByteOffset(offset)) => Ok((offset.into(), tid)),
-            (_, Offset::BitOffsetAndSize(..)) => {
-                Err(Problem::Unusable(format!("{strukt}.{path} is a bitfield")))
-            }
+        let &root = self.blob.structs.get(strukt).ok_or_else(missing)?;
+        let (mut tid, mut bits, mut bitfield) = (root, 0u64, false);
+        for name in path.split('.') {
+            let m = self.member(tid, name, 0).ok_or_else(missing)?;
+            bits += u64::from(m.bit_offset);
+            bitfield = m.bitfield_size != 0;
+            tid = m.tid;
         }
+        if bitfield || bits % 8 != 0 {
+            return Err(Problem::Unusable(format!("{strukt}.{path} is a bitfield")));
+        }
+        Ok((bits / 8, tid))
     }
 
     /// Byte offset of `path` in `struct strukt`, which must be `width` bytes wide.
@@ -338,44 +362,43 @@ impl Btf {
 
     /// Size in bytes of type `tid`; `None` for types without one and for
     /// bitfields in the old encoding (an int type narrower than its size).
-    fn width(&self, mut tid: u32) -> Option<usize> {
-        // Bounded: a corrupt blob may hold a typedef cycle.
-        for _ in 0..16 {
-            tid = match self.types.from_id(tid)? {
-                TypeVariant::Typedef(t) => *t.tid(),
-                TypeVariant::Const(t) => *t.tid(),
-                TypeVariant::Volatile(t) => *t.tid(),
-                TypeVariant::Restrict(t) => *t.tid(),
-                TypeVariant::TypeTag(t) => *t.tid(),
-                TypeVariant::Int(i) => {
-                    let whole = *i.bits() == *i.size() * 8 && *i.offset() == 0;
-                    return whole.then_some(*i.size());
-                }
-                // btfparse sizes pointers via `struct list_head`, which a
-                // minimal BTF may lack.
-                TypeVariant::Ptr(_) => return Some(PTR),
-                _ => return self.types.size_of(tid).ok(),
-            };
+    fn width(&self, tid: u32) -> Option<usize> {
+        self.width_at(tid, 0)
+    }
+
+    fn width_at(&self, tid: u32, depth: usize) -> Option<usize> {
+        if depth > MAX_TYPE_CHAIN {
+            return None;
         }
-        None
+        let t = self.strip(tid)?;
+        let size = t.size_or_type as usize;
+        match t.kind {
+            blob::KIND_INT => {
+                let (bits, offset) = self.blob.int_bits(&t)?;
+                (bits as usize == size * 8 && offset == 0).then_some(size)
+            }
+            blob::KIND_PTR => Some(PTR),
+            blob::KIND_STRUCT | blob::KIND_UNION | blob::KIND_ENUM | blob::KIND_ENUM64 => {
+                Some(size)
+            }
+            blob::KIND_ARRAY => {
+                let (elem, n) = self.blob.array(&t)?;
+                self.width_at(elem, depth + 1)?.checked_mul(n as usize)
+            }
+            _ => None,
+        }
     }
 
     /// Value of enumerator `name` of `enum enm`, if both exist (and it is not negative).
     fn enumerator(&self, enm: &str, name: &str) -> Option<u64> {
-        match self.types.from_id(*self.enums.get(enm)?)? {
-            TypeVariant::Enum(e) => {
-                match e.named_value_list().iter().find(|v| v.name == name)?.value {
-                    Integer32Value::Unsigned(v) => Some(v.into()),
-                    Integer32Value::Signed(v) => u64::try_from(v).ok(),
-                }
-            }
-            TypeVariant::Enum64(e) => {
-                match e.named_value_list().iter().find(|v| v.name == name)?.value {
-                    Integer64Value::Unsigned(v) => Some(v),
-                    Integer64Value::Signed(v) => u64::try_from(v).ok(),
-                }
-            }
-            _ => None,
+        let t = self.blob.ty(*self.blob.enums.get(enm)?)?;
+        let (_, value) = self
+            .blob
+            .enumerators(&t)
+            .find(|(n, _)| self.blob.name(*n) == Some(name))?;
+        match value {
+            EnumValue::Unsigned(v) => Some(v),
+            EnumValue::Signed(v) => u64::try_from(v).ok(),
         }
     }
 }
@@ -397,21 +420,6 @@ fn unreadable(path: &Path, err: &io::Error) -> anyhow::Error {
             anyhow!("cannot read the kernel BTF at {p} ({err}): run wstrace as root")
         }
         _ => anyhow!("cannot read the kernel BTF at {p}: {err}"),
-    }
-}
-
-/// The whole blob in memory (a few MiB); btfparse reads it piecemeal.
-struct Blob(Vec<u8>);
-
-impl Readable for Blob {
-    fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        let src = start
-            .checked_add(buffer.len())
-            .and_then(|end| self.0.get(start..end))
-            .ok_or_else(|| btfparse::Error::new(btfparse::ErrorKind::EOF, "truncated BTF"))?;
-        buffer.copy_from_slice(src);
-        Ok(())
     }
 }
 

@@ -32,7 +32,10 @@ use std::time::Duration;
 
 use clap::Parser as _;
 
-#[tokio::main]
+// One thread: the event loop is sequential by nature (ring buffer, matcher,
+// symbolizer state), and a multi-threaded runtime only added cross-thread
+// wake-ups (futex) per batch of events. The metrics server has its own thread.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match &cli.command {

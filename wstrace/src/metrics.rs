@@ -141,14 +141,35 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
-/// Binds now (so a busy port is an error at start-up) and serves in the
-/// background until the process exits.
-pub async fn serve(addr: SocketAddr, metrics: Metrics) -> Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await.with_context(|| {
+/// Binds now (so a busy port is an error at start-up) and serves until the
+/// process exits, on a thread of its own: the event loop runs on one thread
+/// and may spend a long stretch draining a full ring buffer, and a scrape
+/// must not wait for that.
+pub fn serve(addr: SocketAddr, metrics: Metrics) -> Result<SocketAddr> {
+    let std_listener = std::net::TcpListener::bind(addr).with_context(|| {
         format!("--metrics {addr}: cannot listen (port in use, or not allowed)")
     })?;
-    let bound = listener.local_addr()?;
-    tokio::spawn(async move {
+    std_listener
+        .set_nonblocking(true)
+        .context("--metrics: setting the listener non-blocking")?;
+    let bound = std_listener.local_addr()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("--metrics: starting the server's runtime")?;
+    std::thread::Builder::new()
+        .name("wstrace-metrics".into())
+        .spawn(move || rt.block_on(accept_loop(std_listener, metrics)))
+        .context("--metrics: starting the server thread")?;
+    Ok(bound)
+}
+
+async fn accept_loop(std_listener: std::net::TcpListener, metrics: Metrics) {
+    let Ok(listener) = TcpListener::from_std(std_listener) else {
+        eprintln!("wstrace: error: --metrics: the listener could not join the runtime; no metrics served");
+        return;
+    };
+    {
         loop {
             let Ok((mut conn, _)) = listener.accept().await else {
                 continue;
@@ -196,8 +217,7 @@ pub async fn serve(addr: SocketAddr, metrics: Metrics) -> Result<SocketAddr> {
                 let _ = conn.shutdown().await;
             });
         }
-    });
-    Ok(bound)
+    }
 }
 
 #[cfg(test)]

@@ -36,6 +36,12 @@ pub struct PeerFinder {
     /// Recent owners, most recent first.
     owners: Vec<u32>,
     last_full_scan: Option<Instant>,
+    /// The sock_diag socket, kept across lookups (one socket(2) + close(2)
+    /// per upgrade was a tenth of the daemon's time under churn); dropped
+    /// and reopened after any error.
+    diag: Option<std::os::fd::OwnedFd>,
+    /// Sequence number of the last request: a reply must carry it.
+    seq: u32,
 }
 
 pub const FULL_SCAN_INTERVAL: Duration = Duration::from_millis(200);
@@ -47,9 +53,11 @@ impl PeerFinder {
     pub fn find(&mut self, peer_local: SocketAddr, peer_remote: SocketAddr) -> Option<PeerProcess> {
         // "No such socket" from netlink is an answer (the peer is already
         // gone); only a failing netlink falls back to the slow /proc table.
-        let inode = match inode_by_diag(peer_local, peer_remote) {
+        let inode = match self.inode_by_diag(peer_local, peer_remote) {
             Ok(Some(i)) => i,
-            Ok(None) => inode_by_diag(mapped(peer_local), mapped(peer_remote)).ok()??,
+            Ok(None) => self
+                .inode_by_diag(mapped(peer_local), mapped(peer_remote))
+                .ok()??,
             Err(()) => inode_by_proc(peer_local, peer_remote)?,
         };
         let want = format!("socket:[{inode}]");
@@ -69,6 +77,57 @@ impl PeerFinder {
         self.owners.insert(0, found.pid);
         self.owners.truncate(MAX_OWNERS);
         Some(found)
+    }
+}
+
+impl PeerFinder {
+    /// `Ok(None)`: no such socket; `Err`: netlink itself failed.
+    fn inode_by_diag(&mut self, local: SocketAddr, remote: SocketAddr) -> Result<Option<u64>, ()> {
+        let result = self.diag_exchange(local, remote);
+        if result.is_err() {
+            // A reply left unread or a broken socket must not answer the next query.
+            self.diag = None;
+        }
+        result
+    }
+
+    fn diag_exchange(&mut self, local: SocketAddr, remote: SocketAddr) -> Result<Option<u64>, ()> {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+        if self.diag.is_none() {
+            // SAFETY: plain socket(2); the fd is owned (and closed) by the OwnedFd.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_NETLINK,
+                    libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                    libc::NETLINK_SOCK_DIAG,
+                )
+            };
+            if fd < 0 {
+                return Err(());
+            }
+            // SAFETY: `fd` is a fresh descriptor nobody else owns.
+            self.diag = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let fd = self.diag.as_ref().ok_or(())?.as_raw_fd();
+        self.seq = self.seq.wrapping_add(1);
+        let mut req = diag_request(local, remote);
+        req[8..12].copy_from_slice(&self.seq.to_ne_bytes());
+        // SAFETY: valid fd and buffer of the given length.
+        let sent = unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), 0) };
+        if sent != req.len() as isize {
+            return Err(());
+        }
+        // One request, one datagram back: an exact lookup answers with the
+        // socket or with an NLMSG_ERROR (no such socket), never a dump.
+        let mut buf = [0u8; 512];
+        // SAFETY: valid fd and buffer of the given length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let reply = buf.get(..n.max(0) as usize).unwrap_or_default();
+        // A reply to another request means the exchange is out of step.
+        if reply.get(8..12) != Some(&self.seq.to_ne_bytes()[..]) {
+            return Err(());
+        }
+        Ok(diag_reply_inode(reply))
     }
 }
 
@@ -153,37 +212,6 @@ fn diag_reply_inode(reply: &[u8]) -> Option<u64> {
             .ok()?,
     );
     (inode != 0).then_some(u64::from(inode))
-}
-
-/// `Ok(None)`: no such socket; `Err`: netlink itself failed.
-fn inode_by_diag(local: SocketAddr, remote: SocketAddr) -> Result<Option<u64>, ()> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-    // SAFETY: plain socket(2); the fd is owned (and closed) by `sock`.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(());
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let req = diag_request(local, remote);
-    // SAFETY: valid fd and buffer of the given length.
-    let sent = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-    if sent != req.len() as isize {
-        return Err(());
-    }
-    let mut buf = [0u8; 512];
-    // SAFETY: valid fd and buffer of the given length.
-    let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n <= 0 {
-        return Err(());
-    }
-    Ok(diag_reply_inode(&buf[..n as usize]))
 }
 
 fn mapped(a: SocketAddr) -> SocketAddr {
@@ -402,13 +430,19 @@ mod tests {
             server.peer_addr().expect("peer"),
             server.local_addr().expect("local"),
         );
-        // sock_diag names the client socket's inode, as /proc/net/tcp does.
-        let by_diag = inode_by_diag(peer_local, peer_remote)
-            .expect("netlink works")
-            .expect("sock_diag finds the socket");
-        assert_eq!(Some(by_diag), inode_by_proc(peer_local, peer_remote));
-        // From the server's point of view, the peer is the client socket.
+        // sock_diag names the client socket's inode, as /proc/net/tcp does,
+        // and the kept socket answers again (its replies stay in step).
         let mut finder = PeerFinder::default();
+        for _ in 0..3 {
+            let by_diag = finder
+                .inode_by_diag(peer_local, peer_remote)
+                .expect("netlink works")
+                .expect("sock_diag finds the socket");
+            assert_eq!(Some(by_diag), inode_by_proc(peer_local, peer_remote));
+        }
+        let gone: std::net::SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        assert_eq!(finder.inode_by_diag(gone, peer_remote), Ok(None));
+        // From the server's point of view, the peer is the client socket.
         let peer = finder
             .find(peer_local, peer_remote)
             .expect("the client socket is found in /proc");

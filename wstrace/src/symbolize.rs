@@ -56,6 +56,31 @@ pub struct Symbolizer {
     inner: blazesym::symbolize::Symbolizer,
     kernel: Source<'static>,
     procs: HashMap<u32, Remembered>,
+    /// Formatted kernel stacks by their addresses. A server closes its
+    /// sockets through a handful of code paths, so at thousands of closes a
+    /// second nearly every stack is one seen before; blazesym lookups,
+    /// demangling and formatting cost ~30 µs a stack, a hit well under 1 µs.
+    kernel_stacks: HashMap<Vec<u64>, Vec<String>>,
+    /// Formatted user stacks by (pid, addresses), for remembered processes
+    /// only, and dropped whenever that process's maps are re-read or it is
+    /// forgotten: the same address means the same code only while the
+    /// mappings are the ones the stack was symbolized with.
+    user_stacks: HashMap<(u32, Vec<u64>), Vec<String>>,
+}
+
+/// Entries per stack cache; when full it starts over (distinct stacks are
+/// few in practice, so this only bounds memory against pathological hosts).
+const STACK_CACHE_MAX: usize = 4096;
+
+fn cache_insert<K: std::hash::Hash + Eq>(
+    cache: &mut HashMap<K, Vec<String>>,
+    key: K,
+    frames: &[String],
+) {
+    if cache.len() >= STACK_CACHE_MAX {
+        cache.clear();
+    }
+    cache.insert(key, frames.to_vec());
 }
 
 /// What we keep for a process handed to [`Symbolizer::remember_process`].
@@ -163,6 +188,8 @@ impl Symbolizer {
             inner: blazesym::symbolize::Symbolizer::new(),
             kernel: Source::Kernel(kernel),
             procs: HashMap::new(),
+            kernel_stacks: HashMap::new(),
+            user_stacks: HashMap::new(),
         }
     }
 
@@ -236,6 +263,7 @@ impl Symbolizer {
         if let Some(r) = self.procs.remove(&pid) {
             self.unpin(&r.pinned);
         }
+        self.user_stacks.retain(|(p, _), _| *p != pid);
         // Only fails for things we do not ask for; nothing to report.
         let _ = self
             .inner
@@ -251,6 +279,15 @@ impl Symbolizer {
         if addrs.is_empty() {
             return Vec::new();
         }
+        if let Some(frames) = self.kernel_stacks.get(addrs) {
+            return frames.clone();
+        }
+        let frames = self.symbolize_kernel(addrs);
+        cache_insert(&mut self.kernel_stacks, addrs.to_vec(), &frames);
+        frames
+    }
+
+    fn symbolize_kernel(&mut self, addrs: &[u64]) -> Vec<String> {
         let lookups = lookup_addrs(addrs);
         let resolved: Vec<Option<ResolvedFrame>> =
             match self.inner.symbolize(&self.kernel, Input::AbsAddr(&lookups)) {
@@ -290,6 +327,20 @@ impl Symbolizer {
             // blazesym would read pid 0 as "this process"; a user stack there is garbage.
             return addrs.iter().map(|&a| format_unknown(a, None)).collect();
         }
+        let key = (pid, addrs.to_vec());
+        if let Some(frames) = self.user_stacks.get(&key) {
+            return frames.clone();
+        }
+        let frames = self.symbolize_user(pid, addrs);
+        // Unremembered processes are symbolized from their live maps, which
+        // nothing tells us have changed: those are not cached.
+        if self.procs.contains_key(&pid) {
+            cache_insert(&mut self.user_stacks, key, &frames);
+        }
+        frames
+    }
+
+    fn symbolize_user(&mut self, pid: u32, addrs: &[u64]) -> Vec<String> {
         let lookups = lookup_addrs(addrs);
         let mut found = self.resolve_user(pid, addrs, &lookups);
         if self.procs.contains_key(&pid)
@@ -374,18 +425,23 @@ impl Symbolizer {
             return false;
         };
         let now = Instant::now();
-        if only_if_changed
-            && let Some(r) = self.procs.get_mut(&pid)
-            && r.maps
+        let same_code = self.procs.get(&pid).is_some_and(|r| {
+            r.maps
                 .iter()
                 .filter(|m| m.exec)
                 .eq(maps.iter().filter(|m| m.exec))
+        });
+        if only_if_changed
+            && same_code
+            && let Some(r) = self.procs.get_mut(&pid)
         {
             r.maps = maps;
             r.refreshed = now;
             return false;
         }
-
+        if !same_code {
+            self.user_stacks.retain(|(p, _), _| *p != pid);
+        }
         let bpid = Pid::from(pid);
         // Start over: caching the maps replaces blazesym's old copy anyway,
         // and an evicted perf map is parsed afresh instead of piling up one

@@ -99,7 +99,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
     let metrics = match opts.metrics {
         Some(addr) => {
             let m = metrics::Metrics::new();
-            let bound = metrics::serve(addr, m.clone()).await?;
+            let bound = metrics::serve(addr, m.clone())?;
             eprintln!("wstrace: metrics on http://{bound}/metrics");
             Some(m)
         }
@@ -187,12 +187,23 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting for events")?;
                 let rb = guard.get_inner_mut();
+                let mut batch = 0usize;
                 while let Some(item) = rb.next() {
+                    batch += 1;
                     if deliver(&mut sink, &mut matcher, item, limit)? {
                         break 'outer;
                     }
                 }
                 guard.clear_ready();
+                // Under load, let events gather before waiting again: the
+                // kernel wakes a caught-up reader on every record, and at
+                // 20k upgrades a second those wake-ups (context switches on
+                // a host whose CPUs are busy serving) cost more than the
+                // events. A millisecond is ~100 records, far from filling
+                // the ring; when idle, each close is still read at once.
+                if batch >= BUSY_BATCH {
+                    std::thread::sleep(BUSY_PAUSE);
+                }
             }
             _ = tick.tick() => {
                 if last_scan.elapsed() >= LISTENER_SCAN_INTERVAL {
@@ -321,6 +332,11 @@ fn deliver(
 /// exited ones forgotten). New workers of a pre-forking server are described
 /// from their first close if they lived this long before it.
 const LISTENER_SCAN_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A drain of at least this many records means the host is busy: see BUSY_PAUSE.
+const BUSY_BATCH: usize = 32;
+/// Pause after a busy drain, so the next one reads a batch, not one record.
+const BUSY_PAUSE: Duration = Duration::from_millis(1);
 
 /// How long an exited process's maps are kept for closes still in flight.
 const EXITED_GRACE: Duration = Duration::from_secs(30);

@@ -6,7 +6,9 @@
 //!   QEMU and run the scenarios there with every probe set.
 //! - `run`: set up, build and run wstrace (default: `wstrace demo`).
 //! - `test`: everything CI runs (setup, build, tests, kernel matrix).
+//! - `bench`: what wstrace costs (on demand, not in `test`): BENCHMARKS.md.
 
+mod bench;
 mod cpio;
 mod deb;
 mod initramfs;
@@ -47,6 +49,8 @@ enum Command {
     Vm(vm::VmArgs),
     /// The full test run (what CI runs): setup, build, unit and host tests, kernel matrix.
     Test(test::TestArgs),
+    /// Measure wstrace's overhead against no tracer, bpftrace and strace; writes BENCHMARKS.md (needs root, an idle machine, ~5 min).
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -57,6 +61,7 @@ fn main() {
         Command::Deb => deb::run().map(|_| ()),
         Command::Vm(args) => vm::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     if let Err(err) = result {
         // `{:#}` prints the whole context chain on one line: "what failed: why".

@@ -1,68 +1,152 @@
 //! `--format json`: one object per close, one line each. Keys are a contract
 //! with log pipelines; add keys, never rename them.
-use serde_json::{Value, json};
+//!
+//! Serialized straight from borrowed structs, in the order a reader scans
+//! (when, where, who, how long, stacks, why): building a `serde_json::Value`
+//! first allocated a map node per key and was a quarter of the daemon's time
+//! at 20k closes a second.
+use serde::Serialize;
 
 use super::{View, direction_name, rfc3339};
-use crate::{http::RequestHead, wsframe::close_code_meaning};
+use crate::{diagnose::Diagnosis, http::RequestHead, wsframe::close_code_meaning};
 
-pub fn to_value(v: &View<'_>) -> Value {
-    let r = v.report;
-    let c = r.closer.as_ref();
-    json!({
-        "ts": rfc3339(v.ts),
-        "local": r.local.to_string(),
-        "remote": r.remote.to_string(),
-        "closed_by": r.closed_by.as_str(),
-        "how": r.how.as_str(),
-        "pid": c.map(|c| c.pid),
-        "tid": c.map(|c| c.tid),
-        "comm": c.map(|c| c.comm.as_str()),
-        "exe": v.exe,
-        "cmdline": v.process.cmdline,
-        "cgroup": v.process.cgroup,
-        "container_id": v.process.container_id,
-        "host": v.host,
-        "closed_at_exit": c.map(|c| c.at_exit),
-        "ms_after_upgrade": (r.ms_after_upgrade() * 1000.0).round() / 1000.0,
-        "bytes_sent_after_upgrade": r.bytes_sent_after_upgrade,
-        "bytes_received_after_upgrade": r.bytes_received_after_upgrade,
-        "kernel_stack": v.kernel_stack,
-        "user_stack": v.user_stack,
-        "upgraded_by": { "pid": r.upgrader.pid, "tid": r.upgrader.tid, "comm": r.upgrader.comm },
-        "probe": r.probe.name(),
-        "notes": r.notes,
-        "request": v.request.as_ref().map(request),
-        "frames": v.frames.iter().map(|(d, f)| json!({
-            "direction": direction_name(*d),
-            "code": f.code,
-            "meaning": f.code.map(close_code_meaning),
-            "reason": f.reason,
-        })).collect::<Vec<_>>(),
-        "idle_ms": v.idle_ms,
-        "peer": v.peer.as_ref().map(|p| json!({ "pid": p.pid, "comm": p.comm })),
-        "diagnosis": v.diagnosis,
-    })
+#[derive(Serialize)]
+struct Line<'a> {
+    ts: String,
+    local: String,
+    remote: String,
+    closed_by: &'static str,
+    how: &'static str,
+    pid: Option<u32>,
+    tid: Option<u32>,
+    comm: Option<&'a str>,
+    exe: Option<&'a str>,
+    cmdline: Option<&'a str>,
+    cgroup: Option<&'a str>,
+    container_id: Option<&'a str>,
+    host: &'a str,
+    closed_at_exit: Option<bool>,
+    ms_after_upgrade: f64,
+    bytes_sent_after_upgrade: u64,
+    bytes_received_after_upgrade: u64,
+    kernel_stack: &'a [String],
+    user_stack: &'a [String],
+    upgraded_by: Proc<'a>,
+    probe: &'static str,
+    notes: &'a [String],
+    request: Option<Request<'a>>,
+    frames: Vec<Frame<'a>>,
+    idle_ms: Option<u64>,
+    peer: Option<Peer<'a>>,
+    diagnosis: &'a Diagnosis,
+}
+
+#[derive(Serialize)]
+struct Proc<'a> {
+    pid: u32,
+    tid: u32,
+    comm: &'a str,
+}
+
+#[derive(Serialize)]
+struct Peer<'a> {
+    pid: u32,
+    comm: &'a str,
+}
+
+#[derive(Serialize)]
+struct Frame<'a> {
+    direction: &'static str,
+    code: Option<u16>,
+    meaning: Option<&'static str>,
+    reason: &'a str,
 }
 
 /// The request head: the fields diagnosis uses by name, then every header
 /// (sensitive values already replaced by "[redacted]").
-fn request(h: &RequestHead) -> Value {
-    let hdr = |n: &str| h.header(n);
-    json!({
-        "method": h.method,
-        "target": h.target,
-        "version": h.version.as_str(),
-        "connection": hdr("connection"),
-        "upgrade": hdr("upgrade"),
-        "sec_websocket_version": hdr("sec-websocket-version"),
-        "host": hdr("host"),
-        "x_forwarded_for": hdr("x-forwarded-for"),
-        "user_agent": hdr("user-agent"),
-        "complete": h.complete,
-        "headers": h.headers.iter().map(|(n, v)| json!([n, v])).collect::<Vec<_>>(),
-    })
+#[derive(Serialize)]
+struct Request<'a> {
+    method: &'a str,
+    target: &'a str,
+    version: &'a str,
+    connection: Option<&'a str>,
+    upgrade: Option<&'a str>,
+    sec_websocket_version: Option<&'a str>,
+    host: Option<&'a str>,
+    x_forwarded_for: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    complete: bool,
+    headers: Vec<[&'a str; 2]>,
+}
+
+fn request(h: &RequestHead) -> Request<'_> {
+    Request {
+        method: &h.method,
+        target: &h.target,
+        version: h.version.as_str(),
+        connection: h.header("connection"),
+        upgrade: h.header("upgrade"),
+        sec_websocket_version: h.header("sec-websocket-version"),
+        host: h.header("host"),
+        x_forwarded_for: h.header("x-forwarded-for"),
+        user_agent: h.header("user-agent"),
+        complete: h.complete,
+        headers: h.headers.iter().map(|(n, v)| [n.as_str(), v.as_str()]).collect(),
+    }
+}
+
+fn line<'a>(v: &'a View<'a>) -> Line<'a> {
+    let r = v.report;
+    let c = r.closer.as_ref();
+    Line {
+        ts: rfc3339(v.ts),
+        local: r.local.to_string(),
+        remote: r.remote.to_string(),
+        closed_by: r.closed_by.as_str(),
+        how: r.how.as_str(),
+        pid: c.map(|c| c.pid),
+        tid: c.map(|c| c.tid),
+        comm: c.map(|c| c.comm.as_str()),
+        exe: v.exe.as_deref(),
+        cmdline: v.process.cmdline.as_deref(),
+        cgroup: v.process.cgroup.as_deref(),
+        container_id: v.process.container_id.as_deref(),
+        host: v.host,
+        closed_at_exit: c.map(|c| c.at_exit),
+        ms_after_upgrade: (r.ms_after_upgrade() * 1000.0).round() / 1000.0,
+        bytes_sent_after_upgrade: r.bytes_sent_after_upgrade,
+        bytes_received_after_upgrade: r.bytes_received_after_upgrade,
+        kernel_stack: &v.kernel_stack,
+        user_stack: &v.user_stack,
+        upgraded_by: Proc {
+            pid: r.upgrader.pid,
+            tid: r.upgrader.tid,
+            comm: &r.upgrader.comm,
+        },
+        probe: r.probe.name(),
+        notes: &r.notes,
+        request: v.request.as_ref().map(request),
+        frames: v
+            .frames
+            .iter()
+            .map(|(d, f)| Frame {
+                direction: direction_name(*d),
+                code: f.code,
+                meaning: f.code.map(close_code_meaning),
+                reason: &f.reason,
+            })
+            .collect(),
+        idle_ms: v.idle_ms,
+        peer: v.peer.as_ref().map(|p| Peer {
+            pid: p.pid,
+            comm: &p.comm,
+        }),
+        diagnosis: &v.diagnosis,
+    }
 }
 
 pub fn render(v: &View<'_>) -> String {
-    to_value(v).to_string()
+    // Serializing plain structs of strings and numbers cannot fail; if it
+    // ever did, an empty object keeps the one-object-per-line contract.
+    serde_json::to_string(&line(v)).unwrap_or_else(|_| "{}".into())
 }

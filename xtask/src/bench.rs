@@ -1,0 +1,974 @@
+//! `cargo xtask bench`: what wstrace costs, as ratios against a no-tracer
+//! baseline measured in the same run (so a slower or busier machine moves
+//! both sides, not the ratio). Not part of `cargo xtask test`: it needs an
+//! otherwise idle machine and minutes of wall time.
+//!
+//! Four measurements, each repeated `--rounds` times with the variants
+//! interleaved (none, wstrace, ... then again), medians reported:
+//! 1. steady: WebSocket echo at the highest rate the machine sustains, with
+//!    no tracer / wstrace / the equivalent bpftrace script / `strace -f`;
+//! 2. churn: upgrade + immediate server close as fast as possible: reports
+//!    must equal connections, lost events must be 0;
+//! 3. unrelated: the echo load on a port wstrace is *not* tracing (the
+//!    in-kernel port filter at work): the cost must be within noise;
+//! 4. the daemon's own CPU time and peak RSS (wait4 rusage), and the
+//!    close-to-report latency (client's EOF to the report line's arrival).
+//!
+//! Results: BENCHMARKS.md (table, machine, kernel, probe set, date) and
+//! target/bench/results.json.
+
+use crate::{paths, process, setup};
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The port the load runs on and wstrace traces.
+const TRACED_PORT: u16 = 18801;
+/// The port the "unrelated traffic" load runs on (not traced).
+const OTHER_PORT: u16 = 18802;
+
+/// Goals from the issue: throughput cost, churn-rate cost, daemon RSS.
+const STEADY_GOAL_MAX_COST: f64 = 0.02;
+const CHURN_GOAL_MAX_COST: f64 = 0.03;
+const RSS_GOAL_MIB: f64 = 48.0;
+
+#[derive(Args, Clone)]
+pub struct BenchArgs {
+    /// Times each measurement is repeated (variants interleaved); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Measured seconds per run (after one second of warm-up for the echo load).
+    #[arg(long, default_value_t = 5.0)]
+    pub secs: f64,
+    /// Probe set for wstrace (as `wstrace --probe`).
+    #[arg(long, default_value = "auto")]
+    pub probe: String,
+    /// Print the results but leave BENCHMARKS.md as it is.
+    #[arg(long)]
+    pub no_write: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Tracer {
+    None,
+    Wstrace,
+    Bpftrace,
+    Strace,
+}
+
+impl Tracer {
+    fn name(self) -> &'static str {
+        match self {
+            Tracer::None => "none",
+            Tracer::Wstrace => "wstrace",
+            Tracer::Bpftrace => "bpftrace script",
+            Tracer::Strace => "strace -f",
+        }
+    }
+}
+
+/// One echo-load run.
+#[derive(Clone, Debug, Serialize)]
+struct Steady {
+    msgs_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    /// The tracer process's own cost (wstrace only).
+    daemon: Option<Rusage>,
+}
+
+/// One churn run.
+#[derive(Clone, Debug, Serialize)]
+struct Churn {
+    connections: u64,
+    failed: u64,
+    per_sec: f64,
+    reports: u64,
+    lost: u64,
+    close_to_report_p50_us: Option<f64>,
+    close_to_report_p99_us: Option<f64>,
+    daemon: Option<Rusage>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+struct Rusage {
+    cpu_secs: f64,
+    wall_secs: f64,
+    max_rss_mib: f64,
+}
+
+#[derive(Default, Serialize)]
+struct Results {
+    date: String,
+    machine: String,
+    kernel: String,
+    probe_set: String,
+    rounds: usize,
+    secs: f64,
+    steady: Vec<(Tracer, Vec<Steady>)>,
+    churn: Vec<(Tracer, Vec<Churn>)>,
+    unrelated: Vec<(Tracer, Vec<Steady>)>,
+}
+
+struct Bins {
+    wstrace: PathBuf,
+    load: PathBuf,
+    bpftrace_script: PathBuf,
+    work: PathBuf,
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "the benchmark loads BPF programs and attaches strace: run it as root (sudo -E cargo xtask bench)"
+        );
+    }
+    if args.rounds == 0 || !(args.secs >= 1.0) {
+        bail!("--rounds must be at least 1 and --secs at least 1.0");
+    }
+    setup::run()?;
+    println!(
+        "setup: benchmark tools: {}",
+        setup::ensure_packages(&[
+            ("bpftrace", "the bpftrace baseline"),
+            ("strace", "the strace baseline"),
+        ])?
+    );
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    process::run(
+        Command::new(cargo)
+            .args(["build", "--release", "-p", "wstrace", "-p", "wstrace-bench"])
+            .current_dir(paths::repo_root()),
+    )?;
+    let work = paths::target_dir().join("bench");
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let bpftrace_script = work.join("wstrace-equivalent.bt");
+    std::fs::write(&bpftrace_script, bpftrace_script_text(TRACED_PORT))
+        .with_context(|| format!("writing {}", bpftrace_script.display()))?;
+    let bins = Bins {
+        wstrace: paths::target_dir().join("release/wstrace"),
+        load: paths::target_dir().join("release/ws-bench"),
+        bpftrace_script,
+        work: work.clone(),
+    };
+    warn_if_busy();
+
+    let mut res = Results {
+        date: command_text("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        machine: machine(),
+        kernel: command_text("uname", &["-r"]),
+        rounds: args.rounds,
+        secs: args.secs,
+        ..Default::default()
+    };
+    let steady_variants = [Tracer::None, Tracer::Wstrace, Tracer::Bpftrace, Tracer::Strace];
+    let pair = [Tracer::None, Tracer::Wstrace];
+    let mut steady: Vec<(Tracer, Vec<Steady>)> =
+        steady_variants.iter().map(|t| (*t, Vec::new())).collect();
+    let mut churn: Vec<(Tracer, Vec<Churn>)> = pair.iter().map(|t| (*t, Vec::new())).collect();
+    let mut unrelated: Vec<(Tracer, Vec<Steady>)> =
+        pair.iter().map(|t| (*t, Vec::new())).collect();
+    let mut probe_set = String::new();
+
+    for round in 1..=args.rounds {
+        println!("\n==> bench: round {round} of {}", args.rounds);
+        for (tracer, runs) in steady.iter_mut() {
+            let r = steady_run(&bins, args, *tracer, TRACED_PORT, &mut probe_set)
+                .with_context(|| format!("steady echo with {}", tracer.name()))?;
+            println!(
+                "  steady    {:<16} {:>9.0} msgs/s  p99 {:>6.0} µs",
+                tracer.name(),
+                r.msgs_per_sec,
+                r.p99_us
+            );
+            runs.push(r);
+        }
+        for (tracer, runs) in churn.iter_mut() {
+            let r = churn_run(&bins, args, *tracer, &mut probe_set)
+                .with_context(|| format!("churn with {}", tracer.name()))?;
+            println!(
+                "  churn     {:<16} {:>9.0} upgrades/s  reports {}/{}  lost {}",
+                tracer.name(),
+                r.per_sec,
+                r.reports,
+                r.connections,
+                r.lost
+            );
+            runs.push(r);
+        }
+        for (tracer, runs) in unrelated.iter_mut() {
+            let r = steady_run(&bins, args, *tracer, OTHER_PORT, &mut probe_set)
+                .with_context(|| format!("unrelated traffic with {}", tracer.name()))?;
+            println!(
+                "  unrelated {:<16} {:>9.0} msgs/s  p99 {:>6.0} µs",
+                tracer.name(),
+                r.msgs_per_sec,
+                r.p99_us
+            );
+            runs.push(r);
+        }
+    }
+    res.probe_set = probe_set;
+    res.steady = steady;
+    res.churn = churn;
+    res.unrelated = unrelated;
+
+    let json_path = work.join("results.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&res)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let md = render(&res);
+    println!("\n{md}");
+    println!("bench: raw results in {}", json_path.display());
+    if !args.no_write {
+        let path = paths::repo_root().join("BENCHMARKS.md");
+        std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+        println!("bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The bpftrace script a user would write for the same question: remember
+/// (pid, fd) when a write starts with a 101, print the closer's stacks when
+/// that fd is closed, and the TCP state changes on the port.
+fn bpftrace_script_text(port: u16) -> String {
+    format!(
+        r#"// What a bpftrace user would write instead of `wstrace --port {port}` (tracepoints only).
+tracepoint:syscalls:sys_enter_sendto /args->len >= 13/ {{
+  if (strncmp(str(args->buff, 13), "HTTP/1.1 101 ", 13) == 0) {{ @up[pid, args->fd] = nsecs; }}
+}}
+tracepoint:syscalls:sys_enter_write /args->count >= 13/ {{
+  if (strncmp(str(args->buf, 13), "HTTP/1.1 101 ", 13) == 0) {{ @up[pid, args->fd] = nsecs; }}
+}}
+tracepoint:syscalls:sys_enter_close /@up[pid, args->fd]/ {{
+  printf("close pid=%d tid=%d comm=%s ms=%d\n%s%s\n", pid, tid, comm,
+         (nsecs - @up[pid, args->fd]) / 1000000, kstack, ustack);
+  delete(@up[pid, args->fd]);
+}}
+tracepoint:sock:inet_sock_set_state /args->protocol == 6 && args->sport == {port} && (args->newstate == 4 || args->newstate == 7 || args->newstate == 8)/ {{
+  printf("state sport=%d dport=%d %d->%d pid=%d\n", args->sport, args->dport, args->oldstate, args->newstate, pid);
+}}
+BEGIN {{ printf("READY\n"); }}
+"#
+    )
+}
+
+/// A child process whose stdout/stderr lines are collected by threads.
+struct Proc {
+    child: Child,
+    started: Instant,
+    /// stdout lines with the CLOCK_MONOTONIC ns of their arrival.
+    lines: mpsc::Receiver<(u64, String)>,
+    stderr: Arc<Mutex<String>>,
+    name: String,
+    reaped: bool,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command) -> Result<Proc> {
+        let shown = process::display(cmd);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("could not start `{shown}`"))?;
+        let (tx, rx) = mpsc::channel();
+        if let Some(out) = child.stdout.take() {
+            thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if tx.send((mono_ns(), line)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let stderr = Arc::new(Mutex::new(String::new()));
+        if let Some(mut err) = child.stderr.take() {
+            let sink = stderr.clone();
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut s) = sink.lock() {
+                        s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                }
+            });
+        }
+        Ok(Proc {
+            child,
+            started: Instant::now(),
+            lines: rx,
+            stderr,
+            name: name.to_string(),
+            reaped: false,
+        })
+    }
+
+    fn stderr_text(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits for a stdout line containing `needle` (or stderr, if `on_stderr`).
+    fn wait_for(&self, needle: &str, on_stderr: bool, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if on_stderr {
+                if let Some(line) = self.stderr_text().lines().find(|l| l.contains(needle)) {
+                    return Ok(line.to_string());
+                }
+                thread::sleep(Duration::from_millis(20));
+            } else if let Ok((_, line)) = self.lines.recv_timeout(Duration::from_millis(20)) {
+                if line.contains(needle) {
+                    return Ok(line);
+                }
+            }
+        }
+        bail!(
+            "{} did not print {needle:?} within {}: {}",
+            self.name,
+            process::secs(timeout),
+            self.stderr_text().trim()
+        )
+    }
+
+    /// Signals the process, then wait4s for its exit and rusage.
+    fn stop(&mut self, signal: i32) -> Result<Rusage> {
+        let pid = self.child.id() as i32;
+        unsafe { libc::kill(pid, signal) };
+        let mut status = 0;
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            // SAFETY: our own child; status and ru are valid out-pointers.
+            let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+            if r == pid {
+                self.reaped = true;
+                break;
+            }
+            if r < 0 {
+                bail!("waiting for {}: {}", self.name, std::io::Error::last_os_error());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("{} did not exit within 20 s of signal {signal}", self.name);
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let wall = self.started.elapsed().as_secs_f64();
+        // Let the reader threads drain the pipes the process left behind.
+        thread::sleep(Duration::from_millis(50));
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        let usage = Rusage {
+            cpu_secs: tv(ru.ru_utime) + tv(ru.ru_stime),
+            wall_secs: wall,
+            max_rss_mib: ru.ru_maxrss as f64 / 1024.0,
+        };
+        let exited_ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        let by_our_signal = libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == signal;
+        if !exited_ok && !by_our_signal {
+            bail!(
+                "{} ended badly (wait status {status:#x}): {}",
+                self.name,
+                self.stderr_text().trim()
+            );
+        }
+        Ok(usage)
+    }
+
+    /// Every stdout line received so far (after stop(): all of them).
+    fn drain_lines(&self) -> Vec<(u64, String)> {
+        self.lines.try_iter().collect()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // A process stop() did not reap (servers, error paths): no strays.
+        // A reaped pid must not be signalled: it may belong to someone else now.
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn server(bins: &Bins, mode: &str, port: u16) -> Result<Proc> {
+    let p = Proc::spawn(
+        &format!("ws-bench serve --mode {mode}"),
+        Command::new(&bins.load).args([
+            "--threads",
+            "1",
+            "serve",
+            "--mode",
+            mode,
+            "--port",
+            &port.to_string(),
+        ]),
+    )?;
+    p.wait_for("READY", false, Duration::from_secs(10))?;
+    Ok(p)
+}
+
+/// Starts `tracer` and returns once it is attached.
+fn start_tracer(
+    bins: &Bins,
+    args: &BenchArgs,
+    tracer: Tracer,
+    server_pid: u32,
+    probe_set: &mut String,
+) -> Result<Option<Proc>> {
+    let p = match tracer {
+        Tracer::None => return Ok(None),
+        Tracer::Wstrace => {
+            let p = Proc::spawn(
+                "wstrace",
+                Command::new(&bins.wstrace).args([
+                    "--port",
+                    &TRACED_PORT.to_string(),
+                    "--probe",
+                    &args.probe,
+                    "--format",
+                    "json",
+                ]),
+            )?;
+            let line = p.wait_for("wstrace: tracing port", true, Duration::from_secs(30))?;
+            // "wstrace: tracing port 18801 with tracepoint probes"
+            if let Some(set) = line.split(" with ").nth(1) {
+                *probe_set = set.trim_end_matches(" probes").to_string();
+            }
+            p
+        }
+        Tracer::Bpftrace => {
+            let p = Proc::spawn(
+                "bpftrace",
+                Command::new("bpftrace").arg(&bins.bpftrace_script),
+            )?;
+            p.wait_for("READY", false, Duration::from_secs(60))?;
+            p
+        }
+        Tracer::Strace => {
+            let out = bins.work.join("strace.out");
+            let p = Proc::spawn(
+                "strace",
+                Command::new("strace")
+                    .args(["-f", "-e", "trace=network,close", "-o"])
+                    .arg(&out)
+                    .args(["-p", &server_pid.to_string()]),
+            )?;
+            p.wait_for("attached", true, Duration::from_secs(30))?;
+            p
+        }
+    };
+    Ok(Some(p))
+}
+
+fn steady_run(
+    bins: &Bins,
+    args: &BenchArgs,
+    tracer: Tracer,
+    port: u16,
+    probe_set: &mut String,
+) -> Result<Steady> {
+    let srv = server(bins, "echo", port)?;
+    let t = start_tracer(bins, args, tracer, srv.child.id(), probe_set)?;
+    let out = process::output(Command::new(&bins.load).args([
+        "--threads",
+        "1",
+        "steady",
+        "--port",
+        &port.to_string(),
+        "--secs",
+        &args.secs.to_string(),
+    ]))?;
+    let daemon = match t {
+        Some(mut p) => Some(p.stop(libc::SIGINT)?).filter(|_| tracer == Tracer::Wstrace),
+        None => None,
+    };
+    drop(srv);
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).with_context(|| format!("ws-bench steady printed {out:?}"))?;
+    let num = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    Ok(Steady {
+        msgs_per_sec: num("msgs_per_sec"),
+        p50_us: num("p50_us"),
+        p99_us: num("p99_us"),
+        daemon,
+    })
+}
+
+/// Concurrent upgrade loops in the churn client.
+const CHURN_CONC: &str = "8";
+
+fn churn_run(
+    bins: &Bins,
+    args: &BenchArgs,
+    tracer: Tracer,
+    probe_set: &mut String,
+) -> Result<Churn> {
+    let srv = server(bins, "churn", TRACED_PORT)?;
+    let mut t = start_tracer(bins, args, tracer, srv.child.id(), probe_set)?;
+    let eof_log = bins.work.join("churn-eofs.txt");
+    let out = process::output(
+        Command::new(&bins.load)
+            .args(["--threads", "1", "churn", "--port", &TRACED_PORT.to_string()])
+            .args(["--conc", CHURN_CONC, "--secs", &args.secs.to_string(), "--eof-log"])
+            .arg(&eof_log),
+    )?;
+    drop(srv);
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).with_context(|| format!("ws-bench churn printed {out:?}"))?;
+    let num = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    let mut run = Churn {
+        connections: num("connections") as u64,
+        failed: num("failed") as u64,
+        per_sec: num("per_sec"),
+        reports: 0,
+        lost: 0,
+        close_to_report_p50_us: None,
+        close_to_report_p99_us: None,
+        daemon: None,
+    };
+    let Some(p) = t.as_mut() else { return Ok(run) };
+    // Let the reports catch up (every upgraded socket closes, so each one
+    // has a report coming), then stop wstrace, which prints the rest.
+    let expected = (run.connections + run.failed) as usize;
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lines.len() < expected && Instant::now() < deadline {
+        if let Ok(l) = p.lines.recv_timeout(Duration::from_millis(50)) {
+            lines.push(l);
+        }
+    }
+    run.daemon = Some(p.stop(libc::SIGINT)?);
+    lines.extend(p.drain_lines());
+    let stderr = p.stderr_text();
+    run.lost = lost_total(&stderr);
+    let reports: Vec<(u64, u16)> = lines
+        .iter()
+        .filter_map(|(at, line)| Some((*at, remote_port(line)?)))
+        .collect();
+    run.reports = reports.len() as u64;
+    let eofs = std::fs::read_to_string(&eof_log)
+        .with_context(|| format!("reading {}", eof_log.display()))?;
+    let mut lat = close_to_report_us(&eofs, &reports);
+    lat.sort_by(f64::total_cmp);
+    run.close_to_report_p50_us = percentile(&lat, 0.50);
+    run.close_to_report_p99_us = percentile(&lat, 0.99);
+    Ok(run)
+}
+
+/// "wstrace: 12 events were lost in total (ring buffer full)" → 12; none printed → 0.
+fn lost_total(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .filter(|l| l.contains("events were lost in total"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The remote port of a JSON report line (`"remote":"127.0.0.1:43462"` or `"[::1]:43462"`).
+fn remote_port(line: &str) -> Option<u16> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    v.get("remote")?.as_str()?.rsplit(':').next()?.parse().ok()
+}
+
+/// Pairs each report (arrival ns, client port), in arrival order, with the
+/// client's EOF for that port (client ports are reused within a run, so per
+/// port in order) and returns the gaps in µs. The client sees EOF within
+/// microseconds of the server's close, so this is close-to-report latency.
+fn close_to_report_us(eof_log: &str, reports: &[(u64, u16)]) -> Vec<f64> {
+    let mut by_port: HashMap<u16, Vec<u64>> = HashMap::new();
+    for line in eof_log.lines() {
+        let mut it = line.split_whitespace();
+        if let (Some(Ok(port)), Some(Ok(ns))) = (it.next().map(str::parse), it.next().map(str::parse)) {
+            by_port.entry(port).or_default().push(ns);
+        }
+    }
+    let mut queues: HashMap<u16, VecDeque<u64>> = by_port
+        .into_iter()
+        .map(|(p, mut v)| {
+            v.sort_unstable();
+            (p, v.into())
+        })
+        .collect();
+    let mut sorted = reports.to_vec();
+    sorted.sort_unstable();
+    sorted
+        .iter()
+        .filter_map(|(at, port)| {
+            let eof = queues.get_mut(port)?.pop_front()?;
+            Some(at.saturating_sub(eof) as f64 / 1000.0)
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i.min(sorted.len() - 1)).copied()
+}
+
+fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.into_iter().collect();
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 0.5).unwrap_or(0.0)
+}
+
+/// CLOCK_MONOTONIC in ns, the clock ws-bench's EOF log uses.
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn command_text(cmd: &str, args: &[&str]) -> String {
+    process::output(Command::new(cmd).args(args))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// "AMD EPYC 7B13, 2 CPUs, 23.5 GiB".
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
+        .map(str::trim)
+        .unwrap_or("unknown CPU");
+    let cpus = thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem_kib: f64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0);
+    format!("{model}, {cpus} CPUs, {:.1} GiB", mem_kib / 1024.0 / 1024.0)
+}
+
+/// Benchmarks on a busy machine measure the machine: say so up front.
+fn warn_if_busy() {
+    let load: f64 = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    if load > 0.5 {
+        println!(
+            "bench: WARNING: load average is {load:.2}; results are only comparable on an idle machine"
+        );
+    }
+}
+
+/// Per-round ratio variant/baseline (same round), median over rounds.
+fn ratio(base: &[f64], variant: &[f64]) -> f64 {
+    median(
+        base.iter()
+            .zip(variant)
+            .filter(|(b, _)| **b > 0.0)
+            .map(|(b, v)| v / b),
+    )
+}
+
+/// "met (cost 0.4%)" / "MISSED by 1.3 points (cost 3.3%, goal ≤ 2%)"; a
+/// negative cost is noise in the tracer's favour.
+fn cost_goal(ratio: f64, max_cost: f64) -> String {
+    let cost = 1.0 - ratio;
+    if cost <= max_cost {
+        format!("met (cost {:.1}%, goal ≤ {:.0}%)", cost * 100.0, max_cost * 100.0)
+    } else {
+        format!(
+            "**MISSED** by {:.1} points (cost {:.1}%, goal ≤ {:.0}%)",
+            (cost - max_cost) * 100.0,
+            cost * 100.0,
+            max_cost * 100.0
+        )
+    }
+}
+
+fn render(r: &Results) -> String {
+    let mut md = String::new();
+    let push = |md: &mut String, s: String| {
+        md.push_str(&s);
+        md.push('\n');
+    };
+    push(&mut md, "# Benchmarks\n".into());
+    push(
+        &mut md,
+        "What wstrace costs the host it traces, each number a ratio against a no-tracer baseline \
+         measured in the same run. Reproduce on an otherwise idle machine with\n\n    \
+         sudo -E cargo xtask bench\n\n(root: it loads BPF programs and attaches strace; it \
+         installs bpftrace and strace if missing, builds release binaries, and rewrites this \
+         file; `--no-write` only prints). Load generator and servers: `wstrace-bench` \
+         (tokio-tungstenite on loopback); raw numbers: `target/bench/results.json`.\n"
+            .into(),
+    );
+    push(&mut md, "| | |\n|-|-|".into());
+    push(&mut md, format!("| date | {} |", r.date));
+    push(&mut md, format!("| machine | {} |", r.machine));
+    push(&mut md, format!("| kernel | {} |", r.kernel));
+    push(&mut md, format!("| wstrace probe set | {} |", r.probe_set));
+    push(
+        &mut md,
+        format!(
+            "| method | {} rounds × {} s per run, variants interleaved within each round; values are medians, ratios are medians of per-round ratios to that round's baseline |\n",
+            r.rounds, r.secs
+        ),
+    );
+
+    // 1. steady
+    push(&mut md, "## 1. Steady state: WebSocket echo on the traced port\n".into());
+    push(
+        &mut md,
+        "32 upgraded connections, 8 messages of 32 bytes in flight on each; one server thread, one client thread. \
+         The bpftrace script is the equivalent a user would write (`target/bench/wstrace-equivalent.bt`: 101 \
+         prefix check on every send/write, stacks on close of a marked fd, state changes on the port); \
+         strace is `strace -f -e trace=network,close -o FILE -p <server>`.\n"
+            .into(),
+    );
+    push(
+        &mut md,
+        "| tracer | msgs/s | vs none | p50 µs | p99 µs | p99 vs none | goal (wstrace ≤ 2% throughput) |\n|-|-:|-:|-:|-:|-:|-|".into(),
+    );
+    let base = |runs: &[(Tracer, Vec<Steady>)], f: fn(&Steady) -> f64| -> Vec<f64> {
+        runs.iter()
+            .find(|(t, _)| *t == Tracer::None)
+            .map(|(_, v)| v.iter().map(f).collect())
+            .unwrap_or_default()
+    };
+    let base_tput = base(&r.steady, |s| s.msgs_per_sec);
+    let base_p99 = base(&r.steady, |s| s.p99_us);
+    for (t, runs) in &r.steady {
+        let tput: Vec<f64> = runs.iter().map(|s| s.msgs_per_sec).collect();
+        let p99: Vec<f64> = runs.iter().map(|s| s.p99_us).collect();
+        let rt = ratio(&base_tput, &tput);
+        let goal = match t {
+            Tracer::Wstrace => cost_goal(rt, STEADY_GOAL_MAX_COST),
+            Tracer::None => "baseline".into(),
+            _ => "(comparison)".into(),
+        };
+        push(
+            &mut md,
+            format!(
+                "| {} | {:.0} | {:.3} | {:.0} | {:.0} | {:.2} | {goal} |",
+                t.name(),
+                median(tput.iter().copied()),
+                rt,
+                median(runs.iter().map(|s| s.p50_us)),
+                median(p99.iter().copied()),
+                ratio(&base_p99, &p99),
+            ),
+        );
+    }
+
+    // 2. churn
+    push(
+        &mut md,
+        format!(
+            "\n## 2. Churn: upgrade, then the server closes at once\n\n{CHURN_CONC} client loops connect, send an upgrade request, read the 101 and wait for the server's FIN; \
+             the server (one thread) writes the 101 and closes. Every connection is one report wstrace must print.\n"
+        ),
+    );
+    push(
+        &mut md,
+        "| tracer | upgrades/s | vs none | reports / connections | lost events | close→report p50 / p99 | goal (≤ 3% slower, equal counts, 0 lost) |\n|-|-:|-:|-:|-:|-:|-|".into(),
+    );
+    let base_churn: Vec<f64> = r
+        .churn
+        .iter()
+        .find(|(t, _)| *t == Tracer::None)
+        .map(|(_, v)| v.iter().map(|c| c.per_sec).collect())
+        .unwrap_or_default();
+    for (t, runs) in &r.churn {
+        let rate: Vec<f64> = runs.iter().map(|c| c.per_sec).collect();
+        let rt = ratio(&base_churn, &rate);
+        let conns: u64 = runs.iter().map(|c| c.connections + c.failed).sum();
+        let reports: u64 = runs.iter().map(|c| c.reports).sum();
+        let lost: u64 = runs.iter().map(|c| c.lost).sum();
+        let (counts, lat, goal) = if *t == Tracer::Wstrace {
+            let p50 = median(runs.iter().filter_map(|c| c.close_to_report_p50_us));
+            let p99 = median(runs.iter().filter_map(|c| c.close_to_report_p99_us));
+            let mut goal = cost_goal(rt, CHURN_GOAL_MAX_COST);
+            if reports != conns {
+                goal.push_str(&format!("; **reports ≠ connections** ({reports} vs {conns})"));
+            }
+            if lost > 0 {
+                goal.push_str(&format!("; **{lost} events lost**"));
+            }
+            (
+                format!("{reports} / {conns}"),
+                format!("{:.2} ms / {:.2} ms", p50 / 1000.0, p99 / 1000.0),
+                goal,
+            )
+        } else {
+            (format!("- / {conns}"), "-".into(), "baseline".into())
+        };
+        push(
+            &mut md,
+            format!(
+                "| {} | {:.0} | {:.3} | {counts} | {} | {lat} | {goal} |",
+                t.name(),
+                median(rate.iter().copied()),
+                rt,
+                if *t == Tracer::Wstrace { lost.to_string() } else { "-".into() },
+            ),
+        );
+    }
+
+    // 3. unrelated
+    push(
+        &mut md,
+        format!(
+            "\n## 3. Unrelated traffic: the same echo load on port {OTHER_PORT} while wstrace traces port {TRACED_PORT}\n\n\
+             Every send on the machine still fires wstrace's probes; the in-kernel port filter must make them cost nothing measurable. \
+             Noise is the baseline's own spread across rounds ((max − min) / median).\n"
+        ),
+    );
+    push(
+        &mut md,
+        "| tracer | msgs/s | vs none | p99 µs | goal (cost within noise) |\n|-|-:|-:|-:|-|".into(),
+    );
+    let base_u = base(&r.unrelated, |s| s.msgs_per_sec);
+    let noise = if base_u.is_empty() {
+        0.0
+    } else {
+        let max = base_u.iter().copied().fold(f64::MIN, f64::max);
+        let min = base_u.iter().copied().fold(f64::MAX, f64::min);
+        (max - min) / median(base_u.iter().copied()).max(1.0)
+    };
+    for (t, runs) in &r.unrelated {
+        let tput: Vec<f64> = runs.iter().map(|s| s.msgs_per_sec).collect();
+        let rt = ratio(&base_u, &tput);
+        let goal = if *t == Tracer::Wstrace {
+            let cost = 1.0 - rt;
+            let bound = noise.max(0.01);
+            if cost <= bound {
+                format!("met (cost {:.1}%, noise {:.1}%)", cost * 100.0, noise * 100.0)
+            } else {
+                format!(
+                    "**MISSED** (cost {:.1}% > noise {:.1}%)",
+                    cost * 100.0,
+                    bound * 100.0
+                )
+            }
+        } else {
+            format!("baseline (noise {:.1}%)", noise * 100.0)
+        };
+        push(
+            &mut md,
+            format!(
+                "| {} | {:.0} | {:.3} | {:.0} | {goal} |",
+                t.name(),
+                median(tput.iter().copied()),
+                rt,
+                median(runs.iter().map(|s| s.p99_us)),
+            ),
+        );
+    }
+
+    // 4. daemon
+    push(
+        &mut md,
+        "\n## 4. The daemon's own cost\n\nwait4 rusage of the wstrace process over the whole run (attach, load, detach); \
+         CPU % is of one core over its wall time.\n"
+            .into(),
+    );
+    push(
+        &mut md,
+        "| run | wstrace CPU s | CPU % | peak RSS MiB | goal (RSS ≤ 48 MiB) |\n|-|-:|-:|-:|-|".into(),
+    );
+    let wst = |runs: &[Option<Rusage>]| -> Option<(f64, f64, f64)> {
+        let u: Vec<Rusage> = runs.iter().flatten().copied().collect();
+        if u.is_empty() {
+            return None;
+        }
+        Some((
+            median(u.iter().map(|x| x.cpu_secs)),
+            median(u.iter().map(|x| x.cpu_secs / x.wall_secs.max(1e-9) * 100.0)),
+            u.iter().map(|x| x.max_rss_mib).fold(0.0, f64::max),
+        ))
+    };
+    let rows: Vec<(&str, Vec<Option<Rusage>>)> = vec![
+        (
+            "steady echo",
+            r.steady.iter().filter(|(t, _)| *t == Tracer::Wstrace).flat_map(|(_, v)| v.iter().map(|s| s.daemon)).collect(),
+        ),
+        (
+            "churn",
+            r.churn.iter().filter(|(t, _)| *t == Tracer::Wstrace).flat_map(|(_, v)| v.iter().map(|s| s.daemon)).collect(),
+        ),
+        (
+            "unrelated traffic",
+            r.unrelated.iter().filter(|(t, _)| *t == Tracer::Wstrace).flat_map(|(_, v)| v.iter().map(|s| s.daemon)).collect(),
+        ),
+    ];
+    for (name, usage) in rows {
+        if let Some((cpu, pct, rss)) = wst(&usage) {
+            let goal = if rss <= RSS_GOAL_MIB {
+                "met".to_string()
+            } else {
+                format!("**MISSED** by {:.1} MiB", rss - RSS_GOAL_MIB)
+            };
+            push(&mut md, format!("| {name} | {cpu:.2} | {pct:.1} | {rss:.1} (max) | {goal} |"));
+        }
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_to_report_pairs_reused_ports_in_order() {
+        let eofs = "40000 1000000\n40001 1500000\n40000 9000000\n";
+        // Reports arrive 0.2 ms after each EOF; port 40000 was used twice.
+        let reports = [(1_200_000, 40000), (1_700_000, 40001), (9_200_000, 40000)];
+        assert_eq!(close_to_report_us(eofs, &reports), vec![200.0, 200.0, 200.0]);
+    }
+
+    #[test]
+    fn reports_without_an_eof_are_left_out_not_invented() {
+        let reports = [(5, 1), (6, 2)];
+        assert!(close_to_report_us("1 4\nbad line\n", &reports) == vec![0.001]);
+    }
+
+    #[test]
+    fn lost_total_reads_the_exit_line_only() {
+        let stderr = "wstrace: warning: 3 events lost (ring buffer full); reports may be missing\n\
+                      wstrace: 7 events were lost in total (ring buffer full)\n";
+        assert_eq!(lost_total(stderr), 7);
+        assert_eq!(lost_total("wstrace: tracing port 1 with tracepoint probes\n"), 0);
+    }
+
+    #[test]
+    fn remote_port_reads_v4_and_v6() {
+        assert_eq!(remote_port(r#"{"remote":"127.0.0.1:43462"}"#), Some(43462));
+        assert_eq!(remote_port(r#"{"remote":"[::1]:8080"}"#), Some(8080));
+        assert_eq!(remote_port("not json"), None);
+    }
+
+    #[test]
+    fn goals_say_by_how_much_they_are_missed() {
+        assert!(cost_goal(0.99, 0.02).starts_with("met (cost 1.0%"));
+        assert!(cost_goal(0.967, 0.02).contains("MISSED** by 1.3 points"));
+        assert_eq!(ratio(&[100.0, 200.0, 100.0], &[99.0, 196.0, 100.0]), 0.99);
+    }
+}
