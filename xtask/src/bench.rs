@@ -33,6 +33,8 @@ use std::time::{Duration, Instant};
 const TRACED_PORT: u16 = 18801;
 /// The port the "unrelated traffic" load runs on (not traced).
 const OTHER_PORT: u16 = 18802;
+/// Churn runs use the ports after this one, one each.
+const CHURN_PORT_BASE: u16 = 18810;
 
 /// Goals from the issue: throughput cost, churn-rate cost, daemon RSS.
 const STEADY_GOAL_MAX_COST: f64 = 0.02;
@@ -42,7 +44,7 @@ const RSS_GOAL_MIB: f64 = 48.0;
 #[derive(Args, Clone)]
 pub struct BenchArgs {
     /// Times each measurement is repeated (variants interleaved); medians are reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     pub rounds: usize,
     /// Measured seconds per run (after one second of warm-up for the echo load).
     #[arg(long, default_value_t = 5.0)]
@@ -102,7 +104,18 @@ struct Churn {
 struct Rusage {
     cpu_secs: f64,
     wall_secs: f64,
+    /// VmHWM just before the stop signal. Not wait4's ru_maxrss: that
+    /// counts the forked child before its exec, i.e. this process's size.
     max_rss_mib: f64,
+}
+
+impl Rusage {
+    fn with_peak(self, peak: Option<f64>) -> Rusage {
+        Rusage {
+            max_rss_mib: peak.unwrap_or(self.max_rss_mib),
+            ..self
+        }
+    }
 }
 
 #[derive(Default, Serialize)]
@@ -121,7 +134,6 @@ struct Results {
 struct Bins {
     wstrace: PathBuf,
     load: PathBuf,
-    bpftrace_script: PathBuf,
     work: PathBuf,
 }
 
@@ -150,13 +162,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     )?;
     let work = paths::target_dir().join("bench");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let bpftrace_script = work.join("wstrace-equivalent.bt");
-    std::fs::write(&bpftrace_script, bpftrace_script_text(TRACED_PORT))
-        .with_context(|| format!("writing {}", bpftrace_script.display()))?;
     let bins = Bins {
         wstrace: paths::target_dir().join("release/wstrace"),
         load: paths::target_dir().join("release/ws-bench"),
-        bpftrace_script,
         work: work.clone(),
     };
     warn_if_busy();
@@ -174,9 +182,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut steady: Vec<(Tracer, Vec<Steady>)> =
         steady_variants.iter().map(|t| (*t, Vec::new())).collect();
     let mut churn: Vec<(Tracer, Vec<Churn>)> = pair.iter().map(|t| (*t, Vec::new())).collect();
-    let mut unrelated: Vec<(Tracer, Vec<Steady>)> =
-        pair.iter().map(|t| (*t, Vec::new())).collect();
+    // bpftrace too: it shows what the syscall tracepoints themselves cost
+    // every process once enabled, whatever program runs on them.
+    let mut unrelated: Vec<(Tracer, Vec<Steady>)> = [Tracer::None, Tracer::Wstrace, Tracer::Bpftrace]
+        .iter()
+        .map(|t| (*t, Vec::new()))
+        .collect();
     let mut probe_set = String::new();
+    let mut churn_port = CHURN_PORT_BASE;
+
+    // The first load run after a build is slow (page cache, CPU frequency,
+    // lazily built kernel state): run one and throw it away.
+    println!("\n==> bench: warm-up run (discarded)");
+    steady_run(&bins, args, Tracer::None, TRACED_PORT, &mut probe_set).context("warm-up run")?;
 
     for round in 1..=args.rounds {
         println!("\n==> bench: round {round} of {}", args.rounds);
@@ -192,7 +210,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             runs.push(r);
         }
         for (tracer, runs) in churn.iter_mut() {
-            let r = churn_run(&bins, args, *tracer, &mut probe_set)
+            // A port of its own per run: the server's TIME_WAIT sockets of
+            // earlier runs (one per connection, for 60 s) cannot collide.
+            churn_port += 1;
+            let r = churn_run(&bins, args, *tracer, churn_port, &mut probe_set)
                 .with_context(|| format!("churn with {}", tracer.name()))?;
             println!(
                 "  churn     {:<16} {:>9.0} upgrades/s  reports {}/{}  lost {}",
@@ -386,6 +407,19 @@ impl Proc {
         Ok(usage)
     }
 
+    /// VmHWM (peak resident set since exec) in MiB.
+    fn peak_rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        Some(kib / 1024.0)
+    }
+
     /// Every stdout line received so far (after stop(): all of them).
     fn drain_lines(&self) -> Vec<(u64, String)> {
         self.lines.try_iter().collect()
@@ -425,6 +459,7 @@ fn start_tracer(
     bins: &Bins,
     args: &BenchArgs,
     tracer: Tracer,
+    port: u16,
     server_pid: u32,
     probe_set: &mut String,
 ) -> Result<Option<Proc>> {
@@ -435,7 +470,7 @@ fn start_tracer(
                 "wstrace",
                 Command::new(&bins.wstrace).args([
                     "--port",
-                    &TRACED_PORT.to_string(),
+                    &port.to_string(),
                     "--probe",
                     &args.probe,
                     "--format",
@@ -450,10 +485,10 @@ fn start_tracer(
             p
         }
         Tracer::Bpftrace => {
-            let p = Proc::spawn(
-                "bpftrace",
-                Command::new("bpftrace").arg(&bins.bpftrace_script),
-            )?;
+            let script = bins.work.join(format!("wstrace-equivalent-{port}.bt"));
+            std::fs::write(&script, bpftrace_script_text(port))
+                .with_context(|| format!("writing {}", script.display()))?;
+            let p = Proc::spawn("bpftrace", Command::new("bpftrace").arg(&script))?;
             p.wait_for("READY", false, Duration::from_secs(60))?;
             p
         }
@@ -481,7 +516,7 @@ fn steady_run(
     probe_set: &mut String,
 ) -> Result<Steady> {
     let srv = server(bins, "echo", port)?;
-    let t = start_tracer(bins, args, tracer, srv.child.id(), probe_set)?;
+    let t = start_tracer(bins, args, tracer, TRACED_PORT, srv.child.id(), probe_set)?;
     let out = process::output(Command::new(&bins.load).args([
         "--threads",
         "1",
@@ -492,7 +527,11 @@ fn steady_run(
         &args.secs.to_string(),
     ]))?;
     let daemon = match t {
-        Some(mut p) => Some(p.stop(libc::SIGINT)?).filter(|_| tracer == Tracer::Wstrace),
+        Some(mut p) => {
+            let peak = p.peak_rss_mib();
+            let usage = p.stop(libc::SIGINT)?;
+            (tracer == Tracer::Wstrace).then(|| usage.with_peak(peak))
+        }
         None => None,
     };
     drop(srv);
@@ -514,14 +553,15 @@ fn churn_run(
     bins: &Bins,
     args: &BenchArgs,
     tracer: Tracer,
+    port: u16,
     probe_set: &mut String,
 ) -> Result<Churn> {
-    let srv = server(bins, "churn", TRACED_PORT)?;
-    let mut t = start_tracer(bins, args, tracer, srv.child.id(), probe_set)?;
+    let srv = server(bins, "churn", port)?;
+    let mut t = start_tracer(bins, args, tracer, port, srv.child.id(), probe_set)?;
     let eof_log = bins.work.join("churn-eofs.txt");
     let out = process::output(
         Command::new(&bins.load)
-            .args(["--threads", "1", "churn", "--port", &TRACED_PORT.to_string()])
+            .args(["--threads", "1", "churn", "--port", &port.to_string()])
             .args(["--conc", CHURN_CONC, "--secs", &args.secs.to_string(), "--eof-log"])
             .arg(&eof_log),
     )?;
@@ -543,21 +583,23 @@ fn churn_run(
     // Let the reports catch up (every upgraded socket closes, so each one
     // has a report coming), then stop wstrace, which prints the rest.
     let expected = (run.connections + run.failed) as usize;
-    let mut lines = Vec::new();
+    // Only (arrival, client port) is kept: a whole run's JSON is ~100 MiB.
+    let mut reports: Vec<(u64, u16)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while lines.len() < expected && Instant::now() < deadline {
-        if let Ok(l) = p.lines.recv_timeout(Duration::from_millis(50)) {
-            lines.push(l);
+    while reports.len() < expected && Instant::now() < deadline {
+        if let Ok((at, line)) = p.lines.recv_timeout(Duration::from_millis(50)) {
+            reports.extend(remote_port(&line).map(|port| (at, port)));
         }
     }
-    run.daemon = Some(p.stop(libc::SIGINT)?);
-    lines.extend(p.drain_lines());
+    let peak = p.peak_rss_mib();
+    run.daemon = Some(p.stop(libc::SIGINT)?.with_peak(peak));
+    reports.extend(
+        p.drain_lines()
+            .iter()
+            .filter_map(|(at, line)| Some((*at, remote_port(line)?))),
+    );
     let stderr = p.stderr_text();
     run.lost = lost_total(&stderr);
-    let reports: Vec<(u64, u16)> = lines
-        .iter()
-        .filter_map(|(at, line)| Some((*at, remote_port(line)?)))
-        .collect();
     run.reports = reports.len() as u64;
     let eofs = std::fs::read_to_string(&eof_log)
         .with_context(|| format!("reading {}", eof_log.display()))?;
@@ -738,7 +780,7 @@ fn render(r: &Results) -> String {
     push(
         &mut md,
         "32 upgraded connections, 8 messages of 32 bytes in flight on each; one server thread, one client thread. \
-         The bpftrace script is the equivalent a user would write (`target/bench/wstrace-equivalent.bt`: 101 \
+         The bpftrace script is the equivalent a user would write (`target/bench/wstrace-equivalent-18801.bt`: 101 \
          prefix check on every send/write, stacks on close of a marked fd, state changes on the port); \
          strace is `strace -f -e trace=network,close -o FILE -p <server>`.\n"
             .into(),
@@ -838,7 +880,8 @@ fn render(r: &Results) -> String {
         format!(
             "\n## 3. Unrelated traffic: the same echo load on port {OTHER_PORT} while wstrace traces port {TRACED_PORT}\n\n\
              Every send on the machine still fires wstrace's probes; the in-kernel port filter must make them cost nothing measurable. \
-             Noise is the baseline's own spread across rounds ((max − min) / median).\n"
+             Noise is the baseline's own spread across rounds ((max − min) / median). The bpftrace script (same tracepoints, \
+             no port filter needed for unrelated ports) shows the cost of enabling syscall tracepoints at all.\n"
         ),
     );
     push(
@@ -856,7 +899,9 @@ fn render(r: &Results) -> String {
     for (t, runs) in &r.unrelated {
         let tput: Vec<f64> = runs.iter().map(|s| s.msgs_per_sec).collect();
         let rt = ratio(&base_u, &tput);
-        let goal = if *t == Tracer::Wstrace {
+        let goal = if *t == Tracer::Bpftrace {
+            "(comparison)".to_string()
+        } else if *t == Tracer::Wstrace {
             let cost = 1.0 - rt;
             let bound = noise.max(0.01);
             if cost <= bound {
