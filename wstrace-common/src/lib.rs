@@ -179,6 +179,10 @@ pub struct EventHeader {
     /// `tcp_sock.bytes_received` / `bytes_acked` when the event fired.
     pub bytes_received: u64,
     pub bytes_acked: u64,
+    /// Start time (ns since boot) of the current process (its thread-group
+    /// leader): with `pid`, the process's identity, since pids are reused.
+    /// 0 when unknown (the kernel's BTF lacks the fields).
+    pub process_start_ns: u64,
     pub tuple: SockTuple,
     pub comm: [u8; 16],
 }
@@ -254,6 +258,10 @@ pub mod globals {
     // fd -> struct sock walk (tracepoint set)
     pub const TASK_FILES: &str = "OFF_TASK_FILES";
     pub const TASK_FLAGS: &str = "OFF_TASK_FLAGS";
+    /// `task_struct.group_leader` and `.start_time`: the process's start
+    /// time, which tells a reused pid from the process it once was.
+    pub const TASK_GROUP_LEADER: &str = "OFF_TASK_GROUP_LEADER";
+    pub const TASK_START_TIME: &str = "OFF_TASK_START_TIME";
     pub const FILES_FDT: &str = "OFF_FILES_FDT";
     pub const FDT_MAX_FDS: &str = "OFF_FDT_MAX_FDS";
     pub const FDT_FD: &str = "OFF_FDT_FD";
@@ -314,11 +322,11 @@ mod tests {
         // The kernel and the daemon read these with the same definitions, but
         // a size change is worth noticing in review.
         assert_eq!(core::mem::size_of::<SockTuple>(), 40);
-        assert_eq!(core::mem::size_of::<EventHeader>(), 120);
-        assert_eq!(core::mem::size_of::<DataEvent>(), 120 + 8 + DATA_CAP);
+        assert_eq!(core::mem::size_of::<EventHeader>(), 128);
+        assert_eq!(core::mem::size_of::<DataEvent>(), 128 + 8 + DATA_CAP);
         assert_eq!(
             core::mem::size_of::<CloseEvent>(),
-            120 + 16 + 2 * 8 * STACK_DEPTH
+            128 + 16 + 2 * 8 * STACK_DEPTH
         );
     }
 }

@@ -34,6 +34,8 @@ globals!(
     TCP_RECVMSG_NARGS,
     OFF_TASK_FILES,
     OFF_TASK_FLAGS,
+    OFF_TASK_GROUP_LEADER,
+    OFF_TASK_START_TIME,
     OFF_FILES_FDT,
     OFF_FDT_MAX_FDS,
     OFF_FDT_FD,
@@ -189,6 +191,16 @@ pub fn current_task_exiting() -> bool {
     read::<u32>(task, &OFF_TASK_FLAGS)
         .map(|f| f & PF_EXITING != 0)
         .unwrap_or(false)
+}
+
+/// Start time of the current process (its group leader), ns since boot; 0
+/// if unknown.
+#[inline(always)]
+pub fn current_process_start_ns() -> u64 {
+    let task = unsafe { bpf_get_current_task() };
+    read::<u64>(task, &OFF_TASK_GROUP_LEADER)
+        .and_then(|leader| read::<u64>(leader, &OFF_TASK_START_TIME))
+        .unwrap_or(0)
 }
 
 /// The `struct sock *` behind file descriptor `fd` of the current task:

@@ -19,7 +19,7 @@ use wstrace_common::{
 use crate::{
     kernel::{
         OFF_ICSK_LRCVTIME, OFF_TCP_BYTES_ACKED, OFF_TCP_BYTES_RECEIVED, OFF_TCP_LSNDTIME,
-        current_task_exiting, fill_tuple, port_traced, read, sk_is_tcp, sk_local_port,
+        current_process_start_ns, current_task_exiting, fill_tuple, port_traced, read, sk_is_tcp, sk_local_port,
     },
     maps::{EVENTS, HEAD_BYTES, LOST, PENDING_READS, PendingRead, UPGRADED},
 };
@@ -63,6 +63,7 @@ unsafe fn fill_header(
         (*h).sk = sk;
         (*h).bytes_received = read::<u64>(sk, &OFF_TCP_BYTES_RECEIVED).unwrap_or(0);
         (*h).bytes_acked = read::<u64>(sk, &OFF_TCP_BYTES_ACKED).unwrap_or(0);
+        (*h).process_start_ns = current_process_start_ns();
         fill_tuple(&raw mut (*h).tuple, sk);
         if bpf_get_current_comm_raw((&raw mut (*h).comm).cast(), 16) != 0 {
             (*h).comm = [0; 16];

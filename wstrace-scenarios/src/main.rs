@@ -12,6 +12,8 @@ mod client;
 mod expect;
 mod serve;
 
+use std::net::SocketAddr;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -23,10 +25,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve one behaviour on IP:<ephemeral port>; prints `READY <port>`.
+    /// Serve one behaviour on IP:PORT (default: an ephemeral port); prints `READY <port>`.
     Serve {
         #[arg(long)]
         bind: std::net::IpAddr,
+        #[arg(long, default_value_t = 0)]
+        port: u16,
         #[arg(long, value_enum)]
         mode: serve::Mode,
         /// Serve one connection, then exit (or exec): a closer that is gone
@@ -41,7 +45,12 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Serve { bind, mode, once } => match serve::run(bind, mode, once) {
+        Command::Serve {
+            bind,
+            port,
+            mode,
+            once,
+        } => match serve::run(SocketAddr::new(bind, port), mode, once) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("ws-scenario serve: error: {e:#}");

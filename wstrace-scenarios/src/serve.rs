@@ -3,7 +3,7 @@
 //! closing tid is that pid too.
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
 };
 
@@ -47,9 +47,8 @@ pub const RESPONSE_101: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: w
 const RESPONSE_200: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
 const HEAD_CAP: usize = 8192;
 
-pub fn run(bind: IpAddr, mode: Mode, once: Option<AfterOne>) -> Result<()> {
-    let listener =
-        TcpListener::bind(SocketAddr::new(bind, 0)).with_context(|| format!("binding {bind}:0"))?;
+pub fn run(addr: SocketAddr, mode: Mode, once: Option<AfterOne>) -> Result<()> {
+    let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
     let port = listener.local_addr()?.port();
     println!("READY {port}");
     std::io::stdout().flush()?;

@@ -1,6 +1,7 @@
 //! Faults against the real binary and the real kernel: signals and SIGKILL
 //! mid-burst, more upgraded sockets than `--max-sockets`, a closer that exits
-//! or execs right after its close, and bad input. Each asserts both what was
+//! or execs right after its close, a pid reused by another program, and bad
+//! input. Each asserts both what was
 //! printed and what the kernel holds afterwards (its own list of loaded BPF
 //! programs). Needs root (loud SKIPPED banner otherwise).
 //!
@@ -231,6 +232,87 @@ fn a_closer_that_exits_or_execs_at_once_is_named_and_symbolized() {
             let _ = srv.0.wait();
         }
     }
+}
+
+/// `ws-scenario serve` on 127.0.0.1:`port` from `exe`, with pid `want` if
+/// the kernel can be made to hand it out (ns_last_pid, retried while other
+/// processes take the pid first): the child and whether it got `want`.
+fn serve_with_pid(exe: &std::path::Path, port: u16, want: u32) -> (common::Kill, bool) {
+    for _ in 0..50 {
+        // Root in the initial pid namespace may set the last pid handed out.
+        let _ = std::fs::write("/proc/sys/kernel/ns_last_pid", (want - 1).to_string());
+        let mut c = Command::new(exe)
+            .args(["serve", "--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--mode", "close-after101"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the second server");
+        if c.id() != want {
+            let _ = c.kill();
+            let _ = c.wait();
+            continue;
+        }
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(c.stdout.take().expect("stdout"));
+        std::io::BufRead::read_line(&mut out, &mut line).expect("READY");
+        assert!(line.starts_with("READY "), "second server: {line:?}");
+        return (common::Kill(c), true);
+    }
+    panic!("could not get pid {want} back from the kernel in 50 tries");
+}
+
+/// A pid reused moments after its first owner exited is described as the
+/// new process. The hard case is a reuse by the same program (same comm, as
+/// with worker respawns): the comm gives nothing away, yet the command line
+/// (and in a fleet the cgroup and container) may differ, and the old
+/// process's cached description must not be reported for the new one.
+#[test]
+fn a_reused_pid_is_described_as_its_new_process() {
+    if !root_or_skip("a_reused_pid_is_described_as_its_new_process") {
+        return;
+    }
+    let _serial = serial();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let (mut first, _) = server(&[
+        "--port",
+        &port.to_string(),
+        "--mode",
+        "close-after101",
+        "--once",
+        "exit",
+    ]);
+    let pid = first.0.id();
+    let t = Tracer::start(port, &[]);
+    upgrade_once(port);
+    assert_eq!(t.wait_for_reports(1, Duration::from_secs(10)).len(), 1);
+    // Reaped: the pid is free for the kernel to hand out again.
+    let _ = first.0.wait();
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_ws-scenario"));
+    let (_second, got) = serve_with_pid(exe, port, pid);
+    assert!(got);
+    upgrade_once(port);
+    let reports = t.wait_for_reports(2, Duration::from_secs(10));
+    assert_eq!(reports.len(), 2, "{reports:#?}");
+    let (old, new) = (&reports[0], &reports[1]);
+    assert_eq!((&old["pid"], &new["pid"]), (&pid.into(), &pid.into()));
+    assert_eq!((&old["comm"], &new["comm"]), (&"ws-scenario".into(), &"ws-scenario".into()));
+    let cmdline = |r: &serde_json::Value| r["cmdline"].as_str().unwrap_or_default().to_string();
+    assert!(cmdline(old).contains("--once exit"), "{old}");
+    assert!(
+        !cmdline(new).contains("--once"),
+        "the new process's command line, not the old one's: {new}"
+    );
+    let user: Vec<&str> = new["user_stack"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|f| f.as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        user.iter().any(|f| f.contains("ws_scenario::serve::serve_one")),
+        "symbolized from the new process's maps: {user:#?}"
+    );
 }
 
 /// Runs wstrace to completion with `args` and returns (exit code, stderr).

@@ -89,6 +89,9 @@ const FIELDS: &[(&str, &str, &str, usize, Need)] = &[
     (g::INET_SPORT, "tcp_sock", "inet_conn.icsk_inet.inet_sport", 2, Need::Optional),
     (g::TASK_FILES, "task_struct", "files", PTR, Need::FdWalk),
     (g::TASK_FLAGS, "task_struct", "flags", 4, Need::Required),
+    // Without them a reused pid is told apart by its comm only.
+    (g::TASK_GROUP_LEADER, "task_struct", "group_leader", PTR, Need::Optional),
+    (g::TASK_START_TIME, "task_struct", "start_time", 8, Need::Optional),
     (g::FILES_FDT, "files_struct", "fdt", PTR, Need::FdWalk),
     (g::FDT_MAX_FDS, "fdtable", "max_fds", 4, Need::FdWalk),
     (g::FDT_FD, "fdtable", "fd", PTR, Need::FdWalk),
@@ -435,7 +438,7 @@ mod tests {
     }
 
     /// Every global this module fills, in the order `resolve` returns them.
-    const NAMES: [&str; 30] = [
+    const NAMES: [&str; 32] = [
         g::SKC_FAMILY,
         g::SKC_STATE,
         g::SKC_NUM,
@@ -452,6 +455,8 @@ mod tests {
         g::INET_SPORT,
         g::TASK_FILES,
         g::TASK_FLAGS,
+        g::TASK_GROUP_LEADER,
+        g::TASK_START_TIME,
         g::FILES_FDT,
         g::FDT_MAX_FDS,
         g::FDT_FD,
@@ -472,15 +477,17 @@ mod tests {
     /// Values of [`NAMES`] per kernel, checked against `pahole -F btf` and
     /// `bpftool btf dump` on the full BTF the fixtures were cut from (see
     /// tests/fixtures/btf/README.md). The fixtures hold no FUNC, so their
-    /// TCP_RECVMSG_NARGS is ABSENT; the last column is the value from the full
+    /// TCP_RECVMSG_NARGS is ABSENT, and they predate task_struct.group_leader
+    /// and .start_time (ABSENT here; checked on this machine's kernel, and
+    /// used on every kernel of the VM matrix). The last column is the value from the full
     /// BTF ([`btf_offsets_of_full_kernel_btf`], [`FULL_BTF`]).
     #[rustfmt::skip]
-    const KERNELS: [(&str, [u64; 30], u64); 4] = [
-        //                 fam st num dport saddr daddr v6s v6d proto recv acked lsnd lrcv sport files flags fdt max fd priv sk file msgiter type mask ubufv iovecv ubuf iov nargs, full nargs
-        ("linux-5.10.btf", [16, 18, 14, 12, 4, 0, 72, 56, 540, 1400, 1448, 1472, 1248, A, 2808, 36, 32, 0, 8, 200, 24, 16, 16, 0, 0xfe, A, 4, A, 24, A], 6),
-        ("linux-6.1.btf",  [16, 18, 14, 12, 4, 0, 72, 56, 516, 1408, 1456, 1480, 1264, A, 3048, 44, 32, 0, 8, 200, 24, 16, 16, 0, 0xff, 6, 0, 24, 24, A], 5),
-        ("linux-6.12.btf", [16, 18, 14, 12, 4, 0, 72, 56, 574, 1784, 1840, 1644, 1264, A, 3048, 44, 32, 0, 8, 32, 24, 16, 16, 0, 0xff, 0, 1, 16, 16, A], 5),
-        ("linux-6.18.btf", [16, 18, 14, 12, 4, 0, 72, 56, 532, 1752, 1824, 1584, 1264, A, 1824, 44, 32, 0, 8, 24, 24, 16, 16, 0, 0xff, 0, 1, 16, 16, A], 4),
+    const KERNELS: [(&str, [u64; 32], u64); 4] = [
+        //                 fam st num dport saddr daddr v6s v6d proto recv acked lsnd lrcv sport files flags leader start fdt max fd priv sk file msgiter type mask ubufv iovecv ubuf iov nargs, full nargs
+        ("linux-5.10.btf", [16, 18, 14, 12, 4, 0, 72, 56, 540, 1400, 1448, 1472, 1248, A, 2808, 36, A, A, 32, 0, 8, 200, 24, 16, 16, 0, 0xfe, A, 4, A, 24, A], 6),
+        ("linux-6.1.btf",  [16, 18, 14, 12, 4, 0, 72, 56, 516, 1408, 1456, 1480, 1264, A, 3048, 44, A, A, 32, 0, 8, 200, 24, 16, 16, 0, 0xff, 6, 0, 24, 24, A], 5),
+        ("linux-6.12.btf", [16, 18, 14, 12, 4, 0, 72, 56, 574, 1784, 1840, 1644, 1264, A, 3048, 44, A, A, 32, 0, 8, 32, 24, 16, 16, 0, 0xff, 0, 1, 16, 16, A], 5),
+        ("linux-6.18.btf", [16, 18, 14, 12, 4, 0, 72, 56, 532, 1752, 1824, 1584, 1264, A, 1824, 44, A, A, 32, 0, 8, 24, 24, 16, 16, 0, 0xff, 0, 1, 16, 16, A], 4),
     ];
 
     /// The full kernel BTF each fixture was cut from, under
@@ -493,7 +500,7 @@ mod tests {
         ("linux-6.18.btf", "host-6.18.btf", 4),
     ];
 
-    fn check(file: &str, k: &KernelOffsets, want: &[u64; 30]) {
+    fn check(file: &str, k: &KernelOffsets, want: &[u64; 32]) {
         let names: Vec<_> = k.globals.iter().map(|&(n, _)| n).collect();
         assert_eq!(names, NAMES, "{file}");
         for (name, &want) in NAMES.iter().zip(want) {

@@ -27,6 +27,9 @@ pub struct Event {
     pub sk: u64,
     pub bytes_received: u64,
     pub bytes_acked: u64,
+    /// The process's start time (ns since boot; 0 if unknown): with `pid`,
+    /// which process this was, since pids are reused.
+    pub process_start_ns: u64,
     pub local: SocketAddr,
     pub remote: SocketAddr,
     /// jiffies now, and of the last data sent / received on the socket.
@@ -170,6 +173,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
         sk: h.sk,
         bytes_received: h.bytes_received,
         bytes_acked: h.bytes_acked,
+        process_start_ns: h.process_start_ns,
         local,
         remote,
         jiffies: JiffiesSample {
@@ -210,6 +214,7 @@ mod tests {
             sk: 0xffff_8880_0000_1000,
             bytes_received: 1,
             bytes_acked: 2,
+            process_start_ns: 77,
             tuple: SockTuple {
                 family: AF_INET,
                 lport: 1215,

@@ -526,6 +526,7 @@ mod tests {
             sk: SK,
             bytes_received: 0,
             bytes_acked: 0,
+            process_start_ns: 0,
             local: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1215),
             remote: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50000),
             jiffies: JiffiesSample::default(),

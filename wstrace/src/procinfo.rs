@@ -50,6 +50,11 @@ impl Processes {
         self.info.insert(pid, (comm.to_string(), fresh));
     }
 
+    /// Drop what is known of `pid` (it now names another process).
+    pub fn forget(&mut self, pid: u32) {
+        self.info.remove(&pid);
+    }
+
     pub fn get(&self, pid: u32) -> ProcInfo {
         self.info
             .get(&pid)

@@ -152,6 +152,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
         hz: hz::detect(),
         peers: HashMap::new(),
         peer_finder: peer::PeerFinder::default(),
+        starts: HashMap::new(),
         log,
         metrics,
     };
@@ -296,6 +297,9 @@ struct Sink {
     /// looked up at the 101 while it is surely alive.
     peers: HashMap<u64, peer::PeerProcess>,
     peer_finder: peer::PeerFinder,
+    /// Start time of the process each pid named when last seen: a pid whose
+    /// events carry another start time has been reused.
+    starts: HashMap<u32, u64>,
     /// `--output`; dropped (with one error message) when it fails.
     log: Option<output::logfile::LogFile>,
     metrics: Option<metrics::Metrics>,
@@ -341,6 +345,9 @@ const BUSY_PAUSE: Duration = Duration::from_millis(1);
 /// How long an exited process's maps are kept for closes still in flight.
 const EXITED_GRACE: Duration = Duration::from_secs(30);
 
+/// Pids whose process start time is remembered at once (a bound).
+const MAX_STARTS: usize = 16384;
+
 /// Peers remembered at once (a bound, not a working-set estimate).
 const MAX_PEERS: usize = 16384;
 
@@ -348,6 +355,9 @@ impl Sink {
     /// Read what must be read while the process lives: its executable path
     /// and (at the upgrade) its memory maps for later symbolization.
     fn observe(&mut self, ev: &events::Event) {
+        if matches!(ev.kind, EventKind::Upgrade | EventKind::Close) {
+            self.check_identity(ev);
+        }
         match ev.kind {
             EventKind::Upgrade => {
                 self.procs.note(ev.pid, &ev.comm, &self.redactor);
@@ -367,6 +377,26 @@ impl Sink {
             }
             EventKind::Close => self.procs.note(ev.pid, &ev.comm, &self.redactor),
             _ => {}
+        }
+    }
+
+    /// Pids are reused: when a pid's events start carrying another process
+    /// start time, what was cached under it (maps, pinned binaries,
+    /// symbolized stacks, executable, command line) described a process that
+    /// is gone, and would misname and mis-symbolize the new one. The comm
+    /// check in procinfo misses a reuse by the same program.
+    fn check_identity(&mut self, ev: &events::Event) {
+        if ev.process_start_ns == 0 {
+            return; // this kernel's BTF did not say where the start time is
+        }
+        if self.starts.len() >= MAX_STARTS && !self.starts.contains_key(&ev.pid) {
+            self.starts.clear();
+        }
+        if let Some(old) = self.starts.insert(ev.pid, ev.process_start_ns)
+            && old != ev.process_start_ns
+        {
+            self.symbolizer.forget_process(ev.pid);
+            self.procs.forget(ev.pid);
         }
     }
 
