@@ -36,3 +36,10 @@ pub static PENDING_READS: LruHashMap<u32, PendingRead> = LruHashMap::with_max_en
 /// sockets not (yet) upgraded: bounds what a busy plain-HTTP port can cost.
 #[map]
 pub static HEAD_BYTES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Processes (tgid) that may read a request on a traced port: they accepted
+/// a connection on one, listen on one (the daemon adds those), or wrote a
+/// 101 on one. The tracepoint set walks fd -> sock on a read only for these:
+/// every other read on the machine costs one lookup instead of the walk.
+#[map]
+pub static SERVERS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);

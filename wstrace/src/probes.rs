@@ -85,9 +85,10 @@ const COMMON: [(&str, &str, &str); 3] = [
 ];
 
 /// Tracepoint set: the write-family syscalls that can carry a 101 or a close
-/// frame, and the read family (entry and exit) that carries the request head
-/// and the peer's close frames.
-const SYSCALLS: [&str; 12] = [
+/// frame, the read family (entry and exit) that carries the request head
+/// and the peer's close frames, and accept (which processes serve a traced
+/// port, so reads elsewhere are skipped cheaply).
+const SYSCALLS: [&str; 14] = [
     "sys_enter_write",
     "sys_enter_sendto",
     "sys_enter_writev",
@@ -100,6 +101,8 @@ const SYSCALLS: [&str; 12] = [
     "sys_exit_recvfrom",
     "sys_exit_readv",
     "sys_exit_recvmsg",
+    "sys_exit_accept",
+    "sys_exit_accept4",
 ];
 
 pub fn attach(
@@ -143,7 +146,7 @@ fn limits(set: ProbeSet, root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     if set == ProbeSet::Tracepoint {
         out.push(
-            "tracepoint set: 101 responses and request heads are seen in the write/send/writev/sendmsg and read/recv/readv/recvmsg syscalls; io_uring, sendfile, sendmmsg and recvmmsg are not covered"
+            "tracepoint set: 101 responses and request heads are seen in the write/send/writev/sendmsg and read/recv/readv/recvmsg syscalls; io_uring, sendfile, sendmmsg and recvmmsg are not covered; request heads are read in processes that listen on, accept on or have upgraded on a traced port (a worker given its sockets by another process shows none on its first upgrade)"
                 .into(),
         );
     }
@@ -357,6 +360,13 @@ fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) ->
 }
 
 /// Sum of the per-CPU "ring buffer full" counters.
+/// The map of processes the tracepoint set reads requests for (see
+/// wstrace-ebpf maps::SERVERS), taken out of `ebpf` for the daemon to add
+/// listeners to; `None` if the object has none (build mismatch).
+pub fn take_servers(ebpf: &mut Ebpf) -> Option<aya::maps::HashMap<aya::maps::MapData, u32, u8>> {
+    aya::maps::HashMap::try_from(ebpf.take_map("SERVERS")?).ok()
+}
+
 pub fn lost_events(ebpf: &Ebpf) -> u64 {
     let Some(map) = ebpf.map("LOST") else {
         return 0;

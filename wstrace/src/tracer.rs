@@ -128,6 +128,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
         .take_map("EVENTS")
         .context("EVENTS map missing from the object")?;
     let ring = RingBuf::try_from(ring).context("EVENTS is not a ring buffer")?;
+    let servers = probes::take_servers(&mut attached.ebpf);
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
     // until the AsyncFd (and the RingBuf inside it) is dropped.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -153,6 +154,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
         peers: HashMap::new(),
         peer_finder: peer::PeerFinder::default(),
         starts: HashMap::new(),
+        servers,
         log,
         metrics,
     };
@@ -297,6 +299,10 @@ struct Sink {
     /// looked up at the 101 while it is surely alive.
     peers: HashMap<u64, peer::PeerProcess>,
     peer_finder: peer::PeerFinder,
+    /// The kernel's set of processes whose reads may carry a request on a
+    /// traced port (tracepoint set): listeners found here are added, so a
+    /// server that accepted before we attached is covered too.
+    servers: Option<aya::maps::HashMap<aya::maps::MapData, u32, u8>>,
     /// Start time of the process each pid named when last seen: a pid whose
     /// events carry another start time has been reused.
     starts: HashMap<u32, u64>,
@@ -410,6 +416,11 @@ impl Sink {
         for p in peer::listeners(ports, |pid| symbolizer.remembers(pid)) {
             self.procs.note(p.pid, &p.comm, &self.redactor);
             self.symbolizer.remember_process(p.pid);
+            if let Some(servers) = &mut self.servers {
+                // Fails only if the map is full of live entries (it is LRU): the
+                // process is then added by its next accept or 101.
+                let _ = servers.insert(p.pid, 1, 0);
+            }
         }
     }
 

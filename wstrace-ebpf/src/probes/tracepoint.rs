@@ -4,13 +4,29 @@
 //! padding, then the arguments as 8-byte slots: argument i is at 16 + 8*i on
 //! every kernel. The fd -> sock walk (`kernel::sock_of_fd`) finds the socket.
 //! Not covered here: io_uring, sendfile/splice and sendmmsg (documented).
-use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
 use wstrace_common::ProbeSet;
 
 use crate::{
     kernel::{port_traced, sk_local_port, sock_of_fd},
+    maps::SERVERS,
     record,
 };
+
+#[inline(always)]
+fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// This process may read requests on a traced port from now on.
+#[inline(always)]
+fn note_server() {
+    let _ = SERVERS.insert(current_tgid(), 1, 0);
+}
 
 #[inline(always)]
 fn arg(ctx: &TracePointContext, i: usize) -> u64 {
@@ -30,18 +46,54 @@ fn on_write(fd: u64, buf: u64, len: u64) {
         return;
     }
     match kind {
-        record::Write::Upgrade => record::mark_upgraded(sk, len, ProbeSet::Tracepoint),
+        record::Write::Upgrade => {
+            // A worker handed its sockets by another process (fd passing)
+            // is known from its first 101 on.
+            note_server();
+            record::mark_upgraded(sk, len, ProbeSet::Tracepoint)
+        }
         _ => record::close_frame_written(sk, buf, len),
     }
 }
 
-/// Read-family entry: the fd walk finds the socket; `read_entry` filters by
-/// port before touching a map.
+/// Read-family entry: only in processes that serve a traced port (one
+/// lookup; every other read on the machine stops here), the fd walk finds
+/// the socket and `read_entry` filters by port before touching a map.
 #[inline(always)]
 fn on_read(fd: u64, buf: u64) {
+    if SERVERS.get_ptr(current_tgid()).is_none() {
+        return;
+    }
     if let Some(sk) = sock_of_fd(fd) {
         record::read_entry(sk, buf);
     }
+}
+
+/// accept/accept4 exit: a connection accepted on a traced port makes its
+/// process a server (one fd walk per accepted connection).
+#[inline(always)]
+fn on_accept_exit(ctx: &TracePointContext) {
+    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
+    if ret < 0 {
+        return;
+    }
+    if let Some(sk) = sock_of_fd(ret as u64)
+        && port_traced(sk_local_port(sk))
+    {
+        note_server();
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    on_accept_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    on_accept_exit(&ctx);
+    0
 }
 
 /// sys_exit_* records: `ret` follows `trace_entry` and `nr` at offset 16.
