@@ -215,12 +215,55 @@ pub struct CloseEvent {
     pub user_stack: [u64; STACK_DEPTH],
 }
 
+/// Bytes of user stack a close may carry for unwinding in userspace
+/// (`--user-stack-size` is capped here): 32 KiB holds the frames of deep
+/// C++/PHP/Rust server stacks, and the copy is made only when asked.
+pub const USER_STACK_MAX: usize = 32768;
+
+/// `UserStackHeader::status`
+pub mod ustack {
+    /// Registers read, `len` bytes copied from `sp` up.
+    pub const OK: u32 = 0;
+    /// The task's user registers were not found (no user context, or a
+    /// kernel stack layout this build does not know): no copy.
+    pub const NO_REGS: u32 = 1;
+    /// Registers read, but not one byte of stack at `sp` was readable.
+    pub const READ_FAILED: u32 = 2;
+}
+
+/// What a close carries for unwinding with `.eh_frame` in userspace: the
+/// user registers at the syscall (the unwind starts there) and the bytes
+/// from `sp` up. Appended to a [`CloseEvent`] in a [`CloseWithStack`]
+/// record, of which only the first `len` stack bytes are sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UserStackHeader {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Bytes copied (valid in `CloseWithStack::bytes`).
+    pub len: u32,
+    /// [`ustack`] status.
+    pub status: u32,
+}
+
+/// The kernel's scratch layout for a close with a stack copy; the record
+/// sent is this struct cut after `regs.len` bytes of `bytes`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CloseWithStack {
+    pub close: CloseEvent,
+    pub regs: UserStackHeader,
+    pub bytes: [u8; USER_STACK_MAX],
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data, no padding holes that matter, all bit patterns valid.
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::CloseEvent {}
     unsafe impl aya::Pod for super::DataEvent {}
+    unsafe impl aya::Pod for super::UserStackHeader {}
 }
 
 /// Names of the globals the daemon fills in before loading (via
@@ -262,6 +305,11 @@ pub mod globals {
     /// time, which tells a reused pid from the process it once was.
     pub const TASK_GROUP_LEADER: &str = "OFF_TASK_GROUP_LEADER";
     pub const TASK_START_TIME: &str = "OFF_TASK_START_TIME";
+    /// `task_struct.stack`: the base of the task's kernel stack, at whose
+    /// top the user registers of the current syscall are saved.
+    pub const TASK_STACK: &str = "OFF_TASK_STACK";
+    /// Bytes of user stack to copy at a close (0 = off); not an offset.
+    pub const USER_STACK_BYTES: &str = "USER_STACK_BYTES";
     pub const FILES_FDT: &str = "OFF_FILES_FDT";
     pub const FDT_MAX_FDS: &str = "OFF_FDT_MAX_FDS";
     pub const FDT_FD: &str = "OFF_FDT_FD";
@@ -327,6 +375,11 @@ mod tests {
         assert_eq!(
             core::mem::size_of::<CloseEvent>(),
             128 + 16 + 2 * 8 * STACK_DEPTH
+        );
+        assert_eq!(core::mem::size_of::<UserStackHeader>(), 32);
+        assert_eq!(
+            core::mem::size_of::<CloseWithStack>(),
+            core::mem::size_of::<CloseEvent>() + 32 + USER_STACK_MAX
         );
     }
 }

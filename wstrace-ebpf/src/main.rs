@@ -18,6 +18,7 @@ mod kernel;
 mod maps;
 mod probes;
 mod record;
+mod ustack;
 
 #[cfg(not(test))]
 #[panic_handler]

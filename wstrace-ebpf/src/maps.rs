@@ -2,8 +2,9 @@
 //! them before loading (`EbpfLoader::map_max_entries`).
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
+use wstrace_common::CloseWithStack;
 
 /// A read in flight on a traced-port socket: where its bytes will land.
 #[repr(C)]
@@ -43,3 +44,10 @@ pub static HEAD_BYTES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384
 /// every other read on the machine costs one lookup instead of the walk.
 #[map]
 pub static SERVERS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
+
+/// One slot per CPU (indexed by CPU id) where a close with a user stack copy
+/// is built before it is sent cut to size: ~34 KiB is too big for the BPF
+/// stack and for a per-CPU map value. The daemon sizes it to the possible
+/// CPUs when the copy is on, and leaves 1 entry otherwise.
+#[map]
+pub static CLOSE_SCRATCH: Array<CloseWithStack> = Array::with_max_entries(1, 0);

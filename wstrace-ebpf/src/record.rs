@@ -6,22 +6,25 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf,
         generated::{
-            bpf_get_current_comm as bpf_get_current_comm_raw, bpf_get_stack, bpf_jiffies64,
-            bpf_probe_read_user,
+            bpf_get_current_comm as bpf_get_current_comm_raw, bpf_get_smp_processor_id,
+            bpf_get_stack, bpf_jiffies64, bpf_probe_read_user,
         },
     },
 };
 use wstrace_common::{
-    CloseEvent, DATA_CAP, DataEvent, EventHeader, EventKind, FLAG_TASK_EXITING, HEAD_BUDGET,
-    ProbeSet, STACK_DEPTH, UPGRADE_PREFIX_LEN, is_upgrade_response,
+    CloseEvent, CloseWithStack, DATA_CAP, DataEvent, EventHeader, EventKind, FLAG_TASK_EXITING,
+    HEAD_BUDGET, ProbeSet, STACK_DEPTH, UPGRADE_PREFIX_LEN, USER_STACK_MAX, UserStackHeader,
+    is_upgrade_response, ustack as ustack_status,
 };
 
 use crate::{
     kernel::{
         OFF_ICSK_LRCVTIME, OFF_TCP_BYTES_ACKED, OFF_TCP_BYTES_RECEIVED, OFF_TCP_LSNDTIME,
-        current_process_start_ns, current_task_exiting, fill_tuple, port_traced, read, sk_is_tcp, sk_local_port,
+        current_process_start_ns, current_task_exiting, fill_tuple, g, port_traced, read,
+        sk_is_tcp, sk_local_port,
     },
-    maps::{EVENTS, HEAD_BYTES, LOST, PENDING_READS, PendingRead, UPGRADED},
+    maps::{CLOSE_SCRATCH, EVENTS, HEAD_BYTES, LOST, PENDING_READS, PendingRead, UPGRADED},
+    ustack::{self, USER_STACK_BYTES},
 };
 
 fn count_lost() {
@@ -167,12 +170,68 @@ pub fn state_change(sk: u64, old_state: u8, new_state: u8) {
 
 /// A process is closing an upgraded socket: who, and the call path.
 /// `new_state` is 0 when the caller runs before the transition (tcp_close).
+///
+/// With a user stack copy asked for (`USER_STACK_BYTES`), the event is
+/// built in a per-CPU scratch slot and sent cut to the bytes copied; else it
+/// is built in place in the ring buffer.
 pub fn close<C: EbpfContext>(ctx: &C, probe: ProbeSet, sk: u64, old_state: u8, new_state: u8) {
+    if g(&USER_STACK_BYTES) != 0
+        && let Some(scratch) = CLOSE_SCRATCH.get_ptr_mut(unsafe { bpf_get_smp_processor_id() })
+    {
+        close_with_stack(ctx, probe, sk, old_state, new_state, scratch);
+        return;
+    }
     let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) else {
         count_lost();
         return;
     };
-    let ev = entry.as_mut_ptr();
+    unsafe { fill_close(ctx, entry.as_mut_ptr(), probe, sk, old_state, new_state) };
+    entry.submit(0);
+}
+
+#[inline(always)]
+fn close_with_stack<C: EbpfContext>(
+    ctx: &C,
+    probe: ProbeSet,
+    sk: u64,
+    old_state: u8,
+    new_state: u8,
+    ev: *mut CloseWithStack,
+) {
+    let mut len = unsafe {
+        fill_close(ctx, &raw mut (*ev).close, probe, sk, old_state, new_state);
+        if (*ev).close.header.flags & FLAG_TASK_EXITING != 0 {
+            // No user address space left to copy from.
+            (*ev).regs = UserStackHeader {
+                status: ustack_status::NO_REGS,
+                ..UserStackHeader::default()
+            };
+            0
+        } else {
+            ustack::capture(&raw mut (*ev).regs, &raw mut (*ev).bytes)
+        }
+    } as usize;
+    // Bounded again where the verifier checks the output size.
+    if len > USER_STACK_MAX {
+        len = USER_STACK_MAX;
+    }
+    let total = size_of::<CloseEvent>() + size_of::<UserStackHeader>() + len;
+    let bytes = unsafe { core::slice::from_raw_parts(ev.cast::<u8>(), total) };
+    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        count_lost();
+    }
+}
+
+/// Fills a close event (header and both frame-pointer stacks) at `ev`.
+#[inline(always)]
+unsafe fn fill_close<C: EbpfContext>(
+    ctx: &C,
+    ev: *mut CloseEvent,
+    probe: ProbeSet,
+    sk: u64,
+    old_state: u8,
+    new_state: u8,
+) {
     const STACK_BYTES: u32 = (STACK_DEPTH * 8) as u32;
     unsafe {
         let h = &raw mut (*ev).header;
@@ -193,7 +252,6 @@ pub fn close<C: EbpfContext>(ctx: &C, probe: ProbeSet, sk: u64, old_state: u8, n
             BPF_F_USER_STACK as u64,
         );
     }
-    entry.submit(0);
 }
 
 pub fn reset(sk: u64, kind: EventKind) {

@@ -160,6 +160,16 @@ fn check_closer(r: &Value, pid: u32) -> Result<(), String> {
     {
         return Err(format!("user_stack has no close frame: {user:?}"));
     }
+    // The server is a Rust release build (no frame pointers): only the
+    // dwarf unwind (the default) reaches its main.
+    if str_key(r, "user_stack_unwind") != Some("dwarf")
+        || !user.iter().any(|f| f.starts_with("ws_scenario::main"))
+    {
+        return Err(format!(
+            "user_stack: want a dwarf unwind down to ws_scenario::main, got {:?} {user:?}",
+            str_key(r, "user_stack_unwind")
+        ));
+    }
     Ok(())
 }
 
@@ -195,7 +205,9 @@ mod tests {
             "local": "127.0.0.1:4000", "remote": "127.0.0.1:5000",
             "closed_by": "local", "how": "fin", "pid": pid, "tid": pid,
             "comm": "ws-scenario", "exe": "/bin/ws-scenario", "ms_after_upgrade": 0.4,
-            "kernel_stack": ["tcp_close+0x1f"], "user_stack": ["__close+0x3a (/lib/libc.so.6)"],
+            "kernel_stack": ["tcp_close+0x1f"],
+            "user_stack": ["__close+0x3a (/lib/libc.so.6)", "ws_scenario::main+0x9 (/bin/ws-scenario)"],
+            "user_stack_unwind": "dwarf",
             "probe": "tracepoint"
         })
     }
@@ -244,6 +256,13 @@ mod tests {
             evaluate(&[&r2], Some(&named(7)), "tracepoint")
                 .unwrap_err()
                 .contains("close frame")
+        );
+        let mut fp = report(7);
+        fp["user_stack_unwind"] = json!("fp");
+        assert!(
+            evaluate(&[&fp], Some(&named(7)), "tracepoint")
+                .unwrap_err()
+                .contains("dwarf unwind")
         );
         let mut r3 = report(7);
         r3["kernel_stack"] = json!([]);

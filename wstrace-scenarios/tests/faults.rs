@@ -298,7 +298,10 @@ fn a_reused_pid_is_described_as_its_new_process() {
     assert_eq!(reports.len(), 2, "{reports:#?}");
     let (old, new) = (&reports[0], &reports[1]);
     assert_eq!((&old["pid"], &new["pid"]), (&pid.into(), &pid.into()));
-    assert_eq!((&old["comm"], &new["comm"]), (&"ws-scenario".into(), &"ws-scenario".into()));
+    assert_eq!(
+        (&old["comm"], &new["comm"]),
+        (&"ws-scenario".into(), &"ws-scenario".into())
+    );
     let cmdline = |r: &serde_json::Value| r["cmdline"].as_str().unwrap_or_default().to_string();
     assert!(cmdline(old).contains("--once exit"), "{old}");
     assert!(
@@ -310,7 +313,8 @@ fn a_reused_pid_is_described_as_its_new_process() {
         .map(|a| a.iter().filter_map(|f| f.as_str()).collect())
         .unwrap_or_default();
     assert!(
-        user.iter().any(|f| f.contains("ws_scenario::serve::serve_one")),
+        user.iter()
+            .any(|f| f.contains("ws_scenario::serve::serve_one")),
         "symbolized from the new process's maps: {user:#?}"
     );
 }

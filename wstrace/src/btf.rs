@@ -92,6 +92,8 @@ const FIELDS: &[(&str, &str, &str, usize, Need)] = &[
     // Without them a reused pid is told apart by its comm only.
     (g::TASK_GROUP_LEADER, "task_struct", "group_leader", PTR, Need::Optional),
     (g::TASK_START_TIME, "task_struct", "start_time", 8, Need::Optional),
+    // Without it the user registers are unknown: frame-pointer stacks only.
+    (g::TASK_STACK, "task_struct", "stack", PTR, Need::Optional),
     (g::FILES_FDT, "files_struct", "fdt", PTR, Need::FdWalk),
     (g::FDT_MAX_FDS, "fdtable", "max_fds", 4, Need::FdWalk),
     (g::FDT_FD, "fdtable", "fd", PTR, Need::FdWalk),
@@ -438,7 +440,7 @@ mod tests {
     }
 
     /// Every global this module fills, in the order `resolve` returns them.
-    const NAMES: [&str; 32] = [
+    const NAMES: [&str; 33] = [
         g::SKC_FAMILY,
         g::SKC_STATE,
         g::SKC_NUM,
@@ -457,6 +459,7 @@ mod tests {
         g::TASK_FLAGS,
         g::TASK_GROUP_LEADER,
         g::TASK_START_TIME,
+        g::TASK_STACK,
         g::FILES_FDT,
         g::FDT_MAX_FDS,
         g::FDT_FD,
@@ -477,17 +480,17 @@ mod tests {
     /// Values of [`NAMES`] per kernel, checked against `pahole -F btf` and
     /// `bpftool btf dump` on the full BTF the fixtures were cut from (see
     /// tests/fixtures/btf/README.md). The fixtures hold no FUNC, so their
-    /// TCP_RECVMSG_NARGS is ABSENT, and they predate task_struct.group_leader
-    /// and .start_time (ABSENT here; checked on this machine's kernel, and
+    /// TCP_RECVMSG_NARGS is ABSENT, and they predate task_struct.group_leader,
+    /// .start_time and .stack (ABSENT here; checked on this machine's kernel, and
     /// used on every kernel of the VM matrix). The last column is the value from the full
     /// BTF ([`btf_offsets_of_full_kernel_btf`], [`FULL_BTF`]).
     #[rustfmt::skip]
-    const KERNELS: [(&str, [u64; 32], u64); 4] = [
-        //                 fam st num dport saddr daddr v6s v6d proto recv acked lsnd lrcv sport files flags leader start fdt max fd priv sk file msgiter type mask ubufv iovecv ubuf iov nargs, full nargs
-        ("linux-5.10.btf", [16, 18, 14, 12, 4, 0, 72, 56, 540, 1400, 1448, 1472, 1248, A, 2808, 36, A, A, 32, 0, 8, 200, 24, 16, 16, 0, 0xfe, A, 4, A, 24, A], 6),
-        ("linux-6.1.btf",  [16, 18, 14, 12, 4, 0, 72, 56, 516, 1408, 1456, 1480, 1264, A, 3048, 44, A, A, 32, 0, 8, 200, 24, 16, 16, 0, 0xff, 6, 0, 24, 24, A], 5),
-        ("linux-6.12.btf", [16, 18, 14, 12, 4, 0, 72, 56, 574, 1784, 1840, 1644, 1264, A, 3048, 44, A, A, 32, 0, 8, 32, 24, 16, 16, 0, 0xff, 0, 1, 16, 16, A], 5),
-        ("linux-6.18.btf", [16, 18, 14, 12, 4, 0, 72, 56, 532, 1752, 1824, 1584, 1264, A, 1824, 44, A, A, 32, 0, 8, 24, 24, 16, 16, 0, 0xff, 0, 1, 16, 16, A], 4),
+    const KERNELS: [(&str, [u64; 33], u64); 4] = [
+        //                 fam st num dport saddr daddr v6s v6d proto recv acked lsnd lrcv sport files flags leader start stack fdt max fd priv sk file msgiter type mask ubufv iovecv ubuf iov nargs, full nargs
+        ("linux-5.10.btf", [16, 18, 14, 12, 4, 0, 72, 56, 540, 1400, 1448, 1472, 1248, A, 2808, 36, A, A, A, 32, 0, 8, 200, 24, 16, 16, 0, 0xfe, A, 4, A, 24, A], 6),
+        ("linux-6.1.btf",  [16, 18, 14, 12, 4, 0, 72, 56, 516, 1408, 1456, 1480, 1264, A, 3048, 44, A, A, A, 32, 0, 8, 200, 24, 16, 16, 0, 0xff, 6, 0, 24, 24, A], 5),
+        ("linux-6.12.btf", [16, 18, 14, 12, 4, 0, 72, 56, 574, 1784, 1840, 1644, 1264, A, 3048, 44, A, A, A, 32, 0, 8, 32, 24, 16, 16, 0, 0xff, 0, 1, 16, 16, A], 5),
+        ("linux-6.18.btf", [16, 18, 14, 12, 4, 0, 72, 56, 532, 1752, 1824, 1584, 1264, A, 1824, 44, A, A, A, 32, 0, 8, 24, 24, 16, 16, 0, 0xff, 0, 1, 16, 16, A], 4),
     ];
 
     /// The full kernel BTF each fixture was cut from, under
@@ -500,7 +503,7 @@ mod tests {
         ("linux-6.18.btf", "host-6.18.btf", 4),
     ];
 
-    fn check(file: &str, k: &KernelOffsets, want: &[u64; 32]) {
+    fn check(file: &str, k: &KernelOffsets, want: &[u64; 33]) {
         let names: Vec<_> = k.globals.iter().map(|&(n, _)| n).collect();
         assert_eq!(names, NAMES, "{file}");
         for (name, &want) in NAMES.iter().zip(want) {
@@ -548,13 +551,17 @@ mod tests {
             );
             let k = resolve(&path).unwrap_or_else(|e| panic!("{e:#}"));
             want[NAMES.len() - 1] = nargs;
-            // The fixtures predate inet_sport; the full BTF must have it.
-            let sport = k.get(g::INET_SPORT).expect("INET_SPORT resolved");
-            assert_ne!(sport, ABSENT, "{}: inet_sport", path.display());
-            want[NAMES
-                .iter()
-                .position(|&n| n == g::INET_SPORT)
-                .expect("listed")] = sport;
+            // The fixtures predate these fields; the full BTF must have them.
+            for name in [
+                g::INET_SPORT,
+                g::TASK_GROUP_LEADER,
+                g::TASK_START_TIME,
+                g::TASK_STACK,
+            ] {
+                let off = k.get(name).expect("resolved");
+                assert_ne!(off, ABSENT, "{}: {name}", path.display());
+                want[NAMES.iter().position(|&n| n == name).expect("listed")] = off;
+            }
             check(&path.to_string_lossy(), &k, &want);
             if nargs == ABSENT {
                 let why = k.sendmsg_path_missing.expect("4 parameters reported");

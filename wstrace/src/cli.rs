@@ -154,6 +154,33 @@ pub struct CommonArgs {
     /// Kernel BTF to read struct offsets from.
     #[arg(long, value_name = "PATH", default_value = crate::btf::DEFAULT_BTF_PATH)]
     pub btf: PathBuf,
+
+    /// How the user stack of a close is walked. `dwarf` copies the closing
+    /// thread's registers and the top of its stack into the event and
+    /// unwinds it here with the binaries' .eh_frame/.debug_frame: full
+    /// stacks through code built without frame pointers (most distro and
+    /// C/C++ servers), at the cost of --user-stack-size bytes per close.
+    /// `fp` follows frame pointers in the kernel (cheap; stops early in such
+    /// code). `auto` is dwarf, and shows the frame-pointer walk instead
+    /// whenever that one has more frames (x86_64).
+    #[arg(long, value_enum, default_value_t = UserStackMode::Auto)]
+    pub user_stack: UserStackMode,
+
+    /// Bytes of user stack copied per close for dwarf unwinding (from the
+    /// stack pointer up; deeper stacks are reported as truncated).
+    #[arg(long, value_name = "BYTES", default_value_t = 16384,
+          value_parser = clap::value_parser!(u32).range(64..=(wstrace_common::USER_STACK_MAX as i64)))]
+    pub user_stack_size: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum UserStackMode {
+    /// dwarf, falling back to the frame-pointer walk when that one is longer.
+    Auto,
+    /// Unwind a copy of the stack with .eh_frame/.debug_frame.
+    Dwarf,
+    /// Frame pointers only (no stack copy).
+    Fp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use anyhow::{Result, bail};
 use wstrace_common::{
     AF_INET6, CloseEvent, DATA_CAP, DIR_SENT, DataEvent, EventHeader, EventKind, FLAG_TASK_EXITING,
-    STACK_DEPTH, SockTuple,
+    STACK_DEPTH, SockTuple, UserStackHeader,
 };
 
 #[derive(Clone, Debug, PartialEq)]
@@ -80,6 +80,24 @@ pub struct Data {
 pub struct Stacks {
     pub kernel: Result<Vec<u64>, i64>,
     pub user: Result<Vec<u64>, i64>,
+    /// Registers and stack bytes for dwarf unwinding, when the close
+    /// carried them (`--user-stack dwarf|auto`).
+    pub user_copy: Option<UserStackCopy>,
+    /// The dwarf unwind of `user_copy` (made as soon as the event is read,
+    /// and the copy dropped: reports in flight hold ~1 KiB, not 16).
+    pub dwarf: Option<crate::unwind::Unwound>,
+}
+
+/// The closing thread's user registers at the syscall and the stack bytes
+/// from `sp` up, as the kernel copied them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserStackCopy {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// `wstrace_common::ustack` status.
+    pub status: u32,
+    pub bytes: Vec<u8>,
 }
 
 pub fn comm_string(comm: &[u8; 16]) -> String {
@@ -114,6 +132,37 @@ fn stack(len: i64, addrs: &[u64; STACK_DEPTH]) -> Result<Vec<u64>, i64> {
     Ok(addrs[..n].iter().copied().take_while(|&a| a != 0).collect())
 }
 
+/// The stack copy after a close event, if the record has one: a
+/// [`UserStackHeader`] and `len` bytes (the kernel sends the record cut
+/// there). Fails on a trailer shorter than it says.
+fn user_copy(trailer: &[u8]) -> Result<Option<UserStackCopy>> {
+    if trailer.is_empty() {
+        return Ok(None);
+    }
+    let head = size_of::<UserStackHeader>();
+    if trailer.len() < head {
+        bail!(
+            "short stack copy in a close record: {} bytes",
+            trailer.len()
+        );
+    }
+    let h: UserStackHeader = read_pod(trailer);
+    let len = h.len as usize;
+    let Some(bytes) = trailer.get(head..head + len) else {
+        bail!(
+            "stack copy of {len} bytes in a close record with {} left",
+            trailer.len() - head
+        );
+    };
+    Ok(Some(UserStackCopy {
+        ip: h.ip,
+        sp: h.sp,
+        bp: h.bp,
+        status: h.status,
+        bytes: bytes.to_vec(),
+    }))
+}
+
 fn read_pod<T: Copy>(bytes: &[u8]) -> T {
     // SAFETY: callers checked `bytes.len() >= size_of::<T>()`; T is a
     // #[repr(C)] plain-old-data type from wstrace_common (every bit pattern
@@ -137,6 +186,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
         Some(Stacks {
             kernel: stack(c.kernel_stack_len, &c.kernel_stack),
             user: stack(c.user_stack_len, &c.user_stack),
+            user_copy: user_copy(&bytes[size_of::<CloseEvent>()..])?,
+            dwarf: None,
         })
     } else {
         None
@@ -269,7 +320,36 @@ mod tests {
         let s = e.stacks.expect("close carries stacks");
         assert_eq!(s.kernel.expect("kernel stack").len(), 3);
         assert_eq!(s.user, Err(14));
+        assert_eq!(s.user_copy, None);
         assert!(e.task_exiting);
+    }
+
+    #[test]
+    fn close_event_with_a_stack_copy() {
+        let c = CloseEvent {
+            header: header(EventKind::Close),
+            kernel_stack_len: 0,
+            user_stack_len: 8,
+            kernel_stack: [0; STACK_DEPTH],
+            user_stack: [0x401000; STACK_DEPTH],
+        };
+        let regs = UserStackHeader {
+            ip: 0x401000,
+            sp: 0x7ffd_0000_1000,
+            bp: 7,
+            len: 5,
+            status: 0,
+        };
+        let mut rec = as_bytes(&c).to_vec();
+        rec.extend_from_slice(as_bytes(&regs));
+        rec.extend_from_slice(&[1, 2, 3, 4, 5]);
+        let e = decode(&rec).expect("decodes");
+        let copy = e.stacks.expect("stacks").user_copy.expect("copy");
+        assert_eq!((copy.ip, copy.sp, copy.bp), (0x401000, 0x7ffd_0000_1000, 7));
+        assert_eq!(copy.bytes, [1, 2, 3, 4, 5]);
+        // A trailer shorter than its header says is an error, not a panic.
+        assert!(decode(&rec[..rec.len() - 1]).is_err());
+        assert!(decode(&rec[..size_of::<CloseEvent>() + 7]).is_err());
     }
 
     #[test]

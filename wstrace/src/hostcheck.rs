@@ -55,6 +55,8 @@ pub fn run(common: &CommonArgs) -> Result<()> {
         ports: &[CHECK_PORT],
         max_sockets: 1024,
         ring_bytes: 1 << 16,
+        // The default: the stack-copy path must load too.
+        user_stack_bytes: 16384,
     };
     let mut usable = Vec::new();
     for (name, choice) in [

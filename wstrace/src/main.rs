@@ -25,6 +25,7 @@ mod report_html;
 mod symbolize;
 mod tracefs;
 mod tracer;
+mod unwind;
 mod wsframe;
 
 use std::process::ExitCode;

@@ -562,6 +562,8 @@ mod tests {
         Stacks {
             kernel: Ok(vec![0xffffffff81000000]),
             user: Ok(vec![0x7f0000001000]),
+            user_copy: None,
+            dwarf: None,
         }
     }
 

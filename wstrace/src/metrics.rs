@@ -166,7 +166,9 @@ pub fn serve(addr: SocketAddr, metrics: Metrics) -> Result<SocketAddr> {
 
 async fn accept_loop(std_listener: std::net::TcpListener, metrics: Metrics) {
     let Ok(listener) = TcpListener::from_std(std_listener) else {
-        eprintln!("wstrace: error: --metrics: the listener could not join the runtime; no metrics served");
+        eprintln!(
+            "wstrace: error: --metrics: the listener could not join the runtime; no metrics served"
+        );
         return;
     };
     {

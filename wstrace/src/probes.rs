@@ -48,6 +48,8 @@ pub struct Settings<'a> {
     pub max_sockets: u32,
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub ring_bytes: u32,
+    /// User stack bytes copied per close for dwarf unwinding; 0 = none.
+    pub user_stack_bytes: u32,
 }
 
 pub struct Attached {
@@ -273,9 +275,21 @@ fn try_set(
     for (name, value) in globals::PORTS.iter().zip(ports.iter()) {
         loader.override_global(name, value, true);
     }
+    let user_stack_bytes = u64::from(settings.user_stack_bytes);
+    loader.override_global(globals::USER_STACK_BYTES, &user_stack_bytes, true);
+    // The copy is built in a scratch slot per CPU (indexed by CPU id).
+    let scratch_slots = if user_stack_bytes > 0 {
+        aya::util::nr_cpus()
+            .map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?
+            .try_into()
+            .unwrap_or(u32::MAX)
+    } else {
+        1
+    };
     loader
         .map_max_entries("UPGRADED", settings.max_sockets)
-        .map_max_entries("EVENTS", settings.ring_bytes);
+        .map_max_entries("EVENTS", settings.ring_bytes)
+        .map_max_entries("CLOSE_SCRATCH", scratch_slots);
     let mut ebpf = loader
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;

@@ -33,6 +33,10 @@ use blazesym::symbolize::evict::{self, Evict};
 use blazesym::symbolize::source::{Kernel, Process, Source};
 use blazesym::symbolize::{CodeInfo, Input, Reason, Sym, Symbolized};
 use blazesym::{MaybeDefault, Pid};
+use wstrace_common::ustack;
+
+use crate::events::UserStackCopy;
+use crate::unwind::{End, Unwinder, Unwound};
 
 /// A process writes the HTTP 101 once per WebSocket: on a busy server that is
 /// many times a second, and re-reading its maps (and re-caching its perf map)
@@ -66,6 +70,8 @@ pub struct Symbolizer {
     /// forgotten: the same address means the same code only while the
     /// mappings are the ones the stack was symbolized with.
     user_stacks: HashMap<(u32, Vec<u64>), Vec<String>>,
+    /// Unwind tables of the same remembered processes (dwarf user stacks).
+    unwind: Unwinder,
 }
 
 /// Entries per stack cache; when full it starts over (distinct stacks are
@@ -190,6 +196,7 @@ impl Symbolizer {
             procs: HashMap::new(),
             kernel_stacks: HashMap::new(),
             user_stacks: HashMap::new(),
+            unwind: Unwinder::new(),
         }
     }
 
@@ -264,6 +271,7 @@ impl Symbolizer {
             self.unpin(&r.pinned);
         }
         self.user_stacks.retain(|(p, _), _| *p != pid);
+        self.unwind.forget(pid);
         // Only fails for things we do not ask for; nothing to report.
         let _ = self
             .inner
@@ -309,6 +317,27 @@ impl Symbolizer {
             .zip(&resolved)
             .map(|(&addr, frame)| format_kernel_frame(addr, frame.as_ref()))
             .collect()
+    }
+
+    /// Dwarf-unwinds a stack copy of process `pid` with the unwind tables
+    /// of its remembered maps (remembering it now if it is not, which works
+    /// while it lives).
+    pub fn unwind_user(&mut self, pid: u32, copy: &UserStackCopy) -> Unwound {
+        let no_frames = |why: &str| Unwound {
+            addrs: Vec::new(),
+            end: End::Stopped(why.to_string()),
+        };
+        match copy.status {
+            ustack::OK => {}
+            ustack::NO_REGS => return no_frames("the kernel found no user registers"),
+            _ => return no_frames("the stack at sp was unreadable"),
+        }
+        if pid != 0 && !self.unwind.remembers(pid) {
+            self.refresh_process(pid, false);
+        }
+        self.unwind
+            .unwind(pid, copy)
+            .unwrap_or_else(|| no_frames("the process exited before its maps were read"))
     }
 
     /// User frames of process `pid`, innermost first: `func+0x1f (/usr/lib/x86_64-linux-gnu/libc.so.6)`,
@@ -441,6 +470,9 @@ impl Symbolizer {
         }
         if !same_code {
             self.user_stacks.retain(|(p, _), _| *p != pid);
+        }
+        if !same_code || !self.unwind.remembers(pid) {
+            self.unwind.remember(pid, &maps, |m| map_files_path(pid, m));
         }
         let bpid = Pid::from(pid);
         // Start over: caching the maps replaces blazesym's old copy anyway,

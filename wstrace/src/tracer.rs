@@ -13,19 +13,49 @@ use tokio::{
 };
 use wstrace_common::{EventKind, MAX_PORTS};
 
+use crate::output::UserWalk;
 use crate::{
     btf,
-    cli::{ColorChoice, CommonArgs},
+    cli::{ColorChoice, CommonArgs, UserStackMode},
     diagnose::{self, Facts},
     events, http, hz,
     matcher::{CloseReport, Matcher},
     metrics, output, peer, privileges, probes, procinfo,
     symbolize::Symbolizer,
-    tracefs, wsframe,
+    tracefs,
+    unwind::{self, Walk},
+    wsframe,
 };
 
 /// Ring buffer size: ~3,700 close events (1.1 KiB each) of headroom.
 const RING_BYTES: u32 = 4 * 1024 * 1024;
+/// With user stack copies (16 KiB by default): ~1,000 closes of headroom.
+const RING_BYTES_WITH_STACKS: u32 = 16 * 1024 * 1024;
+
+/// Bytes of user stack the kernel copies per close: the asked size for
+/// dwarf/auto, 0 (no copy) for fp, or where the registers cannot be found
+/// (not x86_64, or no `task_struct.stack` in the kernel's BTF).
+fn user_stack_copy_bytes(common: &CommonArgs, offsets: &btf::KernelOffsets) -> u32 {
+    let possible = cfg!(target_arch = "x86_64")
+        && offsets
+            .get(wstrace_common::globals::TASK_STACK)
+            .is_some_and(|o| o != wstrace_common::globals::ABSENT);
+    match common.user_stack {
+        UserStackMode::Fp => 0,
+        _ if !possible => {
+            eprintln!(
+                "wstrace: note: user stacks follow frame pointers only: {}",
+                if cfg!(target_arch = "x86_64") {
+                    "the kernel's BTF has no task_struct.stack"
+                } else {
+                    "dwarf unwinding is implemented for x86_64 only"
+                }
+            );
+            0
+        }
+        _ => common.user_stack_size,
+    }
+}
 
 pub struct Options<'a> {
     pub ports: &'a [u16],
@@ -110,10 +140,16 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
     }
     let offsets = btf::resolve(&opts.common.btf)?;
     let root = tracefs::ensure_mounted()?;
+    let user_stack_bytes = user_stack_copy_bytes(opts.common, &offsets);
     let settings = probes::Settings {
         ports: opts.ports,
         max_sockets: opts.common.max_sockets,
-        ring_bytes: RING_BYTES,
+        ring_bytes: if user_stack_bytes > 0 {
+            RING_BYTES_WITH_STACKS
+        } else {
+            RING_BYTES
+        },
+        user_stack_bytes,
     };
     let mut attached = probes::attach(opts.common.probe, &settings, &offsets, &root)?;
     for s in &attached.skipped {
@@ -157,6 +193,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
         servers,
         log,
         metrics,
+        user_stack: opts.common.user_stack,
     };
     let mut matcher = Matcher::with_capacity(attached.set, opts.common.max_sockets as usize);
     let mut evicted_reported = 0u64;
@@ -309,6 +346,7 @@ struct Sink {
     /// `--output`; dropped (with one error message) when it fails.
     log: Option<output::logfile::LogFile>,
     metrics: Option<metrics::Metrics>,
+    user_stack: UserStackMode,
 }
 
 /// One ring-buffer record through the matcher to the output. True once
@@ -319,7 +357,7 @@ fn deliver(
     item: aya::maps::ring_buf::RingBufItem<'_>,
     limit: u64,
 ) -> Result<bool> {
-    let ev = match events::decode(&item) {
+    let mut ev = match events::decode(&item) {
         Ok(ev) => ev,
         Err(e) => {
             eprintln!("wstrace: warning: undecodable event: {e:#}");
@@ -329,6 +367,7 @@ fn deliver(
     // Hands the slot back to the kernel before the (slower) printing.
     drop(item);
     sink.observe(&ev);
+    sink.unwind(&mut ev);
     for r in matcher.on_event(ev) {
         sink.print(&r)?;
         if sink.printed >= limit {
@@ -360,6 +399,16 @@ const MAX_PEERS: usize = 16384;
 impl Sink {
     /// Read what must be read while the process lives: its executable path
     /// and (at the upgrade) its memory maps for later symbolization.
+    /// Replaces a close's stack copy by its dwarf unwind, now: the process
+    /// may exit any moment, and a report in flight should not hold 16 KiB.
+    fn unwind(&mut self, ev: &mut events::Event) {
+        if let Some(stacks) = &mut ev.stacks
+            && let Some(copy) = stacks.user_copy.take()
+        {
+            stacks.dwarf = Some(self.symbolizer.unwind_user(ev.pid, &copy));
+        }
+    }
+
     fn observe(&mut self, ev: &events::Event) {
         if matches!(ev.kind, EventKind::Upgrade | EventKind::Close) {
             self.check_identity(ev);
@@ -425,16 +474,31 @@ impl Sink {
     }
 
     fn print(&mut self, r: &CloseReport) -> Result<()> {
+        let mut user_walk = UserWalk::default();
         let (kernel_stack, user_stack, process) = match &r.closer {
             Some(c) => {
                 let k = match &c.stacks.kernel {
                     Ok(a) => self.symbolizer.kernel_stack(a),
                     Err(e) => vec![format!("[kernel stack unavailable: errno {e}]")],
                 };
-                let u = match (&c.stacks.user, c.at_exit) {
-                    (_, true) => vec!["[none: closed at process exit]".to_string()],
-                    (Ok(a), false) => self.symbolizer.user_stack(c.pid, a),
-                    (Err(e), false) => vec![format!("[user stack unavailable: errno {e}]")],
+                let (walk, note) =
+                    unwind::choose(self.user_stack, &c.stacks.user, c.stacks.dwarf.as_ref());
+                user_walk = UserWalk {
+                    walk: Some(walk),
+                    note,
+                    end: None,
+                };
+                let u = match (walk, &c.stacks.dwarf, &c.stacks.user, c.at_exit) {
+                    (_, _, _, true) => {
+                        user_walk.walk = None;
+                        vec!["[none: closed at process exit]".to_string()]
+                    }
+                    (Walk::Dwarf, Some(d), _, false) => {
+                        user_walk.end = Some(d.end.clone());
+                        self.symbolizer.user_stack(c.pid, &d.addrs)
+                    }
+                    (_, _, Ok(a), false) => self.symbolizer.user_stack(c.pid, a),
+                    (_, _, Err(e), false) => vec![format!("[user stack unavailable: errno {e}]")],
                 };
                 (k, u, self.procs.get(c.pid))
             }
@@ -470,6 +534,7 @@ impl Sink {
             host: &self.host,
             kernel_stack,
             user_stack,
+            user_walk,
             request,
             frames,
             idle_ms,

@@ -65,16 +65,24 @@ enum Tracer {
     /// far two identical runs differ on this machine.
     Repeat,
     Wstrace,
+    /// wstrace without the per-close user stack copy (frame pointers only):
+    /// what the dwarf unwinding costs under churn.
+    WstraceFp,
     Bpftrace,
     Strace,
 }
 
 impl Tracer {
+    fn is_wstrace(self) -> bool {
+        matches!(self, Tracer::Wstrace | Tracer::WstraceFp)
+    }
+
     fn name(self) -> &'static str {
         match self {
             Tracer::None => "none",
             Tracer::Repeat => "none again (A/A)",
             Tracer::Wstrace => "wstrace",
+            Tracer::WstraceFp => "wstrace --user-stack fp",
             Tracer::Bpftrace => "bpftrace script",
             Tracer::Strace => "strace -f",
         }
@@ -181,8 +189,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         secs: args.secs,
         ..Default::default()
     };
-    let steady_variants = [Tracer::None, Tracer::Wstrace, Tracer::Bpftrace, Tracer::Strace];
-    let pair = [Tracer::None, Tracer::Wstrace];
+    let steady_variants = [
+        Tracer::None,
+        Tracer::Wstrace,
+        Tracer::Bpftrace,
+        Tracer::Strace,
+    ];
+    let pair = [Tracer::None, Tracer::Wstrace, Tracer::WstraceFp];
     let mut steady: Vec<(Tracer, Vec<Steady>)> =
         steady_variants.iter().map(|t| (*t, Vec::new())).collect();
     let mut churn: Vec<(Placement, Tracer, Vec<Churn>)> = [Placement::Shared, Placement::Pinned]
@@ -191,11 +204,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .collect();
     // bpftrace too: it shows what the syscall tracepoints themselves cost
     // every process once enabled, whatever program runs on them.
-    let mut unrelated: Vec<(Tracer, Vec<Steady>)> =
-        [Tracer::None, Tracer::Repeat, Tracer::Wstrace, Tracer::Bpftrace]
-        .iter()
-        .map(|t| (*t, Vec::new()))
-        .collect();
+    let mut unrelated: Vec<(Tracer, Vec<Steady>)> = [
+        Tracer::None,
+        Tracer::Repeat,
+        Tracer::Wstrace,
+        Tracer::Bpftrace,
+    ]
+    .iter()
+    .map(|t| (*t, Vec::new()))
+    .collect();
     let mut probe_set = String::new();
     let mut churn_port = CHURN_PORT_BASE;
 
@@ -387,7 +404,11 @@ impl Proc {
                 break;
             }
             if r < 0 {
-                bail!("waiting for {}: {}", self.name, std::io::Error::last_os_error());
+                bail!(
+                    "waiting for {}: {}",
+                    self.name,
+                    std::io::Error::last_os_error()
+                );
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
@@ -507,18 +528,20 @@ fn start_tracer(
 ) -> Result<Option<Proc>> {
     let p = match tracer {
         Tracer::None | Tracer::Repeat => return Ok(None),
-        Tracer::Wstrace => {
-            let p = Proc::spawn(
-                "wstrace",
-                on_cpu(&bins.wstrace, cpu).args([
-                    "--port",
-                    &port.to_string(),
-                    "--probe",
-                    &args.probe,
-                    "--format",
-                    "json",
-                ]),
-            )?;
+        Tracer::Wstrace | Tracer::WstraceFp => {
+            let mut cmd = on_cpu(&bins.wstrace, cpu);
+            cmd.args([
+                "--port",
+                &port.to_string(),
+                "--probe",
+                &args.probe,
+                "--format",
+                "json",
+            ]);
+            if tracer == Tracer::WstraceFp {
+                cmd.args(["--user-stack", "fp"]);
+            }
+            let p = Proc::spawn("wstrace", &mut cmd)?;
             let line = p.wait_for("wstrace: tracing port", true, Duration::from_secs(30))?;
             // "wstrace: tracing port 18801 with tracepoint probes"
             if let Some(set) = line.split(" with ").nth(1) {
@@ -558,7 +581,15 @@ fn steady_run(
     probe_set: &mut String,
 ) -> Result<Steady> {
     let srv = server(bins, "echo", port, None)?;
-    let t = start_tracer(bins, args, tracer, TRACED_PORT, srv.child.id(), None, probe_set)?;
+    let t = start_tracer(
+        bins,
+        args,
+        tracer,
+        TRACED_PORT,
+        srv.child.id(),
+        None,
+        probe_set,
+    )?;
     let out = process::output(Command::new(&bins.load).args([
         "--threads",
         "1",
@@ -572,13 +603,13 @@ fn steady_run(
         Some(mut p) => {
             let peak = p.peak_rss_mib();
             let usage = p.stop(libc::SIGINT)?;
-            (tracer == Tracer::Wstrace).then(|| usage.with_peak(peak))
+            tracer.is_wstrace().then(|| usage.with_peak(peak))
         }
         None => None,
     };
     drop(srv);
-    let v: serde_json::Value =
-        serde_json::from_str(out.trim()).with_context(|| format!("ws-bench steady printed {out:?}"))?;
+    let v: serde_json::Value = serde_json::from_str(out.trim())
+        .with_context(|| format!("ws-bench steady printed {out:?}"))?;
     let num = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
     Ok(Steady {
         msgs_per_sec: num("msgs_per_sec"),
@@ -613,12 +644,18 @@ fn churn_run(
     let out = process::output(
         on_cpu(&bins.load, place.load_cpu())
             .args(["--threads", "1", "churn", "--port", &port.to_string()])
-            .args(["--conc", CHURN_CONC, "--secs", &args.secs.to_string(), "--eof-log"])
+            .args([
+                "--conc",
+                CHURN_CONC,
+                "--secs",
+                &args.secs.to_string(),
+                "--eof-log",
+            ])
             .arg(&eof_log),
     )?;
     drop(srv);
-    let v: serde_json::Value =
-        serde_json::from_str(out.trim()).with_context(|| format!("ws-bench churn printed {out:?}"))?;
+    let v: serde_json::Value = serde_json::from_str(out.trim())
+        .with_context(|| format!("ws-bench churn printed {out:?}"))?;
     let num = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
     let mut run = Churn {
         connections: num("connections") as u64,
@@ -684,7 +721,9 @@ fn close_to_report_us(eof_log: &str, reports: &[(u64, u16)]) -> Vec<f64> {
     let mut by_port: HashMap<u16, Vec<u64>> = HashMap::new();
     for line in eof_log.lines() {
         let mut it = line.split_whitespace();
-        if let (Some(Ok(port)), Some(Ok(ns))) = (it.next().map(str::parse), it.next().map(str::parse)) {
+        if let (Some(Ok(port)), Some(Ok(ns))) =
+            (it.next().map(str::parse), it.next().map(str::parse))
+        {
             by_port.entry(port).or_default().push(ns);
         }
     }
@@ -722,7 +761,10 @@ fn median(values: impl IntoIterator<Item = f64>) -> f64 {
 
 /// CLOCK_MONOTONIC in ns, the clock ws-bench's EOF log uses.
 fn mono_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -742,7 +784,9 @@ fn machine() -> String {
         .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
         .map(str::trim)
         .unwrap_or("unknown CPU");
-    let cpus = thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mem_kib: f64 = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -803,7 +847,11 @@ fn ratio_text(base: &[f64], variant: &[f64]) -> String {
 fn cost_goal(ratio: f64, max_cost: f64) -> String {
     let cost = 1.0 - ratio;
     if cost <= max_cost {
-        format!("met (cost {:.1}%, goal ≤ {:.0}%)", cost * 100.0, max_cost * 100.0)
+        format!(
+            "met (cost {:.1}%, goal ≤ {:.0}%)",
+            cost * 100.0,
+            max_cost * 100.0
+        )
     } else {
         format!(
             "**MISSED** by {:.1} points (cost {:.1}%, goal ≤ {:.0}%)",
@@ -845,7 +893,10 @@ fn render(r: &Results) -> String {
     );
 
     // 1. steady
-    push(&mut md, "## 1. Steady state: WebSocket echo on the traced port\n".into());
+    push(
+        &mut md,
+        "## 1. Steady state: WebSocket echo on the traced port\n".into(),
+    );
     push(
         &mut md,
         "32 upgraded connections, 8 messages of 32 bytes in flight on each; one server thread, one client thread. \
@@ -897,7 +948,9 @@ fn render(r: &Results) -> String {
              the server (one thread) writes the 101 and closes. Every connection is one report wstrace must print. \
              Shared placement is the worst case: the load alone saturates both CPUs, so every cycle the daemon spends \
              on a report is taken from it. Pinned placement leaves the daemon a CPU of its own, so the ratio is what the \
-             probes cost the traced processes themselves (the daemon's CPU is in section 4).\n"
+             probes cost the traced processes themselves (the daemon's CPU is in section 4). \
+             `wstrace` runs with its defaults, so every close also carries a 16 KiB copy of the closing thread's stack \
+             for dwarf unwinding; `wstrace --user-stack fp` is the same without that copy.\n"
         ),
     );
     push(
@@ -921,14 +974,16 @@ fn render(r: &Results) -> String {
             let conns: u64 = runs.iter().map(|c| c.connections + c.failed).sum();
             let reports: u64 = runs.iter().map(|c| c.reports).sum();
             let lost: u64 = runs.iter().map(|c| c.lost).sum();
-            let (counts, lat, goal) = if *t == Tracer::Wstrace {
+            let (counts, lat, goal) = if t.is_wstrace() {
                 let p50 = median(runs.iter().filter_map(|c| c.close_to_report_p50_us));
                 let p99 = median(runs.iter().filter_map(|c| c.close_to_report_p99_us));
                 let mut goal = cost_goal(rt, CHURN_GOAL_MAX_COST);
                 if reports == conns {
                     goal.push_str("; counts equal");
                 } else {
-                    goal.push_str(&format!("; **reports ≠ connections** ({reports} vs {conns})"));
+                    goal.push_str(&format!(
+                        "; **reports ≠ connections** ({reports} vs {conns})"
+                    ));
                 }
                 if lost > 0 {
                     goal.push_str(&format!("; **{lost} events lost**"));
@@ -948,7 +1003,11 @@ fn render(r: &Results) -> String {
                     t.name(),
                     median(rate.iter().copied()),
                     ratio_text(&base_churn, &rate),
-                    if *t == Tracer::Wstrace { lost.to_string() } else { "-".into() },
+                    if t.is_wstrace() {
+                        lost.to_string()
+                    } else {
+                        "-".into()
+                    },
                 ),
             );
         }
@@ -1034,7 +1093,8 @@ fn render(r: &Results) -> String {
     );
     push(
         &mut md,
-        "| run | wstrace CPU s | CPU % | peak RSS MiB | goal (RSS ≤ 48 MiB) |\n|-|-:|-:|-:|-|".into(),
+        "| run | wstrace CPU s | CPU % | peak RSS MiB | goal (RSS ≤ 48 MiB) |\n|-|-:|-:|-:|-|"
+            .into(),
     );
     let wst = |runs: &[Option<Rusage>]| -> Option<(f64, f64, f64)> {
         let u: Vec<Rusage> = runs.iter().flatten().copied().collect();
@@ -1050,15 +1110,27 @@ fn render(r: &Results) -> String {
     let rows: Vec<(&str, Vec<Option<Rusage>>)> = vec![
         (
             "steady echo",
-            r.steady.iter().filter(|(t, _)| *t == Tracer::Wstrace).flat_map(|(_, v)| v.iter().map(|s| s.daemon)).collect(),
+            r.steady
+                .iter()
+                .filter(|(t, _)| *t == Tracer::Wstrace)
+                .flat_map(|(_, v)| v.iter().map(|s| s.daemon))
+                .collect(),
         ),
         (
             "churn",
-            r.churn.iter().filter(|(_, t, _)| *t == Tracer::Wstrace).flat_map(|(_, _, v)| v.iter().map(|s| s.daemon)).collect(),
+            r.churn
+                .iter()
+                .filter(|(_, t, _)| *t == Tracer::Wstrace)
+                .flat_map(|(_, _, v)| v.iter().map(|s| s.daemon))
+                .collect(),
         ),
         (
             "unrelated traffic",
-            r.unrelated.iter().filter(|(t, _)| *t == Tracer::Wstrace).flat_map(|(_, v)| v.iter().map(|s| s.daemon)).collect(),
+            r.unrelated
+                .iter()
+                .filter(|(t, _)| *t == Tracer::Wstrace)
+                .flat_map(|(_, v)| v.iter().map(|s| s.daemon))
+                .collect(),
         ),
     ];
     for (name, usage) in rows {
@@ -1068,7 +1140,10 @@ fn render(r: &Results) -> String {
             } else {
                 format!("**MISSED** by {:.1} MiB", rss - RSS_GOAL_MIB)
             };
-            push(&mut md, format!("| {name} | {cpu:.2} | {pct:.1} | {rss:.1} (max) | {goal} |"));
+            push(
+                &mut md,
+                format!("| {name} | {cpu:.2} | {pct:.1} | {rss:.1} (max) | {goal} |"),
+            );
         }
     }
     md
@@ -1083,7 +1158,10 @@ mod tests {
         let eofs = "40000 1000000\n40001 1500000\n40000 9000000\n";
         // Reports arrive 0.2 ms after each EOF; port 40000 was used twice.
         let reports = [(1_200_000, 40000), (1_700_000, 40001), (9_200_000, 40000)];
-        assert_eq!(close_to_report_us(eofs, &reports), vec![200.0, 200.0, 200.0]);
+        assert_eq!(
+            close_to_report_us(eofs, &reports),
+            vec![200.0, 200.0, 200.0]
+        );
     }
 
     #[test]
@@ -1097,7 +1175,10 @@ mod tests {
         let stderr = "wstrace: warning: 3 events lost (ring buffer full); reports may be missing\n\
                       wstrace: 7 events were lost in total (ring buffer full)\n";
         assert_eq!(lost_total(stderr), 7);
-        assert_eq!(lost_total("wstrace: tracing port 1 with tracepoint probes\n"), 0);
+        assert_eq!(
+            lost_total("wstrace: tracing port 1 with tracepoint probes\n"),
+            0
+        );
     }
 
     #[test]

@@ -94,8 +94,10 @@ impl Blob {
             let end = start.checked_add(len)?;
             (end <= data.len()).then_some((start, end))
         };
-        let (type_start, type_end) = section(type_off, type_len).ok_or("type section out of bounds")?;
-        let (str_start, str_end) = section(str_off, str_len).ok_or("string section out of bounds")?;
+        let (type_start, type_end) =
+            section(type_off, type_len).ok_or("type section out of bounds")?;
+        let (str_start, str_end) =
+            section(str_off, str_len).ok_or("string section out of bounds")?;
         let mut blob = Blob {
             data,
             str_start,
@@ -108,10 +110,13 @@ impl Blob {
         let mut at = type_start;
         while at < type_end {
             let t = blob.header(at).ok_or("truncated type record")?;
-            let len = t.data_len().ok_or_else(|| format!("unknown type kind {}", t.kind))?;
+            let len = t
+                .data_len()
+                .ok_or_else(|| format!("unknown type kind {}", t.kind))?;
             let next = t.data.checked_add(len).filter(|&n| n <= type_end);
             let next = next.ok_or("type record runs past its section")?;
-            blob.offsets.push(u32::try_from(at).map_err(|_| "blob too large")?);
+            blob.offsets
+                .push(u32::try_from(at).map_err(|_| "blob too large")?);
             let id = blob.offsets.len() as u32;
             let index = match t.kind {
                 KIND_STRUCT if t.size_or_type > 0 => Some(&mut blob.structs),
@@ -159,7 +164,11 @@ impl Blob {
 
     /// Members of a struct or union (empty for other kinds).
     pub fn members(&self, t: &Type) -> impl Iterator<Item = Member> + '_ {
-        let n = if matches!(t.kind, KIND_STRUCT | KIND_UNION) { t.vlen } else { 0 };
+        let n = if matches!(t.kind, KIND_STRUCT | KIND_UNION) {
+            t.vlen
+        } else {
+            0
+        };
         let (base, kflag) = (t.data, t.kflag);
         (0..n as usize).filter_map(move |i| {
             let at = base + i * 12;
@@ -188,7 +197,10 @@ impl Blob {
     /// ARRAY: (element type, number of elements).
     pub fn array(&self, t: &Type) -> Option<(u32, u32)> {
         (t.kind == KIND_ARRAY).then_some(())?;
-        Some((read_u32(&self.data, t.data)?, read_u32(&self.data, t.data + 8)?))
+        Some((
+            read_u32(&self.data, t.data)?,
+            read_u32(&self.data, t.data + 8)?,
+        ))
     }
 
     /// ENUM / ENUM64 enumerators: (name_off, value as i64 or u64 per kflag).
@@ -205,7 +217,11 @@ impl Blob {
             let lo = read_u32(&self.data, at + 4)?;
             let value = if kind == KIND_ENUM64 {
                 let v = u64::from(lo) | (u64::from(read_u32(&self.data, at + 8)?) << 32);
-                if signed { EnumValue::Signed(v as i64) } else { EnumValue::Unsigned(v) }
+                if signed {
+                    EnumValue::Signed(v as i64)
+                } else {
+                    EnumValue::Unsigned(v)
+                }
             } else if signed {
                 EnumValue::Signed(i64::from(lo as i32))
             } else {
@@ -268,18 +284,36 @@ mod tests {
         let strings = b"\0int\0s\0a\0b\0e\0X\0";
         let (int, s, a, b, e, x) = (1u32, 5, 7, 9, 11, 13);
         let mut types: Vec<u32> = vec![
-            int, KIND_INT << 24, 4, 32,
-            s, (KIND_STRUCT << 24) | (1 << 31) | 2, 8,
-            a, 1, 0,
-            b, 1, (3 << 24) | 32,
-            e, (KIND_ENUM << 24) | 1, 4,
-            x, 7,
+            int,
+            KIND_INT << 24,
+            4,
+            32,
+            s,
+            (KIND_STRUCT << 24) | (1 << 31) | 2,
+            8,
+            a,
+            1,
+            0,
+            b,
+            1,
+            (3 << 24) | 32,
+            e,
+            (KIND_ENUM << 24) | 1,
+            4,
+            x,
+            7,
         ];
         let type_bytes: Vec<u8> = types.drain(..).flat_map(u32::to_ne_bytes).collect();
         let mut blob = Vec::new();
         blob.extend(MAGIC.to_ne_bytes());
         blob.extend([1u8, 0]);
-        for v in [24u32, 0, type_bytes.len() as u32, type_bytes.len() as u32, strings.len() as u32] {
+        for v in [
+            24u32,
+            0,
+            type_bytes.len() as u32,
+            type_bytes.len() as u32,
+            strings.len() as u32,
+        ] {
             blob.extend(v.to_ne_bytes());
         }
         blob.extend(type_bytes);
@@ -293,8 +327,14 @@ mod tests {
         let sid = b.structs["s"];
         let s = b.ty(sid).expect("struct");
         let m: Vec<_> = b.members(&s).collect();
-        assert_eq!((b.name(m[0].name_off), m[0].bit_offset, m[0].bitfield_size), (Some("a"), 0, 0));
-        assert_eq!((b.name(m[1].name_off), m[1].bit_offset, m[1].bitfield_size), (Some("b"), 32, 3));
+        assert_eq!(
+            (b.name(m[0].name_off), m[0].bit_offset, m[0].bitfield_size),
+            (Some("a"), 0, 0)
+        );
+        assert_eq!(
+            (b.name(m[1].name_off), m[1].bit_offset, m[1].bitfield_size),
+            (Some("b"), 32, 3)
+        );
         let e = b.ty(b.enums["e"]).expect("enum");
         let vals: Vec<_> = b.enumerators(&e).collect();
         assert_eq!(vals, vec![(13, EnumValue::Unsigned(7))]);

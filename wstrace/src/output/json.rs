@@ -31,6 +31,12 @@ struct Line<'a> {
     bytes_received_after_upgrade: u64,
     kernel_stack: &'a [String],
     user_stack: &'a [String],
+    /// `dwarf` or `fp`; null without a user stack.
+    user_stack_unwind: Option<&'static str>,
+    /// dwarf: `complete`, `truncated` or `stopped: <why>`.
+    user_stack_end: Option<String>,
+    /// Why dwarf unwinding was asked for and not used.
+    user_stack_note: Option<&'a str>,
     upgraded_by: Proc<'a>,
     probe: &'static str,
     notes: &'a [String],
@@ -91,7 +97,11 @@ fn request(h: &RequestHead) -> Request<'_> {
         x_forwarded_for: h.header("x-forwarded-for"),
         user_agent: h.header("user-agent"),
         complete: h.complete,
-        headers: h.headers.iter().map(|(n, v)| [n.as_str(), v.as_str()]).collect(),
+        headers: h
+            .headers
+            .iter()
+            .map(|(n, v)| [n.as_str(), v.as_str()])
+            .collect(),
     }
 }
 
@@ -118,6 +128,9 @@ fn line<'a>(v: &'a View<'a>) -> Line<'a> {
         bytes_received_after_upgrade: r.bytes_received_after_upgrade,
         kernel_stack: &v.kernel_stack,
         user_stack: &v.user_stack,
+        user_stack_unwind: v.user_walk.walk.map(|w| w.name()),
+        user_stack_end: v.user_walk.end_str(),
+        user_stack_note: v.user_walk.note.as_deref(),
         upgraded_by: Proc {
             pid: r.upgrader.pid,
             tid: r.upgrader.tid,

@@ -144,7 +144,13 @@ pub fn render(v: &View<'_>, color: bool) -> String {
     }
     if r.closer.is_some() {
         stack(&mut out, &p, "kernel stack", &v.kernel_stack);
-        stack(&mut out, &p, "user stack", &v.user_stack);
+        let how = v.user_walk.describe();
+        let title = if how.is_empty() {
+            "user stack".to_string()
+        } else {
+            format!("user stack ({how})")
+        };
+        stack(&mut out, &p, &title, &v.user_stack);
     }
     out
 }

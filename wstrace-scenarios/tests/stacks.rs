@@ -1,0 +1,200 @@
+//! User stacks through code built without frame pointers: the close probe
+//! copies the closing thread's registers and stack, and wstrace unwinds the
+//! copy with the binaries' .eh_frame (`--user-stack dwarf`), against the
+//! kernel's frame-pointer walk (`--user-stack fp`). Real kernel, real
+//! servers: a C server built `-O2 -fomit-frame-pointer` (tests/c/deep_close.c)
+//! and the Rust scenario server in release mode. Needs root (loud SKIPPED
+//! banner otherwise) and a C compiler (`cc`).
+mod common;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::Mutex,
+    time::Duration,
+};
+
+use common::{Kill, Tracer, root_or_skip, server, target, upgrade_once};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// tests/c/deep_close.c, compiled like a distro server: optimised, no frame
+/// pointers (sibling calls off so the chain is real calls, as it would be
+/// in a server doing work after each call).
+fn deep_close_bin() -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/c/deep_close.c");
+    let out = target().join("c/deep_close");
+    std::fs::create_dir_all(out.parent().expect("parent")).expect("mkdir target/c");
+    let status = Command::new("cc")
+        .args([
+            "-O2",
+            "-g",
+            "-fomit-frame-pointer",
+            "-fno-optimize-sibling-calls",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("running cc (install a C compiler: apt-get install gcc)");
+    assert!(status.success(), "cc failed on {}", src.display());
+    out
+}
+
+fn deep_close(args: &[&str]) -> (Kill, u16) {
+    let mut c = Command::new(deep_close_bin())
+        .arg("0")
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("deep_close");
+    let mut line = String::new();
+    BufReader::new(c.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("READY");
+    let port = line
+        .trim()
+        .strip_prefix("READY ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("deep_close did not print READY <port>: {line:?}"));
+    (Kill(c), port)
+}
+
+/// One upgrade through wstrace with `extra` flags: the report.
+fn one_report(port: u16, extra: &[&str]) -> serde_json::Value {
+    let t = Tracer::start(port, extra);
+    upgrade_once(port);
+    let mut reports = t.wait_for_reports(1, Duration::from_secs(10));
+    assert_eq!(reports.len(), 1, "one report; stderr: {}", t.stderr_text());
+    reports.remove(0)
+}
+
+fn user_stack(r: &serde_json::Value) -> Vec<String> {
+    r["user_stack"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The ws_level_N numbers in the order the frames list them.
+fn levels(stack: &[String]) -> Vec<u32> {
+    stack
+        .iter()
+        .filter_map(|f| {
+            let rest = f.strip_prefix("ws_level_")?;
+            let n: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            n.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn dwarf_unwinding_lists_every_frame_that_frame_pointers_miss() {
+    if !root_or_skip("dwarf_unwinding_lists_every_frame_that_frame_pointers_miss") {
+        return;
+    }
+    let _serial = serial();
+    let (_srv, port) = deep_close(&[]);
+
+    let dwarf = one_report(port, &["--user-stack", "dwarf"]);
+    let stack = user_stack(&dwarf);
+    assert_eq!(dwarf["user_stack_unwind"], "dwarf", "{dwarf}");
+    assert_eq!(dwarf["user_stack_end"], "complete", "{dwarf}");
+    assert_eq!(
+        levels(&stack),
+        [9, 8, 7, 6, 5, 4, 3, 2, 1],
+        "every level, innermost first: {stack:#?}"
+    );
+    // Below the chain: main, with its source line (built with -g).
+    let main = stack
+        .iter()
+        .position(|f| f.starts_with("main+"))
+        .unwrap_or_else(|| panic!("main in the dwarf stack: {stack:#?}"));
+    assert!(stack[main].contains("deep_close.c:"), "{}", stack[main]);
+    assert!(
+        stack.iter().position(|f| f.starts_with("ws_level_1+")) < Some(main),
+        "{stack:#?}"
+    );
+
+    let fp = one_report(port, &["--user-stack", "fp"]);
+    let fp_stack = user_stack(&fp);
+    assert_eq!(fp["user_stack_unwind"], "fp", "{fp}");
+    assert_eq!(fp["user_stack_end"], serde_json::Value::Null, "{fp}");
+    assert!(
+        levels(&fp_stack).len() <= 2 && fp_stack.len() < stack.len(),
+        "the frame-pointer walk should stop early in code without frame pointers: {fp_stack:#?}"
+    );
+    eprintln!(
+        "deep_close: dwarf {} frames ({} levels), frame pointers {} frames ({} levels)",
+        stack.len(),
+        levels(&stack).len(),
+        fp_stack.len(),
+        levels(&fp_stack).len()
+    );
+
+    // auto (the default) picks the longer, dwarf, walk.
+    let auto = one_report(port, &[]);
+    assert_eq!(auto["user_stack_unwind"], "dwarf", "{auto}");
+    assert_eq!(levels(&user_stack(&auto)).len(), 9, "{auto}");
+}
+
+#[test]
+fn a_closer_that_exits_at_once_is_still_unwound() {
+    if !root_or_skip("a_closer_that_exits_at_once_is_still_unwound") {
+        return;
+    }
+    let _serial = serial();
+    let (mut srv, port) = deep_close(&["exit"]);
+    let r = one_report(port, &["--user-stack", "dwarf"]);
+    let _ = srv.0.wait();
+    let stack = user_stack(&r);
+    assert_eq!(r["user_stack_unwind"], "dwarf", "{r}");
+    assert_eq!(levels(&stack), [9, 8, 7, 6, 5, 4, 3, 2, 1], "{stack:#?}");
+}
+
+#[test]
+fn a_tiny_stack_copy_gives_the_frames_it_holds_and_says_truncated() {
+    if !root_or_skip("a_tiny_stack_copy_gives_the_frames_it_holds_and_says_truncated") {
+        return;
+    }
+    let _serial = serial();
+    let (_srv, port) = deep_close(&[]);
+    let r = one_report(port, &["--user-stack", "dwarf", "--user-stack-size", "64"]);
+    let stack = user_stack(&r);
+    assert_eq!(r["user_stack_unwind"], "dwarf", "{r}");
+    assert_eq!(r["user_stack_end"], "truncated", "{r}");
+    let got = levels(&stack);
+    assert!(
+        !got.is_empty() && got.len() < 9 && got[0] == 9,
+        "the innermost levels only: {stack:#?}"
+    );
+}
+
+#[test]
+fn a_rust_release_server_unwinds_to_main() {
+    if !root_or_skip("a_rust_release_server_unwinds_to_main") {
+        return;
+    }
+    let _serial = serial();
+    let (_srv, port) = server(&["--mode", "close-after101"]);
+    let r = one_report(port, &["--user-stack", "dwarf"]);
+    let stack = user_stack(&r);
+    assert_eq!(r["user_stack_unwind"], "dwarf", "{r}");
+    assert!(
+        stack.iter().any(|f| f.starts_with("ws_scenario::main")),
+        "the Rust main: {stack:#?}"
+    );
+    assert!(
+        stack.iter().any(|f| f.starts_with("main+")),
+        "the C main below it: {stack:#?}"
+    );
+}
