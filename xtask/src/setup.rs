@@ -22,6 +22,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "promtool, which validates the --metrics exposition in the tests",
     ),
     ("chromium", "renders `wstrace report --html` in the tests"),
+    (
+        "gcc",
+        "builds the C server without frame pointers of the user-stack tests",
+    ),
 ];
 
 /// PyPI packages for the diagnosis tests, installed into [`venv_dir`].
