@@ -7,15 +7,9 @@
 //! banner otherwise) and a C compiler (`cc`).
 mod common;
 
-use std::{
-    io::{BufRead as _, BufReader},
-    path::PathBuf,
-    process::{Command, Stdio},
-    sync::Mutex,
-    time::Duration,
-};
+use std::{path::PathBuf, process::Command, sync::Mutex, time::Duration};
 
-use common::{Kill, Tracer, root_or_skip, server, target, upgrade_once};
+use common::{Kill, Tracer, root_or_skip, server, spawn_ready, target, upgrade_once};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -47,22 +41,7 @@ fn deep_close_bin() -> PathBuf {
 }
 
 fn deep_close(args: &[&str]) -> (Kill, u16) {
-    let mut c = Command::new(deep_close_bin())
-        .arg("0")
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("deep_close");
-    let mut line = String::new();
-    BufReader::new(c.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("READY");
-    let port = line
-        .trim()
-        .strip_prefix("READY ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("deep_close did not print READY <port>: {line:?}"));
-    (Kill(c), port)
+    spawn_ready(Command::new(deep_close_bin()).arg("0").args(args))
 }
 
 /// One upgrade through wstrace with `extra` flags: the report.

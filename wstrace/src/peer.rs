@@ -92,21 +92,9 @@ impl PeerFinder {
     }
 
     fn diag_exchange(&mut self, local: SocketAddr, remote: SocketAddr) -> Result<Option<u64>, ()> {
-        use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+        use std::os::fd::AsRawFd as _;
         if self.diag.is_none() {
-            // SAFETY: plain socket(2); the fd is owned (and closed) by the OwnedFd.
-            let fd = unsafe {
-                libc::socket(
-                    libc::AF_NETLINK,
-                    libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                    libc::NETLINK_SOCK_DIAG,
-                )
-            };
-            if fd < 0 {
-                return Err(());
-            }
-            // SAFETY: `fd` is a fresh descriptor nobody else owns.
-            self.diag = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+            self.diag = Some(sock_diag_socket().ok_or(())?);
         }
         let fd = self.diag.as_ref().ok_or(())?.as_raw_fd();
         self.seq = self.seq.wrapping_add(1);
@@ -337,10 +325,10 @@ pub fn listeners(ports: &[u16], known: impl Fn(u32) -> bool) -> Vec<PeerProcess>
 }
 
 /// Inodes of the TCP sockets listening on `ports` (IPv4 and IPv6), by a
-/// sock_diag dump of the LISTEN state only; `None` if netlink fails.
-fn listening_inodes_by_diag(ports: &[u16]) -> Option<Vec<u64>> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-    // SAFETY: plain socket(2); the fd is owned (and closed) by `sock`.
+/// A NETLINK_SOCK_DIAG socket; `None` if netlink refuses one.
+fn sock_diag_socket() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain socket(2); the fd is owned (and closed) by the OwnedFd.
     let fd = unsafe {
         libc::socket(
             libc::AF_NETLINK,
@@ -348,11 +336,14 @@ fn listening_inodes_by_diag(ports: &[u16]) -> Option<Vec<u64>> {
             libc::NETLINK_SOCK_DIAG,
         )
     };
-    if fd < 0 {
-        return None;
-    }
     // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// sock_diag dump of the LISTEN state only; `None` if netlink fails.
+fn listening_inodes_by_diag(ports: &[u16]) -> Option<Vec<u64>> {
+    use std::os::fd::AsRawFd as _;
+    let sock = sock_diag_socket()?;
     let mut inodes = Vec::new();
     for family in [libc::AF_INET, libc::AF_INET6] {
         let mut req = [0u8; DIAG_REQ_LEN];

@@ -54,12 +54,14 @@ impl Drop for Kill {
 
 /// `ws-scenario serve` on 127.0.0.1 with `args` (e.g. `--mode close-after101`).
 pub fn server(args: &[&str]) -> (Kill, u16) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ws-scenario"))
-        .args(["serve", "--bind", "127.0.0.1"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("server");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ws-scenario"));
+    c.args(["serve", "--bind", "127.0.0.1"]).args(args);
+    spawn_ready(&mut c)
+}
+
+/// Spawns a test server that prints `READY <port>` once listening.
+pub fn spawn_ready(cmd: &mut Command) -> (Kill, u16) {
+    let mut c = cmd.stdout(Stdio::piped()).spawn().expect("server");
     let mut line = String::new();
     BufReader::new(c.stdout.take().expect("stdout"))
         .read_line(&mut line)
