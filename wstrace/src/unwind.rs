@@ -249,9 +249,10 @@ impl Unwinder {
     /// Drops `pid`'s modules, and files no remembered process maps any more.
     pub fn forget(&mut self, pid: u32) {
         if self.procs.remove(&pid).is_some() {
-            // A file still referenced by a module elsewhere has other owners.
+            // Modules hold the file's mapping through their section bytes:
+            // a mapping with owners besides its ElfFile is still in use.
             self.files
-                .retain(|_, f| f.as_ref().is_none_or(|f| Arc::strong_count(f) > 1));
+                .retain(|_, f| f.as_ref().is_none_or(|f| Arc::strong_count(&f.map) > 1));
         }
     }
 
@@ -521,9 +522,18 @@ mod tests {
     #[test]
     fn forget_drops_files_nobody_maps() {
         let mut u = own_unwinder();
-        assert!(u.remembers(std::process::id()));
+        let pid = std::process::id();
+        assert!(u.remembers(pid));
         assert!(u.files.values().any(|f| f.is_some()));
-        u.forget(std::process::id());
+        // A second process mapping the same files keeps them.
+        let maps = crate::symbolize::parse_maps(
+            &std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("own maps"),
+        );
+        u.remember(u32::MAX, &maps, |m| m.path.clone().unwrap_or_default());
+        let files = u.files.values().filter(|f| f.is_some()).count();
+        u.forget(pid);
+        assert_eq!(u.files.values().filter(|f| f.is_some()).count(), files);
+        u.forget(u32::MAX);
         assert!(!u.remembers(std::process::id()));
         assert!(u.files.values().all(|f| f.is_none()));
     }
