@@ -20,6 +20,7 @@ mod peer;
 mod privileges;
 mod probes;
 mod procinfo;
+mod reader;
 mod report;
 mod report_html;
 mod symbolize;

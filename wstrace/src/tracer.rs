@@ -7,10 +7,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::RingBuf;
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 use wstrace_common::{EventKind, MAX_PORTS};
 
 use crate::output::UserWalk;
@@ -20,7 +17,7 @@ use crate::{
     diagnose::{self, Facts},
     events, http, hz,
     matcher::{CloseReport, Matcher},
-    metrics, output, peer, privileges, probes, procinfo,
+    metrics, output, peer, privileges, probes, procinfo, reader,
     symbolize::Symbolizer,
     tracefs,
     unwind::{self, Walk},
@@ -31,6 +28,10 @@ use crate::{
 const RING_BYTES: u32 = 4 * 1024 * 1024;
 /// With user stack copies (16 KiB by default): ~1,000 closes of headroom.
 const RING_BYTES_WITH_STACKS: u32 = 16 * 1024 * 1024;
+/// Records copied out of the ring and waiting for the daemon, at most: the
+/// depth that rides out a stall (a binary's first symbolization) in a burst.
+/// Used only while the daemon is behind.
+const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Bytes of user stack the kernel copies per close: the asked size for
 /// dwarf/auto, 0 (no copy) for fp, or where the registers cannot be found
@@ -165,10 +166,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
         .context("EVENTS map missing from the object")?;
     let ring = RingBuf::try_from(ring).context("EVENTS is not a ring buffer")?;
     let servers = probes::take_servers(&mut attached.ebpf);
-    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
-    // until the AsyncFd (and the RingBuf inside it) is dropped.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+    let mut reader = reader::Reader::start(ring, QUEUE_BYTES)?;
 
     let color = match opts.common.color {
         ColorChoice::Always => true,
@@ -224,25 +222,12 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
 
     'outer: while sink.printed < limit {
         tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting for events")?;
-                let rb = guard.get_inner_mut();
-                let mut batch = 0usize;
-                while let Some(item) = rb.next() {
-                    batch += 1;
-                    if deliver(&mut sink, &mut matcher, item, limit)? {
-                        break 'outer;
-                    }
-                }
-                guard.clear_ready();
-                // Under load, let events gather before waiting again: the
-                // kernel wakes a caught-up reader on every record, and at
-                // 20k upgrades a second those wake-ups (context switches on
-                // a host whose CPUs are busy serving) cost more than the
-                // events. A millisecond is ~100 records, far from filling
-                // the ring; when idle, each close is still read at once.
-                if batch >= BUSY_BATCH {
-                    std::thread::sleep(BUSY_PAUSE);
+            rec = reader.records.recv() => {
+                let Some(rec) = rec else {
+                    bail!("the ring-buffer reader stopped unexpectedly");
+                };
+                if deliver(&mut sink, &mut matcher, &rec.bytes, limit)? {
+                    break 'outer;
                 }
             }
             _ = tick.tick() => {
@@ -285,14 +270,15 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
     // event produced while attached is either reported or counted as lost,
     // and closes after the signal cannot overflow the ring into false losses.
     attached.detach_all();
+    reader.finish();
     if sink.printed < limit {
-        let rb = ring.get_mut();
-        while let Some(item) = rb.next() {
-            if deliver(&mut sink, &mut matcher, item, limit)? {
+        while let Some(rec) = reader.records.recv().await {
+            if deliver(&mut sink, &mut matcher, &rec.bytes, limit)? {
                 break;
             }
         }
     }
+    drop(reader);
     // Closes already seen but not yet complete are still worth printing.
     if sink.printed < limit {
         for r in matcher.flush(monotonic_ns()) {
@@ -354,18 +340,16 @@ struct Sink {
 fn deliver(
     sink: &mut Sink,
     matcher: &mut Matcher,
-    item: aya::maps::ring_buf::RingBufItem<'_>,
+    record: &[u8],
     limit: u64,
 ) -> Result<bool> {
-    let mut ev = match events::decode(&item) {
+    let mut ev = match events::decode(record) {
         Ok(ev) => ev,
         Err(e) => {
             eprintln!("wstrace: warning: undecodable event: {e:#}");
             return Ok(false);
         }
     };
-    // Hands the slot back to the kernel before the (slower) printing.
-    drop(item);
     sink.observe(&ev);
     sink.unwind(&mut ev);
     for r in matcher.on_event(ev) {
@@ -381,11 +365,6 @@ fn deliver(
 /// exited ones forgotten). New workers of a pre-forking server are described
 /// from their first close if they lived this long before it.
 const LISTENER_SCAN_INTERVAL: Duration = Duration::from_secs(2);
-
-/// A drain of at least this many records means the host is busy: see BUSY_PAUSE.
-const BUSY_BATCH: usize = 32;
-/// Pause after a busy drain, so the next one reads a batch, not one record.
-const BUSY_PAUSE: Duration = Duration::from_millis(1);
 
 /// How long an exited process's maps are kept for closes still in flight.
 const EXITED_GRACE: Duration = Duration::from_secs(30);
