@@ -1088,7 +1088,9 @@ fn render(r: &Results) -> String {
     push(
         &mut md,
         "\n## 4. The daemon's own cost\n\nwait4 rusage of the wstrace process over the whole run (attach, load, detach); \
-         CPU % is of one core over its wall time.\n"
+         CPU % is of one core over its wall time. Peak RSS counts the ring buffer twice (the kernel maps its pages \
+         twice so records can wrap): 8 MiB for the 4 MiB ring, 32 MiB for the 16 MiB ring used with stack copies; \
+         with stack copies a daemon that falls behind also holds up to 64 MiB of copied records rather than losing them.\n"
             .into(),
     );
     push(
@@ -1121,6 +1123,14 @@ fn render(r: &Results) -> String {
             r.churn
                 .iter()
                 .filter(|(_, t, _)| *t == Tracer::Wstrace)
+                .flat_map(|(_, _, v)| v.iter().map(|s| s.daemon))
+                .collect(),
+        ),
+        (
+            "churn, --user-stack fp",
+            r.churn
+                .iter()
+                .filter(|(_, t, _)| *t == Tracer::WstraceFp)
                 .flat_map(|(_, _, v)| v.iter().map(|s| s.daemon))
                 .collect(),
         ),
