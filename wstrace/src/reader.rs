@@ -25,10 +25,12 @@ use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-/// One record, copied out of the ring. Its queue space is given back when
-/// it is dropped.
+use crate::events::{self, Event};
+
+/// One record, decoded as it is copied out of the ring (one copy of its
+/// bytes, not two). Its queue space is given back when it is dropped.
 pub struct Record {
-    pub bytes: Vec<u8>,
+    pub event: Result<Event>,
     _space: OwnedSemaphorePermit,
 }
 
@@ -113,16 +115,16 @@ fn read_loop(
         let stopping = stop.load(Ordering::Acquire);
         let mut batch = 0usize;
         while let Some(item) = ring.next() {
-            let bytes = item.to_vec();
+            let need = item.len().div_ceil(UNIT).clamp(1, units) as u32;
+            let event = events::decode(&item);
             // Hands the slot back to the kernel before waiting for space.
             drop(item);
-            let need = bytes.len().div_ceil(UNIT).clamp(1, units) as u32;
             let Some(space) = acquire(space, need, &mut waiter) else {
                 return; // the daemon is gone
             };
             if tx
                 .send(Record {
-                    bytes,
+                    event,
                     _space: space,
                 })
                 .is_err()

@@ -237,7 +237,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
                 let Some(rec) = rec else {
                     bail!("the ring-buffer reader stopped unexpectedly");
                 };
-                if deliver(&mut sink, &mut matcher, &rec.bytes, limit)? {
+                if deliver(&mut sink, &mut matcher, rec.event, limit)? {
                     break 'outer;
                 }
             }
@@ -284,7 +284,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
     reader.finish();
     if sink.printed < limit {
         while let Some(rec) = reader.records.recv().await {
-            if deliver(&mut sink, &mut matcher, &rec.bytes, limit)? {
+            if deliver(&mut sink, &mut matcher, rec.event, limit)? {
                 break;
             }
         }
@@ -346,15 +346,15 @@ struct Sink {
     user_stack: UserStackMode,
 }
 
-/// One ring-buffer record through the matcher to the output. True once
+/// One decoded ring-buffer record through the matcher to the output. True once
 /// `limit` reports are printed.
 fn deliver(
     sink: &mut Sink,
     matcher: &mut Matcher,
-    record: &[u8],
+    event: Result<events::Event>,
     limit: u64,
 ) -> Result<bool> {
-    let mut ev = match events::decode(record) {
+    let mut ev = match event {
         Ok(ev) => ev,
         Err(e) => {
             eprintln!("wstrace: warning: undecodable event: {e:#}");
