@@ -1109,6 +1109,14 @@ fn render(r: &Results) -> String {
             u.iter().map(|x| x.max_rss_mib).fold(0.0, f64::max),
         ))
     };
+    // Churn runs of one tracer variant, both placements.
+    let churn_daemon = |tracer: Tracer| -> Vec<Option<Rusage>> {
+        r.churn
+            .iter()
+            .filter(|(_, t, _)| *t == tracer)
+            .flat_map(|(_, _, v)| v.iter().map(|s| s.daemon))
+            .collect()
+    };
     let rows: Vec<(&str, Vec<Option<Rusage>>)> = vec![
         (
             "steady echo",
@@ -1118,22 +1126,8 @@ fn render(r: &Results) -> String {
                 .flat_map(|(_, v)| v.iter().map(|s| s.daemon))
                 .collect(),
         ),
-        (
-            "churn",
-            r.churn
-                .iter()
-                .filter(|(_, t, _)| *t == Tracer::Wstrace)
-                .flat_map(|(_, _, v)| v.iter().map(|s| s.daemon))
-                .collect(),
-        ),
-        (
-            "churn, --user-stack fp",
-            r.churn
-                .iter()
-                .filter(|(_, t, _)| *t == Tracer::WstraceFp)
-                .flat_map(|(_, _, v)| v.iter().map(|s| s.daemon))
-                .collect(),
-        ),
+        ("churn", churn_daemon(Tracer::Wstrace)),
+        ("churn, --user-stack fp", churn_daemon(Tracer::WstraceFp)),
         (
             "unrelated traffic",
             r.unrelated
