@@ -176,9 +176,11 @@ fn more_upgraded_sockets_than_max_sockets_are_evicted_and_counted() {
         "only {evicted} evictions counted for {OPEN} sockets over a cap of {CAP}"
     );
     assert!(reports.len() <= CAP, "more reports than tracked sockets");
+    // The kernel map has per-CPU LRU slack, so it forgets only sockets the
+    // daemon already evicted: the newest CAP are all reported.
     assert!(
-        reports.len() >= CAP / 2,
-        "the newest sockets are still traced: only {} reports",
+        reports.len() >= CAP - 2,
+        "the newest {CAP} sockets are still traced: only {} reports",
         reports.len()
     );
     for r in &reports {
