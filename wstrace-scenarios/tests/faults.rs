@@ -5,7 +5,7 @@
 //! printed and what the kernel holds afterwards (its own list of loaded BPF
 //! programs). Needs root (loud SKIPPED banner otherwise).
 //!
-//! The tests run one at a time (`SERIAL`): "nothing left loaded" compares the
+//! The tests run one at a time (`common::serial`): "nothing left loaded" compares the
 //! kernel's global program list, which a parallel test's wstrace would change.
 mod common;
 
@@ -14,20 +14,13 @@ use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
     process::{Command, Stdio},
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
 use common::{
-    Tracer, UPGRADE, loaded_prog_ids, root_or_skip, server, upgrade_once, wait_unloaded,
+    Tracer, UPGRADE, loaded_prog_ids, root_or_skip, serial, server, upgrade_once, wait_unloaded,
     wstrace_bin,
 };
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Upgrades in a background thread until `n` are done.
 fn burst(port: u16, n: usize) -> std::thread::JoinHandle<()> {

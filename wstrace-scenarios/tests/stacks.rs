@@ -7,15 +7,9 @@
 //! banner otherwise) and a C compiler (`cc`).
 mod common;
 
-use std::{path::PathBuf, process::Command, sync::Mutex, time::Duration};
+use std::{path::PathBuf, process::Command, time::Duration};
 
-use common::{Kill, Tracer, root_or_skip, server, spawn_ready, target, upgrade_once};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+use common::{Kill, Tracer, root_or_skip, serial, server, spawn_ready, target, upgrade_once};
 
 /// tests/c/deep_close.c, compiled like a distro server: optimised, no frame
 /// pointers (sibling calls off so the chain is real calls, as it would be

@@ -382,7 +382,6 @@ fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) ->
     Ok(())
 }
 
-/// Sum of the per-CPU "ring buffer full" counters.
 /// The map of processes the tracepoint set reads requests for (see
 /// wstrace-ebpf maps::SERVERS), taken out of `ebpf` for the daemon to add
 /// listeners to; `None` if the object has none (build mismatch).
@@ -390,6 +389,7 @@ pub fn take_servers(ebpf: &mut Ebpf) -> Option<aya::maps::HashMap<aya::maps::Map
     aya::maps::HashMap::try_from(ebpf.take_map("SERVERS")?).ok()
 }
 
+/// Sum of the per-CPU "ring buffer full" counters.
 pub fn lost_events(ebpf: &Ebpf) -> u64 {
     let Some(map) = ebpf.map("LOST") else {
         return 0;

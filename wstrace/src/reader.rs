@@ -89,7 +89,7 @@ impl Drop for Reader {
     /// Unblocks a thread waiting for queue space nobody will free, then
     /// waits for it so the ring's fd is closed before the programs go.
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
+        self.finish();
         self.space.close();
         self.records.close();
         if let Some(t) = self.thread.take() {
@@ -159,7 +159,9 @@ fn acquire(
         match tokio::runtime::Builder::new_current_thread().build() {
             Ok(rt) => *waiter = Some(rt),
             Err(e) => {
-                eprintln!("wstrace: error: the ring-buffer reader cannot wait for queue space: {e}");
+                eprintln!(
+                    "wstrace: error: the ring-buffer reader cannot wait for queue space: {e}"
+                );
                 return None;
             }
         }

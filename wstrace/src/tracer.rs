@@ -28,7 +28,8 @@ use crate::{
 const RING_BYTES: u32 = 4 * 1024 * 1024;
 /// With user stack copies (16 KiB by default): ~1,000 closes. It costs
 /// twice its size in RSS (the kernel maps its pages twice so records can
-/// wrap). 8 MiB lost events at 13k closes/s on 2 shared CPUs.
+/// wrap). 8 MiB (with a 16 MiB queue) lost events at 13k closes/s on 2
+/// shared CPUs.
 const RING_BYTES_WITH_STACKS: u32 = 16 * 1024 * 1024;
 /// Records copied out of the ring and waiting for the daemon, at most: the
 /// depth that rides out stalls (a binary's first symbolization, ~30 ms) and
@@ -36,6 +37,15 @@ const RING_BYTES_WITH_STACKS: u32 = 16 * 1024 * 1024;
 /// daemon is behind: ~13,000 closes without stack copies, ~3,800 with.
 const QUEUE_BYTES: usize = 16 * 1024 * 1024;
 const QUEUE_BYTES_WITH_STACKS: usize = 64 * 1024 * 1024;
+
+/// Ring buffer and reader queue sizes: (ring bytes, queue bytes).
+fn buffer_sizes(user_stack_bytes: u32) -> (u32, usize) {
+    if user_stack_bytes > 0 {
+        (RING_BYTES_WITH_STACKS, QUEUE_BYTES_WITH_STACKS)
+    } else {
+        (RING_BYTES, QUEUE_BYTES)
+    }
+}
 
 /// Bytes of user stack the kernel copies per close: the asked size for
 /// dwarf/auto, 0 (no copy) for fp, or where the registers cannot be found
@@ -146,14 +156,11 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
     let offsets = btf::resolve(&opts.common.btf)?;
     let root = tracefs::ensure_mounted()?;
     let user_stack_bytes = user_stack_copy_bytes(opts.common, &offsets);
+    let (ring_bytes, queue_bytes) = buffer_sizes(user_stack_bytes);
     let settings = probes::Settings {
         ports: opts.ports,
         max_sockets: opts.common.max_sockets,
-        ring_bytes: if user_stack_bytes > 0 {
-            RING_BYTES_WITH_STACKS
-        } else {
-            RING_BYTES
-        },
+        ring_bytes,
         user_stack_bytes,
     };
     let mut attached = probes::attach(opts.common.probe, &settings, &offsets, &root)?;
@@ -170,14 +177,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
         .context("EVENTS map missing from the object")?;
     let ring = RingBuf::try_from(ring).context("EVENTS is not a ring buffer")?;
     let servers = probes::take_servers(&mut attached.ebpf);
-    let mut reader = reader::Reader::start(
-        ring,
-        if user_stack_bytes > 0 {
-            QUEUE_BYTES_WITH_STACKS
-        } else {
-            QUEUE_BYTES
-        },
-    )?;
+    let mut reader = reader::Reader::start(ring, queue_bytes)?;
 
     let color = match opts.common.color {
         ColorChoice::Always => true,
@@ -387,8 +387,6 @@ const MAX_STARTS: usize = 16384;
 const MAX_PEERS: usize = 16384;
 
 impl Sink {
-    /// Read what must be read while the process lives: its executable path
-    /// and (at the upgrade) its memory maps for later symbolization.
     /// Replaces a close's stack copy by its dwarf unwind, now: the process
     /// may exit any moment, and a report in flight should not hold 16 KiB.
     fn unwind(&mut self, ev: &mut events::Event) {
@@ -399,6 +397,8 @@ impl Sink {
         }
     }
 
+    /// Read what must be read while the process lives: its executable path
+    /// and (at the upgrade) its memory maps for later symbolization.
     fn observe(&mut self, ev: &events::Event) {
         if matches!(ev.kind, EventKind::Upgrade | EventKind::Close) {
             self.check_identity(ev);

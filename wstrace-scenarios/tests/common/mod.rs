@@ -235,3 +235,12 @@ pub fn wait_unloaded(ids: &[u32], timeout: Duration) -> Vec<u32> {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Serializes a test binary's root tests: each starts its own wstrace, and
+/// assertions about the kernel's global program list (or one report per
+/// run) would see another test's tracer.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
