@@ -4,7 +4,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{output::Format, probes::ProbeChoice};
+use crate::{
+    attach::ProbeChoice,
+    enrich::unwind::UserStackMode,
+    output::{ColorChoice, Format},
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -87,7 +91,7 @@ pub struct TraceArgs {
 
     /// Serve Prometheus metrics on http://ADDR/metrics. A bare PORT binds
     /// loopback (127.0.0.1); give 0.0.0.0:PORT to expose it.
-    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    #[arg(long, value_name = "ADDR", value_parser = crate::output::metrics::parse_addr)]
     pub metrics: Option<std::net::SocketAddr>,
 
     /// Rotated files to keep (FILE.1 newest ... FILE.N oldest).
@@ -152,7 +156,7 @@ pub struct CommonArgs {
     pub show_secrets: bool,
 
     /// Kernel BTF to read struct offsets from.
-    #[arg(long, value_name = "PATH", default_value = crate::btf::DEFAULT_BTF_PATH)]
+    #[arg(long, value_name = "PATH", default_value = crate::attach::btf::DEFAULT_BTF_PATH)]
     pub btf: PathBuf,
 
     /// How the user stack of a close is walked. `dwarf` copies the closing
@@ -171,24 +175,6 @@ pub struct CommonArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 16384,
           value_parser = clap::value_parser!(u32).range(64..=(wstrace_common::USER_STACK_MAX as i64)))]
     pub user_stack_size: u32,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum UserStackMode {
-    /// dwarf, falling back to the frame-pointer walk when that one is longer.
-    Auto,
-    /// Unwind a copy of the stack with .eh_frame/.debug_frame.
-    Dwarf,
-    /// Frame pointers only (no stack copy).
-    Fp,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ColorChoice {
-    /// Colour when stdout is a terminal.
-    Auto,
-    Always,
-    Never,
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::{cli::DemoArgs, tracer};
+use crate::{cli::DemoArgs, daemon};
 
 const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
@@ -35,7 +35,7 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
     eprintln!(
         "wstrace demo: client upgrades once as HTTP/1.0 (nginx without `proxy_http_version 1.1;`) and once as HTTP/1.1."
     );
-    let opts = tracer::Options {
+    let opts = daemon::Options {
         ports: &[port],
         common: &args.common,
         count: Some(2),
@@ -43,7 +43,7 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
         log: None,
         metrics: None,
     };
-    let printed = tracer::run(opts, |port| {
+    let printed = daemon::run(opts, |port| {
         let _ = thread::Builder::new()
             .name("ws-demo-client".into())
             .spawn(move || {

@@ -1,33 +1,30 @@
 //! wstrace: who closed my WebSocket, and why?
 //!
-//! Modules, in the order data flows: `probes` (load + attach one probe set,
-//! with `btf` and `tracefs` supplying kernel offsets) -> `events` (decode ring
-//! buffer records) -> `matcher` (one report per closed upgraded socket) ->
-//! `symbolize` -> `output`. `tracer` runs that loop; `demo` runs it against a
-//! built-in server.
-mod btf;
+//! The tree is the pipeline, in the order an event flows:
+//! - `attach`: load and attach one probe set (with `btf` and `tracefs`
+//!   supplying the kernel's layout as one typed config);
+//! - `pipeline`: `reader` (ring buffer -> queue), `decode` (bytes -> events),
+//!   `matcher` (events -> one report per closed upgraded socket);
+//! - `enrich`: the process table, symbolized and unwound stacks, the peer;
+//! - `diagnose`: the request head, WebSocket frames and the rules;
+//! - `output`: text, JSON lines, the log file, metrics.
+//!
+//! `model` holds the types every stage shares; `daemon` runs the stages in
+//! order; `demo` runs them against a built-in server; `report` reads
+//! recorded JSON lines back. Imports point one way: a stage uses `model` and
+//! the stages before it, never one after it.
+mod attach;
 mod cli;
+mod daemon;
 mod demo;
 mod diagnose;
-mod events;
-mod hostcheck;
-mod http;
-mod hz;
-mod matcher;
-mod metrics;
+mod enrich;
+mod model;
 mod output;
-mod peer;
-mod privileges;
-mod probes;
-mod procinfo;
-mod reader;
+mod pipeline;
+mod protocol;
+mod redact;
 mod report;
-mod report_html;
-mod symbolize;
-mod tracefs;
-mod tracer;
-mod unwind;
-mod wsframe;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -56,7 +53,7 @@ async fn main() -> ExitCode {
 
 async fn run_trace(args: &cli::TraceArgs) -> anyhow::Result<()> {
     if args.check {
-        return hostcheck::run(&args.common);
+        return attach::check::run(&args.common);
     }
     let duration = match args.duration {
         Some(d) if !(d.is_finite() && d > 0.0) => {
@@ -65,17 +62,17 @@ async fn run_trace(args: &cli::TraceArgs) -> anyhow::Result<()> {
         Some(d) => Some(Duration::from_secs_f64(d)),
         None => None,
     };
-    let opts = tracer::Options {
+    let opts = daemon::Options {
         ports: &args.ports,
         common: &args.common,
         count: args.count,
         duration,
-        log: args.output.as_deref().map(|path| tracer::LogSpec {
+        log: args.output.as_deref().map(|path| daemon::LogSpec {
             path,
             rotate_size: args.rotate_size,
             rotate_keep: args.rotate_keep,
         }),
         metrics: args.metrics,
     };
-    tracer::run(opts, |_| {}).await.map(|_| ())
+    daemon::run(opts, |_| {}).await.map(|_| ())
 }

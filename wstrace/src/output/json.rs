@@ -7,8 +7,9 @@
 //! at 20k closes a second.
 use serde::Serialize;
 
-use super::{View, direction_name, rfc3339};
-use crate::{diagnose::Diagnosis, http::RequestHead, wsframe::close_code_meaning};
+use crate::diagnose::Diagnosis;
+use crate::protocol::{http::RequestHead, wsframe::close_code_meaning};
+use crate::output::view::{View, rfc3339};
 
 #[derive(Serialize)]
 struct Line<'a> {
@@ -143,7 +144,7 @@ fn line<'a>(v: &'a View<'a>) -> Line<'a> {
             .frames
             .iter()
             .map(|(d, f)| Frame {
-                direction: direction_name(*d),
+                direction: d.as_str(),
                 code: f.code,
                 meaning: f.code.map(close_code_meaning),
                 reason: &f.reason,

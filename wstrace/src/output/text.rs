@@ -2,9 +2,9 @@
 //! stacks, indented. Colour only when stdout is a terminal.
 use std::fmt::Write as _;
 
-use super::{View, direction_name, rfc3339};
-use crate::matcher::ClosedBy;
-use crate::wsframe::close_code_meaning;
+use crate::output::view::{View, rfc3339};
+use crate::model::ClosedBy;
+use crate::protocol::wsframe::close_code_meaning;
 
 struct Paint(bool);
 
@@ -129,7 +129,7 @@ pub fn render(v: &View<'_>, color: bool) -> String {
         let _ = writeln!(
             out,
             "  frame:    close {} {code}{reason}",
-            direction_name(*dir)
+            dir.as_str()
         );
     }
     if let Some(idle) = v.idle_ms {

@@ -14,7 +14,12 @@ use aya::{
 };
 use wstrace_common::{MAX_PORTS, ProbeSet, globals};
 
-use crate::{btf::KernelOffsets, tracefs};
+pub mod btf;
+pub mod check;
+pub mod privileges;
+pub mod tracefs;
+
+use btf::KernelOffsets;
 
 /// The object built by build.rs from wstrace-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wstrace"));

@@ -18,94 +18,16 @@ use std::net::SocketAddr;
 
 use wstrace_common::{EventKind, ProbeSet, tcp_state};
 
-use crate::events::{Data, Direction, Event, JiffiesSample, Stacks};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClosedBy {
-    Local,
-    Peer,
-}
-
-impl ClosedBy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Local => "local",
-            Self::Peer => "peer",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum How {
-    Fin,
-    Rst,
-}
-
-impl How {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Fin => "fin",
-            Self::Rst => "rst",
-        }
-    }
-}
-
-/// The process that closed the local end, as the kernel saw it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Closer {
-    pub pid: u32,
-    pub tid: u32,
-    pub comm: String,
-    /// The close ran in do_exit: the process ended without closing it itself.
-    pub at_exit: bool,
-    pub stacks: Stacks,
-}
-
-/// The process that wrote the 101.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Upgrader {
-    pub pid: u32,
-    pub tid: u32,
-    pub comm: String,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct CloseReport {
-    pub sk: u64,
-    /// Monotonic ns of the first close (FIN or RST, either side).
-    pub close_ts_ns: u64,
-    pub upgrade_ts_ns: u64,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    pub closed_by: ClosedBy,
-    pub how: How,
-    pub closer: Option<Closer>,
-    pub upgrader: Upgrader,
-    pub bytes_sent_after_upgrade: u64,
-    pub bytes_received_after_upgrade: u64,
-    pub probe: ProbeSet,
-    /// Bytes the local end read before it answered 101: the request head.
-    pub request_head: Vec<u8>,
-    /// Close frames seen after the upgrade, in order: (direction, raw bytes).
-    pub close_frames: Vec<(Direction, Vec<u8>)>,
-    /// Socket timestamps at the first close (for idle time).
-    pub jiffies_at_close: Option<JiffiesSample>,
-    /// Anything the reader must know to read the report right.
-    pub notes: Vec<String>,
-}
-
-impl CloseReport {
-    pub fn ms_after_upgrade(&self) -> f64 {
-        self.close_ts_ns.saturating_sub(self.upgrade_ts_ns) as f64 / 1e6
-    }
-}
+use crate::model::{
+    CloseReport, ClosedBy, Closer, Data, Direction, Event, How, JiffiesSample, Stacks, Upgrader,
+};
 
 /// Did the request the server answered ask for an upgrade? True unless a
 /// complete head was captured and it has no `Upgrade` header: a head that
 /// was not seen (probe set without a read path, budget exceeded) must not
 /// cost a real upgrade its report.
 fn asked_for_upgrade(head: &[u8]) -> bool {
-    match crate::http::parse_request_head(head, &crate::http::Redactor::none()) {
+    match crate::protocol::http::parse_request_head(head, &crate::redact::Redactor::none()) {
         Some(h) if h.complete => h.header("upgrade").is_some(),
         _ => true,
     }

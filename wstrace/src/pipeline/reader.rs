@@ -25,7 +25,8 @@ use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use crate::events::{self, Event};
+use crate::model::Event;
+use crate::pipeline::decode;
 
 /// One record, decoded as it is copied out of the ring (one copy of its
 /// bytes, not two). Its queue space is given back when it is dropped.
@@ -116,7 +117,7 @@ fn read_loop(
         let mut batch = 0usize;
         while let Some(item) = ring.next() {
             let need = item.len().div_ceil(UNIT).clamp(1, units) as u32;
-            let event = events::decode(&item);
+            let event = decode::decode(&item);
             // Hands the slot back to the kernel before waiting for space.
             drop(item);
             let Some(space) = acquire(space, need, &mut waiter) else {

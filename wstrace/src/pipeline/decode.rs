@@ -6,99 +6,11 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Result, bail};
+use crate::model::{Data, Direction, Event, JiffiesSample, Stacks, UserStackCopy};
 use wstrace_common::{
     AF_INET6, CloseEvent, DATA_CAP, DIR_SENT, DataEvent, EventHeader, EventKind, FLAG_TASK_EXITING,
     STACK_DEPTH, SockTuple, UserStackHeader,
 };
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Event {
-    pub kind: EventKind,
-    /// Probe set byte as the program wrote it (0 for the shared programs).
-    pub probe: u8,
-    pub old_state: u8,
-    pub new_state: u8,
-    pub pid: u32,
-    pub tid: u32,
-    pub comm: String,
-    pub task_exiting: bool,
-    pub arg: u32,
-    pub ts_ns: u64,
-    pub sk: u64,
-    pub bytes_received: u64,
-    pub bytes_acked: u64,
-    /// The process's start time (ns since boot; 0 if unknown): with `pid`,
-    /// which process this was, since pids are reused.
-    pub process_start_ns: u64,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    /// jiffies now, and of the last data sent / received on the socket.
-    pub jiffies: JiffiesSample,
-    /// Only for `Close`.
-    pub stacks: Option<Stacks>,
-    /// Only for `Data`.
-    pub data: Option<Data>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct JiffiesSample {
-    pub now: u32,
-    pub last_send: u32,
-    pub last_recv: u32,
-}
-
-impl JiffiesSample {
-    /// Jiffies since the last data in either direction (wrapping u32
-    /// arithmetic, like the kernel's own); None when the kernel gave none.
-    pub fn idle(&self) -> Option<u32> {
-        if self.last_send == 0 && self.last_recv == 0 {
-            return None;
-        }
-        let since_send = self.now.wrapping_sub(self.last_send);
-        let since_recv = self.now.wrapping_sub(self.last_recv);
-        Some(since_send.min(since_recv))
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    /// Read by the local end (from the peer).
-    Received,
-    /// Written by the local end.
-    Sent,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Data {
-    pub direction: Direction,
-    pub bytes: Vec<u8>,
-}
-
-/// Raw addresses, innermost first. `Err(errno)` when the kernel could not
-/// walk that stack (e.g. EFAULT for a task without a user address space).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Stacks {
-    pub kernel: Result<Vec<u64>, i64>,
-    pub user: Result<Vec<u64>, i64>,
-    /// Registers and stack bytes for dwarf unwinding, when the close
-    /// carried them (`--user-stack dwarf|auto`).
-    pub user_copy: Option<UserStackCopy>,
-    /// The dwarf unwind of `user_copy` (made as soon as the event is read,
-    /// and the copy dropped: reports in flight hold ~1 KiB, not 16).
-    pub dwarf: Option<crate::unwind::Unwound>,
-}
-
-/// The closing thread's user registers at the syscall and the stack bytes
-/// from `sp` up, as the kernel copied them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UserStackCopy {
-    pub ip: u64,
-    pub sp: u64,
-    pub bp: u64,
-    /// `wstrace_common::ustack` status.
-    pub status: u32,
-    pub bytes: Vec<u8>,
-}
 
 pub fn comm_string(comm: &[u8; 16]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());

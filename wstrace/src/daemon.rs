@@ -10,19 +10,22 @@ use aya::maps::RingBuf;
 use tokio::signal::unix::{SignalKind, signal};
 use wstrace_common::{EventKind, MAX_PORTS};
 
-use crate::output::UserWalk;
 use crate::{
-    btf,
-    cli::{ColorChoice, CommonArgs, UserStackMode},
+    attach::{self as probes, btf, privileges, tracefs},
+    cli::CommonArgs,
     diagnose::{self, Facts},
-    events, http, hz,
-    matcher::{CloseReport, Matcher},
-    metrics, output, peer, privileges, probes, procinfo, reader,
-    symbolize::Symbolizer,
-    tracefs,
-    unwind::{self, Walk},
-    wsframe,
+    protocol::{http, wsframe},
+    redact::Redactor,
+    enrich::{
+        hz, peer, process as procinfo,
+        symbolize::Symbolizer,
+        unwind::{self, UserStackMode},
+    },
+    model::{self as events, CloseReport, UserWalk, Walk},
+    output::{self, ColorChoice, metrics},
+    pipeline::{matcher::Matcher, reader},
 };
+use crate::model::{PeerProcess, ProcInfo};
 
 /// Ring buffer size: ~3,700 close events (1.1 KiB each) of headroom.
 const RING_BYTES: u32 = 4 * 1024 * 1024;
@@ -124,9 +127,9 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
         );
     }
     let redactor = if opts.common.show_secrets {
-        http::Redactor::none()
+        Redactor::none()
     } else {
-        http::Redactor::new(&opts.common.redact).map_err(|e| anyhow::anyhow!(e))?
+        Redactor::new(&opts.common.redact).map_err(|e| anyhow::anyhow!(e))?
     };
     // Opened before the probes attach: a bad path fails the start, with
     // nothing loaded. An agent whose log silently went to stdout would lose
@@ -327,11 +330,11 @@ struct Sink {
     procs: procinfo::Processes,
     host: String,
     printed: u64,
-    redactor: http::Redactor,
+    redactor: Redactor,
     hz: Option<u32>,
     /// The process at the other end of loopback connections, by socket,
     /// looked up at the 101 while it is surely alive.
-    peers: HashMap<u64, peer::PeerProcess>,
+    peers: HashMap<u64, PeerProcess>,
     peer_finder: peer::PeerFinder,
     /// The kernel's set of processes whose reads may carry a request on a
     /// traced port (tracepoint set): listeners found here are added, so a
@@ -492,7 +495,7 @@ impl Sink {
                 };
                 (k, u, self.procs.get(c.pid))
             }
-            None => (Vec::new(), Vec::new(), procinfo::ProcInfo::default()),
+            None => (Vec::new(), Vec::new(), ProcInfo::default()),
         };
         let request = http::parse_request_head(&r.request_head, &self.redactor);
         let frames: Vec<_> = r

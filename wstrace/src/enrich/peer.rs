@@ -7,12 +7,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::{Duration, Instant},
 };
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerProcess {
-    pub pid: u32,
-    pub comm: String,
-}
+use crate::model::PeerProcess;
 
 /// Is `ip` an address of this host whose peer process we can look up?
 /// Loopback only: other local addresses would need the host's address list,

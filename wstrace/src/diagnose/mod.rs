@@ -14,12 +14,9 @@
 //! 6. `unknown`: the facts are shown, no guess is made.
 use serde::Serialize;
 
-use crate::{
-    events::Direction,
-    http::{HttpVersion, RequestHead},
-    matcher::{ClosedBy, How},
-    wsframe::{CloseFrame, close_code_meaning},
-};
+use crate::model::{ClosedBy, Direction, How};
+use crate::protocol::http::{HttpVersion, RequestHead};
+use crate::protocol::wsframe::{CloseFrame, close_code_meaning};
 
 /// Everything the rules may look at.
 #[derive(Clone, Debug)]
@@ -305,7 +302,8 @@ fn unknown_message(f: &Facts) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{Redactor, parse_request_head};
+    use crate::protocol::http::parse_request_head;
+    use crate::redact::Redactor;
 
     fn req(s: &str) -> Option<RequestHead> {
         parse_request_head(s.as_bytes(), &Redactor::default())

@@ -3,15 +3,8 @@
 //! path and container id.
 use std::collections::HashMap;
 
-use crate::http::{REDACTED, Redactor};
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ProcInfo {
-    pub exe: Option<String>,
-    pub cmdline: Option<String>,
-    pub cgroup: Option<String>,
-    pub container_id: Option<String>,
-}
+use crate::redact::{Redactor, redact_cmdline};
+use crate::model::ProcInfo;
 
 /// Per-pid cache: a process that exits right after its close is still
 /// described (it was read at the 101 or at the close event).
@@ -88,75 +81,6 @@ pub fn split_cmdline(raw: &[u8]) -> Vec<String> {
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect()
-}
-
-/// Joins arguments with spaces, hiding the values of options whose names
-/// the redactor calls sensitive (`--password=x`, `--api-token x`, `-p` is
-/// left alone: too ambiguous) and URL credentials (`redis://user:pw@host`).
-pub fn redact_cmdline(args: &[String], redactor: &Redactor) -> String {
-    let mut out: Vec<String> = Vec::with_capacity(args.len());
-    let mut hide_next = false;
-    for arg in args {
-        if hide_next {
-            out.push(REDACTED.into());
-            hide_next = false;
-            continue;
-        }
-        let name = arg.trim_start_matches('-');
-        if arg.starts_with("--") || (arg.starts_with('-') && name.len() > 1) {
-            match name.split_once('=') {
-                Some((key, _)) if redactor.is_sensitive(key) || sensitive_word(key) => {
-                    out.push(format!(
-                        "{}={REDACTED}",
-                        &arg[..arg.len() - name.len() + key.len()]
-                    ));
-                    continue;
-                }
-                None if redactor.is_sensitive(name) || sensitive_word(name) => {
-                    out.push(arg.clone());
-                    hide_next = true;
-                    continue;
-                }
-                _ => {}
-            }
-        }
-        out.push(redact_url_credentials(arg));
-    }
-    out.join(" ")
-}
-
-/// Option names that hold secrets on command lines (beyond header names).
-fn sensitive_word(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    [
-        "password",
-        "passwd",
-        "secret",
-        "token",
-        "key",
-        "credential",
-        "auth",
-    ]
-    .iter()
-    .any(|w| n.contains(w))
-}
-
-/// `scheme://user:password@host` -> `scheme://user:[redacted]@host`.
-fn redact_url_credentials(arg: &str) -> String {
-    let Some(scheme_end) = arg.find("://") else {
-        return arg.to_string();
-    };
-    let rest = &arg[scheme_end + 3..];
-    let Some(at) = rest.find('@') else {
-        return arg.to_string();
-    };
-    let userinfo = &rest[..at];
-    match userinfo.split_once(':') {
-        Some((user, _)) if !userinfo.contains('/') => {
-            format!("{}{user}:{REDACTED}{}", &arg[..scheme_end + 3], &rest[at..])
-        }
-        _ => arg.to_string(),
-    }
 }
 
 /// The process's cgroup: the unified (v2) line `0::/path`, else the first
@@ -254,16 +178,6 @@ mod tests {
     fn cmdline_split() {
         assert_eq!(split_cmdline(b"a\0b c\0\0"), ["a", "b c"]);
         assert!(split_cmdline(b"").is_empty());
-    }
-
-    #[test]
-    fn urls_without_passwords_are_unchanged() {
-        assert_eq!(
-            redact_url_credentials("http://host/path@x"),
-            "http://host/path@x"
-        );
-        assert_eq!(redact_url_credentials("ws://user@host"), "ws://user@host");
-        assert_eq!(redact_url_credentials("plain"), "plain");
     }
 
     #[test]

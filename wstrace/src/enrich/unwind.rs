@@ -24,36 +24,14 @@ use framehop::{ExplicitModuleSectionInfo, Module, Unwinder as _};
 use memmap2::Mmap;
 use object::{Object, ObjectSection, ObjectSegment};
 
-use crate::cli::UserStackMode;
-use crate::events::UserStackCopy;
-use crate::symbolize::Mapping;
+use crate::enrich::maps::Mapping;
+use crate::model::{End, Unwound, UserStackCopy, Walk};
 
 /// x86_64 page size: the granularity of the loader's mappings.
 const PAGE: u64 = 4096;
 
 /// Frames kept per unwound stack, like the frame-pointer walk's limit.
 pub const MAX_FRAMES: usize = 128;
-
-/// How an unwind ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum End {
-    /// The unwind rules said this was the outermost frame.
-    Complete,
-    /// The next return address lies above the copied bytes: a larger
-    /// `--user-stack-size` would show more.
-    Truncated,
-    /// The walk could not go on (no unwind information for a frame, or the
-    /// rules led outside the stack): the frames before are trustworthy.
-    Stopped(String),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Unwound {
-    /// Innermost first: `ip`, then return addresses (as the frame-pointer
-    /// walk gives them, so both symbolize the same way).
-    pub addrs: Vec<u64>,
-    pub end: End,
-}
 
 /// A byte range of a mapped file: section data for framehop, kept alive by
 /// the mapping it points into.
@@ -263,22 +241,15 @@ impl Unwinder {
     }
 }
 
-/// Which walk a report shows as the user stack.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Walk {
-    /// The dwarf unwind of the stack copy.
+/// `--user-stack`: which walk the user asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum UserStackMode {
+    /// dwarf, falling back to the frame-pointer walk when that one is longer.
+    Auto,
+    /// Unwind a copy of the stack with .eh_frame/.debug_frame.
     Dwarf,
-    /// The kernel's frame-pointer walk.
-    FramePointers,
-}
-
-impl Walk {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Dwarf => "dwarf",
-            Self::FramePointers => "fp",
-        }
-    }
+    /// Frame pointers only (no stack copy).
+    Fp,
 }
 
 /// Picks the walk to show for `mode`, given the frame-pointer walk (`Err`:
@@ -376,7 +347,7 @@ mod tests {
     fn own_unwinder() -> Unwinder {
         let pid = std::process::id();
         let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("own maps");
-        let maps = crate::symbolize::parse_maps(&text);
+        let maps = crate::enrich::maps::parse_maps(&text);
         let mut u = Unwinder::new();
         u.remember(pid, &maps, |m| m.path.clone().unwrap_or_default());
         u
@@ -526,7 +497,7 @@ mod tests {
         assert!(u.remembers(pid));
         assert!(u.files.values().any(|f| f.is_some()));
         // A second process mapping the same files keeps them.
-        let maps = crate::symbolize::parse_maps(
+        let maps = crate::enrich::maps::parse_maps(
             &std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("own maps"),
         );
         u.remember(u32::MAX, &maps, |m| m.path.clone().unwrap_or_default());

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use anyhow::{Context as _, Result};
 use serde_json::Value;
 
-use crate::report::{Summary, frame_key, render};
+use crate::report::summary::{Summary, frame_key, render};
 
 /// Folded stacks, one line per close path with its count:
 /// `comm;outermost user frame;...;close;[k] tcp_close;... N`.

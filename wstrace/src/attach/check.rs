@@ -3,7 +3,8 @@
 //! no probe set can work here.
 use anyhow::{Result, bail};
 
-use crate::{btf, cli::CommonArgs, privileges, probes, tracefs};
+use crate::attach::{self as probes, btf, privileges, tracefs};
+use crate::cli::CommonArgs;
 
 /// A port no server is expected on; the probes attach but see nothing.
 const CHECK_PORT: u16 = 1;

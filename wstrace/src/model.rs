@@ -1,0 +1,294 @@
+//! The types every stage shares: decoded kernel events, the per-socket close
+//! report, user-stack walks and process facts.
+//!
+//! Stages import from here and never from each other's internals, so the
+//! flow attach -> pipeline (read, decode, match) -> enrich -> diagnose ->
+//! output has no cycles. Types only: no I/O, no parsing.
+use std::net::SocketAddr;
+
+use wstrace_common::{EventKind, ProbeSet};
+
+// --- Decoded kernel events (pipeline::decode makes them) ---
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub kind: EventKind,
+    /// Probe set byte as the program wrote it (0 for the shared programs).
+    pub probe: u8,
+    pub old_state: u8,
+    pub new_state: u8,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub task_exiting: bool,
+    pub arg: u32,
+    pub ts_ns: u64,
+    pub sk: u64,
+    pub bytes_received: u64,
+    pub bytes_acked: u64,
+    /// The process's start time (ns since boot; 0 if unknown): with `pid`,
+    /// which process this was, since pids are reused.
+    pub process_start_ns: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// jiffies now, and of the last data sent / received on the socket.
+    pub jiffies: JiffiesSample,
+    /// Only for `Close`.
+    pub stacks: Option<Stacks>,
+    /// Only for `Data`.
+    pub data: Option<Data>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct JiffiesSample {
+    pub now: u32,
+    pub last_send: u32,
+    pub last_recv: u32,
+}
+
+impl JiffiesSample {
+    /// Jiffies since the last data in either direction (wrapping u32
+    /// arithmetic, like the kernel's own); None when the kernel gave none.
+    pub fn idle(&self) -> Option<u32> {
+        if self.last_send == 0 && self.last_recv == 0 {
+            return None;
+        }
+        let since_send = self.now.wrapping_sub(self.last_send);
+        let since_recv = self.now.wrapping_sub(self.last_recv);
+        Some(since_send.min(since_recv))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Read by the local end (from the peer).
+    Received,
+    /// Written by the local end.
+    Sent,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Data {
+    pub direction: Direction,
+    pub bytes: Vec<u8>,
+}
+
+/// Raw addresses, innermost first. `Err(errno)` when the kernel could not
+/// walk that stack (e.g. EFAULT for a task without a user address space).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stacks {
+    pub kernel: Result<Vec<u64>, i64>,
+    pub user: Result<Vec<u64>, i64>,
+    /// Registers and stack bytes for dwarf unwinding, when the close
+    /// carried them (`--user-stack dwarf|auto`).
+    pub user_copy: Option<UserStackCopy>,
+    /// The dwarf unwind of `user_copy` (made as soon as the event is read,
+    /// and the copy dropped: reports in flight hold ~1 KiB, not 16).
+    pub dwarf: Option<Unwound>,
+}
+
+/// The closing thread's user registers at the syscall and the stack bytes
+/// from `sp` up, as the kernel copied them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserStackCopy {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// `wstrace_common::ustack` status.
+    pub status: u32,
+    pub bytes: Vec<u8>,
+}
+
+// --- One report per closed socket (pipeline::matcher makes them) ---
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClosedBy {
+    Local,
+    Peer,
+}
+
+impl ClosedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Peer => "peer",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum How {
+    Fin,
+    Rst,
+}
+
+impl How {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fin => "fin",
+            Self::Rst => "rst",
+        }
+    }
+}
+
+/// The process that closed the local end, as the kernel saw it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Closer {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    /// The close ran in do_exit: the process ended without closing it itself.
+    pub at_exit: bool,
+    pub stacks: Stacks,
+}
+
+/// The process that wrote the 101.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Upgrader {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CloseReport {
+    pub sk: u64,
+    /// Monotonic ns of the first close (FIN or RST, either side).
+    pub close_ts_ns: u64,
+    pub upgrade_ts_ns: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub closed_by: ClosedBy,
+    pub how: How,
+    pub closer: Option<Closer>,
+    pub upgrader: Upgrader,
+    pub bytes_sent_after_upgrade: u64,
+    pub bytes_received_after_upgrade: u64,
+    pub probe: ProbeSet,
+    /// Bytes the local end read before it answered 101: the request head.
+    pub request_head: Vec<u8>,
+    /// Close frames seen after the upgrade, in order: (direction, raw bytes).
+    pub close_frames: Vec<(Direction, Vec<u8>)>,
+    /// Socket timestamps at the first close (for idle time).
+    pub jiffies_at_close: Option<JiffiesSample>,
+    /// Anything the reader must know to read the report right.
+    pub notes: Vec<String>,
+}
+
+impl CloseReport {
+    pub fn ms_after_upgrade(&self) -> f64 {
+        self.close_ts_ns.saturating_sub(self.upgrade_ts_ns) as f64 / 1e6
+    }
+}
+
+// --- User stacks (enrich::unwind makes them) ---
+
+/// How an unwind ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The unwind rules said this was the outermost frame.
+    Complete,
+    /// The next return address lies above the copied bytes: a larger
+    /// `--user-stack-size` would show more.
+    Truncated,
+    /// The walk could not go on (no unwind information for a frame, or the
+    /// rules led outside the stack): the frames before are trustworthy.
+    Stopped(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unwound {
+    /// Innermost first: `ip`, then return addresses (as the frame-pointer
+    /// walk gives them, so both symbolize the same way).
+    pub addrs: Vec<u64>,
+    pub end: End,
+}
+
+/// Which walk a report shows as the user stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Walk {
+    /// The dwarf unwind of the stack copy.
+    Dwarf,
+    /// The kernel's frame-pointer walk.
+    FramePointers,
+}
+
+impl Walk {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Dwarf => "dwarf",
+            Self::FramePointers => "fp",
+        }
+    }
+}
+
+/// How `user_stack` was walked (see `unwind::choose`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserWalk {
+    /// `None` when there is no user stack (closed at process exit, no closer).
+    pub walk: Option<Walk>,
+    /// How the dwarf unwind ended (dwarf only).
+    pub end: Option<End>,
+    /// Why dwarf was asked for and not used.
+    pub note: Option<String>,
+}
+
+impl UserWalk {
+    /// `complete`, `truncated` or `stopped: <why>`, for dwarf walks.
+    pub fn end_str(&self) -> Option<String> {
+        self.end.as_ref().map(|e| match e {
+            End::Complete => "complete".to_string(),
+            End::Truncated => "truncated".to_string(),
+            End::Stopped(why) => format!("stopped: {why}"),
+        })
+    }
+
+    /// What the text output puts after "user stack".
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        match self.walk {
+            Some(Walk::Dwarf) => parts.push("dwarf".into()),
+            Some(Walk::FramePointers) => parts.push("frame pointers".into()),
+            None => {}
+        }
+        match &self.end {
+            Some(End::Truncated) => parts.push(
+                "truncated: the stack copy ended before the outermost frame; raise --user-stack-size"
+                    .into(),
+            ),
+            Some(End::Stopped(why)) => parts.push(format!("unwinding stopped: {why}")),
+            Some(End::Complete) | None => {}
+        }
+        if let Some(n) = &self.note {
+            parts.push(n.clone());
+        }
+        parts.join("; ")
+    }
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Sent => "sent",
+            Direction::Received => "received",
+        }
+    }
+}
+
+// --- Processes (enrich makes them) ---
+
+/// The process at the other end of a loopback connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerProcess {
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// What is known about a process besides its pid and comm.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub exe: Option<String>,
+    pub cmdline: Option<String>,
+    pub cgroup: Option<String>,
+    pub container_id: Option<String>,
+}
