@@ -1,31 +1,26 @@
-//! The daemon loop: attach, read the ring buffer, match, resolve, print.
-use std::{
-    collections::HashMap,
-    io::{IsTerminal as _, Write as _},
-    time::{Duration, SystemTime},
-};
+//! The daemon: the stages run in order. `run` checks the options, opens the
+//! outputs, attaches the probes, then an [`EventLoop`] moves each event
+//! through decode -> match -> enrich -> diagnose -> output until a signal,
+//! `--count` or `--duration` ends it; shutdown detaches first and drains
+//! what the kernel wrote before that.
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::RingBuf;
 use tokio::signal::unix::{SignalKind, signal};
-use wstrace_common::{EventKind, MAX_PORTS};
+use wstrace_common::MAX_PORTS;
 
 use crate::{
-    attach::{self as probes, btf, privileges, tracefs},
+    attach::{self as probes, Attached, btf, privileges, tracefs},
     cli::CommonArgs,
     diagnose::{self, Facts},
-    protocol::{http, wsframe},
+    enrich::{Enricher, clock::monotonic_ns, unwind::UserStackMode},
+    model::{CloseReport, Event},
+    output::{Outputs, View, logfile::LogFile, metrics},
+    pipeline::{matcher::Matcher, reader::Reader},
     redact::Redactor,
-    enrich::{
-        hz, peer, process as procinfo,
-        symbolize::Symbolizer,
-        unwind::{self, UserStackMode},
-    },
-    model::{self as events, CloseReport, UserWalk, Walk},
-    output::{self, ColorChoice, metrics},
-    pipeline::{matcher::Matcher, reader},
 };
-use crate::model::{PeerProcess, ProcInfo};
+use wstrace_common::EventKind;
 
 /// Ring buffer size: ~3,700 close events (1.1 KiB each) of headroom.
 const RING_BYTES: u32 = 4 * 1024 * 1024;
@@ -91,71 +86,91 @@ pub struct LogSpec<'a> {
     pub rotate_keep: u32,
 }
 
-/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Kernel timestamps to wall-clock time, fixed once at start-up.
-struct Clock {
-    wall_at_zero: SystemTime,
-}
-
-impl Clock {
-    fn new() -> Self {
-        let mono = Duration::from_nanos(monotonic_ns());
-        Self {
-            wall_at_zero: SystemTime::now() - mono,
-        }
-    }
-    fn wall(&self, ts_ns: u64) -> SystemTime {
-        self.wall_at_zero + Duration::from_nanos(ts_ns)
-    }
-}
-
+/// Traces until a signal, `--count` or `--duration`; returns the number of
+/// reports printed. `on_ready` runs once the probes are attached (the
+/// "tracing" line is printed).
 pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
+    let redactor = check_options(&opts)?;
+    let log = open_log(&opts)?;
+    privileges::check()?;
+    let metrics = serve_metrics(&opts)?;
+    if let Some(warning) = privileges::raise_memlock() {
+        eprintln!("wstrace: warning: {warning}");
+    }
+    let (mut attached, queue_bytes) = attach_probes(&opts)?;
+    let ring = attached
+        .ebpf
+        .take_map("EVENTS")
+        .context("EVENTS map missing from the object")?;
+    let ring = RingBuf::try_from(ring).context("EVENTS is not a ring buffer")?;
+    let servers = probes::take_servers(&mut attached.ebpf);
+    let reader = Reader::start(ring, queue_bytes)?;
+
+    let outputs = Outputs::new(opts.common.format, opts.common.color, log, metrics);
+    let mut enricher = Enricher::new(redactor, opts.common.user_stack, servers);
+    // Before saying "tracing": a server that upgrades, closes and exits the
+    // moment traffic starts is described too.
+    enricher.remember_listeners(opts.ports);
+    announce(&opts, &attached, &outputs);
+    on_ready(opts.ports[0]);
+
+    let mut event_loop = EventLoop {
+        matcher: Matcher::with_capacity(attached.set, opts.common.max_sockets as usize),
+        reader,
+        enricher,
+        outputs,
+        attached,
+        ports: opts.ports,
+        max_sockets: opts.common.max_sockets,
+        limit: opts.count.unwrap_or(u64::MAX),
+        evicted_reported: 0,
+        lost_reported: 0,
+    };
+    event_loop.run(opts.duration).await?;
+    event_loop.shutdown().await
+}
+
+/// Options no clap parser could check; returns the redaction policy.
+fn check_options(opts: &Options<'_>) -> Result<Redactor> {
     if opts.ports.len() > MAX_PORTS {
         bail!(
             "at most {MAX_PORTS} --port values can be traced at once (got {})",
             opts.ports.len()
         );
     }
-    let redactor = if opts.common.show_secrets {
-        Redactor::none()
+    if opts.common.show_secrets {
+        Ok(Redactor::none())
     } else {
-        Redactor::new(&opts.common.redact).map_err(|e| anyhow::anyhow!(e))?
-    };
-    // Opened before the probes attach: a bad path fails the start, with
-    // nothing loaded. An agent whose log silently went to stdout would lose
-    // every report its collector expects; a failure later in the run (disk
-    // full) keeps tracing on stdout instead, see `Sink::print`.
-    let log = match &opts.log {
-        Some(l) => Some(
-            output::logfile::LogFile::open(l.path, l.rotate_size, l.rotate_keep).map_err(|e| {
-                anyhow::anyhow!("{e:#} (choose a writable --output path, or drop --output)")
-            })?,
-        ),
-        None => None,
-    };
-    privileges::check()?;
-    let metrics = match opts.metrics {
-        Some(addr) => {
-            let m = metrics::Metrics::new();
-            let bound = metrics::serve(addr, m.clone())?;
-            eprintln!("wstrace: metrics on http://{bound}/metrics");
-            Some(m)
-        }
-        None => None,
-    };
-    if let Some(warning) = privileges::raise_memlock() {
-        eprintln!("wstrace: warning: {warning}");
+        Redactor::new(&opts.common.redact).map_err(|e| anyhow::anyhow!(e))
     }
+}
+
+/// Opens `--output` before the probes attach: a bad path fails the start,
+/// with nothing loaded. An agent whose log silently went to stdout would lose
+/// every report its collector expects; a failure later in the run (disk
+/// full) keeps tracing on stdout instead, see [`Outputs::emit`].
+fn open_log(opts: &Options<'_>) -> Result<Option<LogFile>> {
+    let Some(l) = &opts.log else {
+        return Ok(None);
+    };
+    LogFile::open(l.path, l.rotate_size, l.rotate_keep)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("{e:#} (choose a writable --output path, or drop --output)"))
+}
+
+fn serve_metrics(opts: &Options<'_>) -> Result<Option<metrics::Metrics>> {
+    let Some(addr) = opts.metrics else {
+        return Ok(None);
+    };
+    let m = metrics::Metrics::new();
+    let bound = metrics::serve(addr, m.clone())?;
+    eprintln!("wstrace: metrics on http://{bound}/metrics");
+    Ok(Some(m))
+}
+
+/// Resolves the kernel's layout and attaches the chosen probe set; returns
+/// it with the reader queue's size.
+fn attach_probes(opts: &Options<'_>) -> Result<(Attached, usize)> {
     let offsets = btf::resolve(&opts.common.btf)?;
     let root = tracefs::ensure_mounted()?;
     let user_stack_bytes = user_stack_copy_bytes(opts.common, &offsets);
@@ -166,213 +181,25 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
         ring_bytes,
         user_stack_bytes,
     };
-    let mut attached = probes::attach(opts.common.probe, &settings, &offsets, &root)?;
+    let attached = probes::attach(opts.common.probe, &settings, &offsets, &root)?;
     for s in &attached.skipped {
         eprintln!("wstrace: skipped probe set {s}");
     }
     for l in &attached.limits {
         eprintln!("wstrace: note: {l}");
     }
+    Ok((attached, queue_bytes))
+}
 
-    let ring = attached
-        .ebpf
-        .take_map("EVENTS")
-        .context("EVENTS map missing from the object")?;
-    let ring = RingBuf::try_from(ring).context("EVENTS is not a ring buffer")?;
-    let servers = probes::take_servers(&mut attached.ebpf);
-    let mut reader = reader::Reader::start(ring, queue_bytes)?;
-
-    let color = match opts.common.color {
-        ColorChoice::Always => true,
-        ColorChoice::Never => false,
-        ColorChoice::Auto => std::io::stdout().is_terminal(),
-    };
-    let mut sink = Sink {
-        format: opts.common.format,
-        color,
-        clock: Clock::new(),
-        symbolizer: Symbolizer::new(),
-        procs: procinfo::Processes::default(),
-        host: procinfo::hostname(),
-        printed: 0,
-        redactor,
-        // Idle times are kept in jiffies by the kernel; without the tick
-        // rate they are left out rather than guessed.
-        hz: hz::detect(),
-        peers: HashMap::new(),
-        peer_finder: peer::PeerFinder::default(),
-        starts: HashMap::new(),
-        servers,
-        log,
-        metrics,
-        user_stack: opts.common.user_stack,
-    };
-    let mut matcher = Matcher::with_capacity(attached.set, opts.common.max_sockets as usize);
-    let mut evicted_reported = 0u64;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    let mut lost_reported = 0u64;
-    let limit = opts.count.unwrap_or(u64::MAX);
-    // Before saying "tracing": a server that upgrades, closes and exits the
-    // moment traffic starts is described too.
-    sink.remember_listeners(opts.ports);
+/// The "tracing" line: from here on every upgrade on the ports is seen.
+fn announce(opts: &Options<'_>, attached: &Attached, outputs: &Outputs) {
     let ports: Vec<String> = opts.ports.iter().map(u16::to_string).collect();
     eprintln!(
         "wstrace: tracing port {} with {} probes",
         ports.join(","),
         attached.set.name()
     );
-    if let Some(m) = &sink.metrics {
-        m.probe_set
-            .get_or_create(&metrics::ProbeLabels {
-                probe: attached.set.name().into(),
-            })
-            .set(1);
-    }
-    on_ready(opts.ports[0]);
-    let mut last_scan = tokio::time::Instant::now();
-
-    'outer: while sink.printed < limit {
-        tokio::select! {
-            rec = reader.records.recv() => {
-                let Some(rec) = rec else {
-                    bail!("the ring-buffer reader stopped unexpectedly");
-                };
-                if deliver(&mut sink, &mut matcher, rec.event, limit)? {
-                    break 'outer;
-                }
-            }
-            _ = tick.tick() => {
-                if last_scan.elapsed() >= LISTENER_SCAN_INTERVAL {
-                    sink.remember_listeners(opts.ports);
-                    last_scan = tokio::time::Instant::now();
-                }
-                for r in matcher.tick(monotonic_ns()) {
-                    sink.print(&r)?;
-                    if sink.printed >= limit {
-                        break 'outer;
-                    }
-                }
-                if matcher.evicted > evicted_reported {
-                    eprintln!(
-                        "wstrace: warning: {} upgraded socket(s) evicted: more than --max-sockets={} were open at once, and the oldest are no longer traced (raise --max-sockets)",
-                        matcher.evicted - evicted_reported,
-                        opts.common.max_sockets
-                    );
-                    evicted_reported = matcher.evicted;
-                }
-                let lost = probes::lost_events(&attached.ebpf);
-                if lost > lost_reported {
-                    eprintln!(
-                        "wstrace: warning: {} events lost (ring buffer full); reports may be missing",
-                        lost - lost_reported
-                    );
-                    if let Some(m) = &sink.metrics {
-                        m.lost_events.inc_by(lost - lost_reported);
-                    }
-                    lost_reported = lost;
-                }
-            }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
-        }
-    }
-    // Stop the kernel side first, then read what it wrote before that: an
-    // event produced while attached is either reported or counted as lost,
-    // and closes after the signal cannot overflow the ring into false losses.
-    attached.detach_all();
-    reader.finish();
-    if sink.printed < limit {
-        while let Some(rec) = reader.records.recv().await {
-            if deliver(&mut sink, &mut matcher, rec.event, limit)? {
-                break;
-            }
-        }
-    }
-    drop(reader);
-    // Closes already seen but not yet complete are still worth printing.
-    if sink.printed < limit {
-        for r in matcher.flush(monotonic_ns()) {
-            sink.print(&r)?;
-            if sink.printed >= limit {
-                break;
-            }
-        }
-    }
-    if matcher.evicted > 0 {
-        eprintln!(
-            "wstrace: {} upgraded socket(s) were evicted in total (--max-sockets={})",
-            matcher.evicted, opts.common.max_sockets
-        );
-    }
-    let lost = probes::lost_events(&attached.ebpf);
-    if lost > 0 {
-        eprintln!("wstrace: {lost} events were lost in total (ring buffer full)");
-    }
-    if let Some(log) = &mut sink.log {
-        if let Err(e) = log.sync() {
-            eprintln!("wstrace: error: {e:#}");
-        }
-    }
-    // Dropping `attached` detaches every program before we return.
-    drop(attached);
-    Ok(sink.printed)
-}
-
-struct Sink {
-    format: output::Format,
-    color: bool,
-    clock: Clock,
-    symbolizer: Symbolizer,
-    procs: procinfo::Processes,
-    host: String,
-    printed: u64,
-    redactor: Redactor,
-    hz: Option<u32>,
-    /// The process at the other end of loopback connections, by socket,
-    /// looked up at the 101 while it is surely alive.
-    peers: HashMap<u64, PeerProcess>,
-    peer_finder: peer::PeerFinder,
-    /// The kernel's set of processes whose reads may carry a request on a
-    /// traced port (tracepoint set): listeners found here are added, so a
-    /// server that accepted before we attached is covered too.
-    servers: Option<aya::maps::HashMap<aya::maps::MapData, u32, u8>>,
-    /// Start time of the process each pid named when last seen: a pid whose
-    /// events carry another start time has been reused.
-    starts: HashMap<u32, u64>,
-    /// `--output`; dropped (with one error message) when it fails.
-    log: Option<output::logfile::LogFile>,
-    metrics: Option<metrics::Metrics>,
-    user_stack: UserStackMode,
-}
-
-/// One decoded ring-buffer record through the matcher to the output. True once
-/// `limit` reports are printed.
-fn deliver(
-    sink: &mut Sink,
-    matcher: &mut Matcher,
-    event: Result<events::Event>,
-    limit: u64,
-) -> Result<bool> {
-    let mut ev = match event {
-        Ok(ev) => ev,
-        Err(e) => {
-            eprintln!("wstrace: warning: undecodable event: {e:#}");
-            return Ok(false);
-        }
-    };
-    sink.observe(&ev);
-    sink.unwind(&mut ev);
-    for r in matcher.on_event(ev) {
-        sink.print(&r)?;
-        if sink.printed >= limit {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    outputs.probe_set(attached.set.name());
 }
 
 /// How often processes listening on the traced ports are looked for (and
@@ -380,188 +207,152 @@ fn deliver(
 /// from their first close if they lived this long before it.
 const LISTENER_SCAN_INTERVAL: Duration = Duration::from_secs(2);
 
-/// How long an exited process's maps are kept for closes still in flight.
-const EXITED_GRACE: Duration = Duration::from_secs(30);
+/// The stages, wired: records from the reader through the matcher; events
+/// and completed reports through the enricher, the diagnosis and the
+/// outputs. Warns about evictions and losses as they happen.
+struct EventLoop<'a> {
+    reader: Reader,
+    matcher: Matcher,
+    enricher: Enricher,
+    outputs: Outputs,
+    attached: Attached,
+    ports: &'a [u16],
+    max_sockets: u32,
+    /// Reports to print before stopping (`--count`).
+    limit: u64,
+    evicted_reported: u64,
+    lost_reported: u64,
+}
 
-/// Pids whose process start time is remembered at once (a bound).
-const MAX_STARTS: usize = 16384;
-
-/// Peers remembered at once (a bound, not a working-set estimate).
-const MAX_PEERS: usize = 16384;
-
-impl Sink {
-    /// Replaces a close's stack copy by its dwarf unwind, now: the process
-    /// may exit any moment, and a report in flight should not hold 16 KiB.
-    fn unwind(&mut self, ev: &mut events::Event) {
-        if let Some(stacks) = &mut ev.stacks
-            && let Some(copy) = stacks.user_copy.take()
-        {
-            stacks.dwarf = Some(self.symbolizer.unwind_user(ev.pid, &copy));
-        }
+impl EventLoop<'_> {
+    fn done(&self) -> bool {
+        self.outputs.printed >= self.limit
     }
 
-    /// Read what must be read while the process lives: its executable path
-    /// and (at the upgrade) its memory maps for later symbolization.
-    fn observe(&mut self, ev: &events::Event) {
-        if matches!(ev.kind, EventKind::Upgrade | EventKind::Close) {
-            self.check_identity(ev);
-        }
-        match ev.kind {
-            EventKind::Upgrade => {
-                self.procs.note(ev.pid, &ev.comm, &self.redactor);
-                if let Some(m) = &self.metrics {
-                    m.upgrades.inc();
+    async fn run(&mut self, duration: Option<Duration>) -> Result<()> {
+        let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut last_scan = tokio::time::Instant::now();
+        while !self.done() {
+            tokio::select! {
+                rec = self.reader.records.recv() => {
+                    let Some(rec) = rec else {
+                        bail!("the ring-buffer reader stopped unexpectedly");
+                    };
+                    self.deliver(rec.event)?;
                 }
-                self.symbolizer.remember_process(ev.pid);
-                if peer::is_local(ev.remote.ip()) {
-                    if self.peers.len() >= MAX_PEERS {
-                        self.peers.clear();
+                _ = tick.tick() => {
+                    if last_scan.elapsed() >= LISTENER_SCAN_INTERVAL {
+                        self.enricher.remember_listeners(self.ports);
+                        last_scan = tokio::time::Instant::now();
                     }
-                    // The peer's socket is our socket with the ends swapped.
-                    if let Some(p) = self.peer_finder.find(ev.remote, ev.local) {
-                        self.peers.insert(ev.sk, p);
+                    for r in self.matcher.tick(monotonic_ns()) {
+                        self.report(&r)?;
+                        if self.done() {
+                            return Ok(());
+                        }
                     }
+                    self.warn_evictions();
+                    self.warn_losses();
                 }
-            }
-            EventKind::Close => self.procs.note(ev.pid, &ev.comm, &self.redactor),
-            _ => {}
-        }
-    }
-
-    /// Pids are reused: when a pid's events start carrying another process
-    /// start time, what was cached under it (maps, pinned binaries,
-    /// symbolized stacks, executable, command line) described a process that
-    /// is gone, and would misname and mis-symbolize the new one. The comm
-    /// check in procinfo misses a reuse by the same program.
-    fn check_identity(&mut self, ev: &events::Event) {
-        if ev.process_start_ns == 0 {
-            return; // this kernel's BTF did not say where the start time is
-        }
-        if self.starts.len() >= MAX_STARTS && !self.starts.contains_key(&ev.pid) {
-            self.starts.clear();
-        }
-        if let Some(old) = self.starts.insert(ev.pid, ev.process_start_ns)
-            && old != ev.process_start_ns
-        {
-            self.symbolizer.forget_process(ev.pid);
-            self.procs.forget(ev.pid);
-        }
-    }
-
-    /// Remember (maps, executable, command line) every process listening on
-    /// a traced port, before it accepts anything: a worker that closes and
-    /// exits at once is gone before its upgrade event is read, and without
-    /// this its report would have neither executable nor user frames.
-    fn remember_listeners(&mut self, ports: &[u16]) {
-        self.symbolizer.prune_exited(EXITED_GRACE);
-        let symbolizer = &self.symbolizer;
-        for p in peer::listeners(ports, |pid| symbolizer.remembers(pid)) {
-            self.procs.note(p.pid, &p.comm, &self.redactor);
-            self.symbolizer.remember_process(p.pid);
-            if let Some(servers) = &mut self.servers {
-                // Fails only if the map is full of live entries (it is LRU): the
-                // process is then added by its next accept or 101.
-                let _ = servers.insert(p.pid, 1, 0);
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
             }
         }
-    }
-
-    fn print(&mut self, r: &CloseReport) -> Result<()> {
-        let mut user_walk = UserWalk::default();
-        let (kernel_stack, user_stack, process) = match &r.closer {
-            Some(c) => {
-                let k = match &c.stacks.kernel {
-                    Ok(a) => self.symbolizer.kernel_stack(a),
-                    Err(e) => vec![format!("[kernel stack unavailable: errno {e}]")],
-                };
-                let (walk, note) =
-                    unwind::choose(self.user_stack, &c.stacks.user, c.stacks.dwarf.as_ref());
-                user_walk = UserWalk {
-                    walk: Some(walk),
-                    note,
-                    end: None,
-                };
-                let u = match (walk, &c.stacks.dwarf, &c.stacks.user, c.at_exit) {
-                    (_, _, _, true) => {
-                        user_walk.walk = None;
-                        vec!["[none: closed at process exit]".to_string()]
-                    }
-                    (Walk::Dwarf, Some(d), _, false) => {
-                        user_walk.end = Some(d.end.clone());
-                        self.symbolizer.user_stack(c.pid, &d.addrs)
-                    }
-                    (_, _, Ok(a), false) => self.symbolizer.user_stack(c.pid, a),
-                    (_, _, Err(e), false) => vec![format!("[user stack unavailable: errno {e}]")],
-                };
-                (k, u, self.procs.get(c.pid))
-            }
-            None => (Vec::new(), Vec::new(), ProcInfo::default()),
-        };
-        let request = http::parse_request_head(&r.request_head, &self.redactor);
-        let frames: Vec<_> = r
-            .close_frames
-            .iter()
-            .filter_map(|(dir, bytes)| wsframe::first_close(bytes).map(|f| (*dir, f)))
-            .collect();
-        let idle_ms = match (r.jiffies_at_close.and_then(|j| j.idle()), self.hz) {
-            (Some(j), Some(hz)) => Some(hz::jiffies_to_ms(j, hz)),
-            _ => None,
-        };
-        let peer = self.peers.remove(&r.sk);
-        let facts = Facts {
-            request: request.clone(),
-            closed_by: r.closed_by,
-            how: r.how,
-            closer: r.closer.as_ref().map(|c| (c.pid, c.comm.clone())),
-            peer: peer.as_ref().map(|p| (p.pid, p.comm.clone())),
-            remote: r.remote.to_string(),
-            close_frames: frames.clone(),
-            ms_after_upgrade: r.ms_after_upgrade(),
-            idle_ms,
-        };
-        let view = output::View {
-            report: r,
-            ts: self.clock.wall(r.close_ts_ns),
-            exe: process.exe.clone(),
-            process,
-            host: &self.host,
-            kernel_stack,
-            user_stack,
-            user_walk,
-            request,
-            frames,
-            idle_ms,
-            peer,
-            diagnosis: diagnose::diagnose(&facts),
-        };
-        if let Some(m) = &self.metrics {
-            m.closes
-                .get_or_create(&metrics::CloseLabels {
-                    closed_by: r.closed_by.as_str().into(),
-                    how: r.how.as_str().into(),
-                    diagnosis: view.diagnosis.code.into(),
-                })
-                .inc();
-            m.lifetime.observe(r.ms_after_upgrade() / 1000.0);
-        }
-        if let Some(log) = &mut self.log {
-            if let Err(e) = log.append(&output::json::render(&view)) {
-                eprintln!("wstrace: error: {e:#}; reporting on stdout only from now on");
-                self.log = None;
-            }
-        }
-        let text = output::render(self.format, self.color, &view);
-        let mut out = std::io::stdout().lock();
-        // One write per report, flushed: a pipe reader never sees half of one.
-        let line = if text.ends_with('\n') {
-            text
-        } else {
-            text + "\n"
-        };
-        out.write_all(line.as_bytes())
-            .context("writing a report to stdout")?;
-        out.flush().context("flushing stdout")?;
-        self.printed += 1;
         Ok(())
+    }
+
+    /// One decoded ring-buffer record through the matcher to the outputs.
+    fn deliver(&mut self, event: Result<Event>) -> Result<()> {
+        let mut ev = match event {
+            Ok(ev) => ev,
+            Err(e) => {
+                eprintln!("wstrace: warning: undecodable event: {e:#}");
+                return Ok(());
+            }
+        };
+        if ev.kind == EventKind::Upgrade {
+            self.outputs.upgrade_seen();
+        }
+        self.enricher.observe(&ev);
+        self.enricher.unwind(&mut ev);
+        for r in self.matcher.on_event(ev) {
+            self.report(&r)?;
+            if self.done() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// enrich -> diagnose -> output for one completed report.
+    fn report(&mut self, r: &CloseReport) -> Result<()> {
+        let enriched = self.enricher.resolve(r);
+        let diagnosis = diagnose::diagnose(&Facts::of(&enriched));
+        self.outputs.emit(&View {
+            enriched,
+            diagnosis,
+        })
+    }
+
+    fn warn_evictions(&mut self) {
+        if self.matcher.evicted > self.evicted_reported {
+            eprintln!(
+                "wstrace: warning: {} upgraded socket(s) evicted: more than --max-sockets={} were open at once, and the oldest are no longer traced (raise --max-sockets)",
+                self.matcher.evicted - self.evicted_reported,
+                self.max_sockets
+            );
+            self.evicted_reported = self.matcher.evicted;
+        }
+    }
+
+    fn warn_losses(&mut self) {
+        let lost = probes::lost_events(&self.attached.ebpf);
+        if lost > self.lost_reported {
+            eprintln!(
+                "wstrace: warning: {} events lost (ring buffer full); reports may be missing",
+                lost - self.lost_reported
+            );
+            self.outputs.events_lost(lost - self.lost_reported);
+            self.lost_reported = lost;
+        }
+    }
+
+    /// Stops the kernel side first, then reads what it wrote before that: an
+    /// event produced while attached is either reported or counted as lost,
+    /// and closes after the signal cannot overflow the ring into false losses.
+    /// Closes already seen but not yet complete are still printed.
+    async fn shutdown(mut self) -> Result<u64> {
+        self.attached.detach_all();
+        self.reader.finish();
+        while !self.done() {
+            let Some(rec) = self.reader.records.recv().await else {
+                break;
+            };
+            self.deliver(rec.event)?;
+        }
+        if !self.done() {
+            for r in self.matcher.flush(monotonic_ns()) {
+                self.report(&r)?;
+                if self.done() {
+                    break;
+                }
+            }
+        }
+        if self.matcher.evicted > 0 {
+            eprintln!(
+                "wstrace: {} upgraded socket(s) were evicted in total (--max-sockets={})",
+                self.matcher.evicted, self.max_sockets
+            );
+        }
+        let lost = probes::lost_events(&self.attached.ebpf);
+        if lost > 0 {
+            eprintln!("wstrace: {lost} events were lost in total (ring buffer full)");
+        }
+        self.outputs.finish();
+        Ok(self.outputs.printed)
     }
 }

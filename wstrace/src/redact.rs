@@ -2,7 +2,6 @@
 //! request header values and command-line arguments. Every printer gets its
 //! values through here.
 
-
 /// Shown instead of a sensitive header's value.
 pub const REDACTED: &str = "[redacted]";
 
@@ -179,7 +178,6 @@ mod tests {
         let long = vec![b'a'; 4096];
         assert!(!glob(b"*a*a*a*a*a*a*a*b", &long));
     }
-
 
     #[test]
     fn urls_without_passwords_are_unchanged() {

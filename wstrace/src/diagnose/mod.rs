@@ -14,6 +14,7 @@
 //! 6. `unknown`: the facts are shown, no guess is made.
 use serde::Serialize;
 
+use crate::enrich::Enriched;
 use crate::model::{ClosedBy, Direction, How};
 use crate::protocol::http::{HttpVersion, RequestHead};
 use crate::protocol::wsframe::{CloseFrame, close_code_meaning};
@@ -34,6 +35,24 @@ pub struct Facts {
     pub ms_after_upgrade: f64,
     /// Time since the last data in either direction when the close began.
     pub idle_ms: Option<u64>,
+}
+
+impl Facts {
+    /// The facts of one enriched report.
+    pub fn of(e: &Enriched<'_>) -> Self {
+        let r = e.report;
+        Facts {
+            request: e.request.clone(),
+            closed_by: r.closed_by,
+            how: r.how,
+            closer: r.closer.as_ref().map(|c| (c.pid, c.comm.clone())),
+            peer: e.peer.as_ref().map(|p| (p.pid, p.comm.clone())),
+            remote: r.remote.to_string(),
+            close_frames: e.frames.clone(),
+            ms_after_upgrade: r.ms_after_upgrade(),
+            idle_ms: e.idle_ms,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -1,8 +1,235 @@
-//! What the kernel event does not carry: which program a pid is, its
-//! symbolized and unwound stacks, the process at the other end, idle time.
+//! What the kernel event does not carry: which program a pid is (the
+//! process table), symbolized and unwound stacks, the process at the other
+//! end, idle time in ms, wall-clock time. [`Enricher`] is the stage: events
+//! go through [`Enricher::observe`] as they are read (while the processes
+//! live), reports through [`Enricher::resolve`] when the matcher completes
+//! them.
+pub mod clock;
 pub mod hz;
 pub mod maps;
 pub mod peer;
 pub mod process;
 pub mod symbolize;
 pub mod unwind;
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use wstrace_common::EventKind;
+
+use crate::model::{CloseReport, Direction, Event, PeerProcess, ProcInfo, UserWalk, Walk};
+use crate::protocol::{
+    http::{self, RequestHead},
+    wsframe::{self, CloseFrame},
+};
+use crate::redact::Redactor;
+use clock::Clock;
+use process::{EXITED_GRACE, ProcessKey, ProcessTable, Seen};
+use symbolize::Symbolizer;
+use unwind::UserStackMode;
+
+/// Peers remembered at once (a bound, not a working-set estimate).
+const MAX_PEERS: usize = 16384;
+
+/// A close report with everything resolved that the matcher does not know:
+/// wall-clock time, the closing process's description, symbolized stacks,
+/// the parsed (redacted) request and close frames, idle time and the peer.
+pub struct Enriched<'a> {
+    pub report: &'a CloseReport,
+    pub ts: SystemTime,
+    pub exe: Option<String>,
+    /// The closing process: command line (redacted), cgroup, container.
+    pub process: ProcInfo,
+    /// This host's name (fleet logs).
+    pub host: &'a str,
+    pub kernel_stack: Vec<String>,
+    pub user_stack: Vec<String>,
+    pub user_walk: UserWalk,
+    /// Already redacted.
+    pub request: Option<RequestHead>,
+    pub frames: Vec<(Direction, CloseFrame)>,
+    pub idle_ms: Option<u64>,
+    pub peer: Option<PeerProcess>,
+}
+
+/// The enrich stage: owns the process table and everything kept per process
+/// or per socket until its report is made.
+pub struct Enricher {
+    processes: ProcessTable,
+    symbolizer: Symbolizer,
+    redactor: Redactor,
+    clock: Clock,
+    host: String,
+    /// Idle times are kept in jiffies by the kernel; without the tick rate
+    /// they are left out rather than guessed.
+    hz: Option<u32>,
+    user_stack: UserStackMode,
+    /// The process at the other end of loopback connections, by socket,
+    /// looked up at the 101 while it is surely alive.
+    peers: HashMap<u64, PeerProcess>,
+    peer_finder: peer::PeerFinder,
+    /// The kernel's set of processes whose reads may carry a request on a
+    /// traced port (tracepoint set): listeners found here are added, so a
+    /// server that accepted before we attached is covered too.
+    servers: Option<BpfHashMap<MapData, u32, u8>>,
+}
+
+impl Enricher {
+    pub fn new(
+        redactor: Redactor,
+        user_stack: UserStackMode,
+        servers: Option<BpfHashMap<MapData, u32, u8>>,
+    ) -> Self {
+        Self {
+            processes: ProcessTable::default(),
+            symbolizer: Symbolizer::new(),
+            redactor,
+            clock: Clock::new(),
+            host: process::hostname(),
+            hz: hz::detect(),
+            user_stack,
+            peers: HashMap::new(),
+            peer_finder: peer::PeerFinder::default(),
+            servers,
+        }
+    }
+
+    /// Reads what must be read while the process lives, at its first event:
+    /// its description (process table) and, at the upgrade, its memory maps
+    /// for later symbolization and the peer at the other end.
+    pub fn observe(&mut self, ev: &Event) {
+        // State, reset and destroy events run in softirq: their pid is
+        // whoever was interrupted.
+        if !matches!(
+            ev.kind,
+            EventKind::Upgrade | EventKind::Close | EventKind::Data
+        ) || ev.pid == 0
+        {
+            return;
+        }
+        let key = ProcessKey {
+            pid: ev.pid,
+            start_ns: ev.process_start_ns,
+        };
+        let (seen, dropped) = self.processes.observe(key, &ev.comm, &self.redactor);
+        if seen == Seen::Reused {
+            // Maps, pinned binaries and symbolized stacks cached under this
+            // pid describe a process that is gone.
+            self.symbolizer.forget_process(ev.pid);
+        }
+        for pid in dropped {
+            self.symbolizer.forget_process(pid);
+        }
+        if ev.kind == EventKind::Upgrade {
+            self.symbolizer.remember_process(ev.pid);
+            if peer::is_local(ev.remote.ip()) {
+                if self.peers.len() >= MAX_PEERS {
+                    self.peers.clear();
+                }
+                // The peer's socket is our socket with the ends swapped.
+                if let Some(p) = self.peer_finder.find(ev.remote, ev.local) {
+                    self.peers.insert(ev.sk, p);
+                }
+            }
+        }
+    }
+
+    /// Replaces a close's stack copy by its dwarf unwind, now: the process
+    /// may exit any moment, and a report in flight should not hold 16 KiB.
+    pub fn unwind(&mut self, ev: &mut Event) {
+        if let Some(stacks) = &mut ev.stacks
+            && let Some(copy) = stacks.user_copy.take()
+        {
+            stacks.dwarf = Some(self.symbolizer.unwind_user(ev.pid, &copy));
+        }
+    }
+
+    /// Remembers (description, maps) every process listening on a traced
+    /// port, before it accepts anything: a worker that closes and exits at
+    /// once is gone before its upgrade event is read, and without this its
+    /// report would have neither executable nor user frames. Also forgets
+    /// processes that exited [`EXITED_GRACE`] ago.
+    pub fn remember_listeners(&mut self, ports: &[u16]) {
+        for pid in self.processes.prune_exited(EXITED_GRACE) {
+            self.symbolizer.forget_process(pid);
+        }
+        let (processes, symbolizer) = (&self.processes, &self.symbolizer);
+        let found = peer::listeners(ports, |pid| {
+            processes.knows(pid) && symbolizer.remembers(pid)
+        });
+        for p in found {
+            let key = ProcessKey {
+                pid: p.pid,
+                start_ns: 0,
+            };
+            let (_, dropped) = self.processes.observe(key, &p.comm, &self.redactor);
+            for pid in dropped {
+                self.symbolizer.forget_process(pid);
+            }
+            self.symbolizer.remember_process(p.pid);
+            if let Some(servers) = &mut self.servers {
+                // Fails only if the map is full of live entries (it is LRU): the
+                // process is then added by its next accept or 101.
+                let _ = servers.insert(p.pid, 1, 0);
+            }
+        }
+    }
+
+    /// Everything a printer and the diagnosis need about one report.
+    pub fn resolve<'a>(&'a mut self, r: &'a CloseReport) -> Enriched<'a> {
+        let mut user_walk = UserWalk::default();
+        let (kernel_stack, user_stack, process) = match &r.closer {
+            Some(c) => {
+                let k = match &c.stacks.kernel {
+                    Ok(a) => self.symbolizer.kernel_stack(a),
+                    Err(e) => vec![format!("[kernel stack unavailable: errno {e}]")],
+                };
+                let (walk, note) =
+                    unwind::choose(self.user_stack, &c.stacks.user, c.stacks.dwarf.as_ref());
+                user_walk = UserWalk {
+                    walk: Some(walk),
+                    note,
+                    end: None,
+                };
+                let u = match (walk, &c.stacks.dwarf, &c.stacks.user, c.at_exit) {
+                    (_, _, _, true) => {
+                        user_walk.walk = None;
+                        vec!["[none: closed at process exit]".to_string()]
+                    }
+                    (Walk::Dwarf, Some(d), _, false) => {
+                        user_walk.end = Some(d.end.clone());
+                        self.symbolizer.user_stack(c.pid, &d.addrs)
+                    }
+                    (_, _, Ok(a), false) => self.symbolizer.user_stack(c.pid, a),
+                    (_, _, Err(e), false) => vec![format!("[user stack unavailable: errno {e}]")],
+                };
+                (k, u, self.processes.info(c.pid))
+            }
+            None => (Vec::new(), Vec::new(), ProcInfo::default()),
+        };
+        let frames = r
+            .close_frames
+            .iter()
+            .filter_map(|(dir, bytes)| wsframe::first_close(bytes).map(|f| (*dir, f)))
+            .collect();
+        let idle_ms = match (r.jiffies_at_close.and_then(|j| j.idle()), self.hz) {
+            (Some(j), Some(hz)) => Some(hz::jiffies_to_ms(j, hz)),
+            _ => None,
+        };
+        Enriched {
+            report: r,
+            ts: self.clock.wall(r.close_ts_ns),
+            exe: process.exe.clone(),
+            process,
+            host: &self.host,
+            kernel_stack,
+            user_stack,
+            user_walk,
+            request: http::parse_request_head(&r.request_head, &self.redactor),
+            frames,
+            idle_ms,
+            peer: self.peers.remove(&r.sk),
+        }
+    }
+}

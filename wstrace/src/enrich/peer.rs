@@ -2,12 +2,12 @@
 //! as an nginx worker), found the way `ss -p` does: the peer socket's inode in
 //! /proc/net/tcp{,6}, then the process holding `socket:[inode]` in
 //! /proc/<pid>/fd. Looked up when the 101 is seen, while the peer is alive.
+use crate::model::PeerProcess;
 use std::{
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::{Duration, Instant},
 };
-use crate::model::PeerProcess;
 
 /// Is `ip` an address of this host whose peer process we can look up?
 /// Loopback only: other local addresses would need the host's address list,

@@ -1,70 +1,219 @@
-//! Facts about a process for fleet logs, read from /proc while it lives:
-//! executable, command line (with secret-looking arguments redacted), cgroup
-//! path and container id.
+//! The process table: every process the daemon has seen, with the facts
+//! fleet logs need, read from /proc while it lives: executable, command line
+//! (bounded, secret-looking arguments redacted), cgroup path and container id.
 use std::collections::HashMap;
+use std::io::Read as _;
+use std::time::{Duration, Instant};
 
-use crate::redact::{Redactor, redact_cmdline};
 use crate::model::ProcInfo;
+use crate::redact::{Redactor, redact_cmdline};
 
-/// Per-pid cache: a process that exits right after its close is still
-/// described (it was read at the 101 or at the close event).
-///
-/// Each entry remembers the comm of the event that read it. A different comm
-/// for the same pid means a reused pid, an exec, or just another thread: the
-/// entry is re-read, but only kept if the re-read found a live process, so a
-/// closer that has exited keeps what was read while it lived. A close by the
-/// old program of a process that exec'd since keeps its comm, hence the old
-/// (right) description.
-#[derive(Default)]
-pub struct Processes {
-    info: HashMap<u32, (String, ProcInfo)>,
+/// How long a process that has exited is kept: its last closes may still
+/// be in flight (queued, or waiting in the matcher for the peer's side).
+pub const EXITED_GRACE: Duration = Duration::from_secs(30);
+
+/// Processes described at once, at most.
+const MAX_ENTRIES: usize = 4096;
+
+/// Bytes of text (exe, command line, cgroup, comm) held for all processes at
+/// once, at most: 4096 processes with long command lines fit.
+const MAX_BYTES: usize = 8 << 20;
+
+/// Bytes of `/proc/<pid>/cmdline` read, at most: a local user controls it
+/// and can make it megabytes long; the start says which program it is.
+pub const CMDLINE_MAX: u64 = 4096;
+
+/// Which process an event came from: pids are reused, the pair is not.
+/// `start_ns` is 0 when this kernel's BTF does not say where the start time
+/// is, or for a process found by scanning `/proc` before any event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProcessKey {
+    pub pid: u32,
+    pub start_ns: u64,
 }
 
-impl Processes {
-    const MAX: usize = 4096;
+/// What the table knows of one process.
+#[derive(Debug)]
+struct Process {
+    start_ns: u64,
+    /// The comm of the event that read `info`.
+    comm: String,
+    info: ProcInfo,
+    /// When the process was last seen, as the table's event count (not a
+    /// clock: two events within a clock tick still order).
+    last_seen: u64,
+    /// When a prune first found `/proc/<pid>` gone.
+    gone_since: Option<Instant>,
+}
 
-    pub fn note(&mut self, pid: u32, comm: &str, redactor: &Redactor) {
-        self.note_with(pid, comm, || read(pid, redactor));
+impl Process {
+    fn bytes(&self) -> usize {
+        let i = &self.info;
+        self.comm.len()
+            + [&i.exe, &i.cmdline, &i.cgroup, &i.container_id]
+                .iter()
+                .map(|s| s.as_ref().map_or(0, String::len))
+                .sum::<usize>()
+    }
+}
+
+/// What [`ProcessTable::observe`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// First event from this process: its facts were read now.
+    New,
+    /// Known already (re-read if the comm changed: exec or thread name).
+    Known,
+    /// The pid named another process before (another start time): what was
+    /// cached for the old one is gone, and so must everything keyed by pid.
+    Reused,
+}
+
+/// The one table of processes the daemon has seen, keyed by pid and
+/// checked against the process start time every event carries. It owns
+/// what is known about each process (comm, executable, command line,
+/// cgroup), read from `/proc` at the process's first event so a process
+/// that exits right after a close is still described, and one eviction rule
+/// bounded by entries and bytes. Per-pid state elsewhere (the symbolizer's
+/// maps and unwind tables) lives exactly as long as the process's entry
+/// here: the caller forgets it for every pid this table drops.
+#[derive(Default)]
+pub struct ProcessTable {
+    procs: HashMap<u32, Process>,
+    bytes: usize,
+    events: u64,
+}
+
+impl ProcessTable {
+    /// Records an event from `key` (with the comm it carried), reading the
+    /// process's facts from `/proc` if they are not known yet. Returns what
+    /// was found and the pids dropped to stay within bounds.
+    pub fn observe(
+        &mut self,
+        key: ProcessKey,
+        comm: &str,
+        redactor: &Redactor,
+    ) -> (Seen, Vec<u32>) {
+        self.observe_with(key, comm, || read(key.pid, redactor))
     }
 
-    fn note_with(&mut self, pid: u32, comm: &str, read: impl FnOnce() -> ProcInfo) {
-        let known = match self.info.get(&pid) {
-            Some((c, _)) if c == comm => return,
-            Some(_) => true,
-            None => false,
+    fn observe_with(
+        &mut self,
+        key: ProcessKey,
+        comm: &str,
+        read: impl FnOnce() -> ProcInfo,
+    ) -> (Seen, Vec<u32>) {
+        self.events += 1;
+        let now = self.events;
+        let seen = match self.procs.get_mut(&key.pid) {
+            None => Seen::New,
+            Some(p) if p.start_ns != 0 && key.start_ns != 0 && p.start_ns != key.start_ns => {
+                Seen::Reused
+            }
+            Some(p) => {
+                p.last_seen = now;
+                if p.start_ns == 0 {
+                    p.start_ns = key.start_ns;
+                }
+                if p.comm == comm {
+                    return (Seen::Known, Vec::new());
+                }
+                // Another comm: an exec or a thread name. Re-read, but keep
+                // the old facts if the process is gone (a closer that exited
+                // keeps what was read while it lived).
+                let fresh = read();
+                if fresh.exe.is_some() {
+                    let old = p.bytes();
+                    p.comm = comm.to_string();
+                    p.info = fresh;
+                    let new = p.bytes();
+                    self.bytes = (self.bytes + new).saturating_sub(old);
+                }
+                return (Seen::Known, self.evict_over_bounds(key.pid));
+            }
         };
-        let fresh = read();
-        if known && fresh.exe.is_none() {
-            return;
+        if let Some(old) = self.procs.remove(&key.pid) {
+            self.bytes = self.bytes.saturating_sub(old.bytes());
         }
-        if self.info.len() >= Self::MAX {
-            self.info.clear();
-        }
-        self.info.insert(pid, (comm.to_string(), fresh));
+        let p = Process {
+            start_ns: key.start_ns,
+            comm: comm.to_string(),
+            info: read(),
+            last_seen: now,
+            gone_since: None,
+        };
+        self.bytes += p.bytes();
+        self.procs.insert(key.pid, p);
+        (seen, self.evict_over_bounds(key.pid))
     }
 
-    /// Drop what is known of `pid` (it now names another process).
-    pub fn forget(&mut self, pid: u32) {
-        self.info.remove(&pid);
+    /// Is `pid` in the table?
+    pub fn knows(&self, pid: u32) -> bool {
+        self.procs.contains_key(&pid)
     }
 
-    pub fn get(&self, pid: u32) -> ProcInfo {
-        self.info
+    /// What is known of `pid` (empty if nothing).
+    pub fn info(&self, pid: u32) -> ProcInfo {
+        self.procs
             .get(&pid)
-            .map(|(_, i)| i.clone())
+            .map(|p| p.info.clone())
             .unwrap_or_default()
     }
+
+    /// Drops processes that exited more than `grace` ago; returns their pids.
+    pub fn prune_exited(&mut self, grace: Duration) -> Vec<u32> {
+        let now = Instant::now();
+        let mut gone = Vec::new();
+        for (pid, p) in self.procs.iter_mut() {
+            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                p.gone_since = None;
+            } else if now.duration_since(*p.gone_since.get_or_insert(now)) >= grace {
+                gone.push(*pid);
+            }
+        }
+        for pid in &gone {
+            self.remove(*pid);
+        }
+        gone
+    }
+
+    fn remove(&mut self, pid: u32) {
+        if let Some(p) = self.procs.remove(&pid) {
+            self.bytes = self.bytes.saturating_sub(p.bytes());
+        }
+    }
+
+    /// Over a bound, drops the least recently seen processes (never `keep`,
+    /// the one just recorded).
+    fn evict_over_bounds(&mut self, keep: u32) -> Vec<u32> {
+        let mut dropped = Vec::new();
+        while self.procs.len() > MAX_ENTRIES || (self.bytes > MAX_BYTES && self.procs.len() > 1) {
+            let oldest = self
+                .procs
+                .iter()
+                .filter(|(pid, _)| **pid != keep)
+                .min_by_key(|(_, p)| p.last_seen)
+                .map(|(pid, _)| *pid);
+            let Some(pid) = oldest else { break };
+            self.remove(pid);
+            dropped.push(pid);
+        }
+        dropped
+    }
 }
 
+/// Reads a process's facts; anything unreadable (gone, a kernel thread) is
+/// left out. Every read is bounded: the command line to [`CMDLINE_MAX`].
 fn read(pid: u32, redactor: &Redactor) -> ProcInfo {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .map(|p| p.display().to_string());
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .ok()
+    let cmdline = read_bounded(&format!("/proc/{pid}/cmdline"), CMDLINE_MAX)
         .filter(|b| !b.is_empty())
         .map(|b| redact_cmdline(&split_cmdline(&b), redactor));
-    let cgroup_text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let cgroup_text = read_bounded(&format!("/proc/{pid}/cgroup"), 4096)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let cgroup = cgroup_path(&cgroup_text);
     let container_id = cgroup.as_deref().and_then(container_id);
     ProcInfo {
@@ -73,6 +222,17 @@ fn read(pid: u32, redactor: &Redactor) -> ProcInfo {
         cgroup,
         container_id,
     }
+}
+
+/// The first `max` bytes of a /proc file.
+fn read_bounded(path: &str, max: u64) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(max)
+        .read_to_end(&mut buf)
+        .ok()?;
+    Some(buf)
 }
 
 /// NUL-separated arguments.
@@ -121,21 +281,76 @@ mod tests {
         }
     }
 
+    fn key(pid: u32, start_ns: u64) -> ProcessKey {
+        ProcessKey { pid, start_ns }
+    }
+
     #[test]
     fn a_new_comm_rereads_but_a_gone_process_keeps_its_description() {
-        let mut p = Processes::default();
-        p.note_with(7, "server", || exe("/srv/server"));
+        let mut t = ProcessTable::default();
+        let (seen, _) = t.observe_with(key(7, 1), "server", || exe("/srv/server"));
+        assert_eq!(seen, Seen::New);
         // Same comm: cached, /proc not read again.
-        p.note_with(7, "server", || panic!("re-read"));
-        // Another comm on a live pid (reuse or exec): re-read.
-        p.note_with(7, "sleep", || exe("/usr/bin/sleep"));
-        assert_eq!(p.get(7).exe.as_deref(), Some("/usr/bin/sleep"));
+        let (seen, _) = t.observe_with(key(7, 1), "server", || panic!("re-read"));
+        assert_eq!(seen, Seen::Known);
+        // Another comm on a live process (exec, thread name): re-read.
+        t.observe_with(key(7, 1), "sleep", || exe("/usr/bin/sleep"));
+        assert_eq!(t.info(7).exe.as_deref(), Some("/usr/bin/sleep"));
         // Another comm but the process is gone: keep what was read alive.
-        p.note_with(7, "worker", ProcInfo::default);
-        assert_eq!(p.get(7).exe.as_deref(), Some("/usr/bin/sleep"));
+        t.observe_with(key(7, 1), "worker", ProcInfo::default);
+        assert_eq!(t.info(7).exe.as_deref(), Some("/usr/bin/sleep"));
         // Unknown and gone: recorded as unknown.
-        p.note_with(8, "x", ProcInfo::default);
-        assert_eq!(p.get(8), ProcInfo::default());
+        t.observe_with(key(8, 1), "x", ProcInfo::default);
+        assert_eq!(t.info(8), ProcInfo::default());
+    }
+
+    #[test]
+    fn another_start_time_is_another_process() {
+        let mut t = ProcessTable::default();
+        t.observe_with(key(7, 100), "php", || exe("/usr/bin/php"));
+        // Same pid and comm, another start time: the pid was reused.
+        let (seen, _) = t.observe_with(key(7, 200), "php", || exe("/usr/bin/php8.2"));
+        assert_eq!(seen, Seen::Reused);
+        assert_eq!(t.info(7).exe.as_deref(), Some("/usr/bin/php8.2"));
+        // A start time of 0 (unknown) never counts as a reuse, and a process
+        // first found without one adopts the first it sees.
+        let (seen, _) = t.observe_with(key(9, 0), "nginx", || exe("/usr/sbin/nginx"));
+        assert_eq!(seen, Seen::New);
+        let (seen, _) = t.observe_with(key(9, 300), "nginx", || panic!("re-read"));
+        assert_eq!(seen, Seen::Known);
+        let (seen, _) = t.observe_with(key(9, 301), "nginx", || exe("/usr/sbin/nginx"));
+        assert_eq!(seen, Seen::Reused);
+    }
+
+    #[test]
+    fn bounded_by_entries_and_bytes_least_recently_seen_first() {
+        let mut t = ProcessTable::default();
+        let mut dropped = Vec::new();
+        for pid in 1..=(MAX_ENTRIES as u32 + 10) {
+            let (_, d) = t.observe_with(key(pid, 1), "w", ProcInfo::default);
+            dropped.extend(d);
+        }
+        assert_eq!(t.procs.len(), MAX_ENTRIES);
+        assert_eq!(dropped, (1..=10).collect::<Vec<u32>>());
+        // Big facts: the byte bound holds whatever the entry count.
+        let mut t = ProcessTable::default();
+        let big = || ProcInfo {
+            cmdline: Some("x".repeat(CMDLINE_MAX as usize)),
+            ..ProcInfo::default()
+        };
+        for pid in 1..=4000 {
+            t.observe_with(key(pid, 1), "w", big);
+        }
+        assert!(t.bytes <= MAX_BYTES, "{} bytes held", t.bytes);
+        assert!(t.knows(4000), "the newest process is kept");
+    }
+
+    #[test]
+    fn bounded_reads_of_proc_files() {
+        // This process's own cmdline, cut to 4 bytes.
+        let b = read_bounded("/proc/self/cmdline", 4).expect("readable");
+        assert_eq!(b.len(), 4);
+        assert_eq!(read_bounded("/proc/0/nonexistent", 4), None);
     }
 
     fn args(s: &[&str]) -> Vec<String> {

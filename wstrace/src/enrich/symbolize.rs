@@ -99,8 +99,6 @@ struct Remembered {
     refreshed: Instant,
     /// ELF files pinned in blazesym's cache under their `map_files` path.
     pinned: Vec<Pin>,
-    /// When [`Symbolizer::prune_exited`] first found `/proc/<pid>` gone.
-    gone_since: Option<Instant>,
 }
 
 /// A `/proc/<pid>/map_files/<range>` path pinned in blazesym's ELF cache,
@@ -222,26 +220,6 @@ impl Symbolizer {
     /// Is `pid` remembered (its maps cached)?
     pub fn remembers(&self, pid: u32) -> bool {
         self.procs.contains_key(&pid)
-    }
-
-    /// Forgets remembered processes that have exited more than `grace` ago
-    /// (by then their last closes are reported), so a long run on a host
-    /// whose workers come and go holds only live processes. Returns how many
-    /// were forgotten.
-    pub fn prune_exited(&mut self, grace: Duration) -> usize {
-        let now = Instant::now();
-        let mut gone = Vec::new();
-        for (pid, r) in self.procs.iter_mut() {
-            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                r.gone_since = None;
-            } else if now.duration_since(*r.gone_since.get_or_insert(now)) >= grace {
-                gone.push(*pid);
-            }
-        }
-        for pid in &gone {
-            self.forget_process(*pid);
-        }
-        gone.len()
     }
 
     /// Drop cached state for a process (called when it is known to be gone/exec'd).
@@ -527,7 +505,6 @@ impl Symbolizer {
                 maps,
                 refreshed: now,
                 pinned,
-                gone_since: None,
             },
         );
         true

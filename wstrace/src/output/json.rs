@@ -8,8 +8,8 @@
 use serde::Serialize;
 
 use crate::diagnose::Diagnosis;
-use crate::protocol::{http::RequestHead, wsframe::close_code_meaning};
 use crate::output::view::{View, rfc3339};
+use crate::protocol::{http::RequestHead, wsframe::close_code_meaning};
 
 #[derive(Serialize)]
 struct Line<'a> {

@@ -7,6 +7,10 @@ pub mod metrics;
 pub mod text;
 pub mod view;
 
+use std::io::{IsTerminal as _, Write as _};
+
+use anyhow::{Context as _, Result};
+
 pub use view::View;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -31,4 +35,102 @@ pub enum ColorChoice {
     Auto,
     Always,
     Never,
+}
+
+/// Where reports go: stdout in the chosen format, `--output` as JSON lines,
+/// and the metrics. One `emit` per report.
+pub struct Outputs {
+    format: Format,
+    color: bool,
+    /// `--output`; dropped (with one error message) when it fails.
+    log: Option<logfile::LogFile>,
+    metrics: Option<metrics::Metrics>,
+    /// Reports printed so far.
+    pub printed: u64,
+}
+
+impl Outputs {
+    pub fn new(
+        format: Format,
+        color: ColorChoice,
+        log: Option<logfile::LogFile>,
+        metrics: Option<metrics::Metrics>,
+    ) -> Self {
+        let color = match color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => std::io::stdout().is_terminal(),
+        };
+        Self {
+            format,
+            color,
+            log,
+            metrics,
+            printed: 0,
+        }
+    }
+
+    /// The probe set in use, for the `wstrace_probe_set` gauge.
+    pub fn probe_set(&self, name: &str) {
+        if let Some(m) = &self.metrics {
+            m.probe_set
+                .get_or_create(&metrics::ProbeLabels { probe: name.into() })
+                .set(1);
+        }
+    }
+
+    pub fn upgrade_seen(&self) {
+        if let Some(m) = &self.metrics {
+            m.upgrades.inc();
+        }
+    }
+
+    pub fn events_lost(&self, n: u64) {
+        if let Some(m) = &self.metrics {
+            m.lost_events.inc_by(n);
+        }
+    }
+
+    /// One report to every output. Fails only when stdout cannot be written.
+    pub fn emit(&mut self, v: &View<'_>) -> Result<()> {
+        let r = v.report;
+        if let Some(m) = &self.metrics {
+            m.closes
+                .get_or_create(&metrics::CloseLabels {
+                    closed_by: r.closed_by.as_str().into(),
+                    how: r.how.as_str().into(),
+                    diagnosis: v.diagnosis.code.into(),
+                })
+                .inc();
+            m.lifetime.observe(r.ms_after_upgrade() / 1000.0);
+        }
+        if let Some(log) = &mut self.log
+            && let Err(e) = log.append(&json::render(v))
+        {
+            eprintln!("wstrace: error: {e:#}; reporting on stdout only from now on");
+            self.log = None;
+        }
+        let text = render(self.format, self.color, v);
+        let mut out = std::io::stdout().lock();
+        // One write per report, flushed: a pipe reader never sees half of one.
+        let line = if text.ends_with('\n') {
+            text
+        } else {
+            text + "\n"
+        };
+        out.write_all(line.as_bytes())
+            .context("writing a report to stdout")?;
+        out.flush().context("flushing stdout")?;
+        self.printed += 1;
+        Ok(())
+    }
+
+    /// Syncs `--output` to disk (at exit).
+    pub fn finish(&mut self) {
+        if let Some(log) = &mut self.log
+            && let Err(e) = log.sync()
+        {
+            eprintln!("wstrace: error: {e:#}");
+        }
+    }
 }

@@ -2,8 +2,8 @@
 //! stacks, indented. Colour only when stdout is a terminal.
 use std::fmt::Write as _;
 
-use crate::output::view::{View, rfc3339};
 use crate::model::ClosedBy;
+use crate::output::view::{View, rfc3339};
 use crate::protocol::wsframe::close_code_meaning;
 
 struct Paint(bool);
@@ -126,11 +126,7 @@ pub fn render(v: &View<'_>, color: bool) -> String {
         } else {
             format!(" {:?}", f.reason)
         };
-        let _ = writeln!(
-            out,
-            "  frame:    close {} {code}{reason}",
-            dir.as_str()
-        );
+        let _ = writeln!(out, "  frame:    close {} {code}{reason}", dir.as_str());
     }
     if let Some(idle) = v.idle_ms {
         let _ = writeln!(

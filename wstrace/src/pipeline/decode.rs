@@ -5,8 +5,8 @@
 //! into Rust values.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use anyhow::{Result, bail};
 use crate::model::{Data, Direction, Event, JiffiesSample, Stacks, UserStackCopy};
+use anyhow::{Result, bail};
 use wstrace_common::{
     AF_INET6, CloseEvent, DATA_CAP, DIR_SENT, DataEvent, EventHeader, EventKind, FLAG_TASK_EXITING,
     STACK_DEPTH, SockTuple, UserStackHeader,
