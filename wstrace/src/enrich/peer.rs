@@ -2,6 +2,11 @@
 //! as an nginx worker), found the way `ss -p` does: the peer socket's inode in
 //! /proc/net/tcp{,6}, then the process holding `socket:[inode]` in
 //! /proc/<pid>/fd. Looked up when the 101 is seen, while the peer is alive.
+//!
+//! sock_diag is spoken by hand (two request shapes, one reply field): the
+//! netlink crates would add a protocol stack of dependencies for an inode
+//! lookup and a LISTEN dump, both checked below against /proc/net/tcp on
+//! real sockets.
 use crate::model::PeerProcess;
 use std::{
     fs,

@@ -1,7 +1,10 @@
 //! The upgrade request as the server read it: a tolerant HTTP/1.x request-head
 //! parser over the bytes the kernel copied (at most HEAD_BUDGET, possibly cut
-//! mid-line, possibly several requests on a keep-alive connection), and the
-//! redaction that keeps secrets out of every output.
+//! mid-line, possibly several requests on a keep-alive connection); header
+//! values pass through `redact` before they are stored.
+//!
+//! By hand rather than httparse: httparse rejects a head cut mid-line or
+//! holding bytes it does not accept, and a cut head is the normal case here.
 use std::fmt;
 
 use crate::redact::{REDACTED, Redactor};
