@@ -25,7 +25,10 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// `attach/btf.rs` -> `attach::btf`; `attach/mod.rs` -> `attach`.
 fn module_name(src: &Path, file: &Path) -> String {
-    let rel = file.strip_prefix(src).expect("under src").with_extension("");
+    let rel = file
+        .strip_prefix(src)
+        .expect("under src")
+        .with_extension("");
     let mut parts: Vec<String> = rel
         .components()
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
@@ -94,7 +97,11 @@ fn crate_paths(code: &str) -> Vec<Vec<String>> {
 }
 
 fn segments(path: &str) -> Vec<String> {
-    path.split("::")
+    let end = path
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .unwrap_or(path.len());
+    path[..end]
+        .split("::")
         .map(|s| {
             s.chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
@@ -136,7 +143,10 @@ fn top(module: &str) -> &str {
 #[test]
 fn module_graph_has_no_cycles() {
     let g = graph();
-    assert!(g.contains_key("daemon") && g.contains_key("enrich::process"), "{g:#?}");
+    assert!(
+        g.contains_key("daemon") && g.contains_key("enrich::process"),
+        "{g:#?}"
+    );
     // Depth-first search; a back edge is a cycle.
     fn visit<'a>(
         g: &'a BTreeMap<String, BTreeSet<String>>,
@@ -188,12 +198,16 @@ fn stages_import_only_earlier_stages_and_shared_modules() {
             }
         }
     }
-    assert!(wrong.is_empty(), "imports against the pipeline's order: {wrong:#?}");
+    assert!(
+        wrong.is_empty(),
+        "imports against the pipeline's order: {wrong:#?}"
+    );
 }
 
 #[test]
 fn the_parser_sees_groups_and_plain_paths() {
-    let code = "use crate::{a::b::{C, d}, e};\nlet x = crate::f::g::h(1);\nuse crate::model::Event;";
+    let code =
+        "use crate::{a::b::{C, d}, e};\nlet x = crate::f::g::h(1);\nuse crate::model::Event;";
     let paths = crate_paths(code);
     assert_eq!(
         paths,

@@ -866,7 +866,7 @@ mod tests {
         let exe = std::env::current_exe().expect("current_exe");
         assert!(
             frames[0].starts_with(&format!(
-                "wstrace::symbolize::tests::wstrace_symbolize_probe_fn+0x0 ({})",
+                "wstrace::enrich::symbolize::tests::wstrace_symbolize_probe_fn+0x0 ({})",
                 exe.display()
             )),
             "{}",

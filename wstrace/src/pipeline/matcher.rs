@@ -14,12 +14,11 @@
 //!   kernel sent one (SO_LINGER 0, unread data at close), the peer's if one
 //!   arrived (tcp_receive_reset fires before the transition).
 use std::collections::HashMap;
-use std::net::SocketAddr;
 
 use wstrace_common::{EventKind, ProbeSet, tcp_state};
 
 use crate::model::{
-    CloseReport, ClosedBy, Closer, Data, Direction, Event, How, JiffiesSample, Stacks, Upgrader,
+    CloseReport, ClosedBy, Closer, Data, Direction, Event, How, JiffiesSample, Upgrader,
 };
 
 /// Did the request the server answered ask for an upgrade? True unless a
@@ -428,6 +427,8 @@ fn ready(t: &Tracked) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Stacks;
+    use std::net::SocketAddr;
     use std::net::{IpAddr, Ipv4Addr};
     use tcp_state::*;
 
