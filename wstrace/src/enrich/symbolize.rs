@@ -889,7 +889,8 @@ mod tests {
         let exe = std::env::current_exe().expect("current_exe");
         assert!(
             frames[0].starts_with(&format!(
-                "wstrace::symbolize::tests::wstrace_symbolize_probe_fn+0x0 ({})",
+                "{}::wstrace_symbolize_probe_fn+0x0 ({})",
+                module_path!(),
                 exe.display()
             )),
             "{}",
