@@ -4,6 +4,8 @@
 //! failure into a `SKIPPED` line on stderr (for a developer's laptop; CI
 //! never sets it).
 
+use std::io::Write as _;
+
 /// The variable that lets a test skip instead of failing.
 pub const ALLOW_SKIP: &str = "WSTRACE_TEST_ALLOW_SKIP";
 
@@ -20,7 +22,8 @@ pub fn require(ok: bool, missing: &str) -> bool {
     let current = std::thread::current();
     let test = current.name().unwrap_or("this test");
     if std::env::var_os(ALLOW_SKIP).is_some_and(|v| v == "1") {
-        eprintln!("SKIPPED: {test}: {missing}");
+        // Straight to stderr: libtest captures eprintln! of passing tests.
+        let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {missing}");
         return false;
     }
     panic!("{test}: {missing} (or set {ALLOW_SKIP}=1 to skip it instead of failing)");
@@ -37,4 +40,12 @@ pub fn require_ok<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Optio
             None
         }
     }
+}
+
+/// Root; see [`require`]. `why` says what the test reads that needs it.
+#[must_use]
+pub fn require_root(why: &str) -> bool {
+    // SAFETY: plain getter.
+    let root = unsafe { libc::geteuid() } == 0;
+    require(root, &format!("needs root ({why}): run the tests as root"))
 }

@@ -1236,12 +1236,19 @@ mod tests {
         assert_eq!(s.user_stack(pid, &[addr]), [format!("[unknown] {addr:#x}")]);
     }
 
+    /// Why the tests that pin mappings need root.
+    const MAP_FILES: &str =
+        "pinning through /proc/<pid>/map_files needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE";
+
     /// The library is deleted after the process exits: only the file pinned
     /// through /proc/<pid>/map_files at remember time can still be read
     /// (the same holds for a library upgraded on disk, or one inside a
     /// container's mount namespace).
     #[test]
     fn remembered_process_survives_deleted_library() {
+        if !crate::testenv::require_root(MAP_FILES) {
+            return;
+        }
         let dir =
             std::env::temp_dir().join(format!("wstrace-symbolize-test-{}", std::process::id()));
         let made = std::fs::create_dir_all(&dir)
@@ -1296,6 +1303,9 @@ mod tests {
 
     #[test]
     fn remember_is_throttled_and_cheap_to_repeat() {
+        if !crate::testenv::require_root(MAP_FILES) {
+            return;
+        }
         let mut s = Symbolizer::new();
         let pid = std::process::id();
         s.remember_process(pid);
