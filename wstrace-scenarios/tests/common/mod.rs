@@ -39,8 +39,10 @@ pub fn require(ok: bool, missing: &str) -> bool {
     }
     let test = test_name();
     if std::env::var_os(ALLOW_SKIP).is_some_and(|v| v == "1") {
-        // Straight to stderr: libtest captures eprintln! of passing tests.
-        let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {missing}");
+        // Straight to stderr (libtest captures eprintln! of passing tests),
+        // in one write so parallel tests do not interleave.
+        let line = format!("SKIPPED: {test}: {missing}\n");
+        let _ = std::io::stderr().write_all(line.as_bytes());
         return false;
     }
     panic!("{test}: {missing} (or set {ALLOW_SKIP}=1 to skip it instead of failing)");
