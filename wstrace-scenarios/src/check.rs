@@ -386,12 +386,13 @@ fn kernel_release() -> String {
 }
 
 pub fn run(args: &Args) -> Result<i32> {
+    // Not root is a failure, not a skip: a check that tested nothing must
+    // not pass.
     // SAFETY: plain getter.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "!!! ws-scenario check SKIPPED: wstrace needs root (CAP_BPF + CAP_PERFMON); run as root !!!"
+        bail!(
+            "not root: wstrace needs root (CAP_BPF + CAP_PERFMON) to load its probes; run ws-scenario check as root"
         );
-        return Ok(77);
     }
     let kernel = kernel_release();
     let mut all = scenarios();

@@ -3,7 +3,7 @@
 //! or execs right after its close, a pid reused by another program, and bad
 //! input. Each asserts both what was
 //! printed and what the kernel holds afterwards (its own list of loaded BPF
-//! programs). Needs root (loud SKIPPED banner otherwise).
+//! programs). Needs root: without it the tests fail (see `common::require`).
 //!
 //! The tests run one at a time (`common::serial`): "nothing left loaded" compares the
 //! kernel's global program list, which a parallel test's wstrace would change.
@@ -18,7 +18,7 @@ use std::{
 };
 
 use common::{
-    Tracer, UPGRADE, loaded_prog_ids, root_or_skip, serial, server, upgrade_once, wait_unloaded,
+    Tracer, UPGRADE, loaded_prog_ids, require_root, serial, server, upgrade_once, wait_unloaded,
     wstrace_bin,
 };
 
@@ -33,7 +33,7 @@ fn burst(port: u16, n: usize) -> std::thread::JoinHandle<()> {
 
 #[test]
 fn sigint_and_sigterm_mid_burst_leave_whole_reports_and_nothing_loaded() {
-    if !root_or_skip("sigint_and_sigterm_mid_burst_leave_whole_reports_and_nothing_loaded") {
+    if !require_root() {
         return;
     }
     let _serial = serial();
@@ -84,7 +84,7 @@ fn sigint_and_sigterm_mid_burst_leave_whole_reports_and_nothing_loaded() {
 
 #[test]
 fn sigkill_mid_burst_then_a_new_run_works_at_once() {
-    if !root_or_skip("sigkill_mid_burst_then_a_new_run_works_at_once") {
+    if !require_root() {
         return;
     }
     let _serial = serial();
@@ -129,7 +129,7 @@ fn upgraded(port: u16) -> TcpStream {
 
 #[test]
 fn more_upgraded_sockets_than_max_sockets_are_evicted_and_counted() {
-    if !root_or_skip("more_upgraded_sockets_than_max_sockets_are_evicted_and_counted") {
+    if !require_root() {
         return;
     }
     let _serial = serial();
@@ -187,7 +187,7 @@ fn more_upgraded_sockets_than_max_sockets_are_evicted_and_counted() {
 
 #[test]
 fn a_closer_that_exits_or_execs_at_once_is_named_and_symbolized() {
-    if !root_or_skip("a_closer_that_exits_or_execs_at_once_is_named_and_symbolized") {
+    if !require_root() {
         return;
     }
     let _serial = serial();
@@ -263,7 +263,7 @@ fn serve_with_pid(exe: &std::path::Path, port: u16, want: u32) -> (common::Kill,
 /// process's cached description must not be reported for the new one.
 #[test]
 fn a_reused_pid_is_described_as_its_new_process() {
-    if !root_or_skip("a_reused_pid_is_described_as_its_new_process") {
+    if !require_root() {
         return;
     }
     let _serial = serial();
@@ -331,7 +331,7 @@ fn run_fails(args: &[&str], uid: Option<u32>) -> (i32, String) {
 
 #[test]
 fn bad_input_is_one_clear_line_and_nothing_loaded() {
-    if !root_or_skip("bad_input_is_one_clear_line_and_nothing_loaded") {
+    if !require_root() {
         return;
     }
     let _serial = serial();

@@ -3,22 +3,29 @@
 //! copy with the binaries' .eh_frame (`--user-stack dwarf`), against the
 //! kernel's frame-pointer walk (`--user-stack fp`). Real kernel, real
 //! servers: a C server built `-O2 -fomit-frame-pointer` (tests/c/deep_close.c)
-//! and the Rust scenario server in release mode. Needs root (loud SKIPPED
-//! banner otherwise) and a C compiler (`cc`).
+//! and the Rust scenario server in release mode. Needs root and, for the C
+//! server, a C compiler (`cc`): without them the tests fail (see
+//! `common::require`).
 mod common;
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
-use common::{Kill, Tracer, root_or_skip, serial, server, spawn_ready, target, upgrade_once};
+use common::{
+    Kill, Tracer, require_root, require_tool, serial, server, spawn_ready, target, upgrade_once,
+};
 
 /// tests/c/deep_close.c, compiled like a distro server: optimised, no frame
 /// pointers (sibling calls off so the chain is real calls, as it would be
 /// in a server doing work after each call).
-fn deep_close_bin() -> PathBuf {
+fn deep_close_bin(cc: &Path) -> PathBuf {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/c/deep_close.c");
     let out = target().join("c/deep_close");
     std::fs::create_dir_all(out.parent().expect("parent")).expect("mkdir target/c");
-    let status = Command::new("cc")
+    let status = Command::new(cc)
         .args([
             "-O2",
             "-g",
@@ -29,13 +36,21 @@ fn deep_close_bin() -> PathBuf {
         .arg(&out)
         .arg(&src)
         .status()
-        .expect("running cc (install a C compiler: apt-get install gcc)");
+        .unwrap_or_else(|e| panic!("running {}: {e}", cc.display()));
     assert!(status.success(), "cc failed on {}", src.display());
     out
 }
 
-fn deep_close(args: &[&str]) -> (Kill, u16) {
-    spawn_ready(Command::new(deep_close_bin()).arg("0").args(args))
+fn deep_close(cc: &Path, args: &[&str]) -> (Kill, u16) {
+    spawn_ready(Command::new(deep_close_bin(cc)).arg("0").args(args))
+}
+
+/// The C compiler for tests/c/deep_close.c; see `common::require`.
+fn require_cc() -> Option<PathBuf> {
+    require_tool(
+        "cc",
+        "install a C compiler: apt-get install gcc (`cargo xtask setup` does)",
+    )
 }
 
 /// One upgrade through wstrace with `extra` flags: the report.
@@ -72,11 +87,14 @@ fn levels(stack: &[String]) -> Vec<u32> {
 
 #[test]
 fn dwarf_unwinding_lists_every_frame_that_frame_pointers_miss() {
-    if !root_or_skip("dwarf_unwinding_lists_every_frame_that_frame_pointers_miss") {
+    if !require_root() {
         return;
     }
+    let Some(cc) = require_cc() else {
+        return;
+    };
     let _serial = serial();
-    let (_srv, port) = deep_close(&[]);
+    let (_srv, port) = deep_close(&cc, &[]);
 
     let dwarf = one_report(port, &["--user-stack", "dwarf"]);
     let stack = user_stack(&dwarf);
@@ -122,11 +140,14 @@ fn dwarf_unwinding_lists_every_frame_that_frame_pointers_miss() {
 
 #[test]
 fn a_closer_that_exits_at_once_is_still_unwound() {
-    if !root_or_skip("a_closer_that_exits_at_once_is_still_unwound") {
+    if !require_root() {
         return;
     }
+    let Some(cc) = require_cc() else {
+        return;
+    };
     let _serial = serial();
-    let (mut srv, port) = deep_close(&["exit"]);
+    let (mut srv, port) = deep_close(&cc, &["exit"]);
     let r = one_report(port, &["--user-stack", "dwarf"]);
     let _ = srv.0.wait();
     let stack = user_stack(&r);
@@ -136,11 +157,14 @@ fn a_closer_that_exits_at_once_is_still_unwound() {
 
 #[test]
 fn a_tiny_stack_copy_gives_the_frames_it_holds_and_says_truncated() {
-    if !root_or_skip("a_tiny_stack_copy_gives_the_frames_it_holds_and_says_truncated") {
+    if !require_root() {
         return;
     }
+    let Some(cc) = require_cc() else {
+        return;
+    };
     let _serial = serial();
-    let (_srv, port) = deep_close(&[]);
+    let (_srv, port) = deep_close(&cc, &[]);
     let r = one_report(port, &["--user-stack", "dwarf", "--user-stack-size", "64"]);
     let stack = user_stack(&r);
     assert_eq!(r["user_stack_unwind"], "dwarf", "{r}");
@@ -154,7 +178,7 @@ fn a_tiny_stack_copy_gives_the_frames_it_holds_and_says_truncated() {
 
 #[test]
 fn a_rust_release_server_unwinds_to_main() {
-    if !root_or_skip("a_rust_release_server_unwinds_to_main") {
+    if !require_root() {
         return;
     }
     let _serial = serial();

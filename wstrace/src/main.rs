@@ -25,6 +25,8 @@ mod pipeline;
 mod protocol;
 mod redact;
 mod report;
+#[cfg(test)]
+mod testenv;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -47,7 +47,7 @@ enum Command {
     Deb,
     /// Run the kernel matrix: scenarios on Debian kernels 5.10, 6.1 and 6.12 in QEMU.
     Vm(vm::VmArgs),
-    /// The full test run (what CI runs): setup, build, unit and host tests, kernel matrix.
+    /// The full test run (what CI runs; as root): setup, build, unit and host tests, kernel matrix.
     Test(test::TestArgs),
     /// Measure wstrace's overhead against no tracer, bpftrace and strace; writes BENCHMARKS.md (needs root, an idle machine, ~5 min).
     Bench(bench::BenchArgs),

@@ -251,3 +251,14 @@ fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Fails at once unless root: `command` needs it for `why`, and run as
+/// another user it would only fail later, or skip what it cannot do.
+pub fn require_root(command: &str, why: &str) -> Result<()> {
+    if !is_root() {
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        bail!("`{command}` must run as root ({why}); it is running as uid {uid}");
+    }
+    Ok(())
+}

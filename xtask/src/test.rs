@@ -25,6 +25,11 @@ enum Outcome {
 }
 
 pub fn run(args: &TestArgs) -> Result<()> {
+    // Tests that cannot run fail rather than skip, so check before any phase.
+    setup::require_root(
+        "cargo xtask test",
+        "the integration tests load BPF programs with CAP_BPF/CAP_PERFMON, and setup installs Debian packages",
+    )?;
     type Phase<'a> = (&'static str, Box<dyn FnOnce() -> Result<()> + 'a>);
     let phases: Vec<Phase> = vec![
         ("setup", Box::new(setup::run)),

@@ -7,7 +7,7 @@
 
 use crate::initramfs::{self, Step};
 use crate::matrix::{self, KernelRun, MatrixResults, StepRun};
-use crate::{kernels, paths, process, qemu, table};
+use crate::{kernels, paths, process, qemu, setup, table};
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use std::collections::VecDeque;
@@ -74,6 +74,13 @@ pub fn run(args: &VmArgs) -> Result<()> {
         return write_table(args, &results);
     }
 
+    if args.cmd.is_none() {
+        // The host row, run last, loads BPF: fail now, not after the VMs.
+        setup::require_root(
+            "cargo xtask vm",
+            "its host row runs `ws-scenario check`, which loads BPF programs",
+        )?;
+    }
     let start = Instant::now();
     let steps = plan_steps(args.cmd.as_deref());
     let binaries = binaries(args)?;
@@ -188,7 +195,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
 }
 
 /// The scenario steps run on this machine's own kernel, as a row of the
-/// table labelled "host". Skipped, and said so, when not root.
+/// table labelled "host" (`run` has checked for root).
 fn host_run(steps: &[Step]) -> Result<KernelRun> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -220,11 +227,6 @@ fn host_run(steps: &[Step]) -> Result<KernelRun> {
                 .map(str::to_string),
         );
         let code = out.status.code().unwrap_or(-1);
-        if code == 77 {
-            bail!(
-                "the host scenarios need root (CAP_BPF, CAP_PERFMON): run `cargo xtask vm` as root"
-            );
-        }
         println!(
             "vm: [host] --probe {}: exit {code} in {:.1} s",
             step.name,

@@ -1,4 +1,5 @@
-//! What the root-only integration tests share: the skip banner, the binaries,
+//! What the root-only integration tests share: the prerequisite checks
+//! (`require*`, which fail a test unless WSTRACE_TEST_ALLOW_SKIP=1), the binaries,
 //! a scenario server, one upgrade, and a running wstrace whose output is
 //! collected line by line.
 #![allow(dead_code)] // each test crate uses its own subset
@@ -14,16 +15,79 @@ use std::{
 
 pub const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
-/// True when the test can load BPF; otherwise prints a banner nobody can miss.
-pub fn root_or_skip(test: &str) -> bool {
-    // SAFETY: plain getter.
-    if unsafe { libc::geteuid() } == 0 {
+/// Set to 1, a test whose environment is incomplete (not root, a tool
+/// missing) passes as skipped instead of failing. CI never sets it: there a
+/// missing prerequisite is a failure, so the suite cannot pass untested.
+pub const ALLOW_SKIP: &str = "WSTRACE_TEST_ALLOW_SKIP";
+
+/// The running test's name (libtest names each test's thread after it).
+fn test_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string()
+}
+
+/// True when `ok`. Otherwise panics with `missing` (what is missing and how
+/// to provide it), unless WSTRACE_TEST_ALLOW_SKIP=1: then prints
+/// `SKIPPED: <test>: <missing>` and returns false, and the caller skips
+/// what needs it (usually the whole test: `if !require(..) { return; }`).
+#[must_use]
+pub fn require(ok: bool, missing: &str) -> bool {
+    if ok {
         return true;
     }
-    eprintln!(
-        "\n!!! SKIPPED: {test}: needs root (CAP_BPF/CAP_PERFMON); run `cargo xtask test` as root !!!\n"
-    );
-    false
+    let test = test_name();
+    if std::env::var_os(ALLOW_SKIP).is_some_and(|v| v == "1") {
+        // Straight to stderr (libtest captures eprintln! of passing tests),
+        // in one write so parallel tests do not interleave.
+        let line = format!("SKIPPED: {test}: {missing}\n");
+        let _ = std::io::stderr().write_all(line.as_bytes());
+        return false;
+    }
+    panic!("{test}: {missing} (or set {ALLOW_SKIP}=1 to skip it instead of failing)");
+}
+
+/// Root, to load BPF (CAP_BPF/CAP_PERFMON); see [`require`].
+#[must_use]
+pub fn require_root() -> bool {
+    // SAFETY: plain getter.
+    let root = unsafe { libc::geteuid() } == 0;
+    require(
+        root,
+        "needs root to load BPF (CAP_BPF/CAP_PERFMON): run `cargo xtask test` as root",
+    )
+}
+
+/// The first of `paths` that is a file; see [`require`] for when there is
+/// none (`what` names it, `how` says how to install it).
+#[must_use]
+pub fn require_file(what: &str, paths: &[PathBuf], how: &str) -> Option<PathBuf> {
+    let found = paths.iter().find(|p| p.is_file()).cloned();
+    let tried: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let missing = format!("{what} missing (looked at {}): {how}", tried.join(", "));
+    if require(found.is_some(), &missing) {
+        found
+    } else {
+        None
+    }
+}
+
+/// `name` from $PATH or an sbin directory (not on every user's PATH); see
+/// [`require`] for when it is nowhere (`how` says how to install it).
+#[must_use]
+pub fn require_tool(name: &str, how: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    let missing = format!("{name} is not on $PATH or in /usr/local/sbin, /usr/sbin: {how}");
+    if require(found.is_some(), &missing) {
+        found
+    } else {
+        None
+    }
 }
 
 pub fn target() -> PathBuf {
