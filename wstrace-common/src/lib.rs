@@ -163,7 +163,8 @@ pub struct EventHeader {
     pub pid: u32,
     pub tid: u32,
     pub flags: u32,
-    /// Upgrade: length of the write that carried the 101.
+    /// Upgrade: length of the write that carried the 101. Data: length of
+    /// the read or write, of which `DataEvent::len` bytes were copied.
     pub arg: u32,
     /// Low 32 bits of jiffies when the event fired, and the socket's
     /// `tcp_sock.lsndtime` (last data sent) and `icsk_ack.lrcvtime` (last data

@@ -273,6 +273,12 @@ fn emit_data(sk: u64, buf: u64, len: u64, direction: u32) {
     };
     unsafe {
         fill_header(&raw mut (*ev).header, EventKind::Data, 0, sk, 0, 0);
+        // The whole length: the daemon must know when it got only the start.
+        (*ev).header.arg = if len > u32::MAX as u64 {
+            u32::MAX
+        } else {
+            len as u32
+        };
         (*ev).direction = direction;
         let rc = bpf_probe_read_user((*ev).data.as_mut_ptr().cast(), n, buf as *const _);
         (*ev).len = if rc == 0 { n } else { 0 };

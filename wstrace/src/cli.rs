@@ -144,14 +144,23 @@ pub struct CommonArgs {
           value_parser = clap::value_parser!(u32).range(64..=(1 << 22)))]
     pub max_sockets: u32,
 
-    /// Also redact this request header (repeatable; case-insensitive, `*`
-    /// wildcards). Cookie, Authorization, Sec-WebSocket-Key and names with
-    /// token/secret/password/session are always redacted.
+    /// Also show this request header's value (repeatable; case-insensitive,
+    /// `*` wildcards). By default only the headers the diagnosis needs show
+    /// values (Connection, Upgrade, Host, Origin, User-Agent,
+    /// Sec-WebSocket-Version/-Extensions, X-Forwarded-*, X-Real-IP,
+    /// Forwarded, Via, Content-Length, Transfer-Encoding, Keep-Alive); every
+    /// other header prints as `Name: [redacted]`, query values too.
+    #[arg(long, value_name = "HEADER")]
+    pub show_header: Vec<String>,
+
+    /// Hide this request header's value even if it is shown by default
+    /// (repeatable; case-insensitive, `*` wildcards).
     #[arg(long, value_name = "HEADER")]
     pub redact: Vec<String>,
 
-    /// Print sensitive request headers as they were (Cookie, Authorization
-    /// ...): for a private debugging session only, never for stored logs.
+    /// Print every header value, query string and command-line argument as
+    /// it was (Cookie, Authorization ...): for a private debugging session
+    /// only, never for stored logs.
     #[arg(long)]
     pub show_secrets: bool,
 

@@ -141,7 +141,7 @@ fn check_options(opts: &Options<'_>) -> Result<Redactor> {
     if opts.common.show_secrets {
         Ok(Redactor::none())
     } else {
-        Redactor::new(&opts.common.redact).map_err(|e| anyhow::anyhow!(e))
+        Redactor::new(&opts.common.show_header, &opts.common.redact).map_err(|e| anyhow::anyhow!(e))
     }
 }
 

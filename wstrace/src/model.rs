@@ -71,6 +71,9 @@ pub enum Direction {
 pub struct Data {
     pub direction: Direction,
     pub bytes: Vec<u8>,
+    /// Bytes the read or write moved in all; more than `bytes.len()` when
+    /// the kernel copied only the start (0: not said).
+    pub total: u32,
 }
 
 /// Raw addresses, innermost first. `Err(errno)` when the kernel could not

@@ -117,6 +117,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
                 Direction::Received
             },
             bytes: d.data[..n].to_vec(),
+            total: h.arg,
         })
     } else {
         None

@@ -96,6 +96,10 @@ struct Head {
     first_ts: u64,
     remote: std::net::SocketAddr,
     bytes: Vec<u8>,
+    /// Bytes of the stream were not copied after `bytes` (a read longer
+    /// than the kernel's copy, or the budget spent): nothing read later is
+    /// appended, so two distant pieces of the request are never joined.
+    cut: bool,
 }
 
 /// Request heads of not-yet-upgraded sockets kept at once.
@@ -308,10 +312,15 @@ impl Matcher {
             first_ts: ts_ns,
             remote,
             bytes: Vec::new(),
+            cut: false,
         });
+        if head.cut {
+            return;
+        }
         let room = (wstrace_common::HEAD_BUDGET as usize).saturating_sub(head.bytes.len());
-        head.bytes
-            .extend_from_slice(&data.bytes[..data.bytes.len().min(room)]);
+        let take = data.bytes.len().min(room);
+        head.bytes.extend_from_slice(&data.bytes[..take]);
+        head.cut = take < data.bytes.len() || data.total as usize > data.bytes.len();
     }
 
     fn evict_oldest(&mut self) {
@@ -709,11 +718,31 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_read_copied_in_part_ends_the_head_there() {
+        // nginx reads a 1071-byte request at once; the kernel copies the
+        // start. The next read's bytes must not be joined to that start.
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        let mut first = data(Direction::Received, b"GET /ws HTTP/1.1\r\nUser-Agent: Mozilla/5.0 (X11;", 1);
+        if let Some(d) = &mut first.data {
+            d.total = 1024;
+        }
+        m.on_event(first);
+        m.on_event(data(Direction::Received, b"OiJIUzI1NiJ9.SESSIONSECRET\r\n\r\n", 2));
+        m.on_event(upgrade(3));
+        let r = one(m.on_event(close(ESTABLISHED, FIN_WAIT1, 100, 4)));
+        assert_eq!(
+            r.request_head,
+            b"GET /ws HTTP/1.1\r\nUser-Agent: Mozilla/5.0 (X11;"
+        );
+    }
+
     fn data(dir: Direction, bytes: &[u8], ts: u64) -> Event {
         Event {
             data: Some(Data {
                 direction: dir,
                 bytes: bytes.to_vec(),
+                total: bytes.len() as u32,
             }),
             ..ev(EventKind::Data, ts)
         }
