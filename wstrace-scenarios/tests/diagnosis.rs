@@ -419,15 +419,18 @@ fn big_upgrade(size: usize, at: usize, secret: &str) -> Vec<u8> {
 
 #[test]
 fn nginx_on_the_traced_port_never_splices_a_secret_into_a_header() {
-    if !root_or_skip("nginx_on_the_traced_port_never_splices_a_secret_into_a_header") {
+    if !require_root() {
         return;
     }
+    let Some(nginx_bin) = require_nginx() else {
+        return;
+    };
     // nginx reads client headers into a 1 KiB buffer, so a long request
     // arrives in reads that the kernel copies only in part. The traced port
     // is nginx's own: its client-facing sockets are the upgraded ones.
     let (_backend, bport) = backend();
     let dir = tempdir("splice");
-    let (_nginx, nport) = nginx(&dir, bport, "proxy_http_version 1.1;");
+    let (_nginx, nport) = nginx(&nginx_bin, &dir, bport, "proxy_http_version 1.1;");
     let w = Wstrace::start(nport);
     let secret = "OiJIUzI1NiJ9.SESSIONSECRET.abcdefghij";
     let mut cases = 0;
