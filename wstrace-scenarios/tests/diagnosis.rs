@@ -465,7 +465,8 @@ fn nginx_on_the_traced_port_never_splices_a_secret_into_a_header() {
             let (name, value) = (h[0].as_str().unwrap_or(""), h[1].as_str().unwrap_or(""));
             if name.eq_ignore_ascii_case("user-agent") {
                 assert!(
-                    value == "[cut]" || (value.starts_with("Mozilla/5.0 (X11; x") && value.ends_with("x)")),
+                    value == "[cut]"
+                        || (value.starts_with("Mozilla/5.0 (X11; x") && value.ends_with("x)")),
                     "User-Agent joined from pieces: {value:?}"
                 );
             }
@@ -473,6 +474,9 @@ fn nginx_on_the_traced_port_never_splices_a_secret_into_a_header() {
         // `complete` means seen whole: then the last header is there.
         let complete = r["request"]["complete"].as_bool() == Some(true);
         let has_last = headers.iter().any(|h| h[0].as_str() == Some("X-Filler"));
-        assert!(!complete || has_last, "complete but the last header is missing: {r:#}");
+        assert!(
+            !complete || has_last,
+            "complete but the last header is missing: {r:#}"
+        );
     }
 }

@@ -123,8 +123,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
         ports: opts.ports,
         max_sockets: opts.common.max_sockets,
         limit: opts.count.unwrap_or(u64::MAX),
-        evicted_reported: 0,
-        lost_reported: 0,
+        losses_reported: Losses::default(),
     };
     event_loop.run(opts.duration).await?;
     event_loop.shutdown().await
@@ -220,8 +219,61 @@ struct EventLoop<'a> {
     max_sockets: u32,
     /// Reports to print before stopping (`--count`).
     limit: u64,
-    evicted_reported: u64,
-    lost_reported: u64,
+    /// What was already warned about and counted in the metrics.
+    losses_reported: Losses,
+}
+
+/// Everything that can make a report go missing, by reason: nothing is
+/// dropped silently. Each is warned about on stderr as it grows, counted in
+/// `wstrace_lost_events_total{reason}` and totalled at exit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Losses {
+    /// The kernel could not write an event: the ring buffer was full.
+    ring_full: u64,
+    /// The kernel skipped a program run (another BPF program was running on
+    /// that CPU): the event it would have written was never made.
+    recursion_miss: u64,
+    /// Upgraded sockets evicted: more than --max-sockets were open at once.
+    max_sockets: u64,
+    /// Events for sockets whose upgrade was never seen (lost, or before the
+    /// probes attached).
+    orphan_event: u64,
+    /// 101-looking writes whose request asked for no upgrade (ignored on
+    /// purpose: a response body that starts like a 101).
+    not_an_upgrade: u64,
+}
+
+impl Losses {
+    /// (metric label, count, what to tell the operator).
+    fn each(&self) -> [(&'static str, u64, &'static str); 5] {
+        [
+            (
+                "ring_full",
+                self.ring_full,
+                "events lost (ring buffer full); reports may be missing",
+            ),
+            (
+                "recursion_miss",
+                self.recursion_miss,
+                "probe runs skipped by the kernel (another BPF program was running on the CPU); reports may be missing",
+            ),
+            (
+                "max_sockets",
+                self.max_sockets,
+                "upgraded socket(s) evicted: more than --max-sockets were open at once, and the oldest are no longer traced (raise --max-sockets)",
+            ),
+            (
+                "orphan_event",
+                self.orphan_event,
+                "event(s) for sockets whose 101 was not seen (upgraded before tracing started, or its event was dropped)",
+            ),
+            (
+                "not_an_upgrade",
+                self.not_an_upgrade,
+                "101-looking write(s) ignored: the request asked for no upgrade",
+            ),
+        ]
+    }
 }
 
 impl EventLoop<'_> {
@@ -254,7 +306,6 @@ impl EventLoop<'_> {
                             return Ok(());
                         }
                     }
-                    self.warn_evictions();
                     self.warn_losses();
                 }
                 _ = sigint.recv() => break,
@@ -298,27 +349,28 @@ impl EventLoop<'_> {
         })
     }
 
-    fn warn_evictions(&mut self) {
-        if self.matcher.evicted > self.evicted_reported {
-            eprintln!(
-                "wstrace: warning: {} upgraded socket(s) evicted: more than --max-sockets={} were open at once, and the oldest are no longer traced (raise --max-sockets)",
-                self.matcher.evicted - self.evicted_reported,
-                self.max_sockets
-            );
-            self.evicted_reported = self.matcher.evicted;
+    fn losses(&self) -> Losses {
+        Losses {
+            ring_full: probes::lost_events(&self.attached.ebpf),
+            recursion_miss: probes::recursion_misses(&self.attached.ebpf),
+            max_sockets: self.matcher.evicted,
+            orphan_event: self.matcher.orphan_events,
+            not_an_upgrade: self.matcher.not_upgrades,
         }
     }
 
+    /// Warns about, and counts, what went missing since the last call.
     fn warn_losses(&mut self) {
-        let lost = probes::lost_events(&self.attached.ebpf);
-        if lost > self.lost_reported {
-            eprintln!(
-                "wstrace: warning: {} events lost (ring buffer full); reports may be missing",
-                lost - self.lost_reported
-            );
-            self.outputs.events_lost(lost - self.lost_reported);
-            self.lost_reported = lost;
+        let now = self.losses();
+        let before = self.losses_reported.each();
+        for (i, (reason, n, what)) in now.each().into_iter().enumerate() {
+            let new = n.saturating_sub(before[i].1);
+            if new > 0 {
+                eprintln!("wstrace: warning: {new} {what} [{reason}]");
+                self.outputs.events_lost(reason, new);
+            }
         }
+        self.losses_reported = now;
     }
 
     /// Stops the kernel side first, then reads what it wrote before that: an
@@ -326,6 +378,8 @@ impl EventLoop<'_> {
     /// and closes after the signal cannot overflow the ring into false losses.
     /// Closes already seen but not yet complete are still printed.
     async fn shutdown(mut self) -> Result<u64> {
+        // Last read of the programs' skipped runs: unloading closes their fds.
+        self.warn_losses();
         self.attached.detach_all();
         self.reader.finish();
         while !self.done() {
@@ -342,15 +396,23 @@ impl EventLoop<'_> {
                 }
             }
         }
-        if self.matcher.evicted > 0 {
-            eprintln!(
-                "wstrace: {} upgraded socket(s) were evicted in total (--max-sockets={})",
-                self.matcher.evicted, self.max_sockets
-            );
-        }
-        let lost = probes::lost_events(&self.attached.ebpf);
-        if lost > 0 {
-            eprintln!("wstrace: {lost} events were lost in total (ring buffer full)");
+        // The programs are unloaded: their skipped runs are final as last read.
+        let total = Losses {
+            recursion_miss: self.losses_reported.recursion_miss,
+            ..self.losses()
+        };
+        for (reason, n, what) in total.each() {
+            match reason {
+                _ if n == 0 => {}
+                "ring_full" => {
+                    eprintln!("wstrace: {n} events were lost in total (ring buffer full)")
+                }
+                "max_sockets" => eprintln!(
+                    "wstrace: {n} upgraded socket(s) were evicted in total (--max-sockets={})",
+                    self.max_sockets
+                ),
+                _ => eprintln!("wstrace: in total: {n} {what} [{reason}]"),
+            }
         }
         self.outputs.finish();
         Ok(self.outputs.printed)

@@ -36,8 +36,18 @@ const SHOWN_HEADERS: &[&str] = &[
 /// Option names whose values are hidden on command lines whatever they
 /// look like.
 const SECRET_WORDS: &[&str] = &[
-    "password", "passwd", "pass", "secret", "token", "key", "credential", "auth", "session",
-    "cookie", "jwt", "sig",
+    "password",
+    "passwd",
+    "pass",
+    "secret",
+    "token",
+    "key",
+    "credential",
+    "auth",
+    "session",
+    "cookie",
+    "jwt",
+    "sig",
 ];
 
 /// Decides which values may be printed or stored.
@@ -79,8 +89,7 @@ impl Redactor {
         }
         let name = name.to_ascii_lowercase();
         let matches = |ps: &[String]| ps.iter().any(|p| glob(p.as_bytes(), name.as_bytes()));
-        matches(&self.hidden)
-            || !(SHOWN_HEADERS.contains(&name.as_str()) || matches(&self.shown))
+        matches(&self.hidden) || !(SHOWN_HEADERS.contains(&name.as_str()) || matches(&self.shown))
     }
 
     /// A request target with query values and userinfo hidden:
@@ -252,7 +261,9 @@ fn shown_value(v: &str) -> String {
     if v.contains("://") {
         return redact_url(v);
     }
-    let number = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b':');
+    let number = !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b':');
     let path = v.contains('/')
         && !v.contains(['?', '@', '='])
         && v.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
@@ -287,7 +298,14 @@ mod tests {
     #[test]
     fn only_listed_headers_show_their_values() {
         let r = Redactor::default();
-        for shown in ["Connection", "upgrade", "HOST", "User-Agent", "X-Forwarded-For", "Via"] {
+        for shown in [
+            "Connection",
+            "upgrade",
+            "HOST",
+            "User-Agent",
+            "X-Forwarded-For",
+            "Via",
+        ] {
             assert!(!r.is_sensitive(shown), "{shown}");
         }
         // The usual carriers, and names nobody would think to list.

@@ -394,6 +394,30 @@ pub fn take_servers(ebpf: &mut Ebpf) -> Option<aya::maps::HashMap<aya::maps::Map
     aya::maps::HashMap::try_from(ebpf.take_map("SERVERS")?).ok()
 }
 
+/// Runs the kernel skipped, summed over the loaded programs: a program is
+/// not run when another BPF program is already running on that CPU in a
+/// context it cannot nest in (`recursion_misses` in the program's fdinfo,
+/// Linux 5.12+; 0 where the kernel does not say). Each skipped run may be a
+/// missed event. Read before [`Attached::detach_all`], which closes the fds.
+pub fn recursion_misses(ebpf: &Ebpf) -> u64 {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    ebpf.programs()
+        .filter_map(|(_, p)| p.fd().ok())
+        .filter_map(|fd| {
+            let raw = fd.as_fd().as_raw_fd();
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")).ok()
+        })
+        .map(|info| fdinfo_field(&info, "recursion_misses"))
+        .sum()
+}
+
+/// A `name:\tvalue` line of an fdinfo file; 0 if absent.
+fn fdinfo_field(info: &str, name: &str) -> u64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Sum of the per-CPU "ring buffer full" counters.
 pub fn lost_events(ebpf: &Ebpf) -> u64 {
     let Some(map) = ebpf.map("LOST") else {
@@ -403,4 +427,17 @@ pub fn lost_events(ebpf: &Ebpf) -> u64 {
         return 0;
     };
     arr.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_fields() {
+        let info = "pos:\t0\nprog_id:\t42\nrun_cnt:\t7\nrecursion_misses:\t3\n";
+        assert_eq!(fdinfo_field(info, "recursion_misses"), 3);
+        assert_eq!(fdinfo_field(info, "run_cnt"), 7);
+        assert_eq!(fdinfo_field(info, "verified_insns"), 0);
+    }
 }

@@ -25,6 +25,11 @@ pub struct CloseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LostLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProbeLabels {
     pub probe: String,
 }
@@ -35,7 +40,7 @@ pub struct Metrics {
     pub upgrades: Counter,
     pub closes: Family<CloseLabels, Counter>,
     pub lifetime: Histogram,
-    pub lost_events: Counter,
+    pub lost_events: Family<LostLabels, Counter>,
     pub probe_set: Family<ProbeLabels, Gauge>,
     registry: Arc<Mutex<Registry>>,
 }
@@ -63,10 +68,10 @@ impl Metrics {
             "Time from the 101 to the close",
             lifetime.clone(),
         );
-        let lost_events = Counter::default();
+        let lost_events = Family::<LostLabels, Counter>::default();
         registry.register(
             "lost_events",
-            "Kernel events lost because the ring buffer was full",
+            "Events or reports lost, by reason (ring_full, recursion_miss, max_sockets, orphan_event, not_an_upgrade)",
             lost_events.clone(),
         );
         let probe_set = Family::<ProbeLabels, Gauge>::default();
@@ -284,7 +289,6 @@ mod tests {
             "wstrace_upgrades_total 1",
             "wstrace_closes_total{closed_by=\"local\",how=\"fin\",diagnosis=\"http10_upgrade\"} 1",
             "wstrace_connection_lifetime_seconds_bucket{le=\"0.001\"} 1",
-            "wstrace_lost_events_total 0",
             "wstrace_probe_set{probe=\"tracepoint\"} 1",
         ] {
             assert!(text.contains(want), "missing {want}:\n{text}");

@@ -85,9 +85,13 @@ impl Outputs {
         }
     }
 
-    pub fn events_lost(&self, n: u64) {
+    pub fn events_lost(&self, reason: &str, n: u64) {
         if let Some(m) = &self.metrics {
-            m.lost_events.inc_by(n);
+            m.lost_events
+                .get_or_create(&metrics::LostLabels {
+                    reason: reason.into(),
+                })
+                .inc_by(n);
         }
     }
 

@@ -723,12 +723,20 @@ mod tests {
         // nginx reads a 1071-byte request at once; the kernel copies the
         // start. The next read's bytes must not be joined to that start.
         let mut m = Matcher::new(ProbeSet::Tracepoint);
-        let mut first = data(Direction::Received, b"GET /ws HTTP/1.1\r\nUser-Agent: Mozilla/5.0 (X11;", 1);
+        let mut first = data(
+            Direction::Received,
+            b"GET /ws HTTP/1.1\r\nUser-Agent: Mozilla/5.0 (X11;",
+            1,
+        );
         if let Some(d) = &mut first.data {
             d.total = 1024;
         }
         m.on_event(first);
-        m.on_event(data(Direction::Received, b"OiJIUzI1NiJ9.SESSIONSECRET\r\n\r\n", 2));
+        m.on_event(data(
+            Direction::Received,
+            b"OiJIUzI1NiJ9.SESSIONSECRET\r\n\r\n",
+            2,
+        ));
         m.on_event(upgrade(3));
         let r = one(m.on_event(close(ESTABLISHED, FIN_WAIT1, 100, 4)));
         assert_eq!(
