@@ -181,7 +181,21 @@ fn metrics_scrape_passes_promtool() {
         body.contains("wstrace_connection_lifetime_seconds_count 3"),
         "{body}"
     );
-    assert!(body.contains("wstrace_lost_events_total 0"), "{body}");
+    // Every loss reason is exported from the start, at 0 here.
+    for reason in [
+        "ring_full",
+        "recursion_miss",
+        "max_sockets",
+        "orphan_event",
+        "not_an_upgrade",
+    ] {
+        assert!(
+            body.contains(&format!(
+                "wstrace_lost_events_total{{reason=\"{reason}\"}} 0"
+            )),
+            "{reason}: {body}"
+        );
+    }
     assert!(body.contains("wstrace_probe_set{probe="), "{body}");
     let mut check = Command::new(promtool)
         .args(["check", "metrics"])

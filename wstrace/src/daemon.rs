@@ -199,6 +199,10 @@ fn announce(opts: &Options<'_>, attached: &Attached, outputs: &Outputs) {
         attached.set.name()
     );
     outputs.probe_set(attached.set.name());
+    // Every reason's series exists from the start, at 0.
+    for (reason, _, _) in Losses::default().each() {
+        outputs.events_lost(reason, 0);
+    }
 }
 
 /// How often processes listening on the traced ports are looked for (and
