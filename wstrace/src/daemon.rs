@@ -26,8 +26,7 @@ use wstrace_common::EventKind;
 const RING_BYTES: u32 = 4 * 1024 * 1024;
 /// With user stack copies (16 KiB by default): ~1,000 closes. It costs
 /// twice its size in RSS (the kernel maps its pages twice so records can
-/// wrap). 8 MiB (with a 16 MiB queue) lost events at 13k closes/s on 2
-/// shared CPUs.
+/// wrap); half of it loses events at 13k closes/s on 2 shared CPUs.
 const RING_BYTES_WITH_STACKS: u32 = 16 * 1024 * 1024;
 /// Records copied out of the ring and waiting for the daemon, at most: the
 /// depth that rides out stalls (a binary's first symbolization, ~30 ms) and

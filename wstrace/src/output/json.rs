@@ -2,9 +2,9 @@
 //! with log pipelines; add keys, never rename them.
 //!
 //! Serialized straight from borrowed structs, in the order a reader scans
-//! (when, where, who, how long, stacks, why): building a `serde_json::Value`
-//! first allocated a map node per key and was a quarter of the daemon's time
-//! at 20k closes a second.
+//! (when, where, who, how long, stacks, why): a `serde_json::Value` would
+//! allocate a map node per key, a quarter of the daemon's time at 20k closes
+//! a second.
 use serde::Serialize;
 
 use crate::diagnose::Diagnosis;
