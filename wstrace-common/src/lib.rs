@@ -365,8 +365,8 @@ pub struct KernelConfig {
 }
 
 // The u64 fields start right after the ports, with no padding between.
-const _: () = assert!(MAX_PORTS * 2 % 8 == 0);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() % 8 == 0);
+const _: () = assert!((MAX_PORTS * 2).is_multiple_of(8));
+const _: () = assert!(core::mem::size_of::<KernelConfig>().is_multiple_of(8));
 
 impl KernelConfig {
     /// No port traced, no stack copy, and every offset and value

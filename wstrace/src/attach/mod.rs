@@ -410,3 +410,138 @@ pub fn lost_events(ebpf: &Ebpf) -> u64 {
     };
     arr.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tracefs-like directory holding `format` files for `events`
+    /// (category, name, fields in order; each 8 bytes after the 8-byte
+    /// common header). Removed when dropped.
+    struct FakeTracefs(std::path::PathBuf);
+
+    impl FakeTracefs {
+        fn new(test: &str, events: &[(&str, &str, &[&str])]) -> Self {
+            let root = std::env::temp_dir().join(format!(
+                "wstrace-test-tracefs-{}-{test}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&root);
+            for (category, name, fields) in events {
+                let dir = root.join("events").join(category).join(name);
+                std::fs::create_dir_all(&dir).expect("temp dir");
+                let mut format = format!("name: {name}\nformat:\n");
+                for (i, field) in fields.iter().enumerate() {
+                    format.push_str(&format!(
+                        "\tfield:u64 {field};\toffset:{};\tsize:8;\tsigned:0;\n",
+                        8 + 8 * i
+                    ));
+                }
+                std::fs::write(dir.join("format"), format).expect("format file");
+            }
+            Self(root)
+        }
+    }
+
+    impl Drop for FakeTracefs {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const SET_STATE: (&str, &str, &[&str]) = (
+        "sock",
+        "inet_sock_set_state",
+        &["skaddr", "oldstate", "newstate", "sport", "protocol"],
+    );
+    const RESETS: [(&str, &str, &[&str]); 2] = [
+        ("tcp", "tcp_send_reset", &["skaddr"]),
+        ("tcp", "tcp_receive_reset", &["skaddr"]),
+    ];
+
+    fn offsets() -> KernelOffsets {
+        KernelOffsets {
+            config: KernelConfig {
+                skc_num: 14,
+                ..KernelConfig::DEFAULT
+            },
+            tcp_recvmsg_nargs: Some(5),
+            sendmsg_path_missing: None,
+            fd_walk_missing: None,
+        }
+    }
+
+    #[test]
+    fn kernel_config_holds_ports_sizes_btf_and_tracepoint_fields() {
+        let tracefs = FakeTracefs::new(
+            "full",
+            &[
+                SET_STATE,
+                RESETS[0],
+                RESETS[1],
+                ("tcp", "tcp_destroy_sock", &["skaddr"]),
+            ],
+        );
+        let settings = Settings {
+            ports: &[1215, 8080],
+            max_sockets: 64,
+            ring_bytes: 1 << 16,
+            user_stack_bytes: 4096,
+        };
+        let c = kernel_config(&settings, &offsets(), &tracefs.0).expect("config");
+        assert_eq!(c.ports, [1215, 8080, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(c.user_stack_bytes, 4096);
+        assert_eq!(c.skc_num, 14, "BTF offsets are kept");
+        assert_eq!(c.task_files, ABSENT, "and so is what BTF lacked");
+        assert_eq!(
+            (
+                c.tp_state_skaddr,
+                c.tp_state_oldstate,
+                c.tp_state_newstate,
+                c.tp_state_sport,
+                c.tp_state_protocol
+            ),
+            (8, 16, 24, 32, 40)
+        );
+        assert_eq!(c.tp_send_reset_skaddr, 8);
+        assert_eq!(c.tp_recv_reset_skaddr, 8);
+        assert_eq!(c.tp_destroy_skaddr, 8);
+    }
+
+    #[test]
+    fn kernel_config_without_destroy_tracepoint_is_absent_there_only() {
+        let tracefs = FakeTracefs::new("no-destroy", &[SET_STATE, RESETS[0], RESETS[1]]);
+        let settings = Settings {
+            ports: &[1215],
+            max_sockets: 64,
+            ring_bytes: 1 << 16,
+            user_stack_bytes: 0,
+        };
+        let c = kernel_config(&settings, &offsets(), &tracefs.0).expect("config");
+        assert_eq!(c.tp_destroy_skaddr, ABSENT);
+        assert_eq!(c.tp_state_sport, 32);
+    }
+
+    #[test]
+    fn kernel_config_without_a_required_field_says_which() {
+        let tracefs = FakeTracefs::new(
+            "no-sport",
+            &[
+                ("sock", "inet_sock_set_state", &["skaddr", "oldstate"]),
+                RESETS[0],
+                RESETS[1],
+            ],
+        );
+        let settings = Settings {
+            ports: &[1215],
+            max_sockets: 64,
+            ring_bytes: 1 << 16,
+            user_stack_bytes: 0,
+        };
+        let err = kernel_config(&settings, &offsets(), &tracefs.0).expect_err("newstate missing");
+        assert_eq!(
+            format!("{err:#}"),
+            "tracepoint sock:inet_sock_set_state has no field `newstate` on this kernel"
+        );
+    }
+}
