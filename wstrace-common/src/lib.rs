@@ -4,7 +4,7 @@
 //! [`EventHeader`]; close events carry two stacks after it ([`CloseEvent`]).
 //! Kernel struct offsets and tracepoint field offsets are not known at compile
 //! time: the daemon resolves them from the running kernel (BTF, tracefs) and
-//! passes them in as the globals named in [`globals`].
+//! passes them in, with the ports and sizes, as one [`KernelConfig`].
 #![no_std]
 
 /// How many `--port` values the in-kernel filter compares against.
@@ -265,75 +265,130 @@ mod user {
     unsafe impl aya::Pod for super::CloseEvent {}
     unsafe impl aya::Pod for super::DataEvent {}
     unsafe impl aya::Pod for super::UserStackHeader {}
+    // SAFETY: `repr(C)` integers only, without padding (see its definition).
+    unsafe impl aya::Pod for super::KernelConfig {}
 }
 
-/// Names of the globals the daemon fills in before loading (via
-/// `EbpfLoader::override_global`). Each is a `u64` in the eBPF object.
-/// An offset of [`globals::ABSENT`] means "this kernel has no such field".
-pub mod globals {
-    pub const ABSENT: u64 = u64::MAX;
+/// The marker for "this kernel has no such field" in a [`KernelConfig`]
+/// offset: the eBPF side then skips the read (or the whole feature).
+pub const ABSENT: u64 = u64::MAX;
 
+/// Everything the kernel programs learn from the daemon: the traced ports,
+/// sizes, and the layout of this kernel's structs and tracepoint records.
+///
+/// The eBPF object holds one `CONFIG` of this type; the daemon fills a copy
+/// (struct offsets from the kernel's BTF in `attach::btf`, tracepoint field
+/// offsets from tracefs in `attach`) and patches it in before loading with
+/// `EbpfLoader::override_global("CONFIG", ..)`. Adding a field is two edits:
+/// the field here, and the line in the daemon that fills it. Until filled,
+/// a field is [`ABSENT`] (see [`KernelConfig::DEFAULT`]).
+///
+/// Offsets are byte offsets from the start of the named kernel struct (or
+/// tracepoint record); fields that are values say so. Every field after
+/// `ports` is a `u64`, so the layout has no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelConfig {
     /// `--port` values, host order; 0 = unused slot.
-    pub const PORTS: [&str; super::MAX_PORTS] = [
-        "PORT0", "PORT1", "PORT2", "PORT3", "PORT4", "PORT5", "PORT6", "PORT7",
-    ];
+    pub ports: [u16; MAX_PORTS],
+    /// Value: bytes of user stack to copy at a close (0 = off).
+    pub user_stack_bytes: u64,
 
     // struct sock / sock_common
-    pub const SKC_FAMILY: &str = "OFF_SKC_FAMILY";
-    pub const SKC_STATE: &str = "OFF_SKC_STATE";
-    pub const SKC_NUM: &str = "OFF_SKC_NUM";
-    pub const SKC_DPORT: &str = "OFF_SKC_DPORT";
-    pub const SKC_RCV_SADDR: &str = "OFF_SKC_RCV_SADDR";
-    pub const SKC_DADDR: &str = "OFF_SKC_DADDR";
-    pub const SKC_V6_RCV_SADDR: &str = "OFF_SKC_V6_RCV_SADDR";
-    pub const SKC_V6_DADDR: &str = "OFF_SKC_V6_DADDR";
-    pub const SK_PROTOCOL: &str = "OFF_SK_PROTOCOL";
+    pub skc_family: u64,
+    pub skc_state: u64,
+    /// Local port, host order; 0 once the socket is unhashed.
+    pub skc_num: u64,
+    /// Remote port, network order.
+    pub skc_dport: u64,
+    pub skc_rcv_saddr: u64,
+    pub skc_daddr: u64,
+    pub skc_v6_rcv_saddr: u64,
+    pub skc_v6_daddr: u64,
+    pub sk_protocol: u64,
     // struct tcp_sock
-    pub const TCP_BYTES_RECEIVED: &str = "OFF_TCP_BYTES_RECEIVED";
-    pub const TCP_BYTES_ACKED: &str = "OFF_TCP_BYTES_ACKED";
-    pub const TCP_LSNDTIME: &str = "OFF_TCP_LSNDTIME";
-    pub const ICSK_LRCVTIME: &str = "OFF_ICSK_LRCVTIME";
-    /// `inet_sock.inet_sport`: the local port, still set after the socket is
-    /// unhashed (which zeroes `skc_num` before the final transitions).
-    pub const INET_SPORT: &str = "OFF_INET_SPORT";
-    /// Parameters of `tcp_recvmsg` (6 before 5.19, 5 after): where fexit finds
-    /// the return value.
-    pub const TCP_RECVMSG_NARGS: &str = "TCP_RECVMSG_NARGS";
+    pub tcp_bytes_received: u64,
+    pub tcp_bytes_acked: u64,
+    /// Jiffies of the last data sent.
+    pub tcp_lsndtime: u64,
+    /// `inet_conn.icsk_ack.lrcvtime`: jiffies of the last data received.
+    pub icsk_lrcvtime: u64,
+    /// `inet_sock.inet_sport`: the local port (network order), still set
+    /// after the socket is unhashed (which zeroes `skc_num` before the final
+    /// transitions).
+    pub inet_sport: u64,
+
+    // struct task_struct
+    pub task_flags: u64,
+    /// `group_leader` and `start_time`: the process's start time, which
+    /// tells a reused pid from the process it once was.
+    pub task_group_leader: u64,
+    pub task_start_time: u64,
+    /// `stack`: the base of the task's kernel stack, at whose top the user
+    /// registers of the current syscall are saved.
+    pub task_stack: u64,
+
     // fd -> struct sock walk (tracepoint set)
-    pub const TASK_FILES: &str = "OFF_TASK_FILES";
-    pub const TASK_FLAGS: &str = "OFF_TASK_FLAGS";
-    /// `task_struct.group_leader` and `.start_time`: the process's start
-    /// time, which tells a reused pid from the process it once was.
-    pub const TASK_GROUP_LEADER: &str = "OFF_TASK_GROUP_LEADER";
-    pub const TASK_START_TIME: &str = "OFF_TASK_START_TIME";
-    /// `task_struct.stack`: the base of the task's kernel stack, at whose
-    /// top the user registers of the current syscall are saved.
-    pub const TASK_STACK: &str = "OFF_TASK_STACK";
-    /// Bytes of user stack to copy at a close (0 = off); not an offset.
-    pub const USER_STACK_BYTES: &str = "USER_STACK_BYTES";
-    pub const FILES_FDT: &str = "OFF_FILES_FDT";
-    pub const FDT_MAX_FDS: &str = "OFF_FDT_MAX_FDS";
-    pub const FDT_FD: &str = "OFF_FDT_FD";
-    pub const FILE_PRIVATE_DATA: &str = "OFF_FILE_PRIVATE_DATA";
-    pub const SOCKET_SK: &str = "OFF_SOCKET_SK";
-    pub const SOCKET_FILE: &str = "OFF_SOCKET_FILE";
-    // msghdr / iov_iter (fentry and kprobe tcp_sendmsg)
-    pub const MSGHDR_ITER: &str = "OFF_MSGHDR_ITER";
-    pub const ITER_TYPE: &str = "OFF_ITER_TYPE";
-    pub const ITER_TYPE_MASK: &str = "ITER_TYPE_MASK";
-    pub const ITER_UBUF_VALUE: &str = "ITER_UBUF_VALUE";
-    pub const ITER_IOVEC_VALUE: &str = "ITER_IOVEC_VALUE";
-    pub const ITER_UBUF: &str = "OFF_ITER_UBUF";
-    pub const ITER_IOV: &str = "OFF_ITER_IOV";
-    // tracepoint field offsets, from tracefs `format` files
-    pub const TP_STATE_SKADDR: &str = "TP_STATE_SKADDR";
-    pub const TP_STATE_OLDSTATE: &str = "TP_STATE_OLDSTATE";
-    pub const TP_STATE_NEWSTATE: &str = "TP_STATE_NEWSTATE";
-    pub const TP_STATE_SPORT: &str = "TP_STATE_SPORT";
-    pub const TP_STATE_PROTOCOL: &str = "TP_STATE_PROTOCOL";
-    pub const TP_SEND_RESET_SKADDR: &str = "TP_SEND_RESET_SKADDR";
-    pub const TP_RECV_RESET_SKADDR: &str = "TP_RECV_RESET_SKADDR";
-    pub const TP_DESTROY_SKADDR: &str = "TP_DESTROY_SKADDR";
+    pub task_files: u64,
+    pub files_fdt: u64,
+    pub fdt_max_fds: u64,
+    pub fdt_fd: u64,
+    pub file_private_data: u64,
+    pub socket_sk: u64,
+    pub socket_file: u64,
+
+    // msghdr / iov_iter (fentry and kprobe tcp_sendmsg/tcp_recvmsg)
+    pub msghdr_iter: u64,
+    /// `iov_iter.iter_type` (u8, 5.14+) or the low byte of `iov_iter.type`.
+    pub iter_type: u64,
+    /// Value: the bits of the byte at `iter_type` that hold the iterator type.
+    pub iter_type_mask: u64,
+    /// Value: `ITER_UBUF` of `enum iter_type` (6.0+), or ABSENT.
+    pub iter_ubuf_value: u64,
+    /// Value: `ITER_IOVEC` of `enum iter_type`.
+    pub iter_iovec_value: u64,
+    /// `iov_iter.ubuf` (6.0+).
+    pub iter_ubuf: u64,
+    /// `iov_iter.__iov` (6.4+) or `iov_iter.iov`.
+    pub iter_iov: u64,
+
+    // tracepoint record fields, from tracefs `format` files
+    pub tp_state_skaddr: u64,
+    pub tp_state_oldstate: u64,
+    pub tp_state_newstate: u64,
+    /// Local port, host order.
+    pub tp_state_sport: u64,
+    pub tp_state_protocol: u64,
+    pub tp_send_reset_skaddr: u64,
+    pub tp_recv_reset_skaddr: u64,
+    /// ABSENT on kernels without `tcp:tcp_destroy_sock`.
+    pub tp_destroy_skaddr: u64,
+}
+
+// The u64 fields start right after the ports, with no padding between.
+const _: () = assert!((MAX_PORTS * 2).is_multiple_of(8));
+const _: () = assert!(core::mem::size_of::<KernelConfig>().is_multiple_of(8));
+
+impl KernelConfig {
+    /// No port traced, no stack copy, and every offset and value
+    /// [`ABSENT`]: what the eBPF object holds until the daemon patches it,
+    /// and where the daemon starts filling in.
+    pub const DEFAULT: Self = {
+        const WORDS: usize = core::mem::size_of::<KernelConfig>() / 8;
+        // SAFETY: KernelConfig is `repr(C)` integers only, so every bit
+        // pattern is valid, and it is exactly WORDS u64s (transmute checks
+        // the sizes at compile time).
+        let mut c: Self = unsafe { core::mem::transmute([ABSENT; WORDS]) };
+        c.ports = [0; MAX_PORTS];
+        c.user_stack_bytes = 0;
+        c
+    };
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 #[cfg(test)]
@@ -364,6 +419,17 @@ mod tests {
         assert!(!is_upgrade_response(&head(b"HTTP/2.0 101 Switching")));
         assert!(!is_upgrade_response(&head(b"http/1.1 101 switching")));
         assert!(!is_upgrade_response(&head(b"GET / HTTP/1.1\r\nHost:")));
+    }
+
+    #[test]
+    fn kernel_config_default_is_absent_except_ports_and_sizes() {
+        let c = KernelConfig::DEFAULT;
+        assert_eq!(c.ports, [0; MAX_PORTS]);
+        assert_eq!(c.user_stack_bytes, 0);
+        assert_eq!(c.skc_family, ABSENT);
+        assert_eq!(c.iter_type_mask, ABSENT);
+        assert_eq!(c.tp_destroy_skaddr, ABSENT);
+        assert_eq!(KernelConfig::default(), c);
     }
 
     #[test]

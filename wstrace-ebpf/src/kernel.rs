@@ -1,114 +1,52 @@
 //! Reading kernel memory at offsets the daemon resolved from BTF.
 //!
-//! Offsets are `u64` globals; `ABSENT` marks a field this kernel lacks.
-//! Globals are read with `read_volatile` so LLVM cannot fold in the
-//! compile-time default (0) before the daemon's value is patched in.
+//! The daemon patches one [`KernelConfig`], `CONFIG`, into the object before
+//! loading; `ABSENT` marks a field this kernel lacks. Fields are read with
+//! [`config!`], a `read_volatile`, so LLVM cannot fold in the compile-time
+//! default before the daemon's value is patched in.
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, generated as helpers};
-use wstrace_common::{AF_INET, AF_INET6, MAX_PORTS, SockTuple, globals::ABSENT};
+use wstrace_common::{ABSENT, AF_INET, AF_INET6, KernelConfig, MAX_PORTS, SockTuple};
 
-macro_rules! globals {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[unsafe(no_mangle)]
-            pub static $name: u64 = ABSENT;
-        )*
+/// Ports, sizes and this kernel's offsets; see [`KernelConfig`].
+#[unsafe(no_mangle)]
+pub static CONFIG: KernelConfig = KernelConfig::DEFAULT;
+
+/// `config!(field)`: the daemon's value of `CONFIG.field` (`config!(ports[3])`
+/// for a port slot).
+macro_rules! config {
+    ($($field:tt)+) => {
+        $crate::kernel::volatile(&$crate::kernel::CONFIG.$($field)+)
     };
 }
+pub(crate) use config;
 
-// Names must match wstrace_common::globals.
-globals!(
-    OFF_SKC_FAMILY,
-    OFF_SKC_STATE,
-    OFF_SKC_NUM,
-    OFF_SKC_DPORT,
-    OFF_SKC_RCV_SADDR,
-    OFF_SKC_DADDR,
-    OFF_SKC_V6_RCV_SADDR,
-    OFF_SKC_V6_DADDR,
-    OFF_SK_PROTOCOL,
-    OFF_TCP_BYTES_RECEIVED,
-    OFF_TCP_BYTES_ACKED,
-    OFF_TCP_LSNDTIME,
-    OFF_ICSK_LRCVTIME,
-    OFF_INET_SPORT,
-    TCP_RECVMSG_NARGS,
-    OFF_TASK_FILES,
-    OFF_TASK_FLAGS,
-    OFF_TASK_GROUP_LEADER,
-    OFF_TASK_START_TIME,
-    OFF_TASK_STACK,
-    OFF_FILES_FDT,
-    OFF_FDT_MAX_FDS,
-    OFF_FDT_FD,
-    OFF_FILE_PRIVATE_DATA,
-    OFF_SOCKET_SK,
-    OFF_SOCKET_FILE,
-    OFF_MSGHDR_ITER,
-    OFF_ITER_TYPE,
-    ITER_TYPE_MASK,
-    ITER_UBUF_VALUE,
-    ITER_IOVEC_VALUE,
-    OFF_ITER_UBUF,
-    OFF_ITER_IOV,
-    TP_STATE_SKADDR,
-    TP_STATE_OLDSTATE,
-    TP_STATE_NEWSTATE,
-    TP_STATE_SPORT,
-    TP_STATE_PROTOCOL,
-    TP_SEND_RESET_SKADDR,
-    TP_RECV_RESET_SKADDR,
-    TP_DESTROY_SKADDR,
-);
-
-// Ports default to 0 (= unused slot), not ABSENT.
-#[unsafe(no_mangle)]
-pub static PORT0: u64 = 0;
-#[unsafe(no_mangle)]
-pub static PORT1: u64 = 0;
-#[unsafe(no_mangle)]
-pub static PORT2: u64 = 0;
-#[unsafe(no_mangle)]
-pub static PORT3: u64 = 0;
-#[unsafe(no_mangle)]
-pub static PORT4: u64 = 0;
-#[unsafe(no_mangle)]
-pub static PORT5: u64 = 0;
-#[unsafe(no_mangle)]
-pub static PORT6: u64 = 0;
-#[unsafe(no_mangle)]
-pub static PORT7: u64 = 0;
-
-const _: () = assert!(
-    MAX_PORTS == 8,
-    "PORTn globals and port_traced() list 8 slots"
-);
-
+/// A volatile read of a field of `CONFIG`: LLVM must load it at run time.
 #[inline(always)]
-pub fn g(v: &'static u64) -> u64 {
+pub fn volatile<T: Copy>(v: &'static T) -> T {
     unsafe { core::ptr::read_volatile(v) }
 }
+
+const _: () = assert!(MAX_PORTS == 8, "port_traced() lists 8 slots");
 
 /// The in-kernel port filter: the first thing every program checks, before
 /// touching any map. Eight compares against patched constants.
 #[inline(always)]
 pub fn port_traced(port: u16) -> bool {
-    let p = port as u64;
-    p != 0
-        && (p == g(&PORT0)
-            || p == g(&PORT1)
-            || p == g(&PORT2)
-            || p == g(&PORT3)
-            || p == g(&PORT4)
-            || p == g(&PORT5)
-            || p == g(&PORT6)
-            || p == g(&PORT7))
+    port != 0
+        && (port == config!(ports[0])
+            || port == config!(ports[1])
+            || port == config!(ports[2])
+            || port == config!(ports[3])
+            || port == config!(ports[4])
+            || port == config!(ports[5])
+            || port == config!(ports[6])
+            || port == config!(ports[7]))
 }
 
 /// `*(T *)(base + off)` in kernel memory; fails for a NULL base or an
 /// absent field.
 #[inline(always)]
-pub fn read<T>(base: u64, off: &'static u64) -> Result<T, i64> {
-    let off = g(off);
+pub fn read<T>(base: u64, off: u64) -> Result<T, i64> {
     if base == 0 || off == ABSENT {
         return Err(-1);
     }
@@ -123,45 +61,44 @@ pub fn read<T>(base: u64, off: &'static u64) -> Result<T, i64> {
 /// order) keeps the port until the socket is freed.
 #[inline(always)]
 pub fn sk_local_port(sk: u64) -> u16 {
-    match read::<u16>(sk, &OFF_SKC_NUM).unwrap_or(0) {
-        0 => u16::from_be(read::<u16>(sk, &OFF_INET_SPORT).unwrap_or(0)),
+    match read::<u16>(sk, config!(skc_num)).unwrap_or(0) {
+        0 => u16::from_be(read::<u16>(sk, config!(inet_sport)).unwrap_or(0)),
         port => port,
     }
 }
 
 #[inline(always)]
 pub fn sk_state(sk: u64) -> u8 {
-    read::<u8>(sk, &OFF_SKC_STATE).unwrap_or(0)
+    read::<u8>(sk, config!(skc_state)).unwrap_or(0)
 }
 
 /// True unless the kernel says the socket is not TCP (UDP sockets have local
 /// ports too). Kernels where `sk_protocol` is a bitfield skip the check.
 #[inline(always)]
 pub fn sk_is_tcp(sk: u64) -> bool {
-    if g(&OFF_SK_PROTOCOL) == ABSENT {
+    let off = config!(sk_protocol);
+    if off == ABSENT {
         return true;
     }
-    read::<u16>(sk, &OFF_SK_PROTOCOL)
-        .map(|p| p == 6)
-        .unwrap_or(false)
+    read::<u16>(sk, off).map(|p| p == 6).unwrap_or(false)
 }
 
 /// Writes the socket's addresses into `*t` (ring-buffer memory, so every
 /// byte is written: unreadable or absent fields become zeros).
 #[inline(always)]
 pub unsafe fn fill_tuple(t: *mut SockTuple, sk: u64) {
-    let family = read::<u16>(sk, &OFF_SKC_FAMILY).unwrap_or(0);
+    let family = read::<u16>(sk, config!(skc_family)).unwrap_or(0);
     unsafe {
         (*t).family = family;
         (*t).lport = sk_local_port(sk);
-        (*t).rport = u16::from_be(read::<u16>(sk, &OFF_SKC_DPORT).unwrap_or(0));
+        (*t).rport = u16::from_be(read::<u16>(sk, config!(skc_dport)).unwrap_or(0));
         (*t)._pad = 0;
         (*t).laddr = [0; 16];
         (*t).raddr = [0; 16];
         let (l, r, n) = if family == AF_INET {
-            (&OFF_SKC_RCV_SADDR, &OFF_SKC_DADDR, 4)
+            (config!(skc_rcv_saddr), config!(skc_daddr), 4)
         } else if family == AF_INET6 {
-            (&OFF_SKC_V6_RCV_SADDR, &OFF_SKC_V6_DADDR, 16)
+            (config!(skc_v6_rcv_saddr), config!(skc_v6_daddr), 16)
         } else {
             return;
         };
@@ -174,8 +111,7 @@ pub unsafe fn fill_tuple(t: *mut SockTuple, sk: u64) {
 /// Copies `len` bytes of kernel memory at `base + off` to `dst`; leaves
 /// `dst` as it was for a NULL base or an absent field.
 #[inline(always)]
-unsafe fn read_into(dst: *mut u8, len: u32, base: u64, off: &'static u64) {
-    let off = g(off);
+unsafe fn read_into(dst: *mut u8, len: u32, base: u64, off: u64) {
     if base == 0 || off == ABSENT {
         return;
     }
@@ -189,7 +125,7 @@ const PF_EXITING: u32 = 0x4;
 #[inline(always)]
 pub fn current_task_exiting() -> bool {
     let task = unsafe { bpf_get_current_task() };
-    read::<u32>(task, &OFF_TASK_FLAGS)
+    read::<u32>(task, config!(task_flags))
         .map(|f| f & PF_EXITING != 0)
         .unwrap_or(false)
 }
@@ -199,8 +135,8 @@ pub fn current_task_exiting() -> bool {
 #[inline(always)]
 pub fn current_process_start_ns() -> u64 {
     let task = unsafe { bpf_get_current_task() };
-    read::<u64>(task, &OFF_TASK_GROUP_LEADER)
-        .and_then(|leader| read::<u64>(leader, &OFF_TASK_START_TIME))
+    read::<u64>(task, config!(task_group_leader))
+        .and_then(|leader| read::<u64>(leader, config!(task_start_time)))
         .unwrap_or(0)
 }
 
@@ -211,20 +147,20 @@ pub fn current_process_start_ns() -> u64 {
 #[inline(always)]
 pub fn sock_of_fd(fd: u64) -> Option<u64> {
     let task = unsafe { bpf_get_current_task() };
-    let files = read::<u64>(task, &OFF_TASK_FILES).ok()?;
-    let fdt = read::<u64>(files, &OFF_FILES_FDT).ok()?;
-    let max_fds = read::<u32>(fdt, &OFF_FDT_MAX_FDS).ok()? as u64;
+    let files = read::<u64>(task, config!(task_files)).ok()?;
+    let fdt = read::<u64>(files, config!(files_fdt)).ok()?;
+    let max_fds = read::<u32>(fdt, config!(fdt_max_fds)).ok()? as u64;
     if fd >= max_fds {
         return None;
     }
-    let fd_array = read::<u64>(fdt, &OFF_FDT_FD).ok()?;
+    let fd_array = read::<u64>(fdt, config!(fdt_fd)).ok()?;
     let file = unsafe { bpf_probe_read_kernel((fd_array + fd * 8) as *const u64) }.ok()?;
-    let socket = read::<u64>(file, &OFF_FILE_PRIVATE_DATA).ok()?;
-    let back = read::<u64>(socket, &OFF_SOCKET_FILE).ok()?;
+    let socket = read::<u64>(file, config!(file_private_data)).ok()?;
+    let back = read::<u64>(socket, config!(socket_file)).ok()?;
     if back != file {
         return None;
     }
-    let sk = read::<u64>(socket, &OFF_SOCKET_SK).ok()?;
+    let sk = read::<u64>(socket, config!(socket_sk)).ok()?;
     if sk == 0 { None } else { Some(sk) }
 }
 
@@ -232,15 +168,16 @@ pub fn sock_of_fd(fd: u64) -> Option<u64> {
 /// (`msg->msg_iter`), for user-backed iterators (ITER_UBUF, ITER_IOVEC).
 #[inline(always)]
 pub fn msghdr_user_buf(msg: u64) -> Option<u64> {
-    if msg == 0 || g(&OFF_MSGHDR_ITER) == ABSENT {
+    let msg_iter = config!(msghdr_iter);
+    if msg == 0 || msg_iter == ABSENT {
         return None;
     }
-    let iter = msg + g(&OFF_MSGHDR_ITER);
-    let kind = (read::<u8>(iter, &OFF_ITER_TYPE).ok()? as u64) & g(&ITER_TYPE_MASK);
-    if kind == g(&ITER_UBUF_VALUE) {
-        read::<u64>(iter, &OFF_ITER_UBUF).ok()
-    } else if kind == g(&ITER_IOVEC_VALUE) {
-        let iov = read::<u64>(iter, &OFF_ITER_IOV).ok()?;
+    let iter = msg + msg_iter;
+    let kind = (read::<u8>(iter, config!(iter_type)).ok()? as u64) & config!(iter_type_mask);
+    if kind == config!(iter_ubuf_value) {
+        read::<u64>(iter, config!(iter_ubuf)).ok()
+    } else if kind == config!(iter_iovec_value) {
+        let iov = read::<u64>(iter, config!(iter_iov)).ok()?;
         // iovec.iov_base is the first member (uapi, stable).
         unsafe { bpf_probe_read_kernel(iov as *const u64) }.ok()
     } else {

@@ -9,8 +9,10 @@
 //! `probes::common` (sock/tcp tracepoints for state changes, resets and
 //! socket destruction) is attached with every set.
 //!
-//! Kernel struct offsets are globals filled in by the daemon from the running
-//! kernel's BTF (`kernel`), so one object runs on 5.10 .. 6.18 without CO-RE.
+//! Kernel struct offsets, tracepoint field offsets and the traced ports are
+//! one `KernelConfig` global (`kernel::CONFIG`) that the daemon fills in from
+//! the running kernel's BTF and tracefs before loading, so one object runs on
+//! 5.10 .. 6.18 without CO-RE.
 #![no_std]
 #![no_main]
 

@@ -19,12 +19,11 @@ use wstrace_common::{
 
 use crate::{
     kernel::{
-        OFF_ICSK_LRCVTIME, OFF_TCP_BYTES_ACKED, OFF_TCP_BYTES_RECEIVED, OFF_TCP_LSNDTIME,
-        current_process_start_ns, current_task_exiting, fill_tuple, g, port_traced, read,
+        config, current_process_start_ns, current_task_exiting, fill_tuple, port_traced, read,
         sk_is_tcp, sk_local_port,
     },
     maps::{CLOSE_SCRATCH, EVENTS, HEAD_BYTES, LOST, PENDING_READS, PendingRead, UPGRADED},
-    ustack::{self, USER_STACK_BYTES},
+    ustack,
 };
 
 fn count_lost() {
@@ -60,12 +59,12 @@ unsafe fn fill_header(
         (*h).flags = 0;
         (*h).arg = 0;
         (*h).jiffies = bpf_jiffies64() as u32;
-        (*h).last_send_jiffies = read::<u32>(sk, &OFF_TCP_LSNDTIME).unwrap_or(0);
-        (*h).last_recv_jiffies = read::<u32>(sk, &OFF_ICSK_LRCVTIME).unwrap_or(0);
+        (*h).last_send_jiffies = read::<u32>(sk, config!(tcp_lsndtime)).unwrap_or(0);
+        (*h).last_recv_jiffies = read::<u32>(sk, config!(icsk_lrcvtime)).unwrap_or(0);
         (*h).ts_ns = bpf_ktime_get_ns();
         (*h).sk = sk;
-        (*h).bytes_received = read::<u64>(sk, &OFF_TCP_BYTES_RECEIVED).unwrap_or(0);
-        (*h).bytes_acked = read::<u64>(sk, &OFF_TCP_BYTES_ACKED).unwrap_or(0);
+        (*h).bytes_received = read::<u64>(sk, config!(tcp_bytes_received)).unwrap_or(0);
+        (*h).bytes_acked = read::<u64>(sk, config!(tcp_bytes_acked)).unwrap_or(0);
         (*h).process_start_ns = current_process_start_ns();
         fill_tuple(&raw mut (*h).tuple, sk);
         if bpf_get_current_comm_raw((&raw mut (*h).comm).cast(), 16) != 0 {
@@ -171,11 +170,11 @@ pub fn state_change(sk: u64, old_state: u8, new_state: u8) {
 /// A process is closing an upgraded socket: who, and the call path.
 /// `new_state` is 0 when the caller runs before the transition (tcp_close).
 ///
-/// With a user stack copy asked for (`USER_STACK_BYTES`), the event is
+/// With a user stack copy asked for (`user_stack_bytes`), the event is
 /// built in a per-CPU scratch slot and sent cut to the bytes copied; else it
 /// is built in place in the ring buffer.
 pub fn close<C: EbpfContext>(ctx: &C, probe: ProbeSet, sk: u64, old_state: u8, new_state: u8) {
-    if g(&USER_STACK_BYTES) != 0
+    if config!(user_stack_bytes) != 0
         && let Some(scratch) = CLOSE_SCRATCH.get_ptr_mut(unsafe { bpf_get_smp_processor_id() })
     {
         close_with_stack(ctx, probe, sk, old_state, new_state, scratch);

@@ -13,11 +13,7 @@ use aya_ebpf::helpers::{
 };
 use wstrace_common::{USER_STACK_MAX, UserStackHeader, ustack};
 
-use crate::kernel::{OFF_TASK_STACK, g, read};
-
-/// Bytes of user stack to copy at a close; 0 = off. Set by the daemon.
-#[unsafe(no_mangle)]
-pub static USER_STACK_BYTES: u64 = 0;
+use crate::kernel::{config, read};
 
 /// x86_64 `struct pt_regs` (arch/x86/include/asm/ptrace.h): 21 slots of 8
 /// bytes in the order syscall entry pushes them; the order is part of the
@@ -51,7 +47,7 @@ fn word(addr: u64) -> Option<u64> {
 #[inline(always)]
 fn user_regs() -> Option<(u64, u64, u64)> {
     let task = unsafe { bpf_get_current_task() };
-    let stack = read::<u64>(task, &OFF_TASK_STACK).ok()?;
+    let stack = read::<u64>(task, config!(task_stack)).ok()?;
     for top in TOPS {
         let regs = stack + top - PT_REGS_SIZE;
         let (Some(cs), Some(ss)) = (word(regs + PT_CS), word(regs + PT_SS)) else {
@@ -68,7 +64,7 @@ fn user_regs() -> Option<(u64, u64, u64)> {
     None
 }
 
-/// Copies the current task's user registers and up to `USER_STACK_BYTES` of
+/// Copies the current task's user registers and up to `user_stack_bytes` of
 /// its stack (from `sp` up) into `*h` and `dst`. Returns the bytes copied.
 ///
 /// A copy that runs past the top of the stack mapping fails as a whole, so
@@ -76,7 +72,7 @@ fn user_regs() -> Option<(u64, u64, u64)> {
 /// size, largest first: the copy then ends exactly at the top of the stack.
 #[inline(always)]
 pub unsafe fn capture(h: *mut UserStackHeader, dst: *mut [u8; USER_STACK_MAX]) -> u32 {
-    let mut want = g(&USER_STACK_BYTES);
+    let mut want = config!(user_stack_bytes);
     if want > USER_STACK_MAX as u64 {
         want = USER_STACK_MAX as u64;
     }

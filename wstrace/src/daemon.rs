@@ -48,10 +48,8 @@ fn buffer_sizes(user_stack_bytes: u32) -> (u32, usize) {
 /// dwarf/auto, 0 (no copy) for fp, or where the registers cannot be found
 /// (not x86_64, or no `task_struct.stack` in the kernel's BTF).
 fn user_stack_copy_bytes(common: &CommonArgs, offsets: &btf::KernelOffsets) -> u32 {
-    let possible = cfg!(target_arch = "x86_64")
-        && offsets
-            .get(wstrace_common::globals::TASK_STACK)
-            .is_some_and(|o| o != wstrace_common::globals::ABSENT);
+    let possible =
+        cfg!(target_arch = "x86_64") && offsets.config.task_stack != wstrace_common::ABSENT;
     match common.user_stack {
         UserStackMode::Fp => 0,
         _ if !possible => {

@@ -1,41 +1,37 @@
 //! sock/tcp tracepoints attached with every probe set: state transitions,
 //! resets and socket destruction. Stable since Linux 4.16; field offsets come
-//! from tracefs `format` files via the TP_* globals.
+//! from tracefs `format` files (the `tp_*` fields of the kernel config).
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use wstrace_common::{EventKind, ProbeSet, tcp_state};
 
 use crate::{
-    kernel::{
-        TP_DESTROY_SKADDR, TP_RECV_RESET_SKADDR, TP_SEND_RESET_SKADDR, TP_STATE_NEWSTATE,
-        TP_STATE_OLDSTATE, TP_STATE_PROTOCOL, TP_STATE_SKADDR, TP_STATE_SPORT, g, port_traced,
-        sk_local_port,
-    },
+    kernel::{config, port_traced, sk_local_port},
     record,
 };
 
 const IPPROTO_TCP: u16 = 6;
 
 #[inline(always)]
-fn field<T>(ctx: &TracePointContext, off: &'static u64) -> Result<T, i64> {
-    unsafe { ctx.read_at::<T>(g(off) as usize) }.map_err(|e| e as i64)
+fn field<T>(ctx: &TracePointContext, off: u64) -> Result<T, i64> {
+    unsafe { ctx.read_at::<T>(off as usize) }.map_err(|e| e as i64)
 }
 
 /// Reads the transition; `None` for sockets that are not upgraded ones.
 #[inline(always)]
 fn upgraded_transition(ctx: &TracePointContext) -> Result<Option<(u64, u8, u8)>, i64> {
     // sport is the local port, host order (TP_fast_assign uses ntohs).
-    if !port_traced(field::<u16>(ctx, &TP_STATE_SPORT)?) {
+    if !port_traced(field::<u16>(ctx, config!(tp_state_sport))?) {
         return Ok(None);
     }
-    if field::<u16>(ctx, &TP_STATE_PROTOCOL)? != IPPROTO_TCP {
+    if field::<u16>(ctx, config!(tp_state_protocol))? != IPPROTO_TCP {
         return Ok(None);
     }
-    let sk = field::<u64>(ctx, &TP_STATE_SKADDR)?;
+    let sk = field::<u64>(ctx, config!(tp_state_skaddr))?;
     if !record::is_upgraded(sk) {
         return Ok(None);
     }
-    let old = field::<i32>(ctx, &TP_STATE_OLDSTATE)? as u8;
-    let new = field::<i32>(ctx, &TP_STATE_NEWSTATE)? as u8;
+    let old = field::<i32>(ctx, config!(tp_state_oldstate))? as u8;
+    let new = field::<i32>(ctx, config!(tp_state_newstate))? as u8;
     Ok(Some((sk, old, new)))
 }
 
@@ -75,7 +71,7 @@ pub fn inet_sock_set_state_closer(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn on_sk_event(ctx: &TracePointContext, off: &'static u64, kind: EventKind) {
+fn on_sk_event(ctx: &TracePointContext, off: u64, kind: EventKind) {
     if let Ok(sk) = field::<u64>(ctx, off) {
         if kind == EventKind::Destroy && sk != 0 && port_traced(sk_local_port(sk)) {
             record::forget_head(sk);
@@ -91,18 +87,22 @@ fn on_sk_event(ctx: &TracePointContext, off: &'static u64, kind: EventKind) {
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    on_sk_event(&ctx, &TP_SEND_RESET_SKADDR, EventKind::ResetSent);
+    on_sk_event(&ctx, config!(tp_send_reset_skaddr), EventKind::ResetSent);
     0
 }
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    on_sk_event(&ctx, &TP_RECV_RESET_SKADDR, EventKind::ResetReceived);
+    on_sk_event(
+        &ctx,
+        config!(tp_recv_reset_skaddr),
+        EventKind::ResetReceived,
+    );
     0
 }
 
 #[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
-    on_sk_event(&ctx, &TP_DESTROY_SKADDR, EventKind::Destroy);
+    on_sk_event(&ctx, config!(tp_destroy_skaddr), EventKind::Destroy);
     0
 }

@@ -40,8 +40,8 @@ pub fn fentry_tcp_recvmsg(ctx: FEntryContext) -> u32 {
 /// fexit's return value follows the parameters, so where it is depends on
 /// the kernel's `tcp_recvmsg` (6, 5 or 4 parameters). One program per count,
 /// each reading a fixed slot: the daemon loads the one that matches the
-/// running kernel's BTF (TCP_RECVMSG_NARGS). A single program branching on a
-/// global is rejected: the verifier checks the out-of-range slot too.
+/// running kernel's BTF. A single program branching on a configured count is
+/// rejected: the verifier checks the out-of-range slot too.
 macro_rules! fexit_tcp_recvmsg {
     ($name:ident, $nargs:literal) => {
         #[fexit(function = "tcp_recvmsg")]

@@ -4,8 +4,8 @@
 //! ask the loader where a field lives on this kernel. Instead the daemon reads
 //! the kernel's own type information (`/sys/kernel/btf/vmlinux`) at start-up,
 //! looks every field up *by name* (through anonymous structs and unions), and
-//! passes the byte offsets in as the globals named in
-//! [`wstrace_common::globals`]. That is what lets one binary run on 5.10 to
+//! writes the byte offsets into the [`KernelConfig`] the programs are loaded
+//! with. That is what lets one binary run on 5.10 to
 //! 6.18: `iov_iter` alone changed shape in 5.14, 6.0 and 6.4, and the numbers
 //! of `enum iter_type` changed with it.
 //!
@@ -20,31 +20,26 @@ use std::{fmt, io, path::Path};
 
 use anyhow::{Result, anyhow};
 use blob::{Blob, EnumValue, Member};
-use wstrace_common::globals::{self as g, ABSENT};
+use wstrace_common::{ABSENT, KernelConfig};
 
 pub const DEFAULT_BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
-/// One resolved value per eBPF global, plus what each probe set lacks.
+/// What the kernel's BTF says, plus what each probe set lacks.
 #[derive(Debug, Clone)]
 pub struct KernelOffsets {
-    /// (global name from wstrace_common::globals, value) for every non-port, non-tracepoint global
-    pub globals: Vec<(&'static str, u64)>,
+    /// Every struct offset and enum value filled in ([`ABSENT`] where this
+    /// kernel lacks the field); ports, sizes and tracepoint fields are left
+    /// at their defaults for `attach` to fill.
+    pub config: KernelConfig,
+    /// The parameter count of `tcp_recvmsg`, which says which fexit program
+    /// reads its return value; `None` when no program handles it.
+    pub tcp_recvmsg_nargs: Option<u64>,
     /// Why the fentry/kprobe tcp_sendmsg/tcp_recvmsg paths cannot work on this kernel
     /// (msghdr/iov_iter fields missing, or no `tcp_recvmsg` with a parameter count the fexit
     /// program handles), if so.
     pub sendmsg_path_missing: Option<String>,
     /// Why the tracepoint fd->sock walk cannot work (task_struct.files etc. missing), if so.
     pub fd_walk_missing: Option<String>,
-}
-
-impl KernelOffsets {
-    /// The value of one global; `None` for a name this module does not resolve.
-    pub fn get(&self, name: &str) -> Option<u64> {
-        self.globals
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|&(_, v)| v)
-    }
 }
 
 /// Pointers are read as 8 bytes by the eBPF side: 64-bit kernels only.
@@ -64,42 +59,45 @@ enum Need {
     FdWalk,
 }
 
-/// (global, struct, member path from that struct, width in bytes, need).
-/// The sendmsg-path globals have alternatives per kernel: see [`sendmsg_path`].
+/// Where a field's offset goes in the config.
+type Slot = fn(&mut KernelConfig) -> &mut u64;
+
+/// (config field, struct, member path from that struct, width in bytes, need).
+/// The sendmsg-path fields have alternatives per kernel: see [`sendmsg_path`].
 #[rustfmt::skip]
-const FIELDS: &[(&str, &str, &str, usize, Need)] = &[
-    (g::SKC_FAMILY, "sock", "__sk_common.skc_family", 2, Need::Required),
-    (g::SKC_STATE, "sock", "__sk_common.skc_state", 1, Need::Required),
-    (g::SKC_NUM, "sock", "__sk_common.skc_num", 2, Need::Required),
-    (g::SKC_DPORT, "sock", "__sk_common.skc_dport", 2, Need::Required),
-    (g::SKC_RCV_SADDR, "sock", "__sk_common.skc_rcv_saddr", 4, Need::Required),
-    (g::SKC_DADDR, "sock", "__sk_common.skc_daddr", 4, Need::Required),
-    (g::SKC_V6_RCV_SADDR, "sock", "__sk_common.skc_v6_rcv_saddr", 16, Need::Optional),
-    (g::SKC_V6_DADDR, "sock", "__sk_common.skc_v6_daddr", 16, Need::Optional),
-    (g::SK_PROTOCOL, "sock", "sk_protocol", 2, Need::Present),
-    (g::TCP_BYTES_RECEIVED, "tcp_sock", "bytes_received", 8, Need::Required),
-    (g::TCP_BYTES_ACKED, "tcp_sock", "bytes_acked", 8, Need::Optional),
+const FIELDS: &[(Slot, &str, &str, usize, Need)] = &[
+    (|c| &mut c.skc_family, "sock", "__sk_common.skc_family", 2, Need::Required),
+    (|c| &mut c.skc_state, "sock", "__sk_common.skc_state", 1, Need::Required),
+    (|c| &mut c.skc_num, "sock", "__sk_common.skc_num", 2, Need::Required),
+    (|c| &mut c.skc_dport, "sock", "__sk_common.skc_dport", 2, Need::Required),
+    (|c| &mut c.skc_rcv_saddr, "sock", "__sk_common.skc_rcv_saddr", 4, Need::Required),
+    (|c| &mut c.skc_daddr, "sock", "__sk_common.skc_daddr", 4, Need::Required),
+    (|c| &mut c.skc_v6_rcv_saddr, "sock", "__sk_common.skc_v6_rcv_saddr", 16, Need::Optional),
+    (|c| &mut c.skc_v6_daddr, "sock", "__sk_common.skc_v6_daddr", 16, Need::Optional),
+    (|c| &mut c.sk_protocol, "sock", "sk_protocol", 2, Need::Present),
+    (|c| &mut c.tcp_bytes_received, "tcp_sock", "bytes_received", 8, Need::Required),
+    (|c| &mut c.tcp_bytes_acked, "tcp_sock", "bytes_acked", 8, Need::Optional),
     // u32 jiffies of the last data sent / received (idle times).
-    (g::TCP_LSNDTIME, "tcp_sock", "lsndtime", 4, Need::Optional),
-    (g::ICSK_LRCVTIME, "tcp_sock", "inet_conn.icsk_ack.lrcvtime", 4, Need::Optional),
+    (|c| &mut c.tcp_lsndtime, "tcp_sock", "lsndtime", 4, Need::Optional),
+    (|c| &mut c.icsk_lrcvtime, "tcp_sock", "inet_conn.icsk_ack.lrcvtime", 4, Need::Optional),
     // Local port after unhashing (tcp_set_state(TCP_CLOSE) zeroes skc_num
     // before the tracepoint fires): needed to see SO_LINGER-0 and reset closes.
     // (Optional only because the minimised test fixtures predate it; every
     // kernel from 5.10 has it, which the full-BTF tests check.)
-    (g::INET_SPORT, "tcp_sock", "inet_conn.icsk_inet.inet_sport", 2, Need::Optional),
-    (g::TASK_FILES, "task_struct", "files", PTR, Need::FdWalk),
-    (g::TASK_FLAGS, "task_struct", "flags", 4, Need::Required),
+    (|c| &mut c.inet_sport, "tcp_sock", "inet_conn.icsk_inet.inet_sport", 2, Need::Optional),
+    (|c| &mut c.task_files, "task_struct", "files", PTR, Need::FdWalk),
+    (|c| &mut c.task_flags, "task_struct", "flags", 4, Need::Required),
     // Without them a reused pid is told apart by its comm only.
-    (g::TASK_GROUP_LEADER, "task_struct", "group_leader", PTR, Need::Optional),
-    (g::TASK_START_TIME, "task_struct", "start_time", 8, Need::Optional),
+    (|c| &mut c.task_group_leader, "task_struct", "group_leader", PTR, Need::Optional),
+    (|c| &mut c.task_start_time, "task_struct", "start_time", 8, Need::Optional),
     // Without it the user registers are unknown: frame-pointer stacks only.
-    (g::TASK_STACK, "task_struct", "stack", PTR, Need::Optional),
-    (g::FILES_FDT, "files_struct", "fdt", PTR, Need::FdWalk),
-    (g::FDT_MAX_FDS, "fdtable", "max_fds", 4, Need::FdWalk),
-    (g::FDT_FD, "fdtable", "fd", PTR, Need::FdWalk),
-    (g::FILE_PRIVATE_DATA, "file", "private_data", PTR, Need::FdWalk),
-    (g::SOCKET_SK, "socket", "sk", PTR, Need::FdWalk),
-    (g::SOCKET_FILE, "socket", "file", PTR, Need::FdWalk),
+    (|c| &mut c.task_stack, "task_struct", "stack", PTR, Need::Optional),
+    (|c| &mut c.files_fdt, "files_struct", "fdt", PTR, Need::FdWalk),
+    (|c| &mut c.fdt_max_fds, "fdtable", "max_fds", 4, Need::FdWalk),
+    (|c| &mut c.fdt_fd, "fdtable", "fd", PTR, Need::FdWalk),
+    (|c| &mut c.file_private_data, "file", "private_data", PTR, Need::FdWalk),
+    (|c| &mut c.socket_sk, "socket", "sk", PTR, Need::FdWalk),
+    (|c| &mut c.socket_file, "socket", "file", PTR, Need::FdWalk),
 ];
 
 /// Reads the BTF at `path` (normally [`DEFAULT_BTF_PATH`]) and resolves every
@@ -111,9 +109,9 @@ const FIELDS: &[(&str, &str, &str, usize, Need)] = &[
 /// [`KernelOffsets::fd_walk_missing`] / [`KernelOffsets::sendmsg_path_missing`].
 pub fn resolve(path: &Path) -> Result<KernelOffsets> {
     let btf = Btf::load(path)?;
-    let mut globals = Vec::new();
+    let mut config = KernelConfig::DEFAULT;
     let mut fd_walk = Vec::new();
-    for &(global, strukt, member, width, need) in FIELDS {
+    for &(slot, strukt, member, width, need) in FIELDS {
         let value = match (btf.field(strukt, member, width), need) {
             (Ok(offset), _) => offset,
             (Err(p), Need::Required) | (Err(p @ Problem::Missing(_)), Need::Present) => {
@@ -129,28 +127,27 @@ pub fn resolve(path: &Path) -> Result<KernelOffsets> {
                 ABSENT
             }
         };
-        globals.push((global, value));
+        *slot(&mut config) = value;
     }
-    let (sendmsg_globals, mut sendmsg_missing) = sendmsg_path(&btf);
-    globals.extend(sendmsg_globals);
-    let nargs = recvmsg_nargs(&btf).unwrap_or_else(|p| {
-        sendmsg_missing.push(p.to_string());
-        ABSENT
-    });
-    globals.push((g::TCP_RECVMSG_NARGS, nargs));
+    let mut sendmsg_missing = sendmsg_path(&btf, &mut config);
+    let tcp_recvmsg_nargs = recvmsg_nargs(&btf)
+        .map_err(|p| sendmsg_missing.push(p.to_string()))
+        .ok();
     Ok(KernelOffsets {
-        globals,
+        config,
+        tcp_recvmsg_nargs,
         sendmsg_path_missing: (!sendmsg_missing.is_empty()).then(|| sendmsg_missing.join("; ")),
         fd_walk_missing: (!fd_walk.is_empty()).then(|| fd_walk.join("; ")),
     })
 }
 
 /// The fentry/kprobe `tcp_sendmsg` programs find the first bytes written
-/// through `msghdr.msg_iter`: they read one byte at ITER_TYPE, AND it with
-/// ITER_TYPE_MASK, and compare with ITER_IOVEC_VALUE / ITER_UBUF_VALUE to
-/// know whether to follow ITER_IOV (an iovec array) or ITER_UBUF (one user
-/// pointer). Returns those globals and, when they cannot work, why.
-fn sendmsg_path(btf: &Btf) -> (Vec<(&'static str, u64)>, Vec<String>) {
+/// through `msghdr.msg_iter`: they read one byte at `iter_type`, AND it with
+/// `iter_type_mask`, and compare with `iter_iovec_value` / `iter_ubuf_value`
+/// to know whether to follow `iter_iov` (an iovec array) or `iter_ubuf` (one
+/// user pointer). Fills those fields of `config`; returns, when they cannot
+/// work, why.
+fn sendmsg_path(btf: &Btf, config: &mut KernelConfig) -> Vec<String> {
     let mut why = Vec::new();
     let mut need = |r: Result<u64, Problem>| {
         r.unwrap_or_else(|p| {
@@ -198,16 +195,14 @@ fn sendmsg_path(btf: &Btf) -> (Vec<(&'static str, u64)>, Vec<String>) {
             .map_err(|_| Problem::Missing("no iov_iter.__iov nor iov_iter.iov".into())),
     );
 
-    let globals = vec![
-        (g::MSGHDR_ITER, msg_iter),
-        (g::ITER_TYPE, iter_type),
-        (g::ITER_TYPE_MASK, mask),
-        (g::ITER_UBUF_VALUE, ubuf_value),
-        (g::ITER_IOVEC_VALUE, iovec_value),
-        (g::ITER_UBUF, ubuf.unwrap_or(ABSENT)),
-        (g::ITER_IOV, iov),
-    ];
-    (globals, why)
+    config.msghdr_iter = msg_iter;
+    config.iter_type = iter_type;
+    config.iter_type_mask = mask;
+    config.iter_ubuf_value = ubuf_value;
+    config.iter_iovec_value = iovec_value;
+    config.iter_ubuf = ubuf.unwrap_or(ABSENT);
+    config.iter_iov = iov;
+    why
 }
 
 /// The parameter counts of `tcp_recvmsg` after which `fexit_tcp_recvmsg`
@@ -218,8 +213,8 @@ fn sendmsg_path(btf: &Btf) -> (Vec<(&'static str, u64)>, Vec<String>) {
 /// rather than guessing where the return value is.
 const RECVMSG_NARGS: [u64; 3] = [6, 5, 4];
 
-/// TCP_RECVMSG_NARGS: the number of parameters of `tcp_recvmsg`, from its
-/// BTF FUNC -> FUNC_PROTO, if the fexit program handles that count.
+/// The number of parameters of `tcp_recvmsg`, from its BTF FUNC ->
+/// FUNC_PROTO, if an fexit program handles that count.
 fn recvmsg_nargs(btf: &Btf) -> Result<u64, Problem> {
     let n = btf.func_params("tcp_recvmsg")?;
     if RECVMSG_NARGS.contains(&n) {
@@ -439,48 +434,67 @@ mod tests {
             .join(name)
     }
 
-    /// Every global this module fills, in the order `resolve` returns them.
-    const NAMES: [&str; 33] = [
-        g::SKC_FAMILY,
-        g::SKC_STATE,
-        g::SKC_NUM,
-        g::SKC_DPORT,
-        g::SKC_RCV_SADDR,
-        g::SKC_DADDR,
-        g::SKC_V6_RCV_SADDR,
-        g::SKC_V6_DADDR,
-        g::SK_PROTOCOL,
-        g::TCP_BYTES_RECEIVED,
-        g::TCP_BYTES_ACKED,
-        g::TCP_LSNDTIME,
-        g::ICSK_LRCVTIME,
-        g::INET_SPORT,
-        g::TASK_FILES,
-        g::TASK_FLAGS,
-        g::TASK_GROUP_LEADER,
-        g::TASK_START_TIME,
-        g::TASK_STACK,
-        g::FILES_FDT,
-        g::FDT_MAX_FDS,
-        g::FDT_FD,
-        g::FILE_PRIVATE_DATA,
-        g::SOCKET_SK,
-        g::SOCKET_FILE,
-        g::MSGHDR_ITER,
-        g::ITER_TYPE,
-        g::ITER_TYPE_MASK,
-        g::ITER_UBUF_VALUE,
-        g::ITER_IOVEC_VALUE,
-        g::ITER_UBUF,
-        g::ITER_IOV,
-        g::TCP_RECVMSG_NARGS,
-    ];
+    /// Every value `resolve` fills, as (name, value), in the order of the
+    /// [`KERNELS`] columns; the parameter count last (ABSENT for `None`).
+    fn values(k: &KernelOffsets) -> [(&'static str, u64); 33] {
+        let c = &k.config;
+        [
+            ("skc_family", c.skc_family),
+            ("skc_state", c.skc_state),
+            ("skc_num", c.skc_num),
+            ("skc_dport", c.skc_dport),
+            ("skc_rcv_saddr", c.skc_rcv_saddr),
+            ("skc_daddr", c.skc_daddr),
+            ("skc_v6_rcv_saddr", c.skc_v6_rcv_saddr),
+            ("skc_v6_daddr", c.skc_v6_daddr),
+            ("sk_protocol", c.sk_protocol),
+            ("tcp_bytes_received", c.tcp_bytes_received),
+            ("tcp_bytes_acked", c.tcp_bytes_acked),
+            ("tcp_lsndtime", c.tcp_lsndtime),
+            ("icsk_lrcvtime", c.icsk_lrcvtime),
+            ("inet_sport", c.inet_sport),
+            ("task_files", c.task_files),
+            ("task_flags", c.task_flags),
+            ("task_group_leader", c.task_group_leader),
+            ("task_start_time", c.task_start_time),
+            ("task_stack", c.task_stack),
+            ("files_fdt", c.files_fdt),
+            ("fdt_max_fds", c.fdt_max_fds),
+            ("fdt_fd", c.fdt_fd),
+            ("file_private_data", c.file_private_data),
+            ("socket_sk", c.socket_sk),
+            ("socket_file", c.socket_file),
+            ("msghdr_iter", c.msghdr_iter),
+            ("iter_type", c.iter_type),
+            ("iter_type_mask", c.iter_type_mask),
+            ("iter_ubuf_value", c.iter_ubuf_value),
+            ("iter_iovec_value", c.iter_iovec_value),
+            ("iter_ubuf", c.iter_ubuf),
+            ("iter_iov", c.iter_iov),
+            ("tcp_recvmsg_nargs", k.tcp_recvmsg_nargs.unwrap_or(ABSENT)),
+        ]
+    }
+
+    /// The [`KERNELS`] column of `name`.
+    fn column(name: &str) -> usize {
+        let k = KernelOffsets {
+            config: KernelConfig::DEFAULT,
+            tcp_recvmsg_nargs: None,
+            sendmsg_path_missing: None,
+            fd_walk_missing: None,
+        };
+        values(&k)
+            .iter()
+            .position(|&(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no column {name}"))
+    }
+
     const A: u64 = ABSENT;
 
-    /// Values of [`NAMES`] per kernel, checked against `pahole -F btf` and
+    /// [`values`] per kernel, checked against `pahole -F btf` and
     /// `bpftool btf dump` on the full BTF the fixtures were cut from (see
     /// tests/fixtures/btf/README.md). The fixtures hold no FUNC, so their
-    /// TCP_RECVMSG_NARGS is ABSENT, and they predate task_struct.group_leader,
+    /// parameter count is ABSENT, and they predate task_struct.group_leader,
     /// .start_time and .stack (ABSENT here; checked on this machine's kernel, and
     /// used on every kernel of the VM matrix). The last column is the value from the full
     /// BTF ([`btf_offsets_of_full_kernel_btf`], [`FULL_BTF`]).
@@ -504,12 +518,16 @@ mod tests {
     ];
 
     fn check(file: &str, k: &KernelOffsets, want: &[u64; 33]) {
-        let names: Vec<_> = k.globals.iter().map(|&(n, _)| n).collect();
-        assert_eq!(names, NAMES, "{file}");
-        for (name, &want) in NAMES.iter().zip(want) {
-            assert_eq!(k.get(name), Some(want), "{file}: {name}");
+        for ((name, got), &want) in values(k).into_iter().zip(want) {
+            assert_eq!(got, want, "{file}: {name}");
         }
         assert_eq!(k.fd_walk_missing, None, "{file}");
+        // BTF fills offsets only: ports, sizes and tracepoint fields are attach's.
+        let c = k.config;
+        assert_eq!(c.ports, [0; wstrace_common::MAX_PORTS], "{file}");
+        assert_eq!(c.user_stack_bytes, 0, "{file}");
+        assert_eq!(c.tp_state_skaddr, ABSENT, "{file}");
+        assert_eq!(c.tp_destroy_skaddr, ABSENT, "{file}");
     }
 
     #[test]
@@ -526,8 +544,8 @@ mod tests {
         }
     }
 
-    /// The fixtures against the full BTF they were cut from, plus
-    /// TCP_RECVMSG_NARGS, which the fixtures cannot hold. Needs the kernels
+    /// The fixtures against the full BTF they were cut from, plus the
+    /// `tcp_recvmsg` parameter count, which the fixtures cannot hold. Needs the kernels
     /// of tests/fixtures/btf/README.md:
     /// `cargo test -p wstrace btf_offsets_of_full -- --ignored`
     #[test]
@@ -550,17 +568,18 @@ mod tests {
                 path.display()
             );
             let k = resolve(&path).unwrap_or_else(|e| panic!("{e:#}"));
-            want[NAMES.len() - 1] = nargs;
+            want[column("tcp_recvmsg_nargs")] = nargs;
             // The fixtures predate these fields; the full BTF must have them.
+            let got = values(&k);
             for name in [
-                g::INET_SPORT,
-                g::TASK_GROUP_LEADER,
-                g::TASK_START_TIME,
-                g::TASK_STACK,
+                "inet_sport",
+                "task_group_leader",
+                "task_start_time",
+                "task_stack",
             ] {
-                let off = k.get(name).expect("resolved");
+                let off = got[column(name)].1;
                 assert_ne!(off, ABSENT, "{}: {name}", path.display());
-                want[NAMES.iter().position(|&n| n == name).expect("listed")] = off;
+                want[column(name)] = off;
             }
             check(&path.to_string_lossy(), &k, &want);
             if nargs == ABSENT {
@@ -580,13 +599,13 @@ mod tests {
     #[test]
     fn btf_missing_probe_set_fields_are_reported_not_fatal() {
         let k = resolve(&fixture("linux-6.1-required-only.btf")).expect("required fields present");
-        assert_eq!(k.get(g::SKC_NUM), Some(14));
-        assert_eq!(k.get(g::TASK_FILES), Some(ABSENT));
-        assert_eq!(k.get(g::ITER_IOV), Some(ABSENT));
+        assert_eq!(k.config.skc_num, 14);
+        assert_eq!(k.config.task_files, ABSENT);
+        assert_eq!(k.config.iter_iov, ABSENT);
         // Optional: absent without an error, and not blamed on a probe set.
-        assert_eq!(k.get(g::TCP_LSNDTIME), Some(ABSENT));
-        assert_eq!(k.get(g::ICSK_LRCVTIME), Some(ABSENT));
-        assert_eq!(k.get(g::TCP_RECVMSG_NARGS), Some(ABSENT));
+        assert_eq!(k.config.tcp_lsndtime, ABSENT);
+        assert_eq!(k.config.icsk_lrcvtime, ABSENT);
+        assert_eq!(k.tcp_recvmsg_nargs, None);
         let fd = k.fd_walk_missing.expect("fd walk reported");
         assert!(
             fd.contains("task_struct.files") && fd.contains("socket.sk"),
@@ -649,26 +668,26 @@ mod tests {
         eprintln!("{DEFAULT_BTF_PATH} ({:?}): {:?}", running_kernel(), k);
         // sock_common's head has not moved since 4.x on 64-bit kernels.
         if cfg!(target_pointer_width = "64") {
-            for (name, want) in [
-                (g::SKC_DADDR, 0),
-                (g::SKC_RCV_SADDR, 4),
-                (g::SKC_DPORT, 12),
-                (g::SKC_NUM, 14),
-                (g::SKC_FAMILY, 16),
-                (g::SKC_STATE, 18),
+            let c = &k.config;
+            for (name, got, want) in [
+                ("skc_daddr", c.skc_daddr, 0),
+                ("skc_rcv_saddr", c.skc_rcv_saddr, 4),
+                ("skc_dport", c.skc_dport, 12),
+                ("skc_num", c.skc_num, 14),
+                ("skc_family", c.skc_family, 16),
+                ("skc_state", c.skc_state, 18),
             ] {
-                assert_eq!(k.get(name), Some(want), "{name}");
+                assert_eq!(got, want, "{name}");
             }
         }
-        for name in NAMES {
-            let v = k.get(name).unwrap_or_else(|| panic!("{name} not resolved"));
+        for (name, v) in values(&k) {
             if ![
-                g::SKC_V6_RCV_SADDR,
-                g::SKC_V6_DADDR,
-                g::TCP_BYTES_ACKED,
-                g::ITER_UBUF_VALUE,
-                g::ITER_UBUF,
-                g::TCP_RECVMSG_NARGS,
+                "skc_v6_rcv_saddr",
+                "skc_v6_daddr",
+                "tcp_bytes_acked",
+                "iter_ubuf_value",
+                "iter_ubuf",
+                "tcp_recvmsg_nargs",
             ]
             .contains(&name)
             {
@@ -689,10 +708,10 @@ mod tests {
             _ => assert!((4..=5).contains(&params), "{params}"),
         }
         if RECVMSG_NARGS.contains(&params) {
-            assert_eq!(k.get(g::TCP_RECVMSG_NARGS), Some(params));
+            assert_eq!(k.tcp_recvmsg_nargs, Some(params));
             assert_eq!(k.sendmsg_path_missing, None);
         } else {
-            assert_eq!(k.get(g::TCP_RECVMSG_NARGS), Some(ABSENT));
+            assert_eq!(k.tcp_recvmsg_nargs, None);
             assert_eq!(
                 k.sendmsg_path_missing,
                 Some(format!(
@@ -701,11 +720,11 @@ mod tests {
             );
         }
         if version >= (5, 14) {
-            assert_eq!(k.get(g::ITER_TYPE_MASK), Some(0xff));
+            assert_eq!(k.config.iter_type_mask, 0xff);
         }
         if version >= (6, 0) {
-            assert_ne!(k.get(g::ITER_UBUF), Some(ABSENT));
-            assert_ne!(k.get(g::ITER_UBUF_VALUE), Some(ABSENT));
+            assert_ne!(k.config.iter_ubuf, ABSENT);
+            assert_ne!(k.config.iter_ubuf_value, ABSENT);
         }
     }
 
@@ -717,7 +736,7 @@ mod tests {
         for path in std::env::var("WSTRACE_BTF").unwrap_or_default().split(':') {
             match resolve(Path::new(path)) {
                 Ok(k) => {
-                    let values: Vec<_> = NAMES.iter().map(|n| k.get(n).map(|v| v as i64)).collect();
+                    let values: Vec<_> = values(&k).map(|(n, v)| (n, v as i64)).into();
                     println!(
                         "{path}: {values:?} fd_walk_missing={:?} sendmsg_path_missing={:?}",
                         k.fd_walk_missing, k.sendmsg_path_missing

@@ -74,13 +74,14 @@ pub fn run(common: &CommonArgs) -> Result<()> {
                 format!("attaches; {limits}")
             }
         });
-        // attach() names the set and suggests auto; here only the reason matters.
-        let r = r.map_err(|e| {
-            let e = format!("{e:#}");
-            match e.split_once(&format!("{name}: ")) {
-                Some((_, why)) => why.to_string(),
-                None => e,
-            }
+        // Here only the reason matters: the line names the set already.
+        let r = r.map_err(|e| match &e {
+            probes::AttachError::NoProbeSet { failures, .. } => failures
+                .iter()
+                .map(probes::AttachFailure::reason)
+                .collect::<Vec<_>>()
+                .join("; "),
+            _ => e.to_string(),
         });
         if line(&format!("probe set {name}"), r) {
             usable.push(name);

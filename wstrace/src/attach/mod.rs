@@ -4,22 +4,31 @@
 //! that loads *and* attaches (feature probes are too coarse; see
 //! libbpf-tools' `fentry_can_attach`). Each attempt loads a fresh object, so
 //! a half-attached set never lingers: dropping `Ebpf` detaches everything.
+//!
+//! The programs learn ports, sizes and this kernel's layout from one
+//! [`KernelConfig`], built once per `attach` ([`kernel_config`]: BTF offsets
+//! from `btf`, tracepoint fields from `tracefs`) and patched into every
+//! attempt's object as its `CONFIG` global. Failures are typed
+//! ([`AttachFailure`], [`AttachError`]): what the user reads comes from their
+//! kind.
 use std::path::Path;
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::Result;
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::PerCpuArray,
     programs::{FEntry, FExit, KProbe, TracePoint},
 };
-use wstrace_common::{MAX_PORTS, ProbeSet, globals};
+use wstrace_common::{ABSENT, KernelConfig, ProbeSet};
 
 pub mod btf;
 pub mod check;
+pub mod error;
 pub mod privileges;
 pub mod tracefs;
 
 use btf::KernelOffsets;
+pub use error::{AttachError, AttachFailure, FailureKind};
 
 /// The object built by build.rs from wstrace-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wstrace"));
@@ -63,8 +72,8 @@ pub struct Settings<'a> {
 pub struct Attached {
     pub ebpf: Ebpf,
     pub set: ProbeSet,
-    /// Why better sets were skipped (auto), one line each.
-    pub skipped: Vec<String>,
+    /// Why better sets were skipped (auto); each displays as one line.
+    pub skipped: Vec<AttachFailure>,
     /// What this set cannot see on this kernel.
     pub limits: Vec<String>,
 }
@@ -120,16 +129,14 @@ pub fn attach(
     settings: &Settings<'_>,
     offsets: &KernelOffsets,
     tracefs_root: &Path,
-) -> Result<Attached> {
+) -> Result<Attached, AttachError> {
     if EBPF_OBJECT.is_empty() {
-        bail!(
-            "this wstrace binary was built without its eBPF programs (AYA_BUILD_SKIP was set): rebuild with `cargo build --release`"
-        );
+        return Err(AttachError::NoObject);
     }
-    let tp_globals = tracepoint_globals(tracefs_root)?;
+    let config = kernel_config(settings, offsets, tracefs_root).map_err(AttachError::Config)?;
     let mut skipped = Vec::new();
     for &set in choice.candidates() {
-        match try_set(set, settings, offsets, &tp_globals, tracefs_root) {
+        match try_set(set, settings, &config, offsets, tracefs_root) {
             Ok(ebpf) => {
                 return Ok(Attached {
                     ebpf,
@@ -138,17 +145,13 @@ pub fn attach(
                     limits: limits(set, tracefs_root),
                 });
             }
-            Err(e) => skipped.push(format!("{}: {}", set.name(), explain(set, &e))),
+            Err(e) => skipped.push(e),
         }
     }
-    match choice {
-        ProbeChoice::Auto => bail!(
-            "no probe set could be attached on this kernel:\n  {}",
-            skipped.join("\n  ")
-        ),
-        _ => Err(anyhow!("{}", skipped.join("; ")))
-            .context("the requested probe set cannot be attached (try --probe auto)"),
-    }
+    Err(AttachError::NoProbeSet {
+        choice,
+        failures: skipped,
+    })
 }
 
 /// What the chosen set does not cover, said once at start-up.
@@ -168,129 +171,102 @@ fn limits(set: ProbeSet, root: &Path) -> Vec<String> {
     out
 }
 
-/// The kernel's refusal, translated into what it means for this set.
-fn explain(set: ProbeSet, e: &anyhow::Error) -> String {
-    let raw = one_line(e);
-    let hint = match set {
-        ProbeSet::Fentry
-            if raw.contains("Operation not permitted") || raw.contains("os error 524") =>
-        {
-            Some(
-                "fentry is not available on this kernel: it refused BTF trampolines (ftrace locked, or no CONFIG_FUNCTION_TRACER / DYNAMIC_FTRACE_WITH_DIRECT_CALLS)",
-            )
-        }
-        ProbeSet::Kprobe if raw.contains("kprobe/type") || raw.contains("kprobe_events") => {
-            Some("kprobes are not available on this kernel (CONFIG_KPROBES is off)")
-        }
-        _ => None,
-    };
-    match hint {
-        Some(h) => format!("{h} [{raw}]"),
-        None => raw,
+/// The config the programs run with: ports and the stack-copy size from
+/// `settings`, struct offsets from the kernel's BTF (`offsets`), tracepoint
+/// record fields from tracefs.
+fn kernel_config(
+    settings: &Settings<'_>,
+    offsets: &KernelOffsets,
+    root: &Path,
+) -> Result<KernelConfig> {
+    let mut config = offsets.config;
+    for (slot, &port) in config.ports.iter_mut().zip(settings.ports) {
+        *slot = port;
     }
-}
-
-fn one_line(e: &anyhow::Error) -> String {
-    let s = format!("{e:#}");
-    let mut lines = s.lines().map(str::trim).filter(|l| !l.is_empty());
-    let first = lines.next().unwrap_or_default();
-    // A verifier log starts with its first instruction and ends with the
-    // reason it gave up: keep the reason (last two lines), not the start.
-    let text = match first.split_once("Verifier output:") {
-        Some((what, _)) => {
-            let tail: Vec<&str> = lines.collect();
-            let reason = tail[tail.len().saturating_sub(2)..].join(" | ");
-            if reason.is_empty() {
-                what.trim_end().trim_end_matches('.').to_string()
-            } else {
-                format!("{what}verifier: {reason}")
-            }
-        }
-        None => first.to_string(),
-    };
-    truncate_chars(&text, 400)
-}
-
-fn truncate_chars(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => format!("{}...", &s[..i]),
-        None => s.to_string(),
+    config.user_stack_bytes = u64::from(settings.user_stack_bytes);
+    for &(slot, category, name, field, need) in TRACEPOINT_FIELDS {
+        let offset = tracefs::field_offset(root, category, name, field);
+        *slot(&mut config) = match (offset, need) {
+            (Ok(offset), _) => offset,
+            (Err(e), TpNeed::Required) => return Err(e),
+            (Err(_), TpNeed::Optional) => ABSENT,
+        };
     }
+    Ok(config)
 }
 
-fn tracepoint_globals(root: &Path) -> Result<Vec<(&'static str, u64)>> {
-    use globals::*;
-    let f = |cat: &str, name: &str, field: &str| tracefs::field_offset(root, cat, name, field);
-    Ok(vec![
-        (TP_STATE_SKADDR, f("sock", "inet_sock_set_state", "skaddr")?),
-        (
-            TP_STATE_OLDSTATE,
-            f("sock", "inet_sock_set_state", "oldstate")?,
-        ),
-        (
-            TP_STATE_NEWSTATE,
-            f("sock", "inet_sock_set_state", "newstate")?,
-        ),
-        (TP_STATE_SPORT, f("sock", "inet_sock_set_state", "sport")?),
-        (
-            TP_STATE_PROTOCOL,
-            f("sock", "inet_sock_set_state", "protocol")?,
-        ),
-        (TP_SEND_RESET_SKADDR, f("tcp", "tcp_send_reset", "skaddr")?),
-        (
-            TP_RECV_RESET_SKADDR,
-            f("tcp", "tcp_receive_reset", "skaddr")?,
-        ),
-        (
-            TP_DESTROY_SKADDR,
-            f("tcp", "tcp_destroy_sock", "skaddr").unwrap_or(globals::ABSENT),
-        ),
-    ])
+/// Whether a tracepoint field missing from tracefs fails every set.
+#[derive(Clone, Copy)]
+enum TpNeed {
+    Required,
+    /// ABSENT; see `limits` (older kernels lack tcp:tcp_destroy_sock).
+    Optional,
 }
+
+/// Where a tracepoint field's offset goes in the config.
+type TpSlot = fn(&mut KernelConfig) -> &mut u64;
+
+/// (config field, category, tracepoint, field, need).
+#[rustfmt::skip]
+const TRACEPOINT_FIELDS: &[(TpSlot, &str, &str, &str, TpNeed)] = &[
+    (|c| &mut c.tp_state_skaddr, "sock", "inet_sock_set_state", "skaddr", TpNeed::Required),
+    (|c| &mut c.tp_state_oldstate, "sock", "inet_sock_set_state", "oldstate", TpNeed::Required),
+    (|c| &mut c.tp_state_newstate, "sock", "inet_sock_set_state", "newstate", TpNeed::Required),
+    (|c| &mut c.tp_state_sport, "sock", "inet_sock_set_state", "sport", TpNeed::Required),
+    (|c| &mut c.tp_state_protocol, "sock", "inet_sock_set_state", "protocol", TpNeed::Required),
+    (|c| &mut c.tp_send_reset_skaddr, "tcp", "tcp_send_reset", "skaddr", TpNeed::Required),
+    (|c| &mut c.tp_recv_reset_skaddr, "tcp", "tcp_receive_reset", "skaddr", TpNeed::Required),
+    (|c| &mut c.tp_destroy_skaddr, "tcp", "tcp_destroy_sock", "skaddr", TpNeed::Optional),
+];
 
 fn try_set(
     set: ProbeSet,
     settings: &Settings<'_>,
+    config: &KernelConfig,
     offsets: &KernelOffsets,
-    tp_globals: &[(&'static str, u64)],
     root: &Path,
-) -> Result<Ebpf> {
+) -> Result<Ebpf, AttachFailure> {
     match set {
         ProbeSet::Fentry | ProbeSet::Kprobe => {
             if let Some(why) = &offsets.sendmsg_path_missing {
-                bail!("cannot read the tcp_sendmsg/tcp_recvmsg buffers on this kernel: {why}");
+                return Err(AttachFailure::lacks(
+                    set,
+                    format!(
+                        "cannot read the tcp_sendmsg/tcp_recvmsg buffers on this kernel: {why}"
+                    ),
+                ));
             }
         }
         ProbeSet::Tracepoint => {
             if let Some(why) = &offsets.fd_walk_missing {
-                bail!("cannot map a file descriptor to its socket on this kernel: {why}");
+                return Err(AttachFailure::lacks(
+                    set,
+                    format!("cannot map a file descriptor to its socket on this kernel: {why}"),
+                ));
             }
             for sc in SYSCALLS {
                 if !tracefs::event_exists(root, "syscalls", sc) {
-                    bail!("tracepoint syscalls:{sc} is missing (CONFIG_FTRACE_SYSCALLS)");
+                    return Err(AttachFailure::lacks(
+                        set,
+                        format!("tracepoint syscalls:{sc} is missing (CONFIG_FTRACE_SYSCALLS)"),
+                    ));
                 }
             }
         }
     }
-    let mut ports = [0u64; MAX_PORTS];
-    for (slot, &p) in ports.iter_mut().zip(settings.ports) {
-        *slot = u64::from(p);
-    }
-    let mut loader = EbpfLoader::new();
-    for (name, value) in offsets.globals.iter().chain(tp_globals) {
-        loader.override_global(name, value, true);
-    }
-    for (name, value) in globals::PORTS.iter().zip(ports.iter()) {
-        loader.override_global(name, value, true);
-    }
-    let user_stack_bytes = u64::from(settings.user_stack_bytes);
-    loader.override_global(globals::USER_STACK_BYTES, &user_stack_bytes, true);
     let cpus: u32 = aya::util::nr_cpus()
-        .map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?
+        .map_err(|(path, e)| {
+            AttachFailure::new(
+                set,
+                FailureKind::Other,
+                format!("reading {path}"),
+                e.to_string(),
+            )
+        })?
         .try_into()
         .unwrap_or(u32::MAX);
     // The copy is built in a scratch slot per CPU (indexed by CPU id).
-    let scratch_slots = if user_stack_bytes > 0 { cpus } else { 1 };
+    let scratch_slots = if config.user_stack_bytes > 0 { cpus } else { 1 };
     // The kernel's LRU is not exact: each CPU keeps a local free list of up
     // to 128 nodes, and a full small map evicts from it, not strictly the
     // oldest socket. With that slack per CPU the kernel keeps at least the
@@ -300,13 +276,13 @@ fn try_set(
     let upgraded_entries = settings
         .max_sockets
         .saturating_add(LRU_LOCAL_FREE.saturating_mul(cpus));
-    loader
+    let mut ebpf = EbpfLoader::new()
+        .override_global("CONFIG", config, true)
         .map_max_entries("UPGRADED", upgraded_entries)
         .map_max_entries("EVENTS", settings.ring_bytes)
-        .map_max_entries("CLOSE_SCRATCH", scratch_slots);
-    let mut ebpf = loader
+        .map_max_entries("CLOSE_SCRATCH", scratch_slots)
         .load(EBPF_OBJECT)
-        .context("loading the eBPF object")?;
+        .map_err(|e| AttachFailure::from_object(set, "loading the eBPF object", &e))?;
 
     let state_prog = match set {
         // Only the tracepoint set has no tcp_close hook: the closing
@@ -314,36 +290,49 @@ fn try_set(
         ProbeSet::Tracepoint => "inet_sock_set_state_closer",
         _ => "inet_sock_set_state",
     };
-    attach_tracepoint(&mut ebpf, state_prog, "sock", "inet_sock_set_state")?;
+    attach_tracepoint(&mut ebpf, set, state_prog, "sock", "inet_sock_set_state")?;
     for (prog, cat, name) in COMMON {
         if prog == "tcp_destroy_sock" && !tracefs::event_exists(root, cat, name) {
             continue; // older kernels; see limits()
         }
-        attach_tracepoint(&mut ebpf, prog, cat, name)?;
+        attach_tracepoint(&mut ebpf, set, prog, cat, name)?;
     }
     match set {
         ProbeSet::Fentry => {
-            let btf = Btf::from_sys_fs().context("reading kernel BTF for fentry")?;
+            let btf = Btf::from_sys_fs().map_err(|e| {
+                AttachFailure::new(
+                    set,
+                    FailureKind::Other,
+                    "reading kernel BTF for fentry",
+                    e.to_string(),
+                )
+            })?;
             for (prog, func) in [
                 ("fentry_tcp_sendmsg", "tcp_sendmsg"),
                 ("fentry_tcp_close", "tcp_close"),
                 ("fentry_tcp_recvmsg", "tcp_recvmsg"),
             ] {
-                let p: &mut FEntry = program(&mut ebpf, prog)?;
-                p.load(func, &btf)
-                    .with_context(|| format!("loading fentry/{func}"))?;
-                p.attach()
-                    .with_context(|| format!("attaching fentry/{func}"))?;
+                let p: &mut FEntry = program(&mut ebpf, set, prog)?;
+                p.load(func, &btf).map_err(|e| {
+                    AttachFailure::from_program(set, format!("loading fentry/{func}"), &e)
+                })?;
+                p.attach().map_err(|e| {
+                    AttachFailure::from_program(set, format!("attaching fentry/{func}"), &e)
+                })?;
             }
             // One fexit program per parameter count (see fentry.rs); btf.rs
             // only lets this set through with a count that has one.
-            let nargs = offsets
-                .get(globals::TCP_RECVMSG_NARGS)
-                .unwrap_or(globals::ABSENT);
-            let p: &mut FExit = program(&mut ebpf, &format!("fexit_tcp_recvmsg{nargs}"))?;
+            let Some(nargs) = offsets.tcp_recvmsg_nargs else {
+                return Err(AttachFailure::lacks(
+                    set,
+                    "no tcp_recvmsg parameter count for fexit/tcp_recvmsg",
+                ));
+            };
+            let p: &mut FExit = program(&mut ebpf, set, &format!("fexit_tcp_recvmsg{nargs}"))?;
             p.load("tcp_recvmsg", &btf)
-                .context("loading fexit/tcp_recvmsg")?;
-            p.attach().context("attaching fexit/tcp_recvmsg")?;
+                .map_err(|e| AttachFailure::from_program(set, "loading fexit/tcp_recvmsg", &e))?;
+            p.attach()
+                .map_err(|e| AttachFailure::from_program(set, "attaching fexit/tcp_recvmsg", &e))?;
         }
         ProbeSet::Kprobe => {
             for (prog, func) in [
@@ -352,38 +341,55 @@ fn try_set(
                 ("kprobe_tcp_recvmsg", "tcp_recvmsg"),
                 ("kretprobe_tcp_recvmsg", "tcp_recvmsg"),
             ] {
-                let p: &mut KProbe = program(&mut ebpf, prog)?;
-                p.load().with_context(|| format!("loading kprobe/{func}"))?;
-                p.attach(func, 0)
-                    .with_context(|| format!("attaching kprobe/{func}"))?;
+                let p: &mut KProbe = program(&mut ebpf, set, prog)?;
+                p.load().map_err(|e| {
+                    AttachFailure::from_program(set, format!("loading kprobe/{func}"), &e)
+                })?;
+                p.attach(func, 0).map_err(|e| {
+                    AttachFailure::from_program(set, format!("attaching kprobe/{func}"), &e)
+                })?;
             }
         }
         ProbeSet::Tracepoint => {
             for sc in SYSCALLS {
-                attach_tracepoint(&mut ebpf, sc, "syscalls", sc)?;
+                attach_tracepoint(&mut ebpf, set, sc, "syscalls", sc)?;
             }
         }
     }
     Ok(ebpf)
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+fn program<'a, T>(ebpf: &'a mut Ebpf, set: ProbeSet, name: &str) -> Result<&'a mut T, AttachFailure>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let p = ebpf
-        .program_mut(name)
-        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object (build mismatch)"))?;
-    p.try_into()
-        .with_context(|| format!("program {name} has an unexpected type"))
+    let p = ebpf.program_mut(name).ok_or_else(|| {
+        AttachFailure::new(
+            set,
+            FailureKind::BuildMismatch,
+            format!("program {name} missing from the eBPF object (build mismatch)"),
+            String::new(),
+        )
+    })?;
+    p.try_into().map_err(|e| {
+        AttachFailure::from_program(set, format!("program {name} has an unexpected type"), &e)
+    })
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<()> {
-    let p: &mut TracePoint = program(ebpf, prog)?;
-    p.load()
-        .with_context(|| format!("loading tracepoint program {prog}"))?;
-    p.attach(category, name)
-        .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    set: ProbeSet,
+    prog: &str,
+    category: &str,
+    name: &str,
+) -> Result<(), AttachFailure> {
+    let p: &mut TracePoint = program(ebpf, set, prog)?;
+    p.load().map_err(|e| {
+        AttachFailure::from_program(set, format!("loading tracepoint program {prog}"), &e)
+    })?;
+    p.attach(category, name).map_err(|e| {
+        AttachFailure::from_program(set, format!("attaching tracepoint {category}:{name}"), &e)
+    })?;
     Ok(())
 }
 
@@ -439,5 +445,135 @@ mod tests {
         assert_eq!(fdinfo_field(info, "recursion_misses"), 3);
         assert_eq!(fdinfo_field(info, "run_cnt"), 7);
         assert_eq!(fdinfo_field(info, "verified_insns"), 0);
+    }
+
+    /// A tracefs-like directory holding `format` files for `events`
+    /// (category, name, fields in order; each 8 bytes after the 8-byte
+    /// common header). Removed when dropped.
+    struct FakeTracefs(std::path::PathBuf);
+
+    impl FakeTracefs {
+        fn new(test: &str, events: &[(&str, &str, &[&str])]) -> Self {
+            let root = std::env::temp_dir().join(format!(
+                "wstrace-test-tracefs-{}-{test}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&root);
+            for (category, name, fields) in events {
+                let dir = root.join("events").join(category).join(name);
+                std::fs::create_dir_all(&dir).expect("temp dir");
+                let mut format = format!("name: {name}\nformat:\n");
+                for (i, field) in fields.iter().enumerate() {
+                    format.push_str(&format!(
+                        "\tfield:u64 {field};\toffset:{};\tsize:8;\tsigned:0;\n",
+                        8 + 8 * i
+                    ));
+                }
+                std::fs::write(dir.join("format"), format).expect("format file");
+            }
+            Self(root)
+        }
+    }
+
+    impl Drop for FakeTracefs {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const SET_STATE: (&str, &str, &[&str]) = (
+        "sock",
+        "inet_sock_set_state",
+        &["skaddr", "oldstate", "newstate", "sport", "protocol"],
+    );
+    const RESETS: [(&str, &str, &[&str]); 2] = [
+        ("tcp", "tcp_send_reset", &["skaddr"]),
+        ("tcp", "tcp_receive_reset", &["skaddr"]),
+    ];
+
+    fn offsets() -> KernelOffsets {
+        KernelOffsets {
+            config: KernelConfig {
+                skc_num: 14,
+                ..KernelConfig::DEFAULT
+            },
+            tcp_recvmsg_nargs: Some(5),
+            sendmsg_path_missing: None,
+            fd_walk_missing: None,
+        }
+    }
+
+    #[test]
+    fn kernel_config_holds_ports_sizes_btf_and_tracepoint_fields() {
+        let tracefs = FakeTracefs::new(
+            "full",
+            &[
+                SET_STATE,
+                RESETS[0],
+                RESETS[1],
+                ("tcp", "tcp_destroy_sock", &["skaddr"]),
+            ],
+        );
+        let settings = Settings {
+            ports: &[1215, 8080],
+            max_sockets: 64,
+            ring_bytes: 1 << 16,
+            user_stack_bytes: 4096,
+        };
+        let c = kernel_config(&settings, &offsets(), &tracefs.0).expect("config");
+        assert_eq!(c.ports, [1215, 8080, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(c.user_stack_bytes, 4096);
+        assert_eq!(c.skc_num, 14, "BTF offsets are kept");
+        assert_eq!(c.task_files, ABSENT, "and so is what BTF lacked");
+        assert_eq!(
+            (
+                c.tp_state_skaddr,
+                c.tp_state_oldstate,
+                c.tp_state_newstate,
+                c.tp_state_sport,
+                c.tp_state_protocol
+            ),
+            (8, 16, 24, 32, 40)
+        );
+        assert_eq!(c.tp_send_reset_skaddr, 8);
+        assert_eq!(c.tp_recv_reset_skaddr, 8);
+        assert_eq!(c.tp_destroy_skaddr, 8);
+    }
+
+    #[test]
+    fn kernel_config_without_destroy_tracepoint_is_absent_there_only() {
+        let tracefs = FakeTracefs::new("no-destroy", &[SET_STATE, RESETS[0], RESETS[1]]);
+        let settings = Settings {
+            ports: &[1215],
+            max_sockets: 64,
+            ring_bytes: 1 << 16,
+            user_stack_bytes: 0,
+        };
+        let c = kernel_config(&settings, &offsets(), &tracefs.0).expect("config");
+        assert_eq!(c.tp_destroy_skaddr, ABSENT);
+        assert_eq!(c.tp_state_sport, 32);
+    }
+
+    #[test]
+    fn kernel_config_without_a_required_field_says_which() {
+        let tracefs = FakeTracefs::new(
+            "no-sport",
+            &[
+                ("sock", "inet_sock_set_state", &["skaddr", "oldstate"]),
+                RESETS[0],
+                RESETS[1],
+            ],
+        );
+        let settings = Settings {
+            ports: &[1215],
+            max_sockets: 64,
+            ring_bytes: 1 << 16,
+            user_stack_bytes: 0,
+        };
+        let err = kernel_config(&settings, &offsets(), &tracefs.0).expect_err("newstate missing");
+        assert_eq!(
+            format!("{err:#}"),
+            "tracepoint sock:inet_sock_set_state has no field `newstate` on this kernel"
+        );
     }
 }
