@@ -111,6 +111,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
     // Before saying "tracing": a server that upgrades, closes and exits the
     // moment traffic starts is described too.
     enricher.remember_listeners(opts.ports);
+    privileges::drop_after_attach(&attached);
     announce(&opts, &attached, &outputs);
     on_ready(opts.ports[0]);
 
