@@ -97,6 +97,13 @@ pub struct TraceArgs {
     /// Rotated files to keep (FILE.1 newest ... FILE.N oldest).
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub rotate_keep: u32,
+
+    /// Create FILE once the probes are attached (when the "tracing" line is
+    /// printed), with the probe set and pid inside; it appears whole (renamed
+    /// into place) and is removed on exit. With $NOTIFY_SOCKET set (systemd
+    /// Type=notify), READY=1 is sent at the same moment.
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
 }
 
 /// "1048576", "512K", "100M", "2G" (powers of 1024).

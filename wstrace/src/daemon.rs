@@ -85,8 +85,8 @@ pub struct LogSpec<'a> {
 
 /// Traces until a signal, `--count` or `--duration`; returns the number of
 /// reports printed. `on_ready` runs once the probes are attached (the
-/// "tracing" line is printed).
-pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
+/// "tracing" line is printed), with the first port and the probe set's name.
+pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16, &str)) -> Result<u64> {
     let redactor = check_options(&opts)?;
     let log = open_log(&opts)?;
     privileges::check()?;
@@ -108,8 +108,9 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
     // Before saying "tracing": a server that upgrades, closes and exits the
     // moment traffic starts is described too.
     enricher.remember_listeners(opts.ports);
+    privileges::drop_after_attach(&attached);
     announce(&opts, &attached, &outputs);
-    on_ready(opts.ports[0]);
+    on_ready(opts.ports[0], attached.set.name());
 
     let mut event_loop = EventLoop {
         matcher: Matcher::with_capacity(attached.set, opts.common.max_sockets as usize),

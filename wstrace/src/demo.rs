@@ -43,7 +43,7 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
         log: None,
         metrics: None,
     };
-    let printed = daemon::run(opts, |port| {
+    let printed = daemon::run(opts, |port, _| {
         let _ = thread::Builder::new()
             .name("ws-demo-client".into())
             .spawn(move || {

@@ -76,5 +76,25 @@ async fn run_trace(args: &cli::TraceArgs) -> anyhow::Result<()> {
         }),
         metrics: args.metrics,
     };
-    daemon::run(opts, |_| {}).await.map(|_| ())
+    // Prepared before anything attaches: a bad path stops the start.
+    let mut ready_file = args
+        .ready_file
+        .as_deref()
+        .map(output::ready::ReadyFile::prepare)
+        .transpose()?;
+    let result = daemon::run(opts, |port, set| {
+        if let Some(f) = ready_file.as_mut() {
+            if let Err(e) = f.publish(set) {
+                eprintln!("wstrace: warning: {e:#}");
+            }
+        }
+        if let Err(e) =
+            output::ready::notify_systemd(&format!("tracing port {port} with {set} probes"))
+        {
+            eprintln!("wstrace: warning: {e:#}");
+        }
+    })
+    .await;
+    drop(ready_file);
+    result.map(|_| ())
 }

@@ -1,10 +1,17 @@
 //! Checking up front what the kernel will refuse later, so the user reads one
-//! clear line instead of an EPERM from deep inside a load.
+//! clear line instead of an EPERM from deep inside a load; and, once the
+//! probes are attached, giving up what the rest of the run does not need.
 use anyhow::{Result, bail};
 
+use crate::attach::Attached;
+
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SETPCAP: u32 = 8;
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
+const CAP_CHECKPOINT_RESTORE: u32 = 40;
 
 fn effective_caps() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -47,6 +54,244 @@ pub fn raise_memlock() -> Option<String> {
         )),
         _ => None,
     }
+}
+
+/// What the run needs after the probes attach, each found by running the
+/// daemon's /proc reads as root with the set reduced (README, "Privileges"):
+/// the closer is usually another user's process.
+const KEEP_AFTER_ATTACH: [(u32, &str); 3] = [
+    // /proc/<pid>/{exe,maps,root,fd/*} of another user's process
+    // (ptrace_may_access): exe, command line owner, stacks, the peer.
+    (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
+    // /proc/<pid>/{map_files,fd} are 0500 directories owned by that user;
+    // binaries and debug files readable by their owner only.
+    (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
+    // Opening /proc/<pid>/map_files/* (the mapped file itself, even deleted
+    // or in another mount namespace); without it symbolization falls back to
+    // the path in maps.
+    (CAP_CHECKPOINT_RESTORE, "CAP_CHECKPOINT_RESTORE"),
+];
+
+/// Kept only if the kernel refuses map access through an already open fd
+/// without it: before 6.5, every bpf() command needs it when
+/// `kernel.unprivileged_bpf_disabled` is set (CAP_SYS_ADMIN before 5.8).
+const KEEP_FOR_MAPS: [(u32, &str); 2] = [(CAP_BPF, "CAP_BPF"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN")];
+
+const CAPS_V3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// One thread's capability sets, 64 bits each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CapSets {
+    effective: u64,
+    permitted: u64,
+    inheritable: u64,
+}
+
+fn capget() -> std::io::Result<CapSets> {
+    let mut hdr = CapHeader {
+        version: CAPS_V3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: a v3 header and the two data words v3 fills in.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let join = |lo: u32, hi: u32| u64::from(lo) | (u64::from(hi) << 32);
+    Ok(CapSets {
+        effective: join(data[0].effective, data[1].effective),
+        permitted: join(data[0].permitted, data[1].permitted),
+        inheritable: join(data[0].inheritable, data[1].inheritable),
+    })
+}
+
+/// Sets the calling thread's capabilities (capabilities are per thread).
+fn capset(sets: CapSets) -> std::io::Result<()> {
+    let mut hdr = CapHeader {
+        version: CAPS_V3,
+        pid: 0,
+    };
+    let split = |v: u64, i: usize| (v >> (32 * i)) as u32;
+    let data: [CapData; 2] = std::array::from_fn(|i| CapData {
+        effective: split(sets.effective, i),
+        permitted: split(sets.permitted, i),
+        inheritable: split(sets.inheritable, i),
+    });
+    // SAFETY: a v3 header and two data words.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_no_new_privs() -> std::io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// For helper threads that hold what they need already (the ring reader,
+/// the metrics server): no capabilities, no new privileges. Capabilities
+/// are per thread, so the daemon's drop does not reach threads started
+/// before it.
+pub fn drop_all_in_this_thread() {
+    drop_bounding_set(0);
+    let _ = capset(CapSets {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    });
+    let _ = set_no_new_privs();
+}
+
+/// After the probes attach: keeps [`KEEP_AFTER_ATTACH`] (and CAP_BPF only
+/// where map access needs it), drops every other capability from all sets
+/// and the bounding set, sets no_new_privs, and says on stderr what was kept.
+/// A failure is a warning: tracing goes on with what the process has.
+pub fn drop_after_attach(attached: &Attached) {
+    match drop_to_needed(|| maps_usable(attached)) {
+        Ok(kept) if kept.is_empty() => {
+            eprintln!("wstrace: privileges: kept no capability; dropped the rest")
+        }
+        Ok(kept) => eprintln!(
+            "wstrace: privileges: kept {}; dropped the rest",
+            kept.join(", ")
+        ),
+        Err(e) => eprintln!(
+            "wstrace: warning: privileges: could not drop capabilities ({e}); running with all it was given"
+        ),
+    }
+    if let Some(t) = threads_with_more_than_main() {
+        eprintln!(
+            "wstrace: warning: privileges: thread {t} still holds capabilities the daemon dropped"
+        );
+    }
+}
+
+/// Whether map commands on an open fd still work (the LOST counters: a
+/// lookup, gated like the SERVERS updates the run makes).
+fn maps_usable(attached: &Attached) -> bool {
+    let Some(map) = attached.ebpf.map("LOST") else {
+        return true;
+    };
+    let Ok(arr) = aya::maps::PerCpuArray::<_, u64>::try_from(map) else {
+        return true;
+    };
+    match arr.get(&0, 0) {
+        Ok(_) => true,
+        Err(aya::maps::MapError::SyscallError(e)) => e.io_error.raw_os_error() != Some(libc::EPERM),
+        Err(_) => true,
+    }
+}
+
+fn drop_to_needed(maps_usable: impl Fn() -> bool) -> std::io::Result<Vec<&'static str>> {
+    let now = capget()?;
+    let has = |c: u32| now.permitted & (1u64 << c) != 0;
+    let mut kept: Vec<(u32, &str)> = KEEP_AFTER_ATTACH
+        .into_iter()
+        .filter(|(c, _)| has(*c))
+        .collect();
+    let mask = |kept: &[(u32, &str)]| kept.iter().fold(0u64, |m, (c, _)| m | (1u64 << c));
+    // Effective first, permitted kept: a capability found missing can
+    // still be raised again.
+    let trial = |kept: &[(u32, &str)]| {
+        capset(CapSets {
+            effective: mask(kept),
+            permitted: now.permitted,
+            inheritable: 0,
+        })
+    };
+    trial(&kept)?;
+    if !maps_usable() {
+        for extra in KEEP_FOR_MAPS.into_iter().filter(|(c, _)| has(*c)) {
+            kept.push(extra);
+            trial(&kept)?;
+            if maps_usable() {
+                break;
+            }
+            kept.pop();
+        }
+    }
+    let keep = mask(&kept);
+    if has(CAP_SETPCAP) {
+        capset(CapSets {
+            effective: keep | (1u64 << CAP_SETPCAP),
+            permitted: now.permitted,
+            inheritable: 0,
+        })?;
+        drop_bounding_set(keep);
+    }
+    capset(CapSets {
+        effective: keep,
+        permitted: keep,
+        inheritable: 0,
+    })?;
+    // Inheritable is empty, so no ambient capability is left; say so anyway.
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    set_no_new_privs()?;
+    Ok(kept.into_iter().map(|(_, n)| n).collect())
+}
+
+/// Drops every capability outside `keep` from the calling thread's bounding
+/// set; needs CAP_SETPCAP in the effective set, does nothing without it.
+fn drop_bounding_set(keep: u64) {
+    for c in 0..=last_cap() {
+        if keep & (1u64 << c) == 0 {
+            // SAFETY: prctl with integer arguments only. EINVAL (a capability
+            // this kernel lacks) and EPERM (no CAP_SETPCAP) leave it as is.
+            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, c as libc::c_ulong, 0, 0, 0) };
+        }
+    }
+}
+
+fn last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(63)
+        .min(63)
+}
+
+/// The first thread of this process whose permitted set is larger than the
+/// calling thread's (a thread started before the drop that did not drop).
+fn threads_with_more_than_main() -> Option<String> {
+    let mine = capget().ok()?.permitted;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let prm = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapPrm:"))
+            .and_then(|h| u64::from_str_radix(h.trim(), 16).ok());
+        if prm.is_some_and(|p| p & !mine != 0) {
+            return Some(task.file_name().to_string_lossy().into_owned());
+        }
+    }
+    None
 }
 
 pub fn kernel_version() -> Option<(u32, u32)> {

@@ -164,7 +164,10 @@ pub fn serve(addr: SocketAddr, metrics: Metrics) -> Result<SocketAddr> {
         .context("--metrics: starting the server's runtime")?;
     std::thread::Builder::new()
         .name("wstrace-metrics".into())
-        .spawn(move || rt.block_on(accept_loop(std_listener, metrics)))
+        .spawn(move || {
+            crate::attach::privileges::drop_all_in_this_thread();
+            rt.block_on(accept_loop(std_listener, metrics))
+        })
         .context("--metrics: starting the server thread")?;
     Ok(bound)
 }

@@ -4,6 +4,7 @@
 pub mod json;
 pub mod logfile;
 pub mod metrics;
+pub mod ready;
 pub mod text;
 pub mod view;
 

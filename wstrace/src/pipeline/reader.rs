@@ -68,7 +68,10 @@ impl Reader {
             .spawn({
                 let space = space.clone();
                 let stop = stop.clone();
-                move || read_loop(ring, tx, &space, &stop, units)
+                move || {
+                    crate::attach::privileges::drop_all_in_this_thread();
+                    read_loop(ring, tx, &space, &stop, units)
+                }
             })
             .context("starting the ring-buffer reader thread")?;
         Ok(Reader {
