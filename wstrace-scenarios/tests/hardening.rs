@@ -15,29 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Kill, Tracer, serial, spawn_ready, upgrade_once, wait_unloaded};
-
-/// Fails the test when `missing` is set, unless WSTRACE_TEST_ALLOW_SKIP=1
-/// (then a banner says it was skipped). Returns whether to go on.
-fn require(test: &str, missing: Option<String>) -> bool {
-    let Some(what) = missing else {
-        return true;
-    };
-    if std::env::var("WSTRACE_TEST_ALLOW_SKIP").as_deref() == Ok("1") {
-        eprintln!("\n!!! SKIPPED: {test}: {what} !!!\n");
-        return false;
-    }
-    panic!("{test}: {what} (set WSTRACE_TEST_ALLOW_SKIP=1 to skip)");
-}
-
-fn need_root(test: &str) -> bool {
-    // SAFETY: plain getter.
-    let root = unsafe { libc::geteuid() } == 0;
-    require(
-        test,
-        (!root).then(|| "needs root (CAP_BPF/CAP_PERFMON)".to_string()),
-    )
-}
+use common::{
+    Kill, Tracer, require, require_file, require_root, serial, spawn_ready, upgrade_once,
+    wait_unloaded,
+};
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("wstrace-hardening-{name}-{}", std::process::id()));
@@ -59,10 +40,8 @@ fn the_unit_rates_at_most_2_5_in_systemd_analyze_security() {
         Err(e) => {
             // Panics unless WSTRACE_TEST_ALLOW_SKIP=1.
             require(
-                test,
-                Some(format!(
-                    "systemd-analyze not runnable ({e}): apt-get install systemd"
-                )),
+                false,
+                &format!("systemd-analyze not runnable ({e}): apt-get install systemd"),
             );
             return;
         }
@@ -156,11 +135,13 @@ const CAP_CHECKPOINT_RESTORE: u64 = 1 << 40;
 #[test]
 fn after_the_privilege_drop_a_nobody_servers_close_is_still_reported_whole() {
     let test = "after_the_privilege_drop_a_nobody_servers_close_is_still_reported_whole";
-    if !need_root(test)
-        || !require(
-            test,
-            (!Path::new("/usr/bin/python3").exists()).then(|| "no /usr/bin/python3".into()),
+    if !require_root()
+        || require_file(
+            "python3",
+            &[PathBuf::from("/usr/bin/python3")],
+            "apt-get install python3",
         )
+        .is_none()
     {
         return;
     }
@@ -272,7 +253,7 @@ fn spawn_wstrace(args: &[&str], env: &[(&str, &Path)]) -> (Kill, std::thread::Jo
 #[test]
 fn traffic_started_when_the_ready_file_appears_is_reported() {
     let test = "traffic_started_when_the_ready_file_appears_is_reported";
-    if !need_root(test) {
+    if !require_root() {
         return;
     }
     let _g = serial();
@@ -335,7 +316,7 @@ fn traffic_started_when_the_ready_file_appears_is_reported() {
 #[test]
 fn systemd_gets_ready_1_once_the_probes_are_attached() {
     let test = "systemd_gets_ready_1_once_the_probes_are_attached";
-    if !need_root(test) {
+    if !require_root() {
         return;
     }
     let _g = serial();

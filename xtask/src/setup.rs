@@ -23,6 +23,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("chromium", "renders `wstrace report --html` in the tests"),
     (
+        "systemd",
+        "systemd-analyze, which rates the unit's sandboxing in the tests",
+    ),
+    (
         "gcc",
         "builds the C server without frame pointers of the user-stack tests",
     ),
