@@ -14,9 +14,11 @@ pub const MAX_PORTS: usize = 8;
 /// while keeping a close event near 1 KiB.
 pub const STACK_DEPTH: usize = 64;
 
-/// Bytes copied per data event: enough for an HTTP request head in one or
-/// two reads, and for a WebSocket close frame (2-14 header bytes + up to 125).
-pub const DATA_CAP: usize = 512;
+/// Bytes copied per data event: a whole request head in one read (nginx
+/// reads client headers 1 KiB at a time, browsers send 0.5-2 KiB), and any
+/// WebSocket close frame (2-14 header bytes + up to 125). Equal to the
+/// per-socket head budget, so one read never has to be cut below it.
+pub const DATA_CAP: usize = 2048;
 
 /// Bytes of request head captured per socket before its upgrade, at most
 /// (the kernel stops copying reads on a socket past this).

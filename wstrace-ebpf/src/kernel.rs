@@ -165,9 +165,12 @@ pub fn sock_of_fd(fd: u64) -> Option<u64> {
 }
 
 /// The user address of the first byte a `struct msghdr *` carries
-/// (`msg->msg_iter`), for user-backed iterators (ITER_UBUF, ITER_IOVEC).
+/// (`msg->msg_iter`), for user-backed iterators (ITER_UBUF, ITER_IOVEC), and
+/// how many bytes are contiguous there: the first iovec's length (a copy
+/// past it would read whatever memory follows), or unbounded for ITER_UBUF
+/// (the caller's length bounds it).
 #[inline(always)]
-pub fn msghdr_user_buf(msg: u64) -> Option<u64> {
+pub fn msghdr_user_buf(msg: u64) -> Option<(u64, u64)> {
     let msg_iter = config!(msghdr_iter);
     if msg == 0 || msg_iter == ABSENT {
         return None;
@@ -175,11 +178,12 @@ pub fn msghdr_user_buf(msg: u64) -> Option<u64> {
     let iter = msg + msg_iter;
     let kind = (read::<u8>(iter, config!(iter_type)).ok()? as u64) & config!(iter_type_mask);
     if kind == config!(iter_ubuf_value) {
-        read::<u64>(iter, config!(iter_ubuf)).ok()
+        Some((read::<u64>(iter, config!(iter_ubuf)).ok()?, u64::MAX))
     } else if kind == config!(iter_iovec_value) {
         let iov = read::<u64>(iter, config!(iter_iov)).ok()?;
-        // iovec.iov_base is the first member (uapi, stable).
-        unsafe { bpf_probe_read_kernel(iov as *const u64) }.ok()
+        // struct iovec { iov_base; iov_len; } (uapi, stable).
+        let v = unsafe { bpf_probe_read_kernel(iov as *const [u64; 2]) }.ok()?;
+        Some((v[0], v[1]))
     } else {
         None
     }

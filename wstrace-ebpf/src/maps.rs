@@ -12,6 +12,8 @@ use wstrace_common::CloseWithStack;
 pub struct PendingRead {
     pub sk: u64,
     pub buf: u64,
+    /// Bytes that fit at `buf` contiguously (the first iovec of a readv).
+    pub cap: u64,
 }
 
 /// Events to the daemon, in order across CPUs.

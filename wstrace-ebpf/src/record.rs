@@ -257,8 +257,10 @@ pub fn reset(sk: u64, kind: EventKind) {
     emit_header(kind, 0, sk, 0, 0);
 }
 
-/// Copies up to `DATA_CAP` bytes at user address `buf` into a data event.
-fn emit_data(sk: u64, buf: u64, len: u64, direction: u32) {
+/// Copies up to `DATA_CAP` of the `len` bytes at user address `buf` into a
+/// data event that also says `total`, the bytes the read or write moved in
+/// all (more than were copied: the daemon knows it has only the start).
+fn emit_data(sk: u64, buf: u64, len: u64, total: u64, direction: u32) {
     let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
         count_lost();
         return;
@@ -272,11 +274,10 @@ fn emit_data(sk: u64, buf: u64, len: u64, direction: u32) {
     };
     unsafe {
         fill_header(&raw mut (*ev).header, EventKind::Data, 0, sk, 0, 0);
-        // The whole length: the daemon must know when it got only the start.
-        (*ev).header.arg = if len > u32::MAX as u64 {
+        (*ev).header.arg = if total > u32::MAX as u64 {
             u32::MAX
         } else {
-            len as u32
+            total as u32
         };
         (*ev).direction = direction;
         let rc = bpf_probe_read_user((*ev).data.as_mut_ptr().cast(), n, buf as *const _);
@@ -289,21 +290,22 @@ fn emit_data(sk: u64, buf: u64, len: u64, direction: u32) {
 /// upgraded (data frames are not: idle time comes from the socket's own
 /// timestamps, so busy sockets pay nothing per message).
 #[inline(always)]
-pub fn close_frame_written(sk: u64, buf: u64, len: u64) {
+pub fn close_frame_written(sk: u64, buf: u64, len: u64, total: u64) {
     if is_upgraded(sk) {
-        emit_data(sk, buf, len, wstrace_common::DIR_SENT);
+        emit_data(sk, buf, len, total, wstrace_common::DIR_SENT);
     }
 }
 
-/// Entry of a read on `sk`: remember where its bytes go, if the socket is on
-/// a traced port (checked first: other sockets touch no map).
+/// Entry of a read on `sk`: remember where its bytes go and how many fit
+/// there contiguously (`cap`: a copy never reads past the buffer), if the
+/// socket is on a traced port (checked first: other sockets touch no map).
 #[inline(always)]
-pub fn read_entry(sk: u64, buf: u64) {
+pub fn read_entry(sk: u64, buf: u64, cap: u64) {
     if sk == 0 || buf == 0 || !port_traced(sk_local_port(sk)) {
         return;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = PENDING_READS.insert(tid, PendingRead { sk, buf }, 0);
+    let _ = PENDING_READS.insert(tid, PendingRead { sk, buf, cap }, 0);
 }
 
 /// Exit of a read that returned `ret`: before the upgrade, copy the request
@@ -314,17 +316,18 @@ pub fn read_exit(ret: i64) {
     let Some(p) = PENDING_READS.get_ptr(tid) else {
         return;
     };
-    let PendingRead { sk, buf } = unsafe { *p };
+    let PendingRead { sk, buf, cap } = unsafe { *p };
     let _ = PENDING_READS.remove(tid);
     if ret <= 0 {
         return;
     }
-    let len = ret as u64;
+    let total = ret as u64;
+    let len = if total < cap { total } else { cap };
     if UPGRADED.get_ptr(sk).is_some() {
         let first =
             unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8) }.unwrap_or(0);
         if first == WS_CLOSE {
-            emit_data(sk, buf, len, wstrace_common::DIR_RECEIVED);
+            emit_data(sk, buf, len, total, wstrace_common::DIR_RECEIVED);
         }
         return;
     }
@@ -336,7 +339,7 @@ pub fn read_exit(ret: i64) {
         return;
     }
     let _ = HEAD_BYTES.insert(sk, copied + len.min(DATA_CAP as u64) as u32, 0);
-    emit_data(sk, buf, len, wstrace_common::DIR_RECEIVED);
+    emit_data(sk, buf, len, total, wstrace_common::DIR_RECEIVED);
 }
 
 /// The kernel is destroying an upgraded socket: forget it (its address may be

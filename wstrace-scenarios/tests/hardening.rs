@@ -29,7 +29,6 @@ fn temp_dir(name: &str) -> PathBuf {
 
 #[test]
 fn the_unit_rates_at_most_2_5_in_systemd_analyze_security() {
-    let test = "the_unit_rates_at_most_2_5_in_systemd_analyze_security";
     let unit = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../packaging/wstrace.service");
     let out = Command::new("systemd-analyze")
         .args(["security", "--offline=true"])
@@ -39,7 +38,7 @@ fn the_unit_rates_at_most_2_5_in_systemd_analyze_security() {
         Ok(o) => o,
         Err(e) => {
             // Panics unless WSTRACE_TEST_ALLOW_SKIP=1.
-            require(
+            let _skipped = require(
                 false,
                 &format!("systemd-analyze not runnable ({e}): apt-get install systemd"),
             );
@@ -134,7 +133,6 @@ const CAP_CHECKPOINT_RESTORE: u64 = 1 << 40;
 
 #[test]
 fn after_the_privilege_drop_a_nobody_servers_close_is_still_reported_whole() {
-    let test = "after_the_privilege_drop_a_nobody_servers_close_is_still_reported_whole";
     if !require_root()
         || require_file(
             "python3",
@@ -252,7 +250,6 @@ fn spawn_wstrace(args: &[&str], env: &[(&str, &Path)]) -> (Kill, std::thread::Jo
 
 #[test]
 fn traffic_started_when_the_ready_file_appears_is_reported() {
-    let test = "traffic_started_when_the_ready_file_appears_is_reported";
     if !require_root() {
         return;
     }
@@ -315,7 +312,6 @@ fn traffic_started_when_the_ready_file_appears_is_reported() {
 
 #[test]
 fn systemd_gets_ready_1_once_the_probes_are_attached() {
-    let test = "systemd_gets_ready_1_once_the_probes_are_attached";
     if !require_root() {
         return;
     }

@@ -33,7 +33,8 @@ pub fn fentry_tcp_close(ctx: FEntryContext) -> u32 {
 pub fn fentry_tcp_recvmsg(ctx: FEntryContext) -> u32 {
     let sk: u64 = ctx.arg(0);
     let msg: u64 = ctx.arg(1);
-    shared::on_tcp_recvmsg_entry(sk, msg);
+    let len: u64 = ctx.arg(2);
+    shared::on_tcp_recvmsg_entry(sk, msg, len);
     0
 }
 

@@ -28,7 +28,8 @@ pub fn kprobe_tcp_close(ctx: ProbeContext) -> u32 {
 pub fn kprobe_tcp_recvmsg(ctx: ProbeContext) -> u32 {
     let sk: u64 = ctx.arg(0).unwrap_or(0);
     let msg: u64 = ctx.arg(1).unwrap_or(0);
-    shared::on_tcp_recvmsg_entry(sk, msg);
+    let len: u64 = ctx.arg(2).unwrap_or(0);
+    shared::on_tcp_recvmsg_entry(sk, msg, len);
     0
 }
 

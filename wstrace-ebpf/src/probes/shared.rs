@@ -13,24 +13,25 @@ pub fn on_tcp_sendmsg(sk: u64, msg: u64, size: u64, probe: ProbeSet) {
     if sk == 0 || !port_traced(sk_local_port(sk)) {
         return;
     }
-    let Some(buf) = msghdr_user_buf(msg) else {
+    let Some((buf, first)) = msghdr_user_buf(msg) else {
         return;
     };
     match record::classify_write(buf, size) {
         record::Write::Upgrade => record::mark_upgraded(sk, size, probe),
-        record::Write::CloseFrame => record::close_frame_written(sk, buf, size),
+        record::Write::CloseFrame => record::close_frame_written(sk, buf, size.min(first), size),
         record::Write::Other => {}
     }
 }
 
-/// tcp_recvmsg entry: where the bytes will land (port filter first).
+/// tcp_recvmsg entry: where the bytes will land and how many fit there
+/// (`len`, and the first iovec's length) (port filter first).
 #[inline(always)]
-pub fn on_tcp_recvmsg_entry(sk: u64, msg: u64) {
+pub fn on_tcp_recvmsg_entry(sk: u64, msg: u64, len: u64) {
     if sk == 0 || !port_traced(sk_local_port(sk)) {
         return;
     }
-    if let Some(buf) = msghdr_user_buf(msg) {
-        record::read_entry(sk, buf);
+    if let Some((buf, first)) = msghdr_user_buf(msg) {
+        record::read_entry(sk, buf, len.min(first));
     }
 }
 

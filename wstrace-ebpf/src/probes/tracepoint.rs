@@ -52,7 +52,7 @@ fn on_write(fd: u64, buf: u64, len: u64) {
             note_server();
             record::mark_upgraded(sk, len, ProbeSet::Tracepoint)
         }
-        _ => record::close_frame_written(sk, buf, len),
+        _ => record::close_frame_written(sk, buf, len, len),
     }
 }
 
@@ -60,12 +60,12 @@ fn on_write(fd: u64, buf: u64, len: u64) {
 /// lookup; every other read on the machine stops here), the fd walk finds
 /// the socket and `read_entry` filters by port before touching a map.
 #[inline(always)]
-fn on_read(fd: u64, buf: u64) {
+fn on_read(fd: u64, buf: u64, cap: u64) {
     if SERVERS.get_ptr(current_tgid()).is_none() {
         return;
     }
     if let Some(sk) = sock_of_fd(fd) {
-        record::read_entry(sk, buf);
+        record::read_entry(sk, buf, cap);
     }
 }
 
@@ -106,14 +106,14 @@ fn on_read_exit(ctx: &TracePointContext) {
 /// read(fd, buf, count)
 #[tracepoint(category = "syscalls", name = "sys_enter_read")]
 pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
-    on_read(arg(&ctx, 0), arg(&ctx, 1));
+    on_read(arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
     0
 }
 
 /// recvfrom(fd, ubuf, size, flags, addr, addr_len); recv() is recvfrom() here.
 #[tracepoint(category = "syscalls", name = "sys_enter_recvfrom")]
 pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
-    on_read(arg(&ctx, 0), arg(&ctx, 1));
+    on_read(arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
     0
 }
 
@@ -121,7 +121,8 @@ pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_enter_readv")]
 pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
     if arg(&ctx, 2) > 0 {
-        on_read(arg(&ctx, 0), first_iovec(arg(&ctx, 1)).0);
+        let (base, len) = first_iovec(arg(&ctx, 1));
+        on_read(arg(&ctx, 0), base, len);
     }
     0
 }
@@ -133,7 +134,8 @@ pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
     if msg != 0 {
         let iov = unsafe { bpf_probe_read_user((msg + 16) as *const [u64; 2]) }.unwrap_or([0, 0]);
         if iov[1] > 0 {
-            on_read(arg(&ctx, 0), first_iovec(iov[0]).0);
+            let (base, len) = first_iovec(iov[0]);
+            on_read(arg(&ctx, 0), base, len);
         }
     }
     0
