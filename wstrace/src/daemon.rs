@@ -134,7 +134,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16)) -> Result<u64> {
     // Opened before the probes attach: a bad path fails the start, with
     // nothing loaded. An agent whose log silently went to stdout would lose
     // every report its collector expects; a failure later in the run (disk
-    // full) keeps tracing on stdout instead, see `Sink::print`.
+    // full) is a warning, and the log retries by itself (`LogFile::append`).
     let log = match &opts.log {
         Some(l) => Some(
             output::logfile::LogFile::open(l.path, l.rotate_size, l.rotate_keep).map_err(|e| {
@@ -343,7 +343,7 @@ struct Sink {
     /// Start time of the process each pid named when last seen: a pid whose
     /// events carry another start time has been reused.
     starts: HashMap<u32, u64>,
-    /// `--output`; dropped (with one error message) when it fails.
+    /// `--output`; kept through write and rotation failures (it retries).
     log: Option<output::logfile::LogFile>,
     metrics: Option<metrics::Metrics>,
     user_stack: UserStackMode,
@@ -545,9 +545,9 @@ impl Sink {
             m.lifetime.observe(r.ms_after_upgrade() / 1000.0);
         }
         if let Some(log) = &mut self.log {
+            // An error is a warning: the log stays open and retries itself.
             if let Err(e) = log.append(&output::json::render(&view)) {
-                eprintln!("wstrace: error: {e:#}; reporting on stdout only from now on");
-                self.log = None;
+                eprintln!("wstrace: warning: {e:#}");
             }
         }
         let text = output::render(self.format, self.color, &view);

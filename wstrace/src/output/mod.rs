@@ -5,6 +5,7 @@ pub mod escape;
 pub mod json;
 pub mod logfile;
 pub mod metrics;
+pub mod safe_file;
 pub mod text;
 pub mod view;
 
