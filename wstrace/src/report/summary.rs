@@ -365,9 +365,11 @@ impl Summary {
                 .rev()
                 .map(|f| format!("[k] {f}")),
         );
+        // Escaped too: raw control characters are not even valid in the
+        // SVG that inferno draws from these.
         let folded = path
             .iter()
-            .map(|f| f.replace(';', ":"))
+            .map(|f| esc(f).replace(';', ":"))
             .collect::<Vec<_>>()
             .join(";");
         self.folded.add(folded, || None);
