@@ -145,7 +145,7 @@ fn check_options(opts: &Options<'_>) -> Result<Redactor> {
 /// Opens `--output` before the probes attach: a bad path fails the start,
 /// with nothing loaded. An agent whose log silently went to stdout would lose
 /// every report its collector expects; a failure later in the run (disk
-/// full) keeps tracing on stdout instead, see [`Outputs::emit`].
+/// full) is a warning, and the log retries by itself (`LogFile::append`).
 fn open_log(opts: &Options<'_>) -> Result<Option<LogFile>> {
     let Some(l) = &opts.log else {
         return Ok(None);

@@ -47,7 +47,11 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("wstrace: error: {e:#}");
+            // Errors can quote paths and names that other users chose.
+            eprintln!(
+                "wstrace: error: {}",
+                output::escape::text(&format!("{e:#}"))
+            );
             ExitCode::FAILURE
         }
     }

@@ -159,8 +159,13 @@ pub struct Tracer {
 impl Tracer {
     /// Starts wstrace on `port` and returns once it says it is tracing.
     pub fn start(port: u16, extra: &[&str]) -> Tracer {
+        Tracer::start_format(port, "json", extra)
+    }
+
+    /// `start` with `--format FORMAT` (`text` or `json`).
+    pub fn start_format(port: u16, format: &str, extra: &[&str]) -> Tracer {
         let mut c = Command::new(wstrace_bin())
-            .args(["--port", &port.to_string(), "--format", "json"])
+            .args(["--port", &port.to_string(), "--format", format])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

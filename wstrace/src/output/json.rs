@@ -8,6 +8,7 @@
 use serde::Serialize;
 
 use crate::diagnose::Diagnosis;
+use crate::output::escape;
 use crate::output::view::{View, rfc3339};
 use crate::protocol::{http::RequestHead, wsframe::close_code_meaning};
 
@@ -159,8 +160,11 @@ fn line<'a>(v: &'a View<'a>) -> Line<'a> {
     }
 }
 
+/// One line of JSON. Besides what JSON requires, C1 controls, DEL and bidi
+/// controls in strings are written as `\uXXXX` (`escape::JsonFormatter`):
+/// the line is safe to print on a terminal as it is.
 pub fn render(v: &View<'_>) -> String {
     // Serializing plain structs of strings and numbers cannot fail; if it
     // ever did, an empty object keeps the one-object-per-line contract.
-    serde_json::to_string(&line(v)).unwrap_or_else(|_| "{}".into())
+    escape::to_json_string(&line(v)).unwrap_or_else(|_| "{}".into())
 }

@@ -3,115 +3,313 @@
 //! from a live writer), size-based rotation (FILE -> FILE.1 -> ... ->
 //! FILE.<keep>), mode 0640, and `sync` before exit so every line written
 //! before SIGTERM is on disk.
+//!
+//! The file is opened as `safe_file` describes: no symlink followed, only a
+//! regular file of the daemon's own user, in a directory other users cannot
+//! swap it in. Rotation renames and creates relative to that directory's fd,
+//! the new file with O_EXCL.
+//!
+//! A failure during the run does not end the log. A line that cannot be
+//! written (disk full, I/O error) is held in memory, up to `HELD_BYTES`, and
+//! written first, in order, once writing works again; a rotation that fails
+//! (no fd left, a name taken) leaves the current file growing past the
+//! rotation size. Both are retried with back-off, from 1 s doubling to 60 s,
+//! and each failed attempt is returned as one error for the caller to show
+//! as a warning.
 use std::{
-    fs::{File, OpenOptions},
+    collections::VecDeque,
+    ffi::OsString,
+    fs::File,
     io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Result, anyhow};
+
+use crate::output::{
+    escape::text as esc,
+    safe_file::{self, Dir},
+};
+
+/// Lines held in memory while the file cannot be written, in bytes; lines
+/// beyond it are counted as lost.
+const HELD_BYTES: usize = 4 * 1024 * 1024;
+
+/// First wait before a failed write or rotation is tried again; it doubles
+/// on each failure up to `MAX_RETRY`.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(60);
 
 pub struct LogFile {
     path: PathBuf,
+    dir: Dir,
+    name: OsString,
     file: File,
     size: u64,
     rotate_size: u64,
     keep: u32,
     /// Lines written since start (all files).
     pub lines: u64,
+    /// Lines (with their newline) not written yet, oldest first.
+    held: VecDeque<Vec<u8>>,
+    held_bytes: usize,
+    /// Lines dropped because `held` was full, since writing last worked.
+    lost: u64,
+    write_retry: Option<Backoff>,
+    rotate_retry: Option<Backoff>,
+    /// FILE is already renamed to FILE.1 but no new FILE could be created:
+    /// `file` is FILE.1, and the next try only creates FILE.
+    renamed: bool,
+    first_retry: Duration,
+}
+
+#[derive(Clone, Copy)]
+struct Backoff {
+    at: Instant,
+    delay: Duration,
+}
+
+impl Backoff {
+    /// The wait after one more failure.
+    fn after(prev: Option<Backoff>, first: Duration, now: Instant) -> Backoff {
+        let delay = prev.map_or(first, |b| (b.delay * 2).min(MAX_RETRY));
+        Backoff {
+            at: now + delay,
+            delay,
+        }
+    }
 }
 
 impl LogFile {
-    /// Opens (creating with 0640, or appending to) `path`.
+    /// Opens (appending) or creates `path`; see the module comment for
+    /// what is refused.
     pub fn open(path: &Path, rotate_size: u64, keep: u32) -> Result<LogFile> {
-        let file = open_append(path)?;
+        let shown = esc(&path.to_string_lossy()).into_owned();
+        let open = || -> Result<(Dir, OsString, File)> {
+            let (dir, name) = safe_file::dir_of(path)?;
+            let file = dir.open_write(&name, true)?;
+            Ok((dir, name, file))
+        };
+        let (dir, name, file) =
+            open().map_err(|e| anyhow!("cannot open the event log {shown}: {e:#}"))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(LogFile {
             path: path.to_path_buf(),
+            dir,
+            name,
             file,
             size,
             rotate_size,
             keep,
             lines: 0,
+            held: VecDeque::new(),
+            held_bytes: 0,
+            lost: 0,
+            write_retry: None,
+            rotate_retry: None,
+            renamed: false,
+            first_retry: FIRST_RETRY,
         })
     }
 
-    /// Appends one line (a newline is added). Rotates first when the line
+    /// Appends one line (a newline is added), rotating first when the line
     /// would take the file past the rotation size.
+    ///
+    /// An error is a warning for the operator: the log stays open either
+    /// way. The message says what happened to the line: written (a rotation
+    /// failed and is retried) or held in memory (writing failed and is
+    /// retried). While a retry waits, lines are held without an error.
     pub fn append(&mut self, line: &str) -> Result<()> {
-        let mut buf = Vec::with_capacity(line.len() + 1);
+        let now = Instant::now();
+        self.hold(line);
+        if self.write_retry.is_some_and(|b| now < b.at) {
+            return Ok(());
+        }
+        self.write_held(now)
+    }
+
+    fn hold(&mut self, line: &str) {
+        let len = line.len() + 1;
+        if !self.held.is_empty() && self.held_bytes + len > HELD_BYTES {
+            self.lost += 1;
+            return;
+        }
+        let mut buf = Vec::with_capacity(len);
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
-        if self.rotate_size > 0 && self.size > 0 && self.size + buf.len() as u64 > self.rotate_size
-        {
-            self.rotate()?;
+        self.held.push_back(buf);
+        self.held_bytes += len;
+    }
+
+    /// Writes the held lines in order; stops at the first that fails.
+    fn write_held(&mut self, now: Instant) -> Result<()> {
+        let was_failing = self.write_retry.is_some();
+        let mut warning = None;
+        while let Some(line) = self.held.pop_front() {
+            if let Err(e) = self.rotate_if_due(line.len() as u64, now) {
+                warning.get_or_insert(e);
+            }
+            if let Err(e) = self.write_line(&line) {
+                self.held.push_front(line);
+                let b = Backoff::after(self.write_retry, self.first_retry, now);
+                self.write_retry = Some(b);
+                let lost = if self.lost > 0 {
+                    format!(
+                        ", {} more lost (over {} MiB held)",
+                        self.lost,
+                        HELD_BYTES >> 20
+                    )
+                } else {
+                    String::new()
+                };
+                return Err(anyhow!(
+                    "{e:#}; {} line(s) held in memory{lost}, writing retried in {} s",
+                    self.held.len(),
+                    b.delay.as_secs_f64()
+                ));
+            }
+            self.held_bytes -= line.len();
+            self.lines += 1;
         }
-        // One write: whole or (on error) absent; a short write of a regular
-        // file only happens when the disk is full, reported as an error.
+        if was_failing {
+            self.write_retry = None;
+            let lost = match std::mem::take(&mut self.lost) {
+                0 => String::new(),
+                n => format!(
+                    " ({n} line(s) were lost: more than {} MiB waited)",
+                    HELD_BYTES >> 20
+                ),
+            };
+            eprintln!(
+                "wstrace: note: writing to the event log {} again, held lines written{lost}",
+                esc(&self.path.to_string_lossy())
+            );
+        }
+        warning.map_or(Ok(()), Err)
+    }
+
+    /// One write: whole or (on error) absent.
+    fn write_line(&mut self, buf: &[u8]) -> Result<()> {
+        let shown = || esc(&self.path.to_string_lossy()).into_owned();
+        // A short write of a regular file only happens when the disk is
+        // full; it is reported as an error.
         let n = self
             .file
-            .write(&buf)
-            .with_context(|| format!("writing to {}", self.path.display()))?;
+            .write(buf)
+            .map_err(|e| anyhow!("writing to {}: {e}", shown()))?;
         if n != buf.len() {
             // Take the partial line back out, so no torn line stays behind.
             let _ = self.file.set_len(self.size);
-            anyhow::bail!(
+            return Err(anyhow!(
                 "writing to {}: disk full ({n} of {} bytes written)",
-                self.path.display(),
+                shown(),
                 buf.len()
-            );
+            ));
         }
         self.size += n as u64;
-        self.lines += 1;
         Ok(())
     }
 
-    /// FILE.<keep-1> -> FILE.<keep>, ..., FILE -> FILE.1, then a new FILE.
+    /// Rotates when a line of `len` bytes would take the file past the
+    /// rotation size and no failed rotation is waiting for its retry.
+    fn rotate_if_due(&mut self, len: u64, now: Instant) -> Result<()> {
+        if self.rotate_size == 0 || self.size == 0 || self.size + len <= self.rotate_size {
+            return Ok(());
+        }
+        if self.rotate_retry.is_some_and(|b| now < b.at) {
+            return Ok(());
+        }
+        match self.rotate() {
+            Ok(()) => {
+                if self.rotate_retry.take().is_some() {
+                    eprintln!(
+                        "wstrace: note: rotating the event log {} again",
+                        esc(&self.path.to_string_lossy())
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let b = Backoff::after(self.rotate_retry, self.first_retry, now);
+                self.rotate_retry = Some(b);
+                Err(anyhow!(
+                    "rotating the event log: {e:#}; the line was written, to the current file past --rotate-size; rotation retried in {} s",
+                    b.delay.as_secs_f64()
+                ))
+            }
+        }
+    }
+
+    /// FILE.<keep-1> -> FILE.<keep>, ..., FILE -> FILE.1, then a new FILE
+    /// (O_EXCL), all relative to the directory opened at start.
     fn rotate(&mut self) -> Result<()> {
         self.file.sync_data().ok();
         if self.keep == 0 {
             self.file
                 .set_len(0)
-                .with_context(|| format!("truncating {}", self.path.display()))?;
+                .map_err(|e| anyhow!("truncating {}: {e}", esc(&self.path.to_string_lossy())))?;
             self.size = 0;
             return Ok(());
         }
-        for i in (1..self.keep).rev() {
-            let from = rotated(&self.path, i);
-            if from.exists() {
-                std::fs::rename(&from, rotated(&self.path, i + 1))
-                    .with_context(|| format!("rotating {}", from.display()))?;
+        if !self.renamed {
+            for i in (1..self.keep).rev() {
+                self.dir.rename(
+                    &rotated_name(&self.name, i),
+                    &rotated_name(&self.name, i + 1),
+                )?;
             }
+            // FILE missing (removed by hand) leaves nothing to rename: our
+            // fd still writes to the removed file until the new one exists.
+            self.dir.rename(&self.name, &rotated_name(&self.name, 1))?;
+            self.renamed = true;
         }
-        std::fs::rename(&self.path, rotated(&self.path, 1))
-            .with_context(|| format!("rotating {}", self.path.display()))?;
-        self.file = open_append(&self.path)?;
+        self.file = self.dir.create(&self.name)?;
         self.size = 0;
+        self.renamed = false;
         Ok(())
     }
 
-    /// Everything written is on disk.
+    /// Writes what is held (one last try, whatever the back-off says), then
+    /// makes everything written durable. An error names the lines lost.
     pub fn sync(&mut self) -> Result<()> {
+        let shown = esc(&self.path.to_string_lossy()).into_owned();
+        let failure = if self.held.is_empty() {
+            None
+        } else {
+            self.write_held(Instant::now()).err()
+        };
         self.file
             .sync_data()
-            .with_context(|| format!("syncing {}", self.path.display()))
+            .map_err(|e| anyhow!("syncing {shown}: {e}"))?;
+        let unwritten = self.held.len() as u64 + self.lost;
+        if unwritten > 0 {
+            return Err(anyhow!(
+                "{unwritten} line(s) could not be written to the event log {shown} and are lost{}",
+                failure.map(|e| format!(": {e:#}")).unwrap_or_default()
+            ));
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn with_first_retry(mut self, d: Duration) -> LogFile {
+        self.first_retry = d;
+        self
     }
 }
 
+fn rotated_name(name: &std::ffi::OsStr, i: u32) -> OsString {
+    let mut s = name.to_owned();
+    s.push(format!(".{i}"));
+    s
+}
+
+#[cfg(test)]
 pub fn rotated(path: &Path, i: u32) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(format!(".{i}"));
     PathBuf::from(s)
-}
-
-fn open_append(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)
-        .with_context(|| format!("cannot open the event log {}", path.display()))
 }
 
 #[cfg(test)]
@@ -123,6 +321,8 @@ mod tests {
         let d = std::env::temp_dir().join(format!("wstrace-logfile-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).expect("dir");
+        // Whatever the umask: a group/world-writable directory is refused.
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         d
     }
 
@@ -209,17 +409,222 @@ mod tests {
     }
 
     #[test]
-    fn disk_full_is_an_error_not_a_torn_line() {
-        // /dev/full: every write fails with ENOSPC.
-        if !crate::testenv::require(
-            Path::new("/dev/full").exists(),
-            "no /dev/full: create it with `mknod -m 666 /dev/full c 1 7`",
-        ) {
-            return;
+    fn devices_fifos_and_symlinks_are_refused() {
+        // /dev/full used to be accepted (and every write then failed).
+        let e = LogFile::open(Path::new("/dev/full"), 0, 0)
+            .err()
+            .expect("refused");
+        assert!(format!("{e:#}").contains("not a regular file"), "{e:#}");
+        let d = dir("symlink");
+        let target = d.join("target");
+        std::fs::write(&target, "").expect("write");
+        std::os::unix::fs::symlink(&target, d.join("l")).expect("symlink");
+        let e = LogFile::open(&d.join("l"), 0, 0).err().expect("refused");
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("cannot open the event log") && msg.contains("symbolic link"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn failed_rotation_keeps_writing_and_is_retried() {
+        let d = dir("rotfail");
+        let path = d.join("l");
+        // A retry period far longer than the loop below, even on a busy
+        // machine (each rotation attempt syncs the file first).
+        let mut log = LogFile::open(&path, 100, 1)
+            .expect("open")
+            .with_first_retry(Duration::from_secs(3));
+        // FILE.1 is a non-empty directory: renaming FILE onto it fails.
+        std::fs::create_dir_all(d.join("l.1/x")).expect("mkdir");
+        let line = |i: usize| format!("line {i:04} ..............................");
+        let mut warnings = Vec::new();
+        for i in 0..20 {
+            if let Err(e) = log.append(&line(i)) {
+                warnings.push(format!("{e:#}"));
+            }
         }
-        let mut log = LogFile::open(Path::new("/dev/full"), 0, 0).expect("open");
-        let e = log.append("x").err().expect("ENOSPC");
-        assert!(format!("{e:#}").contains("No space left"), "{e:#}");
-        assert_eq!(log.lines, 0);
+        assert_eq!(
+            warnings.len(),
+            1,
+            "one warning per retry period: {warnings:?}"
+        );
+        assert!(
+            warnings[0].contains("rotating the event log")
+                && warnings[0].contains("the line was written")
+                && warnings[0].contains("retried in 3 s"),
+            "{}",
+            warnings[0]
+        );
+        assert_eq!(
+            lines_in(&path).len(),
+            20,
+            "nothing lost while rotation fails"
+        );
+        std::fs::remove_dir_all(d.join("l.1")).expect("rmdir");
+        std::thread::sleep(Duration::from_millis(3100));
+        log.append(&line(20)).expect("rotates again");
+        assert_eq!(
+            lines_in(&rotated(&path, 1)).len(),
+            20,
+            "the long file became FILE.1"
+        );
+        assert_eq!(lines_in(&path), [line(20)]);
+        assert_eq!(log.lines, 21);
+    }
+
+    #[test]
+    fn rotation_stays_in_the_directory_opened_at_start() {
+        // The directory path is swapped after the start (renamed away and
+        // replaced): rotation renames and creates in the original one.
+        let d = dir("dirfd");
+        std::fs::create_dir(d.join("a")).expect("mkdir");
+        let path = d.join("a/l");
+        let mut log = LogFile::open(&path, 60, 3).expect("open");
+        log.append(&"x".repeat(40)).expect("append");
+        std::fs::rename(d.join("a"), d.join("b")).expect("rename dir");
+        std::fs::create_dir(d.join("a")).expect("mkdir");
+        log.append(&"y".repeat(40)).expect("append rotates");
+        log.append(&"z".repeat(40)).expect("append rotates");
+        assert_eq!(std::fs::read_dir(d.join("a")).expect("ls").count(), 0);
+        assert_eq!(lines_in(&d.join("b/l")), ["z".repeat(40)]);
+        assert_eq!(lines_in(&d.join("b/l.1")), ["y".repeat(40)]);
+        assert_eq!(lines_in(&d.join("b/l.2")), ["x".repeat(40)]);
+    }
+
+    #[test]
+    fn rotation_does_not_write_through_a_planted_symlink() {
+        // keep=2: FILE.1 -> FILE.2, FILE -> FILE.1, new FILE. A symlink put
+        // at a rotated name is replaced by the rename, never written through.
+        let d = dir("planted");
+        let victim = d.join("victim");
+        std::fs::write(&victim, "precious\n").expect("write");
+        let path = d.join("l");
+        let mut log = LogFile::open(&path, 60, 2).expect("open");
+        std::os::unix::fs::symlink(&victim, d.join("l.2")).expect("symlink");
+        std::os::unix::fs::symlink(&victim, d.join("l.1")).expect("symlink");
+        for i in 0..6 {
+            log.append(&format!("{i} {}", "x".repeat(40)))
+                .expect("append");
+        }
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("read"),
+            "precious\n"
+        );
+        assert_eq!(log.lines, 6);
+    }
+
+    /// Mounts a small tmpfs (root only) and removes it when dropped.
+    struct Tmpfs(PathBuf);
+
+    impl Tmpfs {
+        fn mount(name: &str, size: &str) -> Option<Tmpfs> {
+            if rustix::process::geteuid().as_raw() != 0 {
+                assert!(
+                    std::env::var_os("WSTRACE_TEST_ALLOW_SKIP").is_some(),
+                    "{name} needs root to mount a small tmpfs (set WSTRACE_TEST_ALLOW_SKIP=1 to skip)"
+                );
+                eprintln!("SKIPPED: {name}: not root");
+                return None;
+            }
+            let d = dir(name);
+            let ok = std::process::Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0755"),
+                    "tmpfs",
+                ])
+                .arg(&d)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "{name}: mount -t tmpfs failed");
+            Some(Tmpfs(d))
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    /// Fills the filesystem of `dir` with one file, returned.
+    fn fill(dir: &Path) -> PathBuf {
+        let p = dir.join("filler");
+        let mut f = std::fs::File::create(&p).expect("filler");
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        p
+    }
+
+    #[test]
+    fn disk_full_holds_lines_and_writes_them_when_space_returns() {
+        let Some(fs) = Tmpfs::mount("diskfull", "256k") else {
+            return;
+        };
+        let path = fs.0.join("l");
+        let mut log = LogFile::open(&path, 0, 0)
+            .expect("open")
+            .with_first_retry(Duration::from_millis(100));
+        // Exactly one page: the next line needs a page of its own.
+        let before = "b".repeat(4095);
+        log.append(&before).expect("append");
+        let filler = fill(&fs.0);
+        // Lines long enough to need new pages (tmpfs allocates by page).
+        let during = |i: usize| format!("during {i} {}", "x".repeat(500));
+        let mut errors = Vec::new();
+        for i in 0..50 {
+            if let Err(e) = log.append(&during(i)) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        assert_eq!(
+            errors.len(),
+            1,
+            "one warning, then held quietly: {errors:?}"
+        );
+        assert!(
+            errors[0].contains("No space left")
+                && errors[0].contains("1 line(s) held in memory")
+                && errors[0].contains("retried in 0.1 s"),
+            "{}",
+            errors[0]
+        );
+        // A retry while the disk is still full fails again, waiting longer.
+        std::thread::sleep(Duration::from_millis(120));
+        let e = log.append(&during(50)).err().expect("still full");
+        assert!(
+            format!("{e:#}").contains("51 line(s) held") && format!("{e:#}").contains("0.2 s"),
+            "{e:#}"
+        );
+        std::fs::remove_file(&filler).expect("free space");
+        std::thread::sleep(Duration::from_millis(220));
+        log.append("after").expect("written again");
+        log.sync().expect("sync");
+        let mut want = vec![before];
+        want.extend((0..=50).map(during));
+        want.push("after".into());
+        assert_eq!(lines_in(&path), want, "every line, in order, no torn line");
+        assert_eq!(log.lines, 53);
+    }
+
+    #[test]
+    fn lines_still_held_at_exit_are_reported_by_sync() {
+        let Some(fs) = Tmpfs::mount("synclost", "128k") else {
+            return;
+        };
+        let path = fs.0.join("l");
+        let mut log = LogFile::open(&path, 0, 0).expect("open");
+        let _filler = fill(&fs.0);
+        assert!(log.append("x").is_err());
+        log.append("y").expect("held quietly");
+        let e = log.sync().err().expect("lines lost");
+        assert!(
+            format!("{e:#}").contains("2 line(s) could not be written"),
+            "{e:#}"
+        );
     }
 }

@@ -1,9 +1,16 @@
 //! `--metrics ADDR`: Prometheus metrics on `http://ADDR/metrics`, for fleets
 //! that already scrape their hosts. Counters are updated by the tracer loop;
 //! a small HTTP/1.1 responder serves the text exposition.
+//!
+//! Anyone who can reach the port can connect, so the responder is bounded:
+//! at most `MAX_SCRAPES` connections served at once (the rest answered 503
+//! and closed at once), a deadline to send the request and one to take the
+//! response, and back-off when accepting fails (no fd left) instead of a
+//! spin.
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result};
@@ -14,7 +21,8 @@ use prometheus_client::{
 };
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -146,6 +154,21 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// Scrapes served at once. A connection beyond them is answered 503 and
+/// closed at once: a flood of connections costs one accept and one close
+/// each, never a file descriptor held or a task parked.
+pub const MAX_SCRAPES: usize = 8;
+
+/// Time a scraper has to send its request, and then to take the response:
+/// a client that stalls gives its slot back after this.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Waits after a failed accept (EMFILE, ENFILE, ENOBUFS...): the failing
+/// connection stays in the backlog, so retrying at once would spin.
+const ACCEPT_RETRY_FIRST: Duration = Duration::from_millis(10);
+const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
+
 /// Binds now (so a busy port is an error at start-up) and serves until the
 /// process exits, on a thread of its own: the event loop runs on one thread
 /// and may spend a long stretch draining a full ring buffer, and a scrape
@@ -166,68 +189,111 @@ pub fn serve(addr: SocketAddr, metrics: Metrics) -> Result<SocketAddr> {
         .name("wstrace-metrics".into())
         .spawn(move || {
             crate::attach::privileges::drop_all_in_this_thread();
-            rt.block_on(accept_loop(std_listener, metrics))
+            rt.block_on(async move {
+                match TcpListener::from_std(std_listener) {
+                    Ok(listener) => accept_loop(listener, metrics).await,
+                    Err(e) => eprintln!(
+                        "wstrace: error: --metrics: the listener could not join the runtime ({e}); no metrics served"
+                    ),
+                }
+            })
         })
         .context("--metrics: starting the server thread")?;
     Ok(bound)
 }
 
-async fn accept_loop(std_listener: std::net::TcpListener, metrics: Metrics) {
-    let Ok(listener) = TcpListener::from_std(std_listener) else {
-        eprintln!(
-            "wstrace: error: --metrics: the listener could not join the runtime; no metrics served"
-        );
-        return;
-    };
-    {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                continue;
-            };
-            let m = metrics.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 2048];
-                let n = match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    conn.read(&mut buf),
-                )
-                .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
-                };
-                let req = String::from_utf8_lossy(&buf[..n]);
-                let path = req.split_whitespace().nth(1).unwrap_or("");
-                let response = if path == "/metrics" || path.starts_with("/metrics?") {
-                    // Prometheus asks for OpenMetrics; everything else gets
-                    // the classic text format.
-                    let wants_om = req.lines().any(|l| {
-                        l.to_ascii_lowercase().starts_with("accept:")
-                            && l.contains("application/openmetrics-text")
-                    });
-                    let (ctype, body) = if wants_om {
-                        (
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            m.render(),
-                        )
-                    } else {
-                        (
-                            "text/plain; version=0.0.4; charset=utf-8",
-                            to_prometheus_text(&m.render()),
-                        )
-                    };
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                } else {
-                    "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 31\r\nConnection: close\r\n\r\nwstrace serves /metrics only.\r\n".to_string()
-                };
-                let _ = conn.write_all(response.as_bytes()).await;
-                let _ = conn.shutdown().await;
-            });
-        }
+/// Where connections come from: the listener, or a test's stand-in.
+trait Accept {
+    async fn accept(&mut self) -> std::io::Result<TcpStream>;
+}
+
+impl Accept for TcpListener {
+    async fn accept(&mut self) -> std::io::Result<TcpStream> {
+        TcpListener::accept(self).await.map(|(conn, _)| conn)
     }
+}
+
+/// The wait before the next accept after `failures` failed in a row.
+fn accept_retry(failures: u32) -> Duration {
+    ACCEPT_RETRY_FIRST
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(ACCEPT_RETRY_MAX)
+}
+
+async fn accept_loop(mut listener: impl Accept, metrics: Metrics) {
+    let slots = Arc::new(Semaphore::new(MAX_SCRAPES));
+    let mut failures = 0u32;
+    loop {
+        let conn = match listener.accept().await {
+            Ok(conn) => {
+                failures = 0;
+                conn
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                if failures == 1 {
+                    eprintln!(
+                        "wstrace: warning: --metrics: cannot accept a connection ({e}); retrying with back-off"
+                    );
+                }
+                tokio::time::sleep(accept_retry(failures)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Best effort and never waiting: the socket buffer of a new
+            // connection has room for this.
+            let _ = conn.try_write(BUSY);
+            continue;
+        };
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            serve_one(conn, &m).await;
+        });
+    }
+}
+
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 43\r\nRetry-After: 1\r\nConnection: close\r\n\r\nwstrace: too many scrapes at once, retry.\r\n";
+
+async fn serve_one(mut conn: TcpStream, m: &Metrics) {
+    let mut buf = [0u8; 2048];
+    let n = match tokio::time::timeout(READ_TIMEOUT, conn.read(&mut buf)).await {
+        Ok(Ok(n)) => n,
+        _ => return,
+    };
+    let req = String::from_utf8_lossy(&buf[..n]);
+    let path = req.split_whitespace().nth(1).unwrap_or("");
+    let response = if path == "/metrics" || path.starts_with("/metrics?") {
+        // Prometheus asks for OpenMetrics; everything else gets
+        // the classic text format.
+        let wants_om = req.lines().any(|l| {
+            l.to_ascii_lowercase().starts_with("accept:")
+                && l.contains("application/openmetrics-text")
+        });
+        let (ctype, body) = if wants_om {
+            (
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                m.render(),
+            )
+        } else {
+            (
+                "text/plain; version=0.0.4; charset=utf-8",
+                to_prometheus_text(&m.render()),
+            )
+        };
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 31\r\nConnection: close\r\n\r\nwstrace serves /metrics only.\r\n".to_string()
+    };
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+        conn.write_all(response.as_bytes()).await?;
+        conn.shutdown().await
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -254,6 +320,71 @@ mod tests {
         );
         assert!(parse_addr("localhost:x").is_err());
         assert!(parse_addr("70000").is_err());
+    }
+
+    #[test]
+    fn accept_back_off_doubles_to_a_second() {
+        let ms = |n| accept_retry(n).as_millis();
+        assert_eq!([ms(1), ms(2), ms(3), ms(4)], [10, 20, 40, 80]);
+        assert_eq!(ms(7), 640);
+        assert_eq!(ms(8), 1000);
+        assert_eq!(ms(u32::MAX), 1000);
+    }
+
+    /// A listener whose every accept fails, as with no fd left (EMFILE).
+    struct NoFds(Arc<std::sync::atomic::AtomicU64>);
+
+    impl Accept for NoFds {
+        async fn accept(&mut self) -> std::io::Result<TcpStream> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(std::io::Error::from_raw_os_error(libc::EMFILE))
+        }
+    }
+
+    #[tokio::test]
+    async fn failing_accepts_back_off_instead_of_spinning() {
+        let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let run = accept_loop(NoFds(calls.clone()), Metrics::new());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), run).await;
+        let n = calls.load(std::sync::atomic::Ordering::Relaxed);
+        // 10+20+40+...+640 ms, then 1 s each: 8 or 9 tries in 2 s.
+        assert!((5..=12).contains(&n), "{n} accepts in 2 s");
+    }
+
+    fn scrape(addr: SocketAddr) -> String {
+        use std::io::{Read as _, Write as _};
+        let mut c = std::net::TcpStream::connect(addr).expect("connect");
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out
+    }
+
+    #[test]
+    fn scrapes_beyond_the_cap_are_refused_at_once_and_stalled_ones_time_out() {
+        let addr = serve("127.0.0.1:0".parse().expect("addr"), Metrics::new()).expect("serve");
+        assert!(scrape(addr).starts_with("HTTP/1.1 200 OK"));
+        // MAX_SCRAPES clients that connect and send nothing hold every slot.
+        let stalled: Vec<_> = (0..MAX_SCRAPES)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let start = std::time::Instant::now();
+        let busy = scrape(addr);
+        assert!(
+            busy.is_empty() || busy.starts_with("HTTP/1.1 503"),
+            "{busy}"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(1),
+            "refused at once"
+        );
+        // The server gives the slots back after READ_TIMEOUT.
+        std::thread::sleep(READ_TIMEOUT + std::time::Duration::from_millis(500));
+        assert!(scrape(addr).starts_with("HTTP/1.1 200 OK"));
+        drop(stalled);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Rendering close reports: `text` for people at a terminal, `json` for
 //! machines (one object per line), `logfile` for `--output`, `metrics` for
 //! Prometheus.
+pub mod escape;
 pub mod json;
 pub mod logfile;
 pub mod metrics;
 pub mod ready;
+pub mod safe_file;
 pub mod text;
 pub mod view;
 
@@ -43,7 +45,7 @@ pub enum ColorChoice {
 pub struct Outputs {
     format: Format,
     color: bool,
-    /// `--output`; dropped (with one error message) when it fails.
+    /// `--output`.
     log: Option<logfile::LogFile>,
     metrics: Option<metrics::Metrics>,
     /// Reports printed so far.
@@ -109,11 +111,12 @@ impl Outputs {
                 .inc();
             m.lifetime.observe(r.ms_after_upgrade() / 1000.0);
         }
+        // A failed write is a warning: the log holds the line and retries
+        // by itself, and says when writing works again.
         if let Some(log) = &mut self.log
             && let Err(e) = log.append(&json::render(v))
         {
-            eprintln!("wstrace: error: {e:#}; reporting on stdout only from now on");
-            self.log = None;
+            eprintln!("wstrace: warning: {e:#}");
         }
         let text = render(self.format, self.color, v);
         let mut out = std::io::stdout().lock();
@@ -137,5 +140,165 @@ impl Outputs {
         {
             eprintln!("wstrace: error: {e:#}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnose::Diagnosis;
+    use crate::enrich::Enriched;
+    use crate::model::{
+        CloseReport, ClosedBy, Closer, Direction, How, PeerProcess, ProcInfo, Stacks, Upgrader,
+        UserWalk,
+    };
+    use crate::protocol::{
+        http::{HttpVersion, RequestHead},
+        wsframe::CloseFrame,
+    };
+
+    /// Every character a hostile process or client could put in a field.
+    const EVIL: &str =
+        "a\x1b[2J\x1b]0;pwned\x07\r\n\x08\0\t\x7f\u{9b}\u{85}\u{202e}\u{2066}\u{200f}z";
+
+    fn evil(field: &str) -> String {
+        format!("{field}{EVIL}")
+    }
+
+    fn hostile_report() -> CloseReport {
+        let stacks = Stacks {
+            kernel: Ok(vec![1]),
+            user: Ok(vec![2]),
+            user_copy: None,
+            dwarf: None,
+        };
+        CloseReport {
+            sk: 1,
+            close_ts_ns: 2_000_000,
+            upgrade_ts_ns: 1_000_000,
+            local: "127.0.0.1:8080".parse().expect("addr"),
+            remote: "127.0.0.1:40000".parse().expect("addr"),
+            closed_by: ClosedBy::Local,
+            how: How::Fin,
+            closer: Some(Closer {
+                pid: 10,
+                tid: 11,
+                comm: evil("comm"),
+                at_exit: false,
+                stacks,
+            }),
+            upgrader: Upgrader {
+                pid: 10,
+                tid: 10,
+                comm: evil("upgrader"),
+            },
+            bytes_sent_after_upgrade: 0,
+            bytes_received_after_upgrade: 0,
+            probe: wstrace_common::ProbeSet::Tracepoint,
+            request_head: Vec::new(),
+            close_frames: Vec::new(),
+            jiffies_at_close: None,
+            notes: vec![evil("note")],
+        }
+    }
+
+    fn hostile_view(r: &CloseReport) -> View<'_> {
+        View {
+            enriched: Enriched {
+                report: r,
+                ts: std::time::SystemTime::UNIX_EPOCH,
+                exe: Some(evil("/tmp/exe")),
+                process: ProcInfo {
+                    exe: Some(evil("/tmp/exe")),
+                    cmdline: Some(evil("cmdline")),
+                    cgroup: Some(evil("cgroup")),
+                    container_id: Some(evil("ctr")),
+                },
+                host: "host",
+                kernel_stack: vec![evil("ksym")],
+                user_stack: vec![evil("usym")],
+                user_walk: UserWalk::default(),
+                request: Some(RequestHead {
+                    method: evil("GET"),
+                    target: evil("/path"),
+                    version: HttpVersion::Other(evil("HTTP/9")),
+                    headers: vec![
+                        ("Host".into(), evil("host")),
+                        ("User-Agent".into(), evil("ua")),
+                        ("X-Other".into(), evil("other")),
+                    ],
+                    complete: true,
+                }),
+                frames: vec![(
+                    Direction::Sent,
+                    CloseFrame {
+                        code: Some(1000),
+                        reason: evil("reason"),
+                    },
+                )],
+                idle_ms: None,
+                peer: Some(PeerProcess {
+                    pid: 12,
+                    comm: evil("peer"),
+                }),
+            },
+            diagnosis: Diagnosis {
+                code: "unknown",
+                message: evil("message"),
+                fix: Some(evil("fix")),
+            },
+        }
+    }
+
+    #[test]
+    fn text_report_escapes_every_hostile_field() {
+        let r = hostile_report();
+        let v = hostile_view(&r);
+        for color in [false, true] {
+            let out = text::render(&v, color);
+            // Colour is ours: strip our own SGR codes, nothing else may remain.
+            let ours = out
+                .replace("\x1b[0m", "")
+                .replace("\x1b[1;31m", "")
+                .replace("\x1b[1m", "")
+                .replace("\x1b[33m", "")
+                .replace("\x1b[2m", "");
+            let lines: Vec<&str> = ours.lines().collect();
+            for l in &lines {
+                assert!(
+                    !l.chars().any(escape::is_unsafe),
+                    "raw control in {l:?}\n{out}"
+                );
+            }
+            let shown = escape::text(EVIL).into_owned();
+            for field in [
+                "comm", "upgrader", "/tmp/exe", "cmdline", "ksym", "usym", "GET", "/path",
+                "HTTP/9", "host", "ua", "peer", "message", "fix", "note",
+            ] {
+                let want = format!("{field}{shown}");
+                assert!(
+                    lines.iter().any(|l| l.contains(&want)),
+                    "{field} not shown escaped on one line:\n{ours}"
+                );
+            }
+            assert!(ours.contains("\"reasona\\u{1b}[2J"), "{ours}");
+            // The container id is cut to 12 bytes, escaped after the cut.
+            assert!(ours.contains("[container ctra\\x1b[2J\\x1b]0;]"), "{ours}");
+            assert!(ours.contains("\\u{202e}"), "{ours}");
+        }
+    }
+
+    #[test]
+    fn json_report_escapes_c1_and_bidi() {
+        let r = hostile_report();
+        let v = hostile_view(&r);
+        let out = json::render(&v);
+        assert!(!out.chars().any(escape::is_unsafe), "{out}");
+        assert!(out.contains(r#""comm":"comma\u001b[2J"#), "{out}");
+        assert!(out.contains("\\u202e") && out.contains("\\u009b") && out.contains("\\u2066"));
+        let back: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+        assert_eq!(back["comm"], evil("comm"));
+        assert_eq!(back["exe"], evil("/tmp/exe"));
+        assert_eq!(back["request"]["target"], evil("/path"));
     }
 }

@@ -1,8 +1,14 @@
 //! The default output: one header line per close, then who closed it and the
 //! stacks, indented. Colour only when stdout is a terminal.
+//!
+//! Every field that a traced process or a remote client controls (request,
+//! comm, command line, executable, frames, close reasons, the diagnosis
+//! that quotes them) goes through `escape::text`: a report is exactly the
+//! lines printed here, with no terminal control or bidi reordering in them.
 use std::fmt::Write as _;
 
 use crate::model::ClosedBy;
+use crate::output::escape::text as esc;
 use crate::output::view::{View, rfc3339};
 use crate::protocol::wsframe::close_code_meaning;
 
@@ -51,9 +57,9 @@ pub fn render(v: &View<'_>, color: bool) -> String {
         r.probe.name(),
     );
     let d = &v.diagnosis;
-    let _ = writeln!(out, "  {} {}", p.bold("why:     "), d.message);
+    let _ = writeln!(out, "  {} {}", p.bold("why:     "), esc(&d.message));
     if let Some(fix) = &d.fix {
-        let _ = writeln!(out, "  {} {fix}", p.bold("fix:     "));
+        let _ = writeln!(out, "  {} {}", p.bold("fix:     "), esc(fix));
     }
     match &r.closer {
         Some(c) => {
@@ -62,8 +68,8 @@ pub fn render(v: &View<'_>, color: bool) -> String {
                 "  closer:   pid {} tid {} ({}) {}{}",
                 c.pid,
                 c.tid,
-                c.comm,
-                v.exe.as_deref().unwrap_or("[exe unknown]"),
+                esc(&c.comm),
+                esc(v.exe.as_deref().unwrap_or("[exe unknown]")),
                 if c.at_exit {
                     " — at process exit"
                 } else {
@@ -82,20 +88,25 @@ pub fn render(v: &View<'_>, color: bool) -> String {
     let _ = writeln!(
         out,
         "  upgraded: by pid {} ({}); after the 101: sent {} B, received {} B",
-        r.upgrader.pid, r.upgrader.comm, r.bytes_sent_after_upgrade, r.bytes_received_after_upgrade
+        r.upgrader.pid,
+        esc(&r.upgrader.comm),
+        r.bytes_sent_after_upgrade,
+        r.bytes_received_after_upgrade
     );
     if let Some(cmd) = &v.process.cmdline {
         let container = match &v.process.container_id {
-            Some(id) => format!(" [container {}]", &id[..12.min(id.len())]),
+            Some(id) => format!(" [container {}]", esc(id.get(..12).unwrap_or(id))),
             None => String::new(),
         };
-        let _ = writeln!(out, "  command:  {cmd}{container}");
+        let _ = writeln!(out, "  command:  {}{container}", esc(cmd));
     }
     if let Some(peer) = &v.peer {
         let _ = writeln!(
             out,
             "  peer:     pid {} ({}) at {}",
-            peer.pid, peer.comm, r.remote
+            peer.pid,
+            esc(&peer.comm),
+            r.remote
         );
     }
     if let Some(h) = &v.request {
@@ -114,17 +125,19 @@ pub fn render(v: &View<'_>, color: bool) -> String {
         if !h.complete {
             line.push_str(" [head cut short]");
         }
-        let _ = writeln!(out, "  request:  {line}");
+        let _ = writeln!(out, "  request:  {}", esc(&line));
     }
     for (dir, f) in &v.frames {
         let code = f
             .code
             .map(|c| format!("{c} ({})", close_code_meaning(c)))
             .unwrap_or_else(|| "no code".into());
+        // Quoted as Rust does (`\"`, `\n`), then escaped: Debug leaves some
+        // format characters (bidi controls among them) as they are.
         let reason = if f.reason.is_empty() {
             String::new()
         } else {
-            format!(" {:?}", f.reason)
+            format!(" {}", esc(&format!("{:?}", f.reason)))
         };
         let _ = writeln!(out, "  frame:    close {} {code}{reason}", dir.as_str());
     }
@@ -136,7 +149,7 @@ pub fn render(v: &View<'_>, color: bool) -> String {
         );
     }
     for n in &r.notes {
-        let _ = writeln!(out, "  note:     {n}");
+        let _ = writeln!(out, "  note:     {}", esc(n));
     }
     if r.closer.is_some() {
         stack(&mut out, &p, "kernel stack", &v.kernel_stack);
@@ -144,7 +157,7 @@ pub fn render(v: &View<'_>, color: bool) -> String {
         let title = if how.is_empty() {
             "user stack".to_string()
         } else {
-            format!("user stack ({how})")
+            format!("user stack ({})", esc(&how))
         };
         stack(&mut out, &p, &title, &v.user_stack);
     }
@@ -157,6 +170,6 @@ fn stack(out: &mut String, p: &Paint, title: &str, frames: &[String]) {
         let _ = writeln!(out, "    [none]");
     }
     for f in frames {
-        let _ = writeln!(out, "    {f}");
+        let _ = writeln!(out, "    {}", esc(f));
     }
 }

@@ -5,47 +5,23 @@
 use std::fmt::Write as _;
 
 use anyhow::{Context as _, Result};
-use serde_json::Value;
 
-use crate::report::summary::{Summary, frame_key, render};
+use crate::report::summary::{LIFETIME_BUCKETS, Summary, render};
 
 /// Folded stacks, one line per close path with its count:
-/// `comm;outermost user frame;...;close;[k] tcp_close;... N`.
+/// `comm;outermost user frame;...;close;[k] tcp_close;... N` (counted by
+/// `Summary::add_close`).
 pub fn folded(s: &Summary) -> Vec<String> {
-    let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
-    for v in &s.closes {
-        let frames = |k: &str| -> Vec<String> {
-            v.get(k)
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(frame_key).collect())
-                .unwrap_or_default()
-        };
-        let mut path = vec![
-            v.get("comm")
-                .and_then(Value::as_str)
-                .unwrap_or("(no local process)")
-                .to_string(),
-        ];
-        // Stacks are innermost first; a flame graph wants the root first.
-        path.extend(frames("user_stack").into_iter().rev());
-        path.extend(
-            frames("kernel_stack")
-                .into_iter()
-                .rev()
-                .map(|f| format!("[k] {f}")),
-        );
-        // ';' separates frames in the folded format.
-        let line = path
-            .iter()
-            .map(|f| f.replace(';', ":"))
-            .collect::<Vec<_>>()
-            .join(";");
-        *counts.entry(line).or_default() += 1;
-    }
-    counts
+    let mut lines: Vec<String> = s
+        .folded
+        .by_key()
         .into_iter()
         .map(|(k, n)| format!("{k} {n}"))
-        .collect()
+        .collect();
+    if s.folded.other > 0 {
+        lines.push(format!("(other stacks) {}", s.folded.other));
+    }
+    lines
 }
 
 fn flamegraph_svg(lines: &[String]) -> Result<String> {
@@ -61,40 +37,18 @@ fn flamegraph_svg(lines: &[String]) -> Result<String> {
     Ok(String::from_utf8_lossy(&svg).into_owned())
 }
 
-/// Buckets of the lifetime histogram: upper bounds in ms and labels.
-const BUCKETS: &[(f64, &str)] = &[
-    (1.0, "<1 ms"),
-    (10.0, "<10 ms"),
-    (100.0, "<100 ms"),
-    (1000.0, "<1 s"),
-    (10_000.0, "<10 s"),
-    (60_000.0, "<1 min"),
-    (600_000.0, "<10 min"),
-    (3_600_000.0, "<1 h"),
-    (f64::INFINITY, "≥1 h"),
-];
-
 fn lifetime_svg(s: &Summary) -> String {
-    let mut counts = vec![0usize; BUCKETS.len()];
-    for ms in s
-        .closes
-        .iter()
-        .filter_map(|v| v.get("ms_after_upgrade").and_then(Value::as_f64))
-    {
-        let i = BUCKETS
-            .iter()
-            .position(|(max, _)| ms < *max)
-            .unwrap_or(BUCKETS.len() - 1);
-        counts[i] += 1;
-    }
+    let counts = s
+        .lifetime_buckets
+        .map(|c| usize::try_from(c).unwrap_or(usize::MAX));
     let most = counts.iter().copied().max().unwrap_or(0).max(1);
-    let (w, h, bar) = (760, 220, 760 / BUCKETS.len());
+    let (w, h, bar) = (760, 220, 760 / LIFETIME_BUCKETS.len());
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" id=\"lifetimes\" width=\"{w}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">",
         h + 40
     );
-    for (i, ((_, label), c)) in BUCKETS.iter().zip(&counts).enumerate() {
-        let bh = c * h / most;
+    for (i, ((_, label), c)) in LIFETIME_BUCKETS.iter().zip(&counts).enumerate() {
+        let bh = (c.saturating_mul(h) / most).min(h);
         let x = i * bar;
         let _ = write!(
             svg,
@@ -142,7 +96,7 @@ mod tests {
     fn summary() -> Summary {
         let mut s = Summary::default();
         for (comm, ms) in [("php", 0.4), ("php", 0.5), ("nginx", 60_000.0)] {
-            s.closes.push(json!({
+            s.add_close(&json!({
                 "comm": comm, "ms_after_upgrade": ms,
                 "user_stack": ["__close+0x1 (/lib/libc.so.6)", "handle;conn+0x2 (/bin/x)", "main+0x3 (/bin/x)"],
                 "kernel_stack": ["__tcp_close+0x2", "tcp_close+0x1f"],

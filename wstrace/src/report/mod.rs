@@ -3,13 +3,21 @@
 //! per closer, the most common closing user stacks, lifetime percentiles and
 //! a per-minute time line. Malformed lines are counted and named by file and
 //! line number, never fatal.
+//!
+//! Input is streamed (gzip too) with a cap per line, so memory stays flat
+//! whatever the files hold; only regular files are read. `--html` is
+//! written as `output::safe_file` describes (no symlink followed, only our
+//! own regular file, mode 0640).
 use std::{
-    io::{BufRead as _, BufReader, Read},
+    io::{BufRead, BufReader, Write as _},
+    os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     time::SystemTime,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
+
+use crate::output::{escape::text as esc, safe_file};
 
 pub mod html;
 pub mod summary;
@@ -47,25 +55,56 @@ fn parse_time(s: &str) -> Result<SystemTime, String> {
         .map_err(|e| format!("{s:?}: {e} (want e.g. 2026-11-24T03:00:00Z)"))
 }
 
-fn read_file(path: &Path) -> Result<String> {
-    let mut raw = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut raw))
-        .with_context(|| format!("reading {}", path.display()))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut text = Vec::new();
-        // A truncated .gz (a crash while compressing) still yields its start.
-        let mut r = BufReader::new(flate2::read::MultiGzDecoder::new(&raw[..]));
-        let mut buf = Vec::new();
-        while let Ok(n) = r.read_until(b'\n', &mut buf) {
-            if n == 0 {
-                break;
-            }
-            text.append(&mut buf);
-        }
-        raw = text;
+/// Opens a recorded log for reading: a regular file only, opened
+/// O_NONBLOCK so that a FIFO (or a device such as /dev/zero) is refused
+/// at once instead of hanging or streaming forever.
+fn open_input(path: &Path) -> Result<std::fs::File> {
+    let shown = esc(&path.to_string_lossy()).into_owned();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("cannot read {shown}"))?;
+    let kind = file
+        .metadata()
+        .with_context(|| format!("cannot stat {shown}"))?
+        .file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        bail!(
+            "{shown} is {what}, not a regular file: `wstrace report` reads recorded log files;              save the data to a file first"
+        );
     }
-    Ok(String::from_utf8_lossy(&raw).into_owned())
+    Ok(file)
+}
+
+/// The lines of `path`, gunzipped as they are read when the file starts
+/// with the gzip magic (several concatenated members are read in turn).
+fn open_lines(path: &Path) -> Result<Box<dyn BufRead>> {
+    let shown = esc(&path.to_string_lossy()).into_owned();
+    let mut raw = BufReader::with_capacity(64 * 1024, open_input(path)?);
+    let magic = raw
+        .fill_buf()
+        .with_context(|| format!("cannot read {shown}"))?
+        .starts_with(&[0x1f, 0x8b]);
+    Ok(if magic {
+        Box::new(BufReader::with_capacity(
+            64 * 1024,
+            flate2::bufread::MultiGzDecoder::new(raw),
+        ))
+    } else {
+        Box::new(raw)
+    })
 }
 
 pub fn run(args: &ReportArgs) -> Result<()> {
@@ -77,14 +116,18 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     };
     let mut s = Summary::default();
     for path in &args.files {
-        let text = read_file(path)?;
-        s.add_text(&path.display().to_string(), &text, &f);
+        let lines = open_lines(path)?;
+        s.add_reader(&path.display().to_string(), lines, &f);
     }
     print!("{}", render(&s, args.top));
     if let Some(out) = &args.html {
         let page = crate::report::html::page(&s, args.top)?;
-        std::fs::write(out, page).with_context(|| format!("writing {}", out.display()))?;
-        eprintln!("wstrace report: wrote {}", out.display());
+        let shown = esc(&out.to_string_lossy()).into_owned();
+        let mut file = safe_file::open_write(out, false)
+            .map_err(|e| anyhow::anyhow!("cannot write the HTML report: {e:#}"))?;
+        file.write_all(page.as_bytes())
+            .with_context(|| format!("writing {shown}"))?;
+        eprintln!("wstrace report: wrote {shown}");
     }
     Ok(())
 }
@@ -105,12 +148,23 @@ mod tests {
         }
     }
 
-    fn summary(f: &Filters) -> Summary {
+    fn summary_of(path: &Path, f: &Filters) -> Summary {
         let mut s = Summary::default();
-        let path = Path::new(FIXTURES).join("sample.jsonl");
-        let text = read_file(&path).expect("fixture");
-        s.add_text("sample.jsonl", &text, f);
+        s.add_reader("sample.jsonl", open_lines(path).expect("open"), f);
         s
+    }
+
+    fn summary(f: &Filters) -> Summary {
+        summary_of(&Path::new(FIXTURES).join("sample.jsonl"), f)
+    }
+
+    fn dir(name: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = std::env::temp_dir().join(format!("wstrace-report-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("dir");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        d
     }
 
     /// Golden: the committed sample log renders exactly as committed.
@@ -132,9 +186,10 @@ mod tests {
     #[test]
     fn malformed_and_truncated_lines_are_counted_with_line_numbers() {
         let s = summary(&none());
-        let lines: Vec<u64> = s.malformed.iter().map(|m| m.1).collect();
-        assert_eq!(lines, [4, 8], "{:?}", s.malformed);
-        assert_eq!(s.closes.len(), 6);
+        let lines: Vec<u64> = s.malformed_first.iter().map(|m| m.1).collect();
+        assert_eq!(lines, [4, 8], "{:?}", s.malformed_first);
+        assert_eq!(s.malformed, 2);
+        assert_eq!(s.closes, 6);
     }
 
     #[test]
@@ -143,35 +198,109 @@ mod tests {
             port: Some(8080),
             ..none()
         });
-        assert_eq!(by_port.closes.len(), 1);
+        assert_eq!(by_port.closes, 1);
         let by_pid = summary(&Filters {
             pid: Some(4242),
             ..none()
         });
-        assert_eq!(by_pid.closes.len(), 4);
+        assert_eq!(by_pid.closes, 4);
         let since = parse_time("2026-11-24T03:01:00Z").ok();
         let late = summary(&Filters { since, ..none() });
-        assert_eq!(late.closes.len(), 2);
+        assert_eq!(late.closes, 2);
         let until = parse_time("2026-11-24T03:01:00Z").ok();
         let early = summary(&Filters { until, ..none() });
-        assert_eq!(early.closes.len(), 4);
+        assert_eq!(early.closes, 4);
         assert!(parse_time("yesterday").is_err());
     }
 
-    #[test]
-    fn gzip_and_truncated_gzip() {
-        use std::io::Write as _;
-        let text = read_file(&Path::new(FIXTURES).join("sample.jsonl")).expect("fixture");
+    fn gzip(data: &[u8]) -> Vec<u8> {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(text.as_bytes()).expect("gz");
-        let bytes = gz.finish().expect("gz");
-        let d = std::env::temp_dir().join(format!("wstrace-report-{}", std::process::id()));
-        std::fs::create_dir_all(&d).expect("dir");
+        gz.write_all(data).expect("gz");
+        gz.finish().expect("gz")
+    }
+
+    #[test]
+    fn gzip_concatenated_gzip_and_truncated_gzip() {
+        let sample = Path::new(FIXTURES).join("sample.jsonl");
+        let text = std::fs::read(&sample).expect("fixture");
+        let plain = render(&summary_of(&sample, &none()), 5);
+        let d = dir("gz");
+        let bytes = gzip(&text);
         std::fs::write(d.join("a.jsonl.gz"), &bytes).expect("write");
-        assert_eq!(read_file(&d.join("a.jsonl.gz")).expect("read"), text);
+        assert_eq!(
+            render(&summary_of(&d.join("a.jsonl.gz"), &none()), 5),
+            plain
+        );
+        // Two members (`cat a.gz b.gz`): both are read.
+        let (head, tail) = text.split_at(text.len() / 2);
+        let mut two = gzip(head);
+        two.extend(gzip(tail));
+        std::fs::write(d.join("two.jsonl.gz"), &two).expect("write");
+        assert_eq!(
+            render(&summary_of(&d.join("two.jsonl.gz"), &none()), 5),
+            plain
+        );
+        // Cut in the middle (a crash while compressing): the start counts,
+        // and the cut is named.
         std::fs::write(d.join("b.jsonl.gz"), &bytes[..bytes.len() / 2]).expect("write");
-        let partial = read_file(&d.join("b.jsonl.gz")).expect("read what is there");
-        assert!(text.starts_with(&partial));
+        let s = summary_of(&d.join("b.jsonl.gz"), &none());
+        assert!(s.closes < 6, "{}", s.closes);
+        assert!(
+            s.malformed_first
+                .iter()
+                .any(|m| m.2.contains("the input ends early")),
+            "{:?}",
+            s.malformed_first
+        );
+    }
+
+    #[test]
+    fn fifos_devices_and_directories_are_refused_at_once() {
+        let d = dir("fifo");
+        let fifo = d.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid C string; mkfifo only creates the node.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        let start = std::time::Instant::now();
+        for (path, what) in [
+            (fifo.as_path(), "is a FIFO"),
+            (Path::new("/dev/zero"), "is a device"),
+            (d.as_path(), "is a directory"),
+        ] {
+            let e = open_lines(path).err().expect("refused");
+            let msg = format!("{e:#}");
+            assert!(
+                msg.contains(what) && msg.contains("not a regular file"),
+                "{msg}"
+            );
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn html_output_refuses_a_symlink() {
+        let d = dir("html");
+        let victim = d.join("victim");
+        std::fs::write(&victim, "precious\n").expect("write");
+        std::os::unix::fs::symlink(&victim, d.join("out.html")).expect("symlink");
+        let args = ReportArgs {
+            files: vec![Path::new(FIXTURES).join("sample.jsonl")],
+            since: None,
+            until: None,
+            port: None,
+            pid: None,
+            top: 5,
+            html: Some(d.join("out.html")),
+        };
+        let msg = format!("{:#}", run(&args).err().expect("refused"));
+        assert!(
+            msg.contains("cannot write the HTML report") && msg.contains("symbolic link"),
+            "{msg}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("read"),
+            "precious\n"
+        );
     }
 
     #[test]

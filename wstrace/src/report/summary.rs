@@ -1,9 +1,50 @@
 //! The post-mortem summary: recorded reports filtered, counted per
 //! diagnosis and closer, the top closing stacks, lifetime percentiles and a
-//! time line. Pure (text in, text out), so it is unit-tested on strings.
-use std::{collections::BTreeMap, fmt::Write as _, time::SystemTime};
+//! time line. Pure (bytes in, text out), so it is unit-tested on strings.
+//!
+//! Memory does not grow with the input: lines are read one at a time and
+//! capped at `MAX_LINE` bytes (a longer line is counted as malformed while
+//! it is skipped, never held), each report is folded into counters as it is
+//! read, the counters keep at most `TALLY_BYTES` of distinct keys each (the
+//! rest counted as "other"), lifetimes are kept exactly up to
+//! `LIFETIME_SAMPLE` values and sampled beyond, and only the first
+//! `MALFORMED_SHOWN` malformed lines are kept for naming.
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    io::{self, BufRead},
+    time::SystemTime,
+};
 
 use serde_json::Value;
+
+use crate::output::escape::text as esc;
+
+/// Longest line read as a report; a close report with full stacks, command
+/// line and request head is tens of KiB.
+pub const MAX_LINE: usize = 1024 * 1024;
+
+/// Bytes of distinct keys (with their per-entry overhead) one counter keeps.
+pub const TALLY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Lifetimes kept exactly; beyond, a uniform sample of this many.
+pub const LIFETIME_SAMPLE: usize = 1 << 20;
+
+/// Malformed lines named in the summary (all are counted).
+pub const MALFORMED_SHOWN: usize = 20;
+
+/// Buckets of the lifetime histogram: upper bounds in ms and labels.
+pub const LIFETIME_BUCKETS: &[(f64, &str)] = &[
+    (1.0, "<1 ms"),
+    (10.0, "<10 ms"),
+    (100.0, "<100 ms"),
+    (1000.0, "<1 s"),
+    (10_000.0, "<10 s"),
+    (60_000.0, "<1 min"),
+    (600_000.0, "<10 min"),
+    (3_600_000.0, "<1 h"),
+    (f64::INFINITY, "≥1 h"),
+];
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Filters {
@@ -13,44 +54,340 @@ pub struct Filters {
     pub pid: Option<u32>,
 }
 
-/// What the summary is built from; pure, so it is unit-tested on strings.
+/// Counts per key, keeping at most `TALLY_BYTES` of distinct keys; a key
+/// that does not fit is counted in `other`. Each key may carry the first
+/// `note` seen with it (the fix of a diagnosis).
+#[derive(Default, Debug)]
+pub struct Tally {
+    entries: HashMap<String, (u64, Option<String>)>,
+    bytes: usize,
+    /// Counted, but under no key: the distinct keys filled the budget.
+    pub other: u64,
+}
+
+/// Per-entry cost of the map besides the key's own bytes.
+const ENTRY_OVERHEAD: usize = 64;
+
+impl Tally {
+    pub fn add(&mut self, key: String, note: impl FnOnce() -> Option<String>) {
+        if let Some(e) = self.entries.get_mut(&key) {
+            e.0 += 1;
+            return;
+        }
+        let note = note();
+        let cost = key.len() + note.as_ref().map_or(0, String::len) + ENTRY_OVERHEAD;
+        if self.bytes + cost > TALLY_BYTES {
+            self.other += 1;
+            return;
+        }
+        self.bytes += cost;
+        self.entries.insert(key, (1, note));
+    }
+
+    /// Most counted first, then by key.
+    pub fn sorted(&self) -> Vec<(&str, u64)> {
+        let mut v: Vec<(&str, u64)> = self
+            .entries
+            .iter()
+            .map(|(k, e)| (k.as_str(), e.0))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        v
+    }
+
+    /// By key.
+    pub fn by_key(&self) -> Vec<(&str, u64)> {
+        let mut v: Vec<(&str, u64)> = self
+            .entries
+            .iter()
+            .map(|(k, e)| (k.as_str(), e.0))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v
+    }
+
+    pub fn note(&self, key: &str) -> Option<&str> {
+        self.entries.get(key).and_then(|e| e.1.as_deref())
+    }
+}
+
+/// Connection lifetimes: every value up to `LIFETIME_SAMPLE`, then a
+/// uniform sample of that size (reservoir sampling, fixed seed so a report
+/// is reproducible); the maximum is always exact.
+#[derive(Default, Debug)]
+pub struct Lifetimes {
+    sample: Vec<f64>,
+    pub seen: u64,
+    pub max: f64,
+    rng: u64,
+}
+
+impl Lifetimes {
+    fn add(&mut self, ms: f64) {
+        self.seen += 1;
+        if self.seen == 1 || ms > self.max {
+            self.max = ms;
+        }
+        if self.sample.len() < LIFETIME_SAMPLE {
+            self.sample.push(ms);
+            return;
+        }
+        // xorshift64*: any fixed generator does.
+        if self.rng == 0 {
+            self.rng = 0x9e37_79b9_7f4a_7c15;
+        }
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let j = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) % self.seen;
+        if let Some(slot) = self.sample.get_mut(j as usize) {
+            *slot = ms;
+        }
+    }
+
+    pub fn sorted(&self) -> Vec<f64> {
+        let mut v = self.sample.clone();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
+    pub fn is_sampled(&self) -> bool {
+        self.seen > self.sample.len() as u64
+    }
+}
+
+/// What the summary is built from.
 #[derive(Default, Debug)]
 pub struct Summary {
+    /// Lines that were not blank.
     pub lines: u64,
-    pub closes: Vec<Value>,
-    /// (file, line number, why) of lines that are not reports.
-    pub malformed: Vec<(String, u64, String)>,
+    /// Reports kept by the filters.
+    pub closes: u64,
     pub filtered_out: u64,
+    /// Lines that are not reports (too long, not JSON, no `closed_by`).
+    pub malformed: u64,
+    /// The first `MALFORMED_SHOWN` of them: (file, line number, why).
+    pub malformed_first: Vec<(String, u64, String)>,
+    pub first: Option<SystemTime>,
+    pub last: Option<SystemTime>,
+    /// Diagnosis code, with the fix of its first report as note.
+    pub by_diagnosis: Tally,
+    pub by_side: Tally,
+    pub by_process: Tally,
+    /// Frame keys (escaped) joined by newlines.
+    pub stacks: Tally,
+    pub per_minute: Tally,
+    /// Flame-graph lines without their count (see `report::html`).
+    pub folded: Tally,
+    pub lifetimes: Lifetimes,
+    /// Closes per `LIFETIME_BUCKETS` bucket.
+    pub lifetime_buckets: [u64; LIFETIME_BUCKETS.len()],
+}
+
+/// One line read by `read_line_capped`.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// In the buffer (without its newline).
+    Whole,
+    /// Longer than the cap: skipped, its length counted; not in the buffer.
+    TooLong(u64),
+    End,
+}
+
+/// Reads up to the next newline into `buf`, keeping at most `max` bytes: a
+/// longer line is read through and dropped, so memory stays at `max`.
+fn read_line_capped(r: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> io::Result<Line> {
+    buf.clear();
+    let mut total = 0u64;
+    let mut too_long = false;
+    loop {
+        let avail = match r.fill_buf() {
+            Ok(a) => a,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if avail.is_empty() {
+            return Ok(match (total, too_long) {
+                (0, _) => Line::End,
+                (n, true) => Line::TooLong(n),
+                (_, false) => Line::Whole,
+            });
+        }
+        let newline = avail.iter().position(|&b| b == b'\n');
+        let chunk = &avail[..newline.unwrap_or(avail.len())];
+        total += chunk.len() as u64;
+        if !too_long {
+            if buf.len() + chunk.len() > max {
+                too_long = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(chunk);
+            }
+        }
+        let used = chunk.len() + usize::from(newline.is_some());
+        r.consume(used);
+        if newline.is_some() {
+            return Ok(if too_long {
+                Line::TooLong(total)
+            } else {
+                Line::Whole
+            });
+        }
+    }
 }
 
 impl Summary {
-    pub fn add_text(&mut self, name: &str, text: &str, f: &Filters) {
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            self.lines += 1;
-            let v: Value = match serde_json::from_str(line) {
-                Ok(v) => v,
-                Err(e) => {
-                    self.malformed
-                        .push((name.to_string(), i as u64 + 1, e.to_string()));
-                    continue;
+    /// Reads `r` to its end, line by line. A read error (a truncated gzip)
+    /// ends this input and is named like a malformed line; what was read
+    /// before it counts.
+    pub fn add_reader(&mut self, name: &str, mut r: impl BufRead, f: &Filters) {
+        let mut buf = Vec::new();
+        let mut lineno = 0u64;
+        loop {
+            lineno += 1;
+            match read_line_capped(&mut r, &mut buf, MAX_LINE) {
+                Ok(Line::End) => break,
+                Ok(Line::Whole) => self.add_line(name, lineno, &buf, f),
+                Ok(Line::TooLong(n)) => {
+                    self.lines += 1;
+                    self.note_malformed(
+                        name,
+                        lineno,
+                        format!(
+                            "line of {n} bytes, longer than {} MiB: skipped",
+                            MAX_LINE >> 20
+                        ),
+                    );
                 }
-            };
-            if v.get("closed_by").and_then(Value::as_str).is_none() {
-                self.malformed.push((
-                    name.to_string(),
-                    i as u64 + 1,
-                    "not a close report (no closed_by)".into(),
-                ));
-                continue;
+                Err(e) => {
+                    self.note_malformed(name, lineno, format!("the input ends early: {e}"));
+                    break;
+                }
             }
-            if keep(&v, f) {
-                self.closes.push(v);
-            } else {
-                self.filtered_out += 1;
+        }
+    }
+
+    /// `add_reader` over text in memory.
+    #[cfg(test)]
+    pub fn add_text(&mut self, name: &str, text: &str, f: &Filters) {
+        self.add_reader(name, text.as_bytes(), f);
+    }
+
+    fn note_malformed(&mut self, name: &str, lineno: u64, why: String) {
+        self.malformed += 1;
+        if self.malformed_first.len() < MALFORMED_SHOWN {
+            self.malformed_first.push((name.to_string(), lineno, why));
+        }
+    }
+
+    fn add_line(&mut self, name: &str, lineno: u64, line: &[u8], f: &Filters) {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        self.lines += 1;
+        let text = String::from_utf8_lossy(line);
+        let v: Value = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(e) => {
+                self.note_malformed(name, lineno, e.to_string());
+                return;
             }
+        };
+        if v.get("closed_by").and_then(Value::as_str).is_none() {
+            self.note_malformed(name, lineno, "not a close report (no closed_by)".into());
+            return;
+        }
+        if keep(&v, f) {
+            self.add_close(&v);
+        } else {
+            self.filtered_out += 1;
+        }
+    }
+
+    /// Folds one report into the counters.
+    pub fn add_close(&mut self, v: &Value) {
+        self.closes += 1;
+        let t = ts(v);
+        if let Some(t) = t {
+            self.first = Some(self.first.map_or(t, |f| f.min(t)));
+            self.last = Some(self.last.map_or(t, |l| l.max(t)));
+        }
+        let code = v
+            .pointer("/diagnosis/code")
+            .and_then(Value::as_str)
+            .unwrap_or("(none)");
+        self.by_diagnosis.add(code.to_string(), || {
+            v.pointer("/diagnosis/fix")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+        self.by_side.add(
+            format!(
+                "closed by {} ({})",
+                str_of(v, "closed_by"),
+                str_of(v, "how")
+            ),
+            || None,
+        );
+        let process = match v.get("pid").and_then(Value::as_u64) {
+            Some(pid) => format!(
+                "{} (pid {pid}) {}",
+                str_of(v, "comm"),
+                v.get("exe").and_then(Value::as_str).unwrap_or("")
+            ),
+            None => "(no local process)".into(),
+        };
+        self.by_process.add(process, || None);
+        let frames = |k: &str| -> Vec<String> {
+            v.get(k)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).map(frame_key).collect())
+                .unwrap_or_default()
+        };
+        let user = frames("user_stack");
+        if !user.is_empty() {
+            // Escaped before joining: a newline inside a frame cannot split it.
+            let key = user.iter().map(|f| esc(f)).collect::<Vec<_>>().join("\n");
+            self.stacks.add(key, || None);
+        }
+        // The flame graph: comm, then frames root first (stacks are
+        // innermost first), user then kernel; ';' separates frames.
+        let mut path = vec![
+            v.get("comm")
+                .and_then(Value::as_str)
+                .unwrap_or("(no local process)")
+                .to_string(),
+        ];
+        path.extend(user.into_iter().rev());
+        path.extend(
+            frames("kernel_stack")
+                .into_iter()
+                .rev()
+                .map(|f| format!("[k] {f}")),
+        );
+        // Escaped too: raw control characters are not even valid in the
+        // SVG that inferno draws from these.
+        let folded = path
+            .iter()
+            .map(|f| esc(f).replace(';', ":"))
+            .collect::<Vec<_>>()
+            .join(";");
+        self.folded.add(folded, || None);
+        let minute = match t {
+            Some(t) => {
+                let full = humantime::format_rfc3339_seconds(t).to_string();
+                full.get(..16).unwrap_or(&full).to_string()
+            }
+            None => "(no time)".into(),
+        };
+        self.per_minute.add(minute, || None);
+        if let Some(ms) = v.get("ms_after_upgrade").and_then(Value::as_f64) {
+            self.lifetimes.add(ms);
+            let i = LIFETIME_BUCKETS
+                .iter()
+                .position(|(max, _)| ms < *max)
+                .unwrap_or(LIFETIME_BUCKETS.len() - 1);
+            self.lifetime_buckets[i] += 1;
         }
     }
 }
@@ -84,16 +421,6 @@ fn keep(v: &Value, f: &Filters) -> bool {
     true
 }
 
-fn count_by<'a>(closes: &'a [Value], key: impl Fn(&'a Value) -> String) -> Vec<(String, usize)> {
-    let mut m: BTreeMap<String, usize> = BTreeMap::new();
-    for v in closes {
-        *m.entry(key(v)).or_default() += 1;
-    }
-    let mut out: Vec<(String, usize)> = m.into_iter().collect();
-    out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    out
-}
-
 /// A frame without its offset: `close+0x3a (/lib/libc.so.6) at x.c:27` ->
 /// `close (/lib/libc.so.6)`, so the same path groups across builds.
 pub fn frame_key(frame: &str) -> String {
@@ -124,26 +451,44 @@ fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
     v.get(k).and_then(Value::as_str).unwrap_or("?")
 }
 
+/// The entries of `t`, most counted first, with what did not fit last.
+fn rows(t: &Tally) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = t
+        .sorted()
+        .into_iter()
+        .map(|(k, c)| (k.to_string(), c))
+        .collect();
+    if t.other > 0 {
+        v.push((
+            format!(
+                "(others: more than {} MiB of distinct values, not told apart)",
+                TALLY_BYTES >> 20
+            ),
+            t.other,
+        ));
+    }
+    v
+}
+
+/// The summary as text. Every value taken from the input is escaped
+/// (`escape::text`): the logs hold what traced processes and clients sent.
 pub fn render(s: &Summary, top: usize) -> String {
     let mut o = String::new();
-    let n = s.closes.len();
+    let n = s.closes;
     let _ = writeln!(
         o,
         "wstrace report: {n} closes ({} lines read, {} filtered out, {} malformed)",
-        s.lines,
-        s.filtered_out,
-        s.malformed.len()
+        s.lines, s.filtered_out, s.malformed
     );
-    let times: Vec<SystemTime> = s.closes.iter().filter_map(ts).collect();
-    if let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) {
+    if let (Some(first), Some(last)) = (s.first, s.last) {
         let _ = writeln!(
             o,
             "from {} to {}",
-            humantime::format_rfc3339_seconds(*first),
-            humantime::format_rfc3339_seconds(*last)
+            humantime::format_rfc3339_seconds(first),
+            humantime::format_rfc3339_seconds(last)
         );
     }
-    let pct = |c: usize| {
+    let pct = |c: u64| {
         if n == 0 {
             0.0
         } else {
@@ -152,110 +497,223 @@ pub fn render(s: &Summary, top: usize) -> String {
     };
 
     let _ = writeln!(o, "\nby diagnosis:");
-    for (code, c) in count_by(&s.closes, |v| {
-        v.pointer("/diagnosis/code")
-            .and_then(Value::as_str)
-            .unwrap_or("(none)")
-            .to_string()
-    }) {
-        let fix = s
-            .closes
-            .iter()
-            .find(|v| v.pointer("/diagnosis/code").and_then(Value::as_str) == Some(code.as_str()))
-            .and_then(|v| v.pointer("/diagnosis/fix"))
-            .and_then(Value::as_str);
-        let _ = writeln!(o, "  {c:>6} {:>5.1}%  {code}", pct(c));
-        if let Some(fix) = fix {
-            let _ = writeln!(o, "                 fix: {fix}");
+    for (code, c) in rows(&s.by_diagnosis) {
+        let _ = writeln!(o, "  {c:>6} {:>5.1}%  {}", pct(c), esc(&code));
+        if let Some(fix) = s.by_diagnosis.note(&code) {
+            let _ = writeln!(o, "                 fix: {}", esc(fix));
         }
     }
 
     let _ = writeln!(o, "\nby side and how:");
-    for (k, c) in count_by(&s.closes, |v| {
-        format!(
-            "closed by {} ({})",
-            str_of(v, "closed_by"),
-            str_of(v, "how")
-        )
-    }) {
-        let _ = writeln!(o, "  {c:>6} {:>5.1}%  {k}", pct(c));
+    for (k, c) in rows(&s.by_side) {
+        let _ = writeln!(o, "  {c:>6} {:>5.1}%  {}", pct(c), esc(&k));
     }
 
     let _ = writeln!(o, "\nby closing process:");
-    for (k, c) in count_by(&s.closes, |v| match v.get("pid").and_then(Value::as_u64) {
-        Some(pid) => format!(
-            "{} (pid {pid}) {}",
-            str_of(v, "comm"),
-            v.get("exe").and_then(Value::as_str).unwrap_or("")
-        ),
-        None => "(no local process)".into(),
-    })
-    .into_iter()
-    .take(10)
-    {
-        let _ = writeln!(o, "  {c:>6} {:>5.1}%  {}", pct(c), k.trim_end());
+    for (k, c) in rows(&s.by_process).into_iter().take(10) {
+        let _ = writeln!(o, "  {c:>6} {:>5.1}%  {}", pct(c), esc(k.trim_end()));
     }
 
     let _ = writeln!(o, "\ntop closing user stacks:");
-    let stacks = count_by(&s.closes, |v| {
-        v.get("user_stack")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(frame_key)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })
-            .unwrap_or_default()
-    });
-    for (stack, c) in stacks.into_iter().filter(|(k, _)| !k.is_empty()).take(top) {
+    for (stack, c) in rows(&s.stacks).into_iter().take(top) {
         let _ = writeln!(o, "  {c:>6} {:>5.1}%", pct(c));
+        // Frames were escaped when counted; the newlines are ours.
         for frame in stack.lines() {
             let _ = writeln!(o, "           {frame}");
         }
     }
 
-    let mut life: Vec<f64> = s
-        .closes
-        .iter()
-        .filter_map(|v| v.get("ms_after_upgrade").and_then(Value::as_f64))
-        .collect();
-    life.sort_by(f64::total_cmp);
+    let life = s.lifetimes.sorted();
     if !life.is_empty() {
-        let _ = writeln!(
+        let _ = write!(
             o,
             "\nlifetime after the 101 (ms): p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
             percentile(&life, 50.0),
             percentile(&life, 90.0),
             percentile(&life, 99.0),
-            life[life.len() - 1]
+            s.lifetimes.max
         );
+        if s.lifetimes.is_sampled() {
+            let _ = write!(
+                o,
+                " (percentiles of a sample of {} of {})",
+                life.len(),
+                s.lifetimes.seen
+            );
+        }
+        o.push('\n');
     }
 
-    let per_minute = count_by(&s.closes, |v| match ts(v) {
-        Some(t) => humantime::format_rfc3339_seconds(t).to_string()[..16].to_string(),
-        None => "(no time)".into(),
-    });
-    let mut minutes: Vec<(String, usize)> = per_minute;
-    minutes.sort();
+    let minutes = s.per_minute.by_key();
     if !minutes.is_empty() {
         let _ = writeln!(o, "\nper minute (UTC):");
         let most = minutes.iter().map(|m| m.1).max().unwrap_or(1).max(1);
         for (m, c) in minutes {
-            let bar = "#".repeat((c * 40).div_ceil(most));
-            let _ = writeln!(o, "  {m}  {c:>6} {bar}");
+            let bar = "#".repeat(((c * 40).div_ceil(most)) as usize);
+            let _ = writeln!(o, "  {}  {c:>6} {bar}", esc(m));
+        }
+        if s.per_minute.other > 0 {
+            let _ = writeln!(o, "  (other minutes: {})", s.per_minute.other);
         }
     }
 
-    if !s.malformed.is_empty() {
+    if s.malformed > 0 {
         let _ = writeln!(o, "\nmalformed lines (skipped):");
-        for (file, line, why) in s.malformed.iter().take(20) {
-            let _ = writeln!(o, "  {file}:{line}: {why}");
+        for (file, line, why) in &s.malformed_first {
+            let _ = writeln!(o, "  {}:{line}: {}", esc(file), esc(why));
         }
-        if s.malformed.len() > 20 {
-            let _ = writeln!(o, "  ... and {} more", s.malformed.len() - 20);
+        let shown = s.malformed_first.len() as u64;
+        if s.malformed > shown {
+            let _ = writeln!(o, "  ... and {} more", s.malformed - shown);
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn none() -> Filters {
+        Filters {
+            since: None,
+            until: None,
+            port: None,
+            pid: None,
+        }
+    }
+
+    fn read_all(input: &[u8], max: usize) -> Vec<Line> {
+        let mut r = io::BufReader::with_capacity(7, input);
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            let l = read_line_capped(&mut r, &mut buf, max).expect("read");
+            assert!(buf.len() <= max);
+            let end = l == Line::End;
+            out.push(l);
+            if end {
+                break;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn capped_lines() {
+        use Line::*;
+        assert_eq!(read_all(b"", 10), [End]);
+        assert_eq!(read_all(b"abc\n\nxyz", 10), [Whole, Whole, Whole, End]);
+        assert_eq!(
+            read_all(b"0123456789\n0123456789abc\nok\n", 10),
+            [Whole, TooLong(13), Whole, End]
+        );
+        assert_eq!(read_all(&[0u8; 1000], 10), [TooLong(1000), End]);
+        let mut r = io::BufReader::with_capacity(4, &b"0123456789abc\nok\n"[..]);
+        let mut buf = Vec::new();
+        assert_eq!(
+            read_line_capped(&mut r, &mut buf, 10).expect("read"),
+            TooLong(13)
+        );
+        assert!(buf.is_empty(), "a long line is not held");
+        assert_eq!(read_line_capped(&mut r, &mut buf, 10).expect("read"), Whole);
+        assert_eq!(buf, b"ok");
+    }
+
+    #[test]
+    fn long_and_junk_lines_are_counted_not_kept() {
+        let mut s = Summary::default();
+        let mut input = Vec::new();
+        input.extend_from_slice(b"{\"closed_by\":\"local\",\"how\":\"fin\"}\n");
+        input.extend(std::iter::repeat_n(b'x', MAX_LINE + 1));
+        input.push(b'\n');
+        for i in 0..1000 {
+            input.extend_from_slice(format!("junk {i}\n").as_bytes());
+        }
+        s.add_reader("in", &input[..], &none());
+        assert_eq!(s.closes, 1);
+        assert_eq!(s.malformed, 1001);
+        assert_eq!(s.lines, 1002);
+        assert_eq!(s.malformed_first.len(), MALFORMED_SHOWN);
+        assert_eq!(s.malformed_first[0].1, 2);
+        assert!(
+            s.malformed_first[0].2.contains("longer than 1 MiB"),
+            "{:?}",
+            s.malformed_first[0]
+        );
+        let out = render(&s, 5);
+        assert!(
+            out.contains("1 closes (1002 lines read, 0 filtered out, 1001 malformed)"),
+            "{out}"
+        );
+        assert!(out.contains("... and 981 more"), "{out}");
+    }
+
+    #[test]
+    fn a_tally_stops_growing_at_its_budget() {
+        let mut t = Tally::default();
+        let key = |i: u32| format!("{i:08}{}", "k".repeat(4000));
+        let fits = TALLY_BYTES / (4008 + ENTRY_OVERHEAD);
+        for i in 0..(fits as u32 + 100) {
+            t.add(key(i), || None);
+        }
+        t.add(key(0), || None);
+        assert_eq!(t.entries.len(), fits);
+        assert_eq!(t.other, 100);
+        assert_eq!(t.sorted()[0], (key(0).as_str(), 2));
+    }
+
+    #[test]
+    fn lifetimes_are_sampled_beyond_the_cap_with_an_exact_max() {
+        let mut l = Lifetimes::default();
+        let n = LIFETIME_SAMPLE as u64 * 3;
+        for i in 0..n {
+            l.add((i % 1000) as f64);
+        }
+        l.add(5e6);
+        assert_eq!(l.sample.len(), LIFETIME_SAMPLE);
+        assert_eq!(l.seen, n + 1);
+        assert_eq!(l.max, 5e6);
+        let sorted = l.sorted();
+        let p50 = percentile(&sorted, 50.0);
+        assert!((480.0..=520.0).contains(&p50), "p50 {p50}");
+        assert!(l.is_sampled());
+    }
+
+    #[test]
+    fn hostile_values_are_escaped_in_the_summary() {
+        let mut s = Summary::default();
+        let line = serde_json::json!({
+            "closed_by": "local\u{1b}[31m",
+            "how": "fin\r",
+            "pid": 1,
+            "comm": "evil\u{202e}cod",
+            "exe": "/tmp/x\ny",
+            "diagnosis": {"code": "c\u{1b}]0;t\u{7}", "fix": "f\u{9b}"},
+            "user_stack": ["f1\n(fake) (/a)", "f2\u{2066} (/b)"],
+            "ts": "2026-11-24T03:00:00Z",
+            "ms_after_upgrade": 1.0,
+        })
+        .to_string();
+        s.add_text(
+            "file\u{1b}name",
+            &format!("{line}\nnot json\u{1b}\n"),
+            &none(),
+        );
+        let out = render(&s, 5);
+        for l in out.lines() {
+            assert!(!l.chars().any(crate::output::escape::is_unsafe), "{l:?}");
+        }
+        for want in [
+            "evil\\u{202e}cod (pid 1) /tmp/x\\x0ay",
+            "c\\x1b]0;t\\x07",
+            "fix: f\\u{9b}",
+            "closed by local\\x1b[31m (fin\\x0d)",
+            "           f1\\x0a(fake) (/a)\n",
+            "           f2\\u{2066} (/b)\n",
+            "file\\x1bname:2:",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in\n{out}");
+        }
+    }
 }

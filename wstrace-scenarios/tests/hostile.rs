@@ -1,0 +1,416 @@
+//! wstrace as root against what other users control (issue 14): a server
+//! run as `nobody` with an executable path holding a newline and ESC, a comm
+//! with bidi controls and a close reason with an OSC sequence; a client
+//! sending control characters in the request; a flood of connections on the
+//! metrics port under the fd limit systemd gives. Needs root and setpriv,
+//! prlimit and /usr/bin/python3 (fails without them unless
+//! WSTRACE_TEST_ALLOW_SKIP=1).
+mod common;
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::TcpStream,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{Kill, Tracer, serial, spawn_ready, upgrade_once};
+
+/// True when the test can run; fails unless skipping is allowed.
+fn can_run(test: &str) -> bool {
+    // SAFETY: plain getter.
+    let root = unsafe { libc::geteuid() } == 0;
+    let tools = ["/usr/bin/setpriv", "/usr/bin/prlimit", "/usr/bin/python3"]
+        .into_iter()
+        .filter(|t| !Path::new(t).is_file())
+        .collect::<Vec<_>>();
+    if root && tools.is_empty() {
+        return true;
+    }
+    let why = if root {
+        format!("missing {tools:?}")
+    } else {
+        "needs root".to_string()
+    };
+    if std::env::var_os("WSTRACE_TEST_ALLOW_SKIP").is_some() {
+        eprintln!("\n!!! SKIPPED: {test}: {why} !!!\n");
+        return false;
+    }
+    panic!("{test}: {why} (set WSTRACE_TEST_ALLOW_SKIP=1 to skip)");
+}
+
+/// A fresh directory everyone can read (nobody runs programs from it).
+fn world_readable_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("wstrace-hostile-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("dir");
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    d
+}
+
+/// `cmd` as nobody:nogroup with no supplementary groups.
+fn as_nobody(program: &Path) -> Command {
+    let mut c = Command::new("/usr/bin/setpriv");
+    c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(program);
+    c
+}
+
+/// Sets its comm with prctl, answers every request with a 101 and a close
+/// frame whose reason holds an OSC title sequence and U+202E, then closes.
+const HOSTILE_SERVER: &str = r#"
+import ctypes, socket, sys
+ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(16)
+print("READY", s.getsockname()[1], flush=True)
+while True:
+    c, _ = s.accept()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        d = c.recv(4096)
+        if not d:
+            break
+        data += d
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n")
+    payload = (1000).to_bytes(2, "big") + "bye\x1b]0;pwned\x07\u202e".encode()
+    c.sendall(bytes([0x88, len(payload)]) + payload)
+    c.close()
+"#;
+
+/// What the server's comm becomes (15 bytes at most).
+const COMM: &str = "ws\u{202e}\u{2066}evil";
+/// Its executable's file name: a newline, ESC and a forged report line.
+const EXE_NAME: &str = "py\n\x1b[31mFAKE CLOSE";
+
+#[test]
+fn hostile_exe_comm_request_and_reason_are_escaped_in_text_json_and_report() {
+    if !can_run("hostile_exe_comm_request_and_reason_are_escaped_in_text_json_and_report") {
+        return;
+    }
+    let _serial = serial();
+    let d = world_readable_dir("names");
+    let exe = d.join(EXE_NAME);
+    std::fs::copy("/usr/bin/python3", &exe).expect("copy python3");
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let script = d.join("server.py");
+    std::fs::write(&script, HOSTILE_SERVER).expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (_srv, port) = spawn_ready(as_nobody(&exe).arg(&script).arg(COMM));
+
+    let log_dir = world_readable_dir("names-log");
+    let log = log_dir.join("closes.jsonl");
+    let mut t = Tracer::start_format(
+        port,
+        "text",
+        &["--color", "never", "--output", &log.display().to_string()],
+    );
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    c.write_all(
+        "GET /ws\x1b[2J\u{202e}x HTTP/1.1\r\nHost: h\x1b]0;t\x07\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nUser-Agent: ua\u{202e}\x08\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            .as_bytes(),
+    )
+    .expect("send");
+    let mut buf = [0u8; 512];
+    while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+    drop(c);
+    let start = Instant::now();
+    while !t.raw_lines().iter().any(|l| l.contains("frame:"))
+        && start.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    t.signal(libc::SIGTERM);
+    assert!(t.wait().success(), "{}", t.stderr_text());
+
+    // Text: the report is exactly its lines, nothing raw in any of them.
+    let out = t.raw_lines().concat();
+    eprintln!("{out}");
+    for (i, l) in out.lines().enumerate() {
+        assert!(
+            !l.chars().any(|c| c.is_control()
+                || ('\u{2066}'..='\u{2069}').contains(&c)
+                || ('\u{202a}'..='\u{202e}').contains(&c)),
+            "line {} has a raw control or bidi character: {l:?}",
+            i + 1
+        );
+        assert!(!l.starts_with("FAKE"), "forged line: {l:?}");
+    }
+    let shown_exe = format!("{}/py\\x0a\\x1b[31mFAKE CLOSE", d.display());
+    let shown_comm = "ws\\u{202e}\\u{2066}evil";
+    let closer = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("closer:"))
+        .unwrap_or_else(|| panic!("no closer line in\n{out}"));
+    assert!(
+        closer.contains(shown_comm) && closer.contains(&shown_exe),
+        "closer line: {closer:?}"
+    );
+    let request = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("request:"))
+        .unwrap_or_else(|| panic!("no request line in\n{out}"));
+    assert!(
+        request.contains("GET /ws\\x1b[2J\\u{202e}x HTTP/1.1")
+            && request.contains("Host: h\\x1b]0;t\\x07")
+            && request.contains("User-Agent: ua\\u{202e}\\x08"),
+        "request line: {request:?}"
+    );
+    let frame = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("frame:"))
+        .unwrap_or_else(|| panic!("no frame line in\n{out}"));
+    assert!(
+        frame.contains("bye\\u{1b}]0;pwned\\u{7}") && frame.contains("\\u{202e}"),
+        "frame line: {frame:?}"
+    );
+
+    // JSON (--output): C1 and bidi written as \u escapes, decoding to the
+    // original text.
+    let json = std::fs::read_to_string(&log).expect("log");
+    assert!(json.contains(r"ws\u202e\u2066evil"), "{json}");
+    assert!(json.contains(r"py\n\u001b[31mFAKE CLOSE"), "{json}");
+    assert!(
+        !json.contains('\u{202e}') && !json.contains('\x1b'),
+        "{json}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(json.lines().next().expect("a line")).expect("JSON");
+    assert_eq!(v["comm"], COMM);
+    assert_eq!(v["exe"], exe.display().to_string());
+
+    // `wstrace report` on that log: the closing process on one line, escaped.
+    let report = Command::new(common::wstrace_bin())
+        .arg("report")
+        .arg(&log)
+        .output()
+        .expect("wstrace report");
+    assert!(report.status.success());
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.contains(shown_comm) && l.contains(&shown_exe)),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\x1b') && !text.contains('\u{202e}'),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Opens N connections to the port, holds them for S seconds, exits.
+const FLOOD: &str = r#"
+import socket, sys, time
+port, n, hold = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+socks = []
+for _ in range(n):
+    s = socket.socket()
+    s.setblocking(False)
+    try:
+        s.connect(("127.0.0.1", port))
+    except BlockingIOError:
+        pass
+    socks.append(s)
+print("OPENED", len(socks), flush=True)
+time.sleep(hold)
+"#;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+/// `GET /metrics`: the status line, or "" when refused.
+fn scrape(port: u16) -> String {
+    let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+    let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    out.lines().next().unwrap_or("").to_string()
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the comm, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+/// The share of one core `pid` used over `window`, in percent.
+fn cpu_percent(pid: i32, window: Duration) -> f64 {
+    let (c0, t0) = (cpu_ticks(pid), Instant::now());
+    std::thread::sleep(window);
+    (cpu_ticks(pid) - c0) as f64 / ticks_per_second() as f64 / t0.elapsed().as_secs_f64() * 100.0
+}
+
+fn ticks_per_second() -> u64 {
+    // SAFETY: plain getter.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as u64
+}
+
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Every line of FILE.N ... FILE.1, FILE.
+fn all_log_lines(log: &Path) -> Vec<String> {
+    let mut files: Vec<PathBuf> = (1..=1000)
+        .map(|i| PathBuf::from(format!("{}.{i}", log.display())))
+        .filter(|p| p.exists())
+        .collect();
+    files.reverse();
+    files.push(log.to_path_buf());
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_flood_under_1024_fds_stays_cheap_and_output_keeps_rotating() {
+    if !can_run("metrics_flood_under_1024_fds_stays_cheap_and_output_keeps_rotating") {
+        return;
+    }
+    let _serial = serial();
+    let (_srv, port) = common::server(&["--mode", "close-after101"]);
+    let mport = free_port();
+    let d = world_readable_dir("flood");
+    let log = d.join("closes.jsonl");
+    let mut t = Tracer::start(
+        port,
+        &[
+            "--metrics",
+            &format!("127.0.0.1:{mport}"),
+            "--output",
+            &log.display().to_string(),
+            "--rotate-size",
+            "16K",
+            "--rotate-keep",
+            "1000",
+        ],
+    );
+    // The limit systemd gives a service by default.
+    let ok = Command::new("/usr/bin/prlimit")
+        .args(["--pid", &t.pid().to_string(), "--nofile=1024:1024"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "prlimit --pid failed");
+    assert!(
+        scrape(mport).starts_with("HTTP/1.1 200"),
+        "scrape before the flood"
+    );
+    // What the daemon uses with nothing to do, on this (shared) machine.
+    let idle = cpu_percent(t.pid(), Duration::from_secs(3));
+
+    // 3000 connections held for 12 s by nobody (with a limit of its own
+    // high enough to hold them).
+    let mut flood = Command::new("/usr/bin/prlimit");
+    flood
+        .args(["--nofile=8192:8192", "/usr/bin/setpriv"])
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .args([
+            "/usr/bin/python3",
+            "-c",
+            FLOOD,
+            &mport.to_string(),
+            "3000",
+            "12",
+        ])
+        .current_dir(&d)
+        .stdout(Stdio::piped());
+    let mut flood = Kill(flood.spawn().expect("flooder"));
+    let mut line = String::new();
+    BufReader::new(flood.0.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("OPENED");
+    assert_eq!(
+        line.trim(),
+        "OPENED 3000",
+        "the flooder could not open them all"
+    );
+
+    // The daemon's CPU over 4 s of flood, with no traced traffic.
+    std::thread::sleep(Duration::from_millis(500));
+    let (c0, t0) = (cpu_ticks(t.pid()), Instant::now());
+    let mut max_fds = 0;
+    while t0.elapsed() < Duration::from_secs(4) {
+        max_fds = max_fds.max(open_fds(t.pid()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cpu =
+        (cpu_ticks(t.pid()) - c0) as f64 / ticks_per_second() as f64 / t0.elapsed().as_secs_f64()
+            * 100.0;
+    eprintln!(
+        "daemon CPU: {idle:.1}% of a core idle, {cpu:.1}% during the flood; at most {max_fds} fds open"
+    );
+    let busy = scrape(mport);
+    eprintln!("scrape during the flood: {busy:?}");
+
+    // Traced closes during the flood reach --output through rotations.
+    const N: usize = 300;
+    for _ in 0..N {
+        upgrade_once(port);
+    }
+    let start = Instant::now();
+    while all_log_lines(&log).len() < N && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    max_fds = max_fds.max(open_fds(t.pid()));
+    let lines = all_log_lines(&log).len();
+    let _ = flood.0.wait();
+
+    // After the flood: scrapes are served again.
+    let start = Instant::now();
+    let mut after = scrape(mport);
+    while !after.starts_with("HTTP/1.1 200") && start.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(200));
+        after = scrape(mport);
+    }
+    t.signal(libc::SIGTERM);
+    assert!(t.wait().success());
+    let stderr = t.stderr_text();
+
+    // A spinning accept loop takes most of a core; the flood may cost a
+    // few % over what the daemon uses idle.
+    assert!(
+        cpu < idle + 5.0,
+        "daemon used {cpu:.1}% of a core during the flood ({idle:.1}% idle)"
+    );
+    assert!(max_fds < 200, "daemon held {max_fds} fds during the flood");
+    assert_eq!(lines, N, "every close in --output:\n{stderr}");
+    assert!(
+        PathBuf::from(format!("{}.1", log.display())).exists(),
+        "the log rotated during the flood"
+    );
+    assert!(
+        !stderr.contains("Too many open files") && !stderr.contains("stdout only"),
+        "{stderr}"
+    );
+    assert!(
+        after.starts_with("HTTP/1.1 200"),
+        "scrape after the flood: {after:?}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
