@@ -406,11 +406,27 @@ pub fn run(args: &Args) -> Result<i32> {
     // Servers first: wstrace needs their ports.
     let mut states: Vec<State> = Vec::new();
     let mut servers: Vec<Vec<Server>> = Vec::new();
+    // Reports are judged by local port, and IPv4 and IPv6 hand out ephemeral
+    // ports independently: a port already taken by another server (of the
+    // other family) is given back and another asked for.
+    let mut taken: std::collections::HashSet<u16> = std::collections::HashSet::new();
     for sc in &mut all {
         let mut started = Vec::new();
         let mut state = State::Running;
         for spec in &mut sc.servers {
-            match start_server(spec.bind, spec.mode) {
+            let mut attempt = start_server(spec.bind, spec.mode);
+            for _ in 0..8 {
+                match &attempt {
+                    Ok(s) if taken.contains(&s.port) => {
+                        attempt = start_server(spec.bind, spec.mode);
+                    }
+                    _ => break,
+                }
+            }
+            if let Ok(s) = &attempt {
+                taken.insert(s.port);
+            }
+            match attempt {
                 Ok(s) => {
                     if let Some(e) = &mut spec.expect {
                         if e.closer_pid.is_some() {
