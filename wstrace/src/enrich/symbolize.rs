@@ -1675,7 +1675,11 @@ mod tests {
 
     /// A FIFO in a fresh directory, and a guard that opens it for writing
     /// when dropped, which releases a reader blocked in `open()`.
-    struct Fifo(PathBuf);
+    struct Fifo {
+        path: PathBuf,
+        /// The directory made for it, removed with it (never /tmp itself).
+        dir: Option<PathBuf>,
+    }
 
     impl Fifo {
         fn new(name: &str) -> Fifo {
@@ -1686,7 +1690,10 @@ mod tests {
             let c = std::ffi::CString::new(path.display().to_string()).expect("path");
             // SAFETY: a NUL-terminated path.
             assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
-            Fifo(path)
+            Fifo {
+                path,
+                dir: Some(dir),
+            }
         }
     }
 
@@ -1698,8 +1705,9 @@ mod tests {
             let _ = std::fs::OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_NONBLOCK)
-                .open(&self.0);
-            if let Some(dir) = self.0.parent() {
+                .open(&self.path);
+            let _ = std::fs::remove_file(&self.path);
+            if let Some(dir) = &self.dir {
                 let _ = std::fs::remove_dir_all(dir);
             }
         }
@@ -1710,7 +1718,7 @@ mod tests {
         let fifo = Fifo::new("blocked");
         let mut s = Symbolizer::new();
         let me = std::process::id();
-        let path = fifo.0.clone();
+        let path = fifo.path.clone();
         let start = Instant::now();
         // What blazesym does with a FIFO perf map: a plain blocking open.
         let r = s.call(me, move |_| std::fs::File::open(&path).is_ok());
@@ -1787,7 +1795,7 @@ mod tests {
         let fifos: Vec<Fifo> = (0..MAX_WORKERS).map(|i| Fifo::new(&format!("bound{i}"))).collect();
         let mut s = Symbolizer::new();
         for (i, f) in fifos.iter().enumerate() {
-            let path = f.0.clone();
+            let path = f.path.clone();
             let r = s.call(1_000_000 + i as u32, move |_| std::fs::File::open(&path).is_ok());
             assert_eq!(r, Err(NoAnswer::TimedOut), "worker {i}");
         }
@@ -1825,7 +1833,10 @@ mod tests {
         let c = std::ffi::CString::new(perf.display().to_string()).expect("path");
         // SAFETY: a NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
-        let release = Fifo(perf);
+        let release = Fifo {
+            path: perf,
+            dir: None,
+        };
         let mut s = Symbolizer::new();
         let start = Instant::now();
         s.remember_process(pid);
