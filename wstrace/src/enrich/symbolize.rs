@@ -1856,7 +1856,7 @@ mod tests {
     #[test]
     fn task_stat_fields() {
         assert_eq!(
-            parse_task_stat("42 (a) b) c) S 1 2 3 4 5 6 7 8 9 10 11 100 23 0 0"),
+            parse_task_stat("42 (a) b) c) S 1 2 3 4 5 6 7 8 9 10 100 23 0 0"),
             Some(('S', 123))
         );
         assert_eq!(parse_task_stat("42 (x) R 1"), None);
