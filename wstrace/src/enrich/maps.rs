@@ -18,6 +18,33 @@ pub struct Mapping {
     pub path: Option<String>,
 }
 
+/// Largest file opened on behalf of a traced process (an ELF file mapped
+/// for unwinding): big enough for any real binary, small enough that a
+/// sparse multi-terabyte file is refused rather than mapped and walked.
+pub const MAX_UNTRUSTED_FILE: u64 = 4 << 30;
+
+/// Opens for reading a file that a traced process names or controls (its
+/// binaries and libraries, by path or through `map_files`), so that a FIFO,
+/// a device or a symlink put in its place cannot block or redirect us:
+/// `O_NONBLOCK` (an `open()` of a FIFO returns at once), `O_NOFOLLOW` (except
+/// for `/proc/<pid>/map_files/` links, which the kernel resolves to the
+/// mapped file itself), then `fstat` on the open file: only a regular file
+/// of at most `max` bytes is returned.
+pub fn open_untrusted(path: &str, max: u64) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut flags = libc::O_NONBLOCK;
+    if !is_map_files_path(path) {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    (meta.file_type().is_file() && meta.len() <= max).then_some(file)
+}
+
 pub fn is_map_files_path(p: &str) -> bool {
     p.starts_with("/proc/") && p.contains("/map_files/")
 }

@@ -24,8 +24,10 @@
 //! the innermost (as perf does), so the call site is named even when the
 //! call is the last instruction of a function.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use blazesym::symbolize::cache::{self, Cache};
@@ -53,19 +55,114 @@ const REMEMBER_INTERVAL: Duration = Duration::from_secs(1);
 /// kernel), and naming a function there would mislead.
 pub const MAX_KERNEL_SYM_OFFSET: u64 = 1 << 20;
 
+/// How long the event path waits for the symbolizer worker while the
+/// worker makes no progress (asleep or in uninterruptible wait without using
+/// CPU): an `open()` of a FIFO, a hung FUSE or NFS mount. Past it the worker
+/// is abandoned and the frames are printed unknown.
+pub const BLOCKED_BUDGET: Duration = Duration::from_millis(250);
+
+/// How long the event path waits for one request at most, even while the
+/// worker computes (parsing the DWARF of a big binary on a loaded host):
+/// the longest stall one request can cause.
+pub const TOTAL_BUDGET: Duration = Duration::from_secs(2);
+
+/// How often the waiting side looks at the worker's scheduler state.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Workers alive at once, abandoned ones included. An abandoned worker
+/// stays blocked until its `open()` returns (a FIFO gets a writer), which may
+/// be never: this bounds the threads (and their blazesym caches) a hostile
+/// host can pile up. At the bound, user frames are printed unknown until
+/// one of them finishes.
+const MAX_WORKERS: usize = 8;
+
+/// Processes whose symbolization timed out, remembered at once (a bound on
+/// memory; when full it starts over).
+const MAX_TIMED_OUT: usize = 1024;
+
 /// Turns kernel and user stack addresses into frame strings.
 ///
-/// Holds blazesym state built on `Rc`/`RefCell`, so it is neither `Send` nor
-/// `Sync`: keep it on the task that reads the ring buffer.
+/// Kernel frames are looked up here, on the caller's thread: their only
+/// source is `/proc/kallsyms`. User frames need files that traced processes
+/// name or control (their binaries, perf maps, debug links, `.dwp` files),
+/// and an `open()` of a FIFO or a file on a hung mount blocks with no way to
+/// cancel it. So every user-side lookup runs on a worker thread and the
+/// caller waits for it within [`BLOCKED_BUDGET`] / [`TOTAL_BUDGET`]; a worker
+/// that misses them is abandoned (left to finish or stay blocked on its
+/// own), the process it was working for is not symbolized again, and a
+/// fresh worker serves the next request. A hostile file costs that
+/// process's frames their names, never the daemon its progress.
 pub struct Symbolizer {
+    kernel: KernelSymbols,
+    worker: Option<Worker>,
+    /// Threads of this symbolizer's workers still running, the current one
+    /// and abandoned ones alike.
+    live_workers: Arc<AtomicUsize>,
+    /// Pids the current worker holds maps for (see [`Self::remembers`]).
+    remembered: HashSet<u32>,
+    /// Processes whose symbolization timed out, with their maps read at
+    /// that moment (for module names): their user frames are not looked up
+    /// again.
+    timed_out: HashMap<u32, Vec<Mapping>>,
+}
+
+/// Work for the user-symbols worker.
+type Job = Box<dyn FnOnce(&mut UserSymbols) + Send>;
+
+/// The thread that owns a [`UserSymbols`] (blazesym state is `!Send`, so it
+/// is created on that thread and never leaves it).
+struct Worker {
+    jobs: mpsc::Sender<Job>,
+    /// Its kernel thread id, 0 until it has started.
+    tid: Arc<AtomicI32>,
+}
+
+/// Counts a worker thread as live until it ends (also by a panic).
+struct LiveWorker(Arc<AtomicUsize>);
+
+impl Drop for LiveWorker {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Why a user-side request got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoAnswer {
+    /// The worker blocked or ran past its budget on this process's files.
+    TimedOut,
+    /// No worker: [`MAX_WORKERS`] are alive (stuck), it could not be
+    /// spawned, or it died (a panic in blazesym).
+    Unavailable,
+}
+
+impl NoAnswer {
+    fn why(self) -> &'static str {
+        match self {
+            NoAnswer::TimedOut => "symbolization timed out",
+            NoAnswer::Unavailable => "symbolization unavailable",
+        }
+    }
+}
+
+/// Kernel stacks, symbolized from `/proc/kallsyms` on the caller's thread.
+struct KernelSymbols {
     inner: blazesym::symbolize::Symbolizer,
     kernel: Source<'static>,
-    procs: HashMap<u32, Remembered>,
     /// Formatted kernel stacks by their addresses. A server closes its
     /// sockets through a handful of code paths, so at thousands of closes a
     /// second nearly every stack is one seen before; blazesym lookups,
     /// demangling and formatting cost ~30 µs a stack, a hit well under 1 µs.
-    kernel_stacks: HashMap<Vec<u64>, Vec<String>>,
+    stacks: HashMap<Vec<u64>, Vec<String>>,
+}
+
+/// User stacks and unwinding: the state that lives on the worker thread.
+///
+/// Holds blazesym state built on `Rc`/`RefCell`, so it is neither `Send` nor
+/// `Sync`.
+struct UserSymbols {
+    inner: blazesym::symbolize::Symbolizer,
+    procs: HashMap<u32, Remembered>,
     /// Formatted user stacks by (pid, addresses), for remembered processes
     /// only, and dropped whenever that process's maps are re-read or it is
     /// forgotten: the same address means the same code only while the
@@ -158,6 +255,269 @@ impl Default for Symbolizer {
 }
 
 impl Symbolizer {
+    /// A symbolizer with no worker yet: the first user-side request starts
+    /// one.
+    pub fn new() -> Self {
+        Self::with_kernel(KernelSymbols::new())
+    }
+
+    fn with_kernel(kernel: KernelSymbols) -> Self {
+        Self {
+            kernel,
+            worker: None,
+            live_workers: Arc::new(AtomicUsize::new(0)),
+            remembered: HashSet::new(),
+            timed_out: HashMap::new(),
+        }
+    }
+
+    /// Cache the process's memory maps (and its binaries' symbols as blazesym allows) now, so that
+    /// its stacks still symbolize after it exits. Called when the process writes the HTTP 101.
+    /// Errors (process gone, permission) are ignored: symbolization later will say `[unknown]`.
+    /// See [`UserSymbols::remember_process`] for what is kept and what it costs. A process
+    /// whose files made the worker time out is not remembered (nor tried again).
+    pub fn remember_process(&mut self, pid: u32) {
+        // blazesym reads pid 0 as "this process".
+        if pid == 0 || self.timed_out.contains_key(&pid) {
+            return;
+        }
+        match self.call(pid, move |u| {
+            u.remember_process(pid);
+            u.remembers(pid)
+        }) {
+            Ok(true) => {
+                self.remembered.insert(pid);
+            }
+            Ok(false) | Err(_) => {
+                self.remembered.remove(&pid);
+            }
+        }
+    }
+
+    /// Is `pid` remembered (its maps cached), or given up on because its
+    /// symbolization timed out? Either way remembering it again is no use.
+    pub fn remembers(&self, pid: u32) -> bool {
+        self.remembered.contains(&pid) || self.timed_out.contains_key(&pid)
+    }
+
+    /// Drop cached state for a process (called when it is known to be gone/exec'd).
+    ///
+    /// Releases its pinned files (shared ones, such as libc, stay cached as
+    /// long as another remembered process maps them) and its cached maps. A
+    /// pid is reused eventually: without this, a new process with the same
+    /// pid would be symbolized with the old process's maps. The worker does
+    /// this when it gets to it; nothing waits for it.
+    pub fn forget_process(&mut self, pid: u32) {
+        if pid == 0 {
+            return;
+        }
+        self.remembered.remove(&pid);
+        self.timed_out.remove(&pid);
+        if let Some(w) = &self.worker {
+            // A send fails only if the worker died; the next call notices.
+            let _ = w.jobs.send(Box::new(move |u| u.forget_process(pid)));
+        }
+    }
+
+    /// Kernel frames, innermost first (see [`KernelSymbols::kernel_stack`]).
+    pub fn kernel_stack(&mut self, addrs: &[u64]) -> Vec<String> {
+        self.kernel.kernel_stack(addrs)
+    }
+
+    /// Dwarf-unwinds a stack copy of process `pid` with the unwind tables
+    /// of its remembered maps (remembering it now if it is not, which works
+    /// while it lives). No frames if the process's symbolization timed out.
+    pub fn unwind_user(&mut self, pid: u32, copy: &UserStackCopy) -> Unwound {
+        let stopped = |why: NoAnswer| Unwound {
+            addrs: Vec::new(),
+            end: End::Stopped(why.why().to_string()),
+        };
+        if self.timed_out.contains_key(&pid) {
+            return stopped(NoAnswer::TimedOut);
+        }
+        let copy = copy.clone();
+        let remembered = self.call(pid, move |u| {
+            let unwound = u.unwind_user(pid, &copy);
+            (unwound, u.remembers(pid))
+        });
+        match remembered {
+            Ok((unwound, remembered)) => {
+                if remembered && pid != 0 {
+                    self.remembered.insert(pid);
+                }
+                unwound
+            }
+            Err(why) => stopped(why),
+        }
+    }
+
+    /// User frames of process `pid`, innermost first (see
+    /// [`UserSymbols::user_stack`]): one address in → at least one string
+    /// out. Without an answer from the worker in time, each address is
+    /// `[unknown] 0x… (symbolization timed out: module)`.
+    pub fn user_stack(&mut self, pid: u32, addrs: &[u64]) -> Vec<String> {
+        if addrs.is_empty() {
+            return Vec::new();
+        }
+        if !self.timed_out.contains_key(&pid) {
+            let addrs_owned = addrs.to_vec();
+            match self.call(pid, move |u| u.user_stack(pid, &addrs_owned)) {
+                Ok(frames) => return frames,
+                Err(NoAnswer::TimedOut) => {}
+                Err(why @ NoAnswer::Unavailable) => {
+                    let maps = read_maps(pid).unwrap_or_default();
+                    return format_unanswered(addrs, &maps, why);
+                }
+            }
+        }
+        let maps = self.timed_out.get(&pid).map(Vec::as_slice).unwrap_or(&[]);
+        format_unanswered(addrs, maps, NoAnswer::TimedOut)
+    }
+
+    /// Runs `job` on the worker (starting one if there is none) and waits
+    /// for its answer within the budgets. On a timeout the worker is
+    /// abandoned and `pid` marked as timed out.
+    fn call<R: Send + 'static>(
+        &mut self,
+        pid: u32,
+        job: impl FnOnce(&mut UserSymbols) -> R + Send + 'static,
+    ) -> Result<R, NoAnswer> {
+        if self.worker.is_none() {
+            self.worker = spawn_worker(&self.live_workers);
+            // A new worker holds no process's maps.
+            self.remembered.clear();
+        }
+        let Some(worker) = &self.worker else {
+            return Err(NoAnswer::Unavailable);
+        };
+        let (tx, rx) = mpsc::sync_channel(1);
+        let sent = worker.jobs.send(Box::new(move |u| {
+            // The waiting side may have given up: nobody to tell then.
+            let _ = tx.send(job(u));
+        }));
+        if sent.is_err() {
+            self.worker = None;
+            return Err(NoAnswer::Unavailable);
+        }
+        let tid = worker.tid.clone();
+        let start = Instant::now();
+        let mut progress = Progress::default();
+        loop {
+            match rx.recv_timeout(POLL) {
+                Ok(r) => return Ok(r),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // The job panicked and took the worker with it.
+                    self.worker = None;
+                    return Err(NoAnswer::Unavailable);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            let now = Instant::now();
+            let blocked = progress.blocked_for(tid.load(Ordering::SeqCst), now);
+            if now - start >= TOTAL_BUDGET || blocked >= BLOCKED_BUDGET {
+                self.abandon_worker(pid);
+                return Err(NoAnswer::TimedOut);
+            }
+        }
+    }
+
+    /// Leaves the current worker to itself (its channel closes, so it ends
+    /// once its job returns, if ever) and gives up on `pid`.
+    fn abandon_worker(&mut self, pid: u32) {
+        self.worker = None;
+        self.remembered.clear();
+        if self.timed_out.len() >= MAX_TIMED_OUT {
+            self.timed_out.clear();
+        }
+        // /proc/<pid>/maps is generated by the kernel: reading it cannot
+        // block on anything the process controls.
+        self.timed_out
+            .insert(pid, read_maps(pid).unwrap_or_default());
+    }
+}
+
+/// Starts a worker thread with a fresh [`UserSymbols`], unless
+/// [`MAX_WORKERS`] are alive or the thread cannot be created.
+fn spawn_worker(live: &Arc<AtomicUsize>) -> Option<Worker> {
+    if live.fetch_add(1, Ordering::SeqCst) >= MAX_WORKERS {
+        live.fetch_sub(1, Ordering::SeqCst);
+        return None;
+    }
+    let guard = LiveWorker(live.clone());
+    let (jobs, rx) = mpsc::channel::<Job>();
+    let tid = Arc::new(AtomicI32::new(0));
+    let tid_w = tid.clone();
+    let spawned = std::thread::Builder::new()
+        .name("wstrace-symbolize".into())
+        .spawn(move || {
+            let _live = guard;
+            // SAFETY: gettid has no preconditions.
+            tid_w.store(unsafe { libc::gettid() }, Ordering::SeqCst);
+            let mut user = UserSymbols::new();
+            while let Ok(job) = rx.recv() {
+                job(&mut user);
+            }
+        });
+    // On failure the closure (and with it the guard) is dropped: not live.
+    spawned.ok().map(|_| Worker { jobs, tid })
+}
+
+/// Tells a worker that computes from one that waits, from its scheduler
+/// state and CPU time in `/proc/self/task/<tid>/stat`.
+#[derive(Default)]
+struct Progress {
+    cpu_ticks: Option<u64>,
+    blocked_since: Option<Instant>,
+}
+
+impl Progress {
+    /// How long the worker has gone without running or using CPU, as of
+    /// `now`. Running (`R`) or CPU time grown since the last look is
+    /// progress; anything else (asleep in `open()` on a FIFO, waiting on a
+    /// hung mount, a thread id not yet known) counts as blocked.
+    fn blocked_for(&mut self, tid: i32, now: Instant) -> Duration {
+        let stat = (tid > 0)
+            .then(|| std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok())
+            .flatten();
+        let (state, ticks) = stat.as_deref().and_then(parse_task_stat).unzip();
+        let ran = ticks.is_some() && self.cpu_ticks.is_some_and(|t| Some(t) != ticks);
+        if ticks.is_some() {
+            self.cpu_ticks = ticks;
+        }
+        if state == Some('R') || ran {
+            self.blocked_since = None;
+            Duration::ZERO
+        } else {
+            now - *self.blocked_since.get_or_insert(now)
+        }
+    }
+}
+
+/// (state, utime + stime) from a `/proc/.../stat` line. The command name
+/// in parentheses may hold anything, so fields are counted after its last
+/// `)`: state is field 3, utime and stime fields 14 and 15.
+fn parse_task_stat(stat: &str) -> Option<(char, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((state, utime.saturating_add(stime)))
+}
+
+/// Frames for addresses the worker gave no answer for:
+/// `[unknown] 0x… (<why>: <module>)`, the module from `maps` when known.
+fn format_unanswered(addrs: &[u64], maps: &[Mapping], why: NoAnswer) -> Vec<String> {
+    addrs
+        .iter()
+        .map(|&addr| match module_for(maps, addr) {
+            Some(m) => format!("[unknown] {addr:#x} ({}: {m})", why.why()),
+            None => format!("[unknown] {addr:#x} ({})", why.why()),
+        })
+        .collect()
+}
+
+impl KernelSymbols {
     /// Kernel symbols come from `/proc/kallsyms` only. blazesym's default
     /// kernel source also looks for `/boot/vmlinux-<release>` and
     /// `/usr/lib/debug/boot/vmlinux-<release>` and, when one exists, parses
@@ -165,7 +525,7 @@ impl Symbolizer {
     /// modules to temporary files: seconds of work and hundreds of MiB for
     /// a line number we do not print. kallsyms also covers modules and BPF
     /// programs. It is read once, on the first kernel stack (~120k symbols).
-    pub fn new() -> Self {
+    fn new() -> Self {
         let kernel = Kernel {
             kallsyms: MaybeDefault::Default,
             vmlinux: MaybeDefault::None,
@@ -178,8 +538,59 @@ impl Symbolizer {
             // re-read when they change on disk (pinned ones excepted).
             inner: blazesym::symbolize::Symbolizer::new(),
             kernel: Source::Kernel(kernel),
+            stacks: HashMap::new(),
+        }
+    }
+
+    /// Kernel frames, innermost first, one string per address: `func+0x1f` ; unknown → `[unknown] 0xffffffff81234567`.
+    ///
+    /// Everything is `[unknown]` when `/proc/kallsyms` shows no addresses
+    /// (not root, or `kernel.kptr_restrict=2`). The module of a module symbol
+    /// is not shown: blazesym drops kallsyms' `[module]` column.
+    fn kernel_stack(&mut self, addrs: &[u64]) -> Vec<String> {
+        if addrs.is_empty() {
+            return Vec::new();
+        }
+        if let Some(frames) = self.stacks.get(addrs) {
+            return frames.clone();
+        }
+        let frames = self.symbolize_kernel(addrs);
+        cache_insert(&mut self.stacks, addrs.to_vec(), &frames);
+        frames
+    }
+
+    fn symbolize_kernel(&mut self, addrs: &[u64]) -> Vec<String> {
+        let lookups = lookup_addrs(addrs);
+        let resolved: Vec<Option<ResolvedFrame>> =
+            match self.inner.symbolize(&self.kernel, Input::AbsAddr(&lookups)) {
+                Ok(syms) if syms.len() == addrs.len() => syms
+                    .into_iter()
+                    .zip(addrs.iter().zip(&lookups))
+                    .map(
+                        |(sym, (&addr, &lookup))| match classify(sym, addr - lookup) {
+                            Lookup::Found(frame) => Some(frame),
+                            Lookup::Unmapped | Lookup::Unknown => None,
+                        },
+                    )
+                    .collect(),
+                // No kallsyms at all, or blazesym broke its contract: say unknown, keep every frame.
+                _ => vec![None; addrs.len()],
+            };
+        addrs
+            .iter()
+            .zip(&resolved)
+            .map(|(&addr, frame)| format_kernel_frame(addr, frame.as_ref()))
+            .collect()
+    }
+}
+
+impl UserSymbols {
+    fn new() -> Self {
+        Self {
+            // Defaults: code info, inlined functions and demangling on, files
+            // re-read when they change on disk (pinned ones excepted).
+            inner: blazesym::symbolize::Symbolizer::new(),
             procs: HashMap::new(),
-            kernel_stacks: HashMap::new(),
             user_stacks: HashMap::new(),
             unwind: Unwinder::new(),
         }
@@ -241,47 +652,6 @@ impl Symbolizer {
         let _ = self
             .inner
             .evict(&Evict::Process(evict::Process::new(Pid::from(pid))));
-    }
-
-    /// Kernel frames, innermost first, one string per address: `func+0x1f` ; unknown → `[unknown] 0xffffffff81234567`.
-    ///
-    /// Everything is `[unknown]` when `/proc/kallsyms` shows no addresses
-    /// (not root, or `kernel.kptr_restrict=2`). The module of a module symbol
-    /// is not shown: blazesym drops kallsyms' `[module]` column.
-    pub fn kernel_stack(&mut self, addrs: &[u64]) -> Vec<String> {
-        if addrs.is_empty() {
-            return Vec::new();
-        }
-        if let Some(frames) = self.kernel_stacks.get(addrs) {
-            return frames.clone();
-        }
-        let frames = self.symbolize_kernel(addrs);
-        cache_insert(&mut self.kernel_stacks, addrs.to_vec(), &frames);
-        frames
-    }
-
-    fn symbolize_kernel(&mut self, addrs: &[u64]) -> Vec<String> {
-        let lookups = lookup_addrs(addrs);
-        let resolved: Vec<Option<ResolvedFrame>> =
-            match self.inner.symbolize(&self.kernel, Input::AbsAddr(&lookups)) {
-                Ok(syms) if syms.len() == addrs.len() => syms
-                    .into_iter()
-                    .zip(addrs.iter().zip(&lookups))
-                    .map(
-                        |(sym, (&addr, &lookup))| match classify(sym, addr - lookup) {
-                            Lookup::Found(frame) => Some(frame),
-                            Lookup::Unmapped | Lookup::Unknown => None,
-                        },
-                    )
-                    .collect(),
-                // No kallsyms at all, or blazesym broke its contract: say unknown, keep every frame.
-                _ => vec![None; addrs.len()],
-            };
-        addrs
-            .iter()
-            .zip(&resolved)
-            .map(|(&addr, frame)| format_kernel_frame(addr, frame.as_ref()))
-            .collect()
     }
 
     /// Dwarf-unwinds a stack copy of process `pid` with the unwind tables
@@ -1033,10 +1403,10 @@ mod tests {
             debug_syms: false,
             ..Kernel::default()
         };
-        let s = Symbolizer {
+        let s = Symbolizer::with_kernel(KernelSymbols {
             kernel: Source::Kernel(kernel),
-            ..Symbolizer::new()
-        };
+            ..KernelSymbols::new()
+        });
         (s, path)
     }
 
@@ -1283,7 +1653,7 @@ mod tests {
         if !crate::testenv::require_root(MAP_FILES) {
             return;
         }
-        let mut s = Symbolizer::new();
+        let mut s = UserSymbols::new();
         let pid = std::process::id();
         s.remember_process(pid);
         let first = s
@@ -1301,5 +1671,207 @@ mod tests {
         assert!(!s.procs.contains_key(&pid));
         s.remember_process(0);
         assert!(s.procs.is_empty());
+    }
+
+    // ---- the worker and its budgets ----
+
+    /// A FIFO in a fresh directory, and a guard that opens it for writing
+    /// when dropped, which releases a reader blocked in `open()`.
+    struct Fifo {
+        path: PathBuf,
+        /// The directory made for it, removed with it (never /tmp itself).
+        dir: Option<PathBuf>,
+    }
+
+    impl Fifo {
+        fn new(name: &str) -> Fifo {
+            let dir =
+                std::env::temp_dir().join(format!("wstrace-fifo-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("fifo dir");
+            let path = dir.join("fifo");
+            let c = std::ffi::CString::new(path.display().to_string()).expect("path");
+            // SAFETY: a NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+            Fifo {
+                path,
+                dir: Some(dir),
+            }
+        }
+    }
+
+    impl Drop for Fifo {
+        fn drop(&mut self) {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            // A reader is waiting, so a non-blocking writer opens; the
+            // reader's open returns and its worker ends.
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&self.path);
+            let _ = std::fs::remove_file(&self.path);
+            if let Some(dir) = &self.dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_worker_is_abandoned_within_budget() {
+        let fifo = Fifo::new("blocked");
+        let mut s = Symbolizer::new();
+        let me = std::process::id();
+        let path = fifo.path.clone();
+        let start = Instant::now();
+        // What blazesym does with a FIFO perf map: a plain blocking open.
+        let r = s.call(me, move |_| std::fs::File::open(&path).is_ok());
+        let took = start.elapsed();
+        assert_eq!(r, Err(NoAnswer::TimedOut));
+        assert!(
+            took >= BLOCKED_BUDGET && took < BLOCKED_BUDGET + Duration::from_millis(500),
+            "{took:?}"
+        );
+        // The process is given up on: its frames say so, with their module.
+        assert!(s.remembers(me));
+        let probe = wstrace_symbolize_probe_fn as *const () as usize as u64;
+        let frames = s.user_stack(me, &[probe]);
+        let exe = std::env::current_exe().expect("current_exe");
+        assert_eq!(
+            frames,
+            [format!(
+                "[unknown] {probe:#x} (symbolization timed out: {})",
+                exe.display()
+            )]
+        );
+        assert_eq!(
+            s.unwind_user(
+                me,
+                &UserStackCopy {
+                    ip: 0,
+                    sp: 0,
+                    bp: 0,
+                    status: ustack::OK,
+                    bytes: Vec::new(),
+                }
+            )
+            .end,
+            End::Stopped("symbolization timed out".into())
+        );
+        // Another process is served by a fresh worker while the old one is
+        // still blocked.
+        assert_eq!(s.live_workers.load(Ordering::SeqCst), 1);
+        let ok = s.call(me + 1, |_| 7);
+        assert_eq!(ok, Ok(7));
+        assert_eq!(s.live_workers.load(Ordering::SeqCst), 2);
+        // Released, the abandoned worker ends.
+        drop(fifo);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while s.live_workers.load(Ordering::SeqCst) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(s.live_workers.load(Ordering::SeqCst), 1);
+        // Forgetting the pid lets it be tried again.
+        s.forget_process(me);
+        assert!(!s.remembers(me));
+        let frames = s.user_stack(me, &[probe]);
+        assert!(
+            frames[0].contains("wstrace_symbolize_probe_fn+0x0"),
+            "{frames:?}"
+        );
+    }
+
+    #[test]
+    fn computing_worker_gets_more_than_the_blocked_budget() {
+        let mut s = Symbolizer::new();
+        let spin = BLOCKED_BUDGET * 3;
+        let r = s.call(std::process::id(), move |_| {
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed() < spin {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+            n > 0
+        });
+        assert_eq!(r, Ok(true));
+        assert!(!s.timed_out.contains_key(&std::process::id()));
+    }
+
+    #[test]
+    fn stuck_workers_are_bounded() {
+        let fifos: Vec<Fifo> = (0..MAX_WORKERS)
+            .map(|i| Fifo::new(&format!("bound{i}")))
+            .collect();
+        let mut s = Symbolizer::new();
+        for (i, f) in fifos.iter().enumerate() {
+            let path = f.path.clone();
+            let r = s.call(1_000_000 + i as u32, move |_| {
+                std::fs::File::open(&path).is_ok()
+            });
+            assert_eq!(r, Err(NoAnswer::TimedOut), "worker {i}");
+        }
+        assert_eq!(s.live_workers.load(Ordering::SeqCst), MAX_WORKERS);
+        // No new worker: unknown at once, with the reason.
+        let start = Instant::now();
+        assert_eq!(s.call(1, |_| ()), Err(NoAnswer::Unavailable));
+        assert_eq!(
+            s.user_stack(u32::MAX - 1, &[0x1234]),
+            ["[unknown] 0x1234 (symbolization unavailable)"]
+        );
+        assert!(start.elapsed() < Duration::from_millis(100));
+        drop(fifos);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while s.live_workers.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(s.call(1, |_| 3), Ok(3));
+    }
+
+    #[test]
+    fn worker_panic_is_survived() {
+        let mut s = Symbolizer::new();
+        let r: Result<(), NoAnswer> = s.call(1, |_| panic!("blazesym broke"));
+        assert_eq!(r, Err(NoAnswer::Unavailable));
+        assert_eq!(s.call(1, |_| 5), Ok(5));
+    }
+
+    #[test]
+    fn fifo_perf_map_costs_a_process_its_names_only() {
+        // A child whose perf map is a FIFO, as a hostile server makes it.
+        let mut child = Command::new("sleep").arg("5").spawn().expect("sleep");
+        let pid = child.id();
+        let perf = PathBuf::from(format!("/tmp/perf-{pid}.map"));
+        let c = std::ffi::CString::new(perf.display().to_string()).expect("path");
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        let release = Fifo {
+            path: perf,
+            dir: None,
+        };
+        let mut s = Symbolizer::new();
+        let start = Instant::now();
+        s.remember_process(pid);
+        let frames = s.user_stack(pid, &[0x1234]);
+        let took = start.elapsed();
+        let _ = child.kill();
+        let _ = child.wait();
+        drop(release);
+        assert!(took < TOTAL_BUDGET * 2, "{took:?}");
+        assert_eq!(frames, ["[unknown] 0x1234 (symbolization timed out)"]);
+        // Our own process still symbolizes.
+        let probe = wstrace_symbolize_probe_fn as *const () as usize as u64;
+        let own = s.user_stack(std::process::id(), &[probe]);
+        assert!(own[0].contains("wstrace_symbolize_probe_fn+0x0"), "{own:?}");
+    }
+
+    #[test]
+    fn task_stat_fields() {
+        assert_eq!(
+            parse_task_stat("42 (a) b) c) S 1 2 3 4 5 6 7 8 9 10 100 23 0 0"),
+            Some(('S', 123))
+        );
+        assert_eq!(parse_task_stat("42 (x) R 1"), None);
+        assert_eq!(parse_task_stat("garbage"), None);
+        let own = std::fs::read_to_string("/proc/thread-self/stat").expect("own stat");
+        assert_eq!(parse_task_stat(&own).map(|(s, _)| s), Some('R'));
     }
 }

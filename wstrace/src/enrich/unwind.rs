@@ -15,7 +15,6 @@
 //!
 //! x86_64 only, like the register capture in the kernel.
 use std::collections::HashMap;
-use std::fs::File;
 use std::ops::{Deref, Range};
 use std::sync::Arc;
 
@@ -24,7 +23,7 @@ use framehop::{ExplicitModuleSectionInfo, Module, Unwinder as _};
 use memmap2::Mmap;
 use object::{Object, ObjectSection, ObjectSegment};
 
-use crate::enrich::maps::Mapping;
+use crate::enrich::maps::{MAX_UNTRUSTED_FILE, Mapping, open_untrusted};
 use crate::model::{End, Unwound, UserStackCopy, Walk};
 
 /// x86_64 page size: the granularity of the loader's mappings.
@@ -67,7 +66,8 @@ struct Sections {
 
 impl ElfFile {
     fn open(path: &str) -> Option<ElfFile> {
-        let file = File::open(path).ok()?;
+        // The path is the process's: no FIFO, device, symlink or huge file.
+        let file = open_untrusted(path, MAX_UNTRUSTED_FILE)?;
         // SAFETY: a read-only private mapping; a file truncated underneath
         // would fault, which is why these are the files a process maps
         // (executables and libraries are replaced by rename, not rewritten).

@@ -1,0 +1,263 @@
+//! A local user cannot freeze the daemon with the files it symbolizes from.
+//!
+//! The attacker runs as `nobody` a server on a traced port whose perf map
+//! (`/tmp/perf-<pid>.map`) or debug-link target (next to its copied binary)
+//! is a FIFO: an `open()` of it blocks until a writer comes, which is never.
+//! wstrace must still report that server's close within seconds, report a
+//! second server's close on another traced port, and exit cleanly on SIGINT.
+//!
+//! Needs root, `setpriv` and `/usr/bin/python3` (world-readable, unlike a
+//! pyenv shim under /root); fails when one is missing unless
+//! `WSTRACE_TEST_ALLOW_SKIP=1`.
+mod common;
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{Kill, Tracer, require, require_root, serial, spawn_ready, upgrade_once};
+
+/// Python without pyenv: readable by `nobody`.
+const PYTHON: &str = "/usr/bin/python3";
+
+/// How long a close may take to be reported while a hostile file exists:
+/// the symbolizer's budgets are 250 ms blocked / 2 s in all per request.
+const REPORT_WITHIN: Duration = Duration::from_secs(8);
+
+/// A WebSocket-ish server: answers each request head with a 101 and closes
+/// the socket (the server closes first). With `perf-fifo` it first makes
+/// its perf map a FIFO.
+const SERVER_PY: &str = r#"
+import os, socket, sys
+if len(sys.argv) > 1 and sys.argv[1] == "perf-fifo":
+    os.mkfifo("/tmp/perf-%d.map" % os.getpid())
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(8)
+print("READY", s.getsockname()[1], flush=True)
+while True:
+    c, _ = s.accept()
+    head = b""
+    while b"\r\n\r\n" not in head:
+        d = c.recv(4096)
+        if not d:
+            break
+        head += d
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    c.close()
+"#;
+
+/// Root, setpriv and the system python3 (see `common::require`).
+fn ready(_test: &str) -> bool {
+    require_root()
+        && require(
+            Path::new("/usr/bin/setpriv").exists(),
+            "needs setpriv (util-linux)",
+        )
+        && require(Path::new(PYTHON).exists(), "needs /usr/bin/python3")
+}
+
+/// A world-readable scratch directory (removed on drop), holding the server
+/// script and whatever else the attacker needs.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("wstrace-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let script = dir.join("server.py");
+        std::fs::write(&script, SERVER_PY).expect("server.py");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        Scratch(dir)
+    }
+
+    fn script(&self) -> PathBuf {
+        self.0.join("server.py")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `python server.py args…` as `nobody`: (server, port).
+fn as_nobody(python: &Path, script: &Path, args: &[&str]) -> (Kill, u16) {
+    let mut cmd = Command::new("/usr/bin/setpriv");
+    cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(python)
+        .arg(script)
+        .args(args)
+        .env("PYTHONHOME", "/usr")
+        .current_dir("/");
+    spawn_ready(&mut cmd)
+}
+
+fn pid_of(k: &Kill) -> u32 {
+    k.0.id()
+}
+
+fn local_port(r: &serde_json::Value) -> Option<u16> {
+    let local = r["local"].as_str()?;
+    local.rsplit_once(':')?.1.parse().ok()
+}
+
+/// Traces the hostile server's port and a benign server's port; asserts
+/// both closes are reported in time and SIGINT ends the daemon cleanly.
+fn both_reported_and_clean_exit(test: &str, hostile: (Kill, u16), benign: (Kill, u16)) {
+    let (hostile, hport) = hostile;
+    let (_benign, bport) = benign;
+    let mut t = Tracer::start(hport, &["--port", &bport.to_string()]);
+    let start = Instant::now();
+    upgrade_once(hport);
+    upgrade_once(bport);
+    let deadline = start + REPORT_WITHIN;
+    let mut reports = Vec::new();
+    while Instant::now() < deadline {
+        reports = t.reports();
+        let ports: Vec<Option<u16>> = reports.iter().map(local_port).collect();
+        if ports.contains(&Some(hport)) && ports.contains(&Some(bport)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let elapsed = start.elapsed();
+    let by_port = |p: u16| reports.iter().find(|r| local_port(r) == Some(p));
+    let stderr = t.stderr_text();
+    let h = by_port(hport).unwrap_or_else(|| {
+        panic!(
+            "{test}: no report for the hostile server's close (pid {}) within {REPORT_WITHIN:?}:\n{stderr}",
+            pid_of(&hostile)
+        )
+    });
+    let b = by_port(bport).unwrap_or_else(|| {
+        panic!(
+            "{test}: no report for the benign server's close within {REPORT_WITHIN:?}:\n{stderr}"
+        )
+    });
+    eprintln!("{test}: both reports after {elapsed:?}");
+    eprintln!("hostile user stack: {}", h["user_stack"]);
+    eprintln!("benign user stack: {}", b["user_stack"]);
+    assert_eq!(h["closed_by"], "local", "{h}");
+    assert_eq!(b["closed_by"], "local", "{b}");
+    // The benign server's frames still get names: the worker that was
+    // abandoned on the hostile file was replaced.
+    let named = b["user_stack"].as_array().is_some_and(|a| {
+        a.iter()
+            .filter_map(|f| f.as_str())
+            .any(|f| !f.starts_with("[unknown]"))
+    });
+    assert!(named, "{test}: benign user stack has no named frame: {b}");
+
+    t.signal(libc::SIGINT);
+    let exit_by = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = t.child.0.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < exit_by,
+            "{test}: wstrace still running 10 s after SIGINT:\n{}",
+            t.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "{test}: wstrace exit {status}:\n{}",
+        t.stderr_text()
+    );
+}
+
+#[test]
+fn fifo_perf_map_does_not_freeze_reports() {
+    let test = "fifo_perf_map_does_not_freeze_reports";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let scratch = Scratch::new("perf-fifo");
+    let hostile = as_nobody(Path::new(PYTHON), &scratch.script(), &["perf-fifo"]);
+    let fifo = PathBuf::from(format!("/tmp/perf-{}.map", pid_of(&hostile.0)));
+    // The server made it before printing READY; remove it whatever happens.
+    struct Unlink(PathBuf);
+    impl Drop for Unlink {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _unlink = Unlink(fifo.clone());
+    // setpriv execs python, so the pid is the server's own.
+    assert!(
+        std::fs::symlink_metadata(&fifo).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt as _;
+            m.file_type().is_fifo()
+        }),
+        "{test}: {} is not a FIFO",
+        fifo.display()
+    );
+    let benign = as_nobody(Path::new(PYTHON), &scratch.script(), &[]);
+    both_reported_and_clean_exit(test, hostile, benign);
+}
+
+/// The name in `.gnu_debuglink` of `bin`, from readelf's string dump.
+fn debuglink_name(bin: &Path) -> Option<String> {
+    let out = Command::new("readelf")
+        .arg("--string-dump=.gnu_debuglink")
+        .arg(bin)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once("[")?;
+            let (off, name) = rest.split_once(']')?;
+            (off.trim() == "0").then(|| name.trim().to_string())
+        })
+        .filter(|n| n.ends_with(".debug"))
+}
+
+#[test]
+fn fifo_debug_link_target_does_not_freeze_reports() {
+    let test = "fifo_debug_link_target_does_not_freeze_reports";
+    if !ready(test) {
+        return;
+    }
+    let real = std::fs::canonicalize(PYTHON).expect("python3's real path");
+    let link = debuglink_name(&real);
+    if !require(
+        link.is_some(),
+        &format!(
+            "needs readelf (binutils) and a .gnu_debuglink in {}",
+            real.display()
+        ),
+    ) {
+        return;
+    }
+    let link = link.unwrap_or_default();
+    let _serial = serial();
+    let scratch = Scratch::new("debuglink-fifo");
+    // A copy of python whose debug link resolves next to it, where the
+    // attacker controls the directory: blazesym looks there once the
+    // system's debug directories have no such file.
+    let copy = scratch.0.join(real.file_name().expect("file name"));
+    std::fs::copy(&real, &copy).expect("copy python");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let fifo = scratch.0.join(&link);
+    let status = Command::new("mkfifo")
+        .arg("-m")
+        .arg("0644")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(status.success(), "mkfifo {}", fifo.display());
+    let hostile = as_nobody(&copy, &scratch.script(), &[]);
+    let benign = as_nobody(Path::new(PYTHON), &scratch.script(), &[]);
+    both_reported_and_clean_exit(test, hostile, benign);
+}
