@@ -11,8 +11,6 @@
 //!
 //! Widths are checked too: the eBPF side reads each field with a fixed size,
 //! so a field that became a bitfield or changed width must not be read blindly.
-// Nothing calls resolve() until the daemon's loader is written.
-#![allow(dead_code)]
 
 mod blob;
 
