@@ -16,29 +16,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Kill, Tracer, serial, spawn_ready, upgrade_once};
+use common::{Kill, Tracer, require, require_root, serial, spawn_ready, upgrade_once};
 
-/// True when the test can run; fails unless skipping is allowed.
-fn can_run(test: &str) -> bool {
-    // SAFETY: plain getter.
-    let root = unsafe { libc::geteuid() } == 0;
-    let tools = ["/usr/bin/setpriv", "/usr/bin/prlimit", "/usr/bin/python3"]
-        .into_iter()
-        .filter(|t| !Path::new(t).is_file())
-        .collect::<Vec<_>>();
-    if root && tools.is_empty() {
-        return true;
-    }
-    let why = if root {
-        format!("missing {tools:?}")
-    } else {
-        "needs root".to_string()
-    };
-    if std::env::var_os("WSTRACE_TEST_ALLOW_SKIP").is_some() {
-        eprintln!("\n!!! SKIPPED: {test}: {why} !!!\n");
-        return false;
-    }
-    panic!("{test}: {why} (set WSTRACE_TEST_ALLOW_SKIP=1 to skip)");
+/// Root, setpriv, prlimit and the system python3 (see `common::require`).
+fn can_run(_test: &str) -> bool {
+    require_root()
+        && ["/usr/bin/setpriv", "/usr/bin/prlimit", "/usr/bin/python3"]
+            .into_iter()
+            .all(|t| require(Path::new(t).is_file(), &format!("needs {t}")))
 }
 
 /// A fresh directory everyone can read (nobody runs programs from it).
