@@ -160,6 +160,28 @@ pub fn drop_all_in_this_thread() {
     let _ = set_no_new_privs();
 }
 
+/// For a thread that reads other processes' files and nothing else (the
+/// symbolizer's worker, which may start before the daemon's drop):
+/// [`KEEP_AFTER_ATTACH`] where held, nothing else, no new privileges.
+pub fn keep_file_access_only_in_this_thread() {
+    let Ok(now) = capget() else {
+        return;
+    };
+    let keep = KEEP_AFTER_ATTACH
+        .iter()
+        .fold(0u64, |m, (c, _)| m | (1u64 << c))
+        & now.permitted;
+    if now.effective & (1u64 << CAP_SETPCAP) != 0 {
+        drop_bounding_set(keep);
+    }
+    let _ = capset(CapSets {
+        effective: keep,
+        permitted: keep,
+        inheritable: 0,
+    });
+    let _ = set_no_new_privs();
+}
+
 /// After the probes attach: keeps [`KEEP_AFTER_ATTACH`] (and CAP_BPF only
 /// where map access needs it), drops every other capability from all sets
 /// and the bounding set, sets no_new_privs, and says on stderr what was kept.

@@ -451,6 +451,8 @@ fn spawn_worker(live: &Arc<AtomicUsize>) -> Option<Worker> {
         .name("wstrace-symbolize".into())
         .spawn(move || {
             let _live = guard;
+            // The worker opens other processes' files: it needs no more.
+            crate::attach::privileges::keep_file_access_only_in_this_thread();
             // SAFETY: gettid has no preconditions.
             tid_w.store(unsafe { libc::gettid() }, Ordering::SeqCst);
             let mut user = UserSymbols::new();
