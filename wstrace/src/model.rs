@@ -234,11 +234,17 @@ pub struct UserWalk {
     pub end: Option<End>,
     /// Why dwarf was asked for and not used.
     pub note: Option<String>,
+    /// Why there is no user stack at all (e.g. closed at process exit).
+    pub none: Option<&'static str>,
 }
 
 impl UserWalk {
-    /// `complete`, `truncated` or `stopped: <why>`, for dwarf walks.
+    /// `complete`, `truncated` or `stopped: <why>` for dwarf walks;
+    /// `none: <why>` when there is no user stack.
     pub fn end_str(&self) -> Option<String> {
+        if let Some(why) = self.none {
+            return Some(format!("none: {why}"));
+        }
         self.end.as_ref().map(|e| match e {
             End::Complete => "complete".to_string(),
             End::Truncated => "truncated".to_string(),
@@ -264,6 +270,9 @@ impl UserWalk {
         }
         if let Some(n) = &self.note {
             parts.push(n.clone());
+        }
+        if let Some(why) = self.none {
+            parts.push(format!("none: {why}"));
         }
         parts.join("; ")
     }
@@ -294,4 +303,26 @@ pub struct ProcInfo {
     pub cmdline: Option<String>,
     pub cgroup: Option<String>,
     pub container_id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_user_stack_says_why_in_end_and_description() {
+        let w = UserWalk {
+            none: Some("closed at process exit"),
+            ..UserWalk::default()
+        };
+        assert_eq!(w.end_str().as_deref(), Some("none: closed at process exit"));
+        assert_eq!(w.describe(), "none: closed at process exit");
+        let dwarf = UserWalk {
+            walk: Some(Walk::Dwarf),
+            end: Some(End::Complete),
+            ..UserWalk::default()
+        };
+        assert_eq!(dwarf.end_str().as_deref(), Some("complete"));
+        assert_eq!(dwarf.describe(), "dwarf");
+    }
 }

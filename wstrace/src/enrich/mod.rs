@@ -191,11 +191,17 @@ impl Enricher {
                     walk: Some(walk),
                     note,
                     end: None,
+                    none: None,
                 };
                 let u = match (walk, &c.stacks.dwarf, &c.stacks.user, c.at_exit) {
                     (_, _, _, true) => {
-                        user_walk.walk = None;
-                        vec!["[none: closed at process exit]".to_string()]
+                        // The kernel's walk of an exiting task is not the
+                        // program's: no frames, and the reason in `end`.
+                        user_walk = UserWalk {
+                            none: Some("closed at process exit"),
+                            ..UserWalk::default()
+                        };
+                        Vec::new()
                     }
                     (Walk::Dwarf, Some(d), _, false) => {
                         user_walk.end = Some(d.end.clone());
@@ -213,8 +219,11 @@ impl Enricher {
             .iter()
             .filter_map(|(dir, bytes)| wsframe::first_close(bytes).map(|f| (*dir, f)))
             .collect();
+        // Jiffies tick every 1-10 ms: the idle time is rounded, and never
+        // longer than the connection lived.
+        let lifetime_ms = r.ms_after_upgrade().ceil() as u64;
         let idle_ms = match (r.jiffies_at_close.and_then(|j| j.idle()), self.hz) {
-            (Some(j), Some(hz)) => Some(hz::jiffies_to_ms(j, hz)),
+            (Some(j), Some(hz)) => Some(hz::jiffies_to_ms(j, hz).min(lifetime_ms)),
             _ => None,
         };
         Enriched {

@@ -57,7 +57,13 @@ pub fn render(v: &View<'_>, color: bool) -> String {
         r.probe.name(),
     );
     let d = &v.diagnosis;
-    let _ = writeln!(out, "  {} {}", p.bold("why:     "), esc(&d.message));
+    let _ = writeln!(
+        out,
+        "  {} {}: {}",
+        p.bold("why:     "),
+        d.code,
+        esc(&d.message)
+    );
     if let Some(fix) = &d.fix {
         let _ = writeln!(out, "  {} {}", p.bold("fix:     "), esc(fix));
     }
