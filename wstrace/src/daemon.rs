@@ -298,7 +298,8 @@ impl EventLoop<'_> {
                     self.deliver(rec.event)?;
                 }
                 _ = tick.tick() => {
-                    if last_scan.elapsed() >= LISTENER_SCAN_INTERVAL {
+                    let scan = last_scan.elapsed() >= LISTENER_SCAN_INTERVAL;
+                    if scan {
                         self.enricher.remember_listeners(self.ports);
                         last_scan = tokio::time::Instant::now();
                     }
@@ -308,7 +309,7 @@ impl EventLoop<'_> {
                             return Ok(());
                         }
                     }
-                    self.warn_losses();
+                    self.warn_losses(scan);
                 }
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
@@ -351,10 +352,17 @@ impl EventLoop<'_> {
         })
     }
 
-    fn losses(&self) -> Losses {
+    /// The counts now. The programs' skipped runs take a file read per
+    /// program: they are read only when `read_programs`, and otherwise
+    /// stay as last read.
+    fn losses(&self, read_programs: bool) -> Losses {
         Losses {
             ring_full: probes::lost_events(&self.attached.ebpf),
-            recursion_miss: probes::recursion_misses(&self.attached.ebpf),
+            recursion_miss: if read_programs {
+                probes::recursion_misses(&self.attached.ebpf)
+            } else {
+                self.losses_reported.recursion_miss
+            },
             max_sockets: self.matcher.evicted,
             orphan_event: self.matcher.orphan_events,
             not_an_upgrade: self.matcher.not_upgrades,
@@ -362,8 +370,8 @@ impl EventLoop<'_> {
     }
 
     /// Warns about, and counts, what went missing since the last call.
-    fn warn_losses(&mut self) {
-        let now = self.losses();
+    fn warn_losses(&mut self, read_programs: bool) {
+        let now = self.losses(read_programs);
         let before = self.losses_reported.each();
         for (i, (reason, n, what)) in now.each().into_iter().enumerate() {
             let new = n.saturating_sub(before[i].1);
@@ -381,7 +389,7 @@ impl EventLoop<'_> {
     /// Closes already seen but not yet complete are still printed.
     async fn shutdown(mut self) -> Result<u64> {
         // Last read of the programs' skipped runs: unloading closes their fds.
-        self.warn_losses();
+        self.warn_losses(true);
         self.attached.detach_all();
         self.reader.finish();
         while !self.done() {
@@ -399,10 +407,7 @@ impl EventLoop<'_> {
             }
         }
         // The programs are unloaded: their skipped runs are final as last read.
-        let total = Losses {
-            recursion_miss: self.losses_reported.recursion_miss,
-            ..self.losses()
-        };
+        let total = self.losses(false);
         for (reason, n, what) in total.each() {
             match reason {
                 _ if n == 0 => {}

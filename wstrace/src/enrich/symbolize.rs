@@ -24,7 +24,7 @@
 //! the innermost (as perf does), so the call site is named even when the
 //! call is the last instruction of a function.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
@@ -98,8 +98,11 @@ pub struct Symbolizer {
     /// Threads of this symbolizer's workers still running, the current one
     /// and abandoned ones alike.
     live_workers: Arc<AtomicUsize>,
-    /// Pids the current worker holds maps for (see [`Self::remembers`]).
-    remembered: HashSet<u32>,
+    /// Pids the current worker holds maps for (see [`Self::remembers`]),
+    /// with when it read them: a remember within [`REMEMBER_INTERVAL`] of
+    /// that is answered here, without a round trip to the worker (the 101
+    /// path runs at every upgrade).
+    remembered: HashMap<u32, Instant>,
     /// Processes whose symbolization timed out, with their maps read at
     /// that moment (for module names): their user frames are not looked up
     /// again.
@@ -266,7 +269,7 @@ impl Symbolizer {
             kernel,
             worker: None,
             live_workers: Arc::new(AtomicUsize::new(0)),
-            remembered: HashSet::new(),
+            remembered: HashMap::new(),
             timed_out: HashMap::new(),
         }
     }
@@ -281,14 +284,19 @@ impl Symbolizer {
         if pid == 0 || self.timed_out.contains_key(&pid) {
             return;
         }
+        if let Some(at) = self.remembered.get(&pid)
+            && at.elapsed() < REMEMBER_INTERVAL
+        {
+            return;
+        }
         match self.call(pid, move |u| {
             u.remember_process(pid);
-            u.remembers(pid)
+            u.refreshed_at(pid)
         }) {
-            Ok(true) => {
-                self.remembered.insert(pid);
+            Ok(Some(at)) => {
+                self.remembered.insert(pid, at);
             }
-            Ok(false) | Err(_) => {
+            Ok(None) | Err(_) => {
                 self.remembered.remove(&pid);
             }
         }
@@ -297,7 +305,7 @@ impl Symbolizer {
     /// Is `pid` remembered (its maps cached), or given up on because its
     /// symbolization timed out? Either way remembering it again is no use.
     pub fn remembers(&self, pid: u32) -> bool {
-        self.remembered.contains(&pid) || self.timed_out.contains_key(&pid)
+        self.remembered.contains_key(&pid) || self.timed_out.contains_key(&pid)
     }
 
     /// Drop cached state for a process (called when it is known to be gone/exec'd).
@@ -338,12 +346,14 @@ impl Symbolizer {
         let copy = copy.clone();
         let remembered = self.call(pid, move |u| {
             let unwound = u.unwind_user(pid, &copy);
-            (unwound, u.remembers(pid))
+            (unwound, u.refreshed_at(pid))
         });
         match remembered {
-            Ok((unwound, remembered)) => {
-                if remembered && pid != 0 {
-                    self.remembered.insert(pid);
+            Ok((unwound, refreshed)) => {
+                if let Some(at) = refreshed
+                    && pid != 0
+                {
+                    self.remembered.insert(pid, at);
                 }
                 unwound
             }
@@ -633,6 +643,11 @@ impl UserSymbols {
     /// Is `pid` remembered (its maps cached)?
     pub fn remembers(&self, pid: u32) -> bool {
         self.procs.contains_key(&pid)
+    }
+
+    /// When `pid`'s maps were last read, if it is remembered.
+    pub fn refreshed_at(&self, pid: u32) -> Option<Instant> {
+        self.procs.get(&pid).map(|r| r.refreshed)
     }
 
     /// Drop cached state for a process (called when it is known to be gone/exec'd).

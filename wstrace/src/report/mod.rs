@@ -139,15 +139,6 @@ mod tests {
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/report");
 
-    fn none() -> Filters {
-        Filters {
-            since: None,
-            until: None,
-            port: None,
-            pid: None,
-        }
-    }
-
     fn summary_of(path: &Path, f: &Filters) -> Summary {
         let mut s = Summary::default();
         s.add_reader("sample.jsonl", open_lines(path).expect("open"), f);
@@ -171,7 +162,7 @@ mod tests {
     /// Regenerate with `WSTRACE_BLESS=1 cargo test -p wstrace report`.
     #[test]
     fn golden_sample() {
-        let out = render(&summary(&none()), 5);
+        let out = render(&summary(&Filters::default()), 5);
         let golden = Path::new(FIXTURES).join("sample.report.txt");
         if std::env::var_os("WSTRACE_BLESS").is_some() {
             std::fs::write(&golden, &out).expect("bless");
@@ -185,7 +176,7 @@ mod tests {
 
     #[test]
     fn malformed_and_truncated_lines_are_counted_with_line_numbers() {
-        let s = summary(&none());
+        let s = summary(&Filters::default());
         let lines: Vec<u64> = s.malformed_first.iter().map(|m| m.1).collect();
         assert_eq!(lines, [4, 8], "{:?}", s.malformed_first);
         assert_eq!(s.malformed, 2);
@@ -196,19 +187,25 @@ mod tests {
     fn filters() {
         let by_port = summary(&Filters {
             port: Some(8080),
-            ..none()
+            ..Filters::default()
         });
         assert_eq!(by_port.closes, 1);
         let by_pid = summary(&Filters {
             pid: Some(4242),
-            ..none()
+            ..Filters::default()
         });
         assert_eq!(by_pid.closes, 4);
         let since = parse_time("2026-11-24T03:01:00Z").ok();
-        let late = summary(&Filters { since, ..none() });
+        let late = summary(&Filters {
+            since,
+            ..Filters::default()
+        });
         assert_eq!(late.closes, 2);
         let until = parse_time("2026-11-24T03:01:00Z").ok();
-        let early = summary(&Filters { until, ..none() });
+        let early = summary(&Filters {
+            until,
+            ..Filters::default()
+        });
         assert_eq!(early.closes, 4);
         assert!(parse_time("yesterday").is_err());
     }
@@ -223,12 +220,12 @@ mod tests {
     fn gzip_concatenated_gzip_and_truncated_gzip() {
         let sample = Path::new(FIXTURES).join("sample.jsonl");
         let text = std::fs::read(&sample).expect("fixture");
-        let plain = render(&summary_of(&sample, &none()), 5);
+        let plain = render(&summary_of(&sample, &Filters::default()), 5);
         let d = dir("gz");
         let bytes = gzip(&text);
         std::fs::write(d.join("a.jsonl.gz"), &bytes).expect("write");
         assert_eq!(
-            render(&summary_of(&d.join("a.jsonl.gz"), &none()), 5),
+            render(&summary_of(&d.join("a.jsonl.gz"), &Filters::default()), 5),
             plain
         );
         // Two members (`cat a.gz b.gz`): both are read.
@@ -237,13 +234,13 @@ mod tests {
         two.extend(gzip(tail));
         std::fs::write(d.join("two.jsonl.gz"), &two).expect("write");
         assert_eq!(
-            render(&summary_of(&d.join("two.jsonl.gz"), &none()), 5),
+            render(&summary_of(&d.join("two.jsonl.gz"), &Filters::default()), 5),
             plain
         );
         // Cut in the middle (a crash while compressing): the start counts,
         // and the cut is named.
         std::fs::write(d.join("b.jsonl.gz"), &bytes[..bytes.len() / 2]).expect("write");
-        let s = summary_of(&d.join("b.jsonl.gz"), &none());
+        let s = summary_of(&d.join("b.jsonl.gz"), &Filters::default());
         assert!(s.closes < 6, "{}", s.closes);
         assert!(
             s.malformed_first

@@ -46,7 +46,8 @@ pub const LIFETIME_BUCKETS: &[(f64, &str)] = &[
     (f64::INFINITY, "≥1 h"),
 ];
 
-#[derive(Clone, Debug, PartialEq)]
+/// Which closes a summary counts; the default counts every one.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Filters {
     pub since: Option<SystemTime>,
     pub until: Option<SystemTime>,
@@ -574,15 +575,6 @@ pub fn render(s: &Summary, top: usize) -> String {
 mod tests {
     use super::*;
 
-    fn none() -> Filters {
-        Filters {
-            since: None,
-            until: None,
-            port: None,
-            pid: None,
-        }
-    }
-
     fn read_all(input: &[u8], max: usize) -> Vec<Line> {
         let mut r = io::BufReader::with_capacity(7, input);
         let mut buf = Vec::new();
@@ -630,7 +622,7 @@ mod tests {
         for i in 0..1000 {
             input.extend_from_slice(format!("junk {i}\n").as_bytes());
         }
-        s.add_reader("in", &input[..], &none());
+        s.add_reader("in", &input[..], &Filters::default());
         assert_eq!(s.closes, 1);
         assert_eq!(s.malformed, 1001);
         assert_eq!(s.lines, 1002);
@@ -698,7 +690,7 @@ mod tests {
         s.add_text(
             "file\u{1b}name",
             &format!("{line}\nnot json\u{1b}\n"),
-            &none(),
+            &Filters::default(),
         );
         let out = render(&s, 5);
         for l in out.lines() {
