@@ -126,6 +126,25 @@ impl ProbeSet {
     }
 }
 
+/// The first bytes of a request write on the client side of a traced
+/// connection: an HTTP upgrade is always a GET.
+pub const REQUEST_PREFIX: [u8; 4] = *b"GET ";
+
+/// Who wrote a request on the client side of a connection to a traced port
+/// (a socket whose *remote* port is traced), recorded by the kernel in the
+/// writer's own context and keyed by that socket's [`SockTuple`]: the daemon
+/// joins it to the server's socket (the same tuple, ends swapped) when both
+/// ends are on this host, however soon the client closes or exits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerWriter {
+    pub pid: u32,
+    pub tid: u32,
+    /// Start time of the writer's process (ns since boot, 0 if unknown).
+    pub process_start_ns: u64,
+    pub comm: [u8; 16],
+}
+
 /// `EventHeader::flags`: the task was exiting (`PF_EXITING`), so the close
 /// came from process exit and there is no user stack to walk.
 pub const FLAG_TASK_EXITING: u32 = 1;
@@ -267,6 +286,10 @@ mod user {
     unsafe impl aya::Pod for super::CloseEvent {}
     unsafe impl aya::Pod for super::DataEvent {}
     unsafe impl aya::Pod for super::UserStackHeader {}
+    // SAFETY: `repr(C)` integers and byte arrays; `_pad` makes the padding
+    // explicit (the kernel zeroes it), so a key's bytes are its value.
+    unsafe impl aya::Pod for super::SockTuple {}
+    unsafe impl aya::Pod for super::PeerWriter {}
     // SAFETY: `repr(C)` integers only, without padding (see its definition).
     unsafe impl aya::Pod for super::KernelConfig {}
 }
@@ -446,6 +469,7 @@ mod tests {
             128 + 16 + 2 * 8 * STACK_DEPTH
         );
         assert_eq!(core::mem::size_of::<UserStackHeader>(), 32);
+        assert_eq!(core::mem::size_of::<PeerWriter>(), 32);
         assert_eq!(
             core::mem::size_of::<CloseWithStack>(),
             core::mem::size_of::<CloseEvent>() + 32 + USER_STACK_MAX

@@ -67,6 +67,12 @@ pub fn sk_local_port(sk: u64) -> u16 {
     }
 }
 
+/// Remote port of a socket (host order), 0 when unreadable.
+#[inline(always)]
+pub fn sk_remote_port(sk: u64) -> u16 {
+    u16::from_be(read::<u16>(sk, config!(skc_dport)).unwrap_or(0))
+}
+
 #[inline(always)]
 pub fn sk_state(sk: u64) -> u8 {
     read::<u8>(sk, config!(skc_state)).unwrap_or(0)

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use wstrace_common::CloseWithStack;
+use wstrace_common::{CloseWithStack, PeerWriter, SockTuple};
 
 /// A read in flight on a traced-port socket: where its bytes will land.
 #[repr(C)]
@@ -46,6 +46,14 @@ pub static HEAD_BYTES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384
 /// every other read on the machine costs one lookup instead of the walk.
 #[map]
 pub static SERVERS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
+
+/// Client-side socket tuple -> who wrote a request on it: the process at
+/// the other end of a traced connection when both ends are on this host.
+/// Only sockets whose *remote* port is traced and whose write starts with
+/// `GET ` get here; LRU, so plain HTTP traffic to a traced port (whose
+/// entries the daemon never asks for) cannot grow it.
+#[map]
+pub static PEER_WRITERS: LruHashMap<SockTuple, PeerWriter> = LruHashMap::with_max_entries(16384, 0);
 
 /// One slot per CPU (indexed by CPU id) where a close with a user stack copy
 /// is built before it is sent cut to size: ~34 KiB is too big for the BPF

@@ -13,8 +13,8 @@ use aya_ebpf::{
 };
 use wstrace_common::{
     CloseEvent, CloseWithStack, DATA_CAP, DataEvent, EventHeader, EventKind, FLAG_TASK_EXITING,
-    HEAD_BUDGET, ProbeSet, STACK_DEPTH, UPGRADE_PREFIX_LEN, USER_STACK_MAX, UserStackHeader,
-    is_upgrade_response, ustack as ustack_status,
+    HEAD_BUDGET, PeerWriter, ProbeSet, REQUEST_PREFIX, STACK_DEPTH, SockTuple, UPGRADE_PREFIX_LEN,
+    USER_STACK_MAX, UserStackHeader, is_upgrade_response, ustack as ustack_status,
 };
 
 use crate::{
@@ -22,7 +22,9 @@ use crate::{
         config, current_process_start_ns, current_task_exiting, fill_tuple, port_traced, read,
         sk_is_tcp, sk_local_port,
     },
-    maps::{CLOSE_SCRATCH, EVENTS, HEAD_BYTES, LOST, PENDING_READS, PendingRead, UPGRADED},
+    maps::{
+        CLOSE_SCRATCH, EVENTS, HEAD_BYTES, LOST, PEER_WRITERS, PENDING_READS, PendingRead, UPGRADED,
+    },
     ustack,
 };
 
@@ -91,6 +93,8 @@ pub enum Write {
     Upgrade,
     /// A final WebSocket close frame (only meaningful on upgraded sockets).
     CloseFrame,
+    /// Starts with `GET `: a request, if the socket's remote port is traced.
+    Request,
     Other,
 }
 
@@ -111,6 +115,13 @@ pub fn classify_write(buf: u64, len: u64) -> Write {
         }
         if is_upgrade_response(&head) {
             return Write::Upgrade;
+        }
+        if head[0] == REQUEST_PREFIX[0]
+            && head[1] == REQUEST_PREFIX[1]
+            && head[2] == REQUEST_PREFIX[2]
+            && head[3] == REQUEST_PREFIX[3]
+        {
+            return Write::Request;
         }
         return if head[0] == WS_CLOSE {
             Write::CloseFrame
@@ -148,6 +159,29 @@ pub fn mark_upgraded(sk: u64, write_len: u64, probe: ProbeSet) {
     // The head is complete once the server answers it.
     let _ = HEAD_BYTES.remove(sk);
     entry.submit(0);
+}
+
+/// The current task wrote a request on `sk`, the client side of a
+/// connection to a traced port (callers checked the remote port): remember
+/// who, by the socket's tuple, for the daemon to name the peer with. Written
+/// in the writer's own context, so it holds however soon the client closes.
+#[inline(always)]
+pub fn note_request_writer(sk: u64) {
+    let mut key = SockTuple::default();
+    // Every byte of the key is written (zeros where unreadable), so the
+    // daemon can build the same bytes from the server's tuple.
+    unsafe { fill_tuple(&raw mut key, sk) };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let mut w = PeerWriter {
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        process_start_ns: current_process_start_ns(),
+        comm: [0; 16],
+    };
+    if unsafe { bpf_get_current_comm_raw((&raw mut w.comm).cast(), 16) } != 0 {
+        w.comm = [0; 16];
+    }
+    let _ = PEER_WRITERS.insert(&key, &w, 0);
 }
 
 /// Is `sk` a traced, upgraded socket? Port first: unrelated sockets never

@@ -70,6 +70,7 @@ fn named_local_fin() -> Option<Expect> {
         closer_pid: Some(0),
         min_ms: None,
         local_prefix: None,
+        peer_pid: Some(0),
     })
 }
 
@@ -110,6 +111,26 @@ fn scenarios() -> Vec<Scenario> {
                     closer_pid: None,
                     min_ms: Some(150.0),
                     local_prefix: None,
+                    peer_pid: Some(0),
+                }),
+            )],
+        },
+        // A client (or proxy) that closes and exits microseconds after the
+        // 101: its socket is gone before the daemon reads the upgrade, so
+        // only the kernel's record of the request's writer can name it.
+        Scenario {
+            name: "client_closing_at_once_is_named_by_the_kernel",
+            servers: vec![upgrade(
+                LOCALHOST,
+                Mode::WaitForPeer,
+                Then::CloseAfter(Duration::ZERO),
+                Some(Expect {
+                    closed_by: "peer",
+                    how: "fin",
+                    closer_pid: None,
+                    min_ms: None,
+                    local_prefix: None,
+                    peer_pid: Some(0),
                 }),
             )],
         },
@@ -431,6 +452,10 @@ pub fn run(args: &Args) -> Result<i32> {
                     if let Some(e) = &mut spec.expect {
                         if e.closer_pid.is_some() {
                             e.closer_pid = Some(s.child.id());
+                        }
+                        // The checker itself is every scenario's client.
+                        if e.peer_pid.is_some() {
+                            e.peer_pid = Some(std::process::id());
                         }
                     }
                     started.push(s);

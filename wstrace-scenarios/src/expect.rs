@@ -13,7 +13,13 @@ pub struct Expect {
     pub min_ms: Option<f64>,
     /// `local` must start with this (e.g. `[::1]:` for IPv6 loopback).
     pub local_prefix: Option<&'static str>,
+    /// The client process, which must be named as the peer by the kernel
+    /// (every scenario's client is on this host). Filled in at start.
+    pub peer_pid: Option<u32>,
 }
+
+/// The comm of the scenario client (the checker itself).
+pub const CLIENT_NAME: &str = "ws-scenario";
 
 /// The comm and executable name of the scenario servers.
 pub const SERVER_NAME: &str = "ws-scenario";
@@ -108,7 +114,27 @@ fn check_report(r: &Value, e: &Expect, probe: &str) -> Result<(), String> {
     if let Some(pid) = e.closer_pid {
         check_closer(r, pid)?;
     }
+    if let Some(pid) = e.peer_pid {
+        check_peer(r, pid)?;
+    }
     Ok(())
+}
+
+/// The client is named as the peer, from the kernel's record of who wrote
+/// the request (not the userspace lookup, which races the client's close).
+fn check_peer(r: &Value, pid: u32) -> Result<(), String> {
+    let peer = r.get("peer").unwrap_or(&Value::Null);
+    let ok = peer.get("pid").and_then(Value::as_u64) == Some(u64::from(pid))
+        && peer.get("comm").and_then(Value::as_str) == Some(CLIENT_NAME)
+        && peer.get("source").and_then(Value::as_str) == Some("kernel");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "peer: want pid {pid} ({CLIENT_NAME}) named by the kernel, got {peer} ({})",
+            summary(r)
+        ))
+    }
 }
 
 /// The closer is the server process, named completely, with the close's
@@ -208,7 +234,8 @@ mod tests {
             "kernel_stack": ["tcp_close+0x1f"],
             "user_stack": ["__close+0x3a (/lib/libc.so.6)", "ws_scenario::main+0x9 (/bin/ws-scenario)"],
             "user_stack_unwind": "dwarf",
-            "probe": "tracepoint"
+            "probe": "tracepoint",
+            "peer": {"pid": 9, "tid": 9, "comm": "ws-scenario", "source": "kernel"}
         })
     }
 
@@ -219,7 +246,27 @@ mod tests {
             closer_pid: Some(pid),
             min_ms: None,
             local_prefix: None,
+            peer_pid: Some(9),
         }
+    }
+
+    #[test]
+    fn the_peer_must_come_from_the_kernel() {
+        let r = report(7);
+        assert!(evaluate(&[&r], Some(&named(7)), "tracepoint").is_ok());
+        let mut fallback = report(7);
+        fallback["peer"]["source"] = json!("socket_table");
+        assert!(
+            evaluate(&[&fallback], Some(&named(7)), "tracepoint")
+                .unwrap_err()
+                .contains("named by the kernel")
+        );
+        let mut none = report(7);
+        none["peer"] = Value::Null;
+        assert!(evaluate(&[&none], Some(&named(7)), "tracepoint").is_err());
+        let mut other = report(7);
+        other["peer"]["pid"] = json!(10);
+        assert!(evaluate(&[&other], Some(&named(7)), "tracepoint").is_err());
     }
 
     #[test]

@@ -101,10 +101,12 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16, &str)) -> Result<
         .context("EVENTS map missing from the object")?;
     let ring = RingBuf::try_from(ring).context("EVENTS is not a ring buffer")?;
     let servers = probes::take_servers(&mut attached.ebpf);
+    let kernel_peers =
+        probes::take_peer_writers(&mut attached.ebpf).map(crate::enrich::peer::KernelPeers::new);
     let reader = Reader::start(ring, queue_bytes)?;
 
     let outputs = Outputs::new(opts.common.format, opts.common.color, log, metrics);
-    let mut enricher = Enricher::new(redactor, opts.common.user_stack, servers);
+    let mut enricher = Enricher::new(redactor, opts.common.user_stack, servers, kernel_peers);
     // Before saying "tracing": a server that upgrades, closes and exits the
     // moment traffic starts is described too.
     enricher.remember_listeners(opts.ports);

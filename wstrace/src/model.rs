@@ -289,11 +289,35 @@ impl Direction {
 
 // --- Processes (enrich makes them) ---
 
-/// The process at the other end of a loopback connection.
+/// The process at the other end of a connection whose both ends are on
+/// this host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerProcess {
     pub pid: u32,
+    /// The thread that wrote the request (kernel source only).
+    pub tid: Option<u32>,
     pub comm: String,
+    pub source: PeerSource,
+}
+
+/// Which lookup named the peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerSource {
+    /// The kernel recorded the process that wrote the request on the
+    /// client side of the connection: no race with the peer's close.
+    Kernel,
+    /// Found in userspace at the 101 (sock_diag, then /proc/<pid>/fd): only
+    /// while the peer's socket still exists, the fallback.
+    SocketTable,
+}
+
+impl PeerSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kernel => "kernel",
+            Self::SocketTable => "socket_table",
+        }
+    }
 }
 
 /// What is known about a process besides its pid and comm.

@@ -3,23 +3,32 @@ use aya_ebpf::EbpfContext;
 use wstrace_common::ProbeSet;
 
 use crate::{
-    kernel::{msghdr_user_buf, port_traced, sk_local_port, sk_state},
+    kernel::{msghdr_user_buf, port_traced, sk_local_port, sk_remote_port, sk_state},
     record,
 };
 
-/// Port filter first: every other socket on the host leaves after one read.
+/// Port filter first: every other socket on the host leaves after two
+/// reads (local port: the server's side; remote port: a client on this host
+/// writing its request to a traced port).
 #[inline(always)]
 pub fn on_tcp_sendmsg(sk: u64, msg: u64, size: u64, probe: ProbeSet) {
-    if sk == 0 || !port_traced(sk_local_port(sk)) {
+    if sk == 0 {
+        return;
+    }
+    let server_side = port_traced(sk_local_port(sk));
+    if !server_side && !port_traced(sk_remote_port(sk)) {
         return;
     }
     let Some((buf, first)) = msghdr_user_buf(msg) else {
         return;
     };
-    match record::classify_write(buf, size) {
-        record::Write::Upgrade => record::mark_upgraded(sk, size, probe),
-        record::Write::CloseFrame => record::close_frame_written(sk, buf, size.min(first), size),
-        record::Write::Other => {}
+    match (record::classify_write(buf, size), server_side) {
+        (record::Write::Upgrade, true) => record::mark_upgraded(sk, size, probe),
+        (record::Write::CloseFrame, true) => {
+            record::close_frame_written(sk, buf, size.min(first), size)
+        }
+        (record::Write::Request, false) => record::note_request_writer(sk),
+        _ => {}
     }
 }
 

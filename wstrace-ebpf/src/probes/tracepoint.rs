@@ -12,7 +12,7 @@ use aya_ebpf::{
 use wstrace_common::ProbeSet;
 
 use crate::{
-    kernel::{port_traced, sk_local_port, sock_of_fd},
+    kernel::{port_traced, sk_local_port, sk_remote_port, sock_of_fd},
     maps::SERVERS,
     record,
 };
@@ -34,7 +34,9 @@ fn arg(ctx: &TracePointContext, i: usize) -> u64 {
 }
 
 /// Data check first (cheap, rules out nearly every write), then the fd walk,
-/// then the port filter, and only then the map.
+/// then the port filter, and only then the map. A request (`GET `) counts on
+/// the client side of a traced connection (remote port traced); a 101 or a
+/// close frame on the server side (local port traced).
 #[inline(always)]
 fn on_write(fd: u64, buf: u64, len: u64) {
     let kind = record::classify_write(buf, len);
@@ -42,6 +44,12 @@ fn on_write(fd: u64, buf: u64, len: u64) {
         return;
     }
     let Some(sk) = sock_of_fd(fd) else { return };
+    if kind == record::Write::Request {
+        if port_traced(sk_remote_port(sk)) {
+            record::note_request_writer(sk);
+        }
+        return;
+    }
     if !port_traced(sk_local_port(sk)) {
         return;
     }

@@ -400,6 +400,17 @@ pub fn take_servers(ebpf: &mut Ebpf) -> Option<aya::maps::HashMap<aya::maps::Map
     aya::maps::HashMap::try_from(ebpf.take_map("SERVERS")?).ok()
 }
 
+/// The kernel's record of who wrote each request on the client side of a
+/// traced connection (wstrace-ebpf maps::PEER_WRITERS), taken out of `ebpf`
+/// for the daemon to name peers with; `None` if the object has none.
+pub fn take_peer_writers(
+    ebpf: &mut Ebpf,
+) -> Option<
+    aya::maps::HashMap<aya::maps::MapData, wstrace_common::SockTuple, wstrace_common::PeerWriter>,
+> {
+    aya::maps::HashMap::try_from(ebpf.take_map("PEER_WRITERS")?).ok()
+}
+
 /// Runs the kernel skipped, summed over the loaded programs: a program is
 /// not run when another BPF program is already running on that CPU in a
 /// context it cannot nest in (`recursion_misses` in the program's fdinfo,

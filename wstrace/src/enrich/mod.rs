@@ -68,6 +68,9 @@ pub struct Enricher {
     /// The process at the other end of loopback connections, by socket,
     /// looked up at the 101 while it is surely alive.
     peers: HashMap<u64, PeerProcess>,
+    /// The kernel's record of who wrote each request (first choice).
+    kernel_peers: Option<peer::KernelPeers>,
+    /// The userspace lookup (fallback).
     peer_finder: peer::PeerFinder,
     /// The kernel's set of processes whose reads may carry a request on a
     /// traced port (tracepoint set): listeners found here are added, so a
@@ -80,6 +83,7 @@ impl Enricher {
         redactor: Redactor,
         user_stack: UserStackMode,
         servers: Option<BpfHashMap<MapData, u32, u8>>,
+        kernel_peers: Option<peer::KernelPeers>,
     ) -> Self {
         Self {
             processes: ProcessTable::default(),
@@ -90,6 +94,7 @@ impl Enricher {
             hz: hz::detect(),
             user_stack,
             peers: HashMap::new(),
+            kernel_peers,
             peer_finder: peer::PeerFinder::default(),
             servers,
         }
@@ -123,14 +128,26 @@ impl Enricher {
         }
         if ev.kind == EventKind::Upgrade {
             self.symbolizer.remember_process(ev.pid);
-            if peer::is_local(ev.remote.ip()) {
+            // The request was written before the server could answer it,
+            // so the kernel's record of its writer exists by now, if the
+            // writer is on this host (any local address, not only loopback).
+            let found = match &mut self.kernel_peers {
+                Some(k) => k.find(ev.local, ev.remote),
+                None => None,
+            };
+            let found = match found {
+                Some(p) => Some(p),
+                // The peer's socket is our socket with the ends swapped.
+                None if peer::is_local(ev.remote.ip()) => {
+                    self.peer_finder.find(ev.remote, ev.local)
+                }
+                None => None,
+            };
+            if let Some(p) = found {
                 if self.peers.len() >= MAX_PEERS {
                     self.peers.clear();
                 }
-                // The peer's socket is our socket with the ends swapped.
-                if let Some(p) = self.peer_finder.find(ev.remote, ev.local) {
-                    self.peers.insert(ev.sk, p);
-                }
+                self.peers.insert(ev.sk, p);
             }
         }
     }

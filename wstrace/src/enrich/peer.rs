@@ -1,13 +1,22 @@
-//! The process at the other end of a loopback connection (a local proxy such
-//! as an nginx worker), found the way `ss -p` does: the peer socket's inode in
-//! /proc/net/tcp{,6}, then the process holding `socket:[inode]` in
-//! /proc/<pid>/fd. Looked up when the 101 is seen, while the peer is alive.
+//! The process at the other end of a connection whose both ends are on this
+//! host (a local proxy such as an nginx worker).
+//!
+//! First from the kernel ([`KernelPeers`]): the programs record who wrote a
+//! request on any socket whose remote port is traced, keyed by that socket's
+//! tuple, so the peer is known even when it closed and exited microseconds
+//! after the 101. Only when the kernel has no record (a request written
+//! through a path the probes do not see, or evicted from the LRU map), the
+//! fallback ([`PeerFinder`]) looks it up the way `ss -p` does: the peer
+//! socket's inode in /proc/net/tcp{,6}, then the process holding
+//! `socket:[inode]` in /proc/<pid>/fd, at the 101, which loses the race
+//! against a peer that has already closed.
 //!
 //! sock_diag is spoken by hand (two request shapes, one reply field): the
 //! netlink crates would add a protocol stack of dependencies for an inode
 //! lookup and a LISTEN dump, both checked below against /proc/net/tcp on
 //! real sockets.
-use crate::model::PeerProcess;
+use crate::model::{PeerProcess, PeerSource};
+use aya::maps::{HashMap as BpfHashMap, MapData};
 use std::{
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -19,6 +28,76 @@ use std::{
 /// and loopback is where local proxies sit.
 pub fn is_local(ip: IpAddr) -> bool {
     ip.is_loopback()
+}
+
+/// The kernel's record of request writers (wstrace-ebpf `maps::PEER_WRITERS`).
+pub struct KernelPeers {
+    map: BpfHashMap<MapData, wstrace_common::SockTuple, wstrace_common::PeerWriter>,
+}
+
+impl KernelPeers {
+    pub fn new(
+        map: BpfHashMap<MapData, wstrace_common::SockTuple, wstrace_common::PeerWriter>,
+    ) -> Self {
+        Self { map }
+    }
+
+    /// The process that wrote the request on the other end of the server
+    /// socket `local` <-> `remote`, if the kernel saw it. The record is
+    /// removed once read: each connection asks once, and the LRU map then
+    /// only holds what nobody asked for.
+    pub fn find(&mut self, local: SocketAddr, remote: SocketAddr) -> Option<PeerProcess> {
+        for key in client_keys(local, remote) {
+            if let Ok(w) = self.map.get(&key, 0) {
+                let _ = self.map.remove(&key);
+                return Some(PeerProcess {
+                    pid: w.pid,
+                    tid: Some(w.tid),
+                    comm: crate::pipeline::decode::comm_string(&w.comm),
+                    source: PeerSource::Kernel,
+                });
+            }
+        }
+        None
+    }
+}
+
+/// The tuples the client's socket of the server socket `local` <-> `remote`
+/// may have in the kernel (ends swapped, as `fill_tuple` writes them): its
+/// own family's, and for IPv4 also a dual-stack (AF_INET6) client's, which
+/// holds the addresses as `::ffff:a.b.c.d`.
+pub fn client_keys(local: SocketAddr, remote: SocketAddr) -> Vec<wstrace_common::SockTuple> {
+    use wstrace_common::{AF_INET, AF_INET6, SockTuple};
+    let key = |family: u16, laddr: [u8; 16], raddr: [u8; 16]| SockTuple {
+        family,
+        lport: remote.port(),
+        rport: local.port(),
+        _pad: 0,
+        laddr,
+        raddr,
+    };
+    let v4 = |ip: Ipv4Addr| {
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&ip.octets());
+        b
+    };
+    match (remote.ip(), local.ip()) {
+        (IpAddr::V4(r), IpAddr::V4(l)) => vec![
+            key(AF_INET, v4(r), v4(l)),
+            key(
+                AF_INET6,
+                r.to_ipv6_mapped().octets(),
+                l.to_ipv6_mapped().octets(),
+            ),
+        ],
+        (r, l) => {
+            let v6 = |ip: IpAddr| match ip {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                IpAddr::V6(v6) => v6.octets(),
+            };
+            vec![key(AF_INET6, v6(r), v6(l))]
+        }
+    }
 }
 
 /// Finds the process at the other end of loopback connections, cheaply
@@ -123,7 +202,9 @@ fn process(pid: u32) -> PeerProcess {
     let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     PeerProcess {
         pid,
+        tid: None,
         comm: comm.trim_end().to_string(),
+        source: PeerSource::SocketTable,
     }
 }
 
@@ -239,7 +320,9 @@ fn owner_of(want: &str) -> Option<PeerProcess> {
                 let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
                 return Some(PeerProcess {
                     pid,
+                    tid: None,
                     comm: comm.trim_end().to_string(),
+                    source: PeerSource::SocketTable,
                 });
             }
         }
@@ -317,7 +400,9 @@ pub fn listeners(ports: &[u16], known: impl Fn(u32) -> bool) -> Vec<PeerProcess>
             let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
             found.push(PeerProcess {
                 pid,
+                tid: None,
                 comm: comm.trim_end().to_string(),
+                source: PeerSource::SocketTable,
             });
         }
     }
@@ -452,6 +537,42 @@ mod tests {
    0: 00000000000000000000000001000000:04BF 00000000000000000000000001000000:D431 01 00000000:00000000 00:00000000 00000000     0        0 77001 1 0000000000000000 20 4 0 10 -1
    1: 0000000000000000FFFF00000100007F:1F90 0000000000000000FFFF00000100007F:E001 01 00000000:00000000 00:00000000 00000000     0        0 77002 1 0000000000000000 20 4 0 10 -1
 ";
+
+    #[test]
+    fn client_keys_swap_the_ends_in_the_kernel_layout() {
+        use wstrace_common::{AF_INET, AF_INET6};
+        let server: SocketAddr = "127.0.0.1:1215".parse().expect("addr");
+        let client: SocketAddr = "127.0.0.2:50412".parse().expect("addr");
+        let keys = client_keys(server, client);
+        assert_eq!(keys.len(), 2);
+        // An AF_INET client: its own address and port first, 4-byte
+        // addresses, the rest zero (as fill_tuple writes them).
+        let k = keys[0];
+        assert_eq!(
+            (k.family, k.lport, k.rport, k._pad),
+            (AF_INET, 50412, 1215, 0)
+        );
+        assert_eq!(&k.laddr[..4], &[127, 0, 0, 2]);
+        assert_eq!(&k.raddr[..4], &[127, 0, 0, 1]);
+        assert!(k.laddr[4..].iter().chain(&k.raddr[4..]).all(|&b| b == 0));
+        // A dual-stack client socket holds ::ffff:a.b.c.d.
+        let m = keys[1];
+        assert_eq!((m.family, m.lport, m.rport), (AF_INET6, 50412, 1215));
+        assert_eq!(
+            Ipv6Addr::from(m.laddr),
+            "::ffff:127.0.0.2".parse::<Ipv6Addr>().expect("v6")
+        );
+        let v6 = client_keys(
+            "[::1]:1215".parse().expect("addr"),
+            "[::1]:40000".parse().expect("addr"),
+        );
+        assert_eq!(v6.len(), 1);
+        assert_eq!(
+            (v6[0].family, v6[0].lport, v6[0].rport),
+            (AF_INET6, 40000, 1215)
+        );
+        assert_eq!(Ipv6Addr::from(v6[0].raddr), Ipv6Addr::LOCALHOST);
+    }
 
     #[test]
     fn listening_rows_on_traced_ports_only() {

@@ -59,7 +59,12 @@ struct Proc<'a> {
 #[derive(Serialize)]
 struct Peer<'a> {
     pid: u32,
+    /// The thread that wrote the request (null when not from the kernel).
+    tid: Option<u32>,
     comm: &'a str,
+    /// `kernel` (it recorded the request's writer) or `socket_table`
+    /// (looked up at the 101, the fallback).
+    source: &'static str,
 }
 
 #[derive(Serialize)]
@@ -154,7 +159,9 @@ fn line<'a>(v: &'a View<'a>) -> Line<'a> {
         idle_ms: v.idle_ms,
         peer: v.peer.as_ref().map(|p| Peer {
             pid: p.pid,
+            tid: p.tid,
             comm: &p.comm,
+            source: p.source.as_str(),
         }),
         diagnosis: &v.diagnosis,
     }

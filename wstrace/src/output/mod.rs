@@ -149,8 +149,8 @@ mod tests {
     use crate::diagnose::Diagnosis;
     use crate::enrich::Enriched;
     use crate::model::{
-        CloseReport, ClosedBy, Closer, Direction, How, PeerProcess, ProcInfo, Stacks, Upgrader,
-        UserWalk,
+        CloseReport, ClosedBy, Closer, Direction, How, PeerProcess, PeerSource, ProcInfo, Stacks,
+        Upgrader, UserWalk,
     };
     use crate::protocol::{
         http::{HttpVersion, RequestHead},
@@ -239,7 +239,9 @@ mod tests {
                 idle_ms: None,
                 peer: Some(PeerProcess {
                     pid: 12,
+                    tid: Some(13),
                     comm: evil("peer"),
+                    source: PeerSource::Kernel,
                 }),
             },
             diagnosis: Diagnosis {

@@ -7,7 +7,7 @@
 //! lines printed here, with no terminal control or bidi reordering in them.
 use std::fmt::Write as _;
 
-use crate::model::ClosedBy;
+use crate::model::{ClosedBy, PeerSource};
 use crate::output::escape::text as esc;
 use crate::output::view::{View, rfc3339};
 use crate::protocol::wsframe::close_code_meaning;
@@ -107,9 +107,13 @@ pub fn render(v: &View<'_>, color: bool) -> String {
         let _ = writeln!(out, "  command:  {}{container}", esc(cmd));
     }
     if let Some(peer) = &v.peer {
+        let how = match peer.source {
+            PeerSource::Kernel => "named by the kernel: it wrote the request",
+            PeerSource::SocketTable => "found in the socket table at the 101",
+        };
         let _ = writeln!(
             out,
-            "  peer:     pid {} ({}) at {}",
+            "  peer:     pid {} ({}) at {} [{how}]",
             peer.pid,
             esc(&peer.comm),
             r.remote
