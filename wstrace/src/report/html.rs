@@ -1,92 +1,806 @@
 //! `wstrace report --html OUT`: one self-contained page (no network, no
-//! external files): the text summary, a flame graph of the close stacks
-//! (inferno: user frames from `main` down to the syscall, then the kernel's)
-//! and a histogram of connection lifetimes.
-use std::fmt::Write as _;
+//! external files, no libraries) that leads with the answer. Top to bottom:
+//! a headline per diagnosis (count, share, the fix, one example close with
+//! its request line), closes per minute stacked by diagnosis, the closing
+//! programs with their pid counts, the hosts (when there are several), a
+//! flame graph of the close stacks, and a table of every close that sorts by
+//! any column and filters by a click on a diagnosis, program or host.
+//!
+//! Every value comes from logs that hold what traced processes and remote
+//! clients sent: it goes through `escape::text` (control and bidi
+//! characters made visible, as in the daemon's text output) and then
+//! [`h`] (HTML entities), in element text and in quoted attributes alike.
+//! The script reads values back only with `getAttribute` and writes them
+//! only with `textContent`, so nothing from the logs is ever parsed as
+//! markup or code; a Content-Security-Policy forbids any network access.
+use std::{collections::HashMap, fmt::Write as _, time::SystemTime};
 
-use anyhow::{Context as _, Result};
+use crate::output::escape::text as esc;
+use crate::report::summary::{Groups, Summary, percentile, pid_count};
 
-use crate::report::summary::{LIFETIME_BUCKETS, Summary, render};
+/// Text safe in HTML element content and in a quoted attribute value.
+pub fn h(s: &str) -> String {
+    let s = esc(s);
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
 
-/// Folded stacks, one line per close path with its count:
-/// `comm;outermost user frame;...;close;[k] tcp_close;... N` (counted by
-/// `Summary::add_close`).
-pub fn folded(s: &Summary) -> Vec<String> {
-    let mut lines: Vec<String> = s
-        .folded
-        .by_key()
+/// Colours of the diagnoses, in order of their counts (then grey).
+const DIAG_COLOURS: &[&str] = &[
+    "#d1495b", "#edae49", "#00798c", "#6a4c93", "#66a182", "#30638e", "#f37735", "#8d6e63",
+    "#c2185b", "#7cb342",
+];
+const OTHER_COLOUR: &str = "#9e9e9e";
+
+/// Bars in the time line at most; longer spans put several minutes in one.
+const TIMELINE_BARS: u64 = 240;
+
+/// Width of the charts in SVG units (they scale to the page).
+const CHART_W: f64 = 1200.0;
+
+/// Height of one flame-graph row.
+const FLAME_ROW: f64 = 17.0;
+/// Width of a label character at the flame graph's 11px monospace font
+/// (DejaVu Sans Mono: 6.6), rounded up so a label never overflows its box.
+const FLAME_CHAR_W: f64 = 6.8;
+/// Frames drawn at most: narrower frames (and their callees) are left out.
+const FLAME_MIN_W: f64 = 0.4;
+/// Stack depth drawn at most.
+const FLAME_MAX_DEPTH: usize = 256;
+
+/// The page.
+pub fn page(s: &Summary) -> String {
+    let diag_colour: HashMap<&str, &str> = s
+        .by_diagnosis
+        .sorted()
         .into_iter()
-        .map(|(k, n)| format!("{k} {n}"))
+        .enumerate()
+        .map(|(i, (code, _))| (code, *DIAG_COLOURS.get(i).unwrap_or(&OTHER_COLOUR)))
         .collect();
-    if s.folded.other > 0 {
-        lines.push(format!("(other stacks) {}", s.folded.other));
-    }
-    lines
-}
-
-fn flamegraph_svg(lines: &[String]) -> Result<String> {
-    if lines.is_empty() {
-        return Ok("<p>No close stacks in the selected reports.</p>".into());
-    }
-    let mut opt = inferno::flamegraph::Options::default();
-    opt.title = "Where upgraded sockets were closed".into();
-    opt.count_name = "closes".into();
-    let mut svg = Vec::new();
-    inferno::flamegraph::from_lines(&mut opt, lines.iter().map(String::as_str), &mut svg)
-        .context("drawing the flame graph")?;
-    Ok(String::from_utf8_lossy(&svg).into_owned())
-}
-
-fn lifetime_svg(s: &Summary) -> String {
-    let counts = s
-        .lifetime_buckets
-        .map(|c| usize::try_from(c).unwrap_or(usize::MAX));
-    let most = counts.iter().copied().max().unwrap_or(0).max(1);
-    let (w, h, bar) = (760, 220, 760 / LIFETIME_BUCKETS.len());
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" id=\"lifetimes\" width=\"{w}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">",
-        h + 40
+    let colour = |code: &str| *diag_colour.get(code).unwrap_or(&OTHER_COLOUR);
+    let mut o = String::with_capacity(64 * 1024 + s.rows.len() * 600);
+    let _ = write!(
+        o,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'\">\
+         <meta name=\"viewport\" content=\"width=device-width\">\
+         <title>wstrace report: {} closes</title><style>{STYLE}</style></head><body>\n",
+        s.closes
     );
-    for (i, ((_, label), c)) in LIFETIME_BUCKETS.iter().zip(&counts).enumerate() {
-        let bh = (c.saturating_mul(h) / most).min(h);
-        let x = i * bar;
+    o.push_str(&header(s));
+    o.push_str(&headlines(s, &colour));
+    if s.closes > 0 {
+        o.push_str(&timeline(s, &colour));
+        o.push_str("<section id=\"programs\"><h2>Closing programs</h2>");
+        o.push_str(&group_table(&s.by_program, s.closes, "program", "program"));
+        o.push_str("</section>\n");
+        if s.by_host.len() > 1 {
+            o.push_str("<section id=\"hosts\"><h2>Hosts</h2>");
+            o.push_str(&group_table(&s.by_host, s.closes, "host", "host"));
+            o.push_str("</section>\n");
+        }
+        o.push_str(
+            "<section id=\"flame\"><h2>Where the closes happened</h2>\
+             <p class=\"note\">Each box is a function, as wide as the closes that went through it; \
+             callers below, callees above. Hover for the module and source line. \
+             Same module, same colour; <span class=\"k\">blue: kernel</span>; \
+             dashed outline: <code>[inlined]</code>.</p>",
+        );
+        o.push_str(&flame_svg(s));
+        o.push_str("</section>\n");
+        o.push_str(&close_table(s, &colour));
+    }
+    o.push_str(&malformed(s));
+    o.push_str("<script>");
+    o.push_str(SCRIPT);
+    o.push_str("</script></body></html>\n");
+    o
+}
+
+fn header(s: &Summary) -> String {
+    let mut o = format!("<p class=\"meta\">wstrace report: <b>{}</b> closes", s.closes);
+    if let (Some(first), Some(last)) = (s.first, s.last) {
         let _ = write!(
-            svg,
-            "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{bh}\" fill=\"#4a7ebb\"><title>{label}: {c}</title></rect>\
-             <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{label}</text><text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{c}</text>",
-            x + 4,
-            h - bh,
-            bar - 8,
-            x + bar / 2,
-            h + 16,
-            x + bar / 2,
-            (h - bh).saturating_sub(4).max(12)
+            o,
+            " from {} to {}",
+            humantime::format_rfc3339_seconds(first),
+            humantime::format_rfc3339_seconds(last)
         );
     }
-    svg.push_str("</svg>");
-    svg
+    let _ = write!(
+        o,
+        " on {} host{}",
+        s.by_host.len(),
+        if s.by_host.len() == 1 { "" } else { "s" }
+    );
+    let life = s.lifetimes.sorted();
+    if !life.is_empty() {
+        let _ = write!(
+            o,
+            "; lifetime after the 101: p50 {} p90 {} max {}",
+            ms(percentile(&life, 50.0)),
+            ms(percentile(&life, 90.0)),
+            ms(s.lifetimes.max)
+        );
+    }
+    let _ = write!(
+        o,
+        " ({} lines read, {} filtered out, {} malformed)</p>\n",
+        s.lines, s.filtered_out, s.malformed
+    );
+    o
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+/// `0.41 ms`, `12.5 s`, `3.2 min`.
+fn ms(v: f64) -> String {
+    if v < 1000.0 {
+        format!("{v:.2} ms")
+    } else if v < 120_000.0 {
+        format!("{:.1} s", v / 1000.0)
+    } else {
+        format!("{:.1} min", v / 60_000.0)
+    }
 }
 
-pub fn page(s: &Summary, top: usize) -> Result<String> {
-    let flame = flamegraph_svg(&folded(s))?;
-    Ok(format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>wstrace report</title>\
-         <style>body{{font-family:sans-serif;margin:1.5em;max-width:1250px}}pre{{background:#f6f6f6;padding:1em;overflow-x:auto}}\
-         #flamegraph svg{{width:100%;height:auto}}</style></head><body>\
-         <h1>wstrace report</h1>\
-         <h2>Close stacks</h2><div id=\"flamegraph\">{flame}</div>\
-         <h2>Lifetime after the 101</h2>{}\
-         <h2>Summary</h2><pre>{}</pre></body></html>\n",
-        lifetime_svg(s),
-        escape(&render(s, top))
-    ))
+fn pct(c: u64, n: u64) -> f64 {
+    if n == 0 {
+        0.0
+    } else {
+        c as f64 * 100.0 / n as f64
+    }
 }
+
+/// One section per diagnosis, most closes first; the first is the page's
+/// `<h1>`: what went wrong most often, and its fix, in one heading.
+fn headlines(s: &Summary, colour: &dyn Fn(&str) -> &'static str) -> String {
+    let mut o = String::from("<section id=\"diagnoses\">\n");
+    let sorted = s.by_diagnosis.sorted();
+    if sorted.is_empty() {
+        o.push_str("<h1>No closes in the selected reports</h1>\n");
+    }
+    for (i, (code, c)) in sorted.into_iter().enumerate() {
+        let tag = if i == 0 { "h1" } else { "h2" };
+        let fix = s
+            .by_diagnosis
+            .note(code)
+            .map_or_else(|| "no fix known: see the facts below".to_string(), h);
+        let _ = write!(
+            o,
+            "<div class=\"headline\" data-diag=\"{d}\" style=\"border-color:{col}\">\
+             <{tag}><a href=\"#closes\" class=\"code\" data-kind=\"diag\" data-value=\"{d}\">{d}</a>\
+             <span class=\"count\"> {c} of {n} closes ({p:.0}%)</span>\
+             <span class=\"fix\">Fix: {fix}</span></{tag}>",
+            d = h(code),
+            col = colour(code),
+            n = s.closes,
+            p = pct(c, s.closes),
+        );
+        if let Some(ex) = s.examples.get(code) {
+            if !ex.message.is_empty() {
+                let _ = write!(o, "<p class=\"why\">{}</p>", h(&ex.message));
+            }
+            let r = &ex.row;
+            let closer = match r.pid {
+                Some(pid) => format!("{} (pid {pid}, {})", h(&r.comm), h(&r.program)),
+                None => "no local process".into(),
+            };
+            let _ = write!(
+                o,
+                "<p class=\"example\">For example: {} on {}: {} ↔ {} closed by {} ({}), closer {closer}",
+                h(&r.ts),
+                h(&r.host),
+                h(&r.local),
+                h(&r.remote),
+                h(&r.closed_by),
+                h(&r.how),
+            );
+            if let Some(req) = &ex.request_line {
+                let _ = write!(o, "; request <code>{}</code>", h(req));
+            }
+            o.push_str("</p>");
+        }
+        o.push_str("</div>\n");
+    }
+    o.push_str("</section>\n");
+    o
+}
+
+/// `2026-11-24T03:00` as a whole minute since the epoch.
+fn minute_number(m: &str) -> Option<u64> {
+    let t = humantime::parse_rfc3339_weak(&format!("{m}:00Z")).ok()?;
+    Some(t.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs() / 60)
+}
+
+fn minute_label(n: u64) -> String {
+    let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(n * 60);
+    let full = humantime::format_rfc3339_seconds(t).to_string();
+    full.get(..16).unwrap_or(&full).replace('T', " ")
+}
+
+/// Closes per minute (or per several minutes over long spans), one bar
+/// each, stacked by diagnosis in the order of the headlines.
+fn timeline(s: &Summary, colour: &dyn Fn(&str) -> &'static str) -> String {
+    // (minute number, code) -> closes.
+    let mut cells: HashMap<(u64, &str), u64> = HashMap::new();
+    let mut untimed = 0;
+    let (mut lo, mut hi) = (u64::MAX, 0);
+    for (k, c) in s.timeline.by_key() {
+        let (m, code) = k.split_once('\n').unwrap_or((k, ""));
+        match minute_number(m) {
+            Some(n) => {
+                *cells.entry((n, code)).or_default() += c;
+                lo = lo.min(n);
+                hi = hi.max(n);
+            }
+            None => untimed += c,
+        }
+    }
+    let mut o = String::from("<section id=\"timeline\"><h2>Closes over time</h2>");
+    if cells.is_empty() {
+        o.push_str("<p class=\"note\">No close has a time.</p></section>\n");
+        return o;
+    }
+    let step = (hi - lo + 1).div_ceil(TIMELINE_BARS).max(1);
+    let bars = (hi - lo) / step + 1;
+    let order: Vec<&str> = s.by_diagnosis.sorted().into_iter().map(|x| x.0).collect();
+    // bar -> closes per diagnosis, in headline order.
+    let mut stacks: Vec<HashMap<&str, u64>> = vec![HashMap::new(); bars as usize];
+    for ((n, code), c) in &cells {
+        if let Some(bar) = stacks.get_mut(((n - lo) / step) as usize) {
+            *bar.entry(code).or_default() += c;
+        }
+    }
+    let most = stacks
+        .iter()
+        .map(|b| b.values().sum::<u64>())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let (left, top, plot_h) = (40.0, 10.0, 160.0);
+    let plot_w = CHART_W - left - 10.0;
+    let bar_w = plot_w / bars as f64;
+    let _ = write!(
+        o,
+        "<p class=\"note\">Closes per {} (UTC), stacked by diagnosis.</p>\
+         <svg id=\"timeline-chart\" viewBox=\"0 0 {CHART_W} {}\" xmlns=\"http://www.w3.org/2000/svg\" font-family=\"sans-serif\" font-size=\"11\">",
+        if step == 1 {
+            "minute".to_string()
+        } else {
+            format!("{step} minutes")
+        },
+        top + plot_h + 30.0
+    );
+    let _ = write!(
+        o,
+        "<line x1=\"{left}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#888\"/>\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{most}</text><text x=\"{}\" y=\"{y}\" text-anchor=\"end\">0</text>",
+        left + plot_w,
+        left - 4.0,
+        top + 10.0,
+        left - 4.0,
+        y = top + plot_h,
+    );
+    for (i, bar) in stacks.iter().enumerate() {
+        let x = left + i as f64 * bar_w;
+        let mut y = top + plot_h;
+        let minute = minute_label(lo + i as u64 * step);
+        for code in order.iter().chain(std::iter::once(&"")) {
+            let Some(&c) = bar.get(code) else { continue };
+            let bh = c as f64 / most as f64 * plot_h;
+            y -= bh;
+            let _ = write!(
+                o,
+                "<rect x=\"{x:.2}\" y=\"{y:.2}\" width=\"{:.2}\" height=\"{bh:.2}\" fill=\"{}\"><title>{minute}: {c} {}</title></rect>",
+                (bar_w - 1.0).max(0.5),
+                colour(code),
+                h(code)
+            );
+        }
+    }
+    // About six time labels along the axis.
+    let every = (bars / 6).max(1);
+    for i in (0..bars).step_by(every as usize) {
+        let _ = write!(
+            o,
+            "<text x=\"{:.1}\" y=\"{}\">{}</text>",
+            left + i as f64 * bar_w,
+            top + plot_h + 16.0,
+            minute_label(lo + i * step)
+        );
+    }
+    o.push_str("</svg><p class=\"legend\">");
+    for code in &order {
+        let _ = write!(
+            o,
+            "<a href=\"#closes\" data-kind=\"diag\" data-value=\"{d}\"><span class=\"swatch\" style=\"background:{}\"></span>{d}</a> ",
+            colour(code),
+            d = h(code)
+        );
+    }
+    if untimed > 0 {
+        let _ = write!(o, "<span class=\"note\">({untimed} closes without a time)</span>");
+    }
+    o.push_str("</p></section>\n");
+    o
+}
+
+/// Programs or hosts: closes, share (with a bar), distinct pids; a row
+/// click filters the table.
+fn group_table(g: &Groups, n: u64, kind: &str, what: &str) -> String {
+    let mut o = format!(
+        "<table class=\"groups\" id=\"{kind}-table\"><thead><tr><th>{what}</th>{}<th>closes</th><th>share</th><th>processes</th></tr></thead><tbody>",
+        if kind == "program" { "<th>comm</th>" } else { "" }
+    );
+    for (k, grp) in g.sorted() {
+        let p = pct(grp.closes, n);
+        let _ = write!(
+            o,
+            "<tr><td><a href=\"#closes\" data-kind=\"{kind}\" data-value=\"{v}\">{v}</a></td>{}<td class=\"num\">{}</td>\
+             <td><span class=\"bar\" style=\"width:{:.0}px\"></span> {p:.1}%</td><td>{}</td></tr>",
+            if kind == "program" {
+                format!("<td>{}</td>", h(&grp.comm))
+            } else {
+                String::new()
+            },
+            grp.closes,
+            p * 2.0,
+            h(&pid_count(grp)),
+            v = h(k),
+        );
+    }
+    if g.other > 0 {
+        let _ = write!(
+            o,
+            "<tr><td>(others, not told apart)</td>{}<td class=\"num\">{}</td><td></td><td></td></tr>",
+            if kind == "program" { "<td></td>" } else { "" },
+            g.other
+        );
+    }
+    o.push_str("</tbody></table>");
+    o
+}
+
+/// One frame of a flame-graph path, split for its label and tooltip.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FlameFrame<'a> {
+    pub function: &'a str,
+    pub module: Option<&'a str>,
+    pub location: Option<&'a str>,
+    pub inlined: bool,
+    pub kernel: bool,
+}
+
+/// Splits `name[+0x1f][ [inlined]][ (module)][ at file:line]`, kernel
+/// frames marked `[k] ` (the forms `enrich::symbolize` writes). The module
+/// is the last parenthesised group, matched from the right, so a C++ name
+/// such as `f(std::function<void (int)>)` keeps its own parentheses.
+pub fn parse_frame(frame: &str) -> FlameFrame<'_> {
+    let (kernel, mut s) = match frame.strip_prefix("[k] ") {
+        Some(rest) => (true, rest),
+        None => (false, frame),
+    };
+    let mut location = None;
+    if let Some(i) = s.rfind(") at ") {
+        location = Some(&s[i + 5..]);
+        s = &s[..=i];
+    } else if let Some(i) = s.rfind(" at ") {
+        if !s[..i].ends_with(')') && !s.starts_with("[unknown]") {
+            location = Some(&s[i + 4..]);
+            s = &s[..i];
+        }
+    }
+    let mut module = None;
+    if s.ends_with(')') {
+        let mut depth = 0i32;
+        for (i, c) in s.char_indices().rev() {
+            match c {
+                ')' => depth += 1,
+                '(' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        if s[..i].ends_with(' ') {
+                            module = Some(&s[i + 1..s.len() - 1]);
+                            s = &s[..i - 1];
+                        }
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let (inlined, s) = match s.strip_suffix(" [inlined]") {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let function = match s.rfind("+0x") {
+        Some(i) if s[i + 3..].bytes().all(|b| b.is_ascii_hexdigit()) => &s[..i],
+        _ => s,
+    };
+    FlameFrame {
+        function,
+        module,
+        location,
+        inlined,
+        kernel,
+    }
+}
+
+/// The function name cut to `chars`: whole first, then without its leading
+/// `a::b::` path segments, then cut with `…`; empty when not even two
+/// characters fit.
+pub fn fit_label(name: &str, chars: usize) -> String {
+    if name.chars().count() <= chars {
+        return name.to_string();
+    }
+    // Drop leading path segments (outside generics) while it is too long.
+    let mut rest = name;
+    while rest.chars().count() > chars {
+        let mut depth = 0i32;
+        let mut cut = None;
+        let b = rest.as_bytes();
+        for i in 0..b.len().saturating_sub(1) {
+            match b[i] {
+                b'<' | b'(' | b'[' => depth += 1,
+                b'>' | b')' | b']' => depth -= 1,
+                b':' if depth == 0 && b[i + 1] == b':' => {
+                    cut = Some(i + 2);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        match cut {
+            Some(i) if i < rest.len() => rest = &rest[i..],
+            _ => break,
+        }
+    }
+    if rest.chars().count() <= chars {
+        return rest.to_string();
+    }
+    if chars < 2 {
+        return String::new();
+    }
+    let kept: String = rest.chars().take(chars - 1).collect();
+    format!("{kept}…")
+}
+
+/// FNV-1a: a stable colour per module across runs and pages.
+fn hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Warm colours for user modules, blues for the kernel, grey for the
+/// program row and unknown frames; one colour per module.
+fn frame_colour(f: &FlameFrame<'_>, root: bool) -> String {
+    if root {
+        return "#bdbdbd".into();
+    }
+    if f.function.starts_with("[unknown]") {
+        return "#d6d6d6".into();
+    }
+    if f.kernel {
+        let x = hash(f.module.unwrap_or("kernel"));
+        // One module for the whole kernel: vary by function a little so
+        // neighbours stay apart.
+        let y = hash(f.function);
+        return format!("hsl({},{}%,{}%)", 200 + x % 20 + y % 12, 55 + y % 15, 62 + y % 10);
+    }
+    let x = hash(f.module.unwrap_or(f.function));
+    format!("hsl({},{}%,{}%)", x % 50, 75 + (x >> 8) % 20, 55 + (x >> 16) % 12)
+}
+
+#[derive(Default)]
+struct Node {
+    /// The frame as counted (escaped), or the comm for the root row.
+    frame: String,
+    closes: u64,
+    children: Vec<usize>,
+    /// Child index by frame identity (the frame without its source line).
+    by_id: HashMap<String, usize>,
+}
+
+/// The close stacks as a flame graph: one row per stack depth, callers
+/// below callees, boxes labelled by function name only.
+fn flame_svg(s: &Summary) -> String {
+    let mut nodes = vec![Node::default()];
+    for (path, c) in s.folded.by_key() {
+        nodes[0].closes += c;
+        let mut at = 0;
+        for frame in path.split('\n').take(FLAME_MAX_DEPTH) {
+            let f = parse_frame(frame);
+            // Frames at the same call site share a box whatever their line.
+            let id = format!(
+                "{}{}\u{0}{}\u{0}{}",
+                if f.kernel { "[k] " } else { "" },
+                f.function,
+                f.module.unwrap_or(""),
+                f.inlined
+            );
+            let next = match nodes[at].by_id.get(&id) {
+                Some(&i) => i,
+                None => {
+                    nodes.push(Node {
+                        frame: frame.to_string(),
+                        ..Node::default()
+                    });
+                    let i = nodes.len() - 1;
+                    nodes[at].children.push(i);
+                    nodes[at].by_id.insert(id, i);
+                    i
+                }
+            };
+            nodes[next].closes += c;
+            at = next;
+        }
+    }
+    if s.folded.other > 0 {
+        nodes[0].closes += s.folded.other;
+    }
+    let total = nodes[0].closes;
+    if total == 0 || nodes[0].children.is_empty() {
+        return "<p class=\"note\">No close stacks in the selected reports.</p>".into();
+    }
+    // Depth of the drawn tree (frames wide enough to draw).
+    let scale = CHART_W / total as f64;
+    let mut depth = 0;
+    let mut work = vec![(0usize, 0usize)];
+    while let Some((i, d)) = work.pop() {
+        depth = depth.max(d);
+        for &c in &nodes[i].children {
+            if nodes[c].closes as f64 * scale >= FLAME_MIN_W {
+                work.push((c, d + 1));
+            }
+        }
+    }
+    let height = depth as f64 * FLAME_ROW + 4.0;
+    let mut o = format!(
+        "<svg id=\"flamegraph\" viewBox=\"0 0 {CHART_W} {height}\" xmlns=\"http://www.w3.org/2000/svg\" font-family=\"DejaVu Sans Mono,monospace\" font-size=\"11\">"
+    );
+    // (node, x, depth), children left to right by name.
+    let mut work: Vec<(usize, f64, usize)> = Vec::new();
+    let mut roots = nodes[0].children.clone();
+    roots.sort_by(|a, b| nodes[*a].frame.cmp(&nodes[*b].frame));
+    let mut x = 0.0;
+    for r in roots {
+        work.push((r, x, 1));
+        x += nodes[r].closes as f64 * scale;
+    }
+    while let Some((i, x, d)) = work.pop() {
+        let n = &nodes[i];
+        let w = n.closes as f64 * scale;
+        if w < FLAME_MIN_W {
+            continue;
+        }
+        let root = d == 1;
+        let f = if root {
+            FlameFrame {
+                function: &n.frame,
+                ..FlameFrame::default()
+            }
+        } else {
+            parse_frame(&n.frame)
+        };
+        let y = height - d as f64 * FLAME_ROW;
+        let mut tip = h(f.function);
+        if f.inlined {
+            tip.push_str(" [inlined]");
+        }
+        if root {
+            tip.push_str("\nprogram (comm)");
+        } else if f.kernel {
+            tip.push_str("\nkernel");
+        }
+        if let Some(m) = f.module {
+            let _ = write!(tip, "\nmodule: {}", h(m));
+        }
+        if let Some(l) = f.location {
+            let _ = write!(tip, "\nat {}", h(l));
+        }
+        let _ = write!(
+            tip,
+            "\n{} closes ({:.1}%)",
+            n.closes,
+            pct(n.closes, total)
+        );
+        let class = if root {
+            "root"
+        } else if f.kernel {
+            "kernel"
+        } else {
+            "user"
+        };
+        let _ = write!(
+            o,
+            "<g class=\"{class}{}\"><title>{tip}</title><rect x=\"{x:.2}\" y=\"{y:.1}\" width=\"{w:.2}\" height=\"{}\" fill=\"{}\"{}/>",
+            if f.inlined { " inlined" } else { "" },
+            FLAME_ROW - 1.0,
+            frame_colour(&f, root),
+            if f.inlined {
+                " stroke=\"#333\" stroke-dasharray=\"3,2\""
+            } else {
+                ""
+            }
+        );
+        let chars = ((w - 6.0) / FLAME_CHAR_W).floor().max(0.0) as usize;
+        let label = fit_label(f.function, chars);
+        if !label.is_empty() {
+            let _ = write!(
+                o,
+                "<text x=\"{:.2}\" y=\"{:.1}\">{}</text>",
+                x + 3.0,
+                y + FLAME_ROW - 5.0,
+                h(&label)
+            );
+        }
+        o.push_str("</g>");
+        let mut kids = n.children.clone();
+        kids.sort_by(|a, b| nodes[*a].frame.cmp(&nodes[*b].frame));
+        let mut cx = x;
+        for c in kids {
+            work.push((c, cx, d + 1));
+            cx += nodes[c].closes as f64 * scale;
+        }
+    }
+    o.push_str("</svg>");
+    o
+}
+
+/// Every close (the first `ROWS_KEPT`): sortable by any column, filtered
+/// by a click on a diagnosis, program or host anywhere on the page.
+fn close_table(s: &Summary, colour: &dyn Fn(&str) -> &'static str) -> String {
+    let mut o = String::from(
+        "<section id=\"closes\"><h2>Every close</h2>\
+         <p id=\"filter-state\" class=\"note\"></p><p><button id=\"clear-filter\" hidden>show all closes</button></p>",
+    );
+    if s.rows_dropped > 0 {
+        let _ = write!(
+            o,
+            "<p class=\"note\">The first {} closes are listed; {} more are counted above but not listed.</p>",
+            s.rows.len(),
+            s.rows_dropped
+        );
+    }
+    o.push_str(
+        "<table id=\"close-table\"><thead><tr><th data-type=\"text\">time</th><th data-type=\"text\">host</th>\
+         <th data-type=\"text\">local</th><th data-type=\"text\">remote</th><th data-type=\"text\">closed by</th>\
+         <th data-type=\"text\">closer</th><th data-type=\"num\">lifetime</th><th data-type=\"text\">diagnosis</th></tr></thead><tbody>\n",
+    );
+    for r in &s.rows {
+        let (diag, program, host) = (h(&r.diagnosis), h(&r.program), h(&r.host));
+        let closer = match r.pid {
+            Some(pid) => format!(
+                "<a href=\"#closes\" data-kind=\"program\" data-value=\"{program}\" title=\"{program}\">{} ({pid})</a>",
+                h(&r.comm)
+            ),
+            None => "—".into(),
+        };
+        let (life, life_sort) = match r.ms_after_upgrade {
+            Some(v) => (ms(v), format!("{v}")),
+            None => ("?".into(), "-1".into()),
+        };
+        let _ = writeln!(
+            o,
+            "<tr data-diag=\"{diag}\" data-program=\"{program}\" data-host=\"{host}\"><td>{}</td>\
+             <td><a href=\"#closes\" data-kind=\"host\" data-value=\"{host}\">{host}</a></td><td>{}</td><td>{}</td><td>{} ({})</td><td>{closer}</td>\
+             <td class=\"num\" data-sort=\"{life_sort}\">{life}</td>\
+             <td><span class=\"swatch\" style=\"background:{}\"></span><a href=\"#closes\" data-kind=\"diag\" data-value=\"{diag}\">{diag}</a></td></tr>",
+            h(&r.ts),
+            h(&r.local),
+            h(&r.remote),
+            h(&r.closed_by),
+            h(&r.how),
+            colour(&r.diagnosis),
+        );
+    }
+    o.push_str("</tbody></table></section>\n");
+    o
+}
+
+fn malformed(s: &Summary) -> String {
+    if s.malformed == 0 {
+        return String::new();
+    }
+    let mut o = format!(
+        "<section id=\"malformed\"><h2>Malformed lines (skipped): {}</h2><ul>",
+        s.malformed
+    );
+    for (file, line, why) in &s.malformed_first {
+        let _ = write!(o, "<li>{}:{line}: {}</li>", h(file), h(why));
+    }
+    let shown = s.malformed_first.len() as u64;
+    if s.malformed > shown {
+        let _ = write!(o, "<li>... and {} more</li>", s.malformed - shown);
+    }
+    o.push_str("</ul></section>\n");
+    o
+}
+
+const STYLE: &str = "\
+body{font-family:sans-serif;margin:1.2em auto;max-width:1250px;padding:0 1em;color:#222}\
+.meta{color:#555}\
+.headline{border-left:8px solid #999;padding:.2em .8em;margin:.8em 0;background:#fafafa}\
+.headline h1,.headline h2{margin:.2em 0}.headline h1{font-size:1.6em}.headline h2{font-size:1.2em}\
+.headline .code{color:inherit}.headline .count{font-weight:normal;color:#444}\
+.headline .fix{display:block;font-size:.8em;font-weight:normal;margin-top:.3em;background:#fff3cd;padding:.3em .5em}\
+.why,.example{margin:.3em 0;font-size:.92em}.example{color:#444}\
+code{background:#eee;padding:0 .2em}\
+svg{width:100%;height:auto;display:block}\
+.swatch{display:inline-block;width:.8em;height:.8em;margin-right:.3em;vertical-align:middle}\
+.legend a{margin-right:1em}.note{color:#666;font-size:.9em}.k{color:#2a6fb0}\
+table{border-collapse:collapse;font-size:.88em}td,th{padding:.2em .6em;border-bottom:1px solid #e3e3e3;text-align:left}\
+th{background:#f0f0f0}#close-table th{cursor:pointer}#close-table th.sorted-asc:after{content:' ▲'}#close-table th.sorted-desc:after{content:' ▼'}\
+td.num{text-align:right}.bar{display:inline-block;height:.7em;background:#4a7ebb}\
+tr[hidden]{display:none}a[data-kind]{cursor:pointer}\
+#flamegraph text{pointer-events:none}#flamegraph g:hover rect{stroke:#000;stroke-width:1}\
+";
+
+/// Filtering and sorting. Values are read with getAttribute and shown with
+/// textContent only: nothing from the logs is parsed as HTML.
+const SCRIPT: &str = r#"
+(function () {
+  "use strict";
+  var table = document.getElementById("close-table");
+  if (!table) { return; }
+  var body = table.tBodies[0];
+  var rows = Array.prototype.slice.call(body.rows);
+  var state = document.getElementById("filter-state");
+  var clear = document.getElementById("clear-filter");
+  var names = { diag: "diagnosis", program: "program", host: "host" };
+  function filter(kind, value) {
+    var shown = 0;
+    rows.forEach(function (r) {
+      var keep = !kind || r.getAttribute("data-" + kind) === value;
+      r.hidden = !keep;
+      if (keep) { shown++; }
+    });
+    state.textContent = kind
+      ? "Showing " + shown + " of " + rows.length + " closes with " + names[kind] + " " + value + "."
+      : "Showing all " + rows.length + " closes. Click a diagnosis, program or host to filter, a column to sort.";
+    clear.hidden = !kind;
+  }
+  document.addEventListener("click", function (e) {
+    var t = e.target.closest ? e.target.closest("[data-kind]") : null;
+    if (!t) { return; }
+    e.preventDefault();
+    filter(t.getAttribute("data-kind"), t.getAttribute("data-value"));
+    document.getElementById("closes").scrollIntoView();
+  });
+  clear.addEventListener("click", function () { filter(null, null); });
+  var heads = Array.prototype.slice.call(table.tHead.rows[0].cells);
+  heads.forEach(function (th, col) {
+    th.addEventListener("click", function () {
+      var asc = !th.classList.contains("sorted-asc");
+      heads.forEach(function (x) { x.classList.remove("sorted-asc", "sorted-desc"); });
+      th.classList.add(asc ? "sorted-asc" : "sorted-desc");
+      var num = th.getAttribute("data-type") === "num";
+      function key(r) {
+        var c = r.cells[col];
+        return num ? parseFloat(c.getAttribute("data-sort")) : c.textContent;
+      }
+      rows.sort(function (a, b) {
+        var x = key(a), y = key(b);
+        var d = num ? x - y : (x < y ? -1 : x > y ? 1 : 0);
+        return asc ? d : -d;
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+  filter(null, null);
+})();
+"#;
 
 #[cfg(test)]
 mod tests {
@@ -97,8 +811,10 @@ mod tests {
         let mut s = Summary::default();
         for (comm, ms) in [("php", 0.4), ("php", 0.5), ("nginx", 60_000.0)] {
             s.add_close(&json!({
-                "comm": comm, "ms_after_upgrade": ms,
-                "user_stack": ["__close+0x1 (/lib/libc.so.6)", "handle;conn+0x2 (/bin/x)", "main+0x3 (/bin/x)"],
+                "comm": comm, "pid": 7, "exe": format!("/usr/bin/{comm}"), "ms_after_upgrade": ms,
+                "closed_by": "local", "how": "fin", "ts": "2026-11-24T03:00:01Z",
+                "diagnosis": {"code": "http10_upgrade", "fix": "use HTTP/1.1", "message": "m"},
+                "user_stack": ["__close+0x1 (/lib/libc.so.6) at close.c:27", "handle;conn+0x2 (/bin/x)", "main+0x3 (/bin/x)"],
                 "kernel_stack": ["__tcp_close+0x2", "tcp_close+0x1f"],
             }));
         }
@@ -106,26 +822,65 @@ mod tests {
     }
 
     #[test]
-    fn folded_stacks_are_root_first_and_counted() {
-        let f = folded(&summary());
-        assert_eq!(f.len(), 2);
+    fn frames_split_into_function_module_and_line() {
+        let f = parse_frame("__GI___close (/usr/lib/libc.so.6) at ./io/close.c:27");
         assert_eq!(
-            f[1],
-            "php;main (/bin/x);handle:conn (/bin/x);__close (/lib/libc.so.6);[k] tcp_close;[k] __tcp_close 2"
+            f,
+            FlameFrame {
+                function: "__GI___close",
+                module: Some("/usr/lib/libc.so.6"),
+                location: Some("./io/close.c:27"),
+                inlined: false,
+                kernel: false
+            }
         );
-        assert!(f[0].starts_with("nginx;") && f[0].ends_with(" 1"));
+        let f = parse_frame("wstrace::demo::serve::{{closure}} [inlined] (/bin/w (deleted)) at src/demo.rs:60");
+        assert_eq!(f.function, "wstrace::demo::serve::{{closure}}");
+        assert_eq!(f.module, Some("/bin/w (deleted)"));
+        assert!(f.inlined);
+        let f = parse_frame("[k] tcp_close+0x1f");
+        assert_eq!((f.function, f.kernel, f.module), ("tcp_close", true, None));
+        let f = parse_frame("f(std::function<void (int)>) (/lib/x.so)");
+        assert_eq!(f.function, "f(std::function<void (int)>)");
+        assert_eq!(f.module, Some("/lib/x.so"));
+        let f = parse_frame("[unknown] 0x7f12 (symbolization timed out: /bin/x)");
+        assert_eq!(f.function, "[unknown] 0x7f12");
+        assert_eq!(f.module, Some("symbolization timed out: /bin/x"));
+        assert_eq!(parse_frame("main").function, "main");
     }
 
     #[test]
-    fn page_is_self_contained() {
-        let html = page(&summary(), 5).expect("page");
-        assert!(html.contains("<svg") && html.contains("id=\"lifetimes\""));
-        assert!(html.contains("Where upgraded sockets were closed"));
-        assert!(
-            !html.contains("src=\"http") && !html.contains("href=\"http"),
-            "no external resources"
+    fn labels_keep_the_function_name_and_drop_its_path_first() {
+        assert_eq!(fit_label("swoole_close_fd", 40), "swoole_close_fd");
+        assert_eq!(fit_label("wstrace::demo::serve::{{closure}}", 20), "serve::{{closure}}");
+        assert_eq!(fit_label("std::vec::Vec<a::b::C>::push", 12), "push");
+        assert_eq!(fit_label("Vec<a::b::Cee>", 10), "Vec<a::b:…");
+        assert_eq!(fit_label("ngx_close_connection", 8), "ngx_clo…");
+        assert_eq!(fit_label("ngx_close_connection", 1), "");
+    }
+
+    #[test]
+    fn hostile_text_is_inert_in_html() {
+        assert_eq!(
+            h("<script>\"x\"&'y'\u{1b}[31m\u{202e}"),
+            "&lt;script&gt;&quot;x&quot;&amp;&#39;y&#39;\\x1b[31m\\u{202e}"
         );
-        let empty = page(&Summary::default(), 5).expect("page");
-        assert!(empty.contains("No close stacks"));
+    }
+
+    #[test]
+    fn page_leads_with_the_diagnosis_and_is_self_contained() {
+        let html = page(&summary());
+        let h1 = html.find("<h1>").expect("an h1");
+        assert!(html.find("<h2").is_none_or(|h2| h2 > h1));
+        assert!(html[h1..].starts_with("<h1><a href=\"#closes\" class=\"code\" data-kind=\"diag\" data-value=\"http10_upgrade\">http10_upgrade</a>"));
+        assert!(html.contains("Fix: use HTTP/1.1"));
+        for id in ["timeline-chart", "program-table", "flamegraph", "close-table"] {
+            assert!(html.contains(&format!("id=\"{id}\"")), "{id}");
+        }
+        assert!(!html.contains("host-table") && !html.contains("id=\"hosts\""), "one host");
+        assert!(html.contains(">handle;conn</text>"), "label is the function");
+        assert!(!html.contains("src=") && !html.contains("href=\"http"));
+        let empty = page(&Summary::default());
+        assert!(empty.contains("<h1>No closes in the selected reports</h1>"));
     }
 }

@@ -1,8 +1,9 @@
 //! `wstrace report FILE...`: post-mortem summary of recorded JSON lines
-//! (`--output` logs, rotated files, gzip'd or not): closes per diagnosis and
-//! per closer, the most common closing user stacks, lifetime percentiles and
-//! a per-minute time line. Malformed lines are counted and named by file and
-//! line number, never fatal.
+//! (`--output` logs, rotated files, gzip'd or not, from one host or many):
+//! closes per diagnosis with the fix, per closing program, pid or host, the
+//! most common closing user stacks, lifetime percentiles and a per-minute
+//! time line; as text or JSON, and as one HTML page. Malformed lines are
+//! counted and named by file and line number, never fatal.
 //!
 //! Input is streamed (gzip too) with a cap per line, so memory stays flat
 //! whatever the files hold; only regular files are read. `--html` is
@@ -22,7 +23,16 @@ use crate::output::{escape::text as esc, safe_file};
 pub mod html;
 pub mod summary;
 
-use summary::{Filters, Summary, render};
+use summary::{Filters, GroupBy, Summary, render, render_json};
+
+/// What `wstrace report` prints on stdout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SummaryFormat {
+    #[default]
+    Text,
+    /// One JSON object: the summary itself, for other tools.
+    Json,
+}
 
 #[derive(clap::Args, Debug)]
 pub struct ReportArgs {
@@ -44,8 +54,16 @@ pub struct ReportArgs {
     /// Most common closing stacks to show.
     #[arg(long, default_value_t = 5)]
     pub top: usize,
-    /// Also write one self-contained HTML page: flame graph of the close
-    /// stacks, lifetime histogram, this summary.
+    /// Group the closers by executable, by process, or by host (the
+    /// reports' `host`, else the log's file name).
+    #[arg(long, value_enum, default_value_t = GroupBy::Program)]
+    pub by: GroupBy,
+    /// The summary on stdout as text or as one JSON object.
+    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+    pub format: SummaryFormat,
+    /// Also write one self-contained HTML page: each diagnosis with its fix
+    /// and an example, closes per minute, closing programs, hosts, a flame
+    /// graph of the close stacks and a sortable, filterable table of closes.
     #[arg(long, value_name = "OUT")]
     pub html: Option<PathBuf>,
 }
@@ -119,9 +137,12 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         let lines = open_lines(path)?;
         s.add_reader(&path.display().to_string(), lines, &f);
     }
-    print!("{}", render(&s, args.top));
+    match args.format {
+        SummaryFormat::Text => print!("{}", render(&s, args.top, args.by)),
+        SummaryFormat::Json => print!("{}", render_json(&s, args.top, args.by)),
+    }
     if let Some(out) = &args.html {
-        let page = crate::report::html::page(&s, args.top)?;
+        let page = crate::report::html::page(&s);
         let shown = esc(&out.to_string_lossy()).into_owned();
         let mut file = safe_file::open_write(out, false)
             .map_err(|e| anyhow::anyhow!("cannot write the HTML report: {e:#}"))?;
@@ -162,7 +183,7 @@ mod tests {
     /// Regenerate with `WSTRACE_BLESS=1 cargo test -p wstrace report`.
     #[test]
     fn golden_sample() {
-        let out = render(&summary(&Filters::default()), 5);
+        let out = render(&summary(&Filters::default()), 5, GroupBy::Program);
         let golden = Path::new(FIXTURES).join("sample.report.txt");
         if std::env::var_os("WSTRACE_BLESS").is_some() {
             std::fs::write(&golden, &out).expect("bless");
@@ -172,6 +193,113 @@ mod tests {
             out, want,
             "report output changed; if intended, rerun with WSTRACE_BLESS=1"
         );
+    }
+
+    /// The fleet sample (see `make_fleet.py`), its files named relative to
+    /// the fixtures so the goldens do not depend on the checkout's path.
+    fn fleet(f: &Filters) -> Summary {
+        let mut s = Summary::default();
+        for name in [
+            "fleet/web-1.jsonl",
+            "fleet/web-2.jsonl",
+            "fleet/edge-3/closes.jsonl",
+        ] {
+            let lines = open_lines(&Path::new(FIXTURES).join(name)).expect("open");
+            s.add_reader(name, lines, f);
+        }
+        s
+    }
+
+    /// `out` equals the committed golden `name` (rewritten with
+    /// `WSTRACE_BLESS=1`).
+    fn golden(name: &str, out: &str) {
+        let golden = Path::new(FIXTURES).join(name);
+        if std::env::var_os("WSTRACE_BLESS").is_some() {
+            std::fs::write(&golden, out).expect("bless");
+        }
+        let want = std::fs::read_to_string(&golden).expect("golden file");
+        assert!(
+            out == want,
+            "{name} changed; if intended, rerun with WSTRACE_BLESS=1 cargo test -p wstrace report"
+        );
+    }
+
+    /// Golden: the fleet as text by program, pid and host, as JSON and as
+    /// HTML, exactly as committed.
+    #[test]
+    fn golden_fleet() {
+        let s = fleet(&Filters::default());
+        golden("fleet.by-program.txt", &render(&s, 5, GroupBy::Program));
+        golden("fleet.by-pid.txt", &render(&s, 5, GroupBy::Pid));
+        golden("fleet.by-host.txt", &render(&s, 5, GroupBy::Host));
+        golden("fleet.summary.json", &render_json(&s, 5, GroupBy::Program));
+        golden("fleet.report.html", &html::page(&s));
+    }
+
+    #[test]
+    fn fleet_groups_by_program_host_and_pid() {
+        let s = fleet(&Filters::default());
+        assert_eq!(s.closes, 40);
+        assert_eq!(s.malformed, 2);
+        let programs: Vec<(&str, u64, usize)> = s
+            .by_program
+            .sorted()
+            .into_iter()
+            .map(|(k, g)| (k, g.closes, g.pids()))
+            .collect();
+        assert_eq!(
+            programs[..3],
+            [
+                ("/usr/bin/php8.2", 18, 6),
+                ("/usr/sbin/nginx", 8, 4),
+                ("/usr/bin/node", 6, 2)
+            ]
+        );
+        let hosts: Vec<(&str, u64)> = s
+            .by_host
+            .sorted()
+            .into_iter()
+            .map(|(k, g)| (k, g.closes))
+            .collect();
+        // edge-3's agent writes no `host`: its file names it.
+        assert_eq!(
+            hosts,
+            [("web-1", 16), ("web-2", 14), ("fleet/edge-3/closes.jsonl", 10)]
+        );
+        let top = s.by_diagnosis.sorted()[0];
+        assert_eq!(top, ("http10_upgrade", 16));
+        let ex = &s.examples["http10_upgrade"];
+        assert_eq!(ex.request_line.as_deref(), Some("GET /ws HTTP/1.0"));
+        // The text names every group on one line, escaped.
+        let text = render(&s, 5, GroupBy::Program);
+        for l in text.lines() {
+            assert!(!l.chars().any(crate::output::escape::is_unsafe), "{l:?}");
+        }
+        assert!(text.contains("/usr/bin/php8.2  (php, 6 pids)"), "{text}");
+        assert!(text.contains("ws-gw\\x1b[31m\\x0d"), "{text}");
+        // The JSON is one object that decodes to the same numbers.
+        let v: serde_json::Value =
+            serde_json::from_str(&render_json(&s, 5, GroupBy::Host)).expect("JSON");
+        assert_eq!(v["closes"], 40);
+        assert_eq!(v["by"], "host");
+        assert_eq!(v["groups"][0]["key"], "web-1");
+        assert_eq!(v["by_diagnosis"][0]["code"], "http10_upgrade");
+        assert_eq!(
+            v["by_diagnosis"][0]["example"]["request_line"],
+            "GET /ws HTTP/1.0"
+        );
+        assert_eq!(
+            v["per_minute"].as_array().map(|a| a.iter().map(|m| m["closes"].as_u64().unwrap_or(0)).sum::<u64>()),
+            Some(40)
+        );
+    }
+
+    #[test]
+    fn source_hosts_drop_rotation_and_gzip_suffixes() {
+        assert_eq!(summary::source_host("web1/closes.jsonl.2.gz"), "web1/closes.jsonl");
+        assert_eq!(summary::source_host("closes.jsonl"), "closes.jsonl");
+        assert_eq!(summary::source_host("closes.jsonl.gz"), "closes.jsonl");
+        assert_eq!(summary::source_host("v1.2"), "v1");
     }
 
     #[test]
@@ -220,12 +348,12 @@ mod tests {
     fn gzip_concatenated_gzip_and_truncated_gzip() {
         let sample = Path::new(FIXTURES).join("sample.jsonl");
         let text = std::fs::read(&sample).expect("fixture");
-        let plain = render(&summary_of(&sample, &Filters::default()), 5);
+        let plain = render(&summary_of(&sample, &Filters::default()), 5, GroupBy::Program);
         let d = dir("gz");
         let bytes = gzip(&text);
         std::fs::write(d.join("a.jsonl.gz"), &bytes).expect("write");
         assert_eq!(
-            render(&summary_of(&d.join("a.jsonl.gz"), &Filters::default()), 5),
+            render(&summary_of(&d.join("a.jsonl.gz"), &Filters::default()), 5, GroupBy::Program),
             plain
         );
         // Two members (`cat a.gz b.gz`): both are read.
@@ -234,7 +362,7 @@ mod tests {
         two.extend(gzip(tail));
         std::fs::write(d.join("two.jsonl.gz"), &two).expect("write");
         assert_eq!(
-            render(&summary_of(&d.join("two.jsonl.gz"), &Filters::default()), 5),
+            render(&summary_of(&d.join("two.jsonl.gz"), &Filters::default()), 5, GroupBy::Program),
             plain
         );
         // Cut in the middle (a crash while compressing): the start counts,
@@ -287,6 +415,8 @@ mod tests {
             port: None,
             pid: None,
             top: 5,
+            by: GroupBy::Program,
+            format: SummaryFormat::Text,
             html: Some(d.join("out.html")),
         };
         let msg = format!("{:#}", run(&args).err().expect("refused"));

@@ -1,16 +1,19 @@
 //! The post-mortem summary: recorded reports filtered, counted per
-//! diagnosis and closer, the top closing stacks, lifetime percentiles and a
-//! time line. Pure (bytes in, text out), so it is unit-tested on strings.
+//! diagnosis (with an example close), per program, pid and host, the top
+//! closing stacks, lifetime percentiles and a time line per diagnosis; the
+//! first `ROWS_KEPT` closes are kept for the HTML table. Pure (bytes in,
+//! text or JSON out), so it is unit-tested on strings.
 //!
 //! Memory does not grow with the input: lines are read one at a time and
 //! capped at `MAX_LINE` bytes (a longer line is counted as malformed while
 //! it is skipped, never held), each report is folded into counters as it is
 //! read, the counters keep at most `TALLY_BYTES` of distinct keys each (the
 //! rest counted as "other"), lifetimes are kept exactly up to
-//! `LIFETIME_SAMPLE` values and sampled beyond, and only the first
-//! `MALFORMED_SHOWN` malformed lines are kept for naming.
+//! `LIFETIME_SAMPLE` values and sampled beyond, only the first
+//! `MALFORMED_SHOWN` malformed lines are kept for naming, and only the
+//! first `ROWS_KEPT` closes are listed, each field cut at `FIELD_CHARS`.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fmt::Write as _,
     io::{self, BufRead},
     time::SystemTime,
@@ -32,6 +35,20 @@ pub const LIFETIME_SAMPLE: usize = 1 << 20;
 
 /// Malformed lines named in the summary (all are counted).
 pub const MALFORMED_SHOWN: usize = 20;
+
+/// Closes listed one by one (the HTML table); later ones are counted.
+pub const ROWS_KEPT: usize = 5000;
+
+/// Characters kept of any one value taken from a report (a program, host,
+/// address, diagnosis code): enough for any real path, bounded for a
+/// hostile one.
+pub const FIELD_CHARS: usize = 200;
+
+/// Distinct pids counted per program; beyond, the count is a lower bound.
+pub const PIDS_PER_GROUP: usize = 4096;
+
+/// Diagnosis codes that keep an example close.
+const EXAMPLES_KEPT: usize = 64;
 
 /// Buckets of the lifetime histogram: upper bounds in ms and labels.
 pub const LIFETIME_BUCKETS: &[(f64, &str)] = &[
@@ -107,9 +124,117 @@ impl Tally {
         v
     }
 
+    /// Counted under its own key (not in `other`).
+    pub fn contains(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
     pub fn note(&self, key: &str) -> Option<&str> {
         self.entries.get(key).and_then(|e| e.1.as_deref())
     }
+}
+
+/// What the closers are grouped by (`--by`): the executable (what an
+/// operator fixes), each process, or the host the log came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupBy {
+    Pid,
+    #[default]
+    Program,
+    Host,
+}
+
+/// One group of closes: how many, by how many distinct pids (counted up
+/// to `PIDS_PER_GROUP`) and the first comm seen.
+#[derive(Default, Debug)]
+pub struct Group {
+    pub closes: u64,
+    pids: HashSet<u32>,
+    /// More distinct pids than `PIDS_PER_GROUP` were seen.
+    pub pids_capped: bool,
+    pub comm: String,
+}
+
+impl Group {
+    pub fn pids(&self) -> usize {
+        self.pids.len()
+    }
+}
+
+/// Closes per key with their pids, keeping at most `TALLY_BYTES` of keys
+/// and pids; a key that does not fit is counted in `other`.
+#[derive(Default, Debug)]
+pub struct Groups {
+    entries: HashMap<String, Group>,
+    bytes: usize,
+    pub other: u64,
+}
+
+impl Groups {
+    pub fn add(&mut self, key: &str, pid: Option<u32>, comm: &str) {
+        let g = match self.entries.get_mut(key) {
+            Some(g) => g,
+            None => {
+                let cost = key.len() + comm.len() + ENTRY_OVERHEAD;
+                if self.bytes + cost > TALLY_BYTES {
+                    self.other += 1;
+                    return;
+                }
+                self.bytes += cost;
+                self.entries.entry(key.to_string()).or_insert(Group {
+                    comm: comm.to_string(),
+                    ..Group::default()
+                })
+            }
+        };
+        g.closes += 1;
+        if let Some(pid) = pid {
+            if g.pids.len() >= PIDS_PER_GROUP || self.bytes + 16 > TALLY_BYTES {
+                g.pids_capped |= !g.pids.contains(&pid);
+            } else if g.pids.insert(pid) {
+                self.bytes += 16;
+            }
+        }
+    }
+
+    /// Most closes first, then by key.
+    pub fn sorted(&self) -> Vec<(&str, &Group)> {
+        let mut v: Vec<(&str, &Group)> =
+            self.entries.iter().map(|(k, g)| (k.as_str(), g)).collect();
+        v.sort_by(|a, b| b.1.closes.cmp(&a.1.closes).then(a.0.cmp(b.0)));
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// One close as the HTML table lists it; values raw (escaped when
+/// written) and cut at `FIELD_CHARS`.
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    pub ts: String,
+    pub host: String,
+    pub local: String,
+    pub remote: String,
+    pub closed_by: String,
+    pub how: String,
+    pub comm: String,
+    pub pid: Option<u32>,
+    /// The `by_program` key of this close.
+    pub program: String,
+    pub ms_after_upgrade: Option<f64>,
+    pub diagnosis: String,
+}
+
+/// The first close seen with a diagnosis, shown under its headline.
+#[derive(Debug, Clone, Default)]
+pub struct Example {
+    pub row: Row,
+    pub message: String,
+    /// `GET /ws HTTP/1.0` (the target as recorded, already redacted).
+    pub request_line: Option<String>,
 }
 
 /// Connection lifetimes: every value up to `LIFETIME_SAMPLE`, then a
@@ -173,13 +298,28 @@ pub struct Summary {
     pub last: Option<SystemTime>,
     /// Diagnosis code, with the fix of its first report as note.
     pub by_diagnosis: Tally,
+    /// The first close of each diagnosis (up to `EXAMPLES_KEPT` codes).
+    pub examples: HashMap<String, Example>,
     pub by_side: Tally,
+    /// `comm (pid N) exe`, one entry per process.
     pub by_process: Tally,
+    /// The executable (or the comm when it is unknown).
+    pub by_program: Groups,
+    /// The report's `host`, or the log's file name for reports without one.
+    pub by_host: Groups,
     /// Frame keys (escaped) joined by newlines.
     pub stacks: Tally,
     pub per_minute: Tally,
-    /// Flame-graph lines without their count (see `report::html`).
+    /// Closes per minute and diagnosis: `<minute>\n<code>`.
+    pub timeline: Tally,
+    /// Flame-graph paths: comm, then the user frames root first, then the
+    /// kernel frames as `[k] frame`; offsets dropped, escaped, joined by
+    /// newlines (see `report::html`).
     pub folded: Tally,
+    /// The first `ROWS_KEPT` closes.
+    pub rows: Vec<Row>,
+    /// Closes counted beyond `ROWS_KEPT`, not listed.
+    pub rows_dropped: u64,
     pub lifetimes: Lifetimes,
     /// Closes per `LIFETIME_BUCKETS` bucket.
     pub lifetime_buckets: [u64; LIFETIME_BUCKETS.len()],
@@ -299,29 +439,96 @@ impl Summary {
             return;
         }
         if keep(&v, f) {
-            self.add_close(&v);
+            self.add_close_from(&v, name);
         } else {
             self.filtered_out += 1;
         }
     }
 
     /// Folds one report into the counters.
+    #[cfg(test)]
     pub fn add_close(&mut self, v: &Value) {
+        self.add_close_from(v, "-");
+    }
+
+    /// Folds one report read from the log `source` into the counters.
+    pub fn add_close_from(&mut self, v: &Value, source: &str) {
         self.closes += 1;
         let t = ts(v);
         if let Some(t) = t {
             self.first = Some(self.first.map_or(t, |f| f.min(t)));
             self.last = Some(self.last.map_or(t, |l| l.max(t)));
         }
-        let code = v
-            .pointer("/diagnosis/code")
-            .and_then(Value::as_str)
-            .unwrap_or("(none)");
-        self.by_diagnosis.add(code.to_string(), || {
+        let code = clip(
+            v.pointer("/diagnosis/code")
+                .and_then(Value::as_str)
+                .unwrap_or("(none)"),
+        );
+        self.by_diagnosis.add(code.clone(), || {
             v.pointer("/diagnosis/fix")
                 .and_then(Value::as_str)
-                .map(str::to_string)
+                .map(|fix| clip_to(fix, 4 * FIELD_CHARS))
         });
+        let pid = v
+            .get("pid")
+            .and_then(Value::as_u64)
+            .and_then(|p| u32::try_from(p).ok());
+        let comm = v.get("comm").and_then(Value::as_str).unwrap_or("");
+        let program = clip(match (pid, v.get("exe").and_then(Value::as_str)) {
+            (None, _) => "(no local process)",
+            (Some(_), Some(exe)) if !exe.is_empty() => exe,
+            (Some(_), _) if !comm.is_empty() => comm,
+            (Some(_), _) => "(unknown program)",
+        });
+        let host = clip(match v.get("host").and_then(Value::as_str) {
+            Some(h) if !h.is_empty() => h,
+            _ => source_host(source),
+        });
+        self.by_program.add(&program, pid, comm);
+        self.by_host.add(&host, pid, "");
+        let row = Row {
+            ts: clip(v.get("ts").and_then(Value::as_str).unwrap_or("")),
+            host,
+            local: clip(str_of(v, "local")),
+            remote: clip(str_of(v, "remote")),
+            closed_by: clip(str_of(v, "closed_by")),
+            how: clip(str_of(v, "how")),
+            comm: clip(comm),
+            pid,
+            program,
+            ms_after_upgrade: v.get("ms_after_upgrade").and_then(Value::as_f64),
+            diagnosis: code.clone(),
+        };
+        if self.by_diagnosis.contains(&code)
+            && !self.examples.contains_key(&code)
+            && self.examples.len() < EXAMPLES_KEPT
+        {
+            let request_line = v.get("request").filter(|r| r.is_object()).map(|r| {
+                clip_to(
+                    &format!(
+                        "{} {} {}",
+                        str_of(r, "method"),
+                        str_of(r, "target"),
+                        str_of(r, "version")
+                    ),
+                    2 * FIELD_CHARS,
+                )
+            });
+            let message = clip_to(
+                v.pointer("/diagnosis/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or(""),
+                4 * FIELD_CHARS,
+            );
+            self.examples.insert(
+                code.clone(),
+                Example {
+                    row: row.clone(),
+                    message,
+                    request_line,
+                },
+            );
+        }
         self.by_side.add(
             format!(
                 "closed by {} ({})",
@@ -352,28 +559,33 @@ impl Summary {
             self.stacks.add(key, || None);
         }
         // The flame graph: comm, then frames root first (stacks are
-        // innermost first), user then kernel; ';' separates frames.
-        let mut path = vec![
-            v.get("comm")
-                .and_then(Value::as_str)
-                .unwrap_or("(no local process)")
-                .to_string(),
-        ];
-        path.extend(user.into_iter().rev());
+        // innermost first), user then kernel, with their source lines (the
+        // tooltip shows them). Escaped, so a newline cannot split a frame.
+        let located = |k: &str| -> Vec<String> {
+            v.get(k)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(|f| esc(&clip_to(&without_offset(f), 4 * FIELD_CHARS)).into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut path = vec![esc(if pid.is_none() {
+            "(no local process)"
+        } else {
+            &row.comm
+        })
+        .into_owned()];
+        path.extend(located("user_stack").into_iter().rev());
         path.extend(
-            frames("kernel_stack")
+            located("kernel_stack")
                 .into_iter()
                 .rev()
                 .map(|f| format!("[k] {f}")),
         );
-        // Escaped too: raw control characters are not even valid in the
-        // SVG that inferno draws from these.
-        let folded = path
-            .iter()
-            .map(|f| esc(f).replace(';', ":"))
-            .collect::<Vec<_>>()
-            .join(";");
-        self.folded.add(folded, || None);
+        self.folded.add(path.join("\n"), || None);
         let minute = match t {
             Some(t) => {
                 let full = humantime::format_rfc3339_seconds(t).to_string();
@@ -381,7 +593,13 @@ impl Summary {
             }
             None => "(no time)".into(),
         };
+        self.timeline.add(format!("{minute}\n{code}"), || None);
         self.per_minute.add(minute, || None);
+        if self.rows.len() < ROWS_KEPT {
+            self.rows.push(row);
+        } else {
+            self.rows_dropped += 1;
+        }
         if let Some(ms) = v.get("ms_after_upgrade").and_then(Value::as_f64) {
             self.lifetimes.add(ms);
             let i = LIFETIME_BUCKETS
@@ -391,6 +609,31 @@ impl Summary {
             self.lifetime_buckets[i] += 1;
         }
     }
+}
+
+/// `s` cut at `FIELD_CHARS` characters, with `…` when cut.
+pub fn clip(s: &str) -> String {
+    clip_to(s, FIELD_CHARS)
+}
+
+fn clip_to(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// The host of reports without a `host` key: their log's file name, less
+/// the rotation and compression suffixes (`web1/closes.jsonl.2.gz` ->
+/// `web1/closes.jsonl`), so a host's rotated logs count as one host.
+pub fn source_host(source: &str) -> &str {
+    let mut s = source.strip_suffix(".gz").unwrap_or(source);
+    if let Some((head, n)) = s.rsplit_once('.') {
+        if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
+            s = head;
+        }
+    }
+    s
 }
 
 fn ts(v: &Value) -> Option<SystemTime> {
@@ -440,6 +683,19 @@ pub fn frame_key(frame: &str) -> String {
     format!("{sym}{rest}")
 }
 
+/// A frame without its offset, source line kept: `close+0x3a (/lib/libc.so.6)
+/// at x.c:27` -> `close (/lib/libc.so.6) at x.c:27`.
+pub fn without_offset(frame: &str) -> String {
+    let end = frame.find(" (").or_else(|| frame.find(" [")).unwrap_or(frame.len());
+    let (sym, rest) = frame.split_at(end);
+    match sym.rfind("+0x") {
+        Some(i) if sym[i + 3..].bytes().all(|b| b.is_ascii_hexdigit()) => {
+            format!("{}{rest}", &sym[..i])
+        }
+        _ => frame.to_string(),
+    }
+}
+
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -471,9 +727,155 @@ fn rows(t: &Tally) -> Vec<(String, u64)> {
     v
 }
 
+fn share(c: u64, n: u64) -> f64 {
+    if n == 0 { 0.0 } else { c as f64 * 100.0 / n as f64 }
+}
+
+/// `count share  key  (comm, N pids)`, the ten largest groups and what is
+/// left.
+fn group_lines(o: &mut String, g: &Groups, n: u64, with_comm: bool) {
+    let all = g.sorted();
+    for (k, grp) in all.iter().take(10) {
+        let _ = write!(o, "  {:>6} {:>5.1}%  {}", grp.closes, share(grp.closes, n), esc(k));
+        let pids = pid_count(grp);
+        match (with_comm && !grp.comm.is_empty() && grp.comm != *k, grp.pids()) {
+            (_, 0) => {}
+            (true, _) => {
+                let _ = write!(o, "  ({}, {pids})", esc(&grp.comm));
+            }
+            (false, _) => {
+                let _ = write!(o, "  ({pids})");
+            }
+        }
+        o.push('\n');
+    }
+    if all.len() > 10 {
+        let rest: u64 = all[10..].iter().map(|(_, g)| g.closes).sum();
+        let _ = writeln!(o, "  {rest:>6} {:>5.1}%  ({} more)", share(rest, n), all.len() - 10);
+    }
+    if g.other > 0 {
+        let _ = writeln!(
+            o,
+            "  {:>6} {:>5.1}%  (others: more than {} MiB of distinct values, not told apart)",
+            g.other,
+            share(g.other, n),
+            TALLY_BYTES >> 20
+        );
+    }
+}
+
+/// `1 pid`, `3 pids`, `at least 4096 pids`.
+pub fn pid_count(g: &Group) -> String {
+    let n = g.pids();
+    format!(
+        "{}{n} pid{}",
+        if g.pids_capped { "at least " } else { "" },
+        if n == 1 { "" } else { "s" }
+    )
+}
+
+/// The summary as one JSON object (`--format json`), for other tools:
+/// the same numbers as the text. Values are as recorded (JSON escaping,
+/// with C1 and bidi controls as `\u` escapes as in the daemon's JSON),
+/// except stack frames, which are as the text shows them.
+pub fn render_json(s: &Summary, top: usize, by: GroupBy) -> String {
+    use serde_json::json;
+    let n = s.closes;
+    let time = |t: Option<SystemTime>| t.map(|t| humantime::format_rfc3339_seconds(t).to_string());
+    let round = |x: f64| (x * 10.0).round() / 10.0;
+    let diagnoses: Vec<Value> = s
+        .by_diagnosis
+        .sorted()
+        .into_iter()
+        .map(|(code, c)| {
+            let ex = s.examples.get(code);
+            json!({
+                "code": code,
+                "closes": c,
+                "share_pct": round(share(c, n)),
+                "fix": s.by_diagnosis.note(code),
+                "message": ex.map(|e| e.message.as_str()),
+                "example": ex.map(|e| json!({
+                    "ts": e.row.ts, "host": e.row.host, "local": e.row.local,
+                    "remote": e.row.remote, "closed_by": e.row.closed_by, "how": e.row.how,
+                    "pid": e.row.pid, "comm": e.row.comm, "program": e.row.program,
+                    "request_line": e.request_line,
+                })),
+            })
+        })
+        .collect();
+    let groups = |g: &Groups| -> Vec<Value> {
+        g.sorted()
+            .into_iter()
+            .map(|(k, grp)| {
+                json!({
+                    "key": k, "closes": grp.closes, "share_pct": round(share(grp.closes, n)),
+                    "comm": grp.comm, "pids": grp.pids(), "pids_capped": grp.pids_capped,
+                })
+            })
+            .collect()
+    };
+    let tally = |t: &Tally| -> Vec<Value> {
+        t.sorted()
+            .into_iter()
+            .map(|(k, c)| json!({"key": k, "closes": c, "share_pct": round(share(c, n))}))
+            .collect()
+    };
+    let groups_json = match by {
+        GroupBy::Pid => tally(&s.by_process),
+        GroupBy::Program => groups(&s.by_program),
+        GroupBy::Host => groups(&s.by_host),
+    };
+    let life = s.lifetimes.sorted();
+    let lifetime = (!life.is_empty()).then(|| {
+        json!({
+            "p50": percentile(&life, 50.0), "p90": percentile(&life, 90.0),
+            "p99": percentile(&life, 99.0), "max": s.lifetimes.max,
+            "sampled": s.lifetimes.is_sampled(),
+        })
+    });
+    let mut minutes: Vec<(String, u64, serde_json::Map<String, Value>)> = Vec::new();
+    for (k, c) in s.timeline.by_key() {
+        let (minute, code) = k.split_once('\n').unwrap_or((k, ""));
+        if minutes.last().is_none_or(|m| m.0 != minute) {
+            minutes.push((minute.to_string(), 0, serde_json::Map::new()));
+        }
+        if let Some(m) = minutes.last_mut() {
+            m.1 += c;
+            m.2.insert(code.to_string(), json!(c));
+        }
+    }
+    let v = json!({
+        "closes": n,
+        "lines": s.lines,
+        "filtered_out": s.filtered_out,
+        "malformed": s.malformed,
+        "first": time(s.first),
+        "last": time(s.last),
+        "by_diagnosis": diagnoses,
+        "by_side": tally(&s.by_side),
+        "by": match by { GroupBy::Pid => "pid", GroupBy::Program => "program", GroupBy::Host => "host" },
+        "groups": groups_json,
+        "hosts": groups(&s.by_host),
+        "top_stacks": s.stacks.sorted().into_iter().take(top).map(|(k, c)| json!({
+            "closes": c, "frames": k.lines().collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "lifetime_ms": lifetime,
+        "per_minute": minutes.into_iter().map(|(m, c, d)| json!({
+            "minute": m, "closes": c, "by_diagnosis": d,
+        })).collect::<Vec<_>>(),
+        "malformed_lines": s.malformed_first.iter().map(|(f, l, why)| json!({
+            "file": f, "line": l, "why": why,
+        })).collect::<Vec<_>>(),
+    });
+    let mut out = crate::output::escape::to_json_string(&v).unwrap_or_else(|_| "{}".into());
+    out.push('\n');
+    out
+}
+
 /// The summary as text. Every value taken from the input is escaped
 /// (`escape::text`): the logs hold what traced processes and clients sent.
-pub fn render(s: &Summary, top: usize) -> String {
+pub fn render(s: &Summary, top: usize, by: GroupBy) -> String {
     let mut o = String::new();
     let n = s.closes;
     let _ = writeln!(
@@ -510,9 +912,23 @@ pub fn render(s: &Summary, top: usize) -> String {
         let _ = writeln!(o, "  {c:>6} {:>5.1}%  {}", pct(c), esc(&k));
     }
 
-    let _ = writeln!(o, "\nby closing process:");
-    for (k, c) in rows(&s.by_process).into_iter().take(10) {
-        let _ = writeln!(o, "  {c:>6} {:>5.1}%  {}", pct(c), esc(k.trim_end()));
+    match by {
+        GroupBy::Pid => {
+            let _ = writeln!(o, "\nby closing process:");
+            for (k, c) in rows(&s.by_process).into_iter().take(10) {
+                let _ = writeln!(o, "  {c:>6} {:>5.1}%  {}", pct(c), esc(k.trim_end()));
+            }
+        }
+        GroupBy::Program => {
+            let _ = writeln!(o, "\nby closing program:");
+            group_lines(&mut o, &s.by_program, n, true);
+        }
+        GroupBy::Host => {}
+    }
+    // Hosts are listed whenever there are several (and always for --by host).
+    if by == GroupBy::Host || s.by_host.len() > 1 {
+        let _ = writeln!(o, "\nby host:");
+        group_lines(&mut o, &s.by_host, n, false);
     }
 
     let _ = writeln!(o, "\ntop closing user stacks:");
@@ -633,7 +1049,7 @@ mod tests {
             "{:?}",
             s.malformed_first[0]
         );
-        let out = render(&s, 5);
+        let out = render(&s, 5, GroupBy::Program);
         assert!(
             out.contains("1 closes (1002 lines read, 0 filtered out, 1001 malformed)"),
             "{out}"
@@ -692,12 +1108,17 @@ mod tests {
             &format!("{line}\nnot json\u{1b}\n"),
             &Filters::default(),
         );
-        let out = render(&s, 5);
-        for l in out.lines() {
+        let by_pid = render(&s, 5, GroupBy::Pid);
+        assert!(
+            by_pid.contains("evil\\u{202e}cod (pid 1) /tmp/x\\x0ay\n"),
+            "{by_pid}"
+        );
+        let out = render(&s, 5, GroupBy::Program);
+        for l in out.lines().chain(by_pid.lines()) {
             assert!(!l.chars().any(crate::output::escape::is_unsafe), "{l:?}");
         }
         for want in [
-            "evil\\u{202e}cod (pid 1) /tmp/x\\x0ay",
+            "/tmp/x\\x0ay  (evil\\u{202e}cod, 1 pid)",
             "c\\x1b]0;t\\x07",
             "fix: f\\u{9b}",
             "closed by local\\x1b[31m (fin\\x0d)",
