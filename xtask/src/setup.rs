@@ -23,6 +23,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("chromium", "renders `wstrace report --html` in the tests"),
     (
+        "chromium-driver",
+        "drives chromium (WebDriver) to click through `wstrace report --html` in the tests",
+    ),
+    (
         "systemd",
         "systemd-analyze, which rates the unit's sandboxing in the tests",
     ),

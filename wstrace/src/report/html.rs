@@ -108,7 +108,10 @@ pub fn page(s: &Summary) -> String {
 }
 
 fn header(s: &Summary) -> String {
-    let mut o = format!("<p class=\"meta\">wstrace report: <b>{}</b> closes", s.closes);
+    let mut o = format!(
+        "<p class=\"meta\">wstrace report: <b>{}</b> closes",
+        s.closes
+    );
     if let (Some(first), Some(last)) = (s.first, s.last) {
         let _ = write!(
             o,
@@ -328,7 +331,10 @@ fn timeline(s: &Summary, colour: &dyn Fn(&str) -> &'static str) -> String {
         );
     }
     if untimed > 0 {
-        let _ = write!(o, "<span class=\"note\">({untimed} closes without a time)</span>");
+        let _ = write!(
+            o,
+            "<span class=\"note\">({untimed} closes without a time)</span>"
+        );
     }
     o.push_str("</p></section>\n");
     o
@@ -339,7 +345,11 @@ fn timeline(s: &Summary, colour: &dyn Fn(&str) -> &'static str) -> String {
 fn group_table(g: &Groups, n: u64, kind: &str, what: &str) -> String {
     let mut o = format!(
         "<table class=\"groups\" id=\"{kind}-table\"><thead><tr><th>{what}</th>{}<th>closes</th><th>share</th><th>processes</th></tr></thead><tbody>",
-        if kind == "program" { "<th>comm</th>" } else { "" }
+        if kind == "program" {
+            "<th>comm</th>"
+        } else {
+            ""
+        }
     );
     for (k, grp) in g.sorted() {
         let p = pct(grp.closes, n);
@@ -496,10 +506,20 @@ fn frame_colour(f: &FlameFrame<'_>, root: bool) -> String {
         // One module for the whole kernel: vary by function a little so
         // neighbours stay apart.
         let y = hash(f.function);
-        return format!("hsl({},{}%,{}%)", 200 + x % 20 + y % 12, 55 + y % 15, 62 + y % 10);
+        return format!(
+            "hsl({},{}%,{}%)",
+            200 + x % 20 + y % 12,
+            55 + y % 15,
+            62 + y % 10
+        );
     }
     let x = hash(f.module.unwrap_or(f.function));
-    format!("hsl({},{}%,{}%)", x % 50, 75 + (x >> 8) % 20, 55 + (x >> 16) % 12)
+    format!(
+        "hsl({},{}%,{}%)",
+        x % 50,
+        75 + (x >> 8) % 20,
+        55 + (x >> 16) % 12
+    )
 }
 
 #[derive(Default)]
@@ -609,12 +629,7 @@ fn flame_svg(s: &Summary) -> String {
         if let Some(l) = f.location {
             let _ = write!(tip, "\nat {}", h(l));
         }
-        let _ = write!(
-            tip,
-            "\n{} closes ({:.1}%)",
-            n.closes,
-            pct(n.closes, total)
-        );
+        let _ = write!(tip, "\n{} closes ({:.1}%)", n.closes, pct(n.closes, total));
         let class = if root {
             "root"
         } else if f.kernel {
@@ -834,7 +849,9 @@ mod tests {
                 kernel: false
             }
         );
-        let f = parse_frame("wstrace::demo::serve::{{closure}} [inlined] (/bin/w (deleted)) at src/demo.rs:60");
+        let f = parse_frame(
+            "wstrace::demo::serve::{{closure}} [inlined] (/bin/w (deleted)) at src/demo.rs:60",
+        );
         assert_eq!(f.function, "wstrace::demo::serve::{{closure}}");
         assert_eq!(f.module, Some("/bin/w (deleted)"));
         assert!(f.inlined);
@@ -852,7 +869,10 @@ mod tests {
     #[test]
     fn labels_keep_the_function_name_and_drop_its_path_first() {
         assert_eq!(fit_label("swoole_close_fd", 40), "swoole_close_fd");
-        assert_eq!(fit_label("wstrace::demo::serve::{{closure}}", 20), "serve::{{closure}}");
+        assert_eq!(
+            fit_label("wstrace::demo::serve::{{closure}}", 20),
+            "serve::{{closure}}"
+        );
         assert_eq!(fit_label("std::vec::Vec<a::b::C>::push", 12), "push");
         assert_eq!(fit_label("Vec<a::b::Cee>", 10), "Vec<a::b:…");
         assert_eq!(fit_label("ngx_close_connection", 8), "ngx_clo…");
@@ -874,11 +894,22 @@ mod tests {
         assert!(html.find("<h2").is_none_or(|h2| h2 > h1));
         assert!(html[h1..].starts_with("<h1><a href=\"#closes\" class=\"code\" data-kind=\"diag\" data-value=\"http10_upgrade\">http10_upgrade</a>"));
         assert!(html.contains("Fix: use HTTP/1.1"));
-        for id in ["timeline-chart", "program-table", "flamegraph", "close-table"] {
+        for id in [
+            "timeline-chart",
+            "program-table",
+            "flamegraph",
+            "close-table",
+        ] {
             assert!(html.contains(&format!("id=\"{id}\"")), "{id}");
         }
-        assert!(!html.contains("host-table") && !html.contains("id=\"hosts\""), "one host");
-        assert!(html.contains(">handle;conn</text>"), "label is the function");
+        assert!(
+            !html.contains("host-table") && !html.contains("id=\"hosts\""),
+            "one host"
+        );
+        assert!(
+            html.contains(">handle;conn</text>"),
+            "label is the function"
+        );
         assert!(!html.contains("src=") && !html.contains("href=\"http"));
         let empty = page(&Summary::default());
         assert!(empty.contains("<h1>No closes in the selected reports</h1>"));

@@ -264,7 +264,7 @@ mod tests {
         // edge-3's agent writes no `host`: its file names it.
         assert_eq!(
             hosts,
-            [("web-1", 16), ("web-2", 14), ("fleet/edge-3/closes.jsonl", 10)]
+            [("web-1", 16), ("web-2", 14), ("edge-3/closes.jsonl", 10)]
         );
         let top = s.by_diagnosis.sorted()[0];
         assert_eq!(top, ("http10_upgrade", 16));
@@ -289,14 +289,24 @@ mod tests {
             "GET /ws HTTP/1.0"
         );
         assert_eq!(
-            v["per_minute"].as_array().map(|a| a.iter().map(|m| m["closes"].as_u64().unwrap_or(0)).sum::<u64>()),
+            v["per_minute"].as_array().map(|a| a
+                .iter()
+                .map(|m| m["closes"].as_u64().unwrap_or(0))
+                .sum::<u64>()),
             Some(40)
         );
     }
 
     #[test]
     fn source_hosts_drop_rotation_and_gzip_suffixes() {
-        assert_eq!(summary::source_host("web1/closes.jsonl.2.gz"), "web1/closes.jsonl");
+        assert_eq!(
+            summary::source_host("/srv/logs/web1/closes.jsonl.2.gz"),
+            "web1/closes.jsonl"
+        );
+        assert_eq!(
+            summary::source_host("web1/closes.jsonl"),
+            "web1/closes.jsonl"
+        );
         assert_eq!(summary::source_host("closes.jsonl"), "closes.jsonl");
         assert_eq!(summary::source_host("closes.jsonl.gz"), "closes.jsonl");
         assert_eq!(summary::source_host("v1.2"), "v1");
@@ -348,12 +358,20 @@ mod tests {
     fn gzip_concatenated_gzip_and_truncated_gzip() {
         let sample = Path::new(FIXTURES).join("sample.jsonl");
         let text = std::fs::read(&sample).expect("fixture");
-        let plain = render(&summary_of(&sample, &Filters::default()), 5, GroupBy::Program);
+        let plain = render(
+            &summary_of(&sample, &Filters::default()),
+            5,
+            GroupBy::Program,
+        );
         let d = dir("gz");
         let bytes = gzip(&text);
         std::fs::write(d.join("a.jsonl.gz"), &bytes).expect("write");
         assert_eq!(
-            render(&summary_of(&d.join("a.jsonl.gz"), &Filters::default()), 5, GroupBy::Program),
+            render(
+                &summary_of(&d.join("a.jsonl.gz"), &Filters::default()),
+                5,
+                GroupBy::Program
+            ),
             plain
         );
         // Two members (`cat a.gz b.gz`): both are read.
@@ -362,7 +380,11 @@ mod tests {
         two.extend(gzip(tail));
         std::fs::write(d.join("two.jsonl.gz"), &two).expect("write");
         assert_eq!(
-            render(&summary_of(&d.join("two.jsonl.gz"), &Filters::default()), 5, GroupBy::Program),
+            render(
+                &summary_of(&d.join("two.jsonl.gz"), &Filters::default()),
+                5,
+                GroupBy::Program
+            ),
             plain
         );
         // Cut in the middle (a crash while compressing): the start counts,

@@ -572,12 +572,14 @@ impl Summary {
                 })
                 .unwrap_or_default()
         };
-        let mut path = vec![esc(if pid.is_none() {
-            "(no local process)"
-        } else {
-            &row.comm
-        })
-        .into_owned()];
+        let mut path = vec![
+            esc(if pid.is_none() {
+                "(no local process)"
+            } else {
+                &row.comm
+            })
+            .into_owned(),
+        ];
         path.extend(located("user_stack").into_iter().rev());
         path.extend(
             located("kernel_stack")
@@ -623,9 +625,11 @@ fn clip_to(s: &str, max: usize) -> String {
     }
 }
 
-/// The host of reports without a `host` key: their log's file name, less
-/// the rotation and compression suffixes (`web1/closes.jsonl.2.gz` ->
-/// `web1/closes.jsonl`), so a host's rotated logs count as one host.
+/// The host of reports without a `host` key: their log's file name with
+/// its directory (logs collected from a fleet sit in one directory per
+/// host, all named `closes.jsonl`), less the rotation and compression
+/// suffixes (`/srv/logs/web1/closes.jsonl.2.gz` -> `web1/closes.jsonl`), so
+/// a host's rotated logs count as one host.
 pub fn source_host(source: &str) -> &str {
     let mut s = source.strip_suffix(".gz").unwrap_or(source);
     if let Some((head, n)) = s.rsplit_once('.') {
@@ -633,7 +637,11 @@ pub fn source_host(source: &str) -> &str {
             s = head;
         }
     }
-    s
+    let mut slashes = s.char_indices().rev().filter(|(_, c)| *c == '/');
+    match slashes.nth(1) {
+        Some((i, _)) => &s[i + 1..],
+        None => s,
+    }
 }
 
 fn ts(v: &Value) -> Option<SystemTime> {
@@ -686,7 +694,10 @@ pub fn frame_key(frame: &str) -> String {
 /// A frame without its offset, source line kept: `close+0x3a (/lib/libc.so.6)
 /// at x.c:27` -> `close (/lib/libc.so.6) at x.c:27`.
 pub fn without_offset(frame: &str) -> String {
-    let end = frame.find(" (").or_else(|| frame.find(" [")).unwrap_or(frame.len());
+    let end = frame
+        .find(" (")
+        .or_else(|| frame.find(" ["))
+        .unwrap_or(frame.len());
     let (sym, rest) = frame.split_at(end);
     match sym.rfind("+0x") {
         Some(i) if sym[i + 3..].bytes().all(|b| b.is_ascii_hexdigit()) => {
@@ -728,7 +739,11 @@ fn rows(t: &Tally) -> Vec<(String, u64)> {
 }
 
 fn share(c: u64, n: u64) -> f64 {
-    if n == 0 { 0.0 } else { c as f64 * 100.0 / n as f64 }
+    if n == 0 {
+        0.0
+    } else {
+        c as f64 * 100.0 / n as f64
+    }
 }
 
 /// `count share  key  (comm, N pids)`, the ten largest groups and what is
@@ -736,9 +751,18 @@ fn share(c: u64, n: u64) -> f64 {
 fn group_lines(o: &mut String, g: &Groups, n: u64, with_comm: bool) {
     let all = g.sorted();
     for (k, grp) in all.iter().take(10) {
-        let _ = write!(o, "  {:>6} {:>5.1}%  {}", grp.closes, share(grp.closes, n), esc(k));
+        let _ = write!(
+            o,
+            "  {:>6} {:>5.1}%  {}",
+            grp.closes,
+            share(grp.closes, n),
+            esc(k)
+        );
         let pids = pid_count(grp);
-        match (with_comm && !grp.comm.is_empty() && grp.comm != *k, grp.pids()) {
+        match (
+            with_comm && !grp.comm.is_empty() && grp.comm != *k,
+            grp.pids(),
+        ) {
             (_, 0) => {}
             (true, _) => {
                 let _ = write!(o, "  ({}, {pids})", esc(&grp.comm));
@@ -751,7 +775,12 @@ fn group_lines(o: &mut String, g: &Groups, n: u64, with_comm: bool) {
     }
     if all.len() > 10 {
         let rest: u64 = all[10..].iter().map(|(_, g)| g.closes).sum();
-        let _ = writeln!(o, "  {rest:>6} {:>5.1}%  ({} more)", share(rest, n), all.len() - 10);
+        let _ = writeln!(
+            o,
+            "  {rest:>6} {:>5.1}%  ({} more)",
+            share(rest, n),
+            all.len() - 10
+        );
     }
     if g.other > 0 {
         let _ = writeln!(
