@@ -297,6 +297,29 @@ mod tests {
         );
     }
 
+    /// The fleet's hostile values (markup in a frame, ESC and CR in a comm,
+    /// a bidi override in an exe, an OSC sequence in a close reason) leave
+    /// no markup and no raw control character in the page.
+    #[test]
+    fn hostile_fleet_values_are_inert_in_the_page() {
+        let page = html::page(&fleet(&Filters::default()));
+        assert_eq!(
+            page.matches("<script").count(),
+            1,
+            "only the page's own script"
+        );
+        assert!(!page.contains("<script>alert"));
+        assert!(page.contains("drop&lt;/title&gt;&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(page.contains("reason &quot;server restart \\x1b]0;pwned\\x07&quot;"));
+        assert!(page.contains("ws-gw\\x1b[31m\\x0d"));
+        assert!(page.contains("ws-gw\\u{202e}exe.sh"));
+        let raw: Vec<char> = page
+            .chars()
+            .filter(|&c| c != '\n' && crate::output::escape::is_unsafe(c))
+            .collect();
+        assert!(raw.is_empty(), "{raw:?}");
+    }
+
     #[test]
     fn source_hosts_drop_rotation_and_gzip_suffixes() {
         assert_eq!(

@@ -50,19 +50,6 @@ pub const PIDS_PER_GROUP: usize = 4096;
 /// Diagnosis codes that keep an example close.
 const EXAMPLES_KEPT: usize = 64;
 
-/// Buckets of the lifetime histogram: upper bounds in ms and labels.
-pub const LIFETIME_BUCKETS: &[(f64, &str)] = &[
-    (1.0, "<1 ms"),
-    (10.0, "<10 ms"),
-    (100.0, "<100 ms"),
-    (1000.0, "<1 s"),
-    (10_000.0, "<10 s"),
-    (60_000.0, "<1 min"),
-    (600_000.0, "<10 min"),
-    (3_600_000.0, "<1 h"),
-    (f64::INFINITY, "≥1 h"),
-];
-
 /// Which closes a summary counts; the default counts every one.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Filters {
@@ -321,8 +308,6 @@ pub struct Summary {
     /// Closes counted beyond `ROWS_KEPT`, not listed.
     pub rows_dropped: u64,
     pub lifetimes: Lifetimes,
-    /// Closes per `LIFETIME_BUCKETS` bucket.
-    pub lifetime_buckets: [u64; LIFETIME_BUCKETS.len()],
 }
 
 /// One line read by `read_line_capped`.
@@ -604,11 +589,6 @@ impl Summary {
         }
         if let Some(ms) = v.get("ms_after_upgrade").and_then(Value::as_f64) {
             self.lifetimes.add(ms);
-            let i = LIFETIME_BUCKETS
-                .iter()
-                .position(|(max, _)| ms < *max)
-                .unwrap_or(LIFETIME_BUCKETS.len() - 1);
-            self.lifetime_buckets[i] += 1;
         }
     }
 }
