@@ -136,9 +136,9 @@ fn header(s: &Summary) -> String {
             ms(s.lifetimes.max)
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         o,
-        " ({} lines read, {} filtered out, {} malformed)</p>\n",
+        " ({} lines read, {} filtered out, {} malformed)</p>",
         s.lines, s.filtered_out, s.malformed
     );
     o
@@ -403,11 +403,12 @@ pub fn parse_frame(frame: &str) -> FlameFrame<'_> {
     if let Some(i) = s.rfind(") at ") {
         location = Some(&s[i + 5..]);
         s = &s[..=i];
-    } else if let Some(i) = s.rfind(" at ") {
-        if !s[..i].ends_with(')') && !s.starts_with("[unknown]") {
-            location = Some(&s[i + 4..]);
-            s = &s[..i];
-        }
+    } else if let Some(i) = s.rfind(" at ")
+        && !s[..i].ends_with(')')
+        && !s.starts_with("[unknown]")
+    {
+        location = Some(&s[i + 4..]);
+        s = &s[..i];
     }
     let mut module = None;
     if s.ends_with(')') {

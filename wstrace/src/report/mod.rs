@@ -464,7 +464,7 @@ mod tests {
             format: SummaryFormat::Text,
             html: Some(d.join("out.html")),
         };
-        let msg = format!("{:#}", run(&args).err().expect("refused"));
+        let msg = format!("{:#}", run(&args).expect_err("refused"));
         assert!(
             msg.contains("cannot write the HTML report") && msg.contains("symbolic link"),
             "{msg}"

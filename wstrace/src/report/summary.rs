@@ -612,10 +612,11 @@ fn clip_to(s: &str, max: usize) -> String {
 /// a host's rotated logs count as one host.
 pub fn source_host(source: &str) -> &str {
     let mut s = source.strip_suffix(".gz").unwrap_or(source);
-    if let Some((head, n)) = s.rsplit_once('.') {
-        if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
-            s = head;
-        }
+    if let Some((head, n)) = s.rsplit_once('.')
+        && !n.is_empty()
+        && n.bytes().all(|b| b.is_ascii_digit())
+    {
+        s = head;
     }
     let mut slashes = s.char_indices().rev().filter(|(_, c)| *c == '/');
     match slashes.nth(1) {
@@ -634,15 +635,15 @@ fn local_port(v: &Value) -> Option<u16> {
 
 fn keep(v: &Value, f: &Filters) -> bool {
     let t = ts(v);
-    if let Some(since) = f.since {
-        if t.is_none_or(|t| t < since) {
-            return false;
-        }
+    if let Some(since) = f.since
+        && t.is_none_or(|t| t < since)
+    {
+        return false;
     }
-    if let Some(until) = f.until {
-        if t.is_none_or(|t| t >= until) {
-            return false;
-        }
+    if let Some(until) = f.until
+        && t.is_none_or(|t| t >= until)
+    {
+        return false;
     }
     if f.port.is_some() && local_port(v) != f.port {
         return false;
