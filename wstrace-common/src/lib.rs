@@ -81,6 +81,10 @@ pub enum EventKind {
     /// Bytes read before the upgrade (the request head), or a WebSocket
     /// close frame read or written after it: a [`DataEvent`].
     Data = 7,
+    /// A process that wrote a 101 was sent a signal that ends a process by
+    /// default, or chosen by the OOM killer: a [`SignalEvent`]. The header's
+    /// pid/tid/comm are the sender's (the current task); `sk` is 0.
+    Signal = 8,
 }
 
 impl EventKind {
@@ -93,6 +97,7 @@ impl EventKind {
             5 => Self::ResetReceived,
             6 => Self::Destroy,
             7 => Self::Data,
+            8 => Self::Signal,
             _ => return None,
         })
     }
@@ -148,6 +153,32 @@ pub struct PeerWriter {
 /// `EventHeader::flags`: the task was exiting (`PF_EXITING`), so the close
 /// came from process exit and there is no user stack to walk.
 pub const FLAG_TASK_EXITING: u32 = 1;
+
+/// `EventHeader::flags` of an exiting task's close: `arg` holds the task's
+/// `exit_code`, in wait(2) status form (signal in bits 0-6, 0x80 core
+/// dumped, exit status in bits 8-15). `do_exit` sets it before it closes
+/// the task's files.
+pub const FLAG_EXIT_CODE: u32 = 2;
+
+/// `SignalEvent::oom`: the OOM killer chose the target (`oom:mark_victim`).
+pub const SIGNAL_OOM_VICTIM: u32 = 1;
+
+/// A signal sent to, or an OOM kill of, a process that wrote a 101.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SignalEvent {
+    pub header: EventHeader,
+    /// The task the signal was sent to (its pid as the kernel numbers
+    /// threads: the process id for a signal to the whole process).
+    pub target_pid: u32,
+    /// Signal number (SIGKILL for an OOM kill).
+    pub signal: u32,
+    /// `si_code`: SI_USER (0) from kill(2), SI_KERNEL (0x80) from the
+    /// kernel, SI_TKILL (-6) from tgkill, > 0 for a fault.
+    pub code: i32,
+    /// [`SIGNAL_OOM_VICTIM`] or 0.
+    pub oom: u32,
+}
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -285,6 +316,7 @@ mod user {
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::CloseEvent {}
     unsafe impl aya::Pod for super::DataEvent {}
+    unsafe impl aya::Pod for super::SignalEvent {}
     unsafe impl aya::Pod for super::UserStackHeader {}
     // SAFETY: `repr(C)` integers and byte arrays; `_pad` makes the padding
     // explicit (the kernel zeroes it), so a key's bytes are its value.
@@ -352,6 +384,8 @@ pub struct KernelConfig {
     /// `stack`: the base of the task's kernel stack, at whose top the user
     /// registers of the current syscall are saved.
     pub task_stack: u64,
+    /// `exit_code` (int): how an exiting task ends, wait(2) status form.
+    pub task_exit_code: u64,
 
     // fd -> struct sock walk (tracepoint set)
     pub task_files: u64,
@@ -388,6 +422,13 @@ pub struct KernelConfig {
     pub tp_recv_reset_skaddr: u64,
     /// ABSENT on kernels without `tcp:tcp_destroy_sock`.
     pub tp_destroy_skaddr: u64,
+    /// `signal:signal_generate`: signal, si_code, target pid, result.
+    pub tp_signal_sig: u64,
+    pub tp_signal_code: u64,
+    pub tp_signal_pid: u64,
+    pub tp_signal_result: u64,
+    /// `oom:mark_victim`: the victim's pid.
+    pub tp_oom_pid: u64,
 }
 
 // The u64 fields start right after the ports, with no padding between.
@@ -470,6 +511,7 @@ mod tests {
         );
         assert_eq!(core::mem::size_of::<UserStackHeader>(), 32);
         assert_eq!(core::mem::size_of::<PeerWriter>(), 32);
+        assert_eq!(core::mem::size_of::<SignalEvent>(), 128 + 16);
         assert_eq!(
             core::mem::size_of::<CloseWithStack>(),
             core::mem::size_of::<CloseEvent>() + 32 + USER_STACK_MAX

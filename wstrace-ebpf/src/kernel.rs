@@ -136,6 +136,14 @@ pub fn current_task_exiting() -> bool {
         .unwrap_or(false)
 }
 
+/// The current task's `exit_code` (set by do_exit before it closes the
+/// task's files), if this kernel's layout is known.
+#[inline(always)]
+pub fn current_exit_code() -> Option<u32> {
+    let task = unsafe { bpf_get_current_task() };
+    read::<u32>(task, config!(task_exit_code)).ok()
+}
+
 /// Start time of the current process (its group leader), ns since boot; 0
 /// if unknown.
 #[inline(always)]

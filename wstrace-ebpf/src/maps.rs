@@ -55,6 +55,11 @@ pub static SERVERS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
 #[map]
 pub static PEER_WRITERS: LruHashMap<SockTuple, PeerWriter> = LruHashMap::with_max_entries(16384, 0);
 
+/// Processes (tgid) that wrote a 101: the only targets whose signals are
+/// recorded (every other signal on the machine costs one lookup). LRU.
+#[map]
+pub static UPGRADERS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
+
 /// One slot per CPU (indexed by CPU id) where a close with a user stack copy
 /// is built before it is sent cut to size: ~34 KiB is too big for the BPF
 /// stack and for a per-CPU map value. The daemon sizes it to the possible

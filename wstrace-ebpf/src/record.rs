@@ -12,18 +12,20 @@ use aya_ebpf::{
     },
 };
 use wstrace_common::{
-    CloseEvent, CloseWithStack, DATA_CAP, DataEvent, EventHeader, EventKind, FLAG_TASK_EXITING,
-    HEAD_BUDGET, PeerWriter, ProbeSet, REQUEST_PREFIX, STACK_DEPTH, SockTuple, UPGRADE_PREFIX_LEN,
-    USER_STACK_MAX, UserStackHeader, is_upgrade_response, ustack as ustack_status,
+    CloseEvent, CloseWithStack, DATA_CAP, DataEvent, EventHeader, EventKind, FLAG_EXIT_CODE,
+    FLAG_TASK_EXITING, HEAD_BUDGET, PeerWriter, ProbeSet, REQUEST_PREFIX, STACK_DEPTH, SignalEvent,
+    SockTuple, UPGRADE_PREFIX_LEN, USER_STACK_MAX, UserStackHeader, is_upgrade_response,
+    ustack as ustack_status,
 };
 
 use crate::{
     kernel::{
-        config, current_process_start_ns, current_task_exiting, fill_tuple, port_traced, read,
-        sk_is_tcp, sk_local_port,
+        config, current_exit_code, current_process_start_ns, current_task_exiting, fill_tuple,
+        port_traced, read, sk_is_tcp, sk_local_port,
     },
     maps::{
-        CLOSE_SCRATCH, EVENTS, HEAD_BYTES, LOST, PEER_WRITERS, PENDING_READS, PendingRead, UPGRADED,
+        CLOSE_SCRATCH, EVENTS, HEAD_BYTES, LOST, PEER_WRITERS, PENDING_READS, PendingRead,
+        UPGRADED, UPGRADERS,
     },
     ustack,
 };
@@ -158,6 +160,8 @@ pub fn mark_upgraded(sk: u64, write_len: u64, probe: ProbeSet) {
     }
     // The head is complete once the server answers it.
     let _ = HEAD_BYTES.remove(sk);
+    // Its signals count from now on (how it ends may explain the close).
+    let _ = UPGRADERS.insert((bpf_get_current_pid_tgid() >> 32) as u32, 1, 0);
     entry.submit(0);
 }
 
@@ -271,6 +275,11 @@ unsafe fn fill_close<C: EbpfContext>(
         fill_header(h, EventKind::Close, probe as u8, sk, old_state, new_state);
         if current_task_exiting() {
             (*h).flags |= FLAG_TASK_EXITING;
+            // How the process ended: exit status, or the signal that ended it.
+            if let Some(code) = current_exit_code() {
+                (*h).flags |= FLAG_EXIT_CODE;
+                (*h).arg = code;
+            }
         }
         (*ev).kernel_stack_len = bpf_get_stack(
             ctx.as_ptr(),
@@ -285,6 +294,30 @@ unsafe fn fill_close<C: EbpfContext>(
             BPF_F_USER_STACK as u64,
         );
     }
+}
+
+/// Is `tgid` a process that wrote a 101 (its signals are recorded)?
+#[inline(always)]
+pub fn is_upgrader(tgid: u32) -> bool {
+    UPGRADERS.get_ptr(tgid).is_some()
+}
+
+/// A signal (or an OOM kill) aimed at a process that wrote a 101: the
+/// header names the current task, the sender.
+pub fn signal(target_pid: u32, signal: u32, code: i32, oom: u32) {
+    let Some(mut entry) = EVENTS.reserve::<SignalEvent>(0) else {
+        count_lost();
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        fill_header(&raw mut (*ev).header, EventKind::Signal, 0, 0, 0, 0);
+        (*ev).target_pid = target_pid;
+        (*ev).signal = signal;
+        (*ev).code = code;
+        (*ev).oom = oom;
+    }
+    entry.submit(0);
 }
 
 pub fn reset(sk: u64, kind: EventKind) {

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::{
     client::{self, Then},
-    expect::{self, Expect},
+    expect::{self, Ending, Expect},
     serve::Mode,
 };
 
@@ -71,7 +71,27 @@ fn named_local_fin() -> Option<Expect> {
         min_ms: None,
         local_prefix: None,
         peer_pid: Some(0),
+        ending: None,
     })
+}
+
+/// The server ended with the connection open (the kernel closed it, FIN):
+/// the report names it at its exit and says how it ended.
+fn ended(mode: Mode, then: Then, ending: Ending) -> ServerSpec {
+    upgrade(
+        LOCALHOST,
+        mode,
+        then,
+        Some(Expect {
+            closed_by: "local",
+            how: "fin",
+            closer_pid: None,
+            min_ms: None,
+            local_prefix: None,
+            peer_pid: Some(0),
+            ending: Some(ending),
+        }),
+    )
 }
 
 fn upgrade(bind: IpAddr, mode: Mode, then: Then, expect: Option<Expect>) -> ServerSpec {
@@ -112,6 +132,7 @@ fn scenarios() -> Vec<Scenario> {
                     min_ms: Some(150.0),
                     local_prefix: None,
                     peer_pid: Some(0),
+                    ending: None,
                 }),
             )],
         },
@@ -131,7 +152,50 @@ fn scenarios() -> Vec<Scenario> {
                     min_ms: None,
                     local_prefix: None,
                     peer_pid: Some(0),
+                    ending: None,
                 }),
+            )],
+        },
+        Scenario {
+            name: "server_crash_after_101_is_process_crashed",
+            servers: vec![ended(
+                Mode::CrashAfter101,
+                Then::ReadToEnd,
+                Ending {
+                    pid: 0,
+                    code: "process_crashed",
+                    signal: Some("SIGSEGV"),
+                    exit_status: None,
+                    sent_by: None,
+                },
+            )],
+        },
+        Scenario {
+            name: "server_killed_after_101_names_the_killer",
+            servers: vec![ended(
+                Mode::WaitForPeer,
+                Then::KillServer(0),
+                Ending {
+                    pid: 0,
+                    code: "process_killed",
+                    signal: Some("SIGKILL"),
+                    exit_status: None,
+                    sent_by: Some(0),
+                },
+            )],
+        },
+        Scenario {
+            name: "server_exit_without_close_is_process_exited",
+            servers: vec![ended(
+                Mode::ExitAfter101,
+                Then::ReadToEnd,
+                Ending {
+                    pid: 0,
+                    code: "process_exited",
+                    signal: None,
+                    exit_status: Some(crate::serve::EXIT_STATUS as u64),
+                    sent_by: None,
+                },
             )],
         },
         Scenario {
@@ -457,6 +521,13 @@ pub fn run(args: &Args) -> Result<i32> {
                         if e.peer_pid.is_some() {
                             e.peer_pid = Some(std::process::id());
                         }
+                        if let Some(end) = &mut e.ending {
+                            end.pid = s.child.id();
+                            // The checker sends the kill.
+                            if end.sent_by.is_some() {
+                                end.sent_by = Some(std::process::id());
+                            }
+                        }
                     }
                     started.push(s);
                 }
@@ -563,7 +634,11 @@ fn trace(
         }
         for (spec, s) in sc.servers.iter().zip(srv) {
             let addr = SocketAddr::new(spec.bind, s.port);
-            if let Err(e) = client::exchange(addr, spec.request, spec.then) {
+            let then = match spec.then {
+                Then::KillServer(_) => Then::KillServer(s.child.id()),
+                t => t,
+            };
+            if let Err(e) = client::exchange(addr, spec.request, then) {
                 *st = State::Fail(format!("client: {e:#}"));
                 break;
             }

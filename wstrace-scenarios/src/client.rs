@@ -17,6 +17,9 @@ pub enum Then {
     ReadToEnd,
     /// Hold the connection this long, then close first.
     CloseAfter(Duration),
+    /// SIGKILL the server (this pid; the checker fills it in) once its 101
+    /// arrived, then read to the end.
+    KillServer(u32),
 }
 
 /// Connects, sends `request`, reads the response head, then `then`.
@@ -35,6 +38,14 @@ pub fn exchange(addr: SocketAddr, request: &[u8], then: Then) -> Result<()> {
             while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
         }
         Then::CloseAfter(d) => std::thread::sleep(d),
+        Then::KillServer(pid) => {
+            // SAFETY: signalling the scenario's own server child by pid.
+            if unsafe { libc::kill(pid as i32, libc::SIGKILL) } != 0 {
+                anyhow::bail!("kill {pid}: {}", std::io::Error::last_os_error());
+            }
+            let mut buf = [0u8; 512];
+            while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+        }
     }
     drop(conn);
     Ok(())

@@ -16,6 +16,22 @@ pub struct Expect {
     /// The client process, which must be named as the peer by the kernel
     /// (every scenario's client is on this host). Filled in at start.
     pub peer_pid: Option<u32>,
+    /// The server ended with the connection open: how, as the report must say.
+    pub ending: Option<Ending>,
+}
+
+/// How the server process ended, and what the report must say about it.
+#[derive(Clone, Debug)]
+pub struct Ending {
+    /// The server's pid (filled in at start): the closer, at its exit.
+    pub pid: u32,
+    /// `diagnosis.code`.
+    pub code: &'static str,
+    /// `process_end.signal`, or None for an exit.
+    pub signal: Option<&'static str>,
+    pub exit_status: Option<u64>,
+    /// `process_end.sent_by.pid` (filled in at start: the checker), or None.
+    pub sent_by: Option<u32>,
 }
 
 /// The comm of the scenario client (the checker itself).
@@ -117,7 +133,41 @@ fn check_report(r: &Value, e: &Expect, probe: &str) -> Result<(), String> {
     if let Some(pid) = e.peer_pid {
         check_peer(r, pid)?;
     }
+    if let Some(end) = &e.ending {
+        check_ending(r, end)?;
+    }
     Ok(())
+}
+
+/// The closer is the server, at its exit, and the report says how it ended
+/// (and who killed it) ahead of anything else.
+fn check_ending(r: &Value, e: &Ending) -> Result<(), String> {
+    let pe = r.get("process_end").unwrap_or(&Value::Null);
+    let got = (
+        r.get("pid").and_then(Value::as_u64),
+        r.get("closed_at_exit").and_then(Value::as_bool),
+        r.pointer("/diagnosis/code").and_then(Value::as_str),
+        pe.get("signal").and_then(Value::as_str),
+        pe.get("exit_status").and_then(Value::as_u64),
+        pe.pointer("/sent_by/pid").and_then(Value::as_u64),
+    );
+    let want = (
+        Some(u64::from(e.pid)),
+        Some(true),
+        Some(e.code),
+        e.signal,
+        e.exit_status,
+        e.sent_by.map(u64::from),
+    );
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "process end: want (pid, at exit, code, signal, status, sent by) {want:?}, got {got:?}: {} {}",
+            r.get("diagnosis").unwrap_or(&Value::Null),
+            pe
+        ))
+    }
 }
 
 /// The client is named as the peer, from the kernel's record of who wrote
@@ -247,7 +297,38 @@ mod tests {
             min_ms: None,
             local_prefix: None,
             peer_pid: Some(9),
+            ending: None,
         }
+    }
+
+    #[test]
+    fn a_killed_server_must_be_reported_as_killed_by_the_checker() {
+        let mut r = report(7);
+        r["closed_at_exit"] = json!(true);
+        r["diagnosis"] = json!({"code": "process_killed", "message": "m"});
+        r["process_end"] = json!({"how": "signal", "signal": "SIGKILL", "signal_number": 9,
+            "core_dumped": false, "exit_status": null, "killed_by": "process",
+            "sent_by": {"pid": 9, "comm": "ws-scenario"}});
+        let mut e = named(7);
+        e.closer_pid = None;
+        e.ending = Some(Ending {
+            pid: 7,
+            code: "process_killed",
+            signal: Some("SIGKILL"),
+            exit_status: None,
+            sent_by: Some(9),
+        });
+        assert!(evaluate(&[&r], Some(&e), "tracepoint").is_ok());
+        let mut wrong = r.clone();
+        wrong["process_end"]["sent_by"]["pid"] = json!(8);
+        assert!(
+            evaluate(&[&wrong], Some(&e), "tracepoint")
+                .unwrap_err()
+                .contains("process end")
+        );
+        let mut unknown = r.clone();
+        unknown["diagnosis"]["code"] = json!("unknown");
+        assert!(evaluate(&[&unknown], Some(&e), "tracepoint").is_err());
     }
 
     #[test]

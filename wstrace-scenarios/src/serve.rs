@@ -32,7 +32,15 @@ pub enum Mode {
     /// Like WaitForPeer, with a thread per connection: many upgraded
     /// sockets live at once (the others serve one connection at a time).
     Hold,
+    /// Answer 101, then die of SIGSEGV (the default action, no core file)
+    /// with the connection open.
+    CrashAfter101,
+    /// Answer 101, then exit(3) without closing the connection.
+    ExitAfter101,
 }
+
+/// The exit status of `ExitAfter101`.
+pub const EXIT_STATUS: i32 = 3;
 
 /// What a `--once` server does right after closing its one connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -122,6 +130,16 @@ fn serve_one(mut conn: TcpStream, mode: Mode) -> Result<()> {
             conn.write_all(RESPONSE_101)?;
             set_linger_zero(&conn)?;
         }
+        Mode::CrashAfter101 => {
+            conn.write_all(RESPONSE_101)?;
+            crash();
+        }
+        Mode::ExitAfter101 => {
+            conn.write_all(RESPONSE_101)?;
+            // process::exit runs no destructors: the socket is still open
+            // and the kernel closes it in do_exit.
+            std::process::exit(EXIT_STATUS);
+        }
     }
     close_connection(conn);
     Ok(())
@@ -182,4 +200,22 @@ fn set_linger_zero(conn: &TcpStream) -> Result<()> {
 #[inline(never)]
 pub fn close_connection(conn: TcpStream) {
     drop(std::hint::black_box(conn));
+}
+
+/// Dies of SIGSEGV like a faulting C server: the default action (Rust's
+/// runtime installs a handler for stack overflows), and no core file left
+/// behind by a test.
+fn crash() -> ! {
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on our own process; raise() does not return
+    // once SIGSEGV has its default action.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+        libc::raise(libc::SIGSEGV);
+    }
+    unreachable!("SIGSEGV with its default action ends the process")
 }

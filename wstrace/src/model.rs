@@ -37,6 +37,22 @@ pub struct Event {
     pub stacks: Option<Stacks>,
     /// Only for `Data`.
     pub data: Option<Data>,
+    /// Close by an exiting task: its `exit_code` (wait(2) status form), when
+    /// the kernel's layout let the program read it.
+    pub exit_code: Option<u32>,
+    /// Only for `Signal`.
+    pub signal: Option<SignalSent>,
+}
+
+/// A signal sent to a process that wrote a 101 (the event's pid/comm are
+/// the sender's), or the OOM killer choosing it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignalSent {
+    pub target_pid: u32,
+    pub signal: u32,
+    /// `si_code` (0: kill(2) from a process; 0x80: the kernel).
+    pub code: i32,
+    pub oom: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -142,6 +158,8 @@ pub struct Closer {
     pub comm: String,
     /// The close ran in do_exit: the process ended without closing it itself.
     pub at_exit: bool,
+    /// With `at_exit`: the task's exit code (wait(2) status form), if read.
+    pub exit_code: Option<u32>,
     pub stacks: Stacks,
 }
 
@@ -287,6 +305,100 @@ impl Direction {
     }
 }
 
+// --- How a closing process ended (enrich makes it) ---
+
+/// Who sent the signal that ended a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Killer {
+    /// A process (kill(2), tgkill(2), ...).
+    Process { pid: u32, comm: String },
+    /// The OOM killer.
+    OomKiller,
+    /// The kernel itself (e.g. a fault, or a parent's death signal).
+    Kernel,
+    /// The process itself (raise(3), abort(3): a failed assertion).
+    Itself,
+}
+
+/// How a process that closed a socket at its exit ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProcessEnd {
+    /// Ended by a signal (`core_dumped`: the kernel wrote a core file).
+    Signaled {
+        signal: u32,
+        core_dumped: bool,
+        /// Who sent it, when the kernel saw it being sent.
+        killer: Option<Killer>,
+    },
+    /// exit(2)/exit_group(2) with this status, without closing the socket.
+    Exited { status: u32 },
+}
+
+impl ProcessEnd {
+    /// From a task's `exit_code` (wait(2) status form).
+    pub fn from_exit_code(code: u32) -> Self {
+        match code & 0x7f {
+            0 => Self::Exited {
+                status: (code >> 8) & 0xff,
+            },
+            signal => Self::Signaled {
+                signal,
+                core_dumped: code & 0x80 != 0,
+                killer: None,
+            },
+        }
+    }
+}
+
+/// The name of a signal number as kill -l prints it (x86_64), or `SIG<n>`.
+pub fn signal_name(sig: u32) -> String {
+    const NAMES: [&str; 32] = [
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    match NAMES.get(sig as usize) {
+        Some(n) if !n.is_empty() => (*n).to_string(),
+        _ => format!("SIG{sig}"),
+    }
+}
+
+/// Signals that mean the program crashed (a fault or an abort), not that
+/// someone stopped it.
+pub fn is_crash_signal(sig: u32) -> bool {
+    // SIGQUIT SIGILL SIGTRAP SIGABRT SIGBUS SIGFPE SIGSEGV SIGSYS
+    matches!(sig, 3 | 4 | 5 | 6 | 7 | 8 | 11 | 31)
+}
+
 // --- Processes (enrich makes them) ---
 
 /// The process at the other end of a connection whose both ends are on
@@ -332,6 +444,40 @@ pub struct ProcInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exit_codes_read_like_wait_status() {
+        assert_eq!(
+            ProcessEnd::from_exit_code(3 << 8),
+            ProcessEnd::Exited { status: 3 }
+        );
+        assert_eq!(
+            ProcessEnd::from_exit_code(0),
+            ProcessEnd::Exited { status: 0 }
+        );
+        assert_eq!(
+            ProcessEnd::from_exit_code(11 | 0x80),
+            ProcessEnd::Signaled {
+                signal: 11,
+                core_dumped: true,
+                killer: None
+            }
+        );
+        assert_eq!(
+            ProcessEnd::from_exit_code(9),
+            ProcessEnd::Signaled {
+                signal: 9,
+                core_dumped: false,
+                killer: None
+            }
+        );
+        assert_eq!(signal_name(11), "SIGSEGV");
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(31), "SIGSYS");
+        assert_eq!(signal_name(40), "SIG40");
+        assert_eq!(signal_name(0), "SIG0");
+        assert!(is_crash_signal(11) && is_crash_signal(6) && !is_crash_signal(9));
+    }
 
     #[test]
     fn no_user_stack_says_why_in_end_and_description() {

@@ -2,7 +2,7 @@
 //! resets and socket destruction. Stable since Linux 4.16; field offsets come
 //! from tracefs `format` files (the `tp_*` fields of the kernel config).
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use wstrace_common::{EventKind, ProbeSet, tcp_state};
+use wstrace_common::{EventKind, ProbeSet, SIGNAL_OOM_VICTIM, tcp_state};
 
 use crate::{
     kernel::{config, port_traced, sk_local_port},
@@ -104,5 +104,58 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
     on_sk_event(&ctx, config!(tp_destroy_skaddr), EventKind::Destroy);
+    0
+}
+
+/// Signals that end a process by default (signal(7): Term and Core), below
+/// 32: SIGCHLD, SIGCONT, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU, SIGURG and
+/// SIGWINCH do not, and are the bulk of a machine's signals.
+#[inline(always)]
+fn may_end_a_process(sig: i32) -> bool {
+    (1..32).contains(&sig) && !matches!(sig, 17..=23 | 28)
+}
+
+const SIGKILL: u32 = 9;
+/// `result` of signal_generate: TRACE_SIGNAL_IGNORED.
+const SIGNAL_IGNORED: i32 = 1;
+
+/// A signal on its way to a task, in the sender's context (a kill(2), or
+/// the kernel for a fault). Signal number first, then the one-lookup check
+/// that the target wrote a 101: everything else leaves at once.
+/// Checked against `TRACE_EVENT(signal_generate, int sig, struct
+/// kernel_siginfo *info, struct task_struct *task, int group, int result)`,
+/// 5.10 to 6.18; fields from tracefs.
+#[tracepoint(category = "signal", name = "signal_generate")]
+pub fn signal_generate(ctx: TracePointContext) -> u32 {
+    let Ok(sig) = field::<i32>(&ctx, config!(tp_signal_sig)) else {
+        return 0;
+    };
+    if !may_end_a_process(sig) {
+        return 0;
+    }
+    let Ok(target) = field::<i32>(&ctx, config!(tp_signal_pid)) else {
+        return 0;
+    };
+    if !record::is_upgrader(target as u32) {
+        return 0;
+    }
+    if field::<i32>(&ctx, config!(tp_signal_result)).unwrap_or(0) == SIGNAL_IGNORED {
+        return 0;
+    }
+    let code = field::<i32>(&ctx, config!(tp_signal_code)).unwrap_or(0);
+    record::signal(target as u32, sig as u32, code, 0);
+    0
+}
+
+/// The OOM killer chose a victim (right after sending it SIGKILL, in the
+/// allocating task's context: that task is not who killed it).
+#[tracepoint(category = "oom", name = "mark_victim")]
+pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
+    let Ok(pid) = field::<i32>(&ctx, config!(tp_oom_pid)) else {
+        return 0;
+    };
+    if record::is_upgrader(pid as u32) {
+        record::signal(pid as u32, SIGKILL, 0, SIGNAL_OOM_VICTIM);
+    }
     0
 }

@@ -90,6 +90,8 @@ const FIELDS: &[(Slot, &str, &str, usize, Need)] = &[
     (|c| &mut c.task_start_time, "task_struct", "start_time", 8, Need::Optional),
     // Without it the user registers are unknown: frame-pointer stacks only.
     (|c| &mut c.task_stack, "task_struct", "stack", PTR, Need::Optional),
+    // Without it a close at process exit does not say how the process ended.
+    (|c| &mut c.task_exit_code, "task_struct", "exit_code", 4, Need::Optional),
     (|c| &mut c.files_fdt, "files_struct", "fdt", PTR, Need::FdWalk),
     (|c| &mut c.fdt_max_fds, "fdtable", "max_fds", 4, Need::FdWalk),
     (|c| &mut c.fdt_fd, "fdtable", "fd", PTR, Need::FdWalk),

@@ -103,6 +103,29 @@ const COMMON: [(&str, &str, &str); 3] = [
     ("tcp_destroy_sock", "tcp", "tcp_destroy_sock"),
 ];
 
+/// Shared tracepoints that only add to a report (who sent the signal that
+/// ended a server, the OOM killer): attached where the kernel has them and
+/// their fields were found, and said otherwise (`limits`).
+const ENDINGS: [(&str, &str, &str); 2] = [
+    ("signal_generate", "signal", "signal_generate"),
+    ("oom_mark_victim", "oom", "mark_victim"),
+];
+
+/// Whether the config holds every field `prog` (of [`ENDINGS`]) reads.
+fn ending_fields_known(config: &KernelConfig, prog: &str) -> bool {
+    match prog {
+        "signal_generate" => [
+            config.tp_signal_sig,
+            config.tp_signal_code,
+            config.tp_signal_pid,
+            config.tp_signal_result,
+        ]
+        .iter()
+        .all(|&f| f != ABSENT),
+        _ => config.tp_oom_pid != ABSENT,
+    }
+}
+
 /// Tracepoint set: the write-family syscalls that can carry a 101 or a close
 /// frame, the read family (entry and exit) that carries the request head
 /// and the peer's close frames, and accept (which processes serve a traced
@@ -163,6 +186,13 @@ fn limits(set: ProbeSet, root: &Path) -> Vec<String> {
                 .into(),
         );
     }
+    for (_, cat, name) in ENDINGS {
+        if !tracefs::event_exists(root, cat, name) {
+            out.push(format!(
+                "{cat}:{name} is missing: reports of servers that were killed do not name the sender or the OOM killer"
+            ));
+        }
+    }
     if !tracefs::event_exists(root, "tcp", "tcp_destroy_sock") {
         out.push(
             "tcp:tcp_destroy_sock is missing: reports rely on state changes and timers".into(),
@@ -217,6 +247,11 @@ const TRACEPOINT_FIELDS: &[(TpSlot, &str, &str, &str, TpNeed)] = &[
     (|c| &mut c.tp_send_reset_skaddr, "tcp", "tcp_send_reset", "skaddr", TpNeed::Required),
     (|c| &mut c.tp_recv_reset_skaddr, "tcp", "tcp_receive_reset", "skaddr", TpNeed::Required),
     (|c| &mut c.tp_destroy_skaddr, "tcp", "tcp_destroy_sock", "skaddr", TpNeed::Optional),
+    (|c| &mut c.tp_signal_sig, "signal", "signal_generate", "sig", TpNeed::Optional),
+    (|c| &mut c.tp_signal_code, "signal", "signal_generate", "code", TpNeed::Optional),
+    (|c| &mut c.tp_signal_pid, "signal", "signal_generate", "pid", TpNeed::Optional),
+    (|c| &mut c.tp_signal_result, "signal", "signal_generate", "result", TpNeed::Optional),
+    (|c| &mut c.tp_oom_pid, "oom", "mark_victim", "pid", TpNeed::Optional),
 ];
 
 fn try_set(
@@ -296,6 +331,11 @@ fn try_set(
             continue; // older kernels; see limits()
         }
         attach_tracepoint(&mut ebpf, set, prog, cat, name)?;
+    }
+    for (prog, cat, name) in ENDINGS {
+        if ending_fields_known(config, prog) && tracefs::event_exists(root, cat, name) {
+            attach_tracepoint(&mut ebpf, set, prog, cat, name)?;
+        }
     }
     match set {
         ProbeSet::Fentry => {

@@ -12,6 +12,8 @@
 //!    side (usually the proxy in front);
 //! 5. otherwise, if the peer closed first, that is where to look;
 //! 6. `unknown`: the facts are shown, no guess is made.
+mod ending;
+
 use serde::Serialize;
 
 use crate::enrich::Enriched;
@@ -35,6 +37,8 @@ pub struct Facts {
     pub ms_after_upgrade: f64,
     /// Time since the last data in either direction when the close began.
     pub idle_ms: Option<u64>,
+    /// How the closing process ended, if it closed at its exit.
+    pub ending: Option<crate::model::ProcessEnd>,
 }
 
 impl Facts {
@@ -51,6 +55,7 @@ impl Facts {
             close_frames: e.frames.clone(),
             ms_after_upgrade: r.ms_after_upgrade(),
             idle_ms: e.idle_ms,
+            ending: e.ending.clone(),
         }
     }
 }
@@ -61,9 +66,29 @@ pub struct Diagnosis {
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
+    /// What else the rules found when a process ending came first (e.g.
+    /// the request was HTTP/1.0 too).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<Finding>,
+}
+
+/// A secondary finding: a rule that matched after the first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub code: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
 }
 
 type Rule = (&'static str, fn(&Facts) -> Option<(String, Option<String>)>);
+
+/// Rules about how the closing process ended: ahead of every other rule.
+const ENDING_RULES: &[Rule] = &[
+    ("process_crashed", ending::process_crashed),
+    ("process_killed", ending::process_killed),
+    ("process_exited", ending::process_exited),
+];
 
 const RULES: &[Rule] = &[
     ("server_close_frame", |f| {
@@ -83,16 +108,41 @@ const RULES: &[Rule] = &[
 ];
 
 pub fn diagnose(f: &Facts) -> Diagnosis {
-    for (code, rule) in RULES {
+    for (code, rule) in ENDING_RULES {
         if let Some((message, fix)) = rule(f) {
-            return Diagnosis { code, message, fix };
+            // The connection's own story, if it has one, stays in the report.
+            let also = first_match(f)
+                .map(|(code, message, fix)| Finding { code, message, fix })
+                .into_iter()
+                .collect();
+            return Diagnosis {
+                code,
+                message,
+                fix,
+                also,
+            };
         }
     }
-    Diagnosis {
-        code: "unknown",
-        message: unknown_message(f),
-        fix: None,
+    match first_match(f) {
+        Some((code, message, fix)) => Diagnosis {
+            code,
+            message,
+            fix,
+            also: Vec::new(),
+        },
+        None => Diagnosis {
+            code: "unknown",
+            message: unknown_message(f),
+            fix: None,
+            also: Vec::new(),
+        },
     }
+}
+
+fn first_match(f: &Facts) -> Option<(&'static str, String, Option<String>)> {
+    RULES
+        .iter()
+        .find_map(|(code, rule)| rule(f).map(|(message, fix)| (*code, message, fix)))
 }
 
 fn who(p: &Option<(u32, String)>) -> Option<String> {
@@ -319,7 +369,7 @@ fn unknown_message(f: &Facts) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::protocol::http::parse_request_head;
     use crate::redact::Redactor;
@@ -328,7 +378,7 @@ mod tests {
         parse_request_head(s.as_bytes(), &Redactor::default())
     }
 
-    fn facts() -> Facts {
+    pub(super) fn facts() -> Facts {
         Facts {
             request: req("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"),
             closed_by: ClosedBy::Local,
@@ -339,6 +389,7 @@ mod tests {
             close_frames: Vec::new(),
             ms_after_upgrade: 0.4,
             idle_ms: Some(0),
+            ending: None,
         }
     }
 

@@ -18,7 +18,10 @@ use std::time::SystemTime;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use wstrace_common::EventKind;
 
-use crate::model::{CloseReport, Direction, Event, PeerProcess, ProcInfo, UserWalk, Walk};
+use crate::model::{
+    CloseReport, Direction, Event, Killer, PeerProcess, ProcInfo, ProcessEnd, SignalSent, UserWalk,
+    Walk,
+};
 use crate::protocol::{
     http::{self, RequestHead},
     wsframe::{self, CloseFrame},
@@ -31,6 +34,23 @@ use unwind::UserStackMode;
 
 /// Peers remembered at once (a bound, not a working-set estimate).
 const MAX_PEERS: usize = 16384;
+
+/// Signals to upgraders remembered at once (a bound; the kernel sends only
+/// those aimed at processes that wrote a 101).
+const MAX_SIGNALS: usize = 4096;
+
+/// A signal older than this when its target closes at exit did not end it
+/// (the pid may have been reused since).
+const SIGNAL_RELEVANCE_NS: u64 = 120_000_000_000;
+
+/// A signal the kernel saw being sent to a process that wrote a 101.
+#[derive(Clone, Debug)]
+struct SignalSeen {
+    sent: SignalSent,
+    sender_pid: u32,
+    sender_comm: String,
+    ts_ns: u64,
+}
 
 /// A close report with everything resolved that the matcher does not know:
 /// wall-clock time, the closing process's description, symbolized stacks,
@@ -51,6 +71,8 @@ pub struct Enriched<'a> {
     pub frames: Vec<(Direction, CloseFrame)>,
     pub idle_ms: Option<u64>,
     pub peer: Option<PeerProcess>,
+    /// How the closing process ended, when it closed at its exit.
+    pub ending: Option<ProcessEnd>,
 }
 
 /// The enrich stage: owns the process table and everything kept per process
@@ -72,6 +94,8 @@ pub struct Enricher {
     kernel_peers: Option<peer::KernelPeers>,
     /// The userspace lookup (fallback).
     peer_finder: peer::PeerFinder,
+    /// Signals sent to upgraders, by (target pid, signal).
+    signals: HashMap<(u32, u32), SignalSeen>,
     /// The kernel's set of processes whose reads may carry a request on a
     /// traced port (tracepoint set): listeners found here are added, so a
     /// server that accepted before we attached is covered too.
@@ -96,6 +120,7 @@ impl Enricher {
             peers: HashMap::new(),
             kernel_peers,
             peer_finder: peer::PeerFinder::default(),
+            signals: HashMap::new(),
             servers,
         }
     }
@@ -104,6 +129,10 @@ impl Enricher {
     /// its description (process table) and, at the upgrade, its memory maps
     /// for later symbolization and the peer at the other end.
     pub fn observe(&mut self, ev: &Event) {
+        if let Some(sent) = ev.signal {
+            self.note_signal(ev, sent);
+            return;
+        }
         // State, reset and destroy events run in softirq: their pid is
         // whoever was interrupted.
         if !matches!(
@@ -150,6 +179,54 @@ impl Enricher {
                 self.peers.insert(ev.sk, p);
             }
         }
+    }
+
+    /// Keeps a signal sent to an upgrader until its target's close at exit
+    /// asks for it. The OOM killer's mark comes right after its SIGKILL
+    /// (sent from whichever task was allocating): it replaces that, and
+    /// nothing replaces it.
+    fn note_signal(&mut self, ev: &Event, sent: SignalSent) {
+        let key = (sent.target_pid, sent.signal);
+        if self
+            .signals
+            .get(&key)
+            .is_some_and(|s| s.sent.oom && !sent.oom)
+        {
+            return;
+        }
+        if self.signals.len() >= MAX_SIGNALS && !self.signals.contains_key(&key) {
+            self.signals.clear();
+        }
+        self.signals.insert(
+            key,
+            SignalSeen {
+                sent,
+                sender_pid: ev.pid,
+                sender_comm: ev.comm.clone(),
+                ts_ns: ev.ts_ns,
+            },
+        );
+    }
+
+    /// How the process that closed `r` at its exit ended, and who sent the
+    /// signal that ended it, if the kernel saw it sent.
+    fn ending(&self, r: &CloseReport) -> Option<ProcessEnd> {
+        let c = r.closer.as_ref().filter(|c| c.at_exit)?;
+        let mut end = ProcessEnd::from_exit_code(c.exit_code?);
+        if let ProcessEnd::Signaled { signal, killer, .. } = &mut end {
+            let seen = [c.pid, c.tid]
+                .iter()
+                .filter_map(|&target| self.signals.get(&(target, *signal)))
+                .find(|s| {
+                    s.ts_ns <= r.close_ts_ns.saturating_add(1_000_000_000)
+                        && r.close_ts_ns.saturating_sub(s.ts_ns) < SIGNAL_RELEVANCE_NS
+                });
+            *killer = seen.map(|s| match killer_of(s) {
+                Killer::Process { pid, .. } if pid == c.pid => Killer::Itself,
+                k => k,
+            });
+        }
+        Some(end)
     }
 
     /// Replaces a close's stack copy by its dwarf unwind, now: the process
@@ -256,6 +333,25 @@ impl Enricher {
             frames,
             idle_ms,
             peer: self.peers.remove(&r.sk),
+            ending: self.ending(r),
+        }
+    }
+}
+
+/// si_code values (include/uapi/asm-generic/siginfo.h).
+const SI_KERNEL: i32 = 0x80;
+
+fn killer_of(s: &SignalSeen) -> Killer {
+    if s.sent.oom {
+        Killer::OomKiller
+    } else if s.sent.code == SI_KERNEL || s.sent.code > 0 {
+        // Sent by the kernel itself (a fault, a pdeath signal, ...), in
+        // whichever task's context: that task did not send it.
+        Killer::Kernel
+    } else {
+        Killer::Process {
+            pid: s.sender_pid,
+            comm: s.sender_comm.clone(),
         }
     }
 }

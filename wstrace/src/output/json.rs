@@ -8,6 +8,7 @@
 use serde::Serialize;
 
 use crate::diagnose::Diagnosis;
+use crate::model::{Killer, ProcessEnd, signal_name};
 use crate::output::escape;
 use crate::output::view::{View, rfc3339};
 use crate::protocol::{http::RequestHead, wsframe::close_code_meaning};
@@ -46,7 +47,64 @@ struct Line<'a> {
     frames: Vec<Frame<'a>>,
     idle_ms: Option<u64>,
     peer: Option<Peer<'a>>,
+    /// How the closing process ended, when it closed at its exit.
+    process_end: Option<ProcessEndJson<'a>>,
     diagnosis: &'a Diagnosis,
+}
+
+#[derive(Serialize)]
+struct ProcessEndJson<'a> {
+    /// `signal` or `exit`.
+    how: &'static str,
+    signal: Option<String>,
+    signal_number: Option<u32>,
+    core_dumped: Option<bool>,
+    exit_status: Option<u32>,
+    /// `process` (see `sent_by`), `oom_killer`, `kernel`, `self`, or null
+    /// when the sender was not seen.
+    killed_by: Option<&'static str>,
+    sent_by: Option<SentBy<'a>>,
+}
+
+#[derive(Serialize)]
+struct SentBy<'a> {
+    pid: u32,
+    comm: &'a str,
+}
+
+fn process_end(e: &ProcessEnd) -> ProcessEndJson<'_> {
+    match e {
+        ProcessEnd::Exited { status } => ProcessEndJson {
+            how: "exit",
+            signal: None,
+            signal_number: None,
+            core_dumped: None,
+            exit_status: Some(*status),
+            killed_by: None,
+            sent_by: None,
+        },
+        ProcessEnd::Signaled {
+            signal,
+            core_dumped,
+            killer,
+        } => ProcessEndJson {
+            how: "signal",
+            signal: Some(signal_name(*signal)),
+            signal_number: Some(*signal),
+            core_dumped: Some(*core_dumped),
+            exit_status: None,
+            killed_by: killer.as_ref().map(|k| match k {
+                Killer::Process { .. } => "process",
+                Killer::OomKiller => "oom_killer",
+                Killer::Kernel => "kernel",
+                Killer::Itself => "self",
+            }),
+            sent_by: match killer {
+                Some(Killer::Process { pid, comm }) => Some(SentBy { pid: *pid, comm }),
+                _ => None,
+            },
+        },
+    }
 }
 
 #[derive(Serialize)]
@@ -163,6 +221,7 @@ fn line<'a>(v: &'a View<'a>) -> Line<'a> {
             comm: &p.comm,
             source: p.source.as_str(),
         }),
+        process_end: v.ending.as_ref().map(process_end),
         diagnosis: &v.diagnosis,
     }
 }

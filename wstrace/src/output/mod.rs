@@ -149,8 +149,8 @@ mod tests {
     use crate::diagnose::Diagnosis;
     use crate::enrich::Enriched;
     use crate::model::{
-        CloseReport, ClosedBy, Closer, Direction, How, PeerProcess, PeerSource, ProcInfo, Stacks,
-        Upgrader, UserWalk,
+        CloseReport, ClosedBy, Closer, Direction, How, Killer, PeerProcess, PeerSource, ProcInfo,
+        ProcessEnd, Stacks, Upgrader, UserWalk,
     };
     use crate::protocol::{
         http::{HttpVersion, RequestHead},
@@ -185,6 +185,7 @@ mod tests {
                 tid: 11,
                 comm: evil("comm"),
                 at_exit: false,
+                exit_code: None,
                 stacks,
             }),
             upgrader: Upgrader {
@@ -243,11 +244,24 @@ mod tests {
                     comm: evil("peer"),
                     source: PeerSource::Kernel,
                 }),
+                ending: Some(ProcessEnd::Signaled {
+                    signal: 9,
+                    core_dumped: false,
+                    killer: Some(Killer::Process {
+                        pid: 14,
+                        comm: evil("killer"),
+                    }),
+                }),
             },
             diagnosis: Diagnosis {
                 code: "unknown",
                 message: evil("message"),
                 fix: Some(evil("fix")),
+                also: vec![crate::diagnose::Finding {
+                    code: "http10_upgrade",
+                    message: evil("also"),
+                    fix: None,
+                }],
             },
         }
     }
@@ -275,7 +289,7 @@ mod tests {
             let shown = escape::text(EVIL).into_owned();
             for field in [
                 "comm", "upgrader", "/tmp/exe", "cmdline", "ksym", "usym", "GET", "/path",
-                "HTTP/9", "host", "ua", "peer", "message", "fix", "note",
+                "HTTP/9", "host", "ua", "peer", "message", "fix", "note", "also",
             ] {
                 let want = format!("{field}{shown}");
                 assert!(
@@ -302,5 +316,8 @@ mod tests {
         assert_eq!(back["comm"], evil("comm"));
         assert_eq!(back["exe"], evil("/tmp/exe"));
         assert_eq!(back["request"]["target"], evil("/path"));
+        assert_eq!(back["process_end"]["sent_by"]["comm"], evil("killer"));
+        assert_eq!(back["process_end"]["signal"], "SIGKILL");
+        assert_eq!(back["diagnosis"]["also"][0]["message"], evil("also"));
     }
 }

@@ -67,6 +67,9 @@ pub fn render(v: &View<'_>, color: bool) -> String {
     if let Some(fix) = &d.fix {
         let _ = writeln!(out, "  {} {}", p.bold("fix:     "), esc(fix));
     }
+    for a in &d.also {
+        let _ = writeln!(out, "  also:     {}: {}", a.code, esc(&a.message));
+    }
     match &r.closer {
         Some(c) => {
             let _ = writeln!(

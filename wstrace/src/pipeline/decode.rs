@@ -5,11 +5,11 @@
 //! into Rust values.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::model::{Data, Direction, Event, JiffiesSample, Stacks, UserStackCopy};
+use crate::model::{Data, Direction, Event, JiffiesSample, SignalSent, Stacks, UserStackCopy};
 use anyhow::{Result, bail};
 use wstrace_common::{
-    AF_INET6, CloseEvent, DATA_CAP, DIR_SENT, DataEvent, EventHeader, EventKind, FLAG_TASK_EXITING,
-    STACK_DEPTH, SockTuple, UserStackHeader,
+    AF_INET6, CloseEvent, DATA_CAP, DIR_SENT, DataEvent, EventHeader, EventKind, FLAG_EXIT_CODE,
+    FLAG_TASK_EXITING, SIGNAL_OOM_VICTIM, STACK_DEPTH, SignalEvent, SockTuple, UserStackHeader,
 };
 
 pub fn comm_string(comm: &[u8; 16]) -> String {
@@ -122,6 +122,23 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
     } else {
         None
     };
+    let signal = if kind == EventKind::Signal {
+        if bytes.len() < size_of::<SignalEvent>() {
+            bail!("short signal record: {} bytes", bytes.len());
+        }
+        let s: SignalEvent = read_pod(bytes);
+        Some(SignalSent {
+            target_pid: s.target_pid,
+            signal: s.signal,
+            code: s.code,
+            oom: s.oom == SIGNAL_OOM_VICTIM,
+        })
+    } else {
+        None
+    };
+    let exiting = h.flags & FLAG_TASK_EXITING != 0;
+    let exit_code =
+        (kind == EventKind::Close && exiting && h.flags & FLAG_EXIT_CODE != 0).then_some(h.arg);
     let (local, remote) = tuple_addrs(&h.tuple);
     Ok(Event {
         kind,
@@ -131,7 +148,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
         pid: h.pid,
         tid: h.tid,
         comm: comm_string(&h.comm),
-        task_exiting: h.flags & FLAG_TASK_EXITING != 0,
+        task_exiting: exiting,
         arg: h.arg,
         ts_ns: h.ts_ns,
         sk: h.sk,
@@ -147,6 +164,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
         },
         stacks,
         data,
+        exit_code,
+        signal,
     })
 }
 
@@ -230,6 +249,12 @@ mod tests {
         ]);
         c.header.flags = FLAG_TASK_EXITING;
         let e = decode(as_bytes(&c)).expect("decodes");
+        // No FLAG_EXIT_CODE: `arg` is not an exit code.
+        assert_eq!(e.exit_code, None);
+        c.header.flags = FLAG_TASK_EXITING | FLAG_EXIT_CODE;
+        c.header.arg = 11 | 0x80;
+        assert_eq!(decode(as_bytes(&c)).expect("decodes").exit_code, Some(0x8b));
+        let e = decode(as_bytes(&c)).expect("decodes");
         let s = e.stacks.expect("close carries stacks");
         assert_eq!(s.kernel.expect("kernel stack").len(), 3);
         assert_eq!(s.user, Err(14));
@@ -263,6 +288,29 @@ mod tests {
         // A trailer shorter than its header says is an error, not a panic.
         assert!(decode(&rec[..rec.len() - 1]).is_err());
         assert!(decode(&rec[..size_of::<CloseEvent>() + 7]).is_err());
+    }
+
+    #[test]
+    fn decodes_a_signal_sent_to_an_upgrader() {
+        let s = SignalEvent {
+            header: header(EventKind::Signal),
+            target_pid: 4242,
+            signal: 9,
+            code: 0,
+            oom: SIGNAL_OOM_VICTIM,
+        };
+        let e = decode(as_bytes(&s)).expect("decodes");
+        assert_eq!(
+            e.signal,
+            Some(SignalSent {
+                target_pid: 4242,
+                signal: 9,
+                code: 0,
+                oom: true
+            })
+        );
+        assert_eq!(e.comm, "swoole", "the header names the sender");
+        assert!(decode(&as_bytes(&s)[..size_of::<EventHeader>() + 4]).is_err());
     }
 
     #[test]

@@ -133,6 +133,10 @@ impl Matcher {
     /// Feed one event; returns the reports it completes.
     pub fn on_event(&mut self, ev: Event) -> Vec<CloseReport> {
         let mut out = Vec::new();
+        // Signals are about processes, not sockets (enrich keeps them).
+        if ev.kind == EventKind::Signal {
+            return out;
+        }
         if let (EventKind::Data, Some(data)) = (ev.kind, &ev.data) {
             self.on_data(ev.sk, ev.ts_ns, ev.remote, data);
             return out;
@@ -215,6 +219,7 @@ impl Matcher {
                             tid: ev.tid,
                             comm: ev.comm.clone(),
                             at_exit: ev.task_exiting,
+                            exit_code: ev.exit_code,
                             stacks,
                         });
                     }
@@ -228,7 +233,7 @@ impl Matcher {
                     t.local_close_ts.get_or_insert(ev.ts_ns);
                 }
             }
-            EventKind::Upgrade | EventKind::Destroy | EventKind::Data => {}
+            EventKind::Upgrade | EventKind::Destroy | EventKind::Data | EventKind::Signal => {}
         }
         if t.jiffies_at_close.is_none() && (t.first.is_some() || t.local_close_ts.is_some()) {
             t.jiffies_at_close = Some(ev.jiffies);
@@ -464,6 +469,8 @@ mod tests {
             jiffies: JiffiesSample::default(),
             stacks: None,
             data: None,
+            exit_code: None,
+            signal: None,
         }
     }
 

@@ -1,0 +1,226 @@
+//! Rules for a close that happened because the server process ended: how
+//! it ended explains the close better than anything about the connection,
+//! so these come first (what else was found stays as a secondary finding).
+use super::{Facts, closer_name};
+use crate::model::{Killer, ProcessEnd, is_crash_signal, signal_name};
+
+type Found = Option<(String, Option<String>)>;
+
+fn signal_text(signal: u32, core_dumped: bool) -> String {
+    let core = if core_dumped { " (core dumped)" } else { "" };
+    format!("{}{core}", signal_name(signal))
+}
+
+fn signaled(f: &Facts) -> Option<(u32, bool, Option<&Killer>)> {
+    match &f.ending {
+        Some(ProcessEnd::Signaled {
+            signal,
+            core_dumped,
+            killer,
+        }) => Some((*signal, *core_dumped, killer.as_ref())),
+        _ => None,
+    }
+}
+
+/// SIGSEGV, SIGBUS, SIGABRT, SIGILL, SIGFPE ...: the program crashed.
+pub fn process_crashed(f: &Facts) -> Found {
+    let (signal, core, killer) = signaled(f)?;
+    if !is_crash_signal(signal) {
+        return None;
+    }
+    let from = match killer {
+        Some(Killer::Process { pid, comm }) => format!(" sent by {comm} (pid {pid})"),
+        Some(Killer::Itself) => " raised by itself (abort(), a failed assertion or raise())".into(),
+        _ => String::new(),
+    };
+    let message = format!(
+        "{} crashed with {}{from} {:.1} ms after its 101; the kernel closed its connections when the process died",
+        closer_name(f),
+        signal_text(signal, core),
+        f.ms_after_upgrade
+    );
+    let fix = if core {
+        "debug the crash: the core dump (`coredumpctl` or the `core_pattern` path) shows where it faulted"
+    } else {
+        "debug the crash: enable core dumps (`ulimit -c unlimited`, systemd `LimitCORE=infinity`) or run it under gdb to see where it faulted; its log at this time may show the cause"
+    };
+    Some((message, Some(fix.into())))
+}
+
+/// SIGKILL, SIGTERM, SIGINT ...: someone (or the OOM killer) stopped it.
+pub fn process_killed(f: &Facts) -> Found {
+    let (signal, core, killer) = signaled(f)?;
+    if is_crash_signal(signal) {
+        return None;
+    }
+    let sig = signal_text(signal, core);
+    let (by, fix) = match killer {
+        Some(Killer::OomKiller) => (
+            format!(" by the OOM killer ({sig})"),
+            "the process ran out of memory: raise its memory limit (cgroup `memory.max`, container limit) or find what grew".to_string(),
+        ),
+        Some(Killer::Process { pid, comm }) => (
+            format!(" by {sig} from {comm} (pid {pid})"),
+            format!("find why {comm} (pid {pid}) stopped it (a supervisor, deploy or health check); to let clients reconnect cleanly, handle SIGTERM by sending close frames (1001) before exiting"),
+        ),
+        Some(Killer::Itself) => (
+            format!(" by {sig} it sent itself"),
+            "the program signalled itself: its log at this time says why".to_string(),
+        ),
+        Some(Killer::Kernel) => (
+            format!(" by {sig} from the kernel"),
+            "the kernel sent the signal (e.g. a parent's death signal or a resource limit): check the service's logs and limits at this time".to_string(),
+        ),
+        None => (
+            format!(" by {sig} (sender not seen)"),
+            "find what stopped it (a supervisor, deploy, `kill`); to let clients reconnect cleanly, handle SIGTERM by sending close frames (1001) before exiting".to_string(),
+        ),
+    };
+    let message = format!(
+        "{} was killed{by} {:.1} ms after its 101; the kernel closed its connections when the process died",
+        closer_name(f),
+        f.ms_after_upgrade
+    );
+    Some((message, Some(fix)))
+}
+
+/// exit() with the connection still open: a restart, deploy or an error
+/// path that exits.
+pub fn process_exited(f: &Facts) -> Found {
+    let Some(ProcessEnd::Exited { status }) = &f.ending else {
+        return None;
+    };
+    let message = format!(
+        "{} exited (status {status}) {:.1} ms after its 101 without closing the connection; the kernel closed it at exit",
+        closer_name(f),
+        f.ms_after_upgrade
+    );
+    let fix = if *status == 0 {
+        "a restart or deploy ended the process: send close frames (1001 going away) before exiting so clients reconnect at once"
+    } else {
+        "the process exited with an error status: its log at this time says why; send close frames (1001) before exiting so clients reconnect at once"
+    };
+    Some((message, Some(fix.into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnose::{diagnose, tests::facts};
+    use crate::model::ClosedBy;
+    use crate::protocol::http::parse_request_head;
+    use crate::redact::Redactor;
+
+    fn ended(end: ProcessEnd) -> Facts {
+        Facts {
+            ending: Some(end),
+            ..facts()
+        }
+    }
+
+    #[test]
+    fn a_segfault_is_a_crash_named_by_its_signal() {
+        let d = diagnose(&ended(ProcessEnd::Signaled {
+            signal: 11,
+            core_dumped: false,
+            killer: Some(Killer::Kernel),
+        }));
+        assert_eq!(d.code, "process_crashed");
+        assert!(
+            d.message.contains("php (pid 4242) crashed with SIGSEGV"),
+            "{}",
+            d.message
+        );
+        assert!(d.fix.as_deref().unwrap_or("").contains("core dumps"));
+        let d = diagnose(&ended(ProcessEnd::Signaled {
+            signal: 6,
+            core_dumped: true,
+            killer: None,
+        }));
+        assert!(d.message.contains("SIGABRT (core dumped)"), "{}", d.message);
+        let d = diagnose(&ended(ProcessEnd::Signaled {
+            signal: 6,
+            core_dumped: false,
+            killer: Some(Killer::Itself),
+        }));
+        assert!(
+            d.message.contains("SIGABRT raised by itself"),
+            "{}",
+            d.message
+        );
+        assert!(d.fix.as_deref().unwrap_or("").contains("core dump"));
+    }
+
+    #[test]
+    fn a_kill_names_the_sender_or_the_oom_killer() {
+        let d = diagnose(&ended(ProcessEnd::Signaled {
+            signal: 9,
+            core_dumped: false,
+            killer: Some(Killer::Process {
+                pid: 99,
+                comm: "systemd".into(),
+            }),
+        }));
+        assert_eq!(d.code, "process_killed");
+        assert!(
+            d.message
+                .contains("killed by SIGKILL from systemd (pid 99)"),
+            "{}",
+            d.message
+        );
+        let d = diagnose(&ended(ProcessEnd::Signaled {
+            signal: 9,
+            core_dumped: false,
+            killer: Some(Killer::OomKiller),
+        }));
+        assert!(d.message.contains("by the OOM killer"), "{}", d.message);
+        assert!(d.fix.as_deref().unwrap_or("").contains("memory"));
+        let d = diagnose(&ended(ProcessEnd::Signaled {
+            signal: 15,
+            core_dumped: false,
+            killer: None,
+        }));
+        assert!(
+            d.message.contains("SIGTERM (sender not seen)"),
+            "{}",
+            d.message
+        );
+    }
+
+    #[test]
+    fn an_exit_without_close_says_the_status() {
+        let d = diagnose(&ended(ProcessEnd::Exited { status: 3 }));
+        assert_eq!(d.code, "process_exited");
+        assert!(d.message.contains("exited (status 3)"), "{}", d.message);
+    }
+
+    #[test]
+    fn the_process_ending_wins_and_the_rest_stays_as_a_secondary_finding() {
+        let f = Facts {
+            request: parse_request_head(
+                b"GET /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+                &Redactor::default(),
+            ),
+            ..ended(ProcessEnd::Exited { status: 0 })
+        };
+        let d = diagnose(&f);
+        assert_eq!(d.code, "process_exited");
+        assert_eq!(d.also.len(), 1, "{d:?}");
+        assert_eq!(d.also[0].code, "http10_upgrade");
+        // Without a process ending, no secondary finding.
+        let d = diagnose(&Facts { ending: None, ..f });
+        assert_eq!(d.code, "http10_upgrade");
+        assert!(d.also.is_empty());
+    }
+
+    #[test]
+    fn a_peer_close_is_not_about_the_local_process() {
+        // The closer ended only after the peer had closed: the ending is
+        // still what closed this end, and it is said first.
+        let f = Facts {
+            closed_by: ClosedBy::Peer,
+            ..ended(ProcessEnd::Exited { status: 0 })
+        };
+        assert_eq!(diagnose(&f).code, "process_exited");
+    }
+}
