@@ -217,6 +217,8 @@ pub struct EventHeader {
     pub flags: u32,
     /// Upgrade: length of the write that carried the 101. Data: length of
     /// the read or write, of which `DataEvent::len` bytes were copied.
+    /// State to CLOSE: the socket's `sk_err` (why the kernel closed it).
+    /// Close with [`FLAG_EXIT_CODE`]: the task's exit code.
     pub arg: u32,
     /// Low 32 bits of jiffies when the event fired, and the socket's
     /// `tcp_sock.lsndtime` (last data sent) and `icsk_ack.lrcvtime` (last data
@@ -363,6 +365,9 @@ pub struct KernelConfig {
     pub skc_v6_rcv_saddr: u64,
     pub skc_v6_daddr: u64,
     pub sk_protocol: u64,
+    /// `sock.sk_err` (int): the hard error the kernel set before it closed
+    /// the socket itself (ETIMEDOUT, ECONNRESET ...); 0 for a local close.
+    pub sk_err: u64,
     // struct tcp_sock
     pub tcp_bytes_received: u64,
     pub tcp_bytes_acked: u64,

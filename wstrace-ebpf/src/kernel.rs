@@ -73,6 +73,12 @@ pub fn sk_remote_port(sk: u64) -> u16 {
     u16::from_be(read::<u16>(sk, config!(skc_dport)).unwrap_or(0))
 }
 
+/// The socket's hard error (`sk_err`), 0 when none or unreadable.
+#[inline(always)]
+pub fn sk_err(sk: u64) -> u32 {
+    read::<u32>(sk, config!(sk_err)).unwrap_or(0)
+}
+
 #[inline(always)]
 pub fn sk_state(sk: u64) -> u8 {
     read::<u8>(sk, config!(skc_state)).unwrap_or(0)

@@ -21,7 +21,7 @@ use wstrace_common::{
 use crate::{
     kernel::{
         config, current_exit_code, current_process_start_ns, current_task_exiting, fill_tuple,
-        port_traced, read, sk_is_tcp, sk_local_port,
+        port_traced, read, sk_err, sk_is_tcp, sk_local_port,
     },
     maps::{
         CLOSE_SCRATCH, EVENTS, HEAD_BYTES, LOST, PEER_WRITERS, PENDING_READS, PendingRead,
@@ -200,9 +200,22 @@ fn sk_tuple_port_ok(sk: u64) -> bool {
     crate::kernel::port_traced(sk_local_port(sk))
 }
 
-/// A TCP state transition of an upgraded socket.
+/// A TCP state transition of an upgraded socket. A move to CLOSE carries
+/// `sk_err`: the kernel sets it before closing a socket on its own (a
+/// timeout, a reset received, an abort), and not for a local close.
 pub fn state_change(sk: u64, old_state: u8, new_state: u8) {
-    emit_header(EventKind::State, 0, sk, old_state, new_state);
+    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
+        count_lost();
+        return;
+    };
+    let h = entry.as_mut_ptr();
+    unsafe {
+        fill_header(h, EventKind::State, 0, sk, old_state, new_state);
+        if new_state == wstrace_common::tcp_state::CLOSE {
+            (*h).arg = sk_err(sk);
+        }
+    }
+    entry.submit(0);
 }
 
 /// A process is closing an upgraded socket: who, and the call path.

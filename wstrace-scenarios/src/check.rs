@@ -72,6 +72,7 @@ fn named_local_fin() -> Option<Expect> {
         local_prefix: None,
         peer_pid: Some(0),
         ending: None,
+        kernel: None,
     })
 }
 
@@ -90,6 +91,7 @@ fn ended(mode: Mode, then: Then, ending: Ending) -> ServerSpec {
             local_prefix: None,
             peer_pid: Some(0),
             ending: Some(ending),
+            kernel: None,
         }),
     )
 }
@@ -133,6 +135,7 @@ fn scenarios() -> Vec<Scenario> {
                     local_prefix: None,
                     peer_pid: Some(0),
                     ending: None,
+                    kernel: None,
                 }),
             )],
         },
@@ -153,6 +156,7 @@ fn scenarios() -> Vec<Scenario> {
                     local_prefix: None,
                     peer_pid: Some(0),
                     ending: None,
+                    kernel: None,
                 }),
             )],
         },
@@ -196,6 +200,44 @@ fn scenarios() -> Vec<Scenario> {
                     exit_status: Some(crate::serve::EXIT_STATUS as u64),
                     sent_by: None,
                 },
+            )],
+        },
+        // The kernel, not a process, ended these: no pid and no stacks,
+        // whichever task the softirq or timer interrupted.
+        Scenario {
+            name: "peer_reset_is_no_local_close",
+            servers: vec![upgrade(
+                LOCALHOST,
+                Mode::WaitForPeer,
+                Then::Reset,
+                Some(Expect {
+                    closed_by: "peer",
+                    how: "rst",
+                    closer_pid: None,
+                    min_ms: None,
+                    local_prefix: None,
+                    peer_pid: Some(0),
+                    ending: None,
+                    kernel: Some(("reset_received", "abort_rst")),
+                }),
+            )],
+        },
+        Scenario {
+            name: "retransmission_timeout_is_the_kernels_close",
+            servers: vec![upgrade(
+                LOCALHOST,
+                Mode::TimeoutAfter101,
+                Then::GoSilent,
+                Some(Expect {
+                    closed_by: "kernel",
+                    how: "abort",
+                    closer_pid: None,
+                    min_ms: None,
+                    local_prefix: None,
+                    peer_pid: Some(0),
+                    ending: None,
+                    kernel: Some(("tcp_timeout", "tcp_timeout")),
+                }),
             )],
         },
         Scenario {

@@ -20,6 +20,13 @@ pub enum Then {
     /// SIGKILL the server (this pid; the checker fills it in) once its 101
     /// arrived, then read to the end.
     KillServer(u32),
+    /// Close with SO_LINGER {1, 0}: the server receives an RST.
+    Reset,
+    /// Stop acknowledging (a socket filter that drops every segment to this
+    /// socket: the kernel never sees them, so never ACKs), tell the server
+    /// with one byte, and keep the socket open until the checker exits, so
+    /// the server's kernel can only time the connection out.
+    GoSilent,
 }
 
 /// Connects, sends `request`, reads the response head, then `then`.
@@ -38,6 +45,14 @@ pub fn exchange(addr: SocketAddr, request: &[u8], then: Then) -> Result<()> {
             while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
         }
         Then::CloseAfter(d) => std::thread::sleep(d),
+        Then::Reset => crate::serve::set_linger_zero(&conn)?,
+        Then::GoSilent => {
+            drop_everything_received(&conn)?;
+            conn.write_all(b"x").context("sending the go byte")?;
+            // Never closed: a FIN would make it a peer close.
+            std::mem::forget(conn);
+            return Ok(());
+        }
         Then::KillServer(pid) => {
             // SAFETY: signalling the scenario's own server child by pid.
             if unsafe { libc::kill(pid as i32, libc::SIGKILL) } != 0 {
@@ -48,5 +63,34 @@ pub fn exchange(addr: SocketAddr, request: &[u8], then: Then) -> Result<()> {
         }
     }
     drop(conn);
+    Ok(())
+}
+
+/// A classic BPF socket filter that accepts nothing (`ret #0`).
+fn drop_everything_received(conn: &TcpStream) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let mut drop_all = [libc::sock_filter {
+        code: 0x06, // BPF_RET | BPF_K
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    let prog = libc::sock_fprog {
+        len: 1,
+        filter: drop_all.as_mut_ptr(),
+    };
+    // SAFETY: valid fd; `prog` points at one instruction that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&raw const prog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        anyhow::bail!("SO_ATTACH_FILTER: {}", std::io::Error::last_os_error());
+    }
     Ok(())
 }

@@ -18,6 +18,9 @@ pub struct Expect {
     pub peer_pid: Option<u32>,
     /// The server ended with the connection open: how, as the report must say.
     pub ending: Option<Ending>,
+    /// The kernel closed the socket itself: `kernel_reason` and
+    /// `diagnosis.code`; no process (nor its stacks) may be named.
+    pub kernel: Option<(&'static str, &'static str)>,
 }
 
 /// How the server process ended, and what the report must say about it.
@@ -136,7 +139,34 @@ fn check_report(r: &Value, e: &Expect, probe: &str) -> Result<(), String> {
     if let Some(end) = &e.ending {
         check_ending(r, end)?;
     }
+    if let Some((reason, code)) = e.kernel {
+        check_kernel_close(r, reason, code)?;
+    }
     Ok(())
+}
+
+/// Nobody here closed it: no pid, no stacks (a bystander's, in softirq),
+/// and the kernel's reason.
+fn check_kernel_close(r: &Value, reason: &str, code: &str) -> Result<(), String> {
+    let empty = |k: &str| {
+        r.get(k)
+            .and_then(Value::as_array)
+            .is_none_or(|a| a.is_empty())
+    };
+    let got = (
+        str_key(r, "kernel_reason"),
+        r.pointer("/diagnosis/code").and_then(Value::as_str),
+        r.get("pid").is_none_or(Value::is_null),
+        empty("kernel_stack") && empty("user_stack"),
+    );
+    if got == (Some(reason), Some(code), true, true) {
+        Ok(())
+    } else {
+        Err(format!(
+            "kernel close: want reason {reason}, diagnosis {code}, no pid and no stacks; got {got:?} ({})",
+            summary(r)
+        ))
+    }
 }
 
 /// The closer is the server, at its exit, and the report says how it ended
@@ -298,7 +328,33 @@ mod tests {
             local_prefix: None,
             peer_pid: Some(9),
             ending: None,
+            kernel: None,
         }
+    }
+
+    #[test]
+    fn a_kernel_close_names_no_process() {
+        let mut r = report(7);
+        r["closed_by"] = json!("kernel");
+        r["how"] = json!("abort");
+        r["pid"] = Value::Null;
+        r["kernel_stack"] = json!([]);
+        r["user_stack"] = json!([]);
+        r["kernel_reason"] = json!("tcp_timeout");
+        r["diagnosis"] = json!({"code": "tcp_timeout"});
+        let mut e = named(7);
+        e.closer_pid = None;
+        e.closed_by = "kernel";
+        e.how = "abort";
+        e.kernel = Some(("tcp_timeout", "tcp_timeout"));
+        assert!(evaluate(&[&r], Some(&e), "tracepoint").is_ok());
+        let mut bystander = r.clone();
+        bystander["pid"] = json!(555);
+        assert!(
+            evaluate(&[&bystander], Some(&e), "tracepoint")
+                .unwrap_err()
+                .contains("kernel close")
+        );
     }
 
     #[test]

@@ -37,7 +37,14 @@ pub enum Mode {
     CrashAfter101,
     /// Answer 101, then exit(3) without closing the connection.
     ExitAfter101,
+    /// With TCP_USER_TIMEOUT set, answer 101, wait for one byte from the
+    /// client (sent once it stopped acknowledging), write a frame, and wait:
+    /// the kernel times the connection out (ETIMEDOUT), then close.
+    TimeoutAfter101,
 }
+
+/// TCP_USER_TIMEOUT of `TimeoutAfter101`: short, so the scenario is too.
+const USER_TIMEOUT_MS: u32 = 1000;
 
 /// The exit status of `ExitAfter101`.
 pub const EXIT_STATUS: i32 = 3;
@@ -134,6 +141,18 @@ fn serve_one(mut conn: TcpStream, mode: Mode) -> Result<()> {
             conn.write_all(RESPONSE_101)?;
             crash();
         }
+        Mode::TimeoutAfter101 => {
+            set_user_timeout(&conn, USER_TIMEOUT_MS)?;
+            conn.write_all(RESPONSE_101)?;
+            let mut go = [0u8; 1];
+            conn.read_exact(&mut go)
+                .context("waiting for the client's go")?;
+            // A text frame "hi" the client will never acknowledge.
+            conn.write_all(&[0x81, 0x02, b'h', b'i'])?;
+            let mut buf = [0u8; 512];
+            // Ends with ETIMEDOUT once the kernel gives up.
+            while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+        }
         Mode::ExitAfter101 => {
             conn.write_all(RESPONSE_101)?;
             // process::exit runs no destructors: the socket is still open
@@ -174,7 +193,24 @@ pub fn read_head(conn: &mut TcpStream) -> Result<Vec<u8>> {
     Ok(head)
 }
 
-fn set_linger_zero(conn: &TcpStream) -> Result<()> {
+fn set_user_timeout(conn: &TcpStream, ms: u32) -> Result<()> {
+    // SAFETY: valid fd and a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&raw const ms).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("setsockopt(TCP_USER_TIMEOUT)");
+    }
+    Ok(())
+}
+
+pub fn set_linger_zero(conn: &TcpStream) -> Result<()> {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,

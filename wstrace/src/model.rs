@@ -124,6 +124,9 @@ pub struct UserStackCopy {
 pub enum ClosedBy {
     Local,
     Peer,
+    /// The kernel ended the connection on its own (a timeout, an abort):
+    /// no process here closed it.
+    Kernel,
 }
 
 impl ClosedBy {
@@ -131,6 +134,7 @@ impl ClosedBy {
         match self {
             Self::Local => "local",
             Self::Peer => "peer",
+            Self::Kernel => "kernel",
         }
     }
 }
@@ -139,6 +143,8 @@ impl ClosedBy {
 pub enum How {
     Fin,
     Rst,
+    /// Neither: the kernel dropped the connection (a timeout sends nothing).
+    Abort,
 }
 
 impl How {
@@ -146,9 +152,60 @@ impl How {
         match self {
             Self::Fin => "fin",
             Self::Rst => "rst",
+            Self::Abort => "abort",
         }
     }
 }
+
+/// Why the kernel closed a socket itself, from the `sk_err` it set first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelClose {
+    pub errno: u32,
+}
+
+impl KernelClose {
+    /// `tcp_timeout` (retransmission, keepalive or TCP_USER_TIMEOUT: ETIMEDOUT,
+    /// or the ICMP error that came before it), `reset_received`
+    /// (ECONNRESET/EPIPE), `aborted` (ECONNABORTED: `ss -K`, SOCK_DESTROY).
+    pub fn reason(self) -> &'static str {
+        match self.errno {
+            ECONNRESET | EPIPE => "reset_received",
+            ECONNABORTED => "aborted",
+            _ => "tcp_timeout",
+        }
+    }
+
+    /// The errno's name, as errno(3) gives it.
+    pub fn error_name(self) -> String {
+        let name = match self.errno {
+            EPIPE => "EPIPE",
+            ECONNRESET => "ECONNRESET",
+            ECONNABORTED => "ECONNABORTED",
+            ETIMEDOUT => "ETIMEDOUT",
+            EHOSTUNREACH => "EHOSTUNREACH",
+            ENETUNREACH => "ENETUNREACH",
+            ECONNREFUSED => "ECONNREFUSED",
+            EPROTO => "EPROTO",
+            _ => return format!("errno {}", self.errno),
+        };
+        name.to_string()
+    }
+
+    /// A reset from the peer (the peer, not the kernel, ended it).
+    pub fn is_reset(self) -> bool {
+        matches!(self.errno, ECONNRESET | EPIPE)
+    }
+}
+
+// Linux errno values (asm-generic/errno*.h), as `sk_err` holds them.
+const EPIPE: u32 = 32;
+const EPROTO: u32 = 71;
+const ENETUNREACH: u32 = 101;
+const ECONNABORTED: u32 = 103;
+const ECONNRESET: u32 = 104;
+const ETIMEDOUT: u32 = 110;
+const ECONNREFUSED: u32 = 111;
+const EHOSTUNREACH: u32 = 113;
 
 /// The process that closed the local end, as the kernel saw it.
 #[derive(Clone, Debug, PartialEq)]
@@ -194,6 +251,8 @@ pub struct CloseReport {
     pub jiffies_at_close: Option<JiffiesSample>,
     /// Anything the reader must know to read the report right.
     pub notes: Vec<String>,
+    /// The kernel closed the socket itself (timeout, reset, abort): why.
+    pub kernel_close: Option<KernelClose>,
 }
 
 impl CloseReport {
@@ -444,6 +503,19 @@ pub struct ProcInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_closes_are_named_by_their_errno() {
+        let k = |errno| KernelClose { errno };
+        assert_eq!(k(110).reason(), "tcp_timeout");
+        assert_eq!(k(113).reason(), "tcp_timeout");
+        assert_eq!(k(113).error_name(), "EHOSTUNREACH");
+        assert_eq!(k(104).reason(), "reset_received");
+        assert_eq!(k(32).reason(), "reset_received");
+        assert!(k(104).is_reset() && !k(110).is_reset());
+        assert_eq!(k(103).reason(), "aborted");
+        assert_eq!(k(999).error_name(), "errno 999");
+    }
 
     #[test]
     fn exit_codes_read_like_wait_status() {

@@ -5,7 +5,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use wstrace_common::{EventKind, ProbeSet, SIGNAL_OOM_VICTIM, tcp_state};
 
 use crate::{
-    kernel::{config, port_traced, sk_local_port},
+    kernel::{config, port_traced, sk_err, sk_local_port},
     record,
 };
 
@@ -49,18 +49,22 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 /// so it is recorded as a close with stacks. Peer-driven transitions (softirq,
 /// or on loopback the peer's process) stay plain state changes; the daemon
 /// decides which close came first.
+///
+/// ->CLOSE is also how the kernel ends a connection on its own: a reset
+/// received, a retransmission/keepalive/user timeout, an abort. Those run in
+/// softirq or timer context, on whatever task was interrupted, and set
+/// `sk_err` first (tcp_reset, tcp_write_err, tcp_abort), which a local close
+/// never does (tcp_disconnect sets it only after the transition): so with
+/// `sk_err` set, no task closed it, and none is charged with it.
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state_closer(ctx: TracePointContext) -> u32 {
     if let Ok(Some((sk, old, new))) = upgraded_transition(&ctx) {
-        let local_close = matches!(
-            (old, new),
+        let local_close = match (old, new) {
             (tcp_state::ESTABLISHED, tcp_state::FIN_WAIT1)
-                | (tcp_state::CLOSE_WAIT, tcp_state::LAST_ACK)
-                | (
-                    tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT,
-                    tcp_state::CLOSE
-                )
-        );
+            | (tcp_state::CLOSE_WAIT, tcp_state::LAST_ACK) => true,
+            (tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT, tcp_state::CLOSE) => sk_err(sk) == 0,
+            _ => false,
+        };
         if local_close {
             record::close(&ctx, ProbeSet::Tracepoint, sk, old, new);
         } else {

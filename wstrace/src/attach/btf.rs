@@ -73,6 +73,9 @@ const FIELDS: &[(Slot, &str, &str, usize, Need)] = &[
     (|c| &mut c.skc_v6_rcv_saddr, "sock", "__sk_common.skc_v6_rcv_saddr", 16, Need::Optional),
     (|c| &mut c.skc_v6_daddr, "sock", "__sk_common.skc_v6_daddr", 16, Need::Optional),
     (|c| &mut c.sk_protocol, "sock", "sk_protocol", 2, Need::Present),
+    // Without it a timeout or reset cannot be told from a local close in
+    // the tracepoint set (every kernel from 5.10 has it).
+    (|c| &mut c.sk_err, "sock", "sk_err", 4, Need::Optional),
     (|c| &mut c.tcp_bytes_received, "tcp_sock", "bytes_received", 8, Need::Required),
     (|c| &mut c.tcp_bytes_acked, "tcp_sock", "bytes_acked", 8, Need::Optional),
     // u32 jiffies of the last data sent / received (idle times).

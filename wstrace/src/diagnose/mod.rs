@@ -13,6 +13,7 @@
 //! 5. otherwise, if the peer closed first, that is where to look;
 //! 6. `unknown`: the facts are shown, no guess is made.
 mod ending;
+mod kernel_close;
 
 use serde::Serialize;
 
@@ -39,6 +40,8 @@ pub struct Facts {
     pub idle_ms: Option<u64>,
     /// How the closing process ended, if it closed at its exit.
     pub ending: Option<crate::model::ProcessEnd>,
+    /// The kernel closed the socket itself, and why.
+    pub kernel_close: Option<crate::model::KernelClose>,
 }
 
 impl Facts {
@@ -56,6 +59,7 @@ impl Facts {
             ms_after_upgrade: r.ms_after_upgrade(),
             idle_ms: e.idle_ms,
             ending: e.ending.clone(),
+            kernel_close: r.kernel_close,
         }
     }
 }
@@ -98,6 +102,8 @@ const RULES: &[Rule] = &[
         close_frame_rule(f, Direction::Received)
     }),
     ("abort_rst", abort_rst),
+    ("tcp_timeout", kernel_close::tcp_timeout),
+    ("kernel_abort", kernel_close::kernel_abort),
     ("http10_upgrade", http10_upgrade),
     (
         "connection_header_missing_upgrade",
@@ -210,6 +216,7 @@ fn abort_rst(f: &Facts) -> Option<(String, Option<String>)> {
             format!("the peer ({}) reset the connection", peer_name(f)),
             Some("look at the peer: a proxy or client that crashed, timed out or was killed resets its connections".into()),
         ),
+        ClosedBy::Kernel => return None,
     })
 }
 
@@ -321,6 +328,7 @@ fn idle_timeout(f: &Facts) -> Option<(String, Option<String>)> {
     let by = match f.closed_by {
         ClosedBy::Local => closer_name(f),
         ClosedBy::Peer => format!("the peer ({})", peer_name(f)),
+        ClosedBy::Kernel => "the kernel".to_string(),
     };
     let matches = known.map(|k| format!(", matching {k}")).unwrap_or_default();
     let message = format!(
@@ -390,6 +398,7 @@ pub(crate) mod tests {
             ms_after_upgrade: 0.4,
             idle_ms: Some(0),
             ending: None,
+            kernel_close: None,
         }
     }
 

@@ -49,6 +49,10 @@ struct Line<'a> {
     peer: Option<Peer<'a>>,
     /// How the closing process ended, when it closed at its exit.
     process_end: Option<ProcessEndJson<'a>>,
+    /// The kernel closed the socket itself: `tcp_timeout`,
+    /// `reset_received` or `aborted`, and the error it set (`ETIMEDOUT`).
+    kernel_reason: Option<&'static str>,
+    kernel_error: Option<String>,
     diagnosis: &'a Diagnosis,
 }
 
@@ -222,6 +226,8 @@ fn line<'a>(v: &'a View<'a>) -> Line<'a> {
             source: p.source.as_str(),
         }),
         process_end: v.ending.as_ref().map(process_end),
+        kernel_reason: r.kernel_close.map(|k| k.reason()),
+        kernel_error: r.kernel_close.map(|k| k.error_name()),
         diagnosis: &v.diagnosis,
     }
 }

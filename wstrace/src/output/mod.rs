@@ -200,6 +200,7 @@ mod tests {
             close_frames: Vec::new(),
             jiffies_at_close: None,
             notes: vec![evil("note")],
+            kernel_close: None,
         }
     }
 

@@ -43,6 +43,7 @@ pub fn render(v: &View<'_>, color: bool) -> String {
     let who = match r.closed_by {
         ClosedBy::Local => p.red("closed by LOCAL"),
         ClosedBy::Peer => p.yellow("closed by PEER"),
+        ClosedBy::Kernel => p.yellow("closed by KERNEL"),
     };
     let _ = writeln!(
         out,
@@ -69,6 +70,14 @@ pub fn render(v: &View<'_>, color: bool) -> String {
     }
     for a in &d.also {
         let _ = writeln!(out, "  also:     {}: {}", a.code, esc(&a.message));
+    }
+    if let Some(k) = r.kernel_close {
+        let _ = writeln!(
+            out,
+            "  kernel:   {} ({}): no process here closed it",
+            k.reason(),
+            k.error_name()
+        );
     }
     match &r.closer {
         Some(c) => {

@@ -18,7 +18,8 @@ use std::collections::HashMap;
 use wstrace_common::{EventKind, ProbeSet, tcp_state};
 
 use crate::model::{
-    CloseReport, ClosedBy, Closer, Data, Direction, Event, How, JiffiesSample, Upgrader,
+    CloseReport, ClosedBy, Closer, Data, Direction, Event, How, JiffiesSample, KernelClose,
+    Upgrader,
 };
 
 /// Did the request the server answered ask for an upgrade? True unless a
@@ -65,6 +66,8 @@ struct Tracked {
     request_head: Vec<u8>,
     close_frames: Vec<(Direction, Vec<u8>)>,
     jiffies_at_close: Option<JiffiesSample>,
+    /// The kernel closed the socket itself (sk_err at the ->CLOSE transition).
+    kernel_close: Option<KernelClose>,
 }
 
 pub struct Matcher {
@@ -176,6 +179,7 @@ impl Matcher {
                     request_head: head,
                     close_frames: Vec::new(),
                     jiffies_at_close: None,
+                    kernel_close: None,
                 },
             );
             return out;
@@ -209,7 +213,7 @@ impl Matcher {
                 t.rst_sent = true;
                 t.first.get_or_insert((ClosedBy::Local, How::Rst, ev.ts_ns));
             }
-            EventKind::State => apply_transition(t, ev.old_state, ev.new_state, ev.ts_ns),
+            EventKind::State => apply_transition(t, ev.old_state, ev.new_state, ev.ts_ns, ev.arg),
             EventKind::Close => {
                 let is_reset_by_peer = ev.new_state == tcp_state::CLOSE && t.rst_received;
                 if t.closer.is_none() && !is_reset_by_peer {
@@ -226,7 +230,8 @@ impl Matcher {
                 }
                 if ev.new_state != 0 {
                     // Tracepoint set: the close is itself the transition.
-                    apply_transition(t, ev.old_state, ev.new_state, ev.ts_ns);
+                    // A close is never the kernel's own (no sk_err there).
+                    apply_transition(t, ev.old_state, ev.new_state, ev.ts_ns, 0);
                 } else if ev.old_state == tcp_state::ESTABLISHED {
                     // fentry/kprobe: tcp_close entry on a live socket. How it
                     // ends (FIN or RST) comes with the next transition.
@@ -352,6 +357,9 @@ impl Matcher {
         let closer = match (&t.closer, closed_by) {
             // The peer reset the connection: nobody here closed it.
             (_, ClosedBy::Peer) if how == How::Rst => None,
+            // The kernel gave up on it: a process that closed the dead
+            // socket afterwards did not end the connection.
+            (_, ClosedBy::Kernel) => None,
             (c, _) => c.clone(),
         };
         match &closer {
@@ -395,11 +403,13 @@ impl Matcher {
             close_frames: t.close_frames.clone(),
             jiffies_at_close: t.jiffies_at_close,
             notes,
+            kernel_close: t.kernel_close,
         }
     }
 }
 
-fn apply_transition(t: &mut Tracked, old: u8, new: u8, ts: u64) {
+/// `sk_err`: the socket's hard error at a ->CLOSE transition (0 otherwise).
+fn apply_transition(t: &mut Tracked, old: u8, new: u8, ts: u64, sk_err: u32) {
     use tcp_state::*;
     // A local close seen at tcp_close entry dates the close.
     let local_ts = t.local_close_ts.unwrap_or(ts);
@@ -414,12 +424,24 @@ fn apply_transition(t: &mut Tracked, old: u8, new: u8, ts: u64) {
         }
         (CLOSE_WAIT, LAST_ACK) => t.local_fin_done = true,
         (ESTABLISHED | CLOSE_WAIT, CLOSE) => {
-            let (by, at) = if t.rst_received {
-                (ClosedBy::Peer, ts)
-            } else {
-                (ClosedBy::Local, local_ts)
-            };
-            t.first.get_or_insert((by, How::Rst, at));
+            let kernel = (sk_err != 0).then_some(KernelClose { errno: sk_err });
+            t.kernel_close = t.kernel_close.or(kernel);
+            match kernel {
+                // A reset arrived (its event may have been lost): the peer's.
+                _ if t.rst_received || kernel.is_some_and(KernelClose::is_reset) => {
+                    t.first.get_or_insert((ClosedBy::Peer, How::Rst, ts));
+                }
+                // The kernel gave up (timeout, abort). An RST it sent on the
+                // way (tcp_abort) does not make it a local close.
+                Some(_) => {
+                    if matches!(t.first, None | Some((ClosedBy::Local, How::Rst, _))) {
+                        t.first = Some((ClosedBy::Kernel, How::Abort, ts));
+                    }
+                }
+                None => {
+                    t.first.get_or_insert((ClosedBy::Local, How::Rst, local_ts));
+                }
+            }
             t.reset_transition_ts = Some(ts);
         }
         _ => {}
@@ -650,6 +672,68 @@ mod tests {
         let r = one(m.on_event(ev(EventKind::Destroy, 12)));
         assert_eq!((r.closed_by, r.how), (ClosedBy::Peer, How::Rst));
         assert!(r.closer.is_none());
+    }
+
+    /// ->CLOSE with the socket's sk_err, as the kernel's own closes record it.
+    fn kernel_close(errno: u32, ts: u64) -> Event {
+        Event {
+            arg: errno,
+            ..state(ESTABLISHED, CLOSE, ts)
+        }
+    }
+
+    #[test]
+    fn retransmission_timeout_is_the_kernels_close_not_a_bystanders() {
+        // Tracepoint set: the timer fired on whatever task was running (the
+        // state event's pid is meaningless); no close event at all.
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        m.on_event(upgrade(0));
+        assert!(m.on_event(kernel_close(110, 10)).is_empty());
+        let r = one(m.on_event(ev(EventKind::Destroy, 12)));
+        assert_eq!((r.closed_by, r.how), (ClosedBy::Kernel, How::Abort));
+        assert!(r.closer.is_none());
+        let k = r.kernel_close.expect("kernel close");
+        assert_eq!(
+            (k.reason(), k.error_name().as_str()),
+            ("tcp_timeout", "ETIMEDOUT")
+        );
+
+        // fentry/kprobe: the server closes the dead socket later; it did not
+        // end the connection.
+        let mut m = Matcher::new(ProbeSet::Fentry);
+        m.on_event(upgrade(0));
+        m.on_event(kernel_close(110, 10));
+        m.on_event(close(CLOSE, 0, 100, 20));
+        let r = one(m.tick(10 + RESET_SETTLE_NS));
+        assert_eq!(
+            (r.closed_by, r.how, r.close_ts_ns),
+            (ClosedBy::Kernel, How::Abort, 10)
+        );
+        assert!(r.closer.is_none());
+    }
+
+    #[test]
+    fn an_abort_that_sends_a_reset_is_still_the_kernels() {
+        // tcp_abort (ss -K): sk_err, the active reset, then ->CLOSE.
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        m.on_event(upgrade(0));
+        m.on_event(ev(EventKind::ResetSent, 10));
+        m.on_event(kernel_close(103, 10));
+        let r = one(m.on_event(ev(EventKind::Destroy, 12)));
+        assert_eq!((r.closed_by, r.how), (ClosedBy::Kernel, How::Abort));
+        assert_eq!(r.kernel_close.map(|k| k.reason()), Some("aborted"));
+    }
+
+    #[test]
+    fn a_reset_known_only_from_sk_err_is_the_peers() {
+        // The tcp_receive_reset event was lost; ECONNRESET still says whose.
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        m.on_event(upgrade(0));
+        m.on_event(kernel_close(104, 10));
+        let r = one(m.on_event(ev(EventKind::Destroy, 12)));
+        assert_eq!((r.closed_by, r.how), (ClosedBy::Peer, How::Rst));
+        assert!(r.closer.is_none());
+        assert_eq!(r.kernel_close.map(|k| k.reason()), Some("reset_received"));
     }
 
     #[test]
