@@ -41,6 +41,9 @@ pub enum Mode {
     /// client (sent once it stopped acknowledging), write a frame, and wait:
     /// the kernel times the connection out (ETIMEDOUT), then close.
     TimeoutAfter101,
+    /// Answer 101, then allocate memory until killed (in a memory-limited
+    /// cgroup: the OOM killer's victim).
+    HogAfter101,
 }
 
 /// TCP_USER_TIMEOUT of `TimeoutAfter101`: short, so the scenario is too.
@@ -152,6 +155,15 @@ fn serve_one(mut conn: TcpStream, mode: Mode) -> Result<()> {
             let mut buf = [0u8; 512];
             // Ends with ETIMEDOUT once the kernel gives up.
             while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+        }
+        Mode::HogAfter101 => {
+            conn.write_all(RESPONSE_101)?;
+            let mut hog: Vec<Vec<u8>> = Vec::new();
+            loop {
+                // Touched, so the pages are really charged to the cgroup.
+                hog.push(vec![1u8; 8 << 20]);
+                std::hint::black_box(&hog);
+            }
         }
         Mode::ExitAfter101 => {
             conn.write_all(RESPONSE_101)?;
