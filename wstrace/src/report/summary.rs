@@ -1082,6 +1082,58 @@ mod tests {
     }
 
     #[test]
+    fn listed_closes_and_their_values_are_bounded() {
+        let mut s = Summary::default();
+        let long = "x".repeat(10 * FIELD_CHARS);
+        let line = serde_json::json!({
+            "closed_by": "local", "how": "fin", "pid": 1, "comm": long, "exe": long,
+            "host": long, "local": long, "remote": long, "ts": "2026-11-24T03:00:00Z",
+            "diagnosis": {"code": long, "fix": long, "message": long},
+            "request": {"method": "GET", "target": long, "version": "HTTP/1.1"},
+        })
+        .to_string();
+        let text = format!("{line}\n").repeat(ROWS_KEPT + 10);
+        s.add_text("in", &text, &Filters::default());
+        assert_eq!(s.rows.len(), ROWS_KEPT);
+        assert_eq!(s.rows_dropped, 10);
+        let r = &s.rows[0];
+        for v in [
+            &r.comm,
+            &r.program,
+            &r.host,
+            &r.local,
+            &r.remote,
+            &r.diagnosis,
+        ] {
+            assert_eq!(v.chars().count(), FIELD_CHARS + 1, "cut, with …");
+            assert!(v.ends_with('…'));
+        }
+        let ex = s.examples.values().next().expect("an example");
+        assert!(ex.message.chars().count() <= 4 * FIELD_CHARS + 1);
+        assert!(
+            ex.request_line
+                .as_ref()
+                .is_some_and(|l| l.chars().count() <= 2 * FIELD_CHARS + 1)
+        );
+        assert_eq!(s.by_program.len(), 1);
+        assert_eq!(s.by_program.sorted()[0].1.pids(), 1);
+    }
+
+    #[test]
+    fn pids_per_group_are_counted_up_to_a_cap() {
+        let mut g = Groups::default();
+        for pid in 0..(PIDS_PER_GROUP as u32 + 5) {
+            g.add("/usr/bin/php", Some(pid), "php");
+            g.add("/usr/bin/php", Some(pid), "php");
+        }
+        let (_, grp) = g.sorted()[0];
+        assert_eq!(grp.closes, 2 * (PIDS_PER_GROUP as u64 + 5));
+        assert_eq!(grp.pids(), PIDS_PER_GROUP);
+        assert!(grp.pids_capped);
+        assert_eq!(pid_count(grp), format!("at least {PIDS_PER_GROUP} pids"));
+    }
+
+    #[test]
     fn lifetimes_are_sampled_beyond_the_cap_with_an_exact_max() {
         let mut l = Lifetimes::default();
         let n = LIFETIME_SAMPLE as u64 * 3;
