@@ -310,13 +310,17 @@ fn timeline(s: &Summary, colour: &dyn Fn(&str) -> &'static str) -> String {
             );
         }
     }
-    // About six time labels along the axis.
+    // About six time labels along the axis, none cut by the right edge
+    // (a label is about 100 units wide).
     let every = (bars / 6).max(1);
     for i in (0..bars).step_by(every as usize) {
+        let x = left + i as f64 * bar_w;
+        if i > 0 && x + 100.0 > CHART_W {
+            break;
+        }
         let _ = write!(
             o,
-            "<text x=\"{:.1}\" y=\"{}\">{}</text>",
-            left + i as f64 * bar_w,
+            "<text x=\"{x:.1}\" y=\"{}\">{}</text>",
             top + plot_h + 16.0,
             minute_label(lo + i * step)
         );
@@ -878,6 +882,30 @@ mod tests {
         assert_eq!(fit_label("Vec<a::b::Cee>", 10), "Vec<a::b:…");
         assert_eq!(fit_label("ngx_close_connection", 8), "ngx_clo…");
         assert_eq!(fit_label("ngx_close_connection", 1), "");
+    }
+
+    #[test]
+    fn a_long_time_line_groups_minutes_and_keeps_its_labels_inside() {
+        let mut s = Summary::default();
+        for ts in ["2026-11-24T00:00:10Z", "2026-11-24T16:39:00Z"] {
+            s.add_close(&json!({"closed_by": "peer", "how": "fin", "ts": ts}));
+        }
+        let html = page(&s);
+        assert!(
+            html.contains("Closes per 5 minutes (UTC)"),
+            "1000 minutes in 240 bars"
+        );
+        let chart = &html[html.find("id=\"timeline-chart\"").expect("chart")..];
+        let chart = &chart[..chart.find("</svg>").expect("end")];
+        let bars = chart.matches("<rect").count();
+        assert_eq!(bars, 2);
+        let xs: Vec<f64> = chart
+            .split("<text x=\"")
+            .skip(1)
+            .filter_map(|t| t.split('"').next()?.parse().ok())
+            .collect();
+        assert!(xs.len() >= 5, "{xs:?}");
+        assert!(xs.iter().all(|x| x + 100.0 <= CHART_W), "{xs:?}");
     }
 
     #[test]
