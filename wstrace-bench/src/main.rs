@@ -197,12 +197,18 @@ async fn steady(port: u16, conns: usize, depth: usize, size: usize, secs: f64) -
         tasks.push(tokio::spawn(one_conn(ws, depth, size, measure_from, until)));
     }
     let mut lat = Vec::new();
+    let mut echoes_total = 0u64;
     for t in tasks {
-        lat.extend(t.await.context("client task")??);
+        let (l, all) = t.await.context("client task")??;
+        lat.extend(l);
+        echoes_total += all;
     }
     lat.sort_unstable();
     let out = serde_json::json!({
         "msgs": lat.len(),
+        // Every echo of the run, warm-up included: what per-message costs
+        // counted over the whole process (e.g. BPF program stats) divide by.
+        "echoes_total": echoes_total,
         "secs": secs,
         "msgs_per_sec": lat.len() as f64 / secs,
         "p50_us": percentile(&lat, 0.50),
@@ -218,14 +224,14 @@ async fn steady(port: u16, conns: usize, depth: usize, size: usize, secs: f64) -
 type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 
 /// Keeps `depth` messages in flight; returns the round-trip µs of every echo
-/// received inside the measured window.
+/// received inside the measured window, and the number of echoes received in all.
 async fn one_conn(
     mut ws: Ws,
     depth: usize,
     size: usize,
     from: Instant,
     until: Instant,
-) -> Result<Vec<u32>> {
+) -> Result<(Vec<u32>, u64)> {
     let msg = |size: usize| {
         let mut p = vec![0u8; size.max(8)];
         p[..8].copy_from_slice(&mono_ns().to_le_bytes());
@@ -236,9 +242,11 @@ async fn one_conn(
     }
     ws.flush().await?;
     let mut lat = Vec::new();
+    let mut all = 0u64;
     while let Some(m) = ws.next().await {
         let now = Instant::now();
         if let Message::Binary(b) = m? {
+            all += 1;
             if now >= from && b.len() >= 8 {
                 let sent = u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]));
                 lat.push((mono_ns().saturating_sub(sent) / 1000) as u32);
@@ -250,7 +258,7 @@ async fn one_conn(
         ws.send(msg(size)).await?;
     }
     let _ = ws.close(None).await;
-    Ok(lat)
+    Ok((lat, all))
 }
 
 async fn churn(port: u16, conc: usize, secs: f64, eof_log: Option<PathBuf>) -> Result<()> {

@@ -12,14 +12,19 @@
 //! 3. unrelated: the echo load on a port wstrace is *not* tracing (the
 //!    in-kernel port filter at work): the cost must be within noise;
 //! 4. the daemon's own CPU time and peak RSS (wait4 rusage), and the
-//!    close-to-report latency (client's EOF to the report line's arrival).
+//!    close-to-report latency (client's EOF to the report line's arrival);
+//! 5. in-kernel cost per program by the kernel's own stats, beside the
+//!    bpftrace script and a near-empty program on the same hooks
+//!    (kernel_cost.rs).
 //!
 //! Results: BENCHMARKS.md (table, machine, kernel, probe set, date) and
 //! target/bench/results.json.
 
+mod kernel_cost;
+
 use crate::{paths, process, setup};
 use anyhow::{Context as _, Result, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead as _, BufReader, Read as _};
@@ -55,7 +60,24 @@ pub struct BenchArgs {
     /// Print the results but leave BENCHMARKS.md as it is.
     #[arg(long)]
     pub no_write: bool,
+    /// Run only part of the benchmark; the other part's section of
+    /// BENCHMARKS.md is kept as it is.
+    #[arg(long, value_enum, default_value_t = Only::All)]
+    pub only: Only,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Only {
+    /// Everything (sections 1-5).
+    All,
+    /// The load measurements: throughput, churn, unrelated traffic, the daemon (sections 1-4).
+    Load,
+    /// The in-kernel cost per program (section 5).
+    KernelCost,
+}
+
+/// The heading that starts section 5: where a partial run splices.
+const KERNEL_COST_HEADING: &str = "## 5. In-kernel cost per program";
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -141,6 +163,7 @@ struct Results {
     steady: Vec<(Tracer, Vec<Steady>)>,
     churn: Vec<(Placement, Tracer, Vec<Churn>)>,
     unrelated: Vec<(Tracer, Vec<Steady>)>,
+    kernel_cost: Option<kernel_cost::KernelCost>,
 }
 
 struct Bins {
@@ -164,6 +187,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         setup::ensure_packages(&[
             ("bpftrace", "the bpftrace baseline"),
             ("strace", "the strace baseline"),
+            ("bpftool", "per-program run-time stats (section 5)"),
         ])?
     );
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -221,57 +245,77 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     println!("\n==> bench: warm-up run (discarded)");
     steady_run(&bins, args, Tracer::None, TRACED_PORT, &mut probe_set).context("warm-up run")?;
 
-    for round in 1..=args.rounds {
-        println!("\n==> bench: round {round} of {}", args.rounds);
-        for (tracer, runs) in steady.iter_mut() {
-            let r = steady_run(&bins, args, *tracer, TRACED_PORT, &mut probe_set)
-                .with_context(|| format!("steady echo with {}", tracer.name()))?;
-            println!(
-                "  steady    {:<16} {:>9.0} msgs/s  p99 {:>6.0} µs",
-                tracer.name(),
-                r.msgs_per_sec,
-                r.p99_us
-            );
-            runs.push(r);
+    if args.only != Only::KernelCost {
+        for round in 1..=args.rounds {
+            println!("\n==> bench: round {round} of {}", args.rounds);
+            for (tracer, runs) in steady.iter_mut() {
+                let r = steady_run(&bins, args, *tracer, TRACED_PORT, &mut probe_set)
+                    .with_context(|| format!("steady echo with {}", tracer.name()))?;
+                println!(
+                    "  steady    {:<16} {:>9.0} msgs/s  p99 {:>6.0} µs",
+                    tracer.name(),
+                    r.msgs_per_sec,
+                    r.p99_us
+                );
+                runs.push(r);
+            }
+            for (place, tracer, runs) in churn.iter_mut() {
+                // A port of its own per run: the server's TIME_WAIT sockets of
+                // earlier runs (one per connection, for 60 s) cannot collide.
+                churn_port += 1;
+                let r = churn_run(&bins, args, *tracer, churn_port, *place, &mut probe_set)
+                    .with_context(|| format!("churn with {} ({place:?})", tracer.name()))?;
+                println!(
+                    "  churn     {:<16} {:<7} {:>9.0} upgrades/s  reports {}/{}  lost {}",
+                    tracer.name(),
+                    format!("{place:?}").to_lowercase(),
+                    r.per_sec,
+                    r.reports,
+                    r.connections,
+                    r.lost
+                );
+                runs.push(r);
+            }
+            for (tracer, runs) in unrelated.iter_mut() {
+                let r = steady_run(&bins, args, *tracer, OTHER_PORT, &mut probe_set)
+                    .with_context(|| format!("unrelated traffic with {}", tracer.name()))?;
+                println!(
+                    "  unrelated {:<16} {:>9.0} msgs/s  p99 {:>6.0} µs",
+                    tracer.name(),
+                    r.msgs_per_sec,
+                    r.p99_us
+                );
+                runs.push(r);
+            }
         }
-        for (place, tracer, runs) in churn.iter_mut() {
-            // A port of its own per run: the server's TIME_WAIT sockets of
-            // earlier runs (one per connection, for 60 s) cannot collide.
-            churn_port += 1;
-            let r = churn_run(&bins, args, *tracer, churn_port, *place, &mut probe_set)
-                .with_context(|| format!("churn with {} ({place:?})", tracer.name()))?;
-            println!(
-                "  churn     {:<16} {:<7} {:>9.0} upgrades/s  reports {}/{}  lost {}",
-                tracer.name(),
-                format!("{place:?}").to_lowercase(),
-                r.per_sec,
-                r.reports,
-                r.connections,
-                r.lost
-            );
-            runs.push(r);
-        }
-        for (tracer, runs) in unrelated.iter_mut() {
-            let r = steady_run(&bins, args, *tracer, OTHER_PORT, &mut probe_set)
-                .with_context(|| format!("unrelated traffic with {}", tracer.name()))?;
-            println!(
-                "  unrelated {:<16} {:>9.0} msgs/s  p99 {:>6.0} µs",
-                tracer.name(),
-                r.msgs_per_sec,
-                r.p99_us
-            );
-            runs.push(r);
-        }
+        res.probe_set = probe_set;
+        res.steady = steady;
+        res.churn = churn;
+        res.unrelated = unrelated;
     }
-    res.probe_set = probe_set;
-    res.steady = steady;
-    res.churn = churn;
-    res.unrelated = unrelated;
+    if args.only != Only::Load {
+        println!(
+            "\n==> bench: in-kernel cost per program ({} rounds)",
+            args.rounds
+        );
+        let k = kernel_cost::run(&bins, args)?;
+        if res.probe_set.is_empty() {
+            res.probe_set = k.probe_set.clone();
+        }
+        res.kernel_cost = Some(k);
+    }
 
     let json_path = work.join("results.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&res)?)
         .with_context(|| format!("writing {}", json_path.display()))?;
-    let md = render(&res);
+    let md = match args.only {
+        Only::All => render(&res),
+        only => {
+            let path = paths::repo_root().join("BENCHMARKS.md");
+            let old = std::fs::read_to_string(&path).unwrap_or_default();
+            splice(&old, &render(&res), only)
+        }
+    };
     println!("\n{md}");
     println!("bench: raw results in {}", json_path.display());
     if !args.no_write {
@@ -1150,7 +1194,35 @@ fn render(r: &Results) -> String {
             );
         }
     }
+    if let Some(k) = &r.kernel_cost {
+        md.push('\n');
+        md.push_str(&kernel_cost::render(k));
+    }
     md
+}
+
+/// BENCHMARKS.md after a partial run: the new part from `new`, the rest
+/// kept from `old` (section 5 starts at [`KERNEL_COST_HEADING`]).
+fn splice(old: &str, new: &str, only: Only) -> String {
+    let split = |text: &str| -> (String, String) {
+        match text.find(KERNEL_COST_HEADING) {
+            Some(i) => (text[..i].to_string(), text[i..].to_string()),
+            None => (text.to_string(), String::new()),
+        }
+    };
+    let (old_load, old_cost) = split(old);
+    let (new_load, new_cost) = split(new);
+    let (load, cost) = match only {
+        Only::All => (new_load, new_cost),
+        Only::Load => (new_load, old_cost),
+        Only::KernelCost => (old_load, new_cost),
+    };
+    let load = load.trim_end();
+    if cost.is_empty() {
+        format!("{load}\n")
+    } else {
+        format!("{load}\n\n{cost}")
+    }
 }
 
 #[cfg(test)]
@@ -1190,6 +1262,19 @@ mod tests {
         assert_eq!(remote_port(r#"{"remote":"127.0.0.1:43462"}"#), Some(43462));
         assert_eq!(remote_port(r#"{"remote":"[::1]:8080"}"#), Some(8080));
         assert_eq!(remote_port("not json"), None);
+    }
+
+    #[test]
+    fn a_partial_run_keeps_the_other_part() {
+        let old = format!("# B\n## 1. old load\n\n{KERNEL_COST_HEADING}\nold cost\n");
+        let new = format!("# B\n## 1. new load\n\n{KERNEL_COST_HEADING}\nnew cost\n");
+        let load_only = splice(&old, "# B\n## 1. new load\n", Only::Load);
+        assert!(load_only.contains("new load") && load_only.contains("old cost"));
+        let cost_only = splice(&old, &new, Only::KernelCost);
+        assert!(cost_only.contains("old load") && cost_only.contains("new cost"));
+        assert!(!cost_only.contains("old cost") && !cost_only.contains("new load"));
+        let first = splice("", &new, Only::KernelCost);
+        assert!(first.contains("new cost"));
     }
 
     #[test]
