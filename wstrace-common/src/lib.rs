@@ -28,6 +28,17 @@ pub const HEAD_BUDGET: u32 = 2048;
 /// `HTTP/1.1 101 ` (the space rules out `1010`).
 pub const UPGRADE_PREFIX_LEN: usize = 13;
 
+/// Slots of the kernel's direct-mapped server filter (the `SERVER_SLOTS`
+/// map in front of `SERVERS`); a power of two.
+pub const SERVER_SLOTS: u32 = 65536;
+
+/// The slot of process `tgid` in the server filter. Kernel and daemon both
+/// fill it, so the rule lives here.
+#[inline(always)]
+pub fn server_slot(tgid: u32) -> u32 {
+    tgid & (SERVER_SLOTS - 1)
+}
+
 /// `sk_state` values (include/net/tcp_states.h), stable since Linux 2.x.
 pub mod tcp_state {
     pub const ESTABLISHED: u8 = 1;

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use wstrace_common::{CloseWithStack, PeerWriter, SockTuple};
+use wstrace_common::{CloseWithStack, PeerWriter, SERVER_SLOTS as SERVER_SLOT_COUNT, SockTuple};
 
 /// A read in flight on a traced-port socket: where its bytes will land.
 #[repr(C)]
@@ -59,6 +59,14 @@ pub static PEER_WRITERS: LruHashMap<SockTuple, PeerWriter> = LruHashMap::with_ma
 /// recorded (every other signal on the machine costs one lookup). LRU.
 #[map]
 pub static UPGRADERS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
+
+/// A direct-mapped front for SERVERS, read on every read-family syscall on
+/// the machine: slot `server_slot(tgid)` holds the first server tgid that
+/// fell there (0: none ever did). An array lookup is inlined by the verifier
+/// (a load and a compare, no call), where a hash lookup is a call and a hash;
+/// only a process whose slot another server holds pays the SERVERS lookup.
+#[map]
+pub static SERVER_SLOTS: Array<u32> = Array::with_max_entries(SERVER_SLOT_COUNT, 0);
 
 /// One slot per CPU (indexed by CPU id) where a close with a user stack copy
 /// is built before it is sent cut to size: ~34 KiB is too big for the BPF

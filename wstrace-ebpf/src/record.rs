@@ -103,37 +103,46 @@ pub enum Write {
 /// WebSocket frames start with FIN|opcode; 0x88 is a final close frame.
 const WS_CLOSE: u8 = 0x88;
 
-/// Classifies a write from its first bytes. Cheap enough to run on every
-/// write: one copy of at most 13 bytes and a few compares.
+/// The first 8 bytes of a 101 status line, as one little-endian integer.
+const HTTP_1_1: u64 = u64::from_le_bytes(*b"HTTP/1.1");
+const HTTP_1_0: u64 = u64::from_le_bytes(*b"HTTP/1.0");
+
+/// Classifies a write from its first bytes. Runs on every write on the
+/// machine (before the fd walk and the port check, which cost more), so the
+/// common case is one 8-byte copy compared as integers: the full status line
+/// is read only when those 8 bytes are `HTTP/1.x`.
 #[inline(always)]
 pub fn classify_write(buf: u64, len: u64) -> Write {
     if buf == 0 || len == 0 {
         return Write::Other;
     }
-    if len >= UPGRADE_PREFIX_LEN as u64 {
-        let mut head = [0u8; UPGRADE_PREFIX_LEN];
-        if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut head) }.is_err() {
-            return Write::Other;
-        }
-        if is_upgrade_response(&head) {
-            return Write::Upgrade;
-        }
-        if head[0] == REQUEST_PREFIX[0]
-            && head[1] == REQUEST_PREFIX[1]
-            && head[2] == REQUEST_PREFIX[2]
-            && head[3] == REQUEST_PREFIX[3]
-        {
-            return Write::Request;
-        }
-        return if head[0] == WS_CLOSE {
-            Write::CloseFrame
-        } else {
-            Write::Other
+    if len < 8 {
+        // Only a short close frame (2 bytes, or a code and a short reason).
+        return match unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8) } {
+            Ok(WS_CLOSE) => Write::CloseFrame,
+            _ => Write::Other,
         };
     }
-    match unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8) } {
-        Ok(WS_CLOSE) => Write::CloseFrame,
-        _ => Write::Other,
+    let Ok(word) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u64) }) else {
+        return Write::Other;
+    };
+    if word & 0xff == WS_CLOSE as u64 {
+        return Write::CloseFrame;
+    }
+    if word as u32 == u32::from_le_bytes(REQUEST_PREFIX) {
+        return Write::Request;
+    }
+    if len < UPGRADE_PREFIX_LEN as u64 || (word != HTTP_1_1 && word != HTTP_1_0) {
+        return Write::Other;
+    }
+    let mut head = [0u8; UPGRADE_PREFIX_LEN];
+    if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut head) }.is_err() {
+        return Write::Other;
+    }
+    if is_upgrade_response(&head) {
+        Write::Upgrade
+    } else {
+        Write::Other
     }
 }
 

@@ -5,15 +5,16 @@
 //! every kernel. The fd -> sock walk (`kernel::sock_of_fd`) finds the socket.
 //! Not covered here: io_uring, sendfile/splice and sendmmsg (documented).
 use aya_ebpf::{
+    EbpfContext,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use wstrace_common::ProbeSet;
+use wstrace_common::{ProbeSet, server_slot};
 
 use crate::{
     kernel::{port_traced, sk_local_port, sk_remote_port, sock_of_fd},
-    maps::SERVERS,
+    maps::{SERVER_SLOTS, SERVERS},
     record,
 };
 
@@ -22,15 +23,51 @@ fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
-/// This process may read requests on a traced port from now on.
+/// This process may read requests on a traced port from now on (the
+/// daemon adds listeners the same way, attach::ServerSet).
 #[inline(always)]
 fn note_server() {
-    let _ = SERVERS.insert(current_tgid(), 1, 0);
+    let tgid = current_tgid();
+    let _ = SERVERS.insert(tgid, 1, 0);
+    if let Some(slot) = SERVER_SLOTS.get_ptr_mut(server_slot(tgid)) {
+        // First come keeps the slot; a later server that falls on it is
+        // found by the SERVERS lookup in `is_server`. Slots are never
+        // emptied, so a server's slot is never 0.
+        unsafe {
+            if *slot == 0 {
+                *slot = tgid;
+            }
+        }
+    }
 }
 
+/// Argument `i` of a sys_enter record (or `ret` of a sys_exit one, i = 0),
+/// loaded straight from the record: a tracepoint program may read its own
+/// context at any aligned constant offset, so this is one load where
+/// `read_at` is a helper call. On unrelated traffic these loads are most of
+/// what a program does, so they must be the cheapest thing it can do.
 #[inline(always)]
 fn arg(ctx: &TracePointContext, i: usize) -> u64 {
-    unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0)
+    // SAFETY: the record of every syscall tracepoint has its argument slots
+    // at 16 + 8*i (i < 6); `i` is a constant at every call site, so the load
+    // is `*(u64 *)(ctx + 16 + 8i)` with the context pointer unmodified, as
+    // the verifier requires of context accesses.
+    unsafe { core::ptr::read((ctx.as_ptr() as *const u64).add(2 + i)) }
+}
+
+/// Only processes that serve a traced port read requests we care about:
+/// checked before anything else, so every other read on the machine stops
+/// after one inlined array load (maps::SERVER_SLOTS).
+#[inline(always)]
+fn is_server() -> bool {
+    let tgid = current_tgid();
+    match SERVER_SLOTS.get(server_slot(tgid)) {
+        Some(&t) if t == tgid => true,
+        // No server ever fell on this slot.
+        Some(&0) | None => false,
+        // Another server holds the slot: ask the exact set.
+        Some(_) => SERVERS.get_ptr(tgid).is_some(),
+    }
 }
 
 /// Data check first (cheap, rules out nearly every write), then the fd walk,
@@ -64,14 +101,11 @@ fn on_write(fd: u64, buf: u64, len: u64) {
     }
 }
 
-/// Read-family entry: only in processes that serve a traced port (one
-/// lookup; every other read on the machine stops here), the fd walk finds
-/// the socket and `read_entry` filters by port before touching a map.
+/// Read-family entry in a process that serves a traced port (callers check
+/// [`is_server`] first): the fd walk finds the socket and `read_entry`
+/// filters by port before touching a map.
 #[inline(always)]
 fn on_read(fd: u64, buf: u64, cap: u64) {
-    if SERVERS.get_ptr(current_tgid()).is_none() {
-        return;
-    }
     if let Some(sk) = sock_of_fd(fd) {
         record::read_entry(sk, buf, cap);
     }
@@ -81,7 +115,7 @@ fn on_read(fd: u64, buf: u64, cap: u64) {
 /// process a server (one fd walk per accepted connection).
 #[inline(always)]
 fn on_accept_exit(ctx: &TracePointContext) {
-    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
+    let ret = arg(ctx, 0) as i64;
     if ret < 0 {
         return;
     }
@@ -105,30 +139,37 @@ pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
 }
 
 /// sys_exit_* records: `ret` follows `trace_entry` and `nr` at offset 16.
+/// Only a server has reads pending (`on_read`), so the same gate spares
+/// every other read on the machine the pending-read lookup.
 #[inline(always)]
 fn on_read_exit(ctx: &TracePointContext) {
-    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
-    record::read_exit(ret);
+    if is_server() {
+        record::read_exit(arg(ctx, 0) as i64);
+    }
 }
 
 /// read(fd, buf, count)
 #[tracepoint(category = "syscalls", name = "sys_enter_read")]
 pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
-    on_read(arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
+    if is_server() {
+        on_read(arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
+    }
     0
 }
 
 /// recvfrom(fd, ubuf, size, flags, addr, addr_len); recv() is recvfrom() here.
 #[tracepoint(category = "syscalls", name = "sys_enter_recvfrom")]
 pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
-    on_read(arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
+    if is_server() {
+        on_read(arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
+    }
     0
 }
 
 /// readv(fd, vec, vlen): the first iovec.
 #[tracepoint(category = "syscalls", name = "sys_enter_readv")]
 pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
-    if arg(&ctx, 2) > 0 {
+    if arg(&ctx, 2) > 0 && is_server() {
         let (base, len) = first_iovec(arg(&ctx, 1));
         on_read(arg(&ctx, 0), base, len);
     }
@@ -139,7 +180,7 @@ pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_enter_recvmsg")]
 pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
     let msg = arg(&ctx, 1);
-    if msg != 0 {
+    if msg != 0 && is_server() {
         let iov = unsafe { bpf_probe_read_user((msg + 16) as *const [u64; 2]) }.unwrap_or([0, 0]);
         if iov[1] > 0 {
             let (base, len) = first_iovec(iov[0]);

@@ -433,11 +433,38 @@ fn attach_tracepoint(
     Ok(())
 }
 
-/// The map of processes the tracepoint set reads requests for (see
-/// wstrace-ebpf maps::SERVERS), taken out of `ebpf` for the daemon to add
-/// listeners to; `None` if the object has none (build mismatch).
-pub fn take_servers(ebpf: &mut Ebpf) -> Option<aya::maps::HashMap<aya::maps::MapData, u32, u8>> {
-    aya::maps::HashMap::try_from(ebpf.take_map("SERVERS")?).ok()
+/// The processes the tracepoint set reads requests for (wstrace-ebpf
+/// maps::SERVERS and its direct-mapped front SERVER_SLOTS), for the daemon
+/// to add listeners to exactly as the kernel adds the processes that accept.
+pub struct ServerSet {
+    set: aya::maps::HashMap<aya::maps::MapData, u32, u8>,
+    slots: aya::maps::Array<aya::maps::MapData, u32>,
+}
+
+impl ServerSet {
+    /// Adds `pid`. Fails only if SERVERS is full of live entries (it is
+    /// LRU): the process is then added by its next accept or 101.
+    pub fn insert(&mut self, pid: u32) -> Result<(), aya::maps::MapError> {
+        self.set.insert(pid, 1, 0)?;
+        let slot = wstrace_common::server_slot(pid);
+        // The kernel's rule: the first server on a slot keeps it. (A race
+        // with a program filling it at the same moment leaves either pid,
+        // both in SERVERS: the read gate asks SERVERS when the slot is not
+        // the reader's own.)
+        if self.slots.get(&slot, 0)? == 0 {
+            self.slots.set(slot, pid, 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// Takes the server maps out of `ebpf`; `None` if the object has none
+/// (build mismatch).
+pub fn take_servers(ebpf: &mut Ebpf) -> Option<ServerSet> {
+    Some(ServerSet {
+        set: aya::maps::HashMap::try_from(ebpf.take_map("SERVERS")?).ok()?,
+        slots: aya::maps::Array::try_from(ebpf.take_map("SERVER_SLOTS")?).ok()?,
+    })
 }
 
 /// The kernel's record of who wrote each request on the client side of a

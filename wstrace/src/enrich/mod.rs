@@ -15,7 +15,7 @@ pub mod unwind;
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use crate::attach::ServerSet;
 use wstrace_common::EventKind;
 
 use crate::model::{
@@ -99,14 +99,14 @@ pub struct Enricher {
     /// The kernel's set of processes whose reads may carry a request on a
     /// traced port (tracepoint set): listeners found here are added, so a
     /// server that accepted before we attached is covered too.
-    servers: Option<BpfHashMap<MapData, u32, u8>>,
+    servers: Option<ServerSet>,
 }
 
 impl Enricher {
     pub fn new(
         redactor: Redactor,
         user_stack: UserStackMode,
-        servers: Option<BpfHashMap<MapData, u32, u8>>,
+        servers: Option<ServerSet>,
         kernel_peers: Option<peer::KernelPeers>,
     ) -> Self {
         Self {
@@ -263,9 +263,7 @@ impl Enricher {
             }
             self.symbolizer.remember_process(p.pid);
             if let Some(servers) = &mut self.servers {
-                // Fails only if the map is full of live entries (it is LRU): the
-                // process is then added by its next accept or 101.
-                let _ = servers.insert(p.pid, 1, 0);
+                let _ = servers.insert(p.pid);
             }
         }
     }
