@@ -199,7 +199,18 @@ pub fn drop_after_attach(attached: &Attached) {
             "wstrace: warning: privileges: could not drop capabilities ({e}); running with all it was given"
         ),
     }
-    if let Some(t) = threads_with_more_than_main() {
+    // A symbolizer worker started a moment ago drops to file access as its
+    // first step: give such threads a moment before calling one a holdout
+    // (a real holdout is still there 200 ms later).
+    let mut holdout = threads_with_more_than_main();
+    for _ in 0..10 {
+        if holdout.is_none() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        holdout = threads_with_more_than_main();
+    }
+    if let Some(t) = holdout {
         eprintln!(
             "wstrace: warning: privileges: thread {t} still holds capabilities the daemon dropped"
         );
