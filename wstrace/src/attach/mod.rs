@@ -157,9 +157,17 @@ pub fn attach(
         return Err(AttachError::NoObject);
     }
     let config = kernel_config(settings, offsets, tracefs_root).map_err(AttachError::Config)?;
+    let cpus: u32 = aya::util::nr_cpus()
+        .map_err(|(path, e)| AttachError::Config(anyhow::anyhow!("reading {path}: {e}")))?
+        .try_into()
+        .unwrap_or(u32::MAX);
+    // One loader for every attempt: creating one parses the kernel's BTF
+    // (megabytes), which `auto` used to do once per set it tried.
+    let mut loader = object_loader(settings, &config, cpus);
+    let mut vmlinux: Option<Btf> = None;
     let mut skipped = Vec::new();
     for &set in choice.candidates() {
-        match try_set(set, settings, &config, offsets, tracefs_root) {
+        match try_set(set, &config, &mut loader, &mut vmlinux, offsets, tracefs_root) {
             Ok(ebpf) => {
                 return Ok(Attached {
                     ebpf,
@@ -254,10 +262,41 @@ const TRACEPOINT_FIELDS: &[(TpSlot, &str, &str, &str, TpNeed)] = &[
     (|c| &mut c.tp_oom_pid, "oom", "mark_victim", "pid", TpNeed::Optional),
 ];
 
+/// The object loader with the daemon's settings: the kernel config, and
+/// map sizes from the ports' needs and the CPU count.
+fn object_loader<'a>(
+    settings: &Settings<'_>,
+    config: &'a KernelConfig,
+    cpus: u32,
+) -> EbpfLoader<'a> {
+    // The copy is built in a scratch slot per CPU (indexed by CPU id).
+    let scratch_slots = if config.user_stack_bytes > 0 { cpus } else { 1 };
+    // The kernel's LRU is not exact: each CPU keeps a local free list of up
+    // to 128 nodes, and a full small map evicts from it, not strictly the
+    // oldest socket. With that slack per CPU the kernel keeps at least the
+    // `--max-sockets` newest sockets, which the daemon tracks exactly (and
+    // counts the rest as evicted). Measured: 64 over 300 open sockets
+    // reported 30-55 without it.
+    let upgraded_entries = settings
+        .max_sockets
+        .saturating_add(LRU_LOCAL_FREE.saturating_mul(cpus));
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global("CONFIG", config, true)
+        .map_max_entries("UPGRADED", upgraded_entries)
+        .map_max_entries("EVENTS", settings.ring_bytes)
+        .map_max_entries("CLOSE_SCRATCH", scratch_slots);
+    loader
+}
+
+/// Where aya attaches kprobes (the kprobe PMU); absent without CONFIG_KPROBES.
+const KPROBE_PMU_TYPE: &str = "/sys/bus/event_source/devices/kprobe/type";
+
 fn try_set(
     set: ProbeSet,
-    settings: &Settings<'_>,
     config: &KernelConfig,
+    loader: &mut EbpfLoader<'_>,
+    vmlinux: &mut Option<Btf>,
     offsets: &KernelOffsets,
     root: &Path,
 ) -> Result<Ebpf, AttachFailure> {
@@ -269,6 +308,16 @@ fn try_set(
                     format!(
                         "cannot read the tcp_sendmsg/tcp_recvmsg buffers on this kernel: {why}"
                     ),
+                ));
+            }
+            // Said before loading anything: the same failure the attach
+            // would end in, without the load it would cost.
+            if set == ProbeSet::Kprobe && !Path::new(KPROBE_PMU_TYPE).exists() {
+                return Err(AttachFailure::new(
+                    set,
+                    FailureKind::NotSupported,
+                    "attaching kprobe/tcp_sendmsg",
+                    format!("`{KPROBE_PMU_TYPE}`: No such file or directory"),
                 ));
             }
         }
@@ -289,36 +338,13 @@ fn try_set(
             }
         }
     }
-    let cpus: u32 = aya::util::nr_cpus()
-        .map_err(|(path, e)| {
-            AttachFailure::new(
-                set,
-                FailureKind::Other,
-                format!("reading {path}"),
-                e.to_string(),
-            )
-        })?
-        .try_into()
-        .unwrap_or(u32::MAX);
-    // The copy is built in a scratch slot per CPU (indexed by CPU id).
-    let scratch_slots = if config.user_stack_bytes > 0 { cpus } else { 1 };
-    // The kernel's LRU is not exact: each CPU keeps a local free list of up
-    // to 128 nodes, and a full small map evicts from it, not strictly the
-    // oldest socket. With that slack per CPU the kernel keeps at least the
-    // `--max-sockets` newest sockets, which the daemon tracks exactly (and
-    // counts the rest as evicted). Measured: 64 over 300 open sockets
-    // reported 30-55 without it.
-    let upgraded_entries = settings
-        .max_sockets
-        .saturating_add(LRU_LOCAL_FREE.saturating_mul(cpus));
-    let mut ebpf = EbpfLoader::new()
-        .override_global("CONFIG", config, true)
-        .map_max_entries("UPGRADED", upgraded_entries)
-        .map_max_entries("EVENTS", settings.ring_bytes)
-        .map_max_entries("CLOSE_SCRATCH", scratch_slots)
+    let mut ebpf = loader
         .load(EBPF_OBJECT)
         .map_err(|e| AttachFailure::from_object(set, "loading the eBPF object", &e))?;
 
+    // The set's own hooks first: they are what a kernel refuses (fentry
+    // without trampolines), and a refusal then costs no tracepoint attach.
+    attach_set_hooks(&mut ebpf, set, vmlinux, offsets)?;
     let state_prog = match set {
         // Only the tracepoint set has no tcp_close hook: the closing
         // transition itself records the closer.
@@ -337,23 +363,39 @@ fn try_set(
             attach_tracepoint(&mut ebpf, set, prog, cat, name)?;
         }
     }
+    Ok(ebpf)
+}
+
+/// Loads and attaches what only `set` has: fentry/fexit, kprobes, or the
+/// syscall tracepoints.
+fn attach_set_hooks(
+    ebpf: &mut Ebpf,
+    set: ProbeSet,
+    vmlinux: &mut Option<Btf>,
+    offsets: &KernelOffsets,
+) -> Result<(), AttachFailure> {
     match set {
         ProbeSet::Fentry => {
-            let btf = Btf::from_sys_fs().map_err(|e| {
-                AttachFailure::new(
-                    set,
-                    FailureKind::Other,
-                    "reading kernel BTF for fentry",
-                    e.to_string(),
-                )
-            })?;
+            if vmlinux.is_none() {
+                *vmlinux = Some(Btf::from_sys_fs().map_err(|e| {
+                    AttachFailure::new(
+                        set,
+                        FailureKind::Other,
+                        "reading kernel BTF for fentry",
+                        e.to_string(),
+                    )
+                })?);
+            }
+            let Some(btf) = vmlinux.as_ref() else {
+                return Err(AttachFailure::lacks(set, "no kernel BTF for fentry"));
+            };
             for (prog, func) in [
                 ("fentry_tcp_sendmsg", "tcp_sendmsg"),
                 ("fentry_tcp_close", "tcp_close"),
                 ("fentry_tcp_recvmsg", "tcp_recvmsg"),
             ] {
-                let p: &mut FEntry = program(&mut ebpf, set, prog)?;
-                p.load(func, &btf).map_err(|e| {
+                let p: &mut FEntry = program(ebpf, set, prog)?;
+                p.load(func, btf).map_err(|e| {
                     AttachFailure::from_program(set, format!("loading fentry/{func}"), &e)
                 })?;
                 p.attach().map_err(|e| {
@@ -368,8 +410,8 @@ fn try_set(
                     "no tcp_recvmsg parameter count for fexit/tcp_recvmsg",
                 ));
             };
-            let p: &mut FExit = program(&mut ebpf, set, &format!("fexit_tcp_recvmsg{nargs}"))?;
-            p.load("tcp_recvmsg", &btf)
+            let p: &mut FExit = program(ebpf, set, &format!("fexit_tcp_recvmsg{nargs}"))?;
+            p.load("tcp_recvmsg", btf)
                 .map_err(|e| AttachFailure::from_program(set, "loading fexit/tcp_recvmsg", &e))?;
             p.attach()
                 .map_err(|e| AttachFailure::from_program(set, "attaching fexit/tcp_recvmsg", &e))?;
@@ -381,7 +423,7 @@ fn try_set(
                 ("kprobe_tcp_recvmsg", "tcp_recvmsg"),
                 ("kretprobe_tcp_recvmsg", "tcp_recvmsg"),
             ] {
-                let p: &mut KProbe = program(&mut ebpf, set, prog)?;
+                let p: &mut KProbe = program(ebpf, set, prog)?;
                 p.load().map_err(|e| {
                     AttachFailure::from_program(set, format!("loading kprobe/{func}"), &e)
                 })?;
@@ -392,11 +434,11 @@ fn try_set(
         }
         ProbeSet::Tracepoint => {
             for sc in SYSCALLS {
-                attach_tracepoint(&mut ebpf, set, sc, "syscalls", sc)?;
+                attach_tracepoint(ebpf, set, sc, "syscalls", sc)?;
             }
         }
     }
-    Ok(ebpf)
+    Ok(())
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, set: ProbeSet, name: &str) -> Result<&'a mut T, AttachFailure>

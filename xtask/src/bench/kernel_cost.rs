@@ -86,6 +86,43 @@ pub struct CostRound {
 pub struct KernelCost {
     pub probe_set: String,
     pub loads: Vec<(Load, Vec<CostRound>)>,
+    /// Seconds from spawn to attached: wstrace (`--probe` as given) to its
+    /// `tracing port` line, bpftrace to the READY its BEGIN prints.
+    pub startup_wstrace: Vec<f64>,
+    pub startup_bpftrace: Vec<f64>,
+    /// `--probe` as given to wstrace.
+    pub probe_set_arg: String,
+    /// When and where (a partial run keeps the other sections' own).
+    pub measured: String,
+}
+
+/// Goal: wstrace attached in at most this share of bpftrace's start-up.
+const STARTUP_GOAL_VS_BPFTRACE: f64 = 0.75;
+
+/// Start-up runs per tracer (interleaved), medians reported.
+const STARTUP_RUNS: usize = 5;
+
+fn startups(bins: &Bins, args: &BenchArgs, out: &mut KernelCost) -> Result<()> {
+    for run in 1..=STARTUP_RUNS {
+        for tracer in [Tracer::Wstrace, Tracer::Bpftrace] {
+            let started = std::time::Instant::now();
+            let p = start_tracer(bins, args, tracer, TRACED_PORT, 0, None, &mut out.probe_set)?;
+            let secs = started.elapsed().as_secs_f64();
+            if let Some(mut p) = p {
+                p.stop(libc::SIGINT)?;
+            }
+            println!(
+                "  start-up  {:<16} run {run}: {:.0} ms",
+                tracer.name(),
+                secs * 1000.0
+            );
+            match tracer {
+                Tracer::Wstrace => out.startup_wstrace.push(secs),
+                _ => out.startup_bpftrace.push(secs),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Turns `kernel.bpf_stats_enabled` on and puts the old value back on drop:
@@ -114,8 +151,18 @@ impl Drop for StatsOn {
 }
 
 pub fn run(bins: &Bins, args: &BenchArgs) -> Result<KernelCost> {
+    let mut out = KernelCost {
+        probe_set_arg: args.probe.clone(),
+        measured: format!(
+            "{}, kernel {}",
+            super::command_text("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            super::command_text("uname", &["-r"])
+        ),
+        ..KernelCost::default()
+    };
+    // Before the stats go on: start-up is measured as a user sees it.
+    startups(bins, args, &mut out).context("start-up times")?;
     let _stats = StatsOn::new()?;
-    let mut out = KernelCost::default();
     for load in [Load::Unrelated, Load::Traced] {
         let mut rounds = Vec::new();
         for round in 1..=args.rounds {
@@ -462,11 +509,32 @@ pub fn render(k: &KernelCost) -> String {
          The kernel's own accounting (`kernel.bpf_stats_enabled=1`; `run_time_ns / run_cnt` per program, read with \
          `bpftool prog show` before and after the load), with wstrace ({} probes), the equivalent bpftrace script \
          (section 1) and a near-empty bpftrace program (`{{ }}`) on every hook wstrace uses, all three attached at \
-         once under the same load, so the three columns saw the same events on the same CPUs. Values are medians \
-         over the rounds. The floor includes what the stats themselves add (two clock reads per run). Reproduce \
+         once under the same load, so the three columns saw the same events on the same CPUs. Measured {}; values \
+         are medians over the rounds. The floor includes what the stats themselves add (two clock reads per run). Reproduce \
          this section alone with `sudo -E cargo xtask bench --only kernel-cost`.\n",
-        if k.probe_set.is_empty() { "auto" } else { &k.probe_set }
+        if k.probe_set.is_empty() { "auto" } else { &k.probe_set },
+        k.measured
     ));
+    if !k.startup_wstrace.is_empty() && !k.startup_bpftrace.is_empty() {
+        let w = median(k.startup_wstrace.iter().copied());
+        let b = median(k.startup_bpftrace.iter().copied());
+        let goal = if w <= STARTUP_GOAL_VS_BPFTRACE * b {
+            "met".to_string()
+        } else {
+            format!("**MISSED** ({:.2}×)", w / b)
+        };
+        md.push_str(&format!(
+            "\n### Start-up to attached\n\nFrom spawn to wstrace's `tracing port` line (`--probe {}`; the same moment as \
+             `--ready-file` and sd_notify READY=1) and to the READY the bpftrace script's BEGIN prints, median of {} runs \
+             each, interleaved.\n\n| wstrace | bpftrace script | wstrace ÷ bpftrace | goal (≤ {STARTUP_GOAL_VS_BPFTRACE}×) |\n|-:|-:|-:|-|\n\
+             | {:.0} ms | {:.0} ms | {:.2}× | {goal} |\n",
+            k.probe_set_arg,
+            k.startup_wstrace.len(),
+            w * 1000.0,
+            b * 1000.0,
+            w / b
+        ));
+    }
     for (load, rounds) in &k.loads {
         md.push_str(&format!("\n### {}\n\n", load.title()));
         md.push_str(
@@ -690,6 +758,10 @@ mod tests {
         let k = KernelCost {
             probe_set: "tracepoint".into(),
             loads: vec![(Load::Unrelated, vec![round])],
+            startup_wstrace: vec![0.2, 0.3, 0.25],
+            startup_bpftrace: vec![0.4, 0.5, 0.45],
+            probe_set_arg: "auto".into(),
+            measured: "2026-11-30 17:00 UTC, kernel 6.18".into(),
         };
         let md = render(&k);
         assert!(md.contains("| `syscalls:sys_enter_sendto` | ws_sendto | 2.00 | 100 | 75 | 50 | 2.00× | **MISSED** (2.00×) |"), "{md}");
@@ -704,5 +776,6 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("wstrace 320, bpftrace script 150"), "{md}");
+        assert!(md.contains("| 250 ms | 450 ms | 0.56× | met |"), "{md}");
     }
 }
