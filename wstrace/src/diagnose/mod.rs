@@ -12,7 +12,12 @@
 //!    side (usually the proxy in front);
 //! 5. otherwise, if the peer closed first, that is where to look;
 //! 6. `unknown`: the facts are shown, no guess is made.
+//!
+//! The fix for a bad upgrade request is given in the words of whatever
+//! sent it (`front`): a known proxy, another forwarding program, or the
+//! client itself; the report says which evidence that rests on.
 mod ending;
+pub mod front;
 mod kernel_close;
 
 use serde::Serialize;
@@ -21,6 +26,7 @@ use crate::enrich::Enriched;
 use crate::model::{ClosedBy, Direction, How};
 use crate::protocol::http::{HttpVersion, RequestHead};
 use crate::protocol::wsframe::{CloseFrame, close_code_meaning};
+use front::{Front, Problem};
 
 /// Everything the rules may look at.
 #[derive(Clone, Debug)]
@@ -74,6 +80,10 @@ pub struct Diagnosis {
     /// the request was HTTP/1.0 too).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub also: Vec<Finding>,
+    /// What sits in front of the server, for the diagnoses whose fix
+    /// depends on it (the upgrade request rules, first or in `also`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub front: Option<Front>,
 }
 
 /// A secondary finding: a rule that matched after the first.
@@ -113,19 +123,26 @@ const RULES: &[Rule] = &[
     ("peer_closed_first", peer_closed_first),
 ];
 
+/// The rules whose fix is for what sent the request: their diagnosis
+/// carries the `front` verdict it rests on.
+const FRONT_RULES: &[&str] = &["http10_upgrade", "connection_header_missing_upgrade"];
+
 pub fn diagnose(f: &Facts) -> Diagnosis {
+    let front = |code: &str| FRONT_RULES.contains(&code).then(|| front_of(f));
     for (code, rule) in ENDING_RULES {
         if let Some((message, fix)) = rule(f) {
             // The connection's own story, if it has one, stays in the report.
-            let also = first_match(f)
+            let also: Vec<Finding> = first_match(f)
                 .map(|(code, message, fix)| Finding { code, message, fix })
                 .into_iter()
                 .collect();
+            let front = also.first().and_then(|a| front(a.code));
             return Diagnosis {
                 code,
                 message,
                 fix,
                 also,
+                front,
             };
         }
     }
@@ -135,14 +152,20 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
             message,
             fix,
             also: Vec::new(),
+            front: front(code),
         },
         None => Diagnosis {
             code: "unknown",
             message: unknown_message(f),
             fix: None,
             also: Vec::new(),
+            front: None,
         },
     }
+}
+
+fn front_of(f: &Facts) -> Front {
+    front::decide(f.peer.as_ref(), f.request.as_ref(), &f.remote)
 }
 
 fn first_match(f: &Facts) -> Option<(&'static str, String, Option<String>)> {
@@ -164,12 +187,6 @@ fn peer_name(f: &Facts) -> String {
         Some(p) => format!("{p} at {}", f.remote),
         None => f.remote.clone(),
     }
-}
-
-fn peer_is_nginx(f: &Facts) -> bool {
-    f.peer
-        .as_ref()
-        .is_some_and(|(_, comm)| comm.starts_with("nginx"))
 }
 
 fn close_frame_rule(f: &Facts, which: Direction) -> Option<(String, Option<String>)> {
@@ -225,34 +242,25 @@ fn local_close_after_upgrade(f: &Facts) -> bool {
     f.closed_by == ClosedBy::Local
 }
 
-fn proxy_fix(f: &Facts, nginx: &str, generic: &str) -> String {
-    match &f.peer {
-        Some((_, comm)) if !peer_is_nginx(f) => format!("make {comm} {generic}"),
-        _ => nginx.to_string(),
-    }
-}
-
 fn http10_upgrade(f: &Facts) -> Option<(String, Option<String>)> {
     let req = f.request.as_ref()?;
     if req.version != HttpVersion::Http10 || !local_close_after_upgrade(f) {
         return None;
     }
-    let from = match who(&f.peer) {
-        Some(p) => format!(" from {p}"),
-        None => String::new(),
+    let front = front_of(f);
+    let from = match (&front.sender, who(&f.peer)) {
+        (front::Sender::Client(c), _) => format!(" sent straight from the client {c}"),
+        (_, Some(p)) => format!(" from {p}"),
+        (front::Sender::Proxy(p), None) => format!(" forwarded by {}", p.name()),
+        _ => String::new(),
     };
     let message = format!(
-        "the upgrade request{from} was HTTP/1.0, and {} closed the connection {:.1} ms after its 101: \
+        "the upgrade request{from} was HTTP/1.0 (RFC 6455 requires HTTP/1.1), and {} closed the connection {:.1} ms after its 101: \
          servers such as Swoole close HTTP/1.0 connections without `Connection: keep-alive` after the response",
         closer_name(f),
         f.ms_after_upgrade
     );
-    let fix = proxy_fix(
-        f,
-        "add `proxy_http_version 1.1;` (with `proxy_set_header Upgrade $http_upgrade;` and `proxy_set_header Connection \"upgrade\";`) to the nginx location that proxies the WebSocket",
-        "forward the WebSocket upgrade as HTTP/1.1 (nginx: `proxy_http_version 1.1;`)",
-    );
-    Some((message, Some(fix)))
+    Some((message, Some(front::fix(&front, Problem::Http10))))
 }
 
 fn connection_missing_upgrade(f: &Facts) -> Option<(String, Option<String>)> {
@@ -268,11 +276,7 @@ fn connection_missing_upgrade(f: &Facts) -> Option<(String, Option<String>)> {
         "the upgrade request had {conn} (no `upgrade` token), and {} closed the connection after its 101",
         closer_name(f)
     );
-    let fix = proxy_fix(
-        f,
-        "add `proxy_set_header Upgrade $http_upgrade;` and `proxy_set_header Connection \"upgrade\";` to the nginx location",
-        "pass `Connection: upgrade` through with the WebSocket upgrade",
-    );
+    let fix = front::fix(&front_of(f), Problem::NoConnectionUpgrade);
     Some((message, Some(fix)))
 }
 
@@ -429,7 +433,63 @@ pub(crate) mod tests {
         };
         let d = diagnose(&f);
         assert_eq!(d.code, "http10_upgrade");
-        assert!(d.fix.expect("fix").starts_with("make haproxy forward"));
+        let front = d.front.expect("front");
+        assert_eq!((front.kind, front.evidence), ("haproxy", "peer_process"));
+        let fix = d.fix.expect("fix");
+        assert!(fix.starts_with("HAProxy") && !fix.contains("nginx"), "{fix}");
+    }
+
+    #[test]
+    fn http10_straight_from_a_client_gets_no_proxy_fix() {
+        let f = Facts {
+            request: req(HTTP10),
+            peer: Some((9, "python3".into())),
+            ..facts()
+        };
+        let d = diagnose(&f);
+        assert_eq!(d.code, "http10_upgrade");
+        assert!(
+            d.message
+                .contains("sent straight from the client python3 (pid 9) was HTTP/1.0 (RFC 6455"),
+            "{}",
+            d.message
+        );
+        let fix = d.fix.expect("fix");
+        assert!(!fix.contains("nginx") && !fix.contains("proxy_"), "{fix}");
+        assert_eq!(d.front.expect("front").kind, "client");
+        // No peer and no forwarding header: no proxy is claimed either.
+        let f = Facts {
+            request: req(HTTP10),
+            peer: None,
+            remote: "192.0.2.1:4000".into(),
+            ..facts()
+        };
+        let d = diagnose(&f);
+        assert_eq!(d.front.as_ref().map(|f| f.evidence), Some("none"));
+        assert!(!d.fix.expect("fix").contains("nginx"));
+    }
+
+    #[test]
+    fn http10_forwarded_by_a_proxy_seen_only_in_via() {
+        let f = Facts {
+            request: req("GET /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\nVia: 1.1 varnish (Varnish/7.1)\r\n\r\n"),
+            peer: None,
+            ..facts()
+        };
+        let d = diagnose(&f);
+        assert!(d.message.contains("forwarded by Varnish"), "{}", d.message);
+        assert!(d.fix.expect("fix").contains("return (pipe)"));
+        assert_eq!(d.front.expect("front").evidence, "via_header");
+    }
+
+    #[test]
+    fn only_request_rules_carry_a_front() {
+        let f = Facts {
+            closed_by: ClosedBy::Peer,
+            ..facts()
+        };
+        assert!(diagnose(&f).front.is_none());
+        assert!(diagnose(&facts()).front.is_none());
     }
 
     #[test]

@@ -146,7 +146,10 @@ impl Outputs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diagnose::Diagnosis;
+    use crate::diagnose::{
+        Diagnosis,
+        front::{Front, Sender},
+    };
     use crate::enrich::Enriched;
     use crate::model::{
         CloseReport, ClosedBy, Closer, Direction, How, Killer, PeerProcess, PeerSource, ProcInfo,
@@ -263,6 +266,12 @@ mod tests {
                     message: evil("also"),
                     fix: None,
                 }],
+                front: Some(Front {
+                    kind: "proxy",
+                    evidence: "forwarding_header",
+                    detail: evil("detail"),
+                    sender: Sender::OtherProxy(Some(evil("fwd"))),
+                }),
             },
         }
     }
@@ -290,7 +299,7 @@ mod tests {
             let shown = escape::text(EVIL).into_owned();
             for field in [
                 "comm", "upgrader", "/tmp/exe", "cmdline", "ksym", "usym", "GET", "/path",
-                "HTTP/9", "host", "ua", "peer", "message", "fix", "note", "also",
+                "HTTP/9", "host", "ua", "peer", "message", "fix", "note", "also", "fwd", "detail",
             ] {
                 let want = format!("{field}{shown}");
                 assert!(

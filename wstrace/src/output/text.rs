@@ -79,6 +79,9 @@ pub fn render(v: &View<'_>, color: bool) -> String {
             k.error_name()
         );
     }
+    if let Some(front) = &d.front {
+        let _ = writeln!(out, "  front:    {}", esc(&front.describe()));
+    }
     match &r.closer {
         Some(c) => {
             let _ = writeln!(
