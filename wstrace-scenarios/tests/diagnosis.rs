@@ -280,10 +280,66 @@ fn nginx_without_proxy_http_version_is_http10_upgrade() {
             "the peer is nginx's worker: {r:#}"
         );
         assert_eq!(s(r, &["peer", "source"]), "kernel", "{r:#}");
+        // What sits in front rests on the peer's program: nginx's own fix.
+        let front = &r["diagnosis"]["front"];
+        assert_eq!(
+            (s(front, &["kind"]), s(front, &["evidence"])),
+            ("nginx", "peer_process"),
+            "{r:#}"
+        );
         assert!(r["peer"]["tid"].as_u64().is_some(), "{r:#}");
         // The Cookie never appears, in any form.
         assert!(!r.to_string().contains("TOPSECRET"), "{r}");
     }
+}
+
+#[test]
+fn a_direct_http10_client_gets_the_client_fix_not_nginx() {
+    if !require_root() {
+        return;
+    }
+    // No proxy at all: this test process sends the HTTP/1.0 upgrade itself.
+    let (backend, bport) = backend();
+    let w = Wstrace::start(bport);
+    let mut c = TcpStream::connect(("127.0.0.1", bport)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    c.write_all(UPGRADE.replace("HTTP/1.1", "HTTP/1.0").as_bytes())
+        .expect("send");
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // The socket stays open until the report is in: the peer is this process.
+    let reports = w.wait_for(1, Duration::from_secs(10));
+    drop(c);
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    let r = &reports[0];
+    assert_eq!(s(r, &["diagnosis", "code"]), "http10_upgrade", "{r:#}");
+    assert_eq!(r["pid"].as_u64(), Some(u64::from(backend.0.id())), "{r:#}");
+    assert_eq!(
+        r["peer"]["pid"].as_u64(),
+        Some(u64::from(std::process::id())),
+        "the peer is this test process: {r:#}"
+    );
+    let front = &r["diagnosis"]["front"];
+    assert_eq!(
+        (s(front, &["kind"]), s(front, &["evidence"])),
+        ("client", "peer_process"),
+        "{r:#}"
+    );
+    let fix = s(r, &["diagnosis", "fix"]);
+    assert!(
+        fix.contains("connected directly") && fix.contains("RFC 6455"),
+        "{r:#}"
+    );
+    assert!(
+        !fix.contains("nginx") && !fix.contains("proxy_"),
+        "no proxy fix without a proxy: {r:#}"
+    );
 }
 
 #[test]

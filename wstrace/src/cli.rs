@@ -142,6 +142,14 @@ pub struct CommonArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
+    /// In text output, print every close on its own. By default closes that
+    /// share the closer, the cause and the moment (one process exiting with
+    /// thousands of connections open) print as one summary with the first
+    /// and last connection and one stack; JSON and --output always have one
+    /// object per connection.
+    #[arg(long)]
+    pub no_fold: bool,
+
     /// Colour in text output.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,

@@ -105,7 +105,13 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16, &str)) -> Result<
         probes::take_peer_writers(&mut attached.ebpf).map(crate::enrich::peer::KernelPeers::new);
     let reader = Reader::start(ring, queue_bytes)?;
 
-    let outputs = Outputs::new(opts.common.format, opts.common.color, log, metrics);
+    let outputs = Outputs::new(
+        opts.common.format,
+        opts.common.color,
+        !opts.common.no_fold,
+        log,
+        metrics,
+    );
     let mut enricher = Enricher::new(redactor, opts.common.user_stack, servers, kernel_peers);
     // Before saying "tracing": a server that upgrades, closes and exits the
     // moment traffic starts is described too.
@@ -312,6 +318,7 @@ impl EventLoop<'_> {
                         }
                     }
                     self.warn_losses(scan);
+                    self.outputs.tick()?;
                 }
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,

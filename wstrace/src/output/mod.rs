@@ -2,6 +2,7 @@
 //! machines (one object per line), `logfile` for `--output`, `metrics` for
 //! Prometheus.
 pub mod escape;
+pub mod fold;
 pub mod json;
 pub mod logfile;
 pub mod metrics;
@@ -48,7 +49,10 @@ pub struct Outputs {
     /// `--output`.
     log: Option<logfile::LogFile>,
     metrics: Option<metrics::Metrics>,
-    /// Reports printed so far.
+    /// Text reports held to fold storms into one summary (`None`: JSON, or
+    /// `--no-fold`).
+    folder: Option<fold::Folder>,
+    /// Reports emitted so far (each connection counts, folded or not).
     pub printed: u64,
 }
 
@@ -56,6 +60,7 @@ impl Outputs {
     pub fn new(
         format: Format,
         color: ColorChoice,
+        fold: bool,
         log: Option<logfile::LogFile>,
         metrics: Option<metrics::Metrics>,
     ) -> Self {
@@ -69,6 +74,7 @@ impl Outputs {
             color,
             log,
             metrics,
+            folder: (fold && format == Format::Text).then(fold::Folder::default),
             printed: 0,
         }
     }
@@ -119,28 +125,66 @@ impl Outputs {
             eprintln!("wstrace: warning: {e:#}");
         }
         let text = render(self.format, self.color, v);
-        let mut out = std::io::stdout().lock();
-        // One write per report, flushed: a pipe reader never sees half of one.
-        let line = if text.ends_with('\n') {
-            text
-        } else {
-            text + "\n"
-        };
-        out.write_all(line.as_bytes())
-            .context("writing a report to stdout")?;
-        out.flush().context("flushing stdout")?;
         self.printed += 1;
+        match &mut self.folder {
+            Some(folder) => {
+                let ready = folder.add(v, text, std::time::Instant::now());
+                self.print_ready(ready)
+            }
+            None => print(text),
+        }
+    }
+
+    /// Prints the folded storms (and lone reports) whose moment is over:
+    /// the daemon calls this on its timer.
+    pub fn tick(&mut self) -> Result<()> {
+        match &mut self.folder {
+            Some(folder) => {
+                let ready = folder.due(std::time::Instant::now());
+                self.print_ready(ready)
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn print_ready(&self, ready: Vec<fold::Ready>) -> Result<()> {
+        for r in ready {
+            print(match r {
+                fold::Ready::One(text) => text,
+                fold::Ready::Storm(s) => text::render_storm(&s, self.color),
+            })?;
+        }
         Ok(())
     }
 
-    /// Syncs `--output` to disk (at exit).
+    /// Prints what is still folded and syncs `--output` to disk (at exit).
     pub fn finish(&mut self) {
+        if let Some(folder) = &mut self.folder {
+            let ready = folder.flush();
+            if let Err(e) = self.print_ready(ready) {
+                eprintln!("wstrace: error: {e:#}");
+            }
+        }
         if let Some(log) = &mut self.log
             && let Err(e) = log.sync()
         {
             eprintln!("wstrace: error: {e:#}");
         }
     }
+}
+
+/// One report (or summary) to stdout in one write, flushed: a pipe reader
+/// never sees half of one.
+fn print(text: String) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let line = if text.ends_with('\n') {
+        text
+    } else {
+        text + "\n"
+    };
+    out.write_all(line.as_bytes())
+        .context("writing a report to stdout")?;
+    out.flush().context("flushing stdout")
 }
 
 #[cfg(test)]

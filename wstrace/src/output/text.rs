@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 
 use crate::model::{ClosedBy, PeerSource};
 use crate::output::escape::text as esc;
+use crate::output::fold::Storm;
 use crate::output::view::{View, rfc3339};
 use crate::protocol::wsframe::close_code_meaning;
 
@@ -196,5 +197,127 @@ fn stack(out: &mut String, p: &Paint, title: &str, frames: &[String]) {
     }
     for f in frames {
         let _ = writeln!(out, "    {}", esc(f));
+    }
+}
+
+/// A folded storm (`fold`): one header naming the closer and the count,
+/// the first and last connection, then the first connection's report, whose
+/// stacks stand for all (they share the closer, the cause and the moment).
+pub fn render_storm(s: &Storm, color: bool) -> String {
+    let p = Paint(color);
+    let mut out = String::new();
+    let who = match &s.closer {
+        Some(c) => format!("{}: ", esc(c)),
+        None => String::new(),
+    };
+    let side = match s.closed_by {
+        ClosedBy::Local => p.red("closed by LOCAL"),
+        ClosedBy::Peer => p.yellow("closed by PEER"),
+    };
+    let _ = writeln!(
+        out,
+        "{} {} {who}{} upgraded connections {side} ({}){} within {:.3} ms [{}]",
+        s.first.ts,
+        p.bold("CLOSES"),
+        s.count,
+        s.how.as_str().to_uppercase(),
+        if s.at_exit { " at its exit," } else { "," },
+        s.span_ms,
+        s.probe,
+    );
+    for (name, c) in [("first:   ", &s.first), ("last:    ", &s.last)] {
+        let _ = writeln!(
+            out,
+            "  {name} {} <-> {} at {}, {:.3} ms after 101",
+            c.local, c.remote, c.ts, c.ms_after_upgrade
+        );
+    }
+    let codes: Vec<String> = s.codes.iter().map(|(c, n)| format!("{c} ×{n}")).collect();
+    let _ = writeln!(
+        out,
+        "  why:      {} (the first connection's diagnosis in full below)",
+        codes.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "  lived:    {:.3} to {:.3} ms after their 101; after it, in all: sent {} B, received {} B",
+        s.min_ms_after_upgrade, s.max_ms_after_upgrade, s.bytes_sent, s.bytes_received
+    );
+    let _ = writeln!(
+        out,
+        "  {}",
+        p.dim(&format!(
+            "{} reports folded into this one: --format json and --output have one per connection, --no-fold prints each",
+            s.count
+        ))
+    );
+    let _ = writeln!(out, "  the first connection:");
+    for l in s.first_text.lines() {
+        let _ = writeln!(out, "    {l}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::How;
+    use crate::output::fold::Conn;
+
+    #[test]
+    fn a_storm_is_one_header_with_the_count_both_ends_and_the_first_report() {
+        let conn = |port: u16, ts: &str| Conn {
+            local: "127.0.0.1:8080".into(),
+            remote: format!("127.0.0.1:{port}"),
+            ts: ts.into(),
+            ms_after_upgrade: 12.5,
+        };
+        let s = Storm {
+            closer: Some("php\u{1b}[2J (pid 4242)".into()),
+            at_exit: true,
+            closed_by: ClosedBy::Local,
+            how: How::Fin,
+            probe: "tracepoint",
+            count: 4000,
+            first: conn(20000, "2026-11-30T17:00:00.000001Z"),
+            last: conn(23999, "2026-11-30T17:00:00.040001Z"),
+            span_ms: 40.0,
+            min_ms_after_upgrade: 1.0,
+            max_ms_after_upgrade: 900.0,
+            bytes_sent: 10,
+            bytes_received: 20,
+            codes: vec![("unknown", 3999), ("idle_timeout", 1)],
+            first_text: "2026-11-30T17:00:00.000001Z CLOSE ...\n  kernel stack:\n    do_exit+0x1\n"
+                .into(),
+        };
+        let out = render_storm(&s, false);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "2026-11-30T17:00:00.000001Z CLOSES php\\x1b[2J (pid 4242): 4000 upgraded connections closed by LOCAL (FIN) at its exit, within 40.000 ms [tracepoint]"
+        );
+        assert_eq!(
+            lines[1],
+            "  first:    127.0.0.1:8080 <-> 127.0.0.1:20000 at 2026-11-30T17:00:00.000001Z, 12.500 ms after 101"
+        );
+        assert!(lines[2].starts_with("  last:     127.0.0.1:8080 <-> 127.0.0.1:23999"));
+        assert!(out.contains("sent 10 B, received 20 B"), "{out}");
+        assert!(out.contains("  why:      unknown ×3999, idle_timeout ×1 ("), "{out}");
+        assert!(out.contains("--no-fold"), "{out}");
+        // The first report, indented under the summary: only the header
+        // line starts at column 0.
+        assert_eq!(lines.iter().filter(|l| !l.starts_with(' ')).count(), 1);
+        assert!(out.contains("\n        do_exit+0x1\n"), "{out}");
+        let no_closer = Storm {
+            closer: None,
+            at_exit: false,
+            closed_by: ClosedBy::Peer,
+            how: How::Rst,
+            ..s
+        };
+        assert!(
+            render_storm(&no_closer, false)
+                .contains(" CLOSES 4000 upgraded connections closed by PEER (RST), within")
+        );
     }
 }
