@@ -33,7 +33,7 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
         "wstrace demo: server on 127.0.0.1:{port} closes HTTP/1.0 upgrades right after the 101 (like Swoole);"
     );
     eprintln!(
-        "wstrace demo: client upgrades once as HTTP/1.0 (nginx without `proxy_http_version 1.1;`) and once as HTTP/1.1."
+        "wstrace demo: client upgrades once as HTTP/1.0 (what nginx sends without `proxy_http_version 1.1;`, here sent straight by the client, so the fix is the client's) and once as HTTP/1.1."
     );
     let opts = daemon::Options {
         ports: &[port],

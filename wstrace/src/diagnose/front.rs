@@ -175,7 +175,7 @@ impl Front {
             Sender::Proxy(p) => p.name().to_string(),
             Sender::OtherProxy(Some(prog)) => format!("{prog}, a program that forwards requests"),
             Sender::OtherProxy(None) => "a proxy of unknown kind".into(),
-            Sender::Client(prog) => format!("no proxy: the client ({prog}) itself"),
+            Sender::Client(_) => "no proxy: the client itself".into(),
             Sender::Unknown => "no proxy seen".into(),
         };
         format!("{who} (evidence: {})", self.detail)
