@@ -195,3 +195,102 @@ fn a_rust_release_server_unwinds_to_main() {
         "the C main below it: {stack:#?}"
     );
 }
+
+/// tests/c/cold_close.cpp, built `-O2 -g` by g++: hot/cold split functions.
+fn cold_close_bin(cxx: &Path) -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/c/cold_close.cpp");
+    let out = target().join("c/cold_close");
+    std::fs::create_dir_all(out.parent().expect("parent")).expect("mkdir target/c");
+    let status = Command::new(cxx)
+        .args(["-O2", "-g", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .unwrap_or_else(|e| panic!("running {}: {e}", cxx.display()));
+    assert!(status.success(), "g++ failed on {}", src.display());
+    out
+}
+
+/// `nm -C -S` of `bin`: demangled name -> (address, size), as gdb's
+/// `info symbol` reads them.
+fn symbols(nm: &Path, bin: &Path) -> Vec<(String, u64, u64)> {
+    let out = Command::new(nm)
+        .args(["-C", "-S", "--defined-only"])
+        .arg(bin)
+        .output()
+        .unwrap_or_else(|e| panic!("running nm: {e}"));
+    assert!(out.status.success(), "nm failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            // "0000000000001148 0000000000000031 t name with spaces"
+            let mut it = l.splitn(4, ' ');
+            let addr = u64::from_str_radix(it.next()?, 16).ok()?;
+            let size = u64::from_str_radix(it.next()?, 16).ok()?;
+            let _kind = it.next()?;
+            Some((it.next()?.to_string(), addr, size))
+        })
+        .collect()
+}
+
+/// The frame whose function is exactly `name`: its offset.
+fn offset_of(stack: &[String], name: &str) -> Option<u64> {
+    stack.iter().find_map(|f| {
+        let rest = f.strip_prefix(name)?.strip_prefix("+0x")?;
+        let hex: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+        u64::from_str_radix(&hex, 16).ok()
+    })
+}
+
+#[test]
+fn a_cold_split_cpp_function_reads_as_gdb_prints_it() {
+    if !require_root() {
+        return;
+    }
+    let Some(cxx) = require_tool("g++", "install a C++ compiler: apt-get install g++ (`cargo xtask setup` does)") else {
+        return;
+    };
+    let Some(nm) = require_tool("nm", "install binutils: apt-get install binutils (it comes with g++)") else {
+        return;
+    };
+    let _serial = serial();
+    let bin = cold_close_bin(&cxx);
+    let syms = symbols(&nm, &bin);
+    let (_srv, port) = spawn_ready(&mut Command::new(&bin));
+    let t = Tracer::start(port, &["--user-stack", "dwarf"]);
+    {
+        use std::io::{Read as _, Write as _};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        c.write_all(b"GET /ws HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            .expect("send");
+        let mut buf = [0u8; 512];
+        while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+    }
+    let mut reports = t.wait_for_reports(1, Duration::from_secs(10));
+    assert_eq!(reports.len(), 1, "one report; stderr: {}", t.stderr_text());
+    let r = reports.remove(0);
+    let stack = user_stack(&r);
+    eprintln!("cold_close user stack:\n{}", stack.join("\n"));
+    // Every function frame that the symbol table names is named and placed
+    // as the symbol table (gdb) has it: inside that symbol.
+    for name in [
+        "ws::conn::finish(int, bool) [clone .cold]",
+        "std::_Function_handler<void (int, bool), main::{lambda(int, bool)#1}>::_M_invoke(std::_Any_data const&, int&&, bool&&)",
+        "main",
+    ] {
+        let (_, _, size) = syms
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .unwrap_or_else(|| panic!("nm lists no {name:?}: is this g++ splitting functions?"));
+        let off = offset_of(&stack, name).unwrap_or_else(|| panic!("no frame {name}+0x… in {stack:#?}"));
+        assert!(off > 0 && off <= *size, "{name}+{off:#x} lies outside the symbol ({size:#x} bytes): {stack:#?}");
+    }
+    // Innermost first: close, the cold part, the std::function call, main.
+    let at = |prefix: &str| stack.iter().position(|f| f.starts_with(prefix));
+    assert!(
+        at("ws::conn::finish(int, bool) [clone .cold]+") < at("std::_Function_handler<")
+            && at("std::_Function_handler<") < at("main+"),
+        "{stack:#?}"
+    );
+}

@@ -150,6 +150,13 @@ pub struct CommonArgs {
     #[arg(long)]
     pub no_fold: bool,
 
+    /// In text output, print every user-stack frame with its offset, module
+    /// and full source path, as JSON has them. By default a frame is its
+    /// function, file name and line, and runs of runtime frames (Rust std,
+    /// tokio, the C++ library, libc) fold into `… N frames in std`.
+    #[arg(long)]
+    pub full_stacks: bool,
+
     /// Colour in text output.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,

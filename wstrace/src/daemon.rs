@@ -109,6 +109,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16, &str)) -> Result<
         opts.common.format,
         opts.common.color,
         !opts.common.no_fold,
+        opts.common.full_stacks,
         log,
         metrics,
     );

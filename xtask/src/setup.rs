@@ -34,6 +34,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "gcc",
         "builds the C server without frame pointers of the user-stack tests",
     ),
+    (
+        "g++",
+        "builds the C++ server with a hot/cold split function of the user-stack tests",
+    ),
 ];
 
 /// PyPI packages for the diagnosis tests, installed into [`venv_dir`].

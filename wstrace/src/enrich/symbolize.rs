@@ -762,6 +762,55 @@ impl UserSymbols {
     /// through the symbolic paths, then address by address, where an address
     /// that still fails is unknown.
     fn resolve_user(&self, pid: u32, addrs: &[u64], lookups: &[u64]) -> Vec<Lookup> {
+        let mut found = self.resolve_user_dwarf(pid, addrs, lookups);
+        if found.iter().any(|l| matches!(l, Lookup::Found(_))) {
+            let symtab = self.resolve_user_symtab(pid, addrs, lookups);
+            for (l, s) in found.iter_mut().zip(symtab) {
+                if let (Lookup::Found(frame), Some(sym)) = (l, s) {
+                    prefer_symtab(frame, sym);
+                }
+            }
+        }
+        found
+    }
+
+    /// The ELF symbol table's answer for each address (name, offset of the
+    /// captured address), as gdb reads it: `None` where it has none. One
+    /// batch; a failing batch (an unreadable file) gives no answers, and
+    /// the debug-info names stand.
+    fn resolve_user_symtab(
+        &self,
+        pid: u32,
+        addrs: &[u64],
+        lookups: &[u64],
+    ) -> Vec<Option<(String, u64)>> {
+        for map_files in [true, false] {
+            let src = Source::Process(Process {
+                map_files,
+                debug_syms: false,
+                perf_map: false,
+                ..Process::new(Pid::from(pid))
+            });
+            if let Ok(syms) = self.inner.symbolize(&src, Input::AbsAddr(lookups))
+                && syms.len() == lookups.len()
+            {
+                return syms
+                    .into_iter()
+                    .zip(addrs.iter().zip(lookups))
+                    .map(|(sym, (&addr, &lookup))| match sym {
+                        Symbolized::Sym(s) if !s.name.is_empty() => Some((
+                            s.name.to_string(),
+                            (s.offset as u64).saturating_add(addr - lookup),
+                        )),
+                        _ => None,
+                    })
+                    .collect();
+            }
+        }
+        vec![None; addrs.len()]
+    }
+
+    fn resolve_user_dwarf(&self, pid: u32, addrs: &[u64], lookups: &[u64]) -> Vec<Lookup> {
         let src = |map_files: bool| {
             Source::Process(Process {
                 map_files,
@@ -977,6 +1026,39 @@ fn resolved_frame(sym: &Sym<'_>, delta: u64) -> ResolvedFrame {
     }
 }
 
+/// Takes the ELF symbol's name and offset for the outermost function of a
+/// frame where the debug info's are worse, as gdb does:
+/// - the symbol starts later than the debug info's function (a function
+///   split into hot and `.cold` parts: its DWARF entry starts at one part,
+///   often the cold one, so the offset into the other is a distance between
+///   sections, `f+0x190130`; the symbol `f.cold` gives `f.cold+0x20`, and
+///   the hot part gets its own start back);
+/// - the debug info's name is the unqualified form of the symbol's (a DWARF
+///   entry without a linkage name: `_M_invoke` for
+///   `std::_Function_handler<…>::_M_invoke(…)`).
+///
+/// Inlined frames have no symbol of their own and keep the debug info's
+/// names; so does a frame whose symbol is another function altogether.
+pub fn prefer_symtab(frame: &mut ResolvedFrame, (name, offset): (String, u64)) {
+    if offset < frame.offset {
+        frame.name = name;
+        frame.offset = offset;
+    } else if offset == frame.offset && name != frame.name && qualifies(&name, &frame.name) {
+        frame.name = name;
+    }
+}
+
+/// Is `short` the unqualified name of `full` (`ns::f(int)` for `f`,
+/// `a::b::c` for `c`)?
+fn qualifies(full: &str, short: &str) -> bool {
+    if short.is_empty() || full.len() <= short.len() {
+        return false;
+    }
+    full.contains(&format!("::{short}("))
+        || full.ends_with(&format!("::{short}"))
+        || full.starts_with(&format!("{short}("))
+}
+
 fn source_loc(ci: &CodeInfo<'_>) -> SourceLoc {
     SourceLoc {
         file: ci.to_path().display().to_string(),
@@ -1047,6 +1129,64 @@ pub fn format_user_frames(
         }
         _ => vec![format_unknown(addr, module)],
     }
+}
+
+/// A user-stack line taken apart again (the inverse of
+/// [`format_user_frames`], for the text output's compact stacks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserLine<'a> {
+    pub function: &'a str,
+    /// `None` for an inlined frame.
+    pub offset: Option<&'a str>,
+    pub inlined: bool,
+    pub module: Option<&'a str>,
+    pub file: Option<&'a str>,
+    pub line: Option<&'a str>,
+}
+
+/// Parses a line made by [`format_user_frames`]; `None` for anything else
+/// (`[unknown] …`, `[user stack unavailable: …]`), which is shown as it is.
+/// Read from the right, where the format puts ` at file:line` and
+/// ` (module)`: a function name may hold spaces and parentheses.
+pub fn parse_user_line<'a>(s: &'a str) -> Option<UserLine<'a>> {
+    if s.starts_with('[') {
+        return None;
+    }
+    let (head, file, line) = match s.rfind(" at ") {
+        Some(i) => {
+            let loc = &s[i + 4..];
+            match loc.rsplit_once(':') {
+                Some((f, l)) if !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()) => {
+                    (&s[..i], Some(f), Some(l))
+                }
+                _ => (&s[..i], Some(loc), None),
+            }
+        }
+        None => (s, None, None),
+    };
+    /// `f [inlined]` or `f+0x1f`: (function, offset, inlined).
+    fn name_part(h: &str) -> Option<(&str, Option<&str>, bool)> {
+        if let Some(f) = h.strip_suffix(" [inlined]") {
+            return Some((f, None, true));
+        }
+        let (f, off) = h.rsplit_once('+')?;
+        let hex = off.strip_prefix("0x")?;
+        (!hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then_some((f, Some(off), false))
+    }
+    let (name, module) = match head.strip_suffix(')').and_then(|h| h.rsplit_once(" (")) {
+        Some((n, m)) if name_part(n).is_some() => (n, Some(m)),
+        _ => (head, None),
+    };
+    let (function, offset, inlined) = name_part(name)?;
+    Some(UserLine {
+        function,
+        offset,
+        inlined,
+        module,
+        file,
+        line,
+    })
 }
 
 #[cfg(test)]
@@ -1199,6 +1339,87 @@ mod tests {
             format_user_frames(0x1000, Some(&no_loc), None)[0],
             "app::inner [inlined]"
         );
+    }
+
+    #[test]
+    fn user_lines_parse_back() {
+        let f = ResolvedFrame {
+            name: "ws::conn::finish(int, bool) [clone .cold]".into(),
+            offset: 0x13,
+            loc: loc("/tmp/cold close.cpp", Some(22)),
+            inlined: vec![InlinedFrame {
+                name: "operator() at (x)".into(),
+                loc: loc("/usr/include/c++/12/bits/invoke.h", Some(61)),
+            }],
+            module: None,
+        };
+        let lines = format_user_frames(0x1000, Some(&f), Some("/tmp/cold/cold close"));
+        assert_eq!(
+            parse_user_line(&lines[0]),
+            Some(UserLine {
+                function: "operator() at (x)",
+                offset: None,
+                inlined: true,
+                module: Some("/tmp/cold/cold close"),
+                file: Some("/usr/include/c++/12/bits/invoke.h"),
+                line: Some("61"),
+            })
+        );
+        assert_eq!(
+            parse_user_line(&lines[1]),
+            Some(UserLine {
+                function: "ws::conn::finish(int, bool) [clone .cold]",
+                offset: Some("0x13"),
+                inlined: false,
+                module: Some("/tmp/cold/cold close"),
+                file: Some("/tmp/cold close.cpp"),
+                line: Some("22"),
+            })
+        );
+        // No module, no line.
+        let bare = format_user_frames(0x1000, Some(&frame("f(int)", 0x8)), None);
+        let p = parse_user_line(&bare[0]).expect("parses");
+        assert_eq!((p.function, p.offset, p.module, p.file), ("f(int)", Some("0x8"), None, None));
+        assert_eq!(parse_user_line("[unknown] 0x1234 (/x)"), None);
+        assert_eq!(parse_user_line("[user stack unavailable: errno 14]"), None);
+        assert_eq!(parse_user_line("garbage"), None);
+    }
+
+    #[test]
+    fn split_functions_take_the_symbols_offset_and_name() {
+        // Return address 0x13 into `finish.cold`, which DWARF files under
+        // `finish`, starting at the hot part far away.
+        let mut cold = frame("ws::conn::finish(int, bool)", 0x190130);
+        prefer_symtab(
+            &mut cold,
+            ("ws::conn::finish(int, bool) [clone .cold]".into(), 0x13),
+        );
+        assert_eq!(
+            (cold.name.as_str(), cold.offset),
+            ("ws::conn::finish(int, bool) [clone .cold]", 0x13)
+        );
+        // The hot part of a function whose DWARF entry starts at its cold part.
+        let mut hot = frame("main", 0x1358);
+        prefer_symtab(&mut hot, ("main".into(), 0x1d8));
+        assert_eq!((hot.name.as_str(), hot.offset), ("main", 0x1d8));
+        // Unqualified DWARF name, same place: the symbol's qualified name.
+        let mut invoke = frame("_M_invoke", 0x11);
+        let full = "std::_Function_handler<void (int, bool), main::{lambda(int, bool)#1}>::_M_invoke(std::_Any_data const&, int&&, bool&&)";
+        prefer_symtab(&mut invoke, (full.into(), 0x11));
+        assert_eq!(invoke.name, full);
+        let mut c = frame("f", 0x8);
+        prefer_symtab(&mut c, ("ns::sub::f(void*)".into(), 0x8));
+        assert_eq!(c.name, "ns::sub::f(void*)");
+        // Another function altogether, or an alias: the debug info stands.
+        let mut alias = frame("__GI___close", 0x10);
+        prefer_symtab(&mut alias, ("close".into(), 0x10));
+        assert_eq!(alias.name, "__GI___close");
+        let mut far = frame("wstrace::demo::handle", 0x3e9);
+        prefer_symtab(&mut far, ("some_other_fn".into(), 0x5000));
+        assert_eq!((far.name.as_str(), far.offset), ("wstrace::demo::handle", 0x3e9));
+        let mut notq = frame("finish", 0x8);
+        prefer_symtab(&mut notq, ("refinish(int)".into(), 0x8));
+        assert_eq!(notq.name, "finish");
     }
 
     #[test]

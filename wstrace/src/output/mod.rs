@@ -25,9 +25,11 @@ pub enum Format {
     Json,
 }
 
-pub fn render(format: Format, color: bool, v: &View<'_>) -> String {
+/// One report in `format`; text in colour or not, with every stack frame
+/// (`full_stacks`) or the compact stacks.
+pub fn render(format: Format, color: bool, full_stacks: bool, v: &View<'_>) -> String {
     match format {
-        Format::Text => text::render(v, color),
+        Format::Text => text::render(v, color, full_stacks),
         Format::Json => json::render(v),
     }
 }
@@ -46,6 +48,8 @@ pub enum ColorChoice {
 pub struct Outputs {
     format: Format,
     color: bool,
+    /// `--full-stacks`: text shows every user frame as JSON has it.
+    full_stacks: bool,
     /// `--output`.
     log: Option<logfile::LogFile>,
     metrics: Option<metrics::Metrics>,
@@ -61,6 +65,7 @@ impl Outputs {
         format: Format,
         color: ColorChoice,
         fold: bool,
+        full_stacks: bool,
         log: Option<logfile::LogFile>,
         metrics: Option<metrics::Metrics>,
     ) -> Self {
@@ -72,6 +77,7 @@ impl Outputs {
         Self {
             format,
             color,
+            full_stacks,
             log,
             metrics,
             folder: (fold && format == Format::Text).then(fold::Folder::default),
@@ -124,7 +130,7 @@ impl Outputs {
         {
             eprintln!("wstrace: warning: {e:#}");
         }
-        let text = render(self.format, self.color, v);
+        let text = render(self.format, self.color, self.full_stacks, v);
         self.printed += 1;
         match &mut self.folder {
             Some(folder) => {
@@ -325,7 +331,7 @@ mod tests {
         let r = hostile_report();
         let v = hostile_view(&r);
         for color in [false, true] {
-            let out = text::render(&v, color);
+            let out = text::render(&v, color, true);
             // Colour is ours: strip our own SGR codes, nothing else may remain.
             let ours = out
                 .replace("\x1b[0m", "")

@@ -7,6 +7,7 @@
 //! lines printed here, with no terminal control or bidi reordering in them.
 use std::fmt::Write as _;
 
+use crate::enrich::symbolize::{UserLine, parse_user_line};
 use crate::model::{ClosedBy, PeerSource};
 use crate::output::escape::text as esc;
 use crate::output::fold::Storm;
@@ -37,7 +38,7 @@ impl Paint {
     }
 }
 
-pub fn render(v: &View<'_>, color: bool) -> String {
+pub fn render(v: &View<'_>, color: bool, full_stacks: bool) -> String {
     let p = Paint(color);
     let r = v.report;
     let mut out = String::new();
@@ -185,7 +186,17 @@ pub fn render(v: &View<'_>, color: bool) -> String {
         } else {
             format!("user stack ({})", esc(&how))
         };
-        stack(&mut out, &p, &title, &v.user_stack);
+        if full_stacks {
+            stack(&mut out, &p, &title, &v.user_stack);
+        } else {
+            let lines = compact_stack(&v.user_stack);
+            let title = if lines.len() < v.user_stack.len() {
+                format!("{title}; --full-stacks for every frame")
+            } else {
+                title
+            };
+            stack(&mut out, &p, &title, &lines);
+        }
     }
     out
 }
@@ -198,6 +209,88 @@ fn stack(out: &mut String, p: &Paint, title: &str, frames: &[String]) {
     for f in frames {
         let _ = writeln!(out, "    {}", esc(f));
     }
+}
+
+/// Runtime frames in a row fold into one line from this many on.
+const FOLD_RUN: usize = 3;
+
+/// The runtime a frame belongs to, by its function, source file or module:
+/// the frames a reader skips to find the program's own.
+fn runtime_of(l: &UserLine<'_>) -> Option<&'static str> {
+    let f = l.function;
+    let file = l.file.unwrap_or("");
+    let module = l.module.map(basename).unwrap_or("");
+    if f.starts_with("tokio::") || f.starts_with("<tokio::") || file.contains("/tokio-") {
+        Some("tokio")
+    } else if ["std::", "core::", "alloc::", "<std::", "<core::", "<alloc::", "__rust"]
+        .iter()
+        .any(|p| f.starts_with(p))
+        || file.starts_with("/rustc/")
+        || file.starts_with("/usr/include/c++/")
+        || f.starts_with("__gnu_cxx::")
+        || module.starts_with("libstdc++")
+    {
+        Some("std")
+    } else if ["libc.so", "libc-", "ld-linux", "libpthread"]
+        .iter()
+        .any(|p| module.starts_with(p))
+        // The C runtime's entry points, linked into the program itself.
+        || ["_start", "__libc_start_main", "start_thread", "clone", "clone3"].contains(&f)
+    {
+        Some("libc")
+    } else {
+        None
+    }
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The default user stack: each frame as its function, `[inlined]` and
+/// `file.rs:line` (the module's name when there is no line), the innermost
+/// frame always; runs of [`FOLD_RUN`] or more runtime frames as
+/// `… 12 frames in std/tokio`. Lines that are not frames (`[unknown] …`)
+/// stay as they are. Unescaped: the caller escapes.
+pub fn compact_stack(frames: &[String]) -> Vec<String> {
+    let parsed: Vec<Option<UserLine<'_>>> = frames.iter().map(|f| parse_user_line(f)).collect();
+    let runtime: Vec<Option<&'static str>> = parsed
+        .iter()
+        .enumerate()
+        .map(|(i, p)| if i == 0 { None } else { p.as_ref().and_then(runtime_of) })
+        .collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < frames.len() {
+        let run = runtime[i..].iter().take_while(|r| r.is_some()).count();
+        if run >= FOLD_RUN {
+            let mut names: Vec<&str> = Vec::new();
+            for r in runtime[i..i + run].iter().flatten() {
+                if !names.contains(r) {
+                    names.push(r);
+                }
+            }
+            out.push(format!("… {run} frames in {}", names.join("/")));
+            i += run;
+            continue;
+        }
+        out.push(match &parsed[i] {
+            Some(l) => {
+                let inlined = if l.inlined { " [inlined]" } else { "" };
+                match (l.file, l.line, l.module) {
+                    (Some(f), Some(n), _) => {
+                        format!("{}{inlined}  {}:{n}", l.function, basename(f))
+                    }
+                    (Some(f), None, _) => format!("{}{inlined}  {}", l.function, basename(f)),
+                    (None, _, Some(m)) => format!("{}{inlined}  ({})", l.function, basename(m)),
+                    (None, _, None) => format!("{}{inlined}", l.function),
+                }
+            }
+            None => frames[i].clone(),
+        });
+        i += 1;
+    }
+    out
 }
 
 /// A folded storm (`fold`): one header naming the closer and the count,
@@ -263,6 +356,43 @@ mod tests {
     use super::*;
     use crate::model::How;
     use crate::output::fold::Conn;
+
+    #[test]
+    fn compact_stacks_keep_the_programs_frames_and_fold_runtime_runs() {
+        let bin = "(/srv/app)";
+        let std = |f: &str| format!("{f} [inlined] {bin} at /rustc/5980761/library/core/src/ptr/mod.rs:805");
+        let mut frames = vec![
+            "__GI___close+0x3a (/usr/lib/x86_64-linux-gnu/libc.so.6) at ./io/../sysdeps/unix/sysv/linux/close.c:27".to_string(),
+        ];
+        for f in ["core::ptr::drop_in_place<A>", "core::ptr::drop_in_place<B>", "<std::os::fd::owned::OwnedFd as core::ops::drop::Drop>::drop"] {
+            frames.push(std(f));
+        }
+        frames.push(format!("app::handle+0x3e9 {bin} at /srv/app/src/demo.rs:107"));
+        frames.push(format!("app::serve::{{{{closure}}}} [inlined] {bin} at /srv/app/src/demo.rs:67"));
+        frames.push(std("std::sys::backtrace::__rust_begin_short_backtrace"));
+        frames.push(format!("tokio::runtime::task::harness::poll+0x10 {bin} at /root/.cargo/registry/src/x/tokio-1.40.0/src/runtime/task/harness.rs:3"));
+        frames.push("start_thread+0x305 (/usr/lib/x86_64-linux-gnu/libc.so.6) at ./nptl/pthread_create.c:442".into());
+        frames.push("[unknown] 0x1234 (/srv/app)".into());
+        frames.push("main+0x10 (/srv/app)".into());
+        let c = compact_stack(&frames);
+        assert_eq!(
+            c,
+            [
+                "__GI___close  close.c:27",
+                "… 3 frames in std",
+                "app::handle  demo.rs:107",
+                "app::serve::{{closure}} [inlined]  demo.rs:67",
+                "… 3 frames in std/tokio/libc",
+                "[unknown] 0x1234 (/srv/app)",
+                "main  (app)",
+            ]
+            .map(str::to_string)
+        );
+        // Two runtime frames in a row are shown, not folded.
+        let short = compact_stack(&frames[..3]);
+        assert_eq!(short.len(), 3, "{short:?}");
+        assert!(short[1].starts_with("core::ptr::drop_in_place<A> [inlined]  mod.rs:805"));
+    }
 
     #[test]
     fn a_storm_is_one_header_with_the_count_both_ends_and_the_first_report() {
