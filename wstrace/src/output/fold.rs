@@ -235,6 +235,7 @@ mod tests {
                 tid: pid,
                 comm: "php".into(),
                 at_exit,
+                exit_code: None,
                 stacks: Stacks {
                     kernel: Ok(vec![]),
                     user: Ok(vec![]),
@@ -254,6 +255,7 @@ mod tests {
             close_frames: Vec::new(),
             jiffies_at_close: None,
             notes: Vec::new(),
+            kernel_close: None,
         }
     }
 
@@ -272,11 +274,13 @@ mod tests {
                 frames: Vec::new(),
                 idle_ms: None,
                 peer: None,
+                ending: None,
             },
             diagnosis: Diagnosis {
                 code,
                 message: String::new(),
                 fix: None,
+                also: Vec::new(),
                 front: None,
             },
         }

@@ -306,6 +306,7 @@ pub fn render_storm(s: &Storm, color: bool) -> String {
     let side = match s.closed_by {
         ClosedBy::Local => p.red("closed by LOCAL"),
         ClosedBy::Peer => p.yellow("closed by PEER"),
+        ClosedBy::Kernel => p.yellow("closed by KERNEL"),
     };
     let _ = writeln!(
         out,
