@@ -130,6 +130,7 @@ fn thread_privileges(pid: i32) -> Vec<(String, u64, bool)> {
 const CAP_DAC_READ_SEARCH: u64 = 1 << 2;
 const CAP_SYS_PTRACE: u64 = 1 << 19;
 const CAP_CHECKPOINT_RESTORE: u64 = 1 << 40;
+const CAP_SYSLOG: u64 = 1 << 34;
 
 #[test]
 fn after_the_privilege_drop_a_nobody_servers_close_is_still_reported_whole() {
@@ -163,13 +164,13 @@ fn after_the_privilege_drop_a_nobody_servers_close_is_still_reported_whole() {
     let stderr = t.stderr_text();
     assert!(
         stderr.contains(
-            "wstrace: privileges: kept CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH, CAP_CHECKPOINT_RESTORE; dropped the rest"
+            "wstrace: privileges: kept CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH, CAP_CHECKPOINT_RESTORE, CAP_SYSLOG; dropped the rest"
         ),
         "no privileges line:\n{stderr}"
     );
     // Every thread, including the ring reader and metrics server started
     // before the drop: nothing beyond the kept set, no_new_privs.
-    let kept = CAP_SYS_PTRACE | CAP_DAC_READ_SEARCH | CAP_CHECKPOINT_RESTORE;
+    let kept = CAP_SYS_PTRACE | CAP_DAC_READ_SEARCH | CAP_CHECKPOINT_RESTORE | CAP_SYSLOG;
     for (tid, prm, nnp) in thread_privileges(t.pid()) {
         assert_eq!(prm & !kept, 0, "thread {tid} kept {prm:#x}");
         assert!(nnp, "thread {tid} has no no_new_privs");
@@ -205,6 +206,18 @@ fn after_the_privilege_drop_a_nobody_servers_close_is_still_reported_whole() {
     assert!(
         stack.iter().any(|f| f.contains("_PyEval_EvalFrameDefault")),
         "python3's own frames are not symbolized: {stack:#?}"
+    );
+    // Kernel frames are symbolized from /proc/kallsyms, read after the
+    // drop: named, not `[unknown] 0xffff…` (CAP_SYSLOG kept for that).
+    let kstack: Vec<&str> = r["kernel_stack"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|f| f.as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        kstack
+            .iter()
+            .any(|f| !f.starts_with("[unknown]") && (f.contains("tcp_") || f.contains("inet_"))),
+        "the kernel stack is not symbolized after the privilege drop: {kstack:#?}"
     );
 
     // --output rotated (2K holds fewer than 6 reports) after the drop.

@@ -9,6 +9,7 @@ const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_SETPCAP: u32 = 8;
 const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYSLOG: u32 = 34;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 const CAP_CHECKPOINT_RESTORE: u32 = 40;
@@ -59,7 +60,7 @@ pub fn raise_memlock() -> Option<String> {
 /// What the run needs after the probes attach, each found by running the
 /// daemon's /proc reads as root with the set reduced (README, "Privileges"):
 /// the closer is usually another user's process.
-const KEEP_AFTER_ATTACH: [(u32, &str); 3] = [
+const KEEP_AFTER_ATTACH: [(u32, &str); 4] = [
     // /proc/<pid>/{exe,maps,root,fd/*} of another user's process
     // (ptrace_may_access): exe, command line owner, stacks, the peer.
     (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
@@ -70,6 +71,11 @@ const KEEP_AFTER_ATTACH: [(u32, &str); 3] = [
     // or in another mount namespace); without it symbolization falls back to
     // the path in maps.
     (CAP_CHECKPOINT_RESTORE, "CAP_CHECKPOINT_RESTORE"),
+    // /proc/kallsyms shows addresses only to an opener with CAP_SYSLOG
+    // (unless kernel.perf_event_paranoid <= 1): without it every kernel
+    // frame prints as `[unknown] 0xffff…`. It is read on the first kernel
+    // stack, after the drop.
+    (CAP_SYSLOG, "CAP_SYSLOG"),
 ];
 
 /// Kept only if the kernel refuses map access through an already open fd
