@@ -427,6 +427,27 @@ fn html_report_leads_with_the_answer_and_filters_in_chromium() {
         assert_eq!(pair[1], 1, "module {} drawn in several colours", pair[0]);
     }
 
+    // Zoom: clicking nginx's close path fills the width with it and hides
+    // the other programs' frames; labels stay function names; reset undoes it.
+    d.click("#flamegraph g.user[data-name='ngx_http_upstream_process_upgraded'] rect");
+    let zoomed = d.js(
+        "var g = document.querySelector(\"#flamegraph g[data-name='ngx_http_upstream_process_upgraded']\");\
+         var php = document.querySelector(\"#flamegraph g[data-name='zend_execute_scripts']\");\
+         var caller = document.querySelector(\"#flamegraph g[data-name='ngx_event_expire_timers']\");\
+         return [parseFloat(g.querySelector('rect').getAttribute('width')), getComputedStyle(php).display,\
+                 parseFloat(caller.querySelector('rect').getAttribute('width')),\
+                 document.querySelector(\"#flamegraph g[data-name='ngx_close_connection'] text\").textContent];",
+    );
+    assert_eq!(zoomed[0], 1200.0, "{zoomed}");
+    assert_eq!(zoomed[1], "none", "{zoomed}");
+    assert_eq!(zoomed[2], 1200.0, "{zoomed}");
+    assert_eq!(zoomed[3], "ngx_close_connection", "{zoomed}");
+    d.click("#flame-reset");
+    let reset = d.js(
+        "return getComputedStyle(document.querySelector(\"#flamegraph g[data-name='zend_execute_scripts']\")).display;",
+    );
+    assert_ne!(reset, "none");
+
     // Hostile values are text, never markup: the only script is the page's.
     let scripts = d.js("return document.querySelectorAll('script').length;");
     assert_eq!(scripts, 1);

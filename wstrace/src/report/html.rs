@@ -92,17 +92,23 @@ pub fn page(s: &Summary) -> String {
         o.push_str(
             "<section id=\"flame\"><h2>Where the closes happened</h2>\
              <p class=\"note\">Each box is a function, as wide as the closes that went through it; \
-             callers below, callees above. Hover for the module and source line. \
+             callers below, callees above. Hover for the module and source line; click to zoom in, \
+             click a wider box below to zoom out. \
              Same module, same colour; <span class=\"k\">blue: kernel</span>; \
              dashed outline: <code>[inlined]</code>.</p>",
         );
         o.push_str(&flame_svg(s));
+        o.push_str("<p><button id=\"flame-reset\">reset zoom</button></p>");
         o.push_str("</section>\n");
         o.push_str(&close_table(s, &colour));
     }
     o.push_str(&malformed(s));
     o.push_str("<script>");
-    o.push_str(SCRIPT);
+    o.push_str(
+        &SCRIPT
+            .replace("CHART_W", &CHART_W.to_string())
+            .replace("FLAME_CHAR_W", &FLAME_CHAR_W.to_string()),
+    );
     o.push_str("</script></body></html>\n");
     o
 }
@@ -644,8 +650,9 @@ fn flame_svg(s: &Summary) -> String {
         };
         let _ = write!(
             o,
-            "<g class=\"{class}{}\"><title>{tip}</title><rect x=\"{x:.2}\" y=\"{y:.1}\" width=\"{w:.2}\" height=\"{}\" fill=\"{}\"{}/>",
+            "<g class=\"{class}{}\" data-d=\"{d}\" data-x=\"{x:.3}\" data-w=\"{w:.3}\" data-name=\"{}\"><title>{tip}</title><rect x=\"{x:.2}\" y=\"{y:.1}\" width=\"{w:.2}\" height=\"{}\" fill=\"{}\"{}/>",
             if f.inlined { " inlined" } else { "" },
+            h(f.function),
             FLAME_ROW - 1.0,
             frame_colour(&f, root),
             if f.inlined {
@@ -654,17 +661,16 @@ fn flame_svg(s: &Summary) -> String {
                 ""
             }
         );
+        // Every box has its text element, empty when nothing fits: a zoom
+        // (the page's script) fills it once the box is wider.
         let chars = ((w - 6.0) / FLAME_CHAR_W).floor().max(0.0) as usize;
-        let label = fit_label(f.function, chars);
-        if !label.is_empty() {
-            let _ = write!(
-                o,
-                "<text x=\"{:.2}\" y=\"{:.1}\">{}</text>",
-                x + 3.0,
-                y + FLAME_ROW - 5.0,
-                h(&label)
-            );
-        }
+        let _ = write!(
+            o,
+            "<text x=\"{:.2}\" y=\"{:.1}\">{}</text>",
+            x + 3.0,
+            y + FLAME_ROW - 5.0,
+            h(&fit_label(f.function, chars))
+        );
         o.push_str("</g>");
         let mut kids = n.children.clone();
         kids.sort_by(|a, b| nodes[*a].frame.cmp(&nodes[*b].frame));
@@ -819,6 +825,61 @@ const SCRIPT: &str = r#"
     });
   });
   filter(null, null);
+})();
+(function () {
+  "use strict";
+  // Flame-graph zoom: the clicked box and its callees fill the width, its
+  // callers stay full width, the rest hides. Labels are refitted like the
+  // server fits them (leading a::b:: path segments first, then cut).
+  var svg = document.getElementById("flamegraph");
+  if (!svg) { return; }
+  var W = CHART_W, CHAR = FLAME_CHAR_W, eps = 0.01;
+  var boxes = Array.prototype.slice.call(svg.querySelectorAll("g[data-d]"));
+  function fit(name, n) {
+    if (name.length <= n) { return name; }
+    var rest = name;
+    while (rest.length > n) {
+      var depth = 0, cut = -1;
+      for (var i = 0; i + 1 < rest.length; i++) {
+        var c = rest[i];
+        if (c === "<" || c === "(" || c === "[") { depth++; }
+        else if (c === ">" || c === ")" || c === "]") { depth--; }
+        else if (c === ":" && depth === 0 && rest[i + 1] === ":") { cut = i + 2; break; }
+      }
+      if (cut < 0 || cut >= rest.length) { break; }
+      rest = rest.slice(cut);
+    }
+    if (rest.length <= n) { return rest; }
+    return n < 2 ? "" : rest.slice(0, n - 1) + "\u2026";
+  }
+  function zoom(x0, w0, d0) {
+    boxes.forEach(function (g) {
+      var x = parseFloat(g.getAttribute("data-x")), w = parseFloat(g.getAttribute("data-w"));
+      var d = parseInt(g.getAttribute("data-d"), 10), nx, nw;
+      if (d >= d0 && x >= x0 - eps && x + w <= x0 + w0 + eps) {
+        nx = (x - x0) * W / w0; nw = w * W / w0;
+      } else if (d < d0 && x <= x0 + eps && x + w >= x0 + w0 - eps) {
+        nx = 0; nw = W;
+      } else {
+        g.style.display = "none";
+        return;
+      }
+      g.style.display = nw < 0.4 ? "none" : "";
+      var r = g.querySelector("rect"), t = g.querySelector("text");
+      r.setAttribute("x", nx.toFixed(2));
+      r.setAttribute("width", nw.toFixed(2));
+      t.setAttribute("x", (nx + 3).toFixed(2));
+      t.textContent = fit(g.getAttribute("data-name"), Math.max(0, Math.floor((nw - 6) / CHAR)));
+    });
+  }
+  svg.addEventListener("click", function (e) {
+    var g = e.target.closest ? e.target.closest("g[data-d]") : null;
+    if (!g) { return; }
+    zoom(parseFloat(g.getAttribute("data-x")), parseFloat(g.getAttribute("data-w")),
+         parseInt(g.getAttribute("data-d"), 10));
+  });
+  var reset = document.getElementById("flame-reset");
+  if (reset) { reset.addEventListener("click", function () { zoom(0, W, 0); }); }
 })();
 "#;
 
