@@ -189,6 +189,20 @@ fn scenarios() -> Vec<Scenario> {
             )],
         },
         Scenario {
+            name: "server_exiting_on_sigterm_names_the_sender",
+            servers: vec![ended(
+                Mode::ExitOnSigterm,
+                Then::TermServer(0),
+                Ending {
+                    pid: 0,
+                    code: "process_exited",
+                    signal: None,
+                    exit_status: Some(0),
+                    sent_by: Some(0),
+                },
+            )],
+        },
+        Scenario {
             name: "server_exit_without_close_is_process_exited",
             servers: vec![ended(
                 Mode::ExitAfter101,
@@ -668,7 +682,10 @@ fn trace(
         return Ok(Vec::new());
     }
     let tracer = Tracer::start(args, ports)?;
-    let mut expected = 0usize;
+    // Ports that must each get a report: waiting for a count instead let
+    // an unexpected report (the failure of another scenario) end the wait
+    // before a slow expected one (a timeout) arrived, failing both.
+    let mut expected: Vec<u16> = Vec::new();
     for &i in batch {
         let (sc, srv, st) = (&all[i], &servers[i], &mut states[i]);
         if !matches!(st, State::Running) {
@@ -678,6 +695,7 @@ fn trace(
             let addr = SocketAddr::new(spec.bind, s.port);
             let then = match spec.then {
                 Then::KillServer(_) => Then::KillServer(s.child.id()),
+                Then::TermServer(_) => Then::TermServer(s.child.id()),
                 t => t,
             };
             if let Err(e) = client::exchange(addr, spec.request, then) {
@@ -685,18 +703,19 @@ fn trace(
                 break;
             }
             if spec.traced && spec.expect.is_some() {
-                expected += 1;
+                expected.push(s.port);
             }
         }
     }
     let start = Instant::now();
     while start.elapsed() < REPORT_TIMEOUT {
-        let seen = tracer
-            .report_lines()
+        let lines = tracer.report_lines();
+        let reported: std::collections::HashSet<u16> = lines
             .iter()
-            .filter(|l| !l.trim().is_empty())
-            .count();
-        if seen >= expected {
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| expect::local_port(&v))
+            .collect();
+        if expected.iter().all(|p| reported.contains(p)) {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));

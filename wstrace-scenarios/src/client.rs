@@ -20,6 +20,8 @@ pub enum Then {
     /// SIGKILL the server (this pid; the checker fills it in) once its 101
     /// arrived, then read to the end.
     KillServer(u32),
+    /// SIGTERM the server (pid filled in by the checker), then read to the end.
+    TermServer(u32),
     /// Close with SO_LINGER {1, 0}: the server receives an RST.
     Reset,
     /// Stop acknowledging (a socket filter that drops every segment to this
@@ -53,9 +55,13 @@ pub fn exchange(addr: SocketAddr, request: &[u8], then: Then) -> Result<()> {
             std::mem::forget(conn);
             return Ok(());
         }
-        Then::KillServer(pid) => {
+        Then::KillServer(pid) | Then::TermServer(pid) => {
+            let sig = match then {
+                Then::TermServer(_) => libc::SIGTERM,
+                _ => libc::SIGKILL,
+            };
             // SAFETY: signalling the scenario's own server child by pid.
-            if unsafe { libc::kill(pid as i32, libc::SIGKILL) } != 0 {
+            if unsafe { libc::kill(pid as i32, sig) } != 0 {
                 anyhow::bail!("kill {pid}: {}", std::io::Error::last_os_error());
             }
             let mut buf = [0u8; 512];

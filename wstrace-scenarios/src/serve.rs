@@ -41,6 +41,9 @@ pub enum Mode {
     /// client (sent once it stopped acknowledging), write a frame, and wait:
     /// the kernel times the connection out (ETIMEDOUT), then close.
     TimeoutAfter101,
+    /// Exit(0) on SIGTERM (a graceful stop that forgets its connections),
+    /// answer 101, then wait: the checker sends the SIGTERM.
+    ExitOnSigterm,
     /// Answer 101, then allocate memory until killed (in a memory-limited
     /// cgroup: the OOM killer's victim).
     HogAfter101,
@@ -155,6 +158,18 @@ fn serve_one(mut conn: TcpStream, mode: Mode) -> Result<()> {
             let mut buf = [0u8; 512];
             // Ends with ETIMEDOUT once the kernel gives up.
             while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+        }
+        Mode::ExitOnSigterm => {
+            extern "C" fn stop(_: libc::c_int) {
+                // SAFETY: _exit is async-signal-safe; no destructor runs,
+                // so the connection is left for the kernel to close.
+                unsafe { libc::_exit(0) }
+            }
+            // SAFETY: installing a handler that only calls _exit.
+            unsafe { libc::signal(libc::SIGTERM, stop as *const () as libc::sighandler_t) };
+            conn.write_all(RESPONSE_101)?;
+            let mut buf = [0u8; 512];
+            while conn.read(&mut buf)? > 0 {}
         }
         Mode::HogAfter101 => {
             conn.write_all(RESPONSE_101)?;

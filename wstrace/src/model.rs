@@ -390,7 +390,12 @@ pub enum ProcessEnd {
         killer: Option<Killer>,
     },
     /// exit(2)/exit_group(2) with this status, without closing the socket.
-    Exited { status: u32 },
+    Exited {
+        status: u32,
+        /// A stop signal (SIGTERM, SIGINT, SIGHUP, SIGQUIT) it was sent
+        /// before, and who sent it: a shutdown it handled by exiting.
+        after_signal: Option<(u32, Option<Killer>)>,
+    },
 }
 
 impl ProcessEnd {
@@ -399,6 +404,7 @@ impl ProcessEnd {
         match code & 0x7f {
             0 => Self::Exited {
                 status: (code >> 8) & 0xff,
+                after_signal: None,
             },
             signal => Self::Signaled {
                 signal,
@@ -521,11 +527,17 @@ mod tests {
     fn exit_codes_read_like_wait_status() {
         assert_eq!(
             ProcessEnd::from_exit_code(3 << 8),
-            ProcessEnd::Exited { status: 3 }
+            ProcessEnd::Exited {
+                status: 3,
+                after_signal: None
+            }
         );
         assert_eq!(
             ProcessEnd::from_exit_code(0),
-            ProcessEnd::Exited { status: 0 }
+            ProcessEnd::Exited {
+                status: 0,
+                after_signal: None
+            }
         );
         assert_eq!(
             ProcessEnd::from_exit_code(11 | 0x80),

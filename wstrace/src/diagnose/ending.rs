@@ -87,15 +87,26 @@ pub fn process_killed(f: &Facts) -> Found {
 /// exit() with the connection still open: a restart, deploy or an error
 /// path that exits.
 pub fn process_exited(f: &Facts) -> Found {
-    let Some(ProcessEnd::Exited { status }) = &f.ending else {
+    let Some(ProcessEnd::Exited {
+        status,
+        after_signal,
+    }) = &f.ending
+    else {
         return None;
     };
+    let after = match after_signal {
+        Some((sig, Some(Killer::Process { pid, comm }))) => {
+            format!(" after {} from {comm} (pid {pid})", signal_name(*sig))
+        }
+        Some((sig, _)) => format!(" after {}", signal_name(*sig)),
+        None => String::new(),
+    };
     let message = format!(
-        "{} exited (status {status}) {:.1} ms after its 101 without closing the connection; the kernel closed it at exit",
+        "{} exited (status {status}){after} {:.1} ms after its 101 without closing the connection; the kernel closed it at exit",
         closer_name(f),
         f.ms_after_upgrade
     );
-    let fix = if *status == 0 {
+    let fix = if *status == 0 || after_signal.is_some() {
         "a restart or deploy ended the process: send close frames (1001 going away) before exiting so clients reconnect at once"
     } else {
         "the process exited with an error status: its log at this time says why; send close frames (1001) before exiting so clients reconnect at once"
@@ -189,9 +200,28 @@ mod tests {
 
     #[test]
     fn an_exit_without_close_says_the_status() {
-        let d = diagnose(&ended(ProcessEnd::Exited { status: 3 }));
+        let d = diagnose(&ended(ProcessEnd::Exited {
+            status: 3,
+            after_signal: None,
+        }));
         assert_eq!(d.code, "process_exited");
         assert!(d.message.contains("exited (status 3)"), "{}", d.message);
+        let d = diagnose(&ended(ProcessEnd::Exited {
+            status: 0,
+            after_signal: Some((
+                15,
+                Some(Killer::Process {
+                    pid: 1,
+                    comm: "systemd".into(),
+                }),
+            )),
+        }));
+        assert!(
+            d.message
+                .contains("exited (status 0) after SIGTERM from systemd (pid 1)"),
+            "{}",
+            d.message
+        );
     }
 
     #[test]
@@ -201,7 +231,10 @@ mod tests {
                 b"GET /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
                 &Redactor::default(),
             ),
-            ..ended(ProcessEnd::Exited { status: 0 })
+            ..ended(ProcessEnd::Exited {
+                status: 0,
+                after_signal: None,
+            })
         };
         let d = diagnose(&f);
         assert_eq!(d.code, "process_exited");
@@ -219,7 +252,10 @@ mod tests {
         // still what closed this end, and it is said first.
         let f = Facts {
             closed_by: ClosedBy::Peer,
-            ..ended(ProcessEnd::Exited { status: 0 })
+            ..ended(ProcessEnd::Exited {
+                status: 0,
+                after_signal: None,
+            })
         };
         assert_eq!(diagnose(&f).code, "process_exited");
     }

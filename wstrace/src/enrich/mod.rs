@@ -213,18 +213,28 @@ impl Enricher {
     fn ending(&self, r: &CloseReport) -> Option<ProcessEnd> {
         let c = r.closer.as_ref().filter(|c| c.at_exit)?;
         let mut end = ProcessEnd::from_exit_code(c.exit_code?);
-        if let ProcessEnd::Signaled { signal, killer, .. } = &mut end {
-            let seen = [c.pid, c.tid]
+        // The signal as this process received it, sent shortly enough before.
+        let seen = |signal: u32| {
+            [c.pid, c.tid]
                 .iter()
-                .filter_map(|&target| self.signals.get(&(target, *signal)))
+                .filter_map(|&target| self.signals.get(&(target, signal)))
                 .find(|s| {
                     s.ts_ns <= r.close_ts_ns.saturating_add(1_000_000_000)
                         && r.close_ts_ns.saturating_sub(s.ts_ns) < SIGNAL_RELEVANCE_NS
-                });
-            *killer = seen.map(|s| match killer_of(s) {
-                Killer::Process { pid, .. } if pid == c.pid => Killer::Itself,
-                k => k,
-            });
+                })
+                .map(|s| match killer_of(s) {
+                    Killer::Process { pid, .. } if pid == c.pid => Killer::Itself,
+                    k => k,
+                })
+        };
+        match &mut end {
+            ProcessEnd::Signaled { signal, killer, .. } => *killer = seen(*signal),
+            ProcessEnd::Exited { after_signal, .. } => {
+                // SIGTERM, SIGINT, SIGHUP, SIGQUIT: asked to stop, it exited.
+                *after_signal = [15, 2, 1, 3]
+                    .into_iter()
+                    .find_map(|sig| seen(sig).map(|k| (sig, Some(k))));
+            }
         }
         Some(end)
     }

@@ -64,8 +64,10 @@ struct ProcessEndJson<'a> {
     signal_number: Option<u32>,
     core_dumped: Option<bool>,
     exit_status: Option<u32>,
+    /// For an exit: the stop signal (SIGTERM ...) it was sent before.
+    after_signal: Option<String>,
     /// `process` (see `sent_by`), `oom_killer`, `kernel`, `self`, or null
-    /// when the sender was not seen.
+    /// when the sender was not seen (for an exit: who sent `after_signal`).
     killed_by: Option<&'static str>,
     sent_by: Option<SentBy<'a>>,
 }
@@ -76,38 +78,56 @@ struct SentBy<'a> {
     comm: &'a str,
 }
 
+fn killer_json(killer: Option<&Killer>) -> (Option<&'static str>, Option<SentBy<'_>>) {
+    let kind = killer.map(|k| match k {
+        Killer::Process { .. } => "process",
+        Killer::OomKiller => "oom_killer",
+        Killer::Kernel => "kernel",
+        Killer::Itself => "self",
+    });
+    let sent_by = match killer {
+        Some(Killer::Process { pid, comm }) => Some(SentBy { pid: *pid, comm }),
+        _ => None,
+    };
+    (kind, sent_by)
+}
+
 fn process_end(e: &ProcessEnd) -> ProcessEndJson<'_> {
     match e {
-        ProcessEnd::Exited { status } => ProcessEndJson {
-            how: "exit",
-            signal: None,
-            signal_number: None,
-            core_dumped: None,
-            exit_status: Some(*status),
-            killed_by: None,
-            sent_by: None,
-        },
+        ProcessEnd::Exited {
+            status,
+            after_signal,
+        } => {
+            let (killed_by, sent_by) =
+                killer_json(after_signal.as_ref().and_then(|(_, k)| k.as_ref()));
+            ProcessEndJson {
+                how: "exit",
+                signal: None,
+                signal_number: None,
+                core_dumped: None,
+                exit_status: Some(*status),
+                after_signal: after_signal.as_ref().map(|(sig, _)| signal_name(*sig)),
+                killed_by,
+                sent_by,
+            }
+        }
         ProcessEnd::Signaled {
             signal,
             core_dumped,
             killer,
-        } => ProcessEndJson {
-            how: "signal",
-            signal: Some(signal_name(*signal)),
-            signal_number: Some(*signal),
-            core_dumped: Some(*core_dumped),
-            exit_status: None,
-            killed_by: killer.as_ref().map(|k| match k {
-                Killer::Process { .. } => "process",
-                Killer::OomKiller => "oom_killer",
-                Killer::Kernel => "kernel",
-                Killer::Itself => "self",
-            }),
-            sent_by: match killer {
-                Some(Killer::Process { pid, comm }) => Some(SentBy { pid: *pid, comm }),
-                _ => None,
-            },
-        },
+        } => {
+            let (killed_by, sent_by) = killer_json(killer.as_ref());
+            ProcessEndJson {
+                how: "signal",
+                signal: Some(signal_name(*signal)),
+                signal_number: Some(*signal),
+                core_dumped: Some(*core_dumped),
+                exit_status: None,
+                after_signal: None,
+                killed_by,
+                sent_by,
+            }
+        }
     }
 }
 
