@@ -228,7 +228,8 @@ pub struct EventHeader {
     pub flags: u32,
     /// Upgrade: length of the write that carried the 101. Data: length of
     /// the read or write, of which `DataEvent::len` bytes were copied.
-    /// State to CLOSE: the socket's `sk_err` (why the kernel closed it).
+    /// State to CLOSE and Destroy: the socket's `sk_err` (why the kernel
+    /// closed it).
     /// Close with [`FLAG_EXIT_CODE`]: the task's exit code.
     pub arg: u32,
     /// Low 32 bits of jiffies when the event fired, and the socket's

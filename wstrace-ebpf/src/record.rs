@@ -435,7 +435,19 @@ pub fn read_exit(ret: i64) {
 /// reused by the next socket) and tell the daemon.
 pub fn destroy(sk: u64) {
     let _ = UPGRADED.remove(sk);
-    emit_header(EventKind::Destroy, 0, sk, 0, 0);
+    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
+        count_lost();
+        return;
+    };
+    let h = entry.as_mut_ptr();
+    unsafe {
+        fill_header(h, EventKind::Destroy, 0, sk, 0, 0);
+        // Why the kernel closed it, if it did: the daemon's fallback when
+        // the ->CLOSE transition itself was not seen (a tracepoint run
+        // skipped because another BPF program was running on that CPU).
+        (*h).arg = sk_err(sk);
+    }
+    entry.submit(0);
 }
 
 /// A traced-port socket that never upgraded is going away: drop its

@@ -33,6 +33,9 @@ fn asked_for_upgrade(head: &[u8]) -> bool {
     }
 }
 
+const ESTABLISHED_: u8 = tcp_state::ESTABLISHED;
+const CLOSE_: u8 = tcp_state::CLOSE;
+
 /// How long to wait, after the peer closed, for a local process to close its
 /// end before reporting "still open" (a CLOSE_WAIT leak is itself a finding).
 pub const PEER_CLOSE_HOLD_NS: u64 = 2_000_000_000;
@@ -195,6 +198,11 @@ impl Matcher {
                 if !t.reported {
                     t.last_bytes = (ev.bytes_received, ev.bytes_acked);
                     t.bytes_at_destroy = true;
+                    // No close seen at all, but the kernel left its error:
+                    // the ->CLOSE transition was missed, not a local close.
+                    if t.first.is_none() && t.local_close_ts.is_none() && ev.arg != 0 {
+                        apply_transition(&mut t, ESTABLISHED_, CLOSE_, ev.ts_ns, ev.arg);
+                    }
                     out.push(self.report(t, ev.ts_ns));
                 }
             }
@@ -710,6 +718,22 @@ mod tests {
             (ClosedBy::Kernel, How::Abort, 10)
         );
         assert!(r.closer.is_none());
+    }
+
+    #[test]
+    fn a_missed_timeout_transition_is_known_from_the_destroy() {
+        // The ->CLOSE tracepoint run was skipped (recursion): the server
+        // closes the dead socket, then it is destroyed with sk_err set.
+        let mut m = Matcher::new(ProbeSet::Kprobe);
+        m.on_event(upgrade(0));
+        m.on_event(close(CLOSE, 0, 100, 20));
+        let r = one(m.on_event(Event {
+            arg: 110,
+            ..ev(EventKind::Destroy, 21)
+        }));
+        assert_eq!((r.closed_by, r.how), (ClosedBy::Kernel, How::Abort));
+        assert!(r.closer.is_none());
+        assert_eq!(r.kernel_close.map(|k| k.reason()), Some("tcp_timeout"));
     }
 
     #[test]
