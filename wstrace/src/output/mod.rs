@@ -314,7 +314,7 @@ mod tests {
                 also: vec![crate::diagnose::Finding {
                     code: "http10_upgrade",
                     message: evil("also"),
-                    fix: None,
+                    fix: Some(evil("alsofix")),
                 }],
                 front: Some(Front {
                     kind: "proxy",
@@ -349,7 +349,8 @@ mod tests {
             let shown = escape::text(EVIL).into_owned();
             for field in [
                 "comm", "upgrader", "/tmp/exe", "cmdline", "ksym", "usym", "GET", "/path",
-                "HTTP/9", "host", "ua", "peer", "message", "fix", "note", "also", "fwd", "detail",
+                "HTTP/9", "host", "ua", "peer", "message", "fix", "note", "also", "alsofix", "fwd",
+                "detail",
             ] {
                 let want = format!("{field}{shown}");
                 assert!(
@@ -358,6 +359,11 @@ mod tests {
                 );
             }
             assert!(ours.contains("\"reasona\\u{1b}[2J"), "{ours}");
+            // A secondary finding's fix is shown under it.
+            assert!(
+                lines.iter().any(|l| l.starts_with("  also fix: alsofix")),
+                "{ours}"
+            );
             // The container id is cut to 12 bytes, escaped after the cut.
             assert!(ours.contains("[container ctra\\x1b[2J\\x1b]0;]"), "{ours}");
             assert!(ours.contains("\\u{202e}"), "{ours}");

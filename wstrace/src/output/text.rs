@@ -72,6 +72,9 @@ pub fn render(v: &View<'_>, color: bool, full_stacks: bool) -> String {
     }
     for a in &d.also {
         let _ = writeln!(out, "  also:     {}: {}", a.code, esc(&a.message));
+        if let Some(fix) = &a.fix {
+            let _ = writeln!(out, "  also fix: {}", esc(fix));
+        }
     }
     if let Some(k) = r.kernel_close {
         let _ = writeln!(

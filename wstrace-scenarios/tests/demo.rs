@@ -1,0 +1,52 @@
+//! `wstrace demo`, what `cargo xtask run` (README's first command) shows a
+//! new user: the real probes on loopback, two closes, and nothing to worry
+//! about on stderr.
+mod common;
+
+use common::{require_root, serial, wstrace_bin};
+use serde_json::Value;
+use std::process::Command;
+
+#[test]
+fn the_demo_reports_both_closes_with_named_kernel_frames_and_no_privilege_warning() {
+    if !require_root() {
+        return;
+    }
+    let _g = serial();
+    let out = Command::new(wstrace_bin())
+        .args(["demo", "--format", "json"])
+        .output()
+        .expect("running wstrace demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "wstrace demo failed:\n{stderr}");
+    // The demo's own server thread starts before the daemon drops its
+    // capabilities; it must not be left holding them.
+    assert!(!stderr.contains("warning: privileges"), "{stderr}");
+    let reports: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(reports.len(), 2, "want two reports:\n{stdout}\n{stderr}");
+    let by = |side: &str| {
+        reports
+            .iter()
+            .find(|r| r["closed_by"] == side)
+            .unwrap_or_else(|| panic!("no close by {side}:\n{stdout}"))
+    };
+    let local = by("local");
+    assert_eq!(local["diagnosis"]["code"], "http10_upgrade", "{local}");
+    assert_eq!(local["request"]["version"], "HTTP/1.0", "{local}");
+    let kernel: Vec<&str> = local["kernel_stack"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(
+        kernel
+            .iter()
+            .any(|f| !f.starts_with("[unknown]") && (f.contains("tcp_") || f.contains("inet_"))),
+        "kernel frames not named: {kernel:#?}"
+    );
+    let peer = by("peer");
+    assert_eq!(peer["diagnosis"]["code"], "peer_closed_first", "{peer}");
+}
