@@ -241,19 +241,20 @@ fn one_round(
         Command::new("bpftrace").arg(&script_path),
     )?;
     empty.wait_for("READY", false, Duration::from_secs(60))?;
-    let names = prog_stats()?;
+    // The snapshot the load is measured from also names the near-empty
+    // programs, which exist only from now on.
+    let before = prog_stats()?;
     let empty_progs: Vec<(u32, String)> = prog_ids_of(empty.child.id())
         .into_iter()
         .map(|id| {
             (
                 id,
-                names.get(&id).map(|p| p.name.clone()).unwrap_or_default(),
+                before.get(&id).map(|p| p.name.clone()).unwrap_or_default(),
             )
         })
         .collect();
     let empty_hooks = hooks_in_script_order(&empty_progs, &script_hooks(&script));
 
-    let before = prog_stats()?;
     let load_out = process::output(Command::new(&bins.load).args([
         "--threads",
         "1",
