@@ -682,6 +682,7 @@ fn trace(
         return Ok(Vec::new());
     }
     let tracer = Tracer::start(args, ports)?;
+    let _readers = BlockedReaders::start(BLOCKED_READERS).context("blocking readers")?;
     // Ports that must each get a report: waiting for a count instead let
     // an unexpected report (the failure of another scenario) end the wait
     // before a slow expected one (a timeout) arrived, failing both.
@@ -733,6 +734,50 @@ fn trace(
         reports.push((port, v));
     }
     Ok(reports)
+}
+
+/// Threads blocked in a read for a whole batch: more than the kernel's
+/// default kretprobe room (one instance per CPU on Debian's 5.10, 10 on
+/// 6.x), so that a return probe on tcp_recvmsg made with the default is
+/// seen to miss server request heads here, as it would on a blocking-I/O
+/// server with idle connections (the kprobe set's lookalike flake).
+const BLOCKED_READERS: usize = 16;
+
+/// `n` threads each blocked in read() on its own untraced loopback
+/// connection, until dropped.
+struct BlockedReaders {
+    peers: Vec<std::net::TcpStream>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl BlockedReaders {
+    fn start(n: usize) -> Result<Self> {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let addr = listener.local_addr()?;
+        let mut readers = BlockedReaders {
+            peers: Vec::new(),
+            threads: Vec::new(),
+        };
+        for _ in 0..n {
+            readers.peers.push(std::net::TcpStream::connect(addr)?);
+            let (conn, _) = listener.accept()?;
+            readers.threads.push(std::thread::spawn(move || {
+                let mut byte = [0u8; 1];
+                // Returns at EOF, when the peer is dropped.
+                let _ = std::io::Read::read(&mut &conn, &mut byte);
+            }));
+        }
+        Ok(readers)
+    }
+}
+
+impl Drop for BlockedReaders {
+    fn drop(&mut self) {
+        self.peers.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Every server of the scenario against the reports on its port.

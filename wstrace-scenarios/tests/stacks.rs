@@ -247,10 +247,16 @@ fn a_cold_split_cpp_function_reads_as_gdb_prints_it() {
     if !require_root() {
         return;
     }
-    let Some(cxx) = require_tool("g++", "install a C++ compiler: apt-get install g++ (`cargo xtask setup` does)") else {
+    let Some(cxx) = require_tool(
+        "g++",
+        "install a C++ compiler: apt-get install g++ (`cargo xtask setup` does)",
+    ) else {
         return;
     };
-    let Some(nm) = require_tool("nm", "install binutils: apt-get install binutils (it comes with g++)") else {
+    let Some(nm) = require_tool(
+        "nm",
+        "install binutils: apt-get install binutils (it comes with g++)",
+    ) else {
         return;
     };
     let _serial = serial();
@@ -261,9 +267,12 @@ fn a_cold_split_cpp_function_reads_as_gdb_prints_it() {
     {
         use std::io::{Read as _, Write as _};
         let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        c.write_all(b"GET /ws HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-            .expect("send");
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        c.write_all(
+            b"GET /ws HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        )
+        .expect("send");
         let mut buf = [0u8; 512];
         while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
     }
@@ -283,8 +292,12 @@ fn a_cold_split_cpp_function_reads_as_gdb_prints_it() {
             .iter()
             .find(|(n, _, _)| n == name)
             .unwrap_or_else(|| panic!("nm lists no {name:?}: is this g++ splitting functions?"));
-        let off = offset_of(&stack, name).unwrap_or_else(|| panic!("no frame {name}+0x… in {stack:#?}"));
-        assert!(off > 0 && off <= *size, "{name}+{off:#x} lies outside the symbol ({size:#x} bytes): {stack:#?}");
+        let off =
+            offset_of(&stack, name).unwrap_or_else(|| panic!("no frame {name}+0x… in {stack:#?}"));
+        assert!(
+            off > 0 && off <= *size,
+            "{name}+{off:#x} lies outside the symbol ({size:#x} bytes): {stack:#?}"
+        );
     }
     // Innermost first: close, the cold part, the std::function call, main.
     let at = |prefix: &str| stack.iter().position(|f| f.starts_with(prefix));

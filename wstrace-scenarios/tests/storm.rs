@@ -117,16 +117,25 @@ fn a_server_killed_with_thousands_open_is_one_summary_in_text_and_each_in_json()
     let out = t.raw_lines().concat();
     let headers: Vec<&str> = out.lines().filter(|l| !l.starts_with(' ')).collect();
     assert_eq!(headers.len(), 1, "one block in text:\n{out}");
-    let want = format!("ws-scenario (pid {pid}): {N} upgraded connections closed by LOCAL (FIN) at its exit, within");
+    let want = format!(
+        "ws-scenario (pid {pid}): {N} upgraded connections closed by LOCAL (FIN) at its exit, within"
+    );
     assert!(
         headers[0].contains(" CLOSES ") && headers[0].contains(&want),
         "summary {:?} should say {want:?}",
         headers[0]
     );
-    for what in ["  first:    127.0.0.1:", "  last:     127.0.0.1:", "kernel stack"] {
+    for what in [
+        "  first:    127.0.0.1:",
+        "  last:     127.0.0.1:",
+        "kernel stack",
+    ] {
         assert!(out.contains(what), "{what:?} missing in\n{out}");
     }
-    assert!(out.lines().count() < 150, "a summary, not {N} reports:\n{out}");
+    assert!(
+        out.lines().count() < 150,
+        "a summary, not {N} reports:\n{out}"
+    );
     eprintln!("{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }

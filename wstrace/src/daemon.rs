@@ -244,6 +244,9 @@ struct Losses {
     /// The kernel skipped a program run (another BPF program was running on
     /// that CPU): the event it would have written was never made.
     recursion_miss: u64,
+    /// Returns of tcp_recvmsg the kprobe set's kretprobe missed (no free
+    /// instance): a request head or a received close frame never seen.
+    retprobe_miss: u64,
     /// Upgraded sockets evicted: more than --max-sockets were open at once.
     max_sockets: u64,
     /// Events for sockets whose upgrade was never seen (lost, or before the
@@ -256,7 +259,7 @@ struct Losses {
 
 impl Losses {
     /// (metric label, count, what to tell the operator).
-    fn each(&self) -> [(&'static str, u64, &'static str); 5] {
+    fn each(&self) -> [(&'static str, u64, &'static str); 6] {
         [
             (
                 "ring_full",
@@ -267,6 +270,11 @@ impl Losses {
                 "recursion_miss",
                 self.recursion_miss,
                 "probe runs skipped by the kernel (another BPF program was running on the CPU); reports may be missing",
+            ),
+            (
+                "retprobe_miss",
+                self.retprobe_miss,
+                "tcp_recvmsg returns missed by the kretprobe (more tasks inside tcp_recvmsg than it has room for); request heads or close frames may be missing",
             ),
             (
                 "max_sockets",
@@ -372,6 +380,10 @@ impl EventLoop<'_> {
                 probes::recursion_misses(&self.attached.ebpf)
             } else {
                 self.losses_reported.recursion_miss
+            },
+            retprobe_miss: match (&self.attached.retprobe, read_programs) {
+                (Some(r), true) => r.missed(),
+                _ => self.losses_reported.retprobe_miss,
             },
             max_sockets: self.matcher.evicted,
             orphan_event: self.matcher.orphan_events,

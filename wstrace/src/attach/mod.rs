@@ -25,10 +25,12 @@ pub mod btf;
 pub mod check;
 pub mod error;
 pub mod privileges;
+pub mod retprobe;
 pub mod tracefs;
 
 use btf::KernelOffsets;
 pub use error::{AttachError, AttachFailure, FailureKind};
+use retprobe::RetProbe;
 
 /// The object built by build.rs from wstrace-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wstrace"));
@@ -76,6 +78,9 @@ pub struct Attached {
     pub skipped: Vec<AttachFailure>,
     /// What this set cannot see on this kernel.
     pub limits: Vec<String>,
+    /// The kprobe set's tcp_recvmsg kretprobe, made through tracefs (see
+    /// retprobe.rs); `None` for other sets, or where tracefs refused it.
+    pub retprobe: Option<RetProbe>,
 }
 
 impl Attached {
@@ -83,6 +88,7 @@ impl Attached {
     /// new event can enter the ring buffer, so what is in it is all there is
     /// to read, and the lost-event counter is final.
     pub fn detach_all(&mut self) {
+        self.retprobe = None;
         for (_, prog) in self.ebpf.programs_mut() {
             // An error here means the program was not loaded: nothing to undo.
             let _ = match prog {
@@ -167,13 +173,23 @@ pub fn attach(
     let mut vmlinux: Option<Btf> = None;
     let mut skipped = Vec::new();
     for &set in choice.candidates() {
-        match try_set(set, &config, &mut loader, &mut vmlinux, offsets, tracefs_root) {
-            Ok(ebpf) => {
+        match try_set(
+            set,
+            &config,
+            &mut loader,
+            &mut vmlinux,
+            offsets,
+            tracefs_root,
+        ) {
+            Ok(loaded) => {
+                let mut limits = limits(set, tracefs_root);
+                limits.extend(loaded.limits);
                 return Ok(Attached {
-                    ebpf,
+                    ebpf: loaded.ebpf,
                     set,
                     skipped,
-                    limits: limits(set, tracefs_root),
+                    limits,
+                    retprobe: loaded.retprobe,
                 });
             }
             Err(e) => skipped.push(e),
@@ -292,6 +308,14 @@ fn object_loader<'a>(
 /// Where aya attaches kprobes (the kprobe PMU); absent without CONFIG_KPROBES.
 const KPROBE_PMU_TYPE: &str = "/sys/bus/event_source/devices/kprobe/type";
 
+/// A set's object, loaded and attached.
+struct Loaded {
+    ebpf: Ebpf,
+    retprobe: Option<RetProbe>,
+    /// What this attach could not do as asked (said with the set's limits).
+    limits: Vec<String>,
+}
+
 fn try_set(
     set: ProbeSet,
     config: &KernelConfig,
@@ -299,7 +323,7 @@ fn try_set(
     vmlinux: &mut Option<Btf>,
     offsets: &KernelOffsets,
     root: &Path,
-) -> Result<Ebpf, AttachFailure> {
+) -> Result<Loaded, AttachFailure> {
     match set {
         ProbeSet::Fentry | ProbeSet::Kprobe => {
             if let Some(why) = &offsets.sendmsg_path_missing {
@@ -338,42 +362,48 @@ fn try_set(
             }
         }
     }
-    let mut ebpf = loader
-        .load(EBPF_OBJECT)
-        .map_err(|e| AttachFailure::from_object(set, "loading the eBPF object", &e))?;
-
     // The set's own hooks first: they are what a kernel refuses (fentry
     // without trampolines), and a refusal then costs no tracepoint attach.
-    attach_set_hooks(&mut ebpf, set, vmlinux, offsets)?;
+    let mut loaded = Loaded {
+        ebpf: loader
+            .load(EBPF_OBJECT)
+            .map_err(|e| AttachFailure::from_object(set, "loading the eBPF object", &e))?,
+        retprobe: None,
+        limits: Vec::new(),
+    };
+    attach_set_hooks(&mut loaded, set, vmlinux, offsets, root)?;
+    let ebpf = &mut loaded.ebpf;
     let state_prog = match set {
         // Only the tracepoint set has no tcp_close hook: the closing
         // transition itself records the closer.
         ProbeSet::Tracepoint => "inet_sock_set_state_closer",
         _ => "inet_sock_set_state",
     };
-    attach_tracepoint(&mut ebpf, set, state_prog, "sock", "inet_sock_set_state")?;
+    attach_tracepoint(ebpf, set, state_prog, "sock", "inet_sock_set_state")?;
     for (prog, cat, name) in COMMON {
         if prog == "tcp_destroy_sock" && !tracefs::event_exists(root, cat, name) {
             continue; // older kernels; see limits()
         }
-        attach_tracepoint(&mut ebpf, set, prog, cat, name)?;
+        attach_tracepoint(ebpf, set, prog, cat, name)?;
     }
     for (prog, cat, name) in ENDINGS {
         if ending_fields_known(config, prog) && tracefs::event_exists(root, cat, name) {
-            attach_tracepoint(&mut ebpf, set, prog, cat, name)?;
+            attach_tracepoint(ebpf, set, prog, cat, name)?;
         }
     }
-    Ok(ebpf)
+    Ok(loaded)
 }
 
 /// Loads and attaches what only `set` has: fentry/fexit, kprobes, or the
 /// syscall tracepoints.
 fn attach_set_hooks(
-    ebpf: &mut Ebpf,
+    loaded: &mut Loaded,
     set: ProbeSet,
     vmlinux: &mut Option<Btf>,
     offsets: &KernelOffsets,
+    root: &Path,
 ) -> Result<(), AttachFailure> {
+    let ebpf = &mut loaded.ebpf;
     match set {
         ProbeSet::Fentry => {
             if vmlinux.is_none() {
@@ -421,7 +451,6 @@ fn attach_set_hooks(
                 ("kprobe_tcp_sendmsg", "tcp_sendmsg"),
                 ("kprobe_tcp_close", "tcp_close"),
                 ("kprobe_tcp_recvmsg", "tcp_recvmsg"),
-                ("kretprobe_tcp_recvmsg", "tcp_recvmsg"),
             ] {
                 let p: &mut KProbe = program(ebpf, set, prog)?;
                 p.load().map_err(|e| {
@@ -431,11 +460,44 @@ fn attach_set_hooks(
                     AttachFailure::from_program(set, format!("attaching kprobe/{func}"), &e)
                 })?;
             }
+            attach_recvmsg_return(loaded, set, root)?;
         }
         ProbeSet::Tracepoint => {
             for sc in SYSCALLS {
                 attach_tracepoint(ebpf, set, sc, "syscalls", sc)?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// The return of tcp_recvmsg (where a read's bytes are known) through a
+/// tracefs kretprobe with room for every task inside tcp_recvmsg at once
+/// (retprobe.rs); where tracefs refuses, aya's kretprobe with the kernel's
+/// default room, said in the limits.
+fn attach_recvmsg_return(
+    loaded: &mut Loaded,
+    set: ProbeSet,
+    root: &Path,
+) -> Result<(), AttachFailure> {
+    const FUNC: &str = "tcp_recvmsg";
+    let p: &mut KProbe = program(&mut loaded.ebpf, set, "kretprobe_tcp_recvmsg")?;
+    p.load()
+        .map_err(|e| AttachFailure::from_program(set, "loading kretprobe/tcp_recvmsg", &e))?;
+    retprobe::remove_stale(root);
+    let tracefs_attach = match p.fd() {
+        Ok(fd) => RetProbe::attach(root, FUNC, std::os::fd::AsFd::as_fd(fd)),
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    };
+    match tracefs_attach {
+        Ok(r) => loaded.retprobe = Some(r),
+        Err(why) => {
+            p.attach(FUNC, 0).map_err(|e| {
+                AttachFailure::from_program(set, "attaching kretprobe/tcp_recvmsg", &e)
+            })?;
+            loaded.limits.push(format!(
+                "kprobe set: the tcp_recvmsg return probe has the kernel's default room ({why:#}); while more tasks than that are inside tcp_recvmsg at once (blocked readers count), request heads and received close frames are missed"
+            ));
         }
     }
     Ok(())

@@ -185,11 +185,7 @@ impl Front {
 /// Decides what sent the request. `peer` is the process at the other end
 /// when it is on this host; `remote` the far end's address as the server
 /// saw it.
-pub fn decide(
-    peer: Option<&(u32, String)>,
-    request: Option<&RequestHead>,
-    remote: &str,
-) -> Front {
+pub fn decide(peer: Option<&(u32, String)>, request: Option<&RequestHead>, remote: &str) -> Front {
     let forwarding = request.and_then(forwarding_header);
     if let Some((pid, comm)) = peer {
         let me = format!("{comm} (pid {pid})");
@@ -383,7 +379,11 @@ mod tests {
             let f = decide(peer(comm).as_ref(), Some(&req("")), LOCAL);
             assert_eq!(f.sender, Sender::Proxy(want), "{comm}");
             assert_eq!((f.kind, f.evidence), (want.code(), "peer_process"));
-            assert!(f.detail.contains(&format!("{comm} (pid 77)")), "{}", f.detail);
+            assert!(
+                f.detail.contains(&format!("{comm} (pid 77)")),
+                "{}",
+                f.detail
+            );
             assert!(f.describe().starts_with(want.name()), "{}", f.describe());
         }
     }
@@ -439,7 +439,10 @@ mod tests {
             fix10.contains("python3 (pid 77) connected directly") && fix10.contains("RFC 6455"),
             "{fix10}"
         );
-        assert!(!fix10.contains("nginx") && !fix10.contains("proxy_"), "{fix10}");
+        assert!(
+            !fix10.contains("nginx") && !fix10.contains("proxy_"),
+            "{fix10}"
+        );
         assert!(fix(&f, Problem::NoConnectionUpgrade).contains("Connection: Upgrade"));
     }
 
@@ -451,7 +454,11 @@ mod tests {
             LOCAL,
         );
         assert_eq!((f.kind, f.evidence), ("proxy", "forwarding_header"));
-        assert!(f.detail.contains("X-Forwarded-For: 203.0.113.9"), "{}", f.detail);
+        assert!(
+            f.detail.contains("X-Forwarded-For: 203.0.113.9"),
+            "{}",
+            f.detail
+        );
         assert!(fix(&f, Problem::Http10).starts_with("make node (it forwards"));
     }
 
@@ -471,11 +478,18 @@ mod tests {
     fn via_naming_a_proxy() {
         for (via, want) in [
             ("1.1 varnish (Varnish/7.1)", Proxy::Varnish),
-            ("1.1 gw.example (Apache/2.4.57 (Debian))", Proxy::ApacheHttpd),
+            (
+                "1.1 gw.example (Apache/2.4.57 (Debian))",
+                Proxy::ApacheHttpd,
+            ),
             ("1.1 Caddy", Proxy::Caddy),
             ("1.0 edge, 1.1 envoy", Proxy::Envoy),
         ] {
-            let f = decide(None, Some(&req(&format!("Via: {via}\r\n"))), "10.0.0.2:5000");
+            let f = decide(
+                None,
+                Some(&req(&format!("Via: {via}\r\n"))),
+                "10.0.0.2:5000",
+            );
             assert_eq!(f.sender, Sender::Proxy(want), "{via}");
             assert_eq!(f.evidence, "via_header");
             assert_eq!(f.detail, format!("Via: {via}"));
@@ -495,13 +509,21 @@ mod tests {
             "10.0.0.2:5000",
         );
         assert_eq!((f.kind, f.evidence), ("envoy", "proxy_header"));
-        assert!(f.detail.contains("x-envoy-expected-rq-timeout-ms"), "{}", f.detail);
+        assert!(
+            f.detail.contains("x-envoy-expected-rq-timeout-ms"),
+            "{}",
+            f.detail
+        );
     }
 
     #[test]
     fn each_forwarding_header_shows_a_proxy_of_unknown_kind() {
         for h in FORWARDING_HEADERS {
-            let f = decide(None, Some(&req(&format!("{h}: 198.51.100.7\r\n"))), "10.0.0.2:5000");
+            let f = decide(
+                None,
+                Some(&req(&format!("{h}: 198.51.100.7\r\n"))),
+                "10.0.0.2:5000",
+            );
             assert_eq!((f.kind, f.evidence), ("proxy", "forwarding_header"), "{h}");
             assert!(f.detail.contains(h), "{}", f.detail);
             let fix = fix(&f, Problem::Http10);

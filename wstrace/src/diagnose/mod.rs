@@ -436,7 +436,10 @@ pub(crate) mod tests {
         let front = d.front.expect("front");
         assert_eq!((front.kind, front.evidence), ("haproxy", "peer_process"));
         let fix = d.fix.expect("fix");
-        assert!(fix.starts_with("HAProxy") && !fix.contains("nginx"), "{fix}");
+        assert!(
+            fix.starts_with("HAProxy") && !fix.contains("nginx"),
+            "{fix}"
+        );
     }
 
     #[test]
@@ -472,7 +475,9 @@ pub(crate) mod tests {
     #[test]
     fn http10_forwarded_by_a_proxy_seen_only_in_via() {
         let f = Facts {
-            request: req("GET /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\nVia: 1.1 varnish (Varnish/7.1)\r\n\r\n"),
+            request: req(
+                "GET /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\nVia: 1.1 varnish (Varnish/7.1)\r\n\r\n",
+            ),
             peer: None,
             ..facts()
         };

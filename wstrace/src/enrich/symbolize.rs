@@ -640,11 +640,6 @@ impl UserSymbols {
         self.refresh_process(pid, false);
     }
 
-    /// Is `pid` remembered (its maps cached)?
-    pub fn remembers(&self, pid: u32) -> bool {
-        self.procs.contains_key(&pid)
-    }
-
     /// When `pid`'s maps were last read, if it is remembered.
     pub fn refreshed_at(&self, pid: u32) -> Option<Instant> {
         self.procs.get(&pid).map(|r| r.refreshed)
@@ -1171,8 +1166,11 @@ pub fn parse_user_line<'a>(s: &'a str) -> Option<UserLine<'a>> {
         }
         let (f, off) = h.rsplit_once('+')?;
         let hex = off.strip_prefix("0x")?;
-        (!hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then_some((f, Some(off), false))
+        (!hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some((
+            f,
+            Some(off),
+            false,
+        ))
     }
     let (name, module) = match head.strip_suffix(')').and_then(|h| h.rsplit_once(" (")) {
         Some((n, m)) if name_part(n).is_some() => (n, Some(m)),
@@ -1379,7 +1377,10 @@ mod tests {
         // No module, no line.
         let bare = format_user_frames(0x1000, Some(&frame("f(int)", 0x8)), None);
         let p = parse_user_line(&bare[0]).expect("parses");
-        assert_eq!((p.function, p.offset, p.module, p.file), ("f(int)", Some("0x8"), None, None));
+        assert_eq!(
+            (p.function, p.offset, p.module, p.file),
+            ("f(int)", Some("0x8"), None, None)
+        );
         assert_eq!(parse_user_line("[unknown] 0x1234 (/x)"), None);
         assert_eq!(parse_user_line("[user stack unavailable: errno 14]"), None);
         assert_eq!(parse_user_line("garbage"), None);
@@ -1416,7 +1417,10 @@ mod tests {
         assert_eq!(alias.name, "__GI___close");
         let mut far = frame("wstrace::demo::handle", 0x3e9);
         prefer_symtab(&mut far, ("some_other_fn".into(), 0x5000));
-        assert_eq!((far.name.as_str(), far.offset), ("wstrace::demo::handle", 0x3e9));
+        assert_eq!(
+            (far.name.as_str(), far.offset),
+            ("wstrace::demo::handle", 0x3e9)
+        );
         let mut notq = frame("finish", 0x8);
         prefer_symtab(&mut notq, ("refinish(int)".into(), 0x8));
         assert_eq!(notq.name, "finish");

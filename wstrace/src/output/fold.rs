@@ -127,7 +127,9 @@ impl Folder {
                 s.min_ms_after_upgrade = s.min_ms_after_upgrade.min(conn.ms_after_upgrade);
                 s.max_ms_after_upgrade = s.max_ms_after_upgrade.max(conn.ms_after_upgrade);
                 s.bytes_sent = s.bytes_sent.saturating_add(r.bytes_sent_after_upgrade);
-                s.bytes_received = s.bytes_received.saturating_add(r.bytes_received_after_upgrade);
+                s.bytes_received = s
+                    .bytes_received
+                    .saturating_add(r.bytes_received_after_upgrade);
                 match s.codes.iter_mut().find(|(c, _)| *c == v.diagnosis.code) {
                     Some((_, n)) => *n += 1,
                     None => s.codes.push((v.diagnosis.code, 1)),
@@ -151,7 +153,10 @@ impl Folder {
         }
         self.groups.push(Group {
             storm: Storm {
-                closer: key.closer.as_ref().map(|(pid, comm)| format!("{comm} (pid {pid})")),
+                closer: key
+                    .closer
+                    .as_ref()
+                    .map(|(pid, comm)| format!("{comm} (pid {pid})")),
                 at_exit: key.at_exit,
                 closed_by: key.closed_by,
                 how: key.how,
@@ -324,7 +329,10 @@ mod tests {
     fn one_exit_is_one_storm_whatever_each_diagnosis() {
         let t0 = Instant::now();
         let mut f = Folder::default();
-        for (i, code) in ["unknown", "idle_timeout", "unknown"].into_iter().enumerate() {
+        for (i, code) in ["unknown", "idle_timeout", "unknown"]
+            .into_iter()
+            .enumerate()
+        {
             let r = report(9, 1000, 20000 + i as u16, true);
             assert!(add(&mut f, &r, code, t0).is_empty());
         }

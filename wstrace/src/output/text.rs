@@ -225,9 +225,11 @@ fn runtime_of(l: &UserLine<'_>) -> Option<&'static str> {
     let module = l.module.map(basename).unwrap_or("");
     if f.starts_with("tokio::") || f.starts_with("<tokio::") || file.contains("/tokio-") {
         Some("tokio")
-    } else if ["std::", "core::", "alloc::", "<std::", "<core::", "<alloc::", "__rust"]
-        .iter()
-        .any(|p| f.starts_with(p))
+    } else if [
+        "std::", "core::", "alloc::", "<std::", "<core::", "<alloc::", "__rust",
+    ]
+    .iter()
+    .any(|p| f.starts_with(p))
         || file.starts_with("/rustc/")
         || file.starts_with("/usr/include/c++/")
         || f.starts_with("__gnu_cxx::")
@@ -260,7 +262,13 @@ pub fn compact_stack(frames: &[String]) -> Vec<String> {
     let runtime: Vec<Option<&'static str>> = parsed
         .iter()
         .enumerate()
-        .map(|(i, p)| if i == 0 { None } else { p.as_ref().and_then(runtime_of) })
+        .map(|(i, p)| {
+            if i == 0 {
+                None
+            } else {
+                p.as_ref().and_then(runtime_of)
+            }
+        })
         .collect();
     let mut out = Vec::new();
     let mut i = 0;
@@ -364,15 +372,25 @@ mod tests {
     #[test]
     fn compact_stacks_keep_the_programs_frames_and_fold_runtime_runs() {
         let bin = "(/srv/app)";
-        let std = |f: &str| format!("{f} [inlined] {bin} at /rustc/5980761/library/core/src/ptr/mod.rs:805");
+        let std = |f: &str| {
+            format!("{f} [inlined] {bin} at /rustc/5980761/library/core/src/ptr/mod.rs:805")
+        };
         let mut frames = vec![
             "__GI___close+0x3a (/usr/lib/x86_64-linux-gnu/libc.so.6) at ./io/../sysdeps/unix/sysv/linux/close.c:27".to_string(),
         ];
-        for f in ["core::ptr::drop_in_place<A>", "core::ptr::drop_in_place<B>", "<std::os::fd::owned::OwnedFd as core::ops::drop::Drop>::drop"] {
+        for f in [
+            "core::ptr::drop_in_place<A>",
+            "core::ptr::drop_in_place<B>",
+            "<std::os::fd::owned::OwnedFd as core::ops::drop::Drop>::drop",
+        ] {
             frames.push(std(f));
         }
-        frames.push(format!("app::handle+0x3e9 {bin} at /srv/app/src/demo.rs:107"));
-        frames.push(format!("app::serve::{{{{closure}}}} [inlined] {bin} at /srv/app/src/demo.rs:67"));
+        frames.push(format!(
+            "app::handle+0x3e9 {bin} at /srv/app/src/demo.rs:107"
+        ));
+        frames.push(format!(
+            "app::serve::{{{{closure}}}} [inlined] {bin} at /srv/app/src/demo.rs:67"
+        ));
         frames.push(std("std::sys::backtrace::__rust_begin_short_backtrace"));
         frames.push(format!("tokio::runtime::task::harness::poll+0x10 {bin} at /root/.cargo/registry/src/x/tokio-1.40.0/src/runtime/task/harness.rs:3"));
         frames.push("start_thread+0x305 (/usr/lib/x86_64-linux-gnu/libc.so.6) at ./nptl/pthread_create.c:442".into());
@@ -436,7 +454,10 @@ mod tests {
         );
         assert!(lines[2].starts_with("  last:     127.0.0.1:8080 <-> 127.0.0.1:23999"));
         assert!(out.contains("sent 10 B, received 20 B"), "{out}");
-        assert!(out.contains("  why:      unknown ×3999, idle_timeout ×1 ("), "{out}");
+        assert!(
+            out.contains("  why:      unknown ×3999, idle_timeout ×1 ("),
+            "{out}"
+        );
         assert!(out.contains("--no-fold"), "{out}");
         // The first report, indented under the summary: only the header
         // line starts at column 0.
