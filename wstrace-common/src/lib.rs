@@ -89,8 +89,9 @@ pub enum EventKind {
     ResetReceived = 5,
     /// The kernel destroyed the socket: its state is gone.
     Destroy = 6,
-    /// Bytes read before the upgrade (the request head), or a WebSocket
-    /// close frame read or written after it: a [`DataEvent`].
+    /// Bytes read before the upgrade (the request head), or, after it, a
+    /// read or write that starts with (or continues) a WebSocket control
+    /// frame: close, ping or pong. A [`DataEvent`].
     Data = 7,
     /// A process that wrote a 101 was sent a signal that ends a process by
     /// default, or chosen by the OOM killer: a [`SignalEvent`]. The header's
@@ -170,6 +171,12 @@ pub const FLAG_TASK_EXITING: u32 = 1;
 /// dumped, exit status in bits 8-15). `do_exit` sets it before it closes
 /// the task's files.
 pub const FLAG_EXIT_CODE: u32 = 2;
+
+/// `EventHeader::flags` of a Data event after the upgrade: the kernel
+/// copied this read or write because it continues a control frame that the
+/// previous one in the same direction cut short (its bytes need not start
+/// a frame).
+pub const FLAG_CONTINUES: u32 = 4;
 
 /// `SignalEvent::oom`: the OOM killer chose the target (`oom:mark_victim`).
 pub const SIGNAL_OOM_VICTIM: u32 = 1;
@@ -258,7 +265,8 @@ pub struct EventHeader {
 pub const DIR_RECEIVED: u32 = 0;
 pub const DIR_SENT: u32 = 1;
 
-/// Bytes of one read (before the upgrade) or of a close frame (after it).
+/// Bytes of one read (before the upgrade) or of a read or write holding a
+/// control frame (after it).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct DataEvent {

@@ -93,15 +93,26 @@ fn emit_header(kind: EventKind, probe: u8, sk: u64, old_state: u8, new_state: u8
 pub enum Write {
     /// An HTTP/1.x 101 status line: the socket is being upgraded.
     Upgrade,
-    /// A final WebSocket close frame (only meaningful on upgraded sockets).
-    CloseFrame,
+    /// A WebSocket control frame: close, ping or pong (only meaningful on
+    /// upgraded sockets).
+    ControlFrame,
     /// Starts with `GET `: a request, if the socket's remote port is traced.
     Request,
     Other,
 }
 
-/// WebSocket frames start with FIN|opcode; 0x88 is a final close frame.
+/// WebSocket frames start with FIN|opcode: 0x88 close, 0x89 ping, 0x8A pong
+/// (control frames are never fragmented, so FIN is always set).
 const WS_CLOSE: u8 = 0x88;
+const WS_PONG: u8 = 0x8A;
+
+/// Is `b` the first byte of a close, ping or pong frame? One compare: the
+/// three are consecutive. Data frames (0x81 text, 0x82 binary, fragments)
+/// are not: a busy socket pays nothing per message.
+#[inline(always)]
+fn is_control_frame_start(b: u8) -> bool {
+    b.wrapping_sub(WS_CLOSE) <= WS_PONG - WS_CLOSE
+}
 
 /// The first 8 bytes of a 101 status line, as one little-endian integer.
 const HTTP_1_1: u64 = u64::from_le_bytes(*b"HTTP/1.1");
@@ -117,17 +128,18 @@ pub fn classify_write(buf: u64, len: u64) -> Write {
         return Write::Other;
     }
     if len < 8 {
-        // Only a short close frame (2 bytes, or a code and a short reason).
+        // Only a short control frame (an empty ping or pong, a close with
+        // a code and a short reason, or a frame header written on its own).
         return match unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8) } {
-            Ok(WS_CLOSE) => Write::CloseFrame,
+            Ok(b) if is_control_frame_start(b) => Write::ControlFrame,
             _ => Write::Other,
         };
     }
     let Ok(word) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u64) }) else {
         return Write::Other;
     };
-    if word & 0xff == WS_CLOSE as u64 {
-        return Write::CloseFrame;
+    if is_control_frame_start(word as u8) {
+        return Write::ControlFrame;
     }
     if word as u32 == u32::from_le_bytes(REQUEST_PREFIX) {
         return Write::Request;
@@ -375,11 +387,12 @@ fn emit_data(sk: u64, buf: u64, len: u64, total: u64, direction: u32) {
     entry.submit(0);
 }
 
-/// A close frame written on a traced-port socket: recorded if the socket is
-/// upgraded (data frames are not: idle time comes from the socket's own
-/// timestamps, so busy sockets pay nothing per message).
+/// A control frame (close, ping, pong) written on a traced-port socket:
+/// recorded if the socket is upgraded (data frames are not: idle time comes
+/// from the socket's own timestamps, so busy sockets pay nothing per
+/// message; pings come every few seconds at most).
 #[inline(always)]
-pub fn close_frame_written(sk: u64, buf: u64, len: u64, total: u64) {
+pub fn control_frame_written(sk: u64, buf: u64, len: u64, total: u64) {
     if is_upgraded(sk) {
         emit_data(sk, buf, len, total, wstrace_common::DIR_SENT);
     }
@@ -398,7 +411,8 @@ pub fn read_entry(sk: u64, buf: u64, cap: u64) {
 }
 
 /// Exit of a read that returned `ret`: before the upgrade, copy the request
-/// head (bounded per socket); after it, copy close frames.
+/// head (bounded per socket); after it, reads that start with a control
+/// frame (close, ping, pong).
 #[inline(always)]
 pub fn read_exit(ret: i64) {
     let tid = bpf_get_current_pid_tgid() as u32;
@@ -415,7 +429,7 @@ pub fn read_exit(ret: i64) {
     if UPGRADED.get_ptr(sk).is_some() {
         let first =
             unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8) }.unwrap_or(0);
-        if first == WS_CLOSE {
+        if is_control_frame_start(first) {
             emit_data(sk, buf, len, total, wstrace_common::DIR_RECEIVED);
         }
         return;

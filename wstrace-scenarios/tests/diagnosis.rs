@@ -17,7 +17,7 @@ use std::{
 
 mod common;
 
-use common::{require_file, require_root, require_tool, target};
+use common::{require_root, require_tool, require_venv_python, target};
 use serde_json::Value;
 
 const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nCookie: session=TOPSECRET\r\n\r\n";
@@ -407,20 +407,6 @@ fn nginx_proxy_read_timeout_is_idle_timeout() {
         "idle {idle} ms for a 2 s timeout: {r:#}"
     );
     assert!(s(r, &["diagnosis", "message"]).contains("nginx"), "{r:#}");
-}
-
-/// The venv's python3 (with `websockets`); see `common::require`.
-fn require_venv_python() -> Option<PathBuf> {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .expect("HOME or XDG_CACHE_HOME");
-    require_file(
-        "the test venv's python3",
-        &[cache.join("wstrace/venv/bin/python3")],
-        "run `cargo xtask setup` (creates the venv with websockets)",
-    )
 }
 
 const PY_SERVER: &str = r#"

@@ -90,6 +90,51 @@ pub struct Data {
     /// Bytes the read or write moved in all; more than `bytes.len()` when
     /// the kernel copied only the start (0: not said).
     pub total: u32,
+    /// After the upgrade: the kernel copied this read or write because it
+    /// continues a control frame the previous one of that direction cut.
+    pub continues: bool,
+}
+
+/// Pings one end sent and the pongs that came back, as the frames seen
+/// after the upgrade show them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pings {
+    pub pings: u32,
+    pub pongs: u32,
+    pub last_ping_ns: Option<u64>,
+    pub last_pong_ns: Option<u64>,
+    /// Pings since the last pong: a pong answers every ping before it
+    /// (RFC 6455 §5.5.3 lets an end answer only the latest one).
+    pub unanswered: u32,
+    /// When the oldest of those was sent.
+    pub first_unanswered_ns: Option<u64>,
+}
+
+impl Pings {
+    pub fn ping(&mut self, ts_ns: u64) {
+        self.pings = self.pings.saturating_add(1);
+        self.last_ping_ns = Some(ts_ns);
+        self.unanswered = self.unanswered.saturating_add(1);
+        self.first_unanswered_ns.get_or_insert(ts_ns);
+    }
+
+    /// A pong, asked for or not (RFC 6455 allows unsolicited pongs as a
+    /// one-way heartbeat): the other end is alive.
+    pub fn pong(&mut self, ts_ns: u64) {
+        self.pongs = self.pongs.saturating_add(1);
+        self.last_pong_ns = Some(ts_ns);
+        self.unanswered = 0;
+        self.first_unanswered_ns = None;
+    }
+}
+
+/// Heartbeats after the upgrade, both ways.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Pings the local end sent, and the pongs it received.
+    pub local: Pings,
+    /// Pings the peer sent, and the pongs the local end sent back.
+    pub peer: Pings,
 }
 
 /// Raw addresses, innermost first. `Err(errno)` when the kernel could not
@@ -247,6 +292,8 @@ pub struct CloseReport {
     pub request_head: Vec<u8>,
     /// Close frames seen after the upgrade, in order: (direction, raw bytes).
     pub close_frames: Vec<(Direction, Vec<u8>)>,
+    /// Pings and pongs seen after the upgrade.
+    pub heartbeat: Heartbeat,
     /// Socket timestamps at the first close (for idle time).
     pub jiffies_at_close: Option<JiffiesSample>,
     /// Anything the reader must know to read the report right.

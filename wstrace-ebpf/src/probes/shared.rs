@@ -24,8 +24,8 @@ pub fn on_tcp_sendmsg(sk: u64, msg: u64, size: u64, probe: ProbeSet) {
     };
     match (record::classify_write(buf, size), server_side) {
         (record::Write::Upgrade, true) => record::mark_upgraded(sk, size, probe),
-        (record::Write::CloseFrame, true) => {
-            record::close_frame_written(sk, buf, size.min(first), size)
+        (record::Write::ControlFrame, true) => {
+            record::control_frame_written(sk, buf, size.min(first), size)
         }
         (record::Write::Request, false) => record::note_request_writer(sk),
         _ => {}

@@ -97,7 +97,7 @@ fn on_write(fd: u64, buf: u64, len: u64) {
             note_server();
             record::mark_upgraded(sk, len, ProbeSet::Tracepoint)
         }
-        _ => record::close_frame_written(sk, buf, len, len),
+        _ => record::control_frame_written(sk, buf, len, len),
     }
 }
 

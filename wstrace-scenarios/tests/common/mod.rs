@@ -90,6 +90,20 @@ pub fn require_tool(name: &str, how: &str) -> Option<PathBuf> {
     }
 }
 
+/// The venv's python3 (with `websockets`); see `common::require`.
+pub fn require_venv_python() -> Option<PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .expect("HOME or XDG_CACHE_HOME");
+    require_file(
+        "the test venv's python3",
+        &[cache.join("wstrace/venv/bin/python3")],
+        "run `cargo xtask setup` (creates the venv with websockets)",
+    )
+}
+
 pub fn target() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -2,7 +2,10 @@
 //! kernel saw (request head, close frames, FIN/RST, who closed, idle time),
 //! each giving a stable `code`, a message and, where there is one, a fix.
 //!
-//! Order matters; the first rule that matches wins:
+//! Order matters; the first rule that matches wins (after the rules about
+//! how the closing process ended, which come first of all):
+//! 0. a heartbeat timeout (one end pinged, the other stopped answering, the
+//!    pinging end closed) explains a close frame the closing end sent too;
 //! 1. a close frame is the application saying why, in its own words: it
 //!    explains more than anything inferred;
 //! 2. an RST is a deliberate abort (or unread data), whatever the request was;
@@ -18,6 +21,7 @@
 //! client itself; the report says which evidence that rests on.
 mod ending;
 pub mod front;
+mod heartbeat;
 mod kernel_close;
 
 use serde::Serialize;
@@ -48,6 +52,10 @@ pub struct Facts {
     pub ending: Option<crate::model::ProcessEnd>,
     /// The kernel closed the socket itself, and why.
     pub kernel_close: Option<crate::model::KernelClose>,
+    /// Pings and pongs both ways.
+    pub heartbeat: crate::model::Heartbeat,
+    /// Monotonic ns of the first close (the clock of the heartbeat's times).
+    pub close_ts_ns: u64,
 }
 
 impl Facts {
@@ -66,6 +74,8 @@ impl Facts {
             idle_ms: e.idle_ms,
             ending: e.ending.clone(),
             kernel_close: r.kernel_close,
+            heartbeat: r.heartbeat,
+            close_ts_ns: r.close_ts_ns,
         }
     }
 }
@@ -105,6 +115,8 @@ const ENDING_RULES: &[Rule] = &[
 ];
 
 const RULES: &[Rule] = &[
+    ("heartbeat_timeout", heartbeat::heartbeat_timeout),
+    ("peer_heartbeat_timeout", heartbeat::peer_heartbeat_timeout),
     ("server_close_frame", |f| {
         close_frame_rule(f, Direction::Sent)
     }),
@@ -403,6 +415,8 @@ pub(crate) mod tests {
             idle_ms: Some(0),
             ending: None,
             kernel_close: None,
+            heartbeat: Default::default(),
+            close_ts_ns: 0,
         }
     }
 

@@ -258,6 +258,7 @@ mod tests {
             probe: wstrace_common::ProbeSet::Tracepoint,
             request_head: Vec::new(),
             close_frames: Vec::new(),
+            heartbeat: Default::default(),
             jiffies_at_close: None,
             notes: Vec::new(),
             kernel_close: None,

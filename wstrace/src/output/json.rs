@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 use crate::diagnose::Diagnosis;
-use crate::model::{Killer, ProcessEnd, signal_name};
+use crate::model::{Heartbeat, Killer, ProcessEnd, signal_name};
 use crate::output::escape;
 use crate::output::view::{View, rfc3339};
 use crate::protocol::{http::RequestHead, wsframe::close_code_meaning};
@@ -45,6 +45,8 @@ struct Line<'a> {
     notes: &'a [String],
     request: Option<Request<'a>>,
     frames: Vec<Frame<'a>>,
+    /// Pings and pongs after the upgrade, both ways.
+    heartbeat: HeartbeatJson,
     idle_ms: Option<u64>,
     peer: Option<Peer<'a>>,
     /// How the closing process ended, when it closed at its exit.
@@ -149,6 +151,41 @@ struct Peer<'a> {
     source: &'static str,
 }
 
+/// Counts, and times in ms after the upgrade (null: none seen). `sent` and
+/// `received` as seen from the local end (the server): its own pings and
+/// the pongs it got back, the client's pings and the pongs it sent back.
+#[derive(Serialize)]
+struct HeartbeatJson {
+    pings_sent: u32,
+    pongs_received: u32,
+    /// Pings sent since the last pong received.
+    unanswered_pings_sent: u32,
+    last_ping_sent_ms: Option<f64>,
+    last_pong_received_ms: Option<f64>,
+    pings_received: u32,
+    pongs_sent: u32,
+    unanswered_pings_received: u32,
+    last_ping_received_ms: Option<f64>,
+    last_pong_sent_ms: Option<f64>,
+}
+
+fn heartbeat(h: &Heartbeat, upgrade_ts_ns: u64) -> HeartbeatJson {
+    let ms =
+        |ts: Option<u64>| ts.map(|t| (t.saturating_sub(upgrade_ts_ns) as f64 / 1e3).round() / 1e3);
+    HeartbeatJson {
+        pings_sent: h.local.pings,
+        pongs_received: h.local.pongs,
+        unanswered_pings_sent: h.local.unanswered,
+        last_ping_sent_ms: ms(h.local.last_ping_ns),
+        last_pong_received_ms: ms(h.local.last_pong_ns),
+        pings_received: h.peer.pings,
+        pongs_sent: h.peer.pongs,
+        unanswered_pings_received: h.peer.unanswered,
+        last_ping_received_ms: ms(h.peer.last_ping_ns),
+        last_pong_sent_ms: ms(h.peer.last_pong_ns),
+    }
+}
+
 #[derive(Serialize)]
 struct Frame<'a> {
     direction: &'static str,
@@ -238,6 +275,7 @@ fn line<'a>(v: &'a View<'a>) -> Line<'a> {
                 reason: &f.reason,
             })
             .collect(),
+        heartbeat: heartbeat(&r.heartbeat, r.upgrade_ts_ns),
         idle_ms: v.idle_ms,
         peer: v.peer.as_ref().map(|p| Peer {
             pid: p.pid,

@@ -251,6 +251,7 @@ mod tests {
             probe: wstrace_common::ProbeSet::Tracepoint,
             request_head: Vec::new(),
             close_frames: Vec::new(),
+            heartbeat: Default::default(),
             jiffies_at_close: None,
             notes: vec![evil("note")],
             kernel_close: None,

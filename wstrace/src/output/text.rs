@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use crate::enrich::symbolize::{UserLine, parse_user_line};
-use crate::model::{ClosedBy, PeerSource};
+use crate::model::{ClosedBy, Heartbeat, PeerSource, Pings};
 use crate::output::escape::text as esc;
 use crate::output::fold::Storm;
 use crate::output::view::{View, rfc3339};
@@ -171,6 +171,9 @@ pub fn render(v: &View<'_>, color: bool, full_stacks: bool) -> String {
         };
         let _ = writeln!(out, "  frame:    close {} {code}{reason}", dir.as_str());
     }
+    if let Some(line) = heartbeat_line(&r.heartbeat) {
+        let _ = writeln!(out, "  pings:    {line}");
+    }
     if let Some(idle) = v.idle_ms {
         let _ = writeln!(
             out,
@@ -202,6 +205,38 @@ pub fn render(v: &View<'_>, color: bool, full_stacks: bool) -> String {
         }
     }
     out
+}
+
+/// `server sent 5, 2 pongs back, the last 3 unanswered; client sent none`,
+/// or None when neither end pinged nor ponged (most connections).
+fn heartbeat_line(h: &Heartbeat) -> Option<String> {
+    if *h == Heartbeat::default() {
+        return None;
+    }
+    let side = |who: &str, p: &Pings| {
+        if p.pings == 0 && p.pongs == 0 {
+            return format!("{who} sent none");
+        }
+        let mut s = format!(
+            "{who} sent {}, {} pong{} back",
+            p.pings,
+            p.pongs,
+            plural(p.pongs)
+        );
+        if p.unanswered > 0 {
+            let _ = write!(s, ", the last {} unanswered", p.unanswered);
+        }
+        s
+    };
+    Some(format!(
+        "{}; {}",
+        side("server", &h.local),
+        side("client", &h.peer)
+    ))
+}
+
+fn plural(n: u32) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 fn stack(out: &mut String, p: &Paint, title: &str, frames: &[String]) {

@@ -8,8 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use crate::model::{Data, Direction, Event, JiffiesSample, SignalSent, Stacks, UserStackCopy};
 use anyhow::{Result, bail};
 use wstrace_common::{
-    AF_INET6, CloseEvent, DATA_CAP, DIR_SENT, DataEvent, EventHeader, EventKind, FLAG_EXIT_CODE,
-    FLAG_TASK_EXITING, SIGNAL_OOM_VICTIM, STACK_DEPTH, SignalEvent, SockTuple, UserStackHeader,
+    AF_INET6, CloseEvent, DATA_CAP, DIR_SENT, DataEvent, EventHeader, EventKind, FLAG_CONTINUES,
+    FLAG_EXIT_CODE, FLAG_TASK_EXITING, SIGNAL_OOM_VICTIM, STACK_DEPTH, SignalEvent, SockTuple,
+    UserStackHeader,
 };
 
 pub fn comm_string(comm: &[u8; 16]) -> String {
@@ -118,6 +119,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
             },
             bytes: d.data[..n].to_vec(),
             total: h.arg,
+            continues: h.flags & FLAG_CONTINUES != 0,
         })
     } else {
         None

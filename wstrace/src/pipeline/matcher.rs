@@ -18,9 +18,10 @@ use std::collections::HashMap;
 use wstrace_common::{EventKind, ProbeSet, tcp_state};
 
 use crate::model::{
-    CloseReport, ClosedBy, Closer, Data, Direction, Event, How, JiffiesSample, KernelClose,
-    Upgrader,
+    CloseReport, ClosedBy, Closer, Data, Direction, Event, Heartbeat, How, JiffiesSample,
+    KernelClose, Upgrader,
 };
+use crate::protocol::wsframe::{Control, FrameStream};
 
 /// Did the request the server answered ask for an upgrade? True unless a
 /// complete head was captured and it has no `Upgrade` header: a head that
@@ -68,6 +69,9 @@ struct Tracked {
     reported: bool,
     request_head: Vec<u8>,
     close_frames: Vec<(Direction, Vec<u8>)>,
+    /// Frames after the upgrade, per direction: [received, sent].
+    streams: [FrameStream; 2],
+    heartbeat: Heartbeat,
     jiffies_at_close: Option<JiffiesSample>,
     /// The kernel closed the socket itself (sk_err at the ->CLOSE transition).
     kernel_close: Option<KernelClose>,
@@ -181,6 +185,8 @@ impl Matcher {
                     reported: false,
                     request_head: head,
                     close_frames: Vec::new(),
+                    streams: Default::default(),
+                    heartbeat: Heartbeat::default(),
                     jiffies_at_close: None,
                     kernel_close: None,
                 },
@@ -309,9 +315,8 @@ impl Matcher {
 
     fn on_data(&mut self, sk: u64, ts_ns: u64, remote: std::net::SocketAddr, data: &Data) {
         if let Some(t) = self.sockets.get_mut(&sk) {
-            // After the upgrade the kernel only sends close frames.
-            if !t.reported && t.close_frames.len() < 4 {
-                t.close_frames.push((data.direction, data.bytes.clone()));
+            if !t.reported {
+                on_frames(t, ts_ns, data);
             }
             return;
         }
@@ -408,10 +413,52 @@ impl Matcher {
             bytes_received_after_upgrade: rx.saturating_sub(up.bytes_received),
             probe: self.probe,
             request_head: t.request_head.clone(),
-            close_frames: t.close_frames.clone(),
+            close_frames: {
+                // A close frame still waiting for its rest counts as far as
+                // it goes.
+                let mut frames = t.close_frames.clone();
+                for (stream, dir) in t.streams.iter().zip([Direction::Received, Direction::Sent]) {
+                    if let Some(bytes) = stream.pending_close()
+                        && frames.len() < MAX_CLOSE_FRAMES
+                    {
+                        frames.push((dir, bytes));
+                    }
+                }
+                frames
+            },
+            heartbeat: t.heartbeat,
             jiffies_at_close: t.jiffies_at_close,
             notes,
             kernel_close: t.kernel_close,
+        }
+    }
+}
+
+/// Close frames kept per socket (the first one is the diagnosis; a few
+/// more show the handshake).
+const MAX_CLOSE_FRAMES: usize = 4;
+
+/// A read or write after the upgrade, copied because it starts with (or
+/// continues) a control frame: every frame in it counts.
+fn on_frames(t: &mut Tracked, ts_ns: u64, data: &Data) {
+    let (stream, masked) = match data.direction {
+        // Frames from the client are masked (RFC 6455 §5.3); the local end
+        // is the server (it wrote the 101).
+        Direction::Received => (&mut t.streams[0], true),
+        Direction::Sent => (&mut t.streams[1], false),
+    };
+    let complete = data.total as usize <= data.bytes.len();
+    for frame in stream.feed(&data.bytes, masked, complete, data.continues) {
+        match (frame, data.direction) {
+            (Control::Ping, Direction::Sent) => t.heartbeat.local.ping(ts_ns),
+            (Control::Pong, Direction::Received) => t.heartbeat.local.pong(ts_ns),
+            (Control::Ping, Direction::Received) => t.heartbeat.peer.ping(ts_ns),
+            (Control::Pong, Direction::Sent) => t.heartbeat.peer.pong(ts_ns),
+            (Control::Close(bytes), dir) => {
+                if t.close_frames.len() < MAX_CLOSE_FRAMES {
+                    t.close_frames.push((dir, bytes));
+                }
+            }
         }
     }
 }
@@ -866,6 +913,7 @@ mod tests {
                 direction: dir,
                 bytes: bytes.to_vec(),
                 total: bytes.len() as u32,
+                continues: false,
             }),
             ..ev(EventKind::Data, ts)
         }
@@ -886,6 +934,52 @@ mod tests {
         assert_eq!(
             r.close_frames,
             vec![(Direction::Sent, vec![0x88, 0x02, 0x03, 0xf3])]
+        );
+    }
+
+    #[test]
+    fn pings_and_pongs_are_counted_per_side_and_close_frames_found_anywhere() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        m.on_event(upgrade(0));
+        let masked_pong = [0x8A, 0x80, 1, 2, 3, 4];
+        m.on_event(data(Direction::Sent, &[0x89, 0x00], 100));
+        m.on_event(data(Direction::Received, &masked_pong, 101));
+        for ts in [200, 300, 400] {
+            m.on_event(data(Direction::Sent, &[0x89, 0x00], ts));
+        }
+        // The client pings once; the server answers.
+        m.on_event(data(Direction::Received, &[0x89, 0x80, 9, 9, 9, 9], 410));
+        m.on_event(data(Direction::Sent, &[0x8A, 0x00], 411));
+        // A close frame after a text frame, split across two writes.
+        m.on_event(data(
+            Direction::Sent,
+            &[0x81, 0x01, b'x', 0x88, 0x03, 0x0F],
+            500,
+        ));
+        m.on_event(Event {
+            data: Some(Data {
+                direction: Direction::Sent,
+                bytes: vec![0xA1, b'!'],
+                total: 2,
+                continues: true,
+            }),
+            ..ev(EventKind::Data, 501)
+        });
+        let r = one(m.on_event(close(ESTABLISHED, FIN_WAIT1, 100, 600)));
+        let h = r.heartbeat;
+        assert_eq!(
+            (h.local.pings, h.local.pongs, h.local.unanswered),
+            (4, 1, 3)
+        );
+        assert_eq!(
+            (h.local.first_unanswered_ns, h.local.last_ping_ns),
+            (Some(200), Some(400))
+        );
+        assert_eq!(h.local.last_pong_ns, Some(101));
+        assert_eq!((h.peer.pings, h.peer.pongs, h.peer.unanswered), (1, 1, 0));
+        assert_eq!(
+            r.close_frames,
+            vec![(Direction::Sent, vec![0x88, 0x03, 0x0F, 0xA1, b'!'])]
         );
     }
 

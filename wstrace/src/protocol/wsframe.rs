@@ -1,6 +1,13 @@
 //! WebSocket frames (RFC 6455 §5.2) in the bytes the kernel copied after the
-//! upgrade: close frames with their status code and reason, in either
-//! direction (frames from the client are masked).
+//! upgrade: close frames with their status code and reason, pings and pongs,
+//! in either direction (frames from the client are masked).
+//!
+//! The kernel copies a write or read only when it starts with a control
+//! frame (or continues one it cut), so a captured chunk is a run of frames
+//! from its first byte: [`FrameStream`] walks every frame in it, keeps a
+//! control frame cut at the chunk's end for the next chunk (bounded), and
+//! drops a chunk whose frames do not line up (a read that started inside a
+//! message, on a byte that happens to look like a frame).
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Opcode {
@@ -145,6 +152,175 @@ pub fn first_close(buf: &[u8]) -> Option<CloseFrame> {
             .saturating_add(usize::try_from(head.payload_len).unwrap_or(usize::MAX));
     }
     None
+}
+
+/// The longest control frame: a 14-byte header at most, but control frames
+/// have a 7-bit length (<= 125) and, from a client, a 4-byte mask key.
+pub const MAX_CONTROL_FRAME: usize = 2 + 4 + 125;
+
+/// A control frame found in the stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Control {
+    Ping,
+    Pong,
+    /// The whole close frame, header included (for [`parse_close`]).
+    Close(Vec<u8>),
+}
+
+/// The header at the start of `buf`, told apart: cut short, or not a
+/// frame this direction may carry.
+enum Head {
+    Frame(FrameHead),
+    Short,
+    Invalid,
+}
+
+/// Reads the header at the start of `buf`, with the checks RFC 6455 makes
+/// of every frame: `masked` frames from the client, unmasked from the
+/// server (§5.1); no reserved opcode; no RSV bit except RSV1 on a data frame
+/// (permessage-deflate, RFC 7692).
+fn head_at(buf: &[u8], masked: bool) -> Head {
+    let Some(&b0) = buf.first() else {
+        return Head::Short;
+    };
+    let opcode = Opcode::from(b0 & 0x0F);
+    let rsv = b0 & 0x70;
+    let fin = b0 & 0x80 != 0;
+    if matches!(opcode, Opcode::Reserved(_))
+        || rsv & 0x30 != 0
+        || (opcode.is_control() && (rsv != 0 || !fin))
+    {
+        return Head::Invalid;
+    }
+    let Some(&b1) = buf.get(1) else {
+        return Head::Short;
+    };
+    let len7 = b1 & 0x7F;
+    if (b1 & 0x80 != 0) != masked
+        || (opcode.is_control() && len7 > 125)
+        || (len7 == 127 && buf.get(2).is_some_and(|&b| b & 0x80 != 0))
+    {
+        return Head::Invalid;
+    }
+    // Every remaining reason for `None` is a header cut short.
+    match parse_frame_head(buf) {
+        Some(h) => Head::Frame(h),
+        None => Head::Short,
+    }
+}
+
+/// The frames of one direction of one connection, as captured chunks
+/// arrive: what is left of a control frame cut at a chunk's end.
+#[derive(Clone, Debug, Default)]
+pub struct FrameStream {
+    partial: Vec<u8>,
+    /// Chunks dropped because their frames did not line up.
+    pub invalid_chunks: u32,
+    /// Cut control frames whose rest never came.
+    pub lost_partials: u32,
+}
+
+impl FrameStream {
+    /// Walks one captured chunk. `masked`: the direction's frames are
+    /// masked (client to server). `complete`: the kernel copied every byte
+    /// of the read or write (else a frame cut at the end is not continued).
+    /// `continues`: the kernel copied the chunk because it continues a
+    /// control frame it cut before (it need not start with a frame).
+    pub fn feed(
+        &mut self,
+        chunk: &[u8],
+        masked: bool,
+        complete: bool,
+        continues: bool,
+    ) -> Vec<Control> {
+        let joined;
+        let buf: &[u8] = if continues {
+            if self.partial.is_empty() {
+                // The start of the frame was not seen: nothing to add to.
+                return Vec::new();
+            }
+            let mut b = std::mem::take(&mut self.partial);
+            b.extend_from_slice(chunk);
+            joined = b;
+            &joined
+        } else {
+            chunk
+        };
+        let mut out = Vec::new();
+        if !continues && !self.partial.is_empty() {
+            // The rest of the cut frame never came (the kernel missed it,
+            // or the ring was full): a close frame's start still says
+            // something (its code, if that was in it).
+            out.extend(self.pending_close().map(Control::Close));
+            self.partial.clear();
+            self.lost_partials += 1;
+        }
+        let mut at = 0usize;
+        while at < buf.len() {
+            let rest = &buf[at..];
+            let head = match head_at(rest, masked) {
+                Head::Frame(h) => h,
+                Head::Short => {
+                    self.cut_control(rest, complete, &mut out);
+                    break;
+                }
+                Head::Invalid => {
+                    self.invalid_chunks += 1;
+                    self.partial.clear();
+                    return Vec::new();
+                }
+            };
+            // Control frames are at most 131 bytes: this cannot overflow.
+            let len = usize::try_from(head.payload_len)
+                .ok()
+                .and_then(|p| p.checked_add(head.header_len));
+            let end = match len.and_then(|l| at.checked_add(l)) {
+                Some(end) if end <= buf.len() => end,
+                _ => {
+                    // Runs past the bytes copied: a data frame's payload is
+                    // not followed; a control frame's rest may come next.
+                    self.cut_control(rest, complete, &mut out);
+                    break;
+                }
+            };
+            match head.opcode {
+                Opcode::Ping => out.push(Control::Ping),
+                Opcode::Pong => out.push(Control::Pong),
+                Opcode::Close => out.push(Control::Close(buf[at..end].to_vec())),
+                _ => {}
+            }
+            at = end;
+        }
+        out
+    }
+
+    /// `rest` starts a frame that runs past the chunk. A control frame is
+    /// kept for the chunk that continues it when the kernel copied the whole
+    /// read or write (it then copies the next one too); a close frame the
+    /// kernel's copy cut is reported as far as it goes (code, reason cut).
+    fn cut_control(&mut self, rest: &[u8], complete: bool, out: &mut Vec<Control>) {
+        if rest.len() >= MAX_CONTROL_FRAME || !is_control_start(rest[0]) {
+            return;
+        }
+        if complete {
+            self.partial = rest.to_vec();
+        } else if rest[0] == CLOSE_START {
+            out.push(Control::Close(rest.to_vec()));
+        }
+    }
+
+    /// The start of a close frame still waiting for its rest: what a report
+    /// made now shows of it.
+    pub fn pending_close(&self) -> Option<Vec<u8>> {
+        (self.partial.first() == Some(&CLOSE_START)).then(|| self.partial.clone())
+    }
+}
+
+/// FIN + close: the first byte of every close frame.
+const CLOSE_START: u8 = 0x88;
+
+fn is_control_start(b: u8) -> bool {
+    matches!(b, 0x88..=0x8A)
 }
 
 /// What a close status code means (RFC 6455 §7.4.1 and the IANA registry).
@@ -296,6 +472,172 @@ mod tests {
         assert_eq!(first_close(&b[..4]), None);
     }
 
+    /// A frame as an end writes it: `mask` for a client's.
+    fn frame(b0: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut f = vec![b0];
+        let m = if mask.is_some() { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => f.push(n as u8 | m),
+            n if n <= 0xFFFF => {
+                f.push(126 | m);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(127 | m);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let mut p = payload.to_vec();
+        if let Some(k) = mask {
+            f.extend_from_slice(&k);
+            for (i, b) in p.iter_mut().enumerate() {
+                *b ^= k[i % 4];
+            }
+        }
+        f.extend_from_slice(&p);
+        f
+    }
+
+    fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+        let mut p = code.to_be_bytes().to_vec();
+        p.extend_from_slice(reason.as_bytes());
+        p
+    }
+
+    fn codes(found: &[Control]) -> Vec<Option<u16>> {
+        found
+            .iter()
+            .filter_map(|c| match c {
+                Control::Close(b) => parse_close(b).map(|f| f.code),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_frame_of_a_write_is_walked() {
+        // A text frame, a ping and a close in one server write.
+        let mut w = frame(0x81, b"last words", None);
+        w.extend(frame(0x89, b"", None));
+        w.extend(frame(0x88, &close_payload(1000, "done"), None));
+        let mut s = FrameStream::default();
+        let found = s.feed(&w, false, true, false);
+        assert_eq!(found[0], Control::Ping);
+        assert_eq!(codes(&found), [Some(1000)]);
+        assert_eq!(found.len(), 2);
+    }
+
+    #[test]
+    fn masked_client_frames_and_extended_lengths() {
+        let k = Some([0x37, 0xfa, 0x21, 0x3d]);
+        let mut r = frame(0x82, &[7u8; 300], k); // 16-bit length
+        r.extend(frame(0x8A, b"p", k));
+        r.extend(frame(0x88, &close_payload(1001, "tab closed"), k));
+        let mut s = FrameStream::default();
+        let found = s.feed(&r, true, true, false);
+        assert_eq!(found[0], Control::Pong);
+        let close = match &found[1] {
+            Control::Close(b) => parse_close(b).expect("close"),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            (close.code, close.reason.as_str()),
+            (Some(1001), "tab closed")
+        );
+        // A 64-bit length frame cut by the copy: nothing after it is known.
+        let mut big = frame(0x82, &vec![1u8; 70_000], None);
+        big.truncate(2048);
+        assert!(s.feed(&big, false, false, false).is_empty());
+        assert_eq!(s.invalid_chunks, 0);
+    }
+
+    #[test]
+    fn a_close_frame_split_across_writes_is_joined() {
+        let whole = frame(0x88, &close_payload(4000, "kicked"), None);
+        for cut in 1..whole.len() {
+            let mut s = FrameStream::default();
+            assert!(
+                s.feed(&whole[..cut], false, true, false).is_empty(),
+                "cut {cut}"
+            );
+            let found = s.feed(&whole[cut..], false, true, true);
+            assert_eq!(codes(&found), [Some(4000)], "cut {cut}");
+        }
+        // A masked client close split after its mask key.
+        let whole = frame(0x88, &close_payload(1000, ""), Some([1, 2, 3, 4]));
+        let mut s = FrameStream::default();
+        assert!(s.feed(&whole[..6], true, true, false).is_empty());
+        assert_eq!(codes(&s.feed(&whole[6..], true, true, true)), [Some(1000)]);
+    }
+
+    #[test]
+    fn a_cut_frame_whose_rest_never_came_is_dropped() {
+        let whole = frame(0x88, &close_payload(4000, "kicked"), None);
+        let mut s = FrameStream::default();
+        s.feed(&whole[..5], false, true, false);
+        assert_eq!(s.pending_close(), Some(whole[..5].to_vec()));
+        // The next chunk starts a frame of its own: the cut one is reported
+        // as far as it went (the code was in it), then the new one.
+        let found = s.feed(&frame(0x89, b"", None), false, true, false);
+        assert_eq!(codes(&found), [Some(4000)]);
+        assert_eq!(found[1], Control::Ping);
+        assert_eq!(s.lost_partials, 1);
+        assert_eq!(s.pending_close(), None);
+        // A continuation with nothing to continue is ignored.
+        assert!(s.feed(&whole[3..], false, true, true).is_empty());
+        // A copy the kernel cut short is not continued: what it has counts.
+        let found = s.feed(&whole[..5], false, false, false);
+        assert_eq!(codes(&found), [Some(4000)]);
+        assert!(s.feed(&whole[5..], false, true, true).is_empty());
+        // A cut ping is not a ping.
+        assert!(s.feed(&[0x89], false, false, false).is_empty());
+    }
+
+    #[test]
+    fn a_read_that_starts_inside_a_message_is_not_frames() {
+        // UTF-8 text read from the middle of a message: 0x89 0xB8 looks
+        // like a masked ping header; what follows does not line up.
+        let text = "正义中文字符串的中间部分，以及更多的文字。".repeat(8);
+        let bytes = text.as_bytes();
+        let at = bytes
+            .iter()
+            .position(|&b| b == 0x89)
+            .expect("0x89 in the text");
+        let mut s = FrameStream::default();
+        let found = s.feed(&bytes[at..], true, true, false);
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(s.invalid_chunks, 1);
+        // The wrong mask bit for the direction is not a frame either.
+        assert!(
+            s.feed(&frame(0x89, b"", None), true, true, false)
+                .is_empty()
+        );
+        assert!(
+            s.feed(&frame(0x89, b"", Some([1, 1, 1, 1])), false, true, false)
+                .is_empty()
+        );
+        // RSV bits on a control frame, a reserved opcode.
+        assert!(s.feed(&[0xC9, 0x00], false, true, false).is_empty());
+        assert!(s.feed(&[0x83, 0x00], false, true, false).is_empty());
+        // RSV1 on a data frame is permessage-deflate: valid.
+        let mut w = frame(0xC1, b"zz", None);
+        w.extend(frame(0x89, b"", None));
+        assert_eq!(s.feed(&w, false, true, false), [Control::Ping]);
+    }
+
+    #[test]
+    fn a_partial_is_bounded() {
+        let mut s = FrameStream::default();
+        // A header claiming 125 bytes, cut after 2: kept (131 at most).
+        s.feed(&[0x89, 125], false, true, false);
+        assert_eq!(s.partial.len(), 2);
+        // Joined chunks that still do not complete it stay bounded.
+        for _ in 0..200 {
+            s.feed(&[0u8; 1], false, true, true);
+            assert!(s.partial.len() < MAX_CONTROL_FRAME);
+        }
+    }
+
     #[test]
     fn meanings() {
         assert_eq!(close_code_meaning(1000), "normal closure");
@@ -321,6 +663,11 @@ mod tests {
             let _ = frames_in(&b);
             let _ = first_close(&b);
             let _ = parse_close(&b);
+            let mut s = FrameStream::default();
+            for (masked, continues) in [(true, false), (false, true), (false, false)] {
+                let _ = s.feed(&b, masked, true, continues);
+                assert!(s.partial.len() < MAX_CONTROL_FRAME);
+            }
         }
     }
 }

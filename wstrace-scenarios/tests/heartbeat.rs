@@ -1,0 +1,245 @@
+//! Heartbeats and the frames around a close, against real servers on this
+//! host: a raw Python server (Debian's /usr/bin/python3, stdlib only) that
+//! pings and gives up on a client that stopped answering, and the Python
+//! `websockets` library's keepalive. Each test starts its own wstrace on
+//! the server's port; the client here speaks the protocol by hand, so what
+//! it answers and when is exact.
+//!
+//! Needs root, /usr/bin/python3 and (for the library test) the venv that
+//! `cargo xtask setup` creates.
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::PathBuf,
+    process::Command,
+    time::Duration,
+};
+
+mod common;
+
+use common::{Tracer, require_file, require_root, require_venv_python, serial, spawn_ready};
+use serde_json::Value;
+
+/// A valid client handshake (a library server checks the key).
+const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+fn system_python() -> Option<PathBuf> {
+    require_file(
+        "/usr/bin/python3",
+        &[PathBuf::from("/usr/bin/python3")],
+        "apt-get install python3",
+    )
+}
+
+/// A server that pings every 100 ms and closes (no close frame) once 3
+/// pings in a row went unanswered, as ws's `terminate()` or a Go read
+/// deadline does: the socket is simply closed.
+const PINGING_SERVER: &str = r#"
+import select, socket, sys, time
+l = socket.socket()
+l.bind(("127.0.0.1", 0))
+l.listen(1)
+print("READY", l.getsockname()[1], flush=True)
+c, _ = l.accept()
+head = b""
+while b"\r\n\r\n" not in head:
+    d = c.recv(1024)
+    if not d:
+        sys.exit(1)
+    head += d
+c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+          b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+missed, buf = 0, b""
+while missed < 3:
+    c.sendall(b"\x89\x00")
+    missed += 1
+    deadline = time.monotonic() + 0.1
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([c], [], [], left)[0]:
+            continue
+        d = c.recv(1024)
+        if not d:
+            sys.exit(0)
+        buf += d
+        while len(buf) >= 2:
+            size = 2 + (4 if buf[1] & 0x80 else 0) + (buf[1] & 0x7F)
+            if len(buf) < size:
+                break
+            if buf[0] == 0x8A:
+                missed = 0
+            buf = buf[size:]
+c.close()
+time.sleep(5)
+"#;
+
+/// Sends the upgrade and reads the 101's head.
+fn upgraded(port: u16) -> TcpStream {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    c.write_all(UPGRADE).expect("send the upgrade");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        c.read_exact(&mut b).expect("reading the 101");
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    c
+}
+
+/// One frame from the server (unmasked, 7-bit length): (first byte, payload).
+fn read_frame(c: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    c.read_exact(&mut h).ok()?;
+    assert!(h[1] & 0x80 == 0 && h[1] < 126, "frame header {h:?}");
+    let mut p = vec![0u8; h[1] as usize];
+    c.read_exact(&mut p).ok()?;
+    Some((h[0], p))
+}
+
+/// A client's (masked) pong carrying `payload`.
+fn pong(payload: &[u8]) -> Vec<u8> {
+    let key = [0x12, 0x34, 0x56, 0x78];
+    let mut f = vec![0x8A, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&key);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    f
+}
+
+fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    path.iter()
+        .fold(v, |v, k| &v[*k])
+        .as_str()
+        .unwrap_or_else(|| panic!("{path:?} missing in {v:#}"))
+}
+
+fn n(v: &Value, key: &str) -> u64 {
+    v["heartbeat"][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("heartbeat.{key} missing in {v:#}"))
+}
+
+#[test]
+fn a_client_that_stops_answering_pings_is_heartbeat_timeout_by_the_server() {
+    if !require_root() {
+        return;
+    }
+    let Some(python) = system_python() else {
+        return;
+    };
+    let _serial = serial();
+    let (server, port) = spawn_ready(Command::new(python).args(["-c", PINGING_SERVER]));
+    let w = Tracer::start(port, &[]);
+    let mut c = upgraded(port);
+    // Answer the first two pings, then go silent (a frozen tab) and read
+    // until the server gives up.
+    let mut pings = 0;
+    while let Some((b0, payload)) = read_frame(&mut c) {
+        assert_eq!(b0, 0x89, "only pings come");
+        pings += 1;
+        if pings <= 2 {
+            c.write_all(&pong(&payload)).expect("pong");
+        }
+    }
+    assert_eq!(pings, 5, "2 answered, then 3 missed");
+    let reports = w.wait_for_reports(1, Duration::from_secs(15));
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    let r = &reports[0];
+    assert_eq!(s(r, &["diagnosis", "code"]), "heartbeat_timeout", "{r:#}");
+    assert_eq!(
+        (s(r, &["closed_by"]), s(r, &["how"])),
+        ("local", "fin"),
+        "{r:#}"
+    );
+    assert_eq!(r["pid"].as_u64(), Some(u64::from(server.0.id())), "{r:#}");
+    assert_eq!(
+        (
+            n(r, "pings_sent"),
+            n(r, "pongs_received"),
+            n(r, "unanswered_pings_sent")
+        ),
+        (5, 2, 3),
+        "{r:#}"
+    );
+    assert_eq!(
+        (n(r, "pings_received"), n(r, "pongs_sent")),
+        (0, 0),
+        "{r:#}"
+    );
+    let last_pong = r["heartbeat"]["last_pong_received_ms"]
+        .as_f64()
+        .expect("last pong");
+    let last_ping = r["heartbeat"]["last_ping_sent_ms"]
+        .as_f64()
+        .expect("last ping");
+    assert!(last_pong < last_ping, "{r:#}");
+    assert!(
+        r["frames"].as_array().is_some_and(|f| f.is_empty()),
+        "{r:#}"
+    );
+    let msg = s(r, &["diagnosis", "message"]);
+    assert!(
+        msg.contains("sent 3 pings that the client")
+            && msg.contains("after 2 pongs earlier")
+            && msg.contains("without a close frame")
+            && msg.contains("stopped answering pings"),
+        "{msg}"
+    );
+}
+
+/// `websockets` pings every 0.5 s and gives up 1.2 s after an unanswered
+/// one: it sends a close frame 1011 "keepalive ping timeout" and half-closes.
+const KEEPALIVE_SERVER: &str = r#"
+import asyncio, websockets
+async def handler(ws):
+    await ws.wait_closed()
+async def main():
+    async with websockets.serve(handler, "127.0.0.1", 0, ping_interval=0.5,
+                                ping_timeout=1.2, close_timeout=1) as server:
+        print("READY", server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Future()
+asyncio.run(main())
+"#;
+
+#[test]
+fn python_websockets_keepalive_timeout_is_heartbeat_timeout_not_a_server_error() {
+    if !require_root() {
+        return;
+    }
+    let Some(python) = require_venv_python() else {
+        return;
+    };
+    let _serial = serial();
+    let (_server, port) = spawn_ready(Command::new(python).args(["-c", KEEPALIVE_SERVER]));
+    let w = Tracer::start(port, &[]);
+    let mut c = upgraded(port);
+    // Never answer: read pings until the close frame, then the FIN.
+    let mut close = None;
+    while let Some((b0, payload)) = read_frame(&mut c) {
+        if b0 == 0x88 {
+            close = Some(payload);
+        }
+    }
+    let close = close.expect("websockets sent a close frame");
+    assert_eq!(&close[..2], &1011u16.to_be_bytes(), "{close:?}");
+    drop(c);
+    let reports = w.wait_for_reports(1, Duration::from_secs(15));
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    let r = &reports[0];
+    assert_eq!(s(r, &["diagnosis", "code"]), "heartbeat_timeout", "{r:#}");
+    assert_eq!(s(r, &["closed_by"]), "local", "{r:#}");
+    assert!(n(r, "unanswered_pings_sent") >= 1, "{r:#}");
+    assert_eq!(n(r, "pongs_received"), 0, "{r:#}");
+    let f = &r["frames"][0];
+    assert_eq!(
+        (s(f, &["direction"]), f["code"].as_u64(), s(f, &["reason"])),
+        ("sent", Some(1011), "keepalive ping timeout"),
+        "{r:#}"
+    );
+    let msg = s(r, &["diagnosis", "message"]);
+    assert!(
+        msg.contains("with a close frame 1011") && msg.contains("no pong ever came back"),
+        "{msg}"
+    );
+}

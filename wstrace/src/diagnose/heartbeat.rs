@@ -1,0 +1,299 @@
+//! Heartbeat timeouts: one end pinged, the other stopped answering, and the
+//! pinging end gave up on the connection. The most common close in
+//! production (ws's `terminate()` after a missed pong, read deadlines in Go
+//! servers, keepalive timeouts in Python's `websockets`), and invisible in
+//! the bytes and FINs alone.
+//!
+//! Two codes, one per side, so a dashboard can tell "clients went away"
+//! from "the server stalled" without reading a field:
+//! - `heartbeat_timeout`: the local end (the server) pinged, the client
+//!   stopped answering, the server closed;
+//! - `peer_heartbeat_timeout`: the client pinged, the server stopped
+//!   answering, the client closed.
+//!
+//! A close frame sent by the end that gave up does not change the verdict:
+//! libraries that send one (`websockets`: 1011 "keepalive ping timeout")
+//! say the same thing in their own words, and the 1011 rule's advice (find
+//! the exception in the server's log) would send the reader the wrong way.
+//! A close frame from the silent end does: it was alive enough to say why.
+use super::{Facts, closer_name, peer_name};
+use crate::model::{ClosedBy, Direction, Pings};
+use crate::protocol::wsframe::close_code_meaning;
+
+type Found = Option<(String, Option<String>)>;
+
+/// Unanswered pings in a row that make a timeout on their own: one ping may
+/// still be in flight when an unrelated close comes, two in a row may not.
+pub const MISSED_PINGS: u32 = 2;
+
+/// One unanswered ping makes a timeout when it waited at least this long
+/// before the close: ws's `terminate()` pattern closes at the next
+/// interval, one ping after the last pong, and intervals are seconds.
+pub const ONE_PING_WAIT_MS: f64 = 1000.0;
+
+/// Unanswered pings and how long the oldest waited (ms) before the close,
+/// when they make a timeout.
+fn missed(p: &Pings, close_ts_ns: u64) -> Option<(u32, f64)> {
+    let first = p.first_unanswered_ns?;
+    let waited_ms = close_ts_ns.saturating_sub(first) as f64 / 1e6;
+    (p.unanswered >= MISSED_PINGS || (p.unanswered >= 1 && waited_ms >= ONE_PING_WAIT_MS))
+        .then_some((p.unanswered, waited_ms))
+}
+
+fn pings(n: u32) -> String {
+    if n == 1 {
+        "1 ping".into()
+    } else {
+        format!("{n} pings")
+    }
+}
+
+/// What the closing end's close frame said, if it sent one.
+fn with_frame(f: &Facts, dir: Direction) -> String {
+    match f.close_frames.iter().find(|(d, _)| *d == dir) {
+        None => " without a close frame".into(),
+        Some((_, frame)) => match frame.code {
+            Some(c) if frame.reason.is_empty() => {
+                format!(" with a close frame {c} ({})", close_code_meaning(c))
+            }
+            Some(c) => format!(
+                " with a close frame {c} ({}), reason {:?}",
+                close_code_meaning(c),
+                frame.reason
+            ),
+            None => " with a close frame without a status code".into(),
+        },
+    }
+}
+
+/// Before: answered pings show the other end did answer, until it stopped.
+fn history(p: &Pings) -> String {
+    match p.pongs {
+        0 => "no pong ever came back".into(),
+        1 => "after 1 pong earlier".into(),
+        n => format!("after {n} pongs earlier"),
+    }
+}
+
+pub fn heartbeat_timeout(f: &Facts) -> Found {
+    if f.closed_by != ClosedBy::Local
+        || f.close_frames
+            .iter()
+            .any(|(d, _)| *d == Direction::Received)
+    {
+        return None;
+    }
+    let p = &f.heartbeat.local;
+    let (n, waited) = missed(p, f.close_ts_ns)?;
+    let message = format!(
+        "{} sent {} that the client ({}) never answered ({}; the oldest waited {:.0} ms), \
+         then closed the connection{}: the client stopped answering pings \
+         (a frozen browser tab, a sleeping phone, a network or proxy that drops pongs)",
+        closer_name(f),
+        pings(n),
+        peer_name(f),
+        history(p),
+        waited,
+        with_frame(f, Direction::Sent),
+    );
+    let fix = "the server's heartbeat did its job: a tab or phone that wakes reconnects. If many \
+               clients time out at once, look at the path: every proxy and load balancer between \
+               must pass WebSocket control frames (pings and pongs) and keep the connection; if \
+               clients on slow networks answer late, allow more missed pings or a longer ping timeout"
+        .to_string();
+    Some((message, Some(fix)))
+}
+
+pub fn peer_heartbeat_timeout(f: &Facts) -> Found {
+    if f.closed_by != ClosedBy::Peer || f.close_frames.iter().any(|(d, _)| *d == Direction::Sent) {
+        return None;
+    }
+    let p = &f.heartbeat.peer;
+    let (n, waited) = missed(p, f.close_ts_ns)?;
+    let message = format!(
+        "the client ({}) sent {} that {} never answered ({}; the oldest waited {:.0} ms), \
+         then closed the connection{}: the server stopped answering pings",
+        peer_name(f),
+        pings(n),
+        closer_name(f),
+        history(p),
+        waited,
+        with_frame(f, Direction::Received),
+    );
+    let fix = format!(
+        "libraries answer pings from their event loop: look for what stalled {} at this time \
+         (long synchronous work, a blocked event loop, GC pauses, CPU starvation), and check \
+         that proxies between pass pongs back",
+        closer_name(f)
+    );
+    Some((message, Some(fix)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnose::{diagnose, tests::facts};
+    use crate::model::{Heartbeat, How};
+    use crate::protocol::wsframe::CloseFrame;
+
+    const MS: u64 = 1_000_000;
+
+    /// Pings every 100 ms from `start`, pongs for the first `answered`.
+    fn pinged(count: u32, answered: u32) -> Pings {
+        let mut p = Pings::default();
+        for i in 0..count {
+            let ts = (i as u64 + 1) * 100 * MS;
+            p.ping(ts);
+            if i < answered {
+                p.pong(ts + MS);
+            }
+        }
+        p
+    }
+
+    fn local(p: Pings, close_ms: u64) -> Facts {
+        Facts {
+            heartbeat: Heartbeat {
+                local: p,
+                ..Heartbeat::default()
+            },
+            close_ts_ns: close_ms * MS,
+            ..facts()
+        }
+    }
+
+    #[test]
+    fn three_missed_pings_then_a_local_close_is_heartbeat_timeout() {
+        let f = local(pinged(5, 2), 550);
+        let d = diagnose(&f);
+        assert_eq!(d.code, "heartbeat_timeout");
+        assert!(
+            d.message.contains("php (pid 4242) sent 3 pings"),
+            "{}",
+            d.message
+        );
+        assert!(d.message.contains("nginx (pid 77)"), "{}", d.message);
+        assert!(d.message.contains("after 2 pongs earlier"), "{}", d.message);
+        assert!(
+            d.message.contains("the oldest waited 250 ms"),
+            "{}",
+            d.message
+        );
+        assert!(d.message.contains("without a close frame"), "{}", d.message);
+        assert!(
+            d.message.contains("stopped answering pings"),
+            "{}",
+            d.message
+        );
+        assert!(d.fix.expect("fix").contains("control frames"));
+    }
+
+    #[test]
+    fn one_missed_ping_counts_only_after_a_second() {
+        // ws's terminate(): the pong did not come by the next interval.
+        let f = local(pinged(4, 3), 400 + 30_000);
+        assert_eq!(diagnose(&f).code, "heartbeat_timeout");
+        // A ping in flight when the server closed for another reason.
+        let f = local(pinged(4, 3), 401);
+        assert_ne!(diagnose(&f).code, "heartbeat_timeout");
+    }
+
+    #[test]
+    fn answered_pings_and_no_pings_are_not_timeouts() {
+        assert_ne!(
+            diagnose(&local(pinged(5, 5), 600)).code,
+            "heartbeat_timeout"
+        );
+        assert_ne!(
+            diagnose(&local(Pings::default(), 600)).code,
+            "heartbeat_timeout"
+        );
+        // An unsolicited pong (one-way heartbeat) answers everything before.
+        let mut p = pinged(3, 0);
+        p.pong(350 * MS);
+        assert_eq!(p.unanswered, 0);
+        assert_ne!(diagnose(&local(p, 600)).code, "heartbeat_timeout");
+    }
+
+    #[test]
+    fn the_silent_ends_own_close_frame_wins() {
+        let f = Facts {
+            close_frames: vec![(
+                Direction::Received,
+                CloseFrame {
+                    code: Some(1001),
+                    reason: "bye".into(),
+                },
+            )],
+            ..local(pinged(5, 0), 600)
+        };
+        assert_eq!(diagnose(&f).code, "client_close_frame");
+    }
+
+    #[test]
+    fn a_keepalive_1011_from_the_server_is_still_a_heartbeat_timeout() {
+        // Python websockets: close frame 1011 "keepalive ping timeout".
+        let f = Facts {
+            close_frames: vec![(
+                Direction::Sent,
+                CloseFrame {
+                    code: Some(1011),
+                    reason: "keepalive ping timeout".into(),
+                },
+            )],
+            ..local(pinged(2, 1), 100 + 20_000)
+        };
+        let d = diagnose(&f);
+        assert_eq!(d.code, "heartbeat_timeout");
+        assert!(
+            d.message.contains(
+                "with a close frame 1011 (internal server error), reason \"keepalive ping timeout\""
+            ),
+            "{}",
+            d.message
+        );
+    }
+
+    #[test]
+    fn a_peer_close_is_not_the_local_heartbeat() {
+        let f = Facts {
+            closed_by: ClosedBy::Peer,
+            ..local(pinged(5, 0), 600)
+        };
+        assert_ne!(diagnose(&f).code, "heartbeat_timeout");
+    }
+
+    #[test]
+    fn the_mirror_a_client_that_pinged_a_stalled_server() {
+        let f = Facts {
+            closed_by: ClosedBy::Peer,
+            how: How::Fin,
+            heartbeat: Heartbeat {
+                peer: pinged(4, 1),
+                ..Heartbeat::default()
+            },
+            close_ts_ns: 500 * MS,
+            ..facts()
+        };
+        let d = diagnose(&f);
+        assert_eq!(d.code, "peer_heartbeat_timeout");
+        assert!(
+            d.message.starts_with("the client (nginx (pid 77)"),
+            "{}",
+            d.message
+        );
+        assert!(
+            d.message
+                .contains("sent 3 pings that php (pid 4242) never answered"),
+            "{}",
+            d.message
+        );
+        assert!(d.fix.expect("fix").contains("event loop"));
+        // The local end never pinged: not the local rule.
+        let f = Facts {
+            closed_by: ClosedBy::Local,
+            ..f
+        };
+        assert_ne!(diagnose(&f).code, "peer_heartbeat_timeout");
+    }
+}
