@@ -313,9 +313,14 @@ pub mod ustack {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UserStackHeader {
+    /// The user program counter (x86_64 `rip`, arm64 `pc`).
     pub ip: u64,
     pub sp: u64,
-    pub bp: u64,
+    /// The frame pointer (x86_64 `rbp`, arm64 `x29`).
+    pub fp: u64,
+    /// The link register (arm64 `x30`: the return address of a leaf
+    /// function that has not saved it yet); 0 on x86_64, which has none.
+    pub lr: u64,
     /// Bytes copied (valid in `CloseWithStack::bytes`).
     pub len: u32,
     /// [`ustack`] status.
@@ -409,6 +414,9 @@ pub struct KernelConfig {
     /// `stack`: the base of the task's kernel stack, at whose top the user
     /// registers of the current syscall are saved.
     pub task_stack: u64,
+    /// Value: `sizeof(struct pt_regs)`, the block of saved user registers
+    /// at the top of that stack (arm64: it grew and shrank across kernels).
+    pub pt_regs_size: u64,
     /// `exit_code` (int): how an exiting task ends, wait(2) status form.
     pub task_exit_code: u64,
 
@@ -534,12 +542,12 @@ mod tests {
             core::mem::size_of::<CloseEvent>(),
             128 + 16 + 2 * 8 * STACK_DEPTH
         );
-        assert_eq!(core::mem::size_of::<UserStackHeader>(), 32);
+        assert_eq!(core::mem::size_of::<UserStackHeader>(), 40);
         assert_eq!(core::mem::size_of::<PeerWriter>(), 32);
         assert_eq!(core::mem::size_of::<SignalEvent>(), 128 + 16);
         assert_eq!(
             core::mem::size_of::<CloseWithStack>(),
-            core::mem::size_of::<CloseEvent>() + 32 + USER_STACK_MAX
+            core::mem::size_of::<CloseEvent>() + 40 + USER_STACK_MAX
         );
     }
 }

@@ -3,65 +3,166 @@
 //!
 //! `bpf_get_stack(BPF_F_USER_STACK)` follows frame pointers, which code
 //! built without them does not maintain: the walk stops after a frame or
-//! two. Unwinding needs `ip`, `sp`, `bp` at the syscall and the stack above
-//! `sp`; the daemon does the rest offline (framehop).
+//! two. Unwinding needs the program counter, stack and frame pointers (and
+//! on arm64 the link register) at the syscall and the stack above `sp`; the
+//! daemon does the rest offline (framehop).
 //!
-//! x86_64 only: the registers come from the `struct pt_regs` that syscall
-//! entry saves at the top of the task's kernel stack (`task_pt_regs()`).
+//! The registers come from the `struct pt_regs` that syscall entry saves at
+//! the top of the task's kernel stack (`task_pt_regs()`), whose layout is
+//! per architecture: x86_64 and arm64 are implemented (`bpf_target_arch`,
+//! set by aya-build from the target the daemon is built for); on any other
+//! the copy reports NO_REGS and the daemon shows the frame-pointer walk.
 use aya_ebpf::helpers::{
     bpf_get_current_task, bpf_probe_read_kernel, generated::bpf_probe_read_user,
 };
 use wstrace_common::{USER_STACK_MAX, UserStackHeader, ustack};
 
+#[allow(unused_imports)]
 use crate::kernel::{config, read};
-
-/// x86_64 `struct pt_regs` (arch/x86/include/asm/ptrace.h): 21 slots of 8
-/// bytes in the order syscall entry pushes them; the order is part of the
-/// entry ABI and has not changed since the x86_64 port.
-const PT_REGS_SIZE: u64 = 21 * 8;
-const PT_BP: u64 = 4 * 8;
-const PT_IP: u64 = 16 * 8;
-const PT_CS: u64 = 17 * 8;
-const PT_SP: u64 = 19 * 8;
-const PT_SS: u64 = 20 * 8;
-/// `__USER_CS` / `__USER_DS`: the selectors of a 64-bit user context. With
-/// FRED (6.9+) the upper bits of both slots carry other fields: compare the
-/// low 16 bits only.
-const USER_CS: u64 = 0x33;
-const USER_DS: u64 = 0x2b;
-
-/// Where `task_pt_regs()` may be: top of the kernel stack (THREAD_SIZE 16 KiB,
-/// 32 KiB with KASAN) minus TOP_OF_KERNEL_STACK_PADDING (0, or 16 bytes with
-/// CONFIG_X86_FRED), minus the struct. The one whose CS and SS are the user
-/// selectors is the real one; a wrong guess fails both compares.
-const TOPS: [u64; 4] = [16384, 16384 - 16, 32768, 32768 - 16];
 
 const PAGE: u64 = 4096;
 
+/// The registers the unwinder starts from.
+struct UserRegs {
+    ip: u64,
+    sp: u64,
+    fp: u64,
+    lr: u64,
+}
+
+#[allow(dead_code)]
 #[inline(always)]
 fn word(addr: u64) -> Option<u64> {
     unsafe { bpf_probe_read_kernel(addr as *const u64) }.ok()
 }
 
-/// `(ip, sp, bp)` of the current task's user context, if it has one.
-#[inline(always)]
-fn user_regs() -> Option<(u64, u64, u64)> {
-    let task = unsafe { bpf_get_current_task() };
-    let stack = read::<u64>(task, config!(task_stack)).ok()?;
-    for top in TOPS {
-        let regs = stack + top - PT_REGS_SIZE;
-        let (Some(cs), Some(ss)) = (word(regs + PT_CS), word(regs + PT_SS)) else {
-            continue;
-        };
-        if cs & 0xffff == USER_CS && ss & 0xffff == USER_DS {
-            return Some((
-                word(regs + PT_IP)?,
-                word(regs + PT_SP)?,
-                word(regs + PT_BP)?,
-            ));
+#[cfg(bpf_target_arch = "x86_64")]
+mod arch {
+    use super::*;
+
+    /// x86_64 `struct pt_regs` (arch/x86/include/asm/ptrace.h): 21 slots of 8
+    /// bytes in the order syscall entry pushes them; the order is part of the
+    /// entry ABI and has not changed since the x86_64 port.
+    const PT_REGS_SIZE: u64 = 21 * 8;
+    const PT_BP: u64 = 4 * 8;
+    const PT_IP: u64 = 16 * 8;
+    const PT_CS: u64 = 17 * 8;
+    const PT_SP: u64 = 19 * 8;
+    const PT_SS: u64 = 20 * 8;
+    /// `__USER_CS` / `__USER_DS`: the selectors of a 64-bit user context. With
+    /// FRED (6.9+) the upper bits of both slots carry other fields: compare the
+    /// low 16 bits only.
+    const USER_CS: u64 = 0x33;
+    const USER_DS: u64 = 0x2b;
+
+    /// Where `task_pt_regs()` may be: top of the kernel stack (THREAD_SIZE 16 KiB,
+    /// 32 KiB with KASAN) minus TOP_OF_KERNEL_STACK_PADDING (0, or 16 bytes with
+    /// CONFIG_X86_FRED), minus the struct. The one whose CS and SS are the user
+    /// selectors is the real one; a wrong guess fails both compares.
+    const TOPS: [u64; 4] = [16384, 16384 - 16, 32768, 32768 - 16];
+
+    /// The current task's user registers, if it has a user context.
+    #[inline(always)]
+    pub(super) fn user_regs() -> Option<UserRegs> {
+        let task = unsafe { bpf_get_current_task() };
+        let stack = read::<u64>(task, config!(task_stack)).ok()?;
+        for top in TOPS {
+            let regs = stack + top - PT_REGS_SIZE;
+            let (Some(cs), Some(ss)) = (word(regs + PT_CS), word(regs + PT_SS)) else {
+                continue;
+            };
+            if cs & 0xffff == USER_CS && ss & 0xffff == USER_DS {
+                return Some(UserRegs {
+                    ip: word(regs + PT_IP)?,
+                    sp: word(regs + PT_SP)?,
+                    fp: word(regs + PT_BP)?,
+                    lr: 0,
+                });
+            }
         }
+        None
     }
-    None
+}
+
+#[cfg(bpf_target_arch = "aarch64")]
+mod arch {
+    use super::*;
+    use wstrace_common::ABSENT;
+
+    /// arm64 `struct pt_regs` starts with the uapi `struct user_pt_regs`
+    /// (arch/arm64/include/uapi/asm/ptrace.h: `regs[31]`, `sp`, `pc`,
+    /// `pstate`), a user-visible ABI (ptrace, perf) that cannot change. What
+    /// follows it did change (orig_addr_limit, sdei_ttbr1, pmr, the frame
+    /// record), so the struct's size comes from the kernel's BTF.
+    const PT_X29: u64 = 29 * 8;
+    const PT_X30: u64 = 30 * 8;
+    const PT_SP: u64 = 31 * 8;
+    const PT_PC: u64 = 32 * 8;
+    const PT_PSTATE: u64 = 33 * 8;
+    /// `PSR_MODE_MASK | PSR_MODE32_BIT`: all zero is EL0t in AArch64 state,
+    /// i.e. a 64-bit user context.
+    const PSTATE_MODE: u64 = 0x1f;
+    /// No user address is this high (52-bit VAs at most); kernel addresses
+    /// and most stack garbage are.
+    const USER_LIMIT: u64 = 1 << 52;
+
+    /// `task_pt_regs()` is `task_stack_page + THREAD_SIZE - sizeof(pt_regs)`:
+    /// THREAD_SIZE is 16 KiB (Debian's 4K-page kernels), 32 KiB with KASAN.
+    /// A guess inside the real stack reads kernel stack words: the mode bits,
+    /// user-range and alignment checks below reject them.
+    const TOPS: [u64; 2] = [16384, 32768];
+
+    #[inline(always)]
+    fn user_addr(a: u64) -> bool {
+        a >= PAGE && a < USER_LIMIT
+    }
+
+    /// The current task's user registers, if it has a user context.
+    #[inline(always)]
+    pub(super) fn user_regs() -> Option<UserRegs> {
+        let size = config!(pt_regs_size);
+        if size == ABSENT || size < PT_PSTATE + 8 || size > PAGE {
+            return None;
+        }
+        let task = unsafe { bpf_get_current_task() };
+        let stack = read::<u64>(task, config!(task_stack)).ok()?;
+        for top in TOPS {
+            let regs = stack + top - size;
+            let (Some(pstate), Some(pc), Some(sp)) = (
+                word(regs + PT_PSTATE),
+                word(regs + PT_PC),
+                word(regs + PT_SP),
+            ) else {
+                continue;
+            };
+            if pstate & PSTATE_MODE == 0
+                && pstate >> 32 == 0
+                && user_addr(pc)
+                && pc & 3 == 0
+                && user_addr(sp)
+                && sp & 7 == 0
+            {
+                return Some(UserRegs {
+                    ip: pc,
+                    sp,
+                    fp: word(regs + PT_X29)?,
+                    lr: word(regs + PT_X30)?,
+                });
+            }
+        }
+        None
+    }
+}
+
+#[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
+mod arch {
+    use super::*;
+
+    /// No saved-register layout known for this architecture.
+    #[inline(always)]
+    pub(super) fn user_regs() -> Option<UserRegs> {
+        None
+    }
 }
 
 /// Copies the current task's user registers and up to `user_stack_bytes` of
@@ -76,7 +177,7 @@ pub unsafe fn capture(h: *mut UserStackHeader, dst: *mut [u8; USER_STACK_MAX]) -
     if want > USER_STACK_MAX as u64 {
         want = USER_STACK_MAX as u64;
     }
-    let Some((ip, sp, bp)) = user_regs() else {
+    let Some(UserRegs { ip, sp, fp, lr }) = arch::user_regs() else {
         unsafe {
             *h = UserStackHeader {
                 status: ustack::NO_REGS,
@@ -108,7 +209,8 @@ pub unsafe fn capture(h: *mut UserStackHeader, dst: *mut [u8; USER_STACK_MAX]) -
         *h = UserStackHeader {
             ip,
             sp,
-            bp,
+            fp,
+            lr,
             len: len as u32,
             status: if len == 0 && want > 0 {
                 ustack::READ_FAILED

@@ -46,24 +46,26 @@ fn buffer_sizes(user_stack_bytes: u32) -> (u32, usize) {
 
 /// Bytes of user stack the kernel copies per close: the asked size for
 /// dwarf/auto, 0 (no copy) for fp, or where the registers cannot be found
-/// (not x86_64, or no `task_struct.stack` in the kernel's BTF).
+/// (an architecture other than x86_64 and arm64, or a kernel BTF without
+/// `task_struct.stack`, or on arm64 without `struct pt_regs`).
 fn user_stack_copy_bytes(common: &CommonArgs, offsets: &btf::KernelOffsets) -> u32 {
-    let possible =
-        cfg!(target_arch = "x86_64") && offsets.config.task_stack != wstrace_common::ABSENT;
-    match common.user_stack {
-        UserStackMode::Fp => 0,
-        _ if !possible => {
-            eprintln!(
-                "wstrace: note: user stacks follow frame pointers only: {}",
-                if cfg!(target_arch = "x86_64") {
-                    "the kernel's BTF has no task_struct.stack"
-                } else {
-                    "dwarf unwinding is implemented for x86_64 only"
-                }
-            );
+    let c = &offsets.config;
+    let missing = if !cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+        Some("dwarf unwinding is implemented for x86_64 and arm64 only")
+    } else if c.task_stack == wstrace_common::ABSENT {
+        Some("the kernel's BTF has no task_struct.stack")
+    } else if cfg!(target_arch = "aarch64") && c.pt_regs_size == wstrace_common::ABSENT {
+        Some("the kernel's BTF has no struct pt_regs")
+    } else {
+        None
+    };
+    match (common.user_stack, missing) {
+        (UserStackMode::Fp, _) => 0,
+        (_, Some(why)) => {
+            eprintln!("wstrace: note: user stacks follow frame pointers only: {why}");
             0
         }
-        _ => common.user_stack_size,
+        (_, None) => common.user_stack_size,
     }
 }
 

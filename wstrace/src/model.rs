@@ -157,7 +157,10 @@ pub struct Stacks {
 pub struct UserStackCopy {
     pub ip: u64,
     pub sp: u64,
-    pub bp: u64,
+    /// Frame pointer (x86_64 `rbp`, arm64 `x29`).
+    pub fp: u64,
+    /// Link register (arm64 `x30`; 0 on x86_64).
+    pub lr: u64,
     /// `wstrace_common::ustack` status.
     pub status: u32,
     pub bytes: Vec<u8>,

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{paths, process, setup};
+use crate::{build, process, setup};
 
 /// Paths the package must contain (dpkg-deb -c), and why.
 const MUST_CONTAIN: &[(&str, &str)] = &[
@@ -14,21 +14,25 @@ const MUST_CONTAIN: &[(&str, &str)] = &[
     ("./usr/share/doc/wstrace/README.md", "the documentation"),
 ];
 
-pub fn run() -> Result<PathBuf> {
+/// Builds the package for this machine, or for `target` (a triple known to
+/// [`build::cross`]) from the cross-built binary.
+pub fn run(target: Option<&str>) -> Result<PathBuf> {
     setup::run()?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let root = paths::repo_root();
-    process::run(
-        Command::new(&cargo)
-            .args(["build", "--release"])
-            .current_dir(&root),
-    )?;
-    let out = process::output(
-        Command::new(&cargo)
-            .args(["deb", "-p", "wstrace", "--no-build"])
-            .current_dir(&root),
-    )
-    .context("cargo deb")?;
+    let cross = target.map(build::cross).transpose()?;
+    match cross {
+        Some(cross) => cross.build()?,
+        None => build::native()?,
+    }
+    let mut cmd = build::cargo();
+    cmd.args(["deb", "-p", "wstrace", "--no-build"]);
+    if let Some(cross) = cross {
+        // cargo-deb reads the binary from target/<triple>/release, names the
+        // package's architecture after the triple, and strips with the
+        // target's own strip (the host's cannot read arm64 objects).
+        cmd.args(["--target", cross.triple]);
+        cross.configure(&mut cmd);
+    }
+    let out = process::output(&mut cmd).context("cargo deb")?;
     let deb = out
         .lines()
         .rev()
@@ -43,10 +47,33 @@ pub fn run() -> Result<PathBuf> {
         }
     }
     let fields = process::output(Command::new("dpkg-deb").arg("-f").arg(&deb))?;
+    let want_arch = cross.map_or_else(host_debian_arch, |c| Ok(c.debian_arch.to_string()))?;
+    let arch = process::output(
+        Command::new("dpkg-deb")
+            .arg("-f")
+            .arg(&deb)
+            .arg("Architecture"),
+    )?;
+    if arch.trim() != want_arch {
+        bail!(
+            "{} is for architecture {:?}, not {want_arch}",
+            deb.display(),
+            arch.trim()
+        );
+    }
     println!(
         "deb: {} ({} bytes)\n{fields}",
         deb.display(),
         std::fs::metadata(&deb).map(|m| m.len()).unwrap_or(0)
     );
     Ok(deb)
+}
+
+/// This machine's Debian architecture (amd64 ...).
+fn host_debian_arch() -> Result<String> {
+    Ok(
+        process::output(Command::new("dpkg").arg("--print-architecture"))?
+            .trim()
+            .to_string(),
+    )
 }

@@ -4,7 +4,8 @@
 //! kernel interfaces wstrace needs, runs the test steps and powers off.
 
 use crate::cpio::{Archive, Entry};
-use crate::process;
+use crate::kernels::{self, Arch};
+use crate::{llvm, process};
 use anyhow::{Context as _, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,16 +28,29 @@ pub struct Built {
     pub compressed_bytes: u64,
 }
 
+/// Builds the userland for VMs of `arch`; `binaries` must be built for it.
 pub fn build(
     out: &Path,
+    arch: Arch,
     binaries: &[PathBuf],
     steps: &[Step],
     step_timeout_secs: u64,
 ) -> Result<Built> {
     let mut archive = Archive::default();
-    let mut libraries: Vec<PathBuf> = Vec::new();
+    // (path in the VM, file on this machine)
+    let mut libraries: Vec<(String, PathBuf)> = Vec::new();
+    let libs_of = |binary: &Path| -> Result<Vec<(String, PathBuf)>> {
+        if arch == Arch::host() {
+            Ok(shared_libraries(binary)?
+                .into_iter()
+                .map(|l| (l.to_string_lossy().into_owned(), l))
+                .collect())
+        } else {
+            cross_libraries(binary, arch)
+        }
+    };
 
-    let busybox = busybox_path()?;
+    let busybox = kernels::busybox(arch)?;
     archive.add(
         "/bin/busybox",
         Entry::File {
@@ -44,7 +58,7 @@ pub fn build(
             executable: true,
         },
     );
-    libraries.extend(shared_libraries(&busybox)?);
+    libraries.extend(libs_of(&busybox)?);
 
     for binary in binaries {
         let name = binary
@@ -59,15 +73,16 @@ pub fn build(
                 executable: true,
             },
         );
-        libraries.extend(shared_libraries(binary)?);
+        libraries.extend(libs_of(binary)?);
     }
     libraries.sort();
     libraries.dedup();
-    for lib in &libraries {
-        // Stored under the path ldd reported, which is where the binaries'
-        // interpreter and search path look; symlinks are followed by the read.
+    for (path, lib) in &libraries {
+        // Stored under the path ldd reported (or the cross loader searches),
+        // which is where the binaries' interpreter and search path look;
+        // symlinks are followed by the read.
         archive.add(
-            &lib.to_string_lossy(),
+            path,
             Entry::File {
                 data: read(lib)?,
                 executable: true,
@@ -76,7 +91,9 @@ pub fn build(
     }
 
     // One symlink per busybox applet, but never over a binary under test.
-    for applet in busybox_applets(&busybox)? {
+    // The list is the host busybox's (a foreign one cannot run here): the
+    // same Debian version, so the same applets.
+    for applet in busybox_applets(&kernels::busybox(Arch::host())?)? {
         let path = format!("/bin/{applet}");
         if !archive.contains(&path) {
             archive.add(&path, Entry::Symlink("busybox".into()));
@@ -204,14 +221,6 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
-fn busybox_path() -> Result<PathBuf> {
-    let path = which::which("busybox").unwrap_or_else(|_| PathBuf::from("/bin/busybox"));
-    if !path.exists() {
-        bail!("busybox is missing: run `cargo xtask setup` (installs busybox-static)");
-    }
-    Ok(path)
-}
-
 fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
     let list = process::output(Command::new(busybox).arg("--list"))?;
     Ok(list
@@ -220,6 +229,76 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
         .filter(|l| !l.is_empty() && !l.contains('/'))
         .map(str::to_string)
         .collect())
+}
+
+/// Where Debian's cross toolchains keep a foreign architecture's libc and
+/// loader (libc6-<arch>-cross, a dependency of gcc-<triple>), and where the
+/// VM's loader looks for them.
+fn cross_sysroot(arch: Arch) -> Result<(PathBuf, &'static str)> {
+    match arch {
+        Arch::Arm64 => Ok((
+            PathBuf::from("/usr/aarch64-linux-gnu/lib"),
+            "/lib/aarch64-linux-gnu",
+        )),
+        Arch::Amd64 => bail!("no cross sysroot for amd64 is configured (build on amd64)"),
+    }
+}
+
+/// Shared libraries and dynamic loader of a foreign-architecture binary
+/// (`ldd` cannot run its loader): its PT_INTERP and, transitively, its
+/// DT_NEEDED libraries, found in the cross toolchain's sysroot.
+fn cross_libraries(binary: &Path, arch: Arch) -> Result<Vec<(String, PathBuf)>> {
+    let (sysroot, vm_dir) = cross_sysroot(arch)?;
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    if let Some(interp) = elf_interpreter(binary)? {
+        let name = Path::new(&interp)
+            .file_name()
+            .with_context(|| format!("{}: odd PT_INTERP {interp:?}", binary.display()))?;
+        let host = sysroot.join(name);
+        if !host.is_file() {
+            bail!(
+                "{} needs the loader {interp}, not in {}: run `cargo xtask setup` (installs the cross toolchain)",
+                binary.display(),
+                sysroot.display()
+            );
+        }
+        out.push((interp, host));
+    }
+    let mut todo = llvm::elf_needed(binary)?;
+    let mut seen: Vec<String> = Vec::new();
+    while let Some(name) = todo.pop() {
+        if seen.contains(&name) || name.contains('/') {
+            continue;
+        }
+        let host = sysroot.join(&name);
+        if !host.is_file() {
+            bail!(
+                "{} needs {name}, not in {}: install that library's {}-cross package",
+                binary.display(),
+                sysroot.display(),
+                arch.debian()
+            );
+        }
+        todo.extend(llvm::elf_needed(&host)?);
+        out.push((format!("{vm_dir}/{name}"), host));
+        seen.push(name);
+    }
+    Ok(out)
+}
+
+/// The PT_INTERP of an ELF file (None: statically linked).
+fn elf_interpreter(binary: &Path) -> Result<Option<String>> {
+    use object::read::elf::{ElfFile64, FileHeader as _, ProgramHeader as _};
+    let data = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
+    let elf = ElfFile64::<object::Endianness>::parse(&*data)
+        .with_context(|| format!("{} is not a 64-bit ELF file", binary.display()))?;
+    let endian = elf.endian();
+    for ph in elf.elf_header().program_headers(endian, &*data)? {
+        if let Some(interp) = ph.interpreter(endian, &*data)? {
+            return Ok(Some(String::from_utf8_lossy(interp).into_owned()));
+        }
+    }
+    Ok(None)
 }
 
 /// Shared libraries and dynamic loader of a binary, from `ldd`; empty for

@@ -4,9 +4,11 @@
 //! fentry and kprobe probe sets need) and have virtio, loopback networking,
 //! tracefs and bpf built in, so the image's vmlinuz alone boots the VM: the
 //! modules are not needed. Package names change with every kernel ABI bump,
-//! so they are resolved at run time from the suite's `linux-image-cloud-amd64`
+//! so they are resolved at run time from the suite's `linux-image-cloud-<arch>`
 //! metapackage, with apt's own tools and a private sources list and state (the
-//! machine's apt configuration is left untouched).
+//! machine's apt configuration is left untouched). arm64 kernels (and the
+//! arm64 busybox their VMs run) come the same way, with the private apt
+//! state set to that architecture: no `dpkg --add-architecture` needed.
 
 use crate::{paths, process};
 use anyhow::{Context as _, Result, bail};
@@ -14,36 +16,110 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[derive(Debug)]
 pub struct KernelSpec {
     /// Short name used on the command line and in tables, e.g. "6.1".
     pub label: &'static str,
     pub suite: &'static str,
+    pub arch: Arch,
+    /// Probe sets this kernel cannot have, with why: their scenarios must
+    /// all SKIP (wstrace says "not available"), which the matrix accepts
+    /// here only.
+    pub unavailable: &'static [(&'static str, &'static str)],
+}
+
+/// The machine a kernel runs on (Debian's architecture names).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    #[default]
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// The architecture xtask (so this machine) runs on.
+    pub fn host() -> Arch {
+        if cfg!(target_arch = "aarch64") {
+            Arch::Arm64
+        } else {
+            Arch::Amd64
+        }
+    }
+
+    /// The image metapackage that names the suite's current cloud kernel.
+    fn metapackage(self) -> String {
+        format!("linux-image-cloud-{}", self.debian())
+    }
 }
 
 /// The matrix: the kernel series of Debian's supported releases (5.10 is
 /// wstrace's floor: ring buffers need 5.8, BTF-based fentry is reliable there).
+/// On arm64, fentry needs the BPF trampoline to be called from the traced
+/// kernel function's ftrace site: ftrace direct calls, which arm64 gained in
+/// 6.4 (commit 2aa6ac03516d). Before that the attach fails with ENOTSUPP.
+const ARM64_NO_FENTRY: &[(&str, &str)] = &[(
+    "fentry",
+    "arm64 kernels before 6.4 have no ftrace direct calls, so no BPF trampolines on kernel functions",
+)];
+
+/// amd64: Debian's supported releases. arm64 rows (a Graviton or Ampere
+/// fleet on Debian): bullseye's and bookworm's kernels, and the backports
+/// kernel, the first with fentry on arm64.
 pub const MATRIX: &[KernelSpec] = &[
     KernelSpec {
         label: "5.10",
         suite: "bullseye",
+        arch: Arch::Amd64,
+        unavailable: &[],
     },
     KernelSpec {
         label: "6.1",
         suite: "bookworm",
+        arch: Arch::Amd64,
+        unavailable: &[],
     },
     KernelSpec {
         label: "6.12",
         suite: "bookworm-backports",
+        arch: Arch::Amd64,
+        unavailable: &[],
+    },
+    KernelSpec {
+        label: "5.10-arm64",
+        suite: "bullseye",
+        arch: Arch::Arm64,
+        unavailable: ARM64_NO_FENTRY,
+    },
+    KernelSpec {
+        label: "6.1-arm64",
+        suite: "bookworm",
+        arch: Arch::Arm64,
+        unavailable: ARM64_NO_FENTRY,
+    },
+    KernelSpec {
+        label: "6.12-arm64",
+        suite: "bookworm-backports",
+        arch: Arch::Arm64,
+        unavailable: &[],
     },
 ];
-
-const METAPACKAGE: &str = "linux-image-cloud-amd64";
 
 /// A fetched kernel as stored in the cache (`kernel.json`).
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Kernel {
     pub label: String,
     pub suite: String,
+    /// Absent in cache entries written before arm64 rows existed: amd64.
+    #[serde(default)]
+    pub arch: Arch,
     pub package: String,
     pub version: String,
     pub vmlinuz: PathBuf,
@@ -61,8 +137,10 @@ pub fn fetch_all(specs: &[&'static KernelSpec], refresh: bool) -> Result<Vec<(Ke
                 scope.spawn(move || {
                     fetch(spec, dir, refresh).with_context(|| {
                         format!(
-                            "fetching the {} kernel ({} {METAPACKAGE})",
-                            spec.label, spec.suite
+                            "fetching the {} kernel ({} {})",
+                            spec.label,
+                            spec.suite,
+                            spec.arch.metapackage()
                         )
                     })
                 })
@@ -80,17 +158,22 @@ pub fn fetch_all(specs: &[&'static KernelSpec], refresh: bool) -> Result<Vec<(Ke
 
 /// Returns the kernel and whether it came from the cache.
 fn fetch(spec: &KernelSpec, cache: &Path, refresh: bool) -> Result<(Kernel, bool)> {
-    let final_dir = cache.join(spec.suite);
+    // amd64 entries keep the names they had before arm64 rows existed.
+    let name = match spec.arch {
+        Arch::Amd64 => spec.suite.to_string(),
+        arch => format!("{}-{}", spec.suite, arch.debian()),
+    };
+    let final_dir = cache.join(&name);
     if !refresh && let Some(kernel) = cached(&final_dir) {
         return Ok((kernel, true));
     }
-    let apt = PrivateApt::new(&cache.join("apt").join(spec.suite), spec.suite)?;
+    let apt = PrivateApt::new(&cache.join("apt").join(&name), spec.suite, spec.arch)?;
     apt.update()?;
     let package = apt.image_package()?;
 
     // Work in a private temporary directory and rename at the end, so an
     // interrupted or concurrent fetch never leaves a half-filled cache entry.
-    let work = cache.join(format!("{}.tmp-{}", spec.suite, std::process::id()));
+    let work = cache.join(format!("{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     apt.download(&package, &work)?;
@@ -119,6 +202,7 @@ fn fetch(spec: &KernelSpec, cache: &Path, refresh: bool) -> Result<(Kernel, bool
     let kernel = Kernel {
         label: spec.label.to_string(),
         suite: spec.suite.to_string(),
+        arch: spec.arch,
         package,
         version,
         vmlinuz: final_dir.join("vmlinuz"),
@@ -154,10 +238,11 @@ fn find_file(dir: &Path, pred: impl Fn(&str) -> bool) -> Result<Option<PathBuf>>
 struct PrivateApt {
     options: Vec<String>,
     suite: String,
+    arch: Arch,
 }
 
 impl PrivateApt {
-    fn new(dir: &Path, suite: &str) -> Result<Self> {
+    fn new(dir: &Path, suite: &str, arch: Arch) -> Result<Self> {
         for sub in ["lists/partial", "cache/archives/partial"] {
             let d = dir.join(sub);
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
@@ -175,6 +260,10 @@ impl PrivateApt {
             format!("Dir::State::Lists={}", dir.join("lists").display()),
             format!("Dir::Cache={}", dir.join("cache").display()),
             "Acquire::Languages=none".to_string(),
+            // Lists and downloads for that architecture only, whatever the
+            // machine's own is.
+            format!("APT::Architecture={}", arch.debian()),
+            format!("APT::Architectures={}", arch.debian()),
         ];
         // apt drops to the _apt user for downloads, which cannot write into
         // root's home: download as root instead of warning about it.
@@ -185,6 +274,7 @@ impl PrivateApt {
         Ok(Self {
             options,
             suite: suite.to_string(),
+            arch,
         })
     }
 
@@ -209,14 +299,15 @@ impl PrivateApt {
 
     /// The versioned image package the suite's metapackage currently depends on.
     fn image_package(&self) -> Result<String> {
-        let out = process::output(self.command("apt-cache").args(["depends", METAPACKAGE]))?;
+        let meta = self.arch.metapackage();
+        let out = process::output(self.command("apt-cache").args(["depends", &meta]))?;
         out.lines()
             .filter_map(|l| l.trim().strip_prefix("Depends:"))
             .map(|d| d.trim().trim_start_matches('|').trim().to_string())
-            .find(|d| d.starts_with("linux-image-") && d != METAPACKAGE)
+            .find(|d| d.starts_with("linux-image-") && *d != meta)
             .with_context(|| {
                 format!(
-                    "`apt-cache depends {METAPACKAGE}` in {} named no linux-image package:\n{out}",
+                    "`apt-cache depends {meta}` in {} named no linux-image package:\n{out}",
                     self.suite
                 )
             })
@@ -252,4 +343,54 @@ fn mirror() -> String {
         .find_map(|l| l.split_whitespace().find(|w| w.starts_with("http")))
         .map(str::to_string)
         .unwrap_or_else(|| "http://deb.debian.org/debian".to_string())
+}
+
+/// A statically linked busybox for `arch`'s VMs: this machine's own for its
+/// architecture (busybox-static, installed by setup), else Debian bookworm's
+/// busybox-static for that architecture, fetched once into the cache.
+pub fn busybox(arch: Arch) -> Result<PathBuf> {
+    if arch == Arch::host() {
+        let path = which::which("busybox").unwrap_or_else(|_| PathBuf::from("/bin/busybox"));
+        if !path.exists() {
+            bail!("busybox is missing: run `cargo xtask setup` (installs busybox-static)");
+        }
+        return Ok(path);
+    }
+    let cache = paths::cache_dir()?.join("kernels");
+    let dir = cache.join(format!("busybox-{}", arch.debian()));
+    let bin = dir.join("busybox");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    let suite = "bookworm";
+    let apt = PrivateApt::new(
+        &cache.join("apt").join(format!("{suite}-{}", arch.debian())),
+        suite,
+        arch,
+    )?;
+    apt.update()?;
+    let work = cache.join(format!(
+        "busybox-{}.tmp-{}",
+        arch.debian(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    apt.download("busybox-static", &work)?;
+    let deb = find_file(&work, |n| n.ends_with(".deb"))?.with_context(|| {
+        format!(
+            "`apt-get download busybox-static` left no .deb in {}",
+            work.display()
+        )
+    })?;
+    let root = work.join("root");
+    process::output(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    std::fs::rename(root.join("bin/busybox"), work.join("busybox"))
+        .with_context(|| format!("{} has no bin/busybox", deb.display()))?;
+    std::fs::remove_dir_all(&root).context("removing the unpacked package")?;
+    std::fs::remove_file(&deb).context("removing the downloaded package")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&work, &dir)
+        .with_context(|| format!("moving {} to {}", work.display(), dir.display()))?;
+    Ok(bin)
 }

@@ -182,7 +182,7 @@ fn linked_llvm_major(binary: &Path) -> Result<Option<u32>> {
 }
 
 /// DT_NEEDED entries of an ELF file.
-fn elf_needed(binary: &Path) -> Result<Vec<String>> {
+pub fn elf_needed(binary: &Path) -> Result<Vec<String>> {
     use object::read::elf::{Dyn as _, ElfFile64, FileHeader as _, SectionHeader as _};
     let data = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
     let elf = ElfFile64::<object::Endianness>::parse(&*data).context("not a 64-bit ELF file")?;

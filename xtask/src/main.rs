@@ -4,11 +4,13 @@
 //!   rust-src, bpf-linker built against nightly's LLVM, QEMU, busybox ...).
 //! - `vm`: the kernel matrix: boot Debian's 5.10 / 6.1 / 6.12 cloud kernels in
 //!   QEMU and run the scenarios there with every probe set.
+//! - `build`: the release binaries, for this machine or `--target` (arm64).
 //! - `run`: set up, build and run wstrace (default: `wstrace demo`).
 //! - `test`: everything CI runs (setup, build, tests, kernel matrix).
 //! - `bench`: what wstrace costs (on demand, not in `test`): BENCHMARKS.md.
 
 mod bench;
+mod build;
 mod cpio;
 mod deb;
 mod initramfs;
@@ -41,10 +43,12 @@ struct Cli {
 enum Command {
     /// Install what building and testing needs (idempotent; a fast no-op when done).
     Setup,
+    /// Build the release binaries (wstrace, ws-scenario), for this machine or cross-compiled with --target.
+    Build(build::BuildArgs),
     /// Set up, build and run wstrace (under sudo when not root) [default: `wstrace demo`].
     Run(run::RunArgs),
     /// Build the agent's .deb (cargo-deb) and check its contents.
-    Deb,
+    Deb(build::BuildArgs),
     /// Run the kernel matrix: scenarios on Debian kernels 5.10, 6.1 and 6.12 in QEMU.
     Vm(vm::VmArgs),
     /// The full test run (what CI runs; as root): setup, build, unit and host tests, kernel matrix.
@@ -57,8 +61,9 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup => setup::run(),
+        Command::Build(args) => build::run(&args),
         Command::Run(args) => run::run(&args),
-        Command::Deb => deb::run().map(|_| ()),
+        Command::Deb(args) => deb::run(args.target.as_deref()).map(|_| ()),
         Command::Vm(args) => vm::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Bench(args) => bench::run(&args),

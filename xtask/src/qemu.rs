@@ -1,8 +1,11 @@
 //! Booting one kernel in QEMU and capturing its serial console.
 //!
 //! Software emulation (TCG) only: /dev/kvm exists on the development machines
-//! but nested KVM hangs at boot there. TCG boots these kernels in seconds.
+//! but nested KVM hangs at boot there. TCG boots these kernels in seconds,
+//! arm64 ones too (`qemu-system-aarch64 -machine virt`, the kernel's own
+//! EFI-stub Image booted directly with `-kernel`).
 
+use crate::kernels::Arch;
 use anyhow::{Context as _, Result, bail};
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
@@ -10,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Boot<'a> {
+    pub arch: Arch,
     pub vmlinuz: &'a Path,
     pub initrd: &'a Path,
     pub timeout: Duration,
@@ -27,18 +31,19 @@ pub struct Outcome {
     pub stderr: String,
 }
 
-pub fn qemu_binary() -> Result<PathBuf> {
-    which::which("qemu-system-x86_64").context(
-        "qemu-system-x86_64 is missing: run `cargo xtask setup` (installs qemu-system-x86)",
-    )
+pub fn qemu_binary(arch: Arch) -> Result<PathBuf> {
+    let (binary, package) = match arch {
+        Arch::Amd64 => ("qemu-system-x86_64", "qemu-system-x86"),
+        Arch::Arm64 => ("qemu-system-aarch64", "qemu-system-arm"),
+    };
+    which::which(binary).with_context(|| {
+        format!("{binary} is missing: run `cargo xtask setup` (installs {package})")
+    })
 }
 
-pub fn boot(b: &Boot) -> Result<Outcome> {
-    let qemu = qemu_binary()?;
-    let mut log =
-        std::fs::File::create(&b.log).with_context(|| format!("creating {}", b.log.display()))?;
-    let start = Instant::now();
-    let mut child = Command::new(&qemu)
+/// The machine, CPU and console of `arch`'s VMs.
+fn machine_args(arch: Arch) -> (&'static [&'static str], &'static str) {
+    match arch {
         // `-cx16`: QEMU 7.2's TCG (Debian bookworm) sometimes corrupts
         // EFLAGS around `cmpxchg16b` when a timer interrupt lands next to
         // it; SLUB uses that instruction on every allocation, so the guest
@@ -46,30 +51,38 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
         // the 6.12 kernel died that way with `-cpu max`, 0 of 18 without
         // CX16 (SLUB then takes its locked slow path). Nothing wstrace
         // tests depends on CX16.
-        .args([
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max,-cx16",
-            "-m",
-            "1024",
-            "-smp",
-            "1",
-        ])
+        Arch::Amd64 => (&["-cpu", "max,-cx16"], "console=ttyS0"),
+        // `virt`: the generic board with a PL011 UART (ttyAMA0). `max`: every
+        // feature TCG emulates, pointer authentication included (Debian's
+        // arm64 code signs return addresses with it), with QEMU's cheap
+        // implementation-defined PAC algorithm instead of QARMA, whose
+        // emulation makes every signed call several times slower.
+        Arch::Arm64 => (
+            &["-machine", "virt", "-cpu", "max,pauth-impdef=on"],
+            "console=ttyAMA0",
+        ),
+    }
+}
+
+pub fn boot(b: &Boot) -> Result<Outcome> {
+    let qemu = qemu_binary(b.arch)?;
+    let (machine, console) = machine_args(b.arch);
+    let mut log =
+        std::fs::File::create(&b.log).with_context(|| format!("creating {}", b.log.display()))?;
+    let start = Instant::now();
+    let mut child = Command::new(&qemu)
+        .args(["-accel", "tcg"])
+        .args(machine)
+        .args(["-m", "1024", "-smp", "1"])
         .arg("-kernel")
         .arg(b.vmlinuz)
         .arg("-initrd")
         .arg(b.initrd)
         // panic=-1 reboots at once on a panic (e.g. /init dying), and
         // -no-reboot turns that reboot into QEMU exiting: no hang.
-        .args([
-            "-append",
-            "console=ttyS0 panic=-1 quiet",
-            "-nographic",
-            "-no-reboot",
-            "-net",
-            "none",
-        ])
+        .arg("-append")
+        .arg(format!("{console} panic=-1 quiet"))
+        .args(["-nographic", "-no-reboot", "-net", "none"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -11,6 +11,10 @@ use std::time::Instant;
 /// Debian packages the tests need, with why (printed when installing).
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "boots the kernel matrix"),
+    (
+        "qemu-system-arm",
+        "boots the arm64 rows of the kernel matrix",
+    ),
     ("busybox-static", "userland of the kernel-matrix VMs"),
     ("nginx-light", "the real proxy of the diagnosis tests"),
     (
@@ -38,6 +42,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "g++",
         "builds the C++ server with a hot/cold split function of the user-stack tests",
     ),
+    (
+        "gcc-aarch64-linux-gnu",
+        "links the arm64 build (`cargo xtask build --target aarch64-unknown-linux-gnu`)",
+    ),
+    (
+        "libc6-dev-arm64-cross",
+        "the arm64 C runtime and libc the arm64 build links against (and its VMs load)",
+    ),
 ];
 
 /// PyPI packages for the diagnosis tests, installed into [`venv_dir`].
@@ -49,6 +61,7 @@ pub fn run() -> Result<()> {
     step("nightly toolchain", ensure_nightly)?;
     step("nightly rust-src", ensure_rust_src)?;
     step("bpf-linker", ensure_bpf_linker)?;
+    step("rust cross targets", ensure_rust_targets)?;
     step("Debian packages", ensure_apt_packages)?;
     step("Python test venv", ensure_venv)?;
     step("cargo-deb", ensure_cargo_deb)?;
@@ -113,6 +126,38 @@ fn ensure_rust_src() -> Result<String> {
     ]))
     .context("adding rust-src to the nightly toolchain failed (needed for `-Z build-std=core`)")?;
     Ok("installed".into())
+}
+
+/// The standard library of every cross target (`build::CROSS_TARGETS`) for
+/// the toolchain that builds the daemon.
+fn ensure_rust_targets() -> Result<String> {
+    let wanted: Vec<&str> = crate::build::CROSS_TARGETS
+        .iter()
+        .map(|c| c.triple)
+        .collect();
+    // Local and fast; `target add` may go online.
+    let installed =
+        process::output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
+        .collect();
+    if missing.is_empty() {
+        return Ok(format!("present ({})", wanted.join(", ")));
+    }
+    process::output(
+        Command::new("rustup")
+            .args(["target", "add"])
+            .args(&missing),
+    )
+    .with_context(|| {
+        format!(
+            "`rustup target add {}` failed: check network access to static.rust-lang.org",
+            missing.join(" ")
+        )
+    })?;
+    Ok(format!("installed {}", missing.join(", ")))
 }
 
 fn ensure_bpf_linker() -> Result<String> {

@@ -37,11 +37,26 @@ pub fn markdown(results: &MatrixResults) -> String {
     }
     s.push_str(&format!(
         "\nhost: the machine `cargo xtask vm` ran on (CI's kernel: tracepoints only); the others are \
-         Debian cloud kernels booted in QEMU (TCG). Results of {}. Cells: scenarios passed / run; \
-         `auto` → the set it chose; \"not available\": the kernel lacks that set's hooks, and \
-         wstrace says so at start-up.\n",
+         Debian cloud kernels booted in QEMU (TCG); `-arm64` rows run the arm64 build on arm64 \
+         kernels (`qemu-system-aarch64 -machine virt -cpu max`). Results of {}. Cells: scenarios \
+         passed / run; `auto` → the set it chose; \"not available\": the kernel lacks that set's \
+         hooks, and wstrace says so at start-up",
         date(results.generated_unix)
     ));
+    let known: Vec<String> = results
+        .kernels
+        .iter()
+        .flat_map(|k| {
+            k.unavailable
+                .iter()
+                .map(move |(set, why)| format!("{} {set}: {why}", k.label))
+        })
+        .collect();
+    if known.is_empty() {
+        s.push_str(".\n");
+    } else {
+        s.push_str(&format!(" ({}).\n", known.join("; ")));
+    }
     s
 }
 

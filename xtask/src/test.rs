@@ -35,10 +35,17 @@ pub fn run(args: &TestArgs) -> Result<()> {
         ("setup", Box::new(setup::run)),
         // Default members: everything but the eBPF crate, which only builds for
         // the bpf target and is built (and embedded) by wstrace's build script.
-        ("build", Box::new(|| cargo(&["build", "--release"]))),
+        ("build", Box::new(crate::build::native)),
+        // The arm64 binaries, cross-compiled (eBPF object for
+        // bpf_target_arch "aarch64"): built from a clean clone like the rest.
+        ("build arm64", Box::new(|| crate::build::AARCH64.build())),
         // Unit tests and the host integration tests (they need root: CI runs as root).
         ("cargo test", Box::new(|| cargo(&["test", "--release"]))),
-        ("package", Box::new(|| crate::deb::run().map(|_| ()))),
+        ("package", Box::new(|| crate::deb::run(None).map(|_| ()))),
+        (
+            "package arm64",
+            Box::new(|| crate::deb::run(Some(crate::build::AARCH64.triple)).map(|_| ())),
+        ),
         (
             "kernel matrix",
             Box::new(|| {
@@ -59,7 +66,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
         }
         if name == "kernel matrix" && args.no_vm {
             banner(
-                "KERNEL MATRIX SKIPPED (--no-vm): kprobe/fentry probe sets and kernels 5.10/6.1/6.12 are NOT tested",
+                "KERNEL MATRIX SKIPPED (--no-vm): kprobe/fentry probe sets, kernels 5.10/6.1/6.12 and arm64 are NOT tested",
             );
             outcomes.push((name, Outcome::Skipped("--no-vm")));
             continue;

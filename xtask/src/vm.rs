@@ -1,11 +1,14 @@
 //! `cargo xtask vm`: the kernel matrix.
 //!
-//! Boots each Debian cloud kernel (5.10, 6.1, 6.12: they have kprobes and
-//! fentry, which this machine's own kernel lacks) once in QEMU, runs
-//! `ws-scenario check` for every probe set in that one boot, and fails naming
-//! kernel, probe set and scenario for every FAIL or missing result.
+//! Boots each Debian cloud kernel (5.10, 6.1, 6.12, for amd64 and arm64:
+//! they have kprobes and fentry, which this machine's own kernel lacks)
+//! once in QEMU, runs `ws-scenario check` for every probe set in that one
+//! boot, and fails naming kernel, probe set and scenario for every FAIL or
+//! missing result. arm64 VMs run the arm64 build (`cargo xtask build
+//! --target aarch64-unknown-linux-gnu`) under qemu-system-aarch64.
 
 use crate::initramfs::{self, Step};
+use crate::kernels::Arch;
 use crate::matrix::{self, KernelRun, MatrixResults, StepRun};
 use crate::{kernels, paths, process, qemu, setup, table};
 use anyhow::{Context as _, Result, bail};
@@ -21,7 +24,7 @@ const PROBE_SETS: &[&str] = &["fentry", "kprobe", "tracepoint", "auto"];
 /// Options shared by `vm` and `test`.
 #[derive(Args, Clone, Default)]
 pub struct MatrixOpts {
-    /// Only boot this kernel (repeatable): 5.10, 6.1 or 6.12 [default: all three]
+    /// Only boot this kernel (repeatable): 5.10, 6.1, 6.12, 5.10-arm64, 6.1-arm64, 6.12-arm64, a suite, or an architecture (amd64, arm64) [default: all]
     #[arg(long = "kernel", value_name = "VERSION")]
     pub kernels: Vec<String>,
     /// VMs run at once [default: number of CPUs, at most the number of kernels]
@@ -48,7 +51,7 @@ pub struct VmArgs {
     /// Run this shell command in each VM instead of the scenarios (busybox sh)
     #[arg(long, value_name = "SHELL")]
     pub cmd: Option<String>,
-    /// Put this binary in the VM's /bin (repeatable) [default: target/release/wstrace and target/release/ws-scenario]
+    /// Put this binary in the amd64 VMs' /bin (repeatable) [default: target/release/wstrace and target/release/ws-scenario; arm64 VMs: target/aarch64-unknown-linux-gnu/release/...]
     #[arg(long = "bin", value_name = "PATH")]
     pub bins: Vec<PathBuf>,
     /// Write the kernel × probe-set table into FILE between the kernel-matrix markers
@@ -83,9 +86,15 @@ pub fn run(args: &VmArgs) -> Result<()> {
     }
     let start = Instant::now();
     let steps = plan_steps(args.cmd.as_deref());
-    let binaries = binaries(args)?;
     let specs = select_kernels(&args.matrix.kernels)?;
-    let qemu = qemu::qemu_binary()?;
+    let mut arches: Vec<Arch> = specs.iter().map(|s| s.arch).collect();
+    arches.sort_by_key(|a| a.debian());
+    arches.dedup();
+    let mut binaries = Vec::new();
+    for &arch in &arches {
+        binaries.push((arch, binaries_for(args, arch)?));
+        qemu::qemu_binary(arch)?;
+    }
 
     let (fetched, took) =
         process::timed(|| kernels::fetch_all(&specs, args.matrix.refresh_kernels));
@@ -100,19 +109,29 @@ pub fn run(args: &VmArgs) -> Result<()> {
     println!("vm: kernels ready in {}", process::secs(took));
 
     let vm_dir = paths::target_dir().join("vm");
-    let initrd = vm_dir.join("initrd.gz");
-    let (built, took) =
-        process::timed(|| initramfs::build(&initrd, &binaries, &steps, args.matrix.step_timeout));
-    let built = built.context("building the VM's initramfs")?;
-    println!(
-        "vm: initramfs {}: {} binaries, {} libraries, busybox; {:.1} MB -> {:.1} MB in {}",
-        initrd.display(),
-        built.binaries,
-        built.libraries,
-        built.uncompressed_bytes as f64 / 1e6,
-        built.compressed_bytes as f64 / 1e6,
-        process::secs(took)
-    );
+    let mut initrds: Vec<(Arch, PathBuf)> = Vec::new();
+    for (arch, bins) in &binaries {
+        // amd64 keeps the name it had before arm64 VMs existed.
+        let initrd = match arch {
+            Arch::Amd64 => vm_dir.join("initrd.gz"),
+            arch => vm_dir.join(format!("initrd-{}.gz", arch.debian())),
+        };
+        let (built, took) = process::timed(|| {
+            initramfs::build(&initrd, *arch, bins, &steps, args.matrix.step_timeout)
+        });
+        let built =
+            built.with_context(|| format!("building the {} VMs' initramfs", arch.debian()))?;
+        println!(
+            "vm: initramfs {}: {} binaries, {} libraries, busybox; {:.1} MB -> {:.1} MB in {}",
+            initrd.display(),
+            built.binaries,
+            built.libraries,
+            built.uncompressed_bytes as f64 / 1e6,
+            built.compressed_bytes as f64 / 1e6,
+            process::secs(took)
+        );
+        initrds.push((*arch, initrd));
+    }
 
     let timeout = Duration::from_secs(
         args.matrix
@@ -128,15 +147,14 @@ pub fn run(args: &VmArgs) -> Result<()> {
         .unwrap_or(cpus)
         .clamp(1, fetched.len().max(1));
     println!(
-        "vm: booting {} kernel(s) with {} ({jobs} at a time, TCG, timeout {} s each)",
+        "vm: booting {} kernel(s) ({jobs} at a time, TCG, timeout {} s each)",
         fetched.len(),
-        qemu.display(),
         timeout.as_secs()
     );
     let kernels: Vec<kernels::Kernel> = fetched.into_iter().map(|(k, _)| k).collect();
     let runs = boot_all(
         &kernels,
-        &initrd,
+        &initrds,
         &vm_dir,
         &steps,
         timeout,
@@ -251,6 +269,8 @@ fn host_run(steps: &[Step]) -> Result<KernelRun> {
         timed_out: false,
         completed: true,
         planned_steps: steps.iter().map(|s| s.name.clone()).collect(),
+        // Whatever this machine lacks is reported as "not available".
+        unavailable: Vec::new(),
         steps: runs,
         notes: Vec::new(),
         kernel_messages: Vec::new(),
@@ -275,10 +295,11 @@ fn plan_steps(cmd: Option<&str>) -> Vec<Step> {
     }
 }
 
-/// Binaries for the VM's /bin. Explicit ones must exist; the defaults must
-/// exist for the scenarios, and are taken where present for --cmd.
-fn binaries(args: &VmArgs) -> Result<Vec<PathBuf>> {
-    if !args.bins.is_empty() {
+/// Binaries for the /bin of `arch`'s VMs. Explicit ones (amd64 only) must
+/// exist; the defaults must exist for the scenarios, and are taken where
+/// present for --cmd.
+fn binaries_for(args: &VmArgs, arch: Arch) -> Result<Vec<PathBuf>> {
+    if !args.bins.is_empty() && arch == Arch::host() {
         for bin in &args.bins {
             if !bin.is_file() {
                 bail!("--bin {}: no such file", bin.display());
@@ -286,7 +307,20 @@ fn binaries(args: &VmArgs) -> Result<Vec<PathBuf>> {
         }
         return Ok(args.bins.clone());
     }
-    let release = paths::target_dir().join("release");
+    let (release, build) = match arch {
+        _ if arch == Arch::host() => (
+            paths::target_dir().join("release"),
+            "cargo build --release".to_string(),
+        ),
+        Arch::Arm64 => (
+            crate::build::AARCH64.release_dir(),
+            format!(
+                "cargo xtask build --target {}",
+                crate::build::AARCH64.triple
+            ),
+        ),
+        Arch::Amd64 => bail!("amd64 VMs need an amd64 build: run the matrix on amd64"),
+    };
     let defaults = [release.join("wstrace"), release.join("ws-scenario")];
     let (present, missing): (Vec<PathBuf>, Vec<PathBuf>) =
         defaults.into_iter().partition(|p| p.is_file());
@@ -294,7 +328,7 @@ fn binaries(args: &VmArgs) -> Result<Vec<PathBuf>> {
         let names: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
         if args.cmd.is_none() {
             bail!(
-                "{} missing: build them first with `cargo build --release`",
+                "{} missing: build them first with `{build}`",
                 names.join(" and ")
             );
         }
@@ -307,31 +341,47 @@ fn select_kernels(wanted: &[String]) -> Result<Vec<&'static kernels::KernelSpec>
     if wanted.is_empty() {
         return Ok(kernels::MATRIX.iter().collect());
     }
-    wanted
-        .iter()
-        .map(|w| {
-            kernels::MATRIX
-                .iter()
-                .find(|s| s.label == w || s.suite == w)
-                .with_context(|| {
-                    let known: Vec<&str> = kernels::MATRIX.iter().map(|s| s.label).collect();
-                    format!("unknown kernel {w:?}: choose from {}", known.join(", "))
-                })
-        })
-        .collect()
+    let mut out: Vec<&'static kernels::KernelSpec> = Vec::new();
+    for w in wanted {
+        let matches: Vec<&'static kernels::KernelSpec> = kernels::MATRIX
+            .iter()
+            .filter(|s| s.label == w || s.suite == w || s.arch.debian() == w)
+            .collect();
+        if matches.is_empty() {
+            let known: Vec<&str> = kernels::MATRIX.iter().map(|s| s.label).collect();
+            bail!(
+                "unknown kernel {w:?}: choose from {}, a suite, amd64 or arm64",
+                known.join(", ")
+            );
+        }
+        for spec in matches {
+            if !out.iter().any(|o| o.label == spec.label) {
+                out.push(spec);
+            }
+        }
+    }
+    // In the matrix's order, whatever the order asked.
+    out.sort_by_key(|s| kernels::MATRIX.iter().position(|m| m.label == s.label));
+    Ok(out)
 }
 
-/// Boots every kernel, `jobs` at a time; results in the order of `kernels`.
+/// Boots every kernel, `jobs` at a time, with its architecture's initramfs;
+/// results in the order of `kernels`.
 fn boot_all(
     kernels: &[kernels::Kernel],
-    initrd: &Path,
+    initrds: &[(Arch, PathBuf)],
     vm_dir: &Path,
     steps: &[Step],
     timeout: Duration,
     jobs: usize,
     verbose: bool,
 ) -> Result<Vec<KernelRun>> {
-    let queue = Mutex::new((0..kernels.len()).collect::<VecDeque<usize>>());
+    // The slowest VMs first (arm64 is emulated instruction by instruction
+    // with no help from the host's x86 CPU), so that they do not run alone
+    // at the end while the other job slots idle.
+    let mut order: Vec<usize> = (0..kernels.len()).collect();
+    order.sort_by_key(|&i| kernels[i].arch == Arch::host());
+    let queue = Mutex::new(order.into_iter().collect::<VecDeque<usize>>());
     let done: Mutex<Vec<Option<KernelRun>>> =
         Mutex::new((0..kernels.len()).map(|_| None).collect());
     let errors: Mutex<Vec<anyhow::Error>> = Mutex::new(Vec::new());
@@ -341,6 +391,16 @@ fn boot_all(
             scope.spawn(|| {
                 while let Some(i) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
                     let kernel = &kernels[i];
+                    let Some((_, initrd)) = initrds.iter().find(|(a, _)| *a == kernel.arch) else {
+                        if let Ok(mut errors) = errors.lock() {
+                            errors.push(anyhow::anyhow!(
+                                "no initramfs for {} (kernel {})",
+                                kernel.arch.debian(),
+                                kernel.label
+                            ));
+                        }
+                        continue;
+                    };
                     match boot_with_retry(kernel, initrd, vm_dir, &planned, timeout, verbose) {
                         Ok(run) => {
                             println!("vm: [{}] {}", kernel.label, one_line(&run));
@@ -423,6 +483,7 @@ fn boot_one(
 ) -> Result<KernelRun> {
     let log = vm_dir.join(format!("serial-{}.log", kernel.label));
     let outcome = qemu::boot(&qemu::Boot {
+        arch: kernel.arch,
         vmlinuz: &kernel.vmlinuz,
         initrd,
         timeout,
@@ -445,6 +506,16 @@ fn boot_one(
         timed_out: outcome.timed_out,
         completed: parsed.completed,
         planned_steps: planned.to_vec(),
+        unavailable: kernels::MATRIX
+            .iter()
+            .find(|s| s.label == kernel.label)
+            .map(|s| {
+                s.unavailable
+                    .iter()
+                    .map(|(set, why)| (set.to_string(), why.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default(),
         steps: parsed.steps,
         notes,
         kernel_messages: parsed.kernel_messages,
@@ -549,4 +620,34 @@ fn write_table(args: &VmArgs, results: &MatrixResults) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(wanted: &[&str]) -> Vec<&'static str> {
+        let wanted: Vec<String> = wanted.iter().map(|w| w.to_string()).collect();
+        select_kernels(&wanted)
+            .unwrap()
+            .iter()
+            .map(|s| s.label)
+            .collect()
+    }
+
+    #[test]
+    fn kernels_are_selected_by_label_suite_or_architecture() {
+        assert_eq!(labels(&[]).len(), kernels::MATRIX.len());
+        assert_eq!(labels(&["6.1"]), ["6.1"]);
+        assert_eq!(labels(&["6.1-arm64"]), ["6.1-arm64"]);
+        assert_eq!(labels(&["bookworm"]), ["6.1", "6.1-arm64"]);
+        assert_eq!(
+            labels(&["arm64"]),
+            ["5.10-arm64", "6.1-arm64", "6.12-arm64"]
+        );
+        // Matrix order, each once.
+        assert_eq!(labels(&["6.12", "5.10", "6.12"]), ["5.10", "6.12"]);
+        let err = select_kernels(&["4.19".to_string()]).unwrap_err();
+        assert!(err.to_string().contains("unknown kernel \"4.19\""), "{err}");
+    }
 }

@@ -132,6 +132,11 @@ pub fn resolve(path: &Path) -> Result<KernelOffsets> {
         };
         *slot(&mut config) = value;
     }
+    // The saved user registers' block (arm64 reads the stack top with it;
+    // x86_64's is fixed by its entry ABI). Without it: frame-pointer stacks.
+    config.pt_regs_size = btf
+        .struct_size("pt_regs")
+        .map_or(ABSENT, |size| size as u64);
     let mut sendmsg_missing = sendmsg_path(&btf, &mut config);
     let tcp_recvmsg_nargs = recvmsg_nargs(&btf)
         .map_err(|p| sendmsg_missing.push(p.to_string()))
@@ -347,6 +352,11 @@ impl Btf {
             return Err(Problem::Unusable(format!("{strukt}.{path} is a bitfield")));
         }
         Ok((bits / 8, tid))
+    }
+
+    /// `sizeof(struct strukt)`, if this kernel has that struct.
+    fn struct_size(&self, strukt: &str) -> Option<usize> {
+        self.width(*self.blob.structs.get(strukt)?)
     }
 
     /// Byte offset of `path` in `struct strukt`, which must be `width` bytes wide.
@@ -585,6 +595,9 @@ mod tests {
                 want[column(name)] = off;
             }
             check(&path.to_string_lossy(), &k, &want);
+            // x86_64's entry ABI: 21 saved registers (ustack.rs relies on it;
+            // arm64's size is read from here, this checks the lookup).
+            assert_eq!(k.config.pt_regs_size, 21 * 8, "{}", path.display());
             if nargs == ABSENT {
                 let why = k.sendmsg_path_missing.expect("4 parameters reported");
                 assert_eq!(
@@ -698,6 +711,14 @@ mod tests {
             }
         }
         assert_eq!(k.fd_walk_missing, None);
+        // The saved user registers: x86_64's are fixed by its entry ABI (21
+        // slots); arm64's start with the 34 of `user_pt_regs` and grew
+        // kernel-private fields after them.
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(k.config.pt_regs_size, 21 * 8);
+        } else if cfg!(target_arch = "aarch64") {
+            assert!(k.config.pt_regs_size > 34 * 8, "{}", k.config.pt_regs_size);
+        }
         let version = running_kernel().unwrap_or((0, 0));
         // tcp_recvmsg lost `nonblock` in 5.19 and `addr_len` after 6.12 (6.18 has 4).
         let params = Btf::load(path)

@@ -133,6 +133,16 @@ impl AttachFailure {
     fn hint(&self) -> Option<&'static str> {
         use FailureKind::*;
         match (self.set, self.kind) {
+            // arm64 attaches trampolines to kernel functions through ftrace
+            // direct calls, which came in 6.4: before that (Debian's 5.10
+            // and 6.1) it is the usual reason, not a configuration.
+            (ProbeSet::Fentry, PermissionDenied | NotSupported)
+                if cfg!(target_arch = "aarch64") =>
+            {
+                Some(
+                    "fentry is not available on this kernel: it refused BTF trampolines (arm64 kernels have them on kernel functions from 6.4, with CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS; or ftrace locked)",
+                )
+            }
             (ProbeSet::Fentry, PermissionDenied | NotSupported) => Some(
                 "fentry is not available on this kernel: it refused BTF trampolines (ftrace locked, or no CONFIG_FUNCTION_TRACER / DYNAMIC_FTRACE_WITH_DIRECT_CALLS)",
             ),

@@ -1991,7 +1991,8 @@ mod tests {
                 &UserStackCopy {
                     ip: 0,
                     sp: 0,
-                    bp: 0,
+                    fp: 0,
+                    lr: 0,
                     status: ustack::OK,
                     bytes: Vec::new(),
                 }

@@ -1,7 +1,8 @@
 //! Dwarf unwinding of a user stack the kernel copied at a close.
 //!
-//! The close probe sends the closing thread's `ip`, `sp`, `bp` at the
-//! syscall and the bytes from `sp` up (`--user-stack-size`). Here each
+//! The close probe sends the closing thread's `ip`, `sp`, frame pointer
+//! (and on arm64 the link register) at the syscall and the bytes from `sp`
+//! up (`--user-stack-size`). Here each
 //! executable mapping of the process becomes a framehop module backed by its
 //! file's `.eh_frame` (or `.debug_frame`), and framehop walks the copy:
 //! every return address the unwind rules point at must lie inside the copy,
@@ -13,12 +14,12 @@
 //! after the process exits or the file is replaced on disk. Files are shared
 //! across processes by device and inode (one copy of libc's tables).
 //!
-//! x86_64 only, like the register capture in the kernel.
+//! x86_64 and arm64 (framehop's unwinder for the architecture the daemon
+//! is built for, which is the traced processes' and the kernel capture's).
 use std::collections::HashMap;
 use std::ops::{Deref, Range};
 use std::sync::Arc;
 
-use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ExplicitModuleSectionInfo, Module, Unwinder as _};
 use memmap2::Mmap;
 use object::{Object, ObjectSection, ObjectSegment};
@@ -26,8 +27,55 @@ use object::{Object, ObjectSection, ObjectSegment};
 use crate::enrich::maps::{MAX_UNTRUSTED_FILE, Mapping, open_untrusted};
 use crate::model::{End, Unwound, UserStackCopy, Walk};
 
-/// x86_64 page size: the granularity of the loader's mappings.
-const PAGE: u64 = 4096;
+#[cfg(target_arch = "aarch64")]
+mod arch {
+    use framehop::aarch64::{CacheAarch64, PtrAuthMask, UnwindRegsAarch64, UnwinderAarch64};
+
+    use crate::model::UserStackCopy;
+
+    pub type Unwinder<D> = UnwinderAarch64<D>;
+    pub type Cache = CacheAarch64;
+
+    /// Linux user addresses stay below 2^48 (the default user VA size; a
+    /// program has to ask mmap for more): the bits above hold the pointer
+    /// authentication code of a signed return address (Debian builds arm64
+    /// code with `-mbranch-protection=standard`), which framehop strips.
+    const USER_ADDRESS_MAX: u64 = (1 << 48) - 1;
+
+    pub fn regs(copy: &UserStackCopy) -> UnwindRegsAarch64 {
+        UnwindRegsAarch64::new_with_ptr_auth_mask(
+            PtrAuthMask::from_max_known_address(USER_ADDRESS_MAX),
+            copy.lr,
+            copy.sp,
+            copy.fp,
+        )
+    }
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+mod arch {
+    use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
+
+    use crate::model::UserStackCopy;
+
+    pub type Unwinder<D> = UnwinderX86_64<D>;
+    pub type Cache = CacheX86_64;
+
+    pub fn regs(copy: &UserStackCopy) -> UnwindRegsX86_64 {
+        UnwindRegsX86_64::new(copy.ip, copy.sp, copy.fp)
+    }
+}
+
+/// The granularity of the loader's mappings: the kernel's page size (4 KiB
+/// on x86_64; 4, 16 or 64 KiB on arm64).
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n)
+        .ok()
+        .filter(|n| n.is_power_of_two())
+        .unwrap_or(4096)
+}
 
 /// Frames kept per unwound stack, like the frame-pointer walk's limit.
 pub const MAX_FRAMES: usize = 128;
@@ -162,7 +210,8 @@ impl ElfFile {
 /// Where stated address 0 of a file lies in the process, from one of its
 /// mappings (start address, file offset) and its PT_LOAD segments.
 fn load_bias(segments: &[(u64, u64, bool)], start: u64, offset: u64) -> Option<u64> {
-    let page_down = |v: u64| v & !(PAGE - 1);
+    let page = page_size();
+    let page_down = |v: u64| v & !(page - 1);
     let &(_, vaddr, _) = segments
         .iter()
         .filter(|&&(off, _, _)| page_down(off) == offset)
@@ -172,10 +221,10 @@ fn load_bias(segments: &[(u64, u64, bool)], start: u64, offset: u64) -> Option<u
 
 /// Unwinders per remembered process, and the files they use.
 pub struct Unwinder {
-    procs: HashMap<u32, UnwinderX86_64<FileBytes>>,
+    procs: HashMap<u32, arch::Unwinder<FileBytes>>,
     /// By (device, inode); `None`: not an ELF file we could read.
     files: HashMap<(String, u64), Option<Arc<ElfFile>>>,
-    cache: CacheX86_64,
+    cache: arch::Cache,
 }
 
 impl Default for Unwinder {
@@ -189,14 +238,14 @@ impl Unwinder {
         Self {
             procs: HashMap::new(),
             files: HashMap::new(),
-            cache: CacheX86_64::new(),
+            cache: arch::Cache::new(),
         }
     }
 
     /// (Re)builds `pid`'s modules from its maps. `open_path` names the file
     /// to open for a mapping (its `map_files` entry while the process lives).
     pub fn remember(&mut self, pid: u32, maps: &[Mapping], open_path: impl Fn(&Mapping) -> String) {
-        let mut unwinder = UnwinderX86_64::new();
+        let mut unwinder = arch::Unwinder::new();
         for m in maps
             .iter()
             .filter(|m| m.exec && m.path.as_deref().is_some_and(|p| p.starts_with('/')))
@@ -303,18 +352,13 @@ fn read_word(copy: &UserStackCopy, addr: u64) -> Result<u64, ()> {
 }
 
 fn unwind_with(
-    unwinder: &UnwinderX86_64<FileBytes>,
-    cache: &mut CacheX86_64,
+    unwinder: &arch::Unwinder<FileBytes>,
+    cache: &mut arch::Cache,
     copy: &UserStackCopy,
 ) -> Unwound {
     let stack_end = copy.sp.saturating_add(copy.bytes.len() as u64);
     let mut read = |addr: u64| read_word(copy, addr);
-    let mut frames = unwinder.iter_frames(
-        copy.ip,
-        UnwindRegsX86_64::new(copy.ip, copy.sp, copy.bp),
-        cache,
-        &mut read,
-    );
+    let mut frames = unwinder.iter_frames(copy.ip, arch::regs(copy), cache, &mut read);
     let mut addrs = Vec::new();
     let end = loop {
         if addrs.len() >= MAX_FRAMES {
@@ -334,11 +378,12 @@ fn unwind_with(
 mod tests {
     use super::*;
 
-    fn copy(ip: u64, sp: u64, bp: u64, bytes: Vec<u8>) -> UserStackCopy {
+    fn copy(ip: u64, sp: u64, fp: u64, bytes: Vec<u8>) -> UserStackCopy {
         UserStackCopy {
             ip,
             sp,
-            bp,
+            fp,
+            lr: 0,
             status: 0,
             bytes,
         }

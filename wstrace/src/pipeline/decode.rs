@@ -70,7 +70,8 @@ fn user_copy(trailer: &[u8]) -> Result<Option<UserStackCopy>> {
     Ok(Some(UserStackCopy {
         ip: h.ip,
         sp: h.sp,
-        bp: h.bp,
+        fp: h.fp,
+        lr: h.lr,
         status: h.status,
         bytes: bytes.to_vec(),
     }))
@@ -276,7 +277,8 @@ mod tests {
         let regs = UserStackHeader {
             ip: 0x401000,
             sp: 0x7ffd_0000_1000,
-            bp: 7,
+            fp: 7,
+            lr: 9,
             len: 5,
             status: 0,
         };
@@ -285,7 +287,10 @@ mod tests {
         rec.extend_from_slice(&[1, 2, 3, 4, 5]);
         let e = decode(&rec).expect("decodes");
         let copy = e.stacks.expect("stacks").user_copy.expect("copy");
-        assert_eq!((copy.ip, copy.sp, copy.bp), (0x401000, 0x7ffd_0000_1000, 7));
+        assert_eq!(
+            (copy.ip, copy.sp, copy.fp, copy.lr),
+            (0x401000, 0x7ffd_0000_1000, 7, 9)
+        );
         assert_eq!(copy.bytes, [1, 2, 3, 4, 5]);
         // A trailer shorter than its header says is an error, not a panic.
         assert!(decode(&rec[..rec.len() - 1]).is_err());
