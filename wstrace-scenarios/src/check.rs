@@ -36,6 +36,10 @@ pub struct Args {
     /// Echo wstrace's stderr and the reports.
     #[arg(long)]
     verbose: bool,
+    /// One more argument for wstrace (repeatable), e.g.
+    /// `--wstrace-arg=--symbolize-timeout=30` on an emulated machine.
+    #[arg(long = "wstrace-arg", value_name = "ARG", allow_hyphen_values = true)]
+    wstrace_args: Vec<String>,
 }
 
 /// How long wstrace may take to load and attach (QEMU TCG is slow).
@@ -406,6 +410,7 @@ impl Tracer {
             cmd.arg("--port").arg(p.to_string());
         }
         cmd.args(["--probe", &args.probe, "--format", "json"]);
+        cmd.args(&args.wstrace_args);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -206,6 +206,15 @@ pub struct CommonArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 16384,
           value_parser = clap::value_parser!(u32).range(64..=(wstrace_common::USER_STACK_MAX as i64)))]
     pub user_stack_size: u32,
+
+    /// Seconds the daemon waits for one user-stack symbolization while the
+    /// symbolizer computes (the first lookup in a big binary parses its
+    /// debug info); past it that process's frames print unknown. Raise it
+    /// on slow or emulated machines; a symbolizer that is blocked (a FIFO,
+    /// a hung mount) is still given up after 250 ms.
+    #[arg(long, value_name = "SECS", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub symbolize_timeout: u64,
 }
 
 #[cfg(test)]

@@ -116,6 +116,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16, &str)) -> Result<
         metrics,
     );
     let mut enricher = Enricher::new(redactor, opts.common.user_stack, servers, kernel_peers);
+    enricher.set_symbolize_timeout(Duration::from_secs(opts.common.symbolize_timeout));
     // Before saying "tracing": a server that upgrades, closes and exits the
     // moment traffic starts is described too.
     enricher.remember_listeners(opts.ports);

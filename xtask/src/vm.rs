@@ -85,7 +85,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
         )?;
     }
     let start = Instant::now();
-    let steps = plan_steps(args.cmd.as_deref());
+    let steps = plan_steps(args.cmd.as_deref(), Arch::host());
     let specs = select_kernels(&args.matrix.kernels)?;
     let mut arches: Vec<Arch> = specs.iter().map(|s| s.arch).collect();
     arches.sort_by_key(|a| a.debian());
@@ -116,8 +116,9 @@ pub fn run(args: &VmArgs) -> Result<()> {
             Arch::Amd64 => vm_dir.join("initrd.gz"),
             arch => vm_dir.join(format!("initrd-{}.gz", arch.debian())),
         };
+        let arch_steps = plan_steps(args.cmd.as_deref(), *arch);
         let (built, took) = process::timed(|| {
-            initramfs::build(&initrd, *arch, bins, &steps, args.matrix.step_timeout)
+            initramfs::build(&initrd, *arch, bins, &arch_steps, args.matrix.step_timeout)
         });
         let built =
             built.with_context(|| format!("building the {} VMs' initramfs", arch.debian()))?;
@@ -279,7 +280,16 @@ fn host_run(steps: &[Step]) -> Result<KernelRun> {
 }
 
 /// One step per probe set, or the user's command.
-fn plan_steps(cmd: Option<&str>) -> Vec<Step> {
+fn plan_steps(cmd: Option<&str>, arch: Arch) -> Vec<Step> {
+    // An arm64 guest is emulated instruction by instruction, several times
+    // slower than an amd64 one under TCG: the first symbolization of a
+    // binary (parsing its debug info) took over wstrace's 2 s default there
+    // on a loaded host, so its frames printed unknown. Give it the time a
+    // real machine would not need.
+    let extra = match arch {
+        Arch::Arm64 => " --wstrace-arg=--symbolize-timeout=30",
+        Arch::Amd64 => "",
+    };
     match cmd {
         Some(cmd) => vec![Step {
             name: "cmd".into(),
@@ -289,7 +299,9 @@ fn plan_steps(cmd: Option<&str>) -> Vec<Step> {
             .iter()
             .map(|probe| Step {
                 name: probe.to_string(),
-                script: format!("/bin/ws-scenario check --wstrace /bin/wstrace --probe {probe}\n"),
+                script: format!(
+                    "/bin/ws-scenario check --wstrace /bin/wstrace --probe {probe}{extra}\n"
+                ),
             })
             .collect(),
     }

@@ -125,6 +125,12 @@ impl Enricher {
         }
     }
 
+    /// `--symbolize-timeout`: the longest one symbolization may stall the
+    /// daemon while the symbolizer computes.
+    pub fn set_symbolize_timeout(&mut self, timeout: std::time::Duration) {
+        self.symbolizer.set_total_budget(timeout);
+    }
+
     /// Reads what must be read while the process lives, at its first event:
     /// its description (process table) and, at the upgrade, its memory maps
     /// for later symbolization and the peer at the other end.

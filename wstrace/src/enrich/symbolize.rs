@@ -63,7 +63,7 @@ pub const BLOCKED_BUDGET: Duration = Duration::from_millis(250);
 
 /// How long the event path waits for one request at most, even while the
 /// worker computes (parsing the DWARF of a big binary on a loaded host):
-/// the longest stall one request can cause.
+/// the longest stall one request can cause. `--symbolize-timeout` sets it.
 pub const TOTAL_BUDGET: Duration = Duration::from_secs(2);
 
 /// How often the waiting side looks at the worker's scheduler state.
@@ -107,6 +107,8 @@ pub struct Symbolizer {
     /// that moment (for module names): their user frames are not looked up
     /// again.
     timed_out: HashMap<u32, Vec<Mapping>>,
+    /// [`TOTAL_BUDGET`] unless set otherwise.
+    total_budget: Duration,
 }
 
 /// Work for the user-symbols worker.
@@ -271,7 +273,14 @@ impl Symbolizer {
             live_workers: Arc::new(AtomicUsize::new(0)),
             remembered: HashMap::new(),
             timed_out: HashMap::new(),
+            total_budget: TOTAL_BUDGET,
         }
+    }
+
+    /// The longest one request waits while the worker computes
+    /// (`--symbolize-timeout`; [`TOTAL_BUDGET`] by default).
+    pub fn set_total_budget(&mut self, budget: Duration) {
+        self.total_budget = budget;
     }
 
     /// Cache the process's memory maps (and its binaries' symbols as blazesym allows) now, so that
@@ -424,7 +433,7 @@ impl Symbolizer {
             }
             let now = Instant::now();
             let blocked = progress.blocked_for(tid.load(Ordering::SeqCst), now);
-            if now - start >= TOTAL_BUDGET || blocked >= BLOCKED_BUDGET {
+            if now - start >= self.total_budget || blocked >= BLOCKED_BUDGET {
                 self.abandon_worker(pid);
                 return Err(NoAnswer::TimedOut);
             }
