@@ -77,6 +77,11 @@ enum Command {
         #[arg(long)]
         eof_log: Option<PathBuf>,
     },
+    /// Print every loaded BPF program's kernel run stats, one line each:
+    /// `PROG <id> <name> <run_time_ns> <run_cnt>` (needs root, and
+    /// kernel.bpf_stats_enabled=1 for the counts to move). Used inside the
+    /// kernel-matrix VMs, which have no bpftool.
+    ProgStats,
 }
 
 const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
@@ -100,6 +105,7 @@ fn main() {
 async fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Serve { port, mode } => serve(port, mode).await,
+        Command::ProgStats => prog_stats(),
         Command::Steady {
             port,
             conns,
@@ -315,5 +321,25 @@ async fn churn(port: u16, conc: usize, secs: f64, eof_log: Option<PathBuf>) -> R
         "per_sec": eofs.len() as f64 / secs,
     });
     println!("{out}");
+    Ok(())
+}
+
+fn prog_stats() -> Result<()> {
+    for info in aya::programs::loaded_programs() {
+        let info = info.context("reading a loaded program's info")?;
+        // Names are the kernel's 15-byte copies: no spaces, but keep the
+        // line format safe anyway.
+        let name: String = String::from_utf8_lossy(info.name())
+            .chars()
+            .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+            .collect();
+        println!(
+            "PROG {} {} {} {}",
+            info.id(),
+            if name.is_empty() { "-" } else { &name },
+            info.run_time().as_nanos(),
+            info.run_count()
+        );
+    }
     Ok(())
 }

@@ -53,6 +53,21 @@ pub enum Command {
     /// rotated and .gz files too): closes per diagnosis and closer, top
     /// closing stacks, lifetimes, a per-minute time line. Needs no root.
     Report(crate::report::ReportArgs),
+    /// Benchmark support (not for operators): attach near-empty programs on
+    /// the fentry or kprobe set's hooks until interrupted, as the floor the
+    /// kernel-matrix cost benchmark compares wstrace's programs with.
+    #[command(hide = true)]
+    Floor(FloorArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FloorArgs {
+    /// The set whose hooks get a near-empty program: fentry or kprobe.
+    #[arg(long, value_enum)]
+    pub probe: ProbeChoice,
+    /// Created once attached (as the tracer's --ready-file).
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -42,6 +42,7 @@ async fn main() -> ExitCode {
     let result = match &cli.command {
         Some(cli::Command::Demo(args)) => demo::run(args).await,
         Some(cli::Command::Report(args)) => report::run(args),
+        Some(cli::Command::Floor(args)) => run_floor(args).await,
         None => run_trace(&cli.trace).await,
     };
     match result {
@@ -55,6 +56,31 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `wstrace floor` (hidden; benchmarks): the near-empty programs attached
+/// until SIGINT/SIGTERM.
+async fn run_floor(args: &cli::FloorArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use tokio::signal::unix::{SignalKind, signal};
+    let root = attach::tracefs::ensure_mounted()?;
+    let mut ready = args
+        .ready_file
+        .as_deref()
+        .map(output::ready::ReadyFile::prepare)
+        .transpose()?;
+    let _floor = attach::floor::attach(args.probe, &root)?;
+    if let Some(r) = &mut ready {
+        r.publish("floor")?;
+    }
+    eprintln!("wstrace: floor programs attached ({:?})", args.probe);
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    tokio::select! {
+        _ = sigint.recv() => {}
+        _ = sigterm.recv() => {}
+    }
+    Ok(())
 }
 
 async fn run_trace(args: &cli::TraceArgs) -> anyhow::Result<()> {

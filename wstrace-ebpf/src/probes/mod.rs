@@ -1,5 +1,6 @@
 pub mod common;
 pub mod fentry;
+pub mod floor;
 pub mod kprobe;
 mod shared;
 pub mod tracepoint;

@@ -24,6 +24,7 @@ use wstrace_common::{ABSENT, KernelConfig, ProbeSet};
 pub mod btf;
 pub mod check;
 pub mod error;
+pub mod floor;
 pub mod privileges;
 pub mod retprobe;
 pub mod tracefs;

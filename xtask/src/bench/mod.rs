@@ -21,6 +21,7 @@
 //! target/bench/results.json.
 
 mod kernel_cost;
+mod vm_cost;
 
 use crate::{paths, process, setup};
 use anyhow::{Context as _, Result, bail};
@@ -68,16 +69,19 @@ pub struct BenchArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Only {
-    /// Everything (sections 1-5).
+    /// Everything (sections 1-6).
     All,
     /// The load measurements: throughput, churn, unrelated traffic, the daemon (sections 1-4).
     Load,
-    /// The in-kernel cost per program (section 5).
+    /// The in-kernel cost per program on this host (section 5).
     KernelCost,
+    /// The fentry and kprobe sets' cost per program in the kernel-matrix VMs (section 6).
+    VmCost,
 }
 
-/// The heading that starts section 5: where a partial run splices.
+/// The headings that start sections 5 and 6: where a partial run splices.
 const KERNEL_COST_HEADING: &str = "## 5. In-kernel cost per program";
+const VM_COST_HEADING: &str = "## 6. In-kernel cost per program in the kernel-matrix VMs";
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -164,6 +168,7 @@ struct Results {
     churn: Vec<(Placement, Tracer, Vec<Churn>)>,
     unrelated: Vec<(Tracer, Vec<Steady>)>,
     kernel_cost: Option<kernel_cost::KernelCost>,
+    vm_cost: Option<vm_cost::VmCost>,
 }
 
 struct Bins {
@@ -242,10 +247,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     // The first load run after a build is slow (page cache, CPU frequency,
     // lazily built kernel state): run one and throw it away.
-    println!("\n==> bench: warm-up run (discarded)");
-    steady_run(&bins, args, Tracer::None, TRACED_PORT, &mut probe_set).context("warm-up run")?;
+    if args.only != Only::VmCost {
+        println!("\n==> bench: warm-up run (discarded)");
+        steady_run(&bins, args, Tracer::None, TRACED_PORT, &mut probe_set)
+            .context("warm-up run")?;
+    }
 
-    if args.only != Only::KernelCost {
+    if matches!(args.only, Only::All | Only::Load) {
         for round in 1..=args.rounds {
             println!("\n==> bench: round {round} of {}", args.rounds);
             for (tracer, runs) in steady.iter_mut() {
@@ -293,7 +301,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         res.churn = churn;
         res.unrelated = unrelated;
     }
-    if args.only != Only::Load {
+    if matches!(args.only, Only::All | Only::KernelCost) {
         println!(
             "\n==> bench: in-kernel cost per program ({} rounds)",
             args.rounds
@@ -303,6 +311,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             res.probe_set = k.probe_set.clone();
         }
         res.kernel_cost = Some(k);
+    }
+    if matches!(args.only, Only::All | Only::VmCost) {
+        println!("\n==> bench: fentry and kprobe sets in the kernel-matrix VMs");
+        res.vm_cost = Some(vm_cost::run(&bins.wstrace, &bins.load)?);
     }
 
     let json_path = work.join("results.json");
@@ -1198,31 +1210,40 @@ fn render(r: &Results) -> String {
         md.push('\n');
         md.push_str(&kernel_cost::render(k));
     }
+    if let Some(v) = &r.vm_cost {
+        md.push('\n');
+        md.push_str(&vm_cost::render(v));
+    }
     md
 }
 
 /// BENCHMARKS.md after a partial run: the new part from `new`, the rest
-/// kept from `old` (section 5 starts at [`KERNEL_COST_HEADING`]).
+/// kept from `old` (sections 1-4, section 5 from [`KERNEL_COST_HEADING`],
+/// section 6 from [`VM_COST_HEADING`]).
 fn splice(old: &str, new: &str, only: Only) -> String {
-    let split = |text: &str| -> (String, String) {
-        match text.find(KERNEL_COST_HEADING) {
-            Some(i) => (text[..i].to_string(), text[i..].to_string()),
-            None => (text.to_string(), String::new()),
-        }
+    let split = |text: &str| -> [String; 3] {
+        let vm = text.find(VM_COST_HEADING).unwrap_or(text.len());
+        let cost = text[..vm].find(KERNEL_COST_HEADING).unwrap_or(vm);
+        [
+            text[..cost].to_string(),
+            text[cost..vm].to_string(),
+            text[vm..].to_string(),
+        ]
     };
-    let (old_load, old_cost) = split(old);
-    let (new_load, new_cost) = split(new);
-    let (load, cost) = match only {
-        Only::All => (new_load, new_cost),
-        Only::Load => (new_load, old_cost),
-        Only::KernelCost => (old_load, new_cost),
+    let [old_load, old_cost, old_vm] = split(old);
+    let [new_load, new_cost, new_vm] = split(new);
+    let parts = match only {
+        Only::All => [new_load, new_cost, new_vm],
+        Only::Load => [new_load, old_cost, old_vm],
+        Only::KernelCost => [old_load, new_cost, old_vm],
+        Only::VmCost => [old_load, old_cost, new_vm],
     };
-    let load = load.trim_end();
-    if cost.is_empty() {
-        format!("{load}\n")
-    } else {
-        format!("{load}\n\n{cost}")
-    }
+    let kept: Vec<&str> = parts
+        .iter()
+        .map(|p| p.trim_end())
+        .filter(|p| !p.is_empty())
+        .collect();
+    format!("{}\n", kept.join("\n\n"))
 }
 
 #[cfg(test)]
@@ -1275,6 +1296,12 @@ mod tests {
         assert!(!cost_only.contains("old cost") && !cost_only.contains("new load"));
         let first = splice("", &new, Only::KernelCost);
         assert!(first.contains("new cost"));
+        let old3 = format!("{old}\n{VM_COST_HEADING}\nold vm\n");
+        let vm_only = splice(&old3, &format!("{VM_COST_HEADING}\nnew vm\n"), Only::VmCost);
+        assert!(vm_only.contains("old load") && vm_only.contains("old cost"));
+        assert!(vm_only.contains("new vm") && !vm_only.contains("old vm"));
+        let cost_again = splice(&old3, &new, Only::KernelCost);
+        assert!(cost_again.contains("new cost") && cost_again.contains("old vm"));
     }
 
     #[test]
