@@ -121,6 +121,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16, &str)) -> Result<
     // moment traffic starts is described too.
     enricher.remember_listeners(opts.ports);
     privileges::drop_after_attach(&attached);
+    give_back_startup_heap();
     announce(&opts, &attached, &outputs);
     on_ready(opts.ports[0], attached.set.name());
 
@@ -198,6 +199,19 @@ fn attach_probes(opts: &Options<'_>) -> Result<(Attached, usize)> {
         eprintln!("wstrace: note: {l}");
     }
     Ok((attached, queue_bytes))
+}
+
+/// Returns the heap that start-up used and freed to the system. Parsing the
+/// kernel's BTF and loading the object peak at ~9 MiB of heap, all freed
+/// once attached, but glibc keeps freed heap mapped: without this an idle
+/// daemon sat at 10.5 MiB of anonymous RSS instead of 1.5 (measured).
+fn give_back_startup_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap memory; no pointer held
+    // by this program is affected.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// The "tracing" line: from here on every upgrade on the ports is seen.

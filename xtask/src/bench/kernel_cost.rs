@@ -92,12 +92,88 @@ pub struct KernelCost {
     pub startup_bpftrace: Vec<f64>,
     /// `--probe` as given to wstrace.
     pub probe_set_arg: String,
+    /// The daemon's memory once attached and idle, per variant.
+    pub idle_memory: Vec<IdleMemory>,
     /// When and where (a partial run keeps the other sections' own).
     pub measured: String,
 }
 
 /// Goal: wstrace attached in at most this share of bpftrace's start-up.
 const STARTUP_GOAL_VS_BPFTRACE: f64 = 0.75;
+
+/// Goal: resident memory of an idle daemon (issue 16).
+const IDLE_RSS_GOAL_MIB: f64 = 24.0;
+
+/// What an attached, idle daemon keeps resident.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct IdleMemory {
+    pub variant: String,
+    pub rss_mib: f64,
+    /// The ring buffer's share: the kernel maps its data pages twice (so
+    /// records can wrap), and both mappings count.
+    pub ring_mib: f64,
+    /// Heap and other private memory.
+    pub anon_mib: f64,
+}
+
+/// Reads a running process's resident memory: (VmRSS, the BPF maps' mapped
+/// share, RssAnon), in MiB.
+fn resident(pid: u32) -> Option<(f64, f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |key: &str| -> Option<f64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let mut in_map = false;
+    let mut maps_kib = 0.0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            in_map = line.ends_with("anon_inode:bpf-map");
+        } else if in_map && let Some(v) = line.strip_prefix("Rss:") {
+            maps_kib += v.split_whitespace().next()?.parse::<f64>().ok()?;
+        }
+    }
+    Some((
+        kib("VmRSS:")? / 1024.0,
+        maps_kib / 1024.0,
+        kib("RssAnon:")? / 1024.0,
+    ))
+}
+
+/// Seconds an idle daemon runs before its memory is read.
+const IDLE_SECS: u64 = 3;
+
+fn idle_memory(bins: &Bins, args: &BenchArgs, out: &mut KernelCost) -> Result<()> {
+    for tracer in [Tracer::Wstrace, Tracer::WstraceFp] {
+        let p = start_tracer(bins, args, tracer, TRACED_PORT, 0, None, &mut out.probe_set)?;
+        let Some(mut p) = p else {
+            continue;
+        };
+        std::thread::sleep(Duration::from_secs(IDLE_SECS));
+        let got = resident(p.child.id());
+        p.stop(libc::SIGINT)?;
+        let (rss, ring, anon) =
+            got.with_context(|| format!("reading {}'s memory", tracer.name()))?;
+        println!(
+            "  idle      {:<16} RSS {rss:.1} MiB (ring {ring:.1}, anon {anon:.1})",
+            tracer.name()
+        );
+        out.idle_memory.push(IdleMemory {
+            variant: tracer.name().to_string(),
+            rss_mib: rss,
+            ring_mib: ring,
+            anon_mib: anon,
+        });
+    }
+    Ok(())
+}
 
 /// Start-up runs per tracer (interleaved), medians reported.
 const STARTUP_RUNS: usize = 5;
@@ -162,6 +238,7 @@ pub fn run(bins: &Bins, args: &BenchArgs) -> Result<KernelCost> {
     };
     // Before the stats go on: start-up is measured as a user sees it.
     startups(bins, args, &mut out).context("start-up times")?;
+    idle_memory(bins, args, &mut out).context("idle memory")?;
     let _stats = StatsOn::new()?;
     for load in [Load::Unrelated, Load::Traced] {
         let mut rounds = Vec::new();
@@ -536,6 +613,26 @@ pub fn render(k: &KernelCost) -> String {
             w / b
         ));
     }
+    if !k.idle_memory.is_empty() {
+        md.push_str(&format!(
+            "\n### The daemon at idle\n\nResident memory {IDLE_SECS} s after attaching, no traffic. The ring buffer's pages are counted twice (the kernel maps them twice so records can wrap): with stack copies the 16 MiB ring is 32 MiB of RSS but 16 MiB of memory. Start-up's heap (BTF parsing, the object load) is given back once attached.\n\n| variant | RSS MiB | ring buffer (counted twice) | heap and other private | goal (≤ {IDLE_RSS_GOAL_MIB} MiB) |\n|-|-:|-:|-:|-|\n"
+        ));
+        for m in &k.idle_memory {
+            let goal = if m.rss_mib <= IDLE_RSS_GOAL_MIB {
+                "met".to_string()
+            } else {
+                format!(
+                    "**MISSED** by {:.1} MiB ({:.1} MiB of it is the ring's second mapping)",
+                    m.rss_mib - IDLE_RSS_GOAL_MIB,
+                    m.ring_mib / 2.0
+                )
+            };
+            md.push_str(&format!(
+                "| {} | {:.1} | {:.1} | {:.1} | {goal} |\n",
+                m.variant, m.rss_mib, m.ring_mib, m.anon_mib
+            ));
+        }
+    }
     for (load, rounds) in &k.loads {
         md.push_str(&format!("\n### {}\n\n", load.title()));
         md.push_str(
@@ -653,6 +750,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn resident_reads_this_process() {
+        let (rss, maps, anon) = resident(std::process::id()).unwrap();
+        assert!(rss > 0.0 && anon > 0.0 && anon <= rss, "{rss} {anon}");
+        assert_eq!(maps, 0.0, "this test maps no BPF map");
+    }
+
+    #[test]
     fn programs_find_their_hooks_by_name() {
         let known = [
             "syscalls:sys_enter_sendto".to_string(),
@@ -763,8 +867,30 @@ mod tests {
             startup_bpftrace: vec![0.4, 0.5, 0.45],
             probe_set_arg: "auto".into(),
             measured: "2026-11-30 17:00 UTC, kernel 6.18".into(),
+            idle_memory: vec![
+                IdleMemory {
+                    variant: "wstrace".into(),
+                    rss_mib: 40.0,
+                    ring_mib: 32.0,
+                    anon_mib: 1.5,
+                },
+                IdleMemory {
+                    variant: "wstrace --user-stack fp".into(),
+                    rss_mib: 16.0,
+                    ring_mib: 8.0,
+                    anon_mib: 1.5,
+                },
+            ],
         };
         let md = render(&k);
+        assert!(
+            md.contains("| wstrace | 40.0 | 32.0 | 1.5 | **MISSED** by 16.0 MiB (16.0 MiB of it is the ring's second mapping) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| wstrace --user-stack fp | 16.0 | 8.0 | 1.5 | met |"),
+            "{md}"
+        );
         assert!(md.contains("| `syscalls:sys_enter_sendto` | ws_sendto | 2.00 | 100 | 75 | 50 | 2.00× | **MISSED** (2.00×) |"), "{md}");
         assert!(
             md.contains(
