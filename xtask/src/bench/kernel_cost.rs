@@ -230,9 +230,10 @@ pub fn run(bins: &Bins, args: &BenchArgs) -> Result<KernelCost> {
     let mut out = KernelCost {
         probe_set_arg: args.probe.clone(),
         measured: format!(
-            "{}, kernel {}",
+            "{}, kernel {}, host load average {}",
             super::command_text("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-            super::command_text("uname", &["-r"])
+            super::command_text("uname", &["-r"]),
+            super::load_average()
         ),
         ..KernelCost::default()
     };

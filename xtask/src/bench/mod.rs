@@ -1217,6 +1217,15 @@ fn render(r: &Results) -> String {
     md
 }
 
+/// The host's 1-minute load average, said next to measurements that other
+/// work on the host skews (in-kernel ns, emulated CPUs).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// BENCHMARKS.md after a partial run: the new part from `new`, the rest
 /// kept from `old` (sections 1-4, section 5 from [`KERNEL_COST_HEADING`],
 /// section 6 from [`VM_COST_HEADING`]).

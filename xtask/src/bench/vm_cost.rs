@@ -141,10 +141,7 @@ pub fn run(wstrace: &Path, load: &Path) -> Result<VmCost> {
         measured: format!(
             "{}, host load average {}",
             super::command_text("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-            std::fs::read_to_string("/proc/loadavg")
-                .ok()
-                .and_then(|l| l.split_whitespace().next().map(str::to_string))
-                .unwrap_or_else(|| "unknown".into())
+            super::load_average()
         ),
         sets: Vec::new(),
     };
