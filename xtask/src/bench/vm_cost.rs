@@ -342,8 +342,20 @@ pub fn render(v: &VmCost) -> String {
             "\nTotal in-kernel ns per echo:\n\n| kernel | set | echoes | wstrace | floor | × floor |\n|-|-|-:|-:|-:|-:|\n{totals}"
         ));
     }
+    md.push_str(WHY);
     md
 }
+
+/// What the ratios above pay for (the numbers are regenerated; the causes
+/// change with code).
+const WHY: &str = "
+### What the ratios pay for
+
+- **`tcp_sendmsg`, `tcp_recvmsg` entry on unrelated sockets.** Socket fields read with `bpf_probe_read_kernel` and compared with the traced ports: the local port, and on `tcp_sendmsg` the remote port too (a client on this host writing its request to a traced port is the peer wstrace names). Without CO-RE in aya these reads are helper calls, not direct loads.
+- **`tcp_recvmsg` return.** A per-thread lookup of the pending read its entry recorded (none for unrelated sockets).
+- **`tcp_close` on upgraded sockets (traced load).** The kernel and user call chains and, by default, a 16 KiB copy of the closing thread's stack for dwarf unwinding: hundreds of times an empty program, once per upgraded connection, never per message.
+- Noise: the VMs' CPU is emulated, and a host busy with other work deschedules it inside programs, which inflates their run time (compare the host load average above across runs).
+";
 
 #[cfg(test)]
 mod tests {
