@@ -208,3 +208,23 @@ pub fn msghdr_user_buf(msg: u64) -> Option<(u64, u64)> {
         None
     }
 }
+
+/// The second iovec of a `struct msghdr *` whose first one the caller found
+/// shorter than the write (so a second exists): base and length. Read only
+/// when a control frame runs past the first (a writev of a frame header and
+/// its payload).
+#[inline(always)]
+pub fn msghdr_second_iovec(msg: u64) -> Option<(u64, u64)> {
+    let msg_iter = config!(msghdr_iter);
+    if msg == 0 || msg_iter == ABSENT {
+        return None;
+    }
+    let iter = msg + msg_iter;
+    let kind = (read::<u8>(iter, config!(iter_type)).ok()? as u64) & config!(iter_type_mask);
+    if kind != config!(iter_iovec_value) {
+        return None;
+    }
+    let iov = read::<u64>(iter, config!(iter_iov)).ok()?;
+    let v = unsafe { bpf_probe_read_kernel((iov + 16) as *const [u64; 2]) }.ok()?;
+    Some((v[0], v[1]))
+}

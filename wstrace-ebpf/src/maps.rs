@@ -40,6 +40,30 @@ pub static PENDING_READS: LruHashMap<u32, PendingRead> = LruHashMap::with_max_en
 #[map]
 pub static HEAD_BYTES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
 
+/// A socket and a direction (`DIR_RECEIVED`, `DIR_SENT`). Two fields, not
+/// `sk | dir`: in the fentry set `sk` is a BTF pointer, on which the
+/// verifier refuses bitwise operators.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SockDir {
+    pub sk: u64,
+    pub dir: u64,
+}
+
+/// Socket and direction -> bytes still missing of a control frame that the
+/// socket's last read or write in that direction cut short: the next one
+/// continues it and is copied too. Only upgraded sockets with a cut control
+/// frame get here (rare: a frame header written on its own); LRU, and
+/// emptied at destroy.
+#[map]
+pub static RESUME: LruHashMap<SockDir, u32> = LruHashMap::with_max_entries(1024, 0);
+
+/// Index 0: until when (ktime ns) an entry of RESUME may be waiting, 0 when
+/// none is. Writes that look like nothing else check it before walking to
+/// their socket: one load on every write of the machine while it is 0.
+#[map]
+pub static RESUME_UNTIL: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Processes (tgid) that may read a request on a traced port: they accepted
 /// a connection on one, listen on one (the daemon adds those), or wrote a
 /// 101 on one. The tracepoint set walks fd -> sock on a read only for these:

@@ -12,10 +12,10 @@ use aya_ebpf::{
     },
 };
 use wstrace_common::{
-    CloseEvent, CloseWithStack, DATA_CAP, DataEvent, EventHeader, EventKind, FLAG_EXIT_CODE,
-    FLAG_TASK_EXITING, HEAD_BUDGET, PeerWriter, ProbeSet, REQUEST_PREFIX, STACK_DEPTH, SignalEvent,
-    SockTuple, UPGRADE_PREFIX_LEN, USER_STACK_MAX, UserStackHeader, is_upgrade_response,
-    ustack as ustack_status,
+    CloseEvent, CloseWithStack, DATA_CAP, DIR_RECEIVED, DIR_SENT, DataEvent, EventHeader,
+    EventKind, FLAG_CONTINUES, FLAG_EXIT_CODE, FLAG_TASK_EXITING, HEAD_BUDGET, PeerWriter,
+    ProbeSet, REQUEST_PREFIX, STACK_DEPTH, SignalEvent, SockTuple, UPGRADE_PREFIX_LEN,
+    USER_STACK_MAX, UserStackHeader, is_upgrade_response, ustack as ustack_status,
 };
 
 use crate::{
@@ -24,8 +24,8 @@ use crate::{
         port_traced, read, sk_err, sk_is_tcp, sk_local_port,
     },
     maps::{
-        CLOSE_SCRATCH, EVENTS, HEAD_BYTES, LOST, PEER_WRITERS, PENDING_READS, PendingRead,
-        UPGRADED, UPGRADERS,
+        CLOSE_SCRATCH, EVENTS, HEAD_BYTES, LOST, PEER_WRITERS, PENDING_READS, PendingRead, RESUME,
+        RESUME_UNTIL, SockDir, UPGRADED, UPGRADERS,
     },
     ustack,
 };
@@ -93,9 +93,13 @@ fn emit_header(kind: EventKind, probe: u8, sk: u64, old_state: u8, new_state: u8
 pub enum Write {
     /// An HTTP/1.x 101 status line: the socket is being upgraded.
     Upgrade,
-    /// A WebSocket control frame: close, ping or pong (only meaningful on
-    /// upgraded sockets).
-    ControlFrame,
+    /// A WebSocket control frame (close, ping or pong) starts at the first
+    /// byte, or right after a first text or binary frame (only meaningful
+    /// on upgraded sockets). `missing`: its bytes beyond the write (0: it
+    /// ends inside), which the next write of the socket carries.
+    ControlFrame {
+        missing: u32,
+    },
     /// Starts with `GET `: a request, if the socket's remote port is traced.
     Request,
     Other,
@@ -106,12 +110,94 @@ pub enum Write {
 const WS_CLOSE: u8 = 0x88;
 const WS_PONG: u8 = 0x8A;
 
+/// The longest control frame: 2 header bytes, a client's 4-byte mask key
+/// and at most 125 payload bytes.
+const MAX_CONTROL: u64 = 131;
+
 /// Is `b` the first byte of a close, ping or pong frame? One compare: the
 /// three are consecutive. Data frames (0x81 text, 0x82 binary, fragments)
 /// are not: a busy socket pays nothing per message.
 #[inline(always)]
 fn is_control_frame_start(b: u8) -> bool {
     b.wrapping_sub(WS_CLOSE) <= WS_PONG - WS_CLOSE
+}
+
+/// Bytes of the control frame whose second byte is `b1` that lie beyond the
+/// `have` (>= 1) bytes there are of it; with only its first byte, the most
+/// a control frame can have.
+#[inline(always)]
+fn control_missing(b1: u8, have: u64) -> u32 {
+    let total = if have < 2 {
+        MAX_CONTROL
+    } else {
+        2 + if b1 & 0x80 != 0 { 4 } else { 0 } + (b1 & 0x7F) as u64
+    };
+    if total > have {
+        (total - have) as u32
+    } else {
+        0
+    }
+}
+
+/// Does a control frame start in the `len` bytes at user address `buf`,
+/// whose first bytes are `head` (little-endian; bytes 0-1 always, 2-3 when
+/// `ext` is set)? At the first byte, or right after a first final text or
+/// binary frame (a close after the last message, in one write). Returns the
+/// bytes of it that lie beyond `len`.
+///
+/// The look past a data frame costs one 2-byte copy, and only for writes
+/// that hold more than one frame whose first is short enough for the
+/// control frame to fit in the copy (DATA_CAP); a socket that writes one
+/// message per write never pays it.
+#[inline(always)]
+fn control_frame_in(buf: u64, len: u64, head: u64, ext: bool) -> Option<u32> {
+    let b0 = head as u8;
+    let b1 = (head >> 8) as u8;
+    if is_control_frame_start(b0) {
+        return Some(control_missing(b1, len));
+    }
+    // FIN text or binary; RSV1 may be set (permessage-deflate).
+    let op = b0 & 0xBF;
+    if (op != 0x81 && op != 0x82) || len < 2 {
+        return None;
+    }
+    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+    let at = match b1 & 0x7F {
+        127 => return None,
+        126 if !ext => return None,
+        126 => 4 + mask + u16::from_be_bytes([(head >> 16) as u8, (head >> 24) as u8]) as u64,
+        n => 2 + mask + n as u64,
+    };
+    if at >= len || at + MAX_CONTROL > DATA_CAP as u64 {
+        return None;
+    }
+    let next = if at + 2 <= len {
+        unsafe { aya_ebpf::helpers::bpf_probe_read_user((buf + at) as *const u16) }.ok()?
+    } else {
+        unsafe { aya_ebpf::helpers::bpf_probe_read_user((buf + at) as *const u8) }.ok()? as u16
+    };
+    if !is_control_frame_start(next as u8) {
+        return None;
+    }
+    Some(control_missing((next >> 8) as u8, len - at))
+}
+
+/// The first 8 (or, for shorter buffers, 2 or 1) bytes at `buf`, as one
+/// little-endian integer, and whether bytes 2-3 are in it.
+#[inline(always)]
+fn first_bytes(buf: u64, len: u64) -> Option<(u64, bool)> {
+    unsafe {
+        if len >= 8 {
+            let w = aya_ebpf::helpers::bpf_probe_read_user(buf as *const u64).ok()?;
+            Some((w, true))
+        } else if len >= 2 {
+            let w = aya_ebpf::helpers::bpf_probe_read_user(buf as *const u16).ok()?;
+            Some((w as u64, false))
+        } else {
+            let w = aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8).ok()?;
+            Some((w as u64, false))
+        }
+    }
 }
 
 /// The first 8 bytes of a 101 status line, as one little-endian integer.
@@ -127,19 +213,14 @@ pub fn classify_write(buf: u64, len: u64) -> Write {
     if buf == 0 || len == 0 {
         return Write::Other;
     }
-    if len < 8 {
-        // Only a short control frame (an empty ping or pong, a close with
-        // a code and a short reason, or a frame header written on its own).
-        return match unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8) } {
-            Ok(b) if is_control_frame_start(b) => Write::ControlFrame,
-            _ => Write::Other,
-        };
-    }
-    let Ok(word) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u64) }) else {
+    let Some((word, ext)) = first_bytes(buf, len) else {
         return Write::Other;
     };
-    if is_control_frame_start(word as u8) {
-        return Write::ControlFrame;
+    if let Some(missing) = control_frame_in(buf, len, word, ext) {
+        return Write::ControlFrame { missing };
+    }
+    if len < 8 {
+        return Write::Other;
     }
     if word as u32 == u32::from_le_bytes(REQUEST_PREFIX) {
         return Write::Request;
@@ -361,7 +442,13 @@ pub fn reset(sk: u64, kind: EventKind) {
 /// Copies up to `DATA_CAP` of the `len` bytes at user address `buf` into a
 /// data event that also says `total`, the bytes the read or write moved in
 /// all (more than were copied: the daemon knows it has only the start).
-fn emit_data(sk: u64, buf: u64, len: u64, total: u64, direction: u32) {
+/// `dir_flags`: the direction (`DIR_RECEIVED` 0, `DIR_SENT` 1) or'd with
+/// the header flags (`FLAG_CONTINUES`), one argument: a BPF function takes
+/// five at most.
+const _: () = assert!(DIR_RECEIVED == 0 && DIR_SENT == 1 && FLAG_CONTINUES & 1 == 0);
+fn emit_data(sk: u64, buf: u64, len: u64, total: u64, dir_flags: u32) {
+    let direction = dir_flags & 1;
+    let flags = dir_flags & !1;
     let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
         count_lost();
         return;
@@ -375,6 +462,7 @@ fn emit_data(sk: u64, buf: u64, len: u64, total: u64, direction: u32) {
     };
     unsafe {
         fill_header(&raw mut (*ev).header, EventKind::Data, 0, sk, 0, 0);
+        (*ev).header.flags = flags;
         (*ev).header.arg = if total > u32::MAX as u64 {
             u32::MAX
         } else {
@@ -387,15 +475,116 @@ fn emit_data(sk: u64, buf: u64, len: u64, total: u64, direction: u32) {
     entry.submit(0);
 }
 
-/// A control frame (close, ping, pong) written on a traced-port socket:
-/// recorded if the socket is upgraded (data frames are not: idle time comes
-/// from the socket's own timestamps, so busy sockets pay nothing per
-/// message; pings come every few seconds at most).
+/// How long a cut control frame waits for the read or write that continues
+/// it: the two halves of a split write come microseconds apart.
+const RESUME_WINDOW_NS: u64 = 1_000_000_000;
+
+/// May a cut control frame be waiting for its rest (see `maps::RESUME`)?
+/// One array load while none is; the clock is read only when one was cut
+/// in the last second.
 #[inline(always)]
-pub fn control_frame_written(sk: u64, buf: u64, len: u64, total: u64) {
-    if is_upgraded(sk) {
-        emit_data(sk, buf, len, total, wstrace_common::DIR_SENT);
+pub fn resume_window_open() -> bool {
+    let Some(until) = RESUME_UNTIL.get_ptr_mut(0) else {
+        return false;
+    };
+    let u = unsafe { *until };
+    if u == 0 {
+        return false;
     }
+    // SAFETY: a helper without arguments.
+    if unsafe { bpf_ktime_get_ns() } < u {
+        return true;
+    }
+    // Closed: later writes skip the clock.
+    unsafe { *until = 0 };
+    false
+}
+
+/// The control frame `sk`'s last read or write in `dir` began is `missing`
+/// bytes short: the next one carries the rest.
+#[inline(always)]
+fn expect_rest(sk: u64, dir: u32, missing: u64) {
+    let key = SockDir {
+        sk,
+        dir: dir as u64,
+    };
+    if RESUME.insert(&key, &(missing as u32), 0).is_ok()
+        && let Some(until) = RESUME_UNTIL.get_ptr_mut(0)
+    {
+        // SAFETY: `until` points into the map's value; the helper takes no
+        // arguments.
+        unsafe { *until = bpf_ktime_get_ns() + RESUME_WINDOW_NS };
+    }
+}
+
+/// If `sk`'s last read or write in `dir` cut a control frame, this one
+/// (`total` bytes, `len` of them at `buf`) continues it: copied, flagged
+/// [`FLAG_CONTINUES`]. True when it was.
+#[inline(always)]
+fn continue_frame(sk: u64, dir: u32, buf: u64, len: u64, total: u64) -> bool {
+    let key = SockDir {
+        sk,
+        dir: dir as u64,
+    };
+    let Some(m) = RESUME.get_ptr(&key) else {
+        return false;
+    };
+    let missing = unsafe { *m } as u64;
+    emit_data(sk, buf, len, total, dir | FLAG_CONTINUES);
+    if total >= missing {
+        let _ = RESUME.remove(&key);
+    } else {
+        let _ = RESUME.insert(&key, &((missing - total) as u32), 0);
+    }
+    true
+}
+
+/// A write on a traced-port socket that holds a control frame (`missing`:
+/// its bytes beyond the write), or, with None, one that may continue a
+/// control frame cut before: recorded if the socket is upgraded. Data
+/// frames are not: idle time comes from the socket's own timestamps, so
+/// busy sockets pay nothing per message; pings come every few seconds.
+///
+/// `len` bytes at `buf` are contiguous, of `total` written; `second` is the
+/// next piece of the same write (a writev's second iovec: a frame header
+/// and its payload in two buffers), copied as the frame's continuation.
+#[inline(always)]
+pub fn frames_written(
+    sk: u64,
+    buf: u64,
+    len: u64,
+    total: u64,
+    control: Option<u32>,
+    second: Option<(u64, u64)>,
+) {
+    if !is_upgraded(sk) {
+        return;
+    }
+    if resume_window_open() && continue_frame(sk, DIR_SENT, buf, len, total) {
+        return;
+    }
+    let Some(missing) = control else {
+        return;
+    };
+    if missing == 0 {
+        emit_data(sk, buf, len, total, DIR_SENT);
+        return;
+    }
+    // The frame runs past this buffer: all of it was copied (the daemon
+    // keeps it for its rest), and the rest comes next.
+    emit_data(sk, buf, len, len, DIR_SENT);
+    let mut missing = missing as u64;
+    if let Some((buf2, len2)) = second
+        && buf2 != 0
+        && len2 != 0
+    {
+        emit_data(sk, buf2, len2, len2, DIR_SENT | FLAG_CONTINUES);
+        if len2 >= missing {
+            return;
+        }
+        missing -= len2;
+    }
+    expect_rest(sk, DIR_SENT, missing);
 }
 
 /// Entry of a read on `sk`: remember where its bytes go and how many fit
@@ -411,8 +600,9 @@ pub fn read_entry(sk: u64, buf: u64, cap: u64) {
 }
 
 /// Exit of a read that returned `ret`: before the upgrade, copy the request
-/// head (bounded per socket); after it, reads that start with a control
-/// frame (close, ping, pong).
+/// head (bounded per socket); after it, reads that hold a control frame
+/// (close, ping, pong: at the start or after a first data frame) or continue
+/// one the last read cut.
 #[inline(always)]
 pub fn read_exit(ret: i64) {
     let tid = bpf_get_current_pid_tgid() as u32;
@@ -427,10 +617,19 @@ pub fn read_exit(ret: i64) {
     let total = ret as u64;
     let len = if total < cap { total } else { cap };
     if UPGRADED.get_ptr(sk).is_some() {
-        let first =
-            unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8) }.unwrap_or(0);
-        if is_control_frame_start(first) {
-            emit_data(sk, buf, len, total, wstrace_common::DIR_RECEIVED);
+        if resume_window_open() && continue_frame(sk, DIR_RECEIVED, buf, len, total) {
+            return;
+        }
+        let Some((head, ext)) = first_bytes(buf, len) else {
+            return;
+        };
+        if let Some(missing) = control_frame_in(buf, len, head, ext) {
+            if missing == 0 || len < total {
+                emit_data(sk, buf, len, total, DIR_RECEIVED);
+            } else {
+                emit_data(sk, buf, len, len, DIR_RECEIVED);
+                expect_rest(sk, DIR_RECEIVED, missing as u64);
+            }
         }
         return;
     }
@@ -442,13 +641,19 @@ pub fn read_exit(ret: i64) {
         return;
     }
     let _ = HEAD_BYTES.insert(sk, copied + len.min(DATA_CAP as u64) as u32, 0);
-    emit_data(sk, buf, len, total, wstrace_common::DIR_RECEIVED);
+    emit_data(sk, buf, len, total, DIR_RECEIVED);
 }
 
 /// The kernel is destroying an upgraded socket: forget it (its address may be
 /// reused by the next socket) and tell the daemon.
 pub fn destroy(sk: u64) {
     let _ = UPGRADED.remove(sk);
+    for dir in [DIR_RECEIVED, DIR_SENT] {
+        let _ = RESUME.remove(&SockDir {
+            sk,
+            dir: dir as u64,
+        });
+    }
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
         count_lost();
         return;

@@ -77,6 +77,7 @@ fn named_local_fin() -> Option<Expect> {
         peer_pid: Some(0),
         ending: None,
         kernel: None,
+        diagnosis: None,
     })
 }
 
@@ -96,6 +97,7 @@ fn ended(mode: Mode, then: Then, ending: Ending) -> ServerSpec {
             peer_pid: Some(0),
             ending: Some(ending),
             kernel: None,
+            diagnosis: None,
         }),
     )
 }
@@ -140,6 +142,7 @@ fn scenarios() -> Vec<Scenario> {
                     peer_pid: Some(0),
                     ending: None,
                     kernel: None,
+                    diagnosis: None,
                 }),
             )],
         },
@@ -161,6 +164,7 @@ fn scenarios() -> Vec<Scenario> {
                     peer_pid: Some(0),
                     ending: None,
                     kernel: None,
+                    diagnosis: None,
                 }),
             )],
         },
@@ -237,6 +241,7 @@ fn scenarios() -> Vec<Scenario> {
                     peer_pid: Some(0),
                     ending: None,
                     kernel: Some(("reset_received", "abort_rst")),
+                    diagnosis: None,
                 }),
             )],
         },
@@ -255,6 +260,36 @@ fn scenarios() -> Vec<Scenario> {
                     peer_pid: Some(0),
                     ending: None,
                     kernel: Some(("tcp_timeout", "tcp_timeout")),
+                    diagnosis: None,
+                }),
+            )],
+        },
+        // Frames after the upgrade: pings the client never answers, and a
+        // close frame after a text frame and split across two writes.
+        Scenario {
+            name: "unanswered_pings_are_heartbeat_timeout",
+            servers: vec![upgrade(
+                LOCALHOST,
+                Mode::PingNoPong,
+                Then::ReadToEnd,
+                Some(Expect {
+                    diagnosis: Some(("heartbeat_timeout", None)),
+                    ..named_local_fin().expect("some")
+                }),
+            )],
+        },
+        Scenario {
+            name: "split_close_frame_after_text_is_seen",
+            servers: vec![upgrade(
+                LOCALHOST,
+                Mode::SplitCloseFrame,
+                Then::ReadToEnd,
+                Some(Expect {
+                    diagnosis: Some((
+                        "server_close_frame",
+                        Some(u64::from(crate::serve::SPLIT_CLOSE_CODE)),
+                    )),
+                    ..named_local_fin().expect("some")
                 }),
             )],
         },

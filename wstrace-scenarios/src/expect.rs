@@ -21,6 +21,9 @@ pub struct Expect {
     /// The kernel closed the socket itself: `kernel_reason` and
     /// `diagnosis.code`; no process (nor its stacks) may be named.
     pub kernel: Option<(&'static str, &'static str)>,
+    /// `diagnosis.code`, and the code of the first close frame (None: none
+    /// may be seen).
+    pub diagnosis: Option<(&'static str, Option<u64>)>,
 }
 
 /// How the server process ended, and what the report must say about it.
@@ -142,7 +145,28 @@ fn check_report(r: &Value, e: &Expect, probe: &str) -> Result<(), String> {
     if let Some((reason, code)) = e.kernel {
         check_kernel_close(r, reason, code)?;
     }
+    if let Some((code, close)) = e.diagnosis {
+        check_diagnosis(r, code, close)?;
+    }
     Ok(())
+}
+
+/// The diagnosis, and the first close frame's code: the frames after the
+/// upgrade were seen (pings, a close split across writes).
+fn check_diagnosis(r: &Value, code: &str, close: Option<u64>) -> Result<(), String> {
+    let got = (
+        r.pointer("/diagnosis/code").and_then(Value::as_str),
+        r.pointer("/frames/0/code").and_then(Value::as_u64),
+    );
+    if got == (Some(code), close) {
+        Ok(())
+    } else {
+        Err(format!(
+            "diagnosis: want {code} with close frame {close:?}, got {got:?}: {} heartbeat {}",
+            r.get("diagnosis").unwrap_or(&Value::Null),
+            r.get("heartbeat").unwrap_or(&Value::Null)
+        ))
+    }
 }
 
 /// Nobody here closed it: no pid, no stacks (a bystander's, in softirq),

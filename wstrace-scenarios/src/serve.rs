@@ -44,6 +44,13 @@ pub enum Mode {
     /// Exit(0) on SIGTERM (a graceful stop that forgets its connections),
     /// answer 101, then wait: the checker sends the SIGTERM.
     ExitOnSigterm,
+    /// Answer 101, ping every 100 ms without reading a pong (the client
+    /// never answers), and close after the third: a heartbeat timeout.
+    PingNoPong,
+    /// Answer 101, then write a text frame and the first 3 bytes of a close
+    /// frame 4001 "kicked" in one write, and the rest of it in a second
+    /// write 20 ms later; then close.
+    SplitCloseFrame,
     /// Answer 101, then allocate memory until killed (in a memory-limited
     /// cgroup: the OOM killer's victim).
     HogAfter101,
@@ -51,6 +58,9 @@ pub enum Mode {
 
 /// TCP_USER_TIMEOUT of `TimeoutAfter101`: short, so the scenario is too.
 const USER_TIMEOUT_MS: u32 = 1000;
+
+/// The close code of `SplitCloseFrame`.
+pub const SPLIT_CLOSE_CODE: u16 = 4001;
 
 /// The exit status of `ExitAfter101`.
 pub const EXIT_STATUS: i32 = 3;
@@ -179,6 +189,25 @@ fn serve_one(mut conn: TcpStream, mode: Mode) -> Result<()> {
                 hog.push(vec![1u8; 8 << 20]);
                 std::hint::black_box(&hog);
             }
+        }
+        Mode::PingNoPong => {
+            conn.write_all(RESPONSE_101)?;
+            for _ in 0..3 {
+                conn.write_all(&[0x89, 0x00])?;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+        Mode::SplitCloseFrame => {
+            conn.write_all(RESPONSE_101)?;
+            let mut close = vec![0x88, 0x08];
+            close.extend_from_slice(&SPLIT_CLOSE_CODE.to_be_bytes());
+            close.extend_from_slice(b"kicked");
+            let mut first = vec![0x81, 0x05];
+            first.extend_from_slice(b"hello");
+            first.extend_from_slice(&close[..3]);
+            conn.write_all(&first)?;
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            conn.write_all(&close[3..])?;
         }
         Mode::ExitAfter101 => {
             conn.write_all(RESPONSE_101)?;

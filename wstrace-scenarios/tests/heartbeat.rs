@@ -1,7 +1,9 @@
 //! Heartbeats and the frames around a close, against real servers on this
 //! host: a raw Python server (Debian's /usr/bin/python3, stdlib only) that
-//! pings and gives up on a client that stopped answering, and the Python
-//! `websockets` library's keepalive. Each test starts its own wstrace on
+//! pings and gives up on a client that stopped answering, the Python
+//! `websockets` library's keepalive, and close frames where they are hard
+//! to see (after a text frame in one write, split across two writes or two
+//! iovecs of one sendmsg, both directions). Each test starts its own wstrace on
 //! the server's port; the client here speaks the protocol by hand, so what
 //! it answers and when is exact.
 //!
@@ -242,4 +244,164 @@ fn python_websockets_keepalive_timeout_is_heartbeat_timeout_not_a_server_error()
         msg.contains("with a close frame 1011") && msg.contains("no pong ever came back"),
         "{msg}"
     );
+}
+
+/// One connection per request path, how the close frame 4001 "kicked"
+/// travels: `/text-then-close` a text frame and the close in one write,
+/// `/split-close` the close in two writes 50 ms apart, `/iovec-close` its
+/// header and payload as two iovecs of one sendmsg; `/read` reads what the
+/// client sends until it closes.
+const FRAMES_SERVER: &str = r#"
+import socket, sys, time
+CLOSE = b"\x88\x08" + (4001).to_bytes(2, "big") + b"kicked"
+l = socket.socket()
+l.bind(("127.0.0.1", 0))
+l.listen(8)
+print("READY", l.getsockname()[1], flush=True)
+while True:
+    c, _ = l.accept()
+    head = b""
+    while b"\r\n\r\n" not in head:
+        d = c.recv(1024)
+        if not d:
+            break
+        head += d
+    path = head.split(b" ")[1] if head.count(b" ") > 1 else b""
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+    if path == b"/text-then-close":
+        c.sendall(b"\x81\x05hello" + CLOSE)
+    elif path == b"/split-close":
+        c.sendall(CLOSE[:3])
+        time.sleep(0.05)
+        c.sendall(CLOSE[3:])
+    elif path == b"/iovec-close":
+        c.sendmsg([CLOSE[:2], CLOSE[2:]])
+    else:
+        while c.recv(4096):
+            pass
+    c.close()
+"#;
+
+fn request(path: &str) -> Vec<u8> {
+    String::from_utf8_lossy(UPGRADE)
+        .replacen("GET /ws ", &format!("GET {path} "), 1)
+        .into_bytes()
+}
+
+/// A client's masked frame.
+fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [0xA5, 0x5A, 0x3C, 0xC3];
+    let mut f = vec![b0, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&key);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    f
+}
+
+/// Connects with `path`, reads the 101, then runs `then` on the socket.
+fn connect(port: u16, path: &str, then: impl FnOnce(&mut TcpStream)) -> u16 {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    c.set_nodelay(true).expect("nodelay");
+    c.write_all(&request(path)).expect("send the upgrade");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        c.read_exact(&mut b).expect("reading the 101");
+        head.push(b[0]);
+    }
+    let local = c.local_addr().expect("local").port();
+    then(&mut c);
+    local
+}
+
+fn read_to_end(c: &mut TcpStream) {
+    let mut buf = [0u8; 512];
+    while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+#[test]
+fn close_frames_are_seen_after_a_text_frame_and_split_across_writes() {
+    if !require_root() {
+        return;
+    }
+    let Some(python) = system_python() else {
+        return;
+    };
+    let _serial = serial();
+    let (_server, port) = spawn_ready(Command::new(python).args(["-c", FRAMES_SERVER]));
+    let w = Tracer::start(port, &[]);
+    let mut close = (1008u16).to_be_bytes().to_vec();
+    close.extend_from_slice(b"policy");
+    let client_close = masked(0x88, &close);
+    let cases: Vec<(&str, u16, &str, u64, &str)> = vec![
+        (
+            "sent after a text frame",
+            connect(port, "/text-then-close", read_to_end),
+            "sent",
+            4001,
+            "kicked",
+        ),
+        (
+            "sent in two writes",
+            connect(port, "/split-close", read_to_end),
+            "sent",
+            4001,
+            "kicked",
+        ),
+        (
+            "sent as two iovecs",
+            connect(port, "/iovec-close", read_to_end),
+            "sent",
+            4001,
+            "kicked",
+        ),
+        (
+            "received after a text frame",
+            connect(port, "/read", |c| {
+                let mut w = masked(0x81, b"bye");
+                w.extend_from_slice(&client_close);
+                c.write_all(&w).expect("text and close");
+                std::thread::sleep(Duration::from_millis(100));
+            }),
+            "received",
+            1008,
+            "policy",
+        ),
+        (
+            "received in two writes",
+            connect(port, "/read", |c| {
+                c.write_all(&client_close[..5]).expect("close, first part");
+                std::thread::sleep(Duration::from_millis(50));
+                c.write_all(&client_close[5..]).expect("close, the rest");
+                std::thread::sleep(Duration::from_millis(100));
+            }),
+            "received",
+            1008,
+            "policy",
+        ),
+    ];
+    let reports = w.wait_for_reports(cases.len(), Duration::from_secs(15));
+    assert_eq!(reports.len(), cases.len(), "{reports:#?}");
+    for (what, client_port, dir, code, reason) in cases {
+        let r = reports
+            .iter()
+            .find(|r| s(r, &["remote"]).ends_with(&format!(":{client_port}")))
+            .unwrap_or_else(|| {
+                panic!("{what}: no report for client port {client_port}: {reports:#?}")
+            });
+        let f = &r["frames"][0];
+        assert_eq!(
+            (s(f, &["direction"]), f["code"].as_u64(), s(f, &["reason"])),
+            (dir, Some(code), reason),
+            "{what}: {r:#}"
+        );
+        let want = if dir == "sent" {
+            "server_close_frame"
+        } else {
+            "client_close_frame"
+        };
+        assert_eq!(s(r, &["diagnosis", "code"]), want, "{what}: {r:#}");
+    }
 }

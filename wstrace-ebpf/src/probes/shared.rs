@@ -3,7 +3,9 @@ use aya_ebpf::EbpfContext;
 use wstrace_common::ProbeSet;
 
 use crate::{
-    kernel::{msghdr_user_buf, port_traced, sk_local_port, sk_remote_port, sk_state},
+    kernel::{
+        msghdr_second_iovec, msghdr_user_buf, port_traced, sk_local_port, sk_remote_port, sk_state,
+    },
     record,
 };
 
@@ -22,10 +24,21 @@ pub fn on_tcp_sendmsg(sk: u64, msg: u64, size: u64, probe: ProbeSet) {
     let Some((buf, first)) = msghdr_user_buf(msg) else {
         return;
     };
-    match (record::classify_write(buf, size), server_side) {
+    let len = size.min(first);
+    match (record::classify_write(buf, len), server_side) {
         (record::Write::Upgrade, true) => record::mark_upgraded(sk, size, probe),
-        (record::Write::ControlFrame, true) => {
-            record::control_frame_written(sk, buf, size.min(first), size)
+        (record::Write::ControlFrame { missing }, true) => {
+            // Cut at the first iovec while the write goes on: the rest of
+            // the frame is in the second.
+            let second = if missing > 0 && size > len {
+                msghdr_second_iovec(msg)
+            } else {
+                None
+            };
+            record::frames_written(sk, buf, len, size, Some(missing), second)
+        }
+        (record::Write::Other, true) if record::resume_window_open() => {
+            record::frames_written(sk, buf, len, size, None, None)
         }
         (record::Write::Request, false) => record::note_request_writer(sk),
         _ => {}

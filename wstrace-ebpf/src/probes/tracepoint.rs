@@ -73,11 +73,15 @@ fn is_server() -> bool {
 /// Data check first (cheap, rules out nearly every write), then the fd walk,
 /// then the port filter, and only then the map. A request (`GET `) counts on
 /// the client side of a traced connection (remote port traced); a 101 or a
-/// close frame on the server side (local port traced).
+/// control frame on the server side (local port traced). `second`: a
+/// writev's second iovec (`iov` with `vlen` > 1), read only when a control
+/// frame runs past the first.
 #[inline(always)]
-fn on_write(fd: u64, buf: u64, len: u64) {
+fn on_write(fd: u64, buf: u64, len: u64, iov: u64, vlen: u64) {
     let kind = record::classify_write(buf, len);
-    if kind == record::Write::Other {
+    // A write that looks like nothing may still continue a control frame
+    // cut by the last one: walked to its socket only while one may be.
+    if kind == record::Write::Other && !record::resume_window_open() {
         return;
     }
     let Some(sk) = sock_of_fd(fd) else { return };
@@ -97,7 +101,15 @@ fn on_write(fd: u64, buf: u64, len: u64) {
             note_server();
             record::mark_upgraded(sk, len, ProbeSet::Tracepoint)
         }
-        _ => record::control_frame_written(sk, buf, len, len),
+        record::Write::ControlFrame { missing } => {
+            let second = if missing > 0 && vlen > 1 {
+                Some(first_iovec(iov + 16))
+            } else {
+                None
+            };
+            record::frames_written(sk, buf, len, len, Some(missing), second)
+        }
+        _ => record::frames_written(sk, buf, len, len, None, None),
     }
 }
 
@@ -227,23 +239,25 @@ fn first_iovec(iov: u64) -> (u64, u64) {
 /// write(fd, buf, count)
 #[tracepoint(category = "syscalls", name = "sys_enter_write")]
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    on_write(arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
+    on_write(arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2), 0, 0);
     0
 }
 
 /// sendto(fd, buff, len, flags, addr, addr_len); send() is sendto() here.
 #[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
 pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    on_write(arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
+    on_write(arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2), 0, 0);
     0
 }
 
 /// writev(fd, vec, vlen): the head of the first iovec.
 #[tracepoint(category = "syscalls", name = "sys_enter_writev")]
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
-    if arg(&ctx, 2) > 0 {
-        let (base, len) = first_iovec(arg(&ctx, 1));
-        on_write(arg(&ctx, 0), base, len);
+    let vlen = arg(&ctx, 2);
+    if vlen > 0 {
+        let iov = arg(&ctx, 1);
+        let (base, len) = first_iovec(iov);
+        on_write(arg(&ctx, 0), base, len, iov, vlen);
     }
     0
 }
@@ -257,7 +271,7 @@ pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
         let iov = unsafe { bpf_probe_read_user((msg + 16) as *const [u64; 2]) }.unwrap_or([0, 0]);
         if iov[1] > 0 {
             let (base, len) = first_iovec(iov[0]);
-            on_write(arg(&ctx, 0), base, len);
+            on_write(arg(&ctx, 0), base, len, iov[0], iov[1]);
         }
     }
     0

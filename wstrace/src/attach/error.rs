@@ -227,14 +227,25 @@ fn load_failure(io_error: &io::Error, log: &str) -> (FailureKind, String) {
 }
 
 /// A verifier log starts with the first instruction and ends with the
-/// reason it gave up: the last two lines, joined.
+/// reason it gave up, then its statistics (`processed N insns`, and on
+/// 5.x kernels `stack depth` and the state counts after it): the last two
+/// lines before the statistics that follow `processed`, and that line.
 fn verifier_reason(log: &str) -> String {
     let lines: Vec<&str> = log
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    lines[lines.len().saturating_sub(2)..].join(" | ")
+    let is_stat = |l: &&str| {
+        l.starts_with("processed ")
+            || l.starts_with("verification time")
+            || l.starts_with("stack depth")
+    };
+    let first_stat = lines.iter().position(|l| is_stat(l)).unwrap_or(lines.len());
+    let processed = lines.iter().find(|l| l.starts_with("processed "));
+    let mut out: Vec<&str> = lines[first_stat.saturating_sub(2)..first_stat].to_vec();
+    out.extend(processed);
+    out.join(" | ")
 }
 
 fn errno_kind(e: &io::Error) -> FailureKind {
@@ -370,7 +381,15 @@ mod tests {
         assert_eq!(kind, FailureKind::Verifier);
         assert_eq!(
             detail,
-            "the BPF_PROG_LOAD syscall returned Permission denied (os error 13). verifier: R1 invalid mem access 'scalar' | processed 2 insns"
+            "the BPF_PROG_LOAD syscall returned Permission denied (os error 13). verifier: 1: (b7) r0 = 0 | R1 invalid mem access 'scalar' | processed 2 insns"
+        );
+        // 5.10 puts the verification time and stack depth before
+        // `processed`: the reason is still in.
+        let log = "10: (85) call bpf_probe_read_user#112\nR2 min value is negative\nverification time 558112 usec\nstack depth 120+0\nprocessed 2570 insns (limit 1000000) max_states_per_insn 4\n";
+        let (_, detail) = load_failure(&errno(libc::EACCES), log);
+        assert!(
+            detail.ends_with("verifier: 10: (85) call bpf_probe_read_user#112 | R2 min value is negative | processed 2570 insns (limit 1000000) max_states_per_insn 4"),
+            "{detail}"
         );
         // EACCES without a log is not the verifier.
         assert_eq!(
