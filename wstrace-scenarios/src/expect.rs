@@ -353,7 +353,27 @@ mod tests {
             peer_pid: Some(9),
             ending: None,
             kernel: None,
+            diagnosis: None,
         }
+    }
+
+    #[test]
+    fn frames_must_give_the_diagnosis_and_the_close_code() {
+        let mut r = report(7);
+        r["diagnosis"] = json!({"code": "server_close_frame"});
+        r["frames"] = json!([{"direction": "sent", "code": 4001}]);
+        let mut e = named(7);
+        e.diagnosis = Some(("server_close_frame", Some(4001)));
+        assert!(evaluate(&[&r], Some(&e), "tracepoint").is_ok());
+        // The split close missed: no frame, another diagnosis.
+        r["frames"] = json!([]);
+        r["diagnosis"] = json!({"code": "unknown"});
+        let err = evaluate(&[&r], Some(&e), "tracepoint").unwrap_err();
+        assert!(err.contains("diagnosis: want server_close_frame"), "{err}");
+        // A heartbeat timeout has no close frame to see.
+        r["diagnosis"] = json!({"code": "heartbeat_timeout"});
+        e.diagnosis = Some(("heartbeat_timeout", None));
+        assert!(evaluate(&[&r], Some(&e), "tracepoint").is_ok());
     }
 
     #[test]
