@@ -178,6 +178,12 @@ pub const FLAG_EXIT_CODE: u32 = 2;
 /// a frame).
 pub const FLAG_CONTINUES: u32 = 4;
 
+/// `EventHeader::flags` of an Upgrade or Data event: the bytes were the
+/// plaintext of an OpenSSL-compatible `SSL_write`/`SSL_read` (a uprobe on
+/// the server's TLS library), tied to the socket that thread wrote or read
+/// next; the socket itself carried TLS records.
+pub const FLAG_TLS_OPENSSL: u32 = 8;
+
 /// `SignalEvent::oom`: the OOM killer chose the target (`oom:mark_victim`).
 pub const SIGNAL_OOM_VICTIM: u32 = 1;
 
@@ -462,6 +468,11 @@ pub struct KernelConfig {
     pub tp_signal_result: u64,
     /// `oom:mark_victim`: the victim's pid.
     pub tp_oom_pid: u64,
+
+    /// Value: 1 when the TLS uprobes are loaded (`--tls auto`): socket
+    /// reads and writes of a thread inside `SSL_read`/`SSL_write` are
+    /// then matched to that call; 0 skips the lookup.
+    pub tls: u64,
 }
 
 // The u64 fields start right after the ports, with no padding between.
@@ -480,6 +491,7 @@ impl KernelConfig {
         let mut c: Self = unsafe { core::mem::transmute([ABSENT; WORDS]) };
         c.ports = [0; MAX_PORTS];
         c.user_stack_bytes = 0;
+        c.tls = 0;
         c
     };
 }
@@ -528,6 +540,10 @@ mod tests {
         assert_eq!(c.skc_family, ABSENT);
         assert_eq!(c.iter_type_mask, ABSENT);
         assert_eq!(c.tp_destroy_skaddr, ABSENT);
+        assert_eq!(
+            c.tls, 0,
+            "TLS matching is off until the daemon loads the uprobes"
+        );
         assert_eq!(KernelConfig::default(), c);
     }
 

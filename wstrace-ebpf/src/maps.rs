@@ -16,6 +16,31 @@ pub struct PendingRead {
     pub cap: u64,
 }
 
+/// A thread inside `SSL_write` with a buffer worth recording (a 101 status
+/// line or a control frame), waiting for the socket write that carries it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsWrite {
+    /// Plaintext buffer and length given to `SSL_write`.
+    pub buf: u64,
+    pub len: u64,
+    /// `record::TLS_UPGRADE` or `record::TLS_CONTROL_FRAME`.
+    pub kind: u8,
+    pub _pad: [u8; 7],
+}
+
+/// A thread inside `SSL_read`: where the plaintext lands, and the socket
+/// the thread read ciphertext from meanwhile (0 until it does).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsRead {
+    pub buf: u64,
+    pub cap: u64,
+    /// `SSL_read_ex`'s `size_t *readbytes` (0 for `SSL_read`).
+    pub readbytes: u64,
+    pub sk: u64,
+}
+
 /// Events to the daemon, in order across CPUs.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
@@ -98,3 +123,21 @@ pub static SERVER_SLOTS: Array<u32> = Array::with_max_entries(SERVER_SLOT_COUNT,
 /// CPUs when the copy is on, and leaves 1 entry otherwise.
 #[map]
 pub static CLOSE_SCRATCH: Array<CloseWithStack> = Array::with_max_entries(1, 0);
+
+/// Thread id -> the `SSL_write` of a 101 or a control frame it is in, until
+/// its next write on a traced-port socket. Only processes the daemon put
+/// uprobes on get here, and only for those two kinds of buffer; LRU.
+#[map]
+pub static TLS_WRITES: LruHashMap<u32, TlsWrite> = LruHashMap::with_max_entries(4096, 0);
+
+/// Thread id -> the `SSL_read` it is in (entry to return). LRU so a missed
+/// return cannot leak.
+#[map]
+pub static TLS_READS: LruHashMap<u32, TlsRead> = LruHashMap::with_max_entries(16384, 0);
+
+/// Thread id -> the traced-port TLS socket (first bytes a handshake, not
+/// upgraded yet) it last read outside `SSL_read`: where an `SSL_read` that
+/// reads no socket itself got its bytes (nginx reads ahead: the request
+/// arrives with the handshake's last read). Taken when used; LRU.
+#[map]
+pub static TLS_LAST_READ: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);

@@ -13,8 +13,8 @@ use aya_ebpf::{
 };
 use wstrace_common::{
     CloseEvent, CloseWithStack, DATA_CAP, DIR_RECEIVED, DIR_SENT, DataEvent, EventHeader,
-    EventKind, FLAG_CONTINUES, FLAG_EXIT_CODE, FLAG_TASK_EXITING, HEAD_BUDGET, PeerWriter,
-    ProbeSet, REQUEST_PREFIX, STACK_DEPTH, SignalEvent, SockTuple, UPGRADE_PREFIX_LEN,
+    EventKind, FLAG_CONTINUES, FLAG_EXIT_CODE, FLAG_TASK_EXITING, FLAG_TLS_OPENSSL, HEAD_BUDGET,
+    PeerWriter, ProbeSet, REQUEST_PREFIX, STACK_DEPTH, SignalEvent, SockTuple, UPGRADE_PREFIX_LEN,
     USER_STACK_MAX, UserStackHeader, is_upgrade_response, ustack as ustack_status,
 };
 
@@ -25,7 +25,8 @@ use crate::{
     },
     maps::{
         CLOSE_SCRATCH, EVENTS, HEAD_BYTES, LOST, PEER_WRITERS, PENDING_READS, PendingRead, RESUME,
-        RESUME_UNTIL, SockDir, UPGRADED, UPGRADERS,
+        RESUME_UNTIL, SockDir, TLS_LAST_READ, TLS_READS, TLS_WRITES, TlsRead, TlsWrite, UPGRADED,
+        UPGRADERS,
     },
     ustack,
 };
@@ -89,6 +90,7 @@ fn emit_header(kind: EventKind, probe: u8, sk: u64, old_state: u8, new_state: u8
 }
 
 /// What a write's first bytes say about it.
+#[repr(u8)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Write {
     /// An HTTP/1.x 101 status line: the socket is being upgraded.
@@ -240,8 +242,9 @@ pub fn classify_write(buf: u64, len: u64) -> Write {
 }
 
 /// The local end of `sk` wrote a 101: start tracing the socket. Callers have
-/// already checked the port.
-pub fn mark_upgraded(sk: u64, write_len: u64, probe: ProbeSet) {
+/// already checked the port. `flags`: [`FLAG_TLS_OPENSSL`] when the 101 was
+/// seen in `SSL_write`, else 0.
+pub fn mark_upgraded(sk: u64, write_len: u64, probe: ProbeSet, flags: u32) {
     if !sk_is_tcp(sk) {
         return;
     }
@@ -253,6 +256,7 @@ pub fn mark_upgraded(sk: u64, write_len: u64, probe: ProbeSet) {
     let ts_ns = unsafe {
         fill_header(h, EventKind::Upgrade, probe as u8, sk, 0, 0);
         (*h).arg = write_len as u32;
+        (*h).flags = flags;
         (*h).ts_ns
     };
     if UPGRADED.insert(sk, ts_ns, 0).is_err() {
@@ -439,6 +443,8 @@ pub fn reset(sk: u64, kind: EventKind) {
     emit_header(kind, 0, sk, 0, 0);
 }
 
+const _: () = assert!(FLAG_TLS_OPENSSL & 1 == 0);
+
 /// Copies up to `DATA_CAP` of the `len` bytes at user address `buf` into a
 /// data event that also says `total`, the bytes the read or write moved in
 /// all (more than were copied: the daemon knows it has only the start).
@@ -611,6 +617,12 @@ pub fn read_exit(ret: i64) {
     };
     let PendingRead { sk, buf, cap } = unsafe { *p };
     let _ = PENDING_READS.remove(tid);
+    // Ciphertext read inside SSL_read: its plaintext is copied at the
+    // return instead (a record body may start with any byte, a close
+    // frame's 0x88 included).
+    if tls_socket_read(sk) {
+        return;
+    }
     if ret <= 0 {
         return;
     }
@@ -637,11 +649,223 @@ pub fn read_exit(ret: i64) {
         Some(c) => unsafe { *c },
         None => 0,
     };
+    if copied & HEAD_TLS != 0 {
+        note_tls_read(sk);
+        return;
+    }
     if copied >= HEAD_BUDGET {
+        return;
+    }
+    if copied == 0 && starts_tls_handshake(buf) {
+        // A ClientHello: the head will come in plaintext from SSL_read, if
+        // the process's TLS library has uprobes; ciphertext is no head.
+        let _ = HEAD_BYTES.insert(sk, HEAD_TLS, 0);
+        note_tls_read(sk);
         return;
     }
     let _ = HEAD_BYTES.insert(sk, copied + len.min(DATA_CAP as u64) as u32, 0);
     emit_data(sk, buf, len, total, DIR_RECEIVED);
+}
+
+/// `HEAD_BYTES` bit of a socket whose first bytes were a TLS handshake
+/// record: raw reads are never copied (it is over the budget), and the
+/// bytes counted below it are plaintext from `SSL_read`.
+const HEAD_TLS: u32 = 0x8000_0000;
+
+/// The first byte of a TLS handshake record (0x16): what a client's first
+/// byte is on a TLS connection, and no HTTP request's. One byte only: nginx
+/// peeks at exactly one to tell TLS from plaintext.
+#[inline(always)]
+fn starts_tls_handshake(buf: u64) -> bool {
+    matches!(
+        unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8) },
+        Ok(0x16)
+    )
+}
+
+// --- TLS: plaintext from uprobes on SSL_write / SSL_read, tied to the
+// socket the same thread writes or reads next (no OpenSSL struct offsets).
+
+/// `TlsWrite::kind`: the plaintext is a 101, or a control frame.
+pub const TLS_UPGRADE: u8 = 1;
+pub const TLS_CONTROL_FRAME: u8 = 2;
+
+/// `SSL_write`/`SSL_write_ex` entry: if the plaintext is a 101 or a control
+/// frame, remember it for this thread's next write on a traced-port socket.
+/// Every other buffer costs one 8-byte read.
+#[inline(always)]
+pub fn tls_write_entry(buf: u64, len: u64) {
+    let kind = match classify_write(buf, len) {
+        Write::Upgrade => TLS_UPGRADE,
+        Write::ControlFrame { .. } => TLS_CONTROL_FRAME,
+        _ => return,
+    };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let w = TlsWrite {
+        buf,
+        len,
+        kind,
+        _pad: [0; 7],
+    };
+    let _ = TLS_WRITES.insert(tid, w, 0);
+}
+
+/// On a write to a traced-port socket whose bytes say nothing (TLS
+/// records): the `SSL_write` this thread is in, if it holds a 101 or a
+/// control frame; taken, so it applies to one socket only.
+#[inline(always)]
+pub fn take_tls_write() -> Option<TlsWrite> {
+    if config!(tls) == 0 {
+        return None;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let w = unsafe { *TLS_WRITES.get_ptr(tid)? };
+    let _ = TLS_WRITES.remove(tid);
+    Some(w)
+}
+
+/// The socket write that carries a remembered `SSL_write`: `socket_len`
+/// is the ciphertext length (what the byte counters count).
+#[inline(always)]
+pub fn tls_socket_write(sk: u64, w: TlsWrite, socket_len: u64, probe: ProbeSet) {
+    if w.kind == TLS_UPGRADE {
+        mark_upgraded(sk, socket_len, probe, FLAG_TLS_OPENSSL);
+    } else if is_upgraded(sk) {
+        emit_data(
+            sk,
+            w.buf,
+            w.len,
+            w.len,
+            wstrace_common::DIR_SENT | FLAG_TLS_OPENSSL,
+        );
+    }
+}
+
+/// `SSL_read`/`SSL_read_ex` entry: where the plaintext will land.
+#[inline(always)]
+pub fn tls_read_entry(buf: u64, cap: u64, readbytes: u64) {
+    if buf == 0 {
+        return;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let r = TlsRead {
+        buf,
+        cap,
+        readbytes,
+        sk: 0,
+    };
+    let _ = TLS_READS.insert(tid, r, 0);
+}
+
+/// A socket read by a thread inside `SSL_read` carries ciphertext: note
+/// the socket for the plaintext and tell the caller to copy nothing.
+#[inline(always)]
+fn tls_socket_read(sk: u64) -> bool {
+    if config!(tls) == 0 {
+        return false;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    match TLS_READS.get_ptr_mut(tid) {
+        Some(r) => {
+            unsafe { (*r).sk = sk };
+            true
+        }
+        None => false,
+    }
+}
+
+/// This thread read ciphertext from TLS socket `sk` outside `SSL_read`.
+#[inline(always)]
+fn note_tls_read(sk: u64) {
+    if config!(tls) != 0 {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        let _ = TLS_LAST_READ.insert(tid, sk, 0);
+    }
+}
+
+/// `SSL_read`/`SSL_read_ex` return, `n` plaintext bytes at the entry's
+/// buffer (`n <= 0`: none): before the upgrade they are the request head
+/// (budgeted like raw reads), after it a control frame is copied.
+#[inline(always)]
+pub fn tls_read_return(n: i64, ex: bool) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(p) = TLS_READS.get_ptr(tid) else {
+        return;
+    };
+    let TlsRead {
+        buf,
+        cap,
+        readbytes,
+        sk,
+    } = unsafe { *p };
+    let _ = TLS_READS.remove(tid);
+    // SSL_read_ex returns 1 on success and the count through `readbytes`.
+    let n = if ex {
+        if n != 1 || readbytes == 0 {
+            return;
+        }
+        match unsafe { aya_ebpf::helpers::bpf_probe_read_user(readbytes as *const u64) } {
+            Ok(v) => v,
+            Err(_) => return,
+        }
+    } else if n <= 0 {
+        return;
+    } else {
+        n as u64
+    };
+    if n == 0 {
+        return;
+    }
+    // No socket read in this call: the library had the bytes already,
+    // read ahead with the handshake's last read on this thread (nginx).
+    let (sk, read_ahead) = if sk != 0 {
+        (sk, false)
+    } else {
+        match TLS_LAST_READ.get_ptr(tid) {
+            Some(s) => {
+                let s = unsafe { *s };
+                let _ = TLS_LAST_READ.remove(tid);
+                (s, true)
+            }
+            // Nothing read on a traced-port TLS socket: another port.
+            None => return,
+        }
+    };
+    let len = if n < cap { n } else { cap };
+    if UPGRADED.get_ptr(sk).is_some() {
+        // Read ahead is only trusted for the request head: a later read on
+        // this thread may belong to any of its connections.
+        if read_ahead {
+            return;
+        }
+        let first =
+            unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8) }.unwrap_or(0);
+        if is_control_frame_start(first) {
+            emit_data(
+                sk,
+                buf,
+                len,
+                n,
+                wstrace_common::DIR_RECEIVED | FLAG_TLS_OPENSSL,
+            );
+        }
+        return;
+    }
+    let copied = match HEAD_BYTES.get_ptr(sk) {
+        Some(c) => (unsafe { *c }) & !HEAD_TLS,
+        None => 0,
+    };
+    if copied >= HEAD_BUDGET {
+        return;
+    }
+    let _ = HEAD_BYTES.insert(sk, HEAD_TLS | (copied + len.min(DATA_CAP as u64) as u32), 0);
+    emit_data(
+        sk,
+        buf,
+        len,
+        n,
+        wstrace_common::DIR_RECEIVED | FLAG_TLS_OPENSSL,
+    );
 }
 
 /// The kernel is destroying an upgraded socket: forget it (its address may be

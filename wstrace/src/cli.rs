@@ -25,8 +25,10 @@ use crate::{
         the idle time before the close. Secret headers (Cookie, Authorization, \
         Sec-WebSocket-Key ...) are never printed.\n\n\
         Needs root (or CAP_BPF + CAP_PERFMON) and a kernel with BTF (5.10+). \
-        Plaintext only: behind TLS (wss://) the kernel sees ciphertext, so trace the \
-        port behind the TLS-terminating proxy.",
+        wss:// (TLS) is seen in servers that use OpenSSL or BoringSSL (libssl, or \
+        linked in with symbols): uprobes on SSL_write/SSL_read give the plaintext \
+        (--tls). Other TLS stacks (Go crypto/tls, rustls, GnuTLS ...) are named at \
+        start-up and not covered: trace the port behind the TLS-terminating proxy.",
     after_help = "Examples:\n  \
         sudo wstrace demo                       # see it work first: built-in server and client\n  \
         sudo wstrace --port 1215                # trace the server on port 1215\n  \
@@ -140,6 +142,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         })
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsMode {
+    Auto,
+    Off,
+}
+
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     #[command(flatten)]
@@ -215,6 +223,16 @@ pub struct CommonArgs {
     /// whenever that one has more frames (x86_64).
     #[arg(long, value_enum, default_value_t = UserStackMode::Auto)]
     pub user_stack: UserStackMode,
+
+    /// wss:// (TLS) servers: `auto` puts uprobes on SSL_write/SSL_read of
+    /// the OpenSSL-compatible library (libssl, or a binary with it linked
+    /// in with symbols) of each process serving a traced port, when it is
+    /// found listening at start-up, and says per process which TLS stack
+    /// is covered and which is not (servers started later are named, not
+    /// covered: attaching needs CAP_SYS_ADMIN, dropped after start-up).
+    /// `off`: plaintext only.
+    #[arg(long, value_enum, default_value_t = TlsMode::Auto)]
+    pub tls: TlsMode,
 
     /// Bytes of user stack copied per close for dwarf unwinding (from the
     /// stack pointer up; deeper stacks are reported as truncated).

@@ -11,12 +11,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use wstrace_common::MAX_PORTS;
 
 use crate::{
+    attach::tls::TlsProbes,
     attach::{self as probes, Attached, btf, privileges, tracefs},
     cli::CommonArgs,
     diagnose::{self, Facts},
-    enrich::{Enricher, clock::monotonic_ns, unwind::UserStackMode},
+    enrich::{self, Enricher, ListenerScan, clock::monotonic_ns, unwind::UserStackMode},
     model::{CloseReport, Event},
-    output::{Outputs, View, logfile::LogFile, metrics},
+    output::{Outputs, View, escape, logfile::LogFile, metrics},
     pipeline::{matcher::Matcher, reader::Reader},
     redact::Redactor,
 };
@@ -118,8 +119,10 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16, &str)) -> Result<
     let mut enricher = Enricher::new(redactor, opts.common.user_stack, servers, kernel_peers);
     enricher.set_symbolize_timeout(Duration::from_secs(opts.common.symbolize_timeout));
     // Before saying "tracing": a server that upgrades, closes and exits the
-    // moment traffic starts is described too.
-    enricher.remember_listeners(opts.ports);
+    // moment traffic starts is described too, and its TLS library probed.
+    let scan = enricher.remember_listeners(opts.ports);
+    let mut tls = attached.tls_loaded.then(TlsState::default);
+    cover_tls(tls.as_mut(), &mut attached, &scan, true);
     privileges::drop_after_attach(&attached);
     give_back_startup_heap();
     announce(&opts, &attached, &outputs);
@@ -131,6 +134,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16, &str)) -> Result<
         enricher,
         outputs,
         attached,
+        tls,
         ports: opts.ports,
         max_sockets: opts.common.max_sockets,
         limit: opts.count.unwrap_or(u64::MAX),
@@ -190,6 +194,7 @@ fn attach_probes(opts: &Options<'_>) -> Result<(Attached, usize)> {
         max_sockets: opts.common.max_sockets,
         ring_bytes,
         user_stack_bytes,
+        tls: opts.common.tls == crate::cli::TlsMode::Auto,
     };
     let attached = probes::attach(opts.common.probe, &settings, &offsets, &root)?;
     for s in &attached.skipped {
@@ -229,6 +234,102 @@ fn announce(opts: &Options<'_>, attached: &Attached, outputs: &Outputs) {
     }
 }
 
+/// The TLS uprobes per process, and what the survey of servers read.
+#[derive(Default)]
+struct TlsState {
+    probes: TlsProbes,
+    elf_cache: enrich::tls::ElfCache,
+}
+
+/// Puts TLS uprobes on the servers a listener scan found first (and takes
+/// them off those that exited), saying for each what is covered.
+///
+/// Only at start-up (`startup`), before the privilege drop: opening a
+/// uprobe perf event needs CAP_SYS_ADMIN (measured on 6.18: CAP_PERFMON
+/// alone gets EACCES), which the daemon does not keep. A server found
+/// later is surveyed and told apart.
+fn cover_tls(
+    tls: Option<&mut TlsState>,
+    attached: &mut Attached,
+    scan: &ListenerScan,
+    startup: bool,
+) {
+    let Some(tls) = tls else {
+        return;
+    };
+    for &pid in &scan.exited {
+        tls.probes.forget(&mut attached.ebpf, pid);
+    }
+    for (pid, comm) in &scan.new {
+        if tls.probes.covers(*pid) {
+            continue;
+        }
+        let who = format!("pid {pid} ({})", escape::text(comm));
+        // Symbols only where they will be used: a server found after
+        // start-up gets no uprobes, and its libssl in maps says enough.
+        let Some(survey) = enrich::tls::survey(*pid, startup, &mut tls.elf_cache) else {
+            continue; // exited already
+        };
+        let mut covered = Vec::new();
+        if !startup && survey.targets.is_empty() {
+            // Nothing to say: its executable was not read (see above).
+            continue;
+        }
+        if !startup {
+            eprintln!(
+                "wstrace: warning: tls: {who} started after wstrace: its TLS library ({}) gets no uprobes (attaching them needs CAP_SYS_ADMIN, dropped after start-up), so its wss:// connections are not seen: restart wstrace to cover it",
+                survey
+                    .targets
+                    .iter()
+                    .map(|t| escape::text(&t.file.path).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            continue;
+        }
+        for t in &survey.targets {
+            let functions: Vec<(&'static str, u64)> =
+                t.functions.iter().map(|(&f, &o)| (f, o)).collect();
+            match tls
+                .probes
+                .attach(&mut attached.ebpf, *pid, &t.file.map_files, &functions)
+            {
+                Ok(_) => covered.push(format!(
+                    "{} in {}",
+                    t.functions.keys().copied().collect::<Vec<_>>().join(", "),
+                    escape::text(&t.file.path)
+                )),
+                Err(e) => eprintln!(
+                    "wstrace: warning: tls: {who}: {}: {e}",
+                    escape::text(&t.file.path)
+                ),
+            }
+        }
+        for (path, why) in &survey.unreadable {
+            eprintln!(
+                "wstrace: warning: tls: {who}: {} was not read: {}",
+                escape::text(path),
+                escape::text(why)
+            );
+        }
+        let uncovered = if survey.uncovered.is_empty() {
+            String::new()
+        } else {
+            format!("; not covered: {}", survey.uncovered.join(", "))
+        };
+        if covered.is_empty() {
+            eprintln!(
+                "wstrace: tls: {who}: no OpenSSL-compatible TLS library (libssl, or linked in with symbols): only plaintext is seen{uncovered}"
+            );
+        } else {
+            eprintln!(
+                "wstrace: tls: {who}: OpenSSL covered: uprobes on {}{uncovered}",
+                covered.join("; ")
+            );
+        }
+    }
+}
+
 /// How often processes listening on the traced ports are looked for (and
 /// exited ones forgotten). New workers of a pre-forking server are described
 /// from their first close if they lived this long before it.
@@ -243,6 +344,8 @@ struct EventLoop<'a> {
     enricher: Enricher,
     outputs: Outputs,
     attached: Attached,
+    /// The TLS uprobes per server process (`--tls auto`, programs loaded).
+    tls: Option<TlsState>,
     ports: &'a [u16],
     max_sockets: u32,
     /// Reports to print before stopping (`--count`).
@@ -334,7 +437,8 @@ impl EventLoop<'_> {
                 _ = tick.tick() => {
                     let scan = last_scan.elapsed() >= LISTENER_SCAN_INTERVAL;
                     if scan {
-                        self.enricher.remember_listeners(self.ports);
+                        let found = self.enricher.remember_listeners(self.ports);
+                        cover_tls(self.tls.as_mut(), &mut self.attached, &found, false);
                         last_scan = tokio::time::Instant::now();
                     }
                     for r in self.matcher.tick(monotonic_ns()) {

@@ -42,6 +42,9 @@ pub struct Event {
     pub exit_code: Option<u32>,
     /// Only for `Signal`.
     pub signal: Option<SignalSent>,
+    /// Upgrade and Data: the bytes came from the TLS library's plaintext
+    /// (uprobes on OpenSSL's SSL_write/SSL_read), not from the socket.
+    pub tls: bool,
 }
 
 /// A signal sent to a process that wrote a 101 (the event's pid/comm are
@@ -303,6 +306,9 @@ pub struct CloseReport {
     pub notes: Vec<String>,
     /// The kernel closed the socket itself (timeout, reset, abort): why.
     pub kernel_close: Option<KernelClose>,
+    /// The connection was TLS and its 101 and request were read from this
+    /// TLS library's plaintext (`openssl`); `None` for plaintext sockets.
+    pub tls: Option<&'static str>,
 }
 
 impl CloseReport {

@@ -18,6 +18,11 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "userland of the kernel-matrix VMs"),
     ("nginx-light", "the real proxy of the diagnosis tests"),
     (
+        "nodejs",
+        "a Node https server (OpenSSL linked in) of the TLS tests",
+    ),
+    ("openssl", "makes the TLS tests' self-signed certificates"),
+    (
         "python3-venv",
         "a venv for the Python WebSocket server of the diagnosis tests",
     ),

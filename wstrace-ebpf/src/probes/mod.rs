@@ -3,4 +3,5 @@ pub mod fentry;
 pub mod floor;
 pub mod kprobe;
 mod shared;
+pub mod tls;
 pub mod tracepoint;

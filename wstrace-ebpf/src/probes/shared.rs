@@ -26,7 +26,7 @@ pub fn on_tcp_sendmsg(sk: u64, msg: u64, size: u64, probe: ProbeSet) {
     };
     let len = size.min(first);
     match (record::classify_write(buf, len), server_side) {
-        (record::Write::Upgrade, true) => record::mark_upgraded(sk, size, probe),
+        (record::Write::Upgrade, true) => record::mark_upgraded(sk, size, probe, 0),
         (record::Write::ControlFrame { missing }, true) => {
             // Cut at the first iovec while the write goes on: the rest of
             // the frame is in the second.
@@ -37,8 +37,15 @@ pub fn on_tcp_sendmsg(sk: u64, msg: u64, size: u64, probe: ProbeSet) {
             };
             record::frames_written(sk, buf, len, size, Some(missing), second)
         }
-        (record::Write::Other, true) if record::resume_window_open() => {
-            record::frames_written(sk, buf, len, size, None, None)
+        (record::Write::Other, true) => {
+            // TLS records: the plaintext of the SSL_write this thread is
+            // in; else perhaps the rest of a control frame cut by the last
+            // write.
+            if let Some(w) = record::take_tls_write() {
+                record::tls_socket_write(sk, w, size, probe);
+            } else if record::resume_window_open() {
+                record::frames_written(sk, buf, len, size, None, None)
+            }
         }
         (record::Write::Request, false) => record::note_request_writer(sk),
         _ => {}

@@ -13,7 +13,7 @@ use aya_ebpf::{
 use wstrace_common::{ProbeSet, server_slot};
 
 use crate::{
-    kernel::{port_traced, sk_local_port, sk_remote_port, sock_of_fd},
+    kernel::{config, port_traced, sk_local_port, sk_remote_port, sock_of_fd},
     maps::{SERVER_SLOTS, SERVERS},
     record,
 };
@@ -79,10 +79,18 @@ fn is_server() -> bool {
 #[inline(always)]
 fn on_write(fd: u64, buf: u64, len: u64, iov: u64, vlen: u64) {
     let kind = record::classify_write(buf, len);
-    // A write that looks like nothing may still continue a control frame
-    // cut by the last one: walked to its socket only while one may be.
-    if kind == record::Write::Other && !record::resume_window_open() {
-        return;
+    if kind == record::Write::Other {
+        // TLS records carry nothing readable: a server's thread inside an
+        // SSL_write of a 101 or a control frame says what they hold.
+        if config!(tls) != 0 && is_server() && on_tls_write(fd, len) {
+            return;
+        }
+        // A write that looks like nothing may still continue a control
+        // frame cut by the last one: walked to its socket only while one
+        // may be.
+        if !record::resume_window_open() {
+            return;
+        }
     }
     let Some(sk) = sock_of_fd(fd) else { return };
     if kind == record::Write::Request {
@@ -99,7 +107,7 @@ fn on_write(fd: u64, buf: u64, len: u64, iov: u64, vlen: u64) {
             // A worker handed its sockets by another process (fd passing)
             // is known from its first 101 on.
             note_server();
-            record::mark_upgraded(sk, len, ProbeSet::Tracepoint)
+            record::mark_upgraded(sk, len, ProbeSet::Tracepoint, 0)
         }
         record::Write::ControlFrame { missing } => {
             let second = if missing > 0 && vlen > 1 {
@@ -111,6 +119,25 @@ fn on_write(fd: u64, buf: u64, len: u64, iov: u64, vlen: u64) {
         }
         _ => record::frames_written(sk, buf, len, len, None, None),
     }
+}
+
+/// A write whose bytes say nothing, in a server: the plaintext of the
+/// SSL_write this thread is in, if any, is what the socket carries. True
+/// when there was one (the write is accounted for).
+#[inline(always)]
+fn on_tls_write(fd: u64, len: u64) -> bool {
+    let Some(w) = record::take_tls_write() else {
+        return false;
+    };
+    if let Some(sk) = sock_of_fd(fd)
+        && port_traced(sk_local_port(sk))
+    {
+        if w.kind == record::TLS_UPGRADE {
+            note_server();
+        }
+        record::tls_socket_write(sk, w, len, ProbeSet::Tracepoint);
+    }
+    true
 }
 
 /// Read-family entry in a process that serves a traced port (callers check

@@ -58,6 +58,8 @@ pub fn run(common: &CommonArgs) -> Result<()> {
         ring_bytes: 1 << 16,
         // The default: the stack-copy path must load too.
         user_stack_bytes: 16384,
+        // The TLS programs must load too.
+        tls: true,
     };
     let mut usable = Vec::new();
     for (name, choice) in [

@@ -27,6 +27,7 @@ pub mod error;
 pub mod floor;
 pub mod privileges;
 pub mod retprobe;
+pub mod tls;
 pub mod tracefs;
 
 use btf::KernelOffsets;
@@ -70,6 +71,8 @@ pub struct Settings<'a> {
     pub ring_bytes: u32,
     /// User stack bytes copied per close for dwarf unwinding; 0 = none.
     pub user_stack_bytes: u32,
+    /// Load the TLS uprobe programs (attached per process later, `tls`).
+    pub tls: bool,
 }
 
 pub struct Attached {
@@ -82,6 +85,8 @@ pub struct Attached {
     /// The kprobe set's tcp_recvmsg kretprobe, made through tracefs (see
     /// retprobe.rs); `None` for other sets, or where tracefs refused it.
     pub retprobe: Option<RetProbe>,
+    /// The TLS uprobe programs are loaded (`Settings::tls`), ready to attach.
+    pub tls_loaded: bool,
 }
 
 impl Attached {
@@ -97,6 +102,7 @@ impl Attached {
                 aya::programs::Program::KProbe(p) => p.unload(),
                 aya::programs::Program::FEntry(p) => p.unload(),
                 aya::programs::Program::FExit(p) => p.unload(),
+                aya::programs::Program::UProbe(p) => p.unload(),
                 _ => Ok(()),
             };
         }
@@ -182,15 +188,24 @@ pub fn attach(
             offsets,
             tracefs_root,
         ) {
-            Ok(loaded) => {
+            Ok(mut loaded) => {
                 let mut limits = limits(set, tracefs_root);
                 limits.extend(loaded.limits);
+                let tls_loaded = settings.tls
+                    && match tls::load(&mut loaded.ebpf) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            limits.push(format!("TLS (wss://) is not covered: {e}"));
+                            false
+                        }
+                    };
                 return Ok(Attached {
                     ebpf: loaded.ebpf,
                     set,
                     skipped,
                     limits,
                     retprobe: loaded.retprobe,
+                    tls_loaded,
                 });
             }
             Err(e) => skipped.push(e),
@@ -239,6 +254,7 @@ fn kernel_config(
         *slot = port;
     }
     config.user_stack_bytes = u64::from(settings.user_stack_bytes);
+    config.tls = u64::from(settings.tls);
     for &(slot, category, name, field, need) in TRACEPOINT_FIELDS {
         let offset = tracefs::field_offset(root, category, name, field);
         *slot(&mut config) = match (offset, need) {
@@ -702,10 +718,12 @@ mod tests {
             max_sockets: 64,
             ring_bytes: 1 << 16,
             user_stack_bytes: 4096,
+            tls: true,
         };
         let c = kernel_config(&settings, &offsets(), &tracefs.0).expect("config");
         assert_eq!(c.ports, [1215, 8080, 0, 0, 0, 0, 0, 0]);
         assert_eq!(c.user_stack_bytes, 4096);
+        assert_eq!(c.tls, 1);
         assert_eq!(c.skc_num, 14, "BTF offsets are kept");
         assert_eq!(c.task_files, ABSENT, "and so is what BTF lacked");
         assert_eq!(
@@ -731,6 +749,7 @@ mod tests {
             max_sockets: 64,
             ring_bytes: 1 << 16,
             user_stack_bytes: 0,
+            tls: false,
         };
         let c = kernel_config(&settings, &offsets(), &tracefs.0).expect("config");
         assert_eq!(c.tp_destroy_skaddr, ABSENT);
@@ -752,6 +771,7 @@ mod tests {
             max_sockets: 64,
             ring_bytes: 1 << 16,
             user_stack_bytes: 0,
+            tls: false,
         };
         let err = kernel_config(&settings, &offsets(), &tracefs.0).expect_err("newstate missing");
         assert_eq!(

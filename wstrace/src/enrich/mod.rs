@@ -10,6 +10,7 @@ pub mod maps;
 pub mod peer;
 pub mod process;
 pub mod symbolize;
+pub mod tls;
 pub mod unwind;
 
 use std::collections::HashMap;
@@ -28,6 +29,15 @@ use crate::protocol::{
 };
 use crate::redact::Redactor;
 use clock::Clock;
+
+/// What one scan for listeners on the traced ports found.
+#[derive(Debug, Default)]
+pub struct ListenerScan {
+    /// Processes seen listening for the first time: (pid, comm).
+    pub new: Vec<(u32, String)>,
+    /// Processes that exited and were forgotten.
+    pub exited: Vec<u32>,
+}
 use process::{EXITED_GRACE, ProcessKey, ProcessTable, Seen};
 use symbolize::Symbolizer;
 use unwind::UserStackMode;
@@ -259,10 +269,13 @@ impl Enricher {
     /// port, before it accepts anything: a worker that closes and exits at
     /// once is gone before its upgrade event is read, and without this its
     /// report would have neither executable nor user frames. Also forgets
-    /// processes that exited [`EXITED_GRACE`] ago.
-    pub fn remember_listeners(&mut self, ports: &[u16]) {
+    /// processes that exited [`EXITED_GRACE`] ago. Returns the processes
+    /// found listening for the first time (pid, comm) and those forgotten.
+    pub fn remember_listeners(&mut self, ports: &[u16]) -> ListenerScan {
+        let mut scan = ListenerScan::default();
         for pid in self.processes.prune_exited(EXITED_GRACE) {
             self.symbolizer.forget_process(pid);
+            scan.exited.push(pid);
         }
         let (processes, symbolizer) = (&self.processes, &self.symbolizer);
         let found = peer::listeners(ports, |pid| {
@@ -281,7 +294,9 @@ impl Enricher {
             if let Some(servers) = &mut self.servers {
                 let _ = servers.insert(p.pid);
             }
+            scan.new.push((p.pid, p.comm));
         }
+        scan
     }
 
     /// Everything a printer and the diagnosis need about one report.

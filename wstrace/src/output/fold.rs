@@ -262,6 +262,7 @@ mod tests {
             jiffies_at_close: None,
             notes: Vec::new(),
             kernel_close: None,
+            tls: None,
         }
     }
 

@@ -42,6 +42,9 @@ struct Line<'a> {
     user_stack_note: Option<&'a str>,
     upgraded_by: Proc<'a>,
     probe: &'static str,
+    /// The TLS library the 101 and request were read from (`openssl`);
+    /// null for plaintext.
+    tls: Option<&'static str>,
     notes: &'a [String],
     request: Option<Request<'a>>,
     frames: Vec<Frame<'a>>,
@@ -263,6 +266,7 @@ fn line<'a>(v: &'a View<'a>) -> Line<'a> {
             comm: &r.upgrader.comm,
         },
         probe: r.probe.name(),
+        tls: r.tls,
         notes: &r.notes,
         request: v.request.as_ref().map(request),
         frames: v

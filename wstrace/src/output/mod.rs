@@ -255,6 +255,7 @@ mod tests {
             jiffies_at_close: None,
             notes: vec![evil("note")],
             kernel_close: None,
+            tls: None,
         }
     }
 

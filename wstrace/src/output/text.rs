@@ -119,6 +119,12 @@ pub fn render(v: &View<'_>, color: bool, full_stacks: bool) -> String {
         r.bytes_sent_after_upgrade,
         r.bytes_received_after_upgrade
     );
+    if let Some(tls) = r.tls {
+        let _ = writeln!(
+            out,
+            "  tls:      {tls}: the 101 and the request were read from its SSL_write/SSL_read (uprobes); bytes count TLS records"
+        );
+    }
     if let Some(cmd) = &v.process.cmdline {
         let container = match &v.process.container_id {
             Some(id) => format!(" [container {}]", esc(id.get(..12).unwrap_or(id))),

@@ -9,8 +9,8 @@ use crate::model::{Data, Direction, Event, JiffiesSample, SignalSent, Stacks, Us
 use anyhow::{Result, bail};
 use wstrace_common::{
     AF_INET6, CloseEvent, DATA_CAP, DIR_SENT, DataEvent, EventHeader, EventKind, FLAG_CONTINUES,
-    FLAG_EXIT_CODE, FLAG_TASK_EXITING, SIGNAL_OOM_VICTIM, STACK_DEPTH, SignalEvent, SockTuple,
-    UserStackHeader,
+    FLAG_EXIT_CODE, FLAG_TASK_EXITING, FLAG_TLS_OPENSSL, SIGNAL_OOM_VICTIM, STACK_DEPTH,
+    SignalEvent, SockTuple, UserStackHeader,
 };
 
 pub fn comm_string(comm: &[u8; 16]) -> String {
@@ -169,6 +169,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
         data,
         exit_code,
         signal,
+        tls: h.flags & FLAG_TLS_OPENSSL != 0,
     })
 }
 

@@ -430,6 +430,7 @@ impl Matcher {
             jiffies_at_close: t.jiffies_at_close,
             notes,
             kernel_close: t.kernel_close,
+            tls: up.tls.then_some("openssl"),
         }
     }
 }
@@ -548,6 +549,7 @@ mod tests {
             data: None,
             exit_code: None,
             signal: None,
+            tls: false,
         }
     }
 

@@ -1,0 +1,440 @@
+//! Which TLS library a server process runs, and where its OpenSSL entry
+//! points are: what the daemon needs to put uprobes on it (attach::tls).
+//!
+//! Everything here is read from the process and its files, all of it under
+//! the control of whoever runs that process: `/proc/<pid>/maps` lines
+//! (paths with any bytes), and the ELF files themselves (symbol tables of
+//! any size, truncated or lying). Files are opened through
+//! `/proc/<pid>/map_files/` (the mapped file itself, even if the path now
+//! names another file or a FIFO) with `maps::open_untrusted` (non-blocking,
+//! regular files only), read with positioned reads through a cache (a file
+//! truncated under us is an error, not a SIGBUS), and a symbol table larger
+//! than [`MAX_SYMBOL_TABLE`] is not read.
+use std::collections::BTreeMap;
+
+use object::{
+    Endianness, ReadCache,
+    elf::{FileHeader64, PT_LOAD, SHT_DYNSYM, SHT_SYMTAB, STT_FUNC},
+    read::elf::{FileHeader as _, ProgramHeader as _, SectionHeader as _, Sym as _},
+};
+
+use super::maps::{self, Mapping};
+
+/// The OpenSSL/BoringSSL functions the uprobes go on.
+pub const OPENSSL_FUNCTIONS: [&str; 4] = ["SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex"];
+
+/// A Go binary with symbols has this for crypto/tls (not covered: Go's
+/// register ABI and goroutine stacks need their own probes).
+const GO_TLS_WRITE: &str = "crypto/tls.(*Conn).Write";
+
+/// Largest symbol table (and its string table) read from a file a traced
+/// process maps: libssl's is ~100 KiB, a big binary with full symbols a
+/// few tens of MiB.
+pub const MAX_SYMBOL_TABLE: u64 = 64 << 20;
+
+/// Largest file looked into for symbols.
+const MAX_TLS_FILE: u64 = 1 << 30;
+
+/// Libraries, by file name prefix, that are TLS stacks wstrace does not
+/// cover, to name them at start-up.
+const UNCOVERED_LIBRARIES: [(&str, &str); 5] = [
+    ("libgnutls.so", "GnuTLS"),
+    ("libnss3.so", "NSS"),
+    ("libwolfssl.so", "wolfSSL"),
+    ("libmbedtls.so", "Mbed TLS"),
+    ("libs2n.so", "s2n-tls"),
+];
+
+/// One file a process maps, as the uprobe needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MappedFile {
+    /// The path in maps (for people; escaped when printed).
+    pub path: String,
+    /// `/proc/<pid>/map_files/<range>`: what is opened and probed.
+    pub map_files: String,
+    pub dev: String,
+    pub inode: u64,
+}
+
+/// What a process's maps say about TLS, before any file is read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Candidates {
+    /// `libssl.so*` files (OpenSSL or BoringSSL), one per file.
+    pub libssl: Vec<MappedFile>,
+    /// The main executable, which may embed OpenSSL (node, statically
+    /// linked servers) or be a Go program.
+    pub executable: Option<MappedFile>,
+    /// TLS libraries mapped that wstrace does not cover, by name.
+    pub uncovered: Vec<&'static str>,
+}
+
+/// The file name of a maps path (after the last `/`), without the
+/// kernel's ` (deleted)` suffix.
+fn file_name(path: &str) -> &str {
+    let path = path.strip_suffix(" (deleted)").unwrap_or(path);
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Picks the TLS-relevant files out of a process's maps. `exe_inode` is
+/// the (dev, inode) of `/proc/<pid>/exe`, to know the main executable's
+/// mapping. Pseudo mappings (`[vdso]`, anonymous memory) are skipped; each
+/// file is listed once, whatever number of mappings it has.
+pub fn candidates(pid: u32, maps: &[Mapping], exe_inode: Option<(&str, u64)>) -> Candidates {
+    let mut out = Candidates::default();
+    let mut seen: Vec<(&str, u64)> = Vec::new();
+    for m in maps {
+        let Some(path) = m.path.as_deref() else {
+            continue;
+        };
+        if !path.starts_with('/') || m.inode == 0 || seen.contains(&(m.dev.as_str(), m.inode)) {
+            continue;
+        }
+        seen.push((m.dev.as_str(), m.inode));
+        let file = || MappedFile {
+            path: path.to_string(),
+            map_files: maps::map_files_path(pid, m),
+            dev: m.dev.clone(),
+            inode: m.inode,
+        };
+        let name = file_name(path);
+        if exe_inode == Some((m.dev.as_str(), m.inode)) {
+            out.executable = Some(file());
+        } else if name.starts_with("libssl.so") {
+            out.libssl.push(file());
+        } else if let Some((_, stack)) = UNCOVERED_LIBRARIES
+            .iter()
+            .find(|(prefix, _)| name.starts_with(prefix))
+            && !out.uncovered.contains(stack)
+        {
+            out.uncovered.push(stack);
+        }
+    }
+    out
+}
+
+/// What one ELF file offers: file offsets of the OpenSSL functions it
+/// defines, and whether it is a Go program using crypto/tls.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ElfTls {
+    pub openssl: BTreeMap<&'static str, u64>,
+    pub go_tls: bool,
+}
+
+/// Reads the symbol tables of `file` (an ELF64 file) for the OpenSSL
+/// functions; `Err` says why it could not (not ELF, a table too large ...).
+pub fn elf_tls(file: std::fs::File) -> Result<ElfTls, String> {
+    let data = ReadCache::new(file);
+    let header = FileHeader64::<Endianness>::parse(&data).map_err(|e| e.to_string())?;
+    let endian = header.endian().map_err(|e| e.to_string())?;
+    let sections = header.sections(endian, &data).map_err(|e| e.to_string())?;
+    let segments = header
+        .program_headers(endian, &data)
+        .map_err(|e| e.to_string())?;
+    let file_offset = |vaddr: u64| {
+        segments.iter().find_map(|p| {
+            let start = p.p_vaddr(endian).into();
+            let size: u64 = p.p_filesz(endian).into();
+            (p.p_type(endian) == PT_LOAD && vaddr >= start && vaddr - start < size)
+                .then(|| vaddr - start + u64::from(p.p_offset(endian)))
+        })
+    };
+    let mut out = ElfTls::default();
+    // Exported symbols first (a shared library's), then the full table.
+    for kind in [SHT_DYNSYM, SHT_SYMTAB] {
+        let Some((_, table)) = sections
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.sh_type(endian) == kind)
+        else {
+            continue;
+        };
+        let strings = sections
+            .section(object::SectionIndex(table.sh_link(endian) as usize))
+            .map_err(|e| e.to_string())?;
+        let too_big = |s: &object::elf::SectionHeader64<Endianness>| {
+            u64::from(s.sh_size(endian)) > MAX_SYMBOL_TABLE
+        };
+        if too_big(table) || too_big(strings) {
+            return Err(format!(
+                "its symbol table is larger than {} MiB",
+                MAX_SYMBOL_TABLE >> 20
+            ));
+        }
+        let symbols = sections
+            .symbols(endian, &data, kind)
+            .map_err(|e| e.to_string())?;
+        for sym in symbols.iter() {
+            if sym.is_undefined(endian) {
+                continue;
+            }
+            let Ok(name) = sym.name(endian, symbols.strings()) else {
+                continue;
+            };
+            if name == GO_TLS_WRITE.as_bytes() {
+                out.go_tls = true;
+                continue;
+            }
+            if sym.st_type() != STT_FUNC {
+                continue;
+            }
+            let Some(&f) = OPENSSL_FUNCTIONS.iter().find(|f| f.as_bytes() == name) else {
+                continue;
+            };
+            if let Some(off) = file_offset(sym.st_value(endian)) {
+                out.openssl.entry(f).or_insert(off);
+            }
+        }
+        if out.openssl.len() == OPENSSL_FUNCTIONS.len() {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// One file to put uprobes on, with the offsets of the functions found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub file: MappedFile,
+    pub functions: BTreeMap<&'static str, u64>,
+}
+
+/// What a server process runs for TLS: the files to probe, and what is
+/// there that wstrace does not cover.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Survey {
+    pub targets: Vec<Target>,
+    /// TLS stacks found and not covered ("Go crypto/tls", "GnuTLS" ...).
+    pub uncovered: Vec<&'static str>,
+    /// Files that could not be read, and why (path, reason).
+    pub unreadable: Vec<(String, String)>,
+}
+
+/// What was read from each file (by device and inode), so the workers of
+/// one server (same executable, same libssl) cost one read each.
+pub type ElfCache = std::collections::HashMap<(String, u64), Result<ElfTls, String>>;
+
+/// Files kept in an [`ElfCache`] at most (then it starts over).
+const ELF_CACHE_MAX: usize = 256;
+
+/// Surveys `pid`: its maps, then (with `read_symbols`) the symbols of its
+/// libssl files and its executable; without, every libssl is a target with
+/// no functions (what a server found too late to probe maps, cheaply).
+/// `None` when its maps cannot be read (it exited).
+pub fn survey(pid: u32, read_symbols: bool, cache: &mut ElfCache) -> Option<Survey> {
+    let maps = maps::read_maps(pid)?;
+    let exe = std::fs::metadata(format!("/proc/{pid}/exe")).ok();
+    let exe_key = exe.as_ref().map(|m| {
+        use std::os::unix::fs::MetadataExt as _;
+        (dev_string(m.dev()), m.ino())
+    });
+    let c = candidates(pid, &maps, exe_key.as_ref().map(|(d, i)| (d.as_str(), *i)));
+    let mut out = Survey {
+        uncovered: c.uncovered.clone(),
+        ..Survey::default()
+    };
+    if !read_symbols {
+        out.targets = c
+            .libssl
+            .into_iter()
+            .map(|file| Target {
+                file,
+                functions: BTreeMap::new(),
+            })
+            .collect();
+        return Some(out);
+    }
+    for (file, is_exe) in c
+        .libssl
+        .iter()
+        .map(|f| (f, false))
+        .chain(c.executable.iter().map(|f| (f, true)))
+    {
+        let key = (file.dev.clone(), file.inode);
+        let read = match cache.get(&key) {
+            Some(r) => r.clone(),
+            None => {
+                let Some(opened) = maps::open_untrusted(&file.map_files, MAX_TLS_FILE) else {
+                    out.unreadable.push((
+                        file.path.clone(),
+                        format!(
+                            "not a readable regular file of at most {} GiB",
+                            MAX_TLS_FILE >> 30
+                        ),
+                    ));
+                    continue;
+                };
+                let r = elf_tls(opened);
+                if cache.len() >= ELF_CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(key, r.clone());
+                r
+            }
+        };
+        match read {
+            Ok(elf) => {
+                if elf.go_tls && !out.uncovered.contains(&"Go crypto/tls") {
+                    out.uncovered.push("Go crypto/tls");
+                }
+                // An executable that merely imports SSL_write from libssl
+                // has it undefined: only a definition is a target.
+                if !elf.openssl.is_empty() {
+                    out.targets.push(Target {
+                        file: file.clone(),
+                        functions: elf.openssl,
+                    });
+                }
+            }
+            // An executable need not be ELF64 we can read (a script
+            // interpreter's is); a libssl that is not is worth saying.
+            Err(e) if !is_exe => out.unreadable.push((file.path.clone(), e)),
+            Err(_) => {}
+        }
+    }
+    Some(out)
+}
+
+/// `st_dev` as maps prints it: `major:minor`, hex, at least two digits each.
+fn dev_string(dev: u64) -> String {
+    format!("{:02x}:{:02x}", libc::major(dev), libc::minor(dev))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn maps_of(text: &str) -> Vec<Mapping> {
+        maps::parse_maps(text)
+    }
+
+    const PYTHON: &str = "\
+55d0c0a00000-55d0c0a6f000 r--p 00000000 fd:01 100 /usr/bin/python3.11
+55d0c0a6f000-55d0c0d3e000 r-xp 0006f000 fd:01 100 /usr/bin/python3.11
+7f1c2a000000-7f1c2a021000 rw-p 00000000 00:00 0
+7f1c2b200000-7f1c2b21f000 r--p 00000000 fd:01 200 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f1c2b21f000-7f1c2b27c000 r-xp 0001f000 fd:01 200 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f1c2b300000-7f1c2b380000 r-xp 00000000 fd:01 201 /usr/lib/x86_64-linux-gnu/libcrypto.so.3
+7ffd5b7e5000-7ffd5b7e7000 r-xp 00000000 00:00 0 [vdso]
+";
+
+    #[test]
+    fn libssl_is_found_once_and_the_executable_apart() {
+        let c = candidates(42, &maps_of(PYTHON), Some(("fd:01", 100)));
+        assert_eq!(c.libssl.len(), 1, "{c:?}");
+        let ssl = &c.libssl[0];
+        assert_eq!(ssl.path, "/usr/lib/x86_64-linux-gnu/libssl.so.3");
+        assert_eq!(
+            ssl.map_files,
+            "/proc/42/map_files/7f1c2b200000-7f1c2b21f000"
+        );
+        assert_eq!((ssl.dev.as_str(), ssl.inode), ("fd:01", 200));
+        let exe = c.executable.expect("executable");
+        assert_eq!(exe.path, "/usr/bin/python3.11");
+        assert!(c.uncovered.is_empty());
+    }
+
+    #[test]
+    fn other_tls_libraries_are_named_not_probed() {
+        let c = candidates(
+            7,
+            &maps_of(
+                "1000-2000 r-xp 0 08:02 5 /usr/lib/libgnutls.so.30.34\n\
+                 3000-4000 r-xp 0 08:02 6 /usr/lib/libgnutls.so.30.34 (deleted)\n\
+                 5000-6000 r-xp 0 08:02 7 /opt/x/libwolfssl.so.35\n",
+            ),
+            None,
+        );
+        assert!(c.libssl.is_empty());
+        assert_eq!(c.uncovered, vec!["GnuTLS", "wolfSSL"]);
+        assert_eq!(c.executable, None);
+    }
+
+    #[test]
+    fn hostile_paths_are_taken_verbatim_and_pseudo_files_skipped() {
+        // A directory named like a library, a deleted one, a path with
+        // spaces and escapes, a pseudo file, inode 0: only real files whose
+        // *name* is libssl count, and the path is never trusted to open
+        // (map_files is what is opened).
+        let c = candidates(
+            9,
+            &maps_of(
+                "1000-2000 r-xp 0 08:02 11 /tmp/libssl.so.3/evil\n\
+                 2000-3000 r-xp 0 08:02 12 /tmp/a b/libssl.so.1.1 (deleted)\n\
+                 3000-4000 r-xp 0 08:02 13 /tmp/\x1b[31mlibssl.so\n\
+                 4000-5000 r-xp 0 00:00 0 [libssl.so]\n\
+                 5000-6000 r-xp 0 08:02 0 /libssl.so.9\n\
+                 6000-7000 r-xp 0 08:02 14 relative/libssl.so.3\n",
+            ),
+            None,
+        );
+        let paths: Vec<&str> = c.libssl.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, vec!["/tmp/a b/libssl.so.1.1 (deleted)"]);
+        assert_eq!(c.libssl[0].map_files, "/proc/9/map_files/2000-3000");
+    }
+
+    #[test]
+    fn file_names() {
+        assert_eq!(file_name("/usr/lib/libssl.so.3"), "libssl.so.3");
+        assert_eq!(file_name("/usr/lib/libssl.so.3 (deleted)"), "libssl.so.3");
+        assert_eq!(file_name("libssl.so"), "libssl.so");
+    }
+
+    #[test]
+    fn dev_strings_match_maps() {
+        assert_eq!(dev_string(libc::makedev(0xfd, 1)), "fd:01");
+        assert_eq!(dev_string(libc::makedev(8, 0x12)), "08:12");
+        assert_eq!(dev_string(libc::makedev(0x103, 0)), "103:00");
+    }
+
+    /// The real libssl of this host, if any: its functions resolve to file
+    /// offsets inside the file, inside an executable segment.
+    #[test]
+    fn this_hosts_libssl_resolves_all_four_functions() {
+        let path = [
+            "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+            "/lib/x86_64-linux-gnu/libssl.so.3",
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+        if !crate::testenv::require(
+            path.is_some(),
+            "libssl.so.3 is not installed (apt-get install libssl3)",
+        ) {
+            return;
+        }
+        let Some(path) = path else { return };
+        let file = std::fs::File::open(path).expect("open libssl");
+        let len = file.metadata().expect("stat").len();
+        let elf = elf_tls(file).expect("libssl parses");
+        assert_eq!(
+            elf.openssl.keys().copied().collect::<Vec<_>>(),
+            vec!["SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex"]
+        );
+        for (f, off) in &elf.openssl {
+            assert!(*off > 0 && *off < len, "{f} at {off:#x} outside the file");
+        }
+        assert!(!elf.go_tls);
+    }
+
+    #[test]
+    fn non_elf_and_truncated_files_are_errors_not_panics() {
+        let dir = std::env::temp_dir().join(format!("wstrace-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let garbage = dir.join("garbage");
+        std::fs::write(&garbage, b"#!/bin/sh\necho not elf\n").expect("write");
+        assert!(elf_tls(std::fs::File::open(&garbage).expect("open")).is_err());
+        // A real ELF header claiming section headers past the end.
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2; // 64-bit
+        elf[5] = 1; // little endian
+        elf[6] = 1;
+        elf[0x28..0x30].copy_from_slice(&0xffff_0000u64.to_le_bytes()); // e_shoff
+        elf[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes()); // e_shentsize
+        elf[0x3c..0x3e].copy_from_slice(&1000u16.to_le_bytes()); // e_shnum
+        let truncated = dir.join("truncated");
+        std::fs::write(&truncated, &elf).expect("write");
+        assert!(elf_tls(std::fs::File::open(&truncated).expect("open")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
