@@ -43,14 +43,19 @@ pub fn markdown(results: &MatrixResults) -> String {
          hooks, and wstrace says so at start-up",
         date(results.generated_unix)
     ));
-    let known: Vec<String> = results
-        .kernels
+    // One sentence per (set, reason), naming every kernel it applies to.
+    let mut reasons: Vec<(&str, &str, Vec<&str>)> = Vec::new();
+    for k in &results.kernels {
+        for (set, why) in &k.unavailable {
+            match reasons.iter_mut().find(|(s, w, _)| s == set && w == why) {
+                Some((_, _, labels)) => labels.push(&k.label),
+                None => reasons.push((set, why, vec![&k.label])),
+            }
+        }
+    }
+    let known: Vec<String> = reasons
         .iter()
-        .flat_map(|k| {
-            k.unavailable
-                .iter()
-                .map(move |(set, why)| format!("{} {set}: {why}", k.label))
-        })
+        .map(|(set, why, labels)| format!("{} {set}: {why}", labels.join(" and ")))
         .collect();
     if known.is_empty() {
         s.push_str(".\n");
