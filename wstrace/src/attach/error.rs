@@ -15,7 +15,7 @@ use aya::{
 };
 use wstrace_common::ProbeSet;
 
-use super::ProbeChoice;
+use super::{ProbeChoice, program::LookupError};
 
 /// The kernel's internal "not supported" errno: BPF syscalls return it to
 /// user space unchanged, e.g. for fentry without ftrace direct calls.
@@ -71,6 +71,19 @@ impl AttachFailure {
     /// A check made before loading failed: nothing from the kernel to add.
     pub fn lacks(set: ProbeSet, what: impl Into<String>) -> Self {
         Self::new(set, FailureKind::KernelLacks, what, String::new())
+    }
+
+    /// A program the set needs is not in the object, or not of its type.
+    pub fn from_lookup(set: ProbeSet, e: &LookupError) -> Self {
+        match e {
+            LookupError::Missing(_) => Self::new(
+                set,
+                FailureKind::BuildMismatch,
+                format!("{e} (build mismatch)"),
+                String::new(),
+            ),
+            LookupError::WrongType(_, source) => Self::from_program(set, e.to_string(), source),
+        }
     }
 
     /// `aya::Ebpf::load` (the whole object: maps, then relocations) failed.
@@ -275,8 +288,9 @@ fn map_kind(e: &MapError) -> FailureKind {
     }
 }
 
-/// An error and its sources, `a: b: c`, first line only (as anyhow's `{:#}`).
-fn chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources, `a: b: c` (as anyhow's `{:#}`): aya's own
+/// errors say only which call failed, their sources say why.
+pub fn with_sources(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -284,7 +298,17 @@ fn chain(e: &dyn std::error::Error) -> String {
         s.push_str(&cause.to_string());
         source = cause.source();
     }
-    s.lines().next().unwrap_or_default().trim().to_string()
+    s
+}
+
+/// [`with_sources`], first line only (a verifier log's listing follows it).
+fn chain(e: &dyn std::error::Error) -> String {
+    with_sources(e)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 fn truncate_chars(s: &str, max: usize) -> String {
@@ -319,6 +343,35 @@ mod tests {
         assert_eq!(
             f.to_string(),
             "fentry: fentry is not available on this kernel: it refused BTF trampolines (ftrace locked, or no CONFIG_FUNCTION_TRACER / DYNAMIC_FTRACE_WITH_DIRECT_CALLS) [loading fentry/tcp_sendmsg: the BPF_PROG_LOAD syscall returned Operation not permitted (os error 1)]"
+        );
+    }
+
+    #[test]
+    fn a_program_missing_or_of_another_type_is_a_build_mismatch() {
+        let missing = AttachFailure::from_lookup(
+            ProbeSet::Kprobe,
+            &LookupError::Missing("kprobe_tcp_close".into()),
+        );
+        assert_eq!(missing.kind, FailureKind::BuildMismatch);
+        assert_eq!(
+            missing.step,
+            "program kprobe_tcp_close missing from the eBPF object (build mismatch)"
+        );
+        let wrong = AttachFailure::from_lookup(
+            ProbeSet::Kprobe,
+            &LookupError::WrongType(
+                "kprobe_tcp_close".into(),
+                ProgramError::UnexpectedProgramType,
+            ),
+        );
+        assert_eq!(wrong.kind, FailureKind::BuildMismatch);
+        assert_eq!(
+            wrong.step,
+            "program kprobe_tcp_close has an unexpected type"
+        );
+        assert!(
+            !wrong.detail.is_empty(),
+            "the type error is kept: {wrong:?}"
         );
     }
 

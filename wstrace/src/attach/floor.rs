@@ -10,7 +10,7 @@ use aya::{
     programs::{FEntry, FExit, KProbe},
 };
 
-use super::{EBPF_OBJECT, ProbeChoice, retprobe::RetProbe};
+use super::{EBPF_OBJECT, ProbeChoice, program::program, retprobe::RetProbe};
 
 /// Attached floor programs; dropping it detaches them.
 pub struct Floor {
@@ -50,15 +50,11 @@ pub fn attach(choice: ProbeChoice, root: &Path) -> Result<Floor> {
                 p.attach(func, 0)
                     .with_context(|| format!("attaching {prog}"))?;
             }
-            // Made as the kprobe set makes its own (attach_recvmsg_return).
+            // Made as the kprobe set makes its own (attach_recvmsg_return),
+            // so the floor pays what wstrace's return probe pays.
             let p: &mut KProbe = program(&mut ebpf, "floor_kr_recv")?;
             p.load().context("loading floor_kr_recv")?;
-            let fd = p.fd().context("floor_kr_recv fd")?;
-            retprobe = Some(RetProbe::attach(
-                root,
-                "tcp_recvmsg",
-                std::os::fd::AsFd::as_fd(fd),
-            )?);
+            retprobe = Some(RetProbe::attach(root, "tcp_recvmsg", p)?);
         }
         other => bail!("no floor for --probe {other:?}: use fentry or kprobe"),
     }
@@ -66,15 +62,4 @@ pub fn attach(choice: ProbeChoice, root: &Path) -> Result<Floor> {
         _ebpf: ebpf,
         _retprobe: retprobe,
     })
-}
-
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    let p = ebpf
-        .program_mut(name)
-        .with_context(|| format!("program {name} missing from the eBPF object"))?;
-    p.try_into()
-        .with_context(|| format!("program {name} has an unexpected type"))
 }

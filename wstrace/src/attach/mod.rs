@@ -25,7 +25,9 @@ pub mod btf;
 pub mod check;
 pub mod error;
 pub mod floor;
+pub mod perf;
 pub mod privileges;
+pub mod program;
 pub mod retprobe;
 pub mod tls;
 pub mod tracefs;
@@ -502,11 +504,7 @@ fn attach_recvmsg_return(
     p.load()
         .map_err(|e| AttachFailure::from_program(set, "loading kretprobe/tcp_recvmsg", &e))?;
     retprobe::remove_stale(root);
-    let tracefs_attach = match p.fd() {
-        Ok(fd) => RetProbe::attach(root, FUNC, std::os::fd::AsFd::as_fd(fd)),
-        Err(e) => Err(anyhow::anyhow!("{e}")),
-    };
-    match tracefs_attach {
+    match RetProbe::attach(root, FUNC, p) {
         Ok(r) => loaded.retprobe = Some(r),
         Err(why) => {
             p.attach(FUNC, 0).map_err(|e| {
@@ -524,17 +522,7 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, set: ProbeSet, name: &str) -> Result<&'a m
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let p = ebpf.program_mut(name).ok_or_else(|| {
-        AttachFailure::new(
-            set,
-            FailureKind::BuildMismatch,
-            format!("program {name} missing from the eBPF object (build mismatch)"),
-            String::new(),
-        )
-    })?;
-    p.try_into().map_err(|e| {
-        AttachFailure::from_program(set, format!("program {name} has an unexpected type"), &e)
-    })
+    program::program(ebpf, name).map_err(|e| AttachFailure::from_lookup(set, &e))
 }
 
 fn attach_tracepoint(

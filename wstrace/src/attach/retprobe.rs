@@ -19,11 +19,14 @@
 use std::{
     fs::OpenOptions,
     io::Write as _,
-    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use aya::programs::KProbe;
+
+use super::perf::{PerfLink, attach_program};
 
 /// KRETPROBE_MAXACTIVE_MAX: the most instances tracefs accepts. About 64
 /// bytes each (256 KiB in all), allocated when the probe is registered.
@@ -37,14 +40,22 @@ const GROUP: &str = "wstrace";
 pub struct RetProbe {
     root: PathBuf,
     event: String,
-    perf: Option<OwnedFd>,
+    link: Option<PerfLink>,
 }
 
 impl RetProbe {
     /// Creates `wstrace/<event>` as a kretprobe on `func` with
-    /// [`MAXACTIVE`] instances and attaches `prog` (a loaded kprobe
-    /// program) to it.
-    pub fn attach(root: &Path, func: &str, prog: BorrowedFd<'_>) -> Result<Self> {
+    /// [`MAXACTIVE`] instances and attaches `prog`, a loaded kprobe
+    /// program, to it: what the kprobe set and the benchmark floor both do
+    /// for `tcp_recvmsg`'s return.
+    pub fn attach(root: &Path, func: &str, prog: &KProbe) -> Result<Self> {
+        let fd = prog
+            .fd()
+            .with_context(|| format!("the program for {func}'s return is not loaded"))?;
+        Self::attach_fd(root, func, fd.as_fd())
+    }
+
+    fn attach_fd(root: &Path, func: &str, prog: BorrowedFd<'_>) -> Result<Self> {
         if func.is_empty() || !func.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             bail!("`{func}` is not a kernel function name");
         }
@@ -55,7 +66,7 @@ impl RetProbe {
         let mut probe = Self {
             root: root.to_path_buf(),
             event,
-            perf: None,
+            link: None,
         };
         let id_path = root
             .join("events")
@@ -68,17 +79,7 @@ impl RetProbe {
             .parse()
             .with_context(|| format!("parsing {}", id_path.display()))?;
         let perf = open_tracepoint_event(id)?;
-        // SAFETY: plain ioctls on a perf event fd we own; the argument of
-        // SET_BPF is a program fd, and ENABLE takes none.
-        if unsafe { libc::ioctl(perf.as_raw_fd(), PERF_EVENT_IOC_SET_BPF, prog.as_raw_fd()) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .context("attaching the program to the kretprobe (PERF_EVENT_IOC_SET_BPF)");
-        }
-        if unsafe { libc::ioctl(perf.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .context("enabling the kretprobe (PERF_EVENT_IOC_ENABLE)");
-        }
-        probe.perf = Some(perf);
+        probe.link = Some(attach_program(perf, prog).context("on the kretprobe")?);
         Ok(probe)
     }
 
@@ -96,7 +97,7 @@ impl RetProbe {
 impl Drop for RetProbe {
     fn drop(&mut self) {
         // The event cannot be removed while the perf event holds it.
-        drop(self.perf.take());
+        drop(self.link.take());
         if let Err(e) = write_command(&self.root, &format!("-:{GROUP}/{}", self.event)) {
             // The next run removes it (remove_stale); it costs nothing
             // meanwhile: an event no one enables is not armed.
@@ -195,10 +196,6 @@ struct PerfEventAttrV0 {
 
 const PERF_TYPE_TRACEPOINT: u32 = 2;
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
-/// _IO('$', 0) and _IOW('$', 8, __u32): the same on every Linux architecture
-/// wstrace builds for.
-const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
-const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
 
 /// A perf event on trace event `id`, every process, CPU 0: a program
 /// attached to it runs on every CPU (the kernel runs a kprobe event's
@@ -280,7 +277,9 @@ mod tests {
         // SAFETY: a closed-over fd number is never used: the name check fails first.
         let fd = unsafe { BorrowedFd::borrow_raw(0) };
         for bad in ["", "tcp_recvmsg\nr:x/y z", "a b", "../x"] {
-            let err = RetProbe::attach(&dir, bad, fd).err().map(|e| e.to_string());
+            let err = RetProbe::attach_fd(&dir, bad, fd)
+                .err()
+                .map(|e| e.to_string());
             assert!(
                 err.as_deref()
                     .is_some_and(|e| e.contains("not a kernel function name")),

@@ -14,10 +14,12 @@ use std::{collections::HashMap, num::NonZeroU32};
 use aya::{
     Ebpf,
     programs::{
-        ProgramError, UProbe,
+        UProbe,
         uprobe::{UProbeLinkId, UProbeScope},
     },
 };
+
+use super::error::with_sources;
 
 /// (program, function, is a return probe): the uprobes one target gets,
 /// for each function it defines.
@@ -46,11 +48,7 @@ pub const MAX_PROCESSES: usize = 256;
 /// Loads the TLS programs into `ebpf` (before the privilege drop).
 pub fn load(ebpf: &mut Ebpf) -> Result<(), String> {
     for name in PROGRAMS {
-        let p: &mut UProbe = ebpf
-            .program_mut(name)
-            .ok_or_else(|| format!("program {name} missing from the eBPF object"))?
-            .try_into()
-            .map_err(|e: ProgramError| format!("program {name}: {e}"))?;
+        let p = program(ebpf, name)?;
         p.load().map_err(|e| format!("loading {name}: {e}"))?;
     }
     Ok(())
@@ -136,23 +134,8 @@ impl TlsProbes {
     }
 }
 
-/// An error and its causes, on one line (aya's own says only which call).
-fn with_sources(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
-
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, String> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| format!("program {name} missing from the eBPF object"))?
-        .try_into()
-        .map_err(|e: ProgramError| format!("program {name}: {e}"))
+    super::program::program(ebpf, name).map_err(|e| with_sources(&e))
 }
 
 fn detach(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
