@@ -7,8 +7,9 @@
 //! the server's port; the client here speaks the protocol by hand, so what
 //! it answers and when is exact.
 //!
-//! Needs root, /usr/bin/python3 and (for the library test) the venv that
-//! `cargo xtask setup` creates.
+//! Needs root, /usr/bin/python3 and (for the library tests) node with the
+//! npm package `ws` and the venv with `websockets`, which `cargo xtask
+//! setup` installs.
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
@@ -19,7 +20,9 @@ use std::{
 
 mod common;
 
-use common::{Tracer, require_file, require_root, require_venv_python, serial, spawn_ready};
+use common::{
+    Tracer, require_file, require_node_ws, require_root, require_venv_python, serial, spawn_ready,
+};
 use serde_json::Value;
 
 /// A valid client handshake (a library server checks the key).
@@ -190,6 +193,121 @@ fn a_client_that_stops_answering_pings_is_heartbeat_timeout_by_the_server() {
     );
 }
 
+/// ws's heartbeat as its README documents it (the pattern Node servers
+/// copy): every interval, `terminate()` each client whose `isAlive` is
+/// still false, else clear it and `ping()`; a pong sets it again. The
+/// interval (ms) is the first argument.
+const WS_HEARTBEAT_SERVER: &str = r#"
+const { WebSocketServer } = require('ws');
+const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+function heartbeat() { this.isAlive = true; }
+wss.on('connection', function connection(ws) {
+  ws.isAlive = true;
+  ws.on('error', console.error);
+  ws.on('pong', heartbeat);
+});
+const interval = setInterval(function ping() {
+  wss.clients.forEach(function each(ws) {
+    if (ws.isAlive === false) return ws.terminate();
+    ws.isAlive = false;
+    ws.ping();
+  });
+}, Number(process.argv[1]));
+wss.on('close', function close() { clearInterval(interval); });
+wss.on('listening', () => console.log('READY', wss.address().port));
+"#;
+
+const WS_INTERVAL_MS: u64 = 200;
+
+#[test]
+fn node_ws_terminate_of_a_client_that_never_pongs_is_heartbeat_timeout_by_node() {
+    if !require_root() {
+        return;
+    }
+    let Some((node, modules)) = require_node_ws() else {
+        return;
+    };
+    let _serial = serial();
+    let (server, port) = spawn_ready(Command::new(node).env("NODE_PATH", &modules).args([
+        "-e",
+        WS_HEARTBEAT_SERVER,
+        &WS_INTERVAL_MS.to_string(),
+    ]));
+    let w = Tracer::start(port, &[]);
+    let mut c = upgraded(port);
+    // A frozen client: reads everything, answers nothing, until ws gives up.
+    let mut pings = 0;
+    let end = loop {
+        let mut h = [0u8; 2];
+        match c.read(&mut h[..1]) {
+            // terminate() destroys the socket: the kernel says how here
+            // (a FIN reads as end of stream, an RST as a reset error).
+            Ok(0) => break "fin",
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break "rst",
+            Err(e) => panic!("reading from ws: {e}"),
+            Ok(_) => {}
+        }
+        c.read_exact(&mut h[1..]).expect("frame header");
+        assert_eq!(h, [0x89, 0x00], "ws sends only empty pings here");
+        pings += 1;
+    };
+    // ws pings at one tick and terminates at the next: one ping, no pong.
+    assert_eq!(pings, 1, "ws terminated after {pings} pings");
+    // Nothing was left unread on either side, so destroy() is a plain
+    // close(): the kernel sends a FIN, not an RST.
+    assert_eq!(end, "fin", "how the client saw terminate()");
+    let reports = w.wait_for_reports(1, Duration::from_secs(15));
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    let r = &reports[0];
+    assert_eq!(s(r, &["diagnosis", "code"]), "heartbeat_timeout", "{r:#}");
+    assert_eq!(
+        (s(r, &["closed_by"]), s(r, &["how"])),
+        ("local", "fin"),
+        "{r:#}"
+    );
+    let pid = u64::from(server.0.id());
+    assert_eq!(r["pid"].as_u64(), Some(pid), "node closed it: {r:#}");
+    assert_eq!(r["upgraded_by"]["pid"].as_u64(), Some(pid), "{r:#}");
+    assert_eq!(s(r, &["comm"]), "node", "{r:#}");
+    assert_eq!(
+        (
+            n(r, "pings_sent"),
+            n(r, "pongs_received"),
+            n(r, "unanswered_pings_sent")
+        ),
+        (1, 0, 1),
+        "{r:#}"
+    );
+    assert_eq!(
+        (n(r, "pings_received"), n(r, "pongs_sent")),
+        (0, 0),
+        "{r:#}"
+    );
+    assert!(r["heartbeat"]["last_pong_received_ms"].is_null(), "{r:#}");
+    assert!(
+        r["frames"].as_array().is_some_and(|f| f.is_empty()),
+        "terminate() sends no close frame: {r:#}"
+    );
+    // The ping comes at a tick after the upgrade and terminate() one tick
+    // later: the connection lived at least one interval.
+    let lifetime = r["ms_after_upgrade"].as_f64().expect("ms_after_upgrade");
+    let last_ping = r["heartbeat"]["last_ping_sent_ms"]
+        .as_f64()
+        .expect("last ping");
+    assert!(
+        lifetime >= WS_INTERVAL_MS as f64 && lifetime - last_ping >= WS_INTERVAL_MS as f64 * 0.9,
+        "lifetime {lifetime} ms, ping at {last_ping} ms: {r:#}"
+    );
+    let msg = s(r, &["diagnosis", "message"]);
+    assert!(
+        msg.contains(&format!("node (pid {pid}) sent 1 ping that the client"))
+            && msg.contains("no pong ever came back")
+            && msg.contains("without a close frame")
+            && msg.contains("stopped answering pings"),
+        "{msg}"
+    );
+}
+
 /// `websockets` pings every 0.5 s and gives up 1.2 s after an unanswered
 /// one: it sends a close frame 1011 "keepalive ping timeout" and half-closes.
 const KEEPALIVE_SERVER: &str = r#"
@@ -242,6 +360,134 @@ fn python_websockets_keepalive_timeout_is_heartbeat_timeout_not_a_server_error()
     let msg = s(r, &["diagnosis", "message"]);
     assert!(
         msg.contains("with a close frame 1011") && msg.contains("no pong ever came back"),
+        "{msg}"
+    );
+}
+
+/// A server that answers the upgrade (with the Accept a real client checks)
+/// and then reads and drops everything: it never answers a ping nor the
+/// client's close frame (a hand-rolled server without pongs, or one whose
+/// WebSocket layer is stuck while its socket is still read), and closes at
+/// the client's FIN.
+const SILENT_SERVER: &str = r#"
+import base64, hashlib, socket, sys
+l = socket.socket()
+l.bind(("127.0.0.1", 0))
+l.listen(1)
+print("READY", l.getsockname()[1], flush=True)
+c, _ = l.accept()
+head = b""
+while b"\r\n\r\n" not in head:
+    d = c.recv(1024)
+    if not d:
+        sys.exit(1)
+    head += d
+key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+           if line.lower().startswith(b"sec-websocket-key:"))
+accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+          b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+while c.recv(4096):
+    pass
+c.close()
+"#;
+
+/// The `websockets` client with a 200 ms keepalive: one ping, 300 ms for
+/// its pong, then it fails the connection with 1011 "keepalive ping
+/// timeout", waits 300 ms for the server's close frame and closes.
+/// Prints its pid, then what it sent when the connection closed.
+const KEEPALIVE_CLIENT: &str = r#"
+import asyncio, os, sys, websockets
+async def main(port):
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws", ping_interval=0.2,
+                                  ping_timeout=0.3, close_timeout=0.3) as ws:
+        try:
+            await ws.recv()
+        except websockets.ConnectionClosed as e:
+            print("CLOSED", os.getpid(), e.sent.code, e.sent.reason, flush=True)
+asyncio.run(main(int(sys.argv[1])))
+"#;
+
+#[test]
+fn python_websockets_client_giving_up_on_a_silent_server_is_peer_heartbeat_timeout() {
+    if !require_root() {
+        return;
+    }
+    let Some(python) = system_python() else {
+        return;
+    };
+    let Some(venv_python) = require_venv_python() else {
+        return;
+    };
+    let _serial = serial();
+    let (server, port) = spawn_ready(Command::new(python).args(["-c", SILENT_SERVER]));
+    let w = Tracer::start(port, &[]);
+    let out = Command::new(venv_python)
+        .args(["-c", KEEPALIVE_CLIENT, &port.to_string()])
+        .output()
+        .expect("the websockets client");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client_pid: u64 = said
+        .trim()
+        .strip_prefix("CLOSED ")
+        .and_then(|rest| rest.strip_suffix(" 1011 keepalive ping timeout"))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("the client did not time out its ping: {said:?}"));
+    let reports = w.wait_for_reports(1, Duration::from_secs(15));
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    let r = &reports[0];
+    assert_eq!(
+        s(r, &["diagnosis", "code"]),
+        "peer_heartbeat_timeout",
+        "{r:#}"
+    );
+    assert_eq!(
+        (s(r, &["closed_by"]), s(r, &["how"])),
+        ("peer", "fin"),
+        "{r:#}"
+    );
+    // The peer is the client process itself, recorded by the kernel when
+    // it wrote its request; the local end is the server.
+    assert_eq!(r["peer"]["pid"].as_u64(), Some(client_pid), "{r:#}");
+    assert_eq!(s(r, &["peer", "source"]), "kernel", "{r:#}");
+    assert_eq!(r["pid"].as_u64(), Some(u64::from(server.0.id())), "{r:#}");
+    // websockets keeps one ping in flight: the first went unanswered.
+    assert_eq!(
+        (
+            n(r, "pings_received"),
+            n(r, "pongs_sent"),
+            n(r, "unanswered_pings_received")
+        ),
+        (1, 0, 1),
+        "{r:#}"
+    );
+    assert_eq!(
+        (n(r, "pings_sent"), n(r, "pongs_received")),
+        (0, 0),
+        "{r:#}"
+    );
+    let frames = r["frames"].as_array().expect("frames");
+    assert_eq!(frames.len(), 1, "only the client's close frame: {r:#}");
+    assert_eq!(
+        (
+            s(&frames[0], &["direction"]),
+            frames[0]["code"].as_u64(),
+            s(&frames[0], &["reason"])
+        ),
+        ("received", Some(1011), "keepalive ping timeout"),
+        "{r:#}"
+    );
+    let msg = s(r, &["diagnosis", "message"]);
+    assert!(
+        msg.starts_with(&format!("the client (python3 (pid {client_pid})"))
+            && msg.contains("sent 1 ping that")
+            && msg.contains("no pong ever came back")
+            && msg.contains("the server stopped answering pings"),
         "{msg}"
     );
 }

@@ -60,6 +60,12 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 /// PyPI packages for the diagnosis tests, installed into [`venv_dir`].
 const PIP_PACKAGES: &[&str] = &["websockets==13.1"];
 
+/// npm packages for the heartbeat tests, installed into [`node_dir`]:
+/// (name, pinned version). `ws` is the most used Node WebSocket library;
+/// its documented heartbeat (`terminate()` after a missed pong) is tested
+/// as operators run it.
+const NPM_PACKAGES: &[(&str, &str)] = &[("ws", "8.23.0")];
+
 pub fn run() -> Result<()> {
     let start = Instant::now();
     step("rustup", check_rustup)?;
@@ -69,6 +75,7 @@ pub fn run() -> Result<()> {
     step("rust cross targets", ensure_rust_targets)?;
     step("Debian packages", ensure_apt_packages)?;
     step("Python test venv", ensure_venv)?;
+    step("Node test packages", ensure_node_modules)?;
     step("cargo-deb", ensure_cargo_deb)?;
     println!("setup: done in {}", process::secs(start.elapsed()));
     Ok(())
@@ -286,6 +293,83 @@ fn ensure_venv() -> Result<String> {
         "created {} with {}",
         venv.display(),
         PIP_PACKAGES.join(", ")
+    ))
+}
+
+/// Where the heartbeat tests find their npm packages (`node_modules` in it).
+pub fn node_dir() -> Result<std::path::PathBuf> {
+    Ok(crate::paths::cache_dir()?.join("node"))
+}
+
+/// The version of npm package `name` installed under `dir`, from its
+/// package.json (no node process: this is the fast path of every run).
+fn npm_installed_version(dir: &std::path::Path, name: &str) -> Option<String> {
+    let manifest = dir.join("node_modules").join(name).join("package.json");
+    let text = std::fs::read_to_string(manifest).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["version"].as_str().map(str::to_string)
+}
+
+fn ensure_node_modules() -> Result<String> {
+    let dir = node_dir()?;
+    let wanted: Vec<String> = NPM_PACKAGES
+        .iter()
+        .map(|(name, version)| format!("{name}@{version}"))
+        .collect();
+    let missing: Vec<&String> = NPM_PACKAGES
+        .iter()
+        .zip(&wanted)
+        .filter(|((name, version), _)| {
+            npm_installed_version(&dir, name).as_deref() != Some(*version)
+        })
+        .map(|(_, spec)| spec)
+        .collect();
+    if missing.is_empty() {
+        return Ok(format!(
+            "present ({}: {})",
+            dir.display(),
+            wanted.join(", ")
+        ));
+    }
+    // Debian's nodejs package leaves npm out (Debian package `npm`);
+    // NodeSource's nodejs ships it. Either provides the same command.
+    process::output(Command::new("npm").arg("--version")).context(
+        "npm is missing (the heartbeat tests install the `ws` package with it): \
+         run `apt-get install npm` (Debian's nodejs leaves it out), or install a Node.js that ships npm",
+    )?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    process::output(
+        Command::new("npm")
+            .args(["install", "--prefix"])
+            .arg(&dir)
+            .args(["--no-audit", "--no-fund", "--save-exact"])
+            .args(&missing),
+    )
+    .with_context(|| {
+        format!(
+            "`npm install --prefix {} {}` failed: check network access to the npm registry",
+            dir.display(),
+            wanted.join(" ")
+        )
+    })?;
+    for (name, version) in NPM_PACKAGES {
+        let got = npm_installed_version(&dir, name);
+        if got.as_deref() != Some(*version) {
+            bail!(
+                "npm installed {name} {} into {}, not the pinned {version}",
+                got.as_deref().unwrap_or("(nothing)"),
+                dir.display()
+            );
+        }
+    }
+    Ok(format!(
+        "installed {} into {}",
+        missing
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        dir.display()
     ))
 }
 

@@ -90,18 +90,37 @@ pub fn require_tool(name: &str, how: &str) -> Option<PathBuf> {
     }
 }
 
-/// The venv's python3 (with `websockets`); see `common::require`.
-pub fn require_venv_python() -> Option<PathBuf> {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
+/// ~/.cache/wstrace (or $XDG_CACHE_HOME/wstrace), where `cargo xtask
+/// setup` puts the test dependencies.
+fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .expect("HOME or XDG_CACHE_HOME");
+        .expect("HOME or XDG_CACHE_HOME")
+        .join("wstrace")
+}
+
+/// The venv's python3 (with `websockets`); see `common::require`.
+pub fn require_venv_python() -> Option<PathBuf> {
     require_file(
         "the test venv's python3",
-        &[cache.join("wstrace/venv/bin/python3")],
+        &[cache_dir().join("venv/bin/python3")],
         "run `cargo xtask setup` (creates the venv with websockets)",
     )
+}
+
+/// `node` and the `node_modules` directory holding the npm package `ws`
+/// (for NODE_PATH); see `common::require`.
+pub fn require_node_ws() -> Option<(PathBuf, PathBuf)> {
+    let node = require_tool("node", "apt-get install nodejs (cargo xtask setup)")?;
+    let modules = cache_dir().join("node/node_modules");
+    require_file(
+        "the npm package ws",
+        &[modules.join("ws/package.json")],
+        "run `cargo xtask setup` (installs ws with npm into ~/.cache/wstrace/node)",
+    )?;
+    Some((node, modules))
 }
 
 pub fn target() -> PathBuf {

@@ -27,16 +27,47 @@ type Found = Option<(String, Option<String>)>;
 pub const MISSED_PINGS: u32 = 2;
 
 /// One unanswered ping makes a timeout when it waited at least this long
-/// before the close: ws's `terminate()` pattern closes at the next
-/// interval, one ping after the last pong, and intervals are seconds.
+/// before the close, whatever the close looked like: a pong takes a round
+/// trip, and even slow paths bring it back within a second.
 pub const ONE_PING_WAIT_MS: f64 = 1000.0;
 
+/// One unanswered ping makes a timeout sooner when the end that sent it
+/// gave up the way heartbeat code does: without a close frame (ws's
+/// `terminate()` after one missed interval, a Go read deadline) or with a
+/// close frame that names the heartbeat (`websockets`: 1011 "keepalive ping
+/// timeout"). Libraries let operators set intervals well under a second
+/// (ws with a 200 ms interval terminates 200-400 ms after its only ping),
+/// and an unrelated close that comes this long after a ping, on a path
+/// where the pong had time to come back, is rare; one with a close frame
+/// that gives another reason still needs [`ONE_PING_WAIT_MS`].
+pub const GAVE_UP_ONE_PING_WAIT_MS: f64 = 100.0;
+
+/// Did the end that pinged (closing in direction `dir`) give up the way
+/// heartbeat code does: no close frame, or one whose reason names the
+/// heartbeat? The reason is the library's own words, matched loosely.
+fn gave_up_on_heartbeat(f: &Facts, dir: Direction) -> bool {
+    match f.close_frames.iter().find(|(d, _)| *d == dir) {
+        None => true,
+        Some((_, frame)) => {
+            let reason = frame.reason.to_ascii_lowercase();
+            ["ping", "pong", "keepalive", "keep-alive", "heartbeat"]
+                .iter()
+                .any(|w| reason.contains(w))
+        }
+    }
+}
+
 /// Unanswered pings and how long the oldest waited (ms) before the close,
-/// when they make a timeout.
-fn missed(p: &Pings, close_ts_ns: u64) -> Option<(u32, f64)> {
+/// when they make a timeout. `gave_up`: see [`gave_up_on_heartbeat`].
+fn missed(p: &Pings, close_ts_ns: u64, gave_up: bool) -> Option<(u32, f64)> {
     let first = p.first_unanswered_ns?;
     let waited_ms = close_ts_ns.saturating_sub(first) as f64 / 1e6;
-    (p.unanswered >= MISSED_PINGS || (p.unanswered >= 1 && waited_ms >= ONE_PING_WAIT_MS))
+    let one_ping_wait = if gave_up {
+        GAVE_UP_ONE_PING_WAIT_MS
+    } else {
+        ONE_PING_WAIT_MS
+    };
+    (p.unanswered >= MISSED_PINGS || (p.unanswered >= 1 && waited_ms >= one_ping_wait))
         .then_some((p.unanswered, waited_ms))
 }
 
@@ -84,7 +115,7 @@ pub fn heartbeat_timeout(f: &Facts) -> Found {
         return None;
     }
     let p = &f.heartbeat.local;
-    let (n, waited) = missed(p, f.close_ts_ns)?;
+    let (n, waited) = missed(p, f.close_ts_ns, gave_up_on_heartbeat(f, Direction::Sent))?;
     let message = format!(
         "{} sent {} that the client ({}) never answered ({}; the oldest waited {:.0} ms), \
          then closed the connection{}: the client stopped answering pings \
@@ -109,7 +140,11 @@ pub fn peer_heartbeat_timeout(f: &Facts) -> Found {
         return None;
     }
     let p = &f.heartbeat.peer;
-    let (n, waited) = missed(p, f.close_ts_ns)?;
+    let (n, waited) = missed(
+        p,
+        f.close_ts_ns,
+        gave_up_on_heartbeat(f, Direction::Received),
+    )?;
     let message = format!(
         "the client ({}) sent {} that {} never answered ({}; the oldest waited {:.0} ms), \
          then closed the connection{}: the server stopped answering pings",
@@ -196,6 +231,94 @@ mod tests {
         // A ping in flight when the server closed for another reason.
         let f = local(pinged(4, 3), 401);
         assert_ne!(diagnose(&f).code, "heartbeat_timeout");
+    }
+
+    fn closing_with(dir: Direction, code: u16, reason: &str, f: Facts) -> Facts {
+        Facts {
+            close_frames: vec![(
+                dir,
+                CloseFrame {
+                    code: Some(code),
+                    reason: reason.into(),
+                },
+            )],
+            ..f
+        }
+    }
+
+    #[test]
+    fn ws_terminate_at_a_short_interval_is_a_timeout_after_one_ping() {
+        // ws's heartbeat at 200 ms, a client that never answered: its only
+        // ping at 100 ms, terminate() (no close frame) at the next tick.
+        let f = local(pinged(1, 0), 300);
+        let d = diagnose(&f);
+        assert_eq!(d.code, "heartbeat_timeout");
+        assert!(d.message.contains("sent 1 ping that"), "{}", d.message);
+        assert!(
+            d.message
+                .contains("no pong ever came back; the oldest waited 200 ms"),
+            "{}",
+            d.message
+        );
+        // Just under the bound: the pong may still be on its way.
+        let f = local(pinged(1, 0), 199);
+        assert_ne!(diagnose(&f).code, "heartbeat_timeout");
+    }
+
+    #[test]
+    fn a_close_frame_with_another_reason_still_needs_a_second_after_one_ping() {
+        // 200 ms after its only ping the server says it is going away:
+        // that is the shutdown, not the heartbeat.
+        let f = closing_with(Direction::Sent, 1001, "restart", local(pinged(1, 0), 300));
+        assert_eq!(diagnose(&f).code, "server_close_frame");
+        // A 1011 for an exception is the exception, not the heartbeat.
+        let f = closing_with(
+            Direction::Sent,
+            1011,
+            "internal error",
+            local(pinged(1, 0), 300),
+        );
+        assert_eq!(diagnose(&f).code, "server_close_frame");
+        // The same 1011 naming the heartbeat (websockets' own words).
+        let f = closing_with(
+            Direction::Sent,
+            1011,
+            "keepalive ping timeout",
+            local(pinged(1, 0), 300),
+        );
+        assert_eq!(diagnose(&f).code, "heartbeat_timeout");
+        // And after a second, any close frame from the pinging end.
+        let f = closing_with(Direction::Sent, 1001, "restart", local(pinged(1, 0), 1_100));
+        assert_eq!(diagnose(&f).code, "heartbeat_timeout");
+    }
+
+    #[test]
+    fn a_websockets_client_giving_up_after_its_ping_timeout_is_the_peer_timeout() {
+        // websockets client, ping_interval 0.2 s, ping_timeout 0.3 s, a
+        // server that never answered: one ping, then 1011 and its FIN.
+        let f = Facts {
+            closed_by: ClosedBy::Peer,
+            how: How::Fin,
+            heartbeat: Heartbeat {
+                peer: pinged(1, 0),
+                ..Heartbeat::default()
+            },
+            close_ts_ns: 420 * MS,
+            ..facts()
+        };
+        let f = closing_with(Direction::Received, 1011, "keepalive ping timeout", f);
+        let d = diagnose(&f);
+        assert_eq!(d.code, "peer_heartbeat_timeout");
+        assert!(
+            d.message.contains(
+                "with a close frame 1011 (internal server error), reason \"keepalive ping timeout\""
+            ),
+            "{}",
+            d.message
+        );
+        // The same client closing for its own reason is its close frame.
+        let f = closing_with(Direction::Received, 1000, "done", f);
+        assert_eq!(diagnose(&f).code, "client_close_frame");
     }
 
     #[test]
