@@ -450,17 +450,8 @@ pub struct KernelConfig {
     /// `iov_iter.__iov` (6.4+) or `iov_iter.iov`.
     pub iter_iov: u64,
 
-    // tracepoint record fields, from tracefs `format` files
-    pub tp_state_skaddr: u64,
-    pub tp_state_oldstate: u64,
-    pub tp_state_newstate: u64,
-    /// Local port, host order.
-    pub tp_state_sport: u64,
-    pub tp_state_protocol: u64,
-    pub tp_send_reset_skaddr: u64,
-    pub tp_recv_reset_skaddr: u64,
-    /// ABSENT on kernels without `tcp:tcp_destroy_sock`.
-    pub tp_destroy_skaddr: u64,
+    // tracepoint record fields, from tracefs `format` files (the socket
+    // events are raw tracepoints: their arguments need no offsets)
     /// `signal:signal_generate`: signal, si_code, target pid, result.
     pub tp_signal_sig: u64,
     pub tp_signal_code: u64,
@@ -539,7 +530,7 @@ mod tests {
         assert_eq!(c.user_stack_bytes, 0);
         assert_eq!(c.skc_family, ABSENT);
         assert_eq!(c.iter_type_mask, ABSENT);
-        assert_eq!(c.tp_destroy_skaddr, ABSENT);
+        assert_eq!(c.tp_signal_sig, ABSENT);
         assert_eq!(
             c.tls, 0,
             "TLS matching is off until the daemon loads the uprobes"

@@ -1,7 +1,20 @@
-//! sock/tcp tracepoints attached with every probe set: state transitions,
-//! resets and socket destruction. Stable since Linux 4.16; field offsets come
-//! from tracefs `format` files (the `tp_*` fields of the kernel config).
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+//! sock/tcp events attached with every probe set: state transitions, resets
+//! and socket destruction, as raw tracepoints (their `TP_PROTO` arguments:
+//! the socket first, stable since Linux 4.16); signals and the OOM killer as
+//! tracepoints, with field offsets from tracefs `format` files (the `tp_*`
+//! fields of the kernel config).
+//!
+//! Why raw: a classic tracepoint's program is skipped when it fires while
+//! any other tracing program runs on the CPU (the kernel's per-CPU
+//! `bpf_prog_active` guard). A retransmission timeout or a reset runs in
+//! softirq, which can interrupt one of the syscall programs on any
+//! syscall: the transition was then never seen and the close was charged to
+//! nobody. A raw tracepoint's guard is per program (none before 5.19), so
+//! only the same program nesting in itself is skipped.
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use wstrace_common::{EventKind, ProbeSet, SIGNAL_OOM_VICTIM, tcp_state};
 
 use crate::{
@@ -9,36 +22,30 @@ use crate::{
     record,
 };
 
-const IPPROTO_TCP: u16 = 6;
-
 #[inline(always)]
 fn field<T>(ctx: &TracePointContext, off: u64) -> Result<T, i64> {
     unsafe { ctx.read_at::<T>(off as usize) }.map_err(|e| e as i64)
 }
 
-/// Reads the transition; `None` for sockets that are not upgraded ones.
+/// `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`;
+/// `None` for sockets that are not upgraded ones.
 #[inline(always)]
-fn upgraded_transition(ctx: &TracePointContext) -> Result<Option<(u64, u8, u8)>, i64> {
-    // sport is the local port, host order (TP_fast_assign uses ntohs).
-    if !port_traced(field::<u16>(ctx, config!(tp_state_sport))?) {
-        return Ok(None);
-    }
-    if field::<u16>(ctx, config!(tp_state_protocol))? != IPPROTO_TCP {
-        return Ok(None);
-    }
-    let sk = field::<u64>(ctx, config!(tp_state_skaddr))?;
+fn upgraded_transition(ctx: &RawTracePointContext) -> Option<(u64, u8, u8)> {
+    let sk: u64 = ctx.arg(0);
+    // Port first, then the lookup (is_upgraded). Only TCP sockets are ever
+    // marked, and only inet sockets reach this event, so no protocol check.
     if !record::is_upgraded(sk) {
-        return Ok(None);
+        return None;
     }
-    let old = field::<i32>(ctx, config!(tp_state_oldstate))? as u8;
-    let new = field::<i32>(ctx, config!(tp_state_newstate))? as u8;
-    Ok(Some((sk, old, new)))
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    Some((sk, old as u8, new as u8))
 }
 
 /// State changes only (fentry and kprobe sets see the close in tcp_close).
-#[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    if let Ok(Some((sk, old, new))) = upgraded_transition(&ctx) {
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    if let Some((sk, old, new)) = upgraded_transition(&ctx) {
         record::state_change(sk, old, new);
     }
     0
@@ -56,9 +63,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 /// `sk_err` first (tcp_reset, tcp_write_err, tcp_abort), which a local close
 /// never does (tcp_disconnect sets it only after the transition): so with
 /// `sk_err` set, no task closed it, and none is charged with it.
-#[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn inet_sock_set_state_closer(ctx: TracePointContext) -> u32 {
-    if let Ok(Some((sk, old, new))) = upgraded_transition(&ctx) {
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_closer(ctx: RawTracePointContext) -> i32 {
+    if let Some((sk, old, new)) = upgraded_transition(&ctx) {
         let local_close = match (old, new) {
             (tcp_state::ESTABLISHED, tcp_state::FIN_WAIT1)
             | (tcp_state::CLOSE_WAIT, tcp_state::LAST_ACK) => true,
@@ -74,40 +81,45 @@ pub fn inet_sock_set_state_closer(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The three events whose first argument is the socket. tcp_send_reset's
+/// socket may be NULL (a reset for no socket), a request or a timewait
+/// socket: none of those is ever marked upgraded.
 #[inline(always)]
-fn on_sk_event(ctx: &TracePointContext, off: u64, kind: EventKind) {
-    if let Ok(sk) = field::<u64>(ctx, off) {
-        if kind == EventKind::Destroy && sk != 0 && port_traced(sk_local_port(sk)) {
-            record::forget_head(sk);
-        }
-        if record::is_upgraded(sk) {
-            match kind {
-                EventKind::Destroy => record::destroy(sk),
-                _ => record::reset(sk, kind),
-            }
+fn on_sk_event(ctx: &RawTracePointContext, kind: EventKind) {
+    let sk: u64 = ctx.arg(0);
+    if sk == 0 {
+        return;
+    }
+    if kind == EventKind::Destroy && port_traced(sk_local_port(sk)) {
+        record::forget_head(sk);
+    }
+    if record::is_upgraded(sk) {
+        match kind {
+            EventKind::Destroy => record::destroy(sk),
+            _ => record::reset(sk, kind),
         }
     }
 }
 
-#[tracepoint(category = "tcp", name = "tcp_send_reset")]
-pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    on_sk_event(&ctx, config!(tp_send_reset_skaddr), EventKind::ResetSent);
+/// `TP_PROTO(const struct sock *sk, const struct sk_buff *skb)`, with a
+/// third argument (the reason) since 6.10.
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: RawTracePointContext) -> i32 {
+    on_sk_event(&ctx, EventKind::ResetSent);
     0
 }
 
-#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
-pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    on_sk_event(
-        &ctx,
-        config!(tp_recv_reset_skaddr),
-        EventKind::ResetReceived,
-    );
+/// `TP_PROTO(struct sock *sk)`.
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
+    on_sk_event(&ctx, EventKind::ResetReceived);
     0
 }
 
-#[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
-pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
-    on_sk_event(&ctx, config!(tp_destroy_skaddr), EventKind::Destroy);
+/// `TP_PROTO(struct sock *sk)`.
+#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
+    on_sk_event(&ctx, EventKind::Destroy);
     0
 }
 

@@ -539,8 +539,8 @@ mod tests {
         let c = k.config;
         assert_eq!(c.ports, [0; wstrace_common::MAX_PORTS], "{file}");
         assert_eq!(c.user_stack_bytes, 0, "{file}");
-        assert_eq!(c.tp_state_skaddr, ABSENT, "{file}");
-        assert_eq!(c.tp_destroy_skaddr, ABSENT, "{file}");
+        assert_eq!(c.tp_signal_sig, ABSENT, "{file}");
+        assert_eq!(c.tp_oom_pid, ABSENT, "{file}");
     }
 
     #[test]

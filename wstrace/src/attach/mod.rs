@@ -17,7 +17,7 @@ use anyhow::Result;
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::PerCpuArray,
-    programs::{FEntry, FExit, KProbe, TracePoint},
+    programs::{FEntry, FExit, KProbe, RawTracePoint, TracePoint},
 };
 use wstrace_common::{ABSENT, KernelConfig, ProbeSet};
 
@@ -101,6 +101,7 @@ impl Attached {
             // An error here means the program was not loaded: nothing to undo.
             let _ = match prog {
                 aya::programs::Program::TracePoint(p) => p.unload(),
+                aya::programs::Program::RawTracePoint(p) => p.unload(),
                 aya::programs::Program::KProbe(p) => p.unload(),
                 aya::programs::Program::FEntry(p) => p.unload(),
                 aya::programs::Program::FExit(p) => p.unload(),
@@ -111,7 +112,8 @@ impl Attached {
     }
 }
 
-/// Shared tracepoints: (program, category, name).
+/// Shared socket events, raw tracepoints (see wstrace-ebpf probes/common.rs
+/// for why): (program, category, name).
 const COMMON: [(&str, &str, &str); 3] = [
     ("tcp_send_reset", "tcp", "tcp_send_reset"),
     ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
@@ -171,7 +173,7 @@ pub fn attach(
     if EBPF_OBJECT.is_empty() {
         return Err(AttachError::NoObject);
     }
-    let config = kernel_config(settings, offsets, tracefs_root).map_err(AttachError::Config)?;
+    let config = kernel_config(settings, offsets, tracefs_root);
     let cpus: u32 = aya::util::nr_cpus()
         .map_err(|(path, e)| AttachError::Config(anyhow::anyhow!("reading {path}: {e}")))?
         .try_into()
@@ -246,55 +248,33 @@ fn limits(set: ProbeSet, root: &Path) -> Vec<String> {
 /// The config the programs run with: ports and the stack-copy size from
 /// `settings`, struct offsets from the kernel's BTF (`offsets`), tracepoint
 /// record fields from tracefs.
-fn kernel_config(
-    settings: &Settings<'_>,
-    offsets: &KernelOffsets,
-    root: &Path,
-) -> Result<KernelConfig> {
+fn kernel_config(settings: &Settings<'_>, offsets: &KernelOffsets, root: &Path) -> KernelConfig {
     let mut config = offsets.config;
     for (slot, &port) in config.ports.iter_mut().zip(settings.ports) {
         *slot = port;
     }
     config.user_stack_bytes = u64::from(settings.user_stack_bytes);
     config.tls = u64::from(settings.tls);
-    for &(slot, category, name, field, need) in TRACEPOINT_FIELDS {
-        let offset = tracefs::field_offset(root, category, name, field);
-        *slot(&mut config) = match (offset, need) {
-            (Ok(offset), _) => offset,
-            (Err(e), TpNeed::Required) => return Err(e),
-            (Err(_), TpNeed::Optional) => ABSENT,
-        };
+    for &(slot, category, name, field) in TRACEPOINT_FIELDS {
+        // ABSENT when missing: `ending_fields_known` then leaves the
+        // program out, and `limits` says what that costs.
+        *slot(&mut config) = tracefs::field_offset(root, category, name, field).unwrap_or(ABSENT);
     }
-    Ok(config)
-}
-
-/// Whether a tracepoint field missing from tracefs fails every set.
-#[derive(Clone, Copy)]
-enum TpNeed {
-    Required,
-    /// ABSENT; see `limits` (older kernels lack tcp:tcp_destroy_sock).
-    Optional,
+    config
 }
 
 /// Where a tracepoint field's offset goes in the config.
 type TpSlot = fn(&mut KernelConfig) -> &mut u64;
 
-/// (config field, category, tracepoint, field, need).
+/// (config field, category, tracepoint, field): the optional report
+/// enrichments ([`ENDINGS`]); the socket events are raw tracepoints.
 #[rustfmt::skip]
-const TRACEPOINT_FIELDS: &[(TpSlot, &str, &str, &str, TpNeed)] = &[
-    (|c| &mut c.tp_state_skaddr, "sock", "inet_sock_set_state", "skaddr", TpNeed::Required),
-    (|c| &mut c.tp_state_oldstate, "sock", "inet_sock_set_state", "oldstate", TpNeed::Required),
-    (|c| &mut c.tp_state_newstate, "sock", "inet_sock_set_state", "newstate", TpNeed::Required),
-    (|c| &mut c.tp_state_sport, "sock", "inet_sock_set_state", "sport", TpNeed::Required),
-    (|c| &mut c.tp_state_protocol, "sock", "inet_sock_set_state", "protocol", TpNeed::Required),
-    (|c| &mut c.tp_send_reset_skaddr, "tcp", "tcp_send_reset", "skaddr", TpNeed::Required),
-    (|c| &mut c.tp_recv_reset_skaddr, "tcp", "tcp_receive_reset", "skaddr", TpNeed::Required),
-    (|c| &mut c.tp_destroy_skaddr, "tcp", "tcp_destroy_sock", "skaddr", TpNeed::Optional),
-    (|c| &mut c.tp_signal_sig, "signal", "signal_generate", "sig", TpNeed::Optional),
-    (|c| &mut c.tp_signal_code, "signal", "signal_generate", "code", TpNeed::Optional),
-    (|c| &mut c.tp_signal_pid, "signal", "signal_generate", "pid", TpNeed::Optional),
-    (|c| &mut c.tp_signal_result, "signal", "signal_generate", "result", TpNeed::Optional),
-    (|c| &mut c.tp_oom_pid, "oom", "mark_victim", "pid", TpNeed::Optional),
+const TRACEPOINT_FIELDS: &[(TpSlot, &str, &str, &str)] = &[
+    (|c| &mut c.tp_signal_sig, "signal", "signal_generate", "sig"),
+    (|c| &mut c.tp_signal_code, "signal", "signal_generate", "code"),
+    (|c| &mut c.tp_signal_pid, "signal", "signal_generate", "pid"),
+    (|c| &mut c.tp_signal_result, "signal", "signal_generate", "result"),
+    (|c| &mut c.tp_oom_pid, "oom", "mark_victim", "pid"),
 ];
 
 /// The object loader with the daemon's settings: the kernel config, and
@@ -398,12 +378,12 @@ fn try_set(
         ProbeSet::Tracepoint => "inet_sock_set_state_closer",
         _ => "inet_sock_set_state",
     };
-    attach_tracepoint(ebpf, set, state_prog, "sock", "inet_sock_set_state")?;
+    attach_raw_tracepoint(ebpf, set, state_prog, "inet_sock_set_state")?;
     for (prog, cat, name) in COMMON {
         if prog == "tcp_destroy_sock" && !tracefs::event_exists(root, cat, name) {
             continue; // older kernels; see limits()
         }
-        attach_tracepoint(ebpf, set, prog, cat, name)?;
+        attach_raw_tracepoint(ebpf, set, prog, name)?;
     }
     for (prog, cat, name) in ENDINGS {
         if ending_fields_known(config, prog) && tracefs::event_exists(root, cat, name) {
@@ -542,6 +522,22 @@ fn attach_tracepoint(
     Ok(())
 }
 
+fn attach_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    set: ProbeSet,
+    prog: &str,
+    name: &str,
+) -> Result<(), AttachFailure> {
+    let p: &mut RawTracePoint = program(ebpf, set, prog)?;
+    p.load().map_err(|e| {
+        AttachFailure::from_program(set, format!("loading raw tracepoint program {prog}"), &e)
+    })?;
+    p.attach(name).map_err(|e| {
+        AttachFailure::from_program(set, format!("attaching raw tracepoint {name}"), &e)
+    })?;
+    Ok(())
+}
+
 /// The processes the tracepoint set reads requests for (wstrace-ebpf
 /// maps::SERVERS and its direct-mapped front SERVER_SLOTS), for the daemon
 /// to add listeners to exactly as the kernel adds the processes that accept.
@@ -668,15 +664,11 @@ mod tests {
         }
     }
 
-    const SET_STATE: (&str, &str, &[&str]) = (
-        "sock",
-        "inet_sock_set_state",
-        &["skaddr", "oldstate", "newstate", "sport", "protocol"],
+    const SIGNAL: (&str, &str, &[&str]) = (
+        "signal",
+        "signal_generate",
+        &["sig", "code", "pid", "result"],
     );
-    const RESETS: [(&str, &str, &[&str]); 2] = [
-        ("tcp", "tcp_send_reset", &["skaddr"]),
-        ("tcp", "tcp_receive_reset", &["skaddr"]),
-    ];
 
     fn offsets() -> KernelOffsets {
         KernelOffsets {
@@ -692,15 +684,7 @@ mod tests {
 
     #[test]
     fn kernel_config_holds_ports_sizes_btf_and_tracepoint_fields() {
-        let tracefs = FakeTracefs::new(
-            "full",
-            &[
-                SET_STATE,
-                RESETS[0],
-                RESETS[1],
-                ("tcp", "tcp_destroy_sock", &["skaddr"]),
-            ],
-        );
+        let tracefs = FakeTracefs::new("full", &[SIGNAL, ("oom", "mark_victim", &["pid"])]);
         let settings = Settings {
             ports: &[1215, 8080],
             max_sockets: 64,
@@ -708,30 +692,24 @@ mod tests {
             user_stack_bytes: 4096,
             tls: true,
         };
-        let c = kernel_config(&settings, &offsets(), &tracefs.0).expect("config");
+        let c = kernel_config(&settings, &offsets(), &tracefs.0);
         assert_eq!(c.ports, [1215, 8080, 0, 0, 0, 0, 0, 0]);
         assert_eq!(c.user_stack_bytes, 4096);
         assert_eq!(c.tls, 1);
         assert_eq!(c.skc_num, 14, "BTF offsets are kept");
         assert_eq!(c.task_files, ABSENT, "and so is what BTF lacked");
         assert_eq!(
-            (
-                c.tp_state_skaddr,
-                c.tp_state_oldstate,
-                c.tp_state_newstate,
-                c.tp_state_sport,
-                c.tp_state_protocol
-            ),
-            (8, 16, 24, 32, 40)
+            (c.tp_signal_sig, c.tp_signal_code, c.tp_signal_pid, c.tp_signal_result),
+            (8, 16, 24, 32)
         );
-        assert_eq!(c.tp_send_reset_skaddr, 8);
-        assert_eq!(c.tp_recv_reset_skaddr, 8);
-        assert_eq!(c.tp_destroy_skaddr, 8);
+        assert_eq!(c.tp_oom_pid, 8);
+        assert!(ending_fields_known(&c, "signal_generate"));
+        assert!(ending_fields_known(&c, "oom_mark_victim"));
     }
 
     #[test]
-    fn kernel_config_without_destroy_tracepoint_is_absent_there_only() {
-        let tracefs = FakeTracefs::new("no-destroy", &[SET_STATE, RESETS[0], RESETS[1]]);
+    fn kernel_config_without_an_ending_tracepoint_leaves_its_program_out() {
+        let tracefs = FakeTracefs::new("no-oom", &[SIGNAL]);
         let settings = Settings {
             ports: &[1215],
             max_sockets: 64,
@@ -739,32 +717,9 @@ mod tests {
             user_stack_bytes: 0,
             tls: false,
         };
-        let c = kernel_config(&settings, &offsets(), &tracefs.0).expect("config");
-        assert_eq!(c.tp_destroy_skaddr, ABSENT);
-        assert_eq!(c.tp_state_sport, 32);
-    }
-
-    #[test]
-    fn kernel_config_without_a_required_field_says_which() {
-        let tracefs = FakeTracefs::new(
-            "no-sport",
-            &[
-                ("sock", "inet_sock_set_state", &["skaddr", "oldstate"]),
-                RESETS[0],
-                RESETS[1],
-            ],
-        );
-        let settings = Settings {
-            ports: &[1215],
-            max_sockets: 64,
-            ring_bytes: 1 << 16,
-            user_stack_bytes: 0,
-            tls: false,
-        };
-        let err = kernel_config(&settings, &offsets(), &tracefs.0).expect_err("newstate missing");
-        assert_eq!(
-            format!("{err:#}"),
-            "tracepoint sock:inet_sock_set_state has no field `newstate` on this kernel"
-        );
+        let c = kernel_config(&settings, &offsets(), &tracefs.0);
+        assert_eq!(c.tp_oom_pid, ABSENT);
+        assert!(!ending_fields_known(&c, "oom_mark_victim"));
+        assert!(ending_fields_known(&c, "signal_generate"));
     }
 }
