@@ -529,9 +529,24 @@ impl Tracer {
         self.reports.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
+    /// What wstrace said it lost or skipped (ring full, probe runs the
+    /// kernel skipped, kretprobe misses, evictions): shown with a failure,
+    /// so a flake in CI says whether the kernel dropped the evidence.
+    fn losses(&self) -> Vec<String> {
+        let e = self.stderr.lock().map(|e| e.clone()).unwrap_or_default();
+        e.into_iter()
+            .filter(|l| {
+                ["lost", "skipped", "missed", "evicted"]
+                    .iter()
+                    .any(|w| l.contains(w))
+            })
+            .take(4)
+            .collect()
+    }
+
     /// SIGINT (wstrace's clean exit: detach, flush pending reports), then
-    /// every line it printed.
-    fn stop(mut self) -> Result<Vec<String>> {
+    /// every line it printed, and its [`Tracer::losses`].
+    fn stop(mut self) -> Result<(Vec<String>, Vec<String>)> {
         // SAFETY: signalling our own child by pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let start = Instant::now();
@@ -550,7 +565,7 @@ impl Tracer {
             }
         }
         match status {
-            Some(s) if s.success() => Ok(self.report_lines()),
+            Some(s) if s.success() => Ok((self.report_lines(), self.losses())),
             Some(s) => bail!(
                 "wstrace exited with {s} after SIGINT: {}",
                 self.stderr_tail()
@@ -657,6 +672,7 @@ pub fn run(args: &Args) -> Result<i32> {
         }
     }
     let mut reports = Vec::new();
+    let mut losses: Vec<Vec<String>> = vec![Vec::new(); all.len()];
     for batch in batches.iter().filter(|b| !b.is_empty()) {
         let ports: Vec<u16> = batch
             .iter()
@@ -670,7 +686,12 @@ pub fn run(args: &Args) -> Result<i32> {
             })
             .collect();
         match trace(args, &all, &servers, &mut states, batch, &ports) {
-            Ok(r) => reports.extend(r),
+            Ok((r, lost)) => {
+                reports.extend(r);
+                for &i in batch {
+                    losses[i].clone_from(&lost);
+                }
+            }
             Err(e) => {
                 let why = format!("{e:#}");
                 eprintln!("ws-scenario: {why}");
@@ -691,12 +712,15 @@ pub fn run(args: &Args) -> Result<i32> {
         }
     }
     let mut failed = false;
-    for ((sc, st), srv) in all.iter().zip(&states).zip(&servers) {
-        let (verdict, detail) = match st {
+    for (((sc, st), srv), lost) in all.iter().zip(&states).zip(&servers).zip(&losses) {
+        let (verdict, mut detail) = match st {
             State::Skip(why) => ("SKIP", why.clone()),
             State::Fail(why) => ("FAIL", why.clone()),
             State::Running => judge(sc, srv, &reports, &args.probe),
         };
+        if verdict == "FAIL" && !lost.is_empty() {
+            detail.push_str(&format!(" [wstrace said: {}]", lost.join(" | ")));
+        }
         failed |= verdict == "FAIL";
         println!(
             "SCENARIO {} probe={} kernel={kernel} {verdict} {}",
@@ -708,8 +732,12 @@ pub fn run(args: &Args) -> Result<i32> {
     Ok(if failed { 1 } else { 0 })
 }
 
+/// Reports by the local port they are for.
+type PortReports = Vec<(u16, Value)>;
+
 /// Start wstrace, drive every running scenario's clients, wait for the
-/// reports, stop wstrace. Returns the parsed reports.
+/// reports, stop wstrace. Returns the parsed reports and what wstrace said
+/// it lost.
 fn trace(
     args: &Args,
     all: &[Scenario],
@@ -717,9 +745,9 @@ fn trace(
     states: &mut [State],
     batch: &[usize],
     ports: &[u16],
-) -> Result<Vec<(u16, Value)>> {
+) -> Result<(PortReports, Vec<String>)> {
     if ports.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let tracer = Tracer::start(args, ports)?;
     let _readers = BlockedReaders::start(BLOCKED_READERS).context("blocking readers")?;
@@ -764,7 +792,7 @@ fn trace(
     // A moment more, so an unexpected extra report (the bug a "no report"
     // scenario looks for) has the same chance to arrive as an expected one.
     std::thread::sleep(Duration::from_millis(300));
-    let lines = tracer.stop()?;
+    let (lines, losses) = tracer.stop()?;
     let mut reports = Vec::new();
     for line in lines.iter().filter(|l| !l.trim().is_empty()) {
         let v: Value = serde_json::from_str(line)
@@ -773,7 +801,7 @@ fn trace(
             .with_context(|| format!("report without a local port: {line}"))?;
         reports.push((port, v));
     }
-    Ok(reports)
+    Ok((reports, losses))
 }
 
 /// Threads blocked in a read for a whole batch: more than the kernel's

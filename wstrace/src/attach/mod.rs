@@ -699,7 +699,12 @@ mod tests {
         assert_eq!(c.skc_num, 14, "BTF offsets are kept");
         assert_eq!(c.task_files, ABSENT, "and so is what BTF lacked");
         assert_eq!(
-            (c.tp_signal_sig, c.tp_signal_code, c.tp_signal_pid, c.tp_signal_result),
+            (
+                c.tp_signal_sig,
+                c.tp_signal_code,
+                c.tp_signal_pid,
+                c.tp_signal_result
+            ),
             (8, 16, 24, 32)
         );
         assert_eq!(c.tp_oom_pid, 8);
