@@ -11,7 +11,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use wstrace_common::MAX_PORTS;
 
 use crate::{
-    attach::tls::TlsProbes,
+    attach::tls::{ProbedFile, TlsProbes},
+    attach::uprobe_helper::{self, Helper, UprobePmu},
     attach::{self as probes, Attached, btf, privileges, tracefs},
     cli::CommonArgs,
     diagnose::{self, Facts},
@@ -93,6 +94,9 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16, &str)) -> Result<
     let redactor = check_options(&opts)?;
     let log = open_log(&opts)?;
     privileges::check()?;
+    // First, while this process has one thread and few fds: the helper is
+    // a fork of it.
+    let opener = (opts.common.tls == crate::cli::TlsMode::Auto).then(UprobeOpener::start);
     let metrics = serve_metrics(&opts)?;
     if let Some(warning) = privileges::raise_memlock() {
         eprintln!("wstrace: warning: {warning}");
@@ -121,7 +125,10 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16, &str)) -> Result<
     // Before saying "tracing": a server that upgrades, closes and exits the
     // moment traffic starts is described too, and its TLS library probed.
     let scan = enricher.remember_listeners(opts.ports);
-    let mut tls = attached.tls_loaded.then(TlsState::default);
+    let mut tls = match opener {
+        Some(opener) if attached.tls_loaded => Some(TlsState::new(opener)),
+        _ => None,
+    };
     cover_tls(tls.as_mut(), &mut attached, &scan, true);
     privileges::drop_after_attach(&attached);
     give_back_startup_heap();
@@ -234,20 +241,82 @@ fn announce(opts: &Options<'_>, attached: &Attached, outputs: &Outputs) {
     }
 }
 
+/// Who opens uprobe perf events (CAP_SYS_ADMIN): the helper process for
+/// the whole run, or, without one, the daemon itself until the privilege
+/// drop (then servers found later are only named).
+struct UprobeOpener {
+    pmu: Option<UprobePmu>,
+    helper: Option<Helper>,
+    /// Why there is no helper, said once when the first server is covered
+    /// (or found too late).
+    no_helper: Option<String>,
+}
+
+impl UprobeOpener {
+    fn start() -> Self {
+        let (pmu, helper) = match UprobePmu::read() {
+            Ok(pmu) => (Some(pmu), Helper::start(pmu)),
+            Err(e) => (None, Err(e)),
+        };
+        match helper {
+            Ok(h) => Self {
+                pmu,
+                helper: Some(h),
+                no_helper: None,
+            },
+            Err(e) => Self {
+                pmu,
+                helper: None,
+                no_helper: Some(e),
+            },
+        }
+    }
+
+    fn open(
+        &self,
+        req: &uprobe_helper::Request,
+        before_drop: bool,
+    ) -> Result<std::os::fd::OwnedFd, uprobe_helper::OpenError> {
+        match (&self.helper, &self.pmu) {
+            (Some(h), _) => h.open(req),
+            (None, Some(pmu)) if before_drop => uprobe_helper::open_checked(pmu, req),
+            _ => Err(uprobe_helper::OpenError::Helper(
+                "no uprobe helper, and the daemon dropped CAP_SYS_ADMIN".into(),
+            )),
+        }
+    }
+}
+
 /// The TLS uprobes per process, and what the survey of servers read.
-#[derive(Default)]
 struct TlsState {
     probes: TlsProbes,
     elf_cache: enrich::tls::ElfCache,
+    opener: UprobeOpener,
 }
 
-/// Puts TLS uprobes on the servers a listener scan found first (and takes
-/// them off those that exited), saying for each what is covered.
+impl TlsState {
+    fn new(opener: UprobeOpener) -> Self {
+        if let Some(why) = &opener.no_helper {
+            eprintln!(
+                "wstrace: warning: tls: no uprobe helper ({}): TLS servers that start after wstrace will not be covered",
+                escape::text(why)
+            );
+        }
+        Self {
+            probes: TlsProbes::default(),
+            elf_cache: enrich::tls::ElfCache::default(),
+            opener,
+        }
+    }
+}
+
+/// Puts TLS uprobes on the servers a listener scan found (and takes them
+/// off those that exited), saying for each what is covered.
 ///
-/// Only at start-up (`startup`), before the privilege drop: opening a
-/// uprobe perf event needs CAP_SYS_ADMIN (measured on 6.18: CAP_PERFMON
-/// alone gets EACCES), which the daemon does not keep. A server found
-/// later is surveyed and told apart.
+/// Opening a uprobe perf event needs CAP_SYS_ADMIN (measured on 6.18:
+/// CAP_PERFMON alone gets EACCES), which the daemon does not keep after
+/// start-up (`startup`): the uprobe helper opens them for it. Without a
+/// helper, a server found later is surveyed and named, not covered.
 fn cover_tls(
     tls: Option<&mut TlsState>,
     attached: &mut Attached,
@@ -258,50 +327,65 @@ fn cover_tls(
         return;
     };
     for &pid in &scan.exited {
-        tls.probes.forget(&mut attached.ebpf, pid);
+        tls.probes.forget(pid);
     }
+    let can_open = startup || tls.opener.helper.is_some();
     for (pid, comm) in &scan.new {
         if tls.probes.covers(*pid) {
             continue;
         }
         let who = format!("pid {pid} ({})", escape::text(comm));
-        // Symbols only where they will be used: a server found after
-        // start-up gets no uprobes, and its libssl in maps says enough.
-        let Some(survey) = enrich::tls::survey(*pid, startup, &mut tls.elf_cache) else {
+        // Symbols only where they will be used: a server that gets no
+        // uprobes is named from its maps alone.
+        let Some(survey) = enrich::tls::survey(*pid, can_open, &mut tls.elf_cache) else {
             continue; // exited already
         };
         let mut covered = Vec::new();
-        if !startup && survey.targets.is_empty() {
-            // Nothing to say: its executable was not read (see above).
-            continue;
-        }
-        if !startup {
-            eprintln!(
-                "wstrace: warning: tls: {who} started after wstrace: its TLS library ({}) gets no uprobes (attaching them needs CAP_SYS_ADMIN, dropped after start-up), so its wss:// connections are not seen: restart wstrace to cover it",
-                survey
-                    .targets
-                    .iter()
-                    .map(|t| escape::text(&t.file.path).into_owned())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+        if !can_open {
+            if !survey.targets.is_empty() {
+                eprintln!(
+                    "wstrace: warning: tls: {who} started after wstrace: its TLS library ({}) gets no uprobes (no uprobe helper, and attaching them needs CAP_SYS_ADMIN, dropped after start-up), so its wss:// connections are not seen: restart wstrace to cover it",
+                    survey
+                        .targets
+                        .iter()
+                        .map(|t| escape::text(&t.file.path).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
             continue;
         }
         for t in &survey.targets {
             let functions: Vec<(&'static str, u64)> =
                 t.functions.iter().map(|(&f, &o)| (f, o)).collect();
+            let Some(dev) = uprobe_helper::parse_maps_dev(&t.file.dev) else {
+                eprintln!(
+                    "wstrace: warning: tls: {who}: {}: unexpected device {}",
+                    escape::text(&t.file.path),
+                    escape::text(&t.file.dev)
+                );
+                continue;
+            };
+            let file = ProbedFile {
+                map_files: &t.file.map_files,
+                dev,
+                inode: t.file.inode,
+            };
+            let opener = &tls.opener;
             match tls
                 .probes
-                .attach(&mut attached.ebpf, *pid, &t.file.map_files, &functions)
-            {
+                .attach(&mut attached.ebpf, *pid, &file, &functions, &mut |req| {
+                    opener.open(req, startup)
+                }) {
                 Ok(_) => covered.push(format!(
                     "{} in {}",
                     t.functions.keys().copied().collect::<Vec<_>>().join(", "),
                     escape::text(&t.file.path)
                 )),
                 Err(e) => eprintln!(
-                    "wstrace: warning: tls: {who}: {}: {e}",
-                    escape::text(&t.file.path)
+                    "wstrace: warning: tls: {who}: {}: {}",
+                    escape::text(&t.file.path),
+                    escape::text(&e.to_string())
                 ),
             }
         }
@@ -317,9 +401,14 @@ fn cover_tls(
         } else {
             format!("; not covered: {}", survey.uncovered.join(", "))
         };
+        let late = if startup {
+            ""
+        } else {
+            " (started after wstrace)"
+        };
         if covered.is_empty() {
             eprintln!(
-                "wstrace: tls: {who}: no OpenSSL-compatible TLS library (libssl, or linked in with symbols): only plaintext is seen{uncovered}"
+                "wstrace: tls: {who}{late}: no OpenSSL-compatible TLS library (libssl, or linked in with symbols): only plaintext is seen{uncovered}"
             );
         } else {
             eprintln!(
@@ -533,6 +622,9 @@ impl EventLoop<'_> {
     async fn shutdown(mut self) -> Result<u64> {
         // Last read of the programs' skipped runs: unloading closes their fds.
         self.warn_losses(true);
+        // The TLS uprobes' perf events hold their programs: closing them
+        // (and ending the helper) is their detach.
+        self.tls = None;
         self.attached.detach_all();
         self.reader.finish();
         while !self.done() {

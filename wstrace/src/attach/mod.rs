@@ -31,6 +31,7 @@ pub mod program;
 pub mod retprobe;
 pub mod tls;
 pub mod tracefs;
+pub mod uprobe_helper;
 
 use btf::KernelOffsets;
 pub use error::{AttachError, AttachFailure, FailureKind};

@@ -188,6 +188,64 @@ pub fn keep_file_access_only_in_this_thread() {
     let _ = set_no_new_privs();
 }
 
+/// What the uprobe helper (uprobe_helper.rs) keeps: CAP_SYS_ADMIN, which
+/// opening a uprobe perf event through a `/proc/<pid>/map_files/` link
+/// needs (measured on 6.18: CAP_PERFMON with CAP_BPF gets EACCES), and the
+/// two a root process needs to look into another user's
+/// `/proc/<pid>/map_files/` at all (its owner-only directory; the ptrace
+/// access check), which the daemon keeps too.
+const KEEP_IN_UPROBE_HELPER: [u32; 3] = [CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH];
+
+/// Whether this process can start the uprobe helper: it holds
+/// CAP_SYS_ADMIN now (before the drop).
+pub fn can_open_uprobes() -> bool {
+    effective_caps().is_some_and(|c| c & (1u64 << CAP_SYS_ADMIN) != 0)
+}
+
+/// In the uprobe helper, right after fork (one thread): keeps
+/// [`KEEP_IN_UPROBE_HELPER`] where held and nothing else (bounding set
+/// included), no ambient capabilities, no new privileges. An error means
+/// the helper must not serve.
+pub fn keep_uprobe_helper_only() -> std::io::Result<()> {
+    let now = capget()?;
+    let keep = KEEP_IN_UPROBE_HELPER
+        .iter()
+        .fold(0u64, |m, c| m | (1u64 << c))
+        & now.permitted;
+    if keep & (1u64 << CAP_SYS_ADMIN) == 0 {
+        return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+    }
+    if now.permitted & (1u64 << CAP_SETPCAP) != 0 {
+        capset(CapSets {
+            effective: keep | (1u64 << CAP_SETPCAP),
+            permitted: now.permitted,
+            inheritable: 0,
+        })?;
+        drop_bounding_set(keep);
+    }
+    capset(CapSets {
+        effective: keep,
+        permitted: keep,
+        inheritable: 0,
+    })?;
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    set_no_new_privs()?;
+    // Checked, not assumed: a capset that did less than asked is an error.
+    if capget()?.permitted != keep {
+        return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+    }
+    Ok(())
+}
+
 /// After the probes attach: keeps [`KEEP_AFTER_ATTACH`] (and CAP_BPF only
 /// where map access needs it), drops every other capability from all sets
 /// and the bounding set, sets no_new_privs, and says on stderr what was kept.

@@ -19,14 +19,14 @@
 use std::{
     fs::OpenOptions,
     io::Write as _,
-    os::fd::{AsFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::programs::KProbe;
 
-use super::perf::{PerfLink, attach_program};
+use super::perf::{PERF_TYPE_TRACEPOINT, PerfEventAttr, PerfLink, attach_program};
 
 /// KRETPROBE_MAXACTIVE_MAX: the most instances tracefs accepts. About 64
 /// bytes each (256 KiB in all), allocated when the probe is registered.
@@ -177,66 +177,24 @@ fn write_command(root: &Path, command: &str) -> Result<()> {
         .with_context(|| format!("writing `{command}` to {}", path.display()))
 }
 
-/// perf_event_attr as of PERF_ATTR_SIZE_VER0 (64 bytes), which every kernel
-/// accepts; the fields after `config` that matter here are zero.
-#[repr(C)]
-#[derive(Default)]
-struct PerfEventAttrV0 {
-    type_: u32,
-    size: u32,
-    config: u64,
-    sample_period: u64,
-    sample_type: u64,
-    read_format: u64,
-    flags: u64,
-    wakeup_events: u32,
-    bp_type: u32,
-    config1: u64,
-}
-
-const PERF_TYPE_TRACEPOINT: u32 = 2;
-const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
-
 /// A perf event on trace event `id`, every process, CPU 0: a program
 /// attached to it runs on every CPU (the kernel runs a kprobe event's
 /// programs before it looks at the CPU's perf events).
 fn open_tracepoint_event(id: u64) -> Result<OwnedFd> {
-    let attr = PerfEventAttrV0 {
-        type_: PERF_TYPE_TRACEPOINT,
-        size: size_of::<PerfEventAttrV0>() as u32,
-        config: id,
+    let attr = PerfEventAttr {
         sample_period: 1,
         wakeup_events: 1,
-        ..Default::default()
+        ..PerfEventAttr::new(PERF_TYPE_TRACEPOINT, id)
     };
-    // SAFETY: perf_event_open reads `size` bytes of `attr`, which lives
-    // through the call; the returned fd is new and ours.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_perf_event_open,
-            &attr as *const PerfEventAttrV0,
-            -1 as libc::pid_t,
-            0 as libc::c_int,
-            -1 as libc::c_int,
-            PERF_FLAG_FD_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(anyhow!(std::io::Error::last_os_error()))
-            .context("perf_event_open on the kretprobe event");
-    }
-    // SAFETY: a valid fd just returned to us and owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    // SAFETY: a tracepoint attr carries no pointer.
+    unsafe { super::perf::open(&attr, -1, 0) }
+        .map_err(|e| anyhow!(e))
+        .context("perf_event_open on the kretprobe event")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn attr_is_the_size_every_kernel_knows() {
-        assert_eq!(size_of::<PerfEventAttrV0>(), 64);
-    }
 
     #[test]
     fn event_names_carry_pid_suffix_and_function() {

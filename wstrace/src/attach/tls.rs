@@ -8,21 +8,26 @@
 //! Which file and offsets to probe comes from `enrich::tls` (maps and ELF
 //! symbols); the file is named by its `/proc/<pid>/map_files/` entry, which
 //! the kernel resolves to the mapped file itself: a path replaced since the
-//! process mapped it cannot redirect the probe.
-use std::{collections::HashMap, num::NonZeroU32};
-
-use aya::{
-    Ebpf,
-    programs::{
-        UProbe,
-        uprobe::{UProbeLinkId, UProbeScope},
-    },
+//! process mapped it cannot redirect the probe. The perf events are opened
+//! by the uprobe helper (uprobe_helper.rs: it keeps the CAP_SYS_ADMIN this
+//! needs, the daemon does not), or by the daemon itself at start-up when
+//! there is no helper; the programs are attached to them here
+//! (perf::attach_program), and closing them detaches.
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd as _, OwnedFd},
 };
 
-use super::error::with_sources;
+use aya::{Ebpf, programs::UProbe};
 
-/// (program, function, is a return probe): the uprobes one target gets,
-/// for each function it defines.
+use super::{
+    error::with_sources,
+    perf::{PerfLink, attach_program},
+    uprobe_helper::{OpenError, Request},
+};
+
+/// (program, function): the uprobes one target gets, for each function it
+/// defines; a program whose name ends in `_ret` goes on the return.
 pub const HOOKS: [(&str, &str); 6] = [
     ("tls_ssl_write", "SSL_write"),
     ("tls_ssl_write", "SSL_write_ex"),
@@ -54,10 +59,11 @@ pub fn load(ebpf: &mut Ebpf) -> Result<(), String> {
     Ok(())
 }
 
-/// The uprobes attached, per process.
+/// The uprobes attached, per process: their perf events (closing one
+/// detaches its program and removes its breakpoints).
 #[derive(Default)]
 pub struct TlsProbes {
-    links: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    events: HashMap<u32, Vec<PerfLink>>,
 }
 
 /// Why a process got no uprobes.
@@ -65,8 +71,10 @@ pub struct TlsProbes {
 pub enum AttachTlsError {
     /// [`MAX_PROCESSES`] already have them.
     TooManyProcesses,
-    /// The kernel refused (the function, and its error).
-    Kernel(&'static str, String),
+    /// The probe could not be opened (the function, and why).
+    Open(&'static str, OpenError),
+    /// The program could not be attached (the function, and why).
+    Attach(&'static str, String),
 }
 
 impl std::fmt::Display for AttachTlsError {
@@ -76,73 +84,74 @@ impl std::fmt::Display for AttachTlsError {
                 f,
                 "{MAX_PROCESSES} processes already have TLS uprobes: this one is not covered"
             ),
-            Self::Kernel(func, e) => write!(f, "attaching a uprobe on {func}: {e}"),
+            Self::Open(func, e) => write!(f, "opening a uprobe on {func}: {e}"),
+            Self::Attach(func, e) => write!(f, "attaching a uprobe on {func}: {e}"),
         }
     }
 }
 
+/// The file a process maps, as a uprobe request names it.
+pub struct ProbedFile<'a> {
+    /// `/proc/<pid>/map_files/<range>`.
+    pub map_files: &'a str,
+    /// (major, minor) of its device, and its inode, as maps says.
+    pub dev: (u32, u32),
+    pub inode: u64,
+}
+
 impl TlsProbes {
     pub fn covers(&self, pid: u32) -> bool {
-        self.links.contains_key(&pid)
+        self.events.contains_key(&pid)
     }
 
-    /// Attaches the uprobes for `functions` (name, file offset) in the
-    /// file at `target` (a map_files path), for process `pid` only. On a
-    /// failure, what was attached for this target is detached again.
+    /// Attaches the uprobes for `functions` (name, file offset) in `file`,
+    /// for process `pid` only, with perf events from `open`. On a failure,
+    /// what was attached for this file is detached again.
     pub fn attach(
         &mut self,
         ebpf: &mut Ebpf,
         pid: u32,
-        target: &str,
+        file: &ProbedFile<'_>,
         functions: &[(&'static str, u64)],
+        open: &mut dyn FnMut(&Request) -> Result<OwnedFd, OpenError>,
     ) -> Result<usize, AttachTlsError> {
-        let Some(scope_pid) = NonZeroU32::new(pid) else {
-            return Err(AttachTlsError::Kernel("(pid 0)", "no such process".into()));
-        };
-        if !self.links.contains_key(&pid) && self.links.len() >= MAX_PROCESSES {
+        if !self.events.contains_key(&pid) && self.events.len() >= MAX_PROCESSES {
             return Err(AttachTlsError::TooManyProcesses);
         }
+        // Dropped (so detached) on any error below.
         let mut made = Vec::new();
         for (prog, func) in HOOKS {
             let Some(&(_, offset)) = functions.iter().find(|(f, _)| *f == func) else {
                 continue;
             };
-            let result = match program(ebpf, prog) {
-                Ok(p) => p
-                    .attach(offset, target, UProbeScope::OneProcess(scope_pid))
-                    .map_err(|e| with_sources(&e)),
-                Err(e) => Err(e),
+            let request = Request {
+                pid,
+                path: file.map_files.to_string(),
+                dev: file.dev,
+                inode: file.inode,
+                offset,
+                retprobe: prog.ends_with("_ret"),
             };
-            match result {
-                Ok(link) => made.push((prog, link)),
-                Err(e) => {
-                    detach(ebpf, made);
-                    return Err(AttachTlsError::Kernel(func, e));
-                }
-            }
+            let perf = open(&request).map_err(|e| AttachTlsError::Open(func, e))?;
+            let program = program(ebpf, prog).map_err(|e| AttachTlsError::Attach(func, e))?;
+            let fd = program
+                .fd()
+                .map_err(|e| AttachTlsError::Attach(func, with_sources(&e)))?;
+            let link = attach_program(perf, fd.as_fd())
+                .map_err(|e| AttachTlsError::Attach(func, format!("{e:#}")))?;
+            made.push(link);
         }
         let n = made.len();
-        self.links.entry(pid).or_default().extend(made);
+        self.events.entry(pid).or_default().extend(made);
         Ok(n)
     }
 
     /// Detaches the uprobes of a process that exited.
-    pub fn forget(&mut self, ebpf: &mut Ebpf, pid: u32) {
-        if let Some(links) = self.links.remove(&pid) {
-            detach(ebpf, links);
-        }
+    pub fn forget(&mut self, pid: u32) {
+        self.events.remove(&pid);
     }
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, String> {
     super::program::program(ebpf, name).map_err(|e| with_sources(&e))
-}
-
-fn detach(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
-    for (prog, link) in links {
-        if let Ok(p) = program(ebpf, prog) {
-            // Already gone (the program was unloaded at shutdown): nothing to undo.
-            let _ = p.detach(link);
-        }
-    }
 }
