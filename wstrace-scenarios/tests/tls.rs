@@ -561,19 +561,39 @@ fn nginx_tls_edge_with_proxy_http_version_peer_closed_first_on_both() {
     }
 }
 
-/// Uprobes are attached at start-up only (CAP_SYS_ADMIN is dropped after
-/// it): a TLS server that starts listening later is named in a warning
-/// that says what to do, and gets no breakpoint.
+/// A TLS server that starts listening after wstrace (a deploy restarts
+/// it) is covered too: the daemon has dropped CAP_SYS_ADMIN by then, and
+/// its uprobe helper (forked before the drop) opens the probes. The late
+/// server gets a breakpoint and its close after the 101 is reported from
+/// the plaintext; a late process mapping the same libssl that serves no
+/// traced port gets none.
 #[test]
-fn a_tls_server_started_after_wstrace_is_named_not_covered() {
+fn a_tls_server_started_after_wstrace_is_covered_by_the_uprobe_helper() {
     let Some(s) = setup("later") else { return };
     let _g = serial();
     let port = free_port();
     let t = Tracer::start(port, &[]);
+    let early = t.stderr_text();
+    assert!(
+        !early.contains("no uprobe helper"),
+        "the helper did not start:\n{early}"
+    );
+    // The helper is a child of the daemon, with CAP_SYS_ADMIN (21),
+    // CAP_SYS_PTRACE (19), CAP_DAC_READ_SEARCH (2) and nothing else.
+    let helper = helper_of(t.pid() as u32).expect("no wstrace-uprobe child of the daemon");
+    let status = std::fs::read_to_string(format!("/proc/{helper}/status")).expect("status");
+    assert!(
+        status.contains("CapEff:\t0000000000280004")
+            && status.contains("CapBnd:\t0000000000280004")
+            && status.contains("NoNewPrivs:\t1"),
+        "the helper keeps more than it needs:\n{status}"
+    );
+
     let (server, _, ssl_write) = start_server_on(&s, "close", port);
+    let (bystander, _, bystander_ssl_write) = start_server(&s, "close");
+    let pid = server.0.id();
     let want = format!(
-        "wstrace: warning: tls: pid {} (python3) started after wstrace: its TLS library (/",
-        server.0.id()
+        "wstrace: tls: pid {pid} (python3): OpenSSL covered: uprobes on SSL_read, SSL_read_ex, SSL_write, SSL_write_ex in /"
     );
     // Listeners are looked for every 2 s.
     let start = std::time::Instant::now();
@@ -583,14 +603,45 @@ fn a_tls_server_started_after_wstrace_is_named_not_covered() {
     let stderr = t.stderr_text();
     assert!(
         stderr.contains(&want),
-        "no warning for the late server:\n{stderr}"
+        "the late server is not covered:\n{stderr}"
     );
-    assert!(stderr.contains("restart wstrace to cover it"), "{stderr}");
-    assert_ne!(
-        byte_at(server.0.id(), ssl_write),
+    assert!(!stderr.contains("restart wstrace"), "{stderr}");
+    assert_eq!(
+        byte_at(pid, ssl_write),
         INT3,
-        "a late server got a uprobe"
+        "no uprobe in the late server"
     );
+    assert_ne!(
+        byte_at(bystander.0.id(), bystander_ssl_write),
+        INT3,
+        "a late process serving no traced port got a uprobe"
+    );
+
+    run_client(&s, port, "http10");
+    let reports = t.wait_for_reports(1, Duration::from_secs(20));
+    assert_eq!(reports.len(), 1, "{}", t.stderr_text());
+    let r = &reports[0];
+    assert_eq!(r["tls"], "openssl", "{r}");
+    assert_eq!(r["closed_by"], "local", "{r}");
+    assert_eq!(r["pid"], pid, "{r}");
+    assert_eq!(r["upgraded_by"]["pid"], pid, "{r}");
+    assert_eq!(r["diagnosis"]["code"], "http10_upgrade", "{r}");
+    assert_eq!(r["request"]["version"], "HTTP/1.0", "{r}");
+    assert!(!r.to_string().contains("TOPSECRET"), "secret printed: {r}");
+
+    // The server exits: its probes are closed with it (the next scan).
+    drop(server);
+    drop(bystander);
+}
+
+/// The daemon's child named `wstrace-uprobe`.
+fn helper_of(daemon: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+        let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:"))?.trim();
+        (status.starts_with("Name:\twstrace-uprobe") && ppid == daemon.to_string()).then_some(pid)
+    })
 }
 
 /// A Node `https` server doing what WebSocket libraries do (`ws`'s
