@@ -61,7 +61,7 @@ pub struct Delta {
 }
 
 impl Delta {
-    fn ns_per_run(&self) -> Option<f64> {
+    pub(super) fn ns_per_run(&self) -> Option<f64> {
         (self.run_cnt > 0).then(|| self.run_time_ns as f64 / self.run_cnt as f64)
     }
 }
@@ -204,12 +204,12 @@ fn startups(bins: &Bins, args: &BenchArgs, out: &mut KernelCost) -> Result<()> {
 /// Turns `kernel.bpf_stats_enabled` on and puts the old value back on drop:
 /// the stats cost two clock reads per program run, for every program on the
 /// machine, so they must not stay on after the benchmark.
-struct StatsOn {
+pub(super) struct StatsOn {
     old: String,
 }
 
 impl StatsOn {
-    fn new() -> Result<StatsOn> {
+    pub(super) fn new() -> Result<StatsOn> {
         let path = "/proc/sys/kernel/bpf_stats_enabled";
         let old = std::fs::read_to_string(path)
             .with_context(|| format!("reading {path}: this kernel has no BPF run-time stats"))?;
@@ -398,7 +398,7 @@ fn bpftool_json(args: &[&str]) -> Result<serde_json::Value> {
 
 /// The ids of the BPF programs process `pid` holds (program and link fds
 /// both name theirs in fdinfo).
-fn prog_ids_of(pid: u32) -> Vec<u32> {
+pub(super) fn prog_ids_of(pid: u32) -> Vec<u32> {
     let mut ids = Vec::new();
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return ids;
@@ -523,14 +523,14 @@ fn empty_script<'a>(hooks: impl Iterator<Item = &'a String>) -> Result<String> {
 }
 
 #[derive(Clone, Debug, Default)]
-struct ProgStat {
-    name: String,
-    run_time_ns: u64,
-    run_cnt: u64,
-    recursion_misses: u64,
+pub(super) struct ProgStat {
+    pub(super) name: String,
+    pub(super) run_time_ns: u64,
+    pub(super) run_cnt: u64,
+    pub(super) recursion_misses: u64,
 }
 
-fn prog_stats() -> Result<HashMap<u32, ProgStat>> {
+pub(super) fn prog_stats() -> Result<HashMap<u32, ProgStat>> {
     parse_prog_stats(&bpftool_json(&["prog", "show", "-j"])?)
 }
 

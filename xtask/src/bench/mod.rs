@@ -15,12 +15,17 @@
 //!    close-to-report latency (client's EOF to the report line's arrival);
 //! 5. in-kernel cost per program by the kernel's own stats, beside the
 //!    bpftrace script and a near-empty program on the same hooks
-//!    (kernel_cost.rs).
+//!    (kernel_cost.rs);
+//! 6. the same for the fentry and kprobe sets in the kernel-matrix VMs
+//!    (vm_cost.rs);
+//! 7. what the TLS uprobes cost a server terminating TLS itself
+//!    (tls_cost.rs).
 //!
 //! Results: BENCHMARKS.md (table, machine, kernel, probe set, date) and
 //! target/bench/results.json.
 
 mod kernel_cost;
+mod tls_cost;
 mod vm_cost;
 
 use crate::{paths, process, setup};
@@ -69,7 +74,7 @@ pub struct BenchArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Only {
-    /// Everything (sections 1-6).
+    /// Everything (sections 1-7).
     All,
     /// The load measurements: throughput, churn, unrelated traffic, the daemon (sections 1-4).
     Load,
@@ -77,11 +82,15 @@ pub enum Only {
     KernelCost,
     /// The fentry and kprobe sets' cost per program in the kernel-matrix VMs (section 6).
     VmCost,
+    /// The TLS uprobes' cost to a Python ssl server: its CPU per SSL_write, the programs' ns (section 7).
+    Tls,
 }
 
 /// The headings that start sections 5 and 6: where a partial run splices.
 const KERNEL_COST_HEADING: &str = "## 5. In-kernel cost per program";
 const VM_COST_HEADING: &str = "## 6. In-kernel cost per program in the kernel-matrix VMs";
+const TLS_COST_HEADING: &str =
+    "## 7. TLS uprobes (`--tls auto`): cost to a server terminating TLS itself";
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -169,6 +178,7 @@ struct Results {
     unrelated: Vec<(Tracer, Vec<Steady>)>,
     kernel_cost: Option<kernel_cost::KernelCost>,
     vm_cost: Option<vm_cost::VmCost>,
+    tls_cost: Option<tls_cost::TlsCost>,
 }
 
 struct Bins {
@@ -247,7 +257,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     // The first load run after a build is slow (page cache, CPU frequency,
     // lazily built kernel state): run one and throw it away.
-    if args.only != Only::VmCost {
+    if !matches!(args.only, Only::VmCost | Only::Tls) {
         println!("\n==> bench: warm-up run (discarded)");
         steady_run(&bins, args, Tracer::None, TRACED_PORT, &mut probe_set)
             .context("warm-up run")?;
@@ -315,6 +325,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if matches!(args.only, Only::All | Only::VmCost) {
         println!("\n==> bench: fentry and kprobe sets in the kernel-matrix VMs");
         res.vm_cost = Some(vm_cost::run(&bins.wstrace, &bins.load)?);
+    }
+    if matches!(args.only, Only::All | Only::Tls) {
+        println!(
+            "\n==> bench: TLS uprobes on a Python ssl server ({} rounds)",
+            args.rounds
+        );
+        res.tls_cost = Some(tls_cost::run(&bins, args)?);
     }
 
     let json_path = work.join("results.json");
@@ -1214,6 +1231,10 @@ fn render(r: &Results) -> String {
         md.push('\n');
         md.push_str(&vm_cost::render(v));
     }
+    if let Some(t) = &r.tls_cost {
+        md.push('\n');
+        md.push_str(&tls_cost::render(t));
+    }
     md
 }
 
@@ -1228,27 +1249,42 @@ fn load_average() -> String {
 
 /// BENCHMARKS.md after a partial run: the new part from `new`, the rest
 /// kept from `old` (sections 1-4, section 5 from [`KERNEL_COST_HEADING`],
-/// section 6 from [`VM_COST_HEADING`]).
+/// section 6 from [`VM_COST_HEADING`], section 7 from [`TLS_COST_HEADING`]).
 fn splice(old: &str, new: &str, only: Only) -> String {
-    let split = |text: &str| -> [String; 3] {
-        let vm = text.find(VM_COST_HEADING).unwrap_or(text.len());
-        let cost = text[..vm].find(KERNEL_COST_HEADING).unwrap_or(vm);
-        [
-            text[..cost].to_string(),
-            text[cost..vm].to_string(),
-            text[vm..].to_string(),
-        ]
+    const HEADINGS: [&str; 3] = [KERNEL_COST_HEADING, VM_COST_HEADING, TLS_COST_HEADING];
+    // Each part runs from its heading to the next heading found after it.
+    let split = |text: &str| -> [String; 4] {
+        let starts: Vec<Option<usize>> = HEADINGS.iter().map(|h| text.find(h)).collect();
+        let end_of = |from: usize| {
+            starts
+                .iter()
+                .flatten()
+                .copied()
+                .filter(|&p| p > from)
+                .min()
+                .unwrap_or(text.len())
+        };
+        let first = starts.iter().flatten().copied().min().unwrap_or(text.len());
+        let mut parts: [String; 4] = Default::default();
+        parts[0] = text[..first].to_string();
+        for (i, s) in starts.iter().enumerate() {
+            if let Some(s) = *s {
+                parts[i + 1] = text[s..end_of(s)].to_string();
+            }
+        }
+        parts
     };
-    let [old_load, old_cost, old_vm] = split(old);
-    let [new_load, new_cost, new_vm] = split(new);
-    let parts = match only {
-        Only::All => [new_load, new_cost, new_vm],
-        Only::Load => [new_load, old_cost, old_vm],
-        Only::KernelCost => [old_load, new_cost, old_vm],
-        Only::VmCost => [old_load, old_cost, new_vm],
+    let old = split(old);
+    let new = split(new);
+    let take_new = match only {
+        Only::All => [true; 4],
+        Only::Load => [true, false, false, false],
+        Only::KernelCost => [false, true, false, false],
+        Only::VmCost => [false, false, true, false],
+        Only::Tls => [false, false, false, true],
     };
-    let kept: Vec<&str> = parts
-        .iter()
+    let kept: Vec<&str> = (0..4)
+        .map(|i| if take_new[i] { &new[i] } else { &old[i] })
         .map(|p| p.trim_end())
         .filter(|p| !p.is_empty())
         .collect();
@@ -1311,6 +1347,22 @@ mod tests {
         assert!(vm_only.contains("new vm") && !vm_only.contains("old vm"));
         let cost_again = splice(&old3, &new, Only::KernelCost);
         assert!(cost_again.contains("new cost") && cost_again.contains("old vm"));
+        let tls_first = splice(&old3, &format!("{TLS_COST_HEADING}\nnew tls\n"), Only::Tls);
+        assert!(tls_first.contains("old cost") && tls_first.contains("old vm"));
+        assert!(tls_first.trim_end().ends_with("new tls"), "{tls_first}");
+        let old4 = format!("{old3}\n{TLS_COST_HEADING}\nold tls\n");
+        let vm_again = splice(&old4, &format!("{VM_COST_HEADING}\nnew vm\n"), Only::VmCost);
+        assert!(
+            vm_again.contains("new vm") && !vm_again.contains("old vm"),
+            "{vm_again}"
+        );
+        assert!(
+            vm_again.contains("old tls") && vm_again.contains("old cost"),
+            "{vm_again}"
+        );
+        let tls_again = splice(&old4, &format!("{TLS_COST_HEADING}\nnew tls\n"), Only::Tls);
+        assert!(tls_again.contains("new tls") && !tls_again.contains("old tls"));
+        assert!(tls_again.contains("old vm"), "{tls_again}");
     }
 
     #[test]
