@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long)]
     verbose: bool,
     /// One more argument for wstrace (repeatable), e.g.
-    /// `--wstrace-arg=--symbolize-timeout=30` on an emulated machine.
+    /// `--wstrace-arg=--symbolize-timeout=60` (default: [`SYMBOLIZE_TIMEOUT`]).
     #[arg(long = "wstrace-arg", value_name = "ARG", allow_hyphen_values = true)]
     wstrace_args: Vec<String>,
 }
@@ -48,6 +48,12 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// wstrace's --port limit.
 const MAX_PORTS: usize = 8;
+/// wstrace's symbolization budget unless `--wstrace-arg` gives one: the
+/// checks want named frames, not a test of the budget, and the first
+/// symbolization of a binary (parsing its debug info) took over the 2 s
+/// default in emulated guests (arm64 TCG) on a loaded host, where a real
+/// machine would not need it.
+const SYMBOLIZE_TIMEOUT: &str = "--symbolize-timeout=30";
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// One server of a scenario and what its connection must produce.
@@ -445,6 +451,13 @@ impl Tracer {
             cmd.arg("--port").arg(p.to_string());
         }
         cmd.args(["--probe", &args.probe, "--format", "json"]);
+        if !args
+            .wstrace_args
+            .iter()
+            .any(|a| a.starts_with("--symbolize-timeout"))
+        {
+            cmd.arg(SYMBOLIZE_TIMEOUT);
+        }
         cmd.args(&args.wstrace_args);
         let mut child = cmd
             .stdin(Stdio::null())

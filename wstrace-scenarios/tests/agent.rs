@@ -118,7 +118,18 @@ fn sigterm_during_a_burst_leaves_whole_lines() {
             upgrade_once(port);
         }
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // SIGTERM once the burst's reports are being written, not after a
+    // guess at how long that takes (a loaded host may take longer than
+    // the burst's first moments to write the first line).
+    // (Sizes, not lines: a line may be half-written at this moment.)
+    let written = || {
+        std::fs::metadata(&log).is_ok_and(|m| m.len() > 0)
+            || PathBuf::from(format!("{}.1", log.display())).exists()
+    };
+    let start = Instant::now();
+    while !written() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut w = w;
     w.signal(libc::SIGTERM);
     let status = w.wait();

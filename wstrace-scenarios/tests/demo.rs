@@ -3,7 +3,7 @@
 //! about on stderr.
 mod common;
 
-use common::{require_root, serial, wstrace_bin};
+use common::{SYMBOLIZE_TIMEOUT, require_root, serial, wstrace_bin};
 use serde_json::Value;
 use std::process::Command;
 
@@ -14,7 +14,7 @@ fn the_demo_reports_both_closes_with_named_kernel_frames_and_no_privilege_warnin
     }
     let _g = serial();
     let out = Command::new(wstrace_bin())
-        .args(["demo", "--format", "json"])
+        .args(["demo", "--format", "json", SYMBOLIZE_TIMEOUT])
         .output()
         .expect("running wstrace demo");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -85,7 +85,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
         )?;
     }
     let start = Instant::now();
-    let steps = plan_steps(args.cmd.as_deref(), Arch::host());
+    let steps = plan_steps(args.cmd.as_deref());
     let specs = select_kernels(&args.matrix.kernels)?;
     let mut arches: Vec<Arch> = specs.iter().map(|s| s.arch).collect();
     arches.sort_by_key(|a| a.debian());
@@ -116,7 +116,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
             Arch::Amd64 => vm_dir.join("initrd.gz"),
             arch => vm_dir.join(format!("initrd-{}.gz", arch.debian())),
         };
-        let arch_steps = plan_steps(args.cmd.as_deref(), *arch);
+        let arch_steps = plan_steps(args.cmd.as_deref());
         let (built, took) = process::timed(|| {
             initramfs::build(&initrd, *arch, bins, &arch_steps, args.matrix.step_timeout)
         });
@@ -279,17 +279,10 @@ fn host_run(steps: &[Step]) -> Result<KernelRun> {
     })
 }
 
-/// One step per probe set, or the user's command.
-fn plan_steps(cmd: Option<&str>, arch: Arch) -> Vec<Step> {
-    // An arm64 guest is emulated instruction by instruction, several times
-    // slower than an amd64 one under TCG: the first symbolization of a
-    // binary (parsing its debug info) took over wstrace's 2 s default there
-    // on a loaded host, so its frames printed unknown. Give it the time a
-    // real machine would not need.
-    let extra = match arch {
-        Arch::Arm64 => " --wstrace-arg=--symbolize-timeout=30",
-        Arch::Amd64 => "",
-    };
+/// One step per probe set, or the user's command. `ws-scenario check` gives
+/// wstrace a symbolization budget an emulated guest on a loaded host needs
+/// (its SYMBOLIZE_TIMEOUT).
+fn plan_steps(cmd: Option<&str>) -> Vec<Step> {
     match cmd {
         Some(cmd) => vec![Step {
             name: "cmd".into(),
@@ -299,9 +292,7 @@ fn plan_steps(cmd: Option<&str>, arch: Arch) -> Vec<Step> {
             .iter()
             .map(|probe| Step {
                 name: probe.to_string(),
-                script: format!(
-                    "/bin/ws-scenario check --wstrace /bin/wstrace --probe {probe}{extra}\n"
-                ),
+                script: format!("/bin/ws-scenario check --wstrace /bin/wstrace --probe {probe}\n"),
             })
             .collect(),
     }

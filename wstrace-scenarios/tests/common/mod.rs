@@ -181,6 +181,12 @@ pub fn upgrade_once(port: u16) {
     while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
 }
 
+/// The symbolization budget tests run wstrace with unless they test the
+/// budget itself: they check named frames, and the first symbolization of
+/// a binary (parsing its debug info) can take longer than the 2 s default
+/// on a loaded 2-CPU host.
+pub const SYMBOLIZE_TIMEOUT: &str = "--symbolize-timeout=60";
+
 /// A running `wstrace --format json`, its stdout and stderr collected.
 pub struct Tracer {
     pub child: Kill,
@@ -195,10 +201,17 @@ impl Tracer {
         Tracer::start_format(port, "json", extra)
     }
 
-    /// `start` with `--format FORMAT` (`text` or `json`).
+    /// `start` with `--format FORMAT` (`text` or `json`). Unless `extra`
+    /// sets one, wstrace gets [`SYMBOLIZE_TIMEOUT`].
     pub fn start_format(port: u16, format: &str, extra: &[&str]) -> Tracer {
+        let budget = if extra.iter().any(|a| a.starts_with("--symbolize-timeout")) {
+            None
+        } else {
+            Some(SYMBOLIZE_TIMEOUT)
+        };
         let mut c = Command::new(wstrace_bin())
             .args(["--port", &port.to_string(), "--format", format])
+            .args(budget)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

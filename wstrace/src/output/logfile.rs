@@ -121,7 +121,12 @@ impl LogFile {
     /// failed and is retried) or held in memory (writing failed and is
     /// retried). While a retry waits, lines are held without an error.
     pub fn append(&mut self, line: &str) -> Result<()> {
-        let now = Instant::now();
+        self.append_at(line, Instant::now())
+    }
+
+    /// [`Self::append`] at `now`: the retry back-offs are judged against
+    /// it, so tests give the times instead of sleeping through them.
+    fn append_at(&mut self, line: &str, now: Instant) -> Result<()> {
         self.hold(line);
         if self.write_retry.is_some_and(|b| now < b.at) {
             return Ok(());
@@ -440,8 +445,11 @@ mod tests {
         std::fs::create_dir_all(d.join("l.1/x")).expect("mkdir");
         let line = |i: usize| format!("line {i:04} ..............................");
         let mut warnings = Vec::new();
+        // One moment for the whole loop: however long the writes take on a
+        // loaded host, the retry is not due during it.
+        let t0 = Instant::now();
         for i in 0..20 {
-            if let Err(e) = log.append(&line(i)) {
+            if let Err(e) = log.append_at(&line(i), t0) {
                 warnings.push(format!("{e:#}"));
             }
         }
@@ -463,8 +471,8 @@ mod tests {
             "nothing lost while rotation fails"
         );
         std::fs::remove_dir_all(d.join("l.1")).expect("rmdir");
-        std::thread::sleep(Duration::from_millis(3100));
-        log.append(&line(20)).expect("rotates again");
+        log.append_at(&line(20), t0 + Duration::from_millis(3100))
+            .expect("rotates again");
         assert_eq!(
             lines_in(&rotated(&path, 1)).len(),
             20,
@@ -576,8 +584,11 @@ mod tests {
         // Lines long enough to need new pages (tmpfs allocates by page).
         let during = |i: usize| format!("during {i} {}", "x".repeat(500));
         let mut errors = Vec::new();
+        // Times given, not slept: on a loaded host the loop may take longer
+        // than the 0.1 s retry, which would then fall inside it.
+        let t0 = Instant::now();
         for i in 0..50 {
-            if let Err(e) = log.append(&during(i)) {
+            if let Err(e) = log.append_at(&during(i), t0) {
                 errors.push(format!("{e:#}"));
             }
         }
@@ -594,15 +605,17 @@ mod tests {
             errors[0]
         );
         // A retry while the disk is still full fails again, waiting longer.
-        std::thread::sleep(Duration::from_millis(120));
-        let e = log.append(&during(50)).err().expect("still full");
+        let e = log
+            .append_at(&during(50), t0 + Duration::from_millis(120))
+            .err()
+            .expect("still full");
         assert!(
             format!("{e:#}").contains("51 line(s) held") && format!("{e:#}").contains("0.2 s"),
             "{e:#}"
         );
         std::fs::remove_file(&filler).expect("free space");
-        std::thread::sleep(Duration::from_millis(220));
-        log.append("after").expect("written again");
+        log.append_at("after", t0 + Duration::from_millis(120 + 220))
+            .expect("written again");
         log.sync().expect("sync");
         let mut want = vec![before];
         want.extend((0..=50).map(during));
@@ -619,8 +632,10 @@ mod tests {
         let path = fs.0.join("l");
         let mut log = LogFile::open(&path, 0, 0).expect("open");
         let _filler = fill(&fs.0);
-        assert!(log.append("x").is_err());
-        log.append("y").expect("held quietly");
+        // One moment: the retry is not due between the two.
+        let t0 = Instant::now();
+        assert!(log.append_at("x", t0).is_err());
+        log.append_at("y", t0).expect("held quietly");
         let e = log.sync().err().expect("lines lost");
         assert!(
             format!("{e:#}").contains("2 line(s) could not be written"),
