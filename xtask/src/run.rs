@@ -4,7 +4,7 @@
 //! server of the user's). wstrace needs root for BPF: when xtask is not root
 //! it runs wstrace under sudo, saying so.
 use crate::{paths, process, setup};
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::Args;
 use std::process::Command;
 
@@ -41,12 +41,5 @@ pub fn run(args: &RunArgs) -> Result<()> {
         c
     };
     cmd.args(&wstrace_args);
-    let shown = process::display(&cmd);
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start `{shown}`"))?;
-    if !status.success() {
-        bail!("`{shown}` failed ({status})");
-    }
-    Ok(())
+    process::run(&mut cmd)
 }

@@ -20,6 +20,7 @@ use aya::maps::{HashMap as BpfHashMap, MapData};
 use std::{
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -304,30 +305,37 @@ fn mapped(a: SocketAddr) -> SocketAddr {
 }
 
 fn owner_of(want: &str) -> Option<PeerProcess> {
-    for entry in fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == want) {
-                let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-                return Some(PeerProcess {
-                    pid,
-                    tid: None,
-                    comm: comm.trim_end().to_string(),
-                    source: PeerSource::SocketTable,
-                });
+    processes_with_fd(|_| false, |link| link.as_os_str() == want).next()
+}
+
+/// The processes with an open fd whose link target (`socket:[123]`, a
+/// path) `wanted` accepts, skipping the pids `skip` names (their fd tables
+/// are not read). Their comm is read only for a match.
+fn processes_with_fd(
+    skip: impl Fn(u32) -> bool,
+    wanted: impl Fn(&Path) -> bool,
+) -> impl Iterator<Item = PeerProcess> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(move |entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            if skip(pid) {
+                return None;
             }
-        }
-    }
-    None
+            let mut fds = fs::read_dir(entry.path().join("fd")).ok()?.flatten();
+            if !fds.any(|fd| fs::read_link(fd.path()).is_ok_and(|l| wanted(&l))) {
+                return None;
+            }
+            let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            Some(PeerProcess {
+                pid,
+                tid: None,
+                comm: comm.trim_end().to_string(),
+                source: PeerSource::SocketTable,
+            })
+        })
 }
 
 /// Inodes of the listening sockets (state `0A`) on any of `ports`, from the
@@ -369,44 +377,14 @@ pub fn listeners(ports: &[u16], known: impl Fn(u32) -> bool) -> Vec<PeerProcess>
         return Vec::new();
     }
     inodes.sort_unstable();
-    let mut found = Vec::new();
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if known(pid) {
-            continue;
-        }
-        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        let holds = fds.flatten().any(|fd| {
-            fs::read_link(fd.path()).is_ok_and(|l| {
-                l.to_str()
-                    .and_then(|l| l.strip_prefix("socket:["))
-                    .and_then(|l| l.strip_suffix(']'))
-                    .and_then(|i| i.parse::<u64>().ok())
-                    .is_some_and(|i| inodes.binary_search(&i).is_ok())
-            })
-        });
-        if holds {
-            let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            found.push(PeerProcess {
-                pid,
-                tid: None,
-                comm: comm.trim_end().to_string(),
-                source: PeerSource::SocketTable,
-            });
-        }
-    }
-    found
+    processes_with_fd(known, |link| {
+        link.to_str()
+            .and_then(|l| l.strip_prefix("socket:["))
+            .and_then(|l| l.strip_suffix(']'))
+            .and_then(|i| i.parse::<u64>().ok())
+            .is_some_and(|i| inodes.binary_search(&i).is_ok())
+    })
+    .collect()
 }
 
 /// Inodes of the TCP sockets listening on `ports` (IPv4 and IPv6), by a

@@ -11,7 +11,10 @@
 //! the empty program's cost) and on the traced port (the in-kernel cost per
 //! echoed message, against the bpftrace script's).
 
-use super::{BenchArgs, Bins, OTHER_PORT, Proc, TRACED_PORT, Tracer, median, server, start_tracer};
+use super::{
+    BenchArgs, Bins, OTHER_PORT, Proc, TRACED_PORT, Tracer, med, median, parse_status_kib, server,
+    start_tracer,
+};
 use crate::process;
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
@@ -61,6 +64,20 @@ pub struct Delta {
 }
 
 impl Delta {
+    /// The counters from `before` to `after` (a program loaded in between
+    /// has no `before`; one gone has no `after`: zeros). The kernel's
+    /// counters only grow, but saturating keeps a reused id harmless.
+    pub(super) fn between(before: Option<&ProgStat>, after: Option<&ProgStat>) -> Delta {
+        let zero = ProgStat::default();
+        let (b, a) = (before.unwrap_or(&zero), after.unwrap_or(&zero));
+        Delta {
+            name: a.name.clone(),
+            run_time_ns: a.run_time_ns.saturating_sub(b.run_time_ns),
+            run_cnt: a.run_cnt.saturating_sub(b.run_cnt),
+            recursion_misses: a.recursion_misses.saturating_sub(b.recursion_misses),
+        }
+    }
+
     pub(super) fn ns_per_run(&self) -> Option<f64> {
         (self.run_cnt > 0).then(|| self.run_time_ns as f64 / self.run_cnt as f64)
     }
@@ -119,16 +136,8 @@ pub struct IdleMemory {
 /// Reads a running process's resident memory: (VmRSS, the BPF maps' mapped
 /// share, RssAnon), in MiB.
 fn resident(pid: u32) -> Option<(f64, f64, f64)> {
+    // One read: RSS and its anonymous part from the same moment.
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib = |key: &str| -> Option<f64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
     let mut in_map = false;
     let mut maps_kib = 0.0;
@@ -141,9 +150,9 @@ fn resident(pid: u32) -> Option<(f64, f64, f64)> {
         }
     }
     Some((
-        kib("VmRSS:")? / 1024.0,
+        parse_status_kib(&status, "VmRSS")? / 1024.0,
         maps_kib / 1024.0,
-        kib("RssAnon:")? / 1024.0,
+        parse_status_kib(&status, "RssAnon")? / 1024.0,
     ))
 }
 
@@ -357,17 +366,7 @@ fn one_round(
         .and_then(serde_json::Value::as_u64)
         .context("ws-bench steady printed no echoes_total")?;
 
-    let delta = |id: u32| -> Delta {
-        let (a, b) = (after.get(&id), before.get(&id));
-        let a = a.cloned().unwrap_or_default();
-        let b = b.cloned().unwrap_or_default();
-        Delta {
-            name: a.name.clone(),
-            run_time_ns: a.run_time_ns.saturating_sub(b.run_time_ns),
-            run_cnt: a.run_cnt.saturating_sub(b.run_cnt),
-            recursion_misses: a.recursion_misses.saturating_sub(b.recursion_misses),
-        }
-    };
+    let delta = |id: u32| Delta::between(before.get(&id), after.get(&id));
     let on = |map: &BTreeMap<u32, String>, hook: &str| -> Vec<Delta> {
         map.iter()
             .filter(|(_, h)| *h == hook)
@@ -522,6 +521,8 @@ fn empty_script<'a>(hooks: impl Iterator<Item = &'a String>) -> Result<String> {
     Ok(s)
 }
 
+/// One program's counters at one moment (`bpftool prog show`, or
+/// `ws-bench prog-stats` in the VMs).
 #[derive(Clone, Debug, Default)]
 pub(super) struct ProgStat {
     pub(super) name: String,
@@ -558,12 +559,6 @@ fn parse_prog_stats(v: &serde_json::Value) -> Result<HashMap<u32, ProgStat>> {
             ))
         })
         .collect())
-}
-
-/// Median over rounds of `f` where it has a value.
-fn med(rounds: &[CostRound], f: impl Fn(&CostRound) -> Option<f64>) -> Option<f64> {
-    let v: Vec<f64> = rounds.iter().filter_map(f).collect();
-    (!v.is_empty()).then(|| median(v))
 }
 
 fn sum_ns_per_run(ds: &[Delta]) -> Option<f64> {

@@ -512,15 +512,7 @@ impl Proc {
 
     /// VmHWM (peak resident set since exec) in MiB.
     fn peak_rss_mib(&self) -> Option<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()?;
-        Some(kib / 1024.0)
+        Some(status_kib(self.child.id(), "VmHWM")? / 1024.0)
     }
 
     /// Every stdout line received so far (after stop(): all of them).
@@ -824,6 +816,31 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted.get(i.min(sorted.len() - 1)).copied()
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`, `RssAnon` ...);
+/// None when the process is gone or the kernel has no such field.
+fn status_kib(pid: u32, key: &str) -> Option<f64> {
+    parse_status_kib(
+        &std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
+        key,
+    )
+}
+
+fn parse_status_kib(status: &str, key: &str) -> Option<f64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Median over rounds of `f` where it has a value; None where it has none.
+fn med<R>(rounds: &[R], f: impl Fn(&R) -> Option<f64>) -> Option<f64> {
+    let v: Vec<f64> = rounds.iter().filter_map(f).collect();
+    (!v.is_empty()).then(|| median(v))
 }
 
 fn median(values: impl IntoIterator<Item = f64>) -> f64 {
@@ -1294,6 +1311,17 @@ fn splice(old: &str, new: &str, only: Only) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_fields_are_read_by_their_whole_name() {
+        let status = "Name:\tws\nVmHWM:\t   2048 kB\nRssAnon:\t  512 kB\nVmRSS:\t 1024 kB\n";
+        assert_eq!(parse_status_kib(status, "VmHWM"), Some(2048.0));
+        assert_eq!(parse_status_kib(status, "VmRSS"), Some(1024.0));
+        // "Rss" is not the start of "RssAnon".
+        assert_eq!(parse_status_kib(status, "Rss"), None);
+        assert_eq!(parse_status_kib(status, "Name"), None);
+        assert!(status_kib(std::process::id(), "VmHWM").is_some_and(|k| k > 0.0));
+    }
 
     #[test]
     fn close_to_report_pairs_reused_ports_in_order() {

@@ -274,16 +274,7 @@ fn programs_round(
     files.client()?;
     srv.wait_for("RESULT", false, Duration::from_secs(60))?;
     let after = prog_stats()?;
-    let delta = |id: u32| {
-        let a = after.get(&id).cloned().unwrap_or_default();
-        let b = before.get(&id).cloned().unwrap_or_default();
-        Delta {
-            name: a.name.clone(),
-            run_time_ns: a.run_time_ns.saturating_sub(b.run_time_ns),
-            run_cnt: a.run_cnt.saturating_sub(b.run_cnt),
-            recursion_misses: a.recursion_misses.saturating_sub(b.recursion_misses),
-        }
-    };
+    let delta = |id: u32| Delta::between(before.get(&id), after.get(&id));
     let ws_ids = prog_ids_of(w.child.id());
     let mut rows = Vec::new();
     for (i, (prog, func, ret)) in HOOKS.iter().enumerate() {

@@ -12,6 +12,10 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::{
+    kernel_cost::{Delta, ProgStat},
+    med,
+};
 use crate::{
     matrix::MatrixResults,
     vm::{self, MatrixOpts, VmArgs},
@@ -162,7 +166,7 @@ pub fn run(wstrace: &Path, load: &Path) -> Result<VmCost> {
 }
 
 /// run_time_ns and run_cnt per program name, from `PROG` lines.
-fn snapshot(lines: &[&str], set: &str, phase: &str) -> BTreeMap<String, (u64, u64)> {
+fn snapshot(lines: &[&str], set: &str, phase: &str) -> BTreeMap<String, ProgStat> {
     let prefix = format!("VMCOST {set} {phase} PROG ");
     let mut m = BTreeMap::new();
     for l in lines {
@@ -173,9 +177,12 @@ fn snapshot(lines: &[&str], set: &str, phase: &str) -> BTreeMap<String, (u64, u6
         if let [_id, name, ns, cnt] = f[..]
             && let (Ok(ns), Ok(cnt)) = (ns.parse::<u64>(), cnt.parse::<u64>())
         {
-            let e = m.entry(name.to_string()).or_insert((0, 0));
-            e.0 += ns;
-            e.1 += cnt;
+            let e = m.entry(name.to_string()).or_insert_with(|| ProgStat {
+                name: name.to_string(),
+                ..Default::default()
+            });
+            e.run_time_ns += ns;
+            e.run_cnt += cnt;
         }
     }
     m
@@ -221,21 +228,16 @@ fn parse_set(kernel: &str, set: &str, lines: &[&str]) -> Result<SetCost> {
             }
             let after = snapshot(lines, set, &format!("r{r}-after-{load}"));
             let n = echoes(lines, set, &format!("r{r}-load-{load}"))?;
-            let delta = |name: &str| -> (u64, u64) {
-                let a = after.get(name).copied().unwrap_or((0, 0));
-                let b = before.get(name).copied().unwrap_or((0, 0));
-                (a.0.saturating_sub(b.0), a.1.saturating_sub(b.1))
-            };
-            let per_run = |(ns, cnt): (u64, u64)| (cnt > 0).then(|| ns as f64 / cnt as f64);
+            let delta = |name: &str| Delta::between(before.get(name), after.get(name));
             let rows: Vec<Row> = HOOKS
                 .iter()
                 .map(|(hook, ours, floors)| {
                     let w = delta(ours[i]);
                     Row {
                         hook: hook.to_string(),
-                        runs_per_echo: w.1 as f64 / n as f64,
-                        wstrace_ns: per_run(w),
-                        floor_ns: per_run(delta(floors[i])),
+                        runs_per_echo: w.run_cnt as f64 / n as f64,
+                        wstrace_ns: w.ns_per_run(),
+                        floor_ns: delta(floors[i]).ns_per_run(),
                     }
                 })
                 .collect();
@@ -244,23 +246,18 @@ fn parse_set(kernel: &str, set: &str, lines: &[&str]) -> Result<SetCost> {
                 after
                     .keys()
                     .filter(|name| name.starts_with("floor_") == floor)
-                    .map(|name| delta(name).0)
+                    .map(|name| delta(name).run_time_ns)
                     .sum::<u64>() as f64
                     / n as f64
             };
             rounds.push((n, rows, total(false), total(true)));
         }
-        let med = |f: &dyn Fn(&Round) -> Option<f64>| -> Option<f64> {
-            let mut v: Vec<f64> = rounds.iter().filter_map(f).collect();
-            v.sort_by(f64::total_cmp);
-            (!v.is_empty()).then(|| v[v.len() / 2])
-        };
         let rows = (0..HOOKS.len())
             .map(|h| Row {
                 hook: HOOKS[h].0.to_string(),
-                runs_per_echo: med(&|r| Some(r.1[h].runs_per_echo)).unwrap_or(0.0),
-                wstrace_ns: med(&|r| r.1[h].wstrace_ns),
-                floor_ns: med(&|r| r.1[h].floor_ns),
+                runs_per_echo: med(&rounds, |r| Some(r.1[h].runs_per_echo)).unwrap_or(0.0),
+                wstrace_ns: med(&rounds, |r| r.1[h].wstrace_ns),
+                floor_ns: med(&rounds, |r| r.1[h].floor_ns),
             })
             .collect();
         let echoes = rounds.iter().map(|r| r.0).sum();
@@ -268,8 +265,8 @@ fn parse_set(kernel: &str, set: &str, lines: &[&str]) -> Result<SetCost> {
             load.to_string(),
             echoes,
             rows,
-            med(&|r| Some(r.2)).unwrap_or(0.0),
-            med(&|r| Some(r.3)).unwrap_or(0.0),
+            med(&rounds, |r| Some(r.2)).unwrap_or(0.0),
+            med(&rounds, |r| Some(r.3)).unwrap_or(0.0),
         ));
     }
     Ok(out)
