@@ -344,7 +344,7 @@ fn cover_tls(
         if !can_open {
             if !survey.targets.is_empty() {
                 eprintln!(
-                    "wstrace: warning: tls: {who} started after wstrace: its TLS library ({}) gets no uprobes (no uprobe helper, and attaching them needs CAP_SYS_ADMIN, dropped after start-up), so its wss:// connections are not seen: restart wstrace to cover it",
+                    "wstrace: warning: tls: {who} started after wstrace: its TLS library ({}) gets no uprobes (no uprobe helper, and attaching them needs CAP_SYS_ADMIN, dropped after start-up), so its wss:// connections are not seen: restart wstrace with CAP_SYS_ADMIN to cover it (README: The uprobe helper)",
                     survey
                         .targets
                         .iter()
