@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Kill, Tracer, require_file, require_root, require_tool, serial};
+use common::{Kill, Tracer, require_file, require_node_ws, require_root, require_tool, serial};
 use serde_json::Value;
 
 const PYTHON: &str = "/usr/bin/python3";
@@ -644,39 +644,42 @@ fn helper_of(daemon: u32) -> Option<u32> {
     })
 }
 
-/// A Node `https` server doing what WebSocket libraries do (`ws`'s
-/// heartbeat): ping every 200 ms, and terminate the socket (`destroy()`)
-/// when the previous ping got no pong. Node links OpenSSL in (nodesource)
-/// or uses libssl (Debian): either is covered. Encrypts into memory and
-/// writes from libuv, so the 101 and the head are tied by thread.
+/// A Node `https` server with npm's `ws` (installed by `cargo xtask setup`)
+/// and its documented heartbeat: every 200 ms, terminate() each client whose
+/// last ping got no pong, and ping the rest. Node links OpenSSL in
+/// (nodesource) or uses libssl (Debian): either is covered. Encrypts into
+/// memory and writes from libuv, so the 101 and the head are tied by thread.
 const NODE_SERVER: &str = r#"
 const https = require('https'), fs = require('fs');
+const { WebSocketServer } = require('ws');
 const [cert, key] = process.argv.slice(2);
 const srv = https.createServer({cert: fs.readFileSync(cert), key: fs.readFileSync(key)});
-srv.on('upgrade', (req, sock) => {
-  sock.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
-             'Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n');
-  let alive = true;
-  sock.on('data', d => { if ((d[0] & 0x0f) === 0x0a) alive = true; });
-  const t = setInterval(() => {
-    if (!alive) { clearInterval(t); sock.destroy(); return; }
-    alive = false;
-    sock.write(Buffer.from([0x89, 0x00]));
-  }, 200);
-  sock.on('close', () => clearInterval(t));
+const wss = new WebSocketServer({ server: srv });
+wss.on('connection', ws => {
+  ws.isAlive = true;
+  ws.on('pong', () => { ws.isAlive = true; });
 });
+const interval = setInterval(() => {
+  wss.clients.forEach(ws => {
+    if (ws.isAlive === false) return ws.terminate();
+    ws.isAlive = false;
+    ws.ping();
+  });
+}, 200);
+wss.on('close', () => clearInterval(interval));
 srv.listen(0, '127.0.0.1', () => console.log('READY', srv.address().port));
 "#;
 
 #[test]
 fn node_https_server_terminating_a_client_that_missed_a_pong_is_named() {
     let Some(s) = setup("node") else { return };
-    let Some(node) = require_tool("node", "apt-get install nodejs (cargo xtask setup)") else {
+    let Some((node, modules)) = require_node_ws() else {
         return;
     };
     let _g = serial();
     std::fs::write(s.dir.join("server.js"), NODE_SERVER).expect("server.js");
     let mut c = Command::new(node)
+        .env("NODE_PATH", &modules)
         .arg(s.dir.join("server.js"))
         .arg(s.dir.join("cert.pem"))
         .arg(s.dir.join("key.pem"))
@@ -712,9 +715,14 @@ fn node_https_server_terminating_a_client_that_missed_a_pong_is_named() {
     assert_eq!(r["upgraded_by"]["pid"], pid, "{r}");
     assert_eq!(r["request"]["version"], "HTTP/1.1", "{r}");
     assert_eq!(frames(r), Vec::new(), "a ping is no close frame: {r}");
-    // Terminated at the second ping, one missed pong after the first.
+    // The ping went out inside TLS (SSL_write) and is counted.
+    assert_eq!(r["heartbeat"]["pings_sent"], 1, "{r}");
+    assert_eq!(r["heartbeat"]["pongs_received"], 0, "{r}");
+    assert_eq!(r["diagnosis"]["code"], "heartbeat_timeout", "{r}");
+    // Terminated at the tick after its ping: at least one interval after
+    // the 101 (the first ping comes at the next tick, 0-200 ms in).
     assert!(
-        r["ms_after_upgrade"].as_f64().unwrap_or(0.0) >= 350.0,
+        r["ms_after_upgrade"].as_f64().unwrap_or(0.0) >= 200.0,
         "{r}"
     );
     assert!(!r.to_string().contains("TOPSECRET"), "{r}");
