@@ -215,30 +215,7 @@ pub fn keep_uprobe_helper_only() -> std::io::Result<()> {
     if keep & (1u64 << CAP_SYS_ADMIN) == 0 {
         return Err(std::io::Error::from_raw_os_error(libc::EPERM));
     }
-    if now.permitted & (1u64 << CAP_SETPCAP) != 0 {
-        capset(CapSets {
-            effective: keep | (1u64 << CAP_SETPCAP),
-            permitted: now.permitted,
-            inheritable: 0,
-        })?;
-        drop_bounding_set(keep);
-    }
-    capset(CapSets {
-        effective: keep,
-        permitted: keep,
-        inheritable: 0,
-    })?;
-    // SAFETY: prctl with integer arguments only.
-    unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL,
-            0,
-            0,
-            0,
-        )
-    };
-    set_no_new_privs()?;
+    narrow_to(keep, now.permitted)?;
     // Checked, not assumed: a capset that did less than asked is an error.
     if capget()?.permitted != keep {
         return Err(std::io::Error::from_raw_os_error(libc::EPERM));
@@ -325,11 +302,22 @@ fn drop_to_needed(maps_usable: impl Fn() -> bool) -> std::io::Result<Vec<&'stati
             kept.pop();
         }
     }
-    let keep = mask(&kept);
-    if has(CAP_SETPCAP) {
+    narrow_to(mask(&kept), now.permitted)?;
+    Ok(kept.into_iter().map(|(_, n)| n).collect())
+}
+
+/// Drops every capability outside `keep` from the calling thread's bounding
+/// set; needs CAP_SETPCAP in the effective set, does nothing without it.
+/// Keeps exactly `keep` in the effective and permitted sets (from
+/// `permitted`, what the process holds now), drops the rest of the bounding
+/// set where CAP_SETPCAP allows it, clears inheritable and ambient, and sets
+/// no_new_privs: the one narrowing both the daemon (after attach) and the
+/// uprobe helper (after fork) do.
+fn narrow_to(keep: u64, permitted: u64) -> std::io::Result<()> {
+    if permitted & (1u64 << CAP_SETPCAP) != 0 {
         capset(CapSets {
             effective: keep | (1u64 << CAP_SETPCAP),
-            permitted: now.permitted,
+            permitted,
             inheritable: 0,
         })?;
         drop_bounding_set(keep);
@@ -350,12 +338,9 @@ fn drop_to_needed(maps_usable: impl Fn() -> bool) -> std::io::Result<Vec<&'stati
             0,
         )
     };
-    set_no_new_privs()?;
-    Ok(kept.into_iter().map(|(_, n)| n).collect())
+    set_no_new_privs()
 }
 
-/// Drops every capability outside `keep` from the calling thread's bounding
-/// set; needs CAP_SETPCAP in the effective set, does nothing without it.
 fn drop_bounding_set(keep: u64) {
     for c in 0..=last_cap() {
         if keep & (1u64 << c) == 0 {
