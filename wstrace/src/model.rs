@@ -1,11 +1,12 @@
 //! The types every stage shares: decoded kernel events, the per-socket close
-//! report, user-stack walks and process facts.
+//! report, stack frames, user-stack walks and process facts.
 //!
 //! Stages import from here and never from each other's internals, so the
 //! flow attach -> pipeline (read, decode, match) -> enrich -> diagnose ->
 //! output has no cycles. Types only: no I/O, no parsing.
 use std::net::SocketAddr;
 
+use serde::{Deserialize, Serialize};
 use wstrace_common::{EventKind, ProbeSet};
 
 // --- Decoded kernel events (pipeline::decode makes them) ---
@@ -314,6 +315,134 @@ pub struct CloseReport {
 impl CloseReport {
     pub fn ms_after_upgrade(&self) -> f64 {
         self.close_ts_ns.saturating_sub(self.upgrade_ts_ns) as f64 / 1e6
+    }
+}
+
+// --- Stack frames (enrich makes them; output and report render them) ---
+
+/// One frame of a kernel or user stack, as data: every printer renders it
+/// (text, JSON, the folded storm, `wstrace report` and its page), none
+/// parses it back. Innermost first in a stack; a function inlined at an
+/// address comes before the function it was inlined into, with the same
+/// `address`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Frame {
+    /// The function's name (demangled), `None` when nothing named the
+    /// address (the text shows `[unknown] 0x…`).
+    pub function: Option<String>,
+    /// Offset of the captured address from the function's start; `None`
+    /// for an inlined frame (it has no start of its own) and unknown ones.
+    pub offset: Option<u64>,
+    /// The file mapped at the address (user frames), as the process's maps
+    /// name it.
+    pub module: Option<String>,
+    /// Source file and line, when debug info gave them.
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// Inlined into the next frame of the stack (same address).
+    pub inlined: bool,
+    pub kind: FrameKind,
+    /// The source language, when the symbolizer knows it (`null` today for
+    /// native code; interpreter frames will say theirs).
+    pub language: Option<Language>,
+    /// The captured address (a return address for all but the innermost
+    /// frame), as raw dumps show it; `None` only in frames read back from
+    /// logs that predate frame objects.
+    #[serde(with = "hex_address")]
+    pub address: Option<u64>,
+    /// Why an unknown frame has no name, when that is not simply a missing
+    /// symbol.
+    pub unresolved: Option<Unresolved>,
+}
+
+/// What ran at a frame.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum FrameKind {
+    Kernel,
+    /// Machine code from a file the process mapped.
+    #[default]
+    Native,
+    /// Code a runtime generated (named by its perf map).
+    Jit,
+    /// A function of an interpreted language (PHP, Python, JS), from the
+    /// interpreter's own state.
+    Interpreted,
+}
+
+/// Source languages a frame can be in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    C,
+    Cpp,
+    Rust,
+    Go,
+    JavaScript,
+    Php,
+    Python,
+}
+
+/// Why the symbolizer gave a frame no name although it might have one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unresolved {
+    /// Its process's files kept the symbolizer past its budget.
+    TimedOut,
+    /// No symbolizer worker was available (too many stuck, or it died).
+    Unavailable,
+}
+
+impl Unresolved {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TimedOut => "symbolization timed out",
+            Self::Unavailable => "symbolization unavailable",
+        }
+    }
+}
+
+impl Frame {
+    /// A frame nothing could name.
+    pub fn unknown(kind: FrameKind, address: u64, module: Option<&str>) -> Self {
+        Self {
+            kind,
+            address: Some(address),
+            module: module.map(str::to_string),
+            ..Self::default()
+        }
+    }
+
+    /// `[unknown]` or the function's name: what every printer puts first.
+    pub fn function_or_unknown(&self) -> &str {
+        self.function.as_deref().unwrap_or("[unknown]")
+    }
+}
+
+/// Addresses as `"0x…"` strings in JSON: a kernel address does not fit the
+/// 53 bits a JSON number keeps in most readers.
+mod hex_address {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(addr: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(a) => s.serialize_str(&format!("{a:#x}")),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        // Anything but a well-formed hex string reads as no address: a log
+        // line is data from outside, and one odd field must not cost the
+        // whole report.
+        let v = Option::<serde_json::Value>::deserialize(d)?;
+        Ok(v.as_ref()
+            .and_then(serde_json::Value::as_str)
+            .and_then(|s| s.strip_prefix("0x"))
+            .and_then(|h| u64::from_str_radix(h, 16).ok()))
     }
 }
 

@@ -20,7 +20,7 @@ use crate::attach::ServerSet;
 use wstrace_common::EventKind;
 
 use crate::model::{
-    CloseReport, Direction, Event, Killer, PeerProcess, ProcInfo, ProcessEnd, SignalSent, UserWalk,
+    CloseReport, Direction, Event, Frame, Killer, PeerProcess, ProcInfo, ProcessEnd, SignalSent, UserWalk,
     Walk,
 };
 use crate::protocol::{
@@ -73,8 +73,14 @@ pub struct Enriched<'a> {
     pub process: ProcInfo,
     /// This host's name (fleet logs).
     pub host: &'a str,
-    pub kernel_stack: Vec<String>,
-    pub user_stack: Vec<String>,
+    /// Innermost first, the tracer's own frames left out.
+    pub kernel_stack: Vec<Frame>,
+    /// Innermost first, inlined functions as frames of their own.
+    pub user_stack: Vec<Frame>,
+    /// The kernel could not walk that stack: its errno (e.g. EFAULT for a
+    /// task without a user address space); the stack is empty then.
+    pub kernel_stack_errno: Option<i64>,
+    pub user_stack_errno: Option<i64>,
     pub user_walk: UserWalk,
     /// Already redacted.
     pub request: Option<RequestHead>,
@@ -302,11 +308,15 @@ impl Enricher {
     /// Everything a printer and the diagnosis need about one report.
     pub fn resolve<'a>(&'a mut self, r: &'a CloseReport) -> Enriched<'a> {
         let mut user_walk = UserWalk::default();
+        let (mut kernel_stack_errno, mut user_stack_errno) = (None, None);
         let (kernel_stack, user_stack, process) = match &r.closer {
             Some(c) => {
                 let k = match &c.stacks.kernel {
                     Ok(a) => self.symbolizer.kernel_stack(a),
-                    Err(e) => vec![format!("[kernel stack unavailable: errno {e}]")],
+                    Err(e) => {
+                        kernel_stack_errno = Some(*e);
+                        Vec::new()
+                    }
                 };
                 let (walk, note) =
                     unwind::choose(self.user_stack, &c.stacks.user, c.stacks.dwarf.as_ref());
@@ -331,7 +341,10 @@ impl Enricher {
                         self.symbolizer.user_stack(c.pid, &d.addrs)
                     }
                     (_, _, Ok(a), false) => self.symbolizer.user_stack(c.pid, a),
-                    (_, _, Err(e), false) => vec![format!("[user stack unavailable: errno {e}]")],
+                    (_, _, Err(e), false) => {
+                        user_stack_errno = Some(*e);
+                        Vec::new()
+                    }
                 };
                 (k, u, self.processes.info(c.pid))
             }
@@ -357,6 +370,8 @@ impl Enricher {
             host: &self.host,
             kernel_stack,
             user_stack,
+            kernel_stack_errno,
+            user_stack_errno,
             user_walk,
             request: http::parse_request_head(&r.request_head, &self.redactor),
             frames,

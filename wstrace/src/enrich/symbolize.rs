@@ -12,13 +12,13 @@
 //! executables, opened through `/proc/<pid>/map_files`) while the process is
 //! still alive.
 //!
-//! Line format (what `output` prints, one string per line):
-//! - kernel: `tcp_close+0x1f`, or `[unknown] 0xffffffff81234567`;
-//! - user: `func+0x1f (/usr/lib/x86_64-linux-gnu/libc.so.6) at src/x.rs:12`,
-//!   inlined callees first as `callee [inlined] (module) at file:line`,
-//!   or `[unknown] 0x7f12345678 (module)`.
+//! Each address becomes at least one [`Frame`] (data: `output::frame`
+//! renders it): inlined callees first, innermost first, then the function
+//! they were inlined into; an address nothing names is an unknown frame
+//! with its module. Kernel stacks lose the tracer's own frames at the top
+//! (see [`drop_tracer_frames`]).
 //!
-//! The offset printed is that of the *captured* address from the function
+//! The offset kept is that of the *captured* address from the function
 //! start (the return address, as kernel oopses and bpftrace print it), while
 //! the function and the line are looked up at `addr - 1` for every frame but
 //! the innermost (as perf does), so the call site is named even when the
@@ -39,7 +39,7 @@ use wstrace_common::ustack;
 
 use crate::enrich::maps::{Mapping, is_map_files_path, map_files_path, module_for, read_maps};
 use crate::enrich::unwind::Unwinder;
-use crate::model::{End, Unwound, UserStackCopy};
+use crate::model::{End, Frame, FrameKind, Unresolved, Unwound, UserStackCopy};
 
 /// A process writes the HTTP 101 once per WebSocket: on a busy server that is
 /// many times a second, and re-reading its maps (and re-caching its perf map)
@@ -80,7 +80,7 @@ const MAX_WORKERS: usize = 8;
 /// memory; when full it starts over).
 const MAX_TIMED_OUT: usize = 1024;
 
-/// Turns kernel and user stack addresses into frame strings.
+/// Turns kernel and user stack addresses into [`Frame`]s.
 ///
 /// Kernel frames are looked up here, on the caller's thread: their only
 /// source is `/proc/kallsyms`. User frames need files that traced processes
@@ -161,11 +161,15 @@ enum NoAnswer {
 }
 
 impl NoAnswer {
-    fn why(self) -> &'static str {
+    fn unresolved(self) -> Unresolved {
         match self {
-            NoAnswer::TimedOut => "symbolization timed out",
-            NoAnswer::Unavailable => "symbolization unavailable",
+            NoAnswer::TimedOut => Unresolved::TimedOut,
+            NoAnswer::Unavailable => Unresolved::Unavailable,
         }
+    }
+
+    fn why(self) -> &'static str {
+        self.unresolved().as_str()
     }
 }
 
@@ -173,11 +177,11 @@ impl NoAnswer {
 struct KernelSymbols {
     inner: blazesym::symbolize::Symbolizer,
     kernel: Source<'static>,
-    /// Formatted kernel stacks by their addresses. A server closes its
+    /// Symbolized kernel stacks by their addresses. A server closes its
     /// sockets through a handful of code paths, so at thousands of closes a
     /// second nearly every stack is one seen before; blazesym lookups,
     /// demangling and formatting cost ~30 µs a stack, a hit well under 1 µs.
-    stacks: HashMap<Vec<u64>, Vec<String>>,
+    stacks: HashMap<Vec<u64>, Vec<Frame>>,
 }
 
 /// User stacks and unwinding: the state that lives on the worker thread.
@@ -187,11 +191,11 @@ struct KernelSymbols {
 struct UserSymbols {
     inner: blazesym::symbolize::Symbolizer,
     procs: HashMap<u32, Remembered>,
-    /// Formatted user stacks by (pid, addresses), for remembered processes
+    /// Symbolized user stacks by (pid, addresses), for remembered processes
     /// only, and dropped whenever that process's maps are re-read or it is
     /// forgotten: the same address means the same code only while the
     /// mappings are the ones the stack was symbolized with.
-    user_stacks: HashMap<(u32, Vec<u64>), Vec<String>>,
+    user_stacks: HashMap<(u32, Vec<u64>), Vec<Frame>>,
     /// Unwind tables of the same remembered processes (dwarf user stacks).
     unwind: Unwinder,
     /// [`REMEMBER_INTERVAL`]; a test of the throttle sets it longer than a
@@ -204,9 +208,9 @@ struct UserSymbols {
 const STACK_CACHE_MAX: usize = 4096;
 
 fn cache_insert<K: std::hash::Hash + Eq>(
-    cache: &mut HashMap<K, Vec<String>>,
+    cache: &mut HashMap<K, Vec<Frame>>,
     key: K,
-    frames: &[String],
+    frames: &[Frame],
 ) {
     if cache.len() >= STACK_CACHE_MAX {
         cache.clear();
@@ -359,7 +363,7 @@ impl Symbolizer {
     }
 
     /// Kernel frames, innermost first (see [`KernelSymbols::kernel_stack`]).
-    pub fn kernel_stack(&mut self, addrs: &[u64]) -> Vec<String> {
+    pub fn kernel_stack(&mut self, addrs: &[u64]) -> Vec<Frame> {
         self.kernel.kernel_stack(addrs)
     }
 
@@ -393,10 +397,10 @@ impl Symbolizer {
     }
 
     /// User frames of process `pid`, innermost first (see
-    /// [`UserSymbols::user_stack`]): one address in → at least one string
-    /// out. Without an answer from the worker in time, each address is
-    /// `[unknown] 0x… (symbolization timed out: module)`.
-    pub fn user_stack(&mut self, pid: u32, addrs: &[u64]) -> Vec<String> {
+    /// [`UserSymbols::user_stack`]): one address in → at least one frame
+    /// out. Without an answer from the worker in time, each address is an
+    /// unknown frame with its module and [`Unresolved::TimedOut`].
+    pub fn user_stack(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
         if addrs.is_empty() {
             return Vec::new();
         }
@@ -548,14 +552,14 @@ fn parse_task_stat(stat: &str) -> Option<(char, u64)> {
     Some((state, utime.saturating_add(stime)))
 }
 
-/// Frames for addresses the worker gave no answer for:
-/// `[unknown] 0x… (<why>: <module>)`, the module from `maps` when known.
-fn format_unanswered(addrs: &[u64], maps: &[Mapping], why: NoAnswer) -> Vec<String> {
+/// Frames for addresses the worker gave no answer for: unknown, with why
+/// and the module from `maps` when known.
+fn format_unanswered(addrs: &[u64], maps: &[Mapping], why: NoAnswer) -> Vec<Frame> {
     addrs
         .iter()
-        .map(|&addr| match module_for(maps, addr) {
-            Some(m) => format!("[unknown] {addr:#x} ({}: {m})", why.why()),
-            None => format!("[unknown] {addr:#x} ({})", why.why()),
+        .map(|&addr| Frame {
+            unresolved: Some(why.unresolved()),
+            ..Frame::unknown(FrameKind::Native, addr, module_for(maps, addr))
         })
         .collect()
 }
@@ -585,24 +589,26 @@ impl KernelSymbols {
         }
     }
 
-    /// Kernel frames, innermost first, one string per address: `func+0x1f` ; unknown → `[unknown] 0xffffffff81234567`.
+    /// Kernel frames, innermost first, one per address (an unknown frame
+    /// where nothing names it), less the tracer's own frames at the top.
     ///
     /// Everything is `[unknown]` when `/proc/kallsyms` shows no addresses
     /// (not root, or `kernel.kptr_restrict=2`). The module of a module symbol
     /// is not shown: blazesym drops kallsyms' `[module]` column.
-    fn kernel_stack(&mut self, addrs: &[u64]) -> Vec<String> {
+    fn kernel_stack(&mut self, addrs: &[u64]) -> Vec<Frame> {
         if addrs.is_empty() {
             return Vec::new();
         }
         if let Some(frames) = self.stacks.get(addrs) {
             return frames.clone();
         }
-        let frames = self.symbolize_kernel(addrs);
+        let mut frames = self.symbolize_kernel(addrs);
+        drop_tracer_frames(&mut frames);
         cache_insert(&mut self.stacks, addrs.to_vec(), &frames);
         frames
     }
 
-    fn symbolize_kernel(&mut self, addrs: &[u64]) -> Vec<String> {
+    fn symbolize_kernel(&mut self, addrs: &[u64]) -> Vec<Frame> {
         let lookups = lookup_addrs(addrs);
         let resolved: Vec<Option<ResolvedFrame>> =
             match self.inner.symbolize(&self.kernel, Input::AbsAddr(&lookups)) {
@@ -622,7 +628,7 @@ impl KernelSymbols {
         addrs
             .iter()
             .zip(&resolved)
-            .map(|(&addr, frame)| format_kernel_frame(addr, frame.as_ref()))
+            .map(|(&addr, frame)| kernel_frame(addr, frame.as_ref()))
             .collect()
     }
 }
@@ -719,21 +725,25 @@ impl UserSymbols {
             .unwrap_or_else(|| no_frames("the process exited before its maps were read"))
     }
 
-    /// User frames of process `pid`, innermost first: `func+0x1f (/usr/lib/x86_64-linux-gnu/libc.so.6)`,
-    /// with ` at file.rs:123` appended when line info exists; inlined frames as extra entries marked `[inlined]`;
-    /// unknown → `[unknown] 0x7f12... (module if known)`. Never drop frames: one address in → at least one string out.
+    /// User frames of process `pid`, innermost first: function, offset,
+    /// module and source line when known; functions inlined at an address
+    /// as frames of their own before it; unknown frames with their module.
+    /// Never drop frames: one address in → at least one frame out.
     ///
     /// Uses the maps cached by [`remember_process`](Self::remember_process)
     /// if any, else the live `/proc/<pid>/maps`. If a live, remembered
     /// process has an address outside the cached maps (a library loaded
     /// since), its maps are re-read once and the stack looked up again.
-    pub fn user_stack(&mut self, pid: u32, addrs: &[u64]) -> Vec<String> {
+    pub fn user_stack(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
         if addrs.is_empty() {
             return Vec::new();
         }
         if pid == 0 {
             // blazesym would read pid 0 as "this process"; a user stack there is garbage.
-            return addrs.iter().map(|&a| format_unknown(a, None)).collect();
+            return addrs
+                .iter()
+                .map(|&a| Frame::unknown(FrameKind::Native, a, None))
+                .collect();
         }
         let key = (pid, addrs.to_vec());
         if let Some(frames) = self.user_stacks.get(&key) {
@@ -748,7 +758,7 @@ impl UserSymbols {
         frames
     }
 
-    fn symbolize_user(&mut self, pid: u32, addrs: &[u64]) -> Vec<String> {
+    fn symbolize_user(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
         let lookups = lookup_addrs(addrs);
         let mut found = self.resolve_user(pid, addrs, &lookups);
         if self.procs.contains_key(&pid)
@@ -771,10 +781,14 @@ impl UserSymbols {
             match result {
                 Lookup::Found(frame) => {
                     let module = module_for(maps, lookup).or(frame.module.as_deref());
-                    out.extend(format_user_frames(addr, Some(frame), module));
+                    out.extend(user_frames(addr, Some(frame), module));
                 }
                 Lookup::Unmapped | Lookup::Unknown => {
-                    out.push(format_unknown(addr, module_for(maps, addr)));
+                    out.push(Frame::unknown(
+                        FrameKind::Native,
+                        addr,
+                        module_for(maps, addr),
+                    ));
                 }
             }
         }
@@ -1093,130 +1107,115 @@ fn source_loc(ci: &CodeInfo<'_>) -> SourceLoc {
     }
 }
 
-/// ` at file:line`, ` at file` without a line, nothing without a file.
-fn format_loc(loc: Option<&SourceLoc>) -> String {
-    match loc {
-        Some(SourceLoc {
-            file,
-            line: Some(line),
-        }) if !file.is_empty() => format!(" at {file}:{line}"),
-        Some(SourceLoc { file, line: None }) if !file.is_empty() => format!(" at {file}"),
-        _ => String::new(),
-    }
-}
-
-/// `[unknown] 0x7f12345678`, with ` (module)` when known. `addr` is the
-/// captured address, never the adjusted one, so it matches raw dumps.
-pub fn format_unknown(addr: u64, module: Option<&str>) -> String {
-    match module {
-        Some(m) => format!("[unknown] {addr:#x} ({m})"),
-        None => format!("[unknown] {addr:#x}"),
-    }
-}
-
-/// One kernel frame: `func+0x1f` (plus ` at file:line` should a source ever
-/// supply one); `[unknown] 0xffff...` when unresolved or implausibly far from
-/// the symbol (see [`MAX_KERNEL_SYM_OFFSET`]).
-pub fn format_kernel_frame(addr: u64, frame: Option<&ResolvedFrame>) -> String {
+/// One kernel frame; unknown when unresolved or implausibly far from the
+/// symbol (see [`MAX_KERNEL_SYM_OFFSET`]).
+pub fn kernel_frame(addr: u64, frame: Option<&ResolvedFrame>) -> Frame {
     match frame {
-        Some(f) if !f.name.is_empty() && f.offset < MAX_KERNEL_SYM_OFFSET => {
-            format!("{}+{:#x}{}", f.name, f.offset, format_loc(f.loc.as_ref()))
-        }
-        _ => format_unknown(addr, None),
+        Some(f) if !f.name.is_empty() && f.offset < MAX_KERNEL_SYM_OFFSET => Frame {
+            function: Some(f.name.clone()),
+            offset: Some(f.offset),
+            file: f.loc.as_ref().map(|l| l.file.clone()),
+            line: f.loc.as_ref().and_then(|l| l.line),
+            kind: FrameKind::Kernel,
+            address: Some(addr),
+            ..Frame::default()
+        },
+        _ => Frame::unknown(FrameKind::Kernel, addr, None),
     }
 }
 
-/// The lines for one user address, innermost first: each inlined callee
-/// (innermost first) as `name [inlined] (module) at file:line`, then the
-/// real function as `name+0x1f (module) at file:line`; unresolved, a single
-/// `[unknown] 0x... (module)`. Always at least one line.
-pub fn format_user_frames(
-    addr: u64,
-    frame: Option<&ResolvedFrame>,
-    module: Option<&str>,
-) -> Vec<String> {
-    let module_suffix = module.map(|m| format!(" ({m})")).unwrap_or_default();
+/// The frames for one user address, innermost first: each inlined callee
+/// (innermost first, no offset of its own), then the real function;
+/// unresolved, a single unknown frame. Always at least one frame. `addr`
+/// is the captured address, never the adjusted one, so it matches raw
+/// dumps.
+pub fn user_frames(addr: u64, frame: Option<&ResolvedFrame>, module: Option<&str>) -> Vec<Frame> {
+    let at = |name: &str, offset: Option<u64>, loc: Option<&SourceLoc>, inlined: bool| Frame {
+        function: Some(name.to_string()),
+        offset,
+        module: module.map(str::to_string),
+        file: loc.map(|l| l.file.clone()).filter(|f| !f.is_empty()),
+        line: loc.filter(|l| !l.file.is_empty()).and_then(|l| l.line),
+        inlined,
+        kind: FrameKind::Native,
+        language: None,
+        address: Some(addr),
+        unresolved: None,
+    };
     match frame {
         Some(f) if !f.name.is_empty() => {
             let mut out = Vec::with_capacity(f.inlined.len() + 1);
             for i in f.inlined.iter().rev() {
-                out.push(format!(
-                    "{} [inlined]{module_suffix}{}",
-                    i.name,
-                    format_loc(i.loc.as_ref())
-                ));
+                out.push(at(&i.name, None, i.loc.as_ref(), true));
             }
-            out.push(format!(
-                "{}+{:#x}{module_suffix}{}",
-                f.name,
-                f.offset,
-                format_loc(f.loc.as_ref())
-            ));
+            out.push(at(&f.name, Some(f.offset), f.loc.as_ref(), false));
             out
         }
-        _ => vec![format_unknown(addr, module)],
+        _ => vec![Frame::unknown(FrameKind::Native, addr, module)],
     }
 }
 
-/// A user-stack line taken apart again (the inverse of
-/// [`format_user_frames`], for the text output's compact stacks).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserLine<'a> {
-    pub function: &'a str,
-    /// `None` for an inlined frame.
-    pub offset: Option<&'a str>,
-    pub inlined: bool,
-    pub module: Option<&'a str>,
-    pub file: Option<&'a str>,
-    pub line: Option<&'a str>,
+/// Kernel functions that run the tracer's own program, not the code it
+/// traces: the BPF program itself (`bpf_prog_<tag>_<name>`), fentry
+/// trampolines (`bpf_trampoline_<id>`), the tracepoint glue
+/// (`__traceiter_*`, `__bpf_trace_*`, `bpf_trace_run<N>`, `perf_trace_*`),
+/// the kprobe path (`trace_call_bpf`, `kprobe_perf_func`,
+/// `kprobe_dispatcher`, `kprobe_ftrace_handler`, `aggr_pre_handler`, and
+/// the ftrace and int3 machinery under it), and the stack helper itself.
+const TRACER_PREFIXES: &[&str] = &[
+    "bpf_prog_",
+    "bpf_trampoline_",
+    "bpf_trace_run",
+    "__bpf_trace_",
+    "__traceiter_",
+    "perf_trace_",
+    "trace_call_bpf",
+    "bpf_get_stack",
+    "__bpf_get_stack",
+    "bpf_get_task_stack",
+    "kprobe_perf_func",
+    "kprobe_dispatcher",
+    "kprobe_ftrace_handler",
+    "aggr_pre_handler",
+    "opt_pre_handler",
+    "optimized_callback",
+    "kprobe_int3_handler",
+    "exc_int3",
+    "asm_exc_int3",
+    "arch_ftrace_ops_list_func",
+    "ftrace_ops_list_func",
+    "ftrace_regs_caller",
+    "ftrace_caller",
+    "ftrace_call",
+];
+
+/// Is this kernel frame the tracer's own (see [`TRACER_PREFIXES`])?
+pub fn is_tracer_frame(f: &Frame) -> bool {
+    f.function
+        .as_deref()
+        .is_some_and(|name| TRACER_PREFIXES.iter().any(|p| name.starts_with(p)))
 }
 
-/// Parses a line made by [`format_user_frames`]; `None` for anything else
-/// (`[unknown] …`, `[user stack unavailable: …]`), which is shown as it is.
-/// Read from the right, where the format puts ` at file:line` and
-/// ` (module)`: a function name may hold spaces and parentheses.
-pub fn parse_user_line<'a>(s: &'a str) -> Option<UserLine<'a>> {
-    if s.starts_with('[') {
-        return None;
-    }
-    let (head, file, line) = match s.rfind(" at ") {
-        Some(i) => {
-            let loc = &s[i + 4..];
-            match loc.rsplit_once(':') {
-                Some((f, l)) if !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()) => {
-                    (&s[..i], Some(f), Some(l))
-                }
-                _ => (&s[..i], Some(loc), None),
-            }
+/// Drops the tracer's frames at the top of a kernel stack, so that it
+/// starts where the traced kernel code was (`inet_sk_state_store`,
+/// `tcp_close` ...): every probe set shows the same stack. Unknown frames
+/// among them go too (a trampoline or JITed program on a kernel whose
+/// kallsyms does not list it), but only up to the last named tracer frame:
+/// an unknown frame after it may be the kernel's own. Frames further down
+/// are never touched.
+pub fn drop_tracer_frames(frames: &mut Vec<Frame>) {
+    let mut cut = 0;
+    for (i, f) in frames.iter().enumerate() {
+        if is_tracer_frame(f) {
+            cut = i + 1;
+        } else if f.function.is_some() {
+            break;
         }
-        None => (s, None, None),
-    };
-    /// `f [inlined]` or `f+0x1f`: (function, offset, inlined).
-    fn name_part(h: &str) -> Option<(&str, Option<&str>, bool)> {
-        if let Some(f) = h.strip_suffix(" [inlined]") {
-            return Some((f, None, true));
-        }
-        let (f, off) = h.rsplit_once('+')?;
-        let hex = off.strip_prefix("0x")?;
-        (!hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some((
-            f,
-            Some(off),
-            false,
-        ))
     }
-    let (name, module) = match head.strip_suffix(')').and_then(|h| h.rsplit_once(" (")) {
-        Some((n, m)) if name_part(n).is_some() => (n, Some(m)),
-        _ => (head, None),
-    };
-    let (function, offset, inlined) = name_part(name)?;
-    Some(UserLine {
-        function,
-        offset,
-        inlined,
-        module,
-        file,
-        line,
-    })
+    // A stack made only of tracer frames would say nothing: keep it whole.
+    if cut < frames.len() {
+        frames.drain(..cut);
+    }
 }
 
 #[cfg(test)]
@@ -1242,97 +1241,101 @@ mod tests {
         }
     }
 
-    // ---- pure formatting ----
+    // ---- frames from resolved symbols ----
+
+    fn kf(function: &str, offset: u64, addr: u64) -> Frame {
+        Frame {
+            function: Some(function.into()),
+            offset: Some(offset),
+            kind: FrameKind::Kernel,
+            address: Some(addr),
+            ..Frame::default()
+        }
+    }
 
     #[test]
-    fn kernel_offsets_are_hex_with_prefix() {
+    fn kernel_frames_keep_name_offset_and_address() {
         assert_eq!(
-            format_kernel_frame(0xffffffff81000000, Some(&frame("tcp_close", 0))),
-            "tcp_close+0x0"
+            kernel_frame(0xffffffff81000000, Some(&frame("tcp_close", 0))),
+            kf("tcp_close", 0, 0xffffffff81000000)
         );
         assert_eq!(
-            format_kernel_frame(1, Some(&frame("tcp_close", 0x1f))),
-            "tcp_close+0x1f"
+            kernel_frame(1, Some(&frame("__x64_sys_close", 0xabcde))),
+            kf("__x64_sys_close", 0xabcde, 1)
         );
+        let mut f = frame("tcp_close", 0x10);
+        f.loc = loc("net/ipv4/tcp.c", Some(3000));
+        let k = kernel_frame(1, Some(&f));
         assert_eq!(
-            format_kernel_frame(1, Some(&frame("__x64_sys_close", 0xabcde))),
-            "__x64_sys_close+0xabcde"
+            (k.file.as_deref(), k.line),
+            (Some("net/ipv4/tcp.c"), Some(3000))
         );
     }
 
     #[test]
-    fn kernel_unknown_prints_full_address() {
+    fn kernel_unknown_empty_name_or_huge_offset() {
+        let unknown = |a| Frame::unknown(FrameKind::Kernel, a, None);
+        assert_eq!(kernel_frame(0xffffffff81234567, None), unknown(0xffffffff81234567));
         assert_eq!(
-            format_kernel_frame(0xffffffff81234567, None),
-            "[unknown] 0xffffffff81234567"
-        );
-        assert_eq!(format_kernel_frame(0, None), "[unknown] 0x0");
-    }
-
-    #[test]
-    fn kernel_empty_name_or_huge_offset_is_unknown() {
-        assert_eq!(
-            format_kernel_frame(0xffffffffc0001234, Some(&frame("", 4))),
-            "[unknown] 0xffffffffc0001234"
+            kernel_frame(0xffffffffc0001234, Some(&frame("", 4))),
+            unknown(0xffffffffc0001234)
         );
         assert_eq!(
-            format_kernel_frame(
+            kernel_frame(
                 0xffffffffc0001234,
                 Some(&frame("last_sym", MAX_KERNEL_SYM_OFFSET))
             ),
-            "[unknown] 0xffffffffc0001234"
+            unknown(0xffffffffc0001234)
         );
         assert_eq!(
-            format_kernel_frame(1, Some(&frame("big", MAX_KERNEL_SYM_OFFSET - 1))),
-            format!("big+{:#x}", MAX_KERNEL_SYM_OFFSET - 1)
-        );
-    }
-
-    #[test]
-    fn kernel_frame_with_location() {
-        let mut f = frame("tcp_close", 0x10);
-        f.loc = loc("net/ipv4/tcp.c", Some(3000));
-        assert_eq!(
-            format_kernel_frame(1, Some(&f)),
-            "tcp_close+0x10 at net/ipv4/tcp.c:3000"
+            kernel_frame(1, Some(&frame("big", MAX_KERNEL_SYM_OFFSET - 1))),
+            kf("big", MAX_KERNEL_SYM_OFFSET - 1, 1)
         );
     }
 
     #[test]
     fn user_frame_with_module_and_line() {
         let mut f = frame("close", 0x1f);
-        assert_eq!(
-            format_user_frames(1, Some(&f), Some("/usr/lib/x86_64-linux-gnu/libc.so.6")),
-            ["close+0x1f (/usr/lib/x86_64-linux-gnu/libc.so.6)"]
-        );
         f.loc = loc("/src/server/src/main.rs", Some(123));
+        let [u] = user_frames(7, Some(&f), Some("/srv/app")).try_into().expect("one frame");
         assert_eq!(
-            format_user_frames(1, Some(&f), Some("/srv/app")),
-            ["close+0x1f (/srv/app) at /src/server/src/main.rs:123"]
+            u,
+            Frame {
+                function: Some("close".into()),
+                offset: Some(0x1f),
+                module: Some("/srv/app".into()),
+                file: Some("/src/server/src/main.rs".into()),
+                line: Some(123),
+                inlined: false,
+                kind: FrameKind::Native,
+                language: None,
+                address: Some(7),
+                unresolved: None,
+            }
         );
-        f.loc = loc("main.rs", None);
-        assert_eq!(
-            format_user_frames(1, Some(&f), None),
-            ["close+0x1f at main.rs"]
-        );
+        // A line without a file says nothing.
         f.loc = loc("", Some(7));
-        assert_eq!(format_user_frames(1, Some(&f), None), ["close+0x1f"]);
+        let u = &user_frames(1, Some(&f), None)[0];
+        assert_eq!((&u.file, u.line, &u.module), (&None, None, &None));
     }
 
     #[test]
     fn user_unknown_frames() {
         assert_eq!(
-            format_user_frames(0x7f1234567890, None, None),
-            ["[unknown] 0x7f1234567890"]
+            user_frames(0x7f1234567890, None, Some("/usr/lib/libfoo.so (deleted)")),
+            [Frame::unknown(
+                FrameKind::Native,
+                0x7f1234567890,
+                Some("/usr/lib/libfoo.so (deleted)")
+            )]
         );
         assert_eq!(
-            format_user_frames(0x7f1234567890, None, Some("/usr/lib/libfoo.so (deleted)")),
-            ["[unknown] 0x7f1234567890 (/usr/lib/libfoo.so (deleted))"]
+            user_frames(0x55, Some(&frame("", 3)), Some("[heap]")),
+            [Frame::unknown(FrameKind::Native, 0x55, Some("[heap]"))]
         );
-        assert_eq!(
-            format_user_frames(0x55, Some(&frame("", 3)), Some("[heap]")),
-            ["[unknown] 0x55 ([heap])"]
-        );
+        let t = format_unanswered(&[0x55], &[], NoAnswer::TimedOut);
+        assert_eq!(t[0].unresolved, Some(Unresolved::TimedOut));
+        assert_eq!((t[0].function.as_deref(), t[0].address), (None, Some(0x55)));
     }
 
     #[test]
@@ -1355,24 +1358,32 @@ mod tests {
             ],
             module: None,
         };
+        let frames = user_frames(0x1000, Some(&f), Some("/srv/app"));
+        let summary: Vec<_> = frames
+            .iter()
+            .map(|f| {
+                (
+                    f.function.as_deref().unwrap_or(""),
+                    f.offset,
+                    f.inlined,
+                    f.line,
+                    f.address,
+                )
+            })
+            .collect();
         assert_eq!(
-            format_user_frames(0x1000, Some(&f), Some("/srv/app")),
+            summary,
             [
-                "app::inner [inlined] (/srv/app) at src/inner.rs:30",
-                "app::mid [inlined] (/srv/app) at src/lib.rs:20",
-                "app::outer+0x40 (/srv/app) at src/lib.rs:10",
+                ("app::inner", None, true, Some(30), Some(0x1000)),
+                ("app::mid", None, true, Some(20), Some(0x1000)),
+                ("app::outer", Some(0x40), false, Some(10), Some(0x1000)),
             ]
         );
-        let mut no_loc = f.clone();
-        no_loc.inlined[1].loc = None;
-        assert_eq!(
-            format_user_frames(0x1000, Some(&no_loc), None)[0],
-            "app::inner [inlined]"
-        );
+        assert!(frames.iter().all(|f| f.module.as_deref() == Some("/srv/app")));
     }
 
     #[test]
-    fn user_lines_parse_back() {
+    fn names_with_parentheses_and_spaces_stay_whole() {
         let f = ResolvedFrame {
             name: "ws::conn::finish(int, bool) [clone .cold]".into(),
             offset: 0x13,
@@ -1383,39 +1394,89 @@ mod tests {
             }],
             module: None,
         };
-        let lines = format_user_frames(0x1000, Some(&f), Some("/tmp/cold/cold close"));
+        let frames = user_frames(0x1000, Some(&f), Some("/tmp/cold/cold close"));
+        assert_eq!(frames[0].function.as_deref(), Some("operator() at (x)"));
         assert_eq!(
-            parse_user_line(&lines[0]),
-            Some(UserLine {
-                function: "operator() at (x)",
-                offset: None,
-                inlined: true,
-                module: Some("/tmp/cold/cold close"),
-                file: Some("/usr/include/c++/12/bits/invoke.h"),
-                line: Some("61"),
-            })
+            frames[1].function.as_deref(),
+            Some("ws::conn::finish(int, bool) [clone .cold]")
         );
-        assert_eq!(
-            parse_user_line(&lines[1]),
-            Some(UserLine {
-                function: "ws::conn::finish(int, bool) [clone .cold]",
-                offset: Some("0x13"),
-                inlined: false,
-                module: Some("/tmp/cold/cold close"),
-                file: Some("/tmp/cold close.cpp"),
-                line: Some("22"),
-            })
-        );
-        // No module, no line.
-        let bare = format_user_frames(0x1000, Some(&frame("f(int)", 0x8)), None);
-        let p = parse_user_line(&bare[0]).expect("parses");
-        assert_eq!(
-            (p.function, p.offset, p.module, p.file),
-            ("f(int)", Some("0x8"), None, None)
-        );
-        assert_eq!(parse_user_line("[unknown] 0x1234 (/x)"), None);
-        assert_eq!(parse_user_line("[user stack unavailable: errno 14]"), None);
-        assert_eq!(parse_user_line("garbage"), None);
+        assert_eq!(frames[1].file.as_deref(), Some("/tmp/cold close.cpp"));
+        assert_eq!(frames[1].module.as_deref(), Some("/tmp/cold/cold close"));
+    }
+
+    fn names(frames: &[Frame]) -> Vec<&str> {
+        frames.iter().map(Frame::function_or_unknown).collect()
+    }
+
+    /// `function+0xoffset` of a frame (`[unknown]+0x0` for an unknown one):
+    /// what the live tests below look for.
+    fn at(f: &Frame) -> String {
+        format!("{}+{:#x}", f.function_or_unknown(), f.offset.unwrap_or(0))
+    }
+
+    fn unknowns(addrs: &[u64]) -> Vec<Frame> {
+        addrs
+            .iter()
+            .map(|&a| Frame::unknown(FrameKind::Native, a, None))
+            .collect()
+    }
+
+    #[test]
+    fn tracer_frames_at_the_top_of_kernel_stacks_are_dropped() {
+        let k = |name: &str| kf(name, 0x10, 1);
+        let unknown = Frame::unknown(FrameKind::Kernel, 0xffffffffc0001234, None);
+        // Tracepoint (tp_btf / raw tracepoint), as this host's stacks start.
+        let mut tp = vec![
+            k("bpf_prog_6deef7357e7b4530_inet_sock_set_state_closer"),
+            k("bpf_trace_run3"),
+            k("__bpf_trace_inet_sock_set_state"),
+            k("__traceiter_inet_sock_set_state"),
+            k("inet_sk_state_store"),
+            k("__tcp_close"),
+            k("tcp_close"),
+        ];
+        drop_tracer_frames(&mut tp);
+        assert_eq!(names(&tp), ["inet_sk_state_store", "__tcp_close", "tcp_close"]);
+        // Tracepoint through perf: perf_trace_* and trace_call_bpf.
+        let mut perf = vec![
+            k("bpf_prog_1_x"),
+            k("trace_call_bpf"),
+            k("perf_trace_run_bpf_submit"),
+            k("perf_trace_inet_sock_set_state"),
+            k("inet_sk_state_store"),
+        ];
+        drop_tracer_frames(&mut perf);
+        assert_eq!(names(&perf), ["inet_sk_state_store"]);
+        // fentry: the program and its trampoline (unnamed on old kernels).
+        let mut fentry = vec![k("bpf_prog_2_tcp_close"), unknown.clone(), k("bpf_trampoline_6442"), k("tcp_close")];
+        drop_tracer_frames(&mut fentry);
+        assert_eq!(names(&fentry), ["tcp_close"]);
+        // kprobe on ftrace.
+        let mut kprobe = vec![
+            k("bpf_prog_3_x"),
+            k("trace_call_bpf"),
+            k("kprobe_perf_func"),
+            k("kprobe_ftrace_handler"),
+            k("tcp_close"),
+            k("inet_release"),
+        ];
+        drop_tracer_frames(&mut kprobe);
+        assert_eq!(names(&kprobe), ["tcp_close", "inet_release"]);
+        // Only at the top: the same names further down stay, and an unknown
+        // frame after the last tracer frame may be the kernel's.
+        let mut deep = vec![k("bpf_prog_4_x"), unknown.clone(), k("tcp_close"), k("bpf_trace_run1")];
+        drop_tracer_frames(&mut deep);
+        assert_eq!(names(&deep), ["[unknown]", "tcp_close", "bpf_trace_run1"]);
+        let mut plain = vec![unknown.clone(), k("tcp_close")];
+        drop_tracer_frames(&mut plain);
+        assert_eq!(plain.len(), 2);
+        // Nothing but tracer frames: kept, rather than an empty stack.
+        let mut only = vec![k("bpf_prog_5_x"), k("bpf_trace_run2")];
+        drop_tracer_frames(&mut only);
+        assert_eq!(only.len(), 2);
+        let mut empty: Vec<Frame> = Vec::new();
+        drop_tracer_frames(&mut empty);
+        assert!(empty.is_empty());
     }
 
     #[test]
@@ -1460,24 +1521,13 @@ mod tests {
 
     #[test]
     fn demangled_names_pass_through_verbatim() {
-        let rust = frame(
+        for name in [
             "<tokio::net::tcp::stream::TcpStream as tokio::io::AsyncWrite>::poll_shutdown",
-            0x12,
-        );
-        assert_eq!(
-            format_user_frames(1, Some(&rust), Some("/srv/app")),
-            [
-                "<tokio::net::tcp::stream::TcpStream as tokio::io::AsyncWrite>::poll_shutdown+0x12 (/srv/app)"
-            ]
-        );
-        let cpp = frame(
             "std::vector<int, std::allocator<int> >::push_back(int const&)",
-            0x8,
-        );
-        assert_eq!(
-            format_user_frames(1, Some(&cpp), None),
-            ["std::vector<int, std::allocator<int> >::push_back(int const&)+0x8"]
-        );
+        ] {
+            let f = &user_frames(1, Some(&frame(name, 0x12)), Some("/srv/app"))[0];
+            assert_eq!(f.function.as_deref(), Some(name));
+        }
     }
 
     #[test]
@@ -1523,23 +1573,30 @@ mod tests {
         eprintln!("{frames:#?}");
         assert_eq!(frames.len(), 2);
         let exe = std::env::current_exe().expect("current_exe");
-        assert!(
-            frames[0].starts_with(&format!(
-                "{}::wstrace_symbolize_probe_fn+0x0 ({})",
-                module_path!(),
-                exe.display()
-            )),
-            "{}",
-            frames[0]
+        assert_eq!(
+            at(&frames[0]),
+            format!("{}::wstrace_symbolize_probe_fn+0x0", module_path!()),
+        );
+        assert_eq!(
+            frames[0].module.as_deref(),
+            Some(exe.display().to_string().as_str())
         );
         assert!(
-            frames[0].contains(" at ") && frames[0].contains("symbolize.rs:"),
-            "{}",
+            frames[0].line.is_some()
+                && frames[0]
+                    .file
+                    .as_deref()
+                    .is_some_and(|f| f.ends_with("symbolize.rs")),
+            "{:?}",
             frames[0]
         );
         // glibc has several names at close's address (close, __close, __libc_close).
-        assert!(frames[1].contains("close+0x1 ("), "{}", frames[1]);
-        assert!(frames[1].contains("libc"), "{}", frames[1]);
+        assert!(at(&frames[1]).ends_with("close+0x1"), "{:?}", frames[1]);
+        assert!(
+            frames[1].module.as_deref().is_some_and(|m| m.contains("libc")),
+            "{:?}",
+            frames[1]
+        );
     }
 
     #[test]
@@ -1547,14 +1604,7 @@ mod tests {
         let mut s = patient();
         let addrs = [1, 0x10, u64::MAX];
         let frames = s.user_stack(std::process::id(), &addrs);
-        assert_eq!(
-            frames,
-            [
-                "[unknown] 0x1",
-                "[unknown] 0x10",
-                "[unknown] 0xffffffffffffffff"
-            ]
-        );
+        assert_eq!(frames, unknowns(&addrs));
         assert_eq!(
             s.user_stack(
                 0,
@@ -1563,13 +1613,13 @@ mod tests {
             .len(),
             1
         );
-        assert!(s.user_stack(0, &[0x1234])[0].starts_with("[unknown] 0x1234"));
+        assert_eq!(s.user_stack(0, &[0x1234]), unknowns(&[0x1234]));
         assert!(s.user_stack(std::process::id(), &[]).is_empty());
         assert!(s.kernel_stack(&[]).is_empty());
         // A pid that does not exist.
         assert_eq!(
             s.user_stack(u32::MAX - 1, &[0x4000, 0x5000]),
-            ["[unknown] 0x4000", "[unknown] 0x5000"]
+            unknowns(&[0x4000, 0x5000])
         );
     }
 
@@ -1602,18 +1652,21 @@ mod tests {
         let frames = s.user_stack(std::process::id(), &addrs);
         eprintln!("{frames:#?}");
         assert!(frames.len() >= addrs.len());
-        let pos = |needle: &str| {
+        let pos = |needle: &str, inlined: bool| {
             frames
                 .iter()
-                .position(|f| f.contains(needle))
+                .position(|f| {
+                    f.inlined == inlined
+                        && f.function.as_deref().is_some_and(|n| n.contains(needle))
+                })
                 .unwrap_or_else(|| panic!("{needle} not in {frames:#?}"))
         };
-        let capture = pos("tests::bt_capture+0x");
-        let outer = pos("tests::bt_outer+0x");
+        let capture = pos("tests::bt_capture", false);
+        let outer = pos("tests::bt_outer", false);
         assert!(capture < outer);
-        let middle = pos("tests::bt_inlined_middle [inlined]");
+        let middle = pos("tests::bt_inlined_middle", true);
         assert!(capture < middle && middle < outer, "{frames:#?}");
-        pos("tests::live_real_backtrace_with_inlining");
+        pos("tests::live_real_backtrace_with_inlining", false);
     }
 
     // ---- live: kernel ----
@@ -1656,18 +1709,18 @@ mod tests {
         let frames = s.kernel_stack(&[addr, addr + 5, 0x10]);
         eprintln!("{frames:#?}");
         assert_eq!(frames.len(), 3);
-        let ok = |frame: &str, off: &str| names.iter().any(|n| frame == format!("{n}{off}"));
+        let ok = |frame: &Frame, off: &str| names.iter().any(|n| at(frame) == format!("{n}{off}"));
         assert!(
             ok(&frames[0], "+0x0"),
-            "{} (names at {addr:#x}: {names:?})",
+            "{:?} (names at {addr:#x}: {names:?})",
             frames[0]
         );
         assert!(
             ok(&frames[1], "+0x5"),
-            "{} (names at {addr:#x}: {names:?})",
+            "{:?} (names at {addr:#x}: {names:?})",
             frames[1]
         );
-        assert_eq!(frames[2], "[unknown] 0x10");
+        assert_eq!(frames[2], Frame::unknown(FrameKind::Kernel, 0x10, None));
         // A return address equal to a function's start belongs to a call that
         // ended the function before it: looked up one byte back, it is not
         // named after tcp_close.
@@ -1676,7 +1729,7 @@ mod tests {
         assert!(
             !names
                 .iter()
-                .any(|n| frames[1].starts_with(&format!("{n}+"))),
+                .any(|n| frames[1].function.as_deref() == Some(n.as_str())),
             "{frames:?}"
         );
     }
@@ -1718,16 +1771,18 @@ mod tests {
         ]);
         let _ = std::fs::remove_file(&path);
         assert_eq!(
-            frames,
+            frames.iter().map(at).collect::<Vec<_>>(),
             [
                 "foo+0x5",
                 "foo+0x100",
                 "bar+0x1",
                 "mod_fn+0x10",
-                "[unknown] 0xffffffffc0200000",
-                "[unknown] 0x10",
+                "[unknown]+0x0",
+                "[unknown]+0x0",
             ]
         );
+        assert_eq!(frames[4].address, Some(0xffffffffc0200000));
+        assert!(frames.iter().all(|f| f.kind == FrameKind::Kernel));
     }
 
     #[test]
@@ -1739,19 +1794,17 @@ mod tests {
         );
         let frames = s.kernel_stack(&[0xffffffff81234567, 0xffffffff81234568]);
         let _ = std::fs::remove_file(&path);
+        let unknown = |a| Frame::unknown(FrameKind::Kernel, a, None);
         assert_eq!(
             frames,
-            [
-                "[unknown] 0xffffffff81234567",
-                "[unknown] 0xffffffff81234568"
-            ]
+            [unknown(0xffffffff81234567), unknown(0xffffffff81234568)]
         );
         // No kallsyms at all.
         let (mut s, path) = with_kallsyms("missing", "");
         let _ = std::fs::remove_file(&path);
         assert_eq!(
             s.kernel_stack(&[0xffffffff81234567]),
-            ["[unknown] 0xffffffff81234567"]
+            [unknown(0xffffffff81234567)]
         );
     }
 
@@ -1852,30 +1905,25 @@ mod tests {
         reap(child);
         let frames = s.user_stack(pid, &[addr, addr + 1]);
         eprintln!("{frames:#?}");
-        assert!(frames[0].contains("close+0x0 ("), "{}", frames[0]);
-        assert!(frames[1].contains("close+0x1 ("), "{}", frames[1]);
+        assert!(at(&frames[0]).ends_with("close+0x0"), "{:?}", frames[0]);
+        assert!(at(&frames[1]).ends_with("close+0x1"), "{:?}", frames[1]);
         // Line numbers survive the exit too, if libc has debug info here at all.
         let own = patient().user_stack(
             std::process::id(),
             &[libc::close as *const () as usize as u64],
         );
-        match own[0].split_once(" at ") {
-            Some((_, at)) => assert!(
-                frames[0].ends_with(&format!("({libc_path}) at {at}")),
-                "{} vs {}",
-                frames[0],
-                own[0]
-            ),
-            None => assert!(
-                frames[0].ends_with(&format!("({libc_path})")),
-                "{}",
-                frames[0]
-            ),
-        }
+        assert_eq!(frames[0].module.as_deref(), Some(libc_path.as_str()));
+        assert_eq!(
+            (&frames[0].file, frames[0].line),
+            (&own[0].file, own[0].line),
+            "{:?} vs {:?}",
+            frames[0],
+            own[0]
+        );
 
         // Forgotten: nothing left to go by.
         s.forget_process(pid);
-        assert_eq!(s.user_stack(pid, &[addr]), [format!("[unknown] {addr:#x}")]);
+        assert_eq!(s.user_stack(pid, &[addr]), unknowns(&[addr]));
     }
 
     /// Why the tests that pin mappings need root.
@@ -1919,13 +1967,10 @@ mod tests {
         assert!(!Path::new(&libc_path).exists());
         let frames = s.user_stack(pid, &[addr]);
         eprintln!("{frames:#?}");
-        assert!(
-            frames[0].contains(&format!("close+0x0 ({libc_path})")),
-            "{}",
-            frames[0]
-        );
+        assert!(at(&frames[0]).ends_with("close+0x0"), "{:?}", frames[0]);
+        assert_eq!(frames[0].module.as_deref(), Some(libc_path.as_str()));
         s.forget_process(pid);
-        assert_eq!(s.user_stack(pid, &[addr]), [format!("[unknown] {addr:#x}")]);
+        assert_eq!(s.user_stack(pid, &[addr]), unknowns(&[addr]));
     }
 
     #[test]
@@ -1938,9 +1983,9 @@ mod tests {
         let mut s = patient();
         // While alive, live maps suffice.
         let live = s.user_stack(pid, &[addr]);
-        assert!(live[0].contains("close+0x0 ("), "{live:?}");
+        assert!(at(&live[0]).ends_with("close+0x0"), "{live:?}");
         reap(child);
-        assert_eq!(s.user_stack(pid, &[addr]), [format!("[unknown] {addr:#x}")]);
+        assert_eq!(s.user_stack(pid, &[addr]), unknowns(&[addr]));
     }
 
     #[test]
@@ -2040,12 +2085,13 @@ mod tests {
         let probe = wstrace_symbolize_probe_fn as *const () as usize as u64;
         let frames = s.user_stack(me, &[probe]);
         let exe = std::env::current_exe().expect("current_exe");
+        let exe = exe.display().to_string();
         assert_eq!(
             frames,
-            [format!(
-                "[unknown] {probe:#x} (symbolization timed out: {})",
-                exe.display()
-            )]
+            [Frame {
+                unresolved: Some(Unresolved::TimedOut),
+                ..Frame::unknown(FrameKind::Native, probe, Some(&exe))
+            }]
         );
         assert_eq!(
             s.unwind_user(
@@ -2080,7 +2126,7 @@ mod tests {
         assert!(!s.remembers(me));
         let frames = s.user_stack(me, &[probe]);
         assert!(
-            frames[0].contains("wstrace_symbolize_probe_fn+0x0"),
+            at(&frames[0]).ends_with("wstrace_symbolize_probe_fn+0x0"),
             "{frames:?}"
         );
     }
@@ -2132,7 +2178,10 @@ mod tests {
         assert_eq!(s.call(1, |_| ()), Err(NoAnswer::Unavailable));
         assert_eq!(
             s.user_stack(u32::MAX - 1, &[0x1234]),
-            ["[unknown] 0x1234 (symbolization unavailable)"]
+            [Frame {
+                unresolved: Some(Unresolved::Unavailable),
+                ..Frame::unknown(FrameKind::Native, 0x1234, None)
+            }]
         );
         assert!(start.elapsed() < PATIENT.blocked, "{:?}", start.elapsed());
         drop(fifos);
@@ -2183,12 +2232,18 @@ mod tests {
         let _ = child.wait();
         drop(release);
         assert!(took < PATIENT.total, "{took:?}");
-        assert_eq!(frames, ["[unknown] 0x1234 (symbolization timed out)"]);
+        assert_eq!(
+            frames,
+            [Frame {
+                unresolved: Some(Unresolved::TimedOut),
+                ..Frame::unknown(FrameKind::Native, 0x1234, None)
+            }]
+        );
         s.budgets = PATIENT;
         // Our own process still symbolizes.
         let probe = wstrace_symbolize_probe_fn as *const () as usize as u64;
         let own = s.user_stack(std::process::id(), &[probe]);
-        assert!(own[0].contains("wstrace_symbolize_probe_fn+0x0"), "{own:?}");
+        assert!(at(&own[0]).ends_with("wstrace_symbolize_probe_fn+0x0"), "{own:?}");
     }
 
     #[test]

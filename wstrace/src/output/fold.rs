@@ -276,6 +276,8 @@ mod tests {
                 host: "h",
                 kernel_stack: Vec::new(),
                 user_stack: Vec::new(),
+                kernel_stack_errno: None,
+                user_stack_errno: None,
                 user_walk: UserWalk::default(),
                 request: None,
                 frames: Vec::new(),

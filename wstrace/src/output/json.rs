@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 use crate::diagnose::Diagnosis;
-use crate::model::{Heartbeat, Killer, ProcessEnd, signal_name};
+use crate::model::{Frame as StackFrame, Heartbeat, Killer, ProcessEnd, signal_name};
 use crate::output::escape;
 use crate::output::view::{View, rfc3339};
 use crate::protocol::{http::RequestHead, wsframe::close_code_meaning};
@@ -32,8 +32,12 @@ struct Line<'a> {
     ms_after_upgrade: f64,
     bytes_sent_after_upgrade: u64,
     bytes_received_after_upgrade: u64,
-    kernel_stack: &'a [String],
-    user_stack: &'a [String],
+    /// Frame objects (`model::Frame`), innermost first.
+    kernel_stack: &'a [StackFrame],
+    user_stack: &'a [StackFrame],
+    /// The kernel could not walk the stack: its errno (the stack is empty).
+    kernel_stack_errno: Option<i64>,
+    user_stack_errno: Option<i64>,
     /// `dwarf` or `fp`; null without a user stack.
     user_stack_unwind: Option<&'static str>,
     /// dwarf: `complete`, `truncated` or `stopped: <why>`.
@@ -257,6 +261,8 @@ fn line<'a>(v: &'a View<'a>) -> Line<'a> {
         bytes_received_after_upgrade: r.bytes_received_after_upgrade,
         kernel_stack: &v.kernel_stack,
         user_stack: &v.user_stack,
+        kernel_stack_errno: v.kernel_stack_errno,
+        user_stack_errno: v.user_stack_errno,
         user_stack_unwind: v.user_walk.walk.map(|w| w.name()),
         user_stack_end: v.user_walk.end_str(),
         user_stack_note: v.user_walk.note.as_deref(),

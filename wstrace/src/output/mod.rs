@@ -3,6 +3,7 @@
 //! Prometheus.
 pub mod escape;
 pub mod fold;
+pub mod frame;
 pub mod json;
 pub mod logfile;
 pub mod metrics;
@@ -202,8 +203,8 @@ mod tests {
     };
     use crate::enrich::Enriched;
     use crate::model::{
-        CloseReport, ClosedBy, Closer, Direction, How, Killer, PeerProcess, PeerSource, ProcInfo,
-        ProcessEnd, Stacks, Upgrader, UserWalk,
+        CloseReport, ClosedBy, Closer, Direction, Frame, FrameKind, How, Killer, PeerProcess,
+        PeerSource, ProcInfo, ProcessEnd, Stacks, Upgrader, UserWalk,
     };
     use crate::protocol::{
         http::{HttpVersion, RequestHead},
@@ -272,8 +273,24 @@ mod tests {
                     container_id: Some(evil("ctr")),
                 },
                 host: "host",
-                kernel_stack: vec![evil("ksym")],
-                user_stack: vec![evil("usym")],
+                kernel_stack: vec![Frame {
+                    function: Some(evil("ksym")),
+                    offset: Some(1),
+                    kind: FrameKind::Kernel,
+                    address: Some(1),
+                    ..Frame::default()
+                }],
+                user_stack: vec![Frame {
+                    function: Some(evil("usym")),
+                    offset: Some(2),
+                    module: Some(evil("/tmp/module")),
+                    file: Some(evil("src.rs")),
+                    line: Some(3),
+                    address: Some(2),
+                    ..Frame::default()
+                }],
+                kernel_stack_errno: None,
+                user_stack_errno: None,
                 user_walk: UserWalk::default(),
                 request: Some(RequestHead {
                     method: evil("GET"),

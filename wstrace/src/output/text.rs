@@ -7,10 +7,10 @@
 //! lines printed here, with no terminal control or bidi reordering in them.
 use std::fmt::Write as _;
 
-use crate::enrich::symbolize::{UserLine, parse_user_line};
-use crate::model::{ClosedBy, Heartbeat, PeerSource, Pings};
+use crate::model::{ClosedBy, Frame, Heartbeat, PeerSource, Pings};
 use crate::output::escape::text as esc;
 use crate::output::fold::Storm;
+use crate::output::frame::{self, basename};
 use crate::output::view::{View, rfc3339};
 use crate::protocol::wsframe::close_code_meaning;
 
@@ -191,15 +191,22 @@ pub fn render(v: &View<'_>, color: bool, full_stacks: bool) -> String {
         let _ = writeln!(out, "  note:     {}", esc(n));
     }
     if r.closer.is_some() {
-        stack(&mut out, &p, "kernel stack", &v.kernel_stack);
+        let unavailable =
+            |what: &str, errno: Option<i64>| errno.map(|e| vec![format!("[{what} stack unavailable: errno {e}]")]);
+        let kernel = unavailable("kernel", v.kernel_stack_errno)
+            .unwrap_or_else(|| v.kernel_stack.iter().map(frame::line).collect());
+        stack(&mut out, &p, "kernel stack", &kernel);
         let how = v.user_walk.describe();
         let title = if how.is_empty() {
             "user stack".to_string()
         } else {
             format!("user stack ({})", esc(&how))
         };
-        if full_stacks {
-            stack(&mut out, &p, &title, &v.user_stack);
+        if let Some(lines) = unavailable("user", v.user_stack_errno) {
+            stack(&mut out, &p, &title, &lines);
+        } else if full_stacks {
+            let lines: Vec<String> = v.user_stack.iter().map(frame::line).collect();
+            stack(&mut out, &p, &title, &lines);
         } else {
             let lines = compact_stack(&v.user_stack);
             let title = if lines.len() < v.user_stack.len() {
@@ -259,11 +266,12 @@ fn stack(out: &mut String, p: &Paint, title: &str, frames: &[String]) {
 const FOLD_RUN: usize = 3;
 
 /// The runtime a frame belongs to, by its function, source file or module:
-/// the frames a reader skips to find the program's own.
-fn runtime_of(l: &UserLine<'_>) -> Option<&'static str> {
-    let f = l.function;
-    let file = l.file.unwrap_or("");
-    let module = l.module.map(basename).unwrap_or("");
+/// the frames a reader skips to find the program's own. Unknown frames
+/// belong to none.
+fn runtime_of(l: &Frame) -> Option<&'static str> {
+    let f = l.function.as_deref()?;
+    let file = l.file.as_deref().unwrap_or("");
+    let module = l.module.as_deref().map(basename).unwrap_or("");
     if f.starts_with("tokio::") || f.starts_with("<tokio::") || file.contains("/tokio-") {
         Some("tokio")
     } else if [
@@ -289,27 +297,16 @@ fn runtime_of(l: &UserLine<'_>) -> Option<&'static str> {
     }
 }
 
-fn basename(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
-}
-
 /// The default user stack: each frame as its function, `[inlined]` and
 /// `file.rs:line` (the module's name when there is no line), the innermost
 /// frame always; runs of [`FOLD_RUN`] or more runtime frames as
-/// `… 12 frames in std/tokio`. Lines that are not frames (`[unknown] …`)
-/// stay as they are. Unescaped: the caller escapes.
-pub fn compact_stack(frames: &[String]) -> Vec<String> {
-    let parsed: Vec<Option<UserLine<'_>>> = frames.iter().map(|f| parse_user_line(f)).collect();
-    let runtime: Vec<Option<&'static str>> = parsed
+/// `… 12 frames in std/tokio`. Unknown frames as their whole line.
+/// Unescaped: the caller escapes.
+pub fn compact_stack(frames: &[Frame]) -> Vec<String> {
+    let runtime: Vec<Option<&'static str>> = frames
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            if i == 0 {
-                None
-            } else {
-                p.as_ref().and_then(runtime_of)
-            }
-        })
+        .map(|(i, f)| if i == 0 { None } else { runtime_of(f) })
         .collect();
     let mut out = Vec::new();
     let mut i = 0;
@@ -326,20 +323,7 @@ pub fn compact_stack(frames: &[String]) -> Vec<String> {
             i += run;
             continue;
         }
-        out.push(match &parsed[i] {
-            Some(l) => {
-                let inlined = if l.inlined { " [inlined]" } else { "" };
-                match (l.file, l.line, l.module) {
-                    (Some(f), Some(n), _) => {
-                        format!("{}{inlined}  {}:{n}", l.function, basename(f))
-                    }
-                    (Some(f), None, _) => format!("{}{inlined}  {}", l.function, basename(f)),
-                    (None, _, Some(m)) => format!("{}{inlined}  ({})", l.function, basename(m)),
-                    (None, _, None) => format!("{}{inlined}", l.function),
-                }
-            }
-            None => frames[i].clone(),
-        });
+        out.push(frame::compact(&frames[i]));
         i += 1;
     }
     out
@@ -407,18 +391,41 @@ pub fn render_storm(s: &Storm, color: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::How;
+    use crate::model::{FrameKind, How};
     use crate::output::fold::Conn;
+
+    /// A user frame: `inlined` ones have no offset.
+    fn uf(function: &str, module: &str, file: Option<(&str, u32)>, inlined: bool) -> Frame {
+        Frame {
+            function: Some(function.into()),
+            offset: (!inlined).then_some(0x10),
+            module: Some(module.into()),
+            file: file.map(|(f, _)| f.into()),
+            line: file.map(|(_, l)| l),
+            inlined,
+            address: Some(0x1000),
+            ..Frame::default()
+        }
+    }
 
     #[test]
     fn compact_stacks_keep_the_programs_frames_and_fold_runtime_runs() {
-        let bin = "(/srv/app)";
+        let bin = "/srv/app";
+        let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
         let std = |f: &str| {
-            format!("{f} [inlined] {bin} at /rustc/5980761/library/core/src/ptr/mod.rs:805")
+            uf(
+                f,
+                bin,
+                Some(("/rustc/5980761/library/core/src/ptr/mod.rs", 805)),
+                true,
+            )
         };
-        let mut frames = vec![
-            "__GI___close+0x3a (/usr/lib/x86_64-linux-gnu/libc.so.6) at ./io/../sysdeps/unix/sysv/linux/close.c:27".to_string(),
-        ];
+        let mut frames = vec![uf(
+            "__GI___close",
+            libc,
+            Some(("./io/../sysdeps/unix/sysv/linux/close.c", 27)),
+            false,
+        )];
         for f in [
             "core::ptr::drop_in_place<A>",
             "core::ptr::drop_in_place<B>",
@@ -426,17 +433,31 @@ mod tests {
         ] {
             frames.push(std(f));
         }
-        frames.push(format!(
-            "app::handle+0x3e9 {bin} at /srv/app/src/demo.rs:107"
-        ));
-        frames.push(format!(
-            "app::serve::{{{{closure}}}} [inlined] {bin} at /srv/app/src/demo.rs:67"
+        frames.push(uf("app::handle", bin, Some(("/srv/app/src/demo.rs", 107)), false));
+        frames.push(uf(
+            "app::serve::{{closure}}",
+            bin,
+            Some(("/srv/app/src/demo.rs", 67)),
+            true,
         ));
         frames.push(std("std::sys::backtrace::__rust_begin_short_backtrace"));
-        frames.push(format!("tokio::runtime::task::harness::poll+0x10 {bin} at /root/.cargo/registry/src/x/tokio-1.40.0/src/runtime/task/harness.rs:3"));
-        frames.push("start_thread+0x305 (/usr/lib/x86_64-linux-gnu/libc.so.6) at ./nptl/pthread_create.c:442".into());
-        frames.push("[unknown] 0x1234 (/srv/app)".into());
-        frames.push("main+0x10 (/srv/app)".into());
+        frames.push(uf(
+            "tokio::runtime::task::harness::poll",
+            bin,
+            Some((
+                "/root/.cargo/registry/src/x/tokio-1.40.0/src/runtime/task/harness.rs",
+                3,
+            )),
+            false,
+        ));
+        frames.push(uf(
+            "start_thread",
+            libc,
+            Some(("./nptl/pthread_create.c", 442)),
+            false,
+        ));
+        frames.push(Frame::unknown(FrameKind::Native, 0x1234, Some(bin)));
+        frames.push(uf("main", bin, None, false));
         let c = compact_stack(&frames);
         assert_eq!(
             c,

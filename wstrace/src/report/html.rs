@@ -15,7 +15,9 @@
 //! markup or code; a Content-Security-Policy forbids any network access.
 use std::{collections::HashMap, fmt::Write as _, time::SystemTime};
 
+use crate::model::{Frame, FrameKind};
 use crate::output::escape::text as esc;
+use crate::output::frame;
 use crate::report::summary::{Groups, Summary, percentile, pid_count};
 
 /// Text safe in HTML element content and in a quoted attribute value.
@@ -390,70 +392,47 @@ fn group_table(g: &Groups, n: u64, kind: &str, what: &str) -> String {
     o
 }
 
-/// One frame of a flame-graph path, split for its label and tooltip.
+/// One box of the flame graph, its texts escaped for a terminal (as the
+/// text report shows them) and not yet for HTML.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct FlameFrame<'a> {
-    pub function: &'a str,
-    pub module: Option<&'a str>,
-    pub location: Option<&'a str>,
+pub struct FlameFrame {
+    /// The function (`[unknown] 0x…` when unnamed), without offset.
+    pub function: String,
+    pub module: Option<String>,
+    pub location: Option<String>,
     pub inlined: bool,
     pub kernel: bool,
 }
 
-/// Splits `name[+0x1f][ [inlined]][ (module)][ at file:line]`, kernel
-/// frames marked `[k] ` (the forms `enrich::symbolize` writes). The module
-/// is the last parenthesised group, matched from the right, so a C++ name
-/// such as `f(std::function<void (int)>)` keeps its own parentheses.
-pub fn parse_frame(frame: &str) -> FlameFrame<'_> {
-    let (kernel, mut s) = match frame.strip_prefix("[k] ") {
-        Some(rest) => (true, rest),
-        None => (false, frame),
-    };
-    let mut location = None;
-    if let Some(i) = s.rfind(") at ") {
-        location = Some(&s[i + 5..]);
-        s = &s[..=i];
-    } else if let Some(i) = s.rfind(" at ")
-        && !s[..i].ends_with(')')
-        && !s.starts_with("[unknown]")
-    {
-        location = Some(&s[i + 4..]);
-        s = &s[..i];
-    }
-    let mut module = None;
-    if s.ends_with(')') {
-        let mut depth = 0i32;
-        for (i, c) in s.char_indices().rev() {
-            match c {
-                ')' => depth += 1,
-                '(' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        if s[..i].ends_with(' ') {
-                            module = Some(&s[i + 1..s.len() - 1]);
-                            s = &s[..i - 1];
-                        }
-                        break;
-                    }
-                }
-                _ => {}
-            }
+impl FlameFrame {
+    pub fn of(f: &Frame) -> Self {
+        Self {
+            function: esc(&frame::label(f)).into_owned(),
+            module: frame::module_text(f).map(|m| esc(&m).into_owned()),
+            location: frame::location(f).map(|l| esc(&l).into_owned()),
+            inlined: f.inlined,
+            kernel: f.kind == FrameKind::Kernel,
         }
     }
-    let (inlined, s) = match s.strip_suffix(" [inlined]") {
-        Some(rest) => (true, rest),
-        None => (false, s),
-    };
-    let function = match s.rfind("+0x") {
-        Some(i) if s[i + 3..].bytes().all(|b| b.is_ascii_hexdigit()) => &s[..i],
-        _ => s,
-    };
-    FlameFrame {
-        function,
-        module,
-        location,
-        inlined,
-        kernel,
+
+    /// What the graph sorts sibling boxes by: the frame as the folded
+    /// stacks print it (`[k] ` first for kernel frames).
+    fn sort_key(&self) -> String {
+        let mut s = String::new();
+        if self.kernel {
+            s.push_str("[k] ");
+        }
+        s.push_str(&self.function);
+        if self.inlined {
+            s.push_str(" [inlined]");
+        }
+        if let Some(m) = &self.module {
+            let _ = write!(s, " ({m})");
+        }
+        if let Some(l) = &self.location {
+            let _ = write!(s, " at {l}");
+        }
+        s
     }
 }
 
@@ -505,7 +484,7 @@ fn hash(s: &str) -> u64 {
 
 /// Warm colours for user modules, blues for the kernel, grey for the
 /// program row and unknown frames; one colour per module.
-fn frame_colour(f: &FlameFrame<'_>, root: bool) -> String {
+fn frame_colour(f: &FlameFrame, root: bool) -> String {
     if root {
         return "#bdbdbd".into();
     }
@@ -513,10 +492,10 @@ fn frame_colour(f: &FlameFrame<'_>, root: bool) -> String {
         return "#d6d6d6".into();
     }
     if f.kernel {
-        let x = hash(f.module.unwrap_or("kernel"));
+        let x = hash(f.module.as_deref().unwrap_or("kernel"));
         // One module for the whole kernel: vary by function a little so
         // neighbours stay apart.
-        let y = hash(f.function);
+        let y = hash(&f.function);
         return format!(
             "hsl({},{}%,{}%)",
             200 + x % 20 + y % 12,
@@ -524,7 +503,7 @@ fn frame_colour(f: &FlameFrame<'_>, root: bool) -> String {
             62 + y % 10
         );
     }
-    let x = hash(f.module.unwrap_or(f.function));
+    let x = hash(f.module.as_deref().unwrap_or(&f.function));
     format!(
         "hsl({},{}%,{}%)",
         x % 50,
@@ -535,8 +514,10 @@ fn frame_colour(f: &FlameFrame<'_>, root: bool) -> String {
 
 #[derive(Default)]
 struct Node {
-    /// The frame as counted (escaped), or the comm for the root row.
-    frame: String,
+    /// The frame, or the comm (escaped) as function for the root row.
+    frame: FlameFrame,
+    /// `frame.sort_key()`, kept.
+    order: String,
     closes: u64,
     children: Vec<usize>,
     /// Child index by frame identity (the frame without its source line).
@@ -547,24 +528,47 @@ struct Node {
 /// below callees, boxes labelled by function name only.
 fn flame_svg(s: &Summary) -> String {
     let mut nodes = vec![Node::default()];
-    for (path, c) in s.folded.by_key() {
+    // Paths in the order of their text, so that a box's first frame (whose
+    // source line its tooltip shows) does not depend on hashing.
+    let mut paths: Vec<(Vec<FlameFrame>, u64)> = s
+        .folded
+        .paths()
+        .map(|(p, c)| {
+            let mut frames = vec![FlameFrame {
+                function: esc(&p.comm).into_owned(),
+                ..FlameFrame::default()
+            }];
+            frames.extend(p.frames.iter().map(FlameFrame::of));
+            (frames, c)
+        })
+        .collect();
+    let text = |p: &[FlameFrame]| -> String {
+        p.iter()
+            .enumerate()
+            .map(|(i, f)| if i == 0 { f.function.clone() } else { f.sort_key() })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    paths.sort_by_cached_key(|(p, _)| text(p));
+    for (path, c) in paths {
         nodes[0].closes += c;
         let mut at = 0;
-        for frame in path.split('\n').take(FLAME_MAX_DEPTH) {
-            let f = parse_frame(frame);
+        for f in path.into_iter().take(FLAME_MAX_DEPTH) {
             // Frames at the same call site share a box whatever their line.
             let id = format!(
                 "{}{}\u{0}{}\u{0}{}",
                 if f.kernel { "[k] " } else { "" },
                 f.function,
-                f.module.unwrap_or(""),
+                f.module.as_deref().unwrap_or(""),
                 f.inlined
             );
             let next = match nodes[at].by_id.get(&id) {
                 Some(&i) => i,
                 None => {
+                    let order = if at == 0 { f.function.clone() } else { f.sort_key() };
                     nodes.push(Node {
-                        frame: frame.to_string(),
+                        frame: f,
+                        order,
                         ..Node::default()
                     });
                     let i = nodes.len() - 1;
@@ -603,7 +607,7 @@ fn flame_svg(s: &Summary) -> String {
     // (node, x, depth), children left to right by name.
     let mut work: Vec<(usize, f64, usize)> = Vec::new();
     let mut roots = nodes[0].children.clone();
-    roots.sort_by(|a, b| nodes[*a].frame.cmp(&nodes[*b].frame));
+    roots.sort_by(|a, b| nodes[*a].order.cmp(&nodes[*b].order));
     let mut x = 0.0;
     for r in roots {
         work.push((r, x, 1));
@@ -616,16 +620,9 @@ fn flame_svg(s: &Summary) -> String {
             continue;
         }
         let root = d == 1;
-        let f = if root {
-            FlameFrame {
-                function: &n.frame,
-                ..FlameFrame::default()
-            }
-        } else {
-            parse_frame(&n.frame)
-        };
+        let f = &n.frame;
         let y = height - d as f64 * FLAME_ROW;
-        let mut tip = h(f.function);
+        let mut tip = h(&f.function);
         if f.inlined {
             tip.push_str(" [inlined]");
         }
@@ -634,10 +631,10 @@ fn flame_svg(s: &Summary) -> String {
         } else if f.kernel {
             tip.push_str("\nkernel");
         }
-        if let Some(m) = f.module {
+        if let Some(m) = &f.module {
             let _ = write!(tip, "\nmodule: {}", h(m));
         }
-        if let Some(l) = f.location {
+        if let Some(l) = &f.location {
             let _ = write!(tip, "\nat {}", h(l));
         }
         let _ = write!(tip, "\n{} closes ({:.1}%)", n.closes, pct(n.closes, total));
@@ -652,9 +649,9 @@ fn flame_svg(s: &Summary) -> String {
             o,
             "<g class=\"{class}{}\" data-d=\"{d}\" data-x=\"{x:.3}\" data-w=\"{w:.3}\" data-name=\"{}\"><title>{tip}</title><rect x=\"{x:.2}\" y=\"{y:.1}\" width=\"{w:.2}\" height=\"{}\" fill=\"{}\"{}/>",
             if f.inlined { " inlined" } else { "" },
-            h(f.function),
+            h(&f.function),
             FLAME_ROW - 1.0,
-            frame_colour(&f, root),
+            frame_colour(f, root),
             if f.inlined {
                 " stroke=\"#333\" stroke-dasharray=\"3,2\""
             } else {
@@ -669,11 +666,11 @@ fn flame_svg(s: &Summary) -> String {
             "<text x=\"{:.2}\" y=\"{:.1}\">{}</text>",
             x + 3.0,
             y + FLAME_ROW - 5.0,
-            h(&fit_label(f.function, chars))
+            h(&fit_label(&f.function, chars))
         );
         o.push_str("</g>");
         let mut kids = n.children.clone();
-        kids.sort_by(|a, b| nodes[*a].frame.cmp(&nodes[*b].frame));
+        kids.sort_by(|a, b| nodes[*a].order.cmp(&nodes[*b].order));
         let mut cx = x;
         for c in kids {
             work.push((c, cx, d + 1));
@@ -903,33 +900,43 @@ mod tests {
     }
 
     #[test]
-    fn frames_split_into_function_module_and_line() {
-        let f = parse_frame("__GI___close (/usr/lib/libc.so.6) at ./io/close.c:27");
+    fn boxes_show_function_module_and_line_from_the_frame() {
+        let mut f = Frame {
+            function: Some("f(std::function<void (int)>)".into()),
+            offset: Some(0x8),
+            module: Some("/lib/x.so".into()),
+            file: Some("./io/close.c".into()),
+            line: Some(27),
+            address: Some(0x1000),
+            ..Frame::default()
+        };
         assert_eq!(
-            f,
+            FlameFrame::of(&f),
             FlameFrame {
-                function: "__GI___close",
-                module: Some("/usr/lib/libc.so.6"),
-                location: Some("./io/close.c:27"),
+                function: "f(std::function<void (int)>)".into(),
+                module: Some("/lib/x.so".into()),
+                location: Some("./io/close.c:27".into()),
                 inlined: false,
                 kernel: false
             }
         );
-        let f = parse_frame(
-            "wstrace::demo::serve::{{closure}} [inlined] (/bin/w (deleted)) at src/demo.rs:60",
-        );
-        assert_eq!(f.function, "wstrace::demo::serve::{{closure}}");
-        assert_eq!(f.module, Some("/bin/w (deleted)"));
-        assert!(f.inlined);
-        let f = parse_frame("[k] tcp_close+0x1f");
-        assert_eq!((f.function, f.kernel, f.module), ("tcp_close", true, None));
-        let f = parse_frame("f(std::function<void (int)>) (/lib/x.so)");
-        assert_eq!(f.function, "f(std::function<void (int)>)");
-        assert_eq!(f.module, Some("/lib/x.so"));
-        let f = parse_frame("[unknown] 0x7f12 (symbolization timed out: /bin/x)");
-        assert_eq!(f.function, "[unknown] 0x7f12");
-        assert_eq!(f.module, Some("symbolization timed out: /bin/x"));
-        assert_eq!(parse_frame("main").function, "main");
+        f.kind = FrameKind::Kernel;
+        f.module = None;
+        f.file = None;
+        f.inlined = true;
+        let k = FlameFrame::of(&f);
+        assert!(k.kernel && k.inlined && k.module.is_none() && k.location.is_none());
+        assert_eq!(k.sort_key(), "[k] f(std::function<void (int)>) [inlined]");
+        let u = Frame {
+            unresolved: Some(crate::model::Unresolved::TimedOut),
+            ..Frame::unknown(FrameKind::Native, 0x7f12, Some("/bin/x"))
+        };
+        let u = FlameFrame::of(&u);
+        assert_eq!(u.function, "[unknown] 0x7f12");
+        assert_eq!(u.module.as_deref(), Some("symbolization timed out: /bin/x"));
+        // A terminal control in a name is escaped before it reaches HTML.
+        f.function = Some("a\u{1b}[2Jb".into());
+        assert!(!FlameFrame::of(&f).function.contains('\u{1b}'));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::output::{escape::text as esc, safe_file};
 
+pub mod frames;
 pub mod html;
 pub mod summary;
 
@@ -473,20 +474,6 @@ mod tests {
             std::fs::read_to_string(&victim).expect("read"),
             "precious\n"
         );
-    }
-
-    #[test]
-    fn frame_keys_drop_offsets_and_lines() {
-        assert_eq!(
-            frame_key("__GI___close+0x3a (/lib/libc.so.6) at ./io/close.c:27"),
-            "__GI___close (/lib/libc.so.6)"
-        );
-        assert_eq!(frame_key("tcp_close+0x1f"), "tcp_close");
-        assert_eq!(
-            frame_key("f [inlined] (/bin/x) at a.rs:3"),
-            "f [inlined] (/bin/x)"
-        );
-        assert_eq!(frame_key("[unknown]"), "[unknown]");
     }
 
     #[test]

@@ -21,7 +21,10 @@ use std::{
 
 use serde_json::Value;
 
+use crate::model::{Frame, FrameKind};
 use crate::output::escape::text as esc;
+use crate::output::frame;
+use crate::report::frames;
 
 /// Longest line read as a report; a close report with full stacks, command
 /// line and request head is tens of KiB.
@@ -300,9 +303,8 @@ pub struct Summary {
     /// Closes per minute and diagnosis: `<minute>\n<code>`.
     pub timeline: Tally,
     /// Flame-graph paths: comm, then the user frames root first, then the
-    /// kernel frames as `[k] frame`; offsets dropped, escaped, joined by
-    /// newlines (see `report::html`).
-    pub folded: Tally,
+    /// kernel frames (see `report::html`).
+    pub folded: Flame,
     /// The first `ROWS_KEPT` closes.
     pub rows: Vec<Row>,
     /// Closes counted beyond `ROWS_KEPT`, not listed.
@@ -531,48 +533,34 @@ impl Summary {
             None => "(no local process)".into(),
         };
         self.by_process.add(process, || None);
-        let frames = |k: &str| -> Vec<String> {
-            v.get(k)
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(frame_key).collect())
-                .unwrap_or_default()
-        };
-        let user = frames("user_stack");
+        let user = frames::stack(v, "user_stack", FrameKind::Native);
         if !user.is_empty() {
             // Escaped before joining: a newline inside a frame cannot split it.
-            let key = user.iter().map(|f| esc(f)).collect::<Vec<_>>().join("\n");
+            let key = user
+                .iter()
+                .map(|f| esc(&frame::key(f)).into_owned())
+                .collect::<Vec<_>>()
+                .join("\n");
             self.stacks.add(key, || None);
         }
         // The flame graph: comm, then frames root first (stacks are
-        // innermost first), user then kernel, with their source lines (the
-        // tooltip shows them). Escaped, so a newline cannot split a frame.
-        let located = |k: &str| -> Vec<String> {
-            v.get(k)
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(|f| esc(&clip_to(&without_offset(f), 4 * FIELD_CHARS)).into_owned())
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let mut path = vec![
-            esc(if pid.is_none() {
-                "(no local process)"
-            } else {
-                &row.comm
-            })
-            .into_owned(),
-        ];
-        path.extend(located("user_stack").into_iter().rev());
+        // innermost first), user then kernel.
+        let mut path: Vec<Frame> = user.into_iter().rev().map(bounded).collect();
         path.extend(
-            located("kernel_stack")
+            frames::stack(v, "kernel_stack", FrameKind::Kernel)
                 .into_iter()
                 .rev()
-                .map(|f| format!("[k] {f}")),
+                .map(bounded),
         );
-        self.folded.add(path.join("\n"), || None);
+        let comm = if pid.is_none() {
+            "(no local process)"
+        } else {
+            &row.comm
+        };
+        self.folded.add(FlamePath {
+            comm: comm.to_string(),
+            frames: path,
+        });
         let minute = match t {
             Some(t) => {
                 let full = humantime::format_rfc3339_seconds(t).to_string();
@@ -654,37 +642,74 @@ fn keep(v: &Value, f: &Filters) -> bool {
     true
 }
 
-/// A frame without its offset: `close+0x3a (/lib/libc.so.6) at x.c:27` ->
-/// `close (/lib/libc.so.6)`, so the same path groups across builds.
-pub fn frame_key(frame: &str) -> String {
-    let (sym, rest) = match frame.find(" (") {
-        Some(i) => (&frame[..i], &frame[i..]),
-        None => (frame, ""),
-    };
-    let sym = match sym.rfind("+0x") {
-        Some(i) => &sym[..i],
-        None => sym,
-    };
-    let rest = match rest.find(") at ") {
-        Some(i) => &rest[..=i],
-        None => rest,
-    };
-    format!("{sym}{rest}")
+/// A frame for the flame graph: its strings cut to `4 * FIELD_CHARS`
+/// characters (a hostile log's names cost bounded memory), its offset
+/// dropped (the same call path groups across builds).
+fn bounded(f: Frame) -> Frame {
+    let cut = |s: Option<String>| s.map(|s| clip_to(&s, 4 * FIELD_CHARS));
+    Frame {
+        function: cut(f.function),
+        module: cut(f.module),
+        file: cut(f.file),
+        offset: None,
+        ..f
+    }
 }
 
-/// A frame without its offset, source line kept: `close+0x3a (/lib/libc.so.6)
-/// at x.c:27` -> `close (/lib/libc.so.6) at x.c:27`.
-pub fn without_offset(frame: &str) -> String {
-    let end = frame
-        .find(" (")
-        .or_else(|| frame.find(" ["))
-        .unwrap_or(frame.len());
-    let (sym, rest) = frame.split_at(end);
-    match sym.rfind("+0x") {
-        Some(i) if sym[i + 3..].bytes().all(|b| b.is_ascii_hexdigit()) => {
-            format!("{}{rest}", &sym[..i])
+/// One flame-graph path: the closing program's comm, then its frames
+/// root first.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FlamePath {
+    pub comm: String,
+    pub frames: Vec<Frame>,
+}
+
+impl FlamePath {
+    /// What the path holds in memory, about.
+    fn cost(&self) -> usize {
+        self.comm.len()
+            + self
+                .frames
+                .iter()
+                .map(|f| {
+                    [&f.function, &f.module, &f.file]
+                        .iter()
+                        .map(|s| s.as_ref().map_or(0, String::len))
+                        .sum::<usize>()
+                        + ENTRY_OVERHEAD
+                })
+                .sum::<usize>()
+    }
+}
+
+/// Flame-graph paths and how many closes took each, within
+/// [`TALLY_BYTES`] like a [`Tally`].
+#[derive(Debug, Default)]
+pub struct Flame {
+    entries: HashMap<FlamePath, u64>,
+    bytes: usize,
+    /// Counted, but under no path: the distinct paths filled the budget.
+    pub other: u64,
+}
+
+impl Flame {
+    pub fn add(&mut self, path: FlamePath) {
+        if let Some(n) = self.entries.get_mut(&path) {
+            *n += 1;
+            return;
         }
-        _ => frame.to_string(),
+        let cost = path.cost() + ENTRY_OVERHEAD;
+        if self.bytes + cost > TALLY_BYTES {
+            self.other += 1;
+            return;
+        }
+        self.bytes += cost;
+        self.entries.insert(path, 1);
+    }
+
+    /// Every path with its count, in no particular order.
+    pub fn paths(&self) -> impl Iterator<Item = (&FlamePath, u64)> {
+        self.entries.iter().map(|(p, n)| (p, *n))
     }
 }
 
