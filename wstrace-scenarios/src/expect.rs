@@ -268,13 +268,13 @@ fn check_closer(r: &Value, pid: u32) -> Result<(), String> {
             str_key(r, "exe")
         ));
     }
+    // Frames are objects; an unknown one has a null function.
     let frames = |k: &str| -> Vec<String> {
         r.get(k)
             .and_then(Value::as_array)
             .map(|a| {
                 a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
+                    .map(|f| f["function"].as_str().unwrap_or("[unknown]").to_string())
                     .collect()
             })
             .unwrap_or_default()
@@ -282,6 +282,13 @@ fn check_closer(r: &Value, pid: u32) -> Result<(), String> {
     let kernel = frames("kernel_stack");
     if kernel.is_empty() {
         return Err("kernel_stack is empty".into());
+    }
+    // Every probe set: the stack starts where the kernel's own code was,
+    // not at the tracer's program, trampoline or tracepoint/kprobe glue.
+    if kernel.first().is_some_and(|f| is_tracer_frame(f)) {
+        return Err(format!(
+            "kernel_stack starts with the tracer's own frames: {kernel:?}"
+        ));
     }
     let user = frames("user_stack");
     if !user
@@ -301,6 +308,24 @@ fn check_closer(r: &Value, pid: u32) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A kernel function that runs the tracer's program rather than the traced
+/// code (what wstrace drops from the top of kernel stacks).
+fn is_tracer_frame(function: &str) -> bool {
+    [
+        "bpf_prog_",
+        "bpf_trampoline_",
+        "bpf_trace_run",
+        "__bpf_trace_",
+        "__traceiter_",
+        "perf_trace_",
+        "trace_call_bpf",
+        "bpf_get_stack",
+        "kprobe_",
+    ]
+    .iter()
+    .any(|p| function.starts_with(p))
 }
 
 /// "local fin pid 123 (comm) 0.4 ms [probe]" for PASS lines and errors.
@@ -330,13 +355,25 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A frame object as wstrace writes it.
+    fn frame(function: &str, module: Option<&str>) -> Value {
+        json!({
+            "function": function, "offset": 16, "module": module, "file": null, "line": null,
+            "inlined": false, "kind": if module.is_some() { "native" } else { "kernel" },
+            "language": null, "address": "0xffffffff81000010", "unresolved": null
+        })
+    }
+
     fn report(pid: u32) -> Value {
         json!({
             "local": "127.0.0.1:4000", "remote": "127.0.0.1:5000",
             "closed_by": "local", "how": "fin", "pid": pid, "tid": pid,
             "comm": "ws-scenario", "exe": "/bin/ws-scenario", "ms_after_upgrade": 0.4,
-            "kernel_stack": ["tcp_close+0x1f"],
-            "user_stack": ["__close+0x3a (/lib/libc.so.6)", "ws_scenario::main+0x9 (/bin/ws-scenario)"],
+            "kernel_stack": [frame("tcp_close", None)],
+            "user_stack": [
+                frame("__close", Some("/lib/libc.so.6")),
+                frame("ws_scenario::main", Some("/bin/ws-scenario")),
+            ],
             "user_stack_unwind": "dwarf",
             "probe": "tracepoint",
             "peer": {"pid": 9, "tid": 9, "comm": "ws-scenario", "source": "kernel"}
@@ -479,7 +516,7 @@ mod tests {
                 .contains("closed_by")
         );
         let mut r2 = report(7);
-        r2["user_stack"] = json!(["main+0x1"]);
+        r2["user_stack"] = json!([frame("main", Some("/bin/x"))]);
         assert!(
             evaluate(&[&r2], Some(&named(7)), "tracepoint")
                 .unwrap_err()
@@ -495,6 +532,21 @@ mod tests {
         let mut r3 = report(7);
         r3["kernel_stack"] = json!([]);
         assert!(evaluate(&[&r3], Some(&named(7)), "tracepoint").is_err());
+        // The tracer's own frames on top of the kernel stack fail the check.
+        for top in [
+            "bpf_prog_1a2b_inet_sock_set_state_closer",
+            "bpf_trampoline_6442",
+            "__traceiter_inet_sock_set_state",
+        ] {
+            let mut r4 = report(7);
+            r4["kernel_stack"] = json!([frame(top, None), frame("tcp_close", None)]);
+            assert!(
+                evaluate(&[&r4], Some(&named(7)), "tracepoint")
+                    .unwrap_err()
+                    .contains("tracer's own frames"),
+                "{top}"
+            );
+        }
     }
 
     #[test]

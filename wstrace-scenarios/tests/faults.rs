@@ -217,7 +217,7 @@ fn a_closer_that_exits_or_execs_at_once_is_named_and_symbolized() {
         );
         let user: Vec<&str> = r["user_stack"]
             .as_array()
-            .map(|a| a.iter().filter_map(|f| f.as_str()).collect())
+            .map(|a| a.iter().filter_map(|f| f["function"].as_str()).collect())
             .unwrap_or_default();
         // Frames of the program that is gone (exit) or replaced (exec):
         // resolved from what was read while it lived. (close_connection
@@ -313,7 +313,7 @@ fn a_reused_pid_is_described_as_its_new_process() {
     );
     let user: Vec<&str> = new["user_stack"]
         .as_array()
-        .map(|a| a.iter().filter_map(|f| f.as_str()).collect())
+        .map(|a| a.iter().filter_map(|f| f["function"].as_str()).collect())
         .unwrap_or_default();
     assert!(
         user.iter()

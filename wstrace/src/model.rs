@@ -415,11 +415,6 @@ impl Frame {
             ..Self::default()
         }
     }
-
-    /// `[unknown]` or the function's name: what every printer puts first.
-    pub fn function_or_unknown(&self) -> &str {
-        self.function.as_deref().unwrap_or("[unknown]")
-    }
 }
 
 /// Addresses as `"0x…"` strings in JSON: a kernel address does not fit the

@@ -20,8 +20,8 @@ use crate::attach::ServerSet;
 use wstrace_common::EventKind;
 
 use crate::model::{
-    CloseReport, Direction, Event, Frame, Killer, PeerProcess, ProcInfo, ProcessEnd, SignalSent, UserWalk,
-    Walk,
+    CloseReport, Direction, Event, Frame, Killer, PeerProcess, ProcInfo, ProcessEnd, SignalSent,
+    UserWalk, Walk,
 };
 use crate::protocol::{
     http::{self, RequestHead},

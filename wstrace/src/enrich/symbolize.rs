@@ -1275,7 +1275,10 @@ mod tests {
     #[test]
     fn kernel_unknown_empty_name_or_huge_offset() {
         let unknown = |a| Frame::unknown(FrameKind::Kernel, a, None);
-        assert_eq!(kernel_frame(0xffffffff81234567, None), unknown(0xffffffff81234567));
+        assert_eq!(
+            kernel_frame(0xffffffff81234567, None),
+            unknown(0xffffffff81234567)
+        );
         assert_eq!(
             kernel_frame(0xffffffffc0001234, Some(&frame("", 4))),
             unknown(0xffffffffc0001234)
@@ -1297,7 +1300,9 @@ mod tests {
     fn user_frame_with_module_and_line() {
         let mut f = frame("close", 0x1f);
         f.loc = loc("/src/server/src/main.rs", Some(123));
-        let [u] = user_frames(7, Some(&f), Some("/srv/app")).try_into().expect("one frame");
+        let [u] = user_frames(7, Some(&f), Some("/srv/app"))
+            .try_into()
+            .expect("one frame");
         assert_eq!(
             u,
             Frame {
@@ -1379,7 +1384,11 @@ mod tests {
                 ("app::outer", Some(0x40), false, Some(10), Some(0x1000)),
             ]
         );
-        assert!(frames.iter().all(|f| f.module.as_deref() == Some("/srv/app")));
+        assert!(
+            frames
+                .iter()
+                .all(|f| f.module.as_deref() == Some("/srv/app"))
+        );
     }
 
     #[test]
@@ -1404,14 +1413,18 @@ mod tests {
         assert_eq!(frames[1].module.as_deref(), Some("/tmp/cold/cold close"));
     }
 
+    fn name(f: &Frame) -> &str {
+        f.function.as_deref().unwrap_or("[unknown]")
+    }
+
     fn names(frames: &[Frame]) -> Vec<&str> {
-        frames.iter().map(Frame::function_or_unknown).collect()
+        frames.iter().map(name).collect()
     }
 
     /// `function+0xoffset` of a frame (`[unknown]+0x0` for an unknown one):
     /// what the live tests below look for.
     fn at(f: &Frame) -> String {
-        format!("{}+{:#x}", f.function_or_unknown(), f.offset.unwrap_or(0))
+        format!("{}+{:#x}", name(f), f.offset.unwrap_or(0))
     }
 
     fn unknowns(addrs: &[u64]) -> Vec<Frame> {
@@ -1436,7 +1449,10 @@ mod tests {
             k("tcp_close"),
         ];
         drop_tracer_frames(&mut tp);
-        assert_eq!(names(&tp), ["inet_sk_state_store", "__tcp_close", "tcp_close"]);
+        assert_eq!(
+            names(&tp),
+            ["inet_sk_state_store", "__tcp_close", "tcp_close"]
+        );
         // Tracepoint through perf: perf_trace_* and trace_call_bpf.
         let mut perf = vec![
             k("bpf_prog_1_x"),
@@ -1448,7 +1464,12 @@ mod tests {
         drop_tracer_frames(&mut perf);
         assert_eq!(names(&perf), ["inet_sk_state_store"]);
         // fentry: the program and its trampoline (unnamed on old kernels).
-        let mut fentry = vec![k("bpf_prog_2_tcp_close"), unknown.clone(), k("bpf_trampoline_6442"), k("tcp_close")];
+        let mut fentry = vec![
+            k("bpf_prog_2_tcp_close"),
+            unknown.clone(),
+            k("bpf_trampoline_6442"),
+            k("tcp_close"),
+        ];
         drop_tracer_frames(&mut fentry);
         assert_eq!(names(&fentry), ["tcp_close"]);
         // kprobe on ftrace.
@@ -1464,7 +1485,12 @@ mod tests {
         assert_eq!(names(&kprobe), ["tcp_close", "inet_release"]);
         // Only at the top: the same names further down stay, and an unknown
         // frame after the last tracer frame may be the kernel's.
-        let mut deep = vec![k("bpf_prog_4_x"), unknown.clone(), k("tcp_close"), k("bpf_trace_run1")];
+        let mut deep = vec![
+            k("bpf_prog_4_x"),
+            unknown.clone(),
+            k("tcp_close"),
+            k("bpf_trace_run1"),
+        ];
         drop_tracer_frames(&mut deep);
         assert_eq!(names(&deep), ["[unknown]", "tcp_close", "bpf_trace_run1"]);
         let mut plain = vec![unknown.clone(), k("tcp_close")];
@@ -1593,7 +1619,10 @@ mod tests {
         // glibc has several names at close's address (close, __close, __libc_close).
         assert!(at(&frames[1]).ends_with("close+0x1"), "{:?}", frames[1]);
         assert!(
-            frames[1].module.as_deref().is_some_and(|m| m.contains("libc")),
+            frames[1]
+                .module
+                .as_deref()
+                .is_some_and(|m| m.contains("libc")),
             "{:?}",
             frames[1]
         );
@@ -2243,7 +2272,10 @@ mod tests {
         // Our own process still symbolizes.
         let probe = wstrace_symbolize_probe_fn as *const () as usize as u64;
         let own = s.user_stack(std::process::id(), &[probe]);
-        assert!(at(&own[0]).ends_with("wstrace_symbolize_probe_fn+0x0"), "{own:?}");
+        assert!(
+            at(&own[0]).ends_with("wstrace_symbolize_probe_fn+0x0"),
+            "{own:?}"
+        );
     }
 
     #[test]

@@ -28,13 +28,6 @@ pub fn key(f: &Frame) -> String {
     s
 }
 
-/// [`key`] with the source line (`close (/lib/libc.so.6) at x.c:27`).
-pub fn located(f: &Frame) -> String {
-    let mut s = key(f);
-    push_location(&mut s, f);
-    s
-}
-
 /// `func+0x1f`, `func [inlined]`, or `[unknown] 0x…`.
 fn name(f: &Frame, with_offset: bool) -> String {
     let mut s = label(f);
@@ -97,7 +90,11 @@ pub fn compact(f: &Frame) -> String {
         return line(f);
     };
     let inlined = if f.inlined { " [inlined]" } else { "" };
-    match (f.file.as_deref().filter(|x| !x.is_empty()), f.line, &f.module) {
+    match (
+        f.file.as_deref().filter(|x| !x.is_empty()),
+        f.line,
+        &f.module,
+    ) {
         (Some(file), Some(n), _) => format!("{function}{inlined}  {}:{n}", basename(file)),
         (Some(file), None, _) => format!("{function}{inlined}  {}", basename(file)),
         (None, _, Some(m)) => format!("{function}{inlined}  ({})", basename(m)),
@@ -134,7 +131,10 @@ mod tests {
         assert_eq!(line(&f), "tcp_close+0x1f at net/ipv4/tcp.c:3000");
         let u = Frame::unknown(FrameKind::Kernel, 0xffffffff81234567, None);
         assert_eq!(line(&u), "[unknown] 0xffffffff81234567");
-        assert_eq!(line(&Frame::unknown(FrameKind::Kernel, 0, None)), "[unknown] 0x0");
+        assert_eq!(
+            line(&Frame::unknown(FrameKind::Kernel, 0, None)),
+            "[unknown] 0x0"
+        );
     }
 
     #[test]
@@ -145,9 +145,12 @@ mod tests {
         f.module = Some("/srv/app".into());
         f.file = Some("/src/server/src/main.rs".into());
         f.line = Some(123);
-        assert_eq!(line(&f), "close+0x1f (/srv/app) at /src/server/src/main.rs:123");
+        assert_eq!(
+            line(&f),
+            "close+0x1f (/srv/app) at /src/server/src/main.rs:123"
+        );
         assert_eq!(key(&f), "close (/srv/app)");
-        assert_eq!(located(&f), "close (/srv/app) at /src/server/src/main.rs:123");
+        assert_eq!(location(&f).as_deref(), Some("/src/server/src/main.rs:123"));
         assert_eq!(compact(&f), "close  main.rs:123");
         f.module = None;
         f.line = None;
@@ -166,11 +169,21 @@ mod tests {
         f.module = Some("/srv/app".into());
         f.file = Some("src/inner.rs".into());
         f.line = Some(30);
-        assert_eq!(line(&f), "app::inner [inlined] (/srv/app) at src/inner.rs:30");
+        assert_eq!(
+            line(&f),
+            "app::inner [inlined] (/srv/app) at src/inner.rs:30"
+        );
         assert_eq!(key(&f), "app::inner [inlined] (/srv/app)");
         assert_eq!(compact(&f), "app::inner [inlined]  inner.rs:30");
-        let u = Frame::unknown(FrameKind::Native, 0x7f1234567890, Some("/usr/lib/libfoo.so (deleted)"));
-        assert_eq!(line(&u), "[unknown] 0x7f1234567890 (/usr/lib/libfoo.so (deleted))");
+        let u = Frame::unknown(
+            FrameKind::Native,
+            0x7f1234567890,
+            Some("/usr/lib/libfoo.so (deleted)"),
+        );
+        assert_eq!(
+            line(&u),
+            "[unknown] 0x7f1234567890 (/usr/lib/libfoo.so (deleted))"
+        );
         assert_eq!(compact(&u), line(&u));
         let mut t = Frame::unknown(FrameKind::Native, 0x55, Some("/bin/x"));
         t.unresolved = Some(Unresolved::TimedOut);
@@ -188,8 +201,14 @@ mod tests {
             line(&f),
             "ws::conn::finish(int, bool) [clone .cold]+0x13 (/tmp/cold/cold close)"
         );
-        assert_eq!(key(&f), "ws::conn::finish(int, bool) [clone .cold] (/tmp/cold/cold close)");
-        assert_eq!(compact(&f), "ws::conn::finish(int, bool) [clone .cold]  (cold close)");
+        assert_eq!(
+            key(&f),
+            "ws::conn::finish(int, bool) [clone .cold] (/tmp/cold/cold close)"
+        );
+        assert_eq!(
+            compact(&f),
+            "ws::conn::finish(int, bool) [clone .cold]  (cold close)"
+        );
     }
 
     #[test]

@@ -191,8 +191,9 @@ pub fn render(v: &View<'_>, color: bool, full_stacks: bool) -> String {
         let _ = writeln!(out, "  note:     {}", esc(n));
     }
     if r.closer.is_some() {
-        let unavailable =
-            |what: &str, errno: Option<i64>| errno.map(|e| vec![format!("[{what} stack unavailable: errno {e}]")]);
+        let unavailable = |what: &str, errno: Option<i64>| {
+            errno.map(|e| vec![format!("[{what} stack unavailable: errno {e}]")])
+        };
         let kernel = unavailable("kernel", v.kernel_stack_errno)
             .unwrap_or_else(|| v.kernel_stack.iter().map(frame::line).collect());
         stack(&mut out, &p, "kernel stack", &kernel);
@@ -433,7 +434,12 @@ mod tests {
         ] {
             frames.push(std(f));
         }
-        frames.push(uf("app::handle", bin, Some(("/srv/app/src/demo.rs", 107)), false));
+        frames.push(uf(
+            "app::handle",
+            bin,
+            Some(("/srv/app/src/demo.rs", 107)),
+            false,
+        ));
         frames.push(uf(
             "app::serve::{{closure}}",
             bin,

@@ -108,7 +108,7 @@ pub fn legacy(text: &str, kind: FrameKind) -> Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::frame::{key, line, located};
+    use crate::output::frame::{key, line, location};
 
     fn user(text: &str) -> Frame {
         legacy(text, FrameKind::Native)
@@ -134,20 +134,34 @@ mod tests {
             )
         );
         assert_eq!(key(&f), "__GI___close (/usr/lib/libc.so.6)");
-        assert_eq!(line(&f), "__GI___close+0x3a (/usr/lib/libc.so.6) at ./io/close.c:27");
-        let f = user("wstrace::demo::serve::{{closure}} [inlined] (/bin/w (deleted)) at src/demo.rs:60");
-        assert_eq!(f.function.as_deref(), Some("wstrace::demo::serve::{{closure}}"));
+        assert_eq!(
+            line(&f),
+            "__GI___close+0x3a (/usr/lib/libc.so.6) at ./io/close.c:27"
+        );
+        let f = user(
+            "wstrace::demo::serve::{{closure}} [inlined] (/bin/w (deleted)) at src/demo.rs:60",
+        );
+        assert_eq!(
+            f.function.as_deref(),
+            Some("wstrace::demo::serve::{{closure}}")
+        );
         assert_eq!(f.module.as_deref(), Some("/bin/w (deleted)"));
         assert!(f.inlined && f.offset.is_none());
-        assert_eq!(key(&f), "wstrace::demo::serve::{{closure}} [inlined] (/bin/w (deleted))");
+        assert_eq!(
+            key(&f),
+            "wstrace::demo::serve::{{closure}} [inlined] (/bin/w (deleted))"
+        );
         let k = legacy("tcp_close+0x1f", FrameKind::Kernel);
-        assert_eq!((k.function.as_deref(), k.offset, k.kind), (Some("tcp_close"), Some(0x1f), FrameKind::Kernel));
+        assert_eq!(
+            (k.function.as_deref(), k.offset, k.kind),
+            (Some("tcp_close"), Some(0x1f), FrameKind::Kernel)
+        );
         let f = user("f(std::function<void (int)>)+0x8 (/lib/x.so)");
         assert_eq!(f.function.as_deref(), Some("f(std::function<void (int)>)"));
         assert_eq!(f.module.as_deref(), Some("/lib/x.so"));
         let f = user("main+0x1 at main.rs");
         assert_eq!((f.file.as_deref(), f.line), (Some("main.rs"), None));
-        assert_eq!(located(&f), "main at main.rs");
+        assert_eq!(location(&f).as_deref(), Some("main.rs"));
     }
 
     #[test]
@@ -161,7 +175,10 @@ mod tests {
         ] {
             assert_eq!(line(&user(text)), text);
         }
-        assert_eq!(key(&user("[unknown] 0x7f12 (/bin/x)")), "[unknown] 0x7f12 (/bin/x)");
+        assert_eq!(
+            key(&user("[unknown] 0x7f12 (/bin/x)")),
+            "[unknown] 0x7f12 (/bin/x)"
+        );
     }
 
     #[test]
@@ -180,11 +197,17 @@ mod tests {
         let s = stack(&v, "user_stack", FrameKind::Native);
         assert_eq!(s.len(), 3);
         assert_eq!(s[0].function.as_deref(), Some("close"));
-        assert_eq!((s[1].function.as_deref(), s[1].address), (Some("main"), Some(0x401000)));
+        assert_eq!(
+            (s[1].function.as_deref(), s[1].address),
+            (Some("main"), Some(0x401000))
+        );
         assert_eq!(line(&s[2]), "[unknown]");
         assert!(stack(&v, "kernel_stack", FrameKind::Kernel).is_empty());
         assert!(stack(&v, "absent", FrameKind::Kernel).is_empty());
         let many = serde_json::json!({ "user_stack": vec!["f+0x1"; MAX_FRAMES + 10] });
-        assert_eq!(stack(&many, "user_stack", FrameKind::Native).len(), MAX_FRAMES);
+        assert_eq!(
+            stack(&many, "user_stack", FrameKind::Native).len(),
+            MAX_FRAMES
+        );
     }
 }

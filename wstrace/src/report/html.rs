@@ -545,7 +545,13 @@ fn flame_svg(s: &Summary) -> String {
     let text = |p: &[FlameFrame]| -> String {
         p.iter()
             .enumerate()
-            .map(|(i, f)| if i == 0 { f.function.clone() } else { f.sort_key() })
+            .map(|(i, f)| {
+                if i == 0 {
+                    f.function.clone()
+                } else {
+                    f.sort_key()
+                }
+            })
             .collect::<Vec<_>>()
             .join("\n")
     };
@@ -565,7 +571,11 @@ fn flame_svg(s: &Summary) -> String {
             let next = match nodes[at].by_id.get(&id) {
                 Some(&i) => i,
                 None => {
-                    let order = if at == 0 { f.function.clone() } else { f.sort_key() };
+                    let order = if at == 0 {
+                        f.function.clone()
+                    } else {
+                        f.sort_key()
+                    };
                     nodes.push(Node {
                         frame: f,
                         order,
