@@ -476,6 +476,56 @@ mod tests {
         );
     }
 
+    /// `objects.jsonl` is a close logged with frame objects (the shape since
+    /// frames became data), with other offsets and addresses than the
+    /// string frames of `sample.jsonl`'s php closes: read together, the
+    /// two shapes count as one closing stack and one flame-graph path.
+    #[test]
+    fn frame_objects_and_old_string_frames_group_together() {
+        let f = Filters::default();
+        let mut s = summary(&f);
+        let objects = Path::new(FIXTURES).join("objects.jsonl");
+        s.add_reader("objects.jsonl", open_lines(&objects).expect("open"), &f);
+        assert_eq!((s.closes, s.malformed), (7, 2));
+        assert_eq!(
+            s.stacks.sorted()[0],
+            (
+                "__GI___close (/usr/lib/x86_64-linux-gnu/libc.so.6)\nswoole_close_fd (/usr/lib/php/swoole.so)",
+                5
+            )
+        );
+        let php: Vec<(&FlamePath, u64)> =
+            s.folded.paths().filter(|(p, _)| p.comm == "php").collect();
+        assert_eq!(php.len(), 1, "{php:#?}");
+        assert_eq!(php[0].1, 5);
+        let functions: Vec<&str> = php[0]
+            .0
+            .frames
+            .iter()
+            .map(|f| f.function.as_deref().unwrap_or("?"))
+            .collect();
+        assert_eq!(
+            functions,
+            [
+                "swoole_close_fd",
+                "__GI___close",
+                "tcp_close",
+                "__tcp_close"
+            ]
+        );
+        // The object line alone reports as its string twin does.
+        let mut alone = Summary::default();
+        alone.add_reader("objects.jsonl", open_lines(&objects).expect("open"), &f);
+        let text = render(&alone, 5, GroupBy::Program);
+        assert!(
+            text.contains(
+                "__GI___close (/usr/lib/x86_64-linux-gnu/libc.so.6)\n           swoole_close_fd (/usr/lib/php/swoole.so)"
+            ),
+            "{text}"
+        );
+        assert!(html::page(&alone).contains("data-name=\"__tcp_close\""));
+    }
+
     #[test]
     fn percentiles() {
         let v: Vec<f64> = (1..=100).map(f64::from).collect();

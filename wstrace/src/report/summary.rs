@@ -644,14 +644,21 @@ fn keep(v: &Value, f: &Filters) -> bool {
 
 /// A frame for the flame graph: its strings cut to `4 * FIELD_CHARS`
 /// characters (a hostile log's names cost bounded memory), its offset
-/// dropped (the same call path groups across builds).
+/// dropped and, when it has a name, its address (the same call path
+/// groups across builds and processes, and with frames of old logs).
 fn bounded(f: Frame) -> Frame {
     let cut = |s: Option<String>| s.map(|s| clip_to(&s, 4 * FIELD_CHARS));
+    let address = if f.function.is_some() {
+        None
+    } else {
+        f.address
+    };
     Frame {
         function: cut(f.function),
         module: cut(f.module),
         file: cut(f.file),
         offset: None,
+        address,
         ..f
     }
 }
