@@ -196,7 +196,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.rounds == 0 || !(args.secs >= 1.0) {
         bail!("--rounds must be at least 1 and --secs at least 1.0");
     }
-    setup::run()?;
+    setup::run(setup::For::Test)?;
     println!(
         "setup: benchmark tools: {}",
         setup::ensure_packages(&[
