@@ -9,12 +9,12 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
+use wstrace_scenarios::harness::{Tracer, TracerOptions};
 
 use crate::{
     client::{self, Then},
@@ -37,7 +37,8 @@ pub struct Args {
     #[arg(long)]
     verbose: bool,
     /// One more argument for wstrace (repeatable), e.g.
-    /// `--wstrace-arg=--symbolize-timeout=60` (default: [`SYMBOLIZE_TIMEOUT`]).
+    /// `--wstrace-arg=--symbolize-timeout=30` (default: the harness's
+    /// `SYMBOLIZE_TIMEOUT`).
     #[arg(long = "wstrace-arg", value_name = "ARG", allow_hyphen_values = true)]
     wstrace_args: Vec<String>,
 }
@@ -48,12 +49,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// wstrace's --port limit.
 const MAX_PORTS: usize = 8;
-/// wstrace's symbolization budget unless `--wstrace-arg` gives one: the
-/// checks want named frames, not a test of the budget, and the first
-/// symbolization of a binary (parsing its debug info) took over the 2 s
-/// default in emulated guests (arm64 TCG) on a loaded host, where a real
-/// machine would not need it.
-const SYMBOLIZE_TIMEOUT: &str = "--symbolize-timeout=30";
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// One server of a scenario and what its connection must produce.
@@ -429,163 +424,62 @@ enum State {
     Fail(String),
 }
 
-/// A running wstrace and what it has printed.
-struct Tracer {
-    child: Child,
-    reports: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<Vec<String>>>,
-    stdout_reader: Option<std::thread::JoinHandle<()>>,
+/// wstrace (the harness's one launcher, ready by its `--ready-file`) on
+/// `ports`, with `--metrics` for what it lost.
+fn start_tracer(args: &Args, ports: &[u16]) -> Result<Tracer> {
+    TracerOptions::with_binary(args.wstrace.clone())
+        .ports(ports)
+        .args(&["--probe", args.probe.as_str()])
+        .args(&args.wstrace_args)
+        .metrics()
+        .echo(args.verbose)
+        .ready_timeout(READY_TIMEOUT)
+        .start()
 }
 
-impl Drop for Tracer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// What wstrace counted as lost or evicted (ring full, probe runs the
+/// kernel skipped, kretprobe misses, evictions), from its metrics: shown
+/// with a failure, so a flake in CI says whether the kernel dropped the
+/// evidence.
+fn losses(tracer: &Tracer) -> Vec<String> {
+    match tracer.lost_events() {
+        Ok(lost) => lost
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(reason, n)| format!("{n} lost ({reason})"))
+            .collect(),
+        Err(e) => vec![format!("no metrics: {e:#}")],
     }
 }
 
-impl Tracer {
-    fn start(args: &Args, ports: &[u16]) -> Result<Tracer> {
-        let mut cmd = Command::new(&args.wstrace);
-        for p in ports {
-            cmd.arg("--port").arg(p.to_string());
-        }
-        cmd.args(["--probe", &args.probe, "--format", "json"]);
-        if !args
-            .wstrace_args
-            .iter()
-            .any(|a| a.starts_with("--symbolize-timeout"))
-        {
-            cmd.arg(SYMBOLIZE_TIMEOUT);
-        }
-        cmd.args(&args.wstrace_args);
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", args.wstrace.display()))?;
-        let reports = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let out = child.stdout.take().context("wstrace stdout")?;
-        let err = child.stderr.take().context("wstrace stderr")?;
-        let (r, verbose) = (reports.clone(), args.verbose);
-        let stdout_reader = std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if verbose {
-                    eprintln!("report: {line}");
-                }
-                if let Ok(mut r) = r.lock() {
-                    r.push(line);
-                }
-            }
-        });
-        let e = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if verbose {
-                    eprintln!("{line}");
-                }
-                if line.contains("wstrace: tracing port") {
-                    let _ = ready_tx.send(());
-                }
-                if let Ok(mut e) = e.lock() {
-                    e.push(line);
-                }
-            }
-        });
-        let mut tracer = Tracer {
-            child,
-            reports,
-            stderr,
-            stdout_reader: Some(stdout_reader),
-        };
-        let start = Instant::now();
-        loop {
-            match ready_rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(()) => return Ok(tracer),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let _ = tracer.child.wait();
-                    bail!("wstrace exited before attaching: {}", tracer.stderr_tail())
-                }
-            }
-            if let Ok(Some(status)) = tracer.child.try_wait() {
-                // Let the stderr thread drain what the process printed.
-                std::thread::sleep(Duration::from_millis(100));
-                bail!(
-                    "wstrace exited ({status}) before attaching: {}",
-                    tracer.stderr_tail()
-                );
-            }
-            if start.elapsed() > READY_TIMEOUT {
-                bail!(
-                    "wstrace did not attach within {READY_TIMEOUT:?}: {}",
-                    tracer.stderr_tail()
-                );
-            }
-        }
-    }
+/// The report lines (trailing newlines and blank lines dropped).
+fn report_lines(tracer: &Tracer) -> Vec<String> {
+    tracer
+        .raw_lines()
+        .iter()
+        .map(|l| l.trim_end().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
 
-    fn stderr_tail(&self) -> String {
-        let e = self.stderr.lock().map(|e| e.clone()).unwrap_or_default();
-        let lines: Vec<&str> = e
-            .iter()
-            .map(String::as_str)
-            .filter(|l| !l.trim().is_empty())
-            .collect();
-        lines[lines.len().saturating_sub(2)..].join(" | ")
-    }
+/// The last two non-empty lines wstrace printed on stderr.
+fn stderr_tail(tracer: &Tracer) -> String {
+    let e = tracer.stderr_text();
+    let lines: Vec<&str> = e.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(2)..].join(" | ")
+}
 
-    fn report_lines(&self) -> Vec<String> {
-        self.reports.lock().map(|r| r.clone()).unwrap_or_default()
+/// SIGINT (wstrace's clean exit: detach, flush pending reports); then
+/// every report line it printed.
+fn stop(mut tracer: Tracer) -> Result<Vec<String>> {
+    let status = tracer.interrupt(Duration::from_secs(15))?;
+    if !status.success() {
+        bail!(
+            "wstrace exited with {status} after SIGINT: {}",
+            stderr_tail(&tracer)
+        );
     }
-
-    /// What wstrace said it lost or skipped (ring full, probe runs the
-    /// kernel skipped, kretprobe misses, evictions): shown with a failure,
-    /// so a flake in CI says whether the kernel dropped the evidence.
-    fn losses(&self) -> Vec<String> {
-        let e = self.stderr.lock().map(|e| e.clone()).unwrap_or_default();
-        e.into_iter()
-            .filter(|l| {
-                ["lost", "skipped", "missed", "evicted"]
-                    .iter()
-                    .any(|w| l.contains(w))
-            })
-            .take(4)
-            .collect()
-    }
-
-    /// SIGINT (wstrace's clean exit: detach, flush pending reports), then
-    /// every line it printed, and its [`Tracer::losses`].
-    fn stop(mut self) -> Result<(Vec<String>, Vec<String>)> {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = self.child.try_wait()? {
-                break Some(s);
-            }
-            if start.elapsed() > Duration::from_secs(15) {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        if let Some(h) = self.stdout_reader.take() {
-            if status.is_some() {
-                let _ = h.join();
-            }
-        }
-        match status {
-            Some(s) if s.success() => Ok((self.report_lines(), self.losses())),
-            Some(s) => bail!(
-                "wstrace exited with {s} after SIGINT: {}",
-                self.stderr_tail()
-            ),
-            None => bail!("wstrace did not exit within 15 s of SIGINT"),
-        }
-    }
+    Ok(report_lines(&tracer))
 }
 
 fn kernel_release() -> String {
@@ -668,8 +562,9 @@ pub fn run(args: &Args) -> Result<i32> {
         states.push(state);
         servers.push(started);
     }
-    // wstrace traces at most 8 ports at once: one wstrace per batch of
-    // scenarios that fits (two batches for the current list).
+    // wstrace traces at most 8 ports at once, one of them the barrier (see
+    // `trace`): one wstrace per batch of scenarios that fits (two batches
+    // for the current list).
     let traced = |i: usize| all[i].servers.iter().filter(|s| s.traced).count();
     let mut batches: Vec<Vec<usize>> = vec![Vec::new()];
     for i in (0..all.len()).filter(|&i| matches!(states[i], State::Running)) {
@@ -677,7 +572,7 @@ pub fn run(args: &Args) -> Result<i32> {
             .last()
             .map(|b| b.iter().map(|&j| traced(j)).sum())
             .unwrap_or(0);
-        if used + traced(i) > MAX_PORTS {
+        if used + traced(i) > MAX_PORTS - 1 {
             batches.push(Vec::new());
         }
         if let Some(b) = batches.last_mut() {
@@ -749,8 +644,8 @@ pub fn run(args: &Args) -> Result<i32> {
 type PortReports = Vec<(u16, Value)>;
 
 /// Start wstrace, drive every running scenario's clients, wait for the
-/// reports, stop wstrace. Returns the parsed reports and what wstrace said
-/// it lost.
+/// reports and the barrier's, stop wstrace. Returns the parsed reports
+/// (the barrier's left out) and what wstrace's metrics say it lost.
 fn trace(
     args: &Args,
     all: &[Scenario],
@@ -762,7 +657,26 @@ fn trace(
     if ports.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
-    let tracer = Tracer::start(args, ports)?;
+    // The barrier: one more traced server whose close is made last and
+    // must be reported. Reports come in the order the kernel saw the
+    // closes, so once it is in, a report that a "no report" scenario looks
+    // for would have arrived too: no sleep and hope. Its port must differ
+    // from every scenario's (IPv6 ports are handed out independently).
+    let used: std::collections::HashSet<u16> =
+        servers.iter().flatten().map(|s| s.port).collect();
+    let mut barrier = start_server(LOCALHOST, Mode::CloseAfter101)?;
+    for _ in 0..8 {
+        if !used.contains(&barrier.port) {
+            break;
+        }
+        barrier = start_server(LOCALHOST, Mode::CloseAfter101)?;
+    }
+    if used.contains(&barrier.port) {
+        bail!("no barrier port distinct from the scenarios' ports");
+    }
+    let mut traced = ports.to_vec();
+    traced.push(barrier.port);
+    let tracer = start_tracer(args, &traced)?;
     let _readers = BlockedReaders::start(BLOCKED_READERS).context("blocking readers")?;
     // Ports that must each get a report: waiting for a count instead let
     // an unexpected report (the failure of another scenario) end the wait
@@ -791,7 +705,7 @@ fn trace(
     }
     let start = Instant::now();
     while start.elapsed() < REPORT_TIMEOUT {
-        let lines = tracer.report_lines();
+        let lines = report_lines(&tracer);
         let reported: std::collections::HashSet<u16> = lines
             .iter()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -802,17 +716,40 @@ fn trace(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    // A moment more, so an unexpected extra report (the bug a "no report"
-    // scenario looks for) has the same chance to arrive as an expected one.
-    std::thread::sleep(Duration::from_millis(300));
-    let (lines, losses) = tracer.stop()?;
+    client::exchange(
+        SocketAddr::new(LOCALHOST, barrier.port),
+        client::UPGRADE_REQUEST,
+        Then::ReadToEnd,
+    )
+    .context("the barrier's client")?;
+    let start = Instant::now();
+    let barrier_reported = || {
+        report_lines(&tracer)
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| expect::local_port(&v) == Some(barrier.port))
+    };
+    while !barrier_reported() {
+        if start.elapsed() > REPORT_TIMEOUT {
+            bail!(
+                "the barrier's close (port {}) was not reported within {REPORT_TIMEOUT:?}: {}",
+                barrier.port,
+                stderr_tail(&tracer)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let losses = losses(&tracer);
+    let lines = stop(tracer)?;
     let mut reports = Vec::new();
-    for line in lines.iter().filter(|l| !l.trim().is_empty()) {
+    for line in &lines {
         let v: Value = serde_json::from_str(line)
             .with_context(|| format!("wstrace printed a line that is not JSON: {line}"))?;
         let port = expect::local_port(&v)
             .with_context(|| format!("report without a local port: {line}"))?;
-        reports.push((port, v));
+        if port != barrier.port {
+            reports.push((port, v));
+        }
     }
     Ok((reports, losses))
 }

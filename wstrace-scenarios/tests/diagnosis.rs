@@ -7,119 +7,27 @@
 //! `cargo xtask setup` installs both. A missing one is a failure that says
 //! what to run (see `common::require`).
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    io::{Read as _, Write as _},
+    net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 mod common;
 
-use common::{require_root, require_tool, require_venv_python, target};
+use common::{
+    Barrier, Kill as Proc, Tracer, TracerOptions, free_port, read_ready, require_root,
+    require_tool, require_venv_python, spawn_group as spawn,
+};
 use serde_json::Value;
 
+/// wstrace on the backend's port (the harness's launcher), JSON reports.
+fn wstrace(port: u16) -> Tracer {
+    Tracer::start(port, &[])
+}
+
 const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nCookie: session=TOPSECRET\r\n\r\n";
-
-/// A child process killed (with its process group) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child's process group.
-        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(cmd: &mut Command) -> Proc {
-    use std::os::unix::process::CommandExt as _;
-    // Own process group, so nginx's workers die with their master.
-    cmd.process_group(0);
-    Proc(
-        cmd.spawn()
-            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}")),
-    )
-}
-
-/// `READY <port>` from a server's stdout.
-fn ready_port(p: &mut Proc) -> u16 {
-    let out = p.0.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    BufReader::new(out)
-        .read_line(&mut line)
-        .expect("reading READY");
-    line.trim()
-        .strip_prefix("READY ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("server did not print READY <port>: {line:?}"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// wstrace on one port, JSON reports collected as they come.
-struct Wstrace {
-    _proc: Proc,
-    reports: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Wstrace {
-    fn start(port: u16) -> Wstrace {
-        let bin = target().join("release/wstrace");
-        assert!(
-            bin.is_file(),
-            "{} missing: run `cargo build --release`",
-            bin.display()
-        );
-        let mut p = spawn(
-            Command::new(bin)
-                .args(["--port", &port.to_string(), "--format", "json"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped()),
-        );
-        let reports = Arc::new(Mutex::new(Vec::new()));
-        let r = reports.clone();
-        let out = p.0.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-                r.lock().expect("lock").push(v);
-            }
-        });
-        let (tx, rx) = mpsc::channel();
-        let err = p.0.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("{line}");
-                if line.contains("wstrace: tracing port") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(60))
-            .expect("wstrace attached within 60 s");
-        Wstrace { _proc: p, reports }
-    }
-
-    fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Value> {
-        let start = Instant::now();
-        loop {
-            let r = self.reports.lock().expect("lock").clone();
-            if r.len() >= n || start.elapsed() > timeout {
-                return r;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
 
 /// Debian's nginx; see `common::require`.
 fn require_nginx() -> Option<PathBuf> {
@@ -166,7 +74,7 @@ fn backend() -> (Proc, u16) {
             .args(["serve", "--bind", "127.0.0.1", "--mode", "swoole"])
             .stdout(Stdio::piped()),
     );
-    let port = ready_port(&mut p);
+    let port = read_ready(&mut p);
     (p, port)
 }
 
@@ -239,7 +147,7 @@ fn nginx_without_proxy_http_version_is_http10_upgrade() {
         return;
     };
     let (backend, bport) = backend();
-    let w = Wstrace::start(bport);
+    let w = wstrace(bport);
     let dir = tempdir("http10");
     let (nginx, nport) = nginx(&nginx_bin, &dir, bport, "");
     // Clients stay connected: the backend must close first, as in the field.
@@ -249,7 +157,7 @@ fn nginx_without_proxy_http_version_is_http10_upgrade() {
         assert!(status.contains("101"), "nginx answered {status:?}");
         clients.push(c);
     }
-    let reports = w.wait_for(FAST_CLOSES, Duration::from_secs(10));
+    let reports = w.wait_for_reports(FAST_CLOSES, Duration::from_secs(10));
     assert_eq!(reports.len(), FAST_CLOSES, "{reports:#?}");
     for r in &reports {
         assert_eq!(s(r, &["diagnosis", "code"]), "http10_upgrade", "{r:#}");
@@ -300,7 +208,7 @@ fn a_direct_http10_client_gets_the_client_fix_not_nginx() {
     }
     // No proxy at all: this test process sends the HTTP/1.0 upgrade itself.
     let (backend, bport) = backend();
-    let w = Wstrace::start(bport);
+    let w = wstrace(bport);
     let mut c = TcpStream::connect(("127.0.0.1", bport)).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -314,7 +222,7 @@ fn a_direct_http10_client_gets_the_client_fix_not_nginx() {
         String::from_utf8_lossy(&answer)
     );
     // The socket stays open until the report is in: the peer is this process.
-    let reports = w.wait_for(1, Duration::from_secs(10));
+    let reports = w.wait_for_reports(1, Duration::from_secs(10));
     drop(c);
     assert_eq!(reports.len(), 1, "{reports:#?}");
     let r = &reports[0];
@@ -351,21 +259,28 @@ fn nginx_with_http11_keeps_the_socket_then_names_nginx() {
         return;
     };
     let (_backend, bport) = backend();
-    let w = Wstrace::start(bport);
+    let barrier = Barrier::start();
+    let w = TracerOptions::new()
+        .ports(&[bport, barrier.port])
+        .start()
+        .unwrap_or_else(|e| panic!("wstrace did not attach: {e:#}"));
     let dir = tempdir("http11");
     let (nginx, nport) = nginx(&nginx_bin, &dir, bport, "proxy_http_version 1.1;");
     let (c, status) = upgrade(nport);
     assert!(status.contains("101"), "nginx answered {status:?}");
-    // Fixed config: nothing closes while the client stays.
-    let early = w.wait_for(1, Duration::from_millis(1500));
-    assert!(
-        early.is_empty(),
+    // Fixed config: nothing closes while the client stays. The barrier's
+    // close, made after the upgrade, must be reported; a close of the
+    // backend's socket right after the 101 would have been reported first.
+    let early = barrier.cross(&w, Duration::from_secs(10));
+    assert_eq!(
+        early.len(),
+        1,
         "closed while the client was connected: {early:#?}"
     );
     drop(c);
-    let reports = w.wait_for(1, Duration::from_secs(10));
-    assert_eq!(reports.len(), 1, "{reports:#?}");
-    let r = &reports[0];
+    let reports = w.wait_for_reports(2, Duration::from_secs(10));
+    assert_eq!(reports.len(), 2, "{reports:#?}");
+    let r = &reports[1];
     assert_eq!(s(r, &["closed_by"]), "peer", "{r:#}");
     assert_eq!(s(r, &["diagnosis", "code"]), "peer_closed_first", "{r:#}");
     assert_eq!(s(r, &["peer", "comm"]), "nginx", "{r:#}");
@@ -383,7 +298,7 @@ fn nginx_proxy_read_timeout_is_idle_timeout() {
         return;
     };
     let (_backend, bport) = backend();
-    let w = Wstrace::start(bport);
+    let w = wstrace(bport);
     let dir = tempdir("idle");
     let (nginx, nport) = nginx(
         &nginx_bin,
@@ -393,7 +308,7 @@ fn nginx_proxy_read_timeout_is_idle_timeout() {
     );
     let (_c, status) = upgrade(nport);
     assert!(status.contains("101"), "nginx answered {status:?}");
-    let reports = w.wait_for(1, Duration::from_secs(15));
+    let reports = w.wait_for_reports(1, Duration::from_secs(15));
     assert_eq!(reports.len(), 1, "{reports:#?}");
     let r = &reports[0];
     assert_eq!(s(r, &["diagnosis", "code"]), "idle_timeout", "{r:#}");
@@ -433,8 +348,8 @@ fn python_websockets_close_1011_is_server_close_frame() {
             .args(["-c", PY_SERVER])
             .stdout(Stdio::piped()),
     );
-    let port = ready_port(&mut py);
-    let w = Wstrace::start(port);
+    let port = read_ready(&mut py);
+    let w = wstrace(port);
     let (mut c, status) = upgrade(port);
     assert!(status.contains("101"), "websockets answered {status:?}");
     // Read the server's close frame, then close without answering: the
@@ -442,7 +357,7 @@ fn python_websockets_close_1011_is_server_close_frame() {
     let mut buf = [0u8; 64];
     let _ = c.read(&mut buf);
     drop(c);
-    let reports = w.wait_for(1, Duration::from_secs(15));
+    let reports = w.wait_for_reports(1, Duration::from_secs(15));
     assert_eq!(reports.len(), 1, "{reports:#?}");
     let r = &reports[0];
     assert_eq!(s(r, &["diagnosis", "code"]), "server_close_frame", "{r:#}");
@@ -488,7 +403,7 @@ fn nginx_on_the_traced_port_never_splices_a_secret_into_a_header() {
     let (_backend, bport) = backend();
     let dir = tempdir("splice");
     let (_nginx, nport) = nginx(&nginx_bin, &dir, bport, "proxy_http_version 1.1;");
-    let w = Wstrace::start(nport);
+    let w = wstrace(nport);
     let secret = "OiJIUzI1NiJ9.SESSIONSECRET.abcdefghij";
     let mut cases = 0;
     for size in [1071, 2048, 4096, 8000] {
@@ -504,7 +419,7 @@ fn nginx_on_the_traced_port_never_splices_a_secret_into_a_header() {
             cases += 1;
         }
     }
-    let reports = w.wait_for(cases, Duration::from_secs(20));
+    let reports = w.wait_for_reports(cases, Duration::from_secs(20));
     assert_eq!(reports.len(), cases, "{reports:#?}");
     for r in &reports {
         let text = r.to_string();

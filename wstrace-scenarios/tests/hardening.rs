@@ -7,17 +7,11 @@
 //! required: missing ones FAIL unless WSTRACE_TEST_ALLOW_SKIP=1.
 mod common;
 
-use std::{
-    io::Read as _,
-    os::unix::{fs::PermissionsExt as _, net::UnixDatagram},
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{os::unix::net::UnixDatagram, path::PathBuf, process::Command, time::Duration};
 
 use common::{
-    Kill, Tracer, require, require_file, require_root, serial, spawn_ready, upgrade_once,
-    wait_unloaded,
+    Tracer, TracerOptions, WorldReadableDir, nobody_python_server, require,
+    require_nobody_python, require_root, serial, upgrade_once, wait_unloaded,
 };
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -66,40 +60,20 @@ fn the_unit_rates_at_most_2_5_in_systemd_analyze_security() {
     );
 }
 
-/// A WebSocket-ish server run as `nobody` with Debian's python3 from a
-/// world-readable directory: answers 101, then closes.
-fn nobody_server(dir: &Path) -> (Kill, u16) {
-    let script = dir.join("ws_nobody.py");
-    std::fs::write(
-        &script,
-        "import socket\n\
-         s = socket.socket()\n\
-         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-         s.bind(('127.0.0.1', 0))\n\
-         s.listen()\n\
-         print('READY', s.getsockname()[1], flush=True)\n\
-         while True:\n\
-         \x20   c, _ = s.accept()\n\
-         \x20   c.recv(4096)\n\
-         \x20   c.sendall(b'HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n')\n\
-         \x20   c.close()\n",
-    )
-    .expect("script");
-    for p in [dir, script.as_path()] {
-        let mode = if p.is_dir() { 0o755 } else { 0o644 };
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
-    }
-    let mut c = Command::new("setpriv");
-    c.args([
-        "--reuid=nobody",
-        "--regid=nogroup",
-        "--clear-groups",
-        "/usr/bin/python3",
-    ])
-    .arg(&script)
-    .current_dir(dir);
-    spawn_ready(&mut c)
-}
+/// A WebSocket-ish server run as `nobody` (the harness's attacker: the
+/// system python3 from a world-readable directory): answers 101, then
+/// closes.
+const NOBODY_SERVER: &str = "import socket\n\
+     s = socket.socket()\n\
+     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+     s.bind(('127.0.0.1', 0))\n\
+     s.listen()\n\
+     print('READY', s.getsockname()[1], flush=True)\n\
+     while True:\n\
+     \x20   c, _ = s.accept()\n\
+     \x20   c.recv(4096)\n\
+     \x20   c.sendall(b'HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n')\n\
+     \x20   c.close()\n";
 
 /// CapPrm and NoNewPrivs of every thread of `pid`.
 fn thread_privileges(pid: i32) -> Vec<(String, u64, bool)> {
@@ -134,19 +108,13 @@ const CAP_SYSLOG: u64 = 1 << 34;
 
 #[test]
 fn after_the_privilege_drop_a_nobody_servers_close_is_still_reported_whole() {
-    if !require_root()
-        || require_file(
-            "python3",
-            &[PathBuf::from("/usr/bin/python3")],
-            "apt-get install python3",
-        )
-        .is_none()
-    {
+    if !require_nobody_python() {
         return;
     }
     let _g = serial();
     let dir = temp_dir("nobody");
-    let (_srv, port) = nobody_server(&dir);
+    let scratch = WorldReadableDir::new("hardening-nobody");
+    let (_srv, port) = nobody_python_server(&scratch, "ws_nobody.py", NOBODY_SERVER, &[]);
     let log = dir.join("closes.jsonl");
     let mut t = Tracer::start(
         port,
@@ -240,23 +208,6 @@ fn after_the_privilege_drop_a_nobody_servers_close_is_still_reported_whole() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// wstrace with `args`, stdout piped, stderr collected by a thread.
-fn spawn_wstrace(args: &[&str], env: &[(&str, &Path)]) -> (Kill, std::thread::JoinHandle<String>) {
-    let mut c = Command::new(common::wstrace_bin());
-    c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let mut child = c.spawn().expect("wstrace");
-    let mut err = child.stderr.take().expect("stderr");
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    (Kill(child), stderr)
-}
-
 #[test]
 fn traffic_started_when_the_ready_file_appears_is_reported() {
     if !require_root() {
@@ -267,53 +218,23 @@ fn traffic_started_when_the_ready_file_appears_is_reported() {
     let ready = dir.join("wstrace.ready");
     std::fs::write(&ready, "stale from an earlier run\n").expect("stale file");
     let (_srv, port) = common::server(&["--mode", "close-after101"]);
-    let port_s = port.to_string();
-    let ready_s = ready.display().to_string();
-    let (mut w, stderr) = spawn_wstrace(
-        &[
-            "--port",
-            &port_s,
-            "--format",
-            "json",
-            "--count",
-            "1",
-            "--ready-file",
-            &ready_s,
-        ],
-        &[],
-    );
-    let start = Instant::now();
-    let content = loop {
-        let text = std::fs::read_to_string(&ready).unwrap_or_default();
-        if text.contains("pid=") {
-            break text;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no ready file after 60 s"
-        );
-        assert!(
-            w.0.try_wait().expect("try_wait").is_none(),
-            "wstrace exited before ready"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    assert!(
-        content.contains(&format!("pid={}", w.0.id())),
-        "{content:?}"
-    );
+    // The harness waits for the file to name this run's pid: the stale
+    // one does not, so traffic starts only once wstrace has attached.
+    let mut w = TracerOptions::new()
+        .port(port)
+        .args(&["--count", "1"])
+        .ready_file(&ready)
+        .start()
+        .unwrap_or_else(|e| panic!("wstrace did not attach: {e:#}"));
+    let content = w.ready_content().to_string();
+    assert!(content.contains(&format!("pid={}", w.pid())), "{content:?}");
     assert!(content.contains("probes="), "{content:?}");
     upgrade_once(port);
-    let mut out = String::new();
-    w.0.stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut out)
-        .expect("stdout");
-    assert!(w.0.wait().expect("wait").success());
-    let stderr = stderr.join().expect("stderr");
-    let r: serde_json::Value = serde_json::from_str(out.lines().next().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("no report ({e}): {out:?}\n{stderr}"));
+    assert!(w.wait().success(), "{}", w.stderr_text());
+    let reports = w.reports();
+    let r = reports
+        .first()
+        .unwrap_or_else(|| panic!("no report:\n{}", w.stderr_text()));
     assert_eq!(r["closed_by"], "local", "{r}");
     assert!(!ready.exists(), "the ready file outlived the run");
     let _ = std::fs::remove_dir_all(&dir);
@@ -331,11 +252,12 @@ fn systemd_gets_ready_1_once_the_probes_are_attached() {
     sock.set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
     let (_srv, port) = common::server(&["--mode", "close-after101"]);
-    let port_s = port.to_string();
-    let (mut w, stderr) = spawn_wstrace(
-        &["--port", &port_s, "--format", "json", "--count", "1"],
-        &[("NOTIFY_SOCKET", &sock_path)],
-    );
+    let mut w = TracerOptions::new()
+        .port(port)
+        .args(&["--count", "1"])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .start()
+        .unwrap_or_else(|e| panic!("wstrace did not attach: {e:#}"));
     let mut buf = [0u8; 512];
     let n = sock
         .recv(&mut buf)
@@ -343,7 +265,7 @@ fn systemd_gets_ready_1_once_the_probes_are_attached() {
     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
     // Attached when READY=1 arrives: the kernel's programs are in its fds.
-    let fdinfo = format!("/proc/{}/fdinfo", w.0.id());
+    let fdinfo = format!("/proc/{}/fdinfo", w.pid());
     let holds_prog = std::fs::read_dir(&fdinfo)
         .expect("fdinfo")
         .flatten()
@@ -354,15 +276,8 @@ fn systemd_gets_ready_1_once_the_probes_are_attached() {
         });
     assert!(holds_prog, "READY=1 before any program was attached");
     upgrade_once(port);
-    let mut out = String::new();
-    w.0.stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut out)
-        .expect("stdout");
-    assert!(w.0.wait().expect("wait").success());
-    let stderr = stderr.join().expect("stderr");
-    assert!(stderr.contains("wstrace: tracing port"), "{stderr}");
-    assert_eq!(out.lines().count(), 1, "{out:?}\n{stderr}");
+    assert!(w.wait().success(), "{}", w.stderr_text());
+    let out = w.raw_lines();
+    assert_eq!(out.len(), 1, "{out:?}\n{}", w.stderr_text());
     let _ = std::fs::remove_dir_all(&dir);
 }

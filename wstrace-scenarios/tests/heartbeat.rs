@@ -22,6 +22,7 @@ mod common;
 
 use common::{
     Tracer, require_file, require_node_ws, require_root, require_venv_python, serial, spawn_ready,
+    upgraded_with,
 };
 use serde_json::Value;
 
@@ -77,22 +78,6 @@ c.close()
 time.sleep(5)
 "#;
 
-/// Sends the upgrade and reads the 101's head.
-fn upgraded(port: u16) -> TcpStream {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    c.write_all(UPGRADE).expect("send the upgrade");
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        c.read_exact(&mut b).expect("reading the 101");
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
-    c
-}
-
 /// One frame from the server (unmasked, 7-bit length): (first byte, payload).
 fn read_frame(c: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
     let mut h = [0u8; 2];
@@ -136,7 +121,7 @@ fn a_client_that_stops_answering_pings_is_heartbeat_timeout_by_the_server() {
     let _serial = serial();
     let (server, port) = spawn_ready(Command::new(python).args(["-c", PINGING_SERVER]));
     let w = Tracer::start(port, &[]);
-    let mut c = upgraded(port);
+    let mut c = upgraded_with(port, UPGRADE);
     // Answer the first two pings, then go silent (a frozen tab) and read
     // until the server gives up.
     let mut pings = 0;
@@ -234,7 +219,7 @@ fn node_ws_terminate_of_a_client_that_never_pongs_is_heartbeat_timeout_by_node()
         &WS_INTERVAL_MS.to_string(),
     ]));
     let w = Tracer::start(port, &[]);
-    let mut c = upgraded(port);
+    let mut c = upgraded_with(port, UPGRADE);
     // A frozen client: reads everything, answers nothing, until ws gives up.
     let mut pings = 0;
     let end = loop {
@@ -333,7 +318,7 @@ fn python_websockets_keepalive_timeout_is_heartbeat_timeout_not_a_server_error()
     let _serial = serial();
     let (_server, port) = spawn_ready(Command::new(python).args(["-c", KEEPALIVE_SERVER]));
     let w = Tracer::start(port, &[]);
-    let mut c = upgraded(port);
+    let mut c = upgraded_with(port, UPGRADE);
     // Never answer: read pings until the close frame, then the FIN.
     let mut close = None;
     while let Some((b0, payload)) = read_frame(&mut c) {

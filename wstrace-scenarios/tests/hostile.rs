@@ -16,7 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Kill, Tracer, require, require_root, serial, spawn_ready, upgrade_once};
+use common::{
+    Kill, Tracer, WorldReadableDir, as_nobody, free_port, require, require_root, serial,
+    spawn_ready, upgrade_once,
+};
 
 /// Root, setpriv, prlimit and the system python3 (see `common::require`).
 fn can_run(_test: &str) -> bool {
@@ -26,21 +29,12 @@ fn can_run(_test: &str) -> bool {
             .all(|t| require(Path::new(t).is_file(), &format!("needs {t}")))
 }
 
-/// A fresh directory everyone can read (nobody runs programs from it).
-fn world_readable_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("wstrace-hostile-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("dir");
-    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    d
-}
-
-/// `cmd` as nobody:nogroup with no supplementary groups.
-fn as_nobody(program: &Path) -> Command {
-    let mut c = Command::new("/usr/bin/setpriv");
-    c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-        .arg(program);
-    c
+/// A fresh directory everyone can read (nobody runs programs from it),
+/// removed when the returned guard drops.
+fn world_readable_dir(name: &str) -> (WorldReadableDir, PathBuf) {
+    let d = WorldReadableDir::new(&format!("hostile-{name}"));
+    let p = d.path().to_path_buf();
+    (d, p)
 }
 
 /// Sets its comm with prctl, answers every request with a 101 and a close
@@ -77,16 +71,14 @@ fn hostile_exe_comm_request_and_reason_are_escaped_in_text_json_and_report() {
         return;
     }
     let _serial = serial();
-    let d = world_readable_dir("names");
+    let (dir, d) = world_readable_dir("names");
     let exe = d.join(EXE_NAME);
     std::fs::copy("/usr/bin/python3", &exe).expect("copy python3");
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let script = d.join("server.py");
-    std::fs::write(&script, HOSTILE_SERVER).expect("script");
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let script = dir.write("server.py", HOSTILE_SERVER);
     let (_srv, port) = spawn_ready(as_nobody(&exe).arg(&script).arg(COMM));
 
-    let log_dir = world_readable_dir("names-log");
+    let (_log_dir, log_dir) = world_readable_dir("names-log");
     let log = log_dir.join("closes.jsonl");
     let mut t = Tracer::start_format(
         port,
@@ -207,13 +199,6 @@ print("OPENED", len(socks), flush=True)
 time.sleep(hold)
 "#;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
-}
-
 /// `GET /metrics`: the status line, or "" when refused.
 fn scrape(port: u16) -> String {
     let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
@@ -281,7 +266,7 @@ fn metrics_flood_under_1024_fds_stays_cheap_and_output_keeps_rotating() {
     let _serial = serial();
     let (_srv, port) = common::server(&["--mode", "close-after101"]);
     let mport = free_port();
-    let d = world_readable_dir("flood");
+    let (_d, d) = world_readable_dir("flood");
     let log = d.join("closes.jsonl");
     let mut t = Tracer::start(
         port,

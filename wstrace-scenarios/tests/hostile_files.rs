@@ -18,7 +18,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Kill, Tracer, require, require_root, serial, spawn_ready, upgrade_once};
+use common::{
+    Kill, Tracer, WorldReadableDir, nobody_python, require, require_nobody_python, serial,
+    spawn_ready, upgrade_once,
+};
 
 /// Python without pyenv: readable by `nobody`.
 const PYTHON: &str = "/usr/bin/python3";
@@ -50,53 +53,22 @@ while True:
     c.close()
 "#;
 
-/// Root, setpriv and the system python3 (see `common::require`).
+/// Root, setpriv and the system python3 (the harness's attacker gate).
 fn ready(_test: &str) -> bool {
-    require_root()
-        && require(
-            Path::new("/usr/bin/setpriv").exists(),
-            "needs setpriv (util-linux)",
-        )
-        && require(Path::new(PYTHON).exists(), "needs /usr/bin/python3")
+    require_nobody_python()
 }
 
-/// A world-readable scratch directory (removed on drop), holding the server
-/// script and whatever else the attacker needs.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("wstrace-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let script = dir.join("server.py");
-        std::fs::write(&script, SERVER_PY).expect("server.py");
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        Scratch(dir)
-    }
-
-    fn script(&self) -> PathBuf {
-        self.0.join("server.py")
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A world-readable scratch directory (removed on drop) holding the server
+/// script, and whatever else the attacker needs.
+fn scratch(name: &str) -> (WorldReadableDir, PathBuf) {
+    let dir = WorldReadableDir::new(name);
+    let script = dir.write("server.py", SERVER_PY);
+    (dir, script)
 }
 
 /// `python server.py args…` as `nobody`: (server, port).
 fn as_nobody(python: &Path, script: &Path, args: &[&str]) -> (Kill, u16) {
-    let mut cmd = Command::new("/usr/bin/setpriv");
-    cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
-        .arg(python)
-        .arg(script)
-        .args(args)
-        .env("PYTHONHOME", "/usr")
-        .current_dir("/");
-    spawn_ready(&mut cmd)
+    spawn_ready(nobody_python(python, script, args).current_dir("/"))
 }
 
 fn pid_of(k: &Kill) -> u32 {
@@ -185,8 +157,8 @@ fn fifo_perf_map_does_not_freeze_reports() {
         return;
     }
     let _serial = serial();
-    let scratch = Scratch::new("perf-fifo");
-    let hostile = as_nobody(Path::new(PYTHON), &scratch.script(), &["perf-fifo"]);
+    let (_scratch, script) = scratch("perf-fifo");
+    let hostile = as_nobody(Path::new(PYTHON), &script, &["perf-fifo"]);
     let fifo = PathBuf::from(format!("/tmp/perf-{}.map", pid_of(&hostile.0)));
     // The server made it before printing READY; remove it whatever happens.
     struct Unlink(PathBuf);
@@ -205,7 +177,7 @@ fn fifo_perf_map_does_not_freeze_reports() {
         "{test}: {} is not a FIFO",
         fifo.display()
     );
-    let benign = as_nobody(Path::new(PYTHON), &scratch.script(), &[]);
+    let benign = as_nobody(Path::new(PYTHON), &script, &[]);
     both_reported_and_clean_exit(test, hostile, benign);
 }
 
@@ -245,14 +217,14 @@ fn fifo_debug_link_target_does_not_freeze_reports() {
     }
     let link = link.unwrap_or_default();
     let _serial = serial();
-    let scratch = Scratch::new("debuglink-fifo");
+    let (scratch, script) = scratch("debuglink-fifo");
     // A copy of python whose debug link resolves next to it, where the
     // attacker controls the directory: blazesym looks there once the
     // system's debug directories have no such file.
-    let copy = scratch.0.join(real.file_name().expect("file name"));
+    let copy = scratch.path().join(real.file_name().expect("file name"));
     std::fs::copy(&real, &copy).expect("copy python");
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let fifo = scratch.0.join(&link);
+    let fifo = scratch.path().join(&link);
     let status = Command::new("mkfifo")
         .arg("-m")
         .arg("0644")
@@ -260,7 +232,7 @@ fn fifo_debug_link_target_does_not_freeze_reports() {
         .status()
         .expect("mkfifo");
     assert!(status.success(), "mkfifo {}", fifo.display());
-    let hostile = as_nobody(&copy, &scratch.script(), &[]);
-    let benign = as_nobody(Path::new(PYTHON), &scratch.script(), &[]);
+    let hostile = as_nobody(&copy, &script, &[]);
+    let benign = as_nobody(Path::new(PYTHON), &script, &[]);
     both_reported_and_clean_exit(test, hostile, benign);
 }

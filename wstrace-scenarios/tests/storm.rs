@@ -7,12 +7,11 @@ mod common;
 
 use std::{
     collections::HashSet,
-    io::{Read as _, Write as _},
     net::TcpStream,
     time::{Duration, Instant},
 };
 
-use common::{Tracer, UPGRADE, require, require_root, serial, server};
+use common::{Tracer, require, require_root, serial, server, upgraded};
 
 const N: usize = 2000;
 
@@ -37,22 +36,6 @@ fn raise_nofile(want: u64) -> bool {
             lim.rlim_max
         ),
     )
-}
-
-/// Connects and upgrades; returns the connection once the 101 is read.
-fn upgraded(port: u16) -> TcpStream {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    c.write_all(UPGRADE).expect("send");
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(c.read(&mut b).expect("read the 101"), 1, "server closed");
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
-    c
 }
 
 fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {

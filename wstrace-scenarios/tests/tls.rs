@@ -18,7 +18,10 @@ use std::{
     time::Duration,
 };
 
-use common::{Kill, Tracer, require_file, require_node_ws, require_root, require_tool, serial};
+use common::{
+    Barrier, Kill, Tracer, TracerOptions, free_port, require_file, require_node_ws, require_root,
+    require_tool, serial,
+};
 use serde_json::Value;
 
 const PYTHON: &str = "/usr/bin/python3";
@@ -344,7 +347,12 @@ fn with_tls_off_nothing_is_probed_and_the_server_goes_unreported() {
     let Some(s) = setup("off") else { return };
     let _g = serial();
     let (server, port, ssl_write) = start_server(&s, "close");
-    let t = Tracer::start(port, &["--tls", "off"]);
+    let barrier = Barrier::start();
+    let t = TracerOptions::new()
+        .ports(&[port, barrier.port])
+        .args(&["--tls", "off"])
+        .start()
+        .unwrap_or_else(|e| panic!("wstrace did not attach: {e:#}"));
     assert!(
         !t.stderr_text().contains("wstrace: tls:"),
         "{}",
@@ -356,35 +364,16 @@ fn with_tls_off_nothing_is_probed_and_the_server_goes_unreported() {
         "uprobe with --tls off"
     );
     run_client(&s, port, "http10");
-    // Ciphertext only: no 101 is seen, so nothing is reported. (The
-    // report would have come within a second: see the first test.)
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(t.raw_lines().is_empty(), "{:?}", t.raw_lines());
-}
-
-/// A child killed with its process group when dropped (nginx's workers
-/// die with their master).
-struct Group(std::process::Child);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child's process group.
-        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    // Ciphertext only: no 101 is seen, so nothing is reported. The
+    // barrier's plaintext close comes after the TLS one, and its report
+    // must arrive: the TLS close's would have been before it.
+    let reports = barrier.cross(&t, Duration::from_secs(20));
+    assert_eq!(reports.len(), 1, "{reports:#?}");
 }
 
 /// Debian's nginx terminating TLS on its own port and proxying /ws to
 /// `backend` (plaintext), with `extra` in the location.
-fn nginx_tls_edge(s: &Setup, backend: u16, extra: &str) -> Option<(Group, u16)> {
+fn nginx_tls_edge(s: &Setup, backend: u16, extra: &str) -> Option<(Kill, u16)> {
     use std::os::unix::process::CommandExt as _;
     let bin = require_tool(
         "nginx",
@@ -411,7 +400,7 @@ fn nginx_tls_edge(s: &Setup, backend: u16, extra: &str) -> Option<(Group, u16)> 
         .process_group(0)
         .spawn()
         .expect("nginx");
-    let g = Group(child);
+    let g = Kill(child);
     let start = std::time::Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(

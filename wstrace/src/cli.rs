@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    attach::ProbeChoice,
+    attach::{ProbeChoice, TlsMode},
     enrich::unwind::UserStackMode,
     output::{ColorChoice, Format},
 };
@@ -140,12 +140,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| {
             format!("{s:?} is not a size: use bytes or a number with K, M or G (e.g. 100M)")
         })
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum TlsMode {
-    Auto,
-    Off,
 }
 
 #[derive(Args, Debug)]

@@ -96,7 +96,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16, &str)) -> Result<
     privileges::check()?;
     // First, while this process has one thread and few fds: the helper is
     // a fork of it.
-    let opener = (opts.common.tls == crate::cli::TlsMode::Auto).then(UprobeOpener::start);
+    let opener = (opts.common.tls == crate::attach::TlsMode::Auto).then(UprobeOpener::start);
     let metrics = serve_metrics(&opts)?;
     if let Some(warning) = privileges::raise_memlock() {
         eprintln!("wstrace: warning: {warning}");
@@ -201,7 +201,7 @@ fn attach_probes(opts: &Options<'_>) -> Result<(Attached, usize)> {
         max_sockets: opts.common.max_sockets,
         ring_bytes,
         user_stack_bytes,
-        tls: opts.common.tls == crate::cli::TlsMode::Auto,
+        tls: opts.common.tls == crate::attach::TlsMode::Auto,
     };
     let attached = probes::attach(opts.common.probe, &settings, &offsets, &root)?;
     for s in &attached.skipped {

@@ -10,10 +10,11 @@
 //! - `output`: text, JSON lines, the log file, metrics.
 //!
 //! `model` holds the types every stage shares; `daemon` runs the stages in
-//! order; `demo` runs them against a built-in server; `report` reads
+//! order; `demo` runs them against a built-in server; `check` is `--check`; `report` reads
 //! recorded JSON lines back. Imports point one way: a stage uses `model` and
 //! the stages before it, never one after it.
 mod attach;
+mod check;
 mod cli;
 mod daemon;
 mod demo;
@@ -85,7 +86,7 @@ async fn run_floor(args: &cli::FloorArgs) -> anyhow::Result<()> {
 
 async fn run_trace(args: &cli::TraceArgs) -> anyhow::Result<()> {
     if args.check {
-        return attach::check::run(&args.common);
+        return check::run(&args.common.btf);
     }
     let duration = match args.duration {
         Some(d) if !(d.is_finite() && d > 0.0) => {

@@ -16,23 +16,19 @@ use serde_json::{Value, json};
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-/// Fails (or, with WSTRACE_TEST_ALLOW_SKIP=1, skips) when a tool is missing.
-fn require_tools(test: &str) -> bool {
+/// Fails (or, with WSTRACE_TEST_ALLOW_SKIP=1, skips: the harness's one
+/// gate) when a tool is missing.
+fn require_tools(_test: &str) -> bool {
     let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
         .into_iter()
         .filter(|t| !Path::new(t).is_file())
         .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let why = format!(
-        "missing {missing:?}: run `cargo xtask setup` (installs Debian's chromium and chromium-driver)"
-    );
-    if std::env::var_os("WSTRACE_TEST_ALLOW_SKIP").is_some() {
-        eprintln!("\n!!! SKIPPED: {test}: {why} !!!\n");
-        return false;
-    }
-    panic!("{test}: {why} (set WSTRACE_TEST_ALLOW_SKIP=1 to skip)");
+    wstrace_scenarios::harness::require(
+        missing.is_empty(),
+        &format!(
+            "missing {missing:?}: run `cargo xtask setup` (installs Debian's chromium and chromium-driver)"
+        ),
+    )
 }
 
 fn fleet_files() -> Vec<PathBuf> {

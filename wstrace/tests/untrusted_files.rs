@@ -13,29 +13,24 @@ use std::{
     time::{Duration, Instant},
 };
 
+use wstrace_scenarios::harness::{require, require_root_because};
+
 fn wstrace() -> Command {
     Command::new(env!("CARGO_BIN_EXE_wstrace"))
 }
 
-fn is_root() -> bool {
-    // SAFETY: plain getter.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// True when the test can run (as root if `root`, with `tools`); fails
-/// otherwise unless skipping is allowed.
-fn can_run(test: &str, root: bool, tools: &[&str]) -> bool {
-    let missing: Vec<&&str> = tools.iter().filter(|t| !Path::new(t).is_file()).collect();
-    let why = match (root && !is_root(), missing.is_empty()) {
-        (false, true) => return true,
-        (true, _) => "needs root".to_string(),
-        (false, false) => format!("missing {missing:?}"),
-    };
-    if std::env::var_os("WSTRACE_TEST_ALLOW_SKIP").is_some() {
-        eprintln!("\n!!! SKIPPED: {test}: {why} !!!\n");
+/// otherwise, unless WSTRACE_TEST_ALLOW_SKIP=1 (the harness's one gate).
+fn can_run(_test: &str, root: bool, tools: &[&str]) -> bool {
+    if root && !require_root_because("reads files as another user and loads BPF") {
         return false;
     }
-    panic!("{test}: {why} (set WSTRACE_TEST_ALLOW_SKIP=1 to skip)");
+    tools.iter().all(|t| {
+        require(
+            Path::new(t).is_file(),
+            &format!("missing {t}: run `cargo xtask setup`"),
+        )
+    })
 }
 
 fn dir(name: &str, mode: u32) -> PathBuf {

@@ -124,10 +124,13 @@ pub fn native() -> Result<()> {
 }
 
 pub fn run(args: &BuildArgs) -> Result<()> {
-    setup::run()?;
     match &args.target {
-        None => native(),
+        None => {
+            setup::run(setup::For::Run)?;
+            native()
+        }
         Some(triple) => {
+            setup::for_cross_build()?;
             let cross = cross(triple)?;
             cross.build()?;
             println!(

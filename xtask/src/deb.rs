@@ -17,7 +17,11 @@ const MUST_CONTAIN: &[(&str, &str)] = &[
 /// Builds the package for this machine, or for `target` (a triple known to
 /// [`build::cross`]) from the cross-built binary.
 pub fn run(target: Option<&str>) -> Result<PathBuf> {
-    setup::run()?;
+    match target {
+        Some(_) => setup::for_cross_build()?,
+        None => setup::run(setup::For::Run)?,
+    }
+    setup::for_deb()?;
     let cross = target.map(build::cross).transpose()?;
     match cross {
         Some(cross) => cross.build()?,

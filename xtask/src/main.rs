@@ -1,11 +1,12 @@
 //! Project automation for wstrace: `cargo xtask <command>`.
 //!
-//! - `setup`: bootstrap the toolchain a fresh Debian machine needs (nightly
-//!   rust-src, bpf-linker built against nightly's LLVM, QEMU, busybox ...).
+//! - `setup`: bootstrap what a fresh Debian machine needs: `--for run` the
+//!   toolchain (nightly rust-src, bpf-linker built against nightly's LLVM);
+//!   `--for test` (the default) also the test lab (QEMU, busybox, nginx ...).
 //! - `vm`: the kernel matrix: boot Debian's 5.10 / 6.1 / 6.12 cloud kernels in
 //!   QEMU and run the scenarios there with every probe set.
 //! - `build`: the release binaries, for this machine or `--target` (arm64).
-//! - `run`: set up, build and run wstrace (default: `wstrace demo`).
+//! - `run`: set up the toolchain only, build and run wstrace (default: `wstrace demo`).
 //! - `test`: everything CI runs (setup, build, tests, kernel matrix).
 //! - `bench`: what wstrace costs (on demand, not in `test`): BENCHMARKS.md.
 
@@ -41,8 +42,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what building and testing needs (idempotent; a fast no-op when done).
-    Setup,
+    /// Install what building and testing needs (idempotent; a fast no-op when done); `--for run`: only what building and running wstrace needs.
+    Setup(setup::SetupArgs),
     /// Build the release binaries (wstrace, ws-scenario), for this machine or cross-compiled with --target.
     Build(build::BuildArgs),
     /// Set up, build and run wstrace (under sudo when not root) [default: `wstrace demo`].
@@ -60,7 +61,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Setup => setup::run(),
+        Command::Setup(args) => setup::run(args.purpose),
         Command::Build(args) => build::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Deb(args) => deb::run(args.target.as_deref()).map(|_| ()),

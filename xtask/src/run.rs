@@ -16,7 +16,8 @@ pub struct RunArgs {
 }
 
 pub fn run(args: &RunArgs) -> Result<()> {
-    setup::run()?;
+    // Only what running needs: not the test lab (QEMU, chromium ...).
+    setup::run(setup::For::Run)?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     process::run(
         Command::new(cargo)

@@ -1,5 +1,12 @@
 //! `cargo xtask setup`: bootstrap a fresh machine (Debian bookworm with rustup).
 //!
+//! What is installed depends on what for ([`For`]): running wstrace needs
+//! only the toolchain that builds it (nightly, rust-src, bpf-linker); a
+//! cross build adds its target and linker; a `.deb` adds cargo-deb; the
+//! tests add everything else (QEMU, chromium, nginx, prometheus, the venv,
+//! npm's ws ...). `cargo xtask run` asks for the first only, so a fresh
+//! machine shows the demo without downloading the test lab.
+//!
 //! Every step first checks whether its work is already done, so a second run
 //! is a quick no-op and CI can call it unconditionally.
 
@@ -7,6 +14,37 @@ use crate::{llvm, process};
 use anyhow::{Context as _, Result, bail};
 use std::process::Command;
 use std::time::Instant;
+
+/// What setup installs for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum For {
+    /// Building and running wstrace on this machine: the nightly toolchain,
+    /// rust-src and bpf-linker.
+    Run,
+    /// Everything the tests, cross builds and packages need as well.
+    #[default]
+    Test,
+}
+
+#[derive(clap::Args)]
+pub struct SetupArgs {
+    /// What to install for: `run` (build and run wstrace) or `test`
+    /// (everything `cargo xtask test` needs).
+    #[arg(long = "for", value_enum, default_value_t = For::Test)]
+    pub purpose: For,
+}
+
+/// Debian packages the arm64 cross build needs.
+const CROSS_APT_PACKAGES: &[(&str, &str)] = &[
+    (
+        "gcc-aarch64-linux-gnu",
+        "links the arm64 build (`cargo xtask build --target aarch64-unknown-linux-gnu`)",
+    ),
+    (
+        "libc6-dev-arm64-cross",
+        "the arm64 C runtime and libc the arm64 build links against (and its VMs load)",
+    ),
+];
 
 /// Debian packages the tests need, with why (printed when installing).
 const APT_PACKAGES: &[(&str, &str)] = &[
@@ -47,14 +85,6 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "g++",
         "builds the C++ server with a hot/cold split function of the user-stack tests",
     ),
-    (
-        "gcc-aarch64-linux-gnu",
-        "links the arm64 build (`cargo xtask build --target aarch64-unknown-linux-gnu`)",
-    ),
-    (
-        "libc6-dev-arm64-cross",
-        "the arm64 C runtime and libc the arm64 build links against (and its VMs load)",
-    ),
 ];
 
 /// PyPI packages for the diagnosis tests, installed into [`venv_dir`].
@@ -66,19 +96,43 @@ const PIP_PACKAGES: &[&str] = &["websockets==13.1"];
 /// as operators run it.
 const NPM_PACKAGES: &[(&str, &str)] = &[("ws", "8.23.0")];
 
-pub fn run() -> Result<()> {
+pub fn run(purpose: For) -> Result<()> {
     let start = Instant::now();
+    toolchain()?;
+    if purpose == For::Test {
+        cross_steps()?;
+        step("Debian packages", || ensure_packages(APT_PACKAGES))?;
+        step("Python test venv", ensure_venv)?;
+        step("Node test packages", ensure_node_modules)?;
+        step("cargo-deb", ensure_cargo_deb)?;
+    }
+    println!("setup: done in {}", process::secs(start.elapsed()));
+    Ok(())
+}
+
+/// What building wstrace for this machine needs.
+fn toolchain() -> Result<()> {
     step("rustup", check_rustup)?;
     step("nightly toolchain", ensure_nightly)?;
     step("nightly rust-src", ensure_rust_src)?;
-    step("bpf-linker", ensure_bpf_linker)?;
+    step("bpf-linker", ensure_bpf_linker)
+}
+
+fn cross_steps() -> Result<()> {
     step("rust cross targets", ensure_rust_targets)?;
-    step("Debian packages", ensure_apt_packages)?;
-    step("Python test venv", ensure_venv)?;
-    step("Node test packages", ensure_node_modules)?;
-    step("cargo-deb", ensure_cargo_deb)?;
-    println!("setup: done in {}", process::secs(start.elapsed()));
-    Ok(())
+    step("cross toolchain packages", || ensure_packages(CROSS_APT_PACKAGES))
+}
+
+/// What a cross build needs: the toolchain, the targets' standard
+/// libraries and the cross linker.
+pub fn for_cross_build() -> Result<()> {
+    toolchain()?;
+    cross_steps()
+}
+
+/// What `cargo xtask deb` needs besides the build: cargo-deb.
+pub fn for_deb() -> Result<()> {
+    step("cargo-deb", ensure_cargo_deb)
 }
 
 /// Runs one step and prints `setup: <name>: <what happened> (<time>)`.
@@ -195,9 +249,6 @@ fn ensure_bpf_linker() -> Result<String> {
     }
 }
 
-fn ensure_apt_packages() -> Result<String> {
-    ensure_packages(APT_PACKAGES)
-}
 
 /// Installs whichever of `packages` (name, why) are missing.
 pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<String> {

@@ -32,7 +32,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     )?;
     type Phase<'a> = (&'static str, Box<dyn FnOnce() -> Result<()> + 'a>);
     let phases: Vec<Phase> = vec![
-        ("setup", Box::new(setup::run)),
+        ("setup", Box::new(|| setup::run(setup::For::Test))),
         // Default members: everything but the eBPF crate, which only builds for
         // the bpf target and is built (and embedded) by wstrace's build script.
         ("build", Box::new(crate::build::native)),

@@ -22,7 +22,6 @@ use aya::{
 use wstrace_common::{ABSENT, KernelConfig, ProbeSet};
 
 pub mod btf;
-pub mod check;
 pub mod error;
 pub mod floor;
 pub mod perf;
@@ -39,6 +38,13 @@ use retprobe::RetProbe;
 
 /// The object built by build.rs from wstrace-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wstrace"));
+
+/// `--tls`: whether wss:// servers get uprobes (the attach stage opens them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsMode {
+    Auto,
+    Off,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProbeChoice {

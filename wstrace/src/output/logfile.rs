@@ -528,12 +528,7 @@ mod tests {
 
     impl Tmpfs {
         fn mount(name: &str, size: &str) -> Option<Tmpfs> {
-            if rustix::process::geteuid().as_raw() != 0 {
-                assert!(
-                    std::env::var_os("WSTRACE_TEST_ALLOW_SKIP").is_some(),
-                    "{name} needs root to mount a small tmpfs (set WSTRACE_TEST_ALLOW_SKIP=1 to skip)"
-                );
-                eprintln!("SKIPPED: {name}: not root");
+            if !crate::testenv::require_root(&format!("{name} mounts a small tmpfs")) {
                 return None;
             }
             let d = dir(name);

@@ -362,13 +362,9 @@ mod tests {
         let d = dir("owner");
         let p = d.join("out.log");
         std::fs::write(&p, "theirs\n").expect("write");
-        if rustix::process::geteuid().as_raw() != 0 {
-            // Only root can give a file away; as another user, their files are
-            // refused by the same check (tested by the root run).
-            assert!(
-                std::env::var_os("WSTRACE_TEST_ALLOW_SKIP").is_some(),
-                "file_of_another_user_is_refused needs root (set WSTRACE_TEST_ALLOW_SKIP=1 to skip)"
-            );
+        // Only root can give a file away; as another user, their files are
+        // refused by the same check (tested by the root run).
+        if !crate::testenv::require_root("chowns a file to another user") {
             return;
         }
         std::os::unix::fs::chown(&p, Some(65534), Some(65534)).expect("chown");

@@ -104,7 +104,7 @@ pub struct KernelCost {
     pub probe_set: String,
     pub loads: Vec<(Load, Vec<CostRound>)>,
     /// Seconds from spawn to attached: wstrace (`--probe` as given) to its
-    /// `tracing port` line, bpftrace to the READY its BEGIN prints.
+    /// `--ready-file` (written once attached), bpftrace to the READY its BEGIN prints.
     pub startup_wstrace: Vec<f64>,
     pub startup_bpftrace: Vec<f64>,
     /// `--probe` as given to wstrace.
@@ -598,8 +598,8 @@ pub fn render(k: &KernelCost) -> String {
             format!("**MISSED** ({:.2}×)", w / b)
         };
         md.push_str(&format!(
-            "\n### Start-up to attached\n\nFrom spawn to wstrace's `tracing port` line (`--probe {}`; the same moment as \
-             `--ready-file` and sd_notify READY=1) and to the READY the bpftrace script's BEGIN prints, median of {} runs \
+            "\n### Start-up to attached\n\nFrom spawn to wstrace's `--ready-file` appearing (`--probe {}`; the same moment as its `tracing port` line \
+             and sd_notify READY=1) and to the READY the bpftrace script's BEGIN prints, median of {} runs \
              each, interleaved.\n\n| wstrace | bpftrace script | wstrace ÷ bpftrace | goal (≤ {STARTUP_GOAL_VS_BPFTRACE}×) |\n|-:|-:|-:|-|\n\
              | {:.0} ms | {:.0} ms | {:.2}× | {goal} |\n",
             k.probe_set_arg,

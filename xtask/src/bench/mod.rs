@@ -34,7 +34,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead as _, BufReader, Read as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
@@ -196,7 +196,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.rounds == 0 || !(args.secs >= 1.0) {
         bail!("--rounds must be at least 1 and --secs at least 1.0");
     }
-    setup::run()?;
+    setup::run(setup::For::Test)?;
     println!(
         "setup: benchmark tools: {}",
         setup::ensure_packages(&[
@@ -389,6 +389,8 @@ struct Proc {
     stderr: Arc<Mutex<String>>,
     name: String,
     reaped: bool,
+    /// wstrace's `--metrics` address, for its loss counters.
+    metrics: Option<std::net::SocketAddr>,
 }
 
 impl Proc {
@@ -432,7 +434,50 @@ impl Proc {
             stderr,
             name: name.to_string(),
             reaped: false,
+            metrics: None,
         })
+    }
+
+    /// Waits until `path` (wstrace's `--ready-file`) names this process
+    /// (`pid=<pid>`; a stale file names another): attached. Returns the
+    /// file's text.
+    fn wait_ready_file(&mut self, path: &Path, timeout: Duration) -> Result<String> {
+        let want = format!("pid={}", self.child.id());
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.lines().any(|l| l == want) {
+                return Ok(text);
+            }
+            if let Some(status) = self.child.try_wait()? {
+                self.reaped = true;
+                bail!(
+                    "{} exited ({status}) before attaching: {}",
+                    self.name,
+                    self.stderr_text().trim()
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        bail!(
+            "{} did not write {} within {}: {}",
+            self.name,
+            path.display(),
+            process::secs(timeout),
+            self.stderr_text().trim()
+        )
+    }
+
+    /// `wstrace_lost_events_total` summed over reasons, from the process's
+    /// `--metrics` (see [`spawn_wstrace`]).
+    fn lost_events(&self) -> Result<u64> {
+        let addr = self
+            .metrics
+            .with_context(|| format!("{} was started without --metrics", self.name))?;
+        let body = wstrace_scenarios::harness::tracer::scrape(addr)?;
+        Ok(wstrace_scenarios::harness::tracer::parse_lost_events(&body)
+            .values()
+            .sum())
     }
 
     fn stderr_text(&self) -> String {
@@ -581,6 +626,21 @@ fn server(bins: &Bins, mode: &str, port: u16, cpu: Option<u32>) -> Result<Proc> 
     Ok(p)
 }
 
+/// Spawns wstrace (`cmd`, tracing `port`) with a `--ready-file` in the work
+/// directory and `--metrics` on a free loopback port: ready and losses are
+/// read from those, not from its stderr. Returns it and the ready file.
+fn spawn_wstrace(bins: &Bins, port: u16, cmd: &mut Command) -> Result<(Proc, PathBuf)> {
+    let ready = bins.work.join(format!("wstrace-{port}.ready"));
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], wstrace_scenarios::harness::free_port()));
+    cmd.arg("--ready-file")
+        .arg(&ready)
+        .arg("--metrics")
+        .arg(metrics.to_string());
+    let mut p = Proc::spawn("wstrace", cmd)?;
+    p.metrics = Some(metrics);
+    Ok((p, ready))
+}
+
 /// Starts `tracer` and returns once it is attached.
 fn start_tracer(
     bins: &Bins,
@@ -606,11 +666,11 @@ fn start_tracer(
             if tracer == Tracer::WstraceFp {
                 cmd.args(["--user-stack", "fp"]);
             }
-            let p = Proc::spawn("wstrace", &mut cmd)?;
-            let line = p.wait_for("wstrace: tracing port", true, Duration::from_secs(30))?;
-            // "wstrace: tracing port 18801 with tracepoint probes"
-            if let Some(set) = line.split(" with ").nth(1) {
-                *probe_set = set.trim_end_matches(" probes").to_string();
+            let (mut p, ready) = spawn_wstrace(bins, port, &mut cmd)?;
+            let content = p.wait_ready_file(&ready, Duration::from_secs(30))?;
+            // "probes=tracepoint\npid=1234"
+            if let Some(set) = content.lines().find_map(|l| l.strip_prefix("probes=")) {
+                *probe_set = set.to_string();
             }
             p
         }
@@ -745,14 +805,15 @@ fn churn_run(
         }
     }
     let peak = p.peak_rss_mib();
+    // The counters as the daemon last polled them, after the reports caught
+    // up (or 10 s): what it lost during the load.
+    run.lost = p.lost_events()?;
     run.daemon = Some(p.stop(libc::SIGINT)?.with_peak(peak));
     reports.extend(
         p.drain_lines()
             .iter()
             .filter_map(|(at, line)| Some((*at, remote_port(line)?))),
     );
-    let stderr = p.stderr_text();
-    run.lost = lost_total(&stderr);
     run.reports = reports.len() as u64;
     let eofs = std::fs::read_to_string(&eof_log)
         .with_context(|| format!("reading {}", eof_log.display()))?;
@@ -761,15 +822,6 @@ fn churn_run(
     run.close_to_report_p50_us = percentile(&lat, 0.50);
     run.close_to_report_p99_us = percentile(&lat, 0.99);
     Ok(run)
-}
-
-/// "wstrace: 12 events were lost in total (ring buffer full)" → 12; none printed → 0.
-fn lost_total(stderr: &str) -> u64 {
-    stderr
-        .lines()
-        .filter(|l| l.contains("events were lost in total"))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum()
 }
 
 /// The remote port of a JSON report line (`"remote":"127.0.0.1:43462"` or `"[::1]:43462"`).
@@ -1340,16 +1392,6 @@ mod tests {
         assert!(close_to_report_us("1 4\nbad line\n", &reports) == vec![0.001]);
     }
 
-    #[test]
-    fn lost_total_reads_the_exit_line_only() {
-        let stderr = "wstrace: warning: 3 events lost (ring buffer full); reports may be missing\n\
-                      wstrace: 7 events were lost in total (ring buffer full)\n";
-        assert_eq!(lost_total(stderr), 7);
-        assert_eq!(
-            lost_total("wstrace: tracing port 1 with tracepoint probes\n"),
-            0
-        );
-    }
 
     #[test]
     fn remote_port_reads_v4_and_v6() {

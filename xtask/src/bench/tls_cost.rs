@@ -17,7 +17,7 @@
 //! (wstrace-scenarios/tests/tls.rs checks it): only the server pays this.
 
 use super::kernel_cost::{Delta, StatsOn, prog_ids_of, prog_stats};
-use super::{BenchArgs, Bins, Proc, median};
+use super::{BenchArgs, Bins, Proc, median, spawn_wstrace};
 use crate::process;
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
@@ -195,8 +195,9 @@ impl Files {
 /// wstrace on [`TLS_PORT`] with `--tls tls`; with `auto`, returns once the
 /// server (started before it) is covered.
 fn wstrace(bins: &Bins, args: &BenchArgs, tls: &str, server: u32) -> Result<Proc> {
-    let p = Proc::spawn(
-        "wstrace",
+    let (mut p, ready) = spawn_wstrace(
+        bins,
+        TLS_PORT,
         Command::new(&bins.wstrace).args([
             "--port",
             &TLS_PORT.to_string(),
@@ -208,7 +209,7 @@ fn wstrace(bins: &Bins, args: &BenchArgs, tls: &str, server: u32) -> Result<Proc
             tls,
         ]),
     )?;
-    p.wait_for("wstrace: tracing port", true, Duration::from_secs(30))?;
+    p.wait_ready_file(&ready, Duration::from_secs(30))?;
     if tls == "auto" {
         let needle = format!("tls: pid {server} (python3): OpenSSL covered");
         p.wait_for(&needle, true, Duration::from_secs(10))

@@ -1,15 +1,21 @@
 //! `wstrace --check`: what this host supports, step by step, without
 //! tracing anything: for fleet roll-outs and bug reports. Exit status 1 when
 //! no probe set can work here.
+//!
+//! A top-level command beside `daemon` and `demo`, not part of the `attach`
+//! stage: it is handed the one option it reads (the BTF path), so no stage
+//! imports `cli`.
+use std::path::Path;
+
 use anyhow::{Result, bail};
 
 use crate::attach::{self as probes, btf, privileges, tracefs};
-use crate::cli::CommonArgs;
 
 /// A port no server is expected on; the probes attach but see nothing.
 const CHECK_PORT: u16 = 1;
 
-pub fn run(common: &CommonArgs) -> Result<()> {
+/// `btf`: the kernel BTF to read struct offsets from (`--btf`).
+pub fn run(btf_path: &Path) -> Result<()> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!(
         "wstrace {} on Linux {} ({})",
@@ -30,12 +36,12 @@ pub fn run(common: &CommonArgs) -> Result<()> {
             .map(|()| "can load eBPF (root or CAP_BPF+CAP_PERFMON)".into())
             .map_err(|e| format!("{e:#}")),
     );
-    let offsets = btf::resolve(&common.btf);
+    let offsets = btf::resolve(btf_path);
     let btf_ok = line(
         "kernel BTF",
         offsets
             .as_ref()
-            .map(|_| common.btf.display().to_string())
+            .map(|_| btf_path.display().to_string())
             .map_err(|e| format!("{e:#}")),
     );
     let root = tracefs::ensure_mounted();

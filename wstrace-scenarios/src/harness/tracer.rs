@@ -1,0 +1,689 @@
+//! The one wstrace launcher of the tests and of `ws-scenario check`.
+//!
+//! - Ready means the `--ready-file` appeared with the child's pid in it,
+//!   never a line of stderr prose.
+//! - Losses come from `--metrics` (`wstrace_lost_events_total{reason}`),
+//!   never from stderr prose.
+//! - The binary: cargo gives `CARGO_BIN_EXE_<name>` only to the tests of
+//!   the package that owns the binary, and `wstrace` is another package;
+//!   building it from inside a test would run cargo under cargo (the same
+//!   target dir, its lock, minutes of a silent test). So [`wstrace_bin`]
+//!   takes `target/release/wstrace` and fails when any file cargo built it
+//!   from is newer than it. Those files are cargo's own list, the dep-info
+//!   `target/release/wstrace.d` written beside the binary (every source of
+//!   the crate and its path dependencies, the build script's
+//!   rerun-if-changed inputs: the eBPF crate, bpf-linker), so a file cargo
+//!   does not rebuild for (a `#[cfg(test)]` module) never makes it stale,
+//!   and the tests never run a binary older than its sources.
+//!   `ws-scenario check` is handed its binary (`--wstrace`; in the VMs
+//!   there are no sources).
+use std::{
+    collections::BTreeMap,
+    ffi::OsString,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{Kill, free_port};
+
+/// The symbolization budget wstrace gets unless the caller gives one: the
+/// tests check named frames, not the budget, and the first symbolization
+/// of a binary (parsing its debug info) can take longer than the 2 s
+/// default on a loaded 2-CPU host or in an emulated (TCG) guest.
+pub const SYMBOLIZE_TIMEOUT: &str = "--symbolize-timeout=60";
+
+/// How long wstrace may take to load and attach (QEMU TCG is slow).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The workspace's target directory ($CARGO_TARGET_DIR or `target/`).
+pub fn target() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The inputs of a makefile-style dep-info file (`target: a b\ c ...`),
+/// as cargo writes it beside each artifact.
+pub fn dep_info_inputs(text: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        // The target ends at the first ": " (or a trailing ':').
+        let Some(i) = line
+            .find(": ")
+            .or_else(|| line.strip_suffix(':').map(str::len))
+        else {
+            continue;
+        };
+        let mut word = String::new();
+        let mut chars = line[i + 1..].chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some(next) = chars.next() {
+                        word.push(next);
+                    }
+                }
+                ' ' | '\t' => {
+                    if !word.is_empty() {
+                        out.push(PathBuf::from(std::mem::take(&mut word)));
+                    }
+                }
+                c => word.push(c),
+            }
+        }
+        if !word.is_empty() {
+            out.push(PathBuf::from(word));
+        }
+    }
+    out
+}
+
+/// The newest file under `paths` (directories walked; missing paths
+/// skipped) and its modification time.
+pub fn newest_file(paths: &[PathBuf]) -> Option<(PathBuf, SystemTime)> {
+    let mut newest: Option<(PathBuf, SystemTime)> = None;
+    let mut stack: Vec<PathBuf> = paths.to_vec();
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(dir) = std::fs::read_dir(&p) {
+                stack.extend(dir.flatten().map(|e| e.path()));
+            }
+        } else if let Ok(t) = meta.modified() {
+            if newest.as_ref().is_none_or(|(_, n)| t > *n) {
+                newest = Some((p, t));
+            }
+        }
+    }
+    newest
+}
+
+/// `bin` if it is at least as new as every input its dep-info (`bin.d`)
+/// lists.
+pub fn fresh(bin: &Path) -> Result<PathBuf> {
+    let how = "run `cargo build --release -p wstrace` before the tests (`cargo xtask test` does)";
+    let built = std::fs::metadata(bin)
+        .and_then(|m| m.modified())
+        .with_context(|| format!("{} missing: {how}", bin.display()))?;
+    let dep_info = bin.with_extension("d");
+    let text = std::fs::read_to_string(&dep_info).with_context(|| {
+        format!(
+            "{} missing (cargo writes it with the binary): {how}",
+            dep_info.display()
+        )
+    })?;
+    if let Some((file, changed)) = newest_file(&dep_info_inputs(&text)) {
+        if changed > built {
+            bail!(
+                "{} is older than {} (changed after the last build): {how}",
+                bin.display(),
+                file.display()
+            );
+        }
+    }
+    Ok(bin.to_path_buf())
+}
+
+/// `target/release/wstrace`, checked to be newer than its sources; panics
+/// (a failed test) with what to run otherwise.
+pub fn wstrace_bin() -> PathBuf {
+    fresh(&target().join("release/wstrace")).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// How to start one wstrace: ports, format, extra arguments, environment.
+pub struct TracerOptions {
+    bin: PathBuf,
+    ports: Vec<u16>,
+    format: String,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    ready_file: Option<PathBuf>,
+    metrics: bool,
+    echo: bool,
+    ready_timeout: Duration,
+}
+
+impl TracerOptions {
+    /// The freshly built `target/release/wstrace` ([`wstrace_bin`]).
+    pub fn new() -> TracerOptions {
+        TracerOptions::with_binary(wstrace_bin())
+    }
+
+    /// `bin` as given (the VMs hand theirs to `ws-scenario check`).
+    pub fn with_binary(bin: PathBuf) -> TracerOptions {
+        TracerOptions {
+            bin,
+            ports: Vec::new(),
+            format: "json".into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            ready_file: None,
+            metrics: false,
+            echo: true,
+            ready_timeout: READY_TIMEOUT,
+        }
+    }
+
+    pub fn port(mut self, port: u16) -> Self {
+        self.ports.push(port);
+        self
+    }
+
+    pub fn ports(mut self, ports: &[u16]) -> Self {
+        self.ports.extend_from_slice(ports);
+        self
+    }
+
+    /// `--format` (`json`, the default, or `text`).
+    pub fn format(mut self, format: &str) -> Self {
+        self.format = format.into();
+        self
+    }
+
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<S: Into<OsString> + Clone>(mut self, args: &[S]) -> Self {
+        self.args.extend(args.iter().cloned().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// The `--ready-file` path (default: one in a private temporary
+    /// directory). A stale file there is fine: ready is the child's pid.
+    pub fn ready_file(mut self, path: &Path) -> Self {
+        self.ready_file = Some(path.to_path_buf());
+        self
+    }
+
+    /// Serve `--metrics` on a free loopback port, for
+    /// [`Tracer::lost_events`].
+    pub fn metrics(mut self) -> Self {
+        self.metrics = true;
+        self
+    }
+
+    /// Echo wstrace's stderr as it comes (default: yes; libtest shows it
+    /// for failing tests only).
+    pub fn echo(mut self, echo: bool) -> Self {
+        self.echo = echo;
+        self
+    }
+
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    fn has_arg(&self, name: &str) -> bool {
+        self.args.iter().any(|a| {
+            let a = a.to_string_lossy();
+            a == name || a.starts_with(&format!("{name}="))
+        })
+    }
+
+    /// Starts wstrace and returns once its ready file names it, or the
+    /// error (it exited, or did not attach in time) with its last stderr.
+    pub fn start(self) -> Result<Tracer> {
+        let private = TempDir::new("tracer")?;
+        let ready = self
+            .ready_file
+            .clone()
+            .unwrap_or_else(|| private.0.join("wstrace.ready"));
+        let mut cmd = Command::new(&self.bin);
+        for p in &self.ports {
+            cmd.arg("--port").arg(p.to_string());
+        }
+        cmd.args(["--format", &self.format]);
+        if !self.has_arg("--symbolize-timeout") {
+            cmd.arg(SYMBOLIZE_TIMEOUT);
+        }
+        let metrics = if self.metrics && !self.has_arg("--metrics") {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            cmd.arg("--metrics").arg(addr.to_string());
+            Some(addr)
+        } else {
+            None
+        };
+        cmd.arg("--ready-file").arg(&ready);
+        cmd.args(&self.args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        {
+            use std::os::unix::process::CommandExt as _;
+            // Its own group: the uprobe helper it forks dies with it.
+            cmd.process_group(0);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().context("wstrace's stdout")?;
+        let err = child.stderr.take().context("wstrace's stderr")?;
+        let sink = stdout.clone();
+        let stdout_done = std::thread::spawn(move || {
+            let mut r = BufReader::new(out);
+            loop {
+                // Raw lines, the trailing newline kept: a torn last line shows.
+                let mut line = String::new();
+                match r.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => lock(&sink).push(line),
+                }
+            }
+        });
+        let (sink, echo) = (stderr.clone(), self.echo);
+        let stderr_done = std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if echo {
+                    eprintln!("{line}");
+                }
+                lock(&sink).push(line);
+            }
+        });
+        let mut t = Tracer {
+            child: Kill(child),
+            stdout,
+            stderr,
+            stdout_done: Some(stdout_done),
+            stderr_done: Some(stderr_done),
+            metrics,
+            ready_content: String::new(),
+            _private: private,
+        };
+        t.ready_content = t.wait_ready(&ready, self.ready_timeout)?;
+        Ok(t)
+    }
+}
+
+impl Default for TracerOptions {
+    fn default() -> Self {
+        TracerOptions::new()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A private temporary directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Result<TempDir> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "wstrace-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        Ok(TempDir(d))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running wstrace, its stdout and stderr collected line by line.
+pub struct Tracer {
+    pub child: Kill,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    stdout_done: Option<JoinHandle<()>>,
+    stderr_done: Option<JoinHandle<()>>,
+    metrics: Option<SocketAddr>,
+    ready_content: String,
+    _private: TempDir,
+}
+
+impl Tracer {
+    /// `wstrace --port PORT --format json EXTRA…`, returned once attached;
+    /// panics (fails the test) if it does not attach.
+    pub fn start(port: u16, extra: &[&str]) -> Tracer {
+        Tracer::start_format(port, "json", extra)
+    }
+
+    /// `start` with `--format FORMAT` (`text` or `json`). Unless `extra`
+    /// sets one, wstrace gets [`SYMBOLIZE_TIMEOUT`].
+    pub fn start_format(port: u16, format: &str, extra: &[&str]) -> Tracer {
+        TracerOptions::new()
+            .port(port)
+            .format(format)
+            .args(extra)
+            .start()
+            .unwrap_or_else(|e| panic!("wstrace did not attach: {e:#}"))
+    }
+
+    /// Polls for `path` to hold `pid=<child's pid>` (a stale file from an
+    /// earlier run names another pid), failing early if the child exits.
+    fn wait_ready(&mut self, path: &Path, timeout: Duration) -> Result<String> {
+        let want = format!("pid={}", self.child.0.id());
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.lines().any(|l| l == want) {
+                return Ok(text);
+            }
+            if let Some(status) = self.child.0.try_wait().context("waiting for wstrace")? {
+                // Its stderr ends with it: take all of it for the error.
+                if let Some(h) = self.stderr_done.take() {
+                    let _ = h.join();
+                }
+                bail!(
+                    "wstrace exited ({status}) before attaching:\n{}",
+                    self.stderr_text()
+                );
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "wstrace did not attach within {timeout:?} (no {want} in {}):\n{}",
+                    path.display(),
+                    self.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What the ready file said (`probes=<set>`, `pid=<pid>`).
+    pub fn ready_content(&self) -> &str {
+        &self.ready_content
+    }
+
+    /// The probe set wstrace attached (from the ready file).
+    pub fn probe_set(&self) -> Option<&str> {
+        self.ready_content
+            .lines()
+            .find_map(|l| l.strip_prefix("probes="))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.0.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits for exit and for stdout and stderr to be drained.
+    pub fn wait(&mut self) -> ExitStatus {
+        let status = self.child.0.wait().expect("wait for wstrace");
+        for h in [self.stdout_done.take(), self.stderr_done.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = h.join();
+        }
+        status
+    }
+
+    /// SIGINT (wstrace's clean exit: detach, flush pending reports), then
+    /// waits up to `timeout` for the exit and the rest of its output.
+    pub fn interrupt(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        self.signal(libc::SIGINT);
+        let start = Instant::now();
+        loop {
+            if self.child.0.try_wait()?.is_some() {
+                return Ok(self.wait());
+            }
+            if start.elapsed() > timeout {
+                bail!("wstrace did not exit within {timeout:?} of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Raw stdout lines so far (each with its newline, unless torn).
+    pub fn raw_lines(&self) -> Vec<String> {
+        lock(&self.stdout).clone()
+    }
+
+    /// Every stdout line parsed; panics on a torn or invalid one.
+    pub fn reports(&self) -> Vec<serde_json::Value> {
+        self.try_reports().unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Every stdout line parsed, or which one is torn or not JSON.
+    pub fn try_reports(&self) -> Result<Vec<serde_json::Value>> {
+        self.raw_lines()
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                if !l.ends_with('\n') {
+                    bail!("line {} is torn: {l:?}", i + 1);
+                }
+                serde_json::from_str(l)
+                    .with_context(|| format!("line {} is not JSON: {l}", i + 1))
+            })
+            .collect()
+    }
+
+    /// Polls until `n` reports are in or `timeout` passes.
+    pub fn wait_for_reports(&self, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+        let start = Instant::now();
+        while self.raw_lines().len() < n && start.elapsed() < timeout {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.reports()
+    }
+
+    /// Polls until a report satisfies `pred` or `timeout` passes; returns
+    /// every report so far and whether one did.
+    pub fn wait_for_report(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> (Vec<serde_json::Value>, bool) {
+        let start = Instant::now();
+        loop {
+            let reports = self.reports();
+            let found = reports.iter().any(&pred);
+            if found || start.elapsed() > timeout {
+                return (reports, found);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stderr_text(&self) -> String {
+        lock(&self.stderr).join("\n")
+    }
+
+    /// `wstrace_lost_events_total` by reason, scraped from `--metrics`
+    /// ([`TracerOptions::metrics`]): what wstrace lost or evicted so far.
+    pub fn lost_events(&self) -> Result<BTreeMap<String, u64>> {
+        let addr = self
+            .metrics
+            .context("this wstrace was started without TracerOptions::metrics")?;
+        let body = scrape(addr)?;
+        Ok(parse_lost_events(&body))
+    }
+
+    /// The sum of [`Tracer::lost_events`].
+    pub fn lost_events_total(&self) -> Result<u64> {
+        Ok(self.lost_events()?.values().sum())
+    }
+
+    /// The kernel's ids of the BPF programs this process holds, from its fd
+    /// table (`/proc/<pid>/fdinfo/*` has a `prog_id:` line for program and
+    /// link fds).
+    pub fn prog_ids(&self) -> Vec<u32> {
+        let mut ids = Vec::new();
+        let dir = format!("/proc/{}/fdinfo", self.pid());
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}"));
+        for e in entries.flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            for l in text.lines() {
+                if let Some(id) = l.strip_prefix("prog_id:") {
+                    if let Ok(id) = id.trim().parse() {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
+
+/// `GET /metrics` from wstrace's metrics server: the body.
+pub fn scrape(addr: SocketAddr) -> Result<String> {
+    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connecting to wstrace's metrics on {addr}"))?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: wstrace\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    c.read_to_string(&mut out)
+        .with_context(|| format!("reading wstrace's metrics from {addr}"))?;
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no HTTP response from {addr}: {out:?}"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("metrics on {addr} answered {:?}", head.lines().next());
+    }
+    Ok(body.to_string())
+}
+
+/// `wstrace_lost_events_total{reason="R"} N` lines of a Prometheus text
+/// exposition, by reason.
+pub fn parse_lost_events(exposition: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix("wstrace_lost_events_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once('}') else {
+            continue;
+        };
+        let reason = labels
+            .split(',')
+            .find_map(|l| l.trim().strip_prefix("reason=\""))
+            .and_then(|r| r.strip_suffix('"'))
+            .unwrap_or("");
+        if let Ok(n) = value.trim().parse::<f64>() {
+            *out.entry(reason.to_string()).or_insert(0) += n as u64;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_events_by_reason() {
+        let text = "# HELP wstrace_lost_events Events lost.\n\
+                    # TYPE wstrace_lost_events counter\n\
+                    wstrace_lost_events_total{reason=\"ring_full\"} 12\n\
+                    wstrace_lost_events_total{reason=\"max_sockets\"} 3\n\
+                    wstrace_lost_events_total_created 1.7e9\n\
+                    wstrace_reports_total 9\n\
+                    # EOF\n";
+        let lost = parse_lost_events(text);
+        assert_eq!(lost.get("ring_full"), Some(&12));
+        assert_eq!(lost.get("max_sockets"), Some(&3));
+        assert_eq!(lost.len(), 2);
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("wstrace-harness-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("src/deep")).expect("dir");
+        d
+    }
+
+    fn set_mtime(p: &Path, secs: u64) {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .and_then(|f| f.set_modified(t))
+            .expect("set mtime");
+    }
+
+    #[test]
+    fn dep_info_inputs_unescape_spaces() {
+        let d = "/t/release/wstrace: /w/src/main.rs /w/src/a\\ b.rs /w/ebpf\n\n/w/src/main.rs:\n";
+        assert_eq!(
+            dep_info_inputs(d),
+            vec![
+                PathBuf::from("/w/src/main.rs"),
+                PathBuf::from("/w/src/a b.rs"),
+                PathBuf::from("/w/ebpf"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_binary_older_than_any_input_is_refused() {
+        let d = scratch("fresh");
+        let (bin, old, new, unlisted) = (
+            d.join("wstrace"),
+            d.join("src/a.rs"),
+            d.join("src/deep/b.rs"),
+            d.join("test_only.rs"),
+        );
+        for p in [&bin, &old, &new, &unlisted] {
+            std::fs::write(p, "x").expect("write");
+        }
+        // The directory is walked; a missing input is skipped.
+        let inputs = format!(
+            "{}: {} {}\n",
+            bin.display(),
+            d.join("src").display(),
+            d.join("gone.rs").display()
+        );
+        std::fs::write(d.join("wstrace.d"), inputs).expect("dep-info");
+        set_mtime(&old, 1_000);
+        set_mtime(&new, 3_000);
+        set_mtime(&bin, 2_000);
+        set_mtime(&unlisted, 9_000);
+        let msg = format!("{:#}", fresh(&bin).expect_err("stale"));
+        assert!(
+            msg.contains("b.rs") && msg.contains("cargo build --release -p wstrace"),
+            "{msg}"
+        );
+        // A file the binary is not built from (a test module) never counts.
+        set_mtime(&bin, 3_000);
+        assert_eq!(fresh(&bin).expect("fresh"), bin);
+        std::fs::remove_file(d.join("wstrace.d")).expect("rm");
+        let msg = format!("{:#}", fresh(&bin).expect_err("no dep-info"));
+        assert!(msg.contains("wstrace.d missing"), "{msg}");
+        let msg = format!("{:#}", fresh(&d.join("nothing")).expect_err("missing"));
+        assert!(msg.contains("missing"), "{msg}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
