@@ -107,10 +107,16 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16, &str)) -> Result<
         .take_map("EVENTS")
         .context("EVENTS map missing from the object")?;
     let ring = RingBuf::try_from(ring).context("EVENTS is not a ring buffer")?;
+    // User stack copies (empty, one page, under --user-stack fp).
+    let stacks = attached
+        .ebpf
+        .take_map("STACKS")
+        .context("STACKS map missing from the object")?;
+    let stacks = Some(RingBuf::try_from(stacks).context("STACKS is not a ring buffer")?);
     let servers = probes::take_servers(&mut attached.ebpf);
     let kernel_peers =
         probes::take_peer_writers(&mut attached.ebpf).map(crate::enrich::peer::KernelPeers::new);
-    let reader = Reader::start(ring, queue_bytes)?;
+    let reader = Reader::start(ring, stacks, queue_bytes)?;
 
     let outputs = Outputs::new(
         opts.common.format,
@@ -146,6 +152,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16, &str)) -> Result<
         max_sockets: opts.common.max_sockets,
         limit: opts.count.unwrap_or(u64::MAX),
         losses_reported: Losses::default(),
+        stacks_elided: StacksElided::default(),
     };
     event_loop.run(opts.duration).await?;
     event_loop.shutdown().await
@@ -238,6 +245,9 @@ fn announce(opts: &Options<'_>, attached: &Attached, outputs: &Outputs) {
     // Every reason's series exists from the start, at 0.
     for (reason, _, _) in Losses::default().each() {
         outputs.events_lost(reason, 0);
+    }
+    for reason in ["budget", "ring_full"] {
+        outputs.stacks_elided(reason, 0);
     }
 }
 
@@ -441,6 +451,27 @@ struct EventLoop<'a> {
     limit: u64,
     /// What was already warned about and counted in the metrics.
     losses_reported: Losses,
+    /// Closes reported without a stack copy of their own (not losses).
+    stacks_elided: StacksElided,
+}
+
+/// Closes whose user stack copy the kernel did not make, by reason: said
+/// at exit beside the losses, and counted in `wstrace_stacks_elided_total`.
+#[derive(Clone, Copy, Debug, Default)]
+struct StacksElided {
+    /// The call site was over its copies a second.
+    budget: u64,
+    /// The stack ring was full.
+    ring_full: u64,
+}
+
+impl StacksElided {
+    fn count(&mut self, reason: &str) {
+        match reason {
+            "budget" => self.budget += 1,
+            _ => self.ring_full += 1,
+        }
+    }
 }
 
 /// Everything that can make a report go missing, by reason: nothing is
@@ -559,6 +590,10 @@ impl EventLoop<'_> {
         if ev.kind == EventKind::Upgrade {
             self.outputs.upgrade_seen();
         }
+        if let Some(reason) = ev.stacks.as_ref().and_then(|s| s.fate.elided_reason()) {
+            self.outputs.stacks_elided(reason, 1);
+            self.stacks_elided.count(reason);
+        }
         self.enricher.observe(&ev);
         self.enricher.unwind(&mut ev);
         for r in self.matcher.on_event(ev) {
@@ -655,6 +690,16 @@ impl EventLoop<'_> {
                 ),
                 _ => eprintln!("wstrace: in total: {n} {what} [{reason}]"),
             }
+        }
+        let e = self.stacks_elided;
+        if e.budget + e.ring_full > 0 {
+            eprintln!(
+                "wstrace: {} close(s) were reported without a user stack copy of their own: {} over their call site's {} copies a second (each names the site's last copy), {} with the stack ring full",
+                e.budget + e.ring_full,
+                e.budget,
+                wstrace_common::STACK_COPIES_PER_SITE,
+                e.ring_full
+            );
         }
         self.outputs.finish();
         Ok(self.outputs.printed)

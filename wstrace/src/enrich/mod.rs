@@ -9,6 +9,7 @@ pub mod hz;
 pub mod maps;
 pub mod peer;
 pub mod process;
+pub mod stack_cache;
 pub mod symbolize;
 pub mod tls;
 pub mod unwind;
@@ -20,8 +21,8 @@ use crate::attach::ServerSet;
 use wstrace_common::EventKind;
 
 use crate::model::{
-    CloseReport, Direction, Event, Killer, PeerProcess, ProcInfo, ProcessEnd, SignalSent, UserWalk,
-    Walk,
+    CloseReport, Direction, Event, Killer, PeerProcess, ProcInfo, ProcessEnd, SharedStack,
+    SignalSent, UserWalk, Walk,
 };
 use crate::protocol::{
     http::{self, RequestHead},
@@ -90,6 +91,8 @@ pub struct Enriched<'a> {
 pub struct Enricher {
     processes: ProcessTable,
     symbolizer: Symbolizer,
+    /// Unwinds of recent stack copies, for closes that name one.
+    stack_cache: stack_cache::StackCache,
     redactor: Redactor,
     clock: Clock,
     host: String,
@@ -122,6 +125,7 @@ impl Enricher {
         Self {
             processes: ProcessTable::default(),
             symbolizer: Symbolizer::new(),
+            stack_cache: stack_cache::StackCache::default(),
             redactor,
             clock: Clock::new(),
             host: process::hostname(),
@@ -257,11 +261,21 @@ impl Enricher {
 
     /// Replaces a close's stack copy by its dwarf unwind, now: the process
     /// may exit any moment, and a report in flight should not hold 16 KiB.
+    ///
+    /// A close without a copy of its own (its call site was over budget)
+    /// gets the unwind of the site's last copy instead, when it is kept.
     pub fn unwind(&mut self, ev: &mut Event) {
-        if let Some(stacks) = &mut ev.stacks
-            && let Some(copy) = stacks.user_copy.take()
-        {
-            stacks.dwarf = Some(self.symbolizer.unwind_user(ev.pid, &copy));
+        let Some(stacks) = &mut ev.stacks else {
+            return;
+        };
+        if let Some(copy) = stacks.user_copy.take() {
+            let unwound = self.symbolizer.unwind_user(ev.pid, &copy);
+            if let crate::model::CopyFate::Copied { id } = stacks.fate {
+                self.stack_cache.keep(id, ev.pid, ev.ts_ns, &unwound);
+            }
+            stacks.dwarf = Some(unwound);
+        } else {
+            self.stack_cache.stand_in(stacks, ev.pid, ev.ts_ns);
         }
     }
 
@@ -315,6 +329,14 @@ impl Enricher {
                     note,
                     end: None,
                     none: None,
+                    // A frame-pointer walk shown is this close's own: only
+                    // a dwarf unwind can be the site's copy's.
+                    shared: c.stacks.shared.map(|s| match s {
+                        SharedStack::SameAs { rate, .. } if walk != Walk::Dwarf => {
+                            SharedStack::Elided { rate }
+                        }
+                        s => s,
+                    }),
                 };
                 let u = match (walk, &c.stacks.dwarf, &c.stacks.user, c.at_exit) {
                     (_, _, _, true) => {
