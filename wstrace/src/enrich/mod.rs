@@ -93,6 +93,8 @@ pub struct Enricher {
     symbolizer: Symbolizer,
     /// Unwinds of recent stack copies, for closes that name one.
     stack_cache: stack_cache::StackCache,
+    /// Symbolized user stacks, in front of the symbolizer's worker.
+    frames_cache: stack_cache::FramesCache,
     redactor: Redactor,
     clock: Clock,
     host: String,
@@ -126,6 +128,7 @@ impl Enricher {
             processes: ProcessTable::default(),
             symbolizer: Symbolizer::new(),
             stack_cache: stack_cache::StackCache::default(),
+            frames_cache: stack_cache::FramesCache::default(),
             redactor,
             clock: Clock::new(),
             host: process::hostname(),
@@ -170,10 +173,10 @@ impl Enricher {
         if seen == Seen::Reused {
             // Maps, pinned binaries and symbolized stacks cached under this
             // pid describe a process that is gone.
-            self.symbolizer.forget_process(ev.pid);
+            self.forget_symbols(ev.pid);
         }
         for pid in dropped {
-            self.symbolizer.forget_process(pid);
+            self.forget_symbols(pid);
         }
         if ev.kind == EventKind::Upgrade {
             self.symbolizer.remember_process(ev.pid);
@@ -279,6 +282,29 @@ impl Enricher {
         }
     }
 
+    /// Forgets what is cached for `pid` (gone, or a new process under a
+    /// reused pid): the symbolizer's maps and files, and its stacks.
+    fn forget_symbols(&mut self, pid: u32) {
+        self.symbolizer.forget_process(pid);
+        self.frames_cache.forget(pid);
+    }
+
+    /// A user stack's frames: a stack already symbolized for this process
+    /// costs a lookup, not a round trip to the symbolizer's worker (at
+    /// 20,000 closes a second from one call site, nearly every stack is).
+    fn user_frames(&mut self, pid: u32, addrs: &[u64]) -> Vec<String> {
+        if let Some(frames) = self.frames_cache.get(pid, addrs) {
+            return frames.to_vec();
+        }
+        let frames = self.symbolizer.user_stack(pid, addrs);
+        // Only a remembered process's maps are known not to have changed
+        // under us (the symbolizer's own rule for its cache).
+        if self.symbolizer.remembers(pid) {
+            self.frames_cache.insert(pid, addrs, &frames);
+        }
+        frames
+    }
+
     /// Remembers (description, maps) every process listening on a traced
     /// port, before it accepts anything: a worker that closes and exits at
     /// once is gone before its upgrade event is read, and without this its
@@ -288,7 +314,7 @@ impl Enricher {
     pub fn remember_listeners(&mut self, ports: &[u16]) -> ListenerScan {
         let mut scan = ListenerScan::default();
         for pid in self.processes.prune_exited(EXITED_GRACE) {
-            self.symbolizer.forget_process(pid);
+            self.forget_symbols(pid);
             scan.exited.push(pid);
         }
         let (processes, symbolizer) = (&self.processes, &self.symbolizer);
@@ -302,7 +328,7 @@ impl Enricher {
             };
             let (_, dropped) = self.processes.observe(key, &p.comm, &self.redactor);
             for pid in dropped {
-                self.symbolizer.forget_process(pid);
+                self.forget_symbols(pid);
             }
             self.symbolizer.remember_process(p.pid);
             if let Some(servers) = &mut self.servers {
@@ -350,9 +376,9 @@ impl Enricher {
                     }
                     (Walk::Dwarf, Some(d), _, false) => {
                         user_walk.end = Some(d.end.clone());
-                        self.symbolizer.user_stack(c.pid, &d.addrs)
+                        self.user_frames(c.pid, &d.addrs)
                     }
-                    (_, _, Ok(a), false) => self.symbolizer.user_stack(c.pid, a),
+                    (_, _, Ok(a), false) => self.user_frames(c.pid, a),
                     (_, _, Err(e), false) => vec![format!("[user stack unavailable: errno {e}]")],
                 };
                 (k, u, self.processes.info(c.pid))

@@ -4,6 +4,12 @@
 //! then hit the symbolizer's cache of identical stacks instead of being
 //! unwound and symbolized again. A layer beside the symbolizer, which it
 //! does not change.
+//!
+//! [`FramesCache`] is the layer in front of it: the symbolizer answers
+//! user stacks on a worker thread (so a hostile binary cannot stall the
+//! daemon), and a round trip per close costs two context switches; the
+//! frames of a stack already symbolized for the same process are taken
+//! from here instead.
 use std::collections::{HashMap, VecDeque};
 
 use crate::model::{CopyFate, SharedStack, Stacks, Unwound};
@@ -75,10 +81,83 @@ impl StackCache {
     }
 }
 
+/// Symbolized stacks kept, at most (each ~20 frames of ~80 bytes: ~8 MiB
+/// at worst; distinct stacks are few in practice).
+pub const FRAMES_MAX: usize = 4096;
+
+/// User stacks symbolized, by process and addresses.
+#[derive(Default)]
+pub struct FramesCache {
+    by_stack: HashMap<(u32, Vec<u64>), Vec<String>>,
+}
+
+impl FramesCache {
+    pub fn get(&self, pid: u32, addrs: &[u64]) -> Option<&[String]> {
+        // The key is owned; a borrowed lookup would need a custom Borrow
+        // impl for the tuple: the copy of ~20 addresses is cheap next to
+        // the worker round trip it saves.
+        self.by_stack
+            .get(&(pid, addrs.to_vec()))
+            .map(Vec::as_slice)
+    }
+
+    /// Keeps `frames` unless one is unknown: the symbolizer re-reads a
+    /// process's maps when an address is outside them (a library loaded
+    /// later), or answers `[unknown]` when it timed out; such a stack is
+    /// asked again next time.
+    pub fn insert(&mut self, pid: u32, addrs: &[u64], frames: &[String]) {
+        if frames.iter().any(|f| f.starts_with("[unknown]")) {
+            return;
+        }
+        if self.by_stack.len() >= FRAMES_MAX {
+            // Starting over is the symbolizer's own rule for its caches.
+            self.by_stack.clear();
+        }
+        self.by_stack.insert((pid, addrs.to_vec()), frames.to_vec());
+    }
+
+    /// Drops `pid`'s stacks (it exited, or its pid was reused).
+    pub fn forget(&mut self, pid: u32) {
+        self.by_stack.retain(|(p, _), _| *p != pid);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::End;
+
+    #[test]
+    fn frames_are_kept_per_process_until_it_is_forgotten() {
+        let mut c = FramesCache::default();
+        let frames = vec!["close+0x1 (libc.so.6)".to_string(), "main+0x2".to_string()];
+        c.insert(10, &[1, 2], &frames);
+        assert_eq!(c.get(10, &[1, 2]), Some(&frames[..]));
+        assert_eq!(c.get(11, &[1, 2]), None, "another process");
+        assert_eq!(c.get(10, &[1, 3]), None, "another stack");
+        c.forget(10);
+        assert_eq!(c.get(10, &[1, 2]), None);
+    }
+
+    #[test]
+    fn unknown_frames_are_asked_again() {
+        let mut c = FramesCache::default();
+        let frames = vec![
+            "main+0x2".to_string(),
+            "[unknown] 0x7f00 (symbolization timed out: x)".to_string(),
+        ];
+        c.insert(10, &[1, 2], &frames);
+        assert_eq!(c.get(10, &[1, 2]), None);
+    }
+
+    #[test]
+    fn frames_cache_is_bounded() {
+        let mut c = FramesCache::default();
+        for i in 0..FRAMES_MAX as u64 + 1 {
+            c.insert(1, &[i], &["f".to_string()]);
+        }
+        assert!(c.by_stack.len() <= FRAMES_MAX);
+    }
 
     fn unwound(a: u64) -> Unwound {
         Unwound {
