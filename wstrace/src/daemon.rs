@@ -26,16 +26,26 @@ use wstrace_common::EventKind;
 
 /// Ring buffer size: ~3,700 close events (1.1 KiB each) of headroom.
 const RING_BYTES: u32 = 4 * 1024 * 1024;
-/// With user stack copies (16 KiB by default): ~1,000 closes. It costs
-/// twice its size in RSS (the kernel maps its pages twice so records can
-/// wrap); half of it loses events at 13k closes/s on 2 shared CPUs.
-const RING_BYTES_WITH_STACKS: u32 = 16 * 1024 * 1024;
+/// With user stack copies: the copies have a ring of their own (attach's
+/// `stack_ring_bytes`), so the events ring only needs room for a burst of
+/// small events: at 20k upgrade+close a second (~4.5 KiB of events each,
+/// the request head's 2 KiB record the largest) 8 MiB is ~90 ms while the
+/// reader thread is off the CPU. It costs twice its size in RSS (the kernel
+/// maps its pages twice so records can wrap): 16 MiB gave 32 MiB of a
+/// 104 MiB peak under that churn.
+const RING_BYTES_WITH_STACKS: u32 = 8 * 1024 * 1024;
 /// Records copied out of the ring and waiting for the daemon, at most: the
 /// depth that rides out stalls (a binary's first symbolization, ~30 ms) and
 /// bursts faster than the daemon. Anonymous memory, used only while the
-/// daemon is behind: ~13,000 closes without stack copies, ~3,800 with.
+/// daemon is behind: ~13,000 closes without stack copies, ~3,600
+/// upgrade+close connections (with a copy per call site and second, the
+/// copies are a small part of it).
 const QUEUE_BYTES: usize = 16 * 1024 * 1024;
-const QUEUE_BYTES_WITH_STACKS: usize = 64 * 1024 * 1024;
+const QUEUE_BYTES_WITH_STACKS: usize = 16 * 1024 * 1024;
+
+/// Records delivered per wake-up of the event loop at most, so the ticks
+/// (fold timers, loss warnings) still run while a churn keeps it busy.
+const RECEIVE_BATCH: usize = 256;
 
 /// Ring buffer and reader queue sizes: (ring bytes, queue bytes).
 fn buffer_sizes(user_stack_bytes: u32) -> (u32, usize) {
@@ -553,6 +563,16 @@ impl EventLoop<'_> {
                         bail!("the ring-buffer reader stopped unexpectedly");
                     };
                     self.deliver(rec.event)?;
+                    // Under churn records queue faster than one select a
+                    // record: take what is already there in one go.
+                    let mut n = 1;
+                    while n < RECEIVE_BATCH && !self.done() {
+                        let Ok(rec) = self.reader.records.try_recv() else {
+                            break;
+                        };
+                        self.deliver(rec.event)?;
+                        n += 1;
+                    }
                 }
                 _ = tick.tick() => {
                     let scan = last_scan.elapsed() >= LISTENER_SCAN_INTERVAL;

@@ -279,12 +279,13 @@ const TRACEPOINT_FIELDS: &[(TpSlot, &str, &str, &str)] = &[
 ];
 
 /// The user stack copies' ring (`STACKS`): each call site sends at most
-/// `STACK_COPIES_PER_SITE` copies a second, so 4 MiB (~250 copies of
-/// 16 KiB) rides out a burst of new sites while the reader catches up;
-/// one page when no copy is made (a ring cannot be empty).
+/// `STACK_COPIES_PER_SITE` copies a second, so 2 MiB (~120 copies of
+/// 16 KiB, ~60 at the 32 KiB maximum) rides out a burst of new sites while
+/// the reader catches up (a copy that finds it full is dropped, the close
+/// still sent); one page when no copy is made (a ring cannot be empty).
 pub fn stack_ring_bytes(user_stack_bytes: u64) -> u32 {
     if user_stack_bytes > 0 {
-        4 * 1024 * 1024
+        2 * 1024 * 1024
     } else {
         4096
     }
