@@ -2,6 +2,7 @@
 //!
 //! Every event the eBPF side writes into the ring buffer starts with an
 //! [`EventHeader`]; close events carry two stacks after it ([`CloseEvent`]).
+//! User stack copies have a ring of their own ([`StackRecord`]).
 //! Kernel struct offsets and tracepoint field offsets are not known at compile
 //! time: the daemon resolves them from the running kernel (BTF, tracefs) and
 //! passes them in, with the ports and sizes, as one [`KernelConfig`].
@@ -285,6 +286,11 @@ pub struct DataEvent {
 }
 
 /// A close with the call path that caused it.
+///
+/// Always small (~1.2 KiB) and always sent on `EVENTS`: the user stack copy
+/// for dwarf unwinding, when one is made, travels apart on the `STACKS`
+/// ring as a [`StackRecord`] named by `stack_id`, so a burst of copies can
+/// only cost stack detail, never the close itself.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CloseEvent {
@@ -294,7 +300,45 @@ pub struct CloseEvent {
     pub user_stack_len: i64,
     pub kernel_stack: [u64; STACK_DEPTH],
     pub user_stack: [u64; STACK_DEPTH],
+    /// [`stack_copy`] status: what became of this close's user stack copy.
+    pub stack_copy: u32,
+    /// With [`stack_copy::SAME_AS`] / [`stack_copy::ELIDED`]: copies this
+    /// call site was refused in its last full second (or, in its first
+    /// second, so far): the rate at which its stacks are elided.
+    pub elided_rate: u32,
+    /// The [`StackRecord::id`] this close's copy was sent as
+    /// ([`stack_copy::COPIED`]) or, with [`stack_copy::SAME_AS`], the id of
+    /// the last copy made for the same call site; 0 otherwise.
+    pub stack_id: u64,
 }
+
+/// `CloseEvent::stack_copy`
+pub mod stack_copy {
+    /// No copy asked for (`--user-stack fp`), or the task had no user
+    /// address space (closing at exit).
+    pub const NONE: u32 = 0;
+    /// Copied and sent on the `STACKS` ring as `stack_id`.
+    pub const COPIED: u32 = 1;
+    /// The call site is over its budget ([`STACK_COPIES_PER_SITE`] a
+    /// second): not copied; `stack_id` is the site's last copy.
+    pub const SAME_AS: u32 = 2;
+    /// Over budget and the site's last copy is unknown (its own copy was
+    /// dropped): not copied, no reference.
+    pub const ELIDED: u32 = 3;
+    /// Within budget, but the `STACKS` ring was full: the copy was dropped
+    /// (the close itself was still sent).
+    pub const DROPPED: u32 = 4;
+}
+
+/// User stack copies each call site may send per second before its closes
+/// refer to its last copy instead. A call site is the closing process, the
+/// top of its kernel stack and the top of its frame-pointer user stack: a
+/// server closing 20,000 sockets a second from one loop sends 8 copies, and
+/// another process (or another path in the same one) keeps its own budget.
+pub const STACK_COPIES_PER_SITE: u32 = 8;
+
+/// Call sites whose budgets the kernel keeps (LRU).
+pub const STACK_SITES: u32 = 4096;
 
 /// Bytes of user stack a close may carry for unwinding in userspace
 /// (`--user-stack-size` is capped here): 32 KiB holds the frames of deep
@@ -314,8 +358,8 @@ pub mod ustack {
 
 /// What a close carries for unwinding with `.eh_frame` in userspace: the
 /// user registers at the syscall (the unwind starts there) and the bytes
-/// from `sp` up. Appended to a [`CloseEvent`] in a [`CloseWithStack`]
-/// record, of which only the first `len` stack bytes are sent.
+/// from `sp` up. Sent in a [`StackRecord`], of which only the first `len`
+/// stack bytes are sent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UserStackHeader {
@@ -327,20 +371,41 @@ pub struct UserStackHeader {
     /// The link register (arm64 `x30`: the return address of a leaf
     /// function that has not saved it yet); 0 on x86_64, which has none.
     pub lr: u64,
-    /// Bytes copied (valid in `CloseWithStack::bytes`).
+    /// Bytes copied (valid in `StackRecord::bytes`).
     pub len: u32,
     /// [`ustack`] status.
     pub status: u32,
 }
 
-/// The kernel's scratch layout for a close with a stack copy; the record
-/// sent is this struct cut after `regs.len` bytes of `bytes`.
+/// A user stack copy on the `STACKS` ring; the record sent is this struct
+/// cut after `regs.len` bytes of `bytes`. The kernel sends it before the
+/// close that names it (`CloseEvent::stack_id`) is submitted, so a reader
+/// that sees the close finds the copy already on its ring.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct CloseWithStack {
-    pub close: CloseEvent,
+pub struct StackRecord {
+    /// Unique while the daemon runs: `(cpu + 1) << 48 | n`, never 0.
+    pub id: u64,
     pub regs: UserStackHeader,
     pub bytes: [u8; USER_STACK_MAX],
+}
+
+/// One call site's stack copy budget (the kernel's `STACK_SITES` map).
+/// Updated without locks from every CPU: a race can let a site send a copy
+/// or two over its budget, never lose a close.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SiteBudget {
+    /// ktime (ns) the current one-second window began.
+    pub window_start_ns: u64,
+    /// The site's last copy sent ([`StackRecord::id`]), 0 = none yet.
+    pub last_id: u64,
+    /// Copies sent and closes elided in the current window.
+    pub copies: u32,
+    pub elided: u32,
+    /// Closes elided in the previous window (the rate reported).
+    pub prev_elided: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
@@ -351,6 +416,8 @@ mod user {
     unsafe impl aya::Pod for super::DataEvent {}
     unsafe impl aya::Pod for super::SignalEvent {}
     unsafe impl aya::Pod for super::UserStackHeader {}
+    // SAFETY: `repr(C)` integers only, without padding.
+    unsafe impl aya::Pod for super::SiteBudget {}
     // SAFETY: `repr(C)` integers and byte arrays; `_pad` makes the padding
     // explicit (the kernel zeroes it), so a key's bytes are its value.
     unsafe impl aya::Pod for super::SockTuple {}
@@ -547,14 +614,15 @@ mod tests {
         assert_eq!(core::mem::size_of::<DataEvent>(), 128 + 8 + DATA_CAP);
         assert_eq!(
             core::mem::size_of::<CloseEvent>(),
-            128 + 16 + 2 * 8 * STACK_DEPTH
+            128 + 16 + 2 * 8 * STACK_DEPTH + 16
         );
         assert_eq!(core::mem::size_of::<UserStackHeader>(), 40);
         assert_eq!(core::mem::size_of::<PeerWriter>(), 32);
         assert_eq!(core::mem::size_of::<SignalEvent>(), 128 + 16);
         assert_eq!(
-            core::mem::size_of::<CloseWithStack>(),
-            core::mem::size_of::<CloseEvent>() + 40 + USER_STACK_MAX
+            core::mem::size_of::<StackRecord>(),
+            8 + 40 + USER_STACK_MAX
         );
+        assert_eq!(core::mem::size_of::<SiteBudget>(), 32);
     }
 }

@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use wstrace_common::{CloseWithStack, PeerWriter, SERVER_SLOTS as SERVER_SLOT_COUNT, SockTuple};
+use wstrace_common::{
+    PeerWriter, SERVER_SLOTS as SERVER_SLOT_COUNT, STACK_SITES, SiteBudget, SockTuple, StackRecord,
+};
 
 /// A read in flight on a traced-port socket: where its bytes will land.
 #[repr(C)]
@@ -117,12 +119,27 @@ pub static UPGRADERS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0
 #[map]
 pub static SERVER_SLOTS: Array<u32> = Array::with_max_entries(SERVER_SLOT_COUNT, 0);
 
-/// One slot per CPU (indexed by CPU id) where a close with a user stack copy
-/// is built before it is sent cut to size: ~34 KiB is too big for the BPF
-/// stack and for a per-CPU map value. The daemon sizes it to the possible
-/// CPUs when the copy is on, and leaves 1 entry otherwise.
+/// One slot per CPU (indexed by CPU id) where a user stack copy is built
+/// before it is sent cut to size: ~32 KiB is too big for the BPF stack and
+/// for a per-CPU map value. The daemon sizes it to the possible CPUs when
+/// the copy is on, and leaves 1 entry otherwise.
 #[map]
-pub static CLOSE_SCRATCH: Array<CloseWithStack> = Array::with_max_entries(1, 0);
+pub static STACK_SCRATCH: Array<StackRecord> = Array::with_max_entries(1, 0);
+
+/// User stack copies ([`StackRecord`]), apart from `EVENTS`: a close never
+/// waits for, or is dropped for, a 16 KiB copy. The daemon sizes it.
+#[map]
+pub static STACKS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Call site hash -> its stack copy budget (`record::user_stack_copy`).
+/// LRU: a process that makes up new call sites only evicts old budgets.
+#[map]
+pub static SITE_BUDGETS: LruHashMap<u64, SiteBudget> =
+    LruHashMap::with_max_entries(STACK_SITES, 0);
+
+/// Per CPU: how many stack copies this CPU has numbered (`StackRecord::id`).
+#[map]
+pub static STACK_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Thread id -> the `SSL_write` of a 101 or a control frame it is in, until
 /// its next write on a traced-port socket. Only processes the daemon put

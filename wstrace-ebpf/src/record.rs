@@ -6,16 +6,16 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf,
         generated::{
-            bpf_get_current_comm as bpf_get_current_comm_raw, bpf_get_smp_processor_id,
-            bpf_get_stack, bpf_jiffies64, bpf_probe_read_user,
+            bpf_get_current_comm as bpf_get_current_comm_raw, bpf_get_stack, bpf_jiffies64,
+            bpf_probe_read_user,
         },
     },
 };
 use wstrace_common::{
-    CloseEvent, CloseWithStack, DATA_CAP, DIR_RECEIVED, DIR_SENT, DataEvent, EventHeader,
-    EventKind, FLAG_CONTINUES, FLAG_EXIT_CODE, FLAG_TASK_EXITING, FLAG_TLS_OPENSSL, HEAD_BUDGET,
-    PeerWriter, ProbeSet, REQUEST_PREFIX, STACK_DEPTH, SignalEvent, SockTuple, UPGRADE_PREFIX_LEN,
-    USER_STACK_MAX, UserStackHeader, is_upgrade_response, ustack as ustack_status,
+    CloseEvent, DATA_CAP, DIR_RECEIVED, DIR_SENT, DataEvent, EventHeader, EventKind,
+    FLAG_CONTINUES, FLAG_EXIT_CODE, FLAG_TASK_EXITING, FLAG_TLS_OPENSSL, HEAD_BUDGET, PeerWriter,
+    ProbeSet, REQUEST_PREFIX, STACK_DEPTH, SignalEvent, SockTuple, UPGRADE_PREFIX_LEN,
+    is_upgrade_response,
 };
 
 use crate::{
@@ -24,14 +24,14 @@ use crate::{
         port_traced, read, sk_err, sk_is_tcp, sk_local_port,
     },
     maps::{
-        CLOSE_SCRATCH, EVENTS, HEAD_BYTES, LOST, PEER_WRITERS, PENDING_READS, PendingRead, RESUME,
+        EVENTS, HEAD_BYTES, LOST, PEER_WRITERS, PENDING_READS, PendingRead, RESUME,
         RESUME_UNTIL, SockDir, TLS_LAST_READ, TLS_READS, TLS_WRITES, TlsRead, TlsWrite, UPGRADED,
         UPGRADERS,
     },
     ustack,
 };
 
-fn count_lost() {
+pub(crate) fn count_lost() {
     if let Some(lost) = LOST.get_ptr_mut(0) {
         unsafe { *lost += 1 };
     }
@@ -327,55 +327,20 @@ pub fn state_change(sk: u64, old_state: u8, new_state: u8) {
 /// A process is closing an upgraded socket: who, and the call path.
 /// `new_state` is 0 when the caller runs before the transition (tcp_close).
 ///
-/// With a user stack copy asked for (`user_stack_bytes`), the event is
-/// built in a per-CPU scratch slot and sent cut to the bytes copied; else it
-/// is built in place in the ring buffer.
+/// The close is built in place in `EVENTS`; a user stack copy, when asked
+/// for (`user_stack_bytes`) and within its call site's budget, goes to the
+/// `STACKS` ring before the close is submitted (`ustack::copy_for_close`).
 pub fn close<C: EbpfContext>(ctx: &C, probe: ProbeSet, sk: u64, old_state: u8, new_state: u8) {
-    if config!(user_stack_bytes) != 0
-        && let Some(scratch) = CLOSE_SCRATCH.get_ptr_mut(unsafe { bpf_get_smp_processor_id() })
-    {
-        close_with_stack(ctx, probe, sk, old_state, new_state, scratch);
-        return;
-    }
     let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) else {
         count_lost();
         return;
     };
-    unsafe { fill_close(ctx, entry.as_mut_ptr(), probe, sk, old_state, new_state) };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        fill_close(ctx, ev, probe, sk, old_state, new_state);
+        ustack::copy_for_close(ev);
+    }
     entry.submit(0);
-}
-
-#[inline(always)]
-fn close_with_stack<C: EbpfContext>(
-    ctx: &C,
-    probe: ProbeSet,
-    sk: u64,
-    old_state: u8,
-    new_state: u8,
-    ev: *mut CloseWithStack,
-) {
-    let mut len = unsafe {
-        fill_close(ctx, &raw mut (*ev).close, probe, sk, old_state, new_state);
-        if (*ev).close.header.flags & FLAG_TASK_EXITING != 0 {
-            // No user address space left to copy from.
-            (*ev).regs = UserStackHeader {
-                status: ustack_status::NO_REGS,
-                ..UserStackHeader::default()
-            };
-            0
-        } else {
-            ustack::capture(&raw mut (*ev).regs, &raw mut (*ev).bytes)
-        }
-    } as usize;
-    // Bounded again where the verifier checks the output size.
-    if len > USER_STACK_MAX {
-        len = USER_STACK_MAX;
-    }
-    let total = size_of::<CloseEvent>() + size_of::<UserStackHeader>() + len;
-    let bytes = unsafe { core::slice::from_raw_parts(ev.cast::<u8>(), total) };
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
-        count_lost();
-    }
 }
 
 /// Fills a close event (header and both frame-pointer stacks) at `ev`.

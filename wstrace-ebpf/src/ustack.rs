@@ -13,9 +13,15 @@
 //! set by aya-build from the target the daemon is built for); on any other
 //! the copy reports NO_REGS and the daemon shows the frame-pointer walk.
 use aya_ebpf::helpers::{
-    bpf_get_current_task, bpf_probe_read_kernel, generated::bpf_probe_read_user,
+    bpf_get_current_task, bpf_probe_read_kernel,
+    generated::{bpf_get_smp_processor_id, bpf_probe_read_user},
 };
-use wstrace_common::{USER_STACK_MAX, UserStackHeader, ustack};
+use wstrace_common::{
+    CloseEvent, FLAG_TASK_EXITING, STACK_COPIES_PER_SITE, STACK_DEPTH, SiteBudget, StackRecord,
+    USER_STACK_MAX, UserStackHeader, stack_copy, ustack,
+};
+
+use crate::maps::{SITE_BUDGETS, STACK_SCRATCH, STACK_SEQ, STACKS};
 
 #[allow(unused_imports)]
 use crate::kernel::{config, read};
@@ -220,4 +226,153 @@ pub unsafe fn capture(h: *mut UserStackHeader, dst: *mut [u8; USER_STACK_MAX]) -
         };
     }
     len as u32
+}
+
+/// One second, the budget's window.
+const WINDOW_NS: u64 = 1_000_000_000;
+
+/// Frames of each stack that name a call site: deep enough in the kernel
+/// to pass the tracing machinery and reach the close path (`__tcp_close`
+/// and its caller), and in user space the syscall wrapper and its callers.
+const SITE_KERNEL_FRAMES: usize = 12;
+const SITE_USER_FRAMES: usize = 4;
+const _: () = assert!(SITE_KERNEL_FRAMES <= STACK_DEPTH && SITE_USER_FRAMES <= STACK_DEPTH);
+
+/// splitmix64's finaliser: cheap (two multiplies), and every input bit
+/// moves every output bit, so near-equal addresses give unrelated keys.
+#[inline(always)]
+fn mix(mut h: u64) -> u64 {
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The call site of a filled close: its process and the top frames of both
+/// frame-pointer stacks (only the frames `bpf_get_stack` wrote: ring memory
+/// is not zeroed).
+#[inline(always)]
+unsafe fn site_of(ev: *const CloseEvent) -> u64 {
+    unsafe {
+        let mut h = mix((*ev).header.pid as u64 ^ 0x9e37_79b9_7f4a_7c15);
+        let klen = (*ev).kernel_stack_len;
+        for i in 0..SITE_KERNEL_FRAMES {
+            if (i as i64) * 8 < klen {
+                h = mix(h ^ (*ev).kernel_stack[i]);
+            }
+        }
+        let ulen = (*ev).user_stack_len;
+        for i in 0..SITE_USER_FRAMES {
+            if (i as i64) * 8 < ulen {
+                h = mix(h ^ (*ev).user_stack[i]);
+            }
+        }
+        h
+    }
+}
+
+/// A fresh id for a stack copy: this CPU's count tagged with the CPU, so
+/// ids are unique without a shared counter; never 0.
+#[inline(always)]
+fn next_id() -> u64 {
+    let cpu = unsafe { bpf_get_smp_processor_id() } as u64;
+    let n = match STACK_SEQ.get_ptr_mut(0) {
+        Some(p) => unsafe {
+            *p += 1;
+            *p
+        },
+        None => 0,
+    };
+    ((cpu + 1) << 48) | (n & ((1 << 48) - 1))
+}
+
+/// Copies the current task's user stack into this CPU's scratch slot and
+/// sends it, cut to the bytes copied, on `STACKS`. False when it could not
+/// be sent (the ring is full).
+#[inline(always)]
+fn send_copy(id: u64) -> bool {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(rec) = STACK_SCRATCH.get_ptr_mut(cpu) else {
+        return false;
+    };
+    let mut len = unsafe {
+        (*rec).id = id;
+        capture(&raw mut (*rec).regs, &raw mut (*rec).bytes)
+    } as usize;
+    // Bounded again where the verifier checks the output size.
+    if len > USER_STACK_MAX {
+        len = USER_STACK_MAX;
+    }
+    let total = size_of::<u64>() + size_of::<UserStackHeader>() + len;
+    let bytes = unsafe { core::slice::from_raw_parts(rec.cast::<u8>(), total) };
+    STACKS.output::<[u8]>(bytes, 0).is_ok()
+}
+
+const _: () = assert!(core::mem::offset_of!(StackRecord, regs) == size_of::<u64>());
+
+/// Decides the user stack copy of the close at `ev` (filled but not yet
+/// submitted) and sets its `stack_copy`, `stack_id` and `elided_rate`.
+///
+/// Each call site may send [`STACK_COPIES_PER_SITE`] copies a second; past
+/// that its closes name the site's last copy instead: at 20,000 closes a
+/// second from one server loop this sends 8 copies (128 KiB/s) instead of
+/// 20,000 (330 MB/s), and the close events, on their own ring, are never
+/// crowded out by copies.
+#[inline(always)]
+pub unsafe fn copy_for_close(ev: *mut CloseEvent) {
+    unsafe {
+        (*ev).stack_copy = stack_copy::NONE;
+        (*ev).elided_rate = 0;
+        (*ev).stack_id = 0;
+        // No copy asked for, or no user address space left to copy from.
+        if config!(user_stack_bytes) == 0 || (*ev).header.flags & FLAG_TASK_EXITING != 0 {
+            return;
+        }
+        let now = (*ev).header.ts_ns;
+        let key = site_of(ev);
+        let mut budget = SITE_BUDGETS.get_ptr_mut(&key);
+        if budget.is_none() {
+            let fresh = SiteBudget {
+                window_start_ns: now,
+                ..SiteBudget::default()
+            };
+            let _ = SITE_BUDGETS.insert(&key, &fresh, 0);
+            budget = SITE_BUDGETS.get_ptr_mut(&key);
+        }
+        // Without a budget entry (the map refused one) the copy is made:
+        // detail is only given up for a site known to be busy.
+        if let Some(b) = budget {
+            let age = now.wrapping_sub((*b).window_start_ns);
+            if age >= WINDOW_NS {
+                // After an idle second or more the last rate is stale.
+                (*b).prev_elided = if age < 2 * WINDOW_NS { (*b).elided } else { 0 };
+                (*b).window_start_ns = now;
+                (*b).copies = 0;
+                (*b).elided = 0;
+            }
+            if (*b).copies >= STACK_COPIES_PER_SITE {
+                (*b).elided += 1;
+                let (elided, prev) = ((*b).elided, (*b).prev_elided);
+                (*ev).elided_rate = if prev > elided { prev } else { elided };
+                let last = (*b).last_id;
+                (*ev).stack_id = last;
+                (*ev).stack_copy = if last != 0 {
+                    stack_copy::SAME_AS
+                } else {
+                    stack_copy::ELIDED
+                };
+                return;
+            }
+            (*b).copies += 1;
+        }
+        let id = next_id();
+        if send_copy(id) {
+            (*ev).stack_copy = stack_copy::COPIED;
+            (*ev).stack_id = id;
+            if let Some(b) = budget {
+                (*b).last_id = id;
+            }
+        } else {
+            (*ev).stack_copy = stack_copy::DROPPED;
+        }
+    }
 }

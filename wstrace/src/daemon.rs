@@ -26,16 +26,26 @@ use wstrace_common::EventKind;
 
 /// Ring buffer size: ~3,700 close events (1.1 KiB each) of headroom.
 const RING_BYTES: u32 = 4 * 1024 * 1024;
-/// With user stack copies (16 KiB by default): ~1,000 closes. It costs
-/// twice its size in RSS (the kernel maps its pages twice so records can
-/// wrap); half of it loses events at 13k closes/s on 2 shared CPUs.
-const RING_BYTES_WITH_STACKS: u32 = 16 * 1024 * 1024;
+/// With user stack copies: the copies have a ring of their own (attach's
+/// `stack_ring_bytes`), so the events ring only needs room for a burst of
+/// small events: at 20k upgrade+close a second (~4.5 KiB of events each,
+/// the request head's 2 KiB record the largest) 8 MiB is ~90 ms while the
+/// reader thread is off the CPU. It costs twice its size in RSS (the kernel
+/// maps its pages twice so records can wrap): 16 MiB gave 32 MiB of a
+/// 104 MiB peak under that churn.
+const RING_BYTES_WITH_STACKS: u32 = 8 * 1024 * 1024;
 /// Records copied out of the ring and waiting for the daemon, at most: the
 /// depth that rides out stalls (a binary's first symbolization, ~30 ms) and
 /// bursts faster than the daemon. Anonymous memory, used only while the
-/// daemon is behind: ~13,000 closes without stack copies, ~3,800 with.
+/// daemon is behind: ~13,000 closes without stack copies, ~3,600
+/// upgrade+close connections (with a copy per call site and second, the
+/// copies are a small part of it).
 const QUEUE_BYTES: usize = 16 * 1024 * 1024;
-const QUEUE_BYTES_WITH_STACKS: usize = 64 * 1024 * 1024;
+const QUEUE_BYTES_WITH_STACKS: usize = 16 * 1024 * 1024;
+
+/// Records delivered per wake-up of the event loop at most, so the ticks
+/// (fold timers, loss warnings) still run while a churn keeps it busy.
+const RECEIVE_BATCH: usize = 256;
 
 /// Ring buffer and reader queue sizes: (ring bytes, queue bytes).
 fn buffer_sizes(user_stack_bytes: u32) -> (u32, usize) {
@@ -107,10 +117,16 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16, &str)) -> Result<
         .take_map("EVENTS")
         .context("EVENTS map missing from the object")?;
     let ring = RingBuf::try_from(ring).context("EVENTS is not a ring buffer")?;
+    // User stack copies (empty, one page, under --user-stack fp).
+    let stacks = attached
+        .ebpf
+        .take_map("STACKS")
+        .context("STACKS map missing from the object")?;
+    let stacks = Some(RingBuf::try_from(stacks).context("STACKS is not a ring buffer")?);
     let servers = probes::take_servers(&mut attached.ebpf);
     let kernel_peers =
         probes::take_peer_writers(&mut attached.ebpf).map(crate::enrich::peer::KernelPeers::new);
-    let reader = Reader::start(ring, queue_bytes)?;
+    let reader = Reader::start(ring, stacks, queue_bytes)?;
 
     let outputs = Outputs::new(
         opts.common.format,
@@ -146,6 +162,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16, &str)) -> Result<
         max_sockets: opts.common.max_sockets,
         limit: opts.count.unwrap_or(u64::MAX),
         losses_reported: Losses::default(),
+        stacks_elided: StacksElided::default(),
     };
     event_loop.run(opts.duration).await?;
     event_loop.shutdown().await
@@ -238,6 +255,9 @@ fn announce(opts: &Options<'_>, attached: &Attached, outputs: &Outputs) {
     // Every reason's series exists from the start, at 0.
     for (reason, _, _) in Losses::default().each() {
         outputs.events_lost(reason, 0);
+    }
+    for reason in ["budget", "ring_full"] {
+        outputs.stacks_elided(reason, 0);
     }
 }
 
@@ -441,6 +461,27 @@ struct EventLoop<'a> {
     limit: u64,
     /// What was already warned about and counted in the metrics.
     losses_reported: Losses,
+    /// Closes reported without a stack copy of their own (not losses).
+    stacks_elided: StacksElided,
+}
+
+/// Closes whose user stack copy the kernel did not make, by reason: said
+/// at exit beside the losses, and counted in `wstrace_stacks_elided_total`.
+#[derive(Clone, Copy, Debug, Default)]
+struct StacksElided {
+    /// The call site was over its copies a second.
+    budget: u64,
+    /// The stack ring was full.
+    ring_full: u64,
+}
+
+impl StacksElided {
+    fn count(&mut self, reason: &str) {
+        match reason {
+            "budget" => self.budget += 1,
+            _ => self.ring_full += 1,
+        }
+    }
 }
 
 /// Everything that can make a report go missing, by reason: nothing is
@@ -522,6 +563,16 @@ impl EventLoop<'_> {
                         bail!("the ring-buffer reader stopped unexpectedly");
                     };
                     self.deliver(rec.event)?;
+                    // Under churn records queue faster than one select a
+                    // record: take what is already there in one go.
+                    let mut n = 1;
+                    while n < RECEIVE_BATCH && !self.done() {
+                        let Ok(rec) = self.reader.records.try_recv() else {
+                            break;
+                        };
+                        self.deliver(rec.event)?;
+                        n += 1;
+                    }
                 }
                 _ = tick.tick() => {
                     let scan = last_scan.elapsed() >= LISTENER_SCAN_INTERVAL;
@@ -558,6 +609,10 @@ impl EventLoop<'_> {
         };
         if ev.kind == EventKind::Upgrade {
             self.outputs.upgrade_seen();
+        }
+        if let Some(reason) = ev.stacks.as_ref().and_then(|s| s.fate.elided_reason()) {
+            self.outputs.stacks_elided(reason, 1);
+            self.stacks_elided.count(reason);
         }
         self.enricher.observe(&ev);
         self.enricher.unwind(&mut ev);
@@ -655,6 +710,16 @@ impl EventLoop<'_> {
                 ),
                 _ => eprintln!("wstrace: in total: {n} {what} [{reason}]"),
             }
+        }
+        let e = self.stacks_elided;
+        if e.budget + e.ring_full > 0 {
+            eprintln!(
+                "wstrace: {} close(s) were reported without a user stack copy of their own: {} over their call site's {} copies a second (each names the site's last copy), {} with the stack ring full",
+                e.budget + e.ring_full,
+                e.budget,
+                wstrace_common::STACK_COPIES_PER_SITE,
+                e.ring_full
+            );
         }
         self.outputs.finish();
         Ok(self.outputs.printed)

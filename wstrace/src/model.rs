@@ -151,8 +151,78 @@ pub struct Stacks {
     /// carried them (`--user-stack dwarf|auto`).
     pub user_copy: Option<UserStackCopy>,
     /// The dwarf unwind of `user_copy` (made as soon as the event is read,
-    /// and the copy dropped: reports in flight hold ~1 KiB, not 16).
+    /// and the copy dropped: reports in flight hold ~1 KiB, not 16), or of
+    /// the copy a [`CopyFate::SameAs`] names.
     pub dwarf: Option<Unwound>,
+    /// What the kernel did about this close's user stack copy.
+    pub fate: CopyFate,
+    /// Set by the enrich stage when the close had no copy of its own.
+    pub shared: Option<SharedStack>,
+}
+
+/// What became of a close's user stack copy (`--user-stack dwarf|auto`):
+/// each call site sends a few copies a second (kernel-side budget), the
+/// rest of its closes name its last one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CopyFate {
+    /// No copy asked for, or none possible (the task was exiting).
+    #[default]
+    None,
+    /// Copied, sent as stack `id` (`user_copy` holds it once the reader
+    /// joined it).
+    Copied { id: u64 },
+    /// Over its site's budget: the site's last copy, `id`, stands for it;
+    /// `rate`: closes a second whose copy the site was refused.
+    SameAs { id: u64, rate: u32 },
+    /// Over budget with no earlier copy to name.
+    Elided { rate: u32 },
+    /// Within budget, but the stack ring was full.
+    Dropped,
+}
+
+impl CopyFate {
+    /// The `wstrace_stacks_elided_total` reason this close counts under.
+    pub fn elided_reason(self) -> Option<&'static str> {
+        match self {
+            Self::SameAs { .. } | Self::Elided { .. } => Some("budget"),
+            Self::Dropped => Some("ring_full"),
+            Self::None | Self::Copied { .. } => None,
+        }
+    }
+}
+
+/// How a report's user stack stands in for a copy it did not get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SharedStack {
+    /// The unwind of the same call site's copy made `age_ms` earlier.
+    SameAs { id: u64, age_ms: u64, rate: u32 },
+    /// No copy of this site is at hand (over budget before any was kept,
+    /// or the kept one was evicted): the frame-pointer walk is shown.
+    Elided { rate: u32 },
+    /// The stack ring was full: the frame-pointer walk is shown.
+    Dropped,
+}
+
+impl SharedStack {
+    /// What the text output says after "user stack".
+    pub fn describe(self) -> String {
+        match self {
+            Self::SameAs { age_ms, rate, .. } => format!(
+                "same as the copy made {age_ms} ms earlier at this call site (elided rate: {rate}/s)"
+            ),
+            Self::Elided { rate } => format!("elided (rate: {rate}/s)"),
+            Self::Dropped => "stack copy dropped: the stack ring was full".into(),
+        }
+    }
+
+    /// The JSON `user_stack_copy` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SameAs { .. } => "same_as",
+            Self::Elided { .. } => "elided",
+            Self::Dropped => "dropped",
+        }
+    }
 }
 
 /// The closing thread's user registers at the syscall and the stack bytes
@@ -493,6 +563,8 @@ pub struct UserWalk {
     pub note: Option<String>,
     /// Why there is no user stack at all (e.g. closed at process exit).
     pub none: Option<&'static str>,
+    /// The close had no stack copy of its own (call-site budget, full ring).
+    pub shared: Option<SharedStack>,
 }
 
 impl UserWalk {
@@ -527,6 +599,9 @@ impl UserWalk {
         }
         if let Some(n) = &self.note {
             parts.push(n.clone());
+        }
+        if let Some(shared) = self.shared {
+            parts.push(shared.describe());
         }
         if let Some(why) = self.none {
             parts.push(format!("none: {why}"));
@@ -758,5 +833,35 @@ mod tests {
         };
         assert_eq!(dwarf.end_str().as_deref(), Some("complete"));
         assert_eq!(dwarf.describe(), "dwarf");
+    }
+
+    #[test]
+    fn a_close_without_its_own_stack_copy_says_so() {
+        let same = UserWalk {
+            walk: Some(Walk::Dwarf),
+            end: Some(End::Complete),
+            shared: Some(SharedStack::SameAs {
+                id: 7,
+                age_ms: 120,
+                rate: 19_874,
+            }),
+            ..UserWalk::default()
+        };
+        assert_eq!(
+            same.describe(),
+            "dwarf; same as the copy made 120 ms earlier at this call site (elided rate: 19874/s)"
+        );
+        let elided = UserWalk {
+            walk: Some(Walk::FramePointers),
+            shared: Some(SharedStack::Elided { rate: 40 }),
+            ..UserWalk::default()
+        };
+        assert_eq!(elided.describe(), "frame pointers; elided (rate: 40/s)");
+        assert_eq!(SharedStack::Dropped.name(), "dropped");
+        assert_eq!(CopyFate::SameAs { id: 1, rate: 2 }.elided_reason(), Some("budget"));
+        assert_eq!(CopyFate::Elided { rate: 2 }.elided_reason(), Some("budget"));
+        assert_eq!(CopyFate::Dropped.elided_reason(), Some("ring_full"));
+        assert_eq!(CopyFate::Copied { id: 1 }.elided_reason(), None);
+        assert_eq!(CopyFate::None.elided_reason(), None);
     }
 }

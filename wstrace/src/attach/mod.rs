@@ -284,6 +284,19 @@ const TRACEPOINT_FIELDS: &[(TpSlot, &str, &str, &str)] = &[
     (|c| &mut c.tp_oom_pid, "oom", "mark_victim", "pid"),
 ];
 
+/// The user stack copies' ring (`STACKS`): each call site sends at most
+/// `STACK_COPIES_PER_SITE` copies a second, so 2 MiB (~120 copies of
+/// 16 KiB, ~60 at the 32 KiB maximum) rides out a burst of new sites while
+/// the reader catches up (a copy that finds it full is dropped, the close
+/// still sent); one page when no copy is made (a ring cannot be empty).
+pub fn stack_ring_bytes(user_stack_bytes: u64) -> u32 {
+    if user_stack_bytes > 0 {
+        2 * 1024 * 1024
+    } else {
+        4096
+    }
+}
+
 /// The object loader with the daemon's settings: the kernel config, and
 /// map sizes from the ports' needs and the CPU count.
 fn object_loader<'a>(
@@ -307,7 +320,8 @@ fn object_loader<'a>(
         .override_global("CONFIG", config, true)
         .map_max_entries("UPGRADED", upgraded_entries)
         .map_max_entries("EVENTS", settings.ring_bytes)
-        .map_max_entries("CLOSE_SCRATCH", scratch_slots);
+        .map_max_entries("STACK_SCRATCH", scratch_slots)
+        .map_max_entries("STACKS", stack_ring_bytes(config.user_stack_bytes));
     loader
 }
 

@@ -9,6 +9,7 @@ pub mod hz;
 pub mod maps;
 pub mod peer;
 pub mod process;
+pub mod stack_cache;
 pub mod symbolize;
 pub mod tls;
 pub mod unwind;
@@ -20,8 +21,8 @@ use crate::attach::ServerSet;
 use wstrace_common::EventKind;
 
 use crate::model::{
-    CloseReport, Direction, Event, Frame, Killer, PeerProcess, ProcInfo, ProcessEnd, SignalSent,
-    UserWalk, Walk,
+    CloseReport, Direction, Event, Frame, Killer, PeerProcess, ProcInfo, ProcessEnd, SharedStack,
+    SignalSent, UserWalk, Walk,
 };
 use crate::protocol::{
     http::{self, RequestHead},
@@ -96,6 +97,10 @@ pub struct Enriched<'a> {
 pub struct Enricher {
     processes: ProcessTable,
     symbolizer: Symbolizer,
+    /// Unwinds of recent stack copies, for closes that name one.
+    stack_cache: stack_cache::StackCache,
+    /// Symbolized user stacks, in front of the symbolizer's worker.
+    frames_cache: stack_cache::FramesCache,
     redactor: Redactor,
     clock: Clock,
     host: String,
@@ -128,6 +133,8 @@ impl Enricher {
         Self {
             processes: ProcessTable::default(),
             symbolizer: Symbolizer::new(),
+            stack_cache: stack_cache::StackCache::default(),
+            frames_cache: stack_cache::FramesCache::default(),
             redactor,
             clock: Clock::new(),
             host: process::hostname(),
@@ -172,10 +179,10 @@ impl Enricher {
         if seen == Seen::Reused {
             // Maps, pinned binaries and symbolized stacks cached under this
             // pid describe a process that is gone.
-            self.symbolizer.forget_process(ev.pid);
+            self.forget_symbols(ev.pid);
         }
         for pid in dropped {
-            self.symbolizer.forget_process(pid);
+            self.forget_symbols(pid);
         }
         if ev.kind == EventKind::Upgrade {
             self.symbolizer.remember_process(ev.pid);
@@ -263,12 +270,45 @@ impl Enricher {
 
     /// Replaces a close's stack copy by its dwarf unwind, now: the process
     /// may exit any moment, and a report in flight should not hold 16 KiB.
+    ///
+    /// A close without a copy of its own (its call site was over budget)
+    /// gets the unwind of the site's last copy instead, when it is kept.
     pub fn unwind(&mut self, ev: &mut Event) {
-        if let Some(stacks) = &mut ev.stacks
-            && let Some(copy) = stacks.user_copy.take()
-        {
-            stacks.dwarf = Some(self.symbolizer.unwind_user(ev.pid, &copy));
+        let Some(stacks) = &mut ev.stacks else {
+            return;
+        };
+        if let Some(copy) = stacks.user_copy.take() {
+            let unwound = self.symbolizer.unwind_user(ev.pid, &copy);
+            if let crate::model::CopyFate::Copied { id } = stacks.fate {
+                self.stack_cache.keep(id, ev.pid, ev.ts_ns, &unwound);
+            }
+            stacks.dwarf = Some(unwound);
+        } else {
+            self.stack_cache.stand_in(stacks, ev.pid, ev.ts_ns);
         }
+    }
+
+    /// Forgets what is cached for `pid` (gone, or a new process under a
+    /// reused pid): the symbolizer's maps and files, and its stacks.
+    fn forget_symbols(&mut self, pid: u32) {
+        self.symbolizer.forget_process(pid);
+        self.frames_cache.forget(pid);
+    }
+
+    /// A user stack's frames: a stack already symbolized for this process
+    /// costs a lookup, not a round trip to the symbolizer's worker (at
+    /// 20,000 closes a second from one call site, nearly every stack is).
+    fn user_frames(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
+        if let Some(frames) = self.frames_cache.get(pid, addrs) {
+            return frames.to_vec();
+        }
+        let frames = self.symbolizer.user_stack(pid, addrs);
+        // Only a remembered process's maps are known not to have changed
+        // under us (the symbolizer's own rule for its cache).
+        if self.symbolizer.remembers(pid) {
+            self.frames_cache.insert(pid, addrs, &frames);
+        }
+        frames
     }
 
     /// Remembers (description, maps) every process listening on a traced
@@ -280,7 +320,7 @@ impl Enricher {
     pub fn remember_listeners(&mut self, ports: &[u16]) -> ListenerScan {
         let mut scan = ListenerScan::default();
         for pid in self.processes.prune_exited(EXITED_GRACE) {
-            self.symbolizer.forget_process(pid);
+            self.forget_symbols(pid);
             scan.exited.push(pid);
         }
         let (processes, symbolizer) = (&self.processes, &self.symbolizer);
@@ -294,7 +334,7 @@ impl Enricher {
             };
             let (_, dropped) = self.processes.observe(key, &p.comm, &self.redactor);
             for pid in dropped {
-                self.symbolizer.forget_process(pid);
+                self.forget_symbols(pid);
             }
             self.symbolizer.remember_process(p.pid);
             if let Some(servers) = &mut self.servers {
@@ -325,6 +365,14 @@ impl Enricher {
                     note,
                     end: None,
                     none: None,
+                    // A frame-pointer walk shown is this close's own: only
+                    // a dwarf unwind can be the site's copy's.
+                    shared: c.stacks.shared.map(|s| match s {
+                        SharedStack::SameAs { rate, .. } if walk != Walk::Dwarf => {
+                            SharedStack::Elided { rate }
+                        }
+                        s => s,
+                    }),
                 };
                 let u = match (walk, &c.stacks.dwarf, &c.stacks.user, c.at_exit) {
                     (_, _, _, true) => {
@@ -338,9 +386,9 @@ impl Enricher {
                     }
                     (Walk::Dwarf, Some(d), _, false) => {
                         user_walk.end = Some(d.end.clone());
-                        self.symbolizer.user_stack(c.pid, &d.addrs)
+                        self.user_frames(c.pid, &d.addrs)
                     }
-                    (_, _, Ok(a), false) => self.symbolizer.user_stack(c.pid, a),
+                    (_, _, Ok(a), false) => self.user_frames(c.pid, a),
                     (_, _, Err(e), false) => {
                         user_stack_errno = Some(*e);
                         Vec::new()

@@ -26,10 +26,22 @@ pub fn is_unsafe(c: char) -> bool {
         | '\u{2066}'..='\u{2069}')
 }
 
+/// Printable ASCII only: nothing [`is_unsafe`] in it. A byte loop the
+/// compiler vectorises, where `find(is_unsafe)` decodes every char: under
+/// churn (20k reports a second, ~40 strings each) the char-by-char search
+/// was the daemon's largest userspace cost (12% of its samples, perf).
+#[inline]
+fn plain_ascii(s: &str) -> bool {
+    s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
 /// `s` with every [`is_unsafe`] character written visibly: ASCII controls
 /// and DEL as `\x1b`, the others as `\u{202e}`. Borrowed (no copy) when
 /// there is nothing to escape, which is nearly always.
 pub fn text(s: &str) -> Cow<'_, str> {
+    if plain_ascii(s) {
+        return Cow::Borrowed(s);
+    }
     let Some(first) = s.find(is_unsafe) else {
         return Cow::Borrowed(s);
     };
@@ -61,6 +73,9 @@ impl serde_json::ser::Formatter for JsonFormatter {
     {
         // serde_json hands over the runs between the characters it escapes
         // itself (quote, backslash, C0); escape ours within each run.
+        if plain_ascii(fragment) {
+            return writer.write_all(fragment.as_bytes());
+        }
         let mut rest = fragment;
         while let Some(i) = rest.find(is_unsafe) {
             writer.write_all(&rest.as_bytes()[..i])?;
@@ -86,6 +101,16 @@ pub fn to_json_string<T: serde::Serialize + ?Sized>(value: &T) -> serde_json::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ascii_fast_path_agrees_with_is_unsafe() {
+        for b in 0u8..0x80 {
+            let s = (b as char).to_string();
+            assert_eq!(plain_ascii(&s), !is_unsafe(b as char), "{b:#x}");
+        }
+        assert!(!plain_ascii("caf\u{e9}"), "non-ASCII takes the full check");
+        assert!(plain_ascii("close+0x1f (/usr/lib/libc.so.6)"));
+    }
 
     #[test]
     fn plain_text_is_borrowed_unchanged() {

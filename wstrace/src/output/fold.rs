@@ -246,6 +246,8 @@ mod tests {
                     user: Ok(vec![]),
                     user_copy: None,
                     dwarf: None,
+                    fate: Default::default(),
+                    shared: None,
                 },
             }),
             upgrader: Upgrader {

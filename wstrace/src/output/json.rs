@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 use crate::diagnose::Diagnosis;
-use crate::model::{Frame as StackFrame, Heartbeat, Killer, ProcessEnd, signal_name};
+use crate::model::{Frame as StackFrame, Heartbeat, Killer, ProcessEnd, SharedStack, signal_name};
 use crate::output::escape;
 use crate::output::view::{View, rfc3339};
 use crate::protocol::{http::RequestHead, wsframe::close_code_meaning};
@@ -44,6 +44,14 @@ struct Line<'a> {
     user_stack_end: Option<String>,
     /// Why dwarf unwinding was asked for and not used.
     user_stack_note: Option<&'a str>,
+    /// The close had no stack copy of its own: `same_as` (the unwind shown
+    /// is its call site's last copy's), `elided` (over budget, no copy at
+    /// hand: the frame-pointer walk) or `dropped` (stack ring full).
+    user_stack_copy: Option<&'static str>,
+    /// With `same_as`: how much earlier that copy was made.
+    user_stack_same_as_ms_before: Option<u64>,
+    /// With `same_as`/`elided`: closes a second whose copy the site was refused.
+    user_stack_elided_rate: Option<u32>,
     upgraded_by: Proc<'a>,
     probe: &'static str,
     /// The TLS library the 101 and request were read from (`openssl`);
@@ -266,6 +274,15 @@ fn line<'a>(v: &'a View<'a>) -> Line<'a> {
         user_stack_unwind: v.user_walk.walk.map(|w| w.name()),
         user_stack_end: v.user_walk.end_str(),
         user_stack_note: v.user_walk.note.as_deref(),
+        user_stack_copy: v.user_walk.shared.map(|s| s.name()),
+        user_stack_same_as_ms_before: match v.user_walk.shared {
+            Some(SharedStack::SameAs { age_ms, .. }) => Some(age_ms),
+            _ => None,
+        },
+        user_stack_elided_rate: match v.user_walk.shared {
+            Some(SharedStack::SameAs { rate, .. } | SharedStack::Elided { rate }) => Some(rate),
+            _ => None,
+        },
         upgraded_by: Proc {
             pid: r.upgrader.pid,
             tid: r.upgrader.tid,

@@ -49,6 +49,10 @@ pub struct Metrics {
     pub closes: Family<CloseLabels, Counter>,
     pub lifetime: Histogram,
     pub lost_events: Family<LostLabels, Counter>,
+    /// Closes reported without a user stack copy of their own, by reason
+    /// (`budget`: their call site was over its copies a second, `ring_full`:
+    /// the stack ring was full). Not lost events: the close was reported.
+    pub stacks_elided: Family<LostLabels, Counter>,
     pub probe_set: Family<ProbeLabels, Gauge>,
     registry: Arc<Mutex<Registry>>,
 }
@@ -82,6 +86,12 @@ impl Metrics {
             "Events or reports lost, by reason (ring_full, recursion_miss, retprobe_miss, max_sockets, orphan_event, not_an_upgrade)",
             lost_events.clone(),
         );
+        let stacks_elided = Family::<LostLabels, Counter>::default();
+        registry.register(
+            "stacks_elided",
+            "Closes reported without a user stack copy of their own, by reason (budget: the call site sent its copies this second, the report names its last one; ring_full: the stack ring was full)",
+            stacks_elided.clone(),
+        );
         let probe_set = Family::<ProbeLabels, Gauge>::default();
         registry.register("probe_set", "The probe set in use (1)", probe_set.clone());
         Metrics {
@@ -89,6 +99,7 @@ impl Metrics {
             closes,
             lifetime,
             lost_events,
+            stacks_elided,
             probe_set,
             registry: Arc::new(Mutex::new(registry)),
         }

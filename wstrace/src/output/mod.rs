@@ -111,6 +111,18 @@ impl Outputs {
         }
     }
 
+    /// `n` more closes without a stack copy of their own (`reason`:
+    /// `budget` or `ring_full`), for `wstrace_stacks_elided_total`.
+    pub fn stacks_elided(&self, reason: &str, n: u64) {
+        if let Some(m) = &self.metrics {
+            m.stacks_elided
+                .get_or_create(&metrics::LostLabels {
+                    reason: reason.into(),
+                })
+                .inc_by(n);
+        }
+    }
+
     /// One report to every output. Fails only when stdout cannot be written.
     pub fn emit(&mut self, v: &View<'_>) -> Result<()> {
         let r = v.report;
@@ -225,6 +237,8 @@ mod tests {
             user: Ok(vec![2]),
             user_copy: None,
             dwarf: None,
+            fate: Default::default(),
+            shared: None,
         };
         CloseReport {
             sk: 1,

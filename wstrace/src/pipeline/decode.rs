@@ -5,12 +5,14 @@
 //! into Rust values.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::model::{Data, Direction, Event, JiffiesSample, SignalSent, Stacks, UserStackCopy};
+use crate::model::{
+    CopyFate, Data, Direction, Event, JiffiesSample, SignalSent, Stacks, UserStackCopy,
+};
 use anyhow::{Result, bail};
 use wstrace_common::{
     AF_INET6, CloseEvent, DATA_CAP, DIR_SENT, DataEvent, EventHeader, EventKind, FLAG_CONTINUES,
     FLAG_EXIT_CODE, FLAG_TASK_EXITING, FLAG_TLS_OPENSSL, SIGNAL_OOM_VICTIM, STACK_DEPTH,
-    SignalEvent, SockTuple, UserStackHeader,
+    SignalEvent, SockTuple, UserStackHeader, stack_copy,
 };
 
 pub fn comm_string(comm: &[u8; 16]) -> String {
@@ -45,36 +47,50 @@ fn stack(len: i64, addrs: &[u64; STACK_DEPTH]) -> Result<Vec<u64>, i64> {
     Ok(addrs[..n].iter().copied().take_while(|&a| a != 0).collect())
 }
 
-/// The stack copy after a close event, if the record has one: a
-/// [`UserStackHeader`] and `len` bytes (the kernel sends the record cut
-/// there). Fails on a trailer shorter than it says.
-fn user_copy(trailer: &[u8]) -> Result<Option<UserStackCopy>> {
-    if trailer.is_empty() {
-        return Ok(None);
+/// A record of the `STACKS` ring: a [`StackRecord`] cut after its
+/// header's `len` bytes. Returns its id and the copy; fails on a record
+/// shorter than it says.
+pub fn decode_stack(bytes: &[u8]) -> Result<(u64, UserStackCopy)> {
+    let head = size_of::<u64>() + size_of::<UserStackHeader>();
+    if bytes.len() < head {
+        bail!("short stack record: {} bytes", bytes.len());
     }
-    let head = size_of::<UserStackHeader>();
-    if trailer.len() < head {
-        bail!(
-            "short stack copy in a close record: {} bytes",
-            trailer.len()
-        );
-    }
-    let h: UserStackHeader = read_pod(trailer);
+    let id: u64 = read_pod(bytes);
+    let h: UserStackHeader = read_pod(&bytes[size_of::<u64>()..]);
     let len = h.len as usize;
-    let Some(bytes) = trailer.get(head..head + len) else {
+    let Some(stack) = bytes.get(head..head.saturating_add(len)) else {
         bail!(
-            "stack copy of {len} bytes in a close record with {} left",
-            trailer.len() - head
+            "stack record of {len} bytes with {} left",
+            bytes.len() - head
         );
     };
-    Ok(Some(UserStackCopy {
-        ip: h.ip,
-        sp: h.sp,
-        fp: h.fp,
-        lr: h.lr,
-        status: h.status,
-        bytes: bytes.to_vec(),
-    }))
+    Ok((
+        id,
+        UserStackCopy {
+            ip: h.ip,
+            sp: h.sp,
+            fp: h.fp,
+            lr: h.lr,
+            status: h.status,
+            bytes: stack.to_vec(),
+        },
+    ))
+}
+
+/// What the kernel says became of a close's user stack copy.
+fn copy_fate(c: &CloseEvent) -> CopyFate {
+    match c.stack_copy {
+        stack_copy::COPIED if c.stack_id != 0 => CopyFate::Copied { id: c.stack_id },
+        stack_copy::SAME_AS if c.stack_id != 0 => CopyFate::SameAs {
+            id: c.stack_id,
+            rate: c.elided_rate,
+        },
+        stack_copy::SAME_AS | stack_copy::ELIDED => CopyFate::Elided {
+            rate: c.elided_rate,
+        },
+        stack_copy::DROPPED => CopyFate::Dropped,
+        _ => CopyFate::None,
+    }
 }
 
 fn read_pod<T: Copy>(bytes: &[u8]) -> T {
@@ -100,8 +116,11 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
         Some(Stacks {
             kernel: stack(c.kernel_stack_len, &c.kernel_stack),
             user: stack(c.user_stack_len, &c.user_stack),
-            user_copy: user_copy(&bytes[size_of::<CloseEvent>()..])?,
+            // Joined from the STACKS ring by the reader.
+            user_copy: None,
             dwarf: None,
+            fate: copy_fate(&c),
+            shared: None,
         })
     } else {
         None
@@ -245,6 +264,9 @@ mod tests {
             user_stack_len: -14, // EFAULT: no user address space (process exit)
             kernel_stack: [0; STACK_DEPTH],
             user_stack: [0; STACK_DEPTH],
+            stack_copy: stack_copy::NONE,
+            elided_rate: 0,
+            stack_id: 0,
         };
         c.kernel_stack[..3].copy_from_slice(&[
             0xffffffff81000010,
@@ -266,15 +288,53 @@ mod tests {
         assert!(e.task_exiting);
     }
 
-    #[test]
-    fn close_event_with_a_stack_copy() {
-        let c = CloseEvent {
+    fn close_with(stack_copy: u32, stack_id: u64, elided_rate: u32) -> CloseEvent {
+        CloseEvent {
             header: header(EventKind::Close),
             kernel_stack_len: 0,
             user_stack_len: 8,
             kernel_stack: [0; STACK_DEPTH],
             user_stack: [0x401000; STACK_DEPTH],
-        };
+            stack_copy,
+            elided_rate,
+            stack_id,
+        }
+    }
+
+    #[test]
+    fn close_event_says_what_became_of_its_stack_copy() {
+        let fate = |c: CloseEvent| decode(as_bytes(&c)).expect("decodes").stacks.expect("stacks");
+        let s = fate(close_with(stack_copy::COPIED, 7, 0));
+        assert_eq!(s.fate, CopyFate::Copied { id: 7 });
+        assert_eq!(s.user_copy, None, "the copy travels on the STACKS ring");
+        assert_eq!(
+            fate(close_with(stack_copy::SAME_AS, 7, 19_000)).fate,
+            CopyFate::SameAs {
+                id: 7,
+                rate: 19_000
+            }
+        );
+        // A reference to no copy is no reference.
+        assert_eq!(
+            fate(close_with(stack_copy::SAME_AS, 0, 5)).fate,
+            CopyFate::Elided { rate: 5 }
+        );
+        assert_eq!(
+            fate(close_with(stack_copy::ELIDED, 0, 5)).fate,
+            CopyFate::Elided { rate: 5 }
+        );
+        assert_eq!(
+            fate(close_with(stack_copy::DROPPED, 0, 0)).fate,
+            CopyFate::Dropped
+        );
+        assert_eq!(fate(close_with(stack_copy::NONE, 0, 0)).fate, CopyFate::None);
+        // Unknown statuses (a newer kernel object) are no copy, not a panic.
+        assert_eq!(fate(close_with(99, 7, 0)).fate, CopyFate::None);
+        assert_eq!(fate(close_with(stack_copy::COPIED, 0, 0)).fate, CopyFate::None);
+    }
+
+    #[test]
+    fn stack_record_carries_its_id_registers_and_bytes() {
         let regs = UserStackHeader {
             ip: 0x401000,
             sp: 0x7ffd_0000_1000,
@@ -283,19 +343,26 @@ mod tests {
             len: 5,
             status: 0,
         };
-        let mut rec = as_bytes(&c).to_vec();
+        let mut rec = 0x1_0000_0000_0042u64.to_ne_bytes().to_vec();
         rec.extend_from_slice(as_bytes(&regs));
         rec.extend_from_slice(&[1, 2, 3, 4, 5]);
-        let e = decode(&rec).expect("decodes");
-        let copy = e.stacks.expect("stacks").user_copy.expect("copy");
+        let (id, copy) = decode_stack(&rec).expect("decodes");
+        assert_eq!(id, 0x1_0000_0000_0042);
         assert_eq!(
             (copy.ip, copy.sp, copy.fp, copy.lr),
             (0x401000, 0x7ffd_0000_1000, 7, 9)
         );
         assert_eq!(copy.bytes, [1, 2, 3, 4, 5]);
-        // A trailer shorter than its header says is an error, not a panic.
-        assert!(decode(&rec[..rec.len() - 1]).is_err());
-        assert!(decode(&rec[..size_of::<CloseEvent>() + 7]).is_err());
+        // A record shorter than its header says is an error, not a panic.
+        assert!(decode_stack(&rec[..rec.len() - 1]).is_err());
+        assert!(decode_stack(&rec[..8 + 7]).is_err());
+        assert!(decode_stack(&[]).is_err());
+        // A hostile length cannot overflow the bound check.
+        let mut huge = regs;
+        huge.len = u32::MAX;
+        let mut rec = 1u64.to_ne_bytes().to_vec();
+        rec.extend_from_slice(as_bytes(&huge));
+        assert!(decode_stack(&rec).is_err());
     }
 
     #[test]

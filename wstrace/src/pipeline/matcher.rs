@@ -582,6 +582,8 @@ mod tests {
             user: Ok(vec![0x7f0000001000]),
             user_copy: None,
             dwarf: None,
+            fate: Default::default(),
+            shared: None,
         }
     }
 

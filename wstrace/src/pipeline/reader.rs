@@ -11,7 +11,12 @@
 //! Nothing is dropped here: when the queue is full the thread waits, the
 //! kernel ring fills, and the kernel counts what it cannot write (`LOST`),
 //! the one place where losses are counted.
+//!
+//! User stack copies come on a ring of their own (`STACKS`), each sent
+//! before the close that names it: this thread joins each copy to its close
+//! ([`PendingStacks`]), so later stages see one event, as before.
 use std::{
+    collections::{HashMap, VecDeque},
     os::fd::{AsFd as _, AsRawFd as _},
     sync::{
         Arc,
@@ -25,7 +30,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use crate::model::Event;
+use crate::model::{CopyFate, Event, UserStackCopy};
 use crate::pipeline::decode;
 
 /// One record, decoded as it is copied out of the ring (one copy of its
@@ -58,7 +63,12 @@ pub struct Reader {
 
 impl Reader {
     /// Starts the thread. `queue_bytes` bounds what waits in userspace.
-    pub fn start(ring: RingBuf<MapData>, queue_bytes: usize) -> Result<Reader> {
+    /// `stacks`: the ring of user stack copies, when copies are made.
+    pub fn start(
+        ring: RingBuf<MapData>,
+        stacks: Option<RingBuf<MapData>>,
+        queue_bytes: usize,
+    ) -> Result<Reader> {
         let units = (queue_bytes / UNIT).clamp(1, Semaphore::MAX_PERMITS);
         let space = Arc::new(Semaphore::new(units));
         let stop = Arc::new(AtomicBool::new(false));
@@ -70,7 +80,7 @@ impl Reader {
                 let stop = stop.clone();
                 move || {
                     crate::attach::privileges::drop_all_in_this_thread();
-                    read_loop(ring, tx, &space, &stop, units)
+                    read_loop(ring, stacks, tx, &space, &stop, units)
                 }
             })
             .context("starting the ring-buffer reader thread")?;
@@ -104,6 +114,7 @@ impl Drop for Reader {
 
 fn read_loop(
     mut ring: RingBuf<MapData>,
+    mut stacks: Option<RingBuf<MapData>>,
     tx: mpsc::UnboundedSender<Record>,
     space: &Arc<Semaphore>,
     stop: &AtomicBool,
@@ -112,6 +123,7 @@ fn read_loop(
     // Built the first time the queue is full (this thread is not a tokio
     // worker, and waiting for space is async).
     let mut waiter: Option<tokio::runtime::Runtime> = None;
+    let mut pending = PendingStacks::default();
     loop {
         // Read the flag before draining: whatever the kernel wrote before
         // it was detached (and so before the flag was set) is drained
@@ -119,10 +131,14 @@ fn read_loop(
         let stopping = stop.load(Ordering::Acquire);
         let mut batch = 0usize;
         while let Some(item) = ring.next() {
-            let need = item.len().div_ceil(UNIT).clamp(1, units) as u32;
-            let event = decode::decode(&item);
+            let mut bytes = item.len();
+            let mut event = decode::decode(&item);
             // Hands the slot back to the kernel before waiting for space.
             drop(item);
+            if let Ok(ev) = &mut event {
+                bytes += join_copy(ev, stacks.as_mut(), &mut pending);
+            }
+            let need = bytes.div_ceil(UNIT).clamp(1, units) as u32;
             let Some(space) = acquire(space, need, &mut waiter) else {
                 return; // the daemon is gone
             };
@@ -137,6 +153,11 @@ fn read_loop(
             }
             batch += 1;
         }
+        // Copies whose close was lost (EVENTS full) must not hold the
+        // stack ring: read them out; the bound forgets the oldest.
+        if let Some(st) = stacks.as_mut() {
+            pending.drain(st);
+        }
         if stopping {
             return;
         }
@@ -145,6 +166,98 @@ fn read_loop(
         } else {
             wait_readable(&ring);
         }
+    }
+}
+
+/// Gives a close that says its copy was sent (`CopyFate::Copied`) that
+/// copy; returns its size. The kernel sent the copy before it submitted the
+/// close, so it is on the stack ring by now: one that is not (forgotten
+/// by the bound) makes the close's fate `Dropped`.
+fn join_copy(
+    ev: &mut Event,
+    ring: Option<&mut RingBuf<MapData>>,
+    pending: &mut PendingStacks,
+) -> usize {
+    let Some(stacks) = ev.stacks.as_mut() else {
+        return 0;
+    };
+    let CopyFate::Copied { id } = stacks.fate else {
+        return 0;
+    };
+    let mut copy = pending.take(id);
+    if copy.is_none()
+        && let Some(ring) = ring
+    {
+        pending.drain(ring);
+        copy = pending.take(id);
+    }
+    match copy {
+        Some(c) => {
+            let n = c.bytes.len();
+            stacks.user_copy = Some(c);
+            n
+        }
+        None => {
+            stacks.fate = CopyFate::Dropped;
+            0
+        }
+    }
+}
+
+/// Stack copies read whose close is not read yet, by id. Bounded: a copy
+/// whose close was lost would otherwise wait forever.
+#[derive(Default)]
+pub struct PendingStacks {
+    by_id: HashMap<u64, UserStackCopy>,
+    /// Insertion order, for forgetting the oldest (ids already taken are
+    /// skipped, and compacted away when they pile up).
+    order: VecDeque<u64>,
+    /// Undecodable records seen (said once on stderr).
+    bad: u64,
+}
+
+/// Copies waiting for their close, at most. A close follows its copy by
+/// microseconds, so only copies whose close was lost wait longer; 256 of
+/// 16 KiB is 4 MiB.
+const PENDING_STACKS_MAX: usize = 256;
+
+impl PendingStacks {
+    /// Reads every record on the stack ring.
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            let rec = decode::decode_stack(&item);
+            drop(item);
+            match rec {
+                Ok((id, copy)) => self.insert(id, copy),
+                Err(e) => {
+                    if self.bad == 0 {
+                        eprintln!("wstrace: warning: undecodable stack record: {e:#}");
+                    }
+                    self.bad += 1;
+                }
+            }
+        }
+    }
+
+    pub fn insert(&mut self, id: u64, copy: UserStackCopy) {
+        while self.by_id.len() >= PENDING_STACKS_MAX {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.by_id.remove(&old);
+                }
+                None => break,
+            }
+        }
+        if self.order.len() >= 4 * PENDING_STACKS_MAX {
+            let by_id = &self.by_id;
+            self.order.retain(|i| by_id.contains_key(i));
+        }
+        self.by_id.insert(id, copy);
+        self.order.push_back(id);
+    }
+
+    pub fn take(&mut self, id: u64) -> Option<UserStackCopy> {
+        self.by_id.remove(&id)
     }
 }
 
@@ -186,4 +299,47 @@ fn wait_readable(ring: &RingBuf<MapData>) {
     // SAFETY: one valid pollfd for the duration of the call. Errors (EINTR)
     // only shorten the wait; the loop drains and waits again.
     unsafe { libc::poll(&mut pfd, 1, POLL_MS) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(n: u8) -> UserStackCopy {
+        UserStackCopy {
+            ip: 1,
+            sp: 2,
+            fp: 3,
+            lr: 0,
+            status: 0,
+            bytes: vec![n; 16],
+        }
+    }
+
+    #[test]
+    fn pending_stacks_are_taken_once() {
+        let mut p = PendingStacks::default();
+        p.insert(7, copy(7));
+        assert_eq!(p.take(7).map(|c| c.bytes[0]), Some(7));
+        assert!(p.take(7).is_none());
+        assert!(p.by_id.is_empty());
+    }
+
+    #[test]
+    fn pending_stacks_forget_the_oldest_past_the_bound() {
+        let mut p = PendingStacks::default();
+        // Copies whose closes never come (lost), then one more.
+        for id in 0..PENDING_STACKS_MAX as u64 + 10 {
+            p.insert(id, copy(1));
+        }
+        assert_eq!(p.by_id.len(), PENDING_STACKS_MAX);
+        assert!(p.take(0).is_none(), "the oldest went first");
+        assert!(p.take(PENDING_STACKS_MAX as u64 + 9).is_some());
+        // Taken ids pile up in the order queue; it stays bounded.
+        for id in 1000..1000 + 10 * PENDING_STACKS_MAX as u64 {
+            p.insert(id, copy(2));
+            assert!(p.take(id).is_some());
+        }
+        assert!(p.order.len() <= 4 * PENDING_STACKS_MAX + 1);
+    }
 }
