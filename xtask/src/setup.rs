@@ -100,6 +100,7 @@ pub fn run(purpose: For) -> Result<()> {
     let start = Instant::now();
     toolchain()?;
     if purpose == For::Test {
+        step("clippy and rustfmt", ensure_lint_components)?;
         cross_steps()?;
         step("Debian packages", || ensure_packages(APT_PACKAGES))?;
         step("Python test venv", ensure_venv)?;
@@ -196,6 +197,28 @@ fn ensure_rust_src() -> Result<String> {
 
 /// The standard library of every cross target (`build::CROSS_TARGETS`) for
 /// the toolchain that builds the daemon.
+/// The test run's `fmt` and `clippy` phases use the toolchain that runs
+/// xtask; rustup's minimal profile leaves both components out.
+fn ensure_lint_components() -> Result<String> {
+    let installed =
+        process::output(Command::new("rustup").args(["component", "list", "--installed"]))?;
+    let missing: Vec<&str> = ["clippy", "rustfmt"]
+        .into_iter()
+        .filter(|c| !installed.lines().any(|l| l.trim().starts_with(&format!("{c}-"))))
+        .collect();
+    if missing.is_empty() {
+        return Ok("present".into());
+    }
+    process::output(Command::new("rustup").args(["component", "add"]).args(&missing))
+        .with_context(|| {
+            format!(
+                "`rustup component add {}` failed: check network access to static.rust-lang.org",
+                missing.join(" ")
+            )
+        })?;
+    Ok(format!("installed {}", missing.join(", ")))
+}
+
 fn ensure_rust_targets() -> Result<String> {
     let wanted: Vec<&str> = crate::build::CROSS_TARGETS
         .iter()

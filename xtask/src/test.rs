@@ -33,9 +33,16 @@ pub fn run(args: &TestArgs) -> Result<()> {
     type Phase<'a> = (&'static str, Box<dyn FnOnce() -> Result<()> + 'a>);
     let phases: Vec<Phase> = vec![
         ("setup", Box::new(|| setup::run(setup::For::Test))),
+        // Formatting first: it takes a second and needs no build.
+        ("fmt", Box::new(|| cargo(&["fmt", "--all", "--check"]))),
         // Default members: everything but the eBPF crate, which only builds for
         // the bpf target and is built (and embedded) by wstrace's build script.
         ("build", Box::new(crate::build::native)),
+        // Every host crate, every target (tests, benches, the bench load),
+        // warnings as errors. The eBPF crate only builds for the bpf target
+        // (its object is built, not linted, by wstrace's build script, which
+        // AYA_BUILD_SKIP turns off here).
+        ("clippy", Box::new(clippy)),
         // The arm64 binaries, cross-compiled (eBPF object for
         // bpf_target_arch "aarch64"): built from a clean clone like the rest.
         ("build arm64", Box::new(|| crate::build::AARCH64.build())),
@@ -114,6 +121,17 @@ fn cargo(args: &[&str]) -> Result<()> {
     process::run(
         Command::new(cargo)
             .args(args)
+            .current_dir(paths::repo_root()),
+    )
+}
+
+fn clippy() -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    process::run(
+        Command::new(cargo)
+            .args(["clippy", "--workspace", "--exclude", "wstrace-ebpf", "--all-targets"])
+            .args(["--", "-D", "warnings"])
+            .env("AYA_BUILD_SKIP", "1")
             .current_dir(paths::repo_root()),
     )
 }
