@@ -623,6 +623,7 @@ impl Direction {
 
 /// Who sent the signal that ended a process.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // `OomKiller` is the kernel's own name for it.
 pub enum Killer {
     /// A process (kill(2), tgkill(2), ...).
     Process { pid: u32, comm: String },

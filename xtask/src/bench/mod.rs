@@ -193,7 +193,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "the benchmark loads BPF programs and attaches strace: run it as root (sudo -E cargo xtask bench)"
         );
     }
-    if args.rounds == 0 || !(args.secs >= 1.0) {
+    // NaN is refused too: `secs >= 1.0` is false for it.
+    if args.rounds == 0 || args.secs.partial_cmp(&1.0).is_none_or(|o| o.is_lt()) {
         bail!("--rounds must be at least 1 and --secs at least 1.0");
     }
     setup::run(setup::For::Test)?;

@@ -425,7 +425,8 @@ pub fn render(t: &TlsCost) -> String {
          | per call | `--tls off` µs | `--tls auto` µs | auto ÷ off (range over rounds) | added per uprobe hit µs |\n|-|-:|-:|-:|-:|\n",
         t.writes, t.echoes
     ));
-    let rows: [(&str, fn(&CpuRun) -> f64, f64); 2] = [
+    type Row = (&'static str, fn(&CpuRun) -> f64, f64);
+    let rows: [Row; 2] = [
         ("`SSL_write` (1 hit)", |r| r.write_ns, 1.0),
         ("echo (3 hits)", |r| r.echo_ns, 3.0),
     ];
