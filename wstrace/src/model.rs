@@ -424,7 +424,8 @@ mod hex_address {
 
     pub fn serialize<S: Serializer>(addr: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
         match addr {
-            Some(a) => s.serialize_str(&format!("{a:#x}")),
+            // Written straight into the output, no String per frame.
+            Some(a) => s.collect_str(&format_args!("{a:#x}")),
             None => s.serialize_none(),
         }
     }
