@@ -494,7 +494,8 @@ mod hex_address {
 
     pub fn serialize<S: Serializer>(addr: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
         match addr {
-            Some(a) => s.serialize_str(&format!("{a:#x}")),
+            // Written straight into the output, no String per frame.
+            Some(a) => s.collect_str(&format_args!("{a:#x}")),
             None => s.serialize_none(),
         }
     }
@@ -817,6 +818,39 @@ mod tests {
         assert_eq!(signal_name(40), "SIG40");
         assert_eq!(signal_name(0), "SIG0");
         assert!(is_crash_signal(11) && is_crash_signal(6) && !is_crash_signal(9));
+    }
+
+    #[test]
+    fn frames_are_json_objects_with_hex_addresses_and_read_back() {
+        let f = Frame {
+            function: Some("tcp_close".into()),
+            offset: Some(0x1f),
+            kind: FrameKind::Kernel,
+            address: Some(0xffffffff81234567),
+            ..Frame::default()
+        };
+        let json = serde_json::to_string(&f).expect("serialize");
+        assert_eq!(
+            json,
+            r#"{"function":"tcp_close","offset":31,"module":null,"file":null,"line":null,"inlined":false,"kind":"kernel","language":null,"address":"0xffffffff81234567","unresolved":null}"#
+        );
+        assert_eq!(serde_json::from_str::<Frame>(&json).expect("read back"), f);
+        let u = Frame {
+            unresolved: Some(Unresolved::TimedOut),
+            ..Frame::unknown(FrameKind::Native, 0x55, Some("/bin/x"))
+        };
+        let back: Frame =
+            serde_json::from_str(&serde_json::to_string(&u).expect("serialize")).expect("read");
+        assert_eq!(back, u);
+        // Missing fields default; an address that is not "0x<hex>" is none.
+        for bad in [r#""ffff""#, r#""0xzz""#, "12", "null", r#""0x""#] {
+            let f: Frame = serde_json::from_str(&format!(r#"{{"function":"f","address":{bad}}}"#))
+                .expect("lenient");
+            assert_eq!(
+                (f.function.as_deref(), f.address, f.kind),
+                (Some("f"), None, FrameKind::Native)
+            );
+        }
     }
 
     #[test]

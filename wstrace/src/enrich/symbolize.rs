@@ -781,7 +781,12 @@ impl UserSymbols {
             match result {
                 Lookup::Found(frame) => {
                     let module = module_for(maps, lookup).or(frame.module.as_deref());
-                    out.extend(user_frames(addr, Some(frame), module));
+                    let kind = if is_jit(maps, lookup, frame) {
+                        FrameKind::Jit
+                    } else {
+                        FrameKind::Native
+                    };
+                    out.extend(user_frames(addr, Some(frame), module, kind));
                 }
                 Lookup::Unmapped | Lookup::Unknown => {
                     out.push(Frame::unknown(
@@ -1129,7 +1134,12 @@ pub fn kernel_frame(addr: u64, frame: Option<&ResolvedFrame>) -> Frame {
 /// unresolved, a single unknown frame. Always at least one frame. `addr`
 /// is the captured address, never the adjusted one, so it matches raw
 /// dumps.
-pub fn user_frames(addr: u64, frame: Option<&ResolvedFrame>, module: Option<&str>) -> Vec<Frame> {
+pub fn user_frames(
+    addr: u64,
+    frame: Option<&ResolvedFrame>,
+    module: Option<&str>,
+    kind: FrameKind,
+) -> Vec<Frame> {
     let at = |name: &str, offset: Option<u64>, loc: Option<&SourceLoc>, inlined: bool| Frame {
         function: Some(name.to_string()),
         offset,
@@ -1137,7 +1147,7 @@ pub fn user_frames(addr: u64, frame: Option<&ResolvedFrame>, module: Option<&str
         file: loc.map(|l| l.file.clone()).filter(|f| !f.is_empty()),
         line: loc.filter(|l| !l.file.is_empty()).and_then(|l| l.line),
         inlined,
-        kind: FrameKind::Native,
+        kind,
         language: None,
         address: Some(addr),
         unresolved: None,
@@ -1153,6 +1163,18 @@ pub fn user_frames(addr: u64, frame: Option<&ResolvedFrame>, module: Option<&str
         }
         _ => vec![Frame::unknown(FrameKind::Native, addr, module)],
     }
+}
+
+/// Was this name found for code a runtime generated? Only a perf map
+/// (`/tmp/perf-<pid>.map`, written by JITs: V8 with `--perf-basic-prof`,
+/// the JVM's agents, CPython 3.12's `-X perf`) names an address in
+/// anonymous memory; an ELF symbol always comes with its file and the
+/// address lies in that file's mapping.
+fn is_jit(maps: &[Mapping], lookup: u64, frame: &ResolvedFrame) -> bool {
+    frame.module.is_none()
+        && maps
+            .iter()
+            .any(|m| m.start <= lookup && lookup < m.end && m.path.is_none())
 }
 
 /// Kernel functions that run the tracer's own program, not the code it
@@ -1300,7 +1322,7 @@ mod tests {
     fn user_frame_with_module_and_line() {
         let mut f = frame("close", 0x1f);
         f.loc = loc("/src/server/src/main.rs", Some(123));
-        let [u] = user_frames(7, Some(&f), Some("/srv/app"))
+        let [u] = user_frames(7, Some(&f), Some("/srv/app"), FrameKind::Native)
             .try_into()
             .expect("one frame");
         assert_eq!(
@@ -1320,14 +1342,19 @@ mod tests {
         );
         // A line without a file says nothing.
         f.loc = loc("", Some(7));
-        let u = &user_frames(1, Some(&f), None)[0];
+        let u = &user_frames(1, Some(&f), None, FrameKind::Native)[0];
         assert_eq!((&u.file, u.line, &u.module), (&None, None, &None));
     }
 
     #[test]
     fn user_unknown_frames() {
         assert_eq!(
-            user_frames(0x7f1234567890, None, Some("/usr/lib/libfoo.so (deleted)")),
+            user_frames(
+                0x7f1234567890,
+                None,
+                Some("/usr/lib/libfoo.so (deleted)"),
+                FrameKind::Native
+            ),
             [Frame::unknown(
                 FrameKind::Native,
                 0x7f1234567890,
@@ -1335,7 +1362,7 @@ mod tests {
             )]
         );
         assert_eq!(
-            user_frames(0x55, Some(&frame("", 3)), Some("[heap]")),
+            user_frames(0x55, Some(&frame("", 3)), Some("[heap]"), FrameKind::Native),
             [Frame::unknown(FrameKind::Native, 0x55, Some("[heap]"))]
         );
         let t = format_unanswered(&[0x55], &[], NoAnswer::TimedOut);
@@ -1363,7 +1390,7 @@ mod tests {
             ],
             module: None,
         };
-        let frames = user_frames(0x1000, Some(&f), Some("/srv/app"));
+        let frames = user_frames(0x1000, Some(&f), Some("/srv/app"), FrameKind::Native);
         let summary: Vec<_> = frames
             .iter()
             .map(|f| {
@@ -1403,7 +1430,12 @@ mod tests {
             }],
             module: None,
         };
-        let frames = user_frames(0x1000, Some(&f), Some("/tmp/cold/cold close"));
+        let frames = user_frames(
+            0x1000,
+            Some(&f),
+            Some("/tmp/cold/cold close"),
+            FrameKind::Native,
+        );
         assert_eq!(frames[0].function.as_deref(), Some("operator() at (x)"));
         assert_eq!(
             frames[1].function.as_deref(),
@@ -1551,7 +1583,12 @@ mod tests {
             "<tokio::net::tcp::stream::TcpStream as tokio::io::AsyncWrite>::poll_shutdown",
             "std::vector<int, std::allocator<int> >::push_back(int const&)",
         ] {
-            let f = &user_frames(1, Some(&frame(name, 0x12)), Some("/srv/app"))[0];
+            let f = &user_frames(
+                1,
+                Some(&frame(name, 0x12)),
+                Some("/srv/app"),
+                FrameKind::Native,
+            )[0];
             assert_eq!(f.function.as_deref(), Some(name));
         }
     }
@@ -1696,6 +1733,62 @@ mod tests {
         let middle = pos("tests::bt_inlined_middle", true);
         assert!(capture < middle && middle < outer, "{frames:#?}");
         pos("tests::live_real_backtrace_with_inlining", false);
+    }
+
+    #[test]
+    fn live_perf_map_names_jit_code_as_jit() {
+        // Anonymous executable memory named by this process's perf map, as
+        // a JIT runtime makes them.
+        const LEN: usize = 4096;
+        // SAFETY: a fresh private anonymous mapping; nothing else uses it.
+        let code = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(code, libc::MAP_FAILED, "mmap");
+        let start = code as u64;
+        let perf = PathBuf::from(format!("/tmp/perf-{}.map", std::process::id()));
+        {
+            use std::io::Write as _;
+            // create_new: never through a file or link someone planted in /tmp.
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&perf)
+                .unwrap_or_else(|e| panic!("create {}: {e}", perf.display()));
+            writeln!(f, "{start:x} 100 LazyCompile:*onClose app.js:7").expect("write the perf map");
+        }
+        let mut s = patient();
+        let frames = s.user_stack(std::process::id(), &[start + 0x10]);
+        let _ = std::fs::remove_file(&perf);
+        // SAFETY: the mapping made above, unused from here on.
+        unsafe { libc::munmap(code, LEN) };
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert_eq!(
+            (
+                frames[0].function.as_deref(),
+                frames[0].offset,
+                frames[0].kind
+            ),
+            (
+                Some("LazyCompile:*onClose app.js:7"),
+                Some(0x10),
+                FrameKind::Jit
+            ),
+            "{frames:?}"
+        );
+        // Code from a file stays native.
+        let probe = wstrace_symbolize_probe_fn as *const () as usize as u64;
+        assert_eq!(
+            s.user_stack(std::process::id(), &[probe])[0].kind,
+            FrameKind::Native
+        );
     }
 
     // ---- live: kernel ----
