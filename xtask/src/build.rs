@@ -40,6 +40,10 @@ pub const AARCH64: Cross = Cross {
     gcc_package: "gcc-aarch64-linux-gnu and libc6-dev-arm64-cross",
 };
 
+/// The cargo profile of cross builds: release with line tables only in
+/// wstrace's own code (see the workspace Cargo.toml).
+pub const CROSS_PROFILE: &str = "cross";
+
 /// Every cross target (what `setup` installs toolchains for).
 pub const CROSS_TARGETS: &[&Cross] = &[&AARCH64];
 
@@ -57,9 +61,9 @@ pub fn cross(triple: &str) -> Result<&'static Cross> {
 }
 
 impl Cross {
-    /// Where cargo puts this target's release binaries.
+    /// Where cargo puts this target's binaries (the `cross` profile).
     pub fn release_dir(&self) -> PathBuf {
-        paths::target_dir().join(self.triple).join("release")
+        paths::target_dir().join(self.triple).join(CROSS_PROFILE)
     }
 
     /// Points `cmd` (a cargo invocation) at this target's cross linker and C
@@ -73,7 +77,8 @@ impl Cross {
             .env(format!("AR_{lower}"), format!("{}-ar", self.tool_prefix));
     }
 
-    /// `cargo build --release --target <triple>` of wstrace and ws-scenario.
+    /// `cargo build --profile cross --target <triple>` of wstrace and
+    /// ws-scenario.
     pub fn build(&self) -> Result<()> {
         let gcc = format!("{}-gcc", self.tool_prefix);
         if which::which(&gcc).is_err() {
@@ -86,7 +91,8 @@ impl Cross {
         let mut cmd = cargo();
         cmd.args([
             "build",
-            "--release",
+            "--profile",
+            CROSS_PROFILE,
             "--target",
             self.triple,
             "-p",
@@ -118,9 +124,19 @@ pub fn cargo() -> Command {
     cmd
 }
 
-/// This machine's release build (the default members, eBPF object included).
+/// This machine's release build of what runs and is tested (wstrace, its
+/// eBPF object included, and ws-scenario). Not xtask: it runs from the
+/// debug build `cargo xtask` makes, so a release build of its binary was
+/// compile time (on every clean clone) for nothing.
 pub fn native() -> Result<()> {
-    process::run(cargo().args(["build", "--release"]))
+    process::run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "wstrace",
+        "-p",
+        "wstrace-scenarios",
+    ]))
 }
 
 pub fn run(args: &BuildArgs) -> Result<()> {

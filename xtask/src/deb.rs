@@ -30,10 +30,10 @@ pub fn run(target: Option<&str>) -> Result<PathBuf> {
     let mut cmd = build::cargo();
     cmd.args(["deb", "-p", "wstrace", "--no-build"]);
     if let Some(cross) = cross {
-        // cargo-deb reads the binary from target/<triple>/release, names the
-        // package's architecture after the triple, and strips with the
+        // cargo-deb reads the binary from target/<triple>/<profile>, names
+        // the package's architecture after the triple, and strips with the
         // target's own strip (the host's cannot read arm64 objects).
-        cmd.args(["--target", cross.triple]);
+        cmd.args(["--target", cross.triple, "--profile", build::CROSS_PROFILE]);
         cross.configure(&mut cmd);
     }
     let out = process::output(&mut cmd).context("cargo deb")?;

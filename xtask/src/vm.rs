@@ -51,7 +51,7 @@ pub struct VmArgs {
     /// Run this shell command in each VM instead of the scenarios (busybox sh)
     #[arg(long, value_name = "SHELL")]
     pub cmd: Option<String>,
-    /// Put this binary in the amd64 VMs' /bin (repeatable) [default: target/release/wstrace and target/release/ws-scenario; arm64 VMs: target/aarch64-unknown-linux-gnu/release/...]
+    /// Put this binary in the amd64 VMs' /bin (repeatable) [default: target/release/wstrace and target/release/ws-scenario; arm64 VMs: target/aarch64-unknown-linux-gnu/cross/...]
     #[arg(long = "bin", value_name = "PATH")]
     pub bins: Vec<PathBuf>,
     /// Write the kernel × probe-set table into FILE between the kernel-matrix markers

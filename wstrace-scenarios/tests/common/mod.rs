@@ -93,6 +93,52 @@ pub fn wait_unloaded(ids: &[u32], timeout: Duration) -> Vec<u32> {
     }
 }
 
+/// Ids of the BPF programs some live process holds a program or link fd
+/// of (`prog_id:` in `/proc/<pid>/fdinfo/<fd>`): another tracer's on a
+/// shared host, or a test's own.
+pub fn prog_ids_held() -> std::collections::HashSet<u32> {
+    let mut held = std::collections::HashSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return held;
+    };
+    for p in procs.flatten() {
+        // Processes come and go while we read: whatever is gone is skipped.
+        let Ok(fds) = std::fs::read_dir(p.path().join("fdinfo")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let text = std::fs::read_to_string(fd.path()).unwrap_or_default();
+            held.extend(
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("prog_id:"))
+                    .filter_map(|id| id.trim().parse::<u32>().ok()),
+            );
+        }
+    }
+    held
+}
+
+/// Programs loaded now that were not in `before` and that no live process
+/// holds (so nothing will ever unload them: leaked, e.g. pinned), after
+/// waiting up to `timeout` for the RCU grace period that frees a closed
+/// program. Programs other tracers on the host load meanwhile are held by
+/// them and do not count.
+pub fn leaked_since(before: &std::collections::HashSet<u32>, timeout: Duration) -> Vec<u32> {
+    let start = Instant::now();
+    loop {
+        let held = prog_ids_held();
+        let mut left: Vec<u32> = loaded_prog_ids()
+            .into_iter()
+            .filter(|id| !before.contains(id) && !held.contains(id))
+            .collect();
+        if left.is_empty() || start.elapsed() > timeout {
+            left.sort_unstable();
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Serializes a test binary's root tests: each starts its own wstrace, and
 /// assertions about the kernel's global program list (or one report per
 /// run) would see another test's tracer.
