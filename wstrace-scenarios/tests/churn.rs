@@ -5,21 +5,23 @@
 //! last copy), and a flood from one client must not hide another server's
 //! close. Real kernel (tracepoint set, which this host has), real servers
 //! (`ws-scenario serve --mode close-after101`), real sockets, default
-//! (dwarf) stacks. Needs root (see `common::require`).
+//! (dwarf) stacks, JSON lines on stdout as a collector (and the benchmark)
+//! reads them. Needs root (see `common::require`).
 mod common;
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpStream,
     path::Path,
+    process::{Command, Stdio},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use common::{Tracer, UPGRADE, require_root, serial, server, upgrade_once};
+use common::{Kill, SYMBOLIZE_TIMEOUT, UPGRADE, require_root, serial, server, upgrade_once, wstrace_bin};
 
 /// How long the flood runs, and how many client loops make it (8 loops
 /// keep a one-thread server busy on this 2-CPU host: the host's maximum).
@@ -55,16 +57,53 @@ fn flood(port: u16, stop: Arc<AtomicBool>) -> u64 {
     done
 }
 
-/// The JSON lines of `--output` so far (a torn last line is left for later).
-fn lines(path: &Path) -> Vec<serde_json::Value> {
-    let Ok(f) = std::fs::File::open(path) else {
-        return Vec::new();
+/// wstrace with JSON lines on stdout into `out`, its stderr collected.
+struct JsonTracer {
+    child: Kill,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+/// Starts `wstrace --format json` on `ports` (tracepoint set, default
+/// stacks) and returns once it says it is tracing.
+fn start_json_to(out: &Path, ports: &[u16]) -> JsonTracer {
+    let file = std::fs::File::create(out).expect("report file");
+    let mut cmd = Command::new(wstrace_bin());
+    for p in ports {
+        cmd.args(["--port", &p.to_string()]);
+    }
+    let mut c = cmd
+        .args(["--format", "json", "--probe", "tracepoint", SYMBOLIZE_TIMEOUT])
+        .stdout(Stdio::from(file))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wstrace");
+    let err = c.stderr.take().expect("stderr");
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let sink = stderr.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if line.contains("wstrace: tracing port") {
+                let _ = tx.send(());
+            }
+            // Per-tick loss warnings would flood the test's output.
+            if !line.contains("events lost (ring buffer full)") {
+                eprintln!("{line}");
+            }
+            sink.lock().expect("lock").push(line);
+        }
+    });
+    let t = JsonTracer {
+        child: Kill(c),
+        stderr,
     };
-    BufReader::new(f)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| serde_json::from_str(&l).ok())
-        .collect()
+    if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        panic!(
+            "wstrace did not attach:\n{}",
+            t.stderr.lock().expect("lock").join("\n")
+        );
+    }
+    t
 }
 
 fn count_lines(path: &Path) -> usize {
@@ -86,22 +125,9 @@ fn every_close_is_reported_under_churn_and_a_victims_close_keeps_its_stack() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let log = dir.join("closes.jsonl");
-    // Text on stdout folds the storm; every report is a JSON line in --output.
-    let mut t = Tracer::start_format(
-        port,
-        "text",
-        &[
-            "--port",
-            &victim.to_string(),
-            "--probe",
-            "tracepoint",
-            "--color",
-            "never",
-            "--output",
-            &log.display().to_string(),
-        ],
-    );
-
+    // JSON lines on stdout, as a collector reads them (and the benchmark),
+    // into a file: 150,000 reports are too many to hold in the test.
+    let mut t = start_json_to(&log, &[port, victim]);
     let stop = Arc::new(AtomicBool::new(false));
     let loops: Vec<_> = (0..LOOPS)
         .map(|_| {
@@ -123,18 +149,52 @@ fn every_close_is_reported_under_churn_and_a_victims_close_keeps_its_stack() {
     );
 
     // No timing assertion: the daemon may lag; it must not lose anything.
-    let start = Instant::now();
-    while count_lines(&log) < want && start.elapsed() < Duration::from_secs(300) {
+    // The wait ends when every report is in, or nothing came for 30 s.
+    let (mut seen, mut progress) = (0, Instant::now());
+    while seen < want && progress.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(500));
+        let n = count_lines(&log);
+        if n > seen {
+            (seen, progress) = (n, Instant::now());
+        }
     }
-    t.signal(libc::SIGTERM);
-    assert!(t.wait().success(), "{}", t.stderr_text());
-    let stderr = t.stderr_text();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(t.child.0.id() as i32, libc::SIGTERM) };
+    let status = t.child.0.wait().expect("wait");
+    let stderr = t.stderr.lock().expect("lock").join("\n");
+    assert!(status.success(), "{stderr}");
 
-    let reports = lines(&log);
+    // One pass over the reports (too many to keep): counts, and the victim's.
+    let local = format!("127.0.0.1:{victim}");
+    let (mut reports, mut same_as, mut elided, mut dropped) = (0usize, 0usize, 0usize, 0usize);
+    let mut victims = Vec::new();
+    let f = std::fs::File::open(&log).expect("report file");
+    for (i, line) in BufReader::new(f).lines().map_while(Result::ok).enumerate() {
+        let r: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {line}", i + 1));
+        reports += 1;
+        match r["user_stack_copy"].as_str() {
+            Some("same_as") => {
+                same_as += 1;
+                // Shown with the site's copy's unwind, and the rate.
+                assert_eq!(r["user_stack_unwind"], "dwarf", "{r}");
+                assert!(r["user_stack_elided_rate"].as_u64() > Some(0), "{r}");
+                assert!(r["user_stack_same_as_ms_before"].is_u64(), "{r}");
+                assert!(
+                    r["user_stack"].as_array().is_some_and(|s| !s.is_empty()),
+                    "{r}"
+                );
+            }
+            Some("elided") => elided += 1,
+            Some("dropped") => dropped += 1,
+            _ => {}
+        }
+        if r["local"] == local.as_str() {
+            victims.push(r);
+        }
+    }
     assert_eq!(
-        reports.len(),
-        want,
+        reports, want,
         "one report per connection ({flooded} flooded + 1 victim); stderr: {stderr}"
     );
     assert!(
@@ -143,10 +203,8 @@ fn every_close_is_reported_under_churn_and_a_victims_close_keeps_its_stack() {
     );
 
     // The victim's close: reported, with its own copy, named frames.
-    let local = format!("127.0.0.1:{victim}");
-    let v: Vec<_> = reports.iter().filter(|r| r["local"] == local.as_str()).collect();
-    assert_eq!(v.len(), 1, "the victim's one close");
-    let v = v[0];
+    assert_eq!(victims.len(), 1, "the victim's one close");
+    let v = &victims[0];
     assert_eq!(v["pid"].as_u64(), Some(u64::from(victim_pid)), "{v}");
     assert_eq!(
         v["user_stack_copy"],
@@ -163,31 +221,10 @@ fn every_close_is_reported_under_churn_and_a_victims_close_keeps_its_stack() {
 
     // Stack detail degraded, and said so: the flooded server's closes past
     // its budget name its last copy, and the count is on stderr.
-    let same_as = reports
-        .iter()
-        .filter(|r| r["user_stack_copy"] == "same_as")
-        .count();
-    let elided = reports
-        .iter()
-        .filter(|r| r["user_stack_copy"] == "elided")
-        .count();
-    let dropped = reports
-        .iter()
-        .filter(|r| r["user_stack_copy"] == "dropped")
-        .count();
     assert!(
         same_as > flooded as usize / 2,
         "most flooded closes share their site's copy: {same_as} of {flooded}"
     );
-    for r in reports.iter().filter(|r| r["user_stack_copy"] == "same_as") {
-        assert_eq!(r["user_stack_unwind"], "dwarf", "{r}");
-        assert!(r["user_stack_elided_rate"].as_u64() > Some(0), "{r}");
-        assert!(r["user_stack_same_as_ms_before"].is_u64(), "{r}");
-        assert!(
-            r["user_stack"].as_array().is_some_and(|s| !s.is_empty()),
-            "{r}"
-        );
-    }
     let said = format!(
         "were reported without a user stack copy of their own: {} over their call site's",
         same_as + elided

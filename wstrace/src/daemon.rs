@@ -43,10 +43,6 @@ const RING_BYTES_WITH_STACKS: u32 = 8 * 1024 * 1024;
 const QUEUE_BYTES: usize = 16 * 1024 * 1024;
 const QUEUE_BYTES_WITH_STACKS: usize = 16 * 1024 * 1024;
 
-/// Records delivered per wake-up of the event loop at most, so the ticks
-/// (fold timers, loss warnings) still run while a churn keeps it busy.
-const RECEIVE_BATCH: usize = 256;
-
 /// Ring buffer and reader queue sizes: (ring bytes, queue bytes).
 fn buffer_sizes(user_stack_bytes: u32) -> (u32, usize) {
     if user_stack_bytes > 0 {
@@ -558,21 +554,18 @@ impl EventLoop<'_> {
         let mut last_scan = tokio::time::Instant::now();
         while !self.done() {
             tokio::select! {
-                rec = self.reader.records.recv() => {
-                    let Some(rec) = rec else {
+                batch = self.reader.records.recv() => {
+                    let Some(batch) = batch else {
                         bail!("the ring-buffer reader stopped unexpectedly");
                     };
-                    self.deliver(rec.event)?;
-                    // Under churn records queue faster than one select a
-                    // record: take what is already there in one go.
-                    let mut n = 1;
-                    while n < RECEIVE_BATCH && !self.done() {
-                        let Ok(rec) = self.reader.records.try_recv() else {
+                    for event in batch.events {
+                        self.deliver(event)?;
+                        if self.done() {
                             break;
-                        };
-                        self.deliver(rec.event)?;
-                        n += 1;
+                        }
                     }
+                    // The batch's reports in one write.
+                    self.outputs.flush_stdout()?;
                 }
                 _ = tick.tick() => {
                     let scan = last_scan.elapsed() >= LISTENER_SCAN_INTERVAL;
@@ -683,10 +676,15 @@ impl EventLoop<'_> {
         self.attached.detach_all();
         self.reader.finish();
         while !self.done() {
-            let Some(rec) = self.reader.records.recv().await else {
+            let Some(batch) = self.reader.records.recv().await else {
                 break;
             };
-            self.deliver(rec.event)?;
+            for event in batch.events {
+                self.deliver(event)?;
+                if self.done() {
+                    break;
+                }
+            }
         }
         if !self.done() {
             for r in self.matcher.flush(monotonic_ns()) {

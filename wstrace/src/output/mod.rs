@@ -59,7 +59,14 @@ pub struct Outputs {
     folder: Option<fold::Folder>,
     /// Reports emitted so far (each connection counts, folded or not).
     pub printed: u64,
+    /// Whole reports not yet written to stdout: written together when the
+    /// daemon has taken what the reader had queued (`flush_stdout`), so a
+    /// churn of 20,000 reports a second is not 20,000 writes.
+    pending: String,
 }
+
+/// Stdout bytes held at most before they are written anyway.
+const STDOUT_BATCH: usize = 64 * 1024;
 
 impl Outputs {
     pub fn new(
@@ -83,6 +90,7 @@ impl Outputs {
             metrics,
             folder: (fold && format == Format::Text).then(fold::Folder::default),
             printed: 0,
+            pending: String::new(),
         }
     }
 
@@ -150,30 +158,61 @@ impl Outputs {
                 let ready = folder.add(v, text, std::time::Instant::now());
                 self.print_ready(ready)
             }
-            None => print(text),
+            None => {
+                self.queue_print(text);
+                Ok(())
+            }
         }
     }
 
     /// Prints the folded storms (and lone reports) whose moment is over:
     /// the daemon calls this on its timer.
     pub fn tick(&mut self) -> Result<()> {
-        match &mut self.folder {
-            Some(folder) => {
-                let ready = folder.due(std::time::Instant::now());
-                self.print_ready(ready)
-            }
-            None => Ok(()),
+        if let Some(folder) = &mut self.folder {
+            let ready = folder.due(std::time::Instant::now());
+            self.print_ready(ready)?;
+        }
+        self.flush_stdout()
+    }
+
+    fn print_ready(&mut self, ready: Vec<fold::Ready>) -> Result<()> {
+        for r in ready {
+            let text = match r {
+                fold::Ready::One(text) => text,
+                fold::Ready::Storm(s) => text::render_storm(&s, self.color),
+            };
+            self.queue_print(text);
+        }
+        Ok(())
+    }
+
+    /// Holds one report (or summary) for stdout, whole, with its newline.
+    fn queue_print(&mut self, text: String) {
+        if self.pending.is_empty() {
+            self.pending = text;
+        } else {
+            self.pending.push_str(&text);
+        }
+        if !self.pending.ends_with('\n') {
+            self.pending.push('\n');
+        }
+        if self.pending.len() >= STDOUT_BATCH
+            && let Err(e) = self.flush_stdout()
+        {
+            // Said here; the daemon's next flush_stdout fails the run.
+            eprintln!("wstrace: error: {e:#}");
         }
     }
 
-    fn print_ready(&self, ready: Vec<fold::Ready>) -> Result<()> {
-        for r in ready {
-            print(match r {
-                fold::Ready::One(text) => text,
-                fold::Ready::Storm(s) => text::render_storm(&s, self.color),
-            })?;
+    /// Writes the reports held for stdout in one write, flushed: a pipe
+    /// reader never sees half of one. The daemon calls this after each
+    /// batch of records and on its timer.
+    pub fn flush_stdout(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let text = std::mem::take(&mut self.pending);
+        print(&text)
     }
 
     /// Prints what is still folded and syncs `--output` to disk (at exit).
@@ -184,6 +223,9 @@ impl Outputs {
                 eprintln!("wstrace: error: {e:#}");
             }
         }
+        if let Err(e) = self.flush_stdout() {
+            eprintln!("wstrace: error: {e:#}");
+        }
         if let Some(log) = &mut self.log
             && let Err(e) = log.sync()
         {
@@ -192,16 +234,11 @@ impl Outputs {
     }
 }
 
-/// One report (or summary) to stdout in one write, flushed: a pipe reader
-/// never sees half of one.
-fn print(text: String) -> Result<()> {
+/// Whole reports (each ending in a newline) to stdout in one write,
+/// flushed: a pipe reader never sees half of one.
+fn print(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    let line = if text.ends_with('\n') {
-        text
-    } else {
-        text + "\n"
-    };
-    out.write_all(line.as_bytes())
+    out.write_all(text.as_bytes())
         .context("writing a report to stdout")?;
     out.flush().context("flushing stdout")
 }
