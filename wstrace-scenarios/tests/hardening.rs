@@ -370,3 +370,93 @@ fn systemd_gets_ready_1_once_the_probes_are_attached() {
     assert_eq!(out.lines().count(), 1, "{out:?}\n{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Plants `.wsready.<pid>.tmp` for the next N pids in DIR (argv 1, 2), as a
+/// local user guessing the ready file's temporary name would.
+const PLANT_READY_NAMES: &str = r#"
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+last = int(open("/proc/sys/kernel/ns_last_pid").read())
+for pid in range(last + 1, last + 1 + n):
+    with open(os.path.join(d, ".wsready.%d.tmp" % pid), "w") as f:
+        f.write("planted\n")
+print("PLANTED", last + 1, last + n, flush=True)
+"#;
+
+/// Issue 25, item 4: names planted by `nobody` for the next pids in a
+/// sticky, world-writable directory (like /tmp) do not refuse the start:
+/// the ready file appears and tracing works.
+#[test]
+fn planted_temporary_names_do_not_refuse_the_ready_file() {
+    if !require_root()
+        || !["/usr/bin/setpriv", "/usr/bin/python3"]
+            .into_iter()
+            .all(|t| require(Path::new(t).is_file(), &format!("needs {t}")))
+    {
+        return;
+    }
+    let _g = serial();
+    let dir = temp_dir("planted");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let shared = dir.join("tmp");
+    std::fs::create_dir(&shared).expect("mkdir");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let script = dir.join("plant.py");
+    std::fs::write(&script, PLANT_READY_NAMES).expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (_srv, port) = common::server(&["--mode", "close-after101"]);
+    let out = Command::new("/usr/bin/setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .args(["/usr/bin/python3"])
+        .arg(&script)
+        .arg(&shared)
+        .arg("20000")
+        .output()
+        .expect("plant");
+    let planted = String::from_utf8_lossy(&out.stdout).into_owned();
+    let range: Vec<u32> = planted
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    assert_eq!(range.len(), 2, "planter: {planted} {}", String::from_utf8_lossy(&out.stderr));
+    let ready = shared.join("wsready");
+    let port_s = port.to_string();
+    let ready_s = ready.display().to_string();
+    let (mut w, stderr) = spawn_wstrace(
+        &[
+            "--port",
+            &port_s,
+            "--format",
+            "json",
+            "--count",
+            "1",
+            "--ready-file",
+            &ready_s,
+        ],
+        &[],
+    );
+    let pid = w.0.id();
+    assert!(
+        (range[0]..=range[1]).contains(&pid),
+        "wstrace got pid {pid}, outside the planted {range:?}: the test proved nothing"
+    );
+    let start = Instant::now();
+    loop {
+        if std::fs::read_to_string(&ready).unwrap_or_default().contains("pid=") {
+            break;
+        }
+        if let Some(status) = w.0.try_wait().expect("try_wait") {
+            panic!(
+                "wstrace exited ({status}) before the ready file appeared:\n{}",
+                stderr.join().expect("stderr")
+            );
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no ready file after 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    upgrade_once(port);
+    assert!(w.0.wait().expect("wait").success());
+    let _ = stderr.join();
+    let _ = std::fs::remove_dir_all(&dir);
+}

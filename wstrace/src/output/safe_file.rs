@@ -243,6 +243,22 @@ fn kind_name(k: FileType) -> &'static str {
     }
 }
 
+/// 16 hex digits from the kernel's random pool: the unpredictable part of
+/// every temporary name wstrace creates (the ready file's, rotation's), so
+/// no other user can create the name first.
+pub fn random_suffix() -> Result<String> {
+    let mut b = [0u8; 8];
+    // SAFETY: `b` is a valid, writable buffer of `b.len()` bytes.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        bail!(
+            "getrandom for a temporary file name: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(format!("{:016x}", u64::from_ne_bytes(b)))
+}
+
 /// Opens `path` for writing (appending or truncating) with every check
 /// above: `--output` and `report --html` in one call.
 pub fn open_write(path: &Path, append: bool) -> Result<File> {
