@@ -399,3 +399,94 @@ fn metrics_flood_under_1024_fds_stays_cheap_and_output_keeps_rotating() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Creates PATH with O_CREAT|O_EXCL in a loop for S seconds, writing a
+/// forged line into it when it wins; prints how often it won.
+const TAKE_THE_NAME: &str = r#"
+import os, sys, time
+path, secs = sys.argv[1], float(sys.argv[2])
+won = 0
+end = time.time() + secs
+while time.time() < end:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except OSError:
+        continue
+    os.write(fd, b'{"forged": true}\n')
+    os.close(fd)
+    won += 1
+print("WON", won, flush=True)
+"#;
+
+/// Issue 25, item 5: a nobody loop on `open(O_CREAT|O_EXCL)` of the log's
+/// name never gets it during rotations (in sticky /tmp-like directory), and
+/// no file grows past --rotate-size.
+#[test]
+fn rotation_never_hands_the_log_name_to_another_user() {
+    if !can_run("rotation_never_hands_the_log_name_to_another_user") {
+        return;
+    }
+    let _serial = serial();
+    let (_srv, port) = common::server(&["--mode", "close-after101"]);
+    let d = world_readable_dir("rotname");
+    let logs = d.join("logs");
+    std::fs::create_dir(&logs).expect("mkdir");
+    // Like /tmp: everyone may create, only owners remove.
+    std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let log = logs.join("wslog.jsonl");
+    let script = d.join("take.py");
+    std::fs::write(&script, TAKE_THE_NAME).expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut t = Tracer::start(
+        port,
+        &[
+            "--output",
+            &log.display().to_string(),
+            "--rotate-size",
+            "4K",
+            "--rotate-keep",
+            "3",
+        ],
+    );
+    let taker = as_nobody(Path::new("/usr/bin/python3"))
+        .arg(&script)
+        .arg(&log)
+        .arg("10")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("taker");
+    let taker = Kill(taker);
+    // ~150 rotations (a report is ~1.5 KB) while the loop runs.
+    let n = 300;
+    for _ in 0..n {
+        upgrade_once(port);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reports = t.wait_for_reports(n, Duration::from_secs(30));
+    assert!(reports.len() >= n, "{} of {n} reports", reports.len());
+    let mut taker = taker;
+    let mut won = String::new();
+    taker
+        .0
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut won)
+        .expect("taker output");
+    t.signal(libc::SIGTERM);
+    assert!(t.wait().success(), "{}", t.stderr_text());
+    assert_eq!(won.trim(), "WON 0", "the nobody loop took the log's name");
+    use std::os::unix::fs::MetadataExt as _;
+    let mut rotated = 0;
+    for e in std::fs::read_dir(&logs).expect("ls").filter_map(Result::ok) {
+        let m = e.metadata().expect("meta");
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert_eq!(m.uid(), 0, "{name} is owned by uid {}", m.uid());
+        assert!(m.len() <= 4096, "{name} is {} bytes (> 4K)", m.len());
+        rotated += usize::from(name.starts_with("wslog.jsonl."));
+    }
+    assert!(rotated >= 3, "only {rotated} rotated files: too few reports ({n})");
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(!text.contains("forged"), "{text}");
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -239,6 +239,7 @@ fn announce(opts: &Options<'_>, attached: &Attached, outputs: &Outputs) {
     for (reason, _, _) in Losses::default().each() {
         outputs.events_lost(reason, 0);
     }
+    outputs.events_lost(crate::output::LOG_UNWRITTEN, 0);
 }
 
 /// Who opens uprobe perf events (CAP_SYS_ADMIN): the helper process for
