@@ -400,6 +400,63 @@ fn metrics_flood_under_1024_fds_stays_cheap_and_output_keeps_rotating() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// A client run as nobody: upgrades, then sends one segment holding a close
+/// frame with a 126-byte payload (control frames carry at most 125) and a
+/// valid ping, and closes.
+const BAD_CLOSE_THEN_PING: &str = r#"
+import socket, sys
+port = int(sys.argv[1])
+c = socket.create_connection(("127.0.0.1", port))
+c.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n")
+data = b""
+while b"\r\n\r\n" not in data:
+    d = c.recv(4096)
+    if not d:
+        sys.exit("no 101")
+    data += d
+key = b"\x01\x02\x03\x04"
+bad = bytes([0x88, 0x80 | 126, 0, 126]) + key + bytes(b ^ key[i % 4] for i, b in enumerate(b"\x03\xe8" + b"x" * 124))
+ping = bytes([0x89, 0x80 | 2]) + key + bytes(b ^ key[i % 4] for i, b in enumerate(b"hi"))
+c.sendall(bad + ping)
+import time
+time.sleep(0.3)
+c.close()
+print("SENT", flush=True)
+"#;
+
+/// Issue 25, item 6: one malformed control frame in a segment skips its own
+/// bytes only: the valid ping after it in the same read still counts.
+#[test]
+fn a_malformed_close_frame_does_not_hide_the_ping_after_it() {
+    if !can_run("a_malformed_close_frame_does_not_hide_the_ping_after_it") {
+        return;
+    }
+    let _serial = serial();
+    let (_srv, port) = common::server(&["--mode", "wait-for-peer"]);
+    let d = world_readable_dir("badframe");
+    let script = d.join("client.py");
+    std::fs::write(&script, BAD_CLOSE_THEN_PING).expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let t = Tracer::start(port, &[]);
+    let out = as_nobody(Path::new("/usr/bin/python3"))
+        .arg(&script)
+        .arg(port.to_string())
+        .output()
+        .expect("client");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("SENT"),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports = t.wait_for_reports(1, Duration::from_secs(20));
+    assert_eq!(reports.len(), 1, "{}", t.stderr_text());
+    let r = &reports[0];
+    assert_eq!(r["closed_by"], "peer", "{r:#}");
+    assert_eq!(r["heartbeat"]["pings_received"], 1, "{r:#}");
+    assert_ne!(r["diagnosis"]["code"], "idle_timeout", "{r:#}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 /// Creates PATH with O_CREAT|O_EXCL in a loop for S seconds, writing a
 /// forged line into it when it wins; prints how often it won.
 const TAKE_THE_NAME: &str = r#"
