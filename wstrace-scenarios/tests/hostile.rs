@@ -547,3 +547,96 @@ fn rotation_never_hands_the_log_name_to_another_user() {
     assert!(!text.contains("forged"), "{text}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Names itself nginx (prctl), binds a client socket to 127.0.0.2:PORT
+/// (the real server listens on 127.0.0.1:PORT), has its own listener send
+/// an HTTP/1.0 upgrade with `Via: 1.1 nginx` to that client socket, answers
+/// `HTTP/1.1 101` on it and closes; N times.
+const FORGE_NGINX: &str = r#"
+import ctypes, socket, sys
+ctypes.CDLL(None).prctl(15, b"nginx", 0, 0, 0)
+port, n = int(sys.argv[1]), int(sys.argv[2])
+done = 0
+for _ in range(n):
+    l = socket.socket()
+    l.bind(("127.0.0.2", 0))
+    l.listen(1)
+    c = socket.socket()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    c.bind(("127.0.0.2", port))
+    c.connect(l.getsockname())
+    a, _ = l.accept()
+    a.sendall(b"GET /spoof HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\nVia: 1.1 nginx\r\n\r\n")
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += c.recv(4096)
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    c.close()
+    a.recv(4096)
+    a.close()
+    l.close()
+    done += 1
+print("FORGED", done, flush=True)
+"#;
+
+/// Issue 25, item 3: a nobody process calling itself nginx cannot forge a
+/// report (a client socket bound to the traced port is no server socket:
+/// only one a listener on the port accepted is), and the victim's real
+/// closes keep their reports; no report names nginx without an nginx
+/// executable.
+#[test]
+fn a_client_socket_on_the_traced_port_forges_no_report() {
+    if !can_run("a_client_socket_on_the_traced_port_forges_no_report") {
+        return;
+    }
+    let _serial = serial();
+    let (_srv, port) = common::server(&["--mode", "close-after101"]);
+    let d = world_readable_dir("forge");
+    let script = d.join("forge.py");
+    std::fs::write(&script, FORGE_NGINX).expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mport = free_port();
+    let t = Tracer::start(port, &["--metrics", &format!("127.0.0.1:{mport}")]);
+    let forger = as_nobody(Path::new("/usr/bin/python3"))
+        .arg(&script)
+        .arg(port.to_string())
+        .arg("5")
+        .output()
+        .expect("forger");
+    assert!(
+        String::from_utf8_lossy(&forger.stdout).contains("FORGED 5"),
+        "the forger did not run: {}",
+        String::from_utf8_lossy(&forger.stderr)
+    );
+    for _ in 0..3 {
+        upgrade_once(port);
+    }
+    let reports = t.wait_for_reports(3, Duration::from_secs(20));
+    // Whatever else arrives late would show here too.
+    std::thread::sleep(Duration::from_millis(500));
+    let reports = {
+        let more = t.reports();
+        if more.len() > reports.len() { more } else { reports }
+    };
+    assert_eq!(reports.len(), 3, "{reports:#?}\n{}", t.stderr_text());
+    for r in &reports {
+        let local = r["local"].as_str().unwrap_or_default();
+        assert!(local.starts_with("127.0.0.1:"), "a forged report: {r:#}");
+        assert_ne!(r["diagnosis"]["front"]["kind"], "nginx", "{r:#}");
+        let fix = r["diagnosis"]["fix"].as_str().unwrap_or_default();
+        assert!(!fix.contains("proxy_http_version"), "{r:#}");
+    }
+    let metrics = {
+        let mut c = TcpStream::connect(("127.0.0.1", mport)).expect("metrics");
+        c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("scrape");
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out
+    };
+    assert!(
+        metrics.contains("wstrace_upgrades_total 3"),
+        "the forged upgrades were counted:\n{metrics}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -188,7 +188,10 @@ impl Enricher {
                 }
                 None => None,
             };
-            if let Some(p) = found {
+            if let Some(mut p) = found {
+                // Read now, while the writer lives: a proxy is named from
+                // its executable, not from the comm it chose.
+                p.exe = peer::exe_of(p.pid);
                 if self.peers.len() >= MAX_PEERS {
                     self.peers.clear();
                 }

@@ -312,6 +312,7 @@ mod tests {
                     tid: Some(13),
                     comm: evil("peer"),
                     source: PeerSource::Kernel,
+                    exe: None,
                 }),
                 ending: Some(ProcessEnd::Signaled {
                     signal: 9,
