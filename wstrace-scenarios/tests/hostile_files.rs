@@ -266,3 +266,139 @@ fn fifo_debug_link_target_does_not_freeze_reports() {
     let benign = as_nobody(Path::new(PYTHON), &scratch.script(), &[]);
     both_reported_and_clean_exit(test, hostile, benign);
 }
+
+/// A root victim on its own traced port: upgrades closed by the server.
+fn victim() -> (Kill, u16) {
+    common::server(&["--mode", "close-after101"])
+}
+
+/// One victim close; its report within `within`, with a named user frame.
+fn victim_report_within(t: &Tracer, port: u16, seen: usize, within: Duration) -> serde_json::Value {
+    let start = Instant::now();
+    upgrade_once(port);
+    loop {
+        let mine: Vec<serde_json::Value> = t
+            .reports()
+            .into_iter()
+            .filter(|r| {
+                local_port(r) == Some(port)
+                    && r["local"].as_str().is_some_and(|l| l.starts_with("127.0.0.1:"))
+            })
+            .collect();
+        if mine.len() > seen {
+            let r = mine[seen].clone();
+            let took = start.elapsed();
+            assert!(
+                took <= within,
+                "the victim's report took {took:?} (> {within:?}): {r}"
+            );
+            let named = r["user_stack"].as_array().is_some_and(|a| {
+                a.iter()
+                    .filter_map(|f| f.as_str())
+                    .any(|f| !f.starts_with("[unknown]"))
+            });
+            assert!(named, "the victim's user stack has no named frame: {r}");
+            return r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no victim report after 30 s:\n{}",
+            t.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// SERVER_PY with a FIFO perf map, on 127.0.0.2:PORT (the victim's port,
+/// another address: one traced port for all of them).
+const FIFO_SERVER_PY: &str = r#"
+import os, socket, sys
+port = int(sys.argv[1])
+os.mkfifo("/tmp/perf-%d.map" % os.getpid())
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+s.bind(("127.0.0.2", port))
+s.listen(8)
+print("READY", s.getsockname()[1], flush=True)
+while True:
+    c, _ = s.accept()
+    head = b""
+    while b"\r\n\r\n" not in head:
+        d = c.recv(4096)
+        if not d:
+            break
+        head += d
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    c.close()
+"#;
+
+/// One upgrade to 127.0.0.2:PORT, read until the server closes.
+fn upgrade_once_at_2(port: u16) {
+    use std::io::{Read as _, Write as _};
+    let mut c = std::net::TcpStream::connect(("127.0.0.2", port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    c.write_all(common::UPGRADE).expect("send");
+    let mut buf = [0u8; 512];
+    while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+/// Issue 25, item 1: nine nobody servers make their perf maps FIFOs, get
+/// one connection each traced and closed, then delete the FIFOs (nobody
+/// will ever open them for writing). The root victim's reports keep coming
+/// within 1 s with named user frames, before and after the deletion.
+#[test]
+fn nine_fifo_perf_maps_do_not_blind_other_stacks() {
+    let test = "nine_fifo_perf_maps_do_not_blind_other_stacks";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let scratch = Scratch::new("nine-fifos");
+    let script = scratch.0.join("fifo_server.py");
+    std::fs::write(&script, FIFO_SERVER_PY).expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (_victim, vport) = victim();
+    let attackers: Vec<(Kill, u16)> = (0..9)
+        .map(|_| as_nobody(Path::new(PYTHON), &script, &[&vport.to_string()]))
+        .collect();
+    let fifos: Vec<PathBuf> = attackers
+        .iter()
+        .map(|(k, _)| PathBuf::from(format!("/tmp/perf-{}.map", pid_of(k))))
+        .collect();
+    struct Unlink(Vec<PathBuf>);
+    impl Drop for Unlink {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let _unlink = Unlink(fifos.clone());
+    let t = Tracer::start(vport, &["--symbolize-timeout=2"]);
+    // Warm: the victim's binary parsed once, however long a loaded host takes.
+    let mut seen = 0;
+    victim_report_within(&t, vport, seen, Duration::from_secs(30));
+    seen += 1;
+    // Each attacker's connection: one at a time, as each its own server
+    // (the kernel spreads them over the nine listeners).
+    for _ in 0..attackers.len() * 2 {
+        upgrade_once_at_2(vport);
+    }
+    victim_report_within(&t, vport, seen, Duration::from_secs(1));
+    seen += 1;
+    for f in &fifos {
+        let _ = std::fs::remove_file(f);
+    }
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_secs(2));
+        victim_report_within(&t, vport, seen, Duration::from_secs(1));
+        seen += 1;
+    }
+    let attacked = t
+        .reports()
+        .iter()
+        .filter(|r| r["local"].as_str().is_some_and(|l| l.starts_with("127.0.0.2:")))
+        .count();
+    assert!(attacked > 0, "no attacker's close was traced: {}", t.stderr_text());
+}

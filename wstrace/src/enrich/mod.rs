@@ -8,6 +8,7 @@ pub mod clock;
 pub mod hz;
 pub mod maps;
 pub mod peer;
+pub mod perf_map;
 pub mod process;
 pub mod symbolize;
 pub mod tls;
