@@ -52,6 +52,15 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 #[map]
 pub static UPGRADED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
 
+/// `struct sock *` of sockets a listener on a traced port accepted (the
+/// kernel moved them SYN_RECV -> ESTABLISHED: a passive open). Only these
+/// can be upgraded server sockets: a client socket bound to the traced
+/// port on another address (say 127.0.0.2:P) that writes a 101 is not one.
+/// Removed when the socket is destroyed (its address may be reused); LRU
+/// as the backstop.
+#[map]
+pub static ACCEPTED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+
 /// Events that found the ring buffer full (index 0), per CPU. The daemon sums
 /// and reports them: a lost event is never silent.
 #[map]

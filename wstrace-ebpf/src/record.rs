@@ -24,7 +24,7 @@ use crate::{
         port_traced, read, sk_err, sk_is_tcp, sk_local_port,
     },
     maps::{
-        EVENTS, HEAD_BYTES, LOST, PEER_WRITERS, PENDING_READS, PendingRead, RESUME,
+        ACCEPTED, EVENTS, HEAD_BYTES, LOST, PEER_WRITERS, PENDING_READS, PendingRead, RESUME,
         RESUME_UNTIL, SockDir, TLS_LAST_READ, TLS_READS, TLS_WRITES, TlsRead, TlsWrite, UPGRADED,
         UPGRADERS,
     },
@@ -245,7 +245,9 @@ pub fn classify_write(buf: u64, len: u64) -> Write {
 /// already checked the port. `flags`: [`FLAG_TLS_OPENSSL`] when the 101 was
 /// seen in `SSL_write`, else 0.
 pub fn mark_upgraded(sk: u64, write_len: u64, probe: ProbeSet, flags: u32) {
-    if !sk_is_tcp(sk) {
+    // A server socket is one a listener on the port accepted: a client
+    // socket bound to the port writing a 101 forges nothing.
+    if !sk_is_tcp(sk) || ACCEPTED.get_ptr(sk).is_none() {
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
@@ -858,9 +860,25 @@ pub fn destroy(sk: u64) {
     entry.submit(0);
 }
 
-/// A traced-port socket that never upgraded is going away: drop its
-/// request-head budget.
+/// A traced-port socket is going away: drop its request-head budget and
+/// its accepted mark (the address may be reused by any next socket).
 #[inline(always)]
 pub fn forget_head(sk: u64) {
     let _ = HEAD_BYTES.remove(sk);
+    let _ = ACCEPTED.remove(sk);
+}
+
+/// A state change of any TCP socket: SYN_RECV -> ESTABLISHED on a traced
+/// port is a listener's child completing its handshake (a passive open;
+/// an active open goes SYN_SENT -> ESTABLISHED). Only such sockets may be
+/// marked upgraded.
+#[inline(always)]
+pub fn note_accepted(sk: u64, old_state: i32, new_state: i32) {
+    if old_state == wstrace_common::tcp_state::SYN_RECV as i32
+        && new_state == wstrace_common::tcp_state::ESTABLISHED as i32
+        && sk != 0
+        && sk_tuple_port_ok(sk)
+    {
+        let _ = ACCEPTED.insert(sk, 1, 0);
+    }
 }

@@ -199,6 +199,7 @@ fn metrics_scrape_passes_promtool() {
         "max_sockets",
         "orphan_event",
         "not_an_upgrade",
+        "log_unwritten",
     ] {
         assert!(
             body.contains(&format!(

@@ -7,7 +7,12 @@
 //! required: missing ones FAIL unless WSTRACE_TEST_ALLOW_SKIP=1.
 mod common;
 
-use std::{os::unix::net::UnixDatagram, path::PathBuf, process::Command, time::Duration};
+use std::{
+    os::unix::{fs::PermissionsExt as _, net::UnixDatagram},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use common::{
     Tracer, TracerOptions, WorldReadableDir, nobody_python_server, require,
@@ -279,5 +284,74 @@ fn systemd_gets_ready_1_once_the_probes_are_attached() {
     assert!(w.wait().success(), "{}", w.stderr_text());
     let out = w.raw_lines();
     assert_eq!(out.len(), 1, "{out:?}\n{}", w.stderr_text());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Plants `.wsready.<pid>.tmp` for the next N pids in DIR (argv 1, 2), as a
+/// local user guessing the ready file's temporary name would.
+const PLANT_READY_NAMES: &str = r#"
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+last = int(open("/proc/sys/kernel/ns_last_pid").read())
+for pid in range(last + 1, last + 1 + n):
+    with open(os.path.join(d, ".wsready.%d.tmp" % pid), "w") as f:
+        f.write("planted\n")
+print("PLANTED", last + 1, last + n, flush=True)
+"#;
+
+/// Issue 25, item 4: names planted by `nobody` for the next pids in a
+/// sticky, world-writable directory (like /tmp) do not refuse the start:
+/// the ready file appears and tracing works.
+#[test]
+fn planted_temporary_names_do_not_refuse_the_ready_file() {
+    if !require_root()
+        || !["/usr/bin/setpriv", "/usr/bin/python3"]
+            .into_iter()
+            .all(|t| require(Path::new(t).is_file(), &format!("needs {t}")))
+    {
+        return;
+    }
+    let _g = serial();
+    let dir = temp_dir("planted");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let shared = dir.join("tmp");
+    std::fs::create_dir(&shared).expect("mkdir");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let script = dir.join("plant.py");
+    std::fs::write(&script, PLANT_READY_NAMES).expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (_srv, port) = common::server(&["--mode", "close-after101"]);
+    let out = Command::new("/usr/bin/setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .args(["/usr/bin/python3"])
+        .arg(&script)
+        .arg(&shared)
+        .arg("20000")
+        .output()
+        .expect("plant");
+    let planted = String::from_utf8_lossy(&out.stdout).into_owned();
+    let range: Vec<u32> = planted
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    assert_eq!(range.len(), 2, "planter: {planted} {}", String::from_utf8_lossy(&out.stderr));
+    let ready = shared.join("wsready");
+    // The harness waits for the ready file to name this run's pid; a start
+    // refused by a planted name fails here with wstrace's stderr.
+    let mut w = TracerOptions::new()
+        .port(port)
+        .args(&["--count", "1"])
+        .ready_file(&ready)
+        .start()
+        .unwrap_or_else(|e| panic!("wstrace did not start past the planted names: {e:#}"));
+    let pid = w.pid() as u32;
+    assert!(
+        (range[0]..=range[1]).contains(&pid),
+        "wstrace got pid {pid}, outside the planted {range:?}: the test proved nothing"
+    );
+    upgrade_once(port);
+    assert!(w.wait().success(), "{}", w.stderr_text());
+    assert_eq!(w.reports().len(), 1, "{}", w.stderr_text());
     let _ = std::fs::remove_dir_all(&dir);
 }

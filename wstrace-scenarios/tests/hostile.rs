@@ -384,3 +384,244 @@ fn metrics_flood_under_1024_fds_stays_cheap_and_output_keeps_rotating() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A client run as nobody: upgrades, then sends one segment holding a close
+/// frame with a 126-byte payload (control frames carry at most 125) and a
+/// valid ping, and closes.
+const BAD_CLOSE_THEN_PING: &str = r#"
+import socket, sys
+port = int(sys.argv[1])
+c = socket.create_connection(("127.0.0.1", port))
+c.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n")
+data = b""
+while b"\r\n\r\n" not in data:
+    d = c.recv(4096)
+    if not d:
+        sys.exit("no 101")
+    data += d
+key = b"\x01\x02\x03\x04"
+bad = bytes([0x88, 0x80 | 126, 0, 126]) + key + bytes(b ^ key[i % 4] for i, b in enumerate(b"\x03\xe8" + b"x" * 124))
+ping = bytes([0x89, 0x80 | 2]) + key + bytes(b ^ key[i % 4] for i, b in enumerate(b"hi"))
+c.sendall(bad + ping)
+import time
+time.sleep(0.3)
+c.close()
+print("SENT", flush=True)
+"#;
+
+/// Issue 25, item 6: one malformed control frame in a segment skips its own
+/// bytes only: the valid ping after it in the same read still counts.
+#[test]
+fn a_malformed_close_frame_does_not_hide_the_ping_after_it() {
+    if !can_run("a_malformed_close_frame_does_not_hide_the_ping_after_it") {
+        return;
+    }
+    let _serial = serial();
+    let (_srv, port) = common::server(&["--mode", "wait-for-peer"]);
+    let (_dir, d) = world_readable_dir("badframe");
+    let script = d.join("client.py");
+    std::fs::write(&script, BAD_CLOSE_THEN_PING).expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let t = Tracer::start(port, &[]);
+    let out = as_nobody(Path::new("/usr/bin/python3"))
+        .arg(&script)
+        .arg(port.to_string())
+        .output()
+        .expect("client");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("SENT"),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports = t.wait_for_reports(1, Duration::from_secs(20));
+    assert_eq!(reports.len(), 1, "{}", t.stderr_text());
+    let r = &reports[0];
+    assert_eq!(r["closed_by"], "peer", "{r:#}");
+    assert_eq!(r["heartbeat"]["pings_received"], 1, "{r:#}");
+    assert_ne!(r["diagnosis"]["code"], "idle_timeout", "{r:#}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Creates PATH with O_CREAT|O_EXCL in a loop for S seconds, writing a
+/// forged line into it when it wins; prints how often it won.
+const TAKE_THE_NAME: &str = r#"
+import os, sys, time
+path, secs = sys.argv[1], float(sys.argv[2])
+won = 0
+end = time.time() + secs
+while time.time() < end:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except OSError:
+        continue
+    os.write(fd, b'{"forged": true}\n')
+    os.close(fd)
+    won += 1
+print("WON", won, flush=True)
+"#;
+
+/// Issue 25, item 5: a nobody loop on `open(O_CREAT|O_EXCL)` of the log's
+/// name never gets it during rotations (in sticky /tmp-like directory), and
+/// no file grows past --rotate-size.
+#[test]
+fn rotation_never_hands_the_log_name_to_another_user() {
+    if !can_run("rotation_never_hands_the_log_name_to_another_user") {
+        return;
+    }
+    let _serial = serial();
+    let (_srv, port) = common::server(&["--mode", "close-after101"]);
+    let (_dir, d) = world_readable_dir("rotname");
+    let logs = d.join("logs");
+    std::fs::create_dir(&logs).expect("mkdir");
+    // Like /tmp: everyone may create, only owners remove.
+    std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let log = logs.join("wslog.jsonl");
+    let script = d.join("take.py");
+    std::fs::write(&script, TAKE_THE_NAME).expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut t = Tracer::start(
+        port,
+        &[
+            "--output",
+            &log.display().to_string(),
+            "--rotate-size",
+            "4K",
+            "--rotate-keep",
+            "3",
+        ],
+    );
+    let taker = as_nobody(Path::new("/usr/bin/python3"))
+        .arg(&script)
+        .arg(&log)
+        .arg("10")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("taker");
+    let taker = Kill(taker);
+    // ~150 rotations (a report is ~1.5 KB) while the loop runs.
+    let n = 300;
+    for _ in 0..n {
+        upgrade_once(port);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reports = t.wait_for_reports(n, Duration::from_secs(30));
+    assert!(reports.len() >= n, "{} of {n} reports", reports.len());
+    let mut taker = taker;
+    let mut won = String::new();
+    taker
+        .0
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut won)
+        .expect("taker output");
+    t.signal(libc::SIGTERM);
+    assert!(t.wait().success(), "{}", t.stderr_text());
+    assert_eq!(won.trim(), "WON 0", "the nobody loop took the log's name");
+    use std::os::unix::fs::MetadataExt as _;
+    let mut rotated = 0;
+    for e in std::fs::read_dir(&logs).expect("ls").filter_map(Result::ok) {
+        let m = e.metadata().expect("meta");
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert_eq!(m.uid(), 0, "{name} is owned by uid {}", m.uid());
+        assert!(m.len() <= 4096, "{name} is {} bytes (> 4K)", m.len());
+        rotated += usize::from(name.starts_with("wslog.jsonl."));
+    }
+    assert!(rotated >= 3, "only {rotated} rotated files: too few reports ({n})");
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(!text.contains("forged"), "{text}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Names itself nginx (prctl), binds a client socket to 127.0.0.2:PORT
+/// (the real server listens on 127.0.0.1:PORT), has its own listener send
+/// an HTTP/1.0 upgrade with `Via: 1.1 nginx` to that client socket, answers
+/// `HTTP/1.1 101` on it and closes; N times.
+const FORGE_NGINX: &str = r#"
+import ctypes, socket, sys
+ctypes.CDLL(None).prctl(15, b"nginx", 0, 0, 0)
+port, n = int(sys.argv[1]), int(sys.argv[2])
+done = 0
+for _ in range(n):
+    l = socket.socket()
+    l.bind(("127.0.0.2", 0))
+    l.listen(1)
+    c = socket.socket()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    c.bind(("127.0.0.2", port))
+    c.connect(l.getsockname())
+    a, _ = l.accept()
+    a.sendall(b"GET /spoof HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\nVia: 1.1 nginx\r\n\r\n")
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += c.recv(4096)
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    c.close()
+    a.recv(4096)
+    a.close()
+    l.close()
+    done += 1
+print("FORGED", done, flush=True)
+"#;
+
+/// Issue 25, item 3: a nobody process calling itself nginx cannot forge a
+/// report (a client socket bound to the traced port is no server socket:
+/// only one a listener on the port accepted is), and the victim's real
+/// closes keep their reports; no report names nginx without an nginx
+/// executable.
+#[test]
+fn a_client_socket_on_the_traced_port_forges_no_report() {
+    if !can_run("a_client_socket_on_the_traced_port_forges_no_report") {
+        return;
+    }
+    let _serial = serial();
+    let (_srv, port) = common::server(&["--mode", "close-after101"]);
+    let (_dir, d) = world_readable_dir("forge");
+    let script = d.join("forge.py");
+    std::fs::write(&script, FORGE_NGINX).expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mport = free_port();
+    let t = Tracer::start(port, &["--metrics", &format!("127.0.0.1:{mport}")]);
+    let forger = as_nobody(Path::new("/usr/bin/python3"))
+        .arg(&script)
+        .arg(port.to_string())
+        .arg("5")
+        .output()
+        .expect("forger");
+    assert!(
+        String::from_utf8_lossy(&forger.stdout).contains("FORGED 5"),
+        "the forger did not run: {}",
+        String::from_utf8_lossy(&forger.stderr)
+    );
+    for _ in 0..3 {
+        upgrade_once(port);
+    }
+    let reports = t.wait_for_reports(3, Duration::from_secs(20));
+    // Whatever else arrives late would show here too.
+    std::thread::sleep(Duration::from_millis(500));
+    let reports = {
+        let more = t.reports();
+        if more.len() > reports.len() { more } else { reports }
+    };
+    assert_eq!(reports.len(), 3, "{reports:#?}\n{}", t.stderr_text());
+    for r in &reports {
+        let local = r["local"].as_str().unwrap_or_default();
+        assert!(local.starts_with("127.0.0.1:"), "a forged report: {r:#}");
+        assert_ne!(r["diagnosis"]["front"]["kind"], "nginx", "{r:#}");
+        let fix = r["diagnosis"]["fix"].as_str().unwrap_or_default();
+        assert!(!fix.contains("proxy_http_version"), "{r:#}");
+    }
+    let metrics = {
+        let mut c = TcpStream::connect(("127.0.0.1", mport)).expect("metrics");
+        c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("scrape");
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out
+    };
+    assert!(
+        metrics.contains("wstrace_upgrades_total 3"),
+        "the forged upgrades were counted:\n{metrics}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

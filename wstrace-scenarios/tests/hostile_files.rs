@@ -236,3 +236,234 @@ fn fifo_debug_link_target_does_not_freeze_reports() {
     let benign = as_nobody(Path::new(PYTHON), &script, &[]);
     both_reported_and_clean_exit(test, hostile, benign);
 }
+
+/// A root victim on its own traced port: upgrades closed by the server.
+fn victim() -> (Kill, u16) {
+    common::server(&["--mode", "close-after101"])
+}
+
+/// One victim close; its report within `within`, with a named user frame.
+fn victim_report_within(t: &Tracer, port: u16, seen: usize, within: Duration) -> serde_json::Value {
+    let start = Instant::now();
+    upgrade_once(port);
+    loop {
+        let mine: Vec<serde_json::Value> = t
+            .reports()
+            .into_iter()
+            .filter(|r| {
+                local_port(r) == Some(port)
+                    && r["local"].as_str().is_some_and(|l| l.starts_with("127.0.0.1:"))
+            })
+            .collect();
+        if mine.len() > seen {
+            let r = mine[seen].clone();
+            let took = start.elapsed();
+            assert!(
+                took <= within,
+                "the victim's report took {took:?} (> {within:?}): {r}"
+            );
+            let named = r["user_stack"].as_array().is_some_and(|a| {
+                a.iter()
+                    .filter_map(|f| f.as_str())
+                    .any(|f| !f.starts_with("[unknown]"))
+            });
+            assert!(named, "the victim's user stack has no named frame: {r}");
+            return r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no victim report after 30 s:\n{}",
+            t.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// SERVER_PY with a FIFO perf map, on 127.0.0.2:PORT (the victim's port,
+/// another address: one traced port for all of them).
+const FIFO_SERVER_PY: &str = r#"
+import os, socket, sys
+port = int(sys.argv[1])
+os.mkfifo("/tmp/perf-%d.map" % os.getpid())
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+s.bind(("127.0.0.2", port))
+s.listen(8)
+print("READY", s.getsockname()[1], flush=True)
+while True:
+    c, _ = s.accept()
+    head = b""
+    while b"\r\n\r\n" not in head:
+        d = c.recv(4096)
+        if not d:
+            break
+        head += d
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    c.close()
+"#;
+
+/// One upgrade to 127.0.0.2:PORT, read until the server closes.
+fn upgrade_once_at_2(port: u16) {
+    use std::io::{Read as _, Write as _};
+    let mut c = std::net::TcpStream::connect(("127.0.0.2", port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    c.write_all(common::UPGRADE).expect("send");
+    let mut buf = [0u8; 512];
+    while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+/// Issue 25, item 1: nine nobody servers make their perf maps FIFOs, get
+/// one connection each traced and closed, then delete the FIFOs (nobody
+/// will ever open them for writing). The root victim's reports keep coming
+/// within 1 s with named user frames, before and after the deletion.
+#[test]
+fn nine_fifo_perf_maps_do_not_blind_other_stacks() {
+    let test = "nine_fifo_perf_maps_do_not_blind_other_stacks";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let (scratch, _) = scratch("nine-fifos");
+    let script = scratch.path().join("fifo_server.py");
+    std::fs::write(&script, FIFO_SERVER_PY).expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (_victim, vport) = victim();
+    let attackers: Vec<(Kill, u16)> = (0..9)
+        .map(|_| as_nobody(Path::new(PYTHON), &script, &[&vport.to_string()]))
+        .collect();
+    let fifos: Vec<PathBuf> = attackers
+        .iter()
+        .map(|(k, _)| PathBuf::from(format!("/tmp/perf-{}.map", pid_of(k))))
+        .collect();
+    struct Unlink(Vec<PathBuf>);
+    impl Drop for Unlink {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let _unlink = Unlink(fifos.clone());
+    let t = Tracer::start(vport, &["--symbolize-timeout=2"]);
+    // Warm: the victim's binary parsed once, however long a loaded host takes.
+    let mut seen = 0;
+    victim_report_within(&t, vport, seen, Duration::from_secs(30));
+    seen += 1;
+    // Each attacker's connection: one at a time, as each its own server
+    // (the kernel spreads them over the nine listeners).
+    for _ in 0..attackers.len() * 2 {
+        upgrade_once_at_2(vport);
+    }
+    victim_report_within(&t, vport, seen, Duration::from_secs(1));
+    seen += 1;
+    for f in &fifos {
+        let _ = std::fs::remove_file(f);
+    }
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_secs(2));
+        victim_report_within(&t, vport, seen, Duration::from_secs(1));
+        seen += 1;
+    }
+    let attacked = t
+        .reports()
+        .iter()
+        .filter(|r| r["local"].as_str().is_some_and(|l| l.starts_with("127.0.0.2:")))
+        .count();
+    assert!(attacked > 0, "no attacker's close was traced: {}", t.stderr_text());
+}
+
+/// Makes DIR/libssl.so.3 a sparse file whose ELF header uses extended
+/// numbering (`e_shnum = 0`, `e_shstrndx = SHN_XINDEX`, section 0's
+/// `sh_size` = 16.7M sections), maps it, and serves like SERVER_PY on
+/// 127.0.0.2:PORT (the victim's port, another address) so the TLS survey
+/// of new listeners reads it.
+const FAKE_LIBSSL_PY: &str = r#"
+import mmap, os, socket, struct, sys
+d, port = sys.argv[1], int(sys.argv[2])
+path = os.path.join(d, "libssl.so.3")
+n = 16_700_000
+hdr = bytearray(128)
+hdr[0:4] = b"\x7fELF"; hdr[4] = 2; hdr[5] = 1; hdr[6] = 1
+struct.pack_into("<Q", hdr, 0x28, 64)          # e_shoff
+struct.pack_into("<H", hdr, 0x3a, 64)          # e_shentsize
+struct.pack_into("<H", hdr, 0x3c, 0)           # e_shnum: see section 0
+struct.pack_into("<H", hdr, 0x3e, 0xffff)      # e_shstrndx: SHN_XINDEX
+struct.pack_into("<Q", hdr, 64 + 32, n)        # section 0 sh_size
+struct.pack_into("<I", hdr, 64 + 40, 1)        # section 0 sh_link
+with open(path, "wb") as f:
+    f.write(hdr)
+    f.truncate(64 + n * 64)
+fd = os.open(path, os.O_RDONLY)
+m = mmap.mmap(fd, 4096, prot=mmap.PROT_READ)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+s.bind(("127.0.0.2", port))
+s.listen(8)
+print("READY", s.getsockname()[1], flush=True)
+while True:
+    c, _ = s.accept()
+    c.close()
+"#;
+
+/// VmHWM of `pid`, in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM")
+        / 1024
+}
+
+/// Issue 25, item 2: three nobody servers on the victim's port (another
+/// address) each map a fake sparse libssl with extended numbering: the
+/// survey refuses them from their headers, the victim's reports come
+/// within 1 s, and the daemon's peak RSS stays under 200 MB.
+#[test]
+fn fake_libssl_with_extended_numbering_costs_neither_time_nor_memory() {
+    let test = "fake_libssl_with_extended_numbering_costs_neither_time_nor_memory";
+    if !ready(test) {
+        return;
+    }
+    let _serial = serial();
+    let (scratch, _) = scratch("fake-libssl");
+    let script = scratch.path().join("fake_libssl.py");
+    std::fs::write(&script, FAKE_LIBSSL_PY).expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (_victim, vport) = victim();
+    let t = Tracer::start(vport, &["--symbolize-timeout=2"]);
+    let mut seen = 0;
+    victim_report_within(&t, vport, seen, Duration::from_secs(30));
+    seen += 1;
+    let mut fakes = Vec::new();
+    for i in 0..3 {
+        let d = scratch.path().join(format!("fake{i}"));
+        std::fs::create_dir(&d).expect("dir");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let mut cmd = Command::new("/usr/bin/setpriv");
+        cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+            .arg(PYTHON)
+            .arg(&script)
+            .arg(&d)
+            .arg(vport.to_string())
+            .current_dir("/");
+        fakes.push(spawn_ready(&mut cmd));
+    }
+    // The listener scan finds them and surveys each while the victim's
+    // closes keep coming.
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        victim_report_within(&t, vport, seen, Duration::from_secs(1));
+        seen += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let stderr = t.stderr_text();
+    assert!(
+        stderr.contains("libssl.so.3 was not read") && stderr.contains("section header table"),
+        "the fake libssl was not surveyed and refused:\n{stderr}"
+    );
+    let peak = peak_rss_mib(t.pid() as u32);
+    assert!(peak < 200, "daemon peak RSS {peak} MiB (>= 200)");
+}

@@ -255,6 +255,7 @@ fn announce(opts: &Options<'_>, attached: &Attached, outputs: &Outputs) {
     for reason in ["budget", "ring_full"] {
         outputs.stacks_elided(reason, 0);
     }
+    outputs.events_lost(crate::output::LOG_UNWRITTEN, 0);
 }
 
 /// Who opens uprobe perf events (CAP_SYS_ADMIN): the helper process for

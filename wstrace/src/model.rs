@@ -732,6 +732,18 @@ pub struct PeerProcess {
     pub tid: Option<u32>,
     pub comm: String,
     pub source: PeerSource,
+    /// Its executable, read from /proc/PID/exe when it was found (the comm
+    /// is whatever the process named itself with prctl).
+    pub exe: Option<PeerExe>,
+}
+
+/// A peer's executable: what names a proxy, never the comm alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerExe {
+    pub path: String,
+    /// Owned by root and writable by no one else: a binary a local user
+    /// could not have made, copied under a proxy's name, or replaced.
+    pub root_owned: bool,
 }
 
 /// Which lookup named the peer.

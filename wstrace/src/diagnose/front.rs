@@ -5,7 +5,11 @@
 //! The fix for a bad upgrade request is in the words of whatever sent it, so
 //! the verdict says which evidence it rests on, strongest first:
 //! 1. the peer process, when it is on this host: the program that wrote the
-//!    request bytes (a proxy's own name, or a client's);
+//!    request bytes, named by its executable (/proc/PID/exe), and only a
+//!    root-owned executable no one else can write names a proxy. Its comm
+//!    is whatever it set with prctl: a comm that names a proxy its
+//!    executable is not is shown as such, and proves nothing. Headers from
+//!    a local peer do not name a proxy either (it wrote them);
 //! 2. a `Via` header naming a known proxy, or a header only one proxy adds
 //!    (`X-Varnish`, `X-Envoy-*`);
 //! 3. a generic forwarding header (`Forwarded`, `X-Forwarded-For`,
@@ -21,6 +25,7 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
+use crate::model::PeerExe;
 use crate::protocol::http::{CUT, RequestHead};
 use crate::redact::REDACTED;
 
@@ -182,21 +187,61 @@ impl Front {
     }
 }
 
+/// The proxy a peer's executable proves it to be: its file name names
+/// one, and root owns the file with no one else able to write it.
+fn proven_proxy(exe: Option<&PeerExe>) -> Option<Proxy> {
+    let exe = exe.filter(|e| e.root_owned)?;
+    let base = exe.path.rsplit('/').next().unwrap_or(&exe.path);
+    // A deleted (upgraded in place) binary reads as `nginx (deleted)`.
+    Proxy::by_program(base.strip_suffix(" (deleted)").unwrap_or(base))
+}
+
 /// Decides what sent the request. `peer` is the process at the other end
-/// when it is on this host; `remote` the far end's address as the server
-/// saw it.
-pub fn decide(peer: Option<&(u32, String)>, request: Option<&RequestHead>, remote: &str) -> Front {
+/// when it is on this host, `exe` its executable when it could be read;
+/// `remote` the far end's address as the server saw it.
+pub fn decide(
+    peer: Option<&(u32, String)>,
+    exe: Option<&PeerExe>,
+    request: Option<&RequestHead>,
+    remote: &str,
+) -> Front {
     let forwarding = request.and_then(forwarding_header);
     if let Some((pid, comm)) = peer {
-        let me = format!("{comm} (pid {pid})");
-        if let Some(p) = Proxy::by_program(comm) {
+        if let Some(p) = proven_proxy(exe) {
+            let path = exe.map_or("", |e| e.path.as_str());
             return Front {
                 kind: p.code(),
                 evidence: "peer_process",
-                detail: format!("the process that sent the request is {me}, on this host"),
+                detail: format!(
+                    "the process that sent the request is {comm} (pid {pid}, executable {path}), on this host"
+                ),
                 sender: Sender::Proxy(p),
             };
         }
+        // Named by what it runs; a comm claiming a proxy it is not is
+        // said, not believed.
+        let me = match (exe, Proxy::by_program(comm)) {
+            (Some(e), Some(claimed)) => format!(
+                "{comm} (pid {pid}; it calls itself {} but runs {}{})",
+                claimed.name(),
+                e.path,
+                if e.root_owned { "" } else { ", not a root-owned binary" }
+            ),
+            (None, Some(claimed)) => format!(
+                "{comm} (pid {pid}; it calls itself {} but its executable could not be read)",
+                claimed.name()
+            ),
+            (Some(e), None) => format!("{comm} (pid {pid}, executable {})", e.path),
+            (None, None) => format!("{comm} (pid {pid})"),
+        };
+        // The program to fix, by what it runs (its whole path: a copy
+        // named like a proxy is not that proxy).
+        let prog = match exe {
+            Some(e) => e.path.clone(),
+            // Not the name it claims, unverified.
+            None if Proxy::by_program(comm).is_some() => me.clone(),
+            None => comm.clone(),
+        };
         // A program we do not know that passes forwarding headers on is a
         // proxy of its own (a Node or Python gateway, say); without them,
         // the client itself.
@@ -205,7 +250,7 @@ pub fn decide(peer: Option<&(u32, String)>, request: Option<&RequestHead>, remot
                 kind: "proxy",
                 evidence: "forwarding_header",
                 detail: format!("{me} on this host sent the request, with {h}"),
-                sender: Sender::OtherProxy(Some(comm.clone())),
+                sender: Sender::OtherProxy(Some(prog)),
             },
             None => Front {
                 kind: "client",
@@ -309,9 +354,14 @@ pub fn fix(front: &Front, problem: Problem) -> String {
                     "pass `Connection: upgrade` and `Upgrade: websocket` through with the WebSocket upgrade"
                 }
             };
-            format!(
-                "{it} {what} (nginx: `proxy_http_version 1.1;` with `proxy_set_header Upgrade $http_upgrade;` and `proxy_set_header Connection \"upgrade\";`; Apache httpd: `ProxyPass ... upgrade=websocket`; Envoy: `upgrade_configs: [{{upgrade_type: websocket}}]`)"
-            )
+            // The known proxies' words only when which proxy is unknown:
+            // a program on this host that runs none of them gets none.
+            match prog {
+                Some(_) => format!("{it} {what}"),
+                None => format!(
+                    "{it} {what} (nginx: `proxy_http_version 1.1;` with `proxy_set_header Upgrade $http_upgrade;` and `proxy_set_header Connection \"upgrade\";`; Apache httpd: `ProxyPass ... upgrade=websocket`; Envoy: `upgrade_configs: [{{upgrade_type: websocket}}]`)"
+                ),
+            }
         }
         (Sender::Client(who), Http10) => format!(
             "{who} connected directly and sent its upgrade as HTTP/1.0, but RFC 6455 requires HTTP/1.1: make the client send `GET ... HTTP/1.1` (fix or update its WebSocket library)"
@@ -358,6 +408,14 @@ mod tests {
         Some((77, comm.to_string()))
     }
 
+    /// A packaged binary: root-owned, writable by no one else.
+    fn exe(path: &str) -> Option<PeerExe> {
+        Some(PeerExe {
+            path: path.into(),
+            root_owned: true,
+        })
+    }
+
     const LOCAL: &str = "127.0.0.1:50412";
 
     #[test]
@@ -376,11 +434,12 @@ mod tests {
             ("cache-worker", Proxy::Varnish),
             ("lighttpd", Proxy::Lighttpd),
         ] {
-            let f = decide(peer(comm).as_ref(), Some(&req("")), LOCAL);
+            let path = format!("/usr/sbin/{comm}");
+            let f = decide(peer(comm).as_ref(), exe(&path).as_ref(), Some(&req("")), LOCAL);
             assert_eq!(f.sender, Sender::Proxy(want), "{comm}");
             assert_eq!((f.kind, f.evidence), (want.code(), "peer_process"));
             assert!(
-                f.detail.contains(&format!("{comm} (pid 77)")),
+                f.detail.contains(&format!("{comm} (pid 77, executable {path})")),
                 "{}",
                 f.detail
             );
@@ -432,7 +491,7 @@ mod tests {
 
     #[test]
     fn a_plain_local_client_is_the_client_itself() {
-        let f = decide(peer("python3").as_ref(), Some(&req("")), LOCAL);
+        let f = decide(peer("python3").as_ref(), None, Some(&req("")), LOCAL);
         assert_eq!((f.kind, f.evidence), ("client", "peer_process"));
         let fix10 = fix(&f, Problem::Http10);
         assert!(
@@ -450,6 +509,7 @@ mod tests {
     fn a_local_program_passing_forwarding_headers_is_a_proxy() {
         let f = decide(
             peer("node").as_ref(),
+            None,
             Some(&req("X-Forwarded-For: 203.0.113.9\r\n")),
             LOCAL,
         );
@@ -468,9 +528,55 @@ mod tests {
         // request the server got, so nginx is what to fix.
         let f = decide(
             peer("nginx").as_ref(),
+            exe("/usr/sbin/nginx").as_ref(),
             Some(&req("Via: 1.1 varnish (Varnish/7.1)\r\n")),
             LOCAL,
         );
+        assert_eq!(f.kind, "nginx");
+    }
+
+    /// Issue 25, item 3: a process that names itself nginx (prctl) and
+    /// sends `Via: 1.1 nginx` is not nginx unless it runs a root-owned
+    /// nginx binary; the report says it calls itself nginx and what it
+    /// runs, and no nginx-only fix is given.
+    #[test]
+    fn a_comm_or_via_claiming_nginx_is_not_proof() {
+        let via = req("Via: 1.1 nginx\r\n");
+        let python = exe("/usr/bin/python3.11");
+        let copied = Some(PeerExe {
+            path: "/tmp/x/nginx".into(),
+            root_owned: false,
+        });
+        for (exe, runs) in [
+            (python.as_ref(), "runs /usr/bin/python3.11"),
+            (copied.as_ref(), "runs /tmp/x/nginx, not a root-owned binary"),
+            (None, "its executable could not be read"),
+        ] {
+            let f = decide(peer("nginx").as_ref(), exe, Some(&via), LOCAL);
+            assert_ne!(f.kind, "nginx", "{f:?}");
+            assert_ne!(f.sender, Sender::Proxy(Proxy::Nginx));
+            assert!(
+                f.detail.contains("it calls itself nginx") && f.detail.contains(runs),
+                "{}",
+                f.detail
+            );
+            let fix = fix(&f, Problem::Http10);
+            assert!(
+                !fix.starts_with("nginx") && !fix.contains("proxy_http_version"),
+                "{fix}"
+            );
+            assert!(f.describe().contains("it calls itself nginx"), "{}", f.describe());
+        }
+        // The same comm with the real binary is nginx.
+        let f = decide(
+            peer("nginx").as_ref(),
+            exe("/usr/sbin/nginx").as_ref(),
+            Some(&via),
+            LOCAL,
+        );
+        assert_eq!(f.sender, Sender::Proxy(Proxy::Nginx));
+        // Renamed comm, real binary: still nginx (named by the executable).
+        let f = decide(peer("worker").as_ref(), exe("/usr/sbin/nginx").as_ref(), None, LOCAL);
         assert_eq!(f.kind, "nginx");
     }
 
@@ -487,6 +593,7 @@ mod tests {
         ] {
             let f = decide(
                 None,
+                None,
                 Some(&req(&format!("Via: {via}\r\n"))),
                 "10.0.0.2:5000",
             );
@@ -495,15 +602,16 @@ mod tests {
             assert_eq!(f.detail, format!("Via: {via}"));
         }
         // A word inside another is no name: "nginxish" is not nginx.
-        let f = decide(None, Some(&req("Via: 1.1 nginxish\r\n")), "10.0.0.2:5000");
+        let f = decide(None, None, Some(&req("Via: 1.1 nginxish\r\n")), "10.0.0.2:5000");
         assert_eq!((f.kind, f.evidence), ("proxy", "forwarding_header"));
     }
 
     #[test]
     fn headers_only_one_proxy_adds() {
-        let f = decide(None, Some(&req("X-Varnish: 32770\r\n")), "10.0.0.2:5000");
+        let f = decide(None, None, Some(&req("X-Varnish: 32770\r\n")), "10.0.0.2:5000");
         assert_eq!((f.kind, f.evidence), ("varnish", "proxy_header"));
         let f = decide(
+            None,
             None,
             Some(&req("x-envoy-expected-rq-timeout-ms: 15000\r\n")),
             "10.0.0.2:5000",
@@ -521,6 +629,7 @@ mod tests {
         for h in FORWARDING_HEADERS {
             let f = decide(
                 None,
+                None,
                 Some(&req(&format!("{h}: 198.51.100.7\r\n"))),
                 "10.0.0.2:5000",
             );
@@ -536,14 +645,14 @@ mod tests {
             &Redactor::new(&[], &["X-Real-IP".into()]).expect("redactor"),
         )
         .expect("parses");
-        let f = decide(None, Some(&hidden), "10.0.0.2:5000");
+        let f = decide(None, None, Some(&hidden), "10.0.0.2:5000");
         assert_eq!(f.kind, "proxy");
         assert_eq!(f.detail, "the request carries X-Real-IP");
     }
 
     #[test]
     fn no_evidence_is_said_as_such() {
-        let f = decide(None, Some(&req("")), "10.0.0.2:5000");
+        let f = decide(None, None, Some(&req("")), "10.0.0.2:5000");
         assert_eq!((f.kind, f.evidence), ("unknown", "none"));
         assert!(
             f.detail.contains("not on this host") && f.detail.contains("X-Forwarded-For"),
@@ -553,9 +662,9 @@ mod tests {
         let fix10 = fix(&f, Problem::Http10);
         assert!(fix10.contains("the client itself") && fix10.contains("RFC 6455"));
         assert!(!fix10.contains("nginx"), "{fix10}");
-        let f = decide(None, Some(&req("")), LOCAL);
+        let f = decide(None, None, Some(&req("")), LOCAL);
         assert!(f.detail.contains("was not found"), "{}", f.detail);
-        let f = decide(None, None, LOCAL);
+        let f = decide(None, None, None, LOCAL);
         assert!(f.detail.contains("not seen"), "{}", f.detail);
     }
 }

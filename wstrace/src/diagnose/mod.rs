@@ -42,6 +42,8 @@ pub struct Facts {
     pub closer: Option<(u32, String)>,
     /// The process at the other end when it is on this host (loopback).
     pub peer: Option<(u32, String)>,
+    /// That process's executable, when it could be read.
+    pub peer_exe: Option<crate::model::PeerExe>,
     pub remote: String,
     /// Close frames in the order seen; `Sent` = written by the local end.
     pub close_frames: Vec<(Direction, CloseFrame)>,
@@ -68,6 +70,7 @@ impl Facts {
             how: r.how,
             closer: r.closer.as_ref().map(|c| (c.pid, c.comm.clone())),
             peer: e.peer.as_ref().map(|p| (p.pid, p.comm.clone())),
+            peer_exe: e.peer.as_ref().and_then(|p| p.exe.clone()),
             remote: r.remote.to_string(),
             close_frames: e.frames.clone(),
             ms_after_upgrade: r.ms_after_upgrade(),
@@ -177,7 +180,12 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
 }
 
 fn front_of(f: &Facts) -> Front {
-    front::decide(f.peer.as_ref(), f.request.as_ref(), &f.remote)
+    front::decide(
+        f.peer.as_ref(),
+        f.peer_exe.as_ref(),
+        f.request.as_ref(),
+        &f.remote,
+    )
 }
 
 fn first_match(f: &Facts) -> Option<(&'static str, String, Option<String>)> {
@@ -409,6 +417,10 @@ pub(crate) mod tests {
             how: How::Fin,
             closer: Some((4242, "php".into())),
             peer: Some((77, "nginx".into())),
+            peer_exe: Some(crate::model::PeerExe {
+                path: "/usr/sbin/nginx".into(),
+                root_owned: true,
+            }),
             remote: "127.0.0.1:50412".into(),
             close_frames: Vec::new(),
             ms_after_upgrade: 0.4,
@@ -443,6 +455,10 @@ pub(crate) mod tests {
         let f = Facts {
             request: req(HTTP10),
             peer: Some((9, "haproxy".into())),
+            peer_exe: Some(crate::model::PeerExe {
+                path: "/usr/sbin/haproxy".into(),
+                root_owned: true,
+            }),
             ..facts()
         };
         let d = diagnose(&f);
@@ -461,6 +477,7 @@ pub(crate) mod tests {
         let f = Facts {
             request: req(HTTP10),
             peer: Some((9, "python3".into())),
+            peer_exe: None,
             ..facts()
         };
         let d = diagnose(&f);

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod hz;
 pub mod maps;
 pub mod peer;
+pub mod perf_map;
 pub mod process;
 pub mod stack_cache;
 pub mod symbolize;
@@ -201,7 +202,10 @@ impl Enricher {
                 }
                 None => None,
             };
-            if let Some(p) = found {
+            if let Some(mut p) = found {
+                // Read now, while the writer lives: a proxy is named from
+                // its executable, not from the comm it chose.
+                p.exe = peer::exe_of(p.pid);
                 if self.peers.len() >= MAX_PEERS {
                     self.peers.clear();
                 }

@@ -56,6 +56,7 @@ impl KernelPeers {
                     tid: Some(w.tid),
                     comm: crate::pipeline::decode::comm_string(&w.comm),
                     source: PeerSource::Kernel,
+                    exe: None,
                 });
             }
         }
@@ -206,7 +207,24 @@ fn process(pid: u32) -> PeerProcess {
         tid: None,
         comm: comm.trim_end().to_string(),
         source: PeerSource::SocketTable,
+        exe: None,
     }
+}
+
+/// The executable of `pid` as /proc/PID/exe shows it: its path (readlink,
+/// the kernel's own record, bounded by PATH_MAX) and whether root owns it
+/// with no one else able to write it (stat through the link: no open, so
+/// nothing another user controls can block it).
+pub fn exe_of(pid: u32) -> Option<crate::model::PeerExe> {
+    let link = format!("/proc/{pid}/exe");
+    let path = fs::read_link(&link).ok()?;
+    let meta = fs::metadata(&link).ok();
+    use std::os::unix::fs::MetadataExt as _;
+    let root_owned = meta.is_some_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0);
+    Some(crate::model::PeerExe {
+        path: path.to_string_lossy().into_owned(),
+        root_owned,
+    })
 }
 
 /// Does process `pid` have socket `inode` open? One stat per fd, relative
@@ -334,6 +352,7 @@ fn processes_with_fd(
                 tid: None,
                 comm: comm.trim_end().to_string(),
                 source: PeerSource::SocketTable,
+                exe: None,
             })
         })
 }

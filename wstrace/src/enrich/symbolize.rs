@@ -38,6 +38,7 @@ use blazesym::{MaybeDefault, Pid};
 use wstrace_common::ustack;
 
 use crate::enrich::maps::{Mapping, is_map_files_path, map_files_path, module_for, read_maps};
+use crate::enrich::perf_map::PerfMap;
 use crate::enrich::unwind::Unwinder;
 use crate::model::{End, Frame, FrameKind, Unresolved, Unwound, UserStackCopy};
 
@@ -227,6 +228,61 @@ struct Remembered {
     refreshed: Instant,
     /// ELF files pinned in blazesym's cache under their `map_files` path.
     pinned: Vec<Pin>,
+    /// Its perf map (JIT runtimes), read by wstrace: blazesym's own
+    /// reading of it is off (it would block on a FIFO or a lease).
+    perf_map: Option<PerfMap>,
+    /// Whether its files' directories are root's alone ([`trusted_paths`]):
+    /// only then does blazesym open files by path (debug links, `.dwp`,
+    /// the maps' own paths).
+    trusted: bool,
+}
+
+/// The path kinds blazesym may open a process's files by: `map_files`
+/// always (the mapped file itself: a regular file, no FIFO), the paths
+/// named in its maps only when [`trusted_paths`].
+fn path_kinds(trusted: bool) -> &'static [bool] {
+    if trusted { &[true, false] } else { &[true] }
+}
+
+/// Can no user but root put a file next to any of these executable
+/// mappings? blazesym opens, with a blocking `open()`, files it finds by
+/// name beside a binary (its `.gnu_debuglink` target in the binary's
+/// directory or `.debug/` under it, `<binary>.dwp`) and, as a fallback,
+/// the binary by its path in maps: in a directory another user can write,
+/// any of those can be a FIFO that holds the worker forever, or a file
+/// whose lease holds it for the lease-break time. So debug info (DWARF) and
+/// path opens are used only when each mapped file's directory is owned by
+/// root and writable by no one else, and every directory above it is too
+/// (or sticky, like /tmp: others cannot rename root's entry there).
+/// Otherwise the process is symbolized from its files' symbol tables,
+/// opened through `map_files`: its own names, without line numbers. `stat`
+/// only: nothing is opened here.
+pub fn trusted_paths(maps: &[Mapping]) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let root_only = |dir: &std::path::Path, direct: bool| {
+        std::fs::metadata(dir).is_ok_and(|m| {
+            m.is_dir()
+                && m.uid() == 0
+                && (m.mode() & 0o022 == 0 || (!direct && m.mode() & 0o1000 != 0))
+        })
+    };
+    let mut checked: Vec<&str> = Vec::new();
+    maps.iter()
+        .filter(|m| m.exec)
+        .filter_map(|m| m.path.as_deref())
+        .filter(|p| p.starts_with('/'))
+        .all(|p| {
+            let p = p.strip_suffix(" (deleted)").unwrap_or(p);
+            let Some((dir, _)) = p.rsplit_once('/') else {
+                return false;
+            };
+            if checked.contains(&dir) {
+                return true;
+            }
+            checked.push(dir);
+            let dir = std::path::Path::new(if dir.is_empty() { "/" } else { dir });
+            root_only(dir, true) && dir.ancestors().skip(1).all(|a| root_only(a, false))
+        })
 }
 
 /// A `/proc/<pid>/map_files/<range>` path pinned in blazesym's ELF cache,
@@ -767,6 +823,33 @@ impl UserSymbols {
         {
             found = self.resolve_user(pid, addrs, &lookups);
         }
+        // JIT code: what the ELF files do not name, the perf map may.
+        if found.iter().any(|l| !matches!(l, Lookup::Found(_))) {
+            let live;
+            let perf_map = match self.procs.get(&pid) {
+                Some(r) => r.perf_map.as_ref(),
+                None => {
+                    live = PerfMap::read(pid);
+                    live.as_ref()
+                }
+            };
+            if let Some(pm) = perf_map {
+                for ((l, &addr), &lookup) in found.iter_mut().zip(addrs).zip(&lookups) {
+                    if matches!(l, Lookup::Found(_)) {
+                        continue;
+                    }
+                    if let Some((name, off)) = pm.lookup(lookup) {
+                        *l = Lookup::Found(ResolvedFrame {
+                            name: name.to_string(),
+                            offset: off.saturating_add(addr - lookup),
+                            loc: None,
+                            inlined: Vec::new(),
+                            module: Some(format!("/tmp/perf-{pid}.map")),
+                        });
+                    }
+                }
+            }
+        }
 
         let live_maps;
         let maps: &[Mapping] = match self.procs.get(&pid) {
@@ -808,9 +891,13 @@ impl UserSymbols {
     /// through the symbolic paths, then address by address, where an address
     /// that still fails is unknown.
     fn resolve_user(&self, pid: u32, addrs: &[u64], lookups: &[u64]) -> Vec<Lookup> {
-        let mut found = self.resolve_user_dwarf(pid, addrs, lookups);
+        let trusted = match self.procs.get(&pid) {
+            Some(r) => r.trusted,
+            None => read_maps(pid).is_some_and(|m| trusted_paths(&m)),
+        };
+        let mut found = self.resolve_user_dwarf(pid, addrs, lookups, trusted);
         if found.iter().any(|l| matches!(l, Lookup::Found(_))) {
-            let symtab = self.resolve_user_symtab(pid, addrs, lookups);
+            let symtab = self.resolve_user_symtab(pid, addrs, lookups, trusted);
             for (l, s) in found.iter_mut().zip(symtab) {
                 if let (Lookup::Found(frame), Some(sym)) = (l, s) {
                     prefer_symtab(frame, sym);
@@ -829,8 +916,9 @@ impl UserSymbols {
         pid: u32,
         addrs: &[u64],
         lookups: &[u64],
+        trusted: bool,
     ) -> Vec<Option<(String, u64)>> {
-        for map_files in [true, false] {
+        for &map_files in path_kinds(trusted) {
             let src = Source::Process(Process {
                 map_files,
                 debug_syms: false,
@@ -856,14 +944,23 @@ impl UserSymbols {
         vec![None; addrs.len()]
     }
 
-    fn resolve_user_dwarf(&self, pid: u32, addrs: &[u64], lookups: &[u64]) -> Vec<Lookup> {
+    fn resolve_user_dwarf(
+        &self,
+        pid: u32,
+        addrs: &[u64],
+        lookups: &[u64],
+        trusted: bool,
+    ) -> Vec<Lookup> {
         let src = |map_files: bool| {
             Source::Process(Process {
                 map_files,
+                debug_syms: trusted,
+                // Read by wstrace instead (see `perf_map`).
+                perf_map: false,
                 ..Process::new(Pid::from(pid))
             })
         };
-        for map_files in [true, false] {
+        for &map_files in path_kinds(trusted) {
             if let Ok(syms) = self
                 .inner
                 .symbolize(&src(map_files), Input::AbsAddr(lookups))
@@ -880,9 +977,9 @@ impl UserSymbols {
             .iter()
             .zip(lookups)
             .map(|(&addr, &lookup)| {
-                [true, false]
-                    .into_iter()
-                    .find_map(|mf| {
+                path_kinds(trusted)
+                    .iter()
+                    .find_map(|&mf| {
                         self.inner
                             .symbolize_single(&src(mf), Input::AbsAddr(lookup))
                             .ok()
@@ -933,13 +1030,9 @@ impl UserSymbols {
         };
         // Errors: the process is gone or unreadable; the lookup will say so.
         let _ = self.inner.cache(&Cache::Process(vmas));
-        // Separately: blazesym caches nothing at all if the perf map step fails.
-        let perf_map = cache::Process {
-            cache_vmas: false,
-            cache_perf_map: true,
-            ..cache::Process::new(bpid)
-        };
-        let _ = self.inner.cache(&Cache::Process(perf_map));
+        // The perf map is read by wstrace (non-blocking, regular files
+        // only, bounded), never by blazesym.
+        let perf_map = PerfMap::read(pid).filter(|m| !m.is_empty());
 
         let old = self
             .procs
@@ -968,7 +1061,8 @@ impl UserSymbols {
             }
         }
         let starts: Vec<u64> = fresh.iter().map(|(_, start)| *start).collect();
-        self.warm_up(pid, &starts);
+        let trusted = trusted_paths(&maps);
+        self.warm_up(pid, &starts, trusted);
         for (pin, _) in fresh {
             // Fails for files that are not ELF, or without access to map_files.
             if self
@@ -987,6 +1081,8 @@ impl UserSymbols {
                 maps,
                 refreshed: now,
                 pinned,
+                perf_map,
+                trusted,
             },
         );
         true
@@ -1001,12 +1097,13 @@ impl UserSymbols {
     /// which is dangling by the time the stack is symbolized, and would then
     /// never get line numbers. Opened this way, it also carries the path
     /// from the maps as its module name.
-    fn warm_up(&self, pid: u32, addrs: &[u64]) {
+    fn warm_up(&self, pid: u32, addrs: &[u64], trusted: bool) {
         if addrs.is_empty() {
             return;
         }
         let src = Source::Process(Process {
             map_files: true,
+            debug_syms: trusted,
             perf_map: false,
             vdso: false,
             ..Process::new(Pid::from(pid))
@@ -2323,52 +2420,92 @@ mod tests {
         assert_eq!(s.call(1, |_| 5), Ok(5));
     }
 
+    /// Issue 25, item 1: perf maps that are FIFOs (nine processes, more
+    /// than [`MAX_WORKERS`]) block no worker: wstrace reads perf maps
+    /// itself without blocking, so no process times out, no worker is
+    /// abandoned, and every other process keeps its names.
     #[test]
-    fn fifo_perf_map_costs_a_process_its_names_only() {
-        // A child whose perf map is a FIFO, as a hostile server makes it.
-        let mut child = Command::new("sleep")
-            .arg(CHILD_SLEEP)
-            .spawn()
-            .expect("sleep");
-        let pid = child.id();
-        let perf = PathBuf::from(format!("/tmp/perf-{pid}.map"));
-        let c = std::ffi::CString::new(perf.display().to_string()).expect("path");
-        // SAFETY: a NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
-        let release = Fifo {
-            path: perf,
-            dir: None,
-        };
+    fn fifo_perf_maps_block_no_worker() {
         let mut s = Symbolizer::new();
-        // The blocked budget is what gives up on the FIFO: a total budget
-        // no loaded host reaches.
+        // The blocked budget is what would give up on a FIFO: a total
+        // budget no loaded host reaches.
         s.budgets = Budgets {
             blocked: BLOCKED_BUDGET,
             total: PATIENT.total,
         };
-        let start = Instant::now();
-        s.remember_process(pid);
-        let frames = s.user_stack(pid, &[0x1234]);
-        let took = start.elapsed();
-        let _ = child.kill();
-        let _ = child.wait();
-        drop(release);
-        assert!(took < PATIENT.total, "{took:?}");
-        assert_eq!(
-            frames,
-            [Frame {
-                unresolved: Some(Unresolved::TimedOut),
-                ..Frame::unknown(FrameKind::Native, 0x1234, None)
-            }]
-        );
+        let mut kids = Vec::new();
+        for _ in 0..9 {
+            let child = Command::new("sleep")
+                .arg(CHILD_SLEEP)
+                .spawn()
+                .expect("sleep");
+            let pid = child.id();
+            let perf = PathBuf::from(format!("/tmp/perf-{pid}.map"));
+            let c = std::ffi::CString::new(perf.display().to_string()).expect("path");
+            // SAFETY: a NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+            let release = Fifo {
+                path: perf,
+                dir: None,
+            };
+            s.remember_process(pid);
+            let frames = s.user_stack(pid, &[0x1234]);
+            assert_eq!(
+                frames,
+                [Frame::unknown(FrameKind::Native, 0x1234, None)],
+                "pid {pid}"
+            );
+            assert!(!s.timed_out.contains_key(&pid), "pid {pid} timed out");
+            kids.push((child, release));
+        }
+        assert_eq!(s.live_workers.load(Ordering::SeqCst), 1, "workers abandoned");
         s.budgets = PATIENT;
-        // Our own process still symbolizes.
         let probe = wstrace_symbolize_probe_fn as *const () as usize as u64;
         let own = s.user_stack(std::process::id(), &[probe]);
         assert!(
             at(&own[0]).ends_with("wstrace_symbolize_probe_fn+0x0"),
             "{own:?}"
         );
+        for (mut child, release) in kids {
+            let _ = child.kill();
+            let _ = child.wait();
+            drop(release);
+        }
+    }
+
+    #[test]
+    fn paths_only_root_can_write_are_trusted() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let m = |path: &str| Mapping {
+            start: 0x1000,
+            end: 0x2000,
+            exec: true,
+            offset: 0,
+            dev: "08:01".into(),
+            inode: 1,
+            path: Some(path.into()),
+        };
+        assert!(trusted_paths(&[m("/usr/bin/python3.11"), m("[vdso]")]));
+        assert!(trusted_paths(&[m("/usr/lib/x86_64-linux-gnu/libc.so.6 (deleted)")]));
+        // /tmp itself is writable by all: a binary right in it is not.
+        assert!(!trusted_paths(&[m("/tmp/nginx")]));
+        let d = std::env::temp_dir().join(format!("wstrace-trust-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("sub")).expect("dir");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(d.join("sub"), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let bin = d.join("sub/app").display().to_string();
+        // Root's directory under sticky /tmp: trusted (when run as root).
+        let root = rustix::process::geteuid().as_raw() == 0;
+        assert_eq!(trusted_paths(&[m(&bin)]), root);
+        std::fs::set_permissions(d.join("sub"), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        assert!(!trusted_paths(&[m(&bin)]));
+        std::fs::set_permissions(d.join("sub"), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert!(!trusted_paths(&[m(&bin)]), "a writable ancestor");
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

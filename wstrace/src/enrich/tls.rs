@@ -9,7 +9,14 @@
 //! names another file or a FIFO) with `maps::open_untrusted` (non-blocking,
 //! regular files only), read with positioned reads through a cache (a file
 //! truncated under us is an error, not a SIGBUS), and a symbol table larger
-//! than [`MAX_SYMBOL_TABLE`] is not read.
+//! than [`MAX_SYMBOL_TABLE`] is not read. Before the `object` crate sees a
+//! file, its header tables are bounded by their sizes as the header gives
+//! them, extended numbering included (`e_shnum = 0`, `e_phnum = PN_XNUM`,
+//! `e_shstrndx = SHN_XINDEX`: the real counts in section 0): a fake
+//! libssl claiming 16.7M sections cost 1 GiB and 5 s per file. All the
+//! tables one file may make us read stay under [`MAX_READ_PER_FILE`], and
+//! each file is read on a thread of its own that the survey waits for at
+//! most [`READ_BUDGET`].
 use std::collections::BTreeMap;
 
 use object::{
@@ -34,6 +41,19 @@ pub const MAX_SYMBOL_TABLE: u64 = 64 << 20;
 
 /// Largest file looked into for symbols.
 const MAX_TLS_FILE: u64 = 1 << 30;
+
+/// Largest section or program header table, and section-name string
+/// table, read: real ones are a few KiB (65535 sections of 64 bytes: 4 MiB).
+pub const MAX_HEADER_TABLE: u64 = 4 << 20;
+
+/// All the table bytes read from one file (header tables, symbol and
+/// string tables): what one hostile file can cost in memory.
+pub const MAX_READ_PER_FILE: u64 = 64 << 20;
+
+/// How long a survey waits for one file's tables to be read; past it the
+/// file is named unreadable and its reader left to finish on its own (its
+/// reads are bounded above).
+pub const READ_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Libraries, by file name prefix, that are TLS stacks wstrace does not
 /// cover, to name them at start-up.
@@ -123,6 +143,8 @@ pub struct ElfTls {
 /// Reads the symbol tables of `file` (an ELF64 file) for the OpenSSL
 /// functions; `Err` says why it could not (not ELF, a table too large ...).
 pub fn elf_tls(file: std::fs::File) -> Result<ElfTls, String> {
+    let size = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut budget = MAX_READ_PER_FILE.saturating_sub(header_tables(&file, size)?);
     let data = ReadCache::new(file);
     let header = FileHeader64::<Endianness>::parse(&data).map_err(|e| e.to_string())?;
     let endian = header.endian().map_err(|e| e.to_string())?;
@@ -160,6 +182,18 @@ pub fn elf_tls(file: std::fs::File) -> Result<ElfTls, String> {
                 MAX_SYMBOL_TABLE >> 20
             ));
         }
+        for s in [table, strings] {
+            let (off, len): (u64, u64) = (s.sh_offset(endian).into(), s.sh_size(endian).into());
+            if off.checked_add(len).is_none_or(|end| end > size) {
+                return Err("its symbol table runs past the end of the file".into());
+            }
+            budget = budget.checked_sub(len).ok_or_else(|| {
+                format!(
+                    "its tables add up to more than {} MiB",
+                    MAX_READ_PER_FILE >> 20
+                )
+            })?;
+        }
         let symbols = sections
             .symbols(endian, &data, kind)
             .map_err(|e| e.to_string())?;
@@ -189,6 +223,93 @@ pub fn elf_tls(file: std::fs::File) -> Result<ElfTls, String> {
         }
     }
     Ok(out)
+}
+
+/// Checks the section and program header tables and the section-name
+/// string table of the ELF64 file `file` (`size` bytes) before anything
+/// reads them: each within [`MAX_HEADER_TABLE`] and inside the file,
+/// counts taken from section 0 where the header defers to it (extended
+/// numbering). Returns the bytes they add up to.
+pub fn header_tables(file: &std::fs::File, size: u64) -> Result<u64, String> {
+    use std::os::unix::fs::FileExt as _;
+    let mut h = [0u8; 64];
+    file.read_exact_at(&mut h, 0)
+        .map_err(|_| "shorter than an ELF header".to_string())?;
+    if &h[..4] != b"\x7fELF" || h[4] != 2 {
+        return Err("not an ELF64 file".into());
+    }
+    let le = match h[5] {
+        1 => true,
+        2 => false,
+        _ => return Err("not an ELF64 file (bad byte order)".into()),
+    };
+    let u16_at = |b: &[u8], o: usize| {
+        let v = [b[o], b[o + 1]];
+        u64::from(if le { u16::from_le_bytes(v) } else { u16::from_be_bytes(v) })
+    };
+    let u32_at = |b: &[u8], o: usize| {
+        let v = [b[o], b[o + 1], b[o + 2], b[o + 3]];
+        u64::from(if le { u32::from_le_bytes(v) } else { u32::from_be_bytes(v) })
+    };
+    let u64_at = |b: &[u8], o: usize| {
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&b[o..o + 8]);
+        if le { u64::from_le_bytes(v) } else { u64::from_be_bytes(v) }
+    };
+    let (phoff, shoff) = (u64_at(&h, 32), u64_at(&h, 40));
+    let (phentsize, mut phnum) = (u16_at(&h, 54), u16_at(&h, 56));
+    let (shentsize, mut shnum, mut shstrndx) = (u16_at(&h, 58), u16_at(&h, 60), u16_at(&h, 62));
+    let section = |i: u64| -> Result<[u8; 64], String> {
+        if shentsize < 64 {
+            return Err(format!("its section headers are {shentsize} bytes (< 64)"));
+        }
+        let mut s = [0u8; 64];
+        let at = i
+            .checked_mul(shentsize)
+            .and_then(|o| o.checked_add(shoff))
+            .ok_or("its section headers overflow")?;
+        file.read_exact_at(&mut s, at)
+            .map_err(|_| "a section header runs past the end of the file".to_string())?;
+        Ok(s)
+    };
+    // PN_XNUM and SHN_XINDEX: the real values are in section 0.
+    if shoff != 0 && (shnum == 0 || phnum == 0xffff || shstrndx == 0xffff) {
+        let s0 = section(0)?;
+        if shnum == 0 {
+            shnum = u64_at(&s0, 32);
+        }
+        if phnum == 0xffff {
+            phnum = u32_at(&s0, 44);
+        }
+        if shstrndx == 0xffff {
+            shstrndx = u32_at(&s0, 40);
+        }
+    }
+    if shoff == 0 {
+        shnum = 0;
+    }
+    let table = |off: u64, n: u64, entsize: u64, what: &str| -> Result<u64, String> {
+        let bytes = n
+            .checked_mul(entsize)
+            .filter(|&b| b <= MAX_HEADER_TABLE)
+            .ok_or_else(|| {
+                format!(
+                    "its {what} table ({n} entries) is over {} MiB",
+                    MAX_HEADER_TABLE >> 20
+                )
+            })?;
+        if n > 0 && off.checked_add(bytes).is_none_or(|end| end > size) {
+            return Err(format!("its {what} table runs past the end of the file"));
+        }
+        Ok(bytes)
+    };
+    let mut total = table(shoff, shnum, shentsize, "section header")?
+        + table(phoff, phnum, phentsize, "program header")?;
+    if shstrndx != 0 && shstrndx < shnum {
+        let s = section(shstrndx)?;
+        total += table(u64_at(&s, 24), u64_at(&s, 32), 1, "section name string")?;
+    }
+    Ok(total)
 }
 
 /// One file to put uprobes on, with the offsets of the functions found.
@@ -263,7 +384,7 @@ pub fn survey(pid: u32, read_symbols: bool, cache: &mut ElfCache) -> Option<Surv
                     ));
                     continue;
                 };
-                let r = elf_tls(opened);
+                let r = read_off_thread(opened);
                 if cache.len() >= ELF_CACHE_MAX {
                     cache.clear();
                 }
@@ -292,6 +413,28 @@ pub fn survey(pid: u32, read_symbols: bool, cache: &mut ElfCache) -> Option<Surv
         }
     }
     Some(out)
+}
+
+/// [`elf_tls`] on a thread of its own, waited for at most [`READ_BUDGET`]:
+/// the daemon's loop is never held longer by one file, however slow its
+/// storage. A reader past the budget finishes (or not) on its own; its
+/// reads are bounded, so it cannot grow without limit.
+fn read_off_thread(file: std::fs::File) -> Result<ElfTls, String> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new()
+        .name("wstrace-tls-elf".into())
+        .spawn(move || {
+            let _ = tx.send(elf_tls(file));
+        });
+    if spawned.is_err() {
+        return Err("no thread to read it on".into());
+    }
+    rx.recv_timeout(READ_BUDGET).unwrap_or_else(|_| {
+        Err(format!(
+            "reading its tables took longer than {} s",
+            READ_BUDGET.as_secs()
+        ))
+    })
 }
 
 /// `st_dev` as maps prints it: `major:minor`, hex, at least two digits each.
@@ -414,6 +557,68 @@ mod tests {
             assert!(*off > 0 && *off < len, "{f} at {off:#x} outside the file");
         }
         assert!(!elf.go_tls);
+    }
+
+    /// An ELF64 header with extended numbering: `e_shnum = 0`,
+    /// `e_shstrndx = SHN_XINDEX`, the counts in section 0 at offset 64.
+    fn extended_numbering(sections: u64, phnum_xnum: Option<u32>) -> Vec<u8> {
+        let mut elf = vec![0u8; 128];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[5] = 1;
+        elf[6] = 1;
+        elf[0x28..0x30].copy_from_slice(&64u64.to_le_bytes()); // e_shoff
+        elf[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes()); // e_shentsize
+        elf[0x3c..0x3e].copy_from_slice(&0u16.to_le_bytes()); // e_shnum
+        elf[0x3e..0x40].copy_from_slice(&0xffffu16.to_le_bytes()); // e_shstrndx
+        if let Some(n) = phnum_xnum {
+            elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+            elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+            elf[0x38..0x3a].copy_from_slice(&0xffffu16.to_le_bytes()); // PN_XNUM
+            elf[64 + 44..64 + 48].copy_from_slice(&n.to_le_bytes()); // sh_info
+        }
+        elf[64 + 32..64 + 40].copy_from_slice(&sections.to_le_bytes()); // sh_size
+        elf[64 + 40..64 + 44].copy_from_slice(&1u32.to_le_bytes()); // sh_link
+        elf
+    }
+
+    /// Issue 25, item 2: the fake libssl (sparse, 16.7M sections by
+    /// extended numbering) is refused from its header, before `object`
+    /// reads a 1 GiB section header table.
+    #[test]
+    fn extended_numbering_is_bounded_before_anything_is_read() {
+        let dir = std::env::temp_dir().join(format!("wstrace-tls-xnum-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("libssl.so.3");
+        let sections = 16_700_000u64;
+        std::fs::write(&path, extended_numbering(sections, None)).expect("write");
+        let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+        f.set_len(64 + sections * 64).expect("sparse"); // ~1 GiB, no blocks
+        drop(f);
+        let e = elf_tls(std::fs::File::open(&path).expect("open")).expect_err("refused");
+        assert!(
+            e.contains("section header table (16700000 entries) is over 4 MiB"),
+            "{e}"
+        );
+        // PN_XNUM: the program header count in section 0's sh_info.
+        std::fs::write(&path, extended_numbering(2, Some(3_000_000))).expect("write");
+        let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+        f.set_len(1 << 30).expect("sparse");
+        drop(f);
+        let e = elf_tls(std::fs::File::open(&path).expect("open")).expect_err("refused");
+        assert!(e.contains("program header table (3000000 entries)"), "{e}");
+        // A section-name string table (SHN_XINDEX -> section 1) of 1 GiB.
+        let mut elf = extended_numbering(2, None);
+        elf.resize(192, 0);
+        elf[128 + 24..128 + 32].copy_from_slice(&0u64.to_le_bytes()); // sh_offset
+        elf[128 + 32..128 + 40].copy_from_slice(&(1u64 << 30).to_le_bytes()); // sh_size
+        std::fs::write(&path, &elf).expect("write");
+        let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+        f.set_len(2 << 30).expect("sparse");
+        drop(f);
+        let e = elf_tls(std::fs::File::open(&path).expect("open")).expect_err("refused");
+        assert!(e.contains("section name string table"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -160,6 +160,8 @@ struct Peer<'a> {
     pid: u32,
     /// The thread that wrote the request (null when not from the kernel).
     tid: Option<u32>,
+    /// Its executable from /proc/PID/exe (null when it could not be read).
+    exe: Option<&'a str>,
     comm: &'a str,
     /// `kernel` (it recorded the request's writer) or `socket_table`
     /// (looked up at the 101, the fallback).
@@ -307,6 +309,7 @@ fn line<'a>(v: &'a View<'a>) -> Line<'a> {
         peer: v.peer.as_ref().map(|p| Peer {
             pid: p.pid,
             tid: p.tid,
+            exe: p.exe.as_ref().map(|e| e.path.as_str()),
             comm: &p.comm,
             source: p.source.as_str(),
         }),

@@ -6,16 +6,20 @@
 //!
 //! The file is opened as `safe_file` describes: no symlink followed, only a
 //! regular file of the daemon's own user, in a directory other users cannot
-//! swap it in. Rotation renames and creates relative to that directory's fd,
-//! the new file with O_EXCL.
+//! swap it in. Rotation renames and creates relative to that directory's fd:
+//! the next file is created first under a fresh random name (O_EXCL) and
+//! swapped with FILE in one step (RENAME_EXCHANGE), so FILE is never
+//! vacant and no other user can take the name in between (in a sticky
+//! directory such as /tmp they could, and keep it).
 //!
 //! A failure during the run does not end the log. A line that cannot be
-//! written (disk full, I/O error) is held in memory, up to `HELD_BYTES`, and
-//! written first, in order, once writing works again; a rotation that fails
-//! (no fd left, a name taken) leaves the current file growing past the
-//! rotation size. Both are retried with back-off, from 1 s doubling to 60 s,
-//! and each failed attempt is returned as one error for the caller to show
-//! as a warning.
+//! written (disk full, I/O error, or a file at --rotate-size that cannot be
+//! rotated: the file never grows past it) is held in memory, up to
+//! `HELD_BYTES`, and written first, in order, once writing works again;
+//! lines beyond that are lost and counted (`lost_total`, exported as
+//! `wstrace_lost_events_total{reason="log_unwritten"}`). Both are retried
+//! with back-off, from 1 s doubling to 60 s, and each failed attempt is
+//! returned as one error for the caller to show as a warning.
 use std::{
     collections::VecDeque,
     ffi::OsString,
@@ -56,11 +60,10 @@ pub struct LogFile {
     held_bytes: usize,
     /// Lines dropped because `held` was full, since writing last worked.
     lost: u64,
+    /// Lines dropped because `held` was full, since start.
+    pub lost_total: u64,
     write_retry: Option<Backoff>,
     rotate_retry: Option<Backoff>,
-    /// FILE is already renamed to FILE.1 but no new FILE could be created:
-    /// `file` is FILE.1, and the next try only creates FILE.
-    renamed: bool,
     first_retry: Duration,
 }
 
@@ -108,7 +111,7 @@ impl LogFile {
             lost: 0,
             write_retry: None,
             rotate_retry: None,
-            renamed: false,
+            lost_total: 0,
             first_retry: FIRST_RETRY,
         })
     }
@@ -138,6 +141,7 @@ impl LogFile {
         let len = line.len() + 1;
         if !self.held.is_empty() && self.held_bytes + len > HELD_BYTES {
             self.lost += 1;
+            self.lost_total += 1;
             return;
         }
         let mut buf = Vec::with_capacity(len);
@@ -150,10 +154,13 @@ impl LogFile {
     /// Writes the held lines in order; stops at the first that fails.
     fn write_held(&mut self, now: Instant) -> Result<()> {
         let was_failing = self.write_retry.is_some();
-        let mut warning = None;
         while let Some(line) = self.held.pop_front() {
             if let Err(e) = self.rotate_if_due(line.len() as u64, now) {
-                warning.get_or_insert(e);
+                // The file is full and could not be rotated: the line
+                // waits, in order, rather than take the file past
+                // --rotate-size.
+                self.held.push_front(line);
+                return e.map_or(Ok(()), Err);
             }
             if let Err(e) = self.write_line(&line) {
                 self.held.push_front(line);
@@ -191,7 +198,7 @@ impl LogFile {
                 esc(&self.path.to_string_lossy())
             );
         }
-        warning.map_or(Ok(()), Err)
+        Ok(())
     }
 
     /// One write: whole or (on error) absent.
@@ -217,13 +224,15 @@ impl LogFile {
     }
 
     /// Rotates when a line of `len` bytes would take the file past the
-    /// rotation size and no failed rotation is waiting for its retry.
-    fn rotate_if_due(&mut self, len: u64, now: Instant) -> Result<()> {
+    /// rotation size. `Err` when the line must not be written now: the
+    /// rotation failed (`Some`, the warning) or a failed one waits for its
+    /// retry (`None`).
+    fn rotate_if_due(&mut self, len: u64, now: Instant) -> Result<(), Option<anyhow::Error>> {
         if self.rotate_size == 0 || self.size == 0 || self.size + len <= self.rotate_size {
             return Ok(());
         }
         if self.rotate_retry.is_some_and(|b| now < b.at) {
-            return Ok(());
+            return Err(None);
         }
         match self.rotate() {
             Ok(()) => {
@@ -238,16 +247,20 @@ impl LogFile {
             Err(e) => {
                 let b = Backoff::after(self.rotate_retry, self.first_retry, now);
                 self.rotate_retry = Some(b);
-                Err(anyhow!(
-                    "rotating the event log: {e:#}; the line was written, to the current file past --rotate-size; rotation retried in {} s",
+                Err(Some(anyhow!(
+                    "rotating the event log: {e:#}; lines are held in memory (up to {} MiB, then counted lost) rather than written past --rotate-size; rotation retried in {} s",
+                    HELD_BYTES >> 20,
                     b.delay.as_secs_f64()
-                ))
+                )))
             }
         }
     }
 
-    /// FILE.<keep-1> -> FILE.<keep>, ..., FILE -> FILE.1, then a new FILE
-    /// (O_EXCL), all relative to the directory opened at start.
+    /// A new file under a fresh random name; FILE.<keep-1> -> FILE.<keep>,
+    /// ..., FILE.1 -> FILE.2; the new file and FILE swapped in one step;
+    /// the old log (now under the random name) -> FILE.1. All relative to
+    /// the directory opened at start. Until the swap nothing has changed
+    /// but the older files' names, so a failure leaves FILE as it was.
     fn rotate(&mut self) -> Result<()> {
         self.file.sync_data().ok();
         if self.keep == 0 {
@@ -257,21 +270,31 @@ impl LogFile {
             self.size = 0;
             return Ok(());
         }
-        if !self.renamed {
+        let (fresh, file) = self.dir.create_fresh(&self.name)?;
+        let shifted = (|| {
             for i in (1..self.keep).rev() {
                 self.dir.rename(
                     &rotated_name(&self.name, i),
                     &rotated_name(&self.name, i + 1),
                 )?;
             }
-            // FILE missing (removed by hand) leaves nothing to rename: our
-            // fd still writes to the removed file until the new one exists.
-            self.dir.rename(&self.name, &rotated_name(&self.name, 1))?;
-            self.renamed = true;
+            self.dir.exchange(&fresh, &self.name)
+        })();
+        if let Err(e) = shifted {
+            let _ = self.dir.remove(&fresh);
+            return Err(e);
         }
-        self.file = self.dir.create(&self.name)?;
+        self.file = file;
         self.size = 0;
-        self.renamed = false;
+        // The swap is done: FILE is the new file. The old log keeps the
+        // random name if FILE.1 cannot be replaced (another user's file in
+        // a sticky directory), and the warning says where it is.
+        if let Err(e) = self.dir.rename(&fresh, &rotated_name(&self.name, 1)) {
+            eprintln!(
+                "wstrace: warning: rotating the event log: {e:#}; the previous log stays as {}",
+                esc(&self.path.with_file_name(&fresh).to_string_lossy())
+            );
+        }
         Ok(())
     }
 
@@ -433,16 +456,17 @@ mod tests {
     }
 
     #[test]
-    fn failed_rotation_keeps_writing_and_is_retried() {
+    fn failed_rotation_holds_lines_and_is_retried() {
         let d = dir("rotfail");
         let path = d.join("l");
         // A retry period far longer than the loop below, even on a busy
         // machine (each rotation attempt syncs the file first).
-        let mut log = LogFile::open(&path, 100, 1)
+        let mut log = LogFile::open(&path, 100, 20)
             .expect("open")
             .with_first_retry(Duration::from_secs(3));
-        // FILE.1 is a non-empty directory: renaming FILE onto it fails.
-        std::fs::create_dir_all(d.join("l.1/x")).expect("mkdir");
+        // FILE.20 is a non-empty directory: renaming FILE.19 onto it fails.
+        std::fs::write(d.join("l.19"), "old\n").expect("l.19");
+        std::fs::create_dir_all(d.join("l.20/x")).expect("mkdir");
         let line = |i: usize| format!("line {i:04} ..............................");
         let mut warnings = Vec::new();
         // One moment for the whole loop: however long the writes take on a
@@ -460,26 +484,109 @@ mod tests {
         );
         assert!(
             warnings[0].contains("rotating the event log")
-                && warnings[0].contains("the line was written")
+                && warnings[0].contains("held in memory")
                 && warnings[0].contains("retried in 3 s"),
             "{}",
             warnings[0]
         );
-        assert_eq!(
-            lines_in(&path).len(),
-            20,
-            "nothing lost while rotation fails"
-        );
-        std::fs::remove_dir_all(d.join("l.1")).expect("rmdir");
+        // Issue 25, item 5: a rotation that cannot happen still bounds the
+        // file: it stops at --rotate-size, the rest waits in memory.
+        assert_eq!(lines_in(&path), [line(0), line(1)]);
+        assert!(std::fs::metadata(&path).expect("meta").len() <= 100);
+        assert_eq!(lines_in(&d.join("l.19")), ["old"], "FILE.19 untouched");
+        std::fs::remove_dir_all(d.join("l.20")).expect("rmdir");
         log.append_at(&line(20), t0 + Duration::from_millis(3100))
             .expect("rotates again");
-        assert_eq!(
-            lines_in(&rotated(&path, 1)).len(),
-            20,
-            "the long file became FILE.1"
-        );
-        assert_eq!(lines_in(&path), [line(20)]);
+        let mut all = Vec::new();
+        for i in (1..=20).rev() {
+            all.extend(lines_in(&rotated(&path, i)));
+        }
+        all.extend(lines_in(&path));
+        let want: Vec<String> = std::iter::once("old".to_string())
+            .chain((0..=20).map(line))
+            .collect();
+        assert_eq!(all, want, "nothing lost, in order");
+        for i in 1..=20 {
+            let p = rotated(&path, i);
+            if p.exists() {
+                assert!(std::fs::metadata(&p).expect("meta").len() <= 100, "{}", p.display());
+            }
+        }
         assert_eq!(log.lines, 21);
+        assert_eq!(log.lost_total, 0);
+    }
+
+    /// Issue 25, item 5: another process creating FILE with O_EXCL in a
+    /// loop never gets the name during rotations (it is never vacant), and
+    /// every line stays in wstrace's own files.
+    #[test]
+    fn rotation_never_leaves_the_name_vacant() {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, AtomicU64, Ordering},
+        };
+        let d = dir("vacant");
+        let path = d.join("l");
+        let mut log = LogFile::open(&path, 200, 3).expect("open");
+        let stop = Arc::new(AtomicBool::new(false));
+        let won = Arc::new(AtomicU64::new(0));
+        let racer = {
+            let (stop, won, path) = (stop.clone(), won.clone(), path.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                        .is_ok()
+                    {
+                        won.fetch_add(1, Ordering::Relaxed);
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        for i in 0..3000 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            log.append(&format!("line {i:05} {}", "x".repeat(40)))
+                .expect("append");
+        }
+        stop.store(true, Ordering::Relaxed);
+        racer.join().expect("racer");
+        assert_eq!(won.load(Ordering::Relaxed), 0, "the racer created FILE");
+        assert_eq!(log.lines, 3000);
+        for p in [path.clone(), rotated(&path, 1), rotated(&path, 2), rotated(&path, 3)] {
+            assert!(std::fs::metadata(&p).expect("meta").len() <= 200, "{}", p.display());
+        }
+        let stray: Vec<_> = std::fs::read_dir(&d)
+            .expect("ls")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(stray.is_empty(), "temporary names left behind: {stray:?}");
+    }
+
+    #[test]
+    fn lines_past_the_held_limit_are_counted_lost() {
+        let d = dir("heldlost");
+        let path = d.join("l");
+        let mut log = LogFile::open(&path, 100, 2)
+            .expect("open")
+            .with_first_retry(Duration::from_secs(3600));
+        std::fs::write(d.join("l.1"), "old\n").expect("l.1");
+        std::fs::create_dir_all(d.join("l.2/x")).expect("mkdir");
+        let t0 = Instant::now();
+        let line = "y".repeat(60);
+        let n = HELD_BYTES / 61 + 100;
+        for _ in 0..n {
+            let _ = log.append_at(&line, t0);
+        }
+        assert!(std::fs::metadata(&path).expect("meta").len() <= 100);
+        assert!(log.lost_total >= 99, "lost {}", log.lost_total);
+        assert!(log.held_bytes <= HELD_BYTES);
     }
 
     #[test]

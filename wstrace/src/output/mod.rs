@@ -44,6 +44,10 @@ pub enum ColorChoice {
     Never,
 }
 
+/// The `wstrace_lost_events_total` reason of lines `--output` could not
+/// keep (more than the log holds in memory while it cannot write or rotate).
+pub const LOG_UNWRITTEN: &str = "log_unwritten";
+
 /// Where reports go: stdout in the chosen format, `--output` as JSON lines,
 /// and the metrics. One `emit` per report.
 pub struct Outputs {
@@ -53,6 +57,8 @@ pub struct Outputs {
     full_stacks: bool,
     /// `--output`.
     log: Option<logfile::LogFile>,
+    /// The log's lost lines already counted in the metrics.
+    log_lost_counted: u64,
     metrics: Option<metrics::Metrics>,
     /// Text reports held to fold storms into one summary (`None`: JSON, or
     /// `--no-fold`).
@@ -87,6 +93,7 @@ impl Outputs {
             color,
             full_stacks,
             log,
+            log_lost_counted: 0,
             metrics,
             folder: (fold && format == Format::Text).then(fold::Folder::default),
             printed: 0,
@@ -150,6 +157,12 @@ impl Outputs {
             && let Err(e) = log.append(&json::render(v))
         {
             eprintln!("wstrace: warning: {e:#}");
+        }
+        if let Some(lost) = self.log.as_ref().map(|l| l.lost_total)
+            && lost > self.log_lost_counted
+        {
+            self.events_lost(LOG_UNWRITTEN, lost - self.log_lost_counted);
+            self.log_lost_counted = lost;
         }
         let text = render(self.format, self.color, self.full_stacks, v);
         self.printed += 1;
@@ -367,6 +380,7 @@ mod tests {
                     tid: Some(13),
                     comm: evil("peer"),
                     source: PeerSource::Kernel,
+                    exe: None,
                 }),
                 ending: Some(ProcessEnd::Signaled {
                     signal: 9,

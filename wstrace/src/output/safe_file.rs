@@ -121,19 +121,6 @@ impl Dir {
         )
     }
 
-    /// Creates `name` for appending; it must not exist (O_EXCL, O_NOFOLLOW).
-    pub fn create(&self, name: &OsStr) -> Result<File> {
-        let shown = self.shown(name);
-        match self.create_new(name) {
-            Ok(f) => Ok(f),
-            Err(CreateError::Exists) => bail!(
-                "{shown} appeared while wstrace was creating it (another process made it): \
-                 remove it, or keep other users out of its directory"
-            ),
-            Err(CreateError::Other(e)) => Err(e),
-        }
-    }
-
     /// Creates `name`, which must not exist (O_EXCL, O_NOFOLLOW), mode 0640,
     /// opened for appending.
     fn create_new(&self, name: &OsStr) -> Result<File, CreateError> {
@@ -158,6 +145,69 @@ impl Dir {
             ))
         })?;
         Ok(File::from(fd))
+    }
+
+    /// Creates a file for appending under a fresh name no other user can
+    /// guess (`.NAME.<16 random hex digits>`, O_EXCL, 0640): the next log
+    /// of a rotation exists before the old one leaves its name.
+    pub fn create_fresh(&self, name: &OsStr) -> Result<(OsString, File)> {
+        for _ in 0..8 {
+            let mut fresh = OsString::from(".");
+            fresh.push(name);
+            fresh.push(format!(".{}", random_suffix()?));
+            match self.create_new(&fresh) {
+                Ok(f) => return Ok((fresh, f)),
+                Err(CreateError::Exists) => continue,
+                Err(CreateError::Other(e)) => return Err(e),
+            }
+        }
+        bail!(
+            "{}: 8 random names next to it all existed",
+            self.shown(name)
+        )
+    }
+
+    /// Swaps `a` and `b` in one step (renameat2 RENAME_EXCHANGE): neither
+    /// name is ever vacant, so no other process can create either in
+    /// between. When `b` does not exist, `a` takes its name only if it is
+    /// still free (RENAME_NOREPLACE).
+    pub fn exchange(&self, a: &OsStr, b: &OsStr) -> Result<()> {
+        use rustix::fs::RenameFlags;
+        let r = match rustix::fs::renameat_with(&self.fd, a, &self.fd, b, RenameFlags::EXCHANGE) {
+            Err(Errno::NOENT) => {
+                rustix::fs::renameat_with(&self.fd, a, &self.fd, b, RenameFlags::NOREPLACE)
+            }
+            r => r,
+        };
+        r.map_err(|e| {
+            let why = match e {
+                // Sticky directory, `b` owned by another user.
+                Errno::PERM | Errno::ACCESS => {
+                    ": the name belongs to another user (a sticky directory): write the log in a directory only root can write to"
+                }
+                Errno::EXIST => ": another process created the name",
+                Errno::INVAL => ": the filesystem cannot exchange names atomically",
+                _ => "",
+            };
+            anyhow!(
+                "cannot swap {} and {}: {}{why}",
+                self.shown(a),
+                self.shown(b),
+                std::io::Error::from(e)
+            )
+        })
+    }
+
+    /// Removes `name` from the directory; a missing name is no error.
+    pub fn remove(&self, name: &OsStr) -> Result<()> {
+        match rustix::fs::unlinkat(&self.fd, name, rustix::fs::AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(anyhow!(
+                "cannot remove {}: {}",
+                self.shown(name),
+                std::io::Error::from(e)
+            )),
+        }
     }
 
     /// Renames `from` to `to` within the directory (replacing `to`); false
@@ -241,6 +291,22 @@ fn kind_name(k: FileType) -> &'static str {
         FileType::Symlink => "a symbolic link",
         _ => "not a regular file",
     }
+}
+
+/// 16 hex digits from the kernel's random pool: the unpredictable part of
+/// every temporary name wstrace creates (the ready file's, rotation's), so
+/// no other user can create the name first.
+pub fn random_suffix() -> Result<String> {
+    let mut b = [0u8; 8];
+    // SAFETY: `b` is a valid, writable buffer of `b.len()` bytes.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        bail!(
+            "getrandom for a temporary file name: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(format!("{:016x}", u64::from_ne_bytes(b)))
 }
 
 /// Opens `path` for writing (appending or truncating) with every check
@@ -421,15 +487,24 @@ mod tests {
     }
 
     #[test]
-    fn create_refuses_an_existing_name() {
-        let d = dir("excl");
+    fn fresh_names_are_new_and_exchange_swaps_in_one_step() {
+        let d = dir("fresh");
         let (dir, _) = dir_of(&d.join("x")).expect("dir");
-        std::os::unix::fs::symlink("/etc/passwd", d.join("x")).expect("symlink");
-        let msg = format!("{:#}", dir.create(OsStr::new("x")).err().expect("refused"));
-        assert!(
-            msg.contains("appeared while wstrace was creating it"),
-            "{msg}"
-        );
+        std::fs::write(d.join("log"), "old\n").expect("write");
+        let (a, mut fa) = dir.create_fresh(OsStr::new("log")).expect("a");
+        let (b, _fb) = dir.create_fresh(OsStr::new("log")).expect("b");
+        assert_ne!(a, b);
+        assert!(a.to_string_lossy().starts_with(".log."), "{a:?}");
+        assert_eq!(std::fs::metadata(d.join(&a)).expect("meta").mode() & 0o7777, 0o640);
+        std::io::Write::write_all(&mut fa, b"new\n").expect("write");
+        dir.exchange(&a, OsStr::new("log")).expect("exchange");
+        assert_eq!(std::fs::read_to_string(d.join("log")).expect("read"), "new\n");
+        assert_eq!(std::fs::read_to_string(d.join(&a)).expect("read"), "old\n");
+        // No FILE at all: the fresh file takes the free name.
+        dir.remove(OsStr::new("log")).expect("rm");
+        dir.exchange(&b, OsStr::new("log")).expect("takes the name");
+        assert!(!d.join(&b).exists());
+        dir.remove(OsStr::new("nothing")).expect("missing is fine");
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! The kernel copies a write or read only when it starts with a control
 //! frame (or continues one it cut), so a captured chunk is a run of frames
 //! from its first byte: [`FrameStream`] walks every frame in it, keeps a
-//! control frame cut at the chunk's end for the next chunk (bounded), and
-//! drops a chunk whose frames do not line up (a read that started inside a
-//! message, on a byte that happens to look like a frame).
+//! control frame cut at the chunk's end for the next chunk (bounded), skips
+//! the bytes of a frame that breaks a control-frame rule (its length is
+//! still plain, so the frames around it count), and drops a chunk whose
+//! frames do not line up (a read that started inside a message, on a byte
+//! that happens to look like a frame: a reserved opcode, the wrong mask bit).
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Opcode {
@@ -172,6 +174,10 @@ pub enum Control {
 enum Head {
     Frame(FrameHead),
     Short,
+    /// A control frame breaking RFC 6455's rules for control frames (over
+    /// 125 bytes, fragmented, RSV bits) whose header still says how long it
+    /// is: these bytes, the whole frame, are skipped.
+    Malformed(usize),
     Invalid,
 }
 
@@ -186,27 +192,42 @@ fn head_at(buf: &[u8], masked: bool) -> Head {
     let opcode = Opcode::from(b0 & 0x0F);
     let rsv = b0 & 0x70;
     let fin = b0 & 0x80 != 0;
-    if matches!(opcode, Opcode::Reserved(_))
-        || rsv & 0x30 != 0
-        || (opcode.is_control() && (rsv != 0 || !fin))
-    {
+    if matches!(opcode, Opcode::Reserved(_)) || (!opcode.is_control() && rsv & 0x30 != 0) {
         return Head::Invalid;
     }
     let Some(&b1) = buf.get(1) else {
         return Head::Short;
     };
     let len7 = b1 & 0x7F;
-    if (b1 & 0x80 != 0) != masked
-        || (opcode.is_control() && len7 > 125)
-        || (len7 == 127 && buf.get(2).is_some_and(|&b| b & 0x80 != 0))
+    if (b1 & 0x80 != 0) != masked || (len7 == 127 && buf.get(2).is_some_and(|&b| b & 0x80 != 0))
     {
         return Head::Invalid;
+    }
+    if opcode.is_control() && (rsv != 0 || !fin || len7 > 125) {
+        return match raw_frame_len(buf) {
+            Some(n) => Head::Malformed(n),
+            None => Head::Short,
+        };
     }
     // Every remaining reason for `None` is a header cut short.
     match parse_frame_head(buf) {
         Some(h) => Head::Frame(h),
         None => Head::Short,
     }
+}
+
+/// Header plus payload of the frame at the start of `buf` by its length
+/// fields alone (no RFC checks); None when the header is cut short or the
+/// length does not fit in usize.
+fn raw_frame_len(buf: &[u8]) -> Option<usize> {
+    let b1 = *buf.get(1)?;
+    let (payload, header) = match b1 & 0x7F {
+        126 => (u64::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)), 4),
+        127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?), 10),
+        n => (u64::from(n), 2),
+    };
+    let header = header + if b1 & 0x80 != 0 { 4 } else { 0 };
+    usize::try_from(payload).ok()?.checked_add(header)
 }
 
 /// The frames of one direction of one connection, as captured chunks
@@ -216,6 +237,9 @@ pub struct FrameStream {
     partial: Vec<u8>,
     /// Chunks dropped because their frames did not line up.
     pub invalid_chunks: u32,
+    /// Frames skipped for breaking a control-frame rule (the frames around
+    /// them still count).
+    pub malformed_frames: u32,
     /// Cut control frames whose rest never came.
     pub lost_partials: u32,
 }
@@ -263,6 +287,19 @@ impl FrameStream {
                 Head::Short => {
                     self.cut_control(rest, complete, &mut out);
                     break;
+                }
+                Head::Malformed(len) => {
+                    // Only this frame's bytes: a bad close frame must not
+                    // hide the valid ping after it (issue 25, item 6).
+                    self.malformed_frames = self.malformed_frames.saturating_add(1);
+                    match at.checked_add(len) {
+                        Some(end) if end <= buf.len() => {
+                            at = end;
+                            continue;
+                        }
+                        // Runs past the copy: nothing after it is known.
+                        _ => break,
+                    }
                 }
                 Head::Invalid => {
                     self.invalid_chunks += 1;
@@ -623,6 +660,43 @@ mod tests {
         let mut w = frame(0xC1, b"zz", None);
         w.extend(frame(0x89, b"", None));
         assert_eq!(s.feed(&w, false, true, false), [Control::Ping]);
+    }
+
+    /// Issue 25, item 6: a close frame with a 126-byte payload (control
+    /// frames carry at most 125) between two pings skips its own 130 bytes
+    /// only: both pings count, in either direction.
+    #[test]
+    fn a_malformed_frame_skips_only_its_bytes() {
+        for (masked, key) in [(false, None), (true, Some([9u8, 8, 7, 6]))] {
+            let mut w = frame(0x89, b"before", key);
+            let mut bad = vec![0x88, 0x7E | if masked { 0x80 } else { 0 }, 0x00, 126];
+            if let Some(k) = key {
+                bad.extend_from_slice(&k);
+            }
+            bad.extend(std::iter::repeat_n(b'x', 126));
+            w.extend(&bad);
+            w.extend(frame(0x89, b"after", key));
+            let mut s = FrameStream::default();
+            let found = s.feed(&w, masked, true, false);
+            assert_eq!(found, [Control::Ping, Control::Ping], "masked {masked}");
+            assert_eq!(s.malformed_frames, 1);
+            assert_eq!(s.invalid_chunks, 0);
+            // A fragmented ping (no FIN) and RSV bits on a pong: skipped,
+            // the close after them still seen.
+            let mut w = frame(0x09, b"frag", key);
+            w.extend(frame(0xCA, b"", key));
+            w.extend(frame(0x88, &close_payload(1000, "ok"), key));
+            let found = s.feed(&w, masked, true, false);
+            assert_eq!(codes(&found), [Some(1000)], "masked {masked}");
+            assert_eq!(s.malformed_frames, 3);
+        }
+        // A malformed frame running past the copy ends the walk there; the
+        // ping before it counts.
+        let mut w = frame(0x89, b"", None);
+        w.extend([0x88, 0x7E, 0x00, 200, 1, 2, 3]);
+        let mut s = FrameStream::default();
+        assert_eq!(s.feed(&w, false, true, false), [Control::Ping]);
+        assert!(s.partial.is_empty());
     }
 
     #[test]

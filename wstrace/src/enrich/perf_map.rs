@@ -1,0 +1,158 @@
+//! A JIT runtime's perf map (`/tmp/perf-<pid>.map` in the process's own
+//! root: one `START SIZE name` line per compiled function, hex), read by
+//! wstrace itself rather than by blazesym.
+//!
+//! The file is named and written by the traced process, which may be any
+//! user's: blazesym opened it with a blocking `open()`, so a FIFO there (or
+//! a lease on a regular file) held a symbolizer worker forever. Here it is
+//! opened relative to `/proc/<pid>/root` with `openat2(RESOLVE_IN_ROOT |
+//! RESOLVE_NO_MAGICLINKS)` (its symlinks resolve inside that root, never
+//! into ours), `O_NONBLOCK` (a FIFO opens at once and a lease is refused
+//! with EWOULDBLOCK instead of waited out) and `O_NOFOLLOW`; only a regular
+//! file of at most [`MAX_PERF_MAP`] bytes is read, and at most
+//! [`MAX_ENTRIES`] lines of it are kept.
+use std::{fs::File, io::Read as _};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+/// Largest perf map read (bytes); a bigger one is read up to this far.
+pub const MAX_PERF_MAP: u64 = 16 << 20;
+
+/// Entries kept from one perf map.
+pub const MAX_ENTRIES: usize = 1 << 18;
+
+/// Longest function name kept (bytes); longer ones are cut.
+const MAX_NAME: usize = 512;
+
+/// The functions of one perf map, sorted by start address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PerfMap {
+    entries: Vec<(u64, u64, String)>,
+}
+
+impl PerfMap {
+    /// Process `pid`'s perf map, if it has a readable one (see the module
+    /// comment for what is refused).
+    pub fn read(pid: u32) -> Option<PerfMap> {
+        let mut text = Vec::new();
+        open(pid)?
+            .take(MAX_PERF_MAP)
+            .read_to_end(&mut text)
+            .ok()?;
+        Some(PerfMap::parse(&String::from_utf8_lossy(&text)))
+    }
+
+    /// Parses perf map text; malformed lines are skipped.
+    pub fn parse(text: &str) -> PerfMap {
+        let mut entries: Vec<(u64, u64, String)> = text
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.splitn(3, ' ');
+                let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+                let start = hex(it.next()?)?;
+                let size = hex(it.next()?)?;
+                let name = it.next()?.trim_end();
+                if size == 0 || name.is_empty() {
+                    return None;
+                }
+                let mut cut = name.len().min(MAX_NAME);
+                while !name.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                Some((start, start.saturating_add(size), name[..cut].to_string()))
+            })
+            .take(MAX_ENTRIES)
+            .collect();
+        entries.sort_by_key(|e| e.0);
+        PerfMap { entries }
+    }
+
+    /// The function holding `addr`, and `addr`'s offset in it.
+    pub fn lookup(&self, addr: u64) -> Option<(&str, u64)> {
+        let i = self.entries.partition_point(|e| e.0 <= addr);
+        let (start, end, name) = self.entries.get(i.checked_sub(1)?)?;
+        (addr < *end).then(|| (name.as_str(), addr - start))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Opens `tmp/perf-<pid>.map` under `/proc/<pid>/root`, refusing anything
+/// but a regular file; never blocks on what the process put there.
+fn open(pid: u32) -> Option<File> {
+    let root = rustix::fs::open(
+        format!("/proc/{pid}/root"),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let fd = rustix::fs::openat2(
+        &root,
+        format!("tmp/perf-{pid}.map"),
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+    .ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
+    (rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile)
+        .then(|| File::from(fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_parsed_and_looked_up() {
+        let m = PerfMap::parse(
+            "7f0000001000 40 LazyCompile:*handler app.js:10\n\
+             bogus line\n\
+             0x7f0000000000 100 Builtin:Start\n\
+             7f0000002000 0 empty\n",
+        );
+        assert_eq!(m.lookup(0x7f00_0000_1010), Some(("LazyCompile:*handler app.js:10", 0x10)));
+        assert_eq!(m.lookup(0x7f00_0000_00ff), Some(("Builtin:Start", 0xff)));
+        assert_eq!(m.lookup(0x7f00_0000_0100), None);
+        assert_eq!(m.lookup(0x7f00_0000_1040), None);
+        assert_eq!(m.lookup(0x10), None);
+    }
+
+    #[test]
+    fn long_names_are_cut_on_a_char_boundary() {
+        let name = "é".repeat(400);
+        let m = PerfMap::parse(&format!("1000 10 {name}\n"));
+        let (n, _) = m.lookup(0x1000).expect("found");
+        assert!(n.len() <= MAX_NAME && name.starts_with(n));
+    }
+
+    /// Issue 25, item 1: a FIFO as the perf map opens at once and is
+    /// refused; a regular one is read.
+    #[test]
+    fn a_fifo_perf_map_is_refused_without_blocking() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("sleep");
+        let pid = child.id();
+        let path = std::path::PathBuf::from(format!("/tmp/perf-{pid}.map"));
+        let c = std::ffi::CString::new(path.display().to_string()).expect("path");
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        // A blocking open would hang this test forever: it returns.
+        assert_eq!(PerfMap::read(pid), None);
+        std::fs::remove_file(&path).expect("rm fifo");
+        std::fs::write(&path, "1000 10 jitted\n").expect("write");
+        let m = PerfMap::read(pid).expect("regular perf map");
+        assert_eq!(m.lookup(0x1004), Some(("jitted", 4)));
+        // A symlink at the name is not followed.
+        std::fs::remove_file(&path).expect("rm");
+        std::os::unix::fs::symlink("/etc/hostname", &path).expect("symlink");
+        assert_eq!(PerfMap::read(pid), None);
+        let _ = std::fs::remove_file(&path);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
