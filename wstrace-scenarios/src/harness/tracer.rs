@@ -24,7 +24,10 @@ use std::{
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime},
 };
@@ -296,16 +299,45 @@ impl TracerOptions {
                 }
             }
         });
-        let (sink, echo) = (stderr.clone(), self.echo);
+        // A second descriptor of the stderr pipe, to ask how much is
+        // still unread (see `wait_stderr_drained`).
+        let stderr_pipe = {
+            use std::os::fd::AsFd as _;
+            err.as_fd().try_clone_to_owned().context("dup of wstrace's stderr")?
+        };
+        let progress = Arc::new(StderrProgress::default());
+        let (sink, echo, seen) = (stderr.clone(), self.echo, progress.clone());
         let stderr_done = std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let mut err = err;
+            let mut buf = [0u8; 8192];
+            let mut partial: Vec<u8> = Vec::new();
+            let push = |bytes: &[u8]| {
+                let line = String::from_utf8_lossy(bytes).into_owned();
                 if echo {
                     eprintln!("{line}");
                 }
                 lock(&sink).push(line);
+            };
+            loop {
+                let n = match err.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                seen.read.fetch_add(n, Ordering::SeqCst);
+                partial.extend_from_slice(&buf[..n]);
+                while let Some(i) = partial.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = partial.drain(..=i).collect();
+                    push(&line[..i]);
+                }
+                seen.stored.fetch_add(n, Ordering::SeqCst);
+            }
+            if !partial.is_empty() {
+                push(&partial);
             }
         });
         let mut t = Tracer {
+            stderr_pipe,
+            stderr_progress: progress,
             child: Kill(child),
             stdout,
             stderr,
@@ -316,6 +348,9 @@ impl TracerOptions {
             _private: private,
         };
         t.ready_content = t.wait_ready(&ready, self.ready_timeout)?;
+        // Everything wstrace printed before it said ready (the privilege
+        // drop, TLS coverage) is in `stderr_text()` when `start` returns.
+        t.wait_stderr_drained(Duration::from_secs(5));
         Ok(t)
     }
 }
@@ -361,12 +396,45 @@ pub struct Tracer {
     stderr: Arc<Mutex<Vec<String>>>,
     stdout_done: Option<JoinHandle<()>>,
     stderr_done: Option<JoinHandle<()>>,
+    stderr_pipe: std::os::fd::OwnedFd,
+    stderr_progress: Arc<StderrProgress>,
     metrics: Option<SocketAddr>,
     ready_content: String,
     _private: TempDir,
 }
 
+/// Bytes of wstrace's stderr read from the pipe, and stored as lines.
+#[derive(Default)]
+struct StderrProgress {
+    read: AtomicUsize,
+    stored: AtomicUsize,
+}
+
 impl Tracer {
+    /// Waits (up to `timeout`) until the stderr pipe is empty and every
+    /// byte read from it is stored, twice 10 ms apart (a read can return
+    /// between the two checks of one round).
+    fn wait_stderr_drained(&self, timeout: Duration) {
+        use std::os::fd::AsRawFd as _;
+        let start = Instant::now();
+        let mut quiet_rounds = 0;
+        while quiet_rounds < 2 && start.elapsed() < timeout {
+            let mut unread: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int; the descriptor is ours.
+            let r = unsafe {
+                libc::ioctl(self.stderr_pipe.as_raw_fd(), libc::FIONREAD, &mut unread)
+            };
+            let p = &self.stderr_progress;
+            let caught_up = p.read.load(Ordering::SeqCst) == p.stored.load(Ordering::SeqCst);
+            quiet_rounds = if r == 0 && unread == 0 && caught_up {
+                quiet_rounds + 1
+            } else {
+                0
+            };
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// `wstrace --port PORT --format json EXTRA…`, returned once attached;
     /// panics (fails the test) if it does not attach.
     pub fn start(port: u16, extra: &[&str]) -> Tracer {
