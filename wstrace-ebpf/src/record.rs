@@ -24,9 +24,9 @@ use crate::{
         port_traced, read, sk_err, sk_is_tcp, sk_local_port,
     },
     maps::{
-        ACCEPTED, CLOSE_SCRATCH, EVENTS, HEAD_BYTES, LOST, PEER_WRITERS, PENDING_READS, PendingRead, RESUME,
-        RESUME_UNTIL, SockDir, TLS_LAST_READ, TLS_READS, TLS_WRITES, TlsRead, TlsWrite, UPGRADED,
-        UPGRADERS,
+        ACCEPTED, CLOSE_SCRATCH, EVENTS, HEAD_BYTES, LOST, PEER_WRITERS, PENDING_READS,
+        PendingRead, RESUME, RESUME_UNTIL, SockDir, TLS_LAST_READ, TLS_READS, TLS_WRITES, TlsRead,
+        TlsWrite, UPGRADED, UPGRADERS,
     },
     ustack,
 };

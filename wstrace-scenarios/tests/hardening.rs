@@ -419,7 +419,12 @@ fn planted_temporary_names_do_not_refuse_the_ready_file() {
         .skip(1)
         .filter_map(|s| s.parse().ok())
         .collect();
-    assert_eq!(range.len(), 2, "planter: {planted} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        range.len(),
+        2,
+        "planter: {planted} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ready = shared.join("wsready");
     let port_s = port.to_string();
     let ready_s = ready.display().to_string();
@@ -443,7 +448,10 @@ fn planted_temporary_names_do_not_refuse_the_ready_file() {
     );
     let start = Instant::now();
     loop {
-        if std::fs::read_to_string(&ready).unwrap_or_default().contains("pid=") {
+        if std::fs::read_to_string(&ready)
+            .unwrap_or_default()
+            .contains("pid=")
+        {
             break;
         }
         if let Some(status) = w.0.try_wait().expect("try_wait") {
@@ -452,7 +460,10 @@ fn planted_temporary_names_do_not_refuse_the_ready_file() {
                 stderr.join().expect("stderr")
             );
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "no ready file after 60 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no ready file after 60 s"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     upgrade_once(port);
