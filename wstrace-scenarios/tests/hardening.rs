@@ -335,7 +335,12 @@ fn planted_temporary_names_do_not_refuse_the_ready_file() {
         .skip(1)
         .filter_map(|s| s.parse().ok())
         .collect();
-    assert_eq!(range.len(), 2, "planter: {planted} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        range.len(),
+        2,
+        "planter: {planted} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ready = shared.join("wsready");
     // The harness waits for the ready file to name this run's pid; a start
     // refused by a planted name fails here with wstrace's stderr.

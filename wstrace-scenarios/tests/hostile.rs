@@ -527,7 +527,10 @@ fn rotation_never_hands_the_log_name_to_another_user() {
         assert!(m.len() <= 4096, "{name} is {} bytes (> 4K)", m.len());
         rotated += usize::from(name.starts_with("wslog.jsonl."));
     }
-    assert!(rotated >= 3, "only {rotated} rotated files: too few reports ({n})");
+    assert!(
+        rotated >= 3,
+        "only {rotated} rotated files: too few reports ({n})"
+    );
     let text = std::fs::read_to_string(&log).expect("log");
     assert!(!text.contains("forged"), "{text}");
     let _ = std::fs::remove_dir_all(&d);
@@ -601,7 +604,11 @@ fn a_client_socket_on_the_traced_port_forges_no_report() {
     std::thread::sleep(Duration::from_millis(500));
     let reports = {
         let more = t.reports();
-        if more.len() > reports.len() { more } else { reports }
+        if more.len() > reports.len() {
+            more
+        } else {
+            reports
+        }
     };
     assert_eq!(reports.len(), 3, "{reports:#?}\n{}", t.stderr_text());
     for r in &reports {
@@ -613,8 +620,10 @@ fn a_client_socket_on_the_traced_port_forges_no_report() {
     }
     let metrics = {
         let mut c = TcpStream::connect(("127.0.0.1", mport)).expect("metrics");
-        c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("scrape");
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("scrape");
         let mut out = String::new();
         let _ = c.read_to_string(&mut out);
         out

@@ -252,7 +252,9 @@ fn victim_report_within(t: &Tracer, port: u16, seen: usize, within: Duration) ->
             .into_iter()
             .filter(|r| {
                 local_port(r) == Some(port)
-                    && r["local"].as_str().is_some_and(|l| l.starts_with("127.0.0.1:"))
+                    && r["local"]
+                        .as_str()
+                        .is_some_and(|l| l.starts_with("127.0.0.1:"))
             })
             .collect();
         if mine.len() > seen {
@@ -368,9 +370,17 @@ fn nine_fifo_perf_maps_do_not_blind_other_stacks() {
     let attacked = t
         .reports()
         .iter()
-        .filter(|r| r["local"].as_str().is_some_and(|l| l.starts_with("127.0.0.2:")))
+        .filter(|r| {
+            r["local"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("127.0.0.2:"))
+        })
         .count();
-    assert!(attacked > 0, "no attacker's close was traced: {}", t.stderr_text());
+    assert!(
+        attacked > 0,
+        "no attacker's close was traced: {}",
+        t.stderr_text()
+    );
 }
 
 /// Makes DIR/libssl.so.3 a sparse file whose ELF header uses extended

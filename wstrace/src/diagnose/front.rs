@@ -225,7 +225,11 @@ pub fn decide(
                 "{comm} (pid {pid}; it calls itself {} but runs {}{})",
                 claimed.name(),
                 e.path,
-                if e.root_owned { "" } else { ", not a root-owned binary" }
+                if e.root_owned {
+                    ""
+                } else {
+                    ", not a root-owned binary"
+                }
             ),
             (None, Some(claimed)) => format!(
                 "{comm} (pid {pid}; it calls itself {} but its executable could not be read)",
@@ -435,11 +439,17 @@ mod tests {
             ("lighttpd", Proxy::Lighttpd),
         ] {
             let path = format!("/usr/sbin/{comm}");
-            let f = decide(peer(comm).as_ref(), exe(&path).as_ref(), Some(&req("")), LOCAL);
+            let f = decide(
+                peer(comm).as_ref(),
+                exe(&path).as_ref(),
+                Some(&req("")),
+                LOCAL,
+            );
             assert_eq!(f.sender, Sender::Proxy(want), "{comm}");
             assert_eq!((f.kind, f.evidence), (want.code(), "peer_process"));
             assert!(
-                f.detail.contains(&format!("{comm} (pid 77, executable {path})")),
+                f.detail
+                    .contains(&format!("{comm} (pid 77, executable {path})")),
                 "{}",
                 f.detail
             );
@@ -549,7 +559,10 @@ mod tests {
         });
         for (exe, runs) in [
             (python.as_ref(), "runs /usr/bin/python3.11"),
-            (copied.as_ref(), "runs /tmp/x/nginx, not a root-owned binary"),
+            (
+                copied.as_ref(),
+                "runs /tmp/x/nginx, not a root-owned binary",
+            ),
             (None, "its executable could not be read"),
         ] {
             let f = decide(peer("nginx").as_ref(), exe, Some(&via), LOCAL);
@@ -565,7 +578,11 @@ mod tests {
                 !fix.starts_with("nginx") && !fix.contains("proxy_http_version"),
                 "{fix}"
             );
-            assert!(f.describe().contains("it calls itself nginx"), "{}", f.describe());
+            assert!(
+                f.describe().contains("it calls itself nginx"),
+                "{}",
+                f.describe()
+            );
         }
         // The same comm with the real binary is nginx.
         let f = decide(
@@ -576,7 +593,12 @@ mod tests {
         );
         assert_eq!(f.sender, Sender::Proxy(Proxy::Nginx));
         // Renamed comm, real binary: still nginx (named by the executable).
-        let f = decide(peer("worker").as_ref(), exe("/usr/sbin/nginx").as_ref(), None, LOCAL);
+        let f = decide(
+            peer("worker").as_ref(),
+            exe("/usr/sbin/nginx").as_ref(),
+            None,
+            LOCAL,
+        );
         assert_eq!(f.kind, "nginx");
     }
 
@@ -602,13 +624,23 @@ mod tests {
             assert_eq!(f.detail, format!("Via: {via}"));
         }
         // A word inside another is no name: "nginxish" is not nginx.
-        let f = decide(None, None, Some(&req("Via: 1.1 nginxish\r\n")), "10.0.0.2:5000");
+        let f = decide(
+            None,
+            None,
+            Some(&req("Via: 1.1 nginxish\r\n")),
+            "10.0.0.2:5000",
+        );
         assert_eq!((f.kind, f.evidence), ("proxy", "forwarding_header"));
     }
 
     #[test]
     fn headers_only_one_proxy_adds() {
-        let f = decide(None, None, Some(&req("X-Varnish: 32770\r\n")), "10.0.0.2:5000");
+        let f = decide(
+            None,
+            None,
+            Some(&req("X-Varnish: 32770\r\n")),
+            "10.0.0.2:5000",
+        );
         assert_eq!((f.kind, f.evidence), ("varnish", "proxy_header"));
         let f = decide(
             None,

@@ -35,10 +35,7 @@ impl PerfMap {
     /// comment for what is refused).
     pub fn read(pid: u32) -> Option<PerfMap> {
         let mut text = Vec::new();
-        open(pid)?
-            .take(MAX_PERF_MAP)
-            .read_to_end(&mut text)
-            .ok()?;
+        open(pid)?.take(MAX_PERF_MAP).read_to_end(&mut text).ok()?;
         Some(PerfMap::parse(&String::from_utf8_lossy(&text)))
     }
 
@@ -113,7 +110,10 @@ mod tests {
              0x7f0000000000 100 Builtin:Start\n\
              7f0000002000 0 empty\n",
         );
-        assert_eq!(m.lookup(0x7f00_0000_1010), Some(("LazyCompile:*handler app.js:10", 0x10)));
+        assert_eq!(
+            m.lookup(0x7f00_0000_1010),
+            Some(("LazyCompile:*handler app.js:10", 0x10))
+        );
         assert_eq!(m.lookup(0x7f00_0000_00ff), Some(("Builtin:Start", 0xff)));
         assert_eq!(m.lookup(0x7f00_0000_0100), None);
         assert_eq!(m.lookup(0x7f00_0000_1040), None);
@@ -154,5 +154,47 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// Issue 25, item 1 (the lease variant): a write lease on a regular
+    /// perf map refuses our open at once (O_NONBLOCK: EWOULDBLOCK) instead
+    /// of waiting out the lease-break time; a blocking open would wait for
+    /// the holder to give it up and then read the map.
+    #[test]
+    fn a_leased_perf_map_is_refused_without_waiting() {
+        use std::io::BufRead as _;
+        let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        if !crate::testenv::require(python.is_some(), "python3 is not installed") {
+            return;
+        }
+        let mut child = std::process::Command::new(python.unwrap_or_default())
+            .arg("-c")
+            .arg(
+                r#"
+import fcntl, os, signal, time
+signal.signal(signal.SIGIO, signal.SIG_IGN)
+p = "/tmp/perf-%d.map" % os.getpid()
+open(p, "w").write("1000 10 jitted\n")
+fd = os.open(p, os.O_RDONLY)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+print("LEASED", flush=True)
+time.sleep(600)
+"#,
+            )
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let pid = child.id();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("LEASED");
+        assert_eq!(line.trim(), "LEASED");
+        assert_eq!(PerfMap::read(pid), None, "opened through a lease");
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
     }
 }

@@ -2458,7 +2458,11 @@ mod tests {
             assert!(!s.timed_out.contains_key(&pid), "pid {pid} timed out");
             kids.push((child, release));
         }
-        assert_eq!(s.live_workers.load(Ordering::SeqCst), 1, "workers abandoned");
+        assert_eq!(
+            s.live_workers.load(Ordering::SeqCst),
+            1,
+            "workers abandoned"
+        );
         s.budgets = PATIENT;
         let probe = wstrace_symbolize_probe_fn as *const () as usize as u64;
         let own = s.user_stack(std::process::id(), &[probe]);
@@ -2486,7 +2490,9 @@ mod tests {
             path: Some(path.into()),
         };
         assert!(trusted_paths(&[m("/usr/bin/python3.11"), m("[vdso]")]));
-        assert!(trusted_paths(&[m("/usr/lib/x86_64-linux-gnu/libc.so.6 (deleted)")]));
+        assert!(trusted_paths(&[m(
+            "/usr/lib/x86_64-linux-gnu/libc.so.6 (deleted)"
+        )]));
         // /tmp itself is writable by all: a binary right in it is not.
         assert!(!trusted_paths(&[m("/tmp/nginx")]));
         let d = std::env::temp_dir().join(format!("wstrace-trust-{}", std::process::id()));

@@ -245,16 +245,28 @@ pub fn header_tables(file: &std::fs::File, size: u64) -> Result<u64, String> {
     };
     let u16_at = |b: &[u8], o: usize| {
         let v = [b[o], b[o + 1]];
-        u64::from(if le { u16::from_le_bytes(v) } else { u16::from_be_bytes(v) })
+        u64::from(if le {
+            u16::from_le_bytes(v)
+        } else {
+            u16::from_be_bytes(v)
+        })
     };
     let u32_at = |b: &[u8], o: usize| {
         let v = [b[o], b[o + 1], b[o + 2], b[o + 3]];
-        u64::from(if le { u32::from_le_bytes(v) } else { u32::from_be_bytes(v) })
+        u64::from(if le {
+            u32::from_le_bytes(v)
+        } else {
+            u32::from_be_bytes(v)
+        })
     };
     let u64_at = |b: &[u8], o: usize| {
         let mut v = [0u8; 8];
         v.copy_from_slice(&b[o..o + 8]);
-        if le { u64::from_le_bytes(v) } else { u64::from_be_bytes(v) }
+        if le {
+            u64::from_le_bytes(v)
+        } else {
+            u64::from_be_bytes(v)
+        }
     };
     let (phoff, shoff) = (u64_at(&h, 32), u64_at(&h, 40));
     let (phentsize, mut phnum) = (u16_at(&h, 54), u16_at(&h, 56));
@@ -592,7 +604,10 @@ mod tests {
         let path = dir.join("libssl.so.3");
         let sections = 16_700_000u64;
         std::fs::write(&path, extended_numbering(sections, None)).expect("write");
-        let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
         f.set_len(64 + sections * 64).expect("sparse"); // ~1 GiB, no blocks
         drop(f);
         let e = elf_tls(std::fs::File::open(&path).expect("open")).expect_err("refused");
@@ -602,7 +617,10 @@ mod tests {
         );
         // PN_XNUM: the program header count in section 0's sh_info.
         std::fs::write(&path, extended_numbering(2, Some(3_000_000))).expect("write");
-        let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
         f.set_len(1 << 30).expect("sparse");
         drop(f);
         let e = elf_tls(std::fs::File::open(&path).expect("open")).expect_err("refused");
@@ -613,7 +631,10 @@ mod tests {
         elf[128 + 24..128 + 32].copy_from_slice(&0u64.to_le_bytes()); // sh_offset
         elf[128 + 32..128 + 40].copy_from_slice(&(1u64 << 30).to_le_bytes()); // sh_size
         std::fs::write(&path, &elf).expect("write");
-        let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
         f.set_len(2 << 30).expect("sparse");
         drop(f);
         let e = elf_tls(std::fs::File::open(&path).expect("open")).expect_err("refused");

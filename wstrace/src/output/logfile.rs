@@ -509,7 +509,11 @@ mod tests {
         for i in 1..=20 {
             let p = rotated(&path, i);
             if p.exists() {
-                assert!(std::fs::metadata(&p).expect("meta").len() <= 100, "{}", p.display());
+                assert!(
+                    std::fs::metadata(&p).expect("meta").len() <= 100,
+                    "{}",
+                    p.display()
+                );
             }
         }
         assert_eq!(log.lines, 21);
@@ -557,8 +561,17 @@ mod tests {
         racer.join().expect("racer");
         assert_eq!(won.load(Ordering::Relaxed), 0, "the racer created FILE");
         assert_eq!(log.lines, 3000);
-        for p in [path.clone(), rotated(&path, 1), rotated(&path, 2), rotated(&path, 3)] {
-            assert!(std::fs::metadata(&p).expect("meta").len() <= 200, "{}", p.display());
+        for p in [
+            path.clone(),
+            rotated(&path, 1),
+            rotated(&path, 2),
+            rotated(&path, 3),
+        ] {
+            assert!(
+                std::fs::metadata(&p).expect("meta").len() <= 200,
+                "{}",
+                p.display()
+            );
         }
         let stray: Vec<_> = std::fs::read_dir(&d)
             .expect("ls")

@@ -74,14 +74,13 @@ impl ReadyFile {
                 }
             }
         }
-        Err(last.map_or_else(|| anyhow::anyhow!("no name tried"), anyhow::Error::from)).with_context(
-            || {
+        Err(last.map_or_else(|| anyhow::anyhow!("no name tried"), anyhow::Error::from))
+            .with_context(|| {
                 format!(
                     "--ready-file {}: {NAME_TRIES} random temporary names next to it all existed",
                     path.display()
                 )
-            },
-        )
+            })
     }
 
     /// Writes `probes=<set>` and `pid=<pid>` lines and renames the file into
@@ -174,10 +173,23 @@ mod tests {
         let d = dir("random");
         let a = ReadyFile::prepare(&d.join("r")).expect("a");
         let b = ReadyFile::prepare(&d.join("s")).expect("b");
-        let sa = a.tmp.file_name().expect("name").to_string_lossy().into_owned();
-        let sb = b.tmp.file_name().expect("name").to_string_lossy().into_owned();
+        let sa = a
+            .tmp
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let sb = b
+            .tmp
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
         assert_ne!(sa[3..], sb[3..], "{sa} {sb}");
-        assert!(!sa.contains(&std::process::id().to_string()) || sa.len() > 20, "{sa}");
+        assert!(
+            !sa.contains(&std::process::id().to_string()) || sa.len() > 20,
+            "{sa}"
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -495,10 +495,16 @@ mod tests {
         let (b, _fb) = dir.create_fresh(OsStr::new("log")).expect("b");
         assert_ne!(a, b);
         assert!(a.to_string_lossy().starts_with(".log."), "{a:?}");
-        assert_eq!(std::fs::metadata(d.join(&a)).expect("meta").mode() & 0o7777, 0o640);
+        assert_eq!(
+            std::fs::metadata(d.join(&a)).expect("meta").mode() & 0o7777,
+            0o640
+        );
         std::io::Write::write_all(&mut fa, b"new\n").expect("write");
         dir.exchange(&a, OsStr::new("log")).expect("exchange");
-        assert_eq!(std::fs::read_to_string(d.join("log")).expect("read"), "new\n");
+        assert_eq!(
+            std::fs::read_to_string(d.join("log")).expect("read"),
+            "new\n"
+        );
         assert_eq!(std::fs::read_to_string(d.join(&a)).expect("read"), "old\n");
         // No FILE at all: the fresh file takes the free name.
         dir.remove(OsStr::new("log")).expect("rm");

@@ -199,8 +199,7 @@ fn head_at(buf: &[u8], masked: bool) -> Head {
         return Head::Short;
     };
     let len7 = b1 & 0x7F;
-    if (b1 & 0x80 != 0) != masked || (len7 == 127 && buf.get(2).is_some_and(|&b| b & 0x80 != 0))
-    {
+    if (b1 & 0x80 != 0) != masked || (len7 == 127 && buf.get(2).is_some_and(|&b| b & 0x80 != 0)) {
         return Head::Invalid;
     }
     if opcode.is_control() && (rsv != 0 || !fin || len7 > 125) {
@@ -222,7 +221,10 @@ fn head_at(buf: &[u8], masked: bool) -> Head {
 fn raw_frame_len(buf: &[u8]) -> Option<usize> {
     let b1 = *buf.get(1)?;
     let (payload, header) = match b1 & 0x7F {
-        126 => (u64::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)), 4),
+        126 => (
+            u64::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)),
+            4,
+        ),
         127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?), 10),
         n => (u64::from(n), 2),
     };
