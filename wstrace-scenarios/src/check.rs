@@ -46,8 +46,6 @@ pub struct Args {
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long to wait for the expected reports after the last client.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
-/// wstrace's --port limit.
-const MAX_PORTS: usize = 8;
 /// wstrace's symbolization budget unless `--wstrace-arg` gives one: the
 /// checks want named frames, not a test of the budget, and the first
 /// symbolization of a binary (parsing its debug info) took over the 2 s
@@ -71,6 +69,9 @@ struct ServerSpec {
 struct Scenario {
     name: &'static str,
     servers: Vec<ServerSpec>,
+    /// Traced by a wstrace started without --port (every port), instead of
+    /// the one given every other scenario's ports.
+    all_ports: bool,
 }
 
 fn named_local_fin() -> Option<Expect> {
@@ -130,10 +131,12 @@ fn scenarios() -> Vec<Scenario> {
     };
     vec![
         Scenario {
+            all_ports: false,
             name: "server_close_after_101_names_the_server",
             servers: vec![close(LOCALHOST)],
         },
         Scenario {
+            all_ports: false,
             name: "client_close_after_upgrade_reports_peer",
             servers: vec![upgrade(
                 LOCALHOST,
@@ -156,6 +159,7 @@ fn scenarios() -> Vec<Scenario> {
         // 101: its socket is gone before the daemon reads the upgrade, so
         // only the kernel's record of the request's writer can name it.
         Scenario {
+            all_ports: false,
             name: "client_closing_at_once_is_named_by_the_kernel",
             servers: vec![upgrade(
                 LOCALHOST,
@@ -175,6 +179,7 @@ fn scenarios() -> Vec<Scenario> {
             )],
         },
         Scenario {
+            all_ports: false,
             name: "server_crash_after_101_is_process_crashed",
             servers: vec![ended(
                 Mode::CrashAfter101,
@@ -189,6 +194,7 @@ fn scenarios() -> Vec<Scenario> {
             )],
         },
         Scenario {
+            all_ports: false,
             name: "server_killed_after_101_names_the_killer",
             servers: vec![ended(
                 Mode::WaitForPeer,
@@ -203,6 +209,7 @@ fn scenarios() -> Vec<Scenario> {
             )],
         },
         Scenario {
+            all_ports: false,
             name: "server_exiting_on_sigterm_names_the_sender",
             servers: vec![ended(
                 Mode::ExitOnSigterm,
@@ -217,6 +224,7 @@ fn scenarios() -> Vec<Scenario> {
             )],
         },
         Scenario {
+            all_ports: false,
             name: "server_exit_without_close_is_process_exited",
             servers: vec![ended(
                 Mode::ExitAfter101,
@@ -233,6 +241,7 @@ fn scenarios() -> Vec<Scenario> {
         // The kernel, not a process, ended these: no pid and no stacks,
         // whichever task the softirq or timer interrupted.
         Scenario {
+            all_ports: false,
             name: "peer_reset_is_no_local_close",
             servers: vec![upgrade(
                 LOCALHOST,
@@ -252,6 +261,7 @@ fn scenarios() -> Vec<Scenario> {
             )],
         },
         Scenario {
+            all_ports: false,
             name: "retransmission_timeout_is_the_kernels_close",
             servers: vec![upgrade(
                 LOCALHOST,
@@ -273,6 +283,7 @@ fn scenarios() -> Vec<Scenario> {
         // Frames after the upgrade: pings the client never answers, and a
         // close frame after a text frame and split across two writes.
         Scenario {
+            all_ports: false,
             name: "unanswered_pings_are_heartbeat_timeout",
             servers: vec![upgrade(
                 LOCALHOST,
@@ -285,6 +296,7 @@ fn scenarios() -> Vec<Scenario> {
             )],
         },
         Scenario {
+            all_ports: false,
             name: "split_close_frame_after_text_is_seen",
             servers: vec![upgrade(
                 LOCALHOST,
@@ -300,6 +312,7 @@ fn scenarios() -> Vec<Scenario> {
             )],
         },
         Scenario {
+            all_ports: false,
             name: "http_200_is_not_reported",
             servers: vec![ServerSpec {
                 bind: LOCALHOST,
@@ -311,6 +324,7 @@ fn scenarios() -> Vec<Scenario> {
             }],
         },
         Scenario {
+            all_ports: false,
             name: "ipv6_loopback",
             servers: vec![upgrade(
                 IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -323,6 +337,7 @@ fn scenarios() -> Vec<Scenario> {
             )],
         },
         Scenario {
+            all_ports: false,
             name: "linger_zero_close_reports_rst",
             servers: vec![upgrade(
                 LOCALHOST,
@@ -335,6 +350,7 @@ fn scenarios() -> Vec<Scenario> {
             )],
         },
         Scenario {
+            all_ports: false,
             name: "lookalike_101s_are_not_reported",
             servers: vec![
                 // `HTTP/1.1 1010`: the prefix check includes the space after 101.
@@ -359,7 +375,23 @@ fn scenarios() -> Vec<Scenario> {
                 },
             ],
         },
+        // No --port: a server on any port is followed, a plain HTTP 200
+        // on another is not reported.
         Scenario {
+            all_ports: true,
+            name: "all_ports_by_default_follows_any_port",
+            servers: vec![
+                close(LOCALHOST),
+                ServerSpec {
+                    mode: Mode::Http200,
+                    request: client::PLAIN_REQUEST,
+                    expect: None,
+                    ..close(LOCALHOST)
+                },
+            ],
+        },
+        Scenario {
+            all_ports: false,
             name: "two_ports_and_other_port_ignored",
             servers: vec![
                 close(LOCALHOST),
@@ -445,6 +477,7 @@ impl Drop for Tracer {
 }
 
 impl Tracer {
+    /// wstrace on `ports`, or on every port when `ports` is empty.
     fn start(args: &Args, ports: &[u16]) -> Result<Tracer> {
         let mut cmd = Command::new(&args.wstrace);
         for p in ports {
@@ -668,36 +701,48 @@ pub fn run(args: &Args) -> Result<i32> {
         states.push(state);
         servers.push(started);
     }
-    // wstrace traces at most 8 ports at once: one wstrace per batch of
-    // scenarios that fits (two batches for the current list).
-    let traced = |i: usize| all[i].servers.iter().filter(|s| s.traced).count();
-    let mut batches: Vec<Vec<usize>> = vec![Vec::new()];
-    for i in (0..all.len()).filter(|&i| matches!(states[i], State::Running)) {
-        let used: usize = batches
-            .last()
-            .map(|b| b.iter().map(|&j| traced(j)).sum())
-            .unwrap_or(0);
-        if used + traced(i) > MAX_PORTS {
-            batches.push(Vec::new());
-        }
-        if let Some(b) = batches.last_mut() {
-            b.push(i);
-        }
-    }
+    // Two wstraces, one after the other: one given every traced port of
+    // the port scenarios (more than the 8 the kernel filter once had), and
+    // one with no --port for the all-ports scenarios (which would see the
+    // others' connections too).
+    let running = |i: &usize| matches!(states[*i], State::Running);
+    let batches: [(bool, Vec<usize>); 2] = [
+        (
+            false,
+            (0..all.len())
+                .filter(running)
+                .filter(|&i| !all[i].all_ports)
+                .collect(),
+        ),
+        (
+            true,
+            (0..all.len())
+                .filter(running)
+                .filter(|&i| all[i].all_ports)
+                .collect(),
+        ),
+    ];
     let mut reports = Vec::new();
     let mut losses: Vec<Vec<String>> = vec![Vec::new(); all.len()];
-    for batch in batches.iter().filter(|b| !b.is_empty()) {
-        let ports: Vec<u16> = batch
-            .iter()
-            .flat_map(|&i| {
-                all[i]
-                    .servers
-                    .iter()
-                    .zip(&servers[i])
-                    .filter(|(spec, _)| spec.traced)
-                    .map(|(_, s)| s.port)
-            })
-            .collect();
+    for (all_ports, batch) in batches.iter().filter(|(_, b)| !b.is_empty()) {
+        let ports: Vec<u16> = if *all_ports {
+            Vec::new()
+        } else {
+            batch
+                .iter()
+                .flat_map(|&i| {
+                    all[i]
+                        .servers
+                        .iter()
+                        .zip(&servers[i])
+                        .filter(|(spec, _)| spec.traced)
+                        .map(|(_, s)| s.port)
+                })
+                .collect()
+        };
+        if !*all_ports && ports.is_empty() {
+            continue;
+        }
         match trace(args, &all, &servers, &mut states, batch, &ports) {
             Ok((r, lost)) => {
                 reports.extend(r);
@@ -748,8 +793,8 @@ pub fn run(args: &Args) -> Result<i32> {
 /// Reports by the local port they are for.
 type PortReports = Vec<(u16, Value)>;
 
-/// Start wstrace, drive every running scenario's clients, wait for the
-/// reports, stop wstrace. Returns the parsed reports and what wstrace said
+/// Start wstrace (on `ports`; every port when empty), drive every running
+/// scenario's clients, wait for the reports, stop wstrace. Returns the parsed reports and what wstrace said
 /// it lost.
 fn trace(
     args: &Args,
@@ -759,9 +804,6 @@ fn trace(
     batch: &[usize],
     ports: &[u16],
 ) -> Result<(PortReports, Vec<String>)> {
-    if ports.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
-    }
     let tracer = Tracer::start(args, ports)?;
     let _readers = BlockedReaders::start(BLOCKED_READERS).context("blocking readers")?;
     // Ports that must each get a report: waiting for a count instead let

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use common::{require, require_root, wstrace_bin};
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "server_close_after_101_names_the_server",
     "client_close_after_upgrade_reports_peer",
     "http_200_is_not_reported",
@@ -16,6 +16,7 @@ const SCENARIOS: [&str; 7] = [
     "linger_zero_close_reports_rst",
     "lookalike_101s_are_not_reported",
     "two_ports_and_other_port_ignored",
+    "all_ports_by_default_follows_any_port",
 ];
 
 fn check(probe: &str) {
@@ -93,4 +94,111 @@ fn host_check_reports_a_usable_probe_set() {
     ] {
         assert!(stdout.contains(want), "missing {want:?}:\n{stdout}");
     }
+}
+
+/// The reports (so far) on the local ports in `ports`, by port. Other
+/// engineers' and other tests' servers on this host are traced too when
+/// wstrace runs without --port: only ours are counted.
+fn reports_on(t: &common::Tracer, ports: &[u16]) -> Vec<(u16, serde_json::Value)> {
+    t.reports()
+        .into_iter()
+        .filter_map(|r| {
+            let p: u16 = r["local"].as_str()?.rsplit_once(':')?.1.parse().ok()?;
+            ports.contains(&p).then_some((p, r))
+        })
+        .collect()
+}
+
+/// Waits until each of `want` has a report (or 15 s), then 500 ms more so a
+/// report that must not come has the same chance to arrive.
+fn settle(t: &common::Tracer, ports: &[u16], want: &[u16]) -> Vec<(u16, serde_json::Value)> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(15) {
+        let got = reports_on(t, ports);
+        if want.iter().all(|w| got.iter().any(|(p, _)| p == w)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    reports_on(t, ports)
+}
+
+/// No --port: two servers on ports nobody named are both followed (by
+/// executable name), and `--pid` narrows the reports to one of them.
+#[test]
+fn all_ports_follow_any_server_and_pid_or_exe_narrow() {
+    if !require_root() {
+        return;
+    }
+    let (a, port_a) = common::server(&["--mode", "close-after101"]);
+    let (b, port_b) = common::server(&["--mode", "close-after101"]);
+    let (pid_a, pid_b) = (a.0.id(), b.0.id());
+    let ports = [port_a, port_b];
+
+    let t = common::Tracer::start_all_ports(&["--pid", &pid_a.to_string()]);
+    common::upgrade_once(port_a);
+    common::upgrade_once(port_b);
+    let got = settle(&t, &ports, &[port_a]);
+    assert_eq!(got.len(), 1, "only server A's socket: {got:#?}");
+    let (port, r) = &got[0];
+    assert_eq!(*port, port_a, "{r}");
+    assert_eq!(r["closed_by"], "local", "{r}");
+    assert_eq!(r["pid"], pid_a, "{r}");
+    drop(t);
+
+    // A bare name matches the executable's file name; a path that is not
+    // it matches nothing, so B is reported for its --pid alone.
+    let t = common::Tracer::start_all_ports(&["--exe", "ws-scenario"]);
+    common::upgrade_once(port_a);
+    common::upgrade_once(port_b);
+    let got = settle(&t, &ports, &ports);
+    let mut pids: Vec<u64> = got.iter().filter_map(|(_, r)| r["pid"].as_u64()).collect();
+    pids.sort_unstable();
+    let mut want = vec![u64::from(pid_a), u64::from(pid_b)];
+    want.sort_unstable();
+    assert_eq!(pids, want, "both servers, by executable name: {got:#?}");
+    drop(t);
+
+    let t = common::Tracer::start_all_ports(&[
+        "--exe",
+        "/nonexistent/ws-scenario",
+        "--pid",
+        &pid_b.to_string(),
+    ]);
+    common::upgrade_once(port_a);
+    common::upgrade_once(port_b);
+    let got = settle(&t, &ports, &[port_b]);
+    assert_eq!(got.len(), 1, "only server B's socket: {got:#?}");
+    assert_eq!(got[0].0, port_b, "{got:#?}");
+}
+
+/// More ports than the kernel filter's old 8 slots: the 12th is traced
+/// like the first, and a port not named is not.
+#[test]
+fn many_ports_are_all_traced() {
+    if !require_root() {
+        return;
+    }
+    let servers: Vec<(common::Kill, u16)> = (0..12)
+        .map(|_| common::server(&["--mode", "close-after101"]))
+        .collect();
+    let (_other, other_port) = common::server(&["--mode", "close-after101"]);
+    let named: Vec<u16> = servers.iter().map(|(_, p)| *p).collect();
+    let args: Vec<String> = named.iter().map(|p| format!("--port={p}")).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let t = common::Tracer::start_args_json(&args);
+    let (first, last) = (named[0], named[11]);
+    for p in [first, last, other_port] {
+        common::upgrade_once(p);
+    }
+    let got = settle(&t, &[first, last, other_port], &[first, last]);
+    let mut on: Vec<u16> = got.iter().map(|(p, _)| *p).collect();
+    on.sort_unstable();
+    let mut want = vec![first, last];
+    want.sort_unstable();
+    assert_eq!(
+        on, want,
+        "the first and 12th named ports, not the other: {got:#?}"
+    );
 }

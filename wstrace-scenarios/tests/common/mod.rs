@@ -204,15 +204,34 @@ impl Tracer {
     /// `start` with `--format FORMAT` (`text` or `json`). Unless `extra`
     /// sets one, wstrace gets [`SYMBOLIZE_TIMEOUT`].
     pub fn start_format(port: u16, format: &str, extra: &[&str]) -> Tracer {
-        let budget = if extra.iter().any(|a| a.starts_with("--symbolize-timeout")) {
+        let port = port.to_string();
+        let mut args = vec!["--port", port.as_str()];
+        args.extend_from_slice(extra);
+        Tracer::start_args(format, &args)
+    }
+
+    /// wstrace with no `--port` (every port), `--format json` and `extra`.
+    pub fn start_all_ports(extra: &[&str]) -> Tracer {
+        Tracer::start_args("json", extra)
+    }
+
+    /// wstrace with `--format json` and exactly `args` (ports included).
+    pub fn start_args_json(args: &[&str]) -> Tracer {
+        Tracer::start_args("json", args)
+    }
+
+    /// wstrace with `--format FORMAT` and exactly `args` (plus
+    /// [`SYMBOLIZE_TIMEOUT`] unless `args` sets one).
+    fn start_args(format: &str, args: &[&str]) -> Tracer {
+        let budget = if args.iter().any(|a| a.starts_with("--symbolize-timeout")) {
             None
         } else {
             Some(SYMBOLIZE_TIMEOUT)
         };
         let mut c = Command::new(wstrace_bin())
-            .args(["--port", &port.to_string(), "--format", format])
+            .args(["--format", format])
             .args(budget)
-            .args(extra)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

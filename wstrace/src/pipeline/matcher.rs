@@ -85,6 +85,12 @@ pub struct Matcher {
     /// The remote end is kept too: a freed socket's address is reused by
     /// the next connection, whose head must not be glued to the old one.
     heads: HashMap<u64, Head>,
+    /// (socket, first_ts) of each head in the order they began: the oldest
+    /// is evicted in O(1) (with every port traced, every plain HTTP
+    /// connection on the host starts a head, and a scan of all heads per
+    /// new one cost O(MAX_HEADS) each). Entries whose head is gone are
+    /// skipped when met, and dropped when they outnumber the heads.
+    head_order: std::collections::VecDeque<(u64, u64)>,
     /// Events for sockets the matcher never saw upgrade (started mid-way,
     /// or an Upgrade event was lost).
     pub orphan_events: u64,
@@ -128,6 +134,7 @@ impl Matcher {
             probe,
             sockets: HashMap::new(),
             heads: HashMap::new(),
+            head_order: std::collections::VecDeque::new(),
             orphan_events: 0,
             not_upgrades: 0,
             evicted: 0,
@@ -326,9 +333,15 @@ impl Matcher {
         if self.heads.get(&sk).is_some_and(|h| h.remote != remote) {
             self.heads.remove(&sk);
         }
-        if !self.heads.contains_key(&sk) && self.heads.len() >= MAX_HEADS {
-            if let Some((&old, _)) = self.heads.iter().min_by_key(|(_, h)| h.first_ts) {
-                self.heads.remove(&old);
+        if !self.heads.contains_key(&sk) {
+            if self.heads.len() >= MAX_HEADS {
+                self.evict_oldest_head();
+            }
+            self.head_order.push_back((sk, ts_ns));
+            if self.head_order.len() > 2 * MAX_HEADS {
+                let heads = &self.heads;
+                self.head_order
+                    .retain(|(s, ts)| heads.get(s).is_some_and(|h| h.first_ts == *ts) || *s == sk);
             }
         }
         let head = self.heads.entry(sk).or_insert_with(|| Head {
@@ -344,6 +357,16 @@ impl Matcher {
         let take = data.bytes.len().min(room);
         head.bytes.extend_from_slice(&data.bytes[..take]);
         head.cut = take < data.bytes.len() || data.total as usize > data.bytes.len();
+    }
+
+    /// Drops the head that began first (of those still kept).
+    fn evict_oldest_head(&mut self) {
+        while let Some((sk, ts)) = self.head_order.pop_front() {
+            if self.heads.get(&sk).is_some_and(|h| h.first_ts == ts) {
+                self.heads.remove(&sk);
+                return;
+            }
+        }
     }
 
     fn evict_oldest(&mut self) {
@@ -1097,6 +1120,41 @@ mod tests {
         }
         assert_eq!(m.heads.len(), MAX_HEADS);
         assert!(!m.heads.contains_key(&0), "the oldest went first");
+        assert!(m.heads.contains_key(&10), "and only the 10 oldest");
+        assert!(m.head_order.len() <= 2 * MAX_HEADS);
+    }
+
+    #[test]
+    fn head_order_stays_bounded_when_heads_upgrade_or_are_replaced() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        // Many rounds of heads whose sockets upgrade (the head leaves by
+        // another door): the order list must not grow with them.
+        for sk in 0..(5 * MAX_HEADS as u64) {
+            m.on_event(Event {
+                sk,
+                ..data(
+                    Direction::Received,
+                    b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+                    sk,
+                )
+            });
+            m.on_event(Event { sk, ..upgrade(sk) });
+        }
+        assert!(m.heads.is_empty(), "{}", m.heads.len());
+        assert!(
+            m.head_order.len() <= 2 * MAX_HEADS + 1,
+            "{}",
+            m.head_order.len()
+        );
+        // Then the oldest still goes first.
+        for sk in 0..(MAX_HEADS as u64 + 1) {
+            m.on_event(Event {
+                sk: 1_000_000 + sk,
+                ..data(Direction::Received, b"GET / HTTP/1.1\r\n", sk)
+            });
+        }
+        assert_eq!(m.heads.len(), MAX_HEADS);
+        assert!(!m.heads.contains_key(&1_000_000));
     }
 
     #[test]

@@ -595,14 +595,11 @@ fn start_tracer(
         Tracer::None | Tracer::Repeat => return Ok(None),
         Tracer::Wstrace | Tracer::WstraceFp => {
             let mut cmd = on_cpu(&bins.wstrace, cpu);
-            cmd.args([
-                "--port",
-                &port.to_string(),
-                "--probe",
-                &args.probe,
-                "--format",
-                "json",
-            ]);
+            // Port 0: no --port (every port, the default).
+            if port != 0 {
+                cmd.args(["--port", &port.to_string()]);
+            }
+            cmd.args(["--probe", &args.probe, "--format", "json"]);
             if tracer == Tracer::WstraceFp {
                 cmd.args(["--user-stack", "fp"]);
             }
