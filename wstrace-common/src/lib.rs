@@ -242,6 +242,17 @@ pub const FLAG_CONTINUES: u32 = 4;
 /// next; the socket itself carried TLS records.
 pub const FLAG_TLS_OPENSSL: u32 = 8;
 
+/// `EventHeader::flags` of an Upgrade event: the local end *read* the 101
+/// (the first bytes its socket ever read), so it is the client side of the
+/// WebSocket (a process that opened it, or a proxy's upstream connection).
+pub const FLAG_CLIENT_SIDE: u32 = 16;
+
+/// `EventHeader::flags` of a Data event: the read that carried a client
+/// side's 101 (right after its Upgrade event), copied whole: the response
+/// head, and the first frames when the server sent them in the same segment
+/// (a close right after the handshake).
+pub const FLAG_UPGRADE_READ: u32 = 32;
+
 /// `SignalEvent::oom`: the OOM killer chose the target (`oom:mark_victim`).
 pub const SIGNAL_OOM_VICTIM: u32 = 1;
 

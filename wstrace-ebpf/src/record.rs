@@ -17,7 +17,7 @@ use wstrace_common::{
     PeerWriter, ProbeSet, REQUEST_PREFIX, STACK_DEPTH, SignalEvent, SockTuple, UPGRADE_PREFIX_LEN,
     USER_STACK_MAX, UserStackHeader, is_upgrade_response, ustack as ustack_status,
 };
-use wstrace_common::{FirstRead, classify_first_read};
+use wstrace_common::{FLAG_CLIENT_SIDE, FLAG_UPGRADE_READ, FirstRead, classify_first_read};
 
 use crate::{
     kernel::{
@@ -609,11 +609,12 @@ pub fn read_entry(sk: u64, buf: u64, cap: u64) {
 }
 
 /// Exit of a read that returned `ret`: before the upgrade, copy the request
-/// head (bounded per socket); after it, reads that hold a control frame
-/// (close, ping, pong: at the start or after a first data frame) or continue
-/// one the last read cut.
+/// head (bounded per socket), or, when the socket's first read is a 101,
+/// mark it upgraded as the client side; after it, reads that hold a control
+/// frame (close, ping, pong: at the start or after a first data frame) or
+/// continue one the last read cut.
 #[inline(always)]
-pub fn read_exit(ret: i64) {
+pub fn read_exit(ret: i64, probe: ProbeSet) {
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(p) = PENDING_READS.get_ptr(tid) else {
         return;
@@ -671,7 +672,17 @@ pub fn read_exit(ret: i64) {
                 return;
             }
             First::Class(FirstRead::Response) => {
-                let _ = HEAD_BYTES.insert(sk, HEAD_RESPONSE, 0);
+                // The client end of an HTTP connection: a 101 as its first
+                // response makes it the client side of a WebSocket.
+                if starts_with_101(buf, len) {
+                    mark_upgraded(sk, total, probe, FLAG_CLIENT_SIDE);
+                    // The server's first frames may share the segment (a
+                    // close right after the handshake): the daemon finds
+                    // them after the head.
+                    emit_data(sk, buf, len, total, DIR_RECEIVED | FLAG_UPGRADE_READ);
+                } else {
+                    let _ = HEAD_BYTES.insert(sk, HEAD_RESPONSE, 0);
+                }
                 return;
             }
             First::Class(FirstRead::Other) => {
@@ -737,6 +748,17 @@ enum First {
     Class(FirstRead),
     /// Under four bytes (or unreadable): nothing to tell by.
     Short,
+}
+
+/// Do the `len` bytes at user address `buf` start with a 101 status line?
+#[inline(always)]
+fn starts_with_101(buf: u64, len: u64) -> bool {
+    if len < UPGRADE_PREFIX_LEN as u64 {
+        return false;
+    }
+    let mut head = [0u8; UPGRADE_PREFIX_LEN];
+    unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut head) }.is_ok()
+        && is_upgrade_response(&head)
 }
 
 #[inline(always)]

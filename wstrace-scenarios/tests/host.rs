@@ -202,3 +202,103 @@ fn many_ports_are_all_traced() {
         "the first and 12th named ports, not the other: {got:#?}"
     );
 }
+
+/// A `websockets` server that sends close 1001 "going away" as soon as a
+/// client connects (a server shutting down), then closes.
+const GOING_AWAY_SERVER: &str = r#"
+import asyncio, websockets
+async def handler(ws):
+    await ws.close(1001, "going away")
+async def main():
+    async with websockets.serve(handler, "127.0.0.1", 0) as server:
+        print("READY", server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Future()
+asyncio.run(main())
+"#;
+
+/// A `websockets` client that waits for a message; prints its pid and the
+/// close code it received.
+const WAITING_CLIENT: &str = r#"
+import asyncio, os, sys, websockets
+async def main(port):
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+        try:
+            await ws.recv()
+        except websockets.ConnectionClosed as e:
+            print("CLOSED", os.getpid(), e.rcvd.code, flush=True)
+asyncio.run(main(int(sys.argv[1])))
+"#;
+
+/// The client side, with no --port: the process that read the 101 gets its
+/// own report (`side: client`), closed by the peer with the server's 1001
+/// in the diagnosis; the server's socket is reported as the server side.
+#[test]
+fn client_side_websockets_client_sees_the_servers_going_away() {
+    if !require_root() {
+        return;
+    }
+    let Some(python) = common::require_venv_python() else {
+        return;
+    };
+    let (server, port) = common::spawn_ready(Command::new(&python).args(["-c", GOING_AWAY_SERVER]));
+    let t = common::Tracer::start_all_ports(&[]);
+    let out = Command::new(&python)
+        .args(["-c", WAITING_CLIENT, &port.to_string()])
+        .output()
+        .expect("the websockets client");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client_pid: u64 = said
+        .trim()
+        .strip_prefix("CLOSED ")
+        .and_then(|rest| rest.strip_suffix(" 1001"))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("the client did not get 1001: {said:?}"));
+    // Both ends of the one connection: the server's socket (local port
+    // `port`) and the client's (remote port `port`).
+    let remote_port = |r: &serde_json::Value| -> Option<u16> {
+        r["remote"].as_str()?.rsplit_once(':')?.1.parse().ok()
+    };
+    let start = std::time::Instant::now();
+    let (mut client, mut srv) = (None, None);
+    while start.elapsed() < std::time::Duration::from_secs(15)
+        && (client.is_none() || srv.is_none())
+    {
+        for r in t.reports() {
+            if remote_port(&r) == Some(port) && r["side"] == "client" {
+                client = Some(r);
+            } else if r["local"]
+                .as_str()
+                .is_some_and(|l| l.ends_with(&format!(":{port}")))
+            {
+                srv = Some(r);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let c = client.unwrap_or_else(|| panic!("no client-side report:\n{}", t.stderr_text()));
+    assert_eq!(c["side"], "client", "{c:#}");
+    assert_eq!(c["closed_by"], "peer", "{c:#}");
+    assert_eq!(c["upgraded_by"]["pid"].as_u64(), Some(client_pid), "{c:#}");
+    assert_eq!(c["diagnosis"]["code"], "server_close_frame", "{c:#}");
+    let msg = c["diagnosis"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.starts_with("the server (")
+            && msg.contains("closed first with a WebSocket close frame 1001"),
+        "{c:#}"
+    );
+    assert_eq!(c["frames"][0]["direction"], "received", "{c:#}");
+    assert_eq!(c["frames"][0]["code"].as_u64(), Some(1001), "{c:#}");
+    let s = srv.unwrap_or_else(|| panic!("no server-side report:\n{}", t.stderr_text()));
+    assert_eq!(s["side"], "server", "{s:#}");
+    assert_eq!(
+        s["upgraded_by"]["pid"].as_u64(),
+        Some(u64::from(server.0.id())),
+        "{s:#}"
+    );
+    assert_eq!(s["diagnosis"]["code"], "server_close_frame", "{s:#}");
+}

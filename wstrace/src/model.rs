@@ -45,6 +45,27 @@ pub struct Event {
     /// Upgrade and Data: the bytes came from the TLS library's plaintext
     /// (uprobes on OpenSSL's SSL_write/SSL_read), not from the socket.
     pub tls: bool,
+    /// Upgrade: the local end read the 101 (the client side).
+    pub client_side: bool,
+}
+
+/// Which end of the WebSocket the local socket is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Side {
+    /// It wrote the 101: the server (or a proxy's side facing the client).
+    #[default]
+    Server,
+    /// It read the 101: the client (or a proxy's upstream connection).
+    Client,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Server => "server",
+            Side::Client => "client",
+        }
+    }
 }
 
 /// A signal sent to a process that wrote a 101 (the event's pid/comm are
@@ -96,6 +117,9 @@ pub struct Data {
     /// After the upgrade: the kernel copied this read or write because it
     /// continues a control frame the previous one of that direction cut.
     pub continues: bool,
+    /// The read that carried a client side's 101: the response head, then
+    /// perhaps frames.
+    pub upgrade_read: bool,
 }
 
 /// Pings one end sent and the pongs that came back, as the frames seen
@@ -309,6 +333,8 @@ pub struct CloseReport {
     /// The connection was TLS and its 101 and request were read from this
     /// TLS library's plaintext (`openssl`); `None` for plaintext sockets.
     pub tls: Option<&'static str>,
+    /// Which end the local socket is: it wrote the 101 or read it.
+    pub side: Side,
 }
 
 impl CloseReport {

@@ -41,6 +41,8 @@ struct Line<'a> {
     /// Why dwarf unwinding was asked for and not used.
     user_stack_note: Option<&'a str>,
     upgraded_by: Proc<'a>,
+    /// `server` (the local end wrote the 101) or `client` (it read it).
+    side: &'static str,
     probe: &'static str,
     /// The TLS library the 101 and request were read from (`openssl`);
     /// null for plaintext.
@@ -265,6 +267,7 @@ fn line<'a>(v: &'a View<'a>) -> Line<'a> {
             tid: r.upgrader.tid,
             comm: &r.upgrader.comm,
         },
+        side: r.side.as_str(),
         probe: r.probe.name(),
         tls: r.tls,
         notes: &r.notes,

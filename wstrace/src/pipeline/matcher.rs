@@ -19,7 +19,7 @@ use wstrace_common::{EventKind, ProbeSet, tcp_state};
 
 use crate::model::{
     CloseReport, ClosedBy, Closer, Data, Direction, Event, Heartbeat, How, JiffiesSample,
-    KernelClose, Upgrader,
+    KernelClose, Side, Upgrader,
 };
 use crate::protocol::wsframe::{Control, FrameStream};
 
@@ -454,6 +454,11 @@ impl Matcher {
             notes,
             kernel_close: t.kernel_close,
             tls: up.tls.then_some("openssl"),
+            side: if up.client_side {
+                Side::Client
+            } else {
+                Side::Server
+            },
         }
     }
 }
@@ -465,14 +470,25 @@ const MAX_CLOSE_FRAMES: usize = 4;
 /// A read or write after the upgrade, copied because it starts with (or
 /// continues) a control frame: every frame in it counts.
 fn on_frames(t: &mut Tracked, ts_ns: u64, data: &Data) {
+    // Frames from the client are masked (RFC 6455 §5.3): received ones when
+    // the local end is the server (it wrote the 101), sent ones when it is
+    // the client.
+    let client = t.upgrade.client_side;
     let (stream, masked) = match data.direction {
-        // Frames from the client are masked (RFC 6455 §5.3); the local end
-        // is the server (it wrote the 101).
-        Direction::Received => (&mut t.streams[0], true),
-        Direction::Sent => (&mut t.streams[1], false),
+        Direction::Received => (&mut t.streams[0], !client),
+        Direction::Sent => (&mut t.streams[1], client),
+    };
+    let bytes = if data.upgrade_read {
+        // The 101's head first: frames start after its blank line.
+        match after_head(&data.bytes) {
+            Some(rest) if !rest.is_empty() => rest,
+            _ => return,
+        }
+    } else {
+        &data.bytes[..]
     };
     let complete = data.total as usize <= data.bytes.len();
-    for frame in stream.feed(&data.bytes, masked, complete, data.continues) {
+    for frame in stream.feed(bytes, masked, complete, data.continues) {
         match (frame, data.direction) {
             (Control::Ping, Direction::Sent) => t.heartbeat.local.ping(ts_ns),
             (Control::Pong, Direction::Received) => t.heartbeat.local.pong(ts_ns),
@@ -485,6 +501,12 @@ fn on_frames(t: &mut Tracked, ts_ns: u64, data: &Data) {
             }
         }
     }
+}
+
+/// What follows the first blank line (`\r\n\r\n`) of an HTTP head.
+fn after_head(bytes: &[u8]) -> Option<&[u8]> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    Some(&bytes[end + 4..])
 }
 
 /// `sk_err`: the socket's hard error at a ->CLOSE transition (0 otherwise).
@@ -573,6 +595,7 @@ mod tests {
             exit_code: None,
             signal: None,
             tls: false,
+            client_side: false,
         }
     }
 
@@ -939,6 +962,7 @@ mod tests {
                 bytes: bytes.to_vec(),
                 total: bytes.len() as u32,
                 continues: false,
+                upgrade_read: false,
             }),
             ..ev(EventKind::Data, ts)
         }
@@ -987,6 +1011,7 @@ mod tests {
                 bytes: vec![0xA1, b'!'],
                 total: 2,
                 continues: true,
+                upgrade_read: false,
             }),
             ..ev(EventKind::Data, 501)
         });
@@ -1107,6 +1132,66 @@ mod tests {
             ..close(CLOSE_WAIT, LAST_ACK, 100, 20)
         }));
         assert_eq!(r.jiffies_at_close, Some(sample));
+    }
+
+    /// A client that read the 101 and, in the same read, the server's close
+    /// 1001 (unmasked: from the server), then the server's FIN.
+    #[test]
+    fn client_side_frames_follow_the_101_head_in_the_same_read() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        m.on_event(Event {
+            client_side: true,
+            ..upgrade(0)
+        });
+        let mut read = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n".to_vec();
+        read.extend_from_slice(&[0x88, 0x04, 0x03, 0xE9, b'o', b'k']);
+        m.on_event(Event {
+            data: Some(Data {
+                upgrade_read: true,
+                ..data(Direction::Received, &read, 5).data.expect("data")
+            }),
+            ..ev(EventKind::Data, 5)
+        });
+        // Its answer: masked, as a client's frames are.
+        m.on_event(data(
+            Direction::Sent,
+            &[0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xE9 ^ 2],
+            6,
+        ));
+        assert!(m.on_event(state(ESTABLISHED, CLOSE_WAIT, 20)).is_empty());
+        let r = one(m.on_event(close(CLOSE_WAIT, LAST_ACK, 100, 30)));
+        assert_eq!(r.side, Side::Client);
+        assert_eq!(r.closed_by, ClosedBy::Peer);
+        assert_eq!(r.close_frames.len(), 2, "{:?}", r.close_frames);
+        assert_eq!(r.close_frames[0].0, Direction::Received);
+        assert_eq!(&r.close_frames[0].1[..4], &[0x88, 0x04, 0x03, 0xE9]);
+        assert_eq!(r.close_frames[1].0, Direction::Sent);
+    }
+
+    #[test]
+    fn a_101_read_without_frames_after_its_head_adds_none() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        m.on_event(Event {
+            client_side: true,
+            ..upgrade(0)
+        });
+        m.on_event(Event {
+            data: Some(Data {
+                upgrade_read: true,
+                ..data(
+                    Direction::Received,
+                    b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+                    5,
+                )
+                .data
+                .expect("data")
+            }),
+            ..ev(EventKind::Data, 5)
+        });
+        assert!(m.on_event(state(ESTABLISHED, CLOSE_WAIT, 20)).is_empty());
+        let r = one(m.on_event(close(CLOSE_WAIT, LAST_ACK, 100, 30)));
+        assert!(r.close_frames.is_empty(), "{:?}", r.close_frames);
+        assert_eq!(r.side, Side::Client);
     }
 
     #[test]
