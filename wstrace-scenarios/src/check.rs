@@ -64,6 +64,10 @@ struct ServerSpec {
     then: Then,
     /// None: no report at all on this port. The pid is filled in at start.
     expect: Option<Expect>,
+    /// With every port traced: the checker's own socket to this server is
+    /// the client side (it read the 101), and must be reported, closed by
+    /// this (`closed_by`).
+    client: Option<&'static str>,
 }
 
 struct Scenario {
@@ -117,6 +121,7 @@ fn upgrade(bind: IpAddr, mode: Mode, then: Then, expect: Option<Expect>) -> Serv
         request: client::UPGRADE_REQUEST,
         then,
         expect,
+        client: None,
     }
 }
 
@@ -321,6 +326,7 @@ fn scenarios() -> Vec<Scenario> {
                 request: client::PLAIN_REQUEST,
                 then: Then::ReadToEnd,
                 expect: None,
+                client: None,
             }],
         },
         Scenario {
@@ -375,13 +381,17 @@ fn scenarios() -> Vec<Scenario> {
                 },
             ],
         },
-        // No --port: a server on any port is followed, a plain HTTP 200
-        // on another is not reported.
+        // No --port: a server on any port is followed, and the checker's
+        // own socket to it as the client side (it read the 101; the server
+        // closed first); a plain HTTP 200 on another port is not reported.
         Scenario {
             all_ports: true,
             name: "all_ports_by_default_follows_any_port",
             servers: vec![
-                close(LOCALHOST),
+                ServerSpec {
+                    client: Some("peer"),
+                    ..close(LOCALHOST)
+                },
                 ServerSpec {
                     mode: Mode::Http200,
                     request: client::PLAIN_REQUEST,
@@ -810,6 +820,8 @@ fn trace(
     // an unexpected report (the failure of another scenario) end the wait
     // before a slow expected one (a timeout) arrived, failing both.
     let mut expected: Vec<u16> = Vec::new();
+    // Server ports whose client-side report (the checker's socket) must come.
+    let mut expected_clients: Vec<u16> = Vec::new();
     for &i in batch {
         let (sc, srv, st) = (&all[i], &servers[i], &mut states[i]);
         if !matches!(st, State::Running) {
@@ -829,17 +841,25 @@ fn trace(
             if spec.traced && spec.expect.is_some() {
                 expected.push(s.port);
             }
+            if spec.client.is_some() {
+                expected_clients.push(s.port);
+            }
         }
     }
     let start = Instant::now();
     while start.elapsed() < REPORT_TIMEOUT {
         let lines = tracer.report_lines();
-        let reported: std::collections::HashSet<u16> = lines
+        let parsed: Vec<Value> = lines
             .iter()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter_map(|v| expect::local_port(&v))
             .collect();
-        if expected.iter().all(|p| reported.contains(p)) {
+        let reported: std::collections::HashSet<u16> =
+            parsed.iter().filter_map(expect::local_port).collect();
+        if expected.iter().all(|p| reported.contains(p))
+            && expected_clients
+                .iter()
+                .all(|&p| parsed.iter().any(|v| expect::is_client_of(v, p)))
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -925,6 +945,35 @@ fn judge(
         match expect::evaluate(&on_port, spec.expect.as_ref(), probe) {
             Ok(d) => details.push(format!("{what}port {}: {d}", s.port)),
             Err(e) => return ("FAIL", format!("{what}port {}: {e}", s.port)),
+        }
+        if let Some(by) = spec.client {
+            let client = reports
+                .iter()
+                .map(|(_, v)| v)
+                .find(|v| expect::is_client_of(v, s.port));
+            let Some(c) = client else {
+                return (
+                    "FAIL",
+                    format!(
+                        "port {}: no client-side report of the checker's socket",
+                        s.port
+                    ),
+                );
+            };
+            let closed_by = c.get("closed_by").and_then(Value::as_str).unwrap_or("?");
+            if closed_by != by {
+                return (
+                    "FAIL",
+                    format!(
+                        "port {}: client side closed_by {closed_by}, want {by}",
+                        s.port
+                    ),
+                );
+            }
+            details.push(format!(
+                "client side of port {}: closed_by {closed_by}",
+                s.port
+            ));
         }
     }
     let mut detail = details.join("; ");

@@ -514,6 +514,14 @@ fn apply_transition(t: &mut Tracked, old: u8, new: u8, ts: u64, sk_err: u32) {
     use tcp_state::*;
     // A local close seen at tcp_close entry dates the close.
     let local_ts = t.local_close_ts.unwrap_or(ts);
+    if old == CLOSE_WAIT && t.first.is_none() {
+        // The peer's FIN came first, before the socket was followed: a
+        // server that closes right after the handshake, whose FIN a client
+        // had received by the time its read of the 101 returned. It came no
+        // later than the upgrade.
+        t.peer_fin_seen = true;
+        t.first = Some((ClosedBy::Peer, How::Fin, t.upgrade.ts_ns));
+    }
     match (old, new) {
         (ESTABLISHED, FIN_WAIT1) => {
             t.first.get_or_insert((ClosedBy::Local, How::Fin, local_ts));
@@ -1166,6 +1174,35 @@ mod tests {
         assert_eq!(r.close_frames[0].0, Direction::Received);
         assert_eq!(&r.close_frames[0].1[..4], &[0x88, 0x04, 0x03, 0xE9]);
         assert_eq!(r.close_frames[1].0, Direction::Sent);
+    }
+
+    /// The server's FIN arrived before the client's read of the 101
+    /// returned (so before the socket was followed): the first transition
+    /// seen leaves CLOSE_WAIT, which only a peer's FIN enters.
+    #[test]
+    fn a_peer_fin_before_the_socket_was_followed_is_still_the_peers() {
+        for probe in [ProbeSet::Tracepoint, ProbeSet::Fentry] {
+            let mut m = Matcher::new(probe);
+            m.on_event(Event {
+                client_side: true,
+                ..upgrade(10)
+            });
+            let reports = match probe {
+                ProbeSet::Tracepoint => m.on_event(close(CLOSE_WAIT, LAST_ACK, 100, 30)),
+                _ => {
+                    assert!(m.on_event(close(CLOSE_WAIT, 0, 100, 30)).is_empty());
+                    m.on_event(state(CLOSE_WAIT, LAST_ACK, 31))
+                }
+            };
+            let r = one(reports);
+            assert_eq!(
+                (r.closed_by, r.how),
+                (ClosedBy::Peer, How::Fin),
+                "{probe:?}"
+            );
+            assert_eq!(r.close_ts_ns, 10, "no later than the upgrade");
+            assert_eq!(r.closer.expect("closer").pid, 100);
+        }
     }
 
     #[test]
