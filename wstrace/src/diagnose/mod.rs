@@ -108,7 +108,8 @@ pub struct Finding {
     pub fix: Option<String>,
 }
 
-type Rule = (&'static str, fn(&Facts) -> Option<(String, Option<String>)>);
+type RuleFn = fn(&Facts) -> Option<(String, Option<String>)>;
+type Rule = (&'static str, RuleFn);
 
 /// Rules about how the closing process ended: ahead of every other rule.
 const ENDING_RULES: &[Rule] = &[
@@ -206,10 +207,7 @@ fn peer_name(f: &Facts) -> String {
 /// Rules whose facts and words are the server's (the request it read, the
 /// pings it sent): on the client side they would say the wrong thing, so
 /// they do not match there.
-fn server_side_only(
-    f: &Facts,
-    rule: fn(&Facts) -> Option<(String, Option<String>)>,
-) -> Option<(String, Option<String>)> {
+fn server_side_only(f: &Facts, rule: RuleFn) -> Option<(String, Option<String>)> {
     if f.side == Side::Client {
         return None;
     }
