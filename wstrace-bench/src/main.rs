@@ -3,8 +3,11 @@
 //! - `serve --mode echo`: a tokio-tungstenite WebSocket echo server;
 //! - `serve --mode churn`: answers every request with a 101 and closes at
 //!   once (the story's server, as fast as it can go);
-//! - `steady`: N WebSocket connections, each keeping `depth` small messages
-//!   in flight; prints messages/s and latency percentiles as JSON;
+//! - `serve --mode tcp-echo`: echoes raw bytes, no HTTP at all (what most
+//!   of a host's traffic looks like to a tracer that watches every port);
+//! - `steady`: N WebSocket connections (`--raw`: plain TCP connections to a
+//!   `tcp-echo` server), each keeping `depth` small messages in flight;
+//!   prints messages/s and latency percentiles as JSON;
 //! - `churn`: upgrade-and-wait-for-close loops; prints connections/s and can
 //!   log when each connection saw its close (for close-to-report latency).
 //!
@@ -38,6 +41,8 @@ struct Cli {
 enum Mode {
     Echo,
     Churn,
+    /// Raw TCP echo: no HTTP, no WebSocket.
+    TcpEcho,
 }
 
 #[derive(Subcommand)]
@@ -63,6 +68,10 @@ enum Command {
         /// Measured seconds (after one second of warm-up).
         #[arg(long, default_value_t = 5.0)]
         secs: f64,
+        /// Plain TCP messages of `size` bytes to a `tcp-echo` server, no
+        /// handshake: traffic that is not HTTP.
+        #[arg(long)]
+        raw: bool,
     },
     /// Upgrade, then wait for the server's close, as fast as possible.
     Churn {
@@ -112,7 +121,8 @@ async fn run(cmd: Command) -> Result<()> {
             depth,
             size,
             secs,
-        } => steady(port, conns, depth, size, secs).await,
+            raw,
+        } => steady(port, conns, depth, size, secs, raw).await,
         Command::Churn {
             port,
             conc,
@@ -147,6 +157,7 @@ async fn serve(port: u16, mode: Mode) -> Result<()> {
             let _ = match mode {
                 Mode::Echo => echo(conn).await,
                 Mode::Churn => upgrade_and_close(conn).await,
+                Mode::TcpEcho => tcp_echo(conn).await,
             };
         });
     }
@@ -162,6 +173,17 @@ async fn echo(conn: TcpStream) -> Result<()> {
         }
     }
     Ok(())
+}
+
+async fn tcp_echo(mut conn: TcpStream) -> Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = conn.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        conn.write_all(&buf[..n]).await?;
+    }
 }
 
 async fn upgrade_and_close(mut conn: TcpStream) -> Result<()> {
@@ -186,7 +208,14 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn steady(port: u16, conns: usize, depth: usize, size: usize, secs: f64) -> Result<()> {
+async fn steady(
+    port: u16,
+    conns: usize,
+    depth: usize,
+    size: usize,
+    secs: f64,
+    raw: bool,
+) -> Result<()> {
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(1);
     let until = measure_from + Duration::from_secs_f64(secs);
@@ -197,6 +226,16 @@ async fn steady(port: u16, conns: usize, depth: usize, size: usize, secs: f64) -
             .await
             .with_context(|| format!("connecting to {url}"))?;
         let _ = tcp.set_nodelay(true);
+        if raw {
+            tasks.push(tokio::spawn(one_raw_conn(
+                tcp,
+                depth,
+                size,
+                measure_from,
+                until,
+            )));
+            continue;
+        }
         let (ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp)
             .await
             .with_context(|| format!("upgrading {url}"))?;
@@ -264,6 +303,43 @@ async fn one_conn(
         ws.send(msg(size)).await?;
     }
     let _ = ws.close(None).await;
+    Ok((lat, all))
+}
+
+/// [`one_conn`] over plain TCP: `size`-byte messages (a send timestamp in
+/// the first 8 bytes), `depth` in flight, each echo read whole.
+async fn one_raw_conn(
+    mut tcp: TcpStream,
+    depth: usize,
+    size: usize,
+    from: Instant,
+    until: Instant,
+) -> Result<(Vec<u32>, u64)> {
+    let size = size.max(8);
+    let msg = || {
+        let mut p = vec![0u8; size];
+        p[..8].copy_from_slice(&mono_ns().to_le_bytes());
+        p
+    };
+    for _ in 0..depth {
+        tcp.write_all(&msg()).await?;
+    }
+    let mut lat = Vec::new();
+    let mut all = 0u64;
+    let mut back = vec![0u8; size];
+    loop {
+        tcp.read_exact(&mut back).await?;
+        let now = Instant::now();
+        all += 1;
+        if now >= from {
+            let sent = u64::from_le_bytes(back[..8].try_into().unwrap_or([0; 8]));
+            lat.push((mono_ns().saturating_sub(sent) / 1000) as u32);
+        }
+        if now >= until {
+            break;
+        }
+        tcp.write_all(&msg()).await?;
+    }
     Ok((lat, all))
 }
 

@@ -8,8 +8,66 @@
 //! passes them in, with the ports and sizes, as one [`KernelConfig`].
 #![no_std]
 
-/// How many `--port` values the in-kernel filter compares against.
-pub const MAX_PORTS: usize = 8;
+/// Words of the in-kernel port bitmap (the `TRACED_PORTS` array map): one
+/// bit per TCP port, so `--port` takes any number of ports and the kernel
+/// still answers "is this port traced?" with one inlined array load.
+pub const PORT_WORDS: u32 = 1024;
+
+/// Where port `port`'s bit lives in the port bitmap: (word, mask). Kernel and
+/// daemon both use it, so the rule lives here.
+#[inline(always)]
+pub fn port_bit(port: u16) -> (u32, u64) {
+    ((port >> 6) as u32, 1u64 << (port & 63))
+}
+
+/// What the first four bytes a socket ever reads say about it: the kernel
+/// classifies each socket once, on its first read, and remembers the class
+/// (Pixie's per-connection state), so that a socket that is not HTTP costs
+/// one map lookup per read from then on, never a copy of its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstRead {
+    /// An HTTP request line (a method and a space): its head is captured.
+    Request,
+    /// `HTTP`: a response, so this is the client end of an HTTP connection.
+    Response,
+    /// Anything else: not HTTP/1.x (a database protocol, TLS is told apart
+    /// before this, an HTTP/2 preface's `PRI ` included).
+    Other,
+}
+
+/// The first four bytes of a line, as one little-endian integer.
+const fn word(b: &[u8; 4]) -> u32 {
+    u32::from_le_bytes(*b)
+}
+
+/// Classifies a socket's first read from its first four bytes, as one
+/// little-endian integer: a handful of integer compares in the kernel.
+/// Request methods are RFC 9110's (section 9) and PATCH (RFC 5789): only
+/// `GET` can upgrade to a WebSocket (RFC 6455 section 4.1), but a
+/// keep-alive connection's first request may be any of them.
+#[inline(always)]
+pub fn classify_first_read(w: u32) -> FirstRead {
+    const GET: u32 = word(b"GET ");
+    const POST: u32 = word(b"POST");
+    const PUT: u32 = word(b"PUT ");
+    const HEAD: u32 = word(b"HEAD");
+    const DELETE: u32 = word(b"DELE");
+    const OPTIONS: u32 = word(b"OPTI");
+    const PATCH: u32 = word(b"PATC");
+    const CONNECT: u32 = word(b"CONN");
+    const TRACE: u32 = word(b"TRAC");
+    // A PROXY protocol v1 line (HAProxy's `send-proxy`) comes before the
+    // request on the same connection.
+    const PROXY: u32 = word(b"PROX");
+    const HTTP: u32 = word(b"HTTP");
+    match w {
+        GET | POST | PUT | HEAD | DELETE | OPTIONS | PATCH | CONNECT | TRACE | PROXY => {
+            FirstRead::Request
+        }
+        HTTP => FirstRead::Response,
+        _ => FirstRead::Other,
+    }
+}
 
 /// Frames kept per stack (kernel and user each). 64 covers deep server stacks
 /// while keeping a close event near 1 KiB.
@@ -184,6 +242,17 @@ pub const FLAG_CONTINUES: u32 = 4;
 /// the server's TLS library), tied to the socket that thread wrote or read
 /// next; the socket itself carried TLS records.
 pub const FLAG_TLS_OPENSSL: u32 = 8;
+
+/// `EventHeader::flags` of an Upgrade event: the local end *read* the 101
+/// (the first bytes its socket ever read), so it is the client side of the
+/// WebSocket (a process that opened it, or a proxy's upstream connection).
+pub const FLAG_CLIENT_SIDE: u32 = 16;
+
+/// `EventHeader::flags` of a Data event: the read that carried a client
+/// side's 101 (right after its Upgrade event), copied whole: the response
+/// head, and the first frames when the server sent them in the same segment
+/// (a close right after the handshake).
+pub const FLAG_UPGRADE_READ: u32 = 32;
 
 /// `SignalEvent::oom`: the OOM killer chose the target (`oom:mark_victim`).
 pub const SIGNAL_OOM_VICTIM: u32 = 1;
@@ -446,8 +515,9 @@ pub const ABSENT: u64 = u64::MAX;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelConfig {
-    /// `--port` values, host order; 0 = unused slot.
-    pub ports: [u16; MAX_PORTS],
+    /// Value: 1 when every port is traced (no `--port`); 0 when only the
+    /// ports set in the `TRACED_PORTS` bitmap are ([`port_bit`]).
+    pub all_ports: u64,
     /// Value: bytes of user stack to copy at a close (0 = off).
     pub user_stack_bytes: u64,
 
@@ -533,12 +603,10 @@ pub struct KernelConfig {
     pub tls: u64,
 }
 
-// The u64 fields start right after the ports, with no padding between.
-const _: () = assert!((MAX_PORTS * 2).is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<KernelConfig>().is_multiple_of(8));
 
 impl KernelConfig {
-    /// No port traced, no stack copy, and every offset and value
+    /// No port traced (an empty bitmap, `all_ports` 0), no stack copy, and every offset and value
     /// [`ABSENT`]: what the eBPF object holds until the daemon patches it,
     /// and where the daemon starts filling in.
     pub const DEFAULT: Self = {
@@ -547,7 +615,7 @@ impl KernelConfig {
         // pattern is valid, and it is exactly WORDS u64s (transmute checks
         // the sizes at compile time).
         let mut c: Self = unsafe { core::mem::transmute([ABSENT; WORDS]) };
-        c.ports = [0; MAX_PORTS];
+        c.all_ports = 0;
         c.user_stack_bytes = 0;
         c.tls = 0;
         c
@@ -593,7 +661,7 @@ mod tests {
     #[test]
     fn kernel_config_default_is_absent_except_ports_and_sizes() {
         let c = KernelConfig::DEFAULT;
-        assert_eq!(c.ports, [0; MAX_PORTS]);
+        assert_eq!(c.all_ports, 0, "no port is traced until the daemon says");
         assert_eq!(c.user_stack_bytes, 0);
         assert_eq!(c.skc_family, ABSENT);
         assert_eq!(c.iter_type_mask, ABSENT);
@@ -603,6 +671,42 @@ mod tests {
             "TLS matching is off until the daemon loads the uprobes"
         );
         assert_eq!(KernelConfig::default(), c);
+    }
+
+    #[test]
+    fn port_bits_cover_every_port_once() {
+        let mut seen = std::collections::HashSet::new();
+        for port in 0..=u16::MAX {
+            let (word, mask) = port_bit(port);
+            assert!(word < PORT_WORDS, "port {port} outside the bitmap");
+            assert_eq!(mask.count_ones(), 1);
+            assert!(seen.insert((word, mask)), "port {port} shares a bit");
+        }
+        assert_eq!(port_bit(1215), (18, 1 << 63));
+        assert_eq!(port_bit(64), (1, 1));
+    }
+
+    fn first(s: &[u8; 4]) -> FirstRead {
+        classify_first_read(u32::from_le_bytes(*s))
+    }
+
+    #[test]
+    fn first_reads_are_classified_by_their_first_four_bytes() {
+        for m in [
+            b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC",
+            b"PROX",
+        ] {
+            assert_eq!(first(m), FirstRead::Request, "{:?}", m);
+        }
+        assert_eq!(first(b"HTTP"), FirstRead::Response);
+        // An HTTP/2 preface, TLS, lower case, a database's startup packet,
+        // and a WebSocket frame are not request heads.
+        assert_eq!(first(b"PRI "), FirstRead::Other);
+        assert_eq!(first(&[0x16, 3, 1, 0]), FirstRead::Other);
+        assert_eq!(first(b"get "), FirstRead::Other);
+        assert_eq!(first(&[0, 0, 0, 8]), FirstRead::Other);
+        assert_eq!(first(&[0x81, 0x85, 1, 2]), FirstRead::Other);
+        assert_eq!(first(b"GETX"), FirstRead::Other);
     }
 
     #[test]

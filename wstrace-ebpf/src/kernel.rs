@@ -5,14 +5,15 @@
 //! [`config!`], a `read_volatile`, so LLVM cannot fold in the compile-time
 //! default before the daemon's value is patched in.
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, generated as helpers};
-use wstrace_common::{ABSENT, AF_INET, AF_INET6, KernelConfig, MAX_PORTS, SockTuple};
+use wstrace_common::{ABSENT, AF_INET, AF_INET6, KernelConfig, SockTuple, port_bit};
+
+use crate::maps::TRACED_PORTS;
 
 /// Ports, sizes and this kernel's offsets; see [`KernelConfig`].
 #[unsafe(no_mangle)]
 pub static CONFIG: KernelConfig = KernelConfig::DEFAULT;
 
-/// `config!(field)`: the daemon's value of `CONFIG.field` (`config!(ports[3])`
-/// for a port slot).
+/// `config!(field)`: the daemon's value of `CONFIG.field`.
 macro_rules! config {
     ($($field:tt)+) => {
         $crate::kernel::volatile(&$crate::kernel::CONFIG.$($field)+)
@@ -26,21 +27,23 @@ pub fn volatile<T: Copy>(v: &'static T) -> T {
     unsafe { core::ptr::read_volatile(v) }
 }
 
-const _: () = assert!(MAX_PORTS == 8, "port_traced() lists 8 slots");
-
 /// The in-kernel port filter: the first thing every program checks, before
-/// touching any map. Eight compares against patched constants.
+/// touching any map. With no `--port` (all ports) one load of a patched
+/// constant; else one bit of the port bitmap, an array lookup the verifier
+/// inlines (a bounds check and a load, no call), for any number of ports.
 #[inline(always)]
 pub fn port_traced(port: u16) -> bool {
-    port != 0
-        && (port == config!(ports[0])
-            || port == config!(ports[1])
-            || port == config!(ports[2])
-            || port == config!(ports[3])
-            || port == config!(ports[4])
-            || port == config!(ports[5])
-            || port == config!(ports[6])
-            || port == config!(ports[7]))
+    if port == 0 {
+        return false;
+    }
+    if config!(all_ports) != 0 {
+        return true;
+    }
+    let (word, mask) = port_bit(port);
+    match TRACED_PORTS.get(word) {
+        Some(bits) => *bits & mask != 0,
+        None => false,
+    }
 }
 
 /// `*(T *)(base + off)` in kernel memory; fails for a NULL base or an

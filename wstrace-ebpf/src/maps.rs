@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use wstrace_common::{
-    PeerWriter, SERVER_SLOTS as SERVER_SLOT_COUNT, STACK_SITES, SiteBudget, SockTuple, StackRecord,
+    PORT_WORDS, PeerWriter, SERVER_SLOTS as SERVER_SLOT_COUNT, STACK_SITES, SiteBudget, SockTuple,
+    StackRecord,
 };
 
 /// A read in flight on a traced-port socket: where its bytes will land.
@@ -47,6 +48,13 @@ pub struct TlsRead {
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
+/// The `--port` values, one bit per port (`wstrace_common::port_bit`),
+/// filled by the daemon before it attaches; unused when every port is
+/// traced (`KernelConfig::all_ports`). A map, not a global: a global array
+/// indexed at run time is folded by LLVM before the daemon patches it.
+#[map]
+pub static TRACED_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
+
 /// `struct sock *` -> ktime of the 101 write. Only upgraded sockets on a
 /// traced port live here; LRU so a flood of never-closed sockets cannot fill it.
 #[map]
@@ -71,10 +79,16 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static PENDING_READS: LruHashMap<u32, PendingRead> = LruHashMap::with_max_entries(16384, 0);
 
-/// `struct sock *` -> bytes of request head copied so far, for traced-port
-/// sockets not (yet) upgraded: bounds what a busy plain-HTTP port can cost.
+/// `struct sock *` -> what its first read said and the bytes of request
+/// head copied so far, for traced-port sockets not (yet) upgraded (Pixie's
+/// `conn_info_map`): a socket whose first read was no request (a database
+/// connection, the client end of HTTP) costs one lookup per read and no
+/// copy from then on, and a busy plain-HTTP port is bounded by the head
+/// budget. Value: bytes copied, or'd with the `record::HEAD_*` class bits.
+/// LRU: an evicted socket is classified again by its next read (from the
+/// middle of its stream: a false "request" there costs one budgeted copy).
 #[map]
-pub static HEAD_BYTES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
+pub static HEAD_BYTES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
 
 /// A socket and a direction (`DIR_RECEIVED`, `DIR_SENT`). Two fields, not
 /// `sk | dir`: in the fentry set `sk` is a BTF pointer, on which the

@@ -47,8 +47,6 @@ pub struct Args {
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long to wait for the expected reports after the last client.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
-/// wstrace's --port limit.
-const MAX_PORTS: usize = 8;
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// One server of a scenario and what its connection must produce.
@@ -61,11 +59,18 @@ struct ServerSpec {
     then: Then,
     /// None: no report at all on this port. The pid is filled in at start.
     expect: Option<Expect>,
+    /// With every port traced: the checker's own socket to this server is
+    /// the client side (it read the 101), and must be reported, closed by
+    /// this (`closed_by`).
+    client: Option<&'static str>,
 }
 
 struct Scenario {
     name: &'static str,
     servers: Vec<ServerSpec>,
+    /// Traced by a wstrace started without --port (every port), instead of
+    /// the one given every other scenario's ports.
+    all_ports: bool,
 }
 
 fn named_local_fin() -> Option<Expect> {
@@ -111,6 +116,7 @@ fn upgrade(bind: IpAddr, mode: Mode, then: Then, expect: Option<Expect>) -> Serv
         request: client::UPGRADE_REQUEST,
         then,
         expect,
+        client: None,
     }
 }
 
@@ -125,10 +131,12 @@ fn scenarios() -> Vec<Scenario> {
     };
     vec![
         Scenario {
+            all_ports: false,
             name: "server_close_after_101_names_the_server",
             servers: vec![close(LOCALHOST)],
         },
         Scenario {
+            all_ports: false,
             name: "client_close_after_upgrade_reports_peer",
             servers: vec![upgrade(
                 LOCALHOST,
@@ -151,6 +159,7 @@ fn scenarios() -> Vec<Scenario> {
         // 101: its socket is gone before the daemon reads the upgrade, so
         // only the kernel's record of the request's writer can name it.
         Scenario {
+            all_ports: false,
             name: "client_closing_at_once_is_named_by_the_kernel",
             servers: vec![upgrade(
                 LOCALHOST,
@@ -170,6 +179,7 @@ fn scenarios() -> Vec<Scenario> {
             )],
         },
         Scenario {
+            all_ports: false,
             name: "server_crash_after_101_is_process_crashed",
             servers: vec![ended(
                 Mode::CrashAfter101,
@@ -184,6 +194,7 @@ fn scenarios() -> Vec<Scenario> {
             )],
         },
         Scenario {
+            all_ports: false,
             name: "server_killed_after_101_names_the_killer",
             servers: vec![ended(
                 Mode::WaitForPeer,
@@ -198,6 +209,7 @@ fn scenarios() -> Vec<Scenario> {
             )],
         },
         Scenario {
+            all_ports: false,
             name: "server_exiting_on_sigterm_names_the_sender",
             servers: vec![ended(
                 Mode::ExitOnSigterm,
@@ -212,6 +224,7 @@ fn scenarios() -> Vec<Scenario> {
             )],
         },
         Scenario {
+            all_ports: false,
             name: "server_exit_without_close_is_process_exited",
             servers: vec![ended(
                 Mode::ExitAfter101,
@@ -228,6 +241,7 @@ fn scenarios() -> Vec<Scenario> {
         // The kernel, not a process, ended these: no pid and no stacks,
         // whichever task the softirq or timer interrupted.
         Scenario {
+            all_ports: false,
             name: "peer_reset_is_no_local_close",
             servers: vec![upgrade(
                 LOCALHOST,
@@ -247,6 +261,7 @@ fn scenarios() -> Vec<Scenario> {
             )],
         },
         Scenario {
+            all_ports: false,
             name: "retransmission_timeout_is_the_kernels_close",
             servers: vec![upgrade(
                 LOCALHOST,
@@ -268,6 +283,7 @@ fn scenarios() -> Vec<Scenario> {
         // Frames after the upgrade: pings the client never answers, and a
         // close frame after a text frame and split across two writes.
         Scenario {
+            all_ports: false,
             name: "unanswered_pings_are_heartbeat_timeout",
             servers: vec![upgrade(
                 LOCALHOST,
@@ -280,6 +296,7 @@ fn scenarios() -> Vec<Scenario> {
             )],
         },
         Scenario {
+            all_ports: false,
             name: "split_close_frame_after_text_is_seen",
             servers: vec![upgrade(
                 LOCALHOST,
@@ -295,6 +312,7 @@ fn scenarios() -> Vec<Scenario> {
             )],
         },
         Scenario {
+            all_ports: false,
             name: "http_200_is_not_reported",
             servers: vec![ServerSpec {
                 bind: LOCALHOST,
@@ -303,9 +321,11 @@ fn scenarios() -> Vec<Scenario> {
                 request: client::PLAIN_REQUEST,
                 then: Then::ReadToEnd,
                 expect: None,
+                client: None,
             }],
         },
         Scenario {
+            all_ports: false,
             name: "ipv6_loopback",
             servers: vec![upgrade(
                 IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -318,6 +338,7 @@ fn scenarios() -> Vec<Scenario> {
             )],
         },
         Scenario {
+            all_ports: false,
             name: "linger_zero_close_reports_rst",
             servers: vec![upgrade(
                 LOCALHOST,
@@ -330,6 +351,7 @@ fn scenarios() -> Vec<Scenario> {
             )],
         },
         Scenario {
+            all_ports: false,
             name: "lookalike_101s_are_not_reported",
             servers: vec![
                 // `HTTP/1.1 1010`: the prefix check includes the space after 101.
@@ -354,7 +376,27 @@ fn scenarios() -> Vec<Scenario> {
                 },
             ],
         },
+        // No --port: a server on any port is followed, and the checker's
+        // own socket to it as the client side (it read the 101; the server
+        // closed first); a plain HTTP 200 on another port is not reported.
         Scenario {
+            all_ports: true,
+            name: "all_ports_by_default_follows_any_port",
+            servers: vec![
+                ServerSpec {
+                    client: Some("peer"),
+                    ..close(LOCALHOST)
+                },
+                ServerSpec {
+                    mode: Mode::Http200,
+                    request: client::PLAIN_REQUEST,
+                    expect: None,
+                    ..close(LOCALHOST)
+                },
+            ],
+        },
+        Scenario {
+            all_ports: false,
             name: "two_ports_and_other_port_ignored",
             servers: vec![
                 close(LOCALHOST),
@@ -562,37 +604,48 @@ pub fn run(args: &Args) -> Result<i32> {
         states.push(state);
         servers.push(started);
     }
-    // wstrace traces at most 8 ports at once, one of them the barrier (see
-    // `trace`): one wstrace per batch of scenarios that fits (two batches
-    // for the current list).
-    let traced = |i: usize| all[i].servers.iter().filter(|s| s.traced).count();
-    let mut batches: Vec<Vec<usize>> = vec![Vec::new()];
-    for i in (0..all.len()).filter(|&i| matches!(states[i], State::Running)) {
-        let used: usize = batches
-            .last()
-            .map(|b| b.iter().map(|&j| traced(j)).sum())
-            .unwrap_or(0);
-        if used + traced(i) > MAX_PORTS - 1 {
-            batches.push(Vec::new());
-        }
-        if let Some(b) = batches.last_mut() {
-            b.push(i);
-        }
-    }
+    // Two wstraces, one after the other: one given every traced port of
+    // the port scenarios (more than the 8 the kernel filter once had), and
+    // one with no --port for the all-ports scenarios (which would see the
+    // others' connections too).
+    let running = |i: &usize| matches!(states[*i], State::Running);
+    let batches: [(bool, Vec<usize>); 2] = [
+        (
+            false,
+            (0..all.len())
+                .filter(running)
+                .filter(|&i| !all[i].all_ports)
+                .collect(),
+        ),
+        (
+            true,
+            (0..all.len())
+                .filter(running)
+                .filter(|&i| all[i].all_ports)
+                .collect(),
+        ),
+    ];
     let mut reports = Vec::new();
     let mut losses: Vec<Vec<String>> = vec![Vec::new(); all.len()];
-    for batch in batches.iter().filter(|b| !b.is_empty()) {
-        let ports: Vec<u16> = batch
-            .iter()
-            .flat_map(|&i| {
-                all[i]
-                    .servers
-                    .iter()
-                    .zip(&servers[i])
-                    .filter(|(spec, _)| spec.traced)
-                    .map(|(_, s)| s.port)
-            })
-            .collect();
+    for (all_ports, batch) in batches.iter().filter(|(_, b)| !b.is_empty()) {
+        let ports: Vec<u16> = if *all_ports {
+            Vec::new()
+        } else {
+            batch
+                .iter()
+                .flat_map(|&i| {
+                    all[i]
+                        .servers
+                        .iter()
+                        .zip(&servers[i])
+                        .filter(|(spec, _)| spec.traced)
+                        .map(|(_, s)| s.port)
+                })
+                .collect()
+        };
+        if !*all_ports && ports.is_empty() {
+            continue;
+        }
         match trace(args, &all, &servers, &mut states, batch, &ports) {
             Ok((r, lost)) => {
                 reports.extend(r);
@@ -643,7 +696,8 @@ pub fn run(args: &Args) -> Result<i32> {
 /// Reports by the local port they are for.
 type PortReports = Vec<(u16, Value)>;
 
-/// Start wstrace, drive every running scenario's clients, wait for the
+/// Start wstrace (on `ports` and the barrier's; on every port when
+/// `ports` is empty), drive every running scenario's clients, wait for the
 /// reports and the barrier's, stop wstrace. Returns the parsed reports
 /// (the barrier's left out) and what wstrace's metrics say it lost.
 fn trace(
@@ -654,9 +708,6 @@ fn trace(
     batch: &[usize],
     ports: &[u16],
 ) -> Result<(PortReports, Vec<String>)> {
-    if ports.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
-    }
     // The barrier: one more traced server whose close is made last and
     // must be reported. Reports come in the order the kernel saw the
     // closes, so once it is in, a report that a "no report" scenario looks
@@ -674,14 +725,20 @@ fn trace(
     if used.contains(&barrier.port) {
         bail!("no barrier port distinct from the scenarios' ports");
     }
+    // With every port traced the barrier is traced too; naming its port
+    // would narrow wstrace to it.
     let mut traced = ports.to_vec();
-    traced.push(barrier.port);
+    if !traced.is_empty() {
+        traced.push(barrier.port);
+    }
     let tracer = start_tracer(args, &traced)?;
     let _readers = BlockedReaders::start(BLOCKED_READERS).context("blocking readers")?;
     // Ports that must each get a report: waiting for a count instead let
     // an unexpected report (the failure of another scenario) end the wait
     // before a slow expected one (a timeout) arrived, failing both.
     let mut expected: Vec<u16> = Vec::new();
+    // Server ports whose client-side report (the checker's socket) must come.
+    let mut expected_clients: Vec<u16> = Vec::new();
     for &i in batch {
         let (sc, srv, st) = (&all[i], &servers[i], &mut states[i]);
         if !matches!(st, State::Running) {
@@ -701,17 +758,25 @@ fn trace(
             if spec.traced && spec.expect.is_some() {
                 expected.push(s.port);
             }
+            if spec.client.is_some() {
+                expected_clients.push(s.port);
+            }
         }
     }
     let start = Instant::now();
     while start.elapsed() < REPORT_TIMEOUT {
         let lines = report_lines(&tracer);
-        let reported: std::collections::HashSet<u16> = lines
+        let parsed: Vec<Value> = lines
             .iter()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter_map(|v| expect::local_port(&v))
             .collect();
-        if expected.iter().all(|p| reported.contains(p)) {
+        let reported: std::collections::HashSet<u16> =
+            parsed.iter().filter_map(expect::local_port).collect();
+        if expected.iter().all(|p| reported.contains(p))
+            && expected_clients
+                .iter()
+                .all(|&p| parsed.iter().any(|v| expect::is_client_of(v, p)))
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -820,6 +885,35 @@ fn judge(
         match expect::evaluate(&on_port, spec.expect.as_ref(), probe) {
             Ok(d) => details.push(format!("{what}port {}: {d}", s.port)),
             Err(e) => return ("FAIL", format!("{what}port {}: {e}", s.port)),
+        }
+        if let Some(by) = spec.client {
+            let client = reports
+                .iter()
+                .map(|(_, v)| v)
+                .find(|v| expect::is_client_of(v, s.port));
+            let Some(c) = client else {
+                return (
+                    "FAIL",
+                    format!(
+                        "port {}: no client-side report of the checker's socket",
+                        s.port
+                    ),
+                );
+            };
+            let closed_by = c.get("closed_by").and_then(Value::as_str).unwrap_or("?");
+            if closed_by != by {
+                return (
+                    "FAIL",
+                    format!(
+                        "port {}: client side closed_by {closed_by}, want {by}",
+                        s.port
+                    ),
+                );
+            }
+            details.push(format!(
+                "client side of port {}: closed_by {closed_by}",
+                s.port
+            ));
         }
     }
     let mut detail = details.join("; ");

@@ -56,6 +56,16 @@ pub fn local_port(r: &Value) -> Option<u16> {
     str_key(r, "local")?.rsplit_once(':')?.1.parse().ok()
 }
 
+/// A client-side report (the local end read the 101) of a connection to
+/// server port `port`.
+pub fn is_client_of(r: &Value, port: u16) -> bool {
+    str_key(r, "side") == Some("client")
+        && str_key(r, "remote")
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            == Some(port)
+}
+
 /// Checks the reports seen on one traced port against `expect` (None: there
 /// must be none). `probe` is the set asked for (`auto` accepts any real set).
 /// Ok carries a short detail for the PASS line.

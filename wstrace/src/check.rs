@@ -59,7 +59,7 @@ pub fn run(btf_path: &Path) -> Result<()> {
         println!("  {:<20} warning: {warning}", "memlock");
     }
     let settings = probes::Settings {
-        ports: &[CHECK_PORT],
+        ports: &crate::model::Ports::Only(vec![CHECK_PORT]),
         max_sockets: 1024,
         ring_bytes: 1 << 16,
         // The default: the stack-copy path must load too.

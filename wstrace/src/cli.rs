@@ -16,8 +16,9 @@ use crate::{
     version,
     about = "Who closed my WebSocket, and why? Traces upgraded (HTTP 101) sockets with eBPF.",
     long_about = "Who closed my WebSocket, and why?\n\n\
-        wstrace watches the TCP ports you name. When the local server writes an \
-        `HTTP/1.1 101 Switching Protocols` response on a socket, that socket is traced; \
+        wstrace watches every TCP socket on the host (or the ports you name). When a \
+        local process writes an `HTTP/1.1 101 Switching Protocols` response on a socket, \
+        that socket is traced; \
         when it closes, wstrace prints which side closed first (FIN or RST), the process \
         and thread that closed the local end, the kernel and user stacks of that close, \
         how long after the 101 it happened, and why: a diagnosis with a fix, drawn from \
@@ -31,7 +32,9 @@ use crate::{
         start-up and not covered: trace the port behind the TLS-terminating proxy.",
     after_help = "Examples:\n  \
         sudo wstrace demo                       # see it work first: built-in server and client\n  \
-        sudo wstrace --port 1215                # trace the server on port 1215\n  \
+        sudo wstrace                            # every WebSocket server on this host\n  \
+        sudo wstrace --port 1215                # only the server on port 1215\n  \
+        sudo wstrace --exe nginx --format json  # only sockets nginx upgraded\n  \
         sudo wstrace -p 80 -p 8080 --format json --count 10\n  \
         sudo wstrace -p 1215 --probe tracepoint # force the tracepoint-only probe set",
     args_conflicts_with_subcommands = true,
@@ -74,10 +77,22 @@ pub struct FloorArgs {
 
 #[derive(Args, Debug)]
 pub struct TraceArgs {
-    /// Local TCP port the server listens on (repeatable, up to 8).
-    #[arg(short, long = "port", value_name = "PORT", required_unless_present = "check",
+    /// Trace only this local TCP port (repeatable, any number). Without
+    /// --port every TCP socket on which a process writes a 101 is traced,
+    /// whatever its port.
+    #[arg(short, long = "port", value_name = "PORT",
           value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
+
+    /// Report only sockets upgraded by this process (repeatable).
+    #[arg(long = "pid", value_name = "PID",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub pids: Vec<u32>,
+
+    /// Report only sockets upgraded by this executable (repeatable): a path
+    /// matches the whole path, a bare name the file name (`nginx`).
+    #[arg(long = "exe", value_name = "PATH|NAME", value_parser = parse_exe)]
+    pub exes: Vec<String>,
 
     #[command(flatten)]
     pub common: CommonArgs,
@@ -121,6 +136,20 @@ pub struct TraceArgs {
     /// Type=notify), READY=1 is sent at the same moment.
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
+}
+
+/// An `--exe` value: not empty, and a path must be absolute (it is
+/// compared with /proc/PID/exe, which always is).
+pub fn parse_exe(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("an empty executable name matches nothing".into());
+    }
+    if s.contains('/') && !s.starts_with('/') {
+        return Err(format!(
+            "{s:?}: give an absolute path (as /proc/PID/exe shows it) or a bare file name"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 /// "1048576", "512K", "100M", "2G" (powers of 1024).
@@ -260,12 +289,37 @@ mod tests {
         assert!(e.to_string().contains("70000"), "{e}");
         let e = Cli::try_parse_from(["wstrace", "--port", "0"]).unwrap_err();
         assert!(e.to_string().contains("0"), "{e}");
-        assert!(
-            Cli::try_parse_from(["wstrace"]).is_err(),
-            "a port is required"
-        );
+        let c = Cli::try_parse_from(["wstrace"]).expect("no port: every port");
+        assert!(c.trace.ports.is_empty());
         let c = Cli::try_parse_from(["wstrace", "-p", "80", "--port", "8080"]).expect("parses");
         assert_eq!(c.trace.ports, vec![80, 8080]);
+        // No limit on how many.
+        let many: Vec<String> = (1..=40).map(|p| format!("--port={}", 1000 + p)).collect();
+        let c = Cli::try_parse_from(std::iter::once("wstrace".to_string()).chain(many))
+            .expect("40 ports parse");
+        assert_eq!(c.trace.ports.len(), 40);
+    }
+
+    #[test]
+    fn pid_and_exe_narrow() {
+        let c = Cli::try_parse_from([
+            "wstrace",
+            "--pid",
+            "42",
+            "--pid",
+            "7",
+            "--exe",
+            "nginx",
+            "--exe",
+            "/usr/bin/php8.2",
+        ])
+        .expect("parses");
+        assert_eq!(c.trace.pids, vec![42, 7]);
+        assert_eq!(c.trace.exes, vec!["nginx", "/usr/bin/php8.2"]);
+        assert!(Cli::try_parse_from(["wstrace", "--pid", "0"]).is_err());
+        assert!(Cli::try_parse_from(["wstrace", "--exe", ""]).is_err());
+        let e = Cli::try_parse_from(["wstrace", "--exe", "bin/php"]).unwrap_err();
+        assert!(e.to_string().contains("absolute path"), "{e}");
     }
 
     #[test]

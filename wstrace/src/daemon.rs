@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use aya::maps::RingBuf;
 use tokio::signal::unix::{SignalKind, signal};
-use wstrace_common::MAX_PORTS;
 
 use crate::{
     attach::tls::{ProbedFile, TlsProbes},
@@ -17,7 +16,7 @@ use crate::{
     cli::CommonArgs,
     diagnose::{self, Facts},
     enrich::{self, Enricher, ListenerScan, clock::monotonic_ns, unwind::UserStackMode},
-    model::{CloseReport, Event},
+    model::{CloseReport, Event, Ports, Scope},
     output::{Outputs, View, escape, logfile::LogFile, metrics},
     pipeline::{matcher::Matcher, reader::Reader},
     redact::Redactor,
@@ -78,7 +77,9 @@ fn user_stack_copy_bytes(common: &CommonArgs, offsets: &btf::KernelOffsets) -> u
 }
 
 pub struct Options<'a> {
-    pub ports: &'a [u16],
+    pub ports: &'a Ports,
+    /// `--pid`/`--exe`: whose upgraded sockets are reported.
+    pub scope: Scope,
     pub common: &'a CommonArgs,
     pub count: Option<u64>,
     pub duration: Option<Duration>,
@@ -95,8 +96,8 @@ pub struct LogSpec<'a> {
 
 /// Traces until a signal, `--count` or `--duration`; returns the number of
 /// reports printed. `on_ready` runs once the probes are attached (the
-/// "tracing" line is printed), with the first port and the probe set's name.
-pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16, &str)) -> Result<u64> {
+/// "tracing" line is printed), with the ports and the probe set's name.
+pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(&Ports, &str)) -> Result<u64> {
     let redactor = check_options(&opts)?;
     let log = open_log(&opts)?;
     privileges::check()?;
@@ -145,7 +146,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16, &str)) -> Result<
     privileges::drop_after_attach(&attached);
     give_back_startup_heap();
     announce(&opts, &attached, &outputs);
-    on_ready(opts.ports[0], attached.set.name());
+    on_ready(opts.ports, attached.set.name());
 
     let mut event_loop = EventLoop {
         matcher: Matcher::with_capacity(attached.set, opts.common.max_sockets as usize),
@@ -155,6 +156,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16, &str)) -> Result<
         attached,
         tls,
         ports: opts.ports,
+        scope: opts.scope.clone(),
         max_sockets: opts.common.max_sockets,
         limit: opts.count.unwrap_or(u64::MAX),
         losses_reported: Losses::default(),
@@ -166,12 +168,6 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(u16, &str)) -> Result<
 
 /// Options no clap parser could check; returns the redaction policy.
 fn check_options(opts: &Options<'_>) -> Result<Redactor> {
-    if opts.ports.len() > MAX_PORTS {
-        bail!(
-            "at most {MAX_PORTS} --port values can be traced at once (got {})",
-            opts.ports.len()
-        );
-    }
     if opts.common.show_secrets {
         Ok(Redactor::none())
     } else {
@@ -241,10 +237,21 @@ fn give_back_startup_heap() {
 
 /// The "tracing" line: from here on every upgrade on the ports is seen.
 fn announce(opts: &Options<'_>, attached: &Attached, outputs: &Outputs) {
-    let ports: Vec<String> = opts.ports.iter().map(u16::to_string).collect();
+    let scope = if opts.scope.is_everything() {
+        String::new()
+    } else {
+        let mut who: Vec<String> = opts.scope.pids.iter().map(|p| format!("pid {p}")).collect();
+        who.extend(
+            opts.scope
+                .exes
+                .iter()
+                .map(|e| format!("exe {}", escape::text(e))),
+        );
+        format!(" (reporting only {})", who.join(", "))
+    };
     eprintln!(
-        "wstrace: tracing port {} with {} probes",
-        ports.join(","),
+        "wstrace: tracing {}{scope} with {} probes",
+        opts.ports,
         attached.set.name()
     );
     outputs.probe_set(attached.set.name());
@@ -452,7 +459,9 @@ struct EventLoop<'a> {
     attached: Attached,
     /// The TLS uprobes per server process (`--tls auto`, programs loaded).
     tls: Option<TlsState>,
-    ports: &'a [u16],
+    ports: &'a Ports,
+    /// `--pid`/`--exe`: reports of other processes' sockets are dropped.
+    scope: Scope,
     max_sockets: u32,
     /// Reports to print before stopping (`--count`).
     limit: u64,
@@ -601,14 +610,14 @@ impl EventLoop<'_> {
                 return Ok(());
             }
         };
-        if ev.kind == EventKind::Upgrade {
+        self.enricher.observe(&ev);
+        if ev.kind == EventKind::Upgrade && self.in_scope(ev.pid) {
             self.outputs.upgrade_seen();
         }
         if let Some(reason) = ev.stacks.as_ref().and_then(|s| s.fate.elided_reason()) {
             self.outputs.stacks_elided(reason, 1);
             self.stacks_elided.count(reason);
         }
-        self.enricher.observe(&ev);
         self.enricher.unwind(&mut ev);
         for r in self.matcher.on_event(ev) {
             self.report(&r)?;
@@ -619,8 +628,21 @@ impl EventLoop<'_> {
         Ok(())
     }
 
-    /// enrich -> diagnose -> output for one completed report.
+    /// Is `pid` (the process that wrote a 101) one `--pid`/`--exe` asked
+    /// for? Its executable is known once its first event was observed.
+    fn in_scope(&self, pid: u32) -> bool {
+        self.scope.is_everything()
+            || self
+                .scope
+                .admits(pid, self.enricher.process_exe(pid).as_deref())
+    }
+
+    /// enrich -> diagnose -> output for one completed report (of a process
+    /// in scope: the others are not reported, and not lost either).
     fn report(&mut self, r: &CloseReport) -> Result<()> {
+        if !self.in_scope(r.upgrader.pid) {
+            return Ok(());
+        }
         let enriched = self.enricher.resolve(r);
         let diagnosis = diagnose::diagnose(&Facts::of(&enriched));
         self.outputs.emit(&View {

@@ -35,15 +35,17 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
     eprintln!(
         "wstrace demo: client upgrades once as HTTP/1.0 (what nginx sends without `proxy_http_version 1.1;`, here sent straight by the client, so the fix is the client's) and once as HTTP/1.1."
     );
+    let ports = crate::model::Ports::Only(vec![port]);
     let opts = daemon::Options {
-        ports: &[port],
+        ports: &ports,
+        scope: crate::model::Scope::default(),
         common: &args.common,
         count: Some(2),
         duration: Some(Duration::from_secs(20)),
         log: None,
         metrics: None,
     };
-    let printed = daemon::run(opts, |port, _| {
+    let printed = daemon::run(opts, move |_, _| {
         let _ = thread::Builder::new()
             .name("ws-demo-client".into())
             .spawn(move || {

@@ -95,8 +95,13 @@ async fn run_trace(args: &cli::TraceArgs) -> anyhow::Result<()> {
         Some(d) => Some(Duration::from_secs_f64(d)),
         None => None,
     };
+    let ports = model::Ports::from_args(&args.ports);
     let opts = daemon::Options {
-        ports: &args.ports,
+        ports: &ports,
+        scope: model::Scope {
+            pids: args.pids.clone(),
+            exes: args.exes.clone(),
+        },
         common: &args.common,
         count: args.count,
         duration,
@@ -113,14 +118,13 @@ async fn run_trace(args: &cli::TraceArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(output::ready::ReadyFile::prepare)
         .transpose()?;
-    let result = daemon::run(opts, |port, set| {
+    let result = daemon::run(opts, |ports, set| {
         if let Some(f) = ready_file.as_mut() {
             if let Err(e) = f.publish(set) {
                 eprintln!("wstrace: warning: {e:#}");
             }
         }
-        if let Err(e) =
-            output::ready::notify_systemd(&format!("tracing port {port} with {set} probes"))
+        if let Err(e) = output::ready::notify_systemd(&format!("tracing {ports} with {set} probes"))
         {
             eprintln!("wstrace: warning: {e:#}");
         }

@@ -46,6 +46,27 @@ pub struct Event {
     /// Upgrade and Data: the bytes came from the TLS library's plaintext
     /// (uprobes on OpenSSL's SSL_write/SSL_read), not from the socket.
     pub tls: bool,
+    /// Upgrade: the local end read the 101 (the client side).
+    pub client_side: bool,
+}
+
+/// Which end of the WebSocket the local socket is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Side {
+    /// It wrote the 101: the server (or a proxy's side facing the client).
+    #[default]
+    Server,
+    /// It read the 101: the client (or a proxy's upstream connection).
+    Client,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Server => "server",
+            Side::Client => "client",
+        }
+    }
 }
 
 /// A signal sent to a process that wrote a 101 (the event's pid/comm are
@@ -97,6 +118,9 @@ pub struct Data {
     /// After the upgrade: the kernel copied this read or write because it
     /// continues a control frame the previous one of that direction cut.
     pub continues: bool,
+    /// The read that carried a client side's 101: the response head, then
+    /// perhaps frames.
+    pub upgrade_read: bool,
 }
 
 /// Pings one end sent and the pongs that came back, as the frames seen
@@ -380,6 +404,8 @@ pub struct CloseReport {
     /// The connection was TLS and its 101 and request were read from this
     /// TLS library's plaintext (`openssl`); `None` for plaintext sockets.
     pub tls: Option<&'static str>,
+    /// Which end the local socket is: it wrote the 101 or read it.
+    pub side: Side,
 }
 
 impl CloseReport {
@@ -775,9 +801,163 @@ pub struct ProcInfo {
     pub container_id: Option<String>,
 }
 
+// --- What is traced ---
+
+/// The local ports whose sockets are followed: every port (no `--port`,
+/// the default), or the ports named, any number of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ports {
+    All,
+    Only(Vec<u16>),
+}
+
+impl Ports {
+    /// From the `--port` values: none means every port.
+    pub fn from_args(ports: &[u16]) -> Self {
+        if ports.is_empty() {
+            return Self::All;
+        }
+        let mut v = ports.to_vec();
+        v.sort_unstable();
+        v.dedup();
+        Self::Only(v)
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        match self {
+            Self::All => port != 0,
+            Self::Only(v) => v.binary_search(&port).is_ok(),
+        }
+    }
+
+    /// The kernel's port bitmap (`TRACED_PORTS`): (word, bits) for each word
+    /// with a port set; empty for every port (the kernel then skips it).
+    pub fn bitmap_words(&self) -> Vec<(u32, u64)> {
+        let Self::Only(ports) = self else {
+            return Vec::new();
+        };
+        let mut words: Vec<(u32, u64)> = Vec::new();
+        for &p in ports {
+            let (word, mask) = wstrace_common::port_bit(p);
+            match words.iter_mut().find(|(w, _)| *w == word) {
+                Some((_, bits)) => *bits |= mask,
+                None => words.push((word, mask)),
+            }
+        }
+        words
+    }
+}
+
+impl std::fmt::Display for Ports {
+    /// "ports (all)", or "port 1215,8080": the start-up line's words,
+    /// which scripts wait for as `tracing port`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::All => f.write_str("ports (all)"),
+            Self::Only(v) => {
+                f.write_str("port ")?;
+                for (i, p) in v.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `--pid` and `--exe`: which processes' upgraded sockets are reported
+/// (the process that wrote the 101). Empty lists narrow nothing; with both
+/// given a process matching either is reported.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub pids: Vec<u32>,
+    /// A path (with a `/`) matches the executable's full path; a bare name
+    /// matches its file name.
+    pub exes: Vec<String>,
+}
+
+impl Scope {
+    pub fn is_everything(&self) -> bool {
+        self.pids.is_empty() && self.exes.is_empty()
+    }
+
+    /// Is the process `pid`, whose executable is `exe` (if known), in scope?
+    pub fn admits(&self, pid: u32, exe: Option<&str>) -> bool {
+        if self.is_everything() || self.pids.contains(&pid) {
+            return true;
+        }
+        let Some(exe) = exe else {
+            return false;
+        };
+        // /proc/PID/exe of a deleted binary ends in " (deleted)".
+        let exe = exe.strip_suffix(" (deleted)").unwrap_or(exe);
+        let name = exe.rsplit('/').next().unwrap_or(exe);
+        self.exes.iter().any(|want| {
+            if want.contains('/') {
+                want == exe
+            } else {
+                want == name
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_port_means_every_port() {
+        let all = Ports::from_args(&[]);
+        assert_eq!(all, Ports::All);
+        assert!(all.contains(1215) && all.contains(65535) && !all.contains(0));
+        assert!(all.bitmap_words().is_empty(), "the kernel needs no bitmap");
+        assert_eq!(all.to_string(), "ports (all)");
+    }
+
+    #[test]
+    fn any_number_of_ports_fill_the_bitmap() {
+        // More than the 8 slots the kernel filter used to have.
+        let named: Vec<u16> = (0..40)
+            .map(|i| 1000 + i * 37)
+            .chain([1215, 1215, 65535])
+            .collect();
+        let ports = Ports::from_args(&named);
+        for &p in &named {
+            assert!(ports.contains(p), "{p}");
+        }
+        assert!(!ports.contains(1001) && !ports.contains(80));
+        let words = ports.bitmap_words();
+        let set: u32 = words.iter().map(|(_, b)| b.count_ones()).sum();
+        assert_eq!(set, 42, "each distinct port once");
+        let has = |p: u16| {
+            let (w, m) = wstrace_common::port_bit(p);
+            words.iter().any(|&(ww, bits)| ww == w && bits & m != 0)
+        };
+        assert!(named.iter().all(|&p| has(p)));
+        assert!(!has(1001) && !has(80));
+        assert_eq!(Ports::from_args(&[8080, 80]).to_string(), "port 80,8080");
+    }
+
+    #[test]
+    fn scope_narrows_by_pid_or_executable() {
+        let all = Scope::default();
+        assert!(all.admits(7, None), "no --pid/--exe: everything");
+        let s = Scope {
+            pids: vec![42],
+            exes: vec!["nginx".into(), "/opt/app/bin/server".into()],
+        };
+        assert!(s.admits(42, None));
+        assert!(s.admits(9, Some("/usr/sbin/nginx")));
+        assert!(s.admits(9, Some("/usr/sbin/nginx (deleted)")));
+        assert!(s.admits(9, Some("/opt/app/bin/server")));
+        assert!(!s.admits(9, Some("/srv/server")), "a path must match whole");
+        assert!(!s.admits(9, Some("/usr/bin/nginx-debug")));
+        assert!(!s.admits(9, None), "unknown executable, other pid");
+    }
 
     #[test]
     fn kernel_closes_are_named_by_their_errno() {

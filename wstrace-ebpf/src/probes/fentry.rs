@@ -48,7 +48,7 @@ macro_rules! fexit_tcp_recvmsg {
         #[fexit(function = "tcp_recvmsg")]
         pub fn $name(ctx: FExitContext) -> u32 {
             let ret: i64 = ctx.arg($nargs);
-            record::read_exit(ret as i32 as i64);
+            record::read_exit(ret as i32 as i64, ProbeSet::Fentry);
             0
         }
     };

@@ -36,6 +36,6 @@ pub fn kprobe_tcp_recvmsg(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn kretprobe_tcp_recvmsg(ctx: RetProbeContext) -> u32 {
     let ret: i64 = ctx.ret();
-    record::read_exit(ret as i32 as i64);
+    record::read_exit(ret as i32 as i64, ProbeSet::Kprobe);
     0
 }

@@ -9,9 +9,9 @@ use crate::{
     record,
 };
 
-/// Port filter first: every other socket on the host leaves after two
-/// reads (local port: the server's side; remote port: a client on this host
-/// writing its request to a traced port).
+/// Port filter first: with `--port`, every other socket on the host leaves
+/// after two reads (local port: the server's side; remote port: a client on
+/// this host writing its request to a traced port); then the socket's class.
 #[inline(always)]
 pub fn on_tcp_sendmsg(sk: u64, msg: u64, size: u64, probe: ProbeSet) {
     if sk == 0 {
@@ -19,6 +19,12 @@ pub fn on_tcp_sendmsg(sk: u64, msg: u64, size: u64, probe: ProbeSet) {
     }
     let server_side = port_traced(sk_local_port(sk));
     if !server_side && !port_traced(sk_remote_port(sk)) {
+        return;
+    }
+    // A socket whose first read was not HTTP never writes a 101 or a
+    // request: one lookup here instead of the msghdr walk and a user copy
+    // (what every write of the host would cost with all ports traced).
+    if record::known_not_http(sk) {
         return;
     }
     let Some((buf, first)) = msghdr_user_buf(msg) else {
@@ -47,7 +53,12 @@ pub fn on_tcp_sendmsg(sk: u64, msg: u64, size: u64, probe: ProbeSet) {
                 record::frames_written(sk, buf, len, size, None, None)
             }
         }
-        (record::Write::Request, false) => record::note_request_writer(sk),
+        // The client side of a connection to a traced port (with every
+        // port traced, of any connection: `server_side` is then always
+        // true, so the remote port is what says it).
+        (record::Write::Request, _) if port_traced(sk_remote_port(sk)) => {
+            record::note_request_writer(sk)
+        }
         _ => {}
     }
 }

@@ -96,6 +96,11 @@ fn on_write(fd: u64, buf: u64, len: u64, iov: u64, vlen: u64) {
     if kind == record::Write::Request {
         if port_traced(sk_remote_port(sk)) {
             record::note_request_writer(sk);
+            // With every port traced, a process that writes a request may
+            // read a 101 back (the client side): its reads are walked too.
+            if config!(all_ports) != 0 {
+                note_server();
+            }
         }
         return;
     }
@@ -183,7 +188,7 @@ pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn on_read_exit(ctx: &TracePointContext) {
     if is_server() {
-        record::read_exit(arg(ctx, 0) as i64);
+        record::read_exit(arg(ctx, 0) as i64, ProbeSet::Tracepoint);
     }
 }
 

@@ -452,6 +452,19 @@ impl Tracer {
             .unwrap_or_else(|e| panic!("wstrace did not attach: {e:#}"))
     }
 
+    /// `wstrace --format json EXTRA…` with no `--port`: every port.
+    pub fn start_all_ports(extra: &[&str]) -> Tracer {
+        Tracer::start_args_json(extra)
+    }
+
+    /// `wstrace --format json ARGS…` (ports, if any, in `args`).
+    pub fn start_args_json(args: &[&str]) -> Tracer {
+        TracerOptions::new()
+            .args(args)
+            .start()
+            .unwrap_or_else(|e| panic!("wstrace did not attach: {e:#}"))
+    }
+
     /// Polls for `path` to hold `pid=<child's pid>` (a stale file from an
     /// earlier run names another pid), failing early if the child exits.
     fn wait_ready(&mut self, path: &Path, timeout: Duration) -> Result<String> {

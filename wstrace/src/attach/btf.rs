@@ -537,7 +537,7 @@ mod tests {
         assert_eq!(k.fd_walk_missing, None, "{file}");
         // BTF fills offsets only: ports, sizes and tracepoint fields are attach's.
         let c = k.config;
-        assert_eq!(c.ports, [0; wstrace_common::MAX_PORTS], "{file}");
+        assert_eq!(c.all_ports, 0, "{file}");
         assert_eq!(c.user_stack_bytes, 0, "{file}");
         assert_eq!(c.tp_signal_sig, ABSENT, "{file}");
         assert_eq!(c.tp_oom_pid, ABSENT, "{file}");

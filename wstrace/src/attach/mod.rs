@@ -21,6 +21,8 @@ use aya::{
 };
 use wstrace_common::{ABSENT, KernelConfig, ProbeSet};
 
+use crate::model::Ports;
+
 pub mod btf;
 pub mod error;
 pub mod floor;
@@ -73,7 +75,7 @@ impl ProbeChoice {
 const LRU_LOCAL_FREE: u32 = 128;
 
 pub struct Settings<'a> {
-    pub ports: &'a [u16],
+    pub ports: &'a Ports,
     /// Upgraded sockets the kernel map holds (LRU beyond).
     pub max_sockets: u32,
     /// Ring buffer size in bytes (power of two, multiple of the page size).
@@ -194,6 +196,7 @@ pub fn attach(
         match try_set(
             set,
             &config,
+            settings.ports,
             &mut loader,
             &mut vmlinux,
             offsets,
@@ -257,9 +260,8 @@ fn limits(set: ProbeSet, root: &Path) -> Vec<String> {
 /// record fields from tracefs.
 fn kernel_config(settings: &Settings<'_>, offsets: &KernelOffsets, root: &Path) -> KernelConfig {
     let mut config = offsets.config;
-    for (slot, &port) in config.ports.iter_mut().zip(settings.ports) {
-        *slot = port;
-    }
+    // The named ports go in the TRACED_PORTS bitmap after the load.
+    config.all_ports = u64::from(*settings.ports == Ports::All);
     config.user_stack_bytes = u64::from(settings.user_stack_bytes);
     config.tls = u64::from(settings.tls);
     for &(slot, category, name, field) in TRACEPOINT_FIELDS {
@@ -339,6 +341,7 @@ struct Loaded {
 fn try_set(
     set: ProbeSet,
     config: &KernelConfig,
+    ports: &Ports,
     loader: &mut EbpfLoader<'_>,
     vmlinux: &mut Option<Btf>,
     offsets: &KernelOffsets,
@@ -391,6 +394,9 @@ fn try_set(
         retprobe: None,
         limits: Vec::new(),
     };
+    // Before any program runs: an attached program would see no port.
+    fill_port_bitmap(&mut loaded.ebpf, ports)
+        .map_err(|e| AttachFailure::new(set, FailureKind::Other, "filling the port bitmap", e))?;
     attach_set_hooks(&mut loaded, set, vmlinux, offsets, root)?;
     let ebpf = &mut loaded.ebpf;
     let state_prog = match set {
@@ -412,6 +418,26 @@ fn try_set(
         }
     }
     Ok(loaded)
+}
+
+/// Sets the `--port` bits in the object's TRACED_PORTS map (nothing with
+/// every port traced: the kernel checks `all_ports` first).
+fn fill_port_bitmap(ebpf: &mut Ebpf, ports: &Ports) -> Result<(), String> {
+    let words = ports.bitmap_words();
+    if words.is_empty() {
+        return Ok(());
+    }
+    let map = ebpf
+        .map_mut("TRACED_PORTS")
+        .ok_or("the eBPF object has no TRACED_PORTS map (build mismatch)")?;
+    let mut bitmap: aya::maps::Array<_, u64> =
+        aya::maps::Array::try_from(map).map_err(|e| format!("TRACED_PORTS: {e}"))?;
+    for (word, bits) in words {
+        bitmap
+            .set(word, bits, 0)
+            .map_err(|e| format!("TRACED_PORTS[{word}]: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Loads and attaches what only `set` has: fentry/fexit, kprobes, or the
@@ -707,14 +733,14 @@ mod tests {
     fn kernel_config_holds_ports_sizes_btf_and_tracepoint_fields() {
         let tracefs = FakeTracefs::new("full", &[SIGNAL, ("oom", "mark_victim", &["pid"])]);
         let settings = Settings {
-            ports: &[1215, 8080],
+            ports: &Ports::from_args(&[1215, 8080]),
             max_sockets: 64,
             ring_bytes: 1 << 16,
             user_stack_bytes: 4096,
             tls: true,
         };
         let c = kernel_config(&settings, &offsets(), &tracefs.0);
-        assert_eq!(c.ports, [1215, 8080, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(c.all_ports, 0, "named ports go in the bitmap");
         assert_eq!(c.user_stack_bytes, 4096);
         assert_eq!(c.tls, 1);
         assert_eq!(c.skc_num, 14, "BTF offsets are kept");
@@ -737,13 +763,14 @@ mod tests {
     fn kernel_config_without_an_ending_tracepoint_leaves_its_program_out() {
         let tracefs = FakeTracefs::new("no-oom", &[SIGNAL]);
         let settings = Settings {
-            ports: &[1215],
+            ports: &Ports::All,
             max_sockets: 64,
             ring_bytes: 1 << 16,
             user_stack_bytes: 0,
             tls: false,
         };
         let c = kernel_config(&settings, &offsets(), &tracefs.0);
+        assert_eq!(c.all_ports, 1, "no --port: every port");
         assert_eq!(c.tp_oom_pid, ABSENT);
         assert!(!ending_fields_known(&c, "oom_mark_victim"));
         assert!(ending_fields_known(&c, "signal_generate"));

@@ -27,7 +27,7 @@ mod kernel_close;
 use serde::Serialize;
 
 use crate::enrich::Enriched;
-use crate::model::{ClosedBy, Direction, How};
+use crate::model::{ClosedBy, Direction, How, Side};
 use crate::protocol::http::{HttpVersion, RequestHead};
 use crate::protocol::wsframe::{CloseFrame, close_code_meaning};
 use front::{Front, Problem};
@@ -58,6 +58,8 @@ pub struct Facts {
     pub heartbeat: crate::model::Heartbeat,
     /// Monotonic ns of the first close (the clock of the heartbeat's times).
     pub close_ts_ns: u64,
+    /// Which end the local socket is (it wrote the 101, or read it).
+    pub side: Side,
 }
 
 impl Facts {
@@ -79,6 +81,7 @@ impl Facts {
             kernel_close: r.kernel_close,
             heartbeat: r.heartbeat,
             close_ts_ns: r.close_ts_ns,
+            side: r.side,
         }
     }
 }
@@ -108,7 +111,8 @@ pub struct Finding {
     pub fix: Option<String>,
 }
 
-type Rule = (&'static str, fn(&Facts) -> Option<(String, Option<String>)>);
+type RuleFn = fn(&Facts) -> Option<(String, Option<String>)>;
+type Rule = (&'static str, RuleFn);
 
 /// Rules about how the closing process ended: ahead of every other rule.
 const ENDING_RULES: &[Rule] = &[
@@ -118,22 +122,21 @@ const ENDING_RULES: &[Rule] = &[
 ];
 
 const RULES: &[Rule] = &[
-    ("heartbeat_timeout", heartbeat::heartbeat_timeout),
-    ("peer_heartbeat_timeout", heartbeat::peer_heartbeat_timeout),
-    ("server_close_frame", |f| {
-        close_frame_rule(f, Direction::Sent)
+    ("heartbeat_timeout", |f| {
+        server_side_only(f, heartbeat::heartbeat_timeout)
     }),
-    ("client_close_frame", |f| {
-        close_frame_rule(f, Direction::Received)
+    ("peer_heartbeat_timeout", |f| {
+        server_side_only(f, heartbeat::peer_heartbeat_timeout)
     }),
+    ("server_close_frame", |f| close_frame_rule(f, Side::Server)),
+    ("client_close_frame", |f| close_frame_rule(f, Side::Client)),
     ("abort_rst", abort_rst),
     ("tcp_timeout", kernel_close::tcp_timeout),
     ("kernel_abort", kernel_close::kernel_abort),
-    ("http10_upgrade", http10_upgrade),
-    (
-        "connection_header_missing_upgrade",
-        connection_missing_upgrade,
-    ),
+    ("http10_upgrade", |f| server_side_only(f, http10_upgrade)),
+    ("connection_header_missing_upgrade", |f| {
+        server_side_only(f, connection_missing_upgrade)
+    }),
     ("idle_timeout", idle_timeout),
     ("peer_closed_first", peer_closed_first),
 ];
@@ -209,15 +212,38 @@ fn peer_name(f: &Facts) -> String {
     }
 }
 
-fn close_frame_rule(f: &Facts, which: Direction) -> Option<(String, Option<String>)> {
-    // The side whose close frame came first started the closing handshake.
-    let (dir, frame) = f.close_frames.first()?;
-    if *dir != which {
+/// Rules whose facts and words are the server's (the request it read, the
+/// pings it sent): on the client side they would say the wrong thing, so
+/// they do not match there.
+fn server_side_only(f: &Facts, rule: RuleFn) -> Option<(String, Option<String>)> {
+    if f.side == Side::Client {
         return None;
     }
-    let side = match which {
-        Direction::Sent => format!("the server ({})", closer_name(f)),
-        Direction::Received => format!("the client ({})", peer_name(f)),
+    rule(f)
+}
+
+/// `sender`: the end whose close frame came first (it started the closing
+/// handshake), the server or the client, whichever end is local.
+fn close_frame_rule(f: &Facts, sender: Side) -> Option<(String, Option<String>)> {
+    let (dir, frame) = f.close_frames.first()?;
+    let wanted = if sender == f.side {
+        Direction::Sent
+    } else {
+        Direction::Received
+    };
+    if *dir != wanted {
+        return None;
+    }
+    let name = match wanted {
+        Direction::Sent => who(&f.closer).unwrap_or_else(|| "the local end".into()),
+        Direction::Received => peer_name(f),
+    };
+    let side = match (sender, f.side) {
+        (Side::Server, Side::Server) => format!("the server ({name}) sent"),
+        (Side::Client, Side::Server) => format!("the client ({name}) sent"),
+        // Phrased for a client: the server is the other end.
+        (Side::Server, Side::Client) => format!("the server ({name}) closed first with"),
+        (Side::Client, Side::Client) => format!("this client ({name}) sent"),
     };
     let what = match frame.code {
         Some(c) => format!("{c} ({})", close_code_meaning(c)),
@@ -228,12 +254,13 @@ fn close_frame_rule(f: &Facts, which: Direction) -> Option<(String, Option<Strin
     } else {
         format!(", reason {:?}", frame.reason)
     };
-    let message = format!("{side} sent a WebSocket close frame {what}{reason}");
-    let fix = match (frame.code, which) {
-        (Some(1011), Direction::Sent) => Some("the server hit an error: look in its log at this time for the exception behind the 1011".into()),
+    let message = format!("{side} a WebSocket close frame {what}{reason}");
+    let fix = match (frame.code, sender) {
+        (Some(1011), Side::Server) => Some("the server hit an error: look in its log at this time for the exception behind the 1011".into()),
         (Some(1009), _) => Some("a message exceeded the receiver's size limit: raise the limit (e.g. max_size / maxPayload) or send smaller messages".into()),
         (Some(1008), _) => Some("a policy check rejected the client (auth, origin, rate limit): see the reason and the application's policy".into()),
-        (Some(1001 | 1012), Direction::Sent) => Some("the server is shutting down or restarting: expected during deploys; clients should reconnect with backoff".into()),
+        (Some(1001 | 1012), Side::Server) if f.side == Side::Client => Some("the server went away (shutting down or restarting: expected during deploys): reconnect with backoff".into()),
+        (Some(1001 | 1012), Side::Server) => Some("the server is shutting down or restarting: expected during deploys; clients should reconnect with backoff".into()),
         (Some(1002 | 1003 | 1007), _) => Some("the two ends disagree on the protocol or payload: check library versions and message encoding".into()),
         _ => None,
     };
@@ -429,7 +456,76 @@ pub(crate) mod tests {
             kernel_close: None,
             heartbeat: Default::default(),
             close_ts_ns: 0,
+            side: Side::Server,
         }
+    }
+
+    /// A client (a websockets client) whose server sent close 1001 and
+    /// closed: the local socket read the 101 and the server's FIN came first.
+    #[test]
+    fn client_side_server_going_away_is_phrased_for_the_client() {
+        let f = Facts {
+            side: Side::Client,
+            request: None,
+            closed_by: ClosedBy::Peer,
+            closer: None,
+            peer: Some((77, "python3".into())),
+            close_frames: vec![(
+                Direction::Received,
+                CloseFrame {
+                    code: Some(1001),
+                    reason: "bye".into(),
+                },
+            )],
+            ..facts()
+        };
+        let d = diagnose(&f);
+        assert_eq!(d.code, "server_close_frame");
+        assert!(
+            d.message.starts_with(
+                "the server (python3 (pid 77) at 127.0.0.1:50412) closed first with a WebSocket close frame 1001 (going away"
+            ) && d.message.ends_with("reason \"bye\""),
+            "{}",
+            d.message
+        );
+        assert!(d.fix.expect("fix").contains("reconnect with backoff"));
+        // The client's own close frame first: this client started it.
+        let f = Facts {
+            closer: Some((5, "node".into())),
+            closed_by: ClosedBy::Local,
+            close_frames: vec![(
+                Direction::Sent,
+                CloseFrame {
+                    code: Some(1000),
+                    reason: String::new(),
+                },
+            )],
+            ..f
+        };
+        let d = diagnose(&f);
+        assert_eq!(d.code, "client_close_frame");
+        assert!(
+            d.message.starts_with("this client (node (pid 5)) sent"),
+            "{}",
+            d.message
+        );
+    }
+
+    /// The server's rules (its request, its pings) do not speak for a client.
+    #[test]
+    fn client_side_skips_the_servers_request_and_heartbeat_rules() {
+        let f = Facts {
+            side: Side::Client,
+            request: req(HTTP10),
+            ..facts()
+        };
+        assert_ne!(diagnose(&f).code, "http10_upgrade");
+        let f = Facts {
+            side: Side::Server,
+            request: req(HTTP10),
+            ..facts()
+        };
+        assert_eq!(diagnose(&f).code, "http10_upgrade");
     }
 
     const HTTP10: &str = "GET /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";

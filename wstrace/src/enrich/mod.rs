@@ -22,8 +22,8 @@ use crate::attach::ServerSet;
 use wstrace_common::EventKind;
 
 use crate::model::{
-    CloseReport, Direction, Event, Frame, Killer, PeerProcess, ProcInfo, ProcessEnd, SharedStack,
-    SignalSent, UserWalk, Walk,
+    CloseReport, Direction, Event, Frame, Killer, PeerProcess, Ports, ProcInfo, ProcessEnd,
+    SharedStack, SignalSent, UserWalk, Walk,
 };
 use crate::protocol::{
     http::{self, RequestHead},
@@ -321,7 +321,7 @@ impl Enricher {
     /// report would have neither executable nor user frames. Also forgets
     /// processes that exited [`EXITED_GRACE`] ago. Returns the processes
     /// found listening for the first time (pid, comm) and those forgotten.
-    pub fn remember_listeners(&mut self, ports: &[u16]) -> ListenerScan {
+    pub fn remember_listeners(&mut self, ports: &Ports) -> ListenerScan {
         let mut scan = ListenerScan::default();
         for pid in self.processes.prune_exited(EXITED_GRACE) {
             self.forget_symbols(pid);
@@ -347,6 +347,12 @@ impl Enricher {
             scan.new.push((p.pid, p.comm));
         }
         scan
+    }
+
+    /// The executable of `pid` as read when its first event was observed
+    /// (`None` before that, or when it could not be read).
+    pub fn process_exe(&self, pid: u32) -> Option<String> {
+        self.processes.info(pid).exe
     }
 
     /// Everything a printer and the diagnosis need about one report.

@@ -15,7 +15,7 @@
 //! netlink crates would add a protocol stack of dependencies for an inode
 //! lookup and a LISTEN dump, both checked below against /proc/net/tcp on
 //! real sockets.
-use crate::model::{PeerProcess, PeerSource};
+use crate::model::{PeerProcess, PeerSource, Ports};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use std::{
     fs,
@@ -359,14 +359,14 @@ fn processes_with_fd(
 
 /// Inodes of the listening sockets (state `0A`) on any of `ports`, from the
 /// text of /proc/net/tcp or /proc/net/tcp6.
-pub fn listening_inodes(table: &str, ports: &[u16]) -> Vec<u64> {
+pub fn listening_inodes(table: &str, ports: &Ports) -> Vec<u64> {
     table
         .lines()
         .skip(1)
         .filter_map(|line| {
             let cols: Vec<&str> = line.split_whitespace().collect();
             let (l, st, inode) = (cols.get(1)?, cols.get(3)?, cols.get(9)?);
-            (*st == "0A" && ports.contains(&parse_addr(l)?.port())).then(|| inode.parse().ok())?
+            (*st == "0A" && ports.contains(parse_addr(l)?.port())).then(|| inode.parse().ok())?
         })
         .collect()
 }
@@ -380,7 +380,7 @@ pub fn listening_inodes(table: &str, ports: &[u16]) -> Vec<u64> {
 ///
 /// Cost: one readlink per open fd of every other process; the caller runs
 /// it rarely (at start and every few seconds).
-pub fn listeners(ports: &[u16], known: impl Fn(u32) -> bool) -> Vec<PeerProcess> {
+pub fn listeners(ports: &Ports, known: impl Fn(u32) -> bool) -> Vec<PeerProcess> {
     // sock_diag walks only the listening hash when asked for LISTEN alone;
     // /proc/net/tcp prints every socket, and a churning server leaves
     // 100k+ in TIME_WAIT (reading it then took ~50 ms, every scan).
@@ -423,7 +423,7 @@ fn sock_diag_socket() -> Option<std::os::fd::OwnedFd> {
 }
 
 /// sock_diag dump of the LISTEN state only; `None` if netlink fails.
-fn listening_inodes_by_diag(ports: &[u16]) -> Option<Vec<u64>> {
+fn listening_inodes_by_diag(ports: &Ports) -> Option<Vec<u64>> {
     use std::os::fd::AsRawFd as _;
     let sock = sock_diag_socket()?;
     let mut inodes = Vec::new();
@@ -457,7 +457,7 @@ fn listening_inodes_by_diag(ports: &[u16]) -> Option<Vec<u64>> {
                 }
                 // inet_diag_msg: family, state, timer, retrans, then sockid (sport first, big-endian).
                 let sport = u16::from_be_bytes(msg.get(20..22)?.try_into().ok()?);
-                if ports.contains(&sport)
+                if ports.contains(sport)
                     && let Some(inode) = diag_reply_inode(msg)
                 {
                     inodes.push(inode);
@@ -573,10 +573,21 @@ mod tests {
 
     #[test]
     fn listening_rows_on_traced_ports_only() {
-        assert_eq!(listening_inodes(TCP, &[1215]), vec![41234]);
-        assert_eq!(listening_inodes(TCP, &[80]), Vec::<u64>::new());
+        assert_eq!(listening_inodes(TCP, &Ports::Only(vec![1215])), vec![41234]);
+        assert_eq!(
+            listening_inodes(TCP, &Ports::Only(vec![80])),
+            Vec::<u64>::new()
+        );
+        assert_eq!(
+            listening_inodes(TCP, &Ports::All),
+            vec![41234],
+            "every port"
+        );
         // Established rows on the port are not listeners.
-        assert_eq!(listening_inodes(TCP6, &[1215, 8080]), Vec::<u64>::new());
+        assert_eq!(
+            listening_inodes(TCP6, &Ports::Only(vec![1215, 8080])),
+            Vec::<u64>::new()
+        );
     }
 
     #[test]
@@ -584,10 +595,10 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let me = std::process::id();
-        let found = listeners(&[port], |_| false);
+        let found = listeners(&Ports::Only(vec![port]), |_| false);
         assert!(found.iter().any(|p| p.pid == me), "{found:?}");
         assert!(
-            listeners(&[port], |pid| pid == me)
+            listeners(&Ports::Only(vec![port]), |pid| pid == me)
                 .iter()
                 .all(|p| p.pid != me)
         );
@@ -599,10 +610,10 @@ mod tests {
         let v6 = std::net::TcpListener::bind("[::1]:0").expect("bind v6");
         // An established connection on the v4 port must not count.
         let _c = std::net::TcpStream::connect(v4.local_addr().expect("addr")).expect("connect");
-        let ports = [
+        let ports = Ports::from_args(&[
             v4.local_addr().expect("addr").port(),
             v6.local_addr().expect("addr").port(),
-        ];
+        ]);
         let mut by_proc: Vec<u64> = ["/proc/net/tcp", "/proc/net/tcp6"]
             .iter()
             .filter_map(|t| fs::read_to_string(t).ok())

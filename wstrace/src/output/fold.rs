@@ -265,6 +265,7 @@ mod tests {
             notes: Vec::new(),
             kernel_close: None,
             tls: None,
+            side: crate::model::Side::Server,
         }
     }
 

@@ -53,6 +53,8 @@ struct Line<'a> {
     /// With `same_as`/`elided`: closes a second whose copy the site was refused.
     user_stack_elided_rate: Option<u32>,
     upgraded_by: Proc<'a>,
+    /// `server` (the local end wrote the 101) or `client` (it read it).
+    side: &'static str,
     probe: &'static str,
     /// The TLS library the 101 and request were read from (`openssl`);
     /// null for plaintext.
@@ -290,6 +292,7 @@ fn line<'a>(v: &'a View<'a>) -> Line<'a> {
             tid: r.upgrader.tid,
             comm: &r.upgrader.comm,
         },
+        side: r.side.as_str(),
         probe: r.probe.name(),
         tls: r.tls,
         notes: &r.notes,

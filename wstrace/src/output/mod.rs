@@ -321,6 +321,7 @@ mod tests {
             notes: vec![evil("note")],
             kernel_close: None,
             tls: None,
+            side: crate::model::Side::Server,
         }
     }
 

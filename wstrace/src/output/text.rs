@@ -7,7 +7,7 @@
 //! lines printed here, with no terminal control or bidi reordering in them.
 use std::fmt::Write as _;
 
-use crate::model::{ClosedBy, Frame, Heartbeat, PeerSource, Pings};
+use crate::model::{ClosedBy, Frame, Heartbeat, PeerSource, Pings, Side};
 use crate::output::escape::text as esc;
 use crate::output::fold::Storm;
 use crate::output::frame::{self, basename};
@@ -49,7 +49,7 @@ pub fn render(v: &View<'_>, color: bool, full_stacks: bool) -> String {
     };
     let _ = writeln!(
         out,
-        "{} {} {} <-> {} {} ({}) {:.3} ms after 101 [{}]",
+        "{} {} {} <-> {} {} ({}) {:.3} ms after 101{} [{}]",
         rfc3339(v.ts),
         p.bold("CLOSE"),
         r.local,
@@ -57,6 +57,10 @@ pub fn render(v: &View<'_>, color: bool, full_stacks: bool) -> String {
         who,
         r.how.as_str().to_uppercase(),
         r.ms_after_upgrade(),
+        match r.side {
+            Side::Server => "",
+            Side::Client => " (client side: the 101 was read here)",
+        },
         r.probe.name(),
     );
     let d = &v.diagnosis;

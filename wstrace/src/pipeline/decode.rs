@@ -140,6 +140,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
             bytes: d.data[..n].to_vec(),
             total: h.arg,
             continues: h.flags & FLAG_CONTINUES != 0,
+            upgrade_read: h.flags & wstrace_common::FLAG_UPGRADE_READ != 0,
         })
     } else {
         None
@@ -189,6 +190,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
         exit_code,
         signal,
         tls: h.flags & FLAG_TLS_OPENSSL != 0,
+        client_side: kind == EventKind::Upgrade && h.flags & wstrace_common::FLAG_CLIENT_SIDE != 0,
     })
 }
 
@@ -243,6 +245,18 @@ mod tests {
         assert_eq!(e.comm, "swoole");
         assert_eq!(e.arg, 129);
         assert!(e.stacks.is_none());
+        assert!(!e.client_side, "a 101 written: the server side");
+    }
+
+    #[test]
+    fn a_101_read_is_the_client_side() {
+        let mut h = header(EventKind::Upgrade);
+        h.flags = wstrace_common::FLAG_CLIENT_SIDE;
+        assert!(decode(as_bytes(&h)).expect("decodes").client_side);
+        // The flag means nothing on other events.
+        let mut h = header(EventKind::State);
+        h.flags = wstrace_common::FLAG_CLIENT_SIDE;
+        assert!(!decode(as_bytes(&h)).expect("decodes").client_side);
     }
 
     #[test]

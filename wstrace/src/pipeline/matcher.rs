@@ -19,7 +19,7 @@ use wstrace_common::{EventKind, ProbeSet, tcp_state};
 
 use crate::model::{
     CloseReport, ClosedBy, Closer, Data, Direction, Event, Heartbeat, How, JiffiesSample,
-    KernelClose, Upgrader,
+    KernelClose, Side, Upgrader,
 };
 use crate::protocol::wsframe::{Control, FrameStream};
 
@@ -85,6 +85,12 @@ pub struct Matcher {
     /// The remote end is kept too: a freed socket's address is reused by
     /// the next connection, whose head must not be glued to the old one.
     heads: HashMap<u64, Head>,
+    /// (socket, first_ts) of each head in the order they began: the oldest
+    /// is evicted in O(1) (with every port traced, every plain HTTP
+    /// connection on the host starts a head, and a scan of all heads per
+    /// new one cost O(MAX_HEADS) each). Entries whose head is gone are
+    /// skipped when met, and dropped when they outnumber the heads.
+    head_order: std::collections::VecDeque<(u64, u64)>,
     /// Events for sockets the matcher never saw upgrade (started mid-way,
     /// or an Upgrade event was lost).
     pub orphan_events: u64,
@@ -128,6 +134,7 @@ impl Matcher {
             probe,
             sockets: HashMap::new(),
             heads: HashMap::new(),
+            head_order: std::collections::VecDeque::new(),
             orphan_events: 0,
             not_upgrades: 0,
             evicted: 0,
@@ -326,9 +333,15 @@ impl Matcher {
         if self.heads.get(&sk).is_some_and(|h| h.remote != remote) {
             self.heads.remove(&sk);
         }
-        if !self.heads.contains_key(&sk) && self.heads.len() >= MAX_HEADS {
-            if let Some((&old, _)) = self.heads.iter().min_by_key(|(_, h)| h.first_ts) {
-                self.heads.remove(&old);
+        if !self.heads.contains_key(&sk) {
+            if self.heads.len() >= MAX_HEADS {
+                self.evict_oldest_head();
+            }
+            self.head_order.push_back((sk, ts_ns));
+            if self.head_order.len() > 2 * MAX_HEADS {
+                let heads = &self.heads;
+                self.head_order
+                    .retain(|(s, ts)| heads.get(s).is_some_and(|h| h.first_ts == *ts) || *s == sk);
             }
         }
         let head = self.heads.entry(sk).or_insert_with(|| Head {
@@ -344,6 +357,16 @@ impl Matcher {
         let take = data.bytes.len().min(room);
         head.bytes.extend_from_slice(&data.bytes[..take]);
         head.cut = take < data.bytes.len() || data.total as usize > data.bytes.len();
+    }
+
+    /// Drops the head that began first (of those still kept).
+    fn evict_oldest_head(&mut self) {
+        while let Some((sk, ts)) = self.head_order.pop_front() {
+            if self.heads.get(&sk).is_some_and(|h| h.first_ts == ts) {
+                self.heads.remove(&sk);
+                return;
+            }
+        }
     }
 
     fn evict_oldest(&mut self) {
@@ -431,6 +454,11 @@ impl Matcher {
             notes,
             kernel_close: t.kernel_close,
             tls: up.tls.then_some("openssl"),
+            side: if up.client_side {
+                Side::Client
+            } else {
+                Side::Server
+            },
         }
     }
 }
@@ -442,14 +470,25 @@ const MAX_CLOSE_FRAMES: usize = 4;
 /// A read or write after the upgrade, copied because it starts with (or
 /// continues) a control frame: every frame in it counts.
 fn on_frames(t: &mut Tracked, ts_ns: u64, data: &Data) {
+    // Frames from the client are masked (RFC 6455 §5.3): received ones when
+    // the local end is the server (it wrote the 101), sent ones when it is
+    // the client.
+    let client = t.upgrade.client_side;
     let (stream, masked) = match data.direction {
-        // Frames from the client are masked (RFC 6455 §5.3); the local end
-        // is the server (it wrote the 101).
-        Direction::Received => (&mut t.streams[0], true),
-        Direction::Sent => (&mut t.streams[1], false),
+        Direction::Received => (&mut t.streams[0], !client),
+        Direction::Sent => (&mut t.streams[1], client),
+    };
+    let bytes = if data.upgrade_read {
+        // The 101's head first: frames start after its blank line.
+        match after_head(&data.bytes) {
+            Some(rest) if !rest.is_empty() => rest,
+            _ => return,
+        }
+    } else {
+        &data.bytes[..]
     };
     let complete = data.total as usize <= data.bytes.len();
-    for frame in stream.feed(&data.bytes, masked, complete, data.continues) {
+    for frame in stream.feed(bytes, masked, complete, data.continues) {
         match (frame, data.direction) {
             (Control::Ping, Direction::Sent) => t.heartbeat.local.ping(ts_ns),
             (Control::Pong, Direction::Received) => t.heartbeat.local.pong(ts_ns),
@@ -464,11 +503,25 @@ fn on_frames(t: &mut Tracked, ts_ns: u64, data: &Data) {
     }
 }
 
+/// What follows the first blank line (`\r\n\r\n`) of an HTTP head.
+fn after_head(bytes: &[u8]) -> Option<&[u8]> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    Some(&bytes[end + 4..])
+}
+
 /// `sk_err`: the socket's hard error at a ->CLOSE transition (0 otherwise).
 fn apply_transition(t: &mut Tracked, old: u8, new: u8, ts: u64, sk_err: u32) {
     use tcp_state::*;
     // A local close seen at tcp_close entry dates the close.
     let local_ts = t.local_close_ts.unwrap_or(ts);
+    if old == CLOSE_WAIT && t.first.is_none() {
+        // The peer's FIN came first, before the socket was followed: a
+        // server that closes right after the handshake, whose FIN a client
+        // had received by the time its read of the 101 returned. It came no
+        // later than the upgrade.
+        t.peer_fin_seen = true;
+        t.first = Some((ClosedBy::Peer, How::Fin, t.upgrade.ts_ns));
+    }
     match (old, new) {
         (ESTABLISHED, FIN_WAIT1) => {
             t.first.get_or_insert((ClosedBy::Local, How::Fin, local_ts));
@@ -550,6 +603,7 @@ mod tests {
             exit_code: None,
             signal: None,
             tls: false,
+            client_side: false,
         }
     }
 
@@ -918,6 +972,7 @@ mod tests {
                 bytes: bytes.to_vec(),
                 total: bytes.len() as u32,
                 continues: false,
+                upgrade_read: false,
             }),
             ..ev(EventKind::Data, ts)
         }
@@ -966,6 +1021,7 @@ mod tests {
                 bytes: vec![0xA1, b'!'],
                 total: 2,
                 continues: true,
+                upgrade_read: false,
             }),
             ..ev(EventKind::Data, 501)
         });
@@ -1088,6 +1144,95 @@ mod tests {
         assert_eq!(r.jiffies_at_close, Some(sample));
     }
 
+    /// A client that read the 101 and, in the same read, the server's close
+    /// 1001 (unmasked: from the server), then the server's FIN.
+    #[test]
+    fn client_side_frames_follow_the_101_head_in_the_same_read() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        m.on_event(Event {
+            client_side: true,
+            ..upgrade(0)
+        });
+        let mut read = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n".to_vec();
+        read.extend_from_slice(&[0x88, 0x04, 0x03, 0xE9, b'o', b'k']);
+        m.on_event(Event {
+            data: Some(Data {
+                upgrade_read: true,
+                ..data(Direction::Received, &read, 5).data.expect("data")
+            }),
+            ..ev(EventKind::Data, 5)
+        });
+        // Its answer: masked, as a client's frames are.
+        m.on_event(data(
+            Direction::Sent,
+            &[0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xE9 ^ 2],
+            6,
+        ));
+        assert!(m.on_event(state(ESTABLISHED, CLOSE_WAIT, 20)).is_empty());
+        let r = one(m.on_event(close(CLOSE_WAIT, LAST_ACK, 100, 30)));
+        assert_eq!(r.side, Side::Client);
+        assert_eq!(r.closed_by, ClosedBy::Peer);
+        assert_eq!(r.close_frames.len(), 2, "{:?}", r.close_frames);
+        assert_eq!(r.close_frames[0].0, Direction::Received);
+        assert_eq!(&r.close_frames[0].1[..4], &[0x88, 0x04, 0x03, 0xE9]);
+        assert_eq!(r.close_frames[1].0, Direction::Sent);
+    }
+
+    /// The server's FIN arrived before the client's read of the 101
+    /// returned (so before the socket was followed): the first transition
+    /// seen leaves CLOSE_WAIT, which only a peer's FIN enters.
+    #[test]
+    fn a_peer_fin_before_the_socket_was_followed_is_still_the_peers() {
+        for probe in [ProbeSet::Tracepoint, ProbeSet::Fentry] {
+            let mut m = Matcher::new(probe);
+            m.on_event(Event {
+                client_side: true,
+                ..upgrade(10)
+            });
+            let reports = match probe {
+                ProbeSet::Tracepoint => m.on_event(close(CLOSE_WAIT, LAST_ACK, 100, 30)),
+                _ => {
+                    assert!(m.on_event(close(CLOSE_WAIT, 0, 100, 30)).is_empty());
+                    m.on_event(state(CLOSE_WAIT, LAST_ACK, 31))
+                }
+            };
+            let r = one(reports);
+            assert_eq!(
+                (r.closed_by, r.how),
+                (ClosedBy::Peer, How::Fin),
+                "{probe:?}"
+            );
+            assert_eq!(r.close_ts_ns, 10, "no later than the upgrade");
+            assert_eq!(r.closer.expect("closer").pid, 100);
+        }
+    }
+
+    #[test]
+    fn a_101_read_without_frames_after_its_head_adds_none() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        m.on_event(Event {
+            client_side: true,
+            ..upgrade(0)
+        });
+        m.on_event(Event {
+            data: Some(Data {
+                upgrade_read: true,
+                ..data(
+                    Direction::Received,
+                    b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+                    5,
+                )
+                .data
+                .expect("data")
+            }),
+            ..ev(EventKind::Data, 5)
+        });
+        assert!(m.on_event(state(ESTABLISHED, CLOSE_WAIT, 20)).is_empty());
+        let r = one(m.on_event(close(CLOSE_WAIT, LAST_ACK, 100, 30)));
+        assert!(r.close_frames.is_empty(), "{:?}", r.close_frames);
+        assert_eq!(r.side, Side::Client);
+    }
+
     #[test]
     fn heads_of_sockets_that_never_upgrade_are_bounded() {
         let mut m = Matcher::new(ProbeSet::Tracepoint);
@@ -1099,6 +1244,41 @@ mod tests {
         }
         assert_eq!(m.heads.len(), MAX_HEADS);
         assert!(!m.heads.contains_key(&0), "the oldest went first");
+        assert!(m.heads.contains_key(&10), "and only the 10 oldest");
+        assert!(m.head_order.len() <= 2 * MAX_HEADS);
+    }
+
+    #[test]
+    fn head_order_stays_bounded_when_heads_upgrade_or_are_replaced() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        // Many rounds of heads whose sockets upgrade (the head leaves by
+        // another door): the order list must not grow with them.
+        for sk in 0..(5 * MAX_HEADS as u64) {
+            m.on_event(Event {
+                sk,
+                ..data(
+                    Direction::Received,
+                    b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+                    sk,
+                )
+            });
+            m.on_event(Event { sk, ..upgrade(sk) });
+        }
+        assert!(m.heads.is_empty(), "{}", m.heads.len());
+        assert!(
+            m.head_order.len() <= 2 * MAX_HEADS + 1,
+            "{}",
+            m.head_order.len()
+        );
+        // Then the oldest still goes first.
+        for sk in 0..(MAX_HEADS as u64 + 1) {
+            m.on_event(Event {
+                sk: 1_000_000 + sk,
+                ..data(Direction::Received, b"GET / HTTP/1.1\r\n", sk)
+            });
+        }
+        assert_eq!(m.heads.len(), MAX_HEADS);
+        assert!(!m.heads.contains_key(&1_000_000));
     }
 
     #[test]

@@ -34,14 +34,28 @@ pub enum Load {
     Unrelated,
     /// Echo on the traced port.
     Traced,
+    /// wstrace with no --port (every port, the default), and plain TCP
+    /// echo traffic (no HTTP): what most of a host's traffic is to it.
+    UnrelatedAllPorts,
 }
 
 impl Load {
     fn port(self) -> u16 {
         match self {
-            Load::Unrelated => OTHER_PORT,
+            Load::Unrelated | Load::UnrelatedAllPorts => OTHER_PORT,
             Load::Traced => TRACED_PORT,
         }
+    }
+
+    /// The port wstrace is given: `None` for every port.
+    fn wstrace_port(self) -> Option<u16> {
+        (self != Load::UnrelatedAllPorts).then_some(TRACED_PORT)
+    }
+
+    /// Loads whose programs should reject the traffic at close to the
+    /// near-empty program's cost.
+    fn is_unrelated(self) -> bool {
+        self != Load::Traced
     }
 
     fn title(self) -> String {
@@ -50,6 +64,9 @@ impl Load {
                 "echo load on port {OTHER_PORT}, which wstrace does not trace (it traces {TRACED_PORT})"
             ),
             Load::Traced => format!("echo load on the traced port {TRACED_PORT}"),
+            Load::UnrelatedAllPorts => format!(
+                "plain TCP echo (no HTTP) on port {OTHER_PORT}, wstrace without --port (every port traced: the default)"
+            ),
         }
     }
 }
@@ -250,7 +267,7 @@ pub fn run(bins: &Bins, args: &BenchArgs) -> Result<KernelCost> {
     startups(bins, args, &mut out).context("start-up times")?;
     idle_memory(bins, args, &mut out).context("idle memory")?;
     let _stats = StatsOn::new()?;
-    for load in [Load::Unrelated, Load::Traced] {
+    for load in [Load::Unrelated, Load::Traced, Load::UnrelatedAllPorts] {
         let mut rounds = Vec::new();
         for round in 1..=args.rounds {
             let r = one_round(bins, args, load, &mut out.probe_set)
@@ -280,9 +297,16 @@ fn one_round(
     load: Load,
     probe_set: &mut String,
 ) -> Result<CostRound> {
-    let srv = server(bins, "echo", load.port(), None)?;
+    let mode = if load == Load::UnrelatedAllPorts {
+        "tcp-echo"
+    } else {
+        "echo"
+    };
+    let srv = server(bins, mode, load.port(), None)?;
     let pid_of = |p: &Option<Proc>| p.as_ref().map(|p| p.child.id()).unwrap_or(0);
-    let mut wstrace = start_tracer(bins, args, Tracer::Wstrace, TRACED_PORT, 0, None, probe_set)?;
+    // Port 0: no --port, every port.
+    let ws_port = load.wstrace_port().unwrap_or(0);
+    let mut wstrace = start_tracer(bins, args, Tracer::Wstrace, ws_port, 0, None, probe_set)?;
     let mut equivalent = start_tracer(
         bins,
         args,
@@ -342,7 +366,8 @@ fn one_round(
         .collect();
     let empty_hooks = hooks_in_script_order(&empty_progs, &script_hooks(&script));
 
-    let load_out = process::output(Command::new(&bins.load).args([
+    let mut load_cmd = Command::new(&bins.load);
+    load_cmd.args([
         "--threads",
         "1",
         "steady",
@@ -350,7 +375,11 @@ fn one_round(
         &load.port().to_string(),
         "--secs",
         &args.secs.to_string(),
-    ]))?;
+    ]);
+    if load == Load::UnrelatedAllPorts {
+        load_cmd.arg("--raw");
+    }
+    let load_out = process::output(&mut load_cmd)?;
     let after = prog_stats()?;
 
     for p in [&mut wstrace, &mut equivalent].into_iter().flatten() {
@@ -634,7 +663,7 @@ pub fn render(k: &KernelCost) -> String {
         md.push_str(
             "| hook | wstrace program | runs per echo | wstrace ns/run | bpftrace script ns/run | near-empty ns/run | wstrace ÷ near-empty |",
         );
-        if *load == Load::Unrelated {
+        if load.is_unrelated() {
             md.push_str(&format!(
                 " goal (≤ {UNRELATED_GOAL_VS_EMPTY}× near-empty) |\n|-|-|-:|-:|-:|-:|-:|-|\n"
             ));
@@ -675,7 +704,7 @@ pub fn render(k: &KernelCost) -> String {
                 ns(eq),
                 ns(floor),
             );
-            if *load == Load::Unrelated {
+            if load.is_unrelated() {
                 let goal = match (ratio, per_echo) {
                     // A hook the load does not hit has no cost to judge.
                     (_, Some(p)) if p < 0.001 => "rare (< 1 run per 1000 echoes)".to_string(),
@@ -731,7 +760,7 @@ pub fn render(k: &KernelCost) -> String {
             md.push(')');
         }
         md.push_str(&format!(". Recursion misses (wstrace programs): {misses}."));
-        if *load == Load::Unrelated && all > 0 {
+        if load.is_unrelated() && all > 0 {
             md.push_str(&format!(
                 " Hooks the load hits within the goal: {met} of {all}."
             ));
@@ -749,6 +778,7 @@ const WHY_MISSED: &str = "
 ### Where the goals are missed, and why
 
 - **Writes (`sys_enter_write`, `sys_enter_sendto`) on unrelated traffic.** Every write on the machine (files too) needs one 8-byte copy from user memory to tell a 101 from anything else; the near-empty program reads nothing. The bpftrace script pays the same copy and sits at the same order of cost. Gating writes by the set of server processes first would make them cheap, but would miss servers that fork per connection or receive sockets by fd passing, so it is not done.
+- **Reads with every port traced (no `--port`).** Every process that accepts a connection is then a server: each of its reads walks fd to socket and looks up the socket's class (one hash lookup); a socket whose first read was not HTTP stops there (no pending-read entry, no copy). With `--port`, a process that serves no traced port stops at the server gate.
 - **Reads (`sys_enter_read`, `sys_enter_recvfrom`).** The server gate (a direct-mapped array, then a hash lookup on a slot collision) runs before anything else; what remains above the floor is the tracepoint argument loads and that lookup.
 - **`inet_sock_set_state_closer`.** A raw tracepoint (a classic one is skipped when its softirq interrupts another tracing program, and a timeout's close was then lost), so the socket's local port is one kernel read before the upgraded-socket lookup; it runs per connection state change, not per message.
 - **Traced port.** On a traced server's sockets every read records where its bytes go (fd to socket walk, a pending-read entry) so the peer's close frames and the request head are seen; the bpftrace script traces no reads at all.
