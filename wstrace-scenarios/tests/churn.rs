@@ -113,11 +113,12 @@ fn count_lines(path: &Path) -> usize {
 }
 
 /// Issue 29's acceptance test. Ignored until it passes: on the 2-CPU
-/// development host, shared with other builds (load ~10), the flood reaches
-/// 17-24k/s and the daemon (~30 us of CPU per report) falls behind, so
-/// events are lost (measured: 100,528 and 181,481 reports for 162,183 and
-/// 189,137 connections; the victim's report, with its own copy and named
-/// frames, arrived in the runs where its event was not among those lost).
+/// development host, shared with other builds (load 5-10), this test's
+/// client reaches 17-24k/s and the daemon (~30 us of CPU per report) falls
+/// behind, so events are lost (measured: 100,528 of 162,183, 181,481 of
+/// 189,137 and 167,016 of 190,744 reported; the victim's report, with its
+/// own copy and named frames, arrived in the runs where its event was not
+/// among those lost).
 /// Run it with `cargo test --release -p wstrace-scenarios --test churn --
 /// --ignored`.
 #[test]
