@@ -1091,8 +1091,9 @@ fn render(r: &Results) -> String {
              Shared placement is the worst case: the load alone saturates both CPUs, so every cycle the daemon spends \
              on a report is taken from it. Pinned placement leaves the daemon a CPU of its own, so the ratio is what the \
              probes cost the traced processes themselves (the daemon's CPU is in section 4). \
-             `wstrace` runs with its defaults, so every close also carries a 16 KiB copy of the closing thread's stack \
-             for dwarf unwinding; `wstrace --user-stack fp` is the same without that copy.\n"
+             `wstrace` runs with its defaults, so closes carry a 16 KiB copy of the closing thread's stack for dwarf \
+             unwinding, 8 a second per call site (the rest name the site's last copy); `wstrace --user-stack fp` is the \
+             same without any copy.\n"
         ),
     );
     push(
@@ -1231,8 +1232,9 @@ fn render(r: &Results) -> String {
         &mut md,
         "\n## 4. The daemon's own cost\n\nwait4 rusage of the wstrace process over the whole run (attach, load, detach); \
          CPU % is of one core over its wall time. Peak RSS counts the ring buffer twice (the kernel maps its pages \
-         twice so records can wrap): 8 MiB for the 4 MiB ring, 32 MiB for the 16 MiB ring used with stack copies; \
-         with stack copies a daemon that falls behind also holds up to 64 MiB of copied records rather than losing them.\n"
+         twice so records can wrap): 8 MiB for the 4 MiB ring, 16 MiB for the 8 MiB events ring and 4 MiB for the \
+         2 MiB stack-copy ring used with stack copies; a daemon that falls behind also holds up to 16 MiB of copied \
+         records rather than losing them.\n"
             .into(),
     );
     push(
