@@ -864,7 +864,7 @@ impl UserSymbols {
             match result {
                 Lookup::Found(frame) => {
                     let module = module_for(maps, lookup).or(frame.module.as_deref());
-                    let kind = if is_jit(maps, lookup, frame) {
+                    let kind = if is_jit(maps, lookup) {
                         FrameKind::Jit
                     } else {
                         FrameKind::Native
@@ -1267,11 +1267,11 @@ pub fn user_frames(
 /// the JVM's agents, CPython 3.12's `-X perf`) names an address in
 /// anonymous memory; an ELF symbol always comes with its file and the
 /// address lies in that file's mapping.
-fn is_jit(maps: &[Mapping], lookup: u64, frame: &ResolvedFrame) -> bool {
-    frame.module.is_none()
-        && maps
-            .iter()
-            .any(|m| m.start <= lookup && lookup < m.end && m.path.is_none())
+fn is_jit(maps: &[Mapping], lookup: u64) -> bool {
+    // Anonymous executable memory has no file to name it: whatever named
+    // it (the runtime's perf map, read by `perf_map`) names generated code.
+    maps.iter()
+        .any(|m| m.start <= lookup && lookup < m.end && m.path.is_none())
 }
 
 /// Kernel functions that run the tracer's own program, not the code it
