@@ -264,11 +264,10 @@ fn victim_report_within(t: &Tracer, port: u16, seen: usize, within: Duration) ->
                 took <= within,
                 "the victim's report took {took:?} (> {within:?}): {r}"
             );
-            let named = r["user_stack"].as_array().is_some_and(|a| {
-                a.iter()
-                    .filter_map(|f| f.as_str())
-                    .any(|f| !f.starts_with("[unknown]"))
-            });
+            // Frames are objects; an unknown one has a null function.
+            let named = r["user_stack"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|f| f["function"].is_string()));
             assert!(named, "the victim's user stack has no named frame: {r}");
             return r;
         }
