@@ -302,3 +302,70 @@ fn client_side_websockets_client_sees_the_servers_going_away() {
     );
     assert_eq!(s["diagnosis"]["code"], "server_close_frame", "{s:#}");
 }
+
+/// A `websockets` server killed (SIGKILL, by itself) as soon as a client
+/// has upgraded: the kernel closes its sockets with no close frame.
+const KILLED_SERVER: &str = r#"
+import asyncio, os, signal, websockets
+async def handler(ws):
+    os.kill(os.getpid(), signal.SIGKILL)
+async def main():
+    async with websockets.serve(handler, "127.0.0.1", 0) as server:
+        print("READY", server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Future()
+asyncio.run(main())
+"#;
+
+/// The server died under its client (killed, no close frame, the kernel's
+/// FIN): the client side's report says so in the client's words and tells
+/// it to reconnect with backoff and look at the server.
+#[test]
+fn client_side_server_killed_without_a_close_frame_is_said_for_the_client() {
+    if !require_root() {
+        return;
+    }
+    let Some(python) = common::require_venv_python() else {
+        return;
+    };
+    let (_server, port) = common::spawn_ready(Command::new(&python).args(["-c", KILLED_SERVER]));
+    let t = common::Tracer::start_all_ports(&[]);
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            WAITING_CLIENT.replace("e.rcvd.code", "e.rcvd").as_str(),
+            &port.to_string(),
+        ])
+        .output()
+        .expect("the websockets client");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.trim().starts_with("CLOSED ") && said.trim().ends_with(" None"),
+        "the client should see the connection drop without a close frame: {said:?}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let remote_port = |r: &serde_json::Value| -> Option<u16> {
+        r["remote"].as_str()?.rsplit_once(':')?.1.parse().ok()
+    };
+    let start = std::time::Instant::now();
+    let mut client = None;
+    while start.elapsed() < std::time::Duration::from_secs(15) && client.is_none() {
+        client = t
+            .reports()
+            .into_iter()
+            .find(|r| remote_port(r) == Some(port) && r["side"] == "client");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let c = client.unwrap_or_else(|| panic!("no client-side report:\n{}", t.stderr_text()));
+    assert_eq!(c["closed_by"], "peer", "{c:#}");
+    assert_eq!(
+        c["diagnosis"]["code"], "server_closed_without_close_frame",
+        "{c:#}"
+    );
+    let msg = c["diagnosis"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.starts_with("the server (") && msg.contains("without a WebSocket close frame"),
+        "{c:#}"
+    );
+    let fix = c["diagnosis"]["fix"].as_str().unwrap_or_default();
+    assert!(fix.starts_with("reconnect with backoff"), "{c:#}");
+}

@@ -2,9 +2,31 @@
 //! it ended explains the close better than anything about the connection,
 //! so these come first (what else was found stays as a secondary finding).
 use super::{Facts, closer_name};
+use crate::model::Side;
 use crate::model::{Killer, ProcessEnd, is_crash_signal, signal_name};
 
 type Found = Option<(String, Option<String>)>;
+
+/// "its 101" for a server (it wrote it), "the 101" for a client (it read it).
+fn the_101(f: &Facts) -> &'static str {
+    match f.side {
+        Side::Server => "its 101",
+        Side::Client => "the 101",
+    }
+}
+
+/// Who a clean close before exiting helps: a server's clients reconnect at
+/// once; a client's server frees the connection at once.
+fn close_frames_help(f: &Facts) -> &'static str {
+    match f.side {
+        Side::Server => {
+            "send close frames (1001 going away) before exiting so clients reconnect at once"
+        }
+        Side::Client => {
+            "send a close frame (1000 or 1001) before exiting so the server frees the connection at once"
+        }
+    }
+}
 
 fn signal_text(signal: u32, core_dumped: bool) -> String {
     let core = if core_dumped { " (core dumped)" } else { "" };
@@ -34,10 +56,11 @@ pub fn process_crashed(f: &Facts) -> Found {
         _ => String::new(),
     };
     let message = format!(
-        "{} crashed with {}{from} {:.1} ms after its 101; the kernel closed its connections when the process died",
+        "{} crashed with {}{from} {:.1} ms after {}; the kernel closed its connections when the process died",
         closer_name(f),
         signal_text(signal, core),
-        f.ms_after_upgrade
+        f.ms_after_upgrade,
+        the_101(f)
     );
     let fix = if core {
         "debug the crash: the core dump (`coredumpctl` or the `core_pattern` path) shows where it faulted"
@@ -61,7 +84,7 @@ pub fn process_killed(f: &Facts) -> Found {
         ),
         Some(Killer::Process { pid, comm }) => (
             format!(" by {sig} from {comm} (pid {pid})"),
-            format!("find why {comm} (pid {pid}) stopped it (a supervisor, deploy or health check); to let clients reconnect cleanly, handle SIGTERM by sending close frames (1001) before exiting"),
+            format!("find why {comm} (pid {pid}) stopped it (a supervisor, deploy or health check); handle SIGTERM: {}", close_frames_help(f)),
         ),
         Some(Killer::Itself) => (
             format!(" by {sig} it sent itself"),
@@ -73,13 +96,14 @@ pub fn process_killed(f: &Facts) -> Found {
         ),
         None => (
             format!(" by {sig} (sender not seen)"),
-            "find what stopped it (a supervisor, deploy, `kill`); to let clients reconnect cleanly, handle SIGTERM by sending close frames (1001) before exiting".to_string(),
+            format!("find what stopped it (a supervisor, deploy, `kill`); handle SIGTERM: {}", close_frames_help(f)),
         ),
     };
     let message = format!(
-        "{} was killed{by} {:.1} ms after its 101; the kernel closed its connections when the process died",
+        "{} was killed{by} {:.1} ms after {}; the kernel closed its connections when the process died",
         closer_name(f),
-        f.ms_after_upgrade
+        f.ms_after_upgrade,
+        the_101(f)
     );
     Some((message, Some(fix)))
 }
@@ -102,16 +126,23 @@ pub fn process_exited(f: &Facts) -> Found {
         None => String::new(),
     };
     let message = format!(
-        "{} exited (status {status}){after} {:.1} ms after its 101 without closing the connection; the kernel closed it at exit",
+        "{} exited (status {status}){after} {:.1} ms after {} without closing the connection; the kernel closed it at exit",
         closer_name(f),
-        f.ms_after_upgrade
+        f.ms_after_upgrade,
+        the_101(f)
     );
     let fix = if *status == 0 || after_signal.is_some() {
-        "a restart or deploy ended the process: send close frames (1001 going away) before exiting so clients reconnect at once"
+        format!(
+            "a restart or deploy ended the process: {}",
+            close_frames_help(f)
+        )
     } else {
-        "the process exited with an error status: its log at this time says why; send close frames (1001) before exiting so clients reconnect at once"
+        format!(
+            "the process exited with an error status: its log at this time says why; {}",
+            close_frames_help(f)
+        )
     };
-    Some((message, Some(fix.into())))
+    Some((message, Some(fix)))
 }
 
 #[cfg(test)]
@@ -258,5 +289,54 @@ mod tests {
             })
         };
         assert_eq!(diagnose(&f).code, "process_exited");
+    }
+
+    /// A client process that ended: the same codes, with "the 101" it read
+    /// and a fix that helps its server, not "clients".
+    #[test]
+    fn a_client_process_ending_is_said_for_the_client() {
+        let client = |end| Facts {
+            side: crate::model::Side::Client,
+            request: None,
+            closer: Some((5150, "python3".into())),
+            ..ended(end)
+        };
+        let d = diagnose(&client(ProcessEnd::Exited {
+            status: 0,
+            after_signal: None,
+        }));
+        assert_eq!(d.code, "process_exited");
+        assert!(
+            d.message.contains("ms after the 101 without closing"),
+            "{}",
+            d.message
+        );
+        let fix = d.fix.expect("fix");
+        assert!(
+            fix.contains("so the server frees the connection") && !fix.contains("clients"),
+            "{fix}"
+        );
+        let d = diagnose(&client(ProcessEnd::Signaled {
+            signal: 15,
+            core_dumped: false,
+            killer: None,
+        }));
+        assert_eq!(d.code, "process_killed");
+        assert!(d.message.contains("ms after the 101;"), "{}", d.message);
+        assert!(
+            d.fix
+                .expect("fix")
+                .contains("so the server frees the connection")
+        );
+        // The same ending on a server keeps the server's words.
+        let d = diagnose(&Facts {
+            side: crate::model::Side::Server,
+            ..client(ProcessEnd::Exited {
+                status: 0,
+                after_signal: None,
+            })
+        });
+        assert!(d.message.contains("after its 101"), "{}", d.message);
+        assert!(d.fix.expect("fix").contains("so clients reconnect at once"));
     }
 }

@@ -4,12 +4,16 @@
 //! servers, keepalive timeouts in Python's `websockets`), and invisible in
 //! the bytes and FINs alone.
 //!
-//! Two codes, one per side, so a dashboard can tell "clients went away"
-//! from "the server stalled" without reading a field:
-//! - `heartbeat_timeout`: the local end (the server) pinged, the client
-//!   stopped answering, the server closed;
-//! - `peer_heartbeat_timeout`: the client pinged, the server stopped
-//!   answering, the client closed.
+//! Two codes, by which end gave up, so a dashboard can tell "our peers went
+//! away" from "we stalled" without reading a field:
+//! - `heartbeat_timeout`: the local end pinged, the peer stopped answering,
+//!   the local end closed. On a server: the client went away; on the
+//!   client side (`side: client`): our pings went unanswered, the server
+//!   (or the path to it) stopped answering;
+//! - `peer_heartbeat_timeout`: the peer pinged, the local end stopped
+//!   answering, the peer closed. On a server: the server stalled and the
+//!   client gave up; on the client side: the server gave up on our
+//!   missing pongs, this client stalled.
 //!
 //! A close frame sent by the end that gave up does not change the verdict:
 //! libraries that send one (`websockets`: 1011 "keepalive ping timeout")
@@ -17,7 +21,7 @@
 //! the exception in the server's log) would send the reader the wrong way.
 //! A close frame from the silent end does: it was alive enough to say why.
 use super::{Facts, closer_name, peer_name};
-use crate::model::{ClosedBy, Direction, Pings};
+use crate::model::{ClosedBy, Direction, Pings, Side};
 use crate::protocol::wsframe::close_code_meaning;
 
 type Found = Option<(String, Option<String>)>;
@@ -71,7 +75,7 @@ fn missed(p: &Pings, close_ts_ns: u64, gave_up: bool) -> Option<(u32, f64)> {
         .then_some((p.unanswered, waited_ms))
 }
 
-fn pings(n: u32) -> String {
+pub(super) fn pings(n: u32) -> String {
     if n == 1 {
         "1 ping".into()
     } else {
@@ -106,6 +110,13 @@ fn history(p: &Pings) -> String {
     }
 }
 
+/// The local end's pings still unanswered when the peer closed (count, and
+/// how long the oldest waited in ms), by the same measure as a timeout:
+/// the peer had stopped answering before it hung up.
+pub(super) fn unanswered_at_close(f: &Facts) -> Option<(u32, f64)> {
+    missed(&f.heartbeat.local, f.close_ts_ns, false)
+}
+
 pub fn heartbeat_timeout(f: &Facts) -> Found {
     if f.closed_by != ClosedBy::Local
         || f.close_frames
@@ -116,6 +127,25 @@ pub fn heartbeat_timeout(f: &Facts) -> Found {
     }
     let p = &f.heartbeat.local;
     let (n, waited) = missed(p, f.close_ts_ns, gave_up_on_heartbeat(f, Direction::Sent))?;
+    if f.side == Side::Client {
+        let message = format!(
+            "this client ({}) sent {} that the server ({}) never answered ({}; the oldest waited {:.0} ms), \
+             then closed the connection{}: our pings went unanswered, the server stopped answering \
+             (a stalled or overloaded server, or a network or proxy between that drops pongs or the connection)",
+            closer_name(f),
+            pings(n),
+            peer_name(f),
+            history(p),
+            waited,
+            with_frame(f, Direction::Sent),
+        );
+        let fix = "this client's heartbeat did its job: reconnect with backoff. Then look at the server at \
+                   this time (a blocked event loop, CPU starvation, GC pauses, a hung process) and at the path: \
+                   every proxy and load balancer between must pass WebSocket pings and pongs; if the server is \
+                   only slow, allow a longer ping timeout"
+            .to_string();
+        return Some((message, Some(fix)));
+    }
     let message = format!(
         "{} sent {} that the client ({}) never answered ({}; the oldest waited {:.0} ms), \
          then closed the connection{}: the client stopped answering pings \
@@ -145,6 +175,26 @@ pub fn peer_heartbeat_timeout(f: &Facts) -> Found {
         f.close_ts_ns,
         gave_up_on_heartbeat(f, Direction::Received),
     )?;
+    if f.side == Side::Client {
+        let message = format!(
+            "the server ({}) sent {} that this client ({}) never answered ({}; the oldest waited {:.0} ms), \
+             then closed the connection{}: the server gave up on our missing pongs",
+            peer_name(f),
+            pings(n),
+            closer_name(f),
+            history(p),
+            waited,
+            with_frame(f, Direction::Received),
+        );
+        let fix = format!(
+            "client libraries answer pings from their event loop or reader: look for what stalled {} \
+             at this time (long synchronous work in a message handler, a blocked event loop, nobody \
+             reading the socket, GC pauses, a suspended host), check that proxies between pass pongs, \
+             then reconnect with backoff",
+            closer_name(f)
+        );
+        return Some((message, Some(fix)));
+    }
     let message = format!(
         "the client ({}) sent {} that {} never answered ({}; the oldest waited {:.0} ms), \
          then closed the connection{}: the server stopped answering pings",
@@ -418,5 +468,172 @@ mod tests {
             ..f
         };
         assert_ne!(diagnose(&f).code, "peer_heartbeat_timeout");
+    }
+
+    /// The local socket read the 101: a Python client (`websockets`) whose
+    /// server is nginx-fronted, as the client-side report sees it.
+    fn client(f: Facts) -> Facts {
+        Facts {
+            side: Side::Client,
+            request: None,
+            closer: Some((5150, "python3".into())),
+            peer: Some((77, "node".into())),
+            peer_exe: None,
+            ..f
+        }
+    }
+
+    /// Each heartbeat rule on each side: the same facts give the same code
+    /// (which end gave up), in that side's words.
+    #[test]
+    fn each_heartbeat_rule_on_each_side() {
+        // The local end pinged, nothing came back, it closed.
+        let ours = local(pinged(5, 2), 550);
+        let server = diagnose(&ours);
+        assert_eq!(server.code, "heartbeat_timeout");
+        assert!(
+            server.message.contains("the client (nginx (pid 77)"),
+            "{}",
+            server.message
+        );
+        assert!(
+            server
+                .message
+                .contains("the client stopped answering pings"),
+            "{}",
+            server.message
+        );
+        let d = diagnose(&client(ours));
+        assert_eq!(d.code, "heartbeat_timeout");
+        assert!(
+            d.message.starts_with(
+                "this client (python3 (pid 5150)) sent 3 pings that the server (node (pid 77) at 127.0.0.1:50412) never answered (after 2 pongs earlier; the oldest waited 250 ms)"
+            ),
+            "{}",
+            d.message
+        );
+        assert!(
+            d.message
+                .contains("our pings went unanswered, the server stopped answering"),
+            "{}",
+            d.message
+        );
+        assert!(!d.message.contains("the client stopped"), "{}", d.message);
+        let fix = d.fix.expect("fix");
+        assert!(
+            fix.contains("reconnect with backoff") && fix.contains("look at the server"),
+            "{fix}"
+        );
+
+        // The peer pinged, the local end never answered, the peer closed.
+        let theirs = Facts {
+            closed_by: ClosedBy::Peer,
+            heartbeat: Heartbeat {
+                peer: pinged(4, 1),
+                ..Heartbeat::default()
+            },
+            close_ts_ns: 500 * MS,
+            ..facts()
+        };
+        let server = diagnose(&theirs);
+        assert_eq!(server.code, "peer_heartbeat_timeout");
+        assert!(
+            server
+                .message
+                .contains("the server stopped answering pings"),
+            "{}",
+            server.message
+        );
+        let d = diagnose(&client(theirs));
+        assert_eq!(d.code, "peer_heartbeat_timeout");
+        assert!(
+            d.message.starts_with(
+                "the server (node (pid 77) at 127.0.0.1:50412) sent 3 pings that this client (python3 (pid 5150)) never answered"
+            ),
+            "{}",
+            d.message
+        );
+        assert!(
+            d.message
+                .ends_with("the server gave up on our missing pongs"),
+            "{}",
+            d.message
+        );
+        let fix = d.fix.expect("fix");
+        assert!(
+            fix.contains("what stalled python3 (pid 5150)")
+                && fix.contains("reconnect with backoff"),
+            "{fix}"
+        );
+    }
+
+    /// The server's 1011 "keepalive ping timeout" to a client that stopped
+    /// answering is the server giving up on our pongs, not a server error.
+    #[test]
+    fn a_client_told_keepalive_timeout_by_the_server_is_the_peer_timeout() {
+        let f = client(Facts {
+            closed_by: ClosedBy::Peer,
+            heartbeat: Heartbeat {
+                peer: pinged(1, 0),
+                ..Heartbeat::default()
+            },
+            close_frames: vec![(
+                Direction::Received,
+                CloseFrame {
+                    code: Some(1011),
+                    reason: "keepalive ping timeout".into(),
+                },
+            )],
+            close_ts_ns: 300 * MS,
+            ..facts()
+        });
+        let d = diagnose(&f);
+        assert_eq!(d.code, "peer_heartbeat_timeout");
+        assert!(
+            d.message.contains("with a close frame 1011"),
+            "{}",
+            d.message
+        );
+        // Our own pings unanswered and we closed with the library's 1011:
+        // the local rule, in the client's words.
+        let f = client(Facts {
+            close_frames: vec![(
+                Direction::Sent,
+                CloseFrame {
+                    code: Some(1011),
+                    reason: "keepalive ping timeout".into(),
+                },
+            )],
+            ..local(pinged(1, 0), 300)
+        });
+        let d = diagnose(&f);
+        assert_eq!(d.code, "heartbeat_timeout");
+        assert!(
+            d.message
+                .starts_with("this client (python3 (pid 5150)) sent 1 ping"),
+            "{}",
+            d.message
+        );
+    }
+
+    /// A client whose pings were answered, or who never pinged, closing or
+    /// being closed is not a heartbeat timeout on either side.
+    #[test]
+    fn answered_pings_are_no_timeout_on_the_client_side_either() {
+        for closed_by in [ClosedBy::Local, ClosedBy::Peer] {
+            let f = client(Facts {
+                closed_by,
+                ..local(pinged(5, 5), 600)
+            });
+            let code = diagnose(&f).code;
+            assert!(!code.contains("heartbeat"), "{closed_by:?}: {code}");
+            let f = client(Facts {
+                closed_by,
+                close_ts_ns: 600 * MS,
+                ..facts()
+            });
+            let code = diagnose(&f).code;
+            assert!(!code.contains("heartbeat"), "{closed_by:?}: {code}");
+        }
     }
 }

@@ -67,7 +67,15 @@ impl Facts {
     pub fn of(e: &Enriched<'_>) -> Self {
         let r = e.report;
         Facts {
-            request: e.request.clone(),
+            // The daemon keeps the bytes a socket *read* before its 101 as
+            // the request head. A client reads nothing before the 101 (it
+            // wrote the request, and writes are not kept as a head), so
+            // whatever sits there on the client side is not its request:
+            // the request rules get nothing rather than the wrong thing.
+            request: match r.side {
+                Side::Server => e.request.clone(),
+                Side::Client => None,
+            },
             closed_by: r.closed_by,
             how: r.how,
             closer: r.closer.as_ref().map(|c| (c.pid, c.comm.clone())),
@@ -122,12 +130,8 @@ const ENDING_RULES: &[Rule] = &[
 ];
 
 const RULES: &[Rule] = &[
-    ("heartbeat_timeout", |f| {
-        server_side_only(f, heartbeat::heartbeat_timeout)
-    }),
-    ("peer_heartbeat_timeout", |f| {
-        server_side_only(f, heartbeat::peer_heartbeat_timeout)
-    }),
+    ("heartbeat_timeout", heartbeat::heartbeat_timeout),
+    ("peer_heartbeat_timeout", heartbeat::peer_heartbeat_timeout),
     ("server_close_frame", |f| close_frame_rule(f, Side::Server)),
     ("client_close_frame", |f| close_frame_rule(f, Side::Client)),
     ("abort_rst", abort_rst),
@@ -138,6 +142,10 @@ const RULES: &[Rule] = &[
         server_side_only(f, connection_missing_upgrade)
     }),
     ("idle_timeout", idle_timeout),
+    (
+        "server_closed_without_close_frame",
+        server_closed_without_close_frame,
+    ),
     ("peer_closed_first", peer_closed_first),
 ];
 
@@ -202,7 +210,10 @@ fn who(p: &Option<(u32, String)>) -> Option<String> {
 }
 
 fn closer_name(f: &Facts) -> String {
-    who(&f.closer).unwrap_or_else(|| "the local server".into())
+    who(&f.closer).unwrap_or_else(|| match f.side {
+        Side::Server => "the local server".into(),
+        Side::Client => "the local client".into(),
+    })
 }
 
 fn peer_name(f: &Facts) -> String {
@@ -213,8 +224,9 @@ fn peer_name(f: &Facts) -> String {
 }
 
 /// Rules whose facts and words are the server's (the request it read, the
-/// pings it sent): on the client side they would say the wrong thing, so
-/// they do not match there.
+/// 101 it wrote, the fix for what sent the request): on the client side
+/// there is no request head to reason about (see [`Facts::of`]) and the
+/// fixes would be for the wrong end, so they do not match there.
 fn server_side_only(f: &Facts, rule: RuleFn) -> Option<(String, Option<String>)> {
     if f.side == Side::Client {
         return None;
@@ -276,6 +288,9 @@ fn abort_rst(f: &Facts) -> Option<(String, Option<String>)> {
             format!("{} aborted the connection with an RST instead of a FIN", closer_name(f)),
             Some("an RST on close means SO_LINGER {1, 0} was set or unread data was left in the receive buffer: read what the peer sent before closing, or drop the zero linger".into()),
         ),
+        // A client's server resetting it is `server_closed_without_close_frame`
+        // (after the idle timeouts), in the client's words.
+        ClosedBy::Peer if f.side == Side::Client => return None,
         ClosedBy::Peer => (
             format!("the peer ({}) reset the connection", peer_name(f)),
             Some("look at the peer: a proxy or client that crashed, timed out or was killed resets its connections".into()),
@@ -386,8 +401,20 @@ fn idle_timeout(f: &Facts) -> Option<(String, Option<String>)> {
         "the connection had been idle for {:.1} s when {by} closed it{matches}",
         idle as f64 / 1000.0
     );
-    let fix = "send WebSocket pings more often than the idle timeout, or raise the timeout (nginx: `proxy_read_timeout 3600s;` in the location)".to_string();
-    Some((message, Some(fix)))
+    let fix = match (f.side, f.closed_by) {
+        (Side::Server, _) => {
+            "send WebSocket pings more often than the idle timeout, or raise the timeout (nginx: `proxy_read_timeout 3600s;` in the location)"
+        }
+        // The client's own read or idle timeout fired.
+        (Side::Client, ClosedBy::Local) => {
+            "this client's own idle or read timeout fired: raise it, or have the server (or this client) send WebSocket pings more often than it"
+        }
+        // The server, or a proxy or load balancer in front of it, timed the client out.
+        (Side::Client, _) => {
+            "the server or a proxy or load balancer in front of it closes idle connections: send WebSocket pings from this client more often than the timeout (client libraries have a ping interval setting), or have the server's operators raise the timeout; reconnect with backoff"
+        }
+    };
+    Some((message, Some(fix.to_string())))
 }
 
 fn peer_closed_first(f: &Facts) -> Option<(String, Option<String>)> {
@@ -406,14 +433,51 @@ fn peer_closed_first(f: &Facts) -> Option<(String, Option<String>)> {
     ))
 }
 
+/// The client side's server hung up without the closing handshake (FIN or
+/// RST, no close frame either way): it exited, crashed, was killed or
+/// restarted, a proxy in front dropped the connection, or its code closed
+/// the socket without one. From the client nothing tells these apart, so
+/// the message says what is known and the fix points at the server.
+fn server_closed_without_close_frame(f: &Facts) -> Option<(String, Option<String>)> {
+    if f.side != Side::Client || f.closed_by != ClosedBy::Peer || !f.close_frames.is_empty() {
+        return None;
+    }
+    let how = match f.how {
+        How::Rst => "reset the connection (RST)",
+        How::Fin => "closed the connection (FIN)",
+        How::Abort => "dropped the connection",
+    };
+    // Our pings were going unanswered when it closed: it had stopped
+    // answering before it hung up (stalled, then died or was dropped).
+    let pinging = match heartbeat::unanswered_at_close(f) {
+        Some((n, waited)) => format!(
+            ", while this client's last {} went unanswered (the oldest waited {waited:.0} ms): it had stopped answering before it closed",
+            heartbeat::pings(n)
+        ),
+        None => String::new(),
+    };
+    let message = format!(
+        "the server ({}) {how} without a WebSocket close frame {:.1} ms after the 101{pinging}: \
+         the server process exited, crashed or was killed, or a proxy or load balancer in front of it dropped the connection",
+        peer_name(f),
+        f.ms_after_upgrade
+    );
+    let fix = "reconnect with backoff (and jitter, so clients do not all return at once); then look at the server at this time: \
+               its log, restarts, crashes or OOM kills (`journalctl`, `kubectl get events`), and any proxy or load balancer in between. \
+               A server that shuts down on purpose should send close frames (1001 going away) first"
+        .to_string();
+    Some((message, Some(fix)))
+}
+
 fn unknown_message(f: &Facts) -> String {
-    let request = match &f.request {
-        Some(r) => format!(
+    let request = match (&f.request, f.side) {
+        (Some(r), _) => format!(
             "request {} with Connection: {}",
             r.version.as_str(),
             r.connection_tokens().join(", ")
         ),
-        None => "request head not seen".into(),
+        (None, Side::Server) => "request head not seen".into(),
+        (None, Side::Client) => "client side: the request it sent is not kept".into(),
     };
     let idle = f
         .idle_ms
@@ -511,21 +575,252 @@ pub(crate) mod tests {
         );
     }
 
-    /// The server's rules (its request, its pings) do not speak for a client.
+    /// The rules about the request the server read and the 101 it wrote do
+    /// not speak for a client, even if a request head were at hand: their
+    /// fixes are for whatever sent the request to a server.
     #[test]
-    fn client_side_skips_the_servers_request_and_heartbeat_rules() {
-        let f = Facts {
+    fn client_side_skips_the_servers_request_rules() {
+        for head in [
+            HTTP10,
+            "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive\r\n\r\n",
+        ] {
+            for closed_by in [ClosedBy::Local, ClosedBy::Peer] {
+                let f = Facts {
+                    side: Side::Client,
+                    request: req(head),
+                    closed_by,
+                    ..facts()
+                };
+                let d = diagnose(&f);
+                assert!(
+                    !FRONT_RULES.contains(&d.code),
+                    "{head:?} {closed_by:?}: {}",
+                    d.code
+                );
+                assert!(d.front.is_none(), "{head:?}: {:?}", d.front);
+                let f = Facts {
+                    side: Side::Server,
+                    ..f
+                };
+                if closed_by == ClosedBy::Local {
+                    assert!(FRONT_RULES.contains(&diagnose(&f).code), "{head:?}");
+                }
+            }
+        }
+    }
+
+    fn client_of_a_server() -> Facts {
+        Facts {
             side: Side::Client,
-            request: req(HTTP10),
+            request: None,
+            closed_by: ClosedBy::Peer,
+            closer: Some((5150, "python3".into())),
+            peer: None,
+            peer_exe: None,
+            remote: "10.0.0.7:443".into(),
+            ms_after_upgrade: 1234.5,
+            idle_ms: Some(200),
             ..facts()
-        };
-        assert_ne!(diagnose(&f).code, "http10_upgrade");
-        let f = Facts {
+        }
+    }
+
+    /// The server hung up without a close frame: FIN or RST, said for the
+    /// client, with a fix for the client (reconnect) and where to look.
+    #[test]
+    fn a_server_gone_without_a_close_frame_is_said_for_the_client() {
+        let f = client_of_a_server();
+        let d = diagnose(&f);
+        assert_eq!(d.code, "server_closed_without_close_frame");
+        assert!(
+            d.message.starts_with(
+                "the server (10.0.0.7:443) closed the connection (FIN) without a WebSocket close frame 1234.5 ms after the 101: the server process exited, crashed or was killed"
+            ),
+            "{}",
+            d.message
+        );
+        let fix = d.fix.expect("fix");
+        assert!(
+            fix.starts_with("reconnect with backoff") && fix.contains("look at the server"),
+            "{fix}"
+        );
+        let d = diagnose(&Facts {
+            how: How::Rst,
+            ..f.clone()
+        });
+        assert_eq!(d.code, "server_closed_without_close_frame");
+        assert!(
+            d.message
+                .contains("reset the connection (RST) without a WebSocket close frame"),
+            "{}",
+            d.message
+        );
+        // The same facts on a server: the server-side rules, unchanged.
+        let server = Facts {
             side: Side::Server,
-            request: req(HTTP10),
-            ..facts()
+            ..f.clone()
         };
-        assert_eq!(diagnose(&f).code, "http10_upgrade");
+        assert_eq!(diagnose(&server).code, "peer_closed_first");
+        let d = diagnose(&Facts {
+            how: How::Rst,
+            ..server
+        });
+        assert_eq!(d.code, "abort_rst");
+        assert!(
+            d.message.starts_with("the peer (10.0.0.7:443) reset"),
+            "{}",
+            d.message
+        );
+    }
+
+    /// Our pings went unanswered and then the server closed: it had stopped
+    /// answering first (one ping under a second, the peer hanging up, is
+    /// not yet a sign of anything and is not mentioned).
+    #[test]
+    fn a_server_that_closed_while_we_were_pinging_says_so() {
+        let mut pings = crate::model::Pings::default();
+        pings.ping(100_000_000);
+        pings.pong(101_000_000);
+        pings.ping(200_000_000);
+        pings.ping(300_000_000);
+        let f = Facts {
+            heartbeat: crate::model::Heartbeat {
+                local: pings,
+                ..Default::default()
+            },
+            close_ts_ns: 900_000_000,
+            ..client_of_a_server()
+        };
+        let d = diagnose(&f);
+        assert_eq!(d.code, "server_closed_without_close_frame");
+        assert!(
+            d.message.contains(
+                "while this client's last 2 pings went unanswered (the oldest waited 700 ms): it had stopped answering before it closed"
+            ),
+            "{}",
+            d.message
+        );
+        let mut one = crate::model::Pings::default();
+        one.ping(800_000_000);
+        let f = Facts {
+            heartbeat: crate::model::Heartbeat {
+                local: one,
+                ..Default::default()
+            },
+            ..f
+        };
+        let d = diagnose(&f);
+        assert_eq!(d.code, "server_closed_without_close_frame");
+        assert!(!d.message.contains("unanswered"), "{}", d.message);
+    }
+
+    /// What is not a server hanging up on a client: a close frame (its own
+    /// rule), the client closing itself, the kernel giving up.
+    #[test]
+    fn the_client_rule_needs_a_peer_close_without_a_close_frame() {
+        let frame = CloseFrame {
+            code: Some(1000),
+            reason: String::new(),
+        };
+        let f = Facts {
+            close_frames: vec![(Direction::Received, frame.clone())],
+            ..client_of_a_server()
+        };
+        assert_eq!(diagnose(&f).code, "server_close_frame");
+        let f = Facts {
+            close_frames: vec![(Direction::Sent, frame)],
+            ..client_of_a_server()
+        };
+        assert_eq!(diagnose(&f).code, "client_close_frame");
+        let f = Facts {
+            closed_by: ClosedBy::Local,
+            ..client_of_a_server()
+        };
+        assert_eq!(diagnose(&f).code, "unknown");
+        let f = Facts {
+            closed_by: ClosedBy::Kernel,
+            how: How::Abort,
+            ..client_of_a_server()
+        };
+        assert_ne!(diagnose(&f).code, "server_closed_without_close_frame");
+    }
+
+    /// An idle timeout explains a close on either side; its fix is for the
+    /// end that reads it.
+    #[test]
+    fn idle_timeout_on_each_side() {
+        let idle = |side, closed_by| Facts {
+            side,
+            closed_by,
+            idle_ms: Some(60_020),
+            ms_after_upgrade: 60_030.0,
+            ..client_of_a_server()
+        };
+        let d = diagnose(&idle(Side::Server, ClosedBy::Peer));
+        assert_eq!(d.code, "idle_timeout");
+        assert!(d.fix.expect("fix").contains("proxy_read_timeout"));
+        // The server (or a proxy before it) timed the client out: before
+        // the server-gone rule, and a fix the client can apply.
+        let d = diagnose(&idle(Side::Client, ClosedBy::Peer));
+        assert_eq!(d.code, "idle_timeout");
+        assert!(
+            d.message
+                .contains("when the peer (10.0.0.7:443) closed it, matching nginx"),
+            "{}",
+            d.message
+        );
+        let fix = d.fix.expect("fix");
+        assert!(
+            fix.contains("from this client") && !fix.contains("proxy_read_timeout 3600s"),
+            "{fix}"
+        );
+        // Also when the server reset it.
+        let d = diagnose(&Facts {
+            how: How::Rst,
+            ..idle(Side::Client, ClosedBy::Peer)
+        });
+        assert_eq!(d.code, "idle_timeout");
+        // The client's own timeout.
+        let d = diagnose(&idle(Side::Client, ClosedBy::Local));
+        assert_eq!(d.code, "idle_timeout");
+        assert!(
+            d.message.contains("when python3 (pid 5150) closed it"),
+            "{}",
+            d.message
+        );
+        assert!(
+            d.fix
+                .expect("fix")
+                .starts_with("this client's own idle or read timeout")
+        );
+    }
+
+    /// Nothing known about the local process: it is "the local client" on
+    /// the client side, and the unknown verdict says why there is no request.
+    #[test]
+    fn an_unnamed_local_end_is_named_by_its_side() {
+        let f = Facts {
+            closed_by: ClosedBy::Local,
+            how: How::Rst,
+            closer: None,
+            ..client_of_a_server()
+        };
+        let d = diagnose(&f);
+        assert_eq!(d.code, "abort_rst");
+        assert!(
+            d.message.starts_with("the local client aborted"),
+            "{}",
+            d.message
+        );
+        let d = diagnose(&Facts { how: How::Fin, ..f });
+        assert_eq!(d.code, "unknown");
+        assert!(
+            d.message
+                .starts_with("no rule matched: the local client closed with a FIN")
+                && d.message
+                    .contains("client side: the request it sent is not kept"),
+            "{}",
+            d.message
+        );
     }
 
     const HTTP10: &str = "GET /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
