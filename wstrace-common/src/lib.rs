@@ -723,10 +723,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<UserStackHeader>(), 40);
         assert_eq!(core::mem::size_of::<PeerWriter>(), 32);
         assert_eq!(core::mem::size_of::<SignalEvent>(), 128 + 16);
-        assert_eq!(
-            core::mem::size_of::<StackRecord>(),
-            8 + 40 + USER_STACK_MAX
-        );
+        assert_eq!(core::mem::size_of::<StackRecord>(), 8 + 40 + USER_STACK_MAX);
         assert_eq!(core::mem::size_of::<SiteBudget>(), 32);
     }
 }

@@ -157,8 +157,7 @@ pub static STACKS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 /// Call site hash -> its stack copy budget (`record::user_stack_copy`).
 /// LRU: a process that makes up new call sites only evicts old budgets.
 #[map]
-pub static SITE_BUDGETS: LruHashMap<u64, SiteBudget> =
-    LruHashMap::with_max_entries(STACK_SITES, 0);
+pub static SITE_BUDGETS: LruHashMap<u64, SiteBudget> = LruHashMap::with_max_entries(STACK_SITES, 0);
 
 /// Per CPU: how many stack copies this CPU has numbered (`StackRecord::id`).
 #[map]

@@ -713,8 +713,7 @@ fn trace(
     // closes, so once it is in, a report that a "no report" scenario looks
     // for would have arrived too: no sleep and hope. Its port must differ
     // from every scenario's (IPv6 ports are handed out independently).
-    let used: std::collections::HashSet<u16> =
-        servers.iter().flatten().map(|s| s.port).collect();
+    let used: std::collections::HashSet<u16> = servers.iter().flatten().map(|s| s.port).collect();
     let mut barrier = start_server(LOCALHOST, Mode::CloseAfter101)?;
     for _ in 0..8 {
         if !used.contains(&barrier.port) {

@@ -126,10 +126,10 @@ fn check_report(r: &Value, e: &Expect, probe: &str) -> Result<(), String> {
     if !probe_ok {
         return Err(format!("probe: want {probe}, got {report_probe}"));
     }
-    if let Some(prefix) = e.local_prefix {
-        if !got("local").starts_with(prefix) {
-            return Err(format!("local: want {prefix}..., got {}", got("local")));
-        }
+    if let Some(prefix) = e.local_prefix
+        && !got("local").starts_with(prefix)
+    {
+        return Err(format!("local: want {prefix}..., got {}", got("local")));
     }
     let ms = r
         .get("ms_after_upgrade")
@@ -138,10 +138,10 @@ fn check_report(r: &Value, e: &Expect, probe: &str) -> Result<(), String> {
     if !(0.0..5000.0).contains(&ms) && e.min_ms.is_none() {
         return Err(format!("ms_after_upgrade {ms} outside 0..5000"));
     }
-    if let Some(min) = e.min_ms {
-        if ms < min {
-            return Err(format!("ms_after_upgrade: want >= {min}, got {ms}"));
-        }
+    if let Some(min) = e.min_ms
+        && ms < min
+    {
+        return Err(format!("ms_after_upgrade: want >= {min}, got {ms}"));
     }
     if let Some(pid) = e.closer_pid {
         check_closer(r, pid)?;

@@ -102,10 +102,10 @@ pub fn run(addr: SocketAddr, mode: Mode, once: Option<AfterOne>) -> Result<()> {
             continue;
         }
         // One bad connection must not end the server: the checker decides.
-        if let Ok(conn) = conn {
-            if let Err(e) = serve_one(conn, mode) {
-                eprintln!("ws-scenario serve: connection: {e:#}");
-            }
+        if let Ok(conn) = conn
+            && let Err(e) = serve_one(conn, mode)
+        {
+            eprintln!("ws-scenario serve: connection: {e:#}");
         }
     }
     Ok(())

@@ -21,7 +21,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Kill, SYMBOLIZE_TIMEOUT, UPGRADE, require_root, serial, server, upgrade_once, wstrace_bin};
+use common::{
+    Kill, SYMBOLIZE_TIMEOUT, UPGRADE, require_root, serial, server, upgrade_once, wstrace_bin,
+};
 
 /// How long the flood runs, and how many client loops make it (8 loops
 /// keep a one-thread server busy on this 2-CPU host: the host's maximum).
@@ -72,7 +74,13 @@ fn start_json_to(out: &Path, ports: &[u16]) -> JsonTracer {
         cmd.args(["--port", &p.to_string()]);
     }
     let mut c = cmd
-        .args(["--format", "json", "--probe", "tracepoint", SYMBOLIZE_TIMEOUT])
+        .args([
+            "--format",
+            "json",
+            "--probe",
+            "tracepoint",
+            SYMBOLIZE_TIMEOUT,
+        ])
         .stdout(Stdio::from(file))
         .stderr(Stdio::piped())
         .spawn()
@@ -150,7 +158,10 @@ fn every_close_is_reported_under_churn_and_a_victims_close_keeps_its_stack() {
     upgrade_once(victim);
     std::thread::sleep(FLOOD / 2);
     stop.store(true, Ordering::Relaxed);
-    let flooded: u64 = loops.into_iter().map(|l| l.join().expect("flood loop")).sum();
+    let flooded: u64 = loops
+        .into_iter()
+        .map(|l| l.join().expect("flood loop"))
+        .sum();
     let want = flooded as usize + 1;
     eprintln!(
         "churn: {flooded} connections in {} s ({:.0}/s) + 1 victim",

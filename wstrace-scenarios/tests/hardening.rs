@@ -15,8 +15,8 @@ use std::{
 };
 
 use common::{
-    Tracer, TracerOptions, WorldReadableDir, nobody_python_server, require,
-    require_nobody_python, require_root, serial, upgrade_once, wait_unloaded,
+    Tracer, TracerOptions, WorldReadableDir, nobody_python_server, require, require_nobody_python,
+    require_root, serial, upgrade_once, wait_unloaded,
 };
 
 fn temp_dir(name: &str) -> PathBuf {

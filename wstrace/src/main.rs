@@ -119,10 +119,10 @@ async fn run_trace(args: &cli::TraceArgs) -> anyhow::Result<()> {
         .map(output::ready::ReadyFile::prepare)
         .transpose()?;
     let result = daemon::run(opts, |ports, set| {
-        if let Some(f) = ready_file.as_mut() {
-            if let Err(e) = f.publish(set) {
-                eprintln!("wstrace: warning: {e:#}");
-            }
+        if let Some(f) = ready_file.as_mut()
+            && let Err(e) = f.publish(set)
+        {
+            eprintln!("wstrace: warning: {e:#}");
         }
         if let Err(e) = output::ready::notify_systemd(&format!("tracing {ports} with {set} probes"))
         {

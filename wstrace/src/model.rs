@@ -1085,7 +1085,10 @@ mod tests {
         };
         assert_eq!(elided.describe(), "frame pointers; elided (rate: 40/s)");
         assert_eq!(SharedStack::Dropped.name(), "dropped");
-        assert_eq!(CopyFate::SameAs { id: 1, rate: 2 }.elided_reason(), Some("budget"));
+        assert_eq!(
+            CopyFate::SameAs { id: 1, rate: 2 }.elided_reason(),
+            Some("budget")
+        );
         assert_eq!(CopyFate::Elided { rate: 2 }.elided_reason(), Some("budget"));
         assert_eq!(CopyFate::Dropped.elided_reason(), Some("ring_full"));
         assert_eq!(CopyFate::Copied { id: 1 }.elided_reason(), None);

@@ -171,7 +171,7 @@ pub fn redact_url(s: &str) -> String {
         out.push_str(&params.join("&"));
     }
     if had_fragment {
-        out.push_str("#");
+        out.push('#');
         out.push_str(REDACTED);
     }
     out

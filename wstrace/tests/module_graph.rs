@@ -159,7 +159,12 @@ fn crate_paths(code: &str) -> Vec<Vec<String>> {
 
 /// Parses one use tree at `i` under `prefix`, pushing its leaves; returns
 /// where it ended.
-fn use_tree(chars: &[char], mut i: usize, mut path: Vec<String>, out: &mut Vec<Vec<String>>) -> usize {
+fn use_tree(
+    chars: &[char],
+    mut i: usize,
+    mut path: Vec<String>,
+    out: &mut Vec<Vec<String>>,
+) -> usize {
     let skip_ws = |i: &mut usize| {
         while chars.get(*i).is_some_and(|c| c.is_whitespace()) {
             *i += 1;
@@ -187,7 +192,10 @@ fn use_tree(chars: &[char], mut i: usize, mut path: Vec<String>, out: &mut Vec<V
             }
         }
         let start = i;
-        while chars.get(i).is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_') {
+        while chars
+            .get(i)
+            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_')
+        {
             i += 1;
         }
         let ident: String = chars[start..i].iter().collect();
@@ -365,6 +373,13 @@ fn nested_groups_and_type_names_end_a_path() {
     let code = "use crate::{enrich::{peer::{self, Peer}, symbolize}, model::{Event, Report}};\nlet x = crate::output::Format::Json;";
     assert_eq!(
         paths_of(code),
-        vec!["enrich::peer", "enrich::peer", "enrich::symbolize", "model", "model", "output"]
+        vec![
+            "enrich::peer",
+            "enrich::peer",
+            "enrich::symbolize",
+            "model",
+            "model",
+            "output"
+        ]
     );
 }

@@ -121,7 +121,9 @@ fn toolchain() -> Result<()> {
 
 fn cross_steps() -> Result<()> {
     step("rust cross targets", ensure_rust_targets)?;
-    step("cross toolchain packages", || ensure_packages(CROSS_APT_PACKAGES))
+    step("cross toolchain packages", || {
+        ensure_packages(CROSS_APT_PACKAGES)
+    })
 }
 
 /// What a cross build needs: the toolchain, the targets' standard
@@ -204,18 +206,26 @@ fn ensure_lint_components() -> Result<String> {
         process::output(Command::new("rustup").args(["component", "list", "--installed"]))?;
     let missing: Vec<&str> = ["clippy", "rustfmt"]
         .into_iter()
-        .filter(|c| !installed.lines().any(|l| l.trim().starts_with(&format!("{c}-"))))
+        .filter(|c| {
+            !installed
+                .lines()
+                .any(|l| l.trim().starts_with(&format!("{c}-")))
+        })
         .collect();
     if missing.is_empty() {
         return Ok("present".into());
     }
-    process::output(Command::new("rustup").args(["component", "add"]).args(&missing))
-        .with_context(|| {
-            format!(
-                "`rustup component add {}` failed: check network access to static.rust-lang.org",
-                missing.join(" ")
-            )
-        })?;
+    process::output(
+        Command::new("rustup")
+            .args(["component", "add"])
+            .args(&missing),
+    )
+    .with_context(|| {
+        format!(
+            "`rustup component add {}` failed: check network access to static.rust-lang.org",
+            missing.join(" ")
+        )
+    })?;
     Ok(format!("installed {}", missing.join(", ")))
 }
 
@@ -271,7 +281,6 @@ fn ensure_bpf_linker() -> Result<String> {
         }
     }
 }
-
 
 /// Installs whichever of `packages` (name, why) are missing.
 pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<String> {

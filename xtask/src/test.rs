@@ -129,7 +129,13 @@ fn clippy() -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     process::run(
         Command::new(cargo)
-            .args(["clippy", "--workspace", "--exclude", "wstrace-ebpf", "--all-targets"])
+            .args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "wstrace-ebpf",
+                "--all-targets",
+            ])
             .args(["--", "-D", "warnings"])
             .env("AYA_BUILD_SKIP", "1")
             .current_dir(paths::repo_root()),

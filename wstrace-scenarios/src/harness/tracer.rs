@@ -105,10 +105,10 @@ pub fn newest_file(paths: &[PathBuf]) -> Option<(PathBuf, SystemTime)> {
             if let Ok(dir) = std::fs::read_dir(&p) {
                 stack.extend(dir.flatten().map(|e| e.path()));
             }
-        } else if let Ok(t) = meta.modified() {
-            if newest.as_ref().is_none_or(|(_, n)| t > *n) {
-                newest = Some((p, t));
-            }
+        } else if let Ok(t) = meta.modified()
+            && newest.as_ref().is_none_or(|(_, n)| t > *n)
+        {
+            newest = Some((p, t));
         }
     }
     newest
@@ -128,14 +128,14 @@ pub fn fresh(bin: &Path) -> Result<PathBuf> {
             dep_info.display()
         )
     })?;
-    if let Some((file, changed)) = newest_file(&dep_info_inputs(&text)) {
-        if changed > built {
-            bail!(
-                "{} is older than {} (changed after the last build): {how}",
-                bin.display(),
-                file.display()
-            );
-        }
+    if let Some((file, changed)) = newest_file(&dep_info_inputs(&text))
+        && changed > built
+    {
+        bail!(
+            "{} is older than {} (changed after the last build): {how}",
+            bin.display(),
+            file.display()
+        );
     }
     Ok(bin.to_path_buf())
 }
@@ -303,7 +303,9 @@ impl TracerOptions {
         // still unread (see `wait_stderr_drained`).
         let stderr_pipe = {
             use std::os::fd::AsFd as _;
-            err.as_fd().try_clone_to_owned().context("dup of wstrace's stderr")?
+            err.as_fd()
+                .try_clone_to_owned()
+                .context("dup of wstrace's stderr")?
         };
         let progress = Arc::new(StderrProgress::default());
         let (sink, echo, seen) = (stderr.clone(), self.echo, progress.clone());
@@ -421,9 +423,8 @@ impl Tracer {
         while quiet_rounds < 2 && start.elapsed() < timeout {
             let mut unread: libc::c_int = 0;
             // SAFETY: FIONREAD writes one int; the descriptor is ours.
-            let r = unsafe {
-                libc::ioctl(self.stderr_pipe.as_raw_fd(), libc::FIONREAD, &mut unread)
-            };
+            let r =
+                unsafe { libc::ioctl(self.stderr_pipe.as_raw_fd(), libc::FIONREAD, &mut unread) };
             let p = &self.stderr_progress;
             let caught_up = p.read.load(Ordering::SeqCst) == p.stored.load(Ordering::SeqCst);
             quiet_rounds = if r == 0 && unread == 0 && caught_up {
@@ -564,8 +565,7 @@ impl Tracer {
                 if !l.ends_with('\n') {
                     bail!("line {} is torn: {l:?}", i + 1);
                 }
-                serde_json::from_str(l)
-                    .with_context(|| format!("line {} is not JSON: {l}", i + 1))
+                serde_json::from_str(l).with_context(|| format!("line {} is not JSON: {l}", i + 1))
             })
             .collect()
     }
@@ -626,10 +626,10 @@ impl Tracer {
         for e in entries.flatten() {
             let text = std::fs::read_to_string(e.path()).unwrap_or_default();
             for l in text.lines() {
-                if let Some(id) = l.strip_prefix("prog_id:") {
-                    if let Ok(id) = id.trim().parse() {
-                        ids.push(id);
-                    }
+                if let Some(id) = l.strip_prefix("prog_id:")
+                    && let Ok(id) = id.trim().parse()
+                {
+                    ids.push(id);
                 }
             }
         }

@@ -53,9 +53,7 @@ impl Barrier {
     pub fn cross(&self, t: &Tracer, timeout: Duration) -> Vec<serde_json::Value> {
         upgrade_once(self.port);
         let port = self.port;
-        let (reports, found) = t.wait_for_report(timeout, |r| {
-            report_local_port(r) == Some(port)
-        });
+        let (reports, found) = t.wait_for_report(timeout, |r| report_local_port(r) == Some(port));
         assert!(
             found,
             "the barrier's close on port {port} was not reported within {timeout:?}:\n{}",

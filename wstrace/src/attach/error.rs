@@ -254,7 +254,7 @@ fn verifier_reason(log: &str) -> String {
             || l.starts_with("verification time")
             || l.starts_with("stack depth")
     };
-    let first_stat = lines.iter().position(|l| is_stat(l)).unwrap_or(lines.len());
+    let first_stat = lines.iter().position(is_stat).unwrap_or(lines.len());
     let processed = lines.iter().find(|l| l.starts_with("processed "));
     let mut out: Vec<&str> = lines[first_stat.saturating_sub(2)..first_stat].to_vec();
     out.extend(processed);

@@ -20,12 +20,12 @@ pub fn ensure_mounted() -> Result<PathBuf> {
     // Mounted but not readable: a non-root service without the capability
     // to read root's 0700 tracefs. Mounting again would not help.
     for c in CANDIDATES {
-        if let Err(e) = std::fs::read_dir(c) {
-            if e.kind() == std::io::ErrorKind::PermissionDenied {
-                bail!(
-                    "tracefs at {c} is not readable by this user ({e}): run wstrace as root, or grant it CAP_DAC_READ_SEARCH (see packaging/wstrace.service)"
-                );
-            }
+        if let Err(e) = std::fs::read_dir(c)
+            && e.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            bail!(
+                "tracefs at {c} is not readable by this user ({e}): run wstrace as root, or grant it CAP_DAC_READ_SEARCH (see packaging/wstrace.service)"
+            );
         }
     }
     let target = Path::new(CANDIDATES[0]);

@@ -388,9 +388,7 @@ fn idle_timeout(f: &Facts) -> Option<(String, Option<String>)> {
         (mostly_idle && idle % 1000 <= WHOLE_SECOND_SLACK_MS)
             .then(|| format!("a configured {} s timeout", idle / 1000))
     });
-    if known.is_none() {
-        return None;
-    }
+    known.as_ref()?;
     let by = match f.closed_by {
         ClosedBy::Local => closer_name(f),
         ClosedBy::Peer => format!("the peer ({})", peer_name(f)),

@@ -96,9 +96,7 @@ impl FramesCache {
         // The key is owned; a borrowed lookup would need a custom Borrow
         // impl for the tuple: the copy of ~20 addresses is cheap next to
         // the worker round trip it saves.
-        self.by_stack
-            .get(&(pid, addrs.to_vec()))
-            .map(Vec::as_slice)
+        self.by_stack.get(&(pid, addrs.to_vec())).map(Vec::as_slice)
     }
 
     /// Keeps `frames` unless one is unknown: the symbolizer re-reads a
@@ -185,7 +183,10 @@ mod tests {
     fn same_as_gets_the_kept_unwind_and_its_age() {
         let mut c = StackCache::default();
         c.keep(7, 100, 1_000_000_000, &unwound(0x401000));
-        let mut s = stacks(CopyFate::SameAs { id: 7, rate: 19_000 });
+        let mut s = stacks(CopyFate::SameAs {
+            id: 7,
+            rate: 19_000,
+        });
         c.stand_in(&mut s, 100, 1_250_000_000);
         assert_eq!(s.dwarf, Some(unwound(0x401000)));
         assert_eq!(

@@ -154,10 +154,10 @@ pub fn elf_tls(file: std::fs::File) -> Result<ElfTls, String> {
         .map_err(|e| e.to_string())?;
     let file_offset = |vaddr: u64| {
         segments.iter().find_map(|p| {
-            let start = p.p_vaddr(endian).into();
-            let size: u64 = p.p_filesz(endian).into();
+            let start = p.p_vaddr(endian);
+            let size: u64 = p.p_filesz(endian);
             (p.p_type(endian) == PT_LOAD && vaddr >= start && vaddr - start < size)
-                .then(|| vaddr - start + u64::from(p.p_offset(endian)))
+                .then(|| vaddr - start + p.p_offset(endian))
         })
     };
     let mut out = ElfTls::default();
@@ -173,9 +173,8 @@ pub fn elf_tls(file: std::fs::File) -> Result<ElfTls, String> {
         let strings = sections
             .section(object::SectionIndex(table.sh_link(endian) as usize))
             .map_err(|e| e.to_string())?;
-        let too_big = |s: &object::elf::SectionHeader64<Endianness>| {
-            u64::from(s.sh_size(endian)) > MAX_SYMBOL_TABLE
-        };
+        let too_big =
+            |s: &object::elf::SectionHeader64<Endianness>| s.sh_size(endian) > MAX_SYMBOL_TABLE;
         if too_big(table) || too_big(strings) {
             return Err(format!(
                 "its symbol table is larger than {} MiB",
@@ -183,7 +182,7 @@ pub fn elf_tls(file: std::fs::File) -> Result<ElfTls, String> {
             ));
         }
         for s in [table, strings] {
-            let (off, len): (u64, u64) = (s.sh_offset(endian).into(), s.sh_size(endian).into());
+            let (off, len): (u64, u64) = (s.sh_offset(endian), s.sh_size(endian));
             if off.checked_add(len).is_none_or(|end| end > size) {
                 return Err("its symbol table runs past the end of the file".into());
             }

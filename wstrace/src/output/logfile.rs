@@ -722,8 +722,7 @@ mod tests {
         // A retry while the disk is still full fails again, waiting longer.
         let e = log
             .append_at(&during(50), t0 + Duration::from_millis(120))
-            .err()
-            .expect("still full");
+            .expect_err("still full");
         assert!(
             format!("{e:#}").contains("51 line(s) held") && format!("{e:#}").contains("0.2 s"),
             "{e:#}"
@@ -751,7 +750,7 @@ mod tests {
         let t0 = Instant::now();
         assert!(log.append_at("x", t0).is_err());
         log.append_at("y", t0).expect("held quietly");
-        let e = log.sync().err().expect("lines lost");
+        let e = log.sync().expect_err("lines lost");
         assert!(
             format!("{e:#}").contains("2 line(s) could not be written"),
             "{e:#}"

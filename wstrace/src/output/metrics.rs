@@ -73,8 +73,7 @@ impl Metrics {
             closes.clone(),
         );
         // 1 ms .. ~9 h: right-after-101 closes up to long-lived sessions.
-        let lifetime =
-            Histogram::new([0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 3600.0, 32400.0].into_iter());
+        let lifetime = Histogram::new([0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 3600.0, 32400.0]);
         registry.register(
             "connection_lifetime_seconds",
             "Time from the 101 to the close",
@@ -121,10 +120,10 @@ impl Metrics {
 pub fn to_prometheus_text(openmetrics: &str) -> String {
     let mut counters = std::collections::HashSet::new();
     for line in openmetrics.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            if let Some(name) = rest.strip_suffix(" counter") {
-                counters.insert(name.to_string());
-            }
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some(name) = rest.strip_suffix(" counter")
+        {
+            counters.insert(name.to_string());
         }
     }
     let mut out = String::with_capacity(openmetrics.len());

@@ -331,7 +331,7 @@ mod tests {
     }
 
     fn err(path: &Path) -> String {
-        format!("{:#}", open_write(path, true).err().expect("refused"))
+        format!("{:#}", open_write(path, true).expect_err("refused"))
     }
 
     #[test]

@@ -317,7 +317,12 @@ mod tests {
 
     #[test]
     fn close_event_says_what_became_of_its_stack_copy() {
-        let fate = |c: CloseEvent| decode(as_bytes(&c)).expect("decodes").stacks.expect("stacks");
+        let fate = |c: CloseEvent| {
+            decode(as_bytes(&c))
+                .expect("decodes")
+                .stacks
+                .expect("stacks")
+        };
         let s = fate(close_with(stack_copy::COPIED, 7, 0));
         assert_eq!(s.fate, CopyFate::Copied { id: 7 });
         assert_eq!(s.user_copy, None, "the copy travels on the STACKS ring");
@@ -341,10 +346,16 @@ mod tests {
             fate(close_with(stack_copy::DROPPED, 0, 0)).fate,
             CopyFate::Dropped
         );
-        assert_eq!(fate(close_with(stack_copy::NONE, 0, 0)).fate, CopyFate::None);
+        assert_eq!(
+            fate(close_with(stack_copy::NONE, 0, 0)).fate,
+            CopyFate::None
+        );
         // Unknown statuses (a newer kernel object) are no copy, not a panic.
         assert_eq!(fate(close_with(99, 7, 0)).fate, CopyFate::None);
-        assert_eq!(fate(close_with(stack_copy::COPIED, 0, 0)).fate, CopyFate::None);
+        assert_eq!(
+            fate(close_with(stack_copy::COPIED, 0, 0)).fate,
+            CopyFate::None
+        );
     }
 
     #[test]

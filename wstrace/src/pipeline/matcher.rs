@@ -207,17 +207,17 @@ impl Matcher {
         };
         if ev.kind == EventKind::Destroy {
             let t = self.sockets.remove(&sk);
-            if let Some(mut t) = t {
-                if !t.reported {
-                    t.last_bytes = (ev.bytes_received, ev.bytes_acked);
-                    t.bytes_at_destroy = true;
-                    // No close seen at all, but the kernel left its error:
-                    // the ->CLOSE transition was missed, not a local close.
-                    if t.first.is_none() && t.local_close_ts.is_none() && ev.arg != 0 {
-                        apply_transition(&mut t, ESTABLISHED_, CLOSE_, ev.ts_ns, ev.arg);
-                    }
-                    out.push(self.report(t, ev.ts_ns));
+            if let Some(mut t) = t
+                && !t.reported
+            {
+                t.last_bytes = (ev.bytes_received, ev.bytes_acked);
+                t.bytes_at_destroy = true;
+                // No close seen at all, but the kernel left its error:
+                // the ->CLOSE transition was missed, not a local close.
+                if t.first.is_none() && t.local_close_ts.is_none() && ev.arg != 0 {
+                    apply_transition(&mut t, ESTABLISHED_, CLOSE_, ev.ts_ns, ev.arg);
                 }
+                out.push(self.report(t, ev.ts_ns));
             }
             return out;
         }
@@ -237,17 +237,18 @@ impl Matcher {
             EventKind::State => apply_transition(t, ev.old_state, ev.new_state, ev.ts_ns, ev.arg),
             EventKind::Close => {
                 let is_reset_by_peer = ev.new_state == tcp_state::CLOSE && t.rst_received;
-                if t.closer.is_none() && !is_reset_by_peer {
-                    if let Some(stacks) = ev.stacks.clone() {
-                        t.closer = Some(Closer {
-                            pid: ev.pid,
-                            tid: ev.tid,
-                            comm: ev.comm.clone(),
-                            at_exit: ev.task_exiting,
-                            exit_code: ev.exit_code,
-                            stacks,
-                        });
-                    }
+                if t.closer.is_none()
+                    && !is_reset_by_peer
+                    && let Some(stacks) = ev.stacks.clone()
+                {
+                    t.closer = Some(Closer {
+                        pid: ev.pid,
+                        tid: ev.tid,
+                        comm: ev.comm.clone(),
+                        at_exit: ev.task_exiting,
+                        exit_code: ev.exit_code,
+                        stacks,
+                    });
                 }
                 if ev.new_state != 0 {
                     // Tracepoint set: the close is itself the transition.

@@ -115,10 +115,7 @@ pub fn parse_close(buf: &[u8]) -> Option<CloseFrame> {
             *b ^= key[i % 4];
         }
     }
-    let code = match payload.get(0..2) {
-        Some(c) => Some(u16::from_be_bytes([c[0], c[1]])),
-        None => None,
-    };
+    let code = payload.get(0..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
     let reason = payload
         .get(2..)
         .map(|r| String::from_utf8_lossy(r).into_owned())

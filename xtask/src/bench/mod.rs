@@ -494,10 +494,10 @@ impl Proc {
                     return Ok(line.to_string());
                 }
                 thread::sleep(Duration::from_millis(20));
-            } else if let Ok((_, line)) = self.lines.recv_timeout(Duration::from_millis(20)) {
-                if line.contains(needle) {
-                    return Ok(line);
-                }
+            } else if let Ok((_, line)) = self.lines.recv_timeout(Duration::from_millis(20))
+                && line.contains(needle)
+            {
+                return Ok(line);
             }
         }
         bail!(
@@ -634,7 +634,8 @@ fn server(bins: &Bins, mode: &str, port: u16, cpu: Option<u32>) -> Result<Proc> 
 /// read from those, not from its stderr. Returns it and the ready file.
 fn spawn_wstrace(bins: &Bins, port: u16, cmd: &mut Command) -> Result<(Proc, PathBuf)> {
     let ready = bins.work.join(format!("wstrace-{port}.ready"));
-    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], wstrace_scenarios::harness::free_port()));
+    let metrics =
+        std::net::SocketAddr::from(([127, 0, 0, 1], wstrace_scenarios::harness::free_port()));
     cmd.arg("--ready-file")
         .arg(&ready)
         .arg("--metrics")
@@ -1393,7 +1394,6 @@ mod tests {
         let reports = [(5, 1), (6, 2)];
         assert!(close_to_report_us("1 4\nbad line\n", &reports) == vec![0.001]);
     }
-
 
     #[test]
     fn remote_port_reads_v4_and_v6() {
