@@ -144,7 +144,15 @@ fn live_real_backtrace_with_inlining() {
     assert!(capture < outer);
     let middle = pos("tests::bt_inlined_middle", true);
     assert!(capture < middle && middle < outer, "{frames:#?}");
-    pos("tests::live_real_backtrace_with_inlining", false);
+    // The test function itself may be inlined into the harness's closure
+    // (a codegen choice that differs between builds): named either way.
+    assert!(
+        frames.iter().any(|f| f
+            .function
+            .as_deref()
+            .is_some_and(|n| n.contains("tests::live_real_backtrace_with_inlining"))),
+        "{frames:#?}"
+    );
 }
 
 #[test]
