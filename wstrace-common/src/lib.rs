@@ -254,6 +254,11 @@ pub const FLAG_CLIENT_SIDE: u32 = 16;
 /// (a close right after the handshake).
 pub const FLAG_UPGRADE_READ: u32 = 32;
 
+/// `EventHeader::flags` of an Upgrade or Data event: as
+/// [`FLAG_TLS_OPENSSL`], for Go's `crypto/tls` (`(*Conn).Write` and
+/// `(*Conn).Read` uprobes).
+pub const FLAG_TLS_GO: u32 = 64;
+
 /// `SignalEvent::oom`: the OOM killer chose the target (`oom:mark_victim`).
 pub const SIGNAL_OOM_VICTIM: u32 = 1;
 

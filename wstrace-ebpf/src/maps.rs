@@ -27,9 +27,11 @@ pub struct TlsWrite {
     /// Plaintext buffer and length given to `SSL_write`.
     pub buf: u64,
     pub len: u64,
+    /// Which library's write: `FLAG_TLS_OPENSSL` or `FLAG_TLS_GO`.
+    pub library: u32,
     /// `record::TLS_UPGRADE` or `record::TLS_CONTROL_FRAME`.
     pub kind: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
 }
 
 /// A thread inside `SSL_read`: where the plaintext lands, and the socket

@@ -414,7 +414,7 @@ pub fn reset(sk: u64, kind: EventKind) {
     emit_header(kind, 0, sk, 0, 0);
 }
 
-const _: () = assert!(FLAG_TLS_OPENSSL & 1 == 0);
+const _: () = assert!(FLAG_TLS_OPENSSL & 1 == 0 && wstrace_common::FLAG_TLS_GO & 1 == 0);
 
 /// Copies up to `DATA_CAP` of the `len` bytes at user address `buf` into a
 /// data event that also says `total`, the bytes the read or write moved in
@@ -756,7 +756,7 @@ pub const TLS_CONTROL_FRAME: u8 = 2;
 /// frame, remember it for this thread's next write on a traced-port socket.
 /// Every other buffer costs one 8-byte read.
 #[inline(always)]
-pub fn tls_write_entry(buf: u64, len: u64) {
+pub fn tls_write_entry(buf: u64, len: u64, library: u32) {
     let kind = match classify_write(buf, len) {
         Write::Upgrade => TLS_UPGRADE,
         Write::ControlFrame { .. } => TLS_CONTROL_FRAME,
@@ -766,8 +766,9 @@ pub fn tls_write_entry(buf: u64, len: u64) {
     let w = TlsWrite {
         buf,
         len,
+        library,
         kind,
-        _pad: [0; 7],
+        _pad: [0; 3],
     };
     let _ = TLS_WRITES.insert(tid, w, 0);
 }
@@ -791,14 +792,14 @@ pub fn take_tls_write() -> Option<TlsWrite> {
 #[inline(always)]
 pub fn tls_socket_write(sk: u64, w: TlsWrite, socket_len: u64, probe: ProbeSet) {
     if w.kind == TLS_UPGRADE {
-        mark_upgraded(sk, socket_len, probe, FLAG_TLS_OPENSSL);
+        mark_upgraded(sk, socket_len, probe, w.library);
     } else if is_upgraded(sk) {
         emit_data(
             sk,
             w.buf,
             w.len,
             w.len,
-            wstrace_common::DIR_SENT | FLAG_TLS_OPENSSL,
+            wstrace_common::DIR_SENT | w.library,
         );
     }
 }
@@ -893,6 +894,25 @@ pub fn tls_read_return(n: i64, ex: bool) {
             None => return,
         }
     };
+    tls_plaintext_read(sk, buf, cap, n, read_ahead, FLAG_TLS_OPENSSL);
+}
+
+/// The thread left the TLS library's read by another way than its return
+/// probe (Go: a RET probe, maybe on another thread than the entry's).
+#[inline(always)]
+pub fn tls_read_abandon() {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = TLS_READS.remove(tid);
+}
+
+/// `n` plaintext bytes a TLS library read from traced-port socket `sk`
+/// into `buf` (`cap` of them fit there): before the upgrade they are the
+/// request head (budgeted like raw reads), after it a control frame is
+/// copied. `read_ahead`: the socket is only this thread's last one read,
+/// trusted for the head alone. `library`: `FLAG_TLS_OPENSSL` or
+/// `FLAG_TLS_GO`.
+#[inline(always)]
+pub fn tls_plaintext_read(sk: u64, buf: u64, cap: u64, n: u64, read_ahead: bool, library: u32) {
     let len = if n < cap { n } else { cap };
     if UPGRADED.get_ptr(sk).is_some() {
         // Read ahead is only trusted for the request head: a later read on
@@ -903,13 +923,7 @@ pub fn tls_read_return(n: i64, ex: bool) {
         let first =
             unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8) }.unwrap_or(0);
         if is_control_frame_start(first) {
-            emit_data(
-                sk,
-                buf,
-                len,
-                n,
-                wstrace_common::DIR_RECEIVED | FLAG_TLS_OPENSSL,
-            );
+            emit_data(sk, buf, len, n, wstrace_common::DIR_RECEIVED | library);
         }
         return;
     }
@@ -921,13 +935,7 @@ pub fn tls_read_return(n: i64, ex: bool) {
         return;
     }
     let _ = HEAD_BYTES.insert(sk, HEAD_TLS | (copied + len.min(DATA_CAP as u64) as u32), 0);
-    emit_data(
-        sk,
-        buf,
-        len,
-        n,
-        wstrace_common::DIR_RECEIVED | FLAG_TLS_OPENSSL,
-    );
+    emit_data(sk, buf, len, n, wstrace_common::DIR_RECEIVED | library);
 }
 
 /// The kernel is destroying an upgraded socket: forget it (its address may be

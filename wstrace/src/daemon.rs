@@ -413,6 +413,10 @@ fn cover_tls(
                 ),
             }
         }
+        let go = survey
+            .go
+            .as_ref()
+            .map(|(file, go)| cover_go(tls, attached, *pid, file, go, startup));
         for (path, why) in &survey.unreadable {
             eprintln!(
                 "wstrace: warning: tls: {who}: {} was not read: {}",
@@ -430,7 +434,14 @@ fn cover_tls(
         } else {
             " (started after wstrace)"
         };
-        if covered.is_empty() {
+        if let Some(go) = &go {
+            eprintln!("wstrace: tls: {who}{late}: {go}");
+        }
+        if covered.is_empty() && go.is_some() {
+            if !uncovered.is_empty() {
+                eprintln!("wstrace: tls: {who}{late}{uncovered}");
+            }
+        } else if covered.is_empty() {
             eprintln!(
                 "wstrace: tls: {who}{late}: no OpenSSL-compatible TLS library (libssl, or linked in with symbols): only plaintext is seen{uncovered}"
             );
@@ -440,6 +451,63 @@ fn cover_tls(
                 covered.join("; ")
             );
         }
+    }
+}
+
+/// Puts the Go crypto/tls uprobes on Go program `pid` (its executable
+/// `file`), and says what it is built with and whether it is covered.
+fn cover_go(
+    tls: &mut TlsState,
+    attached: &mut Attached,
+    pid: u32,
+    file: &enrich::tls::MappedFile,
+    go: &enrich::gotls::GoTls,
+    startup: bool,
+) -> String {
+    let built = format!(
+        "Go {} ({})",
+        go.version
+            .as_deref()
+            .map_or_else(|| "of unknown version".into(), escape::text),
+        go.arch.map_or("unknown architecture", |a| a.name())
+    );
+    let f = match &go.functions {
+        Ok(f) => f,
+        Err(why) => {
+            return format!(
+                "{built} crypto/tls not covered: {}: only plaintext is seen",
+                escape::text(why)
+            );
+        }
+    };
+    let Some(dev) = uprobe_helper::parse_maps_dev(&file.dev) else {
+        return format!(
+            "{built} crypto/tls not covered: unexpected device {}",
+            escape::text(&file.dev)
+        );
+    };
+    let probed = ProbedFile {
+        map_files: &file.map_files,
+        dev,
+        inode: file.inode,
+    };
+    let hooks = crate::attach::gotls::hooks(f.write, f.read, &f.read_returns);
+    let opener = &tls.opener;
+    match tls
+        .probes
+        .attach_hooks(&mut attached.ebpf, pid, &probed, &hooks, &mut |req| {
+            opener.open(req, startup)
+        }) {
+        Ok(_) => format!(
+            "{built} crypto/tls covered: uprobes on (*Conn).Write, (*Conn).Read and its {} RET instructions in {}",
+            f.read_returns.len(),
+            escape::text(&file.path)
+        ),
+        Err(e) => format!(
+            "{built} crypto/tls not covered: {}: {}",
+            escape::text(&file.path),
+            escape::text(&e.to_string())
+        ),
     }
 }
 

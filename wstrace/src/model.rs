@@ -43,9 +43,10 @@ pub struct Event {
     pub exit_code: Option<u32>,
     /// Only for `Signal`.
     pub signal: Option<SignalSent>,
-    /// Upgrade and Data: the bytes came from the TLS library's plaintext
-    /// (uprobes on OpenSSL's SSL_write/SSL_read), not from the socket.
-    pub tls: bool,
+    /// Upgrade and Data: the bytes came from this TLS library's plaintext
+    /// (`openssl`: uprobes on SSL_write/SSL_read; `go`: on crypto/tls's
+    /// `(*Conn).Write`/`Read`), not from the socket; `None` otherwise.
+    pub tls: Option<&'static str>,
     /// Upgrade: the local end read the 101 (the client side).
     pub client_side: bool,
 }
@@ -402,7 +403,7 @@ pub struct CloseReport {
     /// The kernel closed the socket itself (timeout, reset, abort): why.
     pub kernel_close: Option<KernelClose>,
     /// The connection was TLS and its 101 and request were read from this
-    /// TLS library's plaintext (`openssl`); `None` for plaintext sockets.
+    /// TLS library's plaintext (`openssl`, `go`); `None` for plaintext sockets.
     pub tls: Option<&'static str>,
     /// Which end the local socket is: it wrote the 101 or read it.
     pub side: Side,

@@ -85,6 +85,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "g++",
         "builds the C++ server with a hot/cold split function of the user-stack tests",
     ),
+    (
+        "golang-go",
+        "builds the Go crypto/tls WebSocket server of the TLS tests (Go 1.19, register ABI)",
+    ),
+    (
+        "golang-github-gorilla-websocket-dev",
+        "gorilla/websocket for that Go server, built offline in GOPATH mode",
+    ),
 ];
 
 /// PyPI packages for the diagnosis tests, installed into [`venv_dir`].

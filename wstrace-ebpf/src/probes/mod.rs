@@ -1,6 +1,7 @@
 pub mod common;
 pub mod fentry;
 pub mod floor;
+pub mod gotls;
 pub mod kprobe;
 mod shared;
 pub mod tls;

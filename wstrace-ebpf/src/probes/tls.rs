@@ -32,7 +32,7 @@ fn num(ctx: &ProbeContext) -> u64 {
 #[uprobe]
 pub fn tls_ssl_write(ctx: ProbeContext) -> u32 {
     let buf: u64 = ctx.arg(1).unwrap_or(0);
-    record::tls_write_entry(buf, num(&ctx));
+    record::tls_write_entry(buf, num(&ctx), wstrace_common::FLAG_TLS_OPENSSL);
     0
 }
 

@@ -26,6 +26,7 @@ use crate::model::Ports;
 pub mod btf;
 pub mod error;
 pub mod floor;
+pub mod gotls;
 pub mod perf;
 pub mod privileges;
 pub mod program;

@@ -47,12 +47,13 @@ const PROGRAMS: [&str; 5] = [
 ];
 
 /// Processes given uprobes at once, at most: each costs six perf events
-/// (file descriptors) per library.
+/// (file descriptors) per library, a Go program two plus one per RET of
+/// `(*Conn).Read` (at most `enrich::gotls::MAX_RETURNS`).
 pub const MAX_PROCESSES: usize = 256;
 
 /// Loads the TLS programs into `ebpf` (before the privilege drop).
 pub fn load(ebpf: &mut Ebpf) -> Result<(), String> {
-    for name in PROGRAMS {
+    for name in PROGRAMS.into_iter().chain(super::gotls::PROGRAMS) {
         let p = program(ebpf, name)?;
         p.load().map_err(|e| format!("loading {name}: {e}"))?;
     }
@@ -90,6 +91,15 @@ impl std::fmt::Display for AttachTlsError {
     }
 }
 
+/// One uprobe: which program, on what (for messages), at which file
+/// offset, and whether as a uretprobe.
+pub struct Hook {
+    pub program: &'static str,
+    pub function: &'static str,
+    pub offset: u64,
+    pub retprobe: bool,
+}
+
 /// The file a process maps, as a uprobe request names it.
 pub struct ProbedFile<'a> {
     /// `/proc/<pid>/map_files/<range>`.
@@ -115,25 +125,49 @@ impl TlsProbes {
         functions: &[(&'static str, u64)],
         open: &mut dyn FnMut(&Request) -> Result<OwnedFd, OpenError>,
     ) -> Result<usize, AttachTlsError> {
+        let hooks: Vec<Hook> = HOOKS
+            .iter()
+            .filter_map(|&(program, func)| {
+                let &(_, offset) = functions.iter().find(|(f, _)| *f == func)?;
+                Some(Hook {
+                    program,
+                    function: func,
+                    offset,
+                    retprobe: program.ends_with("_ret"),
+                })
+            })
+            .collect();
+        self.attach_hooks(ebpf, pid, file, &hooks, open)
+    }
+
+    /// Attaches each of `hooks` in `file`, for process `pid` only (the
+    /// OpenSSL functions above, Go's in `attach::gotls`). On a failure,
+    /// what was attached for this file is detached again.
+    pub fn attach_hooks(
+        &mut self,
+        ebpf: &mut Ebpf,
+        pid: u32,
+        file: &ProbedFile<'_>,
+        hooks: &[Hook],
+        open: &mut dyn FnMut(&Request) -> Result<OwnedFd, OpenError>,
+    ) -> Result<usize, AttachTlsError> {
         if !self.events.contains_key(&pid) && self.events.len() >= MAX_PROCESSES {
             return Err(AttachTlsError::TooManyProcesses);
         }
         // Dropped (so detached) on any error below.
         let mut made = Vec::new();
-        for (prog, func) in HOOKS {
-            let Some(&(_, offset)) = functions.iter().find(|(f, _)| *f == func) else {
-                continue;
-            };
+        for h in hooks {
+            let func = h.function;
             let request = Request {
                 pid,
                 path: file.map_files.to_string(),
                 dev: file.dev,
                 inode: file.inode,
-                offset,
-                retprobe: prog.ends_with("_ret"),
+                offset: h.offset,
+                retprobe: h.retprobe,
             };
             let perf = open(&request).map_err(|e| AttachTlsError::Open(func, e))?;
-            let program = program(ebpf, prog).map_err(|e| AttachTlsError::Attach(func, e))?;
+            let program = program(ebpf, h.program).map_err(|e| AttachTlsError::Attach(func, e))?;
             let fd = program
                 .fd()
                 .map_err(|e| AttachTlsError::Attach(func, with_sources(&e)))?;

@@ -30,9 +30,7 @@ use super::maps::{self, Mapping};
 /// The OpenSSL/BoringSSL functions the uprobes go on.
 pub const OPENSSL_FUNCTIONS: [&str; 4] = ["SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex"];
 
-/// A Go binary with symbols has this for crypto/tls (not covered: Go's
-/// register ABI and goroutine stacks need their own probes).
-const GO_TLS_WRITE: &str = "crypto/tls.(*Conn).Write";
+use super::gotls::{self, GO_TLS_READ, GO_TLS_WRITE, GoArch, GoFunctions, GoTls};
 
 /// Largest symbol table (and its string table) read from a file a traced
 /// process maps: libssl's is ~100 KiB, a big binary with full symbols a
@@ -133,11 +131,11 @@ pub fn candidates(pid: u32, maps: &[Mapping], exe_inode: Option<(&str, u64)>) ->
 }
 
 /// What one ELF file offers: file offsets of the OpenSSL functions it
-/// defines, and whether it is a Go program using crypto/tls.
+/// defines, and, for a Go program using crypto/tls, its probe points.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ElfTls {
     pub openssl: BTreeMap<&'static str, u64>,
-    pub go_tls: bool,
+    pub go: Option<GoTls>,
 }
 
 /// Reads the symbol tables of `file` (an ELF64 file) for the OpenSSL
@@ -161,6 +159,9 @@ pub fn elf_tls(file: std::fs::File) -> Result<ElfTls, String> {
         })
     };
     let mut out = ElfTls::default();
+    // (address, size) of Go's (*Conn).Write and (*Conn).Read.
+    let mut go_write = None;
+    let mut go_read = None;
     // Exported symbols first (a shared library's), then the full table.
     for kind in [SHT_DYNSYM, SHT_SYMTAB] {
         let Some((_, table)) = sections
@@ -204,7 +205,11 @@ pub fn elf_tls(file: std::fs::File) -> Result<ElfTls, String> {
                 continue;
             };
             if name == GO_TLS_WRITE.as_bytes() {
-                out.go_tls = true;
+                go_write = Some((sym.st_value(endian), sym.st_size(endian)));
+                continue;
+            }
+            if name == GO_TLS_READ.as_bytes() {
+                go_read = Some((sym.st_value(endian), sym.st_size(endian)));
                 continue;
             }
             if sym.st_type() != STT_FUNC {
@@ -221,7 +226,148 @@ pub fn elf_tls(file: std::fs::File) -> Result<ElfTls, String> {
             break;
         }
     }
+    // A stripped Go binary: the runtime's own function table names them.
+    let mut pclntab_error = None;
+    if go_write.is_none()
+        && let Some((_, s)) = sections.section_by_name(endian, b".gopclntab")
+    {
+        match go_pclntab(&data, endian, s, &mut budget) {
+            Ok([write, read]) => (go_write, go_read) = (write, read),
+            Err(e) => pclntab_error = Some(e),
+        }
+    }
+    if let Some(e) = pclntab_error {
+        out.go = Some(GoTls {
+            version: go_version(&data, endian, &sections, &file_offset),
+            arch: GoArch::from_machine(header.e_machine(endian)),
+            functions: Err(e),
+        });
+    }
+    if let Some(write) = go_write {
+        let arch = GoArch::from_machine(header.e_machine(endian));
+        let version = go_version(&data, endian, &sections, &file_offset);
+        let functions = match arch {
+            None => Err("its architecture is neither amd64 nor arm64".to_string()),
+            Some(arch) => match gotls::uncovered_version(version.as_deref(), arch) {
+                Some(why) => Err(why),
+                None => go_functions(&data, arch, write, go_read, &file_offset, &mut budget),
+            },
+        };
+        out.go = Some(GoTls {
+            version,
+            arch,
+            functions,
+        });
+    }
     Ok(out)
+}
+
+/// (address, size) of `(*Conn).Write` and `(*Conn).Read` from the
+/// `.gopclntab` section `s` (read whole: at most [`MAX_SYMBOL_TABLE`],
+/// within `budget`).
+fn go_pclntab(
+    data: &ReadCache<std::fs::File>,
+    endian: Endianness,
+    s: &object::elf::SectionHeader64<Endianness>,
+    budget: &mut u64,
+) -> Result<[Option<(u64, u64)>; 2], String> {
+    use object::ReadRef as _;
+    let size: u64 = s.sh_size(endian);
+    if size > MAX_SYMBOL_TABLE {
+        return Err(format!(
+            "its .gopclntab is larger than {} MiB",
+            MAX_SYMBOL_TABLE >> 20
+        ));
+    }
+    *budget = budget
+        .checked_sub(size)
+        .ok_or("its tables add up to more than the read budget")?;
+    let tab = data
+        .read_bytes_at(s.sh_offset(endian), size)
+        .map_err(|_| "its .gopclntab runs past the end of the file".to_string())?;
+    let found = gotls::pclntab_lookup(tab, &[GO_TLS_WRITE, GO_TLS_READ])?;
+    Ok([found[0], found[1]])
+}
+
+/// The file offsets of Go's `(*Conn).Write` and `(*Conn).Read` and of every
+/// RET of `Read`, from their (address, size) symbols; `Read`'s bytes are
+/// read (at most [`gotls::MAX_FUNCTION`], within `budget`) and decoded.
+fn go_functions(
+    data: &ReadCache<std::fs::File>,
+    arch: GoArch,
+    write: (u64, u64),
+    read: Option<(u64, u64)>,
+    file_offset: &dyn Fn(u64) -> Option<u64>,
+    budget: &mut u64,
+) -> Result<GoFunctions, String> {
+    use object::ReadRef as _;
+    let (read_addr, read_size) = read.ok_or("it has no crypto/tls.(*Conn).Read symbol")?;
+    let write = file_offset(write.0).ok_or("its (*Conn).Write is in no loaded segment")?;
+    let read = file_offset(read_addr).ok_or("its (*Conn).Read is in no loaded segment")?;
+    if read_size == 0 || read_size > gotls::MAX_FUNCTION {
+        return Err(format!(
+            "its (*Conn).Read is {read_size} bytes (decoded up to {} KiB)",
+            gotls::MAX_FUNCTION >> 10
+        ));
+    }
+    // The function lies in one segment (its last byte maps as its first).
+    if file_offset(read_addr + read_size - 1) != Some(read + read_size - 1) {
+        return Err("its (*Conn).Read runs past its segment".into());
+    }
+    *budget = budget
+        .checked_sub(read_size)
+        .ok_or("its tables and code add up to more than the read budget")?;
+    let code = data
+        .read_bytes_at(read, read_size)
+        .map_err(|_| "its (*Conn).Read runs past the end of the file".to_string())?;
+    let read_returns = gotls::find_returns(code, arch)?
+        .into_iter()
+        .map(|r| read + r)
+        .collect();
+    Ok(GoFunctions {
+        write,
+        read,
+        read_returns,
+    })
+}
+
+/// The Go version in `.go.buildinfo`, inline (Go 1.18+) or through a
+/// string header (1.13 .. 1.17); `None` when there is none readable. At
+/// most a few hundred bytes are read.
+fn go_version<'d>(
+    data: &'d ReadCache<std::fs::File>,
+    endian: Endianness,
+    sections: &object::read::elf::SectionTable<
+        'd,
+        FileHeader64<Endianness>,
+        &'d ReadCache<std::fs::File>,
+    >,
+    file_offset: &dyn Fn(u64) -> Option<u64>,
+) -> Option<String> {
+    use object::ReadRef as _;
+    let (_, s) = sections.section_by_name(endian, b".go.buildinfo")?;
+    let off: u64 = s.sh_offset(endian);
+    let size: u64 = s.sh_size(endian);
+    let want = size.min(32 + 10 + gotls::MAX_VERSION as u64);
+    let head = data.read_bytes_at(off, want).ok()?;
+    match gotls::parse_buildinfo(head).ok()? {
+        gotls::BuildInfo::Inline(v) => Some(v),
+        gotls::BuildInfo::Pointer {
+            addr,
+            ptr_size,
+            big,
+        } => {
+            let n = u64::from(ptr_size);
+            let hdr = data.read_bytes_at(file_offset(addr)?, 2 * n).ok()?;
+            let (p, len) = hdr.split_at(ptr_size as usize);
+            let (p, len) = (gotls::read_word(p, big), gotls::read_word(len, big));
+            if len == 0 || len > gotls::MAX_VERSION as u64 {
+                return None;
+            }
+            let bytes = data.read_bytes_at(file_offset(p)?, len).ok()?;
+            Some(String::from_utf8_lossy(bytes).into_owned())
+        }
+    }
 }
 
 /// Checks the section and program header tables and the section-name
@@ -339,6 +485,9 @@ pub struct Survey {
     pub uncovered: Vec<&'static str>,
     /// Files that could not be read, and why (path, reason).
     pub unreadable: Vec<(String, String)>,
+    /// A Go executable using crypto/tls: its version and probe points, or
+    /// why it is not covered.
+    pub go: Option<(MappedFile, GoTls)>,
 }
 
 /// What was read from each file (by device and inode), so the workers of
@@ -405,8 +554,8 @@ pub fn survey(pid: u32, read_symbols: bool, cache: &mut ElfCache) -> Option<Surv
         };
         match read {
             Ok(elf) => {
-                if elf.go_tls && !out.uncovered.contains(&"Go crypto/tls") {
-                    out.uncovered.push("Go crypto/tls");
+                if let Some(go) = elf.go {
+                    out.go = Some((file.clone(), go));
                 }
                 // An executable that merely imports SSL_write from libssl
                 // has it undefined: only a definition is a target.
@@ -567,7 +716,7 @@ mod tests {
         for (f, off) in &elf.openssl {
             assert!(*off > 0 && *off < len, "{f} at {off:#x} outside the file");
         }
-        assert!(!elf.go_tls);
+        assert!(elf.go.is_none());
     }
 
     /// An ELF64 header with extended numbering: `e_shnum = 0`,

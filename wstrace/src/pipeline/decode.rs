@@ -47,6 +47,17 @@ fn stack(len: i64, addrs: &[u64; STACK_DEPTH]) -> Result<Vec<u64>, i64> {
     Ok(addrs[..n].iter().copied().take_while(|&a| a != 0).collect())
 }
 
+/// The TLS library whose plaintext an event carries, by its flag.
+fn tls_library(flags: u32) -> Option<&'static str> {
+    if flags & wstrace_common::FLAG_TLS_GO != 0 {
+        Some("go")
+    } else if flags & FLAG_TLS_OPENSSL != 0 {
+        Some("openssl")
+    } else {
+        None
+    }
+}
+
 /// A record of the `STACKS` ring: a [`StackRecord`] cut after its
 /// header's `len` bytes. Returns its id and the copy; fails on a record
 /// shorter than it says.
@@ -189,7 +200,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
         data,
         exit_code,
         signal,
-        tls: h.flags & FLAG_TLS_OPENSSL != 0,
+        tls: tls_library(h.flags),
         client_side: kind == EventKind::Upgrade && h.flags & wstrace_common::FLAG_CLIENT_SIDE != 0,
     })
 }

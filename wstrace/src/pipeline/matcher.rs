@@ -454,7 +454,7 @@ impl Matcher {
             jiffies_at_close: t.jiffies_at_close,
             notes,
             kernel_close: t.kernel_close,
-            tls: up.tls.then_some("openssl"),
+            tls: up.tls,
             side: if up.client_side {
                 Side::Client
             } else {
@@ -603,7 +603,7 @@ mod tests {
             data: None,
             exit_code: None,
             signal: None,
-            tls: false,
+            tls: None,
             client_side: false,
         }
     }

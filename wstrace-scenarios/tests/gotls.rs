@@ -1,0 +1,540 @@
+//! wss:// served by a Go program: gorilla/websocket over Go's own
+//! `crypto/tls` (no OpenSSL anywhere), built here by Debian's Go 1.19 in
+//! GOPATH mode (offline). The kernel sees ciphertext; the 101, the request
+//! head and close frames are read from uprobes on `(*Conn).Write`,
+//! `(*Conn).Read` and each RET of `Read`, the socket found through the
+//! `tls.Conn`'s fd. Real sockets, the real probes; wstrace started after
+//! the server (uprobes go on the servers found at start-up).
+//!
+//! Needs root, `go` and gorilla/websocket (`golang-go`,
+//! `golang-github-gorilla-websocket-dev`), /usr/bin/python3 and openssl
+//! (`cargo xtask setup --for test`): a missing one FAILS unless
+//! WSTRACE_TEST_ALLOW_SKIP=1.
+mod common;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{
+    Kill, Tracer, WorldReadableDir, as_nobody, require_file, require_root, require_tool, serial,
+};
+use serde_json::Value;
+
+const PYTHON: &str = "/usr/bin/python3";
+
+/// gorilla/websocket behind `http.Server.ServeTLS`: by `mode`, `close`
+/// closes right after the upgrade (in `(*hub).drop`); `goaway` sends a close
+/// frame 1001 "restarting", reads until the client's answer, then closes;
+/// `ping` pings every 300 ms and closes when no pong came in 1.5 s.
+/// Prints `READY <port>`.
+const SERVER: &str = r#"
+package main
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+type hub struct{ mode string }
+
+var upgrader = websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
+
+//go:noinline
+func (h *hub) drop(c *websocket.Conn) { c.Close() }
+
+func (h *hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c, err := upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return
+	}
+	if h.mode == "ping" {
+		// A read deadline as heartbeat: pings every 300 ms, no pong by
+		// 1.5 s and the read fails, the server closes.
+		c.SetReadDeadline(time.Now().Add(1500 * time.Millisecond))
+		go func() {
+			for i := 0; i < 5; i++ {
+				if c.WriteControl(websocket.PingMessage, []byte("hb"), time.Now().Add(time.Second)) != nil {
+					return
+				}
+				time.Sleep(300 * time.Millisecond)
+			}
+		}()
+		for {
+			if _, _, err := c.ReadMessage(); err != nil {
+				break
+			}
+		}
+	}
+	if h.mode == "goaway" {
+		msg := websocket.FormatCloseMessage(1001, "restarting")
+		c.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		for {
+			if _, _, err := c.ReadMessage(); err != nil {
+				break
+			}
+		}
+	}
+	h.drop(c)
+}
+
+func main() {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Printf("READY %d\n", ln.Addr().(*net.TCPAddr).Port)
+	srv := &http.Server{
+		Handler: &hub{mode: os.Args[3]},
+		// HTTP/1.1 only: a WebSocket upgrade has no HTTP/2 form here.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+	}
+	fmt.Fprintln(os.Stderr, srv.ServeTLS(ln, os.Args[1], os.Args[2]))
+}
+"#;
+
+/// A WebSocket client over Python's `ssl`: `http10` sends an HTTP/1.0
+/// upgrade and reads until the server closes; `answer` (HTTP/1.1) echoes a
+/// close frame it gets, then reads until the server closes; `silent`
+/// (HTTP/1.1) answers nothing, pings included.
+const CLIENT: &str = r#"
+import os, socket, ssl, sys
+port, mode = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
+version = "HTTP/1.0" if mode == "http10" else "HTTP/1.1"
+s.sendall(("GET /ws?token=SECRET " + version + "\r\nHost: localhost\r\nConnection: Upgrade\r\n"
+           "Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           "Sec-WebSocket-Version: 13\r\nCookie: session=TOPSECRET\r\n\r\n").encode())
+s.settimeout(5)
+got = s.recv(4096)
+assert got.startswith(b"HTTP/1.1 101 "), got
+try:
+    while True:
+        d = s.recv(4096)
+        if not d:
+            break
+        if mode == "answer" and d[0] == 0x88:
+            mask = os.urandom(4)
+            s.sendall(bytes([0x88, 0x82]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(d[2:4])))
+except (OSError, ssl.SSLError):
+    pass
+s.close()
+"#;
+
+struct Setup {
+    dir: WorldReadableDir,
+    python: PathBuf,
+    /// The Go server, built with symbols.
+    server: PathBuf,
+}
+
+/// Where Go keeps its build cache between runs (the standard library's
+/// net/http and crypto/tls take a minute to compile the first time).
+fn go_cache() -> PathBuf {
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".cache/wstrace/go-build")
+}
+
+/// Builds `SERVER` in `dir` (GOPATH mode, Debian's gorilla/websocket, no
+/// network) with extra `go build` flags.
+fn build_server(go: &Path, dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
+    let src = dir.join("main.go");
+    if !src.exists() {
+        std::fs::write(&src, SERVER).expect("server source");
+    }
+    let out = dir.join(name);
+    let built = Command::new(go)
+        .arg("build")
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .current_dir(dir)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", go_cache())
+        .env("GOFLAGS", "")
+        .env("CGO_ENABLED", "0")
+        .output()
+        .expect("go build");
+    assert!(
+        built.status.success(),
+        "go build failed: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    out
+}
+
+/// Root, go, gorilla/websocket, python3, openssl; a world-readable temp dir
+/// with the built server, the client and a fresh self-signed certificate.
+fn setup(name: &str) -> Option<Setup> {
+    if !require_root() {
+        return None;
+    }
+    let go = require_tool(
+        "go",
+        "apt-get install golang-go (or cargo xtask setup --for test)",
+    )?;
+    require_file(
+        "gorilla/websocket",
+        &[PathBuf::from(
+            "/usr/share/gocode/src/github.com/gorilla/websocket/conn.go",
+        )],
+        "apt-get install golang-github-gorilla-websocket-dev (or cargo xtask setup --for test)",
+    )?;
+    let python = require_file(
+        "python3",
+        &[PathBuf::from(PYTHON)],
+        "apt-get install python3",
+    )?;
+    let openssl = require_tool("openssl", "apt-get install openssl")?;
+    let dir = WorldReadableDir::new(&format!("gotls-{name}"));
+    std::fs::write(dir.path().join("client.py"), CLIENT).expect("client script");
+    let out = Command::new(openssl)
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(dir.path().join("key.pem"))
+        .arg("-out")
+        .arg(dir.path().join("cert.pem"))
+        .stdout(Stdio::null())
+        .output()
+        .expect("openssl req");
+    assert!(
+        out.status.success(),
+        "openssl req failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The key is read by servers running as nobody too.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(
+        dir.path().join("key.pem"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod key");
+    let server = build_server(&go, dir.path(), "srv", &[]);
+    Some(Setup {
+        dir,
+        python,
+        server,
+    })
+}
+
+/// `cmd` (a Go server) in `mode`: its process and port.
+fn start(mut cmd: Command, s: &Setup, mode: &str) -> (Kill, u16) {
+    let mut c = cmd
+        .arg(s.dir.path().join("cert.pem"))
+        .arg(s.dir.path().join("key.pem"))
+        .arg(mode)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("go server");
+    let mut line = String::new();
+    BufReader::new(c.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("READY line");
+    let port = line
+        .trim()
+        .strip_prefix("READY ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("server said {line:?}"));
+    (Kill(c), port)
+}
+
+fn run_client(s: &Setup, port: u16, mode: &str) {
+    let out = Command::new(&s.python)
+        .arg(s.dir.path().join("client.py"))
+        .arg(port.to_string())
+        .arg(mode)
+        .output()
+        .expect("python3 client");
+    assert!(
+        out.status.success(),
+        "client {mode} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn frames(r: &Value) -> Vec<(String, u64)> {
+    r["frames"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|f| {
+                    (
+                        f["direction"].as_str().unwrap_or_default().to_string(),
+                        f["code"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn report_on_port(reports: &[Value], port: u16) -> &Value {
+    reports
+        .iter()
+        .find(|r| {
+            r["local"]
+                .as_str()
+                .is_some_and(|l| l.ends_with(&format!(":{port}")))
+        })
+        .unwrap_or_else(|| panic!("no report for port {port}: {reports:#?}"))
+}
+
+#[test]
+fn go_tls_server_closing_after_an_http10_upgrade_is_named_from_the_plaintext() {
+    let Some(s) = setup("http10") else { return };
+    let _g = serial();
+    let (server, port) = start(Command::new(&s.server), &s, "close");
+    let pid = server.0.id();
+    let t = Tracer::start(port, &[]);
+    let stderr = t.stderr_text();
+    assert!(
+        stderr.contains(&format!("wstrace: tls: pid {pid} (srv): Go go1.19"))
+            && stderr.contains(
+                "(amd64) crypto/tls covered: uprobes on (*Conn).Write, (*Conn).Read and its "
+            ),
+        "no Go coverage line for the server:\n{stderr}"
+    );
+
+    for _ in 0..3 {
+        run_client(&s, port, "http10");
+    }
+    let reports = t.wait_for_reports(3, Duration::from_secs(20));
+    assert_eq!(reports.len(), 3, "{}", t.stderr_text());
+    for r in &reports {
+        assert_eq!(r["tls"], "go", "{r}");
+        assert_eq!(r["closed_by"], "local", "{r}");
+        assert_eq!(r["pid"], pid, "{r}");
+        assert_eq!(r["upgraded_by"]["pid"], pid, "{r}");
+        assert_eq!(r["diagnosis"]["code"], "http10_upgrade", "{r}");
+        // The request head is the plaintext from (*Conn).Read's RETs,
+        // redacted as any other.
+        assert_eq!(r["request"]["version"], "HTTP/1.0", "{r}");
+        assert_eq!(r["request"]["upgrade"], "websocket", "{r}");
+        let text = r.to_string();
+        assert!(
+            !text.contains("TOPSECRET") && !text.contains("SECRET "),
+            "secret printed: {r}"
+        );
+    }
+}
+
+#[test]
+fn go_tls_close_frame_1001_is_read_from_the_plaintext() {
+    let Some(s) = setup("goaway") else { return };
+    let _g = serial();
+    let (_server, port) = start(Command::new(&s.server), &s, "goaway");
+    let t = Tracer::start(port, &[]);
+    run_client(&s, port, "answer");
+    let reports = t.wait_for_reports(1, Duration::from_secs(20));
+    assert_eq!(reports.len(), 1, "{}", t.stderr_text());
+    let r = report_on_port(&reports, port);
+    assert_eq!(r["tls"], "go", "{r}");
+    assert_eq!(r["diagnosis"]["code"], "server_close_frame", "{r}");
+    assert_eq!(frames(r).first(), Some(&("sent".to_string(), 1001)), "{r}");
+    assert!(
+        frames(r).contains(&("received".to_string(), 1001)),
+        "the client's answer, read at a RET of (*Conn).Read: {r}"
+    );
+}
+
+/// ELF64 little-endian section `i` of `elf`: (type, addr, offset, size, link).
+fn section(elf: &[u8], i: usize) -> (u32, u64, u64, u64, u32) {
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let u32_at = |o: usize| u32::from_le_bytes(elf[o..o + 4].try_into().expect("4 bytes"));
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().expect("8 bytes"));
+    let shoff = u64_at(0x28) as usize;
+    let at = shoff + i * u16_at(0x3a);
+    (
+        u32_at(at + 4),
+        u64_at(at + 0x10),
+        u64_at(at + 0x18),
+        u64_at(at + 0x20),
+        u32_at(at + 0x28),
+    )
+}
+
+/// Where, in `elf`, the `.symtab` entry of `name` is, and the file offset
+/// of the code it names (through the section holding it).
+fn symbol(elf: &[u8], name: &str) -> (usize, usize) {
+    let shnum = u16::from_le_bytes([elf[0x3c], elf[0x3d]]) as usize;
+    let (_, _, symoff, symsize, link) = (0..shnum)
+        .map(|i| section(elf, i))
+        .find(|s| s.0 == 2)
+        .expect("a .symtab");
+    let (_, _, stroff, _, _) = section(elf, link as usize);
+    for at in (symoff as usize..(symoff + symsize) as usize).step_by(24) {
+        let n = u32::from_le_bytes(elf[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let s = &elf[stroff as usize + n..];
+        let end = s.iter().position(|&b| b == 0).expect("NUL");
+        if &s[..end] != name.as_bytes() {
+            continue;
+        }
+        let shndx = u16::from_le_bytes([elf[at + 6], elf[at + 7]]) as usize;
+        let value = u64::from_le_bytes(elf[at + 8..at + 16].try_into().expect("8 bytes"));
+        let (_, addr, off, _, _) = section(elf, shndx);
+        return (at, (value - addr + off) as usize);
+    }
+    panic!("no symbol {name}");
+}
+
+/// `nobody` runs copies of the Go server that lie to the survey: a
+/// stripped one whose `.gopclntab` claims 2^60 functions, one whose
+/// symbol table says `(*Conn).Read` is 1 TiB long, one whose `Read` starts
+/// with bytes that are no x86-64 instruction, one whose build info claims
+/// a pre-register-ABI Go with a terminal escape in it. Each is named, not
+/// covered, with an escaped reason; the survey stays bounded; a genuine
+/// Go server on another traced port is covered and reported as usual.
+#[test]
+fn hostile_go_binaries_are_refused_and_other_reports_unaffected() {
+    let Some(s) = setup("hostile") else { return };
+    let _g = serial();
+    let elf = std::fs::read(&s.server).expect("read the server");
+    let (read_sym, read_code) = symbol(&elf, "crypto/tls.(*Conn).Read");
+    let write = |name: &str, bytes: &[u8]| {
+        let p = s.dir.path().join(name);
+        std::fs::write(&p, bytes).expect("write a hostile copy");
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        p
+    };
+    let mut huge = elf.clone();
+    huge[read_sym + 16..read_sym + 24].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let mut undecodable = elf.clone();
+    // 0x06 (push es) does not exist in 64-bit mode.
+    undecodable[read_code..read_code + 4].copy_from_slice(&[0x06; 4]);
+    let mut old = elf.clone();
+    // .go.buildinfo: its header, then (Go 1.18+) at +32 the version's
+    // length (one byte here) and bytes.
+    let v = old
+        .windows(14)
+        .position(|w| w == b"\xff Go buildinf:")
+        .expect("a .go.buildinfo header")
+        + 33;
+    assert_eq!(&old[v - 1..v + 8], b"\x08go1.19.8", "the inline version");
+    old[v..v + 8].copy_from_slice(b"go1.1\x1b[J");
+    // A stripped copy whose .gopclntab claims 2^60 functions.
+    let go = require_tool("go", "apt-get install golang-go").expect("checked by setup");
+    let mut pcln = std::fs::read(build_server(
+        &go,
+        s.dir.path(),
+        "srv-stripped",
+        &["-ldflags=-s -w"],
+    ))
+    .expect("read the stripped server");
+    let h = pcln
+        .windows(8)
+        .position(|w| w == [0xf0, 0xff, 0xff, 0xff, 0, 0, 1, 8])
+        .expect("a Go 1.18+ .gopclntab header");
+    pcln[h + 8..h + 16].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    let bins = [
+        (
+            write("pclntab", &pcln),
+            "claims more functions than it holds",
+        ),
+        (
+            write("huge", &huge),
+            "its (*Conn).Read is 1099511627776 bytes",
+        ),
+        (
+            write("undecodable", &undecodable),
+            "do not decode as x86-64",
+        ),
+        (write("old", &old), "passes arguments on the stack"),
+    ];
+    let mut servers = Vec::new();
+    for (bin, _) in &bins {
+        servers.push(start(as_nobody(bin), &s, "close"));
+    }
+    let (good, good_port) = start(Command::new(&s.server), &s, "close");
+    let extra: Vec<String> = servers
+        .iter()
+        .flat_map(|(_, p)| ["--port".to_string(), p.to_string()])
+        .collect();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let t = Tracer::start(good_port, &extra);
+    let stderr = t.stderr_text();
+    for ((bin, why), (server, _)) in bins.iter().zip(&servers) {
+        let name = bin.file_name().and_then(|n| n.to_str()).expect("name");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("wstrace: tls: pid {} ({name})", server.0.id())))
+            .unwrap_or_else(|| panic!("no line for {name}:\n{stderr}"));
+        assert!(
+            line.contains("crypto/tls not covered") && line.contains(why),
+            "{name}: {line}"
+        );
+        assert!(!line.contains('\x1b'), "unescaped: {line:?}");
+    }
+    assert!(
+        stderr.contains(&format!(
+            "wstrace: tls: pid {} (srv): Go go1.19",
+            good.0.id()
+        )) && stderr.contains("crypto/tls covered"),
+        "{stderr}"
+    );
+    run_client(&s, good_port, "http10");
+    let reports = t.wait_for_reports(1, Duration::from_secs(20));
+    assert_eq!(reports.len(), 1, "{}", t.stderr_text());
+    let r = report_on_port(&reports, good_port);
+    assert_eq!(r["tls"], "go", "{r}");
+    assert_eq!(r["diagnosis"]["code"], "http10_upgrade", "{r}");
+}
+
+#[test]
+fn stripped_go_binary_is_covered_through_its_pclntab() {
+    let Some(s) = setup("stripped") else { return };
+    let _g = serial();
+    let go = require_tool("go", "apt-get install golang-go").expect("checked by setup");
+    let stripped = build_server(&go, s.dir.path(), "srv-stripped", &["-ldflags=-s -w"]);
+    let (server, port) = start(Command::new(&stripped), &s, "close");
+    let t = Tracer::start(port, &[]);
+    let stderr = t.stderr_text();
+    assert!(
+        stderr.contains(&format!(
+            "wstrace: tls: pid {} (srv-stripped): Go go1.19",
+            server.0.id()
+        )) && stderr.contains("crypto/tls covered"),
+        "the stripped server is not covered:\n{stderr}"
+    );
+    run_client(&s, port, "http10");
+    let reports = t.wait_for_reports(1, Duration::from_secs(20));
+    assert_eq!(reports.len(), 1, "{}", t.stderr_text());
+    let r = report_on_port(&reports, port);
+    assert_eq!(r["tls"], "go", "{r}");
+    assert_eq!(r["diagnosis"]["code"], "http10_upgrade", "{r}");
+    assert_eq!(r["request"]["version"], "HTTP/1.0", "{r}");
+}
+
+#[test]
+fn go_tls_pings_without_pongs_are_a_heartbeat_timeout() {
+    let Some(s) = setup("ping") else { return };
+    let _g = serial();
+    let (_server, port) = start(Command::new(&s.server), &s, "ping");
+    let t = Tracer::start(port, &[]);
+    run_client(&s, port, "silent");
+    let reports = t.wait_for_reports(1, Duration::from_secs(20));
+    assert_eq!(reports.len(), 1, "{}", t.stderr_text());
+    let r = report_on_port(&reports, port);
+    assert_eq!(r["tls"], "go", "{r}");
+    assert_eq!(r["closed_by"], "local", "{r}");
+    // The pings are (*Conn).Write plaintext: none answered.
+    assert_eq!(r["diagnosis"]["code"], "heartbeat_timeout", "{r}");
+}
