@@ -109,7 +109,7 @@ func main() {
 /// close frame it gets, then reads until the server closes; `silent`
 /// (HTTP/1.1) answers nothing, pings included.
 const CLIENT: &str = r#"
-import os, socket, ssl, sys
+import os, socket, ssl, sys, time
 port, mode = int(sys.argv[1]), sys.argv[2]
 ctx = ssl.create_default_context()
 ctx.check_hostname = False
@@ -132,6 +132,9 @@ try:
             s.sendall(bytes([0x88, 0x82]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(d[2:4])))
 except (OSError, ssl.SSLError):
     pass
+# Go sends close_notify before its close(): the socket is closed here only
+# after the server's FIN had time to come, so the server closes first.
+time.sleep(0.5)
 s.close()
 "#;
 
@@ -332,6 +335,15 @@ fn go_tls_server_closing_after_an_http10_upgrade_is_named_from_the_plaintext() {
         assert!(
             !text.contains("TOPSECRET") && !text.contains("SECRET "),
             "secret printed: {r}"
+        );
+        // The closing goroutine's stack names the program's own frame, as
+        // Go code (its DWARF).
+        let stack = r["user_stack"].as_array().cloned().unwrap_or_default();
+        assert!(
+            stack
+                .iter()
+                .any(|f| f["function"] == "main.(*hub).drop" && f["language"] == "go"),
+            "the close is not in main.(*hub).drop: {stack:#?}"
         );
     }
 }

@@ -27,9 +27,10 @@ use crate::{
         Sec-WebSocket-Key ...) are never printed.\n\n\
         Needs root (or CAP_BPF + CAP_PERFMON) and a kernel with BTF (5.10+). \
         wss:// (TLS) is seen in servers that use OpenSSL or BoringSSL (libssl, or \
-        linked in with symbols): uprobes on SSL_write/SSL_read give the plaintext \
-        (--tls). Other TLS stacks (Go crypto/tls, rustls, GnuTLS ...) are named at \
-        start-up and not covered: trace the port behind the TLS-terminating proxy.",
+        linked in with symbols), or Go's crypto/tls (Go 1.17+): uprobes on \
+        SSL_write/SSL_read or (*Conn).Write/Read give the plaintext (--tls). Other \
+        TLS stacks (rustls, GnuTLS ...) are named at start-up and not covered: trace \
+        the port behind the TLS-terminating proxy.",
     after_help = "Examples:\n  \
         sudo wstrace demo                       # see it work first: built-in server and client\n  \
         sudo wstrace                            # every WebSocket server on this host\n  \
@@ -249,7 +250,8 @@ pub struct CommonArgs {
 
     /// wss:// (TLS) servers: `auto` puts uprobes on SSL_write/SSL_read of
     /// the OpenSSL-compatible library (libssl, or a binary with it linked
-    /// in with symbols) of each process serving a traced port, when it is
+    /// in with symbols), or on Go's crypto/tls `(*Conn).Write`/`Read`, of
+    /// each process serving a traced port, when it is
     /// found listening at start-up, and says per process which TLS stack
     /// is covered and which is not (servers started later are named, not
     /// covered: attaching needs CAP_SYS_ADMIN, dropped after start-up).

@@ -124,9 +124,14 @@ pub fn render(v: &View<'_>, color: bool, full_stacks: bool) -> String {
         r.bytes_received_after_upgrade
     );
     if let Some(tls) = r.tls {
+        let calls = if tls == "go" {
+            "crypto/tls (*Conn).Write/Read"
+        } else {
+            "SSL_write/SSL_read"
+        };
         let _ = writeln!(
             out,
-            "  tls:      {tls}: the 101 and the request were read from its SSL_write/SSL_read (uprobes); bytes count TLS records"
+            "  tls:      {tls}: the 101 and the request were read from its {calls} (uprobes); bytes count TLS records"
         );
     }
     if let Some(cmd) = &v.process.cmdline {
@@ -277,7 +282,9 @@ fn runtime_of(l: &Frame) -> Option<&'static str> {
     let f = l.function.as_deref()?;
     let file = l.file.as_deref().unwrap_or("");
     let module = l.module.as_deref().map(basename).unwrap_or("");
-    if f.starts_with("tokio::") || f.starts_with("<tokio::") || file.contains("/tokio-") {
+    if frame::go_runtime(l) {
+        Some("go")
+    } else if f.starts_with("tokio::") || f.starts_with("<tokio::") || file.contains("/tokio-") {
         Some("tokio")
     } else if [
         "std::", "core::", "alloc::", "<std::", "<core::", "<alloc::", "__rust",
@@ -411,6 +418,79 @@ mod tests {
             address: Some(0x1000),
             ..Frame::default()
         }
+    }
+
+    /// What a gorilla/websocket server's close looks like (tests/gotls.rs).
+    #[test]
+    fn go_stacks_keep_the_programs_goroutine_frames_and_fold_go_runtime() {
+        let go = |f: &str, file: &str| Frame {
+            language: Some(crate::model::Language::Go),
+            ..uf(f, "/srv/app", Some((file, 10)), false)
+        };
+        let frames = vec![
+            uf(
+                "runtime/internal/syscall.Syscall6",
+                "/srv/app",
+                Some((
+                    "/usr/lib/go-1.19/src/runtime/internal/syscall/asm_linux_amd64.s",
+                    36,
+                )),
+                false,
+            ),
+            go(
+                "syscall.Syscall",
+                "/usr/lib/go/src/syscall/syscall_linux.go",
+            ),
+            go(
+                "syscall.Close",
+                "/usr/lib/go/src/syscall/zsyscall_linux_amd64.go",
+            ),
+            go(
+                "internal/poll.(*FD).Close",
+                "/usr/lib/go/src/internal/poll/fd_unix.go",
+            ),
+            go("net.(*conn).Close", "/usr/lib/go/src/net/net.go"),
+            go(
+                "crypto/tls.(*Conn).Close",
+                "/usr/lib/go/src/crypto/tls/conn.go",
+            ),
+            go(
+                "github.com/gorilla/websocket.(*Conn).Close",
+                "/usr/share/gocode/src/github.com/gorilla/websocket/conn.go",
+            ),
+            go("main.(*hub).drop", "/srv/main.go"),
+            go(
+                "net/http.serverHandler.ServeHTTP",
+                "/usr/lib/go/src/net/http/server.go",
+            ),
+            go(
+                "net/http.(*conn).serve",
+                "/usr/lib/go/src/net/http/server.go",
+            ),
+            uf(
+                "runtime.goexit",
+                "/srv/app",
+                Some(("/usr/lib/go/src/runtime/asm_amd64.s", 1594)),
+                false,
+            ),
+        ];
+        let got = compact_stack(&frames);
+        assert_eq!(
+            got,
+            vec![
+                "runtime/internal/syscall.Syscall6  asm_linux_amd64.s:36",
+                "… 5 frames in go",
+                "github.com/gorilla/websocket.(*Conn).Close  conn.go:10",
+                "main.(*hub).drop  main.go:10",
+                "… 3 frames in go",
+            ],
+            "{got:#?}"
+        );
+        // Without debug info nothing says a frame is Go: a C function with
+        // a dot (`close.cold`) is never taken for a package.
+        let mut c = go("net.(*conn).Close", "/x/net.go");
+        c.language = None;
+        assert!(!frame::go_runtime(&c));
     }
 
     #[test]

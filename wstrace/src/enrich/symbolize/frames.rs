@@ -132,6 +132,14 @@ fn source_loc(ci: &CodeInfo<'_>) -> SourceLoc {
     }
 }
 
+/// The source language a frame's debug info shows: Go by its `.go` source
+/// file (Go's DWARF; a `-w` build has none, and its frames stay unknown
+/// here). Others stay `None` until something tells them apart reliably.
+fn language_of(loc: Option<&SourceLoc>) -> Option<crate::model::Language> {
+    loc.filter(|l| l.file.ends_with(".go"))
+        .map(|_| crate::model::Language::Go)
+}
+
 /// The frames for one user address, innermost first: each inlined callee
 /// (innermost first, no offset of its own), then the real function;
 /// unresolved, a single unknown frame. Always at least one frame. `addr`
@@ -151,7 +159,7 @@ pub(super) fn user_frames(
         line: loc.filter(|l| !l.file.is_empty()).and_then(|l| l.line),
         inlined,
         kind,
-        language: None,
+        language: language_of(loc),
         address: Some(addr),
         unresolved: None,
     };
