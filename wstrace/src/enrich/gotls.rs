@@ -224,6 +224,100 @@ pub fn find_returns(code: &[u8], arch: GoArch) -> Result<Vec<u64>, String> {
     Ok(out)
 }
 
+/// Looks `names` up in a Go `.gopclntab` (the runtime's own function
+/// table, kept by stripped binaries): for each, its (address, size). Go
+/// 1.16/1.17 (magic 0xfffffffa: entries as pointer pairs) and 1.18+
+/// (0xfffffff0, 0xfffffff1: 32-bit offsets from the text start). Every
+/// offset is checked against the table's bytes; at most `nfunc` entries
+/// are visited, and `nfunc` is bounded by the table's size.
+pub fn pclntab_lookup(tab: &[u8], names: &[&str]) -> Result<Vec<Option<(u64, u64)>>, String> {
+    let bad = |what: &str| format!("its .gopclntab {what}");
+    if tab.len() < 8 {
+        return Err(bad("is shorter than its header"));
+    }
+    let magic = u32::from_le_bytes([tab[0], tab[1], tab[2], tab[3]]);
+    let ptr = usize::from(tab[7]);
+    if ptr != 8 && ptr != 4 {
+        return Err(bad("has an unknown pointer size"));
+    }
+    let word = |at: usize| -> Result<u64, String> {
+        tab.get(at..at + ptr)
+            .map(|b| read_word(b, false))
+            .ok_or_else(|| bad("runs past its end"))
+    };
+    let u32_at = |at: usize| -> Result<u32, String> {
+        tab.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(|| bad("runs past its end"))
+    };
+    let new = match magic {
+        0xffff_fff0 | 0xffff_fff1 => true,
+        0xffff_fffa => false,
+        _ => return Err(bad("has an unknown format (Go before 1.16, or not Go)")),
+    };
+    let nfunc = word(8)?;
+    // Header fields after nfunc and nfiles; 1.18 added textStart.
+    let (text_start, funcname, pcln) = if new {
+        (word(8 + 2 * ptr)?, word(8 + 3 * ptr)?, word(8 + 7 * ptr)?)
+    } else {
+        (0, word(8 + 2 * ptr)?, word(8 + 6 * ptr)?)
+    };
+    let entry_size = if new { 8 } else { 2 * ptr as u64 };
+    let (Ok(funcname), Ok(pcln)) = (usize::try_from(funcname), usize::try_from(pcln)) else {
+        return Err(bad("has offsets past its end"));
+    };
+    if funcname >= tab.len() || pcln >= tab.len() {
+        return Err(bad("has offsets past its end"));
+    }
+    if nfunc
+        .checked_add(1)
+        .and_then(|n| n.checked_mul(entry_size))
+        .is_none_or(|b| b > (tab.len() - pcln) as u64)
+    {
+        return Err(bad("claims more functions than it holds"));
+    }
+    let nfunc = nfunc as usize;
+    // (entry address, offset of its _func from pcln) of function i.
+    let entry = |i: usize| -> Result<(u64, usize), String> {
+        let at = pcln + i * entry_size as usize;
+        if new {
+            Ok((
+                text_start.wrapping_add(u64::from(u32_at(at)?)),
+                u32_at(at + 4)? as usize,
+            ))
+        } else {
+            Ok((word(at)?, word(at + ptr)? as usize))
+        }
+    };
+    let mut out = vec![None; names.len()];
+    for i in 0..nfunc {
+        let (start, func) = entry(i)?;
+        // _func: entry (a u32 offset from 1.18, a pointer before), then nameoff.
+        let name_at = pcln
+            .checked_add(func)
+            .and_then(|f| f.checked_add(if new { 4 } else { ptr }))
+            .ok_or_else(|| bad("has offsets past its end"))?;
+        let nameoff = u32_at(name_at)? as usize;
+        let Some(name) = funcname.checked_add(nameoff).and_then(|at| tab.get(at..)) else {
+            return Err(bad("has a name past its end"));
+        };
+        for (slot, want) in out.iter_mut().zip(names) {
+            if slot.is_none()
+                && name.len() > want.len()
+                && name.starts_with(want.as_bytes())
+                && name[want.len()] == 0
+            {
+                let (end, _) = entry(i + 1)?;
+                *slot = Some((start, end.saturating_sub(start)));
+            }
+        }
+        if out.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,100 +434,6 @@ mod tests {
         code.push(0xc0);
         assert_eq!(find_returns(&code, GoArch::Arm64), Ok(vec![4, 12]));
     }
-}
-
-/// Looks `names` up in a Go `.gopclntab` (the runtime's own function
-/// table, kept by stripped binaries): for each, its (address, size). Go
-/// 1.16/1.17 (magic 0xfffffffa: entries as pointer pairs) and 1.18+
-/// (0xfffffff0, 0xfffffff1: 32-bit offsets from the text start). Every
-/// offset is checked against the table's bytes; at most `nfunc` entries
-/// are visited, and `nfunc` is bounded by the table's size.
-pub fn pclntab_lookup(tab: &[u8], names: &[&str]) -> Result<Vec<Option<(u64, u64)>>, String> {
-    let bad = |what: &str| format!("its .gopclntab {what}");
-    if tab.len() < 8 {
-        return Err(bad("is shorter than its header"));
-    }
-    let magic = u32::from_le_bytes([tab[0], tab[1], tab[2], tab[3]]);
-    let ptr = usize::from(tab[7]);
-    if ptr != 8 && ptr != 4 {
-        return Err(bad("has an unknown pointer size"));
-    }
-    let word = |at: usize| -> Result<u64, String> {
-        tab.get(at..at + ptr)
-            .map(|b| read_word(b, false))
-            .ok_or_else(|| bad("runs past its end"))
-    };
-    let u32_at = |at: usize| -> Result<u32, String> {
-        tab.get(at..at + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .ok_or_else(|| bad("runs past its end"))
-    };
-    let new = match magic {
-        0xffff_fff0 | 0xffff_fff1 => true,
-        0xffff_fffa => false,
-        _ => return Err(bad("has an unknown format (Go before 1.16, or not Go)")),
-    };
-    let nfunc = word(8)?;
-    // Header fields after nfunc and nfiles; 1.18 added textStart.
-    let (text_start, funcname, pcln) = if new {
-        (word(8 + 2 * ptr)?, word(8 + 3 * ptr)?, word(8 + 7 * ptr)?)
-    } else {
-        (0, word(8 + 2 * ptr)?, word(8 + 6 * ptr)?)
-    };
-    let entry_size = if new { 8 } else { 2 * ptr as u64 };
-    let (Ok(funcname), Ok(pcln)) = (usize::try_from(funcname), usize::try_from(pcln)) else {
-        return Err(bad("has offsets past its end"));
-    };
-    if funcname >= tab.len() || pcln >= tab.len() {
-        return Err(bad("has offsets past its end"));
-    }
-    if nfunc
-        .checked_add(1)
-        .and_then(|n| n.checked_mul(entry_size))
-        .is_none_or(|b| b > (tab.len() - pcln) as u64)
-    {
-        return Err(bad("claims more functions than it holds"));
-    }
-    let nfunc = nfunc as usize;
-    // (entry address, offset of its _func from pcln) of function i.
-    let entry = |i: usize| -> Result<(u64, usize), String> {
-        let at = pcln + i * entry_size as usize;
-        if new {
-            Ok((
-                text_start.wrapping_add(u64::from(u32_at(at)?)),
-                u32_at(at + 4)? as usize,
-            ))
-        } else {
-            Ok((word(at)?, word(at + ptr)? as usize))
-        }
-    };
-    let mut out = vec![None; names.len()];
-    for i in 0..nfunc {
-        let (start, func) = entry(i)?;
-        // _func: entry (a u32 offset from 1.18, a pointer before), then nameoff.
-        let name_at = pcln
-            .checked_add(func)
-            .and_then(|f| f.checked_add(if new { 4 } else { ptr }))
-            .ok_or_else(|| bad("has offsets past its end"))?;
-        let nameoff = u32_at(name_at)? as usize;
-        let Some(name) = funcname.checked_add(nameoff).and_then(|at| tab.get(at..)) else {
-            return Err(bad("has a name past its end"));
-        };
-        for (slot, want) in out.iter_mut().zip(names) {
-            if slot.is_none()
-                && name.len() > want.len()
-                && name.starts_with(want.as_bytes())
-                && name[want.len()] == 0
-            {
-                let (end, _) = entry(i + 1)?;
-                *slot = Some((start, end.saturating_sub(start)));
-            }
-        }
-        if out.iter().all(Option::is_some) {
-            break;
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -106,6 +106,33 @@ pub fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
+/// Is this a frame of Go's runtime or standard library (`runtime.goexit`,
+/// `net/http.(*conn).serve`, `internal/poll.(*FD).Close`), which a reader
+/// skips to find the program's own (`main.(*hub).drop`, a
+/// `github.com/...` package)? Go frames are known by their language (from
+/// the debug info); the runtime's assembly (`asm_amd64.s`) by its package.
+/// A standard package's import path has no dot in its first element.
+pub fn go_runtime(f: &Frame) -> bool {
+    let Some(name) = f.function.as_deref() else {
+        return false;
+    };
+    // The package path ends at the first '.' after its last '/'.
+    let slash = name.rfind('/').map_or(0, |i| i + 1);
+    let Some(dot) = name[slash..].find('.') else {
+        return false;
+    };
+    let path = &name[..slash + dot];
+    let first = path.split('/').next().unwrap_or(path);
+    let std = !first.contains('.') && path != "main";
+    match f.language {
+        Some(Language::Go) => std,
+        _ => {
+            (path == "runtime" || path.starts_with("runtime/"))
+                && f.file.as_deref().is_some_and(|p| p.ends_with(".s"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,32 +241,5 @@ mod tests {
     #[test]
     fn a_frame_with_nothing_known_is_unknown() {
         assert_eq!(line(&Frame::default()), "[unknown]");
-    }
-}
-
-/// Is this a frame of Go's runtime or standard library (`runtime.goexit`,
-/// `net/http.(*conn).serve`, `internal/poll.(*FD).Close`), which a reader
-/// skips to find the program's own (`main.(*hub).drop`, a
-/// `github.com/...` package)? Go frames are known by their language (from
-/// the debug info); the runtime's assembly (`asm_amd64.s`) by its package.
-/// A standard package's import path has no dot in its first element.
-pub fn go_runtime(f: &Frame) -> bool {
-    let Some(name) = f.function.as_deref() else {
-        return false;
-    };
-    // The package path ends at the first '.' after its last '/'.
-    let slash = name.rfind('/').map_or(0, |i| i + 1);
-    let Some(dot) = name[slash..].find('.') else {
-        return false;
-    };
-    let path = &name[..slash + dot];
-    let first = path.split('/').next().unwrap_or(path);
-    let std = !first.contains('.') && path != "main";
-    match f.language {
-        Some(Language::Go) => std,
-        _ => {
-            (path == "runtime" || path.starts_with("runtime/"))
-                && f.file.as_deref().is_some_and(|p| p.ends_with(".s"))
-        }
     }
 }
