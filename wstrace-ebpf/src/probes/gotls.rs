@@ -51,10 +51,13 @@ pub struct Goroutine {
     pub g: u64,
 }
 
-/// Goroutine -> the `(*Conn).Read` it is in (entry to a RET). LRU so a
-/// missed return (a panic unwinding through Read) cannot leak.
+/// Goroutine -> the `(*Conn).Read` it is in (entry to a RET). An idle
+/// WebSocket's goroutine waits inside Read for its next frame, so there is
+/// one entry per open connection: sized as `UPGRADED`. LRU so a missed
+/// return (a panic unwinding through Read) cannot leak; past 65536 idle
+/// connections the oldest lose their next control frame.
 #[map]
-static GO_TLS_READS: LruHashMap<Goroutine, GoRead> = LruHashMap::with_max_entries(16384, 0);
+static GO_TLS_READS: LruHashMap<Goroutine, GoRead> = LruHashMap::with_max_entries(65536, 0);
 
 /// Offsets of the walk from a `*tls.Conn` to its fd, the same in every Go
 /// release 1.17 .. 1.22: `tls.Conn.conn` is the first field (an interface:
