@@ -111,6 +111,7 @@ async fn run_trace(args: &cli::TraceArgs) -> anyhow::Result<()> {
             rotate_keep: args.rotate_keep,
         }),
         metrics: args.metrics,
+        otlp: args.otlp.as_deref(),
     };
     // Prepared before anything attaches: a bad path stops the start.
     let mut ready_file = args
