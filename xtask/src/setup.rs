@@ -56,6 +56,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "userland of the kernel-matrix VMs"),
     ("nginx-light", "the real proxy of the diagnosis tests"),
     (
+        "podman",
+        "runs the container of the container-names test (an image imported from a rootfs tarball)",
+    ),
+    (
+        "runc",
+        "podman's runtime in that test: crun refuses hosts with hybrid cgroup v1/v2",
+    ),
+    (
         "nodejs",
         "a Node https server (OpenSSL linked in) of the TLS tests",
     ),

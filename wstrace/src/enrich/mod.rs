@@ -5,6 +5,7 @@
 //! live), reports through [`Enricher::resolve`] when the matcher completes
 //! them.
 pub mod clock;
+pub mod container;
 pub mod hz;
 pub mod maps;
 pub mod peer;

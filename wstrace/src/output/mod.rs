@@ -378,6 +378,16 @@ mod tests {
                     cmdline: Some(evil("cmdline")),
                     cgroup: Some(evil("cgroup")),
                     container_id: Some(evil("ctr")),
+                    container: Some(std::sync::Arc::new(crate::model::Container {
+                        id: evil("ctr"),
+                        runtime: Some("podman"),
+                        name: Some(evil("cname")),
+                        image: Some(evil("cimage")),
+                        pod_uid: None,
+                        pod_name: Some(evil("cpod")),
+                        namespace: Some(evil("cns")),
+                        k8s_container: Some(evil("ck8s")),
+                    })),
                 },
                 host: "host",
                 kernel_stack: vec![Frame {
@@ -477,7 +487,7 @@ mod tests {
             for field in [
                 "comm", "upgrader", "/tmp/exe", "cmdline", "ksym", "usym", "GET", "/path",
                 "HTTP/9", "host", "ua", "peer", "message", "fix", "note", "also", "alsofix", "fwd",
-                "detail",
+                "detail", "cname", "cimage", "cpod", "cns", "ck8s",
             ] {
                 let want = format!("{field}{shown}");
                 assert!(
@@ -492,7 +502,7 @@ mod tests {
                 "{ours}"
             );
             // The container id is cut to 12 bytes, escaped after the cut.
-            assert!(ours.contains("[container ctra\\x1b[2J\\x1b]0;]"), "{ours}");
+            assert!(ours.contains("podman ctra\\x1b[2J\\x1b]0;)"), "{ours}");
             assert!(ours.contains("\\u{202e}"), "{ours}");
         }
     }
@@ -508,6 +518,10 @@ mod tests {
         let back: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
         assert_eq!(back["comm"], evil("comm"));
         assert_eq!(back["exe"], evil("/tmp/exe"));
+        assert_eq!(back["container"]["name"], evil("cname"));
+        assert_eq!(back["container"]["image"], evil("cimage"));
+        assert_eq!(back["k8s"]["pod"], evil("cpod"));
+        assert_eq!(back["k8s"]["namespace"], evil("cns"));
         assert_eq!(back["request"]["target"], evil("/path"));
         assert_eq!(back["process_end"]["sent_by"]["comm"], evil("killer"));
         assert_eq!(back["process_end"]["signal"], "SIGKILL");

@@ -125,6 +125,23 @@ pub fn attributes(v: &View<'_>) -> Vec<(Key, AnyValue)> {
     if let Some(id) = &v.process.container_id {
         put("container.id", s(id));
     }
+    if let Some(c) = &v.process.container {
+        for (k, val) in [
+            ("container.name", &c.name),
+            ("container.image.name", &c.image),
+            ("k8s.pod.name", &c.pod_name),
+            ("k8s.pod.uid", &c.pod_uid),
+            ("k8s.namespace.name", &c.namespace),
+            ("k8s.container.name", &c.k8s_container),
+        ] {
+            if let Some(val) = val {
+                put(k, s(val));
+            }
+        }
+        if let Some(rt) = c.runtime {
+            put("container.runtime", s(rt));
+        }
+    }
     put("error.type", s(v.diagnosis.code));
     put("wstrace.diagnosis.message", s(&v.diagnosis.message));
     if let Some(fix) = &v.diagnosis.fix {
