@@ -131,6 +131,7 @@ pub struct TraceArgs {
     /// /v1/logs and /v1/metrics are added). Batched and retried with
     /// back-off off the event loop; records a full queue or an unreachable
     /// collector costs are counted in wstrace_lost_events_total{reason="otlp"}.
+    /// Empty: no OTLP.
     #[arg(long, value_name = "URL", env = "WSTRACE_OTLP", value_parser = crate::output::otlp::parse_url)]
     pub otlp: Option<String>,
 

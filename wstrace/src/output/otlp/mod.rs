@@ -64,9 +64,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
 
 /// `URL` as given to `--otlp`: `http://HOST:PORT` (a path prefix allowed),
-/// without the `/v1/...` signal path.
+/// without the `/v1/...` signal path. Empty (an empty `WSTRACE_OTLP` in a
+/// unit's environment file) is "no OTLP", returned as "".
 pub fn parse_url(s: &str) -> Result<String, String> {
     let t = s.trim().trim_end_matches('/');
+    if t.is_empty() {
+        return Ok(String::new());
+    }
     let uri: ::http::Uri = t
         .parse()
         .map_err(|e| format!("{s:?} is not a URL ({e}): use http://HOST:4318"))?;
@@ -513,6 +517,7 @@ mod tests {
                 .contains("base URL")
         );
         assert!(parse_url("grpc://x:4317").is_err());
+        assert_eq!(parse_url(" ").unwrap(), "");
     }
 
     /// An exporter that hangs until told, as a collector that never answers.
