@@ -127,6 +127,15 @@ pub struct TraceArgs {
     #[arg(long, value_name = "ADDR", value_parser = crate::output::metrics::parse_addr)]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// Send every close as an OpenTelemetry log record, and the metrics,
+    /// to the collector at URL over OTLP/HTTP protobuf (http://HOST:4318;
+    /// /v1/logs and /v1/metrics are added). Batched and retried with
+    /// back-off off the event loop; records a full queue or an unreachable
+    /// collector costs are counted in wstrace_lost_events_total{reason="otlp"}.
+    /// Empty: no OTLP.
+    #[arg(long, value_name = "URL", env = "WSTRACE_OTLP", value_parser = crate::output::otlp::parse_url)]
+    pub otlp: Option<String>,
+
     /// Rotated files to keep (FILE.1 newest ... FILE.N oldest).
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub rotate_keep: u32,

@@ -85,6 +85,8 @@ pub struct Options<'a> {
     pub duration: Option<Duration>,
     pub log: Option<LogSpec<'a>>,
     pub metrics: Option<std::net::SocketAddr>,
+    /// `--otlp`: the collector's base URL (checked by `otlp::parse_url`).
+    pub otlp: Option<&'a str>,
 }
 
 /// `--output` and its rotation.
@@ -105,6 +107,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(&Ports, &str)) -> Resu
     // a fork of it.
     let opener = (opts.common.tls == crate::attach::TlsMode::Auto).then(UprobeOpener::start);
     let metrics = serve_metrics(&opts)?;
+    let otlp = start_otlp(&opts)?;
     if let Some(warning) = privileges::raise_memlock() {
         eprintln!("wstrace: warning: {warning}");
     }
@@ -132,6 +135,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(&Ports, &str)) -> Resu
         opts.common.full_stacks,
         log,
         metrics,
+        otlp,
     );
     let mut enricher = Enricher::new(redactor, opts.common.user_stack, servers, kernel_peers);
     enricher.set_symbolize_timeout(Duration::from_secs(opts.common.symbolize_timeout));
@@ -186,6 +190,18 @@ fn open_log(opts: &Options<'_>) -> Result<Option<LogFile>> {
     LogFile::open(l.path, l.rotate_size, l.rotate_keep)
         .map(Some)
         .map_err(|e| anyhow::anyhow!("{e:#} (choose a writable --output path, or drop --output)"))
+}
+
+/// `--otlp`: the exporters start before the probes attach, so a bad URL
+/// fails the start with nothing loaded; a collector that is down is not
+/// an error (records are retried, then counted as lost).
+fn start_otlp(opts: &Options<'_>) -> Result<Option<crate::output::otlp::Otlp>> {
+    let Some(url) = opts.otlp else {
+        return Ok(None);
+    };
+    let o = crate::output::otlp::Otlp::start(url)?;
+    eprintln!("wstrace: sending closes and metrics to {url} (OTLP/HTTP)");
+    Ok(Some(o))
 }
 
 fn serve_metrics(opts: &Options<'_>) -> Result<Option<metrics::Metrics>> {
@@ -263,6 +279,9 @@ fn announce(opts: &Options<'_>, attached: &Attached, outputs: &Outputs) {
         outputs.stacks_elided(reason, 0);
     }
     outputs.events_lost(crate::output::LOG_UNWRITTEN, 0);
+    if opts.otlp.is_some() {
+        outputs.events_lost(crate::output::otlp::OTLP_LOST, 0);
+    }
 }
 
 /// Who opens uprobe perf events (CAP_SYS_ADMIN): the helper process for

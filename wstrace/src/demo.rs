@@ -44,6 +44,7 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
         duration: Some(Duration::from_secs(20)),
         log: None,
         metrics: None,
+        otlp: None,
     };
     let printed = daemon::run(opts, move |_, _| {
         let _ = thread::Builder::new()

@@ -111,6 +111,8 @@ async fn run_trace(args: &cli::TraceArgs) -> anyhow::Result<()> {
             rotate_keep: args.rotate_keep,
         }),
         metrics: args.metrics,
+        // An empty --otlp / WSTRACE_OTLP sends nothing.
+        otlp: args.otlp.as_deref().filter(|u| !u.is_empty()),
     };
     // Prepared before anything attaches: a bad path stops the start.
     let mut ready_file = args

@@ -800,6 +800,27 @@ pub struct ProcInfo {
     pub cmdline: Option<String>,
     pub cgroup: Option<String>,
     pub container_id: Option<String>,
+    /// The container (and Kubernetes pod) it runs in, named from the
+    /// runtime's state (`enrich::container`); shared by its processes.
+    pub container: Option<std::sync::Arc<Container>>,
+}
+
+/// A container and, on Kubernetes, its pod: names as the runtime and the
+/// kubelet wrote them (chosen by whoever created them: escaped at output,
+/// cut to 256 bytes when read).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    /// `docker`, `containerd`, `cri-o`, `podman`; None when the cgroup
+    /// does not say and no state file was found.
+    pub runtime: Option<&'static str>,
+    pub name: Option<String>,
+    pub image: Option<String>,
+    pub pod_uid: Option<String>,
+    pub pod_name: Option<String>,
+    pub namespace: Option<String>,
+    /// The container's name in its pod spec.
+    pub k8s_container: Option<String>,
 }
 
 // --- What is traced ---

@@ -56,6 +56,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "userland of the kernel-matrix VMs"),
     ("nginx-light", "the real proxy of the diagnosis tests"),
     (
+        "podman",
+        "runs the container of the container-names test (an image imported from a rootfs tarball)",
+    ),
+    (
+        "runc",
+        "podman's runtime in that test: crun refuses hosts with hybrid cgroup v1/v2",
+    ),
+    (
         "nodejs",
         "a Node https server (OpenSSL linked in) of the TLS tests",
     ),
@@ -96,7 +104,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// PyPI packages for the diagnosis tests, installed into [`venv_dir`].
-const PIP_PACKAGES: &[&str] = &["websockets==13.1"];
+/// `opentelemetry-proto`: the official OTLP protobuf definitions, with
+/// which the OTLP test's receiver decodes what `--otlp` sends (a receiver
+/// built on our own reading of the format would prove nothing).
+const PIP_PACKAGES: &[&str] = &["websockets==13.1", "opentelemetry-proto==1.39.1"];
+
+/// What the venv must import (one module per [`PIP_PACKAGES`] entry).
+const PIP_IMPORTS: &str =
+    "import websockets, opentelemetry.proto.collector.logs.v1.logs_service_pb2";
 
 /// npm packages for the heartbeat tests, installed into [`node_dir`]:
 /// (name, pinned version). `ws` is the most used Node WebSocket library;
@@ -353,7 +368,7 @@ fn ensure_venv() -> Result<String> {
     let python = venv.join("bin/python3");
     let check = |py: &std::path::Path| {
         Command::new(py)
-            .args(["-c", "import websockets"])
+            .args(["-c", PIP_IMPORTS])
             .status()
             .map(|s| s.success())
             .unwrap_or(false)
@@ -373,10 +388,10 @@ fn ensure_venv() -> Result<String> {
             .args(["install", "--quiet", "--disable-pip-version-check"])
             .args(PIP_PACKAGES),
     )
-    .context("installing websockets from PyPI")?;
+    .context("installing the test packages from PyPI")?;
     if !check(&python) {
         bail!(
-            "{} cannot import websockets after installing it",
+            "{} cannot import websockets and opentelemetry-proto after installing them",
             python.display()
         );
     }

@@ -6,6 +6,7 @@
 //! them.
 pub mod clock;
 pub mod gotls;
+pub mod container;
 pub mod hz;
 pub mod maps;
 pub mod peer;

@@ -215,12 +215,23 @@ fn read(pid: u32, redactor: &Redactor) -> ProcInfo {
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
     let cgroup = cgroup_path(&cgroup_text);
-    let container_id = cgroup.as_deref().and_then(container_id);
+    // Every hierarchy's line is searched (on hybrid v1/v2 hosts the
+    // unified line is `/`); the names come from the runtime's state files,
+    // once per container.
+    let container = crate::enrich::container::shared()
+        .lock()
+        .ok()
+        .and_then(|mut c| c.of_cgroup(&cgroup_text));
+    let container_id = container
+        .as_ref()
+        .map(|c| c.id.clone())
+        .or_else(|| cgroup.as_deref().and_then(container_id));
     ProcInfo {
         exe,
         cmdline,
         cgroup,
         container_id,
+        container,
     }
 }
 

@@ -8,7 +8,9 @@
 use serde::Serialize;
 
 use crate::diagnose::Diagnosis;
-use crate::model::{Frame as StackFrame, Heartbeat, Killer, ProcessEnd, SharedStack, signal_name};
+use crate::model::{
+    Container, Frame as StackFrame, Heartbeat, Killer, ProcessEnd, SharedStack, signal_name,
+};
 use crate::output::escape;
 use crate::output::view::{View, rfc3339};
 use crate::protocol::{http::RequestHead, wsframe::close_code_meaning};
@@ -27,6 +29,10 @@ struct Line<'a> {
     cmdline: Option<&'a str>,
     cgroup: Option<&'a str>,
     container_id: Option<&'a str>,
+    /// The container the closer runs in, named from its runtime's state.
+    container: Option<ContainerJson<'a>>,
+    /// Its Kubernetes pod, when it runs in one.
+    k8s: Option<K8sJson<'a>>,
     host: &'a str,
     closed_at_exit: Option<bool>,
     ms_after_upgrade: f64,
@@ -89,6 +95,41 @@ struct ProcessEndJson<'a> {
     /// when the sender was not seen (for an exit: who sent `after_signal`).
     killed_by: Option<&'static str>,
     sent_by: Option<SentBy<'a>>,
+}
+
+#[derive(Serialize)]
+struct ContainerJson<'a> {
+    id: &'a str,
+    name: Option<&'a str>,
+    image: Option<&'a str>,
+    /// `docker`, `containerd`, `cri-o` or `podman`.
+    runtime: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct K8sJson<'a> {
+    namespace: Option<&'a str>,
+    pod: Option<&'a str>,
+    pod_uid: Option<&'a str>,
+    container: Option<&'a str>,
+}
+
+fn container_json(c: &Container) -> (ContainerJson<'_>, Option<K8sJson<'_>>) {
+    let k8s = (c.pod_uid.is_some() || c.pod_name.is_some()).then_some(K8sJson {
+        namespace: c.namespace.as_deref(),
+        pod: c.pod_name.as_deref(),
+        pod_uid: c.pod_uid.as_deref(),
+        container: c.k8s_container.as_deref(),
+    });
+    (
+        ContainerJson {
+            id: &c.id,
+            name: c.name.as_deref(),
+            image: c.image.as_deref(),
+            runtime: c.runtime,
+        },
+        k8s,
+    )
 }
 
 #[derive(Serialize)]
@@ -253,6 +294,10 @@ fn request(h: &RequestHead) -> Request<'_> {
 fn line<'a>(v: &'a View<'a>) -> Line<'a> {
     let r = v.report;
     let c = r.closer.as_ref();
+    let (container, k8s) = match v.process.container.as_deref().map(container_json) {
+        Some((c, k)) => (Some(c), k),
+        None => (None, None),
+    };
     Line {
         ts: rfc3339(v.ts),
         local: r.local.to_string(),
@@ -266,6 +311,8 @@ fn line<'a>(v: &'a View<'a>) -> Line<'a> {
         cmdline: v.process.cmdline.as_deref(),
         cgroup: v.process.cgroup.as_deref(),
         container_id: v.process.container_id.as_deref(),
+        container,
+        k8s,
         host: v.host,
         closed_at_exit: c.map(|c| c.at_exit),
         ms_after_upgrade: (r.ms_after_upgrade() * 1000.0).round() / 1000.0,

@@ -42,6 +42,10 @@ pub struct ProbeLabels {
     pub probe: String,
 }
 
+/// `wstrace_connection_lifetime_seconds` buckets (and the OTLP histogram's):
+/// 1 ms .. ~9 h, right-after-101 closes up to long-lived sessions.
+pub const LIFETIME_BUCKETS: [f64; 9] = [0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 3600.0, 32400.0];
+
 /// Everything exported; cheap to clone (shared counters).
 #[derive(Clone)]
 pub struct Metrics {
@@ -72,8 +76,7 @@ impl Metrics {
             "Upgraded sockets that closed, by side, FIN/RST and diagnosis",
             closes.clone(),
         );
-        // 1 ms .. ~9 h: right-after-101 closes up to long-lived sessions.
-        let lifetime = Histogram::new([0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 3600.0, 32400.0]);
+        let lifetime = Histogram::new(LIFETIME_BUCKETS);
         registry.register(
             "connection_lifetime_seconds",
             "Time from the 101 to the close",

@@ -1,12 +1,13 @@
 //! Rendering close reports: `text` for people at a terminal, `json` for
 //! machines (one object per line), `logfile` for `--output`, `metrics` for
-//! Prometheus.
+//! Prometheus, `otlp` for an OpenTelemetry collector.
 pub mod escape;
 pub mod fold;
 pub mod frame;
 pub mod json;
 pub mod logfile;
 pub mod metrics;
+pub mod otlp;
 pub mod ready;
 pub mod safe_file;
 pub mod text;
@@ -60,6 +61,8 @@ pub struct Outputs {
     /// The log's lost lines already counted in the metrics.
     log_lost_counted: u64,
     metrics: Option<metrics::Metrics>,
+    /// `--otlp`: log records and OTLP metrics.
+    otlp: Option<otlp::Otlp>,
     /// Text reports held to fold storms into one summary (`None`: JSON, or
     /// `--no-fold`).
     folder: Option<fold::Folder>,
@@ -82,6 +85,7 @@ impl Outputs {
         full_stacks: bool,
         log: Option<logfile::LogFile>,
         metrics: Option<metrics::Metrics>,
+        otlp: Option<otlp::Otlp>,
     ) -> Self {
         let color = match color {
             ColorChoice::Always => true,
@@ -95,6 +99,7 @@ impl Outputs {
             log,
             log_lost_counted: 0,
             metrics,
+            otlp,
             folder: (fold && format == Format::Text).then(fold::Folder::default),
             printed: 0,
             pending: String::new(),
@@ -108,11 +113,17 @@ impl Outputs {
                 .get_or_create(&metrics::ProbeLabels { probe: name.into() })
                 .set(1);
         }
+        if let Some(o) = &self.otlp {
+            o.probe_set(name);
+        }
     }
 
     pub fn upgrade_seen(&self) {
         if let Some(m) = &self.metrics {
             m.upgrades.inc();
+        }
+        if let Some(o) = &self.otlp {
+            o.upgrade_seen();
         }
     }
 
@@ -123,6 +134,19 @@ impl Outputs {
                     reason: reason.into(),
                 })
                 .inc_by(n);
+        }
+        if let Some(o) = &self.otlp {
+            o.events_lost(reason, n);
+        }
+    }
+
+    /// Records the OTLP pipeline lost since the last look, into
+    /// `wstrace_lost_events_total{reason="otlp"}`.
+    fn count_otlp_lost(&mut self) {
+        if let Some(n) = self.otlp.as_mut().map(otlp::Otlp::take_lost)
+            && n > 0
+        {
+            self.events_lost(otlp::OTLP_LOST, n);
         }
     }
 
@@ -135,6 +159,9 @@ impl Outputs {
                     reason: reason.into(),
                 })
                 .inc_by(n);
+        }
+        if let Some(o) = &self.otlp {
+            o.stacks_elided(reason, n);
         }
     }
 
@@ -151,6 +178,11 @@ impl Outputs {
                 .inc();
             m.lifetime.observe(r.ms_after_upgrade() / 1000.0);
         }
+        // Queued for the export thread: never waits for the collector.
+        if let Some(o) = &self.otlp {
+            o.emit(v);
+        }
+        self.count_otlp_lost();
         // A failed write is a warning: the log holds the line and retries
         // by itself, and says when writing works again.
         if let Some(log) = &mut self.log
@@ -181,6 +213,7 @@ impl Outputs {
     /// Prints the folded storms (and lone reports) whose moment is over:
     /// the daemon calls this on its timer.
     pub fn tick(&mut self) -> Result<()> {
+        self.count_otlp_lost();
         if let Some(folder) = &mut self.folder {
             let ready = folder.due(std::time::Instant::now());
             self.print_ready(ready)?;
@@ -243,6 +276,15 @@ impl Outputs {
             && let Err(e) = log.sync()
         {
             eprintln!("wstrace: error: {e:#}");
+        }
+        if let Some(o) = &self.otlp {
+            let lost = o.shutdown();
+            if lost > 0 {
+                eprintln!(
+                    "wstrace: in total: {lost} report(s) not delivered to the OTLP collector (queue full, or refused or unreachable after retries) [{}]",
+                    otlp::OTLP_LOST
+                );
+            }
         }
     }
 }
@@ -336,6 +378,16 @@ mod tests {
                     cmdline: Some(evil("cmdline")),
                     cgroup: Some(evil("cgroup")),
                     container_id: Some(evil("ctr")),
+                    container: Some(std::sync::Arc::new(crate::model::Container {
+                        id: evil("ctr"),
+                        runtime: Some("podman"),
+                        name: Some(evil("cname")),
+                        image: Some(evil("cimage")),
+                        pod_uid: None,
+                        pod_name: Some(evil("cpod")),
+                        namespace: Some(evil("cns")),
+                        k8s_container: Some(evil("ck8s")),
+                    })),
                 },
                 host: "host",
                 kernel_stack: vec![Frame {
@@ -435,7 +487,7 @@ mod tests {
             for field in [
                 "comm", "upgrader", "/tmp/exe", "cmdline", "ksym", "usym", "GET", "/path",
                 "HTTP/9", "host", "ua", "peer", "message", "fix", "note", "also", "alsofix", "fwd",
-                "detail",
+                "detail", "cname", "cimage", "cpod", "cns", "ck8s",
             ] {
                 let want = format!("{field}{shown}");
                 assert!(
@@ -450,7 +502,7 @@ mod tests {
                 "{ours}"
             );
             // The container id is cut to 12 bytes, escaped after the cut.
-            assert!(ours.contains("[container ctra\\x1b[2J\\x1b]0;]"), "{ours}");
+            assert!(ours.contains("podman ctra\\x1b[2J\\x1b]0;)"), "{ours}");
             assert!(ours.contains("\\u{202e}"), "{ours}");
         }
     }
@@ -466,6 +518,10 @@ mod tests {
         let back: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
         assert_eq!(back["comm"], evil("comm"));
         assert_eq!(back["exe"], evil("/tmp/exe"));
+        assert_eq!(back["container"]["name"], evil("cname"));
+        assert_eq!(back["container"]["image"], evil("cimage"));
+        assert_eq!(back["k8s"]["pod"], evil("cpod"));
+        assert_eq!(back["k8s"]["namespace"], evil("cns"));
         assert_eq!(back["request"]["target"], evil("/path"));
         assert_eq!(back["process_end"]["sent_by"]["comm"], evil("killer"));
         assert_eq!(back["process_end"]["signal"], "SIGKILL");

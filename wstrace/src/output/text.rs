@@ -135,11 +135,14 @@ pub fn render(v: &View<'_>, color: bool, full_stacks: bool) -> String {
         );
     }
     if let Some(cmd) = &v.process.cmdline {
-        let container = match &v.process.container_id {
-            Some(id) => format!(" [container {}]", esc(id.get(..12).unwrap_or(id))),
-            None => String::new(),
+        let container = match (&v.process.container, &v.process.container_id) {
+            (None, Some(id)) => format!(" [container {}]", esc(id.get(..12).unwrap_or(id))),
+            _ => String::new(),
         };
         let _ = writeln!(out, "  command:  {}{container}", esc(cmd));
+    }
+    if let Some(c) = &v.process.container {
+        let _ = writeln!(out, "  container: {}", esc(&container_line(c)));
     }
     if let Some(peer) = &v.peer {
         let how = match peer.source {
@@ -256,6 +259,35 @@ fn heartbeat_line(h: &Heartbeat) -> Option<String> {
         side("server", &h.local),
         side("client", &h.peer)
     ))
+}
+
+/// `web-1 (image nginx:1.25, podman 3f4e2c1b0a9d); pod shop/web-7d9f container web`.
+pub fn container_line(c: &crate::model::Container) -> String {
+    let mut s = c.name.clone().unwrap_or_else(|| "[name unknown]".into());
+    let mut inner = Vec::new();
+    if let Some(image) = &c.image {
+        inner.push(format!("image {image}"));
+    }
+    inner.push(format!(
+        "{}{}",
+        c.runtime.map(|r| format!("{r} ")).unwrap_or_default(),
+        c.id.get(..12).unwrap_or(&c.id)
+    ));
+    s.push_str(&format!(" ({})", inner.join(", ")));
+    if c.pod_name.is_some() || c.pod_uid.is_some() {
+        s.push_str(&format!(
+            "; pod {}/{}",
+            c.namespace.as_deref().unwrap_or("?"),
+            c.pod_name
+                .as_deref()
+                .or(c.pod_uid.as_deref())
+                .unwrap_or("?")
+        ));
+        if let Some(k) = &c.k8s_container {
+            s.push_str(&format!(" container {k}"));
+        }
+    }
+    s
 }
 
 fn plural(n: u32) -> &'static str {

@@ -86,6 +86,16 @@ pub fn page(s: &Summary) -> String {
         o.push_str("<section id=\"programs\"><h2>Closing programs</h2>");
         o.push_str(&group_table(&s.by_program, s.closes, "program", "program"));
         o.push_str("</section>\n");
+        if s.by_pod.len() > 0 {
+            o.push_str("<section id=\"pods\"><h2>Pods and containers</h2>");
+            o.push_str(&group_table(
+                &s.by_pod,
+                s.closes,
+                "pod",
+                "namespace/pod (or container)",
+            ));
+            o.push_str("</section>\n");
+        }
         if s.by_host.len() > 1 {
             o.push_str("<section id=\"hosts\"><h2>Hosts</h2>");
             o.push_str(&group_table(&s.by_host, s.closes, "host", "host"));
@@ -712,7 +722,7 @@ fn close_table(s: &Summary, colour: &dyn Fn(&str) -> &'static str) -> String {
          <th data-type=\"text\">closer</th><th data-type=\"num\">lifetime</th><th data-type=\"text\">diagnosis</th></tr></thead><tbody>\n",
     );
     for r in &s.rows {
-        let (diag, program, host) = (h(&r.diagnosis), h(&r.program), h(&r.host));
+        let (diag, program, host, pod) = (h(&r.diagnosis), h(&r.program), h(&r.host), h(&r.pod));
         let closer = match r.pid {
             Some(pid) => format!(
                 "<a href=\"#closes\" data-kind=\"program\" data-value=\"{program}\" title=\"{program}\">{} ({pid})</a>",
@@ -726,7 +736,7 @@ fn close_table(s: &Summary, colour: &dyn Fn(&str) -> &'static str) -> String {
         };
         let _ = writeln!(
             o,
-            "<tr data-diag=\"{diag}\" data-program=\"{program}\" data-host=\"{host}\"><td>{}</td>\
+            "<tr data-diag=\"{diag}\" data-program=\"{program}\" data-host=\"{host}\" data-pod=\"{pod}\"><td>{}</td>\
              <td><a href=\"#closes\" data-kind=\"host\" data-value=\"{host}\">{host}</a></td><td>{}</td><td>{}</td><td>{} ({})</td><td>{closer}</td>\
              <td class=\"num\" data-sort=\"{life_sort}\">{life}</td>\
              <td><span class=\"swatch\" style=\"background:{}\"></span><a href=\"#closes\" data-kind=\"diag\" data-value=\"{diag}\">{diag}</a></td></tr>",
@@ -791,7 +801,7 @@ const SCRIPT: &str = r#"
   var rows = Array.prototype.slice.call(body.rows);
   var state = document.getElementById("filter-state");
   var clear = document.getElementById("clear-filter");
-  var names = { diag: "diagnosis", program: "program", host: "host" };
+  var names = { diag: "diagnosis", program: "program", host: "host", pod: "pod or container" };
   function filter(kind, value) {
     var shown = 0;
     rows.forEach(function (r) {
@@ -984,6 +994,38 @@ mod tests {
             .collect();
         assert!(xs.len() >= 5, "{xs:?}");
         assert!(xs.iter().all(|x| x + 100.0 <= CHART_W), "{xs:?}");
+    }
+
+    #[test]
+    fn closes_group_by_namespace_and_pod() {
+        let mut s = Summary::default();
+        for (ns, pod) in [("shop", "web-1"), ("shop", "web-1"), ("ops", "<b>x</b>")] {
+            s.add_close(&json!({
+                "comm": "node", "pid": 9, "closed_by": "local", "how": "fin",
+                "diagnosis": {"code": "unknown"},
+                "container": {"id": "c", "name": "web", "image": "i", "runtime": "containerd"},
+                "k8s": {"namespace": ns, "pod": pod, "container": "web"},
+            }));
+        }
+        s.add_close(&json!({
+            "comm": "py", "pid": 10, "closed_by": "local", "how": "fin",
+            "diagnosis": {"code": "unknown"},
+            "container": {"id": "d", "name": "ws-server", "runtime": "podman"},
+        }));
+        let html = page(&s);
+        assert!(html.contains("<section id=\"pods\">"), "{html}");
+        assert!(
+            html.contains("data-kind=\"pod\" data-value=\"shop/web-1\""),
+            "{html}"
+        );
+        assert!(
+            html.contains("data-value=\"container ws-server\""),
+            "{html}"
+        );
+        assert!(html.contains("data-pod=\"shop/web-1\""), "{html}");
+        // Pod names are escaped for HTML like every value from the logs.
+        assert!(html.contains("ops/&lt;b&gt;x&lt;/b&gt;"), "{html}");
+        assert!(!html.contains("<b>x</b>"), "{html}");
     }
 
     #[test]

@@ -214,6 +214,8 @@ pub struct Row {
     pub pid: Option<u32>,
     /// The `by_program` key of this close.
     pub program: String,
+    /// The `by_pod` key: `namespace/pod`, `container NAME`, or empty.
+    pub pod: String,
     pub ms_after_upgrade: Option<f64>,
     pub diagnosis: String,
 }
@@ -272,6 +274,21 @@ impl Lifetimes {
     }
 }
 
+/// A close's pod (`namespace/pod`) or, outside Kubernetes, its container
+/// (`container NAME`), from the report's `k8s` and `container` objects.
+pub fn pod_key(v: &Value) -> String {
+    let s = |p: &str| {
+        v.pointer(p)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    match (s("/k8s/namespace"), s("/k8s/pod"), s("/container/name")) {
+        (ns, Some(pod), _) => format!("{}/{pod}", ns.unwrap_or("?")),
+        (_, None, Some(name)) => format!("container {name}"),
+        _ => String::new(),
+    }
+}
+
 /// What the summary is built from.
 #[derive(Default, Debug)]
 pub struct Summary {
@@ -297,6 +314,10 @@ pub struct Summary {
     pub by_program: Groups,
     /// The report's `host`, or the log's file name for reports without one.
     pub by_host: Groups,
+    /// Kubernetes `namespace/pod` (`k8s`), else `container NAME` for a
+    /// closer in a container outside Kubernetes; closes in neither are not
+    /// counted here.
+    pub by_pod: Groups,
     /// Frame keys (escaped) joined by newlines.
     pub stacks: Tally,
     pub per_minute: Tally,
@@ -473,6 +494,10 @@ impl Summary {
         });
         self.by_program.add(&program, pid, comm);
         self.by_host.add(&host, pid, "");
+        let pod = clip(&pod_key(v));
+        if !pod.is_empty() {
+            self.by_pod.add(&pod, pid, comm);
+        }
         let row = Row {
             ts: clip(v.get("ts").and_then(Value::as_str).unwrap_or("")),
             host,
@@ -483,6 +508,7 @@ impl Summary {
             comm: clip(comm),
             pid,
             program,
+            pod,
             ms_after_upgrade: v.get("ms_after_upgrade").and_then(Value::as_f64),
             diagnosis: code.clone(),
         };
@@ -899,6 +925,7 @@ pub fn render_json(s: &Summary, top: usize, by: GroupBy) -> String {
         "by": match by { GroupBy::Pid => "pid", GroupBy::Program => "program", GroupBy::Host => "host" },
         "groups": groups_json,
         "hosts": groups(&s.by_host),
+        "pods": groups(&s.by_pod),
         "top_stacks": s.stacks.sorted().into_iter().take(top).map(|(k, c)| json!({
             "closes": c, "frames": k.lines().collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
