@@ -353,7 +353,8 @@ mod tests {
                     line: Some(3),
                     address: Some(2),
                     ..Frame::default()
-                }],
+                }]
+                .into(),
                 kernel_stack_errno: None,
                 user_stack_errno: None,
                 user_walk: UserWalk::default(),
