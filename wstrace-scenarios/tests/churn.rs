@@ -122,12 +122,15 @@ fn count_lines(path: &Path) -> usize {
 }
 
 /// Issue 29's acceptance test. Ignored until it passes: on the 2-CPU
-/// development host, shared with other builds (load 5-10), this test's
-/// client reaches 17-24k/s and the daemon (~30 us of CPU per report) falls
-/// behind, so events are lost (measured: 100,528 of 162,183, 181,481 of
-/// 189,137 and 167,016 of 190,744 reported; the victim's report, with its
-/// own copy and named frames, arrived in the runs where its event was not
-/// among those lost).
+/// development host, shared with other builds, this test's client reaches
+/// 15-24k/s and the daemon, on the same CPUs, falls behind. Before the fair
+/// share (load 5-10): 100,528 of 162,183, 181,481 of 189,137 and 167,016 of
+/// 190,744 reported, the rest lost to a full ring. With it (2026-12-07, load
+/// average 11-12, 35-54 us of daemon CPU per report): 81,470 of 123,478
+/// reported at 15.4k/s, 86,890 events `over_budget` (the flooded server's,
+/// named), 0 `ring_full`; 176,848 connections (22.1k/s) in another run. That
+/// the victim's close survives a flood whatever the daemon's speed is
+/// `a_flood_cannot_crowd_out_another_servers_close` (not ignored).
 /// Run it with `cargo test --release -p wstrace-scenarios --test churn --
 /// --ignored`.
 #[test]
@@ -215,15 +218,6 @@ fn every_close_is_reported_under_churn_and_a_victims_close_keeps_its_stack() {
             victims.push(r);
         }
     }
-    assert_eq!(
-        reports, want,
-        "one report per connection ({flooded} flooded + 1 victim); stderr: {stderr}"
-    );
-    assert!(
-        !stderr.contains("[ring_full]") && !stderr.contains("events were lost"),
-        "no event may be lost: {stderr}"
-    );
-
     // The victim's close: reported, with its own copy, named frames.
     assert_eq!(victims.len(), 1, "the victim's one close");
     let v = &victims[0];
@@ -240,6 +234,17 @@ fn every_close_is_reported_under_churn_and_a_victims_close_keeps_its_stack() {
             .any(|f| f.contains("ws_scenario::serve::serve_one"))
     });
     assert!(named, "the victim's user stack names its closer: {v}");
+
+    assert_eq!(
+        reports, want,
+        "one report per connection ({flooded} flooded + 1 victim); stderr: {stderr}"
+    );
+    assert!(
+        !stderr.contains("[ring_full]")
+            && !stderr.contains("[over_budget]")
+            && !stderr.contains("events were lost"),
+        "no event may be lost: {stderr}"
+    );
 
     // Stack detail degraded, and said so: the flooded server's closes past
     // its budget name its last copy, and the count is on stderr.

@@ -347,17 +347,16 @@ pub fn render(v: &View<'_>) -> String {
 /// the `Arc` keeps its address from being reused by other frames.
 const RENDERED_MAX: usize = 16;
 
+/// Frames and their JSON, newest first.
+type Rendered = VecDeque<(Arc<[StackFrame]>, Box<RawValue>)>;
+
 thread_local! {
-    static RENDERED: RefCell<VecDeque<(Arc<[StackFrame]>, Box<RawValue>)>> =
-        const { RefCell::new(VecDeque::new()) };
+    static RENDERED: RefCell<Rendered> = const { RefCell::new(VecDeque::new()) };
 }
 
 /// `frames` as a JSON array, from `rendered` when the same frames (the same
 /// allocation) were rendered lately.
-fn rendered_stack<'r>(
-    rendered: &'r mut VecDeque<(Arc<[StackFrame]>, Box<RawValue>)>,
-    frames: &Arc<[StackFrame]>,
-) -> &'r RawValue {
+fn rendered_stack<'r>(rendered: &'r mut Rendered, frames: &Arc<[StackFrame]>) -> &'r RawValue {
     let at = match rendered.iter().position(|(f, _)| Arc::ptr_eq(f, frames)) {
         Some(i) => i,
         None => {
@@ -366,7 +365,7 @@ fn rendered_stack<'r>(
             let json = escape::to_json_string(&**frames)
                 .ok()
                 .and_then(|s| RawValue::from_string(s).ok())
-                .unwrap_or_else(|| empty_array());
+                .unwrap_or_else(empty_array);
             if rendered.len() >= RENDERED_MAX {
                 rendered.pop_back();
             }
