@@ -162,6 +162,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(&Ports, &str)) -> Resu
         losses_reported: Losses::default(),
         stacks_elided: StacksElided::default(),
         over_budget_said: HashMap::new(),
+        over_budget_named: 0,
     };
     event_loop.run(opts.duration).await?;
     event_loop.shutdown().await
@@ -472,6 +473,8 @@ struct EventLoop<'a> {
     stacks_elided: StacksElided,
     /// Per process, the over-budget totals last said (`name_over_budget`).
     over_budget_said: HashMap<u32, ProcessBudget>,
+    /// The `over_budget` count when processes were last named.
+    over_budget_named: u64,
 }
 
 /// What `tgid` lost over its fair share since `before` (both the kernel's
@@ -713,8 +716,11 @@ impl EventLoop<'_> {
                 self.outputs.events_lost(reason, new);
             }
         }
-        if now.over_budget > self.losses_reported.over_budget {
+        // Named every 2 s at most (with the programs' counts): one line per
+        // process, not one per tick of a sustained flood.
+        if read_programs && now.over_budget > self.over_budget_named {
             self.name_over_budget();
+            self.over_budget_named = now.over_budget;
         }
         self.losses_reported = now;
     }
