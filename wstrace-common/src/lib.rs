@@ -482,6 +482,56 @@ pub struct SiteBudget {
     pub _pad: u32,
 }
 
+/// Why the kernel could not send an event: the `LOST` per-CPU counters'
+/// indexes (the daemon's `wstrace_lost_events_total{reason}`).
+pub mod lost {
+    /// `EVENTS` was full.
+    pub const RING_FULL: u32 = 0;
+    /// `EVENTS` was past half full and the process had used its
+    /// [`super::FAIR_SHARE_EVENTS`].
+    pub const OVER_BUDGET: u32 = 1;
+    pub const REASONS: u32 = 2;
+}
+
+/// Events a process may add to `EVENTS` while the ring is past half full,
+/// per [`FAIR_SHARE_WINDOW`]th of the ring the daemon reads meanwhile. One
+/// process that floods the ring (a server closing 20,000 sockets a second,
+/// or one a remote client makes churn on purpose) loses its own events,
+/// counted, and the other half of the ring stays for everyone else's
+/// closes. The window is the daemon's progress, not time: a stalled daemon
+/// refills no one's budget, so however long a flood lasts the upper half
+/// holds the closes of the other processes (256 closes of ~1.2 KiB from
+/// each of 13 processes fill the 4 MiB upper half of the 8 MiB ring).
+pub const FAIR_SHARE_EVENTS: u32 = 256;
+
+/// A process's budget starts again once the daemon has read this fraction
+/// (1/N) of the ring since its window began.
+pub const FAIR_SHARE_WINDOW: u64 = 8;
+
+/// Processes whose event budgets the kernel keeps (LRU: a process evicted
+/// starts a fresh budget; a flood of new processes is still held back by
+/// the ring itself).
+pub const BUDGET_PROCESSES: u32 = 4096;
+
+/// One process's (tgid) event budget, and what it lost over it (the
+/// `PROCESS_BUDGETS` map; the daemon reads the totals to say "pid X: N
+/// closes not reported"). Updated without locks from every CPU: a race can
+/// let a process send an event or two over its budget.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessBudget {
+    /// The ring's consumer position (bytes the daemon had read) when the
+    /// current window began.
+    pub window_cons_pos: u64,
+    /// Events sent in the current window while the ring was past half.
+    pub events: u32,
+    /// Totals since the entry was made: events not sent (any kind), and of
+    /// them closes, and upgrades (connections never traced).
+    pub dropped: u32,
+    pub dropped_closes: u32,
+    pub dropped_upgrades: u32,
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data, no padding holes that matter, all bit patterns valid.
@@ -492,6 +542,7 @@ mod user {
     unsafe impl aya::Pod for super::UserStackHeader {}
     // SAFETY: `repr(C)` integers only, without padding.
     unsafe impl aya::Pod for super::SiteBudget {}
+    unsafe impl aya::Pod for super::ProcessBudget {}
     // SAFETY: `repr(C)` integers and byte arrays; `_pad` makes the padding
     // explicit (the kernel zeroes it), so a key's bytes are its value.
     unsafe impl aya::Pod for super::SockTuple {}
@@ -730,5 +781,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<SignalEvent>(), 128 + 16);
         assert_eq!(core::mem::size_of::<StackRecord>(), 8 + 40 + USER_STACK_MAX);
         assert_eq!(core::mem::size_of::<SiteBudget>(), 32);
+        assert_eq!(core::mem::size_of::<ProcessBudget>(), 24);
     }
 }

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use wstrace_common::{
-    PORT_WORDS, PeerWriter, SERVER_SLOTS as SERVER_SLOT_COUNT, STACK_SITES, SiteBudget, SockTuple,
-    StackRecord,
+    BUDGET_PROCESSES, PORT_WORDS, PeerWriter, ProcessBudget, SERVER_SLOTS as SERVER_SLOT_COUNT,
+    STACK_SITES, SiteBudget, SockTuple, StackRecord, lost,
 };
 
 /// A read in flight on a traced-port socket: where its bytes will land.
@@ -71,10 +71,17 @@ pub static UPGRADED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 
 #[map]
 pub static ACCEPTED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
-/// Events that found the ring buffer full (index 0), per CPU. The daemon sums
-/// and reports them: a lost event is never silent.
+/// Events the kernel could not send, per CPU, indexed by reason
+/// (`wstrace_common::lost`). The daemon sums and reports them: a lost event
+/// is never silent.
 #[map]
-pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::REASONS, 0);
+
+/// Process (tgid) -> its event budget while `EVENTS` is past half full
+/// (`record::fair_share`), and what it lost over it. LRU.
+#[map]
+pub static PROCESS_BUDGETS: LruHashMap<u32, ProcessBudget> =
+    LruHashMap::with_max_entries(BUDGET_PROCESSES, 0);
 
 /// Thread id -> the read it is in (entry to exit). Only reads on traced-port
 /// sockets get here; LRU so a missed exit cannot leak.

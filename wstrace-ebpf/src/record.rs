@@ -2,7 +2,7 @@
 //! turn what happens to an upgraded socket into ring-buffer events.
 use aya_ebpf::{
     EbpfContext,
-    bindings::BPF_F_USER_STACK,
+    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_CONS_POS, BPF_RB_RING_SIZE},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf,
         generated::{
@@ -10,6 +10,7 @@ use aya_ebpf::{
             bpf_probe_read_user,
         },
     },
+    maps::ring_buf::RingBufEntry,
 };
 use wstrace_common::{
     CloseEvent, DATA_CAP, DIR_RECEIVED, DIR_SENT, DataEvent, EventHeader, EventKind,
@@ -17,6 +18,7 @@ use wstrace_common::{
     ProbeSet, REQUEST_PREFIX, STACK_DEPTH, SignalEvent, SockTuple, UPGRADE_PREFIX_LEN,
     is_upgrade_response,
 };
+use wstrace_common::{FAIR_SHARE_EVENTS, FAIR_SHARE_WINDOW, ProcessBudget, lost};
 use wstrace_common::{FLAG_CLIENT_SIDE, FLAG_UPGRADE_READ, FirstRead, classify_first_read};
 
 use crate::{
@@ -25,17 +27,79 @@ use crate::{
         port_traced, read, sk_err, sk_is_tcp, sk_local_port,
     },
     maps::{
-        ACCEPTED, EVENTS, HEAD_BYTES, LOST, PEER_WRITERS, PENDING_READS, PendingRead, RESUME,
-        RESUME_UNTIL, SockDir, TLS_LAST_READ, TLS_READS, TLS_WRITES, TlsRead, TlsWrite, UPGRADED,
-        UPGRADERS,
+        ACCEPTED, EVENTS, HEAD_BYTES, LOST, PEER_WRITERS, PENDING_READS, PROCESS_BUDGETS,
+        PendingRead, RESUME, RESUME_UNTIL, SockDir, TLS_LAST_READ, TLS_READS, TLS_WRITES, TlsRead,
+        TlsWrite, UPGRADED, UPGRADERS,
     },
     ustack,
 };
 
-pub(crate) fn count_lost() {
-    if let Some(lost) = LOST.get_ptr_mut(0) {
+/// Counts one event not sent, by `wstrace_common::lost` reason.
+pub(crate) fn count_lost(reason: u32) {
+    if let Some(lost) = LOST.get_ptr_mut(reason) {
         unsafe { *lost += 1 };
     }
+}
+
+/// May the current process add a `kind` event to `EVENTS`? Always while the
+/// ring is under half full (one helper call each for its size and fill);
+/// past half, only within its `FAIR_SHARE_EVENTS` per window (an eighth of
+/// the ring read by the daemon), so a process that floods the ring cannot
+/// crowd out another's close: what it loses is counted
+/// (`lost::OVER_BUDGET`) and totalled in its budget entry for the daemon
+/// to name it.
+#[inline(always)]
+fn fair_share(kind: EventKind) -> bool {
+    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) < size / 2 {
+        return true;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let read = EVENTS.query(BPF_RB_CONS_POS as u64);
+    let Some(b) = PROCESS_BUDGETS.get_ptr_mut(&tgid) else {
+        let fresh = ProcessBudget {
+            window_cons_pos: read,
+            events: 1,
+            ..ProcessBudget::default()
+        };
+        // Without an entry (the map refused one) the event is sent: the
+        // ring's own limit still holds.
+        let _ = PROCESS_BUDGETS.insert(&tgid, &fresh, 0);
+        return true;
+    };
+    unsafe {
+        if read.wrapping_sub((*b).window_cons_pos) >= size / FAIR_SHARE_WINDOW {
+            (*b).window_cons_pos = read;
+            (*b).events = 0;
+        }
+        if (*b).events < FAIR_SHARE_EVENTS {
+            (*b).events += 1;
+            return true;
+        }
+        (*b).dropped += 1;
+        if kind as u8 == EventKind::Close as u8 {
+            (*b).dropped_closes += 1;
+        } else if kind as u8 == EventKind::Upgrade as u8 {
+            (*b).dropped_upgrades += 1;
+        }
+    }
+    count_lost(lost::OVER_BUDGET);
+    false
+}
+
+/// Reserves a `T` in `EVENTS` for a `kind` event, if the process is within
+/// its fair share (`fair_share`) and the ring has room; counts it lost
+/// otherwise.
+#[inline(always)]
+fn reserve<T: 'static>(kind: EventKind) -> Option<RingBufEntry<T>> {
+    if !fair_share(kind) {
+        return None;
+    }
+    let entry = EVENTS.reserve::<T>(0);
+    if entry.is_none() {
+        count_lost(lost::RING_FULL);
+    }
+    entry
 }
 
 /// Fills `*h`, which points into a reserved ring-buffer entry, field by field.
@@ -82,8 +146,7 @@ unsafe fn fill_header(
 /// An event that is just a header: reserve, fill in place, submit.
 #[inline(always)]
 fn emit_header(kind: EventKind, probe: u8, sk: u64, old_state: u8, new_state: u8) {
-    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
-        count_lost();
+    let Some(mut entry) = reserve::<EventHeader>(kind) else {
         return;
     };
     unsafe { fill_header(entry.as_mut_ptr(), kind, probe, sk, old_state, new_state) };
@@ -253,8 +316,7 @@ pub fn mark_upgraded(sk: u64, write_len: u64, probe: ProbeSet, flags: u32) {
     if !sk_is_tcp(sk) || (flags & FLAG_CLIENT_SIDE == 0 && ACCEPTED.get_ptr(sk).is_none()) {
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
-        count_lost();
+    let Some(mut entry) = reserve::<EventHeader>(EventKind::Upgrade) else {
         return;
     };
     let h = entry.as_mut_ptr();
@@ -266,7 +328,7 @@ pub fn mark_upgraded(sk: u64, write_len: u64, probe: ProbeSet, flags: u32) {
     };
     if UPGRADED.insert(sk, ts_ns, 0).is_err() {
         entry.discard(0);
-        count_lost();
+        count_lost(lost::RING_FULL);
         return;
     }
     // The head is complete once the server answers it.
@@ -316,8 +378,7 @@ fn sk_tuple_port_ok(sk: u64) -> bool {
 /// `sk_err`: the kernel sets it before closing a socket on its own (a
 /// timeout, a reset received, an abort), and not for a local close.
 pub fn state_change(sk: u64, old_state: u8, new_state: u8) {
-    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
-        count_lost();
+    let Some(mut entry) = reserve::<EventHeader>(EventKind::State) else {
         return;
     };
     let h = entry.as_mut_ptr();
@@ -337,8 +398,7 @@ pub fn state_change(sk: u64, old_state: u8, new_state: u8) {
 /// for (`user_stack_bytes`) and within its call site's budget, goes to the
 /// `STACKS` ring before the close is submitted (`ustack::copy_for_close`).
 pub fn close<C: EbpfContext>(ctx: &C, probe: ProbeSet, sk: u64, old_state: u8, new_state: u8) {
-    let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) else {
-        count_lost();
+    let Some(mut entry) = reserve::<CloseEvent>(EventKind::Close) else {
         return;
     };
     let ev = entry.as_mut_ptr();
@@ -395,8 +455,7 @@ pub fn is_upgrader(tgid: u32) -> bool {
 /// A signal (or an OOM kill) aimed at a process that wrote a 101: the
 /// header names the current task, the sender.
 pub fn signal(target_pid: u32, signal: u32, code: i32, oom: u32) {
-    let Some(mut entry) = EVENTS.reserve::<SignalEvent>(0) else {
-        count_lost();
+    let Some(mut entry) = reserve::<SignalEvent>(EventKind::Signal) else {
         return;
     };
     let ev = entry.as_mut_ptr();
@@ -426,8 +485,7 @@ const _: () = assert!(DIR_RECEIVED == 0 && DIR_SENT == 1 && FLAG_CONTINUES & 1 =
 fn emit_data(sk: u64, buf: u64, len: u64, total: u64, dir_flags: u32) {
     let direction = dir_flags & 1;
     let flags = dir_flags & !1;
-    let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
-        count_lost();
+    let Some(mut entry) = reserve::<DataEvent>(EventKind::Data) else {
         return;
     };
     let ev = entry.as_mut_ptr();
@@ -948,8 +1006,7 @@ pub fn destroy(sk: u64) {
             dir: dir as u64,
         });
     }
-    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
-        count_lost();
+    let Some(mut entry) = reserve::<EventHeader>(EventKind::Destroy) else {
         return;
     };
     let h = entry.as_mut_ptr();

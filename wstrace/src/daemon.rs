@@ -3,7 +3,7 @@
 //! through decode -> match -> enrich -> diagnose -> output until a signal,
 //! `--count` or `--duration` ends it; shutdown detaches first and drains
 //! what the kernel wrote before that.
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::RingBuf;
@@ -21,7 +21,7 @@ use crate::{
     pipeline::{matcher::Matcher, reader::Reader},
     redact::Redactor,
 };
-use wstrace_common::EventKind;
+use wstrace_common::{EventKind, ProcessBudget, lost};
 
 /// Ring buffer size: ~3,700 close events (1.1 KiB each) of headroom.
 const RING_BYTES: u32 = 4 * 1024 * 1024;
@@ -165,6 +165,8 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(&Ports, &str)) -> Resu
         limit: opts.count.unwrap_or(u64::MAX),
         losses_reported: Losses::default(),
         stacks_elided: StacksElided::default(),
+        over_budget_said: HashMap::new(),
+        over_budget_named: 0,
     };
     event_loop.run(opts.duration).await?;
     event_loop.shutdown().await
@@ -556,6 +558,28 @@ struct EventLoop<'a> {
     losses_reported: Losses,
     /// Closes reported without a stack copy of their own (not losses).
     stacks_elided: StacksElided,
+    /// Per process, the over-budget totals last said (`name_over_budget`).
+    over_budget_said: HashMap<u32, ProcessBudget>,
+    /// The `over_budget` count when processes were last named.
+    over_budget_named: u64,
+}
+
+/// What `tgid` lost over its fair share since `before` (both the kernel's
+/// running totals; an entry the kernel evicted and made again starts from
+/// 0), or None if nothing new.
+fn over_budget_line(tgid: u32, before: &ProcessBudget, now: &ProcessBudget) -> Option<String> {
+    let since = |n: u32, b: u32| if n >= b { n - b } else { n };
+    let events = since(now.dropped, before.dropped);
+    if events == 0 {
+        return None;
+    }
+    Some(format!(
+        "pid {tgid}: {events} event(s) not sent over its fair share of the ring (past half full, {} per {}th of the ring read): {} close(s) not reported, {} connection(s) not traced [over_budget]",
+        wstrace_common::FAIR_SHARE_EVENTS,
+        wstrace_common::FAIR_SHARE_WINDOW,
+        since(now.dropped_closes, before.dropped_closes),
+        since(now.dropped_upgrades, before.dropped_upgrades),
+    ))
 }
 
 /// Closes whose user stack copy the kernel did not make, by reason: said
@@ -584,6 +608,9 @@ impl StacksElided {
 struct Losses {
     /// The kernel could not write an event: the ring buffer was full.
     ring_full: u64,
+    /// The kernel did not write an event: the ring was past half full and
+    /// the process over its share (`wstrace_common::FAIR_SHARE_EVENTS`).
+    over_budget: u64,
     /// The kernel skipped a program run (another BPF program was running on
     /// that CPU): the event it would have written was never made.
     recursion_miss: u64,
@@ -602,12 +629,17 @@ struct Losses {
 
 impl Losses {
     /// (metric label, count, what to tell the operator).
-    fn each(&self) -> [(&'static str, u64, &'static str); 6] {
+    fn each(&self) -> [(&'static str, u64, &'static str); 7] {
         [
             (
                 "ring_full",
                 self.ring_full,
                 "events lost (ring buffer full); reports may be missing",
+            ),
+            (
+                "over_budget",
+                self.over_budget,
+                "events not sent: the ring was past half full and their process over its fair share; that process's reports may be missing, other processes' are kept",
             ),
             (
                 "recursion_miss",
@@ -743,7 +775,8 @@ impl EventLoop<'_> {
     /// stay as last read.
     fn losses(&self, read_programs: bool) -> Losses {
         Losses {
-            ring_full: probes::lost_events(&self.attached.ebpf),
+            ring_full: probes::lost_events(&self.attached.ebpf, lost::RING_FULL),
+            over_budget: probes::lost_events(&self.attached.ebpf, lost::OVER_BUDGET),
             recursion_miss: if read_programs {
                 probes::recursion_misses(&self.attached.ebpf)
             } else {
@@ -770,7 +803,36 @@ impl EventLoop<'_> {
                 self.outputs.events_lost(reason, new);
             }
         }
+        // Named every 2 s at most (with the programs' counts): one line per
+        // process, not one per tick of a sustained flood.
+        if read_programs && now.over_budget > self.over_budget_named {
+            self.name_over_budget();
+            self.over_budget_named = now.over_budget;
+        }
         self.losses_reported = now;
+    }
+
+    /// Says which processes lost events over their fair share, and how many
+    /// since last said: an aggregate per process instead of silence (the
+    /// kernel keeps the totals, `PROCESS_BUDGETS`).
+    fn name_over_budget(&mut self) {
+        for (tgid, b) in probes::over_budget_processes(&self.attached.ebpf) {
+            let before = self
+                .over_budget_said
+                .get(&tgid)
+                .copied()
+                .unwrap_or_default();
+            let Some(line) = over_budget_line(tgid, &before, &b) else {
+                continue;
+            };
+            eprintln!("wstrace: warning: {line}");
+            // Bounded like the kernel map it mirrors; a process evicted
+            // here is only said again in full.
+            if self.over_budget_said.len() >= wstrace_common::BUDGET_PROCESSES as usize {
+                self.over_budget_said.clear();
+            }
+            self.over_budget_said.insert(tgid, b);
+        }
     }
 
     /// Stops the kernel side first, then reads what it wrote before that: an
@@ -831,5 +893,42 @@ impl EventLoop<'_> {
         }
         self.outputs.finish();
         Ok(self.outputs.printed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(dropped: u32, closes: u32, upgrades: u32) -> ProcessBudget {
+        ProcessBudget {
+            dropped,
+            dropped_closes: closes,
+            dropped_upgrades: upgrades,
+            ..ProcessBudget::default()
+        }
+    }
+
+    #[test]
+    fn over_budget_line_says_what_is_new_per_process() {
+        let none = ProcessBudget::default();
+        assert_eq!(over_budget_line(7, &none, &none), None);
+        let first = budget(10, 4, 3);
+        let line = over_budget_line(7, &none, &first).expect("new drops");
+        assert!(line.starts_with("pid 7: 10 event(s) not sent"), "{line}");
+        assert!(line.contains("4 close(s) not reported, 3 connection(s) not traced"));
+        // Only what is new since last said.
+        assert_eq!(over_budget_line(7, &first, &first), None);
+        let line = over_budget_line(7, &first, &budget(15, 6, 3)).expect("more");
+        assert!(
+            line.contains(": 5 event(s)") && line.contains("2 close(s)"),
+            "{line}"
+        );
+        // The kernel evicted and remade the entry: its totals restart.
+        let line = over_budget_line(7, &budget(15, 6, 3), &budget(2, 1, 0)).expect("restart");
+        assert!(
+            line.contains(": 2 event(s)") && line.contains("1 close(s)"),
+            "{line}"
+        );
     }
 }

@@ -16,10 +16,10 @@ use std::path::Path;
 use anyhow::Result;
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::PerCpuArray,
+    maps::{HashMap, PerCpuArray},
     programs::{FEntry, FExit, KProbe, RawTracePoint, TracePoint},
 };
-use wstrace_common::{ABSENT, KernelConfig, ProbeSet};
+use wstrace_common::{ABSENT, KernelConfig, ProbeSet, ProcessBudget};
 
 use crate::model::Ports;
 
@@ -655,15 +655,32 @@ fn fdinfo_field(info: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Sum of the per-CPU "ring buffer full" counters.
-pub fn lost_events(ebpf: &Ebpf) -> u64 {
+/// Sum of the per-CPU counters of events the kernel could not send for
+/// `reason` (`wstrace_common::lost`).
+pub fn lost_events(ebpf: &Ebpf, reason: u32) -> u64 {
     let Some(map) = ebpf.map("LOST") else {
         return 0;
     };
     let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else {
         return 0;
     };
-    arr.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    arr.get(&reason, 0).map(|v| v.iter().sum()).unwrap_or(0)
+}
+
+/// The processes (tgid) that lost events over their fair share of the
+/// ring (`PROCESS_BUDGETS` entries with drops), at most the map's size.
+pub fn over_budget_processes(ebpf: &Ebpf) -> Vec<(u32, ProcessBudget)> {
+    let Some(map) = ebpf.map("PROCESS_BUDGETS") else {
+        return Vec::new();
+    };
+    let Ok(m) = HashMap::<_, u32, ProcessBudget>::try_from(map) else {
+        return Vec::new();
+    };
+    m.iter()
+        .filter_map(Result::ok)
+        .filter(|(_, b)| b.dropped > 0)
+        .take(wstrace_common::BUDGET_PROCESSES as usize)
+        .collect()
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod tls;
 pub mod unwind;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::attach::ServerSet;
@@ -79,8 +80,9 @@ pub struct Enriched<'a> {
     pub host: &'a str,
     /// Innermost first, the tracer's own frames left out.
     pub kernel_stack: Vec<Frame>,
-    /// Innermost first, inlined functions as frames of their own.
-    pub user_stack: Vec<Frame>,
+    /// Innermost first, inlined functions as frames of their own; shared
+    /// with the symbolizer's cache (identical stacks are one allocation).
+    pub user_stack: Arc<[Frame]>,
     /// The kernel could not walk that stack: its errno (e.g. EFAULT for a
     /// task without a user address space); the stack is empty then.
     pub kernel_stack_errno: Option<i64>,
@@ -102,8 +104,6 @@ pub struct Enricher {
     symbolizer: Symbolizer,
     /// Unwinds of recent stack copies, for closes that name one.
     stack_cache: stack_cache::StackCache,
-    /// Symbolized user stacks, in front of the symbolizer's worker.
-    frames_cache: stack_cache::FramesCache,
     redactor: Redactor,
     clock: Clock,
     host: String,
@@ -137,7 +137,6 @@ impl Enricher {
             processes: ProcessTable::default(),
             symbolizer: Symbolizer::new(),
             stack_cache: stack_cache::StackCache::default(),
-            frames_cache: stack_cache::FramesCache::default(),
             redactor,
             clock: Clock::new(),
             host: process::hostname(),
@@ -298,23 +297,11 @@ impl Enricher {
     /// reused pid): the symbolizer's maps and files, and its stacks.
     fn forget_symbols(&mut self, pid: u32) {
         self.symbolizer.forget_process(pid);
-        self.frames_cache.forget(pid);
     }
 
-    /// A user stack's frames: a stack already symbolized for this process
-    /// costs a lookup, not a round trip to the symbolizer's worker (at
-    /// 20,000 closes a second from one call site, nearly every stack is).
-    fn user_frames(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
-        if let Some(frames) = self.frames_cache.get(pid, addrs) {
-            return frames.to_vec();
-        }
-        let frames = self.symbolizer.user_stack(pid, addrs);
-        // Only a remembered process's maps are known not to have changed
-        // under us (the symbolizer's own rule for its cache).
-        if self.symbolizer.remembers(pid) {
-            self.frames_cache.insert(pid, addrs, &frames);
-        }
-        frames
+    /// A user stack's frames, shared with the symbolizer's cache.
+    fn user_frames(&mut self, pid: u32, addrs: &[u64]) -> Arc<[Frame]> {
+        self.symbolizer.user_stack(pid, addrs)
     }
 
     /// Remembers (description, maps) every process listening on a traced
@@ -394,7 +381,7 @@ impl Enricher {
                             none: Some("closed at process exit"),
                             ..UserWalk::default()
                         };
-                        Vec::new()
+                        Arc::default()
                     }
                     (Walk::Dwarf, Some(d), _, false) => {
                         user_walk.end = Some(d.end.clone());
@@ -403,12 +390,12 @@ impl Enricher {
                     (_, _, Ok(a), false) => self.user_frames(c.pid, a),
                     (_, _, Err(e), false) => {
                         user_stack_errno = Some(*e);
-                        Vec::new()
+                        Arc::default()
                     }
                 };
                 (k, u, self.processes.info(c.pid))
             }
-            None => (Vec::new(), Vec::new(), ProcInfo::default()),
+            None => (Vec::new(), Arc::default(), ProcInfo::default()),
         };
         let frames = r
             .close_frames

@@ -5,12 +5,18 @@
 //! unwound and symbolized again. A layer beside the symbolizer, which it
 //! does not change.
 //!
-//! [`FramesCache`] is the layer in front of it: the symbolizer answers
-//! user stacks on a worker thread (so a hostile binary cannot stall the
-//! daemon), and a round trip per close costs two context switches; the
-//! frames of a stack already symbolized for the same process are taken
-//! from here instead.
-use std::collections::{HashMap, VecDeque};
+//! [`UserStacks`] is the one cache of symbolized user stacks, by process
+//! and addresses: the symbolizer's front (`Symbolizer::user_stack`, on the
+//! daemon's thread) answers from it without a round trip to its worker
+//! (two context switches a close), and the worker, which owns the process
+//! maps, fills it and drops a process's stacks when its code changes
+//! (exec) or it is forgotten. Frames are shared (`Arc<[Frame]>`): a report
+//! holds the cached stack, not a copy of it.
+use std::{
+    collections::{HashMap, VecDeque},
+    hash::{BuildHasher as _, RandomState},
+    sync::{Arc, Mutex},
+};
 
 use crate::model::{CopyFate, Frame, SharedStack, Stacks, Unwound};
 
@@ -85,39 +91,84 @@ impl StackCache {
 /// at worst; distinct stacks are few in practice).
 pub const FRAMES_MAX: usize = 4096;
 
-/// User stacks symbolized, by process and addresses.
-#[derive(Default)]
-pub struct FramesCache {
-    by_stack: HashMap<(u32, Vec<u64>), Vec<Frame>>,
+struct Entry {
+    pid: u32,
+    addrs: Box<[u64]>,
+    frames: Arc<[Frame]>,
 }
 
-impl FramesCache {
-    pub fn get(&self, pid: u32, addrs: &[u64]) -> Option<&[Frame]> {
-        // The key is owned; a borrowed lookup would need a custom Borrow
-        // impl for the tuple: the copy of ~20 addresses is cheap next to
-        // the worker round trip it saves.
-        self.by_stack.get(&(pid, addrs.to_vec())).map(Vec::as_slice)
+/// User stacks symbolized, by process and addresses. Keyed by a hash of
+/// both, checked against the entry on a hit, so a lookup allocates nothing;
+/// two stacks with the same hash take turns (a miss, never a wrong answer).
+pub struct UserStacks {
+    by_hash: HashMap<u64, Entry>,
+    hasher: RandomState,
+}
+
+/// The cache as the symbolizer's front and its worker share it.
+pub type SharedUserStacks = Arc<Mutex<UserStacks>>;
+
+impl Default for UserStacks {
+    fn default() -> Self {
+        Self {
+            by_hash: HashMap::new(),
+            // Keyed per run: a process cannot aim its stacks at one slot.
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl UserStacks {
+    pub fn shared() -> SharedUserStacks {
+        Arc::new(Mutex::new(UserStacks::default()))
+    }
+
+    fn key(&self, pid: u32, addrs: &[u64]) -> u64 {
+        self.hasher.hash_one((pid, addrs))
+    }
+
+    pub fn get(&self, pid: u32, addrs: &[u64]) -> Option<Arc<[Frame]>> {
+        self.by_hash
+            .get(&self.key(pid, addrs))
+            .filter(|e| e.pid == pid && *e.addrs == *addrs)
+            .map(|e| e.frames.clone())
     }
 
     /// Keeps `frames` unless one is unknown: the symbolizer re-reads a
     /// process's maps when an address is outside them (a library loaded
     /// later), or answers `[unknown]` when it timed out; such a stack is
     /// asked again next time.
-    pub fn insert(&mut self, pid: u32, addrs: &[u64], frames: &[Frame]) {
+    pub fn insert(&mut self, pid: u32, addrs: &[u64], frames: &Arc<[Frame]>) {
         if frames.iter().any(|f| f.function.is_none()) {
             return;
         }
-        if self.by_stack.len() >= FRAMES_MAX {
+        if self.by_hash.len() >= FRAMES_MAX {
             // Starting over is the symbolizer's own rule for its caches.
-            self.by_stack.clear();
+            self.by_hash.clear();
         }
-        self.by_stack.insert((pid, addrs.to_vec()), frames.to_vec());
+        let entry = Entry {
+            pid,
+            addrs: addrs.into(),
+            frames: frames.clone(),
+        };
+        self.by_hash.insert(self.key(pid, addrs), entry);
     }
 
-    /// Drops `pid`'s stacks (it exited, or its pid was reused).
+    /// Drops `pid`'s stacks (it exited, exec'd, or its pid was reused).
     pub fn forget(&mut self, pid: u32) {
-        self.by_stack.retain(|(p, _), _| *p != pid);
+        self.by_hash.retain(|_, e| e.pid != pid);
     }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+}
+
+/// Locks `stacks`; a panic elsewhere while it was held (the cache is left
+/// whole by every operation) does not stop symbolization.
+pub fn lock(stacks: &SharedUserStacks) -> std::sync::MutexGuard<'_, UserStacks> {
+    stacks.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -132,33 +183,43 @@ mod tests {
         }
     }
 
+    fn arc(frames: Vec<Frame>) -> Arc<[Frame]> {
+        frames.into()
+    }
+
     #[test]
     fn frames_are_kept_per_process_until_it_is_forgotten() {
-        let mut c = FramesCache::default();
-        let frames = vec![named("close"), named("main")];
+        let mut c = UserStacks::default();
+        let frames = arc(vec![named("close"), named("main")]);
         c.insert(10, &[1, 2], &frames);
-        assert_eq!(c.get(10, &[1, 2]), Some(&frames[..]));
+        assert_eq!(c.get(10, &[1, 2]), Some(frames.clone()));
+        assert!(
+            Arc::ptr_eq(&c.get(10, &[1, 2]).expect("kept"), &frames),
+            "shared, not copied"
+        );
         assert_eq!(c.get(11, &[1, 2]), None, "another process");
         assert_eq!(c.get(10, &[1, 3]), None, "another stack");
+        assert_eq!(c.get(10, &[1]), None, "a prefix");
+        c.insert(11, &[1, 2], &frames);
         c.forget(10);
         assert_eq!(c.get(10, &[1, 2]), None);
+        assert!(c.get(11, &[1, 2]).is_some(), "other processes stay");
     }
 
     #[test]
     fn unknown_frames_are_asked_again() {
-        let mut c = FramesCache::default();
-        let frames = vec![named("main"), Frame::default()];
-        c.insert(10, &[1, 2], &frames);
+        let mut c = UserStacks::default();
+        c.insert(10, &[1, 2], &arc(vec![named("main"), Frame::default()]));
         assert_eq!(c.get(10, &[1, 2]), None);
     }
 
     #[test]
     fn frames_cache_is_bounded() {
-        let mut c = FramesCache::default();
+        let mut c = UserStacks::default();
         for i in 0..FRAMES_MAX as u64 + 1 {
-            c.insert(1, &[i], &[named("f")]);
+            c.insert(1, &[i], &arc(vec![named("f")]));
         }
-        assert!(c.by_stack.len() <= FRAMES_MAX);
+        assert!(c.len() <= FRAMES_MAX);
     }
 
     fn unwound(a: u64) -> Unwound {

@@ -278,7 +278,7 @@ mod tests {
                 process: ProcInfo::default(),
                 host: "h",
                 kernel_stack: Vec::new(),
-                user_stack: Vec::new(),
+                user_stack: std::sync::Arc::default(),
                 kernel_stack_errno: None,
                 user_stack_errno: None,
                 user_walk: UserWalk::default(),

@@ -185,8 +185,11 @@ impl Outputs {
         self.count_otlp_lost();
         // A failed write is a warning: the log holds the line and retries
         // by itself, and says when writing works again.
+        // JSON on stdout and in the log is the same line: rendered once.
+        let json = (self.log.is_some() || self.format == Format::Json).then(|| json::render(v));
         if let Some(log) = &mut self.log
-            && let Err(e) = log.append(&json::render(v))
+            && let Some(line) = &json
+            && let Err(e) = log.append(line)
         {
             eprintln!("wstrace: warning: {e:#}");
         }
@@ -196,7 +199,10 @@ impl Outputs {
             self.events_lost(LOG_UNWRITTEN, lost - self.log_lost_counted);
             self.log_lost_counted = lost;
         }
-        let text = render(self.format, self.color, self.full_stacks, v);
+        let text = match json {
+            Some(line) if self.format == Format::Json => line,
+            _ => render(self.format, self.color, self.full_stacks, v),
+        };
         self.printed += 1;
         match &mut self.folder {
             Some(folder) => {
@@ -405,7 +411,8 @@ mod tests {
                     line: Some(3),
                     address: Some(2),
                     ..Frame::default()
-                }],
+                }]
+                .into(),
                 kernel_stack_errno: None,
                 user_stack_errno: None,
                 user_walk: UserWalk::default(),
@@ -505,6 +512,27 @@ mod tests {
             assert!(ours.contains("podman ctra\\x1b[2J\\x1b]0;)"), "{ours}");
             assert!(ours.contains("\\u{202e}"), "{ours}");
         }
+    }
+
+    #[test]
+    fn json_user_stack_rendered_once_is_the_same_line() {
+        let r = hostile_report();
+        let v = hostile_view(&r);
+        let first = json::render(&v);
+        // The same frames again (from the render cache): the same line,
+        // still escaped; other frames with the same content: the same too.
+        assert_eq!(json::render(&v), first);
+        let mut copy = hostile_view(&r);
+        copy.enriched.user_stack = v.user_stack.to_vec().into();
+        assert_eq!(json::render(&copy), first);
+        let back: serde_json::Value = serde_json::from_str(&first).expect("valid JSON");
+        assert_eq!(back["user_stack"][0]["function"], evil("usym"));
+        assert!(first.contains("usym") && !first.chars().any(escape::is_unsafe));
+        // Another stack is its own.
+        copy.enriched.user_stack = Vec::new().into();
+        let none = json::render(&copy);
+        let back: serde_json::Value = serde_json::from_str(&none).expect("valid JSON");
+        assert_eq!(back["user_stack"], serde_json::json!([]));
     }
 
     #[test]

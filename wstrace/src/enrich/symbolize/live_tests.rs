@@ -83,7 +83,7 @@ fn live_never_drops_frames() {
     let mut s = patient();
     let addrs = [1, 0x10, u64::MAX];
     let frames = s.user_stack(std::process::id(), &addrs);
-    assert_eq!(frames, unknowns(&addrs));
+    assert_eq!(frames[..], unknowns(&addrs)[..]);
     assert_eq!(
         s.user_stack(
             0,
@@ -92,13 +92,13 @@ fn live_never_drops_frames() {
         .len(),
         1
     );
-    assert_eq!(s.user_stack(0, &[0x1234]), unknowns(&[0x1234]));
+    assert_eq!(s.user_stack(0, &[0x1234])[..], unknowns(&[0x1234])[..]);
     assert!(s.user_stack(std::process::id(), &[]).is_empty());
     assert!(s.kernel_stack(&[]).is_empty());
     // A pid that does not exist.
     assert_eq!(
-        s.user_stack(u32::MAX - 1, &[0x4000, 0x5000]),
-        unknowns(&[0x4000, 0x5000])
+        s.user_stack(u32::MAX - 1, &[0x4000, 0x5000])[..],
+        unknowns(&[0x4000, 0x5000])[..]
     );
 }
 
@@ -460,7 +460,7 @@ fn remembered_process_symbolizes_after_exit() {
 
     // Forgotten: nothing left to go by.
     s.forget_process(pid);
-    assert_eq!(s.user_stack(pid, &[addr]), unknowns(&[addr]));
+    assert_eq!(s.user_stack(pid, &[addr])[..], unknowns(&[addr])[..]);
 }
 
 /// Why the tests that pin mappings need root.
@@ -506,7 +506,7 @@ fn remembered_process_survives_deleted_library() {
     assert!(at(&frames[0]).ends_with("close+0x0"), "{:?}", frames[0]);
     assert_eq!(frames[0].module.as_deref(), Some(libc_path.as_str()));
     s.forget_process(pid);
-    assert_eq!(s.user_stack(pid, &[addr]), unknowns(&[addr]));
+    assert_eq!(s.user_stack(pid, &[addr])[..], unknowns(&[addr])[..]);
 }
 
 #[test]
@@ -521,7 +521,7 @@ fn unremembered_dead_process_is_unknown() {
     let live = s.user_stack(pid, &[addr]);
     assert!(at(&live[0]).ends_with("close+0x0"), "{live:?}");
     reap(child);
-    assert_eq!(s.user_stack(pid, &[addr]), unknowns(&[addr]));
+    assert_eq!(s.user_stack(pid, &[addr])[..], unknowns(&[addr])[..]);
 }
 
 #[test]
@@ -529,7 +529,7 @@ fn remember_is_throttled_and_cheap_to_repeat() {
     if !crate::testenv::require_root(MAP_FILES) {
         return;
     }
-    let mut s = UserSymbols::new();
+    let mut s = UserSymbols::new(crate::enrich::stack_cache::UserStacks::shared());
     // Longer than a loaded host can take between the two calls below
     // (the first parses this binary's debug info).
     s.remember_interval = Duration::from_secs(3600);
@@ -622,7 +622,7 @@ fn blocked_worker_is_abandoned_within_budget() {
     let exe = std::env::current_exe().expect("current_exe");
     let exe = exe.display().to_string();
     assert_eq!(
-        frames,
+        frames[..],
         [Frame {
             unresolved: Some(Unresolved::TimedOut),
             ..Frame::unknown(FrameKind::Native, probe, Some(&exe))
@@ -712,7 +712,7 @@ fn stuck_workers_are_bounded() {
     let start = Instant::now();
     assert_eq!(s.call(1, |_| ()), Err(NoAnswer::Unavailable));
     assert_eq!(
-        s.user_stack(u32::MAX - 1, &[0x1234]),
+        s.user_stack(u32::MAX - 1, &[0x1234])[..],
         [Frame {
             unresolved: Some(Unresolved::Unavailable),
             ..Frame::unknown(FrameKind::Native, 0x1234, None)
@@ -767,7 +767,7 @@ fn fifo_perf_maps_block_no_worker() {
         s.remember_process(pid);
         let frames = s.user_stack(pid, &[0x1234]);
         assert_eq!(
-            frames,
+            frames[..],
             [Frame::unknown(FrameKind::Native, 0x1234, None)],
             "pid {pid}"
         );
@@ -791,4 +791,64 @@ fn fifo_perf_maps_block_no_worker() {
         let _ = child.wait();
         drop(release);
     }
+}
+
+/// The one user-stack cache is dropped for a process whose code changed
+/// (exec): the same address in the new program is other code. A shell
+/// that maps our libc is remembered and a stack in its `close` cached;
+/// the shell then execs `sleep`, and the next remember (after the
+/// throttle) finds other executable mappings: the front no longer answers
+/// the old frames from the cache.
+#[test]
+fn an_exec_drops_the_processes_cached_stacks() {
+    if !crate::testenv::require_root(MAP_FILES) {
+        return;
+    }
+    let Some((_, dev, inode, file_off)) = own_close_location() else {
+        panic!("our own libc's close was not found in our maps");
+    };
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", &format!("read line; exec sleep {CHILD_SLEEP}")])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn /bin/sh");
+    let pid = child.id();
+    let is_libc = |m: &Mapping| m.dev == dev && m.inode == inode;
+    let Some((addr, _)) = close_in(pid, is_libc, file_off) else {
+        let _ = child.kill();
+        panic!("/bin/sh did not map our libc within 30 s (a dynamically linked shell is needed)");
+    };
+    let mut s = patient();
+    s.remember_process(pid);
+    let before = s.user_stack(pid, &[addr]);
+    assert!(at(&before[0]).ends_with("close+0x0"), "{before:?}");
+    assert!(
+        stack_cache::lock(&s.user_stacks)
+            .get(pid, &[addr])
+            .is_some(),
+        "a remembered process's named stack is cached"
+    );
+    let exe = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let shell = exe(pid);
+    {
+        use std::io::Write as _;
+        let stdin = child.stdin.as_mut().expect("stdin");
+        stdin.write_all(b"go\n").expect("tell the shell to exec");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while exe(pid) == shell && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_ne!(exe(pid), shell, "the shell did not exec within 30 s");
+    // Past the remember throttle (front and worker), as a 101 written by the
+    // new program a second later would be.
+    std::thread::sleep(REMEMBER_INTERVAL + Duration::from_millis(100));
+    s.remember_process(pid);
+    assert!(
+        stack_cache::lock(&s.user_stacks)
+            .get(pid, &[addr])
+            .is_none(),
+        "the exec'd process's old stacks are dropped"
+    );
+    reap(child);
 }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blazesym::Pid;
@@ -13,10 +14,11 @@ use blazesym::symbolize::source::{Process, Source};
 use blazesym::symbolize::{Input, Symbolized};
 use wstrace_common::ustack;
 
+use super::REMEMBER_INTERVAL;
 use super::frames::{Lookup, ResolvedFrame, classify, lookup_addrs, prefer_symtab, user_frames};
-use super::{REMEMBER_INTERVAL, cache_insert};
 use crate::enrich::maps::{Mapping, map_files_path, module_for, read_maps};
 use crate::enrich::perf_map::PerfMap;
+use crate::enrich::stack_cache::{self, SharedUserStacks};
 use crate::enrich::unwind::Unwinder;
 use crate::model::{End, Frame, FrameKind, Unwound, UserStackCopy};
 /// User stacks and unwinding: the state that lives on the worker thread.
@@ -27,10 +29,11 @@ pub(super) struct UserSymbols {
     pub(super) inner: blazesym::symbolize::Symbolizer,
     pub(super) procs: HashMap<u32, Remembered>,
     /// Symbolized user stacks by (pid, addresses), for remembered processes
-    /// only, and dropped whenever that process's maps are re-read or it is
-    /// forgotten: the same address means the same code only while the
-    /// mappings are the ones the stack was symbolized with.
-    pub(super) user_stacks: HashMap<(u32, Vec<u64>), Vec<Frame>>,
+    /// only, and dropped whenever that process's code changes (exec) or it
+    /// is forgotten: the same address means the same code only while the
+    /// mappings are the ones the stack was symbolized with. Shared with the
+    /// [`super::Symbolizer`] front, which answers from it without a round trip.
+    pub(super) user_stacks: SharedUserStacks,
     /// Unwind tables of the same remembered processes (dwarf user stacks).
     pub(super) unwind: Unwinder,
     /// [`REMEMBER_INTERVAL`]; a test of the throttle sets it longer than a
@@ -115,13 +118,13 @@ pub(super) struct Pin {
 }
 
 impl UserSymbols {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(user_stacks: SharedUserStacks) -> Self {
         Self {
             // Defaults: code info, inlined functions and demangling on, files
             // re-read when they change on disk (pinned ones excepted).
             inner: blazesym::symbolize::Symbolizer::new(),
             procs: HashMap::new(),
-            user_stacks: HashMap::new(),
+            user_stacks,
             unwind: Unwinder::new(),
             remember_interval: REMEMBER_INTERVAL,
         }
@@ -177,7 +180,7 @@ impl UserSymbols {
         if let Some(r) = self.procs.remove(&pid) {
             self.unpin(&r.pinned);
         }
-        self.user_stacks.retain(|(p, _), _| *p != pid);
+        stack_cache::lock(&self.user_stacks).forget(pid);
         self.unwind.forget(pid);
         // Only fails for things we do not ask for; nothing to report.
         let _ = self
@@ -215,9 +218,9 @@ impl UserSymbols {
     /// if any, else the live `/proc/<pid>/maps`. If a live, remembered
     /// process has an address outside the cached maps (a library loaded
     /// since), its maps are re-read once and the stack looked up again.
-    pub(super) fn user_stack(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
+    pub(super) fn user_stack(&mut self, pid: u32, addrs: &[u64]) -> Arc<[Frame]> {
         if addrs.is_empty() {
-            return Vec::new();
+            return Arc::default();
         }
         if pid == 0 {
             // blazesym would read pid 0 as "this process"; a user stack there is garbage.
@@ -226,15 +229,14 @@ impl UserSymbols {
                 .map(|&a| Frame::unknown(FrameKind::Native, a, None))
                 .collect();
         }
-        let key = (pid, addrs.to_vec());
-        if let Some(frames) = self.user_stacks.get(&key) {
-            return frames.clone();
+        if let Some(frames) = stack_cache::lock(&self.user_stacks).get(pid, addrs) {
+            return frames;
         }
-        let frames = self.symbolize_user(pid, addrs);
+        let frames: Arc<[Frame]> = self.symbolize_user(pid, addrs).into();
         // Unremembered processes are symbolized from their live maps, which
         // nothing tells us have changed: those are not cached.
         if self.procs.contains_key(&pid) {
-            cache_insert(&mut self.user_stacks, key, &frames);
+            stack_cache::lock(&self.user_stacks).insert(pid, addrs, &frames);
         }
         frames
     }
@@ -438,7 +440,7 @@ impl UserSymbols {
             return false;
         }
         if !same_code {
-            self.user_stacks.retain(|(p, _), _| *p != pid);
+            stack_cache::lock(&self.user_stacks).forget(pid);
         }
         if !same_code || !self.unwind.remembers(pid) {
             self.unwind.remember(pid, &maps, |m| map_files_path(pid, m));

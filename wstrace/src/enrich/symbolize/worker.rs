@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::Symbolizer;
 use super::user::UserSymbols;
 use crate::enrich::maps::{Mapping, module_for, read_maps};
+use crate::enrich::stack_cache::{SharedUserStacks, UserStacks};
 use crate::model::{Frame, FrameKind, Unresolved};
 /// How long the event path waits for the symbolizer worker while the
 /// worker makes no progress (asleep or in uninterruptible wait without using
@@ -106,7 +107,9 @@ impl Symbolizer {
         job: impl FnOnce(&mut UserSymbols) -> R + Send + 'static,
     ) -> Result<R, NoAnswer> {
         if self.worker.is_none() {
-            self.worker = spawn_worker(&self.live_workers);
+            // An abandoned worker may still write to its cache: not ours.
+            self.user_stacks = UserStacks::shared();
+            self.worker = spawn_worker(&self.live_workers, self.user_stacks.clone());
             // A new worker holds no process's maps.
             self.remembered.clear();
         }
@@ -161,7 +164,7 @@ impl Symbolizer {
 
 /// Starts a worker thread with a fresh [`UserSymbols`], unless
 /// [`MAX_WORKERS`] are alive or the thread cannot be created.
-fn spawn_worker(live: &Arc<AtomicUsize>) -> Option<Worker> {
+fn spawn_worker(live: &Arc<AtomicUsize>, stacks: SharedUserStacks) -> Option<Worker> {
     if live.fetch_add(1, Ordering::SeqCst) >= MAX_WORKERS {
         live.fetch_sub(1, Ordering::SeqCst);
         return None;
@@ -178,7 +181,7 @@ fn spawn_worker(live: &Arc<AtomicUsize>) -> Option<Worker> {
             crate::attach::privileges::keep_file_access_only_in_this_thread();
             // SAFETY: gettid has no preconditions.
             tid_w.store(unsafe { libc::gettid() }, Ordering::SeqCst);
-            let mut user = UserSymbols::new();
+            let mut user = UserSymbols::new(stacks);
             while let Ok(job) = rx.recv() {
                 job(&mut user);
             }
