@@ -266,6 +266,7 @@ mod tests {
             kernel_close: None,
             tls: None,
             side: crate::model::Side::Server,
+            chain: None,
         }
     }
 

@@ -322,6 +322,7 @@ mod tests {
             kernel_close: None,
             tls: None,
             side: crate::model::Side::Server,
+            chain: None,
         }
     }
 

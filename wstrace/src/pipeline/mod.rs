@@ -2,5 +2,6 @@
 //! `reader` copies records out, `decode` types them, `matcher` pairs each
 //! socket's events into a `model::CloseReport`.
 pub mod decode;
+pub mod chain;
 pub mod matcher;
 pub mod reader;
