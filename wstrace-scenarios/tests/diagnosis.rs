@@ -452,3 +452,130 @@ fn nginx_on_the_traced_port_never_splices_a_secret_into_a_header() {
         );
     }
 }
+
+/// A Sec-WebSocket-Key of this run's own: chains are linked by the
+/// handshake, and every wstrace on the host (no `--port`) sees other
+/// tests' connections, many of them with the RFC's example Key.
+fn fresh_key() -> String {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("/dev/urandom");
+    // Any 16 bytes, base64: hex is a valid base64 alphabet subset, 24 chars.
+    let hex: String = b[..12].iter().map(|x| format!("{x:02x}")).collect();
+    hex[..22].to_string() + "=="
+}
+
+/// Upgrades through `port` with `key`, reading the 101 in one read (as
+/// every WebSocket client does): the client side is classified by its
+/// first read.
+fn upgrade_with_key(port: u16, key: &str) -> (TcpStream, String) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    c.write_all(req.as_bytes()).expect("send");
+    let mut buf = [0u8; 2048];
+    let n = c.read(&mut buf).unwrap_or(0);
+    (c, String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// The seed case, with no `--port`: nginx without `proxy_http_version 1.1`
+/// in front of a server that closes HTTP/1.0 upgrades. The four sockets of
+/// one browser connection (browser, nginx's two, the backend's) are one
+/// chain; the edge's report carries the backend's close as its root cause.
+#[test]
+fn chain_without_port_links_nginx_edge_to_the_backend_close() {
+    if !require_root() {
+        return;
+    }
+    let Some(nginx_bin) = require_nginx() else {
+        return;
+    };
+    let (backend, bport) = backend();
+    let w = Tracer::start_all_ports(&[]);
+    let dir = tempdir("chain");
+    let (nginx, nport) = nginx(&nginx_bin, &dir, bport, "");
+    let key = fresh_key();
+    let (mut c, head) = upgrade_with_key(nport, &key);
+    assert!(head.starts_with("HTTP/1.1 101"), "nginx answered {head:?}");
+    // The backend closes; nginx then closes our side: read to the end and
+    // close, as a browser does.
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    drop(c);
+    let ours = |r: &Value| {
+        let (l, rm) = (s(r, &["local"]), s(r, &["remote"]));
+        [bport, nport]
+            .iter()
+            .any(|p| l.ends_with(&format!(":{p}")) || rm.ends_with(&format!(":{p}")))
+    };
+    let mut reports = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        reports = w.reports().into_iter().filter(|r| ours(r)).collect();
+        if reports.len() >= 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(reports.len(), 4, "browser, nginx x2, backend: {reports:#?}");
+    let find = |side: &str, local_port: Option<u16>, remote_port: Option<u16>| {
+        reports
+            .iter()
+            .find(|r| {
+                s(r, &["side"]) == side
+                    && local_port.is_none_or(|p| s(r, &["local"]) == format!("127.0.0.1:{p}"))
+                    && remote_port.is_none_or(|p| s(r, &["remote"]) == format!("127.0.0.1:{p}"))
+            })
+            .unwrap_or_else(|| panic!("no {side} report on {local_port:?}/{remote_port:?}: {reports:#?}"))
+    };
+    let back = find("server", Some(bport), None);
+    let up = find("client", None, Some(bport));
+    let edge = find("server", Some(nport), None);
+    let browser = find("client", None, Some(nport));
+    // The backend hop: the http10 story, the backend the closer.
+    assert_eq!(s(back, &["diagnosis", "code"]), "http10_upgrade", "{back:#}");
+    assert_eq!(s(back, &["closed_by"]), "local", "{back:#}");
+    assert_eq!(back["pid"].as_u64(), Some(u64::from(backend.0.id())), "{back:#}");
+    // One chain id on all four, linked by the handshake, two hops.
+    let id = s(back, &["chain", "id"]);
+    assert_eq!(id.len(), 16, "{back:#}");
+    for (r, hop) in [(back, 1), (up, 1), (edge, 0), (browser, 0)] {
+        assert_eq!(s(r, &["chain", "id"]), id, "{r:#}");
+        assert_eq!(s(r, &["chain", "linked_by"]), "handshake", "{r:#}");
+        assert_eq!(r["chain"]["hop"].as_u64(), Some(hop), "{r:#}");
+        assert_eq!(r["chain"]["hops"].as_u64(), Some(2), "{r:#}");
+        assert_eq!(r["chain"]["closed_first_hop"].as_u64(), Some(1), "{r:#}");
+        // The nonces are never printed.
+        assert!(!r.to_string().contains(&key), "the Key leaked: {r}");
+    }
+    assert_eq!(
+        edge["chain"]["upstream"]["pid"].as_u64(),
+        Some(u64::from(backend.0.id())),
+        "{edge:#}"
+    );
+    // The edge: nginx closed the browser's side after the backend closed
+    // nginx's upstream connection; the root cause and its fix.
+    assert_eq!(s(edge, &["closed_by"]), "local", "{edge:#}");
+    assert_eq!(s(edge, &["comm"]), "nginx", "{edge:#}");
+    assert!(is_nginx_worker(&edge["upgraded_by"], &nginx) || s(edge, &["upgraded_by", "comm"]) == "nginx", "{edge:#}");
+    assert_eq!(s(edge, &["diagnosis", "code"]), "upstream_closed", "{edge:#}");
+    assert!(
+        s(edge, &["diagnosis", "fix"]).contains("proxy_http_version 1.1;"),
+        "{edge:#}"
+    );
+    let cause = &edge["diagnosis"]["cause"];
+    assert_eq!(cause["pid"].as_u64(), Some(u64::from(backend.0.id())), "{edge:#}");
+    assert_eq!(s(cause, &["code"]), "http10_upgrade", "{edge:#}");
+    assert!(cause["ms_before"].as_f64().is_some_and(|ms| ms >= 0.0), "{edge:#}");
+    // The browser's own socket: the client side, closed by its peer.
+    assert_eq!(s(browser, &["closed_by"]), "peer", "{browser:#}");
+    assert_eq!(
+        browser["upgraded_by"]["pid"].as_u64(),
+        Some(u64::from(std::process::id())),
+        "{browser:#}"
+    );
+}

@@ -19,6 +19,7 @@
 //! The fix for a bad upgrade request is given in the words of whatever
 //! sent it (`front`): a known proxy, another forwarding program, or the
 //! client itself; the report says which evidence that rests on.
+pub mod chain;
 mod ending;
 pub mod front;
 mod heartbeat;
@@ -108,6 +109,10 @@ pub struct Diagnosis {
     /// depends on it (the upgrade request rules, first or in `also`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub front: Option<Front>,
+    /// A proxy chain's first close, on another hop, that this close
+    /// followed (`upstream_closed`, `downstream_closed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<chain::HopCause>,
 }
 
 /// A secondary finding: a rule that matched after the first.
@@ -169,6 +174,7 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
                 fix,
                 also,
                 front,
+                cause: None,
             };
         }
     }
@@ -179,6 +185,7 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
             fix,
             also: Vec::new(),
             front: front(code),
+            cause: None,
         },
         None => Diagnosis {
             code: "unknown",
@@ -186,6 +193,7 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
             fix: None,
             also: Vec::new(),
             front: None,
+            cause: None,
         },
     }
 }

@@ -295,6 +295,7 @@ mod tests {
                 fix: None,
                 also: Vec::new(),
                 front: None,
+                cause: None,
             },
         }
     }

@@ -408,6 +408,7 @@ mod tests {
                     detail: evil("detail"),
                     sender: Sender::OtherProxy(Some(evil("fwd"))),
                 }),
+                cause: None,
             },
         }
     }

@@ -429,7 +429,7 @@ impl ChainTable {
         g.last_ts = now_ns;
         g.held.push(r);
         g.hold_since.get_or_insert(now_ns);
-        if g.members.iter().all(|m| m.reported) {
+        if g.members.iter().all(|m| m.reported) && has_its_client(&g.members) {
             return release(d, g);
         }
         Vec::new()
@@ -471,6 +471,21 @@ impl ChainTable {
     fn len(&self) -> usize {
         self.groups.len()
     }
+}
+
+/// Is the chain's own client among the sockets: a client end in a process
+/// that is no proxy of this chain (no server end there)? Upstream 101s
+/// come before downstream ones, so once the client read its 101 every
+/// socket of the chain on this host has joined: when all of them have
+/// reported, nothing more can come. Without it (the client is on another
+/// host, or has not read its 101 yet) the reports wait out `HOLD_NS`.
+fn has_its_client(members: &[Member]) -> bool {
+    members.iter().any(|c| {
+        c.side == Side::Client
+            && !members
+                .iter()
+                .any(|s| s.side == Side::Server && s.pid == c.pid)
+    })
 }
 
 /// What the table keeps of a followed socket.
@@ -748,7 +763,9 @@ mod tests {
         join(&mut t, 7, &NGINX_DOWN, 0);
         join(&mut t, 7, &NGINX_UP, 0);
         t.on_report(report(&NGINX_UP, 10, ClosedBy::Peer), 20);
-        let out = t.on_report(report(&NGINX_DOWN, 11, ClosedBy::Local), 20);
+        // The client is elsewhere: nothing tells the chain is complete.
+        assert!(t.on_report(report(&NGINX_DOWN, 11, ClosedBy::Local), 20).is_empty());
+        let out = t.tick(20 + HOLD_NS);
         assert_eq!(out.len(), 2);
         let c = out[1].chain.as_ref().expect("chained");
         assert_eq!((c.hop, c.hops), (Some(0), Some(2)));
@@ -759,8 +776,27 @@ mod tests {
         // The backend host: one socket, same id.
         let mut b = ChainTable::default();
         join(&mut b, 7, &BACKEND, 0);
-        let out = b.on_report(report(&BACKEND, 9, ClosedBy::Local), 20);
+        assert!(b.on_report(report(&BACKEND, 9, ClosedBy::Local), 20).is_empty());
+        let out = b.tick(20 + HOLD_NS);
         assert_eq!(out[0].chain.as_ref().map(|c| c.id.clone()), Some(ChainDigest(7).id()));
+    }
+
+    #[test]
+    fn a_backend_that_closes_before_the_proxy_relayed_its_101_waits_for_the_others() {
+        // php wrote the 101 and closed before nginx read it: alone in the
+        // table when it reports, it must not be released as a chain of one.
+        let mut t = ChainTable::default();
+        join(&mut t, 7, &BACKEND, 0);
+        assert!(t.on_report(report(&BACKEND, 10, ClosedBy::Local), 10).is_empty());
+        join(&mut t, 7, &NGINX_UP, 20);
+        join(&mut t, 7, &NGINX_DOWN, 30);
+        join(&mut t, 7, &BROWSER, 40);
+        t.on_report(report(&NGINX_UP, 50, ClosedBy::Peer), 50);
+        t.on_report(report(&NGINX_DOWN, 60, ClosedBy::Local), 60);
+        let out = t.on_report(report(&BROWSER, 70, ClosedBy::Peer), 70);
+        assert_eq!(out.len(), 4);
+        assert!(out.iter().all(|r| r.chain.as_ref().and_then(|c| c.root).map(|r| r.hop) == Some(1)));
+        assert!(out.iter().all(|r| r.chain.as_ref().and_then(|c| c.hops) == Some(2)));
     }
 
     #[test]
@@ -800,7 +836,9 @@ mod tests {
         join(&mut t, 7, &NGINX_DOWN, 0);
         join(&mut t, 7, &NGINX_UP, JOIN_WINDOW_NS + 1);
         t.on_report(report(&NGINX_UP, 10, ClosedBy::Peer), 20);
-        let out = t.on_report(report(&NGINX_DOWN, 11, ClosedBy::Local), 20);
+        t.on_report(report(&NGINX_DOWN, 11, ClosedBy::Local), 20);
+        let out = t.flush();
+        assert_eq!(out.len(), 2);
         assert!(out.iter().all(|r| r.chain.as_ref().map(|c| c.linked_by) == Some(LinkedBy::Ambiguous)));
     }
 
@@ -822,7 +860,8 @@ mod tests {
         t.forget(BROWSER.sk);
         t.forget(NGINX_UP.sk);
         t.on_report(report(&BACKEND, 1, ClosedBy::Local), 2);
-        assert_eq!(t.on_report(report(&NGINX_DOWN, 2, ClosedBy::Local), 3).len(), 2);
+        assert!(t.on_report(report(&NGINX_DOWN, 2, ClosedBy::Local), 3).is_empty());
+        assert_eq!(t.tick(2 + HOLD_NS).len(), 2);
         // Done chains are forgotten after KEEP_NS.
         t.tick(3 + KEEP_NS);
         assert_eq!(t.len(), 0);
