@@ -482,6 +482,50 @@ fn upgrade_with_key(port: u16, key: &str) -> (TcpStream, String) {
     (c, String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// The reports of the four sockets on the backend's and nginx's ports
+/// (a wstrace with no `--port` sees other tests' connections too).
+fn chain_reports(w: &Tracer, bport: u16, nport: u16) -> Vec<Value> {
+    let ours = |r: &Value| {
+        let (l, rm) = (s(r, &["local"]), s(r, &["remote"]));
+        [bport, nport]
+            .iter()
+            .any(|p| l.ends_with(&format!(":{p}")) || rm.ends_with(&format!(":{p}")))
+    };
+    let mut reports = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        reports = w.reports().into_iter().filter(|r| ours(r)).collect();
+        if reports.len() >= 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(reports.len(), 4, "browser, nginx x2, backend: {reports:#?}");
+    reports
+}
+
+/// [backend, nginx upstream, nginx edge, browser] of `chain_reports`.
+fn chain_sockets(reports: &[Value], bport: u16, nport: u16) -> [&Value; 4] {
+    let find = |side: &str, local_port: Option<u16>, remote_port: Option<u16>| {
+        reports
+            .iter()
+            .find(|r| {
+                s(r, &["side"]) == side
+                    && local_port.is_none_or(|p| s(r, &["local"]) == format!("127.0.0.1:{p}"))
+                    && remote_port.is_none_or(|p| s(r, &["remote"]) == format!("127.0.0.1:{p}"))
+            })
+            .unwrap_or_else(|| {
+                panic!("no {side} report on {local_port:?}/{remote_port:?}: {reports:#?}")
+            })
+    };
+    [
+        find("server", Some(bport), None),
+        find("client", None, Some(bport)),
+        find("server", Some(nport), None),
+        find("client", None, Some(nport)),
+    ]
+}
+
 /// The seed case, with no `--port`: nginx without `proxy_http_version 1.1`
 /// in front of a server that closes HTTP/1.0 upgrades. The four sockets of
 /// one browser connection (browser, nginx's two, the backend's) are one
@@ -506,40 +550,20 @@ fn chain_without_port_links_nginx_edge_to_the_backend_close() {
     let mut rest = Vec::new();
     let _ = c.read_to_end(&mut rest);
     drop(c);
-    let ours = |r: &Value| {
-        let (l, rm) = (s(r, &["local"]), s(r, &["remote"]));
-        [bport, nport]
-            .iter()
-            .any(|p| l.ends_with(&format!(":{p}")) || rm.ends_with(&format!(":{p}")))
-    };
-    let mut reports = Vec::new();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(15) {
-        reports = w.reports().into_iter().filter(|r| ours(r)).collect();
-        if reports.len() >= 4 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(reports.len(), 4, "browser, nginx x2, backend: {reports:#?}");
-    let find = |side: &str, local_port: Option<u16>, remote_port: Option<u16>| {
-        reports
-            .iter()
-            .find(|r| {
-                s(r, &["side"]) == side
-                    && local_port.is_none_or(|p| s(r, &["local"]) == format!("127.0.0.1:{p}"))
-                    && remote_port.is_none_or(|p| s(r, &["remote"]) == format!("127.0.0.1:{p}"))
-            })
-            .unwrap_or_else(|| panic!("no {side} report on {local_port:?}/{remote_port:?}: {reports:#?}"))
-    };
-    let back = find("server", Some(bport), None);
-    let up = find("client", None, Some(bport));
-    let edge = find("server", Some(nport), None);
-    let browser = find("client", None, Some(nport));
+    let reports = chain_reports(&w, bport, nport);
+    let [back, up, edge, browser] = chain_sockets(&reports, bport, nport);
     // The backend hop: the http10 story, the backend the closer.
-    assert_eq!(s(back, &["diagnosis", "code"]), "http10_upgrade", "{back:#}");
+    assert_eq!(
+        s(back, &["diagnosis", "code"]),
+        "http10_upgrade",
+        "{back:#}"
+    );
     assert_eq!(s(back, &["closed_by"]), "local", "{back:#}");
-    assert_eq!(back["pid"].as_u64(), Some(u64::from(backend.0.id())), "{back:#}");
+    assert_eq!(
+        back["pid"].as_u64(),
+        Some(u64::from(backend.0.id())),
+        "{back:#}"
+    );
     // One chain id on all four, linked by the handshake, two hops.
     let id = s(back, &["chain", "id"]);
     assert_eq!(id.len(), 16, "{back:#}");
@@ -561,16 +585,27 @@ fn chain_without_port_links_nginx_edge_to_the_backend_close() {
     // nginx's upstream connection; the root cause and its fix.
     assert_eq!(s(edge, &["closed_by"]), "local", "{edge:#}");
     assert_eq!(s(edge, &["comm"]), "nginx", "{edge:#}");
-    assert!(is_nginx_worker(&edge["upgraded_by"], &nginx) || s(edge, &["upgraded_by", "comm"]) == "nginx", "{edge:#}");
-    assert_eq!(s(edge, &["diagnosis", "code"]), "upstream_closed", "{edge:#}");
+    assert!(is_nginx_worker(&edge["upgraded_by"], &nginx), "{edge:#}");
+    assert_eq!(
+        s(edge, &["diagnosis", "code"]),
+        "upstream_closed",
+        "{edge:#}"
+    );
     assert!(
         s(edge, &["diagnosis", "fix"]).contains("proxy_http_version 1.1;"),
         "{edge:#}"
     );
     let cause = &edge["diagnosis"]["cause"];
-    assert_eq!(cause["pid"].as_u64(), Some(u64::from(backend.0.id())), "{edge:#}");
+    assert_eq!(
+        cause["pid"].as_u64(),
+        Some(u64::from(backend.0.id())),
+        "{edge:#}"
+    );
     assert_eq!(s(cause, &["code"]), "http10_upgrade", "{edge:#}");
-    assert!(cause["ms_before"].as_f64().is_some_and(|ms| ms >= 0.0), "{edge:#}");
+    assert!(
+        cause["ms_before"].as_f64().is_some_and(|ms| ms >= 0.0),
+        "{edge:#}"
+    );
     // The browser's own socket: the client side, closed by its peer.
     assert_eq!(s(browser, &["closed_by"]), "peer", "{browser:#}");
     assert_eq!(
@@ -578,4 +613,60 @@ fn chain_without_port_links_nginx_edge_to_the_backend_close() {
         Some(u64::from(std::process::id())),
         "{browser:#}"
     );
+}
+
+/// nginx's `proxy_read_timeout` closes both of its sockets: one story, with
+/// nginx as the first closer and the other hop citing it.
+#[test]
+fn chain_proxy_read_timeout_is_one_story_with_nginx_first() {
+    if !require_root() {
+        return;
+    }
+    let Some(nginx_bin) = require_nginx() else {
+        return;
+    };
+    let (_backend, bport) = backend();
+    let w = Tracer::start_all_ports(&[]);
+    let dir = tempdir("chain-idle");
+    let (nginx, nport) = nginx(
+        &nginx_bin,
+        &dir,
+        bport,
+        "proxy_http_version 1.1;\n      proxy_read_timeout 2s;",
+    );
+    let key = fresh_key();
+    let (mut c, head) = upgrade_with_key(nport, &key);
+    assert!(head.starts_with("HTTP/1.1 101"), "nginx answered {head:?}");
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    drop(c);
+    let reports = chain_reports(&w, bport, nport);
+    let [back, up, edge, browser] = chain_sockets(&reports, bport, nport);
+    let id = s(back, &["chain", "id"]);
+    for r in [back, up, edge, browser] {
+        assert_eq!(s(r, &["chain", "id"]), id, "{r:#}");
+        assert_eq!(s(r, &["chain", "linked_by"]), "handshake", "{r:#}");
+    }
+    // nginx closed both of its sockets.
+    for r in [up, edge] {
+        assert_eq!(s(r, &["closed_by"]), "local", "{r:#}");
+        assert_eq!(s(r, &["comm"]), "nginx", "{r:#}");
+        assert!(is_nginx_worker(&r["upgraded_by"], &nginx), "{r:#}");
+    }
+    // Whichever it closed first is the root, and names the timeout; the
+    // other hop's report cites it.
+    let first = edge["chain"]["closed_first_hop"]
+        .as_u64()
+        .expect("a first hop");
+    let (root, other) = if first == 1 { (up, edge) } else { (edge, up) };
+    assert_eq!(s(root, &["diagnosis", "code"]), "idle_timeout", "{root:#}");
+    let want = if first == 1 {
+        "upstream_closed"
+    } else {
+        "downstream_closed"
+    };
+    assert_eq!(s(other, &["diagnosis", "code"]), want, "{other:#}");
+    let cause = &other["diagnosis"]["cause"];
+    assert_eq!(s(cause, &["comm"]), "nginx", "{other:#}");
+    assert_eq!(s(cause, &["code"]), "idle_timeout", "{other:#}");
 }

@@ -30,8 +30,9 @@ pub struct HopCause {
     pub fix: Option<String>,
     /// How long before this hop's first close it was.
     pub ms_before: f64,
+    /// When it closed (monotonic ns), for the hops that cite it.
     #[serde(skip)]
-    close_ts_ns: u64,
+    pub close_ts_ns: u64,
 }
 
 // `ms_before` is never NaN (a difference of integers): equality is total.
@@ -86,10 +87,7 @@ impl ChainCauses {
 }
 
 fn cause_of(r: &CloseReport, hop: u32, d: &Diagnosis) -> HopCause {
-    let local_closer = r
-        .closer
-        .as_ref()
-        .filter(|_| r.closed_by == ClosedBy::Local);
+    let local_closer = r.closer.as_ref().filter(|_| r.closed_by == ClosedBy::Local);
     let (server, client) = match r.side {
         Side::Server => (r.local, r.remote),
         Side::Client => (r.remote, r.local),
@@ -140,7 +138,11 @@ fn across(r: &CloseReport, hop: u32, cause: &HopCause, own: Diagnosis) -> Diagno
     let message = format!(
         "{this} {ms} ms after {root_who} closed {root_what}, {} hop{} {}: {}: {}",
         cause.hop.abs_diff(hop),
-        if cause.hop.abs_diff(hop) == 1 { "" } else { "s" },
+        if cause.hop.abs_diff(hop) == 1 {
+            ""
+        } else {
+            "s"
+        },
         if upstream { "up" } else { "down" },
         cause.code,
         cause.message
@@ -178,7 +180,16 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
-    fn report(sk: u64, hop: u32, side: Side, local: u16, remote: u16, by: ClosedBy, closer: Option<(u32, &str)>, ts: u64) -> CloseReport {
+    fn report(
+        sk: u64,
+        hop: u32,
+        side: Side,
+        local: u16,
+        remote: u16,
+        by: ClosedBy,
+        closer: Option<(u32, &str)>,
+        ts: u64,
+    ) -> CloseReport {
         CloseReport {
             sk,
             close_ts_ns: ts,
@@ -202,7 +213,11 @@ mod tests {
                     shared: None,
                 },
             }),
-            upgrader: Upgrader { pid: 1, tid: 1, comm: "x".into() },
+            upgrader: Upgrader {
+                pid: 1,
+                tid: 1,
+                comm: "x".into(),
+            },
             bytes_sent_after_upgrade: 0,
             bytes_received_after_upgrade: 0,
             probe: ProbeSet::Tracepoint,
@@ -240,13 +255,43 @@ mod tests {
     #[test]
     fn the_edge_names_the_backend_closer_and_carries_its_fix() {
         let mut c = ChainCauses::default();
-        let backend = report(4, 1, Side::Server, 1215, 40000, ClosedBy::Local, Some((30, "php")), 1_000_000);
-        let d = c.apply(&backend, diag("http10_upgrade", Some("proxy_http_version 1.1;")));
+        let backend = report(
+            4,
+            1,
+            Side::Server,
+            1215,
+            40000,
+            ClosedBy::Local,
+            Some((30, "php")),
+            1_000_000,
+        );
+        let d = c.apply(
+            &backend,
+            diag("http10_upgrade", Some("proxy_http_version 1.1;")),
+        );
         assert_eq!(d.code, "http10_upgrade");
         // nginx's upstream socket: same hop as the root, its own story.
-        let up = report(3, 1, Side::Client, 40000, 1215, ClosedBy::Peer, Some((20, "nginx")), 1_000_050);
+        let up = report(
+            3,
+            1,
+            Side::Client,
+            40000,
+            1215,
+            ClosedBy::Peer,
+            Some((20, "nginx")),
+            1_000_050,
+        );
         assert_eq!(c.apply(&up, diag("peer_closed", None)).code, "peer_closed");
-        let edge = report(2, 0, Side::Server, 18080, 50000, ClosedBy::Local, Some((20, "nginx")), 1_100_000);
+        let edge = report(
+            2,
+            0,
+            Side::Server,
+            18080,
+            50000,
+            ClosedBy::Local,
+            Some((20, "nginx")),
+            1_100_000,
+        );
         let d = c.apply(&edge, diag("unknown", None));
         assert_eq!(d.code, "upstream_closed");
         assert_eq!(d.fix.as_deref(), Some("proxy_http_version 1.1;"));
@@ -255,19 +300,50 @@ mod tests {
             "nginx (pid 20) closed the client's side (127.0.0.1:50000) 0.1 ms after php (pid 30) closed the upstream connection to 127.0.0.1:1215, 1 hop up: http10_upgrade: http10_upgrade message"
         );
         let cause = d.cause.as_ref().expect("cause");
-        assert_eq!((cause.pid, cause.comm.as_deref(), cause.code, cause.ms_before), (Some(30), Some("php"), "http10_upgrade", 0.1));
+        assert_eq!(
+            (
+                cause.pid,
+                cause.comm.as_deref(),
+                cause.code,
+                cause.ms_before
+            ),
+            (Some(30), Some("php"), "http10_upgrade", 0.1)
+        );
         assert_eq!(d.also[0].code, "unknown");
         // The browser's own socket: closed by its peer.
-        let browser = report(1, 0, Side::Client, 50000, 18080, ClosedBy::Peer, None, 1_100_050);
+        let browser = report(
+            1,
+            0,
+            Side::Client,
+            50000,
+            18080,
+            ClosedBy::Peer,
+            None,
+            1_100_050,
+        );
         let d = c.apply(&browser, diag("peer_closed", None));
         assert_eq!(d.code, "upstream_closed");
-        assert!(d.message.starts_with("127.0.0.1:18080 closed this connection 0.1 ms after php (pid 30)"), "{}", d.message);
+        assert!(
+            d.message
+                .starts_with("127.0.0.1:18080 closed this connection 0.1 ms after php (pid 30)"),
+            "{}",
+            d.message
+        );
     }
 
     #[test]
     fn no_root_known_or_no_chain_keeps_the_own_diagnosis() {
         let mut c = ChainCauses::default();
-        let edge = report(2, 0, Side::Server, 18080, 50000, ClosedBy::Local, Some((20, "nginx")), 1);
+        let edge = report(
+            2,
+            0,
+            Side::Server,
+            18080,
+            50000,
+            ClosedBy::Local,
+            Some((20, "nginx")),
+            1,
+        );
         assert_eq!(c.apply(&edge, diag("unknown", None)).code, "unknown");
         let mut plain = edge.clone();
         plain.chain = None;
@@ -282,7 +358,16 @@ mod tests {
     #[test]
     fn a_root_downstream_is_downstream_closed_and_memory_is_bounded() {
         let mut c = ChainCauses::default();
-        let mut browser = report(1, 0, Side::Client, 50000, 18080, ClosedBy::Local, Some((10, "node")), 5);
+        let mut browser = report(
+            1,
+            0,
+            Side::Client,
+            50000,
+            18080,
+            ClosedBy::Local,
+            Some((10, "node")),
+            5,
+        );
         if let Some(ch) = browser.chain.as_mut() {
             ch.root = Some(ChainRoot { hop: 0, sk: 1 });
         }
@@ -293,7 +378,12 @@ mod tests {
         }
         let d = c.apply(&backend, diag("peer_closed", None));
         assert_eq!(d.code, "downstream_closed");
-        assert!(d.message.contains("node (pid 10) closed the downstream connection from 127.0.0.1:50000"), "{}", d.message);
+        assert!(
+            d.message
+                .contains("node (pid 10) closed the downstream connection from 127.0.0.1:50000"),
+            "{}",
+            d.message
+        );
         for i in 0..MAX_CAUSES + 5 {
             c.remember(format!("{i}"), d.cause.clone().expect("cause"));
         }

@@ -71,6 +71,19 @@ pub fn render(v: &View<'_>, color: bool, full_stacks: bool) -> String {
         d.code,
         esc(&d.message)
     );
+    // One story per chain: the hop that closed first has the full report;
+    // the chain's other sockets, printed after it, one line each.
+    if let Some(c) = &r.chain
+        && let (Some(root), Some(hop)) = (c.root, c.hop)
+        && root.sk != r.sk
+        && (d.cause.is_some() || root.hop == hop)
+    {
+        if let (Some(fix), Some(_)) = (&d.fix, &d.cause) {
+            let _ = writeln!(out, "  {} {}", p.bold("fix:     "), esc(fix));
+        }
+        let _ = writeln!(out, "  chain:    {}", esc(&chain_line(r, c)));
+        return out;
+    }
     if let Some(fix) = &d.fix {
         let _ = writeln!(out, "  {} {}", p.bold("fix:     "), esc(fix));
     }
@@ -255,13 +268,22 @@ fn chain_line(r: &crate::model::CloseReport, c: &crate::model::Chain) -> String 
     };
     match &c.downstream {
         Some(d) => {
-            parts.push(format!("… {}", d.client));
+            if d.hop == 0 {
+                parts.push(format!("client {}", d.client));
+            } else {
+                parts.push(format!("… {}", d.client));
+            }
             parts.push(name(d));
         }
         None => parts.push(format!("client {client}")),
     }
     let here = match (r.side, c.upstream.is_some() || c.downstream.is_some()) {
-        (Side::Server, _) => format!("[{} ({}) :{}]", r.upgrader.comm, r.upgrader.pid, server.port()),
+        (Side::Server, _) => format!(
+            "[{} ({}) :{}]",
+            r.upgrader.comm,
+            r.upgrader.pid,
+            server.port()
+        ),
         (Side::Client, _) => format!("[{server}]"),
     };
     parts.push(here);

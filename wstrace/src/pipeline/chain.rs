@@ -359,8 +359,7 @@ impl ChainTable {
         let Some(g) = self.groups.get_mut(&digest) else {
             return;
         };
-        if now_ns.saturating_sub(g.created_ts) > JOIN_WINDOW_NS || g.members.len() >= MAX_MEMBERS
-        {
+        if now_ns.saturating_sub(g.created_ts) > JOIN_WINDOW_NS || g.members.len() >= MAX_MEMBERS {
             g.ambiguous = true;
         }
         if g.members.len() < MAX_MEMBERS {
@@ -440,7 +439,9 @@ impl ChainTable {
         let mut out = Vec::new();
         let mut done = Vec::new();
         for (d, g) in self.groups.iter_mut() {
-            if g.hold_since.is_some_and(|t| now_ns.saturating_sub(t) >= HOLD_NS) {
+            if g.hold_since
+                .is_some_and(|t| now_ns.saturating_sub(t) >= HOLD_NS)
+            {
                 out.extend(release(*d, g));
             }
             if g.held.is_empty()
@@ -503,11 +504,7 @@ pub struct MemberInfo<'a> {
 fn release(d: ChainDigest, g: &mut Group) -> Vec<CloseReport> {
     g.hold_since = None;
     let mut out = std::mem::take(&mut g.held);
-    let shape = if g.ambiguous {
-        None
-    } else {
-        shape(&g.members)
-    };
+    let shape = if g.ambiguous { None } else { shape(&g.members) };
     // The socket that closed first, of those that closed: its own end
     // (local or the kernel) if that end is visible, else the earliest.
     let root = shape.as_ref().and_then(|s| {
@@ -611,7 +608,8 @@ mod tests {
         assert_eq!(hex, "aa4ae5e15272d00e95705637ce8a3b55ed402112");
     }
 
-    const REQ: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    const REQ: &[u8] =
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
     const RESP: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nsec-websocket-accept:  s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x88\x02\x03\xe8";
 
     #[test]
@@ -623,7 +621,10 @@ mod tests {
         // Another key (a fleet secret) gives another id for the same handshake.
         let fleet = ChainKey::from_secret(b"0123456789abcdef0123\n").expect("secret");
         assert_ne!(digest_of_request(&fleet, REQ), Some(a));
-        assert_eq!(digest_of_request(&fleet, REQ), digest_of_response(&fleet, RESP));
+        assert_eq!(
+            digest_of_request(&fleet, REQ),
+            digest_of_response(&fleet, RESP)
+        );
         assert_eq!(a.id().len(), 16);
     }
 
@@ -633,7 +634,10 @@ mod tests {
         assert!(digest_of_request(&k, b"GET / HTTP/1.1\r\n\r\n").is_none());
         let two = b"GET / HTTP/1.1\r\nSec-WebSocket-Key: a\r\nSec-WebSocket-Key: b\r\n\r\n";
         assert!(digest_of_request(&k, two).is_none());
-        let long = format!("GET / HTTP/1.1\r\nSec-WebSocket-Key: {}\r\n\r\n", "A".repeat(65));
+        let long = format!(
+            "GET / HTTP/1.1\r\nSec-WebSocket-Key: {}\r\n\r\n",
+            "A".repeat(65)
+        );
         assert!(digest_of_request(&k, long.as_bytes()).is_none());
         let odd = b"GET / HTTP/1.1\r\nSec-WebSocket-Key: a\x1b[31m\r\n\r\n";
         assert!(digest_of_request(&k, odd).is_none());
@@ -653,10 +657,38 @@ mod tests {
     }
 
     /// browser :50000 ⇄ nginx :18080, nginx :40000 ⇄ backend :1215.
-    const BROWSER: Sock = Sock { sk: 1, pid: 10, comm: "browser", side: Side::Client, local: 50000, remote: 18080 };
-    const NGINX_DOWN: Sock = Sock { sk: 2, pid: 20, comm: "nginx", side: Side::Server, local: 18080, remote: 50000 };
-    const NGINX_UP: Sock = Sock { sk: 3, pid: 20, comm: "nginx", side: Side::Client, local: 40000, remote: 1215 };
-    const BACKEND: Sock = Sock { sk: 4, pid: 30, comm: "php", side: Side::Server, local: 1215, remote: 40000 };
+    const BROWSER: Sock = Sock {
+        sk: 1,
+        pid: 10,
+        comm: "browser",
+        side: Side::Client,
+        local: 50000,
+        remote: 18080,
+    };
+    const NGINX_DOWN: Sock = Sock {
+        sk: 2,
+        pid: 20,
+        comm: "nginx",
+        side: Side::Server,
+        local: 18080,
+        remote: 50000,
+    };
+    const NGINX_UP: Sock = Sock {
+        sk: 3,
+        pid: 20,
+        comm: "nginx",
+        side: Side::Client,
+        local: 40000,
+        remote: 1215,
+    };
+    const BACKEND: Sock = Sock {
+        sk: 4,
+        pid: 30,
+        comm: "php",
+        side: Side::Server,
+        local: 1215,
+        remote: 40000,
+    };
 
     fn join(t: &mut ChainTable, d: u64, s: &Sock, ts: u64) {
         t.join(
@@ -706,7 +738,10 @@ mod tests {
 
     fn seed_chain() -> ChainTable {
         let mut t = ChainTable::default();
-        for (i, s) in [&BACKEND, &NGINX_UP, &NGINX_DOWN, &BROWSER].into_iter().enumerate() {
+        for (i, s) in [&BACKEND, &NGINX_UP, &NGINX_DOWN, &BROWSER]
+            .into_iter()
+            .enumerate()
+        {
             join(&mut t, 7, s, i as u64 * 1000);
         }
         t
@@ -717,9 +752,18 @@ mod tests {
         let mut t = seed_chain();
         // php closes first; nginx closes both sides 0.1 ms later; the
         // reports of the edge come out before the upstream's is complete.
-        assert!(t.on_report(report(&NGINX_DOWN, 1_100_000, ClosedBy::Local), 1_200_000).is_empty());
-        assert!(t.on_report(report(&BACKEND, 1_000_000, ClosedBy::Local), 1_300_000).is_empty());
-        assert!(t.on_report(report(&NGINX_UP, 1_000_050, ClosedBy::Peer), 1_400_000).is_empty());
+        assert!(
+            t.on_report(report(&NGINX_DOWN, 1_100_000, ClosedBy::Local), 1_200_000)
+                .is_empty()
+        );
+        assert!(
+            t.on_report(report(&BACKEND, 1_000_000, ClosedBy::Local), 1_300_000)
+                .is_empty()
+        );
+        assert!(
+            t.on_report(report(&NGINX_UP, 1_000_050, ClosedBy::Peer), 1_400_000)
+                .is_empty()
+        );
         let out = t.on_report(report(&BROWSER, 1_100_050, ClosedBy::Peer), 1_500_000);
         let order: Vec<u64> = out.iter().map(|r| r.sk).collect();
         assert_eq!(order, [BACKEND.sk, NGINX_UP.sk, NGINX_DOWN.sk, BROWSER.sk]);
@@ -727,33 +771,58 @@ mod tests {
             let c = r.chain.as_ref().expect("chained");
             assert_eq!(c.linked_by, LinkedBy::Handshake);
             assert_eq!(c.hops, Some(2));
-            assert_eq!(c.root, Some(ChainRoot { hop: 1, sk: BACKEND.sk }));
+            assert_eq!(
+                c.root,
+                Some(ChainRoot {
+                    hop: 1,
+                    sk: BACKEND.sk
+                })
+            );
             assert_eq!(c.id, ChainDigest(7).id());
         }
         let edge = out[2].chain.as_ref().expect("chained");
         assert_eq!(edge.hop, Some(0));
         let up = edge.upstream.as_ref().expect("upstream hop");
-        assert_eq!((up.hop, up.server, up.pid, up.comm.as_deref()), (1, addr(1215), Some(30), Some("php")));
+        assert_eq!(
+            (up.hop, up.server, up.pid, up.comm.as_deref()),
+            (1, addr(1215), Some(30), Some("php"))
+        );
         assert!(edge.downstream.is_none());
         let back = out[0].chain.as_ref().expect("chained");
         assert_eq!(back.hop, Some(1));
-        assert_eq!(back.downstream.as_ref().map(|d| d.server), Some(addr(18080)));
+        assert_eq!(
+            back.downstream.as_ref().map(|d| d.server),
+            Some(addr(18080))
+        );
     }
 
     #[test]
     fn a_hop_that_stays_open_costs_the_others_only_the_hold() {
         let mut t = seed_chain();
-        assert!(t.on_report(report(&BACKEND, 1_000, ClosedBy::Local), 1_000).is_empty());
+        assert!(
+            t.on_report(report(&BACKEND, 1_000, ClosedBy::Local), 1_000)
+                .is_empty()
+        );
         assert!(t.tick(1_000 + HOLD_NS - 1).is_empty());
         let out = t.tick(1_000 + HOLD_NS);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].chain.as_ref().and_then(|c| c.root.clone()).map(|r| r.hop), Some(1));
+        assert_eq!(
+            out[0]
+                .chain
+                .as_ref()
+                .and_then(|c| c.root.clone())
+                .map(|r| r.hop),
+            Some(1)
+        );
         // The edge closes later: still linked, still rooted at the backend.
         t.on_report(report(&NGINX_DOWN, 5_000, ClosedBy::Local), 2 * HOLD_NS);
         t.on_report(report(&NGINX_UP, 4_000, ClosedBy::Peer), 2 * HOLD_NS);
         let out = t.on_report(report(&BROWSER, 6_000, ClosedBy::Peer), 2 * HOLD_NS);
         assert_eq!(out.len(), 3);
-        assert!(out.iter().all(|r| r.chain.as_ref().and_then(|c| c.root.clone()).map(|r| r.hop) == Some(1)));
+        assert!(
+            out.iter()
+                .all(|r| r.chain.as_ref().and_then(|c| c.root.clone()).map(|r| r.hop) == Some(1))
+        );
     }
 
     #[test]
@@ -764,7 +833,10 @@ mod tests {
         join(&mut t, 7, &NGINX_UP, 0);
         t.on_report(report(&NGINX_UP, 10, ClosedBy::Peer), 20);
         // The client is elsewhere: nothing tells the chain is complete.
-        assert!(t.on_report(report(&NGINX_DOWN, 11, ClosedBy::Local), 20).is_empty());
+        assert!(
+            t.on_report(report(&NGINX_DOWN, 11, ClosedBy::Local), 20)
+                .is_empty()
+        );
         let out = t.tick(20 + HOLD_NS);
         assert_eq!(out.len(), 2);
         let c = out[1].chain.as_ref().expect("chained");
@@ -776,9 +848,15 @@ mod tests {
         // The backend host: one socket, same id.
         let mut b = ChainTable::default();
         join(&mut b, 7, &BACKEND, 0);
-        assert!(b.on_report(report(&BACKEND, 9, ClosedBy::Local), 20).is_empty());
+        assert!(
+            b.on_report(report(&BACKEND, 9, ClosedBy::Local), 20)
+                .is_empty()
+        );
         let out = b.tick(20 + HOLD_NS);
-        assert_eq!(out[0].chain.as_ref().map(|c| c.id.clone()), Some(ChainDigest(7).id()));
+        assert_eq!(
+            out[0].chain.as_ref().map(|c| c.id.clone()),
+            Some(ChainDigest(7).id())
+        );
     }
 
     #[test]
@@ -787,7 +865,10 @@ mod tests {
         // table when it reports, it must not be released as a chain of one.
         let mut t = ChainTable::default();
         join(&mut t, 7, &BACKEND, 0);
-        assert!(t.on_report(report(&BACKEND, 10, ClosedBy::Local), 10).is_empty());
+        assert!(
+            t.on_report(report(&BACKEND, 10, ClosedBy::Local), 10)
+                .is_empty()
+        );
         join(&mut t, 7, &NGINX_UP, 20);
         join(&mut t, 7, &NGINX_DOWN, 30);
         join(&mut t, 7, &BROWSER, 40);
@@ -795,8 +876,14 @@ mod tests {
         t.on_report(report(&NGINX_DOWN, 60, ClosedBy::Local), 60);
         let out = t.on_report(report(&BROWSER, 70, ClosedBy::Peer), 70);
         assert_eq!(out.len(), 4);
-        assert!(out.iter().all(|r| r.chain.as_ref().and_then(|c| c.root).map(|r| r.hop) == Some(1)));
-        assert!(out.iter().all(|r| r.chain.as_ref().and_then(|c| c.hops) == Some(2)));
+        assert!(
+            out.iter()
+                .all(|r| r.chain.as_ref().and_then(|c| c.root).map(|r| r.hop) == Some(1))
+        );
+        assert!(
+            out.iter()
+                .all(|r| r.chain.as_ref().and_then(|c| c.hops) == Some(2))
+        );
     }
 
     #[test]
@@ -804,8 +891,22 @@ mod tests {
         // A second browser sends the first one's Key to the same backend
         // directly: the digest now spans two unrelated connections.
         let mut t = seed_chain();
-        let intruder_c = Sock { sk: 5, pid: 66, comm: "evil", side: Side::Client, local: 51000, remote: 1215 };
-        let intruder_s = Sock { sk: 6, pid: 30, comm: "php", side: Side::Server, local: 1215, remote: 51000 };
+        let intruder_c = Sock {
+            sk: 5,
+            pid: 66,
+            comm: "evil",
+            side: Side::Client,
+            local: 51000,
+            remote: 1215,
+        };
+        let intruder_s = Sock {
+            sk: 6,
+            pid: 30,
+            comm: "php",
+            side: Side::Server,
+            local: 1215,
+            remote: 51000,
+        };
         join(&mut t, 7, &intruder_c, 5000);
         join(&mut t, 7, &intruder_s, 5000);
         for s in [&BACKEND, &NGINX_UP, &NGINX_DOWN, &BROWSER, &intruder_c] {
@@ -815,19 +916,32 @@ mod tests {
         assert_eq!(out.len(), 6);
         for r in &out {
             let c = r.chain.as_ref().expect("chain");
-            assert_eq!((c.linked_by, c.hop, c.root.clone()), (LinkedBy::Ambiguous, None, None));
+            assert_eq!(
+                (c.linked_by, c.hop, c.root.clone()),
+                (LinkedBy::Ambiguous, None, None)
+            );
         }
     }
 
     #[test]
     fn a_forged_accept_on_an_unrelated_client_links_nothing() {
         let mut t = seed_chain();
-        let forged = Sock { sk: 5, pid: 77, comm: "node", side: Side::Client, local: 52000, remote: 9000 };
+        let forged = Sock {
+            sk: 5,
+            pid: 77,
+            comm: "node",
+            side: Side::Client,
+            local: 52000,
+            remote: 9000,
+        };
         join(&mut t, 7, &forged, 10);
         let out = t.on_report(report(&forged, 10, ClosedBy::Peer), 20);
         assert!(out.is_empty());
         let out = t.tick(20 + HOLD_NS);
-        assert_eq!(out[0].chain.as_ref().map(|c| c.linked_by), Some(LinkedBy::Ambiguous));
+        assert_eq!(
+            out[0].chain.as_ref().map(|c| c.linked_by),
+            Some(LinkedBy::Ambiguous)
+        );
     }
 
     #[test]
@@ -839,15 +953,24 @@ mod tests {
         t.on_report(report(&NGINX_DOWN, 11, ClosedBy::Local), 20);
         let out = t.flush();
         assert_eq!(out.len(), 2);
-        assert!(out.iter().all(|r| r.chain.as_ref().map(|c| c.linked_by) == Some(LinkedBy::Ambiguous)));
+        assert!(
+            out.iter()
+                .all(|r| r.chain.as_ref().map(|c| c.linked_by) == Some(LinkedBy::Ambiguous))
+        );
     }
 
     #[test]
     fn sockets_in_no_chain_pass_at_once_and_the_table_is_bounded() {
         let mut t = ChainTable::default();
-        assert_eq!(t.on_report(report(&BACKEND, 1, ClosedBy::Local), 2).len(), 1);
+        assert_eq!(
+            t.on_report(report(&BACKEND, 1, ClosedBy::Local), 2).len(),
+            1
+        );
         for i in 0..MAX_CHAINS as u64 + 10 {
-            let s = Sock { sk: 100 + i, ..BACKEND };
+            let s = Sock {
+                sk: 100 + i,
+                ..BACKEND
+            };
             join(&mut t, i, &s, i);
         }
         assert_eq!(t.len(), MAX_CHAINS);
@@ -860,7 +983,10 @@ mod tests {
         t.forget(BROWSER.sk);
         t.forget(NGINX_UP.sk);
         t.on_report(report(&BACKEND, 1, ClosedBy::Local), 2);
-        assert!(t.on_report(report(&NGINX_DOWN, 2, ClosedBy::Local), 3).is_empty());
+        assert!(
+            t.on_report(report(&NGINX_DOWN, 2, ClosedBy::Local), 3)
+                .is_empty()
+        );
         assert_eq!(t.tick(2 + HOLD_NS).len(), 2);
         // Done chains are forgotten after KEEP_NS.
         t.tick(3 + KEEP_NS);
@@ -871,14 +997,32 @@ mod tests {
     fn more_sockets_than_a_chain_has_link_nothing() {
         let mut t = ChainTable::default();
         for i in 0..MAX_MEMBERS as u64 + 1 {
-            let s = Sock { sk: 100 + i, local: 2000 + i as u16, ..BACKEND };
+            let s = Sock {
+                sk: 100 + i,
+                local: 2000 + i as u16,
+                ..BACKEND
+            };
             join(&mut t, 7, &s, 0);
         }
         let out = t.flush();
         assert!(out.is_empty());
-        let out = t.on_report(report(&Sock { sk: 100, local: 2000, ..BACKEND }, 1, ClosedBy::Local), 2);
+        let out = t.on_report(
+            report(
+                &Sock {
+                    sk: 100,
+                    local: 2000,
+                    ..BACKEND
+                },
+                1,
+                ClosedBy::Local,
+            ),
+            2,
+        );
         assert!(out.is_empty());
         let out = t.flush();
-        assert_eq!(out[0].chain.as_ref().map(|c| c.linked_by), Some(LinkedBy::Ambiguous));
+        assert_eq!(
+            out[0].chain.as_ref().map(|c| c.linked_by),
+            Some(LinkedBy::Ambiguous)
+        );
     }
 }
