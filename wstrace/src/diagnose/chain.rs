@@ -184,8 +184,7 @@ mod tests {
         sk: u64,
         hop: u32,
         side: Side,
-        local: u16,
-        remote: u16,
+        (local, remote): (u16, u16),
         by: ClosedBy,
         closer: Option<(u32, &str)>,
         ts: u64,
@@ -259,8 +258,7 @@ mod tests {
             4,
             1,
             Side::Server,
-            1215,
-            40000,
+            (1215, 40000),
             ClosedBy::Local,
             Some((30, "php")),
             1_000_000,
@@ -275,8 +273,7 @@ mod tests {
             3,
             1,
             Side::Client,
-            40000,
-            1215,
+            (40000, 1215),
             ClosedBy::Peer,
             Some((20, "nginx")),
             1_000_050,
@@ -286,8 +283,7 @@ mod tests {
             2,
             0,
             Side::Server,
-            18080,
-            50000,
+            (18080, 50000),
             ClosedBy::Local,
             Some((20, "nginx")),
             1_100_000,
@@ -315,8 +311,7 @@ mod tests {
             1,
             0,
             Side::Client,
-            50000,
-            18080,
+            (50000, 18080),
             ClosedBy::Peer,
             None,
             1_100_050,
@@ -338,8 +333,7 @@ mod tests {
             2,
             0,
             Side::Server,
-            18080,
-            50000,
+            (18080, 50000),
             ClosedBy::Local,
             Some((20, "nginx")),
             1,
@@ -362,8 +356,7 @@ mod tests {
             1,
             0,
             Side::Client,
-            50000,
-            18080,
+            (50000, 18080),
             ClosedBy::Local,
             Some((10, "node")),
             5,
@@ -372,7 +365,7 @@ mod tests {
             ch.root = Some(ChainRoot { hop: 0, sk: 1 });
         }
         c.apply(&browser, diag("client_closed", Some("keep the tab open")));
-        let mut backend = report(4, 1, Side::Server, 1215, 40000, ClosedBy::Peer, None, 9);
+        let mut backend = report(4, 1, Side::Server, (1215, 40000), ClosedBy::Peer, None, 9);
         if let Some(ch) = backend.chain.as_mut() {
             ch.root = Some(ChainRoot { hop: 0, sk: 1 });
         }

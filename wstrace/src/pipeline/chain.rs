@@ -807,11 +807,7 @@ mod tests {
         let out = t.tick(1_000 + HOLD_NS);
         assert_eq!(out.len(), 1);
         assert_eq!(
-            out[0]
-                .chain
-                .as_ref()
-                .and_then(|c| c.root.clone())
-                .map(|r| r.hop),
+            out[0].chain.as_ref().and_then(|c| c.root).map(|r| r.hop),
             Some(1)
         );
         // The edge closes later: still linked, still rooted at the backend.
@@ -821,7 +817,7 @@ mod tests {
         assert_eq!(out.len(), 3);
         assert!(
             out.iter()
-                .all(|r| r.chain.as_ref().and_then(|c| c.root.clone()).map(|r| r.hop) == Some(1))
+                .all(|r| r.chain.as_ref().and_then(|c| c.root).map(|r| r.hop) == Some(1))
         );
     }
 
@@ -917,7 +913,7 @@ mod tests {
         for r in &out {
             let c = r.chain.as_ref().expect("chain");
             assert_eq!(
-                (c.linked_by, c.hop, c.root.clone()),
+                (c.linked_by, c.hop, c.root),
                 (LinkedBy::Ambiguous, None, None)
             );
         }
