@@ -17,8 +17,9 @@ use std::{
 mod common;
 
 use common::{
-    Barrier, Kill as Proc, Tracer, TracerOptions, free_port, read_ready, require_root,
-    require_tool, require_venv_python, spawn_group as spawn,
+    Barrier, Kill as Proc, Tracer, TracerOptions, WorldReadableDir, free_port,
+    nobody_python_server, read_ready, require_nobody_python, require_root, require_tool,
+    require_venv_python, spawn_group as spawn,
 };
 use serde_json::Value;
 
@@ -669,4 +670,69 @@ fn chain_proxy_read_timeout_is_one_story_with_nginx_first() {
     let cause = &other["diagnosis"]["cause"];
     assert_eq!(s(cause, &["comm"]), "nginx", "{other:#}");
     assert_eq!(s(cause, &["code"]), "idle_timeout", "{other:#}");
+}
+
+/// Sends the Key it is given straight to the backend, reads the 101 and
+/// holds the connection: as `nobody`, a local user replaying another
+/// connection's handshake.
+const REPLAY_KEY: &str = r#"
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % sys.argv[2]).encode())
+s.recv(2048)
+print("READY 1", flush=True)
+time.sleep(60)
+"#;
+
+/// A client that reuses the Key of a proxied connection (another user's,
+/// straight to the backend) must not link it: the digest spans unrelated
+/// connections, every report of it says `ambiguous`, and the edge keeps
+/// its own diagnosis instead of borrowing the backend's.
+#[test]
+fn chain_a_replayed_key_links_nothing() {
+    if !require_nobody_python() {
+        return;
+    }
+    let Some(nginx_bin) = require_nginx() else {
+        return;
+    };
+    let (_backend, bport) = backend();
+    let w = Tracer::start_all_ports(&[]);
+    let dir = tempdir("chain-replay");
+    let (_nginx, nport) = nginx(&nginx_bin, &dir, bport, "");
+    let key = fresh_key();
+    // The replay goes to a second backend (the first serves one connection
+    // at a time): a connection that shares nothing with the chain but the Key.
+    let (_other_backend, other_port) = backend();
+    let attack_dir = WorldReadableDir::new("chain-replay");
+    let (_attacker, _) = nobody_python_server(
+        &attack_dir,
+        "replay.py",
+        REPLAY_KEY,
+        &[&other_port.to_string(), &key],
+    );
+    let (mut c, head) = upgrade_with_key(nport, &key);
+    assert!(head.starts_with("HTTP/1.1 101"), "nginx answered {head:?}");
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    drop(c);
+    let reports = chain_reports(&w, bport, nport);
+    let [back, up, edge, browser] = chain_sockets(&reports, bport, nport);
+    for r in [back, up, edge, browser] {
+        assert_eq!(s(r, &["chain", "linked_by"]), "ambiguous", "{r:#}");
+        assert!(r["chain"]["hop"].is_null(), "{r:#}");
+        assert!(r["diagnosis"]["cause"].is_null(), "{r:#}");
+        assert!(!r.to_string().contains(&key), "the Key leaked: {r}");
+    }
+    assert_eq!(
+        s(back, &["diagnosis", "code"]),
+        "http10_upgrade",
+        "{back:#}"
+    );
+    assert_ne!(
+        s(edge, &["diagnosis", "code"]),
+        "upstream_closed",
+        "{edge:#}"
+    );
 }
