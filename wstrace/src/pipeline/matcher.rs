@@ -1371,4 +1371,74 @@ mod tests {
         let r = one(m.flush(20));
         assert_eq!(r.closed_by, ClosedBy::Peer);
     }
+
+    /// Both ends of one connection on this host: the server's digest from
+    /// the Key it read, the client's from the Accept it read; one chain.
+    #[test]
+    fn both_ends_of_one_handshake_are_one_chain_and_the_first_close_its_root() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        let req = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+        let data = |bytes: &[u8], upgrade_read: bool| {
+            Some(Data {
+                direction: Direction::Received,
+                bytes: bytes.to_vec(),
+                total: bytes.len() as u32,
+                continues: false,
+                upgrade_read,
+            })
+        };
+        m.on_event(Event {
+            data: data(req, false),
+            ..ev(EventKind::Data, 10)
+        });
+        m.on_event(upgrade(20));
+        // The client: the same connection, ends swapped.
+        const CLIENT: u64 = SK + 0x1000;
+        let client = |e: Event| Event {
+            sk: CLIENT,
+            local: e.remote,
+            remote: e.local,
+            ..e
+        };
+        m.on_event(client(Event {
+            client_side: true,
+            pid: 200,
+            ..upgrade(21)
+        }));
+        let resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        m.on_event(client(Event {
+            data: data(resp, true),
+            ..ev(EventKind::Data, 21)
+        }));
+        // The server closes: held for the client's end.
+        assert!(
+            m.on_event(close(ESTABLISHED, FIN_WAIT1, 100, 30))
+                .is_empty()
+        );
+        m.on_event(client(state(ESTABLISHED, CLOSE_WAIT, 31)));
+        let out = m.on_event(client(close(CLOSE_WAIT, LAST_ACK, 200, 40)));
+        assert_eq!(out.len(), 2, "{out:#?}");
+        assert_eq!((out[0].sk, out[1].sk), (SK, CLIENT));
+        let (a, b) = (out[0].chain.as_ref(), out[1].chain.as_ref());
+        let a = a.expect("server chained");
+        let b = b.expect("client chained");
+        assert_eq!(a.id, b.id);
+        assert_eq!(
+            (a.linked_by, a.hop, a.hops),
+            (crate::model::LinkedBy::Handshake, Some(0), Some(1))
+        );
+        assert_eq!(a.root.map(|r| r.sk), Some(SK));
+        // Another fleet key: another id, same linking.
+        let mut m2 = Matcher::new(ProbeSet::Tracepoint);
+        m2.set_chain_key(ChainKey::from_secret(b"a fleet secret of some length").expect("key"));
+        m2.on_event(Event {
+            data: data(req, false),
+            ..ev(EventKind::Data, 10)
+        });
+        m2.on_event(upgrade(20));
+        m2.on_event(close(ESTABLISHED, FIN_WAIT1, 100, 30));
+        let out = m2.flush(40);
+        let other = out[0].chain.as_ref().expect("chained");
+        assert_ne!(other.id, a.id);
+    }
 }
