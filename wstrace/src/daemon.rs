@@ -790,3 +790,41 @@ impl EventLoop<'_> {
         Ok(self.outputs.printed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("wstrace-chainkey-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("temp dir");
+        d
+    }
+
+    #[test]
+    fn chain_key_file_is_a_regular_file_of_enough_bytes_read_without_blocking() {
+        let d = dir("file");
+        let good = d.join("good");
+        std::fs::write(&good, "0123456789abcdef0123456789abcdef\n").expect("write");
+        assert!(chain_key(Some(&good)).is_ok());
+        assert!(chain_key(None).is_ok());
+        let short = d.join("short");
+        std::fs::write(&short, "tiny\n").expect("write");
+        let e = format!("{:#}", chain_key(Some(&short)).expect_err("short key"));
+        assert!(e.contains("at least 16"), "{e}");
+        // A FIFO nobody writes to: refused at once, never waited on.
+        let fifo = d.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).expect("path");
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = format!("{:#}", chain_key(Some(&fifo)).expect_err("fifo"));
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = format!(
+            "{:#}",
+            chain_key(Some(&d.join("missing"))).expect_err("missing")
+        );
+        assert!(e.contains("cannot read"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
