@@ -115,7 +115,9 @@ fn serve_one(mut conn: TcpStream, mode: Mode) -> Result<()> {
     let head = read_head(&mut conn)?;
     match mode {
         Mode::Swoole => {
-            conn.write_all(RESPONSE_101)?;
+            // Like Swoole, the Accept the request's Key is due (a proxy
+            // relays it, and wstrace links the chain's hops by it).
+            conn.write_all(&response_101_for(&head))?;
             if !closes_http10(&head) {
                 let mut buf = [0u8; 512];
                 while conn.read(&mut buf)? > 0 {}
@@ -218,6 +220,43 @@ fn serve_one(mut conn: TcpStream, mode: Mode) -> Result<()> {
     }
     close_connection(conn);
     Ok(())
+}
+
+/// A 101 whose `Sec-WebSocket-Accept` answers the head's
+/// `Sec-WebSocket-Key` (RFC 6455 §4.2.2); [`RESPONSE_101`] without one.
+pub fn response_101_for(head: &[u8]) -> Vec<u8> {
+    use sha1::{Digest as _, Sha1};
+    let text = String::from_utf8_lossy(head);
+    let Some(key) = text.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case("sec-websocket-key")
+            .then(|| v.trim().to_string())
+    }) else {
+        return RESPONSE_101.to_vec();
+    };
+    let sha = Sha1::new()
+        .chain_update(key.as_bytes())
+        .chain_update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11")
+        .finalize();
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut accept = String::new();
+    for c in sha.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            accept.push(if i <= c.len() {
+                T[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+    .into_bytes()
 }
 
 /// HTTP/1.0 without `Connection: keep-alive`: Swoole's "close after the

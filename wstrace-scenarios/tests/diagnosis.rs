@@ -17,8 +17,9 @@ use std::{
 mod common;
 
 use common::{
-    Barrier, Kill as Proc, Tracer, TracerOptions, free_port, read_ready, require_root,
-    require_tool, require_venv_python, spawn_group as spawn,
+    Barrier, Kill as Proc, Tracer, TracerOptions, WorldReadableDir, free_port,
+    nobody_python_server, read_ready, require_nobody_python, require_root, require_tool,
+    require_venv_python, spawn_group as spawn,
 };
 use serde_json::Value;
 
@@ -451,4 +452,287 @@ fn nginx_on_the_traced_port_never_splices_a_secret_into_a_header() {
             "complete but the last header is missing: {r:#}"
         );
     }
+}
+
+/// A Sec-WebSocket-Key of this run's own: chains are linked by the
+/// handshake, and every wstrace on the host (no `--port`) sees other
+/// tests' connections, many of them with the RFC's example Key.
+fn fresh_key() -> String {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("/dev/urandom");
+    // Any 16 bytes, base64: hex is a valid base64 alphabet subset, 24 chars.
+    let hex: String = b[..12].iter().map(|x| format!("{x:02x}")).collect();
+    hex[..22].to_string() + "=="
+}
+
+/// Upgrades through `port` with `key`, reading the 101 in one read (as
+/// every WebSocket client does): the client side is classified by its
+/// first read.
+fn upgrade_with_key(port: u16, key: &str) -> (TcpStream, String) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    c.write_all(req.as_bytes()).expect("send");
+    let mut buf = [0u8; 2048];
+    let n = c.read(&mut buf).unwrap_or(0);
+    (c, String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// The reports of the four sockets on the backend's and nginx's ports
+/// (a wstrace with no `--port` sees other tests' connections too).
+fn chain_reports(w: &Tracer, bport: u16, nport: u16) -> Vec<Value> {
+    let ours = |r: &Value| {
+        let (l, rm) = (s(r, &["local"]), s(r, &["remote"]));
+        [bport, nport]
+            .iter()
+            .any(|p| l.ends_with(&format!(":{p}")) || rm.ends_with(&format!(":{p}")))
+    };
+    let mut reports = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        reports = w.reports().into_iter().filter(|r| ours(r)).collect();
+        if reports.len() >= 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(reports.len(), 4, "browser, nginx x2, backend: {reports:#?}");
+    reports
+}
+
+/// [backend, nginx upstream, nginx edge, browser] of `chain_reports`.
+fn chain_sockets(reports: &[Value], bport: u16, nport: u16) -> [&Value; 4] {
+    let find = |side: &str, local_port: Option<u16>, remote_port: Option<u16>| {
+        reports
+            .iter()
+            .find(|r| {
+                s(r, &["side"]) == side
+                    && local_port.is_none_or(|p| s(r, &["local"]) == format!("127.0.0.1:{p}"))
+                    && remote_port.is_none_or(|p| s(r, &["remote"]) == format!("127.0.0.1:{p}"))
+            })
+            .unwrap_or_else(|| {
+                panic!("no {side} report on {local_port:?}/{remote_port:?}: {reports:#?}")
+            })
+    };
+    [
+        find("server", Some(bport), None),
+        find("client", None, Some(bport)),
+        find("server", Some(nport), None),
+        find("client", None, Some(nport)),
+    ]
+}
+
+/// The seed case, with no `--port`: nginx without `proxy_http_version 1.1`
+/// in front of a server that closes HTTP/1.0 upgrades. The four sockets of
+/// one browser connection (browser, nginx's two, the backend's) are one
+/// chain; the edge's report carries the backend's close as its root cause.
+#[test]
+fn chain_without_port_links_nginx_edge_to_the_backend_close() {
+    if !require_root() {
+        return;
+    }
+    let Some(nginx_bin) = require_nginx() else {
+        return;
+    };
+    let (backend, bport) = backend();
+    let w = Tracer::start_all_ports(&[]);
+    let dir = tempdir("chain");
+    let (nginx, nport) = nginx(&nginx_bin, &dir, bport, "");
+    let key = fresh_key();
+    let (mut c, head) = upgrade_with_key(nport, &key);
+    assert!(head.starts_with("HTTP/1.1 101"), "nginx answered {head:?}");
+    // The backend closes; nginx then closes our side: read to the end and
+    // close, as a browser does.
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    drop(c);
+    let reports = chain_reports(&w, bport, nport);
+    let [back, up, edge, browser] = chain_sockets(&reports, bport, nport);
+    // The backend hop: the http10 story, the backend the closer.
+    assert_eq!(
+        s(back, &["diagnosis", "code"]),
+        "http10_upgrade",
+        "{back:#}"
+    );
+    assert_eq!(s(back, &["closed_by"]), "local", "{back:#}");
+    assert_eq!(
+        back["pid"].as_u64(),
+        Some(u64::from(backend.0.id())),
+        "{back:#}"
+    );
+    // One chain id on all four, linked by the handshake, two hops.
+    let id = s(back, &["chain", "id"]);
+    assert_eq!(id.len(), 16, "{back:#}");
+    for (r, hop) in [(back, 1), (up, 1), (edge, 0), (browser, 0)] {
+        assert_eq!(s(r, &["chain", "id"]), id, "{r:#}");
+        assert_eq!(s(r, &["chain", "linked_by"]), "handshake", "{r:#}");
+        assert_eq!(r["chain"]["hop"].as_u64(), Some(hop), "{r:#}");
+        assert_eq!(r["chain"]["hops"].as_u64(), Some(2), "{r:#}");
+        assert_eq!(r["chain"]["closed_first_hop"].as_u64(), Some(1), "{r:#}");
+        // The nonces are never printed.
+        assert!(!r.to_string().contains(&key), "the Key leaked: {r}");
+    }
+    assert_eq!(
+        edge["chain"]["upstream"]["pid"].as_u64(),
+        Some(u64::from(backend.0.id())),
+        "{edge:#}"
+    );
+    // The edge: nginx closed the browser's side after the backend closed
+    // nginx's upstream connection; the root cause and its fix.
+    assert_eq!(s(edge, &["closed_by"]), "local", "{edge:#}");
+    assert_eq!(s(edge, &["comm"]), "nginx", "{edge:#}");
+    assert!(is_nginx_worker(&edge["upgraded_by"], &nginx), "{edge:#}");
+    assert_eq!(
+        s(edge, &["diagnosis", "code"]),
+        "upstream_closed",
+        "{edge:#}"
+    );
+    assert!(
+        s(edge, &["diagnosis", "fix"]).contains("proxy_http_version 1.1;"),
+        "{edge:#}"
+    );
+    let cause = &edge["diagnosis"]["cause"];
+    assert_eq!(
+        cause["pid"].as_u64(),
+        Some(u64::from(backend.0.id())),
+        "{edge:#}"
+    );
+    assert_eq!(s(cause, &["code"]), "http10_upgrade", "{edge:#}");
+    assert!(
+        cause["ms_before"].as_f64().is_some_and(|ms| ms >= 0.0),
+        "{edge:#}"
+    );
+    // The browser's own socket: the client side, closed by its peer.
+    assert_eq!(s(browser, &["closed_by"]), "peer", "{browser:#}");
+    assert_eq!(
+        browser["upgraded_by"]["pid"].as_u64(),
+        Some(u64::from(std::process::id())),
+        "{browser:#}"
+    );
+}
+
+/// nginx's `proxy_read_timeout` closes both of its sockets: one story, with
+/// nginx as the first closer and the other hop citing it.
+#[test]
+fn chain_proxy_read_timeout_is_one_story_with_nginx_first() {
+    if !require_root() {
+        return;
+    }
+    let Some(nginx_bin) = require_nginx() else {
+        return;
+    };
+    let (_backend, bport) = backend();
+    let w = Tracer::start_all_ports(&[]);
+    let dir = tempdir("chain-idle");
+    let (nginx, nport) = nginx(
+        &nginx_bin,
+        &dir,
+        bport,
+        "proxy_http_version 1.1;\n      proxy_read_timeout 2s;",
+    );
+    let key = fresh_key();
+    let (mut c, head) = upgrade_with_key(nport, &key);
+    assert!(head.starts_with("HTTP/1.1 101"), "nginx answered {head:?}");
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    drop(c);
+    let reports = chain_reports(&w, bport, nport);
+    let [back, up, edge, browser] = chain_sockets(&reports, bport, nport);
+    let id = s(back, &["chain", "id"]);
+    for r in [back, up, edge, browser] {
+        assert_eq!(s(r, &["chain", "id"]), id, "{r:#}");
+        assert_eq!(s(r, &["chain", "linked_by"]), "handshake", "{r:#}");
+    }
+    // nginx closed both of its sockets.
+    for r in [up, edge] {
+        assert_eq!(s(r, &["closed_by"]), "local", "{r:#}");
+        assert_eq!(s(r, &["comm"]), "nginx", "{r:#}");
+        assert!(is_nginx_worker(&r["upgraded_by"], &nginx), "{r:#}");
+    }
+    // Whichever it closed first is the root, and names the timeout; the
+    // other hop's report cites it.
+    let first = edge["chain"]["closed_first_hop"]
+        .as_u64()
+        .expect("a first hop");
+    let (root, other) = if first == 1 { (up, edge) } else { (edge, up) };
+    assert_eq!(s(root, &["diagnosis", "code"]), "idle_timeout", "{root:#}");
+    let want = if first == 1 {
+        "upstream_closed"
+    } else {
+        "downstream_closed"
+    };
+    assert_eq!(s(other, &["diagnosis", "code"]), want, "{other:#}");
+    let cause = &other["diagnosis"]["cause"];
+    assert_eq!(s(cause, &["comm"]), "nginx", "{other:#}");
+    assert_eq!(s(cause, &["code"]), "idle_timeout", "{other:#}");
+}
+
+/// Sends the Key it is given straight to the backend, reads the 101 and
+/// holds the connection: as `nobody`, a local user replaying another
+/// connection's handshake.
+const REPLAY_KEY: &str = r#"
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % sys.argv[2]).encode())
+s.recv(2048)
+print("READY 1", flush=True)
+time.sleep(60)
+"#;
+
+/// A client that reuses the Key of a proxied connection (another user's,
+/// straight to the backend) must not link it: the digest spans unrelated
+/// connections, every report of it says `ambiguous`, and the edge keeps
+/// its own diagnosis instead of borrowing the backend's.
+#[test]
+fn chain_a_replayed_key_links_nothing() {
+    if !require_nobody_python() {
+        return;
+    }
+    let Some(nginx_bin) = require_nginx() else {
+        return;
+    };
+    let (_backend, bport) = backend();
+    let w = Tracer::start_all_ports(&[]);
+    let dir = tempdir("chain-replay");
+    let (_nginx, nport) = nginx(&nginx_bin, &dir, bport, "");
+    let key = fresh_key();
+    // The replay goes to a second backend (the first serves one connection
+    // at a time): a connection that shares nothing with the chain but the Key.
+    let (_other_backend, other_port) = backend();
+    let attack_dir = WorldReadableDir::new("chain-replay");
+    let (_attacker, _) = nobody_python_server(
+        &attack_dir,
+        "replay.py",
+        REPLAY_KEY,
+        &[&other_port.to_string(), &key],
+    );
+    let (mut c, head) = upgrade_with_key(nport, &key);
+    assert!(head.starts_with("HTTP/1.1 101"), "nginx answered {head:?}");
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    drop(c);
+    let reports = chain_reports(&w, bport, nport);
+    let [back, up, edge, browser] = chain_sockets(&reports, bport, nport);
+    for r in [back, up, edge, browser] {
+        assert_eq!(s(r, &["chain", "linked_by"]), "ambiguous", "{r:#}");
+        assert!(r["chain"]["hop"].is_null(), "{r:#}");
+        assert!(r["diagnosis"]["cause"].is_null(), "{r:#}");
+        assert!(!r.to_string().contains(&key), "the Key leaked: {r}");
+    }
+    assert_eq!(
+        s(back, &["diagnosis", "code"]),
+        "http10_upgrade",
+        "{back:#}"
+    );
+    assert_ne!(
+        s(edge, &["diagnosis", "code"]),
+        "upstream_closed",
+        "{edge:#}"
+    );
 }

@@ -282,6 +282,15 @@ pub struct CommonArgs {
     #[arg(long, value_name = "SECS", default_value_t = 2,
           value_parser = clap::value_parser!(u64).range(1..=300))]
     pub symbolize_timeout: u64,
+
+    /// A fleet secret for the chain ids (`chain.id`, the keyed digest of a
+    /// proxied WebSocket's handshake that is the same on every hop and
+    /// host): give every host the same file. Without it a built-in key is
+    /// used, which links hosts with no configuration, but lets anyone who
+    /// saw a handshake compute its id. At least 16 bytes; trailing
+    /// whitespace is ignored.
+    #[arg(long, value_name = "FILE")]
+    pub chain_key_file: Option<PathBuf>,
 }
 
 #[cfg(test)]

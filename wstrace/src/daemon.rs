@@ -14,11 +14,11 @@ use crate::{
     attach::uprobe_helper::{self, Helper, UprobePmu},
     attach::{self as probes, Attached, btf, privileges, tracefs},
     cli::CommonArgs,
-    diagnose::{self, Facts},
+    diagnose::{self, Facts, chain::ChainCauses},
     enrich::{self, Enricher, ListenerScan, clock::monotonic_ns, unwind::UserStackMode},
     model::{CloseReport, Event, Ports, Scope},
     output::{Outputs, View, escape, logfile::LogFile, metrics},
-    pipeline::{matcher::Matcher, reader::Reader},
+    pipeline::{chain::ChainKey, matcher::Matcher, reader::Reader},
     redact::Redactor,
 };
 use wstrace_common::{EventKind, ProcessBudget, lost};
@@ -101,6 +101,7 @@ pub struct LogSpec<'a> {
 /// "tracing" line is printed), with the ports and the probe set's name.
 pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(&Ports, &str)) -> Result<u64> {
     let redactor = check_options(&opts)?;
+    let chain_key = chain_key(opts.common.chain_key_file.as_deref())?;
     let log = open_log(&opts)?;
     privileges::check()?;
     // First, while this process has one thread and few fds: the helper is
@@ -152,8 +153,11 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(&Ports, &str)) -> Resu
     announce(&opts, &attached, &outputs);
     on_ready(opts.ports, attached.set.name());
 
+    let mut matcher = Matcher::with_capacity(attached.set, opts.common.max_sockets as usize);
+    matcher.set_chain_key(chain_key);
     let mut event_loop = EventLoop {
-        matcher: Matcher::with_capacity(attached.set, opts.common.max_sockets as usize),
+        matcher,
+        chain_causes: ChainCauses::default(),
         reader,
         enricher,
         outputs,
@@ -173,6 +177,34 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(&Ports, &str)) -> Resu
 }
 
 /// Options no clap parser could check; returns the redaction policy.
+/// The chain key: the fleet secret of `--chain-key-file`, else the
+/// built-in one. The file is the operator's, but opened as a regular file
+/// only, without blocking (a FIFO cannot hang the start) and read bounded.
+fn chain_key(path: Option<&std::path::Path>) -> Result<ChainKey> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let Some(path) = path else {
+        return Ok(ChainKey::default());
+    };
+    let shown = escape::text(&path.to_string_lossy()).into_owned();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("--chain-key-file: cannot read {shown}"))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("--chain-key-file: cannot stat {shown}"))?;
+    if !meta.file_type().is_file() {
+        bail!("--chain-key-file: {shown} is not a regular file");
+    }
+    let mut bytes = Vec::new();
+    file.take(crate::pipeline::chain::MAX_KEY_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("--chain-key-file: cannot read {shown}"))?;
+    ChainKey::from_secret(&bytes).map_err(|e| anyhow::anyhow!("--chain-key-file {shown}: {e}"))
+}
+
 fn check_options(opts: &Options<'_>) -> Result<Redactor> {
     if opts.common.show_secrets {
         Ok(Redactor::none())
@@ -543,6 +575,8 @@ const LISTENER_SCAN_INTERVAL: Duration = Duration::from_secs(2);
 struct EventLoop<'a> {
     reader: Reader,
     matcher: Matcher,
+    /// The first close of each proxy chain, for its other hops' reports.
+    chain_causes: ChainCauses,
     enricher: Enricher,
     outputs: Outputs,
     attached: Attached,
@@ -625,11 +659,14 @@ struct Losses {
     /// 101-looking writes whose request asked for no upgrade (ignored on
     /// purpose: a response body that starts like a 101).
     not_an_upgrade: u64,
+    /// Proxy chains forgotten while a socket of theirs was open: more than
+    /// `pipeline::chain::MAX_CHAINS` at once; their reports are unlinked.
+    chain_evicted: u64,
 }
 
 impl Losses {
     /// (metric label, count, what to tell the operator).
-    fn each(&self) -> [(&'static str, u64, &'static str); 7] {
+    fn each(&self) -> [(&'static str, u64, &'static str); 8] {
         [
             (
                 "ring_full",
@@ -665,6 +702,11 @@ impl Losses {
                 "not_an_upgrade",
                 self.not_an_upgrade,
                 "101-looking write(s) ignored: the request asked for no upgrade",
+            ),
+            (
+                "chain_evicted",
+                self.chain_evicted,
+                "proxy chain(s) forgotten while open (too many at once): their hops are reported unlinked",
             ),
         ]
     }
@@ -764,6 +806,7 @@ impl EventLoop<'_> {
         }
         let enriched = self.enricher.resolve(r);
         let diagnosis = diagnose::diagnose(&Facts::of(&enriched));
+        let diagnosis = self.chain_causes.apply(r, diagnosis);
         self.outputs.emit(&View {
             enriched,
             diagnosis,
@@ -789,6 +832,7 @@ impl EventLoop<'_> {
             max_sockets: self.matcher.evicted,
             orphan_event: self.matcher.orphan_events,
             not_an_upgrade: self.matcher.not_upgrades,
+            chain_evicted: self.matcher.chains.evicted,
         }
     }
 
@@ -930,5 +974,38 @@ mod tests {
             line.contains(": 2 event(s)") && line.contains("1 close(s)"),
             "{line}"
         );
+    }
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("wstrace-chainkey-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("temp dir");
+        d
+    }
+
+    #[test]
+    fn chain_key_file_is_a_regular_file_of_enough_bytes_read_without_blocking() {
+        let d = dir("file");
+        let good = d.join("good");
+        std::fs::write(&good, "0123456789abcdef0123456789abcdef\n").expect("write");
+        assert!(chain_key(Some(&good)).is_ok());
+        assert!(chain_key(None).is_ok());
+        let short = d.join("short");
+        std::fs::write(&short, "tiny\n").expect("write");
+        let e = format!("{:#}", chain_key(Some(&short)).expect_err("short key"));
+        assert!(e.contains("at least 16"), "{e}");
+        // A FIFO nobody writes to: refused at once, never waited on.
+        let fifo = d.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).expect("path");
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = format!("{:#}", chain_key(Some(&fifo)).expect_err("fifo"));
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = format!(
+            "{:#}",
+            chain_key(Some(&d.join("missing"))).expect_err("missing")
+        );
+        assert!(e.contains("cannot read"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

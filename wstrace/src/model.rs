@@ -407,6 +407,68 @@ pub struct CloseReport {
     pub tls: Option<&'static str>,
     /// Which end the local socket is: it wrote the 101 or read it.
     pub side: Side,
+    /// The proxy chain this socket is a hop of, when its handshake was seen
+    /// on another followed socket too (`pipeline::chain`).
+    pub chain: Option<Chain>,
+}
+
+// --- Proxy chains (pipeline::chain links them) ---
+
+/// What linked a socket to the others of its chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkedBy {
+    /// The same handshake (Sec-WebSocket-Key / Accept) on every hop.
+    Handshake,
+    /// The handshake's digest was seen on connections that do not form one
+    /// chain (a reused Key, a forged Accept): nothing is linked.
+    Ambiguous,
+}
+
+impl LinkedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkedBy::Handshake => "handshake",
+            LinkedBy::Ambiguous => "ambiguous",
+        }
+    }
+}
+
+/// One hop of a chain, as its neighbours name it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HopRef {
+    /// 0 is the hop nearest the client.
+    pub hop: u32,
+    /// The hop's server end (the address the client end connected to).
+    pub server: SocketAddr,
+    pub client: SocketAddr,
+    /// The process that answered on that hop, when its socket is on this host.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+}
+
+/// The chain's first close: which hop, and the socket whose report says why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainRoot {
+    pub hop: u32,
+    pub sk: u64,
+}
+
+/// A socket's place in its proxy chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chain {
+    /// A keyed digest of the handshake: the same on every hop and host.
+    pub id: String,
+    /// This socket's hop (0 nearest the client); `None` when ambiguous.
+    pub hop: Option<u32>,
+    /// Hops seen on this host.
+    pub hops: Option<u32>,
+    /// The next hop toward the server, and toward the client.
+    pub upstream: Option<HopRef>,
+    pub downstream: Option<HopRef>,
+    pub linked_by: LinkedBy,
+    /// The hop that closed first.
+    pub root: Option<ChainRoot>,
 }
 
 impl CloseReport {

@@ -19,6 +19,7 @@
 //! The fix for a bad upgrade request is given in the words of whatever
 //! sent it (`front`): a known proxy, another forwarding program, or the
 //! client itself; the report says which evidence that rests on.
+pub mod chain;
 mod ending;
 pub mod front;
 mod heartbeat;
@@ -108,6 +109,10 @@ pub struct Diagnosis {
     /// depends on it (the upgrade request rules, first or in `also`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub front: Option<Front>,
+    /// A proxy chain's first close, on another hop, that this close
+    /// followed (`upstream_closed`, `downstream_closed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<chain::HopCause>,
 }
 
 /// A secondary finding: a rule that matched after the first.
@@ -169,6 +174,7 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
                 fix,
                 also,
                 front,
+                cause: None,
             };
         }
     }
@@ -179,6 +185,7 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
             fix,
             also: Vec::new(),
             front: front(code),
+            cause: None,
         },
         None => Diagnosis {
             code: "unknown",
@@ -186,6 +193,7 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
             fix: None,
             also: Vec::new(),
             front: None,
+            cause: None,
         },
     }
 }
@@ -373,6 +381,11 @@ fn matching_timeout(idle_ms: u64) -> Option<&'static str> {
 /// How far past a whole second a timer-driven close lands (timer slack,
 /// scheduling, jiffies granularity).
 const WHOLE_SECOND_SLACK_MS: u64 = 150;
+/// How far before a whole second a timer-driven close may land: nginx arms
+/// its timers from its cached clock (`ngx_current_msec`, updated once per
+/// event-loop pass), which lags the kernel's: its `proxy_read_timeout 2s`
+/// closed nginx's upstream socket 1987 ms after its last data here.
+const WHOLE_SECOND_EARLY_MS: u64 = 50;
 
 fn idle_timeout(f: &Facts) -> Option<(String, Option<String>)> {
     let idle = f.idle_ms?;
@@ -385,8 +398,9 @@ fn idle_timeout(f: &Facts) -> Option<(String, Option<String>)> {
         // idle for N s + a little, for (nearly) the socket's whole life.
         // A person or program closing at a random moment rarely fits.
         let mostly_idle = age_ms > 0 && idle * 10 >= age_ms * 9;
-        (mostly_idle && idle % 1000 <= WHOLE_SECOND_SLACK_MS)
-            .then(|| format!("a configured {} s timeout", idle / 1000))
+        let past = idle % 1000;
+        let whole = past <= WHOLE_SECOND_SLACK_MS || past >= 1000 - WHOLE_SECOND_EARLY_MS;
+        (mostly_idle && whole).then(|| format!("a configured {} s timeout", (idle + 500) / 1000))
     });
     known.as_ref()?;
     let by = match f.closed_by {
@@ -744,6 +758,32 @@ pub(crate) mod tests {
 
     /// An idle timeout explains a close on either side; its fix is for the
     /// end that reads it.
+    #[test]
+    fn a_timer_that_fires_a_little_early_is_still_a_whole_second_timeout() {
+        // nginx's proxy_read_timeout 2s, on its upstream (client) socket.
+        let f = Facts {
+            side: Side::Client,
+            closed_by: ClosedBy::Local,
+            idle_ms: Some(1987),
+            ms_after_upgrade: 1986.3,
+            ..client_of_a_server()
+        };
+        let d = diagnose(&f);
+        assert_eq!(d.code, "idle_timeout", "{d:?}");
+        assert!(
+            d.message.contains("a configured 2 s timeout"),
+            "{}",
+            d.message
+        );
+        // Far from a whole second: no timeout guessed.
+        let f = Facts {
+            idle_ms: Some(1900),
+            ms_after_upgrade: 1900.0,
+            ..f
+        };
+        assert_ne!(diagnose(&f).code, "idle_timeout");
+    }
+
     #[test]
     fn idle_timeout_on_each_side() {
         let idle = |side, closed_by| Facts {

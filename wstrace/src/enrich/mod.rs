@@ -113,7 +113,10 @@ pub struct Enricher {
     user_stack: UserStackMode,
     /// The process at the other end of loopback connections, by socket,
     /// looked up at the 101 while it is surely alive.
-    peers: HashMap<u64, PeerProcess>,
+    /// Keyed by socket and upgrade time: a chained report is held a while
+    /// (`pipeline::chain::HOLD_NS`), and the kernel reuses a freed socket's
+    /// address for the next connection, whose peer must not replace it.
+    peers: HashMap<(u64, u64), PeerProcess>,
     /// The kernel's record of who wrote each request (first choice).
     kernel_peers: Option<peer::KernelPeers>,
     /// The userspace lookup (fallback).
@@ -210,7 +213,7 @@ impl Enricher {
                 if self.peers.len() >= MAX_PEERS {
                     self.peers.clear();
                 }
-                self.peers.insert(ev.sk, p);
+                self.peers.insert((ev.sk, ev.ts_ns), p);
             }
         }
     }
@@ -423,7 +426,7 @@ impl Enricher {
             request: http::parse_request_head(&r.request_head, &self.redactor),
             frames,
             idle_ms,
-            peer: self.peers.remove(&r.sk),
+            peer: self.peers.remove(&(r.sk, r.upgrade_ts_ns)),
             ending: self.ending(r),
         }
     }

@@ -266,6 +266,7 @@ mod tests {
             kernel_close: None,
             tls: None,
             side: crate::model::Side::Server,
+            chain: None,
         }
     }
 
@@ -294,6 +295,7 @@ mod tests {
                 fix: None,
                 also: Vec::new(),
                 front: None,
+                cause: None,
             },
         }
     }

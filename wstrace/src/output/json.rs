@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use crate::diagnose::Diagnosis;
 use crate::model::{
-    Container, Frame as StackFrame, Heartbeat, Killer, ProcessEnd, SharedStack, signal_name,
+    Container, Frame as StackFrame, Heartbeat, HopRef, Killer, ProcessEnd, SharedStack, signal_name,
 };
 use crate::output::escape;
 use crate::output::view::{View, rfc3339};
@@ -83,7 +83,25 @@ struct Line<'a> {
     /// `reset_received` or `aborted`, and the error it set (`ETIMEDOUT`).
     kernel_reason: Option<&'static str>,
     kernel_error: Option<String>,
+    /// The proxy chain this socket is a hop of (null: none seen).
+    chain: Option<ChainJson<'a>>,
     diagnosis: &'a Diagnosis,
+}
+
+#[derive(Serialize)]
+struct ChainJson<'a> {
+    /// Keyed digest of the handshake: the same on every hop and host.
+    id: &'a str,
+    /// 0 nearest the client; null when `ambiguous`.
+    hop: Option<u32>,
+    hops: Option<u32>,
+    upstream: Option<&'a HopRef>,
+    downstream: Option<&'a HopRef>,
+    /// `handshake` or `ambiguous` (the digest was seen on unrelated
+    /// connections: nothing linked).
+    linked_by: &'static str,
+    /// The hop that closed first.
+    closed_first_hop: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -371,6 +389,15 @@ fn line<'a>(v: &'a View<'a>, user_stack: &'a RawValue) -> Line<'a> {
         process_end: v.ending.as_ref().map(process_end),
         kernel_reason: r.kernel_close.map(|k| k.reason()),
         kernel_error: r.kernel_close.map(|k| k.error_name()),
+        chain: r.chain.as_ref().map(|c| ChainJson {
+            id: &c.id,
+            hop: c.hop,
+            hops: c.hops,
+            upstream: c.upstream.as_ref(),
+            downstream: c.downstream.as_ref(),
+            linked_by: c.linked_by.as_str(),
+            closed_first_hop: c.root.map(|r| r.hop),
+        }),
         diagnosis: &v.diagnosis,
     }
 }

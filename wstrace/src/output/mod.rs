@@ -370,6 +370,21 @@ mod tests {
             kernel_close: None,
             tls: None,
             side: crate::model::Side::Server,
+            chain: Some(crate::model::Chain {
+                id: "00000000000000aa".into(),
+                hop: Some(0),
+                hops: Some(2),
+                upstream: Some(crate::model::HopRef {
+                    hop: 1,
+                    server: "127.0.0.1:1215".parse().expect("addr"),
+                    client: "127.0.0.1:40001".parse().expect("addr"),
+                    pid: Some(7),
+                    comm: Some(evil("hopcomm")),
+                }),
+                downstream: None,
+                linked_by: crate::model::LinkedBy::Handshake,
+                root: Some(crate::model::ChainRoot { hop: 1, sk: 999 }),
+            }),
         }
     }
 
@@ -466,6 +481,7 @@ mod tests {
                     detail: evil("detail"),
                     sender: Sender::OtherProxy(Some(evil("fwd"))),
                 }),
+                cause: None,
             },
         }
     }
@@ -494,7 +510,7 @@ mod tests {
             for field in [
                 "comm", "upgrader", "/tmp/exe", "cmdline", "ksym", "usym", "GET", "/path",
                 "HTTP/9", "host", "ua", "peer", "message", "fix", "note", "also", "alsofix", "fwd",
-                "detail", "cname", "cimage", "cpod", "cns", "ck8s",
+                "detail", "cname", "cimage", "cpod", "cns", "ck8s", "hopcomm",
             ] {
                 let want = format!("{field}{shown}");
                 assert!(
@@ -533,6 +549,52 @@ mod tests {
         let none = json::render(&copy);
         let back: serde_json::Value = serde_json::from_str(&none).expect("valid JSON");
         assert_eq!(back["user_stack"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn a_chain_hop_after_the_first_close_is_a_short_story_escaped() {
+        let r = hostile_report();
+        let mut v = hostile_view(&r);
+        v.diagnosis.code = "upstream_closed";
+        v.diagnosis.cause = Some(crate::diagnose::chain::HopCause {
+            hop: 1,
+            pid: Some(7),
+            comm: Some(evil("causecomm")),
+            server: "127.0.0.1:1215".parse().expect("addr"),
+            client: "127.0.0.1:40001".parse().expect("addr"),
+            code: "http10_upgrade",
+            message: evil("causemsg"),
+            fix: Some(evil("causefix")),
+            ms_before: 0.1,
+            close_ts_ns: 1,
+        });
+        v.diagnosis.fix = Some(evil("causefix"));
+        let out = text::render(&v, false, true);
+        let lines: Vec<&str> = out.lines().collect();
+        for l in &lines {
+            assert!(!l.chars().any(escape::is_unsafe), "raw control in {l:?}");
+        }
+        // Header, why, fix, chain: the full report is the first close's.
+        assert_eq!(lines.len(), 4, "{out}");
+        assert!(
+            lines[1].starts_with("  why:      upstream_closed: "),
+            "{out}"
+        );
+        assert!(lines[2].starts_with("  fix:      causefix"), "{out}");
+        assert!(
+            lines[3].starts_with("  chain:    00000000000000aa hop 0/2 (linked by handshake): client 127.0.0.1:40000 ⇄ [upgrader"),
+            "{out}"
+        );
+        assert!(lines[3].ends_with("— hop 1 closed first"), "{out}");
+        let json = json::render(&v);
+        assert!(!json.chars().any(escape::is_unsafe), "{json}");
+        let back: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+        assert_eq!(back["diagnosis"]["cause"]["comm"], evil("causecomm"));
+        assert_eq!(back["diagnosis"]["cause"]["ms_before"], 0.1);
+        assert_eq!(back["chain"]["upstream"]["comm"], evil("hopcomm"));
+        assert_eq!(back["chain"]["upstream"]["server"], "127.0.0.1:1215");
+        assert_eq!(back["chain"]["closed_first_hop"], 1);
+        assert_eq!(back["chain"]["linked_by"], "handshake");
     }
 
     #[test]

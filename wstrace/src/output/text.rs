@@ -71,6 +71,19 @@ pub fn render(v: &View<'_>, color: bool, full_stacks: bool) -> String {
         d.code,
         esc(&d.message)
     );
+    // One story per chain: the hop that closed first has the full report;
+    // the chain's other sockets, printed after it, one line each.
+    if let Some(c) = &r.chain
+        && let (Some(root), Some(hop)) = (c.root, c.hop)
+        && root.sk != r.sk
+        && (d.cause.is_some() || root.hop == hop)
+    {
+        if let (Some(fix), Some(_)) = (&d.fix, &d.cause) {
+            let _ = writeln!(out, "  {} {}", p.bold("fix:     "), esc(fix));
+        }
+        let _ = writeln!(out, "  chain:    {}", esc(&chain_line(r, c)));
+        return out;
+    }
     if let Some(fix) = &d.fix {
         let _ = writeln!(out, "  {} {}", p.bold("fix:     "), esc(fix));
     }
@@ -90,6 +103,9 @@ pub fn render(v: &View<'_>, color: bool, full_stacks: bool) -> String {
     }
     if let Some(front) = &d.front {
         let _ = writeln!(out, "  front:    {}", esc(&front.describe()));
+    }
+    if let Some(c) = &r.chain {
+        let _ = writeln!(out, "  chain:    {}", esc(&chain_line(r, c)));
     }
     match &r.closer {
         Some(c) => {
@@ -235,6 +251,67 @@ pub fn render(v: &View<'_>, color: bool, full_stacks: bool) -> String {
 
 /// `server sent 5, 2 pongs back, the last 3 unanswered; client sent none`,
 /// or None when neither end pinged nor ponged (most connections).
+/// One story per chain: `client ⇄ proxy (pid) :port ⇄ server (pid) :port`,
+/// this socket's hop marked, and which hop closed first.
+fn chain_line(r: &crate::model::CloseReport, c: &crate::model::Chain) -> String {
+    use crate::model::LinkedBy;
+    if c.linked_by == LinkedBy::Ambiguous {
+        return format!(
+            "{} ambiguous: this handshake was seen on unrelated connections (a reused Sec-WebSocket-Key or a forged Accept); nothing linked",
+            c.id
+        );
+    }
+    let Some(hop) = c.hop else {
+        return c.id.clone();
+    };
+    // This hop, as its neighbours would name it.
+    let (server, client) = match r.side {
+        Side::Server => (r.local, r.remote),
+        Side::Client => (r.remote, r.local),
+    };
+    let mut parts = Vec::new();
+    let name = |h: &crate::model::HopRef| match (&h.comm, h.pid) {
+        (Some(comm), Some(pid)) => format!("{comm} ({pid}) :{}", h.server.port()),
+        _ => h.server.to_string(),
+    };
+    match &c.downstream {
+        Some(d) => {
+            if d.hop == 0 {
+                parts.push(format!("client {}", d.client));
+            } else {
+                parts.push(format!("… {}", d.client));
+            }
+            parts.push(name(d));
+        }
+        None => parts.push(format!("client {client}")),
+    }
+    let here = match (r.side, c.upstream.is_some() || c.downstream.is_some()) {
+        (Side::Server, _) => format!(
+            "[{} ({}) :{}]",
+            r.upgrader.comm,
+            r.upgrader.pid,
+            server.port()
+        ),
+        (Side::Client, _) => format!("[{server}]"),
+    };
+    parts.push(here);
+    if let Some(u) = &c.upstream {
+        parts.push(name(u));
+    }
+    let first = match c.root {
+        Some(root) if root.hop == hop => " — this hop closed first".to_string(),
+        Some(root) => format!(" — hop {} closed first", root.hop),
+        None => String::new(),
+    };
+    format!(
+        "{} hop {}/{} (linked by handshake): {}{first}",
+        c.id,
+        hop,
+        c.hops.unwrap_or(1),
+        parts.join(" ⇄ ")
+    )
+}
+
 fn heartbeat_line(h: &Heartbeat) -> Option<String> {
     if *h == Heartbeat::default() {
         return None;

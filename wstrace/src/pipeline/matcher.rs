@@ -17,6 +17,7 @@ use std::collections::HashMap;
 
 use wstrace_common::{EventKind, ProbeSet, tcp_state};
 
+use super::chain::{self, ChainKey, ChainTable, MemberInfo};
 use crate::model::{
     CloseReport, ClosedBy, Closer, Data, Direction, Event, Heartbeat, How, JiffiesSample,
     KernelClose, Side, Upgrader,
@@ -101,6 +102,10 @@ pub struct Matcher {
     /// once (the kernel's LRU map of the same size dropped them too).
     pub evicted: u64,
     capacity: usize,
+    /// The handshake digests of followed sockets, and chained reports
+    /// held for their other hops.
+    pub chains: ChainTable,
+    chain_key: ChainKey,
 }
 
 /// The tests' capacity (the CLI's `--max-sockets` default).
@@ -139,7 +144,48 @@ impl Matcher {
             not_upgrades: 0,
             evicted: 0,
             capacity: capacity.max(1),
+            chains: ChainTable::default(),
+            chain_key: ChainKey::default(),
         }
+    }
+
+    /// The key of the chain ids (`--chain-key-file`; a built-in one otherwise).
+    pub fn set_chain_key(&mut self, key: ChainKey) {
+        self.chain_key = key;
+    }
+
+    /// The socket joins the chain of its handshake's digest.
+    fn join_chain(&mut self, digest: Option<chain::ChainDigest>, up: &Event, now_ns: u64) {
+        if let Some(d) = digest {
+            self.chains.join(
+                d,
+                MemberInfo {
+                    sk: up.sk,
+                    upgrade_ts: up.ts_ns,
+                    pid: up.pid,
+                    comm: &up.comm,
+                    side: if up.client_side {
+                        Side::Client
+                    } else {
+                        Side::Server
+                    },
+                    local: up.local,
+                    remote: up.remote,
+                },
+                now_ns,
+            );
+        }
+    }
+
+    /// Feed one event; returns the reports it completes (a chained one
+    /// after its chain's other hops, see `chain::HOLD_NS`).
+    pub fn on_event(&mut self, ev: Event) -> Vec<CloseReport> {
+        let now = ev.ts_ns;
+        let mut out = Vec::new();
+        for r in self.on_event_unchained(ev) {
+            out.extend(self.chains.on_report(r, now));
+        }
+        out
     }
 
     #[cfg(test)]
@@ -147,8 +193,7 @@ impl Matcher {
         self.sockets.len()
     }
 
-    /// Feed one event; returns the reports it completes.
-    pub fn on_event(&mut self, ev: Event) -> Vec<CloseReport> {
+    fn on_event_unchained(&mut self, ev: Event) -> Vec<CloseReport> {
         let mut out = Vec::new();
         // Signals are about processes, not sockets (enrich keeps them).
         if ev.kind == EventKind::Signal {
@@ -175,6 +220,12 @@ impl Matcher {
                 self.evicted += 1;
             }
             let last_bytes = (ev.bytes_received, ev.bytes_acked);
+            // Server side: the Accept due for the request's Key. The client
+            // side's comes with the 101 it read (`on_data`).
+            if !ev.client_side {
+                let digest = chain::digest_of_request(&self.chain_key, &head);
+                self.join_chain(digest, &ev, ev.ts_ns);
+            }
             self.sockets.insert(
                 ev.sk,
                 Tracked {
@@ -279,6 +330,15 @@ impl Matcher {
     /// Reports that have waited long enough: a peer close whose local end
     /// never closed, or a reset whose direction has settled.
     pub fn tick(&mut self, now_ns: u64) -> Vec<CloseReport> {
+        let mut out = Vec::new();
+        for r in self.tick_unchained(now_ns) {
+            out.extend(self.chains.on_report(r, now_ns));
+        }
+        out.extend(self.chains.tick(now_ns));
+        out
+    }
+
+    fn tick_unchained(&mut self, now_ns: u64) -> Vec<CloseReport> {
         let due: Vec<u64> = self
             .sockets
             .iter()
@@ -315,9 +375,11 @@ impl Matcher {
         let mut out = Vec::new();
         for sk in pending {
             if let Some(t) = self.sockets.remove(&sk) {
-                out.push(self.report(t, now_ns));
+                let r = self.report(t, now_ns);
+                out.extend(self.chains.on_report(r, now_ns));
             }
         }
+        out.extend(self.chains.flush());
         out
     }
 
@@ -325,6 +387,11 @@ impl Matcher {
         if let Some(t) = self.sockets.get_mut(&sk) {
             if !t.reported {
                 on_frames(t, ts_ns, data);
+            }
+            if data.upgrade_read && t.upgrade.client_side {
+                let digest = chain::digest_of_response(&self.chain_key, &data.bytes);
+                let up = t.upgrade.clone();
+                self.join_chain(digest, &up, ts_ns);
             }
             return;
         }
@@ -373,6 +440,7 @@ impl Matcher {
     fn evict_oldest(&mut self) {
         if let Some((&sk, _)) = self.sockets.iter().min_by_key(|(_, t)| t.upgrade.ts_ns) {
             self.sockets.remove(&sk);
+            self.chains.forget(sk);
         }
     }
 
@@ -460,6 +528,7 @@ impl Matcher {
             } else {
                 Side::Server
             },
+            chain: None,
         }
     }
 }
@@ -1301,5 +1370,75 @@ mod tests {
         m.on_event(state(ESTABLISHED, CLOSE_WAIT, 10));
         let r = one(m.flush(20));
         assert_eq!(r.closed_by, ClosedBy::Peer);
+    }
+
+    /// Both ends of one connection on this host: the server's digest from
+    /// the Key it read, the client's from the Accept it read; one chain.
+    #[test]
+    fn both_ends_of_one_handshake_are_one_chain_and_the_first_close_its_root() {
+        let mut m = Matcher::new(ProbeSet::Tracepoint);
+        let req = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+        let data = |bytes: &[u8], upgrade_read: bool| {
+            Some(Data {
+                direction: Direction::Received,
+                bytes: bytes.to_vec(),
+                total: bytes.len() as u32,
+                continues: false,
+                upgrade_read,
+            })
+        };
+        m.on_event(Event {
+            data: data(req, false),
+            ..ev(EventKind::Data, 10)
+        });
+        m.on_event(upgrade(20));
+        // The client: the same connection, ends swapped.
+        const CLIENT: u64 = SK + 0x1000;
+        let client = |e: Event| Event {
+            sk: CLIENT,
+            local: e.remote,
+            remote: e.local,
+            ..e
+        };
+        m.on_event(client(Event {
+            client_side: true,
+            pid: 200,
+            ..upgrade(21)
+        }));
+        let resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        m.on_event(client(Event {
+            data: data(resp, true),
+            ..ev(EventKind::Data, 21)
+        }));
+        // The server closes: held for the client's end.
+        assert!(
+            m.on_event(close(ESTABLISHED, FIN_WAIT1, 100, 30))
+                .is_empty()
+        );
+        m.on_event(client(state(ESTABLISHED, CLOSE_WAIT, 31)));
+        let out = m.on_event(client(close(CLOSE_WAIT, LAST_ACK, 200, 40)));
+        assert_eq!(out.len(), 2, "{out:#?}");
+        assert_eq!((out[0].sk, out[1].sk), (SK, CLIENT));
+        let (a, b) = (out[0].chain.as_ref(), out[1].chain.as_ref());
+        let a = a.expect("server chained");
+        let b = b.expect("client chained");
+        assert_eq!(a.id, b.id);
+        assert_eq!(
+            (a.linked_by, a.hop, a.hops),
+            (crate::model::LinkedBy::Handshake, Some(0), Some(1))
+        );
+        assert_eq!(a.root.map(|r| r.sk), Some(SK));
+        // Another fleet key: another id, same linking.
+        let mut m2 = Matcher::new(ProbeSet::Tracepoint);
+        m2.set_chain_key(ChainKey::from_secret(b"a fleet secret of some length").expect("key"));
+        m2.on_event(Event {
+            data: data(req, false),
+            ..ev(EventKind::Data, 10)
+        });
+        m2.on_event(upgrade(20));
+        m2.on_event(close(ESTABLISHED, FIN_WAIT1, 100, 30));
+        let out = m2.flush(40);
+        let other = out[0].chain.as_ref().expect("chained");
+        assert_ne!(other.id, a.id);
     }
 }
