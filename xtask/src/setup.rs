@@ -85,6 +85,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "g++",
         "builds the C++ server with a hot/cold split function of the user-stack tests",
     ),
+    (
+        "gdb",
+        "the backtrace the crash-stack test compares wstrace's \"where it crashed\" with",
+    ),
 ];
 
 /// PyPI packages for the diagnosis tests, installed into [`venv_dir`].

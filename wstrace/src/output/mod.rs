@@ -391,6 +391,7 @@ mod tests {
                         comm: evil("killer"),
                     }),
                 }),
+                crash: None,
             },
             diagnosis: Diagnosis {
                 code: "unknown",
