@@ -436,9 +436,11 @@ fn a_crash_after_the_101_names_where_it_crashed_as_gdb_does() {
     assert_eq!(r["diagnosis"]["code"], "process_crashed", "{r:#}");
     let end = &r["process_end"];
     assert_eq!(end["signal"], "SIGSEGV", "{r:#}");
-    // The handler thread crashed, not the main one.
+    // The handler thread crashed, not the main one; the fault's signal is
+    // matched to the process all the same: the kernel raised it.
     let tid = end["crash_tid"].as_u64().expect("crash_tid");
     assert_ne!(tid, u64::from(pid), "{r:#}");
+    assert_eq!(end["killed_by"], "kernel", "{r:#}");
     let stack: Vec<(String, Option<u32>)> = end["crash_stack"]
         .as_array()
         .expect("crash_stack")

@@ -157,23 +157,26 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
     if field::<i32>(&ctx, config!(tp_signal_result)).unwrap_or(0) == SIGNAL_IGNORED {
         return 0;
     }
-    // A crash: the thread the signal is for is the one running (a fault
-    // is raised in the faulting thread, abort() signals its own thread),
-    // so its stacks are where it crashed. The target is that thread's id,
-    // which is not the process's for any thread but the first: checked
-    // against the current tgid.
+    // The target is a thread id, the process's own only for its first
+    // thread. A signal to the running thread itself (a fault is raised in
+    // the faulting thread, abort() signals its own) is checked against
+    // the current tgid, and recorded for the process.
     let pid_tgid = bpf_get_current_pid_tgid();
-    if is_crash(sig)
-        && target as u32 == pid_tgid as u32
-        && record::is_upgrader((pid_tgid >> 32) as u32)
-    {
+    let tgid = (pid_tgid >> 32) as u32;
+    let to_itself = target as u32 == pid_tgid as u32 && record::is_upgrader(tgid);
+    // A crash: the running thread's stacks are where it crashed.
+    if to_itself && is_crash(sig) {
         record::crash(&ctx, sig as u32);
     }
-    if !record::is_upgrader(target as u32) {
+    let target = if to_itself {
+        tgid
+    } else if record::is_upgrader(target as u32) {
+        target as u32
+    } else {
         return 0;
-    }
+    };
     let code = field::<i32>(&ctx, config!(tp_signal_code)).unwrap_or(0);
-    record::signal(target as u32, sig as u32, code, 0);
+    record::signal(target, sig as u32, code, 0);
     0
 }
 
