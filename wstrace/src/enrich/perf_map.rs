@@ -15,8 +15,9 @@
 //! A runtime appends to its perf map as it compiles, so a map read at the
 //! 101 misses code compiled later (V8 compiles a function at its first
 //! calls): [`PerfMap::refresh`] reads only what was appended since, so
-//! re-reading a map costs its growth, and a map's reads together stay
-//! within [`MAX_PERF_MAP`] bytes.
+//! re-reading a map costs its growth. A process that replaces or truncates
+//! its map (each new file is read from its start) gets at most
+//! [`MAX_PERF_MAP_READS`] bytes read in all, however often it does.
 use std::{
     fs::File,
     io::{Read as _, Seek as _, SeekFrom},
@@ -26,6 +27,10 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 /// Largest perf map read (bytes); a bigger one is read up to this far.
 pub const MAX_PERF_MAP: u64 = 16 << 20;
+
+/// Bytes read from one process's perf maps in all, across re-reads of
+/// replaced or truncated files: two full-size maps.
+pub const MAX_PERF_MAP_READS: u64 = 2 * MAX_PERF_MAP;
 
 /// Entries kept from one perf map.
 pub const MAX_ENTRIES: usize = 1 << 18;
@@ -42,6 +47,9 @@ pub struct PerfMap {
     file: Option<(u64, u64)>,
     /// Bytes of it parsed: up to the last complete line read.
     consumed: u64,
+    /// Bytes read from every file at the name so far (kept when the file
+    /// is replaced): bounded by [`MAX_PERF_MAP_READS`].
+    read_total: u64,
 }
 
 impl PerfMap {
@@ -64,10 +72,14 @@ impl PerfMap {
         if self.file != Some(id) || size < self.consumed {
             *self = PerfMap {
                 file: Some(id),
+                read_total: self.read_total,
                 ..PerfMap::default()
             };
         }
-        let want = size.min(MAX_PERF_MAP).saturating_sub(self.consumed);
+        let want = size
+            .min(MAX_PERF_MAP)
+            .saturating_sub(self.consumed)
+            .min(MAX_PERF_MAP_READS.saturating_sub(self.read_total));
         if want == 0 {
             return true;
         }
@@ -77,6 +89,7 @@ impl PerfMap {
         {
             return true;
         }
+        self.read_total += text.len() as u64;
         // Only whole lines: the runtime may be writing the last one.
         let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         self.consumed += whole as u64;
@@ -276,7 +289,27 @@ mod tests {
         assert!(m.refresh(pid));
         assert_eq!(m.lookup(0x1001), None);
         assert_eq!(m.lookup(0x3001), Some(("new", 1)));
+        // Replaced again and again: read from its start each time, until
+        // the process's read budget is spent; then nothing more is read.
+        let big = "4000 10 x\n".repeat((MAX_PERF_MAP / 10) as usize + 1);
+        // (A file written after an unlink may get the same inode: a
+        // shorter one in between makes each big one a new read.)
+        for _ in 0..3 {
+            for text in ["1 1 a\n", big.as_str()] {
+                std::fs::remove_file(&path).expect("rm");
+                std::fs::write(&path, text).expect("write");
+                assert!(m.refresh(pid));
+                assert!(m.read_total <= MAX_PERF_MAP_READS);
+            }
+        }
+        assert_eq!(m.read_total, MAX_PERF_MAP_READS);
+        std::fs::remove_file(&path).expect("rm");
+        std::fs::write(&path, "3000 10 new\n").expect("write");
+        assert!(m.refresh(pid));
+        assert_eq!(m.lookup(0x3001), None, "read past the budget");
+        assert_eq!(m.read_total, MAX_PERF_MAP_READS);
         // Gone: the entries read stay.
+        m = PerfMap::parse("3000 10 new\n");
         std::fs::remove_file(&path).expect("rm");
         assert!(!m.refresh(pid));
         assert_eq!(m.lookup(0x3001), Some(("new", 1)));

@@ -285,12 +285,8 @@ impl UserSymbols {
             })
         {
             r.perf_map_read = Instant::now();
-            match &mut r.perf_map {
-                Some(pm) => {
-                    pm.refresh(pid);
-                }
-                None => r.perf_map = PerfMap::read(pid).filter(|m| !m.is_empty()),
-            }
+            // The same `PerfMap` (even an empty one) keeps its read budget.
+            r.perf_map.get_or_insert_with(PerfMap::default).refresh(pid);
         }
         let mut live_perf_map = false;
         if found.iter().any(|l| !matches!(l, Lookup::Found(_))) {
@@ -299,7 +295,7 @@ impl UserSymbols {
                 Some(r) => r.perf_map.as_ref(),
                 None => {
                     live = PerfMap::read(pid);
-                    live_perf_map = live.is_some();
+                    live_perf_map = live.as_ref().is_some_and(|m| !m.is_empty());
                     live.as_ref()
                 }
             };
@@ -367,8 +363,12 @@ impl UserSymbols {
                 }
             }
         }
-        let has_perf_map =
-            live_perf_map || self.procs.get(&pid).is_some_and(|r| r.perf_map.is_some());
+        let has_perf_map = live_perf_map
+            || self
+                .procs
+                .get(&pid)
+                .and_then(|r| r.perf_map.as_ref())
+                .is_some_and(|m| !m.is_empty());
         if let Some(hint) = jit_hint(runtime, has_perf_map, &out, maps)
             && self.jit_hinted.insert(pid)
         {
@@ -533,7 +533,15 @@ impl UserSymbols {
         let _ = self.inner.cache(&Cache::Process(vmas));
         // The perf map is read by wstrace (non-blocking, regular files
         // only, bounded), never by blazesym.
-        let perf_map = PerfMap::read(pid).filter(|m| !m.is_empty());
+        // The map read before, if any, reads on from where it stopped
+        // (and keeps its read budget across maps re-read).
+        let mut perf_map = self
+            .procs
+            .get_mut(&pid)
+            .and_then(|r| r.perf_map.take())
+            .unwrap_or_default();
+        let readable = perf_map.refresh(pid);
+        let perf_map = (readable || !perf_map.is_empty()).then_some(perf_map);
         let perf_map_read = Instant::now();
 
         let old = self
