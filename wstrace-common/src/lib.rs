@@ -156,6 +156,11 @@ pub enum EventKind {
     /// default, or chosen by the OOM killer: a [`SignalEvent`]. The header's
     /// pid/tid/comm are the sender's (the current task); `sk` is 0.
     Signal = 8,
+    /// A thread of a process that wrote a 101 faulted (SIGSEGV, SIGBUS,
+    /// SIGILL, SIGFPE) or aborted (SIGABRT it sent itself): a
+    /// [`CloseEvent`] taken in that thread at the signal, whose stacks are
+    /// where it crashed; `sk` is 0 and `arg` the signal.
+    Crash = 9,
 }
 
 impl EventKind {
@@ -169,6 +174,7 @@ impl EventKind {
             6 => Self::Destroy,
             7 => Self::Data,
             8 => Self::Signal,
+            9 => Self::Crash,
             _ => return None,
         })
     }

@@ -403,18 +403,45 @@ pub fn close<C: EbpfContext>(ctx: &C, probe: ProbeSet, sk: u64, old_state: u8, n
     };
     let ev = entry.as_mut_ptr();
     unsafe {
-        fill_close(ctx, ev, probe, sk, old_state, new_state);
+        fill_close(
+            ctx,
+            ev,
+            EventKind::Close,
+            probe as u8,
+            sk,
+            old_state,
+            new_state,
+        );
         ustack::copy_for_close(ev);
     }
     entry.submit(0);
 }
 
-/// Fills a close event (header and both frame-pointer stacks) at `ev`.
+/// The current thread of a process that wrote a 101 faulted or aborted
+/// (`signal`): its stacks now, at the signal, are where it crashed; by
+/// the time its sockets close at exit its memory is gone. A close event's
+/// layout (and its user stack copy, under the same per-site budget).
+pub fn crash<C: EbpfContext>(ctx: &C, signal: u32) {
+    let Some(mut entry) = reserve::<CloseEvent>(EventKind::Crash) else {
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        fill_close(ctx, ev, EventKind::Crash, 0, 0, 0, 0);
+        (*ev).header.arg = signal;
+        ustack::copy_for_close(ev);
+    }
+    entry.submit(0);
+}
+
+/// Fills a close (or crash) event (header and both frame-pointer stacks)
+/// at `ev`.
 #[inline(always)]
 unsafe fn fill_close<C: EbpfContext>(
     ctx: &C,
     ev: *mut CloseEvent,
-    probe: ProbeSet,
+    kind: EventKind,
+    probe: u8,
     sk: u64,
     old_state: u8,
     new_state: u8,
@@ -422,7 +449,7 @@ unsafe fn fill_close<C: EbpfContext>(
     const STACK_BYTES: u32 = (STACK_DEPTH * 8) as u32;
     unsafe {
         let h = &raw mut (*ev).header;
-        fill_header(h, EventKind::Close, probe as u8, sk, old_state, new_state);
+        fill_header(h, kind, probe, sk, old_state, new_state);
         if current_task_exiting() {
             (*h).flags |= FLAG_TASK_EXITING;
             // How the process ended: exit status, or the signal that ended it.

@@ -223,15 +223,30 @@ fn check_ending(r: &Value, e: &Ending) -> Result<(), String> {
         e.exit_status,
         e.sent_by.map(u64::from),
     );
-    if got == want {
-        Ok(())
-    } else {
-        Err(format!(
+    if got != want {
+        return Err(format!(
             "process end: want (pid, at exit, code, signal, status, sent by) {want:?}, got {got:?}: {} {}",
             r.get("diagnosis").unwrap_or(&Value::Null),
             pe
-        ))
+        ));
     }
+    // A crash keeps the crashing thread's stack, taken at the signal: it
+    // reaches the server's own named code.
+    let own_code = |f: &Value| {
+        f.get("function").is_some_and(Value::is_string)
+            && str_key(f, "module").is_some_and(|m| m.rsplit('/').next() == Some(SERVER_NAME))
+    };
+    if e.code == "process_crashed"
+        && !pe
+            .get("crash_stack")
+            .and_then(Value::as_array)
+            .is_some_and(|st| st.iter().any(own_code))
+    {
+        return Err(format!(
+            "process end: want a crash_stack reaching {SERVER_NAME}'s own functions, got {pe}"
+        ));
+    }
+    Ok(())
 }
 
 /// The client is named as the peer, from the kernel's record of who wrote
@@ -476,6 +491,40 @@ mod tests {
         let mut unknown = r.clone();
         unknown["diagnosis"]["code"] = json!("unknown");
         assert!(evaluate(&[&unknown], Some(&e), "tracepoint").is_err());
+    }
+
+    #[test]
+    fn a_crashed_server_must_keep_its_crash_stack() {
+        let mut r = report(7);
+        r["closed_at_exit"] = json!(true);
+        r["diagnosis"] = json!({"code": "process_crashed", "message": "m"});
+        r["process_end"] = json!({"how": "signal", "signal": "SIGSEGV", "signal_number": 11,
+            "core_dumped": false, "exit_status": null, "killed_by": "self", "sent_by": null,
+            "crash_tid": 7, "crash_stack": [
+                {"function": "raise", "module": "/usr/lib/x86_64-linux-gnu/libc.so.6"},
+                {"function": "ws_scenario::serve::crash", "module": "/bin/ws-scenario"}]});
+        let mut e = named(7);
+        e.closer_pid = None;
+        e.ending = Some(Ending {
+            pid: 7,
+            code: "process_crashed",
+            signal: Some("SIGSEGV"),
+            exit_status: None,
+            sent_by: None,
+        });
+        assert!(evaluate(&[&r], Some(&e), "tracepoint").is_ok());
+        let mut libc_only = r.clone();
+        libc_only["process_end"]["crash_stack"] = json!([
+            {"function": "raise", "module": "/usr/lib/x86_64-linux-gnu/libc.so.6"},
+            {"function": null, "module": "/bin/ws-scenario"}]);
+        assert!(
+            evaluate(&[&libc_only], Some(&e), "tracepoint")
+                .unwrap_err()
+                .contains("crash_stack")
+        );
+        let mut none = r.clone();
+        none["process_end"]["crash_stack"] = json!(null);
+        assert!(evaluate(&[&none], Some(&e), "tracepoint").is_err());
     }
 
     #[test]

@@ -21,8 +21,8 @@ use std::{
 mod common;
 
 use common::{
-    Tracer, require_file, require_node_ws, require_root, require_venv_python, serial, spawn_ready,
-    upgraded_with,
+    Tracer, WorldReadableDir, require_file, require_node_ws, require_root, require_venv_python,
+    serial, spawn_ready, upgraded_with,
 };
 use serde_json::Value;
 
@@ -291,6 +291,133 @@ fn node_ws_terminate_of_a_client_that_never_pongs_is_heartbeat_timeout_by_node()
             && msg.contains("stopped answering pings"),
         "{msg}"
     );
+}
+
+/// The same heartbeat written as a server's own code: a named function
+/// that terminates the clients that did not answer the last ping. The
+/// interval (ms) is the first argument.
+const REAPING_SERVER_JS: &str = r#"const { WebSocketServer } = require('ws');
+const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+wss.on('connection', (ws) => {
+  ws.isAlive = true;
+  ws.on('error', console.error);
+  ws.on('pong', () => { ws.isAlive = true; });
+});
+function reapDeadClients() {
+  for (const ws of wss.clients) {
+    if (ws.isAlive === false) { ws.terminate(); continue; }
+    ws.isAlive = false;
+    ws.ping();
+  }
+}
+setInterval(reapDeadClients, Number(process.argv[2]));
+wss.on('listening', () => console.log('READY', wss.address().port));
+"#;
+
+/// Runs [`REAPING_SERVER_JS`] as `server.js` under node with `flags`,
+/// freezes one client until the server terminates it, and returns the
+/// report with wstrace's stderr, the script's path and node's pid.
+fn node_reaping_close(flags: &[&str]) -> (Value, String, PathBuf, u32) {
+    let Some((node, modules)) = require_node_ws() else {
+        panic!("node with ws is required");
+    };
+    let dir = WorldReadableDir::new("node-jit");
+    let script = dir.write("server.js", REAPING_SERVER_JS);
+    let (server, port) = spawn_ready(
+        Command::new(node)
+            .env("NODE_PATH", &modules)
+            .args(flags)
+            .arg(&script)
+            .arg(WS_INTERVAL_MS.to_string()),
+    );
+    let pid = server.0.id();
+    let w = Tracer::start(port, &[]);
+    let mut c = upgraded_with(port, UPGRADE);
+    // Frozen: read until ws terminates the connection, answer nothing.
+    let mut buf = [0u8; 64];
+    while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+    let reports = w.wait_for_reports(1, Duration::from_secs(15));
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    let stderr = w.stderr_text();
+    drop(w);
+    drop(server);
+    // node leaves its perf map behind.
+    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+    (reports[0].clone(), stderr, script, pid)
+}
+
+/// Issue 26, item 1: JavaScript compiled after the 101 (the heartbeat's
+/// `terminate()`, first called at the close) is named at the close: the
+/// perf map is read again, from where the last read stopped, when a frame
+/// lies in generated code it did not name. V8's names give the function,
+/// its script and the line the function starts on.
+#[test]
+fn node_js_frames_compiled_after_the_101_are_named_from_the_perf_map() {
+    if !require_root() || require_node_ws().is_none() {
+        return;
+    }
+    let _serial = serial();
+    let (r, stderr, script, pid) =
+        node_reaping_close(&["--perf-basic-prof", "--interpreted-frames-native-stack"]);
+    assert_eq!(r["pid"].as_u64(), Some(u64::from(pid)), "{r:#}");
+    let stack = r["user_stack"].as_array().cloned().unwrap_or_default();
+    let at = |name: &str| {
+        stack
+            .iter()
+            .position(|f| f["function"] == name)
+            .unwrap_or_else(|| panic!("no {name} frame in {r:#}"))
+    };
+    let (terminate, reap) = (at("terminate"), at("reapDeadClients"));
+    assert!(
+        terminate < reap,
+        "terminate is called by reapDeadClients: {r:#}"
+    );
+    for i in [terminate, reap] {
+        let f = &stack[i];
+        assert_eq!(
+            (s(f, &["kind"]), s(f, &["language"])),
+            ("jit", "javascript"),
+            "{f}"
+        );
+        assert_eq!(f["module"], format!("/tmp/perf-{pid}.map"), "{f}");
+    }
+    assert!(
+        s(&stack[terminate], &["file"]).ends_with("/ws/lib/websocket.js"),
+        "{}",
+        stack[terminate]
+    );
+    let line = REAPING_SERVER_JS
+        .lines()
+        .position(|l| l.starts_with("function reapDeadClients"))
+        .expect("the function")
+        + 1;
+    assert_eq!(
+        (s(&stack[reap], &["file"]), stack[reap]["line"].as_u64()),
+        (script.to_str().expect("utf-8 path"), Some(line as u64)),
+        "{r:#}"
+    );
+    assert!(!stderr.contains("note: stacks"), "no hint needed: {stderr}");
+}
+
+/// Without the flags node writes no perf map: wstrace says once which
+/// flags would name the JavaScript frames.
+#[test]
+fn node_without_a_perf_map_gets_a_hint_naming_the_flags() {
+    if !require_root() || require_node_ws().is_none() {
+        return;
+    }
+    let _serial = serial();
+    let (r, stderr, _, pid) = node_reaping_close(&[]);
+    assert!(
+        r["user_stack"]
+            .as_array()
+            .is_some_and(|st| st.iter().all(|f| f["function"] != "reapDeadClients")),
+        "{r:#}"
+    );
+    let hint = format!(
+        "wstrace: note: stacks: pid {pid} (node): its JavaScript frames are unnamed: start node with --perf-basic-prof --interpreted-frames-native-stack"
+    );
+    assert_eq!(stderr.matches(&hint).count(), 1, "{stderr}");
 }
 
 /// `websockets` pings every 0.5 s and gives up 1.2 s after an unanswered

@@ -15,7 +15,8 @@ use std::{
 };
 
 use common::{
-    Kill, Tracer, require_root, require_tool, serial, server, spawn_ready, target, upgrade_once,
+    Kill, Tracer, free_port, require_root, require_tool, serial, server, spawn_ready, target,
+    upgrade_once,
 };
 
 /// tests/c/deep_close.c, compiled like a distro server: optimised, no frame
@@ -319,5 +320,153 @@ fn a_cold_split_cpp_function_reads_as_gdb_prints_it() {
     assert!(
         at("ws::conn::finish(int, bool) [clone .cold]") < handler && handler < at("main"),
         "{stack:#?}"
+    );
+}
+
+/// tests/c/crash_after_101.c built like [`deep_close_bin`] (no frame
+/// pointers: the crash stack is the dwarf unwind of the kernel's copy).
+fn crash_bin(cc: &Path) -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/c/crash_after_101.c");
+    let out = target().join("c/crash_after_101");
+    std::fs::create_dir_all(out.parent().expect("parent")).expect("mkdir target/c");
+    let status = Command::new(cc)
+        .args([
+            "-O2",
+            "-g",
+            "-fomit-frame-pointer",
+            "-fno-optimize-sibling-calls",
+            "-pthread",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .unwrap_or_else(|e| panic!("running {}: {e}", cc.display()));
+    assert!(status.success(), "cc failed on {}", src.display());
+    out
+}
+
+/// Connects to `port` until it accepts (gdb starts the server slowly; it
+/// accepts one connection), upgrades and reads until the server is gone.
+fn upgrade_when_listening(port: u16) {
+    use std::io::{Read as _, Write as _};
+    let start = std::time::Instant::now();
+    let mut c = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(c) => break c,
+            Err(e) => assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "nothing listens on {port}: {e}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    c.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    c.write_all(common::UPGRADE).expect("send the upgrade");
+    let mut buf = [0u8; 512];
+    while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+/// `(function, line)` of each frame of gdb's `bt` of the crash, innermost
+/// first: `#1  0x… in f (args) at file.c:25` or `#0  f () at file.S:291`.
+fn gdb_backtrace(gdb: &Path, bin: &Path) -> Vec<(String, Option<u32>)> {
+    let port = free_port();
+    let child = Command::new(gdb)
+        .args(["-batch", "-nx", "-ex", "run", "-ex", "bt", "--args"])
+        .arg(bin)
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {}: {e}", gdb.display()));
+    let mut child = Kill(child);
+    upgrade_when_listening(port);
+    // gdb -batch prints the backtrace and exits (killing the program).
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut child.0.stdout.take().expect("gdb's stdout is piped"),
+        &mut text,
+    )
+    .expect("gdb's output");
+    let frames: Vec<(String, Option<u32>)> = text
+        .lines()
+        .filter(|l| l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.split_once("  ")?.1;
+            let rest = rest.split_once(" in ").map_or(rest, |(_, r)| r);
+            let function = rest.split_whitespace().next()?.to_string();
+            let line = rest
+                .rsplit_once(':')
+                .and_then(|(_, n)| n.trim().parse().ok());
+            Some((function, line))
+        })
+        .collect();
+    assert!(!frames.is_empty(), "no backtrace from gdb:\n{text}");
+    frames
+}
+
+/// Issue 26, item 5: a server whose handler thread dereferences NULL (in
+/// strcmp) right after its 101 is `process_crashed` with where it
+/// crashed: the faulting thread's stack, taken by the kernel at the
+/// signal, frame for frame what gdb's `bt` shows, and the program's own
+/// function and line in the diagnosis.
+#[test]
+fn a_crash_after_the_101_names_where_it_crashed_as_gdb_does() {
+    if !require_root() {
+        return;
+    }
+    let (Some(cc), Some(gdb)) = (
+        require_cc(),
+        require_tool("gdb", "apt-get install gdb (`cargo xtask setup` does)"),
+    ) else {
+        return;
+    };
+    let _serial = serial();
+    let bin = crash_bin(&cc);
+    let expected = gdb_backtrace(&gdb, &bin);
+    let (server, port) = spawn_ready(Command::new(&bin).arg("0"));
+    let pid = server.0.id();
+    let t = Tracer::start(port, &[]);
+    upgrade_once(port);
+    let reports = t.wait_for_reports(1, Duration::from_secs(15));
+    assert_eq!(reports.len(), 1, "stderr: {}", t.stderr_text());
+    let r = &reports[0];
+    assert_eq!(r["pid"].as_u64(), Some(u64::from(pid)), "{r:#}");
+    assert_eq!(r["diagnosis"]["code"], "process_crashed", "{r:#}");
+    let end = &r["process_end"];
+    assert_eq!(end["signal"], "SIGSEGV", "{r:#}");
+    // The handler thread crashed, not the main one; the fault's signal is
+    // matched to the process all the same: the kernel raised it.
+    let tid = end["crash_tid"].as_u64().expect("crash_tid");
+    assert_ne!(tid, u64::from(pid), "{r:#}");
+    assert_eq!(end["killed_by"], "kernel", "{r:#}");
+    let stack: Vec<(String, Option<u32>)> = end["crash_stack"]
+        .as_array()
+        .expect("crash_stack")
+        .iter()
+        .filter(|f| f["inlined"] == false)
+        .map(|f| {
+            (
+                f["function"].as_str().unwrap_or("[unknown]").to_string(),
+                f["line"].as_u64().map(|l| l as u32),
+            )
+        })
+        .collect();
+    assert_eq!(stack, expected, "wstrace's crash stack vs gdb's bt: {r:#}");
+    let line = expected
+        .iter()
+        .find(|(f, _)| f == "negotiate_subprotocol")
+        .and_then(|(_, l)| *l)
+        .expect("gdb names negotiate_subprotocol with its line");
+    let msg = r["diagnosis"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(&format!(
+            "crashed with SIGSEGV in negotiate_subprotocol ({}:{line})",
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/c/crash_after_101.c")
+                .display()
+        )),
+        "{msg}"
     );
 }

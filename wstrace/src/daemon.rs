@@ -780,6 +780,7 @@ impl EventLoop<'_> {
             self.stacks_elided.count(reason);
         }
         self.enricher.unwind(&mut ev);
+        self.enricher.note_crash(&ev);
         for r in self.matcher.on_event(ev) {
             self.report(&r)?;
             if self.done() {

@@ -725,6 +725,17 @@ pub enum Killer {
     Itself,
 }
 
+/// Where a process crashed: the user stack of the thread that faulted (or
+/// aborted), taken by the kernel in that thread at the signal, while its
+/// memory still existed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Crash {
+    pub tid: u32,
+    pub signal: u32,
+    /// Innermost first; the faulting instruction's function first.
+    pub stack: Vec<Frame>,
+}
+
 /// How a process that closed a socket at its exit ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProcessEnd {

@@ -101,6 +101,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "golang-github-gorilla-websocket-dev",
         "gorilla/websocket for that Go server, built offline in GOPATH mode",
     ),
+    (
+        "gdb",
+        "the backtrace the crash-stack test compares wstrace's \"where it crashed\" with",
+    ),
 ];
 
 /// PyPI packages for the diagnosis tests, installed into [`venv_dir`].

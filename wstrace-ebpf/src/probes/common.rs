@@ -12,6 +12,7 @@
 //! nobody. A raw tracepoint's guard is per program (none before 5.19), so
 //! only the same program nesting in itself is skipped.
 use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
@@ -153,15 +154,36 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
     let Ok(target) = field::<i32>(&ctx, config!(tp_signal_pid)) else {
         return 0;
     };
-    if !record::is_upgrader(target as u32) {
-        return 0;
-    }
     if field::<i32>(&ctx, config!(tp_signal_result)).unwrap_or(0) == SIGNAL_IGNORED {
         return 0;
     }
+    // The target is a thread id, the process's own only for its first
+    // thread. A signal to the running thread itself (a fault is raised in
+    // the faulting thread, abort() signals its own) is checked against
+    // the current tgid, and recorded for the process.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let to_itself = target as u32 == pid_tgid as u32 && record::is_upgrader(tgid);
+    // A crash: the running thread's stacks are where it crashed.
+    if to_itself && is_crash(sig) {
+        record::crash(&ctx, sig as u32);
+    }
+    let target = if to_itself {
+        tgid
+    } else if record::is_upgrader(target as u32) {
+        target as u32
+    } else {
+        return 0;
+    };
     let code = field::<i32>(&ctx, config!(tp_signal_code)).unwrap_or(0);
-    record::signal(target as u32, sig as u32, code, 0);
+    record::signal(target, sig as u32, code, 0);
     0
+}
+
+/// SIGILL, SIGABRT, SIGBUS, SIGFPE, SIGSEGV: a program's own crash.
+#[inline(always)]
+fn is_crash(sig: i32) -> bool {
+    matches!(sig, 4 | 6 | 7 | 8 | 11)
 }
 
 /// The OOM killer chose a victim (right after sending it SIGKILL, in the

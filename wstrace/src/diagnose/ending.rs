@@ -3,7 +3,7 @@
 //! so these come first (what else was found stays as a secondary finding).
 use super::{Facts, closer_name};
 use crate::model::Side;
-use crate::model::{Killer, ProcessEnd, is_crash_signal, signal_name};
+use crate::model::{Frame, Killer, ProcessEnd, is_crash_signal, signal_name};
 
 type Found = Option<(String, Option<String>)>;
 
@@ -44,6 +44,33 @@ fn signaled(f: &Facts) -> Option<(u32, bool, Option<&Killer>)> {
     }
 }
 
+/// The frame to name as where a crash happened: the innermost named frame
+/// outside the C library and the dynamic loader (abort(), raise() and a
+/// fault in memcpy or strlen are where the program's own code called
+/// them), else the innermost named frame.
+pub fn crash_site(stack: &[Frame]) -> Option<&Frame> {
+    let runtime = |f: &Frame| {
+        f.module.as_deref().is_some_and(|m| {
+            let file = m.rsplit_once('/').map_or(m, |(_, f)| f);
+            ["libc.so", "libc-", "ld-linux", "ld-musl", "libpthread"]
+                .iter()
+                .any(|p| file.starts_with(p))
+        })
+    };
+    let named = || stack.iter().filter(|f| f.function.is_some());
+    named().find(|f| !runtime(f)).or_else(|| named().next())
+}
+
+/// ` in handle_message (crash.c:10)`, or ` in handle_message`.
+fn site_text(f: &Frame) -> String {
+    let function = f.function.as_deref().unwrap_or_default();
+    match (&f.file, f.line) {
+        (Some(file), Some(line)) => format!(" in {function} ({file}:{line})"),
+        (Some(file), None) => format!(" in {function} ({file})"),
+        _ => format!(" in {function}"),
+    }
+}
+
 /// SIGSEGV, SIGBUS, SIGABRT, SIGILL, SIGFPE ...: the program crashed.
 pub fn process_crashed(f: &Facts) -> Found {
     let (signal, core, killer) = signaled(f)?;
@@ -55,19 +82,30 @@ pub fn process_crashed(f: &Facts) -> Found {
         Some(Killer::Itself) => " raised by itself (abort(), a failed assertion or raise())".into(),
         _ => String::new(),
     };
+    let site = f
+        .crash
+        .as_ref()
+        .filter(|c| c.signal == signal)
+        .and_then(|c| crash_site(&c.stack));
     let message = format!(
-        "{} crashed with {}{from} {:.1} ms after {}; the kernel closed its connections when the process died",
+        "{} crashed with {}{from}{} {:.1} ms after {}; the kernel closed its connections when the process died",
         closer_name(f),
         signal_text(signal, core),
+        site.map(site_text).unwrap_or_default(),
         f.ms_after_upgrade,
         the_101(f)
     );
-    let fix = if core {
-        "debug the crash: the core dump (`coredumpctl` or the `core_pattern` path) shows where it faulted"
+    let fix = if let Some(site) = site {
+        format!(
+            "debug the crash{}: the crash stack in this report shows how it got there (as `bt` on a core would)",
+            site_text(site)
+        )
+    } else if core {
+        "debug the crash: the core dump (`coredumpctl` or the `core_pattern` path) shows where it faulted".into()
     } else {
-        "debug the crash: enable core dumps (`ulimit -c unlimited`, systemd `LimitCORE=infinity`) or run it under gdb to see where it faulted; its log at this time may show the cause"
+        "debug the crash: enable core dumps (`ulimit -c unlimited`, systemd `LimitCORE=infinity`) or run it under gdb to see where it faulted; its log at this time may show the cause".into()
     };
-    Some((message, Some(fix.into())))
+    Some((message, Some(fix)))
 }
 
 /// SIGKILL, SIGTERM, SIGINT ...: someone (or the OOM killer) stopped it.
@@ -191,6 +229,75 @@ mod tests {
             d.message
         );
         assert!(d.fix.as_deref().unwrap_or("").contains("core dump"));
+    }
+
+    /// Issue 26, item 5: the crashing thread's stack names where it
+    /// crashed: the program's own frame, past the C library's.
+    #[test]
+    fn a_crash_with_its_stack_names_where_it_crashed() {
+        let frame = |function: &str, module: &str, file: Option<&str>, line: Option<u32>| Frame {
+            function: Some(function.into()),
+            module: Some(module.into()),
+            file: file.map(str::to_string),
+            line,
+            ..Frame::default()
+        };
+        let abort = vec![
+            Frame::unknown(crate::model::FrameKind::Native, 0x10, None),
+            frame("raise", "/usr/lib/x86_64-linux-gnu/libc.so.6", None, None),
+            frame("abort", "/usr/lib/x86_64-linux-gnu/libc.so.6", None, None),
+            frame("check_frame", "/srv/ws/server", Some("server.c"), Some(41)),
+            frame("main", "/srv/ws/server", Some("server.c"), Some(90)),
+        ];
+        assert_eq!(
+            crash_site(&abort).and_then(|f| f.function.as_deref()),
+            Some("check_frame")
+        );
+        let only_libc = &abort[..3];
+        assert_eq!(
+            crash_site(only_libc).and_then(|f| f.function.as_deref()),
+            Some("raise")
+        );
+        assert_eq!(crash_site(&abort[..1]), None);
+        let d = diagnose(&Facts {
+            crash: Some(crate::model::Crash {
+                tid: 4243,
+                signal: 6,
+                stack: abort.clone(),
+            }),
+            ..ended(ProcessEnd::Signaled {
+                signal: 6,
+                core_dumped: false,
+                killer: Some(Killer::Itself),
+            })
+        });
+        assert!(
+            d.message.contains("raised by itself (abort(), a failed assertion or raise()) in check_frame (server.c:41) "),
+            "{}",
+            d.message
+        );
+        assert!(
+            d.fix
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("debug the crash in check_frame (server.c:41): the crash stack"),
+            "{:?}",
+            d.fix
+        );
+        // A crash stack of another signal is not this death's.
+        let d = diagnose(&Facts {
+            crash: Some(crate::model::Crash {
+                tid: 4243,
+                signal: 11,
+                stack: abort,
+            }),
+            ..ended(ProcessEnd::Signaled {
+                signal: 6,
+                core_dumped: false,
+                killer: None,
+            })
+        });
+        assert!(!d.message.contains("check_frame"), "{}", d.message);
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct Facts {
     pub idle_ms: Option<u64>,
     /// How the closing process ended, if it closed at its exit.
     pub ending: Option<crate::model::ProcessEnd>,
+    /// Where it crashed, when a crash ended it.
+    pub crash: Option<crate::model::Crash>,
     /// The kernel closed the socket itself, and why.
     pub kernel_close: Option<crate::model::KernelClose>,
     /// Pings and pongs both ways.
@@ -87,6 +89,7 @@ impl Facts {
             ms_after_upgrade: r.ms_after_upgrade(),
             idle_ms: e.idle_ms,
             ending: e.ending.clone(),
+            crash: e.crash.clone(),
             kernel_close: r.kernel_close,
             heartbeat: r.heartbeat,
             close_ts_ns: r.close_ts_ns,
@@ -529,6 +532,7 @@ pub(crate) mod tests {
             ms_after_upgrade: 0.4,
             idle_ms: Some(0),
             ending: None,
+            crash: None,
             kernel_close: None,
             heartbeat: Default::default(),
             close_ts_ns: 0,

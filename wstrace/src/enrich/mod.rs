@@ -25,7 +25,7 @@ use crate::attach::ServerSet;
 use wstrace_common::EventKind;
 
 use crate::model::{
-    CloseReport, Direction, Event, Frame, Killer, PeerProcess, Ports, ProcInfo, ProcessEnd,
+    CloseReport, Crash, Direction, Event, Frame, Killer, PeerProcess, Ports, ProcInfo, ProcessEnd,
     SharedStack, SignalSent, UserWalk, Walk,
 };
 use crate::protocol::{
@@ -95,6 +95,9 @@ pub struct Enriched<'a> {
     pub peer: Option<PeerProcess>,
     /// How the closing process ended, when it closed at its exit.
     pub ending: Option<ProcessEnd>,
+    /// Where it crashed, when a crash ended it and the kernel saw the
+    /// crashing thread.
+    pub crash: Option<Crash>,
 }
 
 /// The enrich stage: owns the process table and everything kept per process
@@ -123,6 +126,9 @@ pub struct Enricher {
     peer_finder: peer::PeerFinder,
     /// Signals sent to upgraders, by (target pid, signal).
     signals: HashMap<(u32, u32), SignalSeen>,
+    /// The last crash of each upgrader (by process id), symbolized at
+    /// once, with its monotonic time.
+    crashes: HashMap<u32, (u64, Crash)>,
     /// The kernel's set of processes whose reads may carry a request on a
     /// traced port (tracepoint set): listeners found here are added, so a
     /// server that accepted before we attached is covered too.
@@ -149,6 +155,7 @@ impl Enricher {
             kernel_peers,
             peer_finder: peer::PeerFinder::default(),
             signals: HashMap::new(),
+            crashes: HashMap::new(),
             servers,
         }
     }
@@ -243,6 +250,55 @@ impl Enricher {
                 ts_ns: ev.ts_ns,
             },
         );
+    }
+
+    /// A thread of an upgrader crashed (a [`EventKind::Crash`], after
+    /// [`Self::unwind`]): its user stack is symbolized now, while the
+    /// process's maps are still those it crashed with, and kept until its
+    /// sockets' closes at exit ask for it.
+    pub fn note_crash(&mut self, ev: &Event) {
+        if ev.kind != EventKind::Crash || ev.pid == 0 {
+            return;
+        }
+        let Some(stacks) = &ev.stacks else {
+            return;
+        };
+        let (walk, _) = unwind::choose(self.user_stack, &stacks.user, stacks.dwarf.as_ref());
+        let addrs = match (walk, &stacks.dwarf, &stacks.user) {
+            (Walk::Dwarf, Some(d), _) => d.addrs.clone(),
+            (_, _, Ok(a)) => a.clone(),
+            _ => Vec::new(),
+        };
+        let stack = self.user_frames(ev.pid, &addrs);
+        if self.crashes.len() >= MAX_SIGNALS && !self.crashes.contains_key(&ev.pid) {
+            self.crashes.clear();
+        }
+        self.crashes.insert(
+            ev.pid,
+            (
+                ev.ts_ns,
+                Crash {
+                    tid: ev.tid,
+                    // The kernel put the signal number in `arg`.
+                    signal: ev.arg,
+                    stack: stack.to_vec(),
+                },
+            ),
+        );
+    }
+
+    /// The crash that ended the process that closed `r` at its exit, if
+    /// the kernel saw the crashing thread shortly before.
+    fn crash(&self, r: &CloseReport, end: Option<&ProcessEnd>) -> Option<Crash> {
+        let Some(ProcessEnd::Signaled { signal, .. }) = end else {
+            return None;
+        };
+        let c = r.closer.as_ref()?;
+        let (ts, crash) = self.crashes.get(&c.pid)?;
+        (crash.signal == *signal
+            && *ts <= r.close_ts_ns.saturating_add(1_000_000_000)
+            && r.close_ts_ns.saturating_sub(*ts) < SIGNAL_RELEVANCE_NS)
+            .then(|| crash.clone())
     }
 
     /// How the process that closed `r` at its exit ended, and who sent the
@@ -412,6 +468,7 @@ impl Enricher {
             (Some(j), Some(hz)) => Some(hz::jiffies_to_ms(j, hz).min(lifetime_ms)),
             _ => None,
         };
+        let ending = self.ending(r);
         Enriched {
             report: r,
             ts: self.clock.wall(r.close_ts_ns),
@@ -427,7 +484,8 @@ impl Enricher {
             frames,
             idle_ms,
             peer: self.peers.remove(&(r.sk, r.upgrade_ts_ns)),
-            ending: self.ending(r),
+            crash: self.crash(r, ending.as_ref()),
+            ending,
         }
     }
 }

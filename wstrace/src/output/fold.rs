@@ -288,6 +288,7 @@ mod tests {
                 idle_ms: None,
                 peer: None,
                 ending: None,
+                crash: None,
             },
             diagnosis: Diagnosis {
                 code,

@@ -12,7 +12,8 @@ use serde_json::value::RawValue;
 
 use crate::diagnose::Diagnosis;
 use crate::model::{
-    Container, Frame as StackFrame, Heartbeat, HopRef, Killer, ProcessEnd, SharedStack, signal_name,
+    Container, Crash, Frame as StackFrame, Heartbeat, HopRef, Killer, ProcessEnd, SharedStack,
+    signal_name,
 };
 use crate::output::escape;
 use crate::output::view::{View, rfc3339};
@@ -118,6 +119,10 @@ struct ProcessEndJson<'a> {
     /// when the sender was not seen (for an exit: who sent `after_signal`).
     killed_by: Option<&'static str>,
     sent_by: Option<SentBy<'a>>,
+    /// For a crash: the thread that faulted (or aborted) and its user
+    /// stack at the signal, innermost first (null when not seen).
+    crash_tid: Option<u32>,
+    crash_stack: Option<&'a [StackFrame]>,
 }
 
 #[derive(Serialize)]
@@ -175,7 +180,7 @@ fn killer_json(killer: Option<&Killer>) -> (Option<&'static str>, Option<SentBy<
     (kind, sent_by)
 }
 
-fn process_end(e: &ProcessEnd) -> ProcessEndJson<'_> {
+fn process_end<'a>(e: &'a ProcessEnd, crash: Option<&'a Crash>) -> ProcessEndJson<'a> {
     match e {
         ProcessEnd::Exited {
             status,
@@ -192,6 +197,8 @@ fn process_end(e: &ProcessEnd) -> ProcessEndJson<'_> {
                 after_signal: after_signal.as_ref().map(|(sig, _)| signal_name(*sig)),
                 killed_by,
                 sent_by,
+                crash_tid: None,
+                crash_stack: None,
             }
         }
         ProcessEnd::Signaled {
@@ -209,6 +216,8 @@ fn process_end(e: &ProcessEnd) -> ProcessEndJson<'_> {
                 after_signal: None,
                 killed_by,
                 sent_by,
+                crash_tid: crash.map(|c| c.tid),
+                crash_stack: crash.map(|c| c.stack.as_slice()),
             }
         }
     }
@@ -386,7 +395,7 @@ fn line<'a>(v: &'a View<'a>, user_stack: &'a RawValue) -> Line<'a> {
             comm: &p.comm,
             source: p.source.as_str(),
         }),
-        process_end: v.ending.as_ref().map(process_end),
+        process_end: v.ending.as_ref().map(|e| process_end(e, v.crash.as_ref())),
         kernel_reason: r.kernel_close.map(|k| k.reason()),
         kernel_error: r.kernel_close.map(|k| k.error_name()),
         chain: r.chain.as_ref().map(|c| ChainJson {

@@ -465,6 +465,7 @@ mod tests {
                         comm: evil("killer"),
                     }),
                 }),
+                crash: None,
             },
             diagnosis: Diagnosis {
                 code: "unknown",

@@ -7,7 +7,7 @@
 //! lines printed here, with no terminal control or bidi reordering in them.
 use std::fmt::Write as _;
 
-use crate::model::{ClosedBy, Frame, Heartbeat, PeerSource, Pings, Side};
+use crate::model::{ClosedBy, Frame, Heartbeat, PeerSource, Pings, Side, signal_name};
 use crate::output::escape::text as esc;
 use crate::output::fold::Storm;
 use crate::output::frame::{self, basename};
@@ -245,6 +245,19 @@ pub fn render(v: &View<'_>, color: bool, full_stacks: bool) -> String {
             };
             stack(&mut out, &p, &title, &lines);
         }
+    }
+    if let Some(c) = &v.crash {
+        let title = format!(
+            "where it crashed (tid {}, {}; the user stack at the signal)",
+            c.tid,
+            signal_name(c.signal)
+        );
+        let lines: Vec<String> = if full_stacks {
+            c.stack.iter().map(frame::line).collect()
+        } else {
+            compact_stack(&c.stack)
+        };
+        stack(&mut out, &p, &title, &lines);
     }
     out
 }

@@ -119,7 +119,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
     let Some(kind) = EventKind::from_u8(h.kind) else {
         bail!("unknown event kind {}", h.kind);
     };
-    let stacks = if kind == EventKind::Close {
+    // A crash is taken like a close, in the thread that crashed.
+    let stacks = if matches!(kind, EventKind::Close | EventKind::Crash) {
         if bytes.len() < size_of::<CloseEvent>() {
             bail!("short close record: {} bytes", bytes.len());
         }

@@ -195,8 +195,9 @@ impl Matcher {
 
     fn on_event_unchained(&mut self, ev: Event) -> Vec<CloseReport> {
         let mut out = Vec::new();
-        // Signals are about processes, not sockets (enrich keeps them).
-        if ev.kind == EventKind::Signal {
+        // Signals and crashes are about processes, not sockets (enrich
+        // keeps them).
+        if matches!(ev.kind, EventKind::Signal | EventKind::Crash) {
             return out;
         }
         if let (EventKind::Data, Some(data)) = (ev.kind, &ev.data) {
@@ -311,7 +312,11 @@ impl Matcher {
                     t.local_close_ts.get_or_insert(ev.ts_ns);
                 }
             }
-            EventKind::Upgrade | EventKind::Destroy | EventKind::Data | EventKind::Signal => {}
+            EventKind::Upgrade
+            | EventKind::Destroy
+            | EventKind::Data
+            | EventKind::Signal
+            | EventKind::Crash => {}
         }
         if t.jiffies_at_close.is_none() && (t.first.is_some() || t.local_close_ts.is_some()) {
             t.jiffies_at_close = Some(ev.jiffies);

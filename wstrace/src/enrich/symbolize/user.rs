@@ -2,7 +2,7 @@
 //! binaries, perf maps), which paths may be opened ([`trusted_paths`]) and
 //! with it whether debug info is used, and JIT frames.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,12 +15,21 @@ use blazesym::symbolize::{Input, Symbolized};
 use wstrace_common::ustack;
 
 use super::REMEMBER_INTERVAL;
-use super::frames::{Lookup, ResolvedFrame, classify, lookup_addrs, prefer_symtab, user_frames};
+use super::frames::{
+    Lookup, ResolvedFrame, SourceLoc, classify, lookup_addrs, prefer_symtab, user_frames,
+};
 use crate::enrich::maps::{Mapping, map_files_path, module_for, read_maps};
-use crate::enrich::perf_map::PerfMap;
+use crate::enrich::perf_map::{PerfMap, v8_js_function};
 use crate::enrich::stack_cache::{self, SharedUserStacks};
 use crate::enrich::unwind::Unwinder;
-use crate::model::{End, Frame, FrameKind, Unwound, UserStackCopy};
+use crate::model::{End, Frame, FrameKind, Language, Unwound, UserStackCopy};
+
+/// Shortest time between two reads of one process's perf map for frames
+/// it did not name: the runtime appends as it compiles, so code compiled
+/// after the last read is named by the next one, and a process whose
+/// stacks keep landing in unnamed generated code costs at most this many
+/// reads (each only of what was appended, see [`PerfMap::refresh`]).
+const PERF_MAP_REREAD: Duration = Duration::from_millis(100);
 /// User stacks and unwinding: the state that lives on the worker thread.
 ///
 /// Holds blazesym state built on `Rc`/`RefCell`, so it is neither `Send` nor
@@ -39,6 +48,9 @@ pub(super) struct UserSymbols {
     /// [`REMEMBER_INTERVAL`]; a test of the throttle sets it longer than a
     /// loaded host can take between two calls.
     pub(super) remember_interval: Duration,
+    /// Processes already told (once each, on stderr) how to get their
+    /// generated code named.
+    jit_hinted: HashSet<u32>,
 }
 
 /// What we keep for a process handed to [`Symbolizer::remember_process`].
@@ -53,6 +65,8 @@ pub(super) struct Remembered {
     /// Its perf map (JIT runtimes), read by wstrace: blazesym's own
     /// reading of it is off (it would block on a FIFO or a lease).
     perf_map: Option<PerfMap>,
+    /// When its perf map was last read (or found missing).
+    perf_map_read: Instant,
     /// Whether its files' directories are root's alone ([`trusted_paths`]):
     /// only then does blazesym open files by path (debug links, `.dwp`,
     /// the maps' own paths).
@@ -127,6 +141,7 @@ impl UserSymbols {
             user_stacks,
             unwind: Unwinder::new(),
             remember_interval: REMEMBER_INTERVAL,
+            jit_hinted: HashSet::new(),
         }
     }
 
@@ -181,6 +196,7 @@ impl UserSymbols {
             self.unpin(&r.pinned);
         }
         stack_cache::lock(&self.user_stacks).forget(pid);
+        self.jit_hinted.remove(&pid);
         self.unwind.forget(pid);
         // Only fails for things we do not ask for; nothing to report.
         let _ = self
@@ -234,8 +250,16 @@ impl UserSymbols {
         }
         let frames: Arc<[Frame]> = self.symbolize_user(pid, addrs).into();
         // Unremembered processes are symbolized from their live maps, which
-        // nothing tells us have changed: those are not cached.
-        if self.procs.contains_key(&pid) {
+        // nothing tells us have changed: those are not cached. Nor are
+        // stacks with unnamed generated code: a later read of the perf map
+        // may name it.
+        let unnamed_jit = {
+            let maps = self.procs.get(&pid).map(|r| r.maps.as_slice());
+            frames
+                .iter()
+                .any(|f| f.function.is_none() && maps.is_some_and(|m| in_anon_exec(m, f)))
+        };
+        if self.procs.contains_key(&pid) && !unnamed_jit {
             stack_cache::lock(&self.user_stacks).insert(pid, addrs, &frames);
         }
         frames
@@ -250,13 +274,30 @@ impl UserSymbols {
         {
             found = self.resolve_user(pid, addrs, &lookups);
         }
-        // JIT code: what the ELF files do not name, the perf map may.
+        // JIT code: what the ELF files do not name, the perf map may; read
+        // again (what was appended since) when it names not all of it.
+        if let Some(r) = self.procs.get_mut(&pid)
+            && r.perf_map_read.elapsed() >= PERF_MAP_REREAD
+            && found.iter().zip(&lookups).any(|(l, &lookup)| {
+                !matches!(l, Lookup::Found(_))
+                    && is_anon_exec(&r.maps, lookup)
+                    && r.perf_map
+                        .as_ref()
+                        .is_none_or(|pm| pm.lookup(lookup).is_none())
+            })
+        {
+            r.perf_map_read = Instant::now();
+            // The same `PerfMap` (even an empty one) keeps its read budget.
+            r.perf_map.get_or_insert_with(PerfMap::default).refresh(pid);
+        }
+        let mut live_perf_map = false;
         if found.iter().any(|l| !matches!(l, Lookup::Found(_))) {
             let live;
             let perf_map = match self.procs.get(&pid) {
                 Some(r) => r.perf_map.as_ref(),
                 None => {
                     live = PerfMap::read(pid);
+                    live_perf_map = live.as_ref().is_some_and(|m| !m.is_empty());
                     live.as_ref()
                 }
             };
@@ -266,10 +307,22 @@ impl UserSymbols {
                         continue;
                     }
                     if let Some((name, off)) = pm.lookup(lookup) {
+                        // V8's names carry the script and line: as a
+                        // frame's file and line, like debug info's.
+                        let (name, loc) = match v8_js_function(name) {
+                            Some((function, script, line)) => (
+                                function,
+                                Some(SourceLoc {
+                                    file: script.to_string(),
+                                    line: Some(line),
+                                }),
+                            ),
+                            None => (name, None),
+                        };
                         *l = Lookup::Found(ResolvedFrame {
                             name: name.to_string(),
                             offset: off.saturating_add(addr - lookup),
-                            loc: None,
+                            loc,
                             inlined: Vec::new(),
                             module: Some(format!("/tmp/perf-{pid}.map")),
                         });
@@ -286,17 +339,22 @@ impl UserSymbols {
                 &live_maps
             }
         };
+        let runtime = jit_runtime(maps);
         let mut out = Vec::with_capacity(addrs.len());
         for ((&addr, &lookup), result) in addrs.iter().zip(&lookups).zip(&found) {
             match result {
                 Lookup::Found(frame) => {
                     let module = module_for(maps, lookup).or(frame.module.as_deref());
-                    let kind = if is_jit(maps, lookup) {
-                        FrameKind::Jit
+                    let (kind, language) = if is_jit(maps, lookup) {
+                        (FrameKind::Jit, jit_language(runtime, &frame.name))
                     } else {
-                        FrameKind::Native
+                        (FrameKind::Native, None)
                     };
-                    out.extend(user_frames(addr, Some(frame), module, kind));
+                    out.extend(
+                        user_frames(addr, Some(frame), module, kind)
+                            .into_iter()
+                            .map(|f| Frame { language, ..f }),
+                    );
                 }
                 Lookup::Unmapped | Lookup::Unknown => {
                     out.push(Frame::unknown(
@@ -306,6 +364,24 @@ impl UserSymbols {
                     ));
                 }
             }
+        }
+        let has_perf_map = live_perf_map
+            || self
+                .procs
+                .get(&pid)
+                .and_then(|r| r.perf_map.as_ref())
+                .is_some_and(|m| !m.is_empty());
+        if let Some(hint) = jit_hint(runtime, has_perf_map, &out, maps)
+            && self.jit_hinted.insert(pid)
+        {
+            // Once per process: the stacks say `[unknown]` or the
+            // interpreter's trampoline; this says how to get names.
+            eprintln!(
+                "wstrace: note: stacks: pid {pid}{}: {hint}",
+                runtime
+                    .map(|r| format!(" ({})", r.name()))
+                    .unwrap_or_default()
+            );
         }
         out
     }
@@ -459,7 +535,16 @@ impl UserSymbols {
         let _ = self.inner.cache(&Cache::Process(vmas));
         // The perf map is read by wstrace (non-blocking, regular files
         // only, bounded), never by blazesym.
-        let perf_map = PerfMap::read(pid).filter(|m| !m.is_empty());
+        // The map read before, if any, reads on from where it stopped
+        // (and keeps its read budget across maps re-read).
+        let mut perf_map = self
+            .procs
+            .get_mut(&pid)
+            .and_then(|r| r.perf_map.take())
+            .unwrap_or_default();
+        let readable = perf_map.refresh(pid);
+        let perf_map = (readable || !perf_map.is_empty()).then_some(perf_map);
+        let perf_map_read = Instant::now();
 
         let old = self
             .procs
@@ -509,6 +594,7 @@ impl UserSymbols {
                 refreshed: now,
                 pinned,
                 perf_map,
+                perf_map_read,
                 trusted,
             },
         );
@@ -560,4 +646,162 @@ fn is_jit(maps: &[Mapping], lookup: u64) -> bool {
     // it (the runtime's perf map, read by `perf_map`) names generated code.
     maps.iter()
         .any(|m| m.start <= lookup && lookup < m.end && m.path.is_none())
+}
+
+/// Is `lookup` in anonymous executable memory (where a JIT puts its code)?
+fn is_anon_exec(maps: &[Mapping], lookup: u64) -> bool {
+    maps.iter()
+        .any(|m| m.exec && m.path.is_none() && m.start <= lookup && lookup < m.end)
+}
+
+/// Is this unnamed frame's code in anonymous executable memory? Its
+/// looked-up address may be one byte back (a return address); both lie in
+/// the same mapping but at its very start.
+fn in_anon_exec(maps: &[Mapping], f: &Frame) -> bool {
+    f.address
+        .is_some_and(|a| is_anon_exec(maps, a) || is_anon_exec(maps, a.saturating_sub(1)))
+}
+
+/// A runtime that generates code, known by the file it runs from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum JitRuntime {
+    /// Node.js (V8): `node`, or an embedder's `libnode.so`.
+    Node,
+}
+
+impl JitRuntime {
+    fn name(self) -> &'static str {
+        match self {
+            JitRuntime::Node => "node",
+        }
+    }
+}
+
+/// The code-generating runtime among the process's executable mappings.
+fn jit_runtime(maps: &[Mapping]) -> Option<JitRuntime> {
+    maps.iter()
+        .filter(|m| m.exec)
+        .filter_map(|m| m.path.as_deref())
+        .map(|p| p.strip_suffix(" (deleted)").unwrap_or(p))
+        .map(|p| p.rsplit_once('/').map_or(p, |(_, f)| f))
+        .any(|f| f == "node" || f.starts_with("libnode.so"))
+        .then_some(JitRuntime::Node)
+}
+
+/// The language of a perf-map frame: V8's code in a node process is
+/// JavaScript (its builtins too: they run for JavaScript); CPython 3.12+
+/// names its trampolines `py::`.
+fn jit_language(runtime: Option<JitRuntime>, name: &str) -> Option<Language> {
+    match runtime {
+        Some(JitRuntime::Node) => Some(Language::JavaScript),
+        None if name.starts_with("py::") => Some(Language::Python),
+        None => None,
+    }
+}
+
+/// What would name this stack's generated code, when something would:
+/// node names its functions in a perf map with `--perf-basic-prof`, and
+/// gives each interpreted function a copy of the interpreter entry to name
+/// (instead of one `Builtins_InterpreterEntryTrampoline` for all) with
+/// `--interpreted-frames-native-stack`.
+fn jit_hint(
+    runtime: Option<JitRuntime>,
+    has_perf_map: bool,
+    frames: &[Frame],
+    maps: &[Mapping],
+) -> Option<&'static str> {
+    let unnamed = frames
+        .iter()
+        .any(|f| f.function.is_none() && in_anon_exec(maps, f));
+    let trampoline = frames.iter().any(|f| {
+        f.function
+            .as_deref()
+            .is_some_and(|n| n.starts_with("Builtins_InterpreterEntryTrampoline"))
+    });
+    match runtime {
+        Some(JitRuntime::Node) if !has_perf_map && (unnamed || trampoline) => Some(
+            "its JavaScript frames are unnamed: start node with --perf-basic-prof --interpreted-frames-native-stack (V8 then writes /tmp/perf-<pid>.map, which wstrace reads at each close) to name them",
+        ),
+        Some(JitRuntime::Node) if trampoline => Some(
+            "its interpreted JavaScript frames show as Builtins_InterpreterEntryTrampoline: add --interpreted-frames-native-stack to node's flags to name them",
+        ),
+        None if !has_perf_map && unnamed => Some(
+            "frames in generated (JIT) code are unnamed: its runtime writes no /tmp/perf-<pid>.map (e.g. node --perf-basic-prof, python3.12 -X perf, the JVM's perf-map-agent)",
+        ),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod jit_tests {
+    use super::*;
+    use crate::enrich::maps::parse_maps;
+
+    const NODE_MAPS: &str = "\
+55d000000000-55d002000000 r-xp 00000000 08:01 100 /usr/bin/node
+7f0000000000-7f0000100000 rwxp 00000000 00:00 0
+7f1000000000-7f1000100000 rw-p 00000000 00:00 0
+";
+
+    fn unknown(a: u64) -> Frame {
+        Frame::unknown(FrameKind::Native, a, None)
+    }
+
+    fn named(n: &str) -> Frame {
+        Frame {
+            function: Some(n.into()),
+            ..unknown(0x55d0_0000_1000)
+        }
+    }
+
+    #[test]
+    fn node_is_told_the_flags_that_name_its_frames() {
+        let maps = parse_maps(NODE_MAPS);
+        let node = jit_runtime(&maps);
+        assert_eq!(node, Some(JitRuntime::Node));
+        // Unnamed generated code, no perf map: both flags.
+        let h = jit_hint(node, false, &[unknown(0x7f00_0000_0010)], &maps).expect("hint");
+        assert!(
+            h.contains("--perf-basic-prof --interpreted-frames-native-stack"),
+            "{h}"
+        );
+        // The interpreter's trampoline with a perf map: the second flag.
+        let t = [named("Builtins_InterpreterEntryTrampoline")];
+        let h = jit_hint(node, true, &t, &maps).expect("hint");
+        assert!(h.contains("add --interpreted-frames-native-stack"), "{h}");
+        // An unknown frame in non-executable memory is no JIT code; a
+        // perf map with named frames needs no hint.
+        assert_eq!(
+            jit_hint(node, false, &[unknown(0x7f10_0000_0010)], &maps),
+            None
+        );
+        assert_eq!(
+            jit_hint(node, true, &[unknown(0x7f00_0000_0010)], &maps),
+            None
+        );
+        // Another runtime: the generic note, only without a perf map.
+        let other = parse_maps(&NODE_MAPS.replace("/usr/bin/node", "/usr/bin/java"));
+        assert_eq!(jit_runtime(&other), None);
+        let h = jit_hint(None, false, &[unknown(0x7f00_0000_0010)], &other).expect("hint");
+        assert!(h.contains("no /tmp/perf-<pid>.map"), "{h}");
+        assert_eq!(
+            jit_hint(None, true, &[unknown(0x7f00_0000_0010)], &other),
+            None
+        );
+    }
+
+    #[test]
+    fn jit_frames_get_their_runtime_language() {
+        assert_eq!(
+            jit_language(Some(JitRuntime::Node), "Builtin:ArrayForEach"),
+            Some(Language::JavaScript)
+        );
+        assert_eq!(
+            jit_language(None, "py::handler:/srv/app.py"),
+            Some(Language::Python)
+        );
+        assert_eq!(jit_language(None, "Interpreter"), None);
+        let libnode = parse_maps("7f00-7f10 r-xp 0 08:01 7 /opt/app/libnode.so.108\n");
+        assert_eq!(jit_runtime(&libnode), Some(JitRuntime::Node));
+    }
 }
