@@ -5,8 +5,8 @@
 //! live), reports through [`Enricher::resolve`] when the matcher completes
 //! them.
 pub mod clock;
-pub mod gotls;
 pub mod container;
+pub mod gotls;
 pub mod hz;
 pub mod maps;
 pub mod peer;
