@@ -345,7 +345,9 @@ impl UserSymbols {
             match result {
                 Lookup::Found(frame) => {
                     let module = module_for(maps, lookup).or(frame.module.as_deref());
-                    let (kind, language) = if is_jit(maps, lookup) {
+                    // A JIT frame's language is its runtime's; a native
+                    // frame keeps what its debug info said (Go's `.go`).
+                    let (kind, jit_lang) = if is_jit(maps, lookup) {
                         (FrameKind::Jit, jit_language(runtime, &frame.name))
                     } else {
                         (FrameKind::Native, None)
@@ -353,7 +355,10 @@ impl UserSymbols {
                     out.extend(
                         user_frames(addr, Some(frame), module, kind)
                             .into_iter()
-                            .map(|f| Frame { language, ..f }),
+                            .map(|f| Frame {
+                                language: jit_lang.or(f.language),
+                                ..f
+                            }),
                     );
                 }
                 Lookup::Unmapped | Lookup::Unknown => {
