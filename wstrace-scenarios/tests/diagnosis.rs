@@ -736,3 +736,111 @@ fn chain_a_replayed_key_links_nothing() {
         "{edge:#}"
     );
 }
+
+/// Debian's HAProxy; see `common::require`.
+fn require_haproxy() -> Option<PathBuf> {
+    require_tool(
+        "haproxy",
+        "run `cargo xtask setup --for test` (installs Debian's haproxy)",
+    )
+}
+
+/// HAProxy (`bin`, in the foreground: `-db`) in HTTP mode on its own port,
+/// proxying everything to `backend`. `timeout tunnel` governs an upgraded
+/// connection once the 101 has passed; client/server timeouts are long so
+/// that only the tunnel timeout can close an idle WebSocket.
+fn haproxy(bin: &Path, dir: &Path, backend: u16, tunnel: &str) -> (Proc, u16) {
+    let port = free_port();
+    let conf = format!(
+        "global\n  maxconn 64\n  nbthread 1\n\
+         defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  \
+         timeout server 60s\n  timeout tunnel {tunnel}\n\
+         frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\
+         backend be\n  server s1 127.0.0.1:{backend}\n"
+    );
+    let cfg = dir.join("haproxy.cfg");
+    std::fs::write(&cfg, conf).expect("haproxy.cfg");
+    let p = spawn(
+        Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(Stdio::null()),
+    );
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "haproxy did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (p, port)
+}
+
+/// HAProxy's `timeout tunnel` closes both of its sockets of an idle
+/// WebSocket: one chain across the hops (no `--port`), HAProxy the closer of
+/// both, the first of its closes the root (`idle_timeout`) and the other
+/// hop citing it.
+#[test]
+fn chain_haproxy_tunnel_timeout_is_one_story_with_haproxy_first() {
+    if !require_root() {
+        return;
+    }
+    let Some(haproxy_bin) = require_haproxy() else {
+        return;
+    };
+    let (backend, bport) = backend();
+    let w = Tracer::start_all_ports(&[]);
+    let dir = tempdir("chain-haproxy");
+    let (proxy, hport) = haproxy(&haproxy_bin, &dir, bport, "2s");
+    let key = fresh_key();
+    let (mut c, head) = upgrade_with_key(hport, &key);
+    assert!(
+        head.starts_with("HTTP/1.1 101"),
+        "haproxy answered {head:?}"
+    );
+    // Idle until HAProxy's tunnel timeout closes our side.
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    drop(c);
+    let reports = chain_reports(&w, bport, hport);
+    let [back, up, edge, browser] = chain_sockets(&reports, bport, hport);
+    let id = s(back, &["chain", "id"]);
+    assert_eq!(id.len(), 16, "{back:#}");
+    for (r, hop) in [(back, 1), (up, 1), (edge, 0), (browser, 0)] {
+        assert_eq!(s(r, &["chain", "id"]), id, "{r:#}");
+        assert_eq!(s(r, &["chain", "linked_by"]), "handshake", "{r:#}");
+        assert_eq!(r["chain"]["hop"].as_u64(), Some(hop), "{r:#}");
+        assert_eq!(r["chain"]["hops"].as_u64(), Some(2), "{r:#}");
+        assert!(!r.to_string().contains(&key), "the Key leaked: {r}");
+    }
+    // HAProxy (one process, one thread) closed both of its sockets.
+    for r in [up, edge] {
+        assert_eq!(s(r, &["closed_by"]), "local", "{r:#}");
+        assert_eq!(s(r, &["comm"]), "haproxy", "{r:#}");
+        assert_eq!(r["pid"].as_u64(), Some(u64::from(proxy.0.id())), "{r:#}");
+    }
+    // The backend and the client were closed by their peer, HAProxy.
+    assert_eq!(s(back, &["closed_by"]), "peer", "{back:#}");
+    assert_eq!(
+        back["upgraded_by"]["pid"].as_u64(),
+        Some(u64::from(backend.0.id())),
+        "{back:#}"
+    );
+    assert_eq!(s(browser, &["closed_by"]), "peer", "{browser:#}");
+    let first = edge["chain"]["closed_first_hop"]
+        .as_u64()
+        .expect("a first hop");
+    let (root, other) = if first == 1 { (up, edge) } else { (edge, up) };
+    assert_eq!(s(root, &["diagnosis", "code"]), "idle_timeout", "{root:#}");
+    let want = if first == 1 {
+        "upstream_closed"
+    } else {
+        "downstream_closed"
+    };
+    assert_eq!(s(other, &["diagnosis", "code"]), want, "{other:#}");
+    let cause = &other["diagnosis"]["cause"];
+    assert_eq!(s(cause, &["comm"]), "haproxy", "{other:#}");
+    assert_eq!(s(cause, &["code"]), "idle_timeout", "{other:#}");
+}
