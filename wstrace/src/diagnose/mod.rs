@@ -433,7 +433,7 @@ fn idle_timeout(f: &Facts) -> Option<(String, Option<String>)> {
         }
         // The client's own read or idle timeout fired.
         (Side::Client, ClosedBy::Local) => {
-            "this client's own idle or read timeout fired: raise it, or have the server (or this client) send WebSocket pings more often than it"
+            "this client's own idle or read timeout fired (in a proxy, its upstream timeout: nginx `proxy_read_timeout`, HAProxy `timeout tunnel`): raise it, or have the server (or this client) send WebSocket pings more often than it"
         }
         // The server, or a proxy or load balancer in front of it, timed the client out.
         (Side::Client, _) => {
@@ -1107,6 +1107,13 @@ pub(crate) mod tests {
                 .contains("closed it with an RST, matching a configured 2 s timeout"),
             "{}",
             d.message
+        );
+        // The proxy's upstream socket: the fix names the proxy's setting.
+        assert!(
+            d.fix
+                .as_deref()
+                .is_some_and(|x| x.contains("HAProxy `timeout tunnel`")),
+            "{d:?}"
         );
         // Its client-facing socket, and the backend's, reset by it.
         for closed_by in [ClosedBy::Local, ClosedBy::Peer] {
