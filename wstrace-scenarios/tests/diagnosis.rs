@@ -829,6 +829,18 @@ fn chain_haproxy_tunnel_timeout_is_one_story_with_haproxy_first() {
         "{back:#}"
     );
     assert_eq!(s(browser, &["closed_by"]), "peer", "{browser:#}");
+    // Both ends see HAProxy's timeout, not a peer that reset them: the
+    // backend by its own rules, the client by its own or (when HAProxy
+    // closed the upstream first: every run here) through the chain.
+    assert_eq!(s(back, &["diagnosis", "code"]), "idle_timeout", "{back:#}");
+    let d = &browser["diagnosis"];
+    assert!(
+        s(d, &["code"]) == "idle_timeout"
+            || (s(d, &["code"]) == "upstream_closed"
+                && s(d, &["cause", "code"]) == "idle_timeout"
+                && s(d, &["cause", "comm"]) == "haproxy"),
+        "{browser:#}"
+    );
     let first = edge["chain"]["closed_first_hop"]
         .as_u64()
         .expect("a first hop");
