@@ -736,3 +736,259 @@ fn chain_a_replayed_key_links_nothing() {
         "{edge:#}"
     );
 }
+
+/// Debian's HAProxy; see `common::require`.
+fn require_haproxy() -> Option<PathBuf> {
+    require_tool(
+        "haproxy",
+        "run `cargo xtask setup --for test` (installs Debian's haproxy)",
+    )
+}
+
+/// HAProxy (`bin`, in the foreground: `-db`) in HTTP mode on its own port,
+/// proxying everything to `backend`. `timeout tunnel` governs an upgraded
+/// connection once the 101 has passed; client/server timeouts are long so
+/// that only the tunnel timeout can close an idle WebSocket.
+fn haproxy(bin: &Path, dir: &Path, backend: u16, tunnel: &str) -> (Proc, u16) {
+    let port = free_port();
+    let conf = format!(
+        "global\n  maxconn 64\n  nbthread 1\n\
+         defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  \
+         timeout server 60s\n  timeout tunnel {tunnel}\n\
+         frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\
+         backend be\n  server s1 127.0.0.1:{backend}\n"
+    );
+    let cfg = dir.join("haproxy.cfg");
+    std::fs::write(&cfg, conf).expect("haproxy.cfg");
+    let p = spawn(
+        Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(Stdio::null()),
+    );
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "haproxy did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (p, port)
+}
+
+/// HAProxy's `timeout tunnel` closes both of its sockets of an idle
+/// WebSocket: one chain across the hops (no `--port`), HAProxy the closer of
+/// both, the first of its closes the root (`idle_timeout`) and the other
+/// hop citing it.
+#[test]
+fn chain_haproxy_tunnel_timeout_is_one_story_with_haproxy_first() {
+    if !require_root() {
+        return;
+    }
+    let Some(haproxy_bin) = require_haproxy() else {
+        return;
+    };
+    let (backend, bport) = backend();
+    let w = Tracer::start_all_ports(&[]);
+    let dir = tempdir("chain-haproxy");
+    let (proxy, hport) = haproxy(&haproxy_bin, &dir, bport, "2s");
+    let key = fresh_key();
+    let (mut c, head) = upgrade_with_key(hport, &key);
+    assert!(
+        head.starts_with("HTTP/1.1 101"),
+        "haproxy answered {head:?}"
+    );
+    // Idle until HAProxy's tunnel timeout closes our side.
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    drop(c);
+    let reports = chain_reports(&w, bport, hport);
+    let [back, up, edge, browser] = chain_sockets(&reports, bport, hport);
+    let id = s(back, &["chain", "id"]);
+    assert_eq!(id.len(), 16, "{back:#}");
+    for (r, hop) in [(back, 1), (up, 1), (edge, 0), (browser, 0)] {
+        assert_eq!(s(r, &["chain", "id"]), id, "{r:#}");
+        assert_eq!(s(r, &["chain", "linked_by"]), "handshake", "{r:#}");
+        assert_eq!(r["chain"]["hop"].as_u64(), Some(hop), "{r:#}");
+        assert_eq!(r["chain"]["hops"].as_u64(), Some(2), "{r:#}");
+        assert!(!r.to_string().contains(&key), "the Key leaked: {r}");
+    }
+    // HAProxy (one process, one thread) closed both of its sockets.
+    for r in [up, edge] {
+        assert_eq!(s(r, &["closed_by"]), "local", "{r:#}");
+        assert_eq!(s(r, &["comm"]), "haproxy", "{r:#}");
+        assert_eq!(r["pid"].as_u64(), Some(u64::from(proxy.0.id())), "{r:#}");
+    }
+    // The backend and the client were closed by their peer, HAProxy.
+    assert_eq!(s(back, &["closed_by"]), "peer", "{back:#}");
+    assert_eq!(
+        back["upgraded_by"]["pid"].as_u64(),
+        Some(u64::from(backend.0.id())),
+        "{back:#}"
+    );
+    assert_eq!(s(browser, &["closed_by"]), "peer", "{browser:#}");
+    // Both ends see HAProxy's timeout, not a peer that reset them: the
+    // backend by its own rules, the client by its own or (when HAProxy
+    // closed the upstream first: every run here) through the chain.
+    assert_eq!(s(back, &["diagnosis", "code"]), "idle_timeout", "{back:#}");
+    let d = &browser["diagnosis"];
+    assert!(
+        s(d, &["code"]) == "idle_timeout"
+            || (s(d, &["code"]) == "upstream_closed"
+                && s(d, &["cause", "code"]) == "idle_timeout"
+                && s(d, &["cause", "comm"]) == "haproxy"),
+        "{browser:#}"
+    );
+    let first = edge["chain"]["closed_first_hop"]
+        .as_u64()
+        .expect("a first hop");
+    let (root, other) = if first == 1 { (up, edge) } else { (edge, up) };
+    assert_eq!(s(root, &["diagnosis", "code"]), "idle_timeout", "{root:#}");
+    let want = if first == 1 {
+        "upstream_closed"
+    } else {
+        "downstream_closed"
+    };
+    assert_eq!(s(other, &["diagnosis", "code"]), want, "{other:#}");
+    let cause = &other["diagnosis"]["cause"];
+    assert_eq!(s(cause, &["comm"]), "haproxy", "{other:#}");
+    assert_eq!(s(cause, &["code"]), "idle_timeout", "{other:#}");
+}
+
+/// Debian's Apache httpd; see `common::require`.
+fn require_apache() -> Option<PathBuf> {
+    require_tool(
+        "apache2",
+        "run `cargo xtask setup --for test` (installs Debian's apache2)",
+    )
+}
+
+/// Apache httpd (`bin -X`: one process, in the foreground) on its own port
+/// with mod_proxy_wstunnel relaying /ws to `backend`. The config loads only
+/// what it needs from Debian's module directory; Apache refuses to serve
+/// as root, so its children run as nobody.
+fn apache(bin: &Path, dir: &Path, backend: u16) -> (Proc, u16) {
+    let port = free_port();
+    let d = dir.display();
+    let m = "/usr/lib/apache2/modules";
+    let conf = format!(
+        "ServerRoot {d}\nServerName localhost\nPidFile {d}/httpd.pid\nDefaultRuntimeDir {d}\n\
+         Mutex file:{d}\nListen 127.0.0.1:{port}\nUser nobody\nGroup nogroup\nErrorLog {d}/error.log\n\
+         LoadModule mpm_event_module {m}/mod_mpm_event.so\n\
+         LoadModule authz_core_module {m}/mod_authz_core.so\n\
+         LoadModule proxy_module {m}/mod_proxy.so\n\
+         LoadModule proxy_http_module {m}/mod_proxy_http.so\n\
+         LoadModule proxy_wstunnel_module {m}/mod_proxy_wstunnel.so\n\
+         ProxyPass /ws ws://127.0.0.1:{backend}/ws\n"
+    );
+    let cfg = dir.join("httpd.conf");
+    std::fs::write(&cfg, conf).expect("httpd.conf");
+    let p = spawn(
+        Command::new(bin)
+            .arg("-X")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(Stdio::null()),
+    );
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "apache2 did not listen on {port}: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (p, port)
+}
+
+/// The Python `websockets` library going away: close 1001, then (once the
+/// peer answered the close frame) the TCP close, as the RFC has servers do.
+const PY_GOING_AWAY: &str = r#"
+import asyncio, websockets
+async def handler(ws):
+    await ws.close(code=1001, reason="going away")
+async def main():
+    async with websockets.serve(handler, "127.0.0.1", 0) as server:
+        print("READY", server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Future()
+asyncio.run(main())
+"#;
+
+/// Apache's mod_proxy_wstunnel relays the backend's 101 unchanged, so the
+/// handshake links its two sockets: a backend that goes away (1001) is the
+/// root cause named in the report of Apache's client-facing socket.
+#[test]
+fn chain_apache_wstunnel_edge_carries_the_backend_going_away() {
+    if !require_root() {
+        return;
+    }
+    let Some(apache_bin) = require_apache() else {
+        return;
+    };
+    let Some(python) = require_venv_python() else {
+        return;
+    };
+    let mut py = spawn(
+        Command::new(python)
+            .args(["-c", PY_GOING_AWAY])
+            .stdout(Stdio::piped()),
+    );
+    let bport = read_ready(&mut py);
+    let w = Tracer::start_all_ports(&[]);
+    let dir = tempdir("chain-apache");
+    let (_apache, aport) = apache(&apache_bin, &dir, bport);
+    let key = fresh_key();
+    let (mut c, head) = upgrade_with_key(aport, &key);
+    assert!(head.starts_with("HTTP/1.1 101"), "apache answered {head:?}");
+    // Answer the relayed close frame as a browser does (masked, zero mask,
+    // code 1001), so that the backend closes the TCP connection first.
+    let mut frame = [0u8; 64];
+    let _ = c.read(&mut frame);
+    c.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe9])
+        .expect("close reply");
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    drop(c);
+    let reports = chain_reports(&w, bport, aport);
+    let [back, up, edge, browser] = chain_sockets(&reports, bport, aport);
+    let id = s(back, &["chain", "id"]);
+    assert_eq!(id.len(), 16, "{back:#}");
+    for (r, hop) in [(back, 1), (up, 1), (edge, 0), (browser, 0)] {
+        assert_eq!(s(r, &["chain", "id"]), id, "{r:#}");
+        assert_eq!(s(r, &["chain", "linked_by"]), "handshake", "{r:#}");
+        assert_eq!(r["chain"]["hop"].as_u64(), Some(hop), "{r:#}");
+        assert_eq!(r["chain"]["hops"].as_u64(), Some(2), "{r:#}");
+        assert_eq!(r["chain"]["closed_first_hop"].as_u64(), Some(1), "{r:#}");
+        assert!(!r.to_string().contains(&key), "the Key leaked: {r}");
+    }
+    // The backend went away.
+    assert_eq!(s(back, &["closed_by"]), "local", "{back:#}");
+    assert_eq!(back["pid"].as_u64(), Some(u64::from(py.0.id())), "{back:#}");
+    assert_eq!(
+        s(back, &["diagnosis", "code"]),
+        "server_close_frame",
+        "{back:#}"
+    );
+    // Apache closed the browser's side after it, citing it.
+    assert_eq!(s(edge, &["closed_by"]), "local", "{edge:#}");
+    assert_eq!(s(edge, &["comm"]), "apache2", "{edge:#}");
+    assert_eq!(
+        s(edge, &["diagnosis", "code"]),
+        "upstream_closed",
+        "{edge:#}"
+    );
+    let cause = &edge["diagnosis"]["cause"];
+    assert_eq!(
+        cause["pid"].as_u64(),
+        Some(u64::from(py.0.id())),
+        "{edge:#}"
+    );
+    assert_eq!(s(cause, &["code"]), "server_close_frame", "{edge:#}");
+    assert!(
+        s(edge, &["diagnosis", "message"]).contains("1001"),
+        "{edge:#}"
+    );
+}

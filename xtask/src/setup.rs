@@ -56,6 +56,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "userland of the kernel-matrix VMs"),
     ("nginx-light", "the real proxy of the diagnosis tests"),
     (
+        "haproxy",
+        "a second real proxy of the chain tests (its `timeout tunnel` closes both hops)",
+    ),
+    (
+        "apache2",
+        "a third real proxy of the chain tests (mod_proxy_wstunnel relays the backend's 101)",
+    ),
+    (
         "podman",
         "runs the container of the container-names test (an image imported from a rootfs tarball)",
     ),

@@ -294,6 +294,12 @@ fn abort_rst(f: &Facts) -> Option<(String, Option<String>)> {
     if f.how != How::Rst {
         return None;
     }
+    // A timer that aborts: HAProxy resets both sides of a tunnel when its
+    // `timeout tunnel` fires (measured: 2002 ms idle, RST on both hops, with
+    // `timeout tunnel 2s`). The timeout is the cause, not a zero linger.
+    if idle_timeout(f).is_some() {
+        return None;
+    }
     Some(match f.closed_by {
         ClosedBy::Local => (
             format!("{} aborted the connection with an RST instead of a FIN", closer_name(f)),
@@ -412,17 +418,22 @@ fn idle_timeout(f: &Facts) -> Option<(String, Option<String>)> {
         ClosedBy::Kernel => "the kernel".to_string(),
     };
     let matches = known.map(|k| format!(", matching {k}")).unwrap_or_default();
+    let rst = if f.how == How::Rst {
+        " with an RST"
+    } else {
+        ""
+    };
     let message = format!(
-        "the connection had been idle for {:.1} s when {by} closed it{matches}",
+        "the connection had been idle for {:.1} s when {by} closed it{rst}{matches}",
         idle as f64 / 1000.0
     );
     let fix = match (f.side, f.closed_by) {
         (Side::Server, _) => {
-            "send WebSocket pings more often than the idle timeout, or raise the timeout (nginx: `proxy_read_timeout 3600s;` in the location)"
+            "send WebSocket pings more often than the idle timeout, or raise the timeout (nginx: `proxy_read_timeout 3600s;` in the location; HAProxy: `timeout tunnel 1h`)"
         }
         // The client's own read or idle timeout fired.
         (Side::Client, ClosedBy::Local) => {
-            "this client's own idle or read timeout fired: raise it, or have the server (or this client) send WebSocket pings more often than it"
+            "this client's own idle or read timeout fired (in a proxy, its upstream timeout: nginx `proxy_read_timeout`, HAProxy `timeout tunnel`): raise it, or have the server (or this client) send WebSocket pings more often than it"
         }
         // The server, or a proxy or load balancer in front of it, timed the client out.
         (Side::Client, _) => {
@@ -1073,6 +1084,54 @@ pub(crate) mod tests {
         let d = diagnose(&f);
         assert_eq!(d.code, "peer_closed_first");
         assert!(d.message.contains("nginx (pid 77)"));
+    }
+
+    /// HAProxy's `timeout tunnel` resets both sides of an idle WebSocket:
+    /// an RST after a whole-second idle is the timeout, on the proxy's
+    /// sockets (local) and on the backend's (peer), not a zero linger.
+    #[test]
+    fn a_proxy_timeout_that_resets_is_an_idle_timeout() {
+        // Measured: haproxy, `timeout tunnel 2s`, its upstream socket.
+        let f = Facts {
+            side: Side::Client,
+            closed_by: ClosedBy::Local,
+            how: How::Rst,
+            idle_ms: Some(2002),
+            ms_after_upgrade: 2003.0,
+            ..client_of_a_server()
+        };
+        let d = diagnose(&f);
+        assert_eq!(d.code, "idle_timeout", "{d:?}");
+        assert!(
+            d.message
+                .contains("closed it with an RST, matching a configured 2 s timeout"),
+            "{}",
+            d.message
+        );
+        // The proxy's upstream socket: the fix names the proxy's setting.
+        assert!(
+            d.fix
+                .as_deref()
+                .is_some_and(|x| x.contains("HAProxy `timeout tunnel`")),
+            "{d:?}"
+        );
+        // Its client-facing socket, and the backend's, reset by it.
+        for closed_by in [ClosedBy::Local, ClosedBy::Peer] {
+            let d = diagnose(&Facts {
+                side: Side::Server,
+                closed_by,
+                ..f.clone()
+            });
+            assert_eq!(d.code, "idle_timeout", "{d:?}");
+            assert!(d.fix.expect("fix").contains("timeout tunnel"));
+        }
+        // A reset at a random moment of an idle life is still a zero linger.
+        let d = diagnose(&Facts {
+            idle_ms: Some(2400),
+            ms_after_upgrade: 2401.0,
+            ..f
+        });
+        assert_eq!(d.code, "abort_rst", "{d:?}");
     }
 
     #[test]
