@@ -20,6 +20,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::output::{escape::text as esc, safe_file};
 
+pub mod chains;
 pub mod frames;
 pub mod html;
 pub mod summary;

@@ -24,6 +24,7 @@ use serde_json::Value;
 use crate::model::{Frame, FrameKind};
 use crate::output::escape::text as esc;
 use crate::output::frame;
+use crate::report::chains::Chains;
 use crate::report::frames;
 
 /// Longest line read as a report; a close report with full stacks, command
@@ -331,6 +332,9 @@ pub struct Summary {
     /// Closes counted beyond `ROWS_KEPT`, not listed.
     pub rows_dropped: u64,
     pub lifetimes: Lifetimes,
+    /// Reports of proxy chains, by `chain.id`, joined across hosts when
+    /// rendered (`report::chains`).
+    pub chains: Chains,
 }
 
 /// One line read by `read_line_capped`.
@@ -596,6 +600,7 @@ impl Summary {
         };
         self.timeline.add(format!("{minute}\n{code}"), || None);
         self.per_minute.add(minute, || None);
+        self.chains.add(v, &row);
         if self.rows.len() < ROWS_KEPT {
             self.rows.push(row);
         } else {
@@ -612,7 +617,7 @@ pub fn clip(s: &str) -> String {
     clip_to(s, FIELD_CHARS)
 }
 
-fn clip_to(s: &str, max: usize) -> String {
+pub fn clip_to(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),
@@ -933,6 +938,7 @@ pub fn render_json(s: &Summary, top: usize, by: GroupBy) -> String {
         "per_minute": minutes.into_iter().map(|(m, c, d)| json!({
             "minute": m, "closes": c, "by_diagnosis": d,
         })).collect::<Vec<_>>(),
+        "chains": crate::report::chains::to_json(&s.chains),
         "malformed_lines": s.malformed_first.iter().map(|(f, l, why)| json!({
             "file": f, "line": l, "why": why,
         })).collect::<Vec<_>>(),
@@ -1042,6 +1048,8 @@ pub fn render(s: &Summary, top: usize, by: GroupBy) -> String {
             let _ = writeln!(o, "  (other minutes: {})", s.per_minute.other);
         }
     }
+
+    crate::report::chains::render_text(&mut o, &s.chains);
 
     if s.malformed > 0 {
         let _ = writeln!(o, "\nmalformed lines (skipped):");
