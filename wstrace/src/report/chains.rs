@@ -967,4 +967,66 @@ pub(crate) mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn the_page_shows_a_chain_as_one_row_leading_with_its_root() {
+        let page = crate::report::html::page(&summary_of(&seed()));
+        let section = page
+            .split_once("<section id=\"chains\">")
+            .and_then(|(_, rest)| rest.split_once("</section>"))
+            .map(|(s, _)| s)
+            .expect("a chains section");
+        assert!(section.contains("<h2>Proxy chains: 1</h2>"), "{section}");
+        assert_eq!(section.matches("<tr data-chain=").count(), 1, "{section}");
+        let summary = section
+            .split_once("<summary>")
+            .and_then(|(_, r)| r.split_once("</summary>"))
+            .map(|(s, _)| s)
+            .expect("a summary");
+        assert!(
+            summary.contains("<b>http10_upgrade</b>: php (pid 931) on web-1 closed first (local, fin) — fix: proxy_http_version 1.1;"),
+            "{summary}"
+        );
+        // Expanded: every hop, client first, the root marked.
+        let hops: Vec<&str> = section.split("<tr").skip(4).collect();
+        assert_eq!(hops.len(), 3, "{section}");
+        assert!(hops[0].contains("<td>edge</td><td>0</td><td>server</td><td>nginx (993)</td>"));
+        assert!(
+            hops[2].starts_with(" class=\"root\"><td>web-1</td>"),
+            "{}",
+            hops[2]
+        );
+        // Every close is still listed in the table of closes.
+        assert_eq!(page.matches("<tr data-diag=").count(), 3);
+        // No chained report, no section: pages of other logs are as before.
+        let mut plain = seed();
+        plain.truncate(0);
+        assert!(!crate::report::html::page(&summary_of(&plain)).contains("id=\"chains\""));
+    }
+
+    #[test]
+    fn hostile_chain_values_are_inert_in_the_page() {
+        let mut socks = seed();
+        socks[2].id = "<img src=x onerror=alert(1)>\u{1b}[2J";
+        socks[2].comm = "php</td><script>alert(2)</script>";
+        socks[0].linked_by = LinkedBy::Ambiguous;
+        socks[0].hop = None;
+        socks[0].id = socks[2].id;
+        socks[1].id = socks[2].id;
+        let page = crate::report::html::page(&summary_of(&socks));
+        assert_eq!(page.matches("<script").count(), 1, "only the page's own");
+        assert!(!page.contains("<img"));
+        assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;\\x1b[2J"));
+        assert!(page.contains("php&lt;/td&gt;&lt;script&gt;alert(2)&lt;/script&gt; (931)"));
+        assert!(
+            page.contains(
+                "<span class=\"unjoined\">unjoined: the tracer on edge saw this handshake"
+            )
+        );
+        let raw: Vec<char> = page
+            .chars()
+            .filter(|&c| c != '\n' && crate::output::escape::is_unsafe(c))
+            .collect();
+        assert!(raw.is_empty(), "{raw:?}");
+    }
 }
