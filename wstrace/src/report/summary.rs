@@ -26,6 +26,7 @@ use crate::output::escape::text as esc;
 use crate::output::frame;
 use crate::report::chains::Chains;
 use crate::report::frames;
+pub use crate::report::row::{FIELD_CHARS, Row, clip, clip_to};
 
 /// Longest line read as a report; a close report with full stacks, command
 /// line and request head is tens of KiB.
@@ -42,11 +43,6 @@ pub const MALFORMED_SHOWN: usize = 20;
 
 /// Closes listed one by one (the HTML table); later ones are counted.
 pub const ROWS_KEPT: usize = 5000;
-
-/// Characters kept of any one value taken from a report (a program, host,
-/// address, diagnosis code): enough for any real path, bounded for a
-/// hostile one.
-pub const FIELD_CHARS: usize = 200;
 
 /// Distinct pids counted per program; beyond, the count is a lower bound.
 pub const PIDS_PER_GROUP: usize = 4096;
@@ -199,26 +195,6 @@ impl Groups {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
-}
-
-/// One close as the HTML table lists it; values raw (escaped when
-/// written) and cut at `FIELD_CHARS`.
-#[derive(Debug, Clone, Default)]
-pub struct Row {
-    pub ts: String,
-    pub host: String,
-    pub local: String,
-    pub remote: String,
-    pub closed_by: String,
-    pub how: String,
-    pub comm: String,
-    pub pid: Option<u32>,
-    /// The `by_program` key of this close.
-    pub program: String,
-    /// The `by_pod` key: `namespace/pod`, `container NAME`, or empty.
-    pub pod: String,
-    pub ms_after_upgrade: Option<f64>,
-    pub diagnosis: String,
 }
 
 /// The first close seen with a diagnosis, shown under its headline.
@@ -609,18 +585,6 @@ impl Summary {
         if let Some(ms) = v.get("ms_after_upgrade").and_then(Value::as_f64) {
             self.lifetimes.add(ms);
         }
-    }
-}
-
-/// `s` cut at `FIELD_CHARS` characters, with `…` when cut.
-pub fn clip(s: &str) -> String {
-    clip_to(s, FIELD_CHARS)
-}
-
-pub fn clip_to(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
     }
 }
 
