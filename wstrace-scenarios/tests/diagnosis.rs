@@ -614,6 +614,79 @@ fn chain_without_port_links_nginx_edge_to_the_backend_close() {
         Some(u64::from(std::process::id())),
         "{browser:#}"
     );
+    report_joins_the_chain_across_two_host_logs(
+        &dir,
+        [back, up, edge, browser],
+        id,
+        backend.0.id(),
+    );
+}
+
+/// `wstrace report` on these real reports split into two hosts' logs (the
+/// backend's report as host `web-1`, nginx's and the browser's as `edge`):
+/// one chain joined across the two, rooted at the backend's close with its
+/// diagnosis and fix, whichever log comes first.
+fn report_joins_the_chain_across_two_host_logs(
+    dir: &Path,
+    [back, up, edge, browser]: [&Value; 4],
+    id: &str,
+    backend_pid: u32,
+) {
+    let log = |name: &str, host: &str, reports: &[&Value]| {
+        let path = dir.join(name);
+        let text: String = reports
+            .iter()
+            .map(|r| {
+                let mut r = (*r).clone();
+                r["host"] = Value::String(host.into());
+                format!("{r}\n")
+            })
+            .collect();
+        std::fs::write(&path, text).expect("write log");
+        path
+    };
+    let web = log("web-1.jsonl", "web-1", &[back]);
+    let edge_log = log("edge.jsonl", "edge", &[up, edge, browser]);
+    for files in [[&web, &edge_log], [&edge_log, &web]] {
+        let out = Command::new(common::wstrace_bin())
+            .args(["report", "--format", "json"])
+            .args(files)
+            .output()
+            .expect("wstrace report");
+        assert!(out.status.success(), "{out:?}");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("report JSON");
+        let chains = &v["chains"];
+        assert_eq!(chains["count"], 1, "{chains:#}");
+        assert_eq!(chains["joined"], 1, "{chains:#}");
+        let c = &chains["list"][0];
+        assert_eq!(c["id"], id, "{c:#}");
+        assert_eq!(c["hosts"], serde_json::json!(["edge", "web-1"]), "{c:#}");
+        let root = &c["root"];
+        assert_eq!(root["host"], "web-1", "{c:#}");
+        assert_eq!(root["pid"].as_u64(), Some(u64::from(backend_pid)), "{c:#}");
+        assert_eq!(root["code"], "http10_upgrade", "{c:#}");
+        assert!(
+            s(root, &["fix"]).contains("proxy_http_version 1.1;"),
+            "{c:#}"
+        );
+        let hops: Vec<(String, String)> = c["hops"]
+            .as_array()
+            .expect("hops")
+            .iter()
+            .map(|h| (s(h, &["host"]).to_string(), s(h, &["side"]).to_string()))
+            .collect();
+        let want = [
+            ("edge", "client"),
+            ("edge", "server"),
+            ("edge", "client"),
+            ("web-1", "server"),
+        ];
+        assert_eq!(
+            hops,
+            want.map(|(a, b)| (a.to_string(), b.to_string())),
+            "browser, nginx edge, nginx upstream, backend: {c:#}"
+        );
+    }
 }
 
 /// nginx's `proxy_read_timeout` closes both of its sockets: one story, with

@@ -112,6 +112,7 @@ pub fn page(s: &Summary) -> String {
         o.push_str(&flame_svg(s));
         o.push_str("<p><button id=\"flame-reset\">reset zoom</button></p>");
         o.push_str("</section>\n");
+        o.push_str(&chain_table(s, &colour));
         o.push_str(&close_table(s, &colour));
     }
     o.push_str(&malformed(s));
@@ -752,6 +753,99 @@ fn close_table(s: &Summary, colour: &dyn Fn(&str) -> &'static str) -> String {
     o
 }
 
+/// Proxy chains joined across the logs' hosts (`report::chains`): one row
+/// per chain, leading with its root cause (who closed first, why, the
+/// fix), expandable to a report line per hop; an unjoined chain says why.
+/// Every close stays in the table below too. Nothing when no report was
+/// chained.
+fn chain_table(s: &Summary, colour: &dyn Fn(&str) -> &'static str) -> String {
+    let all = s.chains.joined();
+    if all.is_empty() {
+        return String::new();
+    }
+    let joined = all.iter().filter(|j| j.unjoined.is_none()).count();
+    let mut o = format!(
+        "<section id=\"chains\"><h2>Proxy chains: {}</h2>\
+         <p class=\"note\">Reports of one proxied WebSocket joined by <code>chain.id</code> across every host's log \
+         ({joined} joined, {} unjoined): each row leads with the close that came first; open it for every hop.</p>\
+         <table id=\"chain-table\"><thead><tr><th>first close and why</th><th>hosts</th><th>sockets</th><th>chain id</th></tr></thead><tbody>\n",
+        all.len(),
+        all.len() - joined
+    );
+    for j in &all {
+        let lead = match (&j.unjoined, j.root()) {
+            (Some(why), _) => format!(
+                "<span class=\"unjoined\">unjoined: {}</span>",
+                h(&why.message())
+            ),
+            (None, Some(r)) => {
+                let who = match r.row.pid {
+                    Some(pid) => format!("{} (pid {pid})", h(&r.row.comm)),
+                    None => "(no local process)".into(),
+                };
+                let mut l = format!(
+                    "<span class=\"swatch\" style=\"background:{}\"></span><b>{}</b>: {who} on {} closed first ({}, {})",
+                    colour(&r.row.diagnosis),
+                    h(&r.row.diagnosis),
+                    h(&r.row.host),
+                    h(&r.row.closed_by),
+                    h(&r.row.how)
+                );
+                if let Some(fix) = &r.fix {
+                    let _ = write!(l, " — fix: {}", h(fix));
+                }
+                l
+            }
+            (None, None) => "?".into(),
+        };
+        let _ = write!(
+            o,
+            "<tr data-chain=\"{id}\"><td><details><summary>{lead}</summary><table class=\"hops\"><thead><tr>\
+             <th>host</th><th>hop</th><th>side</th><th>closer</th><th>local ⇄ remote</th><th>closed by</th><th>time</th><th>diagnosis</th></tr></thead><tbody>",
+            id = h(&j.id)
+        );
+        for (i, hop) in j.hops.iter().enumerate() {
+            let closer = match hop.row.pid {
+                Some(pid) => format!("{} ({pid})", h(&hop.row.comm)),
+                None => "—".into(),
+            };
+            let mut diag = h(&hop.row.diagnosis);
+            if !hop.message.is_empty() {
+                let _ = write!(diag, ": {}", h(&hop.message));
+            }
+            if let Some(fix) = &hop.fix {
+                let _ = write!(diag, " <i>fix:</i> {}", h(fix));
+            }
+            let _ = write!(
+                o,
+                "<tr{}><td>{}</td><td>{}</td><td>{}</td><td>{closer}</td><td>{} ⇄ {}</td><td>{} ({})</td><td>{}</td><td>{diag}</td></tr>",
+                if Some(i) == j.root {
+                    " class=\"root\""
+                } else {
+                    ""
+                },
+                h(&hop.row.host),
+                hop.hop.map_or("?".into(), |n| n.to_string()),
+                hop.side.as_str(),
+                h(&hop.row.local),
+                h(&hop.row.remote),
+                h(&hop.row.closed_by),
+                h(&hop.row.how),
+                h(&hop.row.ts),
+            );
+        }
+        let _ = writeln!(
+            o,
+            "</tbody></table></details></td><td>{}</td><td class=\"num\">{}</td><td><code>{}</code></td></tr>",
+            j.hosts.iter().map(|x| h(x)).collect::<Vec<_>>().join(", "),
+            j.hops.len(),
+            h(&j.id)
+        );
+    }
+    o.push_str("</tbody></table></section>\n");
+    o
+}
+
 fn malformed(s: &Summary) -> String {
     if s.malformed == 0 {
         return String::new();
@@ -787,6 +881,8 @@ table{border-collapse:collapse;font-size:.88em}td,th{padding:.2em .6em;border-bo
 th{background:#f0f0f0}#close-table th{cursor:pointer}#close-table th.sorted-asc:after{content:' ▲'}#close-table th.sorted-desc:after{content:' ▼'}\
 td.num{text-align:right}.bar{display:inline-block;height:.7em;background:#4a7ebb}\
 tr[hidden]{display:none}a[data-kind]{cursor:pointer}\
+#chain-table summary{cursor:pointer}#chain-table details table{margin:.4em 0 .4em 1.2em}\
+#chain-table tr.root td{font-weight:bold}.unjoined{color:#8a4b00}\
 #flamegraph text{pointer-events:none}#flamegraph g:hover rect{stroke:#000;stroke-width:1}\
 ";
 

@@ -24,7 +24,9 @@ use serde_json::Value;
 use crate::model::{Frame, FrameKind};
 use crate::output::escape::text as esc;
 use crate::output::frame;
+use crate::report::chains::Chains;
 use crate::report::frames;
+pub use crate::report::row::{FIELD_CHARS, Row, clip, clip_to};
 
 /// Longest line read as a report; a close report with full stacks, command
 /// line and request head is tens of KiB.
@@ -41,11 +43,6 @@ pub const MALFORMED_SHOWN: usize = 20;
 
 /// Closes listed one by one (the HTML table); later ones are counted.
 pub const ROWS_KEPT: usize = 5000;
-
-/// Characters kept of any one value taken from a report (a program, host,
-/// address, diagnosis code): enough for any real path, bounded for a
-/// hostile one.
-pub const FIELD_CHARS: usize = 200;
 
 /// Distinct pids counted per program; beyond, the count is a lower bound.
 pub const PIDS_PER_GROUP: usize = 4096;
@@ -200,26 +197,6 @@ impl Groups {
     }
 }
 
-/// One close as the HTML table lists it; values raw (escaped when
-/// written) and cut at `FIELD_CHARS`.
-#[derive(Debug, Clone, Default)]
-pub struct Row {
-    pub ts: String,
-    pub host: String,
-    pub local: String,
-    pub remote: String,
-    pub closed_by: String,
-    pub how: String,
-    pub comm: String,
-    pub pid: Option<u32>,
-    /// The `by_program` key of this close.
-    pub program: String,
-    /// The `by_pod` key: `namespace/pod`, `container NAME`, or empty.
-    pub pod: String,
-    pub ms_after_upgrade: Option<f64>,
-    pub diagnosis: String,
-}
-
 /// The first close seen with a diagnosis, shown under its headline.
 #[derive(Debug, Clone, Default)]
 pub struct Example {
@@ -331,6 +308,9 @@ pub struct Summary {
     /// Closes counted beyond `ROWS_KEPT`, not listed.
     pub rows_dropped: u64,
     pub lifetimes: Lifetimes,
+    /// Reports of proxy chains, by `chain.id`, joined across hosts when
+    /// rendered (`report::chains`).
+    pub chains: Chains,
 }
 
 /// One line read by `read_line_capped`.
@@ -596,6 +576,7 @@ impl Summary {
         };
         self.timeline.add(format!("{minute}\n{code}"), || None);
         self.per_minute.add(minute, || None);
+        self.chains.add(v, &row);
         if self.rows.len() < ROWS_KEPT {
             self.rows.push(row);
         } else {
@@ -604,18 +585,6 @@ impl Summary {
         if let Some(ms) = v.get("ms_after_upgrade").and_then(Value::as_f64) {
             self.lifetimes.add(ms);
         }
-    }
-}
-
-/// `s` cut at `FIELD_CHARS` characters, with `…` when cut.
-pub fn clip(s: &str) -> String {
-    clip_to(s, FIELD_CHARS)
-}
-
-fn clip_to(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
     }
 }
 
@@ -933,6 +902,7 @@ pub fn render_json(s: &Summary, top: usize, by: GroupBy) -> String {
         "per_minute": minutes.into_iter().map(|(m, c, d)| json!({
             "minute": m, "closes": c, "by_diagnosis": d,
         })).collect::<Vec<_>>(),
+        "chains": crate::report::chains::to_json(&s.chains),
         "malformed_lines": s.malformed_first.iter().map(|(f, l, why)| json!({
             "file": f, "line": l, "why": why,
         })).collect::<Vec<_>>(),
@@ -1042,6 +1012,8 @@ pub fn render(s: &Summary, top: usize, by: GroupBy) -> String {
             let _ = writeln!(o, "  (other minutes: {})", s.per_minute.other);
         }
     }
+
+    crate::report::chains::render_text(&mut o, &s.chains);
 
     if s.malformed > 0 {
         let _ = writeln!(o, "\nmalformed lines (skipped):");
