@@ -388,6 +388,28 @@ mod tests {
         }
     }
 
+    #[test]
+    fn otlp_attributes_carry_the_chain() {
+        use opentelemetry::logs::AnyValue;
+        let r = hostile_report();
+        let v = hostile_view(&r);
+        let attrs = otlp::record::attributes(&v);
+        let get = |k: &str| {
+            attrs
+                .iter()
+                .find(|(key, _)| key.as_str() == k)
+                .map(|(_, v)| v.clone())
+        };
+        let text = |v: &str| Some(AnyValue::String(v.to_string().into()));
+        assert_eq!(get("wstrace.chain.id"), text("00000000000000aa"));
+        assert_eq!(get("wstrace.chain.linked_by"), text("handshake"));
+        assert_eq!(get("wstrace.chain.hop"), Some(AnyValue::Int(0)));
+        assert_eq!(
+            get("wstrace.chain.closed_first_hop"),
+            Some(AnyValue::Int(1))
+        );
+    }
+
     fn hostile_view(r: &CloseReport) -> View<'_> {
         View {
             enriched: Enriched {

@@ -150,6 +150,18 @@ pub fn attributes(v: &View<'_>) -> Vec<(Key, AnyValue)> {
     put("wstrace.closed_by", s(r.closed_by.as_str()));
     put("wstrace.how", s(r.how.as_str()));
     put("wstrace.side", s(r.side.as_str()));
+    // The chain id joins this record with the other hops' records, on this
+    // host and on the others (the same key everywhere).
+    if let Some(c) = &r.chain {
+        put("wstrace.chain.id", s(&c.id));
+        put("wstrace.chain.linked_by", s(c.linked_by.as_str()));
+        if let Some(hop) = c.hop {
+            put("wstrace.chain.hop", int(hop));
+        }
+        if let Some(root) = c.root {
+            put("wstrace.chain.closed_first_hop", int(root.hop));
+        }
+    }
     put("wstrace.probe", s(r.probe.name()));
     put(
         "wstrace.ms_after_upgrade",
