@@ -7,6 +7,7 @@
 mod common;
 
 use std::{
+    io::Read,
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -147,7 +148,14 @@ fn a_close_in_a_podman_container_names_the_container_and_image() {
     }
     // That probe connection was a plain close, never reported; this one is
     // upgraded, over HTTP/1.0, and closed by the server right after its 101.
-    drop(upgraded_with(port, HTTP10_UPGRADE));
+    // The client waits for the server's FIN before its own: dropped at
+    // once, its FIN can race the server's close and be honestly reported
+    // as the peer closing first (seen in a clean-clone run).
+    let mut c = upgraded_with(port, HTTP10_UPGRADE);
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest)
+        .expect("the server closes right after its 101 (read timeout 10 s)");
+    drop(c);
     let (reports, found) = w.wait_for_report(Duration::from_secs(20), |r| {
         r["diagnosis"]["code"] == "http10_upgrade"
     });
