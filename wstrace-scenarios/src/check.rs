@@ -63,6 +63,11 @@ struct ServerSpec {
     /// the client side (it read the 101), and must be reported, closed by
     /// this (`closed_by`).
     client: Option<&'static str>,
+    /// A relay (`Mode::Relay`) to the scenario's server at this index: the
+    /// checker drives the relay only, and the server's peer is the relay.
+    relay_to: Option<usize>,
+    /// `--rewrite-key` for a relay.
+    rewrite_key: bool,
 }
 
 struct Scenario {
@@ -71,6 +76,9 @@ struct Scenario {
     /// Traced by a wstrace started without --port (every port), instead of
     /// the one given every other scenario's ports.
     all_ports: bool,
+    /// The scenario's sockets are one proxied WebSocket, linked by this
+    /// evidence (`chain.linked_by`): see `judge_chain`.
+    chain: Option<&'static str>,
 }
 
 fn named_local_fin() -> Option<Expect> {
@@ -117,6 +125,69 @@ fn upgrade(bind: IpAddr, mode: Mode, then: Then, expect: Option<Expect>) -> Serv
         then,
         expect,
         client: None,
+        relay_to: None,
+        rewrite_key: false,
+    }
+}
+
+/// An HTTP/1.0 upgrade request (what nginx sends upstream without
+/// `proxy_http_version 1.1`) with a Key of this run's own: chains are
+/// linked by the handshake, and with every port traced the other
+/// scenarios' connections (the RFC's example Key) are seen too.
+fn fresh_http10_upgrade() -> &'static [u8] {
+    let key = crate::serve::fresh_key().unwrap_or_else(|e| {
+        // Without /dev/urandom the chain is ambiguous and the scenario
+        // fails, saying why.
+        eprintln!("ws-scenario: {e:#}");
+        "AAAAAAAAAAAAAAAAAAAAAA==".into()
+    });
+    let req = format!(
+        "GET /ws HTTP/1.0\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    // Once per scenario per run: a request lives as long as the checker.
+    Box::leak(req.into_bytes().into_boxed_slice())
+}
+
+/// A relay in front of a server that closes HTTP/1.0 upgrades (the seed
+/// case with nginx, made of ws-scenario so it runs in every VM): the
+/// backend's report is `http10_upgrade`; the relay's report on the
+/// client's side is `upstream_closed`, naming the backend; the four
+/// sockets are one chain, linked by `linked_by`.
+fn proxy_chain(name: &'static str, rewrite_key: bool, linked_by: &'static str) -> Scenario {
+    let named = |code| {
+        Some(Expect {
+            diagnosis: Some((code, None)),
+            ..named_local_fin().expect("some")
+        })
+    };
+    Scenario {
+        all_ports: true,
+        name,
+        chain: Some(linked_by),
+        servers: vec![
+            ServerSpec {
+                // The relay's socket to it, closed by the backend.
+                client: Some("peer"),
+                ..upgrade(
+                    LOCALHOST,
+                    Mode::Swoole,
+                    Then::ReadToEnd,
+                    named("http10_upgrade"),
+                )
+            },
+            ServerSpec {
+                request: fresh_http10_upgrade(),
+                client: Some("peer"),
+                relay_to: Some(0),
+                rewrite_key,
+                ..upgrade(
+                    LOCALHOST,
+                    Mode::Relay,
+                    Then::ReadToEnd,
+                    named("upstream_closed"),
+                )
+            },
+        ],
     }
 }
 
@@ -132,11 +203,13 @@ fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
             all_ports: false,
+            chain: None,
             name: "server_close_after_101_names_the_server",
             servers: vec![close(LOCALHOST)],
         },
         Scenario {
             all_ports: false,
+            chain: None,
             name: "client_close_after_upgrade_reports_peer",
             servers: vec![upgrade(
                 LOCALHOST,
@@ -160,6 +233,7 @@ fn scenarios() -> Vec<Scenario> {
         // only the kernel's record of the request's writer can name it.
         Scenario {
             all_ports: false,
+            chain: None,
             name: "client_closing_at_once_is_named_by_the_kernel",
             servers: vec![upgrade(
                 LOCALHOST,
@@ -180,6 +254,7 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             all_ports: false,
+            chain: None,
             name: "server_crash_after_101_is_process_crashed",
             servers: vec![ended(
                 Mode::CrashAfter101,
@@ -195,6 +270,7 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             all_ports: false,
+            chain: None,
             name: "server_killed_after_101_names_the_killer",
             servers: vec![ended(
                 Mode::WaitForPeer,
@@ -210,6 +286,7 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             all_ports: false,
+            chain: None,
             name: "server_exiting_on_sigterm_names_the_sender",
             servers: vec![ended(
                 Mode::ExitOnSigterm,
@@ -225,6 +302,7 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             all_ports: false,
+            chain: None,
             name: "server_exit_without_close_is_process_exited",
             servers: vec![ended(
                 Mode::ExitAfter101,
@@ -242,6 +320,7 @@ fn scenarios() -> Vec<Scenario> {
         // whichever task the softirq or timer interrupted.
         Scenario {
             all_ports: false,
+            chain: None,
             name: "peer_reset_is_no_local_close",
             servers: vec![upgrade(
                 LOCALHOST,
@@ -262,6 +341,7 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             all_ports: false,
+            chain: None,
             name: "retransmission_timeout_is_the_kernels_close",
             servers: vec![upgrade(
                 LOCALHOST,
@@ -284,6 +364,7 @@ fn scenarios() -> Vec<Scenario> {
         // close frame after a text frame and split across two writes.
         Scenario {
             all_ports: false,
+            chain: None,
             name: "unanswered_pings_are_heartbeat_timeout",
             servers: vec![upgrade(
                 LOCALHOST,
@@ -297,6 +378,7 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             all_ports: false,
+            chain: None,
             name: "split_close_frame_after_text_is_seen",
             servers: vec![upgrade(
                 LOCALHOST,
@@ -313,6 +395,7 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             all_ports: false,
+            chain: None,
             name: "http_200_is_not_reported",
             servers: vec![ServerSpec {
                 bind: LOCALHOST,
@@ -322,10 +405,13 @@ fn scenarios() -> Vec<Scenario> {
                 then: Then::ReadToEnd,
                 expect: None,
                 client: None,
+                relay_to: None,
+                rewrite_key: false,
             }],
         },
         Scenario {
             all_ports: false,
+            chain: None,
             name: "ipv6_loopback",
             servers: vec![upgrade(
                 IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -339,6 +425,7 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             all_ports: false,
+            chain: None,
             name: "linger_zero_close_reports_rst",
             servers: vec![upgrade(
                 LOCALHOST,
@@ -352,6 +439,7 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             all_ports: false,
+            chain: None,
             name: "lookalike_101s_are_not_reported",
             servers: vec![
                 // `HTTP/1.1 1010`: the prefix check includes the space after 101.
@@ -381,6 +469,7 @@ fn scenarios() -> Vec<Scenario> {
         // closed first); a plain HTTP 200 on another port is not reported.
         Scenario {
             all_ports: true,
+            chain: None,
             name: "all_ports_by_default_follows_any_port",
             servers: vec![
                 ServerSpec {
@@ -395,8 +484,10 @@ fn scenarios() -> Vec<Scenario> {
                 },
             ],
         },
+        proxy_chain("proxy_chain_links_both_hops", false, "handshake"),
         Scenario {
             all_ports: false,
+            chain: None,
             name: "two_ports_and_other_port_ignored",
             servers: vec![
                 close(LOCALHOST),
@@ -424,13 +515,21 @@ impl Drop for Server {
     }
 }
 
-fn start_server(bind: IpAddr, mode: Mode) -> Result<Server> {
+/// `upstream`: a relay's server, and whether it rewrites the handshake.
+fn start_server(bind: IpAddr, mode: Mode, upstream: Option<(SocketAddr, bool)>) -> Result<Server> {
     let exe = std::env::current_exe().context("finding ws-scenario's own path")?;
     let mode_name = clap::ValueEnum::to_possible_value(&mode)
         .map(|v| v.get_name().to_string())
         .unwrap_or_default();
-    let mut child = Command::new(exe)
-        .args(["serve", "--bind", &bind.to_string(), "--mode", &mode_name])
+    let mut cmd = Command::new(exe);
+    cmd.args(["serve", "--bind", &bind.to_string(), "--mode", &mode_name]);
+    if let Some((addr, rewrite)) = upstream {
+        cmd.args(["--upstream", &addr.to_string()]);
+        if rewrite {
+            cmd.arg("--rewrite-key");
+        }
+    }
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -556,14 +655,22 @@ pub fn run(args: &Args) -> Result<i32> {
     // other family) is given back and another asked for.
     let mut taken: std::collections::HashSet<u16> = std::collections::HashSet::new();
     for sc in &mut all {
-        let mut started = Vec::new();
+        let mut started: Vec<Server> = Vec::new();
         let mut state = State::Running;
         for spec in &mut sc.servers {
-            let mut attempt = start_server(spec.bind, spec.mode);
+            let upstream = match spec.relay_to.map(|i| started.get(i)) {
+                None => None,
+                Some(Some(up)) => Some((SocketAddr::new(spec.bind, up.port), spec.rewrite_key)),
+                Some(None) => {
+                    state = State::Fail("a relay must come after its server".into());
+                    break;
+                }
+            };
+            let mut attempt = start_server(spec.bind, spec.mode, upstream);
             for _ in 0..8 {
                 match &attempt {
                     Ok(s) if taken.contains(&s.port) => {
-                        attempt = start_server(spec.bind, spec.mode);
+                        attempt = start_server(spec.bind, spec.mode, upstream);
                     }
                     _ => break,
                 }
@@ -599,6 +706,15 @@ pub fn run(args: &Args) -> Result<i32> {
                     state = State::Fail(format!("{e:#}"));
                     break;
                 }
+            }
+        }
+        // A relayed server's peer is its relay, not the checker.
+        for j in 0..sc.servers.len() {
+            if let (Some(i), Some(relay)) = (sc.servers[j].relay_to, started.get(j))
+                && let Some(e) = sc.servers.get_mut(i).and_then(|s| s.expect.as_mut())
+                && e.peer_pid.is_some()
+            {
+                e.peer_pid = Some(relay.child.id());
             }
         }
         states.push(state);
@@ -714,12 +830,12 @@ fn trace(
     // for would have arrived too: no sleep and hope. Its port must differ
     // from every scenario's (IPv6 ports are handed out independently).
     let used: std::collections::HashSet<u16> = servers.iter().flatten().map(|s| s.port).collect();
-    let mut barrier = start_server(LOCALHOST, Mode::CloseAfter101)?;
+    let mut barrier = start_server(LOCALHOST, Mode::CloseAfter101, None)?;
     for _ in 0..8 {
         if !used.contains(&barrier.port) {
             break;
         }
-        barrier = start_server(LOCALHOST, Mode::CloseAfter101)?;
+        barrier = start_server(LOCALHOST, Mode::CloseAfter101, None)?;
     }
     if used.contains(&barrier.port) {
         bail!("no barrier port distinct from the scenarios' ports");
@@ -743,14 +859,16 @@ fn trace(
         if !matches!(st, State::Running) {
             continue;
         }
-        for (spec, s) in sc.servers.iter().zip(srv) {
+        for (j, (spec, s)) in sc.servers.iter().zip(srv).enumerate() {
             let addr = SocketAddr::new(spec.bind, s.port);
             let then = match spec.then {
                 Then::KillServer(_) => Then::KillServer(s.child.id()),
                 Then::TermServer(_) => Then::TermServer(s.child.id()),
                 t => t,
             };
-            if let Err(e) = client::exchange(addr, spec.request, then) {
+            // A relayed server is reached through its relay only.
+            let relayed = sc.servers.iter().any(|o| o.relay_to == Some(j));
+            if !relayed && let Err(e) = client::exchange(addr, spec.request, then) {
                 *st = State::Fail(format!("client: {e:#}"));
                 break;
             }
@@ -915,11 +1033,91 @@ fn judge(
             ));
         }
     }
+    if let Some(linked_by) = sc.chain {
+        match judge_chain(sc, srv, reports, linked_by) {
+            Ok(d) => details.push(d),
+            Err(e) => return ("FAIL", e),
+        }
+    }
     let mut detail = details.join("; ");
     if probe == "auto" {
         detail = format!("chose={} {detail}", chose.as_deref().unwrap_or("?"));
     }
     ("PASS", detail)
+}
+
+/// A relay scenario's four sockets (client, relay's two, backend) are one
+/// chain of two hops linked by `linked_by`, rooted at the backend's close,
+/// and the relay's report on the client's side names the backend as the
+/// cause.
+fn judge_chain(
+    sc: &Scenario,
+    srv: &[Server],
+    reports: &[(u16, Value)],
+    linked_by: &str,
+) -> Result<String, String> {
+    let Some((relay, Some(back))) = sc
+        .servers
+        .iter()
+        .zip(srv)
+        .find_map(|(spec, s)| Some((s, srv.get(spec.relay_to?))))
+    else {
+        return Err("a chain scenario needs a relay and its server".into());
+    };
+    let server_on = |port: u16| {
+        reports
+            .iter()
+            .map(|(_, v)| v)
+            .find(|v| v["side"] == "server" && expect::local_port(v) == Some(port))
+    };
+    let client_of = |port: u16| {
+        reports
+            .iter()
+            .map(|(_, v)| v)
+            .find(|v| expect::is_client_of(v, port))
+    };
+    let found = [
+        ("client", 0, client_of(relay.port)),
+        ("relay's client side", 0, server_on(relay.port)),
+        ("relay's upstream", 1, client_of(back.port)),
+        ("backend", 1, server_on(back.port)),
+    ];
+    let mut id = None;
+    for (what, hop, r) in found {
+        let r = r.ok_or(format!("no report of the {what}"))?;
+        let c = &r["chain"];
+        let got = (
+            c["id"].as_str(),
+            c["linked_by"].as_str(),
+            c["hop"].as_u64(),
+            c["hops"].as_u64(),
+            c["closed_first_hop"].as_u64(),
+        );
+        let want_id = *id.get_or_insert(got.0);
+        if got != (want_id, Some(linked_by), Some(hop), Some(2), Some(1)) || want_id.is_none() {
+            return Err(format!(
+                "chain of the {what}: want (id {want_id:?}, {linked_by}, hop {hop}, 2 hops, hop 1 closed first), got {got:?}"
+            ));
+        }
+    }
+    let edge = server_on(relay.port).unwrap_or(&Value::Null);
+    let backend_pid = u64::from(back.child.id());
+    let named = (
+        edge.pointer("/chain/upstream/pid").and_then(Value::as_u64),
+        edge.pointer("/diagnosis/cause/pid").and_then(Value::as_u64),
+        edge.pointer("/diagnosis/cause/code")
+            .and_then(Value::as_str),
+    );
+    if named != (Some(backend_pid), Some(backend_pid), Some("http10_upgrade")) {
+        return Err(format!(
+            "the relay's report must name the backend (pid {backend_pid}) upstream and as the cause (http10_upgrade), got {named:?}: {}",
+            edge.get("diagnosis").unwrap_or(&Value::Null)
+        ));
+    }
+    Ok(format!(
+        "chain {} linked by {linked_by}: 2 hops, root the backend (pid {backend_pid})",
+        id.flatten().unwrap_or("?")
+    ))
 }
 
 fn one_line(s: &str) -> String {

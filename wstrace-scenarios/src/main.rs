@@ -37,6 +37,13 @@ enum Command {
         /// by the time its report is printed.
         #[arg(long, value_enum)]
         once: Option<serve::AfterOne>,
+        /// `--mode relay`: the server to relay to (IP:PORT).
+        #[arg(long)]
+        upstream: Option<SocketAddr>,
+        /// `--mode relay`: rewrite the handshake (a Key of the relay's own
+        /// upstream, the Accept due downstream).
+        #[arg(long, requires = "upstream")]
+        rewrite_key: bool,
     },
     /// Run the scenarios against a wstrace binary (needs root).
     Check(check::Args),
@@ -50,7 +57,14 @@ fn main() {
             port,
             mode,
             once,
-        } => match serve::run(SocketAddr::new(bind, port), mode, once) {
+            upstream,
+            rewrite_key,
+        } => match serve::run(
+            SocketAddr::new(bind, port),
+            mode,
+            once,
+            upstream.map(|addr| serve::Upstream { addr, rewrite_key }),
+        ) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("ws-scenario serve: error: {e:#}");

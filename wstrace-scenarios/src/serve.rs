@@ -54,6 +54,22 @@ pub enum Mode {
     /// Answer 101, then allocate memory until killed (in a memory-limited
     /// cgroup: the OOM killer's victim).
     HogAfter101,
+    /// A WebSocket proxy in one thread (`--upstream`): reads a client's
+    /// request, sends it to the upstream server, relays the upstream's
+    /// response and then the bytes both ways; closes the client's side when
+    /// the upstream closes (and the upstream when the client does). The
+    /// handshake passes unchanged unless `--rewrite-key`.
+    Relay,
+}
+
+/// Where a `Relay` forwards to, and how.
+#[derive(Clone, Copy, Debug)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// Send the upstream a Key of the relay's own (and answer the client
+    /// with the Accept due for its Key): a proxy that rewrites the
+    /// handshake, so no nonce is the same on both hops.
+    pub rewrite_key: bool,
 }
 
 /// TCP_USER_TIMEOUT of `TimeoutAfter101`: short, so the scenario is too.
@@ -78,14 +94,22 @@ pub const RESPONSE_101: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: w
 const RESPONSE_200: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
 const HEAD_CAP: usize = 8192;
 
-pub fn run(addr: SocketAddr, mode: Mode, once: Option<AfterOne>) -> Result<()> {
+pub fn run(
+    addr: SocketAddr,
+    mode: Mode,
+    once: Option<AfterOne>,
+    upstream: Option<Upstream>,
+) -> Result<()> {
+    if (mode == Mode::Relay) != upstream.is_some() {
+        anyhow::bail!("--upstream goes with --mode relay, and only with it");
+    }
     let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
     let port = listener.local_addr()?.port();
     println!("READY {port}");
     std::io::stdout().flush()?;
     if let Some(after) = once {
         let (conn, _) = listener.accept().context("accepting")?;
-        serve_one(conn, mode)?;
+        serve_one(conn, mode, upstream)?;
         return match after {
             AfterOne::Exit => std::process::exit(0),
             AfterOne::Exec => {
@@ -97,13 +121,13 @@ pub fn run(addr: SocketAddr, mode: Mode, once: Option<AfterOne>) -> Result<()> {
     for conn in listener.incoming() {
         if mode == Mode::Hold {
             if let Ok(conn) = conn {
-                std::thread::spawn(move || serve_one(conn, Mode::WaitForPeer));
+                std::thread::spawn(move || serve_one(conn, Mode::WaitForPeer, None));
             }
             continue;
         }
         // One bad connection must not end the server: the checker decides.
         if let Ok(conn) = conn
-            && let Err(e) = serve_one(conn, mode)
+            && let Err(e) = serve_one(conn, mode, upstream)
         {
             eprintln!("ws-scenario serve: connection: {e:#}");
         }
@@ -111,9 +135,13 @@ pub fn run(addr: SocketAddr, mode: Mode, once: Option<AfterOne>) -> Result<()> {
     Ok(())
 }
 
-fn serve_one(mut conn: TcpStream, mode: Mode) -> Result<()> {
+fn serve_one(mut conn: TcpStream, mode: Mode, upstream: Option<Upstream>) -> Result<()> {
     let head = read_head(&mut conn)?;
     match mode {
+        Mode::Relay => {
+            let up = upstream.context("--mode relay needs --upstream")?;
+            return relay(conn, &head, up);
+        }
         Mode::Swoole => {
             // Like Swoole, the Accept the request's Key is due (a proxy
             // relays it, and wstrace links the chain's hops by it).
@@ -225,38 +253,181 @@ fn serve_one(mut conn: TcpStream, mode: Mode) -> Result<()> {
 /// A 101 whose `Sec-WebSocket-Accept` answers the head's
 /// `Sec-WebSocket-Key` (RFC 6455 §4.2.2); [`RESPONSE_101`] without one.
 pub fn response_101_for(head: &[u8]) -> Vec<u8> {
-    use sha1::{Digest as _, Sha1};
-    let text = String::from_utf8_lossy(head);
-    let Some(key) = text.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.trim()
-            .eq_ignore_ascii_case("sec-websocket-key")
-            .then(|| v.trim().to_string())
-    }) else {
+    let Some(key) = header(head, "sec-websocket-key") else {
         return RESPONSE_101.to_vec();
     };
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        accept_for(&key)
+    )
+    .into_bytes()
+}
+
+/// The value of header `name` (any case) in an HTTP head.
+fn header(head: &[u8], name: &str) -> Option<String> {
+    String::from_utf8_lossy(head).lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+/// The Accept due for `key`: base64(SHA-1(key ‖ GUID)).
+fn accept_for(key: &str) -> String {
+    use sha1::{Digest as _, Sha1};
     let sha = Sha1::new()
         .chain_update(key.as_bytes())
         .chain_update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11")
         .finalize();
+    base64(&sha)
+}
+
+fn base64(bytes: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut accept = String::new();
-    for c in sha.chunks(3) {
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
         let n = (u32::from(c[0]) << 16)
             | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
             | u32::from(*c.get(2).unwrap_or(&0));
         for i in 0..4 {
-            accept.push(if i <= c.len() {
+            out.push(if i <= c.len() {
                 T[(n >> (18 - 6 * i) & 63) as usize] as char
             } else {
                 '='
             });
         }
     }
-    format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-    )
-    .into_bytes()
+    out
+}
+
+/// A fresh `Sec-WebSocket-Key` (16 random bytes, base64): a handshake of
+/// this run's own, shared with no other connection on the host.
+pub fn fresh_key() -> Result<String> {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("reading /dev/urandom")?;
+    Ok(base64(&b))
+}
+
+/// `head` with the value of header `name` replaced by `value` (the head
+/// unchanged when it has no such header).
+fn with_header(head: &[u8], name: &str, value: &str) -> Vec<u8> {
+    let text = String::from_utf8_lossy(head);
+    let mut out = String::with_capacity(text.len() + value.len());
+    for (i, line) in text.split_inclusive("\r\n").enumerate() {
+        match line.split_once(':') {
+            Some((n, _)) if i > 0 && n.trim().eq_ignore_ascii_case(name) => {
+                out.push_str(n);
+                out.push_str(": ");
+                out.push_str(value);
+                out.push_str("\r\n");
+            }
+            _ => out.push_str(line),
+        }
+    }
+    out.into_bytes()
+}
+
+/// How long the relay waits for either side before giving up on the
+/// connection (a scenario relays one short-lived WebSocket).
+const RELAY_IDLE_MS: i32 = 60_000;
+
+/// One proxied WebSocket, all in the calling thread: the thread that read
+/// the client's request writes the upstream request, reads the upstream's
+/// 101 and writes it to the client (what a same-thread hand-off link
+/// sees), then pumps bytes until one side closes.
+fn relay(mut down: TcpStream, head: &[u8], to: Upstream) -> Result<()> {
+    if head.is_empty() {
+        return Ok(());
+    }
+    let mut up =
+        TcpStream::connect(to.addr).with_context(|| format!("connecting to {}", to.addr))?;
+    let client_key = header(head, "sec-websocket-key");
+    let request = match (&client_key, to.rewrite_key) {
+        (Some(_), true) => with_header(head, "sec-websocket-key", &fresh_key()?),
+        _ => head.to_vec(),
+    };
+    // One write each way: wstrace classifies a socket by its first bytes.
+    up.write_all(&request)
+        .context("sending the upstream request")?;
+    let response = read_head(&mut up)?;
+    if response.is_empty() {
+        close_connection(down);
+        return Ok(());
+    }
+    let response = match (&client_key, to.rewrite_key) {
+        (Some(k), true) => with_header(&response, "sec-websocket-accept", &accept_for(k)),
+        _ => response,
+    };
+    down.write_all(&response)
+        .context("relaying the upstream response")?;
+    pump(down, up)
+}
+
+/// Copies bytes both ways until a side closes (or errs, or is idle too
+/// long); the other side is closed right after, from the same thread.
+fn pump(mut down: TcpStream, mut up: TcpStream) -> Result<()> {
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: down.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: up.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds for the two open sockets.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, RELAY_IDLE_MS) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e).context("poll");
+        }
+        if n == 0 {
+            // Idle: give up, the client's side first.
+            close_connection(down);
+            return Ok(());
+        }
+        if fds[1].revents != 0 {
+            match up.read(&mut buf) {
+                Ok(n) if n > 0 => {
+                    if down.write_all(&buf[..n]).is_err() {
+                        close_connection(up);
+                        return Ok(());
+                    }
+                }
+                // The upstream closed: close the client's side.
+                _ => {
+                    close_connection(down);
+                    return Ok(());
+                }
+            }
+        }
+        if fds[0].revents != 0 {
+            match down.read(&mut buf) {
+                Ok(n) if n > 0 => {
+                    if up.write_all(&buf[..n]).is_err() {
+                        close_connection(down);
+                        return Ok(());
+                    }
+                }
+                // The client closed: close the upstream.
+                _ => {
+                    close_connection(up);
+                    return Ok(());
+                }
+            }
+        }
+    }
 }
 
 /// HTTP/1.0 without `Connection: keep-alive`: Swoole's "close after the
