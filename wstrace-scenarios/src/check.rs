@@ -485,6 +485,10 @@ fn scenarios() -> Vec<Scenario> {
             ],
         },
         proxy_chain("proxy_chain_links_both_hops", false, "handshake"),
+        // The relay sends its own Key upstream: no nonce is on both hops,
+        // and only its thread's hand-off (it read the upstream 101, then
+        // wrote the client's) links them.
+        proxy_chain("proxy_rewriting_the_key_links_by_thread", true, "thread"),
         Scenario {
             all_ports: false,
             chain: None,

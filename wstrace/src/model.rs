@@ -420,6 +420,10 @@ pub struct CloseReport {
 pub enum LinkedBy {
     /// The same handshake (Sec-WebSocket-Key / Accept) on every hop.
     Handshake,
+    /// A proxy that rewrites the handshake: one of its threads read the
+    /// upstream 101 and then wrote the downstream one (the same-thread
+    /// hand-off); hops within a handshake are still linked by it.
+    Thread,
     /// The handshake's digest was seen on connections that do not form one
     /// chain (a reused Key, a forged Accept): nothing is linked.
     Ambiguous,
@@ -429,6 +433,7 @@ impl LinkedBy {
     pub fn as_str(self) -> &'static str {
         match self {
             LinkedBy::Handshake => "handshake",
+            LinkedBy::Thread => "thread",
             LinkedBy::Ambiguous => "ambiguous",
         }
     }

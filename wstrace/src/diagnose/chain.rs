@@ -55,7 +55,8 @@ impl ChainCauses {
         let Some(chain) = &r.chain else {
             return own;
         };
-        let (Some(root), Some(hop), LinkedBy::Handshake) = (chain.root, chain.hop, chain.linked_by)
+        let (Some(root), Some(hop), LinkedBy::Handshake | LinkedBy::Thread) =
+            (chain.root, chain.hop, chain.linked_by)
         else {
             return own;
         };

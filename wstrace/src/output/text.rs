@@ -317,10 +317,11 @@ fn chain_line(r: &crate::model::CloseReport, c: &crate::model::Chain) -> String 
         None => String::new(),
     };
     format!(
-        "{} hop {}/{} (linked by handshake): {}{first}",
+        "{} hop {}/{} (linked by {}): {}{first}",
         c.id,
         hop,
         c.hops.unwrap_or(1),
+        c.linked_by.as_str(),
         parts.join(" ⇄ ")
     )
 }

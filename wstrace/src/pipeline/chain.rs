@@ -14,6 +14,16 @@
 //! - client side (it read the 101): the Accept in the 101 it read (the read
 //!   is copied whole, `FLAG_UPGRADE_READ`, up to `DATA_CAP`).
 //!
+//! Where a proxy rewrites the handshake (its own Key upstream, the Accept
+//! due for the client's Key downstream), no digest is on both hops. Then
+//! the hops are linked by the same-thread hand-off (DeepFlow's idea, for
+//! requests): a proxy thread that read a `101` on an upstream (client)
+//! socket and then, soon after and on the same thread, wrote a `101` on a
+//! downstream (server) socket whose request arrived before that read, has
+//! relayed one to the other (`linked_by: thread`). The digest stays the
+//! stronger evidence: sockets it already links are not re-linked, and a
+//! thread that read two upstream 101s before writing one links nothing.
+//!
 //! Pure: the table takes members, reports and `now`, and says which
 //! reports to release, with their `Chain`.
 use std::collections::{HashMap, VecDeque};
@@ -210,6 +220,23 @@ pub const MAX_CHAINS: usize = 65536;
 /// Sockets per digest: a chain of 4 proxies seen from both ends is 10; more
 /// is a Key replayed at scale, and links nothing.
 pub const MAX_MEMBERS: usize = 16;
+/// How soon after a thread read an upstream 101 its downstream 101 write
+/// counts as the relay of it: a proxy writes it in the same event-loop
+/// turn (microseconds; the window leaves room for a slow, emulated CPU).
+pub const THREAD_WINDOW_NS: u64 = 1_000_000_000;
+/// Upstream 101 reads remembered for the thread hand-off at once (the
+/// oldest forgotten first).
+pub const MAX_THREAD_READS: usize = 4096;
+
+/// A client-side socket's 101, read by this thread: the hand-off link's
+/// upstream candidate.
+#[derive(Clone, Copy, Debug)]
+struct ThreadRead {
+    pid: u32,
+    tid: u32,
+    digest: ChainDigest,
+    ts: u64,
+}
 
 #[derive(Clone, Debug)]
 struct Member {
@@ -237,6 +264,8 @@ struct Group {
     /// Reports waiting for the chain's other hops, and since when.
     held: Vec<CloseReport>,
     hold_since: Option<u64>,
+    /// Hops joined by the same-thread hand-off, not by one handshake.
+    by_thread: bool,
 }
 
 /// A chain's shape: connections (a socket pair seen from both ends, or one
@@ -331,6 +360,9 @@ pub struct ChainTable {
     /// Chains dropped while some socket was still open: more than
     /// `MAX_CHAINS` at once (`wstrace_lost_events_total{reason="chain_evicted"}`).
     pub evicted: u64,
+    /// Recent upstream 101 reads, oldest first (`THREAD_WINDOW_NS`,
+    /// `MAX_THREAD_READS`).
+    thread_reads: VecDeque<ThreadRead>,
 }
 
 impl ChainTable {
@@ -353,6 +385,7 @@ impl ChainTable {
                     ambiguous: false,
                     held: Vec::new(),
                     hold_since: None,
+                    by_thread: false,
                 },
             );
         }
@@ -375,6 +408,81 @@ impl ChainTable {
                 reported: false,
             });
             self.by_sk.insert(r.sk, digest);
+        }
+        self.hand_off(digest, &r, now_ns);
+    }
+
+    /// The same-thread hand-off: an upstream 101 read is remembered; a
+    /// downstream 101 written by the thread that read exactly one such 101
+    /// since the request arrived links the two digests' chains.
+    fn hand_off(&mut self, digest: ChainDigest, r: &MemberInfo<'_>, now_ns: u64) {
+        while self
+            .thread_reads
+            .front()
+            .is_some_and(|t| now_ns.saturating_sub(t.ts) > THREAD_WINDOW_NS)
+        {
+            self.thread_reads.pop_front();
+        }
+        match r.side {
+            Side::Client => {
+                if self.thread_reads.len() >= MAX_THREAD_READS {
+                    self.thread_reads.pop_front();
+                }
+                self.thread_reads.push_back(ThreadRead {
+                    pid: r.pid,
+                    tid: r.tid,
+                    digest,
+                    ts: now_ns,
+                });
+            }
+            Side::Server => {
+                let Some(since) = r.request_ts else {
+                    return;
+                };
+                let mine = |t: &ThreadRead| t.pid == r.pid && t.tid == r.tid && t.ts >= since;
+                let mut found = self.thread_reads.iter().filter(|t| mine(t));
+                let (Some(up), None) = (found.next().copied(), found.next()) else {
+                    // None, or two upstream 101s this thread could be
+                    // relaying: no evidence of which.
+                    self.thread_reads.retain(|t| !mine(t));
+                    return;
+                };
+                self.thread_reads.retain(|t| !mine(t));
+                if up.digest != digest {
+                    self.merge(up.digest, digest);
+                }
+            }
+        }
+    }
+
+    /// The chain of `from` (upstream) joins the chain of `into`, unless
+    /// either links nothing or the two would be too many sockets.
+    fn merge(&mut self, from: ChainDigest, into: ChainDigest) {
+        let ok = match (self.groups.get(&from), self.groups.get(&into)) {
+            (Some(f), Some(i)) => {
+                !f.ambiguous && !i.ambiguous && f.members.len() + i.members.len() <= MAX_MEMBERS
+            }
+            _ => false,
+        };
+        if !ok {
+            return;
+        }
+        let Some(f) = self.groups.remove(&from) else {
+            return;
+        };
+        for m in &f.members {
+            self.by_sk.insert(m.sk, into);
+        }
+        if let Some(g) = self.groups.get_mut(&into) {
+            g.created_ts = g.created_ts.min(f.created_ts);
+            g.last_ts = g.last_ts.max(f.last_ts);
+            g.members.extend(f.members);
+            g.held.extend(f.held);
+            g.hold_since = match (g.hold_since, f.hold_since) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            g.by_thread = true;
         }
     }
 
@@ -494,6 +602,10 @@ pub struct MemberInfo<'a> {
     pub sk: u64,
     pub upgrade_ts: u64,
     pub pid: u32,
+    /// The thread that wrote (server side) or read (client side) the 101.
+    pub tid: u32,
+    /// Server side: when the first bytes of its request head arrived.
+    pub request_ts: Option<u64>,
     pub comm: &'a str,
     pub side: Side,
     pub local: SocketAddr,
@@ -563,7 +675,11 @@ fn release(d: ChainDigest, g: &mut Group) -> Vec<CloseReport> {
                     hops: Some(s.hops.len() as u32),
                     upstream: hop_ref(hop + 1),
                     downstream: hop.checked_sub(1).and_then(hop_ref),
-                    linked_by: LinkedBy::Handshake,
+                    linked_by: if g.by_thread {
+                        LinkedBy::Thread
+                    } else {
+                        LinkedBy::Handshake
+                    },
                     root,
                 }
             }
@@ -697,6 +813,8 @@ mod tests {
                 sk: s.sk,
                 upgrade_ts: 0,
                 pid: s.pid,
+                tid: s.pid,
+                request_ts: Some(0),
                 comm: s.comm,
                 side: s.side,
                 local: addr(s.local),
@@ -1020,5 +1138,152 @@ mod tests {
             out[0].chain.as_ref().map(|c| c.linked_by),
             Some(LinkedBy::Ambiguous)
         );
+    }
+
+    /// `join`, with the thread and the request's arrival given.
+    fn join_by(t: &mut ChainTable, d: u64, s: &Sock, ts: u64, tid: u32, request_ts: u64) {
+        t.join(
+            ChainDigest(d),
+            MemberInfo {
+                sk: s.sk,
+                upgrade_ts: 0,
+                pid: s.pid,
+                tid,
+                request_ts: Some(request_ts),
+                comm: s.comm,
+                side: s.side,
+                local: addr(s.local),
+                remote: addr(s.remote),
+            },
+            ts,
+        );
+    }
+
+    /// The seed chain behind a proxy that rewrites the Key: the backend's
+    /// hop has digest 8, the browser's 7. nginx's thread 21 read the
+    /// request at 500, the upstream 101 at `up_ts`, wrote the downstream
+    /// 101 at 2000 from thread `down_tid`.
+    fn rewritten(up_ts: u64, down_tid: u32) -> ChainTable {
+        let mut t = ChainTable::default();
+        join_by(&mut t, 8, &BACKEND, 0, 30, 0);
+        join_by(&mut t, 8, &NGINX_UP, up_ts, 21, 0);
+        join_by(&mut t, 7, &NGINX_DOWN, 2000, down_tid, 500);
+        join_by(&mut t, 7, &BROWSER, 3000, 10, 0);
+        t
+    }
+
+    fn close_all(t: &mut ChainTable) -> Vec<CloseReport> {
+        let mut out = Vec::new();
+        out.extend(t.on_report(report(&BACKEND, 1_000_000, ClosedBy::Local), 1_100_000));
+        out.extend(t.on_report(report(&NGINX_UP, 1_000_050, ClosedBy::Peer), 1_200_000));
+        out.extend(t.on_report(report(&NGINX_DOWN, 1_100_000, ClosedBy::Local), 1_300_000));
+        out.extend(t.on_report(report(&BROWSER, 1_100_050, ClosedBy::Peer), 1_400_000));
+        out.extend(t.flush());
+        out
+    }
+
+    #[test]
+    fn a_proxy_that_rewrites_the_handshake_is_linked_by_its_thread() {
+        let mut t = rewritten(1000, 21);
+        let out = close_all(&mut t);
+        let order: Vec<u64> = out.iter().map(|r| r.sk).collect();
+        assert_eq!(order, [BACKEND.sk, NGINX_UP.sk, NGINX_DOWN.sk, BROWSER.sk]);
+        for (r, hop) in out.iter().zip([1, 1, 0, 0]) {
+            let c = r.chain.as_ref().expect("chained");
+            assert_eq!(
+                (c.linked_by, c.hop, c.hops, c.root.map(|r| r.sk)),
+                (LinkedBy::Thread, Some(hop), Some(2), Some(BACKEND.sk)),
+                "{}",
+                r.sk
+            );
+            // The client's handshake names the chain.
+            assert_eq!(c.id, ChainDigest(7).id());
+        }
+        let up = out[2].chain.as_ref().and_then(|c| c.upstream.as_ref());
+        assert_eq!(up.and_then(|u| u.pid), Some(BACKEND.pid));
+    }
+
+    #[test]
+    fn no_hand_off_from_another_thread_or_before_the_request_or_too_late() {
+        // Another thread wrote the downstream 101.
+        let out = close_all(&mut rewritten(1000, 22));
+        // The upstream 101 was read before the downstream request arrived.
+        let early = close_all(&mut rewritten(400, 21));
+        // The downstream 101 came long after the upstream one.
+        let mut t = ChainTable::default();
+        join_by(&mut t, 8, &BACKEND, 0, 30, 0);
+        join_by(&mut t, 8, &NGINX_UP, 1000, 21, 0);
+        join_by(&mut t, 7, &NGINX_DOWN, 1001 + THREAD_WINDOW_NS, 21, 500);
+        join_by(&mut t, 7, &BROWSER, 1002 + THREAD_WINDOW_NS, 10, 0);
+        let late = close_all(&mut t);
+        for out in [out, early, late] {
+            assert_eq!(out.len(), 4);
+            for r in &out {
+                let c = r.chain.as_ref().expect("chained");
+                assert_eq!((c.linked_by, c.hops), (LinkedBy::Handshake, Some(1)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_thread_that_read_two_upstream_101s_links_neither() {
+        let mut t = ChainTable::default();
+        join_by(&mut t, 8, &BACKEND, 0, 30, 0);
+        join_by(&mut t, 8, &NGINX_UP, 1000, 21, 0);
+        let other_up = Sock {
+            sk: 9,
+            local: 40001,
+            ..NGINX_UP
+        };
+        join_by(&mut t, 9, &other_up, 1100, 21, 0);
+        join_by(&mut t, 7, &NGINX_DOWN, 2000, 21, 500);
+        join_by(&mut t, 7, &BROWSER, 3000, 10, 0);
+        let out = close_all(&mut t);
+        for r in &out {
+            let c = r.chain.as_ref().expect("chained");
+            assert_eq!((c.linked_by, c.hops), (LinkedBy::Handshake, Some(1)));
+        }
+        // Neither read is left for a later write of the thread to take.
+        let next_down = Sock {
+            sk: 11,
+            local: 18080,
+            remote: 50001,
+            ..NGINX_DOWN
+        };
+        join_by(&mut t, 12, &next_down, 2500, 21, 500);
+        t.on_report(report(&next_down, 3000, ClosedBy::Local), 3000);
+        let out = t.flush();
+        assert_eq!(
+            out[0].chain.as_ref().map(|c| c.linked_by),
+            Some(LinkedBy::Handshake)
+        );
+    }
+
+    #[test]
+    fn a_relay_of_the_same_handshake_stays_linked_by_it() {
+        // nginx relays the Key unchanged: the thread's read and write have
+        // one digest; the hand-off adds nothing.
+        let mut t = ChainTable::default();
+        join_by(&mut t, 7, &BACKEND, 0, 30, 0);
+        join_by(&mut t, 7, &NGINX_UP, 1000, 21, 0);
+        join_by(&mut t, 7, &NGINX_DOWN, 2000, 21, 500);
+        join_by(&mut t, 7, &BROWSER, 3000, 10, 0);
+        for r in close_all(&mut t) {
+            let c = r.chain.as_ref().expect("chained");
+            assert_eq!((c.linked_by, c.hops), (LinkedBy::Handshake, Some(2)));
+        }
+    }
+
+    #[test]
+    fn upstream_reads_remembered_are_bounded() {
+        let mut t = ChainTable::default();
+        for i in 0..MAX_THREAD_READS as u64 + 10 {
+            let s = Sock {
+                sk: 1000 + i,
+                ..NGINX_UP
+            };
+            join_by(&mut t, 1000 + i, &s, i, 21, 0);
+        }
+        assert_eq!(t.thread_reads.len(), MAX_THREAD_READS);
     }
 }

@@ -155,7 +155,14 @@ impl Matcher {
     }
 
     /// The socket joins the chain of its handshake's digest.
-    fn join_chain(&mut self, digest: Option<chain::ChainDigest>, up: &Event, now_ns: u64) {
+    /// `request_ts`: server side, when its request head began to arrive.
+    fn join_chain(
+        &mut self,
+        digest: Option<chain::ChainDigest>,
+        up: &Event,
+        request_ts: Option<u64>,
+        now_ns: u64,
+    ) {
         if let Some(d) = digest {
             self.chains.join(
                 d,
@@ -163,6 +170,8 @@ impl Matcher {
                     sk: up.sk,
                     upgrade_ts: up.ts_ns,
                     pid: up.pid,
+                    tid: up.tid,
+                    request_ts,
                     comm: &up.comm,
                     side: if up.client_side {
                         Side::Client
@@ -205,9 +214,9 @@ impl Matcher {
             return out;
         }
         if ev.kind == EventKind::Upgrade {
-            let head = match self.heads.remove(&ev.sk) {
-                Some(h) if h.remote == ev.remote => h.bytes,
-                _ => Vec::new(),
+            let (head, head_ts) = match self.heads.remove(&ev.sk) {
+                Some(h) if h.remote == ev.remote => (h.bytes, Some(h.first_ts)),
+                _ => (Vec::new(), None),
             };
             if !asked_for_upgrade(&head) {
                 // "HTTP/1.1 101 ..." written on a socket whose request asked
@@ -225,7 +234,7 @@ impl Matcher {
             // side's comes with the 101 it read (`on_data`).
             if !ev.client_side {
                 let digest = chain::digest_of_request(&self.chain_key, &head);
-                self.join_chain(digest, &ev, ev.ts_ns);
+                self.join_chain(digest, &ev, head_ts, ev.ts_ns);
             }
             self.sockets.insert(
                 ev.sk,
@@ -396,7 +405,7 @@ impl Matcher {
             if data.upgrade_read && t.upgrade.client_side {
                 let digest = chain::digest_of_response(&self.chain_key, &data.bytes);
                 let up = t.upgrade.clone();
-                self.join_chain(digest, &up, ts_ns);
+                self.join_chain(digest, &up, None, ts_ns);
             }
             return;
         }
