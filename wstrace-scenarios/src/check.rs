@@ -19,6 +19,7 @@ use wstrace_scenarios::harness::{Tracer, TracerOptions};
 use crate::{
     client::{self, Then},
     expect::{self, Ending, Expect},
+    gotls::GoScenarios,
     serve::Mode,
 };
 
@@ -41,6 +42,10 @@ pub struct Args {
     /// `SYMBOLIZE_TIMEOUT`).
     #[arg(long = "wstrace-arg", value_name = "ARG", allow_hyphen_values = true)]
     wstrace_args: Vec<String>,
+    /// The Go crypto/tls scenarios' program (`ws-go-tls`, built per
+    /// architecture by `cargo xtask vm`); without it those are not run.
+    #[arg(long, value_name = "PATH")]
+    go_tls: Option<PathBuf>,
 }
 
 /// How long wstrace may take to load and attach (QEMU TCG is slow).
@@ -543,7 +548,7 @@ pub fn run(args: &Args) -> Result<i32> {
     let mut all = scenarios();
     if let Some(only) = &args.only {
         all.retain(|s| s.name == only);
-        if all.is_empty() {
+        if all.is_empty() && !crate::gotls::is_go_scenario(only) {
             bail!("no scenario named {only}");
         }
     }
@@ -604,6 +609,7 @@ pub fn run(args: &Args) -> Result<i32> {
         states.push(state);
         servers.push(started);
     }
+    let mut go = GoScenarios::start(args.go_tls.as_deref(), args.only.as_deref(), &mut taken);
     // Two wstraces, one after the other: one given every traced port of
     // the port scenarios (more than the 8 the kernel filter once had), and
     // one with no --port for the all-ports scenarios (which would see the
@@ -627,8 +633,15 @@ pub fn run(args: &Args) -> Result<i32> {
     ];
     let mut reports = Vec::new();
     let mut losses: Vec<Vec<String>> = vec![Vec::new(); all.len()];
-    for (all_ports, batch) in batches.iter().filter(|(_, b)| !b.is_empty()) {
-        let ports: Vec<u16> = if *all_ports {
+    // The Go scenarios ride with the port scenarios' wstrace.
+    let go_running = go.any_running();
+    let with_go = |all_ports: bool| !all_ports && go_running;
+    for (all_ports, batch) in batches
+        .iter()
+        .filter(|(all_ports, b)| !b.is_empty() || with_go(*all_ports))
+    {
+        let go_here = with_go(*all_ports);
+        let mut ports: Vec<u16> = if *all_ports {
             Vec::new()
         } else {
             batch
@@ -643,10 +656,14 @@ pub fn run(args: &Args) -> Result<i32> {
                 })
                 .collect()
         };
+        if go_here {
+            ports.extend(go.ports());
+        }
         if !*all_ports && ports.is_empty() {
             continue;
         }
-        match trace(args, &all, &servers, &mut states, batch, &ports) {
+        let go_batch = go_here.then_some(&mut go);
+        match trace(args, &all, &servers, &mut states, batch, &ports, go_batch) {
             Ok((r, lost)) => {
                 reports.extend(r);
                 for &i in batch {
@@ -669,6 +686,9 @@ pub fn run(args: &Args) -> Result<i32> {
                         };
                     }
                 }
+                if go_here {
+                    go.stop_all(&why, unavailable);
+                }
             }
         }
     }
@@ -690,6 +710,14 @@ pub fn run(args: &Args) -> Result<i32> {
             one_line(&detail)
         );
     }
+    for (name, verdict, detail) in go.judge(&reports, &args.probe) {
+        failed |= verdict == "FAIL";
+        println!(
+            "SCENARIO {name} probe={} kernel={kernel} {verdict} {}",
+            args.probe,
+            one_line(&detail)
+        );
+    }
     Ok(if failed { 1 } else { 0 })
 }
 
@@ -707,6 +735,7 @@ fn trace(
     states: &mut [State],
     batch: &[usize],
     ports: &[u16],
+    go: Option<&mut GoScenarios>,
 ) -> Result<(PortReports, Vec<String>)> {
     // The barrier: one more traced server whose close is made last and
     // must be reported. Reports come in the order the kernel saw the
@@ -761,6 +790,9 @@ fn trace(
                 expected_clients.push(s.port);
             }
         }
+    }
+    if let Some(go) = go {
+        expected.extend(go.drive());
     }
     let start = Instant::now();
     while start.elapsed() < REPORT_TIMEOUT {
