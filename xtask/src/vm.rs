@@ -93,10 +93,9 @@ pub fn run(args: &VmArgs) -> Result<()> {
     let mut binaries = Vec::new();
     for &arch in &arches {
         let mut bins = binaries_for(args, arch)?;
-        if args.cmd.is_none() {
-            // The Go crypto/tls scenarios' program, static, per architecture.
-            bins.push(gotls::build(arch)?);
-        }
+        // The Go crypto/tls scenarios' program, static, per architecture
+        // (in --cmd VMs too: `ws-scenario check --go-tls /bin/ws-go-tls`).
+        bins.push(gotls::build(arch)?);
         binaries.push((arch, bins));
         qemu::qemu_binary(arch)?;
     }
