@@ -46,9 +46,13 @@ pub struct Args {
     /// architecture by `cargo xtask vm`); without it those are not run.
     #[arg(long, value_name = "PATH")]
     go_tls: Option<PathBuf>,
+    /// Seconds wstrace may take to load and attach (QEMU TCG on a busy
+    /// host can need more than the default for the tracepoint set).
+    #[arg(long, value_name = "SECS", default_value_t = READY_TIMEOUT.as_secs())]
+    ready_timeout: u64,
 }
 
-/// How long wstrace may take to load and attach (QEMU TCG is slow).
+/// How long wstrace may take to load and attach by default (QEMU TCG is slow).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long to wait for the expected reports after the last client.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -480,7 +484,7 @@ fn start_tracer(args: &Args, ports: &[u16]) -> Result<Tracer> {
         .args(&args.wstrace_args)
         .metrics()
         .echo(args.verbose)
-        .ready_timeout(READY_TIMEOUT)
+        .ready_timeout(Duration::from_secs(args.ready_timeout))
         .start()
 }
 
