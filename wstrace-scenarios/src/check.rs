@@ -19,6 +19,7 @@ use wstrace_scenarios::harness::{Tracer, TracerOptions};
 use crate::{
     client::{self, Then},
     expect::{self, Ending, Expect},
+    gotls::GoScenarios,
     serve::Mode,
 };
 
@@ -41,9 +42,17 @@ pub struct Args {
     /// `SYMBOLIZE_TIMEOUT`).
     #[arg(long = "wstrace-arg", value_name = "ARG", allow_hyphen_values = true)]
     wstrace_args: Vec<String>,
+    /// The Go crypto/tls scenarios' program (`ws-go-tls`, built per
+    /// architecture by `cargo xtask vm`); without it those are not run.
+    #[arg(long, value_name = "PATH")]
+    go_tls: Option<PathBuf>,
+    /// Seconds wstrace may take to load and attach (QEMU TCG on a busy
+    /// host can need more than the default for the tracepoint set).
+    #[arg(long, value_name = "SECS", default_value_t = READY_TIMEOUT.as_secs())]
+    ready_timeout: u64,
 }
 
-/// How long wstrace may take to load and attach (QEMU TCG is slow).
+/// How long wstrace may take to load and attach by default (QEMU TCG is slow).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long to wait for the expected reports after the last client.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -578,7 +587,7 @@ fn start_tracer(args: &Args, ports: &[u16]) -> Result<Tracer> {
         .args(&args.wstrace_args)
         .metrics()
         .echo(args.verbose)
-        .ready_timeout(READY_TIMEOUT)
+        .ready_timeout(Duration::from_secs(args.ready_timeout))
         .start()
 }
 
@@ -646,7 +655,7 @@ pub fn run(args: &Args) -> Result<i32> {
     let mut all = scenarios();
     if let Some(only) = &args.only {
         all.retain(|s| s.name == only);
-        if all.is_empty() {
+        if all.is_empty() && !crate::gotls::is_go_scenario(only) {
             bail!("no scenario named {only}");
         }
     }
@@ -724,6 +733,7 @@ pub fn run(args: &Args) -> Result<i32> {
         states.push(state);
         servers.push(started);
     }
+    let mut go = GoScenarios::start(args.go_tls.as_deref(), args.only.as_deref(), &mut taken);
     // Two wstraces, one after the other: one given every traced port of
     // the port scenarios (more than the 8 the kernel filter once had), and
     // one with no --port for the all-ports scenarios (which would see the
@@ -747,8 +757,15 @@ pub fn run(args: &Args) -> Result<i32> {
     ];
     let mut reports = Vec::new();
     let mut losses: Vec<Vec<String>> = vec![Vec::new(); all.len()];
-    for (all_ports, batch) in batches.iter().filter(|(_, b)| !b.is_empty()) {
-        let ports: Vec<u16> = if *all_ports {
+    // The Go scenarios ride with the port scenarios' wstrace.
+    let go_running = go.any_running();
+    let with_go = |all_ports: bool| !all_ports && go_running;
+    for (all_ports, batch) in batches
+        .iter()
+        .filter(|(all_ports, b)| !b.is_empty() || with_go(*all_ports))
+    {
+        let go_here = with_go(*all_ports);
+        let mut ports: Vec<u16> = if *all_ports {
             Vec::new()
         } else {
             batch
@@ -763,10 +780,14 @@ pub fn run(args: &Args) -> Result<i32> {
                 })
                 .collect()
         };
+        if go_here {
+            ports.extend(go.ports());
+        }
         if !*all_ports && ports.is_empty() {
             continue;
         }
-        match trace(args, &all, &servers, &mut states, batch, &ports) {
+        let go_batch = go_here.then_some(&mut go);
+        match trace(args, &all, &servers, &mut states, batch, &ports, go_batch) {
             Ok((r, lost)) => {
                 reports.extend(r);
                 for &i in batch {
@@ -789,6 +810,9 @@ pub fn run(args: &Args) -> Result<i32> {
                         };
                     }
                 }
+                if go_here {
+                    go.stop_all(&why, unavailable);
+                }
             }
         }
     }
@@ -810,6 +834,14 @@ pub fn run(args: &Args) -> Result<i32> {
             one_line(&detail)
         );
     }
+    for (name, verdict, detail) in go.judge(&reports, &args.probe) {
+        failed |= verdict == "FAIL";
+        println!(
+            "SCENARIO {name} probe={} kernel={kernel} {verdict} {}",
+            args.probe,
+            one_line(&detail)
+        );
+    }
     Ok(if failed { 1 } else { 0 })
 }
 
@@ -827,6 +859,7 @@ fn trace(
     states: &mut [State],
     batch: &[usize],
     ports: &[u16],
+    go: Option<&mut GoScenarios>,
 ) -> Result<(PortReports, Vec<String>)> {
     // The barrier: one more traced server whose close is made last and
     // must be reported. Reports come in the order the kernel saw the
@@ -883,6 +916,9 @@ fn trace(
                 expected_clients.push(s.port);
             }
         }
+    }
+    if let Some(go) = go {
+        expected.extend(go.drive());
     }
     let start = Instant::now();
     while start.elapsed() < REPORT_TIMEOUT {

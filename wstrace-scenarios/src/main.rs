@@ -6,10 +6,12 @@
 //! - `ws-scenario serve --bind IP --mode MODE`: one tiny server (a child of
 //!   `check`, so reports name a process other than the checker);
 //! - `ws-scenario check --wstrace PATH --probe SET`: runs every scenario and
-//!   prints `SCENARIO <name> probe=<set> kernel=<release> PASS|FAIL|SKIP <detail>`.
+//!   prints `SCENARIO <name> probe=<set> kernel=<release> PASS|FAIL|SKIP <detail>`;
+//!   with `--go-tls PATH`, also the Go crypto/tls scenarios (gotls.rs).
 mod check;
 mod client;
 mod expect;
+mod gotls;
 mod serve;
 
 use std::net::SocketAddr;

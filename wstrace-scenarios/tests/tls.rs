@@ -823,3 +823,56 @@ fn hostile_libssl_look_alikes_of_a_nobody_server_are_refused_not_followed() {
     assert_eq!(reports[0]["closed_by"], "local", "{}", reports[0]);
     assert_eq!(reports[0]["tls"], Value::Null, "{}", reports[0]);
 }
+
+/// A function under rustls' crate path, as a Rust program that links
+/// rustls keeps thousands of in its symbol table (legacy mangling; the
+/// name is a plain C identifier, so a C compiler can define it).
+const RUSTLS_STAND_IN: &str =
+    "int _ZN6rustls4conn10connection6Writer5write17h0123456789abcdefE(int x) { return x + 1; }\n";
+
+/// A server with rustls linked in (its TLS is in its own code, which
+/// wstrace does not cover) is named at start-up in one line, and its plain
+/// traffic is still reported. The stand-in is tests/c/deep_close.c linked
+/// with one function under rustls' crate path (see [`RUSTLS_STAND_IN`]).
+#[test]
+fn a_server_linking_rustls_is_named_at_start_up_as_not_covered() {
+    if !require_root() {
+        return;
+    }
+    let Some(cc) = require_tool(
+        "cc",
+        "install a C compiler: apt-get install gcc (`cargo xtask setup` does)",
+    ) else {
+        return;
+    };
+    let _g = serial();
+    let dir = common::target().join("c");
+    std::fs::create_dir_all(&dir).expect("mkdir target/c");
+    let stub = dir.join("rustls_stand_in.c");
+    std::fs::write(&stub, RUSTLS_STAND_IN).expect("write the stand-in");
+    let bin = dir.join("rustls_server");
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/c/deep_close.c");
+    let built = Command::new(&cc)
+        .args(["-O2", "-g", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .arg(&stub)
+        .status()
+        .expect("cc");
+    assert!(built.success(), "cc failed on {}", src.display());
+    let (server, port) = common::spawn_ready(Command::new(&bin).arg("0"));
+    let t = Tracer::start(port, &[]);
+    let stderr = t.stderr_text();
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with(&format!("wstrace: tls: pid {} (", server.0.id())))
+        .unwrap_or_else(|| panic!("no tls line for the server:\n{stderr}"));
+    assert!(
+        line.ends_with("only plaintext is seen; not covered: rustls"),
+        "{line}"
+    );
+    common::upgrade_once(port);
+    let reports = t.wait_for_reports(1, Duration::from_secs(10));
+    assert_eq!(reports.len(), 1, "{}", t.stderr_text());
+    assert_eq!(reports[0]["pid"], server.0.id(), "{}", reports[0]);
+}

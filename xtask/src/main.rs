@@ -14,6 +14,7 @@ mod bench;
 mod build;
 mod cpio;
 mod deb;
+mod gotls;
 mod initramfs;
 mod kernels;
 mod llvm;

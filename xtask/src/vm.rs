@@ -10,7 +10,7 @@
 use crate::initramfs::{self, Step};
 use crate::kernels::Arch;
 use crate::matrix::{self, KernelRun, MatrixResults, StepRun};
-use crate::{kernels, paths, process, qemu, setup, table};
+use crate::{gotls, kernels, paths, process, qemu, setup, table};
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use std::collections::VecDeque;
@@ -92,9 +92,19 @@ pub fn run(args: &VmArgs) -> Result<()> {
     arches.dedup();
     let mut binaries = Vec::new();
     for &arch in &arches {
-        binaries.push((arch, binaries_for(args, arch)?));
+        let mut bins = binaries_for(args, arch)?;
+        // The Go crypto/tls scenarios' program, static, per architecture
+        // (in --cmd VMs too: `ws-scenario check --go-tls /bin/ws-go-tls`).
+        bins.push(gotls::build(arch)?);
+        binaries.push((arch, bins));
         qemu::qemu_binary(arch)?;
     }
+    // The host row runs the same Go scenarios with the host's build.
+    let host_go = match binaries.iter().find(|(a, _)| *a == Arch::host()) {
+        _ if args.cmd.is_some() => None,
+        Some((_, bins)) => bins.last().cloned(),
+        None => Some(gotls::build(Arch::host())?),
+    };
 
     let (fetched, took) =
         process::timed(|| kernels::fetch_all(&specs, args.matrix.refresh_kernels));
@@ -166,7 +176,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
     if args.cmd.is_none() {
         // The host too: its kernel is the locked-down kind (tracepoints only
         // here), the case the VMs cannot show.
-        runs.insert(0, host_run(&steps)?);
+        runs.insert(0, host_run(&steps, host_go.as_deref())?);
     }
     let results = MatrixResults {
         mode: if args.cmd.is_some() {
@@ -215,7 +225,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
 
 /// The scenario steps run on this machine's own kernel, as a row of the
 /// table labelled "host" (`run` has checked for root).
-fn host_run(steps: &[Step]) -> Result<KernelRun> {
+fn host_run(steps: &[Step], go_tls: Option<&Path>) -> Result<KernelRun> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .ok();
@@ -224,13 +234,14 @@ fn host_run(steps: &[Step]) -> Result<KernelRun> {
     let mut runs = Vec::new();
     for step in steps {
         let t = Instant::now();
-        let out = process::capture(
-            std::process::Command::new(bin.join("ws-scenario"))
-                .args(["check", "--wstrace"])
-                .arg(bin.join("wstrace"))
-                .args(["--probe", &step.name]),
-        )
-        .context("running ws-scenario on the host")?;
+        let mut cmd = std::process::Command::new(bin.join("ws-scenario"));
+        cmd.args(["check", "--wstrace"])
+            .arg(bin.join("wstrace"))
+            .args(["--probe", &step.name]);
+        if let Some(go) = go_tls {
+            cmd.arg("--go-tls").arg(go);
+        }
+        let out = process::capture(&mut cmd).context("running ws-scenario on the host")?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let mut output: Vec<String> = Vec::new();
         let mut scenarios = Vec::new();
@@ -292,7 +303,10 @@ fn plan_steps(cmd: Option<&str>) -> Vec<Step> {
             .iter()
             .map(|probe| Step {
                 name: probe.to_string(),
-                script: format!("/bin/ws-scenario check --wstrace /bin/wstrace --probe {probe}\n"),
+                script: format!(
+                    "/bin/ws-scenario check --wstrace /bin/wstrace --probe {probe} --go-tls /bin/{}\n",
+                    gotls::PROGRAM
+                ),
             })
             .collect(),
     }

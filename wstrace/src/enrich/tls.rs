@@ -136,6 +136,32 @@ pub fn candidates(pid: u32, maps: &[Mapping], exe_inode: Option<(&str, u64)>) ->
 pub struct ElfTls {
     pub openssl: BTreeMap<&'static str, u64>,
     pub go: Option<GoTls>,
+    /// A Rust program with rustls linked in (its symbols say so): a TLS
+    /// stack wstrace does not cover, named at start-up.
+    pub rustls: bool,
+}
+
+/// How a survey names rustls among the stacks not covered.
+pub const RUSTLS: &str = "rustls";
+
+/// Whether symbol `name` is Rust code of the `rustls` crate: a Rust
+/// mangled name (legacy `_ZN`, v0 `_R`) with the crate's path component
+/// (`6rustls`, its length then its name, not the tail of a longer length
+/// such as `16rustls_...`), or a legacy impl path naming one of its types
+/// (`_$LT$rustls..conn..`). Other crates with rustls in their names
+/// (`12tokio_rustls`) do not count: they pull rustls itself in anyway.
+pub fn is_rustls_symbol(name: &[u8]) -> bool {
+    if !(name.starts_with(b"_ZN") || name.starts_with(b"_R")) {
+        return false;
+    }
+    let crate_component = name.windows(7).enumerate().any(|(i, w)| {
+        w == b"6rustls"
+            && !(i > 0 && name[i - 1].is_ascii_digit())
+            && !name
+                .get(i + 7)
+                .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_')
+    });
+    crate_component || name.windows(12).any(|w| w == b"$LT$rustls..")
 }
 
 /// Reads the symbol tables of `file` (an ELF64 file) for the OpenSSL
@@ -204,6 +230,9 @@ pub fn elf_tls(file: std::fs::File) -> Result<ElfTls, String> {
             let Ok(name) = sym.name(endian, symbols.strings()) else {
                 continue;
             };
+            if !out.rustls && is_rustls_symbol(name) {
+                out.rustls = true;
+            }
             if name == GO_TLS_WRITE.as_bytes() {
                 go_write = Some((sym.st_value(endian), sym.st_size(endian)));
                 continue;
@@ -554,6 +583,9 @@ pub fn survey(pid: u32, read_symbols: bool, cache: &mut ElfCache) -> Option<Surv
         };
         match read {
             Ok(elf) => {
+                if elf.rustls && !out.uncovered.contains(&RUSTLS) {
+                    out.uncovered.push(RUSTLS);
+                }
                 if let Some(go) = elf.go {
                     out.go = Some((file.clone(), go));
                 }
@@ -680,6 +712,30 @@ mod tests {
         assert_eq!(file_name("/usr/lib/libssl.so.3"), "libssl.so.3");
         assert_eq!(file_name("/usr/lib/libssl.so.3 (deleted)"), "libssl.so.3");
         assert_eq!(file_name("libssl.so"), "libssl.so");
+    }
+
+    #[test]
+    fn rustls_is_known_by_its_mangled_crate_path() {
+        for yes in [
+            &b"_ZN6rustls4conn10connection8Reader4read17h0123456789abcdefE"[..],
+            b"_ZN90_$LT$rustls..conn..ConnectionCommon$LT$T$GT$$u20$as$u20$core..ops..Drop$GT$4drop17h0123456789abcdefE",
+            b"_RNvMs_NtCs4fqI2P2rA04_6rustls4connNtB4_6Writer5write",
+        ] {
+            assert!(is_rustls_symbol(yes), "{}", String::from_utf8_lossy(yes));
+        }
+        for no in [
+            // Not Rust-mangled: a C function may be called anything.
+            &b"rustls_connection_write"[..],
+            b"_ZN12tokio_rustls6client4read17h0123456789abcdefE",
+            b"_ZN16rustls_pemfile_x4read17h0123456789abcdefE",
+            b"_ZN7rustlsx4read17h0123456789abcdefE",
+            b"_ZN6rustlz4read17h0123456789abcdefE",
+            b"_ZN4core3fmt5write17h0123456789abcdefE",
+            b"_R",
+            b"",
+        ] {
+            assert!(!is_rustls_symbol(no), "{}", String::from_utf8_lossy(no));
+        }
     }
 
     #[test]

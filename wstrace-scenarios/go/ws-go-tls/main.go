@@ -1,0 +1,181 @@
+// ws-go-tls: the Go side of the kernel matrix's Go crypto/tls scenarios
+// (`ws-scenario check --go-tls`). One static binary, built per VM
+// architecture by `cargo xtask vm` with Debian's Go and gorilla/websocket
+// (GOPATH mode, offline), so the VMs need nothing else: its certificate is
+// made in memory at start.
+//
+//	ws-go-tls server close|goaway   prints "READY <port>", serves wss:// on 127.0.0.1
+//	ws-go-tls client PORT http10|answer
+//
+// server close: closes right after the upgrade, in (*hub).drop. goaway:
+// sends close 1001 "restarting", reads until the client's answer, then
+// closes. client http10: an HTTP/1.0 upgrade, then reads until the server
+// closes. answer: HTTP/1.1, echoes a close frame it gets. Either client
+// closes its socket only after the server's FIN (it reads the TCP
+// connection under TLS to its end), so the server is the first closer.
+package main
+
+import (
+	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+type hub struct{ mode string }
+
+var upgrader = websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
+
+//go:noinline
+func (h *hub) drop(c *websocket.Conn) { c.Close() }
+
+func (h *hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c, err := upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return
+	}
+	if h.mode == "goaway" {
+		msg := websocket.FormatCloseMessage(1001, "restarting")
+		c.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		for {
+			if _, _, err := c.ReadMessage(); err != nil {
+				break
+			}
+		}
+	}
+	h.drop(c)
+}
+
+// A fresh self-signed P-256 certificate for localhost.
+func certificate() (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		DNSNames:     []string{"localhost"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+func server(mode string) error {
+	cert, err := certificate()
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("READY %d\n", ln.Addr().(*net.TCPAddr).Port)
+	srv := &http.Server{
+		Handler:   &hub{mode: mode},
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}},
+		// HTTP/1.1 only: a WebSocket upgrade has no HTTP/2 form here.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+	}
+	return srv.ServeTLS(ln, "", "")
+}
+
+func client(port, mode string) error {
+	raw, err := net.DialTimeout("tcp", "127.0.0.1:"+port, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer raw.Close()
+	raw.SetDeadline(time.Now().Add(10 * time.Second))
+	c := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, ServerName: "localhost"})
+	version := "HTTP/1.1"
+	if mode == "http10" {
+		version = "HTTP/1.0"
+	}
+	req := "GET /ws " + version + "\r\nHost: localhost\r\nConnection: Upgrade\r\n" +
+		"Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
+		"Sec-WebSocket-Version: 13\r\n\r\n"
+	if _, err := c.Write([]byte(req)); err != nil {
+		return err
+	}
+	br := bufio.NewReader(c)
+	status, err := br.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("reading the status line: %w", err)
+	}
+	if !strings.HasPrefix(status, "HTTP/1.1 101 ") {
+		return fmt.Errorf("no 101: %q", status)
+	}
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return fmt.Errorf("reading the 101's head: %w", err)
+		}
+		if line == "\r\n" {
+			break
+		}
+	}
+	// Frames until the server's close_notify or FIN. A close frame from
+	// the server (2-byte code, short payload) is echoed, masked.
+	for {
+		var hdr [2]byte
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			break
+		}
+		n := int(hdr[1] & 0x7f)
+		if n > 125 {
+			return fmt.Errorf("unexpected long frame")
+		}
+		payload := make([]byte, n)
+		if _, err := io.ReadFull(br, payload); err != nil {
+			break
+		}
+		if mode == "answer" && hdr[0] == 0x88 && n >= 2 {
+			mask := []byte{1, 2, 3, 4}
+			out := []byte{0x88, 0x82, mask[0], mask[1], mask[2], mask[3],
+				payload[0] ^ mask[0], payload[1] ^ mask[1]}
+			if _, err := c.Write(out); err != nil {
+				return err
+			}
+		}
+	}
+	// The TCP connection under TLS to its end (the server's FIN): only
+	// then does the client close, so the server closed first.
+	io.Copy(io.Discard, raw)
+	return nil
+}
+
+func main() {
+	var err error
+	switch {
+	case len(os.Args) == 3 && os.Args[1] == "server":
+		err = server(os.Args[2])
+	case len(os.Args) == 4 && os.Args[1] == "client":
+		err = client(os.Args[2], os.Args[3])
+	default:
+		err = fmt.Errorf("usage: ws-go-tls server close|goaway | client PORT http10|answer")
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ws-go-tls:", err)
+		os.Exit(1)
+	}
+}
