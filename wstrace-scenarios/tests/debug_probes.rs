@@ -130,19 +130,20 @@ fn debug_probes_say_why_a_101_was_ignored() {
                 && l.ends_with(&format!("(at byte {})", CONTINUE.len()))),
         "no reason line for the 101 after a 100 Continue: {new_lines:?}\n{stderr}"
     );
-    // Its request head was read and classified first.
-    assert!(
-        new_lines
-            .iter()
-            .any(|l| l.contains("first read is a request head: copied")),
-        "{new_lines:?}"
-    );
-    // The barrier's connection: traced, said so.
+    // The barrier's connection: its server's first read classified, its
+    // 101 traced, both said.
     assert!(
         probe_lines
             .iter()
             .any(|l| l.contains(&format!(" socket :{} ⇄ :", barrier.port))
                 && l.contains("wrote a 101: traced (server side)")),
+        "{probe_lines:?}"
+    );
+    assert!(
+        probe_lines
+            .iter()
+            .any(|l| l.contains(&format!(" socket :{} ⇄ :", barrier.port))
+                && l.contains("first read is a request head: copied")),
         "{probe_lines:?}"
     );
 }
