@@ -538,6 +538,119 @@ pub struct ProcessBudget {
     pub dropped_upgrades: u32,
 }
 
+/// `--debug-probes`: the kernel programs' decision log ("why wasn't my
+/// connection reported?"). Each line the kernel writes (through aya-log)
+/// is numbers only: a decision code, the process, the socket's ports and
+/// address, and one number whose meaning depends on the code. The daemon
+/// renders the text from this table: a kernel log call with a string of
+/// variable length is rejected by the 5.10 verifier, and the numbers keep
+/// the line typed up to the edge.
+pub mod probe_log {
+    /// A 101 was written at the start of a write on an accepted socket:
+    /// traced as the server side. Arg: bytes written.
+    pub const UPGRADE_SERVER: u32 = 1;
+    /// A 101 was the first response read on a socket: traced as the
+    /// client side. Arg: bytes read.
+    pub const UPGRADE_CLIENT: u32 = 2;
+    /// A 101 written on a socket no listener accepted while wstrace ran
+    /// (a connection older than wstrace, or a socket the process
+    /// connected itself). Arg: bytes written.
+    pub const IGNORED_NOT_ACCEPTED: u32 = 3;
+    /// A 101 written on a socket that is not TCP. Arg: bytes written.
+    pub const IGNORED_NOT_TCP: u32 = 4;
+    /// A 101 written on a socket whose local port is not traced (`--port`).
+    /// Arg: bytes written.
+    pub const IGNORED_PORT: u32 = 5;
+    /// A 101 written, but the upgraded-socket map refused the socket.
+    /// Arg: bytes written.
+    pub const IGNORED_MAP_FULL: u32 = 6;
+    /// A 101 written, but its event could not be sent (ring full, or the
+    /// process over its fair share). Arg: bytes written.
+    pub const IGNORED_LOST: u32 = 7;
+    /// A write holds a 101 status line, but not at its start (only a 101
+    /// that starts a write is seen). Arg: the 101's offset in the write.
+    pub const IGNORED_NOT_AT_START: u32 = 8;
+    /// A write begins an HTTP/1.x status line but ends before its status
+    /// code: a 101 split across writes is not seen. Arg: bytes written.
+    pub const IGNORED_SPLIT: u32 = 9;
+    /// A socket's first read is a request head: copied (the request a
+    /// 101 answers). Arg: bytes read.
+    pub const FIRST_READ_REQUEST: u32 = 10;
+    /// A socket's first read is an HTTP response other than a 101: its
+    /// reads are not copied again. Arg: bytes read.
+    pub const FIRST_READ_RESPONSE: u32 = 11;
+    /// A socket's first read is not HTTP: its reads and (fentry, kprobe)
+    /// writes cost one lookup from now on. Arg: bytes read.
+    pub const FIRST_READ_NOT_HTTP: u32 = 12;
+    /// A socket's first read is a TLS handshake: heads come from the TLS
+    /// library's uprobes, if any. Arg: bytes read.
+    pub const FIRST_READ_TLS: u32 = 13;
+    /// A request (`GET `) written on a socket whose remote port is traced:
+    /// the writer is remembered as the peer. Arg: bytes written.
+    pub const REQUEST_WRITTEN: u32 = 14;
+
+    /// What a code means, for the daemon's line (None: unknown code).
+    pub fn describe(code: u32) -> Option<&'static str> {
+        Some(match code {
+            UPGRADE_SERVER => "wrote a 101: traced (server side)",
+            UPGRADE_CLIENT => "read a 101 as its first response: traced (client side)",
+            IGNORED_NOT_ACCEPTED => {
+                "101 ignored: no listener accepted this socket while wstrace ran (a connection older than wstrace, or one the process opened itself)"
+            }
+            IGNORED_NOT_TCP => "101 ignored: not a TCP socket",
+            IGNORED_PORT => "101 ignored: its local port is not traced (--port)",
+            IGNORED_MAP_FULL => {
+                "101 ignored: the upgraded-socket map refused it (raise --max-sockets)"
+            }
+            IGNORED_LOST => {
+                "101 ignored: its event was lost (ring full, or the process over its fair share)"
+            }
+            IGNORED_NOT_AT_START => {
+                "101 ignored: not at the start of the write (only a write that starts with the status line is seen)"
+            }
+            IGNORED_SPLIT => {
+                "status line split: the write ends before the status code, so a 101 in the next write is not seen"
+            }
+            FIRST_READ_REQUEST => "first read is a request head: copied",
+            FIRST_READ_RESPONSE => "first read is an HTTP response, not a 101: not followed",
+            FIRST_READ_NOT_HTTP => "first read is not HTTP: not followed",
+            FIRST_READ_TLS => "first read is a TLS handshake: heads come from the TLS library",
+            REQUEST_WRITTEN => "wrote a request to a traced port: noted as the peer",
+            _ => return None,
+        })
+    }
+
+    /// The name of what `arg` counts, per code.
+    pub fn arg_name(code: u32) -> &'static str {
+        match code {
+            IGNORED_NOT_AT_START => "at byte",
+            FIRST_READ_REQUEST | FIRST_READ_RESPONSE | FIRST_READ_NOT_HTTP | FIRST_READ_TLS
+            | UPGRADE_CLIENT => "read",
+            _ => "wrote",
+        }
+    }
+
+    /// Lines each CPU may log per second; the rest are counted
+    /// ([`LogBudget::dropped`]) and the daemon says how many.
+    pub const LINES_PER_SECOND: u32 = 100;
+
+    /// Bytes of a write searched for a misplaced 101 (debug only).
+    pub const SCAN_BYTES: usize = 64;
+
+    /// One CPU's log budget (the `LOG_BUDGET` per-CPU array).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct LogBudget {
+        /// ktime (ns) the current one-second window began.
+        pub window_ns: u64,
+        /// Lines logged in the current window.
+        pub lines: u32,
+        pub _pad: u32,
+        /// Lines not logged over the budget, in all.
+        pub dropped: u64,
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data, no padding holes that matter, all bit patterns valid.
@@ -555,6 +668,7 @@ mod user {
     unsafe impl aya::Pod for super::PeerWriter {}
     // SAFETY: `repr(C)` integers only, without padding (see its definition).
     unsafe impl aya::Pod for super::KernelConfig {}
+    unsafe impl aya::Pod for super::probe_log::LogBudget {}
 }
 
 /// The marker for "this kernel has no such field" in a [`KernelConfig`]
@@ -663,6 +777,10 @@ pub struct KernelConfig {
     /// reads and writes of a thread inside `SSL_read`/`SSL_write` are
     /// then matched to that call; 0 skips the lookup.
     pub tls: u64,
+    /// Value: 1 under `--debug-probes`: the programs log their decisions
+    /// ([`probe_log`]); 0 (the default) and the verifier, which sees a
+    /// frozen constant, drops the log statements from the loaded programs.
+    pub debug_probes: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<KernelConfig>().is_multiple_of(8));
@@ -680,6 +798,7 @@ impl KernelConfig {
         c.all_ports = 0;
         c.user_stack_bytes = 0;
         c.tls = 0;
+        c.debug_probes = 0;
         c
     };
 }

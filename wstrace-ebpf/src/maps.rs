@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use wstrace_common::{
     BUDGET_PROCESSES, PORT_WORDS, PeerWriter, ProcessBudget, SERVER_SLOTS as SERVER_SLOT_COUNT,
-    STACK_SITES, SiteBudget, SockTuple, StackRecord, lost,
+    STACK_SITES, SiteBudget, SockTuple, StackRecord, lost, probe_log::LogBudget,
 };
 
 /// A read in flight on a traced-port socket: where its bytes will land.
@@ -45,6 +45,11 @@ pub struct TlsRead {
     pub readbytes: u64,
     pub sk: u64,
 }
+
+/// `--debug-probes`: each CPU's log budget (`crate::debug`); the daemon
+/// sums `dropped` to say how many lines the rate limit cost.
+#[map]
+pub static LOG_BUDGET: PerCpuArray<LogBudget> = PerCpuArray::with_max_entries(1, 0);
 
 /// Events to the daemon, in order across CPUs.
 #[map]

@@ -19,9 +19,12 @@ use wstrace_common::{
     is_upgrade_response,
 };
 use wstrace_common::{FAIR_SHARE_EVENTS, FAIR_SHARE_WINDOW, ProcessBudget, lost};
-use wstrace_common::{FLAG_CLIENT_SIDE, FLAG_UPGRADE_READ, FirstRead, classify_first_read};
+use wstrace_common::{
+    FLAG_CLIENT_SIDE, FLAG_UPGRADE_READ, FirstRead, classify_first_read, probe_log,
+};
 
 use crate::{
+    debug,
     kernel::{
         config, current_exit_code, current_process_start_ns, current_task_exiting, fill_tuple,
         port_traced, read, sk_err, sk_is_tcp, sk_local_port,
@@ -313,10 +316,16 @@ pub fn mark_upgraded(sk: u64, write_len: u64, probe: ProbeSet, flags: u32) {
     // socket bound to the port writing a 101 forges nothing. The client
     // side (it *read* the 101 on a socket it connected) is never accepted;
     // a process that fakes its own server only misleads about itself.
-    if !sk_is_tcp(sk) || (flags & FLAG_CLIENT_SIDE == 0 && ACCEPTED.get_ptr(sk).is_none()) {
+    if !sk_is_tcp(sk) {
+        debug::note(probe_log::IGNORED_NOT_TCP, sk, write_len);
+        return;
+    }
+    if flags & FLAG_CLIENT_SIDE == 0 && ACCEPTED.get_ptr(sk).is_none() {
+        debug::note(probe_log::IGNORED_NOT_ACCEPTED, sk, write_len);
         return;
     }
     let Some(mut entry) = reserve::<EventHeader>(EventKind::Upgrade) else {
+        debug::note(probe_log::IGNORED_LOST, sk, write_len);
         return;
     };
     let h = entry.as_mut_ptr();
@@ -329,8 +338,18 @@ pub fn mark_upgraded(sk: u64, write_len: u64, probe: ProbeSet, flags: u32) {
     if UPGRADED.insert(sk, ts_ns, 0).is_err() {
         entry.discard(0);
         count_lost(lost::RING_FULL);
+        debug::note(probe_log::IGNORED_MAP_FULL, sk, write_len);
         return;
     }
+    debug::note(
+        if flags & FLAG_CLIENT_SIDE != 0 {
+            probe_log::UPGRADE_CLIENT
+        } else {
+            probe_log::UPGRADE_SERVER
+        },
+        sk,
+        write_len,
+    );
     // The head is complete once the server answers it.
     let _ = HEAD_BYTES.remove(sk);
     // Its signals count from now on (how it ends may explain the close).
@@ -359,6 +378,7 @@ pub fn note_request_writer(sk: u64) {
         w.comm = [0; 16];
     }
     let _ = PEER_WRITERS.insert(&key, &w, 0);
+    debug::note(probe_log::REQUEST_WRITTEN, sk, 0);
 }
 
 /// Is `sk` a traced, upgraded socket? Port first: unrelated sockets never
@@ -723,6 +743,7 @@ pub fn read_exit(ret: i64, probe: ProbeSet) {
                 // ciphertext is no head.
                 let _ = HEAD_BYTES.insert(sk, HEAD_TLS, 0);
                 note_tls_read(sk);
+                debug::note(probe_log::FIRST_READ_TLS, sk, total);
                 return;
             }
             First::Class(FirstRead::Response) => {
@@ -736,15 +757,20 @@ pub fn read_exit(ret: i64, probe: ProbeSet) {
                     emit_data(sk, buf, len, total, DIR_RECEIVED | FLAG_UPGRADE_READ);
                 } else {
                     let _ = HEAD_BYTES.insert(sk, HEAD_RESPONSE, 0);
+                    debug::note(probe_log::FIRST_READ_RESPONSE, sk, total);
                 }
                 return;
             }
             First::Class(FirstRead::Other) => {
                 let _ = HEAD_BYTES.insert(sk, HEAD_NOT_HTTP, 0);
+                debug::note(probe_log::FIRST_READ_NOT_HTTP, sk, total);
                 return;
             }
-            // A request, or too short to tell: copied as a head.
-            First::Class(FirstRead::Request) | First::Short => {}
+            First::Class(FirstRead::Request) => {
+                debug::note(probe_log::FIRST_READ_REQUEST, sk, total);
+            }
+            // Too short to tell: copied as a head.
+            First::Short => {}
         }
     }
     let _ = HEAD_BYTES.insert(sk, copied + len.min(DATA_CAP as u64) as u32, 0);

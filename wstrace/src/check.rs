@@ -66,6 +66,9 @@ pub fn run(btf_path: &Path) -> Result<()> {
         user_stack_bytes: 16384,
         // The TLS programs must load too.
         tls: true,
+        // And the decision log's statements (`--debug-probes`): with it
+        // off the verifier skips them.
+        debug_probes: true,
     };
     let mut usable = Vec::new();
     for (name, choice) in [

@@ -268,6 +268,16 @@ pub struct CommonArgs {
     #[arg(long, value_enum, default_value_t = TlsMode::Auto)]
     pub tls: TlsMode,
 
+    /// Print the kernel programs' decisions to stderr (`wstrace: probe:`
+    /// lines): which socket's 101 was traced, and why a 101 was ignored
+    /// (no listener accepted the socket while wstrace ran, not at the start
+    /// of a write, a port not traced, ...), and how each socket's first
+    /// read was classified. For "why wasn't my connection reported?". At
+    /// most 100 lines a second per CPU (the rest are counted and said);
+    /// off by default, and free when off.
+    #[arg(long)]
+    pub debug_probes: bool,
+
     /// Bytes of user stack copied per close for dwarf unwinding (from the
     /// stack pointer up; deeper stacks are reported as truncated).
     #[arg(long, value_name = "BYTES", default_value_t = 16384,

@@ -113,6 +113,12 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(&Ports, &str)) -> Resu
         eprintln!("wstrace: warning: {warning}");
     }
     let (mut attached, queue_bytes) = attach_probes(&opts)?;
+    // Only under the flag: without it the programs never log.
+    let probe_log = if opts.common.debug_probes {
+        Some(crate::probe_log::ProbeLog::start(&mut attached.ebpf)?)
+    } else {
+        None
+    };
     let ring = attached
         .ebpf
         .take_map("EVENTS")
@@ -163,6 +169,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(&Ports, &str)) -> Resu
         outputs,
         attached,
         tls,
+        probe_log,
         ports: opts.ports,
         scope: opts.scope.clone(),
         max_sockets: opts.common.max_sockets,
@@ -261,6 +268,7 @@ fn attach_probes(opts: &Options<'_>) -> Result<(Attached, usize)> {
         ring_bytes,
         user_stack_bytes,
         tls: opts.common.tls == crate::attach::TlsMode::Auto,
+        debug_probes: opts.common.debug_probes,
     };
     let attached = probes::attach(opts.common.probe, &settings, &offsets, &root)?;
     for s in &attached.skipped {
@@ -582,6 +590,8 @@ struct EventLoop<'a> {
     attached: Attached,
     /// The TLS uprobes per server process (`--tls auto`, programs loaded).
     tls: Option<TlsState>,
+    /// `--debug-probes`: the kernel's decision lines, printed each tick.
+    probe_log: Option<crate::probe_log::ProbeLog>,
     ports: &'a Ports,
     /// `--pid`/`--exe`: reports of other processes' sockets are dropped.
     scope: Scope,
@@ -752,6 +762,9 @@ impl EventLoop<'_> {
                         }
                     }
                     self.warn_losses(scan);
+                    if let Some(p) = &mut self.probe_log {
+                        p.drain(false);
+                    }
                     self.outputs.tick()?;
                 }
                 _ = sigint.recv() => break,
@@ -891,6 +904,10 @@ impl EventLoop<'_> {
         // (and ending the helper) is their detach.
         self.tls = None;
         self.attached.detach_all();
+        // The programs are gone: these are their last lines.
+        if let Some(p) = &mut self.probe_log {
+            p.drain(true);
+        }
         self.reader.finish();
         while !self.done() {
             let Some(batch) = self.reader.records.recv().await else {

@@ -23,6 +23,7 @@ mod enrich;
 mod model;
 mod output;
 mod pipeline;
+mod probe_log;
 mod protocol;
 mod redact;
 mod report;

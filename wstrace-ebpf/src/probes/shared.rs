@@ -1,8 +1,9 @@
 //! What the fentry and kprobe sets do at tcp_sendmsg / tcp_close entry.
 use aya_ebpf::EbpfContext;
-use wstrace_common::ProbeSet;
+use wstrace_common::{ProbeSet, probe_log};
 
 use crate::{
+    debug,
     kernel::{
         msghdr_second_iovec, msghdr_user_buf, port_traced, sk_local_port, sk_remote_port, sk_state,
     },
@@ -19,6 +20,9 @@ pub fn on_tcp_sendmsg(sk: u64, msg: u64, size: u64, probe: ProbeSet) {
     }
     let server_side = port_traced(sk_local_port(sk));
     if !server_side && !port_traced(sk_remote_port(sk)) {
+        if debug::on() {
+            note_untraced_write(sk, msg, size);
+        }
         return;
     }
     // A socket whose first read was not HTTP never writes a 101 or a
@@ -31,7 +35,11 @@ pub fn on_tcp_sendmsg(sk: u64, msg: u64, size: u64, probe: ProbeSet) {
         return;
     };
     let len = size.min(first);
-    match (record::classify_write(buf, len), server_side) {
+    let kind = record::classify_write(buf, len);
+    if kind == record::Write::Other && debug::on() {
+        note_misplaced_101(sk, buf, len);
+    }
+    match (kind, server_side) {
         (record::Write::Upgrade, true) => record::mark_upgraded(sk, size, probe, 0),
         (record::Write::ControlFrame { missing }, true) => {
             // Cut at the first iovec while the write goes on: the rest of
@@ -60,6 +68,32 @@ pub fn on_tcp_sendmsg(sk: u64, msg: u64, size: u64, probe: ProbeSet) {
             record::note_request_writer(sk)
         }
         _ => {}
+    }
+}
+
+/// `--debug-probes`, a write on a socket of no traced port: logged if it
+/// is a 101 (the msghdr walk and copy are paid only with the log on).
+#[inline(never)]
+fn note_untraced_write(sk: u64, msg: u64, size: u64) {
+    if let Some((buf, first)) = msghdr_user_buf(msg)
+        && record::classify_write(buf, size.min(first)) == record::Write::Upgrade
+    {
+        debug::note(probe_log::IGNORED_PORT, sk, size);
+    }
+}
+
+/// `--debug-probes`, a write that is no 101 at its start: one that holds a
+/// 101 further in, or cuts a status line before its code, is logged.
+#[inline(always)]
+fn note_misplaced_101(sk: u64, buf: u64, len: u64) {
+    let at = debug::misplaced_101(buf, len);
+    if at == u64::MAX {
+        return;
+    }
+    if at == 0 {
+        debug::note(probe_log::IGNORED_SPLIT, sk, len);
+    } else {
+        debug::note(probe_log::IGNORED_NOT_AT_START, sk, at);
     }
 }
 

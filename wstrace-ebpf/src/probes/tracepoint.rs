@@ -10,9 +10,10 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use wstrace_common::{ProbeSet, server_slot};
+use wstrace_common::{ProbeSet, probe_log, server_slot};
 
 use crate::{
+    debug,
     kernel::{config, port_traced, sk_local_port, sk_remote_port, sock_of_fd},
     maps::{SERVER_SLOTS, SERVERS},
     record,
@@ -80,6 +81,9 @@ fn is_server() -> bool {
 fn on_write(fd: u64, buf: u64, len: u64, iov: u64, vlen: u64) {
     let kind = record::classify_write(buf, len);
     if kind == record::Write::Other {
+        if debug::on() {
+            note_misplaced_101(fd, buf, len);
+        }
         // TLS records carry nothing readable: a server's thread inside an
         // SSL_write of a 101 or a control frame says what they hold.
         if config!(tls) != 0 && is_server() && on_tls_write(fd, len) {
@@ -105,6 +109,9 @@ fn on_write(fd: u64, buf: u64, len: u64, iov: u64, vlen: u64) {
         return;
     }
     if !port_traced(sk_local_port(sk)) {
+        if kind == record::Write::Upgrade {
+            debug::note(probe_log::IGNORED_PORT, sk, len);
+        }
         return;
     }
     match kind {
@@ -123,6 +130,23 @@ fn on_write(fd: u64, buf: u64, len: u64, iov: u64, vlen: u64) {
             record::frames_written(sk, buf, len, len, Some(missing), second)
         }
         _ => record::frames_written(sk, buf, len, len, None, None),
+    }
+}
+
+/// `--debug-probes`, a write that is no 101 at its start: one that holds a
+/// 101 further in, or cuts a status line before its code, is logged with
+/// its socket (the fd walk is paid only then).
+#[inline(always)]
+fn note_misplaced_101(fd: u64, buf: u64, len: u64) {
+    let at = debug::misplaced_101(buf, len);
+    if at == u64::MAX {
+        return;
+    }
+    let sk = sock_of_fd(fd).unwrap_or(0);
+    if at == 0 {
+        debug::note(probe_log::IGNORED_SPLIT, sk, len);
+    } else {
+        debug::note(probe_log::IGNORED_NOT_AT_START, sk, at);
     }
 }
 

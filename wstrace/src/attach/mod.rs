@@ -85,6 +85,8 @@ pub struct Settings<'a> {
     pub user_stack_bytes: u32,
     /// Load the TLS uprobe programs (attached per process later, `tls`).
     pub tls: bool,
+    /// `--debug-probes`: the programs log their decisions (aya-log).
+    pub debug_probes: bool,
 }
 
 pub struct Attached {
@@ -265,6 +267,7 @@ fn kernel_config(settings: &Settings<'_>, offsets: &KernelOffsets, root: &Path) 
     config.all_ports = u64::from(*settings.ports == Ports::All);
     config.user_stack_bytes = u64::from(settings.user_stack_bytes);
     config.tls = u64::from(settings.tls);
+    config.debug_probes = u64::from(settings.debug_probes);
     for &(slot, category, name, field) in TRACEPOINT_FIELDS {
         // ABSENT when missing: `ending_fields_known` then leaves the
         // program out, and `limits` says what that costs.
@@ -756,11 +759,13 @@ mod tests {
             ring_bytes: 1 << 16,
             user_stack_bytes: 4096,
             tls: true,
+            debug_probes: true,
         };
         let c = kernel_config(&settings, &offsets(), &tracefs.0);
         assert_eq!(c.all_ports, 0, "named ports go in the bitmap");
         assert_eq!(c.user_stack_bytes, 4096);
         assert_eq!(c.tls, 1);
+        assert_eq!(c.debug_probes, 1);
         assert_eq!(c.skc_num, 14, "BTF offsets are kept");
         assert_eq!(c.task_files, ABSENT, "and so is what BTF lacked");
         assert_eq!(
@@ -786,9 +791,11 @@ mod tests {
             ring_bytes: 1 << 16,
             user_stack_bytes: 0,
             tls: false,
+            debug_probes: false,
         };
         let c = kernel_config(&settings, &offsets(), &tracefs.0);
         assert_eq!(c.all_ports, 1, "no --port: every port");
+        assert_eq!(c.debug_probes, 0, "the decision log is off by default");
         assert_eq!(c.tp_oom_pid, ABSENT);
         assert!(!ending_fields_known(&c, "oom_mark_victim"));
         assert!(ending_fields_known(&c, "signal_generate"));
