@@ -526,7 +526,7 @@ pub mod lost {
 /// closes. The window is the daemon's progress, not time: a stalled daemon
 /// refills no one's budget, so however long a flood lasts the upper half
 /// holds the closes of the other processes (256 closes of ~1.2 KiB from
-/// each of 13 processes fill the 4 MiB upper half of the 8 MiB ring).
+/// each of 6 processes fill the 2 MiB upper half of the 4 MiB ring).
 pub const FAIR_SHARE_EVENTS: u32 = 256;
 
 /// A process's budget starts again once the daemon has read this fraction
