@@ -13,10 +13,10 @@ use aya_ebpf::{
     maps::ring_buf::RingBufEntry,
 };
 use wstrace_common::{
-    CloseEvent, DATA_CAP, DIR_RECEIVED, DIR_SENT, DataEvent, EventHeader, EventKind,
+    CloseEvent, DATA_CAP, DIR_RECEIVED, DIR_SENT, DataEventOf, EventHeader, EventKind,
     FLAG_CONTINUES, FLAG_EXIT_CODE, FLAG_TASK_EXITING, FLAG_TLS_OPENSSL, HEAD_BUDGET, PeerWriter,
-    ProbeSet, REQUEST_PREFIX, STACK_DEPTH, SignalEvent, SockTuple, UPGRADE_PREFIX_LEN,
-    is_upgrade_response,
+    ProbeSet, REQUEST_PREFIX, SMALL_DATA_CAP, STACK_DEPTH, SignalEvent, SockTuple,
+    UPGRADE_PREFIX_LEN, is_upgrade_response,
 };
 use wstrace_common::{FAIR_SHARE_EVENTS, FAIR_SHARE_WINDOW, ProcessBudget, lost};
 use wstrace_common::{
@@ -530,18 +530,26 @@ const _: () = assert!(FLAG_TLS_OPENSSL & 1 == 0 && wstrace_common::FLAG_TLS_GO &
 /// five at most.
 const _: () = assert!(DIR_RECEIVED == 0 && DIR_SENT == 1 && FLAG_CONTINUES & 1 == 0);
 fn emit_data(sk: u64, buf: u64, len: u64, total: u64, dir_flags: u32) {
+    // The smallest record class that holds the bytes: under churn every
+    // upgrade's request head fits the small one, a third of the ring space.
+    if len <= SMALL_DATA_CAP as u64 {
+        emit_data_in::<SMALL_DATA_CAP>(sk, buf, len, total, dir_flags);
+    } else {
+        emit_data_in::<DATA_CAP>(sk, buf, len, total, dir_flags);
+    }
+}
+
+/// `emit_data` in a record of `N` data bytes (copies at most `N`).
+#[inline(always)]
+fn emit_data_in<const N: usize>(sk: u64, buf: u64, len: u64, total: u64, dir_flags: u32) {
     let direction = dir_flags & 1;
     let flags = dir_flags & !1;
-    let Some(mut entry) = reserve::<DataEvent>(EventKind::Data) else {
+    let Some(mut entry) = reserve::<DataEventOf<N>>(EventKind::Data) else {
         return;
     };
     let ev = entry.as_mut_ptr();
-    // Bounded for the verifier: 0 < n <= DATA_CAP.
-    let n = if len > DATA_CAP as u64 {
-        DATA_CAP as u32
-    } else {
-        len as u32
-    };
+    // Bounded for the verifier: 0 < n <= N.
+    let n = if len > N as u64 { N as u32 } else { len as u32 };
     unsafe {
         fill_header(&raw mut (*ev).header, EventKind::Data, 0, sk, 0, 0);
         (*ev).header.flags = flags;

@@ -25,8 +25,8 @@ use crate::attach::ServerSet;
 use wstrace_common::EventKind;
 
 use crate::model::{
-    CloseReport, Crash, Direction, Event, Frame, Killer, PeerProcess, Ports, ProcInfo, ProcessEnd,
-    SharedStack, SignalSent, UserWalk, Walk,
+    CloseReport, Crash, Direction, Event, Frame, Killer, PeerExe, PeerProcess, Ports, ProcInfo,
+    ProcessEnd, SharedStack, SignalSent, UserWalk, Walk,
 };
 use crate::protocol::{
     http::{self, RequestHead},
@@ -49,6 +49,13 @@ use unwind::UserStackMode;
 
 /// Peers remembered at once (a bound, not a working-set estimate).
 const MAX_PEERS: usize = 16384;
+/// How long a peer process's executable, once read, is taken as still
+/// right: a load generator or a proxy opens thousands of connections a
+/// second from one process, and reading its `/proc/PID/exe` (a readlink
+/// and a stat) for each was a syscall pair per upgrade.
+const PEER_EXE_FRESH_NS: u64 = 1_000_000_000;
+/// Peer processes whose executable is kept (cleared when full).
+const MAX_PEER_EXES: usize = 4096;
 
 /// Signals to upgraders remembered at once (a bound; the kernel sends only
 /// those aimed at processes that wrote a 101).
@@ -79,7 +86,7 @@ pub struct Enriched<'a> {
     /// This host's name (fleet logs).
     pub host: &'a str,
     /// Innermost first, the tracer's own frames left out.
-    pub kernel_stack: Vec<Frame>,
+    pub kernel_stack: Arc<[Frame]>,
     /// Innermost first, inlined functions as frames of their own; shared
     /// with the symbolizer's cache (identical stacks are one allocation).
     pub user_stack: Arc<[Frame]>,
@@ -124,6 +131,8 @@ pub struct Enricher {
     kernel_peers: Option<peer::KernelPeers>,
     /// The userspace lookup (fallback).
     peer_finder: peer::PeerFinder,
+    /// Peer processes' executables, with when they were read (event time).
+    peer_exes: HashMap<u32, (u64, Option<PeerExe>)>,
     /// Signals sent to upgraders, by (target pid, signal).
     signals: HashMap<(u32, u32), SignalSeen>,
     /// The last crash of each upgrader (by process id), symbolized at
@@ -154,6 +163,7 @@ impl Enricher {
             peers: HashMap::new(),
             kernel_peers,
             peer_finder: peer::PeerFinder::default(),
+            peer_exes: HashMap::new(),
             signals: HashMap::new(),
             crashes: HashMap::new(),
             servers,
@@ -216,13 +226,29 @@ impl Enricher {
             if let Some(mut p) = found {
                 // Read now, while the writer lives: a proxy is named from
                 // its executable, not from the comm it chose.
-                p.exe = peer::exe_of(p.pid);
+                p.exe = self.peer_exe(p.pid, ev.ts_ns);
                 if self.peers.len() >= MAX_PEERS {
                     self.peers.clear();
                 }
                 self.peers.insert((ev.sk, ev.ts_ns), p);
             }
         }
+    }
+
+    /// The executable of peer process `pid`, read at most once a second
+    /// (`PEER_EXE_FRESH_NS`, by event time `now_ns`).
+    fn peer_exe(&mut self, pid: u32, now_ns: u64) -> Option<PeerExe> {
+        if let Some((at, exe)) = self.peer_exes.get(&pid)
+            && now_ns.saturating_sub(*at) < PEER_EXE_FRESH_NS
+        {
+            return exe.clone();
+        }
+        let exe = peer::exe_of(pid);
+        if self.peer_exes.len() >= MAX_PEER_EXES {
+            self.peer_exes.clear();
+        }
+        self.peer_exes.insert(pid, (now_ns, exe.clone()));
+        exe
     }
 
     /// Keeps a signal sent to an upgrader until its target's close at exit
@@ -413,7 +439,7 @@ impl Enricher {
                     Ok(a) => self.symbolizer.kernel_stack(a),
                     Err(e) => {
                         kernel_stack_errno = Some(*e);
-                        Vec::new()
+                        Arc::default()
                     }
                 };
                 let (walk, note) =
@@ -454,7 +480,7 @@ impl Enricher {
                 };
                 (k, u, self.processes.info(c.pid))
             }
-            None => (Vec::new(), Arc::default(), ProcInfo::default()),
+            None => (Arc::default(), Arc::default(), ProcInfo::default()),
         };
         let frames = r
             .close_frames

@@ -278,7 +278,7 @@ mod tests {
                 exe: None,
                 process: ProcInfo::default(),
                 host: "h",
-                kernel_stack: Vec::new(),
+                kernel_stack: std::sync::Arc::default(),
                 user_stack: std::sync::Arc::default(),
                 kernel_stack_errno: None,
                 user_stack_errno: None,

@@ -43,7 +43,7 @@ struct Line<'a> {
     bytes_sent_after_upgrade: u64,
     bytes_received_after_upgrade: u64,
     /// Frame objects (`model::Frame`), innermost first.
-    kernel_stack: &'a [StackFrame],
+    kernel_stack: &'a RawValue,
     /// The frames as rendered for an earlier report of the same stack
     /// (`RENDERED`), or now.
     user_stack: &'a RawValue,
@@ -323,7 +323,7 @@ fn request(h: &RequestHead) -> Request<'_> {
     }
 }
 
-fn line<'a>(v: &'a View<'a>, user_stack: &'a RawValue) -> Line<'a> {
+fn line<'a>(v: &'a View<'a>, kernel_stack: &'a RawValue, user_stack: &'a RawValue) -> Line<'a> {
     let r = v.report;
     let c = r.closer.as_ref();
     let (container, k8s) = match v.process.container.as_deref().map(container_json) {
@@ -350,7 +350,7 @@ fn line<'a>(v: &'a View<'a>, user_stack: &'a RawValue) -> Line<'a> {
         ms_after_upgrade: (r.ms_after_upgrade() * 1000.0).round() / 1000.0,
         bytes_sent_after_upgrade: r.bytes_sent_after_upgrade,
         bytes_received_after_upgrade: r.bytes_received_after_upgrade,
-        kernel_stack: &v.kernel_stack,
+        kernel_stack,
         user_stack,
         kernel_stack_errno: v.kernel_stack_errno,
         user_stack_errno: v.user_stack_errno,
@@ -416,17 +416,25 @@ fn line<'a>(v: &'a View<'a>, user_stack: &'a RawValue) -> Line<'a> {
 /// the line is safe to print on a terminal as it is.
 pub fn render(v: &View<'_>) -> String {
     RENDERED.with_borrow_mut(|rendered| {
-        let user_stack = rendered_stack(rendered, &v.user_stack);
+        // Both stacks from the cache: the symbolizer hands out one `Arc`
+        // per distinct stack, so each is escaped once, not per report.
+        rendered_stack(rendered, &v.kernel_stack);
+        rendered_stack(rendered, &v.user_stack);
+        let (kernel, user) = (
+            cached(rendered, &v.kernel_stack),
+            cached(rendered, &v.user_stack),
+        );
         // Serializing plain structs of strings and numbers cannot fail; if it
         // ever did, an empty object keeps the one-object-per-line contract.
-        escape::to_json_string(&line(v, user_stack)).unwrap_or_else(|_| "{}".into())
+        escape::to_json_string(&line(v, kernel, user)).unwrap_or_else(|_| "{}".into())
     })
 }
 
-/// User stacks rendered lately, kept with the frames they came from. At
+/// Stacks rendered lately, kept with the frames they came from. At
 /// 20,000 closes a second from one call site every report shows the same
-/// stack (the symbolizer's cache hands out one `Arc` for it): its frames,
-/// a fifth of a report's rendering, are escaped and written once. Holding
+/// kernel and user stacks (the symbolizer's caches hand out one `Arc` for
+/// each): their frames, a third of a report's rendering, are escaped and
+/// written once. Holding
 /// the `Arc` keeps its address from being reused by other frames.
 const RENDERED_MAX: usize = 16;
 
@@ -439,9 +447,14 @@ thread_local! {
 
 /// `frames` as a JSON array, from `rendered` when the same frames (the same
 /// allocation) were rendered lately.
-fn rendered_stack<'r>(rendered: &'r mut Rendered, frames: &Arc<[StackFrame]>) -> &'r RawValue {
-    let at = match rendered.iter().position(|(f, _)| Arc::ptr_eq(f, frames)) {
-        Some(i) => i,
+/// Either way it is then first (the most recent are the last evicted).
+fn rendered_stack(rendered: &mut Rendered, frames: &Arc<[StackFrame]>) {
+    match rendered.iter().position(|(f, _)| Arc::ptr_eq(f, frames)) {
+        Some(i) => {
+            if let Some(hit) = rendered.remove(i) {
+                rendered.push_front(hit);
+            }
+        }
         None => {
             // The same escaping as the rest of the line; an array of frame
             // objects is always valid JSON ("[]" if it ever were not).
@@ -453,10 +466,20 @@ fn rendered_stack<'r>(rendered: &'r mut Rendered, frames: &Arc<[StackFrame]>) ->
                 rendered.pop_back();
             }
             rendered.push_front((frames.clone(), json));
-            0
         }
-    };
-    &rendered[at].1
+    }
+}
+
+/// `[]`, for a stack not in the cache (never: `rendered_stack` moves what
+/// it hands out to the front, and the cache holds more than two).
+static EMPTY: std::sync::LazyLock<Box<RawValue>> = std::sync::LazyLock::new(empty_array);
+
+/// The JSON of `frames`, rendered by `rendered_stack` just before.
+fn cached<'r>(rendered: &'r Rendered, frames: &Arc<[StackFrame]>) -> &'r RawValue {
+    rendered
+        .iter()
+        .find(|(f, _)| Arc::ptr_eq(f, frames))
+        .map_or_else(|| &**EMPTY, |(_, json)| &**json)
 }
 
 fn empty_array() -> Box<RawValue> {

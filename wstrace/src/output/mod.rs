@@ -439,7 +439,8 @@ mod tests {
                     kind: FrameKind::Kernel,
                     address: Some(1),
                     ..Frame::default()
-                }],
+                }]
+                .into(),
                 user_stack: vec![Frame {
                     function: Some(evil("usym")),
                     offset: Some(2),

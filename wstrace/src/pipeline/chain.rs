@@ -258,6 +258,8 @@ struct Group {
     created_ts: u64,
     /// Last time a member reported (for `KEEP_NS`).
     last_ts: u64,
+    /// It has an entry in `ChainTable::done`.
+    queued_done: bool,
     members: Vec<Member>,
     /// Reused Key, forged Accept, too many sockets: links nothing.
     ambiguous: bool,
@@ -350,13 +352,30 @@ fn shape(members: &[Member]) -> Option<Shape> {
     (hops.len() == conns.len()).then_some(Shape { hops })
 }
 
+/// A group's place in a deadline queue: (due, digest, the group's
+/// `created_ts`), so an entry whose group was evicted (or made again under
+/// the same digest) is skipped when it comes due.
+type Due = (u64, ChainDigest, u64);
+
 /// The digest → sockets table, and the hold of chained reports.
+///
+/// A tick costs what comes due, not the table's size: holds and done
+/// chains wait in deadline queues (each ordered by its due time, since
+/// `now` only grows and each is `now` plus a constant), instead of every
+/// chain being looked at every tick (up to `MAX_CHAINS`, 50 times a
+/// second, under churn).
 #[derive(Debug, Default)]
 pub struct ChainTable {
     groups: HashMap<ChainDigest, Group>,
     by_sk: HashMap<u64, ChainDigest>,
     /// (digest, created) in the order they began, for eviction.
     order: VecDeque<(ChainDigest, u64)>,
+    /// Held reports' release times (`HOLD_NS` after the hold began).
+    holds: VecDeque<Due>,
+    /// Done chains' forget times (`KEEP_NS` after their last report); at
+    /// most one entry per chain, at most `MAX_CHAINS` (the oldest done
+    /// chain is forgotten early beyond that).
+    done: VecDeque<Due>,
     /// Chains dropped while some socket was still open: more than
     /// `MAX_CHAINS` at once (`wstrace_lost_events_total{reason="chain_evicted"}`).
     pub evicted: u64,
@@ -376,11 +395,13 @@ impl ChainTable {
                 self.evict_oldest();
             }
             self.order.push_back((digest, now_ns));
+            self.compact_order();
             self.groups.insert(
                 digest,
                 Group {
                     created_ts: now_ns,
                     last_ts: now_ns,
+                    queued_done: false,
                     members: Vec::new(),
                     ambiguous: false,
                     held: Vec::new(),
@@ -396,6 +417,9 @@ impl ChainTable {
             g.ambiguous = true;
         }
         if g.members.len() < MAX_MEMBERS {
+            // Exactly what is used: most chains are one or two sockets,
+            // and a Vec's first growth would make room for four.
+            g.members.reserve_exact(1);
             g.members.push(Member {
                 sk: r.sk,
                 upgrade_ts: r.upgrade_ts,
@@ -486,6 +510,66 @@ impl ChainTable {
         }
     }
 
+    /// `order` keeps an entry per chain made until it is evicted: chains
+    /// forgotten when done leave theirs behind. Dropped here once they are
+    /// as many as the chains kept, so the queue stays within twice that.
+    fn compact_order(&mut self) {
+        if self.order.len() > 2 * MAX_CHAINS {
+            let groups = &self.groups;
+            self.order
+                .retain(|(d, created)| groups.get(d).is_some_and(|g| g.created_ts == *created));
+        }
+    }
+
+    /// Queues `d`'s forgetting if it is done (every socket reported, no
+    /// report held) and not queued yet.
+    fn queue_if_done(&mut self, d: ChainDigest) {
+        let Some(g) = self.groups.get_mut(&d) else {
+            return;
+        };
+        if g.queued_done || !g.held.is_empty() || !g.members.iter().all(|m| m.reported) {
+            return;
+        }
+        g.queued_done = true;
+        let due = g.last_ts.saturating_add(KEEP_NS);
+        // In order (`last_ts` is at most now, so an entry may belong a
+        // little before the last one).
+        let at = self.done.partition_point(|e| e.0 <= due);
+        self.done.insert(at, (due, d, g.created_ts));
+        if self.done.len() > MAX_CHAINS
+            && let Some((_, old, created)) = self.done.pop_front()
+        {
+            self.forget_done(old, created, u64::MAX);
+        }
+    }
+
+    /// Forgets chain `d` (made at `created`) if it is still done and its
+    /// last report is `KEEP_NS` old at `now_ns` (`u64::MAX`: at once);
+    /// queues it again for its newer last report otherwise.
+    fn forget_done(&mut self, d: ChainDigest, created: u64, now_ns: u64) {
+        let Some(g) = self.groups.get_mut(&d) else {
+            return;
+        };
+        if g.created_ts != created {
+            return;
+        }
+        g.queued_done = false;
+        let done = g.held.is_empty() && g.members.iter().all(|m| m.reported);
+        if !done {
+            // A report to come queues it again.
+            return;
+        }
+        if now_ns.saturating_sub(g.last_ts) >= KEEP_NS {
+            if let Some(g) = self.groups.remove(&d) {
+                for m in &g.members {
+                    self.by_sk.remove(&m.sk);
+                }
+            }
+        } else {
+            self.queue_if_done(d);
+        }
+    }
+
     fn evict_oldest(&mut self) {
         while let Some((d, created)) = self.order.pop_front() {
             if self.groups.get(&d).is_some_and(|g| g.created_ts == created) {
@@ -510,6 +594,7 @@ impl ChainTable {
         if let Some(g) = self.groups.get_mut(&d) {
             g.members.retain(|m| m.sk != sk);
         }
+        self.queue_if_done(d);
     }
 
     /// A report is made: returned at once when its socket is in no chain,
@@ -535,32 +620,48 @@ impl ChainTable {
         self.by_sk.remove(&r.sk);
         g.last_ts = now_ns;
         g.held.push(r);
-        g.hold_since.get_or_insert(now_ns);
+        if g.hold_since.is_none() {
+            g.hold_since = Some(now_ns);
+            self.holds
+                .push_back((now_ns.saturating_add(HOLD_NS), d, g.created_ts));
+        }
         if g.members.iter().all(|m| m.reported) && has_its_client(&g.members) {
-            return release(d, g);
+            let out = release(d, g);
+            self.queue_if_done(d);
+            return out;
         }
         Vec::new()
     }
 
     /// Held reports whose hold is over; chains long done are forgotten.
+    /// Looks only at what came due.
     pub fn tick(&mut self, now_ns: u64) -> Vec<CloseReport> {
         let mut out = Vec::new();
-        let mut done = Vec::new();
-        for (d, g) in self.groups.iter_mut() {
-            if g.hold_since
-                .is_some_and(|t| now_ns.saturating_sub(t) >= HOLD_NS)
-            {
-                out.extend(release(*d, g));
+        while let Some(&(due, d, created)) = self.holds.front() {
+            if due > now_ns {
+                break;
             }
-            if g.held.is_empty()
-                && g.members.iter().all(|m| m.reported)
-                && now_ns.saturating_sub(g.last_ts) >= KEEP_NS
+            self.holds.pop_front();
+            let Some(g) = self.groups.get_mut(&d) else {
+                continue;
+            };
+            // Released already (the chain completed), and maybe held again
+            // since: that hold has an entry of its own.
+            if g.created_ts != created
+                || g.hold_since
+                    .is_none_or(|t| now_ns.saturating_sub(t) < HOLD_NS)
             {
-                done.push(*d);
+                continue;
             }
+            out.extend(release(d, g));
+            self.queue_if_done(d);
         }
-        for d in done {
-            self.groups.remove(&d);
+        while let Some(&(due, d, created)) = self.done.front() {
+            if due > now_ns {
+                break;
+            }
+            self.done.pop_front();
+            self.forget_done(d, created, now_ns);
         }
         out.sort_by_key(|r| r.close_ts_ns);
         out
@@ -1105,6 +1206,76 @@ mod tests {
         // Done chains are forgotten after KEEP_NS.
         t.tick(3 + KEEP_NS);
         assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn churn_of_short_chains_keeps_the_table_and_its_queues_bounded() {
+        // 20,000 two-socket chains a second (a client and its server on
+        // this host), each done at once, for longer than KEEP_NS holds them.
+        let mut t = ChainTable::default();
+        let step = 50_000;
+        let n = 3 * MAX_CHAINS as u64;
+        for i in 0..n {
+            let now = i * step;
+            let client = Sock {
+                sk: 2 * i + 1000,
+                pid: 10,
+                comm: "client",
+                side: Side::Client,
+                local: 40000,
+                remote: 1215,
+            };
+            let server = Sock {
+                sk: 2 * i + 1001,
+                pid: 30,
+                comm: "server",
+                side: Side::Server,
+                local: 1215,
+                remote: 40000,
+            };
+            join(&mut t, i, &server, now);
+            join(&mut t, i, &client, now);
+            assert!(
+                t.on_report(report(&server, now, ClosedBy::Local), now)
+                    .is_empty()
+            );
+            // The client's report completes the chain: both at once, no hold.
+            assert_eq!(
+                t.on_report(report(&client, now, ClosedBy::Peer), now).len(),
+                2
+            );
+            if i % 1000 == 0 {
+                assert!(t.tick(now).is_empty());
+            }
+        }
+        assert!(t.len() <= MAX_CHAINS);
+        assert!(t.order.len() <= 2 * MAX_CHAINS + 1);
+        assert!(t.done.len() <= MAX_CHAINS);
+        assert!(t.holds.len() <= 2 * (HOLD_NS / step) as usize + 1000);
+        assert!(t.by_sk.is_empty());
+        assert_eq!(t.evicted, 0);
+        // Once KEEP_NS has passed, everything is forgotten.
+        assert!(t.tick(n * step + KEEP_NS).is_empty());
+        assert_eq!(t.len(), 0);
+        assert!(t.done.is_empty() && t.holds.is_empty());
+    }
+
+    #[test]
+    fn a_chain_held_again_after_its_release_waits_its_own_hold() {
+        let mut t = seed_chain();
+        t.on_report(report(&BACKEND, 1_000, ClosedBy::Local), 1_000);
+        assert_eq!(t.tick(1_000 + HOLD_NS).len(), 1);
+        // A second hold begins later: the first hold's time does not cut it.
+        let later = 1_000 + HOLD_NS + 10;
+        assert!(
+            t.on_report(report(&NGINX_UP, 2_000, ClosedBy::Peer), later)
+                .is_empty()
+        );
+        assert!(t.tick(later + HOLD_NS - 1).is_empty());
+        assert_eq!(t.tick(later + HOLD_NS).len(), 1);
+        // Not done (two sockets open): not forgotten however long it waits.
+        t.tick(later + 2 * KEEP_NS);
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

@@ -10,9 +10,10 @@ use crate::model::{
 };
 use anyhow::{Result, bail};
 use wstrace_common::{
-    AF_INET6, CloseEvent, DATA_CAP, DIR_SENT, DataEvent, EventHeader, EventKind, FLAG_CONTINUES,
-    FLAG_EXIT_CODE, FLAG_TASK_EXITING, FLAG_TLS_OPENSSL, SIGNAL_OOM_VICTIM, STACK_DEPTH,
-    SignalEvent, SockTuple, UserStackHeader, stack_copy,
+    AF_INET6, CloseEvent, DATA_CAP, DATA_EVENT_FIXED, DIR_SENT, DataEventOf, EventHeader,
+    EventKind, FLAG_CONTINUES, FLAG_EXIT_CODE, FLAG_TASK_EXITING, FLAG_TLS_OPENSSL,
+    SIGNAL_OOM_VICTIM, SMALL_DATA_CAP, STACK_DEPTH, SignalEvent, SockTuple, UserStackHeader,
+    stack_copy,
 };
 
 pub fn comm_string(comm: &[u8; 16]) -> String {
@@ -138,18 +139,22 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
         None
     };
     let data = if kind == EventKind::Data {
-        if bytes.len() < size_of::<DataEvent>() {
+        // Any record class (`SmallDataEvent`, `DataEvent`): the fixed part,
+        // then `len` bytes, bounded by the class's capacity and the record.
+        if bytes.len() < DATA_EVENT_FIXED + SMALL_DATA_CAP {
             bail!("short data record: {} bytes", bytes.len());
         }
-        let d: DataEvent = read_pod(bytes);
-        let n = (d.len as usize).min(DATA_CAP);
+        // The fixed part alone: a record class with no data bytes.
+        let d: DataEventOf<0> = read_pod(bytes);
+        let data = &bytes[DATA_EVENT_FIXED..];
+        let n = (d.len as usize).min(DATA_CAP).min(data.len());
         Some(Data {
             direction: if d.direction == DIR_SENT {
                 Direction::Sent
             } else {
                 Direction::Received
             },
-            bytes: d.data[..n].to_vec(),
+            bytes: data[..n].to_vec(),
             total: h.arg,
             continues: h.flags & FLAG_CONTINUES != 0,
             upgrade_read: h.flags & wstrace_common::FLAG_UPGRADE_READ != 0,
@@ -209,7 +214,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wstrace_common::AF_INET;
+    use wstrace_common::{AF_INET, DIR_RECEIVED, DataEvent, SmallDataEvent};
 
     fn as_bytes<T>(v: &T) -> &[u8] {
         unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
@@ -459,6 +464,26 @@ mod tests {
                 .len(),
             DATA_CAP
         );
+    }
+
+    #[test]
+    fn a_small_data_record_is_read_to_its_end_and_no_further() {
+        let mut d = SmallDataEvent {
+            header: header(EventKind::Data),
+            len: 5,
+            direction: DIR_RECEIVED,
+            data: [0xAA; SMALL_DATA_CAP],
+        };
+        d.data[..5].copy_from_slice(b"GET /");
+        let e = decode(as_bytes(&d)).expect("decodes");
+        assert_eq!(e.data.expect("data").bytes, b"GET /");
+        // A length past the small class is cut at the record's end.
+        d.len = 2000;
+        let data = decode(as_bytes(&d)).expect("decodes").data.expect("data");
+        assert_eq!(data.bytes.len(), SMALL_DATA_CAP);
+        assert_eq!(data.direction, Direction::Received);
+        // A record shorter than the smallest class is refused.
+        assert!(decode(&as_bytes(&d)[..DATA_EVENT_FIXED + 10]).is_err());
     }
 
     #[test]

@@ -99,7 +99,7 @@ pub fn line(s: &Sock) -> String {
             exe: None,
             process: ProcInfo::default(),
             host: s.host,
-            kernel_stack: Vec::new(),
+            kernel_stack: Default::default(),
             user_stack: std::sync::Arc::default(),
             kernel_stack_errno: None,
             user_stack_errno: None,

@@ -2,6 +2,7 @@
 //! less the tracer's own frames at the top.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use blazesym::MaybeDefault;
 use blazesym::symbolize::Input;
@@ -25,7 +26,7 @@ pub(super) struct KernelSymbols {
     /// sockets through a handful of code paths, so at thousands of closes a
     /// second nearly every stack is one seen before; blazesym lookups,
     /// demangling and formatting cost ~30 µs a stack, a hit well under 1 µs.
-    pub(super) stacks: HashMap<Vec<u64>, Vec<Frame>>,
+    pub(super) stacks: HashMap<Vec<u64>, Arc<[Frame]>>,
 }
 
 impl KernelSymbols {
@@ -59,16 +60,22 @@ impl KernelSymbols {
     /// Everything is `[unknown]` when `/proc/kallsyms` shows no addresses
     /// (not root, or `kernel.kptr_restrict=2`). The module of a module symbol
     /// is not shown: blazesym drops kallsyms' `[module]` column.
-    pub(super) fn kernel_stack(&mut self, addrs: &[u64]) -> Vec<Frame> {
+    ///
+    /// Symbolized once per distinct stack and handed out shared: under
+    /// churn every close has the same kernel stack, and a copy per report
+    /// (a dozen frames of strings) was an allocation storm; the JSON
+    /// printer also renders one `Arc` once.
+    pub(super) fn kernel_stack(&mut self, addrs: &[u64]) -> Arc<[Frame]> {
         if addrs.is_empty() {
-            return Vec::new();
+            return Arc::default();
         }
         if let Some(frames) = self.stacks.get(addrs) {
             return frames.clone();
         }
         let mut frames = self.symbolize_kernel(addrs);
         drop_tracer_frames(&mut frames);
-        cache_insert(&mut self.stacks, addrs.to_vec(), &frames);
+        let frames: Arc<[Frame]> = frames.into();
+        cache_insert(&mut self.stacks, addrs.to_vec(), frames.clone());
         frames
     }
 

@@ -337,14 +337,14 @@ fn kernel_with_hidden_kallsyms_is_unknown() {
     let _ = std::fs::remove_file(&path);
     let unknown = |a| Frame::unknown(FrameKind::Kernel, a, None);
     assert_eq!(
-        frames,
+        *frames,
         [unknown(0xffffffff81234567), unknown(0xffffffff81234568)]
     );
     // No kallsyms at all.
     let (mut s, path) = with_kallsyms("missing", "");
     let _ = std::fs::remove_file(&path);
     assert_eq!(
-        s.kernel_stack(&[0xffffffff81234567]),
+        *s.kernel_stack(&[0xffffffff81234567]),
         [unknown(0xffffffff81234567)]
     );
 }

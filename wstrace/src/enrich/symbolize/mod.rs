@@ -98,15 +98,11 @@ pub struct Symbolizer {
 /// few in practice, so this only bounds memory against pathological hosts).
 const STACK_CACHE_MAX: usize = 4096;
 
-fn cache_insert<K: std::hash::Hash + Eq>(
-    cache: &mut HashMap<K, Vec<Frame>>,
-    key: K,
-    frames: &[Frame],
-) {
+fn cache_insert<K: std::hash::Hash + Eq, V>(cache: &mut HashMap<K, V>, key: K, frames: V) {
     if cache.len() >= STACK_CACHE_MAX {
         cache.clear();
     }
-    cache.insert(key, frames.to_vec());
+    cache.insert(key, frames);
 }
 
 impl Default for Symbolizer {
@@ -197,7 +193,7 @@ impl Symbolizer {
     }
 
     /// Kernel frames, innermost first (see [`KernelSymbols::kernel_stack`]).
-    pub fn kernel_stack(&mut self, addrs: &[u64]) -> Vec<Frame> {
+    pub fn kernel_stack(&mut self, addrs: &[u64]) -> Arc<[Frame]> {
         self.kernel.kernel_stack(addrs)
     }
 
