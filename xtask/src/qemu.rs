@@ -25,6 +25,8 @@ pub struct Boot<'a> {
 
 pub struct Outcome {
     pub serial: Vec<String>,
+    /// When each serial line arrived: seconds since QEMU started.
+    pub arrivals: Vec<f64>,
     pub wall: Duration,
     pub timed_out: bool,
     /// QEMU's own complaints (bad options, missing files ...).
@@ -94,6 +96,7 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
     let echo = b.echo_prefix.clone();
     let reader = std::thread::spawn(move || {
         let mut lines = Vec::new();
+        let mut arrivals = Vec::new();
         // The console emits \r\n and may emit bytes that are not UTF-8.
         for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
             let line = strip_terminal_controls(&String::from_utf8_lossy(&line));
@@ -102,8 +105,9 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
                 println!("{prefix}{line}");
             }
             lines.push(line);
+            arrivals.push(start.elapsed().as_secs_f64());
         }
-        lines
+        (lines, arrivals)
     });
     let stderr_reader = std::thread::spawn(move || {
         let mut s = String::new();
@@ -126,13 +130,14 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let wall = start.elapsed();
-    let serial = reader.join().unwrap_or_default();
+    let (serial, arrivals) = reader.join().unwrap_or_default();
     let stderr = stderr_reader.join().unwrap_or_default();
     if serial.is_empty() && !stderr.trim().is_empty() {
         bail!("qemu failed: {}", stderr.trim());
     }
     Ok(Outcome {
         serial,
+        arrivals,
         wall,
         timed_out,
         stderr,
