@@ -214,11 +214,20 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             ("taskset", "the pinned churn runs"),
         ],
         Only::KernelCost => &[
-            ("bpftrace", "the bpftrace baseline"),
+            (
+                "bpftrace",
+                "the bpftrace baseline and the near-empty programs",
+            ),
             ("bpftool", "per-program run-time stats (section 5)"),
         ],
         Only::VmCost => &[],
-        Only::Tls => &[("bpftool", "the uprobes' run-time stats (section 7)")],
+        Only::Tls => &[
+            (
+                "bpftrace",
+                "the near-empty uprobes beside wstrace's (section 7)",
+            ),
+            ("bpftool", "the uprobes' run-time stats (section 7)"),
+        ],
     };
     for (tool, why) in tools {
         if which::which(tool).is_err() {
