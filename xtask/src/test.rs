@@ -70,10 +70,22 @@ pub fn run(args: &TestArgs) -> Result<()> {
                 let vms = std::thread::scope(|scope| {
                     let vms = scope.spawn(|| process::timed(|| prepared.boot()));
                     run.phase("cargo test", || cargo_test(&[]));
+                    if run.failed {
+                        // The run has failed: the VMs running finish, no
+                        // more start (as phases after a failure do not run).
+                        prepared.cancel();
+                    }
                     prepared.allow_jobs(usize::MAX);
                     vms.join()
                 });
                 let vm_runs = match vms {
+                    Ok((Ok(_), _)) if run.failed => {
+                        run.record(
+                            "  (VMs, alongside)",
+                            Outcome::Skipped("stopped: cargo test failed"),
+                        );
+                        None
+                    }
                     Ok((Ok(runs), took)) => {
                         run.record("  (VMs, alongside)", Outcome::Passed(took));
                         Some(runs)

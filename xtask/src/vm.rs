@@ -16,7 +16,7 @@ use clap::Args;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The probe sets `ws-scenario check --probe` is run with, in this order.
@@ -96,6 +96,8 @@ pub struct Prepared {
     /// one VM while the host tests run, and all of them once they are done
     /// ([`Prepared::allow_jobs`]).
     allowed: AtomicUsize,
+    /// No more VMs are started (the run has already failed).
+    cancelled: AtomicBool,
     verbose: bool,
     scenarios: bool,
 }
@@ -181,6 +183,7 @@ pub fn prepare(args: &VmArgs) -> Result<Prepared> {
         timeout,
         jobs,
         allowed: AtomicUsize::new(jobs),
+        cancelled: AtomicBool::new(false),
         verbose: args.matrix.verbose,
         scenarios: args.cmd.is_none(),
     })
@@ -190,6 +193,11 @@ impl Prepared {
     /// VMs that may run at once: at most `--jobs` (or the CPUs).
     pub fn allow_jobs(&self, n: usize) {
         self.allowed.store(n.clamp(1, self.jobs), Ordering::SeqCst);
+    }
+
+    /// Starts no more VMs (those running finish): the run has failed.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
     }
 
     /// Boots every VM (`jobs` at a time, or fewer while [`allow_jobs`] says
@@ -441,6 +449,9 @@ fn boot_all(p: &Prepared) -> Result<Vec<KernelRun>> {
             let (queue, done, errors, planned) = (&queue, &done, &errors, &planned);
             scope.spawn(move || {
                 loop {
+                    if p.cancelled.load(Ordering::SeqCst) {
+                        break;
+                    }
                     // A slot past what is allowed waits (the host tests are
                     // running); it stops when the queue has run dry.
                     if slot >= p.allowed.load(Ordering::SeqCst) {
