@@ -13,6 +13,11 @@ pub struct TestArgs {
     /// Skip the kernel matrix (QEMU). Says so loudly: the run is then incomplete.
     #[arg(long)]
     pub no_vm: bool,
+    /// Boot the kernel matrix's VMs after the host tests instead of beside
+    /// them (the order before they overlapped: to compare the two, or on a
+    /// machine too small for both)
+    #[arg(long, conflicts_with = "no_vm")]
+    pub vms_after_tests: bool,
     #[command(flatten)]
     pub matrix: vm::MatrixOpts,
 }
@@ -55,6 +60,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
     run.phase("cargo test --no-run", || cargo_test(&["--no-run"]));
     if args.no_vm {
         run.phase("cargo test", || cargo_test(&[]));
+    } else if args.vms_after_tests {
+        run.phase("cargo test", || cargo_test(&[]));
+        run.phase("kernel matrix", || vm::run(&vm_args));
     } else {
         // The kernel matrix's VMs boot while the host tests run: QEMU (TCG)
         // needs CPU time, the host tests mostly wait (on servers, reports,
