@@ -64,10 +64,6 @@ pub struct ScenarioLine {
     pub kernel: String,
     pub status: String,
     pub detail: String,
-    /// Host seconds from the previous scenario line (or the step's start)
-    /// to this one: what the scenario took, as the serial console saw it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seconds: Option<f64>,
 }
 
 /// What the serial console says, before being attached to a kernel.
@@ -79,35 +75,6 @@ pub struct Parsed {
     pub steps: Vec<StepRun>,
     pub notes: Vec<String>,
     pub kernel_messages: Vec<String>,
-}
-
-/// [`parse_serial`], with each line's arrival (host seconds since QEMU
-/// started, one per line) giving every scenario its [`ScenarioLine::seconds`].
-pub fn parse_serial_timed(lines: &[String], arrivals: &[f64]) -> Parsed {
-    let mut p = parse_serial(lines);
-    if arrivals.len() != lines.len() {
-        return p;
-    }
-    // The scenario lines and step starts in console order, with their times.
-    let mut last: Option<f64> = None;
-    let mut scenario_times = Vec::new();
-    for (line, &at) in lines.iter().zip(arrivals) {
-        if line.contains(MARK) {
-            if line.contains("step-begin") {
-                last = Some(at);
-            }
-        } else if parse_scenario(line).is_some() {
-            scenario_times.push(last.map(|l| at - l));
-            last = Some(at);
-        }
-    }
-    let mut times = scenario_times.into_iter();
-    for step in &mut p.steps {
-        for scenario in &mut step.scenarios {
-            scenario.seconds = times.next().flatten();
-        }
-    }
-    p
 }
 
 pub fn parse_serial(lines: &[String]) -> Parsed {
@@ -196,7 +163,6 @@ pub fn parse_scenario(line: &str) -> Option<ScenarioLine> {
         kernel,
         status,
         detail,
-        seconds: None,
     })
 }
 
@@ -335,41 +301,6 @@ mod tests {
         assert_eq!(s.detail, "no close event seen");
         assert!(parse_scenario("SCENARIO x probe=a kernel=b MAYBE").is_none());
         assert!(parse_scenario("SCENARIO x probe=a kernel=b PASS").is_some());
-    }
-
-    #[test]
-    fn each_scenario_is_timed_from_the_line_before_it() {
-        let serial = lines(
-            "@@wstrace-vm begin kernel=k uptime=2.50\n\
-             @@wstrace-vm step-begin fentry\n\
-             SCENARIO a probe=fentry kernel=k PASS ok\n\
-             wstrace: some output\n\
-             SCENARIO b probe=fentry kernel=k PASS ok\n\
-             @@wstrace-vm step-end fentry rc=0 uptime=9.00\n\
-             @@wstrace-vm step-begin kprobe\n\
-             SCENARIO a probe=kprobe kernel=k PASS ok\n",
-        );
-        let at = [1.0, 3.0, 4.5, 5.0, 12.0, 12.5, 13.0, 13.25];
-        let p = parse_serial_timed(&serial, &at);
-        let secs: Vec<Vec<Option<f64>>> = p
-            .steps
-            .iter()
-            .map(|s| s.scenarios.iter().map(|sc| sc.seconds).collect())
-            .collect();
-        assert_eq!(
-            secs,
-            vec![vec![Some(1.5), Some(7.5)], vec![Some(0.25)]],
-            "from the step's start, then from the previous scenario"
-        );
-        // Arrival times that do not match the lines: no times, same parse.
-        let untimed = parse_serial_timed(&serial, &at[..3]);
-        assert!(
-            untimed.steps[0]
-                .scenarios
-                .iter()
-                .all(|s| s.seconds.is_none())
-        );
-        assert_eq!(untimed.steps.len(), 2);
     }
 
     #[test]

@@ -25,8 +25,6 @@ pub struct Boot<'a> {
 
 pub struct Outcome {
     pub serial: Vec<String>,
-    /// When each serial line arrived: seconds since QEMU started.
-    pub arrivals: Vec<f64>,
     pub wall: Duration,
     pub timed_out: bool,
     /// QEMU's own complaints (bad options, missing files ...).
@@ -96,7 +94,6 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
     let echo = b.echo_prefix.clone();
     let reader = std::thread::spawn(move || {
         let mut lines = Vec::new();
-        let mut arrivals = Vec::new();
         // The console emits \r\n and may emit bytes that are not UTF-8.
         for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
             let line = strip_terminal_controls(&String::from_utf8_lossy(&line));
@@ -105,9 +102,8 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
                 println!("{prefix}{line}");
             }
             lines.push(line);
-            arrivals.push(start.elapsed().as_secs_f64());
         }
-        (lines, arrivals)
+        lines
     });
     let stderr_reader = std::thread::spawn(move || {
         let mut s = String::new();
@@ -130,14 +126,13 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let wall = start.elapsed();
-    let (serial, arrivals) = reader.join().unwrap_or_default();
+    let serial = reader.join().unwrap_or_default();
     let stderr = stderr_reader.join().unwrap_or_default();
     if serial.is_empty() && !stderr.trim().is_empty() {
         bail!("qemu failed: {}", stderr.trim());
     }
     Ok(Outcome {
         serial,
-        arrivals,
         wall,
         timed_out,
         stderr,

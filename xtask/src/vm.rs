@@ -561,7 +561,7 @@ fn boot_one(
         log: log.clone(),
         echo_prefix: p.verbose.then(|| format!("[{}] ", kernel.label)),
     })?;
-    let parsed = matrix::parse_serial_timed(&outcome.serial, &outcome.arrivals);
+    let parsed = matrix::parse_serial(&outcome.serial);
     let mut notes = parsed.notes;
     if !outcome.stderr.trim().is_empty() {
         notes.push(format!("qemu: {}", outcome.stderr.trim()));
@@ -617,10 +617,10 @@ fn one_line(run: &KernelRun) -> String {
     line
 }
 
-/// Each VM's wall time and boot, and the scenarios that took longest in
-/// any VM: where the matrix's time goes.
+/// Each VM's wall time, boot and steps: where the matrix's time goes.
+/// (Per scenario there is no time to give: `ws-scenario check` prints its
+/// verdicts together at the end of a step.)
 fn print_where_time_went(results: &MatrixResults) {
-    let mut slow: Vec<(f64, String)> = Vec::new();
     for k in &results.kernels {
         let steps: Vec<String> = k
             .steps
@@ -639,17 +639,6 @@ fn print_where_time_went(results: &MatrixResults) {
                 .unwrap_or("-".into()),
             steps.join(", ")
         );
-        for step in &k.steps {
-            for sc in &step.scenarios {
-                if let Some(t) = sc.seconds {
-                    slow.push((t, format!("[{}] {} {}", k.label, step.name, sc.name)));
-                }
-            }
-        }
-    }
-    slow.sort_by(|a, b| b.0.total_cmp(&a.0));
-    for (t, what) in slow.iter().take(8) {
-        println!("vm: time: {t:5.1} s  {what}");
     }
 }
 
