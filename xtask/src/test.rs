@@ -68,8 +68,10 @@ pub fn run(args: &TestArgs) -> Result<()> {
         run.phase("kernel matrix", || vm::run(&vm_args));
     } else {
         // The kernel matrix's VMs boot while the host tests run: QEMU (TCG)
-        // needs CPU time, the host tests mostly wait (on servers, reports,
-        // timers), and neither sees the other (the VMs have their own
+        // needs CPU time, the host tests spend much of theirs waiting (on
+        // servers, reports, timers; what overlapping saves on a clean clone
+        // is not measured yet: `--vms-after-tests` is the old order to
+        // compare with), and neither sees the other (the VMs have their own
         // kernels; the matrix's host row, which shares this kernel with the
         // tests, runs after them). One VM at a time beside the tests, so
         // each has a CPU's worth (an emulated guest starved of CPU misses
