@@ -8,7 +8,8 @@
 //! - `build`: the release binaries, for this machine or `--target` (arm64).
 //! - `run`: set up the toolchain only, build and run wstrace (default: `wstrace demo`).
 //! - `test`: everything CI runs (setup, build, tests, kernel matrix).
-//! - `bench`: what wstrace costs (on demand, not in `test`): BENCHMARKS.md.
+//! - `bench`: set up and build, then run the benchmark lab (`wstrace-bench
+//!   lab`, then `render`: BENCHMARKS.md); on demand, not in `test`.
 
 mod bench;
 mod build;
@@ -55,7 +56,7 @@ enum Command {
     Vm(vm::VmArgs),
     /// The full test run (what CI runs; as root): setup, build, unit and host tests, kernel matrix.
     Test(test::TestArgs),
-    /// Measure wstrace's overhead against no tracer, bpftrace and strace; writes BENCHMARKS.md (needs root, an idle machine, ~5 min).
+    /// Measure wstrace's overhead against no tracer, bpftrace and strace with the lab in wstrace-bench; writes BENCHMARKS.md (needs root, an idle machine, ~10 min).
     Bench(bench::BenchArgs),
 }
 

@@ -21,7 +21,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     process::run(
         Command::new(cargo)
-            .args(["build", "--release"])
+            // wstrace alone: not the test scenarios, nor xtask in release.
+            .args(["build", "--release", "-p", "wstrace"])
             .current_dir(paths::repo_root()),
     )?;
     let wstrace = paths::target_dir().join("release/wstrace");

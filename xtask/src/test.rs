@@ -3,16 +3,21 @@
 //! a summary with each phase's time is printed either way.
 
 use crate::{paths, process, setup, vm};
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use clap::Args;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub struct TestArgs {
     /// Skip the kernel matrix (QEMU). Says so loudly: the run is then incomplete.
     #[arg(long)]
     pub no_vm: bool,
+    /// Boot the kernel matrix's VMs after the host tests instead of beside
+    /// them (the order before they overlapped: to compare the two, or on a
+    /// machine too small for both)
+    #[arg(long, conflicts_with = "no_vm")]
+    pub vms_after_tests: bool,
     #[command(flatten)]
     pub matrix: vm::MatrixOpts,
 }
@@ -30,89 +35,191 @@ pub fn run(args: &TestArgs) -> Result<()> {
         "cargo xtask test",
         "the integration tests load BPF programs with CAP_BPF/CAP_PERFMON, and setup installs Debian packages",
     )?;
-    type Phase<'a> = (&'static str, Box<dyn FnOnce() -> Result<()> + 'a>);
-    let phases: Vec<Phase> = vec![
-        ("setup", Box::new(|| setup::run(setup::For::Test))),
-        // Formatting first: it takes a second and needs no build.
-        ("fmt", Box::new(|| cargo(&["fmt", "--all", "--check"]))),
-        // Default members: everything but the eBPF crate, which only builds for
-        // the bpf target and is built (and embedded) by wstrace's build script.
-        ("build", Box::new(crate::build::native)),
-        // Every host crate, every target (tests, benches, the bench load),
-        // warnings as errors. The eBPF crate only builds for the bpf target
-        // (its object is built, not linted, by wstrace's build script, which
-        // AYA_BUILD_SKIP turns off here).
-        ("clippy", Box::new(clippy)),
-        // The arm64 binaries, cross-compiled (eBPF object for
-        // bpf_target_arch "aarch64"): built from a clean clone like the rest.
-        ("build arm64", Box::new(|| crate::build::AARCH64.build())),
-        // Unit tests and the host integration tests (they need root: CI runs as root).
-        ("cargo test", Box::new(|| cargo(&["test", "--release"]))),
-        ("package", Box::new(|| crate::deb::run(None).map(|_| ()))),
-        (
-            "package arm64",
-            Box::new(|| crate::deb::run(Some(crate::build::AARCH64.triple)).map(|_| ())),
-        ),
-        (
-            "kernel matrix",
-            Box::new(|| {
-                vm::run(&vm::VmArgs {
-                    matrix: args.matrix.clone(),
-                    ..Default::default()
-                })
-            }),
-        ),
-    ];
-
-    let mut outcomes: Vec<(&str, Outcome)> = Vec::new();
-    let mut failed = false;
-    for (name, phase) in phases {
-        if failed {
-            outcomes.push((name, Outcome::NotRun));
-            continue;
-        }
-        if name == "kernel matrix" && args.no_vm {
-            banner(
-                "KERNEL MATRIX SKIPPED (--no-vm): kprobe/fentry probe sets, kernels 5.10/6.1/6.12 and arm64 are NOT tested",
-            );
-            outcomes.push((name, Outcome::Skipped("--no-vm")));
-            continue;
-        }
-        println!("\n==> test: {name}");
-        let (result, took) = process::timed(phase);
-        match result {
-            Ok(()) => outcomes.push((name, Outcome::Passed(took))),
-            Err(err) => {
-                failed = true;
-                outcomes.push((name, Outcome::Failed(took, err)));
+    let started = Instant::now();
+    let vm_args = vm::VmArgs {
+        matrix: args.matrix.clone(),
+        ..Default::default()
+    };
+    let mut run = Run::default();
+    run.phase("setup", || setup::run(setup::For::Test));
+    // Formatting first: it takes a second and needs no build.
+    run.phase("fmt", || cargo(&["fmt", "--all", "--check"]));
+    // The release binaries (wstrace with its eBPF object, ws-scenario) and
+    // every test binary, in one cargo run with the tests' features: a
+    // plain `cargo build` resolves features without the dev-dependencies
+    // (simd-adler32 without `std`), so the test run rebuilt flate2, the
+    // wstrace binary and its eBPF object (the nested build-std cargo)
+    // after it. The binaries are the same code either way; `.deb`s and the
+    // VMs take them from here. Compiling takes both CPUs: nothing runs
+    // beside it.
+    run.phase("build", || cargo_test(&["--no-run"]));
+    // Every host crate, every target (tests, benches, the bench lab),
+    // warnings as errors. The eBPF crate only builds for the bpf target
+    // (its object is built, not linted, by wstrace's build script, which
+    // AYA_BUILD_SKIP turns off here).
+    run.phase("clippy", clippy);
+    // The arm64 binaries, cross-compiled (eBPF object for
+    // bpf_target_arch "aarch64"): built from a clean clone like the rest.
+    run.phase("build arm64", || crate::build::AARCH64.build());
+    if args.no_vm {
+        run.phase("cargo test", || cargo_test(&[]));
+    } else if args.vms_after_tests {
+        run.phase("cargo test", || cargo_test(&[]));
+        run.phase("kernel matrix", || vm::run(&vm_args));
+    } else {
+        // The kernel matrix's VMs boot while the host tests run: QEMU (TCG)
+        // needs CPU time, the host tests spend much of theirs waiting (on
+        // servers, reports, timers; what overlapping saves on a clean clone
+        // is not measured yet: `--vms-after-tests` is the old order to
+        // compare with), and neither sees the other (the VMs have their own
+        // kernels; the matrix's host row, which shares this kernel with the
+        // tests, runs after them). One VM at a time beside the tests, so
+        // each has a CPU's worth (an emulated guest starved of CPU misses
+        // its own timeouts); all `--jobs` once the tests are done.
+        let prepared = run.phase_value("kernels, initramfs", || vm::prepare(&vm_args));
+        match prepared {
+            Some(prepared) => {
+                prepared.allow_jobs(1);
+                let vms = std::thread::scope(|scope| {
+                    let vms = scope.spawn(|| process::timed(|| prepared.boot()));
+                    run.phase("cargo test", || cargo_test(&[]));
+                    if run.failed {
+                        // The run has failed: the VMs running finish, no
+                        // more start (as phases after a failure do not run).
+                        prepared.cancel();
+                    }
+                    prepared.allow_jobs(usize::MAX);
+                    vms.join()
+                });
+                let vm_runs = match vms {
+                    Ok((Ok(_), _)) if run.failed => {
+                        run.record(
+                            "  (VMs, alongside)",
+                            Outcome::Skipped("stopped: cargo test failed"),
+                        );
+                        None
+                    }
+                    Ok((Ok(runs), took)) => {
+                        run.record("  (VMs, alongside)", Outcome::Passed(took));
+                        Some(runs)
+                    }
+                    Ok((Err(err), took)) => {
+                        run.record("  (VMs, alongside)", Outcome::Failed(took, err));
+                        None
+                    }
+                    Err(_) => {
+                        run.record(
+                            "  (VMs, alongside)",
+                            Outcome::Failed(Duration::ZERO, anyhow!("the VM thread panicked")),
+                        );
+                        None
+                    }
+                };
+                match vm_runs {
+                    Some(runs) => {
+                        run.phase("kernel matrix", || prepared.finish(&vm_args, runs));
+                    }
+                    None => run.record("kernel matrix", Outcome::NotRun),
+                }
+            }
+            None => {
+                run.record("cargo test", Outcome::NotRun);
+                run.record("kernel matrix", Outcome::NotRun);
             }
         }
+    }
+    run.phase("package", || crate::deb::run(None).map(|_| ()));
+    run.phase("package arm64", || {
+        crate::deb::run(Some(crate::build::AARCH64.triple)).map(|_| ())
+    });
+    if args.no_vm {
+        banner(
+            "KERNEL MATRIX SKIPPED (--no-vm): kprobe/fentry probe sets, kernels 5.10/6.1/6.12 and arm64 are NOT tested",
+        );
+        run.record("kernel matrix", Outcome::Skipped("--no-vm"));
     }
 
     println!("\n==> test summary");
-    let mut total = Duration::ZERO;
-    for (name, outcome) in &outcomes {
+    for (name, outcome) in &run.outcomes {
         match outcome {
-            Outcome::Passed(t) => {
-                total += *t;
-                println!("  {name:<14} ok       {:>9}", process::secs(*t));
-            }
+            Outcome::Passed(t) => println!("  {name:<20} ok       {:>9}", process::secs(*t)),
             Outcome::Failed(t, err) => {
-                total += *t;
-                println!("  {name:<14} FAILED   {:>9}  {err:#}", process::secs(*t));
+                println!("  {name:<20} FAILED   {:>9}  {err:#}", process::secs(*t))
             }
-            Outcome::Skipped(why) => println!("  {name:<14} SKIPPED  {:>9}  ({why})", "-"),
-            Outcome::NotRun => println!("  {name:<14} not run",),
+            Outcome::Skipped(why) => println!("  {name:<20} SKIPPED  {:>9}  ({why})", "-"),
+            Outcome::NotRun => println!("  {name:<20} not run"),
         }
     }
-    println!("  {:<14}          {:>9}", "total", process::secs(total));
-    if failed {
+    // Wall time: the VMs overlap the host tests, so phases do not add up.
+    println!(
+        "  {:<20}          {:>9}",
+        "total (wall)",
+        process::secs(started.elapsed())
+    );
+    if run.failed {
         bail!("tests failed (see the summary above)");
     }
     if args.no_vm {
         banner("tests passed, but WITHOUT the kernel matrix (--no-vm)");
     }
     Ok(())
+}
+
+/// Phases in order; after the first failure the rest are recorded as not run.
+#[derive(Default)]
+struct Run {
+    outcomes: Vec<(&'static str, Outcome)>,
+    failed: bool,
+}
+
+impl Run {
+    fn phase(&mut self, name: &'static str, phase: impl FnOnce() -> Result<()>) {
+        self.phase_value(name, phase);
+    }
+
+    fn phase_value<T>(
+        &mut self,
+        name: &'static str,
+        phase: impl FnOnce() -> Result<T>,
+    ) -> Option<T> {
+        if self.failed {
+            self.outcomes.push((name, Outcome::NotRun));
+            return None;
+        }
+        println!("\n==> test: {name}");
+        let (result, took) = process::timed(phase);
+        match result {
+            Ok(value) => {
+                self.outcomes.push((name, Outcome::Passed(took)));
+                Some(value)
+            }
+            Err(err) => {
+                self.failed = true;
+                self.outcomes.push((name, Outcome::Failed(took, err)));
+                None
+            }
+        }
+    }
+
+    fn record(&mut self, name: &'static str, outcome: Outcome) {
+        if matches!(outcome, Outcome::Failed(..)) {
+            self.failed = true;
+        }
+        self.outcomes.push((name, outcome));
+    }
+}
+
+/// Unit tests and the host integration tests (they need root: CI runs as
+/// root), with `extra` arguments for cargo (`--no-run`).
+fn cargo_test(extra: &[&str]) -> Result<()> {
+    let mut args = vec!["test", "--release"];
+    args.extend(extra);
+    cargo(&args)?;
+    // The bench lab's own tests (its renderer): not a default member, so
+    // that `cargo build` leaves it out, and a cargo run of its own, so that
+    // its dependencies' features do not change (and rebuild) wstrace's.
+    args.extend(["-p", "wstrace-bench"]);
+    cargo(&args)
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

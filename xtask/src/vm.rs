@@ -16,6 +16,7 @@ use clap::Args;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The probe sets `ws-scenario check --probe` is run with, in this order.
@@ -76,7 +77,36 @@ pub fn run(args: &VmArgs) -> Result<()> {
             .with_context(|| format!("{} is not a results file", path.display()))?;
         return write_table(args, &results);
     }
+    let prepared = prepare(args)?;
+    let runs = prepared.boot()?;
+    prepared.finish(args, runs)
+}
 
+/// A matrix ready to boot: kernels fetched, each architecture's initramfs
+/// built (so the binaries have been read: a build may replace them now).
+pub struct Prepared {
+    start: Instant,
+    steps: Vec<Step>,
+    kernels: Vec<kernels::Kernel>,
+    initrds: Vec<(Arch, PathBuf)>,
+    vm_dir: PathBuf,
+    timeout: Duration,
+    jobs: usize,
+    /// How many of the `jobs` may boot a VM now: `cargo xtask test` boots
+    /// one VM while the host tests run, and all of them once they are done
+    /// ([`Prepared::allow_jobs`]).
+    allowed: AtomicUsize,
+    /// No more VMs are started (the run has already failed).
+    cancelled: AtomicBool,
+    verbose: bool,
+    scenarios: bool,
+    /// The host build of the Go crypto/tls scenarios' program (scenario runs only).
+    host_go: Option<PathBuf>,
+}
+
+/// Checks, fetches the kernels and builds the initramfs: everything before
+/// the first boot.
+pub fn prepare(args: &VmArgs) -> Result<Prepared> {
     if args.cmd.is_none() {
         // The host row, run last, loads BPF: fail now, not after the VMs.
         setup::require_root(
@@ -126,9 +156,8 @@ pub fn run(args: &VmArgs) -> Result<()> {
             Arch::Amd64 => vm_dir.join("initrd.gz"),
             arch => vm_dir.join(format!("initrd-{}.gz", arch.debian())),
         };
-        let arch_steps = plan_steps(args.cmd.as_deref());
         let (built, took) = process::timed(|| {
-            initramfs::build(&initrd, *arch, bins, &arch_steps, args.matrix.step_timeout)
+            initramfs::build(&initrd, *arch, bins, &steps, args.matrix.step_timeout)
         });
         let built =
             built.with_context(|| format!("building the {} VMs' initramfs", arch.debian()))?;
@@ -157,70 +186,106 @@ pub fn run(args: &VmArgs) -> Result<()> {
         .jobs
         .unwrap_or(cpus)
         .clamp(1, fetched.len().max(1));
-    println!(
-        "vm: booting {} kernel(s) ({jobs} at a time, TCG, timeout {} s each)",
-        fetched.len(),
-        timeout.as_secs()
-    );
-    let kernels: Vec<kernels::Kernel> = fetched.into_iter().map(|(k, _)| k).collect();
-    let runs = boot_all(
-        &kernels,
-        &initrds,
-        &vm_dir,
-        &steps,
+    Ok(Prepared {
+        start,
+        steps,
+        kernels: fetched.into_iter().map(|(k, _)| k).collect(),
+        initrds,
+        vm_dir,
         timeout,
         jobs,
-        args.matrix.verbose,
-    )?;
-    let mut runs = runs;
-    if args.cmd.is_none() {
-        // The host too: its kernel is the locked-down kind (tracepoints only
-        // here), the case the VMs cannot show.
-        runs.insert(0, host_run(&steps, host_go.as_deref())?);
+        allowed: AtomicUsize::new(jobs),
+        cancelled: AtomicBool::new(false),
+        verbose: args.matrix.verbose,
+        scenarios: args.cmd.is_none(),
+        host_go,
+    })
+}
+
+impl Prepared {
+    /// VMs that may run at once: at most `--jobs` (or the CPUs).
+    pub fn allow_jobs(&self, n: usize) {
+        self.allowed.store(n.clamp(1, self.jobs), Ordering::SeqCst);
     }
-    let results = MatrixResults {
-        mode: if args.cmd.is_some() {
-            "command"
+
+    /// Starts no more VMs (those running finish): the run has failed.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    /// Boots every VM (`jobs` at a time, or fewer while [`allow_jobs`] says
+    /// so) and collects their runs.
+    ///
+    /// [`allow_jobs`]: Prepared::allow_jobs
+    pub fn boot(&self) -> Result<Vec<KernelRun>> {
+        let allowed = self.allowed.load(Ordering::SeqCst);
+        let now = if allowed < self.jobs {
+            format!(" ({allowed} until the host tests end)")
         } else {
-            "scenarios"
-        }
-        .to_string(),
-        generated_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        kernels: runs,
-    };
-    let path = results_path();
-    std::fs::write(&path, serde_json::to_string_pretty(&results)?)
-        .with_context(|| format!("writing {}", path.display()))?;
-
-    if args.cmd.is_some() {
-        print_command_output(&results);
-    }
-    println!("\n{}", table::markdown(&results));
-    println!(
-        "vm: results in {}; total {}",
-        path.display(),
-        process::secs(start.elapsed())
-    );
-    write_table(args, &results)?;
-
-    let failures = matrix::failures(&results);
-    if !failures.is_empty() {
-        print_failed_output(&results, args.cmd.is_none());
-        eprintln!("\nvm: KERNEL MATRIX FAILED:");
-        for f in &failures {
-            eprintln!("  - {f}");
-        }
-        bail!(
-            "{} failure(s) in the kernel matrix (details above and in {})",
-            failures.len(),
-            path.display()
+            String::new()
+        };
+        println!(
+            "vm: booting {} kernel(s) ({} at a time{now}, TCG, timeout {} s each)",
+            self.kernels.len(),
+            self.jobs,
+            self.timeout.as_secs()
         );
+        boot_all(self)
     }
-    println!("vm: kernel matrix passed");
-    Ok(())
+
+    /// The host row (for the scenarios), then results file, table and
+    /// verdict.
+    pub fn finish(&self, args: &VmArgs, mut runs: Vec<KernelRun>) -> Result<()> {
+        if self.scenarios {
+            // The host too: its kernel is the locked-down kind (tracepoints only
+            // here), the case the VMs cannot show.
+            runs.insert(0, host_run(&self.steps, self.host_go.as_deref())?);
+        }
+        let results = MatrixResults {
+            mode: if self.scenarios {
+                "scenarios"
+            } else {
+                "command"
+            }
+            .to_string(),
+            generated_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            kernels: runs,
+        };
+        let path = results_path();
+        std::fs::write(&path, serde_json::to_string_pretty(&results)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+
+        if !self.scenarios {
+            print_command_output(&results);
+        }
+        println!("\n{}", table::markdown(&results));
+        print_where_time_went(&results);
+        println!(
+            "vm: results in {}; total {}",
+            path.display(),
+            process::secs(self.start.elapsed())
+        );
+        write_table(args, &results)?;
+
+        let failures = matrix::failures(&results);
+        if !failures.is_empty() {
+            print_failed_output(&results, self.scenarios);
+            eprintln!("\nvm: KERNEL MATRIX FAILED:");
+            for f in &failures {
+                eprintln!("  - {f}");
+            }
+            bail!(
+                "{} failure(s) in the kernel matrix (details above and in {})",
+                failures.len(),
+                path.display()
+            );
+        }
+        println!("vm: kernel matrix passed");
+        Ok(())
+    }
 }
 
 /// The scenario steps run on this machine's own kernel, as a row of the
@@ -304,7 +369,10 @@ fn plan_steps(cmd: Option<&str>) -> Vec<Step> {
             .map(|probe| Step {
                 name: probe.to_string(),
                 script: format!(
-                    "/bin/ws-scenario check --wstrace /bin/wstrace --probe {probe} --go-tls /bin/{}\n",
+                    // An emulated guest verifies the programs in software: on a
+                    // busy 2-CPU host the tracepoint set's start-up neared the
+                    // checker's default 60 s (seen with VMs beside the host tests).
+                    "/bin/ws-scenario check --wstrace /bin/wstrace --probe {probe} --ready-timeout 180 --go-tls /bin/{}\n",
                     gotls::PROGRAM
                 ),
             })
@@ -384,15 +452,8 @@ fn select_kernels(wanted: &[String]) -> Result<Vec<&'static kernels::KernelSpec>
 
 /// Boots every kernel, `jobs` at a time, with its architecture's initramfs;
 /// results in the order of `kernels`.
-fn boot_all(
-    kernels: &[kernels::Kernel],
-    initrds: &[(Arch, PathBuf)],
-    vm_dir: &Path,
-    steps: &[Step],
-    timeout: Duration,
-    jobs: usize,
-    verbose: bool,
-) -> Result<Vec<KernelRun>> {
+fn boot_all(p: &Prepared) -> Result<Vec<KernelRun>> {
+    let kernels = &p.kernels;
     // The slowest VMs first (arm64 is emulated instruction by instruction
     // with no help from the host's x86 CPU), so that they do not run alone
     // at the end while the other job slots idle.
@@ -402,13 +463,30 @@ fn boot_all(
     let done: Mutex<Vec<Option<KernelRun>>> =
         Mutex::new((0..kernels.len()).map(|_| None).collect());
     let errors: Mutex<Vec<anyhow::Error>> = Mutex::new(Vec::new());
-    let planned: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
+    let planned: Vec<String> = p.steps.iter().map(|s| s.name.clone()).collect();
     std::thread::scope(|scope| {
-        for _ in 0..jobs {
-            scope.spawn(|| {
-                while let Some(i) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
+        for slot in 0..p.jobs {
+            let (queue, done, errors, planned) = (&queue, &done, &errors, &planned);
+            scope.spawn(move || {
+                loop {
+                    if p.cancelled.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    // A slot past what is allowed waits (the host tests are
+                    // running); it stops when the queue has run dry.
+                    if slot >= p.allowed.load(Ordering::SeqCst) {
+                        if queue.lock().map(|q| q.is_empty()).unwrap_or(true) {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                        continue;
+                    }
+                    let Some(i) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                        break;
+                    };
                     let kernel = &kernels[i];
-                    let Some((_, initrd)) = initrds.iter().find(|(a, _)| *a == kernel.arch) else {
+                    let Some((_, initrd)) = p.initrds.iter().find(|(a, _)| *a == kernel.arch)
+                    else {
                         if let Ok(mut errors) = errors.lock() {
                             errors.push(anyhow::anyhow!(
                                 "no initramfs for {} (kernel {})",
@@ -418,7 +496,7 @@ fn boot_all(
                         }
                         continue;
                     };
-                    match boot_with_retry(kernel, initrd, vm_dir, &planned, timeout, verbose) {
+                    match boot_with_retry(p, kernel, initrd, planned) {
                         Ok(run) => {
                             println!("vm: [{}] {}", kernel.label, one_line(&run));
                             if let Ok(mut done) = done.lock() {
@@ -457,16 +535,14 @@ const BOOT_ATTEMPTS: usize = 3;
 /// this is the backstop). Every retry is kept as a note, so a flake stays
 /// visible in the output. A crash after /init started is never retried.
 fn boot_with_retry(
+    p: &Prepared,
     kernel: &kernels::Kernel,
     initrd: &Path,
-    vm_dir: &Path,
     planned: &[String],
-    timeout: Duration,
-    verbose: bool,
 ) -> Result<KernelRun> {
     let mut retries = Vec::new();
     for attempt in 1..=BOOT_ATTEMPTS {
-        let mut run = boot_one(kernel, initrd, vm_dir, planned, timeout, verbose)?;
+        let mut run = boot_one(p, kernel, initrd, planned)?;
         let died_before_init = run.boot_seconds.is_none() && !run.timed_out;
         if !died_before_init || attempt == BOOT_ATTEMPTS {
             run.notes.splice(0..0, retries);
@@ -491,21 +567,19 @@ fn boot_with_retry(
 }
 
 fn boot_one(
+    p: &Prepared,
     kernel: &kernels::Kernel,
     initrd: &Path,
-    vm_dir: &Path,
     planned: &[String],
-    timeout: Duration,
-    verbose: bool,
 ) -> Result<KernelRun> {
-    let log = vm_dir.join(format!("serial-{}.log", kernel.label));
+    let log = p.vm_dir.join(format!("serial-{}.log", kernel.label));
     let outcome = qemu::boot(&qemu::Boot {
         arch: kernel.arch,
         vmlinuz: &kernel.vmlinuz,
         initrd,
-        timeout,
+        timeout: p.timeout,
         log: log.clone(),
-        echo_prefix: verbose.then(|| format!("[{}] ", kernel.label)),
+        echo_prefix: p.verbose.then(|| format!("[{}] ", kernel.label)),
     })?;
     let parsed = matrix::parse_serial(&outcome.serial);
     let mut notes = parsed.notes;
@@ -561,6 +635,31 @@ fn one_line(run: &KernelRun) -> String {
         line.push_str(&format!("; note: {note}"));
     }
     line
+}
+
+/// Each VM's wall time, boot and steps: where the matrix's time goes.
+/// (Per scenario there is no time to give: `ws-scenario check` prints its
+/// verdicts together at the end of a step.)
+fn print_where_time_went(results: &MatrixResults) {
+    for k in &results.kernels {
+        let steps: Vec<String> = k
+            .steps
+            .iter()
+            .map(|s| {
+                let secs = s.seconds.map(|t| format!("{t:.0} s")).unwrap_or("-".into());
+                format!("{} {secs}", s.name)
+            })
+            .collect();
+        println!(
+            "vm: time: [{}] {:.0} s wall, boot {}, steps: {}",
+            k.label,
+            k.wall_seconds,
+            k.boot_seconds
+                .map(|b| format!("{b:.1} s"))
+                .unwrap_or("-".into()),
+            steps.join(", ")
+        );
+    }
 }
 
 fn print_command_output(results: &MatrixResults) {

@@ -20,7 +20,7 @@ use super::kernel_cost::{Delta, StatsOn, prog_ids_of, prog_stats};
 use super::{BenchArgs, Bins, Proc, median, spawn_wstrace};
 use crate::process;
 use anyhow::{Context as _, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -106,14 +106,14 @@ s.close()
 "#;
 
 /// One `--tls off`/`--tls auto` run: the server's CPU ns per call.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CpuRun {
     pub write_ns: f64,
     pub echo_ns: f64,
 }
 
 /// One wstrace program on a uprobe, beside the near-empty one.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct UprobeRow {
     pub hook: String,
     /// wstrace's name for it (the kernel keeps 15 bytes).
@@ -122,7 +122,7 @@ pub struct UprobeRow {
     pub empty: Option<Delta>,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TlsCost {
     pub off: Vec<CpuRun>,
     pub auto: Vec<CpuRun>,

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::process;
 use anyhow::{Context as _, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::Command;
@@ -27,7 +27,7 @@ use std::time::Duration;
 /// near-empty program on its hook (issue 16).
 const UNRELATED_GOAL_VS_EMPTY: f64 = 1.5;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Load {
     /// Echo on a port wstrace does not trace.
@@ -72,7 +72,7 @@ impl Load {
 }
 
 /// One program's counters between two snapshots.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Delta {
     pub name: String,
     pub run_time_ns: u64,
@@ -101,7 +101,7 @@ impl Delta {
 }
 
 /// One hook wstrace attaches to, with the three tracers' programs on it.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct HookRow {
     pub hook: String,
     pub wstrace: Vec<Delta>,
@@ -110,13 +110,13 @@ pub struct HookRow {
 }
 
 /// One round of one load.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CostRound {
     pub echoes: u64,
     pub hooks: Vec<HookRow>,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct KernelCost {
     pub probe_set: String,
     pub loads: Vec<(Load, Vec<CostRound>)>,
@@ -139,7 +139,7 @@ const STARTUP_GOAL_VS_BPFTRACE: f64 = 0.75;
 const IDLE_RSS_GOAL_MIB: f64 = 24.0;
 
 /// What an attached, idle daemon keeps resident.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct IdleMemory {
     pub variant: String,
     pub rss_mib: f64,

@@ -8,7 +8,7 @@
 //! are the result.
 
 use anyhow::{Context as _, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -16,10 +16,25 @@ use super::{
     kernel_cost::{Delta, ProgStat},
     med,
 };
-use crate::{
-    matrix::MatrixResults,
-    vm::{self, MatrixOpts, VmArgs},
-};
+use crate::{paths, process};
+
+/// The part of the kernel matrix's results file (`cargo xtask vm`,
+/// target/vm-results.json) this reads: each VM's output lines.
+#[derive(Deserialize)]
+struct MatrixResults {
+    kernels: Vec<KernelRun>,
+}
+
+#[derive(Deserialize)]
+struct KernelRun {
+    label: String,
+    steps: Vec<StepRun>,
+}
+
+#[derive(Deserialize)]
+struct StepRun {
+    output: Vec<String>,
+}
 
 /// The kernels measured: the oldest and newest of the matrix.
 const KERNELS: [&str; 2] = ["5.10", "6.12"];
@@ -99,7 +114,7 @@ echo 0 > /proc/sys/kernel/bpf_stats_enabled
     )
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Row {
     pub hook: String,
     pub runs_per_echo: f64,
@@ -107,7 +122,7 @@ pub struct Row {
     pub floor_ns: Option<f64>,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SetCost {
     pub kernel: String,
     pub set: String,
@@ -118,25 +133,31 @@ pub struct SetCost {
     pub loads: Vec<(String, u64, Vec<Row>, f64, f64)>,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct VmCost {
     pub measured: String,
     pub sets: Vec<SetCost>,
 }
 
 pub fn run(wstrace: &Path, load: &Path) -> Result<VmCost> {
-    let args = VmArgs {
-        matrix: MatrixOpts {
-            kernels: KERNELS.iter().map(|k| k.to_string()).collect(),
-            step_timeout: 600,
-            ..Default::default()
-        },
-        cmd: Some(script()),
-        bins: vec![wstrace.to_path_buf(), load.to_path_buf()],
-        ..Default::default()
-    };
-    vm::run(&args).context("running the cost script in the kernel-matrix VMs")?;
-    let path = vm::results_path();
+    // The VMs are xtask's (kernels, initramfs, QEMU): it boots them with
+    // this script as their command and the two binaries in their /bin.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(paths::repo_root()).args([
+        "xtask",
+        "vm",
+        "--step-timeout",
+        "600",
+        "--cmd",
+        &script(),
+    ]);
+    for k in KERNELS {
+        cmd.args(["--kernel", k]);
+    }
+    cmd.arg("--bin").arg(wstrace).arg("--bin").arg(load);
+    process::run(&mut cmd).context("running the cost script in the kernel-matrix VMs")?;
+    let path = paths::target_dir()?.join("vm-results.json");
     let json = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let results: MatrixResults = serde_json::from_slice(&json)
         .with_context(|| format!("{} is not a results file", path.display()))?;

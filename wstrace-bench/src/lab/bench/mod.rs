@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: what wstrace costs, as ratios against a no-tracer
+//! `wstrace-bench lab` (run by `cargo xtask bench`): what wstrace costs, as ratios against a no-tracer
 //! baseline measured in the same run (so a slower or busier machine moves
 //! both sides, not the ratio). Not part of `cargo xtask test`: it needs an
 //! otherwise idle machine and minutes of wall time.
@@ -21,17 +21,18 @@
 //! 7. what the TLS uprobes cost a server terminating TLS itself
 //!    (tls_cost.rs).
 //!
-//! Results: BENCHMARKS.md (table, machine, kernel, probe set, date) and
-//! target/bench/results.json.
+//! Results: target/bench/results.json (every run's numbers, typed); the
+//! renderer (render.rs, `wstrace-bench render`) makes BENCHMARKS.md of it.
 
 mod kernel_cost;
+pub mod render;
 mod tls_cost;
 mod vm_cost;
 
-use crate::{paths, process, setup};
+use crate::{paths, process};
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, ValueEnum};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::{Path, PathBuf};
@@ -63,18 +64,20 @@ pub struct BenchArgs {
     /// Probe set for wstrace (as `wstrace --probe`).
     #[arg(long, default_value = "auto")]
     pub probe: String,
-    /// Print the results but leave BENCHMARKS.md as it is.
-    #[arg(long)]
-    pub no_write: bool,
+    /// Where the results go (JSON) [default: target/bench/results.json]
+    #[arg(long, value_name = "FILE")]
+    pub results: Option<PathBuf>,
     /// Run only part of the benchmark; the other part's section of
     /// BENCHMARKS.md is kept as it is.
     #[arg(long, value_enum, default_value_t = Only::All)]
     pub only: Only,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Only {
     /// Everything (sections 1-7).
+    #[default]
     All,
     /// The load measurements: throughput, churn, unrelated traffic, the daemon (sections 1-4).
     Load,
@@ -92,7 +95,7 @@ const VM_COST_HEADING: &str = "## 6. In-kernel cost per program in the kernel-ma
 const TLS_COST_HEADING: &str =
     "## 7. TLS uprobes (`--tls auto`): cost to a server terminating TLS itself";
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Tracer {
     None,
@@ -125,7 +128,7 @@ impl Tracer {
 }
 
 /// One echo-load run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Steady {
     msgs_per_sec: f64,
     p50_us: f64,
@@ -135,7 +138,7 @@ struct Steady {
 }
 
 /// One churn run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Churn {
     connections: u64,
     failed: u64,
@@ -147,7 +150,7 @@ struct Churn {
     daemon: Option<Rusage>,
 }
 
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 struct Rusage {
     cpu_secs: f64,
     wall_secs: f64,
@@ -165,8 +168,13 @@ impl Rusage {
     }
 }
 
-#[derive(Default, Serialize)]
-struct Results {
+/// Everything one lab run measured: what results.json holds and the
+/// renderer reads.
+#[derive(Default, Serialize, Deserialize)]
+pub struct Results {
+    /// The part that was measured: the renderer keeps BENCHMARKS.md's other
+    /// sections when it is not `all`.
+    only: Only,
     date: String,
     machine: String,
     kernel: String,
@@ -197,31 +205,57 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.rounds == 0 || args.secs.partial_cmp(&1.0).is_none_or(|o| o.is_lt()) {
         bail!("--rounds must be at least 1 and --secs at least 1.0");
     }
-    setup::run(setup::For::Test)?;
-    println!(
-        "setup: benchmark tools: {}",
-        setup::ensure_packages(&[
+    // `cargo xtask bench` installs these and builds the binaries first.
+    let tools: &[(&str, &str)] = match args.only {
+        Only::All | Only::Load => &[
             ("bpftrace", "the bpftrace baseline"),
             ("strace", "the strace baseline"),
             ("bpftool", "per-program run-time stats (section 5)"),
-        ])?
-    );
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    process::run(
-        Command::new(cargo)
-            .args(["build", "--release", "-p", "wstrace", "-p", "wstrace-bench"])
-            .current_dir(paths::repo_root()),
-    )?;
-    let work = paths::target_dir().join("bench");
+            ("taskset", "the pinned churn runs"),
+        ],
+        Only::KernelCost => &[
+            (
+                "bpftrace",
+                "the bpftrace baseline and the near-empty programs",
+            ),
+            ("bpftool", "per-program run-time stats (section 5)"),
+        ],
+        Only::VmCost => &[],
+        Only::Tls => &[
+            (
+                "bpftrace",
+                "the near-empty uprobes beside wstrace's (section 7)",
+            ),
+            ("bpftool", "the uprobes' run-time stats (section 7)"),
+        ],
+    };
+    for (tool, why) in tools {
+        if which::which(tool).is_err() {
+            bail!(
+                "{tool} is missing ({why}): run `cargo xtask bench`, which installs it, or `apt-get install {tool}`"
+            );
+        }
+    }
+    let work = paths::target_dir()?.join("bench");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let release = paths::release_dir()?;
     let bins = Bins {
-        wstrace: paths::target_dir().join("release/wstrace"),
-        load: paths::target_dir().join("release/ws-bench"),
+        wstrace: release.join("wstrace"),
+        load: release.join("ws-bench"),
         work: work.clone(),
     };
+    for bin in [&bins.wstrace, &bins.load] {
+        if !bin.is_file() {
+            bail!(
+                "{} is missing: build it with `cargo build --release -p wstrace -p wstrace-bench` (or run `cargo xtask bench`)",
+                bin.display()
+            );
+        }
+    }
     warn_if_busy();
 
     let mut res = Results {
+        only: args.only,
         date: command_text("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         machine: machine(),
         kernel: command_text("uname", &["-r"]),
@@ -335,24 +369,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         res.tls_cost = Some(tls_cost::run(&bins, args)?);
     }
 
-    let json_path = work.join("results.json");
+    let json_path = args
+        .results
+        .clone()
+        .unwrap_or_else(|| work.join("results.json"));
     std::fs::write(&json_path, serde_json::to_string_pretty(&res)?)
         .with_context(|| format!("writing {}", json_path.display()))?;
-    let md = match args.only {
-        Only::All => render(&res),
-        only => {
-            let path = paths::repo_root().join("BENCHMARKS.md");
-            let old = std::fs::read_to_string(&path).unwrap_or_default();
-            splice(&old, &render(&res), only)
-        }
-    };
-    println!("\n{md}");
-    println!("bench: raw results in {}", json_path.display());
-    if !args.no_write {
-        let path = paths::repo_root().join("BENCHMARKS.md");
-        std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
-        println!("bench: wrote {}", path.display());
-    }
+    println!("bench: results in {}", json_path.display());
     Ok(())
 }
 
@@ -593,7 +616,7 @@ fn on_cpu(program: impl AsRef<std::ffi::OsStr>, cpu: Option<u32>) -> Command {
 }
 
 /// Where the load and the tracer run in a churn measurement.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Placement {
     /// Everything free to run anywhere: the tracer competes with the load for CPUs.
@@ -957,410 +980,13 @@ fn warn_if_busy() {
     }
 }
 
-/// Per-round ratio variant/baseline (same round), median over rounds.
-fn ratio(base: &[f64], variant: &[f64]) -> f64 {
-    median(
-        base.iter()
-            .zip(variant)
-            .filter(|(b, _)| **b > 0.0)
-            .map(|(b, v)| v / b),
-    )
-}
-
-/// Per-round ratios' range, shown beside the median so the noise is in
-/// plain sight: "0.944 (0.85–1.04)".
-fn ratio_text(base: &[f64], variant: &[f64]) -> String {
-    let per_round: Vec<f64> = base
-        .iter()
-        .zip(variant)
-        .filter(|(b, _)| **b > 0.0)
-        .map(|(b, v)| v / b)
-        .collect();
-    let min = per_round.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if per_round.len() < 2 {
-        format!("{:.3}", ratio(base, variant))
-    } else {
-        format!("{:.3} ({min:.2}–{max:.2})", ratio(base, variant))
-    }
-}
-
-/// "met (cost 0.4%)" / "MISSED by 1.3 points (cost 3.3%, goal ≤ 2%)"; a
-/// negative cost is noise in the tracer's favour.
-fn cost_goal(ratio: f64, max_cost: f64) -> String {
-    let cost = 1.0 - ratio;
-    if cost <= max_cost {
-        format!(
-            "met (cost {:.1}%, goal ≤ {:.0}%)",
-            cost * 100.0,
-            max_cost * 100.0
-        )
-    } else {
-        format!(
-            "**MISSED** by {:.1} points (cost {:.1}%, goal ≤ {:.0}%)",
-            (cost - max_cost) * 100.0,
-            cost * 100.0,
-            max_cost * 100.0
-        )
-    }
-}
-
-fn render(r: &Results) -> String {
-    let mut md = String::new();
-    let push = |md: &mut String, s: String| {
-        md.push_str(&s);
-        md.push('\n');
-    };
-    push(&mut md, "# Benchmarks\n".into());
-    push(
-        &mut md,
-        "What wstrace costs the host it traces, each number a ratio against a no-tracer baseline \
-         measured in the same run. Reproduce on an otherwise idle machine with\n\n    \
-         sudo -E cargo xtask bench\n\n(root: it loads BPF programs and attaches strace; it \
-         installs bpftrace and strace if missing, builds release binaries, and rewrites this \
-         file; `--no-write` only prints). Load generator and servers: `wstrace-bench` \
-         (tokio-tungstenite on loopback); raw numbers: `target/bench/results.json`.\n"
-            .into(),
-    );
-    push(&mut md, "| | |\n|-|-|".into());
-    push(&mut md, format!("| date | {} |", r.date));
-    push(&mut md, format!("| machine | {} |", r.machine));
-    push(&mut md, format!("| kernel | {} |", r.kernel));
-    push(&mut md, format!("| wstrace probe set | {} |", r.probe_set));
-    push(
-        &mut md,
-        format!(
-            "| method | {} rounds × {} s per run, variants interleaved within each round; values are medians, ratios are medians of per-round ratios to that round's baseline, with their range over the rounds in brackets |\n",
-            r.rounds, r.secs
-        ),
-    );
-
-    // 1. steady
-    push(
-        &mut md,
-        "## 1. Steady state: WebSocket echo on the traced port\n".into(),
-    );
-    push(
-        &mut md,
-        "32 upgraded connections, 8 messages of 32 bytes in flight on each; one server thread, one client thread. \
-         The bpftrace script is the equivalent a user would write (`target/bench/wstrace-equivalent-18801.bt`: 101 \
-         prefix check on every send/write, stacks on close of a marked fd, state changes on the port); \
-         strace is `strace -f -e trace=network,close -o FILE -p <server>`.\n"
-            .into(),
-    );
-    push(
-        &mut md,
-        "| tracer | msgs/s | vs none | p50 µs | p99 µs | p99 vs none | goal (wstrace ≤ 2% throughput) |\n|-|-:|-:|-:|-:|-:|-|".into(),
-    );
-    let base = |runs: &[(Tracer, Vec<Steady>)], f: fn(&Steady) -> f64| -> Vec<f64> {
-        runs.iter()
-            .find(|(t, _)| *t == Tracer::None)
-            .map(|(_, v)| v.iter().map(f).collect())
-            .unwrap_or_default()
-    };
-    let base_tput = base(&r.steady, |s| s.msgs_per_sec);
-    let base_p99 = base(&r.steady, |s| s.p99_us);
-    for (t, runs) in &r.steady {
-        let tput: Vec<f64> = runs.iter().map(|s| s.msgs_per_sec).collect();
-        let p99: Vec<f64> = runs.iter().map(|s| s.p99_us).collect();
-        let rt = ratio(&base_tput, &tput);
-        let goal = match t {
-            Tracer::Wstrace => cost_goal(rt, STEADY_GOAL_MAX_COST),
-            Tracer::None => "baseline".into(),
-            _ => "(comparison)".into(),
-        };
-        push(
-            &mut md,
-            format!(
-                "| {} | {:.0} | {} | {:.0} | {:.0} | {:.2} | {goal} |",
-                t.name(),
-                median(tput.iter().copied()),
-                ratio_text(&base_tput, &tput),
-                median(runs.iter().map(|s| s.p50_us)),
-                median(p99.iter().copied()),
-                ratio(&base_p99, &p99),
-            ),
-        );
-    }
-
-    // 2. churn
-    push(
-        &mut md,
-        format!(
-            "\n## 2. Churn: upgrade, then the server closes at once\n\n{CHURN_CONC} client loops connect, send an upgrade request, read the 101 and wait for the server's FIN; \
-             the server (one thread) writes the 101 and closes. Every connection is one report wstrace must print. \
-             Shared placement is the worst case: the load alone saturates both CPUs, so every cycle the daemon spends \
-             on a report is taken from it. Pinned placement leaves the daemon a CPU of its own, so the ratio is what the \
-             probes cost the traced processes themselves (the daemon's CPU is in section 4). \
-             `wstrace` runs with its defaults, so closes carry a 16 KiB copy of the closing thread's stack for dwarf \
-             unwinding, 8 a second per call site (the rest name the site's last copy); `wstrace --user-stack fp` is the \
-             same without any copy.\n"
-        ),
-    );
-    push(
-        &mut md,
-        "| placement | tracer | upgrades/s | vs none | reports / connections | lost events | close→report p50 / p99 | goal (≤ 3% slower, equal counts, 0 lost) |\n|-|-|-:|-:|-:|-:|-:|-|".into(),
-    );
-    for place in [Placement::Shared, Placement::Pinned] {
-        let place_name = match place {
-            Placement::Shared => "shared: load and tracer on any CPU",
-            Placement::Pinned => "pinned: load on CPU 0, tracer on CPU 1",
-        };
-        let base_churn: Vec<f64> = r
-            .churn
-            .iter()
-            .find(|(p, t, _)| *p == place && *t == Tracer::None)
-            .map(|(_, _, v)| v.iter().map(|c| c.per_sec).collect())
-            .unwrap_or_default();
-        for (_, t, runs) in r.churn.iter().filter(|(p, _, _)| *p == place) {
-            let rate: Vec<f64> = runs.iter().map(|c| c.per_sec).collect();
-            let rt = ratio(&base_churn, &rate);
-            let conns: u64 = runs.iter().map(|c| c.connections + c.failed).sum();
-            let reports: u64 = runs.iter().map(|c| c.reports).sum();
-            let lost: u64 = runs.iter().map(|c| c.lost).sum();
-            let (counts, lat, goal) = if t.is_wstrace() {
-                let p50 = median(runs.iter().filter_map(|c| c.close_to_report_p50_us));
-                let p99 = median(runs.iter().filter_map(|c| c.close_to_report_p99_us));
-                let mut goal = cost_goal(rt, CHURN_GOAL_MAX_COST);
-                if reports == conns {
-                    goal.push_str("; counts equal");
-                } else {
-                    goal.push_str(&format!(
-                        "; **reports ≠ connections** ({reports} vs {conns})"
-                    ));
-                }
-                if lost > 0 {
-                    goal.push_str(&format!("; **{lost} events lost**"));
-                }
-                (
-                    format!("{reports} / {conns}"),
-                    format!("{:.2} ms / {:.2} ms", p50 / 1000.0, p99 / 1000.0),
-                    goal,
-                )
-            } else {
-                (format!("- / {conns}"), "-".into(), "baseline".into())
-            };
-            push(
-                &mut md,
-                format!(
-                    "| {place_name} | {} | {:.0} | {} | {counts} | {} | {lat} | {goal} |",
-                    t.name(),
-                    median(rate.iter().copied()),
-                    ratio_text(&base_churn, &rate),
-                    if t.is_wstrace() {
-                        lost.to_string()
-                    } else {
-                        "-".into()
-                    },
-                ),
-            );
-        }
-    }
-
-    // 3. unrelated
-    push(
-        &mut md,
-        format!(
-            "\n## 3. Unrelated traffic: the same echo load on port {OTHER_PORT} while wstrace traces port {TRACED_PORT}\n\n\
-             Every send on the machine still fires wstrace's probes; the in-kernel port filter must make them cost nothing measurable. \
-             Noise is measured, not assumed: each round runs the no-tracer load twice (A/A), and the largest gap between the two is shown; the cost counts as within noise unless every round ran slower than its own baseline. The bpftrace script (same tracepoints, \
-             no port filter needed for unrelated ports) shows the cost of enabling syscall tracepoints at all.\n"
-        ),
-    );
-    push(
-        &mut md,
-        "| tracer | msgs/s | vs none | p99 µs | goal (cost within noise) |\n|-|-:|-:|-:|-|".into(),
-    );
-    let base_u = base(&r.unrelated, |s| s.msgs_per_sec);
-    // Noise: the largest difference between two identical runs of a round.
-    let repeat: Vec<f64> = r
-        .unrelated
-        .iter()
-        .find(|(t, _)| *t == Tracer::Repeat)
-        .map(|(_, v)| v.iter().map(|s| s.msgs_per_sec).collect())
-        .unwrap_or_default();
-    let noise = base_u
-        .iter()
-        .zip(&repeat)
-        .filter(|(b, _)| **b > 0.0)
-        .map(|(b, a)| (1.0 - a / b).abs())
-        .fold(0.0, f64::max);
-    for (t, runs) in &r.unrelated {
-        let tput: Vec<f64> = runs.iter().map(|s| s.msgs_per_sec).collect();
-        let rt = ratio(&base_u, &tput);
-        let goal = match t {
-            Tracer::Bpftrace => "(comparison)".to_string(),
-            Tracer::Wstrace => {
-                // Within noise means: not consistently on one side. If every
-                // round ran slower than its own baseline, that is a cost,
-                // however wide the A/A gap (a sign test: 5 of 5 by chance
-                // is 1 in 32).
-                let slower = base_u.iter().zip(&tput).filter(|(b, v)| v < b).count();
-                let cost = 1.0 - rt;
-                if slower < tput.len() || cost <= 0.0 {
-                    format!(
-                        "met: {slower} of {} rounds slower, cost {:.1}%, A/A noise {:.1}%",
-                        tput.len(),
-                        cost * 100.0,
-                        noise * 100.0
-                    )
-                } else {
-                    format!(
-                        "**MISSED**: all {} rounds slower, cost {:.1}% (A/A noise {:.1}%)",
-                        tput.len(),
-                        cost * 100.0,
-                        noise * 100.0
-                    )
-                }
-            }
-            Tracer::Repeat => format!("A/A: largest round-to-round gap {:.1}%", noise * 100.0),
-            _ => "baseline".to_string(),
-        };
-        push(
-            &mut md,
-            format!(
-                "| {} | {:.0} | {} | {:.0} | {goal} |",
-                t.name(),
-                median(tput.iter().copied()),
-                ratio_text(&base_u, &tput),
-                median(runs.iter().map(|s| s.p99_us)),
-            ),
-        );
-    }
-
-    // 4. daemon
-    push(
-        &mut md,
-        "\n## 4. The daemon's own cost\n\nwait4 rusage of the wstrace process over the whole run (attach, load, detach); \
-         CPU % is of one core over its wall time. Peak RSS counts the ring buffer twice (the kernel maps its pages \
-         twice so records can wrap): 8 MiB for the 4 MiB ring, 16 MiB for the 8 MiB events ring and 4 MiB for the \
-         2 MiB stack-copy ring used with stack copies; a daemon that falls behind also holds up to 16 MiB of copied \
-         records rather than losing them.\n"
-            .into(),
-    );
-    push(
-        &mut md,
-        "| run | wstrace CPU s | CPU % | peak RSS MiB | goal (RSS ≤ 48 MiB) |\n|-|-:|-:|-:|-|"
-            .into(),
-    );
-    let wst = |runs: &[Option<Rusage>]| -> Option<(f64, f64, f64)> {
-        let u: Vec<Rusage> = runs.iter().flatten().copied().collect();
-        if u.is_empty() {
-            return None;
-        }
-        Some((
-            median(u.iter().map(|x| x.cpu_secs)),
-            median(u.iter().map(|x| x.cpu_secs / x.wall_secs.max(1e-9) * 100.0)),
-            u.iter().map(|x| x.max_rss_mib).fold(0.0, f64::max),
-        ))
-    };
-    // Churn runs of one tracer variant, both placements.
-    let churn_daemon = |tracer: Tracer| -> Vec<Option<Rusage>> {
-        r.churn
-            .iter()
-            .filter(|(_, t, _)| *t == tracer)
-            .flat_map(|(_, _, v)| v.iter().map(|s| s.daemon))
-            .collect()
-    };
-    let rows: Vec<(&str, Vec<Option<Rusage>>)> = vec![
-        (
-            "steady echo",
-            r.steady
-                .iter()
-                .filter(|(t, _)| *t == Tracer::Wstrace)
-                .flat_map(|(_, v)| v.iter().map(|s| s.daemon))
-                .collect(),
-        ),
-        ("churn", churn_daemon(Tracer::Wstrace)),
-        ("churn, --user-stack fp", churn_daemon(Tracer::WstraceFp)),
-        (
-            "unrelated traffic",
-            r.unrelated
-                .iter()
-                .filter(|(t, _)| *t == Tracer::Wstrace)
-                .flat_map(|(_, v)| v.iter().map(|s| s.daemon))
-                .collect(),
-        ),
-    ];
-    for (name, usage) in rows {
-        if let Some((cpu, pct, rss)) = wst(&usage) {
-            let goal = if rss <= RSS_GOAL_MIB {
-                "met".to_string()
-            } else {
-                format!("**MISSED** by {:.1} MiB", rss - RSS_GOAL_MIB)
-            };
-            push(
-                &mut md,
-                format!("| {name} | {cpu:.2} | {pct:.1} | {rss:.1} (max) | {goal} |"),
-            );
-        }
-    }
-    if let Some(k) = &r.kernel_cost {
-        md.push('\n');
-        md.push_str(&kernel_cost::render(k));
-    }
-    if let Some(v) = &r.vm_cost {
-        md.push('\n');
-        md.push_str(&vm_cost::render(v));
-    }
-    if let Some(t) = &r.tls_cost {
-        md.push('\n');
-        md.push_str(&tls_cost::render(t));
-    }
-    md
-}
-
 /// The host's 1-minute load average, said next to measurements that other
 /// work on the host skews (in-kernel ns, emulated CPUs).
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|l| l.split_whitespace().next().map(str::to_string))
         .unwrap_or_else(|| "unknown".into())
-}
-
-/// BENCHMARKS.md after a partial run: the new part from `new`, the rest
-/// kept from `old` (sections 1-4, section 5 from [`KERNEL_COST_HEADING`],
-/// section 6 from [`VM_COST_HEADING`], section 7 from [`TLS_COST_HEADING`]).
-fn splice(old: &str, new: &str, only: Only) -> String {
-    const HEADINGS: [&str; 3] = [KERNEL_COST_HEADING, VM_COST_HEADING, TLS_COST_HEADING];
-    // Each part runs from its heading to the next heading found after it.
-    let split = |text: &str| -> [String; 4] {
-        let starts: Vec<Option<usize>> = HEADINGS.iter().map(|h| text.find(h)).collect();
-        let end_of = |from: usize| {
-            starts
-                .iter()
-                .flatten()
-                .copied()
-                .filter(|&p| p > from)
-                .min()
-                .unwrap_or(text.len())
-        };
-        let first = starts.iter().flatten().copied().min().unwrap_or(text.len());
-        let mut parts: [String; 4] = Default::default();
-        parts[0] = text[..first].to_string();
-        for (i, s) in starts.iter().enumerate() {
-            if let Some(s) = *s {
-                parts[i + 1] = text[s..end_of(s)].to_string();
-            }
-        }
-        parts
-    };
-    let old = split(old);
-    let new = split(new);
-    let take_new = match only {
-        Only::All => [true; 4],
-        Only::Load => [true, false, false, false],
-        Only::KernelCost => [false, true, false, false],
-        Only::VmCost => [false, false, true, false],
-        Only::Tls => [false, false, false, true],
-    };
-    let kept: Vec<&str> = (0..4)
-        .map(|i| if take_new[i] { &new[i] } else { &old[i] })
-        .map(|p| p.trim_end())
-        .filter(|p| !p.is_empty())
-        .collect();
-    format!("{}\n", kept.join("\n\n"))
 }
 
 #[cfg(test)]
@@ -1400,47 +1026,5 @@ mod tests {
         assert_eq!(remote_port(r#"{"remote":"127.0.0.1:43462"}"#), Some(43462));
         assert_eq!(remote_port(r#"{"remote":"[::1]:8080"}"#), Some(8080));
         assert_eq!(remote_port("not json"), None);
-    }
-
-    #[test]
-    fn a_partial_run_keeps_the_other_part() {
-        let old = format!("# B\n## 1. old load\n\n{KERNEL_COST_HEADING}\nold cost\n");
-        let new = format!("# B\n## 1. new load\n\n{KERNEL_COST_HEADING}\nnew cost\n");
-        let load_only = splice(&old, "# B\n## 1. new load\n", Only::Load);
-        assert!(load_only.contains("new load") && load_only.contains("old cost"));
-        let cost_only = splice(&old, &new, Only::KernelCost);
-        assert!(cost_only.contains("old load") && cost_only.contains("new cost"));
-        assert!(!cost_only.contains("old cost") && !cost_only.contains("new load"));
-        let first = splice("", &new, Only::KernelCost);
-        assert!(first.contains("new cost"));
-        let old3 = format!("{old}\n{VM_COST_HEADING}\nold vm\n");
-        let vm_only = splice(&old3, &format!("{VM_COST_HEADING}\nnew vm\n"), Only::VmCost);
-        assert!(vm_only.contains("old load") && vm_only.contains("old cost"));
-        assert!(vm_only.contains("new vm") && !vm_only.contains("old vm"));
-        let cost_again = splice(&old3, &new, Only::KernelCost);
-        assert!(cost_again.contains("new cost") && cost_again.contains("old vm"));
-        let tls_first = splice(&old3, &format!("{TLS_COST_HEADING}\nnew tls\n"), Only::Tls);
-        assert!(tls_first.contains("old cost") && tls_first.contains("old vm"));
-        assert!(tls_first.trim_end().ends_with("new tls"), "{tls_first}");
-        let old4 = format!("{old3}\n{TLS_COST_HEADING}\nold tls\n");
-        let vm_again = splice(&old4, &format!("{VM_COST_HEADING}\nnew vm\n"), Only::VmCost);
-        assert!(
-            vm_again.contains("new vm") && !vm_again.contains("old vm"),
-            "{vm_again}"
-        );
-        assert!(
-            vm_again.contains("old tls") && vm_again.contains("old cost"),
-            "{vm_again}"
-        );
-        let tls_again = splice(&old4, &format!("{TLS_COST_HEADING}\nnew tls\n"), Only::Tls);
-        assert!(tls_again.contains("new tls") && !tls_again.contains("old tls"));
-        assert!(tls_again.contains("old vm"), "{tls_again}");
-    }
-
-    #[test]
-    fn goals_say_by_how_much_they_are_missed() {
-        assert!(cost_goal(0.99, 0.02).starts_with("met (cost 1.0%"));
-        assert!(cost_goal(0.967, 0.02).contains("MISSED** by 1.3 points"));
-        assert_eq!(ratio(&[100.0, 200.0, 100.0], &[99.0, 196.0, 100.0]), 0.99);
     }
 }
