@@ -16,6 +16,7 @@
 #![no_std]
 #![no_main]
 
+mod interp;
 mod kernel;
 mod maps;
 mod probes;

@@ -419,6 +419,13 @@ fn runtime_of(l: &Frame) -> Option<&'static str> {
         || module.starts_with("libstdc++")
     {
         Some("std")
+    } else if module.starts_with("python3.")
+        || module.starts_with("libpython3.")
+        || (l.kind == crate::model::FrameKind::Interpreted && file.starts_with("/usr/lib/python3"))
+    {
+        // CPython's own frames: with its Python frames named in place of
+        // the interpreter loop, the rest is the runtime's.
+        Some("python")
     } else if ["libc.so", "libc-", "ld-linux", "libpthread"]
         .iter()
         .any(|p| module.starts_with(p))
@@ -437,6 +444,22 @@ fn runtime_of(l: &Frame) -> Option<&'static str> {
 /// `… 12 frames in std/tokio`. Unknown frames as their whole line.
 /// Unescaped: the caller escapes.
 pub fn compact_stack(frames: &[Frame]) -> Vec<String> {
+    // With Python frames named, the interpreter loop frame that ran them
+    // says nothing more.
+    let owned: Vec<Frame>;
+    let frames = if frames
+        .iter()
+        .any(|f| f.kind == crate::model::FrameKind::Interpreted)
+    {
+        owned = frames
+            .iter()
+            .filter(|f| !crate::enrich::python::is_eval_loop(f))
+            .cloned()
+            .collect();
+        &owned[..]
+    } else {
+        frames
+    };
     let runtime: Vec<Option<&'static str>> = frames
         .iter()
         .enumerate()
