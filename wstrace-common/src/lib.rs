@@ -462,7 +462,9 @@ impl InterpStack {
 /// `*(interp + threads_head)` its first thread state; thread states chain
 /// by `tstate_next` and name their thread by `tstate_tid` (a 32-bit tid at
 /// that offset); `*(*(tstate + tstate_frame_ptr) + frame_ptr_current)` is
-/// the innermost frame. A frame's fields are read as one 64-byte window
+/// the innermost frame. PHP (non-ZTS): `threads_head` is [`ABSENT`] and
+/// `*(runtime + frame_ptr_current)` is the innermost frame
+/// (`executor_globals.current_execute_data`). A frame's fields are read as one 64-byte window
 /// from `frame + frame_window`, in which `code`, `previous` and `instr`
 /// are the (8-byte aligned) places of those pointers and `entry` that of
 /// the entry flag byte.

@@ -60,41 +60,48 @@ pub unsafe fn walk(out: *mut InterpStack) {
 
 #[inline(always)]
 unsafe fn frames(c: &InterpConfig, tid: u32, out: *mut InterpStack) -> u32 {
-    let Some(is) = user_word(c.runtime.wrapping_add(c.interp_head)) else {
-        return interp::READ_FAILED;
+    let frame = if c.threads_head == ABSENT {
+        // One interpreter state per process, at a fixed place (PHP
+        // non-ZTS: `executor_globals.current_execute_data`).
+        user_word(c.runtime.wrapping_add(c.frame_ptr_current)).ok_or(interp::READ_FAILED)
+    } else {
+        innermost_python_frame(c, tid)
     };
-    let Some(mut ts) = user_word(is.wrapping_add(c.threads_head)) else {
-        return interp::READ_FAILED;
-    };
-    // The closing thread's state: the interpreter's list of thread states,
-    // each naming its OS thread.
+    match frame {
+        Ok(f) => unsafe { walk_frames(c, f, out) },
+        Err(status) => status,
+    }
+}
+
+/// The closing thread's innermost frame, through the interpreter's list of
+/// thread states, each naming its OS thread.
+#[inline(always)]
+fn innermost_python_frame(c: &InterpConfig, tid: u32) -> Result<u64, u32> {
+    let is = user_word(c.runtime.wrapping_add(c.interp_head)).ok_or(interp::READ_FAILED)?;
+    let mut ts = user_word(is.wrapping_add(c.threads_head)).ok_or(interp::READ_FAILED)?;
     let mut found = 0u64;
     for _ in 0..INTERP_THREADS {
         if ts == 0 {
             break;
         }
-        let Ok(t) = (unsafe { bpf_probe_read_user(ts.wrapping_add(c.tstate_tid) as *const u32) })
-        else {
-            return interp::READ_FAILED;
-        };
+        let t = unsafe { bpf_probe_read_user(ts.wrapping_add(c.tstate_tid) as *const u32) }
+            .map_err(|_| interp::READ_FAILED)?;
         if t == tid {
             found = ts;
             break;
         }
-        let Some(next) = user_word(ts.wrapping_add(c.tstate_next)) else {
-            return interp::READ_FAILED;
-        };
-        ts = next;
+        ts = user_word(ts.wrapping_add(c.tstate_next)).ok_or(interp::READ_FAILED)?;
     }
     if found == 0 {
-        return interp::NO_THREAD;
+        return Err(interp::NO_THREAD);
     }
-    let Some(fp) = user_word(found.wrapping_add(c.tstate_frame_ptr)) else {
-        return interp::READ_FAILED;
-    };
-    let Some(mut frame) = user_word(fp.wrapping_add(c.frame_ptr_current)) else {
-        return interp::READ_FAILED;
-    };
+    let fp = user_word(found.wrapping_add(c.tstate_frame_ptr)).ok_or(interp::READ_FAILED)?;
+    user_word(fp.wrapping_add(c.frame_ptr_current)).ok_or(interp::READ_FAILED)
+}
+
+/// Copies the chain from `frame` out; returns the walk's status.
+#[inline(always)]
+unsafe fn walk_frames(c: &InterpConfig, mut frame: u64, out: *mut InterpStack) -> u32 {
     let Some(w) = INTERP_WINDOW.get_ptr_mut(0) else {
         return interp::NONE;
     };

@@ -9,7 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    Tracer, WorldReadableDir, nobody_python_server, require_nobody_python, serial, upgrade_once,
+    Tracer, WorldReadableDir, as_nobody, nobody_python_server, require_nobody_python, require_tool,
+    serial, spawn_ready, upgrade_once,
 };
 
 /// A plain-socket WebSocket server that closes in `drop_client()`, called
@@ -216,4 +217,69 @@ fn a_frame_chain_into_garbage_ends_at_the_budget_with_a_note() {
     );
     let note = r["interp_stack_note"].as_str().unwrap_or_default();
     assert!(note.contains("the chain goes on"), "{r}");
+}
+
+/// A `stream_socket_server` WebSocket server that closes in `closeStale()`,
+/// called from `serve()`. The line numbers below are asserted.
+const PHP_SERVER: &str = "<?php
+function closeStale($c) {
+    fclose($c); // line 3
+}
+
+function serve($s) {
+    $c = stream_socket_accept($s, -1);
+    fread($c, 4096);
+    fwrite($c, \"HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n\");
+    closeStale($c); // line 10
+}
+
+$s = stream_socket_server('tcp://127.0.0.1:0');
+$name = stream_socket_get_name($s, false);
+echo 'READY ' . substr(strrchr($name, ':'), 1) . \"\\n\";
+while (true) {
+    serve($s);
+}
+";
+
+#[test]
+fn a_php_close_names_the_function_file_and_line_and_its_caller() {
+    let Some(php) = require_tool("php", "apt-get install php-cli") else {
+        return;
+    };
+    if !require_nobody_python() {
+        return;
+    }
+    let _s = serial();
+    let dir = WorldReadableDir::new("interp-php");
+    let script = dir.write("server.php", PHP_SERVER);
+    let (_srv, port) = spawn_ready(as_nobody(&php).arg(&script));
+    let (t, r) = one_report(port, "json");
+    assert_eq!(r["closed_by"], "local", "{r}");
+    let frames: Vec<(String, String, Option<u64>)> = user_stack(&r)
+        .iter()
+        .filter(|f| f["kind"] == "interpreted")
+        .map(|f| {
+            assert_eq!(f["language"], "php", "{f}");
+            (
+                f["function"].as_str().unwrap_or("[unknown]").to_string(),
+                f["file"].as_str().unwrap_or("").to_string(),
+                f["line"].as_u64(),
+            )
+        })
+        .collect();
+    let at = |name: &str| {
+        frames
+            .iter()
+            .position(|(f, _, _)| f == name)
+            .unwrap_or_else(|| panic!("no PHP frame {name}: {frames:#?}\n{}", t.stderr_text()))
+    };
+    let (fclose, inner, serve, main) = (at("fclose"), at("closeStale"), at("serve"), at("{main}"));
+    assert!(
+        fclose < inner && inner < serve && serve < main,
+        "{frames:#?}"
+    );
+    assert!(frames[inner].1.ends_with("/server.php"), "{frames:#?}");
+    assert_eq!(frames[inner].2, Some(3), "{frames:#?}");
+    assert_eq!(frames[serve].2, Some(10), "{frames:#?}");
+    assert!(r["interp_stack_note"].is_null(), "{r}");
 }

@@ -11,6 +11,7 @@ pub mod hz;
 pub mod maps;
 pub mod peer;
 pub mod perf_map;
+pub mod php;
 pub mod process;
 pub mod python;
 pub mod stack_cache;
@@ -143,9 +144,16 @@ pub struct Enricher {
 #[derive(Default)]
 struct Python {
     procs: Option<InterpProcs>,
-    found: HashMap<u32, Option<python::Found>>,
+    found: HashMap<u32, Option<Interp>>,
     /// How long naming one close's Python frames may take.
     budget: std::time::Duration,
+}
+
+/// An interpreter found in a process.
+#[derive(Clone, Debug)]
+enum Interp {
+    Python(python::Found),
+    Php(php::Found),
 }
 
 /// The kernel's `INTERP_PROCS` map (wstrace-ebpf `maps.rs`).
@@ -204,11 +212,17 @@ impl Enricher {
                 return;
             }
         }
-        let found = python::find(pid);
+        let found = python::find(pid)
+            .map(Interp::Python)
+            .or_else(|| php::find(pid).map(Interp::Php));
         if let (Some(f), Some(procs)) = (&found, &mut self.python.procs) {
-            // Full of live entries: that process's closes show no Python
-            // frames (the map is LRU, so this is rare).
-            let _ = procs.insert(pid, f.walk, 0);
+            let walk = match f {
+                Interp::Python(p) => p.walk,
+                Interp::Php(p) => p.walk,
+            };
+            // Full of live entries: that process's closes show no
+            // interpreter frames (the map is LRU, so this is rare).
+            let _ = procs.insert(pid, walk, 0);
         }
         self.python.found.insert(pid, found);
     }
@@ -228,8 +242,16 @@ impl Enricher {
             return native;
         };
         let deadline = std::time::Instant::now() + self.python.budget;
-        let py = python::name_frames(pid, found, cap, deadline);
-        python::splice(&native, py, cap.entry_mask).into()
+        match found {
+            Interp::Python(found) => {
+                let py = python::name_frames(pid, found, cap, deadline);
+                python::splice(&native, py, cap.entry_mask, python::is_eval_loop).into()
+            }
+            Interp::Php(found) => {
+                let php = php::name_frames(pid, found, cap, deadline);
+                python::splice(&native, php, 0, php::is_exec_loop).into()
+            }
+        }
     }
 
     /// `--symbolize-timeout`: the longest one symbolization may stall the
@@ -533,7 +555,13 @@ impl Enricher {
                     u
                 } else {
                     let cap = &c.stacks.interp;
-                    user_walk.interp_note = python::walk_note(cap.status, cap.frames.len());
+                    user_walk.interp_note = match self.python.found.get(&c.pid) {
+                        Some(Some(Interp::Php(_))) => {
+                            python::walk_note(cap.status, cap.frames.len())
+                                .map(|n| n.replacen("python", "php", 1))
+                        }
+                        _ => python::walk_note(cap.status, cap.frames.len()),
+                    };
                     self.with_python(c.pid, cap, u)
                 };
                 (k, u, self.processes.info(c.pid))

@@ -174,7 +174,7 @@ fn find_in(pid: u32, maps: &[Mapping]) -> Option<Found> {
 
 /// Where the file's address 0 lies in the process: its mapping of file
 /// offset 0 (the first `PT_LOAD`) less that segment's page-rounded address.
-fn bias_of(elf: &object::File<'_>, maps: &[Mapping], m: &Mapping) -> Option<u64> {
+pub(super) fn bias_of(elf: &object::File<'_>, maps: &[Mapping], m: &Mapping) -> Option<u64> {
     let first = maps
         .iter()
         .filter(|x| x.path == m.path && x.inode == m.inode && x.dev == m.dev && x.offset == 0)
@@ -263,13 +263,20 @@ pub fn line_of(table: &[u8], first_line: i32, index: u64) -> Option<u32> {
 }
 
 /// Reads of one process's memory, all bounded, all stopping at `deadline`.
-struct Mem {
+pub(super) struct Mem {
     file: std::fs::File,
     deadline: Instant,
 }
 
 impl Mem {
-    fn bytes(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+    /// `/proc/<pid>/mem`; `None` when it cannot be opened (gone, or not
+    /// ours to read).
+    pub(super) fn open(pid: u32, deadline: Instant) -> Option<Mem> {
+        let file = std::fs::File::open(format!("/proc/{pid}/mem")).ok()?;
+        Some(Mem { file, deadline })
+    }
+
+    pub(super) fn bytes(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
         if Instant::now() > self.deadline || addr == 0 {
             return None;
         }
@@ -277,7 +284,7 @@ impl Mem {
         self.file.read_exact_at(&mut buf, addr).ok()?;
         Some(buf)
     }
-    fn word(&self, addr: u64) -> Option<u64> {
+    pub(super) fn word(&self, addr: u64) -> Option<u64> {
         let b = self.bytes(addr, 8)?;
         Some(u64::from_ne_bytes(b.try_into().ok()?))
     }
@@ -322,9 +329,7 @@ impl Mem {
 /// Names the frames of `cap` in process `pid`, innermost first. A frame
 /// that cannot be named is kept, unnamed, with the reason.
 pub fn name_frames(pid: u32, found: &Found, cap: &InterpCapture, deadline: Instant) -> Vec<Frame> {
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem"))
-        .ok()
-        .map(|file| Mem { file, deadline });
+    let mem = Mem::open(pid, deadline);
     let l = &found.layout;
     cap.frames
         .iter()
@@ -417,11 +422,19 @@ pub fn is_eval_loop(f: &Frame) -> bool {
 /// `native` that ran it, which stays (the full stack is every native frame;
 /// the compact text drops the loop's). Frames left over (a native walk that
 /// stopped early) go after the last native frame.
-pub fn splice(native: &[Frame], py: Vec<Frame>, entry_mask: u32) -> Vec<Frame> {
+///
+/// `is_loop` names the interpreter loop's frame (PHP: `execute_ex`, whose
+/// frames carry no entry mask: all go inside the innermost).
+pub fn splice(
+    native: &[Frame],
+    py: Vec<Frame>,
+    entry_mask: u32,
+    is_loop: fn(&Frame) -> bool,
+) -> Vec<Frame> {
     let mut out = Vec::with_capacity(native.len() + py.len());
     let mut py = py.into_iter().enumerate().peekable();
     for n in native {
-        if is_eval_loop(n) {
+        if is_loop(n) {
             for (i, f) in py.by_ref() {
                 out.push(f);
                 if i < 32 && entry_mask & (1 << i) != 0 {
@@ -568,7 +581,7 @@ mod tests {
         ];
         // drop_client, handle (entry of the inner loop call), main, <module>
         let p = vec![py("drop_client"), py("handle"), py("main"), py("<module>")];
-        let out = splice(&n, p, 0b0010 | 0b1000);
+        let out = splice(&n, p, 0b0010 | 0b1000, is_eval_loop);
         let names: Vec<_> = out.iter().map(|f| f.function.clone().unwrap()).collect();
         assert_eq!(
             names,
@@ -586,7 +599,7 @@ mod tests {
             ]
         );
         // No eval loop frame in the native walk: the Python frames go last.
-        let out = splice(&n[..2], vec![py("f")], 1);
+        let out = splice(&n[..2], vec![py("f")], 1, is_eval_loop);
         assert_eq!(out.len(), 3);
         assert_eq!(out[2].kind, FrameKind::Interpreted);
     }

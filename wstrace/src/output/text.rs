@@ -419,6 +419,9 @@ fn runtime_of(l: &Frame) -> Option<&'static str> {
         || module.starts_with("libstdc++")
     {
         Some("std")
+    } else if module.starts_with("php8.") || module.starts_with("libphp") {
+        // PHP's executor and internal functions' C code.
+        Some("php")
     } else if module.starts_with("python3.")
         || module.starts_with("libpython3.")
         || (l.kind == crate::model::FrameKind::Interpreted && file.starts_with("/usr/lib/python3"))
@@ -453,7 +456,9 @@ pub fn compact_stack(frames: &[Frame]) -> Vec<String> {
     {
         owned = frames
             .iter()
-            .filter(|f| !crate::enrich::python::is_eval_loop(f))
+            .filter(|f| {
+                !crate::enrich::python::is_eval_loop(f) && !crate::enrich::php::is_exec_loop(f)
+            })
             .cloned()
             .collect();
         &owned[..]
