@@ -401,9 +401,12 @@ const FOLD_RUN: usize = 3;
 /// the frames a reader skips to find the program's own. Unknown frames
 /// belong to none.
 fn runtime_of(l: &Frame) -> Option<&'static str> {
-    let f = l.function.as_deref()?;
-    let file = l.file.as_deref().unwrap_or("");
     let module = l.module.as_deref().map(basename).unwrap_or("");
+    let Some(f) = l.function.as_deref() else {
+        // The interpreter's stripped internals: its runtime all the same.
+        return interp_runtime(module);
+    };
+    let file = l.file.as_deref().unwrap_or("");
     if frame::go_runtime(l) {
         Some("go")
     } else if f.starts_with("tokio::") || f.starts_with("<tokio::") || file.contains("/tokio-") {
@@ -419,15 +422,11 @@ fn runtime_of(l: &Frame) -> Option<&'static str> {
         || module.starts_with("libstdc++")
     {
         Some("std")
-    } else if module.starts_with("php8.") || module.starts_with("libphp") {
-        // PHP's executor and internal functions' C code.
-        Some("php")
-    } else if module.starts_with("python3.")
-        || module.starts_with("libpython3.")
-        || (l.kind == crate::model::FrameKind::Interpreted && file.starts_with("/usr/lib/python3"))
+    } else if let Some(r) = interp_runtime(module) {
+        Some(r)
+    } else if l.kind == crate::model::FrameKind::Interpreted && file.starts_with("/usr/lib/python3")
     {
-        // CPython's own frames: with its Python frames named in place of
-        // the interpreter loop, the rest is the runtime's.
+        // The standard library's Python frames.
         Some("python")
     } else if ["libc.so", "libc-", "ld-linux", "libpthread"]
         .iter()
@@ -436,6 +435,18 @@ fn runtime_of(l: &Frame) -> Option<&'static str> {
         || ["_start", "__libc_start_main", "start_thread", "clone", "clone3"].contains(&f)
     {
         Some("libc")
+    } else {
+        None
+    }
+}
+
+/// PHP's and CPython's own native code, by module: with the script's
+/// frames named in place of the interpreter loop, the rest is the runtime's.
+fn interp_runtime(module: &str) -> Option<&'static str> {
+    if module.starts_with("php8.") || module.starts_with("libphp") {
+        Some("php")
+    } else if module.starts_with("python3.") || module.starts_with("libpython3.") {
+        Some("python")
     } else {
         None
     }
