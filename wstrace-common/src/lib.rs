@@ -409,7 +409,107 @@ pub struct CloseEvent {
     /// ([`stack_copy::COPIED`]) or, with [`stack_copy::SAME_AS`], the id of
     /// the last copy made for the same call site; 0 otherwise.
     pub stack_id: u64,
+    /// The interpreter's own call stack of the closing thread, when its
+    /// process is in `INTERP_PROCS` (Python): read at the close, named later.
+    pub interp: InterpStack,
 }
+
+/// Interpreter frames the kernel copies per close: the innermost ones, the
+/// ones that name the code that closed.
+pub const INTERP_FRAMES: usize = 32;
+
+/// `InterpStack::status`
+pub mod interp {
+    /// The process is not an interpreter the daemon registered: no walk.
+    pub const NONE: u32 = 0;
+    /// The chain ended (a null `previous`) within the budget.
+    pub const OK: u32 = 1;
+    /// [`super::INTERP_FRAMES`] frames copied and the chain went on.
+    pub const TRUNCATED: u32 = 2;
+    /// No thread state of the interpreter belongs to the closing thread
+    /// (it never ran Python, or more threads than the walk looks at).
+    pub const NO_THREAD: u32 = 3;
+    /// A pointer of the chain could not be read (unmapped, paged out, or
+    /// garbage): the walk stopped there, with the frames before it.
+    pub const READ_FAILED: u32 = 4;
+    /// The chain came back to a frame it had just left (a loop).
+    pub const LOOP: u32 = 5;
+}
+
+/// One interpreter frame as the kernel saw it: the code object and the
+/// interpreter's instruction pointer into it, both addresses in the
+/// process; the daemon reads names and lines from them afterwards.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InterpFrame {
+    pub code: u64,
+    pub instr: u64,
+}
+
+/// The interpreter frames of a close, innermost first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct InterpStack {
+    /// [`interp`] status.
+    pub status: u32,
+    /// Frames valid in `frames`.
+    pub count: u32,
+    /// Bit i: frame i is an entry frame (CPython 3.11 `is_entry`: the
+    /// outermost Python frame of one `_PyEval_EvalFrameDefault` call), so
+    /// the daemon knows which frames each native interpreter frame ran.
+    pub entry_mask: u32,
+    pub _pad: u32,
+    pub frames: [InterpFrame; INTERP_FRAMES],
+}
+
+impl InterpStack {
+    /// No walk (status NONE, no frames).
+    pub const EMPTY: Self = Self {
+        status: interp::NONE,
+        count: 0,
+        entry_mask: 0,
+        _pad: 0,
+        frames: [InterpFrame { code: 0, instr: 0 }; INTERP_FRAMES],
+    };
+}
+
+/// How the kernel walks one process's interpreter stack (the daemon fills
+/// it from the binary; `INTERP_PROCS`). All byte offsets; the kernel reads
+/// nothing it is not told the place of.
+///
+/// Python (3.11): `*(runtime + interp_head)` is the main interpreter,
+/// `*(interp + threads_head)` its first thread state; thread states chain
+/// by `tstate_next` and name their thread by `tstate_tid` (a 32-bit tid at
+/// that offset); `*(*(tstate + tstate_frame_ptr) + frame_ptr_current)` is
+/// the innermost frame. PHP (non-ZTS): `threads_head` is [`ABSENT`] and
+/// `*(runtime + frame_ptr_current)` is the innermost frame
+/// (`executor_globals.current_execute_data`). A frame's fields are read as one 64-byte window
+/// from `frame + frame_window`, in which `code`, `previous` and `instr`
+/// are the (8-byte aligned) places of those pointers and `entry` that of
+/// the entry flag byte.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterpConfig {
+    pub runtime: u64,
+    pub interp_head: u64,
+    pub threads_head: u64,
+    pub tstate_next: u64,
+    pub tstate_tid: u64,
+    pub tstate_frame_ptr: u64,
+    pub frame_ptr_current: u64,
+    pub frame_window: u64,
+    pub code: u64,
+    pub previous: u64,
+    pub instr: u64,
+    /// [`ABSENT`] when the version has no entry flag.
+    pub entry: u64,
+}
+
+/// Thread states the kernel looks at to find the closing thread's.
+pub const INTERP_THREADS: u32 = 16;
+
+/// Interpreter processes the kernel walks the stacks of.
+pub const INTERP_PROCESSES: u32 = 1024;
 
 /// `CloseEvent::stack_copy`
 pub mod stack_copy {
@@ -676,6 +776,7 @@ mod user {
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::CloseEvent {}
     unsafe impl<const N: usize> aya::Pod for super::DataEventOf<N> {}
+    unsafe impl aya::Pod for super::InterpConfig {}
     unsafe impl aya::Pod for super::SignalEvent {}
     unsafe impl aya::Pod for super::UserStackHeader {}
     // SAFETY: `repr(C)` integers only, without padding.
@@ -923,7 +1024,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(DataEvent, data), DATA_EVENT_FIXED);
         assert_eq!(
             core::mem::size_of::<CloseEvent>(),
-            128 + 16 + 2 * 8 * STACK_DEPTH + 16
+            128 + 16 + 2 * 8 * STACK_DEPTH + 16 + 16 + 16 * INTERP_FRAMES
         );
         assert_eq!(core::mem::size_of::<UserStackHeader>(), 40);
         assert_eq!(core::mem::size_of::<PeerWriter>(), 32);

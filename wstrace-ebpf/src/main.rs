@@ -17,6 +17,7 @@
 #![no_main]
 
 mod debug;
+mod interp;
 mod kernel;
 mod maps;
 mod probes;

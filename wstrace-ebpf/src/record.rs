@@ -490,6 +490,7 @@ unsafe fn fill_close<C: EbpfContext>(
             STACK_BYTES,
             BPF_F_USER_STACK as u64,
         );
+        crate::interp::walk(&raw mut (*ev).interp);
     }
 }
 

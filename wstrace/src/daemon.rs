@@ -148,6 +148,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(&Ports, &str)) -> Resu
     );
     let mut enricher = Enricher::new(redactor, opts.common.user_stack, servers, kernel_peers);
     enricher.set_symbolize_timeout(Duration::from_secs(opts.common.symbolize_timeout));
+    enricher.set_interp_procs(probes::take_interp_procs(&mut attached.ebpf));
     // Before saying "tracing": a server that upgrades, closes and exits the
     // moment traffic starts is described too, and its TLS library probed.
     let scan = enricher.remember_listeners(opts.ports);

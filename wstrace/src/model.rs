@@ -183,6 +183,21 @@ pub struct Stacks {
     pub fate: CopyFate,
     /// Set by the enrich stage when the close had no copy of its own.
     pub shared: Option<SharedStack>,
+    /// The interpreter's frames of the closing thread (Python), as the
+    /// kernel copied them at the close.
+    pub interp: InterpCapture,
+}
+
+/// The interpreter frames a close carried: raw addresses in the process,
+/// named by the enrich stage (`enrich::python`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InterpCapture {
+    /// `wstrace_common::interp` status.
+    pub status: u32,
+    /// (code object, instruction pointer), innermost first.
+    pub frames: Vec<(u64, u64)>,
+    /// Bit i: frame i is the outermost of one interpreter loop call.
+    pub entry_mask: u32,
 }
 
 /// What became of a close's user stack copy (`--user-stack dwarf|auto`):
@@ -660,6 +675,9 @@ pub struct UserWalk {
     pub none: Option<&'static str>,
     /// The close had no stack copy of its own (call-site budget, full ring).
     pub shared: Option<SharedStack>,
+    /// How the kernel's walk of the interpreter's frames ended, when it
+    /// did not simply reach the outermost frame (Python).
+    pub interp_note: Option<String>,
 }
 
 impl UserWalk {
@@ -700,6 +718,9 @@ impl UserWalk {
         }
         if let Some(why) = self.none {
             parts.push(format!("none: {why}"));
+        }
+        if let Some(n) = &self.interp_note {
+            parts.push(n.clone());
         }
         parts.join("; ")
     }

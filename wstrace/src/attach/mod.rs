@@ -623,6 +623,12 @@ pub fn take_servers(ebpf: &mut Ebpf) -> Option<ServerSet> {
     })
 }
 
+/// The Python processes whose frames the kernel walks at a close
+/// (wstrace-ebpf maps::INTERP_PROCS); `None` if the object has none.
+pub fn take_interp_procs(ebpf: &mut Ebpf) -> Option<crate::enrich::InterpProcs> {
+    aya::maps::HashMap::try_from(ebpf.take_map("INTERP_PROCS")?).ok()
+}
+
 /// The kernel's record of who wrote each request on the client side of a
 /// traced connection (wstrace-ebpf maps::PEER_WRITERS), taken out of `ebpf`
 /// for the daemon to name peers with; `None` if the object has none.

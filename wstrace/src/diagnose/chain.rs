@@ -211,6 +211,7 @@ mod tests {
                     dwarf: None,
                     fate: Default::default(),
                     shared: None,
+                    interp: Default::default(),
                 },
             }),
             upgrader: Upgrader {

@@ -11,7 +11,9 @@ pub mod hz;
 pub mod maps;
 pub mod peer;
 pub mod perf_map;
+pub mod php;
 pub mod process;
+pub mod python;
 pub mod stack_cache;
 pub mod symbolize;
 pub mod tls;
@@ -142,7 +144,33 @@ pub struct Enricher {
     /// traced port (tracepoint set): listeners found here are added, so a
     /// server that accepted before we attached is covered too.
     servers: Option<ServerSet>,
+    /// Python processes: the kernel's walk (`INTERP_PROCS`) and, by pid,
+    /// what was found (or `None`: not a Python this build knows).
+    python: Python,
 }
+
+/// The Python processes seen, and the kernel map their walk goes into.
+#[derive(Default)]
+struct Python {
+    procs: Option<InterpProcs>,
+    found: HashMap<u32, Option<Interp>>,
+    /// How long naming one close's Python frames may take.
+    budget: std::time::Duration,
+}
+
+/// An interpreter found in a process.
+#[derive(Clone, Debug)]
+enum Interp {
+    Python(python::Found),
+    Php(php::Found),
+}
+
+/// The kernel's `INTERP_PROCS` map (wstrace-ebpf `maps.rs`).
+pub type InterpProcs = aya::maps::HashMap<aya::maps::MapData, u32, wstrace_common::InterpConfig>;
+
+/// Processes whose Python state is kept at most (a pid fork bomb costs
+/// this many entries, then entries of gone processes are dropped).
+const MAX_PYTHON_PROCS: usize = 4096;
 
 impl Enricher {
     pub fn new(
@@ -167,6 +195,72 @@ impl Enricher {
             signals: HashMap::new(),
             crashes: HashMap::new(),
             servers,
+            python: Python {
+                budget: std::time::Duration::from_millis(200),
+                ..Python::default()
+            },
+        }
+    }
+
+    /// Hands over the kernel's `INTERP_PROCS` map: Python processes found
+    /// from now on get their frames walked at the close.
+    pub fn set_interp_procs(&mut self, procs: Option<InterpProcs>) {
+        self.python.procs = procs;
+    }
+
+    /// Looks once per process for a CPython this build knows and, when
+    /// found, tells the kernel to walk its frames at its closes.
+    fn note_python(&mut self, pid: u32) {
+        if self.python.found.contains_key(&pid) {
+            return;
+        }
+        if self.python.found.len() >= MAX_PYTHON_PROCS {
+            self.python
+                .found
+                .retain(|p, _| std::path::Path::new(&format!("/proc/{p}")).exists());
+            if self.python.found.len() >= MAX_PYTHON_PROCS {
+                return;
+            }
+        }
+        let found = python::find(pid)
+            .map(Interp::Python)
+            .or_else(|| php::find(pid).map(Interp::Php));
+        if let (Some(f), Some(procs)) = (&found, &mut self.python.procs) {
+            let walk = match f {
+                Interp::Python(p) => p.walk,
+                Interp::Php(p) => p.walk,
+            };
+            // Full of live entries: that process's closes show no
+            // interpreter frames (the map is LRU, so this is rare).
+            let _ = procs.insert(pid, walk, 0);
+        }
+        self.python.found.insert(pid, found);
+    }
+
+    /// The user stack with the close's Python frames in place of the
+    /// interpreter loop frames that ran them.
+    fn with_python(
+        &mut self,
+        pid: u32,
+        cap: &crate::model::InterpCapture,
+        native: Arc<[Frame]>,
+    ) -> Arc<[Frame]> {
+        if cap.frames.is_empty() {
+            return native;
+        }
+        let Some(Some(found)) = self.python.found.get(&pid) else {
+            return native;
+        };
+        let deadline = std::time::Instant::now() + self.python.budget;
+        match found {
+            Interp::Python(found) => {
+                let py = python::name_frames(pid, found, cap, deadline);
+                python::splice(&native, py, cap.entry_mask, python::is_eval_loop).into()
+            }
+            Interp::Php(found) => {
+                let php = php::name_frames(pid, found, cap, deadline);
+                python::splice(&native, php, 0, php::is_exec_loop).into()
+            }
         }
     }
 
@@ -174,6 +268,7 @@ impl Enricher {
     /// daemon while the symbolizer computes.
     pub fn set_symbolize_timeout(&mut self, timeout: std::time::Duration) {
         self.symbolizer.set_total_budget(timeout);
+        self.python.budget = timeout;
     }
 
     /// Reads what must be read while the process lives, at its first event:
@@ -208,6 +303,7 @@ impl Enricher {
         }
         if ev.kind == EventKind::Upgrade {
             self.symbolizer.remember_process(ev.pid);
+            self.note_python(ev.pid);
             // The request was written before the server could answer it,
             // so the kernel's record of its writer exists by now, if the
             // writer is on this host (any local address, not only loopback).
@@ -382,6 +478,7 @@ impl Enricher {
     /// reused pid): the symbolizer's maps and files, and its stacks.
     fn forget_symbols(&mut self, pid: u32) {
         self.symbolizer.forget_process(pid);
+        self.python.found.remove(&pid);
     }
 
     /// A user stack's frames, shared with the symbolizer's cache.
@@ -415,6 +512,7 @@ impl Enricher {
                 self.forget_symbols(pid);
             }
             self.symbolizer.remember_process(p.pid);
+            self.note_python(p.pid);
             if let Some(servers) = &mut self.servers {
                 let _ = servers.insert(p.pid);
             }
@@ -457,6 +555,7 @@ impl Enricher {
                         }
                         s => s,
                     }),
+                    interp_note: None,
                 };
                 let u = match (walk, &c.stacks.dwarf, &c.stacks.user, c.at_exit) {
                     (_, _, _, true) => {
@@ -477,6 +576,19 @@ impl Enricher {
                         user_stack_errno = Some(*e);
                         Arc::default()
                     }
+                };
+                let u = if c.at_exit {
+                    u
+                } else {
+                    let cap = &c.stacks.interp;
+                    user_walk.interp_note = match self.python.found.get(&c.pid) {
+                        Some(Some(Interp::Php(_))) => {
+                            python::walk_note(cap.status, cap.frames.len())
+                                .map(|n| n.replacen("python", "php", 1))
+                        }
+                        _ => python::walk_note(cap.status, cap.frames.len()),
+                    };
+                    self.with_python(c.pid, cap, u)
                 };
                 (k, u, self.processes.info(c.pid))
             }

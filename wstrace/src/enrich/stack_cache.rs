@@ -237,6 +237,7 @@ mod tests {
             dwarf: None,
             fate,
             shared: None,
+            interp: Default::default(),
         }
     }
 

@@ -248,6 +248,7 @@ mod tests {
                     dwarf: None,
                     fate: Default::default(),
                     shared: None,
+                    interp: Default::default(),
                 },
             }),
             upgrader: Upgrader {

@@ -56,6 +56,9 @@ struct Line<'a> {
     user_stack_end: Option<String>,
     /// Why dwarf unwinding was asked for and not used.
     user_stack_note: Option<&'a str>,
+    /// How the walk of the interpreter's frames (Python) ended, when it
+    /// did not reach the outermost frame.
+    interp_stack_note: Option<&'a str>,
     /// The close had no stack copy of its own: `same_as` (the unwind shown
     /// is its call site's last copy's), `elided` (over budget, no copy at
     /// hand: the frame-pointer walk) or `dropped` (stack ring full).
@@ -357,6 +360,7 @@ fn line<'a>(v: &'a View<'a>, kernel_stack: &'a RawValue, user_stack: &'a RawValu
         user_stack_unwind: v.user_walk.walk.map(|w| w.name()),
         user_stack_end: v.user_walk.end_str(),
         user_stack_note: v.user_walk.note.as_deref(),
+        interp_stack_note: v.user_walk.interp_note.as_deref(),
         user_stack_copy: v.user_walk.shared.map(|s| s.name()),
         user_stack_same_as_ms_before: match v.user_walk.shared {
             Some(SharedStack::SameAs { age_ms, .. }) => Some(age_ms),

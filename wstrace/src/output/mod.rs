@@ -337,6 +337,7 @@ mod tests {
             dwarf: None,
             fate: Default::default(),
             shared: None,
+            interp: Default::default(),
         };
         CloseReport {
             sk: 1,

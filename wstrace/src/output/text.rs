@@ -402,9 +402,12 @@ const FOLD_RUN: usize = 3;
 /// the frames a reader skips to find the program's own. Unknown frames
 /// belong to none.
 fn runtime_of(l: &Frame) -> Option<&'static str> {
-    let f = l.function.as_deref()?;
-    let file = l.file.as_deref().unwrap_or("");
     let module = l.module.as_deref().map(basename).unwrap_or("");
+    let Some(f) = l.function.as_deref() else {
+        // The interpreter's stripped internals: its runtime all the same.
+        return interp_runtime(module);
+    };
+    let file = l.file.as_deref().unwrap_or("");
     if frame::go_runtime(l) {
         Some("go")
     } else if f.starts_with("tokio::") || f.starts_with("<tokio::") || file.contains("/tokio-") {
@@ -420,6 +423,12 @@ fn runtime_of(l: &Frame) -> Option<&'static str> {
         || module.starts_with("libstdc++")
     {
         Some("std")
+    } else if let Some(r) = interp_runtime(module) {
+        Some(r)
+    } else if l.kind == crate::model::FrameKind::Interpreted && file.starts_with("/usr/lib/python3")
+    {
+        // The standard library's Python frames.
+        Some("python")
     } else if ["libc.so", "libc-", "ld-linux", "libpthread"]
         .iter()
         .any(|p| module.starts_with(p))
@@ -432,12 +441,42 @@ fn runtime_of(l: &Frame) -> Option<&'static str> {
     }
 }
 
+/// PHP's and CPython's own native code, by module: with the script's
+/// frames named in place of the interpreter loop, the rest is the runtime's.
+fn interp_runtime(module: &str) -> Option<&'static str> {
+    if module.starts_with("php8.") || module.starts_with("libphp") {
+        Some("php")
+    } else if module.starts_with("python3.") || module.starts_with("libpython3.") {
+        Some("python")
+    } else {
+        None
+    }
+}
+
 /// The default user stack: each frame as its function, `[inlined]` and
 /// `file.rs:line` (the module's name when there is no line), the innermost
 /// frame always; runs of [`FOLD_RUN`] or more runtime frames as
 /// `… 12 frames in std/tokio`. Unknown frames as their whole line.
 /// Unescaped: the caller escapes.
 pub fn compact_stack(frames: &[Frame]) -> Vec<String> {
+    // With Python frames named, the interpreter loop frame that ran them
+    // says nothing more.
+    let owned: Vec<Frame>;
+    let frames = if frames
+        .iter()
+        .any(|f| f.kind == crate::model::FrameKind::Interpreted)
+    {
+        owned = frames
+            .iter()
+            .filter(|f| {
+                !crate::enrich::python::is_eval_loop(f) && !crate::enrich::php::is_exec_loop(f)
+            })
+            .cloned()
+            .collect();
+        &owned[..]
+    } else {
+        frames
+    };
     let runtime: Vec<Option<&'static str>> = frames
         .iter()
         .enumerate()

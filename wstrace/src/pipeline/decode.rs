@@ -6,7 +6,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::model::{
-    CopyFate, Data, Direction, Event, JiffiesSample, SignalSent, Stacks, UserStackCopy,
+    CopyFate, Data, Direction, Event, InterpCapture, JiffiesSample, SignalSent, Stacks,
+    UserStackCopy,
 };
 use anyhow::{Result, bail};
 use wstrace_common::{
@@ -105,6 +106,17 @@ fn copy_fate(c: &CloseEvent) -> CopyFate {
     }
 }
 
+/// The interpreter frames of a close, bounded by the kernel's budget
+/// whatever `count` says.
+fn interp_capture(s: &wstrace_common::InterpStack) -> InterpCapture {
+    let n = (s.count as usize).min(wstrace_common::INTERP_FRAMES);
+    InterpCapture {
+        status: s.status,
+        frames: s.frames[..n].iter().map(|f| (f.code, f.instr)).collect(),
+        entry_mask: s.entry_mask,
+    }
+}
+
 fn read_pod<T: Copy>(bytes: &[u8]) -> T {
     // SAFETY: callers checked `bytes.len() >= size_of::<T>()`; T is a
     // #[repr(C)] plain-old-data type from wstrace_common (every bit pattern
@@ -134,6 +146,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
             dwarf: None,
             fate: copy_fate(&c),
             shared: None,
+            interp: interp_capture(&c.interp),
         })
     } else {
         None
@@ -298,6 +311,7 @@ mod tests {
             stack_copy: stack_copy::NONE,
             elided_rate: 0,
             stack_id: 0,
+            interp: wstrace_common::InterpStack::EMPTY,
         };
         c.kernel_stack[..3].copy_from_slice(&[
             0xffffffff81000010,
@@ -329,6 +343,7 @@ mod tests {
             stack_copy,
             elided_rate,
             stack_id,
+            interp: wstrace_common::InterpStack::EMPTY,
         }
     }
 

@@ -722,6 +722,7 @@ mod tests {
             dwarf: None,
             fate: Default::default(),
             shared: None,
+            interp: Default::default(),
         }
     }
 

@@ -48,6 +48,7 @@ pub fn line(s: &Sock) -> String {
         dwarf: None,
         fate: Default::default(),
         shared: None,
+        interp: Default::default(),
     };
     let r = CloseReport {
         sk: u64::from(s.pid) << 8 | u64::from(s.hop.unwrap_or(0)),

@@ -1,0 +1,157 @@
+//! The interpreter's own call stack of a closing thread (CPython): which
+//! Python functions were running when the socket closed.
+//!
+//! The native stack shows `_PyEval_EvalFrameDefault` for every Python
+//! function; the functions themselves are in the interpreter's frame chain,
+//! which changes as soon as the thread moves on, so it is read here, at the
+//! close. Only two addresses per frame are copied (code object, instruction
+//! pointer): code objects live as long as their functions, and the daemon
+//! reads names and lines from them afterwards.
+//!
+//! Only processes the daemon registered in `INTERP_PROCS` (with the offsets
+//! of their interpreter build) are walked: every other close costs one
+//! lookup. Everything read is the process's, so hostile: reads are
+//! `bpf_probe_read_user` (a bad pointer fails the read, never the kernel),
+//! both loops are bounded, and the walk ends with a status saying why.
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user};
+use wstrace_common::{
+    ABSENT, INTERP_FRAMES, INTERP_THREADS, InterpConfig, InterpFrame, InterpStack, interp,
+};
+
+use crate::maps::{INTERP_PROCS, INTERP_WINDOW};
+
+#[inline(always)]
+fn user_word(addr: u64) -> Option<u64> {
+    if addr == 0 {
+        return None;
+    }
+    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}
+
+/// Word `i` (0..8) of a frame's window. The window is in a map value, not
+/// on the stack: a load at a variable offset into the stack is refused by
+/// 5.10's verifier, one into a map value within its bounds is not.
+#[inline(always)]
+fn pick(w: *const [u64; 8], i: u64) -> u64 {
+    unsafe { *(w as *const u64).add((i & 7) as usize) }
+}
+
+/// Fills `*out` (in a reserved ring entry: every field is written).
+///
+/// # Safety
+/// `out` points to writable memory of an `InterpStack`.
+#[inline(always)]
+pub unsafe fn walk(out: *mut InterpStack) {
+    unsafe {
+        (*out).status = interp::NONE;
+        (*out).count = 0;
+        (*out).entry_mask = 0;
+        (*out)._pad = 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(c) = INTERP_PROCS.get_ptr((pid_tgid >> 32) as u32) else {
+        return;
+    };
+    let c: &InterpConfig = unsafe { &*c };
+    let tid = pid_tgid as u32;
+    let status = unsafe { frames(c, tid, out) };
+    unsafe { (*out).status = status };
+}
+
+#[inline(always)]
+unsafe fn frames(c: &InterpConfig, tid: u32, out: *mut InterpStack) -> u32 {
+    let frame = if c.threads_head == ABSENT {
+        // One interpreter state per process, at a fixed place (PHP
+        // non-ZTS: `executor_globals.current_execute_data`).
+        user_word(c.runtime.wrapping_add(c.frame_ptr_current)).ok_or(interp::READ_FAILED)
+    } else {
+        innermost_python_frame(c, tid)
+    };
+    match frame {
+        Ok(f) => unsafe { walk_frames(c, f, out) },
+        Err(status) => status,
+    }
+}
+
+/// The closing thread's innermost frame, through the interpreter's list of
+/// thread states, each naming its OS thread.
+#[inline(always)]
+fn innermost_python_frame(c: &InterpConfig, tid: u32) -> Result<u64, u32> {
+    let is = user_word(c.runtime.wrapping_add(c.interp_head)).ok_or(interp::READ_FAILED)?;
+    let mut ts = user_word(is.wrapping_add(c.threads_head)).ok_or(interp::READ_FAILED)?;
+    let mut found = 0u64;
+    for _ in 0..INTERP_THREADS {
+        if ts == 0 {
+            break;
+        }
+        let t = unsafe { bpf_probe_read_user(ts.wrapping_add(c.tstate_tid) as *const u32) }
+            .map_err(|_| interp::READ_FAILED)?;
+        if t == tid {
+            found = ts;
+            break;
+        }
+        ts = user_word(ts.wrapping_add(c.tstate_next)).ok_or(interp::READ_FAILED)?;
+    }
+    if found == 0 {
+        return Err(interp::NO_THREAD);
+    }
+    let fp = user_word(found.wrapping_add(c.tstate_frame_ptr)).ok_or(interp::READ_FAILED)?;
+    user_word(fp.wrapping_add(c.frame_ptr_current)).ok_or(interp::READ_FAILED)
+}
+
+/// Copies the chain from `frame` out; returns the walk's status.
+#[inline(always)]
+unsafe fn walk_frames(c: &InterpConfig, mut frame: u64, out: *mut InterpStack) -> u32 {
+    let Some(w) = INTERP_WINDOW.get_ptr_mut(0) else {
+        return interp::NONE;
+    };
+    let (code_i, prev_i, instr_i) = ((c.code >> 3) & 7, (c.previous >> 3) & 7, (c.instr >> 3) & 7);
+    let has_entry = c.entry != ABSENT;
+    let (entry_i, entry_shift) = ((c.entry >> 3) & 7, (c.entry & 7) * 8);
+    let first = frame;
+    let mut mask = 0u32;
+    let mut n = 0u32;
+    let mut status = interp::TRUNCATED;
+    for i in 0..INTERP_FRAMES {
+        if frame == 0 {
+            status = interp::OK;
+            break;
+        }
+        // SAFETY: a map value of 64 bytes, this CPU's.
+        let read = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_user(
+                w.cast(),
+                64,
+                frame.wrapping_add(c.frame_window) as *const _,
+            )
+        };
+        if read != 0 {
+            status = interp::READ_FAILED;
+            break;
+        }
+        let slot = InterpFrame {
+            code: pick(w, code_i),
+            instr: pick(w, instr_i),
+        };
+        unsafe {
+            if let Some(f) = (*out).frames.get_mut(i) {
+                *f = slot;
+            }
+        }
+        if has_entry && (pick(w, entry_i) >> entry_shift) & 0xff != 0 {
+            mask |= 1 << i;
+        }
+        n = i as u32 + 1;
+        let prev = pick(w, prev_i);
+        if prev == frame || prev == first {
+            status = interp::LOOP;
+            break;
+        }
+        frame = prev;
+    }
+    unsafe {
+        (*out).count = n;
+        (*out).entry_mask = mask;
+    }
+    status
+}

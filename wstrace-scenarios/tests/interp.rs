@@ -1,0 +1,285 @@
+//! Interpreter frames in close stacks (issue 26): the kernel walks the
+//! closing thread's CPython frame chain at the close, wstrace names the
+//! code objects afterwards. Real kernel, Debian's /usr/bin/python3 (3.11),
+//! run as `nobody`; the hostile server rewrites its own frame chain with
+//! ctypes before it closes. Needs root, setpriv and the system python3
+//! (see `common::require`).
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    Tracer, WorldReadableDir, as_nobody, nobody_python_server, require_nobody_python, require_tool,
+    serial, spawn_ready, upgrade_once,
+};
+
+/// A plain-socket WebSocket server that closes in `drop_client()`, called
+/// from `handle()`. The line numbers below are asserted.
+const SERVER: &str = "\
+import socket
+
+def drop_client(c):
+    c.close()  # line 4
+
+def handle(c):
+    c.recv(4096)
+    c.sendall(b'HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n')
+    drop_client(c)  # line 9
+
+def main():
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(('127.0.0.1', 0))
+    s.listen()
+    print('READY', s.getsockname()[1], flush=True)
+    while True:
+        c, _ = s.accept()
+        handle(c)
+
+main()
+";
+
+/// Closes in `evil_close()` after pointing its own frame's `previous` (CPython
+/// 3.11 `_PyInterpreterFrame`: f_code +32, previous +48, prev_instr +56) at
+/// itself (`loop`) or at a two-frame cycle of garbage in an anonymous
+/// mapping (`garbage`); restores it before returning.
+const HOSTILE: &str = "\
+import ctypes, mmap, socket, sys
+
+MODE = sys.argv[1]
+ts_get = ctypes.pythonapi.PyThreadState_Get
+ts_get.restype = ctypes.c_void_p
+fake = mmap.mmap(-1, 4096)
+base = ctypes.addressof(ctypes.c_char.from_buffer(fake))
+
+def word(a):
+    return ctypes.c_uint64.from_address(a)
+
+def evil_close(c):
+    cframe = word(ts_get() + 56).value
+    frame = word(cframe + 8).value
+    prev = word(frame + 48)
+    saved = prev.value
+    if MODE == 'loop':
+        prev.value = frame
+    else:
+        a, b = base, base + 256
+        for x, y in ((a, b), (b, a)):
+            word(x + 32).value = 0x4141414141414141
+            word(x + 48).value = y
+            word(x + 56).value = 0x4242424242424242
+        prev.value = a
+    try:
+        c.close()
+    finally:
+        prev.value = saved
+
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', 0))
+s.listen()
+print('READY', s.getsockname()[1], flush=True)
+while True:
+    c, _ = s.accept()
+    c.recv(4096)
+    c.sendall(b'HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n')
+    evil_close(c)
+";
+
+fn user_stack(r: &serde_json::Value) -> Vec<serde_json::Value> {
+    r["user_stack"].as_array().cloned().unwrap_or_default()
+}
+
+/// The Python frames of a report: (function, file, line), innermost first.
+fn python_frames(r: &serde_json::Value) -> Vec<(String, String, Option<u64>)> {
+    user_stack(r)
+        .iter()
+        .filter(|f| f["kind"] == "interpreted")
+        .map(|f| {
+            assert_eq!(f["language"], "python", "{f}");
+            (
+                f["function"].as_str().unwrap_or("[unknown]").to_string(),
+                f["file"].as_str().unwrap_or("").to_string(),
+                f["line"].as_u64(),
+            )
+        })
+        .collect()
+}
+
+fn one_report(port: u16, format: &str) -> (Tracer, serde_json::Value) {
+    let t = Tracer::start_format(port, format, &[]);
+    upgrade_once(port);
+    let mut reports = t.wait_for_reports(1, Duration::from_secs(20));
+    assert_eq!(reports.len(), 1, "one report; stderr: {}", t.stderr_text());
+    let r = reports.remove(0);
+    (t, r)
+}
+
+#[test]
+fn a_python_close_names_the_function_file_and_line_and_its_caller() {
+    if !require_nobody_python() {
+        return;
+    }
+    let _s = serial();
+    let dir = WorldReadableDir::new("interp-python");
+    let (_srv, port) = nobody_python_server(&dir, "server.py", SERVER, &[]);
+    let (t, r) = one_report(port, "json");
+    assert_eq!(r["closed_by"], "local", "{r}");
+    let py = python_frames(&r);
+    let at = |name: &str| {
+        py.iter()
+            .position(|(f, _, _)| f == name)
+            .unwrap_or_else(|| panic!("no Python frame {name}: {py:#?}\n{}", t.stderr_text()))
+    };
+    let (inner, handle, main) = (at("drop_client"), at("handle"), at("main"));
+    assert!(inner < handle && handle < main, "{py:#?}");
+    assert!(py[inner].1.ends_with("/server.py"), "{py:#?}");
+    assert_eq!(py[inner].2, Some(4), "{py:#?}");
+    assert_eq!(py[handle].2, Some(9), "{py:#?}");
+    // Inside drop_client: the socket module's close, from the standard library.
+    assert!(
+        py[..inner]
+            .iter()
+            .any(|(f, file, _)| f.contains("close") && file.ends_with("/socket.py")),
+        "{py:#?}"
+    );
+    assert!(r["interp_stack_note"].is_null(), "{r}");
+    drop(t);
+
+    // The compact text stack shows the script's frames, not the
+    // interpreter loop.
+    let t = Tracer::start_format(port, "text", &[]);
+    upgrade_once(port);
+    let text = wait_text(&t, "handle  server.py");
+    assert!(text.contains("drop_client  server.py:4"), "{text}");
+    assert!(text.contains("handle  server.py:9"), "{text}");
+    assert!(!text.contains("_PyEval_EvalFrameDefault"), "{text}");
+}
+
+/// Waits for `needle` in wstrace's text output (or 20 s), returns the text.
+fn wait_text(t: &Tracer, needle: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let text = t.raw_lines().concat();
+        if text.contains(needle) || start.elapsed() > Duration::from_secs(20) {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_frame_chain_that_loops_ends_the_walk_with_a_note() {
+    if !require_nobody_python() {
+        return;
+    }
+    let _s = serial();
+    let dir = WorldReadableDir::new("interp-loop");
+    let (_srv, port) = nobody_python_server(&dir, "hostile.py", HOSTILE, &["loop"]);
+    let (_t, r) = one_report(port, "json");
+    let py = python_frames(&r);
+    // The frames up to the loop are named, the loop is not followed.
+    let names: Vec<&str> = py.iter().map(|(f, _, _)| f.as_str()).collect();
+    assert_eq!(names.last(), Some(&"evil_close"), "{py:#?}");
+    assert_eq!(
+        names.iter().filter(|n| **n == "evil_close").count(),
+        1,
+        "{py:#?}"
+    );
+    let note = r["interp_stack_note"].as_str().unwrap_or_default();
+    assert!(note.contains("loops after"), "{r}");
+}
+
+#[test]
+fn a_frame_chain_into_garbage_ends_at_the_budget_with_a_note() {
+    if !require_nobody_python() {
+        return;
+    }
+    let _s = serial();
+    let dir = WorldReadableDir::new("interp-garbage");
+    let (_srv, port) = nobody_python_server(&dir, "hostile.py", HOSTILE, &["garbage"]);
+    let (_t, r) = one_report(port, "json");
+    let py = python_frames(&r);
+    assert_eq!(py.len(), 32, "{py:#?}");
+    assert!(py.iter().any(|(f, _, _)| f == "evil_close"), "{py:#?}");
+    // The fake frames' "code objects" are not code objects: unnamed.
+    let after: Vec<_> = py
+        .iter()
+        .skip_while(|(f, _, _)| f != "evil_close")
+        .skip(1)
+        .collect();
+    assert!(!after.is_empty(), "{py:#?}");
+    assert!(
+        after
+            .iter()
+            .all(|(f, _, l)| f == "[unknown]" && l.is_none()),
+        "{py:#?}"
+    );
+    let note = r["interp_stack_note"].as_str().unwrap_or_default();
+    assert!(note.contains("the chain goes on"), "{r}");
+}
+
+/// A `stream_socket_server` WebSocket server that closes in `closeStale()`,
+/// called from `serve()`. The line numbers below are asserted.
+const PHP_SERVER: &str = "<?php
+function closeStale($c) {
+    fclose($c); // line 3
+}
+
+function serve($s) {
+    $c = stream_socket_accept($s, -1);
+    fread($c, 4096);
+    fwrite($c, \"HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n\");
+    closeStale($c); // line 10
+}
+
+$s = stream_socket_server('tcp://127.0.0.1:0');
+$name = stream_socket_get_name($s, false);
+echo 'READY ' . substr(strrchr($name, ':'), 1) . \"\\n\";
+while (true) {
+    serve($s);
+}
+";
+
+#[test]
+fn a_php_close_names_the_function_file_and_line_and_its_caller() {
+    let Some(php) = require_tool("php", "apt-get install php-cli") else {
+        return;
+    };
+    if !require_nobody_python() {
+        return;
+    }
+    let _s = serial();
+    let dir = WorldReadableDir::new("interp-php");
+    let script = dir.write("server.php", PHP_SERVER);
+    let (_srv, port) = spawn_ready(as_nobody(&php).arg(&script));
+    let (t, r) = one_report(port, "json");
+    assert_eq!(r["closed_by"], "local", "{r}");
+    let frames: Vec<(String, String, Option<u64>)> = user_stack(&r)
+        .iter()
+        .filter(|f| f["kind"] == "interpreted")
+        .map(|f| {
+            assert_eq!(f["language"], "php", "{f}");
+            (
+                f["function"].as_str().unwrap_or("[unknown]").to_string(),
+                f["file"].as_str().unwrap_or("").to_string(),
+                f["line"].as_u64(),
+            )
+        })
+        .collect();
+    let at = |name: &str| {
+        frames
+            .iter()
+            .position(|(f, _, _)| f == name)
+            .unwrap_or_else(|| panic!("no PHP frame {name}: {frames:#?}\n{}", t.stderr_text()))
+    };
+    let (fclose, inner, serve, main) = (at("fclose"), at("closeStale"), at("serve"), at("{main}"));
+    assert!(
+        fclose < inner && inner < serve && serve < main,
+        "{frames:#?}"
+    );
+    assert!(frames[inner].1.ends_with("/server.php"), "{frames:#?}");
+    assert_eq!(frames[inner].2, Some(3), "{frames:#?}");
+    assert_eq!(frames[serve].2, Some(10), "{frames:#?}");
+    assert!(r["interp_stack_note"].is_null(), "{r}");
+}
