@@ -196,6 +196,10 @@ impl Groups {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 /// The first close seen with a diagnosis, shown under its headline.
