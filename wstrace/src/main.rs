@@ -19,6 +19,7 @@ mod cli;
 mod daemon;
 mod demo;
 mod enrich;
+mod hardening;
 mod output;
 mod pipeline;
 mod report;

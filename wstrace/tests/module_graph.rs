@@ -382,7 +382,9 @@ fn no_crate_has_an_import_cycle() {
 fn the_daemons_stages_import_only_earlier_stages_and_shared_modules() {
     let g = graph(&crate_src("wstrace"));
     assert!(
-        g.contains_key("daemon") && g.contains_key("enrich::process"),
+        g.contains_key("daemon")
+            && g.contains_key("enrich::process")
+            && g.contains_key("hardening::uprobe::wire"),
         "{g:#?}"
     );
     let wrong = against_order(&g, &DAEMON);
