@@ -9,7 +9,8 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 
-use crate::attach::{self as probes, btf, privileges, tracefs};
+use crate::attach::{self as probes, btf, tracefs};
+use crate::hardening::privileges;
 
 /// A port no server is expected on; the probes attach but see nothing.
 const CHECK_PORT: u16 = 1;

@@ -11,11 +11,15 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     attach::tls::{ProbedFile, TlsProbes},
-    attach::uprobe_helper::{self, Helper, UprobePmu},
-    attach::{self as probes, Attached, btf, privileges, tracefs},
+    attach::uprobe::{self as uprobe_open, UprobePmu},
+    attach::{self as probes, Attached, btf, tracefs},
     cli::CommonArgs,
     diagnose::{self, Facts, chain::ChainCauses},
     enrich::{self, Enricher, ListenerScan, clock::monotonic_ns, unwind::UserStackMode},
+    hardening::{
+        privileges,
+        uprobe::{self as uprobe_helper, Helper},
+    },
     model::{CloseReport, Event, Ports, Scope},
     output::{Outputs, View, escape, logfile::LogFile, metrics},
     pipeline::{chain::ChainKey, matcher::Matcher, reader::Reader},
@@ -157,7 +161,7 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(&Ports, &str)) -> Resu
         _ => None,
     };
     cover_tls(tls.as_mut(), &mut attached, &scan, true);
-    privileges::drop_after_attach(&attached);
+    privileges::drop_after_attach(|| attached.maps_usable());
     give_back_startup_heap();
     announce(&opts, &attached, &outputs);
     on_ready(opts.ports, attached.set.name());
@@ -358,7 +362,10 @@ struct UprobeOpener {
 impl UprobeOpener {
     fn start() -> Self {
         let (pmu, helper) = match UprobePmu::read() {
-            Ok(pmu) => (Some(pmu), Helper::start(pmu)),
+            Ok(pmu) => (
+                Some(pmu),
+                Helper::start(move |r: &uprobe_helper::Request| uprobe_open::open_checked(&pmu, r)),
+            ),
             Err(e) => (None, Err(e)),
         };
         match helper {
@@ -382,7 +389,7 @@ impl UprobeOpener {
     ) -> Result<std::os::fd::OwnedFd, uprobe_helper::OpenError> {
         match (&self.helper, &self.pmu) {
             (Some(h), _) => h.open(req),
-            (None, Some(pmu)) if before_drop => uprobe_helper::open_checked(pmu, req),
+            (None, Some(pmu)) if before_drop => uprobe_open::open_checked(pmu, req),
             _ => Err(uprobe_helper::OpenError::Helper(
                 "no uprobe helper, and the daemon dropped CAP_SYS_ADMIN".into(),
             )),

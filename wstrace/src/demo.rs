@@ -67,7 +67,7 @@ fn serve(listener: TcpListener) {
     // Started before the daemon drops its capabilities, in the daemon's own
     // process: a server needs none, so it drops them itself (or the daemon
     // would rightly warn that a thread still holds them).
-    crate::attach::privileges::keep_file_access_only_in_this_thread();
+    crate::hardening::privileges::keep_file_access_only_in_this_thread();
     for conn in listener.incoming().flatten() {
         let _ = thread::Builder::new()
             .name("ws-demo-server".into())

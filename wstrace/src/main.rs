@@ -18,15 +18,14 @@ mod check;
 mod cli;
 mod daemon;
 mod demo;
-mod diagnose;
 mod enrich;
-mod model;
+mod hardening;
 mod output;
 mod pipeline;
 mod probe_log;
-mod protocol;
-mod redact;
 mod report;
+// The pure stages and types, at the paths they had here.
+use wstrace_core::{diagnose, model, protocol, redact};
 #[cfg(test)]
 mod testenv;
 

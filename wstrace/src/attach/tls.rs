@@ -23,8 +23,8 @@ use aya::{Ebpf, programs::UProbe};
 use super::{
     error::with_sources,
     perf::{PerfLink, attach_program},
-    uprobe_helper::{OpenError, Request},
 };
+use crate::hardening::uprobe::{OpenError, Request};
 
 /// (program, function): the uprobes one target gets, for each function it
 /// defines; a program whose name ends in `_ret` goes on the return.

@@ -200,7 +200,7 @@ pub fn name_frames(pid: u32, found: &Found, cap: &InterpCapture, deadline: Insta
 
 /// Is `f` the executor loop's own native frame (where PHP frames ran)?
 pub fn is_exec_loop(f: &Frame) -> bool {
-    f.kind != FrameKind::Interpreted && f.function.as_deref() == Some("execute_ex")
+    f.is_php_exec_loop()
 }
 
 #[cfg(test)]

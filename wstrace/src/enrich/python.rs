@@ -413,7 +413,7 @@ pub fn walk_note(status: u32, frames: usize) -> Option<String> {
 
 /// Is `f` the interpreter loop's own native frame?
 pub fn is_eval_loop(f: &Frame) -> bool {
-    f.kind != FrameKind::Interpreted && f.function.as_deref() == Some("_PyEval_EvalFrameDefault")
+    f.is_python_eval_loop()
 }
 
 /// Puts the Python frames `py` (innermost first; `entry_mask` bit i: frame

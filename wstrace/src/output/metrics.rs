@@ -201,7 +201,7 @@ pub fn serve(addr: SocketAddr, metrics: Metrics) -> Result<SocketAddr> {
     std::thread::Builder::new()
         .name("wstrace-metrics".into())
         .spawn(move || {
-            crate::attach::privileges::drop_all_in_this_thread();
+            crate::hardening::privileges::drop_all_in_this_thread();
             rt.block_on(async move {
                 match TcpListener::from_std(std_listener) {
                     Ok(listener) => accept_loop(listener, metrics).await,

@@ -1,49 +1,19 @@
 //! Rendering close reports: `text` for people at a terminal, `json` for
 //! machines (one object per line), `logfile` for `--output`, `metrics` for
 //! Prometheus, `otlp` for an OpenTelemetry collector.
-pub mod escape;
-pub mod fold;
-pub mod frame;
-pub mod json;
 pub mod logfile;
 pub mod metrics;
 pub mod otlp;
 pub mod ready;
 pub mod safe_file;
-pub mod text;
-pub mod view;
+// The rendering itself is pure: `wstrace-core`.
+pub use wstrace_core::output::{
+    ColorChoice, Format, View, escape, fold, frame, json, render, text, view,
+};
 
 use std::io::{IsTerminal as _, Write as _};
 
 use anyhow::{Context as _, Result};
-
-pub use view::View;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// A readable block per close: header line, closer, indented stacks.
-    Text,
-    /// One JSON object per line (stable keys; for log pipelines and scripts).
-    Json,
-}
-
-/// One report in `format`; text in colour or not, with every stack frame
-/// (`full_stacks`) or the compact stacks.
-pub fn render(format: Format, color: bool, full_stacks: bool, v: &View<'_>) -> String {
-    match format {
-        Format::Text => text::render(v, color, full_stacks),
-        Format::Json => json::render(v),
-    }
-}
-
-/// `--color`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ColorChoice {
-    /// Colour when stdout is a terminal.
-    Auto,
-    Always,
-    Never,
-}
 
 /// The `wstrace_lost_events_total` reason of lines `--output` could not
 /// keep (more than the log holds in memory while it cannot write or rotate).

@@ -87,7 +87,7 @@ impl Reader {
                 let space = space.clone();
                 let stop = stop.clone();
                 move || {
-                    crate::attach::privileges::drop_all_in_this_thread();
+                    crate::hardening::privileges::drop_all_in_this_thread();
                     read_loop(ring, stacks, tx, &space, &stop, units)
                 }
             })

@@ -20,13 +20,8 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::output::{escape::text as esc, safe_file};
 
-#[cfg(test)]
-mod chain_tests;
-pub mod chains;
-pub mod frames;
-pub mod html;
-pub mod row;
-pub mod summary;
+// Counting, chains and the page are pure: `wstrace-core`.
+pub use wstrace_core::report::{html, summary};
 
 use summary::{Filters, GroupBy, Summary, render, render_json};
 

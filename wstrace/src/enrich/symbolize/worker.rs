@@ -178,7 +178,7 @@ fn spawn_worker(live: &Arc<AtomicUsize>, stacks: SharedUserStacks) -> Option<Wor
         .spawn(move || {
             let _live = guard;
             // The worker opens other processes' files: it needs no more.
-            crate::attach::privileges::keep_file_access_only_in_this_thread();
+            crate::hardening::privileges::keep_file_access_only_in_this_thread();
             // SAFETY: gettid has no preconditions.
             tid_w.store(unsafe { libc::gettid() }, Ordering::SeqCst);
             let mut user = UserSymbols::new(stacks);

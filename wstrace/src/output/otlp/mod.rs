@@ -132,7 +132,7 @@ impl Otlp {
         std::thread::Builder::new()
             .name("wstrace-otlp-init".into())
             .spawn(move || {
-                crate::attach::privileges::drop_all_in_this_thread();
+                crate::hardening::privileges::drop_all_in_this_thread();
                 let _ = tx.send(build(&base));
             })
             .context("--otlp: starting its threads")?;

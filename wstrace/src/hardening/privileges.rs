@@ -2,8 +2,8 @@
 //! clear line instead of an EPERM from deep inside a load; and, once the
 //! probes are attached, giving up what the rest of the run does not need.
 use anyhow::{Result, bail};
-
-use crate::attach::Attached;
+use rustix::io::Errno;
+use rustix::thread::{CapabilitySet, CapabilitySets};
 
 const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_SETPCAP: u32 = 8;
@@ -39,15 +39,14 @@ pub fn check() -> Result<()> {
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones use
 /// memcg and do not need this. Failure is only worth a word on old kernels.
 pub fn raise_memlock() -> Option<String> {
-    let lim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
+    let unlimited = rustix::process::Rlimit {
+        current: None,
+        maximum: None,
     };
-    // SAFETY: setrlimit with a valid struct.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } == 0 {
+    let Err(err) = rustix::process::setrlimit(rustix::process::Resource::Memlock, unlimited) else {
         return None;
-    }
-    let err = std::io::Error::last_os_error();
+    };
+    let err = std::io::Error::from(err);
     match kernel_version() {
         Some(v) if v < (5, 11) => Some(format!(
             "could not raise RLIMIT_MEMLOCK ({err}); kernel {}.{} accounts BPF maps against it, so loading may fail: run as root with CAP_SYS_RESOURCE or `ulimit -l unlimited`",
@@ -83,22 +82,6 @@ const KEEP_AFTER_ATTACH: [(u32, &str); 4] = [
 /// `kernel.unprivileged_bpf_disabled` is set (CAP_SYS_ADMIN before 5.8).
 const KEEP_FOR_MAPS: [(u32, &str); 2] = [(CAP_BPF, "CAP_BPF"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN")];
 
-const CAPS_V3: u32 = 0x2008_0522;
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
 /// One thread's capability sets, 64 bits each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct CapSets {
@@ -107,48 +90,31 @@ struct CapSets {
     inheritable: u64,
 }
 
+/// The calling thread's sets (capabilities are per thread).
 fn capget() -> std::io::Result<CapSets> {
-    let mut hdr = CapHeader {
-        version: CAPS_V3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: a v3 header and the two data words v3 fills in.
-    if unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let join = |lo: u32, hi: u32| u64::from(lo) | (u64::from(hi) << 32);
+    let s = rustix::thread::capabilities(None)?;
     Ok(CapSets {
-        effective: join(data[0].effective, data[1].effective),
-        permitted: join(data[0].permitted, data[1].permitted),
-        inheritable: join(data[0].inheritable, data[1].inheritable),
+        effective: s.effective.bits(),
+        permitted: s.permitted.bits(),
+        inheritable: s.inheritable.bits(),
     })
 }
 
 /// Sets the calling thread's capabilities (capabilities are per thread).
 fn capset(sets: CapSets) -> std::io::Result<()> {
-    let mut hdr = CapHeader {
-        version: CAPS_V3,
-        pid: 0,
-    };
-    let split = |v: u64, i: usize| (v >> (32 * i)) as u32;
-    let data: [CapData; 2] = std::array::from_fn(|i| CapData {
-        effective: split(sets.effective, i),
-        permitted: split(sets.permitted, i),
-        inheritable: split(sets.inheritable, i),
-    });
-    // SAFETY: a v3 header and two data words.
-    if unsafe { libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    rustix::thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: CapabilitySet::from_bits_retain(sets.effective),
+            permitted: CapabilitySet::from_bits_retain(sets.permitted),
+            inheritable: CapabilitySet::from_bits_retain(sets.inheritable),
+        },
+    )?;
     Ok(())
 }
 
 fn set_no_new_privs() -> std::io::Result<()> {
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    rustix::thread::set_no_new_privs(true)?;
     Ok(())
 }
 
@@ -213,12 +179,12 @@ pub fn keep_uprobe_helper_only() -> std::io::Result<()> {
         .fold(0u64, |m, c| m | (1u64 << c))
         & now.permitted;
     if keep & (1u64 << CAP_SYS_ADMIN) == 0 {
-        return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+        return Err(Errno::PERM.into());
     }
     narrow_to(keep, now.permitted)?;
     // Checked, not assumed: a capset that did less than asked is an error.
     if capget()?.permitted != keep {
-        return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+        return Err(Errno::PERM.into());
     }
     Ok(())
 }
@@ -227,8 +193,10 @@ pub fn keep_uprobe_helper_only() -> std::io::Result<()> {
 /// where map access needs it), drops every other capability from all sets
 /// and the bounding set, sets no_new_privs, and says on stderr what was kept.
 /// A failure is a warning: tracing goes on with what the process has.
-pub fn drop_after_attach(attached: &Attached) {
-    match drop_to_needed(|| maps_usable(attached)) {
+/// `maps_usable`: whether map commands on an already open fd still work
+/// with the sets as they are (`attach::Attached::maps_usable`).
+pub fn drop_after_attach(maps_usable: impl Fn() -> bool) {
+    match drop_to_needed(maps_usable) {
         Ok(kept) if kept.is_empty() => {
             eprintln!("wstrace: privileges: kept no capability; dropped the rest")
         }
@@ -255,22 +223,6 @@ pub fn drop_after_attach(attached: &Attached) {
         eprintln!(
             "wstrace: warning: privileges: thread {t} still holds capabilities the daemon dropped"
         );
-    }
-}
-
-/// Whether map commands on an open fd still work (the LOST counters: a
-/// lookup, gated like the SERVERS updates the run makes).
-fn maps_usable(attached: &Attached) -> bool {
-    let Some(map) = attached.ebpf.map("LOST") else {
-        return true;
-    };
-    let Ok(arr) = aya::maps::PerCpuArray::<_, u64>::try_from(map) else {
-        return true;
-    };
-    match arr.get(&0, 0) {
-        Ok(_) => true,
-        Err(aya::maps::MapError::SyscallError(e)) => e.io_error.raw_os_error() != Some(libc::EPERM),
-        Err(_) => true,
     }
 }
 
@@ -328,25 +280,18 @@ fn narrow_to(keep: u64, permitted: u64) -> std::io::Result<()> {
         inheritable: 0,
     })?;
     // Inheritable is empty, so no ambient capability is left; say so anyway.
-    // SAFETY: prctl with integer arguments only.
-    unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL,
-            0,
-            0,
-            0,
-        )
-    };
+    let _ = rustix::thread::clear_ambient_capability_set();
     set_no_new_privs()
 }
 
 fn drop_bounding_set(keep: u64) {
     for c in 0..=last_cap() {
         if keep & (1u64 << c) == 0 {
-            // SAFETY: prctl with integer arguments only. EINVAL (a capability
-            // this kernel lacks) and EPERM (no CAP_SETPCAP) leave it as is.
-            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, c as libc::c_ulong, 0, 0, 0) };
+            // EINVAL (a capability this kernel lacks) and EPERM (no
+            // CAP_SETPCAP) leave it as is.
+            let _ = rustix::thread::remove_capability_from_bounding_set(
+                CapabilitySet::from_bits_retain(1u64 << c),
+            );
         }
     }
 }

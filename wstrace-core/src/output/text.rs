@@ -469,7 +469,7 @@ pub fn compact_stack(frames: &[Frame]) -> Vec<String> {
         owned = frames
             .iter()
             .filter(|f| {
-                !crate::enrich::python::is_eval_loop(f) && !crate::enrich::php::is_exec_loop(f)
+                !f.is_python_eval_loop() && !f.is_php_exec_loop()
             })
             .cloned()
             .collect();

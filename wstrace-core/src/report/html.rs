@@ -86,7 +86,7 @@ pub fn page(s: &Summary) -> String {
         o.push_str("<section id=\"programs\"><h2>Closing programs</h2>");
         o.push_str(&group_table(&s.by_program, s.closes, "program", "program"));
         o.push_str("</section>\n");
-        if s.by_pod.len() > 0 {
+        if !s.by_pod.is_empty() {
             o.push_str("<section id=\"pods\"><h2>Pods and containers</h2>");
             o.push_str(&group_table(
                 &s.by_pod,

@@ -123,7 +123,8 @@ impl Tally {
 
 /// What the closers are grouped by (`--by`): the executable (what an
 /// operator fixes), each process, or the host the log came from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum GroupBy {
     Pid,
     #[default]
@@ -194,6 +195,10 @@ impl Groups {
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 }
 

@@ -585,6 +585,19 @@ impl Unresolved {
 }
 
 impl Frame {
+    /// Is this CPython's interpreter loop's own native frame (where Python
+    /// frames ran)? Enrich splices the script frames in beside it; the
+    /// compact text drops it.
+    pub fn is_python_eval_loop(&self) -> bool {
+        self.kind != FrameKind::Interpreted
+            && self.function.as_deref() == Some("_PyEval_EvalFrameDefault")
+    }
+
+    /// Is this PHP's executor loop's own native frame (where PHP frames ran)?
+    pub fn is_php_exec_loop(&self) -> bool {
+        self.kind != FrameKind::Interpreted && self.function.as_deref() == Some("execute_ex")
+    }
+
     /// A frame nothing could name.
     pub fn unknown(kind: FrameKind, address: u64, module: Option<&str>) -> Self {
         Self {
