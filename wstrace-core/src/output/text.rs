@@ -468,9 +468,7 @@ pub fn compact_stack(frames: &[Frame]) -> Vec<String> {
     {
         owned = frames
             .iter()
-            .filter(|f| {
-                !f.is_python_eval_loop() && !f.is_php_exec_loop()
-            })
+            .filter(|f| !f.is_python_eval_loop() && !f.is_php_exec_loop())
             .cloned()
             .collect();
         &owned[..]
