@@ -615,7 +615,12 @@ pub mod lost {
     /// `EVENTS` was past half full and the process had used its
     /// [`super::FAIR_SHARE_EVENTS`].
     pub const OVER_BUDGET: u32 = 1;
-    pub const REASONS: u32 = 2;
+    /// A 101 written on a socket no listener accepted while wstrace ran
+    /// (`ACCEPTED`): a connection older than wstrace, one the process
+    /// opened itself, or one the map evicted. Not traced: counted, so an
+    /// upgrade is never ignored in silence.
+    pub const NOT_ACCEPTED: u32 = 2;
+    pub const REASONS: u32 = 3;
 }
 
 /// Events a process may add to `EVENTS` while the ring is past half full,

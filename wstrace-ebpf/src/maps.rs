@@ -73,7 +73,7 @@ pub static UPGRADED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 
 /// can be upgraded server sockets: a client socket bound to the traced
 /// port on another address (say 127.0.0.2:P) that writes a 101 is not one.
 /// Removed when the socket is destroyed (its address may be reused); LRU
-/// as the backstop.
+/// as the backstop. The daemon sizes it like UPGRADED (`--max-sockets`).
 #[map]
 pub static ACCEPTED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 

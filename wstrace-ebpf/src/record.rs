@@ -321,6 +321,7 @@ pub fn mark_upgraded(sk: u64, write_len: u64, probe: ProbeSet, flags: u32) {
         return;
     }
     if flags & FLAG_CLIENT_SIDE == 0 && ACCEPTED.get_ptr(sk).is_none() {
+        count_lost(lost::NOT_ACCEPTED);
         debug::note(probe_log::IGNORED_NOT_ACCEPTED, sk, write_len);
         return;
     }

@@ -633,5 +633,10 @@ fn a_client_socket_on_the_traced_port_forges_no_report() {
         metrics.contains("wstrace_upgrades_total 3"),
         "the forged upgrades were counted:\n{metrics}"
     );
+    // Ignored, and said: each forged 101 is counted, never silent.
+    assert!(
+        metrics.contains("wstrace_lost_events_total{reason=\"not_accepted\"} 5"),
+        "the 5 forged 101s were not counted as not_accepted:\n{metrics}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }

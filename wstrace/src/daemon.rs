@@ -680,6 +680,9 @@ struct Losses {
     /// The kernel did not write an event: the ring was past half full and
     /// the process over its share (`wstrace_common::FAIR_SHARE_EVENTS`).
     over_budget: u64,
+    /// 101s the kernel ignored: written on a socket no listener accepted
+    /// while wstrace ran (older than wstrace, or opened by the process).
+    not_accepted: u64,
     /// The kernel skipped a program run (another BPF program was running on
     /// that CPU): the event it would have written was never made.
     recursion_miss: u64,
@@ -701,7 +704,7 @@ struct Losses {
 
 impl Losses {
     /// (metric label, count, what to tell the operator).
-    fn each(&self) -> [(&'static str, u64, &'static str); 8] {
+    fn each(&self) -> [(&'static str, u64, &'static str); 9] {
         [
             (
                 "ring_full",
@@ -712,6 +715,11 @@ impl Losses {
                 "over_budget",
                 self.over_budget,
                 "events not sent: the ring was past half full and their process over its fair share; that process's reports may be missing, other processes' are kept",
+            ),
+            (
+                "not_accepted",
+                self.not_accepted,
+                "101(s) not traced: written on a socket no listener accepted while wstrace ran (a connection older than wstrace, or one the process opened itself; --debug-probes names them)",
             ),
             (
                 "recursion_miss",
@@ -859,6 +867,7 @@ impl EventLoop<'_> {
         Losses {
             ring_full: probes::lost_events(&self.attached.ebpf, lost::RING_FULL),
             over_budget: probes::lost_events(&self.attached.ebpf, lost::OVER_BUDGET),
+            not_accepted: probes::lost_events(&self.attached.ebpf, lost::NOT_ACCEPTED),
             recursion_miss: if read_programs {
                 probes::recursion_misses(&self.attached.ebpf)
             } else {

@@ -611,6 +611,21 @@ impl Tracer {
         Ok(parse_lost_events(&body))
     }
 
+    /// A counter without labels (e.g. `wstrace_upgrades_total`) from
+    /// `--metrics` ([`TracerOptions::metrics`]); 0 when not exposed yet.
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        let addr = self
+            .metrics
+            .context("this wstrace was started without TracerOptions::metrics")?;
+        let body = scrape(addr)?;
+        Ok(body
+            .lines()
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum())
+    }
+
     /// The sum of [`Tracer::lost_events`].
     pub fn lost_events_total(&self) -> Result<u64> {
         Ok(self.lost_events()?.values().sum())

@@ -324,6 +324,11 @@ fn object_loader<'a>(
     loader
         .override_global("CONFIG", config, true)
         .map_max_entries("UPGRADED", upgraded_entries)
+        // Every upgraded server socket stays in ACCEPTED until destroyed:
+        // at the default 65,536 entries, more idle upgraded connections
+        // than that made the LRU evict fresh accepts too, whose 101 was then
+        // ignored ("no listener accepted the socket").
+        .map_max_entries("ACCEPTED", upgraded_entries)
         .map_max_entries("EVENTS", settings.ring_bytes)
         .map_max_entries("STACK_SCRATCH", scratch_slots)
         .map_max_entries("STACKS", stack_ring_bytes(config.user_stack_bytes));

@@ -20,14 +20,15 @@ pub mod tls;
 pub mod unwind;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::attach::ServerSet;
 use wstrace_common::EventKind;
 
 use crate::model::{
-    CloseReport, Crash, Event, Frame, Killer, PeerExe, PeerProcess, Ports, ProcInfo, ProcessEnd,
-    SharedStack, SignalSent, UserWalk, Walk,
+    CloseReport, Crash, Event, Frame, Killer, PeerExe, PeerProcess, PeerSource, Ports, ProcInfo,
+    ProcessEnd, SharedStack, SignalSent, UserWalk, Walk,
 };
 use crate::protocol::{http, wsframe};
 use crate::redact::Redactor;
@@ -100,6 +101,14 @@ pub struct Enricher {
     kernel_peers: Option<peer::KernelPeers>,
     /// The userspace lookup (fallback).
     peer_finder: peer::PeerFinder,
+    /// Who upgraded each recent connection end, by (local, remote): when
+    /// both ends are on this host the other end's upgrade event (the
+    /// server's 101 written comes before the client's 101 read) names the
+    /// peer in O(1). Without it every client-side upgrade fell back to
+    /// `PeerFinder`, which reads the server's whole fd table: O(sockets)
+    /// per upgrade, and at 10,000 connections the daemon fell so far
+    /// behind that most upgrades were dropped over the fair share.
+    upgrade_ends: HashMap<(SocketAddr, SocketAddr), PeerProcess>,
     /// Peer processes' executables, with when they were read (event time).
     peer_exes: HashMap<u32, (u64, Option<PeerExe>)>,
     /// Signals sent to upgraders, by (target pid, signal).
@@ -158,6 +167,7 @@ impl Enricher {
             peers: HashMap::new(),
             kernel_peers,
             peer_finder: peer::PeerFinder::default(),
+            upgrade_ends: HashMap::new(),
             peer_exes: HashMap::new(),
             signals: HashMap::new(),
             crashes: HashMap::new(),
@@ -275,9 +285,23 @@ impl Enricher {
             // so the kernel's record of its writer exists by now, if the
             // writer is on this host (any local address, not only loopback).
             let found = match &mut self.kernel_peers {
-                Some(k) => k.find(ev.local, ev.remote),
-                None => None,
+                Some(k) if !ev.client_side => k.find(ev.local, ev.remote),
+                _ => None,
             };
+            let found = found.or_else(|| self.upgrade_ends.remove(&(ev.remote, ev.local)));
+            if self.upgrade_ends.len() >= MAX_PEERS {
+                self.upgrade_ends.clear();
+            }
+            self.upgrade_ends.insert(
+                (ev.local, ev.remote),
+                PeerProcess {
+                    pid: ev.pid,
+                    tid: Some(ev.tid),
+                    comm: ev.comm.clone(),
+                    source: PeerSource::Kernel,
+                    exe: None,
+                },
+            );
             let found = match found {
                 Some(p) => Some(p),
                 // The peer's socket is our socket with the ends swapped.
