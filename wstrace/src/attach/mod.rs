@@ -624,7 +624,10 @@ pub fn take_servers(ebpf: &mut Ebpf) -> Option<ServerSet> {
 
 /// The Python processes whose frames the kernel walks at a close
 /// (wstrace-ebpf maps::INTERP_PROCS); `None` if the object has none.
-pub fn take_interp_procs(ebpf: &mut Ebpf) -> Option<crate::enrich::InterpProcs> {
+/// Spelled out, not `enrich::InterpProcs`: attach comes before enrich.
+pub fn take_interp_procs(
+    ebpf: &mut Ebpf,
+) -> Option<aya::maps::HashMap<aya::maps::MapData, u32, wstrace_common::InterpConfig>> {
     aya::maps::HashMap::try_from(ebpf.take_map("INTERP_PROCS")?).ok()
 }
 
