@@ -71,17 +71,20 @@ fn user_stack_copy_bytes(common: &CommonArgs, offsets: &btf::KernelOffsets) -> u
 /// built-in one. The file is the operator's, but opened as a regular file
 /// only, without blocking (a FIFO cannot hang the start) and read bounded.
 pub(super) fn chain_key(path: Option<&std::path::Path>) -> Result<ChainKey> {
+    use rustix::fs::{Mode, OFlags};
     use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     let Some(path) = path else {
         return Ok(ChainKey::default());
     };
     let shown = escape::text(&path.to_string_lossy()).into_owned();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(path)
-        .with_context(|| format!("--chain-key-file: cannot read {shown}"))?;
+    let file = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map(std::fs::File::from)
+    .map_err(std::io::Error::from)
+    .with_context(|| format!("--chain-key-file: cannot read {shown}"))?;
     let meta = file
         .metadata()
         .with_context(|| format!("--chain-key-file: cannot stat {shown}"))?;
