@@ -260,6 +260,47 @@ pub const FLAG_CLIENT_SIDE: u32 = 16;
 /// (a close right after the handshake).
 pub const FLAG_UPGRADE_READ: u32 = 32;
 
+/// Kernel functions that run the tracer's own program, not the code it
+/// traces, as name prefixes: the BPF program itself (`bpf_prog_<tag>_<name>`),
+/// fentry trampolines (`bpf_trampoline_<id>`), the tracepoint glue
+/// (`__traceiter_*`, `__bpf_trace_*`, `bpf_trace_run<N>`, `perf_trace_*`),
+/// the kprobe path (`trace_call_bpf`, `kprobe_perf_func`,
+/// `kprobe_dispatcher`, `kprobe_ftrace_handler`, `aggr_pre_handler`, and
+/// the ftrace and int3 machinery under it), and the stack helper itself.
+/// The daemon drops them from the top of the kernel stacks the programs
+/// take; the scenario tests check that none is left there.
+pub const TRACER_FRAME_PREFIXES: &[&str] = &[
+    "bpf_prog_",
+    "bpf_trampoline_",
+    "bpf_trace_run",
+    "__bpf_trace_",
+    "__traceiter_",
+    "perf_trace_",
+    "trace_call_bpf",
+    "bpf_get_stack",
+    "__bpf_get_stack",
+    "bpf_get_task_stack",
+    "kprobe_perf_func",
+    "kprobe_dispatcher",
+    "kprobe_ftrace_handler",
+    "aggr_pre_handler",
+    "opt_pre_handler",
+    "optimized_callback",
+    "kprobe_int3_handler",
+    "exc_int3",
+    "asm_exc_int3",
+    "arch_ftrace_ops_list_func",
+    "ftrace_ops_list_func",
+    "ftrace_regs_caller",
+    "ftrace_caller",
+    "ftrace_call",
+];
+
+/// Is kernel function `name` the tracer's own (see [`TRACER_FRAME_PREFIXES`])?
+pub fn is_tracer_function(name: &str) -> bool {
+    TRACER_FRAME_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
 /// `EventHeader::flags` of an Upgrade or Data event: as
 /// [`FLAG_TLS_OPENSSL`], for Go's `crypto/tls` (`(*Conn).Write` and
 /// `(*Conn).Read` uprobes).

@@ -310,7 +310,10 @@ fn check_closer(r: &Value, pid: u32) -> Result<(), String> {
     }
     // Every probe set: the stack starts where the kernel's own code was,
     // not at the tracer's program, trampoline or tracepoint/kprobe glue.
-    if kernel.first().is_some_and(|f| is_tracer_frame(f)) {
+    if kernel
+        .first()
+        .is_some_and(|f| wstrace_common::is_tracer_function(f))
+    {
         return Err(format!(
             "kernel_stack starts with the tracer's own frames: {kernel:?}"
         ));
@@ -333,24 +336,6 @@ fn check_closer(r: &Value, pid: u32) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// A kernel function that runs the tracer's program rather than the traced
-/// code (what wstrace drops from the top of kernel stacks).
-fn is_tracer_frame(function: &str) -> bool {
-    [
-        "bpf_prog_",
-        "bpf_trampoline_",
-        "bpf_trace_run",
-        "__bpf_trace_",
-        "__traceiter_",
-        "perf_trace_",
-        "trace_call_bpf",
-        "bpf_get_stack",
-        "kprobe_",
-    ]
-    .iter()
-    .any(|p| function.starts_with(p))
 }
 
 /// "local fin pid 123 (comm) 0.4 ms [probe]" for PASS lines and errors.

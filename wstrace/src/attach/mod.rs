@@ -121,6 +121,24 @@ impl Attached {
             };
         }
     }
+
+    /// Whether map commands on an open fd still work (the LOST counters: a
+    /// lookup, gated like the SERVERS updates the run makes).
+    pub fn maps_usable(&self) -> bool {
+        let Some(map) = self.ebpf.map("LOST") else {
+            return true;
+        };
+        let Ok(arr) = aya::maps::PerCpuArray::<_, u64>::try_from(map) else {
+            return true;
+        };
+        match arr.get(&0, 0) {
+            Ok(_) => true,
+            Err(aya::maps::MapError::SyscallError(e)) => {
+                e.io_error.raw_os_error() != Some(libc::EPERM)
+            }
+            Err(_) => true,
+        }
+    }
 }
 
 /// Shared socket events, raw tracepoints (see wstrace-ebpf probes/common.rs
@@ -697,26 +715,6 @@ pub fn over_budget_processes(ebpf: &Ebpf) -> Vec<(u32, ProcessBudget)> {
         .filter(|(_, b)| b.dropped > 0)
         .take(wstrace_common::BUDGET_PROCESSES as usize)
         .collect()
-}
-
-impl Attached {
-    /// Whether map commands on an open fd still work (the LOST counters: a
-    /// lookup, gated like the SERVERS updates the run makes).
-    pub fn maps_usable(&self) -> bool {
-        let Some(map) = self.ebpf.map("LOST") else {
-            return true;
-        };
-        let Ok(arr) = aya::maps::PerCpuArray::<_, u64>::try_from(map) else {
-            return true;
-        };
-        match arr.get(&0, 0) {
-            Ok(_) => true,
-            Err(aya::maps::MapError::SyscallError(e)) => {
-                e.io_error.raw_os_error() != Some(libc::EPERM)
-            }
-            Err(_) => true,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -11,12 +11,13 @@
 //! own regular file, mode 0640).
 use std::{
     io::{BufRead, BufReader, Write as _},
-    os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _},
+    os::unix::fs::FileTypeExt as _,
     path::{Path, PathBuf},
     time::SystemTime,
 };
 
 use anyhow::{Context as _, Result, bail};
+use rustix::fs::{Mode, OFlags};
 
 use crate::output::{escape::text as esc, safe_file};
 
@@ -78,11 +79,14 @@ fn parse_time(s: &str) -> Result<SystemTime, String> {
 /// at once instead of hanging or streaming forever.
 fn open_input(path: &Path) -> Result<std::fs::File> {
     let shown = esc(&path.to_string_lossy()).into_owned();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(path)
-        .with_context(|| format!("cannot read {shown}"))?;
+    let file = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map(std::fs::File::from)
+    .map_err(std::io::Error::from)
+    .with_context(|| format!("cannot read {shown}"))?;
     let kind = file
         .metadata()
         .with_context(|| format!("cannot stat {shown}"))?

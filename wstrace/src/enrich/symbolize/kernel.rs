@@ -121,45 +121,12 @@ pub(super) fn kernel_frame(addr: u64, frame: Option<&ResolvedFrame>) -> Frame {
     }
 }
 
-/// Kernel functions that run the tracer's own program, not the code it
-/// traces: the BPF program itself (`bpf_prog_<tag>_<name>`), fentry
-/// trampolines (`bpf_trampoline_<id>`), the tracepoint glue
-/// (`__traceiter_*`, `__bpf_trace_*`, `bpf_trace_run<N>`, `perf_trace_*`),
-/// the kprobe path (`trace_call_bpf`, `kprobe_perf_func`,
-/// `kprobe_dispatcher`, `kprobe_ftrace_handler`, `aggr_pre_handler`, and
-/// the ftrace and int3 machinery under it), and the stack helper itself.
-const TRACER_PREFIXES: &[&str] = &[
-    "bpf_prog_",
-    "bpf_trampoline_",
-    "bpf_trace_run",
-    "__bpf_trace_",
-    "__traceiter_",
-    "perf_trace_",
-    "trace_call_bpf",
-    "bpf_get_stack",
-    "__bpf_get_stack",
-    "bpf_get_task_stack",
-    "kprobe_perf_func",
-    "kprobe_dispatcher",
-    "kprobe_ftrace_handler",
-    "aggr_pre_handler",
-    "opt_pre_handler",
-    "optimized_callback",
-    "kprobe_int3_handler",
-    "exc_int3",
-    "asm_exc_int3",
-    "arch_ftrace_ops_list_func",
-    "ftrace_ops_list_func",
-    "ftrace_regs_caller",
-    "ftrace_caller",
-    "ftrace_call",
-];
-
-/// Is this kernel frame the tracer's own (see [`TRACER_PREFIXES`])?
+/// Is this kernel frame the tracer's own (see
+/// [`wstrace_common::TRACER_FRAME_PREFIXES`])?
 fn is_tracer_frame(f: &Frame) -> bool {
     f.function
         .as_deref()
-        .is_some_and(|name| TRACER_PREFIXES.iter().any(|p| name.starts_with(p)))
+        .is_some_and(wstrace_common::is_tracer_function)
 }
 
 /// Drops the tracer's frames at the top of a kernel stack, so that it
