@@ -44,15 +44,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
     run.phase("setup", || setup::run(setup::For::Test));
     // Formatting first: it takes a second and needs no build.
     run.phase("fmt", || cargo(&["fmt", "--all", "--check"]));
-    // The release binaries (wstrace with its eBPF object, ws-scenario) and
-    // every test binary, in one cargo run with the tests' features: a
-    // plain `cargo build` resolves features without the dev-dependencies
-    // (simd-adler32 without `std`), so the test run rebuilt flate2, the
-    // wstrace binary and its eBPF object (the nested build-std cargo)
-    // after it. The binaries are the same code either way; `.deb`s and the
-    // VMs take them from here. Compiling takes both CPUs: nothing runs
-    // beside it.
-    run.phase("build", || cargo_test(&["--no-run"]));
+    // Default members: everything but the eBPF crate, which only builds for
+    // the bpf target and is built (and embedded) by wstrace's build script.
+    run.phase("build", crate::build::native);
     // Every host crate, every target (tests, benches, the bench lab),
     // warnings as errors. The eBPF crate only builds for the bpf target
     // (its object is built, not linted, by wstrace's build script, which
@@ -61,6 +55,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // The arm64 binaries, cross-compiled (eBPF object for
     // bpf_target_arch "aarch64"): built from a clean clone like the rest.
     run.phase("build arm64", || crate::build::AARCH64.build());
+    // The test binaries first: compiling takes both CPUs, so nothing runs
+    // beside it.
+    run.phase("cargo test --no-run", || cargo_test(&["--no-run"]));
     if args.no_vm {
         run.phase("cargo test", || cargo_test(&[]));
     } else if args.vms_after_tests {
