@@ -145,16 +145,8 @@ pub fn name_frames(pid: u32, found: &Found, cap: &InterpCapture, deadline: Insta
         .iter()
         .map(|&(func, opline)| {
             let mut f = Frame {
-                function: None,
-                offset: None,
-                module: None,
-                file: None,
-                line: None,
-                inlined: false,
-                kind: FrameKind::Interpreted,
                 language: Some(Language::Php),
-                address: Some(opline),
-                unresolved: None,
+                ..Frame::unknown(FrameKind::Interpreted, opline, None)
             };
             let Some(mem) = &mem else {
                 return f;

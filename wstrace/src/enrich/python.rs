@@ -335,16 +335,8 @@ pub fn name_frames(pid: u32, found: &Found, cap: &InterpCapture, deadline: Insta
         .iter()
         .map(|&(code, instr)| {
             let mut f = Frame {
-                function: None,
-                offset: None,
-                module: None,
-                file: None,
-                line: None,
-                inlined: false,
-                kind: FrameKind::Interpreted,
                 language: Some(Language::Python),
-                address: Some(instr),
-                unresolved: None,
+                ..Frame::unknown(FrameKind::Interpreted, instr, None)
             };
             let Some(mem) = &mem else {
                 return f;
