@@ -552,6 +552,10 @@ pub const INTERP_THREADS: u32 = 16;
 /// Interpreter processes the kernel walks the stacks of.
 pub const INTERP_PROCESSES: u32 = 1024;
 
+/// Threads of interpreter processes inside close(2)/shutdown(2) at once
+/// whose walks the kernel holds (LRU beyond that).
+pub const INTERP_STASHED: u32 = 1024;
+
 /// `CloseEvent::stack_copy`
 pub mod stack_copy {
     /// No copy asked for (`--user-stack fp`), or the task had no user

@@ -8,6 +8,17 @@
 //! pointer): code objects live as long as their functions, and the daemon
 //! reads names and lines from them afterwards.
 //!
+//! The walk runs in programs of its own, at the entry of close(2) and
+//! shutdown(2) (`probes::interp`), into a per-thread stash the close
+//! program copies with one helper call (`take`). In the close programs
+//! themselves, 5.10's verifier explored the bounded walk once for every
+//! path that reached it and everything after it once for each way out:
+//! fentry/tcp_close hit the million-instruction limit there, and on
+//! emulated 6.1 arm64 the load outlasted minutes. On its own the walk
+//! is verified once. What that leaves out: a close that is no close(2) or
+//! shutdown(2) of the interpreter's thread (exit, dup2, close_range,
+//! io_uring) has no interpreter frames, and neither has a crash.
+//!
 //! Only processes the daemon registered in `INTERP_PROCS` (with the offsets
 //! of their interpreter build) are walked: every other close costs one
 //! lookup. Everything read is the process's, so hostile: reads are
@@ -18,7 +29,7 @@ use wstrace_common::{
     ABSENT, INTERP_FRAMES, INTERP_THREADS, InterpConfig, InterpFrame, InterpStack, interp,
 };
 
-use crate::maps::{INTERP_PROCS, INTERP_WINDOW};
+use crate::maps::{INTERP_PROCS, INTERP_SCRATCH, INTERP_STASH, INTERP_WINDOW};
 
 #[inline(always)]
 fn user_word(addr: u64) -> Option<u64> {
@@ -36,26 +47,67 @@ fn pick(w: *const [u64; 8], i: u64) -> u64 {
     unsafe { *(w as *const u64).add((i & 7) as usize) }
 }
 
-/// Fills `*out` (in a reserved ring entry: every field is written).
+/// At the entry of close(2)/shutdown(2): walks a registered interpreter's
+/// closing thread into its stash (replacing any earlier one).
+#[inline(always)]
+pub fn stash() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(c) = INTERP_PROCS.get_ptr((pid_tgid >> 32) as u32) else {
+        return;
+    };
+    let Some(out) = INTERP_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let c: &InterpConfig = unsafe { &*c };
+    let tid = pid_tgid as u32;
+    unsafe {
+        (*out).count = 0;
+        (*out).entry_mask = 0;
+        (*out)._pad = 0;
+        (*out).status = frames(c, tid, out);
+        // A full map (more threads closing at once than it holds) evicts
+        // the oldest: that close shows no interpreter frames.
+        let _ = INTERP_STASH.insert(&tid, &*out, 0);
+    }
+}
+
+/// At the exit of close(2)/shutdown(2): the stash has served (a later close
+/// by this thread that is no syscall must not show these frames).
+#[inline(always)]
+pub fn unstash() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if INTERP_PROCS.get_ptr((pid_tgid >> 32) as u32).is_some() {
+        let _ = INTERP_STASH.remove(&(pid_tgid as u32));
+    }
+}
+
+/// Fills `*out` (in a reserved ring entry: every field is written) from the
+/// closing thread's stash, or with no frames (status NONE).
 ///
 /// # Safety
 /// `out` points to writable memory of an `InterpStack`.
 #[inline(always)]
-pub unsafe fn walk(out: *mut InterpStack) {
+pub unsafe fn take(out: *mut InterpStack) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(src) = INTERP_STASH.get_ptr(&tid) {
+        // One helper call, whatever the size: a verifier-cheap copy.
+        let copied = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                out.cast(),
+                core::mem::size_of::<InterpStack>() as u32,
+                src.cast(),
+            )
+        };
+        if copied == 0 {
+            return;
+        }
+    }
     unsafe {
         (*out).status = interp::NONE;
         (*out).count = 0;
         (*out).entry_mask = 0;
         (*out)._pad = 0;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(c) = INTERP_PROCS.get_ptr((pid_tgid >> 32) as u32) else {
-        return;
-    };
-    let c: &InterpConfig = unsafe { &*c };
-    let tid = pid_tgid as u32;
-    let status = unsafe { frames(c, tid, out) };
-    unsafe { (*out).status = status };
 }
 
 #[inline(always)]

@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use wstrace_common::{
-    BUDGET_PROCESSES, INTERP_PROCESSES, InterpConfig, PORT_WORDS, PeerWriter, ProcessBudget,
-    SERVER_SLOTS as SERVER_SLOT_COUNT, STACK_SITES, SiteBudget, SockTuple, StackRecord, lost,
-    probe_log::LogBudget,
+    BUDGET_PROCESSES, INTERP_PROCESSES, INTERP_STASHED, InterpConfig, InterpStack, PORT_WORDS,
+    PeerWriter, ProcessBudget, SERVER_SLOTS as SERVER_SLOT_COUNT, STACK_SITES, SiteBudget,
+    SockTuple, StackRecord, lost, probe_log::LogBudget,
 };
 
 /// A read in flight on a traced-port socket: where its bytes will land.
@@ -197,7 +197,7 @@ pub static TLS_READS: LruHashMap<u32, TlsRead> = LruHashMap::with_max_entries(16
 pub static TLS_LAST_READ: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
 
 /// Process (tgid) -> how to walk its interpreter's frames at a close
-/// (`interp::walk`). The daemon adds the Python processes it finds
+/// (`interp::stash`). The daemon adds the Python processes it finds
 /// listening or upgrading; a close of any other process costs this lookup.
 /// LRU: the daemon never has to clean it (pids are reused: a stale entry
 /// costs a failed walk of the new process, which ends in a status).
@@ -205,8 +205,21 @@ pub static TLS_LAST_READ: LruHashMap<u32, u64> = LruHashMap::with_max_entries(40
 pub static INTERP_PROCS: LruHashMap<u32, InterpConfig> =
     LruHashMap::with_max_entries(INTERP_PROCESSES, 0);
 
+/// Per CPU: the walk being written (`interp::stash`), too big for the
+/// stack.
+#[map]
+pub static INTERP_SCRATCH: PerCpuArray<InterpStack> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per thread id: the interpreter frames walked at the entry of its
+/// close(2)/shutdown(2), taken by the close program inside that call and
+/// removed at its exit. LRU: a thread killed inside the call leaves an
+/// entry that ages out.
+#[map]
+pub static INTERP_STASH: LruHashMap<u32, InterpStack> =
+    LruHashMap::with_max_entries(INTERP_STASHED, 0);
+
 /// Per CPU: the 64-byte window of one interpreter frame being read
-/// (`interp::walk`), in a map value so its words can be picked at offsets
+/// (`interp::stash`), in a map value so its words can be picked at offsets
 /// the daemon chose.
 #[map]
 pub static INTERP_WINDOW: PerCpuArray<[u64; 8]> = PerCpuArray::with_max_entries(1, 0);

@@ -491,7 +491,7 @@ unsafe fn fill_close<C: EbpfContext>(
             STACK_BYTES,
             BPF_F_USER_STACK as u64,
         );
-        crate::interp::walk(&raw mut (*ev).interp);
+        crate::interp::take(&raw mut (*ev).interp);
     }
 }
 

@@ -443,7 +443,45 @@ fn try_set(
             attach_tracepoint(ebpf, set, prog, cat, name)?;
         }
     }
+    if let Err(why) = attach_interp_walk(ebpf, root) {
+        loaded.limits.push(format!(
+            "Python and PHP functions are not shown in stacks (the native stack still is): {why}"
+        ));
+    }
     Ok(loaded)
+}
+
+/// The syscalls whose entry walks an interpreter's frames and whose exit
+/// drops the walk (wstrace-ebpf `probes::interp`).
+const INTERP_SYSCALLS: [&str; 2] = ["close", "shutdown"];
+
+/// The interpreter walk's programs, on the entry and exit of close(2) and
+/// shutdown(2), with every set: the walk is verified on its own there, not
+/// once per path of each close program (see wstrace-ebpf `interp`). An
+/// error is said at start-up and costs only the interpreter frames.
+fn attach_interp_walk(ebpf: &mut Ebpf, root: &Path) -> Result<(), String> {
+    for sc in INTERP_SYSCALLS {
+        for dir in ["enter", "exit"] {
+            if !tracefs::event_exists(root, "syscalls", &format!("sys_{dir}_{sc}")) {
+                return Err(format!(
+                    "tracepoint syscalls:sys_{dir}_{sc} is missing (CONFIG_FTRACE_SYSCALLS)"
+                ));
+            }
+        }
+    }
+    for (prog, dir) in [("interp_stash", "enter"), ("interp_unstash", "exit")] {
+        let p: &mut TracePoint = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| format!("the eBPF object has no program {prog} (build mismatch)"))?
+            .try_into()
+            .map_err(|e| format!("{prog}: {e}"))?;
+        p.load().map_err(|e| format!("loading {prog}: {e}"))?;
+        for sc in INTERP_SYSCALLS {
+            p.attach("syscalls", &format!("sys_{dir}_{sc}"))
+                .map_err(|e| format!("attaching {prog} to syscalls:sys_{dir}_{sc}: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Sets the `--port` bits in the object's TRACED_PORTS map (nothing with
