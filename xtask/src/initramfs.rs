@@ -69,7 +69,14 @@ pub fn build(
         archive.add(
             &format!("/bin/{name}"),
             Entry::File {
-                data: without_debug_info(binary, arch, out)?,
+                // The traced Go server keeps its DWARF: the Go scenarios
+                // check the frames' language and source lines, which come
+                // from it (stripped, its frames were bare symbol names).
+                data: if name == crate::gotls::PROGRAM {
+                    read(binary)?
+                } else {
+                    without_debug_info(binary, arch, out)?
+                },
                 executable: true,
             },
         );
@@ -219,7 +226,7 @@ fn text(s: &str) -> Entry {
 
 /// `binary` without its DWARF (`strip --strip-debug`: the symbol table and
 /// `.eh_frame` stay). The VMs check the stacks of the servers wstrace
-/// traces, never wstrace's own, and the release wstrace's debug info is
+/// traces (ws-go-tls keeps its DWARF for that), never wstrace's own, and the release wstrace's debug info is
 /// four fifths of it (55 MB -> 10 MB): the archive to compress, the guest
 /// kernel to unpack under emulation and the VM's memory all shrink. Where
 /// no strip is installed the binary goes in as it is, said once.
