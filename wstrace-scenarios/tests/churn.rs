@@ -13,18 +13,14 @@ use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpStream,
     path::Path,
-    process::{Command, Stdio},
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use common::{
-    Kill, SYMBOLIZE_TIMEOUT, TracerOptions, UPGRADE, require_root, serial, server, upgrade_once,
-    wstrace_bin,
-};
+use common::{TracerOptions, UPGRADE, require_root, serial, server, upgrade_once};
 
 /// How long the flood runs, and how many client loops make it (8 loops
 /// keep a one-thread server busy on this 2-CPU host: the host's maximum).
@@ -58,61 +54,6 @@ fn flood(port: u16, stop: Arc<AtomicBool>) -> u64 {
         }
     }
     done
-}
-
-/// wstrace with JSON lines on stdout into `out`, its stderr collected.
-struct JsonTracer {
-    child: Kill,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-/// Starts `wstrace --format json` on `ports` (tracepoint set, default
-/// stacks) and returns once it says it is tracing.
-fn start_json_to(out: &Path, ports: &[u16]) -> JsonTracer {
-    let file = std::fs::File::create(out).expect("report file");
-    let mut cmd = Command::new(wstrace_bin());
-    for p in ports {
-        cmd.args(["--port", &p.to_string()]);
-    }
-    let mut c = cmd
-        .args([
-            "--format",
-            "json",
-            "--probe",
-            "tracepoint",
-            SYMBOLIZE_TIMEOUT,
-        ])
-        .stdout(Stdio::from(file))
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("wstrace");
-    let err = c.stderr.take().expect("stderr");
-    let stderr = Arc::new(Mutex::new(Vec::new()));
-    let sink = stderr.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if line.contains("wstrace: tracing port") {
-                let _ = tx.send(());
-            }
-            // Per-tick loss warnings would flood the test's output.
-            if !line.contains("events lost (ring buffer full)") {
-                eprintln!("{line}");
-            }
-            sink.lock().expect("lock").push(line);
-        }
-    });
-    let t = JsonTracer {
-        child: Kill(c),
-        stderr,
-    };
-    if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-        panic!(
-            "wstrace did not attach:\n{}",
-            t.stderr.lock().expect("lock").join("\n")
-        );
-    }
-    t
 }
 
 fn count_lines(path: &Path) -> usize {
@@ -157,8 +98,18 @@ fn every_close_is_reported_under_churn_and_a_victims_close_keeps_its_stack() {
     std::fs::create_dir_all(&dir).expect("dir");
     let log = dir.join("closes.jsonl");
     // JSON lines on stdout, as a collector reads them (and the benchmark),
-    // into a file: 150,000 reports are too many to hold in the test.
-    let mut t = start_json_to(&log, &[port, victim]);
+    // into a file: 150,000 reports are too many to hold in the test. Not
+    // echoed: per-tick loss warnings would flood the test's output.
+    let mut t = TracerOptions::new()
+        .ports(&[port, victim])
+        .format("json")
+        .arg("--probe")
+        .arg("tracepoint")
+        .metrics()
+        .echo(false)
+        .stdout_file(&log)
+        .start()
+        .unwrap_or_else(|e| panic!("wstrace did not attach: {e:#}"));
     let stop = Arc::new(AtomicBool::new(false));
     let loops: Vec<_> = (0..LOOPS)
         .map(|_| {
@@ -192,10 +143,10 @@ fn every_close_is_reported_under_churn_and_a_victims_close_keeps_its_stack() {
             (seen, progress) = (n, Instant::now());
         }
     }
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(t.child.0.id() as i32, libc::SIGTERM) };
-    let status = t.child.0.wait().expect("wait");
-    let stderr = t.stderr.lock().expect("lock").join("\n");
+    // Losses from the metrics while it runs; then its clean exit.
+    let lost = t.lost_events().expect("metrics");
+    let status = t.interrupt(Duration::from_secs(60)).expect("wstrace exits");
+    let stderr = t.stderr_text();
     assert!(status.success(), "{stderr}");
 
     // One pass over the reports (too many to keep): counts, and the victim's.
@@ -249,10 +200,8 @@ fn every_close_is_reported_under_churn_and_a_victims_close_keeps_its_stack() {
         "one report per connection ({flooded} flooded + 1 victim); stderr: {stderr}"
     );
     assert!(
-        !stderr.contains("[ring_full]")
-            && !stderr.contains("[over_budget]")
-            && !stderr.contains("events were lost"),
-        "no event may be lost: {stderr}"
+        lost.values().all(|&n| n == 0),
+        "no event may be lost: {lost:?}\n{stderr}"
     );
 
     // Stack detail degraded, and said so: the flooded server's closes past

@@ -157,6 +157,7 @@ pub struct TracerOptions {
     metrics: bool,
     echo: bool,
     ready_timeout: Duration,
+    stdout_file: Option<PathBuf>,
 }
 
 impl TracerOptions {
@@ -177,6 +178,7 @@ impl TracerOptions {
             metrics: false,
             echo: true,
             ready_timeout: READY_TIMEOUT,
+            stdout_file: None,
         }
     }
 
@@ -237,6 +239,14 @@ impl TracerOptions {
         self
     }
 
+    /// wstrace's stdout into the file `path` (created or truncated), as a
+    /// log collector reads it, instead of into memory: for runs with more
+    /// reports than a test can hold. [`Tracer::reports`] is then empty.
+    pub fn stdout_file(mut self, path: &Path) -> Self {
+        self.stdout_file = Some(path.to_path_buf());
+        self
+    }
+
     fn has_arg(&self, name: &str) -> bool {
         self.args.iter().any(|a| {
             let a = a.to_string_lossy();
@@ -279,25 +289,33 @@ impl TracerOptions {
         }
         let mut child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(match &self.stdout_file {
+                Some(path) => Stdio::from(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("creating {}", path.display()))?,
+                ),
+                None => Stdio::piped(),
+            })
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", self.bin.display()))?;
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().context("wstrace's stdout")?;
         let err = child.stderr.take().context("wstrace's stderr")?;
         let sink = stdout.clone();
-        let stdout_done = std::thread::spawn(move || {
-            let mut r = BufReader::new(out);
-            loop {
-                // Raw lines, the trailing newline kept: a torn last line shows.
-                let mut line = String::new();
-                match r.read_line(&mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => lock(&sink).push(line),
+        // None with `stdout_file`: the file has it.
+        let stdout_done = child.stdout.take().map(|out| {
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(out);
+                loop {
+                    // Raw lines, the trailing newline kept: a torn last line shows.
+                    let mut line = String::new();
+                    match r.read_line(&mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => lock(&sink).push(line),
+                    }
                 }
-            }
+            })
         });
         // A second descriptor of the stderr pipe, to ask how much is
         // still unread (see `wait_stderr_drained`).
@@ -343,7 +361,7 @@ impl TracerOptions {
             child: Kill(child),
             stdout,
             stderr,
-            stdout_done: Some(stdout_done),
+            stdout_done,
             stderr_done: Some(stderr_done),
             metrics,
             ready_content: String::new(),
