@@ -591,18 +591,27 @@ pub const USER_STACK_MAX: usize = 32768;
 
 /// `UserStackHeader::status`
 pub mod ustack {
-    /// Registers read, `len` bytes copied from `sp` up.
+    /// Registers read, `len` bytes copied from `start` up.
     pub const OK: u32 = 0;
     /// The task's user registers were not found (no user context, or a
     /// kernel stack layout this build does not know): no copy.
     pub const NO_REGS: u32 = 1;
-    /// Registers read, but not one byte of stack at `sp` was readable.
+    /// Registers read, but not one byte of stack at `start` was readable.
     pub const READ_FAILED: u32 = 2;
+
+    /// Bytes below `sp` the copy starts at. A frameless leaf's caller may
+    /// keep its frame record there: Go on arm64 saves the frame pointer
+    /// at SP-8 of its own frame, so in `syscall.Syscall6` (no frame of its
+    /// own) the first record the unwinder reads is 8 bytes below `sp`.
+    /// Copied from `sp` up, the walk stopped at the first frame (seen on
+    /// 5.10 arm64, whose kernel frame-pointer walk also stops there: it
+    /// wants 16-byte aligned records).
+    pub const BELOW_SP: u64 = 16;
 }
 
 /// What a close carries for unwinding with `.eh_frame` in userspace: the
 /// user registers at the syscall (the unwind starts there) and the bytes
-/// from `sp` up. Sent in a [`StackRecord`], of which only the first `len`
+/// from `start` ([`ustack::BELOW_SP`] below `sp`) up. Sent in a [`StackRecord`], of which only the first `len`
 /// stack bytes are sent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -615,6 +624,8 @@ pub struct UserStackHeader {
     /// The link register (arm64 `x30`: the return address of a leaf
     /// function that has not saved it yet); 0 on x86_64, which has none.
     pub lr: u64,
+    /// The address of the first byte copied.
+    pub start: u64,
     /// Bytes copied (valid in `StackRecord::bytes`).
     pub len: u32,
     /// [`ustack`] status.
@@ -1076,10 +1087,10 @@ mod tests {
             core::mem::size_of::<CloseEvent>(),
             128 + 16 + 2 * 8 * STACK_DEPTH + 16 + 16 + 16 * INTERP_FRAMES
         );
-        assert_eq!(core::mem::size_of::<UserStackHeader>(), 40);
+        assert_eq!(core::mem::size_of::<UserStackHeader>(), 48);
         assert_eq!(core::mem::size_of::<PeerWriter>(), 32);
         assert_eq!(core::mem::size_of::<SignalEvent>(), 128 + 16);
-        assert_eq!(core::mem::size_of::<StackRecord>(), 8 + 40 + USER_STACK_MAX);
+        assert_eq!(core::mem::size_of::<StackRecord>(), 8 + 48 + USER_STACK_MAX);
         assert_eq!(core::mem::size_of::<SiteBudget>(), 32);
         assert_eq!(core::mem::size_of::<ProcessBudget>(), 24);
     }

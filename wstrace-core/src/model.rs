@@ -275,6 +275,9 @@ pub struct UserStackCopy {
     pub fp: u64,
     /// Link register (arm64 `x30`; 0 on x86_64).
     pub lr: u64,
+    /// The address of `bytes[0]` (a little below `sp`: see
+    /// `wstrace_common::ustack::BELOW_SP`).
+    pub start: u64,
     /// `wstrace_common::ustack` status.
     pub status: u32,
     pub bytes: Vec<u8>,

@@ -172,7 +172,8 @@ mod arch {
 }
 
 /// Copies the current task's user registers and up to `user_stack_bytes` of
-/// its stack (from `sp` up) into `*h` and `dst`. Returns the bytes copied.
+/// its stack (from [`ustack::BELOW_SP`] below `sp` up) into `*h` and `dst`.
+/// Returns the bytes copied.
 ///
 /// A copy that runs past the top of the stack mapping fails as a whole, so
 /// on failure it is retried ending at each page boundary below the asked
@@ -193,18 +194,20 @@ pub unsafe fn capture(h: *mut UserStackHeader, dst: *mut [u8; USER_STACK_MAX]) -
         return 0;
     };
     let dst = dst.cast::<core::ffi::c_void>();
+    // `user_regs` checked sp >= PAGE > BELOW_SP.
+    let start = sp - ustack::BELOW_SP;
     let mut len: u64 = 0;
-    if unsafe { bpf_probe_read_user(dst, want as u32, sp as *const _) } == 0 {
+    if unsafe { bpf_probe_read_user(dst, want as u32, start as *const _) } == 0 {
         len = want;
     } else {
-        let first = PAGE - (sp & (PAGE - 1));
+        let first = PAGE - (start & (PAGE - 1));
         let mut k = (USER_STACK_MAX as u64) / PAGE;
         while k > 0 {
             k -= 1;
             let n = first + k * PAGE;
             if n < want
                 && n <= USER_STACK_MAX as u64
-                && unsafe { bpf_probe_read_user(dst, n as u32, sp as *const _) } == 0
+                && unsafe { bpf_probe_read_user(dst, n as u32, start as *const _) } == 0
             {
                 len = n;
                 break;
@@ -217,6 +220,7 @@ pub unsafe fn capture(h: *mut UserStackHeader, dst: *mut [u8; USER_STACK_MAX]) -
             sp,
             fp,
             lr,
+            start,
             len: len as u32,
             status: if len == 0 && want > 0 {
                 ustack::READ_FAILED

@@ -344,7 +344,7 @@ pub fn choose(
 
 /// Reads 8-byte words of the copy; addresses outside it fail.
 fn read_word(copy: &UserStackCopy, addr: u64) -> Result<u64, ()> {
-    let off = addr.checked_sub(copy.sp).ok_or(())?;
+    let off = addr.checked_sub(copy.start).ok_or(())?;
     let off = usize::try_from(off).map_err(|_| ())?;
     let end = off.checked_add(8).ok_or(())?;
     let b = copy.bytes.get(off..end).ok_or(())?;
@@ -356,7 +356,7 @@ fn unwind_with(
     cache: &mut arch::Cache,
     copy: &UserStackCopy,
 ) -> Unwound {
-    let stack_end = copy.sp.saturating_add(copy.bytes.len() as u64);
+    let stack_end = copy.start.saturating_add(copy.bytes.len() as u64);
     let mut read = |addr: u64| read_word(copy, addr);
     let mut frames = unwinder.iter_frames(copy.ip, arch::regs(copy), cache, &mut read);
     let mut addrs = Vec::new();
@@ -384,6 +384,7 @@ mod tests {
             sp,
             fp,
             lr: 0,
+            start: sp,
             status: 0,
             bytes,
         }
@@ -485,6 +486,25 @@ mod tests {
         assert_eq!(read_word(&c, 0x1009), Err(()));
         assert_eq!(read_word(&c, 0xfff), Err(()));
         assert_eq!(read_word(&c, u64::MAX), Err(()));
+    }
+
+    /// The kernel copies from a little below `sp` (Go on arm64 keeps its
+    /// caller's frame record at SP-8): words there are read from the copy.
+    #[test]
+    fn words_below_sp_are_read_from_a_copy_that_starts_below_it() {
+        let c = UserStackCopy {
+            start: 0x1000 - 16,
+            ..copy(0, 0x1000, 0, (0u8..32).collect())
+        };
+        assert_eq!(
+            read_word(&c, 0x1000 - 8),
+            Ok(u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]))
+        );
+        assert_eq!(
+            read_word(&c, 0x1000),
+            Ok(u64::from_le_bytes([16, 17, 18, 19, 20, 21, 22, 23]))
+        );
+        assert_eq!(read_word(&c, 0x1000 - 17), Err(()));
     }
 
     #[test]

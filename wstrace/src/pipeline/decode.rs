@@ -84,6 +84,7 @@ pub fn decode_stack(bytes: &[u8]) -> Result<(u64, UserStackCopy)> {
             sp: h.sp,
             fp: h.fp,
             lr: h.lr,
+            start: h.start,
             status: h.status,
             bytes: stack.to_vec(),
         },
@@ -397,6 +398,7 @@ mod tests {
             sp: 0x7ffd_0000_1000,
             fp: 7,
             lr: 9,
+            start: 0x7ffd_0000_0ff0,
             len: 5,
             status: 0,
         };
@@ -406,8 +408,8 @@ mod tests {
         let (id, copy) = decode_stack(&rec).expect("decodes");
         assert_eq!(id, 0x1_0000_0000_0042);
         assert_eq!(
-            (copy.ip, copy.sp, copy.fp, copy.lr),
-            (0x401000, 0x7ffd_0000_1000, 7, 9)
+            (copy.ip, copy.sp, copy.fp, copy.lr, copy.start),
+            (0x401000, 0x7ffd_0000_1000, 7, 9, 0x7ffd_0000_0ff0)
         );
         assert_eq!(copy.bytes, [1, 2, 3, 4, 5]);
         // A record shorter than its header says is an error, not a panic.

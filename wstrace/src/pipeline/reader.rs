@@ -329,6 +329,7 @@ mod tests {
             sp: 2,
             fp: 3,
             lr: 0,
+            start: 2,
             status: 0,
             bytes: vec![n; 16],
         }

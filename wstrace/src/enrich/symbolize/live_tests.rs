@@ -636,6 +636,7 @@ fn blocked_worker_is_abandoned_within_budget() {
                 sp: 0,
                 fp: 0,
                 lr: 0,
+                start: 0,
                 status: ustack::OK,
                 bytes: Vec::new(),
             }
