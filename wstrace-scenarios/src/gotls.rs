@@ -16,8 +16,9 @@ use serde_json::Value;
 
 use crate::expect::{self, summary};
 
-/// The program's file name, its comm in reports.
-pub const PROGRAM: &str = "ws-go-tls";
+/// The `--go-tls` program's `-ldflags=-s -w` build (no symbol table, no DWARF), looked for
+/// beside `--go-tls` (`cargo xtask vm` puts both in the VMs' /bin).
+pub const STRIPPED: &str = "ws-go-tls-stripped";
 
 /// One Go scenario: the server's mode, the client's, and what the report
 /// must say beyond `tls: go` and the server as closer.
@@ -30,9 +31,11 @@ struct Spec {
     close_code: Option<u64>,
     /// A frame the closing goroutine's stack must name, as Go code.
     frame: Option<&'static str>,
+    /// The server is the stripped build ([`STRIPPED`]).
+    stripped: bool,
 }
 
-const SPECS: [Spec; 2] = [
+const SPECS: [Spec; 4] = [
     // The README's story behind Go's TLS: an HTTP/1.0 upgrade answered and
     // closed. The request head is plaintext read at a RET of
     // `(*Conn).Read`; the close is in the program's own `(*hub).drop`.
@@ -43,6 +46,7 @@ const SPECS: [Spec; 2] = [
         diagnosis: "http10_upgrade",
         close_code: None,
         frame: Some("main.(*hub).drop"),
+        stripped: false,
     },
     // A close frame written by `(*Conn).Write` and its answer read at a RET
     // of `(*Conn).Read`.
@@ -53,6 +57,29 @@ const SPECS: [Spec; 2] = [
         diagnosis: "server_close_frame",
         close_code: Some(1001),
         frame: None,
+        stripped: false,
+    },
+    // Pings written by `(*Conn).Write`, no pong read: the server's read
+    // deadline ends the connection.
+    Spec {
+        name: "go_tls_unanswered_pings_are_heartbeat_timeout",
+        server: "ping",
+        client: "silent",
+        diagnosis: "heartbeat_timeout",
+        close_code: None,
+        frame: None,
+        stripped: false,
+    },
+    // Without symbols or DWARF, `crypto/tls` is found through
+    // `.gopclntab`: the same story as the first.
+    Spec {
+        name: "go_tls_stripped_binary_is_covered",
+        server: "close",
+        client: "http10",
+        diagnosis: "http10_upgrade",
+        close_code: None,
+        frame: None,
+        stripped: true,
     },
 ];
 
@@ -85,6 +112,7 @@ impl Drop for GoServer {
 /// The Go scenarios of one `check` run.
 pub struct GoScenarios {
     program: PathBuf,
+    stripped: PathBuf,
     runs: Vec<Running>,
 }
 
@@ -104,16 +132,19 @@ impl GoScenarios {
         let Some(program) = program else {
             return Self {
                 program: PathBuf::new(),
+                stripped: PathBuf::new(),
                 runs: Vec::new(),
             };
         };
+        let stripped = program.with_file_name(STRIPPED);
         let mut runs = Vec::new();
         for spec in SPECS.iter().filter(|s| only.is_none_or(|o| o == s.name)) {
-            let mut attempt = start_server(program, spec.server);
+            let server = if spec.stripped { &stripped } else { program };
+            let mut attempt = start_server(server, spec.server);
             for _ in 0..8 {
                 match &attempt {
                     Ok(s) if taken.contains(&s.port) => {
-                        attempt = start_server(program, spec.server);
+                        attempt = start_server(server, spec.server);
                     }
                     _ => break,
                 }
@@ -133,6 +164,7 @@ impl GoScenarios {
         }
         Self {
             program: program.to_path_buf(),
+            stripped,
             runs,
         }
     }
@@ -205,7 +237,13 @@ impl GoScenarios {
                             .filter(|(p, _)| *p == server.port)
                             .map(|(_, v)| v)
                             .collect();
-                        match check(&on_port, run.spec, server.child.id(), probe) {
+                        let program = if run.spec.stripped {
+                            &self.stripped
+                        } else {
+                            &self.program
+                        };
+                        let comm = comm_of(program);
+                        match check(&on_port, run.spec, server.child.id(), &comm, probe) {
                             Ok(d) => ("PASS", format!("port {}: {d}", server.port)),
                             Err(e) => ("FAIL", format!("port {}: {e}", server.port)),
                         }
@@ -274,9 +312,25 @@ fn run_client(program: &Path, port: u16, mode: &str) -> Result<()> {
     Ok(())
 }
 
+/// The comm the kernel gives a process started from `program`: its file
+/// name cut to 15 bytes (TASK_COMM_LEN 16 with the NUL).
+fn comm_of(program: &Path) -> String {
+    let name = program
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.chars().take(15).collect()
+}
+
 /// One report, its plaintext from Go's crypto/tls: `tls: go`, the Go server
 /// as the local closer, the diagnosis, the close frames, the goroutine frame.
-fn check(reports: &[&Value], spec: &Spec, pid: u32, probe: &str) -> Result<String, String> {
+fn check(
+    reports: &[&Value],
+    spec: &Spec,
+    pid: u32,
+    comm: &str,
+    probe: &str,
+) -> Result<String, String> {
     let r = match reports {
         [r] => *r,
         [] => return Err("expected one report, got none".into()),
@@ -303,7 +357,7 @@ fn check(reports: &[&Value], spec: &Spec, pid: u32, probe: &str) -> Result<Strin
         "local",
         "fin",
         Some(u64::from(pid)),
-        PROGRAM,
+        comm,
         Some(spec.diagnosis),
     );
     if got != want {
@@ -381,6 +435,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The program's comm (the matrix's /bin/ws-go-tls).
+    const PROGRAM: &str = "ws-go-tls";
+
     fn report(pid: u32) -> Value {
         json!({
             "local": "127.0.0.1:4000", "tls": "go", "closed_by": "local", "how": "fin",
@@ -399,21 +456,43 @@ mod tests {
     fn a_go_report_passes_and_each_missing_fact_fails() {
         let spec = &SPECS[0];
         let r = report(7);
-        assert!(check(&[&r], spec, 7, "kprobe").is_ok());
-        assert!(check(&[&r], spec, 7, "auto").is_ok());
-        assert!(check(&[&r], spec, 8, "kprobe").is_err(), "another pid");
-        assert!(check(&[&r], spec, 7, "fentry").is_err(), "another set");
-        assert!(check(&[], spec, 7, "kprobe").is_err(), "no report");
-        assert!(check(&[&r, &r], spec, 7, "kprobe").is_err(), "two");
+        assert!(check(&[&r], spec, 7, PROGRAM, "kprobe").is_ok());
+        assert!(check(&[&r], spec, 7, PROGRAM, "auto").is_ok());
+        assert!(
+            check(&[&r], spec, 8, PROGRAM, "kprobe").is_err(),
+            "another pid"
+        );
+        assert!(
+            check(&[&r], spec, 7, PROGRAM, "fentry").is_err(),
+            "another set"
+        );
+        assert!(check(&[], spec, 7, PROGRAM, "kprobe").is_err(), "no report");
+        assert!(check(&[&r, &r], spec, 7, PROGRAM, "kprobe").is_err(), "two");
         let mut openssl = r.clone();
         openssl["tls"] = json!("openssl");
-        assert!(check(&[&openssl], spec, 7, "kprobe").is_err());
+        assert!(check(&[&openssl], spec, 7, PROGRAM, "kprobe").is_err());
         let mut native = r.clone();
         native["user_stack"][1]["language"] = Value::Null;
-        assert!(check(&[&native], spec, 7, "kprobe").is_err());
+        assert!(check(&[&native], spec, 7, PROGRAM, "kprobe").is_err());
         let mut http11 = r.clone();
         http11["request"]["version"] = json!("HTTP/1.1");
-        assert!(check(&[&http11], spec, 7, "kprobe").is_err());
+        assert!(check(&[&http11], spec, 7, PROGRAM, "kprobe").is_err());
+        assert!(
+            check(&[&r], spec, 7, "ws-go-tls-strip", "kprobe").is_err(),
+            "comm"
+        );
+    }
+
+    #[test]
+    fn the_stripped_build_is_judged_by_its_own_comm_without_frames() {
+        let spec = SPECS.iter().find(|s| s.stripped).expect("a stripped spec");
+        let comm = comm_of(Path::new("/bin").join(STRIPPED).as_path());
+        assert_eq!(comm, "ws-go-tls-strip");
+        let mut r = report(7);
+        r["comm"] = json!(comm);
+        r["user_stack"] = json!([{"function": null, "language": null}]);
+        assert!(check(&[&r], spec, 7, &comm, "kprobe").is_ok());
+        assert!(check(&[&r], spec, 7, PROGRAM, "kprobe").is_err());
     }
 
     #[test]
@@ -425,10 +504,13 @@ mod tests {
             {"direction": "sent", "code": 1001},
             {"direction": "received", "code": 1001},
         ]);
-        assert!(check(&[&r], spec, 7, "tracepoint").is_err(), "probe");
+        assert!(
+            check(&[&r], spec, 7, PROGRAM, "tracepoint").is_err(),
+            "probe"
+        );
         r["probe"] = json!("tracepoint");
-        assert!(check(&[&r], spec, 7, "tracepoint").is_ok());
+        assert!(check(&[&r], spec, 7, PROGRAM, "tracepoint").is_ok());
         r["frames"] = json!([{"direction": "sent", "code": 1001}]);
-        assert!(check(&[&r], spec, 7, "tracepoint").is_err());
+        assert!(check(&[&r], spec, 7, PROGRAM, "tracepoint").is_err());
     }
 }

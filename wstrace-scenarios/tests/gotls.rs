@@ -7,7 +7,7 @@
 //! the server (uprobes go on the servers found at start-up).
 //!
 //! Needs root, `go` and gorilla/websocket (`golang-go`,
-//! `golang-github-gorilla-websocket-dev`), /usr/bin/python3 and openssl
+//! `golang-github-gorilla-websocket-dev`) and /usr/bin/python3
 //! (`cargo xtask setup --for test`): a missing one FAILS unless
 //! WSTRACE_TEST_ALLOW_SKIP=1.
 mod common;
@@ -26,83 +26,14 @@ use serde_json::Value;
 
 const PYTHON: &str = "/usr/bin/python3";
 
-/// gorilla/websocket behind `http.Server.ServeTLS`: by `mode`, `close`
-/// closes right after the upgrade (in `(*hub).drop`); `goaway` sends a close
-/// frame 1001 "restarting", reads until the client's answer, then closes;
-/// `ping` pings every 300 ms and closes when no pong came in 1.5 s.
-/// Prints `READY <port>`.
-const SERVER: &str = r#"
-package main
-
-import (
-	"crypto/tls"
-	"fmt"
-	"net"
-	"net/http"
-	"os"
-	"time"
-
-	"github.com/gorilla/websocket"
-)
-
-type hub struct{ mode string }
-
-var upgrader = websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
-
-//go:noinline
-func (h *hub) drop(c *websocket.Conn) { c.Close() }
-
-func (h *hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	c, err := upgrader.Upgrade(w, r, nil)
-	if err != nil {
-		return
-	}
-	if h.mode == "ping" {
-		// A read deadline as heartbeat: pings every 300 ms, no pong by
-		// 1.5 s and the read fails, the server closes.
-		c.SetReadDeadline(time.Now().Add(1500 * time.Millisecond))
-		go func() {
-			for i := 0; i < 5; i++ {
-				if c.WriteControl(websocket.PingMessage, []byte("hb"), time.Now().Add(time.Second)) != nil {
-					return
-				}
-				time.Sleep(300 * time.Millisecond)
-			}
-		}()
-		for {
-			if _, _, err := c.ReadMessage(); err != nil {
-				break
-			}
-		}
-	}
-	if h.mode == "goaway" {
-		msg := websocket.FormatCloseMessage(1001, "restarting")
-		c.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		for {
-			if _, _, err := c.ReadMessage(); err != nil {
-				break
-			}
-		}
-	}
-	h.drop(c)
-}
-
-func main() {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	fmt.Printf("READY %d\n", ln.Addr().(*net.TCPAddr).Port)
-	srv := &http.Server{
-		Handler: &hub{mode: os.Args[3]},
-		// HTTP/1.1 only: a WebSocket upgrade has no HTTP/2 form here.
-		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
-	}
-	fmt.Fprintln(os.Stderr, srv.ServeTLS(ln, os.Args[1], os.Args[2]))
-}
-"#;
+/// The Go server: the kernel matrix's own program
+/// (wstrace-scenarios/go/ws-go-tls), gorilla/websocket behind
+/// `http.Server.ServeTLS` with a certificate made in memory. By mode,
+/// `close` closes right after the upgrade (in `(*hub).drop`); `goaway`
+/// sends a close frame 1001 "restarting", reads until the client's answer,
+/// then closes; `ping` pings every 300 ms and closes when no pong came in
+/// 1.5 s. Prints `READY <port>`.
+const SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/go/ws-go-tls/main.go");
 
 /// A WebSocket client over Python's `ssl`: `http10` sends an HTTP/1.0
 /// upgrade and reads until the server closes; `answer` (HTTP/1.1) echoes a
@@ -152,20 +83,17 @@ fn go_cache() -> PathBuf {
     home.join(".cache/wstrace/go-build")
 }
 
-/// Builds `SERVER` in `dir` (GOPATH mode, Debian's gorilla/websocket, no
-/// network) with extra `go build` flags.
+/// Builds [`SERVER`] into `dir` (GOPATH mode, Debian's gorilla/websocket,
+/// no network) with extra `go build` flags.
 fn build_server(go: &Path, dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
-    let src = dir.join("main.go");
-    if !src.exists() {
-        std::fs::write(&src, SERVER).expect("server source");
-    }
+    let src = Path::new(SERVER);
     let out = dir.join(name);
     let built = Command::new(go)
         .arg("build")
         .args(flags)
         .arg("-o")
         .arg(&out)
-        .arg(&src)
+        .arg(src)
         .current_dir(dir)
         .env("GO111MODULE", "off")
         .env("GOPATH", "/usr/share/gocode")
@@ -182,8 +110,8 @@ fn build_server(go: &Path, dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
     out
 }
 
-/// Root, go, gorilla/websocket, python3, openssl; a world-readable temp dir
-/// with the built server, the client and a fresh self-signed certificate.
+/// Root, go, gorilla/websocket, python3; a world-readable temp dir with the
+/// built server and the client.
 fn setup(name: &str) -> Option<Setup> {
     if !require_root() {
         return None;
@@ -204,32 +132,8 @@ fn setup(name: &str) -> Option<Setup> {
         &[PathBuf::from(PYTHON)],
         "apt-get install python3",
     )?;
-    let openssl = require_tool("openssl", "apt-get install openssl")?;
     let dir = WorldReadableDir::new(&format!("gotls-{name}"));
     std::fs::write(dir.path().join("client.py"), CLIENT).expect("client script");
-    let out = Command::new(openssl)
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=localhost", "-keyout"])
-        .arg(dir.path().join("key.pem"))
-        .arg("-out")
-        .arg(dir.path().join("cert.pem"))
-        .stdout(Stdio::null())
-        .output()
-        .expect("openssl req");
-    assert!(
-        out.status.success(),
-        "openssl req failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The key is read by servers running as nobody too.
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(
-        dir.path().join("key.pem"),
-        std::fs::Permissions::from_mode(0o644),
-    )
-    .expect("chmod key");
     let server = build_server(&go, dir.path(), "srv", &[]);
     Some(Setup {
         dir,
@@ -239,10 +143,9 @@ fn setup(name: &str) -> Option<Setup> {
 }
 
 /// `cmd` (a Go server) in `mode`: its process and port.
-fn start(mut cmd: Command, s: &Setup, mode: &str) -> (Kill, u16) {
+fn start(mut cmd: Command, mode: &str) -> (Kill, u16) {
     let mut c = cmd
-        .arg(s.dir.path().join("cert.pem"))
-        .arg(s.dir.path().join("key.pem"))
+        .arg("server")
         .arg(mode)
         .stdout(Stdio::piped())
         .spawn()
@@ -304,7 +207,7 @@ fn report_on_port(reports: &[Value], port: u16) -> &Value {
 fn go_tls_server_closing_after_an_http10_upgrade_is_named_from_the_plaintext() {
     let Some(s) = setup("http10") else { return };
     let _g = serial();
-    let (server, port) = start(Command::new(&s.server), &s, "close");
+    let (server, port) = start(Command::new(&s.server), "close");
     let pid = server.0.id();
     let t = Tracer::start(port, &[]);
     let stderr = t.stderr_text();
@@ -352,7 +255,7 @@ fn go_tls_server_closing_after_an_http10_upgrade_is_named_from_the_plaintext() {
 fn go_tls_close_frame_1001_is_read_from_the_plaintext() {
     let Some(s) = setup("goaway") else { return };
     let _g = serial();
-    let (_server, port) = start(Command::new(&s.server), &s, "goaway");
+    let (_server, port) = start(Command::new(&s.server), "goaway");
     let t = Tracer::start(port, &[]);
     run_client(&s, port, "answer");
     let reports = t.wait_for_reports(1, Duration::from_secs(20));
@@ -473,9 +376,9 @@ fn hostile_go_binaries_are_refused_and_other_reports_unaffected() {
     ];
     let mut servers = Vec::new();
     for (bin, _) in &bins {
-        servers.push(start(as_nobody(bin), &s, "close"));
+        servers.push(start(as_nobody(bin), "close"));
     }
-    let (good, good_port) = start(Command::new(&s.server), &s, "close");
+    let (good, good_port) = start(Command::new(&s.server), "close");
     let extra: Vec<String> = servers
         .iter()
         .flat_map(|(_, p)| ["--port".to_string(), p.to_string()])
@@ -516,7 +419,7 @@ fn stripped_go_binary_is_covered_through_its_pclntab() {
     let _g = serial();
     let go = require_tool("go", "apt-get install golang-go").expect("checked by setup");
     let stripped = build_server(&go, s.dir.path(), "srv-stripped", &["-ldflags=-s -w"]);
-    let (server, port) = start(Command::new(&stripped), &s, "close");
+    let (server, port) = start(Command::new(&stripped), "close");
     let t = Tracer::start(port, &[]);
     let stderr = t.stderr_text();
     assert!(
@@ -539,7 +442,7 @@ fn stripped_go_binary_is_covered_through_its_pclntab() {
 fn go_tls_pings_without_pongs_are_a_heartbeat_timeout() {
     let Some(s) = setup("ping") else { return };
     let _g = serial();
-    let (_server, port) = start(Command::new(&s.server), &s, "ping");
+    let (_server, port) = start(Command::new(&s.server), "ping");
     let t = Tracer::start(port, &[]);
     run_client(&s, port, "silent");
     let reports = t.wait_for_reports(1, Duration::from_secs(20));

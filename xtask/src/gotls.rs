@@ -12,15 +12,28 @@ use std::process::Command;
 /// Its file name: /bin/ws-go-tls in the VMs, and its comm in reports.
 pub const PROGRAM: &str = "ws-go-tls";
 
+/// The same program built `-ldflags=-s -w` (no symbol table, no DWARF:
+/// wstrace finds `crypto/tls` through `.gopclntab`), beside it in the VMs
+/// (`ws-scenario check` looks for it next to `--go-tls`).
+pub const STRIPPED: &str = "ws-go-tls-stripped";
+
 const GORILLA: &str = "/usr/share/gocode/src/github.com/gorilla/websocket/conn.go";
 
-/// Builds the program for `arch` into target/go/<arch>/ws-go-tls.
-pub fn build(arch: Arch) -> Result<PathBuf> {
+/// Builds the program for `arch` into target/go/<arch>/: [ws-go-tls,
+/// ws-go-tls-stripped].
+pub fn build(arch: Arch) -> Result<[PathBuf; 2]> {
+    Ok([
+        build_one(arch, PROGRAM, "")?,
+        build_one(arch, STRIPPED, "-s -w")?,
+    ])
+}
+
+fn build_one(arch: Arch, name: &str, ldflags: &str) -> Result<PathBuf> {
     let src = paths::repo_root().join("wstrace-scenarios/go/ws-go-tls/main.go");
     let out = paths::target_dir()
         .join("go")
         .join(arch.debian())
-        .join(PROGRAM);
+        .join(name);
     if !Path::new(GORILLA).is_file() {
         bail!(
             "gorilla/websocket is missing ({GORILLA}): apt-get install golang-github-gorilla-websocket-dev (or cargo xtask setup --for test)"
@@ -34,6 +47,7 @@ pub fn build(arch: Arch) -> Result<PathBuf> {
         process::capture(
             Command::new("go")
                 .arg("build")
+                .arg(format!("-ldflags={ldflags}"))
                 .arg("-o")
                 .arg(&out)
                 .arg(&src)
@@ -58,7 +72,7 @@ pub fn build(arch: Arch) -> Result<PathBuf> {
         );
     }
     println!(
-        "vm: {PROGRAM} ({}) built in {}",
+        "vm: {name} ({}) built in {}",
         arch.debian(),
         process::secs(took)
     );

@@ -72,7 +72,8 @@ pub fn build(
                 // The traced Go server keeps its DWARF: the Go scenarios
                 // check the frames' language and source lines, which come
                 // from it (stripped, its frames were bare symbol names).
-                data: if name == crate::gotls::PROGRAM {
+                // Its stripped build is stripped already: as it is.
+                data: if name == crate::gotls::PROGRAM || name == crate::gotls::STRIPPED {
                     read(binary)?
                 } else {
                     without_debug_info(binary, arch, out)?

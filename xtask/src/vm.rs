@@ -125,15 +125,19 @@ pub fn prepare(args: &VmArgs) -> Result<Prepared> {
         let mut bins = binaries_for(args, arch)?;
         // The Go crypto/tls scenarios' program, static, per architecture
         // (in --cmd VMs too: `ws-scenario check --go-tls /bin/ws-go-tls`).
-        bins.push(gotls::build(arch)?);
+        bins.extend(gotls::build(arch)?);
         binaries.push((arch, bins));
         qemu::qemu_binary(arch)?;
     }
     // The host row runs the same Go scenarios with the host's build.
     let host_go = match binaries.iter().find(|(a, _)| *a == Arch::host()) {
         _ if args.cmd.is_some() => None,
-        Some((_, bins)) => bins.last().cloned(),
-        None => Some(gotls::build(Arch::host())?),
+        // ws-scenario finds the stripped build beside it.
+        Some((_, bins)) => bins
+            .iter()
+            .find(|b| b.file_name().is_some_and(|n| n == gotls::PROGRAM))
+            .cloned(),
+        None => Some(gotls::build(Arch::host())?[0].clone()),
     };
 
     let (fetched, took) =

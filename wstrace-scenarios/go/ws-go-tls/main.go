@@ -4,15 +4,20 @@
 // (GOPATH mode, offline), so the VMs need nothing else: its certificate is
 // made in memory at start.
 //
-//	ws-go-tls server close|goaway   prints "READY <port>", serves wss:// on 127.0.0.1
-//	ws-go-tls client PORT http10|answer
+//	ws-go-tls server close|goaway|ping   prints "READY <port>", serves wss:// on 127.0.0.1
+//	ws-go-tls client PORT http10|answer|silent
 //
 // server close: closes right after the upgrade, in (*hub).drop. goaway:
 // sends close 1001 "restarting", reads until the client's answer, then
-// closes. client http10: an HTTP/1.0 upgrade, then reads until the server
-// closes. answer: HTTP/1.1, echoes a close frame it gets. Either client
-// closes its socket only after the server's FIN (it reads the TCP
-// connection under TLS to its end), so the server is the first closer.
+// closes. ping: pings every 300 ms and closes when no pong came in 1.5 s.
+// client http10: an HTTP/1.0 upgrade, then reads until the server closes.
+// answer: HTTP/1.1, echoes a close frame it gets. silent: HTTP/1.1,
+// answers nothing (pings included). Every client closes its socket only
+// after the server's FIN (it reads the TCP connection under TLS to its
+// end), so the server is the first closer.
+//
+// `cargo xtask vm` also builds it stripped (`-ldflags=-s -w`: no symbol
+// table, no DWARF) as ws-go-tls-stripped, beside it.
 package main
 
 import (
@@ -46,6 +51,24 @@ func (h *hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c, err := upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return
+	}
+	if h.mode == "ping" {
+		// A read deadline as heartbeat: pings every 300 ms, no pong by
+		// 1.5 s and the read fails, the server closes.
+		c.SetReadDeadline(time.Now().Add(1500 * time.Millisecond))
+		go func() {
+			for i := 0; i < 5; i++ {
+				if c.WriteControl(websocket.PingMessage, []byte("hb"), time.Now().Add(time.Second)) != nil {
+					return
+				}
+				time.Sleep(300 * time.Millisecond)
+			}
+		}()
+		for {
+			if _, _, err := c.ReadMessage(); err != nil {
+				break
+			}
+		}
 	}
 	if h.mode == "goaway" {
 		msg := websocket.FormatCloseMessage(1001, "restarting")
@@ -172,7 +195,7 @@ func main() {
 	case len(os.Args) == 4 && os.Args[1] == "client":
 		err = client(os.Args[2], os.Args[3])
 	default:
-		err = fmt.Errorf("usage: ws-go-tls server close|goaway | client PORT http10|answer")
+		err = fmt.Errorf("usage: ws-go-tls server close|goaway|ping | client PORT http10|answer|silent")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ws-go-tls:", err)
