@@ -104,7 +104,7 @@ fn open_input(path: &Path) -> Result<std::fs::File> {
             "not a regular file"
         };
         bail!(
-            "{shown} is {what}, not a regular file: `wstrace report` reads recorded log files;              save the data to a file first"
+            "{shown} is {what}, not a regular file: `wstrace report` reads recorded log files; save the data to a file first"
         );
     }
     Ok(file)
@@ -447,6 +447,7 @@ mod tests {
                 msg.contains(what) && msg.contains("not a regular file"),
                 "{msg}"
             );
+            assert!(!msg.contains("  "), "one space between words: {msg}");
         }
         assert!(start.elapsed() < std::time::Duration::from_secs(2));
     }
