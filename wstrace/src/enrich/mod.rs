@@ -13,6 +13,7 @@ pub mod peer;
 pub mod perf_map;
 pub mod php;
 pub mod process;
+mod procmem;
 pub mod python;
 pub mod stack_cache;
 pub mod symbolize;

@@ -18,8 +18,9 @@ use object::{Object as _, ObjectSymbol as _};
 use wstrace_common::{ABSENT, InterpConfig};
 
 use super::maps::{MAX_UNTRUSTED_FILE, Mapping, open_untrusted, read_maps};
-use super::python::{Mem, bias_of};
-use crate::model::{Frame, FrameKind, InterpCapture, Language, Unresolved};
+use super::procmem::{Mem, name_each};
+use super::python::bias_of;
+use crate::model::{Frame, InterpCapture, Language};
 
 /// Where one PHP version keeps what the walk and the naming read.
 #[derive(Clone, Copy, Debug)]
@@ -139,27 +140,18 @@ fn zstr(mem: &Mem, l: &Layout, s: u64) -> Option<String> {
 
 /// Names the frames of `cap` in process `pid`, innermost first.
 pub fn name_frames(pid: u32, found: &Found, cap: &InterpCapture, deadline: Instant) -> Vec<Frame> {
-    let mem = Mem::open(pid, deadline);
     let l = &found.layout;
-    cap.frames
-        .iter()
-        .map(|&(func, opline)| {
-            let mut f = Frame {
-                language: Some(Language::Php),
-                ..Frame::unknown(FrameKind::Interpreted, opline, None)
-            };
-            let Some(mem) = &mem else {
-                return f;
-            };
-            if Instant::now() > deadline {
-                f.unresolved = Some(Unresolved::TimedOut);
-                return f;
-            }
+    name_each(
+        pid,
+        deadline,
+        Language::Php,
+        &cap.frames,
+        |mem, (func, opline), f| {
             let Some(ty) = mem.bytes(func.wrapping_add(l.fn_type), 1).map(|b| b[0]) else {
-                return f;
+                return;
             };
             if ty != INTERNAL && ty != USER {
-                return f;
+                return;
             }
             let name = match mem.word(func.wrapping_add(l.fn_name)) {
                 Some(0) => Some("{main}".to_string()),
@@ -185,9 +177,8 @@ pub fn name_frames(pid: u32, found: &Found, cap: &InterpCapture, deadline: Insta
                     .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
                     .filter(|&n| n > 0);
             }
-            f
-        })
-        .collect()
+        },
+    )
 }
 
 /// Is `f` the executor loop's own native frame (where PHP frames ran)?

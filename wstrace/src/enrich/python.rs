@@ -17,14 +17,14 @@
 //! read is bounded (names to [`MAX_NAME`] characters, line tables to
 //! [`MAX_LINETABLE`] bytes), a frame whose code object is not of the type
 //! `PyCode_Type` is shown as such, and the whole naming stops at a deadline.
-use std::os::unix::fs::FileExt as _;
 use std::time::Instant;
 
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 use wstrace_common::InterpConfig;
 
 use super::maps::{MAX_UNTRUSTED_FILE, Mapping, open_untrusted, read_maps};
-use crate::model::{Frame, FrameKind, InterpCapture, Language, Unresolved};
+use super::procmem::{Mem, name_each};
+use crate::model::{Frame, InterpCapture, Language};
 
 /// Characters of a function or file name kept.
 pub const MAX_NAME: usize = 512;
@@ -262,99 +262,63 @@ pub fn line_of(table: &[u8], first_line: i32, index: u64) -> Option<u32> {
     None
 }
 
-/// Reads of one process's memory, all bounded, all stopping at `deadline`.
-pub(super) struct Mem {
-    file: std::fs::File,
-    deadline: Instant,
-}
-
-impl Mem {
-    /// `/proc/<pid>/mem`; `None` when it cannot be opened (gone, or not
-    /// ours to read).
-    pub(super) fn open(pid: u32, deadline: Instant) -> Option<Mem> {
-        let file = std::fs::File::open(format!("/proc/{pid}/mem")).ok()?;
-        Some(Mem { file, deadline })
-    }
-
-    pub(super) fn bytes(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
-        if Instant::now() > self.deadline || addr == 0 {
-            return None;
-        }
-        let mut buf = vec![0u8; len];
-        self.file.read_exact_at(&mut buf, addr).ok()?;
-        Some(buf)
-    }
-    pub(super) fn word(&self, addr: u64) -> Option<u64> {
-        let b = self.bytes(addr, 8)?;
-        Some(u64::from_ne_bytes(b.try_into().ok()?))
-    }
-    /// A `str` object's text, at most [`MAX_NAME`] characters.
-    fn string(&self, l: &Layout, obj: u64) -> Option<String> {
-        let head = self.bytes(obj, l.str_compact_size as usize)?;
-        let at = |o: u64| {
-            u64::from_ne_bytes(
-                head[o as usize..o as usize + 8]
-                    .try_into()
-                    .unwrap_or([0; 8]),
-            )
-        };
-        let length = (at(l.str_length) as usize).min(MAX_NAME);
-        let state = at(l.str_state) as u32;
-        let (kind, compact, ascii) = ((state >> 2) & 7, state >> 5 & 1 != 0, state >> 6 & 1 != 0);
-        if !compact {
-            return None;
-        }
-        let data = obj.wrapping_add(if ascii {
-            l.str_ascii_size
-        } else {
-            l.str_compact_size
-        });
-        let width = match kind {
-            1 | 2 | 4 => kind as usize,
-            _ => return None,
-        };
-        let raw = self.bytes(data, length * width)?;
-        Some(
-            raw.chunks_exact(width)
-                .map(|c| {
-                    let mut v = [0u8; 4];
-                    v[..width].copy_from_slice(c);
-                    char::from_u32(u32::from_le_bytes(v)).unwrap_or('\u{fffd}')
-                })
-                .collect(),
+/// A `str` object's text, at most [`MAX_NAME`] characters.
+fn string(mem: &Mem, l: &Layout, obj: u64) -> Option<String> {
+    let head = mem.bytes(obj, l.str_compact_size as usize)?;
+    let at = |o: u64| {
+        u64::from_ne_bytes(
+            head[o as usize..o as usize + 8]
+                .try_into()
+                .unwrap_or([0; 8]),
         )
+    };
+    let length = (at(l.str_length) as usize).min(MAX_NAME);
+    let state = at(l.str_state) as u32;
+    let (kind, compact, ascii) = ((state >> 2) & 7, state >> 5 & 1 != 0, state >> 6 & 1 != 0);
+    if !compact {
+        return None;
     }
+    let data = obj.wrapping_add(if ascii {
+        l.str_ascii_size
+    } else {
+        l.str_compact_size
+    });
+    let width = match kind {
+        1 | 2 | 4 => kind as usize,
+        _ => return None,
+    };
+    let raw = mem.bytes(data, length * width)?;
+    Some(
+        raw.chunks_exact(width)
+            .map(|c| {
+                let mut v = [0u8; 4];
+                v[..width].copy_from_slice(c);
+                char::from_u32(u32::from_le_bytes(v)).unwrap_or('\u{fffd}')
+            })
+            .collect(),
+    )
 }
 
 /// Names the frames of `cap` in process `pid`, innermost first. A frame
 /// that cannot be named is kept, unnamed, with the reason.
 pub fn name_frames(pid: u32, found: &Found, cap: &InterpCapture, deadline: Instant) -> Vec<Frame> {
-    let mem = Mem::open(pid, deadline);
     let l = &found.layout;
-    cap.frames
-        .iter()
-        .map(|&(code, instr)| {
-            let mut f = Frame {
-                language: Some(Language::Python),
-                ..Frame::unknown(FrameKind::Interpreted, instr, None)
-            };
-            let Some(mem) = &mem else {
-                return f;
-            };
-            if Instant::now() > deadline {
-                f.unresolved = Some(Unresolved::TimedOut);
-                return f;
-            }
+    name_each(
+        pid,
+        deadline,
+        Language::Python,
+        &cap.frames,
+        |mem, (code, instr), f| {
             // A pointer into anything but a code object names nothing.
             if mem.word(code.wrapping_add(l.ob_type)) != Some(found.code_type) {
-                return f;
+                return;
             }
             f.function = mem
                 .word(code.wrapping_add(l.co_qualname))
-                .and_then(|s| mem.string(l, s));
+                .and_then(|s| string(mem, l, s));
             f.file = mem
                 .word(code.wrapping_add(l.co_filename))
-                .and_then(|s| mem.string(l, s));
+                .and_then(|s| string(mem, l, s));
             let first = mem
                 .bytes(code.wrapping_add(l.co_firstlineno), 4)
                 .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
@@ -373,9 +337,8 @@ pub fn name_frames(pid: u32, found: &Found, cap: &InterpCapture, deadline: Insta
                     .and_then(|t| line_of(&t, first, i)),
                 _ => None,
             };
-            f
-        })
-        .collect()
+        },
+    )
 }
 
 /// What the text and JSON say about a walk that did not simply reach the
@@ -443,6 +406,7 @@ pub fn splice(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::FrameKind;
 
     #[test]
     fn versions_from_interpreter_paths() {
