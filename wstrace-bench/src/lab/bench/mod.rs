@@ -24,6 +24,7 @@
 //! Results: target/bench/results.json (every run's numbers, typed); the
 //! renderer (render.rs, `wstrace-bench render`) makes BENCHMARKS.md of it.
 
+mod interp_cost;
 mod kernel_cost;
 pub mod render;
 mod tls_cost;
@@ -76,7 +77,7 @@ pub struct BenchArgs {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Only {
-    /// Everything (sections 1-7).
+    /// Everything (sections 1-8).
     #[default]
     All,
     /// The load measurements: throughput, churn, unrelated traffic, the daemon (sections 1-4).
@@ -87,6 +88,8 @@ pub enum Only {
     VmCost,
     /// The TLS uprobes' cost to a Python ssl server: its CPU per SSL_write, the programs' ns (section 7).
     Tls,
+    /// The interpreter walk's programs on close(2), under a Python server's closes (section 8).
+    Interp,
 }
 
 /// The headings that start sections 5 and 6: where a partial run splices.
@@ -94,6 +97,7 @@ const KERNEL_COST_HEADING: &str = "## 5. In-kernel cost per program";
 const VM_COST_HEADING: &str = "## 6. In-kernel cost per program in the kernel-matrix VMs";
 const TLS_COST_HEADING: &str =
     "## 7. TLS uprobes (`--tls auto`): cost to a server terminating TLS itself";
+const INTERP_COST_HEADING: &str = "## 8. Interpreter frames: the walk at close(2), in the kernel";
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -187,6 +191,8 @@ pub struct Results {
     kernel_cost: Option<kernel_cost::KernelCost>,
     vm_cost: Option<vm_cost::VmCost>,
     tls_cost: Option<tls_cost::TlsCost>,
+    #[serde(default)]
+    interp_cost: Option<interp_cost::InterpCost>,
 }
 
 struct Bins {
@@ -227,6 +233,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 "the near-empty uprobes beside wstrace's (section 7)",
             ),
             ("bpftool", "the uprobes' run-time stats (section 7)"),
+        ],
+        Only::Interp => &[
+            (
+                "bpftrace",
+                "the near-empty close(2) programs beside wstrace's (section 8)",
+            ),
+            ("bpftool", "the programs' run-time stats (section 8)"),
         ],
     };
     for (tool, why) in tools {
@@ -292,7 +305,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     // The first load run after a build is slow (page cache, CPU frequency,
     // lazily built kernel state): run one and throw it away.
-    if !matches!(args.only, Only::VmCost | Only::Tls) {
+    if !matches!(args.only, Only::VmCost | Only::Tls | Only::Interp) {
         println!("\n==> bench: warm-up run (discarded)");
         steady_run(&bins, args, Tracer::None, TRACED_PORT, &mut probe_set)
             .context("warm-up run")?;
@@ -367,6 +380,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             args.rounds
         );
         res.tls_cost = Some(tls_cost::run(&bins, args)?);
+    }
+    if matches!(args.only, Only::All | Only::Interp) {
+        println!(
+            "\n==> bench: the interpreter walk under a Python server's closes ({} rounds)",
+            args.rounds
+        );
+        res.interp_cost = Some(interp_cost::run(&bins, args)?);
     }
 
     let json_path = args
