@@ -15,7 +15,7 @@
 //! close(2) on the host in that window (the client's own, one per
 //! connection, are lookups).
 
-use super::kernel_cost::{Delta, StatsOn, prog_ids_of, prog_stats};
+use super::kernel_cost::{Delta, StatsOn, ns, prog_ids_of, prog_stats};
 use super::{BenchArgs, Bins, Proc, spawn_wstrace};
 use crate::process;
 use anyhow::{Context as _, Result, bail};
@@ -227,10 +227,6 @@ pub fn run(bins: &Bins, args: &BenchArgs) -> Result<InterpCost> {
         out.rounds.push(rows);
     }
     Ok(out)
-}
-
-fn ns(v: Option<f64>) -> String {
-    v.map_or("—".to_string(), |v| format!("{v:.0}"))
 }
 
 fn median(v: Vec<f64>) -> Option<f64> {

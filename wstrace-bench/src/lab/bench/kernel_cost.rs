@@ -601,7 +601,9 @@ fn hook_row<'a>(r: &'a CostRound, hook: &str) -> Option<&'a HookRow> {
     r.hooks.iter().find(|h| h.hook == hook)
 }
 
-fn ns(v: Option<f64>) -> String {
+/// Nanoseconds for a table cell (`—` where there is no number); the one
+/// format of every per-program table (sections 5-8).
+pub(super) fn ns(v: Option<f64>) -> String {
     v.map_or("—".to_string(), |v| format!("{v:.0}"))
 }
 

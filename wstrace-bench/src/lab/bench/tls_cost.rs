@@ -16,7 +16,7 @@
 //! Processes serving no traced port stay free of uprobes
 //! (wstrace-scenarios/tests/tls.rs checks it): only the server pays this.
 
-use super::kernel_cost::{Delta, StatsOn, prog_ids_of, prog_stats};
+use super::kernel_cost::{Delta, StatsOn, ns, prog_ids_of, prog_stats};
 use super::{BenchArgs, Bins, Proc, median, spawn_wstrace};
 use crate::process;
 use anyhow::{Context as _, Result, bail};
@@ -374,10 +374,6 @@ pub fn run(bins: &Bins, args: &BenchArgs) -> Result<TlsCost> {
         out.programs.push(rows);
     }
     Ok(out)
-}
-
-fn ns(v: Option<f64>) -> String {
-    v.map_or("—".to_string(), |v| format!("{v:.0}"))
 }
 
 fn med(v: impl IntoIterator<Item = f64>) -> Option<f64> {
