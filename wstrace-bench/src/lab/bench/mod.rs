@@ -3,7 +3,7 @@
 //! both sides, not the ratio). Not part of `cargo xtask test`: it needs an
 //! otherwise idle machine and minutes of wall time.
 //!
-//! Four measurements, each repeated `--rounds` times with the variants
+//! Eight measurements, each repeated `--rounds` times with the variants
 //! interleaved (none, wstrace, ... then again), medians reported:
 //! 1. steady: WebSocket echo at the highest rate the machine sustains, with
 //!    no tracer / wstrace / the equivalent bpftrace script / `strace -f`;
@@ -19,7 +19,9 @@
 //! 6. the same for the fentry and kprobe sets in the kernel-matrix VMs
 //!    (vm_cost.rs);
 //! 7. what the TLS uprobes cost a server terminating TLS itself
-//!    (tls_cost.rs).
+//!    (tls_cost.rs);
+//! 8. what the interpreter walk costs per close of a Python server, by the
+//!    kernel's stats beside a near-empty program (interp_cost.rs).
 //!
 //! Results: target/bench/results.json (every run's numbers, typed); the
 //! renderer (render.rs, `wstrace-bench render`) makes BENCHMARKS.md of it.
