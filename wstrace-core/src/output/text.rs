@@ -453,12 +453,31 @@ fn interp_runtime(module: &str) -> Option<&'static str> {
     }
 }
 
-/// The default user stack: each frame as its function, `[inlined]` and
-/// `file.rs:line` (the module's name when there is no line), the innermost
-/// frame always; runs of [`FOLD_RUN`] or more runtime frames as
-/// `… 12 frames in std/tokio`. Unknown frames as their whole line.
-/// Unescaped: the caller escapes.
-pub fn compact_stack(frames: &[Frame]) -> Vec<String> {
+/// One line of a compact user stack: a frame, or a run of runtime frames
+/// folded into one.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Piece {
+    Frame(Frame),
+    /// `len` frames of the runtimes named (`std/tokio`), in a row.
+    Run {
+        len: usize,
+        runtimes: String,
+    },
+}
+
+impl Piece {
+    /// A run's text: `… 12 frames in std/tokio`.
+    pub fn run_text(len: usize, runtimes: &str) -> String {
+        format!("… {len} frames in {runtimes}")
+    }
+}
+
+/// A user stack (innermost first) as a reader wants it: the innermost
+/// frame always; runs of [`FOLD_RUN`] or more runtime frames as one
+/// [`Piece::Run`]; with interpreter frames named, without the interpreter
+/// loop frames that ran them. The text stack and the report's flame graph
+/// both show this.
+pub fn pieces(frames: &[Frame]) -> Vec<Piece> {
     // With Python frames named, the interpreter loop frame that ran them
     // says nothing more.
     let owned: Vec<Frame>;
@@ -491,14 +510,31 @@ pub fn compact_stack(frames: &[Frame]) -> Vec<String> {
                     names.push(r);
                 }
             }
-            out.push(format!("… {run} frames in {}", names.join("/")));
+            out.push(Piece::Run {
+                len: run,
+                runtimes: names.join("/"),
+            });
             i += run;
             continue;
         }
-        out.push(frame::compact(&frames[i]));
+        out.push(Piece::Frame(frames[i].clone()));
         i += 1;
     }
     out
+}
+
+/// The default user stack: each frame as its function, `[inlined]` and
+/// `file.rs:line` (the module's name when there is no line), folded as
+/// [`pieces`] says (`… 12 frames in std/tokio`). Unknown frames as their
+/// whole line. Unescaped: the caller escapes.
+pub fn compact_stack(frames: &[Frame]) -> Vec<String> {
+    pieces(frames)
+        .iter()
+        .map(|p| match p {
+            Piece::Frame(f) => frame::compact(f),
+            Piece::Run { len, runtimes } => Piece::run_text(*len, runtimes),
+        })
+        .collect()
 }
 
 /// A folded storm (`fold`): one header naming the closer and the count,

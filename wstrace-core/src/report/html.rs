@@ -18,6 +18,7 @@ use std::{collections::HashMap, fmt::Write as _, time::SystemTime};
 use crate::model::{Frame, FrameKind};
 use crate::output::escape::text as esc;
 use crate::output::frame;
+use crate::output::text::{Piece, pieces};
 use crate::report::summary::{Groups, Summary, percentile, pid_count};
 
 /// Text safe in HTML element content and in a quoted attribute value.
@@ -415,6 +416,32 @@ pub struct FlameFrame {
     pub kernel: bool,
 }
 
+/// A close's path (root first: user frames, then kernel frames) as boxes:
+/// the user frames folded as the text stack folds them (`… 6 frames in
+/// go`: the program's own frames stand out), the kernel's as they are.
+fn flame_frames(path: &[Frame]) -> Vec<FlameFrame> {
+    let kernel_from = path
+        .iter()
+        .position(|f| f.kind == FrameKind::Kernel)
+        .unwrap_or(path.len());
+    let (user, kernel) = path.split_at(kernel_from);
+    // `pieces` reads innermost first.
+    let innermost_first: Vec<Frame> = user.iter().rev().cloned().collect();
+    let mut out: Vec<FlameFrame> = pieces(&innermost_first)
+        .into_iter()
+        .rev()
+        .map(|p| match p {
+            Piece::Frame(f) => FlameFrame::of(&f),
+            Piece::Run { len, runtimes } => FlameFrame {
+                function: esc(&Piece::run_text(len, &runtimes)).into_owned(),
+                ..FlameFrame::default()
+            },
+        })
+        .collect();
+    out.extend(kernel.iter().map(FlameFrame::of));
+    out
+}
+
 impl FlameFrame {
     pub fn of(f: &Frame) -> Self {
         Self {
@@ -549,7 +576,7 @@ fn flame_svg(s: &Summary) -> String {
                 function: esc(&p.comm).into_owned(),
                 ..FlameFrame::default()
             }];
-            frames.extend(p.frames.iter().map(FlameFrame::of));
+            frames.extend(flame_frames(&p.frames));
             (frames, c)
         })
         .collect();
@@ -1000,6 +1027,54 @@ const SCRIPT: &str = r#"
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The flame graph folds a Go close's runtime frames as the text stack
+    /// does: the innermost frame and the program's own stay, the kernel's
+    /// frames stay as they are.
+    #[test]
+    fn flame_boxes_fold_runtime_runs_of_the_user_stack_only() {
+        let go = |name: &str| Frame {
+            function: Some(name.into()),
+            file: Some("/usr/lib/go/src/x.go".into()),
+            line: Some(1),
+            language: Some(crate::model::Language::Go),
+            ..Frame::default()
+        };
+        let kernel = |name: &str| Frame {
+            function: Some(name.into()),
+            kind: FrameKind::Kernel,
+            ..Frame::default()
+        };
+        // Root first, as summary paths are.
+        let path = vec![
+            go("net/http.(*conn).serve"),
+            go("main.(*hub).ServeHTTP"),
+            go("main.(*hub).drop"),
+            go("crypto/tls.(*Conn).Close"),
+            go("net.(*conn).Close"),
+            go("internal/poll.(*FD).Close"),
+            go("syscall.Close"),
+            go("syscall.Syscall"),
+            kernel("__x64_sys_close"),
+            kernel("tcp_close"),
+        ];
+        let names: Vec<String> = flame_frames(&path)
+            .into_iter()
+            .map(|f| f.function)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "net/http.(*conn).serve",
+                "main.(*hub).ServeHTTP",
+                "main.(*hub).drop",
+                "… 4 frames in go",
+                "syscall.Syscall",
+                "__x64_sys_close",
+                "tcp_close",
+            ]
+        );
+    }
 
     fn summary() -> Summary {
         let mut s = Summary::default();
