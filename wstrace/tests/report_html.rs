@@ -428,7 +428,7 @@ fn html_report_leads_with_the_answer_and_filters_in_chromium() {
     d.click("#flamegraph g.user[data-name='ngx_http_upstream_process_upgraded'] rect");
     let zoomed = d.js(
         "var g = document.querySelector(\"#flamegraph g[data-name='ngx_http_upstream_process_upgraded']\");\
-         var php = document.querySelector(\"#flamegraph g[data-name='zend_execute_scripts']\");\
+         var php = document.querySelector(\"#flamegraph g[data-name='zif_swoole_server_start']\");\
          var caller = document.querySelector(\"#flamegraph g[data-name='ngx_event_expire_timers']\");\
          return [parseFloat(g.querySelector('rect').getAttribute('width')), getComputedStyle(php).display,\
                  parseFloat(caller.querySelector('rect').getAttribute('width')),\
@@ -440,7 +440,7 @@ fn html_report_leads_with_the_answer_and_filters_in_chromium() {
     assert_eq!(zoomed[3], "ngx_close_connection", "{zoomed}");
     d.click("#flame-reset");
     let reset = d.js(
-        "return getComputedStyle(document.querySelector(\"#flamegraph g[data-name='zend_execute_scripts']\")).display;",
+        "return getComputedStyle(document.querySelector(\"#flamegraph g[data-name='zif_swoole_server_start']\")).display;",
     );
     assert_ne!(reset, "none");
 
