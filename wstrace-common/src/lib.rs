@@ -676,7 +676,10 @@ pub mod lost {
     /// opened itself, or one the map evicted. Not traced: counted, so an
     /// upgrade is never ignored in silence.
     pub const NOT_ACCEPTED: u32 = 2;
-    pub const REASONS: u32 = 3;
+    /// A 101 seen, but the kernel refused its socket a place in
+    /// `UPGRADED` (an LRU map: only when it cannot allocate): not traced.
+    pub const MAP_FULL: u32 = 3;
+    pub const REASONS: u32 = 4;
 }
 
 /// Events a process may add to `EVENTS` while the ring is past half full,

@@ -338,7 +338,7 @@ pub fn mark_upgraded(sk: u64, write_len: u64, probe: ProbeSet, flags: u32) {
     };
     if UPGRADED.insert(sk, ts_ns, 0).is_err() {
         entry.discard(0);
-        count_lost(lost::RING_FULL);
+        count_lost(lost::MAP_FULL);
         debug::note(probe_log::IGNORED_MAP_FULL, sk, write_len);
         return;
     }

@@ -57,6 +57,9 @@ pub(super) struct Losses {
     /// 101s the kernel ignored: written on a socket no listener accepted
     /// while wstrace ran (older than wstrace, or opened by the process).
     not_accepted: u64,
+    /// 101s whose socket the kernel could not add to its map of upgraded
+    /// sockets (an allocation failure of the LRU map): not traced.
+    map_full: u64,
     /// The kernel skipped a program run (another BPF program was running on
     /// that CPU): the event it would have written was never made.
     recursion_miss: u64,
@@ -78,7 +81,7 @@ pub(super) struct Losses {
 
 impl Losses {
     /// (metric label, count, what to tell the operator).
-    pub(super) fn each(&self) -> [(&'static str, u64, &'static str); 9] {
+    pub(super) fn each(&self) -> [(&'static str, u64, &'static str); 10] {
         [
             (
                 "ring_full",
@@ -94,6 +97,11 @@ impl Losses {
                 "not_accepted",
                 self.not_accepted,
                 "101(s) not traced: written on a socket no listener accepted while wstrace ran (a connection older than wstrace, or one the process opened itself; --debug-probes names them)",
+            ),
+            (
+                "map_full",
+                self.map_full,
+                "101(s) not traced: the kernel could not add the socket to its map of upgraded sockets (out of memory for BPF maps)",
             ),
             (
                 "recursion_miss",
@@ -152,6 +160,7 @@ impl LossBook {
             ring_full: probes::lost_events(&attached.ebpf, lost::RING_FULL),
             over_budget: probes::lost_events(&attached.ebpf, lost::OVER_BUDGET),
             not_accepted: probes::lost_events(&attached.ebpf, lost::NOT_ACCEPTED),
+            map_full: probes::lost_events(&attached.ebpf, lost::MAP_FULL),
             recursion_miss: if read_programs {
                 probes::recursion_misses(&attached.ebpf)
             } else {

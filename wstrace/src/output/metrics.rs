@@ -85,7 +85,7 @@ impl Metrics {
         let lost_events = Family::<LostLabels, Counter>::default();
         registry.register(
             "lost_events",
-            "Events or reports lost, by reason (ring_full, over_budget, not_accepted, recursion_miss, retprobe_miss, max_sockets, orphan_event, not_an_upgrade, chain_evicted, log_unwritten)",
+            "Events or reports lost, by reason (ring_full, over_budget, not_accepted, map_full, recursion_miss, retprobe_miss, max_sockets, orphan_event, not_an_upgrade, chain_evicted, log_unwritten)",
             lost_events.clone(),
         );
         let stacks_elided = Family::<LostLabels, Counter>::default();
