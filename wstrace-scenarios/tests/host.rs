@@ -2,6 +2,11 @@
 //! `cargo build --release` (the README's test command builds it first).
 //! Needs root, and IPv6 on loopback for the ipv6 scenario: without them the
 //! tests fail (see `common::require`).
+//!
+//! Each test holds `common::serial()`: several start a wstrace without
+//! `--port`, which sees every other test's traffic, and a scenario battery
+//! running beside one delayed its client-side report past its wait (a CI
+//! run of `client_side_server_killed_without_a_close_frame_is_said_for_the_client`).
 mod common;
 
 use std::process::Command;
@@ -60,16 +65,19 @@ fn check(probe: &str) {
 
 #[test]
 fn host_scenarios_tracepoint() {
+    let _serial = common::serial();
     check("tracepoint");
 }
 
 #[test]
 fn host_scenarios_auto() {
+    let _serial = common::serial();
     check("auto");
 }
 
 #[test]
 fn host_check_reports_a_usable_probe_set() {
+    let _serial = common::serial();
     if !require_root() {
         return;
     }
@@ -128,6 +136,7 @@ fn settle(t: &common::Tracer, ports: &[u16], want: &[u16]) -> Vec<(u16, serde_js
 /// executable name), and `--pid` narrows the reports to one of them.
 #[test]
 fn all_ports_follow_any_server_and_pid_or_exe_narrow() {
+    let _serial = common::serial();
     if !require_root() {
         return;
     }
@@ -177,6 +186,7 @@ fn all_ports_follow_any_server_and_pid_or_exe_narrow() {
 /// like the first, and a port not named is not.
 #[test]
 fn many_ports_are_all_traced() {
+    let _serial = common::serial();
     if !require_root() {
         return;
     }
@@ -234,6 +244,7 @@ asyncio.run(main(int(sys.argv[1])))
 /// in the diagnosis; the server's socket is reported as the server side.
 #[test]
 fn client_side_websockets_client_sees_the_servers_going_away() {
+    let _serial = common::serial();
     if !require_root() {
         return;
     }
@@ -321,6 +332,7 @@ asyncio.run(main())
 /// it to reconnect with backoff and look at the server.
 #[test]
 fn client_side_server_killed_without_a_close_frame_is_said_for_the_client() {
+    let _serial = common::serial();
     if !require_root() {
         return;
     }
