@@ -21,12 +21,19 @@ pub fn run(target: Option<&str>) -> Result<PathBuf> {
         Some(_) => setup::for_cross_build()?,
         None => setup::run(setup::For::Run)?,
     }
-    setup::for_deb()?;
-    let cross = target.map(build::cross).transpose()?;
-    match cross {
+    match target.map(build::cross).transpose()? {
         Some(cross) => cross.build()?,
         None => build::native()?,
     }
+    package(target)
+}
+
+/// Packages the binary already built for `target` (this machine's:
+/// `target/release/wstrace`), without building it again: `cargo xtask
+/// test` packages exactly the binary its tests ran.
+pub fn package(target: Option<&str>) -> Result<PathBuf> {
+    setup::for_deb()?;
+    let cross = target.map(build::cross).transpose()?;
     let mut cmd = build::cargo();
     cmd.args(["deb", "-p", "wstrace", "--no-build"]);
     if let Some(cross) = cross {

@@ -44,9 +44,13 @@ pub fn run(args: &TestArgs) -> Result<()> {
     run.phase("setup", || setup::run(setup::For::Test));
     // Formatting first: it takes a second and needs no build.
     run.phase("fmt", || cargo(&["fmt", "--all", "--check"]));
-    // Default members: everything but the eBPF crate, which only builds for
-    // the bpf target and is built (and embedded) by wstrace's build script.
-    run.phase("build", crate::build::native);
+    // The binaries and every test binary in one cargo run (`cargo test
+    // --no-run`): wstrace, ws-scenario and ws-bench come out of it as they
+    // are tested, packaged and booted in the VMs. Built apart (`cargo build`,
+    // then `cargo test`), the dev-dependencies' and the bench lab's features
+    // unify differently in the second run and wstrace was compiled twice
+    // (about 2 of the 6.8 build minutes of a clean clone, measured at a869a73).
+    run.phase("build", || cargo_test(&["--no-run"]));
     // Every host crate, every target (tests, benches, the bench lab),
     // warnings as errors. The eBPF crate only builds for the bpf target
     // (its object is built, not linted, by wstrace's build script, which
@@ -55,9 +59,6 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // The arm64 binaries, cross-compiled (eBPF object for
     // bpf_target_arch "aarch64"): built from a clean clone like the rest.
     run.phase("build arm64", || crate::build::AARCH64.build());
-    // The test binaries first: compiling takes both CPUs, so nothing runs
-    // beside it.
-    run.phase("cargo test --no-run", || cargo_test(&["--no-run"]));
     if args.no_vm {
         run.phase("cargo test", || cargo_test(&[]));
     } else if args.vms_after_tests {
@@ -125,7 +126,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
             }
         }
     }
-    run.phase("package", || crate::deb::run(None).map(|_| ()));
+    // The binary the tests ran, as built above (not rebuilt with the
+    // features of a plain `cargo build`).
+    run.phase("package", || crate::deb::package(None).map(|_| ()));
     run.phase("package arm64", || {
         crate::deb::run(Some(crate::build::AARCH64.triple)).map(|_| ())
     });
@@ -207,16 +210,27 @@ impl Run {
 }
 
 /// Unit tests and the host integration tests (they need root: CI runs as
-/// root), with `extra` arguments for cargo (`--no-run`).
+/// root), with `extra` arguments for cargo (`--no-run`). Every package but
+/// xtask and the eBPF crate in release, in one cargo run for the build and
+/// the test phase alike, so features unify the same way in both and nothing
+/// is compiled twice; xtask's own tests in its debug build (`cargo xtask` is
+/// `cargo run`: those dependencies are built already), and the eBPF crate
+/// builds only for the bpf target (wstrace's build script builds it).
 fn cargo_test(extra: &[&str]) -> Result<()> {
-    let mut args = vec!["test", "--release"];
-    args.extend(extra);
-    cargo(&args)?;
-    // The bench lab's own tests (its renderer): not a default member, so
-    // that `cargo build` leaves it out, and a cargo run of its own, so that
-    // its dependencies' features do not change (and rebuild) wstrace's.
-    args.extend(["-p", "wstrace-bench"]);
-    cargo(&args)
+    let mut release = vec![
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "xtask",
+        "--exclude",
+        "wstrace-ebpf",
+    ];
+    release.extend(extra);
+    cargo(&release)?;
+    let mut xtask = vec!["test", "-p", "xtask"];
+    xtask.extend(extra);
+    cargo(&xtask)
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
