@@ -10,12 +10,14 @@ use wstrace_common::{
     SockTuple, StackRecord, lost, probe_log::LogBudget,
 };
 
+use crate::ptr::{KPtr, UPtr};
+
 /// A read in flight on a traced-port socket: where its bytes will land.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PendingRead {
-    pub sk: u64,
-    pub buf: u64,
+    pub sk: KPtr,
+    pub buf: UPtr,
     /// Bytes that fit at `buf` contiguously (the first iovec of a readv).
     pub cap: u64,
 }
@@ -26,7 +28,7 @@ pub struct PendingRead {
 #[derive(Clone, Copy)]
 pub struct TlsWrite {
     /// Plaintext buffer and length given to `SSL_write`.
-    pub buf: u64,
+    pub buf: UPtr,
     pub len: u64,
     /// Which library's write: `FLAG_TLS_OPENSSL` or `FLAG_TLS_GO`.
     pub library: u32,
@@ -36,15 +38,15 @@ pub struct TlsWrite {
 }
 
 /// A thread inside `SSL_read`: where the plaintext lands, and the socket
-/// the thread read ciphertext from meanwhile (0 until it does).
+/// the thread read ciphertext from meanwhile (NULL until it does).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct TlsRead {
-    pub buf: u64,
+    pub buf: UPtr,
     pub cap: u64,
-    /// `SSL_read_ex`'s `size_t *readbytes` (0 for `SSL_read`).
-    pub readbytes: u64,
-    pub sk: u64,
+    /// `SSL_read_ex`'s `size_t *readbytes` (NULL for `SSL_read`).
+    pub readbytes: UPtr,
+    pub sk: KPtr,
 }
 
 /// `--debug-probes`: each CPU's log budget (`crate::debug`); the daemon
@@ -66,7 +68,7 @@ pub static TRACED_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 /// `struct sock *` -> ktime of the 101 write. Only upgraded sockets on a
 /// traced port live here; LRU so a flood of never-closed sockets cannot fill it.
 #[map]
-pub static UPGRADED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+pub static UPGRADED: LruHashMap<KPtr, u64> = LruHashMap::with_max_entries(65536, 0);
 
 /// `struct sock *` of sockets a listener on a traced port accepted (the
 /// kernel moved them SYN_RECV -> ESTABLISHED: a passive open). Only these
@@ -75,7 +77,7 @@ pub static UPGRADED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 
 /// Removed when the socket is destroyed (its address may be reused); LRU
 /// as the backstop. The daemon sizes it like UPGRADED (`--max-sockets`).
 #[map]
-pub static ACCEPTED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+pub static ACCEPTED: LruHashMap<KPtr, u8> = LruHashMap::with_max_entries(65536, 0);
 
 /// Events the kernel could not send, per CPU, indexed by reason
 /// (`wstrace_common::lost`). The daemon sums and reports them: a lost event
@@ -103,7 +105,7 @@ pub static PENDING_READS: LruHashMap<u32, PendingRead> = LruHashMap::with_max_en
 /// LRU: an evicted socket is classified again by its next read (from the
 /// middle of its stream: a false "request" there costs one budgeted copy).
 #[map]
-pub static HEAD_BYTES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+pub static HEAD_BYTES: LruHashMap<KPtr, u32> = LruHashMap::with_max_entries(65536, 0);
 
 /// A socket and a direction (`DIR_RECEIVED`, `DIR_SENT`). Two fields, not
 /// `sk | dir`: in the fentry set `sk` is a BTF pointer, on which the
@@ -111,7 +113,7 @@ pub static HEAD_BYTES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SockDir {
-    pub sk: u64,
+    pub sk: KPtr,
     pub dir: u64,
 }
 
@@ -194,7 +196,7 @@ pub static TLS_READS: LruHashMap<u32, TlsRead> = LruHashMap::with_max_entries(16
 /// reads no socket itself got its bytes (nginx reads ahead: the request
 /// arrives with the handshake's last read). Taken when used; LRU.
 #[map]
-pub static TLS_LAST_READ: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+pub static TLS_LAST_READ: LruHashMap<u32, KPtr> = LruHashMap::with_max_entries(4096, 0);
 
 /// Process (tgid) -> how to walk its interpreter's frames at a close
 /// (`interp::stash`). The daemon adds the Python processes it finds

@@ -1,7 +1,8 @@
 //! What a write's (or a read's) first bytes are: a 101, a request, a
 //! WebSocket control frame, or nothing of interest.
-use aya_ebpf::helpers::bpf_probe_read_user_buf;
 use wstrace_common::{DATA_CAP, REQUEST_PREFIX, UPGRADE_PREFIX_LEN, is_upgrade_response};
+
+use crate::ptr::UPtr;
 
 /// What a write's first bytes say about it.
 #[repr(u8)]
@@ -66,7 +67,7 @@ fn control_missing(b1: u8, have: u64) -> u32 {
 /// control frame to fit in the copy (DATA_CAP); a socket that writes one
 /// message per write never pays it.
 #[inline(always)]
-pub(super) fn control_frame_in(buf: u64, len: u64, head: u64, ext: bool) -> Option<u32> {
+pub(super) fn control_frame_in(buf: UPtr, len: u64, head: u64, ext: bool) -> Option<u32> {
     let b0 = head as u8;
     let b1 = (head >> 8) as u8;
     if is_control_frame_start(b0) {
@@ -88,9 +89,9 @@ pub(super) fn control_frame_in(buf: u64, len: u64, head: u64, ext: bool) -> Opti
         return None;
     }
     let next = if at + 2 <= len {
-        unsafe { aya_ebpf::helpers::bpf_probe_read_user((buf + at) as *const u16) }.ok()?
+        buf.add(at).read::<u16>().ok()?
     } else {
-        unsafe { aya_ebpf::helpers::bpf_probe_read_user((buf + at) as *const u8) }.ok()? as u16
+        buf.add(at).read::<u8>().ok()? as u16
     };
     if !is_control_frame_start(next as u8) {
         return None;
@@ -101,18 +102,16 @@ pub(super) fn control_frame_in(buf: u64, len: u64, head: u64, ext: bool) -> Opti
 /// The first 8 (or, for shorter buffers, 2 or 1) bytes at `buf`, as one
 /// little-endian integer, and whether bytes 2-3 are in it.
 #[inline(always)]
-pub(super) fn first_bytes(buf: u64, len: u64) -> Option<(u64, bool)> {
-    unsafe {
-        if len >= 8 {
-            let w = aya_ebpf::helpers::bpf_probe_read_user(buf as *const u64).ok()?;
-            Some((w, true))
-        } else if len >= 2 {
-            let w = aya_ebpf::helpers::bpf_probe_read_user(buf as *const u16).ok()?;
-            Some((w as u64, false))
-        } else {
-            let w = aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8).ok()?;
-            Some((w as u64, false))
-        }
+pub(super) fn first_bytes(buf: UPtr, len: u64) -> Option<(u64, bool)> {
+    if len >= 8 {
+        let w = buf.read::<u64>().ok()?;
+        Some((w, true))
+    } else if len >= 2 {
+        let w = buf.read::<u16>().ok()?;
+        Some((w as u64, false))
+    } else {
+        let w = buf.read::<u8>().ok()?;
+        Some((w as u64, false))
     }
 }
 
@@ -125,8 +124,8 @@ const HTTP_1_0: u64 = u64::from_le_bytes(*b"HTTP/1.0");
 /// common case is one 8-byte copy compared as integers: the full status line
 /// is read only when those 8 bytes are `HTTP/1.x`.
 #[inline(always)]
-pub fn classify_write(buf: u64, len: u64) -> Write {
-    if buf == 0 || len == 0 {
+pub fn classify_write(buf: UPtr, len: u64) -> Write {
+    if buf.is_null() || len == 0 {
         return Write::Other;
     }
     let Some((word, ext)) = first_bytes(buf, len) else {
@@ -145,7 +144,7 @@ pub fn classify_write(buf: u64, len: u64) -> Write {
         return Write::Other;
     }
     let mut head = [0u8; UPGRADE_PREFIX_LEN];
-    if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut head) }.is_err() {
+    if buf.read_buf(&mut head).is_err() {
         return Write::Other;
     }
     if is_upgrade_response(&head) {

@@ -8,6 +8,7 @@ use wstrace_common::{
 use super::emit::{fill_header, reserve};
 use crate::{
     kernel::{current_exit_code, current_task_exiting},
+    ptr::KPtr,
     ustack,
 };
 
@@ -17,7 +18,7 @@ use crate::{
 /// The close is built in place in `EVENTS`; a user stack copy, when asked
 /// for (`user_stack_bytes`) and within its call site's budget, goes to the
 /// `STACKS` ring before the close is submitted (`ustack::copy_for_close`).
-pub fn close<C: EbpfContext>(ctx: &C, probe: ProbeSet, sk: u64, old_state: u8, new_state: u8) {
+pub fn close<C: EbpfContext>(ctx: &C, probe: ProbeSet, sk: KPtr, old_state: u8, new_state: u8) {
     let Some(mut entry) = reserve::<CloseEvent>(EventKind::Close) else {
         return;
     };
@@ -45,7 +46,7 @@ pub(super) unsafe fn fill_close<C: EbpfContext>(
     ev: *mut CloseEvent,
     kind: EventKind,
     probe: u8,
-    sk: u64,
+    sk: KPtr,
     old_state: u8,
     new_state: u8,
 ) {

@@ -1,7 +1,7 @@
 //! Data events: the bytes of control frames (and request heads) copied
 //! from user memory, and the continuation of a frame cut between two
 //! reads or writes.
-use aya_ebpf::helpers::{bpf_ktime_get_ns, generated::bpf_probe_read_user};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use wstrace_common::{
     DATA_CAP, DIR_RECEIVED, DIR_SENT, DataEventOf, EventKind, FLAG_CONTINUES, FLAG_TLS_OPENSSL,
     SMALL_DATA_CAP,
@@ -11,7 +11,10 @@ use super::{
     emit::{fill_header, reserve},
     upgrade::is_upgraded,
 };
-use crate::maps::{RESUME, RESUME_UNTIL, SockDir};
+use crate::{
+    maps::{RESUME, RESUME_UNTIL, SockDir},
+    ptr::{KPtr, UPtr},
+};
 
 const _: () = assert!(FLAG_TLS_OPENSSL & 1 == 0 && wstrace_common::FLAG_TLS_GO & 1 == 0);
 
@@ -22,7 +25,7 @@ const _: () = assert!(FLAG_TLS_OPENSSL & 1 == 0 && wstrace_common::FLAG_TLS_GO &
 /// the header flags (`FLAG_CONTINUES`), one argument: a BPF function takes
 /// five at most.
 const _: () = assert!(DIR_RECEIVED == 0 && DIR_SENT == 1 && FLAG_CONTINUES & 1 == 0);
-pub(super) fn emit_data(sk: u64, buf: u64, len: u64, total: u64, dir_flags: u32) {
+pub(super) fn emit_data(sk: KPtr, buf: UPtr, len: u64, total: u64, dir_flags: u32) {
     // The smallest record class that holds the bytes: under churn every
     // upgrade's request head fits the small one, a third of the ring space.
     if len <= SMALL_DATA_CAP as u64 {
@@ -34,7 +37,7 @@ pub(super) fn emit_data(sk: u64, buf: u64, len: u64, total: u64, dir_flags: u32)
 
 /// `emit_data` in a record of `N` data bytes (copies at most `N`).
 #[inline(always)]
-fn emit_data_in<const N: usize>(sk: u64, buf: u64, len: u64, total: u64, dir_flags: u32) {
+fn emit_data_in<const N: usize>(sk: KPtr, buf: UPtr, len: u64, total: u64, dir_flags: u32) {
     let direction = dir_flags & 1;
     let flags = dir_flags & !1;
     let Some(mut entry) = reserve::<DataEventOf<N>>(EventKind::Data) else {
@@ -52,7 +55,7 @@ fn emit_data_in<const N: usize>(sk: u64, buf: u64, len: u64, total: u64, dir_fla
             total as u32
         };
         (*ev).direction = direction;
-        let rc = bpf_probe_read_user((*ev).data.as_mut_ptr().cast(), n, buf as *const _);
+        let rc = buf.copy_to((*ev).data.as_mut_ptr().cast(), n);
         (*ev).len = if rc == 0 { n } else { 0 };
     }
     entry.submit(0);
@@ -86,7 +89,7 @@ pub fn resume_window_open() -> bool {
 /// The control frame `sk`'s last read or write in `dir` began is `missing`
 /// bytes short: the next one carries the rest.
 #[inline(always)]
-pub(super) fn expect_rest(sk: u64, dir: u32, missing: u64) {
+pub(super) fn expect_rest(sk: KPtr, dir: u32, missing: u64) {
     let key = SockDir {
         sk,
         dir: dir as u64,
@@ -104,7 +107,7 @@ pub(super) fn expect_rest(sk: u64, dir: u32, missing: u64) {
 /// (`total` bytes, `len` of them at `buf`) continues it: copied, flagged
 /// [`FLAG_CONTINUES`]. True when it was.
 #[inline(always)]
-pub(super) fn continue_frame(sk: u64, dir: u32, buf: u64, len: u64, total: u64) -> bool {
+pub(super) fn continue_frame(sk: KPtr, dir: u32, buf: UPtr, len: u64, total: u64) -> bool {
     let key = SockDir {
         sk,
         dir: dir as u64,
@@ -133,12 +136,12 @@ pub(super) fn continue_frame(sk: u64, dir: u32, buf: u64, len: u64, total: u64) 
 /// and its payload in two buffers), copied as the frame's continuation.
 #[inline(always)]
 pub fn frames_written(
-    sk: u64,
-    buf: u64,
+    sk: KPtr,
+    buf: UPtr,
     len: u64,
     total: u64,
     control: Option<u32>,
-    second: Option<(u64, u64)>,
+    second: Option<(UPtr, u64)>,
 ) {
     if !is_upgraded(sk) {
         return;
@@ -158,7 +161,7 @@ pub fn frames_written(
     emit_data(sk, buf, len, len, DIR_SENT);
     let mut missing = missing as u64;
     if let Some((buf2, len2)) = second
-        && buf2 != 0
+        && !buf2.is_null()
         && len2 != 0
     {
         emit_data(sk, buf2, len2, len2, DIR_SENT | FLAG_CONTINUES);

@@ -13,8 +13,9 @@ use wstrace_common::{
 };
 
 use crate::{
-    kernel::{config, current_process_start_ns, fill_tuple, read},
+    kernel::{config, current_process_start_ns, fill_tuple},
     maps::{EVENTS, LOST, PROCESS_BUDGETS},
+    ptr::KPtr,
 };
 
 /// Counts one event not sent, by `wstrace_common::lost` reason.
@@ -97,7 +98,7 @@ pub(super) unsafe fn fill_header(
     h: *mut EventHeader,
     kind: EventKind,
     probe: u8,
-    sk: u64,
+    sk: KPtr,
     old_state: u8,
     new_state: u8,
 ) {
@@ -112,12 +113,12 @@ pub(super) unsafe fn fill_header(
         (*h).flags = 0;
         (*h).arg = 0;
         (*h).jiffies = bpf_jiffies64() as u32;
-        (*h).last_send_jiffies = read::<u32>(sk, config!(tcp_lsndtime)).unwrap_or(0);
-        (*h).last_recv_jiffies = read::<u32>(sk, config!(icsk_lrcvtime)).unwrap_or(0);
+        (*h).last_send_jiffies = sk.field::<u32>(config!(tcp_lsndtime)).unwrap_or(0);
+        (*h).last_recv_jiffies = sk.field::<u32>(config!(icsk_lrcvtime)).unwrap_or(0);
         (*h).ts_ns = bpf_ktime_get_ns();
-        (*h).sk = sk;
-        (*h).bytes_received = read::<u64>(sk, config!(tcp_bytes_received)).unwrap_or(0);
-        (*h).bytes_acked = read::<u64>(sk, config!(tcp_bytes_acked)).unwrap_or(0);
+        (*h).sk = sk.addr();
+        (*h).bytes_received = sk.field::<u64>(config!(tcp_bytes_received)).unwrap_or(0);
+        (*h).bytes_acked = sk.field::<u64>(config!(tcp_bytes_acked)).unwrap_or(0);
         (*h).process_start_ns = current_process_start_ns();
         fill_tuple(&raw mut (*h).tuple, sk);
         if bpf_get_current_comm_raw((&raw mut (*h).comm).cast(), 16) != 0 {
@@ -128,7 +129,7 @@ pub(super) unsafe fn fill_header(
 
 /// An event that is just a header: reserve, fill in place, submit.
 #[inline(always)]
-pub(super) fn emit_header(kind: EventKind, probe: u8, sk: u64, old_state: u8, new_state: u8) {
+pub(super) fn emit_header(kind: EventKind, probe: u8, sk: KPtr, old_state: u8, new_state: u8) {
     let Some(mut entry) = reserve::<EventHeader>(kind) else {
         return;
     };

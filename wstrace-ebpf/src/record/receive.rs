@@ -1,6 +1,6 @@
 //! The receive path: a read's entry and exit, the request head before the
 //! upgrade, the client side's 101, and received control frames after it.
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user_buf};
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use wstrace_common::{
     DATA_CAP, DIR_RECEIVED, FLAG_CLIENT_SIDE, FLAG_UPGRADE_READ, FirstRead, HEAD_BUDGET, ProbeSet,
     UPGRADE_PREFIX_LEN, classify_first_read, is_upgrade_response, probe_log,
@@ -16,6 +16,7 @@ use crate::{
     debug,
     kernel::{port_traced, sk_local_port},
     maps::{HEAD_BYTES, PENDING_READS, PendingRead, UPGRADED},
+    ptr::{KPtr, UPtr},
 };
 
 /// Entry of a read on `sk`: remember where its bytes go and how many fit
@@ -23,8 +24,8 @@ use crate::{
 /// socket is on a traced port (checked first: other sockets touch no map)
 /// and its reads may still matter ([`reads_done`]: one lookup).
 #[inline(always)]
-pub fn read_entry(sk: u64, buf: u64, cap: u64) {
-    if sk == 0 || buf == 0 || !port_traced(sk_local_port(sk)) || reads_done(sk) {
+pub fn read_entry(sk: KPtr, buf: UPtr, cap: u64) {
+    if sk.is_null() || buf.is_null() || !port_traced(sk_local_port(sk)) || reads_done(sk) {
         return;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
@@ -150,7 +151,7 @@ const _: () = assert!(HEAD_RESPONSE & HEAD_TLS == 0 && HEAD_NOT_HTTP & HEAD_TLS 
 /// no request, or its head budget spent? Not TLS sockets: each of their raw
 /// reads says which socket the thread's `SSL_read` is using.
 #[inline(always)]
-fn reads_done(sk: u64) -> bool {
+fn reads_done(sk: KPtr) -> bool {
     match HEAD_BYTES.get_ptr(sk) {
         Some(c) => {
             let c = unsafe { *c };
@@ -164,7 +165,7 @@ fn reads_done(sk: u64) -> bool {
 /// a request with a 101 (the fentry and kprobe sets skip its writes: one
 /// lookup instead of the msghdr walk and a user copy).
 #[inline(always)]
-pub fn known_not_http(sk: u64) -> bool {
+pub fn known_not_http(sk: KPtr) -> bool {
     matches!(HEAD_BYTES.get_ptr(sk), Some(c) if unsafe { *c } == HEAD_NOT_HTTP)
 }
 
@@ -181,24 +182,23 @@ enum First {
 
 /// Do the `len` bytes at user address `buf` start with a 101 status line?
 #[inline(always)]
-fn starts_with_101(buf: u64, len: u64) -> bool {
+fn starts_with_101(buf: UPtr, len: u64) -> bool {
     if len < UPGRADE_PREFIX_LEN as u64 {
         return false;
     }
     let mut head = [0u8; UPGRADE_PREFIX_LEN];
-    unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut head) }.is_ok()
-        && is_upgrade_response(&head)
+    buf.read_buf(&mut head).is_ok() && is_upgrade_response(&head)
 }
 
 #[inline(always)]
-fn classify_first_read_at(buf: u64, len: u64) -> First {
+fn classify_first_read_at(buf: UPtr, len: u64) -> First {
     if len < 4 {
-        return match unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8) } {
+        return match buf.read::<u8>() {
             Ok(0x16) => First::Tls,
             _ => First::Short,
         };
     }
-    match unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u32) } {
+    match buf.read::<u32>() {
         Ok(w) if w as u8 == 0x16 => First::Tls,
         Ok(w) => First::Class(classify_first_read(w)),
         Err(_) => First::Short,

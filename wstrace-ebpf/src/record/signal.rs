@@ -7,7 +7,7 @@ use super::{
     close::fill_close,
     emit::{fill_header, reserve},
 };
-use crate::{maps::UPGRADERS, ustack};
+use crate::{maps::UPGRADERS, ptr::KPtr, ustack};
 
 /// The current thread of a process that wrote a 101 faulted or aborted
 /// (`signal`): its stacks now, at the signal, are where it crashed; by
@@ -19,7 +19,7 @@ pub fn crash<C: EbpfContext>(ctx: &C, signal: u32) {
     };
     let ev = entry.as_mut_ptr();
     unsafe {
-        fill_close(ctx, ev, EventKind::Crash, 0, 0, 0, 0);
+        fill_close(ctx, ev, EventKind::Crash, 0, KPtr::NULL, 0, 0);
         (*ev).header.arg = signal;
         ustack::copy_for_close(ev);
     }
@@ -40,7 +40,14 @@ pub fn signal(target_pid: u32, signal: u32, code: i32, oom: u32) {
     };
     let ev = entry.as_mut_ptr();
     unsafe {
-        fill_header(&raw mut (*ev).header, EventKind::Signal, 0, 0, 0, 0);
+        fill_header(
+            &raw mut (*ev).header,
+            EventKind::Signal,
+            0,
+            KPtr::NULL,
+            0,
+            0,
+        );
         (*ev).target_pid = target_pid;
         (*ev).signal = signal;
         (*ev).code = code;

@@ -9,12 +9,13 @@ use super::{
 use crate::{
     kernel::sk_err,
     maps::{ACCEPTED, HEAD_BYTES, RESUME, SockDir, UPGRADED},
+    ptr::KPtr,
 };
 
 /// A TCP state transition of an upgraded socket. A move to CLOSE carries
 /// `sk_err`: the kernel sets it before closing a socket on its own (a
 /// timeout, a reset received, an abort), and not for a local close.
-pub fn state_change(sk: u64, old_state: u8, new_state: u8) {
+pub fn state_change(sk: KPtr, old_state: u8, new_state: u8) {
     let Some(mut entry) = reserve::<EventHeader>(EventKind::State) else {
         return;
     };
@@ -28,13 +29,13 @@ pub fn state_change(sk: u64, old_state: u8, new_state: u8) {
     entry.submit(0);
 }
 
-pub fn reset(sk: u64, kind: EventKind) {
+pub fn reset(sk: KPtr, kind: EventKind) {
     emit_header(kind, 0, sk, 0, 0);
 }
 
 /// The kernel is destroying an upgraded socket: forget it (its address may be
 /// reused by the next socket) and tell the daemon.
-pub fn destroy(sk: u64) {
+pub fn destroy(sk: KPtr) {
     let _ = UPGRADED.remove(sk);
     for dir in [DIR_RECEIVED, DIR_SENT] {
         let _ = RESUME.remove(&SockDir {
@@ -59,7 +60,7 @@ pub fn destroy(sk: u64) {
 /// A traced-port socket is going away: drop its request-head budget and
 /// its accepted mark (the address may be reused by any next socket).
 #[inline(always)]
-pub fn forget_head(sk: u64) {
+pub fn forget_head(sk: KPtr) {
     let _ = HEAD_BYTES.remove(sk);
     let _ = ACCEPTED.remove(sk);
 }
@@ -69,10 +70,10 @@ pub fn forget_head(sk: u64) {
 /// an active open goes SYN_SENT -> ESTABLISHED). Only such sockets may be
 /// marked upgraded.
 #[inline(always)]
-pub fn note_accepted(sk: u64, old_state: i32, new_state: i32) {
+pub fn note_accepted(sk: KPtr, old_state: i32, new_state: i32) {
     if old_state == wstrace_common::tcp_state::SYN_RECV as i32
         && new_state == wstrace_common::tcp_state::ESTABLISHED as i32
-        && sk != 0
+        && !sk.is_null()
         && sk_tuple_port_ok(sk)
     {
         let _ = ACCEPTED.insert(sk, 1, 0);

@@ -12,6 +12,7 @@ use super::{
 use crate::{
     kernel::config,
     maps::{HEAD_BYTES, TLS_LAST_READ, TLS_READS, TLS_WRITES, TlsRead, TlsWrite, UPGRADED},
+    ptr::{KPtr, UPtr},
 };
 
 /// `TlsWrite::kind`: the plaintext is a 101, or a control frame.
@@ -22,7 +23,7 @@ pub const TLS_CONTROL_FRAME: u8 = 2;
 /// frame, remember it for this thread's next write on a traced-port socket.
 /// Every other buffer costs one 8-byte read.
 #[inline(always)]
-pub fn tls_write_entry(buf: u64, len: u64, library: u32) {
+pub fn tls_write_entry(buf: UPtr, len: u64, library: u32) {
     let kind = match classify_write(buf, len) {
         Write::Upgrade => TLS_UPGRADE,
         Write::ControlFrame { .. } => TLS_CONTROL_FRAME,
@@ -56,7 +57,7 @@ pub fn take_tls_write() -> Option<TlsWrite> {
 /// The socket write that carries a remembered `SSL_write`: `socket_len`
 /// is the ciphertext length (what the byte counters count).
 #[inline(always)]
-pub fn tls_socket_write(sk: u64, w: TlsWrite, socket_len: u64, probe: ProbeSet) {
+pub fn tls_socket_write(sk: KPtr, w: TlsWrite, socket_len: u64, probe: ProbeSet) {
     if w.kind == TLS_UPGRADE {
         mark_upgraded(sk, socket_len, probe, w.library);
     } else if is_upgraded(sk) {
@@ -72,8 +73,8 @@ pub fn tls_socket_write(sk: u64, w: TlsWrite, socket_len: u64, probe: ProbeSet) 
 
 /// `SSL_read`/`SSL_read_ex` entry: where the plaintext will land.
 #[inline(always)]
-pub fn tls_read_entry(buf: u64, cap: u64, readbytes: u64) {
-    if buf == 0 {
+pub fn tls_read_entry(buf: UPtr, cap: u64, readbytes: UPtr) {
+    if buf.is_null() {
         return;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
@@ -81,7 +82,7 @@ pub fn tls_read_entry(buf: u64, cap: u64, readbytes: u64) {
         buf,
         cap,
         readbytes,
-        sk: 0,
+        sk: KPtr::NULL,
     };
     let _ = TLS_READS.insert(tid, r, 0);
 }
@@ -89,7 +90,7 @@ pub fn tls_read_entry(buf: u64, cap: u64, readbytes: u64) {
 /// A socket read by a thread inside `SSL_read` carries ciphertext: note
 /// the socket for the plaintext and tell the caller to copy nothing.
 #[inline(always)]
-pub(super) fn tls_socket_read(sk: u64) -> bool {
+pub(super) fn tls_socket_read(sk: KPtr) -> bool {
     if config!(tls) == 0 {
         return false;
     }
@@ -105,7 +106,7 @@ pub(super) fn tls_socket_read(sk: u64) -> bool {
 
 /// This thread read ciphertext from TLS socket `sk` outside `SSL_read`.
 #[inline(always)]
-pub(super) fn note_tls_read(sk: u64) {
+pub(super) fn note_tls_read(sk: KPtr) {
     if config!(tls) != 0 {
         let tid = bpf_get_current_pid_tgid() as u32;
         let _ = TLS_LAST_READ.insert(tid, sk, 0);
@@ -130,10 +131,10 @@ pub fn tls_read_return(n: i64, ex: bool) {
     let _ = TLS_READS.remove(tid);
     // SSL_read_ex returns 1 on success and the count through `readbytes`.
     let n = if ex {
-        if n != 1 || readbytes == 0 {
+        if n != 1 || readbytes.is_null() {
             return;
         }
-        match unsafe { aya_ebpf::helpers::bpf_probe_read_user(readbytes as *const u64) } {
+        match readbytes.read::<u64>() {
             Ok(v) => v,
             Err(_) => return,
         }
@@ -147,7 +148,7 @@ pub fn tls_read_return(n: i64, ex: bool) {
     }
     // No socket read in this call: the library had the bytes already,
     // read ahead with the handshake's last read on this thread (nginx).
-    let (sk, read_ahead) = if sk != 0 {
+    let (sk, read_ahead) = if !sk.is_null() {
         (sk, false)
     } else {
         match TLS_LAST_READ.get_ptr(tid) {
@@ -178,7 +179,7 @@ pub fn tls_read_abandon() {
 /// trusted for the head alone. `library`: `FLAG_TLS_OPENSSL` or
 /// `FLAG_TLS_GO`.
 #[inline(always)]
-pub fn tls_plaintext_read(sk: u64, buf: u64, cap: u64, n: u64, read_ahead: bool, library: u32) {
+pub fn tls_plaintext_read(sk: KPtr, buf: UPtr, cap: u64, n: u64, read_ahead: bool, library: u32) {
     let len = if n < cap { n } else { cap };
     if UPGRADED.get_ptr(sk).is_some() {
         // Read ahead is only trusted for the request head: a later read on
@@ -186,8 +187,7 @@ pub fn tls_plaintext_read(sk: u64, buf: u64, cap: u64, n: u64, read_ahead: bool,
         if read_ahead {
             return;
         }
-        let first =
-            unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u8) }.unwrap_or(0);
+        let first = buf.read::<u8>().unwrap_or(0);
         if is_control_frame_start(first) {
             emit_data(sk, buf, len, n, wstrace_common::DIR_RECEIVED | library);
         }

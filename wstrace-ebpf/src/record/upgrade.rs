@@ -12,12 +12,13 @@ use crate::{
     debug,
     kernel::{config, current_process_start_ns, fill_tuple, sk_is_tcp, sk_local_port},
     maps::{ACCEPTED, HEAD_BYTES, PEER_WRITERS, UPGRADED, UPGRADERS},
+    ptr::KPtr,
 };
 
 /// The local end of `sk` wrote a 101: start tracing the socket. Callers have
 /// already checked the port. `flags`: [`FLAG_TLS_OPENSSL`] when the 101 was
 /// seen in `SSL_write`, else 0.
-pub fn mark_upgraded(sk: u64, write_len: u64, probe: ProbeSet, flags: u32) {
+pub fn mark_upgraded(sk: KPtr, write_len: u64, probe: ProbeSet, flags: u32) {
     // A server socket is one a listener on the port accepted: a client
     // socket bound to the port writing a 101 forges nothing. The client
     // side (it *read* the 101 on a socket it connected) is never accepted;
@@ -69,7 +70,7 @@ pub fn mark_upgraded(sk: u64, write_len: u64, probe: ProbeSet, flags: u32) {
 /// who, by the socket's tuple, for the daemon to name the peer with. Written
 /// in the writer's own context, so it holds however soon the client closes.
 #[inline(always)]
-pub fn note_request_writer(sk: u64) {
+pub fn note_request_writer(sk: KPtr) {
     let mut key = SockTuple::default();
     // Every byte of the key is written (zeros where unreadable), so the
     // daemon can build the same bytes from the server's tuple.
@@ -91,12 +92,12 @@ pub fn note_request_writer(sk: u64) {
 /// Is `sk` a traced, upgraded socket? Port first: unrelated sockets never
 /// reach the map.
 #[inline(always)]
-pub fn is_upgraded(sk: u64) -> bool {
-    sk != 0 && sk_tuple_port_ok(sk) && UPGRADED.get_ptr(sk).is_some()
+pub fn is_upgraded(sk: KPtr) -> bool {
+    !sk.is_null() && sk_tuple_port_ok(sk) && UPGRADED.get_ptr(sk).is_some()
 }
 
 /// With every port traced, the port is not even read.
 #[inline(always)]
-pub(super) fn sk_tuple_port_ok(sk: u64) -> bool {
+pub(super) fn sk_tuple_port_ok(sk: KPtr) -> bool {
     config!(all_ports) != 0 || crate::kernel::port_traced(sk_local_port(sk))
 }
