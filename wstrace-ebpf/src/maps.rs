@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use wstrace_common::{
-    BUDGET_PROCESSES, INTERP_PROCESSES, INTERP_STASHED, InterpConfig, InterpStack, PORT_WORDS,
-    PeerWriter, ProcessBudget, SERVER_SLOTS as SERVER_SLOT_COUNT, STACK_SITES, SiteBudget,
-    SockTuple, StackRecord, lost, probe_log::LogBudget,
+    BUDGET_PROCESSES, HEAD_BUDGET, INTERP_PROCESSES, INTERP_STASHED, InterpConfig, InterpStack,
+    PORT_WORDS, PeerWriter, ProcessBudget, SERVER_SLOTS as SERVER_SLOT_COUNT, STACK_SITES,
+    SiteBudget, SockTuple, StackRecord, lost, probe_log::LogBudget,
 };
 
 use crate::ptr::{KPtr, UPtr};
@@ -101,11 +101,31 @@ pub static PENDING_READS: LruHashMap<u32, PendingRead> = LruHashMap::with_max_en
 /// `conn_info_map`): a socket whose first read was no request (a database
 /// connection, the client end of HTTP) costs one lookup per read and no
 /// copy from then on, and a busy plain-HTTP port is bounded by the head
-/// budget. Value: bytes copied, or'd with the `record::HEAD_*` class bits.
+/// budget. Value: bytes copied, or'd with the `HEAD_*` class bits below.
 /// LRU: an evicted socket is classified again by its next read (from the
 /// middle of its stream: a false "request" there costs one budgeted copy).
 #[map]
 pub static HEAD_BYTES: LruHashMap<KPtr, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// `HEAD_BYTES` bit of a socket whose first bytes were a TLS handshake
+/// record: raw reads are never copied (it is over the budget), and the
+/// bytes counted below it are plaintext from `SSL_read`.
+pub const HEAD_TLS: u32 = 0x8000_0000;
+
+/// `HEAD_BYTES` value of a socket whose first read began with `HTTP`: the
+/// client end of an HTTP connection, whose reads carry no request head.
+/// Its writes are still classified (a keep-alive client's next request).
+pub const HEAD_RESPONSE: u32 = 0x2000_0000;
+
+/// `HEAD_BYTES` value of a socket whose first read was neither a request,
+/// a response nor a TLS handshake: not HTTP. Its later reads stop at
+/// `record::receive::reads_done`, its writes in the fentry and kprobe sets
+/// at `record::known_not_http`: one lookup each, no copy.
+pub const HEAD_NOT_HTTP: u32 = 0x4000_0000;
+
+// Both classes read as "budget spent" wherever the count is compared.
+const _: () = assert!(HEAD_RESPONSE >= HEAD_BUDGET && HEAD_NOT_HTTP >= HEAD_BUDGET);
+const _: () = assert!(HEAD_RESPONSE & HEAD_TLS == 0 && HEAD_NOT_HTTP & HEAD_TLS == 0);
 
 /// A socket and a direction (`DIR_RECEIVED`, `DIR_SENT`). Two fields, not
 /// `sk | dir`: in the fentry set `sk` is a BTF pointer, on which the

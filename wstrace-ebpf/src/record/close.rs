@@ -5,7 +5,7 @@ use wstrace_common::{
     CloseEvent, EventKind, FLAG_EXIT_CODE, FLAG_TASK_EXITING, ProbeSet, STACK_DEPTH,
 };
 
-use super::emit::{fill_header, reserve};
+use crate::record::emit::{fill_header, reserve};
 use crate::{
     kernel::{current_exit_code, current_task_exiting},
     ptr::KPtr,

@@ -7,7 +7,7 @@ use wstrace_common::{
     SMALL_DATA_CAP,
 };
 
-use super::{
+use crate::record::{
     emit::{fill_header, reserve},
     upgrade::is_upgraded,
 };

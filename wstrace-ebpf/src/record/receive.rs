@@ -6,7 +6,7 @@ use wstrace_common::{
     UPGRADE_PREFIX_LEN, classify_first_read, is_upgrade_response, probe_log,
 };
 
-use super::{
+use crate::record::{
     classify::{control_frame_in, first_bytes},
     data::{continue_frame, emit_data, expect_rest, resume_window_open},
     tls::{note_tls_read, tls_socket_read},
@@ -15,7 +15,9 @@ use super::{
 use crate::{
     debug,
     kernel::{port_traced, sk_local_port},
-    maps::{HEAD_BYTES, PENDING_READS, PendingRead, UPGRADED},
+    maps::{
+        HEAD_BYTES, HEAD_NOT_HTTP, HEAD_RESPONSE, HEAD_TLS, PENDING_READS, PendingRead, UPGRADED,
+    },
     ptr::{KPtr, UPtr},
 };
 
@@ -126,26 +128,6 @@ pub fn read_exit(ret: i64, probe: ProbeSet) {
     let _ = HEAD_BYTES.insert(sk, copied + len.min(DATA_CAP as u64) as u32, 0);
     emit_data(sk, buf, len, total, DIR_RECEIVED);
 }
-
-/// `HEAD_BYTES` bit of a socket whose first bytes were a TLS handshake
-/// record: raw reads are never copied (it is over the budget), and the
-/// bytes counted below it are plaintext from `SSL_read`.
-pub(super) const HEAD_TLS: u32 = 0x8000_0000;
-
-/// `HEAD_BYTES` value of a socket whose first read began with `HTTP`: the
-/// client end of an HTTP connection, whose reads carry no request head.
-/// Its writes are still classified (a keep-alive client's next request).
-pub const HEAD_RESPONSE: u32 = 0x2000_0000;
-
-/// `HEAD_BYTES` value of a socket whose first read was neither a request,
-/// a response nor a TLS handshake: not HTTP. Its later reads stop at
-/// [`reads_done`], its writes in the fentry and kprobe sets at
-/// [`known_not_http`]: one lookup each, no copy.
-pub const HEAD_NOT_HTTP: u32 = 0x4000_0000;
-
-// Both classes read as "budget spent" wherever the count is compared.
-const _: () = assert!(HEAD_RESPONSE >= HEAD_BUDGET && HEAD_NOT_HTTP >= HEAD_BUDGET);
-const _: () = assert!(HEAD_RESPONSE & HEAD_TLS == 0 && HEAD_NOT_HTTP & HEAD_TLS == 0);
 
 /// Has `sk` nothing more to give its reads before an upgrade: classified as
 /// no request, or its head budget spent? Not TLS sockets: each of their raw

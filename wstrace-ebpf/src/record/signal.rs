@@ -3,7 +3,7 @@
 use aya_ebpf::EbpfContext;
 use wstrace_common::{CloseEvent, EventKind, SignalEvent};
 
-use super::{
+use crate::record::{
     close::fill_close,
     emit::{fill_header, reserve},
 };

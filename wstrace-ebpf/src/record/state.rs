@@ -2,7 +2,7 @@
 //! sockets, and the accepted mark that says which sockets may be upgraded.
 use wstrace_common::{DIR_RECEIVED, DIR_SENT, EventHeader, EventKind};
 
-use super::{
+use crate::record::{
     emit::{emit_header, fill_header, reserve},
     upgrade::sk_tuple_port_ok,
 };

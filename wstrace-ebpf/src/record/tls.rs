@@ -3,15 +3,16 @@
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use wstrace_common::{DATA_CAP, FLAG_TLS_OPENSSL, HEAD_BUDGET, ProbeSet};
 
-use super::{
+use crate::record::{
     classify::{Write, classify_write, is_control_frame_start},
     data::emit_data,
-    receive::HEAD_TLS,
     upgrade::{is_upgraded, mark_upgraded},
 };
 use crate::{
     kernel::config,
-    maps::{HEAD_BYTES, TLS_LAST_READ, TLS_READS, TLS_WRITES, TlsRead, TlsWrite, UPGRADED},
+    maps::{
+        HEAD_BYTES, HEAD_TLS, TLS_LAST_READ, TLS_READS, TLS_WRITES, TlsRead, TlsWrite, UPGRADED,
+    },
     ptr::{KPtr, UPtr},
 };
 

@@ -7,7 +7,7 @@ use wstrace_common::{
     EventHeader, EventKind, FLAG_CLIENT_SIDE, PeerWriter, ProbeSet, SockTuple, lost, probe_log,
 };
 
-use super::emit::{count_lost, fill_header, reserve};
+use crate::record::emit::{count_lost, fill_header, reserve};
 use crate::{
     debug,
     kernel::{config, current_process_start_ns, fill_tuple, sk_is_tcp, sk_local_port},
