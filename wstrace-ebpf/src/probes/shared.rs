@@ -13,7 +13,8 @@ use crate::{
 
 /// Port filter first: with `--port`, every other socket on the host leaves
 /// after two reads (local port: the server's side; remote port: a client on
-/// this host writing its request to a traced port); then the socket's class.
+/// this host writing its request to a traced port); then the socket's class;
+/// then the bytes, and what they mean (`record::on_socket_write`).
 #[inline(always)]
 pub fn on_tcp_sendmsg(sk: KPtr, msg: KPtr, size: u64, probe: ProbeSet) {
     if sk.is_null() {
@@ -40,36 +41,25 @@ pub fn on_tcp_sendmsg(sk: KPtr, msg: KPtr, size: u64, probe: ProbeSet) {
     if kind == record::Write::Other && debug::on() {
         note_misplaced_101(sk, buf, len);
     }
-    match (kind, server_side) {
-        (record::Write::Upgrade, true) => record::mark_upgraded(sk, size, probe, 0),
-        (record::Write::ControlFrame { missing }, true) => {
-            // Cut at the first iovec while the write goes on: the rest of
-            // the frame is in the second.
-            let second = if missing > 0 && size > len {
+    record::on_socket_write(
+        sk,
+        kind,
+        buf,
+        len,
+        size,
+        || server_side,
+        record::take_tls_write,
+        // Cut at the first iovec while the write goes on: the rest of the
+        // frame is in the second.
+        || {
+            if size > len {
                 msghdr_second_iovec(msg)
             } else {
                 None
-            };
-            record::frames_written(sk, buf, len, size, Some(missing), second)
-        }
-        (record::Write::Other, true) => {
-            // TLS records: the plaintext of the SSL_write this thread is
-            // in; else perhaps the rest of a control frame cut by the last
-            // write.
-            if let Some(w) = record::take_tls_write() {
-                record::tls_socket_write(sk, w, size, probe);
-            } else if record::resume_window_open() {
-                record::frames_written(sk, buf, len, size, None, None)
             }
-        }
-        // The client side of a connection to a traced port (with every
-        // port traced, of any connection: `server_side` is then always
-        // true, so the remote port is what says it).
-        (record::Write::Request, _) if port_traced(sk_remote_port(sk)) => {
-            record::note_request_writer(sk)
-        }
-        _ => {}
-    }
+        },
+        probe,
+    );
 }
 
 /// `--debug-probes`, a write on a socket of no traced port: logged if it

@@ -11,7 +11,7 @@ use wstrace_common::{ProbeSet, probe_log, server_slot};
 
 use crate::{
     debug,
-    kernel::{config, port_traced, sk_local_port, sk_remote_port, sock_of_fd},
+    kernel::{config, port_traced, sk_local_port, sock_of_fd},
     maps::{SERVER_SLOTS, SERVERS},
     ptr::{Iovec, KPtr, UPtr},
     record,
@@ -70,64 +70,57 @@ fn is_server() -> bool {
 }
 
 /// Data check first (cheap, rules out nearly every write), then the fd walk,
-/// then the port filter, and only then the map. A request (`GET `) counts on
-/// the client side of a traced connection (remote port traced); a 101 or a
-/// control frame on the server side (local port traced). `second`: a
-/// writev's second iovec (`iov` with `vlen` > 1), read only when a control
-/// frame runs past the first.
+/// and only then what the write means (`record::on_socket_write`: the port
+/// filter, then the maps). `iov`, `vlen`: a writev's iovecs, whose second
+/// is read only when a control frame runs past the first.
 #[inline(always)]
 fn on_write(fd: u64, buf: UPtr, len: u64, iov: UPtr, vlen: u64) {
     let kind = record::classify_write(buf, len);
+    let mut tls = None;
     if kind == record::Write::Other {
         if debug::on() {
             note_misplaced_101(fd, buf, len);
         }
         // TLS records carry nothing readable: a server's thread inside an
-        // SSL_write of a 101 or a control frame says what they hold.
-        if config!(tls) != 0 && is_server() && on_tls_write(fd, len) {
-            return;
+        // SSL_write of a 101 or a control frame says what they hold. Taken
+        // here, by the thread's first write that looks like nothing,
+        // whatever its fd: what the fd walk costs is paid only then.
+        if config!(tls) != 0 && is_server() {
+            tls = record::take_tls_write();
         }
         // A write that looks like nothing may still continue a control
         // frame cut by the last one: walked to its socket only while one
         // may be.
-        if !record::resume_window_open() {
+        if tls.is_none() && !record::resume_window_open() {
             return;
         }
     }
     let Some(sk) = sock_of_fd(fd) else { return };
-    if kind == record::Write::Request {
-        if port_traced(sk_remote_port(sk)) {
-            record::note_request_writer(sk);
-            // With every port traced, a process that writes a request may
-            // read a 101 back (the client side): its reads are walked too.
-            if config!(all_ports) != 0 {
-                note_server();
-            }
-        }
-        return;
-    }
-    if !port_traced(sk_local_port(sk)) {
-        if kind == record::Write::Upgrade {
-            debug::note(probe_log::IGNORED_PORT, sk, len);
-        }
-        return;
-    }
-    match kind {
-        record::Write::Upgrade => {
-            // A worker handed its sockets by another process (fd passing)
-            // is known from its first 101 on.
-            note_server();
-            record::mark_upgraded(sk, len, ProbeSet::Tracepoint, 0)
-        }
-        record::Write::ControlFrame { missing } => {
-            let second = if missing > 0 && vlen > 1 {
+    let written = record::on_socket_write(
+        sk,
+        kind,
+        buf,
+        len,
+        len,
+        || port_traced(sk_local_port(sk)),
+        || tls,
+        || {
+            if vlen > 1 {
                 Some(first_iovec(iov.add(size_of::<Iovec>() as u64)))
             } else {
                 None
-            };
-            record::frames_written(sk, buf, len, len, Some(missing), second)
-        }
-        _ => record::frames_written(sk, buf, len, len, None, None),
+            }
+        },
+        ProbeSet::Tracepoint,
+    );
+    match written {
+        // A worker handed its sockets by another process (fd passing) is
+        // known from its first 101 on.
+        record::Written::Upgrade => note_server(),
+        // With every port traced, a process that writes a request may read
+        // a 101 back (the client side): its reads are walked too.
+        record::Written::Request if config!(all_ports) != 0 => note_server(),
+        _ => {}
     }
 }
 
@@ -146,25 +139,6 @@ fn note_misplaced_101(fd: u64, buf: UPtr, len: u64) {
     } else {
         debug::note(probe_log::IGNORED_NOT_AT_START, sk, at);
     }
-}
-
-/// A write whose bytes say nothing, in a server: the plaintext of the
-/// SSL_write this thread is in, if any, is what the socket carries. True
-/// when there was one (the write is accounted for).
-#[inline(always)]
-fn on_tls_write(fd: u64, len: u64) -> bool {
-    let Some(w) = record::take_tls_write() else {
-        return false;
-    };
-    if let Some(sk) = sock_of_fd(fd)
-        && port_traced(sk_local_port(sk))
-    {
-        if w.kind == record::TLS_UPGRADE {
-            note_server();
-        }
-        record::tls_socket_write(sk, w, len, ProbeSet::Tracepoint);
-    }
-    true
 }
 
 /// Read-family entry in a process that serves a traced port (callers check

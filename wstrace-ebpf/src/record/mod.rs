@@ -10,7 +10,8 @@
 //! - `signal`: a crash, and signals or OOM kills aimed at an upgrader;
 //! - `data`: control frame bytes and their continuation across writes;
 //! - `receive`: the read path (request head, the client's 101, frames read);
-//! - `tls`: plaintext from the TLS uprobes tied to the thread's socket I/O.
+//! - `tls`: plaintext from the TLS uprobes tied to the thread's socket I/O;
+//! - `write`: what a write on a socket means, for every probe set.
 mod classify;
 mod close;
 mod data;
@@ -20,15 +21,17 @@ mod signal;
 mod state;
 mod tls;
 mod upgrade;
+mod write;
 
 pub use classify::{Write, classify_write};
 pub use close::close;
-pub use data::{frames_written, resume_window_open};
+pub use data::resume_window_open;
 pub use receive::{known_not_http, read_entry, read_exit};
 pub use signal::{crash, is_upgrader, signal};
 pub use state::{destroy, forget_head, note_accepted, reset, state_change};
 pub use tls::{
-    TLS_UPGRADE, take_tls_write, tls_plaintext_read, tls_read_abandon, tls_read_entry,
-    tls_read_return, tls_socket_write, tls_write_entry,
+    take_tls_write, tls_plaintext_read, tls_read_abandon, tls_read_entry, tls_read_return,
+    tls_write_entry,
 };
-pub use upgrade::{is_upgraded, mark_upgraded, note_request_writer};
+pub use upgrade::is_upgraded;
+pub use write::{Written, on_socket_write};
