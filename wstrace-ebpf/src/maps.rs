@@ -32,7 +32,7 @@ pub struct TlsWrite {
     pub len: u64,
     /// Which library's write: `FLAG_TLS_OPENSSL` or `FLAG_TLS_GO`.
     pub library: u32,
-    /// `record::TLS_UPGRADE` or `record::TLS_CONTROL_FRAME`.
+    /// `record::tls::TLS_UPGRADE` or `record::tls::TLS_CONTROL_FRAME`.
     pub kind: u8,
     pub _pad: [u8; 3],
 }
@@ -86,7 +86,7 @@ pub static ACCEPTED: LruHashMap<KPtr, u8> = LruHashMap::with_max_entries(65536, 
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::REASONS, 0);
 
 /// Process (tgid) -> its event budget while `EVENTS` is past half full
-/// (`record::fair_share`), and what it lost over it. LRU.
+/// (`record::emit::fair_share`), and what it lost over it. LRU.
 #[map]
 pub static PROCESS_BUDGETS: LruHashMap<u32, ProcessBudget> =
     LruHashMap::with_max_entries(BUDGET_PROCESSES, 0);
@@ -191,7 +191,7 @@ pub static STACK_SCRATCH: Array<StackRecord> = Array::with_max_entries(1, 0);
 #[map]
 pub static STACKS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
-/// Call site hash -> its stack copy budget (`record::user_stack_copy`).
+/// Call site hash -> its stack copy budget (`ustack::copy_for_close`).
 /// LRU: a process that makes up new call sites only evicts old budgets.
 #[map]
 pub static SITE_BUDGETS: LruHashMap<u64, SiteBudget> = LruHashMap::with_max_entries(STACK_SITES, 0);

@@ -2,7 +2,7 @@
 //! embeds it with symbols), attached by the daemon per server process
 //! (`attach::tls`): the plaintext of `SSL_write` and `SSL_read`, tied to
 //! the socket by the thread's next socket write or its socket read inside
-//! the call (record.rs). No OpenSSL struct is read.
+//! the call (record/tls.rs). No OpenSSL struct is read.
 //!
 //! Checked against OpenSSL 1.1.1 and 3.x (ssl.h), x86_64 System V ABI:
 //! `int SSL_write(SSL *s, const void *buf, int num)`,
