@@ -9,7 +9,7 @@
 //! verifier, and the daemon renders the text from the code. Each CPU logs at
 //! most `LINES_PER_SECOND` lines a second; the rest are counted in
 //! `LOG_BUDGET` for the daemon to say how many were dropped.
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use aya_log_ebpf::info;
 use wstrace_common::{
     UPGRADE_PREFIX_LEN,
@@ -19,6 +19,7 @@ use wstrace_common::{
 use crate::{
     kernel::{config, sk_local_port, sk_remote_port},
     maps::LOG_BUDGET,
+    ptr::{KPtr, UPtr},
 };
 
 /// Is the decision log on (`--debug-probes`)?
@@ -30,7 +31,7 @@ pub fn on() -> bool {
 /// Logs decision `code` (`probe_log::*`) about socket `sk` (0: not known)
 /// with its number `arg`, if the log is on.
 #[inline(always)]
-pub fn note(code: u32, sk: u64, arg: u64) {
+pub fn note(code: u32, sk: KPtr, arg: u64) {
     if on() {
         log(code, sk, arg);
     }
@@ -39,12 +40,12 @@ pub fn note(code: u32, sk: u64, arg: u64) {
 /// Out of line: one copy of the log's code, not one per call site (each
 /// would add to every program's size and verification).
 #[inline(never)]
-fn log(code: u32, sk: u64, arg: u64) {
+fn log(code: u32, sk: KPtr, arg: u64) {
     if !within_budget() {
         return;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let (local, remote) = if sk != 0 {
+    let (local, remote) = if !sk.is_null() {
         (sk_local_port(sk), sk_remote_port(sk))
     } else {
         (0, 0)
@@ -86,15 +87,14 @@ fn within_budget() -> bool {
 /// writes), `u64::MAX` for neither. One user copy and a bounded scan: the
 /// cost of asking, paid only with the log on.
 #[inline(never)]
-pub fn misplaced_101(buf: u64, len: u64) -> u64 {
-    if buf == 0 || len < 8 {
+pub fn misplaced_101(buf: UPtr, len: u64) -> u64 {
+    if buf.is_null() || len < 8 {
         return u64::MAX;
     }
     if len < UPGRADE_PREFIX_LEN as u64 {
         // `HTTP/1.x` and nothing after the code's first digits.
-        // SAFETY: a user read into a local; failure is no finding.
-        let w = unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const u64) };
-        return match w {
+        // A failed read is no finding.
+        return match buf.read::<u64>() {
             Ok(w) if w & 0x00FF_FFFF_FFFF_FFFF == u64::from_le_bytes(*b"HTTP/1.\0") => 0,
             _ => u64::MAX,
         };
@@ -102,8 +102,7 @@ pub fn misplaced_101(buf: u64, len: u64) -> u64 {
     // A write shorter than the scan is read as far anyway: bytes past it
     // are never looked at (`end`), and a read that fails is no finding.
     let mut b = [0u8; SCAN_BYTES];
-    // SAFETY: a user read into a local buffer of its own size.
-    if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut b) }.is_err() {
+    if buf.read_buf(&mut b).is_err() {
         return u64::MAX;
     }
     let end = if len < SCAN_BYTES as u64 {

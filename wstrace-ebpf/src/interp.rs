@@ -21,22 +21,27 @@
 //!
 //! Only processes the daemon registered in `INTERP_PROCS` (with the offsets
 //! of their interpreter build) are walked: every other close costs one
-//! lookup. Everything read is the process's, so hostile: reads are
-//! `bpf_probe_read_user` (a bad pointer fails the read, never the kernel),
+//! lookup. Everything read is the process's, so hostile: every address is
+//! a `UPtr`, read with `bpf_probe_read_user` (a bad pointer fails the read,
+//! never the kernel),
 //! both loops are bounded, and the walk ends with a status saying why.
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user};
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use wstrace_common::{
     ABSENT, INTERP_FRAMES, INTERP_THREADS, InterpConfig, InterpFrame, InterpStack, interp,
 };
 
-use crate::maps::{INTERP_PROCS, INTERP_SCRATCH, INTERP_STASH, INTERP_WINDOW};
+use crate::{
+    maps::{INTERP_PROCS, INTERP_SCRATCH, INTERP_STASH, INTERP_WINDOW},
+    ptr::{KPtr, UPtr},
+};
 
+/// The pointer at `addr` in the interpreter's memory.
 #[inline(always)]
-fn user_word(addr: u64) -> Option<u64> {
-    if addr == 0 {
+fn user_word(addr: UPtr) -> Option<UPtr> {
+    if addr.is_null() {
         return None;
     }
-    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+    addr.read::<UPtr>().ok()
 }
 
 /// Word `i` (0..8) of a frame's window. The window is in a map value, not
@@ -92,11 +97,7 @@ pub unsafe fn take(out: *mut InterpStack) {
     if let Some(src) = INTERP_STASH.get_ptr(&tid) {
         // One helper call, whatever the size: a verifier-cheap copy.
         let copied = unsafe {
-            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
-                out.cast(),
-                core::mem::size_of::<InterpStack>() as u32,
-                src.cast(),
-            )
+            KPtr::of(src).copy_to(out.cast(), core::mem::size_of::<InterpStack>() as u32)
         };
         if copied == 0 {
             return;
@@ -115,7 +116,7 @@ unsafe fn frames(c: &InterpConfig, tid: u32, out: *mut InterpStack) -> u32 {
     let frame = if c.threads_head == ABSENT {
         // One interpreter state per process, at a fixed place (PHP
         // non-ZTS: `executor_globals.current_execute_data`).
-        user_word(c.runtime.wrapping_add(c.frame_ptr_current)).ok_or(interp::READ_FAILED)
+        user_word(UPtr::new(c.runtime).add(c.frame_ptr_current)).ok_or(interp::READ_FAILED)
     } else {
         innermost_python_frame(c, tid)
     };
@@ -128,32 +129,34 @@ unsafe fn frames(c: &InterpConfig, tid: u32, out: *mut InterpStack) -> u32 {
 /// The closing thread's innermost frame, through the interpreter's list of
 /// thread states, each naming its OS thread.
 #[inline(always)]
-fn innermost_python_frame(c: &InterpConfig, tid: u32) -> Result<u64, u32> {
-    let is = user_word(c.runtime.wrapping_add(c.interp_head)).ok_or(interp::READ_FAILED)?;
-    let mut ts = user_word(is.wrapping_add(c.threads_head)).ok_or(interp::READ_FAILED)?;
-    let mut found = 0u64;
+fn innermost_python_frame(c: &InterpConfig, tid: u32) -> Result<UPtr, u32> {
+    let is = user_word(UPtr::new(c.runtime).add(c.interp_head)).ok_or(interp::READ_FAILED)?;
+    let mut ts = user_word(is.add(c.threads_head)).ok_or(interp::READ_FAILED)?;
+    let mut found = UPtr::NULL;
     for _ in 0..INTERP_THREADS {
-        if ts == 0 {
+        if ts.is_null() {
             break;
         }
-        let t = unsafe { bpf_probe_read_user(ts.wrapping_add(c.tstate_tid) as *const u32) }
+        let t = ts
+            .add(c.tstate_tid)
+            .read::<u32>()
             .map_err(|_| interp::READ_FAILED)?;
         if t == tid {
             found = ts;
             break;
         }
-        ts = user_word(ts.wrapping_add(c.tstate_next)).ok_or(interp::READ_FAILED)?;
+        ts = user_word(ts.add(c.tstate_next)).ok_or(interp::READ_FAILED)?;
     }
-    if found == 0 {
+    if found.is_null() {
         return Err(interp::NO_THREAD);
     }
-    let fp = user_word(found.wrapping_add(c.tstate_frame_ptr)).ok_or(interp::READ_FAILED)?;
-    user_word(fp.wrapping_add(c.frame_ptr_current)).ok_or(interp::READ_FAILED)
+    let fp = user_word(found.add(c.tstate_frame_ptr)).ok_or(interp::READ_FAILED)?;
+    user_word(fp.add(c.frame_ptr_current)).ok_or(interp::READ_FAILED)
 }
 
 /// Copies the chain from `frame` out; returns the walk's status.
 #[inline(always)]
-unsafe fn walk_frames(c: &InterpConfig, mut frame: u64, out: *mut InterpStack) -> u32 {
+unsafe fn walk_frames(c: &InterpConfig, mut frame: UPtr, out: *mut InterpStack) -> u32 {
     let Some(w) = INTERP_WINDOW.get_ptr_mut(0) else {
         return interp::NONE;
     };
@@ -165,18 +168,12 @@ unsafe fn walk_frames(c: &InterpConfig, mut frame: u64, out: *mut InterpStack) -
     let mut n = 0u32;
     let mut status = interp::TRUNCATED;
     for i in 0..INTERP_FRAMES {
-        if frame == 0 {
+        if frame.is_null() {
             status = interp::OK;
             break;
         }
         // SAFETY: a map value of 64 bytes, this CPU's.
-        let read = unsafe {
-            aya_ebpf::helpers::generated::bpf_probe_read_user(
-                w.cast(),
-                64,
-                frame.wrapping_add(c.frame_window) as *const _,
-            )
-        };
+        let read = unsafe { frame.add(c.frame_window).copy_to(w.cast(), 64) };
         if read != 0 {
             status = interp::READ_FAILED;
             break;
@@ -194,7 +191,7 @@ unsafe fn walk_frames(c: &InterpConfig, mut frame: u64, out: *mut InterpStack) -
             mask |= 1 << i;
         }
         n = i as u32 + 1;
-        let prev = pick(w, prev_i);
+        let prev = UPtr::new(pick(w, prev_i));
         if prev == frame || prev == first {
             status = interp::LOOP;
             break;

@@ -4,10 +4,12 @@
 //! loading; `ABSENT` marks a field this kernel lacks. Fields are read with
 //! [`config!`], a `read_volatile`, so LLVM cannot fold in the compile-time
 //! default before the daemon's value is patched in.
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, generated as helpers};
 use wstrace_common::{ABSENT, AF_INET, AF_INET6, KernelConfig, SockTuple, port_bit};
 
-use crate::maps::TRACED_PORTS;
+use crate::{
+    maps::TRACED_PORTS,
+    ptr::{Iovec, KPtr, UPtr},
+};
 
 /// Ports, sizes and this kernel's offsets; see [`KernelConfig`].
 #[unsafe(no_mangle)]
@@ -46,16 +48,6 @@ pub fn port_traced(port: u16) -> bool {
     }
 }
 
-/// `*(T *)(base + off)` in kernel memory; fails for a NULL base or an
-/// absent field.
-#[inline(always)]
-pub fn read<T>(base: u64, off: u64) -> Result<T, i64> {
-    if base == 0 || off == ABSENT {
-        return Err(-1);
-    }
-    unsafe { bpf_probe_read_kernel((base + off) as *const T).map_err(|e| e as i64) }
-}
-
 /// Local port of a socket (host order), 0 when unreadable.
 ///
 /// `skc_num` first; once `tcp_set_state(TCP_CLOSE)` has unhashed the socket
@@ -63,50 +55,50 @@ pub fn read<T>(base: u64, off: u64) -> Result<T, i64> {
 /// after it and the socket's destruction all come later. `inet_sport` (network
 /// order) keeps the port until the socket is freed.
 #[inline(always)]
-pub fn sk_local_port(sk: u64) -> u16 {
-    match read::<u16>(sk, config!(skc_num)).unwrap_or(0) {
-        0 => u16::from_be(read::<u16>(sk, config!(inet_sport)).unwrap_or(0)),
+pub fn sk_local_port(sk: KPtr) -> u16 {
+    match sk.field::<u16>(config!(skc_num)).unwrap_or(0) {
+        0 => u16::from_be(sk.field::<u16>(config!(inet_sport)).unwrap_or(0)),
         port => port,
     }
 }
 
 /// Remote port of a socket (host order), 0 when unreadable.
 #[inline(always)]
-pub fn sk_remote_port(sk: u64) -> u16 {
-    u16::from_be(read::<u16>(sk, config!(skc_dport)).unwrap_or(0))
+pub fn sk_remote_port(sk: KPtr) -> u16 {
+    u16::from_be(sk.field::<u16>(config!(skc_dport)).unwrap_or(0))
 }
 
 /// The socket's hard error (`sk_err`), 0 when none or unreadable.
 #[inline(always)]
-pub fn sk_err(sk: u64) -> u32 {
-    read::<u32>(sk, config!(sk_err)).unwrap_or(0)
+pub fn sk_err(sk: KPtr) -> u32 {
+    sk.field::<u32>(config!(sk_err)).unwrap_or(0)
 }
 
 #[inline(always)]
-pub fn sk_state(sk: u64) -> u8 {
-    read::<u8>(sk, config!(skc_state)).unwrap_or(0)
+pub fn sk_state(sk: KPtr) -> u8 {
+    sk.field::<u8>(config!(skc_state)).unwrap_or(0)
 }
 
 /// True unless the kernel says the socket is not TCP (UDP sockets have local
 /// ports too). Kernels where `sk_protocol` is a bitfield skip the check.
 #[inline(always)]
-pub fn sk_is_tcp(sk: u64) -> bool {
+pub fn sk_is_tcp(sk: KPtr) -> bool {
     let off = config!(sk_protocol);
     if off == ABSENT {
         return true;
     }
-    read::<u16>(sk, off).map(|p| p == 6).unwrap_or(false)
+    sk.field::<u16>(off).map(|p| p == 6).unwrap_or(false)
 }
 
 /// Writes the socket's addresses into `*t` (ring-buffer memory, so every
 /// byte is written: unreadable or absent fields become zeros).
 #[inline(always)]
-pub unsafe fn fill_tuple(t: *mut SockTuple, sk: u64) {
-    let family = read::<u16>(sk, config!(skc_family)).unwrap_or(0);
+pub unsafe fn fill_tuple(t: *mut SockTuple, sk: KPtr) {
+    let family = sk.field::<u16>(config!(skc_family)).unwrap_or(0);
     unsafe {
         (*t).family = family;
         (*t).lport = sk_local_port(sk);
-        (*t).rport = u16::from_be(read::<u16>(sk, config!(skc_dport)).unwrap_or(0));
+        (*t).rport = u16::from_be(sk.field::<u16>(config!(skc_dport)).unwrap_or(0));
         (*t)._pad = 0;
         (*t).laddr = [0; 16];
         (*t).raddr = [0; 16];
@@ -118,20 +110,11 @@ pub unsafe fn fill_tuple(t: *mut SockTuple, sk: u64) {
             return;
         };
         // Straight into the entry: no 16-byte temporaries on the BPF stack.
-        read_into((&raw mut (*t).laddr).cast(), n, sk, l);
-        read_into((&raw mut (*t).raddr).cast(), n, sk, r);
+        // On failure the helper zeroes the address, which is what the
+        // caller wants.
+        sk.copy_field_to(l, (&raw mut (*t).laddr).cast(), n);
+        sk.copy_field_to(r, (&raw mut (*t).raddr).cast(), n);
     }
-}
-
-/// Copies `len` bytes of kernel memory at `base + off` to `dst`; leaves
-/// `dst` as it was for a NULL base or an absent field.
-#[inline(always)]
-unsafe fn read_into(dst: *mut u8, len: u32, base: u64, off: u64) {
-    if base == 0 || off == ABSENT {
-        return;
-    }
-    // On failure the helper zeroes `dst`, which is what the caller wants.
-    unsafe { helpers::bpf_probe_read_kernel(dst.cast(), len, (base + off) as *const _) };
 }
 
 /// PF_EXITING (include/linux/sched.h): the task is in do_exit.
@@ -139,8 +122,8 @@ const PF_EXITING: u32 = 0x4;
 
 #[inline(always)]
 pub fn current_task_exiting() -> bool {
-    let task = unsafe { bpf_get_current_task() };
-    read::<u32>(task, config!(task_flags))
+    KPtr::current_task()
+        .field::<u32>(config!(task_flags))
         .map(|f| f & PF_EXITING != 0)
         .unwrap_or(false)
 }
@@ -149,17 +132,18 @@ pub fn current_task_exiting() -> bool {
 /// task's files), if this kernel's layout is known.
 #[inline(always)]
 pub fn current_exit_code() -> Option<u32> {
-    let task = unsafe { bpf_get_current_task() };
-    read::<u32>(task, config!(task_exit_code)).ok()
+    KPtr::current_task()
+        .field::<u32>(config!(task_exit_code))
+        .ok()
 }
 
 /// Start time of the current process (its group leader), ns since boot; 0
 /// if unknown.
 #[inline(always)]
 pub fn current_process_start_ns() -> u64 {
-    let task = unsafe { bpf_get_current_task() };
-    read::<u64>(task, config!(task_group_leader))
-        .and_then(|leader| read::<u64>(leader, config!(task_start_time)))
+    KPtr::current_task()
+        .field::<KPtr>(config!(task_group_leader))
+        .and_then(|leader| leader.field::<u64>(config!(task_start_time)))
         .unwrap_or(0)
 }
 
@@ -168,23 +152,24 @@ pub fn current_process_start_ns() -> u64 {
 /// A non-socket file's private_data is something else entirely, so the walk
 /// only trusts it when `socket->file` points back at the same file.
 #[inline(always)]
-pub fn sock_of_fd(fd: u64) -> Option<u64> {
-    let task = unsafe { bpf_get_current_task() };
-    let files = read::<u64>(task, config!(task_files)).ok()?;
-    let fdt = read::<u64>(files, config!(files_fdt)).ok()?;
-    let max_fds = read::<u32>(fdt, config!(fdt_max_fds)).ok()? as u64;
+pub fn sock_of_fd(fd: u64) -> Option<KPtr> {
+    let files = KPtr::current_task()
+        .field::<KPtr>(config!(task_files))
+        .ok()?;
+    let fdt = files.field::<KPtr>(config!(files_fdt)).ok()?;
+    let max_fds = fdt.field::<u32>(config!(fdt_max_fds)).ok()? as u64;
     if fd >= max_fds {
         return None;
     }
-    let fd_array = read::<u64>(fdt, config!(fdt_fd)).ok()?;
-    let file = unsafe { bpf_probe_read_kernel((fd_array + fd * 8) as *const u64) }.ok()?;
-    let socket = read::<u64>(file, config!(file_private_data)).ok()?;
-    let back = read::<u64>(socket, config!(socket_file)).ok()?;
+    let fd_array = fdt.field::<KPtr>(config!(fdt_fd)).ok()?;
+    let file = fd_array.add(fd * 8).read::<KPtr>().ok()?;
+    let socket = file.field::<KPtr>(config!(file_private_data)).ok()?;
+    let back = socket.field::<KPtr>(config!(socket_file)).ok()?;
     if back != file {
         return None;
     }
-    let sk = read::<u64>(socket, config!(socket_sk)).ok()?;
-    if sk == 0 { None } else { Some(sk) }
+    let sk = socket.field::<KPtr>(config!(socket_sk)).ok()?;
+    if sk.is_null() { None } else { Some(sk) }
 }
 
 /// The user address of the first byte a `struct msghdr *` carries
@@ -193,20 +178,20 @@ pub fn sock_of_fd(fd: u64) -> Option<u64> {
 /// past it would read whatever memory follows), or unbounded for ITER_UBUF
 /// (the caller's length bounds it).
 #[inline(always)]
-pub fn msghdr_user_buf(msg: u64) -> Option<(u64, u64)> {
+pub fn msghdr_user_buf(msg: KPtr) -> Option<(UPtr, u64)> {
     let msg_iter = config!(msghdr_iter);
-    if msg == 0 || msg_iter == ABSENT {
+    if msg.is_null() || msg_iter == ABSENT {
         return None;
     }
-    let iter = msg + msg_iter;
-    let kind = (read::<u8>(iter, config!(iter_type)).ok()? as u64) & config!(iter_type_mask);
+    let iter = msg.add(msg_iter);
+    let kind = (iter.field::<u8>(config!(iter_type)).ok()? as u64) & config!(iter_type_mask);
     if kind == config!(iter_ubuf_value) {
-        Some((read::<u64>(iter, config!(iter_ubuf)).ok()?, u64::MAX))
+        Some((iter.field::<UPtr>(config!(iter_ubuf)).ok()?, u64::MAX))
     } else if kind == config!(iter_iovec_value) {
-        let iov = read::<u64>(iter, config!(iter_iov)).ok()?;
-        // struct iovec { iov_base; iov_len; } (uapi, stable).
-        let v = unsafe { bpf_probe_read_kernel(iov as *const [u64; 2]) }.ok()?;
-        Some((v[0], v[1]))
+        // The kernel's copy of the caller's iovecs (import_iovec).
+        let iov = iter.field::<KPtr>(config!(iter_iov)).ok()?;
+        let v = iov.read::<Iovec>().ok()?;
+        Some((v.base, v.len))
     } else {
         None
     }
@@ -217,17 +202,17 @@ pub fn msghdr_user_buf(msg: u64) -> Option<(u64, u64)> {
 /// when a control frame runs past the first (a writev of a frame header and
 /// its payload).
 #[inline(always)]
-pub fn msghdr_second_iovec(msg: u64) -> Option<(u64, u64)> {
+pub fn msghdr_second_iovec(msg: KPtr) -> Option<(UPtr, u64)> {
     let msg_iter = config!(msghdr_iter);
-    if msg == 0 || msg_iter == ABSENT {
+    if msg.is_null() || msg_iter == ABSENT {
         return None;
     }
-    let iter = msg + msg_iter;
-    let kind = (read::<u8>(iter, config!(iter_type)).ok()? as u64) & config!(iter_type_mask);
+    let iter = msg.add(msg_iter);
+    let kind = (iter.field::<u8>(config!(iter_type)).ok()? as u64) & config!(iter_type_mask);
     if kind != config!(iter_iovec_value) {
         return None;
     }
-    let iov = read::<u64>(iter, config!(iter_iov)).ok()?;
-    let v = unsafe { bpf_probe_read_kernel((iov + 16) as *const [u64; 2]) }.ok()?;
-    Some((v[0], v[1]))
+    let iov = iter.field::<KPtr>(config!(iter_iov)).ok()?;
+    let v = iov.add(size_of::<Iovec>() as u64).read::<Iovec>().ok()?;
+    Some((v.base, v.len))
 }

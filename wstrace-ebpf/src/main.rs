@@ -21,6 +21,7 @@ mod interp;
 mod kernel;
 mod maps;
 mod probes;
+mod ptr;
 mod record;
 mod ustack;
 

@@ -5,17 +5,19 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use wstrace_common::{
-    BUDGET_PROCESSES, INTERP_PROCESSES, INTERP_STASHED, InterpConfig, InterpStack, PORT_WORDS,
-    PeerWriter, ProcessBudget, SERVER_SLOTS as SERVER_SLOT_COUNT, STACK_SITES, SiteBudget,
-    SockTuple, StackRecord, lost, probe_log::LogBudget,
+    BUDGET_PROCESSES, HEAD_BUDGET, INTERP_PROCESSES, INTERP_STASHED, InterpConfig, InterpStack,
+    PORT_WORDS, PeerWriter, ProcessBudget, SERVER_SLOTS as SERVER_SLOT_COUNT, STACK_SITES,
+    SiteBudget, SockTuple, StackRecord, lost, probe_log::LogBudget,
 };
+
+use crate::ptr::{KPtr, UPtr};
 
 /// A read in flight on a traced-port socket: where its bytes will land.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PendingRead {
-    pub sk: u64,
-    pub buf: u64,
+    pub sk: KPtr,
+    pub buf: UPtr,
     /// Bytes that fit at `buf` contiguously (the first iovec of a readv).
     pub cap: u64,
 }
@@ -26,25 +28,25 @@ pub struct PendingRead {
 #[derive(Clone, Copy)]
 pub struct TlsWrite {
     /// Plaintext buffer and length given to `SSL_write`.
-    pub buf: u64,
+    pub buf: UPtr,
     pub len: u64,
     /// Which library's write: `FLAG_TLS_OPENSSL` or `FLAG_TLS_GO`.
     pub library: u32,
-    /// `record::TLS_UPGRADE` or `record::TLS_CONTROL_FRAME`.
+    /// `record::tls::TLS_UPGRADE` or `record::tls::TLS_CONTROL_FRAME`.
     pub kind: u8,
     pub _pad: [u8; 3],
 }
 
 /// A thread inside `SSL_read`: where the plaintext lands, and the socket
-/// the thread read ciphertext from meanwhile (0 until it does).
+/// the thread read ciphertext from meanwhile (NULL until it does).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct TlsRead {
-    pub buf: u64,
+    pub buf: UPtr,
     pub cap: u64,
-    /// `SSL_read_ex`'s `size_t *readbytes` (0 for `SSL_read`).
-    pub readbytes: u64,
-    pub sk: u64,
+    /// `SSL_read_ex`'s `size_t *readbytes` (NULL for `SSL_read`).
+    pub readbytes: UPtr,
+    pub sk: KPtr,
 }
 
 /// `--debug-probes`: each CPU's log budget (`crate::debug`); the daemon
@@ -66,7 +68,7 @@ pub static TRACED_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 /// `struct sock *` -> ktime of the 101 write. Only upgraded sockets on a
 /// traced port live here; LRU so a flood of never-closed sockets cannot fill it.
 #[map]
-pub static UPGRADED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+pub static UPGRADED: LruHashMap<KPtr, u64> = LruHashMap::with_max_entries(65536, 0);
 
 /// `struct sock *` of sockets a listener on a traced port accepted (the
 /// kernel moved them SYN_RECV -> ESTABLISHED: a passive open). Only these
@@ -75,7 +77,7 @@ pub static UPGRADED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 
 /// Removed when the socket is destroyed (its address may be reused); LRU
 /// as the backstop. The daemon sizes it like UPGRADED (`--max-sockets`).
 #[map]
-pub static ACCEPTED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+pub static ACCEPTED: LruHashMap<KPtr, u8> = LruHashMap::with_max_entries(65536, 0);
 
 /// Events the kernel could not send, per CPU, indexed by reason
 /// (`wstrace_common::lost`). The daemon sums and reports them: a lost event
@@ -84,7 +86,7 @@ pub static ACCEPTED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::REASONS, 0);
 
 /// Process (tgid) -> its event budget while `EVENTS` is past half full
-/// (`record::fair_share`), and what it lost over it. LRU.
+/// (`record::emit::fair_share`), and what it lost over it. LRU.
 #[map]
 pub static PROCESS_BUDGETS: LruHashMap<u32, ProcessBudget> =
     LruHashMap::with_max_entries(BUDGET_PROCESSES, 0);
@@ -99,11 +101,31 @@ pub static PENDING_READS: LruHashMap<u32, PendingRead> = LruHashMap::with_max_en
 /// `conn_info_map`): a socket whose first read was no request (a database
 /// connection, the client end of HTTP) costs one lookup per read and no
 /// copy from then on, and a busy plain-HTTP port is bounded by the head
-/// budget. Value: bytes copied, or'd with the `record::HEAD_*` class bits.
+/// budget. Value: bytes copied, or'd with the `HEAD_*` class bits below.
 /// LRU: an evicted socket is classified again by its next read (from the
 /// middle of its stream: a false "request" there costs one budgeted copy).
 #[map]
-pub static HEAD_BYTES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+pub static HEAD_BYTES: LruHashMap<KPtr, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// `HEAD_BYTES` bit of a socket whose first bytes were a TLS handshake
+/// record: raw reads are never copied (it is over the budget), and the
+/// bytes counted below it are plaintext from `SSL_read`.
+pub const HEAD_TLS: u32 = 0x8000_0000;
+
+/// `HEAD_BYTES` value of a socket whose first read began with `HTTP`: the
+/// client end of an HTTP connection, whose reads carry no request head.
+/// Its writes are still classified (a keep-alive client's next request).
+pub const HEAD_RESPONSE: u32 = 0x2000_0000;
+
+/// `HEAD_BYTES` value of a socket whose first read was neither a request,
+/// a response nor a TLS handshake: not HTTP. Its later reads stop at
+/// `record::receive::reads_done`, its writes in the fentry and kprobe sets
+/// at `record::known_not_http`: one lookup each, no copy.
+pub const HEAD_NOT_HTTP: u32 = 0x4000_0000;
+
+// Both classes read as "budget spent" wherever the count is compared.
+const _: () = assert!(HEAD_RESPONSE >= HEAD_BUDGET && HEAD_NOT_HTTP >= HEAD_BUDGET);
+const _: () = assert!(HEAD_RESPONSE & HEAD_TLS == 0 && HEAD_NOT_HTTP & HEAD_TLS == 0);
 
 /// A socket and a direction (`DIR_RECEIVED`, `DIR_SENT`). Two fields, not
 /// `sk | dir`: in the fentry set `sk` is a BTF pointer, on which the
@@ -111,7 +133,7 @@ pub static HEAD_BYTES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SockDir {
-    pub sk: u64,
+    pub sk: KPtr,
     pub dir: u64,
 }
 
@@ -169,7 +191,7 @@ pub static STACK_SCRATCH: Array<StackRecord> = Array::with_max_entries(1, 0);
 #[map]
 pub static STACKS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
-/// Call site hash -> its stack copy budget (`record::user_stack_copy`).
+/// Call site hash -> its stack copy budget (`ustack::copy_for_close`).
 /// LRU: a process that makes up new call sites only evicts old budgets.
 #[map]
 pub static SITE_BUDGETS: LruHashMap<u64, SiteBudget> = LruHashMap::with_max_entries(STACK_SITES, 0);
@@ -194,7 +216,7 @@ pub static TLS_READS: LruHashMap<u32, TlsRead> = LruHashMap::with_max_entries(16
 /// reads no socket itself got its bytes (nginx reads ahead: the request
 /// arrives with the handshake's last read). Taken when used; LRU.
 #[map]
-pub static TLS_LAST_READ: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+pub static TLS_LAST_READ: LruHashMap<u32, KPtr> = LruHashMap::with_max_entries(4096, 0);
 
 /// Process (tgid) -> how to walk its interpreter's frames at a close
 /// (`interp::stash`). The daemon adds the Python processes it finds

@@ -12,19 +12,17 @@
 //! per architecture: x86_64 and arm64 are implemented (`bpf_target_arch`,
 //! set by aya-build from the target the daemon is built for); on any other
 //! the copy reports NO_REGS and the daemon shows the frame-pointer walk.
-use aya_ebpf::helpers::{
-    bpf_get_current_task, bpf_probe_read_kernel,
-    generated::{bpf_get_smp_processor_id, bpf_probe_read_user},
-};
+use aya_ebpf::helpers::generated::bpf_get_smp_processor_id;
 use wstrace_common::{
     CloseEvent, FLAG_TASK_EXITING, STACK_COPIES_PER_SITE, STACK_DEPTH, SiteBudget, StackRecord,
     USER_STACK_MAX, UserStackHeader, stack_copy, ustack,
 };
 
-use crate::maps::{SITE_BUDGETS, STACK_SCRATCH, STACK_SEQ, STACKS};
-
-#[allow(unused_imports)]
-use crate::kernel::{config, read};
+use crate::{
+    kernel::config,
+    maps::{SITE_BUDGETS, STACK_SCRATCH, STACK_SEQ, STACKS},
+    ptr::{KPtr, UPtr},
+};
 
 const PAGE: u64 = 4096;
 
@@ -38,8 +36,8 @@ struct UserRegs {
 
 #[allow(dead_code)]
 #[inline(always)]
-fn word(addr: u64) -> Option<u64> {
-    unsafe { bpf_probe_read_kernel(addr as *const u64) }.ok()
+fn word(addr: KPtr) -> Option<u64> {
+    addr.read::<u64>().ok()
 }
 
 #[cfg(bpf_target_arch = "x86_64")]
@@ -70,18 +68,19 @@ mod arch {
     /// The current task's user registers, if it has a user context.
     #[inline(always)]
     pub(super) fn user_regs() -> Option<UserRegs> {
-        let task = unsafe { bpf_get_current_task() };
-        let stack = read::<u64>(task, config!(task_stack)).ok()?;
+        let stack = KPtr::current_task()
+            .field::<KPtr>(config!(task_stack))
+            .ok()?;
         for top in TOPS {
-            let regs = stack + top - PT_REGS_SIZE;
-            let (Some(cs), Some(ss)) = (word(regs + PT_CS), word(regs + PT_SS)) else {
+            let regs = stack.add(top - PT_REGS_SIZE);
+            let (Some(cs), Some(ss)) = (word(regs.add(PT_CS)), word(regs.add(PT_SS))) else {
                 continue;
             };
             if cs & 0xffff == USER_CS && ss & 0xffff == USER_DS {
                 return Some(UserRegs {
-                    ip: word(regs + PT_IP)?,
-                    sp: word(regs + PT_SP)?,
-                    fp: word(regs + PT_BP)?,
+                    ip: word(regs.add(PT_IP))?,
+                    sp: word(regs.add(PT_SP))?,
+                    fp: word(regs.add(PT_BP))?,
                     lr: 0,
                 });
             }
@@ -130,14 +129,15 @@ mod arch {
         if size == ABSENT || size < PT_PSTATE + 8 || size > PAGE {
             return None;
         }
-        let task = unsafe { bpf_get_current_task() };
-        let stack = read::<u64>(task, config!(task_stack)).ok()?;
+        let stack = KPtr::current_task()
+            .field::<KPtr>(config!(task_stack))
+            .ok()?;
         for top in TOPS {
-            let regs = stack + top - size;
+            let regs = stack.add(top - size);
             let (Some(pstate), Some(pc), Some(sp)) = (
-                word(regs + PT_PSTATE),
-                word(regs + PT_PC),
-                word(regs + PT_SP),
+                word(regs.add(PT_PSTATE)),
+                word(regs.add(PT_PC)),
+                word(regs.add(PT_SP)),
             ) else {
                 continue;
             };
@@ -151,8 +151,8 @@ mod arch {
                 return Some(UserRegs {
                     ip: pc,
                     sp,
-                    fp: word(regs + PT_X29)?,
-                    lr: word(regs + PT_X30)?,
+                    fp: word(regs.add(PT_X29))?,
+                    lr: word(regs.add(PT_X30))?,
                 });
             }
         }
@@ -195,19 +195,19 @@ pub unsafe fn capture(h: *mut UserStackHeader, dst: *mut [u8; USER_STACK_MAX]) -
     };
     let dst = dst.cast::<core::ffi::c_void>();
     // `user_regs` checked sp >= PAGE > BELOW_SP.
-    let start = sp - ustack::BELOW_SP;
+    let start = UPtr::new(sp - ustack::BELOW_SP);
     let mut len: u64 = 0;
-    if unsafe { bpf_probe_read_user(dst, want as u32, start as *const _) } == 0 {
+    if unsafe { start.copy_to(dst, want as u32) } == 0 {
         len = want;
     } else {
-        let first = PAGE - (start & (PAGE - 1));
+        let first = PAGE - (start.addr() & (PAGE - 1));
         let mut k = (USER_STACK_MAX as u64) / PAGE;
         while k > 0 {
             k -= 1;
             let n = first + k * PAGE;
             if n < want
                 && n <= USER_STACK_MAX as u64
-                && unsafe { bpf_probe_read_user(dst, n as u32, start as *const _) } == 0
+                && unsafe { start.copy_to(dst, n as u32) } == 0
             {
                 len = n;
                 break;
@@ -220,7 +220,7 @@ pub unsafe fn capture(h: *mut UserStackHeader, dst: *mut [u8; USER_STACK_MAX]) -
             sp,
             fp,
             lr,
-            start,
+            start: start.addr(),
             len: len as u32,
             status: if len == 0 && want > 0 {
                 ustack::READ_FAILED

@@ -378,6 +378,41 @@ fn no_crate_has_an_import_cycle() {
     assert!(seen >= 3, "the workspace's crates were not found");
 }
 
+/// In the kernel crate only `ptr.rs` calls the probe-read helpers and
+/// `bpf_get_current_task` (whose result is a kernel address): everywhere
+/// else memory is read through `UPtr` (user memory) or `KPtr` (kernel
+/// memory), so an address a traced process handed a syscall cannot reach
+/// `bpf_probe_read_kernel`, nor a `struct sock *` `bpf_probe_read_user`.
+#[test]
+fn only_ptr_rs_reads_memory_in_the_kernel_crate() {
+    const RAW: [&str; 2] = ["bpf_probe_read", "bpf_get_current_task"];
+    let src = crate_src("wstrace-ebpf");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let ptr = src.join("ptr.rs");
+    assert!(files.contains(&ptr), "no {}", ptr.display());
+    let mut raw = Vec::new();
+    for f in &files {
+        let code = code_only(&std::fs::read_to_string(f).expect("read source"));
+        if *f == ptr {
+            // The needles are right: ptr.rs is where the helpers are.
+            for helper in ["bpf_probe_read_user", "bpf_probe_read_kernel"] {
+                assert!(code.contains(helper), "ptr.rs does not call {helper}");
+            }
+            continue;
+        }
+        for helper in RAW {
+            if code.contains(helper) {
+                raw.push(format!("{} calls {helper}*", module_name(&src, f)));
+            }
+        }
+    }
+    assert!(
+        raw.is_empty(),
+        "read memory through ptr::UPtr / ptr::KPtr: {raw:?}"
+    );
+}
+
 #[test]
 fn the_daemons_stages_import_only_earlier_stages_and_shared_modules() {
     let g = graph(&crate_src("wstrace"));

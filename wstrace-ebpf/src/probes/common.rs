@@ -20,6 +20,7 @@ use wstrace_common::{EventKind, ProbeSet, SIGNAL_OOM_VICTIM, tcp_state};
 
 use crate::{
     kernel::{config, port_traced, sk_err, sk_local_port},
+    ptr::KPtr,
     record,
 };
 
@@ -31,8 +32,8 @@ fn field<T>(ctx: &TracePointContext, off: u64) -> Result<T, i64> {
 /// `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`;
 /// `None` for sockets that are not upgraded ones.
 #[inline(always)]
-fn upgraded_transition(ctx: &RawTracePointContext) -> Option<(u64, u8, u8)> {
-    let sk: u64 = ctx.arg(0);
+fn upgraded_transition(ctx: &RawTracePointContext) -> Option<(KPtr, u8, u8)> {
+    let sk = KPtr::new(ctx.arg(0));
     record::note_accepted(sk, ctx.arg(1), ctx.arg(2));
     // Port first, then the lookup (is_upgraded). Only TCP sockets are ever
     // marked, and only inet sockets reach this event, so no protocol check.
@@ -88,8 +89,8 @@ pub fn inet_sock_set_state_closer(ctx: RawTracePointContext) -> i32 {
 /// socket: none of those is ever marked upgraded.
 #[inline(always)]
 fn on_sk_event(ctx: &RawTracePointContext, kind: EventKind) {
-    let sk: u64 = ctx.arg(0);
-    if sk == 0 {
+    let sk = KPtr::new(ctx.arg(0));
+    if sk.is_null() {
         return;
     }
     if kind == EventKind::Destroy && port_traced(sk_local_port(sk)) {

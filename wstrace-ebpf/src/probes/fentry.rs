@@ -8,12 +8,12 @@ use aya_ebpf::{
 };
 use wstrace_common::ProbeSet;
 
-use crate::{probes::shared, record};
+use crate::{probes::shared, ptr::KPtr, record};
 
 #[fentry(function = "tcp_sendmsg")]
 pub fn fentry_tcp_sendmsg(ctx: FEntryContext) -> u32 {
-    let sk: u64 = ctx.arg(0);
-    let msg: u64 = ctx.arg(1);
+    let sk = KPtr::new(ctx.arg(0));
+    let msg = KPtr::new(ctx.arg(1));
     let size: u64 = ctx.arg(2);
     shared::on_tcp_sendmsg(sk, msg, size, ProbeSet::Fentry);
     0
@@ -21,7 +21,7 @@ pub fn fentry_tcp_sendmsg(ctx: FEntryContext) -> u32 {
 
 #[fentry(function = "tcp_close")]
 pub fn fentry_tcp_close(ctx: FEntryContext) -> u32 {
-    let sk: u64 = ctx.arg(0);
+    let sk = KPtr::new(ctx.arg(0));
     shared::on_tcp_close(&ctx, sk, ProbeSet::Fentry);
     0
 }
@@ -31,8 +31,8 @@ pub fn fentry_tcp_close(ctx: FEntryContext) -> u32 {
 /// (`addr_len` dropped).
 #[fentry(function = "tcp_recvmsg")]
 pub fn fentry_tcp_recvmsg(ctx: FEntryContext) -> u32 {
-    let sk: u64 = ctx.arg(0);
-    let msg: u64 = ctx.arg(1);
+    let sk = KPtr::new(ctx.arg(0));
+    let msg = KPtr::new(ctx.arg(1));
     let len: u64 = ctx.arg(2);
     shared::on_tcp_recvmsg_entry(sk, msg, len);
     0

@@ -22,7 +22,7 @@
 //! CX (receiver, slice pointer, slice length), the first result in AX, the
 //! goroutine in R14; arm64 in X0, X1, X2, result X0, goroutine X28.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::bpf_get_current_pid_tgid,
     macros::{map, uprobe},
     maps::LruHashMap,
     programs::ProbeContext,
@@ -30,6 +30,7 @@ use aya_ebpf::{
 
 use crate::{
     kernel::{port_traced, sk_local_port, sock_of_fd},
+    ptr::{KPtr, UPtr},
     record,
 };
 
@@ -74,13 +75,13 @@ const MAX_FD: u64 = 1 << 24;
 
 #[inline(always)]
 fn user_u64(addr: u64) -> Option<u64> {
-    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+    UPtr::new(addr).read::<u64>().ok()
 }
 
 /// The socket behind a `*tls.Conn`, if it is a traced-port TCP socket of
 /// the current process.
 #[inline(always)]
-fn conn_sock(conn: u64) -> Option<u64> {
+fn conn_sock(conn: u64) -> Option<KPtr> {
     let tcp = user_u64(conn + CONN_DATA)?;
     let netfd = user_u64(tcp + TCPCONN_FD)?;
     let fd = user_u64(netfd + POLLFD_SYSFD)?;
@@ -118,7 +119,7 @@ fn regs(_ctx: &ProbeContext) -> [u64; 4] {
 #[uprobe]
 pub fn gotls_write(ctx: ProbeContext) -> u32 {
     let [_, buf, len, _] = regs(&ctx);
-    record::tls_write_entry(buf, len, wstrace_common::FLAG_TLS_GO);
+    record::tls_write_entry(UPtr::new(buf), len, wstrace_common::FLAG_TLS_GO);
     0
 }
 
@@ -135,7 +136,7 @@ pub fn gotls_read(ctx: ProbeContext) -> u32 {
     };
     let _ = GO_TLS_READS.insert(&key, &GoRead { conn, buf, cap }, 0);
     // The ciphertext reads this thread makes inside are not frames.
-    record::tls_read_entry(buf, cap, 0);
+    record::tls_read_entry(UPtr::new(buf), cap, UPtr::NULL);
     0
 }
 
@@ -158,7 +159,14 @@ pub fn gotls_read_ret(ctx: ProbeContext) -> u32 {
         return 0;
     }
     if let Some(sk) = conn_sock(conn) {
-        record::tls_plaintext_read(sk, buf, cap, n as u64, false, wstrace_common::FLAG_TLS_GO);
+        record::tls_plaintext_read(
+            sk,
+            UPtr::new(buf),
+            cap,
+            n as u64,
+            false,
+            wstrace_common::FLAG_TLS_GO,
+        );
     }
     0
 }

@@ -6,12 +6,12 @@ use aya_ebpf::{
 };
 use wstrace_common::ProbeSet;
 
-use crate::{probes::shared, record};
+use crate::{probes::shared, ptr::KPtr, record};
 
 #[kprobe]
 pub fn kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
-    let sk: u64 = ctx.arg(0).unwrap_or(0);
-    let msg: u64 = ctx.arg(1).unwrap_or(0);
+    let sk = KPtr::new(ctx.arg(0).unwrap_or(0));
+    let msg = KPtr::new(ctx.arg(1).unwrap_or(0));
     let size: u64 = ctx.arg(2).unwrap_or(0);
     shared::on_tcp_sendmsg(sk, msg, size, ProbeSet::Kprobe);
     0
@@ -19,15 +19,15 @@ pub fn kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
 
 #[kprobe]
 pub fn kprobe_tcp_close(ctx: ProbeContext) -> u32 {
-    let sk: u64 = ctx.arg(0).unwrap_or(0);
+    let sk = KPtr::new(ctx.arg(0).unwrap_or(0));
     shared::on_tcp_close(&ctx, sk, ProbeSet::Kprobe);
     0
 }
 
 #[kprobe]
 pub fn kprobe_tcp_recvmsg(ctx: ProbeContext) -> u32 {
-    let sk: u64 = ctx.arg(0).unwrap_or(0);
-    let msg: u64 = ctx.arg(1).unwrap_or(0);
+    let sk = KPtr::new(ctx.arg(0).unwrap_or(0));
+    let msg = KPtr::new(ctx.arg(1).unwrap_or(0));
     let len: u64 = ctx.arg(2).unwrap_or(0);
     shared::on_tcp_recvmsg_entry(sk, msg, len);
     0

@@ -7,15 +7,17 @@ use crate::{
     kernel::{
         msghdr_second_iovec, msghdr_user_buf, port_traced, sk_local_port, sk_remote_port, sk_state,
     },
+    ptr::{KPtr, UPtr},
     record,
 };
 
 /// Port filter first: with `--port`, every other socket on the host leaves
 /// after two reads (local port: the server's side; remote port: a client on
-/// this host writing its request to a traced port); then the socket's class.
+/// this host writing its request to a traced port); then the socket's class;
+/// then the bytes, and what they mean (`record::on_socket_write`).
 #[inline(always)]
-pub fn on_tcp_sendmsg(sk: u64, msg: u64, size: u64, probe: ProbeSet) {
-    if sk == 0 {
+pub fn on_tcp_sendmsg(sk: KPtr, msg: KPtr, size: u64, probe: ProbeSet) {
+    if sk.is_null() {
         return;
     }
     let server_side = port_traced(sk_local_port(sk));
@@ -39,42 +41,31 @@ pub fn on_tcp_sendmsg(sk: u64, msg: u64, size: u64, probe: ProbeSet) {
     if kind == record::Write::Other && debug::on() {
         note_misplaced_101(sk, buf, len);
     }
-    match (kind, server_side) {
-        (record::Write::Upgrade, true) => record::mark_upgraded(sk, size, probe, 0),
-        (record::Write::ControlFrame { missing }, true) => {
-            // Cut at the first iovec while the write goes on: the rest of
-            // the frame is in the second.
-            let second = if missing > 0 && size > len {
+    record::on_socket_write(
+        sk,
+        kind,
+        buf,
+        len,
+        size,
+        || server_side,
+        record::take_tls_write,
+        // Cut at the first iovec while the write goes on: the rest of the
+        // frame is in the second.
+        || {
+            if size > len {
                 msghdr_second_iovec(msg)
             } else {
                 None
-            };
-            record::frames_written(sk, buf, len, size, Some(missing), second)
-        }
-        (record::Write::Other, true) => {
-            // TLS records: the plaintext of the SSL_write this thread is
-            // in; else perhaps the rest of a control frame cut by the last
-            // write.
-            if let Some(w) = record::take_tls_write() {
-                record::tls_socket_write(sk, w, size, probe);
-            } else if record::resume_window_open() {
-                record::frames_written(sk, buf, len, size, None, None)
             }
-        }
-        // The client side of a connection to a traced port (with every
-        // port traced, of any connection: `server_side` is then always
-        // true, so the remote port is what says it).
-        (record::Write::Request, _) if port_traced(sk_remote_port(sk)) => {
-            record::note_request_writer(sk)
-        }
-        _ => {}
-    }
+        },
+        probe,
+    );
 }
 
 /// `--debug-probes`, a write on a socket of no traced port: logged if it
 /// is a 101 (the msghdr walk and copy are paid only with the log on).
 #[inline(never)]
-fn note_untraced_write(sk: u64, msg: u64, size: u64) {
+fn note_untraced_write(sk: KPtr, msg: KPtr, size: u64) {
     if let Some((buf, first)) = msghdr_user_buf(msg)
         && record::classify_write(buf, size.min(first)) == record::Write::Upgrade
     {
@@ -85,7 +76,7 @@ fn note_untraced_write(sk: u64, msg: u64, size: u64) {
 /// `--debug-probes`, a write that is no 101 at its start: one that holds a
 /// 101 further in, or cuts a status line before its code, is logged.
 #[inline(always)]
-fn note_misplaced_101(sk: u64, buf: u64, len: u64) {
+fn note_misplaced_101(sk: KPtr, buf: UPtr, len: u64) {
     let at = debug::misplaced_101(buf, len);
     if at == u64::MAX {
         return;
@@ -100,8 +91,8 @@ fn note_misplaced_101(sk: u64, buf: u64, len: u64) {
 /// tcp_recvmsg entry: where the bytes will land and how many fit there
 /// (`len`, and the first iovec's length) (port filter first).
 #[inline(always)]
-pub fn on_tcp_recvmsg_entry(sk: u64, msg: u64, len: u64) {
-    if sk == 0 || !port_traced(sk_local_port(sk)) {
+pub fn on_tcp_recvmsg_entry(sk: KPtr, msg: KPtr, len: u64) {
+    if sk.is_null() || !port_traced(sk_local_port(sk)) {
         return;
     }
     if let Some((buf, first)) = msghdr_user_buf(msg) {
@@ -112,7 +103,7 @@ pub fn on_tcp_recvmsg_entry(sk: u64, msg: u64, len: u64) {
 /// The process context of close(): `old_state` tells the daemon whether the
 /// peer had closed first (CLOSE_WAIT) or not (ESTABLISHED).
 #[inline(always)]
-pub fn on_tcp_close<C: EbpfContext>(ctx: &C, sk: u64, probe: ProbeSet) {
+pub fn on_tcp_close<C: EbpfContext>(ctx: &C, sk: KPtr, probe: ProbeSet) {
     if record::is_upgraded(sk) {
         record::close(ctx, probe, sk, sk_state(sk), 0);
     }

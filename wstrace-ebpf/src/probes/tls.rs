@@ -2,7 +2,7 @@
 //! embeds it with symbols), attached by the daemon per server process
 //! (`attach::tls`): the plaintext of `SSL_write` and `SSL_read`, tied to
 //! the socket by the thread's next socket write or its socket read inside
-//! the call (record.rs). No OpenSSL struct is read.
+//! the call (record/tls.rs). No OpenSSL struct is read.
 //!
 //! Checked against OpenSSL 1.1.1 and 3.x (ssl.h), x86_64 System V ABI:
 //! `int SSL_write(SSL *s, const void *buf, int num)`,
@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
-use crate::record;
+use crate::{ptr::UPtr, record};
 
 /// The `num` argument: an `int` for SSL_write/SSL_read (the upper half of
 /// the register is undefined, and negative is an error), a `size_t` for the
@@ -31,7 +31,7 @@ fn num(ctx: &ProbeContext) -> u64 {
 /// SSL_write and SSL_write_ex entry.
 #[uprobe]
 pub fn tls_ssl_write(ctx: ProbeContext) -> u32 {
-    let buf: u64 = ctx.arg(1).unwrap_or(0);
+    let buf = UPtr::new(ctx.arg(1).unwrap_or(0));
     record::tls_write_entry(buf, num(&ctx), wstrace_common::FLAG_TLS_OPENSSL);
     0
 }
@@ -39,16 +39,16 @@ pub fn tls_ssl_write(ctx: ProbeContext) -> u32 {
 /// SSL_read entry.
 #[uprobe]
 pub fn tls_ssl_read(ctx: ProbeContext) -> u32 {
-    let buf: u64 = ctx.arg(1).unwrap_or(0);
-    record::tls_read_entry(buf, num(&ctx), 0);
+    let buf = UPtr::new(ctx.arg(1).unwrap_or(0));
+    record::tls_read_entry(buf, num(&ctx), UPtr::NULL);
     0
 }
 
 /// SSL_read_ex entry: also where the byte count will be written.
 #[uprobe]
 pub fn tls_ssl_read_ex(ctx: ProbeContext) -> u32 {
-    let buf: u64 = ctx.arg(1).unwrap_or(0);
-    let readbytes: u64 = ctx.arg(3).unwrap_or(0);
+    let buf = UPtr::new(ctx.arg(1).unwrap_or(0));
+    let readbytes = UPtr::new(ctx.arg(3).unwrap_or(0));
     record::tls_read_entry(buf, num(&ctx), readbytes);
     0
 }

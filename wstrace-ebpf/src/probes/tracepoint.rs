@@ -5,17 +5,15 @@
 //! every kernel. The fd -> sock walk (`kernel::sock_of_fd`) finds the socket.
 //! Not covered here: io_uring, sendfile/splice and sendmmsg (documented).
 use aya_ebpf::{
-    EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
-    macros::tracepoint,
-    programs::TracePointContext,
+    EbpfContext, helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use wstrace_common::{ProbeSet, probe_log, server_slot};
 
 use crate::{
     debug,
-    kernel::{config, port_traced, sk_local_port, sk_remote_port, sock_of_fd},
+    kernel::{config, port_traced, sk_local_port, sock_of_fd},
     maps::{SERVER_SLOTS, SERVERS},
+    ptr::{Iovec, KPtr, UPtr},
     record,
 };
 
@@ -72,64 +70,57 @@ fn is_server() -> bool {
 }
 
 /// Data check first (cheap, rules out nearly every write), then the fd walk,
-/// then the port filter, and only then the map. A request (`GET `) counts on
-/// the client side of a traced connection (remote port traced); a 101 or a
-/// control frame on the server side (local port traced). `second`: a
-/// writev's second iovec (`iov` with `vlen` > 1), read only when a control
-/// frame runs past the first.
+/// and only then what the write means (`record::on_socket_write`: the port
+/// filter, then the maps). `iov`, `vlen`: a writev's iovecs, whose second
+/// is read only when a control frame runs past the first.
 #[inline(always)]
-fn on_write(fd: u64, buf: u64, len: u64, iov: u64, vlen: u64) {
+fn on_write(fd: u64, buf: UPtr, len: u64, iov: UPtr, vlen: u64) {
     let kind = record::classify_write(buf, len);
+    let mut tls = None;
     if kind == record::Write::Other {
         if debug::on() {
             note_misplaced_101(fd, buf, len);
         }
         // TLS records carry nothing readable: a server's thread inside an
-        // SSL_write of a 101 or a control frame says what they hold.
-        if config!(tls) != 0 && is_server() && on_tls_write(fd, len) {
-            return;
+        // SSL_write of a 101 or a control frame says what they hold. Taken
+        // here, by the thread's first write that looks like nothing,
+        // whatever its fd: what the fd walk costs is paid only then.
+        if config!(tls) != 0 && is_server() {
+            tls = record::take_tls_write();
         }
         // A write that looks like nothing may still continue a control
         // frame cut by the last one: walked to its socket only while one
         // may be.
-        if !record::resume_window_open() {
+        if tls.is_none() && !record::resume_window_open() {
             return;
         }
     }
     let Some(sk) = sock_of_fd(fd) else { return };
-    if kind == record::Write::Request {
-        if port_traced(sk_remote_port(sk)) {
-            record::note_request_writer(sk);
-            // With every port traced, a process that writes a request may
-            // read a 101 back (the client side): its reads are walked too.
-            if config!(all_ports) != 0 {
-                note_server();
-            }
-        }
-        return;
-    }
-    if !port_traced(sk_local_port(sk)) {
-        if kind == record::Write::Upgrade {
-            debug::note(probe_log::IGNORED_PORT, sk, len);
-        }
-        return;
-    }
-    match kind {
-        record::Write::Upgrade => {
-            // A worker handed its sockets by another process (fd passing)
-            // is known from its first 101 on.
-            note_server();
-            record::mark_upgraded(sk, len, ProbeSet::Tracepoint, 0)
-        }
-        record::Write::ControlFrame { missing } => {
-            let second = if missing > 0 && vlen > 1 {
-                Some(first_iovec(iov + 16))
+    let written = record::on_socket_write(
+        sk,
+        kind,
+        buf,
+        len,
+        len,
+        || port_traced(sk_local_port(sk)),
+        || tls,
+        || {
+            if vlen > 1 {
+                Some(first_iovec(iov.add(size_of::<Iovec>() as u64)))
             } else {
                 None
-            };
-            record::frames_written(sk, buf, len, len, Some(missing), second)
-        }
-        _ => record::frames_written(sk, buf, len, len, None, None),
+            }
+        },
+        ProbeSet::Tracepoint,
+    );
+    match written {
+        // A worker handed its sockets by another process (fd passing) is
+        // known from its first 101 on.
+        record::Written::Upgrade => note_server(),
+        // With every port traced, a process that writes a request may read
+        // a 101 back (the client side): its reads are walked too.
+        record::Written::Request if config!(all_ports) != 0 => note_server(),
+        _ => {}
     }
 }
 
@@ -137,12 +128,12 @@ fn on_write(fd: u64, buf: u64, len: u64, iov: u64, vlen: u64) {
 /// 101 further in, or cuts a status line before its code, is logged with
 /// its socket (the fd walk is paid only then).
 #[inline(always)]
-fn note_misplaced_101(fd: u64, buf: u64, len: u64) {
+fn note_misplaced_101(fd: u64, buf: UPtr, len: u64) {
     let at = debug::misplaced_101(buf, len);
     if at == u64::MAX {
         return;
     }
-    let sk = sock_of_fd(fd).unwrap_or(0);
+    let sk = sock_of_fd(fd).unwrap_or(KPtr::NULL);
     if at == 0 {
         debug::note(probe_log::IGNORED_SPLIT, sk, len);
     } else {
@@ -150,30 +141,11 @@ fn note_misplaced_101(fd: u64, buf: u64, len: u64) {
     }
 }
 
-/// A write whose bytes say nothing, in a server: the plaintext of the
-/// SSL_write this thread is in, if any, is what the socket carries. True
-/// when there was one (the write is accounted for).
-#[inline(always)]
-fn on_tls_write(fd: u64, len: u64) -> bool {
-    let Some(w) = record::take_tls_write() else {
-        return false;
-    };
-    if let Some(sk) = sock_of_fd(fd)
-        && port_traced(sk_local_port(sk))
-    {
-        if w.kind == record::TLS_UPGRADE {
-            note_server();
-        }
-        record::tls_socket_write(sk, w, len, ProbeSet::Tracepoint);
-    }
-    true
-}
-
 /// Read-family entry in a process that serves a traced port (callers check
 /// [`is_server`] first): the fd walk finds the socket and `read_entry`
 /// filters by port before touching a map.
 #[inline(always)]
-fn on_read(fd: u64, buf: u64, cap: u64) {
+fn on_read(fd: u64, buf: UPtr, cap: u64) {
     if let Some(sk) = sock_of_fd(fd) {
         record::read_entry(sk, buf, cap);
     }
@@ -220,7 +192,7 @@ fn on_read_exit(ctx: &TracePointContext) {
 #[tracepoint(category = "syscalls", name = "sys_enter_read")]
 pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
     if is_server() {
-        on_read(arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
+        on_read(arg(&ctx, 0), UPtr::new(arg(&ctx, 1)), arg(&ctx, 2));
     }
     0
 }
@@ -229,7 +201,7 @@ pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_enter_recvfrom")]
 pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
     if is_server() {
-        on_read(arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
+        on_read(arg(&ctx, 0), UPtr::new(arg(&ctx, 1)), arg(&ctx, 2));
     }
     0
 }
@@ -238,7 +210,7 @@ pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_enter_readv")]
 pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
     if arg(&ctx, 2) > 0 && is_server() {
-        let (base, len) = first_iovec(arg(&ctx, 1));
+        let (base, len) = first_iovec(UPtr::new(arg(&ctx, 1)));
         on_read(arg(&ctx, 0), base, len);
     }
     0
@@ -247,15 +219,32 @@ pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
 /// recvmsg(fd, msg, flags): the first iovec of the user msghdr.
 #[tracepoint(category = "syscalls", name = "sys_enter_recvmsg")]
 pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
-    let msg = arg(&ctx, 1);
-    if msg != 0 && is_server() {
-        let iov = unsafe { bpf_probe_read_user((msg + 16) as *const [u64; 2]) }.unwrap_or([0, 0]);
-        if iov[1] > 0 {
-            let (base, len) = first_iovec(iov[0]);
+    let msg = UPtr::new(arg(&ctx, 1));
+    if !msg.is_null() && is_server() {
+        let iov = msg_iov(msg);
+        if iov.len > 0 {
+            let (base, len) = first_iovec(iov.iov);
             on_read(arg(&ctx, 0), base, len);
         }
     }
     0
+}
+
+/// `msg_iov` and `msg_iovlen` of a user `struct msghdr` (uapi; at 16 on
+/// 64-bit: after `msg_name` and `msg_namelen`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MsgIov {
+    iov: UPtr,
+    len: u64,
+}
+
+#[inline(always)]
+fn msg_iov(msg: UPtr) -> MsgIov {
+    msg.add(16).read::<MsgIov>().unwrap_or(MsgIov {
+        iov: UPtr::NULL,
+        len: 0,
+    })
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_read")]
@@ -282,27 +271,39 @@ pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// First iovec of a user `struct iovec *` (uapi: iov_base, iov_len).
+/// First iovec of a user `struct iovec *`.
 #[inline(always)]
-fn first_iovec(iov: u64) -> (u64, u64) {
-    if iov == 0 {
-        return (0, 0);
+fn first_iovec(iov: UPtr) -> (UPtr, u64) {
+    if iov.is_null() {
+        return (UPtr::NULL, 0);
     }
-    let v = unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }.unwrap_or([0, 0]);
-    (v[0], v[1])
+    let v = iov.read::<Iovec>().unwrap_or(Iovec::EMPTY);
+    (v.base, v.len)
 }
 
 /// write(fd, buf, count)
 #[tracepoint(category = "syscalls", name = "sys_enter_write")]
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    on_write(arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2), 0, 0);
+    on_write(
+        arg(&ctx, 0),
+        UPtr::new(arg(&ctx, 1)),
+        arg(&ctx, 2),
+        UPtr::NULL,
+        0,
+    );
     0
 }
 
 /// sendto(fd, buff, len, flags, addr, addr_len); send() is sendto() here.
 #[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
 pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    on_write(arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2), 0, 0);
+    on_write(
+        arg(&ctx, 0),
+        UPtr::new(arg(&ctx, 1)),
+        arg(&ctx, 2),
+        UPtr::NULL,
+        0,
+    );
     0
 }
 
@@ -311,7 +312,7 @@ pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
     let vlen = arg(&ctx, 2);
     if vlen > 0 {
-        let iov = arg(&ctx, 1);
+        let iov = UPtr::new(arg(&ctx, 1));
         let (base, len) = first_iovec(iov);
         on_write(arg(&ctx, 0), base, len, iov, vlen);
     }
@@ -322,12 +323,12 @@ pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
 /// msg_iovlen at 24).
 #[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
 pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
-    let msg = arg(&ctx, 1);
-    if msg != 0 {
-        let iov = unsafe { bpf_probe_read_user((msg + 16) as *const [u64; 2]) }.unwrap_or([0, 0]);
-        if iov[1] > 0 {
-            let (base, len) = first_iovec(iov[0]);
-            on_write(arg(&ctx, 0), base, len, iov[0], iov[1]);
+    let msg = UPtr::new(arg(&ctx, 1));
+    if !msg.is_null() {
+        let iov = msg_iov(msg);
+        if iov.len > 0 {
+            let (base, len) = first_iovec(iov.iov);
+            on_write(arg(&ctx, 0), base, len, iov.iov, iov.len);
         }
     }
     0

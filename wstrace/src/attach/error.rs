@@ -130,14 +130,21 @@ impl AttachFailure {
     /// What went wrong, without the set's name: the kernel's words, led by
     /// what they mean for this set where that is known.
     pub fn reason(&self) -> String {
-        let raw = if self.detail.is_empty() {
-            self.step.clone()
-        } else {
-            format!("{}: {}", self.step, self.detail)
-        };
+        let raw = self.step_and_detail();
         match self.hint() {
             Some(h) => format!("{h} [{raw}]"),
             None => raw,
+        }
+    }
+
+    /// The step and the kernel's words alone, without the set's hint: for a
+    /// program that is not the set's own (the interpreter walk), whose
+    /// failure says nothing about the set.
+    pub fn step_and_detail(&self) -> String {
+        if self.detail.is_empty() {
+            self.step.clone()
+        } else {
+            format!("{}: {}", self.step, self.detail)
         }
     }
 
@@ -388,6 +395,26 @@ mod tests {
                 .starts_with("fentry is not available on this kernel")
         );
         assert!(f.reason().contains("os error 524"), "{}", f.reason());
+    }
+
+    #[test]
+    fn a_program_not_the_sets_own_is_said_without_the_sets_hint() {
+        // The interpreter walk's tracepoint refused while the fentry set
+        // loads: fentry itself is fine, only the walk's limit is said.
+        let f = AttachFailure::from_program(
+            ProbeSet::Fentry,
+            "attaching tracepoint syscalls:sys_enter_close",
+            &syscall("perf_event_open", ENOTSUPP),
+        );
+        assert!(f.reason().starts_with("fentry is not available"));
+        assert!(
+            f.step_and_detail().starts_with(
+                "attaching tracepoint syscalls:sys_enter_close: `perf_event_open` failed"
+            ),
+            "{}",
+            f.step_and_detail()
+        );
+        assert!(f.step_and_detail().contains("os error 524"));
     }
 
     #[test]

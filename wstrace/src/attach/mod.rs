@@ -440,48 +440,40 @@ fn try_set(
     }
     for (prog, cat, name) in ENDINGS {
         if ending_fields_known(config, prog) && tracefs::event_exists(root, cat, name) {
-            attach_tracepoint(ebpf, set, prog, cat, name)?;
+            attach_tracepoint(ebpf, set, prog, cat, &[name])?;
         }
     }
-    if let Err(why) = attach_interp_walk(ebpf, root) {
+    if let Err(why) = attach_interp_walk(ebpf, set, root) {
         loaded.limits.push(format!(
-            "Python and PHP functions are not shown in stacks (the native stack still is): {why}"
+            "Python and PHP functions are not shown in stacks (the native stack still is): {}",
+            why.step_and_detail()
         ));
     }
     Ok(loaded)
 }
 
-/// The syscalls whose entry walks an interpreter's frames and whose exit
-/// drops the walk (wstrace-ebpf `probes::interp`).
-const INTERP_SYSCALLS: [&str; 2] = ["close", "shutdown"];
+/// The syscall tracepoints where the interpreter walk runs (entry of
+/// close(2) and shutdown(2)) and where it is dropped (their exit)
+/// (wstrace-ebpf `probes::interp`).
+const INTERP_ENTRIES: [&str; 2] = ["sys_enter_close", "sys_enter_shutdown"];
+const INTERP_EXITS: [&str; 2] = ["sys_exit_close", "sys_exit_shutdown"];
 
 /// The interpreter walk's programs, on the entry and exit of close(2) and
 /// shutdown(2), with every set: the walk is verified on its own there, not
-/// once per path of each close program (see wstrace-ebpf `interp`). An
-/// error is said at start-up and costs only the interpreter frames.
-fn attach_interp_walk(ebpf: &mut Ebpf, root: &Path) -> Result<(), String> {
-    for sc in INTERP_SYSCALLS {
-        for dir in ["enter", "exit"] {
-            if !tracefs::event_exists(root, "syscalls", &format!("sys_{dir}_{sc}")) {
-                return Err(format!(
-                    "tracepoint syscalls:sys_{dir}_{sc} is missing (CONFIG_FTRACE_SYSCALLS)"
-                ));
-            }
+/// once per path of each close program (see wstrace-ebpf `interp`). A
+/// failure is said at start-up (a limit) and costs only the interpreter
+/// frames, not the set.
+fn attach_interp_walk(ebpf: &mut Ebpf, set: ProbeSet, root: &Path) -> Result<(), AttachFailure> {
+    for name in INTERP_ENTRIES.iter().chain(&INTERP_EXITS) {
+        if !tracefs::event_exists(root, "syscalls", name) {
+            return Err(AttachFailure::lacks(
+                set,
+                format!("tracepoint syscalls:{name} is missing (CONFIG_FTRACE_SYSCALLS)"),
+            ));
         }
     }
-    for (prog, dir) in [("interp_stash", "enter"), ("interp_unstash", "exit")] {
-        let p: &mut TracePoint = ebpf
-            .program_mut(prog)
-            .ok_or_else(|| format!("the eBPF object has no program {prog} (build mismatch)"))?
-            .try_into()
-            .map_err(|e| format!("{prog}: {e}"))?;
-        p.load().map_err(|e| format!("loading {prog}: {e}"))?;
-        for sc in INTERP_SYSCALLS {
-            p.attach("syscalls", &format!("sys_{dir}_{sc}"))
-                .map_err(|e| format!("attaching {prog} to syscalls:sys_{dir}_{sc}: {e}"))?;
-        }
-    }
-    Ok(())
+    attach_tracepoint(ebpf, set, "interp_stash", "syscalls", &INTERP_ENTRIES)?;
+    attach_tracepoint(ebpf, set, "interp_unstash", "syscalls", &INTERP_EXITS)
 }
 
 /// Sets the `--port` bits in the object's TRACED_PORTS map (nothing with
@@ -574,7 +566,7 @@ fn attach_set_hooks(
         }
         ProbeSet::Tracepoint => {
             for sc in SYSCALLS {
-                attach_tracepoint(ebpf, set, sc, "syscalls", sc)?;
+                attach_tracepoint(ebpf, set, sc, "syscalls", &[sc])?;
             }
         }
     }
@@ -616,20 +608,24 @@ where
     program::program(ebpf, name).map_err(|e| AttachFailure::from_lookup(set, &e))
 }
 
+/// Loads tracepoint program `prog` and attaches it to `category:name` for
+/// each of `names` (one program may serve several tracepoints).
 fn attach_tracepoint(
     ebpf: &mut Ebpf,
     set: ProbeSet,
     prog: &str,
     category: &str,
-    name: &str,
+    names: &[&str],
 ) -> Result<(), AttachFailure> {
     let p: &mut TracePoint = program(ebpf, set, prog)?;
     p.load().map_err(|e| {
         AttachFailure::from_program(set, format!("loading tracepoint program {prog}"), &e)
     })?;
-    p.attach(category, name).map_err(|e| {
-        AttachFailure::from_program(set, format!("attaching tracepoint {category}:{name}"), &e)
-    })?;
+    for name in names {
+        p.attach(category, name).map_err(|e| {
+            AttachFailure::from_program(set, format!("attaching tracepoint {category}:{name}"), &e)
+        })?;
+    }
     Ok(())
 }
 
