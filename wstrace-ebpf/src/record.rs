@@ -26,8 +26,9 @@ use wstrace_common::{
 use crate::{
     debug,
     kernel::{
-        config, current_exit_code, current_process_start_ns, current_task_exiting, fill_tuple,
-        port_traced, read, sk_err, sk_is_tcp, sk_local_port,
+        client_port_traced, config, current_exit_code, current_process_start_ns,
+        current_task_exiting, fill_tuple, read, server_port_traced, sk_err, sk_is_tcp,
+        sk_port_traced,
     },
     maps::{
         ACCEPTED, EVENTS, HEAD_BYTES, LOST, PEER_WRITERS, PENDING_READS, PROCESS_BUDGETS,
@@ -389,10 +390,12 @@ pub fn is_upgraded(sk: u64) -> bool {
     sk != 0 && sk_tuple_port_ok(sk) && UPGRADED.get_ptr(sk).is_some()
 }
 
-/// With every port traced, the port is not even read.
+/// With every port traced, the port is not even read; else either end's
+/// port (`kernel::sk_port_traced`: the client side of a connection to a
+/// traced port is followed too).
 #[inline(always)]
 fn sk_tuple_port_ok(sk: u64) -> bool {
-    config!(all_ports) != 0 || crate::kernel::port_traced(sk_local_port(sk))
+    config!(all_ports) != 0 || sk_port_traced(sk)
 }
 
 /// A TCP state transition of an upgraded socket. A move to CLOSE carries
@@ -685,7 +688,7 @@ pub fn frames_written(
 /// and its reads may still matter ([`reads_done`]: one lookup).
 #[inline(always)]
 pub fn read_entry(sk: u64, buf: u64, cap: u64) {
-    if sk == 0 || buf == 0 || !port_traced(sk_local_port(sk)) || reads_done(sk) {
+    if sk == 0 || buf == 0 || !sk_port_traced(sk) || reads_done(sk) {
         return;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
@@ -758,8 +761,9 @@ pub fn read_exit(ret: i64, probe: ProbeSet) {
             }
             First::Class(FirstRead::Response) => {
                 // The client end of an HTTP connection: a 101 as its first
-                // response makes it the client side of a WebSocket.
-                if starts_with_101(buf, len) {
+                // response makes it the client side of a WebSocket, if it
+                // connected to a traced port (the `--port` rule).
+                if starts_with_101(buf, len) && client_port_traced(sk) {
                     mark_upgraded(sk, total, probe, FLAG_CLIENT_SIDE);
                     // The server's first frames may share the segment (a
                     // close right after the handshake): the daemon finds
@@ -1100,7 +1104,7 @@ pub fn note_accepted(sk: u64, old_state: i32, new_state: i32) {
     if old_state == wstrace_common::tcp_state::SYN_RECV as i32
         && new_state == wstrace_common::tcp_state::ESTABLISHED as i32
         && sk != 0
-        && sk_tuple_port_ok(sk)
+        && (config!(all_ports) != 0 || server_port_traced(sk))
     {
         let _ = ACCEPTED.insert(sk, 1, 0);
     }

@@ -5,21 +5,24 @@ use wstrace_common::{ProbeSet, probe_log};
 use crate::{
     debug,
     kernel::{
-        msghdr_second_iovec, msghdr_user_buf, port_traced, sk_local_port, sk_remote_port, sk_state,
+        client_port_traced, msghdr_second_iovec, msghdr_user_buf, server_port_traced,
+        sk_port_traced, sk_state,
     },
     record,
 };
 
 /// Port filter first: with `--port`, every other socket on the host leaves
-/// after two reads (local port: the server's side; remote port: a client on
-/// this host writing its request to a traced port); then the socket's class.
+/// after two reads (the rule of `kernel::sk_port_traced`: local port, the
+/// server's side, which alone may write a 101; remote port, a client's
+/// side, which writes the request and, once it read a 101, frames); then
+/// the socket's class.
 #[inline(always)]
 pub fn on_tcp_sendmsg(sk: u64, msg: u64, size: u64, probe: ProbeSet) {
     if sk == 0 {
         return;
     }
-    let server_side = port_traced(sk_local_port(sk));
-    if !server_side && !port_traced(sk_remote_port(sk)) {
+    let server_side = server_port_traced(sk);
+    if !server_side && !client_port_traced(sk) {
         if debug::on() {
             note_untraced_write(sk, msg, size);
         }
@@ -41,7 +44,9 @@ pub fn on_tcp_sendmsg(sk: u64, msg: u64, size: u64, probe: ProbeSet) {
     }
     match (kind, server_side) {
         (record::Write::Upgrade, true) => record::mark_upgraded(sk, size, probe, 0),
-        (record::Write::ControlFrame { missing }, true) => {
+        // Frames and TLS records on either side (the client side's socket
+        // is followed once it read a 101: `frames_written` asks UPGRADED).
+        (record::Write::ControlFrame { missing }, _) => {
             // Cut at the first iovec while the write goes on: the rest of
             // the frame is in the second.
             let second = if missing > 0 && size > len {
@@ -51,7 +56,7 @@ pub fn on_tcp_sendmsg(sk: u64, msg: u64, size: u64, probe: ProbeSet) {
             };
             record::frames_written(sk, buf, len, size, Some(missing), second)
         }
-        (record::Write::Other, true) => {
+        (record::Write::Other, _) => {
             // TLS records: the plaintext of the SSL_write this thread is
             // in; else perhaps the rest of a control frame cut by the last
             // write.
@@ -64,9 +69,7 @@ pub fn on_tcp_sendmsg(sk: u64, msg: u64, size: u64, probe: ProbeSet) {
         // The client side of a connection to a traced port (with every
         // port traced, of any connection: `server_side` is then always
         // true, so the remote port is what says it).
-        (record::Write::Request, _) if port_traced(sk_remote_port(sk)) => {
-            record::note_request_writer(sk)
-        }
+        (record::Write::Request, _) if client_port_traced(sk) => record::note_request_writer(sk),
         _ => {}
     }
 }
@@ -101,7 +104,7 @@ fn note_misplaced_101(sk: u64, buf: u64, len: u64) {
 /// (`len`, and the first iovec's length) (port filter first).
 #[inline(always)]
 pub fn on_tcp_recvmsg_entry(sk: u64, msg: u64, len: u64) {
-    if sk == 0 || !port_traced(sk_local_port(sk)) {
+    if sk == 0 || !sk_port_traced(sk) {
         return;
     }
     if let Some((buf, first)) = msghdr_user_buf(msg) {

@@ -14,7 +14,7 @@ use wstrace_common::{ProbeSet, probe_log, server_slot};
 
 use crate::{
     debug,
-    kernel::{config, port_traced, sk_local_port, sk_remote_port, sock_of_fd},
+    kernel::{client_port_traced, config, server_port_traced, sk_port_traced, sock_of_fd},
     maps::{SERVER_SLOTS, SERVERS},
     record,
 };
@@ -56,8 +56,8 @@ fn arg(ctx: &TracePointContext, i: usize) -> u64 {
     unsafe { core::ptr::read((ctx.as_ptr() as *const u64).add(2 + i)) }
 }
 
-/// Only processes that serve a traced port read requests we care about:
-/// checked before anything else, so every other read on the machine stops
+/// Only processes that serve a traced port (or wrote a request to one: the
+/// client side) read bytes we care about: checked before anything else, so every other read on the machine stops
 /// after one inlined array load (maps::SERVER_SLOTS).
 #[inline(always)]
 fn is_server() -> bool {
@@ -72,9 +72,10 @@ fn is_server() -> bool {
 }
 
 /// Data check first (cheap, rules out nearly every write), then the fd walk,
-/// then the port filter, and only then the map. A request (`GET `) counts on
-/// the client side of a traced connection (remote port traced); a 101 or a
-/// control frame on the server side (local port traced). `second`: a
+/// then the port filter, and only then the map (`kernel::sk_port_traced`'s
+/// rule): a request (`GET `) counts on the client side of a traced
+/// connection (remote port traced), a 101 on the server side (local port
+/// traced), a control frame on either. `second`: a
 /// writev's second iovec (`iov` with `vlen` > 1), read only when a control
 /// frame runs past the first.
 #[inline(always)]
@@ -98,17 +99,20 @@ fn on_write(fd: u64, buf: u64, len: u64, iov: u64, vlen: u64) {
     }
     let Some(sk) = sock_of_fd(fd) else { return };
     if kind == record::Write::Request {
-        if port_traced(sk_remote_port(sk)) {
+        if client_port_traced(sk) {
             record::note_request_writer(sk);
-            // With every port traced, a process that writes a request may
-            // read a 101 back (the client side): its reads are walked too.
-            if config!(all_ports) != 0 {
-                note_server();
-            }
+            // A process that writes a request to a traced port may read a
+            // 101 back (the client side): its reads are walked too.
+            note_server();
         }
         return;
     }
-    if !port_traced(sk_local_port(sk)) {
+    let traced = if kind == record::Write::Upgrade {
+        server_port_traced(sk)
+    } else {
+        sk_port_traced(sk)
+    };
+    if !traced {
         if kind == record::Write::Upgrade {
             debug::note(probe_log::IGNORED_PORT, sk, len);
         }
@@ -159,7 +163,7 @@ fn on_tls_write(fd: u64, len: u64) -> bool {
         return false;
     };
     if let Some(sk) = sock_of_fd(fd)
-        && port_traced(sk_local_port(sk))
+        && sk_port_traced(sk)
     {
         if w.kind == record::TLS_UPGRADE {
             note_server();
@@ -188,7 +192,7 @@ fn on_accept_exit(ctx: &TracePointContext) {
         return;
     }
     if let Some(sk) = sock_of_fd(ret as u64)
-        && port_traced(sk_local_port(sk))
+        && server_port_traced(sk)
     {
         note_server();
     }
