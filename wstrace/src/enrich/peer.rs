@@ -190,7 +190,11 @@ impl PeerFinder {
         let want = format!("socket:[{inode}]");
         self.budget.refill(Instant::now());
         let budget = &mut self.budget;
-        if let Some(i) = self.owners.iter().position(|&pid| holds(pid, inode, budget)) {
+        if let Some(i) = self
+            .owners
+            .iter()
+            .position(|&pid| holds(pid, inode, budget))
+        {
             let pid = self.owners.remove(i);
             self.owners.insert(0, pid);
             return Some(process(pid));
@@ -374,7 +378,11 @@ fn mapped(a: SocketAddr) -> SocketAddr {
 /// table read until `budget` is spent.
 fn owner_of(want: &str, budget: &mut FdBudget) -> Option<PeerProcess> {
     for entry in fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {

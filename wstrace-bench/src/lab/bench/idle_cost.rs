@@ -75,6 +75,10 @@ pub struct IdleCost {
     /// Losses by reason once every connection was open (before any close).
     #[serde(default)]
     pub lost_open: BTreeMap<String, u64>,
+    /// The kernel's `recursion_misses` per wstrace program (those above 0):
+    /// runs it skipped, which `recursion_miss` above sums.
+    #[serde(default)]
+    pub recursion_by_program: BTreeMap<String, u64>,
     pub open_secs: f64,
     pub close_secs: f64,
 }
@@ -223,7 +227,12 @@ pub fn run(bins: &Bins, args: &BenchArgs) -> Result<IdleCost> {
     let stderr_path = dir.join("wstrace.stderr");
     let mut w = Reaped(
         Command::new(&bins.wstrace)
-            .args(["--port", &args.idle_port.to_string(), "--probe", &args.probe])
+            .args([
+                "--port",
+                &args.idle_port.to_string(),
+                "--probe",
+                &args.probe,
+            ])
             .args(["--format", "json", "--tls", "off"])
             .args(["--max-sockets", &max_sockets.to_string()])
             .arg("--ready-file")
@@ -341,6 +350,13 @@ pub fn run(bins: &Bins, args: &BenchArgs) -> Result<IdleCost> {
     out.rss_peak_mib = rss_mib(wpid, "VmHWM");
     let body = wstrace_scenarios::harness::tracer::scrape(metrics)?;
     out.lost = wstrace_scenarios::harness::tracer::parse_lost_events(&body);
+    if let Ok(stats) = super::kernel_cost::prog_stats() {
+        for id in super::kernel_cost::prog_ids_of(wpid) {
+            if let Some(p) = stats.get(&id).filter(|p| p.recursion_misses > 0) {
+                *out.recursion_by_program.entry(p.name.clone()).or_default() += p.recursion_misses;
+            }
+        }
+    }
     println!(
         "  idle      closed in {:.1} s: reports server {} client {} (of {} each{}), lost {:?}, peak RSS {:.1} MiB",
         out.close_secs,
@@ -413,6 +429,26 @@ pub fn render(t: &IdleCost) -> String {
         t.open_secs,
         t.close_secs
     ));
+    if !t.recursion_by_program.is_empty() {
+        let complete = t.reports_server == t.opened && t.reports_client == t.opened;
+        md.push_str(&format!(
+            "\nRuns the kernel skipped (`recursion_miss`), by program: {}. These are raw tracepoints, \
+             whose guard is per program: on loopback a close's FIN reaches the peer socket in a softirq \
+             that can interrupt the closing task's own run of the same program (a state change, or a \
+             socket's destruction), and the nested run is skipped.{}\n",
+            t.recursion_by_program
+                .iter()
+                .map(|(k, v)| format!("`{k}` {v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if complete {
+                " No report was missing for it: every socket's close was reported, from its other \
+                 events."
+            } else {
+                ""
+            }
+        ));
+    }
     md.push_str(
         "\nThe kernel maps (`bpftool map show`; hash and LRU maps are preallocated, so their memory is \
          fixed at load by `max_entries`; the ring buffers are counted once), largest first:\n\n\
@@ -444,6 +480,20 @@ pub fn render(t: &IdleCost) -> String {
         mib(idle_total),
         mib(open_total)
     ));
+    md.push_str(
+        "\nWhat bounds the sockets held: `UPGRADED` and `ACCEPTED` are sized by `--max-sockets` (plus 128 \
+         per CPU of LRU slack); at the default 65,536 a host with more than ~32,000 connections whose \
+         two ends are both traced evicts the oldest sockets (counted as `max_sockets`). The daemon's \
+         tables follow the same number (its chain table too: at a fixed 65,536 chains, 100,000 \
+         connections each with its own Key had evicted 34,464 chains, counted as `chain_evicted`). \
+         `HEAD_BYTES` (65,536, LRU) holds what a socket's first read was until it is upgraded or \
+         freed; an upgraded socket no longer needs its entry. `PEER_WRITERS` (16,384, LRU) holds who \
+         wrote each request until the daemon reads it at the server's 101: it bounds how far the \
+         daemon may fall behind the kernel before a peer is looked up the slow way (the fallback's \
+         own bound is in README, *peer*), not how many sockets may be open. The daemon's RSS grows \
+         by what it keeps per open upgraded socket (its matcher entry, request head, chain member), \
+         freed at the close.\n",
+    );
     md
 }
 
@@ -476,6 +526,7 @@ mod tests {
             reports_client: 99,
             lost: BTreeMap::from([("ring_full".into(), 1), ("max_sockets".into(), 0)]),
             lost_open: BTreeMap::new(),
+            recursion_by_program: BTreeMap::new(),
             open_secs: 3.0,
             close_secs: 4.0,
         };
