@@ -112,7 +112,7 @@ fn maps_of(pid: u32) -> Result<Vec<MapRow>> {
             bytes_memlock: m["bytes_memlock"].as_u64().unwrap_or(0),
         })
         .collect();
-    rows.sort_by(|a, b| b.bytes_memlock.cmp(&a.bytes_memlock));
+    rows.sort_by_key(|m| std::cmp::Reverse(m.bytes_memlock));
     Ok(rows)
 }
 

@@ -496,6 +496,22 @@ mod tests {
         let tls_again = splice(&old4, &format!("{TLS_COST_HEADING}\nnew tls\n"), Only::Tls);
         assert!(tls_again.contains("new tls") && !tls_again.contains("old tls"));
         assert!(tls_again.contains("old vm"), "{tls_again}");
+        let old5 = format!("{old4}\n{IDLE_COST_HEADING}\nold idle\n");
+        let idle = splice(
+            &old5,
+            &format!("{IDLE_COST_HEADING}\nnew idle\n"),
+            Only::Idle,
+        );
+        assert!(
+            idle.contains("new idle") && !idle.contains("old idle"),
+            "{idle}"
+        );
+        assert!(
+            idle.contains("old tls") && idle.contains("old load"),
+            "{idle}"
+        );
+        let tls_keeps_idle = splice(&old5, &format!("{TLS_COST_HEADING}\nnew tls\n"), Only::Tls);
+        assert!(tls_keeps_idle.contains("old idle"), "{tls_keeps_idle}");
     }
 
     #[test]
