@@ -9,7 +9,11 @@
 //!   `tcp-echo` server), each keeping `depth` small messages in flight;
 //!   prints messages/s and latency percentiles as JSON;
 //! - `churn`: upgrade-and-wait-for-close loops; prints connections/s and can
-//!   log when each connection saw its close (for close-to-report latency).
+//!   log when each connection saw its close (for close-to-report latency);
+//! - `idle-serve` / `idle-connect`: N upgraded connections held idle (both
+//!   ends on this host, from several loopback source addresses), each with
+//!   its own `Sec-WebSocket-Key`, then closed by the server: what N idle
+//!   sockets cost the tracer's maps and daemon.
 //!
 //! Every client result is one JSON object on stdout.
 use std::{
@@ -86,6 +90,40 @@ enum Command {
         #[arg(long)]
         eof_log: Option<PathBuf>,
     },
+    /// Serve on 127.0.0.1:PORT: answer each upgrade request with a 101
+    /// (the Accept for its Key) and hold the socket, idle; once `close_file`
+    /// exists, close every held socket (in accept order), print `CLOSED n`
+    /// and exit. Prints `READY <port>`.
+    IdleServe {
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        #[arg(long)]
+        close_file: PathBuf,
+        /// Sockets closed a second once closing (0: all at once).
+        #[arg(long, default_value_t = 0)]
+        close_per_sec: u32,
+        /// File descriptors to allow (RLIMIT_NOFILE is raised to it).
+        #[arg(long, default_value_t = 16384)]
+        nofile: u64,
+    },
+    /// Open `conns` upgraded connections to an `idle-serve` server (each
+    /// from 127.0.0.2, 127.0.0.3, ... in turn: a source address gives at
+    /// most the ephemeral port range), print `OPEN n`, then read each to
+    /// the server's close and close it; prints `{"opened":n,"closed":n}`.
+    IdleConnect {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        conns: usize,
+        /// Loopback source addresses to spread the connections over.
+        #[arg(long, default_value_t = 8)]
+        sources: u8,
+        /// Connections opened a second (0: as fast as they go).
+        #[arg(long, default_value_t = 0)]
+        per_sec: u32,
+        #[arg(long, default_value_t = 16384)]
+        nofile: u64,
+    },
     /// Print every loaded BPF program's kernel run stats, one line each:
     /// `PROG <id> <name> <run_time_ns> <run_cnt>` (needs root, and
     /// kernel.bpf_stats_enabled=1 for the counts to move). Used inside the
@@ -129,7 +167,208 @@ async fn run(cmd: Command) -> Result<()> {
             secs,
             eof_log,
         } => churn(port, conc, secs, eof_log).await,
+        Command::IdleServe {
+            port,
+            close_file,
+            close_per_sec,
+            nofile,
+        } => idle_serve(port, &close_file, close_per_sec, nofile).await,
+        Command::IdleConnect {
+            port,
+            conns,
+            sources,
+            per_sec,
+            nofile,
+        } => idle_connect(port, conns, sources, per_sec, nofile).await,
     }
+}
+
+/// Raises RLIMIT_NOFILE to `want`: the soft limit up to the hard one,
+/// the hard one too where allowed (CAP_SYS_RESOURCE); fails when `want` is
+/// past what this process may have (run more processes instead).
+fn raise_nofile(want: u64) -> Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid rlimit pointers.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    let raised = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: want.max(lim.rlim_max),
+    };
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        return Ok(());
+    }
+    if want <= lim.rlim_max {
+        let soft = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: lim.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) } == 0 {
+            return Ok(());
+        }
+    }
+    anyhow::bail!(
+        "raising RLIMIT_NOFILE to {want} (hard limit {}): {} (without CAP_SYS_RESOURCE, spread the sockets over more processes)",
+        lim.rlim_max,
+        std::io::Error::last_os_error()
+    )
+}
+
+/// The request head's `Sec-WebSocket-Key` value.
+fn ws_key(head: &[u8]) -> Option<&[u8]> {
+    let text = std::str::from_utf8(head).ok()?;
+    text.split("\r\n").find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("sec-websocket-key")
+            .then(|| value.trim().as_bytes())
+    })
+}
+
+/// Reads until the end of an HTTP head (at most 4 KiB).
+async fn read_head(conn: &mut TcpStream) -> Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 512];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf).await?;
+        if n == 0 || head.len() > 4096 {
+            anyhow::bail!("no whole HTTP head ({} bytes)", head.len());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(head)
+}
+
+async fn idle_serve(
+    port: u16,
+    close_file: &std::path::Path,
+    close_per_sec: u32,
+    nofile: u64,
+) -> Result<()> {
+    raise_nofile(nofile)?;
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.set_reuseaddr(true)?;
+    // Several servers may share the port (one process holds only as many
+    // sockets as its RLIMIT_NOFILE): the kernel spreads the connections.
+    sock.set_reuseport(true)?;
+    sock.bind(SocketAddr::from(([127, 0, 0, 1], port)))
+        .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+    let listener = sock.listen(4096)?;
+    println!("READY {}", listener.local_addr()?.port());
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
+    let into = held.clone();
+    let accepting = tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                // Out of descriptors, say: wait, as a server would.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let into = into.clone();
+            tokio::spawn(async move {
+                let Ok(head) = read_head(&mut conn).await else {
+                    return;
+                };
+                let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(
+                    ws_key(&head).unwrap_or_default(),
+                );
+                let response = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                );
+                if conn.write_all(response.as_bytes()).await.is_ok()
+                    && let Ok(mut v) = into.lock()
+                {
+                    v.push(conn);
+                }
+            });
+        }
+    });
+    while !close_file.exists() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    accepting.abort();
+    let conns = std::mem::take(&mut *held.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    let n = conns.len();
+    // Dropping a stream closes its socket: one close(2) each, in order,
+    // in batches of a hundredth of a second's worth.
+    let batch = (close_per_sec as usize / 100).max(1);
+    let start = Instant::now();
+    let mut conns = conns.into_iter();
+    let mut closed = 0usize;
+    loop {
+        let before = closed;
+        for c in conns.by_ref().take(if close_per_sec == 0 {
+            usize::MAX
+        } else {
+            batch
+        }) {
+            drop(c);
+            closed += 1;
+        }
+        if closed == before {
+            break;
+        }
+        if close_per_sec > 0 {
+            let due = Duration::from_secs_f64(closed as f64 / f64::from(close_per_sec));
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+    println!("CLOSED {n}");
+    Ok(())
+}
+
+async fn idle_connect(
+    port: u16,
+    conns: usize,
+    sources: u8,
+    per_sec: u32,
+    nofile: u64,
+) -> Result<()> {
+    raise_nofile(nofile)?;
+    let server = SocketAddr::from(([127, 0, 0, 1], port));
+    let sources = sources.clamp(1, 250);
+    let mut open = Vec::with_capacity(conns);
+    let start = Instant::now();
+    for i in 0..conns {
+        if per_sec > 0 {
+            let due = Duration::from_secs_f64(i as f64 / f64::from(per_sec));
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let source = SocketAddr::from(([127, 0, 0, 2 + (i % sources as usize) as u8], 0));
+        let sock = tokio::net::TcpSocket::new_v4()?;
+        sock.bind(source)
+            .with_context(|| format!("binding {source} (connection {i})"))?;
+        let mut conn = sock
+            .connect(server)
+            .await
+            .with_context(|| format!("connecting from {source} (connection {i})"))?;
+        let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+        let request = format!(
+            "GET /idle HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        conn.write_all(request.as_bytes()).await?;
+        let head = read_head(&mut conn).await?;
+        if !head.starts_with(b"HTTP/1.1 101 ") {
+            anyhow::bail!("connection {i}: no 101");
+        }
+        open.push(conn);
+    }
+    println!("OPEN {}", open.len());
+    let mut closed = 0usize;
+    let mut buf = [0u8; 64];
+    for mut conn in open {
+        // The server's close: EOF (or a reset).
+        while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+        drop(conn);
+        closed += 1;
+    }
+    println!("{{\"opened\":{conns},\"closed\":{closed}}}");
+    Ok(())
 }
 
 /// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns and other processes

@@ -48,6 +48,34 @@ pub fn port_traced(port: u16) -> bool {
     }
 }
 
+/// The `--port` rule, decided here once for every program that filters:
+/// `--port P` follows both ends of a connection to P. A socket whose
+/// *local* port is P is the server's side (it reads the request and
+/// writes the 101: [`server_port_traced`]); one whose *remote* port is P is
+/// a client's side (a process on this host that connected to P: it writes
+/// the request and reads the 101: [`client_port_traced`]). Everything that
+/// follows a socket once it is upgraded (its frames, state changes, close,
+/// resets, destruction, TLS plaintext) takes either ([`sk_port_traced`]).
+/// With every port traced (no `--port`), every socket with a local port.
+#[inline(always)]
+pub fn sk_port_traced(sk: KPtr) -> bool {
+    server_port_traced(sk) || (config!(all_ports) == 0 && client_port_traced(sk))
+}
+
+/// The server's side of a connection to a traced port: a 101 written here
+/// counts ([`sk_port_traced`]).
+#[inline(always)]
+pub fn server_port_traced(sk: KPtr) -> bool {
+    port_traced(sk_local_port(sk))
+}
+
+/// The client's side of a connection to a traced port: a request written or
+/// a 101 read here counts ([`sk_port_traced`]).
+#[inline(always)]
+pub fn client_port_traced(sk: KPtr) -> bool {
+    port_traced(sk_remote_port(sk))
+}
+
 /// Local port of a socket (host order), 0 when unreadable.
 ///
 /// `skc_num` first; once `tcp_set_state(TCP_CLOSE)` has unhashed the socket

@@ -19,7 +19,7 @@ use aya_ebpf::{
 use wstrace_common::{EventKind, ProbeSet, SIGNAL_OOM_VICTIM, tcp_state};
 
 use crate::{
-    kernel::{config, port_traced, sk_err, sk_local_port},
+    kernel::{config, sk_err, sk_port_traced},
     ptr::KPtr,
     record,
 };
@@ -93,7 +93,7 @@ fn on_sk_event(ctx: &RawTracePointContext, kind: EventKind) {
     if sk.is_null() {
         return;
     }
-    if kind == EventKind::Destroy && port_traced(sk_local_port(sk)) {
+    if kind == EventKind::Destroy && sk_port_traced(sk) {
         record::forget_head(sk);
     }
     if record::is_upgraded(sk) {

@@ -29,7 +29,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{port_traced, sk_local_port, sock_of_fd},
+    kernel::{sk_port_traced, sock_of_fd},
     ptr::{KPtr, UPtr},
     record,
 };
@@ -89,7 +89,7 @@ fn conn_sock(conn: u64) -> Option<KPtr> {
         return None;
     }
     let sk = sock_of_fd(fd)?;
-    port_traced(sk_local_port(sk)).then_some(sk)
+    sk_port_traced(sk).then_some(sk)
 }
 
 /// Go ABIInternal registers: receiver, slice pointer, slice length, and the

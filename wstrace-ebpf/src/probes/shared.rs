@@ -5,23 +5,26 @@ use wstrace_common::{ProbeSet, probe_log};
 use crate::{
     debug,
     kernel::{
-        msghdr_second_iovec, msghdr_user_buf, port_traced, sk_local_port, sk_remote_port, sk_state,
+        client_port_traced, msghdr_second_iovec, msghdr_user_buf, server_port_traced,
+        sk_port_traced, sk_state,
     },
     ptr::{KPtr, UPtr},
     record,
 };
 
 /// Port filter first: with `--port`, every other socket on the host leaves
-/// after two reads (local port: the server's side; remote port: a client on
-/// this host writing its request to a traced port); then the socket's class;
-/// then the bytes, and what they mean (`record::on_socket_write`).
+/// after two reads (the rule of `kernel::sk_port_traced`: local port, the
+/// server's side, which alone may write a 101; remote port, a client's
+/// side, which writes the request and, once it read a 101, frames); then
+/// the socket's class; then the bytes, and what they mean
+/// (`record::on_socket_write`).
 #[inline(always)]
 pub fn on_tcp_sendmsg(sk: KPtr, msg: KPtr, size: u64, probe: ProbeSet) {
     if sk.is_null() {
         return;
     }
-    let server_side = port_traced(sk_local_port(sk));
-    if !server_side && !port_traced(sk_remote_port(sk)) {
+    let server_side = server_port_traced(sk);
+    if !server_side && !client_port_traced(sk) {
         if debug::on() {
             note_untraced_write(sk, msg, size);
         }
@@ -92,7 +95,7 @@ fn note_misplaced_101(sk: KPtr, buf: UPtr, len: u64) {
 /// (`len`, and the first iovec's length) (port filter first).
 #[inline(always)]
 pub fn on_tcp_recvmsg_entry(sk: KPtr, msg: KPtr, len: u64) {
-    if sk.is_null() || !port_traced(sk_local_port(sk)) {
+    if sk.is_null() || !sk_port_traced(sk) {
         return;
     }
     if let Some((buf, first)) = msghdr_user_buf(msg) {

@@ -11,7 +11,7 @@ use wstrace_common::{ProbeSet, probe_log, server_slot};
 
 use crate::{
     debug,
-    kernel::{config, port_traced, sk_local_port, sock_of_fd},
+    kernel::{config, server_port_traced, sock_of_fd},
     maps::{SERVER_SLOTS, SERVERS},
     ptr::{Iovec, KPtr, UPtr},
     record,
@@ -54,8 +54,8 @@ fn arg(ctx: &TracePointContext, i: usize) -> u64 {
     unsafe { core::ptr::read((ctx.as_ptr() as *const u64).add(2 + i)) }
 }
 
-/// Only processes that serve a traced port read requests we care about:
-/// checked before anything else, so every other read on the machine stops
+/// Only processes that serve a traced port (or wrote a request to one: the
+/// client side) read bytes we care about: checked before anything else, so every other read on the machine stops
 /// after one inlined array load (maps::SERVER_SLOTS).
 #[inline(always)]
 fn is_server() -> bool {
@@ -71,8 +71,9 @@ fn is_server() -> bool {
 
 /// Data check first (cheap, rules out nearly every write), then the fd walk,
 /// and only then what the write means (`record::on_socket_write`: the port
-/// filter, then the maps). `iov`, `vlen`: a writev's iovecs, whose second
-/// is read only when a control frame runs past the first.
+/// filter by `kernel::sk_port_traced`'s rule, then the maps). `iov`, `vlen`:
+/// a writev's iovecs, whose second is read only when a control frame runs
+/// past the first.
 #[inline(always)]
 fn on_write(fd: u64, buf: UPtr, len: u64, iov: UPtr, vlen: u64) {
     let kind = record::classify_write(buf, len);
@@ -102,7 +103,7 @@ fn on_write(fd: u64, buf: UPtr, len: u64, iov: UPtr, vlen: u64) {
         buf,
         len,
         len,
-        || port_traced(sk_local_port(sk)),
+        || server_port_traced(sk),
         || tls,
         || {
             if vlen > 1 {
@@ -117,9 +118,9 @@ fn on_write(fd: u64, buf: UPtr, len: u64, iov: UPtr, vlen: u64) {
         // A worker handed its sockets by another process (fd passing) is
         // known from its first 101 on.
         record::Written::Upgrade => note_server(),
-        // With every port traced, a process that writes a request may read
-        // a 101 back (the client side): its reads are walked too.
-        record::Written::Request if config!(all_ports) != 0 => note_server(),
+        // A process that writes a request to a traced port may read a 101
+        // back (the client side): its reads are walked too.
+        record::Written::Request => note_server(),
         _ => {}
     }
 }
@@ -160,7 +161,7 @@ fn on_accept_exit(ctx: &TracePointContext) {
         return;
     }
     if let Some(sk) = sock_of_fd(ret as u64)
-        && port_traced(sk_local_port(sk))
+        && server_port_traced(sk)
     {
         note_server();
     }

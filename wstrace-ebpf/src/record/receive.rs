@@ -14,7 +14,7 @@ use crate::record::{
 };
 use crate::{
     debug,
-    kernel::{port_traced, sk_local_port},
+    kernel::{client_port_traced, sk_port_traced},
     maps::{
         HEAD_BYTES, HEAD_NOT_HTTP, HEAD_RESPONSE, HEAD_TLS, PENDING_READS, PendingRead, UPGRADED,
     },
@@ -27,7 +27,7 @@ use crate::{
 /// and its reads may still matter ([`reads_done`]: one lookup).
 #[inline(always)]
 pub fn read_entry(sk: KPtr, buf: UPtr, cap: u64) {
-    if sk.is_null() || buf.is_null() || !port_traced(sk_local_port(sk)) || reads_done(sk) {
+    if sk.is_null() || buf.is_null() || !sk_port_traced(sk) || reads_done(sk) {
         return;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
@@ -100,8 +100,9 @@ pub fn read_exit(ret: i64, probe: ProbeSet) {
             }
             First::Class(FirstRead::Response) => {
                 // The client end of an HTTP connection: a 101 as its first
-                // response makes it the client side of a WebSocket.
-                if starts_with_101(buf, len) {
+                // response makes it the client side of a WebSocket, if it
+                // connected to a traced port (the `--port` rule).
+                if starts_with_101(buf, len) && client_port_traced(sk) {
                     mark_upgraded(sk, total, probe, FLAG_CLIENT_SIDE);
                     // The server's first frames may share the segment (a
                     // close right after the handshake): the daemon finds

@@ -2,12 +2,9 @@
 //! sockets, and the accepted mark that says which sockets may be upgraded.
 use wstrace_common::{DIR_RECEIVED, DIR_SENT, EventHeader, EventKind};
 
-use crate::record::{
-    emit::{emit_header, fill_header, reserve},
-    upgrade::sk_tuple_port_ok,
-};
+use crate::record::emit::{emit_header, fill_header, reserve};
 use crate::{
-    kernel::sk_err,
+    kernel::{config, server_port_traced, sk_err},
     maps::{ACCEPTED, HEAD_BYTES, RESUME, SockDir, UPGRADED},
     ptr::KPtr,
 };
@@ -74,7 +71,7 @@ pub fn note_accepted(sk: KPtr, old_state: i32, new_state: i32) {
     if old_state == wstrace_common::tcp_state::SYN_RECV as i32
         && new_state == wstrace_common::tcp_state::ESTABLISHED as i32
         && !sk.is_null()
-        && sk_tuple_port_ok(sk)
+        && (config!(all_ports) != 0 || server_port_traced(sk))
     {
         let _ = ACCEPTED.insert(sk, 1, 0);
     }

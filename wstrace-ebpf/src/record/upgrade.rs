@@ -10,7 +10,7 @@ use wstrace_common::{
 use crate::record::emit::{count_lost, fill_header, reserve};
 use crate::{
     debug,
-    kernel::{config, current_process_start_ns, fill_tuple, sk_is_tcp, sk_local_port},
+    kernel::{config, current_process_start_ns, fill_tuple, sk_is_tcp, sk_port_traced},
     maps::{ACCEPTED, HEAD_BYTES, PEER_WRITERS, UPGRADED, UPGRADERS},
     ptr::KPtr,
 };
@@ -96,8 +96,10 @@ pub fn is_upgraded(sk: KPtr) -> bool {
     !sk.is_null() && sk_tuple_port_ok(sk) && UPGRADED.get_ptr(sk).is_some()
 }
 
-/// With every port traced, the port is not even read.
+/// With every port traced, the port is not even read; else either end's
+/// port (`kernel::sk_port_traced`: the client side of a connection to a
+/// traced port is followed too).
 #[inline(always)]
 pub(super) fn sk_tuple_port_ok(sk: KPtr) -> bool {
-    config!(all_ports) != 0 || crate::kernel::port_traced(sk_local_port(sk))
+    config!(all_ports) != 0 || sk_port_traced(sk)
 }

@@ -9,7 +9,7 @@ use wstrace_common::{ProbeSet, probe_log};
 
 use crate::{
     debug,
-    kernel::{port_traced, sk_remote_port},
+    kernel::client_port_traced,
     maps::TlsWrite,
     ptr::{KPtr, UPtr},
     record::{
@@ -36,9 +36,10 @@ pub enum Written {
 /// `buf`, whose first bytes are `kind` ([`super::classify_write`]):
 /// - a request, on a socket whose remote port is traced (the client side;
 ///   with every port traced, of any connection): its writer is noted;
-/// - on the server side (`server_side`: the local port is traced; asked
-///   only for what is not a request, so a client's write never reads it):
-///   a 101 marks the socket upgraded; a control frame is recorded, with
+/// - a 101 on the server side (`server_side`: the local port is traced;
+///   asked only for what is not a request, so a client's write never reads
+///   it) marks the socket upgraded; on either side of a connection to a
+///   traced port (`kernel::sk_port_traced`'s rule), a control frame is recorded, with
 ///   `second` (the write's next piece, asked only when the frame runs past
 ///   `buf`) as its continuation; anything else is the plaintext of the
 ///   `SSL_write` the thread is in (`tls`, asked only then), or else perhaps
@@ -57,13 +58,22 @@ pub fn on_socket_write(
     probe: ProbeSet,
 ) -> Written {
     if kind == Write::Request {
-        if port_traced(sk_remote_port(sk)) {
+        if client_port_traced(sk) {
             note_request_writer(sk);
             return Written::Request;
         }
         return Written::Nothing;
     }
-    if !server_side() {
+    // The `--port` rule (`kernel::sk_port_traced`): a 101 counts on the
+    // server's side only; frames and TLS records on either side (a client
+    // side's socket is followed once it read a 101: `frames_written` and
+    // `tls_socket_write` ask UPGRADED).
+    let traced = if kind == Write::Upgrade {
+        server_side()
+    } else {
+        server_side() || client_port_traced(sk)
+    };
+    if !traced {
         if kind == Write::Upgrade {
             debug::note(probe_log::IGNORED_PORT, sk, total);
         }

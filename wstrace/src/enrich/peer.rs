@@ -123,9 +123,55 @@ pub struct PeerFinder {
     diag: Option<std::os::fd::OwnedFd>,
     /// Sequence number of the last request: a reply must carry it.
     seq: u32,
+    /// The fd entries the owner checks and full scans may still examine.
+    budget: FdBudget,
 }
 
 pub const FULL_SCAN_INTERVAL: Duration = Duration::from_millis(200);
+
+/// fd entries the fallback may examine a second (owners' tables and full
+/// scans together; a burst of one second's worth). Each entry is one
+/// fstatat or readlink of /proc: without a bound, a host holding 200,000
+/// idle sockets (100,000 connections, both ends here) made every lookup
+/// read up to ~100,000 entries, and the daemon fell minutes behind its
+/// events. Past it a peer is left unnamed, as for one already gone.
+pub const FDS_PER_SEC: f64 = 50_000.0;
+
+/// A token bucket of fd entries ([`FDS_PER_SEC`]).
+#[derive(Debug)]
+struct FdBudget {
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl Default for FdBudget {
+    fn default() -> Self {
+        Self {
+            tokens: FDS_PER_SEC,
+            at: None,
+        }
+    }
+}
+
+impl FdBudget {
+    fn refill(&mut self, now: Instant) {
+        if let Some(at) = self.at {
+            let secs = now.saturating_duration_since(at).as_secs_f64();
+            self.tokens = (self.tokens + secs * FDS_PER_SEC).min(FDS_PER_SEC);
+        }
+        self.at = Some(now);
+    }
+
+    /// One entry may be examined.
+    fn take(&mut self) -> bool {
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
 const MAX_OWNERS: usize = 64;
 
 impl PeerFinder {
@@ -142,7 +188,13 @@ impl PeerFinder {
             Err(()) => inode_by_proc(peer_local, peer_remote)?,
         };
         let want = format!("socket:[{inode}]");
-        if let Some(i) = self.owners.iter().position(|&pid| holds(pid, inode)) {
+        self.budget.refill(Instant::now());
+        let budget = &mut self.budget;
+        if let Some(i) = self
+            .owners
+            .iter()
+            .position(|&pid| holds(pid, inode, budget))
+        {
             let pid = self.owners.remove(i);
             self.owners.insert(0, pid);
             return Some(process(pid));
@@ -154,7 +206,7 @@ impl PeerFinder {
             return None;
         }
         self.last_full_scan = Some(Instant::now());
-        let found = owner_of(&want)?;
+        let found = owner_of(&want, &mut self.budget)?;
         self.owners.insert(0, found.pid);
         self.owners.truncate(MAX_OWNERS);
         Some(found)
@@ -230,15 +282,15 @@ pub fn exe_of(pid: u32) -> Option<crate::model::PeerExe> {
 /// Does process `pid` have socket `inode` open? One stat per fd, relative
 /// to the opened `/proc/<pid>/fd` (a readlink of `/proc/<pid>/fd/N` walks
 /// the whole path each time, and was a quarter of the daemon's time at 12k
-/// upgrades/s with a local client).
-fn holds(pid: u32, inode: u64) -> bool {
+/// upgrades/s with a local client). Stops (false) when `budget` is spent.
+fn holds(pid: u32, inode: u64, budget: &mut FdBudget) -> bool {
     use std::os::fd::AsRawFd as _;
     use std::os::unix::ffi::OsStrExt as _;
     let path = format!("/proc/{pid}/fd");
     let (Ok(dir), Ok(fds)) = (fs::File::open(&path), fs::read_dir(&path)) else {
         return false;
     };
-    fds.flatten().any(|fd| {
+    fds.flatten().take_while(|_| budget.take()).any(|fd| {
         let mut name = fd.file_name().as_bytes().to_vec();
         name.push(0);
         // SAFETY: zeroed stat is a valid out-buffer; `name` is NUL-terminated.
@@ -322,8 +374,30 @@ fn mapped(a: SocketAddr) -> SocketAddr {
     }
 }
 
-fn owner_of(want: &str) -> Option<PeerProcess> {
-    processes_with_fd(|_| false, |link| link.as_os_str() == want).next()
+/// The process holding `want` (`socket:[inode]`), every process's fd
+/// table read until `budget` is spent.
+fn owner_of(want: &str, budget: &mut FdBudget) -> Option<PeerProcess> {
+    for entry in fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if !budget.take() {
+                return None;
+            }
+            if fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == want) {
+                return Some(process(pid));
+            }
+        }
+    }
+    None
 }
 
 /// The processes with an open fd whose link target (`socket:[123]`, a
@@ -523,6 +597,42 @@ pub fn parse_addr(s: &str) -> Option<SocketAddr> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_fd_budget_refills_at_its_rate_up_to_one_second() {
+        let mut b = FdBudget::default();
+        let t0 = Instant::now();
+        b.refill(t0);
+        let mut taken = 0u64;
+        while b.take() {
+            taken += 1;
+        }
+        assert_eq!(taken, FDS_PER_SEC as u64, "a second's worth at first");
+        b.refill(t0 + Duration::from_millis(100));
+        let mut again = 0u64;
+        while b.take() {
+            again += 1;
+        }
+        assert_eq!(again, (FDS_PER_SEC / 10.0) as u64, "a tenth of a second");
+        b.refill(t0 + Duration::from_secs(60));
+        assert!(b.tokens <= FDS_PER_SEC, "never more than a second's worth");
+    }
+
+    #[test]
+    fn a_spent_budget_stops_the_owner_check() {
+        let mut b = FdBudget {
+            tokens: 0.0,
+            at: None,
+        };
+        // Our own process holds fds, but none is examined.
+        let held = std::net::TcpListener::bind("127.0.0.1:0").expect("a socket");
+        use std::os::fd::AsRawFd as _;
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::fstat(held.as_raw_fd(), &mut st) }, 0);
+        assert!(!holds(std::process::id(), st.st_ino, &mut b));
+        let mut full = FdBudget::default();
+        assert!(holds(std::process::id(), st.st_ino, &mut full));
+    }
+
     use super::*;
 
     const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode

@@ -215,7 +215,11 @@ pub const HOLD_NS: u64 = 100_000_000;
 /// that closes later, e.g. a browser that closes its end seconds after
 /// the proxy did, still finds the root).
 pub const KEEP_NS: u64 = 30_000_000_000;
-/// Chains kept at once; the oldest is dropped (counted) beyond.
+/// Chains kept at once at least; the oldest is dropped (counted) beyond.
+/// The table holds as many as the sockets tracked (`--max-sockets`) when
+/// that is more ([`ChainTable::with_capacity`]): every connection with a
+/// Key is a chain of its own while it is open, and 100,000 idle ones
+/// evicted 34,464 chains at this bound alone.
 pub const MAX_CHAINS: usize = 65536;
 /// Sockets per digest: a chain of 4 proxies seen from both ends is 10; more
 /// is a Key replayed at scale, and links nothing.
@@ -364,8 +368,10 @@ type Due = (u64, ChainDigest, u64);
 /// `now` only grows and each is `now` plus a constant), instead of every
 /// chain being looked at every tick (up to `MAX_CHAINS`, 50 times a
 /// second, under churn).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ChainTable {
+    /// Chains kept at once (at least `MAX_CHAINS`).
+    capacity: usize,
     groups: HashMap<ChainDigest, Group>,
     by_sk: HashMap<u64, ChainDigest>,
     /// (digest, created) in the order they began, for eviction.
@@ -384,14 +390,35 @@ pub struct ChainTable {
     thread_reads: VecDeque<ThreadRead>,
 }
 
+impl Default for ChainTable {
+    fn default() -> Self {
+        Self::with_capacity(MAX_CHAINS)
+    }
+}
+
 impl ChainTable {
+    /// A table for `sockets` followed sockets at once (`--max-sockets`):
+    /// a socket is in one chain at most.
+    pub fn with_capacity(sockets: usize) -> Self {
+        Self {
+            capacity: sockets.max(MAX_CHAINS),
+            groups: HashMap::new(),
+            by_sk: HashMap::new(),
+            order: VecDeque::new(),
+            holds: VecDeque::new(),
+            done: VecDeque::new(),
+            evicted: 0,
+            thread_reads: VecDeque::new(),
+        }
+    }
+
     /// A followed socket's handshake digest is known.
     pub fn join(&mut self, digest: ChainDigest, r: MemberInfo<'_>, now_ns: u64) {
         if self.by_sk.contains_key(&r.sk) {
             return;
         }
         if !self.groups.contains_key(&digest) {
-            if self.groups.len() >= MAX_CHAINS {
+            if self.groups.len() >= self.capacity {
                 self.evict_oldest();
             }
             self.order.push_back((digest, now_ns));
@@ -514,7 +541,7 @@ impl ChainTable {
     /// forgotten when done leave theirs behind. Dropped here once they are
     /// as many as the chains kept, so the queue stays within twice that.
     fn compact_order(&mut self) {
-        if self.order.len() > 2 * MAX_CHAINS {
+        if self.order.len() > 2 * self.capacity {
             let groups = &self.groups;
             self.order
                 .retain(|(d, created)| groups.get(d).is_some_and(|g| g.created_ts == *created));
@@ -536,7 +563,7 @@ impl ChainTable {
         // little before the last one).
         let at = self.done.partition_point(|e| e.0 <= due);
         self.done.insert(at, (due, d, g.created_ts));
-        if self.done.len() > MAX_CHAINS
+        if self.done.len() > self.capacity
             && let Some((_, old, created)) = self.done.pop_front()
         {
             self.forget_done(old, created, u64::MAX);
@@ -792,6 +819,13 @@ fn release(d: ChainDigest, g: &mut Group) -> Vec<CloseReport> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_table_holds_as_many_chains_as_sockets_tracked() {
+        assert_eq!(ChainTable::default().capacity, MAX_CHAINS);
+        assert_eq!(ChainTable::with_capacity(64).capacity, MAX_CHAINS);
+        assert_eq!(ChainTable::with_capacity(262_144).capacity, 262_144);
+    }
+
     use super::*;
     use crate::model::{How, Upgrader};
     use wstrace_common::ProbeSet;

@@ -144,7 +144,7 @@ impl Matcher {
             not_upgrades: 0,
             evicted: 0,
             capacity: capacity.max(1),
-            chains: ChainTable::default(),
+            chains: ChainTable::with_capacity(capacity),
             chain_key: ChainKey::default(),
         }
     }

@@ -21,11 +21,15 @@
 //! 7. what the TLS uprobes cost a server terminating TLS itself
 //!    (tls_cost.rs);
 //! 8. what the interpreter walk costs per close of a Python server, by the
-//!    kernel's stats beside a near-empty program (interp_cost.rs).
+//!    kernel's stats beside a near-empty program (interp_cost.rs);
+//! 9. what N idle upgraded connections, both ends traced, cost the kernel
+//!    maps and the daemon, and whether every close is reported
+//!    (idle_cost.rs).
 //!
 //! Results: target/bench/results.json (every run's numbers, typed); the
 //! renderer (render.rs, `wstrace-bench render`) makes BENCHMARKS.md of it.
 
+mod idle_cost;
 mod interp_cost;
 mod kernel_cost;
 pub mod render;
@@ -74,12 +78,18 @@ pub struct BenchArgs {
     /// BENCHMARKS.md is kept as it is.
     #[arg(long, value_enum, default_value_t = Only::All)]
     pub only: Only,
+    /// Idle upgraded connections held open (section 9; 2 sockets each).
+    #[arg(long, default_value_t = 100_000)]
+    pub idle_conns: usize,
+    /// The idle server's port (section 9; traced).
+    #[arg(long, default_value_t = 18890)]
+    pub idle_port: u16,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Only {
-    /// Everything (sections 1-8).
+    /// Everything (sections 1-9).
     #[default]
     All,
     /// The load measurements: throughput, churn, unrelated traffic, the daemon (sections 1-4).
@@ -92,6 +102,8 @@ pub enum Only {
     Tls,
     /// The interpreter walk's programs on close(2), under a Python server's closes (section 8).
     Interp,
+    /// N idle upgraded connections, both ends traced: map memory, daemon RSS, every close reported (section 9).
+    Idle,
 }
 
 /// The headings that start sections 5 and 6: where a partial run splices.
@@ -100,6 +112,8 @@ const VM_COST_HEADING: &str = "## 6. In-kernel cost per program in the kernel-ma
 const TLS_COST_HEADING: &str =
     "## 7. TLS uprobes (`--tls auto`): cost to a server terminating TLS itself";
 const INTERP_COST_HEADING: &str = "## 8. Interpreter frames: the walk at close(2), in the kernel";
+const IDLE_COST_HEADING: &str =
+    "## 9. Idle upgraded connections, both ends traced: memory, and every close reported";
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -195,6 +209,8 @@ pub struct Results {
     tls_cost: Option<tls_cost::TlsCost>,
     #[serde(default)]
     interp_cost: Option<interp_cost::InterpCost>,
+    #[serde(default)]
+    idle_cost: Option<idle_cost::IdleCost>,
 }
 
 struct Bins {
@@ -243,6 +259,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             ),
             ("bpftool", "the programs' run-time stats (section 8)"),
         ],
+        Only::Idle => &[("bpftool", "the maps' sizes (section 9)")],
     };
     for (tool, why) in tools {
         if which::which(tool).is_err() {
@@ -307,7 +324,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     // The first load run after a build is slow (page cache, CPU frequency,
     // lazily built kernel state): run one and throw it away.
-    if !matches!(args.only, Only::VmCost | Only::Tls | Only::Interp) {
+    if !matches!(
+        args.only,
+        Only::VmCost | Only::Tls | Only::Interp | Only::Idle
+    ) {
         println!("\n==> bench: warm-up run (discarded)");
         steady_run(&bins, args, Tracer::None, TRACED_PORT, &mut probe_set)
             .context("warm-up run")?;
@@ -389,6 +409,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             args.rounds
         );
         res.interp_cost = Some(interp_cost::run(&bins, args)?);
+    }
+    if matches!(args.only, Only::All | Only::Idle) {
+        println!(
+            "\n==> bench: {} idle upgraded connections, both ends traced",
+            args.idle_conns
+        );
+        res.idle_cost = Some(idle_cost::run(&bins, args).context("idle connections")?);
     }
 
     let json_path = args

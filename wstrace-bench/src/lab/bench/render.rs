@@ -3,9 +3,10 @@
 //! a partial run (`--only`) is spliced into the file's other sections.
 
 use super::{
-    CHURN_CONC, CHURN_GOAL_MAX_COST, INTERP_COST_HEADING, KERNEL_COST_HEADING, OTHER_PORT, Only,
-    Placement, RSS_GOAL_MIB, Results, Rusage, STEADY_GOAL_MAX_COST, Steady, TLS_COST_HEADING,
-    TRACED_PORT, Tracer, VM_COST_HEADING, interp_cost, kernel_cost, median, tls_cost, vm_cost,
+    CHURN_CONC, CHURN_GOAL_MAX_COST, IDLE_COST_HEADING, INTERP_COST_HEADING, KERNEL_COST_HEADING,
+    OTHER_PORT, Only, Placement, RSS_GOAL_MIB, Results, Rusage, STEADY_GOAL_MAX_COST, Steady,
+    TLS_COST_HEADING, TRACED_PORT, Tracer, VM_COST_HEADING, idle_cost, interp_cost, kernel_cost,
+    median, tls_cost, vm_cost,
 };
 
 /// BENCHMARKS.md for `res`: the whole file for a full run; for a partial
@@ -373,22 +374,28 @@ fn render(r: &Results) -> String {
         md.push('\n');
         md.push_str(&interp_cost::render(t));
     }
+    if let Some(t) = &r.idle_cost {
+        md.push('\n');
+        md.push_str(&idle_cost::render(t));
+    }
     md
 }
 
 /// BENCHMARKS.md after a partial run: the new part from `new`, the rest
 /// kept from `old` (sections 1-4, section 5 from [`KERNEL_COST_HEADING`],
 /// section 6 from [`VM_COST_HEADING`], section 7 from [`TLS_COST_HEADING`],
-/// section 8 from [`INTERP_COST_HEADING`]).
+/// section 8 from [`INTERP_COST_HEADING`], section 9 from
+/// [`IDLE_COST_HEADING`]).
 fn splice(old: &str, new: &str, only: Only) -> String {
-    const HEADINGS: [&str; 4] = [
+    const HEADINGS: [&str; 5] = [
         KERNEL_COST_HEADING,
         VM_COST_HEADING,
         TLS_COST_HEADING,
         INTERP_COST_HEADING,
+        IDLE_COST_HEADING,
     ];
     // Each part runs from its heading to the next heading found after it.
-    let split = |text: &str| -> [String; 5] {
+    let split = |text: &str| -> [String; 6] {
         let starts: Vec<Option<usize>> = HEADINGS.iter().map(|h| text.find(h)).collect();
         let end_of = |from: usize| {
             starts
@@ -400,7 +407,7 @@ fn splice(old: &str, new: &str, only: Only) -> String {
                 .unwrap_or(text.len())
         };
         let first = starts.iter().flatten().copied().min().unwrap_or(text.len());
-        let mut parts: [String; 5] = Default::default();
+        let mut parts: [String; 6] = Default::default();
         parts[0] = text[..first].to_string();
         for (i, s) in starts.iter().enumerate() {
             if let Some(s) = *s {
@@ -412,14 +419,15 @@ fn splice(old: &str, new: &str, only: Only) -> String {
     let old = split(old);
     let new = split(new);
     let take_new = match only {
-        Only::All => [true; 5],
-        Only::Load => [true, false, false, false, false],
-        Only::KernelCost => [false, true, false, false, false],
-        Only::VmCost => [false, false, true, false, false],
-        Only::Tls => [false, false, false, true, false],
-        Only::Interp => [false, false, false, false, true],
+        Only::All => [true; 6],
+        Only::Load => [true, false, false, false, false, false],
+        Only::KernelCost => [false, true, false, false, false, false],
+        Only::VmCost => [false, false, true, false, false, false],
+        Only::Tls => [false, false, false, true, false, false],
+        Only::Interp => [false, false, false, false, true, false],
+        Only::Idle => [false, false, false, false, false, true],
     };
-    let kept: Vec<&str> = (0..5)
+    let kept: Vec<&str> = (0..6)
         .map(|i| if take_new[i] { &new[i] } else { &old[i] })
         .map(|p| p.trim_end())
         .filter(|p| !p.is_empty())
@@ -488,6 +496,22 @@ mod tests {
         let tls_again = splice(&old4, &format!("{TLS_COST_HEADING}\nnew tls\n"), Only::Tls);
         assert!(tls_again.contains("new tls") && !tls_again.contains("old tls"));
         assert!(tls_again.contains("old vm"), "{tls_again}");
+        let old5 = format!("{old4}\n{IDLE_COST_HEADING}\nold idle\n");
+        let idle = splice(
+            &old5,
+            &format!("{IDLE_COST_HEADING}\nnew idle\n"),
+            Only::Idle,
+        );
+        assert!(
+            idle.contains("new idle") && !idle.contains("old idle"),
+            "{idle}"
+        );
+        assert!(
+            idle.contains("old tls") && idle.contains("old load"),
+            "{idle}"
+        );
+        let tls_keeps_idle = splice(&old5, &format!("{TLS_COST_HEADING}\nnew tls\n"), Only::Tls);
+        assert!(tls_keeps_idle.contains("old idle"), "{tls_keeps_idle}");
     }
 
     #[test]
