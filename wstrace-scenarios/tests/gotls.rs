@@ -218,6 +218,12 @@ fn go_tls_server_closing_after_an_http10_upgrade_is_named_from_the_plaintext() {
             ),
         "no Go coverage line for the server:\n{stderr}"
     );
+    // Built with its DWARF and symbol table: the struct offsets are its
+    // own, and a conn is walked only when its itab is *net.TCPConn's.
+    assert!(
+        stderr.contains("; offsets from DWARF, the *net.TCPConn itab checked"),
+        "the walk's offsets and itab not from the binary:\n{stderr}"
+    );
 
     for _ in 0..3 {
         run_client(&s, port, "http10");
@@ -428,6 +434,14 @@ fn stripped_go_binary_is_covered_through_its_pclntab() {
             server.0.id()
         )) && stderr.contains("crypto/tls covered"),
         "the stripped server is not covered:\n{stderr}"
+    );
+    // No DWARF, no symbol table: the table's offsets for its release, the
+    // conn walked unchecked (and said so).
+    assert!(
+        stderr.contains(
+            "; offsets for go1.19 (table), no symbol table: conns walked as *net.TCPConn unchecked"
+        ),
+        "the stripped server's walk is not said:\n{stderr}"
     );
     run_client(&s, port, "http10");
     let reports = t.wait_for_reports(1, Duration::from_secs(20));
