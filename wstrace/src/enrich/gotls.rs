@@ -335,7 +335,7 @@ pub fn dwarf_offsets(
         let mut inside: Option<(usize, isize)> = None;
         while let Some(e) = entries.next_dfs().map_err(bad)? {
             visited += 1;
-            if visited % 4096 == 0 && std::time::Instant::now() > deadline {
+            if visited.is_multiple_of(4096) && std::time::Instant::now() > deadline {
                 return Err("walking it took too long".into());
             }
             let depth = e.depth();
@@ -902,9 +902,11 @@ mod layout_tests {
         0,
     ];
 
-    /// One DWARF 4 unit holding `structs` (name, members (name, offset;
-    /// `None` for an expression)).
-    fn info(structs: &[(&str, &[(&str, Option<u64>)])]) -> Vec<u8> {
+    /// A struct's members: (name, offset; `None` for an expression).
+    type Members<'a> = &'a [(&'a str, Option<u64>)];
+
+    /// One DWARF 4 unit holding `structs` (name, members).
+    fn info(structs: &[(&str, Members<'_>)]) -> Vec<u8> {
         let mut dies = Vec::new();
         dies.push(1);
         dies.extend_from_slice(b"runtime\0");

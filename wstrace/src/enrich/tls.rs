@@ -477,7 +477,7 @@ fn go_dwarf<'d>(
             .read_bytes_at(s.sh_offset(endian), size)
             .map_err(|_| "a section runs past the end of the file".to_string())?;
         let name = sections.section_name(endian, s).unwrap_or_default();
-        let packing = if u64::from(s.sh_flags(endian)) & u64::from(SHF_COMPRESSED) != 0 {
+        let packing = if s.sh_flags(endian) & u64::from(SHF_COMPRESSED) != 0 {
             gotls::Packing::Chdr {
                 big: endian == Endianness::Big,
             }
