@@ -179,7 +179,8 @@ pub const MAX_DWARF_INFO: u64 = 64 << 20;
 pub const MAX_DWARF_AUX: u64 = 16 << 20;
 
 /// Time the DWARF step may take in all (decompressing and walking): past
-/// it, the table. Within the file's read budget (`tls::READ_BUDGET`).
+/// it, the table. Also cut at 70% of the file's read budget
+/// (`tls::READ_BUDGET`), so a slow read still covers the binary.
 pub const DWARF_BUDGET: std::time::Duration = std::time::Duration::from_millis(800);
 
 /// Largest offset believed for one field (the walk's structs are a few

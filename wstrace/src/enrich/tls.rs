@@ -177,6 +177,7 @@ pub fn is_rustls_symbol(name: &[u8]) -> bool {
 /// Reads the symbol tables of `file` (an ELF64 file) for the OpenSSL
 /// functions; `Err` says why it could not (not ELF, a table too large ...).
 pub fn elf_tls(file: std::fs::File) -> Result<ElfTls, String> {
+    let started = std::time::Instant::now();
     let size = file.metadata().map_err(|e| e.to_string())?.len();
     let mut budget = MAX_READ_PER_FILE.saturating_sub(header_tables(&file, size)?);
     let data = ReadCache::new(file);
@@ -297,8 +298,14 @@ pub fn elf_tls(file: std::fs::File) -> Result<ElfTls, String> {
                 Some(why) => Err(why),
                 None => go_functions(&data, arch, write, go_read, &file_offset, &mut budget)
                     .and_then(|probes| {
-                        let (offsets, from) =
-                            go_offsets(&data, endian, &sections, version.as_deref(), &mut budget)?;
+                        let (offsets, from) = go_offsets(
+                            &data,
+                            endian,
+                            &sections,
+                            version.as_deref(),
+                            &mut budget,
+                            started,
+                        )?;
                         // A PIE moves by its load bias, measured from the
                         // segment at file offset 0 (without one, the itab
                         // cannot be placed: the walk goes unchecked).
@@ -418,8 +425,9 @@ fn go_offsets<'d>(
     >,
     version: Option<&str>,
     budget: &mut u64,
+    started: std::time::Instant,
 ) -> Result<(StructOffsets, OffsetsFrom), String> {
-    let dwarf_error = match go_dwarf(data, endian, sections, budget) {
+    let dwarf_error = match go_dwarf(data, endian, sections, budget, started) {
         None => None,
         Some(Ok(offsets)) => return Ok((offsets, OffsetsFrom::Dwarf)),
         Some(Err(why)) => Some(why),
@@ -450,9 +458,15 @@ fn go_dwarf<'d>(
         &'d ReadCache<std::fs::File>,
     >,
     budget: &mut u64,
+    started: std::time::Instant,
 ) -> Option<Result<StructOffsets, String>> {
     use object::ReadRef as _;
-    let deadline = std::time::Instant::now() + gotls::DWARF_BUDGET;
+    // Its own budget, and never past 70% of the file's (`started` is when
+    // the file's read began): a slow host (a busy machine, an emulated
+    // CPU) gets the table, not a survey past READ_BUDGET that covers
+    // nothing.
+    let deadline =
+        (std::time::Instant::now() + gotls::DWARF_BUDGET).min(started + READ_BUDGET.mul_f64(0.7));
     let find = |name: &str| {
         sections
             .section_by_name(endian, format!(".debug_{name}").as_bytes())
