@@ -297,7 +297,7 @@ pub fn elf_tls(file: std::fs::File) -> Result<ElfTls, String> {
             Some(arch) => match gotls::uncovered_version(version.as_deref(), arch) {
                 Some(why) => Err(why),
                 None => go_functions(&data, arch, write, go_read, &file_offset, &mut budget)
-                    .and_then(|probes| {
+                    .and_then(|(write, read, read_returns)| {
                         let (offsets, from) = go_offsets(
                             &data,
                             endian,
@@ -315,13 +315,15 @@ pub fn elf_tls(file: std::fs::File) -> Result<ElfTls, String> {
                             .find(|p| p.p_type(endian) == PT_LOAD && p.p_offset(endian) == 0)
                             .map(|p| p.p_vaddr(endian));
                         Ok(GoFunctions {
+                            write,
+                            read,
+                            read_returns,
                             walk: ConnWalk {
                                 offsets,
                                 from,
                                 tcpconn_itab: tcpconn_itab.filter(|_| !pie || pie_base.is_some()),
                                 pie_base: if pie { pie_base } else { None },
                             },
-                            ..probes
                         })
                     }),
             },
@@ -363,8 +365,9 @@ fn go_pclntab(
 }
 
 /// The file offsets of Go's `(*Conn).Write` and `(*Conn).Read` and of every
-/// RET of `Read`, from their (address, size) symbols; `Read`'s bytes are
-/// read (at most [`gotls::MAX_FUNCTION`], within `budget`) and decoded.
+/// RET of `Read` (in that order), from their (address, size) symbols;
+/// `Read`'s bytes are read (at most [`gotls::MAX_FUNCTION`], within
+/// `budget`) and decoded.
 fn go_functions(
     data: &ReadCache<std::fs::File>,
     arch: GoArch,
@@ -372,7 +375,7 @@ fn go_functions(
     read: Option<(u64, u64)>,
     file_offset: &dyn Fn(u64) -> Option<u64>,
     budget: &mut u64,
-) -> Result<GoFunctions, String> {
+) -> Result<(u64, u64, Vec<u64>), String> {
     use object::ReadRef as _;
     let (read_addr, read_size) = read.ok_or("it has no crypto/tls.(*Conn).Read symbol")?;
     let write = file_offset(write.0).ok_or("its (*Conn).Write is in no loaded segment")?;
@@ -397,18 +400,7 @@ fn go_functions(
         .into_iter()
         .map(|r| read + r)
         .collect();
-    Ok(GoFunctions {
-        write,
-        read,
-        read_returns,
-        // Filled in by the caller once the probes are known to be placed.
-        walk: ConnWalk {
-            offsets: gotls::TABLE_OFFSETS,
-            from: OffsetsFrom::Dwarf,
-            tcpconn_itab: None,
-            pie_base: None,
-        },
-    })
+    Ok((write, read, read_returns))
 }
 
 /// The walk's struct offsets: from the binary's DWARF when it has some
