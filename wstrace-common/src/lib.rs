@@ -306,6 +306,33 @@ pub fn is_tracer_function(name: &str) -> bool {
 /// `(*Conn).Read` uprobes).
 pub const FLAG_TLS_GO: u32 = 64;
 
+/// How the kernel walks one Go process's `*tls.Conn` to its fd
+/// (wstrace-ebpf probes/gotls.rs, `GO_TLS_LAYOUTS`, keyed by tgid): the
+/// daemon reads the offsets from the binary's DWARF, or from its table per
+/// Go version (`enrich::gotls`). Byte offsets; the kernel reads nothing it
+/// is not told the place of.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoTlsLayout {
+    /// `crypto/tls.Conn.conn`: a `net.Conn` interface (itab word, then
+    /// data word).
+    pub conn: u64,
+    /// From a `*net.TCPConn` to its `*netFD`: `TCPConn.conn` (the embedded
+    /// `net.conn`) plus `net.conn.fd`.
+    pub tcpconn_fd: u64,
+    /// From a `*netFD` to the fd: `netFD.pfd` plus `poll.FD.Sysfd`.
+    pub netfd_sysfd: u64,
+    /// Where `go:itab.*net.TCPConn,net.Conn` is in this process (load bias
+    /// applied): the itab word of a `net.Conn` holding a `*net.TCPConn`.
+    /// 0 when the binary has no symbol table to say: the data word is then
+    /// walked unchecked (and the fd it ends at must be a traced socket).
+    pub tcpconn_itab: u64,
+}
+
+/// Go processes with `GO_TLS_LAYOUTS` entries at once (LRU beyond: more
+/// than the processes given TLS uprobes, `attach::tls::MAX_PROCESSES`).
+pub const GO_TLS_PROCESSES: u32 = 1024;
+
 /// `SignalEvent::oom`: the OOM killer chose the target (`oom:mark_victim`).
 pub const SIGNAL_OOM_VICTIM: u32 = 1;
 
@@ -841,6 +868,8 @@ mod user {
     unsafe impl aya::Pod for super::CloseEvent {}
     unsafe impl<const N: usize> aya::Pod for super::DataEventOf<N> {}
     unsafe impl aya::Pod for super::InterpConfig {}
+    // SAFETY: `repr(C)` u64s only, no padding.
+    unsafe impl aya::Pod for super::GoTlsLayout {}
     unsafe impl aya::Pod for super::SignalEvent {}
     unsafe impl aya::Pod for super::UserStackHeader {}
     // SAFETY: `repr(C)` integers only, without padding.

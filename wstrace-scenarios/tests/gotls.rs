@@ -218,6 +218,12 @@ fn go_tls_server_closing_after_an_http10_upgrade_is_named_from_the_plaintext() {
             ),
         "no Go coverage line for the server:\n{stderr}"
     );
+    // Built with its DWARF and symbol table: the struct offsets are its
+    // own, and a conn is walked only when its itab is *net.TCPConn's.
+    assert!(
+        stderr.contains("; offsets from DWARF, the *net.TCPConn itab checked"),
+        "the walk's offsets and itab not from the binary:\n{stderr}"
+    );
 
     for _ in 0..3 {
         run_client(&s, port, "http10");
@@ -308,6 +314,116 @@ fn symbol(elf: &[u8], name: &str) -> (usize, usize) {
         return (at, (value - addr + off) as usize);
     }
     panic!("no symbol {name}");
+}
+
+/// The file offset of section `name` of `elf`.
+fn section_named(elf: &[u8], name: &str) -> usize {
+    let shoff = u64::from_le_bytes(elf[0x28..0x30].try_into().expect("8 bytes")) as usize;
+    let shnum = u16::from_le_bytes([elf[0x3c], elf[0x3d]]) as usize;
+    let shstrndx = u16::from_le_bytes([elf[0x3e], elf[0x3f]]) as usize;
+    let (_, _, names, _, _) = section(elf, shstrndx);
+    for i in 0..shnum {
+        let at = shoff + i * 64;
+        let n = u32::from_le_bytes(elf[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let s = &elf[names as usize + n..];
+        if s.starts_with(name.as_bytes()) && s.get(name.len()) == Some(&0) {
+            return section(elf, i).2 as usize;
+        }
+    }
+    panic!("no section {name}");
+}
+
+/// A Go server whose DWARF lies (its compressed `.debug_info` claims
+/// 128 MiB, over the 64 MiB read): the offsets come from the table for its
+/// release, and start-up says why its DWARF was not used; it is covered
+/// and reported as usual. (Not 1 TiB: the stack symbolizer, blazesym,
+/// allocates what the header claims and aborts wstrace, a separate bug.)
+#[test]
+fn go_binary_with_lying_dwarf_falls_back_to_the_table() {
+    let Some(s) = setup("dwarf") else { return };
+    let _g = serial();
+    let mut elf = std::fs::read(&s.server).expect("read the server");
+    let info = section_named(&elf, ".debug_info");
+    // Elf64_Chdr: ch_type 1 (zlib), reserved, ch_size.
+    assert_eq!(&elf[info..info + 4], &[1, 0, 0, 0], "a zlib .debug_info");
+    elf[info + 8..info + 16].copy_from_slice(&(128u64 << 20).to_le_bytes());
+    let bin = s.dir.path().join("lying-dwarf");
+    std::fs::write(&bin, &elf).expect("write");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (server, port) = start(as_nobody(&bin), "close");
+    let t = Tracer::start(port, &[]);
+    let stderr = t.stderr_text();
+    let line = stderr
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "wstrace: tls: pid {} (lying-dwarf)",
+                server.0.id()
+            ))
+        })
+        .unwrap_or_else(|| panic!("no line for the server:\n{stderr}"));
+    assert!(
+        line.contains("crypto/tls covered")
+            && line.contains(
+                "offsets for go1.19 (table; its DWARF not used: a section is 128 MiB decompressed (read up to 64 MiB)), the *net.TCPConn itab checked"
+            ),
+        "{line}"
+    );
+    run_client(&s, port, "http10");
+    let reports = t.wait_for_reports(1, Duration::from_secs(20));
+    assert_eq!(reports.len(), 1, "{}", t.stderr_text());
+    let r = report_on_port(&reports, port);
+    assert_eq!(r["tls"], "go", "{r}");
+    assert_eq!(r["request"]["version"], "HTTP/1.0", "{r}");
+}
+
+/// TLS over a wrapping `net.Conn` (`ws-go-tls server wrapped`): the
+/// wrapper's first word points at a `bufio.Reader` whose third word is the
+/// fd of the connection accepted before it, so a `tls.Conn` walked as if
+/// over a `*net.TCPConn` lands on that other, traced socket. The itab
+/// check keeps the second connection's plaintext reads (its client's close
+/// frame 1001) off the first connection's report: they are not walked at
+/// all. (Run against the stripped build, which has no itab to check, the
+/// first report does get the 1001: what this test guards against.)
+#[test]
+fn go_tls_over_a_wrapped_conn_is_not_walked_as_a_tcpconn() {
+    let Some(s) = setup("wrapped") else { return };
+    let _g = serial();
+    let (_server, port) = start(Command::new(&s.server), "wrapped");
+    let t = Tracer::start(port, &[]);
+    assert!(
+        t.stderr_text().contains("the *net.TCPConn itab checked"),
+        "{}",
+        t.stderr_text()
+    );
+    // The first connection stays open (silent) until the second is done.
+    let first = Command::new(&s.python)
+        .arg(s.dir.path().join("client.py"))
+        .arg(port.to_string())
+        .arg("silent")
+        .spawn()
+        .expect("python3 client");
+    let first = Kill(first);
+    std::thread::sleep(Duration::from_millis(500));
+    run_client(&s, port, "answer");
+    let reports = t.wait_for_reports(2, Duration::from_secs(20));
+    drop(first);
+    assert_eq!(reports.len(), 2, "{}", t.stderr_text());
+    for r in &reports {
+        assert_eq!(r["tls"], "go", "{r}");
+        assert!(
+            !frames(r).contains(&("received".to_string(), 1001)),
+            "a read of a wrapped conn was walked as a *net.TCPConn: {r}"
+        );
+    }
+    // The second connection's own writes are still seen (they need no walk).
+    assert!(
+        reports
+            .iter()
+            .any(|r| frames(r).first() == Some(&("sent".to_string(), 1001))),
+        "{reports:#?}"
+    );
 }
 
 /// `nobody` runs copies of the Go server that lie to the survey: a
@@ -428,6 +544,14 @@ fn stripped_go_binary_is_covered_through_its_pclntab() {
             server.0.id()
         )) && stderr.contains("crypto/tls covered"),
         "the stripped server is not covered:\n{stderr}"
+    );
+    // No DWARF, no symbol table: the table's offsets for its release, the
+    // conn walked unchecked (and said so).
+    assert!(
+        stderr.contains(
+            "; offsets for go1.19 (table), no symbol table: conns walked as *net.TCPConn unchecked"
+        ),
+        "the stripped server's walk is not said:\n{stderr}"
     );
     run_client(&s, port, "http10");
     let reports = t.wait_for_reports(1, Duration::from_secs(20));

@@ -12,10 +12,11 @@
 //!   stack, which Go moves when it grows: never used on Go). A read may park
 //!   the goroutine and resume it on another thread, so the socket comes from
 //!   the `tls.Conn` itself: `conn` (a `net.Conn` interface, data word) ->
-//!   `*net.TCPConn` -> `*netFD` -> `poll.FD.Sysfd`, then the fd walk.
+//!   `*net.TCPConn` (checked by its itab) -> `*netFD` -> `poll.FD.Sysfd`,
+//!   then the fd walk, at offsets the daemon gives per process
+//!   (`GO_TLS_LAYOUTS`).
 //!
-//! Checked against Go 1.17 .. 1.22 `crypto/tls/conn.go`, `net/net.go`,
-//! `net/fd_posix.go`, `internal/poll/fd_unix.go`, `fd_mutex.go` and the
+//! Checked against Go 1.17 .. 1.22 `crypto/tls/conn.go` and the
 //! ABIInternal spec (`cmd/compile/abi-internal.md`):
 //! `func (c *Conn) Write(b []byte) (int, error)`,
 //! `func (c *Conn) Read(b []byte) (int, error)`; amd64 arguments in AX, BX,
@@ -27,6 +28,8 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::ProbeContext,
 };
+
+use wstrace_common::GoTlsLayout;
 
 use crate::{
     kernel::{sk_port_traced, sock_of_fd},
@@ -60,14 +63,16 @@ pub struct Goroutine {
 #[map]
 static GO_TLS_READS: LruHashMap<Goroutine, GoRead> = LruHashMap::with_max_entries(65536, 0);
 
-/// Offsets of the walk from a `*tls.Conn` to its fd, the same in every Go
-/// release 1.17 .. 1.22: `tls.Conn.conn` is the first field (an interface:
-/// itab word, then data word); `net.TCPConn` embeds `net.conn` whose first
-/// field is `fd *netFD`; `netFD.pfd` (a `poll.FD`) is first, and
-/// `poll.FD.Sysfd` follows its 16-byte `fdMutex`.
-const CONN_DATA: u64 = 8;
-const TCPCONN_FD: u64 = 0;
-const POLLFD_SYSFD: u64 = 16;
+/// Process (tgid) -> the offsets of the walk from its `*tls.Conn` to the
+/// fd, and the itab a `*net.TCPConn` in a `net.Conn` has there: the daemon
+/// adds an entry before it attaches the process's uprobes (from the
+/// binary's DWARF, or its table per Go version) and removes it when the
+/// process exits. A process without one is not walked. LRU: a missed
+/// removal ages out (pids are reused: the daemon overwrites the entry of a
+/// process it attaches to).
+#[map]
+pub static GO_TLS_LAYOUTS: LruHashMap<u32, GoTlsLayout> =
+    LruHashMap::with_max_entries(wstrace_common::GO_TLS_PROCESSES, 0);
 
 /// The largest fd a `Sysfd` is believed to be (a garbage read above it is
 /// not even walked).
@@ -79,12 +84,23 @@ fn user_u64(addr: u64) -> Option<u64> {
 }
 
 /// The socket behind a `*tls.Conn`, if it is a traced-port TCP socket of
-/// the current process.
+/// the current process. `conn` is a `net.Conn`: its data word is walked as
+/// a `*net.TCPConn` only when its itab word says it is one (a `tls.Conn`
+/// over a unix socket or a wrapping conn has another itab, and its data
+/// word's fields are not a netFD's).
 #[inline(always)]
 fn conn_sock(conn: u64) -> Option<KPtr> {
-    let tcp = user_u64(conn + CONN_DATA)?;
-    let netfd = user_u64(tcp + TCPCONN_FD)?;
-    let fd = user_u64(netfd + POLLFD_SYSFD)?;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let l = unsafe { GO_TLS_LAYOUTS.get(&tgid) }?;
+    let (iface, tcpconn_fd, netfd_sysfd, want_itab) =
+        (l.conn, l.tcpconn_fd, l.netfd_sysfd, l.tcpconn_itab);
+    let iface = conn.wrapping_add(iface);
+    if want_itab != 0 && user_u64(iface)? != want_itab {
+        return None;
+    }
+    let tcp = user_u64(iface.wrapping_add(8))?;
+    let netfd = user_u64(tcp.wrapping_add(tcpconn_fd))?;
+    let fd = user_u64(netfd.wrapping_add(netfd_sysfd))?;
     if fd >= MAX_FD {
         return None;
     }

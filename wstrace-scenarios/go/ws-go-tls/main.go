@@ -4,15 +4,32 @@
 // (GOPATH mode, offline), so the VMs need nothing else: its certificate is
 // made in memory at start.
 //
-//	ws-go-tls server close|goaway|ping   prints "READY <port>", serves wss:// on 127.0.0.1
+//	ws-go-tls server close|goaway|ping|wrapped   prints "READY <port>", serves wss:// on 127.0.0.1
 //	ws-go-tls client PORT http10|answer|silent
+//	ws-go-tls bench PORT WRITES ECHOES   one wss:// connection, timed (the bench lab)
 //
 // server close: closes right after the upgrade, in (*hub).drop. goaway:
 // sends close 1001 "restarting", reads until the client's answer, then
 // closes. ping: pings every 300 ms and closes when no pong came in 1.5 s.
 // client http10: an HTTP/1.0 upgrade, then reads until the server closes.
 // answer: HTTP/1.1, echoes a close frame it gets. silent: HTTP/1.1,
-// answers nothing (pings included). Every client closes its socket only
+// answers nothing (pings included).
+//
+// server wrapped: TLS over a wrapping net.Conn (the first field of
+// proxyConn points at a bufio.Reader, as PROXY-protocol wrappers have),
+// whose third word, its buffer's capacity, is the fd of the connection
+// accepted before it: a tls.Conn walked as if over a *net.TCPConn would
+// land on that other socket. The first upgraded connection waits; the
+// second sends close 1001, reads the client's answer, closes; then the
+// first is closed.
+//
+// bench: the Go server of BENCHMARKS.md section 7 (wstrace-bench
+// tls_cost.rs): the upgrade, a burst of WRITES 16-byte frames (one
+// (*Conn).Write each), the client's mark, ECHOES echoes ((*Conn).Read +
+// (*Conn).Write); prints "RESULT <CPU ns per write> <CPU ns per echo>"
+// (the process's user+system time, getrusage).
+//
+// Every client closes its socket only
 // after the server's FIN (it reads the TCP connection under TLS to its
 // end), so the server is the first closer.
 //
@@ -34,13 +51,21 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
 )
 
-type hub struct{ mode string }
+type hub struct {
+	mode string
+	// wrapped: upgrades so far, and the first one's release.
+	upgrades int32
+	second   chan struct{}
+}
 
 var upgrader = websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
 
@@ -70,7 +95,16 @@ func (h *hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	if h.mode == "goaway" {
+	goaway := h.mode == "goaway"
+	if h.mode == "wrapped" {
+		if atomic.AddInt32(&h.upgrades, 1) == 1 {
+			<-h.second
+		} else {
+			defer close(h.second)
+			goaway = true
+		}
+	}
+	if goaway {
 		msg := websocket.FormatCloseMessage(1001, "restarting")
 		c.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -103,23 +137,127 @@ func certificate() (tls.Certificate, error) {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }
 
+// A wrapping conn, laid out as PROXY-protocol wrappers are: a pointer to
+// a bufio.Reader first.
+type proxyConn struct {
+	r *bufio.Reader
+	net.Conn
+}
+
+// Wraps each accepted conn in a proxyConn whose reader's capacity is the
+// fd of the conn accepted before it.
+type wrapListener struct {
+	net.Listener
+	lastFd int
+}
+
+func (l *wrapListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	fd := 0
+	if raw, err := c.(*net.TCPConn).SyscallConn(); err == nil {
+		raw.Control(func(f uintptr) { fd = int(f) })
+	}
+	size := l.lastFd
+	if size < 16 {
+		size = 16
+	}
+	l.lastFd = fd
+	return &proxyConn{r: bufio.NewReaderSize(c, size), Conn: c}, nil
+}
+
 func server(mode string) error {
 	cert, err := certificate()
 	if err != nil {
 		return err
+	}
+	if mode == "wrapped" {
+		// The sockets get fds of at least 16 (bufio's smallest buffer).
+		for i := 0; i < 16; i++ {
+			if _, err := os.Open("/dev/null"); err != nil {
+				return err
+			}
+		}
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
 	fmt.Printf("READY %d\n", ln.Addr().(*net.TCPAddr).Port)
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
 	srv := &http.Server{
-		Handler:   &hub{mode: mode},
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}},
+		Handler:   &hub{mode: mode, second: make(chan struct{})},
+		TLSConfig: cfg,
 		// HTTP/1.1 only: a WebSocket upgrade has no HTTP/2 form here.
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 	}
+	if mode == "wrapped" {
+		return srv.Serve(tls.NewListener(&wrapListener{Listener: ln}, cfg))
+	}
 	return srv.ServeTLS(ln, "", "")
+}
+
+// The process's CPU time (user + system) in ns.
+func cpuNs() int64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
+func bench(port string, writes, echoes int) error {
+	cert, err := certificate()
+	if err != nil {
+		return err
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:"+port, &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		return err
+	}
+	fmt.Println("READY")
+	c, err := ln.Accept()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	buf := make([]byte, 4096)
+	head := []byte{}
+	for !strings.Contains(string(head), "\r\n\r\n") {
+		n, err := c.Read(buf)
+		if err != nil {
+			return fmt.Errorf("no request: %w", err)
+		}
+		head = append(head, buf[:n]...)
+	}
+	if _, err := c.Write([]byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")); err != nil {
+		return err
+	}
+	frame := append([]byte{0x82, 14}, []byte(strings.Repeat("b", 14))...)
+	t0 := cpuNs()
+	for i := 0; i < writes; i++ {
+		if _, err := c.Write(frame); err != nil {
+			return err
+		}
+	}
+	t1 := cpuNs()
+	if _, err := c.Read(buf[:64]); err != nil { // the client's "burst read" mark
+		return err
+	}
+	t2 := cpuNs()
+	for i := 0; i < echoes; i++ {
+		n, err := c.Read(buf[:64])
+		if err != nil {
+			return err
+		}
+		if _, err := c.Write(buf[:n]); err != nil {
+			return err
+		}
+	}
+	t3 := cpuNs()
+	fmt.Printf("RESULT %d %d\n", (t1-t0)/int64(writes), (t3-t2)/int64(echoes))
+	return nil
 }
 
 func client(port, mode string) error {
@@ -194,8 +332,16 @@ func main() {
 		err = server(os.Args[2])
 	case len(os.Args) == 4 && os.Args[1] == "client":
 		err = client(os.Args[2], os.Args[3])
+	case len(os.Args) == 5 && os.Args[1] == "bench":
+		writes, e1 := strconv.Atoi(os.Args[3])
+		echoes, e2 := strconv.Atoi(os.Args[4])
+		if e1 != nil || e2 != nil || writes < 1 || echoes < 1 {
+			err = fmt.Errorf("bench: WRITES and ECHOES are positive numbers")
+		} else {
+			err = bench(os.Args[2], writes, echoes)
+		}
 	default:
-		err = fmt.Errorf("usage: ws-go-tls server close|goaway|ping | client PORT http10|answer|silent")
+		err = fmt.Errorf("usage: ws-go-tls server close|goaway|ping|wrapped | client PORT http10|answer|silent | bench PORT WRITES ECHOES")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ws-go-tls:", err)

@@ -101,6 +101,7 @@ pub(super) fn cover_tls(
     };
     for &pid in &scan.exited {
         tls.probes.forget(pid);
+        forget_go_layout(attached, pid);
     }
     let can_open = startup || tls.opener.helper.is_some();
     for (pid, comm) in &scan.new {
@@ -240,6 +241,26 @@ fn cover_go(
         dev,
         inode: file.inode,
     };
+    // The walk's offsets first: a Read RET that fires finds them.
+    let itab = enrich::gotls::itab_address(&f.walk, file.base);
+    let layout = wstrace_common::GoTlsLayout {
+        conn: f.walk.offsets.conn,
+        tcpconn_fd: f.walk.offsets.tcpconn_fd,
+        netfd_sysfd: f.walk.offsets.netfd_sysfd,
+        tcpconn_itab: itab.unwrap_or(0),
+    };
+    if let Err(e) = set_go_layout(attached, pid, layout) {
+        return format!("{built} crypto/tls not covered: {}", escape::text(&e));
+    }
+    let checked = match (itab, f.walk.tcpconn_itab) {
+        (Some(_), _) => "the *net.TCPConn itab checked",
+        (None, Some(_)) => {
+            "the *net.TCPConn itab not placed in the process: conns walked unchecked"
+        }
+        (None, None) => {
+            "no symbol table: conns walked as *net.TCPConn unchecked (the fd must be a traced socket)"
+        }
+    };
     let hooks = crate::attach::gotls::hooks(f.write, f.read, &f.read_returns);
     let opener = &tls.opener;
     match tls
@@ -248,14 +269,45 @@ fn cover_go(
             opener.open(req, startup)
         }) {
         Ok(_) => format!(
-            "{built} crypto/tls covered: uprobes on (*Conn).Write, (*Conn).Read and its {} RET instructions in {}",
+            "{built} crypto/tls covered: uprobes on (*Conn).Write, (*Conn).Read and its {} RET instructions in {}; {}, {checked}",
             f.read_returns.len(),
-            escape::text(&file.path)
+            escape::text(&file.path),
+            escape::text(&f.walk.from.to_string()),
         ),
         Err(e) => format!(
             "{built} crypto/tls not covered: {}: {}",
             escape::text(&file.path),
             escape::text(&e.to_string())
         ),
+    }
+}
+
+/// The kernel's `GO_TLS_LAYOUTS` (wstrace-ebpf probes/gotls.rs).
+fn go_layouts(
+    attached: &mut Attached,
+) -> Result<aya::maps::HashMap<&mut aya::maps::MapData, u32, wstrace_common::GoTlsLayout>, String> {
+    let map = attached
+        .ebpf
+        .map_mut("GO_TLS_LAYOUTS")
+        .ok_or("the eBPF object has no GO_TLS_LAYOUTS map (a build mismatch)")?;
+    aya::maps::HashMap::try_from(map).map_err(|e| format!("GO_TLS_LAYOUTS: {e}"))
+}
+
+/// Tells the kernel how Go process `pid` walks its `*tls.Conn`s.
+fn set_go_layout(
+    attached: &mut Attached,
+    pid: u32,
+    layout: wstrace_common::GoTlsLayout,
+) -> Result<(), String> {
+    go_layouts(attached)?
+        .insert(pid, layout, 0)
+        .map_err(|e| format!("GO_TLS_LAYOUTS: {e}"))
+}
+
+/// Drops an exited process's entry (pids are reused; the map is LRU if
+/// this is missed).
+fn forget_go_layout(attached: &mut Attached, pid: u32) {
+    if let Ok(mut m) = go_layouts(attached) {
+        let _ = m.remove(&pid);
     }
 }

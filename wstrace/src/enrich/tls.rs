@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use object::{
     Endianness, ReadCache,
-    elf::{FileHeader64, PT_LOAD, SHT_DYNSYM, SHT_SYMTAB, STT_FUNC},
+    elf::{ET_DYN, FileHeader64, PT_LOAD, SHF_COMPRESSED, SHT_DYNSYM, SHT_SYMTAB, STT_FUNC},
     read::elf::{FileHeader as _, ProgramHeader as _, SectionHeader as _, Sym as _},
 };
 
@@ -30,7 +30,10 @@ use super::maps::{self, Mapping};
 /// The OpenSSL/BoringSSL functions the uprobes go on.
 pub const OPENSSL_FUNCTIONS: [&str; 4] = ["SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex"];
 
-use super::gotls::{self, GO_TLS_READ, GO_TLS_WRITE, GoArch, GoFunctions, GoTls};
+use super::gotls::{
+    self, ConnWalk, GO_TLS_READ, GO_TLS_WRITE, GoArch, GoFunctions, GoTls, OffsetsFrom,
+    StructOffsets,
+};
 
 /// Largest symbol table (and its string table) read from a file a traced
 /// process maps: libssl's is ~100 KiB, a big binary with full symbols a
@@ -72,6 +75,9 @@ pub struct MappedFile {
     pub map_files: String,
     pub dev: String,
     pub inode: u64,
+    /// Where the file's mapping at offset 0 starts in the process (a PIE's
+    /// load bias is measured from it); `None` when it has none.
+    pub base: Option<u64>,
 }
 
 /// What a process's maps say about TLS, before any file is read.
@@ -113,6 +119,10 @@ pub fn candidates(pid: u32, maps: &[Mapping], exe_inode: Option<(&str, u64)>) ->
             map_files: maps::map_files_path(pid, m),
             dev: m.dev.clone(),
             inode: m.inode,
+            base: maps
+                .iter()
+                .find(|o| o.offset == 0 && o.inode == m.inode && o.dev == m.dev)
+                .map(|o| o.start),
         };
         let name = file_name(path);
         if exe_inode == Some((m.dev.as_str(), m.inode)) {
@@ -167,6 +177,7 @@ pub fn is_rustls_symbol(name: &[u8]) -> bool {
 /// Reads the symbol tables of `file` (an ELF64 file) for the OpenSSL
 /// functions; `Err` says why it could not (not ELF, a table too large ...).
 pub fn elf_tls(file: std::fs::File) -> Result<ElfTls, String> {
+    let started = std::time::Instant::now();
     let size = file.metadata().map_err(|e| e.to_string())?.len();
     let mut budget = MAX_READ_PER_FILE.saturating_sub(header_tables(&file, size)?);
     let data = ReadCache::new(file);
@@ -188,6 +199,8 @@ pub fn elf_tls(file: std::fs::File) -> Result<ElfTls, String> {
     // (address, size) of Go's (*Conn).Write and (*Conn).Read.
     let mut go_write = None;
     let mut go_read = None;
+    // The link-time address of `*net.TCPConn`'s itab as a `net.Conn`.
+    let mut tcpconn_itab = None;
     // Exported symbols first (a shared library's), then the full table.
     for kind in [SHT_DYNSYM, SHT_SYMTAB] {
         let Some((_, table)) = sections
@@ -241,6 +254,10 @@ pub fn elf_tls(file: std::fs::File) -> Result<ElfTls, String> {
                 go_read = Some((sym.st_value(endian), sym.st_size(endian)));
                 continue;
             }
+            if gotls::TCPCONN_ITAB.iter().any(|n| n.as_bytes() == name) {
+                tcpconn_itab = Some(sym.st_value(endian));
+                continue;
+            }
             if sym.st_type() != STT_FUNC {
                 continue;
             }
@@ -279,7 +296,36 @@ pub fn elf_tls(file: std::fs::File) -> Result<ElfTls, String> {
             None => Err("its architecture is neither amd64 nor arm64".to_string()),
             Some(arch) => match gotls::uncovered_version(version.as_deref(), arch) {
                 Some(why) => Err(why),
-                None => go_functions(&data, arch, write, go_read, &file_offset, &mut budget),
+                None => go_functions(&data, arch, write, go_read, &file_offset, &mut budget)
+                    .and_then(|(write, read, read_returns)| {
+                        let (offsets, from) = go_offsets(
+                            &data,
+                            endian,
+                            &sections,
+                            version.as_deref(),
+                            &mut budget,
+                            started,
+                        )?;
+                        // A PIE moves by its load bias, measured from the
+                        // segment at file offset 0 (without one, the itab
+                        // cannot be placed: the walk goes unchecked).
+                        let pie = header.e_type(endian) == ET_DYN;
+                        let pie_base = segments
+                            .iter()
+                            .find(|p| p.p_type(endian) == PT_LOAD && p.p_offset(endian) == 0)
+                            .map(|p| p.p_vaddr(endian));
+                        Ok(GoFunctions {
+                            write,
+                            read,
+                            read_returns,
+                            walk: ConnWalk {
+                                offsets,
+                                from,
+                                tcpconn_itab: tcpconn_itab.filter(|_| !pie || pie_base.is_some()),
+                                pie_base: if pie { pie_base } else { None },
+                            },
+                        })
+                    }),
             },
         };
         out.go = Some(GoTls {
@@ -319,8 +365,9 @@ fn go_pclntab(
 }
 
 /// The file offsets of Go's `(*Conn).Write` and `(*Conn).Read` and of every
-/// RET of `Read`, from their (address, size) symbols; `Read`'s bytes are
-/// read (at most [`gotls::MAX_FUNCTION`], within `budget`) and decoded.
+/// RET of `Read` (in that order), from their (address, size) symbols;
+/// `Read`'s bytes are read (at most [`gotls::MAX_FUNCTION`], within
+/// `budget`) and decoded.
 fn go_functions(
     data: &ReadCache<std::fs::File>,
     arch: GoArch,
@@ -328,7 +375,7 @@ fn go_functions(
     read: Option<(u64, u64)>,
     file_offset: &dyn Fn(u64) -> Option<u64>,
     budget: &mut u64,
-) -> Result<GoFunctions, String> {
+) -> Result<(u64, u64, Vec<u64>), String> {
     use object::ReadRef as _;
     let (read_addr, read_size) = read.ok_or("it has no crypto/tls.(*Conn).Read symbol")?;
     let write = file_offset(write.0).ok_or("its (*Conn).Write is in no loaded segment")?;
@@ -353,11 +400,113 @@ fn go_functions(
         .into_iter()
         .map(|r| read + r)
         .collect();
-    Ok(GoFunctions {
-        write,
-        read,
-        read_returns,
-    })
+    Ok((write, read, read_returns))
+}
+
+/// The walk's struct offsets: from the binary's DWARF when it has some
+/// that reads (bounded: [`gotls::MAX_DWARF_INFO`], [`gotls::DWARF_BUDGET`],
+/// the file's read `budget`), else from the table for its Go `version`;
+/// `Err` (not covered) when neither knows.
+fn go_offsets<'d>(
+    data: &'d ReadCache<std::fs::File>,
+    endian: Endianness,
+    sections: &object::read::elf::SectionTable<
+        'd,
+        FileHeader64<Endianness>,
+        &'d ReadCache<std::fs::File>,
+    >,
+    version: Option<&str>,
+    budget: &mut u64,
+    started: std::time::Instant,
+) -> Result<(StructOffsets, OffsetsFrom), String> {
+    let dwarf_error = match go_dwarf(data, endian, sections, budget, started) {
+        None => None,
+        Some(Ok(offsets)) => return Ok((offsets, OffsetsFrom::Dwarf)),
+        Some(Err(why)) => Some(why),
+    };
+    match gotls::table_offsets(version) {
+        Ok((version, offsets)) => Ok((
+            offsets,
+            OffsetsFrom::Table {
+                version,
+                dwarf: dwarf_error,
+            },
+        )),
+        Err(e) => Err(match dwarf_error {
+            Some(why) => format!("{e} (its DWARF: {why})"),
+            None => e,
+        }),
+    }
+}
+
+/// The walk's offsets from the DWARF of the file; `None` when it has no
+/// `.debug_info` (stripped with `-w`).
+fn go_dwarf<'d>(
+    data: &'d ReadCache<std::fs::File>,
+    endian: Endianness,
+    sections: &object::read::elf::SectionTable<
+        'd,
+        FileHeader64<Endianness>,
+        &'d ReadCache<std::fs::File>,
+    >,
+    budget: &mut u64,
+    started: std::time::Instant,
+) -> Option<Result<StructOffsets, String>> {
+    use object::ReadRef as _;
+    // Its own budget, and never past 70% of the file's (`started` is when
+    // the file's read began): a slow host (a busy machine, an emulated
+    // CPU) gets the table, not a survey past READ_BUDGET that covers
+    // nothing.
+    let deadline =
+        (std::time::Instant::now() + gotls::DWARF_BUDGET).min(started + READ_BUDGET.mul_f64(0.7));
+    let find = |name: &str| {
+        sections
+            .section_by_name(endian, format!(".debug_{name}").as_bytes())
+            .or_else(|| sections.section_by_name(endian, format!(".zdebug_{name}").as_bytes()))
+            .map(|(_, s)| s)
+    };
+    let info = find("info")?;
+    let mut read = |s: Option<&object::elf::SectionHeader64<Endianness>>,
+                    max: u64|
+     -> Result<Vec<u8>, String> {
+        let Some(s) = s else {
+            return Ok(Vec::new());
+        };
+        let size: u64 = s.sh_size(endian);
+        if size > max {
+            return Err(format!("a section is over {} MiB", max >> 20));
+        }
+        *budget = budget
+            .checked_sub(size)
+            .ok_or("its tables and DWARF add up to more than the read budget")?;
+        let raw = data
+            .read_bytes_at(s.sh_offset(endian), size)
+            .map_err(|_| "a section runs past the end of the file".to_string())?;
+        let name = sections.section_name(endian, s).unwrap_or_default();
+        let packing = if s.sh_flags(endian) & u64::from(SHF_COMPRESSED) != 0 {
+            gotls::Packing::Chdr {
+                big: endian == Endianness::Big,
+            }
+        } else if name.starts_with(b".zdebug_") {
+            gotls::Packing::Zdebug
+        } else {
+            gotls::Packing::Plain
+        };
+        gotls::unpack(raw, packing, max, deadline)
+    };
+    let result = (|| {
+        let info = read(Some(info), gotls::MAX_DWARF_INFO)?;
+        let abbrev = read(find("abbrev"), gotls::MAX_DWARF_AUX)?;
+        let strings = read(find("str"), gotls::MAX_DWARF_AUX)?;
+        gotls::dwarf_offsets(
+            &info,
+            &abbrev,
+            &strings,
+            endian == Endianness::Big,
+            deadline,
+        )
+    })();
+    Some(result)
 }
 
 /// The Go version in `.go.buildinfo`, inline (Go 1.18+) or through a

@@ -98,8 +98,12 @@ pub enum Only {
     KernelCost,
     /// The fentry and kprobe sets' cost per program in the kernel-matrix VMs (section 6).
     VmCost,
-    /// The TLS uprobes' cost to a Python ssl server: its CPU per SSL_write, the programs' ns (section 7).
+    /// The TLS uprobes' cost to a Python ssl server and to a Go server: CPU per write, the programs' ns (section 7).
     Tls,
+    /// Section 7's Go half alone: the Go crypto/tls uprobes' cost to a Go server.
+    #[value(name = "gotls")]
+    #[serde(rename = "gotls")]
+    GoTls,
     /// The interpreter walk's programs on close(2), under a Python server's closes (section 8).
     Interp,
     /// N idle upgraded connections, both ends traced: map memory, daemon RSS, every close reported (section 9).
@@ -111,6 +115,8 @@ const KERNEL_COST_HEADING: &str = "## 5. In-kernel cost per program";
 const VM_COST_HEADING: &str = "## 6. In-kernel cost per program in the kernel-matrix VMs";
 const TLS_COST_HEADING: &str =
     "## 7. TLS uprobes (`--tls auto`): cost to a server terminating TLS itself";
+/// Section 7's Go half, spliced on its own by `--only gotls`.
+const GO_TLS_COST_HEADING: &str = "### Go `crypto/tls`: the same load on a Go server";
 const INTERP_COST_HEADING: &str = "## 8. Interpreter frames: the walk at close(2), in the kernel";
 const IDLE_COST_HEADING: &str =
     "## 9. Idle upgraded connections, both ends traced: memory, and every close reported";
@@ -208,6 +214,8 @@ pub struct Results {
     vm_cost: Option<vm_cost::VmCost>,
     tls_cost: Option<tls_cost::TlsCost>,
     #[serde(default)]
+    go_tls_cost: Option<tls_cost::GoTlsCost>,
+    #[serde(default)]
     interp_cost: Option<interp_cost::InterpCost>,
     #[serde(default)]
     idle_cost: Option<idle_cost::IdleCost>,
@@ -245,12 +253,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             ("bpftool", "per-program run-time stats (section 5)"),
         ],
         Only::VmCost => &[],
-        Only::Tls => &[
+        Only::Tls | Only::GoTls => &[
             (
                 "bpftrace",
                 "the near-empty uprobes beside wstrace's (section 7)",
             ),
             ("bpftool", "the uprobes' run-time stats (section 7)"),
+            ("go", "building the Go server of section 7 (golang-go)"),
         ],
         Only::Interp => &[
             (
@@ -326,7 +335,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     // lazily built kernel state): run one and throw it away.
     if !matches!(
         args.only,
-        Only::VmCost | Only::Tls | Only::Interp | Only::Idle
+        Only::VmCost | Only::Tls | Only::GoTls | Only::Interp | Only::Idle
     ) {
         println!("\n==> bench: warm-up run (discarded)");
         steady_run(&bins, args, Tracer::None, TRACED_PORT, &mut probe_set)
@@ -402,6 +411,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             args.rounds
         );
         res.tls_cost = Some(tls_cost::run(&bins, args)?);
+    }
+    if matches!(args.only, Only::All | Only::Tls | Only::GoTls) {
+        println!(
+            "\n==> bench: Go crypto/tls uprobes on a Go server ({} rounds)",
+            args.rounds
+        );
+        res.go_tls_cost = Some(tls_cost::run_go(&bins, args)?);
     }
     if matches!(args.only, Only::All | Only::Interp) {
         println!(

@@ -3,10 +3,10 @@
 //! a partial run (`--only`) is spliced into the file's other sections.
 
 use super::{
-    CHURN_CONC, CHURN_GOAL_MAX_COST, IDLE_COST_HEADING, INTERP_COST_HEADING, KERNEL_COST_HEADING,
-    OTHER_PORT, Only, Placement, RSS_GOAL_MIB, Results, Rusage, STEADY_GOAL_MAX_COST, Steady,
-    TLS_COST_HEADING, TRACED_PORT, Tracer, VM_COST_HEADING, idle_cost, interp_cost, kernel_cost,
-    median, tls_cost, vm_cost,
+    CHURN_CONC, CHURN_GOAL_MAX_COST, GO_TLS_COST_HEADING, IDLE_COST_HEADING, INTERP_COST_HEADING,
+    KERNEL_COST_HEADING, OTHER_PORT, Only, Placement, RSS_GOAL_MIB, Results, Rusage,
+    STEADY_GOAL_MAX_COST, Steady, TLS_COST_HEADING, TRACED_PORT, Tracer, VM_COST_HEADING,
+    idle_cost, interp_cost, kernel_cost, median, tls_cost, vm_cost,
 };
 
 /// BENCHMARKS.md for `res`: the whole file for a full run; for a partial
@@ -370,6 +370,10 @@ fn render(r: &Results) -> String {
         md.push('\n');
         md.push_str(&tls_cost::render(t));
     }
+    if let Some(t) = &r.go_tls_cost {
+        md.push('\n');
+        md.push_str(&tls_cost::render_go(t));
+    }
     if let Some(t) = &r.interp_cost {
         md.push('\n');
         md.push_str(&interp_cost::render(t));
@@ -387,15 +391,17 @@ fn render(r: &Results) -> String {
 /// section 8 from [`INTERP_COST_HEADING`], section 9 from
 /// [`IDLE_COST_HEADING`]).
 fn splice(old: &str, new: &str, only: Only) -> String {
-    const HEADINGS: [&str; 5] = [
+    const HEADINGS: [&str; 6] = [
         KERNEL_COST_HEADING,
         VM_COST_HEADING,
         TLS_COST_HEADING,
+        GO_TLS_COST_HEADING,
         INTERP_COST_HEADING,
         IDLE_COST_HEADING,
     ];
+    const PARTS: usize = HEADINGS.len() + 1;
     // Each part runs from its heading to the next heading found after it.
-    let split = |text: &str| -> [String; 6] {
+    let split = |text: &str| -> [String; PARTS] {
         let starts: Vec<Option<usize>> = HEADINGS.iter().map(|h| text.find(h)).collect();
         let end_of = |from: usize| {
             starts
@@ -407,7 +413,7 @@ fn splice(old: &str, new: &str, only: Only) -> String {
                 .unwrap_or(text.len())
         };
         let first = starts.iter().flatten().copied().min().unwrap_or(text.len());
-        let mut parts: [String; 6] = Default::default();
+        let mut parts: [String; PARTS] = Default::default();
         parts[0] = text[..first].to_string();
         for (i, s) in starts.iter().enumerate() {
             if let Some(s) = *s {
@@ -419,15 +425,17 @@ fn splice(old: &str, new: &str, only: Only) -> String {
     let old = split(old);
     let new = split(new);
     let take_new = match only {
-        Only::All => [true; 6],
-        Only::Load => [true, false, false, false, false, false],
-        Only::KernelCost => [false, true, false, false, false, false],
-        Only::VmCost => [false, false, true, false, false, false],
-        Only::Tls => [false, false, false, true, false, false],
-        Only::Interp => [false, false, false, false, true, false],
-        Only::Idle => [false, false, false, false, false, true],
+        Only::All => [true; PARTS],
+        Only::Load => [true, false, false, false, false, false, false],
+        Only::KernelCost => [false, true, false, false, false, false, false],
+        Only::VmCost => [false, false, true, false, false, false, false],
+        // Section 7 whole: the OpenSSL half and the Go half.
+        Only::Tls => [false, false, false, true, true, false, false],
+        Only::GoTls => [false, false, false, false, true, false, false],
+        Only::Interp => [false, false, false, false, false, true, false],
+        Only::Idle => [false, false, false, false, false, false, true],
     };
-    let kept: Vec<&str> = (0..6)
+    let kept: Vec<&str> = (0..PARTS)
         .map(|i| if take_new[i] { &new[i] } else { &old[i] })
         .map(|p| p.trim_end())
         .filter(|p| !p.is_empty())
@@ -496,9 +504,9 @@ mod tests {
         let tls_again = splice(&old4, &format!("{TLS_COST_HEADING}\nnew tls\n"), Only::Tls);
         assert!(tls_again.contains("new tls") && !tls_again.contains("old tls"));
         assert!(tls_again.contains("old vm"), "{tls_again}");
-        let old5 = format!("{old4}\n{IDLE_COST_HEADING}\nold idle\n");
+        let old5i = format!("{old4}\n{IDLE_COST_HEADING}\nold idle\n");
         let idle = splice(
-            &old5,
+            &old5i,
             &format!("{IDLE_COST_HEADING}\nnew idle\n"),
             Only::Idle,
         );
@@ -510,8 +518,35 @@ mod tests {
             idle.contains("old tls") && idle.contains("old load"),
             "{idle}"
         );
-        let tls_keeps_idle = splice(&old5, &format!("{TLS_COST_HEADING}\nnew tls\n"), Only::Tls);
+        let tls_keeps_idle = splice(&old5i, &format!("{TLS_COST_HEADING}\nnew tls\n"), Only::Tls);
         assert!(tls_keeps_idle.contains("old idle"), "{tls_keeps_idle}");
+        // Section 7's Go half: spliced alone by --only gotls, with the
+        // OpenSSL half by --only tls; section 8 stays after it.
+        let old5 =
+            format!("{old4}\n{GO_TLS_COST_HEADING}\nold go\n\n{INTERP_COST_HEADING}\nold interp\n");
+        let go_only = splice(
+            &old5,
+            &format!("{GO_TLS_COST_HEADING}\nnew go\n"),
+            Only::GoTls,
+        );
+        assert!(
+            go_only.contains("old tls") && go_only.contains("new go"),
+            "{go_only}"
+        );
+        assert!(!go_only.contains("old go") && go_only.contains("old interp"));
+        assert!(go_only.find("new go") < go_only.find(INTERP_COST_HEADING));
+        assert!(go_only.find("old tls") < go_only.find("new go"));
+        let both = splice(
+            &old5,
+            &format!("{TLS_COST_HEADING}\nnew tls\n\n{GO_TLS_COST_HEADING}\nnew go\n"),
+            Only::Tls,
+        );
+        assert!(
+            both.contains("new tls") && both.contains("new go"),
+            "{both}"
+        );
+        assert!(!both.contains("old tls") && !both.contains("old go"));
+        assert!(both.contains("old interp") && both.contains("old vm"));
     }
 
     #[test]

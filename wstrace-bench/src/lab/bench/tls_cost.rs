@@ -195,12 +195,26 @@ impl Files {
 /// wstrace on [`TLS_PORT`] with `--tls tls`; with `auto`, returns once the
 /// server (started before it) is covered.
 fn wstrace(bins: &Bins, args: &BenchArgs, tls: &str, server: u32) -> Result<Proc> {
+    let needle = format!("tls: pid {server} (python3): OpenSSL covered");
+    wstrace_on(bins, args, tls, TLS_PORT, &needle).map(|(p, _)| p)
+}
+
+/// wstrace on `port` with `--tls tls`; with `auto`, returns once its
+/// stderr has a line with `covered` (the server's coverage line), and that
+/// line.
+fn wstrace_on(
+    bins: &Bins,
+    args: &BenchArgs,
+    tls: &str,
+    port: u16,
+    covered: &str,
+) -> Result<(Proc, String)> {
     let (mut p, ready) = spawn_wstrace(
         bins,
-        TLS_PORT,
+        port,
         Command::new(&bins.wstrace).args([
             "--port",
-            &TLS_PORT.to_string(),
+            &port.to_string(),
             "--probe",
             &args.probe,
             "--format",
@@ -210,12 +224,13 @@ fn wstrace(bins: &Bins, args: &BenchArgs, tls: &str, server: u32) -> Result<Proc
         ]),
     )?;
     p.wait_ready_file(&ready, Duration::from_secs(30))?;
+    let mut line = String::new();
     if tls == "auto" {
-        let needle = format!("tls: pid {server} (python3): OpenSSL covered");
-        p.wait_for(&needle, true, Duration::from_secs(10))
+        line = p
+            .wait_for(covered, true, Duration::from_secs(10))
             .context("the server got no TLS uprobes")?;
     }
-    Ok(p)
+    Ok((p, line))
 }
 
 fn cpu_run(bins: &Bins, args: &BenchArgs, files: &Files, tls: &str) -> Result<CpuRun> {
@@ -376,6 +391,330 @@ pub fn run(bins: &Bins, args: &BenchArgs) -> Result<TlsCost> {
     Ok(out)
 }
 
+/// The Go server's port (traced).
+const GO_TLS_PORT: u16 = 18871;
+
+/// The Go server: the kernel matrix's ws-go-tls in its `bench` mode (the
+/// same load as [`SERVER`], through Go's own `crypto/tls`).
+const GO_SOURCE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../wstrace-scenarios/go/ws-go-tls/main.go"
+);
+
+/// What wstrace puts on a Go server (attach/gotls.rs), and the function
+/// the near-empty bpftrace uprobe goes on for the row: bpftrace (0.17,
+/// built without offset support) places no probe inside a function, so
+/// the RETs' row has the `Read` entry's near-empty program as its floor
+/// (the same empty program on a uprobe of the same process).
+const GO_HOOKS: [(&str, &str, &str); 3] = [
+    (
+        "gotls_write",
+        "crypto/tls.(*Conn).Write",
+        "crypto/tls.(*Conn).Write",
+    ),
+    (
+        "gotls_read",
+        "crypto/tls.(*Conn).Read",
+        "crypto/tls.(*Conn).Read",
+    ),
+    (
+        "gotls_read_ret",
+        "RETs of crypto/tls.(*Conn).Read",
+        "crypto/tls.(*Conn).Read",
+    ),
+];
+
+/// The Go half of section 7 (`--only gotls`, or with `--only tls`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct GoTlsCost {
+    pub off: Vec<CpuRun>,
+    pub auto: Vec<CpuRun>,
+    pub programs: Vec<Vec<UprobeRow>>,
+    pub echoes: u32,
+    pub writes: u32,
+    pub measured: String,
+    /// `go version` of the toolchain that built the server.
+    pub go: String,
+    /// wstrace's start-up line for the server (version, RETs, offsets).
+    pub coverage: String,
+}
+
+/// Builds ws-go-tls into the work dir (Debian's Go and gorilla/websocket,
+/// GOPATH mode, offline, as the tests do).
+fn build_go(work: &Path) -> Result<(PathBuf, String)> {
+    let dir = work.join("tls");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let out = dir.join("ws-go-tls");
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    process::run(
+        Command::new("go")
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg(GO_SOURCE)
+            .current_dir(&dir)
+            .env("GO111MODULE", "off")
+            .env("GOPATH", "/usr/share/gocode")
+            .env("GOCACHE", home.join(".cache/wstrace/go-build"))
+            .env("GOFLAGS", "")
+            .env("CGO_ENABLED", "0"),
+    )
+    .context(
+        "building ws-go-tls (apt-get install golang-go golang-github-gorilla-websocket-dev)",
+    )?;
+    let version = super::command_text("go", &["version"]);
+    Ok((out, version))
+}
+
+fn go_server(bin: &Path) -> Result<Proc> {
+    let p = Proc::spawn(
+        "ws-go-tls bench server",
+        Command::new(bin).args([
+            "bench".to_string(),
+            GO_TLS_PORT.to_string(),
+            WRITES.to_string(),
+            ECHOES.to_string(),
+        ]),
+    )?;
+    p.wait_for("READY", false, Duration::from_secs(10))?;
+    Ok(p)
+}
+
+fn go_client(files: &Files) -> Result<()> {
+    process::run(Command::new(PYTHON).arg(files.dir.join("client.py")).args([
+        GO_TLS_PORT.to_string(),
+        WRITES.to_string(),
+        ECHOES.to_string(),
+    ]))
+    .context("the python3 ssl client (Go server)")
+}
+
+fn go_needle(pid: u32) -> String {
+    format!("tls: pid {pid} (ws-go-tls): Go ")
+}
+
+fn go_cpu_run(
+    bins: &Bins,
+    args: &BenchArgs,
+    files: &Files,
+    bin: &Path,
+    tls: &str,
+) -> Result<(CpuRun, String)> {
+    let srv = go_server(bin)?;
+    let (mut w, line) = wstrace_on(bins, args, tls, GO_TLS_PORT, &go_needle(srv.child.id()))?;
+    if tls == "auto" && !line.contains("crypto/tls covered") {
+        bail!("the Go server is not covered: {line}");
+    }
+    go_client(files)?;
+    let result = srv.wait_for("RESULT", false, Duration::from_secs(60))?;
+    w.stop(libc::SIGINT)?;
+    drop(srv);
+    let mut f = result.split_whitespace().skip(1).map(str::parse::<f64>);
+    match (f.next(), f.next()) {
+        (Some(Ok(write_ns)), Some(Ok(echo_ns))) => Ok((CpuRun { write_ns, echo_ns }, line)),
+        _ => bail!("the Go server printed {result:?}"),
+    }
+}
+
+fn go_programs_round(
+    bins: &Bins,
+    args: &BenchArgs,
+    files: &Files,
+    bin: &Path,
+) -> Result<Vec<UprobeRow>> {
+    let srv = go_server(bin)?;
+    let pid = srv.child.id();
+    let (mut w, _) = wstrace_on(bins, args, "auto", GO_TLS_PORT, &go_needle(pid))?;
+    // One bpftrace per function (Write, Read): its programs told apart by
+    // process.
+    let mut empties = Vec::new();
+    for func in ["crypto/tls.(*Conn).Write", "crypto/tls.(*Conn).Read"] {
+        let script = format!(
+            "uprobe:{}:\"{func}\" {{ }}\nBEGIN {{ printf(\"READY\\n\"); }}\n",
+            bin.display()
+        );
+        let p = Proc::spawn(
+            "bpftrace (near-empty uprobe)",
+            Command::new("bpftrace")
+                .args(["-p", &pid.to_string(), "-e"])
+                .arg(&script),
+        )?;
+        p.wait_for("READY", false, Duration::from_secs(60))?;
+        empties.push((func, p));
+    }
+    let before = prog_stats()?;
+    go_client(files)?;
+    srv.wait_for("RESULT", false, Duration::from_secs(60))?;
+    let after = prog_stats()?;
+    let delta = |id: u32| Delta::between(before.get(&id), after.get(&id));
+    let ws_ids = prog_ids_of(w.child.id());
+    let mut rows = Vec::new();
+    for (prog, hook, floor_on) in GO_HOOKS {
+        // gotls_read_ret is 14 bytes: the kernel's copy is whole.
+        let Some(id) = ws_ids
+            .iter()
+            .copied()
+            .find(|id| after.get(id).is_some_and(|p| p.name == prog))
+        else {
+            bail!("wstrace (pid {}) holds no program {prog}", w.child.id());
+        };
+        let empty = empties
+            .iter()
+            .find(|(f, _)| *f == floor_on)
+            .and_then(|(_, p)| {
+                prog_ids_of(p.child.id())
+                    .into_iter()
+                    .map(delta)
+                    .max_by_key(|d| d.run_cnt)
+            });
+        rows.push(UprobeRow {
+            hook: hook.to_string(),
+            program: prog.to_string(),
+            wstrace: delta(id),
+            empty,
+        });
+    }
+    for (_, p) in empties.iter_mut() {
+        p.stop(libc::SIGINT)?;
+    }
+    w.stop(libc::SIGINT)?;
+    drop(srv);
+    Ok(rows)
+}
+
+/// The Go half: a Go server under the same load, `--tls off` vs `auto`,
+/// then the programs beside near-empty uprobes.
+pub fn run_go(bins: &Bins, args: &BenchArgs) -> Result<GoTlsCost> {
+    if !Path::new(PYTHON).is_file() {
+        bail!("{PYTHON} is missing (apt-get install python3): the TLS client is Python's ssl");
+    }
+    let files = Files::new(&bins.work)?;
+    let (bin, go) = build_go(&bins.work)?;
+    let mut out = GoTlsCost {
+        echoes: ECHOES,
+        writes: WRITES,
+        go,
+        measured: format!(
+            "{}, kernel {}, host load average {} at the start",
+            super::command_text("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            super::command_text("uname", &["-r"]),
+            super::load_average()
+        ),
+        ..GoTlsCost::default()
+    };
+    for round in 1..=args.rounds {
+        for tls in ["off", "auto"] {
+            let (r, line) = go_cpu_run(bins, args, &files, &bin, tls)
+                .with_context(|| format!("Go TLS cost, --tls {tls}, round {round}"))?;
+            println!(
+                "  gotls     --tls {tls:<4} round {round}: server CPU {:.1} µs per (*Conn).Write, {:.1} µs per echo",
+                r.write_ns / 1000.0,
+                r.echo_ns / 1000.0
+            );
+            if tls == "off" {
+                out.off.push(r);
+            } else {
+                // The line names the server's path: the file name only.
+                out.coverage = line
+                    .split_once("): ")
+                    .map_or(line.as_str(), |(_, rest)| rest)
+                    .replace(&bin.display().to_string(), "ws-go-tls");
+                out.auto.push(r);
+            }
+        }
+    }
+    let _stats = StatsOn::new()?;
+    for round in 1..=args.rounds {
+        let rows = go_programs_round(bins, args, &files, &bin)
+            .with_context(|| format!("Go TLS cost, per-program stats, round {round}"))?;
+        for r in &rows {
+            println!(
+                "  gotls     {:<32} round {round}: wstrace {} ns/run, near-empty {} ns/run",
+                r.hook,
+                ns(r.wstrace.ns_per_run()),
+                ns(r.empty.as_ref().and_then(Delta::ns_per_run))
+            );
+        }
+        out.programs.push(rows);
+    }
+    Ok(out)
+}
+
+/// The Go subsection of section 7 (from [`super::GO_TLS_COST_HEADING`]).
+pub fn render_go(t: &GoTlsCost) -> String {
+    let mut md = format!(
+        "{}\n\n\
+         The same client and load against a Go server (`ws-go-tls bench`, wstrace-scenarios/go/ws-go-tls, built by \
+         {}) terminating TLS with Go's own `crypto/tls`: wstrace's uprobes on the entries of `(*Conn).Write` and \
+         `(*Conn).Read` and on each RET instruction of `Read` (no uretprobes on Go). wstrace said: `{}`. Measured {}; \
+         {} rounds, values are medians; the server's CPU time is its own (`getrusage`, user + system). Reproduce with \
+         `sudo -E cargo xtask bench --only gotls` (or with the OpenSSL half, `--only tls`).\n\n\
+         | per call | `--tls off` µs | `--tls auto` µs | auto ÷ off (range over rounds) | added per uprobe hit µs |\n|-|-:|-:|-:|-:|\n",
+        super::GO_TLS_COST_HEADING,
+        if t.go.is_empty() { "go" } else { &t.go },
+        t.coverage.replace('`', "'"),
+        t.measured,
+        t.off.len()
+    );
+    type Row = (&'static str, fn(&CpuRun) -> f64, f64);
+    let rows: [Row; 2] = [
+        ("`(*Conn).Write` (1 hit)", |r| r.write_ns, 1.0),
+        (
+            "echo (3 hits: `Read` entry and RET, `Write`)",
+            |r| r.echo_ns,
+            3.0,
+        ),
+    ];
+    for (name, f, hits) in rows {
+        let (Some(off), Some(auto)) = (med(t.off.iter().map(f)), med(t.auto.iter().map(f))) else {
+            continue;
+        };
+        let ratio_text = ratio(&t.off, &t.auto, f).map_or("—".into(), |(m, lo, hi)| {
+            format!("{m:.2}× ({lo:.2}–{hi:.2})")
+        });
+        md.push_str(&format!(
+            "| {name} | {:.1} | {:.1} | {ratio_text} | {:.1} |\n",
+            off / 1000.0,
+            auto / 1000.0,
+            (auto - off) / hits / 1000.0
+        ));
+    }
+    md.push_str(
+        "\nThe programs over the echo load, beside a near-empty bpftrace uprobe (`{ }`, `-p` the server) attached at \
+         once. bpftrace 0.17 here places no probe inside a function (built without offset support), so the RETs' \
+         floor is the `Read` entry's near-empty program: the same empty program on a uprobe of the same process.\n\n\
+         | uprobe | wstrace program | runs | wstrace ns/run | near-empty ns/run | wstrace ÷ near-empty |\n|-|-|-:|-:|-:|-:|\n",
+    );
+    program_rows(&mut md, &t.programs);
+    md
+}
+
+/// The per-program table's rows: medians over rounds.
+fn program_rows(md: &mut String, programs: &[Vec<UprobeRow>]) {
+    let Some(first) = programs.first() else {
+        return;
+    };
+    for (i, row) in first.iter().enumerate() {
+        let of = |f: &dyn Fn(&UprobeRow) -> Option<f64>| {
+            med(programs.iter().filter_map(|r| r.get(i)).filter_map(f))
+        };
+        let ws = of(&|r| r.wstrace.ns_per_run());
+        let floor = of(&|r| r.empty.as_ref().and_then(Delta::ns_per_run));
+        let runs = of(&|r| Some(r.wstrace.run_cnt as f64));
+        let ratio = match (ws, floor) {
+            (Some(w), Some(f)) if f > 0.0 => format!("{:.2}×", w / f),
+            _ => "—".into(),
+        };
+        md.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} | {ratio} |\n",
+            row.hook,
+            row.program,
+            runs.map_or("—".into(), |r| format!("{r:.0}")),
+            ns(ws),
+            ns(floor)
+        ));
+    }
+}
+
 fn med(v: impl IntoIterator<Item = f64>) -> Option<f64> {
     let v: Vec<f64> = v.into_iter().collect();
     (!v.is_empty()).then(|| median(v))
@@ -447,28 +786,7 @@ pub fn render(t: &TlsCost) -> String {
          attached at once: both ran on every hit. This is the program only, not the trap around it (above).\n\n\
          | uprobe | wstrace program | runs | wstrace ns/run | near-empty ns/run | wstrace ÷ near-empty |\n|-|-|-:|-:|-:|-:|\n",
     );
-    if let Some(first) = t.programs.first() {
-        for (i, row) in first.iter().enumerate() {
-            let of = |f: &dyn Fn(&UprobeRow) -> Option<f64>| {
-                med(t.programs.iter().filter_map(|r| r.get(i)).filter_map(f))
-            };
-            let ws = of(&|r| r.wstrace.ns_per_run());
-            let floor = of(&|r| r.empty.as_ref().and_then(Delta::ns_per_run));
-            let runs = of(&|r| Some(r.wstrace.run_cnt as f64));
-            let ratio = match (ws, floor) {
-                (Some(w), Some(f)) if f > 0.0 => format!("{:.2}×", w / f),
-                _ => "—".into(),
-            };
-            md.push_str(&format!(
-                "| `{}` | {} | {} | {} | {} | {ratio} |\n",
-                row.hook,
-                row.program,
-                runs.map_or("—".into(), |r| format!("{r:.0}")),
-                ns(ws),
-                ns(floor)
-            ));
-        }
-    }
+    program_rows(&mut md, &t.programs);
     md
 }
 
@@ -536,5 +854,57 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("host load average 0.5"), "{md}");
+    }
+
+    #[test]
+    fn render_go_says_what_was_measured() {
+        let delta = |name: &str, ns: u64| Delta {
+            name: name.into(),
+            run_time_ns: ns * 1000,
+            run_cnt: 1000,
+            recursion_misses: 0,
+        };
+        let t = GoTlsCost {
+            off: vec![CpuRun {
+                write_ns: 4000.0,
+                echo_ns: 20000.0,
+            }],
+            auto: vec![CpuRun {
+                write_ns: 7000.0,
+                echo_ns: 29000.0,
+            }],
+            programs: vec![vec![UprobeRow {
+                hook: "RETs of crypto/tls.(*Conn).Read".into(),
+                program: "gotls_read_ret".into(),
+                wstrace: delta("gotls_read_ret", 500),
+                empty: Some(delta("uprobe", 50)),
+            }]],
+            echoes: ECHOES,
+            writes: WRITES,
+            measured: "now, host load average 0.5".into(),
+            go: "go version go1.19.8 linux/amd64".into(),
+            coverage: "Go go1.19.8 (amd64) crypto/tls covered: `x`".into(),
+        };
+        let md = render_go(&t);
+        assert!(md.starts_with(super::super::GO_TLS_COST_HEADING), "{md}");
+        assert!(
+            md.contains("| `(*Conn).Write` (1 hit) | 4.0 | 7.0 | 1.75× (1.75–1.75) | 3.0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| echo (3 hits: `Read` entry and RET, `Write`) | 20.0 | 29.0 | 1.45× (1.45–1.45) | 3.0 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| `RETs of crypto/tls.(*Conn).Read` | gotls_read_ret | 1000 | 500 | 50 | 10.00× |"
+            ),
+            "{md}"
+        );
+        // Backquotes in wstrace's line would end the code span early.
+        assert!(md.contains("crypto/tls covered: 'x'"), "{md}");
+        assert!(md.contains("go1.19.8 linux/amd64"), "{md}");
     }
 }
