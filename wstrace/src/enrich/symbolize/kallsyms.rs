@@ -97,6 +97,7 @@ impl Kallsyms {
         Some(rest.split('\n').next().unwrap_or(rest))
     }
 
+    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.addrs.len()
     }
