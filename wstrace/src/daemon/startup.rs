@@ -24,17 +24,15 @@ const RING_BYTES: u32 = 4 * 1024 * 1024;
 /// records can wrap): 8 MiB (with 4.5 KiB per connection) gave 16 MiB of
 /// an 80-95 MiB peak under that churn.
 const RING_BYTES_WITH_STACKS: u32 = 4 * 1024 * 1024;
-/// Heap the events copied out of the ring and waiting for the daemon may
-/// hold, at most (the reader counts each decoded event's inline size and
-/// what it points to, not its record's size in the ring): the depth that
-/// rides out stalls (a binary's first symbolization, ~30 ms; kallsyms read
-/// at the first close) and bursts faster than the daemon. Anonymous memory,
-/// used only while the daemon is behind: a few thousand upgrade+close
-/// connections (estimated 2-3 KiB each: a 240-byte event each for the
-/// request head, the 101, the state changes and the close; the head's
-/// bytes; the close's boxed stacks and their addresses). With a copy per call site and second, the 16 KiB
-/// copies are a small part of it. Before the events were counted this way,
-/// "8 MiB" of ring records held ~11 MiB of heap under churn.
+/// Records copied out of the ring and waiting for the daemon, at most: the
+/// depth that rides out stalls (a binary's first symbolization, ~30 ms) and
+/// bursts faster than the daemon. Anonymous memory, used only while the
+/// daemon is behind: ~6,500 closes without stack copies, ~3,400
+/// upgrade+close connections (with a copy per call site and second, the
+/// copies are a small part of it). Counted in the records' ring sizes, not
+/// the decoded events' heap (see `pipeline::reader`); that heap is less
+/// since an event's stacks are boxed (240 bytes an event, 472 before, when
+/// this bound held ~11 MiB of heap under churn, measured with heaptrack).
 const QUEUE_BYTES: usize = 8 * 1024 * 1024;
 const QUEUE_BYTES_WITH_STACKS: usize = 8 * 1024 * 1024;
 
