@@ -35,7 +35,10 @@ pub struct Event {
     /// jiffies now, and of the last data sent / received on the socket.
     pub jiffies: JiffiesSample,
     /// Only for `Close`.
-    pub stacks: Option<Stacks>,
+    /// Boxed: only a close has stacks (240 bytes), and every event waiting
+    /// in the reader's queue would otherwise carry their space (an event
+    /// was 472 bytes, 240 without them; the queue holds thousands).
+    pub stacks: Option<Box<Stacks>>,
     /// Only for `Data`.
     pub data: Option<Data>,
     /// Close by an exiting task: its `exit_code` (wait(2) status form), when

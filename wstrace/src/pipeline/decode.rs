@@ -139,7 +139,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
             bail!("short close record: {} bytes", bytes.len());
         }
         let c: CloseEvent = read_pod(bytes);
-        Some(Stacks {
+        Some(Box::new(Stacks {
             kernel: stack(c.kernel_stack_len, &c.kernel_stack),
             user: stack(c.user_stack_len, &c.user_stack),
             // Joined from the STACKS ring by the reader.
@@ -148,7 +148,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
             fate: copy_fate(&c),
             shared: None,
             interp: interp_capture(&c.interp),
-        })
+        }))
     } else {
         None
     };

@@ -308,7 +308,7 @@ impl Matcher {
                         comm: ev.comm.clone(),
                         at_exit: ev.task_exiting,
                         exit_code: ev.exit_code,
-                        stacks,
+                        stacks: *stacks,
                     });
                 }
                 if ev.new_state != 0 {
@@ -733,7 +733,7 @@ mod tests {
             pid,
             tid: pid + 1,
             comm: "swoole".into(),
-            stacks: Some(stacks()),
+            stacks: Some(Box::new(stacks())),
             ..ev(EventKind::Close, ts)
         }
     }

@@ -2,16 +2,14 @@
 //! less the tracer's own frames at the top.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use blazesym::MaybeDefault;
-use blazesym::symbolize::Input;
-use blazesym::symbolize::source::{Kernel, Source};
-
 use super::cache_insert;
-use super::frames::{Lookup, ResolvedFrame, classify, lookup_addrs};
+use super::frames::{ResolvedFrame, lookup_addrs};
+use super::kallsyms::Kallsyms;
 use crate::model::{Frame, FrameKind};
-/// kallsyms lists start addresses only, so blazesym names any address after
+/// kallsyms lists start addresses only, so a lookup names any address after
 /// the last symbol of a region by that symbol, however far away. No kernel
 /// function is anywhere near 1 MiB long: an offset this large means the address
 /// lies in memory kallsyms does not describe (e.g. a BPF trampoline on an old
@@ -20,36 +18,29 @@ pub(super) const MAX_KERNEL_SYM_OFFSET: u64 = 1 << 20;
 
 /// Kernel stacks, symbolized from `/proc/kallsyms` on the caller's thread.
 pub(super) struct KernelSymbols {
-    pub(super) inner: blazesym::symbolize::Symbolizer,
-    pub(super) kernel: Source<'static>,
+    /// Where the symbols are read from (`/proc/kallsyms`; a file in tests).
+    pub(super) kallsyms: PathBuf,
+    /// Read once, on the first kernel stack (~120k symbols); empty when the
+    /// file could not be read.
+    pub(super) table: Option<Kallsyms>,
     /// Symbolized kernel stacks by their addresses. A server closes its
     /// sockets through a handful of code paths, so at thousands of closes a
-    /// second nearly every stack is one seen before; blazesym lookups,
-    /// demangling and formatting cost ~30 µs a stack, a hit well under 1 µs.
+    /// second nearly every stack is one seen before; lookups and formatting
+    /// cost ~30 µs a stack, a hit well under 1 µs.
     pub(super) stacks: HashMap<Vec<u64>, Arc<[Frame]>>,
 }
 
 impl KernelSymbols {
-    /// Kernel symbols come from `/proc/kallsyms` only. blazesym's default
-    /// kernel source also looks for `/boot/vmlinux-<release>` and
-    /// `/usr/lib/debug/boot/vmlinux-<release>` and, when one exists, parses
-    /// its DWARF, derives the KASLR offset, and decompresses `.ko.{xz,zst,gz}`
-    /// modules to temporary files: seconds of work and hundreds of MiB for
-    /// a line number we do not print. kallsyms also covers modules and BPF
-    /// programs. It is read once, on the first kernel stack (~120k symbols).
+    /// Kernel symbols come from `/proc/kallsyms` only, in wstrace's own
+    /// compact table (`kallsyms`: 4.5 MiB where blazesym's source held
+    /// 10 MiB). blazesym's kernel source would also look for
+    /// `/boot/vmlinux-<release>` and `/usr/lib/debug/boot/vmlinux-<release>`
+    /// and parse their DWARF: seconds of work and hundreds of MiB for a line
+    /// number we do not print. kallsyms also covers modules and BPF programs.
     pub(super) fn new() -> Self {
-        let kernel = Kernel {
-            kallsyms: MaybeDefault::Default,
-            vmlinux: MaybeDefault::None,
-            kaslr_offset: None,
-            debug_syms: false,
-            ..Kernel::default()
-        };
         Self {
-            // Defaults: code info, inlined functions and demangling on, files
-            // re-read when they change on disk (pinned ones excepted).
-            inner: blazesym::symbolize::Symbolizer::new(),
-            kernel: Source::Kernel(kernel),
+            kallsyms: PathBuf::from("/proc/kallsyms"),
+            table: None,
             stacks: HashMap::new(),
         }
     }
@@ -59,7 +50,7 @@ impl KernelSymbols {
     ///
     /// Everything is `[unknown]` when `/proc/kallsyms` shows no addresses
     /// (not root, or `kernel.kptr_restrict=2`). The module of a module symbol
-    /// is not shown: blazesym drops kallsyms' `[module]` column.
+    /// is not shown (kallsyms' `[module]` column is not kept).
     ///
     /// Symbolized once per distinct stack and handed out shared: under
     /// churn every close has the same kernel stack, and a copy per report
@@ -79,27 +70,34 @@ impl KernelSymbols {
         frames
     }
 
+    fn table(&mut self) -> &Kallsyms {
+        let path = &self.kallsyms;
+        self.table.get_or_insert_with(|| {
+            // Unreadable: no names, every frame unknown (as before, when
+            // blazesym failed); kallsyms is not retried.
+            std::fs::File::open(path)
+                .and_then(|f| Kallsyms::parse(std::io::BufReader::new(f)))
+                .unwrap_or_default()
+        })
+    }
+
     fn symbolize_kernel(&mut self, addrs: &[u64]) -> Vec<Frame> {
         let lookups = lookup_addrs(addrs);
-        let resolved: Vec<Option<ResolvedFrame>> =
-            match self.inner.symbolize(&self.kernel, Input::AbsAddr(&lookups)) {
-                Ok(syms) if syms.len() == addrs.len() => syms
-                    .into_iter()
-                    .zip(addrs.iter().zip(&lookups))
-                    .map(
-                        |(sym, (&addr, &lookup))| match classify(sym, addr - lookup) {
-                            Lookup::Found(frame) => Some(frame),
-                            Lookup::Unmapped | Lookup::Unknown => None,
-                        },
-                    )
-                    .collect(),
-                // No kallsyms at all, or blazesym broke its contract: say unknown, keep every frame.
-                _ => vec![None; addrs.len()],
-            };
+        let table = self.table();
         addrs
             .iter()
-            .zip(&resolved)
-            .map(|(&addr, frame)| kernel_frame(addr, frame.as_ref()))
+            .zip(&lookups)
+            .map(|(&addr, &lookup)| {
+                let found = table.find(lookup).map(|(name, offset)| ResolvedFrame {
+                    name: name.to_string(),
+                    // The offset of the captured address, not the looked-up one.
+                    offset: offset + (addr - lookup),
+                    loc: None,
+                    inlined: Vec::new(),
+                    module: None,
+                });
+                kernel_frame(addr, found.as_ref())
+            })
             .collect()
     }
 }

@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 
-use blazesym::MaybeDefault;
-use blazesym::symbolize::source::{Kernel, Source};
 use wstrace_common::ustack;
 
 use super::kernel::*;
@@ -280,14 +278,8 @@ fn live_kernel_tcp_close() {
 fn with_kallsyms(name: &str, text: &str) -> (Symbolizer, PathBuf) {
     let path = std::env::temp_dir().join(format!("wstrace-kallsyms-{name}-{}", std::process::id()));
     std::fs::write(&path, text).expect("write fake kallsyms");
-    let kernel = Kernel {
-        kallsyms: MaybeDefault::Some(path.clone()),
-        vmlinux: MaybeDefault::None,
-        debug_syms: false,
-        ..Kernel::default()
-    };
     let s = Symbolizer::with_kernel(KernelSymbols {
-        kernel: Source::Kernel(kernel),
+        kallsyms: path.clone(),
         ..KernelSymbols::new()
     });
     (s, path)

@@ -32,6 +32,7 @@
 //! `tests` are pure, `live_tests` use this process, children and the kernel.
 
 mod frames;
+mod kallsyms;
 mod kernel;
 #[cfg(test)]
 mod live_tests;
