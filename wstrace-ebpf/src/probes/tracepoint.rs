@@ -11,7 +11,7 @@ use wstrace_common::{ProbeSet, probe_log, server_slot};
 
 use crate::{
     debug,
-    kernel::{config, server_port_traced, sock_of_fd},
+    kernel::{config, server_port_traced, sk_port_traced, sock_of_fd},
     maps::{SERVER_SLOTS, SERVERS},
     ptr::{Iovec, KPtr, UPtr},
     record,
@@ -103,7 +103,15 @@ fn on_write(fd: u64, buf: UPtr, len: u64, iov: UPtr, vlen: u64) {
         buf,
         len,
         len,
-        || server_port_traced(sk),
+        // The `--port` rule: a 101 on the server's side only, anything else
+        // on either side of a traced connection.
+        || {
+            if kind == record::Write::Upgrade {
+                server_port_traced(sk)
+            } else {
+                sk_port_traced(sk)
+            }
+        },
         || tls,
         || {
             if vlen > 1 {

@@ -36,10 +36,11 @@ pub enum Written {
 /// `buf`, whose first bytes are `kind` ([`super::classify_write`]):
 /// - a request, on a socket whose remote port is traced (the client side;
 ///   with every port traced, of any connection): its writer is noted;
-/// - a 101 on the server side (`server_side`: the local port is traced;
-///   asked only for what is not a request, so a client's write never reads
-///   it) marks the socket upgraded; on either side of a connection to a
-///   traced port (`kernel::sk_port_traced`'s rule), a control frame is recorded, with
+/// - where `traced` says the write counts (asked only for what is not a
+///   request, so a client's request never reads it; the caller applies the
+///   `--port` rule of `kernel::sk_port_traced`: a 101 on the server's side
+///   only, frames and TLS records on either side of a traced connection):
+///   a 101 marks the socket upgraded; a control frame is recorded, with
 ///   `second` (the write's next piece, asked only when the frame runs past
 ///   `buf`) as its continuation; anything else is the plaintext of the
 ///   `SSL_write` the thread is in (`tls`, asked only then), or else perhaps
@@ -52,7 +53,7 @@ pub fn on_socket_write(
     buf: UPtr,
     len: u64,
     total: u64,
-    server_side: impl FnOnce() -> bool,
+    traced: impl FnOnce() -> bool,
     tls: impl FnOnce() -> Option<TlsWrite>,
     second: impl FnOnce() -> Option<(UPtr, u64)>,
     probe: ProbeSet,
@@ -64,16 +65,7 @@ pub fn on_socket_write(
         }
         return Written::Nothing;
     }
-    // The `--port` rule (`kernel::sk_port_traced`): a 101 counts on the
-    // server's side only; frames and TLS records on either side (a client
-    // side's socket is followed once it read a 101: `frames_written` and
-    // `tls_socket_write` ask UPGRADED).
-    let traced = if kind == Write::Upgrade {
-        server_side()
-    } else {
-        server_side() || client_port_traced(sk)
-    };
-    if !traced {
+    if !traced() {
         if kind == Write::Upgrade {
             debug::note(probe_log::IGNORED_PORT, sk, total);
         }
