@@ -57,15 +57,16 @@ pub(super) fn refusal(elf: &[u8]) -> Option<String> {
         }
         // In bounds: checked just above.
         let data = &elf[s.offset as usize..(s.offset + s.size) as usize];
+        let name = h.name(elf, &s, i);
         let Some((ch_type, ch_size, payload)) = h.chdr(data) else {
             return Some(format!(
-                "its compressed section {i} has no compression header"
+                "its compressed section {name} has no compression header"
             ));
         };
         claimed = claimed.saturating_add(ch_size);
         if ch_size > MAX_DEBUG_DATA || claimed > MAX_DEBUG_DATA {
             return Some(format!(
-                "its compressed section {i} claims {ch_size} bytes decompressed ({claimed} in all, more than {} MiB per file)",
+                "its compressed section {name} claims {ch_size} bytes decompressed ({claimed} in all, more than {} MiB per file)",
                 MAX_DEBUG_DATA >> 20
             ));
         }
@@ -76,7 +77,7 @@ pub(super) fn refusal(elf: &[u8]) -> Option<String> {
             match std::io::copy(&mut z, &mut std::io::sink()) {
                 Ok(n) if n > ch_size => {
                     return Some(format!(
-                        "its compressed section {i} decompresses to more than the {ch_size} bytes it claims"
+                        "its compressed section {name} decompresses to more than the {ch_size} bytes it claims"
                     ));
                 }
                 // Short or corrupt streams are blazesym's error to report.
@@ -93,9 +94,12 @@ struct Header {
     shoff: u64,
     shentsize: u64,
     shnum: u64,
+    shstrndx: u64,
 }
 
 struct Section {
+    /// Offset of its name in the section-name string table.
+    name: u32,
     kind: u32,
     flags: u64,
     offset: u64,
@@ -128,16 +132,26 @@ impl Header {
             shoff: 0,
             shentsize: 0,
             shnum: 0,
+            shstrndx: 0,
         };
-        let (shoff, shentsize, shnum) = if is64 {
-            (h.u64(elf, 0x28)?, h.u16(elf, 0x3a)?, h.u16(elf, 0x3c)?)
+        let (shoff, shentsize, shnum, shstrndx) = if is64 {
+            (
+                h.u64(elf, 0x28)?,
+                h.u16(elf, 0x3a)?,
+                h.u16(elf, 0x3c)?,
+                h.u16(elf, 0x3e)?,
+            )
         } else {
             (
                 h.u32(elf, 0x20)? as u64,
                 h.u16(elf, 0x2e)?,
                 h.u16(elf, 0x30)?,
+                h.u16(elf, 0x32)?,
             )
         };
+        // SHN_XINDEX (the real index in section 0's sh_link) finds no
+        // table and leaves sections unnamed: names are for the message only.
+        h.shstrndx = u64::from(shstrndx);
         h.shoff = shoff;
         h.shentsize = u64::from(shentsize);
         if shoff == 0 {
@@ -190,6 +204,7 @@ impl Header {
         bytes::<1>(elf, at.checked_add(self.shentsize - 1)?)?;
         Some(if self.is64 {
             Section {
+                name: self.u32(elf, at)?,
                 kind: self.u32(elf, at + 4)?,
                 flags: self.u64(elf, at + 8)?,
                 offset: self.u64(elf, at + 24)?,
@@ -197,12 +212,29 @@ impl Header {
             }
         } else {
             Section {
+                name: self.u32(elf, at)?,
                 kind: self.u32(elf, at + 4)?,
                 flags: u64::from(self.u32(elf, at + 8)?),
                 offset: u64::from(self.u32(elf, at + 16)?),
                 size: u64::from(self.u32(elf, at + 20)?),
             }
         })
+    }
+
+    /// A section's name for a message, with its index (`#i` alone when it
+    /// has none): at most 64 bytes of it, lossy UTF-8; the caller escapes.
+    fn name(&self, elf: &[u8], s: &Section, i: u64) -> String {
+        let named = self.section(elf, self.shstrndx).and_then(|t| {
+            let at = usize::try_from(t.offset.checked_add(u64::from(s.name))?).ok()?;
+            let end = usize::try_from(t.offset.checked_add(t.size)?).ok()?;
+            let bytes = elf.get(at..end.min(elf.len()))?;
+            let n = bytes.iter().take(64).position(|&b| b == 0)?;
+            (n > 0).then(|| String::from_utf8_lossy(&bytes[..n]).into_owned())
+        });
+        match named {
+            Some(n) => format!("{n} (#{i})"),
+            None => format!("#{i}"),
+        }
     }
 
     /// A compressed section's (ch_type, ch_size, compressed bytes).
@@ -278,9 +310,24 @@ mod tests {
 
     #[test]
     fn a_tebibyte_claim_is_refused_before_any_allocation() {
-        let f = elf64(&chdr64(1 << 40, &zlib(b"tiny")), SHF_COMPRESSED);
+        let mut f = elf64(&chdr64(1 << 40, &zlib(b"tiny")), SHF_COMPRESSED);
+        // Named through a section-name table, section 2, after the headers.
+        let s1 = shdr1(&f);
+        f[s1..s1 + 4].copy_from_slice(&1u32.to_le_bytes());
+        let names = b"\0.debug_info\0";
+        let mut sh = [0u8; 64];
+        sh[4..8].copy_from_slice(&3u32.to_le_bytes()); // STRTAB
+        sh[24..32].copy_from_slice(&((f.len() + 64) as u64).to_le_bytes());
+        sh[32..40].copy_from_slice(&(names.len() as u64).to_le_bytes());
+        f.extend_from_slice(&sh);
+        f.extend_from_slice(names);
+        f[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
+        f[0x3e..0x40].copy_from_slice(&2u16.to_le_bytes());
         let why = refusal(&f).expect("refused");
-        assert!(why.contains("1099511627776 bytes decompressed"), "{why}");
+        assert!(
+            why.contains("section .debug_info (#1) claims 1099511627776 bytes decompressed"),
+            "{why}"
+        );
         assert!(why.contains("256 MiB"), "{why}");
     }
 
@@ -294,7 +341,7 @@ mod tests {
         f.extend_from_slice(&sh);
         f[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
         let why = refusal(&f).expect("refused");
-        assert!(why.contains("section 2"), "{why}");
+        assert!(why.contains("section #2"), "{why}");
         assert!(why.contains(&format!("{} in all", 400u64 << 20)), "{why}");
     }
 
