@@ -529,6 +529,120 @@ fn hostile_go_binaries_are_refused_and_other_reports_unaffected() {
     assert_eq!(r["diagnosis"]["code"], "http10_upgrade", "{r}");
 }
 
+/// The index of the section named `name` (through `.shstrtab`).
+fn section_named(elf: &[u8], name: &str) -> usize {
+    let shnum = u16::from_le_bytes([elf[0x3c], elf[0x3d]]) as usize;
+    let shstrndx = u16::from_le_bytes([elf[0x3e], elf[0x3f]]) as usize;
+    let (_, _, stroff, _, _) = section(elf, shstrndx);
+    let shoff = u64::from_le_bytes(elf[0x28..0x30].try_into().expect("8 bytes")) as usize;
+    let entsize = u16::from_le_bytes([elf[0x3a], elf[0x3b]]) as usize;
+    (0..shnum)
+        .find(|&i| {
+            let at = shoff + i * entsize;
+            let n = u32::from_le_bytes(elf[at..at + 4].try_into().expect("4 bytes")) as usize;
+            let s = &elf[stroff as usize + n..];
+            s.iter()
+                .position(|&b| b == 0)
+                .is_some_and(|e| &s[..e] == name.as_bytes())
+        })
+        .unwrap_or_else(|| panic!("no section {name}"))
+}
+
+/// `nobody` runs, from a root-owned directory (so its debug info would be
+/// read), a copy of the Go server whose compressed `.debug_info` claims
+/// (`Elf64_Chdr.ch_size`) 1 TiB decompressed: blazesym would allocate
+/// that and abort the daemon. wstrace refuses the file's DWARF, says so
+/// once, reports that server's close with frames named from its symbol
+/// table, then a genuine server's close, with source lines, and is alive.
+#[test]
+fn go_binary_claiming_a_tebibyte_of_debug_info_is_named_from_its_symtab() {
+    let Some(s) = setup("dwarfbomb") else { return };
+    let _g = serial();
+    let mut elf = std::fs::read(&s.server).expect("read the server");
+    let i = section_named(&elf, ".debug_info");
+    let (_, _, off, _, _) = section(&elf, i);
+    let shdr_flags = {
+        let shoff = u64::from_le_bytes(elf[0x28..0x30].try_into().expect("8 bytes")) as usize;
+        shoff + i * u16::from_le_bytes([elf[0x3a], elf[0x3b]]) as usize + 8
+    };
+    let flags = u64::from_le_bytes(elf[shdr_flags..shdr_flags + 8].try_into().expect("8"));
+    assert!(
+        flags & 0x800 != 0,
+        "Go compresses .debug_info (SHF_COMPRESSED)"
+    );
+    let off = off as usize;
+    elf[off + 8..off + 16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let bomb = s.dir.path().join("dwarfbomb");
+    std::fs::write(&bomb, &elf).expect("write the hostile copy");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&bomb, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (hostile, hport) = start(as_nobody(&bomb), "close");
+    let (_good, good_port) = start(Command::new(&s.server), "close");
+    let t = Tracer::start(hport, &["--port", &good_port.to_string()]);
+    run_client(&s, hport, "http10");
+    let reports = t.wait_for_reports(1, Duration::from_secs(20));
+    let stderr = t.stderr_text();
+    assert_eq!(reports.len(), 1, "{stderr}");
+    let h = report_on_port(&reports, hport);
+    run_client(&s, good_port, "http10");
+    let reports = t.wait_for_reports(2, Duration::from_secs(20));
+    let stderr = t.stderr_text();
+    assert_eq!(reports.len(), 2, "{stderr}");
+    let g = report_on_port(&reports, good_port);
+    let named = |r: &Value| {
+        r["user_stack"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| f["function"].as_str().map(str::to_string))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let with_lines = |r: &Value| {
+        r["user_stack"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|f| f["line"].as_u64().is_some()))
+    };
+    eprintln!("hostile user stack: {}", h["user_stack"]);
+    eprintln!("genuine user stack: {}", g["user_stack"]);
+    let hn = named(h);
+    assert!(
+        hn.iter()
+            .any(|n| n.starts_with("main.") || n.contains("websocket")),
+        "the hostile server's frames are named from its symbol table: {h}"
+    );
+    assert!(
+        !with_lines(h),
+        "no DWARF was read for the hostile binary: {h}"
+    );
+    assert!(
+        named(g)
+            .iter()
+            .any(|n| n.starts_with("main.") || n.contains("websocket"))
+            && with_lines(g),
+        "the genuine server keeps names and source lines: {g}"
+    );
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("its debug info is not used"))
+        .collect();
+    assert_eq!(lines.len(), 1, "said once per binary:\n{stderr}");
+    assert!(
+        lines[0].contains(&format!("pid {}", hostile.0.id()))
+            && lines[0].contains("dwarfbomb")
+            && lines[0].contains("section .debug_info (#")
+            && lines[0].contains("1099511627776 bytes decompressed"),
+        "{}",
+        lines[0]
+    );
+    let mut t = t;
+    assert!(
+        t.child.0.try_wait().expect("try_wait").is_none(),
+        "wstrace died:\n{stderr}"
+    );
+}
+
 #[test]
 fn stripped_go_binary_is_covered_through_its_pclntab() {
     let Some(s) = setup("stripped") else { return };

@@ -31,6 +31,7 @@
 //! is used; `frames` is the pure rules from a symbol to [`Frame`]s.
 //! `tests` are pure, `live_tests` use this process, children and the kernel.
 
+mod dwarf_guard;
 mod frames;
 mod kallsyms;
 mod kernel;

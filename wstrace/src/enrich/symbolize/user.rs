@@ -2,6 +2,7 @@
 //! binaries, perf maps), which paths may be opened ([`trusted_paths`]) and
 //! with it whether debug info is used, and JIT frames.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,10 +16,13 @@ use blazesym::symbolize::{Input, Symbolized};
 use wstrace_common::ustack;
 
 use super::REMEMBER_INTERVAL;
+use super::dwarf_guard;
 use super::frames::{
     Lookup, ResolvedFrame, SourceLoc, classify, lookup_addrs, prefer_symtab, user_frames,
 };
-use crate::enrich::maps::{Mapping, map_files_path, module_for, read_maps};
+use crate::enrich::maps::{
+    MAX_UNTRUSTED_FILE, Mapping, map_files_path, module_for, open_untrusted, read_maps,
+};
 use crate::enrich::perf_map::{PerfMap, v8_js_function};
 use crate::enrich::stack_cache::{self, SharedUserStacks};
 use crate::enrich::unwind::Unwinder;
@@ -51,7 +55,30 @@ pub(super) struct UserSymbols {
     /// Processes already told (once each, on stderr) how to get their
     /// generated code named.
     jit_hinted: HashSet<u32>,
+    /// Which mapped files' debug info blazesym may read ([`dwarf_guard`]).
+    /// In a `RefCell`: lookups of unremembered processes check too, from
+    /// `&self`.
+    dwarf_checks: RefCell<DwarfChecks>,
 }
+
+/// A file by what `fstat` says of it: the same key is the same bytes
+/// (short of a same-size rewrite within one mtime tick).
+type FileKey = (u64, u64, u64, i64, i64);
+
+/// Verdicts of [`dwarf_guard::refusal`] by file, and the files whose
+/// refusal was already said (once per binary, on stderr).
+#[derive(Default)]
+struct DwarfChecks {
+    verdicts: HashMap<FileKey, Option<String>>,
+    told: HashSet<FileKey>,
+    /// Files (maps' device, inode) that could not be opened, said once.
+    unopened: HashSet<(String, u64)>,
+}
+
+/// Verdicts kept at most: one per distinct binary of the traced
+/// processes; beyond this (a host that keeps building new ones) they are
+/// dropped and files checked again.
+const MAX_DWARF_VERDICTS: usize = 4096;
 
 /// What we keep for a process handed to [`Symbolizer::remember_process`].
 pub(super) struct Remembered {
@@ -71,6 +98,9 @@ pub(super) struct Remembered {
     /// only then does blazesym open files by path (debug links, `.dwp`,
     /// the maps' own paths).
     trusted: bool,
+    /// Whether blazesym may read its files' DWARF: [`trusted`](Self::trusted)
+    /// and every mapped file passed [`dwarf_guard`].
+    debug_syms: bool,
 }
 
 /// The path kinds blazesym may open a process's files by: `map_files`
@@ -142,6 +172,7 @@ impl UserSymbols {
             unwind: Unwinder::new(),
             remember_interval: REMEMBER_INTERVAL,
             jit_hinted: HashSet::new(),
+            dwarf_checks: RefCell::default(),
         }
     }
 
@@ -399,11 +430,14 @@ impl UserSymbols {
     /// through the symbolic paths, then address by address, where an address
     /// that still fails is unknown.
     fn resolve_user(&self, pid: u32, addrs: &[u64], lookups: &[u64]) -> Vec<Lookup> {
-        let trusted = match self.procs.get(&pid) {
-            Some(r) => r.trusted,
-            None => read_maps(pid).is_some_and(|m| trusted_paths(&m)),
+        let (trusted, debug_syms) = match self.procs.get(&pid) {
+            Some(r) => (r.trusted, r.debug_syms),
+            None => match read_maps(pid) {
+                Some(m) if trusted_paths(&m) => (true, self.dwarf_bounded(pid, &m)),
+                _ => (false, false),
+            },
         };
-        let mut found = self.resolve_user_dwarf(pid, addrs, lookups, trusted);
+        let mut found = self.resolve_user_dwarf(pid, addrs, lookups, trusted, debug_syms);
         if found.iter().any(|l| matches!(l, Lookup::Found(_))) {
             let symtab = self.resolve_user_symtab(pid, addrs, lookups, trusted);
             for (l, s) in found.iter_mut().zip(symtab) {
@@ -458,11 +492,12 @@ impl UserSymbols {
         addrs: &[u64],
         lookups: &[u64],
         trusted: bool,
+        debug_syms: bool,
     ) -> Vec<Lookup> {
         let src = |map_files: bool| {
             Source::Process(Process {
                 map_files,
-                debug_syms: trusted,
+                debug_syms,
                 // Read by wstrace instead (see `perf_map`).
                 perf_map: false,
                 ..Process::new(Pid::from(pid))
@@ -579,7 +614,8 @@ impl UserSymbols {
         }
         let starts: Vec<u64> = fresh.iter().map(|(_, start)| *start).collect();
         let trusted = trusted_paths(&maps);
-        self.warm_up(pid, &starts, trusted);
+        let debug_syms = trusted && self.dwarf_bounded(pid, &maps);
+        self.warm_up(pid, &starts, debug_syms);
         for (pin, _) in fresh {
             // Fails for files that are not ELF, or without access to map_files.
             if self
@@ -601,6 +637,7 @@ impl UserSymbols {
                 perf_map,
                 perf_map_read,
                 trusted,
+                debug_syms,
             },
         );
         true
@@ -615,13 +652,13 @@ impl UserSymbols {
     /// which is dangling by the time the stack is symbolized, and would then
     /// never get line numbers. Opened this way, it also carries the path
     /// from the maps as its module name.
-    fn warm_up(&self, pid: u32, addrs: &[u64], trusted: bool) {
+    fn warm_up(&self, pid: u32, addrs: &[u64], debug_syms: bool) {
         if addrs.is_empty() {
             return;
         }
         let src = Source::Process(Process {
             map_files: true,
-            debug_syms: trusted,
+            debug_syms,
             perf_map: false,
             vdso: false,
             ..Process::new(Pid::from(pid))
@@ -632,6 +669,80 @@ impl UserSymbols {
                 let _ = self.inner.symbolize_single(&src, Input::AbsAddr(addr));
             }
         }
+    }
+
+    /// May blazesym read the DWARF of every file `pid` maps executable?
+    /// Each is opened through `map_files` (the file the process mapped, by
+    /// the hostile-file rules) and checked by [`dwarf_guard`]; a file that
+    /// cannot be opened or checked counts as refused. blazesym's debug-info
+    /// switch is per process, so one refused file costs the whole process
+    /// its line numbers (symbol tables still name its frames); the first
+    /// refusal of each file is said once on stderr.
+    fn dwarf_bounded(&self, pid: u32, maps: &[Mapping]) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        let mut checks = self.dwarf_checks.borrow_mut();
+        let mut ok = true;
+        let mut seen: Vec<(&str, u64)> = Vec::new();
+        for m in maps
+            .iter()
+            .filter(|m| m.exec && m.path.as_deref().is_some_and(|p| p.starts_with('/')))
+        {
+            if seen.contains(&(m.dev.as_str(), m.inode)) {
+                continue;
+            }
+            seen.push((m.dev.as_str(), m.inode));
+            let path = m.path.as_deref().unwrap_or_default();
+            let file = open_untrusted(&map_files_path(pid, m), MAX_UNTRUSTED_FILE);
+            let Some((file, meta)) = file.and_then(|f| f.metadata().ok().map(|md| (f, md))) else {
+                ok = false;
+                // Mostly a process that just exited; said once per file.
+                if checks.unopened.len() >= MAX_DWARF_VERDICTS {
+                    checks.unopened.clear();
+                }
+                if checks.unopened.insert((m.dev.clone(), m.inode)) {
+                    eprintln!(
+                        "wstrace: note: stacks: pid {pid} ({}): its mapped file could not be opened to check its debug info (gone, not a regular file, or over {} GiB): its stacks are named from symbol tables only",
+                        crate::output::escape::text(path),
+                        MAX_UNTRUSTED_FILE >> 30
+                    );
+                }
+                break;
+            };
+            let key: FileKey = (
+                meta.dev(),
+                meta.ino(),
+                meta.size(),
+                meta.mtime(),
+                meta.mtime_nsec(),
+            );
+            if !checks.verdicts.contains_key(&key) {
+                if checks.verdicts.len() >= MAX_DWARF_VERDICTS {
+                    checks.verdicts.clear();
+                }
+                // SAFETY: read-only private mapping of a regular file; a
+                // file truncated under us is the SIGBUS risk every mmap of
+                // a mapped binary takes (the unwinder maps the same files).
+                let verdict = match unsafe { memmap2::Mmap::map(&file) } {
+                    Ok(bytes) => dwarf_guard::refusal(&bytes),
+                    Err(e) => Some(format!("it could not be mapped: {e}")),
+                };
+                checks.verdicts.insert(key, verdict);
+            }
+            if let Some(Some(why)) = checks.verdicts.get(&key).cloned() {
+                ok = false;
+                if checks.told.len() >= MAX_DWARF_VERDICTS {
+                    checks.told.clear();
+                }
+                if checks.told.insert(key) {
+                    eprintln!(
+                        "wstrace: note: stacks: pid {pid} ({}): its debug info is not used: {}: its stacks are named from symbol tables only",
+                        crate::output::escape::text(path),
+                        crate::output::escape::text(&why)
+                    );
+                }
+            }
+        }
+        ok
     }
 
     fn unpin(&mut self, pins: &[Pin]) {
