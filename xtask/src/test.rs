@@ -44,13 +44,13 @@ pub fn run(args: &TestArgs) -> Result<()> {
     run.phase("setup", || setup::run(setup::For::Test));
     // Formatting first: it takes a second and needs no build.
     run.phase("fmt", || cargo(&["fmt", "--all", "--check"]));
-    // The binaries and every test binary in one cargo run (`cargo test
-    // --no-run`): wstrace, ws-scenario and ws-bench come out of it as they
-    // are tested, packaged and booted in the VMs. Built apart (`cargo build`,
-    // then `cargo test`), the dev-dependencies' and the bench lab's features
-    // unify differently in the second run and wstrace was compiled twice
-    // (about 2 of the 6.8 build minutes of a clean clone, measured at a869a73).
-    run.phase("build", || cargo_test(&["--no-run"]));
+    // The binaries and every test binary in one cargo run: wstrace,
+    // ws-scenario and ws-bench come out of it as they are tested, packaged
+    // and booted in the VMs. Built apart (`cargo build`, then `cargo test`),
+    // the dev-dependencies' and the bench lab's features unify differently
+    // in the second run and wstrace was compiled twice (about 2 of the 6.8
+    // build minutes of a clean clone, measured at a869a73).
+    run.phase("build", build);
     // Every host crate, every target (tests, benches, the bench lab),
     // warnings as errors. The eBPF crate only builds for the bpf target
     // (its object is built, not linted, by wstrace's build script, which
@@ -60,9 +60,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // bpf_target_arch "aarch64"): built from a clean clone like the rest.
     run.phase("build arm64", || crate::build::AARCH64.build());
     if args.no_vm {
-        run.phase("cargo test", || cargo_test(&[]));
+        run.phase("cargo test", cargo_test);
     } else if args.vms_after_tests {
-        run.phase("cargo test", || cargo_test(&[]));
+        run.phase("cargo test", cargo_test);
         run.phase("kernel matrix", || vm::run(&vm_args));
     } else {
         // The kernel matrix's VMs boot while the host tests run: QEMU (TCG)
@@ -80,7 +80,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
                 prepared.allow_jobs(1);
                 let vms = std::thread::scope(|scope| {
                     let vms = scope.spawn(|| process::timed(|| prepared.boot()));
-                    run.phase("cargo test", || cargo_test(&[]));
+                    run.phase("cargo test", cargo_test);
                     if run.failed {
                         // The run has failed: the VMs running finish, no
                         // more start (as phases after a failure do not run).
@@ -209,28 +209,38 @@ impl Run {
     }
 }
 
-/// Unit tests and the host integration tests (they need root: CI runs as
-/// root), with `extra` arguments for cargo (`--no-run`). Every package but
-/// xtask and the eBPF crate in release, in one cargo run for the build and
-/// the test phase alike, so features unify the same way in both and nothing
-/// is compiled twice; xtask's own tests in its debug build (`cargo xtask` is
-/// `cargo run`: those dependencies are built already), and the eBPF crate
-/// builds only for the bpf target (wstrace's build script builds it).
-fn cargo_test(extra: &[&str]) -> Result<()> {
-    let mut release = vec![
-        "test",
-        "--release",
-        "--workspace",
-        "--exclude",
-        "xtask",
-        "--exclude",
-        "wstrace-ebpf",
-    ];
-    release.extend(extra);
+/// What `cargo test` builds and runs in release: every package but xtask
+/// (a debug build: `cargo xtask` is `cargo run`, so its dependencies are
+/// built already) and the eBPF crate (bpf target only: wstrace's build
+/// script builds it).
+const RELEASE_PACKAGES: [&str; 5] = [
+    "--workspace",
+    "--exclude",
+    "xtask",
+    "--exclude",
+    "wstrace-ebpf",
+];
+
+/// The build phase: binaries and test binaries. `--bins --tests` selects
+/// the same targets as `cargo test`, so features unify as they will there
+/// and the test phase compiles nothing; unlike `cargo test --no-run` it
+/// requests the binaries themselves, so cargo writes
+/// `target/release/wstrace.d`, by which the scenario tests check that the
+/// binary is newer than its sources.
+fn build() -> Result<()> {
+    let mut release = vec!["build", "--release", "--bins", "--tests"];
+    release.extend(RELEASE_PACKAGES);
     cargo(&release)?;
-    let mut xtask = vec!["test", "-p", "xtask"];
-    xtask.extend(extra);
-    cargo(&xtask)
+    cargo(&["test", "-p", "xtask", "--no-run"])
+}
+
+/// Unit tests and the host integration tests (they need root: CI runs as
+/// root): the release packages, then xtask's own tests in its debug build.
+fn cargo_test() -> Result<()> {
+    let mut release = vec!["test", "--release"];
+    release.extend(RELEASE_PACKAGES);
+    cargo(&release)?;
+    cargo(&["test", "-p", "xtask"])
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
