@@ -403,6 +403,10 @@ fn go_functions(
     Ok((write, read, read_returns))
 }
 
+/// The section table of a 64-bit ELF file read through the bounded cache.
+type Sections<'d> =
+    object::read::elf::SectionTable<'d, FileHeader64<Endianness>, &'d ReadCache<std::fs::File>>;
+
 /// The walk's struct offsets: from the binary's DWARF when it has some
 /// that reads (bounded: [`gotls::MAX_DWARF_INFO`], [`gotls::DWARF_BUDGET`],
 /// the file's read `budget`), else from the table for its Go `version`;
@@ -410,11 +414,7 @@ fn go_functions(
 fn go_offsets<'d>(
     data: &'d ReadCache<std::fs::File>,
     endian: Endianness,
-    sections: &object::read::elf::SectionTable<
-        'd,
-        FileHeader64<Endianness>,
-        &'d ReadCache<std::fs::File>,
-    >,
+    sections: &Sections<'d>,
     version: Option<&str>,
     budget: &mut u64,
     started: std::time::Instant,
@@ -444,11 +444,7 @@ fn go_offsets<'d>(
 fn go_dwarf<'d>(
     data: &'d ReadCache<std::fs::File>,
     endian: Endianness,
-    sections: &object::read::elf::SectionTable<
-        'd,
-        FileHeader64<Endianness>,
-        &'d ReadCache<std::fs::File>,
-    >,
+    sections: &Sections<'d>,
     budget: &mut u64,
     started: std::time::Instant,
 ) -> Option<Result<StructOffsets, String>> {
@@ -515,11 +511,7 @@ fn go_dwarf<'d>(
 fn go_version<'d>(
     data: &'d ReadCache<std::fs::File>,
     endian: Endianness,
-    sections: &object::read::elf::SectionTable<
-        'd,
-        FileHeader64<Endianness>,
-        &'d ReadCache<std::fs::File>,
-    >,
+    sections: &Sections<'d>,
     file_offset: &dyn Fn(u64) -> Option<u64>,
 ) -> Option<String> {
     use object::ReadRef as _;
