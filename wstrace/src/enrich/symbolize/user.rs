@@ -700,9 +700,11 @@ impl UserSymbols {
                     checks.unopened.clear();
                 }
                 if checks.unopened.insert((m.dev.clone(), m.inode)) {
+                    // `{:?}`: the path is the traced process's (escaped,
+                    // quoted); enrich comes before output, whose escaping
+                    // it may not import.
                     eprintln!(
-                        "wstrace: note: stacks: pid {pid} ({}): its mapped file could not be opened to check its debug info (gone, not a regular file, or over {} GiB): its stacks are named from symbol tables only",
-                        crate::output::escape::text(path),
+                        "wstrace: note: stacks: pid {pid} ({path:?}): its mapped file could not be opened to check its debug info (gone, not a regular file, or over {} GiB): its stacks are named from symbol tables only",
                         MAX_UNTRUSTED_FILE >> 30
                     );
                 }
@@ -734,10 +736,10 @@ impl UserSymbols {
                     checks.told.clear();
                 }
                 if checks.told.insert(key) {
+                    // `{:?}`: the path and the section names in `why` are
+                    // the file's (escaped, quoted), as above.
                     eprintln!(
-                        "wstrace: note: stacks: pid {pid} ({}): its debug info is not used: {}: its stacks are named from symbol tables only",
-                        crate::output::escape::text(path),
-                        crate::output::escape::text(&why)
+                        "wstrace: note: stacks: pid {pid} ({path:?}): its debug info is not used: {why:?}: its stacks are named from symbol tables only"
                     );
                 }
             }
