@@ -34,7 +34,7 @@ fn field<T>(ctx: &TracePointContext, off: u64) -> Result<T, i64> {
 #[inline(always)]
 fn upgraded_transition(ctx: &RawTracePointContext) -> Option<(KPtr, u8, u8)> {
     let sk = KPtr::new(ctx.arg(0));
-    record::note_accepted(sk, ctx.arg(1), ctx.arg(2));
+    record::connection_established(sk, ctx.arg(1), ctx.arg(2));
     // Port first, then the lookup (is_upgraded). Only TCP sockets are ever
     // marked, and only inet sockets reach this event, so no protocol check.
     if !record::is_upgraded(sk) {

@@ -11,7 +11,7 @@ use wstrace_common::{ProbeSet, probe_log, server_slot};
 
 use crate::{
     debug,
-    kernel::{config, server_port_traced, sk_port_traced, sock_of_fd},
+    kernel::{config, server_port_traced, sk_is_tcp, sk_port_traced, sock_of_fd},
     maps::{SERVER_SLOTS, SERVERS},
     ptr::{Iovec, KPtr, UPtr},
     record,
@@ -155,7 +155,12 @@ fn note_misplaced_101(fd: u64, buf: UPtr, len: u64) {
 /// filters by port before touching a map.
 #[inline(always)]
 fn on_read(fd: u64, buf: UPtr, cap: u64) {
-    if let Some(sk) = sock_of_fd(fd) {
+    // The fd may be any socket: a UNIX or UDP one has no tcp_destroy_sock to
+    // forget it by, and its would-be port (read at inet_sock's offsets) may
+    // look traced, so its classification would sit in the maps for good.
+    if let Some(sk) = sock_of_fd(fd)
+        && sk_is_tcp(sk)
+    {
         record::read_entry(sk, buf, cap);
     }
 }

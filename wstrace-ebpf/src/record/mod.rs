@@ -28,7 +28,7 @@ pub use close::close;
 pub use data::resume_window_open;
 pub use receive::{known_not_http, read_entry, read_exit};
 pub use signal::{crash, is_upgrader, signal};
-pub use state::{destroy, forget_head, note_accepted, reset, state_change};
+pub use state::{connection_established, destroy, forget_head, reset, state_change};
 pub use tls::{
     take_tls_write, tls_plaintext_read, tls_read_abandon, tls_read_entry, tls_read_return,
     tls_write_entry,

@@ -1,10 +1,13 @@
 //! Socket state events: TCP transitions, resets and destruction of upgraded
 //! sockets, and the accepted mark that says which sockets may be upgraded.
-use wstrace_common::{DIR_RECEIVED, DIR_SENT, EventHeader, EventKind};
+use wstrace_common::{DIR_RECEIVED, DIR_SENT, EventHeader, EventKind, tcp_state};
 
-use crate::record::emit::{emit_header, fill_header, reserve};
+use crate::record::{
+    emit::{emit_header, fill_header, reserve},
+    upgrade::sk_tuple_port_ok,
+};
 use crate::{
-    kernel::{config, server_port_traced, sk_err},
+    kernel::sk_err,
     maps::{ACCEPTED, HEAD_BYTES, RESUME, SockDir, UPGRADED},
     ptr::KPtr,
 };
@@ -34,12 +37,7 @@ pub fn reset(sk: KPtr, kind: EventKind) {
 /// reused by the next socket) and tell the daemon.
 pub fn destroy(sk: KPtr) {
     let _ = UPGRADED.remove(sk);
-    for dir in [DIR_RECEIVED, DIR_SENT] {
-        let _ = RESUME.remove(&SockDir {
-            sk,
-            dir: dir as u64,
-        });
-    }
+    forget_resume(sk);
     let Some(mut entry) = reserve::<EventHeader>(EventKind::Destroy) else {
         return;
     };
@@ -62,17 +60,44 @@ pub fn forget_head(sk: KPtr) {
     let _ = ACCEPTED.remove(sk);
 }
 
-/// A state change of any TCP socket: SYN_RECV -> ESTABLISHED on a traced
-/// port is a listener's child completing its handshake (a passive open;
-/// an active open goes SYN_SENT -> ESTABLISHED). Only such sockets may be
-/// marked upgraded.
+/// A state change of any TCP socket, for the two that start a connection:
+/// SYN_RECV -> ESTABLISHED (a listener's child completing its handshake, a
+/// passive open) and SYN_SENT -> ESTABLISHED (a connect(), an active open).
+///
+/// Either way the socket is new, so whatever the maps hold under its
+/// address belonged to an earlier socket there whose end was not seen (one
+/// destroyed while its port no longer read as traced, or a socket of
+/// another protocol whose memory the kernel reused): left in place, it made
+/// this one's first read look already classified, or its 101 already seen,
+/// and its report was silently lost (seen in all-ports runs: a test
+/// client's 101 skipped as "head done" at its very first read). So it is
+/// forgotten first. Then a passive open is marked accepted: only those
+/// sockets may be upgraded on the server's side.
 #[inline(always)]
-pub fn note_accepted(sk: KPtr, old_state: i32, new_state: i32) {
-    if old_state == wstrace_common::tcp_state::SYN_RECV as i32
-        && new_state == wstrace_common::tcp_state::ESTABLISHED as i32
-        && !sk.is_null()
-        && (config!(all_ports) != 0 || server_port_traced(sk))
+pub fn connection_established(sk: KPtr, old_state: i32, new_state: i32) {
+    let passive = old_state == tcp_state::SYN_RECV as i32;
+    if new_state != tcp_state::ESTABLISHED as i32
+        || !(passive || old_state == tcp_state::SYN_SENT as i32)
+        || sk.is_null()
+        || !sk_tuple_port_ok(sk)
     {
+        return;
+    }
+    forget_head(sk);
+    let _ = UPGRADED.remove(sk);
+    forget_resume(sk);
+    if passive {
         let _ = ACCEPTED.insert(sk, 1, 0);
+    }
+}
+
+/// Drops `sk`'s partial control frames, both directions.
+#[inline(always)]
+fn forget_resume(sk: KPtr) {
+    for dir in [DIR_RECEIVED, DIR_SENT] {
+        let _ = RESUME.remove(&SockDir {
+            sk,
+            dir: dir as u64,
+        });
     }
 }
