@@ -48,19 +48,18 @@ pub fn port_traced(port: u16) -> bool {
     }
 }
 
-/// The `--port` rule, decided here once for every program that filters
-/// what follows a socket (its frames, state changes, close, resets,
-/// destruction, TLS plaintext): `--port P` follows the server's side, the
-/// socket whose *local* port is P ([`server_port_traced`]); a request
-/// written to P counts on the client's side ([`client_port_traced`]). With
-/// every port traced (no `--port`), every socket with a local port.
+/// The `--port` rule, decided here once for every program that filters:
+/// `--port P` follows both ends of a connection to P. A socket whose
+/// *local* port is P is the server's side (it reads the request and
+/// writes the 101: [`server_port_traced`]); one whose *remote* port is P is
+/// a client's side (a process on this host that connected to P: it writes
+/// the request and reads the 101: [`client_port_traced`]). Everything that
+/// follows a socket once it is upgraded (its frames, state changes, close,
+/// resets, destruction, TLS plaintext) takes either ([`sk_port_traced`]).
+/// With every port traced (no `--port`), every socket with a local port.
 #[inline(always)]
 pub fn sk_port_traced(sk: KPtr) -> bool {
-    // Server side only for now: following a local client's socket of a
-    // `--port` too (remote port) doubled the reports of every test whose
-    // client runs on the traced host; the rule stays in one place for the
-    // change that makes it the default with its tests.
-    server_port_traced(sk)
+    server_port_traced(sk) || (config!(all_ports) == 0 && client_port_traced(sk))
 }
 
 /// The server's side of a connection to a traced port: a 101 written here

@@ -126,9 +126,9 @@ fn on_write(fd: u64, buf: UPtr, len: u64, iov: UPtr, vlen: u64) {
         // A worker handed its sockets by another process (fd passing) is
         // known from its first 101 on.
         record::Written::Upgrade => note_server(),
-        // With every port traced, a process that writes a request may read
-        // a 101 back (the client side): its reads are walked too.
-        record::Written::Request if config!(all_ports) != 0 => note_server(),
+        // A process that writes a request to a traced port may read a 101
+        // back (the client side): its reads are walked too.
+        record::Written::Request => note_server(),
         _ => {}
     }
 }
