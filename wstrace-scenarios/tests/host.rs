@@ -271,21 +271,15 @@ fn client_side_websockets_client_sees_the_servers_going_away() {
         .unwrap_or_else(|| panic!("the client did not get 1001: {said:?}"));
     // Both ends of the one connection: the server's socket (local port
     // `port`) and the client's (remote port `port`).
-    let remote_port = |r: &serde_json::Value| -> Option<u16> {
-        r["remote"].as_str()?.rsplit_once(':')?.1.parse().ok()
-    };
     let start = std::time::Instant::now();
     let (mut client, mut srv) = (None, None);
     while start.elapsed() < std::time::Duration::from_secs(15)
         && (client.is_none() || srv.is_none())
     {
         for r in t.reports() {
-            if remote_port(&r) == Some(port) && r["side"] == "client" {
+            if common::is_client_of(&r, port) {
                 client = Some(r);
-            } else if r["local"]
-                .as_str()
-                .is_some_and(|l| l.ends_with(&format!(":{port}")))
-            {
+            } else if common::is_server_on(&r, port) {
                 srv = Some(r);
             }
         }
@@ -355,16 +349,13 @@ fn client_side_server_killed_without_a_close_frame_is_said_for_the_client() {
         "the client should see the connection drop without a close frame: {said:?}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let remote_port = |r: &serde_json::Value| -> Option<u16> {
-        r["remote"].as_str()?.rsplit_once(':')?.1.parse().ok()
-    };
     let start = std::time::Instant::now();
     let mut client = None;
     while start.elapsed() < std::time::Duration::from_secs(15) && client.is_none() {
         client = t
             .reports()
             .into_iter()
-            .find(|r| remote_port(r) == Some(port) && r["side"] == "client");
+            .find(|r| common::is_client_of(r, port));
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let c = client.unwrap_or_else(|| panic!("no client-side report:\n{}", t.stderr_text()));
@@ -380,11 +371,6 @@ fn client_side_server_killed_without_a_close_frame_is_said_for_the_client() {
     );
     let fix = c["diagnosis"]["fix"].as_str().unwrap_or_default();
     assert!(fix.starts_with("reconnect with backoff"), "{c:#}");
-}
-
-/// The remote port of a report (`"remote": "127.0.0.1:PORT"`).
-fn report_remote_port(r: &serde_json::Value) -> Option<u16> {
-    r["remote"].as_str()?.rsplit_once(':')?.1.parse().ok()
 }
 
 /// Runs [`WAITING_CLIENT`] against a [`GOING_AWAY_SERVER`] on `port`;
@@ -417,9 +403,9 @@ fn both_ends(t: &common::Tracer, port: u16) -> (serde_json::Value, serde_json::V
         && (client.is_none() || server.is_none())
     {
         for r in t.reports() {
-            if report_remote_port(&r) == Some(port) && r["side"] == "client" {
+            if common::is_client_of(&r, port) {
                 client = Some(r);
-            } else if common::report_local_port(&r) == Some(port) {
+            } else if common::is_server_on(&r, port) {
                 server = Some(r);
             }
         }
@@ -478,7 +464,9 @@ fn port_follows_the_client_side_of_a_connection_to_it() {
     let on_p: Vec<serde_json::Value> = t
         .reports()
         .into_iter()
-        .filter(|r| common::report_local_port(r) == Some(p) || report_remote_port(r) == Some(p))
+        .filter(|r| {
+            common::report_local_port(r) == Some(p) || common::report_remote_port(r) == Some(p)
+        })
         .collect();
     assert!(
         on_p.is_empty(),

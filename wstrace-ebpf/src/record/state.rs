@@ -4,7 +4,7 @@ use wstrace_common::{DIR_RECEIVED, DIR_SENT, EventHeader, EventKind};
 
 use crate::record::emit::{emit_header, fill_header, reserve};
 use crate::{
-    kernel::{config, server_port_traced, sk_err},
+    kernel::{server_port_traced, sk_err},
     maps::{ACCEPTED, HEAD_BYTES, RESUME, SockDir, UPGRADED},
     ptr::KPtr,
 };
@@ -64,14 +64,14 @@ pub fn forget_head(sk: KPtr) {
 
 /// A state change of any TCP socket: SYN_RECV -> ESTABLISHED on a traced
 /// port is a listener's child completing its handshake (a passive open;
-/// an active open goes SYN_SENT -> ESTABLISHED). Only such sockets may be
-/// marked upgraded.
+/// an active open goes SYN_SENT -> ESTABLISHED): the server's side, by
+/// local port. Only such sockets may be marked upgraded as a server's.
 #[inline(always)]
 pub fn note_accepted(sk: KPtr, old_state: i32, new_state: i32) {
     if old_state == wstrace_common::tcp_state::SYN_RECV as i32
         && new_state == wstrace_common::tcp_state::ESTABLISHED as i32
         && !sk.is_null()
-        && (config!(all_ports) != 0 || server_port_traced(sk))
+        && server_port_traced(sk)
     {
         let _ = ACCEPTED.insert(sk, 1, 0);
     }
