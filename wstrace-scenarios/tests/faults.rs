@@ -74,7 +74,16 @@ fn sigint_and_sigterm_mid_burst_leave_whole_reports_and_nothing_loaded() {
                 assert_eq!(r["closed_by"], "local", "{name}: {r}");
             } else {
                 assert!(common::is_client_of(r, port), "{name}: {r}");
-                assert_eq!(r["closed_by"], "peer", "{name}: {r}");
+                // The server closed first, unless the report says its close
+                // was never seen: a socket destroyed while the probes were
+                // being detached (the daemon then says `local`, its guess).
+                let unseen = r["notes"].as_array().is_some_and(|n| {
+                    n.iter()
+                        .any(|n| n == "the kernel destroyed the socket without a close being seen")
+                });
+                if !unseen {
+                    assert_eq!(r["closed_by"], "peer", "{name}: {r}");
+                }
             }
         }
         let left = wait_unloaded(&ids, Duration::from_secs(5));

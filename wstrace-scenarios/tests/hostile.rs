@@ -587,10 +587,13 @@ print("FORGED", done, flush=True)
 "#;
 
 /// Issue 25, item 3: a nobody process calling itself nginx cannot forge a
-/// report (a client socket bound to the traced port is no server socket:
-/// only one a listener on the port accepted is), and the victim's real
-/// closes keep their reports; no report names nginx without an nginx
-/// executable.
+/// server's report (a client socket bound to the traced port is no server
+/// socket: only one a listener on the port accepted is), and the victim's
+/// real closes keep their reports; no report names nginx without an nginx
+/// executable. Its own socket that read the 101 from the one bound to the
+/// port is, truthfully, the client side of a connection to the port
+/// (`--port` follows both ends, the client's by its remote port): reported
+/// under the forger's own executable, never as nginx's.
 #[test]
 fn a_client_socket_on_the_traced_port_forges_no_report() {
     if !can_run("a_client_socket_on_the_traced_port_forges_no_report") {
@@ -618,16 +621,43 @@ fn a_client_socket_on_the_traced_port_forges_no_report() {
     for _ in 0..3 {
         upgrade_once(port);
     }
-    // Both ends of the three real connections (this test's sockets read
-    // the 101: the client side), and nothing forged.
-    t.wait_for_ends(port, 3, Duration::from_secs(20));
+    // The three real connections, both ends (this test's sockets read the
+    // 101: the client side), and the forger's five sockets that read a
+    // 101 from one bound to the port: client sides, nothing more.
+    let start = Instant::now();
+    let (servers, clients) = loop {
+        let reports = t.reports();
+        let (servers, clients): (Vec<_>, Vec<_>) =
+            reports.into_iter().partition(common::is_server_side);
+        if (servers.len() >= 3 && clients.len() >= 8) || start.elapsed() > Duration::from_secs(20) {
+            break (servers, clients);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     // Whatever else arrives late would show here too.
     std::thread::sleep(Duration::from_millis(500));
     let reports = t.reports();
-    assert_eq!(reports.len(), 6, "{reports:#?}\n{}", t.stderr_text());
-    for r in &reports {
+    assert_eq!(reports.len(), 11, "{reports:#?}\n{}", t.stderr_text());
+    assert_eq!(servers.len(), 3, "{servers:#?}");
+    for r in &servers {
         let local = r["local"].as_str().unwrap_or_default();
         assert!(local.starts_with("127.0.0.1:"), "a forged report: {r:#}");
+        assert!(common::is_server_on(r, port), "{r:#}");
+    }
+    let forged: Vec<&serde_json::Value> = clients
+        .iter()
+        .filter(|r| r["upgraded_by"]["pid"].as_u64() != Some(u64::from(std::process::id())))
+        .collect();
+    assert_eq!((clients.len(), forged.len()), (8, 5), "{clients:#?}");
+    for r in &forged {
+        assert!(common::is_client_of(r, port), "{r:#}");
+        let remote = r["remote"].as_str().unwrap_or_default();
+        assert!(remote.starts_with("127.0.0.2:"), "{r:#}");
+        // Its own name is what it chose; its executable is its own.
+        let exe = r["exe"].as_str().unwrap_or_default();
+        assert!(exe.starts_with("/usr/bin/python3"), "{r:#}");
+    }
+    for r in &reports {
         assert_ne!(r["diagnosis"]["front"]["kind"], "nginx", "{r:#}");
         let fix = r["diagnosis"]["fix"].as_str().unwrap_or_default();
         assert!(!fix.contains("proxy_http_version"), "{r:#}");
@@ -643,8 +673,8 @@ fn a_client_socket_on_the_traced_port_forges_no_report() {
         out
     };
     assert!(
-        metrics.contains("wstrace_upgrades_total 6"),
-        "the forged upgrades were counted:\n{metrics}"
+        metrics.contains("wstrace_upgrades_total 11"),
+        "the forged 101s were counted as upgrades:\n{metrics}"
     );
     // Ignored, and said: each forged 101 is counted, never silent.
     assert!(
