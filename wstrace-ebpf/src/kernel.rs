@@ -29,17 +29,14 @@ pub fn volatile<T: Copy>(v: &'static T) -> T {
     unsafe { core::ptr::read_volatile(v) }
 }
 
-/// The in-kernel port filter: the first thing every program checks, before
-/// touching any map. With no `--port` (all ports) one load of a patched
-/// constant; else one bit of the port bitmap, an array lookup the verifier
-/// inlines (a bounds check and a load, no call), for any number of ports.
+/// One port of `--port`? One bit of the port bitmap, an array lookup the
+/// verifier inlines (a bounds check and a load, no call), for any number of
+/// ports. Only asked with `--port` given: the rules below answer every
+/// socket first when every port is traced.
 #[inline(always)]
-pub fn port_traced(port: u16) -> bool {
+fn port_in_set(port: u16) -> bool {
     if port == 0 {
         return false;
-    }
-    if config!(all_ports) != 0 {
-        return true;
     }
     let (word, mask) = port_bit(port);
     match TRACED_PORTS.get(word) {
@@ -48,33 +45,38 @@ pub fn port_traced(port: u16) -> bool {
     }
 }
 
-/// The `--port` rule, decided here once for every program that filters
-/// what follows a socket (its frames, state changes, close, resets,
-/// destruction, TLS plaintext): `--port P` follows the server's side, the
-/// socket whose *local* port is P ([`server_port_traced`]); a request
-/// written to P counts on the client's side ([`client_port_traced`]). With
-/// every port traced (no `--port`), every socket with a local port.
-#[inline(always)]
-pub fn sk_port_traced(sk: KPtr) -> bool {
-    // Server side only for now: following a local client's socket of a
-    // `--port` too (remote port) doubled the reports of every test whose
-    // client runs on the traced host; the rule stays in one place for the
-    // change that makes it the default with its tests.
-    server_port_traced(sk)
-}
+// The `--port` rule, decided here once for every program that filters (the
+// first thing each checks, before touching any map). `--port P` narrows what
+// no `--port` follows to the connections to P, both of their ends on this
+// host: the socket whose *local* port is P is the server's side (it reads
+// the request and writes the 101: [`server_port_traced`]); one whose *remote*
+// port is P is a client's side (a process on this host that connected to P:
+// it writes the request and reads the 101: [`client_port_traced`]); what
+// follows either once it is upgraded (frames, state changes, close, resets,
+// destruction, TLS plaintext) takes either end ([`sk_port_traced`]). With no
+// `--port` every socket is traced and each rule is one load of a patched
+// constant: no port is read.
 
-/// The server's side of a connection to a traced port: a 101 written here
-/// counts ([`sk_port_traced`]).
+/// The server's side of a connection to a traced port: a 101 written here,
+/// a connection accepted here, count.
 #[inline(always)]
 pub fn server_port_traced(sk: KPtr) -> bool {
-    port_traced(sk_local_port(sk))
+    config!(all_ports) != 0 || port_in_set(sk_local_port(sk))
 }
 
-/// The client's side of a connection to a traced port: a request written or
-/// a 101 read here counts ([`sk_port_traced`]).
+/// The client's side of a connection to a traced port: a request written
+/// here, a 101 read here as the first response, count.
 #[inline(always)]
 pub fn client_port_traced(sk: KPtr) -> bool {
-    port_traced(sk_remote_port(sk))
+    config!(all_ports) != 0 || port_in_set(sk_remote_port(sk))
+}
+
+/// Either end of a connection to a traced port: what follows a socket
+/// (its reads, frames, state changes, close, reset, destruction, TLS
+/// plaintext) counts on both.
+#[inline(always)]
+pub fn sk_port_traced(sk: KPtr) -> bool {
+    server_port_traced(sk) || client_port_traced(sk)
 }
 
 /// Local port of a socket (host order), 0 when unreadable.

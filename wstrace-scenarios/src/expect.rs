@@ -51,20 +51,7 @@ fn str_key<'a>(r: &'a Value, key: &str) -> Option<&'a str> {
     r.get(key).and_then(Value::as_str)
 }
 
-/// Port of a report's `local` ("127.0.0.1:80" or "[::1]:80").
-pub fn local_port(r: &Value) -> Option<u16> {
-    str_key(r, "local")?.rsplit_once(':')?.1.parse().ok()
-}
-
-/// A client-side report (the local end read the 101) of a connection to
-/// server port `port`.
-pub fn is_client_of(r: &Value, port: u16) -> bool {
-    str_key(r, "side") == Some("client")
-        && str_key(r, "remote")
-            .and_then(|a| a.rsplit_once(':'))
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            == Some(port)
-}
+pub use wstrace_scenarios::harness::report::{is_client_of, local_port};
 
 /// Checks the reports seen on one traced port against `expect` (None: there
 /// must be none). `probe` is the set asked for (`auto` accepts any real set).

@@ -82,8 +82,10 @@ fn rotation_under_a_burst_loses_nothing() {
     for _ in 0..N {
         upgrade_once(port);
     }
+    // Two lines per connection: the server's socket and this test's, which
+    // read the 101 (the client side).
     let start = Instant::now();
-    while all_lines(&log).len() < N && start.elapsed() < Duration::from_secs(20) {
+    while all_lines(&log).len() < 2 * N && start.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut w = w;
@@ -91,14 +93,37 @@ fn rotation_under_a_burst_loses_nothing() {
     let status = w.wait();
     assert!(status.success(), "wstrace exit {status}");
     let lines = all_lines(&log);
-    assert_eq!(lines.len(), N, "lines written vs connections made");
-    let mut remotes: Vec<&str> = lines
-        .iter()
-        .map(|v| v["remote"].as_str().unwrap_or(""))
-        .collect();
-    remotes.sort();
-    remotes.dedup();
-    assert_eq!(remotes.len(), N, "one line per connection");
+    assert_eq!(
+        lines.len(),
+        2 * N,
+        "lines written vs connections made (both ends)"
+    );
+    // One server-side line per connection (its remote, the client's
+    // address, differs), and one client-side line for each of them (its
+    // local address is that server line's remote).
+    let ends = |server: bool, key: &str| -> Vec<&str> {
+        let mut v: Vec<&str> = lines
+            .iter()
+            .filter(|l| {
+                if server {
+                    common::is_server_on(l, port)
+                } else {
+                    common::is_client_of(l, port)
+                }
+            })
+            .map(|l| l[key].as_str().unwrap_or(""))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let remotes = ends(true, "remote");
+    assert_eq!(remotes.len(), N, "one server line per connection");
+    assert_eq!(
+        ends(false, "local"),
+        remotes,
+        "one client line per connection"
+    );
     assert!(
         PathBuf::from(format!("{}.1", log.display())).exists(),
         "rotation happened"
@@ -172,16 +197,19 @@ fn metrics_scrape_passes_promtool() {
     for _ in 0..3 {
         upgrade_once(port);
     }
-    // Until all three closes are counted (the first alone raced the asserts).
+    // Until all six closes are counted (the first alone raced the asserts):
+    // both ends of each connection, the server's and this test's socket,
+    // which read the 101 (the client side).
     let start = Instant::now();
     let mut body = scrape(&addr);
-    while !body.contains("wstrace_connection_lifetime_seconds_count 3")
+    while !body.contains("wstrace_connection_lifetime_seconds_count 6")
         && start.elapsed() < Duration::from_secs(10)
     {
         std::thread::sleep(Duration::from_millis(100));
         body = scrape(&addr);
     }
-    assert!(body.contains("wstrace_upgrades_total 3"), "{body}");
+    assert!(body.contains("wstrace_upgrades_total 6"), "{body}");
+    // The server closed: local on its side, the peer on the client's.
     assert!(
         body.contains(
             "wstrace_closes_total{closed_by=\"local\",how=\"fin\",diagnosis=\"unknown\"} 3"
@@ -189,7 +217,13 @@ fn metrics_scrape_passes_promtool() {
         "{body}"
     );
     assert!(
-        body.contains("wstrace_connection_lifetime_seconds_count 3"),
+        body.contains(
+            "wstrace_closes_total{closed_by=\"peer\",how=\"fin\",diagnosis=\"server_closed_without_close_frame\"} 3"
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains("wstrace_connection_lifetime_seconds_count 6"),
         "{body}"
     );
     // Every loss reason is exported from the start, at 0 here.

@@ -138,9 +138,11 @@ fn every_close_is_reported_under_churn_and_a_victims_close_keeps_its_stack() {
     );
 
     // No timing assertion: the daemon may lag; it must not lose anything.
-    // The wait ends when every report is in, or nothing came for 30 s.
+    // The wait ends when every report is in (both ends of each connection:
+    // the flood's sockets read the 101, the client side), or nothing came
+    // for 30 s.
     let (mut seen, mut progress) = (0, Instant::now());
-    while seen < want && progress.elapsed() < Duration::from_secs(30) {
+    while seen < 2 * want && progress.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(500));
         let n = count_lines(&log);
         if n > seen {
@@ -155,12 +157,20 @@ fn every_close_is_reported_under_churn_and_a_victims_close_keeps_its_stack() {
 
     // One pass over the reports (too many to keep): counts, and the victim's.
     let local = format!("127.0.0.1:{victim}");
-    let (mut reports, mut same_as, mut elided, mut dropped) = (0usize, 0usize, 0usize, 0usize);
+    let (mut reports, mut clients) = (0usize, 0usize);
+    let (mut same_as, mut elided, mut dropped) = (0usize, 0usize, 0usize);
     let mut victims = Vec::new();
     let f = std::fs::File::open(&log).expect("report file");
     for (i, line) in BufReader::new(f).lines().map_while(Result::ok).enumerate() {
         let r: serde_json::Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {line}", i + 1));
+        if common::is_client_side(&r) {
+            // This test's own sockets: closed by the servers.
+            assert_eq!(r["closed_by"], "peer", "{r}");
+            clients += 1;
+            continue;
+        }
+        assert!(common::is_server_side(&r), "{r}");
         reports += 1;
         match r["user_stack_copy"].as_str() {
             Some("same_as") => {
@@ -201,7 +211,11 @@ fn every_close_is_reported_under_churn_and_a_victims_close_keeps_its_stack() {
 
     assert_eq!(
         reports, want,
-        "one report per connection ({flooded} flooded + 1 victim); stderr: {stderr}"
+        "one server-side report per connection ({flooded} flooded + 1 victim); stderr: {stderr}"
+    );
+    assert_eq!(
+        clients, want,
+        "one client-side report per connection ({flooded} flooded + 1 victim); stderr: {stderr}"
     );
     assert!(
         lost.values().all(|&n| n == 0),
@@ -290,14 +304,15 @@ fn a_flood_cannot_crowd_out_another_servers_close() {
     eprintln!("fairness: {got} flood connections while wstrace was stopped");
     assert!(got > STALLED_FLOOD / 2, "the flood ran: {got}");
 
-    let local = format!("127.0.0.1:{victim}");
+    // The victim server's report (its client, this test, is the flooding
+    // process: its own reports are over their fair share).
     let (reports, found) =
-        t.wait_for_report(Duration::from_secs(60), |r| r["local"] == local.as_str());
+        t.wait_for_report(Duration::from_secs(60), |r| common::is_server_on(r, victim));
     let stderr = t.stderr_text();
     assert!(found, "the victim's close was not reported: {stderr}");
     let v = reports
         .iter()
-        .find(|r| r["local"] == local.as_str())
+        .find(|r| common::is_server_on(r, victim))
         .expect("found above");
     assert_eq!(v["pid"].as_u64(), Some(u64::from(victim_pid)), "{v}");
     assert_eq!(

@@ -97,12 +97,17 @@ fn debug_probes_say_why_a_101_was_ignored() {
         .filter(|l| l.starts_with("wstrace: probe: "))
         .collect();
 
-    // Neither ignored connection was reported: only the barrier's.
+    // Neither ignored connection was reported, from either end (this
+    // test's clients never read the 101).
     for r in &reports {
         assert_ne!(
             common::report_local_port(r),
             Some(port),
             "an ignored 101 was reported: {r}"
+        );
+        assert!(
+            !common::is_client_of(r, port),
+            "an ignored 101 was reported from the client's end: {r}"
         );
     }
     let mine = |client_port: u16| {
@@ -144,6 +149,16 @@ fn debug_probes_say_why_a_101_was_ignored() {
             .iter()
             .any(|l| l.contains(&format!(" socket :{} ⇄ :", barrier.port))
                 && l.contains("first read is a request head: copied")),
+        "{probe_lines:?}"
+    );
+    // And its client's end, this test's socket (`--port` follows both
+    // ends of a connection to a traced port): the 101 it read.
+    assert!(
+        probe_lines
+            .iter()
+            .any(|l| l.starts_with(&format!("wstrace: probe: pid {pid} "))
+                && l.contains(&format!(" ⇄ :{}: ", barrier.port))
+                && l.contains("read a 101 as its first response: traced (client side)")),
         "{probe_lines:?}"
     );
 }

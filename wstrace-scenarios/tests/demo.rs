@@ -1,6 +1,6 @@
 //! `wstrace demo`, what `cargo xtask run` (README's first command) shows a
-//! new user: the real probes on loopback, two closes, and nothing to worry
-//! about on stderr.
+//! new user: the real probes on loopback, two closes seen from both ends
+//! (four reports), and nothing to worry about on stderr.
 mod common;
 
 use common::{SYMBOLIZE_TIMEOUT, require_root, serial, wstrace_bin};
@@ -27,13 +27,21 @@ fn the_demo_reports_both_closes_with_named_kernel_frames_and_no_privilege_warnin
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    assert_eq!(reports.len(), 2, "want two reports:\n{stdout}\n{stderr}");
-    let by = |side: &str| {
+    // Two connections, each from both ends: the demo's client reads the
+    // 101 in its first read, so its sockets are the client side.
+    assert_eq!(reports.len(), 4, "want four reports:\n{stdout}\n{stderr}");
+    let by = |side: &str, closed_by: &str| {
         reports
             .iter()
-            .find(|r| r["closed_by"] == side)
-            .unwrap_or_else(|| panic!("no close by {side}:\n{stdout}"))
+            .find(|r| r["side"] == side && r["closed_by"] == closed_by)
+            .unwrap_or_else(|| panic!("no {side}-side close by {closed_by}:\n{stdout}"))
     };
+    // The client's ends: the HTTP/1.0 one closed by the server, the
+    // HTTP/1.1 one by the client itself.
+    let client = by("client", "peer");
+    assert_eq!(client["upgraded_by"]["comm"], "ws-demo-client", "{client}");
+    by("client", "local");
+    let by = |closed_by: &str| by("server", closed_by);
     let local = by("local");
     assert_eq!(local["diagnosis"]["code"], "http10_upgrade", "{local}");
     assert_eq!(local["request"]["version"], "HTTP/1.0", "{local}");

@@ -158,8 +158,14 @@ fn nginx_without_proxy_http_version_is_http10_upgrade() {
         assert!(status.contains("101"), "nginx answered {status:?}");
         clients.push(c);
     }
-    let reports = w.wait_for_reports(FAST_CLOSES, Duration::from_secs(10));
-    assert_eq!(reports.len(), FAST_CLOSES, "{reports:#?}");
+    // Both ends of each connection to the backend: its socket (the server
+    // side) and nginx's upstream socket, which read the 101 (the client
+    // side), closed by the backend.
+    let (reports, upstream) = w.wait_for_ends(bport, FAST_CLOSES, Duration::from_secs(10));
+    for u in &upstream {
+        assert_eq!(s(u, &["closed_by"]), "peer", "{u:#}");
+        assert_eq!(s(u, &["upgraded_by", "comm"]), "nginx", "{u:#}");
+    }
     for r in &reports {
         assert_eq!(s(r, &["diagnosis", "code"]), "http10_upgrade", "{r:#}");
         assert!(
@@ -223,10 +229,19 @@ fn a_direct_http10_client_gets_the_client_fix_not_nginx() {
         String::from_utf8_lossy(&answer)
     );
     // The socket stays open until the report is in: the peer is this process.
-    let reports = w.wait_for_reports(1, Duration::from_secs(10));
+    let reports = w.wait_for_server_reports(1, Duration::from_secs(10));
     drop(c);
     assert_eq!(reports.len(), 1, "{reports:#?}");
     let r = &reports[0];
+    // This test's socket read the 101 (in one read): the client side, closed
+    // by the backend.
+    let (_, client) = w.wait_for_both_ends(bport, Duration::from_secs(10));
+    assert_eq!(s(&client, &["closed_by"]), "peer", "{client:#}");
+    assert_eq!(
+        client["upgraded_by"]["pid"].as_u64(),
+        Some(u64::from(std::process::id())),
+        "{client:#}"
+    );
     assert_eq!(s(r, &["diagnosis", "code"]), "http10_upgrade", "{r:#}");
     assert_eq!(r["pid"].as_u64(), Some(u64::from(backend.0.id())), "{r:#}");
     assert_eq!(
@@ -273,10 +288,11 @@ fn nginx_with_http11_keeps_the_socket_then_names_nginx() {
     // Fixed config: nothing closes while the client stays. The barrier's
     // close, made after the upgrade, must be reported; a close of the
     // backend's socket right after the 101 would have been reported first.
+    // Nothing but the barrier's connection: not the backend's socket nor
+    // nginx's upstream one.
     let early = barrier.cross(&w, Duration::from_secs(10));
-    assert_eq!(
-        early.len(),
-        1,
+    assert!(
+        early.is_empty(),
         "closed while the client was connected: {early:#?}"
     );
     // Close half-way between whole seconds of idle: on a loaded host the
@@ -286,9 +302,12 @@ fn nginx_with_http11_keeps_the_socket_then_names_nginx() {
     let past = upgraded.elapsed().as_millis() % 1000;
     std::thread::sleep(Duration::from_millis(((1500 - past) % 1000) as u64));
     drop(c);
-    let reports = w.wait_for_reports(2, Duration::from_secs(10));
-    assert_eq!(reports.len(), 2, "{reports:#?}");
-    let r = &reports[1];
+    // The backend's socket, closed by nginx, and nginx's upstream socket
+    // (the client side: it read the 101), closed by nginx.
+    let (r, up) = w.wait_for_both_ends(bport, Duration::from_secs(10));
+    assert_eq!(s(&up, &["closed_by"]), "local", "{up:#}");
+    assert_eq!(s(&up, &["upgraded_by", "comm"]), "nginx", "{up:#}");
+    let r = &r;
     assert_eq!(s(r, &["closed_by"]), "peer", "{r:#}");
     assert_eq!(s(r, &["diagnosis", "code"]), "peer_closed_first", "{r:#}");
     assert_eq!(s(r, &["peer", "comm"]), "nginx", "{r:#}");
@@ -316,9 +335,12 @@ fn nginx_proxy_read_timeout_is_idle_timeout() {
     );
     let (_c, status) = upgrade(nport);
     assert!(status.contains("101"), "nginx answered {status:?}");
-    let reports = w.wait_for_reports(1, Duration::from_secs(15));
-    assert_eq!(reports.len(), 1, "{reports:#?}");
-    let r = &reports[0];
+    // The backend's socket and nginx's upstream socket (the client side:
+    // it read the 101), which nginx closed on its timeout.
+    let (r, up) = w.wait_for_both_ends(bport, Duration::from_secs(15));
+    assert_eq!(s(&up, &["closed_by"]), "local", "{up:#}");
+    assert_eq!(s(&up, &["upgraded_by", "comm"]), "nginx", "{up:#}");
+    let r = &r;
     assert_eq!(s(r, &["diagnosis", "code"]), "idle_timeout", "{r:#}");
     assert_eq!(s(r, &["closed_by"]), "peer", "nginx closed first: {r:#}");
     assert_eq!(s(r, &["peer", "comm"]), "nginx", "{r:#}");
@@ -365,7 +387,9 @@ fn python_websockets_close_1011_is_server_close_frame() {
     let mut buf = [0u8; 64];
     let _ = c.read(&mut buf);
     drop(c);
-    let reports = w.wait_for_reports(1, Duration::from_secs(15));
+    // The server's report: `upgrade` reads the 101 byte by byte, so this
+    // test's socket is no client side.
+    let reports = w.wait_for_server_reports(1, Duration::from_secs(15));
     assert_eq!(reports.len(), 1, "{reports:#?}");
     let r = &reports[0];
     assert_eq!(s(r, &["diagnosis", "code"]), "server_close_frame", "{r:#}");
@@ -427,8 +451,19 @@ fn nginx_on_the_traced_port_never_splices_a_secret_into_a_header() {
             cases += 1;
         }
     }
-    let reports = w.wait_for_reports(cases, Duration::from_secs(20));
+    // nginx's client-facing sockets: the server side. (This test's own
+    // sockets read 12 bytes first, too few to say 101: no client side.)
+    // No secret in any report, whichever end.
+    let reports = w.wait_for_server_reports(cases, Duration::from_secs(20));
     assert_eq!(reports.len(), cases, "{reports:#?}");
+    for r in &w.reports() {
+        let text = r.to_string();
+        for piece in secret.as_bytes().windows(8) {
+            let piece = std::str::from_utf8(piece).expect("ascii");
+            assert!(!text.contains(piece), "{piece:?} leaked: {r:#}");
+        }
+        assert!(!text.contains("QUERYSECRET"), "{r:#}");
+    }
     for r in &reports {
         let text = r.to_string();
         // No piece of a secret, in any field: not the cookie (8+ bytes of

@@ -228,7 +228,9 @@ fn go_tls_server_closing_after_an_http10_upgrade_is_named_from_the_plaintext() {
     for _ in 0..3 {
         run_client(&s, port, "http10");
     }
-    let reports = t.wait_for_reports(3, Duration::from_secs(20));
+    // The server side's reports: a TLS client on this host is the client
+    // side only where its library's reads are probed.
+    let reports = t.wait_for_server_reports(3, Duration::from_secs(20));
     assert_eq!(reports.len(), 3, "{}", t.stderr_text());
     for r in &reports {
         assert_eq!(r["tls"], "go", "{r}");
@@ -264,7 +266,9 @@ fn go_tls_close_frame_1001_is_read_from_the_plaintext() {
     let (_server, port) = start(Command::new(&s.server), "goaway");
     let t = Tracer::start(port, &[]);
     run_client(&s, port, "answer");
-    let reports = t.wait_for_reports(1, Duration::from_secs(20));
+    // The server side's reports: a TLS client on this host is the client
+    // side only where its library's reads are probed.
+    let reports = t.wait_for_server_reports(1, Duration::from_secs(20));
     assert_eq!(reports.len(), 1, "{}", t.stderr_text());
     let r = report_on_port(&reports, port);
     assert_eq!(r["tls"], "go", "{r}");
@@ -372,7 +376,9 @@ fn go_binary_with_lying_dwarf_falls_back_to_the_table() {
         "{line}"
     );
     run_client(&s, port, "http10");
-    let reports = t.wait_for_reports(1, Duration::from_secs(20));
+    // The server side's reports: a TLS client on this host is the client
+    // side only where its library's reads are probed.
+    let reports = t.wait_for_server_reports(1, Duration::from_secs(20));
     assert_eq!(reports.len(), 1, "{}", t.stderr_text());
     let r = report_on_port(&reports, port);
     assert_eq!(r["tls"], "go", "{r}");
@@ -408,7 +414,9 @@ fn go_tls_over_a_wrapped_conn_is_not_walked_as_a_tcpconn() {
     let first = Kill(first);
     std::thread::sleep(Duration::from_millis(500));
     run_client(&s, port, "answer");
-    let reports = t.wait_for_reports(2, Duration::from_secs(20));
+    // The server side's reports: a TLS client on this host is the client
+    // side only where its library's reads are probed.
+    let reports = t.wait_for_server_reports(2, Duration::from_secs(20));
     drop(first);
     assert_eq!(reports.len(), 2, "{}", t.stderr_text());
     for r in &reports {
@@ -523,7 +531,9 @@ fn hostile_go_binaries_are_refused_and_other_reports_unaffected() {
         "{stderr}"
     );
     run_client(&s, good_port, "http10");
-    let reports = t.wait_for_reports(1, Duration::from_secs(20));
+    // The server side's reports: a TLS client on this host is the client
+    // side only where its library's reads are probed.
+    let reports = t.wait_for_server_reports(1, Duration::from_secs(20));
     assert_eq!(reports.len(), 1, "{}", t.stderr_text());
     let r = report_on_port(&reports, good_port);
     assert_eq!(r["tls"], "go", "{r}");
@@ -581,12 +591,16 @@ fn go_binary_claiming_a_tebibyte_of_debug_info_is_named_from_its_symtab() {
     let (_good, good_port) = start(Command::new(&s.server), "close");
     let t = Tracer::start(hport, &["--port", &good_port.to_string()]);
     run_client(&s, hport, "http10");
-    let reports = t.wait_for_reports(1, Duration::from_secs(20));
+    // The server side's reports: a TLS client on this host is the client
+    // side only where its library's reads are probed.
+    let reports = t.wait_for_server_reports(1, Duration::from_secs(20));
     let stderr = t.stderr_text();
     assert_eq!(reports.len(), 1, "{stderr}");
     let h = report_on_port(&reports, hport);
     run_client(&s, good_port, "http10");
-    let reports = t.wait_for_reports(2, Duration::from_secs(20));
+    // The server side's reports: a TLS client on this host is the client
+    // side only where its library's reads are probed.
+    let reports = t.wait_for_server_reports(2, Duration::from_secs(20));
     let stderr = t.stderr_text();
     assert_eq!(reports.len(), 2, "{stderr}");
     let g = report_on_port(&reports, good_port);
@@ -669,7 +683,9 @@ fn stripped_go_binary_is_covered_through_its_pclntab() {
         "the stripped server's walk is not said:\n{stderr}"
     );
     run_client(&s, port, "http10");
-    let reports = t.wait_for_reports(1, Duration::from_secs(20));
+    // The server side's reports: a TLS client on this host is the client
+    // side only where its library's reads are probed.
+    let reports = t.wait_for_server_reports(1, Duration::from_secs(20));
     assert_eq!(reports.len(), 1, "{}", t.stderr_text());
     let r = report_on_port(&reports, port);
     assert_eq!(r["tls"], "go", "{r}");
@@ -684,7 +700,9 @@ fn go_tls_pings_without_pongs_are_a_heartbeat_timeout() {
     let (_server, port) = start(Command::new(&s.server), "ping");
     let t = Tracer::start(port, &[]);
     run_client(&s, port, "silent");
-    let reports = t.wait_for_reports(1, Duration::from_secs(20));
+    // The server side's reports: a TLS client on this host is the client
+    // side only where its library's reads are probed.
+    let reports = t.wait_for_server_reports(1, Duration::from_secs(20));
     assert_eq!(reports.len(), 1, "{}", t.stderr_text());
     let r = report_on_port(&reports, port);
     assert_eq!(r["tls"], "go", "{r}");

@@ -133,7 +133,10 @@ fn a_client_that_stops_answering_pings_is_heartbeat_timeout_by_the_server() {
         }
     }
     assert_eq!(pings, 5, "2 answered, then 3 missed");
-    let reports = w.wait_for_reports(1, Duration::from_secs(15));
+    // The server's report: this test read the 101 byte by byte, so its
+    // socket is no client side (a 101 is followed as one when it is the
+    // first response a socket reads).
+    let reports = w.wait_for_server_reports(1, Duration::from_secs(15));
     assert_eq!(reports.len(), 1, "{reports:#?}");
     let r = &reports[0];
     assert_eq!(s(r, &["diagnosis", "code"]), "heartbeat_timeout", "{r:#}");
@@ -241,7 +244,10 @@ fn node_ws_terminate_of_a_client_that_never_pongs_is_heartbeat_timeout_by_node()
     // Nothing was left unread on either side, so destroy() is a plain
     // close(): the kernel sends a FIN, not an RST.
     assert_eq!(end, "fin", "how the client saw terminate()");
-    let reports = w.wait_for_reports(1, Duration::from_secs(15));
+    // The server's report: this test read the 101 byte by byte, so its
+    // socket is no client side (a 101 is followed as one when it is the
+    // first response a socket reads).
+    let reports = w.wait_for_server_reports(1, Duration::from_secs(15));
     assert_eq!(reports.len(), 1, "{reports:#?}");
     let r = &reports[0];
     assert_eq!(s(r, &["diagnosis", "code"]), "heartbeat_timeout", "{r:#}");
@@ -336,7 +342,10 @@ fn node_reaping_close(flags: &[&str]) -> (Value, String, PathBuf, u32) {
     // Frozen: read until ws terminates the connection, answer nothing.
     let mut buf = [0u8; 64];
     while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
-    let reports = w.wait_for_reports(1, Duration::from_secs(15));
+    // The server's report: this test read the 101 byte by byte, so its
+    // socket is no client side (a 101 is followed as one when it is the
+    // first response a socket reads).
+    let reports = w.wait_for_server_reports(1, Duration::from_secs(15));
     assert_eq!(reports.len(), 1, "{reports:#?}");
     let stderr = w.stderr_text();
     drop(w);
@@ -456,7 +465,10 @@ fn python_websockets_keepalive_timeout_is_heartbeat_timeout_not_a_server_error()
     let close = close.expect("websockets sent a close frame");
     assert_eq!(&close[..2], &1011u16.to_be_bytes(), "{close:?}");
     drop(c);
-    let reports = w.wait_for_reports(1, Duration::from_secs(15));
+    // The server's report: this test read the 101 byte by byte, so its
+    // socket is no client side (a 101 is followed as one when it is the
+    // first response a socket reads).
+    let reports = w.wait_for_server_reports(1, Duration::from_secs(15));
     assert_eq!(reports.len(), 1, "{reports:#?}");
     let r = &reports[0];
     assert_eq!(s(r, &["diagnosis", "code"]), "heartbeat_timeout", "{r:#}");
@@ -550,9 +562,27 @@ fn python_websockets_client_giving_up_on_a_silent_server_is_peer_heartbeat_timeo
         .and_then(|rest| rest.strip_suffix(" 1011 keepalive ping timeout"))
         .and_then(|pid| pid.parse().ok())
         .unwrap_or_else(|| panic!("the client did not time out its ping: {said:?}"));
-    let reports = w.wait_for_reports(1, Duration::from_secs(15));
-    assert_eq!(reports.len(), 1, "{reports:#?}");
-    let r = &reports[0];
+    // Both ends: the client's socket (it read the 101) is the client side,
+    // whose own pings went unanswered: it gave up, the server never
+    // answered (`heartbeat_timeout` in the client's words).
+    let (r, c) = w.wait_for_both_ends(port, Duration::from_secs(15));
+    assert_eq!(c["upgraded_by"]["pid"].as_u64(), Some(client_pid), "{c:#}");
+    assert_eq!(s(&c, &["closed_by"]), "local", "{c:#}");
+    assert_eq!(s(&c, &["diagnosis", "code"]), "heartbeat_timeout", "{c:#}");
+    assert_eq!(
+        (n(&c, "pings_sent"), n(&c, "pongs_received")),
+        (1, 0),
+        "{c:#}"
+    );
+    assert_eq!(
+        (
+            s(&c["frames"][0], &["direction"]),
+            c["frames"][0]["code"].as_u64()
+        ),
+        ("sent", Some(1011)),
+        "{c:#}"
+    );
+    let r = &r;
     assert_eq!(
         s(r, &["diagnosis", "code"]),
         "peer_heartbeat_timeout",
@@ -740,7 +770,9 @@ fn close_frames_are_seen_after_a_text_frame_and_split_across_writes() {
             "policy",
         ),
     ];
-    let reports = w.wait_for_reports(cases.len(), Duration::from_secs(15));
+    // The server's reports: `connect` reads the 101 byte by byte, so its
+    // sockets are no client side.
+    let reports = w.wait_for_server_reports(cases.len(), Duration::from_secs(15));
     assert_eq!(reports.len(), cases.len(), "{reports:#?}");
     for (what, client_port, dir, code, reason) in cases {
         let r = reports

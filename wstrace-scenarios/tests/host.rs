@@ -271,21 +271,15 @@ fn client_side_websockets_client_sees_the_servers_going_away() {
         .unwrap_or_else(|| panic!("the client did not get 1001: {said:?}"));
     // Both ends of the one connection: the server's socket (local port
     // `port`) and the client's (remote port `port`).
-    let remote_port = |r: &serde_json::Value| -> Option<u16> {
-        r["remote"].as_str()?.rsplit_once(':')?.1.parse().ok()
-    };
     let start = std::time::Instant::now();
     let (mut client, mut srv) = (None, None);
     while start.elapsed() < std::time::Duration::from_secs(15)
         && (client.is_none() || srv.is_none())
     {
         for r in t.reports() {
-            if remote_port(&r) == Some(port) && r["side"] == "client" {
+            if common::is_client_of(&r, port) {
                 client = Some(r);
-            } else if r["local"]
-                .as_str()
-                .is_some_and(|l| l.ends_with(&format!(":{port}")))
-            {
+            } else if common::is_server_on(&r, port) {
                 srv = Some(r);
             }
         }
@@ -355,16 +349,13 @@ fn client_side_server_killed_without_a_close_frame_is_said_for_the_client() {
         "the client should see the connection drop without a close frame: {said:?}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let remote_port = |r: &serde_json::Value| -> Option<u16> {
-        r["remote"].as_str()?.rsplit_once(':')?.1.parse().ok()
-    };
     let start = std::time::Instant::now();
     let mut client = None;
     while start.elapsed() < std::time::Duration::from_secs(15) && client.is_none() {
         client = t
             .reports()
             .into_iter()
-            .find(|r| remote_port(r) == Some(port) && r["side"] == "client");
+            .find(|r| common::is_client_of(r, port));
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let c = client.unwrap_or_else(|| panic!("no client-side report:\n{}", t.stderr_text()));
@@ -380,4 +371,105 @@ fn client_side_server_killed_without_a_close_frame_is_said_for_the_client() {
     );
     let fix = c["diagnosis"]["fix"].as_str().unwrap_or_default();
     assert!(fix.starts_with("reconnect with backoff"), "{c:#}");
+}
+
+/// Runs [`WAITING_CLIENT`] against a [`GOING_AWAY_SERVER`] on `port`;
+/// returns the client's pid once it got the server's 1001.
+fn going_away_client(python: &std::path::Path, port: u16) -> u64 {
+    let out = Command::new(python)
+        .args(["-c", WAITING_CLIENT, &port.to_string()])
+        .output()
+        .expect("the websockets client");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    said.trim()
+        .strip_prefix("CLOSED ")
+        .and_then(|rest| rest.strip_suffix(" 1001"))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("the client did not get 1001: {said:?}"))
+}
+
+/// Waits (15 s) for both ends of a connection to `port`: the client side's
+/// report (remote port `port`) and the server side's (local port `port`);
+/// panics naming the one that did not come.
+fn both_ends(t: &common::Tracer, port: u16) -> (serde_json::Value, serde_json::Value) {
+    let start = std::time::Instant::now();
+    let (mut client, mut server) = (None, None);
+    while start.elapsed() < std::time::Duration::from_secs(15)
+        && (client.is_none() || server.is_none())
+    {
+        for r in t.reports() {
+            if common::is_client_of(&r, port) {
+                client = Some(r);
+            } else if common::is_server_on(&r, port) {
+                server = Some(r);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let c =
+        client.unwrap_or_else(|| panic!("no client-side report on :{port}:\n{}", t.stderr_text()));
+    let s =
+        server.unwrap_or_else(|| panic!("no server-side report on :{port}:\n{}", t.stderr_text()));
+    (c, s)
+}
+
+/// `--port P` follows both ends of a connection to P, as no `--port` does
+/// (the rule of the kernel's `sk_port_traced`): the server's socket (local
+/// port P) and the socket of a client on this host that connected to P
+/// (remote port P: its 101 read, the frames it received, its close). With
+/// `--port Q` neither end of a connection to P is: after a barrier (a
+/// connection to Q whose two ends must both be reported), nothing on P.
+#[test]
+fn port_follows_the_client_side_of_a_connection_to_it() {
+    let _serial = common::serial();
+    if !require_root() {
+        return;
+    }
+    let Some(python) = common::require_venv_python() else {
+        return;
+    };
+    let (server_p, p) = common::spawn_ready(Command::new(&python).args(["-c", GOING_AWAY_SERVER]));
+    let (_server_q, q) = common::spawn_ready(Command::new(&python).args(["-c", GOING_AWAY_SERVER]));
+
+    let t = common::Tracer::start_args_json(&[&format!("--port={p}")]);
+    let client_pid = going_away_client(&python, p);
+    let (c, s) = both_ends(&t, p);
+    assert_eq!(c["side"], "client", "{c:#}");
+    assert_eq!(c["closed_by"], "peer", "{c:#}");
+    assert_eq!(c["upgraded_by"]["pid"].as_u64(), Some(client_pid), "{c:#}");
+    assert_eq!(c["diagnosis"]["code"], "server_close_frame", "{c:#}");
+    assert_eq!(c["frames"][0]["direction"], "received", "{c:#}");
+    assert_eq!(c["frames"][0]["code"].as_u64(), Some(1001), "{c:#}");
+    assert_eq!(s["side"], "server", "{s:#}");
+    assert_eq!(s["closed_by"], "local", "{s:#}");
+    assert_eq!(
+        s["upgraded_by"]["pid"].as_u64(),
+        Some(u64::from(server_p.0.id())),
+        "{s:#}"
+    );
+    drop(t);
+
+    let t = common::Tracer::start_args_json(&[&format!("--port={q}")]);
+    going_away_client(&python, p);
+    going_away_client(&python, q);
+    // The barrier: both ends of the later connection, to Q.
+    let (c, s) = both_ends(&t, q);
+    assert_eq!(c["side"], "client", "{c:#}");
+    assert_eq!(s["side"], "server", "{s:#}");
+    let on_p: Vec<serde_json::Value> = t
+        .reports()
+        .into_iter()
+        .filter(|r| {
+            common::report_local_port(r) == Some(p) || common::report_remote_port(r) == Some(p)
+        })
+        .collect();
+    assert!(
+        on_p.is_empty(),
+        "--port {q} reported a connection to {p}: {on_p:#?}"
+    );
 }

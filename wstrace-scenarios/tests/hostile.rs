@@ -121,23 +121,28 @@ fn hostile_exe_comm_request_and_reason_are_escaped_in_text_json_and_report() {
     }
     let shown_exe = format!("{}/py\\x0a\\x1b[31mFAKE CLOSE", d.display());
     let shown_comm = "ws\\u{202e}\\u{2066}evil";
-    let closer = out
-        .lines()
-        .find(|l| l.trim_start().starts_with("closer:"))
-        .unwrap_or_else(|| panic!("no closer line in\n{out}"));
+    // Two reports, one per end: the server's (its closer is the hostile
+    // process) and this test's socket's (it read the 101: the client side).
+    let lines_of = |what: &str| -> Vec<&str> {
+        out.lines()
+            .filter(|l| l.trim_start().starts_with(what))
+            .collect()
+    };
+    let closers = lines_of("closer:");
     assert!(
-        closer.contains(shown_comm) && closer.contains(&shown_exe),
-        "closer line: {closer:?}"
+        closers
+            .iter()
+            .any(|l| l.contains(shown_comm) && l.contains(&shown_exe)),
+        "closer lines: {closers:?}"
     );
-    let request = out
-        .lines()
-        .find(|l| l.trim_start().starts_with("request:"))
-        .unwrap_or_else(|| panic!("no request line in\n{out}"));
+    let requests = lines_of("request:");
     assert!(
-        request.contains("GET /ws\\x1b[2J\\u{202e}x HTTP/1.1")
-            && request.contains("Host: h\\x1b]0;t\\x07")
-            && request.contains("User-Agent: ua\\u{202e}\\x08"),
-        "request line: {request:?}"
+        requests.iter().any(
+            |request| request.contains("GET /ws\\x1b[2J\\u{202e}x HTTP/1.1")
+                && request.contains("Host: h\\x1b]0;t\\x07")
+                && request.contains("User-Agent: ua\\u{202e}\\x08")
+        ),
+        "request lines: {requests:?}"
     );
     let frame = out
         .lines()
@@ -157,8 +162,11 @@ fn hostile_exe_comm_request_and_reason_are_escaped_in_text_json_and_report() {
         !json.contains('\u{202e}') && !json.contains('\x1b'),
         "{json}"
     );
-    let v: serde_json::Value =
-        serde_json::from_str(json.lines().next().expect("a line")).expect("JSON");
+    let v: serde_json::Value = json
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .find(|v| common::is_server_on(v, port))
+        .unwrap_or_else(|| panic!("no server-side line: {json}"));
     assert_eq!(v["comm"], COMM);
     assert_eq!(v["exe"], exe.display().to_string());
 
@@ -343,8 +351,10 @@ fn metrics_flood_under_1024_fds_stays_cheap_and_output_keeps_rotating() {
     for _ in 0..N {
         upgrade_once(port);
     }
+    // Two lines per connection: the server's socket and this test's (it
+    // read the 101: the client side).
     let start = Instant::now();
-    while all_log_lines(&log).len() < N && start.elapsed() < Duration::from_secs(20) {
+    while all_log_lines(&log).len() < 2 * N && start.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(100));
     }
     max_fds = max_fds.max(open_fds(t.pid()));
@@ -369,7 +379,11 @@ fn metrics_flood_under_1024_fds_stays_cheap_and_output_keeps_rotating() {
         "daemon used {cpu:.1}% of a core during the flood ({idle:.1}% idle)"
     );
     assert!(max_fds < 200, "daemon held {max_fds} fds during the flood");
-    assert_eq!(lines, N, "every close in --output:\n{stderr}");
+    assert_eq!(
+        lines,
+        2 * N,
+        "every close, both ends, in --output:\n{stderr}"
+    );
     assert!(
         PathBuf::from(format!("{}.1", log.display())).exists(),
         "the log rotated during the flood"
@@ -433,9 +447,12 @@ fn a_malformed_close_frame_does_not_hide_the_ping_after_it() {
         "client: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let reports = t.wait_for_reports(1, Duration::from_secs(20));
-    assert_eq!(reports.len(), 1, "{}", t.stderr_text());
-    let r = &reports[0];
+    // The server's socket; the client's (it read the 101 in one recv: the
+    // client side) is the one that sent the bad close and the ping.
+    let (r, c) = t.wait_for_both_ends(port, Duration::from_secs(20));
+    assert_eq!(c["closed_by"], "local", "{c:#}");
+    assert_eq!(c["heartbeat"]["pings_sent"], 1, "{c:#}");
+    let r = &r;
     assert_eq!(r["closed_by"], "peer", "{r:#}");
     assert_eq!(r["heartbeat"]["pings_received"], 1, "{r:#}");
     assert_ne!(r["diagnosis"]["code"], "idle_timeout", "{r:#}");
@@ -505,8 +522,9 @@ fn rotation_never_hands_the_log_name_to_another_user() {
         upgrade_once(port);
         std::thread::sleep(Duration::from_millis(20));
     }
-    let reports = t.wait_for_reports(n, Duration::from_secs(30));
-    assert!(reports.len() >= n, "{} of {n} reports", reports.len());
+    // Both ends of each connection: the server's socket and this test's
+    // (it read the 101: the client side).
+    t.wait_for_ends(port, n, Duration::from_secs(30));
     let mut taker = taker;
     let mut won = String::new();
     taker
@@ -569,10 +587,13 @@ print("FORGED", done, flush=True)
 "#;
 
 /// Issue 25, item 3: a nobody process calling itself nginx cannot forge a
-/// report (a client socket bound to the traced port is no server socket:
-/// only one a listener on the port accepted is), and the victim's real
-/// closes keep their reports; no report names nginx without an nginx
-/// executable.
+/// server's report (a client socket bound to the traced port is no server
+/// socket: only one a listener on the port accepted is), and the victim's
+/// real closes keep their reports; no report names nginx without an nginx
+/// executable. Its own socket that read the 101 from the one bound to the
+/// port is, truthfully, the client side of a connection to the port
+/// (`--port` follows both ends, the client's by its remote port): reported
+/// under the forger's own executable, never as nginx's.
 #[test]
 fn a_client_socket_on_the_traced_port_forges_no_report() {
     if !can_run("a_client_socket_on_the_traced_port_forges_no_report") {
@@ -600,21 +621,43 @@ fn a_client_socket_on_the_traced_port_forges_no_report() {
     for _ in 0..3 {
         upgrade_once(port);
     }
-    let reports = t.wait_for_reports(3, Duration::from_secs(20));
+    // The three real connections, both ends (this test's sockets read the
+    // 101: the client side), and the forger's five sockets that read a
+    // 101 from one bound to the port: client sides, nothing more.
+    let start = Instant::now();
+    let (servers, clients) = loop {
+        let reports = t.reports();
+        let (servers, clients): (Vec<_>, Vec<_>) =
+            reports.into_iter().partition(common::is_server_side);
+        if (servers.len() >= 3 && clients.len() >= 8) || start.elapsed() > Duration::from_secs(20) {
+            break (servers, clients);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     // Whatever else arrives late would show here too.
     std::thread::sleep(Duration::from_millis(500));
-    let reports = {
-        let more = t.reports();
-        if more.len() > reports.len() {
-            more
-        } else {
-            reports
-        }
-    };
-    assert_eq!(reports.len(), 3, "{reports:#?}\n{}", t.stderr_text());
-    for r in &reports {
+    let reports = t.reports();
+    assert_eq!(reports.len(), 11, "{reports:#?}\n{}", t.stderr_text());
+    assert_eq!(servers.len(), 3, "{servers:#?}");
+    for r in &servers {
         let local = r["local"].as_str().unwrap_or_default();
         assert!(local.starts_with("127.0.0.1:"), "a forged report: {r:#}");
+        assert!(common::is_server_on(r, port), "{r:#}");
+    }
+    let forged: Vec<&serde_json::Value> = clients
+        .iter()
+        .filter(|r| r["upgraded_by"]["pid"].as_u64() != Some(u64::from(std::process::id())))
+        .collect();
+    assert_eq!((clients.len(), forged.len()), (8, 5), "{clients:#?}");
+    for r in &forged {
+        assert!(common::is_client_of(r, port), "{r:#}");
+        let remote = r["remote"].as_str().unwrap_or_default();
+        assert!(remote.starts_with("127.0.0.2:"), "{r:#}");
+        // Its own name is what it chose; its executable is its own.
+        let exe = r["exe"].as_str().unwrap_or_default();
+        assert!(exe.starts_with("/usr/bin/python3"), "{r:#}");
+    }
+    for r in &reports {
         assert_ne!(r["diagnosis"]["front"]["kind"], "nginx", "{r:#}");
         let fix = r["diagnosis"]["fix"].as_str().unwrap_or_default();
         assert!(!fix.contains("proxy_http_version"), "{r:#}");
@@ -630,8 +673,8 @@ fn a_client_socket_on_the_traced_port_forges_no_report() {
         out
     };
     assert!(
-        metrics.contains("wstrace_upgrades_total 3"),
-        "the forged upgrades were counted:\n{metrics}"
+        metrics.contains("wstrace_upgrades_total 11"),
+        "the forged 101s were counted as upgrades:\n{metrics}"
     );
     // Ignored, and said: each forged 101 is counted, never silent.
     assert!(

@@ -174,8 +174,10 @@ fn otlp_receiver_gets_the_close_and_the_metrics() {
         .port(port)
         .format("json")
         .args(&[
+            // Both ends of the one connection: the server's socket and
+            // this test's, which read the 101 (the client side).
             "--count",
-            "1",
+            "2",
             "--otlp",
             &format!("http://127.0.0.1:{rport}"),
         ])
@@ -184,9 +186,8 @@ fn otlp_receiver_gets_the_close_and_the_metrics() {
         .start()
         .expect("wstrace attaches");
     upgrade_once(port);
-    let reports = w.wait_for_reports(1, Duration::from_secs(20));
-    let report = reports.first().expect("a report on stdout").clone();
-    // --count 1: wstrace exits after it, sending the last batch first.
+    let (report, client_report) = w.wait_for_both_ends(port, Duration::from_secs(20));
+    // --count 2: wstrace exits after them, sending the last batch first.
     let status = w.wait();
     assert!(
         status.success(),
@@ -196,8 +197,36 @@ fn otlp_receiver_gets_the_close_and_the_metrics() {
 
     let reqs = received(&out);
     let records = log_records(&reqs);
-    assert_eq!(records.len(), 1, "one record per close: {reqs:#?}");
-    let (resource, rec) = &records[0];
+    assert_eq!(records.len(), 2, "one record per close: {reqs:#?}");
+    let side = |rec: &Value| {
+        attr(&rec["attributes"], "wstrace.side")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let (resource, rec) = records
+        .iter()
+        .find(|(_, rec)| side(rec).as_deref() == Some("server"))
+        .unwrap_or_else(|| panic!("no server-side record: {records:#?}"));
+    // The client side's record: the same connection from this test's end,
+    // closed by the server (the peer), the server still server.*.
+    let (_, crec) = records
+        .iter()
+        .find(|(_, rec)| side(rec).as_deref() == Some("client"))
+        .unwrap_or_else(|| panic!("no client-side record: {records:#?}"));
+    let ca = |k: &str| {
+        attr(&crec["attributes"], k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    assert_eq!(ca("wstrace.closed_by").as_deref(), Some("peer"), "{crec:#}");
+    assert_eq!(ca("server.port"), Some(port.to_string()), "{crec:#}");
+    assert_eq!(
+        ca("process.pid"),
+        client_report["pid"].as_u64().map(|p| p.to_string()),
+        "{crec:#}"
+    );
+    let cbody = crec["body"]["string_value"].as_str().unwrap_or("");
+    assert!(cbody.contains("(client side)"), "{cbody}");
     let a = &rec["attributes"];
     let r = &resource["attributes"];
     assert_eq!(attr(r, "service.name"), Some(&"wstrace".into()));
@@ -294,8 +323,8 @@ fn collector_away_costs_records_not_reports(mode: &str) {
     for _ in 0..N {
         upgrade_once(port);
     }
-    let reports = w.wait_for_reports(N, Duration::from_secs(20));
-    assert_eq!(reports.len(), N, "stdout goes on:\n{}", w.stderr_text());
+    // Both ends of each connection (this test's sockets read the 101).
+    w.wait_for_ends(port, N, Duration::from_secs(20));
     let start = Instant::now();
     let lines = || {
         std::fs::read_to_string(&log)
@@ -303,15 +332,15 @@ fn collector_away_costs_records_not_reports(mode: &str) {
             .lines()
             .count()
     };
-    while lines() < N && start.elapsed() < Duration::from_secs(10) {
+    while lines() < 2 * N && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(lines(), N, "--output goes on");
+    assert_eq!(lines(), 2 * N, "--output goes on");
     // The exporter retries with back-off within its 10 s deadline (each
     // attempt cut at 5 s): then the batch is counted as lost.
     let start = Instant::now();
     let mut lost = w.lost_events().expect("scrape");
-    while lost.get("otlp").copied().unwrap_or(0) < N as u64
+    while lost.get("otlp").copied().unwrap_or(0) < 2 * N as u64
         && start.elapsed() < Duration::from_secs(60)
     {
         std::thread::sleep(Duration::from_millis(250));
@@ -319,19 +348,13 @@ fn collector_away_costs_records_not_reports(mode: &str) {
     }
     assert_eq!(
         lost.get("otlp"),
-        Some(&(N as u64)),
+        Some(&(2 * N as u64)),
         "{lost:?}\n{}",
         w.stderr_text()
     );
     // And tracing still goes on after the failed exports.
     upgrade_once(port);
-    let reports = w.wait_for_reports(N + 1, Duration::from_secs(20));
-    assert_eq!(
-        reports.len(),
-        N + 1,
-        "tracing goes on:\n{}",
-        w.stderr_text()
-    );
+    w.wait_for_ends(port, N + 1, Duration::from_secs(20));
 }
 
 #[test]

@@ -54,13 +54,20 @@ fn require_cc() -> Option<PathBuf> {
     )
 }
 
-/// One upgrade through wstrace with `extra` flags: the report.
+/// One upgrade through wstrace with `extra` flags: the server side's
+/// report. This test's own socket (it read the 101) is the client side,
+/// with its own report: closed by the server, upgraded by this process.
 fn one_report(port: u16, extra: &[&str]) -> serde_json::Value {
     let t = Tracer::start(port, extra);
     upgrade_once(port);
-    let mut reports = t.wait_for_reports(1, Duration::from_secs(10));
-    assert_eq!(reports.len(), 1, "one report; stderr: {}", t.stderr_text());
-    reports.remove(0)
+    let (server, client) = t.wait_for_both_ends(port, Duration::from_secs(10));
+    assert_eq!(client["closed_by"], "peer", "{client:#}");
+    assert_eq!(
+        client["upgraded_by"]["pid"].as_u64(),
+        Some(u64::from(std::process::id())),
+        "{client:#}"
+    );
+    server
 }
 
 /// The user stack's frame objects (function, offset, module, file, line,
@@ -289,9 +296,10 @@ fn a_cold_split_cpp_function_reads_as_gdb_prints_it() {
         let mut buf = [0u8; 512];
         while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
     }
-    let mut reports = t.wait_for_reports(1, Duration::from_secs(10));
-    assert_eq!(reports.len(), 1, "one report; stderr: {}", t.stderr_text());
-    let r = reports.remove(0);
+    // This test's socket read the 101 in one read: the client side, its
+    // own report.
+    let (r, client) = t.wait_for_both_ends(port, Duration::from_secs(10));
+    assert_eq!(client["closed_by"], "peer", "{client:#}");
     let stack = user_stack(&r);
     eprintln!("cold_close user stack:\n{stack:#?}");
     // Every function frame that the symbol table names is named and placed
@@ -429,9 +437,11 @@ fn a_crash_after_the_101_names_where_it_crashed_as_gdb_does() {
     let pid = server.0.id();
     let t = Tracer::start(port, &[]);
     upgrade_once(port);
-    let reports = t.wait_for_reports(1, Duration::from_secs(15));
-    assert_eq!(reports.len(), 1, "stderr: {}", t.stderr_text());
-    let r = &reports[0];
+    // This test's socket read the 101 in one read: the client side, which
+    // sees the server's process crash as the peer's close.
+    let (r, client) = t.wait_for_both_ends(port, Duration::from_secs(15));
+    assert_eq!(client["closed_by"], "peer", "{client:#}");
+    let r = &r;
     assert_eq!(r["pid"].as_u64(), Some(u64::from(pid)), "{r:#}");
     assert_eq!(r["diagnosis"]["code"], "process_crashed", "{r:#}");
     let end = &r["process_end"];

@@ -258,7 +258,9 @@ fn python_ssl_server_closing_after_an_http10_upgrade_is_named_from_the_plaintext
     for _ in 0..3 {
         run_client(&s, port, "http10");
     }
-    let reports = t.wait_for_reports(3, Duration::from_secs(20));
+    // The server side's reports: a TLS client on this host is the client
+    // side only where its library's reads are probed.
+    let reports = t.wait_for_server_reports(3, Duration::from_secs(20));
     assert_eq!(reports.len(), 3, "{}", t.stderr_text());
     for r in &reports {
         assert_eq!(r["tls"], "openssl", "{r}");
@@ -311,7 +313,9 @@ fn close_frames_inside_tls_are_read_in_both_directions() {
     }
     run_client(&s, goaway_port, "answer");
     run_client(&s, waiter_port, "close1000");
-    let reports = t.wait_for_reports(2, Duration::from_secs(20));
+    // The server side's reports: a TLS client on this host is the client
+    // side only where its library's reads are probed.
+    let reports = t.wait_for_server_reports(2, Duration::from_secs(20));
     assert_eq!(reports.len(), 2, "{}", t.stderr_text());
     let by_port = |p: u16| {
         reports
@@ -368,7 +372,7 @@ fn with_tls_off_nothing_is_probed_and_the_server_goes_unreported() {
     // barrier's plaintext close comes after the TLS one, and its report
     // must arrive: the TLS close's would have been before it.
     let reports = barrier.cross(&t, Duration::from_secs(20));
-    assert_eq!(reports.len(), 1, "{reports:#?}");
+    assert!(reports.is_empty(), "{reports:#?}");
 }
 
 /// Debian's nginx terminating TLS on its own port and proxying /ws to
@@ -467,7 +471,9 @@ fn nginx_tls_edge_without_proxy_http_version_two_reports_that_agree() {
     for _ in 0..N {
         run_client(&s, nport, "wait");
     }
-    let reports = t.wait_for_reports(2 * N, Duration::from_secs(20));
+    // The server side's reports: a TLS client on this host is the client
+    // side only where its library's reads are probed.
+    let reports = t.wait_for_server_reports(2 * N, Duration::from_secs(20));
     let back = report_on(&reports, bport);
     let edge = report_on(&reports, nport);
     assert_eq!(
@@ -527,7 +533,9 @@ fn nginx_tls_edge_with_proxy_http_version_peer_closed_first_on_both() {
     for _ in 0..N {
         run_client(&s, nport, "quit");
     }
-    let reports = t.wait_for_reports(2 * N, Duration::from_secs(20));
+    // The server side's reports: a TLS client on this host is the client
+    // side only where its library's reads are probed.
+    let reports = t.wait_for_server_reports(2 * N, Duration::from_secs(20));
     let back = report_on(&reports, bport);
     let edge = report_on(&reports, nport);
     assert_eq!(
@@ -606,7 +614,9 @@ fn a_tls_server_started_after_wstrace_is_covered_by_the_uprobe_helper() {
     );
 
     run_client(&s, port, "http10");
-    let reports = t.wait_for_reports(1, Duration::from_secs(20));
+    // The server side's reports: a TLS client on this host is the client
+    // side only where its library's reads are probed.
+    let reports = t.wait_for_server_reports(1, Duration::from_secs(20));
     assert_eq!(reports.len(), 1, "{}", t.stderr_text());
     let r = &reports[0];
     assert_eq!(r["tls"], "openssl", "{r}");
@@ -694,7 +704,9 @@ fn node_https_server_terminating_a_client_that_missed_a_pong_is_named() {
     );
     // The client reads and never answers a ping.
     run_client(&s, port, "wait");
-    let reports = t.wait_for_reports(1, Duration::from_secs(20));
+    // The server side's reports: a TLS client on this host is the client
+    // side only where its library's reads are probed.
+    let reports = t.wait_for_server_reports(1, Duration::from_secs(20));
     assert_eq!(reports.len(), 1, "{}", t.stderr_text());
     let r = &reports[0];
     assert_eq!(r["tls"], "openssl", "{r}");
@@ -818,8 +830,10 @@ fn hostile_libssl_look_alikes_of_a_nobody_server_are_refused_not_followed() {
     );
     // And the plaintext server is traced as ever.
     common::upgrade_once(port);
-    let reports = t.wait_for_reports(1, Duration::from_secs(20));
-    assert_eq!(reports.len(), 1, "{}", t.stderr_text());
+    // Both ends: this test's socket read the 101 (the client side).
+    let (r, client) = t.wait_for_both_ends(port, Duration::from_secs(20));
+    assert_eq!(client["closed_by"], "peer", "{client}");
+    let reports = [r];
     assert_eq!(reports[0]["closed_by"], "local", "{}", reports[0]);
     assert_eq!(reports[0]["tls"], Value::Null, "{}", reports[0]);
 }
@@ -872,7 +886,9 @@ fn a_server_linking_rustls_is_named_at_start_up_as_not_covered() {
         "{line}"
     );
     common::upgrade_once(port);
-    let reports = t.wait_for_reports(1, Duration::from_secs(10));
-    assert_eq!(reports.len(), 1, "{}", t.stderr_text());
+    // Both ends: this test's socket read the 101 (the client side).
+    let (r, client) = t.wait_for_both_ends(port, Duration::from_secs(10));
+    assert_eq!(client["closed_by"], "peer", "{client}");
+    let reports = [r];
     assert_eq!(reports[0]["pid"], server.0.id(), "{}", reports[0]);
 }

@@ -34,7 +34,7 @@ use crate::{
     after_help = "Examples:\n  \
         sudo wstrace demo                       # see it work first: built-in server and client\n  \
         sudo wstrace                            # every WebSocket server on this host\n  \
-        sudo wstrace --port 1215                # only the server on port 1215\n  \
+        sudo wstrace --port 1215                # only connections to port 1215 (both ends)\n  \
         sudo wstrace --exe nginx --format json  # only sockets nginx upgraded\n  \
         sudo wstrace -p 80 -p 8080 --format json --count 10\n  \
         sudo wstrace -p 1215 --probe tracepoint # force the tracepoint-only probe set",
@@ -78,9 +78,11 @@ pub struct FloorArgs {
 
 #[derive(Args, Debug)]
 pub struct TraceArgs {
-    /// Trace only this local TCP port (repeatable, any number). Without
-    /// --port every TCP socket on which a process writes or reads a 101 is
-    /// traced, whatever its port.
+    /// Trace only connections to this TCP port (repeatable, any number):
+    /// both ends, the server's socket (local port PORT, where the 101 is
+    /// written) and a local client's (remote port PORT, where the 101 is
+    /// read). Without --port every TCP socket on which a process writes or
+    /// reads a 101 is traced, whatever its port.
     #[arg(short, long = "port", value_name = "PORT",
           value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,

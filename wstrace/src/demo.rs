@@ -35,12 +35,15 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
     eprintln!(
         "wstrace demo: client upgrades once as HTTP/1.0 (what nginx sends without `proxy_http_version 1.1;`, here sent straight by the client, so the fix is the client's) and once as HTTP/1.1."
     );
+    // Both ends of each connection are on this host (in this process):
+    // `--port` follows the server's socket and the client's, which reads
+    // the 101, so two connections are four reports.
     let ports = crate::model::Ports::Only(vec![port]);
     let opts = daemon::Options {
         ports: &ports,
         scope: crate::model::Scope::default(),
         common: &args.common,
-        count: Some(2),
+        count: Some(4),
         duration: Some(Duration::from_secs(20)),
         log: None,
         metrics: None,
@@ -57,8 +60,10 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
     })
     .await?;
     eprintln!(
-        "wstrace demo: {printed} close report(s). The HTTP/1.0 upgrade was closed by the server (closed by LOCAL) \
-         right after the 101; the HTTP/1.1 one stayed open until the client closed it (closed by PEER)."
+        "wstrace demo: {printed} close report(s), each connection from both ends (the server's socket, and the \
+         client's: \"client side\"). The HTTP/1.0 upgrade was closed by the server (closed by LOCAL on the server's \
+         side) right after the 101; the HTTP/1.1 one stayed open until the client closed it (closed by PEER on the \
+         server's side)."
     );
     Ok(())
 }

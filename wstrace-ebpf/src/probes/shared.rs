@@ -50,7 +50,10 @@ pub fn on_tcp_sendmsg(sk: KPtr, msg: KPtr, size: u64, probe: ProbeSet) {
         buf,
         len,
         size,
-        || server_side,
+        // Past the port filter above, a write counts on either side of the
+        // connection, except a 101: the server's side only. The rule is
+        // applied here, not in `on_socket_write` (see the tracepoint set's).
+        || server_side || kind != record::Write::Upgrade,
         record::take_tls_write,
         // Cut at the first iovec while the write goes on: the rest of the
         // frame is in the second.

@@ -103,8 +103,11 @@ fn on_write(fd: u64, buf: UPtr, len: u64, iov: UPtr, vlen: u64) {
         buf,
         len,
         len,
-        // The `--port` rule: a 101 on the server's side only, anything else
-        // on either side of a traced connection.
+        // The `--port` rule (`kernel`): a 101 on the server's side only,
+        // anything else on either side of a traced connection. Here, in
+        // each set's closure, not in `on_socket_write`: an `||` of the two
+        // in there made 5.10's verifier refuse fentry/kprobe tcp_sendmsg
+        // ("invalid read from stack R10 off=-120").
         || {
             if kind == record::Write::Upgrade {
                 server_port_traced(sk)
@@ -126,9 +129,9 @@ fn on_write(fd: u64, buf: UPtr, len: u64, iov: UPtr, vlen: u64) {
         // A worker handed its sockets by another process (fd passing) is
         // known from its first 101 on.
         record::Written::Upgrade => note_server(),
-        // With every port traced, a process that writes a request may read
-        // a 101 back (the client side): its reads are walked too.
-        record::Written::Request if config!(all_ports) != 0 => note_server(),
+        // A process that writes a request to a traced port may read a 101
+        // back (the client side): its reads are walked too.
+        record::Written::Request => note_server(),
         _ => {}
     }
 }

@@ -101,7 +101,9 @@ pub fn read_exit(ret: i64, probe: ProbeSet) {
             First::Class(FirstRead::Response) => {
                 // The client end of an HTTP connection: a 101 as its first
                 // response makes it the client side of a WebSocket, if it
-                // connected to a traced port (the `--port` rule).
+                // connected to a traced port. `read_entry` let in either
+                // end of a traced connection; a socket let in by its local
+                // port alone is a server's, whose 101 is written, not read.
                 if starts_with_101(buf, len) && client_port_traced(sk) {
                     mark_upgraded(sk, total, probe, FLAG_CLIENT_SIDE);
                     // The server's first frames may share the segment (a

@@ -2,12 +2,9 @@
 //! sockets, and the accepted mark that says which sockets may be upgraded.
 use wstrace_common::{DIR_RECEIVED, DIR_SENT, EventHeader, EventKind, tcp_state};
 
-use crate::record::{
-    emit::{emit_header, fill_header, reserve},
-    upgrade::sk_tuple_port_ok,
-};
+use crate::record::emit::{emit_header, fill_header, reserve};
 use crate::{
-    kernel::sk_err,
+    kernel::{server_port_traced, sk_err, sk_port_traced},
     maps::{ACCEPTED, HEAD_BYTES, RESUME, SockDir, UPGRADED},
     ptr::KPtr,
 };
@@ -71,22 +68,23 @@ pub fn forget_head(sk: KPtr) {
 /// this one's first read look already classified, or its 101 already seen,
 /// and its report was silently lost (seen in all-ports runs: a test
 /// client's 101 skipped as "head done" at its very first read). So it is
-/// forgotten first. Then a passive open is marked accepted: only those
-/// sockets may be upgraded on the server's side.
+/// forgotten first (either end of a connection to a traced port: both
+/// ends' sockets are followed). Then a passive open on a traced port is
+/// marked accepted: only those sockets may be upgraded as a server's.
 #[inline(always)]
 pub fn connection_established(sk: KPtr, old_state: i32, new_state: i32) {
     let passive = old_state == tcp_state::SYN_RECV as i32;
     if new_state != tcp_state::ESTABLISHED as i32
         || !(passive || old_state == tcp_state::SYN_SENT as i32)
         || sk.is_null()
-        || !sk_tuple_port_ok(sk)
+        || !sk_port_traced(sk)
     {
         return;
     }
     forget_head(sk);
     let _ = UPGRADED.remove(sk);
     forget_resume(sk);
-    if passive {
+    if passive && server_port_traced(sk) {
         let _ = ACCEPTED.insert(sk, 1, 0);
     }
 }

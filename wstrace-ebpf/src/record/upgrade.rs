@@ -10,7 +10,7 @@ use wstrace_common::{
 use crate::record::emit::{count_lost, fill_header, reserve};
 use crate::{
     debug,
-    kernel::{config, current_process_start_ns, fill_tuple, sk_is_tcp, sk_port_traced},
+    kernel::{current_process_start_ns, fill_tuple, sk_is_tcp, sk_port_traced},
     maps::{ACCEPTED, HEAD_BYTES, PEER_WRITERS, UPGRADED, UPGRADERS},
     ptr::KPtr,
 };
@@ -93,13 +93,5 @@ pub fn note_request_writer(sk: KPtr) {
 /// reach the map.
 #[inline(always)]
 pub fn is_upgraded(sk: KPtr) -> bool {
-    !sk.is_null() && sk_tuple_port_ok(sk) && UPGRADED.get_ptr(sk).is_some()
-}
-
-/// With every port traced, the port is not even read; else either end's
-/// port (`kernel::sk_port_traced`: the client side of a connection to a
-/// traced port is followed too).
-#[inline(always)]
-pub(super) fn sk_tuple_port_ok(sk: KPtr) -> bool {
-    config!(all_ports) != 0 || sk_port_traced(sk)
+    !sk.is_null() && sk_port_traced(sk) && UPGRADED.get_ptr(sk).is_some()
 }

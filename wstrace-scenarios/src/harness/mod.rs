@@ -4,12 +4,15 @@
 //!   `SKIPPED: <test>: <why>` line;
 //! - [`net`]: `free_port`, the upgrade request, `upgraded`, `upgrade_once`;
 //! - [`process`]: the process-group guard (`Kill`) and `spawn_ready`;
+//! - [`report`]: which connection and which end (server, client) a
+//!   report is for;
 //! - [`tracer`]: the one wstrace launcher (`Tracer`), ready by
 //!   `--ready-file`, losses by `--metrics`;
 //! - [`nobody`]: attacker processes as `nobody` with the system python3.
 pub mod net;
 pub mod nobody;
 pub mod process;
+pub mod report;
 pub mod skip;
 pub mod tracer;
 

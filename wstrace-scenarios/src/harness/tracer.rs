@@ -597,6 +597,84 @@ impl Tracer {
         self.reports()
     }
 
+    /// The server side's reports so far ([`super::report::is_server_side`]):
+    /// a client on this host that read the 101 in one read is followed too,
+    /// with or without `--port`, and has its own report.
+    pub fn server_reports(&self) -> Vec<serde_json::Value> {
+        let mut r = self.reports();
+        r.retain(super::report::is_server_side);
+        r
+    }
+
+    /// Polls until `n` server-side reports are in or `timeout` passes;
+    /// returns the server side's reports ([`Tracer::server_reports`]).
+    pub fn wait_for_server_reports(&self, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+        let start = Instant::now();
+        loop {
+            let reports = self.server_reports();
+            if reports.len() >= n || start.elapsed() > timeout {
+                return reports;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Both ends of the one connection a test made to its server on `port`
+    /// from this host, (server side, client side): see
+    /// [`Tracer::wait_for_ends`].
+    pub fn wait_for_both_ends(
+        &self,
+        port: u16,
+        timeout: Duration,
+    ) -> (serde_json::Value, serde_json::Value) {
+        let (mut server, mut client) = self.wait_for_ends(port, 1, timeout);
+        (server.remove(0), client.remove(0))
+    }
+
+    /// Both ends of the `n` connections a test made to its server on `port`
+    /// from this host, (server sides, client sides): each client read the
+    /// 101 in one read (e.g. [`super::upgrade_once`]), so wstrace follows its
+    /// socket too. Waits up to `timeout` for `n` of each; panics unless
+    /// there are exactly `n` of each.
+    pub fn wait_for_ends(
+        &self,
+        port: u16,
+        n: usize,
+        timeout: Duration,
+    ) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+        use super::report::{is_client_of, is_server_on};
+        let start = Instant::now();
+        let (server, client) = loop {
+            let reports = self.reports();
+            let server: Vec<_> = reports
+                .iter()
+                .filter(|r| is_server_on(r, port))
+                .cloned()
+                .collect();
+            let client: Vec<_> = reports
+                .iter()
+                .filter(|r| is_client_of(r, port))
+                .cloned()
+                .collect();
+            if (server.len() >= n && client.len() >= n) || start.elapsed() > timeout {
+                break (server, client);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stderr = self.stderr_text();
+        assert_eq!(
+            server.len(),
+            n,
+            "server-side reports on :{port}: {server:#?}\nstderr: {stderr}"
+        );
+        assert_eq!(
+            client.len(),
+            n,
+            "client-side reports of :{port}: {client:#?}\nstderr: {stderr}"
+        );
+        (server, client)
+    }
+
     /// Polls until a report satisfies `pred` or `timeout` passes; returns
     /// every report so far and whether one did.
     pub fn wait_for_report(

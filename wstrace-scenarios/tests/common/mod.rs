@@ -18,6 +18,10 @@ pub use wstrace_scenarios::harness::{
         WorldReadableDir, as_nobody, nobody_python, nobody_python_server, require_nobody_python,
     },
     process::{read_ready, spawn_group},
+    report::{
+        is_client_of, is_client_side, is_server_on, is_server_side,
+        local_port as report_local_port, remote_port as report_remote_port,
+    },
     require, require_file, require_node_ws, require_ok, require_root, require_root_because,
     require_tool, require_venv_python, spawn_ready, target, upgrade_once, upgraded, upgraded_with,
     wstrace_bin,
@@ -49,23 +53,22 @@ impl Barrier {
     }
 
     /// One close on the barrier's port, then waits (up to `timeout`) for
-    /// its report; panics if it does not come. Returns every report so far.
+    /// its server side's report; panics if it does not come. Returns every
+    /// other report so far: not the barrier connection's own, from either
+    /// end (its client, this test, read the 101: the client side, which may
+    /// come before or after the server's).
     pub fn cross(&self, t: &Tracer, timeout: Duration) -> Vec<serde_json::Value> {
         upgrade_once(self.port);
         let port = self.port;
-        let (reports, found) = t.wait_for_report(timeout, |r| report_local_port(r) == Some(port));
+        let (mut reports, found) = t.wait_for_report(timeout, |r| is_server_on(r, port));
         assert!(
             found,
             "the barrier's close on port {port} was not reported within {timeout:?}:\n{}",
             t.stderr_text()
         );
+        reports.retain(|r| !is_server_on(r, port) && !is_client_of(r, port));
         reports
     }
-}
-
-/// The local port of a report (`"local": "127.0.0.1:PORT"`).
-pub fn report_local_port(r: &serde_json::Value) -> Option<u16> {
-    r["local"].as_str()?.rsplit_once(':')?.1.parse().ok()
 }
 
 /// Ids of every BPF program loaded in the kernel right now (the kernel's own

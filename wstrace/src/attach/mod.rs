@@ -256,7 +256,7 @@ fn limits(set: ProbeSet, root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     if set == ProbeSet::Tracepoint {
         out.push(
-            "tracepoint set: 101 responses and request heads are seen in the write/send/writev/sendmsg and read/recv/readv/recvmsg syscalls; io_uring, sendfile, sendmmsg and recvmmsg are not covered; reads are followed in processes that listen on, accept on or have upgraded on a traced port (a worker given its sockets by another process shows none on its first upgrade)"
+            "tracepoint set: 101 responses and request heads are seen in the write/send/writev/sendmsg and read/recv/readv/recvmsg syscalls; io_uring, sendfile, sendmmsg and recvmmsg are not covered; reads are followed in processes that listen on, accept on or have upgraded on a traced port, or wrote a request to one (the client side) (a worker given its sockets by another process shows none on its first upgrade)"
                 .into(),
         );
     }

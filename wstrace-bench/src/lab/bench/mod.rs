@@ -913,9 +913,15 @@ fn churn_run(
     Ok(run)
 }
 
-/// The remote port of a JSON report line (`"remote":"127.0.0.1:43462"` or `"[::1]:43462"`).
+/// The remote port (the client's) of a JSON report line of the server
+/// side (`"remote":"127.0.0.1:43462"` or `"[::1]:43462"`); None for the
+/// client side's report: `--port` follows ws-bench's own sockets too (they
+/// read the 101), and churn counts one report per connection, the server's.
 fn remote_port(line: &str) -> Option<u16> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v.get("side")?.as_str()? != "server" {
+        return None;
+    }
     v.get("remote")?.as_str()?.rsplit(':').next()?.parse().ok()
 }
 
@@ -1088,8 +1094,25 @@ mod tests {
 
     #[test]
     fn remote_port_reads_v4_and_v6() {
-        assert_eq!(remote_port(r#"{"remote":"127.0.0.1:43462"}"#), Some(43462));
-        assert_eq!(remote_port(r#"{"remote":"[::1]:8080"}"#), Some(8080));
+        assert_eq!(
+            remote_port(r#"{"side":"server","remote":"127.0.0.1:43462"}"#),
+            Some(43462)
+        );
+        assert_eq!(
+            remote_port(r#"{"side":"server","remote":"[::1]:8080"}"#),
+            Some(8080)
+        );
         assert_eq!(remote_port("not json"), None);
+    }
+
+    #[test]
+    fn remote_port_skips_the_client_side() {
+        // ws-bench's own socket, followed with `--port` too: its remote
+        // port is the server's, and no connection's report.
+        assert_eq!(
+            remote_port(r#"{"side":"client","remote":"127.0.0.1:8080"}"#),
+            None
+        );
+        assert_eq!(remote_port(r#"{"remote":"127.0.0.1:43462"}"#), None);
     }
 }
