@@ -226,6 +226,7 @@ mod tests {
         Unwound {
             addrs: vec![a, a + 1],
             end: End::Complete,
+            fp_slots: Vec::new(),
         }
     }
 
