@@ -665,6 +665,10 @@ pub struct Unwound {
     /// JavaScript engine's (V8 keeps the running function there), read
     /// from the copy while it exists: the copy is dropped after the unwind.
     pub fp_slots: Vec<FpSlots>,
+    /// JavaScript frames read through those slots right after the unwind
+    /// (before the garbage collector moves the function objects): the
+    /// frame's index in `addrs`, and the frame named (`enrich/node.rs`).
+    pub js: Vec<(usize, Frame)>,
 }
 
 /// Words below one frame's frame pointer, as the stack copy held them.

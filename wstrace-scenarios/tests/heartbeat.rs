@@ -431,8 +431,7 @@ fn line_of(prefix: &str) -> u64 {
     REAPING_SERVER_JS
         .lines()
         .position(|l| l.starts_with(prefix))
-        .expect("the line")
-        as u64
+        .expect("the line") as u64
         + 1
 }
 
@@ -476,10 +475,7 @@ fn node_js_frames_are_named_without_any_node_flag() {
         assert!(f["address"].is_string(), "{f}");
     }
     let t = &stack[terminate];
-    assert!(
-        s(t, &["file"]).ends_with("/ws/lib/websocket.js"),
-        "{t}"
-    );
+    assert!(s(t, &["file"]).ends_with("/ws/lib/websocket.js"), "{t}");
     // The line `terminate() {` starts on in the installed ws.
     let websocket_js = std::fs::read_to_string(s(t, &["file"])).expect("ws's websocket.js");
     let terminate_line = websocket_js

@@ -640,7 +640,12 @@ mod tests {
         let frames = vec![
             uf("uv_close", node, None, false),
             uf("node::HandleWrap::Close", node, None, false),
-            uf("Builtins_CEntry_Return1_ArgvOnStack_BuiltinExit", node, None, false),
+            uf(
+                "Builtins_CEntry_Return1_ArgvOnStack_BuiltinExit",
+                node,
+                None,
+                false,
+            ),
             js("_destroy", "node:net", 800),
             js("destroy", "node:internal/streams/destroy", 40),
             js("terminate", "/srv/node_modules/ws/lib/websocket.js", 470),

@@ -252,21 +252,30 @@ impl Enricher {
         }
     }
 
-    /// The user stack with node's JavaScript frames named in place of the
-    /// native frames that stood for them, from the slots the dwarf unwind
-    /// kept (`node.rs`).
-    fn with_node(&mut self, pid: u32, unwound: &Unwound, native: Arc<[Frame]>) -> Arc<[Frame]> {
-        let Some(Some(Interp::Node(found))) = self.python.found.get(&pid) else {
-            return native;
-        };
-        if unwound.fp_slots.is_empty() {
+    /// The user stack with node's JavaScript frames (read at the unwind)
+    /// in place of the native frames that stood for them (`node.rs`).
+    fn with_node(unwound: &Unwound, native: Arc<[Frame]>) -> Arc<[Frame]> {
+        if unwound.js.is_empty() {
             return native;
         }
-        let deadline = std::time::Instant::now() + self.python.budget;
-        let Some(mem) = procmem::Mem::open(pid, deadline) else {
-            return native;
+        node::splice(&native, &unwound.js).into()
+    }
+
+    /// Reads the JavaScript frames of a node close right after its unwind:
+    /// V8's garbage collector moves young function objects, so the sooner
+    /// the better; the slots are dropped after.
+    fn read_js_frames(&self, pid: u32, unwound: &mut Unwound) {
+        let slots = std::mem::take(&mut unwound.fp_slots);
+        let Some(Some(Interp::Node(found))) = self.python.found.get(&pid) else {
+            return;
         };
-        node::name_frames(&mem, &found.layout, &unwound.fp_slots, &native).into()
+        if slots.is_empty() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + self.python.budget;
+        if let Some(mem) = procmem::Mem::open(pid, deadline) {
+            unwound.js = node::read_frames(&mem, &found.layout, &slots);
+        }
     }
 
     /// `--symbolize-timeout`: the longest one symbolization may stall the
@@ -483,7 +492,8 @@ impl Enricher {
             return;
         };
         if let Some(copy) = stacks.user_copy.take() {
-            let unwound = self.symbolizer.unwind_user(ev.pid, &copy);
+            let mut unwound = self.symbolizer.unwind_user(ev.pid, &copy);
+            self.read_js_frames(ev.pid, &mut unwound);
             if let crate::model::CopyFate::Copied { id } = stacks.fate {
                 self.stack_cache.keep(id, ev.pid, ev.ts_ns, &unwound);
             }
@@ -589,7 +599,7 @@ impl Enricher {
                     (Walk::Dwarf, Some(d), _, false) => {
                         user_walk.end = Some(d.end.clone());
                         let native = self.user_frames(c.pid, &d.addrs);
-                        self.with_node(c.pid, d, native)
+                        Self::with_node(d, native)
                     }
                     (_, _, Ok(a), false) => self.user_frames(c.pid, a),
                     (_, _, Err(e), false) => {

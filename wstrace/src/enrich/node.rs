@@ -6,10 +6,13 @@
 //! frames by frame pointer (they show as `Builtins_InterpreterEntryTrampoline`
 //! or as unnamed JIT code); while it has the stack copy it keeps the words
 //! below each frame pointer (`unwind::slots_below`), so nothing is read from
-//! the live stack and the kernel side is unchanged. Afterwards, here, the
-//! function objects (long-lived heap objects) are read from the process's
-//! memory: `JSFunction.shared` → `SharedFunctionInfo` → its name and its
-//! `Script` (file name, and the line its position falls on).
+//! the live stack and the kernel side is unchanged. Right after the unwind
+//! (as soon as the close's event is read), here, the function objects are
+//! read from the process's memory: `JSFunction.shared` →
+//! `SharedFunctionInfo` → its name and its `Script` (file name, and the
+//! line its position falls on). A function object the garbage collector
+//! moved in between (a young one, in a scavenge) fails the type checks and
+//! its frame stays the native one it was.
 //!
 //! Every offset and type number comes from the binary's own post-mortem
 //! symbols (`v8dbg_*`, as llnode reads them), read from the ELF file, never
@@ -533,44 +536,55 @@ fn stands_for_js(f: &Frame) -> Option<FrameKind> {
     }
 }
 
-/// `native` (one frame per unwound address, inlined frames before their
-/// outer one) with each JavaScript frame whose slots the unwind kept named
-/// in place of the native frame that stood for it.
-pub fn name_frames(
-    mem: &impl Memory,
-    l: &Layout,
-    slots: &[FpSlots],
-    native: &[Frame],
-) -> Vec<Frame> {
+/// The JavaScript frames among an unwind's kept slots, read now (the
+/// function objects are read before the garbage collector moves them):
+/// each frame's index in the unwind and the frame, named as far as the
+/// heap allows. Slots whose context is not a heap object (a typed frame's
+/// marker) or whose function is not a function are no JavaScript frame.
+pub fn read_frames(mem: &impl Memory, l: &Layout, slots: &[FpSlots]) -> Vec<(usize, Frame)> {
     let heap = Heap { mem, l };
-    let by_frame: HashMap<usize, &FpSlots> = slots.iter().map(|s| (s.frame, s)).collect();
     let word = |s: &FpSlots, off: i64| {
         let i = usize::try_from(-off / 8 - 1).ok()?;
         s.below.get(i).copied()
     };
+    slots
+        .iter()
+        .filter_map(|s| {
+            heap.is_heap_object(word(s, l.off_fp_context)?)
+                .then_some(())?;
+            let js = heap.frame(word(s, l.off_fp_function)?)?;
+            Some((
+                s.frame,
+                Frame {
+                    function: Some(js.function.unwrap_or_else(|| "(anonymous)".to_string())),
+                    file: js.file,
+                    line: js.line,
+                    kind: FrameKind::Interpreted,
+                    language: Some(Language::JavaScript),
+                    ..Frame::default()
+                },
+            ))
+        })
+        .collect()
+}
+
+/// `native` (one frame per unwound address, inlined frames before their
+/// outer one) with the JavaScript frames `js` (from [`read_frames`]) in
+/// place of the native frames that stood for them.
+pub fn splice(native: &[Frame], js: &[(usize, Frame)]) -> Vec<Frame> {
+    let by_frame: HashMap<usize, &Frame> = js.iter().map(|(i, f)| (*i, f)).collect();
     let mut out = Vec::with_capacity(native.len());
     let mut index = 0usize;
     for f in native {
-        let js = by_frame.get(&index).filter(|_| !f.inlined).and_then(|s| {
-            let kind = stands_for_js(f)?;
-            // A JavaScript frame's context slot holds a heap object
-            // (typed frames keep a small-integer marker there).
-            heap.is_heap_object(word(s, l.off_fp_context)?)
-                .then_some(())?;
-            Some((kind, heap.frame(word(s, l.off_fp_function)?)?))
-        });
-        match js {
-            Some((kind, js)) => out.push(Frame {
-                function: Some(js.function.unwrap_or_else(|| "(anonymous)".to_string())),
-                offset: None,
-                module: None,
-                file: js.file,
-                line: js.line,
-                inlined: false,
+        match by_frame
+            .get(&index)
+            .filter(|_| !f.inlined)
+            .and_then(|j| Some((stands_for_js(f)?, j)))
+        {
+            Some((kind, j)) => out.push(Frame {
                 kind,
-                language: Some(Language::JavaScript),
                 address: f.address,
-                unresolved: None,
+                ..(*j).clone()
             }),
             None => out.push(f.clone()),
         }

@@ -227,6 +227,7 @@ mod tests {
             addrs: vec![a, a + 1],
             end: End::Complete,
             fp_slots: Vec::new(),
+            js: Vec::new(),
         }
     }
 

@@ -396,6 +396,7 @@ fn unwind_with(
         addrs,
         end,
         fp_slots,
+        js: Vec::new(),
     }
 }
 
@@ -441,6 +442,7 @@ mod tests {
             addrs: addrs.to_vec(),
             end,
             fp_slots: Vec::new(),
+            js: Vec::new(),
         }
     }
 

@@ -428,7 +428,7 @@ fn js_frames_replace_the_trampoline_and_jit_frames_in_place() {
         // Not a function.
         slots(5, context, 0x4141_4141_4141_4141),
     ];
-    let out = name_frames(&f, &layout(), &s, &stack);
+    let out = splice(&stack, &read_frames(&f, &layout(), &s));
     let shown: Vec<(Option<&str>, FrameKind, Option<u64>)> = out
         .iter()
         .map(|f| (f.function.as_deref(), f.kind, f.address))
@@ -474,7 +474,10 @@ fn inlined_frames_keep_the_frame_index() {
         native(Some("outer"), 1),
         native(Some("Builtins_InterpreterEntryTrampoline"), 2),
     ];
-    let out = name_frames(&f, &layout(), &[slots(1, context, func)], &stack);
+    let out = splice(
+        &stack,
+        &read_frames(&f, &layout(), &[slots(1, context, func)]),
+    );
     assert_eq!(out[2].function.as_deref(), Some("h"));
     assert_eq!(out[1].function.as_deref(), Some("outer"));
 }

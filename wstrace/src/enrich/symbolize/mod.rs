@@ -215,6 +215,7 @@ impl Symbolizer {
             addrs: Vec::new(),
             end: End::Stopped(why.why().to_string()),
             fp_slots: Vec::new(),
+            js: Vec::new(),
         };
         if self.timed_out.contains_key(&pid) {
             return stopped(NoAnswer::TimedOut);

@@ -248,6 +248,7 @@ impl UserSymbols {
             addrs: Vec::new(),
             end: End::Stopped(why.to_string()),
             fp_slots: Vec::new(),
+            js: Vec::new(),
         };
         match copy.status {
             ustack::OK => {}
