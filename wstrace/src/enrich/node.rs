@@ -597,3 +597,6 @@ pub fn splice(native: &[Frame], js: &[(usize, Frame)]) -> Vec<Frame> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod live_tests;
