@@ -33,26 +33,39 @@ impl Drop for Child {
 
 /// The registers and 16 KiB of stack of stopped-by-ptrace `pid`.
 fn copy_stack(pid: i32) -> Option<UserStackCopy> {
+    // ptrace is variadic: its address and data words go as full pointers.
+    let none = std::ptr::null_mut::<libc::c_void>();
     // SAFETY: plain ptrace calls on our own child; `regs` is written by the
     // kernel before it is read.
     unsafe {
-        if libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) != 0 {
+        if libc::ptrace(libc::PTRACE_SEIZE, pid, none, none) != 0 {
             return None;
         }
-        libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0);
+        libc::ptrace(libc::PTRACE_INTERRUPT, pid, none, none);
         let mut status = 0;
         libc::waitpid(pid, &mut status, libc::__WALL);
         let mut regs: libc::user_regs_struct = std::mem::zeroed();
-        let ok = libc::ptrace(libc::PTRACE_GETREGS, pid, 0, &mut regs) == 0;
+        let ok = libc::ptrace(
+            libc::PTRACE_GETREGS,
+            pid,
+            none,
+            &mut regs as *mut libc::user_regs_struct,
+        ) == 0;
         let start = regs.rsp - wstrace_common::ustack::BELOW_SP;
         let bytes = (|| {
             use std::os::unix::fs::FileExt as _;
             let f = std::fs::File::open(format!("/proc/{pid}/mem")).ok()?;
-            let mut b = vec![0u8; 16 * 1024];
+            // Up to 16 KiB, within the stack's mapping (the main thread's
+            // stack may end sooner), as the kernel's copy would be.
+            let end = crate::enrich::maps::read_maps(pid as u32)?
+                .iter()
+                .find(|m| m.start <= start && start < m.end)?
+                .end;
+            let mut b = vec![0u8; (end - start).min(16 * 1024) as usize];
             f.read_exact_at(&mut b, start).ok()?;
             Some(b)
         })();
-        libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
+        libc::ptrace(libc::PTRACE_DETACH, pid, none, none);
         ok.then_some(UserStackCopy {
             ip: regs.rip,
             sp: regs.rsp,
