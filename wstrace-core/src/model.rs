@@ -661,7 +661,29 @@ pub struct Unwound {
     /// walk gives them, so both symbolize the same way).
     pub addrs: Vec<u64>,
     pub end: End,
+    /// The words just below the frame pointer of the frames that may be a
+    /// JavaScript engine's (V8 keeps the running function there), read
+    /// from the copy while it exists: the copy is dropped after the unwind.
+    pub fp_slots: Vec<FpSlots>,
+    /// JavaScript frames read through those slots right after the unwind
+    /// (before the garbage collector moves the function objects): the
+    /// frame's index in `addrs`, and the frame named (`enrich/node.rs`).
+    pub js: Vec<(usize, Frame)>,
 }
+
+/// Words below one frame's frame pointer, as the stack copy held them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FpSlots {
+    /// Index of the frame in `Unwound::addrs`.
+    pub frame: usize,
+    pub fp: u64,
+    /// `below[i]` is the word at `fp - 8 * (i + 1)`.
+    pub below: [u64; FP_SLOTS],
+}
+
+/// Words kept below a frame pointer: V8's frame slots (context, function,
+/// argument count, bytecode array and offset) lie within 40 bytes of it.
+pub const FP_SLOTS: usize = 6;
 
 /// Which walk a report shows as the user stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

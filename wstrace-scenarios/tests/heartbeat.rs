@@ -324,6 +324,21 @@ wss.on('listening', () => console.log('READY', wss.address().port));
 /// freezes one client until the server terminates it, and returns the
 /// report with wstrace's stderr, the script's path and node's pid.
 fn node_reaping_close(flags: &[&str]) -> (Value, String, PathBuf, u32) {
+    let (out, script, pid) = node_reaping_close_as(flags, "json");
+    match out {
+        Reaped::Json(r, stderr) => (r, stderr, script, pid),
+        Reaped::Text(..) => unreachable!("asked for json"),
+    }
+}
+
+enum Reaped {
+    Json(Value, String),
+    /// The text output and wstrace's stderr.
+    Text(String, String),
+}
+
+/// [`node_reaping_close`] with wstrace printing `format` (json or text).
+fn node_reaping_close_as(flags: &[&str], format: &str) -> (Reaped, PathBuf, u32) {
     let Some((node, modules)) = require_node_ws() else {
         panic!("node with ws is required");
     };
@@ -337,7 +352,7 @@ fn node_reaping_close(flags: &[&str]) -> (Value, String, PathBuf, u32) {
             .arg(WS_INTERVAL_MS.to_string()),
     );
     let pid = server.0.id();
-    let w = Tracer::start(port, &[]);
+    let w = Tracer::start_format(port, format, &[]);
     let mut c = upgraded_with(port, UPGRADE);
     // Frozen: read until ws terminates the connection, answer nothing.
     let mut buf = [0u8; 64];
@@ -345,14 +360,26 @@ fn node_reaping_close(flags: &[&str]) -> (Value, String, PathBuf, u32) {
     // The server's report: this test read the 101 byte by byte, so its
     // socket is no client side (a 101 is followed as one when it is the
     // first response a socket reads).
-    let reports = w.wait_for_server_reports(1, Duration::from_secs(15));
-    assert_eq!(reports.len(), 1, "{reports:#?}");
-    let stderr = w.stderr_text();
+    let out = if format == "json" {
+        let reports = w.wait_for_server_reports(1, Duration::from_secs(15));
+        assert_eq!(reports.len(), 1, "{reports:#?}");
+        Reaped::Json(reports[0].clone(), w.stderr_text())
+    } else {
+        let start = std::time::Instant::now();
+        let text = loop {
+            let text = w.raw_lines().concat();
+            if text.contains("reapDeadClients") || start.elapsed() > Duration::from_secs(15) {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Reaped::Text(text, w.stderr_text())
+    };
     drop(w);
     drop(server);
     // node leaves its perf map behind.
     let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
-    (reports[0].clone(), stderr, script, pid)
+    (out, script, pid)
 }
 
 /// Issue 26, item 1: JavaScript compiled after the 101 (the heartbeat's
@@ -408,25 +435,105 @@ fn node_js_frames_compiled_after_the_101_are_named_from_the_perf_map() {
     assert!(!stderr.contains("note: stacks"), "no hint needed: {stderr}");
 }
 
-/// Without the flags node writes no perf map: wstrace says once which
-/// flags would name the JavaScript frames.
+/// The line of [`REAPING_SERVER_JS`] that starts with `prefix` (1-based).
+fn line_of(prefix: &str) -> u64 {
+    REAPING_SERVER_JS
+        .lines()
+        .position(|l| l.starts_with(prefix))
+        .expect("the line") as u64
+        + 1
+}
+
+/// Issue 26, item 1, without any node flag: node writes no perf map, and
+/// the JavaScript frames are named all the same, from the function objects
+/// V8 keeps in each frame (through node's own `v8dbg_*` layout symbols):
+/// `terminate` in ws's websocket.js, called by the server's own
+/// `reapDeadClients`, at the line each function starts on.
 #[test]
-fn node_without_a_perf_map_gets_a_hint_naming_the_flags() {
+fn node_js_frames_are_named_without_any_node_flag() {
     if !require_root() || require_node_ws().is_none() {
         return;
     }
     let _serial = serial();
-    let (r, stderr, _, pid) = node_reaping_close(&[]);
+    let (r, stderr, script, pid) = node_reaping_close(&[]);
+    assert_eq!(r["pid"].as_u64(), Some(u64::from(pid)), "{r:#}");
     assert!(
-        r["user_stack"]
-            .as_array()
-            .is_some_and(|st| st.iter().all(|f| f["function"] != "reapDeadClients")),
+        !std::path::Path::new(&format!("/tmp/perf-{pid}.map")).exists(),
+        "no perf map without flags"
+    );
+    let stack = r["user_stack"].as_array().cloned().unwrap_or_default();
+    let at = |name: &str| {
+        stack
+            .iter()
+            .position(|f| f["function"] == name)
+            .unwrap_or_else(|| panic!("no {name} frame in {r:#}\n{stderr}"))
+    };
+    let (terminate, reap) = (at("terminate"), at("reapDeadClients"));
+    assert!(
+        terminate < reap,
+        "terminate is called by reapDeadClients: {r:#}"
+    );
+    for i in [terminate, reap] {
+        let f = &stack[i];
+        assert_eq!(f["language"], "javascript", "{f}");
+        assert!(
+            f["kind"] == "interpreted" || f["kind"] == "jit",
+            "a V8 frame: {f}"
+        );
+        assert!(f["module"].is_null(), "{f}");
+        assert!(f["address"].is_string(), "{f}");
+    }
+    let t = &stack[terminate];
+    assert!(s(t, &["file"]).ends_with("/ws/lib/websocket.js"), "{t}");
+    // The line `terminate() {` starts on in the installed ws.
+    let websocket_js = std::fs::read_to_string(s(t, &["file"])).expect("ws's websocket.js");
+    let terminate_line = websocket_js
+        .lines()
+        .position(|l| l.trim_start().starts_with("terminate() {"))
+        .expect("terminate() in websocket.js") as u64
+        + 1;
+    assert_eq!(t["line"].as_u64(), Some(terminate_line), "{t}");
+    assert_eq!(
+        (s(&stack[reap], &["file"]), stack[reap]["line"].as_u64()),
+        (
+            script.to_str().expect("utf-8 path"),
+            Some(line_of("function reapDeadClients"))
+        ),
         "{r:#}"
     );
-    let hint = format!(
-        "wstrace: note: stacks: pid {pid} (node): its JavaScript frames are unnamed: start node with --perf-basic-prof --interpreted-frames-native-stack"
+    // No interpreter trampoline left where a JavaScript frame was named:
+    // every trampoline frame between the close and reapDeadClients is one.
+    assert!(
+        stack[..reap]
+            .iter()
+            .all(|f| f["function"] != "Builtins_InterpreterEntryTrampoline"),
+        "{r:#}"
     );
-    assert_eq!(stderr.matches(&hint).count(), 1, "{stderr}");
+    assert!(r["interp_stack_note"].is_null(), "{r:#}");
+    assert!(
+        !stderr.contains("note: stacks"),
+        "no perf map hint when the frames are named: {stderr}"
+    );
+
+    // The text stack names them the same way, node's own frames folded.
+    let (out, script, _) = node_reaping_close_as(&[], "text");
+    let Reaped::Text(text, stderr) = out else {
+        unreachable!("asked for text")
+    };
+    let base = script.file_name().and_then(|f| f.to_str()).expect("name");
+    assert!(
+        text.contains(&format!(
+            "reapDeadClients  {base}:{}",
+            line_of("function reapDeadClients")
+        )) || text.contains(&format!(
+            "reapDeadClients  {}:{}",
+            script.display(),
+            line_of("function reapDeadClients")
+        )),
+        "{text}\n{stderr}"
+    );
+    assert!(text.contains("terminate  "), "{text}");
+    assert!(text.contains("websocket.js:"), "{text}");
 }
 
 /// `websockets` pings every 0.5 s and gives up 1.2 s after an unanswered

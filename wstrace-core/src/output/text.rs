@@ -429,6 +429,9 @@ fn runtime_of(l: &Frame) -> Option<&'static str> {
     {
         // The standard library's Python frames.
         Some("python")
+    } else if l.language == Some(crate::model::Language::JavaScript) && file.starts_with("node:") {
+        // node's own JavaScript (`node:net`, `node:internal/timers`).
+        Some("node")
     } else if ["libc.so", "libc-", "ld-linux", "libpthread"]
         .iter()
         .any(|p| module.starts_with(p))
@@ -448,6 +451,9 @@ fn interp_runtime(module: &str) -> Option<&'static str> {
         Some("php")
     } else if module.starts_with("python3.") || module.starts_with("libpython3.") {
         Some("python")
+    } else if module == "node" || module == "nodejs" || module.starts_with("libnode.so") {
+        // node's C++, libuv and V8 (with its JavaScript frames named).
+        Some("node")
     } else {
         None
     }
@@ -614,6 +620,52 @@ mod tests {
             address: Some(0x1000),
             ..Frame::default()
         }
+    }
+
+    /// A node close with its JavaScript frames named (enrich/node.rs):
+    /// node's C++ and its own `node:` scripts fold, the program's and its
+    /// packages' JavaScript stays.
+    #[test]
+    fn node_stacks_keep_the_javascript_and_fold_node() {
+        let node = "/usr/bin/node";
+        let js = |f: &str, file: &str, line: u32| Frame {
+            function: Some(f.into()),
+            file: Some(file.into()),
+            line: Some(line),
+            kind: FrameKind::Interpreted,
+            language: Some(crate::model::Language::JavaScript),
+            address: Some(0x2000),
+            ..Frame::default()
+        };
+        let frames = vec![
+            uf("uv_close", node, None, false),
+            uf("node::HandleWrap::Close", node, None, false),
+            uf(
+                "Builtins_CEntry_Return1_ArgvOnStack_BuiltinExit",
+                node,
+                None,
+                false,
+            ),
+            js("_destroy", "node:net", 800),
+            js("destroy", "node:internal/streams/destroy", 40),
+            js("terminate", "/srv/node_modules/ws/lib/websocket.js", 470),
+            js("reapDeadClients", "/srv/server.js", 8),
+            uf("Builtins_JSEntry", node, None, false),
+            uf("node::Environment::RunTimers", node, None, false),
+            uf("uv_run", node, None, false),
+        ];
+        let c = compact_stack(&frames);
+        assert_eq!(
+            c,
+            [
+                "uv_close  (node)",
+                "… 4 frames in node",
+                "terminate  websocket.js:470",
+                "reapDeadClients  server.js:8",
+                "… 3 frames in node",
+            ]
+            .map(str::to_string)
+        );
     }
 
     /// What a gorilla/websocket server's close looks like (tests/gotls.rs).

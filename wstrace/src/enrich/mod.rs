@@ -9,6 +9,7 @@ pub mod container;
 pub mod gotls;
 pub mod hz;
 pub mod maps;
+pub mod node;
 pub mod peer;
 pub mod perf_map;
 pub mod php;
@@ -29,7 +30,7 @@ use wstrace_common::EventKind;
 
 use crate::model::{
     CloseReport, Crash, Event, Frame, Killer, PeerExe, PeerProcess, PeerSource, Ports, ProcInfo,
-    ProcessEnd, SharedStack, SignalSent, UserWalk, Walk,
+    ProcessEnd, SharedStack, SignalSent, Unwound, UserWalk, Walk,
 };
 use crate::protocol::{http, wsframe};
 use crate::redact::Redactor;
@@ -140,6 +141,8 @@ struct Python {
 enum Interp {
     Python(python::Found),
     Php(php::Found),
+    /// Named from the stack copy's frame slots: no kernel walk.
+    Node(node::Found),
 }
 
 /// The kernel's `INTERP_PROCS` map (wstrace-ebpf `maps.rs`).
@@ -202,12 +205,18 @@ impl Enricher {
         }
         let found = python::find(pid)
             .map(Interp::Python)
-            .or_else(|| php::find(pid).map(Interp::Php));
-        if let (Some(f), Some(procs)) = (&found, &mut self.python.procs) {
-            let walk = match f {
-                Interp::Python(p) => p.walk,
-                Interp::Php(p) => p.walk,
-            };
+            .or_else(|| php::find(pid).map(Interp::Php))
+            .or_else(|| node::find(pid).map(Interp::Node));
+        if let Some(Interp::Node(_)) = &found {
+            // Its frames get names here: no hint about node's perf map flags.
+            self.symbolizer.names_javascript(pid);
+        }
+        let walk = match &found {
+            Some(Interp::Python(p)) => Some(p.walk),
+            Some(Interp::Php(p)) => Some(p.walk),
+            Some(Interp::Node(_)) | None => None,
+        };
+        if let (Some(walk), Some(procs)) = (walk, &mut self.python.procs) {
             // Full of live entries: that process's closes show no
             // interpreter frames (the map is LRU, so this is rare).
             let _ = procs.insert(pid, walk, 0);
@@ -239,6 +248,33 @@ impl Enricher {
                 let php = php::name_frames(pid, found, cap, deadline);
                 python::splice(&native, php, 0, php::is_exec_loop).into()
             }
+            Interp::Node(_) => native,
+        }
+    }
+
+    /// The user stack with node's JavaScript frames (read at the unwind)
+    /// in place of the native frames that stood for them (`node.rs`).
+    fn with_node(unwound: &Unwound, native: Arc<[Frame]>) -> Arc<[Frame]> {
+        if unwound.js.is_empty() {
+            return native;
+        }
+        node::splice(&native, &unwound.js).into()
+    }
+
+    /// Reads the JavaScript frames of a node close right after its unwind:
+    /// V8's garbage collector moves young function objects, so the sooner
+    /// the better; the slots are dropped after.
+    fn read_js_frames(&self, pid: u32, unwound: &mut Unwound) {
+        let slots = std::mem::take(&mut unwound.fp_slots);
+        let Some(Some(Interp::Node(found))) = self.python.found.get(&pid) else {
+            return;
+        };
+        if slots.is_empty() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + self.python.budget;
+        if let Some(mem) = procmem::Mem::open(pid, deadline) {
+            unwound.js = node::read_frames(&mem, &found.layout, &slots);
         }
     }
 
@@ -456,7 +492,8 @@ impl Enricher {
             return;
         };
         if let Some(copy) = stacks.user_copy.take() {
-            let unwound = self.symbolizer.unwind_user(ev.pid, &copy);
+            let mut unwound = self.symbolizer.unwind_user(ev.pid, &copy);
+            self.read_js_frames(ev.pid, &mut unwound);
             if let crate::model::CopyFate::Copied { id } = stacks.fate {
                 self.stack_cache.keep(id, ev.pid, ev.ts_ns, &unwound);
             }
@@ -561,7 +598,8 @@ impl Enricher {
                     }
                     (Walk::Dwarf, Some(d), _, false) => {
                         user_walk.end = Some(d.end.clone());
-                        self.user_frames(c.pid, &d.addrs)
+                        let native = self.user_frames(c.pid, &d.addrs);
+                        Self::with_node(d, native)
                     }
                     (_, _, Ok(a), false) => self.user_frames(c.pid, a),
                     (_, _, Err(e), false) => {
@@ -574,6 +612,9 @@ impl Enricher {
                 } else {
                     let cap = &c.stacks.interp;
                     user_walk.interp_note = match self.python.found.get(&c.pid) {
+                        Some(Some(Interp::Node(_))) => (walk != Walk::Dwarf).then(|| {
+                            "javascript frames: unnamed: they are named from the stack copy of a dwarf unwind, and this stack is the frame-pointer walk".to_string()
+                        }),
                         Some(Some(Interp::Php(_))) => {
                             python::walk_note(cap.status, cap.frames.len())
                                 .map(|n| n.replacen("python", "php", 1))

@@ -226,6 +226,8 @@ mod tests {
         Unwound {
             addrs: vec![a, a + 1],
             end: End::Complete,
+            fp_slots: Vec::new(),
+            js: Vec::new(),
         }
     }
 

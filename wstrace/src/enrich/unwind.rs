@@ -20,12 +20,12 @@ use std::collections::HashMap;
 use std::ops::{Deref, Range};
 use std::sync::Arc;
 
-use framehop::{ExplicitModuleSectionInfo, Module, Unwinder as _};
+use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder as _};
 use memmap2::Mmap;
 use object::{Object, ObjectSection, ObjectSegment};
 
 use crate::enrich::maps::{MAX_UNTRUSTED_FILE, Mapping, open_untrusted};
-use crate::model::{End, Unwound, UserStackCopy, Walk};
+use crate::model::{End, FP_SLOTS, FpSlots, Unwound, UserStackCopy, Walk};
 
 #[cfg(target_arch = "aarch64")]
 mod arch {
@@ -50,6 +50,10 @@ mod arch {
             copy.fp,
         )
     }
+
+    pub fn fp(regs: &UnwindRegsAarch64) -> u64 {
+        regs.fp()
+    }
 }
 
 #[cfg(not(target_arch = "aarch64"))]
@@ -63,6 +67,10 @@ mod arch {
 
     pub fn regs(copy: &UserStackCopy) -> UnwindRegsX86_64 {
         UnwindRegsX86_64::new(copy.ip, copy.sp, copy.fp)
+    }
+
+    pub fn fp(regs: &UnwindRegsX86_64) -> u64 {
+        regs.bp()
     }
 }
 
@@ -358,20 +366,50 @@ fn unwind_with(
 ) -> Unwound {
     let stack_end = copy.start.saturating_add(copy.bytes.len() as u64);
     let mut read = |addr: u64| read_word(copy, addr);
-    let mut frames = unwinder.iter_frames(copy.ip, arch::regs(copy), cache, &mut read);
-    let mut addrs = Vec::new();
+    // framehop's own iterator, step by step, to see each frame's frame
+    // pointer (the registers after unwinding into a frame are its own).
+    let mut regs = arch::regs(copy);
+    let mut at = FrameAddress::InstructionPointer(copy.ip);
+    let mut addrs = vec![copy.ip];
+    let mut fp_slots = Vec::new();
     let end = loop {
+        if let Some(s) = slots_below(copy, addrs.len() - 1, arch::fp(&regs)) {
+            fp_slots.push(s);
+        }
         if addrs.len() >= MAX_FRAMES {
             break End::Stopped(format!("more than {MAX_FRAMES} frames"));
         }
-        match frames.next() {
-            Ok(Some(f)) => addrs.push(f.address()),
+        match unwinder.unwind_frame(at, &mut regs, cache, &mut read) {
+            Ok(Some(ret)) => match FrameAddress::from_return_address(ret) {
+                Some(next) => {
+                    at = next;
+                    addrs.push(ret);
+                }
+                None => break End::Stopped(framehop::Error::ReturnAddressIsNull.to_string()),
+            },
             Ok(None) => break End::Complete,
-            Err(framehop::Error::CouldNotReadStack(at)) if at >= stack_end => break End::Truncated,
+            Err(framehop::Error::CouldNotReadStack(a)) if a >= stack_end => break End::Truncated,
             Err(e) => break End::Stopped(e.to_string()),
         }
     };
-    Unwound { addrs, end }
+    Unwound {
+        addrs,
+        end,
+        fp_slots,
+        js: Vec::new(),
+    }
+}
+
+/// The words below frame `frame`'s frame pointer `fp`, when they lie in the
+/// copy and the first looks like a V8 frame's context (a tagged heap
+/// pointer: low bit set; native frames rarely keep an odd word there, and
+/// the naming checks every object it reads anyway).
+fn slots_below(copy: &UserStackCopy, frame: usize, fp: u64) -> Option<FpSlots> {
+    let mut below = [0u64; FP_SLOTS];
+    for (i, w) in below.iter_mut().enumerate() {
+        *w = read_word(copy, fp.checked_sub(8 * (i as u64 + 1))?).ok()?;
+    }
+    (below[0] & 1 == 1).then_some(FpSlots { frame, fp, below })
 }
 
 #[cfg(test)]
@@ -403,6 +441,8 @@ mod tests {
         Unwound {
             addrs: addrs.to_vec(),
             end,
+            fp_slots: Vec::new(),
+            js: Vec::new(),
         }
     }
 

@@ -194,6 +194,14 @@ impl Symbolizer {
         }
     }
 
+    /// `pid`'s JavaScript frames are named by the enricher (`node.rs`):
+    /// no hint about node's perf map flags for it.
+    pub fn names_javascript(&mut self, pid: u32) {
+        if let Some(w) = &self.worker {
+            let _ = w.jobs.send(Box::new(move |u| u.names_javascript(pid)));
+        }
+    }
+
     /// Kernel frames, innermost first (see [`KernelSymbols::kernel_stack`]).
     pub fn kernel_stack(&mut self, addrs: &[u64]) -> Arc<[Frame]> {
         self.kernel.kernel_stack(addrs)
@@ -206,6 +214,8 @@ impl Symbolizer {
         let stopped = |why: NoAnswer| Unwound {
             addrs: Vec::new(),
             end: End::Stopped(why.why().to_string()),
+            fp_slots: Vec::new(),
+            js: Vec::new(),
         };
         if self.timed_out.contains_key(&pid) {
             return stopped(NoAnswer::TimedOut);

@@ -219,6 +219,11 @@ impl UserSymbols {
     /// long as another remembered process maps them) and its cached maps. A
     /// pid is reused eventually: without this, a new process with the same
     /// pid would be symbolized with the old process's maps.
+    /// Someone else names `pid`'s JavaScript frames: no perf map hint.
+    pub(super) fn names_javascript(&mut self, pid: u32) {
+        self.jit_hinted.insert(pid);
+    }
+
     pub(super) fn forget_process(&mut self, pid: u32) {
         if pid == 0 {
             return;
@@ -242,6 +247,8 @@ impl UserSymbols {
         let no_frames = |why: &str| Unwound {
             addrs: Vec::new(),
             end: End::Stopped(why.to_string()),
+            fp_slots: Vec::new(),
+            js: Vec::new(),
         };
         match copy.status {
             ustack::OK => {}
