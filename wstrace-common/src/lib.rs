@@ -87,6 +87,33 @@ pub const HEAD_BUDGET: u32 = 2048;
 /// `HTTP/1.1 101 ` (the space rules out `1010`).
 pub const UPGRADE_PREFIX_LEN: usize = 13;
 
+/// The tracepoint set's syscall programs and the `syscalls:` tracepoints
+/// each is attached to. Syscalls whose records put what a program reads in
+/// the same slots (write and sendto; read and recvfrom; every read-family
+/// exit, which reads `ret` only; accept and accept4) share one program: the
+/// kernel verifies each loaded program once, and under QEMU's software
+/// emulation verification is most of the set's start-up. One table for the
+/// attach code (wstrace) and the kernel-cost benchmark, which measures per
+/// program and so per group of these tracepoints.
+pub const SYSCALL_TRACEPOINTS: [(&str, &[&str]); 8] = [
+    ("sys_enter_write", &["sys_enter_write", "sys_enter_sendto"]),
+    ("sys_enter_writev", &["sys_enter_writev"]),
+    ("sys_enter_sendmsg", &["sys_enter_sendmsg"]),
+    ("sys_enter_read", &["sys_enter_read", "sys_enter_recvfrom"]),
+    ("sys_enter_readv", &["sys_enter_readv"]),
+    ("sys_enter_recvmsg", &["sys_enter_recvmsg"]),
+    (
+        "sys_exit_read",
+        &[
+            "sys_exit_read",
+            "sys_exit_recvfrom",
+            "sys_exit_readv",
+            "sys_exit_recvmsg",
+        ],
+    ),
+    ("sys_exit_accept", &["sys_exit_accept", "sys_exit_accept4"]),
+];
+
 /// Slots of the kernel's direct-mapped server filter (the `SERVER_SLOTS`
 /// map in front of `SERVERS`); a power of two.
 pub const SERVER_SLOTS: u32 = 65536;

@@ -54,6 +54,9 @@ pub struct Args {
 
 /// How long wstrace may take to load and attach by default (QEMU TCG is slow).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Lines saying where a step's time went start with this (`cargo xtask vm`
+/// prints them per VM).
+pub const TIME_PREFIX: &str = "ws-scenario: time:";
 /// How long to wait for the expected reports after the last client.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -661,6 +664,7 @@ pub fn run(args: &Args) -> Result<i32> {
     }
 
     // Servers first: wstrace needs their ports.
+    let run_started = Instant::now();
     let mut states: Vec<State> = Vec::new();
     let mut servers: Vec<Vec<Server>> = Vec::new();
     // Reports are judged by local port, and IPv4 and IPv6 hand out ephemeral
@@ -734,6 +738,10 @@ pub fn run(args: &Args) -> Result<i32> {
         servers.push(started);
     }
     let mut go = GoScenarios::start(args.go_tls.as_deref(), args.only.as_deref(), &mut taken);
+    println!(
+        "{TIME_PREFIX} servers started in {:.1} s",
+        run_started.elapsed().as_secs_f64()
+    );
     // Two wstraces, one after the other: one given every traced port of
     // the port scenarios (more than the 8 the kernel filter once had), and
     // one with no --port for the all-ports scenarios (which would see the
@@ -883,7 +891,14 @@ fn trace(
     if !traced.is_empty() {
         traced.push(barrier.port);
     }
+    let what = if ports.is_empty() {
+        "all ports"
+    } else {
+        "--port"
+    };
+    let started = Instant::now();
     let tracer = start_tracer(args, &traced)?;
+    let ready = started.elapsed();
     let _readers = BlockedReaders::start(BLOCKED_READERS).context("blocking readers")?;
     // Ports that must each get a report: waiting for a count instead let
     // an unexpected report (the failure of another scenario) end the wait
@@ -962,7 +977,15 @@ fn trace(
         std::thread::sleep(Duration::from_millis(50));
     }
     let losses = losses(&tracer);
+    let reported = started.elapsed();
     let lines = stop(tracer)?;
+    // Where a step's time goes (the kernel matrix prints these per VM).
+    println!(
+        "{TIME_PREFIX} wstrace ({what}) ready in {:.1} s, clients and reports {:.1} s, stopped in {:.1} s",
+        ready.as_secs_f64(),
+        (reported - ready).as_secs_f64(),
+        (started.elapsed() - reported).as_secs_f64()
+    );
     let mut reports = Vec::new();
     for line in &lines {
         let v: Value = serde_json::from_str(line)

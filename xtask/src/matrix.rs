@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+/// ws-scenario's lines saying where a step's time went (its check.rs
+/// `TIME_PREFIX`): kept in a step's output, printed by `cargo xtask vm`.
+pub const TIME_PREFIX: &str = "ws-scenario: time:";
+
 #[derive(Serialize, Deserialize)]
 pub struct MatrixResults {
     /// "scenarios" (ws-scenario per probe set) or "command" (--cmd).

@@ -2,6 +2,7 @@
 //! fresh clone (`.ci/run`). Phases run in order and stop at the first failure;
 //! a summary with each phase's time is printed either way.
 
+use crate::kernels::Arch;
 use crate::{paths, process, setup, vm};
 use anyhow::{Result, anyhow, bail};
 use clap::Args;
@@ -51,87 +52,82 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // in the second run and wstrace was compiled twice (about 2 of the 6.8
     // build minutes of a clean clone, measured at a869a73).
     run.phase("build", build);
-    // Every host crate, every target (tests, benches, the bench lab),
-    // warnings as errors. The eBPF crate only builds for the bpf target
-    // (its object is built, not linted, by wstrace's build script, which
-    // AYA_BUILD_SKIP turns off here).
-    run.phase("clippy", clippy);
-    // The arm64 binaries, cross-compiled (eBPF object for
-    // bpf_target_arch "aarch64"): built from a clean clone like the rest.
-    run.phase("build arm64", || crate::build::AARCH64.build());
-    if args.no_vm {
+    if args.no_vm || args.vms_after_tests {
+        host_phases(&mut run);
         run.phase("cargo test", cargo_test);
-    } else if args.vms_after_tests {
-        run.phase("cargo test", cargo_test);
-        run.phase("kernel matrix", || vm::run(&vm_args));
+        if args.vms_after_tests {
+            run.phase("kernel matrix", || vm::run(&vm_args));
+        }
+        package_phases(&mut run);
     } else {
-        // The kernel matrix's VMs boot while the host tests run: QEMU (TCG)
-        // needs CPU time, the host tests spend much of theirs waiting (on
-        // servers, reports, timers; what overlapping saves on a clean clone
-        // is not measured yet: `--vms-after-tests` is the old order to
-        // compare with), and neither sees the other (the VMs have their own
-        // kernels; the matrix's host row, which shares this kernel with the
-        // tests, runs after them). One VM at a time beside the tests, so
-        // each has a CPU's worth (an emulated guest starved of CPU misses
-        // its own timeouts); all `--jobs` once the tests are done.
-        let prepared = run.phase_value("kernels, initramfs", || vm::prepare(&vm_args));
-        match prepared {
-            Some(prepared) => {
-                prepared.allow_jobs(1);
-                let vms = std::thread::scope(|scope| {
-                    let vms = scope.spawn(|| process::timed(|| prepared.boot()));
-                    run.phase("cargo test", cargo_test);
-                    if run.failed {
-                        // The run has failed: the VMs running finish, no
-                        // more start (as phases after a failure do not run).
-                        prepared.cancel();
-                    }
-                    prepared.allow_jobs(usize::MAX);
-                    vms.join()
-                });
-                let vm_runs = match vms {
-                    Ok((Ok(_), _)) if run.failed => {
-                        run.record(
-                            "  (VMs, alongside)",
-                            Outcome::Skipped("stopped: cargo test failed"),
-                        );
-                        None
-                    }
-                    Ok((Ok(runs), took)) => {
-                        run.record("  (VMs, alongside)", Outcome::Passed(took));
-                        Some(runs)
-                    }
-                    Ok((Err(err), took)) => {
-                        run.record("  (VMs, alongside)", Outcome::Failed(took, err));
-                        None
-                    }
-                    Err(_) => {
-                        run.record(
-                            "  (VMs, alongside)",
-                            Outcome::Failed(Duration::ZERO, anyhow!("the VM thread panicked")),
-                        );
-                        None
-                    }
-                };
-                match vm_runs {
-                    Some(runs) => {
-                        run.phase("kernel matrix", || prepared.finish(&vm_args, runs));
-                    }
-                    None => run.record("kernel matrix", Outcome::NotRun),
+        // The kernel matrix's VMs boot as soon as the host's binaries are
+        // built: the amd64 VMs beside clippy and the arm64 build, the arm64
+        // ones once built; one VM at a time until the host tests are done
+        // (an emulated guest starved of CPU misses its own timeouts; the
+        // host tests spend much of their time waiting on servers, reports
+        // and timers), then all `--jobs`. Neither sees the other (the VMs
+        // have their own kernels). The matrix's host row, which shares this
+        // kernel with the tests, runs after them, beside the last VMs, as
+        // do the packages.
+        let prepared = run.phase_value("kernels, initramfs", || {
+            vm::prepare_first(&vm_args, Some(Arch::host()))
+        });
+        let prepared = prepared.as_ref();
+        if let Some(prepared) = prepared {
+            prepared.allow_jobs(1);
+        }
+        let (vms, host) = std::thread::scope(|scope| {
+            let vms = prepared.map(|p| scope.spawn(|| process::timed(|| p.boot())));
+            host_phases(&mut run);
+            if let Some(prepared) = prepared {
+                run.phase("initramfs arm64", || prepared.add_rest(&vm_args));
+            }
+            run.phase("cargo test", cargo_test);
+            if let Some(prepared) = prepared {
+                if run.failed {
+                    // The run has failed: the VMs running finish, no more
+                    // start (as phases after a failure do not run), and
+                    // none waits for the arm64 ones.
+                    prepared.cancel();
                 }
+                prepared.allow_jobs(usize::MAX);
             }
-            None => {
-                run.record("cargo test", Outcome::NotRun);
-                run.record("kernel matrix", Outcome::NotRun);
+            let host = prepared.and_then(|p| run.phase_value("host row", || p.host_row()));
+            package_phases(&mut run);
+            (vms.map(|v| v.join()), host)
+        });
+        let vm_runs = match vms {
+            None => None,
+            Some(Ok((Ok(_), _))) if run.failed => {
+                run.record(
+                    "  (VMs, alongside)",
+                    Outcome::Skipped("stopped: an earlier phase failed"),
+                );
+                None
             }
+            Some(Ok((Ok(runs), took))) => {
+                run.record("  (VMs, alongside)", Outcome::Passed(took));
+                Some(runs)
+            }
+            Some(Ok((Err(err), took))) => {
+                run.record("  (VMs, alongside)", Outcome::Failed(took, err));
+                None
+            }
+            Some(Err(_)) => {
+                run.record(
+                    "  (VMs, alongside)",
+                    Outcome::Failed(Duration::ZERO, anyhow!("the VM thread panicked")),
+                );
+                None
+            }
+        };
+        match (prepared, vm_runs) {
+            (Some(prepared), Some(runs)) => {
+                run.phase("kernel matrix", || prepared.finish(&vm_args, runs, host));
+            }
+            _ => run.record("kernel matrix", Outcome::NotRun),
         }
     }
-    // The binary the tests ran, as built above (not rebuilt with the
-    // features of a plain `cargo build`).
-    run.phase("package", || crate::deb::package(None).map(|_| ()));
-    run.phase("package arm64", || {
-        crate::deb::run(Some(crate::build::AARCH64.triple)).map(|_| ())
-    });
     if args.no_vm {
         banner(
             "KERNEL MATRIX SKIPPED (--no-vm): kprobe/fentry probe sets, kernels 5.10/6.1/6.12 and arm64 are NOT tested",
@@ -163,6 +159,28 @@ pub fn run(args: &TestArgs) -> Result<()> {
         banner("tests passed, but WITHOUT the kernel matrix (--no-vm)");
     }
     Ok(())
+}
+
+/// Lints and the arm64 binaries: what the host builds after its own
+/// binaries, beside the first VMs.
+fn host_phases(run: &mut Run) {
+    // Every host crate, every target (tests, benches, the bench lab),
+    // warnings as errors. The eBPF crate only builds for the bpf target
+    // (its object is built, not linted, by wstrace's build script, which
+    // AYA_BUILD_SKIP turns off here).
+    run.phase("clippy", clippy);
+    // The arm64 binaries, cross-compiled (eBPF object for
+    // bpf_target_arch "aarch64"): built from a clean clone like the rest.
+    run.phase("build arm64", || crate::build::AARCH64.build());
+}
+
+/// The .debs, of the binaries the tests ran, as built above (not rebuilt
+/// with the features of a plain `cargo build`).
+fn package_phases(run: &mut Run) {
+    run.phase("package", || crate::deb::package(None).map(|_| ()));
+    run.phase("package arm64", || {
+        crate::deb::run(Some(crate::build::AARCH64.triple)).map(|_| ())
+    });
 }
 
 /// Phases in order; after the first failure the rest are recorded as not run.

@@ -79,22 +79,31 @@ pub fn run(args: &VmArgs) -> Result<()> {
     }
     let prepared = prepare(args)?;
     let runs = prepared.boot()?;
-    prepared.finish(args, runs)
+    prepared.finish(args, runs, None)
 }
 
 /// A matrix ready to boot: kernels fetched, each architecture's initramfs
 /// built (so the binaries have been read: a build may replace them now).
+/// `cargo xtask test` prepares this machine's architecture first and boots
+/// its VMs while the other architectures' binaries are still being built
+/// ([`prepare_first`], [`Prepared::add_rest`]).
 pub struct Prepared {
     start: Instant,
     steps: Vec<Step>,
-    kernels: Vec<kernels::Kernel>,
-    initrds: Vec<(Arch, PathBuf)>,
+    /// Every kernel of the matrix, in its order (the results' order).
+    labels: Vec<String>,
+    /// VMs not started yet, each with its architecture's initramfs; the
+    /// slowest first.
+    queue: Mutex<VecDeque<(kernels::Kernel, PathBuf)>>,
+    /// Architectures still to be prepared ([`Prepared::add_rest`]): while
+    /// there are, a slot with nothing to boot waits instead of ending.
+    rest: Mutex<Vec<Arch>>,
     vm_dir: PathBuf,
     timeout: Duration,
     jobs: usize,
     /// How many of the `jobs` may boot a VM now: `cargo xtask test` boots
-    /// one VM while the host tests run, and all of them once they are done
-    /// ([`Prepared::allow_jobs`]).
+    /// one VM while it builds and runs the host tests, and all of them once
+    /// those are done ([`Prepared::allow_jobs`]).
     allowed: AtomicUsize,
     /// No more VMs are started (the run has already failed).
     cancelled: AtomicBool,
@@ -107,6 +116,13 @@ pub struct Prepared {
 /// Checks, fetches the kernels and builds the initramfs: everything before
 /// the first boot.
 pub fn prepare(args: &VmArgs) -> Result<Prepared> {
+    prepare_first(args, None)
+}
+
+/// As [`prepare`], for the kernels of architecture `first` only when given
+/// (the others, which may lack their binaries yet, come with
+/// [`Prepared::add_rest`], and [`Prepared::boot`] waits for them).
+pub fn prepare_first(args: &VmArgs, first: Option<Arch>) -> Result<Prepared> {
     if args.cmd.is_none() {
         // The host row, run last, loads BPF: fail now, not after the VMs.
         setup::require_root(
@@ -120,63 +136,29 @@ pub fn prepare(args: &VmArgs) -> Result<Prepared> {
     let mut arches: Vec<Arch> = specs.iter().map(|s| s.arch).collect();
     arches.sort_by_key(|a| a.debian());
     arches.dedup();
-    let mut binaries = Vec::new();
-    for &arch in &arches {
-        let mut bins = binaries_for(args, arch)?;
-        // The Go crypto/tls scenarios' program, static, per architecture
-        // (in --cmd VMs too: `ws-scenario check --go-tls /bin/ws-go-tls`).
-        bins.extend(gotls::build(arch)?);
-        binaries.push((arch, bins));
-        qemu::qemu_binary(arch)?;
+    let (now, rest): (Vec<Arch>, Vec<Arch>) =
+        arches.iter().partition(|&&a| first.is_none_or(|f| f == a));
+    let mut host_go = None;
+    let mut queue = VecDeque::new();
+    for (arch, items, go) in stage(args, &steps, &specs, &now)? {
+        if arch == Arch::host() {
+            host_go = go;
+        }
+        // The slowest VMs first (arm64 is emulated instruction by
+        // instruction with no help from the host's x86 CPU), so that they
+        // do not run alone at the end while the other job slots idle.
+        if arch == Arch::host() {
+            queue.extend(items);
+        } else {
+            for item in items.into_iter().rev() {
+                queue.push_front(item);
+            }
+        }
     }
     // The host row runs the same Go scenarios with the host's build.
-    let host_go = match binaries.iter().find(|(a, _)| *a == Arch::host()) {
-        _ if args.cmd.is_some() => None,
-        // ws-scenario finds the stripped build beside it.
-        Some((_, bins)) => bins
-            .iter()
-            .find(|b| b.file_name().is_some_and(|n| n == gotls::PROGRAM))
-            .cloned(),
-        None => Some(gotls::build(Arch::host())?[0].clone()),
-    };
-
-    let (fetched, took) =
-        process::timed(|| kernels::fetch_all(&specs, args.matrix.refresh_kernels));
-    let fetched = fetched?;
-    for (k, cached) in &fetched {
-        let how = if *cached { "cached" } else { "downloaded" };
-        println!(
-            "vm: kernel {}: {} {} ({how})",
-            k.label, k.package, k.version
-        );
+    if args.cmd.is_none() && host_go.is_none() {
+        host_go = Some(gotls::build(Arch::host())?[0].clone());
     }
-    println!("vm: kernels ready in {}", process::secs(took));
-
-    let vm_dir = paths::target_dir().join("vm");
-    let mut initrds: Vec<(Arch, PathBuf)> = Vec::new();
-    for (arch, bins) in &binaries {
-        // amd64 keeps the name it had before arm64 VMs existed.
-        let initrd = match arch {
-            Arch::Amd64 => vm_dir.join("initrd.gz"),
-            arch => vm_dir.join(format!("initrd-{}.gz", arch.debian())),
-        };
-        let (built, took) = process::timed(|| {
-            initramfs::build(&initrd, *arch, bins, &steps, args.matrix.step_timeout)
-        });
-        let built =
-            built.with_context(|| format!("building the {} VMs' initramfs", arch.debian()))?;
-        println!(
-            "vm: initramfs {}: {} binaries, {} libraries, busybox; {:.1} MB -> {:.1} MB in {}",
-            initrd.display(),
-            built.binaries,
-            built.libraries,
-            built.uncompressed_bytes as f64 / 1e6,
-            built.compressed_bytes as f64 / 1e6,
-            process::secs(took)
-        );
-        initrds.push((*arch, initrd));
-    }
-
     let timeout = Duration::from_secs(
         args.matrix
             .timeout
@@ -189,13 +171,14 @@ pub fn prepare(args: &VmArgs) -> Result<Prepared> {
         .matrix
         .jobs
         .unwrap_or(cpus)
-        .clamp(1, fetched.len().max(1));
+        .clamp(1, specs.len().max(1));
     Ok(Prepared {
         start,
         steps,
-        kernels: fetched.into_iter().map(|(k, _)| k).collect(),
-        initrds,
-        vm_dir,
+        labels: specs.iter().map(|s| s.label.to_string()).collect(),
+        queue: Mutex::new(queue),
+        rest: Mutex::new(rest),
+        vm_dir: paths::target_dir().join("vm"),
         timeout,
         jobs,
         allowed: AtomicUsize::new(jobs),
@@ -204,6 +187,77 @@ pub fn prepare(args: &VmArgs) -> Result<Prepared> {
         scenarios: args.cmd.is_none(),
         host_go,
     })
+}
+
+/// One architecture's kernels with its initramfs, and its build of the Go
+/// scenarios' program (scenario runs).
+type Staged = (Arch, Vec<(kernels::Kernel, PathBuf)>, Option<PathBuf>);
+
+/// Binaries, kernels and initramfs of the kernels in `specs` of `arches`.
+fn stage(
+    args: &VmArgs,
+    steps: &[Step],
+    specs: &[&'static kernels::KernelSpec],
+    arches: &[Arch],
+) -> Result<Vec<Staged>> {
+    let mut out = Vec::new();
+    for &arch in arches {
+        let mut bins = binaries_for(args, arch)?;
+        // The Go crypto/tls scenarios' program, static, per architecture
+        // (in --cmd VMs too: `ws-scenario check --go-tls /bin/ws-go-tls`).
+        bins.extend(gotls::build(arch)?);
+        qemu::qemu_binary(arch)?;
+        // ws-scenario finds the stripped build beside it.
+        let go = bins
+            .iter()
+            .find(|b| b.file_name().is_some_and(|n| n == gotls::PROGRAM))
+            .cloned()
+            .filter(|_| args.cmd.is_none());
+        let mine: Vec<&'static kernels::KernelSpec> =
+            specs.iter().copied().filter(|s| s.arch == arch).collect();
+        let (fetched, took) =
+            process::timed(|| kernels::fetch_all(&mine, args.matrix.refresh_kernels));
+        let fetched = fetched?;
+        for (k, cached) in &fetched {
+            let how = if *cached { "cached" } else { "downloaded" };
+            println!(
+                "vm: kernel {}: {} {} ({how})",
+                k.label, k.package, k.version
+            );
+        }
+        println!(
+            "vm: {} kernels ready in {}",
+            arch.debian(),
+            process::secs(took)
+        );
+
+        let vm_dir = paths::target_dir().join("vm");
+        // amd64 keeps the name it had before arm64 VMs existed.
+        let initrd = match arch {
+            Arch::Amd64 => vm_dir.join("initrd.gz"),
+            arch => vm_dir.join(format!("initrd-{}.gz", arch.debian())),
+        };
+        let (built, took) = process::timed(|| {
+            initramfs::build(&initrd, arch, &bins, steps, args.matrix.step_timeout)
+        });
+        let built =
+            built.with_context(|| format!("building the {} VMs' initramfs", arch.debian()))?;
+        println!(
+            "vm: initramfs {}: {} binaries, {} libraries, busybox; {:.1} MB -> {:.1} MB in {}",
+            initrd.display(),
+            built.binaries,
+            built.libraries,
+            built.uncompressed_bytes as f64 / 1e6,
+            built.compressed_bytes as f64 / 1e6,
+            process::secs(took)
+        );
+        let items = fetched
+            .into_iter()
+            .map(|(k, _)| (k, initrd.clone()))
+            .collect();
+        out.push((arch, items, go));
+    }
+    Ok(out)
 }
 
 impl Prepared {
@@ -215,6 +269,33 @@ impl Prepared {
     /// Starts no more VMs (those running finish): the run has failed.
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    /// Fetches the kernels and builds the initramfs of the architectures
+    /// [`prepare_first`] left out (their binaries are built now), and
+    /// queues their VMs ahead of those waiting: they are the slowest.
+    pub fn add_rest(&self, args: &VmArgs) -> Result<()> {
+        let rest: Vec<Arch> = self.rest.lock().map(|r| r.clone()).unwrap_or_default();
+        let specs = select_kernels(&args.matrix.kernels)?;
+        let staged = stage(args, &self.steps, &specs, &rest);
+        // Whatever happened, nothing more will come: idle slots may end.
+        if let Ok(mut r) = self.rest.lock() {
+            r.clear();
+        }
+        let staged = staged?;
+        if let Ok(mut queue) = self.queue.lock() {
+            for (_, items, _) in staged {
+                for item in items.into_iter().rev() {
+                    queue.push_front(item);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether [`Prepared::add_rest`] is still to come.
+    fn more_to_come(&self) -> bool {
+        self.rest.lock().map(|r| !r.is_empty()).unwrap_or(false)
     }
 
     /// Boots every VM (`jobs` at a time, or fewer while [`allow_jobs`] says
@@ -230,20 +311,34 @@ impl Prepared {
         };
         println!(
             "vm: booting {} kernel(s) ({} at a time{now}, TCG, timeout {} s each)",
-            self.kernels.len(),
+            self.labels.len(),
             self.jobs,
             self.timeout.as_secs()
         );
         boot_all(self)
     }
 
-    /// The host row (for the scenarios), then results file, table and
-    /// verdict.
-    pub fn finish(&self, args: &VmArgs, mut runs: Vec<KernelRun>) -> Result<()> {
+    /// The scenario steps on this machine's own kernel (the matrix's host
+    /// row): its kernel is the locked-down kind (tracepoints only here), the
+    /// case the VMs cannot show.
+    pub fn host_row(&self) -> Result<KernelRun> {
+        host_run(&self.steps, self.host_go.as_deref())
+    }
+
+    /// The host row (for the scenarios; `host` when run already), then
+    /// results file, table and verdict.
+    pub fn finish(
+        &self,
+        args: &VmArgs,
+        mut runs: Vec<KernelRun>,
+        host: Option<KernelRun>,
+    ) -> Result<()> {
         if self.scenarios {
-            // The host too: its kernel is the locked-down kind (tracepoints only
-            // here), the case the VMs cannot show.
-            runs.insert(0, host_run(&self.steps, self.host_go.as_deref())?);
+            let host = match host {
+                Some(host) => host,
+                None => self.host_row()?,
+            };
+            runs.insert(0, host);
         }
         let results = MatrixResults {
             mode: if self.scenarios {
@@ -454,57 +549,48 @@ fn select_kernels(wanted: &[String]) -> Result<Vec<&'static kernels::KernelSpec>
     Ok(out)
 }
 
-/// Boots every kernel, `jobs` at a time, with its architecture's initramfs;
-/// results in the order of `kernels`.
+/// Boots every queued kernel, `jobs` at a time, with its architecture's
+/// initramfs (waiting for kernels [`Prepared::add_rest`] is still to
+/// queue); results in the matrix's order.
 fn boot_all(p: &Prepared) -> Result<Vec<KernelRun>> {
-    let kernels = &p.kernels;
-    // The slowest VMs first (arm64 is emulated instruction by instruction
-    // with no help from the host's x86 CPU), so that they do not run alone
-    // at the end while the other job slots idle.
-    let mut order: Vec<usize> = (0..kernels.len()).collect();
-    order.sort_by_key(|&i| kernels[i].arch == Arch::host());
-    let queue = Mutex::new(order.into_iter().collect::<VecDeque<usize>>());
-    let done: Mutex<Vec<Option<KernelRun>>> =
-        Mutex::new((0..kernels.len()).map(|_| None).collect());
+    let done: Mutex<Vec<KernelRun>> = Mutex::new(Vec::new());
     let errors: Mutex<Vec<anyhow::Error>> = Mutex::new(Vec::new());
     let planned: Vec<String> = p.steps.iter().map(|s| s.name.clone()).collect();
     std::thread::scope(|scope| {
         for slot in 0..p.jobs {
-            let (queue, done, errors, planned) = (&queue, &done, &errors, &planned);
+            let (done, errors, planned) = (&done, &errors, &planned);
             scope.spawn(move || {
                 loop {
                     if p.cancelled.load(Ordering::SeqCst) {
                         break;
                     }
-                    // A slot past what is allowed waits (the host tests are
-                    // running); it stops when the queue has run dry.
-                    if slot >= p.allowed.load(Ordering::SeqCst) {
-                        if queue.lock().map(|q| q.is_empty()).unwrap_or(true) {
+                    // A slot past what is allowed waits (the host is
+                    // building or testing), as does one with nothing to
+                    // boot while more kernels are to come; either stops
+                    // once the queue has run dry for good.
+                    let next = if slot >= p.allowed.load(Ordering::SeqCst) {
+                        None
+                    } else {
+                        p.queue.lock().ok().and_then(|mut q| q.pop_front())
+                    };
+                    let Some((kernel, initrd)) = next else {
+                        let empty = p.queue.lock().map(|q| q.is_empty()).unwrap_or(true);
+                        if empty && !p.more_to_come() {
                             break;
                         }
                         std::thread::sleep(Duration::from_millis(200));
                         continue;
-                    }
-                    let Some(i) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
-                        break;
                     };
-                    let kernel = &kernels[i];
-                    let Some((_, initrd)) = p.initrds.iter().find(|(a, _)| *a == kernel.arch)
-                    else {
-                        if let Ok(mut errors) = errors.lock() {
-                            errors.push(anyhow::anyhow!(
-                                "no initramfs for {} (kernel {})",
-                                kernel.arch.debian(),
-                                kernel.label
-                            ));
-                        }
-                        continue;
-                    };
-                    match boot_with_retry(p, kernel, initrd, planned) {
+                    match boot_with_retry(p, &kernel, &initrd, planned) {
                         Ok(run) => {
-                            println!("vm: [{}] {}", kernel.label, one_line(&run));
+                            println!(
+                                "vm: [{}] {} (at {})",
+                                kernel.label,
+                                one_line(&run),
+                                process::secs(p.start.elapsed())
+                            );
                             if let Ok(mut done) = done.lock() {
-                                done[i] = Some(run);
+                                done.push(run);
                             }
                         }
                         Err(err) => {
@@ -522,12 +608,9 @@ fn boot_all(p: &Prepared) -> Result<Vec<KernelRun>> {
     if let Some(first) = errors.into_iter().next() {
         return Err(first);
     }
-    Ok(done
-        .into_inner()
-        .unwrap_or_default()
-        .into_iter()
-        .flatten()
-        .collect())
+    let mut runs = done.into_inner().unwrap_or_default();
+    runs.sort_by_key(|r| p.labels.iter().position(|l| *l == r.label));
+    Ok(runs)
 }
 
 /// Boots attempts before a kernel that dies before /init runs counts as failed.
@@ -641,9 +724,10 @@ fn one_line(run: &KernelRun) -> String {
     line
 }
 
-/// Each VM's wall time, boot and steps: where the matrix's time goes.
-/// (Per scenario there is no time to give: `ws-scenario check` prints its
-/// verdicts together at the end of a step.)
+/// Each VM's wall time, boot and steps: where the matrix's time goes; then
+/// per step what `ws-scenario check` said of its parts (servers, each
+/// wstrace's start-up, the clients and reports it waited for). Per scenario
+/// there is no time to give: one wstrace traces a step's scenarios together.
 fn print_where_time_went(results: &MatrixResults) {
     for k in &results.kernels {
         let steps: Vec<String> = k
@@ -663,6 +747,13 @@ fn print_where_time_went(results: &MatrixResults) {
                 .unwrap_or("-".into()),
             steps.join(", ")
         );
+        for step in &k.steps {
+            for line in &step.output {
+                if let Some(rest) = line.trim().strip_prefix(matrix::TIME_PREFIX) {
+                    println!("vm: time: [{}] {}:{rest}", k.label, step.name);
+                }
+            }
+        }
     }
 }
 

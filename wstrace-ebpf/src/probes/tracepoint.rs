@@ -183,14 +183,9 @@ fn on_accept_exit(ctx: &TracePointContext) {
     }
 }
 
+/// accept and accept4 exits (attached to both: wstrace_common::SYSCALL_TRACEPOINTS).
 #[tracepoint(category = "syscalls", name = "sys_exit_accept")]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    on_accept_exit(&ctx);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
-pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
     on_accept_exit(&ctx);
     0
 }
@@ -205,18 +200,11 @@ fn on_read_exit(ctx: &TracePointContext) {
     }
 }
 
-/// read(fd, buf, count)
+/// read(fd, buf, count), and recvfrom(fd, ubuf, size, flags, addr,
+/// addr_len) (recv() is recvfrom() here): the same three leading slots, so
+/// one program on both tracepoints (wstrace_common::SYSCALL_TRACEPOINTS).
 #[tracepoint(category = "syscalls", name = "sys_enter_read")]
 pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
-    if is_server() {
-        on_read(arg(&ctx, 0), UPtr::new(arg(&ctx, 1)), arg(&ctx, 2));
-    }
-    0
-}
-
-/// recvfrom(fd, ubuf, size, flags, addr, addr_len); recv() is recvfrom() here.
-#[tracepoint(category = "syscalls", name = "sys_enter_recvfrom")]
-pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
     if is_server() {
         on_read(arg(&ctx, 0), UPtr::new(arg(&ctx, 1)), arg(&ctx, 2));
     }
@@ -264,26 +252,10 @@ fn msg_iov(msg: UPtr) -> MsgIov {
     })
 }
 
+/// The exits of read, recvfrom, readv and recvmsg: only `ret` is read,
+/// so one program on the four tracepoints (wstrace_common::SYSCALL_TRACEPOINTS).
 #[tracepoint(category = "syscalls", name = "sys_exit_read")]
 pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
-    on_read_exit(&ctx);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_recvfrom")]
-pub fn sys_exit_recvfrom(ctx: TracePointContext) -> u32 {
-    on_read_exit(&ctx);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_readv")]
-pub fn sys_exit_readv(ctx: TracePointContext) -> u32 {
-    on_read_exit(&ctx);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_recvmsg")]
-pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
     on_read_exit(&ctx);
     0
 }
@@ -298,22 +270,11 @@ fn first_iovec(iov: UPtr) -> (UPtr, u64) {
     (v.base, v.len)
 }
 
-/// write(fd, buf, count)
+/// write(fd, buf, count), and sendto(fd, buff, len, flags, addr,
+/// addr_len) (send() is sendto() here): the same three leading slots, so
+/// one program on both tracepoints (wstrace_common::SYSCALL_TRACEPOINTS).
 #[tracepoint(category = "syscalls", name = "sys_enter_write")]
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    on_write(
-        arg(&ctx, 0),
-        UPtr::new(arg(&ctx, 1)),
-        arg(&ctx, 2),
-        UPtr::NULL,
-        0,
-    );
-    0
-}
-
-/// sendto(fd, buff, len, flags, addr, addr_len); send() is sendto() here.
-#[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
-pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
     on_write(
         arg(&ctx, 0),
         UPtr::new(arg(&ctx, 1)),

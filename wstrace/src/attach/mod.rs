@@ -19,7 +19,7 @@ use aya::{
     maps::{HashMap, PerCpuArray},
     programs::{FEntry, FExit, KProbe, RawTracePoint, TracePoint},
 };
-use wstrace_common::{ABSENT, KernelConfig, ProbeSet, ProcessBudget};
+use wstrace_common::{ABSENT, KernelConfig, ProbeSet, ProcessBudget, SYSCALL_TRACEPOINTS};
 
 use crate::model::Ports;
 
@@ -171,27 +171,6 @@ fn ending_fields_known(config: &KernelConfig, prog: &str) -> bool {
         _ => config.tp_oom_pid != ABSENT,
     }
 }
-
-/// Tracepoint set: the write-family syscalls that can carry a 101 or a close
-/// frame, the read family (entry and exit) that carries the request head
-/// and the peer's close frames, and accept (which processes serve a traced
-/// port, so reads elsewhere are skipped cheaply).
-const SYSCALLS: [&str; 14] = [
-    "sys_enter_write",
-    "sys_enter_sendto",
-    "sys_enter_writev",
-    "sys_enter_sendmsg",
-    "sys_enter_read",
-    "sys_enter_recvfrom",
-    "sys_enter_readv",
-    "sys_enter_recvmsg",
-    "sys_exit_read",
-    "sys_exit_recvfrom",
-    "sys_exit_readv",
-    "sys_exit_recvmsg",
-    "sys_exit_accept",
-    "sys_exit_accept4",
-];
 
 pub fn attach(
     choice: ProbeChoice,
@@ -401,7 +380,12 @@ fn try_set(
                     format!("cannot map a file descriptor to its socket on this kernel: {why}"),
                 ));
             }
-            for sc in SYSCALLS {
+            // The write-family syscalls that can carry a 101 or a close
+            // frame, the read family (entry and exit) that carries the
+            // request head and the peer's close frames, and accept (which
+            // processes serve a traced port, so reads elsewhere are skipped
+            // cheaply); several per program where the bodies are the same.
+            for sc in SYSCALL_TRACEPOINTS.iter().flat_map(|(_, hooks)| *hooks) {
                 if !tracefs::event_exists(root, "syscalls", sc) {
                     return Err(AttachFailure::lacks(
                         set,
@@ -565,8 +549,9 @@ fn attach_set_hooks(
             attach_recvmsg_return(loaded, set, root)?;
         }
         ProbeSet::Tracepoint => {
-            for sc in SYSCALLS {
-                attach_tracepoint(ebpf, set, sc, "syscalls", &[sc])?;
+            for (prog, hooks) in SYSCALL_TRACEPOINTS {
+                // One load (one verification) per program, an attach per hook.
+                attach_tracepoint(ebpf, set, prog, "syscalls", hooks)?;
             }
         }
     }

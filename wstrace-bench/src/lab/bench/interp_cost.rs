@@ -310,12 +310,14 @@ mod tests {
             program: prog.into(),
             wstrace: Delta {
                 name: prog.into(),
+                hook: String::new(),
                 run_time_ns: ns,
                 run_cnt: runs,
                 recursion_misses: 0,
             },
             empty: Some(Delta {
                 name: "sys_enter_close".into(),
+                hook: String::new(),
                 run_time_ns: empty_ns,
                 run_cnt: runs,
                 recursion_misses: 0,

@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+use wstrace_common::SYSCALL_TRACEPOINTS;
 
 /// Goal for the unrelated load: each program at most this many times the
 /// near-empty program on its hook (issue 16).
@@ -75,6 +76,11 @@ impl Load {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Delta {
     pub name: String,
+    /// The one hook (`category:name`) this program's runs are on; for a
+    /// wstrace program on several, its row's hooks (`HOOK_SEP`). Empty in
+    /// results written before programs were shared.
+    #[serde(default)]
+    pub hook: String,
     pub run_time_ns: u64,
     pub run_cnt: u64,
     pub recursion_misses: u64,
@@ -89,6 +95,7 @@ impl Delta {
         let (b, a) = (before.unwrap_or(&zero), after.unwrap_or(&zero));
         Delta {
             name: a.name.clone(),
+            hook: String::new(),
             run_time_ns: a.run_time_ns.saturating_sub(b.run_time_ns),
             run_cnt: a.run_cnt.saturating_sub(b.run_cnt),
             recursion_misses: a.recursion_misses.saturating_sub(b.recursion_misses),
@@ -100,7 +107,9 @@ impl Delta {
     }
 }
 
-/// One hook wstrace attaches to, with the three tracers' programs on it.
+/// One hook wstrace attaches to, with the three tracers' programs on it;
+/// or the hooks one wstrace program serves (`HOOK_SEP` between them: the
+/// kernel counts a program's runs, not its runs per hook).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct HookRow {
     pub hook: String,
@@ -320,7 +329,8 @@ fn one_round(
     // fdinfo (the perf-event fds aya attaches with are closed once the
     // bpf_link holds them, so `bpftool perf` lists none of wstrace's), the
     // hook from the program's name (wstrace names each program after its
-    // tracepoint, some with a suffix; bpftrace names them after the
+    // tracepoint, some with a suffix, and its syscall programs' tracepoints
+    // are in wstrace_common's table; bpftrace names them after the
     // tracepoint, cut to 15 bytes).
     let names = prog_stats()?;
     let name_of = |id: &u32| names.get(id).map(|p| p.name.clone()).unwrap_or_default();
@@ -334,7 +344,15 @@ fn one_round(
             pid_of(&wstrace)
         );
     }
-    let known: Vec<String> = ws_hooks.values().cloned().collect();
+    // Each hook on its own: the bpftrace script and the near-empty one
+    // have a program per hook, wherever wstrace shares one.
+    let mut known: Vec<String> = ws_hooks
+        .values()
+        .flat_map(|row| row.split(HOOK_SEP))
+        .map(str::to_string)
+        .collect();
+    known.sort();
+    known.dedup();
     let on_known = |pid: u32| -> BTreeMap<u32, String> {
         prog_ids_of(pid)
             .into_iter()
@@ -343,7 +361,7 @@ fn one_round(
     };
     let eq_hooks = on_known(pid_of(&equivalent));
 
-    let script = empty_script(ws_hooks.values())?;
+    let script = empty_script(known.iter())?;
     let script_path = bins.work.join("near-empty.bt");
     std::fs::write(&script_path, &script)
         .with_context(|| format!("writing {}", script_path.display()))?;
@@ -395,11 +413,15 @@ fn one_round(
         .and_then(serde_json::Value::as_u64)
         .context("ws-bench steady printed no echoes_total")?;
 
-    let delta = |id: u32| Delta::between(before.get(&id), after.get(&id));
-    let on = |map: &BTreeMap<u32, String>, hook: &str| -> Vec<Delta> {
+    let delta = |id: u32, hook: &str| Delta {
+        hook: hook.to_string(),
+        ..Delta::between(before.get(&id), after.get(&id))
+    };
+    // The programs on any of a row's hooks.
+    let on = |map: &BTreeMap<u32, String>, row: &str| -> Vec<Delta> {
         map.iter()
-            .filter(|(_, h)| *h == hook)
-            .map(|(id, _)| delta(*id))
+            .filter(|(_, h)| *h == row || row.split(HOOK_SEP).any(|one| one == *h))
+            .map(|(id, h)| delta(*id, h))
             .collect()
     };
     let mut hook_names: Vec<&String> = ws_hooks.values().collect();
@@ -449,10 +471,27 @@ fn parse_prog_id(fdinfo: &str) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Between the hooks of one row (one wstrace program on several).
+const HOOK_SEP: &str = " + ";
+
 /// `category:name` of the tracepoint a wstrace program named `name` is on:
-/// its own name, or its name without `_suffix` parts
+/// for a syscall program, the tracepoints the attach code's table gives it
+/// (`HOOK_SEP` between them; the name may be the kernel's 15-byte cut);
+/// otherwise its own name, or its name without `_suffix` parts
 /// (`inet_sock_set_state_closer` → `sock:inet_sock_set_state`).
 fn wstrace_hook(name: &str) -> Option<String> {
+    let shared = SYSCALL_TRACEPOINTS
+        .iter()
+        .find(|(prog, _)| *prog == name)
+        .or_else(|| {
+            SYSCALL_TRACEPOINTS
+                .iter()
+                .find(|(prog, _)| name.len() == 15 && prog.starts_with(name))
+        });
+    if let Some((_, hooks)) = shared {
+        let hooks: Vec<String> = hooks.iter().map(|h| format!("syscalls:{h}")).collect();
+        return Some(hooks.join(HOOK_SEP));
+    }
     let mut cut = name;
     loop {
         if let Some(cat) = tracepoint_category(cut) {
@@ -590,11 +629,29 @@ fn parse_prog_stats(v: &serde_json::Value) -> Result<HashMap<u32, ProgStat>> {
         .collect())
 }
 
-fn sum_ns_per_run(ds: &[Delta]) -> Option<f64> {
-    // Several programs of one tracer on one hook (rare) run one after the
-    // other on every hit: their costs add.
-    let per: Vec<f64> = ds.iter().filter_map(Delta::ns_per_run).collect();
-    (!per.is_empty()).then(|| per.iter().sum())
+/// A tracer's cost per hit of a row's hooks. Several programs of one
+/// tracer on one hook (rare) run one after the other on every hit: their
+/// costs add. A row of several hooks (one wstrace program on write and
+/// sendto) is hit on one or the other: each hook's cost weighs by its hits
+/// (the most runs of a program on it), as the one wstrace program's
+/// `run_time_ns / run_cnt` does.
+fn ns_per_hit(ds: &[Delta]) -> Option<f64> {
+    let mut by_hook: BTreeMap<&str, (f64, u64)> = BTreeMap::new();
+    for d in ds {
+        if let Some(ns) = d.ns_per_run() {
+            let (cost, hits) = by_hook.entry(d.hook.as_str()).or_default();
+            *cost += ns;
+            *hits = (*hits).max(d.run_cnt);
+        }
+    }
+    let hits: u64 = by_hook.values().map(|(_, n)| n).sum();
+    (hits > 0).then(|| {
+        by_hook
+            .values()
+            .map(|(cost, n)| cost * *n as f64)
+            .sum::<f64>()
+            / hits as f64
+    })
 }
 
 fn hook_row<'a>(r: &'a CostRound, hook: &str) -> Option<&'a HookRow> {
@@ -681,13 +738,13 @@ pub fn render(k: &KernelCost) -> String {
             let hook = h.hook.as_str();
             let names: Vec<&str> = h.wstrace.iter().map(|d| d.name.as_str()).collect();
             let ws = med(rounds, |r| {
-                hook_row(r, hook).and_then(|h| sum_ns_per_run(&h.wstrace))
+                hook_row(r, hook).and_then(|h| ns_per_hit(&h.wstrace))
             });
             let eq = med(rounds, |r| {
-                hook_row(r, hook).and_then(|h| sum_ns_per_run(&h.bpftrace))
+                hook_row(r, hook).and_then(|h| ns_per_hit(&h.bpftrace))
             });
             let floor = med(rounds, |r| {
-                hook_row(r, hook).and_then(|h| sum_ns_per_run(&h.empty))
+                hook_row(r, hook).and_then(|h| ns_per_hit(&h.empty))
             });
             let per_echo = med(rounds, |r| {
                 let runs: u64 = hook_row(r, hook)?.wstrace.iter().map(|d| d.run_cnt).max()?;
@@ -827,6 +884,54 @@ mod tests {
     }
 
     #[test]
+    fn shared_syscall_programs_name_all_their_hooks() {
+        // From the attach code's table, full or cut to 15 bytes; no tracefs
+        // needed.
+        assert_eq!(
+            wstrace_hook("sys_enter_write").as_deref(),
+            Some("syscalls:sys_enter_write + syscalls:sys_enter_sendto")
+        );
+        assert_eq!(
+            wstrace_hook("sys_exit_read").as_deref(),
+            Some(
+                "syscalls:sys_exit_read + syscalls:sys_exit_recvfrom + syscalls:sys_exit_readv + syscalls:sys_exit_recvmsg"
+            )
+        );
+        assert_eq!(
+            wstrace_hook("sys_enter_sendm").as_deref(),
+            Some("syscalls:sys_enter_sendmsg")
+        );
+        // Every syscall tracepoint is some program's, once.
+        let mut hooks: Vec<&str> = SYSCALL_TRACEPOINTS
+            .iter()
+            .flat_map(|(_, h)| h.iter().copied())
+            .collect();
+        let n = hooks.len();
+        hooks.sort_unstable();
+        hooks.dedup();
+        assert_eq!(hooks.len(), n, "a tracepoint in two programs' lists");
+    }
+
+    #[test]
+    fn a_rows_hooks_weigh_by_their_hits() {
+        let d = |hook: &str, ns: u64, cnt: u64| Delta {
+            hook: hook.into(),
+            run_time_ns: ns,
+            run_cnt: cnt,
+            ..Delta::default()
+        };
+        // Two programs on one hook: their costs add (60 + 40).
+        assert_eq!(ns_per_hit(&[d("a", 600, 10), d("a", 400, 10)]), Some(100.0));
+        // One program on each of two hooks, hit 30 and 10 times: the cost
+        // of an average hit, as one shared program's counters give it.
+        assert_eq!(
+            ns_per_hit(&[d("a", 1500, 30), d("b", 1000, 10)]),
+            Some(62.5)
+        );
+        assert_eq!(ns_per_hit(&[d("a", 0, 0)]), None);
+    }
+
+    #[test]
     fn cut_names_are_told_apart_by_script_order() {
         let order = [
             "syscalls:sys_exit_accept".to_string(),
@@ -881,6 +986,7 @@ mod tests {
     fn render_judges_unrelated_hooks_against_the_floor() {
         let d = |name: &str, ns: u64, cnt: u64| Delta {
             name: name.into(),
+            hook: String::new(),
             run_time_ns: ns,
             run_cnt: cnt,
             recursion_misses: 0,

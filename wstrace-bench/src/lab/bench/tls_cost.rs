@@ -823,12 +823,14 @@ mod tests {
                 program: "tls_ssl_write".into(),
                 wstrace: Delta {
                     name: "tls_ssl_write".into(),
+                    hook: String::new(),
                     run_time_ns: 300_000,
                     run_cnt: 1000,
                     recursion_misses: 0,
                 },
                 empty: Some(Delta {
                     name: "uprobe".into(),
+                    hook: String::new(),
                     run_time_ns: 60_000,
                     run_cnt: 1000,
                     recursion_misses: 0,
@@ -860,6 +862,7 @@ mod tests {
     fn render_go_says_what_was_measured() {
         let delta = |name: &str, ns: u64| Delta {
             name: name.into(),
+            hook: String::new(),
             run_time_ns: ns * 1000,
             run_cnt: 1000,
             recursion_misses: 0,
