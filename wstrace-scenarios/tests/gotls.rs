@@ -21,6 +21,7 @@ use std::{
 
 use common::{
     Kill, Tracer, WorldReadableDir, as_nobody, require_file, require_root, require_tool, serial,
+    write_executable,
 };
 use serde_json::Value;
 
@@ -353,9 +354,7 @@ fn go_binary_with_lying_dwarf_falls_back_to_the_table() {
     assert_eq!(&elf[info..info + 4], &[1, 0, 0, 0], "a zlib .debug_info");
     elf[info + 8..info + 16].copy_from_slice(&(128u64 << 20).to_le_bytes());
     let bin = s.dir.path().join("lying-dwarf");
-    std::fs::write(&bin, &elf).expect("write");
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    write_executable(&bin, &elf);
     let (server, port) = start(as_nobody(&bin), "close");
     let t = Tracer::start(port, &[]);
     let stderr = t.stderr_text();
@@ -450,9 +449,7 @@ fn hostile_go_binaries_are_refused_and_other_reports_unaffected() {
     let (read_sym, read_code) = symbol(&elf, "crypto/tls.(*Conn).Read");
     let write = |name: &str, bytes: &[u8]| {
         let p = s.dir.path().join(name);
-        std::fs::write(&p, bytes).expect("write a hostile copy");
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        write_executable(&p, bytes);
         p
     };
     let mut huge = elf.clone();
@@ -584,9 +581,7 @@ fn go_binary_claiming_a_tebibyte_of_debug_info_is_named_from_its_symtab() {
     let off = off as usize;
     elf[off + 8..off + 16].copy_from_slice(&(1u64 << 40).to_le_bytes());
     let bomb = s.dir.path().join("dwarfbomb");
-    std::fs::write(&bomb, &elf).expect("write the hostile copy");
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&bomb, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    write_executable(&bomb, &elf);
     let (hostile, hport) = start(as_nobody(&bomb), "close");
     let (_good, good_port) = start(Command::new(&s.server), "close");
     let t = Tracer::start(hport, &["--port", &good_port.to_string()]);

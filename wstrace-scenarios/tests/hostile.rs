@@ -17,8 +17,8 @@ use std::{
 };
 
 use common::{
-    Kill, Tracer, WorldReadableDir, as_nobody, free_port, require, require_root, serial,
-    spawn_ready, upgrade_once,
+    Kill, Tracer, WorldReadableDir, as_nobody, free_port, install_executable, require,
+    require_root, serial, spawn_ready, upgrade_once,
 };
 
 /// Root, setpriv, prlimit and the system python3 (see `common::require`).
@@ -73,8 +73,7 @@ fn hostile_exe_comm_request_and_reason_are_escaped_in_text_json_and_report() {
     let _serial = serial();
     let (dir, d) = world_readable_dir("names");
     let exe = d.join(EXE_NAME);
-    std::fs::copy("/usr/bin/python3", &exe).expect("copy python3");
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    install_executable(Path::new("/usr/bin/python3"), &exe);
     let script = dir.write("server.py", HOSTILE_SERVER);
     let (_srv, port) = spawn_ready(as_nobody(&exe).arg(&script).arg(COMM));
 

@@ -19,8 +19,8 @@ use std::{
 };
 
 use common::{
-    Kill, Tracer, WorldReadableDir, nobody_python, require, require_nobody_python, serial,
-    spawn_ready, upgrade_once,
+    Kill, Tracer, WorldReadableDir, install_executable, nobody_python, require,
+    require_nobody_python, serial, spawn_ready, upgrade_once,
 };
 
 /// Python without pyenv: readable by `nobody`.
@@ -222,8 +222,7 @@ fn fifo_debug_link_target_does_not_freeze_reports() {
     // attacker controls the directory: blazesym looks there once the
     // system's debug directories have no such file.
     let copy = scratch.path().join(real.file_name().expect("file name"));
-    std::fs::copy(&real, &copy).expect("copy python");
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    install_executable(&real, &copy);
     let fifo = scratch.path().join(&link);
     let status = Command::new("mkfifo")
         .arg("-m")

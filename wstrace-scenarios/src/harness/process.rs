@@ -54,3 +54,37 @@ pub fn read_ready(c: &mut Kill) -> u16 {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("server did not print READY <port>: {line:?}"))
 }
+
+/// Writes `bytes` as an executable (mode 0755) at `path`, safe to exec at
+/// once from a multi-threaded test binary.
+///
+/// A file written here (`fs::write`) is briefly open for writing in this
+/// process, and a test thread that forks at that moment hands the open fd
+/// to its child until the child execs: an exec of the file then fails with
+/// ETXTBSY ("Text file busy", seen in CI). So the bytes go to a sibling
+/// file that is never executed, and `install` (its own process, which
+/// nobody forks from) writes the executable and closes it before exiting.
+pub fn write_executable(path: &std::path::Path, bytes: &[u8]) {
+    let staged = path.with_extension("staged");
+    std::fs::write(&staged, bytes).unwrap_or_else(|e| panic!("write {}: {e}", staged.display()));
+    install_executable(&staged, path);
+    let _ = std::fs::remove_file(&staged);
+}
+
+/// Copies `from` to `to` as an executable (mode 0755); see
+/// [`write_executable`] for why through `install`.
+pub fn install_executable(from: &std::path::Path, to: &std::path::Path) {
+    let out = Command::new("install")
+        .args(["-m", "0755"])
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap_or_else(|e| panic!("run install (coreutils): {e}"));
+    assert!(
+        out.status.success(),
+        "install -m 0755 {} {}: {}",
+        from.display(),
+        to.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -17,7 +17,7 @@ pub use wstrace_scenarios::harness::{
     nobody::{
         WorldReadableDir, as_nobody, nobody_python, nobody_python_server, require_nobody_python,
     },
-    process::{read_ready, spawn_group},
+    process::{install_executable, read_ready, spawn_group, write_executable},
     report::{
         is_client_of, is_client_side, is_server_on, is_server_side,
         local_port as report_local_port, remote_port as report_remote_port,
