@@ -253,39 +253,10 @@ fn client_side_websockets_client_sees_the_servers_going_away() {
     };
     let (server, port) = common::spawn_ready(Command::new(&python).args(["-c", GOING_AWAY_SERVER]));
     let t = common::Tracer::start_all_ports(&[]);
-    let out = Command::new(&python)
-        .args(["-c", WAITING_CLIENT, &port.to_string()])
-        .output()
-        .expect("the websockets client");
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let client_pid: u64 = said
-        .trim()
-        .strip_prefix("CLOSED ")
-        .and_then(|rest| rest.strip_suffix(" 1001"))
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("the client did not get 1001: {said:?}"));
+    let client_pid = going_away_client(&python, port);
     // Both ends of the one connection: the server's socket (local port
     // `port`) and the client's (remote port `port`).
-    let start = std::time::Instant::now();
-    let (mut client, mut srv) = (None, None);
-    while start.elapsed() < std::time::Duration::from_secs(15)
-        && (client.is_none() || srv.is_none())
-    {
-        for r in t.reports() {
-            if common::is_client_of(&r, port) {
-                client = Some(r);
-            } else if common::is_server_on(&r, port) {
-                srv = Some(r);
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let c = client.unwrap_or_else(|| panic!("no client-side report:\n{}", t.stderr_text()));
+    let (s, c) = t.wait_for_both_ends(port, std::time::Duration::from_secs(15));
     assert_eq!(c["side"], "client", "{c:#}");
     assert_eq!(c["closed_by"], "peer", "{c:#}");
     assert_eq!(c["upgraded_by"]["pid"].as_u64(), Some(client_pid), "{c:#}");
@@ -298,7 +269,6 @@ fn client_side_websockets_client_sees_the_servers_going_away() {
     );
     assert_eq!(c["frames"][0]["direction"], "received", "{c:#}");
     assert_eq!(c["frames"][0]["code"].as_u64(), Some(1001), "{c:#}");
-    let s = srv.unwrap_or_else(|| panic!("no server-side report:\n{}", t.stderr_text()));
     assert_eq!(s["side"], "server", "{s:#}");
     assert_eq!(
         s["upgraded_by"]["pid"].as_u64(),
@@ -393,31 +363,6 @@ fn going_away_client(python: &std::path::Path, port: u16) -> u64 {
         .unwrap_or_else(|| panic!("the client did not get 1001: {said:?}"))
 }
 
-/// Waits (15 s) for both ends of a connection to `port`: the client side's
-/// report (remote port `port`) and the server side's (local port `port`);
-/// panics naming the one that did not come.
-fn both_ends(t: &common::Tracer, port: u16) -> (serde_json::Value, serde_json::Value) {
-    let start = std::time::Instant::now();
-    let (mut client, mut server) = (None, None);
-    while start.elapsed() < std::time::Duration::from_secs(15)
-        && (client.is_none() || server.is_none())
-    {
-        for r in t.reports() {
-            if common::is_client_of(&r, port) {
-                client = Some(r);
-            } else if common::is_server_on(&r, port) {
-                server = Some(r);
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let c =
-        client.unwrap_or_else(|| panic!("no client-side report on :{port}:\n{}", t.stderr_text()));
-    let s =
-        server.unwrap_or_else(|| panic!("no server-side report on :{port}:\n{}", t.stderr_text()));
-    (c, s)
-}
-
 /// `--port P` follows both ends of a connection to P, as no `--port` does
 /// (the rule of the kernel's `sk_port_traced`): the server's socket (local
 /// port P) and the socket of a client on this host that connected to P
@@ -438,7 +383,7 @@ fn port_follows_the_client_side_of_a_connection_to_it() {
 
     let t = common::Tracer::start_args_json(&[&format!("--port={p}")]);
     let client_pid = going_away_client(&python, p);
-    let (c, s) = both_ends(&t, p);
+    let (s, c) = t.wait_for_both_ends(p, std::time::Duration::from_secs(15));
     assert_eq!(c["side"], "client", "{c:#}");
     assert_eq!(c["closed_by"], "peer", "{c:#}");
     assert_eq!(c["upgraded_by"]["pid"].as_u64(), Some(client_pid), "{c:#}");
@@ -458,7 +403,7 @@ fn port_follows_the_client_side_of_a_connection_to_it() {
     going_away_client(&python, p);
     going_away_client(&python, q);
     // The barrier: both ends of the later connection, to Q.
-    let (c, s) = both_ends(&t, q);
+    let (s, c) = t.wait_for_both_ends(q, std::time::Duration::from_secs(15));
     assert_eq!(c["side"], "client", "{c:#}");
     assert_eq!(s["side"], "server", "{s:#}");
     let on_p: Vec<serde_json::Value> = t
