@@ -380,10 +380,22 @@ fn html_report_leads_with_the_answer_and_filters_in_chromium() {
         "ngx_close_connection",
         "swoole::Server::close_connection",
         "tcp_close",
-        "uv__close",
     ] {
         assert!(labels.contains(&want), "no label {want:?} in {labels:?}");
     }
+    // node's own native frames (uv__close among them) fold like any
+    // runtime's: a flame graph names the script's frames, and this recorded
+    // node close has none named.
+    assert!(
+        labels
+            .iter()
+            .any(|l| l.starts_with("… ") && l.ends_with(" frames in node")),
+        "no folded node frames in {labels:?}"
+    );
+    assert!(
+        !labels.contains(&"uv__close"),
+        "node's native frames are folded: {labels:?}"
+    );
     for l in &labels {
         assert!(
             !l.contains(".so") && !l.contains("/usr/") && !l.contains("/bin/"),
