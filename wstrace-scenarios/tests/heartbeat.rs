@@ -396,18 +396,7 @@ fn node_js_frames_compiled_after_the_101_are_named_from_the_perf_map() {
     let (r, stderr, script, pid) =
         node_reaping_close(&["--perf-basic-prof", "--interpreted-frames-native-stack"]);
     assert_eq!(r["pid"].as_u64(), Some(u64::from(pid)), "{r:#}");
-    let stack = r["user_stack"].as_array().cloned().unwrap_or_default();
-    let at = |name: &str| {
-        stack
-            .iter()
-            .position(|f| f["function"] == name)
-            .unwrap_or_else(|| panic!("no {name} frame in {r:#}"))
-    };
-    let (terminate, reap) = (at("terminate"), at("reapDeadClients"));
-    assert!(
-        terminate < reap,
-        "terminate is called by reapDeadClients: {r:#}"
-    );
+    let (stack, terminate, reap) = terminate_called_by_reap(&r, &stderr);
     for i in [terminate, reap] {
         let f = &stack[i];
         assert_eq!(
@@ -422,17 +411,34 @@ fn node_js_frames_compiled_after_the_101_are_named_from_the_perf_map() {
         "{}",
         stack[terminate]
     );
-    let line = REAPING_SERVER_JS
-        .lines()
-        .position(|l| l.starts_with("function reapDeadClients"))
-        .expect("the function")
-        + 1;
     assert_eq!(
         (s(&stack[reap], &["file"]), stack[reap]["line"].as_u64()),
-        (script.to_str().expect("utf-8 path"), Some(line as u64)),
+        (
+            script.to_str().expect("utf-8 path"),
+            Some(line_of("function reapDeadClients"))
+        ),
         "{r:#}"
     );
     assert!(!stderr.contains("note: stacks"), "no hint needed: {stderr}");
+}
+
+/// The user stack of a [`REAPING_SERVER_JS`] close and where in it its
+/// `terminate` and `reapDeadClients` frames are; fails unless both are
+/// there, `terminate` called by (inside) `reapDeadClients`.
+fn terminate_called_by_reap(r: &Value, stderr: &str) -> (Vec<Value>, usize, usize) {
+    let stack = r["user_stack"].as_array().cloned().unwrap_or_default();
+    let at = |name: &str| {
+        stack
+            .iter()
+            .position(|f| f["function"] == name)
+            .unwrap_or_else(|| panic!("no {name} frame in {r:#}\n{stderr}"))
+    };
+    let (terminate, reap) = (at("terminate"), at("reapDeadClients"));
+    assert!(
+        terminate < reap,
+        "terminate is called by reapDeadClients: {r:#}"
+    );
+    (stack, terminate, reap)
 }
 
 /// The line of [`REAPING_SERVER_JS`] that starts with `prefix` (1-based).
@@ -461,18 +467,7 @@ fn node_js_frames_are_named_without_any_node_flag() {
         !std::path::Path::new(&format!("/tmp/perf-{pid}.map")).exists(),
         "no perf map without flags"
     );
-    let stack = r["user_stack"].as_array().cloned().unwrap_or_default();
-    let at = |name: &str| {
-        stack
-            .iter()
-            .position(|f| f["function"] == name)
-            .unwrap_or_else(|| panic!("no {name} frame in {r:#}\n{stderr}"))
-    };
-    let (terminate, reap) = (at("terminate"), at("reapDeadClients"));
-    assert!(
-        terminate < reap,
-        "terminate is called by reapDeadClients: {r:#}"
-    );
+    let (stack, terminate, reap) = terminate_called_by_reap(&r, &stderr);
     for i in [terminate, reap] {
         let f = &stack[i];
         assert_eq!(f["language"], "javascript", "{f}");
