@@ -572,16 +572,22 @@ impl InterpStack {
 /// it from the binary; `INTERP_PROCS`). All byte offsets; the kernel reads
 /// nothing it is not told the place of.
 ///
-/// Python (3.11): `*(runtime + interp_head)` is the main interpreter,
+/// Python: `*(runtime + interp_head)` is the main interpreter,
 /// `*(interp + threads_head)` its first thread state; thread states chain
 /// by `tstate_next` and name their thread by `tstate_tid` (a 32-bit tid at
 /// that offset); `*(*(tstate + tstate_frame_ptr) + frame_ptr_current)` is
-/// the innermost frame. PHP (non-ZTS): `threads_head` is [`ABSENT`] and
-/// `*(runtime + frame_ptr_current)` is the innermost frame
-/// (`executor_globals.current_execute_data`). A frame's fields are read as one 64-byte window
-/// from `frame + frame_window`, in which `code`, `previous` and `instr`
-/// are the (8-byte aligned) places of those pointers and `entry` that of
-/// the entry flag byte.
+/// the innermost frame (3.11, 3.12: through `tstate->cframe`), or, when
+/// `frame_ptr_current` is [`ABSENT`], `*(tstate + tstate_frame_ptr)` is
+/// (3.13 `tstate->current_frame`, 3.10 `tstate->frame`). PHP (non-ZTS):
+/// `threads_head` is [`ABSENT`] and `*(runtime + frame_ptr_current)` is the
+/// innermost frame (`executor_globals.current_execute_data`). A frame's
+/// fields are read as one window of `window_len` bytes (at most
+/// [`INTERP_WINDOW_MAX`]) from `frame + frame_window`, in which `code`,
+/// `previous` and `instr` are the (8-byte aligned) places of those words
+/// and `entry` that of the entry byte: the frame is marked in the entry
+/// mask when that byte equals `entry_value` (3.11 `is_entry` == 1; 3.12+
+/// `owner` == `FRAME_OWNED_BY_CSTACK`, the shim frame each interpreter
+/// loop call starts with).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InterpConfig {
@@ -596,9 +602,18 @@ pub struct InterpConfig {
     pub code: u64,
     pub previous: u64,
     pub instr: u64,
-    /// [`ABSENT`] when the version has no entry flag.
+    /// [`ABSENT`] when the version has no entry mark.
     pub entry: u64,
+    /// Value: the entry byte's value that marks a frame.
+    pub entry_value: u64,
+    /// Value: bytes of the window read (1..=[`INTERP_WINDOW_MAX`]); every
+    /// place above lies within them.
+    pub window_len: u64,
 }
+
+/// Bytes of a frame the kernel reads at most (its window map's size less
+/// one: the length is masked with this, which the verifier can bound).
+pub const INTERP_WINDOW_MAX: u64 = 127;
 
 /// Thread states the kernel looks at to find the closing thread's.
 pub const INTERP_THREADS: u32 = 16;

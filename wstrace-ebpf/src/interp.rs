@@ -27,7 +27,8 @@
 //! both loops are bounded, and the walk ends with a status saying why.
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use wstrace_common::{
-    ABSENT, INTERP_FRAMES, INTERP_THREADS, InterpConfig, InterpFrame, InterpStack, interp,
+    ABSENT, INTERP_FRAMES, INTERP_THREADS, INTERP_WINDOW_MAX, InterpConfig, InterpFrame,
+    InterpStack, interp,
 };
 
 use crate::{
@@ -44,12 +45,12 @@ fn user_word(addr: UPtr) -> Option<UPtr> {
     addr.read::<UPtr>().ok()
 }
 
-/// Word `i` (0..8) of a frame's window. The window is in a map value, not
+/// Word `i` (0..16) of a frame's window. The window is in a map value, not
 /// on the stack: a load at a variable offset into the stack is refused by
 /// 5.10's verifier, one into a map value within its bounds is not.
 #[inline(always)]
-fn pick(w: *const [u64; 8], i: u64) -> u64 {
-    unsafe { *(w as *const u64).add((i & 7) as usize) }
+fn pick(w: *const [u64; 16], i: u64) -> u64 {
+    unsafe { *(w as *const u64).add((i & 15) as usize) }
 }
 
 /// At the entry of close(2)/shutdown(2): walks a registered interpreter's
@@ -151,6 +152,11 @@ fn innermost_python_frame(c: &InterpConfig, tid: u32) -> Result<UPtr, u32> {
         return Err(interp::NO_THREAD);
     }
     let fp = user_word(found.add(c.tstate_frame_ptr)).ok_or(interp::READ_FAILED)?;
+    if c.frame_ptr_current == ABSENT {
+        // The thread state points at the frame itself (3.10, 3.13); no
+        // frame yet is an empty chain.
+        return Ok(fp);
+    }
     user_word(fp.add(c.frame_ptr_current)).ok_or(interp::READ_FAILED)
 }
 
@@ -160,9 +166,14 @@ unsafe fn walk_frames(c: &InterpConfig, mut frame: UPtr, out: *mut InterpStack) 
     let Some(w) = INTERP_WINDOW.get_ptr_mut(0) else {
         return interp::NONE;
     };
-    let (code_i, prev_i, instr_i) = ((c.code >> 3) & 7, (c.previous >> 3) & 7, (c.instr >> 3) & 7);
+    let (code_i, prev_i, instr_i) = (
+        (c.code >> 3) & 15,
+        (c.previous >> 3) & 15,
+        (c.instr >> 3) & 15,
+    );
     let has_entry = c.entry != ABSENT;
-    let (entry_i, entry_shift) = ((c.entry >> 3) & 7, (c.entry & 7) * 8);
+    let (entry_i, entry_shift) = ((c.entry >> 3) & 15, (c.entry & 7) * 8);
+    let entry_value = c.entry_value & 0xff;
     let first = frame;
     let mut mask = 0u32;
     let mut n = 0u32;
@@ -172,8 +183,12 @@ unsafe fn walk_frames(c: &InterpConfig, mut frame: UPtr, out: *mut InterpStack) 
             status = interp::OK;
             break;
         }
-        // SAFETY: a map value of 64 bytes, this CPU's.
-        let read = unsafe { frame.add(c.frame_window).copy_to(w.cast(), 64) };
+        // The length is loaded and masked here, next to the call: a value
+        // kept across iterations may be spilled, and 5.10's verifier then
+        // forgets its bound.
+        let len = unsafe { core::ptr::read_volatile(&c.window_len) } & INTERP_WINDOW_MAX;
+        // SAFETY: a map value of 128 bytes, this CPU's; `len` < 128.
+        let read = unsafe { frame.add(c.frame_window).copy_to(w.cast(), len as u32) };
         if read != 0 {
             status = interp::READ_FAILED;
             break;
@@ -187,7 +202,7 @@ unsafe fn walk_frames(c: &InterpConfig, mut frame: UPtr, out: *mut InterpStack) 
                 *f = slot;
             }
         }
-        if has_entry && (pick(w, entry_i) >> entry_shift) & 0xff != 0 {
+        if has_entry && (pick(w, entry_i) >> entry_shift) & 0xff == entry_value {
             mask |= 1 << i;
         }
         n = i as u32 + 1;

@@ -244,4 +244,4 @@ pub static INTERP_STASH: LruHashMap<u32, InterpStack> =
 /// (`interp::stash`), in a map value so its words can be picked at offsets
 /// the daemon chose.
 #[map]
-pub static INTERP_WINDOW: PerCpuArray<[u64; 8]> = PerCpuArray::with_max_entries(1, 0);
+pub static INTERP_WINDOW: PerCpuArray<[u64; 16]> = PerCpuArray::with_max_entries(1, 0);

@@ -1,16 +1,18 @@
 //! Interpreter frames in close stacks (issue 26): the kernel walks the
 //! closing thread's CPython frame chain at the close, wstrace names the
 //! code objects afterwards. Real kernel, Debian's /usr/bin/python3 (3.11),
-//! run as `nobody`; the hostile server rewrites its own frame chain with
-//! ctypes before it closes. Needs root, setpriv and the system python3
-//! (see `common::require`).
+//! Ubuntu noble's python3.12 and Debian trixie's python3.13 (extracted by
+//! `cargo xtask setup`), run as `nobody`; the hostile server (3.11)
+//! rewrites its own frame chain with ctypes before it closes. Needs root,
+//! setpriv, the system python3 and the extracted ones (see
+//! `common::require`).
 mod common;
 
 use std::time::Duration;
 
 use common::{
-    Tracer, WorldReadableDir, as_nobody, nobody_python_server, require_nobody_python, require_tool,
-    serial, spawn_ready, upgrade_once,
+    Tracer, WorldReadableDir, as_nobody, nobody_python_server, require_extracted_python,
+    require_nobody_python, require_tool, serial, spawn_ready, upgrade_once,
 };
 
 /// A plain-socket WebSocket server that closes in `drop_client()`, called
@@ -116,14 +118,56 @@ fn one_report(port: u16, format: &str) -> (Tracer, serde_json::Value) {
     (t, r)
 }
 
+/// Which CPython runs [`SERVER`]: Debian bookworm's own (3.11), or one
+/// `cargo xtask setup` extracted from another release.
+enum Interpreter {
+    System,
+    Extracted(&'static str),
+}
+
 #[test]
 fn a_python_close_names_the_function_file_and_line_and_its_caller() {
-    if !require_nobody_python() {
-        return;
-    }
+    python_close_names_the_function_file_and_line(Interpreter::System);
+}
+
+/// Debian trixie's python3.13 (its `_Py_DebugOffsets` read).
+#[test]
+fn a_python_3_13_close_names_the_function_file_and_line_and_its_caller() {
+    python_close_names_the_function_file_and_line(Interpreter::Extracted("3.13"));
+}
+
+/// Ubuntu noble's python3.12.
+#[test]
+fn a_python_3_12_close_names_the_function_file_and_line_and_its_caller() {
+    python_close_names_the_function_file_and_line(Interpreter::Extracted("3.12"));
+}
+
+/// The close in `drop_client()` of [`SERVER`], run by `python` as nobody:
+/// the frames `drop_client server.py:4`, its caller `handle server.py:9`,
+/// `main` outside them, the socket module's close inside; in JSON and in
+/// the compact text.
+fn python_close_names_the_function_file_and_line(python: Interpreter) {
+    let extracted = match python {
+        Interpreter::System => {
+            if !require_nobody_python() {
+                return;
+            }
+            None
+        }
+        Interpreter::Extracted(version) => match require_extracted_python(version) {
+            Some(py) => Some(py),
+            None => return,
+        },
+    };
     let _s = serial();
-    let dir = WorldReadableDir::new("interp-python");
-    let (_srv, port) = nobody_python_server(&dir, "server.py", SERVER, &[]);
+    let dir = WorldReadableDir::new(&format!(
+        "interp-python{}",
+        extracted.as_ref().map_or("", |p| p.version)
+    ));
+    let (_srv, port) = match &extracted {
+        None => nobody_python_server(&dir, "server.py", SERVER, &[]),
+        Some(py) => py.nobody_server(&dir, "server.py", SERVER, &[]),
+    };
     let (t, r) = one_report(port, "json");
     assert_eq!(r["closed_by"], "local", "{r}");
     let py = python_frames(&r);

@@ -22,6 +22,7 @@ mod llvm;
 mod matrix;
 mod paths;
 mod process;
+mod pythons;
 mod qemu;
 mod run;
 mod setup;

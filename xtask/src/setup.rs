@@ -77,6 +77,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("openssl", "makes the TLS tests' self-signed certificates"),
     (
+        "curl",
+        "fetches Ubuntu's CPython packages (pinned SHA-256) for the interpreter tests",
+    ),
+    (
         "python3-venv",
         "a venv for the Python WebSocket server of the diagnosis tests",
     ),
@@ -140,6 +144,10 @@ pub fn run(purpose: For) -> Result<()> {
         step("Debian packages", || ensure_packages(APT_PACKAGES))?;
         step("Python test venv", ensure_venv)?;
         step("Node test packages", ensure_node_modules)?;
+        step(
+            "CPython 3.10, 3.12, 3.13 for the interpreter tests",
+            crate::pythons::ensure,
+        )?;
         step("cargo-deb", ensure_cargo_deb)?;
     }
     println!("setup: done in {}", process::secs(start.elapsed()));

@@ -87,3 +87,81 @@ pub fn nobody_python_server(
     let path = dir.write(name, script);
     spawn_ready(nobody_python(Path::new(PYTHON), &path, args).current_dir(dir.path()))
 }
+
+/// A CPython of another release that `cargo xtask setup` extracted into
+/// ~/.cache/wstrace/python/VERSION (xtask `pythons.rs`): the
+/// distribution's unmodified interpreter binary and standard library, and,
+/// where it needs a newer glibc than this machine's, that release's glibc,
+/// whose own loader then starts it.
+pub struct ExtractedPython {
+    pub version: &'static str,
+    root: PathBuf,
+}
+
+/// CPython `version` ("3.13") as extracted by `cargo xtask setup`, with
+/// root and setpriv; see [`require`].
+#[must_use]
+pub fn require_extracted_python(version: &'static str) -> Option<ExtractedPython> {
+    if !require_nobody_python() {
+        return None;
+    }
+    let root = super::skip::cache_dir()?.join("python").join(version);
+    super::require_file(
+        &format!("CPython {version}"),
+        &[root.join("COMPLETE")],
+        "run `cargo xtask setup` (extracts Debian's and Ubuntu's CPython packages into ~/.cache/wstrace/python)",
+    )?;
+    Some(ExtractedPython { version, root })
+}
+
+impl ExtractedPython {
+    /// `python SCRIPT ARGS…` as nobody from `dir`, like
+    /// [`nobody_python_server`]. The interpreter tree is copied into `dir`
+    /// first (nobody cannot read root's cache); PYTHONHOME is its own
+    /// standard library.
+    pub fn nobody_server(
+        &self,
+        dir: &WorldReadableDir,
+        name: &str,
+        script: &str,
+        args: &[&str],
+    ) -> (Kill, u16) {
+        let path = dir.write(name, script);
+        let tree = dir.path().join(format!("python{}", self.version));
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(&self.root)
+            .arg(&tree)
+            .status()
+            .unwrap_or_else(|e| panic!("cp -a {}: {e}", self.root.display()));
+        assert!(
+            copied.success(),
+            "cp -a {} {}",
+            self.root.display(),
+            tree.display()
+        );
+        let python = tree.join(format!("usr/bin/python{}", self.version));
+        let libs = tree.join("usr/lib/x86_64-linux-gnu");
+        let loader = libs.join("ld-linux-x86-64.so.2");
+        let mut cmd = if loader.is_file() {
+            // Its release's glibc: that loader, that libc first, this
+            // machine's libraries (zlib, expat) after.
+            let mut c = as_nobody(&loader);
+            c.arg("--library-path")
+                .arg(format!(
+                    "{}:/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu",
+                    libs.display()
+                ))
+                .arg(&python);
+            c
+        } else {
+            as_nobody(&python)
+        };
+        cmd.arg(&path)
+            .args(args)
+            .env("PYTHONHOME", tree.join("usr"))
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .current_dir(dir.path());
+        spawn_ready(&mut cmd)
+    }
+}

@@ -132,6 +132,8 @@ pub struct Enricher {
 struct Python {
     procs: Option<InterpProcs>,
     found: HashMap<u32, Option<Interp>>,
+    /// The refusals already noted on stderr.
+    refused: std::collections::HashSet<String>,
     /// How long naming one close's Python frames may take.
     budget: std::time::Duration,
 }
@@ -140,6 +142,9 @@ struct Python {
 #[derive(Clone, Debug)]
 enum Interp {
     Python(python::Found),
+    /// A CPython this build knows whose self-description failed the
+    /// checks (`python::apply_debug_offsets`): not walked, and why.
+    PythonRefused(String),
     Php(php::Found),
     /// Named from the stack copy's frame slots: no kernel walk.
     Node(node::Found),
@@ -204,17 +209,25 @@ impl Enricher {
             }
         }
         let found = python::find(pid)
-            .map(Interp::Python)
+            .map(|p| p.map_or_else(Interp::PythonRefused, Interp::Python))
             .or_else(|| php::find(pid).map(Interp::Php))
             .or_else(|| node::find(pid).map(Interp::Node));
         if let Some(Interp::Node(_)) = &found {
             // Its frames get names here: no hint about node's perf map flags.
             self.symbolizer.names_javascript(pid);
         }
+        if let Some(Interp::PythonRefused(why)) = &found {
+            // Once per interpreter binary (and reason), not per process.
+            if self.python.refused.len() < MAX_PYTHON_PROCS
+                && self.python.refused.insert(why.clone())
+            {
+                eprintln!("wstrace: note: {why}; its Python frames are not shown");
+            }
+        }
         let walk = match &found {
             Some(Interp::Python(p)) => Some(p.walk),
             Some(Interp::Php(p)) => Some(p.walk),
-            Some(Interp::Node(_)) | None => None,
+            Some(Interp::Node(_) | Interp::PythonRefused(_)) | None => None,
         };
         if let (Some(walk), Some(procs)) = (walk, &mut self.python.procs) {
             // Full of live entries: that process's closes show no
@@ -241,14 +254,15 @@ impl Enricher {
         let deadline = std::time::Instant::now() + self.python.budget;
         match found {
             Interp::Python(found) => {
-                let py = python::name_frames(pid, found, cap, deadline);
-                python::splice(&native, py, cap.entry_mask, python::is_eval_loop).into()
+                let (frames, mask) = python::entries(found.layout.entry_mark, cap);
+                let py = python::name_frames(pid, found, &frames, deadline);
+                python::splice(&native, py, mask, python::is_eval_loop).into()
             }
             Interp::Php(found) => {
                 let php = php::name_frames(pid, found, cap, deadline);
                 python::splice(&native, php, 0, php::is_exec_loop).into()
             }
-            Interp::Node(_) => native,
+            Interp::Node(_) | Interp::PythonRefused(_) => native,
         }
     }
 
@@ -615,6 +629,9 @@ impl Enricher {
                         Some(Some(Interp::Node(_))) => (walk != Walk::Dwarf).then(|| {
                             "javascript frames: unnamed: they are named from the stack copy of a dwarf unwind, and this stack is the frame-pointer walk".to_string()
                         }),
+                        Some(Some(Interp::PythonRefused(why))) => {
+                            Some(format!("python frames: none: {why}"))
+                        }
                         Some(Some(Interp::Php(_))) => {
                             python::walk_note(cap.status, cap.frames.len())
                                 .map(|n| n.replacen("python", "php", 1))

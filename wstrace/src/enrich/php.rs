@@ -62,6 +62,8 @@ pub const LAYOUTS: &[Layout] = &[Layout {
         previous: 48,
         instr: 0,
         entry: ABSENT,
+        entry_value: 0,
+        window_len: 64,
     },
     fn_type: 0,
     fn_name: 8,

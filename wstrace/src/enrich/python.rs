@@ -1,4 +1,4 @@
-//! Python frames in close stacks (CPython 3.11).
+//! Python frames in close stacks (CPython 3.11, 3.12, 3.13).
 //!
 //! At the close the kernel copies the closing thread's interpreter frame
 //! chain as (code object, instruction pointer) pairs (wstrace-ebpf
@@ -9,9 +9,13 @@
 //!
 //! Where things are: `_PyRuntime` and `PyCode_Type` are symbols of the
 //! interpreter binary (or `libpython3.X.so`), found at the first sight of
-//! the process; struct offsets come from a per-version table ([`LAYOUTS`]),
-//! because Debian's interpreter carries no debug info and 3.11 has no
-//! `_Py_DebugOffsets` (3.13 does).
+//! the process; struct offsets come from a per-version table ([`LAYOUTS`],
+//! from each version's own headers), because Debian's and Ubuntu's
+//! interpreters carry no debug info. 3.13 also describes itself: its
+//! `_PyRuntime` starts with `_Py_DebugOffsets`, which is read from the
+//! binary and, once it passes [`apply_debug_offsets`], wins over the table
+//! (a point release that moved a field is still read right; one that
+//! fails the checks is refused, never read with guessed offsets).
 //!
 //! Everything read here belongs to a process that may be hostile: every
 //! read is bounded (names to [`MAX_NAME`] characters, line tables to
@@ -19,8 +23,8 @@
 //! `PyCode_Type` is shown as such, and the whole naming stops at a deadline.
 use std::time::Instant;
 
-use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
-use wstrace_common::InterpConfig;
+use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
+use wstrace_common::{ABSENT, INTERP_WINDOW_MAX, InterpConfig};
 
 use super::maps::{MAX_UNTRUSTED_FILE, Mapping, open_untrusted, read_maps};
 use super::procmem::{Mem, name_each};
@@ -31,12 +35,25 @@ pub const MAX_NAME: usize = 512;
 /// Bytes of a code object's line table read.
 pub const MAX_LINETABLE: usize = 256 * 1024;
 
+/// What a bit of the kernel's entry mask says about frame i.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryMark {
+    /// 3.11: frame i is the outermost of its interpreter loop call
+    /// (`is_entry`).
+    Outermost,
+    /// 3.12+: frame i is the shim frame (`owner == FRAME_OWNED_BY_CSTACK`)
+    /// each loop call pushes first: no code of its own, it is dropped and
+    /// the frame before it is the outermost of that call.
+    Shim,
+}
+
 /// Where one CPython version keeps what the kernel walk and the naming read.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
     pub version: (u32, u32),
     /// The kernel walk (`runtime` is filled per process).
     pub walk: InterpConfig,
+    pub entry_mark: EntryMark,
     pub ob_type: u64,
     pub co_firstlineno: u64,
     pub co_filename: u64,
@@ -55,43 +72,232 @@ pub struct Layout {
     pub bytes_sval: u64,
 }
 
-/// Offsets per version, from the version's own headers (`Include/internal`,
-/// x86_64 and arm64 alike: all pointers and 8-byte fields before these).
-pub const LAYOUTS: &[Layout] = &[Layout {
-    version: (3, 11),
-    walk: InterpConfig {
-        runtime: 0,
-        // _PyRuntimeState.interpreters.head
-        interp_head: 40,
-        // PyInterpreterState.threads.head
-        threads_head: 16,
-        // PyThreadState.next, .native_thread_id, .cframe
-        tstate_next: 8,
-        tstate_tid: 160,
-        tstate_frame_ptr: 56,
-        // _PyCFrame.current_frame
-        frame_ptr_current: 8,
-        // _PyInterpreterFrame: f_code 32, previous 48, prev_instr 56,
-        // is_entry 68; read as one window from f_code.
-        frame_window: 32,
-        code: 0,
-        previous: 16,
-        instr: 24,
-        entry: 36,
+/// `FRAME_OWNED_BY_CSTACK` (3.12, 3.13 `pycore_frame.h`).
+const FRAME_OWNED_BY_CSTACK: u64 = 3;
+
+/// 3.12 and 3.13 share `_PyInterpreterFrame`'s first 72 bytes (code
+/// object 0, previous 8, instruction pointer 56, owner 70) and the code
+/// object and string fields the naming reads; they differ in where the
+/// innermost frame hangs off the thread state (3.12 through `cframe`).
+const FRAME_312: InterpConfig = InterpConfig {
+    runtime: 0,
+    interp_head: 0,
+    threads_head: 0,
+    tstate_next: 8,
+    tstate_tid: 0,
+    tstate_frame_ptr: 0,
+    frame_ptr_current: ABSENT,
+    // f_code (3.13: f_executable) 0, previous 8, prev_instr (3.13:
+    // instr_ptr) 56, owner 70: one window of 72 bytes from the frame.
+    frame_window: 0,
+    code: 0,
+    previous: 8,
+    instr: 56,
+    entry: 70,
+    entry_value: FRAME_OWNED_BY_CSTACK,
+    window_len: 72,
+};
+
+/// Offsets per version, from the version's own headers (`Include/internal`
+/// of Debian's libpython3.11-dev, Ubuntu noble's libpython3.12-dev, Debian
+/// trixie's libpython3.13-dev, by `offsetof`), x86_64; the same on arm64,
+/// where every field before these is a pointer or an 8-byte integer too
+/// (not run there).
+pub const LAYOUTS: &[Layout] = &[
+    Layout {
+        version: (3, 11),
+        walk: InterpConfig {
+            runtime: 0,
+            // _PyRuntimeState.interpreters.head
+            interp_head: 40,
+            // PyInterpreterState.threads.head
+            threads_head: 16,
+            // PyThreadState.next, .native_thread_id, .cframe
+            tstate_next: 8,
+            tstate_tid: 160,
+            tstate_frame_ptr: 56,
+            // _PyCFrame.current_frame
+            frame_ptr_current: 8,
+            // _PyInterpreterFrame: f_code 32, previous 48, prev_instr 56,
+            // is_entry 68; read as one window from f_code.
+            frame_window: 32,
+            code: 0,
+            previous: 16,
+            instr: 24,
+            entry: 36,
+            entry_value: 1,
+            window_len: 64,
+        },
+        entry_mark: EntryMark::Outermost,
+        ob_type: 8,
+        co_firstlineno: 72,
+        co_filename: 112,
+        co_qualname: 128,
+        co_linetable: 136,
+        co_code: 184,
+        str_length: 16,
+        str_state: 32,
+        str_ascii_size: 48,
+        str_compact_size: 72,
+        ob_size: 16,
+        bytes_sval: 32,
     },
-    ob_type: 8,
-    co_firstlineno: 72,
-    co_filename: 112,
-    co_qualname: 128,
-    co_linetable: 136,
-    co_code: 184,
-    str_length: 16,
-    str_state: 32,
-    str_ascii_size: 48,
-    str_compact_size: 72,
-    ob_size: 16,
-    bytes_sval: 32,
-}];
+    Layout {
+        version: (3, 12),
+        walk: InterpConfig {
+            // _PyRuntimeState.interpreters.head, PyInterpreterState
+            // .threads.head, PyThreadState.native_thread_id, .cframe,
+            // _PyCFrame.current_frame.
+            interp_head: 40,
+            threads_head: 72,
+            tstate_tid: 144,
+            tstate_frame_ptr: 56,
+            frame_ptr_current: 0,
+            ..FRAME_312
+        },
+        entry_mark: EntryMark::Shim,
+        ob_type: 8,
+        co_firstlineno: 68,
+        co_filename: 112,
+        co_qualname: 128,
+        co_linetable: 136,
+        co_code: 192,
+        // No `wstr` since 3.12: the headers are 16 bytes shorter.
+        str_length: 16,
+        str_state: 32,
+        str_ascii_size: 40,
+        str_compact_size: 56,
+        ob_size: 16,
+        bytes_sval: 32,
+    },
+    Layout {
+        version: (3, 13),
+        walk: InterpConfig {
+            // As above; PyThreadState.current_frame is the frame itself.
+            interp_head: 632,
+            threads_head: 7344,
+            tstate_tid: 160,
+            tstate_frame_ptr: 72,
+            frame_ptr_current: ABSENT,
+            ..FRAME_312
+        },
+        entry_mark: EntryMark::Shim,
+        ob_type: 8,
+        co_firstlineno: 68,
+        co_filename: 112,
+        co_qualname: 128,
+        co_linetable: 136,
+        co_code: 200,
+        str_length: 16,
+        str_state: 32,
+        str_ascii_size: 40,
+        str_compact_size: 56,
+        ob_size: 16,
+        bytes_sval: 32,
+    },
+];
+
+/// Bytes of 3.13's `_Py_DebugOffsets` (3.13.5 `pycore_runtime.h`).
+pub const DEBUG_OFFSETS_SIZE: usize = 584;
+
+/// The largest struct size the debug offsets may claim (the interpreter
+/// state, the largest, is 190 KiB in 3.13.5).
+const MAX_STRUCT: u64 = 1 << 20;
+
+/// The table's `layout` with the offsets 3.13's `_Py_DebugOffsets` (`raw`,
+/// the start of `_PyRuntime` in the binary) gives, or why not. Read as
+/// 3.13 lays it out (cookie, version, free_threaded, then sections of u64
+/// each starting with the struct's size); every offset used must lie in
+/// its struct, the frame's in the kernel's window, and the string header
+/// the table derives the compact size from must agree with the table: any
+/// other value is refused, not guessed around.
+pub fn apply_debug_offsets(table: &Layout, raw: &[u8]) -> Result<Layout, String> {
+    let raw = raw
+        .get(..DEBUG_OFFSETS_SIZE)
+        .ok_or("_Py_DebugOffsets: shorter than 3.13's")?;
+    if &raw[..8] != b"xdebugpy" {
+        return Err("_Py_DebugOffsets: no \"xdebugpy\" cookie at _PyRuntime".into());
+    }
+    let at = |o: usize| u64::from_le_bytes(raw[o..o + 8].try_into().unwrap_or([0; 8]));
+    let version = at(8);
+    let (major, minor) = ((version >> 24) as u32, (version >> 16 & 0xff) as u32);
+    if (major, minor) != table.version {
+        return Err(format!(
+            "_Py_DebugOffsets: version {version:#x}, not {}.{}",
+            table.version.0, table.version.1
+        ));
+    }
+    if at(16) != 0 {
+        return Err("a free-threaded build: its objects are laid out differently".into());
+    }
+    // A field of the struct whose section starts (with its size) at `sec`.
+    let field = |sec: usize, o: usize, what: &str| -> Result<u64, String> {
+        let (size, off) = (at(sec), at(o));
+        if size > MAX_STRUCT || off.checked_add(8).is_none_or(|end| end > size) {
+            return Err(format!(
+                "_Py_DebugOffsets: {what} at {off} outside its struct of {size} bytes"
+            ));
+        }
+        Ok(off)
+    };
+    // The fixed part of every object: a misread struct shows here first.
+    if (at(352), at(360)) != (16, table.ob_type) {
+        return Err("_Py_DebugOffsets: PyObject is not 16 bytes with ob_type at 8".into());
+    }
+    let mut l = *table;
+    let w = &mut l.walk;
+    w.interp_head = field(24, 40, "runtime.interpreters_head")?;
+    w.threads_head = field(48, 72, "interpreter.threads_head")?;
+    w.tstate_next = field(152, 168, "thread.next")?;
+    w.tstate_frame_ptr = field(152, 184, "thread.current_frame")?;
+    w.tstate_tid = field(152, 200, "thread.native_thread_id")?;
+    w.frame_ptr_current = ABSENT;
+    w.frame_window = 0;
+    w.previous = field(224, 232, "frame.previous")?;
+    w.code = field(224, 240, "frame.executable")?;
+    w.instr = field(224, 248, "frame.instr_ptr")?;
+    // `owner` is a char: its struct need hold one byte of it, not 8.
+    w.entry = at(264);
+    if w.entry >= at(224) {
+        return Err("_Py_DebugOffsets: frame.owner outside its struct".into());
+    }
+    for (what, o) in [
+        ("previous", w.previous),
+        ("executable", w.code),
+        ("instr_ptr", w.instr),
+    ] {
+        if o % 8 != 0 || o + 8 > INTERP_WINDOW_MAX {
+            return Err(format!(
+                "_Py_DebugOffsets: frame.{what} at {o}, beyond the {INTERP_WINDOW_MAX} bytes the kernel reads"
+            ));
+        }
+    }
+    if w.entry >= INTERP_WINDOW_MAX {
+        return Err("_Py_DebugOffsets: frame.owner beyond the bytes the kernel reads".into());
+    }
+    w.window_len = [w.previous + 8, w.code + 8, w.instr + 8, w.entry + 1]
+        .into_iter()
+        .max()
+        .unwrap_or(INTERP_WINDOW_MAX);
+    l.co_filename = field(272, 280, "code.filename")?;
+    l.co_qualname = field(272, 296, "code.qualname")?;
+    l.co_linetable = field(272, 304, "code.linetable")?;
+    // An int: 4 bytes of it (the struct has more after it).
+    l.co_firstlineno = field(272, 312, "code.firstlineno")?;
+    l.co_code = field(272, 344, "code.co_code_adaptive")?;
+    l.ob_size = field(512, 520, "bytes.ob_size")?;
+    l.bytes_sval = field(512, 528, "bytes.ob_sval")?;
+    // The compact header's size is not in the debug offsets: the table's,
+    // valid only while the ASCII header is the table's.
+    let (state, length, ascii) = (at(544), at(552), at(560));
+    if (state, length, ascii) != (table.str_state, table.str_length, table.str_ascii_size) {
+        return Err(format!(
+            "_Py_DebugOffsets: str header (state {state}, length {length}, size {ascii}) differs from {}.{}'s",
+            table.version.0, table.version.1
+        ));
+    }
+    Ok(l)
+}
 
 /// A Python process found: its layout, and where its interpreter keeps the
 /// runtime state and the code object type.
@@ -120,13 +326,15 @@ pub fn version_of(path: &str) -> Option<(u32, u32)> {
 }
 
 /// Looks for a CPython interpreter this build knows in `pid`'s mappings:
-/// `None` for any other process (or a version without a layout).
-pub fn find(pid: u32) -> Option<Found> {
+/// `None` for any other process (or a version without a layout),
+/// `Some(Err(why))` for one this build knows but must not read (its
+/// self-description failed the checks).
+pub fn find(pid: u32) -> Option<Result<Found, String>> {
     let maps = read_maps(pid)?;
     find_in(pid, &maps)
 }
 
-fn find_in(pid: u32, maps: &[Mapping]) -> Option<Found> {
+fn find_in(pid: u32, maps: &[Mapping]) -> Option<Result<Found, String>> {
     // A library wins over the executable (an embedding program, or a
     // `--enable-shared` build, whose `python3.11` holds no interpreter).
     let mut candidates: Vec<&Mapping> = maps
@@ -160,16 +368,39 @@ fn find_in(pid: u32, maps: &[Mapping]) -> Option<Found> {
         let (Some(runtime), Some(code_type)) = (sym("_PyRuntime"), sym("PyCode_Type")) else {
             continue;
         };
+        let layout = if version >= (3, 13) {
+            let raw = file_bytes(&elf, runtime, DEBUG_OFFSETS_SIZE).unwrap_or_default();
+            match apply_debug_offsets(layout, raw) {
+                Ok(l) => l,
+                Err(why) => {
+                    return Some(Err(format!(
+                        "python {}.{} ({path}): {why}",
+                        version.0, version.1
+                    )));
+                }
+            }
+        } else {
+            *layout
+        };
         let bias = bias_of(&elf, maps, m)?;
         let mut walk = layout.walk;
         walk.runtime = runtime.wrapping_add(bias);
-        return Some(Found {
-            layout: *layout,
+        return Some(Ok(Found {
+            layout,
             walk,
             code_type: code_type.wrapping_add(bias),
-        });
+        }));
     }
     None
+}
+
+/// `len` bytes of the file's initialised data at address `addr`.
+fn file_bytes<'a>(elf: &object::File<'a>, addr: u64, len: usize) -> Option<&'a [u8]> {
+    elf.sections()
+        .find(|s| s.address() <= addr && addr < s.address().saturating_add(s.size()))?
+        .data_range(addr, len as u64)
+        .ok()
+        .flatten()
 }
 
 /// Where the file's address 0 lies in the process: its mapping of file
@@ -299,15 +530,44 @@ fn string(mem: &Mem, l: &Layout, obj: u64) -> Option<String> {
     )
 }
 
-/// Names the frames of `cap` in process `pid`, innermost first. A frame
-/// that cannot be named is kept, unnamed, with the reason.
-pub fn name_frames(pid: u32, found: &Found, cap: &InterpCapture, deadline: Instant) -> Vec<Frame> {
+/// The kernel's frames and entry mask in 3.11's terms (mask bit i: frame i
+/// is the outermost of its interpreter loop call): for 3.12+ the shim
+/// frames the mask marks are dropped and the frame inside each marked.
+pub fn entries(mark: EntryMark, cap: &InterpCapture) -> (Vec<(u64, u64)>, u32) {
+    match mark {
+        EntryMark::Outermost => (cap.frames.clone(), cap.entry_mask),
+        EntryMark::Shim => {
+            let mut frames = Vec::with_capacity(cap.frames.len());
+            let mut mask = 0u32;
+            for (i, f) in cap.frames.iter().enumerate() {
+                if i < 32 && cap.entry_mask & (1 << i) != 0 {
+                    if let Some(inner) = frames.len().checked_sub(1) {
+                        mask |= 1 << inner;
+                    }
+                } else {
+                    frames.push(*f);
+                }
+            }
+            (frames, mask)
+        }
+    }
+}
+
+/// Names `frames` (code object, instruction pointer) of process `pid`,
+/// innermost first. A frame that cannot be named is kept, unnamed, with
+/// the reason.
+pub fn name_frames(
+    pid: u32,
+    found: &Found,
+    frames: &[(u64, u64)],
+    deadline: Instant,
+) -> Vec<Frame> {
     let l = &found.layout;
     name_each(
         pid,
         deadline,
         Language::Python,
-        &cap.frames,
+        frames,
         |mem, (code, instr), f| {
             // A pointer into anything but a code object names nothing.
             if mem.word(code.wrapping_add(l.ob_type)) != Some(found.code_type) {
@@ -416,6 +676,12 @@ mod tests {
             Some((3, 12))
         );
         assert_eq!(version_of("/opt/libpython3.13d.so"), Some((3, 13)));
+        assert_eq!(version_of("/usr/bin/python3.13"), Some((3, 13)));
+        assert_eq!(version_of("/usr/bin/python3.12"), Some((3, 12)));
+        assert_eq!(
+            version_of("/usr/lib/x86_64-linux-gnu/libpython3.13.so.1.0"),
+            Some((3, 13))
+        );
         assert_eq!(version_of("/usr/bin/python3.11-config"), None);
         assert_eq!(version_of("/usr/bin/python3"), None);
         assert_eq!(version_of("/usr/bin/pythonista"), None);
@@ -497,6 +763,182 @@ mod tests {
         );
         // A line driven below 1.
         assert_eq!(line_of(&[0x80 | 13 << 3, 0x15], 3, 0), None);
+    }
+
+    /// `f.__code__.co_linetable` and the line of each code unit
+    /// (`co_positions()`) of this function, from the real interpreters:
+    ///
+    /// ```python
+    /// def f(c, n):        # line 2
+    ///     x = n + 1
+    ///     if x > 3:
+    ///         c.close()
+    ///     for i in range(n):
+    ///         x += i
+    ///     return x
+    /// ```
+    #[test]
+    fn location_tables_of_real_312_and_313_interpreters() {
+        // Debian trixie's python3.13 3.13.5.
+        let t313 = [
+            128, 0, 216, 8, 9, 136, 65, 137, 5, 128, 65, 216, 7, 8, 136, 49, 131, 117, 216, 8, 9,
+            143, 7, 137, 7, 140, 9, 220, 13, 18, 144, 49, 142, 88, 136, 1, 216, 8, 9, 137, 6, 138,
+            1, 241, 3, 0, 14, 22, 224, 11, 12, 128, 72,
+        ];
+        let l313 = [
+            2, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 6,
+            6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 6, 6, 8, 8,
+        ];
+        // Ubuntu noble's python3.12 3.12.3.
+        let t312 = [
+            128, 0, 216, 8, 9, 136, 65, 137, 5, 128, 65, 216, 7, 8, 136, 49, 130, 117, 216, 8, 9,
+            143, 7, 137, 7, 140, 9, 220, 13, 18, 144, 49, 139, 88, 242, 0, 1, 5, 15, 136, 1, 216,
+            8, 9, 136, 81, 137, 6, 137, 1, 240, 3, 1, 5, 15, 224, 11, 12, 128, 72,
+        ];
+        let l312 = [
+            2, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 6, 6,
+            6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 6, 8, 8,
+        ];
+        for (table, lines) in [(&t313[..], &l313[..]), (&t312[..], &l312[..])] {
+            for (i, line) in lines.iter().enumerate() {
+                assert_eq!(line_of(table, 2, i as u64), Some(*line), "unit {i}");
+            }
+            assert_eq!(line_of(table, 2, lines.len() as u64), None);
+        }
+    }
+
+    /// `_Py_DebugOffsets` as Debian trixie's python3.13 (3.13.5) holds it
+    /// at `_PyRuntime` (`.PyRuntime` section of /usr/bin/python3.13): the
+    /// u64s after the cookie.
+    const DEBUG_313: [u64; 72] = [
+        0x30d05f0, 0, 283376, 608, 632, 194976, 7272, 7264, 7344, 7400, 7656, 7640, 7648, 16, 7752,
+        0, 7768, 7760, 304, 0, 8, 16, 72, 152, 160, 232, 32, 80, 8, 0, 56, 72, 70, 208, 112, 120,
+        128, 136, 68, 52, 96, 104, 200, 16, 8, 416, 24, 88, 168, 32, 24, 16, 40, 24, 16, 48, 32,
+        40, 24, 16, 32, 16, 24, 40, 16, 32, 64, 32, 16, 40, 240, 200,
+    ];
+
+    fn debug_bytes(words: &[u64]) -> Vec<u8> {
+        let mut b = b"xdebugpy".to_vec();
+        for w in words {
+            b.extend_from_slice(&w.to_le_bytes());
+        }
+        b
+    }
+
+    fn table(v: (u32, u32)) -> &'static Layout {
+        LAYOUTS.iter().find(|l| l.version == v).unwrap()
+    }
+
+    #[test]
+    fn debug_offsets_of_a_real_313_agree_with_its_table() {
+        let raw = debug_bytes(&DEBUG_313);
+        assert_eq!(raw.len(), DEBUG_OFFSETS_SIZE);
+        let t = table((3, 13));
+        let mut got = apply_debug_offsets(t, &raw).unwrap();
+        // The window is as long as the fields need (owner's byte, 71),
+        // the table's rounds up to the word.
+        assert_eq!(got.walk.window_len, 71);
+        got.walk.window_len = t.walk.window_len;
+        assert_eq!(&got, t);
+    }
+
+    #[test]
+    fn debug_offsets_of_a_point_release_that_moved_fields_are_followed() {
+        let mut w = DEBUG_313;
+        // thread_state.current_frame (offset 184 = word 22 after the
+        // cookie) and code.qualname (296 = word 36) moved.
+        w[(184 - 8) / 8] = 80;
+        w[(296 - 8) / 8] = 144;
+        let l = apply_debug_offsets(table((3, 13)), &debug_bytes(&w)).unwrap();
+        assert_eq!(l.walk.tstate_frame_ptr, 80);
+        assert_eq!(l.co_qualname, 144);
+    }
+
+    #[test]
+    fn hostile_debug_offsets_are_refused() {
+        let t = table((3, 13));
+        let refused = |w: &[u64], why: &str| {
+            let e = apply_debug_offsets(t, &debug_bytes(w)).unwrap_err();
+            assert!(e.contains(why), "{e} (wanted {why})");
+        };
+        let set = |at: usize, v: u64| {
+            let mut w = DEBUG_313;
+            w[(at - 8) / 8] = v;
+            w
+        };
+        let mut bad = debug_bytes(&DEBUG_313);
+        bad[0] = b'y';
+        assert!(apply_debug_offsets(t, &bad).unwrap_err().contains("cookie"));
+        assert!(
+            apply_debug_offsets(t, &bad[..100])
+                .unwrap_err()
+                .contains("shorter")
+        );
+        assert!(apply_debug_offsets(t, &[]).unwrap_err().contains("shorter"));
+        refused(&set(8, 0x30c03f0), "version 0x30c03f0");
+        refused(&set(16, 1), "free-threaded");
+        // threads_head far outside the interpreter state; a struct size
+        // beyond any interpreter's; the offset that overflows.
+        refused(&set(72, 1 << 40), "interpreter.threads_head");
+        refused(&set(48, u64::MAX), "interpreter.threads_head");
+        refused(&set(168, u64::MAX), "thread.next");
+        // A frame field the kernel's window does not reach, or misaligned.
+        let far = |at: usize| {
+            let mut w = set(224, 4096);
+            w[(at - 8) / 8] = 200;
+            w
+        };
+        refused(&far(232), "frame.previous at 200");
+        refused(&far(248), "frame.instr_ptr at 200");
+        refused(&set(232, 12), "frame.previous at 12");
+        refused(&set(264, 80), "frame.owner");
+        // A misread struct (PyObject is not 16 bytes with its type at 8).
+        refused(&set(360, 0), "PyObject");
+        // String headers unlike the table's: the compact size is unknown.
+        refused(&set(560, 48), "str header");
+    }
+
+    #[test]
+    fn every_layout_fits_the_kernel_window() {
+        for l in LAYOUTS {
+            let w = &l.walk;
+            assert!(w.window_len <= INTERP_WINDOW_MAX, "{l:?}");
+            for o in [w.code, w.previous, w.instr] {
+                assert!(
+                    o % 8 == 0 && o + 8 <= w.window_len.next_multiple_of(8),
+                    "{l:?}"
+                );
+            }
+            assert!(w.entry < w.window_len, "{l:?}");
+        }
+        // 3.12+ have their frame in one place from the thread state or the
+        // cframe; 3.13 has no cframe.
+        assert_eq!(table((3, 13)).walk.frame_ptr_current, ABSENT);
+        assert_eq!(table((3, 12)).walk.frame_ptr_current, 0);
+        assert_eq!(table((3, 12)).entry_mark, EntryMark::Shim);
+        assert_eq!(table((3, 11)).entry_mark, EntryMark::Outermost);
+    }
+
+    #[test]
+    fn shim_frames_are_dropped_and_mark_the_frame_inside_them() {
+        // drop_client, handle, <shim>, main, <module>, <shim>
+        let cap = InterpCapture {
+            frames: vec![(1, 0), (2, 0), (9, 0), (3, 0), (4, 0), (9, 0)],
+            entry_mask: 0b100100,
+            ..InterpCapture::default()
+        };
+        let (frames, mask) = entries(EntryMark::Shim, &cap);
+        assert_eq!(frames, [(1, 0), (2, 0), (3, 0), (4, 0)]);
+        assert_eq!(mask, 0b1010);
+        // A shim innermost (C code called from C) marks nothing.
+        let cap = InterpCapture {
+            frames: vec![(9, 0), (1, 0)],
+            entry_mask: 0b1,
+            ..InterpCapture::default()
+        };
+        assert_eq!(entries(EntryMark::Shim, &cap), (vec![(1, 0)], 0));
+        // 3.11's mask is taken as it is.
+        assert_eq!(entries(EntryMark::Outermost, &cap), (cap.frames.clone(), 1));
     }
 
     fn native(name: &str) -> Frame {
