@@ -609,6 +609,13 @@ pub struct InterpConfig {
     /// Value: bytes of the window read (1..=[`INTERP_WINDOW_MAX`]); every
     /// place above lies within them.
     pub window_len: u64,
+    /// [`ABSENT`] when thread states name their kernel thread (3.11+:
+    /// `native_thread_id`, compared as a u64 with the tid). 3.10's name
+    /// only their `pthread_t` (`thread_id`, at `tstate_tid`): then this is
+    /// the offset in the runtime of `main_thread` (the main thread's
+    /// `pthread_t`), and only the main thread (tid == pid) is walked, from
+    /// the thread state whose `thread_id` equals it.
+    pub main_thread: u64,
 }
 
 /// Bytes of a frame the kernel reads at most (its window map's size less

@@ -70,7 +70,7 @@ pub fn stash() {
         (*out).count = 0;
         (*out).entry_mask = 0;
         (*out)._pad = 0;
-        (*out).status = frames(c, tid, out);
+        (*out).status = frames(c, pid_tgid, out);
         // A full map (more threads closing at once than it holds) evicts
         // the oldest: that close shows no interpreter frames.
         let _ = INTERP_STASH.insert(&tid, &*out, 0);
@@ -113,13 +113,13 @@ pub unsafe fn take(out: *mut InterpStack) {
 }
 
 #[inline(always)]
-unsafe fn frames(c: &InterpConfig, tid: u32, out: *mut InterpStack) -> u32 {
+unsafe fn frames(c: &InterpConfig, pid_tgid: u64, out: *mut InterpStack) -> u32 {
     let frame = if c.threads_head == ABSENT {
         // One interpreter state per process, at a fixed place (PHP
         // non-ZTS: `executor_globals.current_execute_data`).
         user_word(UPtr::new(c.runtime).add(c.frame_ptr_current)).ok_or(interp::READ_FAILED)
     } else {
-        innermost_python_frame(c, tid)
+        innermost_python_frame(c, pid_tgid)
     };
     match frame {
         Ok(f) => unsafe { walk_frames(c, f, out) },
@@ -128,9 +128,21 @@ unsafe fn frames(c: &InterpConfig, tid: u32, out: *mut InterpStack) -> u32 {
 }
 
 /// The closing thread's innermost frame, through the interpreter's list of
-/// thread states, each naming its OS thread.
+/// thread states, each naming its OS thread (3.10: its `pthread_t`, known
+/// for the main thread only).
 #[inline(always)]
-fn innermost_python_frame(c: &InterpConfig, tid: u32) -> Result<UPtr, u32> {
+fn innermost_python_frame(c: &InterpConfig, pid_tgid: u64) -> Result<UPtr, u32> {
+    let tid = pid_tgid as u32;
+    let want = if c.main_thread == ABSENT {
+        tid as u64
+    } else if tid == (pid_tgid >> 32) as u32 {
+        UPtr::new(c.runtime)
+            .add(c.main_thread)
+            .read::<u64>()
+            .map_err(|_| interp::READ_FAILED)?
+    } else {
+        return Err(interp::NO_THREAD);
+    };
     let is = user_word(UPtr::new(c.runtime).add(c.interp_head)).ok_or(interp::READ_FAILED)?;
     let mut ts = user_word(is.add(c.threads_head)).ok_or(interp::READ_FAILED)?;
     let mut found = UPtr::NULL;
@@ -138,11 +150,12 @@ fn innermost_python_frame(c: &InterpConfig, tid: u32) -> Result<UPtr, u32> {
         if ts.is_null() {
             break;
         }
+        // `unsigned long` in every version.
         let t = ts
             .add(c.tstate_tid)
-            .read::<u32>()
+            .read::<u64>()
             .map_err(|_| interp::READ_FAILED)?;
-        if t == tid {
+        if t == want {
             found = ts;
             break;
         }

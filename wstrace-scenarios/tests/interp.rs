@@ -1,7 +1,8 @@
 //! Interpreter frames in close stacks (issue 26): the kernel walks the
 //! closing thread's CPython frame chain at the close, wstrace names the
 //! code objects afterwards. Real kernel, Debian's /usr/bin/python3 (3.11),
-//! Ubuntu noble's python3.12 and Debian trixie's python3.13 (extracted by
+//! Ubuntu jammy's python3.10, noble's python3.12 and Debian trixie's
+//! python3.13 (extracted by
 //! `cargo xtask setup`), run as `nobody`; the hostile server (3.11)
 //! rewrites its own frame chain with ctypes before it closes. Needs root,
 //! setpriv, the system python3 and the extracted ones (see
@@ -140,6 +141,13 @@ fn a_python_3_13_close_names_the_function_file_and_line_and_its_caller() {
 #[test]
 fn a_python_3_12_close_names_the_function_file_and_line_and_its_caller() {
     python_close_names_the_function_file_and_line(Interpreter::Extracted("3.12"));
+}
+
+/// Ubuntu jammy's python3.10 (PyFrameObject chain, 3.10's line table; the
+/// server closes in its main thread, the one 3.10 lets the kernel find).
+#[test]
+fn a_python_3_10_close_names_the_function_file_and_line_and_its_caller() {
+    python_close_names_the_function_file_and_line(Interpreter::Extracted("3.10"));
 }
 
 /// The close in `drop_client()` of [`SERVER`], run by `python` as nobody:

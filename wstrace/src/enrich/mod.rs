@@ -629,6 +629,9 @@ impl Enricher {
                         Some(Some(Interp::Node(_))) => (walk != Walk::Dwarf).then(|| {
                             "javascript frames: unnamed: they are named from the stack copy of a dwarf unwind, and this stack is the frame-pointer walk".to_string()
                         }),
+                        Some(Some(Interp::Python(found))) => {
+                            python::python_note(found, cap.status, cap.frames.len())
+                        }
                         Some(Some(Interp::PythonRefused(why))) => {
                             Some(format!("python frames: none: {why}"))
                         }

@@ -64,6 +64,7 @@ pub const LAYOUTS: &[Layout] = &[Layout {
         entry: ABSENT,
         entry_value: 0,
         window_len: 64,
+        main_thread: ABSENT,
     },
     fn_type: 0,
     fn_name: 8,

@@ -1,4 +1,4 @@
-//! Python frames in close stacks (CPython 3.11, 3.12, 3.13).
+//! Python frames in close stacks (CPython 3.10 to 3.13).
 //!
 //! At the close the kernel copies the closing thread's interpreter frame
 //! chain as (code object, instruction pointer) pairs (wstrace-ebpf
@@ -45,6 +45,8 @@ pub enum EntryMark {
     /// each loop call pushes first: no code of its own, it is dropped and
     /// the frame before it is the outermost of that call.
     Shim,
+    /// 3.10: no mask; every frame has an interpreter loop call of its own.
+    EveryFrame,
 }
 
 /// Where one CPython version keeps what the kernel walk and the naming read.
@@ -54,9 +56,15 @@ pub struct Layout {
     /// The kernel walk (`runtime` is filled per process).
     pub walk: InterpConfig,
     pub entry_mark: EntryMark,
+    /// 3.10: the frame's instruction word is `f_lasti` (an `int`, the
+    /// index of the last instruction, -1 before the first) and the line
+    /// table is 3.10's ([`line_of_310`]); 3.11+: a pointer into the
+    /// code ([`line_of`]).
+    pub lasti: bool,
     pub ob_type: u64,
     pub co_firstlineno: u64,
     pub co_filename: u64,
+    /// `co_qualname` (3.10, which has none: `co_name`).
     pub co_qualname: u64,
     pub co_linetable: u64,
     /// Where the instructions start (`_PyCode_CODE`).
@@ -96,14 +104,55 @@ const FRAME_312: InterpConfig = InterpConfig {
     entry: 70,
     entry_value: FRAME_OWNED_BY_CSTACK,
     window_len: 72,
+    main_thread: ABSENT,
 };
 
 /// Offsets per version, from the version's own headers (`Include/internal`
-/// of Debian's libpython3.11-dev, Ubuntu noble's libpython3.12-dev, Debian
+/// of Ubuntu jammy's libpython3.10-dev, Debian's libpython3.11-dev, Ubuntu noble's libpython3.12-dev, Debian
 /// trixie's libpython3.13-dev, by `offsetof`), x86_64; the same on arm64,
 /// where every field before these is a pointer or an 8-byte integer too
 /// (not run there).
 pub const LAYOUTS: &[Layout] = &[
+    Layout {
+        version: (3, 10),
+        walk: InterpConfig {
+            runtime: 0,
+            // _PyRuntimeState.interpreters.head, PyInterpreterState
+            // .tstate_head, PyThreadState.next, .thread_id (a pthread_t:
+            // 3.10 has no native_thread_id), .frame (a PyFrameObject).
+            interp_head: 32,
+            threads_head: 8,
+            tstate_next: 8,
+            tstate_tid: 176,
+            tstate_frame_ptr: 24,
+            frame_ptr_current: ABSENT,
+            // PyFrameObject: f_back 24, f_code 32, f_lasti 96 (the low
+            // half of its word); read as one window from f_back.
+            frame_window: 24,
+            code: 8,
+            previous: 0,
+            instr: 72,
+            entry: ABSENT,
+            entry_value: 0,
+            window_len: 80,
+            // _PyRuntimeState.main_thread
+            main_thread: 72,
+        },
+        entry_mark: EntryMark::EveryFrame,
+        lasti: true,
+        ob_type: 8,
+        co_firstlineno: 40,
+        co_filename: 104,
+        co_qualname: 112,
+        co_linetable: 120,
+        co_code: 0,
+        str_length: 16,
+        str_state: 32,
+        str_ascii_size: 48,
+        str_compact_size: 72,
+        ob_size: 16,
+        bytes_sval: 32,
+    },
     Layout {
         version: (3, 11),
         walk: InterpConfig {
@@ -127,8 +176,10 @@ pub const LAYOUTS: &[Layout] = &[
             entry: 36,
             entry_value: 1,
             window_len: 64,
+            main_thread: ABSENT,
         },
         entry_mark: EntryMark::Outermost,
+        lasti: false,
         ob_type: 8,
         co_firstlineno: 72,
         co_filename: 112,
@@ -156,6 +207,7 @@ pub const LAYOUTS: &[Layout] = &[
             ..FRAME_312
         },
         entry_mark: EntryMark::Shim,
+        lasti: false,
         ob_type: 8,
         co_firstlineno: 68,
         co_filename: 112,
@@ -182,6 +234,7 @@ pub const LAYOUTS: &[Layout] = &[
             ..FRAME_312
         },
         entry_mark: EntryMark::Shim,
+        lasti: false,
         ob_type: 8,
         co_firstlineno: 68,
         co_filename: 112,
@@ -419,7 +472,36 @@ pub(super) fn bias_of(elf: &object::File<'_>, maps: &[Mapping], m: &Mapping) -> 
     first.checked_sub(vaddr & !0xfff)
 }
 
-/// Decodes a CPython 3.11 location table (`Objects/locations.md`): the line
+/// Decodes a CPython 3.10 line table (`Objects/lnotab_notes.txt`): the
+/// line of code unit `index` of a code object starting at `first_line`.
+/// Pairs of (bytes of code, signed line delta; -128: no line), as
+/// `PyCode_Addr2Line` walks them: empty ranges only move the line. `None`
+/// when the instruction has no line or the table does not cover it.
+pub fn line_of_310(table: &[u8], first_line: i32, index: u64) -> Option<u32> {
+    let addr = index.checked_mul(2)?;
+    let mut line = first_line as i64;
+    let mut end = 0u64;
+    for pair in table.chunks_exact(2) {
+        let start = end;
+        end += pair[0] as u64;
+        let delta = pair[1] as i8;
+        let this = if delta == -128 {
+            None
+        } else {
+            line += delta as i64;
+            Some(line)
+        };
+        if start <= addr && addr < end {
+            return this
+                .filter(|l| *l > 0 && *l <= u32::MAX as i64)
+                .map(|l| l as u32);
+        }
+    }
+    None
+}
+
+/// Decodes a CPython 3.11+ location table (`Objects/locations.md`, the
+/// same in 3.12 and 3.13): the line
 /// of code unit `index` of a code object starting at `first_line`. `None`
 /// when the table says the instruction has no line or does not cover it.
 pub fn line_of(table: &[u8], first_line: i32, index: u64) -> Option<u32> {
@@ -536,6 +618,7 @@ fn string(mem: &Mem, l: &Layout, obj: u64) -> Option<String> {
 pub fn entries(mark: EntryMark, cap: &InterpCapture) -> (Vec<(u64, u64)>, u32) {
     match mark {
         EntryMark::Outermost => (cap.frames.clone(), cap.entry_mask),
+        EntryMark::EveryFrame => (cap.frames.clone(), u32::MAX),
         EntryMark::Shim => {
             let mut frames = Vec::with_capacity(cap.frames.len());
             let mut mask = 0u32;
@@ -582,10 +665,17 @@ pub fn name_frames(
             let first = mem
                 .bytes(code.wrapping_add(l.co_firstlineno), 4)
                 .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-            let start = code.wrapping_add(l.co_code);
-            // Before the first instruction (a frame not started): its
-            // first line.
-            let index = instr.checked_sub(start).map(|d| d / 2);
+            let index = if l.lasti {
+                // Before the first instruction (-1): its first line.
+                let lasti = instr as u32 as i32;
+                u64::try_from(lasti).ok()
+            } else {
+                // Before the first instruction (a frame not started): its
+                // first line.
+                instr
+                    .checked_sub(code.wrapping_add(l.co_code))
+                    .map(|d| d / 2)
+            };
             f.line = match (first, index) {
                 (Some(first), None) => u32::try_from(first).ok(),
                 (Some(first), Some(i)) => mem
@@ -594,11 +684,29 @@ pub fn name_frames(
                         let n = mem.word(t.wrapping_add(l.ob_size))? as usize;
                         mem.bytes(t.wrapping_add(l.bytes_sval), n.min(MAX_LINETABLE))
                     })
-                    .and_then(|t| line_of(&t, first, i)),
+                    .and_then(|t| {
+                        if l.lasti {
+                            line_of_310(&t, first, i)
+                        } else {
+                            line_of(&t, first, i)
+                        }
+                    }),
                 _ => None,
             };
         },
     )
+}
+
+/// [`walk_note`] for a Python `found`: 3.10's thread states name no
+/// kernel thread, so a close by another thread than the main one has none.
+pub fn python_note(found: &Found, status: u32, frames: usize) -> Option<String> {
+    if found.walk.main_thread != ABSENT && status == wstrace_common::interp::NO_THREAD {
+        return Some(
+            "python frames: none: CPython 3.10's thread states name no kernel thread, so only the main thread's closes are walked"
+                .into(),
+        );
+    }
+    walk_note(status, frames)
 }
 
 /// What the text and JSON say about a walk that did not simply reach the
@@ -678,6 +786,7 @@ mod tests {
         assert_eq!(version_of("/opt/libpython3.13d.so"), Some((3, 13)));
         assert_eq!(version_of("/usr/bin/python3.13"), Some((3, 13)));
         assert_eq!(version_of("/usr/bin/python3.12"), Some((3, 12)));
+        assert_eq!(version_of("/usr/bin/python3.10"), Some((3, 10)));
         assert_eq!(
             version_of("/usr/lib/x86_64-linux-gnu/libpython3.13.so.1.0"),
             Some((3, 13))
@@ -807,6 +916,56 @@ mod tests {
         }
     }
 
+    /// 3.10 line tables from Ubuntu jammy's python3.10 (3.10.4):
+    /// `co_linetable` and the line of each code unit (`co_lines()`) of
+    ///
+    /// ```python
+    /// def f(c, n):        # line 2
+    ///     x = n + 1
+    ///     for i in range(n):
+    ///         x += i
+    ///     # 140 blank lines
+    ///     y = (x +        # line 146
+    ///          1)
+    ///     return y
+    /// ```
+    ///
+    /// (an empty range that only moves the line by 127, a negative delta)
+    /// and of the function of the 3.12/3.13 test.
+    #[test]
+    fn line_tables_of_a_real_310_interpreter() {
+        let t = [8, 1, 12, 1, 10, 1, 0, 127, 2, 14, 2, 1, 4, 255, 4, 2];
+        let lines = [
+            3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 146, 147, 146, 146, 148, 148,
+        ];
+        for (i, line) in lines.iter().enumerate() {
+            assert_eq!(line_of_310(&t, 2, i as u64), Some(*line), "unit {i}");
+        }
+        assert_eq!(line_of_310(&t, 2, lines.len() as u64), None);
+        let t = [8, 1, 8, 1, 8, 1, 12, 1, 10, 1, 4, 1];
+        let lines = [
+            3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 8, 8,
+        ];
+        for (i, line) in lines.iter().enumerate() {
+            assert_eq!(line_of_310(&t, 2, i as u64), Some(*line), "unit {i}");
+        }
+    }
+
+    #[test]
+    fn hostile_310_line_tables_end_without_a_line() {
+        assert_eq!(line_of_310(&[], 1, 0), None);
+        // An odd trailing byte is no entry.
+        assert_eq!(line_of_310(&[2], 1, 0), None);
+        // "No line" (-128).
+        assert_eq!(line_of_310(&[2, 0x80], 1, 0), None);
+        // A line driven below 1.
+        assert_eq!(line_of_310(&[2, 0xf0], 3, 0), None);
+        // An index whose byte offset overflows.
+        assert_eq!(line_of_310(&[255, 1], 1, u64::MAX), None);
+        // 256 KiB of empty ranges stay bounded and cover nothing.
+        assert_eq!(line_of_310(&[0u8; MAX_LINETABLE], 1, 0), None);
+    }
+
     /// `_Py_DebugOffsets` as Debian trixie's python3.13 (3.13.5) holds it
     /// at `_PyRuntime` (`.PyRuntime` section of /usr/bin/python3.13): the
     /// u64s after the cookie.
@@ -916,6 +1075,14 @@ mod tests {
         assert_eq!(table((3, 13)).walk.frame_ptr_current, ABSENT);
         assert_eq!(table((3, 12)).walk.frame_ptr_current, 0);
         assert_eq!(table((3, 12)).entry_mark, EntryMark::Shim);
+        // 3.10's thread states name only pthread_t: the main thread's.
+        assert_ne!(table((3, 10)).walk.main_thread, ABSENT);
+        assert!(
+            LAYOUTS
+                .iter()
+                .filter(|l| l.version != (3, 10))
+                .all(|l| l.walk.main_thread == ABSENT)
+        );
         assert_eq!(table((3, 11)).entry_mark, EntryMark::Outermost);
     }
 
@@ -937,8 +1104,12 @@ mod tests {
             ..InterpCapture::default()
         };
         assert_eq!(entries(EntryMark::Shim, &cap), (vec![(1, 0)], 0));
-        // 3.11's mask is taken as it is.
+        // 3.11's mask is taken as it is; 3.10's frames are each an entry.
         assert_eq!(entries(EntryMark::Outermost, &cap), (cap.frames.clone(), 1));
+        assert_eq!(
+            entries(EntryMark::EveryFrame, &cap),
+            (cap.frames.clone(), u32::MAX)
+        );
     }
 
     fn native(name: &str) -> Frame {
