@@ -209,6 +209,66 @@ fn python_close_names_the_function_file_and_line(python: Interpreter) {
     assert!(!text.contains("_PyEval_EvalFrameDefault"), "{text}");
 }
 
+/// A python3.13 whose `_Py_DebugOffsets` says its frames' `previous` is
+/// beyond the bytes the kernel reads (a copy of trixie's binary, changed
+/// in that one word, which CPython itself never reads): wstrace refuses
+/// it, with no Python frames and the reason, rather than walking with
+/// guessed offsets.
+#[test]
+fn a_python_3_13_whose_debug_offsets_fail_the_checks_shows_no_frames_and_says_why() {
+    let Some(py) = require_extracted_python("3.13") else {
+        return;
+    };
+    let _s = serial();
+    let dir = WorldReadableDir::new("interp-python3.13-refused");
+    let tree = py.copy_into(&dir);
+    let binary = py.binary_in(&tree);
+    let mut bytes = std::fs::read(&binary).unwrap_or_else(|e| panic!("{}: {e}", binary.display()));
+    let cookies: Vec<usize> = bytes
+        .windows(8)
+        .enumerate()
+        .filter(|(_, w)| w == b"xdebugpy")
+        .map(|(i, _)| i)
+        // The struct (its version next: 3.13.x), not the bare string.
+        .filter(|i| bytes.get(i + 10..i + 16) == Some(&[13, 3, 0, 0, 0, 0][..]))
+        .collect();
+    assert_eq!(
+        cookies.len(),
+        1,
+        "one _Py_DebugOffsets in {}",
+        binary.display()
+    );
+    // interpreter_frame.previous (3.13.5 pycore_runtime.h: byte 232).
+    let previous = cookies[0] + 232;
+    assert_eq!(bytes[previous..previous + 8], 8u64.to_le_bytes());
+    bytes[previous..previous + 8].copy_from_slice(&200u64.to_le_bytes());
+    common::write_executable(&binary, &bytes);
+    let (_srv, port) = py.nobody_server_from(&tree, &dir, "server.py", SERVER, &[]);
+    let (t, r) = one_report(port, "json");
+    assert_eq!(r["closed_by"], "local", "{r}");
+    assert!(python_frames(&r).is_empty(), "{r}");
+    let note = r["interp_stack_note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("python frames: none") && note.contains("frame.previous at 200"),
+        "{r}"
+    );
+    // Said on every close of it, and once on stderr.
+    upgrade_once(port);
+    let (servers, _) = t.wait_for_ends(port, 2, Duration::from_secs(20));
+    assert!(
+        servers
+            .iter()
+            .all(|s| s["interp_stack_note"] == r["interp_stack_note"]),
+        "{servers:#?}"
+    );
+    let stderr = t.stderr_text();
+    assert_eq!(
+        stderr.matches("frame.previous at 200").count(),
+        1,
+        "{stderr}"
+    );
+}
+
 /// Waits for `needle` in wstrace's text output (or 20 s), returns the text.
 fn wait_text(t: &Tracer, needle: &str) -> String {
     let start = std::time::Instant::now();

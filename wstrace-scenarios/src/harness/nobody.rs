@@ -116,9 +116,8 @@ pub fn require_extracted_python(version: &'static str) -> Option<ExtractedPython
 
 impl ExtractedPython {
     /// `python SCRIPT ARGS…` as nobody from `dir`, like
-    /// [`nobody_python_server`]. The interpreter tree is copied into `dir`
-    /// first (nobody cannot read root's cache); PYTHONHOME is its own
-    /// standard library.
+    /// [`nobody_python_server`], run by a copy of the interpreter tree in
+    /// `dir` ([`ExtractedPython::copy_into`]).
     pub fn nobody_server(
         &self,
         dir: &WorldReadableDir,
@@ -126,7 +125,14 @@ impl ExtractedPython {
         script: &str,
         args: &[&str],
     ) -> (Kill, u16) {
-        let path = dir.write(name, script);
+        let tree = self.copy_into(dir);
+        self.nobody_server_from(&tree, dir, name, script, args)
+    }
+
+    /// Copies the interpreter tree into `dir` (nobody cannot read root's
+    /// cache); returns the copy, whose `usr/bin/pythonVERSION` a test may
+    /// replace before [`ExtractedPython::nobody_server_from`].
+    pub fn copy_into(&self, dir: &WorldReadableDir) -> PathBuf {
         let tree = dir.path().join(format!("python{}", self.version));
         let copied = Command::new("cp")
             .arg("-a")
@@ -140,7 +146,26 @@ impl ExtractedPython {
             self.root.display(),
             tree.display()
         );
-        let python = tree.join(format!("usr/bin/python{}", self.version));
+        tree
+    }
+
+    /// The interpreter binary in a copied `tree`.
+    pub fn binary_in(&self, tree: &Path) -> PathBuf {
+        tree.join(format!("usr/bin/python{}", self.version))
+    }
+
+    /// [`ExtractedPython::nobody_server`] with the copy `tree`; PYTHONHOME
+    /// is its own standard library.
+    pub fn nobody_server_from(
+        &self,
+        tree: &Path,
+        dir: &WorldReadableDir,
+        name: &str,
+        script: &str,
+        args: &[&str],
+    ) -> (Kill, u16) {
+        let path = dir.write(name, script);
+        let python = self.binary_in(tree);
         let libs = tree.join("usr/lib/x86_64-linux-gnu");
         let loader = libs.join("ld-linux-x86-64.so.2");
         let mut cmd = if loader.is_file() {

@@ -221,7 +221,11 @@ impl Enricher {
             if self.python.refused.len() < MAX_PYTHON_PROCS
                 && self.python.refused.insert(why.clone())
             {
-                eprintln!("wstrace: note: {why}; its Python frames are not shown");
+                // The path is the process's to choose: escaped.
+                eprintln!(
+                    "wstrace: note: {}; its Python frames are not shown",
+                    crate::output::escape::text(why)
+                );
             }
         }
         let walk = match &found {
