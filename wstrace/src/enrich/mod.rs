@@ -221,10 +221,11 @@ impl Enricher {
             if self.python.refused.len() < MAX_PYTHON_PROCS
                 && self.python.refused.insert(why.clone())
             {
-                // The path is the process's to choose: escaped.
+                // The path is the process's to choose: no control
+                // character reaches the terminal as it is.
                 eprintln!(
                     "wstrace: note: {}; its Python frames are not shown",
-                    crate::output::escape::text(why)
+                    why.escape_debug()
                 );
             }
         }
