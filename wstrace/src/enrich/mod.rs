@@ -635,7 +635,9 @@ impl Enricher {
                             "javascript frames: unnamed: they are named from the stack copy of a dwarf unwind, and this stack is the frame-pointer walk".to_string()
                         }),
                         Some(Some(Interp::Python(found))) => {
-                            python::python_note(found, cap.status, cap.frames.len())
+                            // Counted as shown: without 3.12+'s shim frames.
+                            let shown = python::entries(found.layout.entry_mark, cap).0.len();
+                            python::python_note(found, cap.status, shown)
                         }
                         Some(Some(Interp::PythonRefused(why))) => {
                             Some(format!("python frames: none: {why}"))
