@@ -30,6 +30,7 @@ pub mod gotls;
 pub mod perf;
 pub mod program;
 pub mod retprobe;
+pub mod timing;
 pub mod tls;
 pub mod tracefs;
 pub mod uprobe;
@@ -37,6 +38,7 @@ pub mod uprobe;
 use btf::KernelOffsets;
 pub use error::{AttachError, AttachFailure, FailureKind};
 use retprobe::RetProbe;
+use timing::timed;
 
 /// The object built by build.rs from wstrace-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wstrace"));
@@ -188,7 +190,10 @@ pub fn attach(
         .unwrap_or(u32::MAX);
     // One loader for every attempt: creating one parses the kernel's BTF
     // (megabytes), which `auto` used to do once per set it tried.
-    let mut loader = object_loader(settings, &config, cpus);
+    let mut loader = timed(
+        || "kernel BTF for the object".into(),
+        || object_loader(settings, &config, cpus),
+    );
     let mut vmlinux: Option<Btf> = None;
     let mut skipped = Vec::new();
     for &set in choice.candidates() {
@@ -205,7 +210,7 @@ pub fn attach(
                 let mut limits = limits(set, tracefs_root);
                 limits.extend(loaded.limits);
                 let tls_loaded = settings.tls
-                    && match tls::load(&mut loaded.ebpf) {
+                    && match timed(|| "load TLS uprobes".into(), || tls::load(&mut loaded.ebpf)) {
                         Ok(()) => true,
                         Err(e) => {
                             limits.push(format!("TLS (wss://) is not covered: {e}"));
@@ -398,8 +403,7 @@ fn try_set(
     // The set's own hooks first: they are what a kernel refuses (fentry
     // without trampolines), and a refusal then costs no tracepoint attach.
     let mut loaded = Loaded {
-        ebpf: loader
-            .load(EBPF_OBJECT)
+        ebpf: timed(|| "load object (maps)".into(), || loader.load(EBPF_OBJECT))
             .map_err(|e| AttachFailure::from_object(set, "loading the eBPF object", &e))?,
         retprobe: None,
         limits: Vec::new(),
@@ -493,14 +497,16 @@ fn attach_set_hooks(
     match set {
         ProbeSet::Fentry => {
             if vmlinux.is_none() {
-                *vmlinux = Some(Btf::from_sys_fs().map_err(|e| {
-                    AttachFailure::new(
-                        set,
-                        FailureKind::Other,
-                        "reading kernel BTF for fentry",
-                        e.to_string(),
-                    )
-                })?);
+                *vmlinux = Some(
+                    timed(|| "read kernel BTF".into(), Btf::from_sys_fs).map_err(|e| {
+                        AttachFailure::new(
+                            set,
+                            FailureKind::Other,
+                            "reading kernel BTF for fentry",
+                            e.to_string(),
+                        )
+                    })?,
+                );
             }
             let Some(btf) = vmlinux.as_ref() else {
                 return Err(AttachFailure::lacks(set, "no kernel BTF for fentry"));
@@ -511,10 +517,10 @@ fn attach_set_hooks(
                 ("fentry_tcp_recvmsg", "tcp_recvmsg"),
             ] {
                 let p: &mut FEntry = program(ebpf, set, prog)?;
-                p.load(func, btf).map_err(|e| {
+                timed(|| format!("load {prog}"), || p.load(func, btf)).map_err(|e| {
                     AttachFailure::from_program(set, format!("loading fentry/{func}"), &e)
                 })?;
-                p.attach().map_err(|e| {
+                timed(|| format!("attach {prog}"), || p.attach()).map_err(|e| {
                     AttachFailure::from_program(set, format!("attaching fentry/{func}"), &e)
                 })?;
             }
@@ -527,9 +533,12 @@ fn attach_set_hooks(
                 ));
             };
             let p: &mut FExit = program(ebpf, set, &format!("fexit_tcp_recvmsg{nargs}"))?;
-            p.load("tcp_recvmsg", btf)
-                .map_err(|e| AttachFailure::from_program(set, "loading fexit/tcp_recvmsg", &e))?;
-            p.attach()
+            timed(
+                || "load fexit_tcp_recvmsg".into(),
+                || p.load("tcp_recvmsg", btf),
+            )
+            .map_err(|e| AttachFailure::from_program(set, "loading fexit/tcp_recvmsg", &e))?;
+            timed(|| "attach fexit_tcp_recvmsg".into(), || p.attach())
                 .map_err(|e| AttachFailure::from_program(set, "attaching fexit/tcp_recvmsg", &e))?;
         }
         ProbeSet::Kprobe => {
@@ -539,10 +548,10 @@ fn attach_set_hooks(
                 ("kprobe_tcp_recvmsg", "tcp_recvmsg"),
             ] {
                 let p: &mut KProbe = program(ebpf, set, prog)?;
-                p.load().map_err(|e| {
+                timed(|| format!("load {prog}"), || p.load()).map_err(|e| {
                     AttachFailure::from_program(set, format!("loading kprobe/{func}"), &e)
                 })?;
-                p.attach(func, 0).map_err(|e| {
+                timed(|| format!("attach {prog}"), || p.attach(func, 0)).map_err(|e| {
                     AttachFailure::from_program(set, format!("attaching kprobe/{func}"), &e)
                 })?;
             }
@@ -569,10 +578,13 @@ fn attach_recvmsg_return(
 ) -> Result<(), AttachFailure> {
     const FUNC: &str = "tcp_recvmsg";
     let p: &mut KProbe = program(&mut loaded.ebpf, set, "kretprobe_tcp_recvmsg")?;
-    p.load()
+    timed(|| "load kretprobe_tcp_recvmsg".into(), || p.load())
         .map_err(|e| AttachFailure::from_program(set, "loading kretprobe/tcp_recvmsg", &e))?;
     retprobe::remove_stale(root);
-    match RetProbe::attach(root, FUNC, p) {
+    match timed(
+        || "attach kretprobe_tcp_recvmsg".into(),
+        || RetProbe::attach(root, FUNC, p),
+    ) {
         Ok(r) => loaded.retprobe = Some(r),
         Err(why) => {
             p.attach(FUNC, 0).map_err(|e| {
@@ -603,11 +615,11 @@ fn attach_tracepoint(
     names: &[&str],
 ) -> Result<(), AttachFailure> {
     let p: &mut TracePoint = program(ebpf, set, prog)?;
-    p.load().map_err(|e| {
+    timed(|| format!("load {prog}"), || p.load()).map_err(|e| {
         AttachFailure::from_program(set, format!("loading tracepoint program {prog}"), &e)
     })?;
     for name in names {
-        p.attach(category, name).map_err(|e| {
+        timed(|| format!("attach {name}"), || p.attach(category, name)).map_err(|e| {
             AttachFailure::from_program(set, format!("attaching tracepoint {category}:{name}"), &e)
         })?;
     }
@@ -621,10 +633,10 @@ fn attach_raw_tracepoint(
     name: &str,
 ) -> Result<(), AttachFailure> {
     let p: &mut RawTracePoint = program(ebpf, set, prog)?;
-    p.load().map_err(|e| {
+    timed(|| format!("load {prog}"), || p.load()).map_err(|e| {
         AttachFailure::from_program(set, format!("loading raw tracepoint program {prog}"), &e)
     })?;
-    p.attach(name).map_err(|e| {
+    timed(|| format!("attach {name}"), || p.attach(name)).map_err(|e| {
         AttachFailure::from_program(set, format!("attaching raw tracepoint {name}"), &e)
     })?;
     Ok(())
