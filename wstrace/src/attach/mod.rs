@@ -511,6 +511,7 @@ fn attach_set_hooks(
             let Some(btf) = vmlinux.as_ref() else {
                 return Err(AttachFailure::lacks(set, "no kernel BTF for fentry"));
             };
+            fentry_can_attach(ebpf, set, btf)?;
             for (prog, func) in [
                 ("fentry_tcp_sendmsg", "tcp_sendmsg"),
                 ("fentry_tcp_close", "tcp_close"),
@@ -564,6 +565,25 @@ fn attach_set_hooks(
             }
         }
     }
+    Ok(())
+}
+
+/// Whether this kernel attaches fentry programs at all, asked with a
+/// near-empty one on tcp_sendmsg (the benchmark floor's), attached and
+/// detached at once, as libbpf-tools' `fentry_can_attach` does: arm64
+/// kernels before 6.4 verify a whole fentry program only to refuse its
+/// trampoline, and `auto` paid that verification (7 s of a 5.10 arm64
+/// VM's start-up under emulation) before trying kprobes.
+fn fentry_can_attach(ebpf: &mut Ebpf, set: ProbeSet, btf: &Btf) -> Result<(), AttachFailure> {
+    let p: &mut FEntry = program(ebpf, set, "floor_fe_send")?;
+    timed(|| "fentry probe".into(), || p.load("tcp_sendmsg", btf))
+        .map_err(|e| AttachFailure::from_program(set, "loading fentry/tcp_sendmsg", &e))?;
+    let link = p
+        .attach()
+        .map_err(|e| AttachFailure::from_program(set, "attaching fentry/tcp_sendmsg", &e))?;
+    // Gone before the real programs attach: nothing of it stays on the hook.
+    let _ = p.detach(link);
+    let _ = p.unload();
     Ok(())
 }
 
