@@ -392,3 +392,84 @@ fn a_php_8_3_close_names_the_function_file_and_line_and_its_caller() {
 fn a_php_8_4_close_names_the_function_file_and_line_and_its_caller() {
     a_php_close_names_the_function_file_and_line_and_its_caller("8.4");
 }
+
+/// How a copy of Debian's php8.2 is made to disagree with what wstrace
+/// knows of PHP 8.2.
+enum Misfit {
+    /// Named `php8.3`: the name and the version in the code disagree.
+    Renamed,
+    /// `zend_is_executing()` patched to test `executor_globals+496`: the
+    /// code and the table disagree on `current_execute_data`.
+    Patched,
+}
+
+/// A PHP wstrace cannot vouch for is refused: one note on stderr naming
+/// why, and closes with no PHP frames rather than wrong ones.
+fn a_php_it_cannot_vouch_for_is_refused_with_a_note(misfit: Misfit) {
+    if !require_nobody_python() {
+        return;
+    }
+    let Some(php) = require_file(
+        "Debian's PHP 8.2",
+        &[PathBuf::from("/usr/bin/php8.2")],
+        "apt-get install php8.2-cli (cargo xtask setup installs it)",
+    ) else {
+        return;
+    };
+    let _s = serial();
+    let dir = WorldReadableDir::new("interp-php-misfit");
+    let script = dir.write("server.php", PHP_SERVER);
+    let mut code = std::fs::read(&php).unwrap_or_else(|e| panic!("{}: {e}", php.display()));
+    let (name, why) = match misfit {
+        Misfit::Renamed => ("php8.3", "its name says PHP 8.3 but its code says 8.2."),
+        Misfit::Patched => {
+            // cmp qword [rax+0x1e8], 0; setne al; ret: zend_is_executing's
+            // test of current_execute_data, once in the binary.
+            let test = [
+                0x48, 0x83, 0xb8, 0xe8, 0x01, 0, 0, 0, 0x0f, 0x95, 0xc0, 0xc3,
+            ];
+            let at: Vec<usize> = code
+                .windows(test.len())
+                .enumerate()
+                .filter(|(_, w)| *w == test)
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(at.len(), 1, "zend_is_executing's code in {}", php.display());
+            code[at[0] + 3] = 0xf0;
+            (
+                "php8.2",
+                "keeps current_execute_data at +496 of executor_globals",
+            )
+        }
+    };
+    let copy = dir.path().join(name);
+    std::fs::write(&copy, &code).unwrap_or_else(|e| panic!("{}: {e}", copy.display()));
+    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", copy.display()));
+    let (_srv, port) = spawn_ready(
+        as_nobody(&copy)
+            .arg("-n")
+            .arg(&script)
+            .current_dir(dir.path()),
+    );
+    let (t, r) = one_report(port, "json");
+    assert_eq!(r["closed_by"], "local", "{r}");
+    assert_eq!(php_frames(&r), vec![], "{r}");
+    let stderr = t.stderr_text();
+    let notes: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("show no PHP frames"))
+        .collect();
+    assert_eq!(notes.len(), 1, "{stderr}");
+    assert!(notes[0].contains(why), "{stderr}");
+}
+
+#[test]
+fn a_php_whose_name_and_version_disagree_is_refused_with_a_note() {
+    a_php_it_cannot_vouch_for_is_refused_with_a_note(Misfit::Renamed);
+}
+
+#[test]
+fn a_php_whose_code_disagrees_with_the_table_is_refused_with_a_note() {
+    a_php_it_cannot_vouch_for_is_refused_with_a_note(Misfit::Patched);
+}
