@@ -17,9 +17,11 @@
 //!   in `executor_globals`, decoded from the machine code of the exported
 //!   `zend_is_executing()` (`return EG(current_execute_data) != 0;`, a
 //!   `lea` of `executor_globals` then a `cmp` at the field's offset, or one
-//!   `cmp` RIP-relative to the field): the idea of the OpenTelemetry eBPF
-//!   profiler, which reads offsets out of small exported functions rather
-//!   than trusting a table. It must equal the table's: a build whose
+//!   `cmp` RIP-relative to the field). The OpenTelemetry eBPF profiler
+//!   (`interpreter/php/php.go`) reads the version from the same string and
+//!   decodes small exported functions (`zend_vm_kind`, `execute_ex`) for
+//!   other facts, but takes this offset as a constant (488); here the
+//!   binary's own code is asked. It must equal the table's: a build whose
 //!   globals are laid out otherwise is refused, not walked at a wrong
 //!   offset. Code that is not one of those two shapes (another compiler,
 //!   another architecture) leaves the table's value, which the version
@@ -28,8 +30,9 @@
 //!   (`_zend_execute_data`, `zend_function`, `zend_class_entry`, `_zend_op`,
 //!   `zend_string`), from each version's own headers (`php8.X-dev`: Ubuntu
 //!   jammy's 8.1.2, Debian bookworm's 8.2, Ubuntu noble's 8.3.6, Debian
-//!   trixie's 8.4), measured with `offsetof` on x86-64 (LP64: the same on
-//!   arm64). Only `op_array.filename` moves between these versions.
+//!   trixie's 8.4), measured with `offsetof`, compiled for x86-64 and (with
+//!   aarch64-linux-gnu-gcc) arm64: the same on both. Only
+//!   `op_array.filename` moves between these versions.
 //!
 //! A PHP whose version is not in the table (8.0, which no Debian or Ubuntu
 //! release ships; 8.5 ...) or whose checks fail is refused with one note
@@ -81,7 +84,8 @@ const INTERNAL: u8 = 1;
 const USER: u8 = 2;
 
 /// `executor_globals.current_execute_data` in 8.1 to 8.4 (x86-64 and
-/// arm64); checked against the binary's code where it can be decoded.
+/// arm64); checked against the binary's code where it can be decoded (all
+/// four test binaries: 488).
 const CURRENT_EXECUTE_DATA: u64 = 488;
 
 /// The layout of PHP `version`: every offset but `op_array.filename` is the
@@ -305,6 +309,10 @@ fn refuse(m: &Mapping, why: &str) {
     }
 }
 
+/// PHP-named files looked into per process, at most (an interpreter maps
+/// one: `php8.3`, or `libphp.so` in a server).
+const MAX_FILES: usize = 4;
+
 /// A PHP this build knows in `pid`'s mappings, or `None`.
 pub fn find(pid: u32) -> Option<Found> {
     let maps = read_maps(pid)?;
@@ -315,9 +323,14 @@ pub fn find(pid: u32) -> Option<Found> {
             .and_then(|p| p.rsplit('/').next())
             .is_some_and(is_php_name)
     }) {
-        // One look per file, not per mapping of it.
+        // One look per file, not per mapping of it; and a few files at
+        // most: a process that maps thousands of `php*` files costs no
+        // more than one with a few.
         if seen.contains(&(m.dev.as_str(), m.inode)) {
             continue;
+        }
+        if seen.len() >= MAX_FILES {
+            break;
         }
         seen.push((m.dev.as_str(), m.inode));
         match found_in(pid, &maps, m) {
