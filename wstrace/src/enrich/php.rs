@@ -13,19 +13,23 @@
 //!   string `main/main.c` compiles in (in every SAPI: cli, fpm, cgi,
 //!   `libphp.so`). A file name that carries a version (`php8.3`,
 //!   `libphp8.4.so`) must agree with it.
-//! - **From the binary, on x86-64**: the offset of `current_execute_data`
-//!   in `executor_globals`, decoded from the machine code of the exported
-//!   `zend_is_executing()` (`return EG(current_execute_data) != 0;`, a
-//!   `lea` of `executor_globals` then a `cmp` at the field's offset, or one
-//!   `cmp` RIP-relative to the field). The OpenTelemetry eBPF profiler
+//! - **From the binary, on x86-64 and arm64**: the offset of
+//!   `current_execute_data` in `executor_globals`, decoded from the machine
+//!   code of the exported `zend_is_executing()` (`return
+//!   EG(current_execute_data) != 0;`: on x86-64 a `lea` of
+//!   `executor_globals` then a `cmp` at the field's offset, or one `cmp`
+//!   RIP-relative to the field; on arm64 `adrp` and a GOT `ldr` (or `add`)
+//!   reaching `executor_globals`, then an `ldr` at the field's offset and a
+//!   `cmp` with 0). The OpenTelemetry eBPF profiler
 //!   (`interpreter/php/php.go`) reads the version from the same string and
 //!   decodes small exported functions (`zend_vm_kind`, `execute_ex`) for
 //!   other facts, but takes this offset as a constant (488); here the
 //!   binary's own code is asked. It must equal the table's: a build whose
 //!   globals are laid out otherwise is refused, not walked at a wrong
-//!   offset. Code that is not one of those two shapes (another compiler,
-//!   another architecture) leaves the table's value, which the version
-//!   check above has already matched to the binary.
+//!   offset. Code of another shape (another compiler, another
+//!   architecture) leaves the table's value, which the version check above
+//!   has already matched to the binary. (Checked on the four test binaries
+//!   and on Debian bookworm's arm64 php8.2: 488 in all.)
 //! - **Tabled per minor version** ([`LAYOUTS`]): everything else
 //!   (`_zend_execute_data`, `zend_function`, `zend_class_entry`, `_zend_op`,
 //!   `zend_string`), from each version's own headers (`php8.X-dev`: Ubuntu
@@ -52,7 +56,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _, ObjectSymbolTable as _};
 use wstrace_common::{ABSENT, InterpConfig};
 
 use super::maps::{MAX_UNTRUSTED_FILE, Mapping, open_untrusted, read_maps};
@@ -287,6 +291,91 @@ pub fn current_execute_data_x86_64(code: &[u8], at: u64, eg: u64) -> Option<u64>
     (off < MAX_OFFSET && off % 8 == 0).then_some(off)
 }
 
+/// The offset of `current_execute_data` in `executor_globals` (at `eg`),
+/// decoded from arm64 `code` at address `at`: `zend_is_executing()` as GCC
+/// compiles it, after optional hints (BTI, PAC):
+/// `adrp xA, page` then `ldr xA, [xA, #slot]` (the global's address from
+/// the GOT: `got` says what a slot holds, from the dynamic relocations) or
+/// `add xA, xA, #lo` (its address itself), then `ldr xB, [xA, #off]` and
+/// `cmp xB, #0`. `None` for any other code; the same bounds as on x86-64.
+pub fn current_execute_data_aarch64(
+    code: &[u8],
+    at: u64,
+    eg: u64,
+    got: impl Fn(u64) -> Option<u64>,
+) -> Option<u64> {
+    const MAX_OFFSET: u64 = 4096;
+    let insn = |i: usize| -> Option<u32> {
+        let b = code.get(i * 4..i * 4 + 4)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    // HINT #n (BTI c, PACIASP ...): no effect on what follows.
+    let mut i = 0;
+    while insn(i)? & 0xffff_f01f == 0xd503_201f {
+        i += 1;
+        if i > 2 {
+            return None;
+        }
+    }
+    let pc = at.wrapping_add(i as u64 * 4);
+    // ADRP xA, page: imm = immhi:immlo, a signed count of 4 KiB pages.
+    let adrp = insn(i)?;
+    if adrp & 0x9f00_0000 != 0x9000_0000 {
+        return None;
+    }
+    let reg_a = adrp & 0x1f;
+    let imm = (((adrp >> 5) & 0x7_ffff) << 2 | (adrp >> 29) & 3) as i64;
+    let imm = (imm << 43) >> 43; // sign-extend 21 bits
+    let page = (pc & !0xfff).wrapping_add_signed(imm << 12);
+    // LDR xT, [xN, #imm12*8] (64-bit, unsigned offset).
+    let ldr = |w: u32| {
+        (w & 0xffc0_0000 == 0xf940_0000)
+            .then(|| (w & 0x1f, (w >> 5) & 0x1f, ((w >> 10) & 0xfff) as u64 * 8))
+    };
+    let second = insn(i + 1)?;
+    let (reg_g, global) = if let Some((t, n, slot)) = ldr(second) {
+        if n != reg_a {
+            return None;
+        }
+        (t, got(page.wrapping_add(slot))?)
+    } else if second & 0xff80_0000 == 0x9100_0000 {
+        // ADD xD, xN, #imm12 {, LSL #12}.
+        let (d, n) = (second & 0x1f, (second >> 5) & 0x1f);
+        let shift = if second & (1 << 22) != 0 { 12 } else { 0 };
+        let lo = (((second >> 10) & 0xfff) as u64) << shift;
+        if n != reg_a {
+            return None;
+        }
+        (d, page.wrapping_add(lo))
+    } else {
+        return None;
+    };
+    if global != eg {
+        return None;
+    }
+    let (reg_b, n, off) = ldr(insn(i + 2)?)?;
+    // CMP xB, #0 (SUBS xzr, xB, #0).
+    if n != reg_g || insn(i + 3)? != 0xf100_001f | reg_b << 5 {
+        return None;
+    }
+    (off < MAX_OFFSET && off % 8 == 0).then_some(off)
+}
+
+/// What the GOT slot at `slot` holds once relocated: the address its
+/// dynamic relocation names (`R_*_RELATIVE`: the addend; `R_*_GLOB_DAT`:
+/// the symbol's address).
+fn got_target(elf: &object::File<'_>, slot: u64) -> Option<u64> {
+    let (_, r) = elf.dynamic_relocations()?.find(|(off, _)| *off == slot)?;
+    match r.target() {
+        object::RelocationTarget::Absolute => u64::try_from(r.addend()).ok(),
+        object::RelocationTarget::Symbol(i) => {
+            let sym = elf.dynamic_symbol_table()?.symbol_by_index(i).ok()?;
+            Some(sym.address().wrapping_add_signed(r.addend()))
+        }
+        _ => None,
+    }
+}
+
 /// Files already told about (device, inode): one note per PHP binary, not
 /// per process (a php-fpm pool has hundreds).
 static TOLD: Mutex<Option<HashSet<(String, u64)>>> = Mutex::new(None);
@@ -308,6 +397,12 @@ fn refuse(m: &Mapping, why: &str) {
         );
     }
 }
+
+/// Read-only data searched for the version string, at most: PHP's is
+/// under 1 MiB (the four test binaries: 0.45 MiB each), the largest the
+/// OpenTelemetry profiler has seen about 9 MiB; a hostile file's 4 GiB
+/// section is not scanned to its end.
+const MAX_RODATA: usize = 16 << 20;
 
 /// PHP-named files looked into per process, at most (an interpreter maps
 /// one: `php8.3`, or `libphp.so` in a server).
@@ -367,7 +462,7 @@ fn found_in(pid: u32, maps: &[Mapping], m: &Mapping) -> Result<Option<Found>, St
         .section_by_name(".rodata")
         .and_then(|s| s.data().ok())
         .unwrap_or(&map[..]);
-    let version = version_in(rodata);
+    let version = version_in(&rodata[..rodata.len().min(MAX_RODATA)]);
     let Some(eg) = sym("executor_globals") else {
         if sym("executor_globals_offset").is_some() {
             return Err(
@@ -396,10 +491,17 @@ fn found_in(pid: u32, maps: &[Mapping], m: &Mapping) -> Result<Option<Found>, St
         ));
     };
     let mut walk = layout.walk;
-    if elf.architecture() == object::Architecture::X86_64
-        && let Some(at) = sym("zend_is_executing")
-        && let Some(code) = code_at(&elf, at, 32)
-        && let Some(off) = current_execute_data_x86_64(code, at, eg)
+    let derived = sym("zend_is_executing").and_then(|at| {
+        let code = code_at(&elf, at, 32)?;
+        match elf.architecture() {
+            object::Architecture::X86_64 => current_execute_data_x86_64(code, at, eg),
+            object::Architecture::Aarch64 => {
+                current_execute_data_aarch64(code, at, eg, |slot| got_target(&elf, slot))
+            }
+            _ => None,
+        }
+    });
+    if let Some(off) = derived
         && off != walk.frame_ptr_current
     {
         return Err(format!(
@@ -687,6 +789,101 @@ mod tests {
         // Addresses at the end of the address space do not overflow.
         assert_eq!(
             current_execute_data_x86_64(NOBLE_83, u64::MAX - 3, eg),
+            None
+        );
+    }
+
+    /// `zend_is_executing` of Debian bookworm's arm64 php8.2
+    /// (8.2.32-1~deb12u1), at 0x2d93f0: adrp x0, 0x55f000; ldr x0, [x0,
+    /// #2224] (the GOT slot 0x55f8b0, R_AARCH64_RELATIVE to
+    /// `executor_globals`, 0x5788d0); ldr x0, [x0, #488]; cmp x0, #0; cset
+    /// w0, ne; ret.
+    const BOOKWORM_ARM64_82: [u32; 6] = [
+        0xd0001420, 0xf9445800, 0xf940f400, 0xf100001f, 0x1a9f07e0, 0xd65f03c0,
+    ];
+    const ARM_AT: u64 = 0x2d93f0;
+    const ARM_EG: u64 = 0x5788d0;
+
+    fn arm(words: &[u32]) -> Vec<u8> {
+        words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    fn arm_got(slot: u64) -> Option<u64> {
+        (slot == 0x55f8b0).then_some(ARM_EG)
+    }
+
+    #[test]
+    fn current_execute_data_from_real_arm64_code() {
+        let code = arm(&BOOKWORM_ARM64_82);
+        assert_eq!(
+            current_execute_data_aarch64(&code, ARM_AT, ARM_EG, arm_got),
+            Some(488)
+        );
+        // After a PACIASP and a BTI c, the same (adrp on the same page).
+        let mut words = vec![0xd503233f, 0xd503245f];
+        words.extend(BOOKWORM_ARM64_82);
+        assert_eq!(
+            current_execute_data_aarch64(&arm(&words), ARM_AT - 8, ARM_EG, arm_got),
+            Some(488)
+        );
+        // adrp x1, 0x55f000; add x1, x1, #0x8d0 ... with the global on
+        // that page itself: no GOT.
+        let direct = [0xd0001421, 0x91234021, 0xf940f422, 0xf100005f];
+        assert_eq!(
+            current_execute_data_aarch64(&arm(&direct), ARM_AT, 0x55f8d0, |_| None),
+            Some(488)
+        );
+    }
+
+    #[test]
+    fn unfamiliar_or_hostile_arm64_code_derives_nothing() {
+        let code = arm(&BOOKWORM_ARM64_82);
+        // The GOT slot holds another global, or nothing known.
+        assert_eq!(
+            current_execute_data_aarch64(&code, ARM_AT, ARM_EG, |_| Some(ARM_EG + 8)),
+            None
+        );
+        assert_eq!(
+            current_execute_data_aarch64(&code, ARM_AT, ARM_EG, |_| None),
+            None
+        );
+        // Another page (the adrp decoded from another address).
+        assert_eq!(
+            current_execute_data_aarch64(&code, ARM_AT + 0x1000, ARM_EG, arm_got),
+            None
+        );
+        for n in 0..16 {
+            assert_eq!(
+                current_execute_data_aarch64(&code[..n], ARM_AT, ARM_EG, arm_got),
+                None,
+                "{n} bytes"
+            );
+        }
+        let patched = |i: usize, w: u32| {
+            let mut words = BOOKWORM_ARM64_82;
+            words[i] = w;
+            arm(&words)
+        };
+        // cmp x1 (not the loaded register); cmp x0, #1; a 32-bit load;
+        // the field load through x1; an offset past the globals.
+        for (i, w) in [
+            (3, 0xf100003f),
+            (3, 0xf100041f),
+            (2, 0xb941e800),
+            (2, 0xf940f420),
+            (2, 0xf9400000 | (4096 / 8) << 10),
+        ] {
+            assert_eq!(
+                current_execute_data_aarch64(&patched(i, w), ARM_AT, ARM_EG, arm_got),
+                None,
+                "word {i} = {w:#x}"
+            );
+        }
+        // Three hints: not zend_is_executing as compiled.
+        let mut words = vec![0xd503201f; 3];
+        words.extend(BOOKWORM_ARM64_82);
+        assert_eq!(
+            current_execute_data_aarch64(&arm(&words), ARM_AT - 12, ARM_EG, arm_got),
             None
         );
     }
