@@ -458,12 +458,8 @@ fn found_in(pid: u32, maps: &[Mapping], m: &Mapping) -> Result<Option<Found>, St
             .find(|s| s.name() == Ok(name))
             .map(|s| s.address())
     };
-    let rodata = elf
-        .section_by_name(".rodata")
-        .and_then(|s| s.data().ok())
-        .unwrap_or(&map[..]);
-    let version = version_in(&rodata[..rodata.len().min(MAX_RODATA)]);
     let Some(eg) = sym("executor_globals") else {
+        // A ZTS build exports `executor_globals_offset` instead (Zend/zend.c).
         if sym("executor_globals_offset").is_some() {
             return Err(
                 "a thread-safe (ZTS) PHP build, whose executor state is per thread: not supported"
@@ -472,7 +468,11 @@ fn found_in(pid: u32, maps: &[Mapping], m: &Mapping) -> Result<Option<Found>, St
         }
         return Ok(None);
     };
-    let Some(version) = version else {
+    let rodata = elf
+        .section_by_name(".rodata")
+        .and_then(|s| s.data().ok())
+        .unwrap_or(&map[..]);
+    let Some(version) = version_in(&rodata[..rodata.len().min(MAX_RODATA)]) else {
         return Err("no PHP version string (`X-Powered-By: PHP/…`) in the binary".into());
     };
     let (major, minor, release) = version;
@@ -536,6 +536,7 @@ fn known_versions() -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
 /// A `zend_string`'s text, at most `MAX_NAME` bytes, lossy UTF-8.
 fn zstr(mem: &Mem, l: &Layout, s: u64) -> Option<String> {
     let len = mem.word(s.wrapping_add(l.str_len))? as usize;
