@@ -235,14 +235,14 @@ fn find_file(dir: &Path, pred: impl Fn(&str) -> bool) -> Result<Option<PathBuf>>
 
 /// apt-get / apt-cache with their own sources list, lists and archive cache,
 /// so neither the machine's apt state nor its configured suites are involved.
-struct PrivateApt {
+pub(crate) struct PrivateApt {
     options: Vec<String>,
     suite: String,
     arch: Arch,
 }
 
 impl PrivateApt {
-    fn new(dir: &Path, suite: &str, arch: Arch) -> Result<Self> {
+    pub(crate) fn new(dir: &Path, suite: &str, arch: Arch) -> Result<Self> {
         for sub in ["lists/partial", "cache/archives/partial"] {
             let d = dir.join(sub);
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
@@ -286,7 +286,7 @@ impl PrivateApt {
         cmd
     }
 
-    fn update(&self) -> Result<()> {
+    pub(crate) fn update(&self) -> Result<()> {
         process::output(self.command("apt-get").args(["-q", "update"])).with_context(|| {
             format!(
                 "apt-get update for {} failed: check network access to {}",
@@ -313,7 +313,7 @@ impl PrivateApt {
             })
     }
 
-    fn download(&self, package: &str, into: &Path) -> Result<()> {
+    pub(crate) fn download(&self, package: &str, into: &Path) -> Result<()> {
         process::output(
             self.command("apt-get")
                 .args(["-q", "download", package])

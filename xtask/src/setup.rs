@@ -140,6 +140,10 @@ pub fn run(purpose: For) -> Result<()> {
         step("Debian packages", || ensure_packages(APT_PACKAGES))?;
         step("Python test venv", ensure_venv)?;
         step("Node test packages", ensure_node_modules)?;
+        step("PHP test packages", || {
+            ensure_packages(crate::php::APT_PACKAGES)?;
+            crate::php::ensure()
+        })?;
         step("cargo-deb", ensure_cargo_deb)?;
     }
     println!("setup: done in {}", process::secs(start.elapsed()));
