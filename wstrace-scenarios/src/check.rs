@@ -619,6 +619,15 @@ fn report_lines(tracer: &Tracer) -> Vec<String> {
         .collect()
 }
 
+/// wstrace's `start-up took ...` line (printed when its start was slow).
+fn tracer_startup_note(tracer: &Tracer) -> Option<String> {
+    tracer
+        .stderr_text()
+        .lines()
+        .find_map(|l| l.strip_prefix("wstrace: note: start-up took"))
+        .map(|rest| format!("start-up took{rest}"))
+}
+
 /// The last two non-empty lines wstrace printed on stderr.
 fn stderr_tail(tracer: &Tracer) -> String {
     let e = tracer.stderr_text();
@@ -978,6 +987,7 @@ fn trace(
     }
     let losses = losses(&tracer);
     let reported = started.elapsed();
+    let startup_note = tracer_startup_note(&tracer);
     let lines = stop(tracer)?;
     // Where a step's time goes (the kernel matrix prints these per VM).
     println!(
@@ -986,6 +996,11 @@ fn trace(
         (reported - ready).as_secs_f64(),
         (started.elapsed() - reported).as_secs_f64()
     );
+    // wstrace's own account of a slow start (which program's verification,
+    // which attach), echoed as printed.
+    if let Some(note) = startup_note {
+        println!("{TIME_PREFIX} wstrace ({what}) {note}");
+    }
     let mut reports = Vec::new();
     for line in &lines {
         let v: Value = serde_json::from_str(line)

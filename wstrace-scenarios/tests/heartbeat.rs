@@ -346,6 +346,9 @@ fn node_reaping_close_as(flags: &[&str], format: &str) -> (Reaped, PathBuf, u32)
     let script = dir.write("server.js", REAPING_SERVER_JS);
     let (server, port) = spawn_ready(
         Command::new(node)
+            // Whatever files node's flags make (V8's isolate log) stay in
+            // the test's directory.
+            .current_dir(dir.path())
             .env("NODE_PATH", &modules)
             .args(flags)
             .arg(&script)

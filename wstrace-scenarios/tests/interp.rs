@@ -2,18 +2,22 @@
 //! closing thread's CPython frame chain at the close, wstrace names the
 //! code objects afterwards. Real kernel, Debian's /usr/bin/python3 (3.11),
 //! Ubuntu jammy's python3.10, noble's python3.12 and Debian trixie's
-//! python3.13 (extracted by
-//! `cargo xtask setup`), run as `nobody`; the hostile server (3.11)
-//! rewrites its own frame chain with ctypes before it closes. Needs root,
-//! setpriv, the system python3 and the extracted ones (see
-//! `common::require`).
+//! python3.13 (extracted by `cargo xtask setup`), run as `nobody`; the
+//! hostile server (3.11) rewrites its own frame chain with ctypes before
+//! it closes. Needs root, setpriv, the system python3 and the extracted
+//! ones (see `common::require`). PHP: the same close in each PHP version
+//! wstrace knows (8.1 to 8.4), distribution builds, run as `nobody`.
 mod common;
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use common::{
-    Tracer, WorldReadableDir, as_nobody, nobody_python_server, require_extracted_python,
-    require_nobody_python, require_tool, serial, spawn_ready, upgrade_once,
+    Tracer, WorldReadableDir, as_nobody, nobody_python_server, require, require_extracted_python,
+    require_file, require_nobody_python, serial, spawn_ready, upgrade_once,
 };
 
 /// A plain-socket WebSocket server that closes in `drop_client()`, called
@@ -354,21 +358,70 @@ while (true) {
 }
 ";
 
-#[test]
-fn a_php_close_names_the_function_file_and_line_and_its_caller() {
-    let Some(php) = require_tool("php", "apt-get install php-cli") else {
-        return;
-    };
-    if !require_nobody_python() {
-        return;
+/// `php -n SCRIPT` as nobody for PHP `minor`, or `None` (see `require`):
+/// bookworm's /usr/bin/php8.2, or the distribution build `cargo xtask
+/// setup` unpacked under ~/.cache/wstrace/php/<minor> (xtask `php.rs`),
+/// copied into `dir` (nobody cannot read root's home) and, when its
+/// release's libc6 came with it, run through that release's own loader.
+/// `-n`: no php.ini, so no extension of this machine's PHP is loaded.
+fn nobody_php(minor: &str, dir: &WorldReadableDir, script: &Path) -> Option<Command> {
+    if minor == "8.2" {
+        let php = require_file(
+            "Debian's PHP 8.2",
+            &[PathBuf::from("/usr/bin/php8.2")],
+            "apt-get install php8.2-cli (cargo xtask setup installs it)",
+        )?;
+        let mut cmd = as_nobody(&php);
+        cmd.arg("-n").arg(script);
+        return Some(cmd);
     }
-    let _s = serial();
-    let dir = WorldReadableDir::new("interp-php");
-    let script = dir.write("server.php", PHP_SERVER);
-    let (_srv, port) = spawn_ready(as_nobody(&php).arg(&script));
-    let (t, r) = one_report(port, "json");
-    assert_eq!(r["closed_by"], "local", "{r}");
-    let frames: Vec<(String, String, Option<u64>)> = user_stack(&r)
+    let cache = wstrace_scenarios::harness::skip::cache_dir();
+    if !require(
+        cache.is_some(),
+        "neither HOME nor XDG_CACHE_HOME is set: the test PHPs live in ~/.cache/wstrace",
+    ) {
+        return None;
+    }
+    let root = cache?.join("php").join(minor).join("root");
+    let binary = require_file(
+        &format!("PHP {minor}"),
+        &[root.join(format!("usr/bin/php{minor}"))],
+        "run `cargo xtask setup` (downloads and unpacks it)",
+    )?;
+    let copy = dir.path().join(format!("php{minor}"));
+    std::fs::copy(&binary, &copy).unwrap_or_else(|e| panic!("copying {}: {e}", binary.display()));
+    let libc = root.join("usr/lib/x86_64-linux-gnu");
+    let mut cmd = if libc.join("ld-linux-x86-64.so.2").is_file() {
+        let lib = dir.path().join("lib");
+        std::fs::create_dir(&lib).unwrap_or_else(|e| panic!("{}: {e}", lib.display()));
+        for entry in std::fs::read_dir(&libc).unwrap_or_else(|e| panic!("{}: {e}", libc.display()))
+        {
+            let from = entry
+                .unwrap_or_else(|e| panic!("{}: {e}", libc.display()))
+                .path();
+            if from.is_file() {
+                let to = lib.join(from.file_name().unwrap_or_default());
+                std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+            }
+        }
+        let mut cmd = as_nobody(&lib.join("ld-linux-x86-64.so.2"));
+        cmd.arg("--library-path")
+            .arg(format!(
+                "{}:/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu",
+                lib.display()
+            ))
+            .arg(&copy);
+        cmd
+    } else {
+        as_nobody(&copy)
+    };
+    cmd.arg("-n").arg(script);
+    Some(cmd)
+}
+
+/// The PHP frames of a report: (function, file, line), innermost first.
+fn php_frames(r: &serde_json::Value) -> Vec<(String, String, Option<u64>)> {
+    user_stack(r)
         .iter()
         .filter(|f| f["kind"] == "interpreted")
         .map(|f| {
@@ -379,12 +432,36 @@ fn a_php_close_names_the_function_file_and_line_and_its_caller() {
                 f["line"].as_u64(),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// The PHP test, on PHP `minor`: the close in `closeStale()` names it, its
+/// file and line, its caller `serve()` with its line, `fclose` inside and
+/// `{main}` outside, in that order.
+fn a_php_close_names_the_function_file_and_line_and_its_caller(minor: &str) {
+    if !require_nobody_python() {
+        return;
+    }
+    let _s = serial();
+    let dir = WorldReadableDir::new(&format!("interp-php{minor}"));
+    let script = dir.write("server.php", PHP_SERVER);
+    let Some(mut php) = nobody_php(minor, &dir, &script) else {
+        return;
+    };
+    let (_srv, port) = spawn_ready(php.current_dir(dir.path()));
+    let (t, r) = one_report(port, "json");
+    assert_eq!(r["closed_by"], "local", "{r}");
+    let frames = php_frames(&r);
     let at = |name: &str| {
         frames
             .iter()
             .position(|(f, _, _)| f == name)
-            .unwrap_or_else(|| panic!("no PHP frame {name}: {frames:#?}\n{}", t.stderr_text()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "PHP {minor}: no PHP frame {name}: {frames:#?}\n{}",
+                    t.stderr_text()
+                )
+            })
     };
     let (fclose, inner, serve, main) = (at("fclose"), at("closeStale"), at("serve"), at("{main}"));
     assert!(
@@ -395,4 +472,115 @@ fn a_php_close_names_the_function_file_and_line_and_its_caller() {
     assert_eq!(frames[inner].2, Some(3), "{frames:#?}");
     assert_eq!(frames[serve].2, Some(10), "{frames:#?}");
     assert!(r["interp_stack_note"].is_null(), "{r}");
+    // Known, so not refused: no note about this PHP.
+    assert!(
+        !t.stderr_text().contains("show no PHP frames"),
+        "{}",
+        t.stderr_text()
+    );
+}
+
+/// Ubuntu 22.04's php8.1-cli.
+#[test]
+fn a_php_8_1_close_names_the_function_file_and_line_and_its_caller() {
+    a_php_close_names_the_function_file_and_line_and_its_caller("8.1");
+}
+
+/// Debian 12's php8.2-cli.
+#[test]
+fn a_php_8_2_close_names_the_function_file_and_line_and_its_caller() {
+    a_php_close_names_the_function_file_and_line_and_its_caller("8.2");
+}
+
+/// Ubuntu 24.04's php8.3-cli, through noble's own glibc.
+#[test]
+fn a_php_8_3_close_names_the_function_file_and_line_and_its_caller() {
+    a_php_close_names_the_function_file_and_line_and_its_caller("8.3");
+}
+
+/// Debian 13's php8.4-cli, through trixie's own glibc.
+#[test]
+fn a_php_8_4_close_names_the_function_file_and_line_and_its_caller() {
+    a_php_close_names_the_function_file_and_line_and_its_caller("8.4");
+}
+
+/// How a copy of Debian's php8.2 is made to disagree with what wstrace
+/// knows of PHP 8.2.
+enum Misfit {
+    /// Named `php8.3`: the name and the version in the code disagree.
+    Renamed,
+    /// `zend_is_executing()` patched to test `executor_globals+496`: the
+    /// code and the table disagree on `current_execute_data`.
+    Patched,
+}
+
+/// A PHP wstrace cannot vouch for is refused: one note on stderr naming
+/// why, and closes with no PHP frames rather than wrong ones.
+fn a_php_it_cannot_vouch_for_is_refused_with_a_note(misfit: Misfit) {
+    if !require_nobody_python() {
+        return;
+    }
+    let Some(php) = require_file(
+        "Debian's PHP 8.2",
+        &[PathBuf::from("/usr/bin/php8.2")],
+        "apt-get install php8.2-cli (cargo xtask setup installs it)",
+    ) else {
+        return;
+    };
+    let _s = serial();
+    let dir = WorldReadableDir::new("interp-php-misfit");
+    let script = dir.write("server.php", PHP_SERVER);
+    let mut code = std::fs::read(&php).unwrap_or_else(|e| panic!("{}: {e}", php.display()));
+    let (name, why) = match misfit {
+        Misfit::Renamed => ("php8.3", "its name says PHP 8.3 but its code says 8.2."),
+        Misfit::Patched => {
+            // cmp qword [rax+0x1e8], 0; setne al; ret: zend_is_executing's
+            // test of current_execute_data, once in the binary.
+            let test = [
+                0x48, 0x83, 0xb8, 0xe8, 0x01, 0, 0, 0, 0x0f, 0x95, 0xc0, 0xc3,
+            ];
+            let at: Vec<usize> = code
+                .windows(test.len())
+                .enumerate()
+                .filter(|(_, w)| *w == test)
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(at.len(), 1, "zend_is_executing's code in {}", php.display());
+            code[at[0] + 3] = 0xf0;
+            (
+                "php8.2",
+                "keeps current_execute_data at +496 of executor_globals",
+            )
+        }
+    };
+    let copy = dir.path().join(name);
+    std::fs::write(&copy, &code).unwrap_or_else(|e| panic!("{}: {e}", copy.display()));
+    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", copy.display()));
+    let (_srv, port) = spawn_ready(
+        as_nobody(&copy)
+            .arg("-n")
+            .arg(&script)
+            .current_dir(dir.path()),
+    );
+    let (t, r) = one_report(port, "json");
+    assert_eq!(r["closed_by"], "local", "{r}");
+    assert_eq!(php_frames(&r), vec![], "{r}");
+    let stderr = t.stderr_text();
+    let notes: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("show no PHP frames"))
+        .collect();
+    assert_eq!(notes.len(), 1, "{stderr}");
+    assert!(notes[0].contains(why), "{stderr}");
+}
+
+#[test]
+fn a_php_whose_name_and_version_disagree_is_refused_with_a_note() {
+    a_php_it_cannot_vouch_for_is_refused_with_a_note(Misfit::Renamed);
+}
+
+#[test]
+fn a_php_whose_code_disagrees_with_the_table_is_refused_with_a_note() {
+    a_php_it_cannot_vouch_for_is_refused_with_a_note(Misfit::Patched);
 }

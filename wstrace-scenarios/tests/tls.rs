@@ -677,6 +677,7 @@ fn node_https_server_terminating_a_client_that_missed_a_pong_is_named() {
     let _g = serial();
     std::fs::write(s.dir.join("server.js"), NODE_SERVER).expect("server.js");
     let mut c = Command::new(node)
+        .current_dir(&s.dir)
         .env("NODE_PATH", &modules)
         .arg(s.dir.join("server.js"))
         .arg(s.dir.join("cert.pem"))

@@ -78,7 +78,13 @@ pub fn run(btf_path: &Path) -> Result<()> {
         ("tracepoint", probes::ProbeChoice::Tracepoint),
     ] {
         // Attach for real, then drop: detaches everything again.
-        let r = probes::attach(choice, &settings, &offsets, &root).map(|a| {
+        let _ = probes::timing::take();
+        let start = std::time::Instant::now();
+        let r = probes::attach(choice, &settings, &offsets, &root);
+        // Where the time went (verification, attaching): on an old kernel
+        // or under emulation a set can take a minute to load.
+        let took = probes::timing::summary("took", start.elapsed(), &probes::timing::take());
+        let r = r.map(|a| {
             let limits = a.limits.join("; ");
             if limits.is_empty() {
                 "attaches".to_string()
@@ -98,6 +104,7 @@ pub fn run(btf_path: &Path) -> Result<()> {
         if line(&format!("probe set {name}"), r) {
             usable.push(name);
         }
+        println!("  {:<20} {took}", "");
     }
     match usable.first() {
         Some(best) => {

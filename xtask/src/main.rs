@@ -21,6 +21,7 @@ mod kernels;
 mod llvm;
 mod matrix;
 mod paths;
+mod php;
 mod process;
 mod pythons;
 mod qemu;

@@ -148,6 +148,10 @@ pub fn run(purpose: For) -> Result<()> {
             "CPython 3.10, 3.12, 3.13 for the interpreter tests",
             crate::pythons::ensure,
         )?;
+        step("PHP test packages", || {
+            ensure_packages(crate::php::APT_PACKAGES)?;
+            crate::php::ensure()
+        })?;
         step("cargo-deb", ensure_cargo_deb)?;
     }
     println!("setup: done in {}", process::secs(start.elapsed()));

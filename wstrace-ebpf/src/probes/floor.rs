@@ -1,8 +1,10 @@
 //! Near-empty programs on the fentry and kprobe sets' hooks: the floor the
 //! kernel-matrix cost benchmark compares wstrace's programs with (what any
 //! program on that hook costs: the trampoline or the kprobe, and the stats'
-//! own clock reads). Never attached by the tracer; `wstrace floor` (hidden)
-//! attaches them. Names fit the kernel's 15 bytes, so they stay whole in
+//! own clock reads). Not part of the tracer's sets; `wstrace floor`
+//! (hidden) attaches them, and the fentry set asks with `floor_fe_send`
+//! whether the kernel attaches fentry at all (attached and detached at
+//! once, before the set's own programs are verified). Names fit the kernel's 15 bytes, so they stay whole in
 //! `bpf_prog_info`.
 use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe},

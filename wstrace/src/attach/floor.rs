@@ -1,7 +1,7 @@
 //! The floor for the kernel-matrix cost benchmark: near-empty programs
 //! (wstrace-ebpf probes/floor.rs) on exactly the hooks the fentry or kprobe
-//! set attaches, so "× the floor" compares like with like. Not used by the
-//! tracer.
+//! set attaches, so "× the floor" compares like with like. The tracer uses one of them
+//! only to ask whether fentry attaches at all (`fentry_can_attach`).
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};

@@ -30,6 +30,7 @@ pub mod gotls;
 pub mod perf;
 pub mod program;
 pub mod retprobe;
+pub mod timing;
 pub mod tls;
 pub mod tracefs;
 pub mod uprobe;
@@ -37,6 +38,7 @@ pub mod uprobe;
 use btf::KernelOffsets;
 pub use error::{AttachError, AttachFailure, FailureKind};
 use retprobe::RetProbe;
+use timing::timed;
 
 /// The object built by build.rs from wstrace-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wstrace"));
@@ -188,7 +190,10 @@ pub fn attach(
         .unwrap_or(u32::MAX);
     // One loader for every attempt: creating one parses the kernel's BTF
     // (megabytes), which `auto` used to do once per set it tried.
-    let mut loader = object_loader(settings, &config, cpus);
+    let mut loader = timed(
+        || "kernel BTF for the object".into(),
+        || object_loader(settings, &config, cpus),
+    );
     let mut vmlinux: Option<Btf> = None;
     let mut skipped = Vec::new();
     for &set in choice.candidates() {
@@ -205,7 +210,7 @@ pub fn attach(
                 let mut limits = limits(set, tracefs_root);
                 limits.extend(loaded.limits);
                 let tls_loaded = settings.tls
-                    && match tls::load(&mut loaded.ebpf) {
+                    && match timed(|| "load TLS uprobes".into(), || tls::load(&mut loaded.ebpf)) {
                         Ok(()) => true,
                         Err(e) => {
                             limits.push(format!("TLS (wss://) is not covered: {e}"));
@@ -398,8 +403,7 @@ fn try_set(
     // The set's own hooks first: they are what a kernel refuses (fentry
     // without trampolines), and a refusal then costs no tracepoint attach.
     let mut loaded = Loaded {
-        ebpf: loader
-            .load(EBPF_OBJECT)
+        ebpf: timed(|| "load object (maps)".into(), || loader.load(EBPF_OBJECT))
             .map_err(|e| AttachFailure::from_object(set, "loading the eBPF object", &e))?,
         retprobe: None,
         limits: Vec::new(),
@@ -493,28 +497,31 @@ fn attach_set_hooks(
     match set {
         ProbeSet::Fentry => {
             if vmlinux.is_none() {
-                *vmlinux = Some(Btf::from_sys_fs().map_err(|e| {
-                    AttachFailure::new(
-                        set,
-                        FailureKind::Other,
-                        "reading kernel BTF for fentry",
-                        e.to_string(),
-                    )
-                })?);
+                *vmlinux = Some(
+                    timed(|| "read kernel BTF".into(), Btf::from_sys_fs).map_err(|e| {
+                        AttachFailure::new(
+                            set,
+                            FailureKind::Other,
+                            "reading kernel BTF for fentry",
+                            e.to_string(),
+                        )
+                    })?,
+                );
             }
             let Some(btf) = vmlinux.as_ref() else {
                 return Err(AttachFailure::lacks(set, "no kernel BTF for fentry"));
             };
+            fentry_can_attach(ebpf, set, btf)?;
             for (prog, func) in [
                 ("fentry_tcp_sendmsg", "tcp_sendmsg"),
                 ("fentry_tcp_close", "tcp_close"),
                 ("fentry_tcp_recvmsg", "tcp_recvmsg"),
             ] {
                 let p: &mut FEntry = program(ebpf, set, prog)?;
-                p.load(func, btf).map_err(|e| {
+                timed(|| format!("load {prog}"), || p.load(func, btf)).map_err(|e| {
                     AttachFailure::from_program(set, format!("loading fentry/{func}"), &e)
                 })?;
-                p.attach().map_err(|e| {
+                timed(|| format!("attach {prog}"), || p.attach()).map_err(|e| {
                     AttachFailure::from_program(set, format!("attaching fentry/{func}"), &e)
                 })?;
             }
@@ -527,9 +534,12 @@ fn attach_set_hooks(
                 ));
             };
             let p: &mut FExit = program(ebpf, set, &format!("fexit_tcp_recvmsg{nargs}"))?;
-            p.load("tcp_recvmsg", btf)
-                .map_err(|e| AttachFailure::from_program(set, "loading fexit/tcp_recvmsg", &e))?;
-            p.attach()
+            timed(
+                || "load fexit_tcp_recvmsg".into(),
+                || p.load("tcp_recvmsg", btf),
+            )
+            .map_err(|e| AttachFailure::from_program(set, "loading fexit/tcp_recvmsg", &e))?;
+            timed(|| "attach fexit_tcp_recvmsg".into(), || p.attach())
                 .map_err(|e| AttachFailure::from_program(set, "attaching fexit/tcp_recvmsg", &e))?;
         }
         ProbeSet::Kprobe => {
@@ -539,10 +549,10 @@ fn attach_set_hooks(
                 ("kprobe_tcp_recvmsg", "tcp_recvmsg"),
             ] {
                 let p: &mut KProbe = program(ebpf, set, prog)?;
-                p.load().map_err(|e| {
+                timed(|| format!("load {prog}"), || p.load()).map_err(|e| {
                     AttachFailure::from_program(set, format!("loading kprobe/{func}"), &e)
                 })?;
-                p.attach(func, 0).map_err(|e| {
+                timed(|| format!("attach {prog}"), || p.attach(func, 0)).map_err(|e| {
                     AttachFailure::from_program(set, format!("attaching kprobe/{func}"), &e)
                 })?;
             }
@@ -558,6 +568,25 @@ fn attach_set_hooks(
     Ok(())
 }
 
+/// Whether this kernel attaches fentry programs at all, asked with a
+/// near-empty one on tcp_sendmsg (the benchmark floor's), attached and
+/// detached at once, as libbpf-tools' `fentry_can_attach` does: arm64
+/// kernels before 6.4 verify a whole fentry program only to refuse its
+/// trampoline, and `auto` paid that verification (7 s of a 5.10 arm64
+/// VM's start-up under emulation) before trying kprobes.
+fn fentry_can_attach(ebpf: &mut Ebpf, set: ProbeSet, btf: &Btf) -> Result<(), AttachFailure> {
+    let p: &mut FEntry = program(ebpf, set, "floor_fe_send")?;
+    timed(|| "fentry probe".into(), || p.load("tcp_sendmsg", btf))
+        .map_err(|e| AttachFailure::from_program(set, "loading fentry/tcp_sendmsg", &e))?;
+    let link = p
+        .attach()
+        .map_err(|e| AttachFailure::from_program(set, "attaching fentry/tcp_sendmsg", &e))?;
+    // Gone before the real programs attach: nothing of it stays on the hook.
+    let _ = p.detach(link);
+    let _ = p.unload();
+    Ok(())
+}
+
 /// The return of tcp_recvmsg (where a read's bytes are known) through a
 /// tracefs kretprobe with room for every task inside tcp_recvmsg at once
 /// (retprobe.rs); where tracefs refuses, aya's kretprobe with the kernel's
@@ -569,10 +598,13 @@ fn attach_recvmsg_return(
 ) -> Result<(), AttachFailure> {
     const FUNC: &str = "tcp_recvmsg";
     let p: &mut KProbe = program(&mut loaded.ebpf, set, "kretprobe_tcp_recvmsg")?;
-    p.load()
+    timed(|| "load kretprobe_tcp_recvmsg".into(), || p.load())
         .map_err(|e| AttachFailure::from_program(set, "loading kretprobe/tcp_recvmsg", &e))?;
     retprobe::remove_stale(root);
-    match RetProbe::attach(root, FUNC, p) {
+    match timed(
+        || "attach kretprobe_tcp_recvmsg".into(),
+        || RetProbe::attach(root, FUNC, p),
+    ) {
         Ok(r) => loaded.retprobe = Some(r),
         Err(why) => {
             p.attach(FUNC, 0).map_err(|e| {
@@ -603,11 +635,11 @@ fn attach_tracepoint(
     names: &[&str],
 ) -> Result<(), AttachFailure> {
     let p: &mut TracePoint = program(ebpf, set, prog)?;
-    p.load().map_err(|e| {
+    timed(|| format!("load {prog}"), || p.load()).map_err(|e| {
         AttachFailure::from_program(set, format!("loading tracepoint program {prog}"), &e)
     })?;
     for name in names {
-        p.attach(category, name).map_err(|e| {
+        timed(|| format!("attach {name}"), || p.attach(category, name)).map_err(|e| {
             AttachFailure::from_program(set, format!("attaching tracepoint {category}:{name}"), &e)
         })?;
     }
@@ -621,10 +653,10 @@ fn attach_raw_tracepoint(
     name: &str,
 ) -> Result<(), AttachFailure> {
     let p: &mut RawTracePoint = program(ebpf, set, prog)?;
-    p.load().map_err(|e| {
+    timed(|| format!("load {prog}"), || p.load()).map_err(|e| {
         AttachFailure::from_program(set, format!("loading raw tracepoint program {prog}"), &e)
     })?;
-    p.attach(name).map_err(|e| {
+    timed(|| format!("attach {name}"), || p.attach(name)).map_err(|e| {
         AttachFailure::from_program(set, format!("attaching raw tracepoint {name}"), &e)
     })?;
     Ok(())

@@ -23,7 +23,7 @@ use self::{
     tls_coverage::{TlsState, UprobeOpener, cover_tls},
 };
 use crate::{
-    attach as probes,
+    attach::{self as probes, timing::timed},
     cli::CommonArgs,
     diagnose::chain::ChainCauses,
     enrich::Enricher,
@@ -57,6 +57,7 @@ pub struct LogSpec<'a> {
 /// reports printed. `on_ready` runs once the probes are attached (the
 /// "tracing" line is printed), with the ports and the probe set's name.
 pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(&Ports, &str)) -> Result<u64> {
+    let started = std::time::Instant::now();
     one_heap_arena();
     let redactor = check_options(&opts)?;
     let chain_key = chain_key(opts.common.chain_key_file.as_deref())?;
@@ -107,15 +108,30 @@ pub async fn run(opts: Options<'_>, on_ready: impl FnOnce(&Ports, &str)) -> Resu
     enricher.set_interp_procs(probes::take_interp_procs(&mut attached.ebpf));
     // Before saying "tracing": a server that upgrades, closes and exits the
     // moment traffic starts is described too, and its TLS library probed.
-    let scan = enricher.remember_listeners(opts.ports);
+    let scan = timed(
+        || "listeners".into(),
+        || enricher.remember_listeners(opts.ports),
+    );
     let mut tls = match opener {
         Some(opener) if attached.tls_loaded => Some(TlsState::new(opener)),
         _ => None,
     };
-    cover_tls(tls.as_mut(), &mut attached, &scan, true);
+    timed(
+        || "TLS survey".into(),
+        || cover_tls(tls.as_mut(), &mut attached, &scan, true),
+    );
     privileges::drop_after_attach(|| attached.maps_usable());
     give_back_startup_heap();
     announce(&opts, &attached, &outputs);
+    // A slow start is explained (which program's verification, which
+    // attach): on an old kernel or a busy host it can take a minute.
+    let steps = probes::timing::take();
+    if started.elapsed() >= probes::timing::SLOW {
+        eprintln!(
+            "wstrace: note: {}",
+            probes::timing::summary("start-up took", started.elapsed(), &steps)
+        );
+    }
     on_ready(opts.ports, attached.set.name());
 
     let mut matcher = Matcher::with_capacity(attached.set, opts.common.max_sockets as usize);

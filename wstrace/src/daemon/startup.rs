@@ -148,7 +148,10 @@ pub(super) fn serve_metrics(opts: &Options<'_>) -> Result<Option<metrics::Metric
 /// Resolves the kernel's layout and attaches the chosen probe set; returns
 /// it with the reader queue's size.
 pub(super) fn attach_probes(opts: &Options<'_>) -> Result<(Attached, usize)> {
-    let offsets = btf::resolve(&opts.common.btf)?;
+    let offsets = probes::timing::timed(
+        || "kernel layout (BTF)".into(),
+        || btf::resolve(&opts.common.btf),
+    )?;
     let root = tracefs::ensure_mounted()?;
     let user_stack_bytes = user_stack_copy_bytes(opts.common, &offsets);
     let (ring_bytes, queue_bytes) = buffer_sizes(user_stack_bytes);

@@ -232,14 +232,88 @@ pub const THREAD_WINDOW_NS: u64 = 1_000_000_000;
 /// oldest forgotten first).
 pub const MAX_THREAD_READS: usize = 4096;
 
-/// A client-side socket's 101, read by this thread: the hand-off link's
-/// upstream candidate.
-#[derive(Clone, Copy, Debug)]
-struct ThreadRead {
-    pid: u32,
-    tid: u32,
-    digest: ChainDigest,
-    ts: u64,
+/// A thread: (pid, tid).
+type Thread = (u32, u32);
+
+/// Recent upstream 101 reads (client-side sockets' 101s, each the hand-off
+/// link's upstream candidate), by the thread that read them.
+///
+/// A downstream 101 asks for its own thread's reads since its request
+/// arrived: one lookup and a binary search in that thread's reads, not a
+/// scan of every thread's (under churn the window holds thousands, and
+/// the scan, three passes per server-side upgrade, was 8% of the daemon's
+/// CPU). Each thread's reads are in time order (one thread's events are);
+/// `order` holds every read once, oldest first, for expiry and the bound.
+#[derive(Debug, Default)]
+struct ThreadReads {
+    by_thread: HashMap<Thread, VecDeque<(u64, ChainDigest)>>,
+    /// (time, thread) of each read remembered; a read already taken is
+    /// passed over when its entry comes out.
+    order: VecDeque<(u64, Thread)>,
+    /// Reads remembered and not taken.
+    live: usize,
+}
+
+impl ThreadReads {
+    /// Forgets reads older than the window.
+    fn expire(&mut self, now_ns: u64) {
+        while self
+            .order
+            .front()
+            .is_some_and(|&(ts, _)| now_ns.saturating_sub(ts) > THREAD_WINDOW_NS)
+        {
+            self.pop_oldest();
+        }
+    }
+
+    /// Drops the oldest entry of `order`, and its thread's reads up to it
+    /// (none when they were taken already).
+    fn pop_oldest(&mut self) {
+        let Some((ts, thread)) = self.order.pop_front() else {
+            return;
+        };
+        let Some(q) = self.by_thread.get_mut(&thread) else {
+            return;
+        };
+        while q.front().is_some_and(|&(t, _)| t <= ts) {
+            q.pop_front();
+            self.live -= 1;
+        }
+        if q.is_empty() {
+            self.by_thread.remove(&thread);
+        }
+    }
+
+    /// Remembers `thread`'s read of an upstream 101 at `ts`, within
+    /// `MAX_THREAD_READS` (the oldest forgotten first; `order`, taken
+    /// entries included, within twice that).
+    fn push(&mut self, thread: Thread, ts: u64, digest: ChainDigest) {
+        while self.live >= MAX_THREAD_READS || self.order.len() >= 2 * MAX_THREAD_READS {
+            self.pop_oldest();
+        }
+        let q = self.by_thread.entry(thread).or_default();
+        // In time order, even if a clock stepped back.
+        let ts = q.back().map_or(ts, |&(last, _)| ts.max(last));
+        q.push_back((ts, digest));
+        self.order.push_back((ts, thread));
+        self.live += 1;
+    }
+
+    /// Takes (forgets) `thread`'s reads at or after `since`; returns the
+    /// read's digest when there was exactly one (two: no evidence of which
+    /// one the thread relays).
+    fn take_since(&mut self, thread: Thread, since: u64) -> Option<ChainDigest> {
+        let q = self.by_thread.get_mut(&thread)?;
+        let first = q.partition_point(|&(t, _)| t < since);
+        let taken = q.len() - first;
+        let one = (taken == 1).then(|| q[first].1);
+        q.truncate(first);
+        self.live -= taken;
+        if q.is_empty() {
+            self.by_thread.remove(&thread);
+        }
+        one
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -385,9 +459,8 @@ pub struct ChainTable {
     /// Chains dropped while some socket was still open: more than
     /// `MAX_CHAINS` at once (`wstrace_lost_events_total{reason="chain_evicted"}`).
     pub evicted: u64,
-    /// Recent upstream 101 reads, oldest first (`THREAD_WINDOW_NS`,
-    /// `MAX_THREAD_READS`).
-    thread_reads: VecDeque<ThreadRead>,
+    /// Recent upstream 101 reads (`THREAD_WINDOW_NS`, `MAX_THREAD_READS`).
+    thread_reads: ThreadReads,
 }
 
 impl Default for ChainTable {
@@ -408,7 +481,7 @@ impl ChainTable {
             holds: VecDeque::new(),
             done: VecDeque::new(),
             evicted: 0,
-            thread_reads: VecDeque::new(),
+            thread_reads: ThreadReads::default(),
         }
     }
 
@@ -467,40 +540,20 @@ impl ChainTable {
     /// downstream 101 written by the thread that read exactly one such 101
     /// since the request arrived links the two digests' chains.
     fn hand_off(&mut self, digest: ChainDigest, r: &MemberInfo<'_>, now_ns: u64) {
-        while self
-            .thread_reads
-            .front()
-            .is_some_and(|t| now_ns.saturating_sub(t.ts) > THREAD_WINDOW_NS)
-        {
-            self.thread_reads.pop_front();
-        }
+        self.thread_reads.expire(now_ns);
+        let thread = (r.pid, r.tid);
         match r.side {
-            Side::Client => {
-                if self.thread_reads.len() >= MAX_THREAD_READS {
-                    self.thread_reads.pop_front();
-                }
-                self.thread_reads.push_back(ThreadRead {
-                    pid: r.pid,
-                    tid: r.tid,
-                    digest,
-                    ts: now_ns,
-                });
-            }
+            Side::Client => self.thread_reads.push(thread, now_ns, digest),
             Side::Server => {
                 let Some(since) = r.request_ts else {
                     return;
                 };
-                let mine = |t: &ThreadRead| t.pid == r.pid && t.tid == r.tid && t.ts >= since;
-                let mut found = self.thread_reads.iter().filter(|t| mine(t));
-                let (Some(up), None) = (found.next().copied(), found.next()) else {
-                    // None, or two upstream 101s this thread could be
-                    // relaying: no evidence of which.
-                    self.thread_reads.retain(|t| !mine(t));
-                    return;
-                };
-                self.thread_reads.retain(|t| !mine(t));
-                if up.digest != digest {
-                    self.merge(up.digest, digest);
+                // None, or two upstream 101s this thread could be relaying:
+                // no evidence of which, no link.
+                if let Some(up) = self.thread_reads.take_since(thread, since)
+                    && up != digest
+                {
+                    self.merge(up, digest);
                 }
             }
         }
@@ -1480,6 +1533,46 @@ mod tests {
     }
 
     #[test]
+    fn a_threads_reads_since_its_request_are_taken_once() {
+        let mut r = ThreadReads::default();
+        let (a, b) = ((1, 10), (1, 11));
+        r.push(a, 100, ChainDigest(1));
+        r.push(b, 150, ChainDigest(2));
+        r.push(a, 200, ChainDigest(3));
+        // Thread a's read before its request does not count.
+        assert_eq!(r.take_since(a, 150), Some(ChainDigest(3)));
+        assert_eq!(r.take_since(a, 150), None, "taken");
+        // Two reads since the request: no evidence of which; both taken.
+        r.push(b, 300, ChainDigest(4));
+        assert_eq!(r.take_since(b, 100), None);
+        assert_eq!(r.take_since(b, 0), None);
+        assert_eq!(r.live, 1, "thread a's read at 100 is still remembered");
+        assert_eq!(r.take_since(a, 0), Some(ChainDigest(1)));
+        assert_eq!((r.live, r.by_thread.len()), (0, 0));
+    }
+
+    #[test]
+    fn reads_expire_after_the_window_and_taken_ones_are_passed_over() {
+        let mut r = ThreadReads::default();
+        let a = (1, 10);
+        r.push(a, 100, ChainDigest(1));
+        r.push(a, 200, ChainDigest(2));
+        assert_eq!(r.take_since(a, 150), Some(ChainDigest(2)));
+        r.expire(100 + THREAD_WINDOW_NS + 1);
+        assert_eq!(
+            (r.live, r.order.len()),
+            (0, 1),
+            "the taken read's entry waits"
+        );
+        r.expire(200 + THREAD_WINDOW_NS + 1);
+        assert_eq!((r.live, r.order.len(), r.by_thread.len()), (0, 0, 0));
+        // A clock that steps back keeps the thread's reads in order.
+        r.push(a, 500, ChainDigest(3));
+        r.push(a, 400, ChainDigest(4));
+        assert_eq!(r.take_since(a, 450), None, "both count as since 450");
+    }
+
+    #[test]
     fn upstream_reads_remembered_are_bounded() {
         let mut t = ChainTable::default();
         for i in 0..MAX_THREAD_READS as u64 + 10 {
@@ -1489,6 +1582,7 @@ mod tests {
             };
             join_by(&mut t, 1000 + i, &s, i, 21, 0);
         }
-        assert_eq!(t.thread_reads.len(), MAX_THREAD_READS);
+        assert_eq!(t.thread_reads.live, MAX_THREAD_READS);
+        assert!(t.thread_reads.order.len() <= 2 * MAX_THREAD_READS);
     }
 }

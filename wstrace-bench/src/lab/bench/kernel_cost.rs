@@ -889,7 +889,9 @@ mod tests {
         // needed.
         assert_eq!(
             wstrace_hook("sys_enter_write").as_deref(),
-            Some("syscalls:sys_enter_write + syscalls:sys_enter_sendto")
+            Some(
+                "syscalls:sys_enter_write + syscalls:sys_enter_sendto + syscalls:sys_enter_writev + syscalls:sys_enter_sendmsg"
+            )
         );
         assert_eq!(
             wstrace_hook("sys_exit_read").as_deref(),
@@ -898,8 +900,8 @@ mod tests {
             )
         );
         assert_eq!(
-            wstrace_hook("sys_enter_sendm").as_deref(),
-            Some("syscalls:sys_enter_sendmsg")
+            wstrace_hook("sys_enter_readv").as_deref(),
+            Some("syscalls:sys_enter_readv")
         );
         // Every syscall tracepoint is some program's, once.
         let mut hooks: Vec<&str> = SYSCALL_TRACEPOINTS
