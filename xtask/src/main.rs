@@ -15,6 +15,7 @@ mod bench;
 mod build;
 mod cpio;
 mod deb;
+mod distro;
 mod gotls;
 mod initramfs;
 mod kernels;

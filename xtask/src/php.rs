@@ -13,21 +13,12 @@
 //! SHA-256; the Debian trixie ones follow the suite's point releases, so
 //! they are fetched with apt against the signed release file
 //! (`kernels::PrivateApt`), which checks each package's SHA-256.
-use crate::{kernels, paths, process};
-use anyhow::{Context as _, Result, bail};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-/// Where the packages of one PHP come from.
-enum Source {
-    /// (URL, SHA-256) of each package.
-    Pinned(&'static [(&'static str, &'static str)]),
-    /// These packages of this Debian suite, with apt.
-    Debian {
-        suite: &'static str,
-        packages: &'static [&'static str],
-    },
-}
+use anyhow::{Context as _, Result, bail};
+
+use crate::distro::{self, Source};
+use crate::paths;
 
 /// One PHP of the tests.
 struct Php {
@@ -35,8 +26,6 @@ struct Php {
     minor: &'static str,
     source: Source,
 }
-
-const UBUNTU: &str = "http://archive.ubuntu.com/ubuntu/pool/main";
 
 const PHPS: &[Php] = &[
     // Ubuntu 22.04 (jammy): glibc 2.35 and libraries bookworm has.
@@ -106,39 +95,9 @@ fn fetch(php: &Php, base: &Path, dir: &Path) -> Result<()> {
     let work = base.join(format!("{}.tmp-{}", php.minor, std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let debs = work.join("debs");
-    std::fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
-    match &php.source {
-        Source::Pinned(pins) => {
-            for (path, sha256) in *pins {
-                download_pinned(&format!("{UBUNTU}/{path}"), sha256, &debs)?;
-            }
-        }
-        Source::Debian { suite, packages } => {
-            let apt = kernels::PrivateApt::new(
-                &base.join("apt").join(suite),
-                suite,
-                kernels::Arch::Amd64,
-            )?;
-            apt.update()?;
-            for p in *packages {
-                apt.download(p, &debs)?;
-            }
-        }
-    }
+    let got = distro::download(&php.source, &base.join("apt"), &debs)?;
     let root = work.join("root");
-    let mut names = Vec::new();
-    for deb in std::fs::read_dir(&debs)
-        .with_context(|| format!("reading {}", debs.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-    {
-        process::output(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
-        names.push(
-            deb.file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned(),
-        );
-    }
+    let names = distro::extract(&got, &root)?;
     let binary = root.join(format!("usr/bin/php{}", php.minor));
     if !binary.is_file() {
         bail!(
@@ -148,30 +107,8 @@ fn fetch(php: &Php, base: &Path, dir: &Path) -> Result<()> {
         );
     }
     std::fs::remove_dir_all(&debs).context("removing the downloaded packages")?;
-    names.sort();
     std::fs::write(work.join("ready"), names.join("\n") + "\n").context("writing ready")?;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&work, dir)
         .with_context(|| format!("moving {} to {}", work.display(), dir.display()))
-}
-
-/// Downloads `url` into `into` and checks its SHA-256; a mismatch deletes
-/// it and fails.
-fn download_pinned(url: &str, sha256: &str, into: &Path) -> Result<PathBuf> {
-    let name = url.rsplit('/').next().unwrap_or("package.deb");
-    let file = into.join(name);
-    process::output(
-        Command::new("curl")
-            .args(["--fail", "--silent", "--show-error", "--location", "-o"])
-            .arg(&file)
-            .arg(url),
-    )
-    .with_context(|| format!("downloading {url}: check network access to archive.ubuntu.com"))?;
-    let out = process::output(Command::new("sha256sum").arg(&file))?;
-    let got = out.split_whitespace().next().unwrap_or_default();
-    if got != sha256 {
-        let _ = std::fs::remove_file(&file);
-        bail!("{url} has SHA-256 {got}, not the pinned {sha256}");
-    }
-    Ok(file)
 }

@@ -4,30 +4,17 @@
 //! into `~/.cache/wstrace/python/<version>/`, with that release's glibc
 //! where the interpreter needs a newer one than this machine's (the tests
 //! then run it through that glibc's own loader).
-//!
-//! Debian's come through a private apt (`kernels::PrivateApt`), which checks
-//! the archive's signature and every package's hash, so a point release
-//! that replaces the package is followed. Ubuntu's come from release
-//! pockets that never change, by URL and pinned SHA-256 (this machine has
-//! no Ubuntu archive key to check their index with).
-use crate::{kernels, paths, process};
-use anyhow::{Context as _, Result, bail};
+//! Fetched and checked as `distro.rs` says.
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-enum Source {
-    /// A Debian suite and the packages to extract from it.
-    Debian(&'static str, &'static [&'static str]),
-    /// Ubuntu release-pocket packages: (URL, SHA-256).
-    Pinned(&'static [(&'static str, &'static str)]),
-}
+use anyhow::{Context as _, Result, bail};
 
+use crate::distro::{self, Source};
+use crate::paths;
 struct Interpreter {
     version: &'static str,
     source: Source,
 }
-
-const UBUNTU: &str = "http://archive.ubuntu.com/ubuntu/pool/main";
 
 /// The interpreters: the `python3.X-minimal` binary, its standard library
 /// (`libpython3.X-minimal`, `-stdlib`) and, where needed, its glibc.
@@ -35,15 +22,15 @@ const INTERPRETERS: &[Interpreter] = &[
     Interpreter {
         version: "3.13",
         // Debian trixie: glibc 2.41.
-        source: Source::Debian(
-            "trixie",
-            &[
+        source: Source::Debian {
+            suite: "trixie",
+            packages: &[
                 "python3.13-minimal",
                 "libpython3.13-minimal",
                 "libpython3.13-stdlib",
                 "libc6",
             ],
-        ),
+        },
     },
     Interpreter {
         version: "3.12",
@@ -115,61 +102,21 @@ pub fn ensure() -> Result<String> {
     Ok(format!("{} ({})", done.join(", "), dir("")?.display()))
 }
 
+/// Downloads and extracts `i` into `d` through a private work directory,
+/// the extracted tree renamed into place at the end (an interrupted run
+/// leaves no half entry).
 fn fetch(i: &Interpreter, d: &Path) -> Result<()> {
     let work = dir("")?.join(format!("{}.tmp-{}", i.version, std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let debs = work.join("debs");
-    std::fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
-    let mut got = Vec::new();
-    match &i.source {
-        Source::Debian(suite, packages) => {
-            let apt = kernels::PrivateApt::new(
-                &dir("apt")?.join(format!("{suite}-amd64")),
-                suite,
-                kernels::Arch::Amd64,
-            )?;
-            apt.update()?;
-            for p in *packages {
-                apt.download(p, &debs)?;
-            }
-            for e in std::fs::read_dir(&debs)? {
-                got.push(e?.path());
-            }
-        }
-        Source::Pinned(files) => {
-            for (path, sha256) in *files {
-                let url = format!("{UBUNTU}/{path}");
-                let file = debs.join(path.rsplit('/').next().unwrap_or(path));
-                process::output(
-                    Command::new("curl")
-                        .args(["-fsSL", "-o"])
-                        .arg(&file)
-                        .arg(&url),
-                )
-                .with_context(|| {
-                    format!("downloading {url} (curl; network access to archive.ubuntu.com)")
-                })?;
-                let sum = process::output(Command::new("sha256sum").arg(&file))?;
-                if sum.split_whitespace().next() != Some(*sha256) {
-                    bail!("{url}: SHA-256 {sum} is not the pinned {sha256}");
-                }
-                got.push(file);
-            }
-        }
-    }
+    let got = distro::download(&i.source, &dir("apt")?, &debs)?;
     let root = work.join("root");
-    for deb in &got {
-        process::output(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root))?;
-    }
+    let names = distro::extract(&got, &root)?;
     let python = root.join(format!("usr/bin/python{}", i.version));
     if !python.is_file() {
         bail!("the packages held no {}", python.display());
     }
     std::fs::remove_dir_all(&debs).context("removing the downloaded packages")?;
-    let names: Vec<String> = got
-        .iter()
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect();
     std::fs::write(root.join(COMPLETE), names.join("\n") + "\n")?;
     let _ = std::fs::remove_dir_all(d);
     std::fs::create_dir_all(d.parent().unwrap_or(Path::new("/")))?;
