@@ -699,7 +699,7 @@ pub fn render(k: &KernelCost) -> String {
     }
     if !k.idle_memory.is_empty() {
         md.push_str(&format!(
-            "\n### The daemon at idle\n\nResident memory {IDLE_SECS} s after attaching, no traffic. The ring buffer's pages are counted twice (the kernel maps them twice so records can wrap): with stack copies the 16 MiB ring is 32 MiB of RSS but 16 MiB of memory. Start-up's heap (BTF parsing, the object load) is given back once attached.\n\n| variant | RSS MiB | ring buffer (counted twice) | heap and other private | goal (≤ {IDLE_RSS_GOAL_MIB} MiB) |\n|-|-:|-:|-:|-|\n"
+            "\n### The daemon at idle\n\nResident memory {IDLE_SECS} s after attaching, no traffic. The ring buffer's pages are counted twice (the kernel maps them twice so records can wrap): with stack copies the events ring (4 MiB) and the stack copies' ring (2 MiB) are 12 MiB of RSS but 6 MiB of memory. Start-up's heap (BTF parsing, the object load) is given back once attached.\n\n| variant | RSS MiB | ring buffer (counted twice) | heap and other private | goal (≤ {IDLE_RSS_GOAL_MIB} MiB) |\n|-|-:|-:|-:|-|\n"
         ));
         for m in &k.idle_memory {
             let goal = if m.rss_mib <= IDLE_RSS_GOAL_MIB {
@@ -841,7 +841,7 @@ const WHY_MISSED: &str = "
 - **Reads (`sys_enter_read`, `sys_enter_recvfrom`).** The server gate (a direct-mapped array, then a hash lookup on a slot collision) runs before anything else; what remains above the floor is the tracepoint argument loads and that lookup.
 - **`inet_sock_set_state_closer`.** A raw tracepoint (a classic one is skipped when its softirq interrupts another tracing program, and a timeout's close was then lost), so the socket's local port is one kernel read before the upgraded-socket lookup; it runs per connection state change, not per message.
 - **Traced port.** On a traced server's sockets every read records where its bytes go (fd to socket walk, a pending-read entry) so the peer's close frames and the request head are seen; the bpftrace script traces no reads at all.
-- **Idle memory with stack copies.** The 16 MiB ring buffer (sized for 16 KiB stack copies in a burst of closes: half of it lost events at 13k closes/s on this host) is mapped twice by the kernel so records can wrap, and both mappings count in RSS: 32 MiB of the total, 16 MiB of memory. `--user-stack fp` needs a 4 MiB ring and meets the goal.
+- **Idle memory with stack copies.** The rings (4 MiB of events, 2 MiB of stack copies, which have a ring of their own and a per-call-site budget, so a burst of closes cannot crowd the close events out) are mapped twice by the kernel so records can wrap, and both mappings count in RSS: 12 MiB of the total, 6 MiB of memory. Both variants meet the goal.
 ";
 
 #[cfg(test)]
