@@ -296,9 +296,9 @@ fn render(r: &Results) -> String {
         &mut md,
         "\n## 4. The daemon's own cost\n\nwait4 rusage of the wstrace process over the whole run (attach, load, detach); \
          CPU % is of one core over its wall time. Peak RSS counts the ring buffer twice (the kernel maps its pages \
-         twice so records can wrap): 8 MiB for the 4 MiB ring, 16 MiB for the 8 MiB events ring and 4 MiB for the \
-         2 MiB stack-copy ring used with stack copies; a daemon that falls behind also holds up to 16 MiB of copied \
-         records rather than losing them.\n"
+         twice so records can wrap): 8 MiB for the 4 MiB events ring, and with stack copies 4 MiB more for the \
+         2 MiB stack-copy ring; a daemon that falls behind also holds up to 8 MiB of copied records rather than \
+         losing them. Issue 29's goal for churn with default stacks is ≤ 64 MiB.\n"
             .into(),
     );
     push(
