@@ -16,8 +16,9 @@ use std::{
 };
 
 use common::{
-    Tracer, WorldReadableDir, as_nobody, nobody_python_server, require, require_extracted_python,
-    require_file, require_nobody_python, serial, spawn_ready, upgrade_once,
+    Tracer, WorldReadableDir, as_nobody, as_nobody_with_libc, nobody_python_server, require,
+    require_extracted_python, require_file, require_nobody_python, serial, spawn_ready,
+    upgrade_once,
 };
 
 /// A plain-socket WebSocket server that closes in `drop_client()`, called
@@ -404,14 +405,7 @@ fn nobody_php(minor: &str, dir: &WorldReadableDir, script: &Path) -> Option<Comm
                 std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
             }
         }
-        let mut cmd = as_nobody(&lib.join("ld-linux-x86-64.so.2"));
-        cmd.arg("--library-path")
-            .arg(format!(
-                "{}:/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu",
-                lib.display()
-            ))
-            .arg(&copy);
-        cmd
+        as_nobody_with_libc(&copy, &lib)
     } else {
         as_nobody(&copy)
     };

@@ -68,6 +68,25 @@ pub fn as_nobody(program: &Path) -> Command {
     c
 }
 
+/// `program` as nobody, through the glibc loader of another release when
+/// `libs` holds one (`ld-linux-x86-64.so.2`): that loader, that libc first,
+/// this machine's libraries (zlib, expat ...) after. How the tests run a
+/// newer distribution's unmodified binary on this machine's older glibc.
+pub fn as_nobody_with_libc(program: &Path, libs: &Path) -> Command {
+    let loader = libs.join("ld-linux-x86-64.so.2");
+    if !loader.is_file() {
+        return as_nobody(program);
+    }
+    let mut c = as_nobody(&loader);
+    c.arg("--library-path")
+        .arg(format!(
+            "{}:/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu",
+            libs.display()
+        ))
+        .arg(program);
+    c
+}
+
 /// `PYTHON SCRIPT ARGS…` as nobody (`python`: the system python3 or a
 /// copy of it the attacker placed), with the system's standard library.
 pub fn nobody_python(python: &Path, script: &Path, args: &[&str]) -> Command {
@@ -166,22 +185,7 @@ impl ExtractedPython {
     ) -> (Kill, u16) {
         let path = dir.write(name, script);
         let python = self.binary_in(tree);
-        let libs = tree.join("usr/lib/x86_64-linux-gnu");
-        let loader = libs.join("ld-linux-x86-64.so.2");
-        let mut cmd = if loader.is_file() {
-            // Its release's glibc: that loader, that libc first, this
-            // machine's libraries (zlib, expat) after.
-            let mut c = as_nobody(&loader);
-            c.arg("--library-path")
-                .arg(format!(
-                    "{}:/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu",
-                    libs.display()
-                ))
-                .arg(&python);
-            c
-        } else {
-            as_nobody(&python)
-        };
+        let mut cmd = as_nobody_with_libc(&python, &tree.join("usr/lib/x86_64-linux-gnu"));
         cmd.arg(&path)
             .args(args)
             .env("PYTHONHOME", tree.join("usr"))

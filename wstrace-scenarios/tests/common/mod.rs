@@ -15,8 +15,8 @@ use std::{
 pub use wstrace_scenarios::harness::{
     ALLOW_SKIP, Kill, SYMBOLIZE_TIMEOUT, Tracer, TracerOptions, UPGRADE, free_port,
     nobody::{
-        ExtractedPython, WorldReadableDir, as_nobody, nobody_python, nobody_python_server,
-        require_extracted_python, require_nobody_python,
+        ExtractedPython, WorldReadableDir, as_nobody, as_nobody_with_libc, nobody_python,
+        nobody_python_server, require_extracted_python, require_nobody_python,
     },
     process::{install_executable, read_ready, spawn_group, write_executable},
     report::{
